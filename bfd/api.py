@@ -1,0 +1,88 @@
+"""One-call in-memory API for notebooks and checks: ``bfd.analyze``."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import xarray as xr
+
+from bfd.core import decompose_layer, head_maps, pos_embed_cosine, to_dataset
+from bfd.core.anova import as_chunk
+from bfd.core.checks import require
+
+
+def analyze(
+    x: np.ndarray | torch.Tensor,
+    qkv_weight: np.ndarray | torch.Tensor,
+    num_heads: int,
+    scale: float | None = None,
+    prefix_tokens: int = 0,
+    *,
+    prefix: str = "exclude",
+    chunk_size: int | None = None,
+    compute_dtype: str = "float32",
+    seed: int = 0,
+    pos_embed: np.ndarray | None = None,
+    resid0: np.ndarray | torch.Tensor | None = None,
+) -> xr.Dataset:
+    """BFD of one layer's ``attn_in`` activations held in memory.
+
+    Args:
+        x: ``(N, T_total, d)`` activations at the input of ``attn.qkv``, prefix tokens first.
+        qkv_weight: the ``(3·d_attn, d)`` weight of timm's ``attn.qkv``.
+        num_heads: heads H of the attention.
+        scale: logit scale, ``dh ** -0.5`` when None.
+        prefix_tokens: leading CLS/register tokens; excluded from the factors by default.
+        prefix: "exclude" (METHOD.md default) or "include" (each prefix index is a position).
+        chunk_size: images per streaming chunk (all at once when None); results do not
+            depend on it beyond float64 rounding.
+        compute_dtype: "float32" (default, matmul speed) or "float64" for the pass-2
+            projection; centering and every sum are float64 either way.
+        seed: seed of the split-half and shuffle controls.
+        pos_embed: optional patch rows ``(T_patch, d)`` of a learned absolute pos_embed, with
+            ``resid0`` the ``(N, T_total, d)`` activations at the ``resid`` site of block 0, to
+            report ``pos_embed_cos``.
+        resid0: see ``pos_embed``.
+
+    Returns:
+        Dataset with ``frac_pos, frac_img, frac_int``, ``energy/frac (head, block)``,
+        ``head_type``, ``sigma/alpha/beta (head, mode)``, ``mode_energy``, ``mode_type``,
+        ``eff_rank, eff_rank_sigma, k90, mode_coupling (head)``, ``pos (token, dim)``,
+        ``mu (dim)`` and the validation metrics.
+
+    Raises:
+        ValueError: for inputs of the wrong rank or shape, NaN/inf, a head count that does
+            not divide the width, fewer than 2 images, or ``prefix_tokens >= T``.
+    """
+    xt = as_chunk(x, "x")
+    N, T_total, d = xt.shape
+    require(N >= 2, f"BFD needs at least 2 images; got x with N={N}")
+    require(
+        0 <= prefix_tokens < T_total,
+        f"prefix_tokens must be in [0, {T_total}) for x with {T_total} tokens; "
+        f"got {prefix_tokens}",
+    )
+    maps = head_maps(qkv_weight, num_heads, scale)
+    require(
+        maps.dim == d,
+        f"qkv_weight expects width d={maps.dim} but x has d={d} (x shape {tuple(xt.shape)})",
+    )
+    size = N if chunk_size is None else chunk_size
+    require(size >= 1, f"chunk_size must be >= 1; got {chunk_size}")
+
+    def chunks():
+        return ((s, xt[s : s + size]) for s in range(0, N, size))
+
+    result = decompose_layer(
+        chunks, maps, prefix_tokens=prefix_tokens, prefix=prefix, seed=seed,
+        compute_dtype=compute_dtype,
+    )
+    attrs = {"prefix": prefix, "prefix_tokens": prefix_tokens, "seed": seed,
+             "compute_dtype": compute_dtype, "site": "attn_in"}
+    ds = to_dataset(result, attrs)
+    if pos_embed is not None:
+        require(resid0 is not None, "pos_embed was given without resid0; expected both")
+        r0 = as_chunk(resid0, "resid0")[:, prefix_tokens:].to(torch.float64)
+        pos0 = (r0.mean(0) - r0.mean((0, 1))).numpy()
+        ds["pos_embed_cos"] = ((), pos_embed_cosine(pos0, pos_embed))
+    return ds

@@ -1,0 +1,155 @@
+"""Stage 1, pass 1: the means (METHOD.md, "Stage 1 — ANOVA decomposition").
+
+Pass 1 streams over chunks of images and accumulates float64 sums; its states add, so chunks
+can be reduced in any order or tree (dask, GPU shards). ``finalize`` turns the sums into
+``mu`` and ``pos`` plus the pass-1 validation terms (split-half ``pos``, shuffle control).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from bfd.core.checks import require
+from bfd.core.sampling import half_a, token_permutations
+
+
+def as_chunk(x: np.ndarray | torch.Tensor, name: str = "x") -> torch.Tensor:
+    """A (n, T, d) chunk as a torch tensor (no copy for numpy input), checked finite."""
+    t = torch.as_tensor(x)
+    require(t.ndim == 3, f"{name} must be (n_images, tokens, dim); got shape {tuple(t.shape)}")
+    require(
+        t.is_floating_point(),
+        f"{name} must be floating point; got dtype {t.dtype}",
+    )
+    require(
+        bool(torch.isfinite(t).all()),
+        f"{name} holds NaN or inf (an unfinished extraction?); expected finite values",
+    )
+    return t
+
+
+def select_tokens(x: torch.Tensor, prefix_tokens: int, prefix: str) -> torch.Tensor:
+    """Drop the prefix tokens (``prefix="exclude"``) or keep them as positions ("include")."""
+    T_total = x.shape[1]
+    require(
+        0 <= prefix_tokens < T_total,
+        f"prefix_tokens must be in [0, {T_total}) for {T_total} tokens; got {prefix_tokens}",
+    )
+    require(prefix in ("exclude", "include"), f"prefix must be exclude|include; got {prefix!r}")
+    return x[:, prefix_tokens:] if prefix == "exclude" else x
+
+
+@dataclass
+class Pass1State:
+    """Additive float64 sums of pass 1 over a set of images.
+
+    Attributes:
+        n: images seen.
+        sum_x: ``Σ_n x[n, t]``, ``(T, d)``.
+        n_half: images of split half "a" seen.
+        sum_half: ``Σ_{n in a} x[n, t]``.
+        sum_shuffled: ``Σ_n x[n, π_n(t)]`` for per-image token permutations ``π_n``.
+    """
+
+    n: int
+    sum_x: np.ndarray
+    n_half: int
+    sum_half: np.ndarray
+    sum_shuffled: np.ndarray
+
+    @classmethod
+    def empty(cls, n_tokens: int, dim: int) -> Pass1State:
+        z = np.zeros((n_tokens, dim))
+        return cls(0, z, 0, z.copy(), z.copy())
+
+    @classmethod
+    def from_chunk(cls, x: torch.Tensor, start: int, seed: int = 0) -> Pass1State:
+        """Sums of one chunk whose first image has global index ``start``."""
+        n, T, d = x.shape
+        idx = np.arange(start, start + n)
+        x64 = x.to(torch.float64)
+        in_a = torch.from_numpy(half_a(idx, seed)).to(x.device)
+        perm = torch.from_numpy(token_permutations(idx, T, seed)).to(x.device)
+        shuffled = torch.zeros((T, d), dtype=torch.float64, device=x.device)
+        shuffled.index_add_(0, perm.reshape(-1), x64.reshape(n * T, d))
+        return cls(
+            n=n,
+            sum_x=x64.sum(0).cpu().numpy(),
+            n_half=int(in_a.sum()),
+            sum_half=x64[in_a].sum(0).cpu().numpy(),
+            sum_shuffled=shuffled.cpu().numpy(),
+        )
+
+    def __add__(self, other: Pass1State) -> Pass1State:
+        require(
+            self.sum_x.shape == other.sum_x.shape,
+            f"cannot merge pass-1 states of shapes {self.sum_x.shape} and {other.sum_x.shape}",
+        )
+        return Pass1State(
+            self.n + other.n,
+            self.sum_x + other.sum_x,
+            self.n_half + other.n_half,
+            self.sum_half + other.sum_half,
+            self.sum_shuffled + other.sum_shuffled,
+        )
+
+
+@dataclass(frozen=True)
+class Means:
+    """Result of pass 1.
+
+    Attributes:
+        n: number of images N.
+        mu: grand mean, ``(d,)``.
+        pos: positional factor ``pos[t] = mean_n x[n, t] − mu``, ``(T, d)``.
+        pos_split_half_r: correlation of ``pos`` estimated on two random halves of the images.
+        ss_pos_shuffled: ``N Σ_t ||pos'[t]||²`` after shuffling tokens within each image.
+    """
+
+    n: int
+    mu: np.ndarray
+    pos: np.ndarray
+    pos_split_half_r: float
+    ss_pos_shuffled: float
+
+    @property
+    def ss_pos(self) -> float:
+        """``SS_pos = N Σ_t ||pos[t]||²``."""
+        return float(self.n * np.sum(self.pos**2))
+
+
+def _positional(sum_x: np.ndarray, n: int) -> np.ndarray:
+    mean_t = sum_x / n
+    return mean_t - mean_t.mean(axis=0)
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    a = a.ravel() - a.mean()
+    b = b.ravel() - b.mean()
+    denom = np.sqrt((a @ a) * (b @ b))
+    return float(a @ b / denom) if denom > 0 else float("nan")
+
+
+def finalize_means(state: Pass1State) -> Means:
+    """``mu``, ``pos`` and the pass-1 validation terms from the accumulated sums."""
+    require(state.n >= 2, f"BFD needs at least 2 images; got {state.n}")
+    mean_t = state.sum_x / state.n
+    mu = mean_t.mean(axis=0)
+    pos = mean_t - mu
+    n_b = state.n - state.n_half
+    if state.n_half > 0 and n_b > 0:
+        pos_a = _positional(state.sum_half, state.n_half)
+        r = _correlation(pos_a, _positional(state.sum_x - state.sum_half, n_b))
+    else:
+        r = float("nan")
+    pos_shuffled = _positional(state.sum_shuffled, state.n)
+    return Means(
+        n=state.n,
+        mu=mu,
+        pos=pos,
+        pos_split_half_r=r,
+        ss_pos_shuffled=float(state.n * np.sum(pos_shuffled**2)),
+    )

@@ -1,0 +1,88 @@
+"""The two streaming passes, driven over any source of image chunks.
+
+``decompose_layer`` is the reference driver (an iterable of chunks, pass 1 then pass 2). The
+flows map the same ``pass1_chunk``/``Pass2Plan.chunk`` functions over dask chunks or GPU
+shards and reduce the states with ``+``: the states are sums, so every order and grouping
+gives the same result up to float64 rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from functools import reduce
+from operator import add
+
+import numpy as np
+import torch
+
+from bfd.core.anova import Pass1State, as_chunk, finalize_means, select_tokens
+from bfd.core.checks import require
+from bfd.core.content import Pass2Plan, Pass2State
+from bfd.core.heads import HeadMaps, bi_orthogonal_modes
+from bfd.core.summary import LayerResult, summarize
+
+Chunk = tuple[int, np.ndarray | torch.Tensor]
+ChunkSource = Callable[[], Iterable[Chunk]]
+
+
+def prepare_chunk(
+    x: np.ndarray | torch.Tensor, prefix_tokens: int = 0, prefix: str = "exclude"
+) -> torch.Tensor:
+    """Check a raw (n, T_total, d) chunk and select the tokens that count as positions."""
+    return select_tokens(as_chunk(x), prefix_tokens, prefix)
+
+
+def pass1_chunk(
+    x: np.ndarray | torch.Tensor,
+    start: int,
+    *,
+    prefix_tokens: int = 0,
+    prefix: str = "exclude",
+    seed: int = 0,
+) -> Pass1State:
+    """Pass-1 sums of one raw chunk whose first image has global index ``start``."""
+    return Pass1State.from_chunk(prepare_chunk(x, prefix_tokens, prefix), start, seed)
+
+
+def decompose_layer(
+    chunks: ChunkSource,
+    maps: HeadMaps,
+    *,
+    prefix_tokens: int = 0,
+    prefix: str = "exclude",
+    seed: int = 0,
+    compute_dtype: str = "float32",
+    device: str | torch.device = "cpu",
+    check_images: int = 4,
+) -> LayerResult:
+    """Both passes of METHOD.md over one layer's chunks.
+
+    Args:
+        chunks: called once per pass; yields ``(start, x)`` with ``x`` a raw
+            ``(n, T_total, d)`` chunk of ``attn_in`` activations whose first image has global
+            index ``start``. Together the chunks must cover each image exactly once.
+        maps: the layer's head read-in maps.
+        prefix_tokens: leading non-grid tokens (CLS, registers) of each image.
+        prefix: "exclude" (METHOD.md default) or "include".
+        seed: seed of the split-half and shuffle controls.
+        compute_dtype: dtype of the pass-2 projection and Grams.
+        device: where pass 2 runs.
+        check_images: images (lowest indices) that get the 9-block logit check.
+
+    Returns:
+        The layer's results.
+    """
+    modes = bi_orthogonal_modes(maps)
+    states = [pass1_chunk(x, s, prefix_tokens=prefix_tokens, prefix=prefix, seed=seed)
+              for s, x in chunks()]
+    require(len(states) > 0, "no chunks of activations were given; expected at least one")
+    means = finalize_means(reduce(add, states))
+    plan = Pass2Plan(means, maps, modes, compute_dtype, device, check_images)
+    p2: Pass2State = reduce(
+        add, (plan.chunk(prepare_chunk(x, prefix_tokens, prefix), s) for s, x in chunks())
+    )
+    require(
+        p2.n == means.n,
+        f"pass 2 saw {p2.n} images but pass 1 saw {means.n}; the chunk source must be stable",
+    )
+    return summarize(means, p2, modes)

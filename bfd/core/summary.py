@@ -1,0 +1,164 @@
+"""Energies, fractions, types and mode statistics from the accumulated moments (METHOD.md,
+"Stage 2", "Bi-orthogonal modes", "Validation").
+
+Every quantity here is a few dh x dh products per head: the positional side needs only
+``P U`` and ``P V`` (T x dh), the content side only the float64 Gram sums of pass 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bfd.core.anova import Means
+from bfd.core.content import Pass2State
+from bfd.core.heads import Modes
+
+BLOCKS = ("pp", "pc", "cp", "cc")
+HEAD_TYPES = ("content-content", "content-position", "position-position")
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    """Every METHOD.md quantity of one layer and site. Names follow METHOD.md.
+
+    Shapes: ``energy``/``frac`` (H, 4) over BLOCKS; ``sigma``/``alpha``/``beta`` (H, dh);
+    ``mode_energy`` (H, dh, 4); ``mode_type`` (H, dh) of block names; per-head arrays (H,).
+    """
+
+    n_images: int
+    mu: np.ndarray
+    pos: np.ndarray
+    ss_total: float
+    ss_pos: float
+    ss_img: float
+    ss_int: float
+    frac_pos: float
+    frac_img: float
+    frac_int: float
+    ss_identity_residual: float
+    ortho_residual: float
+    pos_split_half_r: float
+    shuffle_frac_pos: float
+    logit_residual: float
+    energy: np.ndarray
+    frac: np.ndarray
+    head_type: np.ndarray
+    sigma: np.ndarray
+    alpha: np.ndarray
+    beta: np.ndarray
+    mode_energy: np.ndarray
+    mode_type: np.ndarray
+    mode_coupling: np.ndarray
+    eff_rank: np.ndarray
+    eff_rank_sigma: np.ndarray
+    k90: np.ndarray
+
+    @property
+    def frac_content(self) -> float:
+        return self.frac_img + self.frac_int
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    num, den = np.broadcast_arrays(np.asarray(num, float), np.asarray(den, float))
+    return np.divide(num, den, out=np.full(num.shape, np.nan), where=den > 0)
+
+
+def _entropy_rank(p: np.ndarray) -> np.ndarray:
+    """``exp(−Σ p log p)`` along the last axis, with 0 log 0 = 0."""
+    logp = np.log(p, out=np.zeros_like(p), where=p > 0)
+    return np.exp(-(p * logp).sum(-1))
+
+
+def _k90(p: np.ndarray) -> np.ndarray:
+    """Fewest modes holding 90 % of the energy (p along the last axis sums to 1)."""
+    cum = np.cumsum(np.sort(p, axis=-1)[..., ::-1], axis=-1)
+    # a 1e-12 slack keeps a share of exactly 0.9 from missing through rounding
+    return (cum < 0.9 - 1e-12).sum(-1) + 1
+
+
+def summarize(means: Means, p2: Pass2State, modes: Modes) -> LayerResult:
+    """All METHOD.md quantities of one layer from its two passes."""
+    N = means.n
+    sig2 = modes.sigma**2
+    sigma_outer = modes.sigma[:, :, None] * modes.sigma[:, None, :]
+    PU = np.einsum("td,hdk->htk", means.pos, modes.U)
+    PV = np.einsum("td,hdk->htk", means.pos, modes.V)
+    Kp_q = PU.transpose(0, 2, 1) @ PU
+    Kp_k = PV.transpose(0, 2, 1) @ PV
+
+    E_pp = N * (sigma_outer * Kp_q * Kp_k).sum((1, 2))
+    E_pc = (sigma_outer * Kp_q * p2.K_k).sum((1, 2))
+    E_cp = (sigma_outer * p2.K_q * Kp_k).sum((1, 2))
+    energy = np.stack([E_pp, E_pc, E_cp, p2.e_cc], axis=-1)
+    frac = _ratio(energy, energy.sum(-1, keepdims=True))
+    classes = np.stack([frac[:, 3], frac[:, 1] + frac[:, 2], frac[:, 0]], axis=-1)
+    head_type = np.array(HEAD_TYPES, dtype=object)[np.nan_to_num(classes, nan=-1).argmax(-1)]
+
+    upos = np.diagonal(Kp_q, axis1=1, axis2=2)
+    vpos = np.diagonal(Kp_k, axis1=1, axis2=2)
+    qcon = np.diagonal(p2.K_q, axis1=1, axis2=2)
+    kcon = np.diagonal(p2.K_k, axis1=1, axis2=2)
+    alpha = _ratio(N * upos, N * upos + qcon)
+    beta = _ratio(N * vpos, N * vpos + kcon)
+    mode_energy = np.stack(
+        [sig2 * N * upos * vpos, sig2 * upos * kcon, sig2 * qcon * vpos, sig2 * p2.cc_mode],
+        axis=-1,
+    )
+    mode_type = np.array(BLOCKS, dtype=object)[mode_energy.argmax(-1)]
+    per_mode = mode_energy.sum(-1)
+    mode_coupling = 1.0 - _ratio(per_mode.sum(-1), energy.sum(-1))
+    p = _ratio(per_mode, per_mode.sum(-1, keepdims=True))
+    p_sigma = _ratio(sig2, sig2.sum(-1, keepdims=True))
+
+    ss_pos = means.ss_pos
+    ss_total = p2.ss_total
+    return LayerResult(
+        n_images=N,
+        mu=means.mu,
+        pos=means.pos,
+        ss_total=ss_total,
+        ss_pos=ss_pos,
+        ss_img=p2.ss_img,
+        ss_int=p2.ss_int,
+        frac_pos=float(_ratio(ss_pos, ss_total)),
+        frac_img=float(_ratio(p2.ss_img, ss_total)),
+        frac_int=float(_ratio(p2.ss_int, ss_total)),
+        ss_identity_residual=float(
+            _ratio(abs(ss_total - (ss_pos + p2.ss_img + p2.ss_int)), ss_total)
+        ),
+        ortho_residual=float(
+            _ratio(abs(p2.cross_pos_content), np.sqrt(ss_pos * p2.ss_content))
+        ),
+        pos_split_half_r=means.pos_split_half_r,
+        shuffle_frac_pos=float(_ratio(means.ss_pos_shuffled, ss_total)),
+        logit_residual=p2.logit_residual,
+        energy=energy,
+        frac=frac,
+        head_type=head_type,
+        sigma=modes.sigma,
+        alpha=alpha,
+        beta=beta,
+        mode_energy=mode_energy,
+        mode_type=mode_type,
+        mode_coupling=mode_coupling,
+        eff_rank=_entropy_rank(np.nan_to_num(p)),
+        eff_rank_sigma=_entropy_rank(np.nan_to_num(p_sigma)),
+        k90=_k90(np.nan_to_num(p)),
+    )
+
+
+def pos_embed_cosine(pos_resid0: np.ndarray, pos_embed_patch_rows: np.ndarray) -> float:
+    """Cosine between ``pos`` at the ``resid`` site of block 0 and the mean-centred patch rows
+    of a learned absolute ``pos_embed`` (METHOD.md, "Validation" 3), both ``(T_patch, d)``.
+    """
+    a = np.asarray(pos_resid0, dtype=np.float64)
+    b = np.asarray(pos_embed_patch_rows, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(
+            f"pos at resid/block 0 has shape {a.shape} but pos_embed patch rows have {b.shape}"
+        )
+    b = b - b.mean(axis=0)
+    denom = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(np.sum(a * b) / denom) if denom > 0 else float("nan")

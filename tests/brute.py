@@ -1,0 +1,105 @@
+"""Literal brute-force BFD for the tests: explicit T x T logit blocks, dense float64 SVD of
+each d x d M_h, loops where METHOD.md writes sums. Slow on purpose and independent of
+bfd.core (it imports nothing from bfd)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+BLOCKS = ("pp", "pc", "cp", "cc")
+
+
+def brute_stage1(x: np.ndarray) -> dict:
+    x = np.asarray(x, dtype=np.float64)
+    N, T, _ = x.shape
+    mu = x.mean(axis=(0, 1))
+    pos = x.mean(axis=0) - mu
+    c = x - mu - pos
+    img = x.mean(axis=1) - mu
+    r = c - img[:, None, :]
+    ss_total = float(((x - mu) ** 2).sum())
+    ss_pos = N * float((pos**2).sum())
+    ss_img = T * float((img**2).sum())
+    ss_int = float((r**2).sum())
+    return dict(mu=mu, pos=pos, c=c, ss_total=ss_total, frac_pos=ss_pos / ss_total,
+                frac_img=ss_img / ss_total, frac_int=ss_int / ss_total)
+
+
+def brute_heads(x: np.ndarray, W: np.ndarray, H: int, scale: float | None = None,
+                explicit_modes: bool = True) -> dict:
+    s1 = brute_stage1(x)
+    pos, c = s1["pos"], s1["c"]
+    N, T, d = c.shape
+    W = np.asarray(W, dtype=np.float64)
+    d_attn = W.shape[0] // 3
+    dh = d_attn // H
+    s = dh**-0.5 if scale is None else scale
+    out = {k: [] for k in ("energy", "sigma", "alpha", "beta", "mode_energy", "mode_type",
+                           "head_type", "mode_coupling", "eff_rank", "eff_rank_sigma", "k90")}
+    for h in range(H):
+        A = W[h * dh:(h + 1) * dh].T
+        B = W[d_attn + h * dh:d_attn + (h + 1) * dh].T
+        M = s * A @ B.T
+        E = dict(pp=N * np.sum((pos @ M @ pos.T) ** 2), pc=0.0, cp=0.0, cc=0.0)
+        for n in range(N):
+            E["pc"] += np.sum((pos @ M @ c[n].T) ** 2)
+            E["cp"] += np.sum((c[n] @ M @ pos.T) ** 2)
+            E["cc"] += np.sum((c[n] @ M @ c[n].T) ** 2)
+        energy = np.array([E[b] for b in BLOCKS])
+        f = energy / energy.sum()
+        classes = {"content-content": f[3], "content-position": f[1] + f[2],
+                   "position-position": f[0]}
+        out["head_type"].append(max(classes, key=classes.get))
+
+        Ud, S, Vt = np.linalg.svd(M)
+        U, V, S = Ud[:, :dh], Vt[:dh].T, S[:dh]
+        for k in range(dh):
+            if U[np.argmax(np.abs(U[:, k])), k] < 0:
+                U[:, k] *= -1
+                V[:, k] *= -1
+        alpha, beta, me = [], [], []
+        for k in range(dh):
+            u, v, sk = U[:, k], V[:, k], S[k]
+            qpos = N * sum((u @ pos[t]) ** 2 for t in range(T))
+            qcon = float(((c @ u) ** 2).sum())
+            kpos = N * sum((v @ pos[t]) ** 2 for t in range(T))
+            kcon = float(((c @ v) ** 2).sum())
+            alpha.append(qpos / (qpos + qcon))
+            beta.append(kpos / (kpos + kcon))
+            if explicit_modes:
+                Pu, Pv = pos @ u, pos @ v
+                e = dict(pp=N * np.sum((sk * np.outer(Pu, Pv)) ** 2), pc=0.0, cp=0.0, cc=0.0)
+                for n in range(N):
+                    Cu, Cv = c[n] @ u, c[n] @ v
+                    e["pc"] += np.sum((sk * np.outer(Pu, Cv)) ** 2)
+                    e["cp"] += np.sum((sk * np.outer(Cu, Pv)) ** 2)
+                    e["cc"] += np.sum((sk * np.outer(Cu, Cv)) ** 2)
+            else:
+                su, sv = np.sum((pos @ u) ** 2), np.sum((pos @ v) ** 2)
+                e = dict(pp=sk**2 * N * su * sv, pc=sk**2 * su * kcon, cp=sk**2 * qcon * sv,
+                         cc=sk**2 * sum(np.sum((c[n] @ u) ** 2) * np.sum((c[n] @ v) ** 2)
+                                        for n in range(N)))
+            me.append([e[b] for b in BLOCKS])
+        me = np.array(me)
+        out["mode_type"].append([BLOCKS[i] for i in me.argmax(1)])
+        out["mode_coupling"].append(1 - me.sum() / energy.sum())
+        p = me.sum(1) / me.sum()
+        out["eff_rank"].append(np.exp(-sum(pk * np.log(pk) for pk in p if pk > 0)))
+        ps = S**2 / np.sum(S**2)
+        out["eff_rank_sigma"].append(np.exp(-sum(pk * np.log(pk) for pk in ps if pk > 0)))
+        acc, k90 = 0.0, 0
+        for pk in sorted(p, reverse=True):
+            acc += pk
+            k90 += 1
+            if acc >= 0.9 - 1e-12:
+                break
+        out["k90"].append(k90)
+        out["energy"].append(energy)
+        out["sigma"].append(S)
+        out["alpha"].append(alpha)
+        out["beta"].append(beta)
+        out["mode_energy"].append(me)
+    res = {k: np.array(v) for k, v in out.items()}
+    res["frac"] = res["energy"] / res["energy"].sum(1, keepdims=True)
+    res.update({k: s1[k] for k in ("mu", "pos", "frac_pos", "frac_img", "frac_int")})
+    return res

@@ -1,0 +1,22 @@
+"""Session-wide test environment: offline hub, private Prefect home, one Prefect test server."""
+
+import os
+import tempfile
+
+_home = tempfile.mkdtemp(prefix="bfd-test-prefect-")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["PREFECT_HOME"] = _home
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "60"
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A real (temporary, SQLite) Prefect server for the tests that run flows."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
