@@ -13,11 +13,16 @@ import numpy as np
 import torch
 
 from bfd.core.checks import require
-from bfd.core.sampling import half_a, token_permutations
+from bfd.core.sampling import half_a, image_indices, token_permutations
 
 
-def as_chunk(x: np.ndarray | torch.Tensor, name: str = "x") -> torch.Tensor:
-    """A (n, T, d) chunk as a torch tensor (no copy for numpy input), checked finite."""
+def as_chunk(
+    x: np.ndarray | torch.Tensor, name: str = "x", check_finite: bool = True
+) -> torch.Tensor:
+    """A (n, T, d) chunk as a torch tensor (no copy for numpy input).
+
+    Streaming passes skip the elementwise finiteness check: pass 1 checks its sums instead.
+    """
     t = torch.as_tensor(x)
     require(t.ndim == 3, f"{name} must be (n_images, tokens, dim); got shape {tuple(t.shape)}")
     require(
@@ -25,7 +30,7 @@ def as_chunk(x: np.ndarray | torch.Tensor, name: str = "x") -> torch.Tensor:
         f"{name} must be floating point; got dtype {t.dtype}",
     )
     require(
-        bool(torch.isfinite(t).all()),
+        not check_finite or bool(torch.isfinite(t).all()),
         f"{name} holds NaN or inf (an unfinished extraction?); expected finite values",
     )
     return t
@@ -66,20 +71,33 @@ class Pass1State:
         return cls(0, z, 0, z.copy(), z.copy())
 
     @classmethod
-    def from_chunk(cls, x: torch.Tensor, start: int, seed: int = 0) -> Pass1State:
-        """Sums of one chunk whose first image has global index ``start``."""
+    def from_chunk(cls, x: torch.Tensor, index: int | np.ndarray, seed: int = 0) -> Pass1State:
+        """Sums of one chunk; ``index`` is its first image's global index or all n of them.
+
+        Raises:
+            ValueError: when the chunk holds NaN or inf (they propagate into the sums, which
+                are checked instead of every element).
+        """
         n, T, d = x.shape
-        idx = np.arange(start, start + n)
-        x64 = x.to(torch.float64)
-        in_a = torch.from_numpy(half_a(idx, seed)).to(x.device)
+        idx = image_indices(index, n)
+        x64 = x.to(torch.float64).reshape(n, T * d)
+        weights = torch.ones((2, n), dtype=torch.float64, device=x.device)
+        weights[1] = torch.from_numpy(half_a(idx, seed).astype(np.float64)).to(x.device)
+        sums = weights @ x64  # the total and half "a" in one read of the chunk
         perm = torch.from_numpy(token_permutations(idx, T, seed)).to(x.device)
         shuffled = torch.zeros((T, d), dtype=torch.float64, device=x.device)
         shuffled.index_add_(0, perm.reshape(-1), x64.reshape(n * T, d))
+        sums = sums.cpu().numpy()
+        require(
+            bool(np.isfinite(sums).all()),
+            f"activations of images {idx.min()}..{idx.max()} hold NaN or inf "
+            "(an unfinished extraction?); expected finite values",
+        )
         return cls(
             n=n,
-            sum_x=x64.sum(0).cpu().numpy(),
-            n_half=int(in_a.sum()),
-            sum_half=x64[in_a].sum(0).cpu().numpy(),
+            sum_x=sums[0].reshape(T, d),
+            n_half=int(weights[1].sum()),
+            sum_half=sums[1].reshape(T, d),
             sum_shuffled=shuffled.cpu().numpy(),
         )
 

@@ -23,6 +23,7 @@ import torch
 from bfd.core.anova import Means
 from bfd.core.checks import require
 from bfd.core.heads import HeadMaps, Modes
+from bfd.core.sampling import image_indices
 
 COMPUTE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -40,8 +41,9 @@ class Pass2State:
         cross_pos_content: ``Σ_{n,t} <pos[t], c[n, t]>`` (zero in exact arithmetic).
         K_q: ``Σ_n (C_n U)ᵀ(C_n U)``, ``(H, dh, dh)``.
         K_k: ``Σ_n (C_n V)ᵀ(C_n V)``, ``(H, dh, dh)``.
-        e_cc: ``E_cc`` per head, ``(H,)``.
-        cc_mode: ``Σ_n (Σ_t (u_k·c)²)(Σ_t (v_k·c)²)`` per head and mode, ``(H, dh)``.
+        KK: ``Σ_n K_q,n ∘ K_k,n`` (elementwise product of each image's Grams), ``(H, dh, dh)``:
+            ``E_cc = Σ_ij σ_i σ_j KK[i, j]`` and the per-mode ``Σ_n (Σ_t (u_k·c)²)(Σ_t
+            (v_k·c)²) = KK[k, k]``.
         logit_residual: largest relative residual of the 9-block logit reconstruction over the
             checked images (NaN when none was checked).
     """
@@ -54,15 +56,13 @@ class Pass2State:
     cross_pos_content: float
     K_q: np.ndarray
     K_k: np.ndarray
-    e_cc: np.ndarray
-    cc_mode: np.ndarray
+    KK: np.ndarray
     logit_residual: float = float("nan")
 
     @classmethod
     def empty(cls, num_heads: int, head_dim: int) -> Pass2State:
         z = np.zeros((num_heads, head_dim, head_dim))
-        return cls(0, 0.0, 0.0, 0.0, 0.0, 0.0, z, z.copy(), np.zeros(num_heads),
-                   np.zeros((num_heads, head_dim)))
+        return cls(0, 0.0, 0.0, 0.0, 0.0, 0.0, z, z.copy(), z.copy())
 
     def __add__(self, other: Pass2State) -> Pass2State:
         require(
@@ -78,8 +78,7 @@ class Pass2State:
             cross_pos_content=self.cross_pos_content + other.cross_pos_content,
             K_q=self.K_q + other.K_q,
             K_k=self.K_k + other.K_k,
-            e_cc=self.e_cc + other.e_cc,
-            cc_mode=self.cc_mode + other.cc_mode,
+            KK=self.KK + other.KK,
             logit_residual=float(np.fmax(self.logit_residual, other.logit_residual)),
         )
 
@@ -94,8 +93,9 @@ class Pass2Plan:
 
     Args:
         means: result of pass 1.
-        maps: head read-in maps (for the logit-reconstruction check).
-        modes: bi-orthogonal modes of the heads.
+        maps: head read-in maps (for the logit-reconstruction check); None for Stage 1 only
+            (e.g. the ``resid`` site).
+        modes: bi-orthogonal modes of the heads; None with ``maps``.
         compute_dtype: "float32" (fast, default) or "float64" for the projection and Grams.
         device: torch device of the chunks.
         check_images: images with global index below this get the 9-block logit check.
@@ -104,8 +104,8 @@ class Pass2Plan:
     def __init__(
         self,
         means: Means,
-        maps: HeadMaps,
-        modes: Modes,
+        maps: HeadMaps | None,
+        modes: Modes | None,
         compute_dtype: str = "float32",
         device: str | torch.device = "cpu",
         check_images: int = 4,
@@ -115,51 +115,57 @@ class Pass2Plan:
             f"compute_dtype must be one of {sorted(COMPUTE_DTYPES)}; got {compute_dtype!r}",
         )
         require(
-            means.pos.shape[1] == maps.dim,
-            f"activations have width {means.pos.shape[1]} but qkv expects d={maps.dim}",
+            maps is None or means.pos.shape[1] == maps.dim,
+            f"activations have width {means.pos.shape[1]} but qkv expects "
+            f"d={maps.dim if maps else None}",
         )
         self.means = means
         self.maps = maps
         self.check_images = check_images
         self.device = torch.device(device)
         self.dtype = COMPUTE_DTYPES[compute_dtype]
-        H, d, dh = modes.U.shape
+        d = means.pos.shape[1]
+        H, _, dh = modes.U.shape if modes is not None else (0, d, 0)
         self.num_heads, self.head_dim = H, dh
         self.mu = torch.from_numpy(means.mu).to(self.device)
         self.pos = torch.from_numpy(means.pos).to(self.device)
-        # All heads' query and key modes side by side: one (d, 2·H·dh) projection.
-        W = np.concatenate([modes.U, modes.V], axis=0).transpose(1, 0, 2).reshape(d, 2 * H * dh)
-        self.W = torch.from_numpy(np.ascontiguousarray(W)).to(self.device, self.dtype)
-        sigma = torch.from_numpy(modes.sigma).to(self.device)
-        self.sigma_outer = sigma[:, :, None] * sigma[:, None, :]
+        # All heads' query and key modes stacked: one (2·H·dh, d) projection.
+        W_t = (
+            np.concatenate([modes.U, modes.V], axis=0).transpose(0, 2, 1).reshape(2 * H * dh, d)
+            if modes is not None
+            else np.zeros((0, d))
+        )
+        self.W_t = torch.from_numpy(np.ascontiguousarray(W_t)).to(self.device, self.dtype)
 
-    def chunk(self, x: torch.Tensor, start: int = 0) -> Pass2State:
-        """Pass-2 sums of one chunk ``x (n, T, d)`` whose first image has index ``start``."""
+    def chunk(self, x: torch.Tensor, index: int | np.ndarray = 0) -> Pass2State:
+        """Pass-2 sums of one chunk ``x (n, T, d)``; ``index`` is its first image's global
+        index or all n of them."""
         n, T, d = x.shape
         require(
             (T, d) == tuple(self.pos.shape),
             f"chunk has (tokens, dim)={(T, d)}; pass 1 saw {tuple(self.pos.shape)}",
         )
         H, dh = self.num_heads, self.head_dim
-        x64 = x.to(self.device, torch.float64)
-        c = x64 - self.mu
+        # copy=True: float64 input must not be centred in place under the caller's feet
+        c = x.to(self.device, torch.float64, copy=True)
+        checked = torch.from_numpy(image_indices(index, n) < self.check_images).to(c.device)
+        x_check = c[checked] if self.maps is not None else c[:0]
+        c -= self.mu
         ss_total = _dot(c)
         c -= self.pos
         ss_content = _dot(c)
         cross = float((c.sum(0) * self.pos).sum())
         img = c.mean(1, keepdim=True)
         ss_img = T * _dot(img)
-        ss_int = _dot(c - img)
-
-        Z = (c.to(self.dtype).reshape(n * T, d) @ self.W).reshape(n, T, 2 * H, dh)
-        Z = Z.permute(0, 2, 1, 3)
-        K = (Z.transpose(-1, -2) @ Z).to(torch.float64)
+        # (n, 2·H·dh, T): each head's projection comes out contiguous for the batched Grams
+        Z = torch.matmul(self.W_t, c.to(self.dtype).transpose(1, 2)).view(n, 2 * H, dh, T)
+        c -= img
+        ss_int = _dot(c)
+        K = Z @ Z.transpose(-1, -2)
         Kq, Kk = K[:, :H], K[:, H:]
-        e_cc = torch.einsum("nhij,nhij,hij->h", Kq, Kk, self.sigma_outer)
-        cc_mode = (Kq.diagonal(dim1=-2, dim2=-1) * Kk.diagonal(dim1=-2, dim2=-1)).sum(0)
+        KK = (Kq * Kk).sum(0, dtype=torch.float64)
 
-        n_check = min(max(self.check_images - start, 0), n)
-        residual = logit_residual(x64[:n_check], self.means, self.maps) if n_check else np.nan
+        residual = logit_residual(x_check, self.means, self.maps) if len(x_check) else np.nan
         return Pass2State(
             n=n,
             ss_total=ss_total,
@@ -167,10 +173,9 @@ class Pass2Plan:
             ss_int=ss_int,
             ss_content=ss_content,
             cross_pos_content=cross,
-            K_q=Kq.sum(0).cpu().numpy(),
-            K_k=Kk.sum(0).cpu().numpy(),
-            e_cc=e_cc.cpu().numpy(),
-            cc_mode=cc_mode.cpu().numpy(),
+            K_q=Kq.sum(0, dtype=torch.float64).cpu().numpy(),
+            K_k=Kk.sum(0, dtype=torch.float64).cpu().numpy(),
+            KK=KK.cpu().numpy(),
             logit_residual=float(residual),
         )
 

@@ -21,26 +21,22 @@ PER_MODE = ("sigma", "alpha", "beta", "mode_type")
 
 
 def to_dataset(result: LayerResult, attrs: dict | None = None) -> xr.Dataset:
-    """The results of one layer as an xarray Dataset."""
-    H, dh = result.sigma.shape
+    """The results of one layer as an xarray Dataset (Stage 2 variables only if computed)."""
     T, d = result.pos.shape
     data: dict[str, tuple] = {name: ((), getattr(result, name)) for name in SCALARS}
-    data["energy"] = (("head", "block"), result.energy)
-    data["frac"] = (("head", "block"), result.frac)
-    for name in PER_HEAD:
-        data[name] = (("head",), _plain(getattr(result, name)))
-    for name in PER_MODE:
-        data[name] = (("head", "mode"), _plain(getattr(result, name)))
-    data["mode_energy"] = (("head", "mode", "block"), result.mode_energy)
     data["pos"] = (("token", "dim"), result.pos)
     data["mu"] = (("dim",), result.mu)
-    coords = {
-        "head": np.arange(H),
-        "mode": np.arange(dh),
-        "block": list(BLOCKS),
-        "token": np.arange(T),
-        "dim": np.arange(d),
-    }
+    coords: dict[str, object] = {"token": np.arange(T), "dim": np.arange(d)}
+    if result.sigma is not None:
+        H, dh = result.sigma.shape
+        data["energy"] = (("head", "block"), result.energy)
+        data["frac"] = (("head", "block"), result.frac)
+        for name in PER_HEAD:
+            data[name] = (("head",), _plain(getattr(result, name)))
+        for name in PER_MODE:
+            data[name] = (("head", "mode"), _plain(getattr(result, name)))
+        data["mode_energy"] = (("head", "mode", "block"), result.mode_energy)
+        coords |= {"head": np.arange(H), "mode": np.arange(dh), "block": list(BLOCKS)}
     ds = xr.Dataset(data, coords=coords)
     ds.attrs.update({"n_images": result.n_images, **(attrs or {})})
     return ds

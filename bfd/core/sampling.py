@@ -11,6 +11,17 @@ import numpy as np
 _M = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
+def image_indices(index: int | np.ndarray, n: int) -> np.ndarray:
+    """Global indices of a chunk's n images: ``start..start+n`` or an explicit array (a chunk
+    of a selection, e.g. without the images that failed to decode)."""
+    if np.ndim(index) == 0:
+        return np.arange(int(index), int(index) + n)
+    idx = np.asarray(index, dtype=np.int64)
+    if idx.shape != (n,):
+        raise ValueError(f"a chunk of {n} images needs {n} indices; got shape {idx.shape}")
+    return idx
+
+
 def splitmix64(z: np.ndarray) -> np.ndarray:
     """The SplitMix64 finaliser, elementwise on uint64 (wrapping arithmetic is intended)."""
     z = np.asarray(z, dtype=np.uint64)

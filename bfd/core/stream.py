@@ -9,8 +9,6 @@ gives the same result up to float64 rounding.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from functools import reduce
-from operator import add
 
 import numpy as np
 import torch
@@ -21,7 +19,7 @@ from bfd.core.content import Pass2Plan, Pass2State
 from bfd.core.heads import HeadMaps, bi_orthogonal_modes
 from bfd.core.summary import LayerResult, summarize
 
-Chunk = tuple[int, np.ndarray | torch.Tensor]
+Chunk = tuple[int | np.ndarray, np.ndarray | torch.Tensor]
 ChunkSource = Callable[[], Iterable[Chunk]]
 
 
@@ -29,24 +27,24 @@ def prepare_chunk(
     x: np.ndarray | torch.Tensor, prefix_tokens: int = 0, prefix: str = "exclude"
 ) -> torch.Tensor:
     """Check a raw (n, T_total, d) chunk and select the tokens that count as positions."""
-    return select_tokens(as_chunk(x), prefix_tokens, prefix)
+    return select_tokens(as_chunk(x, check_finite=False), prefix_tokens, prefix)
 
 
 def pass1_chunk(
     x: np.ndarray | torch.Tensor,
-    start: int,
+    index: int | np.ndarray,
     *,
     prefix_tokens: int = 0,
     prefix: str = "exclude",
     seed: int = 0,
 ) -> Pass1State:
-    """Pass-1 sums of one raw chunk whose first image has global index ``start``."""
-    return Pass1State.from_chunk(prepare_chunk(x, prefix_tokens, prefix), start, seed)
+    """Pass-1 sums of one raw chunk; ``index`` is its first image's global index or all n."""
+    return Pass1State.from_chunk(prepare_chunk(x, prefix_tokens, prefix), index, seed)
 
 
 def decompose_layer(
     chunks: ChunkSource,
-    maps: HeadMaps,
+    maps: HeadMaps | None,
     *,
     prefix_tokens: int = 0,
     prefix: str = "exclude",
@@ -58,10 +56,11 @@ def decompose_layer(
     """Both passes of METHOD.md over one layer's chunks.
 
     Args:
-        chunks: called once per pass; yields ``(start, x)`` with ``x`` a raw
-            ``(n, T_total, d)`` chunk of ``attn_in`` activations whose first image has global
-            index ``start``. Together the chunks must cover each image exactly once.
-        maps: the layer's head read-in maps.
+        chunks: called once per pass; yields ``(index, x)`` with ``x`` a raw
+            ``(n, T_total, d)`` chunk of activations and ``index`` the global index of its
+            first image (or an array of all n). Together the chunks must cover each image
+            exactly once.
+        maps: the layer's head read-in maps; None for Stage 1 only (e.g. the resid site).
         prefix_tokens: leading non-grid tokens (CLS, registers) of each image.
         prefix: "exclude" (METHOD.md default) or "include".
         seed: seed of the split-half and shuffle controls.
@@ -72,17 +71,27 @@ def decompose_layer(
     Returns:
         The layer's results.
     """
-    modes = bi_orthogonal_modes(maps)
-    states = [pass1_chunk(x, s, prefix_tokens=prefix_tokens, prefix=prefix, seed=seed)
-              for s, x in chunks()]
-    require(len(states) > 0, "no chunks of activations were given; expected at least one")
-    means = finalize_means(reduce(add, states))
+    modes = bi_orthogonal_modes(maps) if maps is not None else None
+    p1 = _total(
+        pass1_chunk(x, s, prefix_tokens=prefix_tokens, prefix=prefix, seed=seed)
+        for s, x in chunks()
+    )
+    means = finalize_means(p1)
     plan = Pass2Plan(means, maps, modes, compute_dtype, device, check_images)
-    p2: Pass2State = reduce(
-        add, (plan.chunk(prepare_chunk(x, prefix_tokens, prefix), s) for s, x in chunks())
+    p2: Pass2State = _total(
+        plan.chunk(prepare_chunk(x, prefix_tokens, prefix), s) for s, x in chunks()
     )
     require(
         p2.n == means.n,
         f"pass 2 saw {p2.n} images but pass 1 saw {means.n}; the chunk source must be stable",
     )
     return summarize(means, p2, modes)
+
+
+def _total(states: Iterable[Pass1State | Pass2State]):
+    """Sum states as they stream by: holding every chunk's state would grow with N."""
+    total = None
+    for state in states:
+        total = state if total is None else total + state
+    require(total is not None, "no chunks of activations were given; expected at least one")
+    return total

@@ -7,7 +7,7 @@ Every quantity here is a few dh x dh products per head: the positional side need
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -42,18 +42,19 @@ class LayerResult:
     pos_split_half_r: float
     shuffle_frac_pos: float
     logit_residual: float
-    energy: np.ndarray
-    frac: np.ndarray
-    head_type: np.ndarray
-    sigma: np.ndarray
-    alpha: np.ndarray
-    beta: np.ndarray
-    mode_energy: np.ndarray
-    mode_type: np.ndarray
-    mode_coupling: np.ndarray
-    eff_rank: np.ndarray
-    eff_rank_sigma: np.ndarray
-    k90: np.ndarray
+    # Stage 2 (None where only Stage 1 was asked for, e.g. at the resid site)
+    energy: np.ndarray | None = None
+    frac: np.ndarray | None = None
+    head_type: np.ndarray | None = None
+    sigma: np.ndarray | None = None
+    alpha: np.ndarray | None = None
+    beta: np.ndarray | None = None
+    mode_energy: np.ndarray | None = None
+    mode_type: np.ndarray | None = None
+    mode_coupling: np.ndarray | None = None
+    eff_rank: np.ndarray | None = None
+    eff_rank_sigma: np.ndarray | None = None
+    k90: np.ndarray | None = None
 
     @property
     def frac_content(self) -> float:
@@ -78,44 +79,12 @@ def _k90(p: np.ndarray) -> np.ndarray:
     return (cum < 0.9 - 1e-12).sum(-1) + 1
 
 
-def summarize(means: Means, p2: Pass2State, modes: Modes) -> LayerResult:
-    """All METHOD.md quantities of one layer from its two passes."""
-    N = means.n
-    sig2 = modes.sigma**2
-    sigma_outer = modes.sigma[:, :, None] * modes.sigma[:, None, :]
-    PU = np.einsum("td,hdk->htk", means.pos, modes.U)
-    PV = np.einsum("td,hdk->htk", means.pos, modes.V)
-    Kp_q = PU.transpose(0, 2, 1) @ PU
-    Kp_k = PV.transpose(0, 2, 1) @ PV
-
-    E_pp = N * (sigma_outer * Kp_q * Kp_k).sum((1, 2))
-    E_pc = (sigma_outer * Kp_q * p2.K_k).sum((1, 2))
-    E_cp = (sigma_outer * p2.K_q * Kp_k).sum((1, 2))
-    energy = np.stack([E_pp, E_pc, E_cp, p2.e_cc], axis=-1)
-    frac = _ratio(energy, energy.sum(-1, keepdims=True))
-    classes = np.stack([frac[:, 3], frac[:, 1] + frac[:, 2], frac[:, 0]], axis=-1)
-    head_type = np.array(HEAD_TYPES, dtype=object)[np.nan_to_num(classes, nan=-1).argmax(-1)]
-
-    upos = np.diagonal(Kp_q, axis1=1, axis2=2)
-    vpos = np.diagonal(Kp_k, axis1=1, axis2=2)
-    qcon = np.diagonal(p2.K_q, axis1=1, axis2=2)
-    kcon = np.diagonal(p2.K_k, axis1=1, axis2=2)
-    alpha = _ratio(N * upos, N * upos + qcon)
-    beta = _ratio(N * vpos, N * vpos + kcon)
-    mode_energy = np.stack(
-        [sig2 * N * upos * vpos, sig2 * upos * kcon, sig2 * qcon * vpos, sig2 * p2.cc_mode],
-        axis=-1,
-    )
-    mode_type = np.array(BLOCKS, dtype=object)[mode_energy.argmax(-1)]
-    per_mode = mode_energy.sum(-1)
-    mode_coupling = 1.0 - _ratio(per_mode.sum(-1), energy.sum(-1))
-    p = _ratio(per_mode, per_mode.sum(-1, keepdims=True))
-    p_sigma = _ratio(sig2, sig2.sum(-1, keepdims=True))
-
+def summarize_stage1(means: Means, p2: Pass2State) -> LayerResult:
+    """Stage 1 quantities and quality checks of one layer and site."""
     ss_pos = means.ss_pos
     ss_total = p2.ss_total
     return LayerResult(
-        n_images=N,
+        n_images=means.n,
         mu=means.mu,
         pos=means.pos,
         ss_total=ss_total,
@@ -134,15 +103,55 @@ def summarize(means: Means, p2: Pass2State, modes: Modes) -> LayerResult:
         pos_split_half_r=means.pos_split_half_r,
         shuffle_frac_pos=float(_ratio(means.ss_pos_shuffled, ss_total)),
         logit_residual=p2.logit_residual,
+    )
+
+
+def summarize(means: Means, p2: Pass2State, modes: Modes | None) -> LayerResult:
+    """All METHOD.md quantities of one layer from its two passes (Stage 1 only without
+    modes)."""
+    stage1 = summarize_stage1(means, p2)
+    if modes is None:
+        return stage1
+    N = means.n
+    sig2 = modes.sigma**2
+    sigma_outer = modes.sigma[:, :, None] * modes.sigma[:, None, :]
+    PU = np.einsum("td,hdk->htk", means.pos, modes.U)
+    PV = np.einsum("td,hdk->htk", means.pos, modes.V)
+    Kp_q = PU.transpose(0, 2, 1) @ PU
+    Kp_k = PV.transpose(0, 2, 1) @ PV
+
+    E_pp = N * (sigma_outer * Kp_q * Kp_k).sum((1, 2))
+    E_pc = (sigma_outer * Kp_q * p2.K_k).sum((1, 2))
+    E_cp = (sigma_outer * p2.K_q * Kp_k).sum((1, 2))
+    E_cc = (sigma_outer * p2.KK).sum((1, 2))
+    energy = np.stack([E_pp, E_pc, E_cp, E_cc], axis=-1)
+    frac = _ratio(energy, energy.sum(-1, keepdims=True))
+    classes = np.stack([frac[:, 3], frac[:, 1] + frac[:, 2], frac[:, 0]], axis=-1)
+    head_type = np.array(HEAD_TYPES, dtype=object)[np.nan_to_num(classes, nan=-1).argmax(-1)]
+
+    upos = np.diagonal(Kp_q, axis1=1, axis2=2)
+    vpos = np.diagonal(Kp_k, axis1=1, axis2=2)
+    qcon = np.diagonal(p2.K_q, axis1=1, axis2=2)
+    kcon = np.diagonal(p2.K_k, axis1=1, axis2=2)
+    mode_energy = np.stack(
+        [sig2 * N * upos * vpos, sig2 * upos * kcon, sig2 * qcon * vpos,
+         sig2 * np.diagonal(p2.KK, axis1=1, axis2=2)],
+        axis=-1,
+    )
+    per_mode = mode_energy.sum(-1)
+    p = _ratio(per_mode, per_mode.sum(-1, keepdims=True))
+    p_sigma = _ratio(sig2, sig2.sum(-1, keepdims=True))
+    return replace(
+        stage1,
         energy=energy,
         frac=frac,
         head_type=head_type,
         sigma=modes.sigma,
-        alpha=alpha,
-        beta=beta,
+        alpha=_ratio(N * upos, N * upos + qcon),
+        beta=_ratio(N * vpos, N * vpos + kcon),
         mode_energy=mode_energy,
-        mode_type=mode_type,
-        mode_coupling=mode_coupling,
+        mode_type=np.array(BLOCKS, dtype=object)[mode_energy.argmax(-1)],
+        mode_coupling=1.0 - _ratio(per_mode.sum(-1), energy.sum(-1)),
         eff_rank=_entropy_rank(np.nan_to_num(p)),
         eff_rank_sigma=_entropy_rank(np.nan_to_num(p_sigma)),
         k90=_k90(np.nan_to_num(p)),

@@ -1,0 +1,42 @@
+"""The store: Zarr activations and results, run manifests, Parquet tables (docs/layout.md).
+
+The public API is this list; the modules behind it may move.
+"""
+
+from .activations import COMPRESSIONS as COMPRESSIONS
+from .activations import DIMS as DIMS
+from .activations import create_activation_template as create_activation_template
+from .activations import images_per_chunk_for as images_per_chunk_for
+from .activations import list_runs as list_runs
+from .activations import open_activations as open_activations
+from .activations import write_shard as write_shard
+from .manifest import IMAGE_STATUSES as IMAGE_STATUSES
+from .manifest import ImageRecord as ImageRecord
+from .manifest import Shard as Shard
+from .manifest import completed_shards as completed_shards
+from .manifest import image_list_sha256 as image_list_sha256
+from .manifest import mark_shard_done as mark_shard_done
+from .manifest import plan_shards as plan_shards
+from .manifest import read_image_manifest as read_image_manifest
+from .manifest import write_image_manifest as write_image_manifest
+from .paths import Store as Store
+from .paths import default_store as default_store
+from .paths import validate_run_id as validate_run_id
+from .results import open_results as open_results
+from .results import write_results as write_results
+from .runs import DTYPES as DTYPES
+from .runs import RunRequest as RunRequest
+from .runs import canonical_json as canonical_json
+from .runs import list_requests as list_requests
+from .runs import read_request as read_request
+from .runs import run_id as run_id
+from .runs import sha256_hex as sha256_hex
+from .runs import write_request as write_request
+from .tables import TABLE_SCHEMAS as TABLE_SCHEMAS
+from .tables import conform as conform
+from .tables import partition_value as partition_value
+from .tables import read_table as read_table
+from .tables import table_glob as table_glob
+from .tables import table_path as table_path
+from .tables import unescape_partition_value as unescape_partition_value
+from .tables import write_table as write_table

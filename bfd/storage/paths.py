@@ -1,0 +1,178 @@
+"""Where things live in a store (docs/layout.md), and the one atomic-write helper.
+
+A store is a local directory. The Zarr part may live elsewhere (any fsspec URL) through
+``zarr_url``; the plain files (run requests, shard markers, Parquet tables) stay local because
+their atomicity rests on ``os.replace`` within one directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Any, Final
+
+STORE_ENV: Final[str] = "BFD_STORE"
+ZARR_URL_ENV: Final[str] = "BFD_ZARR_URL"
+DEFAULT_ROOT: Final[str] = "./bfd-store"
+
+ZARR_NAME: Final[str] = "bfd.zarr"
+RESULTS_GROUP: Final[str] = "results"
+
+# Path-safe and SQL-friendly; the same pattern run_id() produces.
+_RUN_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
+_URL_RE: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def validate_run_id(run_id: str) -> str:
+    """Check that a run id is safe as a directory, Zarr group and partition name.
+
+    Args:
+        run_id: The id to check.
+
+    Returns:
+        The same id.
+
+    Raises:
+        ValueError: If it is empty, too long, starts with a dot or holds other characters
+            than letters, digits, ``_``, ``.`` and ``-``.
+    """
+    if not isinstance(run_id, str) or not _RUN_ID_RE.match(run_id) or ".." in run_id:
+        raise ValueError(
+            f"invalid run_id {run_id!r}: expected 1-200 characters from [A-Za-z0-9_.-], "
+            "starting with a letter or digit and without '..'"
+        )
+    return run_id
+
+
+class Store:
+    """The paths of one store, as laid out in docs/layout.md.
+
+    Args:
+        root: Local directory of the store (``file://`` URLs are accepted). Other URLs are
+            refused: the plain files need a local file system; use ``zarr_url`` to put the
+            Zarr part elsewhere.
+        zarr_url: Optional location of the Zarr store (a path or any fsspec URL, e.g.
+            ``s3://bucket/bfd.zarr``); defaults to ``<root>/bfd.zarr``.
+
+    Raises:
+        ValueError: If ``root`` is a non-local URL.
+    """
+
+    def __init__(self, root: str | os.PathLike[str] = DEFAULT_ROOT, *, zarr_url: str | None = None):
+        text = os.fspath(root)
+        if text.startswith("file://"):
+            text = text[len("file://") :]
+        elif _URL_RE.match(text):
+            raise ValueError(
+                f"store root must be a local directory, got URL {text!r}; pass a local root and "
+                "zarr_url=<fsspec URL> to keep the Zarr part remote"
+            )
+        self.root: Final[Path] = Path(text).expanduser().absolute()
+        self._zarr_url: Final[str | None] = zarr_url.rstrip("/") if zarr_url else None
+
+    def __repr__(self) -> str:
+        extra = f", zarr_url={self._zarr_url!r}" if self._zarr_url else ""
+        return f"Store({str(self.root)!r}{extra})"
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Store)
+            and self.root == other.root
+            and self._zarr_url == other._zarr_url
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.root, self._zarr_url))
+
+    @property
+    def zarr_path(self) -> str:
+        """The Zarr store: a local path or an fsspec URL, as zarr and xarray accept it."""
+        return self._zarr_url or str(self.root / ZARR_NAME)
+
+    @property
+    def runs_dir(self) -> Path:
+        """Directory holding one plain-file directory per run."""
+        return self.root / "runs"
+
+    @property
+    def tables_dir(self) -> Path:
+        """Directory holding the Parquet tables."""
+        return self.root / "tables"
+
+    def run_group(self, run_id: str) -> str:
+        """Path of the run's activation group inside the Zarr store."""
+        return validate_run_id(run_id)
+
+    def results_group(self, run_id: str) -> str:
+        """Path of the run's results group inside the Zarr store."""
+        return f"{validate_run_id(run_id)}/{RESULTS_GROUP}"
+
+    def run_dir(self, run_id: str) -> Path:
+        """The run's plain-file directory (request, image manifest, shard markers)."""
+        return self.runs_dir / validate_run_id(run_id)
+
+    def shards_dir(self, run_id: str) -> Path:
+        """Directory of the run's shard completion markers."""
+        return self.run_dir(run_id) / "shards"
+
+    def table_dir(self, table: str) -> Path:
+        """Directory of one Parquet table (its partitions lie below it)."""
+        return self.tables_dir / table
+
+
+def default_store() -> Store:
+    """The store named by ``$BFD_STORE`` (else ``./bfd-store``) and ``$BFD_ZARR_URL``."""
+    return Store(
+        os.environ.get(STORE_ENV, DEFAULT_ROOT), zarr_url=os.environ.get(ZARR_URL_ENV) or None
+    )
+
+
+def temp_name(path: Path) -> Path:
+    """A unique hidden sibling of ``path`` for write-then-rename.
+
+    The name starts with a dot and ends with ``.tmp``, so no glob of finished files
+    (``*.json``, ``part-*.parquet``) ever matches it.
+    """
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory entry so that a rename in it survives a crash (POSIX only)."""
+    if os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON so that readers see either the old file, the new one, or none.
+
+    Args:
+        path: Destination file; its directory is created if missing.
+        obj: A JSON-serialisable object (NaN and infinities are refused).
+    """
+    text = json.dumps(obj, indent=1, sort_keys=True, allow_nan=False, ensure_ascii=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def read_json(path: Path) -> Any:
+    """Read one JSON file."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)

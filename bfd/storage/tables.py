@@ -1,0 +1,294 @@
+"""Parquet result tables: ``tables/<table>/model=<model>/run_id=<run_id>/part-0.parquet``.
+
+Every file holds all contract columns of its table, ``model`` included, so a reader never
+needs Hive partition parsing (DuckDB: ``read_parquet(table_glob(...))``, no
+``hive_partitioning``). Column types are fixed here; extra columns are kept after the contract
+ones ("add columns, never rename"). ``sites`` and ``layers`` of the ``runs`` table are
+comma-joined strings (``"attn_in,resid"``, ``"0,1,2"``): plain text filters in SQL, and no
+list types for dashboards to unnest.
+
+A file is written under a hidden temporary name in its final directory, then renamed, so a
+reader sees either the previous complete file or the new complete file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import quote, unquote
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .paths import Store, fsync_dir, temp_name, validate_run_id
+
+PART_NAME: Final[str] = "part-0.parquet"
+
+_S, _I32, _I64, _F64 = pa.string(), pa.int32(), pa.int64(), pa.float64()
+_TS: Final = pa.timestamp("us", tz="UTC")
+
+
+def _schema(*fields: tuple[str, pa.DataType]) -> pa.Schema:
+    return pa.schema([pa.field(name, type_) for name, type_ in fields])
+
+
+_ENERGIES: Final = [("e_pp", _F64), ("e_pc", _F64), ("e_cp", _F64), ("e_cc", _F64)]
+
+TABLE_SCHEMAS: Final[dict[str, pa.Schema]] = {
+    "runs": _schema(
+        ("run_id", _S),
+        ("model", _S),
+        ("weights", _S),
+        ("weights_sha256", _S),
+        ("images", _S),
+        ("images_sha256", _S),
+        ("n_images", _I64),
+        ("n_skipped", _I64),
+        ("img_size", _I32),
+        ("grid_h", _I32),
+        ("grid_w", _I32),
+        ("prefix_tokens", _I32),
+        ("sites", _S),
+        ("layers", _S),
+        ("dtype", _S),
+        ("created_at", _TS),
+        ("bfd_version", _S),
+        ("timm_version", _S),
+        ("torch_version", _S),
+        ("config_json", _S),
+        ("status", _S),
+    ),
+    "layers": _schema(
+        ("run_id", _S),
+        ("model", _S),
+        ("layer", _I32),
+        ("site", _S),
+        ("ss_total", _F64),
+        ("frac_pos", _F64),
+        ("frac_img", _F64),
+        ("frac_int", _F64),
+        ("pos_split_half_r", _F64),
+        ("pos_embed_cos", _F64),
+        ("shuffle_frac_pos", _F64),
+        ("ss_identity_residual", _F64),
+        ("ortho_residual", _F64),
+    ),
+    "heads": _schema(
+        ("run_id", _S),
+        ("model", _S),
+        ("layer", _I32),
+        ("head", _I32),
+        *_ENERGIES,
+        ("f_pp", _F64),
+        ("f_pc", _F64),
+        ("f_cp", _F64),
+        ("f_cc", _F64),
+        ("head_type", _S),
+        ("eff_rank", _F64),
+        ("eff_rank_sigma", _F64),
+        ("k90", _I32),
+        ("mode_coupling", _F64),
+    ),
+    "modes": _schema(
+        ("run_id", _S),
+        ("model", _S),
+        ("layer", _I32),
+        ("head", _I32),
+        ("mode", _I32),
+        ("sigma", _F64),
+        ("alpha", _F64),
+        ("beta", _F64),
+        *_ENERGIES,
+        ("mode_type", _S),
+    ),
+    "images": _schema(
+        ("run_id", _S),
+        ("model", _S),
+        ("image_index", _I32),
+        ("image_id", _S),
+        ("sha256", _S),
+        ("status", _S),
+        ("error", _S),
+    ),
+}
+
+
+def partition_value(value: str) -> str:
+    """Escape a partition value for a directory name, reversibly (``unquote`` undoes it).
+
+    Everything but letters, digits and ``_.-~`` is percent-encoded, so ``hf-hub:timm/x``
+    becomes ``hf-hub%3Atimm%2Fx``: no ``/``, ``=`` or ``:`` reaches the path.
+
+    Raises:
+        ValueError: If the value is empty, ``.`` or ``..``.
+    """
+    if value in ("", ".", ".."):
+        raise ValueError(f"partition value must not be empty, '.' or '..', got {value!r}")
+    return quote(value, safe="")
+
+
+def unescape_partition_value(text: str) -> str:
+    """Inverse of ``partition_value``."""
+    return unquote(text)
+
+
+def table_path(store: Store, table: str, model: str, run_id: str) -> Path:
+    """The Parquet file of one (table, model, run) partition."""
+    _check_table(table)
+    return (
+        store.table_dir(table)
+        / f"model={partition_value(model)}"
+        / f"run_id={validate_run_id(run_id)}"
+        / PART_NAME
+    )
+
+
+def table_glob(store: Store, table: str) -> str:
+    """Glob of all finished files of a table, for ``read_parquet`` in DuckDB.
+
+    Temporary files (hidden, ending in ``.tmp``) never match it.
+    """
+    _check_table(table)
+    return str(store.table_dir(table) / "model=*" / "run_id=*" / "part-*.parquet")
+
+
+def _check_table(table: str) -> None:
+    if table not in TABLE_SCHEMAS:
+        raise ValueError(f"unknown table {table!r}; expected one of {sorted(TABLE_SCHEMAS)}")
+
+
+def _to_arrow(rows: Any, schema: pa.Schema) -> pa.Table:
+    if isinstance(rows, pa.Table):
+        return rows
+    if isinstance(rows, Sequence) and not isinstance(rows, str | bytes):
+        if not rows:
+            return schema.empty_table()
+        if not all(isinstance(r, Mapping) for r in rows):
+            raise TypeError("rows as a list must hold one mapping per row")
+        names = list(dict.fromkeys(k for r in rows for k in r))
+        arrays = []
+        for name in names:
+            values = [r.get(name) for r in rows]
+            # Contract columns are built in their type at once, so a bad value is reported
+            # against its column instead of failing type inference.
+            type_ = schema.field(name).type if name in schema.names else None
+            try:
+                arrays.append(pa.array(values, type=type_))
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
+                raise ValueError(
+                    f"column {name!r}: values cannot be stored as {type_ or 'one Arrow type'}: {e}"
+                ) from e
+        return pa.Table.from_arrays(arrays, names=names)
+    import pandas as pd  # only here: pandas is a dependency of xarray, not of this module
+
+    if isinstance(rows, pd.DataFrame):
+        return pa.Table.from_pandas(rows, preserve_index=False)
+    raise TypeError(
+        f"rows must be a pyarrow.Table, a list of dicts or a pandas.DataFrame, "
+        f"got {type(rows).__name__}"
+    )
+
+
+def conform(table: str, model: str, run_id: str, rows: Any) -> pa.Table:
+    """Rows as an Arrow table with the contract columns first, in contract types.
+
+    ``model`` and ``run_id`` columns are filled in when absent.
+
+    Args:
+        table: Table name, a key of ``TABLE_SCHEMAS``.
+        model: Model name of the partition.
+        run_id: Run id of the partition.
+        rows: ``pyarrow.Table``, list of dicts or ``pandas.DataFrame``.
+
+    Returns:
+        The conformed table; extra columns follow the contract columns unchanged.
+
+    Raises:
+        ValueError: If a contract column is missing or cannot be cast to its type, or the
+            ``model``/``run_id`` columns disagree with the arguments.
+    """
+    _check_table(table)
+    schema = TABLE_SCHEMAS[table]
+    data = _to_arrow(rows, schema)
+    for name, value in (("model", model), ("run_id", run_id)):
+        if name not in data.column_names:
+            data = data.append_column(name, pa.array([value] * data.num_rows, pa.string()))
+    present = set(data.column_names)
+    missing = [f.name for f in schema if f.name not in present]
+    if missing:
+        raise ValueError(
+            f"table {table!r}: missing column(s) {missing}; got "
+            f"{data.column_names}, expected at least {schema.names}"
+        )
+    columns, fields = [], []
+    for f in schema:
+        column = data.column(f.name)
+        try:
+            # Sub-microsecond truncation of timestamps is harmless; everything else is safe.
+            column = column.cast(f.type, safe=not pa.types.is_timestamp(f.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise ValueError(
+                f"table {table!r}: column {f.name!r} of type {column.type} "
+                f"cannot be cast to {f.type}: {e}"
+            ) from e
+        columns.append(column)
+        fields.append(f)
+    for name in data.column_names:
+        if name not in schema.names:
+            columns.append(data.column(name))
+            fields.append(data.schema.field(name))
+    out = pa.Table.from_arrays(columns, schema=pa.schema(fields))
+    for name, value in (("model", model), ("run_id", run_id)):
+        if out.num_rows and set(out.column(name).to_pylist()) != {value}:
+            raise ValueError(
+                f"table {table!r}: column {name!r} must be {value!r} in every "
+                f"row, got {sorted(set(map(str, out.column(name).to_pylist())))}"
+            )
+    return out
+
+
+def write_table(store: Store, table: str, model: str, run_id: str, rows: Any) -> Path:
+    """Write (or replace) one run's partition of a table, atomically.
+
+    Args:
+        store: The store.
+        table: Table name: ``runs``, ``layers``, ``heads``, ``modes`` or ``images``.
+        model: Model name (escaped in the path with ``partition_value``).
+        run_id: The run id.
+        rows: ``pyarrow.Table``, list of dicts or ``pandas.DataFrame`` with every contract
+            column of the table (``model`` and ``run_id`` may be left out).
+
+    Returns:
+        Path of the written file.
+
+    Raises:
+        ValueError: See ``conform``.
+    """
+    data = conform(table, model, run_id, rows)
+    path = table_path(store, table, model, run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            pq.write_table(data, f, compression="zstd")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    return path
+
+
+def read_table(store: Store, table: str) -> pa.Table:
+    """All partitions of a table concatenated (contract columns in contract types).
+
+    For tests and small tools; SQL goes through DuckDB over ``table_glob``.
+    """
+    _check_table(table)
+    files = sorted(store.table_dir(table).glob("model=*/run_id=*/part-*.parquet"))
+    if not files:
+        return TABLE_SCHEMAS[table].empty_table()
+    return pa.concat_tables([pq.read_table(p) for p in files], promote_options="default")
