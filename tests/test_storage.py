@@ -526,6 +526,9 @@ def test_parquet_errors_and_inputs(store: st.Store) -> None:
         torch_version="2.5",
         config_json="{}",
         status="complete",
+        depth=12,
+        num_heads=6,
+        width=384,
     )
     st.write_table(store, "runs", "m", RUN, pd.DataFrame([run_row]))
     got = st.read_table(store, "runs")

@@ -22,6 +22,9 @@ from .manifest import write_image_manifest as write_image_manifest
 from .paths import Store as Store
 from .paths import default_store as default_store
 from .paths import validate_run_id as validate_run_id
+from .result_tables import heads_rows as heads_rows
+from .result_tables import layers_rows as layers_rows
+from .result_tables import modes_rows as modes_rows
 from .results import open_results as open_results
 from .results import write_results as write_results
 from .runs import DTYPES as DTYPES
@@ -40,3 +43,5 @@ from .tables import table_glob as table_glob
 from .tables import table_path as table_path
 from .tables import unescape_partition_value as unescape_partition_value
 from .tables import write_table as write_table
+from .weights import read_model_tensors as read_model_tensors
+from .weights import write_model_tensors as write_model_tensors

@@ -59,6 +59,9 @@ TABLE_SCHEMAS: Final[dict[str, pa.Schema]] = {
         ("torch_version", _S),
         ("config_json", _S),
         ("status", _S),
+        ("depth", _I32),
+        ("num_heads", _I32),
+        ("width", _I32),
     ),
     "layers": _schema(
         ("run_id", _S),
@@ -74,6 +77,9 @@ TABLE_SCHEMAS: Final[dict[str, pa.Schema]] = {
         ("shuffle_frac_pos", _F64),
         ("ss_identity_residual", _F64),
         ("ortho_residual", _F64),
+        ("frac_content", _F64),
+        ("logit_residual", _F64),
+        ("n_images", _I64),
     ),
     "heads": _schema(
         ("run_id", _S),

@@ -1,0 +1,80 @@
+-- layer_summary: one row per layer of every complete run.
+--   frac_pos, frac_content: Stage 1 at the attn_in site (the input the heads read);
+--   frac_pos_resid: Stage 1 at the resid site, NULL where the run did not record it;
+--   e_*: head energies summed over the layer's heads; f_*: those sums divided by their total
+--   (energy-weighted); mean_f_*: plain mean of the heads' own fractions;
+--   n_heads_pp / _cp / _cc: heads whose stored head_type (METHOD.md "Head type") is
+--   position-position, content-position or content-content;
+--   depth: 1 + the largest layer index the run stored; rel_depth = layer / (depth - 1).
+WITH complete AS (
+    SELECT run_id, model
+    FROM runs
+    WHERE status = 'complete'
+),
+head_layers AS (
+    SELECT
+        run_id,
+        layer,
+        count(*) AS n_heads,
+        sum(e_pp) AS e_pp,
+        sum(e_pc) AS e_pc,
+        sum(e_cp) AS e_cp,
+        sum(e_cc) AS e_cc,
+        avg(f_pp) AS mean_f_pp,
+        avg(f_pc) AS mean_f_pc,
+        avg(f_cp) AS mean_f_cp,
+        avg(f_cc) AS mean_f_cc,
+        count(*) FILTER (WHERE head_type = 'position-position') AS n_heads_pp,
+        count(*) FILTER (WHERE head_type = 'content-position') AS n_heads_cp,
+        count(*) FILTER (WHERE head_type = 'content-content') AS n_heads_cc
+    FROM heads
+    GROUP BY run_id, layer
+),
+site_layers AS (
+    SELECT
+        run_id,
+        layer,
+        any_value(frac_pos) FILTER (WHERE site = 'attn_in') AS frac_pos,
+        any_value(frac_img + frac_int) FILTER (WHERE site = 'attn_in') AS frac_content,
+        any_value(frac_pos) FILTER (WHERE site = 'resid') AS frac_pos_resid
+    FROM layers
+    GROUP BY run_id, layer
+),
+per_layer AS (
+    SELECT *
+    FROM head_layers
+    FULL OUTER JOIN site_layers USING (run_id, layer)
+),
+with_depth AS (
+    SELECT
+        *,
+        max(layer) OVER (PARTITION BY run_id) + 1 AS depth
+    FROM per_layer
+)
+SELECT
+    c.model,
+    d.run_id,
+    d.layer,
+    d.depth,
+    CASE WHEN d.depth > 1 THEN d.layer / (d.depth - 1) ELSE 0.0 END AS rel_depth,
+    d.frac_pos,
+    d.frac_content,
+    d.frac_pos_resid,
+    coalesce(d.n_heads, 0) AS n_heads,
+    d.e_pp,
+    d.e_pc,
+    d.e_cp,
+    d.e_cc,
+    d.e_pp / nullif(d.e_pp + d.e_pc + d.e_cp + d.e_cc, 0) AS f_pp,
+    d.e_pc / nullif(d.e_pp + d.e_pc + d.e_cp + d.e_cc, 0) AS f_pc,
+    d.e_cp / nullif(d.e_pp + d.e_pc + d.e_cp + d.e_cc, 0) AS f_cp,
+    d.e_cc / nullif(d.e_pp + d.e_pc + d.e_cp + d.e_cc, 0) AS f_cc,
+    d.mean_f_pp,
+    d.mean_f_pc,
+    d.mean_f_cp,
+    d.mean_f_cc,
+    coalesce(d.n_heads_pp, 0) AS n_heads_pp,
+    coalesce(d.n_heads_cp, 0) AS n_heads_cp,
+    coalesce(d.n_heads_cc, 0) AS n_heads_cc
+FROM with_depth AS d
+JOIN complete AS c USING (run_id)

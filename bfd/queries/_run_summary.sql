@@ -1,0 +1,49 @@
+-- run_summary: one row per complete run: the model-level figures of METHOD.md, "Layer and
+-- model summaries". f_*: energies summed over all layers and heads, then divided (energy-
+-- weighted); mean_f_*: plain mean of the head fractions; frac_pos_mean: mean over layers of
+-- frac_pos at attn_in; n_heads_*: head counts per stored head_type, as in layer_summary.
+WITH per_run AS (
+    SELECT
+        run_id,
+        count(*) AS n_layers,
+        CAST(sum(n_heads) AS BIGINT) AS n_heads,
+        sum(e_pp) AS e_pp,
+        sum(e_pc) AS e_pc,
+        sum(e_cp) AS e_cp,
+        sum(e_cc) AS e_cc,
+        -- Layer means weighted by their head counts are the plain mean over all heads.
+        sum(mean_f_pp * n_heads) / nullif(sum(n_heads), 0) AS mean_f_pp,
+        sum(mean_f_pc * n_heads) / nullif(sum(n_heads), 0) AS mean_f_pc,
+        sum(mean_f_cp * n_heads) / nullif(sum(n_heads), 0) AS mean_f_cp,
+        sum(mean_f_cc * n_heads) / nullif(sum(n_heads), 0) AS mean_f_cc,
+        avg(frac_pos) AS frac_pos_mean,
+        avg(frac_pos_resid) AS frac_pos_resid_mean,
+        CAST(sum(n_heads_pp) AS BIGINT) AS n_heads_pp,
+        CAST(sum(n_heads_cp) AS BIGINT) AS n_heads_cp,
+        CAST(sum(n_heads_cc) AS BIGINT) AS n_heads_cc
+    FROM layer_summary
+    GROUP BY run_id
+)
+SELECT
+    r.model,
+    r.run_id,
+    r.created_at,
+    r.n_images,
+    coalesce(p.n_layers, 0) AS n_layers,
+    coalesce(p.n_heads, 0) AS n_heads,
+    p.e_pp / nullif(p.e_pp + p.e_pc + p.e_cp + p.e_cc, 0) AS f_pp,
+    p.e_pc / nullif(p.e_pp + p.e_pc + p.e_cp + p.e_cc, 0) AS f_pc,
+    p.e_cp / nullif(p.e_pp + p.e_pc + p.e_cp + p.e_cc, 0) AS f_cp,
+    p.e_cc / nullif(p.e_pp + p.e_pc + p.e_cp + p.e_cc, 0) AS f_cc,
+    p.mean_f_pp,
+    p.mean_f_pc,
+    p.mean_f_cp,
+    p.mean_f_cc,
+    p.frac_pos_mean,
+    p.frac_pos_resid_mean,
+    coalesce(p.n_heads_pp, 0) AS n_heads_pp,
+    coalesce(p.n_heads_cp, 0) AS n_heads_cp,
+    coalesce(p.n_heads_cc, 0) AS n_heads_cc
+FROM runs AS r
+LEFT JOIN per_run AS p USING (run_id)
+WHERE r.status = 'complete'

@@ -1,0 +1,294 @@
+"""A read-only DuckDB catalog over a store's Parquet tables (docs/layout.md, "Tables and columns").
+
+``connect`` loads every ``<store>/tables/<table>/**/*.parquet`` file into tables ``runs, layers,
+heads, modes, images`` of a private DuckDB database, attaches that database read-only and turns
+off file access from SQL. What that buys, and why not plain views over ``read_parquet``:
+
+- A view over ``read_parquet`` needs file access at query time, and DuckDB's
+  ``allowed_directories`` grants writing as well as reading, so ``COPY ... TO`` could overwrite
+  a result file. Loaded tables need no file access after ``connect``, so it is switched off and
+  the configuration locked: no ``COPY TO``, ``EXPORT``, ``ATTACH`` of a file, ``INSTALL``.
+- The catalog itself is attached read-only, so ``CREATE``, ``INSERT``, ``UPDATE``, ``DELETE``,
+  ``ALTER`` and ``DROP`` fail inside DuckDB, whoever holds the connection.
+- One snapshot: a writer renaming files in mid-query cannot give a query half a run.
+
+Temporary objects (``CREATE TEMP ...``) stay possible on a raw connection; they live in that
+connection only and change nothing stored. ``run_sql`` refuses them too: it lets through
+read-only statements only (see ``check_read_only``).
+
+Besides the raw tables the catalog holds derived views, one per ``_<view>.sql`` file beside this
+module: ``latest_runs`` (newest complete run per model), ``layer_summary`` (per layer of every
+complete run) and ``run_summary`` (per complete run). Raw tables stay raw: only the derived views
+filter on ``runs.status = 'complete'``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Final, TypeAlias
+
+import duckdb
+import pyarrow as pa
+
+__all__ = [
+    "CONTRACT",
+    "DERIVED_VIEWS",
+    "ReadOnlyError",
+    "Store",
+    "check_read_only",
+    "connect",
+    "run_sql",
+    "table_files",
+]
+
+Store: TypeAlias = str | os.PathLike[str] | duckdb.DuckDBPyConnection
+ParamValue: TypeAlias = str | int | float | None
+
+# The contract columns of docs/layout.md (plus `model`, which every file carries), as SQL column
+# definitions with the types of its "Types" paragraph. They are used only for columns that no
+# file of the store holds yet, so that queries bind on an empty or partial store; columns present
+# in files keep the types the writer gave them.
+CONTRACT: Final[Mapping[str, str]] = {
+    "runs": (
+        "run_id VARCHAR, model VARCHAR, weights VARCHAR, weights_sha256 VARCHAR, images VARCHAR,"
+        " images_sha256 VARCHAR, n_images BIGINT, n_skipped BIGINT, img_size INTEGER,"
+        " grid_h INTEGER, grid_w INTEGER, prefix_tokens INTEGER, sites VARCHAR, layers VARCHAR,"
+        " dtype VARCHAR, created_at TIMESTAMPTZ, bfd_version VARCHAR, timm_version VARCHAR,"
+        " torch_version VARCHAR, config_json VARCHAR, status VARCHAR"
+    ),
+    "layers": (
+        "run_id VARCHAR, model VARCHAR, layer INTEGER, site VARCHAR, ss_total DOUBLE,"
+        " frac_pos DOUBLE, frac_img DOUBLE, frac_int DOUBLE, pos_split_half_r DOUBLE,"
+        " pos_embed_cos DOUBLE, shuffle_frac_pos DOUBLE, ss_identity_residual DOUBLE,"
+        " ortho_residual DOUBLE"
+    ),
+    "heads": (
+        "run_id VARCHAR, model VARCHAR, layer INTEGER, head INTEGER, e_pp DOUBLE, e_pc DOUBLE,"
+        " e_cp DOUBLE, e_cc DOUBLE, f_pp DOUBLE, f_pc DOUBLE, f_cp DOUBLE, f_cc DOUBLE,"
+        " head_type VARCHAR, eff_rank DOUBLE, eff_rank_sigma DOUBLE, k90 INTEGER,"
+        " mode_coupling DOUBLE"
+    ),
+    "modes": (
+        "run_id VARCHAR, model VARCHAR, layer INTEGER, head INTEGER, mode INTEGER, sigma DOUBLE,"
+        " alpha DOUBLE, beta DOUBLE, e_pp DOUBLE, e_pc DOUBLE, e_cp DOUBLE, e_cc DOUBLE,"
+        " mode_type VARCHAR"
+    ),
+    "images": (
+        "run_id VARCHAR, model VARCHAR, image_index INTEGER, image_id VARCHAR, sha256 VARCHAR,"
+        " status VARCHAR, error VARCHAR"
+    ),
+}
+
+# Created in this order: each view reads only tables and the views before it.
+DERIVED_VIEWS: Final[tuple[str, ...]] = ("latest_runs", "layer_summary", "run_summary")
+
+# Statement kinds that only read. DESCRIBE, SHOW, SUMMARIZE, FROM-first and WITH parse as SELECT.
+_READ_KINDS: Final[frozenset[str]] = frozenset({"SELECT", "EXPLAIN", "PRAGMA"})
+_READ_PRAGMAS: Final[frozenset[str]] = frozenset(
+    {
+        "table_info",
+        "show",
+        "show_tables",
+        "show_tables_expanded",
+        "database_list",
+        "version",
+        "platform",
+        "functions",
+    }
+)
+_ALLOWED: Final[str] = "SELECT/WITH/FROM, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN, PRAGMA table_info"
+_LEADING_COMMENTS: Final[re.Pattern[str]] = re.compile(
+    r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.S
+)
+_EXPLAIN: Final[re.Pattern[str]] = re.compile(r"^EXPLAIN(?:\s+ANALY[SZ]E)?\s*(?:\([^)]*\))?", re.I)
+_PRAGMA: Final[re.Pattern[str]] = re.compile(r"^PRAGMA\s+(\w+)", re.I)
+
+
+class ReadOnlyError(PermissionError):
+    """A statement would change the catalog or touch files; the BFD catalog only reads."""
+
+
+def table_files(store_root: str | os.PathLike[str], table: str) -> list[Path]:
+    """Lists the Parquet files of one table of a store, in a stable order.
+
+    Files and folders whose names start with ``.`` or ``_`` are skipped: that is where writers
+    keep files before the atomic rename (docs/layout.md), and a half-written file must not be read.
+
+    Args:
+        store_root: The store directory (the one holding ``tables/``).
+        table: A table name of the contract, e.g. ``"heads"``.
+
+    Returns:
+        Paths of ``<store>/tables/<table>/**/*.parquet``; empty when the table has no files yet.
+    """
+    if table not in CONTRACT:
+        raise ValueError(f"unknown table {table!r}; the store has tables {sorted(CONTRACT)}")
+    base = Path(store_root) / "tables" / table
+    return sorted(
+        path
+        for path in base.rglob("*.parquet")
+        if path.is_file()
+        and not any(part.startswith((".", "_")) for part in path.relative_to(base).parts)
+    )
+
+
+def _view_sql(view: str) -> str:
+    return resources.files("bfd.queries").joinpath(f"_{view}.sql").read_text(encoding="utf-8")
+
+
+def _load_table(build: duckdb.DuckDBPyConnection, table: str, files: list[Path]) -> None:
+    """Creates ``table`` from ``files`` and adds the contract columns that no file holds."""
+    if not files:
+        build.execute(f"CREATE TABLE {table} ({CONTRACT[table]})")
+        return
+    # Files hold their own columns (hive partitioning off, so the path cannot shadow them);
+    # union_by_name lets files written before a column was added sit beside newer ones.
+    build.execute(
+        f"CREATE TABLE {table} AS SELECT * FROM "
+        "read_parquet($files, union_by_name = true, hive_partitioning = false)",
+        {"files": [str(path) for path in files]},
+    )
+    present = {row[0] for row in build.execute(f"DESCRIBE {table}").fetchall()}
+    for column in CONTRACT[table].split(","):
+        name, sql_type = column.split()
+        if name not in present:
+            build.execute(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
+
+
+def connect(store_root: str | os.PathLike[str]) -> duckdb.DuckDBPyConnection:
+    """Opens a read-only catalog of one store's result tables.
+
+    Args:
+        store_root: The store directory. It must exist; it may hold no tables yet, in which case
+            every table is empty but has its contract columns.
+
+    Returns:
+        A DuckDB connection whose default database holds the tables ``runs, layers, heads,
+        modes, images`` and the views of ``DERIVED_VIEWS``. Statements that would change them
+        fail inside DuckDB ("attached in read-only mode"), and file access from SQL is off
+        ("file system operations are disabled by configuration").
+
+    Raises:
+        FileNotFoundError: ``store_root`` is not a directory.
+    """
+    root = Path(store_root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"store {str(root)!r} is not a directory; expected a BFD store")
+    with tempfile.TemporaryDirectory(prefix="bfd-catalog-") as tmp:
+        db_path = Path(tmp) / "catalog.duckdb"
+        build = duckdb.connect(str(db_path))
+        try:
+            for table in CONTRACT:
+                _load_table(build, table, table_files(root, table))
+            for view in DERIVED_VIEWS:
+                build.execute(f"CREATE VIEW {view} AS {_view_sql(view)}")
+        finally:
+            build.close()
+        con = duckdb.connect()
+        try:
+            con.execute("ATTACH $path AS bfd (READ_ONLY)", {"path": str(db_path)})
+            con.execute("USE bfd")
+            con.execute("DETACH memory")
+            # Every file the catalog needs is open now; the temporary directory goes (the open
+            # handle keeps the data readable) and SQL may not reach any other file.
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
+        except BaseException:
+            con.close()
+            raise
+    return con
+
+
+def _strip_leading_comments(sql: str) -> str:
+    return _LEADING_COMMENTS.sub("", sql, count=1)
+
+
+def _refuse(what: str) -> ReadOnlyError:
+    return ReadOnlyError(f"the BFD catalog is read-only; refused {what} (allowed: {_ALLOWED})")
+
+
+def check_read_only(sql: str) -> list[duckdb.Statement]:
+    """Parses ``sql`` and checks that every statement only reads.
+
+    Args:
+        sql: One or more SQL statements.
+
+    Returns:
+        The parsed statements.
+
+    Raises:
+        ReadOnlyError: A statement is of a kind that writes or configures (INSERT, UPDATE,
+            DELETE, CREATE, DROP, ALTER, COPY, ATTACH, SET, ...), a PRAGMA outside the listing
+            ones, or an EXPLAIN of such a statement.
+        duckdb.ParserException: ``sql`` does not parse.
+    """
+    try:
+        statements = duckdb.extract_statements(sql)
+    except ValueError as err:
+        # The parser knows statement kinds that this duckdb's Python enum does not (e.g.
+        # UPDATE EXTENSIONS); none of them is a read.
+        raise _refuse(f"a statement of a kind this duckdb cannot name ({err})") from err
+    for statement in statements:
+        kind = statement.type.name
+        if kind not in _READ_KINDS:
+            raise _refuse(f"a statement of kind {kind}")
+        text = _strip_leading_comments(statement.query)
+        if kind == "PRAGMA":
+            match = _PRAGMA.match(text)
+            name = match.group(1).lower() if match else "?"
+            if name not in _READ_PRAGMAS:
+                raise _refuse(f"a statement of kind PRAGMA {name}")
+        elif kind == "EXPLAIN":
+            # EXPLAIN ANALYZE runs its statement, so what it explains must be a read too.
+            match = _EXPLAIN.match(text)
+            inner = text[match.end() :] if match else ""
+            if len(check_read_only(inner)) != 1:
+                raise _refuse(f"an EXPLAIN whose statement could not be told: {text!r}")
+    return statements
+
+
+def run_sql(store: Store, sql: str, params: Mapping[str, ParamValue] | None = None) -> pa.Table:
+    """Runs one read-only SQL statement on a store's catalog.
+
+    Args:
+        store: A store directory, or a connection from ``connect`` (to run many queries on one
+            snapshot without loading the store each time).
+        sql: Exactly one statement of a kind ``check_read_only`` lets through; DuckDB named
+            parameters (``$model``) are bound from ``params``.
+        params: Values of the named parameters; keys must match the statement's parameters.
+
+    Returns:
+        The statement's result.
+
+    Raises:
+        ReadOnlyError: The statement would change something or reach a file outside the catalog.
+        ValueError: ``sql`` is not exactly one statement, or ``params`` does not match its
+            named parameters.
+    """
+    statements = check_read_only(sql)
+    if len(statements) != 1:
+        raise ValueError(f"run_sql runs exactly one statement; given {len(statements)}")
+    wanted = set(statements[0].named_parameters)
+    given = set(params or {})
+    if wanted != given:
+        raise ValueError(
+            f"SQL parameters {sorted(wanted)} do not match the given params {sorted(given)}"
+            f" (missing {sorted(wanted - given)}, unknown {sorted(given - wanted)})"
+        )
+    # A cursor of a given catalog has its own temporary schema and pending results, so neither
+    # a temp view shadowing `heads` nor an unfinished result of the caller's reaches this query.
+    con = store.cursor() if isinstance(store, duckdb.DuckDBPyConnection) else connect(store)
+    try:
+        return con.sql(sql, params=dict(params) if params else None).to_arrow_table()
+    except duckdb.PermissionException as err:
+        raise ReadOnlyError(
+            "the BFD catalog reads only its store's tables; file access from SQL is off: "
+            + str(err).splitlines()[0]
+        ) from err
+    finally:
+        con.close()

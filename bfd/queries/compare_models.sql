@@ -1,0 +1,78 @@
+-- compare_models: two models side by side along relative depth (their depths may differ),
+-- each from its latest complete run. Relative depth layer / (depth - 1) is cut into `bins`
+-- equal bins (bin = floor(layer * bins / (depth - 1)), the last layer joining the last bin).
+-- Per bin and model: n_layers, frac_pos (plain mean over the bin's layers, attn_in) and
+-- f_* (energies summed over the bin's heads, then divided). delta_* = b - a.
+-- Bins where neither model has a layer are left out.
+-- params: model_a (required), model_b (required), bins (default 10)
+WITH settings AS (
+    SELECT
+        CASE
+            WHEN CAST($bins AS INTEGER) >= 1 THEN CAST($bins AS INTEGER)
+            ELSE error('compare_models: bins must be a positive integer; given ' || $bins)
+        END AS bins
+),
+sides AS (
+    SELECT 'a' AS side, run_id FROM latest_runs WHERE model = $model_a
+    UNION ALL
+    SELECT 'b' AS side, run_id FROM latest_runs WHERE model = $model_b
+),
+binned AS (
+    SELECT
+        sides.side,
+        s.*,
+        -- Integer arithmetic, so that a layer on a bin edge never lands below it by rounding.
+        CASE
+            WHEN s.depth > 1
+                THEN least((s.layer * settings.bins) // (s.depth - 1), settings.bins - 1)
+            ELSE 0
+        END AS bin
+    FROM layer_summary AS s
+    JOIN sides USING (run_id)
+    CROSS JOIN settings
+),
+per_bin AS (
+    SELECT
+        side,
+        bin,
+        any_value(run_id) AS run_id,
+        count(*) AS n_layers,
+        avg(frac_pos) AS frac_pos,
+        sum(e_pp) / nullif(sum(e_pp + e_pc + e_cp + e_cc), 0) AS f_pp,
+        sum(e_pc) / nullif(sum(e_pp + e_pc + e_cp + e_cc), 0) AS f_pc,
+        sum(e_cp) / nullif(sum(e_pp + e_pc + e_cp + e_cc), 0) AS f_cp,
+        sum(e_cc) / nullif(sum(e_pp + e_pc + e_cp + e_cc), 0) AS f_cc
+    FROM binned
+    GROUP BY side, bin
+),
+a AS (SELECT * FROM per_bin WHERE side = 'a'),
+b AS (SELECT * FROM per_bin WHERE side = 'b')
+SELECT
+    CAST($model_a AS VARCHAR) AS model_a,
+    CAST($model_b AS VARCHAR) AS model_b,
+    bin,
+    bin / settings.bins AS depth_lo,
+    (bin + 1) / settings.bins AS depth_hi,
+    a.run_id AS run_id_a,
+    b.run_id AS run_id_b,
+    coalesce(a.n_layers, 0) AS n_layers_a,
+    coalesce(b.n_layers, 0) AS n_layers_b,
+    a.frac_pos AS frac_pos_a,
+    b.frac_pos AS frac_pos_b,
+    b.frac_pos - a.frac_pos AS delta_frac_pos,
+    a.f_pp AS f_pp_a,
+    b.f_pp AS f_pp_b,
+    b.f_pp - a.f_pp AS delta_f_pp,
+    a.f_pc AS f_pc_a,
+    b.f_pc AS f_pc_b,
+    b.f_pc - a.f_pc AS delta_f_pc,
+    a.f_cp AS f_cp_a,
+    b.f_cp AS f_cp_b,
+    b.f_cp - a.f_cp AS delta_f_cp,
+    a.f_cc AS f_cc_a,
+    b.f_cc AS f_cc_b,
+    b.f_cc - a.f_cc AS delta_f_cc
+FROM a
+FULL OUTER JOIN b USING (bin)
+CROSS JOIN settings
+ORDER BY bin

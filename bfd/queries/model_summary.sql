@@ -1,0 +1,29 @@
+-- model_summary: one row per model, from its latest complete run (largest created_at).
+-- f_*: energy-weighted fractions (energies summed over all layers and heads, then divided);
+-- mean_f_*: plain mean of the head fractions; frac_pos_mean: mean over layers of frac_pos at
+-- attn_in; n_heads_pp / _cp / _cc: heads per stored head_type (position-position,
+-- content-position, content-content).
+-- params: none
+SELECT
+    s.model,
+    s.run_id,
+    s.created_at,
+    s.n_images,
+    s.n_layers,
+    s.n_heads,
+    s.f_pp,
+    s.f_pc,
+    s.f_cp,
+    s.f_cc,
+    s.mean_f_pp,
+    s.mean_f_pc,
+    s.mean_f_cp,
+    s.mean_f_cc,
+    s.frac_pos_mean,
+    s.frac_pos_resid_mean,
+    s.n_heads_pp,
+    s.n_heads_cp,
+    s.n_heads_cc
+FROM run_summary AS s
+JOIN latest_runs USING (run_id)
+ORDER BY s.model

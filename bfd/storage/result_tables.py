@@ -1,0 +1,62 @@
+"""A run's results Dataset in long form: the rows of the ``layers``, ``heads`` and ``modes``
+tables (same names as the Dataset, docs/layout.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import xarray as xr
+
+BLOCK_COLUMNS = ("pp", "pc", "cp", "cc")
+LAYER_COLUMNS = (
+    "ss_total", "frac_pos", "frac_img", "frac_int", "pos_split_half_r", "pos_embed_cos",
+    "shuffle_frac_pos", "ss_identity_residual", "ortho_residual", "frac_content",
+    "logit_residual",
+)
+HEAD_COLUMNS = ("head_type", "eff_rank", "eff_rank_sigma", "k90", "mode_coupling")
+
+
+def _flat(da: xr.DataArray, dims: tuple[str, ...]) -> np.ndarray:
+    return da.transpose(*dims).values.reshape(-1)
+
+
+def _grid(ds: xr.Dataset, dims: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Index columns of the full cartesian product of ``dims``, in C order."""
+    mesh = np.meshgrid(*(ds[d].values for d in dims), indexing="ij")
+    return {d: m.reshape(-1) for d, m in zip(dims, mesh, strict=True)}
+
+
+def layers_rows(ds: xr.Dataset) -> pa.Table:
+    """One row per (site, layer): Stage 1 fractions and the validation metrics."""
+    dims = ("site", "layer")
+    cols = _grid(ds, dims)
+    for name in LAYER_COLUMNS:
+        cols[name] = _flat(ds[name], dims) if name in ds else np.full(len(cols["layer"]), np.nan)
+    cols["n_images"] = np.full(len(cols["layer"]), int(ds.attrs.get("n_images", 0)))
+    return pa.table({k: np.asarray(v) for k, v in cols.items()})
+
+
+def heads_rows(ds: xr.Dataset) -> pa.Table:
+    """One row per (layer, head): block energies, fractions, type and spectrum richness."""
+    dims = ("layer", "head")
+    cols = _grid(ds, dims)
+    for b in BLOCK_COLUMNS:
+        cols[f"e_{b}"] = _flat(ds.energy.sel(block=b), dims)
+    for b in BLOCK_COLUMNS:
+        cols[f"f_{b}"] = _flat(ds.frac.sel(block=b), dims)
+    for name in HEAD_COLUMNS:
+        cols[name] = _flat(ds[name], dims)
+    cols["head_type"] = cols["head_type"].astype(str)
+    return pa.table(cols)
+
+
+def modes_rows(ds: xr.Dataset) -> pa.Table:
+    """One row per (layer, head, mode): sigma, side loadings, block energies and type."""
+    dims = ("layer", "head", "mode")
+    cols = _grid(ds, dims)
+    for name in ("sigma", "alpha", "beta"):
+        cols[name] = _flat(ds[name], dims)
+    for b in BLOCK_COLUMNS:
+        cols[f"e_{b}"] = _flat(ds.mode_energy.sel(block=b), dims)
+    cols["mode_type"] = _flat(ds.mode_type, dims).astype(str)
+    return pa.table(cols)

@@ -1,0 +1,74 @@
+"""The model tensors a decomposition needs, stored beside a run's activations.
+
+Decomposition reads the per-layer ``attn.qkv`` weights and scales (and the learned
+``pos_embed`` rows for validation) from the store, so it never needs the model, its weights
+file or the hub: a run can be decomposed on any machine that can read the store.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from .paths import Store, validate_run_id
+
+MODEL_GROUP = "model"
+
+
+def _group(run_id: str) -> str:
+    return f"{validate_run_id(run_id)}/{MODEL_GROUP}"
+
+
+def write_model_tensors(
+    store: Store,
+    run_id: str,
+    *,
+    layers: list[int],
+    qkv_weight: np.ndarray,
+    attn_scale: np.ndarray,
+    num_heads: int,
+    pos_embed: np.ndarray | None = None,
+) -> None:
+    """Write (or rewrite, identically) the model tensors of a run.
+
+    Args:
+        store: The store.
+        run_id: The run id.
+        layers: Block indices, in the order of the first axis of ``qkv_weight``.
+        qkv_weight: ``(layer, 3·d_attn, d)`` weights of each block's ``attn.qkv``.
+        attn_scale: ``(layer,)`` each block's ``attn.scale``.
+        num_heads: Heads per block.
+        pos_embed: Optional ``(patch, d)`` patch rows of a learned absolute pos_embed.
+    """
+    qkv = np.asarray(qkv_weight, dtype=np.float32)
+    if qkv.ndim != 3 or qkv.shape[0] != len(layers):
+        raise ValueError(
+            f"qkv_weight must be (layer, 3*d_attn, d) with {len(layers)} layers; "
+            f"got shape {qkv.shape}"
+        )
+    data = {
+        "qkv_weight": (("layer", "qkv_row", "dim"), qkv),
+        "attn_scale": (("layer",), np.asarray(attn_scale, dtype=np.float64)),
+    }
+    if pos_embed is not None:
+        data["pos_embed"] = (("patch", "dim"), np.asarray(pos_embed, dtype=np.float32))
+    ds = xr.Dataset(data, coords={"layer": np.asarray(layers, dtype=np.int64)})
+    ds.attrs["num_heads"] = int(num_heads)
+    ds.to_zarr(store.zarr_path, group=_group(run_id), mode="w", zarr_format=3,
+               consolidated=False)
+
+
+def read_model_tensors(store: Store, run_id: str) -> xr.Dataset:
+    """The model tensors of a run, loaded (they are small).
+
+    Raises:
+        FileNotFoundError: If the run has none (its extraction never started).
+    """
+    try:
+        ds = xr.open_zarr(store.zarr_path, group=_group(run_id), consolidated=False,
+                          zarr_format=3)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"run {run_id} has no model tensors in {store.zarr_path}; extract it first"
+        ) from e
+    return ds.load()

@@ -1,0 +1,495 @@
+"""The read-only catalog and the named queries, on synthetic stores written as docs/layout.md says.
+
+Every expected figure is computed here in numpy from the planted numbers, not by SQL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from bfd.queries import (
+    ReadOnlyError,
+    connect,
+    list_queries,
+    query_spec,
+    query_sql,
+    run_query,
+    run_sql,
+)
+
+BLOCKS = ("pp", "pc", "cp", "cc")
+TYPE_NAMES = {"pp": "position-position", "cp": "content-position", "cc": "content-content"}
+
+
+@dataclass
+class PlantedRun:
+    """One synthetic run: what was written for it, as arrays indexed [layer, head(, block)]."""
+
+    run_id: str
+    model: str
+    created_at: dt.datetime
+    status: str
+    n_images: int
+    energy: np.ndarray  # (layers, heads, 4), blocks in BLOCKS order
+    frac_pos: np.ndarray  # (layers,), attn_in
+    frac_pos_resid: np.ndarray | None  # (layers,), or None where resid was not recorded
+
+    @property
+    def depth(self) -> int:
+        return self.energy.shape[0]
+
+    @property
+    def fractions(self) -> np.ndarray:
+        return self.energy / self.energy.sum(axis=-1, keepdims=True)
+
+    @property
+    def head_class(self) -> np.ndarray:
+        """METHOD.md head type: argmax of f_pp, f_cp + f_pc, f_cc, as 'pp' / 'cp' / 'cc'."""
+        f = self.fractions
+        scores = np.stack([f[..., 0], f[..., 1] + f[..., 2], f[..., 3]], axis=-1)
+        return np.array(["pp", "cp", "cc"])[scores.argmax(axis=-1)]
+
+
+def _utc(*args: int) -> dt.datetime:
+    return dt.datetime(*args, tzinfo=dt.UTC)
+
+
+def plant_runs() -> list[PlantedRun]:
+    """Two models of different depth and width; vit_a audited twice, plus an unfinished run."""
+    rng = np.random.default_rng(7)
+    shapes = {"vit_a": (12, 6), "vit_b": (6, 3)}
+    rows = [
+        ("a-old", "vit_a", _utc(2025, 1, 1), "complete", 100, True),
+        ("a-new", "vit_a", _utc(2025, 2, 1), "complete", 200, True),
+        ("a-unfinished", "vit_a", _utc(2025, 3, 1), "running", 300, True),
+        ("b-1", "vit_b", _utc(2025, 1, 15), "complete", 50, False),
+    ]
+    runs = []
+    for run_id, model, created_at, status, n_images, with_resid in rows:
+        depth, width = shapes[model]
+        # Energies spread over orders of magnitude so that energy weighting and plain means
+        # of fractions differ clearly.
+        energy = rng.lognormal(mean=0.0, sigma=1.5, size=(depth, width, 4))
+        frac_pos = rng.uniform(0.05, 0.6, size=depth)
+        resid = rng.uniform(0.05, 0.6, size=depth) if with_resid else None
+        runs.append(
+            PlantedRun(run_id, model, created_at, status, n_images, energy, frac_pos, resid)
+        )
+    return runs
+
+
+def write_part(store: Path, table: str, model: str, run_id: str, n_rows: int, **columns) -> Path:
+    """Writes one table file where docs/layout.md puts it; scalar values fill every row."""
+    folder = store / "tables" / table / f"model={model}" / f"run_id={run_id}"
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {"run_id": run_id, "model": model, **columns}
+    data = {
+        name: value if isinstance(value, list | np.ndarray | pa.Array) else [value] * n_rows
+        for name, value in data.items()
+    }
+    path = folder / "part-0.parquet"
+    pq.write_table(pa.table(data), path)
+    return path
+
+
+def write_run(store: Path, run: PlantedRun) -> None:
+    """Writes the runs, layers, heads, modes and images files of one planted run."""
+    depth, width = run.energy.shape[:2]
+    part = {"store": store, "model": run.model, "run_id": run.run_id}
+    sites = {"attn_in": run.frac_pos}
+    if run.frac_pos_resid is not None:
+        sites["resid"] = run.frac_pos_resid
+    write_part(
+        **part, table="runs", n_rows=1,
+        weights="synthetic", weights_sha256="0" * 64, images="imagenet-val",
+        images_sha256="1" * 64, n_images=run.n_images, n_skipped=0, img_size=224, grid_h=14,
+        grid_w=14, prefix_tokens=1, sites=",".join(sites), dtype="float16",
+        layers=",".join(str(layer) for layer in range(depth)),
+        created_at=pa.array([run.created_at], pa.timestamp("us", tz="UTC")),
+        bfd_version="0.1.0", timm_version="1.0.9", torch_version="2.4.0", config_json="{}",
+        status=run.status,
+    )  # fmt: skip
+    frac_pos = np.concatenate(list(sites.values()))
+    write_part(
+        **part, table="layers", n_rows=len(frac_pos),
+        layer=np.tile(np.arange(depth, dtype=np.int32), len(sites)),
+        site=np.repeat(list(sites), depth),
+        ss_total=1.0, frac_pos=frac_pos, frac_img=(1 - frac_pos) / 2, frac_int=(1 - frac_pos) / 2,
+        pos_split_half_r=0.99, pos_embed_cos=0.5, shuffle_frac_pos=0.001,
+        ss_identity_residual=1e-15, ortho_residual=1e-15,
+    )  # fmt: skip
+    layer, head = np.meshgrid(np.arange(depth), np.arange(width), indexing="ij")
+    layer, head = layer.astype(np.int32), head.astype(np.int32)
+    energy = run.energy.reshape(-1, 4)
+    fractions = run.fractions.reshape(-1, 4)
+    write_part(
+        **part, table="heads", n_rows=depth * width, layer=layer.ravel(), head=head.ravel(),
+        **{f"e_{b}": energy[:, i] for i, b in enumerate(BLOCKS)},
+        **{f"f_{b}": fractions[:, i] for i, b in enumerate(BLOCKS)},
+        head_type=[TYPE_NAMES[c] for c in run.head_class.ravel()],
+        eff_rank=3.0, eff_rank_sigma=4.0, k90=5, mode_coupling=0.1,
+    )  # fmt: skip
+    write_part(
+        **part, table="modes", n_rows=1, layer=0, head=0, mode=0, sigma=1.0, alpha=0.5,
+        beta=0.5, e_pp=1.0, e_pc=1.0, e_cp=1.0, e_cc=1.0, mode_type="pp",
+    )  # fmt: skip
+    write_part(
+        **part, table="images", n_rows=2, image_index=[0, 1], image_id=["x0", "x1"],
+        sha256=["a" * 64, "b" * 64], status="ok", error=pa.nulls(2, pa.string()),
+    )  # fmt: skip
+
+
+def build_store(root: Path) -> dict[str, PlantedRun]:
+    """A store holding every planted run; returns them by run_id."""
+    runs = plant_runs()
+    for run in runs:
+        write_run(root, run)
+    return {run.run_id: run for run in runs}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> tuple[Path, dict[str, PlantedRun]]:
+    root = tmp_path / "store"
+    return root, build_store(root)
+
+
+def rows(table: pa.Table) -> list[dict]:
+    return table.to_pylist()
+
+
+def energy_fractions(energy: np.ndarray) -> np.ndarray:
+    """Energies summed over every axis but the block axis, then divided by their total."""
+    total = energy.reshape(-1, 4).sum(axis=0)
+    return total / total.sum()
+
+
+def assert_close(actual: float | None, expected: float) -> None:
+    assert actual is not None and math.isclose(actual, expected, rel_tol=1e-12, abs_tol=1e-14)
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+# --- named queries ----------------------------------------------------------------------------
+
+
+def test_model_summary_uses_latest_complete_run_per_model(store):
+    root, runs = store
+    result = rows(run_query(root, "model_summary"))
+    assert [r["model"] for r in result] == ["vit_a", "vit_b"]
+    for row, run in zip(result, [runs["a-new"], runs["b-1"]], strict=True):
+        assert row["run_id"] == run.run_id
+        assert row["n_images"] == run.n_images
+        assert row["n_layers"] == run.depth
+        assert row["n_heads"] == run.energy.shape[0] * run.energy.shape[1]
+        for i, block in enumerate(BLOCKS):
+            assert_close(row[f"f_{block}"], energy_fractions(run.energy)[i])
+            assert_close(row[f"mean_f_{block}"], run.fractions[..., i].mean())
+        assert_close(row["frac_pos_mean"], run.frac_pos.mean())
+        for cls in ("pp", "cp", "cc"):
+            assert row[f"n_heads_{cls}"] == int((run.head_class == cls).sum())
+        assert row["n_heads_pp"] + row["n_heads_cp"] + row["n_heads_cc"] == row["n_heads"]
+    # Energy weighting must differ from the plain mean here, or the test could not tell them apart.
+    assert abs(result[0]["f_pp"] - result[0]["mean_f_pp"]) > 1e-3
+
+
+def test_layer_profile_latest_and_chosen_run(store):
+    root, runs = store
+    for params, run in [
+        ({"model": "vit_a"}, runs["a-new"]),
+        ({"model": "vit_a", "run_id": "a-old"}, runs["a-old"]),
+        ({"model": "vit_b"}, runs["b-1"]),
+    ]:
+        result = rows(run_query(root, "layer_profile", params))
+        assert [r["layer"] for r in result] == list(range(run.depth))
+        assert {r["run_id"] for r in result} == {run.run_id}
+        for layer, row in enumerate(result):
+            assert_close(row["rel_depth"], layer / (run.depth - 1))
+            assert_close(row["frac_pos"], run.frac_pos[layer])
+            assert_close(row["frac_content"], 1 - run.frac_pos[layer])
+            if run.frac_pos_resid is None:
+                assert row["frac_pos_resid"] is None
+            else:
+                assert_close(row["frac_pos_resid"], run.frac_pos_resid[layer])
+            for i, block in enumerate(BLOCKS):
+                assert_close(row[f"f_{block}"], energy_fractions(run.energy[layer])[i])
+            assert row["n_heads"] == run.energy.shape[1]
+            for cls in ("pp", "cp", "cc"):
+                assert row[f"n_heads_{cls}"] == int((run.head_class[layer] == cls).sum())
+
+
+def test_layer_profile_gives_no_rows_for_unfinished_or_foreign_run(store):
+    root, _ = store
+    for params in [
+        {"model": "vit_a", "run_id": "a-unfinished"},
+        {"model": "vit_b", "run_id": "a-new"},
+        {"model": "no_such_model"},
+    ]:
+        assert run_query(root, "layer_profile", params).num_rows == 0, params
+
+
+def test_head_map_lists_every_head_of_the_latest_run(store):
+    root, runs = store
+    run = runs["a-new"]
+    result = rows(run_query(root, "head_map", {"model": "vit_a"}))
+    assert [(r["layer"], r["head"]) for r in result] == [
+        (layer, head) for layer in range(run.depth) for head in range(run.energy.shape[1])
+    ]
+    for row in result:
+        assert row["run_id"] == "a-new"
+        assert_close(row["f_cp"], run.fractions[row["layer"], row["head"], 2])
+        assert row["head_type"] == TYPE_NAMES[run.head_class[row["layer"], row["head"]]]
+
+
+def test_head_types_counts_stored_types_per_model_and_layer(store):
+    root, runs = store
+    expected = []
+    for run in (runs["a-new"], runs["b-1"]):
+        for layer in range(run.depth):
+            names, counts = np.unique(
+                [TYPE_NAMES[c] for c in run.head_class[layer]], return_counts=True
+            )
+            expected += [
+                (run.model, run.run_id, layer, str(name), int(count))
+                for name, count in zip(names, counts, strict=True)
+            ]
+    result = [tuple(r.values()) for r in rows(run_query(root, "head_types"))]
+    assert result == expected
+    only_b = rows(run_query(root, "head_types", {"model": "vit_b"}))
+    assert {r["model"] for r in only_b} == {"vit_b"}
+    assert sum(r["n_heads"] for r in only_b) == 6 * 3
+
+
+@pytest.mark.parametrize("bins", [None, 4, 1])
+def test_compare_models_bins_relative_depth(store, bins):
+    root, runs = store
+    params = {"model_a": "vit_a", "model_b": "vit_b"}
+    if bins is not None:
+        params["bins"] = str(bins)
+    n_bins = bins or 10
+    result = rows(run_query(root, "compare_models", params))
+
+    def per_bin(run: PlantedRun) -> dict[int, tuple[int, float, np.ndarray]]:
+        layer_bins = np.minimum(np.arange(run.depth) * n_bins // (run.depth - 1), n_bins - 1)
+        return {
+            int(b): (
+                int((layer_bins == b).sum()),
+                run.frac_pos[layer_bins == b].mean(),
+                energy_fractions(run.energy[layer_bins == b]),
+            )
+            for b in np.unique(layer_bins)
+        }
+
+    a, b = per_bin(runs["a-new"]), per_bin(runs["b-1"])
+    assert [r["bin"] for r in result] == sorted(set(a) | set(b))
+    for row in result:
+        k = row["bin"]
+        assert_close(row["depth_lo"], k / n_bins)
+        assert_close(row["depth_hi"], (k + 1) / n_bins)
+        for side, expected in (("a", a), ("b", b)):
+            if k not in expected:
+                assert row[f"n_layers_{side}"] == 0 and row[f"frac_pos_{side}"] is None
+                continue
+            n_layers, frac_pos, fractions = expected[k]
+            assert row[f"n_layers_{side}"] == n_layers
+            assert_close(row[f"frac_pos_{side}"], frac_pos)
+            for i, block in enumerate(BLOCKS):
+                assert_close(row[f"f_{block}_{side}"], fractions[i])
+        if k in a and k in b:
+            assert_close(row["delta_frac_pos"], b[k][1] - a[k][1])
+            assert_close(row["delta_f_cc"], b[k][2][3] - a[k][2][3])
+        else:
+            assert row["delta_frac_pos"] is None
+    # 12 layers fill all 10 bins; 6 layers fill 0, 2, 4, 6, 8, 9.
+    if bins is None:
+        assert sorted(b) == [0, 2, 4, 6, 8, 9] and len(result) == 10
+
+
+def test_compare_models_rejects_bad_bins(store):
+    root, _ = store
+    with pytest.raises(duckdb.Error, match="bins must be a positive integer; given 0"):
+        run_query(root, "compare_models", {"model_a": "vit_a", "model_b": "vit_b", "bins": "0"})
+
+
+def test_audit_history_orders_audits_and_lags(store):
+    root, runs = store
+    result = rows(run_query(root, "audit_history", {"model": "vit_a"}))
+    old, new = runs["a-old"], runs["a-new"]
+    assert [r["run_id"] for r in result] == ["a-old", "a-new"]
+    assert [r["prev_run_id"] for r in result] == [None, "a-old"]
+    assert result[0]["created_at"] < result[1]["created_at"]
+    assert result[0]["delta_f_pp"] is None and result[0]["delta_n_heads_cc"] is None
+    for i, block in enumerate(BLOCKS):
+        assert_close(result[1][f"f_{block}"], energy_fractions(new.energy)[i])
+        assert_close(
+            result[1][f"delta_f_{block}"],
+            energy_fractions(new.energy)[i] - energy_fractions(old.energy)[i],
+        )
+    assert_close(result[1]["delta_frac_pos_mean"], new.frac_pos.mean() - old.frac_pos.mean())
+    for cls in ("pp", "cp", "cc"):
+        change = int((new.head_class == cls).sum()) - int((old.head_class == cls).sum())
+        assert result[1][f"delta_n_heads_{cls}"] == change
+
+
+def test_every_query_runs_on_an_empty_store(tmp_path):
+    (tmp_path / "store").mkdir()
+    for name in list_queries():
+        params = {p.name: "vit_a" for p in query_spec(name).params if p.required}
+        assert run_query(tmp_path / "store", name, params).num_rows == 0, name
+
+
+def test_partial_store_keeps_contract_columns(tmp_path):
+    """A table with no files, and a file from before a column existed, still bind."""
+    root = tmp_path / "store"
+    write_part(root, "runs", "m", "r", 1, status="complete")
+    # A writer's temporary file (docs/layout.md: written to a temp name, then renamed).
+    hidden = root / "tables" / "heads" / "model=m" / "run_id=r" / ".part-0.parquet"
+    hidden.parent.mkdir(parents=True)
+    hidden.write_bytes(b"half-written")
+    con = connect(root)
+    described = {row[0] for row in con.sql("DESCRIBE runs").fetchall()}
+    assert {"created_at", "n_images", "layers", "status"} <= described
+    assert con.execute("SELECT count(*) FROM heads").fetchall() == [(0,)]
+    summary = rows(run_query(con, "model_summary"))
+    assert [(r["model"], r["n_layers"], r["f_pp"]) for r in summary] == [("m", 0, None)]
+
+
+def test_missing_store_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        connect(tmp_path / "nowhere")
+
+
+# --- parameters -------------------------------------------------------------------------------
+
+
+def test_queries_declare_exactly_the_parameters_they_use():
+    assert {
+        "model_summary",
+        "layer_profile",
+        "head_types",
+        "compare_models",
+        "audit_history",
+        "head_map",
+    } <= set(list_queries())
+    for name in list_queries():
+        spec = query_spec(name)
+        used = duckdb.extract_statements(query_sql(name))[0].named_parameters
+        assert {p.name for p in spec.params} == set(used), name
+        assert spec.description, name
+
+
+def test_missing_required_parameter_is_a_clear_error(store):
+    root, _ = store
+    needs_model = r"'layer_profile' needs parameter\(s\) model; given: none"
+    with pytest.raises(ValueError, match=needs_model):
+        run_query(root, "layer_profile")
+    with pytest.raises(ValueError, match=r"needs parameter\(s\) model_b; given: model_a"):
+        run_query(root, "compare_models", {"model_a": "vit_a"})
+
+
+def test_unknown_parameter_and_query_are_clear_errors(store):
+    root, _ = store
+    with pytest.raises(ValueError, match=r"has no parameter\(s\) depth; its parameters: model"):
+        run_query(root, "audit_history", {"model": "vit_a", "depth": "3"})
+    with pytest.raises(ValueError, match="unknown query 'nope'; known queries: audit_history"):
+        run_query(root, "nope")
+
+
+# --- read-only --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sql", "kind"),
+    [
+        ("UPDATE heads SET f_pp = 0", "UPDATE"),
+        ("INSERT INTO runs (run_id) VALUES ('x')", "INSERT"),
+        ("DELETE FROM layers", "DELETE"),
+        ("CREATE TABLE t AS SELECT 1", "CREATE"),
+        ("CREATE TEMP VIEW heads AS SELECT 1", "CREATE"),
+        ("DROP TABLE heads", "DROP"),
+        ("COPY heads TO 'x.parquet'", "COPY"),
+        ("ATTACH ':memory:' AS scratch", "ATTACH"),
+        ("SET threads = 1", "SET"),
+        ("SELECT 1; DELETE FROM heads", "DELETE"),
+        ("EXPLAIN ANALYZE DELETE FROM heads", "DELETE"),
+        ("PRAGMA enable_profiling", "PRAGMA enable_profiling"),
+    ],
+)
+def test_run_sql_refuses_statements_that_change_anything(store, sql, kind):
+    root, _ = store
+    before = snapshot(root)
+    with pytest.raises(
+        ReadOnlyError, match=rf"read-only; refused a statement of kind {kind} \(allowed: SELECT"
+    ) as info:
+        run_sql(root, sql)
+    assert "\n" not in str(info.value)
+    assert snapshot(root) == before
+
+
+def test_raw_connection_cannot_change_results_or_write_files(store, tmp_path):
+    root, _ = store
+    before = snapshot(root)
+    con = connect(root)
+    target = root / "tables" / "heads" / "model=vit_a" / "run_id=a-new" / "part-0.parquet"
+    for sql in [
+        "UPDATE heads SET f_pp = 0",
+        "INSERT INTO runs (run_id) VALUES ('x')",
+        "DELETE FROM layers",
+        "CREATE TABLE t AS SELECT 1",
+        "DROP VIEW latest_runs",
+    ]:
+        with pytest.raises(duckdb.Error, match="read-only mode"):
+            con.execute(sql)
+    for sql in [
+        f"COPY (SELECT 1 AS x) TO '{target}'",
+        f"COPY heads TO '{tmp_path / 'out.csv'}'",
+        f"ATTACH '{tmp_path / 'other.duckdb'}' AS other",
+        f"SELECT * FROM read_parquet('{target}')",
+    ]:
+        with pytest.raises(duckdb.Error, match="file system operations are disabled"):
+            con.execute(sql)
+    with pytest.raises(duckdb.Error, match="configuration has been locked"):
+        con.execute("SET enable_external_access = true")
+    assert con.execute("SELECT count(*) FROM heads WHERE f_pp = 0").fetchall() == [(0,)]
+    assert snapshot(root) == before
+    assert not (tmp_path / "out.csv").exists() and not (tmp_path / "other.duckdb").exists()
+
+
+def test_run_sql_reads(store):
+    root, runs = store
+    con = connect(root)
+    count = run_sql(con, "SELECT count(*) AS n FROM heads WHERE run_id = $run", {"run": "b-1"})
+    assert count.column("n").to_pylist() == [6 * 3]
+    assert "f_pp" in run_sql(con, "DESCRIBE heads").column("column_name").to_pylist()
+    assert "heads" in run_sql(con, "SHOW TABLES").column("name").to_pylist()
+    assert run_sql(con, "PRAGMA table_info('runs')").num_rows >= 21
+    assert run_sql(con, "-- why\nEXPLAIN SELECT * FROM heads").num_rows >= 1
+    assert run_sql(con, "FROM latest_runs SELECT model ORDER BY model").column(0).to_pylist() == [
+        "vit_a",
+        "vit_b",
+    ]
+    # The caller's own temporary objects and unfinished results do not reach run_sql.
+    con.execute("CREATE TEMP VIEW heads AS SELECT 42 AS n")
+    con.execute("SELECT * FROM runs")
+    assert run_sql(con, "SELECT count(*) AS n FROM heads").column("n").to_pylist() == [3 * 72 + 18]
+    with pytest.raises(ValueError, match=r"missing \['run'\]"):
+        run_sql(con, "SELECT * FROM heads WHERE run_id = $run")
+    with pytest.raises(ValueError, match="exactly one statement; given 2"):
+        run_sql(con, "SELECT 1; SELECT 2")
+    with pytest.raises(ReadOnlyError, match="file access from SQL is off"):
+        run_sql(con, f"SELECT * FROM read_csv('{root / 'x.csv'}')")
