@@ -1,0 +1,1 @@
+"""Prefect flows, the entrypoints of prefect.yaml: extract, decompose and audit."""

@@ -1,0 +1,63 @@
+"""Flow ``decompose``: stored activations -> labeled results -> Parquet tables."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.futures import as_completed
+
+from bfd.flows import progress
+from bfd.storage import Store, default_store, open_activations
+from bfd.tasks.decompose import (
+    DecomposeOptions,
+    assemble_results,
+    decompose_site_layer_task,
+)
+from bfd.tasks.publish import publish_task
+
+
+@flow(name="decompose", log_prints=True)
+def decompose(
+    run_id: str,
+    store: str | None = None,
+    prefix: str = "exclude",
+    seed: int = 0,
+    compute_dtype: str = "float32",
+    images_per_task: int | None = None,
+    dask_address: str | None = None,
+) -> dict[str, str]:
+    """Decompose every extracted (site, layer) of a run and publish the results.
+
+    Args:
+        run_id: the run to decompose (its activations must be complete).
+        store: store root; ``$BFD_STORE`` or ``./bfd-store`` when None.
+        prefix: "exclude" or "include" prefix tokens as positions (METHOD.md).
+        seed: seed of the split-half and shuffle controls.
+        compute_dtype: pass-2 projection dtype.
+        images_per_task: images per dask task; the stored chunks when None.
+        dask_address: run the dask graphs on this cluster instead of local threads.
+
+    Returns:
+        What was written, by name (results group and table files).
+    """
+    logger = get_run_logger()
+    root = str(Store(store).root) if store else str(default_store().root)
+    options = DecomposeOptions(prefix=prefix, seed=seed, compute_dtype=compute_dtype,
+                               images_per_task=images_per_task)
+    acts = open_activations(Store(root), run_id)
+    sites = [s for s in ("attn_in", "resid") if s in acts.data_vars]
+    layers = [int(v) for v in acts.layer.values]
+    futures = [
+        decompose_site_layer_task.submit(root, run_id, site, layer, options, dask_address)
+        for site in sites
+        for layer in layers
+    ]
+    logger.info("decomposing run %s: %d sites x %d layers", run_id, len(sites), len(layers))
+    parts = []
+    for done, future in enumerate(as_completed(futures), start=1):
+        parts.append(future.result())
+        progress.report("decompose", done, len(futures))
+    results = assemble_results(parts, {"run_id": run_id, **options.to_dict(),
+                                       "images_per_task": images_per_task or 0})
+    written = publish_task(root, run_id, results, {"decompose": options.to_dict()})
+    logger.info("published run %s: %s", run_id, ", ".join(sorted(written)))
+    return written

@@ -1,0 +1,35 @@
+"""Progress of long flows, for whoever runs them in-process (the CLI's progress bars).
+
+Flow parameters must serialise, so a callback cannot be one: the CLI registers a listener
+here instead, and flows report ``(stage, done, total, detail)`` to it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+Listener = Callable[[str, int, int, dict], None]
+_listeners: list[Listener] = []
+_lock = threading.Lock()
+
+
+def report(stage: str, done: int, total: int, **detail) -> None:
+    """Tell every listener that ``done`` of ``total`` units of ``stage`` are finished."""
+    with _lock:
+        listeners = list(_listeners)
+    for listener in listeners:
+        listener(stage, done, total, detail)
+
+
+@contextmanager
+def listening(listener: Listener) -> Iterator[None]:
+    """Register ``listener`` for the duration of the block."""
+    with _lock:
+        _listeners.append(listener)
+    try:
+        yield
+    finally:
+        with _lock:
+            _listeners.remove(listener)

@@ -1,0 +1,175 @@
+"""Decomposition of stored activations: the core's two streaming passes mapped over the dask
+chunks of a run's Zarr arrays, one (site, layer) at a time, never loading a layer whole."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from operator import add
+
+import dask
+import numpy as np
+import xarray as xr
+from dask.delayed import Delayed, delayed
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from bfd.core import (
+    Pass2Plan,
+    bi_orthogonal_modes,
+    finalize_means,
+    head_maps,
+    pass1_chunk,
+    pos_embed_cosine,
+    prepare_chunk,
+    summarize,
+    to_dataset,
+)
+from bfd.core.dataset import SCALARS
+from bfd.storage import Store, open_activations, read_image_manifest, read_model_tensors
+
+STAGE1_VARS = (*SCALARS, "pos", "mu", "pos_embed_cos")
+
+
+@dataclass(frozen=True)
+class DecomposeOptions:
+    """The METHOD.md options of a decomposition; recorded with its results.
+
+    Attributes:
+        prefix: "exclude" (default) or "include" the CLS/register tokens as positions.
+        seed: seed of the split-half and shuffle controls.
+        compute_dtype: dtype of the pass-2 projection ("float32" or "float64").
+        images_per_task: images per dask task (None: the stored chunks).
+        check_images: images that get the 9-block logit reconstruction check.
+    """
+
+    prefix: str = "exclude"
+    seed: int = 0
+    compute_dtype: str = "float32"
+    images_per_task: int | None = None
+    check_images: int = 4
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def ok_images(store: Store, run_id: str) -> np.ndarray:
+    """Indices of the images whose activations were written (skipped and pending excluded)."""
+    return np.array([r.index for r in read_image_manifest(store, run_id) if r.status == "ok"],
+                    dtype=np.int64)
+
+
+def _tree_sum(parts: Sequence[Delayed]) -> Delayed:
+    """Pairwise reduction, so no single task holds every chunk's state."""
+    parts = list(parts)
+    while len(parts) > 1:
+        parts = [delayed(add)(*parts[i:i + 2]) if i + 1 < len(parts) else parts[i]
+                 for i in range(0, len(parts), 2)]
+    return parts[0]
+
+
+def _pass2(plan: Pass2Plan, x: np.ndarray, index: np.ndarray, prefix_tokens: int, prefix: str):
+    return plan.chunk(prepare_chunk(x, prefix_tokens, prefix), index)
+
+
+@contextlib.contextmanager
+def dask_scheduler(address: str | None) -> Iterator[dict]:
+    """Keyword arguments for ``dask.compute``: the local threaded scheduler, or the cluster
+    at ``address``."""
+    if address is None:
+        yield {"scheduler": "threads"}
+        return
+    from distributed import Client
+
+    with Client(address, set_as_default=False) as client:
+        yield {"scheduler": client}
+
+
+def decompose_site_layer(
+    store_root: str,
+    run_id: str,
+    site: str,
+    layer: int,
+    options: DecomposeOptions,
+    dask_address: str | None = None,
+) -> xr.Dataset:
+    """Every METHOD.md quantity of one (site, layer): Stage 1 everywhere, Stage 2 at
+    ``attn_in``. Both passes run as dask graphs over the stored chunks."""
+    store = Store(store_root)
+    acts = open_activations(store, run_id)
+    if site not in acts:
+        raise ValueError(f"site {site!r} was not extracted in run {run_id}; it has "
+                         f"{[v for v in acts.data_vars]}")
+    prefix_tokens = int((acts.token_type.values != "patch").sum())
+    tensors = read_model_tensors(store, run_id)
+    maps = None
+    if site == "attn_in":
+        maps = head_maps(tensors.qkv_weight.sel(layer=layer).values,
+                         int(tensors.attrs["num_heads"]),
+                         float(tensors.attn_scale.sel(layer=layer)))
+    indices = ok_images(store, run_id)
+    if len(indices) < 2:
+        raise ValueError(f"run {run_id} has {len(indices)} decoded images; BFD needs at least 2")
+    arr = acts[site].sel(layer=layer).isel(image=indices).data
+    if options.images_per_task:
+        arr = arr.rechunk({0: options.images_per_task, 1: -1, 2: -1})
+    bounds = np.cumsum((0, *arr.chunks[0]))
+    blocks = list(zip(arr.to_delayed().ravel(), bounds[:-1], bounds[1:], strict=True))
+    kw = dict(prefix_tokens=prefix_tokens, prefix=options.prefix)
+
+    with dask_scheduler(dask_address) as scheduler:
+        p1 = _tree_sum([delayed(pass1_chunk)(b, indices[lo:hi], seed=options.seed, **kw)
+                        for b, lo, hi in blocks])
+        (p1,) = dask.compute(p1, **scheduler)
+        means = finalize_means(p1)
+        modes = bi_orthogonal_modes(maps) if maps is not None else None
+        plan = Pass2Plan(means, maps, modes, options.compute_dtype,
+                         check_images=options.check_images)
+        p2 = _tree_sum([delayed(_pass2)(plan, b, indices[lo:hi], **kw) for b, lo, hi in blocks])
+        (p2,) = dask.compute(p2, **scheduler)
+
+    ds = to_dataset(summarize(means, p2, modes))
+    cos = np.nan
+    if site == "resid" and layer == 0 and "pos_embed" in tensors and options.prefix == "exclude":
+        cos = pos_embed_cosine(ds.pos.values, tensors.pos_embed.values)
+    ds["pos_embed_cos"] = ((), cos)
+    ds.attrs = {"site": site, "layer": int(layer), "n_images": int(len(indices))}
+    return ds
+
+
+def assemble_results(parts: Sequence[xr.Dataset], attrs: dict) -> xr.Dataset:
+    """One Dataset from the per-(site, layer) parts: Stage 1 variables over ``(site, layer)``,
+    Stage 2 variables (``attn_in``) over ``layer``."""
+    by_site: dict[str, list[xr.Dataset]] = {}
+    for p in sorted(parts, key=lambda p: (p.attrs["site"], p.attrs["layer"])):
+        by_site.setdefault(p.attrs["site"], []).append(p)
+    stage1 = xr.concat(
+        [xr.concat([p[list(STAGE1_VARS)].expand_dims(layer=[p.attrs["layer"]]) for p in ps],
+                   dim="layer")
+         for ps in by_site.values()],
+        dim=xr.DataArray(list(by_site), dims="site", name="site"),
+        join="outer",
+    )
+    out = stage1
+    if "attn_in" in by_site:
+        stage2 = xr.concat(
+            [p.drop_vars(list(STAGE1_VARS)).expand_dims(layer=[p.attrs["layer"]])
+             for p in by_site["attn_in"]],
+            dim="layer",
+        )
+        out = xr.merge([stage1, stage2], join="outer", compat="override")
+    n_images = {p.attrs["n_images"] for p in parts}
+    out.attrs = {**attrs, "n_images": n_images.pop() if len(n_images) == 1 else -1}
+    return out
+
+
+def options_json(options: DecomposeOptions) -> str:
+    return json.dumps(options.to_dict(), sort_keys=True)
+
+
+decompose_site_layer_task = task(
+    decompose_site_layer, name="decompose-site-layer", cache_policy=NO_CACHE, retries=1,
+    task_run_name="decompose {site} layer {layer}",
+)

@@ -1,0 +1,89 @@
+"""Publishing a decomposition: the results Dataset into the run's Zarr group, and the tidy
+Parquet tables that SQL and dashboards read (docs/layout.md)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pyarrow as pa
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+import bfd
+from bfd.storage import (
+    Store,
+    heads_rows,
+    layers_rows,
+    modes_rows,
+    open_activations,
+    read_image_manifest,
+    read_request,
+    write_results,
+    write_table,
+)
+
+
+def runs_row(store: Store, run_id: str, status: str, config: dict) -> dict:
+    """The ``runs`` row of a run from its request and the attrs its extraction stored."""
+    request = read_request(store, run_id)
+    attrs = open_activations(store, run_id).attrs
+    info = json.loads(attrs.get("model_info", "{}"))
+    images = read_image_manifest(store, run_id)
+    img_size = request.img_size if isinstance(request.img_size, int) else request.img_size[0]
+    return {
+        "run_id": run_id,
+        "model": request.model,
+        "weights": request.weights,
+        "weights_sha256": request.weights_sha256,
+        "images": request.images,
+        "images_sha256": request.images_sha256,
+        "n_images": request.n_images,
+        "n_skipped": sum(r.status == "skipped" for r in images),
+        "img_size": img_size,
+        "grid_h": info.get("grid", [0, 0])[0],
+        "grid_w": info.get("grid", [0, 0])[1],
+        "prefix_tokens": info.get("num_prefix_tokens", 0),
+        "sites": ",".join(request.sites),
+        "layers": ",".join(map(str, request.layers)),
+        "dtype": request.dtype,
+        "created_at": datetime.now(UTC),
+        "bfd_version": bfd.__version__,
+        "timm_version": attrs.get("timm_version", ""),
+        "torch_version": attrs.get("torch_version", ""),
+        "config_json": json.dumps({"request": request.to_json_dict(), **config},
+                                  sort_keys=True, default=str),
+        "status": status,
+        "depth": info.get("depth", 0),
+        "num_heads": info.get("num_heads", 0),
+        "width": info.get("width", 0),
+    }
+
+
+def publish(store_root: str, run_id: str, results, config: dict) -> dict[str, str]:
+    """Write the results Dataset and every table of the run; the ``runs`` row comes last, so
+    a run is listed as complete only once its other tables are in place.
+
+    Returns:
+        Paths of what was written, by name.
+    """
+    store = Store(store_root)
+    model = read_request(store, run_id).model
+    write_results(store, run_id, results)
+    images = pa.Table.from_pylist([
+        {"image_index": r.index, "image_id": r.id, "sha256": r.sha256, "status": r.status,
+         "error": r.error}
+        for r in read_image_manifest(store, run_id)
+    ])
+    written = {"results": f"{store.zarr_path}/{store.results_group(run_id)}"}
+    for name, rows in (("layers", layers_rows(results)), ("images", images)):
+        written[name] = str(write_table(store, name, model, run_id, rows))
+    if "head" in results.dims:
+        for name, rows in (("heads", heads_rows(results)), ("modes", modes_rows(results))):
+            written[name] = str(write_table(store, name, model, run_id, rows))
+    row = runs_row(store, run_id, "complete", config)
+    written["runs"] = str(write_table(store, "runs", model, run_id, [row]))
+    return written
+
+
+publish_task = task(publish, name="publish", cache_policy=NO_CACHE)
