@@ -5,9 +5,10 @@
 --   (energy-weighted); mean_f_*: plain mean of the heads' own fractions;
 --   n_heads_pp / _cp / _cc: heads whose stored head_type (METHOD.md "Head type") is
 --   position-position, content-position or content-content;
---   depth: 1 + the largest layer index the run stored; rel_depth = layer / (depth - 1).
+--   depth: the model's number of blocks (runs.depth; for runs that did not record it,
+--   1 + the largest layer index stored); rel_depth = layer / (depth - 1).
 WITH complete AS (
-    SELECT run_id, model
+    SELECT run_id, model, nullif(depth, 0) AS model_depth
     FROM runs
     WHERE status = 'complete'
 ),
@@ -48,15 +49,16 @@ per_layer AS (
 with_depth AS (
     SELECT
         *,
-        max(layer) OVER (PARTITION BY run_id) + 1 AS depth
+        max(layer) OVER (PARTITION BY run_id) + 1 AS stored_depth
     FROM per_layer
 )
 SELECT
     c.model,
     d.run_id,
     d.layer,
-    d.depth,
-    CASE WHEN d.depth > 1 THEN d.layer / (d.depth - 1) ELSE 0.0 END AS rel_depth,
+    coalesce(c.model_depth, d.stored_depth) AS depth,
+    CASE WHEN coalesce(c.model_depth, d.stored_depth) > 1
+        THEN d.layer / (coalesce(c.model_depth, d.stored_depth) - 1) ELSE 0.0 END AS rel_depth,
     d.frac_pos,
     d.frac_content,
     d.frac_pos_resid,

@@ -59,13 +59,14 @@ CONTRACT: Final[Mapping[str, str]] = {
         " images_sha256 VARCHAR, n_images BIGINT, n_skipped BIGINT, img_size INTEGER,"
         " grid_h INTEGER, grid_w INTEGER, prefix_tokens INTEGER, sites VARCHAR, layers VARCHAR,"
         " dtype VARCHAR, created_at TIMESTAMPTZ, bfd_version VARCHAR, timm_version VARCHAR,"
-        " torch_version VARCHAR, config_json VARCHAR, status VARCHAR"
+        " torch_version VARCHAR, config_json VARCHAR, status VARCHAR, depth INTEGER,"
+        " num_heads INTEGER, width INTEGER"
     ),
     "layers": (
         "run_id VARCHAR, model VARCHAR, layer INTEGER, site VARCHAR, ss_total DOUBLE,"
         " frac_pos DOUBLE, frac_img DOUBLE, frac_int DOUBLE, pos_split_half_r DOUBLE,"
         " pos_embed_cos DOUBLE, shuffle_frac_pos DOUBLE, ss_identity_residual DOUBLE,"
-        " ortho_residual DOUBLE"
+        " ortho_residual DOUBLE, frac_content DOUBLE, logit_residual DOUBLE, n_images BIGINT"
     ),
     "heads": (
         "run_id VARCHAR, model VARCHAR, layer INTEGER, head INTEGER, e_pp DOUBLE, e_pc DOUBLE,"
