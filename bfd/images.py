@@ -1,0 +1,346 @@
+"""Image sources: list the images of a run up front, then decode them without ever stopping.
+
+The image list is fixed at listing time: the store gets one slot per listed image, in list
+order. An image that later fails to decode keeps its slot (left NaN in the store) and is
+reported with status ``"skipped"`` and its reason in the manifest; ``iter_batches`` yields
+the indices of the images that did decode.
+
+Sources: a folder (recursive), a manifest text file, or ``"samples"``: deterministic crops of
+the natural images bundled inside scikit-image (no network needed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import re
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+IMAGE_SUFFIXES: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+SAMPLES = "samples"
+SAMPLES_DEFAULT_N = 64
+# Natural images that ship inside the scikit-image wheel (skimage.data reads them without
+# pooch or network). PNG only: lossless decoding keeps every sample's sha256 identical across
+# Pillow/libjpeg versions, so "samples" names the same pixels on every install.
+SAMPLE_BASES: tuple[str, ...] = (
+    "astronaut", "coffee", "chelsea", "immunohistochemistry", "motorcycle", "camera", "coins",
+    "moon", "brick", "grass", "gravel",
+)
+_SAMPLE_ID = re.compile(r"^samples/([a-z_]+)-(\d{3,})$")
+_ACCEPTED = "a folder of images, a manifest text file (one path per line) or 'samples'"
+
+
+class ImageDecodeError(ValueError):
+    """An image file that cannot be turned into an RGB picture; the message is the reason."""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One listed image.
+
+    Attributes:
+        index: Slot in the store (position in the listing).
+        id: Relative posix path (folders), the line as written (manifests), or
+            ``samples/<base>-<variant>`` (samples).
+        sha256: Of the file bytes; for samples, of ``"<h>x<w>x3:"`` plus the uint8 pixels;
+            ``""`` for a manifest entry whose file is missing.
+        path: The file as an absolute path, or None for samples.
+    """
+
+    index: int
+    id: str
+    sha256: str
+    path: str | None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Decoded images of one group of records; ``images[i]`` belongs to ``indices[i]``.
+
+    ``images`` is (len(indices), 3, H, W); when nothing decoded it is an empty tensor of shape
+    (0,). ``errors`` holds ``(index, reason)`` for each record that was skipped.
+    """
+
+    indices: list[int]
+    images: torch.Tensor
+    errors: list[tuple[int, str]]
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@cache
+def _sample_base(name: str) -> np.ndarray:
+    import skimage.data
+
+    img = skimage.data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(
+        skimage.data, name)()
+    img = np.asarray(img)
+    if img.ndim == 2:
+        img = np.stack([img] * 3, axis=-1)
+    img.setflags(write=False)
+    return img
+
+
+def _frac(x: float) -> float:
+    return x - math.floor(x)
+
+
+def sample_array(base: str, variant: int) -> np.ndarray:
+    """Variant ``variant`` of bundled image ``base`` as (h, w, 3) uint8.
+
+    Variant 0 is the whole image. Variant v > 0 is a square crop (55-90 % of the short side)
+    placed by an additive recurrence on irrational steps (so no two variants share a crop),
+    then one of the 8 flips/rotations, cycling with v. Pure integer slicing, no resampling.
+    """
+    if base not in SAMPLE_BASES:
+        raise ValueError(f"unknown sample base {base!r}; expected one of {SAMPLE_BASES}")
+    img = _sample_base(base)
+    if variant == 0:
+        return np.ascontiguousarray(img)
+    h, w = img.shape[:2]
+    # R3 low-discrepancy steps (powers of 1/phi_3, the plastic number), spread out crops.
+    g = 1.2207440846057596
+    u = [_frac(0.5 + variant * g ** -(i + 1)) for i in range(3)]
+    side = int(min(h, w) * (0.55 + 0.35 * u[0]))
+    top, left = int(u[1] * (h - side)), int(u[2] * (w - side))
+    crop = img[top:top + side, left:left + side]
+    o = (variant - 1) % 8
+    crop = np.rot90(crop[:, ::-1] if o >= 4 else crop, k=o % 4)
+    return np.ascontiguousarray(crop)
+
+
+def _sample_sha(arr: np.ndarray) -> str:
+    h, w = arr.shape[:2]
+    return _sha256_bytes(f"{h}x{w}x3:".encode() + arr.tobytes())
+
+
+def _list_samples(n: int) -> list[ImageRecord]:
+    out = []
+    for k in range(n):
+        base, variant = SAMPLE_BASES[k % len(SAMPLE_BASES)], k // len(SAMPLE_BASES)
+        sid = f"{SAMPLES}/{base}-{variant:03d}"
+        out.append(ImageRecord(k, sid, _sample_sha(sample_array(base, variant)), None))
+    return out
+
+
+def _visible(rel: Path) -> bool:
+    return not any(part.startswith(".") for part in rel.parts)
+
+
+def _list_folder(root: Path) -> list[tuple[str, Path]]:
+    files = [
+        (p.relative_to(root).as_posix(), p)
+        for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and _visible(p.relative_to(root))
+    ]
+    return sorted(files)
+
+
+def _list_manifest(manifest: Path) -> list[tuple[str, Path]]:
+    entries, seen = [], set()
+    for line in manifest.read_text().splitlines():
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        if entry in seen:
+            raise ValueError(f"manifest {str(manifest)!r} lists {entry!r} twice; "
+                             "expected each image once")
+        seen.add(entry)
+        p = Path(entry).expanduser()
+        entries.append((entry, p if p.is_absolute() else manifest.parent / p))
+    return entries
+
+
+def list_images(source: str, n_images: int | None = None) -> list[ImageRecord]:
+    """The images of a run, in their fixed order, with content hashes.
+
+    Args:
+        source: A folder (searched recursively; image suffixes, any case; hidden files and
+            folders skipped; sorted by relative posix path), a manifest text file (one path per
+            line, relative to the manifest's folder; blank lines and ``#`` comments skipped),
+            or ``"samples"``.
+        n_images: Keep the first ``n_images``; default all (folders, manifests) or 64
+            (samples, where any number can be made).
+
+    Raises:
+        FileNotFoundError: ``source`` does not exist.
+        ValueError: ``source`` is not one of the accepted kinds or lists no images.
+    """
+    if n_images is not None and n_images < 1:
+        raise ValueError(f"n_images must be a positive integer or None; got {n_images}")
+    if source == SAMPLES:
+        return _list_samples(n_images or SAMPLES_DEFAULT_N)
+    # Absolute paths, so records stay valid in workers that run from another directory.
+    path = Path(source).expanduser().absolute()
+    if path.is_dir():
+        entries = _list_folder(path)
+    elif path.is_file():
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            raise ValueError(f"image source {source!r} is a single image; expected {_ACCEPTED}")
+        entries = _list_manifest(path)
+    else:
+        raise FileNotFoundError(f"image source {source!r} does not exist; expected {_ACCEPTED}")
+    if not entries:
+        raise ValueError(f"image source {source!r} lists no images "
+                         f"(suffixes {sorted(IMAGE_SUFFIXES)}); expected {_ACCEPTED}")
+    entries = entries[:n_images]
+    # A missing manifest entry keeps its slot and is skipped at decode time, like any bad file.
+    return [
+        ImageRecord(i, rid, _sha256_file(p) if p.is_file() else "", str(p))
+        for i, (rid, p) in enumerate(entries)
+    ]
+
+
+def manifest_sha256(records: Sequence[ImageRecord]) -> str:
+    """sha256 of the compact JSON list ``[[id, sha256], ...]`` in record order."""
+    payload = json.dumps([[r.id, r.sha256] for r in records], separators=(",", ":"))
+    return _sha256_bytes(payload.encode())
+
+
+def _high_bit_depth_to_rgb(img: Image.Image) -> Image.Image:
+    """Single-channel 16/32-bit integer or float images to 8-bit RGB.
+
+    PIL's own ``convert("RGB")`` clips these at 255 instead of rescaling. 16-bit modes and
+    integer data within [0, 65535] are divided by 257; floats within [0, 1] are scaled by 255;
+    anything else is min-max stretched.
+    """
+    a = np.asarray(img, dtype=np.float64)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if img.mode.startswith("I;16") or (img.mode == "I" and lo >= 0 and hi <= 65535):
+        a = a / 257.0
+    elif img.mode == "F" and lo >= 0 and hi <= 1:
+        a = a * 255.0
+    else:
+        a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
+    g = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    return Image.fromarray(np.stack([g] * 3, axis=-1))
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any decodable PIL image as 8-bit RGB.
+
+    EXIF orientation is applied (the picture as a viewer shows it); the first frame of an
+    animation or multi-page file is used; transparency (RGBA, LA, PA, palette with a
+    transparent colour) is composited on white; CMYK, YCbCr, LAB, HSV, 1, L and P go through
+    PIL's conversion; 16/32-bit single-channel images are rescaled (``_high_bit_depth_to_rgb``).
+    """
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        return _high_bit_depth_to_rgb(img)
+    if (img.mode == "P" and "transparency" in img.info) or img.mode in ("PA", "LA", "La", "RGBa"):
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, img).convert("RGB")
+    return img.convert("RGB")
+
+
+def _decode(data: bytes) -> Image.Image:
+    if not data:
+        raise ImageDecodeError("empty file (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return to_rgb(img)
+    except Image.UnidentifiedImageError:
+        raise ImageDecodeError(f"not a recognised image format ({len(data)} bytes)") from None
+    except Image.DecompressionBombError as e:
+        raise ImageDecodeError(f"refused as a decompression bomb: {e}") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError) as e:
+        raise ImageDecodeError(f"cannot decode: {type(e).__name__}: {e}") from None
+
+
+def load_image(record: ImageRecord) -> Image.Image:
+    """The record's picture as an RGB PIL image (see ``to_rgb`` for mode conversions).
+
+    Raises:
+        ImageDecodeError: Missing, changed since listing, empty, truncated or not an image.
+    """
+    if record.path is None:
+        m = _SAMPLE_ID.match(record.id)
+        if m is None:
+            raise ImageDecodeError(f"record {record.id!r} has no path and is not a sample id "
+                                   "(samples/<base>-<variant>)")
+        try:
+            return Image.fromarray(sample_array(m.group(1), int(m.group(2))))
+        except ValueError as e:
+            raise ImageDecodeError(str(e)) from None
+    try:
+        data = Path(record.path).read_bytes()
+    except OSError as e:
+        raise ImageDecodeError(f"cannot read {record.path!r}: {e.strerror or e}") from None
+    if record.sha256 and _sha256_bytes(data) != record.sha256:
+        raise ImageDecodeError(f"file changed since listing (sha256 {_sha256_bytes(data)[:12]}, "
+                               f"listed {record.sha256[:12]})")
+    return _decode(data)
+
+
+def _load_one(
+    record: ImageRecord, transform: Callable[[Image.Image], torch.Tensor]
+) -> torch.Tensor | str:
+    try:
+        return transform(load_image(record))
+    except ImageDecodeError as e:
+        return str(e)
+
+
+def iter_batches(
+    records: Sequence[ImageRecord],
+    transform: Callable[[Image.Image], torch.Tensor],
+    batch_size: int,
+    num_workers: int = 0,
+) -> Iterator[Batch]:
+    """Decode and transform ``records`` in consecutive groups of ``batch_size``; never raises
+    for a bad image.
+
+    Groups follow the record order, so a caller that passes the records of one store chunk
+    gets batches aligned to it. Each yielded ``Batch`` holds the images of the group that
+    decoded and the reasons of those that did not.
+
+    Args:
+        records: From ``list_images`` (any subset, any order).
+        transform: PIL RGB image -> (3, H, W) tensor, e.g. ``bfd.models.transform(model)``.
+        batch_size: Records per group.
+        num_workers: Decoding threads (PIL releases the GIL while decoding); 0 decodes inline.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size}")
+    pool = ThreadPoolExecutor(num_workers) if num_workers > 0 else None
+    try:
+        for start in range(0, len(records), batch_size):
+            group = records[start:start + batch_size]
+            if pool is None:
+                loaded = [_load_one(r, transform) for r in group]
+            else:
+                loaded = list(pool.map(lambda r: _load_one(r, transform), group))
+            good = [(r.index, t) for r, t in zip(group, loaded, strict=True)
+                    if isinstance(t, torch.Tensor)]
+            errors = [(r.index, t) for r, t in zip(group, loaded, strict=True)
+                      if isinstance(t, str)]
+            images = torch.stack([t for _, t in good]) if good else torch.empty(0)
+            yield Batch([i for i, _ in good], images, errors)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)

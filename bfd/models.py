@@ -1,0 +1,433 @@
+"""The timm adapter: load a ViT, refuse what BFD cannot decompose, read activations by hooks.
+
+Everything model-specific lives here, so the rest of the package sees a model only through
+``ModelInfo``, ``qkv_weight``/``attn_scale`` (METHOD.md, "Stage 2") and ``forward_capture``
+(METHOD.md, "Stage 1" sites). Activations are read through forward pre-hooks; timm is never
+patched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+from timm.layers import Attention
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+SITES: tuple[str, ...] = ("attn_in", "resid")
+WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".pth", ".pt", ".bin")
+# The timm modules whose models are built on VisionTransformer; check_supported decides.
+VIT_MODULES: tuple[str, ...] = ("vision_transformer", "deit", "vision_transformer_hybrid")
+
+
+class UnsupportedModelError(ValueError):
+    """The model's attention logits are not a bilinear form x M xᵀ of one input (or no ViT)."""
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights were asked for but are neither cached nor downloadable."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the pipeline needs to know about a loaded model; JSON-able via ``to_dict``."""
+
+    name: str
+    weights: str
+    weights_sha256: str
+    depth: int
+    width: int
+    num_heads: int
+    head_dim: int
+    d_attn: int
+    num_prefix_tokens: int
+    num_reg_tokens: int
+    has_cls: bool
+    has_dist: bool
+    grid: tuple[int, int]
+    img_size: tuple[int, int]
+    patch_size: tuple[int, int]
+    has_pos_embed: bool
+    pos_embed_covers_prefix: bool
+    timm_version: str
+    torch_version: str
+
+    @property
+    def num_tokens(self) -> int:
+        """Prefix plus patch tokens: the token axis length of every captured site."""
+        return self.num_prefix_tokens + self.grid[0] * self.grid[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def token_types(self) -> list[str]:
+        """``cls``/``dist``/``register`` for prefix tokens (timm's order), then ``patch``."""
+        prefix = ["cls"] * self.has_cls + ["dist"] * self.has_dist
+        prefix += ["register"] * self.num_reg_tokens
+        return prefix + ["patch"] * (self.grid[0] * self.grid[1])
+
+    def token_rows_cols(self) -> tuple[list[int], list[int]]:
+        """Grid row and column of each token (row-major patches), -1 for prefix tokens."""
+        h, w = self.grid
+        pre = [-1] * self.num_prefix_tokens
+        return pre + [t // w for t in range(h * w)], pre + [t % w for t in range(h * w)]
+
+
+def _model_name(model: nn.Module) -> str:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return cfg.get("architecture") or type(model).__name__
+
+
+def check_supported(model: nn.Module, name: str | None = None) -> None:
+    """Refuse models whose head logits are not x M xᵀ (METHOD.md, "Stage 2").
+
+    Args:
+        model: A timm model, typically built on the meta device (see ``describe``).
+        name: Model name for the message; defaults to the model's timm architecture.
+
+    Raises:
+        UnsupportedModelError: One line naming the model and the reason.
+    """
+    name = name or _model_name(model)
+
+    def refuse(reason: str) -> UnsupportedModelError:
+        return UnsupportedModelError(f"model {name!r} is not supported: {reason}")
+
+    rotary = [type(m).__name__ for m in model.modules()
+              if any(k in type(m).__name__.lower() for k in ("rotary", "rope"))]
+    if rotary or getattr(model, "rope", None) is not None:
+        raise refuse(f"it uses rotary position embeddings ({(rotary or ['rope'])[0]}), so "
+                     "logits are not bilinear in the token activations")
+    if not isinstance(model, VisionTransformer):
+        raise refuse(f"its class is {type(model).__name__}, expected timm's VisionTransformer "
+                     "(vit_*, deit*, *_dinov2, CLIP/SigLIP towers)")
+    heads = set()
+    for l, block in enumerate(model.blocks):
+        attn = getattr(block, "attn", None)
+        if attn is None:
+            raise refuse(f"block {l} ({type(block).__name__}) has no single `attn` module, "
+                         "expected timm's Block with one Attention")
+        if not isinstance(getattr(attn, "qkv", None), nn.Linear):
+            raise refuse(f"block {l} attention ({type(attn).__name__}) has no fused `qkv` "
+                         "Linear (separate q/k/v projections), expected timm Attention")
+        if not isinstance(attn, Attention):
+            raise refuse(f"block {l} attention is {type(attn).__name__}, expected timm "
+                         "Attention (one softmax(q kᵀ) per head)")
+        for norm in ("q_norm", "k_norm"):
+            if not isinstance(getattr(attn, norm, nn.Identity()), nn.Identity):
+                raise refuse(f"block {l} attention has an active {norm} "
+                             f"({type(getattr(attn, norm)).__name__}), so logits are not "
+                             "bilinear; expected nn.Identity (qk_norm=False)")
+        heads.add((attn.num_heads, attn.head_dim))
+    if len(heads) != 1:
+        raise refuse(f"blocks differ in (num_heads, head_dim): {sorted(heads)}")
+
+
+def _build(name: str, meta: bool, **kwargs: Any) -> nn.Module:
+    ctx = torch.device("meta") if meta else contextlib.nullcontext()
+    try:
+        with ctx:
+            return timm.create_model(name, **kwargs)
+    except RuntimeError as e:
+        if "Unknown model" in str(e) or "Invalid pretrained tag" in str(e):
+            raise UnsupportedModelError(
+                f"model {name!r} is unknown to timm {timm.__version__}: {e}; "
+                "see timm.list_models('vit_*')") from None
+        raise
+
+
+def _info(model: VisionTransformer, name: str, weights: str, sha: str) -> ModelInfo:
+    attn = model.blocks[0].attn
+    pe = model.patch_embed
+    has_pos = model.pos_embed is not None
+    return ModelInfo(
+        name=name, weights=weights, weights_sha256=sha, depth=len(model.blocks),
+        width=model.embed_dim, num_heads=attn.num_heads, head_dim=attn.head_dim,
+        d_attn=attn.attn_dim, num_prefix_tokens=model.num_prefix_tokens,
+        num_reg_tokens=model.num_reg_tokens, has_cls=model.cls_token is not None,
+        has_dist=getattr(model, "dist_token", None) is not None,
+        grid=tuple(pe.grid_size), img_size=tuple(pe.img_size), patch_size=tuple(pe.patch_size),
+        has_pos_embed=has_pos,
+        pos_embed_covers_prefix=has_pos and not model.no_embed_class
+        and model.num_prefix_tokens > 0,
+        timm_version=timm.__version__, torch_version=torch.__version__,
+    )
+
+
+def _size_kwargs(img_size: int | None) -> dict[str, Any]:
+    return {} if img_size is None else {"img_size": img_size}
+
+
+def describe(name: str, img_size: int | None = None) -> ModelInfo:
+    """Shapes and token layout of a supported model, built on the meta device (no weights).
+
+    Raises:
+        UnsupportedModelError: Unknown to timm or refused by ``check_supported``.
+    """
+    model = _build(name, meta=True, pretrained=False, **_size_kwargs(img_size))
+    check_supported(model, name)
+    return _info(model, name, weights="none", sha="")
+
+
+def supported_model_names(filter: str = "*") -> list[str]:
+    """timm model names matching ``filter`` that pass ``check_supported``.
+
+    Each candidate is built on the meta device (about 0.2-0.7 s each on a CPU core), so pass a
+    narrow filter such as ``"vit_small*"``; ``"*"`` checks every ViT in timm (a minute or more).
+    """
+    names = timm.list_models(module=list(VIT_MODULES))
+    out = []
+    for n in fnmatch.filter(names, filter):
+        try:
+            check_supported(_build(n, meta=True, pretrained=False), n)
+        except (UnsupportedModelError, AssertionError, TypeError):
+            continue
+        out.append(n)
+    return out
+
+
+def _sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    return env or bool(constants.HF_HUB_OFFLINE)
+
+
+def _pretrained_file(name: str) -> str:
+    """The checkpoint timm would load for ``name``: from the HF cache, else downloaded.
+
+    Raises:
+        WeightsUnavailableError: Not cached, and the hub is offline, unreachable or failing.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    repo, _, rev = (cfg.hf_hub_id or "").partition("@") if cfg else ("", "", "")
+    files = [cfg.hf_hub_filename] if cfg and cfg.hf_hub_filename else [
+        "model.safetensors", "pytorch_model.bin"]
+    for f in files if repo else []:
+        hit = try_to_load_from_cache(repo, f, revision=rev or None)
+        if isinstance(hit, str):
+            return hit
+    msg = (f"pretrained weights for {name!r} are not in the Hugging Face cache "
+           f"({constants.HF_HUB_CACHE}) and ")
+    alt = "; pass --weights PATH (a .safetensors/.pth/.bin file) or --weights random"
+    if not repo:
+        raise WeightsUnavailableError(msg + "timm names no hub repo for them" + alt)
+    if _hub_offline():
+        raise WeightsUnavailableError(msg + "the hub is offline (HF_HUB_OFFLINE)" + alt)
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    if not (os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")):
+        # huggingface_hub retries an unreachable host for most of a minute; a 3 s probe
+        # turns that into an immediate, explained failure.
+        try:
+            socket.create_connection((host, 443), timeout=3).close()
+        except OSError as e:
+            raise WeightsUnavailableError(msg + f"{host} is unreachable ({e})" + alt) from None
+    errors = []
+    for f in files:
+        try:
+            return hf_hub_download(repo, f, revision=rev or None)
+        except Exception as e:  # any hub failure means "unavailable"; the message says which
+            errors.append(f"{f}: {type(e).__name__}")
+    raise WeightsUnavailableError(msg + f"the download failed ({', '.join(errors)})" + alt)
+
+
+def load_model(
+    name: str,
+    weights: str = "pretrained",
+    *,
+    img_size: int | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, ModelInfo]:
+    """Build a supported timm ViT in eval mode with frozen parameters.
+
+    Args:
+        name: timm model name, optionally with a pretrained tag (``vit_base_patch16_224.augreg``).
+        weights: ``"pretrained"`` (timm's weights from the HF cache; downloaded only when the hub
+            is online and reachable), ``"random"`` (timm init under ``seed``), or a path to a
+            ``.safetensors``/``.pth``/``.pt``/``.bin`` state dict for this architecture.
+        img_size: Input size; a learned ``pos_embed`` is resampled to the new grid on load.
+        seed: Seed of the random init (``weights="random"``); the global RNG is left untouched.
+        device: Where to put the model.
+
+    Returns:
+        The model and its ``ModelInfo`` (``weights_sha256``: sha256 of the checkpoint file, or
+        ``"random-seed-<seed>"``).
+
+    Raises:
+        UnsupportedModelError: Before any weights are read (see ``check_supported``).
+        WeightsUnavailableError: Pretrained weights neither cached nor downloadable.
+        FileNotFoundError, ValueError: A bad ``weights`` or ``img_size`` argument.
+    """
+    info = describe(name, img_size)
+    if img_size is not None and img_size % info.patch_size[0]:
+        raise ValueError(f"img_size must be a multiple of the patch size {info.patch_size[0]} "
+                         f"of {name!r}; got {img_size}")
+    kw = {"pretrained": False, **_size_kwargs(img_size)}
+    if weights == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = _build(name, meta=False, **kw)
+        sha = f"random-seed-{seed}"
+    else:
+        if weights == "pretrained":
+            path = _pretrained_file(name)
+        else:
+            path = weights
+            if Path(path).suffix.lower() not in WEIGHT_SUFFIXES:
+                raise ValueError(f"weights must be 'pretrained', 'random' or a checkpoint file "
+                                 f"ending in {'/'.join(WEIGHT_SUFFIXES)}; got {weights!r}")
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"weights file {weights!r} does not exist; expected a "
+                                        "checkpoint file, 'pretrained' or 'random'")
+        # A local file through timm's own pretrained path keeps each model's checkpoint filter
+        # (format conversion, pos_embed resampling) without any hub access.
+        overlay = {"file": str(path), "source": "", "custom_load": False}
+        try:
+            model = _build(name, meta=False, **{**kw, "pretrained": True},
+                           pretrained_cfg_overlay=overlay)
+        except RuntimeError as e:
+            detail = " ".join(str(e).split())  # timm/torch list every key on its own line
+            raise ValueError(f"weights {str(path)!r} do not fit {name!r}: "
+                             f"{detail[:300]}") from e
+        sha = _sha256_file(path)
+    model.eval().requires_grad_(False)
+    model.to(device)
+    return model, _info(model, name, weights, sha)
+
+
+def _block(model: nn.Module, layer: int) -> nn.Module:
+    depth = len(model.blocks)
+    if not 0 <= layer < depth:
+        raise ValueError(f"layer must be in [0, {depth}) for a {depth}-block model; got {layer}")
+    return model.blocks[layer]
+
+
+def qkv_weight(model: nn.Module, layer: int) -> torch.Tensor:
+    """The fused qkv weight W (3·d_attn, d) of block ``layer`` (METHOD.md, "Stage 2")."""
+    return _block(model, layer).attn.qkv.weight.detach()
+
+
+def attn_scale(model: nn.Module, layer: int) -> float:
+    """The logit scale s of block ``layer`` (``attn.scale``, dh^-1/2 in timm)."""
+    return float(_block(model, layer).attn.scale)
+
+
+class _StopForward(Exception):
+    """Raised by the last capture hook: later blocks and the head are not needed."""
+
+
+def forward_capture(
+    model: nn.Module, images: torch.Tensor, layers: Sequence[int], sites: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """Run the model and return the activations at ``sites`` of blocks ``layers``.
+
+    ``attn_in`` is the input of ``blocks[l].attn.qkv`` (= ``norm1`` output), ``resid`` the input
+    of ``blocks[l]``. The forward stops after the last needed capture. Hooks are removed even
+    when the forward fails.
+
+    Args:
+        model: A supported model in eval mode.
+        images: Float tensor (B, 3, H, W) at the model's ``img_size``.
+        layers: Distinct block indices; the output follows this order.
+        sites: Distinct names from ``SITES``.
+
+    Returns:
+        ``{site: float32 CPU tensor (len(layers), B, T_total, d)}``.
+    """
+    layers, sites = [int(l) for l in layers], list(sites)
+    if not layers or len(set(layers)) != len(layers):
+        raise ValueError(f"layers must be a non-empty list of distinct indices; got {layers}")
+    for l in layers:
+        _block(model, l)
+    bad = [s for s in sites if s not in SITES]
+    if not sites or bad or len(set(sites)) != len(sites):
+        raise ValueError(f"sites must be distinct names from {SITES}; got {sites}")
+    if model.training:
+        raise ValueError("model is in training mode; expected model.eval() (dropout off)")
+    expected = (3, *model.patch_embed.img_size)
+    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+        raise ValueError(f"images must be (B, {', '.join(map(str, expected))}); "
+                         f"got {tuple(images.shape)}")
+    store: dict[tuple[str, int], torch.Tensor] = {}
+    total = len(layers) * len(sites)
+
+    def hook(key: tuple[str, int]) -> Callable[..., None]:
+        def fn(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            store[key] = args[0].detach().float().cpu()
+            if len(store) == total:
+                raise _StopForward
+
+        return fn
+
+    handles = []
+    try:
+        for l in layers:
+            block = model.blocks[l]
+            if "resid" in sites:
+                handles.append(block.register_forward_pre_hook(hook(("resid", l))))
+            if "attn_in" in sites:
+                handles.append(block.attn.qkv.register_forward_pre_hook(hook(("attn_in", l))))
+        param = next(model.parameters())
+        with torch.inference_mode(), contextlib.suppress(_StopForward):
+            model(images.to(param.device, param.dtype))
+    finally:
+        for h in handles:
+            h.remove()
+    return {s: torch.stack([store[(s, l)] for l in layers]) for s in sites}
+
+
+def pos_embed_patch_rows(model: nn.Module) -> np.ndarray | None:
+    """The patch rows (grid_h·grid_w, d) of the learned absolute ``pos_embed``, as stored.
+
+    Prefix rows (when ``pos_embed`` covers the prefix) are dropped; no centring is applied.
+    None when the model has no learned ``pos_embed``.
+    """
+    pe = getattr(model, "pos_embed", None)
+    if pe is None:
+        return None
+    skip = 0 if model.no_embed_class else model.num_prefix_tokens
+    rows = pe.detach()[0, skip:].float().cpu().numpy()
+    h, w = model.patch_embed.grid_size
+    if rows.shape[0] != h * w:
+        raise ValueError(f"pos_embed has {rows.shape[0]} patch rows; expected {h}x{w}={h * w}")
+    return rows
+
+
+def data_config(model: nn.Module) -> dict[str, Any]:
+    """timm's eval preprocessing config, with ``input_size`` set to the model's ``img_size``.
+
+    timm resolves ``input_size`` from the pretrained cfg, which ignores an ``img_size`` override.
+    """
+    cfg = dict(timm.data.resolve_model_data_config(model))
+    cfg["input_size"] = (cfg["input_size"][0], *model.patch_embed.img_size)
+    return cfg
+
+
+def transform(model: nn.Module) -> Callable[[Any], torch.Tensor]:
+    """The eval transform (PIL RGB image -> normalized (3, H, W) tensor) for ``model``."""
+    return timm.data.create_transform(**data_config(model), is_training=False)

@@ -1,0 +1,191 @@
+"""bfd.images: listing, odd and broken files, the embedded samples, batching that never stops."""
+
+from __future__ import annotations
+
+import io
+import re
+import socket
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bfd import images as I
+
+
+def _to_tensor(img: Image.Image) -> torch.Tensor:
+    assert img.mode == "RGB"
+    arr = np.asarray(img.resize((16, 16)), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1)
+
+
+def _jpeg_bytes(size=(48, 40)) -> bytes:
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(arr).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+GOOD = {  # id -> (width, height)
+    "cmyk.jpg": (40, 30),
+    "gray16.png": (20, 10),
+    "palette_t.png": (12, 12),
+    "rgba.png": (8, 6),
+    "gray.png": (9, 7),
+    "bw.png": (5, 5),
+    "la.png": (6, 4),
+    "nested/deeper/upper.JPG": (48, 40),
+}
+BAD = {
+    "truncated.jpg": "cannot decode",
+    "x.png": "not a recognised image format",
+    "zero.png": "empty file (0 bytes)",
+}
+
+
+@pytest.fixture
+def odd_folder(tmp_path):
+    d = tmp_path / "imgs"
+    (d / "nested" / "deeper").mkdir(parents=True)
+    (d / ".hidden").mkdir()
+    Image.new("CMYK", (40, 30), (0, 128, 255, 0)).save(d / "cmyk.jpg")
+    ramp = (np.arange(200, dtype=np.uint16).reshape(10, 20) * 329).astype(np.uint16)
+    Image.fromarray(ramp).save(d / "gray16.png")
+    pal = Image.new("P", (12, 12), 0)
+    pal.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    pal.paste(1, (0, 0, 6, 12))
+    pal.save(d / "palette_t.png", transparency=0)
+    rgba = np.zeros((6, 8, 4), dtype=np.uint8)
+    rgba[:, :4] = (10, 20, 30, 255)
+    Image.fromarray(rgba).save(d / "rgba.png")
+    Image.new("L", (9, 7), 77).save(d / "gray.png")
+    Image.new("1", (5, 5), 1).save(d / "bw.png")
+    Image.new("LA", (6, 4), (50, 0)).save(d / "la.png")
+    (d / "nested" / "deeper" / "upper.JPG").write_bytes(_jpeg_bytes())
+    (d / "truncated.jpg").write_bytes(_jpeg_bytes()[:400])
+    (d / "x.png").write_text("this is not an image\n")
+    (d / "zero.png").write_bytes(b"")
+    (d / ".hidden" / "skip.png").write_bytes(_jpeg_bytes())
+    (d / "notes.txt").write_text("not listed")
+    return d
+
+
+def test_folder_listing_is_sorted_recursive_and_hashed(odd_folder) -> None:
+    records = I.list_images(str(odd_folder))
+    assert [r.id for r in records] == sorted(set(GOOD) | set(BAD))
+    assert [r.index for r in records] == list(range(len(records)))
+    zero = next(r for r in records if r.id == "zero.png")
+    assert zero.sha256 == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    assert I.list_images(str(odd_folder), n_images=3) == records[:3]
+
+
+def test_odd_images_decode_to_rgb_and_bad_ones_report_reasons(odd_folder) -> None:
+    records = {r.id: r for r in I.list_images(str(odd_folder))}
+    for rid, size in GOOD.items():
+        img = I.load_image(records[rid])
+        assert (img.mode, img.size) == ("RGB", size), rid
+    for rid, reason in BAD.items():
+        with pytest.raises(I.ImageDecodeError, match=re.escape(reason)):
+            I.load_image(records[rid])
+
+    gray16 = np.asarray(I.load_image(records["gray16.png"]))
+    assert gray16[-1, -1, 0] == round(199 * 329 / 257)  # rescaled, not clipped at 255
+    assert (gray16[..., 0] == gray16[..., 2]).all()
+    rgba = np.asarray(I.load_image(records["rgba.png"]))
+    assert tuple(rgba[0, 0]) == (10, 20, 30) and tuple(rgba[0, -1]) == (255, 255, 255)
+    pal = np.asarray(I.load_image(records["palette_t.png"]))
+    assert tuple(pal[0, 0]) == (0, 0, 255) and tuple(pal[0, -1]) == (255, 255, 255)
+    assert tuple(np.asarray(I.load_image(records["la.png"]))[0, 0]) == (255, 255, 255)
+
+
+def test_iter_batches_never_raises_and_keeps_slots(odd_folder) -> None:
+    records = I.list_images(str(odd_folder))
+    by_index = {r.index: r.id for r in records}
+    for workers in (0, 2):
+        batches = list(I.iter_batches(records, _to_tensor, batch_size=4, num_workers=workers))
+        assert len(batches) == 3  # 11 records in groups of 4
+        good = [i for b in batches for i in b.indices]
+        errors = dict(e for b in batches for e in b.errors)
+        assert sorted(good + list(errors)) == list(range(len(records)))
+        assert {by_index[i] for i in good} == set(GOOD)
+        assert {by_index[i]: msg for i, msg in errors.items()}.keys() == BAD.keys()
+        for i, msg in errors.items():
+            assert BAD[by_index[i]] in msg
+        for b in batches:
+            expected = (len(b.indices), 3, 16, 16) if b.indices else (0,)
+            assert b.images.shape == expected
+    only_bad = [r for r in records if r.id in BAD]
+    (batch,) = I.iter_batches(only_bad, _to_tensor, batch_size=8)
+    assert batch.indices == [] and batch.images.shape == (0,) and len(batch.errors) == 3
+    with pytest.raises(ValueError, match="batch_size must be a positive integer; got 0"):
+        next(I.iter_batches(records, _to_tensor, batch_size=0))
+
+
+def test_changed_file_is_skipped(odd_folder) -> None:
+    records = I.list_images(str(odd_folder))
+    Image.new("L", (9, 7), 78).save(odd_folder / "gray.png")
+    (batch,) = I.iter_batches([r for r in records if r.id == "gray.png"], _to_tensor, 4)
+    assert batch.indices == [] and "changed since listing" in batch.errors[0][1]
+
+
+def test_manifest_source(odd_folder, tmp_path) -> None:
+    manifest = odd_folder / "list.txt"
+    absolute = odd_folder / "gray.png"
+    manifest.write_text(f"# a comment\n\ncmyk.jpg\n  nested/deeper/upper.JPG  \n{absolute}\n"
+                        "gone.png\n")
+    records = I.list_images(str(manifest))
+    assert [r.id for r in records] == ["cmyk.jpg", "nested/deeper/upper.JPG", str(absolute),
+                                       "gone.png"]
+    assert records[3].sha256 == ""
+    batches = list(I.iter_batches(records, _to_tensor, batch_size=10))
+    assert batches[0].indices == [0, 1, 2]
+    assert batches[0].errors[0][0] == 3 and "cannot read" in batches[0].errors[0][1]
+    manifest.write_text("cmyk.jpg\ncmyk.jpg\n")
+    with pytest.raises(ValueError, match="lists 'cmyk.jpg' twice"):
+        I.list_images(str(manifest))
+
+
+def test_bad_sources_say_what_is_accepted(tmp_path, odd_folder) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist; expected a folder.*'samples'"):
+        I.list_images(str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="single image"):
+        I.list_images(str(odd_folder / "gray.png"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="lists no images"):
+        I.list_images(str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="n_images must be a positive integer"):
+        I.list_images("samples", 0)
+
+
+def test_manifest_sha256_tracks_ids_hashes_and_order() -> None:
+    a = I.ImageRecord(0, "a.png", "11", "/x/a.png")
+    b = I.ImageRecord(1, "b.png", "22", "/x/b.png")
+    base = I.manifest_sha256([a, b])
+    assert base == I.manifest_sha256([a, I.ImageRecord(1, "b.png", "22", "/elsewhere")])
+    assert base != I.manifest_sha256([b, a])
+    assert base != I.manifest_sha256([a, I.ImageRecord(1, "b.png", "23", "/x/b.png")])
+
+
+def test_samples_are_distinct_deterministic_and_offline(monkeypatch) -> None:
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("samples must not touch the network")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    I._sample_base.cache_clear()
+    records = I.list_images("samples", 100)
+    assert len(records) == 100 and len({r.sha256 for r in records}) == 100
+    assert len({r.id for r in records}) == 100 and records[0].id == "samples/astronaut-000"
+    assert I.list_images("samples", 100) == records
+    assert len(I.list_images("samples")) == I.SAMPLES_DEFAULT_N
+    for r in records[::9]:
+        img = I.load_image(r)
+        assert img.mode == "RGB" and min(img.size) >= 150
+        assert I._sample_sha(np.asarray(img)) == r.sha256
+    (batch,) = I.iter_batches(records[:5], _to_tensor, batch_size=5)
+    assert batch.indices == [0, 1, 2, 3, 4] and batch.images.shape == (5, 3, 16, 16)
+    with pytest.raises(I.ImageDecodeError, match="not a sample id"):
+        I.load_image(I.ImageRecord(0, "samples/astronaut", "", None))

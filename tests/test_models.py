@@ -1,0 +1,289 @@
+"""bfd.models: model refusal, token layout, weight sources, hooks against a hand-run forward."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import time
+
+import huggingface_hub
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from timm.layers import resample_abs_pos_embed
+from torch import nn
+
+from bfd import models as M
+
+# timm's own test ViT (width 64, depth 6, 2 heads, patch 16, native 160 px): cheap to build.
+TINY = "test_vit"
+
+
+def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.contiguous() for k, v in model.state_dict().items()}
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[nn.Module, M.ModelInfo]:
+    return M.load_model(TINY, "random", img_size=64, seed=1)
+
+
+def _hand_resid(model: nn.Module, images: torch.Tensor, layer: int) -> torch.Tensor:
+    """The input of blocks[layer], by running timm's own stages one by one."""
+    with torch.no_grad():
+        x = model.patch_embed(images)
+        x = model._pos_embed(x)
+        x = model.patch_drop(x)
+        x = model.norm_pre(x)
+        for block in model.blocks[:layer]:
+            x = block(x)
+    return x
+
+
+@pytest.mark.parametrize(
+    ("name", "img_size"),
+    [(TINY, 64), ("test_vit2", 48), ("vit_small_patch14_reg4_dinov2", 56),
+     ("deit3_small_patch16_224", 48)],
+)
+def test_capture_equals_hand_forward(name: str, img_size: int) -> None:
+    model, info = M.load_model(name, "random", img_size=img_size, seed=0)
+    images = torch.randn(2, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
+    layers = [0, 2, info.depth - 1]
+    out = M.forward_capture(model, images, layers, ["attn_in", "resid"])
+    for site in ("attn_in", "resid"):
+        assert out[site].shape == (3, 2, info.num_tokens, info.width)
+        assert out[site].dtype == torch.float32
+    for i, l in enumerate(layers):
+        resid = _hand_resid(model, images, l)
+        with torch.no_grad():
+            attn_in = model.blocks[l].norm1(resid)
+        torch.testing.assert_close(out["resid"][i], resid, rtol=0, atol=1e-6)
+        torch.testing.assert_close(out["attn_in"][i], attn_in, rtol=0, atol=1e-6)
+
+
+def test_capture_order_stop_early_and_hook_cleanup(tiny) -> None:
+    model, info = tiny
+    images = torch.randn(1, 3, 64, 64)
+    head_calls = []
+    handle = model.head.register_forward_hook(lambda *a: head_calls.append(1))
+    try:
+        out = M.forward_capture(model, images, [3, 1], ["resid"])
+    finally:
+        handle.remove()
+    assert list(out) == ["resid"] and out["resid"].shape == (2, 1, info.num_tokens, info.width)
+    torch.testing.assert_close(out["resid"][0], _hand_resid(model, images, 3), rtol=0, atol=1e-6)
+    assert head_calls == []  # the forward stopped after block 3's input
+
+    def boom(*_: object) -> None:
+        raise RuntimeError("boom")
+
+    handle = model.blocks[1].register_forward_pre_hook(boom)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            M.forward_capture(model, images, [0, 2], ["attn_in", "resid"])
+        assert len(model.blocks[1]._forward_pre_hooks) == 1  # only the test's own hook
+    finally:
+        handle.remove()
+    assert not model.blocks[0]._forward_pre_hooks
+    assert not model.blocks[2]._forward_pre_hooks
+    assert not model.blocks[2].attn.qkv._forward_pre_hooks
+
+
+def test_capture_rejects_bad_arguments(tiny) -> None:
+    model, _ = tiny
+    images = torch.randn(1, 3, 64, 64)
+    with pytest.raises(ValueError, match=r"sites must be .*'attn_in'.*got \['mlp'\]"):
+        M.forward_capture(model, images, [0], ["mlp"])
+    with pytest.raises(ValueError, match=r"layer must be in \[0, 6\).*got 6"):
+        M.forward_capture(model, images, [6], ["resid"])
+    with pytest.raises(ValueError, match="distinct"):
+        M.forward_capture(model, images, [1, 1], ["resid"])
+    with pytest.raises(ValueError, match=r"images must be \(B, 3, 64, 64\); got \(1, 3, 32, 32\)"):
+        M.forward_capture(model, torch.randn(1, 3, 32, 32), [0], ["resid"])
+    model.train()
+    try:
+        with pytest.raises(ValueError, match="training mode"):
+            M.forward_capture(model, images, [0], ["resid"])
+    finally:
+        model.eval()
+
+
+def test_qkv_weight_scale_and_preprocessing(tiny) -> None:
+    model, info = tiny
+    w = M.qkv_weight(model, 4)
+    assert w.shape == (3 * info.d_attn, info.width) == (192, 64)
+    assert M.attn_scale(model, 4) == pytest.approx(info.head_dim**-0.5)
+    assert M.data_config(model)["input_size"] == (3, 64, 64)
+    from PIL import Image
+
+    assert M.transform(model)(Image.new("RGB", (90, 70))).shape == (3, 64, 64)
+    assert all(not p.requires_grad for p in model.parameters()) and not model.training
+
+
+@pytest.mark.parametrize(
+    ("name", "img_size", "prefix", "types", "grid", "covers"),
+    [
+        ("vit_small_patch16_224", None, 1, ["cls"], (14, 14), True),
+        ("vit_small_patch14_reg4_dinov2", 224, 5, ["cls"] + ["register"] * 4, (16, 16), False),
+        ("deit3_small_patch16_224", None, 1, ["cls"], (14, 14), False),
+        ("deit_small_distilled_patch16_224", None, 2, ["cls", "dist"], (14, 14), True),
+        ("vit_base_patch16_siglip_224", None, 0, [], (14, 14), False),
+        ("vit_base_patch16_clip_224", None, 1, ["cls"], (14, 14), True),
+    ],
+)
+def test_token_layout(name, img_size, prefix, types, grid, covers) -> None:
+    info = M.describe(name, img_size=img_size)
+    assert (info.num_prefix_tokens, info.grid, info.pos_embed_covers_prefix) == (
+        prefix, grid, covers)
+    assert info.has_pos_embed
+    n_patch = grid[0] * grid[1]
+    assert info.token_types() == types + ["patch"] * n_patch
+    rows, cols = info.token_rows_cols()
+    assert rows[:prefix] == cols[:prefix] == [-1] * prefix
+    assert rows[prefix + grid[1]] == 1 and cols[prefix + grid[1] + 2] == 2
+    assert json.loads(json.dumps(info.to_dict()))["grid"] == list(grid)
+
+
+def test_registers_have_no_pos_embed_rows() -> None:
+    model, info = M.load_model("vit_small_patch14_reg4_dinov2", "random", img_size=224)
+    assert (info.num_reg_tokens, info.has_cls, info.grid) == (4, True, (16, 16))
+    assert model.pos_embed.shape[1] == 256  # patches only: cls and registers carry none
+    rows = M.pos_embed_patch_rows(model)
+    assert rows.shape == (256, info.width)
+    torch.testing.assert_close(torch.from_numpy(rows), model.pos_embed[0])
+    vit, _ = M.load_model(TINY, "random", img_size=32)
+    torch.testing.assert_close(torch.from_numpy(M.pos_embed_patch_rows(vit)), vit.pos_embed[0, 1:])
+    no_pos = timm.create_model(TINY, pos_embed="none")
+    assert M.pos_embed_patch_rows(no_pos) is None
+    assert not M._info(no_pos, TINY, "random", "").has_pos_embed
+
+
+class _SeparateQKV(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+
+
+@pytest.mark.parametrize(
+    ("build", "reason"),
+    [
+        (lambda: timm.create_model("resnet18"), "class is ResNet, expected timm's VisionTransf"),
+        (lambda: timm.create_model("convnext_atto"), "class is ConvNeXt"),
+        (lambda: timm.create_model("vit_relpos_small_patch16_224"), "VisionTransformerRelPos"),
+        (lambda: timm.create_model("vit_small_patch16_224", qk_norm=True), "active q_norm"),
+        (lambda: timm.create_model("eva02_tiny_patch14_224"), "rotary position embeddings"),
+        (lambda: timm.create_model("vit_small_patch16_rope_224"), "rotary position embeddings"),
+        (lambda: timm.create_model("vit_small_patch16_dinov3"), "rotary position embeddings"),
+        (lambda: timm.create_model("vit_dwee_patch16_reg1_gap_256"), "DiffAttention"),
+        (lambda: timm.create_model("vit_small_patch16_18x2_224"), "no single `attn`"),
+    ],
+)
+def test_unsupported_models_are_refused(build, reason) -> None:
+    with torch.device("meta"):
+        model = build()
+    with pytest.raises(M.UnsupportedModelError, match=reason):
+        M.check_supported(model, "the-model")
+    with pytest.raises(M.UnsupportedModelError, match="model 'the-model' is not supported"):
+        M.check_supported(model, "the-model")
+
+
+def test_separate_qkv_refused_and_load_refuses_before_reading_weights(tmp_path) -> None:
+    with torch.device("meta"):
+        model = timm.create_model(TINY)
+    model.blocks[2].attn = _SeparateQKV(64)
+    with pytest.raises(M.UnsupportedModelError, match="block 2 .*no fused `qkv`"):
+        M.check_supported(model)
+    with pytest.raises(M.UnsupportedModelError, match="resnet18"):
+        M.load_model("resnet18", str(tmp_path / "missing.safetensors"))
+    with pytest.raises(M.UnsupportedModelError, match="unknown to timm"):
+        M.describe("no_such_model_xyz")
+    assert "vit_small_patch16_224" in M.supported_model_names("vit_small_patch16_2*")
+    assert M.supported_model_names("vit_small_patch16_18x2*") == []
+
+
+@pytest.fixture
+def empty_caches(tmp_path, monkeypatch):
+    """No cached weights anywhere and the hub offline, whatever this machine holds."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    return tmp_path / "hf"
+
+
+def test_pretrained_not_cached_fails_fast(empty_caches) -> None:
+    t0 = time.perf_counter()
+    with pytest.raises(M.WeightsUnavailableError) as err:
+        M.load_model(TINY, "pretrained")
+    assert time.perf_counter() - t0 < 5
+    msg = str(err.value)
+    assert "\n" not in msg and TINY in msg and str(empty_caches) in msg
+    assert "--weights PATH" in msg and "--weights random" in msg
+
+
+def test_pretrained_online_but_unreachable_fails_fast(empty_caches, monkeypatch) -> None:
+    def unreachable(*args: object, **kwargs: object) -> None:
+        raise OSError("no route to host")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    with pytest.raises(M.WeightsUnavailableError, match="unreachable.*--weights PATH"):
+        M.load_model(TINY, "pretrained")
+
+
+def test_pretrained_from_cache_without_network(empty_caches, monkeypatch) -> None:
+    src, _ = M.load_model(TINY, "random", seed=5)
+    repo = timm.models.get_pretrained_cfg(TINY).hf_hub_id
+    snap = empty_caches / f"models--{repo.replace('/', '--')}" / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    (empty_caches / f"models--{repo.replace('/', '--')}" / "refs").mkdir()
+    (empty_caches / f"models--{repo.replace('/', '--')}" / "refs" / "main").write_text("abc123")
+    save_file(_state_dict(src), snap / "model.safetensors")
+    model, info = M.load_model(TINY, "pretrained", img_size=32)
+    assert info.weights == "pretrained"
+    assert info.weights_sha256 == _sha(snap / "model.safetensors")
+    torch.testing.assert_close(model.blocks[5].attn.qkv.weight, src.blocks[5].attn.qkv.weight)
+    assert info.grid == (2, 2)
+
+
+def test_local_safetensors_resamples_pos_embed(tmp_path) -> None:
+    src, _ = M.load_model(TINY, "random", seed=2)
+    path = tmp_path / "tiny.safetensors"
+    save_file(_state_dict(src), path)
+    model, info = M.load_model(TINY, str(path), img_size=96)
+    assert info.grid == (6, 6) and info.weights == str(path)
+    assert info.weights_sha256 == _sha(path)
+    expected = resample_abs_pos_embed(src.pos_embed, new_size=(6, 6), old_size=(10, 10),
+                                      num_prefix_tokens=1)
+    torch.testing.assert_close(model.pos_embed, expected)
+    torch.testing.assert_close(model.blocks[5].attn.qkv.weight, src.blocks[5].attn.qkv.weight)
+
+    pth = tmp_path / "tiny.pth"
+    torch.save(_state_dict(src), pth)
+    assert M.load_model(TINY, str(pth))[1].weights_sha256 == _sha(pth)
+    with pytest.raises(ValueError, match="do not fit 'test_vit3'"):
+        M.load_model("test_vit3", str(path))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        M.load_model(TINY, str(tmp_path / "nope.safetensors"))
+    with pytest.raises(ValueError, match="'pretrained', 'random' or a checkpoint file"):
+        M.load_model(TINY, "imagenet")
+
+
+def test_random_weights_are_seeded_and_leave_global_rng_alone() -> None:
+    state = torch.get_rng_state()
+    a, info = M.load_model(TINY, "random", img_size=32, seed=7)
+    b, _ = M.load_model(TINY, "random", img_size=32, seed=7)
+    c, _ = M.load_model(TINY, "random", img_size=32, seed=8)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert info.weights_sha256 == "random-seed-7"
+    assert torch.equal(a.blocks[0].attn.qkv.weight, b.blocks[0].attn.qkv.weight)
+    assert not torch.equal(a.blocks[0].attn.qkv.weight, c.blocks[0].attn.qkv.weight)
+    with pytest.raises(ValueError, match="multiple of the patch size 16.*got 40"):
+        M.load_model(TINY, "random", img_size=40)
