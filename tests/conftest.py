@@ -16,7 +16,11 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def prefect_harness():
     """A real (temporary, SQLite) Prefect server for the tests that run flows."""
+    import prefect.settings
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=60):
+        # worker processes and CLI subprocesses talk to the same test server
+        os.environ["PREFECT_API_URL"] = prefect.settings.PREFECT_API_URL.value()
         yield
+        os.environ.pop("PREFECT_API_URL", None)

@@ -1,0 +1,291 @@
+"""The ``bfd`` command: extract, decompose, audit, and read the results back in SQL."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+FORMATS = ("table", "csv", "json")
+
+
+def _prefect_defaults(verbose: bool) -> None:
+    """Offline-friendly Prefect settings for a command-line run, unless the user set them."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def _store(args: argparse.Namespace) -> str:
+    from bfd.storage import Store, default_store
+
+    return str(Store(args.store).root if args.store else default_store().root)
+
+
+def _add_store(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", help="store directory (default: $BFD_STORE or ./bfd-store)")
+
+
+def _add_format(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=FORMATS, default="table", help="output format")
+
+
+def _add_extract_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="timm model name, e.g. vit_small_patch16_224")
+    p.add_argument("--weights", default="pretrained",
+                   help="pretrained (timm/HF cache), random, or a .safetensors/.pth file")
+    p.add_argument("--images", default="samples",
+                   help="image folder, a file listing image paths, or 'samples' (embedded)")
+    p.add_argument("--n-images", type=int, help="use the first N images (samples: 64)")
+    p.add_argument("--layers", default="all", help="all, or block indices like 0,5,11")
+    p.add_argument("--sites", default="attn_in,resid", help="attn_in and/or resid")
+    p.add_argument("--img-size", type=int, help="model input size (default: the model's)")
+    p.add_argument("--dtype", choices=("float16", "float32"), default="float16",
+                   help="storage dtype of activations")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--images-per-shard", type=int, help="images per shard task (default 32)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K")
+    p.add_argument("--autocast", choices=("none", "bf16", "fp16"), default="none",
+                   help="GPU forward under autocast")
+    p.add_argument("--seed", type=int, default=0, help="seed of a random init")
+    p.add_argument("--workers", type=int, default=1, help="local extraction workers")
+    p.add_argument("--dask-address", help="run on an existing Dask cluster (tcp://host:port)")
+    p.add_argument("--gpu-resources", action="store_true",
+                   help="ask the Dask cluster for one GPU resource per shard task")
+    _add_store(p)
+
+
+def _extract_config(args: argparse.Namespace) -> dict:
+    if not args.model:
+        raise ValueError("--model is required (or use --demo); e.g. --model vit_small_patch16_224")
+    cfg = {
+        "model": args.model, "weights": args.weights, "images": args.images,
+        "n_images": args.n_images, "layers": args.layers,
+        "sites": tuple(s.strip() for s in args.sites.split(",") if s.strip()),
+        "img_size": args.img_size, "dtype": args.dtype, "batch_size": args.batch_size,
+        "device": args.device, "autocast": args.autocast, "seed": args.seed,
+    }
+    if args.images_per_shard:
+        cfg["images_per_shard"] = args.images_per_shard
+    return cfg
+
+
+class _Bars:
+    """tqdm bars fed by the flows' progress reports (bfd.flows.progress)."""
+
+    UNITS = {"extract": "img", "decompose": "layer"}
+
+    def __init__(self) -> None:
+        self.bars: dict = {}
+
+    def __call__(self, stage: str, done: int, total: int, detail: dict) -> None:
+        from tqdm import tqdm
+
+        bar = self.bars.get(stage)
+        if bar is None:
+            bar = self.bars[stage] = tqdm(total=total, desc=stage, unit=self.UNITS.get(stage, "it"),
+                                          dynamic_ncols=True, file=sys.stderr)
+        bar.total = total
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def _with_bars(fn, *args, **kwargs):
+    from bfd.flows import progress
+
+    bars = _Bars()
+    try:
+        with progress.listening(bars):
+            return fn(*args, **kwargs)
+    finally:
+        bars.close()
+
+
+def _print_table(table, fmt: str) -> None:
+    if fmt == "csv":
+        import io
+
+        import pyarrow.csv as pacsv
+
+        sink = io.BytesIO()
+        pacsv.write_csv(table, sink)
+        sys.stdout.write(sink.getvalue().decode())
+    elif fmt == "json":
+        print(json.dumps(table.to_pylist(), default=str, indent=1))
+    else:
+        import pandas as pd
+
+        with pd.option_context("display.max_rows", 500, "display.max_columns", 50,
+                               "display.width", 200, "display.float_format", "{:.4g}".format):
+            df = table.to_pandas()
+            print(df.to_string(index=False) if len(df) else "(no rows)")
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from bfd.flows.extract import extract
+    from bfd.flows.runners import task_runner
+
+    flow = extract.with_options(task_runner=task_runner(args.workers, args.dask_address))
+    rid = _with_bars(flow, _extract_config(args), _store(args), args.gpu_resources)
+    print(f"run {rid} extracted into {_store(args)}")
+    return 0
+
+
+def cmd_decompose(args: argparse.Namespace) -> int:
+    from bfd.flows.decompose import decompose
+
+    written = _with_bars(decompose, args.run_id, _store(args), prefix=args.prefix,
+                         seed=args.control_seed, compute_dtype=args.compute_dtype,
+                         images_per_task=args.images_per_task, dask_address=args.dask_address)
+    print(f"run {args.run_id} decomposed; results: {written['results']}")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from bfd.flows.audit import DEMO_CONFIG, audit
+    from bfd.queries import run_query
+
+    config = dict(DEMO_CONFIG) if args.demo else _extract_config(args)
+    if args.demo:
+        print("demo: random-init (untrained) vit_tiny_patch16_224 on 64 embedded sample images;"
+              " weights are labelled 'random' everywhere", file=sys.stderr)
+    store = _store(args)
+    out = _with_bars(audit, config, store, workers=args.workers,
+                     dask_address=args.dask_address, gpu_resources=args.gpu_resources)
+    profile = run_query(store, "layer_profile", {"model": config["model"],
+                                                 "run_id": out["run_id"]})
+    cols = [c for c in ("layer", "frac_pos", "frac_pos_resid", "f_pp", "f_cp", "f_pc", "f_cc",
+                        "n_heads_pp", "n_heads_cp", "n_heads_cc") if c in profile.column_names]
+    print(f"\nBFD audit of {config['model']} (weights: {config.get('weights')}), "
+          f"run {out['run_id']}")
+    _print_table(profile.select(cols), "table")
+    print(f"\nresults: {out['results']}\ntables:  {store}/tables  "
+          f"(try: bfd query model_summary --store {store})")
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from bfd.queries import run_sql
+
+    _print_table(run_sql(_store(args), args.sql), args.format)
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from bfd.queries import list_queries, query_spec, run_query
+
+    if args.list or not args.name:
+        for name in list_queries():
+            spec = query_spec(name)
+            params = ", ".join(str(p) for p in spec.params) or "no parameters"
+            print(f"{name:16s} {spec.description}  [{params}]")
+        return 0
+    params = {}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--param must be key=value; got {item!r}")
+        params[key] = value
+    _print_table(run_query(_store(args), args.name, params), args.format)
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from bfd.queries import run_sql
+
+    sql = ("SELECT run_id, model, weights, n_images, n_skipped, layers, sites, status, "
+           "created_at FROM runs ORDER BY created_at")
+    _print_table(run_sql(_store(args), sql), args.format)
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from bfd.report.dashboard import build_dashboard
+
+    out = args.out or os.path.join(_store(args), "dashboard")
+    print(f"dashboard: {build_dashboard(_store(args), out)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bfd", description="Bi-orthogonal Factor Decomposition of timm ViTs: which "
+        "attention heads exchange position, content, or both.")
+    p.add_argument("-v", "--verbose", action="store_true", help="show Prefect's logs")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("extract", help="store per-layer activations of a model")
+    _add_extract_options(s)
+    s.set_defaults(fn=cmd_extract)
+
+    s = sub.add_parser("decompose", help="decompose a stored run and publish its tables")
+    s.add_argument("run_id")
+    s.add_argument("--prefix", choices=("exclude", "include"), default="exclude")
+    s.add_argument("--control-seed", type=int, default=0,
+                   help="seed of the split-half and shuffle controls")
+    s.add_argument("--compute-dtype", choices=("float32", "float64"), default="float32")
+    s.add_argument("--images-per-task", type=int, help="images per dask task")
+    s.add_argument("--dask-address", help="run on an existing Dask cluster")
+    _add_store(s)
+    s.set_defaults(fn=cmd_decompose)
+
+    s = sub.add_parser("audit", help="extract + decompose + publish one model")
+    s.add_argument("--demo", action="store_true",
+                   help="offline demo: random-init vit_tiny on the embedded sample images")
+    _add_extract_options(s)
+    s.set_defaults(fn=cmd_audit)
+
+    s = sub.add_parser("sql", help="run read-only SQL over the result tables")
+    s.add_argument("sql")
+    _add_store(s)
+    _add_format(s)
+    s.set_defaults(fn=cmd_sql)
+
+    s = sub.add_parser("query", help="run a named query (bfd query --list)")
+    s.add_argument("name", nargs="?")
+    s.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--list", action="store_true", help="list the named queries")
+    _add_store(s)
+    _add_format(s)
+    s.set_defaults(fn=cmd_query)
+
+    s = sub.add_parser("runs", help="list the runs of a store")
+    _add_store(s)
+    _add_format(s)
+    s.set_defaults(fn=cmd_runs)
+
+    s = sub.add_parser("dashboard", help="write a static HTML dashboard of a store")
+    s.add_argument("--out", help="output folder (default: <store>/dashboard)")
+    _add_store(s)
+    s.set_defaults(fn=cmd_dashboard)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _prefect_defaults(args.verbose)
+    from bfd.models import UnsupportedModelError, WeightsUnavailableError
+    from bfd.queries import ReadOnlyError
+
+    try:
+        return args.fn(args)
+    except (ValueError, FileNotFoundError, UnsupportedModelError, WeightsUnavailableError,
+            ReadOnlyError, RuntimeError) as e:
+        message = " ".join(str(e).split())
+        print(f"bfd: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bfd: interrupted; completed shards are kept and a rerun resumes", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

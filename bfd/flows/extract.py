@@ -1,0 +1,69 @@
+"""Flow ``extract``: a model and a set of images -> per-layer activations in a chunked,
+resumable Zarr store, shards fanned out over workers."""
+
+from __future__ import annotations
+
+import contextlib
+
+import dask
+from prefect import flow, get_run_logger
+from prefect.futures import as_completed
+
+from bfd.flows import progress
+from bfd.storage import Store, completed_shards, default_store
+from bfd.tasks.extract import (
+    ExtractConfig,
+    extract_shard_task,
+    prepare_run_task,
+    resolve_device,
+)
+
+
+def store_root(store: str | None) -> str:
+    return str(Store(store).root) if store else str(default_store().root)
+
+
+@flow(name="extract", log_prints=True)
+def extract(config: dict, store: str | None = None, gpu_resources: bool = False) -> str:
+    """Extract a run's activations; only shards not yet complete are computed.
+
+    Args:
+        config: fields of ``ExtractConfig`` (model, weights, images, layers, sites, ...).
+        store: store root; ``$BFD_STORE`` or ``./bfd-store`` when None.
+        gpu_resources: ask the Dask cluster for one ``GPU`` resource per shard task.
+
+    Returns:
+        The run id.
+    """
+    logger = get_run_logger()
+    cfg = ExtractConfig(**config)
+    root = store_root(store)
+    plan = prepare_run_task(root, cfg)
+    per_shard = {s.index: s for s in plan.shards}
+    todo = [per_shard[k] for k in plan.pending]
+    logger.info("run %s: %d images, %d shards, %d to do", plan.run_id, plan.n_images,
+                len(plan.shards), len(todo))
+    done_images = plan.n_images - sum(s.size for s in todo)
+    progress.report("extract", done_images, plan.n_images, run_id=plan.run_id)
+    cfg_worker = cfg
+    if len(todo) and cfg.device == "auto":
+        # resolve here, so every worker gets the same answer as the planner
+        cfg_worker = ExtractConfig(**{**cfg.to_dict(), "device": resolve_device("auto")})
+    annotate = dask.annotate(resources={"GPU": 1}) if gpu_resources else contextlib.nullcontext()
+    with annotate:
+        futures = [
+            extract_shard_task.submit(root, plan.run_id, cfg_worker, s, plan.layers,
+                                      list(plan.records[s.start:s.stop]))
+            for s in todo
+        ]
+    skipped = 0
+    for future in as_completed(futures):
+        result = future.result()
+        skipped += result["skipped"]
+        done_images += result["images"]
+        progress.report("extract", done_images, plan.n_images, run_id=plan.run_id)
+    missing = set(per_shard) - completed_shards(Store(root), plan.run_id, plan.shards)
+    if missing:
+        raise RuntimeError(f"run {plan.run_id}: shards {sorted(missing)} did not complete")
+    logger.info("run %s complete (%d images skipped this time)", plan.run_id, skipped)
+    return plan.run_id

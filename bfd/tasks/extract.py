@@ -1,0 +1,240 @@
+"""Extraction: images -> timm forward with hooks -> whole Zarr chunks, one shard per task.
+
+A shard task takes paths and a config, never a model: it loads the model itself on its own
+device (once per worker process) and can run on any worker of a cluster.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+import bfd
+from bfd import images as imgs
+from bfd import models
+from bfd.storage import (
+    ImageRecord,
+    RunRequest,
+    Shard,
+    Store,
+    completed_shards,
+    create_activation_template,
+    mark_shard_done,
+    plan_shards,
+    write_image_manifest,
+    write_model_tensors,
+    write_request,
+    write_shard,
+)
+
+DEFAULT_IMAGES_PER_CHUNK = 32
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """What to extract. Everything that changes the stored activations enters the run id.
+
+    Attributes:
+        model: timm model name.
+        weights: "pretrained", "random" or a checkpoint path.
+        images: a folder, a manifest file of paths, or "samples".
+        n_images: first N listed images (all when None; 64 for samples).
+        layers: "all" or block indices.
+        sites: activation sites (``attn_in``, ``resid``).
+        img_size: model input size (the model's default when None).
+        dtype: storage dtype, "float16" or "float32".
+        batch_size: images per forward.
+        images_per_chunk: images per Zarr chunk (part of the store's template).
+        images_per_shard: images per shard task, a multiple of images_per_chunk.
+        seed: seed of a random init.
+        device: "auto", "cpu", "cuda" or "cuda:K".
+        autocast: "none", "bf16" or "fp16" (GPU forward under autocast).
+        decode_workers: image decoding threads per shard task.
+    """
+
+    model: str
+    weights: str = "pretrained"
+    images: str = "samples"
+    n_images: int | None = None
+    layers: str | tuple[int, ...] = "all"
+    sites: tuple[str, ...] = ("attn_in", "resid")
+    img_size: int | None = None
+    dtype: str = "float16"
+    batch_size: int = 32
+    images_per_chunk: int = DEFAULT_IMAGES_PER_CHUNK
+    images_per_shard: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    autocast: str = "none"
+    decode_workers: int = 2
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A prepared run: its id, its shards and those still to do."""
+
+    run_id: str
+    layers: tuple[int, ...]
+    shards: tuple[Shard, ...]
+    pending: tuple[int, ...]
+    records: tuple[dict, ...]
+    n_images: int
+
+
+def resolve_layers(layers: str | tuple[int, ...] | list[int], depth: int) -> tuple[int, ...]:
+    """``"all"``, ``"0,5,11"`` or a sequence of ints -> validated, sorted block indices."""
+    if isinstance(layers, str):
+        if layers.strip() == "all":
+            return tuple(range(depth))
+        try:
+            layers = [int(v) for v in layers.split(",") if v.strip()]
+        except ValueError as e:
+            raise ValueError(f"layers must be 'all' or comma-separated ints; got {layers!r}") from e
+    out = tuple(sorted({int(v) for v in layers}))
+    bad = [v for v in out if not 0 <= v < depth]
+    if not out or bad:
+        raise ValueError(f"layers must be in [0, {depth}) for a {depth}-block model; got {bad}")
+    return out
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:K; got {device!r}")
+    return device
+
+
+def prepare_run(store_root: str, cfg: ExtractConfig) -> RunPlan:
+    """Describe the model and images, fix the run id, write the store's template, request,
+    image manifest and model tensors (all idempotent), and list the shards still to do."""
+    store = Store(store_root)
+    if cfg.dtype not in ("float16", "float32"):
+        raise ValueError(f"dtype must be float16 or float32; got {cfg.dtype!r}")
+    if cfg.autocast not in ("none", "bf16", "fp16"):
+        raise ValueError(f"autocast must be none, bf16 or fp16; got {cfg.autocast!r}")
+    model, info = models.load_model(cfg.model, cfg.weights, img_size=cfg.img_size, seed=cfg.seed)
+    layers = resolve_layers(cfg.layers, info.depth)
+    records = imgs.list_images(cfg.images, cfg.n_images)
+    if len(records) < 2:
+        raise ValueError(f"BFD needs at least 2 images; {cfg.images!r} lists {len(records)}")
+    preprocessing = json.loads(json.dumps(models.data_config(model), default=list))
+    request = RunRequest(
+        model=cfg.model, weights=cfg.weights, weights_sha256=info.weights_sha256,
+        images=cfg.images, images_sha256=imgs.manifest_sha256(records),
+        n_images=len(records), preprocessing=preprocessing, img_size=tuple(info.img_size),
+        sites=tuple(cfg.sites), layers=layers, dtype=cfg.dtype, code_version=bfd.__version__,
+        extra={"autocast": cfg.autocast, "seed": cfg.seed, **cfg.extra},
+    )
+    rid = write_request(store, request)
+    rows, cols = info.token_rows_cols()
+    create_activation_template(
+        store, rid, sites=list(cfg.sites), layers=list(layers), n_images=len(records),
+        image_ids=[r.id for r in records], token_types=info.token_types(), rows=rows,
+        cols=cols, dim=info.width, dtype=cfg.dtype, images_per_chunk=cfg.images_per_chunk,
+        attrs={
+            "model": cfg.model, "weights": cfg.weights, "weights_sha256": info.weights_sha256,
+            "run_id": rid, "model_info": json.dumps(info.to_dict()),
+            "preprocessing": json.dumps(preprocessing), "img_size": list(info.img_size),
+            "dtype": cfg.dtype, "timm_version": info.timm_version,
+            "torch_version": info.torch_version, "bfd_version": bfd.__version__,
+            "config_json": json.dumps(request.to_json_dict(), sort_keys=True),
+        },
+    )
+    write_image_manifest(store, rid, [ImageRecord(r.index, r.id, r.sha256) for r in records])
+    write_model_tensors(
+        store, rid, layers=list(layers),
+        qkv_weight=np.stack([models.qkv_weight(model, l).float().numpy() for l in layers]),
+        attn_scale=np.array([models.attn_scale(model, l) for l in layers]),
+        num_heads=info.num_heads, pos_embed=models.pos_embed_patch_rows(model),
+    )
+    per_shard = cfg.images_per_shard or cfg.images_per_chunk
+    shards = plan_shards(len(records), cfg.images_per_chunk, per_shard)
+    done = completed_shards(store, rid, shards)
+    return RunPlan(
+        run_id=rid, layers=layers, shards=tuple(shards),
+        pending=tuple(s.index for s in shards if s.index not in done),
+        records=tuple(asdict(r) for r in records), n_images=len(records),
+    )
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_model(name: str, weights: str, img_size: int | None, seed: int, device: str):
+    """One model per worker process and device: shard tasks of a run reuse it."""
+    return models.load_model(name, weights, img_size=img_size, seed=seed, device=device)
+
+
+def _autocast(device: str, mode: str):
+    if mode == "none" or not device.startswith("cuda"):
+        return torch.autocast("cpu", enabled=False)
+    return torch.autocast("cuda", dtype=torch.bfloat16 if mode == "bf16" else torch.float16)
+
+
+def extract_shard(
+    store_root: str,
+    run_id: str,
+    cfg: ExtractConfig,
+    shard: Shard,
+    layers: tuple[int, ...],
+    records: list[dict],
+) -> dict:
+    """Forward one shard's images, write its whole chunks for every site, mark it done.
+
+    Batches never cross a chunk boundary and always start at one, so the batch composition
+    (and hence every bit of a CPU float32 forward) is the same for any shard size or worker
+    count. Undecodable images keep NaN rows and are recorded as skipped with their reason.
+
+    Returns:
+        Counts and timing of the shard.
+    """
+    t0 = time.perf_counter()
+    store = Store(store_root)
+    device = resolve_device(cfg.device)
+    model, info = _cached_model(cfg.model, cfg.weights, cfg.img_size, cfg.seed, device)
+    transform = models.transform(model)
+    recs = [imgs.ImageRecord(**r) for r in records]
+    n, T, d = shard.size, info.num_tokens, info.width
+    dtype = np.dtype(cfg.dtype)
+    out = {site: np.full((len(layers), n, T, d), np.nan, dtype=dtype) for site in cfg.sites}
+    errors: dict[int, str] = {}
+    ipc = cfg.images_per_chunk
+    for lo in range(0, n, ipc):
+        chunk = recs[lo:lo + ipc]
+        for batch in imgs.iter_batches(chunk, transform, cfg.batch_size, cfg.decode_workers):
+            errors.update(batch.errors)
+            if not batch.indices:
+                continue
+            with _autocast(device, cfg.autocast):
+                acts = models.forward_capture(model, batch.images, layers, cfg.sites)
+            rows = np.asarray(batch.indices) - shard.start
+            for site, a in acts.items():
+                out[site][:, rows] = a.numpy()
+    for site, a in out.items():
+        write_shard(store, run_id, site, shard.start, shard.stop, a)
+    mark_shard_done(store, run_id, shard, [
+        ImageRecord(r.index, r.id, r.sha256, "skipped" if r.index in errors else "ok",
+                    errors.get(r.index))
+        for r in recs
+    ])
+    return {"shard": shard.index, "images": n, "skipped": len(errors),
+            "seconds": time.perf_counter() - t0}
+
+
+prepare_run_task = task(prepare_run, name="prepare-run", cache_policy=NO_CACHE)
+extract_shard_task = task(
+    extract_shard, name="extract-shard", cache_policy=NO_CACHE, retries=2,
+    retry_delay_seconds=1, task_run_name="extract shard {shard.index}",
+)
