@@ -102,3 +102,21 @@ def test_streaming_equals_in_memory(chunk_size):
                           chunk_size=chunk_size)
     xr.testing.assert_allclose(chunked, whole, rtol=1e-10, atol=1e-12)
     np.testing.assert_array_equal(chunked.head_type, whole.head_type)
+
+
+def test_stage1_only_and_explicit_indices():
+    """Stage 1 alone (no heads) equals Stage 1 of the full decomposition; chunks given as
+    explicit index arrays equal contiguous ones."""
+    from bfd.core import decompose_layer
+
+    rng = np.random.default_rng(7)
+    x, W = random_case(rng, N=12, T_total=9, d=16, H=2)
+    maps = head_maps(W, 2)
+    full = decompose_layer(lambda: [(0, x[:5]), (5, x[5:])], maps, prefix_tokens=1)
+    idx = np.arange(12)
+    stage1 = decompose_layer(lambda: [(idx[:7], x[:7]), (idx[7:], x[7:])], None, prefix_tokens=1)
+    assert stage1.energy is None and stage1.sigma is None
+    for name in ("frac_pos", "frac_img", "frac_int", "ss_total", "pos_split_half_r",
+                 "shuffle_frac_pos"):
+        np.testing.assert_allclose(getattr(stage1, name), getattr(full, name), rtol=1e-12)
+    np.testing.assert_allclose(stage1.pos, full.pos, rtol=1e-12)
