@@ -7,12 +7,8 @@ from prefect.futures import as_completed
 
 from bfd.flows import progress
 from bfd.storage import Store, default_store, open_activations
-from bfd.tasks.decompose import (
-    DecomposeOptions,
-    assemble_results,
-    decompose_site_layer_task,
-)
-from bfd.tasks.publish import publish_task
+from bfd.tasks.decompose import DecomposeOptions, assemble_results
+from bfd.tasks.prefect_tasks import decompose_site_layer_task, publish_task
 
 
 @flow(name="decompose", log_prints=True)

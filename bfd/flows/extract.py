@@ -11,12 +11,8 @@ from prefect.futures import as_completed
 
 from bfd.flows import progress
 from bfd.storage import Store, completed_shards, default_store
-from bfd.tasks.extract import (
-    ExtractConfig,
-    extract_shard_task,
-    prepare_run_task,
-    resolve_device,
-)
+from bfd.tasks.extract import ExtractConfig, resolve_device
+from bfd.tasks.prefect_tasks import extract_shard_task, prepare_run_task
 
 
 def store_root(store: str | None) -> str:

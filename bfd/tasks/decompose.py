@@ -4,7 +4,6 @@ chunks of a run's Zarr arrays, one (site, layer) at a time, never loading a laye
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from operator import add
@@ -13,8 +12,6 @@ import dask
 import numpy as np
 import xarray as xr
 from dask.delayed import Delayed, delayed
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from bfd.core import (
     Pass2Plan,
@@ -163,13 +160,3 @@ def assemble_results(parts: Sequence[xr.Dataset], attrs: dict) -> xr.Dataset:
     n_images = {p.attrs["n_images"] for p in parts}
     out.attrs = {**attrs, "n_images": n_images.pop() if len(n_images) == 1 else -1}
     return out
-
-
-def options_json(options: DecomposeOptions) -> str:
-    return json.dumps(options.to_dict(), sort_keys=True)
-
-
-decompose_site_layer_task = task(
-    decompose_site_layer, name="decompose-site-layer", cache_policy=NO_CACHE, retries=1,
-    task_run_name="decompose {site} layer {layer}",
-)

@@ -13,8 +13,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 import bfd
 from bfd import images as imgs
@@ -231,10 +229,3 @@ def extract_shard(
     ])
     return {"shard": shard.index, "images": n, "skipped": len(errors),
             "seconds": time.perf_counter() - t0}
-
-
-prepare_run_task = task(prepare_run, name="prepare-run", cache_policy=NO_CACHE)
-extract_shard_task = task(
-    extract_shard, name="extract-shard", cache_policy=NO_CACHE, retries=2,
-    retry_delay_seconds=1, task_run_name="extract shard {shard.index}",
-)

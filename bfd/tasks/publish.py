@@ -7,8 +7,6 @@ import json
 from datetime import UTC, datetime
 
 import pyarrow as pa
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 import bfd
 from bfd.storage import (
@@ -84,6 +82,3 @@ def publish(store_root: str, run_id: str, results, config: dict) -> dict[str, st
     row = runs_row(store, run_id, "complete", config)
     written["runs"] = str(write_table(store, "runs", model, run_id, [row]))
     return written
-
-
-publish_task = task(publish, name="publish", cache_policy=NO_CACHE)
