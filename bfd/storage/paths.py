@@ -11,8 +11,9 @@ import json
 import os
 import re
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 STORE_ENV: Final[str] = "BFD_STORE"
 ZARR_URL_ENV: Final[str] = "BFD_ZARR_URL"
@@ -150,26 +151,33 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON so that readers see either the old file, the new one, or none.
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write a file so that readers see either the old file, the new one, or none.
+
+    ``write`` fills a hidden temporary sibling, which is flushed to disk and renamed over
+    ``path``; the directory entry is flushed too, so the rename survives a crash.
 
     Args:
         path: Destination file; its directory is created if missing.
-        obj: A JSON-serialisable object (NaN and infinities are refused).
+        write: Writes the whole content to the binary file it is given.
     """
-    text = json.dumps(obj, indent=1, sort_keys=True, allow_nan=False, ensure_ascii=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path)
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.write("\n")
+        with open(tmp, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON atomically (see ``atomic_write``); NaN and infinities are refused."""
+    text = json.dumps(obj, indent=1, sort_keys=True, allow_nan=False, ensure_ascii=False)
+    atomic_write(path, lambda f: f.write((text + "\n").encode("utf-8")))
 
 
 def read_json(path: Path) -> Any:

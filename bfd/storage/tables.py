@@ -13,7 +13,6 @@ reader sees either the previous complete file or the new complete file.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -22,7 +21,7 @@ from urllib.parse import quote, unquote
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .paths import Store, fsync_dir, temp_name, validate_run_id
+from .paths import Store, atomic_write, validate_run_id
 
 PART_NAME: Final[str] = "part-0.parquet"
 
@@ -274,17 +273,7 @@ def write_table(store: Store, table: str, model: str, run_id: str, rows: Any) ->
     """
     data = conform(table, model, run_id, rows)
     path = table_path(store, table, model, run_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            pq.write_table(data, f, compression="zstd")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
+    atomic_write(path, lambda f: pq.write_table(data, f, compression="zstd"))
     return path
 
 
