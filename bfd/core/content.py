@@ -108,7 +108,7 @@ class Pass2Plan:
         modes: Modes | None,
         compute_dtype: str = "float32",
         device: str | torch.device = "cpu",
-        check_images: int = 4,
+        check_images: int = 2,
     ) -> None:
         require(
             compute_dtype in COMPUTE_DTYPES,
@@ -162,8 +162,8 @@ class Pass2Plan:
         c -= img
         ss_int = _dot(c)
         K = Z @ Z.transpose(-1, -2)
-        Kq, Kk = K[:, :H], K[:, H:]
-        KK = (Kq * Kk).sum(0, dtype=torch.float64)
+        KK = (K[:, :H] * K[:, H:]).sum(0, dtype=torch.float64)
+        K_sum = K.sum(0, dtype=torch.float64).cpu().numpy()
 
         residual = logit_residual(x_check, self.means, self.maps) if len(x_check) else np.nan
         return Pass2State(
@@ -173,8 +173,8 @@ class Pass2Plan:
             ss_int=ss_int,
             ss_content=ss_content,
             cross_pos_content=cross,
-            K_q=Kq.sum(0, dtype=torch.float64).cpu().numpy(),
-            K_k=Kk.sum(0, dtype=torch.float64).cpu().numpy(),
+            K_q=K_sum[:H],
+            K_k=K_sum[H:],
             KK=KK.cpu().numpy(),
             logit_residual=float(residual),
         )
@@ -190,16 +190,21 @@ def logit_residual(x: torch.Tensor, means: Means, maps: HeadMaps) -> float:
     pos = torch.from_numpy(means.pos).to(x.device)
     A = torch.from_numpy(maps.A).to(x.device)
     B = torch.from_numpy(maps.B).to(x.device)
-    n, T, d = x.shape
-    factors = [mu.expand(n, T, d), pos.expand(n, T, d), x - mu - pos]
+    c = x - mu - pos
 
     def project(f: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
-        # (n, T, d) x (H, d, dh) -> (H, n, T, dh)
-        return torch.einsum("ntd,hdk->hntk", f, R)
+        # (..., T, d) x (H, d, dh) -> (H, ..., T, dh); mu and pos are projected once and
+        # broadcast over the images
+        return torch.einsum("...td,hdk->h...tk", f, R)
 
-    qs = [project(f, A) for f in factors]
-    ks = [project(f, B) for f in factors]
-    full = project(x, A) @ project(x, B).transpose(-1, -2)
-    blocks = sum(q @ k.transpose(-1, -2) for q in qs for k in ks)
+    def logits(f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        q, k = project(f, A), project(g, B)
+        return maps.scale * (q.unsqueeze(1) if q.ndim == 3 else q) @ (
+            k.unsqueeze(1) if k.ndim == 3 else k
+        ).transpose(-1, -2)
+
+    factors = [mu[None, :], pos, c]
+    blocks = sum(logits(f, g) for f in factors for g in factors)
+    full = logits(x, x)
     den = torch.linalg.vector_norm(full)
     return float(torch.linalg.vector_norm(full - blocks) / den) if den > 0 else 0.0

@@ -51,7 +51,7 @@ def decompose_layer(
     seed: int = 0,
     compute_dtype: str = "float32",
     device: str | torch.device = "cpu",
-    check_images: int = 4,
+    check_images: int = 2,
 ) -> LayerResult:
     """Both passes of METHOD.md over one layer's chunks.
 
