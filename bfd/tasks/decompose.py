@@ -46,7 +46,7 @@ class DecomposeOptions:
     seed: int = 0
     compute_dtype: str = "float32"
     images_per_task: int | None = None
-    check_images: int = 4
+    check_images: int = 2
 
     def to_dict(self) -> dict:
         return asdict(self)
