@@ -1,0 +1,31 @@
+"""Extraction and decomposition on an existing Dask cluster (--dask-address) give the same
+activations and results as the local run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from distributed import LocalCluster
+
+from bfd.flows.audit import audit
+from bfd.storage import Store, open_activations, read_table
+
+CONFIG = {"model": "test_vit", "weights": "random", "images": "samples", "n_images": 8,
+          "img_size": 32, "layers": "0,3", "dtype": "float32", "images_per_chunk": 4}
+
+
+@pytest.mark.slow
+def test_cluster_run_equals_local_run(tmp_path, prefect_harness):
+    local = audit(CONFIG, str(tmp_path / "local"))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster:
+        remote = audit(CONFIG, str(tmp_path / "remote"), dask_address=cluster.scheduler_address)
+    assert remote["run_id"] == local["run_id"]
+    a = open_activations(Store(local["store"]), local["run_id"]).load()
+    b = open_activations(Store(remote["store"]), remote["run_id"]).load()
+    for site in ("attn_in", "resid"):
+        assert np.array_equal(a[site].values, b[site].values)
+    ha = read_table(Store(local["store"]), "heads").to_pandas().sort_values(["layer", "head"])
+    hb = read_table(Store(remote["store"]), "heads").to_pandas().sort_values(["layer", "head"])
+    np.testing.assert_allclose(hb.e_cc.to_numpy(), ha.e_cc.to_numpy(), rtol=1e-12)
+    assert list(hb.head_type) == list(ha.head_type)
