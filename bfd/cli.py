@@ -16,6 +16,10 @@ def _prefect_defaults(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    # A failed task or flow run logs its traceback to the console; the command reports the
+    # error itself in one line, and the run's logs stay in Prefect's API (and with -v here).
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL",
+                          "NOTSET" if verbose else "CRITICAL")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
@@ -46,7 +50,11 @@ def _add_extract_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=("float16", "float32"), default="float16",
                    help="storage dtype of activations")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--images-per-shard", type=int, help="images per shard task (default 32)")
+    p.add_argument("--images-per-chunk", type=int,
+                   help="images per Zarr chunk, fixed per run (default 32)")
+    p.add_argument("--images-per-shard", type=int,
+                   help="images per shard task, a multiple of --images-per-chunk (default: one "
+                   "chunk)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K")
     p.add_argument("--autocast", choices=("none", "bf16", "fp16"), default="none",
                    help="GPU forward under autocast")
@@ -68,6 +76,8 @@ def _extract_config(args: argparse.Namespace) -> dict:
         "img_size": args.img_size, "dtype": args.dtype, "batch_size": args.batch_size,
         "device": args.device, "autocast": args.autocast, "seed": args.seed,
     }
+    if args.images_per_chunk:
+        cfg["images_per_chunk"] = args.images_per_chunk
     if args.images_per_shard:
         cfg["images_per_shard"] = args.images_per_shard
     return cfg
@@ -186,7 +196,9 @@ def cmd_query(args: argparse.Namespace) -> int:
         for name in list_queries():
             spec = query_spec(name)
             params = ", ".join(str(p) for p in spec.params) or "no parameters"
-            print(f"{name:16s} {spec.description}  [{params}]")
+            # continuation lines indented, so that only a query's own line starts with a name
+            description = spec.description.replace("\n", "\n" + " " * 17)
+            print(f"{name:16s} {description}  [{params}]")
         return 0
     params = {}
     for item in args.param:

@@ -175,7 +175,12 @@ def describe(name: str, img_size: int | None = None) -> ModelInfo:
     Raises:
         UnsupportedModelError: Unknown to timm or refused by ``check_supported``.
     """
-    model = _build(name, meta=True, pretrained=False, **_size_kwargs(img_size))
+    try:
+        model = _build(name, meta=True, pretrained=False, **_size_kwargs(img_size))
+    except TypeError:
+        # non-ViT constructors (ResNet, ...) reject img_size: build without it so that
+        # check_supported can refuse the model with its reason
+        model = _build(name, meta=True, pretrained=False)
     check_supported(model, name)
     return _info(model, name, weights="none", sha="")
 

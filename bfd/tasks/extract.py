@@ -31,6 +31,7 @@ from bfd.storage import (
     write_request,
     write_shard,
 )
+from bfd.storage import run_id as request_run_id
 
 DEFAULT_IMAGES_PER_CHUNK = 32
 
@@ -137,7 +138,13 @@ def prepare_run(store_root: str, cfg: ExtractConfig) -> RunPlan:
         sites=tuple(cfg.sites), layers=layers, dtype=cfg.dtype, code_version=bfd.__version__,
         extra={"autocast": cfg.autocast, "seed": cfg.seed, **cfg.extra},
     )
-    rid = write_request(store, request)
+    rid = request_run_id(request)
+    # Refuse a shard plan that splits chunks or disagrees with the shards already done before
+    # anything is written, so that a refused request leaves the store as it was.
+    per_shard = cfg.images_per_shard or cfg.images_per_chunk
+    shards = plan_shards(len(records), cfg.images_per_chunk, per_shard)
+    done = completed_shards(store, rid, shards)
+    write_request(store, request)
     rows, cols = info.token_rows_cols()
     create_activation_template(
         store, rid, sites=list(cfg.sites), layers=list(layers), n_images=len(records),
@@ -159,9 +166,6 @@ def prepare_run(store_root: str, cfg: ExtractConfig) -> RunPlan:
         attn_scale=np.array([models.attn_scale(model, l) for l in layers]),
         num_heads=info.num_heads, pos_embed=models.pos_embed_patch_rows(model),
     )
-    per_shard = cfg.images_per_shard or cfg.images_per_chunk
-    shards = plan_shards(len(records), cfg.images_per_chunk, per_shard)
-    done = completed_shards(store, rid, shards)
     return RunPlan(
         run_id=rid, layers=layers, shards=tuple(shards),
         pending=tuple(s.index for s in shards if s.index not in done),
@@ -217,9 +221,17 @@ def extract_shard(
                 continue
             with _autocast(device, cfg.autocast):
                 acts = models.forward_capture(model, batch.images, layers, cfg.sites)
-            rows = np.asarray(batch.indices) - shard.start
+            first, k = batch.indices[0] - shard.start, len(batch.indices)
+            contiguous = batch.indices[-1] - batch.indices[0] + 1 == k
             for site, a in acts.items():
-                out[site][:, rows] = a.numpy()
+                # torch casts float32 -> float16 with F16C, ~6x faster than numpy's cast; both
+                # round to nearest even, bit for bit (only signalling NaNs, which no forward
+                # produces, come out quieted).
+                dst = torch.from_numpy(out[site])
+                if contiguous:
+                    dst[:, first:first + k].copy_(a)
+                else:
+                    dst[:, torch.as_tensor(batch.indices) - shard.start] = a.to(dst.dtype)
     for site, a in out.items():
         write_shard(store, run_id, site, shard.start, shard.stop, a)
     mark_shard_done(store, run_id, shard, [

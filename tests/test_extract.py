@@ -1,0 +1,351 @@
+"""The extract flow on a real Prefect server: stored activations are the model's, bit for bit,
+for any worker count or shard size; resume, kill -9, bad images and refused models."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bfd import models
+from bfd.cli import main
+from bfd.flows.extract import extract
+from bfd.flows.runners import task_runner
+from bfd.images import list_images, load_image
+from bfd.storage import (
+    Store,
+    open_activations,
+    read_image_manifest,
+    read_model_tensors,
+    read_request,
+)
+from bfd.tasks.extract import ExtractConfig, prepare_run
+
+# timm's own test ViT (width 64, depth 6, 2 heads, patch 16): at 32 px, 1 cls + 2x2 patches.
+TINY = "test_vit"
+SITES = ("attn_in", "resid")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def config(**kw) -> dict:
+    base = {
+        "model": TINY, "weights": "random", "images": "samples", "n_images": 12,
+        "layers": (0, 2, 5), "sites": SITES, "img_size": 32, "dtype": "float32",
+        "batch_size": 3, "images_per_chunk": 4, "device": "cpu",
+    }
+    return {**base, **kw}
+
+
+def run_flow(root: Path, workers: int = 1, **kw) -> str:
+    return extract.with_options(task_runner=task_runner(workers))(config(**kw), str(root))
+
+
+def arrays(store: Store, rid: str) -> dict[str, np.ndarray]:
+    ds = open_activations(store, rid)
+    return {site: ds[site].values for site in ds.data_vars}
+
+
+def markers(store: Store, rid: str) -> dict[str, tuple[str, int]]:
+    """Shard marker -> (completed_at, mtime_ns): both change whenever a shard is redone."""
+    return {p.name: (json.loads(p.read_text())["completed_at"], p.stat().st_mtime_ns)
+            for p in sorted(store.shards_dir(rid).glob("*.json"))}
+
+
+@contextlib.contextmanager
+def env_kept():
+    """``bfd.cli.main`` sets Prefect defaults in os.environ; keep them out of other tests."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        for key in set(os.environ) - set(saved):
+            del os.environ[key]
+        os.environ.update(saved)
+
+
+def direct_forward(cfg: dict) -> dict[str, torch.Tensor]:
+    """timm forward with hooks, batched as the flow batches: per chunk, batch_size at a time
+    (CPU float32 results may depend on the batch, so the same batches make them comparable)."""
+    model, _ = models.load_model(cfg["model"], "random", seed=0, img_size=cfg["img_size"])
+    tf = models.transform(model)
+    recs = list_images(cfg["images"], cfg["n_images"])
+    ipc, bs = cfg["images_per_chunk"], cfg["batch_size"]
+    parts: dict[str, list[torch.Tensor]] = {s: [] for s in cfg["sites"]}
+    for lo in range(0, len(recs), ipc):
+        chunk = recs[lo:lo + ipc]
+        for b in range(0, len(chunk), bs):
+            x = torch.stack([tf(load_image(r)) for r in chunk[b:b + bs]])
+            for site, a in models.forward_capture(model, x, cfg["layers"], cfg["sites"]).items():
+                parts[site].append(a)
+    return {site: torch.cat(p, dim=1) for site, p in parts.items()}
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _jpeg(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+BAD = {  # file name -> the reason the manifest must give
+    "img02_truncated.jpg": "truncated",
+    "img05_text.png": "not a recognised image format",
+    "img11_empty.jpg": "empty file",
+}
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(tmp_path_factory) -> Path:
+    """16 images: 13 decodable PNG/JPEG of various sizes and modes, and the 3 broken of BAD,
+    spread over different chunks."""
+    root = tmp_path_factory.mktemp("mixed")
+    rng = np.random.default_rng(0)
+    for k in range(16):
+        h, w = 24 + 5 * k, 60 - 2 * k
+        arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        name = f"img{k:02d}.{'png' if k % 2 else 'jpg'}"
+        data = _png(arr[..., 0] if k == 7 else arr) if k % 2 else _jpeg(arr)
+        bad = [b for b in BAD if b.startswith(f"img{k:02d}_")]
+        if bad:
+            name = bad[0]
+            data = {"truncated": _jpeg(arr)[:300], "text": b"not an image, just text\n",
+                    "empty": b""}[name.split("_")[1].split(".")[0]]
+        (root / name).write_bytes(data)
+    return root
+
+
+def bad_indices(folder: Path) -> list[int]:
+    return [r.index for r in list_images(str(folder)) if Path(r.path).name in BAD]
+
+
+def test_stored_activations_equal_a_direct_forward(prefect_harness, tmp_path):
+    cfg = config()
+    store = Store(tmp_path / "store")
+    rid = run_flow(store.root)
+    ds = open_activations(store, rid)
+    ref = direct_forward(cfg)
+    for site in SITES:
+        assert ds[site].dtype == np.float32
+        assert torch.equal(torch.from_numpy(ds[site].values), ref[site]), site
+    assert list(ds.layer.values) == [0, 2, 5]
+    assert list(ds.image.values) == [r.id for r in list_images("samples", 12)]
+    assert ds.attrs["dtype"] == "float32" and ds.attrs["run_id"] == rid
+    assert ds.attrs["weights_sha256"] == "random-seed-0"
+    assert read_request(store, rid).layers == (0, 2, 5)
+    assert [r.status for r in read_image_manifest(store, rid)] == ["ok"] * 12
+    assert sorted(markers(store, rid)) == ["0.json", "1.json", "2.json"]
+
+
+@pytest.mark.parametrize(
+    ("name", "img_size", "prefix", "covers"),
+    [
+        ("vit_small_patch16_224", 32, ["cls"], True),
+        ("vit_small_patch14_reg4_dinov2", 28, ["cls"] + ["register"] * 4, False),
+        ("deit3_small_patch16_224", 32, ["cls"], False),
+    ],
+)
+def test_prefix_grid_coords_and_model_tensors(prefect_harness, tmp_path, name, img_size,
+                                              prefix, covers):
+    store = Store(tmp_path / "store")
+    rid = run_flow(store.root, model=name, img_size=img_size, n_images=3, layers=(1,),
+                   images_per_chunk=2)
+    ds = open_activations(store, rid)
+    model, info = models.load_model(name, "random", seed=0, img_size=img_size)
+    gh, gw = info.grid
+    P = len(prefix)
+    assert (gh, gw) == (2, 2) and info.num_prefix_tokens == P
+    assert list(ds.token_type.values) == prefix + ["patch"] * (gh * gw)
+    assert list(ds.row.values) == [-1] * P + [t // gw for t in range(gh * gw)]
+    assert list(ds.col.values) == [-1] * P + [t % gw for t in range(gh * gw)]
+    assert dict(ds.sizes) == {"layer": 1, "image": 3, "token": P + gh * gw, "dim": info.width}
+    assert all(np.isfinite(ds[s].values).all() for s in SITES)
+
+    tensors = read_model_tensors(store, rid)
+    assert torch.equal(torch.from_numpy(tensors.qkv_weight.values[0]),
+                       model.blocks[1].attn.qkv.weight)
+    assert float(tensors.attn_scale[0]) == float(model.blocks[1].attn.scale)
+    assert tensors.attrs["num_heads"] == info.num_heads
+    # pos_embed has a row for the cls token only where it covers the prefix (vit_small);
+    # registers never get one; the store keeps the patch rows either way
+    assert model.pos_embed.shape[1] == gh * gw + (1 if covers else 0)
+    assert tensors.pos_embed.shape == (gh * gw, info.width)
+    assert torch.equal(torch.from_numpy(tensors.pos_embed.values),
+                       model.pos_embed[0, 1 if covers else 0:])
+
+
+@pytest.mark.slow
+def test_one_or_two_workers_and_any_shard_size_give_the_same_bits(prefect_harness, tmp_path,
+                                                                   mixed_folder):
+    kw = {"images": str(mixed_folder), "n_images": None, "layers": (0, 5), "batch_size": 32,
+          "images_per_chunk": 8}
+    runs = {
+        "1 worker, shards of 8": (1, 8),
+        "2 workers, shards of 8": (2, 8),
+        "1 worker, one shard of 16": (1, 16),
+    }
+    got, rids = {}, set()
+    for label, (workers, per_shard) in runs.items():
+        store = Store(tmp_path / label.replace(" ", "_").replace(",", ""))
+        rid = run_flow(store.root, workers, images_per_shard=per_shard, **kw)
+        got[label] = arrays(store, rid)
+        rids.add(rid)
+        assert len(markers(store, rid)) == 16 // per_shard
+    assert len(rids) == 1  # the shard size is not part of the run's identity
+    bad = bad_indices(mixed_folder)
+    first = got["1 worker, shards of 8"]
+    assert all(np.isnan(first[s][:, bad]).all() for s in SITES)
+    assert all(np.isfinite(np.delete(first[s], bad, axis=1)).all() for s in SITES)
+    for label, a in got.items():
+        for site in SITES:
+            assert np.array_equal(a[site], first[site], equal_nan=True), (label, site)
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_computes_only_the_missing_shards(prefect_harness, tmp_path):
+    n_shards = 12
+    argv = ["extract", "--model", TINY, "--weights", "random", "--n-images", str(8 * n_shards),
+            "--img-size", "32", "--layers", "0,3,5", "--dtype", "float32",
+            "--images-per-chunk", "8", "--images-per-shard", "8"]
+    killed = Store(tmp_path / "killed")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "bfd.cli", *argv, "--store",
+                                 str(killed.root)], cwd=REPO, env=env, stdout=out, stderr=err,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            done = list(killed.runs_dir.glob("*/shards/*.json"))
+            if done:
+                os.killpg(proc.pid, signal.SIGKILL)  # the CLI and anything it started
+                break
+            time.sleep(0.005)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, (tmp_path / "err.txt").read_text()[-2000:]
+    (rid,) = [p.name for p in killed.runs_dir.iterdir()]
+    before = markers(killed, rid)
+    assert 1 <= len(before) < n_shards, f"{len(before)} shards were done at the kill"
+
+    with env_kept():
+        assert main([*argv, "--store", str(killed.root)]) == 0
+    after = markers(killed, rid)
+    assert len(after) == n_shards
+    assert {k: after[k] for k in before} == before  # shards done before the kill were kept
+
+    whole = Store(tmp_path / "whole")
+    with env_kept():
+        assert main([*argv, "--store", str(whole.root)]) == 0
+    assert [p.name for p in whole.runs_dir.iterdir()] == [rid]
+    resumed, reference = arrays(killed, rid), arrays(whole, rid)
+    for site in SITES:
+        assert np.isfinite(reference[site]).all()
+        assert np.array_equal(resumed[site], reference[site]), site
+
+
+def test_bad_images_keep_nan_slots_and_are_reported(prefect_harness, tmp_path, mixed_folder):
+    store = Store(tmp_path / "store")
+    rid = run_flow(store.root, images=str(mixed_folder), n_images=None, layers=(0, 5))
+    acts = arrays(store, rid)
+    manifest = read_image_manifest(store, rid)
+    records = list_images(str(mixed_folder))
+    assert [m.id for m in manifest] == [r.id for r in records]
+    bad = bad_indices(mixed_folder)
+    assert len(bad) == len(BAD) and len(manifest) == 16
+    for m in manifest:
+        if m.index in bad:
+            assert m.status == "skipped", m
+            assert BAD[m.id] in m.error.lower(), m
+            assert all(np.isnan(acts[s][:, m.index]).all() for s in SITES)
+        else:
+            assert (m.status, m.error) == ("ok", None), m
+            assert all(np.isfinite(acts[s][:, m.index]).all() for s in SITES)
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [("resnet18", "expected timm's VisionTransformer"),
+     ("eva02_tiny_patch14_224", "rotary position embeddings"),
+     ("vit_relpos_small_patch16_224", "expected timm's VisionTransformer")],
+)
+def test_unsupported_models_are_refused_before_any_work(prefect_harness, tmp_path, name,
+                                                        reason):
+    root = tmp_path / "store"
+    with pytest.raises(models.UnsupportedModelError, match=reason) as err:
+        run_flow(root, model=name, img_size=None)
+    assert f"model {name!r} is not supported" in str(err.value)
+    assert not root.exists()  # no run group, request, manifest or model tensors
+
+
+def test_unsupported_model_with_img_size_is_refused(tmp_path):
+    with pytest.raises(models.UnsupportedModelError):
+        prepare_run(str(tmp_path / "store"),
+                    ExtractConfig(**config(model="resnet18", img_size=32)))
+    assert not (tmp_path / "store").exists()
+
+
+def _files(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")
+            if p.is_file()}
+
+
+def test_resume_reuses_completed_shards_and_any_change_makes_a_new_run(prefect_harness,
+                                                                       tmp_path):
+    store = Store(tmp_path / "store")
+    rid = run_flow(store.root)
+    first = markers(store, rid)
+    plain = _files(store.run_dir(rid))
+    chunks = _files(Path(store.zarr_path) / rid / "attn_in")
+    assert len(first) == 3 and len(chunks) > 3
+
+    assert run_flow(store.root) == rid
+    assert markers(store, rid) == first
+    assert _files(store.run_dir(rid)) == plain  # request, manifest and markers untouched
+    assert _files(Path(store.zarr_path) / rid / "attn_in") == chunks
+
+    # same request, other layer order and shard size: same run (shard size in a fresh store,
+    # where no marker of another plan exists)
+    other = str(tmp_path / "other")
+    same = [config(layers=(5, 0, 2)), config(images_per_shard=8), config(batch_size=4)]
+    for cfg in same:
+        assert prepare_run(other, ExtractConfig(**cfg)).run_id == rid
+    changed = {
+        "layers": config(layers=(0, 2)), "dtype": config(dtype="float16"),
+        "n_images": config(n_images=11), "sites": config(sites=("attn_in",)),
+        "img_size": config(img_size=48), "seed": config(seed=1),
+        "images": config(images=str(tmp_path / "pics"), n_images=None),
+    }
+    (tmp_path / "pics").mkdir()
+    for k in range(3):
+        (tmp_path / "pics" / f"{k}.png").write_bytes(_png(np.full((8, 8, 3), k, np.uint8)))
+    ids = {what: prepare_run(str(tmp_path / what), ExtractConfig(**cfg)).run_id
+           for what, cfg in changed.items()}
+    assert len(set(ids.values()) | {rid}) == len(changed) + 1, ids
+
+
+def test_resume_with_another_shard_plan_is_refused(prefect_harness, tmp_path):
+    store = Store(tmp_path / "store")
+    rid = run_flow(store.root)
+    first, acts = markers(store, rid), arrays(store, rid)
+    with pytest.raises(ValueError, match=r"marker of shard \d covers images \d+:\d+, the plan has"):
+        prepare_run(str(store.root), ExtractConfig(**config(images_per_shard=8)))
+    assert markers(store, rid) == first
+    assert all(np.array_equal(arrays(store, rid)[s], acts[s]) for s in SITES)
