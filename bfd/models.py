@@ -347,7 +347,11 @@ class _StopForward(Exception):
 
 
 def forward_capture(
-    model: nn.Module, images: torch.Tensor, layers: Sequence[int], sites: Sequence[str]
+    model: nn.Module,
+    images: torch.Tensor,
+    layers: Sequence[int],
+    sites: Sequence[str],
+    dtype: torch.dtype = torch.float32,
 ) -> dict[str, torch.Tensor]:
     """Run the model and return the activations at ``sites`` of blocks ``layers``.
 
@@ -360,9 +364,12 @@ def forward_capture(
         images: Float tensor (B, 3, H, W) at the model's ``img_size``.
         layers: Distinct block indices; the output follows this order.
         sites: Distinct names from ``SITES``.
+        dtype: Dtype of the returned tensors (e.g. the storage dtype). The cast happens on
+            the model's device, before one copy per site to the host: on a GPU that halves
+            the bytes over the bus for float16 and avoids a synchronisation per hook.
 
     Returns:
-        ``{site: float32 CPU tensor (len(layers), B, T_total, d)}``.
+        ``{site: CPU tensor (len(layers), B, T_total, d)}`` of ``dtype``.
     """
     layers, sites = [int(l) for l in layers], list(sites)
     if not layers or len(set(layers)) != len(layers):
@@ -383,7 +390,8 @@ def forward_capture(
 
     def hook(key: tuple[str, int]) -> Callable[..., None]:
         def fn(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            store[key] = args[0].detach().float().cpu()
+            # timm's blocks never modify these inputs in place, so no copy is needed here
+            store[key] = args[0].detach()
             if len(store) == total:
                 raise _StopForward
 
@@ -403,7 +411,7 @@ def forward_capture(
     finally:
         for h in handles:
             h.remove()
-    return {s: torch.stack([store[(s, l)] for l in layers]) for s in sites}
+    return {s: torch.stack([store[(s, l)] for l in layers]).to(dtype).cpu() for s in sites}
 
 
 def pos_embed_patch_rows(model: nn.Module) -> np.ndarray | None:
