@@ -163,7 +163,8 @@ def head_map_figure(heads_table: TableLike, path: Target, title: str | None = No
     # Fractions sum to one, so the mix stays inside the colour triangle of the three classes.
     image[layers, heads] = np.clip(shares @ np.array(list(CLASS_COLORS.values())), 0, 1)
     n_layers, n_heads = image.shape[:2]
-    fig, (ax,) = _new_figure(min(2.5 + 0.45 * n_heads, 12.0), min(1.8 + 0.3 * n_layers, 14.0))
+    # the legend sits right of the map, so a few heads still need room for it and the title
+    fig, (ax,) = _new_figure(min(5.5 + 0.45 * n_heads, 14.0), min(1.8 + 0.3 * n_layers, 14.0))
     ax.imshow(image, aspect="auto", interpolation="nearest")
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
@@ -176,7 +177,8 @@ def head_map_figure(heads_table: TableLike, path: Target, title: str | None = No
         bbox_to_anchor=(1.0, 1.0),
         fontsize="small",
     )
-    ax.set_title(title or f"{_first(heads_table, 'model')} — {_first(heads_table, 'run_id')}")
+    fig.suptitle(title or f"{_first(heads_table, 'model')} — {_first(heads_table, 'run_id')}",
+                 fontsize="medium")
     _save(fig, path)
 
 
