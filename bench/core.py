@@ -97,12 +97,14 @@ def time_brute(n: int) -> float:
 
 def peak_rss_mb(n: int, chunk: int) -> float:
     """Peak RSS of a fresh process that streams n images through the core."""
+    bench_dir = str(Path(__file__).parent)
     code = (
-        "import resource, sys; sys.path.insert(0, %r); import core as b; "
+        f"import resource, sys; sys.path.insert(0, {bench_dir!r}); import core as b; "
         "from bfd.core import decompose_layer, head_maps; "
-        "decompose_layer(b.make_chunks(%d, %d), head_maps(b.qkv_weight(), b.H), prefix_tokens=1);"
+        f"decompose_layer(b.make_chunks({n}, {chunk}), head_maps(b.qkv_weight(), b.H), "
+        "prefix_tokens=1); "
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
-    ) % (str(Path(__file__).parent), n, chunk)
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
