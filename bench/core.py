@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the bfd command runs (bfd/cli.py)
 
-from bfd.core import decompose_layer, head_maps
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from bfd.core import decompose_layer, head_maps  # noqa: E402
 
 T, D, H = 196, 384, 6
 DH = D // H
