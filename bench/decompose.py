@@ -1,0 +1,288 @@
+"""Benchmark of decomposition and SQL on stored runs, each against its goal.
+
+Prints, with the baselines measured in the same run:
+  (a) wall time of ``decompose_site_layer`` over every (site, layer) of a stored run / one bare
+      dask read pass over the same store (every chunk of every site read, nothing computed);
+  (b) peak RSS of that decomposition at 8N images / at N images (a fresh process each, best
+      of --reps, on a store with fewer layers: the decomposition runs one (site, layer) at a
+      time);
+  (c) the ``compare_models`` named query over a store holding 100 runs' tables: connect +
+      query, and query alone on an open connection (``bfd.queries.connect``).
+
+Stores are built like ``tests/storebuilder.py`` (synthetic activations with a positional
+signal, written through ``create_activation_template``/``write_shard``; synthetic Parquet
+tables written with ``write_table``), with ViT-S/16 shapes by default: T = 197 tokens
+(1 cls + 14x14 patches), d = 384, H = 6, float16, 32 images per chunk.
+
+Usage: python bench/decompose.py [--layers 12] [--n 256] [--rss-layers 2] [--runs 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the bfd command runs (bfd/cli.py)
+
+import dask  # noqa: E402
+import dask.array as da  # noqa: E402
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import torch  # noqa: E402
+
+from bfd.core.summary import BLOCKS, HEAD_TYPES  # noqa: E402
+from bfd.queries import connect, run_query  # noqa: E402
+from bfd.storage import Store, open_activations, write_table  # noqa: E402
+from bfd.tasks.decompose import DecomposeOptions, decompose_site_layer  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from storebuilder import build_run  # noqa: E402
+
+GRID, PREFIX, D, H = (14, 14), 1, 384, 6
+T = PREFIX + GRID[0] * GRID[1]
+SITES = ("attn_in", "resid")
+MODELS = ("vit_small_patch16_224", "deit_small_patch16_224")
+
+
+def synthetic_acts(layers: int, n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """float16 (layer, image, token, dim) per site: a positional signal that fades with depth,
+    an image-level offset and token noise, so every ANOVA term is non-zero."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for k, site in enumerate(SITES):
+        a = np.empty((layers, n, T, D), dtype=np.float16)
+        for l in range(layers):
+            pos = rng.standard_normal((T, D), dtype=np.float32) * (1.5 - l / max(layers, 2))
+            img = 0.5 * rng.standard_normal((n, 1, D), dtype=np.float32)
+            a[l] = pos + img + rng.standard_normal((n, T, D), dtype=np.float32) + 0.1 * k
+        out[site] = a
+    return out
+
+
+def build_activation_store(root: Path, layers: int, n: int, ipc: int) -> str:
+    rng = np.random.default_rng(1)
+    qkv = (rng.standard_normal((layers, 3 * D, D)) / np.sqrt(D)).astype(np.float32)
+    pos_embed = rng.standard_normal((GRID[0] * GRID[1], D)).astype(np.float32)
+    return build_run(Store(root), synthetic_acts(layers, n), qkv, H, model=MODELS[0],
+                     prefix_tokens=PREFIX, grid=GRID, images_per_chunk=ipc,
+                     pos_embed=pos_embed, dtype="float16")
+
+
+def decompose_all(root: str, run_id: str) -> None:
+    """Every (site, layer) of the run, one after the other, as the flow's tasks do."""
+    acts = open_activations(Store(root), run_id)
+    for site in acts.data_vars:
+        for layer in acts.layer.values:
+            decompose_site_layer(root, run_id, site, int(layer), DecomposeOptions())
+
+
+def _touch(block: np.ndarray) -> np.ndarray:
+    return np.zeros((1,) * block.ndim, dtype=block.dtype)
+
+
+def read_pass(root: str, run_id: str) -> None:
+    """One dask pass that reads every stored chunk of every site and computes nothing."""
+    acts = open_activations(Store(root), run_id)
+    parts = [da.map_blocks(_touch, acts[s].data, chunks=(1,) * acts[s].ndim)
+             for s in acts.data_vars]
+    dask.compute(*parts, scheduler="threads")
+
+
+def best_seconds(fn, reps: int) -> float:
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _in_subprocess(code: str, *args: str) -> list[str]:
+    """Runs ``code`` (with this module imported as ``b``) in a fresh Python; its stdout words."""
+    prelude = "import sys; sys.path.insert(0, sys.argv[1]); import decompose as b; "
+    out = subprocess.run([sys.executable, "-c", prelude + code, str(Path(__file__).parent),
+                          *args], capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+def peak_rss_mb(root: str, run_id: str) -> tuple[float, float]:
+    """Peak RSS of a fresh process that decomposes every (site, layer) of the run: its
+    ``ru_maxrss`` and its ``VmHWM`` (Linux), in MiB.
+
+    Linux carries a process's peak RSS across fork and exec into ``ru_maxrss``, so a child of
+    a process that once held a whole store would report that process's peak; this benchmark
+    therefore builds the (b) stores in subprocesses too and spawns from a small parent.
+    ``VmHWM`` counts the child's own address space only and checks that.
+    """
+    words = _in_subprocess(
+        "import resource; b.decompose_all(sys.argv[2], sys.argv[3]); "
+        "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')]; "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "
+        "int(hwm[0]) / 1024 if hwm else 'nan')",
+        root, run_id)
+    return float(words[-2]), float(words[-1])
+
+
+def write_run_tables(store: Store, model: str, run_id: str, created: datetime, layers: int,
+                     n_images: int, rng: np.random.Generator) -> None:
+    """One complete run's rows in every table, with the contract's columns and types."""
+    dh = D // H
+    lh = np.array([(l, h) for l in range(layers) for h in range(H)])
+    e = rng.random((len(lh), 4))
+    f = e / e.sum(1, keepdims=True)
+    heads = {"layer": lh[:, 0], "head": lh[:, 1]}
+    heads |= {f"e_{b}": e[:, i] for i, b in enumerate(BLOCKS)}
+    heads |= {f"f_{b}": f[:, i] for i, b in enumerate(BLOCKS)}
+    heads |= {"head_type": np.array(HEAD_TYPES)[rng.integers(0, 3, len(lh))],
+              "eff_rank": rng.random(len(lh)) * dh, "eff_rank_sigma": rng.random(len(lh)) * dh,
+              "k90": rng.integers(1, dh, len(lh)), "mode_coupling": rng.random(len(lh))}
+    lhm = np.array([(l, h, m) for l in range(layers) for h in range(H) for m in range(dh)])
+    em = rng.random((len(lhm), 4))
+    modes = {"layer": lhm[:, 0], "head": lhm[:, 1], "mode": lhm[:, 2],
+             "sigma": rng.random(len(lhm)), "alpha": rng.random(len(lhm)),
+             "beta": rng.random(len(lhm))}
+    modes |= {f"e_{b}": em[:, i] for i, b in enumerate(BLOCKS)}
+    modes["mode_type"] = np.array(BLOCKS)[em.argmax(1)]
+    ls = np.array([(l, s) for s in SITES for l in range(layers)], dtype=object)
+    fr = rng.random((len(ls), 3))
+    fr /= fr.sum(1, keepdims=True)
+    layer_rows = {"layer": ls[:, 0].astype(np.int32), "site": ls[:, 1].astype(str),
+                  "ss_total": rng.random(len(ls)) * 1e6, "frac_pos": fr[:, 0],
+                  "frac_img": fr[:, 1], "frac_int": fr[:, 2]}
+    layer_rows |= {c: rng.random(len(ls)) for c in (
+        "pos_split_half_r", "pos_embed_cos", "shuffle_frac_pos", "ss_identity_residual",
+        "ortho_residual", "frac_content", "logit_residual")}
+    layer_rows["n_images"] = np.full(len(ls), n_images)
+    images = {"image_index": np.arange(n_images), "image_id": [f"img-{i}" for i in
+                                                               range(n_images)],
+              "sha256": ["0" * 64] * n_images, "status": ["ok"] * n_images,
+              "error": pa.nulls(n_images, pa.string())}
+    for table, cols in (("layers", layer_rows), ("heads", heads), ("modes", modes),
+                        ("images", images)):
+        write_table(store, table, model, run_id, pa.table(cols))
+    write_table(store, "runs", model, run_id, [{
+        "run_id": run_id, "model": model, "weights": "pretrained", "weights_sha256": "0" * 64,
+        "images": "samples", "images_sha256": "0" * 64, "n_images": n_images, "n_skipped": 0,
+        "img_size": 224, "grid_h": GRID[0], "grid_w": GRID[1], "prefix_tokens": PREFIX,
+        "sites": ",".join(SITES), "layers": ",".join(map(str, range(layers))),
+        "dtype": "float16", "created_at": created, "bfd_version": "bench",
+        "timm_version": "bench", "torch_version": "bench", "config_json": "{}",
+        "status": "complete", "depth": layers, "num_heads": H, "width": D,
+    }])
+
+
+def build_table_store(root: Path, runs: int, layers: int, n_images: int) -> None:
+    store, rng = Store(root), np.random.default_rng(2)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    for k in range(runs):
+        model = MODELS[k % len(MODELS)]
+        write_run_tables(store, model, f"{model}-{k:016x}", t0 + timedelta(hours=k), layers,
+                         n_images, rng)
+
+
+def time_query(root: Path, reps: int) -> dict[str, float]:
+    params = {"model_a": MODELS[0], "model_b": MODELS[1]}
+    rows = run_query(str(root), "compare_models", params).num_rows  # warm: imports, SQL files
+    cold = best_seconds(lambda: run_query(str(root), "compare_models", params), reps)
+    t_connect = best_seconds(lambda: connect(root).close(), reps)
+    con = connect(root)
+    try:
+        warm = best_seconds(lambda: run_query(con, "compare_models", params), 4 * reps)
+    finally:
+        con.close()
+    return {"rows": rows, "connect_and_query_ms": 1e3 * cold, "connect_ms": 1e3 * t_connect,
+            "query_on_open_connection_ms": 1e3 * warm}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--layers", type=int, default=12, help="layers of the (a) store")
+    p.add_argument("--n", type=int, default=256, help="images of the (a) store, N of (b)")
+    p.add_argument("--images-per-chunk", type=int, default=32)
+    p.add_argument("--rss-layers", type=int, default=2, help="layers of the (b) stores")
+    p.add_argument("--runs", type=int, default=100, help="runs in the (c) store")
+    p.add_argument("--reps", type=int, default=2, help="best of this many for (a); 5x for (c)")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: a, b, c")
+    p.add_argument("--workdir", default=None, help="where the temporary stores go")
+    args = p.parse_args()
+    skip = set(args.skip.split(","))
+
+    figures: dict = {"torch_threads": torch.get_num_threads(),
+                     "shape": {"tokens": T, "dim": D, "heads": H, "dtype": "float16",
+                               "images_per_chunk": args.images_per_chunk}}
+    workdir = Path(tempfile.mkdtemp(prefix="bfd-bench-decompose-", dir=args.workdir))
+    try:
+        if "b" not in skip:  # first, while this process is still small (see peak_rss_mb)
+            figures["b"] = {"layers": args.rss_layers, "sites": len(SITES)}
+            peak = {}
+            for n in (args.n, 8 * args.n):
+                root = workdir / f"b{n}"
+                (rid,) = _in_subprocess(
+                    "print(b.build_activation_store(b.Path(sys.argv[2]), *map(int, sys.argv[3:])))",
+                    str(root), str(args.rss_layers), str(n), str(args.images_per_chunk))
+                runs = [peak_rss_mb(str(root), rid) for _ in range(args.reps)]
+                shutil.rmtree(root)
+                peak[n] = (min(r[0] for r in runs), min(r[1] for r in runs))
+                figures["b"][f"peak_rss_mb_n{n}"] = [round(r[0], 1) for r in runs]
+                figures["b"][f"vm_hwm_mb_n{n}"] = [round(r[1], 1) for r in runs]
+            lo, hi = peak[args.n], peak[8 * args.n]
+            figures["b"]["ratio_8n_vs_n"] = round(hi[0] / lo[0], 3)
+            figures["b"]["ratio_8n_vs_n_vm_hwm"] = round(hi[1] / lo[1], 3)
+        if "a" not in skip:
+            root = workdir / "a"
+            t0 = time.perf_counter()
+            rid = build_activation_store(root, args.layers, args.n, args.images_per_chunk)
+            build = time.perf_counter() - t0
+            t_read = t_dec = float("inf")
+            for _ in range(args.reps):  # interleaved, so that load from other jobs hits both
+                t_read = min(t_read, best_seconds(lambda: read_pass(str(root), rid), 1))
+                t_dec = min(t_dec, best_seconds(lambda: decompose_all(str(root), rid), 1))
+            stored = sum(f.stat().st_size for f in (root / "bfd.zarr").rglob("*") if f.is_file())
+            figures["a"] = {
+                "layers": args.layers, "sites": len(SITES), "n_images": args.n,
+                "stored_mib": round(stored / 2**20, 1), "build_seconds": round(build, 2),
+                "read_pass_seconds": round(t_read, 3),
+                "read_mib_per_s": round(stored / 2**20 / t_read, 1),
+                "decompose_seconds": round(t_dec, 3),
+                "decompose_seconds_per_site_layer": round(t_dec / (len(SITES) * args.layers), 3),
+                "ratio_decompose_vs_read": round(t_dec / t_read, 2),
+            }
+            shutil.rmtree(root)
+        if "c" not in skip:
+            root = workdir / "c"
+            t0 = time.perf_counter()
+            build_table_store(root, args.runs, args.layers, args.n)
+            build = time.perf_counter() - t0
+            q = time_query(root, 5 * args.reps)
+            files = sum(1 for _ in (root / "tables").rglob("*.parquet"))
+            figures["c"] = {"runs": args.runs, "models": list(MODELS), "layers": args.layers,
+                            "heads": H, "modes_per_head": D // H, "parquet_files": files,
+                            "build_seconds": round(build, 2),
+                            **{k: round(v, 2) for k, v in q.items()}}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    print(json.dumps(figures, indent=2))
+    if "a" in figures:
+        print(f"(a) decomposition time / bare dask read pass: "
+              f"{figures['a']['ratio_decompose_vs_read']} (goal <= 3)")
+    if "b" in figures:
+        print(f"(b) peak RSS N={8 * args.n} / N={args.n}: {figures['b']['ratio_8n_vs_n']} "
+              "(goal < 1.1)")
+    if "c" in figures:
+        c = figures["c"]
+        print(f"(c) compare_models over {args.runs} runs: connect + query "
+              f"{c['connect_and_query_ms']} ms, query on an open connection "
+              f"{c['query_on_open_connection_ms']} ms (goal < 100 ms)")
+
+
+if __name__ == "__main__":
+    main()
