@@ -193,18 +193,15 @@ def logit_residual(x: torch.Tensor, means: Means, maps: HeadMaps) -> float:
     c = x - mu - pos
 
     def project(f: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
-        # (..., T, d) x (H, d, dh) -> (H, ..., T, dh); mu and pos are projected once and
-        # broadcast over the images
-        return torch.einsum("...td,hdk->h...tk", f, R)
-
-    def logits(f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        q, k = project(f, A), project(g, B)
-        return maps.scale * (q.unsqueeze(1) if q.ndim == 3 else q) @ (
-            k.unsqueeze(1) if k.ndim == 3 else k
-        ).transpose(-1, -2)
+        # (..., T, d) x (H, d, dh) -> (H, n or 1, T or 1, dh); mu and pos are projected
+        # once and broadcast over the images
+        p = torch.einsum("...td,hdk->h...tk", f, R)
+        return p.unsqueeze(1) if p.ndim == 3 else p
 
     factors = [mu[None, :], pos, c]
-    blocks = sum(logits(f, g) for f in factors for g in factors)
-    full = logits(x, x)
+    qs = [project(f, A) for f in factors]
+    ks = [project(f, B) for f in factors]
+    blocks = maps.scale * sum(q @ k.transpose(-1, -2) for q in qs for k in ks)
+    full = maps.scale * project(x, A) @ project(x, B).transpose(-1, -2)
     den = torch.linalg.vector_norm(full)
     return float(torch.linalg.vector_norm(full - blocks) / den) if den > 0 else 0.0
