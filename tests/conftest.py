@@ -1,5 +1,6 @@
 """Session-wide test environment: offline hub, private Prefect home, one Prefect test server."""
 
+import contextlib
 import os
 import tempfile
 
@@ -24,3 +25,15 @@ def prefect_harness():
         os.environ["PREFECT_API_URL"] = prefect.settings.PREFECT_API_URL.value()
         yield
         os.environ.pop("PREFECT_API_URL", None)
+
+
+@contextlib.contextmanager
+def env_kept():
+    """``bfd.cli.main`` sets Prefect defaults in os.environ; keep them out of other tests."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        for key in set(os.environ) - set(saved):
+            del os.environ[key]
+        os.environ.update(saved)

@@ -3,7 +3,6 @@ failed command leaves what a store already holds as it was."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 import huggingface_hub
 import numpy as np
 import pytest
+from conftest import env_kept
 
 from bfd.cli import main
 from bfd.queries import list_queries
@@ -31,17 +31,6 @@ EXTRACT = ["extract", "--model", TINY, "--weights", "random", "--n-images", "8",
            "--img-size", "32", "--layers", "0,1", "--dtype", "float32",
            "--images-per-chunk", "4"]
 
-
-@contextlib.contextmanager
-def env_kept():
-    """``main`` sets Prefect defaults in os.environ; keep them out of other tests."""
-    saved = dict(os.environ)
-    try:
-        yield
-    finally:
-        for key in set(os.environ) - set(saved):
-            del os.environ[key]
-        os.environ.update(saved)
 
 
 def run(argv: list[str], capsys) -> tuple[int, str, str]:

@@ -3,7 +3,6 @@ for any worker count or shard size; resume, kill -9, bad images and refused mode
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import env_kept
 from PIL import Image
 
 from bfd import models
@@ -61,17 +61,6 @@ def markers(store: Store, rid: str) -> dict[str, tuple[str, int]]:
     return {p.name: (json.loads(p.read_text())["completed_at"], p.stat().st_mtime_ns)
             for p in sorted(store.shards_dir(rid).glob("*.json"))}
 
-
-@contextlib.contextmanager
-def env_kept():
-    """``bfd.cli.main`` sets Prefect defaults in os.environ; keep them out of other tests."""
-    saved = dict(os.environ)
-    try:
-        yield
-    finally:
-        for key in set(os.environ) - set(saved):
-            del os.environ[key]
-        os.environ.update(saved)
 
 
 def direct_forward(cfg: dict) -> dict[str, torch.Tensor]:
