@@ -157,7 +157,8 @@ def cmd_decompose(args: argparse.Namespace) -> int:
 
     written = _with_bars(decompose, args.run_id, _store(args), prefix=args.prefix,
                          seed=args.control_seed, compute_dtype=args.compute_dtype,
-                         images_per_task=args.images_per_task, dask_address=args.dask_address)
+                         images_per_task=args.images_per_task, dask_address=args.dask_address,
+                         device=args.device)
     print(f"run {args.run_id} decomposed; results: {written['results']}")
     return 0
 
@@ -248,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the split-half and shuffle controls")
     s.add_argument("--compute-dtype", choices=("float32", "float64"), default="float32")
     s.add_argument("--images-per-task", type=int, help="images per dask task")
+    s.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda or cuda:K (auto: CUDA when seen, the CPU on a cluster)")
     s.add_argument("--dask-address", help="run on an existing Dask cluster")
     _add_store(s)
     s.set_defaults(fn=cmd_decompose)

@@ -260,6 +260,22 @@ def _pretrained_file(name: str) -> str:
     raise WeightsUnavailableError(msg + f"the download failed ({', '.join(errors)})" + alt)
 
 
+def resolve_device(device: str) -> str:
+    """The torch device a task runs on: ``auto`` is CUDA when torch sees one, else the CPU.
+
+    Raises:
+        ValueError: ``device`` is not auto, cpu, cuda or cuda:K, or asks for CUDA where there
+            is none.
+    """
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:K; got {device!r}")
+    return device
+
+
 def load_model(
     name: str,
     weights: str = "pretrained",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 from storebuilder import build_run, random_run_arrays
 
@@ -42,6 +43,31 @@ def test_site_layer_equals_analyze_for_any_dask_chunking(run, images_per_task):
         np.testing.assert_allclose(ds[name], ref[name], rtol=1e-6, err_msg=name)
     np.testing.assert_array_equal(ds.head_type, ref.head_type)
     assert ds.attrs["n_images"] == acts["attn_in"].shape[1] - len(SKIPPED)
+
+
+@pytest.mark.parametrize("device", [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                  reason="no CUDA device")),
+])
+def test_device_option_equals_analyze(run, device):
+    store, rid, acts, qkv, H = run
+    ds = decompose_site_layer(str(store.root), rid, "attn_in", 0, DecomposeOptions(device=device))
+    _, ref = expected(acts, qkv, H, "attn_in", 0)
+    for name in ("energy", "sigma", "mode_energy", "frac_pos", "ss_total", "pos"):
+        np.testing.assert_allclose(ds[name], ref[name], rtol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize(("device", "message"), [
+    ("tpu", "device must be auto, cpu, cuda or cuda:K; got 'tpu'"),
+    pytest.param("cuda", "asked for, but torch sees no CUDA device",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here")),
+])
+def test_bad_device_is_one_line_error(run, device, message):
+    store, rid, *_ = run
+    with pytest.raises(ValueError, match=message) as err:
+        decompose_site_layer(str(store.root), rid, "resid", 0, DecomposeOptions(device=device))
+    assert "\n" not in str(err.value)
 
 
 def test_chunkings_agree_exactly_on_random_controls(run):

@@ -37,7 +37,8 @@ def audit(
         workers: local extraction workers (processes when > 1).
         dask_address: run extraction shards and decomposition graphs on this Dask cluster.
         gpu_resources: ask the cluster for one ``GPU`` resource per shard task.
-        decompose_options: keyword options of the ``decompose`` flow (prefix, seed, ...).
+        decompose_options: keyword options of the ``decompose`` flow (prefix, seed, ...);
+            its ``device`` is the extraction's unless given.
 
     Returns:
         The run id and the paths written.
@@ -45,5 +46,6 @@ def audit(
     root = store_root(store)
     runner = task_runner(workers, dask_address)
     run_id = extract.with_options(task_runner=runner)(config, root, gpu_resources)
-    written = decompose(run_id, root, dask_address=dask_address, **(decompose_options or {}))
+    options = {"device": config.get("device", "auto"), **(decompose_options or {})}
+    written = decompose(run_id, root, dask_address=dask_address, **options)
     return {"run_id": run_id, "store": root, **written}

@@ -20,6 +20,7 @@ def decompose(
     compute_dtype: str = "float32",
     images_per_task: int | None = None,
     dask_address: str | None = None,
+    device: str = "auto",
 ) -> dict[str, str]:
     """Decompose every extracted (site, layer) of a run and publish the results.
 
@@ -31,6 +32,7 @@ def decompose(
         compute_dtype: pass-2 projection dtype.
         images_per_task: images per dask task; the stored chunks when None.
         dask_address: run the dask graphs on this cluster instead of local threads.
+        device: where the passes run: auto (CUDA when seen; the CPU on a cluster), cpu, cuda.
 
     Returns:
         What was written, by name (results group and table files).
@@ -38,7 +40,7 @@ def decompose(
     logger = get_run_logger()
     root = str(Store(store).root) if store else str(default_store().root)
     options = DecomposeOptions(prefix=prefix, seed=seed, compute_dtype=compute_dtype,
-                               images_per_task=images_per_task)
+                               images_per_task=images_per_task, device=device)
     acts = open_activations(Store(root), run_id)
     sites = [s for s in ("attn_in", "resid") if s in acts.data_vars]
     layers = [int(v) for v in acts.layer.values]

@@ -10,8 +10,9 @@ from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 
 from bfd.flows import progress
+from bfd.models import resolve_device
 from bfd.storage import Store, completed_shards, default_store
-from bfd.tasks.extract import ExtractConfig, resolve_device
+from bfd.tasks.extract import ExtractConfig
 from bfd.tasks.prefect_tasks import extract_shard_task, prepare_run_task
 
 

@@ -10,6 +10,7 @@ from operator import add
 
 import dask
 import numpy as np
+import torch
 import xarray as xr
 from dask.delayed import Delayed, delayed
 
@@ -25,6 +26,7 @@ from bfd.core import (
     to_dataset,
 )
 from bfd.core.dataset import SCALARS
+from bfd.models import resolve_device
 from bfd.storage import Store, open_activations, read_image_manifest, read_model_tensors
 
 STAGE1_VARS = (*SCALARS, "pos", "mu", "pos_embed_cos")
@@ -40,6 +42,9 @@ class DecomposeOptions:
         compute_dtype: dtype of the pass-2 projection ("float32" or "float64").
         images_per_task: images per dask task (None: the stored chunks).
         check_images: images that get the 9-block logit reconstruction check.
+        device: where both passes run: "cpu", "cuda", "cuda:K", or "auto" (CUDA when the
+            process running the (site, layer) task sees one; on a ``--dask-address`` cluster
+            the CPU, since the chunks run on workers that may have no GPU).
     """
 
     prefix: str = "exclude"
@@ -47,6 +52,7 @@ class DecomposeOptions:
     compute_dtype: str = "float32"
     images_per_task: int | None = None
     check_images: int = 2
+    device: str = "auto"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,8 +73,13 @@ def _tree_sum(parts: Sequence[Delayed]) -> Delayed:
     return parts[0]
 
 
+def _pass1(x: np.ndarray, index: np.ndarray, device: str, **kw):
+    return pass1_chunk(torch.from_numpy(x).to(device), index, **kw)
+
+
 def _pass2(plan: Pass2Plan, x: np.ndarray, index: np.ndarray, prefix_tokens: int, prefix: str):
-    return plan.chunk(prepare_chunk(x, prefix_tokens, prefix), index)
+    return plan.chunk(prepare_chunk(torch.from_numpy(x).to(plan.device), prefix_tokens, prefix),
+                      index)
 
 
 @contextlib.contextmanager
@@ -94,13 +105,17 @@ def decompose_site_layer(
 ) -> xr.Dataset:
     """Every METHOD.md quantity of one (site, layer): Stage 1 everywhere, Stage 2 at
     ``attn_in``. Both passes run as dask graphs over the stored chunks."""
+    device = ("cpu" if dask_address is not None and options.device == "auto"
+              else resolve_device(options.device))
     store = Store(store_root)
     acts = open_activations(store, run_id)
     if site not in acts:
         raise ValueError(f"site {site!r} was not extracted in run {run_id}; it has "
                          f"{[v for v in acts.data_vars]}")
     prefix_tokens = int((acts.token_type.values != "patch").sum())
-    tensors = read_model_tensors(store, run_id)
+    want_cos = site == "resid" and layer == 0 and options.prefix == "exclude"
+    # the weights are read only where they are used: Stage 2 and the pos_embed cosine
+    tensors = read_model_tensors(store, run_id) if site == "attn_in" or want_cos else None
     maps = None
     if site == "attn_in":
         maps = head_maps(tensors.qkv_weight.sel(layer=layer).values,
@@ -117,19 +132,19 @@ def decompose_site_layer(
     kw = dict(prefix_tokens=prefix_tokens, prefix=options.prefix)
 
     with dask_scheduler(dask_address) as scheduler:
-        p1 = _tree_sum([delayed(pass1_chunk)(b, indices[lo:hi], seed=options.seed, **kw)
+        p1 = _tree_sum([delayed(_pass1)(b, indices[lo:hi], device, seed=options.seed, **kw)
                         for b, lo, hi in blocks])
         (p1,) = dask.compute(p1, **scheduler)
         means = finalize_means(p1)
         modes = bi_orthogonal_modes(maps) if maps is not None else None
-        plan = Pass2Plan(means, maps, modes, options.compute_dtype,
+        plan = Pass2Plan(means, maps, modes, options.compute_dtype, device,
                          check_images=options.check_images)
         p2 = _tree_sum([delayed(_pass2)(plan, b, indices[lo:hi], **kw) for b, lo, hi in blocks])
         (p2,) = dask.compute(p2, **scheduler)
 
     ds = to_dataset(summarize(means, p2, modes))
     cos = np.nan
-    if site == "resid" and layer == 0 and "pos_embed" in tensors and options.prefix == "exclude":
+    if want_cos and "pos_embed" in tensors:
         cos = pos_embed_cosine(ds.pos.values, tensors.pos_embed.values)
     ds["pos_embed_cos"] = ((), cos)
     ds.attrs = {"site": site, "layer": int(layer), "n_images": int(len(indices))}
