@@ -16,6 +16,7 @@ import io
 import json
 import math
 import re
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -306,35 +307,58 @@ def _load_one(
         return str(e)
 
 
+def _groups(n: int, batch_size: int, align: int | None) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` of consecutive groups of at most ``batch_size`` that never cross a
+    multiple of ``align``."""
+    span = align or n or 1
+    for chunk in range(0, n, span):
+        end = min(chunk + span, n)
+        for start in range(chunk, end, batch_size):
+            yield start, min(start + batch_size, end)
+
+
 def iter_batches(
     records: Sequence[ImageRecord],
     transform: Callable[[Image.Image], torch.Tensor],
     batch_size: int,
     num_workers: int = 0,
+    align: int | None = None,
+    prefetch: int = 2,
 ) -> Iterator[Batch]:
     """Decode and transform ``records`` in consecutive groups of ``batch_size``; never raises
     for a bad image.
 
     Groups follow the record order, so a caller that passes the records of one store chunk
-    gets batches aligned to it. Each yielded ``Batch`` holds the images of the group that
-    decoded and the reasons of those that did not.
+    (or several, with ``align`` the chunk size) gets batches aligned to its chunks. Each
+    yielded ``Batch`` holds the images of the group that decoded and the reasons of those that
+    did not.
 
     Args:
         records: From ``list_images`` (any subset, any order).
         transform: PIL RGB image -> (3, H, W) tensor, e.g. ``bfd.models.transform(model)``.
         batch_size: Records per group.
         num_workers: Decoding threads (PIL releases the GIL while decoding); 0 decodes inline.
+        align: When given, no group crosses a multiple of ``align`` records (counted from the
+            first): a group ends early there.
+        prefetch: With threads, groups decoded ahead of the one being consumed, so that
+            decoding overlaps whatever the caller does with a batch (a forward, a write).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer; got {batch_size}")
+    if align is not None and align < 1:
+        raise ValueError(f"align must be a positive integer; got {align}")
+    groups = [records[a:b] for a, b in _groups(len(records), batch_size, align)]
     pool = ThreadPoolExecutor(num_workers) if num_workers > 0 else None
     try:
-        for start in range(0, len(records), batch_size):
-            group = records[start:start + batch_size]
+        pending: deque[list] = deque()
+        for k, group in enumerate(groups):
             if pool is None:
                 loaded = [_load_one(r, transform) for r in group]
             else:
-                loaded = list(pool.map(lambda r: _load_one(r, transform), group))
+                while len(pending) <= min(prefetch, len(groups) - 1 - k):
+                    ahead = groups[k + len(pending)]
+                    pending.append([pool.submit(_load_one, r, transform) for r in ahead])
+                loaded = [f.result() for f in pending.popleft()]
             good = [(r.index, t) for r, t in zip(group, loaded, strict=True)
                     if isinstance(t, torch.Tensor)]
             errors = [(r.index, t) for r, t in zip(group, loaded, strict=True)

@@ -123,6 +123,23 @@ def test_iter_batches_never_raises_and_keeps_slots(odd_folder) -> None:
         next(I.iter_batches(records, _to_tensor, batch_size=0))
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("prefetch", [0, 1, 5])
+def test_iter_batches_align_and_prefetch_keep_order(odd_folder, workers, prefetch) -> None:
+    records = I.list_images(str(odd_folder))  # 11 records
+    batches = list(I.iter_batches(records, _to_tensor, batch_size=4, num_workers=workers,
+                                  align=6, prefetch=prefetch))
+    slots = [sorted([*b.indices, *(i for i, _ in b.errors)]) for b in batches]
+    # groups of at most 4 that restart at record 6: 0-3, 4-5, 6-9, 10
+    assert slots == [[0, 1, 2, 3], [4, 5], [6, 7, 8, 9], [10]]
+    plain = list(I.iter_batches(records, _to_tensor, batch_size=4, align=6))
+    for a, b in zip(batches, plain, strict=True):
+        assert a.indices == b.indices and a.errors == b.errors
+        assert torch.equal(a.images, b.images)
+    with pytest.raises(ValueError, match="align must be a positive integer; got 0"):
+        next(I.iter_batches(records, _to_tensor, batch_size=4, align=0))
+
+
 def test_changed_file_is_skipped(odd_folder) -> None:
     records = I.list_images(str(odd_folder))
     Image.new("L", (9, 7), 78).save(odd_folder / "gray.png")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -107,16 +109,6 @@ def resolve_layers(layers: str | tuple[int, ...] | list[int], depth: int) -> tup
     return out
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:K; got {device!r}")
-    return device
-
-
 def prepare_run(store_root: str, cfg: ExtractConfig) -> RunPlan:
     """Describe the model and images, fix the run id, write the store's template, request,
     image manifest and model tensors (all idempotent), and list the shards still to do."""
@@ -204,7 +196,7 @@ def extract_shard(
     """
     t0 = time.perf_counter()
     store = Store(store_root)
-    device = resolve_device(cfg.device)
+    device = models.resolve_device(cfg.device)
     model, info = _cached_model(cfg.model, cfg.weights, cfg.img_size, cfg.seed, device)
     transform = models.transform(model)
     recs = [imgs.ImageRecord(**r) for r in records]
@@ -217,25 +209,35 @@ def extract_shard(
     capture_dtype = torch.float32 if device == "cpu" else getattr(torch, cfg.dtype)
     errors: dict[int, str] = {}
     ipc = cfg.images_per_chunk
-    for lo in range(0, n, ipc):
-        chunk = recs[lo:lo + ipc]
-        for batch in imgs.iter_batches(chunk, transform, cfg.batch_size, cfg.decode_workers):
+    # Decoding runs ahead in threads (iter_batches prefetch) and each finished chunk is
+    # written by a writer thread while the next chunk's forward runs: the three stages
+    # overlap. Batches still never cross a chunk, so the batch composition is unchanged.
+    batches = imgs.iter_batches(recs, transform, cfg.batch_size, cfg.decode_workers, align=ipc)
+    writes = []
+    with closing(batches), ThreadPoolExecutor(1, thread_name_prefix="bfd-write") as writer:
+        written = seen = 0  # shard offsets: handed to the writer, and forwarded so far
+        for batch in batches:
             errors.update(batch.errors)
-            if not batch.indices:
-                continue
-            with _autocast(device, cfg.autocast):
-                acts = models.forward_capture(model, batch.images, layers, cfg.sites,
-                                              dtype=capture_dtype)
-            first, k = batch.indices[0] - shard.start, len(batch.indices)
-            contiguous = batch.indices[-1] - batch.indices[0] + 1 == k
-            for site, a in acts.items():
-                dst = torch.from_numpy(out[site])
-                if contiguous:
-                    dst[:, first:first + k].copy_(a)
-                else:
-                    dst[:, torch.as_tensor(batch.indices) - shard.start] = a.to(dst.dtype)
-    for site, a in out.items():
-        write_shard(store, run_id, site, shard.start, shard.stop, a)
+            seen += len(batch.indices) + len(batch.errors)
+            if batch.indices:
+                with _autocast(device, cfg.autocast):
+                    acts = models.forward_capture(model, batch.images, layers, cfg.sites,
+                                                  dtype=capture_dtype)
+                first, k = batch.indices[0] - shard.start, len(batch.indices)
+                contiguous = batch.indices[-1] - batch.indices[0] + 1 == k
+                for site, a in acts.items():
+                    dst = torch.from_numpy(out[site])
+                    if contiguous:
+                        dst[:, first:first + k].copy_(a)
+                    else:
+                        dst[:, torch.as_tensor(batch.indices) - shard.start] = a.to(dst.dtype)
+            if seen == n or seen % ipc == 0:  # the batch closed a chunk: write it
+                writes += [writer.submit(write_shard, store, run_id, site, shard.start + written,
+                                         shard.start + seen, a[:, written:seen])
+                           for site, a in out.items()]
+                written = seen
+        for w in writes:
+            w.result()  # a failed write fails the shard before it is marked done
     mark_shard_done(store, run_id, shard, [
         ImageRecord(r.index, r.id, r.sha256, "skipped" if r.index in errors else "ok",
                     errors.get(r.index))
