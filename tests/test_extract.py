@@ -179,13 +179,14 @@ def test_prefix_grid_coords_and_model_tensors(prefect_harness, tmp_path, name, i
 
 
 @pytest.mark.slow
-def test_one_or_two_workers_and_any_shard_size_give_the_same_bits(prefect_harness, tmp_path,
-                                                                   mixed_folder):
+def test_one_two_or_four_workers_and_any_shard_size_give_the_same_bits(prefect_harness,
+                                                                        tmp_path, mixed_folder):
     kw = {"images": str(mixed_folder), "n_images": None, "layers": (0, 5), "batch_size": 32,
-          "images_per_chunk": 8}
+          "images_per_chunk": 4}
     runs = {
-        "1 worker, shards of 8": (1, 8),
+        "1 worker, shards of 4": (1, 4),
         "2 workers, shards of 8": (2, 8),
+        "4 workers, shards of 4": (4, 4),
         "1 worker, one shard of 16": (1, 16),
     }
     got, rids = {}, set()
@@ -197,7 +198,7 @@ def test_one_or_two_workers_and_any_shard_size_give_the_same_bits(prefect_harnes
         assert len(markers(store, rid)) == 16 // per_shard
     assert len(rids) == 1  # the shard size is not part of the run's identity
     bad = bad_indices(mixed_folder)
-    first = got["1 worker, shards of 8"]
+    first = got["1 worker, shards of 4"]
     assert all(np.isnan(first[s][:, bad]).all() for s in SITES)
     assert all(np.isfinite(np.delete(first[s], bad, axis=1)).all() for s in SITES)
     for label, a in got.items():
