@@ -160,7 +160,20 @@ def cmd_decompose(args: argparse.Namespace) -> int:
                          images_per_task=args.images_per_task, dask_address=args.dask_address,
                          device=args.device)
     print(f"run {args.run_id} decomposed; results: {written['results']}")
+    _cache_catalog(_store(args))
     return 0
+
+
+def _cache_catalog(store: str) -> None:
+    """Builds the SQL catalog's snapshot of the new tables now, so that the first query or
+    dashboard after this command need not; the results are written whatever happens here."""
+    from bfd.queries import refresh_catalog
+
+    try:
+        refresh_catalog(store)
+    except Exception as err:  # noqa: BLE001 - a cache; the next query builds it
+        print(f"bfd: warning: the SQL catalog was not cached ({err}); the next query builds it",
+              file=sys.stderr)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -159,3 +160,23 @@ def test_failed_commands_lose_nothing(extracted, capsys):
     for site, a in before["acts"].items():
         assert np.array_equal(after["acts"][site], a), site
     assert json.loads((store.run_dir(rid) / "request.json").read_text())["run_id"] == rid
+
+
+@pytest.mark.slow
+def test_decompose_publishes_and_caches_the_catalog(extracted, tmp_path, capsys):
+    store, rid = extracted
+    root = tmp_path / "store"
+    shutil.copytree(store.root, root)  # the module's store stays as test_failed_* expects it
+    code, out, err = run(["decompose", rid, "--store", str(root), "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert f"run {rid} decomposed" in out and "warning" not in err
+    snapshots = list((root / "catalog").glob("*.duckdb"))
+    assert len(snapshots) == 1
+    before = snapshots[0].stat()
+    code, out, _ = run(["runs", "--store", str(root)], capsys)
+    assert code == 0 and rid in out
+    after = snapshots[0].stat()  # the query attached the cached snapshot, it built nothing
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    code, _, err = run(["decompose", rid, "--store", str(root), "--device", "tpu"], capsys)
+    assert_one_line_error(code, err, "device must be auto, cpu, cuda or cuda:K")
+

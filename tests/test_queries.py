@@ -8,6 +8,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
+import os
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +31,7 @@ from bfd.queries import (
     run_query,
     run_sql,
 )
+from bfd.queries.catalog import CATALOG_DIR, refresh_catalog
 
 BLOCKS = ("pp", "pc", "cp", "cc")
 TYPE_NAMES = {"pp": "position-position", "cp": "content-position", "cc": "content-content"}
@@ -374,6 +380,181 @@ def test_missing_store_is_a_clear_error(tmp_path):
         connect(tmp_path / "nowhere")
 
 
+# --- cached snapshots (<store>/catalog/) ------------------------------------------------------
+
+
+def catalog_entries(root: Path) -> list[str]:
+    """Names in the store's catalog folder, hidden build folders included."""
+    return sorted(os.listdir(root / CATALOG_DIR))
+
+
+def the_snapshot(root: Path) -> Path:
+    (name,) = catalog_entries(root)
+    assert name.endswith(".duckdb")
+    return root / CATALOG_DIR / name
+
+
+def identity(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def latest(con: duckdb.DuckDBPyConnection) -> list[tuple]:
+    return con.sql("SELECT model, run_id, n_images FROM latest_runs ORDER BY model").fetchall()
+
+
+def test_second_connect_reuses_the_snapshot(store):
+    root, _ = store
+    first = connect(root)
+    snap = the_snapshot(root)
+    before = identity(snap)
+    heads = first.sql("SELECT * FROM heads ORDER BY ALL").fetchall()
+    second = connect(root)
+    assert the_snapshot(root) == snap and identity(snap) == before  # not rebuilt
+    assert second.sql("SELECT * FROM heads ORDER BY ALL").fetchall() == heads
+    # Float sums may differ in the last bits between runs (DuckDB adds in parallel).
+    summaries = [rows(run_query(con, "model_summary")) for con in (first, second)]
+    for a, b in zip(*summaries, strict=True):
+        assert a.keys() == b.keys()
+        for key, value in a.items():
+            if isinstance(value, float):
+                assert_close(b[key], value)
+            else:
+                assert b[key] == value, key
+    assert refresh_catalog(root) == snap and identity(snap) == before
+
+
+def test_new_replaced_or_removed_table_file_gives_a_new_snapshot(store):
+    root, runs = store
+    con = connect(root)
+    assert latest(con) == [("vit_a", "a-new", 200), ("vit_b", "b-1", 50)]
+    old = the_snapshot(root)
+
+    # A new run: its files are new in the listing.
+    newer = PlantedRun(
+        "b-2", "vit_b", _utc(2025, 4, 1), "complete", 70,
+        runs["b-1"].energy * 2, runs["b-1"].frac_pos, None,
+    )  # fmt: skip
+    write_run(root, newer)
+    added = connect(root)
+    assert latest(added) == [("vit_a", "a-new", 200), ("vit_b", "b-2", 70)]
+    assert added.sql("SELECT count(*) FROM heads WHERE run_id = 'b-2'").fetchall() == [(18,)]
+    assert not old.exists()
+    old = the_snapshot(root)
+    # The connection opened before keeps its own snapshot, though its file is gone.
+    assert latest(con) == [("vit_a", "a-new", 200), ("vit_b", "b-1", 50)]
+
+    # A file replaced atomically (docs/layout.md), here by one of the same size.
+    path = root / "tables" / "runs" / "model=vit_b" / "run_id=b-2" / "part-0.parquet"
+    table = pq.read_table(path)
+    table = table.set_column(
+        table.schema.get_field_index("n_images"), "n_images", pa.array([71], pa.int64())
+    )
+    temporary = path.with_name(".part-0.parquet.tmp")
+    pq.write_table(table, temporary)
+    assert temporary.stat().st_size == path.stat().st_size
+    os.replace(temporary, path)
+    assert latest(connect(root)) == [("vit_a", "a-new", 200), ("vit_b", "b-2", 71)]
+    assert not old.exists()
+    old = the_snapshot(root)
+
+    # A file removed.
+    path.unlink()
+    assert latest(connect(root)) == [("vit_a", "a-new", 200), ("vit_b", "b-1", 50)]
+    assert not old.exists()
+    the_snapshot(root)
+
+    # refresh_catalog builds ahead of the next connect, which then reuses its file.
+    write_run(root, newer)
+    snap = refresh_catalog(root)
+    assert snap == the_snapshot(root) and snap.parent == root / CATALOG_DIR
+    before = identity(snap)
+    assert latest(connect(root)) == [("vit_a", "a-new", 200), ("vit_b", "b-2", 70)]
+    assert identity(snap) == before
+
+
+def test_unreadable_snapshot_is_rebuilt(store):
+    root, _ = store
+    connect(root).close()
+    snap = the_snapshot(root)
+    snap.write_bytes(b"not a duckdb file" * 100)
+    assert latest(connect(root)) == [("vit_a", "a-new", 200), ("vit_b", "b-1", 50)]
+    assert the_snapshot(root) == snap and snap.read_bytes()[8:12] == b"DUCK"
+
+
+def test_stale_build_folders_are_removed(store):
+    root, _ = store
+    stale = root / CATALOG_DIR / ".build-dead"
+    fresh = root / CATALOG_DIR / ".build-concurrent"
+    for folder in (stale, fresh):
+        folder.mkdir(parents=True)
+        (folder / "x.duckdb").write_bytes(b"half-written")
+    hours_ago = time.time() - 2 * 3600
+    os.utime(stale, (hours_ago, hours_ago))
+    connect(root).close()
+    names = catalog_entries(root)
+    assert ".build-dead" not in names and ".build-concurrent" in names and len(names) == 2
+
+
+def test_concurrent_connects_share_one_snapshot(store):
+    root, _ = store
+    start = threading.Barrier(4)
+
+    def one(_: int) -> list[tuple]:
+        start.wait()
+        con = connect(root)
+        try:
+            return latest(con)
+        finally:
+            con.close()
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(one, range(4)))
+    assert results == [[("vit_a", "a-new", 200), ("vit_b", "b-1", 50)]] * 4
+    the_snapshot(root)  # exactly one file, no build folder left
+
+
+@pytest.mark.parametrize("how", ["catalog-is-a-file", "read-only-store"])
+def test_unwritable_store_gets_a_private_snapshot(store, tmp_path, monkeypatch, how):
+    root, _ = store
+    private = tmp_path / "private-tmp"
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    if how == "read-only-store":
+        if os.geteuid() == 0:
+            pytest.skip("root writes to a read-only folder; see catalog-is-a-file")
+        root.chmod(0o555)
+    else:
+        (root / CATALOG_DIR).write_text("not a folder")
+    try:
+        before = snapshot(root)
+        con = connect(root)
+        assert latest(con) == [("vit_a", "a-new", 200), ("vit_b", "b-1", 50)]
+        with pytest.raises(duckdb.Error, match="read-only mode"):
+            con.execute("UPDATE heads SET f_pp = 0")
+        assert refresh_catalog(root) is None
+        assert snapshot(root) == before
+        assert list(private.iterdir()) == []
+    finally:
+        root.chmod(0o755)
+
+
+def test_read_only_store_uses_an_up_to_date_snapshot(store):
+    root, _ = store
+    if os.geteuid() == 0:
+        pytest.skip("root writes to a read-only folder")
+    snap = refresh_catalog(root)
+    before = identity(snap)
+    root.chmod(0o555)
+    (root / CATALOG_DIR).chmod(0o555)
+    try:
+        assert latest(connect(root)) == [("vit_a", "a-new", 200), ("vit_b", "b-1", 50)]
+        assert identity(snap) == before
+    finally:
+        (root / CATALOG_DIR).chmod(0o755)
+        root.chmod(0o755)
+
+
 # --- parameters -------------------------------------------------------------------------------
 
 
@@ -441,10 +622,18 @@ def test_run_sql_refuses_statements_that_change_anything(store, sql, kind):
     assert snapshot(root) == before
 
 
-def test_raw_connection_cannot_change_results_or_write_files(store, tmp_path):
+@pytest.mark.parametrize("catalog", ["built", "cached", "private"])
+def test_raw_connection_cannot_change_results_or_write_files(store, tmp_path, catalog):
     root, _ = store
-    before = snapshot(root)
+    if catalog == "cached":
+        connect(root).close()
+    elif catalog == "private":  # the store cannot hold a snapshot
+        (root / CATALOG_DIR).write_text("not a folder")
     con = connect(root)
+    if catalog != "private":
+        assert the_snapshot(root).is_file()
+    # After connect, which may add the snapshot itself: nothing changes from here on.
+    before = snapshot(root)
     target = root / "tables" / "heads" / "model=vit_a" / "run_id=a-new" / "part-0.parquet"
     for sql in [
         "UPDATE heads SET f_pp = 0",
