@@ -47,7 +47,6 @@ import torch  # noqa: E402
 
 from bfd.core.summary import BLOCKS, HEAD_TYPES  # noqa: E402
 from bfd.models import resolve_device  # noqa: E402
-from bfd.queries import connect, run_query  # noqa: E402
 from bfd.storage import Store, open_activations, write_table  # noqa: E402
 from bfd.tasks.decompose import DecomposeOptions, decompose_site_layer  # noqa: E402
 
@@ -216,6 +215,8 @@ def time_query(root: Path, runs: int, layers: int, n_images: int,
                reps: int) -> dict[str, float]:
     """``root`` holds ``runs - 1`` runs; each cold rep adds a new one as the last (removing
     the previous rep's), so every figure is taken over ``runs`` runs."""
+    from bfd.queries import connect, run_query  # here: (a) and (b) need no duckdb
+
     params = {"model_a": MODELS[0], "model_b": MODELS[1]}
     store, rng = Store(root), np.random.default_rng(3)
     t0 = datetime(2027, 1, 1, tzinfo=UTC)

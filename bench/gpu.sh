@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The prepared device-machine check: GPU extraction against a CPU forward, then the core and
-# extraction benchmarks on CUDA. The device image has torch/timm/xarray but not zarr/dask:
+# The prepared device-machine check: GPU extraction against a CPU forward, then the core,
+# extraction and decomposition benchmarks on CUDA. The device image has torch/timm/xarray but not zarr/dask:
 # carry them as wheels in .whl (see the device tool's README), then from the repo root:
 #   bash bench/gpu.sh   (writes its outputs under $OUT when set)
 set -uo pipefail
@@ -14,3 +14,5 @@ python3 bench/core.py --device cuda --n 1024 --brute-n 4 2>&1 | tee "$out/core_c
 timeout 300 python3 bench/extract.py --device cuda --no-flow --n-images 512 --batch-size 64 \
   --decode-workers 8 --reps 2 --stages 2>&1 \
   | tee "$out/extract_cuda.txt"
+timeout 240 python3 bench/decompose.py --device cuda --skip b,c --n 512 --reps 2 2>&1 \
+  | tee "$out/decompose_cuda.txt"

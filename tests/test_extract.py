@@ -30,6 +30,7 @@ from bfd.storage import (
     read_model_tensors,
     read_request,
 )
+from bfd.tasks import extract as extract_tasks
 from bfd.tasks.extract import ExtractConfig, prepare_run
 
 # timm's own test ViT (width 64, depth 6, 2 heads, patch 16): at 32 px, 1 cls + 2x2 patches.
@@ -268,6 +269,27 @@ def test_bad_images_keep_nan_slots_and_are_reported(prefect_harness, tmp_path, m
         else:
             assert (m.status, m.error) == ("ok", None), m
             assert all(np.isfinite(acts[s][:, m.index]).all() for s in SITES)
+
+
+def test_overlapped_stages_store_the_same_bits(tmp_path, mixed_folder, monkeypatch):
+    """The GPU path (decoding ahead, chunks written by a writer thread during the next
+    forward), run on the CPU, stores what the CPU's stage-by-stage path stores."""
+    cfg = ExtractConfig(**config(images=str(mixed_folder), n_images=None, layers=(0, 5),
+                                 images_per_shard=8))
+    got = {}
+    for overlap in (False, True):
+        monkeypatch.setattr(extract_tasks, "_overlaps", lambda device, o=overlap: o)
+        store = Store(tmp_path / f"overlap-{overlap}")
+        plan = prepare_run(str(store.root), cfg)
+        for shard in plan.shards:  # 2 shards of 2 chunks, with bad images in both
+            extract_tasks.extract_shard(str(store.root), plan.run_id, cfg, shard, plan.layers,
+                                        list(plan.records[shard.start:shard.stop]))
+        got[overlap] = (arrays(store, plan.run_id), read_image_manifest(store, plan.run_id))
+    (plain, plain_manifest), (overlapped, overlapped_manifest) = got[False], got[True]
+    assert overlapped_manifest == plain_manifest
+    assert {m.status for m in plain_manifest} == {"ok", "skipped"}
+    for site in SITES:
+        assert np.array_equal(overlapped[site], plain[site], equal_nan=True), site
 
 
 @pytest.mark.parametrize(

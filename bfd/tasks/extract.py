@@ -177,6 +177,11 @@ def _autocast(device: str, mode: str):
     return torch.autocast("cuda", dtype=torch.bfloat16 if mode == "bf16" else torch.float16)
 
 
+def _overlaps(device: str) -> bool:
+    """Whether a shard's decoding, forwards and writes run side by side (see extract_shard)."""
+    return device != "cpu"
+
+
 def extract_shard(
     store_root: str,
     run_id: str,
@@ -209,10 +214,14 @@ def extract_shard(
     capture_dtype = torch.float32 if device == "cpu" else getattr(torch, cfg.dtype)
     errors: dict[int, str] = {}
     ipc = cfg.images_per_chunk
-    # Decoding runs ahead in threads (iter_batches prefetch) and each finished chunk is
-    # written by a writer thread while the next chunk's forward runs: the three stages
-    # overlap. Batches still never cross a chunk, so the batch composition is unchanged.
-    batches = imgs.iter_batches(recs, transform, cfg.batch_size, cfg.decode_workers, align=ipc)
+    # On a GPU the host is idle during a forward: decoding runs ahead in threads
+    # (iter_batches prefetch) and a writer thread writes each finished chunk while the next
+    # chunk's forward runs. On the CPU the forward already keeps every core busy, and work
+    # beside it only slows its threads down (bench/extract.py), so the stages take turns.
+    # Either way batches never cross a chunk, so the batch composition is the same.
+    overlap = _overlaps(device)
+    batches = imgs.iter_batches(recs, transform, cfg.batch_size, cfg.decode_workers, align=ipc,
+                                prefetch=2 if overlap else 0)
     writes = []
     with closing(batches), ThreadPoolExecutor(1, thread_name_prefix="bfd-write") as writer:
         written = seen = 0  # shard offsets: handed to the writer, and forwarded so far
@@ -232,9 +241,12 @@ def extract_shard(
                     else:
                         dst[:, torch.as_tensor(batch.indices) - shard.start] = a.to(dst.dtype)
             if seen == n or seen % ipc == 0:  # the batch closed a chunk: write it
-                writes += [writer.submit(write_shard, store, run_id, site, shard.start + written,
-                                         shard.start + seen, a[:, written:seen])
-                           for site, a in out.items()]
+                for site, a in out.items():
+                    args = (store, run_id, site, shard.start + written, shard.start + seen,
+                            a[:, written:seen])
+                    writes.append(writer.submit(write_shard, *args))
+                    if not overlap:
+                        writes[-1].result()
                 written = seen
         for w in writes:
             w.result()  # a failed write fails the shard before it is marked done
