@@ -271,6 +271,17 @@ def test_bad_images_keep_nan_slots_and_are_reported(prefect_harness, tmp_path, m
             assert all(np.isfinite(acts[s][:, m.index]).all() for s in SITES)
 
 
+@pytest.mark.parametrize(("device", "name", "gpus", "expected"), [
+    ("cuda", 0, 4, "cuda:0"), ("cuda", 3, 4, "cuda:3"), ("cuda", 5, 4, "cuda:1"),
+    ("cuda", "2", 4, "cuda:2"),          # names as strings, e.g. from a config
+    ("cuda", "tcp://10.0.0.1:4242", 4, "cuda"),  # not a local worker number: as given
+    ("cuda", 3, 1, "cuda"),              # one GPU seen (CUDA_VISIBLE_DEVICES per worker)
+    ("cuda:2", 0, 4, "cuda:2"), ("cpu", 1, 4, "cpu"),  # an explicit choice is kept
+])
+def test_local_workers_take_one_gpu_each(device, name, gpus, expected):
+    assert extract_tasks.worker_device(device, name, gpus) == expected
+
+
 def test_overlapped_stages_store_the_same_bits(tmp_path, mixed_folder, monkeypatch):
     """The GPU path (decoding ahead, chunks written by a writer thread during the next
     forward), run on the CPU, stores what the CPU's stage-by-stage path stores."""

@@ -171,6 +171,35 @@ def _cached_model(name: str, weights: str, img_size: int | None, seed: int, devi
     return models.load_model(name, weights, img_size=img_size, seed=seed, device=device)
 
 
+def worker_device(device: str, worker_name: object = None, gpus: int | None = None) -> str:
+    """The GPU of this worker when ``device`` is plain ``cuda`` on a machine with several:
+    local worker processes (``--workers K``, Dask workers named 0..K-1) take
+    ``cuda:<name mod gpus>``, one GPU each. A worker that sees one GPU (e.g. given its own by
+    ``CUDA_VISIBLE_DEVICES``, as dask-cuda does), a worker without an integer name, and any
+    other device keep ``device``.
+
+    Args:
+        device: The resolved device of the run (``cpu``, ``cuda``, ``cuda:K``).
+        worker_name: The Dask worker's name; this process's worker when None.
+        gpus: GPUs this process sees; ``torch.cuda.device_count()`` when None.
+    """
+    if device != "cuda":
+        return device
+    gpus = torch.cuda.device_count() if gpus is None else gpus
+    if gpus <= 1:
+        return device
+    if worker_name is None:
+        try:
+            from distributed import get_worker
+
+            worker_name = get_worker().name
+        except (ImportError, ValueError):  # not inside a Dask worker
+            return device
+    if isinstance(worker_name, int) or (isinstance(worker_name, str) and worker_name.isdigit()):
+        return f"cuda:{int(worker_name) % gpus}"
+    return device
+
+
 def _autocast(device: str, mode: str):
     if mode == "none" or not device.startswith("cuda"):
         return torch.autocast("cpu", enabled=False)
@@ -201,7 +230,7 @@ def extract_shard(
     """
     t0 = time.perf_counter()
     store = Store(store_root)
-    device = models.resolve_device(cfg.device)
+    device = worker_device(models.resolve_device(cfg.device))
     model, info = _cached_model(cfg.model, cfg.weights, cfg.img_size, cfg.seed, device)
     transform = models.transform(model)
     recs = [imgs.ImageRecord(**r) for r in records]
