@@ -157,13 +157,16 @@ class Pass2Plan:
         cross = float((c.sum(0) * self.pos).sum())
         img = c.mean(1, keepdim=True)
         ss_img = T * _dot(img)
-        # (n, 2·H·dh, T): each head's projection comes out contiguous for the batched Grams
-        Z = torch.matmul(self.W_t, c.to(self.dtype).transpose(1, 2)).view(n, 2 * H, dh, T)
+        if H:
+            # (n, 2·H·dh, T): each head's projection comes out contiguous for the batched Grams
+            Z = torch.matmul(self.W_t, c.to(self.dtype).transpose(1, 2)).view(n, 2 * H, dh, T)
+            K = Z @ Z.transpose(-1, -2)
+            KK = (K[:, :H] * K[:, H:]).sum(0, dtype=torch.float64).cpu().numpy()
+            K_sum = K.sum(0, dtype=torch.float64).cpu().numpy()
+        else:  # Stage 1 only (the resid site): no heads to project on
+            KK = K_sum = np.zeros((0, 0, 0))
         c -= img
         ss_int = _dot(c)
-        K = Z @ Z.transpose(-1, -2)
-        KK = (K[:, :H] * K[:, H:]).sum(0, dtype=torch.float64)
-        K_sum = K.sum(0, dtype=torch.float64).cpu().numpy()
 
         residual = logit_residual(x_check, self.means, self.maps) if len(x_check) else np.nan
         return Pass2State(
@@ -175,7 +178,7 @@ class Pass2Plan:
             cross_pos_content=cross,
             K_q=K_sum[:H],
             K_k=K_sum[H:],
-            KK=KK.cpu().numpy(),
+            KK=KK,
             logit_residual=float(residual),
         )
 
