@@ -397,6 +397,25 @@ def test_zarr_part_on_fsspec_url(tmp_path: Path) -> None:
 # --- results -----------------------------------------------------------------------------
 
 
+def test_model_tensors_one_layer_reads_its_own_chunk(store: st.Store) -> None:
+    rng = np.random.default_rng(5)
+    qkv = rng.standard_normal((3, 12, 4)).astype(np.float32)
+    scale = np.array([0.5, 0.25, 0.125])
+    pos = rng.standard_normal((9, 4)).astype(np.float32)
+    st.write_model_tensors(store, "m-1", layers=[0, 5, 7], qkv_weight=qkv, attn_scale=scale,
+                           num_heads=2, pos_embed=pos)
+    whole = st.read_model_tensors(store, "m-1")
+    assert zarr.open_array(store.zarr_path, path="m-1/model/qkv_weight").chunks == (1, 12, 4)
+    one = st.read_model_tensors(store, "m-1", layer=5)
+    assert list(one.layer.values) == [5] and one.attrs["num_heads"] == 2
+    assert np.array_equal(one.qkv_weight.sel(layer=5).values, qkv[1])
+    assert float(one.attn_scale.sel(layer=5)) == 0.25
+    assert np.array_equal(one.pos_embed.values, pos)
+    xr.testing.assert_identical(one, whole.sel(layer=[5]))
+    with pytest.raises(ValueError, match=r"layer 3 is not among run m-1's layers \[0, 5, 7\]"):
+        st.read_model_tensors(store, "m-1", layer=3)
+
+
 def test_results_round_trip_keeps_activations(store: st.Store) -> None:
     _create(store)
     _fill_shard(str(store.root), st.plan_shards(N_IMAGES, IPC, IPS)[0], "float32")

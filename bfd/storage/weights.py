@@ -54,15 +54,24 @@ def write_model_tensors(
         data["pos_embed"] = (("patch", "dim"), np.asarray(pos_embed, dtype=np.float32))
     ds = xr.Dataset(data, coords={"layer": np.asarray(layers, dtype=np.int64)})
     ds.attrs["num_heads"] = int(num_heads)
+    # one chunk per layer: a decomposition task reads its own layer's weights only
     ds.to_zarr(store.zarr_path, group=_group(run_id), mode="w", zarr_format=3,
-               consolidated=False)
+               consolidated=False, encoding={"qkv_weight": {"chunks": (1, *qkv.shape[1:])}})
 
 
-def read_model_tensors(store: Store, run_id: str) -> xr.Dataset:
-    """The model tensors of a run, loaded (they are small).
+def read_model_tensors(store: Store, run_id: str, layer: int | None = None) -> xr.Dataset:
+    """The model tensors of a run, loaded: every layer's, or one layer's.
+
+    Args:
+        store: The store.
+        run_id: The run id.
+        layer: When given, only this block's ``qkv_weight`` and ``attn_scale`` (and
+            ``pos_embed``) are read, with a ``layer`` dim of length 1; all layers of a large
+            model weigh hundreds of MB.
 
     Raises:
         FileNotFoundError: If the run has none (its extraction never started).
+        ValueError: If ``layer`` is not one of the run's layers.
     """
     try:
         ds = xr.open_zarr(store.zarr_path, group=_group(run_id), consolidated=False,
@@ -71,4 +80,9 @@ def read_model_tensors(store: Store, run_id: str) -> xr.Dataset:
         raise FileNotFoundError(
             f"run {run_id} has no model tensors in {store.zarr_path}; extract it first"
         ) from e
+    if layer is not None:
+        stored = [int(v) for v in ds.layer.values]
+        if layer not in stored:
+            raise ValueError(f"layer {layer} is not among run {run_id}'s layers {stored}")
+        ds = ds.sel(layer=[layer])
     return ds.load()

@@ -115,7 +115,8 @@ def decompose_site_layer(
     prefix_tokens = int((acts.token_type.values != "patch").sum())
     want_cos = site == "resid" and layer == 0 and options.prefix == "exclude"
     # the weights are read only where they are used: Stage 2 and the pos_embed cosine
-    tensors = read_model_tensors(store, run_id) if site == "attn_in" or want_cos else None
+    tensors = (read_model_tensors(store, run_id, layer) if site == "attn_in" or want_cos
+               else None)
     maps = None
     if site == "attn_in":
         maps = head_maps(tensors.qkv_weight.sel(layer=layer).values,
