@@ -4,6 +4,7 @@ chunks of a run's Zarr arrays, one (site, layer) at a time, never loading a laye
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from operator import add
@@ -58,6 +59,14 @@ class DecomposeOptions:
         return asdict(self)
 
 
+@functools.lru_cache(maxsize=8)
+def _activations(store: Store, run_id: str) -> xr.Dataset:
+    """``open_activations``, once per process and run for its many (site, layer) tasks. Safe
+    to keep: a run's template never changes once written (its id hashes everything that
+    shapes it) and the chunks themselves are read at compute time."""
+    return open_activations(store, run_id)
+
+
 def ok_images(store: Store, run_id: str) -> np.ndarray:
     """Indices of the images whose activations were written (skipped and pending excluded)."""
     return np.array([r.index for r in read_image_manifest(store, run_id) if r.status == "ok"],
@@ -108,7 +117,7 @@ def decompose_site_layer(
     device = ("cpu" if dask_address is not None and options.device == "auto"
               else resolve_device(options.device))
     store = Store(store_root)
-    acts = open_activations(store, run_id)
+    acts = _activations(store, run_id)
     if site not in acts:
         raise ValueError(f"site {site!r} was not extracted in run {run_id}; it has "
                          f"{[v for v in acts.data_vars]}")
