@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The prepared device-machine check: GPU extraction against a CPU forward, then the core,
-# extraction and decomposition benchmarks on CUDA. The device image has torch/timm/xarray but not zarr/dask:
-# carry them as wheels in .whl (see the device tool's README), then from the repo root:
+# extraction and decomposition benchmarks on CUDA. The device image has torch but not all of
+# our needs: carry them as cp312 manylinux wheels in .whl (git-ignored; `pip download --no-deps`
+# as the device tool's README shows): zarr numcodecs donfig google-crc32c dask toolz partd
+# locket xarray timm fsspec. Then, from the repo root (run's carry: [".whl"]):
 #   bash bench/gpu.sh   (writes its outputs under $OUT when set)
 set -uo pipefail
 out=${OUT:-/tmp/bfd-gpu-out}; mkdir -p "$out"
