@@ -12,6 +12,8 @@ import contextlib
 import fnmatch
 import hashlib
 import os
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -362,6 +364,18 @@ class _StopForward(Exception):
     """Raised by the last capture hook: later blocks and the head are not needed."""
 
 
+# One lock per model: the capture hooks are registered on the model itself, so two captures
+# running at once on one model (shard tasks in threads of one worker sharing its cached model)
+# would each see the other's activations.
+_CAPTURE_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
+_LOCKS_LOCK = threading.Lock()
+
+
+def _capture_lock(model: nn.Module) -> threading.Lock:
+    with _LOCKS_LOCK:
+        return _CAPTURE_LOCKS.setdefault(model, threading.Lock())
+
+
 def forward_capture(
     model: nn.Module,
     images: torch.Tensor,
@@ -373,7 +387,8 @@ def forward_capture(
 
     ``attn_in`` is the input of ``blocks[l].attn.qkv`` (= ``norm1`` output), ``resid`` the input
     of ``blocks[l]``. The forward stops after the last needed capture. Hooks are removed even
-    when the forward fails.
+    when the forward fails. Captures on one model from several threads take turns: the hooks
+    live on the model, so overlapping forwards would see each other's activations.
 
     Args:
         model: A supported model in eval mode.
@@ -414,19 +429,20 @@ def forward_capture(
         return fn
 
     handles = []
-    try:
-        for l in layers:
-            block = model.blocks[l]
-            if "resid" in sites:
-                handles.append(block.register_forward_pre_hook(hook(("resid", l))))
-            if "attn_in" in sites:
-                handles.append(block.attn.qkv.register_forward_pre_hook(hook(("attn_in", l))))
-        param = next(model.parameters())
-        with torch.inference_mode(), contextlib.suppress(_StopForward):
-            model(images.to(param.device, param.dtype))
-    finally:
-        for h in handles:
-            h.remove()
+    with _capture_lock(model):
+        try:
+            for l in layers:
+                block = model.blocks[l]
+                if "resid" in sites:
+                    handles.append(block.register_forward_pre_hook(hook(("resid", l))))
+                if "attn_in" in sites:
+                    handles.append(block.attn.qkv.register_forward_pre_hook(hook(("attn_in", l))))
+            param = next(model.parameters())
+            with torch.inference_mode(), contextlib.suppress(_StopForward):
+                model(images.to(param.device, param.dtype))
+        finally:
+            for h in handles:
+                h.remove()
     return {s: torch.stack([store[(s, l)] for l in layers]).to(dtype).cpu() for s in sites}
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import huggingface_hub
 import pytest
@@ -93,6 +95,28 @@ def test_capture_order_stop_early_and_hook_cleanup(tiny) -> None:
     assert not model.blocks[0]._forward_pre_hooks
     assert not model.blocks[2]._forward_pre_hooks
     assert not model.blocks[2].attn.qkv._forward_pre_hooks
+
+
+def test_concurrent_captures_on_one_model_do_not_mix(tiny) -> None:
+    """Shard tasks in threads of one worker share its cached model (a Dask worker with
+    several threads): each capture must see only its own forward's activations."""
+    model, _ = tiny
+    gen = torch.Generator().manual_seed(3)
+    batches = [torch.randn(2, 3, 64, 64, generator=gen) for _ in range(8)]
+    layers, sites = [0, 2, 4], ["attn_in", "resid"]
+    expected = [M.forward_capture(model, b, layers, sites) for b in batches]
+    start = threading.Barrier(len(batches))
+
+    def capture(k: int) -> dict[str, torch.Tensor]:
+        start.wait()
+        return M.forward_capture(model, batches[k], layers, sites)
+
+    for _ in range(3):
+        with ThreadPoolExecutor(len(batches)) as pool:
+            got = list(pool.map(capture, range(len(batches))))
+        for g, e in zip(got, expected, strict=True):
+            for site in sites:
+                assert torch.equal(g[site], e[site]), site
 
 
 def test_capture_rejects_bad_arguments(tiny) -> None:
