@@ -282,6 +282,26 @@ def test_local_workers_take_one_gpu_each(device, name, gpus, expected):
     assert extract_tasks.worker_device(device, name, gpus) == expected
 
 
+def test_weights_file_changed_in_place_makes_a_new_run(tmp_path):
+    """The planner and the shard tasks share one loaded model per process; a weights file
+    rewritten in place must be loaded and hashed again, never served from that cache."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    store = Store(tmp_path / "store")
+    cfg = ExtractConfig(**config(weights=str(path), n_images=4, layers=(0,)))
+    plans, qkv = [], []
+    for seed in (1, 2):
+        src, _ = models.load_model(TINY, "random", img_size=32, seed=seed)
+        save_file({k: v.contiguous() for k, v in src.state_dict().items()}, path)
+        plans.append(prepare_run(str(store.root), cfg))
+        qkv.append(src.blocks[0].attn.qkv.weight.detach().numpy())
+        stored = read_model_tensors(store, plans[-1].run_id).qkv_weight.values[0]
+        assert np.array_equal(stored, qkv[-1])
+    assert plans[0].run_id != plans[1].run_id
+    assert not np.array_equal(qkv[0], qkv[1])
+
+
 def test_overlapped_stages_store_the_same_bits(tmp_path, mixed_folder, monkeypatch):
     """The GPU path (decoding ahead, chunks written by a writer thread during the next
     forward), run on the CPU, stores what the CPU's stage-by-stage path stores."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
@@ -117,7 +118,8 @@ def prepare_run(store_root: str, cfg: ExtractConfig) -> RunPlan:
         raise ValueError(f"dtype must be float16 or float32; got {cfg.dtype!r}")
     if cfg.autocast not in ("none", "bf16", "fp16"):
         raise ValueError(f"autocast must be none, bf16 or fp16; got {cfg.autocast!r}")
-    model, info = models.load_model(cfg.model, cfg.weights, img_size=cfg.img_size, seed=cfg.seed)
+    # the CPU copy of the worker cache: a CPU run's shard tasks in this process reuse it
+    model, info = _model(cfg, "cpu")
     layers = resolve_layers(cfg.layers, info.depth)
     records = imgs.list_images(cfg.images, cfg.n_images)
     if len(records) < 2:
@@ -165,9 +167,21 @@ def prepare_run(store_root: str, cfg: ExtractConfig) -> RunPlan:
     )
 
 
+def _model(cfg: ExtractConfig, device: str) -> tuple[torch.nn.Module, models.ModelInfo]:
+    """The run's model on ``device``, loaded once per process: the planner and the shard tasks
+    of a run reuse it (read-only: eval mode, and ``forward_capture`` lets one forward at a
+    time). A weights file is keyed by its size and mtime too, so a file changed in place is
+    loaded (and hashed) again rather than served stale."""
+    stamp = None
+    if cfg.weights not in ("pretrained", "random") and os.path.isfile(cfg.weights):
+        st = os.stat(cfg.weights)
+        stamp = (st.st_size, st.st_mtime_ns)
+    return _cached_model(cfg.model, cfg.weights, cfg.img_size, cfg.seed, device, stamp)
+
+
 @functools.lru_cache(maxsize=2)
-def _cached_model(name: str, weights: str, img_size: int | None, seed: int, device: str):
-    """One model per worker process and device: shard tasks of a run reuse it."""
+def _cached_model(name: str, weights: str, img_size: int | None, seed: int, device: str,
+                  stamp: tuple[int, int] | None):
     return models.load_model(name, weights, img_size=img_size, seed=seed, device=device)
 
 
@@ -231,7 +245,7 @@ def extract_shard(
     t0 = time.perf_counter()
     store = Store(store_root)
     device = worker_device(models.resolve_device(cfg.device))
-    model, info = _cached_model(cfg.model, cfg.weights, cfg.img_size, cfg.seed, device)
+    model, info = _model(cfg, device)
     transform = models.transform(model)
     recs = [imgs.ImageRecord(**r) for r in records]
     n, T, d = shard.size, info.num_tokens, info.width
