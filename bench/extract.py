@@ -9,9 +9,9 @@ Measured in the same run, on the same model, images, batch size and device:
             shard by shard with ``write_shard``;
   pipeline  the real extract path: ``prepare_run`` then ``extract_shard`` for every shard
             (decode, forward with hooks, float32 -> storage dtype, Zarr write, shard markers),
-            called directly without Prefect, in a process whose worker model cache is warm
-            (as for every shard after a worker's first); ``model_load_seconds`` is the cold
-            cost that the first shard of a worker pays on top;
+            called directly without Prefect, in a process whose model cache is warm (as for
+            every run after a process's first: the planner and the shard tasks share it);
+            ``model_load_seconds`` is the cold cost that a process's first run pays on top;
   flow      the same through the Prefect flow ``bfd.flows.extract.extract`` (one in-process
             worker, as ``bfd extract``), on a temporary Prefect server, for the record.
 
