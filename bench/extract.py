@@ -57,7 +57,6 @@ from bfd.tasks import extract as tasks  # noqa: E402
 from bfd.tasks.extract import (  # noqa: E402
     ExtractConfig,
     extract_shard,
-    prepare_run,
 )
 
 GOALS = {"cuda": 0.90, "cpu": 0.85}
@@ -155,8 +154,9 @@ class BareWrite:
 
 
 def run_pipeline(root: str, cfg: ExtractConfig) -> str:
-    """What the extract flow does, without Prefect: plan, then every pending shard in order."""
-    plan = prepare_run(root, cfg)
+    """What the extract flow does, without Prefect: plan, then every pending shard in order.
+    Calls go through the module, so that ``time_stages`` sees its timed wrappers."""
+    plan = tasks.prepare_run(root, cfg)
     worker_cfg = replace(cfg, device=models.resolve_device(cfg.device))
     by_index = {s.index: s for s in plan.shards}
     for k in plan.pending:
@@ -232,11 +232,7 @@ def time_stages(cfg: ExtractConfig, workdir: Path) -> dict[str, float]:
             setattr(mod, name, fn)
         with fresh_store(workdir, "stages") as root:
             t0 = time.perf_counter()
-            plan = tasks.prepare_run(root, cfg)
-            worker_cfg = replace(cfg, device=models.resolve_device(cfg.device))
-            for s in plan.shards:
-                extract_shard(root, plan.run_id, worker_cfg, s, plan.layers,
-                              list(plan.records[s.start:s.stop]))
+            run_pipeline(root, cfg)  # a fresh store: every shard is pending
             _sync(cfg.device)
             total = time.perf_counter() - t0
     finally:

@@ -155,12 +155,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
 def cmd_decompose(args: argparse.Namespace) -> int:
     from bfd.flows.decompose import decompose
 
-    written = _with_bars(decompose, args.run_id, _store(args), prefix=args.prefix,
+    store = _store(args)
+    written = _with_bars(decompose, args.run_id, store, prefix=args.prefix,
                          seed=args.control_seed, compute_dtype=args.compute_dtype,
                          images_per_task=args.images_per_task, dask_address=args.dask_address,
                          device=args.device)
     print(f"run {args.run_id} decomposed; results: {written['results']}")
-    _cache_catalog(_store(args))
+    _cache_catalog(store)
     return 0
 
 

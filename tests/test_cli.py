@@ -33,7 +33,6 @@ EXTRACT = ["extract", "--model", TINY, "--weights", "random", "--n-images", "8",
            "--images-per-chunk", "4"]
 
 
-
 def run(argv: list[str], capsys) -> tuple[int, str, str]:
     capsys.readouterr()
     with env_kept():
