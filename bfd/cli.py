@@ -304,13 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _prefect_defaults(args.verbose)
-    from bfd.models import UnsupportedModelError, WeightsUnavailableError
+    # bfd.models' UnsupportedModelError (a ValueError) and WeightsUnavailableError (a
+    # RuntimeError) are caught as their bases: importing bfd.models would load torch and timm
+    # into commands that only read.
     from bfd.queries import ReadOnlyError
 
     try:
         return args.fn(args)
-    except (ValueError, FileNotFoundError, UnsupportedModelError, WeightsUnavailableError,
-            ReadOnlyError, RuntimeError) as e:
+    except (ValueError, FileNotFoundError, ReadOnlyError, RuntimeError) as e:
         message = " ".join(str(e).split())
         print(f"bfd: error: {message}", file=sys.stderr)
         return 2

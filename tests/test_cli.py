@@ -179,3 +179,64 @@ def test_decompose_publishes_and_caches_the_catalog(extracted, tmp_path, capsys)
     code, _, err = run(["decompose", rid, "--store", str(root), "--device", "tpu"], capsys)
     assert_one_line_error(code, err, "device must be auto, cpu, cuda or cuda:K")
 
+
+
+def _table_store(root: Path) -> Path:
+    """A store holding only result tables (no activations): one complete run whose undefined
+    values are stored both ways an older and a newer writer store them, NaN and NULL."""
+    import datetime as dt
+
+    from bfd.storage import TABLE_SCHEMAS, write_table
+
+    store = Store(root)
+    store.root.mkdir(parents=True, exist_ok=True)
+    n_rows = {"runs": 1, "layers": 4, "heads": 6, "modes": 6, "images": 3}
+    for table, schema in TABLE_SCHEMAS.items():
+        rows = []
+        for i in range(n_rows[table]):
+            row = {}
+            for field in schema:
+                kind = field.type
+                if str(kind).startswith("timestamp"):
+                    row[field.name] = dt.datetime(2025, 1, 2, 3, 4, 5, 500000, tzinfo=dt.UTC)
+                elif str(kind).startswith("int"):
+                    row[field.name] = i
+                elif str(kind) == "double":
+                    row[field.name] = [float("nan"), None, float("inf"), 0.25][i % 4]
+                else:
+                    row[field.name] = f"{field.name}-{i}"
+            rows.append({k: v for k, v in row.items() if k not in ("model", "run_id")})
+        if table == "runs":
+            rows[0]["status"] = "complete"
+        write_table(store, table, "toy", "toy-run", rows)
+    return store.root
+
+
+def _bfd(*argv: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bfd.cli", *argv], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, **kwargs)
+
+
+def test_reading_commands_import_no_torch_timm_prefect(tmp_path):
+    root = _table_store(tmp_path / "store")
+    code = (
+        "import sys, contextlib, io\n"
+        "from bfd.cli import main\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out):\n"
+        f"    codes = [main(['sql', 'SELECT 1', '--store', {str(root)!r}]),\n"
+        f"             main(['query', 'model_summary', '--store', {str(root)!r}]),\n"
+        "             main(['query', '--list']),\n"
+        f"             main(['runs', '--store', {str(root)!r}])]\n"
+        "    try:\n"
+        "        main(['--help'])\n"
+        "    except SystemExit as exit:\n"
+        "        codes.append(exit.code)\n"
+        "print(codes, 'toy-run' in out.getvalue(),\n"
+        "      sorted(m for m in ('torch', 'timm', 'prefect', 'xarray', 'zarr', 'dask')\n"
+        "             if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "[0, 0, 0, 0, 0] True []"
