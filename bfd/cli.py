@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
 
-FORMATS = ("table", "csv", "json")
+FORMATS = ("table", "csv", "json", "jsonl", "parquet")
+# Exit status of a command whose output pipe was closed (128 + SIGPIPE), as a shell reports it.
+_EXIT_BROKEN_PIPE = 141
 
 
 def _prefect_defaults(verbose: bool) -> None:
@@ -37,7 +39,23 @@ def _add_store(p: argparse.ArgumentParser) -> None:
 
 
 def _add_format(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", choices=FORMATS, default="table", help="output format")
+    p.add_argument("--format", choices=FORMATS, default="table",
+                   help="output format (json: one array, jsonl: one object a line; NaN and "
+                   "infinities as null; timestamps ISO 8601)")
+    p.add_argument("--output", metavar="FILE",
+                   help="write to FILE instead of stdout (needed by parquet); FILE appears only "
+                   "once the result is complete")
+
+
+def _add_timeout(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="stop the query after this many seconds (exit 2)")
+
+
+def _check_timeout(args: argparse.Namespace) -> float | None:
+    if args.timeout is not None and not args.timeout > 0:
+        raise ValueError(f"--timeout must be a positive number of seconds; got {args.timeout:g}")
+    return args.timeout
 
 
 def _add_extract_options(p: argparse.ArgumentParser) -> None:
@@ -122,24 +140,28 @@ def _with_bars(fn, *args, **kwargs):
         bars.close()
 
 
-def _print_table(table, fmt: str) -> None:
-    if fmt == "csv":
-        import io
+class _TextSink:
+    """Bytes written to a text stream that has no binary buffer (a notebook's stdout)."""
 
-        import pyarrow.csv as pacsv
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.closed = False
 
-        sink = io.BytesIO()
-        pacsv.write_csv(table, sink)
-        sys.stdout.write(sink.getvalue().decode())
-    elif fmt == "json":
-        print(json.dumps(table.to_pylist(), default=str, indent=1))
-    else:
-        import pandas as pd
+    def write(self, data: bytes) -> int:
+        self.stream.write(bytes(data).decode())
+        return len(data)
 
-        with pd.option_context("display.max_rows", 500, "display.max_columns", 50,
-                               "display.width", 200, "display.float_format", "{:.4g}".format):
-            df = table.to_pandas()
-            print(df.to_string(index=False) if len(df) else "(no rows)")
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def _print_table(table, fmt: str, output: str | None = None) -> None:
+    """Writes a result (a table or a record batch reader) to stdout or ``output``, streaming."""
+    from bfd.output import write_result
+
+    sys.stdout.flush()
+    out = getattr(sys.stdout, "buffer", None) or _TextSink(sys.stdout)
+    write_result(table, fmt, out, output)
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
@@ -201,14 +223,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    from bfd.queries import run_sql
+    from bfd.queries.stream import stream_sql
 
-    _print_table(run_sql(_store(args), args.sql), args.format)
+    with stream_sql(_store(args), args.sql, timeout=_check_timeout(args)) as reader:
+        _print_table(reader, args.format, args.output)
     return 0
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from bfd.queries import list_queries, query_spec, run_query
+    from bfd.queries import list_queries, query_spec
+    from bfd.queries.stream import stream_query
 
     if args.list or not args.name:
         for name in list_queries():
@@ -224,16 +248,18 @@ def cmd_query(args: argparse.Namespace) -> int:
         if not sep:
             raise ValueError(f"--param must be key=value; got {item!r}")
         params[key] = value
-    _print_table(run_query(_store(args), args.name, params), args.format)
+    with stream_query(_store(args), args.name, params, timeout=_check_timeout(args)) as reader:
+        _print_table(reader, args.format, args.output)
     return 0
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from bfd.queries import run_sql
+    from bfd.queries.stream import stream_sql
 
     sql = ("SELECT run_id, model, weights, n_images, n_skipped, layers, sites, status, "
            "created_at FROM runs ORDER BY created_at")
-    _print_table(run_sql(_store(args), sql), args.format)
+    with stream_sql(_store(args), sql) as reader:
+        _print_table(reader, args.format, args.output)
     return 0
 
 
@@ -279,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("sql")
     _add_store(s)
     _add_format(s)
+    _add_timeout(s)
     s.set_defaults(fn=cmd_sql)
 
     s = sub.add_parser("query", help="run a named query (bfd query --list)")
@@ -287,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--list", action="store_true", help="list the named queries")
     _add_store(s)
     _add_format(s)
+    _add_timeout(s)
     s.set_defaults(fn=cmd_query)
 
     s = sub.add_parser("runs", help="list the runs of a store")
@@ -316,8 +344,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bfd: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("bfd: interrupted; completed shards are kept and a rerun resumes", file=sys.stderr)
+        resumes = "; completed shards are kept and a rerun resumes" if args.command in (
+            "extract", "decompose", "audit") else ""
+        print(f"bfd: interrupted{resumes}", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of stdout is gone (`bfd sql ... | head -1`): end quietly. stdout goes to
+        # devnull, so that flushing it at exit does not fail a second time.
+        with contextlib.suppress(OSError, ValueError):  # no file descriptor: nothing to flush
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        return _EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

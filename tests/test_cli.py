@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import huggingface_hub
@@ -240,3 +243,89 @@ def test_reading_commands_import_no_torch_timm_prefect(tmp_path):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == "[0, 0, 0, 0, 0] True []"
+
+
+@pytest.fixture(scope="module")
+def table_store(tmp_path_factory) -> Path:
+    return _table_store(tmp_path_factory.mktemp("tables") / "store")
+
+
+def test_json_and_csv_fit_pipes(table_store, tmp_path):
+    """Strict JSON (NaN, infinities and NULL all null), one timestamp form in every text format,
+    and Parquet with the result's own values."""
+    strict = ("import json, sys\n"
+              "def refuse(token): raise ValueError(token)\n"
+              "rows = json.load(sys.stdin, parse_constant=refuse)\n"
+              "print(json.dumps(rows))\n")
+    proc = subprocess.run(
+        f"{sys.executable} -m bfd.cli query model_summary --format json --store {table_store}"
+        f" | {sys.executable} -c {shlex.quote(strict)}", shell=True, cwd=REPO, capture_output=True,
+        text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    (summary,) = json.loads(proc.stdout)
+    assert summary["run_id"] == "toy-run" and summary["frac_pos_mean"] is None
+
+    sql = "SELECT layer, frac_pos, created_at FROM layers JOIN runs USING (run_id) ORDER BY layer"
+    as_json = json.loads(_bfd("sql", sql, "--format", "json", "--store", str(table_store)).stdout)
+    lines = _bfd("sql", sql, "--format", "jsonl", "--store", str(table_store)).stdout
+    assert [json.loads(line) for line in lines.splitlines()] == as_json
+    # layer i holds [nan, None, inf, 0.25][i]: only the finite value survives
+    assert [row["frac_pos"] for row in as_json] == [None, None, None, 0.25]
+    stamp = "2025-01-02T03:04:05.500000Z"
+    assert {row["created_at"] for row in as_json} == {stamp}
+    csv = _bfd("sql", sql, "--format", "csv", "--store", str(table_store)).stdout.splitlines()
+    assert csv[0] == '"layer","frac_pos","created_at"' and len(csv) == 5
+    assert all(line.endswith(f',"{stamp}"') for line in csv[1:])
+
+    out = tmp_path / "layers.parquet"
+    proc = _bfd("sql", sql, "--format", "parquet", "--output", str(out), "--store",
+                str(table_store))
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+    import pyarrow.parquet as pq
+
+    frac = pq.read_table(out).column("frac_pos").to_pylist()
+    assert np.isnan(frac[0]) and frac[1] is None and frac[2:] == [np.inf, 0.25]
+    proc = _bfd("sql", sql, "--format", "parquet", "--store", str(table_store))
+    assert_one_line_error(proc.returncode, proc.stderr, "--output FILE")
+
+
+@pytest.mark.parametrize("fmt", ["table", "json"])
+def test_a_closed_pipe_ends_quietly(table_store, fmt):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bfd.cli", "sql", "SELECT range AS i FROM range(10000000)",
+         "--format", fmt, "--store", str(table_store)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()
+    proc.stdout.close()  # what `| head -1` does once it has its line
+    code = proc.wait(timeout=120)
+    assert first.split() in (["i"], ["["])
+    assert proc.stderr.read() == "" and code == 141  # 128 + SIGPIPE, as a shell reports it
+
+
+SLOW_SQL = "SELECT count(*) FROM range(1000000000) AS a, range(1000000) AS b"  # hours
+
+
+def test_sql_timeout_stops_a_slow_query_in_one_line(tmp_path):
+    proc = _bfd("sql", SLOW_SQL, "--timeout", "0.5", "--store", str(tmp_path))
+    assert_one_line_error(proc.returncode, proc.stderr, "--timeout 0.5 s")
+    assert proc.stdout == ""
+    proc = _bfd("sql", "SELECT 1", "--timeout", "0", "--store", str(tmp_path))
+    assert_one_line_error(proc.returncode, proc.stderr, "--timeout must be a positive")
+
+
+def test_ctrl_c_stops_a_running_query(tmp_path):
+    """DuckDB does not look at Python's signals while it computes; the command interrupts it."""
+    out = tmp_path / "rows.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bfd.cli", "sql", SLOW_SQL.replace("count(*)", "a.range"),
+         "--format", "jsonl", "--output", str(out), "--store", str(tmp_path)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # the catalog snapshot appears just before the query starts
+    deadline = time.monotonic() + 100
+    while not list((tmp_path / "catalog").glob("*.duckdb")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)  # without the fix: hours
+    assert (proc.returncode, err) == (130, "bfd: interrupted\n")
+    assert not out.exists() and not list(tmp_path.glob(".rows.jsonl*"))

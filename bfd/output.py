@@ -1,0 +1,206 @@
+"""Query results written for people and pipes: table, CSV, JSON, JSON Lines and Parquet.
+
+Every writer takes a ``pyarrow.RecordBatchReader`` and writes batch by batch, so a result of
+any size needs the memory of one batch. Text formats agree on values: a timestamp is ISO 8601
+(``2025-01-02T03:04:05.500000Z`` in UTC when it has a time zone, without the ``Z`` when it has
+none), and in JSON a NaN or an infinity, which JSON cannot hold, is ``null`` like SQL NULL.
+Parquet keeps the result's own types and values.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from typing import BinaryIO, Final
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = ["write_result"]
+
+# Rows that fix the column widths of the table format (later rows keep those widths).
+_TABLE_WIDTH_ROWS: Final[int] = 1000
+_ISO: Final[str] = "%Y-%m-%dT%H:%M:%S"
+
+
+def _iso(column: pa.Array) -> pa.Array:
+    """Timestamps as ISO 8601 strings, in UTC with a ``Z`` when the type has a time zone."""
+    if column.type.tz is None:
+        return pc.strftime(column, format=_ISO)
+    utc = column.cast(pa.timestamp(column.type.unit, "UTC"))
+    return pc.binary_join_element_wise(pc.strftime(utc, format=_ISO), "Z", "")
+
+
+def _text_columns(batch: pa.RecordBatch, *, for_json: bool) -> pa.RecordBatch:
+    """Timestamps as ISO strings; for JSON, decimals as numbers and NaN and infinities as null."""
+    columns = []
+    for column in batch.columns:
+        if pa.types.is_timestamp(column.type):
+            column = _iso(column)
+        elif for_json and pa.types.is_decimal(column.type):
+            column = column.cast(pa.float64())
+        if for_json and pa.types.is_floating(column.type):
+            column = pc.if_else(pc.is_finite(column), column, None)
+        columns.append(column)
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
+
+
+def _batches(reader: pa.RecordBatchReader, *, for_json: bool) -> Iterator[pa.RecordBatch]:
+    for batch in reader:
+        if batch.num_rows:
+            yield _text_columns(batch, for_json=for_json)
+
+
+def _dumps(row: dict) -> str:
+    # default=str: what JSON has no type for (dates, bytes, intervals, nested decimals) as text
+    try:
+        return json.dumps(row, default=str, allow_nan=False)
+    except ValueError:  # a non-finite float nested in a list or struct
+        return json.dumps(_finite(row), default=str, allow_nan=False)
+
+
+def _finite(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _write_jsonl(reader: pa.RecordBatchReader, out: BinaryIO) -> None:
+    for batch in _batches(reader, for_json=True):
+        out.write("".join(_dumps(row) + "\n" for row in batch.to_pylist()).encode())
+
+
+def _write_json(reader: pa.RecordBatchReader, out: BinaryIO) -> None:
+    separator = "[\n"
+    for batch in _batches(reader, for_json=True):
+        rows = batch.to_pylist()
+        out.write((separator + ",\n".join(_dumps(row) for row in rows)).encode())
+        separator = ",\n"
+    out.write(b"[]\n" if separator == "[\n" else b"\n]\n")
+
+
+def _write_csv(reader: pa.RecordBatchReader, out: BinaryIO) -> None:
+    import pyarrow.csv as pacsv
+
+    writer = None
+    for batch in _batches(reader, for_json=False):
+        if writer is None:
+            writer = pacsv.CSVWriter(out, batch.schema)
+        writer.write_batch(batch)
+    if writer is None:  # no rows: the header alone
+        schema = pa.schema([pa.field(name, pa.string()) for name in reader.schema.names])
+        pacsv.write_csv(schema.empty_table(), out)
+    else:
+        writer.close()
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("\n", "\\n")
+
+
+def _write_table(reader: pa.RecordBatchReader, out: BinaryIO) -> None:
+    names = reader.schema.names
+    # Numbers right-aligned, like every table of numbers; text left-aligned.
+    right = [pa.types.is_integer(f.type) or pa.types.is_floating(f.type)
+             or pa.types.is_decimal(f.type) for f in reader.schema]
+    widths: list[int] | None = None
+    pending: list[list[str]] = []
+
+    def emit(rows: Iterable[list[str]]) -> None:
+        lines = []
+        for cells in rows:
+            padded = [c.rjust(w) if r else c.ljust(w)
+                      for c, w, r in zip(cells, widths, right, strict=True)]
+            lines.append("  ".join(padded).rstrip() + "\n")
+        out.write("".join(lines).encode())
+
+    for batch in _batches(reader, for_json=False):
+        columns = [[_cell(v) for v in column.to_pylist()] for column in batch.columns]
+        rows = [list(cells) for cells in zip(*columns, strict=True)]
+        if widths is not None:
+            emit(rows)
+            continue
+        pending += rows
+        if len(pending) >= _TABLE_WIDTH_ROWS:
+            widths = [max(len(n), *(len(r[i]) for r in pending)) for i, n in enumerate(names)]
+            emit([list(names)])
+            emit(pending)
+    if widths is None:
+        if not pending:
+            out.write(b"(no rows)\n")
+            return
+        widths = [max(len(n), *(len(r[i]) for r in pending)) for i, n in enumerate(names)]
+        emit([list(names)])
+        emit(pending)
+
+
+_WRITERS: Final[dict[str, Callable[[pa.RecordBatchReader, BinaryIO], None]]] = {
+    "table": _write_table,
+    "csv": _write_csv,
+    "json": _write_json,
+    "jsonl": _write_jsonl,
+}
+
+
+def _write_parquet(reader: pa.RecordBatchReader, out: BinaryIO) -> None:
+    import pyarrow.parquet as pq
+
+    with pq.ParquetWriter(out, reader.schema, compression="zstd") as writer:
+        for batch in reader:
+            writer.write_batch(batch)
+
+
+def write_result(
+    result: pa.RecordBatchReader | pa.Table, fmt: str, out: BinaryIO, output: str | None = None
+) -> None:
+    """Writes a result in one format, batch by batch.
+
+    Args:
+        result: The rows; a table is written as its batches.
+        fmt: ``table``, ``csv``, ``json``, ``jsonl`` or ``parquet``.
+        out: Where to write when ``output`` is None (a binary stream, e.g. stdout's buffer).
+        output: A file to write instead; it appears whole when the result is complete (written
+            under a temporary name beside it, then renamed), and not at all otherwise.
+
+    Raises:
+        ValueError: Unknown format, or ``parquet`` without ``output``.
+    """
+    if isinstance(result, pa.Table):
+        result = pa.RecordBatchReader.from_batches(result.schema, result.to_batches())
+    if fmt == "parquet":
+        if output is None:
+            raise ValueError("--format parquet writes a file: give --output FILE")
+        write = _write_parquet
+    elif fmt in _WRITERS:
+        write = _WRITERS[fmt]
+    else:
+        raise ValueError(f"unknown format {fmt!r}; expected parquet or one of {sorted(_WRITERS)}")
+    if output is None:
+        write(result, out)
+        out.flush()
+        return
+    folder = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"--output {output!r}: folder {folder!r} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(output)}.", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(result, f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the result private
+        os.replace(tmp, output)
+    except BaseException:
+        os.unlink(tmp)
+        raise
