@@ -4,20 +4,23 @@
 ``bfd`` command.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("vit-bfd")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
-
 
 def __getattr__(name: str):
-    # ``import bfd`` stays light (the CLI starts fast); torch loads on first use of analyze.
+    # ``import bfd`` stays light (the CLI starts fast): torch loads on first use of analyze,
+    # importlib.metadata (tens of ms) on first use of __version__.
     if name == "analyze":
         from bfd.api import analyze
 
         return analyze
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            value = version("vit-bfd")
+        except PackageNotFoundError:  # running from a source tree that was never installed
+            value = "0+unknown"
+        globals()["__version__"] = value
+        return value
     raise AttributeError(f"module 'bfd' has no attribute {name!r}")
 
 

@@ -30,8 +30,10 @@ def _iso(column: pa.Array) -> pa.Array:
     """Timestamps as ISO 8601 strings, in UTC with a ``Z`` when the type has a time zone."""
     if column.type.tz is None:
         return pc.strftime(column, format=_ISO)
-    utc = column.cast(pa.timestamp(column.type.unit, "UTC"))
-    return pc.binary_join_element_wise(pc.strftime(utc, format=_ISO), "Z", "")
+    # Arrow holds UTC instants: without its zone a column reads as UTC wall time (and strftime
+    # of a zoned column would import pandas).
+    utc = column.cast(pa.timestamp(column.type.unit))
+    return pc.strftime(utc, format=_ISO + "Z")
 
 
 def _text_columns(batch: pa.RecordBatch, *, for_json: bool) -> pa.RecordBatch:
@@ -43,7 +45,7 @@ def _text_columns(batch: pa.RecordBatch, *, for_json: bool) -> pa.RecordBatch:
         elif for_json and pa.types.is_decimal(column.type):
             column = column.cast(pa.float64())
         if for_json and pa.types.is_floating(column.type):
-            column = pc.if_else(pc.is_finite(column), column, None)
+            column = pc.if_else(pc.is_finite(column), column, pa.nulls(len(column), column.type))
         columns.append(column)
     return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
 

@@ -236,7 +236,8 @@ def test_reading_commands_import_no_torch_timm_prefect(tmp_path):
         "    except SystemExit as exit:\n"
         "        codes.append(exit.code)\n"
         "print(codes, 'toy-run' in out.getvalue(),\n"
-        "      sorted(m for m in ('torch', 'timm', 'prefect', 'xarray', 'zarr', 'dask')\n"
+        "      sorted(m for m in ('torch', 'timm', 'prefect', 'xarray', 'zarr', 'dask',\n"
+        "                           'pandas')\n"
         "             if m in sys.modules))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
