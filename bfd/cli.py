@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 
 FORMATS = ("table", "csv", "json", "jsonl", "parquet")
+# Commands that run flows (torch, Prefect); the others only read.
+_PIPELINE_COMMANDS = ("extract", "decompose", "audit")
 # Exit status of a command whose output pipe was closed (128 + SIGPIPE), as a shell reports it.
 _EXIT_BROKEN_PIPE = 141
 
@@ -22,6 +24,10 @@ def _prefect_defaults(verbose: bool) -> None:
     # error itself in one line, and the run's logs stay in Prefect's API (and with -v here).
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL",
                           "NOTSET" if verbose else "CRITICAL")
+    # The temporary server (uvicorn) otherwise waits for the client's idle keep-alive and
+    # websocket connections on exit, until Prefect kills it 5 s later: seconds per command.
+    # Every API call of the flows has been answered by then.
+    os.environ.setdefault("UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     # torch is not imported yet: idle OpenMP workers then sleep instead of spinning, which
     # otherwise starves the small LAPACK and elementwise calls between GEMMs on few cores
@@ -129,9 +135,36 @@ class _Bars:
             bar.close()
 
 
+# The thread that starts Prefect's temporary server, while a pipeline command imports and plans.
+_server_start: list = []
+
+
+def _start_prefect_server() -> None:
+    """Starts Prefect's temporary API server in the background when the flows will need one
+    (no PREFECT_API_URL), so that its start-up (a uvicorn process, several seconds) overlaps
+    this process's imports of torch, timm and the flows instead of following them. The flow
+    is the same and records the same runs: it finds the started server, as it would have
+    started it itself (``_with_bars`` waits for it first)."""
+    import threading
+
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    # A start that fails here is retried, and its error reported, by the flow's own start.
+    thread = threading.Thread(target=SubprocessASGIServer().start, name="bfd-prefect-server",
+                              daemon=True)
+    thread.start()
+    _server_start.append(thread)
+
+
 def _with_bars(fn, *args, **kwargs):
     from bfd.flows import progress
 
+    while _server_start:
+        _server_start.pop().join()
     bars = _Bars()
     try:
         with progress.listening(bars):
@@ -165,6 +198,7 @@ def _print_table(table, fmt: str, output: str | None = None) -> None:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
+    _start_prefect_server()
     from bfd.flows.extract import extract
     from bfd.flows.runners import task_runner
 
@@ -175,6 +209,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_decompose(args: argparse.Namespace) -> int:
+    _start_prefect_server()
     from bfd.flows.decompose import decompose
 
     store = _store(args)
@@ -200,6 +235,7 @@ def _cache_catalog(store: str) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    _start_prefect_server()
     from bfd.flows.audit import DEMO_CONFIG, audit
     from bfd.queries import run_query
 
@@ -329,6 +365,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _exit_now(code: int) -> None:
+    """Ends the process once the exit handlers ran (Prefect's server stop, logging's flush)
+    but without the interpreter's teardown of torch, Prefect and Dask, which takes seconds and
+    changes nothing on disk: everything a command writes is complete when it returns."""
+    import atexit
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _prefect_defaults(args.verbose)
@@ -338,14 +388,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bfd.queries import ReadOnlyError
 
     try:
-        return args.fn(args)
+        code = args.fn(args)
     except (ValueError, FileNotFoundError, ReadOnlyError, RuntimeError) as e:
         message = " ".join(str(e).split())
         print(f"bfd: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        resumes = "; completed shards are kept and a rerun resumes" if args.command in (
-            "extract", "decompose", "audit") else ""
+        resumes = ("; completed shards are kept and a rerun resumes"
+                   if args.command in _PIPELINE_COMMANDS else "")
         print(f"bfd: interrupted{resumes}", file=sys.stderr)
         return 130
     except BrokenPipeError:
@@ -356,6 +406,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.dup2(devnull, sys.stdout.fileno())
             os.close(devnull)
         return _EXIT_BROKEN_PIPE
+    if argv is None and args.command in _PIPELINE_COMMANDS:
+        _exit_now(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -330,3 +330,15 @@ def test_ctrl_c_stops_a_running_query(tmp_path):
     _, err = proc.communicate(timeout=60)  # without the fix: hours
     assert (proc.returncode, err) == (130, "bfd: interrupted\n")
     assert not out.exists() and not list(tmp_path.glob(".rows.jsonl*"))
+
+
+@pytest.mark.slow
+def test_a_pipeline_command_process_ends_with_its_work_done(prefect_harness, tmp_path):
+    """``bfd`` as a process ends without the interpreter's teardown: what it printed and
+    wrote must all be there."""
+    proc = _bfd(*EXTRACT, "--store", str(tmp_path / "store"), env={**os.environ})
+    assert proc.returncode == 0, proc.stderr
+    (rid,) = list_runs(Store(tmp_path / "store"))
+    assert proc.stdout == f"run {rid} extracted into {tmp_path / 'store'}\n"
+    assert sorted(p.name for p in Store(tmp_path / "store").shards_dir(rid).iterdir()) == [
+        "0.json", "1.json"]

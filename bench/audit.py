@@ -1,0 +1,101 @@
+"""Benchmark of a whole ``bfd audit``: its wall time against the bare forward it cannot avoid.
+
+Measured in the same run, on the same model, images and batch size, on the CPU:
+  forward   the bare timm forward over the run's images (decoded once and held in memory, no
+            hooks, no storage; one warm-up pass first), as bench/extract.py measures it;
+  audit     ``bfd audit --model M --weights random --images samples --n-images N`` in a fresh
+            process on an empty store, as a user runs it: imports, the temporary Prefect
+            server, planning, extraction, decomposition, publishing, the catalog snapshot and
+            the printed layer profile (all layers, both sites);
+  again     the same command once more, on the store that now holds the run (nothing is
+            extracted again);
+  fixed     ``bfd audit`` of 2 images of the same model on an empty store: what a command pays
+            whatever the work.
+
+Weights are random (``--weights random``): the forward costs the same as with pretrained
+weights and no download is needed. Each audit runs with a private, empty Prefect home, so
+it starts its own temporary Prefect server as a new user's first command does.
+
+Prints the figures, then ``audit_over_forward=<ratio>`` as its last line (goal <= 1.3; the
+already computed run: goal < 3 s).
+
+Usage: python bench/audit.py [--model vit_small_patch16_224] [--n-images 512]
+       [--batch-size 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the bfd command runs (bfd/cli.py)
+
+import torch  # noqa: E402
+
+from bfd import images as imgs  # noqa: E402
+from bfd import models  # noqa: E402
+
+
+def bare_forward_seconds(model_name: str, n_images: int, batch_size: int) -> float:
+    model, _ = models.load_model(model_name, "random", device="cpu")
+    transform = models.transform(model)
+    records = imgs.list_images("samples", n_images)
+    batches = [b.images for b in imgs.iter_batches(records, transform, batch_size)]
+    with torch.inference_mode():
+        model(batches[0])  # warm-up: kernels, allocator
+        t0 = time.perf_counter()
+        for x in batches:
+            model(x)
+        return time.perf_counter() - t0
+
+
+def audit_seconds(store: Path, model_name: str, n_images: int, batch_size: int,
+                  workdir: Path) -> float:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    home = Path(tempfile.mkdtemp(prefix="prefect-home-", dir=workdir))
+    env |= {"PREFECT_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    argv = [sys.executable, "-m", "bfd.cli", "audit", "--model", model_name, "--weights",
+            "random", "--images", "samples", "--n-images", str(n_images), "--batch-size",
+            str(batch_size), "--device", "cpu", "--store", str(store)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"bfd audit failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return seconds
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="vit_small_patch16_224")
+    p.add_argument("--n-images", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=32)
+    args = p.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="bfd-bench-audit-"))
+    try:
+        forward = bare_forward_seconds(args.model, args.n_images, args.batch_size)
+        store = workdir / "store"
+        audit = audit_seconds(store, args.model, args.n_images, args.batch_size, workdir)
+        again = audit_seconds(store, args.model, args.n_images, args.batch_size, workdir)
+        fixed = audit_seconds(workdir / "fixed", args.model, 2, args.batch_size, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"model {args.model}, {args.n_images} images, batch {args.batch_size}, "
+          f"{torch.get_num_threads()} torch threads")
+    print(f"bare forward:                {forward:8.2f} s "
+          f"({args.n_images / forward:.1f} images/s)")
+    print(f"bfd audit:                   {audit:8.2f} s")
+    print(f"bfd audit, run already done: {again:8.2f} s  (goal < 3 s)")
+    print(f"bfd audit of 2 images:       {fixed:8.2f} s  (what any audit pays)")
+    print(f"audit_over_forward={audit / forward:.2f}")
+
+
+if __name__ == "__main__":
+    main()
