@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import struct
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO, Final
@@ -56,12 +57,15 @@ def _batches(reader: pa.RecordBatchReader, *, for_json: bool) -> Iterator[pa.Rec
             yield _text_columns(batch, for_json=for_json)
 
 
-def _dumps(row: dict) -> str:
-    # default=str: what JSON has no type for (dates, bytes, intervals, nested decimals) as text
-    try:
-        return json.dumps(row, default=str, allow_nan=False)
-    except ValueError:  # a non-finite float nested in a list or struct
-        return json.dumps(_finite(row), default=str, allow_nan=False)
+def _literal(text: str) -> pa.Scalar:
+    """A string scalar built from bytes: converting a Python value (``pa.scalar("x")``) would
+    import pandas, a third of a second a command would pay for a few punctuation marks."""
+    data = text.encode()
+    offsets = pa.py_buffer(struct.pack("<ii", 0, len(data)))
+    return pa.Array.from_buffers(pa.string(), 1, [None, offsets, pa.py_buffer(data)])[0]
+
+
+_QUOTE, _EMPTY, _NULL, _POINT_ZERO = (_literal(text) for text in ('"', "", "null", ".0"))
 
 
 def _finite(value: object) -> object:
@@ -74,16 +78,51 @@ def _finite(value: object) -> object:
     return value
 
 
+def _json_values(column: pa.Array) -> pa.Array:
+    """Each value of a column as JSON text, computed by Arrow for the usual column types."""
+    kind = column.type
+    text = None
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        # control characters need \u escapes, which Arrow's replacements cannot write
+        if not pc.any(pc.match_substring_regex(column, "[\\x00-\\x1f]")).as_py():
+            text = pc.replace_substring(column, "\\", "\\\\")
+            text = pc.replace_substring(text, '"', '\\"')
+            text = pc.binary_join_element_wise(_QUOTE, text, _QUOTE, _EMPTY)
+    elif pa.types.is_integer(kind) or pa.types.is_boolean(kind):
+        text = column.cast(pa.string())
+    elif pa.types.is_floating(kind):
+        text = column.cast(pa.string())
+        # 3.0 is written "3" by Arrow; keep it a float for readers that tell ints apart
+        integral = pc.match_substring_regex(text, "^-?[0-9]+$")
+        text = pc.if_else(integral, pc.binary_join_element_wise(text, _POINT_ZERO, _EMPTY), text)
+    if text is None:  # lists, structs, dates, bytes, ...: Python's json, value by value
+        # default=str: what JSON has no type for (dates, bytes, intervals) as text
+        text = pa.array([json.dumps(_finite(v), default=str, allow_nan=False)
+                         for v in column.to_pylist()], pa.string())
+    return pc.fill_null(text, _NULL)
+
+
+def _json_rows(batch: pa.RecordBatch) -> list[str]:
+    """One JSON object per row of a batch (prepared by ``_text_columns``)."""
+    parts: list = []
+    for i, (name, column) in enumerate(zip(batch.schema.names, batch.columns, strict=True)):
+        parts.append(_literal(("{" if i == 0 else ", ") + json.dumps(name) + ": "))
+        parts.append(_json_values(column))
+    if not parts:
+        return ["{}"] * batch.num_rows
+    parts.append(_literal("}"))
+    return pc.binary_join_element_wise(*parts, _EMPTY).to_pylist()
+
+
 def _write_jsonl(reader: pa.RecordBatchReader, out: BinaryIO) -> None:
     for batch in _batches(reader, for_json=True):
-        out.write("".join(_dumps(row) + "\n" for row in batch.to_pylist()).encode())
+        out.write(("\n".join(_json_rows(batch)) + "\n").encode())
 
 
 def _write_json(reader: pa.RecordBatchReader, out: BinaryIO) -> None:
     separator = "[\n"
     for batch in _batches(reader, for_json=True):
-        rows = batch.to_pylist()
-        out.write((separator + ",\n".join(_dumps(row) for row in rows)).encode())
+        out.write((separator + ",\n".join(_json_rows(batch))).encode())
         separator = ",\n"
     out.write(b"[]\n" if separator == "[\n" else b"\n]\n")
 
