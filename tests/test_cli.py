@@ -342,3 +342,31 @@ def test_a_pipeline_command_process_ends_with_its_work_done(prefect_harness, tmp
     assert proc.stdout == f"run {rid} extracted into {tmp_path / 'store'}\n"
     assert sorted(p.name for p in Store(tmp_path / "store").shards_dir(rid).iterdir()) == [
         "0.json", "1.json"]
+
+
+def test_json_rows_equal_pythons_json_of_the_same_values():
+    """Arrow-built JSON text against Python's json of the same rows (NaN and inf as None)."""
+    import io
+
+    import duckdb
+
+    from bfd.output import write_result
+
+    sql = ("SELECT range AS i, range * 0.5 AS dec, [3.0, -0.0, 1e20, 1.5e-7, 'nan', 'inf']"
+           "[range % 6 + 1]::DOUBLE AS f, ['plain', 'q\"uote', 'back\\slash', chr(10) || 'nl',"
+           " 'é', NULL][range % 6 + 1] AS s, range % 2 = 0 AS b, [range, NULL] AS l, "
+           "DATE '2025-01-01' + range::INT AS d FROM range(12)")
+    con = duckdb.connect()
+    expected = con.sql(sql).to_arrow_table().to_pylist()
+    for row in expected:
+        row["dec"] = float(row["dec"])
+        row["f"] = row["f"] if np.isfinite(row["f"]) else None
+        row["d"] = str(row["d"])
+    for fmt in ("json", "jsonl"):
+        out = io.BytesIO()
+        write_result(con.sql(sql).to_arrow_reader(5), fmt, out)  # several batches
+        text = out.getvalue().decode()
+        rows = (json.loads(text) if fmt == "json"
+                else [json.loads(line) for line in text.splitlines()])
+        assert rows == expected
+        assert all(type(r["f"]) is float for r in rows if r["f"] is not None)
