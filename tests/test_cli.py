@@ -239,11 +239,15 @@ def test_reading_commands_import_no_torch_timm_prefect(tmp_path):
         "      sorted(m for m in ('torch', 'timm', 'prefect', 'xarray', 'zarr', 'dask',\n"
         "                           'pandas')\n"
         "             if m in sys.modules))\n"
+        f"code = main(['dashboard', '--store', {str(root)!r}, '--out', {str(tmp_path / 'd')!r}])\n"
+        "print(code, sorted(m for m in ('torch', 'timm', 'prefect', 'xarray', 'zarr', 'dask')\n"
+        "                   if m in sys.modules))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[-1] == "[0, 0, 0, 0, 0] True []"
+    assert proc.stdout.splitlines()[-3:] == [
+        "[0, 0, 0, 0, 0] True []", f"dashboard: {tmp_path / 'd' / 'index.html'}", "0 []"]
 
 
 @pytest.fixture(scope="module")
