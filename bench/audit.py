@@ -11,6 +11,9 @@ Measured in the same run, on the same model, images and batch size, on the CPU:
             extracted again);
   fixed     ``bfd audit`` of 2 images of the same model on an empty store: what a command pays
             whatever the work.
+  stats     the stats-only decomposition (``--no-store-activations``: two forwards feed the
+            streaming passes of every layer and site), called in this process with the model
+            loaded, as images/s against the bare forward's (goal >= 0.45).
 
 Weights are random (``--weights random``): the forward costs the same as with pretrained
 weights and no download is needed. Each audit runs with a private, empty Prefect home, so
@@ -55,6 +58,27 @@ def bare_forward_seconds(model_name: str, n_images: int, batch_size: int) -> flo
         return time.perf_counter() - t0
 
 
+def stats_only_seconds(model_name: str, n_images: int, batch_size: int) -> float:
+    from dataclasses import asdict
+
+    from bfd.tasks.decompose import DecomposeOptions
+    from bfd.tasks.extract import ExtractConfig
+    from bfd.tasks.stats_only import decompose_from_forward
+
+    def run(n: int) -> float:
+        cfg = ExtractConfig(model=model_name, weights="random", n_images=n,
+                            batch_size=batch_size, device="cpu")
+        model, _ = models.load_model(model_name, "random", device="cpu")
+        layers = tuple(range(len(model.blocks)))
+        records = [asdict(r) for r in imgs.list_images("samples", n)]
+        t0 = time.perf_counter()
+        decompose_from_forward(cfg, layers, records, DecomposeOptions(device="cpu"))
+        return time.perf_counter() - t0
+
+    run(batch_size)  # warm-up: the model cache, kernels
+    return run(n_images)
+
+
 def audit_seconds(store: Path, model_name: str, n_images: int, batch_size: int,
                   workdir: Path) -> float:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
@@ -81,6 +105,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bfd-bench-audit-"))
     try:
         forward = bare_forward_seconds(args.model, args.n_images, args.batch_size)
+        stats = stats_only_seconds(args.model, args.n_images, args.batch_size)
         store = workdir / "store"
         audit = audit_seconds(store, args.model, args.n_images, args.batch_size, workdir)
         again = audit_seconds(store, args.model, args.n_images, args.batch_size, workdir)
@@ -94,6 +119,8 @@ def main() -> None:
     print(f"bfd audit:                   {audit:8.2f} s")
     print(f"bfd audit, run already done: {again:8.2f} s  (goal < 3 s)")
     print(f"bfd audit of 2 images:       {fixed:8.2f} s  (what any audit pays)")
+    print(f"stats-only decomposition:    {stats:8.2f} s ({args.n_images / stats:.1f} images/s, "
+          f"{forward / stats:.2f} x the bare forward's; goal >= 0.45)")
     print(f"audit_over_forward={audit / forward:.2f}")
 
 

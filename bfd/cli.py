@@ -245,7 +245,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
               " weights are labelled 'random' everywhere", file=sys.stderr)
     store = _store(args)
     out = _with_bars(audit, config, store, workers=args.workers,
-                     dask_address=args.dask_address, gpu_resources=args.gpu_resources)
+                     dask_address=args.dask_address, gpu_resources=args.gpu_resources,
+                     store_activations=args.store_activations)
     profile = run_query(store, "layer_profile", {"model": config["model"],
                                                  "run_id": out["run_id"]})
     cols = [c for c in ("layer", "frac_pos", "frac_pos_resid", "f_pp", "f_cp", "f_pc", "f_cc",
@@ -334,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("audit", help="extract + decompose + publish one model")
     s.add_argument("--demo", action="store_true",
                    help="offline demo: random-init vit_tiny on the embedded sample images")
+    s.add_argument("--no-store-activations", dest="store_activations", action="store_false",
+                   help="keep no activations: decompose from two forward passes over the "
+                   "images (for image sets too large to store; the run gets an id of its own)")
     _add_extract_options(s)
     s.set_defaults(fn=cmd_audit)
 

@@ -6,9 +6,10 @@ from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 
 from bfd.flows import progress
-from bfd.storage import Store, default_store, open_activations
+from bfd.storage import Store, default_store, open_activations, read_request
 from bfd.tasks.decompose import DecomposeOptions, assemble_results
 from bfd.tasks.prefect_tasks import decompose_site_layer_task, publish_task
+from bfd.tasks.stats_only import is_stats_only
 
 
 @flow(name="decompose", log_prints=True)
@@ -41,6 +42,9 @@ def decompose(
     root = str(Store(store).root) if store else str(default_store().root)
     options = DecomposeOptions(prefix=prefix, seed=seed, compute_dtype=compute_dtype,
                                images_per_task=images_per_task, device=device)
+    if is_stats_only(read_request(Store(root), run_id).extra):
+        raise ValueError(f"run {run_id} kept no activations (an audit with "
+                         "--no-store-activations); audit it again that way to recompute it")
     acts = open_activations(Store(root), run_id)
     sites = [s for s in ("attn_in", "resid") if s in acts.data_vars]
     layers = [int(v) for v in acts.layer.values]

@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from bfd.tasks.decompose import decompose_site_layer
 from bfd.tasks.extract import extract_shard, prepare_run
 from bfd.tasks.publish import publish
+from bfd.tasks.stats_only import decompose_from_forward
 
 # Inputs are paths and configs; nothing here is worth caching across runs (the store is the
 # cache: completed shards are skipped by the flow itself).
@@ -23,3 +24,5 @@ decompose_site_layer_task = task(
     task_run_name="decompose {site} layer {layer}",
 )
 publish_task = task(publish, name="publish", cache_policy=NO_CACHE)
+decompose_from_forward_task = task(decompose_from_forward, name="decompose-from-forward",
+                                   cache_policy=NO_CACHE)

@@ -10,6 +10,7 @@ import pyarrow as pa
 
 import bfd
 from bfd.storage import (
+    ImageRecord,
     Store,
     heads_rows,
     layers_rows,
@@ -22,12 +23,14 @@ from bfd.storage import (
 )
 
 
-def runs_row(store: Store, run_id: str, status: str, config: dict) -> dict:
-    """The ``runs`` row of a run from its request and the attrs its extraction stored."""
+def runs_row(store: Store, run_id: str, status: str, config: dict,
+             images: list[ImageRecord] | None = None) -> dict:
+    """The ``runs`` row of a run from its request and the attrs its extraction stored;
+    ``images``: the image statuses when not the manifest's (a stats-only run marks no shard)."""
     request = read_request(store, run_id)
     attrs = open_activations(store, run_id).attrs
     info = json.loads(attrs.get("model_info", "{}"))
-    images = read_image_manifest(store, run_id)
+    images = images if images is not None else read_image_manifest(store, run_id)
     img_size = request.img_size if isinstance(request.img_size, int) else request.img_size[0]
     return {
         "run_id": run_id,
@@ -58,9 +61,11 @@ def runs_row(store: Store, run_id: str, status: str, config: dict) -> dict:
     }
 
 
-def publish(store_root: str, run_id: str, results, config: dict) -> dict[str, str]:
+def publish(store_root: str, run_id: str, results, config: dict,
+            images: list[ImageRecord] | None = None) -> dict[str, str]:
     """Write the results Dataset and every table of the run; the ``runs`` row comes last, so
-    a run is listed as complete only once its other tables are in place.
+    a run is listed as complete only once its other tables are in place. ``images``: the
+    image statuses when not the manifest's (see ``runs_row``).
 
     Returns:
         Paths of what was written, by name.
@@ -68,17 +73,18 @@ def publish(store_root: str, run_id: str, results, config: dict) -> dict[str, st
     store = Store(store_root)
     model = read_request(store, run_id).model
     write_results(store, run_id, results)
-    images = pa.Table.from_pylist([
+    records = images if images is not None else read_image_manifest(store, run_id)
+    images_table = pa.Table.from_pylist([
         {"image_index": r.index, "image_id": r.id, "sha256": r.sha256, "status": r.status,
          "error": r.error}
-        for r in read_image_manifest(store, run_id)
+        for r in records
     ])
     written = {"results": f"{store.zarr_path}/{store.results_group(run_id)}"}
-    for name, rows in (("layers", layers_rows(results)), ("images", images)):
+    for name, rows in (("layers", layers_rows(results)), ("images", images_table)):
         written[name] = str(write_table(store, name, model, run_id, rows))
     if "head" in results.dims:
         for name, rows in (("heads", heads_rows(results)), ("modes", modes_rows(results))):
             written[name] = str(write_table(store, name, model, run_id, rows))
-    row = runs_row(store, run_id, "complete", config)
+    row = runs_row(store, run_id, "complete", config, records)
     written["runs"] = str(write_table(store, "runs", model, run_id, [row]))
     return written
