@@ -240,6 +240,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from bfd.queries import run_query
 
     config = dict(DEMO_CONFIG) if args.demo else _extract_config(args)
+    if not args.store_activations and (args.workers != 1 or args.dask_address):
+        raise ValueError("--no-store-activations runs both forwards in this process; it takes "
+                         "neither --workers nor --dask-address")
     if args.demo:
         print("demo: random-init (untrained) vit_tiny_patch16_224 on 64 embedded sample images;"
               " weights are labelled 'random' everywhere", file=sys.stderr)

@@ -374,3 +374,12 @@ def test_json_rows_equal_pythons_json_of_the_same_values():
                 else [json.loads(line) for line in text.splitlines()])
         assert rows == expected
         assert all(type(r["f"]) is float for r in rows if r["f"] is not None)
+
+
+def test_no_store_activations_refuses_workers_in_one_line(prefect_harness, tmp_path, capsys):
+    store = tmp_path / "store"
+    for extra in (["--workers", "2"], ["--dask-address", "tcp://127.0.0.1:1"]):
+        code, out, err = run(["audit", *EXTRACT[1:], "--no-store-activations", *extra,
+                              "--store", str(store)], capsys)
+        assert_one_line_error(code, err, "--no-store-activations", "--workers")
+        assert out == "" and not store.exists()
