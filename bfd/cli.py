@@ -24,10 +24,6 @@ def _prefect_defaults(verbose: bool) -> None:
     # error itself in one line, and the run's logs stay in Prefect's API (and with -v here).
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL",
                           "NOTSET" if verbose else "CRITICAL")
-    # The temporary server (uvicorn) otherwise waits for the client's idle keep-alive and
-    # websocket connections on exit, until Prefect kills it 5 s later: seconds per command.
-    # Every API call of the flows has been answered by then.
-    os.environ.setdefault("UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     # torch is not imported yet: idle OpenMP workers then sleep instead of spinning, which
     # otherwise starves the small LAPACK and elementwise calls between GEMMs on few cores
@@ -135,36 +131,11 @@ class _Bars:
             bar.close()
 
 
-# The thread that starts Prefect's temporary server, while a pipeline command imports and plans.
-_server_start: list = []
-
-
-def _start_prefect_server() -> None:
-    """Starts Prefect's temporary API server in the background when the flows will need one
-    (no PREFECT_API_URL), so that its start-up (a uvicorn process, several seconds) overlaps
-    this process's imports of torch, timm and the flows instead of following them. The flow
-    is the same and records the same runs: it finds the started server, as it would have
-    started it itself (``_with_bars`` waits for it first)."""
-    import threading
-
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
-
-    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
-        return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    # A start that fails here is retried, and its error reported, by the flow's own start.
-    thread = threading.Thread(target=SubprocessASGIServer().start, name="bfd-prefect-server",
-                              daemon=True)
-    thread.start()
-    _server_start.append(thread)
-
-
 def _with_bars(fn, *args, **kwargs):
     from bfd.flows import progress
+    from bfd.flows.server import wait_started
 
-    while _server_start:
-        _server_start.pop().join()
+    wait_started()
     bars = _Bars()
     try:
         with progress.listening(bars):
@@ -173,28 +144,18 @@ def _with_bars(fn, *args, **kwargs):
         bars.close()
 
 
-class _TextSink:
-    """Bytes written to a text stream that has no binary buffer (a notebook's stdout)."""
-
-    def __init__(self, stream) -> None:
-        self.stream = stream
-        self.closed = False
-
-    def write(self, data: bytes) -> int:
-        self.stream.write(bytes(data).decode())
-        return len(data)
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-
 def _print_table(table, fmt: str, output: str | None = None) -> None:
     """Writes a result (a table or a record batch reader) to stdout or ``output``, streaming."""
-    from bfd.output import write_result
+    from bfd.output import stdout_bytes, write_result
 
-    sys.stdout.flush()
-    out = getattr(sys.stdout, "buffer", None) or _TextSink(sys.stdout)
-    write_result(table, fmt, out, output)
+    write_result(table, fmt, stdout_bytes(), output)
+
+
+def _start_prefect_server() -> None:
+    """Prefect's temporary server starts while the command imports torch and the flows."""
+    from bfd.flows.server import start_early
+
+    start_early()
 
 
 def cmd_extract(args: argparse.Namespace) -> int:

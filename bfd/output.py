@@ -13,6 +13,7 @@ import json
 import math
 import os
 import struct
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO, Final
@@ -20,7 +21,7 @@ from typing import BinaryIO, Final
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["write_result"]
+__all__ = ["stdout_bytes", "write_result"]
 
 # Rows that fix the column widths of the table format (later rows keep those widths).
 _TABLE_WIDTH_ROWS: Final[int] = 1000
@@ -245,3 +246,25 @@ def write_result(
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+class _TextSink:
+    """Bytes written to a text stream that has no binary buffer (a notebook's stdout)."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        self.stream.write(bytes(data).decode())
+        return len(data)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def stdout_bytes() -> BinaryIO:
+    """``sys.stdout`` as a binary stream, its text layer flushed first so that text already
+    printed comes before the bytes."""
+    sys.stdout.flush()
+    return getattr(sys.stdout, "buffer", None) or _TextSink(sys.stdout)
