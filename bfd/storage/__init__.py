@@ -18,6 +18,7 @@ from .manifest import image_list_sha256 as image_list_sha256
 from .manifest import mark_shard_done as mark_shard_done
 from .manifest import plan_shards as plan_shards
 from .manifest import read_image_manifest as read_image_manifest
+from .manifest import shard_ranges as shard_ranges
 from .manifest import write_image_manifest as write_image_manifest
 from .paths import Store as Store
 from .paths import default_store as default_store
