@@ -200,10 +200,34 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sql(args: argparse.Namespace) -> int:
-    from bfd.queries import run_sql
+def _attached(args: argparse.Namespace) -> dict[str, str]:
+    """``--attach NAME=STORE`` options as {name: store}."""
+    out = {}
+    for item in args.attach:
+        name, sep, store = item.partition("=")
+        if not sep or not name or not store:
+            raise ValueError(f"--attach must be NAME=STORE; got {item!r}")
+        if name in out:
+            raise ValueError(f"--attach name {name!r} is given twice")
+        out[name] = store
+    return out
 
-    _print_table(run_sql(_store(args), args.sql), args.format)
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from bfd.queries import connect, run_sql
+
+    attach = _attached(args)
+    store = connect(_store(args), attach) if attach else _store(args)
+    _print_table(run_sql(store, args.sql), args.format)
+    return 0
+
+
+def cmd_catalog(args: argparse.Namespace) -> int:
+    from bfd.queries import current_catalog
+
+    path = current_catalog(_store(args))
+    print(path if args.path else f"catalog: {path} (open it read-only; replaced atomically "
+          "when the tables change)")
     return 0
 
 
@@ -277,9 +301,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sql", help="run read-only SQL over the result tables")
     s.add_argument("sql")
+    s.add_argument("--attach", action="append", default=[], metavar="NAME=STORE",
+                   help="also query another store, read-only, as database NAME (repeatable)")
     _add_store(s)
     _add_format(s)
     s.set_defaults(fn=cmd_sql)
+
+    s = sub.add_parser("catalog", help="bring the SQL catalog up to date and print its "
+                       "stable path, for other tools")
+    s.add_argument("--path", action="store_true", help="print only the path")
+    _add_store(s)
+    s.set_defaults(fn=cmd_catalog)
 
     s = sub.add_parser("query", help="run a named query (bfd query --list)")
     s.add_argument("name", nargs="?")

@@ -284,12 +284,12 @@ def current_catalog(store_root: str | os.PathLike[str]) -> Path:
 
     Raises:
         FileNotFoundError: ``store_root`` is not a directory.
-        PermissionError: The store cannot be written, so there is no stable catalog.
+        RuntimeError: The store cannot be written, so there is no stable catalog.
     """
     root = Path(store_root)
     path = refresh_catalog(root)
     if path is None:
-        raise PermissionError(f"store {str(root)!r} cannot be written, so it has no stable "
+        raise RuntimeError(f"store {str(root)!r} cannot be written, so it has no stable "
                               "catalog file; query it with bfd sql")
     current = root / CATALOG_DIR / CURRENT_NAME
     if not current.is_file() or not filecmp.cmp(current, path, shallow=False):

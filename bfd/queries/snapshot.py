@@ -116,7 +116,7 @@ def _unreadable(listing: Listing) -> dict[str, str]:
                     raise ListingChanged(f.path)
                 try:
                     con.execute("SELECT * FROM read_parquet($f, hive_partitioning = false)",
-                                {"f": f.path}).fetch_arrow_table()
+                                {"f": f.path}).fetchall()
                 except duckdb.Error as err:
                     bad[f.path] = str(err).splitlines()[0]
     finally:
