@@ -138,7 +138,7 @@ def test_null_is_null(two_models):
     assert np.isfinite(row["mean"])
 
 
-def test_stable_catalog_keeps_working_across_a_rebuild(two_models, tmp_path):
+def test_stable_catalog_keeps_working_across_a_rebuild(two_models, tmp_path, capsys):
     source, rids = two_models
     store = Store(tmp_path / "store")
     shutil.copytree(source.root, store.root)
@@ -156,9 +156,14 @@ def test_stable_catalog_keeps_working_across_a_rebuild(two_models, tmp_path):
     fresh = duckdb.connect(str(current_catalog(store.root)), read_only=True)
     assert fresh.sql("SELECT count(*) FROM runs").fetchall() == [(1,)]
     fresh.close()
-    out = subprocess.run([sys.executable, "-m", "bfd.cli", "catalog", "--path", "--store",
-                          str(store.root)], capture_output=True, text=True, cwd=REPO)
-    assert out.returncode == 0 and out.stdout == f"{path}\n"
+    from conftest import env_kept
+
+    from bfd.cli import main
+
+    capsys.readouterr()
+    with env_kept():
+        assert main(["catalog", "--path", "--store", str(store.root)]) == 0
+    assert capsys.readouterr().out == f"{path}\n"
 
 
 def test_attach_queries_several_stores_read_only(two_models, tmp_path):

@@ -1,7 +1,8 @@
 """A read-only DuckDB catalog over a store's Parquet tables (docs/layout.md, "Tables and columns").
 
-``connect`` loads every ``<store>/tables/<table>/**/*.parquet`` file into tables ``runs, layers,
-heads, modes, images`` of a DuckDB database of its own (a snapshot, cached: see below), attaches
+``connect`` loads the published table files of every run (``listing.py``: the version each
+run's ``published.json`` names) into tables ``runs, layers, heads, modes, images`` of a DuckDB
+database of its own (a snapshot, cached: ``snapshot.py``), attaches
 that database read-only and turns off file access from SQL. What that buys, and why not plain
 views over ``read_parquet``:
 
@@ -22,18 +23,16 @@ module: ``latest_runs`` (newest complete run per model), ``layer_summary`` (per 
 complete run) and ``run_summary`` (per complete run). Raw tables stay raw: only the derived views
 filter on ``runs.status = 'complete'``.
 
-Snapshots are cached in the store, as ``<store>/catalog/<fingerprint>.duckdb`` (docs/layout.md).
-The fingerprint hashes the path (relative to the store), size, mtime and inode of every file
-``table_files`` lists, and a schema version (``CONTRACT``, the derived views' SQL, the DuckDB
-version and ``_CATALOG_FORMAT``), so a new, replaced or removed table file, or a package
-upgrade, gives a new name. ``connect`` lists the table files (os.scandir, a few ms), attaches
-the snapshot of their fingerprint read-only if it exists, and otherwise builds it: in a hidden
-folder ``catalog/.build-*``, then renamed into place (atomic; concurrent builders of one
-fingerprint each rename their own, identical, file), after which older snapshots are removed.
-A snapshot file is never written after its rename, and attaching is read-only, so a cached
-snapshot is the same read-only catalog as a fresh one. A store that cannot be written
-(read-only mount, no permission, ``catalog`` not a folder) gets a private snapshot in a
-temporary directory, built on every call as before the cache.
+Snapshots are cached in the store, as ``<store>/catalog/<fingerprint>.duckdb``, with a copy at
+the stable path ``catalog/current.duckdb`` for other tools; an unreadable table file leaves out
+its run with a warning, and a store whose catalog cannot be written gets a private snapshot
+(``snapshot.py``, docs/layout.md "SQL catalog"). ``connect(store, attach={name: store})``
+attaches further stores' catalogs, read-only, under their names.
+
+Adding a table: its contract columns go in ``CONTRACT`` (and its schema in
+``bfd.storage.TABLE_SCHEMAS``). A table published per run with the others is also listed in
+``RUN_TABLES`` of ``listing.py`` and ``bfd.storage.tables``; any other table (e.g. an
+append-only log) is read as every Parquet file below ``tables/<table>/``.
 """
 
 from __future__ import annotations

@@ -148,14 +148,6 @@ def table_path(store: Store, table: str, run_id: str, version: str) -> Path:
     return store.table_dir(table) / validate_run_id(run_id) / f"part-{version}.parquet"
 
 
-def legacy_table_dir(store: Store, table: str, model: str, run_id: str) -> Path:
-    """Where stores written before versioned publishing keep a run's table file (read, then
-    removed when the run is published again)."""
-    _check_table(table)
-    return (store.table_dir(table) / f"model={partition_value(model)}"
-            / f"run_id={validate_run_id(run_id)}")
-
-
 def table_glob(store: Store, table: str) -> str:
     """Glob of every table file of the current layout, for tools that read a folder.
 
