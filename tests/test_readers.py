@@ -190,12 +190,19 @@ def test_catalog_and_sql_import_no_torch_timm_or_prefect():
     assert out.stdout.strip() == "[]", out.stderr
 
 
-def test_unreadable_table_file_leaves_out_its_run_only(two_models, tmp_path, caplog):
+@pytest.mark.parametrize("damage", ["truncated", "deleted", "garbage pointer"])
+def test_unreadable_table_file_leaves_out_its_run_only(two_models, tmp_path, caplog, damage):
     source, rids = two_models
     store = Store(tmp_path / "store")
     shutil.copytree(source.root, store.root)
     damaged = store.root / read_pointer(store, rids[0])["tables"]["modes"]
-    damaged.write_bytes(damaged.read_bytes()[:50])
+    if damage == "truncated":
+        damaged.write_bytes(damaged.read_bytes()[:50])
+    elif damage == "deleted":
+        damaged.unlink()
+    else:
+        damaged = store.published_pointer(rids[0])
+        damaged.write_bytes(b"\x00garbage")
     for _ in range(2):  # built, then from the cache: the warning each time
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="bfd.catalog"):

@@ -60,12 +60,18 @@ def _scan(folder: str, rel: str, out: list[tuple[str, str, os.stat_result]]) -> 
 
 def _pointers(root: str, notes: list[str]) -> dict[str, dict]:
     """Every run's pointer, by run id; an unreadable one is noted and its run left out."""
-    runs = os.path.join(root, "runs")
     try:
-        with os.scandir(runs) as it:
+        with os.scandir(os.path.join(root, "runs")) as it:
             names = sorted(e.name for e in it if not e.name.startswith("."))
     except (FileNotFoundError, NotADirectoryError):
         return {}
+    return _pointers_of(root, names, notes)
+
+
+def _pointers_of(root: str, names: list[str], notes: list[str] | None = None
+                 ) -> dict[str, dict]:
+    runs = os.path.join(root, "runs")
+    notes = [] if notes is None else notes
     out = {}
     for name in names:
         path = os.path.join(runs, name, POINTER_NAME)
@@ -96,6 +102,7 @@ def list_files(root: str, tables: tuple[str, ...]) -> tuple[Listing, list[str]]:
     notes: list[str] = []
     pointers = _pointers(root, notes)
     listing: Listing = {}
+    missing: dict[str, str] = {}
     for table in tables:
         files: list[TableFile] = []
         if table in RUN_TABLES:
@@ -107,7 +114,11 @@ def list_files(root: str, tables: tuple[str, ...]) -> tuple[Listing, list[str]]:
                 try:
                     files.append(TableFile(path, rel, os.stat(path), run_id))
                 except FileNotFoundError as err:
-                    raise ListingChanged(path) from err
+                    # Old versions go only after the pointer has moved on: a file missing
+                    # under an unchanged pointer is damage, not a publish.
+                    if _pointers_of(root, [run_id]).get(run_id) != pointer:
+                        raise ListingChanged(path) from err
+                    missing[run_id] = path
             # The layout before versioned publishing: folders model=<m>/run_id=<r>/.
             legacy: list[tuple[str, str, os.stat_result]] = []
             _scan(os.path.join(root, "tables", table), f"tables/{table}/", legacy)
@@ -125,6 +136,18 @@ def list_files(root: str, tables: tuple[str, ...]) -> tuple[Listing, list[str]]:
         # The order of sorted Paths: by path components.
         files.sort(key=lambda f: f.rel.split("/"))
         listing[table] = files
+    # A run of the old layout published meanwhile loses its old files after its pointer is
+    # written: had that begun, part of them could be listed.
+    legacy_runs = {f.run_id for files in listing.values() for f in files
+                   if f.run_id is not None and f.run_id not in pointers}
+    for run_id in legacy_runs:
+        if os.path.exists(os.path.join(root, "runs", run_id, POINTER_NAME)):
+            raise ListingChanged(run_id)
+    for run_id, path in missing.items():
+        notes.append(f"table file {path} (run {run_id}) is missing; run {run_id} is left out "
+                     "of the SQL catalog")
+    listing = {table: [f for f in files if f.run_id not in missing]
+               for table, files in listing.items()}
     return listing, notes
 
 
