@@ -137,7 +137,7 @@ def _remove_unlisted(store: Store, run_id: str, pointer: dict[str, Any] | None) 
     versions, those of failed or killed publishes, and the old layout's once a pointer exists.
     """
     keep = {store.root / rel for rel in (pointer or {}).get("tables", {}).values()}
-    for table in TABLE_SCHEMAS:
+    for table in RUN_TABLES:
         folder = store.table_dir(table) / run_id
         if folder.is_dir():
             for path in folder.iterdir():
@@ -175,7 +175,10 @@ def publishing(store: Store, run_id: str, *, keep_previous: bool = False
     """
     validate_run_id(run_id)
     with _run_lock(store, run_id):
-        previous = read_pointer(store, run_id)
+        try:
+            previous = read_pointer(store, run_id)
+        except ValueError:
+            previous = None  # a damaged pointer names nothing readable; publishing repairs it
         _remove_unlisted(store, run_id, previous)  # leftovers of killed publishes
         if previous is None and keep_previous:
             legacy = _legacy_files(store, run_id)
@@ -188,8 +191,11 @@ def publishing(store: Store, run_id: str, *, keep_previous: bool = False
             yield pub
             write_json_atomic(store.published_pointer(run_id), pub.pointer())
         except BaseException:
-            current = read_pointer(store, run_id)
-            if current is None or current.get("version") != pub.version:
+            try:
+                switched = (read_pointer(store, run_id) or {}).get("version") == pub.version
+            except ValueError:
+                switched = False
+            if not switched:
                 pub.discard()
             raise
         _remove_unlisted(store, run_id, pub.pointer())
@@ -261,7 +267,10 @@ def published_files(store: Store, table: str) -> list[Path]:
             validate_run_id(run_id)
         except ValueError:
             continue
-        pointer = read_pointer(store, run_id)
+        try:
+            pointer = read_pointer(store, run_id)
+        except ValueError:
+            continue  # unreadable: the run is not published (the catalog warns)
         if pointer is not None and table in pointer["tables"]:
             files[run_id] = store.root / pointer["tables"][table]
     for path in store.table_dir(table).glob("model=*/run_id=*/part-*.parquet"):
