@@ -272,7 +272,11 @@ def extract_shard(
     batches = imgs.iter_batches(recs, transform, cfg.batch_size, cfg.decode_workers, align=ipc,
                                 prefetch=2 if overlap else 0)
     writes = []
-    with closing(batches), ThreadPoolExecutor(1, thread_name_prefix="bfd-write") as writer:
+    # Writes of distinct chunks are independent (each owns whole chunks), and compressing
+    # them releases the GIL: on a GPU several writer threads keep up with the forwards.
+    writer_threads = 4 if overlap else 1
+    with closing(batches), ThreadPoolExecutor(writer_threads,
+                                              thread_name_prefix="bfd-write") as writer:
         written = seen = 0  # shard offsets: handed to the writer, and forwarded so far
         for batch in batches:
             errors.update(batch.errors)
