@@ -1,0 +1,182 @@
+"""The dashboard's build (pages, escaping, incremental refresh), its data, and ``bfd plot``.
+The browser tests are in test_dashboard_browser.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dashstore import write_synthetic_run
+from PIL import Image
+from test_queries import build_store
+
+from bfd.cli import main
+from bfd.queries import connect, run_sql
+from bfd.report import data as D
+from bfd.report.dashboard import MANIFEST, build_dashboard, embed_json, make_server
+from bfd.report.plots import VIEWS
+
+XSS = "<script>alert(1)</script>"
+
+
+def embedded(page: Path) -> dict:
+    text = page.read_text(encoding="utf-8")
+    match = re.search(r"<script type='application/json' id='bfd-data'>(.*?)</script>", text, re.S)
+    assert match is not None
+    return json.loads(match.group(1))
+
+
+def test_embedded_json_cannot_leave_its_script_element():
+    value = {"name": f"</script>{XSS}<!-- & \u2028", "x": [1.5, None]}
+    text = embed_json(value)
+    assert not set("<>&") & set(text)
+    assert json.loads(text) == value
+
+
+def test_pages_of_a_store_and_an_incremental_rebuild(tmp_path):
+    root = tmp_path / "store"
+    runs = build_store(root)
+    out = tmp_path / "site"
+    first = build_dashboard(root, out)
+    pages = {"index.html", "series.html", "compare.html"} | {f"runs/{r}.html" for r in runs}
+    assets = {"assets/plotly.min.js", "assets/dashboard.js", "assets/dashboard.css"}
+    assert set(first.written) == pages | assets and not first.unchanged
+    # The overview lists every run, the unfinished one included, from the catalog.
+    overview = embedded(out / "index.html")
+    assert sorted(overview["runs"]["run_id"]) == sorted(runs)
+    assert overview["has_audits"] is False
+    # Layer rows only for complete runs; their frac_pos is what was planted.
+    assert set(overview["layers"]["run_id"]) == {"a-old", "a-new", "b-1"}
+    rows = [i for i, r in enumerate(overview["layers"]["run_id"]) if r == "a-new"]
+    np.testing.assert_allclose(
+        [overview["layers"]["frac_pos"][i] for i in rows], runs["a-new"].frac_pos, rtol=1e-12
+    )
+    page = (out / "index.html").read_text(encoding="utf-8")
+    # Nothing is loaded from outside the output folder.
+    assert not re.search(r"""(src|href)=["'](https?:|//)""", page)
+    assert "plotly.min.js" in page and (out / "assets/plotly.min.js").stat().st_size > 1e6
+
+    second = build_dashboard(root, out)
+    assert second.written == [] and set(second.unchanged) == pages
+
+    created = dt.datetime(2025, 4, 1, tzinfo=dt.UTC)
+    write_synthetic_run(root, "c-1", model="vit_c", created_at=created)
+    third = build_dashboard(root, out)
+    assert set(third.written) == {"index.html", "series.html", "compare.html", "runs/c-1.html"}
+    assert "c-1" in embedded(out / "compare.html")["runs"]["run_id"]
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert "runs/c-1.html" in manifest["pages"]
+
+    for table in ("runs", "layers", "heads", "modes"):
+        for path in (root / "tables" / table).glob("model=vit_c/run_id=c-1/*.parquet"):
+            path.unlink()
+    fourth = build_dashboard(root, out)
+    assert fourth.removed == ["runs/c-1.html"] and not (out / "runs/c-1.html").exists()
+
+
+def test_run_keys_follow_each_runs_rows(tmp_path):
+    root = tmp_path / "store"
+    for i, run_id in enumerate(("r-1", "r-2")):
+        write_synthetic_run(root, run_id, seed=i)
+    with connect(root) as con:
+        before = D.run_keys(con)
+    write_synthetic_run(root, "r-2", seed=5)  # same shape, other numbers
+    with connect(root) as con:
+        after = D.run_keys(con)
+    assert before["r-1"] == after["r-1"] and before["r-2"] != after["r-2"]
+
+
+def test_positional_components_recover_the_planted_grid(tmp_path):
+    root = tmp_path / "store"
+    write_synthetic_run(root, "p-1", depth=2, grid=(4, 5), with_pos=True)
+    pcs = D.positional_components(root, "p-1", (4, 5))
+    assert pcs["layers"] == [0, 1] and pcs["grid"] == [4, 5]
+    rows, cols = np.mgrid[0:4, 0:5]
+    for layer in range(2):
+        pc1, pc2 = (np.array(pcs["pcs"][layer][j]) for j in range(2))
+        # Planted: rows carry 9x the variance of columns; the prefix token is off the grid.
+        assert abs(np.corrcoef(pc1.ravel(), rows.ravel())[0, 1]) > 0.999999
+        assert abs(np.corrcoef(pc2.ravel(), cols.ravel())[0, 1]) > 0.999999
+        np.testing.assert_allclose(pcs["explained"][layer][:2], [0.9, 0.1], atol=1e-9)
+        assert pc1.max() == np.abs(pc1).max()  # sign fixed
+    assert D.positional_components(root, "p-1", (5, 5)) is None  # tokens do not fill it
+    assert D.positional_components(root, "missing", (4, 5)) is None
+
+
+def test_series_data_lists_head_type_changes_of_consecutive_runs(tmp_path):
+    root = tmp_path / "store"
+    for i in range(3):
+        write_synthetic_run(root, f"s-{i}", weights="w", seed=i,
+                            created_at=dt.datetime(2025, 1, 1 + i, tzinfo=dt.UTC))
+    with connect(root) as con:
+        changes = D.series_data(con)["head_type_changes"].to_pylist()
+        heads = {
+            (r["run_id"], r["layer"], r["head"]): r["head_type"]
+            for r in run_sql(con, "SELECT run_id, layer, head, head_type FROM heads").to_pylist()
+        }
+    expected = {
+        (f"s-{i}", layer, head)
+        for i in (1, 2)
+        for (run, layer, head), kind in heads.items()
+        if run == f"s-{i}" and heads[(f"s-{i - 1}", layer, head)] != kind
+    }
+    assert expected  # the seeds give some changes to find
+    assert {(c["run_id"], c["layer"], c["head"]) for c in changes} == expected
+    assert all(c["prev_run_id"] == f"s-{int(c['run_id'][-1]) - 1}" for c in changes)
+
+
+def test_dashboard_imports_neither_torch_nor_matplotlib(tmp_path):
+    root = tmp_path / "store"
+    write_synthetic_run(root, "r-1")
+    code = (
+        "import sys; from bfd.report.dashboard import build_dashboard; "
+        f"build_dashboard({str(root)!r}, {str(tmp_path / 'site')!r}); "
+        "print(sorted(m for m in ('torch', 'timm', 'prefect', 'matplotlib') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_server_binds_loopback_only(tmp_path):
+    server = make_server(tmp_path, 0)
+    try:
+        assert server.server_address[0] == "127.0.0.1"
+    finally:
+        server.server_close()
+
+
+@pytest.mark.parametrize("fmt", ["png", "svg"])
+def test_bfd_plot_writes_each_view_of_a_two_layer_run(tmp_path, capsys, fmt):
+    root = tmp_path / "store"
+    model = "vit_$x^2$_model"
+    write_synthetic_run(root, "two-1", model=model, depth=2, with_pos=True)
+    out = tmp_path / "figs"
+    assert main(["plot", "two-1", "--store", str(root), "--out", str(out), "--format", fmt]) == 0
+    files = sorted(out.iterdir())
+    assert [p.name for p in files] == sorted(f"two-1-{view}.{fmt}" for view in VIEWS)
+    assert capsys.readouterr().out.split() == [str(out / f"two-1-{v}.{fmt}") for v in VIEWS]
+    for path in files:
+        if fmt == "png":
+            image = Image.open(io.BytesIO(path.read_bytes())).convert("RGB")
+            assert image.width >= 1000  # 3.5 in or more at 300 dpi
+            assert len(set(image.getdata())) > 50
+        else:
+            # The $ of the name is printed as it is, not parsed as mathtext.
+            assert "vit_$x^2$_model" in path.read_text(encoding="utf-8")
+
+
+def test_bfd_plot_refuses_an_unknown_run(tmp_path, capsys):
+    root = tmp_path / "store"
+    write_synthetic_run(root, "r-1")
+    assert main(["plot", "nope", "--store", str(root), "--out", str(tmp_path / "f")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bfd: error: no run 'nope'") and "r-1" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "f").exists()
