@@ -119,7 +119,7 @@ def _page(kind: str, title: str, payload: dict[str, Any], depth: int, store: str
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-        f"<title>{html.escape(title)} · BFD dashboard</title>"
+        f"<title>{html.escape(title)} · BFD dashboard</title><link rel='icon' href='data:,'>"
         f"<link rel='stylesheet' href='{up}assets/dashboard.css'></head>"
         f"<body data-page='{kind}'><header><nav aria-label='pages'>"
         f"<span class='brand'>BFD dashboard</span>{nav}</nav>"
