@@ -105,3 +105,34 @@ def write_synthetic_run(
         )
         write_results(store, run_id, ds)
     return {"frac_pos": frac_pos, "energy": energy}
+
+
+AUDITS_SQL = (
+    "CREATE TABLE audits (audit_id VARCHAR, series VARCHAR, run_id VARCHAR, step BIGINT,"
+    " started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, trigger VARCHAR, flow_run_id VARCHAR,"
+    " status VARCHAR, prev_audit_id VARCHAR, n_flagged BIGINT)"
+)
+DRIFT_SQL = (
+    "CREATE TABLE drift (audit_id VARCHAR, prev_audit_id VARCHAR, layer INTEGER, head INTEGER,"
+    " metric VARCHAR, before DOUBLE, after DOUBLE, delta DOUBLE, threshold DOUBLE,"
+    " flagged BOOLEAN)"
+)
+
+
+def catalog_with_audits(root: Path, copy: Path, audits: list[tuple], drift: list[tuple]):
+    """A writable copy of the store's catalog snapshot with ``audits`` and ``drift`` tables
+    (the columns the audit flows write), for the pages that read them."""
+    import shutil
+
+    import duckdb
+
+    from bfd.queries import refresh_catalog
+
+    shutil.copyfile(refresh_catalog(root), copy)
+    con = duckdb.connect(str(copy))
+    con.execute(AUDITS_SQL)
+    con.execute(DRIFT_SQL)
+    con.executemany("INSERT INTO audits VALUES (" + ", ".join("?" * 11) + ")", audits)
+    if drift:
+        con.executemany("INSERT INTO drift VALUES (" + ", ".join("?" * 10) + ")", drift)
+    return con

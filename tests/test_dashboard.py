@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dashstore import write_synthetic_run
+from dashstore import catalog_with_audits, write_synthetic_run
 from PIL import Image
 from test_queries import build_store
 
@@ -180,3 +180,47 @@ def test_bfd_plot_refuses_an_unknown_run(tmp_path, capsys):
     assert err.startswith("bfd: error: no run 'nope'") and "r-1" in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "f").exists()
+
+
+def audited_store(tmp_path: Path):
+    """Three audits of one series (steps 100, 200, 300); the third flagged f_pp drift."""
+    root = tmp_path / "store"
+    utc = dt.UTC
+    for i in range(3):
+        write_synthetic_run(root, f"s-{i}", weights="w", seed=i,
+                            created_at=dt.datetime(2025, 1, 3 - i, tzinfo=utc))
+    audits = [
+        (f"audit-{i}", f"nightly {XSS}", f"s-{i}", 100 * (i + 1),
+         dt.datetime(2025, 2, 1 + i, tzinfo=utc), dt.datetime(2025, 2, 1 + i, 1, tzinfo=utc),
+         "schedule", f"flow-{i}", "complete", f"audit-{i - 1}" if i else None, 1 if i == 2 else 0)
+        for i in range(3)
+    ]
+    drift = [("audit-2", "audit-1", 1, 0, "f_pp", 0.2, 0.5, 0.3, 0.1, True),
+             ("audit-2", "audit-1", 1, 1, "f_cc", 0.2, 0.21, 0.01, 0.1, False)]
+    return root, catalog_with_audits(root, tmp_path / "catalog.duckdb", audits, drift)
+
+
+def test_series_follow_the_audits_table_when_it_exists(tmp_path):
+    root, con = audited_store(tmp_path)
+    with con:
+        assert D.audits_present(con)
+        runs = D.run_list(con).to_pylist()
+        assert {r["series"] for r in runs} == {f"nightly {XSS}"}
+        # Ordered by audit step, not by creation time (created_at runs backwards here).
+        assert [r["run_id"] for r in runs] == ["s-0", "s-1", "s-2"]
+        assert [r["flow_run_id"] for r in runs] == ["flow-0", "flow-1", "flow-2"]
+        data = D.series_data(con)
+        assert [r["run_id"] for r in data["metrics"].to_pylist()] == ["s-0", "s-1", "s-2"]
+        flagged = data["drift"].to_pylist()
+        assert [(d["run_id"], d["metric"], d["layer"]) for d in flagged] == [("s-2", "f_pp", 1)]
+        changes = data["head_type_changes"].to_pylist()
+        assert all(c["prev_run_id"] == f"s-{int(c['run_id'][-1]) - 1}" for c in changes)
+
+
+def test_series_page_without_audits_says_so(tmp_path):
+    root = tmp_path / "store"
+    write_synthetic_run(root, "r-1")
+    build_dashboard(root, tmp_path / "site")
+    payload = embedded(tmp_path / "site" / "series.html")
+    assert payload["has_audits"] is False and "drift" not in payload
+    assert payload["metrics"]["series"] == ["toy_vit · random"]

@@ -129,6 +129,19 @@ def test_overview_offline_every_run_and_selection(site, browser, tmp_path):
     assert set(traces) == {"a-1", "a-2", "x-2"} and traces["a-1"] != traces["a-2"]
     browser.find_element("css selector", "input.run-toggle[data-run='a-2']").click()
     assert set(depth_traces(browser)) == {"a-1", "x-2"}
+    # The runs table downloads as CSV: a header and one line per run.
+    browser.execute_script(
+        "const make = URL.createObjectURL; window.__blobs = [];"
+        "URL.createObjectURL = (b) => { window.__blobs.push(b); return make(b); };"
+    )
+    browser.find_element("xpath", "//button[starts-with(., 'Download runs as CSV')]").click()
+    csv = browser.execute_async_script(
+        "const done = arguments[0]; window.__blobs[0].text().then(done);"
+    )
+    lines = csv.strip().split("\n")
+    assert lines[0].startswith("run_id,series,model,weights")
+    assert sorted(line.split(",")[0] for line in lines[1:]) == sorted(run[0] for run in RUNS)
+    assert sum(XSS in line for line in lines) == 2
     # Not blank: the figure area holds many colours.
     png = browser.get_screenshot_as_png()
     (tmp_path / "overview.png").write_bytes(png)
@@ -194,3 +207,31 @@ def test_served_from_loopback_with_no_outside_request(site, browser):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_series_page_marks_drift_of_audits(tmp_path, browser, monkeypatch):
+    from test_dashboard import audited_store
+
+    root, con = audited_store(tmp_path)
+    monkeypatch.setenv("PREFECT_UI_URL", "http://127.0.0.1:4200")
+    with con:
+        build_dashboard(root, tmp_path / "site", catalog=con)
+    open_page(browser, (tmp_path / "site" / "series.html").as_uri())
+    assert_clean(browser, "file://")
+    assert browser.execute_script("return document.getElementById('no-audits')") is None
+    assert browser.execute_script("return document.getElementById('x-select').value") == "step"
+    line, flags = browser.execute_script(
+        "return document.getElementById('metric-f_pp').data.map(t => Array.from(t.x))"
+    )
+    assert line == [100, 200, 300] and flags == [300]
+    assert browser.execute_script(
+        "return document.getElementById('metric-f_cc').data[1].x.length"
+    ) == 0
+    drift_rows = browser.execute_script(
+        "return document.querySelectorAll('#drift-table tbody tr').length"
+    )
+    assert drift_rows == 1
+    open_page(browser, (tmp_path / "site" / "runs" / "s-0.html").as_uri())
+    link = browser.find_element("link text", "flow-0")
+    assert link.get_attribute("href") == "http://127.0.0.1:4200/runs/flow-run/flow-0"
+    assert browser.find_element("id", "results-link").get_attribute("href").startswith("file://")

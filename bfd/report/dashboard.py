@@ -32,6 +32,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
+import duckdb
+
 from bfd.queries import connect
 from bfd.report import data as D
 
@@ -174,7 +176,11 @@ def _run_links(store_root: Path, runs: D.Columns) -> None:
 
 
 def build_dashboard(
-    store_root: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, force: bool = False
+    store_root: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    catalog: duckdb.DuckDBPyConnection | None = None,
 ) -> DashboardBuild:
     """Writes (or refreshes) the dashboard of a store.
 
@@ -187,6 +193,8 @@ def build_dashboard(
         store_root: The store directory.
         out_dir: The output folder; created if missing.
         force: Rewrite every page.
+        catalog: An open catalog of the store to read (left open); by default
+            ``bfd.queries.connect(store_root)``.
 
     Returns:
         What was written, left unchanged and removed.
@@ -209,7 +217,7 @@ def build_dashboard(
     build = DashboardBuild(index=out / "index.html")
     out.mkdir(parents=True, exist_ok=True)
     pages: dict[str, str] = {}
-    con = connect(root)
+    con = catalog if catalog is not None else connect(root)
     try:
         runs = D.columnar(D.run_list(con))
         _run_links(root, runs)
@@ -246,7 +254,8 @@ def build_dashboard(
             payload = {"run": run, **detail, "generated": generated}
             _write_if_changed(out, rel, _page("run", f"Run {run_id}", payload, 1, str(root)), build)
     finally:
-        con.close()
+        if catalog is None:
+            con.close()
     for rel in old.get("pages", {}):
         if rel not in pages and rel.startswith("runs/"):
             (out / rel).unlink(missing_ok=True)

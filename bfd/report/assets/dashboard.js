@@ -491,7 +491,7 @@
           line: { color: "#0072B2" }, hovertemplate: `%{text}<br>${k} %{y:.4g}<extra></extra>` },
         { x: hit.map((m) => m[state.x]), y: hit.map((m) => m[k]), mode: "markers", name: "drift flagged",
           marker: { symbol: "x", size: 12, color: "#D55E00" }, hoverinfo: "skip" }],
-        { title: { text: k, font: { size: 13 } }, showlegend: false, height: 260,
+        { title: { text: k, font: { size: 13 }, x: 0.02, xanchor: "left" }, showlegend: false, height: 260,
           margin: { l: 55, r: 10, t: 35, b: 55 } });
         div.on("plotly_click", (ev) => { const page = ev.points[0].customdata; if (page) window.location.href = "runs/" + encodeURIComponent(page); });
       }
