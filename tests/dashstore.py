@@ -42,9 +42,11 @@ def write_synthetic_run(
     seed: int = 0,
     status: str = "complete",
     with_pos: bool = False,
+    intervals: bool = False,
 ) -> dict[str, np.ndarray]:
     """Writes one run's runs, layers, heads and modes tables; returns what was planted
-    (``frac_pos`` per layer, ``energy`` per layer, head and block)."""
+    (``frac_pos`` per layer, ``energy`` per layer, head and block). ``intervals`` adds the
+    extra columns ``frac_pos_lo = frac_pos - 0.01`` and ``frac_pos_hi = frac_pos + 0.02``."""
     rng = np.random.default_rng(seed)
     store = Store(root)
     created_at = created_at or dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
@@ -69,6 +71,8 @@ def write_synthetic_run(
                 "shuffle_frac_pos": 0.004, "ss_identity_residual": 1e-14,
                 "ortho_residual": 1e-15, "frac_content": 1 - fp[layer], "logit_residual": 1e-7,
                 "n_images": n_images,
+                **({"frac_pos_lo": fp[layer] - 0.01, "frac_pos_hi": fp[layer] + 0.02}
+                   if intervals else {}),
             })
     write_table(store, "layers", model, run_id, layer_rows)
     energy = rng.lognormal(0.0, 1.0, size=(depth, n_heads, 4))

@@ -38,6 +38,7 @@ def site(tmp_path_factory) -> Path:
         write_synthetic_run(
             root, run_id, model=model, weights=weights, seed=i, depth=4, n_heads=3,
             created_at=dt.datetime(2025, 1, day, tzinfo=dt.UTC), with_pos=run_id == "a-2",
+            intervals=model == "vit_a",
         )
     out = tmp_path_factory.mktemp("site")
     build_dashboard(root, out)
@@ -201,9 +202,21 @@ def test_served_from_loopback_with_no_outside_request(site, browser):
         base = f"http://{host}:{port}/"
         open_page(browser, base + "compare.html")
         assert_clean(browser, base)
-        assert browser.execute_script(
-            "return document.getElementById('delta-plot').data[0].y.length"
-        ) == 4
+        # a-1 against a-2, both with frac_pos intervals [v - 0.01, v + 0.02]: the delta's
+        # interval [lo_B - hi_A, hi_B - lo_A] reaches 0.03 either side of it.
+        browser.execute_script(
+            "for (const [id, v] of [['run-a', 'a-1'], ['run-b', 'a-2']]) {"
+            " const s = document.getElementById(id); s.value = v;"
+            " s.dispatchEvent(new Event('change')); }"
+        )
+        bar = browser.execute_script(
+            "const t = document.getElementById('delta-plot').data[0];"
+            "return [Array.from(t.y), Array.from(t.error_y.array),"
+            " Array.from(t.error_y.arrayminus)]"
+        )
+        delta, up, down = bar
+        assert len(delta) == 4
+        assert up == pytest.approx([0.03] * 4) and down == pytest.approx([0.03] * 4)
     finally:
         server.shutdown()
         server.server_close()

@@ -96,6 +96,10 @@ def audits_present(con: duckdb.DuckDBPyConnection) -> bool:
     return run_sql(con, "SELECT count(*) AS n FROM audits").column("n")[0].as_py() > 0
 
 
+def _column_names(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+    return run_sql(con, f"DESCRIBE {table}").column("column_name").to_pylist()
+
+
 def _audit_source(con: duckdb.DuckDBPyConnection) -> str:
     return _LATEST_AUDIT if audits_present(con) else _NO_AUDIT
 
@@ -126,9 +130,17 @@ def layer_rows(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> pa.
     columns of the attn_in site, interval columns (``*_lo``, ``*_hi``) included where the
     tables carry them; ``pos_embed_cos_resid`` from the resid site."""
     where = "" if run_id is None else "WHERE s.run_id = $run_id"
+    summary = set(_column_names(con, "layer_summary"))
+    # Columns of `layers` that layer_summary lacks (a later column of the same name as one of
+    # the summary's would otherwise come out twice).
+    extra = [
+        name
+        for name in _column_names(con, "layers")
+        if name not in summary and name not in ("run_id", "model", "layer", "site")
+    ]
+    picked = "".join(f', l."{name}"' for name in extra)
     sql = f"""
-        SELECT s.*, l.* EXCLUDE (run_id, model, layer, site, frac_pos, frac_content),
-            lr.pos_embed_cos AS pos_embed_cos_resid
+        SELECT s.*{picked}, lr.pos_embed_cos AS pos_embed_cos_resid
         FROM layer_summary AS s
         LEFT JOIN layers AS l ON l.run_id = s.run_id AND l.layer = s.layer
             AND l.site = 'attn_in'
