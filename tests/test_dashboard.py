@@ -21,7 +21,7 @@ from bfd.cli import main
 from bfd.queries import connect, run_sql
 from bfd.report import data as D
 from bfd.report.dashboard import MANIFEST, build_dashboard, embed_json, make_server
-from bfd.report.plots import VIEWS
+from bfd.report.plots import VIEWS, plot_run
 
 XSS = "<script>alert(1)</script>"
 
@@ -152,24 +152,38 @@ def test_server_binds_loopback_only(tmp_path):
         server.server_close()
 
 
-@pytest.mark.parametrize("fmt", ["png", "svg"])
-def test_bfd_plot_writes_each_view_of_a_two_layer_run(tmp_path, capsys, fmt):
+@pytest.fixture
+def two_layer_store(tmp_path) -> Path:
     root = tmp_path / "store"
-    model = "vit_$x^2$_model"
-    write_synthetic_run(root, "two-1", model=model, depth=2, with_pos=True)
+    write_synthetic_run(root, "two-1", model="vit_$x^2$_model", depth=2, with_pos=True)
+    return root
+
+
+def test_bfd_plot_writes_each_view_of_a_two_layer_run(two_layer_store, tmp_path, capsys):
     out = tmp_path / "figs"
-    assert main(["plot", "two-1", "--store", str(root), "--out", str(out), "--format", fmt]) == 0
+    args = ["plot", "two-1", "--store", str(two_layer_store), "--out", str(out), "--format", "svg"]
+    assert main(args) == 0
     files = sorted(out.iterdir())
-    assert [p.name for p in files] == sorted(f"two-1-{view}.{fmt}" for view in VIEWS)
-    assert capsys.readouterr().out.split() == [str(out / f"two-1-{v}.{fmt}") for v in VIEWS]
+    assert [p.name for p in files] == sorted(f"two-1-{view}.svg" for view in VIEWS)
+    assert capsys.readouterr().out.split() == [str(out / f"two-1-{v}.svg") for v in VIEWS]
     for path in files:
-        if fmt == "png":
-            image = Image.open(io.BytesIO(path.read_bytes())).convert("RGB")
-            assert image.width >= 1000  # 3.5 in or more at 300 dpi
-            assert len(set(image.getdata())) > 50
-        else:
-            # The $ of the name is printed as it is, not parsed as mathtext.
-            assert "vit_$x^2$_model" in path.read_text(encoding="utf-8")
+        # The $ of the name is printed as it is, not parsed as mathtext.
+        assert "vit_$x^2$_model" in path.read_text(encoding="utf-8")
+
+
+def test_plot_png_views_are_drawn_at_print_resolution(two_layer_store, tmp_path):
+    written, skipped = plot_run(two_layer_store, "two-1", tmp_path / "figs", "png")
+    assert [p.name for p in written] == [f"two-1-{view}.png" for view in VIEWS] and not skipped
+    for path in written:
+        image = Image.open(io.BytesIO(path.read_bytes())).convert("RGB")
+        assert image.width >= 1000  # 3.5 in or more at 300 dpi
+        assert len(set(image.getdata())) > 50
+    # Without stored results there is no positional factor to draw.
+    (tmp_path / "nopos").mkdir()
+    write_synthetic_run(tmp_path / "nopos", "r-1", depth=2)
+    written, skipped = plot_run(tmp_path / "nopos", "r-1", tmp_path / "figs2", "pdf")
+    assert skipped == ["pos_factor"] and len(written) == len(VIEWS) - 1
+    assert all(p.read_bytes().startswith(b"%PDF") for p in written)
 
 
 def test_bfd_plot_refuses_an_unknown_run(tmp_path, capsys):
