@@ -125,6 +125,8 @@
       legend: { orientation: "h", y: -0.22, x: 0 }, paper_bgcolor: "#fff",
     };
     const full = Object.assign(base, layout);
+    // left, clear of the mode bar on the right
+    if (full.title) full.title = Object.assign({ x: 0.01, xanchor: "left" }, full.title);
     // responsive plots fill their box, so the box takes the figure's height
     div.style.height = (full.height || 400) + "px";
     return Plotly.react(div, traces, full, CONFIG);
@@ -227,6 +229,8 @@
         }
       }
       draw(plot, traces, {
+        annotations: traces.length ? [] : [{ text: "no complete run ticked: tick runs in the table below",
+          showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5 }],
         xaxis: { title: { text: "relative depth  layer / (depth − 1)" }, range: [-0.02, 1.02], anchor: "y2" },
         yaxis: { title: { text: "frac_pos (attn_in)" }, domain: [0.55, 1], rangemode: "tozero" },
         yaxis2: { title: { text: "f_pp of the layer" }, domain: [0, 0.45], rangemode: "tozero" },
@@ -311,8 +315,11 @@
         }
       }
       const ax = i ? String(i + 1) : "";
+      // Values in the cells while they fit (two close shares differ in print, not only in hue).
+      const small = (maxLayer + 1) * (maxHead + 1) <= 200;
       mapTraces.push({ type: "heatmap", z: z, text: text, hoverinfo: "text", coloraxis: "coloraxis",
-        xaxis: "x" + ax, yaxis: "y" + ax, name: b, xgap: 1, ygap: 1 });
+        xaxis: "x" + ax, yaxis: "y" + ax, name: b, xgap: 1, ygap: 1,
+        texttemplate: small ? "%{z:.2f}" : undefined, textfont: { size: 9 } });
     });
     const mapLayout = { coloraxis: { colorscale: "Viridis", cmin: 0, cmax: 1,
       colorbar: { title: { text: "share" }, thickness: 12 } }, height: Math.min(900, 160 + 26 * (maxLayer + 1)),
@@ -323,8 +330,8 @@
         dtick: 1, anchor: "y" + ax };
       mapLayout["yaxis" + ax] = { autorange: "reversed", dtick: 1, anchor: "x" + ax,
         title: i ? undefined : { text: "layer" }, showticklabels: i === 0 };
-      mapLayout.annotations.push({ text: pt(BLOCK_LABEL[b]), x: i * 0.25 + 0.12, y: 1.06, xref: "paper",
-        yref: "paper", showarrow: false, font: { size: 12, color: BLOCK[b] } });
+      mapLayout.annotations.push({ text: pt(BLOCK_LABEL[b]), x: i * 0.25 + 0.12, y: 1.01, xref: "paper",
+        yref: "paper", xanchor: "center", yanchor: "bottom", showarrow: false, font: { size: 12, color: BLOCK[b] } });
     });
     draw(headmap, mapTraces, mapLayout);
     headmap.on("plotly_click", (ev) => choose(ev.points[0].y, ev.points[0].x));
@@ -444,7 +451,7 @@
         layout["yaxis" + ax] = { autorange: "reversed", anchor: "x" + ax, scaleanchor: "x" + ax, constrain: "domain",
           title: j ? undefined : { text: "row" } };
         layout.annotations.push({ text: `PC${j + 1} (${(100 * pos.explained[i][j]).toFixed(1)}% of pos)`, x: (j + 0.5) / n,
-          y: 1.08, xref: "paper", yref: "paper", showarrow: false });
+          y: 1.01, xref: "paper", yref: "paper", xanchor: "center", yanchor: "bottom", showarrow: false });
       });
       draw(posDiv, traces, layout);
     }
