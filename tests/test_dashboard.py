@@ -238,3 +238,12 @@ def test_series_page_without_audits_says_so(tmp_path):
     payload = embedded(tmp_path / "site" / "series.html")
     assert payload["has_audits"] is False and "drift" not in payload
     assert payload["metrics"]["series"] == ["toy_vit · random"]
+
+
+def test_dashboard_refuses_a_bad_port_before_building(tmp_path, capsys):
+    root = tmp_path / "store"
+    write_synthetic_run(root, "r-1")
+    out = tmp_path / "site"
+    assert main(["dashboard", "--store", str(root), "--out", str(out), "--port", "70000"]) == 2
+    assert capsys.readouterr().err.strip() == "bfd: error: --port must be 0-65535; got 70000"
+    assert not out.exists()

@@ -447,9 +447,9 @@
         traces.push({ type: "heatmap", z: z, zmin: -lim, zmax: lim, colorscale: "RdBu", showscale: false,
           xaxis: "x" + ax, yaxis: "y" + ax, hovertemplate: `PC${j + 1}<br>row %{y} col %{x}<br>%{z:.4g}<extra></extra>` });
         layout["xaxis" + ax] = { domain: [j / n + 0.02, (j + 1) / n - 0.02], anchor: "y" + ax, title: { text: "col" },
-          constrain: "domain" };
+          constrain: "domain", dtick: 1 };
         layout["yaxis" + ax] = { autorange: "reversed", anchor: "x" + ax, scaleanchor: "x" + ax, constrain: "domain",
-          title: j ? undefined : { text: "row" } };
+          dtick: 1, title: j ? undefined : { text: "row" } };
         layout.annotations.push({ text: `PC${j + 1} (${(100 * pos.explained[i][j]).toFixed(1)}% of pos)`, x: (j + 0.5) / n,
           y: 1.01, xref: "paper", yref: "paper", xanchor: "center", yanchor: "bottom", showarrow: false });
       });
