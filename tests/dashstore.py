@@ -112,12 +112,12 @@ def write_synthetic_run(
 
 
 AUDITS_SQL = (
-    "CREATE TABLE audits (audit_id VARCHAR, series VARCHAR, run_id VARCHAR, step BIGINT,"
+    "CREATE OR REPLACE TABLE audits (audit_id VARCHAR, series VARCHAR, run_id VARCHAR, step BIGINT,"
     " started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, trigger VARCHAR, flow_run_id VARCHAR,"
     " status VARCHAR, prev_audit_id VARCHAR, n_flagged BIGINT)"
 )
 DRIFT_SQL = (
-    "CREATE TABLE drift (audit_id VARCHAR, prev_audit_id VARCHAR, layer INTEGER, head INTEGER,"
+    "CREATE OR REPLACE TABLE drift (audit_id VARCHAR, prev_audit_id VARCHAR, layer INTEGER, head INTEGER,"
     " metric VARCHAR, before DOUBLE, after DOUBLE, delta DOUBLE, threshold DOUBLE,"
     " flagged BOOLEAN)"
 )
@@ -125,7 +125,8 @@ DRIFT_SQL = (
 
 def catalog_with_audits(root: Path, copy: Path, audits: list[tuple], drift: list[tuple]):
     """A writable copy of the store's catalog snapshot with ``audits`` and ``drift`` tables
-    (the columns the audit flows write), for the pages that read them."""
+    (the columns the audit flows write, replacing any the catalog already has), for the
+    pages that read them."""
     import shutil
 
     import duckdb

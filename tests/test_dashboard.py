@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from dashstore import catalog_with_audits, write_synthetic_run
 from PIL import Image
@@ -74,9 +75,14 @@ def test_pages_of_a_store_and_an_incremental_rebuild(tmp_path):
     manifest = json.loads((out / MANIFEST).read_text())
     assert "runs/c-1.html" in manifest["pages"]
 
-    for table in ("runs", "layers", "heads", "modes"):
-        for path in (root / "tables" / table).glob("model=vit_c/run_id=c-1/*.parquet"):
-            path.unlink()
+    # The run leaves the store: every table file holding only its rows goes.
+    gone = [
+        path for path in (root / "tables").rglob("*.parquet")
+        if set(pq.read_table(path, columns=["run_id"]).column("run_id").to_pylist()) == {"c-1"}
+    ]
+    assert len(gone) == 4
+    for path in gone:
+        path.unlink()
     fourth = build_dashboard(root, out)
     assert fourth.removed == ["runs/c-1.html"] and not (out / "runs/c-1.html").exists()
 
