@@ -112,14 +112,14 @@ def write_synthetic_run(
 
 
 AUDITS_SQL = (
-    "CREATE OR REPLACE TABLE audits (audit_id VARCHAR, series VARCHAR, run_id VARCHAR, step BIGINT,"
-    " started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, trigger VARCHAR, flow_run_id VARCHAR,"
-    " status VARCHAR, prev_audit_id VARCHAR, n_flagged BIGINT)"
+    "CREATE OR REPLACE TABLE audits (audit_id VARCHAR, series VARCHAR, run_id VARCHAR,"
+    " step BIGINT, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, trigger VARCHAR,"
+    " flow_run_id VARCHAR, status VARCHAR, prev_audit_id VARCHAR, n_flagged BIGINT)"
 )
 DRIFT_SQL = (
-    "CREATE OR REPLACE TABLE drift (audit_id VARCHAR, prev_audit_id VARCHAR, layer INTEGER, head INTEGER,"
-    " metric VARCHAR, before DOUBLE, after DOUBLE, delta DOUBLE, threshold DOUBLE,"
-    " flagged BOOLEAN)"
+    "CREATE OR REPLACE TABLE drift (audit_id VARCHAR, prev_audit_id VARCHAR, layer INTEGER,"
+    " head INTEGER, metric VARCHAR, before DOUBLE, after DOUBLE, delta DOUBLE,"
+    " threshold DOUBLE, flagged BOOLEAN)"
 )
 
 
