@@ -147,6 +147,9 @@
   const RUN_BY_ID = new Map(RUNS.map((r) => [r.run_id, r]));
   const SERIES = [...new Set(RUNS.map((r) => r.series))];
   const seriesColor = (s) => PALETTE[SERIES.indexOf(s) % PALETTE.length];
+  // past eight series the colours repeat; the marker then tells them apart
+  const SYMBOLS = ["circle", "square", "diamond", "triangle-up", "x", "star"];
+  const seriesSymbol = (s) => SYMBOLS[Math.floor(SERIES.indexOf(s) / PALETTE.length) % SYMBOLS.length];
   function runColumns() {
     return [
       { key: "run_id", label: "run", render: (r) => runLink(r) },
@@ -212,14 +215,15 @@
         const k = bySeriesIndex.get(r.series) || 0;
         bySeriesIndex.set(r.series, k + 1);
         const line = { color: seriesColor(r.series), dash: DASHES[k % DASHES.length], width: 2 };
+        const marker = { symbol: seriesSymbol(r.series), size: 7 };
         const name = pt(r.series + " · " + r.run_id);
         const x = rows.map((l) => l.rel_depth);
         const text = rows.map((l) => pt(`${r.run_id} layer ${l.layer}`));
         traces.push({ x: x, y: rows.map((l) => l.frac_pos), name: name, legendgroup: r.run_id,
-          mode: "lines+markers", line: line, text: text, customdata: rows.map(() => r.run_id),
+          mode: "lines+markers", line: line, marker: marker, text: text, customdata: rows.map(() => r.run_id),
           hovertemplate: "%{text}<br>rel. depth %{x:.2f}<br>frac_pos %{y:.4f}<extra></extra>" });
         traces.push({ x: x, y: rows.map((l) => l.f_pp), name: name, legendgroup: r.run_id,
-          showlegend: false, mode: "lines+markers", line: line, yaxis: "y2", text: text,
+          showlegend: false, mode: "lines+markers", line: line, marker: marker, yaxis: "y2", text: text,
           customdata: rows.map(() => r.run_id),
           hovertemplate: "%{text}<br>rel. depth %{x:.2f}<br>f_pp %{y:.4f}<extra></extra>" });
         if (r.chance_frac_pos !== null) {
@@ -400,7 +404,7 @@
         line: { color: "#000" }, hovertemplate: "mode %{x}<br>sigma %{y:.4g}<extra></extra>" });
       draw(spectrum, sel.length ? tr : [], { barmode: "stack", height: 420,
         title: { text: `layer ${state.layer}, head ${state.head}` + (sel.length ? "" : ": no modes stored") },
-        xaxis: { title: { text: "mode" }, anchor: "y2", dtick: 1 }, yaxis: { type: "log", domain: [0.55, 1], title: { text: "sigma" } },
+        xaxis: { title: { text: "mode" }, anchor: "y2" }, yaxis: { type: "log", domain: [0.55, 1], title: { text: "sigma" } },
         yaxis2: { domain: [0, 0.45], title: { text: "mode energy" } } });
       const inLayer = modes.filter((m) => m.layer === state.layer);
       const types = [...new Set(inLayer.map((m) => m.mode_type))];
