@@ -177,19 +177,16 @@ def test_bfd_plot_writes_each_view_of_a_two_layer_run(two_layer_store, tmp_path,
         assert "vit_$x^2$_model" in path.read_text(encoding="utf-8")
 
 
-def test_plot_png_views_are_drawn_at_print_resolution(two_layer_store, tmp_path):
-    written, skipped = plot_run(two_layer_store, "two-1", tmp_path / "figs", "png")
-    assert [p.name for p in written] == [f"two-1-{view}.png" for view in VIEWS] and not skipped
+def test_plot_png_at_print_resolution_and_no_pos_without_results(tmp_path):
+    root = tmp_path / "store"
+    write_synthetic_run(root, "r-1", depth=2)  # no results Dataset: no positional factor
+    written, skipped = plot_run(root, "r-1", tmp_path / "figs", "png")
+    assert skipped == ["pos_factor"]
+    assert [p.name for p in written] == [f"r-1-{v}.png" for v in VIEWS if v != "pos_factor"]
     for path in written:
         image = Image.open(io.BytesIO(path.read_bytes())).convert("RGB")
         assert image.width >= 1000  # 3.5 in or more at 300 dpi
         assert len(set(image.getdata())) > 50
-    # Without stored results there is no positional factor to draw.
-    (tmp_path / "nopos").mkdir()
-    write_synthetic_run(tmp_path / "nopos", "r-1", depth=2)
-    written, skipped = plot_run(tmp_path / "nopos", "r-1", tmp_path / "figs2", "pdf")
-    assert skipped == ["pos_factor"] and len(written) == len(VIEWS) - 1
-    assert all(p.read_bytes().startswith(b"%PDF") for p in written)
 
 
 def test_bfd_plot_refuses_an_unknown_run(tmp_path, capsys):
