@@ -262,10 +262,31 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from bfd.report.dashboard import build_dashboard
+    from bfd.report.dashboard import build_dashboard, serve_dashboard
 
-    out = args.out or os.path.join(_store(args), "dashboard")
-    print(f"dashboard: {build_dashboard(_store(args), out)}")
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be 0-65535; got {args.port}")
+    store = _store(args)
+    out = args.out or os.path.join(store, "dashboard")
+    build = build_dashboard(store, out, force=args.force)
+    print(f"dashboard: {build.index} ({len(build.written)} files written, "
+          f"{len(build.unchanged)} pages unchanged, {len(build.removed)} removed)")
+    if args.serve:
+        try:
+            serve_dashboard(out, args.port)
+        except OSError as err:
+            raise RuntimeError(f"cannot serve on 127.0.0.1:{args.port}: {err.strerror}") from err
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from bfd.report.plots import plot_run
+
+    written, skipped = plot_run(_store(args), args.run_id, args.out, args.format)
+    for path in written:
+        print(path)
+    if skipped:
+        print(f"bfd plot: no data for {', '.join(skipped)}; not drawn", file=sys.stderr)
     return 0
 
 
@@ -326,10 +347,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_format(s)
     s.set_defaults(fn=cmd_runs)
 
-    s = sub.add_parser("dashboard", help="write a static HTML dashboard of a store")
+    s = sub.add_parser("dashboard", help="write (refresh) the interactive dashboard of a store")
     s.add_argument("--out", help="output folder (default: <store>/dashboard)")
+    s.add_argument("--force", action="store_true", help="rewrite every page")
+    s.add_argument("--serve", action="store_true", help="then serve it on 127.0.0.1")
+    s.add_argument("--port", type=int, default=8000, help="port of --serve (default 8000)")
     _add_store(s)
     s.set_defaults(fn=cmd_dashboard)
+
+    s = sub.add_parser("plot", help="write a run's views as figures for papers")
+    s.add_argument("run_id")
+    s.add_argument("--out", default="figures", help="output folder (default: ./figures)")
+    s.add_argument("--format", choices=("png", "svg", "pdf"), default="png")
+    _add_store(s)
+    s.set_defaults(fn=cmd_plot)
     return p
 
 

@@ -28,6 +28,7 @@ from .published import published_files as published_files
 from .published import publishing as publishing
 from .published import read_pointer as read_pointer
 from .published import read_table as read_table
+from .published import results_path as results_path
 from .published import write_results as write_results
 from .published import write_table as write_table
 from .result_tables import heads_rows as heads_rows

@@ -241,6 +241,17 @@ def results_group_of(store: Store, run_id: str) -> str:
     return group
 
 
+def results_path(store: Store, run_id: str) -> str:
+    """Where the run's published results are, as a path or URL of the Zarr group, without
+    opening it (the old layout's group for a run without a pointer)."""
+    try:
+        pointer = read_pointer(store, run_id)
+    except ValueError:
+        pointer = None
+    group = (pointer or {}).get("results") or store.results_group(run_id)
+    return f"{store.zarr_path}/{group}"
+
+
 def open_results(store: Store, run_id: str) -> xr.Dataset:
     """Open a run's published results lazily (dask-backed, stored chunks).
 
