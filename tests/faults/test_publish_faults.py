@@ -7,6 +7,7 @@ Two versions of one run tell apart: the same activations decomposed with control
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -236,3 +237,27 @@ def test_kill_9_while_publishing_then_rerun_equals_uninterrupted(two_versions, t
     assert state(store) == new
     xr.testing.assert_identical(dump_results(store, rid), dump_results(reference, rid))
     assert files_left(store, rid) == only_published(store, rid)
+
+
+def test_concurrent_publishes_of_one_run_take_turns(two_versions, tmp_path):
+    """Two decomposes of one run publishing at once (issue: `Directory not empty`): both
+    finish, the last one's version is listed whole, and nothing else is left."""
+    store, rid, results = fresh_copy(two_versions, tmp_path)
+    old = state(store)
+    errors: list = []
+
+    def one(seed: int) -> None:
+        try:
+            publish(str(store.root), rid, results[seed], config(seed))
+        except Exception as err:  # noqa: BLE001 - any error fails the test below
+            errors.append(err)
+
+    threads = [threading.Thread(target=one, args=(seed,)) for seed in (1, 0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert files_left(store, rid) == only_published(store, rid)
+    seed = json.loads(state(store)["runs"][0]["config_json"])["decompose"]["seed"]
+    assert (state(store) == old) == (seed == 0)
