@@ -167,6 +167,8 @@ def write_run_tables(store: Store, model: str, run_id: str, created: datetime, l
     heads |= {"head_type": np.array(HEAD_TYPES)[rng.integers(0, 3, len(lh))],
               "eff_rank": rng.random(len(lh)) * dh, "eff_rank_sigma": rng.random(len(lh)) * dh,
               "k90": rng.integers(1, dh, len(lh)), "mode_coupling": rng.random(len(lh))}
+    heads |= {c: rng.random(len(lh)) / 10 for c in (
+        "bias_key_share", "bias_key_pos_share", "bias_key_con_share")}
     lhm = np.array([(l, h, m) for l in range(layers) for h in range(H) for m in range(dh)])
     em = rng.random((len(lhm), 4))
     modes = {"layer": lhm[:, 0], "head": lhm[:, 1], "mode": lhm[:, 2],
@@ -182,7 +184,8 @@ def write_run_tables(store: Store, model: str, run_id: str, created: datetime, l
                   "frac_img": fr[:, 1], "frac_int": fr[:, 2]}
     layer_rows |= {c: rng.random(len(ls)) for c in (
         "pos_split_half_r", "pos_embed_cos", "shuffle_frac_pos", "ss_identity_residual",
-        "ortho_residual", "frac_content", "logit_residual")}
+        "ortho_residual", "frac_content", "logit_residual", "model_logit_residual",
+        "model_attn_residual")}
     layer_rows["n_images"] = np.full(len(ls), n_images)
     images = {"image_index": np.arange(n_images), "image_id": [f"img-{i}" for i in
                                                                range(n_images)],
