@@ -473,10 +473,13 @@ def capture_logit_check(
     for l in layers:
         _block(model, l)
     got: dict[tuple[str, int], torch.Tensor] = {}
+    total = 5 * len(layers)
 
     def keep(key: tuple[str, int], pre: bool) -> Callable[..., None]:
         def fn(_module: nn.Module, args: tuple, out: torch.Tensor | None = None) -> None:
             got[key] = (args[0] if pre else out).detach().to(torch.float64)
+            if len(got) == total:
+                raise _StopForward
 
         return fn
 
@@ -494,7 +497,8 @@ def capture_logit_check(
                     out_module.register_forward_pre_hook(keep(("o", l), True)),
                 ]
             param = next(model.parameters())
-            with torch.inference_mode(), torch.autocast(param.device.type, enabled=False):
+            with (torch.inference_mode(), torch.autocast(param.device.type, enabled=False),
+                  contextlib.suppress(_StopForward)):
                 model(images.to(param.device, torch.float32))
         finally:
             for h in handles:

@@ -57,6 +57,8 @@ def test_attention_output_confirms_q_k_and_scale(captured):
     assert cap["x"].shape == (3, 3, info.num_tokens, info.width)
     np.testing.assert_array_equal(cap["scale"], [info.head_dim**-0.5] * 3)
     assert (cap["attn_out_residual"] < 1e-6).all()
+    for module in model.modules():  # hooks only: nothing left on the model
+        assert not module._forward_hooks and not module._forward_pre_hooks
 
 
 def test_true_maps_pass(captured):
