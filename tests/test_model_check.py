@@ -61,6 +61,18 @@ def test_attention_output_confirms_q_k_and_scale(captured):
         assert not module._forward_hooks and not module._forward_pre_hooks
 
 
+def test_attention_output_catches_a_scale_the_model_does_not_apply():
+    """timm's fused kernel applies 1/sqrt(dh) and ignores ``attn.scale``: an ``attn.scale``
+    that differs from it is not the model's logit scale, and the check says so."""
+    model, _ = models.load_model(TINY, "random", img_size=IMG, seed=0)
+    attn = model.blocks[LAYERS[1]].attn
+    attn.fused_attn = True
+    attn.scale = 2 * attn.scale
+    images = torch.randn(2, 3, IMG, IMG, generator=torch.Generator().manual_seed(1))
+    res = models.capture_logit_check(model, images, LAYERS)["attn_out_residual"]
+    assert res[0] < 1e-6 and res[1] > 1e-2 and res[2] < 1e-6
+
+
 def test_true_maps_pass(captured):
     model, _, cap = captured
     for i, layer in enumerate(LAYERS):
