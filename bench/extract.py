@@ -368,6 +368,7 @@ def main() -> None:
             "write": "forward and decoding",
             "pipeline": "model load (model_load_seconds, once per process), Prefect",
             "flow": "Prefect server start-up and one warm-up flow run",
+            "decode": "the forward and storage (decoding and transform only)",
             "all": "Python, torch and timm imports",
         },
         "limiting_baseline": limit,
