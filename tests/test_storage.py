@@ -462,6 +462,9 @@ def _head_rows(n: int) -> list[dict]:
             eff_rank_sigma=3.0,
             k90=3,
             mode_coupling=0.01,
+            bias_key_share=0.02,
+            bias_key_pos_share=0.015,
+            bias_key_con_share=0.005,
             note=f"extra {i}",
         )
         for i in range(n)

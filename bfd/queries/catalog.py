@@ -87,13 +87,15 @@ CONTRACT: Final[Mapping[str, str]] = {
         "run_id VARCHAR, model VARCHAR, layer INTEGER, site VARCHAR, ss_total DOUBLE,"
         " frac_pos DOUBLE, frac_img DOUBLE, frac_int DOUBLE, pos_split_half_r DOUBLE,"
         " pos_embed_cos DOUBLE, shuffle_frac_pos DOUBLE, ss_identity_residual DOUBLE,"
-        " ortho_residual DOUBLE, frac_content DOUBLE, logit_residual DOUBLE, n_images BIGINT"
+        " ortho_residual DOUBLE, frac_content DOUBLE, logit_residual DOUBLE, n_images BIGINT,"
+        " model_logit_residual DOUBLE, model_attn_residual DOUBLE"
     ),
     "heads": (
         "run_id VARCHAR, model VARCHAR, layer INTEGER, head INTEGER, e_pp DOUBLE, e_pc DOUBLE,"
         " e_cp DOUBLE, e_cc DOUBLE, f_pp DOUBLE, f_pc DOUBLE, f_cp DOUBLE, f_cc DOUBLE,"
         " head_type VARCHAR, eff_rank DOUBLE, eff_rank_sigma DOUBLE, k90 INTEGER,"
-        " mode_coupling DOUBLE"
+        " mode_coupling DOUBLE, bias_key_share DOUBLE, bias_key_pos_share DOUBLE,"
+        " bias_key_con_share DOUBLE"
     ),
     "modes": (
         "run_id VARCHAR, model VARCHAR, layer INTEGER, head INTEGER, mode INTEGER, sigma DOUBLE,"

@@ -49,5 +49,7 @@ from .tables import partition_value as partition_value
 from .tables import table_glob as table_glob
 from .tables import table_path as table_path
 from .tables import unescape_partition_value as unescape_partition_value
+from .weights import read_logit_check as read_logit_check
 from .weights import read_model_tensors as read_model_tensors
+from .weights import write_logit_check as write_logit_check
 from .weights import write_model_tensors as write_model_tensors

@@ -82,6 +82,8 @@ TABLE_SCHEMAS: Final[dict[str, pa.Schema]] = {
         ("frac_content", _F64),
         ("logit_residual", _F64),
         ("n_images", _I64),
+        ("model_logit_residual", _F64),
+        ("model_attn_residual", _F64),
     ),
     "heads": _schema(
         ("run_id", _S),
@@ -98,6 +100,9 @@ TABLE_SCHEMAS: Final[dict[str, pa.Schema]] = {
         ("eff_rank_sigma", _F64),
         ("k90", _I32),
         ("mode_coupling", _F64),
+        ("bias_key_share", _F64),
+        ("bias_key_pos_share", _F64),
+        ("bias_key_con_share", _F64),
     ),
     "modes": _schema(
         ("run_id", _S),

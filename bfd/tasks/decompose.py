@@ -27,18 +27,22 @@ from bfd.core import (
     to_dataset,
 )
 from bfd.core.dataset import SCALARS
+from bfd.core.model_check import model_logit_check
 from bfd.models import resolve_device
 from bfd.storage import (
     ImageRecord,
     Store,
     open_activations,
     read_image_manifest,
+    read_logit_check,
     read_model_tensors,
     read_request,
     shard_ranges,
 )
 
-STAGE1_VARS = (*SCALARS, "pos", "mu", "pos_embed_cos")
+STAGE1_VARS = (*SCALARS, "pos", "mu", "pos_embed_cos", "model_logit_residual",
+               "model_attn_residual")
+BIAS_SHARES = ("bias_key_share", "bias_key_pos_share", "bias_key_con_share")
 
 
 @dataclass(frozen=True)
@@ -204,7 +208,9 @@ def decompose_site_layer(
     if site == "attn_in":
         maps = head_maps(tensors.qkv_weight.sel(layer=layer).values,
                          int(tensors.attrs["num_heads"]),
-                         float(tensors.attn_scale.sel(layer=layer)))
+                         float(tensors.attn_scale.sel(layer=layer)),
+                         tensors.qkv_bias.sel(layer=layer).values if "qkv_bias" in tensors
+                         else None)
     indices = ok_images(store, run_id)
     if len(indices) < 2:
         raise ValueError(f"run {run_id} has {len(indices)} decoded images; BFD needs at least 2")
@@ -231,8 +237,29 @@ def decompose_site_layer(
     if want_cos and "pos_embed" in tensors:
         cos = pos_embed_cosine(ds.pos.values, tensors.pos_embed.values)
     ds["pos_embed_cos"] = ((), cos)
+    _model_check(ds, store, run_id, layer, maps, means, prefix_tokens, options.prefix)
     ds.attrs = {"site": site, "layer": int(layer), "n_images": int(len(indices))}
     return ds
+
+
+def _model_check(ds: xr.Dataset, store: Store, run_id: str, layer: int, maps, means,
+                 prefix_tokens: int, prefix: str) -> None:
+    """The logit check against the model's own q and k (docs/checks.md) into ``ds``: NaN
+    where the run stored no capture (runs extracted before the check) and at the resid site."""
+    check = read_logit_check(store, run_id, layer) if maps is not None else None
+    ds["model_attn_residual"] = ((), np.nan if check is None
+                                 else float(check.attn_out_residual))
+    ds["model_logit_residual"] = ((), np.nan)
+    if maps is None:
+        return
+    shares = {name: np.full(maps.num_heads, np.nan) for name in BIAS_SHARES}
+    if check is not None:
+        result = model_logit_check(check.x.values, check.q.values, check.k.values,
+                                   float(check.scale), maps, means, prefix_tokens, prefix)
+        ds["model_logit_residual"] = ((), result.residual)
+        shares = {name: getattr(result, name) for name in BIAS_SHARES}
+    for name, values in shares.items():
+        ds[name] = (("head",), values)
 
 
 def assemble_results(parts: Sequence[xr.Dataset], attrs: dict) -> xr.Dataset:

@@ -35,6 +35,7 @@ from bfd.storage import (
     write_shard,
 )
 from bfd.storage import run_id as request_run_id
+from bfd.tasks.model_check import capture_logit_check, qkv_biases
 
 DEFAULT_IMAGES_PER_CHUNK = 32
 
@@ -159,7 +160,9 @@ def prepare_run(store_root: str, cfg: ExtractConfig) -> RunPlan:
         qkv_weight=np.stack([models.qkv_weight(model, l).float().numpy() for l in layers]),
         attn_scale=np.array([models.attn_scale(model, l) for l in layers]),
         num_heads=info.num_heads, pos_embed=models.pos_embed_patch_rows(model),
+        qkv_bias=qkv_biases(model, layers),
     )
+    capture_logit_check(store, rid, model, records, layers)
     return RunPlan(
         run_id=rid, layers=layers, shards=tuple(shards),
         pending=tuple(s.index for s in shards if s.index not in done),
