@@ -57,17 +57,19 @@ def _run_name() -> str:
 
 
 def refresh_outputs(store: str, dashboard: bool) -> None:
-    """The SQL catalog's snapshot, then the dashboard: derived views of what is written, so
-    a failure here is a warning, not a failed audit."""
+    """The SQL catalog's snapshot, then the dashboard, when ``dashboard``: derived views of
+    what is written (a flow auditing many models refreshes them once, at its end), so a
+    failure here is a warning, not a failed audit."""
     from bfd.queries import refresh_catalog
 
+    if not dashboard:
+        return
     logger = get_run_logger()
     try:
         refresh_catalog(store)
-        if dashboard:
-            from bfd.report.dashboard import build_dashboard
+        from bfd.report.dashboard import build_dashboard
 
-            logger.info("dashboard: %s", build_dashboard(store, f"{store}/dashboard"))
+        logger.info("dashboard: %s", build_dashboard(store, f"{store}/dashboard"))
     except Exception as err:  # noqa: BLE001 - derived outputs; the next audit rebuilds them
         logger.warning("catalog or dashboard not refreshed (%s); the next query rebuilds it", err)
 
