@@ -173,3 +173,23 @@ def test_bad_audit_options_are_named_as_the_user_wrote_them(tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2 and err.startswith("bfd: error: ") and err.count("\n") == 1, err
         assert needle in err, err
+
+
+def test_compare_audits_each_model_on_one_image_set(tmp_path, prefect_harness):
+    from bfd.flows.compare import compare
+
+    config = {**AUDIT, "layers": "all", "model": None}
+    out = compare([{"model": "test_vit", "weights": "random", "seed": s} for s in (0, 1)],
+                  config, str(tmp_path), dashboard=False)
+    (pair,) = out["pairs"]
+    assert (pair["run_a"], pair["run_b"]) == tuple(a["run_id"] for a in out["audits"])
+    assert (pair["series_a"], pair["series_b"]) == ("test_vit@random-seed-0",
+                                                    "test_vit@random-seed-1")
+    heads = read_table(Store(str(tmp_path)), "heads").to_pandas()
+    a, b = (heads[heads.run_id == pair[k]].set_index(["layer", "head"]).head_type
+            for k in ("run_a", "run_b"))
+    assert pair["n_head_type_changes"] == int((a != b.loc[a.index]).sum())
+    changes = run_query(str(tmp_path), "head_type_changes",
+                        {"run_a": pair["run_a"], "run_b": pair["run_b"]})
+    assert changes.num_rows == pair["n_head_type_changes"]
+    assert [r["trigger"] for r in read_audits(Store(str(tmp_path)))] == ["compare"] * 2
