@@ -193,3 +193,15 @@ def test_compare_audits_each_model_on_one_image_set(tmp_path, prefect_harness):
                         {"run_a": pair["run_a"], "run_b": pair["run_b"]})
     assert changes.num_rows == pair["n_head_type_changes"]
     assert [r["trigger"] for r in read_audits(Store(str(tmp_path)))] == ["compare"] * 2
+
+
+def test_flow_parameter_errors_name_the_field_as_prefect_shows_it(tmp_path, prefect_harness):
+    from prefect.exceptions import ParameterTypeError
+
+    with pytest.raises(ParameterTypeError, match=r"config\.weights: .*x\.pth' does not exist"):
+        audit({"model": "test_vit", "weights": str(tmp_path / "x.pth")}, str(tmp_path))
+    with pytest.raises(ParameterTypeError, match=r"config\.n_image: Extra inputs"):
+        audit({"model": "test_vit", "n_image": 3}, str(tmp_path))
+    with pytest.raises(ValueError, match=r"config\.model is required"):
+        audit({"weights": "random"}, str(tmp_path))
+    assert not (tmp_path / "tables").exists()
