@@ -86,51 +86,6 @@ def _extract_config(args: argparse.Namespace) -> dict:
     return cfg
 
 
-def _audit_config(config: dict):
-    """The typed audit config, its errors naming the command's options (``--n-images``)."""
-    from pydantic import ValidationError
-
-    from bfd.flows.params import AuditConfig, describe_errors
-
-    try:
-        return AuditConfig(**{**config, "sites": list(config.get("sites", ()))})
-    except ValidationError as err:
-        raise ValueError(describe_errors(err, cli=True)) from None
-
-
-def _add_audit_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--series", help="the series this audit extends (default: the model and its "
-                   "weights' source, e.g. vit_b@pretrained, test_vit@random-seed-0)")
-    p.add_argument("--drift-threshold", action="append", default=[], metavar="[METRIC=]VALUE",
-                   help="flag a change since the previous audit larger than VALUE (default "
-                   "0.05 for fractions); METRIC=VALUE sets one metric's (frac_pos, f_cc, "
-                   "head_type, ...); repeatable")
-    p.add_argument("--fail-on-drift", action="store_true",
-                   help="exit with status 3 when any drift is flagged (for CI gates)")
-    p.add_argument("--no-dashboard", action="store_true",
-                   help="do not rebuild <store>/dashboard after the audit")
-
-
-def _drift_thresholds(items: Sequence[str]):
-    from bfd.flows.params import DriftThresholds
-
-    out: dict = {"metrics": {}}
-    for item in items:
-        key, sep, value = item.rpartition("=")
-        try:
-            number = float(value)
-        except ValueError:
-            raise ValueError(f"--drift-threshold must be VALUE or METRIC=VALUE with a number; "
-                             f"got {item!r}") from None
-        if not sep:
-            out["fraction"] = number
-        elif key == "head_type":
-            out["head_type"] = number
-        else:
-            out["metrics"][key] = number
-    return DriftThresholds(**out)
-
-
 class _Bars:
     """tqdm bars fed by the flows' progress reports (bfd.flows.progress)."""
 
@@ -222,44 +177,18 @@ def _cache_catalog(store: str) -> None:
               file=sys.stderr)
 
 
-def _print_audit(out: dict, store: str) -> int:
-    """The audit's line and its flagged drift; returns the number of flagged values."""
-    from bfd.queries import run_query
-
-    prev = out["prev_audit_id"]
-    print(f"audit {out['audit_id']} of series {out['series']} (step {out['step']}): run "
-          f"{out['run_id']} {'reused, nothing recomputed' if out['reused'] else 'computed'}")
-    if prev is None:
-        print("drift: first audit of this series, nothing to compare with")
-        return 0
-    print(f"drift: {out['n_flagged']} value(s) flagged against audit {prev}")
-    if out["n_flagged"]:
-        drift = run_query(store, "drift", {"series": out["series"],
-                                           "audit_id": out["audit_id"]})
-        flagged = drift.filter(drift.column("flagged"))
-        _print_table(flagged.select(["layer", "head", "metric", "before", "after", "delta",
-                                     "threshold"]), "table")
-    return out["n_flagged"]
-
-
-def _drift_exit(n_flagged: int, fail_on_drift: bool) -> int:
-    if n_flagged and fail_on_drift:
-        print(f"bfd: drift: {n_flagged} value(s) flagged (--fail-on-drift)", file=sys.stderr)
-        return 3
-    return 0
-
-
 def cmd_audit(args: argparse.Namespace) -> int:
+    from bfd.cli_audits import audit_config, drift_exit, drift_thresholds, print_audit
     from bfd.flows.audit import DEMO_CONFIG, audit
     from bfd.flows.params import require_model
     from bfd.queries import run_query
 
-    config = _audit_config(dict(DEMO_CONFIG) if args.demo else _extract_config(args))
+    config = audit_config(dict(DEMO_CONFIG) if args.demo else _extract_config(args))
     model = require_model(config, cli=True)
     if args.demo:
         print("demo: random-init (untrained) vit_tiny_patch16_224 on 64 embedded sample images;"
               " weights are labelled 'random' everywhere", file=sys.stderr)
-    thresholds = _drift_thresholds(args.drift_threshold)
+    thresholds = drift_thresholds(args.drift_threshold)
     store = _store(args)
     out = _with_bars(audit, config, store, workers=args.workers,
                      dask_address=args.dask_address, gpu_resources=args.gpu_resources,
@@ -271,39 +200,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
     print(f"\nBFD audit of {model} (weights: {config.weights}), run {out['run_id']}")
     _print_table(profile.select(cols), "table")
     print()
-    n_flagged = _print_audit(out, store)
+    n_flagged = print_audit(out, store)
     print(f"\nresults: {out['results']}\ntables:  {store}/tables  "
           f"(try: bfd query model_summary --store {store})")
-    return _drift_exit(n_flagged, args.fail_on_drift)
-
-
-def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
-    from bfd.flows.checkpoints import audit_checkpoints
-
-    config = _audit_config({**_extract_config(args), "weights": "random"})
-    thresholds = _drift_thresholds(args.drift_threshold)
-    store = _store(args)
-    config = config.model_dump(exclude={"weights"})
-    out = _with_bars(audit_checkpoints, args.checkpoints, config, store, series=args.series,
-                     drift=thresholds, dashboard=not args.no_dashboard)
-    if not out["audits"]:
-        print(f"nothing to do: every checkpoint of {args.checkpoints} ({out['n_files']} files) "
-              f"is already audited in series {out['series']}")
-        return 0
-    n_flagged = 0
-    for one in out["audits"]:
-        print(f"{one['checkpoint']}:")
-        n_flagged += _print_audit(one, store)
-    print(f"\n{len(out['audits'])} checkpoint(s) audited in series {out['series']}; "
-          f"{out['n_files'] - len(out['audits'])} already audited; store {store}")
-    return _drift_exit(n_flagged, args.fail_on_drift)
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    from bfd.flows.serve import serve
-
-    serve(args.file)
-    return 0
+    return drift_exit(n_flagged, args.fail_on_drift)
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
@@ -352,6 +252,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bfd.cli_audits import add_audit_options, add_audit_parsers
+
     p = argparse.ArgumentParser(
         prog="bfd", description="Bi-orthogonal Factor Decomposition of timm ViTs: which "
         "attention heads exchange position, content, or both.")
@@ -380,22 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--demo", action="store_true",
                    help="offline demo: random-init vit_tiny on the embedded sample images")
     _add_extract_options(s)
-    _add_audit_options(s)
+    add_audit_options(s)
     s.add_argument("--step", type=int,
                    help="the audit's place in its series, e.g. a training step (default: now)")
     s.set_defaults(fn=cmd_audit)
 
-    s = sub.add_parser("audit-checkpoints", help="audit every checkpoint of a folder or glob "
-                       "not yet audited in its series, in step order")
-    s.add_argument("checkpoints", help="a folder of checkpoint files or a glob")
-    _add_extract_options(s)
-    _add_audit_options(s)
-    s.set_defaults(fn=cmd_audit_checkpoints)
-
-    s = sub.add_parser("serve", help="run the deployments of prefect.yaml on their schedules "
-                       "in this process (no server or worker to set up)")
-    s.add_argument("--file", default="prefect.yaml", help="the deployments file")
-    s.set_defaults(fn=cmd_serve)
+    add_audit_parsers(sub)
 
     s = sub.add_parser("sql", help="run read-only SQL over the result tables")
     s.add_argument("sql")

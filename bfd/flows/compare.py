@@ -8,7 +8,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, tags
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from bfd.flows.audit import audit, refresh_outputs
 from bfd.flows.params import (
@@ -16,6 +16,7 @@ from bfd.flows.params import (
     DecomposeParams,
     DriftThresholds,
     _Params,
+    describe_errors,
     with_deployment_defaults,
 )
 from bfd.flows.prefect_io import artifact_key, resolve_store
@@ -83,10 +84,13 @@ def compare(
     options = with_deployment_defaults("decompose_options", decompose_options, DecomposeParams)
     root = resolve_store(store)
     audits = []
-    for item in models:
-        one_config = AuditConfig.model_validate(
-            {**config.model_dump(), "model": item.model, "weights": item.weights,
-             "seed": item.seed})
+    for i, item in enumerate(models):
+        try:
+            one_config = AuditConfig.model_validate(
+                {**config.model_dump(), "model": item.model, "weights": item.weights,
+                 "seed": item.seed})
+        except ValidationError as err:
+            raise ValueError(describe_errors(err, prefix=f"models[{i}].")) from None
         series = item.series or default_series(item.model, item.weights, item.seed)
         with tags(f"model:{item.model}", f"series:{series}"):
             audits.append(audit(one_config, root, workers=workers, dask_address=dask_address,
