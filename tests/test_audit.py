@@ -205,3 +205,13 @@ def test_flow_parameter_errors_name_the_field_as_prefect_shows_it(tmp_path, pref
     with pytest.raises(ValueError, match=r"config\.model is required"):
         audit({"weights": "random"}, str(tmp_path))
     assert not (tmp_path / "tables").exists()
+
+
+def test_a_failed_audit_is_recorded_and_never_a_previous_audit(tmp_path, prefect_harness):
+    config = {**AUDIT, "weights": "random"}
+    with pytest.raises(ValueError, match=r"layers must be in \[0, 6\)"):
+        audit({**config, "layers": "0,9"}, str(tmp_path), series="s", step=1, dashboard=False)
+    (failed,) = read_audits(Store(str(tmp_path)), "s")
+    assert (failed["status"], failed["run_id"], failed["n_flagged"]) == ("failed", None, None)
+    out = audit(config, str(tmp_path), series="s", step=2, dashboard=False)
+    assert out["prev_audit_id"] is None and out["n_flagged"] == 0
