@@ -215,3 +215,20 @@ def test_a_failed_audit_is_recorded_and_never_a_previous_audit(tmp_path, prefect
     assert (failed["status"], failed["run_id"], failed["n_flagged"]) == ("failed", None, None)
     out = audit(config, str(tmp_path), series="s", step=2, dashboard=False)
     assert out["prev_audit_id"] is None and out["n_flagged"] == 0
+
+
+def test_checkpoint_steps_and_order(tmp_path):
+    from bfd.tasks.audits import checkpoint_files, step_from_name
+
+    names = {"epoch=3-step=1200.pt": 1200, "ckpt_0300.pth": 300, "iter20.safetensors": 20,
+             "last.pth": None, "model.safetensors.index.json": None, "notes.txt": None}
+    for name, step in names.items():
+        (tmp_path / name).write_bytes(b"x")
+        assert step_from_name(name) == step, name
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "step_1.pt").write_bytes(b"x")
+    expected = ["iter20.safetensors", "ckpt_0300.pth", "epoch=3-step=1200.pt", "last.pth"]
+    assert [p.name for p in checkpoint_files(str(tmp_path))] == expected
+    assert [p.name for p in checkpoint_files(str(tmp_path / "*.pt"))] == ["epoch=3-step=1200.pt"]
+    with pytest.raises(FileNotFoundError, match="no such folder or file"):
+        checkpoint_files(str(tmp_path / "missing"))
