@@ -85,7 +85,9 @@ def test_schedule_it_end_to_end(tmp_path):
                PREFECT_WORKER_QUERY_SECONDS="1")
     run_params = '"config": {"model": "vit_base_patch16_224"}'
     subs = {"4200": str(port), "/data/bfd-store": str(store), "/data/checkpoints": str(ckpts),
-            run_params: f'"config": {json.dumps(CONFIG)}, "drift": {json.dumps(DRIFT)}'}
+            # the dashboard refresh is tested with `bfd audit --demo` (tests/test_audit.py)
+            run_params: f'"config": {json.dumps(CONFIG)}, "drift": {json.dumps(DRIFT)}, '
+                        '"dashboard": false'}
     commands = readme_commands()
     assert any(run_params in c for c in commands) and "prefect deploy --all" in commands
     started: list[subprocess.Popen] = []
