@@ -98,13 +98,14 @@ def audit_markdown(audit: dict, run: dict, profile: list[dict], drift: list[dict
     """The audit's report: what was audited, the per-layer summary, drift vs the previous
     audit (flagged rows first) and where the results are."""
     flagged = [r for r in drift if r["flagged"]]
+    how = "reused, nothing recomputed" if audit.get("reused") else "computed"
     lines = [
         f"# BFD audit of `{run.get('model')}`",
         "",
         f"- series: `{audit['series']}`, step {audit['step']}",
         f"- weights: `{run.get('weights')}` (sha256 `{str(run.get('weights_sha256'))[:16]}`)",
         f"- images: `{run.get('images')}`, {run.get('n_images')} images",
-        f"- run: `{audit['run_id']}` ({'reused, nothing recomputed' if audit.get('reused') else 'computed'})",  # noqa: E501
+        f"- run: `{audit['run_id']}` ({how})",
         f"- audit: `{audit['audit_id']}`, previous audit: `{audit['prev_audit_id'] or 'none'}`",
         "",
         "## Per-layer summary",
