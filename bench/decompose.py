@@ -17,7 +17,7 @@ Prints, with the baselines measured in the same run:
 
 Stores are built like ``tests/storebuilder.py`` (synthetic activations with a positional
 signal, written through ``create_activation_template``/``write_shard``; synthetic Parquet
-tables written with ``write_table``), with ViT-S/16 shapes by default: T = 197 tokens
+tables published with ``publishing``), with ViT-S/16 shapes by default: T = 197 tokens
 (1 cls + 14x14 patches), d = 384, H = 6, float16, 32 images per chunk.
 
 Usage: python bench/decompose.py [--layers 12] [--n 256] [--rss-layers 2] [--runs 100]
@@ -47,7 +47,7 @@ import torch  # noqa: E402
 
 from bfd.core.summary import BLOCKS, HEAD_TYPES  # noqa: E402
 from bfd.models import resolve_device  # noqa: E402
-from bfd.storage import Store, open_activations, write_table  # noqa: E402
+from bfd.storage import Store, open_activations, publishing  # noqa: E402
 from bfd.tasks.decompose import DecomposeOptions, decompose_site_layer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -188,18 +188,19 @@ def write_run_tables(store: Store, model: str, run_id: str, created: datetime, l
                                                                range(n_images)],
               "sha256": ["0" * 64] * n_images, "status": ["ok"] * n_images,
               "error": pa.nulls(n_images, pa.string())}
-    for table, cols in (("layers", layer_rows), ("heads", heads), ("modes", modes),
-                        ("images", images)):
-        write_table(store, table, model, run_id, pa.table(cols))
-    write_table(store, "runs", model, run_id, [{
-        "run_id": run_id, "model": model, "weights": "pretrained", "weights_sha256": "0" * 64,
-        "images": "samples", "images_sha256": "0" * 64, "n_images": n_images, "n_skipped": 0,
-        "img_size": 224, "grid_h": GRID[0], "grid_w": GRID[1], "prefix_tokens": PREFIX,
-        "sites": ",".join(SITES), "layers": ",".join(map(str, range(layers))),
-        "dtype": "float16", "created_at": created, "bfd_version": "bench",
-        "timm_version": "bench", "torch_version": "bench", "config_json": "{}",
-        "status": "complete", "depth": layers, "num_heads": H, "width": D,
-    }])
+    with publishing(store, run_id) as pub:  # one version per run, as decompose publishes
+        for table, cols in (("layers", layer_rows), ("heads", heads), ("modes", modes),
+                            ("images", images)):
+            pub.write_table(table, model, pa.table(cols))
+        pub.write_table("runs", model, [{
+            "run_id": run_id, "model": model, "weights": "pretrained", "weights_sha256": "0" * 64,
+            "images": "samples", "images_sha256": "0" * 64, "n_images": n_images, "n_skipped": 0,
+            "img_size": 224, "grid_h": GRID[0], "grid_w": GRID[1], "prefix_tokens": PREFIX,
+            "sites": ",".join(SITES), "layers": ",".join(map(str, range(layers))),
+            "dtype": "float16", "created_at": created, "bfd_version": "bench",
+            "timm_version": "bench", "torch_version": "bench", "config_json": "{}",
+            "status": "complete", "depth": layers, "num_heads": H, "width": D,
+        }])
 
 
 def build_table_store(root: Path, runs: int, layers: int, n_images: int) -> None:
@@ -223,8 +224,9 @@ def time_query(root: Path, runs: int, layers: int, n_images: int,
     cold = float("inf")
     for k in range(reps):
         if k:
+            shutil.rmtree(store.run_dir(f"new-{k - 1}"))  # its pointer: unpublished
             for table in ("runs", "layers", "heads", "modes", "images"):
-                shutil.rmtree(next((root / "tables" / table).glob(f"model=*/run_id=new-{k - 1}")))
+                shutil.rmtree(store.table_dir(table) / f"new-{k - 1}")
         write_run_tables(store, MODELS[k % 2], f"new-{k}", t0 + timedelta(hours=k), layers,
                          n_images, rng)
         cold = min(cold, best_seconds(lambda: run_query(str(root), "compare_models", params), 1))
@@ -242,7 +244,8 @@ def time_query(root: Path, runs: int, layers: int, n_images: int,
         con.close()
     # A store that cannot hold the snapshot (as a read-only mount): `catalog` is not a folder.
     catalog = root / "catalog"
-    kept = len(os.listdir(catalog))  # 1: older snapshots and build folders are gone
+    # 2 (the snapshot and current.duckdb): older snapshots and build folders are gone
+    kept = len(os.listdir(catalog))
     shutil.rmtree(catalog)
     catalog.write_text("not a folder")
     try:

@@ -382,6 +382,7 @@ def forward_capture(
     layers: Sequence[int],
     sites: Sequence[str],
     dtype: torch.dtype = torch.float32,
+    to_host: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Run the model and return the activations at ``sites`` of blocks ``layers``.
 
@@ -398,9 +399,12 @@ def forward_capture(
         dtype: Dtype of the returned tensors (e.g. the storage dtype). The cast happens on
             the model's device, before one copy per site to the host: on a GPU that halves
             the bytes over the bus for float16 and avoids a synchronisation per hook.
+        to_host: Copy the result to the host (False: leave it on the model's device, for a
+            caller that copies it into pinned memory itself).
 
     Returns:
-        ``{site: CPU tensor (len(layers), B, T_total, d)}`` of ``dtype``.
+        ``{site: tensor (len(layers), B, T_total, d)}`` of ``dtype``, on the CPU when
+        ``to_host``.
     """
     layers, sites = [int(l) for l in layers], list(sites)
     if not layers or len(set(layers)) != len(layers):
@@ -443,7 +447,8 @@ def forward_capture(
         finally:
             for h in handles:
                 h.remove()
-    return {s: torch.stack([store[(s, l)] for l in layers]).to(dtype).cpu() for s in sites}
+    out = {s: torch.stack([store[(s, l)] for l in layers]).to(dtype) for s in sites}
+    return {s: a.cpu() for s, a in out.items()} if to_host else out
 
 
 def pos_embed_patch_rows(model: nn.Module) -> np.ndarray | None:

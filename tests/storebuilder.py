@@ -35,8 +35,10 @@ def build_run(
     pos_embed: np.ndarray | None = None,
     weights_sha256: str = "random-seed-0",
     dtype: str = "float32",
+    shards_done: int | None = None,
 ) -> str:
-    """Store ``acts[site]`` of shape (layer, image, token, dim) as one complete run."""
+    """Store ``acts[site]`` of shape (layer, image, token, dim) as one complete run, or as an
+    interrupted one: only the first ``shards_done`` shards (one chunk each) written."""
     first = next(iter(acts.values()))
     L, N, T, d = first.shape
     grid = grid or (1, T - prefix_tokens)
@@ -59,7 +61,7 @@ def build_run(
                "torch_version": "test"},
     )
     write_image_manifest(store, rid, [ImageRecord(i, ids[i]) for i in range(N)])
-    for shard in plan_shards(N, images_per_chunk, images_per_chunk):
+    for shard in plan_shards(N, images_per_chunk, images_per_chunk)[:shards_done]:
         for site, a in acts.items():
             block = a[:, shard.start:shard.stop].copy()
             block[:, [i - shard.start for i in skipped if shard.start <= i < shard.stop]] = np.nan

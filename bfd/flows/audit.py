@@ -28,7 +28,14 @@ from bfd.flows.prefect_io import (
     resolve_store,
 )
 from bfd.flows.runners import task_runner
-from bfd.storage import Store, new_audit_id, previous_audit, write_audit, write_drift
+from bfd.storage import (
+    Store,
+    new_audit_id,
+    previous_audit,
+    results_path,
+    write_audit,
+    write_drift,
+)
 from bfd.tasks.audits import computed_run, default_series, time_step
 from bfd.tasks.decompose import DecomposeOptions
 from bfd.tasks.drift import drift_rows, layer_summary
@@ -137,8 +144,7 @@ def audit(
                 written = decompose(run_id, root, dask_address=dask_address, **decompose_kw)
                 run = computed_run(Store(root), run_id, stored) or {}
             else:
-                written = {"results": f"{Store(root).zarr_path}/"
-                                      f"{Store(root).results_group(run_id)}"}
+                written = {"results": results_path(Store(root), run_id)}
                 logger.info("run %s is already computed: reused, nothing recomputed", run_id)
         row["run_id"] = run_id
         prev = previous_audit(Store(root), series, step)
