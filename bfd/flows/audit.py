@@ -76,7 +76,7 @@ def refresh_outputs(store: str, dashboard: bool) -> None:
         refresh_catalog(store)
         from bfd.report.dashboard import build_dashboard
 
-        logger.info("dashboard: %s", build_dashboard(store, f"{store}/dashboard"))
+        logger.info("dashboard: %s", build_dashboard(store, f"{store}/dashboard").index)
     except Exception as err:  # noqa: BLE001 - derived outputs; the next audit rebuilds them
         logger.warning("catalog or dashboard not refreshed (%s); the next query rebuilds it", err)
 
