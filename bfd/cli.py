@@ -178,26 +178,32 @@ def _cache_catalog(store: str) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    from bfd.cli_audits import audit_config, drift_exit, drift_thresholds, print_audit
     from bfd.flows.audit import DEMO_CONFIG, audit
+    from bfd.flows.params import require_model
     from bfd.queries import run_query
 
-    config = dict(DEMO_CONFIG) if args.demo else _extract_config(args)
+    config = audit_config(dict(DEMO_CONFIG) if args.demo else _extract_config(args))
+    model = require_model(config, cli=True)
     if args.demo:
         print("demo: random-init (untrained) vit_tiny_patch16_224 on 64 embedded sample images;"
               " weights are labelled 'random' everywhere", file=sys.stderr)
+    thresholds = drift_thresholds(args.drift_threshold)
     store = _store(args)
     out = _with_bars(audit, config, store, workers=args.workers,
-                     dask_address=args.dask_address, gpu_resources=args.gpu_resources)
-    profile = run_query(store, "layer_profile", {"model": config["model"],
-                                                 "run_id": out["run_id"]})
+                     dask_address=args.dask_address, gpu_resources=args.gpu_resources,
+                     series=args.series, step=args.step, drift=thresholds, trigger="cli",
+                     dashboard=not args.no_dashboard)
+    profile = run_query(store, "layer_profile", {"model": model, "run_id": out["run_id"]})
     cols = [c for c in ("layer", "frac_pos", "frac_pos_resid", "f_pp", "f_cp", "f_pc", "f_cc",
                         "n_heads_pp", "n_heads_cp", "n_heads_cc") if c in profile.column_names]
-    print(f"\nBFD audit of {config['model']} (weights: {config.get('weights')}), "
-          f"run {out['run_id']}")
+    print(f"\nBFD audit of {model} (weights: {config.weights}), run {out['run_id']}")
     _print_table(profile.select(cols), "table")
+    print()
+    n_flagged = print_audit(out, store)
     print(f"\nresults: {out['results']}\ntables:  {store}/tables  "
           f"(try: bfd query model_summary --store {store})")
-    return 0
+    return drift_exit(n_flagged, args.fail_on_drift)
 
 
 def _attached(args: argparse.Namespace) -> dict[str, str]:
@@ -291,6 +297,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bfd.cli_audits import add_audit_options, add_audit_parsers
+
     p = argparse.ArgumentParser(
         prog="bfd", description="Bi-orthogonal Factor Decomposition of timm ViTs: which "
         "attention heads exchange position, content, or both.")
@@ -314,11 +322,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store(s)
     s.set_defaults(fn=cmd_decompose)
 
-    s = sub.add_parser("audit", help="extract + decompose + publish one model")
+    s = sub.add_parser("audit", help="extract + decompose + publish one model, as one audit "
+                       "of its series, with drift against the series' previous audit")
     s.add_argument("--demo", action="store_true",
                    help="offline demo: random-init vit_tiny on the embedded sample images")
     _add_extract_options(s)
+    add_audit_options(s)
+    s.add_argument("--step", type=int,
+                   help="the audit's place in its series, e.g. a training step (default: now)")
     s.set_defaults(fn=cmd_audit)
+
+    add_audit_parsers(sub)
 
     s = sub.add_parser("sql", help="run read-only SQL over the result tables")
     s.add_argument("sql")

@@ -1,10 +1,10 @@
 """A read-only DuckDB catalog over a store's Parquet tables (docs/layout.md, "Tables and columns").
 
 ``connect`` loads the published table files of every run (``listing.py``: the version each
-run's ``published.json`` names) into tables ``runs, layers, heads, modes, images`` of a DuckDB
-database of its own (a snapshot, cached: ``snapshot.py``), attaches
-that database read-only and turns off file access from SQL. What that buys, and why not plain
-views over ``read_parquet``:
+run's ``published.json`` names) into tables ``runs, layers, heads, modes, images``, and every
+file of the event tables ``audits, drift``, into a DuckDB database of its own (a snapshot,
+cached: ``snapshot.py``), attaches that database read-only and turns off file access from
+SQL. What that buys, and why not plain views over ``read_parquet``:
 
 - A view over ``read_parquet`` needs file access at query time, and DuckDB's
   ``allowed_directories`` grants writing as well as reading, so ``COPY ... TO`` could overwrite
@@ -105,6 +105,16 @@ CONTRACT: Final[Mapping[str, str]] = {
     "images": (
         "run_id VARCHAR, model VARCHAR, image_index INTEGER, image_id VARCHAR, sha256 VARCHAR,"
         " status VARCHAR, error VARCHAR"
+    ),
+    # Events, one file per audit (bfd.storage.audits), appended, never rewritten.
+    "audits": (
+        "audit_id VARCHAR, series VARCHAR, run_id VARCHAR, step BIGINT, started_at TIMESTAMPTZ,"
+        " finished_at TIMESTAMPTZ, trigger VARCHAR, flow_run_id VARCHAR, status VARCHAR,"
+        " prev_audit_id VARCHAR, n_flagged INTEGER"
+    ),
+    "drift": (
+        "audit_id VARCHAR, prev_audit_id VARCHAR, layer INTEGER, head INTEGER, metric VARCHAR,"
+        " before DOUBLE, after DOUBLE, delta DOUBLE, threshold DOUBLE, flagged BOOLEAN"
     ),
 }
 
@@ -249,9 +259,9 @@ def connect(store_root: str | os.PathLike[str],
 
     Returns:
         A DuckDB connection whose default database holds the tables ``runs, layers, heads,
-        modes, images`` and the views of ``DERIVED_VIEWS``. Statements that would change them
-        fail inside DuckDB ("attached in read-only mode"), and file access from SQL is off
-        ("file system operations are disabled by configuration").
+        modes, images, audits, drift`` and the views of ``DERIVED_VIEWS``. Statements that
+        would change them fail inside DuckDB ("attached in read-only mode"), and file access
+        from SQL is off ("file system operations are disabled by configuration").
 
     Raises:
         FileNotFoundError: ``store_root`` (or an attached store) is not a directory.
