@@ -7,8 +7,9 @@ import torch
 import xarray as xr
 
 from bfd.core import decompose_layer, head_maps, pos_embed_cosine, to_dataset
-from bfd.core.anova import as_chunk
+from bfd.core.anova import DEFAULT_GROUPS, as_chunk
 from bfd.core.checks import require
+from bfd.core.uncertainty import DEFAULT_CI_TARGET
 
 
 def analyze(
@@ -24,6 +25,8 @@ def analyze(
     seed: int = 0,
     pos_embed: np.ndarray | None = None,
     resid0: np.ndarray | torch.Tensor | None = None,
+    jackknife_groups: int = DEFAULT_GROUPS,
+    ci_target: float = DEFAULT_CI_TARGET,
 ) -> xr.Dataset:
     """BFD of one layer's ``attn_in`` activations held in memory.
 
@@ -43,12 +46,19 @@ def analyze(
             ``resid0`` the ``(N, T_total, d)`` activations at the ``resid`` site of block 0, to
             report ``pos_embed_cos``.
         resid0: see ``pos_embed``.
+        jackknife_groups: image groups G of the delete-a-group jackknife (image n in group
+            ``n mod G``); 0 for no intervals. A multiple of 4, at least 8.
+        ci_target: interval half-width the main shares should reach (``ci_halfwidth``,
+            ``n_images_for_target``).
 
     Returns:
         Dataset with ``frac_pos, frac_img, frac_int``, ``energy/frac (head, block)``,
         ``head_type``, ``sigma/alpha/beta (head, mode)``, ``mode_energy``, ``mode_type``,
         ``eff_rank, eff_rank_sigma, k90, mode_coupling (head)``, ``pos (token, dim)``,
-        ``mu (dim)`` and the validation metrics.
+        ``mu (dim)``, the validation metrics, the chance-corrected shares
+        (``frac_pos_adj``, ..., ``energy_adj``/``frac_adj (head, block)``), their 95 %
+        intervals (``<share>_se/_lo/_hi``, per head ``f_<block>[_adj]_se/_lo/_hi``) and
+        ``head_type_stability`` (docs/method.md).
 
     Raises:
         ValueError: for inputs of the wrong rank or shape, NaN/inf, a head count that does
@@ -75,10 +85,11 @@ def analyze(
 
     result = decompose_layer(
         chunks, maps, prefix_tokens=prefix_tokens, prefix=prefix, seed=seed,
-        compute_dtype=compute_dtype,
+        compute_dtype=compute_dtype, groups=jackknife_groups, ci_target=ci_target,
     )
     attrs = {"prefix": prefix, "prefix_tokens": prefix_tokens, "seed": seed,
-             "compute_dtype": compute_dtype, "site": "attn_in"}
+             "compute_dtype": compute_dtype, "site": "attn_in",
+             "jackknife_groups": jackknife_groups, "ci_target": ci_target}
     ds = to_dataset(result, attrs)
     if pos_embed is not None:
         require(resid0 is not None, "pos_embed was given without resid0; expected both")

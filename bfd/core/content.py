@@ -15,7 +15,7 @@ Grams run in ``compute_dtype``; Grams are accumulated in float64.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ import torch
 from bfd.core.anova import Means
 from bfd.core.checks import require
 from bfd.core.heads import HeadMaps, Modes
-from bfd.core.sampling import image_indices
+from bfd.core.sampling import image_indices, jackknife_group
 
 COMPUTE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -46,6 +46,10 @@ class Pass2State:
             (v_k·c)²) = KK[k, k]``.
         logit_residual: largest relative residual of the 9-block logit reconstruction over the
             checked images (NaN when none was checked).
+        group_ss_content, group_ss_img: ``ss_content`` and ``ss_img`` of each jackknife group,
+            ``(G,)`` (``(0,)`` without a jackknife).
+        group_K_q, group_K_k, group_KK: ``K_q``, ``K_k`` and ``KK`` of each group,
+            ``(G, H, dh, dh)``: the per-group second moments the jackknife deletes.
     """
 
     n: int
@@ -58,11 +62,18 @@ class Pass2State:
     K_k: np.ndarray
     KK: np.ndarray
     logit_residual: float = float("nan")
+    group_ss_content: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    group_ss_img: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    group_K_q: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0, 0)))
+    group_K_k: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0, 0)))
+    group_KK: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0, 0)))
 
     @classmethod
-    def empty(cls, num_heads: int, head_dim: int) -> Pass2State:
+    def empty(cls, num_heads: int, head_dim: int, groups: int = 0) -> Pass2State:
         z = np.zeros((num_heads, head_dim, head_dim))
-        return cls(0, 0.0, 0.0, 0.0, 0.0, 0.0, z, z.copy(), z.copy())
+        zg = np.zeros((groups, num_heads, head_dim, head_dim))
+        return cls(0, 0.0, 0.0, 0.0, 0.0, 0.0, z, z.copy(), z.copy(), float("nan"),
+                   np.zeros(groups), np.zeros(groups), zg, zg.copy(), zg.copy())
 
     def __add__(self, other: Pass2State) -> Pass2State:
         require(
@@ -80,6 +91,11 @@ class Pass2State:
             K_k=self.K_k + other.K_k,
             KK=self.KK + other.KK,
             logit_residual=float(np.fmax(self.logit_residual, other.logit_residual)),
+            group_ss_content=self.group_ss_content + other.group_ss_content,
+            group_ss_img=self.group_ss_img + other.group_ss_img,
+            group_K_q=self.group_K_q + other.group_K_q,
+            group_K_k=self.group_K_k + other.group_K_k,
+            group_KK=self.group_KK + other.group_KK,
         )
 
 
@@ -153,20 +169,41 @@ class Pass2Plan:
         c -= self.mu
         ss_total = _dot(c)
         c -= self.pos
-        ss_content = _dot(c)
+        G = self.means.groups
+        group = torch.from_numpy(jackknife_group(image_indices(index, n), max(G, 1))).to(c.device)
+        per_image_content = (c * c).sum((1, 2))
+        ss_content = float(per_image_content.sum())
         cross = float((c.sum(0) * self.pos).sum())
         img = c.mean(1, keepdim=True)
-        ss_img = T * _dot(img)
+        per_image_img = T * (img * img).sum((1, 2))
+        ss_img = float(per_image_img.sum())
+        K_g = KK_g = None
         if H:
             # (n, 2·H·dh, T): each head's projection comes out contiguous for the batched Grams
             Z = torch.matmul(self.W_t, c.to(self.dtype).transpose(1, 2)).view(n, 2 * H, dh, T)
             K = Z @ Z.transpose(-1, -2)
-            KK = (K[:, :H] * K[:, H:]).sum(0, dtype=torch.float64).cpu().numpy()
-            K_sum = K.sum(0, dtype=torch.float64).cpu().numpy()
+            KK_n = K[:, :H] * K[:, H:]
+            if G:
+                K_g = _by_group(K, group, G)
+                KK_g = _by_group(KK_n, group, G)
+                K_sum, KK = K_g.sum(0), KK_g.sum(0)
+            else:
+                KK = KK_n.sum(0, dtype=torch.float64).cpu().numpy()
+                K_sum = K.sum(0, dtype=torch.float64).cpu().numpy()
         else:  # Stage 1 only (the resid site): no heads to project on
             KK = K_sum = np.zeros((0, 0, 0))
         c -= img
         ss_int = _dot(c)
+        groups = {}
+        if G:
+            zg = np.zeros((G, H, dh, dh))
+            groups = dict(
+                group_ss_content=_by_group(per_image_content, group, G),
+                group_ss_img=_by_group(per_image_img, group, G),
+                group_K_q=K_g[:, :H] if K_g is not None else zg,
+                group_K_k=K_g[:, H:] if K_g is not None else zg.copy(),
+                group_KK=KK_g if KK_g is not None else zg.copy(),
+            )
 
         residual = logit_residual(x_check, self.means, self.maps) if len(x_check) else np.nan
         return Pass2State(
@@ -180,7 +217,17 @@ class Pass2Plan:
             K_k=K_sum[H:],
             KK=KK,
             logit_residual=float(residual),
+            **groups,
         )
+
+
+def _by_group(a: torch.Tensor, group: torch.Tensor, groups: int) -> np.ndarray:
+    """Float64 sums of ``a`` over its first axis (images), one per jackknife group."""
+    # a one-hot matmul: index_add_ took milliseconds here on two busy cores (thread spin)
+    one_hot = torch.zeros((groups, len(group)), dtype=torch.float64, device=a.device)
+    one_hot[group, torch.arange(len(group), device=a.device)] = 1.0
+    flat = a.to(torch.float64).reshape(len(group), -1)
+    return (one_hot @ flat).reshape(groups, *a.shape[1:]).cpu().numpy()
 
 
 def logit_residual(x: torch.Tensor, means: Means, maps: HeadMaps) -> float:

@@ -10,6 +10,7 @@ import numpy as np
 import xarray as xr
 
 from bfd.core.summary import BLOCKS, LayerResult
+from bfd.core.uncertainty import HEAD_INTERVALS, LAYER_INTERVALS
 
 SCALARS = (
     "ss_total", "ss_pos", "ss_img", "ss_int", "frac_pos", "frac_img", "frac_int",
@@ -17,6 +18,13 @@ SCALARS = (
     "shuffle_frac_pos", "logit_residual",
 )
 PER_HEAD = ("head_type", "eff_rank", "eff_rank_sigma", "k90", "mode_coupling")
+# docs/method.md, "Chance-corrected shares" and "Uncertainty": per (site, layer) ...
+STATISTICS = (
+    "frac_pos_adj", "frac_img_adj", "frac_int_adj", "frac_content_adj", "frac_pos_chance",
+    *LAYER_INTERVALS, "ci_halfwidth", "n_images_for_target",
+)
+# ... and per head, besides energy_adj and frac_adj (head, block)
+HEAD_STATISTICS = (*HEAD_INTERVALS, "head_type_stability")
 PER_MODE = ("sigma", "alpha", "beta", "mode_type")
 
 
@@ -26,6 +34,9 @@ def to_dataset(result: LayerResult, attrs: dict | None = None) -> xr.Dataset:
     data: dict[str, tuple] = {name: ((), getattr(result, name)) for name in SCALARS}
     data["pos"] = (("token", "dim"), result.pos)
     data["mu"] = (("dim",), result.mu)
+    stats = result.statistics or {}
+    for name in STATISTICS:
+        data[name] = ((), float(stats.get(name, np.nan)))
     coords: dict[str, object] = {"token": np.arange(T), "dim": np.arange(d)}
     if result.sigma is not None:
         H, dh = result.sigma.shape
@@ -36,6 +47,10 @@ def to_dataset(result: LayerResult, attrs: dict | None = None) -> xr.Dataset:
         for name in PER_MODE:
             data[name] = (("head", "mode"), _plain(getattr(result, name)))
         data["mode_energy"] = (("head", "mode", "block"), result.mode_energy)
+        for name in ("energy_adj", "frac_adj"):
+            data[name] = (("head", "block"), stats.get(name, np.full((H, 4), np.nan)))
+        for name in HEAD_STATISTICS:
+            data[name] = (("head",), stats.get(name, np.full(H, np.nan)))
         coords |= {"head": np.arange(H), "mode": np.arange(dh), "block": list(BLOCKS)}
     ds = xr.Dataset(data, coords=coords)
     ds.attrs.update({"n_images": result.n_images, **(attrs or {})})

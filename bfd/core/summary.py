@@ -14,6 +14,7 @@ import numpy as np
 from bfd.core.anova import Means
 from bfd.core.content import Pass2State
 from bfd.core.heads import Modes
+from bfd.core.uncertainty import DEFAULT_CI_TARGET, layer_statistics
 
 BLOCKS = ("pp", "pc", "cp", "cc")
 HEAD_TYPES = ("content-content", "content-position", "position-position")
@@ -55,6 +56,8 @@ class LayerResult:
     eff_rank: np.ndarray | None = None
     eff_rank_sigma: np.ndarray | None = None
     k90: np.ndarray | None = None
+    # corrected shares, intervals, adequacy (bfd.core.uncertainty.layer_statistics)
+    statistics: dict[str, np.ndarray] | None = None
 
     @property
     def frac_content(self) -> float:
@@ -106,10 +109,13 @@ def summarize_stage1(means: Means, p2: Pass2State) -> LayerResult:
     )
 
 
-def summarize(means: Means, p2: Pass2State, modes: Modes | None) -> LayerResult:
-    """All METHOD.md quantities of one layer from its two passes (Stage 1 only without
+def summarize(
+    means: Means, p2: Pass2State, modes: Modes | None, ci_target: float = DEFAULT_CI_TARGET
+) -> LayerResult:
+    """All docs/method.md quantities of one layer from its two passes (Stage 1 only without
     modes)."""
-    stage1 = summarize_stage1(means, p2)
+    stage1 = replace(summarize_stage1(means, p2),
+                     statistics=layer_statistics(means, p2, modes, ci_target))
     if modes is None:
         return stage1
     N = means.n

@@ -26,11 +26,13 @@ from bfd.core import (
     summarize,
     to_dataset,
 )
-from bfd.core.dataset import SCALARS
+from bfd.core.anova import DEFAULT_GROUPS
+from bfd.core.dataset import SCALARS, STATISTICS
+from bfd.core.uncertainty import DEFAULT_CI_TARGET
 from bfd.models import resolve_device
 from bfd.storage import Store, open_activations, read_image_manifest, read_model_tensors
 
-STAGE1_VARS = (*SCALARS, "pos", "mu", "pos_embed_cos")
+STAGE1_VARS = (*SCALARS, *STATISTICS, "pos", "mu", "pos_embed_cos")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ class DecomposeOptions:
         device: where both passes run: "cpu", "cuda", "cuda:K", or "auto" (CUDA when the
             process running the (site, layer) task sees one; on a ``--dask-address`` cluster
             the CPU, since the chunks run on workers that may have no GPU).
+        jackknife_groups: image groups G of the interval jackknife (0: no intervals).
+        ci_target: interval half-width the main shares should reach.
     """
 
     prefix: str = "exclude"
@@ -54,6 +58,8 @@ class DecomposeOptions:
     images_per_task: int | None = None
     check_images: int = 2
     device: str = "auto"
+    jackknife_groups: int = DEFAULT_GROUPS
+    ci_target: float = DEFAULT_CI_TARGET
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -142,7 +148,8 @@ def decompose_site_layer(
     kw = dict(prefix_tokens=prefix_tokens, prefix=options.prefix)
 
     with dask_scheduler(dask_address) as scheduler:
-        p1 = _tree_sum([delayed(_pass1)(b, indices[lo:hi], device, seed=options.seed, **kw)
+        p1 = _tree_sum([delayed(_pass1)(b, indices[lo:hi], device, seed=options.seed,
+                                        groups=options.jackknife_groups, **kw)
                         for b, lo, hi in blocks])
         (p1,) = dask.compute(p1, **scheduler)
         means = finalize_means(p1)
@@ -152,7 +159,7 @@ def decompose_site_layer(
         p2 = _tree_sum([delayed(_pass2)(plan, b, indices[lo:hi], **kw) for b, lo, hi in blocks])
         (p2,) = dask.compute(p2, **scheduler)
 
-    ds = to_dataset(summarize(means, p2, modes))
+    ds = to_dataset(summarize(means, p2, modes, options.ci_target))
     cos = np.nan
     if want_cos and "pos_embed" in tensors:
         cos = pos_embed_cosine(ds.pos.values, tensors.pos_embed.values)
