@@ -26,6 +26,8 @@ def test_every_named_query_runs_on_real_audits(store):
     params = {"layer_profile": {"model": "test_vit"}, "audit_history": {"model": "test_vit"},
               "compare_models": {"model_a": "test_vit", "model_b": "test_vit2"},
               "head_map": {"model": "test_vit2"}}
+    run_ids = [r["run_id"] for r in run_sql(store, "SELECT run_id FROM runs").to_pylist()]
+    params["compare_runs"] = {"run_a": run_ids[0], "run_b": run_ids[-1]}
     for name in list_queries():
         table = run_query(store, name, params.get(name, {}))
         assert table.num_rows > 0, name
