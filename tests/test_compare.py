@@ -96,3 +96,30 @@ def test_compare_runs_flags_a_real_difference_and_says_which_shares(tmp_path):
 def test_compare_runs_of_an_unknown_run_has_no_rows(tmp_path):
     publish(tmp_path, "strong", results(1, 16, 1.0))
     assert run_query(tmp_path, "compare_runs", {"run_a": "strong", "run_b": "nope"}).num_rows == 0
+
+
+def test_layer_profile_shows_the_corrected_shares(tmp_path):
+    ds = results(4, 24, 1.0)
+    publish(tmp_path, "r", ds)
+    rows = run_query(tmp_path, "layer_profile", {"model": "toy"}).to_pylist()
+    assert [r["layer"] for r in rows] == list(range(L))
+    for r in rows:
+        at = dict(site="attn_in", layer=r["layer"])
+        for name in ("frac_pos_adj", "frac_pos_adj_lo", "frac_pos_adj_hi", "frac_pos_chance"):
+            assert r[name] == pytest.approx(float(ds[name].sel(**at)), rel=1e-12), name
+        e = ds.energy_adj.sel(layer=r["layer"]).sum("head").values
+        assert r["f_cp_adj"] == pytest.approx(e[2] / e.sum(), rel=1e-12)
+
+
+def test_audit_summary_shows_intervals_and_warns_when_n_is_short(tmp_path, capsys):
+    from bfd.cli import _print_statistics
+
+    ds = results(5, 16, 1.0)
+    publish(tmp_path, "r", ds)
+    profile = run_query(tmp_path, "layer_profile", {"model": "toy"})
+    _print_statistics(str(tmp_path), "r", profile, demo=True)
+    out, err = capsys.readouterr()
+    assert "frac_pos_adj_lo" in out and "Next:" in out
+    need = int(layers_rows(ds).to_pandas().n_images_for_target.max())
+    assert err.startswith("bfd: warning: with N=16 images") and f"about {need} images" in err
+    assert need > 16

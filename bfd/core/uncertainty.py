@@ -35,8 +35,9 @@ HEAD_SHARES = (*(f"f_{b}" for b in BLOCK_NAMES), *(f"f_{b}_adj" for b in BLOCK_N
 STATS = ("se", "lo", "hi")
 LAYER_INTERVALS = tuple(f"{s}_{k}" for s in LAYER_SHARES for k in STATS)
 HEAD_INTERVALS = tuple(f"{s}_{k}" for s in HEAD_SHARES for k in STATS)
-# The main shares whose interval width decides whether N is enough.
-ADEQUACY_SHARES = ("frac_pos_adj", "frac_img_adj", "frac_int_adj")
+# The main shares whose interval width decides whether N is enough: the positional share of
+# the layer (the content share is its complement) and every head's energy shares.
+ADEQUACY_SHARES = ("frac_pos_adj", *(f"f_{b}_adj" for b in BLOCK_NAMES))
 DEFAULT_CI_TARGET = 0.02
 
 
@@ -167,8 +168,10 @@ def layer_statistics(
             se = np.full(theta.shape, np.nan)
         out[f"{name}_se"], out[f"{name}_lo"], out[f"{name}_hi"] = se, theta - t * se, theta + t * se
         if name in ADEQUACY_SHARES:
-            halfwidths.append(t * se)
-    hw = float(np.max(halfwidths)) if m >= 2 else float("nan")
+            halfwidths.append(np.ravel(t * se))
+    # a degenerate head (no energy) has no interval and does not count
+    widths = np.concatenate(halfwidths)
+    hw = float(np.nanmax(widths)) if m >= 2 and np.isfinite(widths).any() else float("nan")
     out["ci_halfwidth"] = np.asarray(hw)
     out["n_images_for_target"] = np.asarray(
         float(np.ceil(means.n * (hw / ci_target) ** 2)) if np.isfinite(hw) else np.nan)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 
+from bfd.core.anova import DEFAULT_GROUPS
+from bfd.core.uncertainty import DEFAULT_CI_TARGET
 from bfd.flows import progress
 from bfd.storage import Store, default_store, open_activations
 from bfd.tasks.decompose import DecomposeOptions, assemble_results
@@ -21,6 +23,8 @@ def decompose(
     images_per_task: int | None = None,
     dask_address: str | None = None,
     device: str = "auto",
+    jackknife_groups: int = DEFAULT_GROUPS,
+    ci_target: float = DEFAULT_CI_TARGET,
 ) -> dict[str, str]:
     """Decompose every extracted (site, layer) of a run and publish the results.
 
@@ -33,6 +37,8 @@ def decompose(
         images_per_task: images per dask task; the stored chunks when None.
         dask_address: run the dask graphs on this cluster instead of local threads.
         device: where the passes run: auto (CUDA when seen; the CPU on a cluster), cpu, cuda.
+        jackknife_groups: image groups G of the intervals (0: none; docs/method.md).
+        ci_target: interval half-width the main shares should reach.
 
     Returns:
         What was written, by name (results group and table files).
@@ -40,7 +46,8 @@ def decompose(
     logger = get_run_logger()
     root = str(Store(store).root) if store else str(default_store().root)
     options = DecomposeOptions(prefix=prefix, seed=seed, compute_dtype=compute_dtype,
-                               images_per_task=images_per_task, device=device)
+                               images_per_task=images_per_task, device=device,
+                               jackknife_groups=jackknife_groups, ci_target=ci_target)
     acts = open_activations(Store(root), run_id)
     sites = [s for s in ("attn_in", "resid") if s in acts.data_vars]
     layers = [int(v) for v in acts.layer.values]
