@@ -54,7 +54,8 @@ def analyze(
     Returns:
         Dataset with ``frac_pos, frac_img, frac_int``, ``energy/frac (head, block)``,
         ``head_type``, ``sigma/alpha/beta (head, mode)``, ``mode_energy``, ``mode_type``,
-        ``eff_rank, eff_rank_sigma, k90, mode_coupling (head)``, ``pos (token, dim)``,
+        ``eff_rank, eff_rank_sigma, k90, mode_coupling (head)``, ``pos (position, dim)``
+        (``position``: the index on x's token axis of each position),
         ``mu (dim)``, the validation metrics, the chance-corrected shares
         (``frac_pos_adj``, ..., ``energy_adj``/``frac_adj (head, block)``), their 95 %
         intervals (``<share>_se/_lo/_hi``, per head ``f_<block>[_adj]_se/_lo/_hi``) and
@@ -90,7 +91,7 @@ def analyze(
     attrs = {"prefix": prefix, "prefix_tokens": prefix_tokens, "seed": seed,
              "compute_dtype": compute_dtype, "site": "attn_in",
              "jackknife_groups": jackknife_groups, "ci_target": ci_target}
-    ds = to_dataset(result, attrs)
+    ds = to_dataset(result, attrs, first_token=prefix_tokens if prefix == "exclude" else 0)
     if pos_embed is not None:
         require(resid0 is not None, "pos_embed was given without resid0; expected both")
         r0 = as_chunk(resid0, "resid0")[:, prefix_tokens:].to(torch.float64)

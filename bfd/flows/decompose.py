@@ -8,9 +8,14 @@ from prefect.futures import as_completed
 from bfd.core.anova import DEFAULT_GROUPS
 from bfd.core.uncertainty import DEFAULT_CI_TARGET
 from bfd.flows import progress
-from bfd.storage import Store, default_store, open_activations
+from bfd.storage import Store, default_store, open_activations, read_request
 from bfd.tasks.decompose import DecomposeOptions, assemble_results
 from bfd.tasks.prefect_tasks import decompose_site_layer_task, publish_task
+
+# What the results carry of their run (besides run_id and the options), so that a results
+# Dataset says what made it: from the run request, and from the extraction's attrs.
+REQUEST_ATTRS = ("model", "weights", "weights_sha256", "images", "images_sha256", "dtype")
+EXTRACTION_ATTRS = ("timm_version", "torch_version", "bfd_version")
 
 
 @flow(name="decompose", log_prints=True)
@@ -61,7 +66,10 @@ def decompose(
     for done, future in enumerate(as_completed(futures), start=1):
         parts.append(future.result())
         progress.report("decompose", done, len(futures))
-    results = assemble_results(parts, {"run_id": run_id, **options.to_dict(),
+    request = read_request(Store(root), run_id)
+    run_attrs = {k: getattr(request, k) for k in REQUEST_ATTRS}
+    run_attrs |= {k: acts.attrs[k] for k in EXTRACTION_ATTRS if k in acts.attrs}
+    results = assemble_results(parts, {**run_attrs, "run_id": run_id, **options.to_dict(),
                                        "images_per_task": images_per_task or 0})
     written = publish_task(root, run_id, results, {"decompose": options.to_dict()})
     logger.info("published run %s: %s", run_id, ", ".join(sorted(written)))

@@ -159,7 +159,8 @@ def decompose_site_layer(
         p2 = _tree_sum([delayed(_pass2)(plan, b, indices[lo:hi], **kw) for b, lo, hi in blocks])
         (p2,) = dask.compute(p2, **scheduler)
 
-    ds = to_dataset(summarize(means, p2, modes, options.ci_target))
+    ds = to_dataset(summarize(means, p2, modes, options.ci_target),
+                    first_token=prefix_tokens if options.prefix == "exclude" else 0)
     cos = np.nan
     if want_cos and "pos_embed" in tensors:
         cos = pos_embed_cosine(ds.pos.values, tensors.pos_embed.values)
