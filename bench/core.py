@@ -3,7 +3,8 @@
 Prints, each as a ratio against a baseline measured in the same run:
   (a) the core's floating-point throughput / this machine's float32 matmul throughput;
   (b) the core's time per image / the literal brute force's time per image;
-  (c) peak RSS of the streaming path at N=2048 / at N=256.
+  (c) peak RSS of the streaming path at N=2048 / at N=256;
+  (d) the time with the jackknife intervals (16 groups, the default) / without them (0).
 
 Usage: python bench/core.py [--n 256] [--chunk 64] [--device cpu|cuda]
 """
@@ -73,7 +74,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_core(n: int, chunk: int, device: str, reps: int = 3) -> float:
+def time_core(n: int, chunk: int, device: str, reps: int = 3, groups: int = 16) -> float:
     maps = head_maps(qkv_weight(), H)
     source = make_chunks(n, chunk)
     # time the math, not the synthetic data generator or the host-to-device copy
@@ -82,7 +83,8 @@ def time_core(n: int, chunk: int, device: str, reps: int = 3) -> float:
     for _ in range(reps):
         _sync(device)
         t0 = time.perf_counter()
-        decompose_layer(lambda: iter(cached), maps, prefix_tokens=1, device=device)
+        decompose_layer(lambda: iter(cached), maps, prefix_tokens=1, device=device,
+                        groups=groups)
         _sync(device)
         best = min(best, time.perf_counter() - t0)
     return best
@@ -122,6 +124,7 @@ def main() -> None:
 
     mm = matmul_flops_per_s(args.device)
     t_core = time_core(args.n, args.chunk, args.device)
+    t_plain = time_core(args.n, args.chunk, args.device, groups=0)
     core_rate = core_flops(args.n) / t_core
     t_brute = time_brute(args.brute_n)
     rss_small = peak_rss_mb(256, args.chunk)
@@ -138,11 +141,14 @@ def main() -> None:
         "peak_rss_mb_n256": round(rss_small, 1),
         "peak_rss_mb_n2048": round(rss_large, 1),
         "peak_rss_ratio_2048_vs_256": round(rss_large / rss_small, 3),
+        "core_seconds_without_intervals": round(t_plain, 4),
+        "intervals_cost_ratio": round(t_core / t_plain, 3),
     }
     print(json.dumps(figures, indent=2))
     print(f"(a) throughput / float32 matmul: {figures['throughput_ratio_vs_matmul']} (goal >= 0.5)")
     print(f"(b) brute force time / core time, per image: {figures['speedup_vs_brute_per_image']}")
     print(f"(c) peak RSS N=2048 / N=256: {figures['peak_rss_ratio_2048_vs_256']} (goal < 1.1)")
+    print(f"(d) with / without intervals: {figures['intervals_cost_ratio']} (goal <= 1.3)")
 
 
 if __name__ == "__main__":

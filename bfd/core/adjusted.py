@@ -21,6 +21,7 @@ Every function works on the statistics of one (sub)sample, so the jackknife
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 QUARTER_SPLITS = (((0, 1), (2, 3)), ((0, 2), (1, 3)), ((0, 3), (1, 2)))
 
@@ -65,8 +66,14 @@ def stage1_shares(n: float, T: int, ss_pos, ss_img, ss_int) -> dict[str, np.ndar
 
 
 def _gram(Y: np.ndarray, X: np.ndarray | None = None) -> np.ndarray:
-    """``Σ_t Y[h, t]ᵀ X[h, t]``, ``(H, dh, dh)``."""
-    return Y.transpose(0, 2, 1) @ (Y if X is None else X)
+    """``Σ_t Y[h, t]ᵀ X[h, t]``, ``(H, dh, dh)``.
+
+    In torch: numpy's stacked matmul of a transposed view took 100x longer (threaded BLAS on
+    small matrices); the callers run it on one torch thread (``heads.one_thread``).
+    """
+    y = torch.from_numpy(np.asarray(Y))
+    x = y if X is None else torch.from_numpy(np.asarray(X))
+    return (y.transpose(-1, -2) @ x).numpy()
 
 
 def _sym(a: np.ndarray) -> np.ndarray:
@@ -92,37 +99,32 @@ def energies(n: float, so, Y, X, K_q, K_k, KK) -> np.ndarray:
                      (so * KK).sum((1, 2))], axis=-1)
 
 
-def pair_gram(total: np.ndarray, gram_sum: np.ndarray, m: int) -> np.ndarray:
-    """Unbiased positional Gram from m independent group estimates ``Y_a`` of ``pos U``: the
-    mean of ``Y_aᵀ Y_b`` over ordered pairs of distinct groups, from ``total = Σ_a Y_a`` and
-    ``gram_sum = Σ_a Y_aᵀ Y_a`` (NaN for m < 2)."""
-    if m < 2:
-        return np.full(gram_sum.shape, np.nan)
-    return (_gram(total) - gram_sum) / (m * (m - 1))
+def quarter_grams(Y_a: np.ndarray, Y_b: np.ndarray) -> np.ndarray:
+    """``sym(Y_aᵀ Y_b)`` of two quarters' estimates of ``pos U``: unbiased for
+    ``(pos U)ᵀ(pos U)``, since distinct quarters hold independent images."""
+    return _sym(_gram(Y_a, Y_b))
 
 
-def energies_adj(n: float, so, quarters_q, quarters_k, pairs_q, pairs_k, K_q, K_k, KK):
+def energies_adj(n: float, so, G_q: dict, G_k: dict, K_q, K_k, KK) -> np.ndarray:
     """Corrected block energies ``(H, 4)`` on the scale of the raw ones (n images).
 
     Args:
         n: images.
         so: ``σ_i σ_j``.
-        quarters_q, quarters_k: the 4 quarters' estimates of ``pos U`` and ``pos V`` (None
-            for an empty quarter: ``E_pp_adj`` is then NaN).
-        pairs_q, pairs_k: ``pair_gram`` of the quarters' estimates, query and key side.
+        G_q, G_k: ``quarter_grams`` of each pair ``(a, b)``, ``a < b``, of non-empty quarters,
+            query and key side. ``E_pp_adj`` needs all 4 quarters (NaN otherwise).
         K_q, K_k, KK: the content Grams of pass 2.
     """
-    if any(q is None for q in quarters_q):
+    nan = np.full(so.shape, np.nan)
+    pair_q = sum(G_q.values()) / len(G_q) if G_q else nan
+    pair_k = sum(G_k.values()) / len(G_k) if G_k else nan
+    if len(G_q) < 6:
         e_pp = np.full(so.shape[0], np.nan)
     else:
-        G_q = {ab: _sym(_gram(quarters_q[ab[0]], quarters_q[ab[1]]))
-               for split in QUARTER_SPLITS for ab in split}
-        G_k = {ab: _sym(_gram(quarters_k[ab[0]], quarters_k[ab[1]]))
-               for split in QUARTER_SPLITS for ab in split}
         e_pp = sum(_pair(so, G_q[a], G_k[b]) + _pair(so, G_q[b], G_k[a])
                    for a, b in QUARTER_SPLITS) / (2 * len(QUARTER_SPLITS))
     shrink = (n - 1) / n
     return np.stack([n * e_pp,
-                     n * _pair(so, pairs_q, K_k) / (n - 1),
-                     n * _pair(so, K_q, pairs_k) / (n - 1),
+                     n * _pair(so, pair_q, K_k) / (n - 1),
+                     n * _pair(so, K_q, pair_k) / (n - 1),
                      (so * KK).sum((1, 2)) / shrink**2], axis=-1)

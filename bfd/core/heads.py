@@ -102,8 +102,8 @@ def head_maps(
 
 
 @contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run small LAPACK calls on one thread.
+def one_thread() -> Iterator[None]:
+    """Run small LAPACK and matmul calls on one thread.
 
     Right after a threaded GEMM, torch's OpenMP workers still spin; a threaded QR/SVD of these
     small matrices then fights them and took 0.5-1.3 s here instead of 10 ms.
@@ -124,7 +124,7 @@ def bi_orthogonal_modes(maps: HeadMaps) -> Modes:
     largest-magnitude entry of each ``u_k`` is positive, ``v_k`` flipping with it, which makes
     the modes a deterministic function of ``M``.
     """
-    with _one_thread():
+    with one_thread():
         Qa, Ra = torch.linalg.qr(torch.from_numpy(maps.A))
         Qb, Rb = torch.linalg.qr(torch.from_numpy(maps.B))
         core = maps.scale * Ra @ Rb.transpose(1, 2)

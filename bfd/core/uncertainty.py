@@ -22,11 +22,12 @@ from sampling the images (independent draws from one population), not weights or
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-from bfd.core.adjusted import _gram, energies, energies_adj, pair_gram, stage1_shares
+from bfd.core.adjusted import _gram, energies, energies_adj, quarter_grams, stage1_shares
 from bfd.core.anova import Means
 from bfd.core.content import Pass2State
-from bfd.core.heads import Modes
+from bfd.core.heads import Modes, one_thread
 
 LAYER_SHARES = ("frac_pos", "frac_img", "frac_int", "frac_content", "frac_pos_adj",
                 "frac_img_adj", "frac_int_adj", "frac_content_adj")
@@ -54,6 +55,17 @@ def t_quantile(df: float, p: float = 0.975) -> float:
             + (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / (92160 * v**4))
 
 
+def _project(F: np.ndarray, modes: Modes) -> tuple[np.ndarray, np.ndarray]:
+    """``F (..., T, d)`` on every head's query and key modes: ``(..., H, T, dh)`` each, in
+    one matmul (numpy's einsum here ran without BLAS)."""
+    H, d, dh = modes.U.shape
+    W = torch.from_numpy(np.concatenate([modes.U, modes.V], axis=0))  # (2H, d, dh)
+    W = W.permute(1, 0, 2).reshape(d, 2 * H * dh)
+    P = (torch.from_numpy(np.ascontiguousarray(F)) @ W).numpy()  # (..., T, 2·H·dh)
+    P = np.moveaxis(P.reshape(*F.shape[:-1], 2 * H, dh), -2, -3)  # (..., 2H, T, dh)
+    return P[..., :H, :, :], P[..., H:, :, :]
+
+
 def _fractions(energy: np.ndarray) -> np.ndarray:
     total = energy.sum(-1, keepdims=True)
     return np.divide(energy, total, out=np.full(energy.shape, np.nan), where=total != 0)
@@ -75,12 +87,11 @@ class Replicates:
         self.present = np.flatnonzero(n_g > 0)
         if modes is None:
             return
+        self._grams: dict = {}
         self.so = modes.sigma[:, :, None] * modes.sigma[:, None, :]
-        self.Y = np.einsum("td,hdk->htk", means.pos, modes.U)
-        self.X = np.einsum("td,hdk->htk", means.pos, modes.V)
+        self.Y, self.X = _project(means.pos, modes)
         # each group's content sum projected: (G', H, T, dh)
-        self.DU = np.einsum("gtd,hdk->ghtk", means.group_content, modes.U)
-        self.DV = np.einsum("gtd,hdk->ghtk", means.group_content, modes.V)
+        self.DU, self.DV = _project(means.group_content, modes)
 
     def estimate(self, drop: int | None = None) -> dict[str, np.ndarray]:
         """Raw and corrected shares without group ``drop`` (the whole sample for None)."""
@@ -110,30 +121,32 @@ class Replicates:
             K_k = p2.K_k - p2.group_K_k[drop] - n * _gram(dV)
             KK = p2.KK - p2.group_KK[drop]
         energy = energies(n, self.so, Y, X, K_q, K_k, KK)
-        quarters = [[g for g in keep if g % 4 == q] for q in range(4)]
-        Yq = [self._pooled(self.Y, self.DU, gs) for gs in quarters]
-        Xq = [self._pooled(self.X, self.DV, gs) for gs in quarters]
-        energy_adj = energies_adj(n, self.so, Yq, Xq, _quarter_gram(Yq), _quarter_gram(Xq),
-                                  K_q, K_k, KK)
+        quarters = [tuple(g for g in keep if g % 4 == q) for q in range(4)]
+        pairs = [(a, b) for a in range(4) for b in range(a + 1, 4)
+                 if quarters[a] and quarters[b]]
+        G_q = {(a, b): self._quarter_gram("q", quarters[a], quarters[b]) for a, b in pairs}
+        G_k = {(a, b): self._quarter_gram("k", quarters[a], quarters[b]) for a, b in pairs}
+        energy_adj = energies_adj(n, self.so, G_q, G_k, K_q, K_k, KK)
         frac, frac_adj = _fractions(energy), _fractions(energy_adj)
         for i, b in enumerate(BLOCK_NAMES):
             out[f"f_{b}"], out[f"f_{b}_adj"] = frac[:, i], frac_adj[:, i]
         out["energy"], out["energy_adj"] = energy, energy_adj
         return out
 
-    def _pooled(self, P: np.ndarray, DP: np.ndarray, groups: list[int]) -> np.ndarray | None:
+    def _quarter_gram(self, side: str, a: tuple[int, ...], b: tuple[int, ...]) -> np.ndarray:
+        """``quarter_grams`` of the quarters made of groups ``a`` and ``b``; cached, since a
+        deleted group changes only its own quarter."""
+        key = (side, a, b)
+        if key not in self._grams:
+            P, DP = (self.Y, self.DU) if side == "q" else (self.X, self.DV)
+            self._grams[key] = quarter_grams(self._pooled(P, DP, a), self._pooled(P, DP, b))
+        return self._grams[key]
+
+    def _pooled(self, P: np.ndarray, DP: np.ndarray, groups: tuple[int, ...]) -> np.ndarray:
         """The estimate of ``pos`` projected (``P``) from the pooled images of ``groups``."""
-        n = self.means.group_n[groups].sum()
-        if n == 0:
-            return None
-        D = DP[groups].sum(0)
+        n = self.means.group_n[list(groups)].sum()
+        D = DP[list(groups)].sum(0)
         return P + (D - D.mean(1, keepdims=True)) / n
-
-
-def _quarter_gram(quarters: list[np.ndarray | None]) -> np.ndarray:
-    """``pair_gram`` over the non-empty quarters."""
-    present = [q for q in quarters if q is not None]
-    return pair_gram(sum(present), sum(_gram(q) for q in present), len(present))
 
 
 def layer_statistics(
@@ -147,6 +160,11 @@ def layer_statistics(
         ``energy_adj``/``frac_adj`` ``(H, 4)`` and per-head ``f_<b>[_adj]_se/_lo/_hi`` and
         ``head_type_stability`` ``(H,)``. Intervals are NaN without a jackknife (G = 0).
     """
+    with one_thread():
+        return _layer_statistics(means, p2, modes, ci_target)
+
+
+def _layer_statistics(means, p2, modes, ci_target):
     rep = Replicates(means, p2, modes)
     full = rep.estimate()
     names = LAYER_SHARES + (HEAD_SHARES if modes is not None else ())
