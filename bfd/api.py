@@ -36,7 +36,7 @@ def analyze(
         num_heads: heads H of the attention.
         scale: logit scale, ``dh ** -0.5`` when None.
         prefix_tokens: leading CLS/register tokens; excluded from the factors by default.
-        prefix: "exclude" (METHOD.md default) or "include" (each prefix index is a position).
+        prefix: "exclude" (docs/method.md default) or "include" (each prefix index is a position).
         chunk_size: images per streaming chunk (all at once when None); results do not
             depend on it beyond float64 rounding.
         compute_dtype: "float32" (default, matmul speed) or "float64" for the pass-2

@@ -1,4 +1,4 @@
-"""METHOD.md "Invariants every implementation must satisfy"."""
+"""docs/method.md "Invariants every implementation must satisfy"."""
 
 from __future__ import annotations
 

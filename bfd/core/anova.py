@@ -1,4 +1,4 @@
-"""Stage 1, pass 1: the means (METHOD.md, "Stage 1 — ANOVA decomposition").
+"""Stage 1, pass 1: the means (docs/method.md, "Stage 1 — ANOVA decomposition").
 
 Pass 1 streams over chunks of images and accumulates float64 sums; its states add, so chunks
 can be reduced in any order or tree (dask, GPU shards). ``finalize`` turns the sums into

@@ -1,10 +1,10 @@
-"""Pass 2: everything that needs the content factor (METHOD.md, Stage 1 sums of squares and
+"""Pass 2: everything that needs the content factor (docs/method.md, Stage 1 sums of squares and
 the Stage 2 content terms).
 
 Pass 2 is one projection of the content ``c[n, t] = x[n, t] − mu − pos[t]`` onto every head's
 query- and key-side modes (all heads in one matmul), then per-image dh x dh Grams. Because
 ``U_h`` and ``V_h`` are orthonormal bases of the heads' read-in spaces, the Grams
-``K_n = (C_n U)ᵀ(C_n U)`` carry the same information as METHOD.md's ``G_A = (C_n A)ᵀ(C_n A)``
+``K_n = (C_n U)ᵀ(C_n U)`` carry the same information as docs/method.md's ``G_A = (C_n A)ᵀ(C_n A)``
 (``G_A = R_Aᵀ U_c K_n U_cᵀ R_A``) and give ``E_cc`` and the per-mode terms directly:
 
     ||C_n M C_nᵀ||²_F = Σ_ij σ_i σ_j K_q,n[i, j] K_k,n[i, j]
@@ -231,7 +231,7 @@ def _by_group(a: torch.Tensor, group: torch.Tensor, groups: int) -> np.ndarray:
 
 
 def logit_residual(x: torch.Tensor, means: Means, maps: HeadMaps) -> float:
-    """Relative residual of the 9-block reconstruction of the logits ``x M xᵀ`` (METHOD.md,
+    """Relative residual of the 9-block reconstruction of the logits ``x M xᵀ`` (docs/method.md,
     "Validation" 1): with ``x = mu + pos + c`` the blocks of every (query, key) factor pair
     must sum to the full logit map. Checked on the given few images, float64, all heads.
     """

@@ -1,4 +1,4 @@
-"""Labeled form of a layer's results: an xarray Dataset with METHOD.md's names.
+"""Labeled form of a layer's results: an xarray Dataset with docs/method.md's names.
 
 Dims: ``head, mode, block, position, dim`` (the flows add ``layer`` and ``site``). Variable
 names are a contract with the Parquet tables and the dashboards: add, never rename.

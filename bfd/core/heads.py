@@ -1,4 +1,4 @@
-"""Stage 2 read-in maps and bi-orthogonal modes of each head (METHOD.md, "Stage 2" and
+"""Stage 2 read-in maps and bi-orthogonal modes of each head (docs/method.md, "Stage 2" and
 "Bi-orthogonal modes").
 
 The query-key interaction of head h is kept as its two factors, M_h = s A_h B_hᵀ, and its SVD is
@@ -47,7 +47,7 @@ class HeadMaps:
 
 @dataclass(frozen=True)
 class Modes:
-    """SVD ``M_h = Σ_k σ_k u_k v_kᵀ`` of every head, signs fixed (METHOD.md).
+    """SVD ``M_h = Σ_k σ_k u_k v_kᵀ`` of every head, signs fixed (docs/method.md).
 
     Attributes:
         sigma: ``(H, dh)`` singular values, descending.
@@ -117,7 +117,7 @@ def one_thread() -> Iterator[None]:
 
 
 def bi_orthogonal_modes(maps: HeadMaps) -> Modes:
-    """Factored SVD of every ``M_h = s A_h B_hᵀ`` (METHOD.md, "Bi-orthogonal modes").
+    """Factored SVD of every ``M_h = s A_h B_hᵀ`` (docs/method.md, "Bi-orthogonal modes").
 
     With ``A = Q_A R_A`` and ``B = Q_B R_B``, ``M = Q_A (s R_A R_Bᵀ) Q_Bᵀ``; the SVD of the
     dh x dh core gives ``U = Q_A U_c`` and ``V = Q_B V_c``. Signs are fixed so that the

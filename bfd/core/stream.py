@@ -57,7 +57,7 @@ def decompose_layer(
     groups: int = DEFAULT_GROUPS,
     ci_target: float = DEFAULT_CI_TARGET,
 ) -> LayerResult:
-    """Both passes of METHOD.md over one layer's chunks.
+    """Both passes of docs/method.md over one layer's chunks.
 
     Args:
         chunks: called once per pass; yields ``(index, x)`` with ``x`` a raw
@@ -66,7 +66,7 @@ def decompose_layer(
             exactly once.
         maps: the layer's head read-in maps; None for Stage 1 only (e.g. the resid site).
         prefix_tokens: leading non-grid tokens (CLS, registers) of each image.
-        prefix: "exclude" (METHOD.md default) or "include".
+        prefix: "exclude" (docs/method.md default) or "include".
         seed: seed of the split-half and shuffle controls.
         compute_dtype: dtype of the pass-2 projection and Grams.
         device: where pass 2 runs.

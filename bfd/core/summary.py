@@ -1,4 +1,4 @@
-"""Energies, fractions, types and mode statistics from the accumulated moments (METHOD.md,
+"""Energies, fractions, types and mode statistics from the accumulated moments (docs/method.md,
 "Stage 2", "Bi-orthogonal modes", "Validation").
 
 Every quantity here is a few dh x dh products per head: the positional side needs only
@@ -22,7 +22,7 @@ HEAD_TYPES = ("content-content", "content-position", "position-position")
 
 @dataclass(frozen=True)
 class LayerResult:
-    """Every METHOD.md quantity of one layer and site. Names follow METHOD.md.
+    """Every docs/method.md quantity of one layer and site. Names follow docs/method.md.
 
     Shapes: ``energy``/``frac`` (H, 4) over BLOCKS; ``sigma``/``alpha``/``beta`` (H, dh);
     ``mode_energy`` (H, dh, 4); ``mode_type`` (H, dh) of block names; per-head arrays (H,).
@@ -166,7 +166,7 @@ def summarize(
 
 def pos_embed_cosine(pos_resid0: np.ndarray, pos_embed_patch_rows: np.ndarray) -> float:
     """Cosine between ``pos`` at the ``resid`` site of block 0 and the mean-centred patch rows
-    of a learned absolute ``pos_embed`` (METHOD.md, "Validation" 3), both ``(T_patch, d)``.
+    of a learned absolute ``pos_embed`` (docs/method.md, "Validation" 3), both ``(T_patch, d)``.
     """
     a = np.asarray(pos_resid0, dtype=np.float64)
     b = np.asarray(pos_embed_patch_rows, dtype=np.float64)

@@ -36,7 +36,7 @@ def decompose(
     Args:
         run_id: the run to decompose (its activations must be complete).
         store: store root; ``$BFD_STORE`` or ``./bfd-store`` when None.
-        prefix: "exclude" or "include" prefix tokens as positions (METHOD.md).
+        prefix: "exclude" or "include" prefix tokens as positions (docs/method.md).
         seed: seed of the split-half and shuffle controls.
         compute_dtype: pass-2 projection dtype.
         images_per_task: images per dask task; the stored chunks when None.

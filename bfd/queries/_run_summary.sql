@@ -1,4 +1,4 @@
--- run_summary: one row per complete run: the model-level figures of METHOD.md, "Layer and
+-- run_summary: one row per complete run: the model-level figures of docs/method.md, "Layer and
 -- model summaries". f_*: energies summed over all layers and heads, then divided (energy-
 -- weighted); mean_f_*: plain mean of the head fractions; frac_pos_mean: mean over layers of
 -- frac_pos at attn_in; n_heads_*: head counts per stored head_type, as in layer_summary;

@@ -4,7 +4,7 @@ Every function takes the table a named query returns (pyarrow, or pandas with th
 and writes one PNG. They build a ``Figure`` on an Agg canvas instead of going through pyplot, so
 they need no display, touch no global backend state and leak no open figures.
 
-One colour per interaction class is used throughout (METHOD.md, "Head type"): position-position
+One colour per interaction class is used throughout (docs/method.md, "Head type"): position-position
 red, content-position (f_cp + f_pc) green, content-content blue. A head's colour in the head map
 is the mix of the three in proportion to its fractions.
 """

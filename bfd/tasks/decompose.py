@@ -37,7 +37,7 @@ STAGE1_VARS = (*SCALARS, *STATISTICS, "pos", "mu", "pos_embed_cos")
 
 @dataclass(frozen=True)
 class DecomposeOptions:
-    """The METHOD.md options of a decomposition; recorded with its results.
+    """The docs/method.md options of a decomposition; recorded with its results.
 
     Attributes:
         prefix: "exclude" (default) or "include" the CLS/register tokens as positions.
@@ -118,7 +118,7 @@ def decompose_site_layer(
     options: DecomposeOptions,
     dask_address: str | None = None,
 ) -> xr.Dataset:
-    """Every METHOD.md quantity of one (site, layer): Stage 1 everywhere, Stage 2 at
+    """Every docs/method.md quantity of one (site, layer): Stage 1 everywhere, Stage 2 at
     ``attn_in``. Both passes run as dask graphs over the stored chunks."""
     device = ("cpu" if dask_address is not None and options.device == "auto"
               else resolve_device(options.device))
