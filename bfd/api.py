@@ -78,6 +78,7 @@ def analyze(
         maps.dim == d,
         f"qkv_weight expects width d={maps.dim} but x has d={d} (x shape {tuple(xt.shape)})",
     )
+    require(ci_target > 0, f"ci_target must be > 0; got {ci_target!r}")
     size = N if chunk_size is None else chunk_size
     require(size >= 1, f"chunk_size must be >= 1; got {chunk_size}")
 

@@ -42,14 +42,14 @@ def results(seed: int, n_images: int, pos_scale: float):
     return assemble_results(parts, {"run_id": f"r{seed}", "ci_target": 0.02})
 
 
-def publish(root, run_id: str, ds) -> None:
+def publish(root, run_id: str, ds, model: str = "toy") -> None:
     store = Store(root)
-    write_table(store, "layers", "toy", run_id, layers_rows(ds))
-    write_table(store, "heads", "toy", run_id, heads_rows(ds))
+    write_table(store, "layers", model, run_id, layers_rows(ds))
+    write_table(store, "heads", model, run_id, heads_rows(ds))
     row = {name: None for name in TABLE_SCHEMAS["runs"].names}
-    row |= {"run_id": run_id, "model": "toy", "n_images": ds.attrs["n_images"],
+    row |= {"run_id": run_id, "model": model, "n_images": ds.attrs["n_images"],
             "status": "complete", "created_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)}
-    write_table(store, "runs", "toy", run_id, [row])
+    write_table(store, "runs", model, run_id, [row])
 
 
 def test_every_new_column_is_in_the_contract():
@@ -123,3 +123,18 @@ def test_audit_summary_shows_intervals_and_warns_when_n_is_short(tmp_path, capsy
     need = int(layers_rows(ds).to_pandas().n_images_for_target.max())
     assert err.startswith("bfd: warning: with N=16 images") and f"about {need} images" in err
     assert need > 16
+
+
+def test_compare_models_carries_the_corrected_shares(tmp_path):
+    a, b = results(6, 16, 0.5), results(7, 48, 1.5)
+    publish(tmp_path, "ra", a, model="m_a")
+    publish(tmp_path, "rb", b, model="m_b")
+    rows = run_query(tmp_path, "compare_models", {"model_a": "m_a", "model_b": "m_b"}).to_pylist()
+    assert [r["bin"] for r in rows] == [0, 9]  # depth 2: layer 0 and layer 1
+    for r, layer in zip(rows, (0, 1), strict=True):
+        assert (r["n_images_a"], r["n_images_b"]) == (16, 48)
+        at = dict(site="attn_in", layer=layer)
+        delta = float(b.frac_pos_adj.sel(**at)) - float(a.frac_pos_adj.sel(**at))
+        assert r["delta_frac_pos_adj"] == pytest.approx(delta, rel=1e-12)
+        ea, eb = (ds.energy_adj.sel(layer=layer).sum("head").values for ds in (a, b))
+        assert r["delta_f_cc_adj"] == pytest.approx(eb[3] / eb.sum() - ea[3] / ea.sum())

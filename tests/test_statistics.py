@@ -188,3 +188,13 @@ def test_without_jackknife_the_corrected_shares_stay_and_intervals_are_nan():
     assert np.isnan(without.frac_pos_adj_se) and np.isnan(without.f_cc_adj_lo).all()
     with pytest.raises(ValueError, match="multiple of 4"):
         bfd.analyze(x, W, H, jackknife_groups=6)
+
+
+def test_bad_interval_options_are_one_line_errors():
+    from bfd.tasks.decompose import DecomposeOptions
+
+    with pytest.raises(ValueError, match="multiple of 4 that is >= 8; got 6") as err:
+        DecomposeOptions(jackknife_groups=6)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="ci_target must be a number > 0"):
+        DecomposeOptions(ci_target=0)

@@ -26,7 +26,7 @@ from bfd.core import (
     summarize,
     to_dataset,
 )
-from bfd.core.anova import DEFAULT_GROUPS
+from bfd.core.anova import DEFAULT_GROUPS, stored_groups
 from bfd.core.dataset import SCALARS, STATISTICS
 from bfd.core.uncertainty import DEFAULT_CI_TARGET
 from bfd.models import resolve_device
@@ -60,6 +60,12 @@ class DecomposeOptions:
     device: str = "auto"
     jackknife_groups: int = DEFAULT_GROUPS
     ci_target: float = DEFAULT_CI_TARGET
+
+    def __post_init__(self) -> None:
+        # refused here, before any task runs, rather than in the first chunk of pass 1
+        stored_groups(self.jackknife_groups)
+        if not (isinstance(self.ci_target, int | float) and self.ci_target > 0):
+            raise ValueError(f"ci_target must be a number > 0; got {self.ci_target!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
