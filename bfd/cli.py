@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 
 FORMATS = ("table", "csv", "json")
@@ -213,16 +214,21 @@ def _print_statistics(store: str, run_id: str, profile, demo: bool) -> None:
     print("\nchance-corrected shares, 95 % intervals over images (docs/method.md):")
     _print_table(profile.select(cols), "table")
     if demo:
-        print("\nHow to read this: frac_pos counts the noise of pos, estimated from only "
-              "64 images, as position; frac_pos_chance is what that noise alone gives, and "
-              "frac_pos_adj [lo, hi] is the positional share with the noise removed. In this "
-              "random-init network it is about 1 % (the random pos_embed and where things "
-              "sit in natural photos), and nearly all head energy is content-content (f_cc_adj "
-              "near 1), as an untrained ViT should be. A trained ViT shows a larger positional "
-              "share in its early layers and heads whose f_cp_adj or f_pp_adj is clearly above "
-              "zero.\nNext: a pretrained model from the cache or a file, e.g. "
-              "bfd audit --model vit_small_patch16_224.augreg_in21k --images <folder> "
-              "--n-images 256   (or --weights /path/to/model.safetensors)")
+        pos = profile.column("frac_pos_adj").to_numpy(zero_copy_only=False)
+        cc = profile.column("f_cc_adj").to_numpy(zero_copy_only=False)
+        text = (
+            "How to read this: frac_pos counts the noise of pos, a mean over only 64 images, "
+            "as position (frac_pos_chance is that noise's part); frac_pos_adj [lo, hi] removes "
+            f"it. In this random-init network it is small ({pos.min():.1%} to {pos.max():.1%}) "
+            f"and the heads are content-content (f_cc_adj {cc.min():.2f} to {cc.max():.2f}), "
+            "as an untrained ViT should be; a trained one shows a larger positional share in "
+            "its early layers and heads whose f_cp_adj or f_pp_adj is clearly above zero."
+        )
+        print("\n" + textwrap.fill(text, 96))
+        print("Next, a pretrained model from the timm cache or a weights file:\n"
+              "  bfd audit --model vit_small_patch16_224.augreg_in21k --images <folder> "
+              "--n-images 256\n"
+              "  bfd audit --model vit_small_patch16_224 --weights <model.safetensors>")
     sql = ("SELECT max(ci_halfwidth) AS hw, max(n_images_for_target) AS need, "
            "any_value(ci_target) AS target, any_value(n_images) AS n "
            "FROM layers WHERE run_id = $run_id")

@@ -15,7 +15,7 @@ Grams run in ``compute_dtype``; Grams are accumulated in float64.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -135,7 +135,9 @@ class Pass2Plan:
             f"activations have width {means.pos.shape[1]} but qkv expects "
             f"d={maps.dim if maps else None}",
         )
-        self.means = means
+        # without the per-group sums: the plan travels to every pass-2 task, and they do not
+        # need them
+        self.means = replace(means, group_n=None, group_content=None)
         self.maps = maps
         self.check_images = check_images
         self.device = torch.device(device)
