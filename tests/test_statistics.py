@@ -198,3 +198,14 @@ def test_bad_interval_options_are_one_line_errors():
     assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="ci_target must be a number > 0"):
         DecomposeOptions(ci_target=0)
+
+
+def test_a_head_without_energy_has_no_interval_and_does_not_count():
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(32, T, D)) + rng.normal(size=(T, D))
+    W = rng.normal(size=(3 * H * DH, D))
+    W[:DH] = 0.0  # head 0 reads nothing on the query side: M_0 = 0
+    ds = bfd.analyze(x, W, H, compute_dtype="float64")
+    assert np.isnan(ds.head_type_stability[0]) and np.isnan(ds.f_cc_adj_lo[0])
+    assert np.isfinite(ds.head_type_stability[1]) and np.isfinite(ds.f_cc_adj_lo[1])
+    assert np.isfinite(ds.ci_halfwidth) and np.isfinite(ds.n_images_for_target)

@@ -194,8 +194,10 @@ def _layer_statistics(means, p2, modes, ci_target):
     out["n_images_for_target"] = np.asarray(
         float(np.ceil(means.n * (hw / ci_target) ** 2)) if np.isfinite(hw) else np.nan)
     if modes is not None:
-        base = _classes(_fractions(full["energy"]))
+        frac = _fractions(full["energy"])
+        base = _classes(frac)
         same = [(_classes(_fractions(x["energy"])) == base) for x in reps]
-        out["head_type_stability"] = (np.mean(same, axis=0) if m else
-                                      np.full(base.shape, np.nan))
+        stability = np.mean(same, axis=0) if m else np.full(base.shape, np.nan)
+        # a head without energy has no type to be stable
+        out["head_type_stability"] = np.where(np.isnan(frac).all(-1), np.nan, stability)
     return out
