@@ -160,7 +160,8 @@ def layer_statistics(
         ``energy_adj``/``frac_adj`` ``(H, 4)`` and per-head ``f_<b>[_adj]_se/_lo/_hi`` and
         ``head_type_stability`` ``(H,)``. Intervals are NaN without a jackknife (G = 0).
     """
-    with one_thread():
+    # a replicate of 1 or 2 images (N = 2, 3) divides by N' − 1 = 0: its figures are NaN
+    with one_thread(), np.errstate(divide="ignore", invalid="ignore"):
         return _layer_statistics(means, p2, modes, ci_target)
 
 
