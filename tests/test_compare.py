@@ -119,7 +119,7 @@ def test_audit_summary_shows_intervals_and_warns_when_n_is_short(tmp_path, capsy
     profile = run_query(tmp_path, "layer_profile", {"model": "toy"})
     _print_statistics(str(tmp_path), "r", profile, demo=True)
     out, err = capsys.readouterr()
-    assert "frac_pos_adj_lo" in out and "Next:" in out
+    assert "frac_pos_adj_lo" in out and "How to read this" in out and "bfd audit --model" in out
     need = int(layers_rows(ds).to_pandas().n_images_for_target.max())
     assert err.startswith("bfd: warning: with N=16 images") and f"about {need} images" in err
     assert need > 16

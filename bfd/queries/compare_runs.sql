@@ -27,44 +27,60 @@ basis AS (
     FROM checked
 ),
 figures AS (
-    SELECT run_id, 'layer' AS level, site AS site, layer, CAST(NULL AS INTEGER) AS head, 'frac_pos' AS metric,
+    SELECT run_id, 'layer' AS level, site, layer, CAST(NULL AS INTEGER) AS head,
+        'frac_pos' AS metric,
         frac_pos AS raw, frac_pos_se AS raw_se, (frac_pos_hi - frac_pos_lo) / 2 AS raw_hw,
-        frac_pos_adj AS adj, frac_pos_adj_se AS adj_se, (frac_pos_adj_hi - frac_pos_adj_lo) / 2 AS adj_hw
+        frac_pos_adj AS adj, frac_pos_adj_se AS adj_se,
+        (frac_pos_adj_hi - frac_pos_adj_lo) / 2 AS adj_hw
     FROM layers WHERE run_id IN ($run_a, $run_b)
     UNION ALL
-    SELECT run_id, 'layer' AS level, site AS site, layer, CAST(NULL AS INTEGER) AS head, 'frac_img' AS metric,
+    SELECT run_id, 'layer' AS level, site, layer, CAST(NULL AS INTEGER) AS head,
+        'frac_img' AS metric,
         frac_img AS raw, frac_img_se AS raw_se, (frac_img_hi - frac_img_lo) / 2 AS raw_hw,
-        frac_img_adj AS adj, frac_img_adj_se AS adj_se, (frac_img_adj_hi - frac_img_adj_lo) / 2 AS adj_hw
+        frac_img_adj AS adj, frac_img_adj_se AS adj_se,
+        (frac_img_adj_hi - frac_img_adj_lo) / 2 AS adj_hw
     FROM layers WHERE run_id IN ($run_a, $run_b)
     UNION ALL
-    SELECT run_id, 'layer' AS level, site AS site, layer, CAST(NULL AS INTEGER) AS head, 'frac_int' AS metric,
+    SELECT run_id, 'layer' AS level, site, layer, CAST(NULL AS INTEGER) AS head,
+        'frac_int' AS metric,
         frac_int AS raw, frac_int_se AS raw_se, (frac_int_hi - frac_int_lo) / 2 AS raw_hw,
-        frac_int_adj AS adj, frac_int_adj_se AS adj_se, (frac_int_adj_hi - frac_int_adj_lo) / 2 AS adj_hw
+        frac_int_adj AS adj, frac_int_adj_se AS adj_se,
+        (frac_int_adj_hi - frac_int_adj_lo) / 2 AS adj_hw
     FROM layers WHERE run_id IN ($run_a, $run_b)
     UNION ALL
-    SELECT run_id, 'layer' AS level, site AS site, layer, CAST(NULL AS INTEGER) AS head, 'frac_content' AS metric,
+    SELECT run_id, 'layer' AS level, site, layer, CAST(NULL AS INTEGER) AS head,
+        'frac_content' AS metric,
         frac_content AS raw, frac_content_se AS raw_se, (frac_content_hi - frac_content_lo) / 2 AS raw_hw,
-        frac_content_adj AS adj, frac_content_adj_se AS adj_se, (frac_content_adj_hi - frac_content_adj_lo) / 2 AS adj_hw
+        frac_content_adj AS adj, frac_content_adj_se AS adj_se,
+        (frac_content_adj_hi - frac_content_adj_lo) / 2 AS adj_hw
     FROM layers WHERE run_id IN ($run_a, $run_b)
     UNION ALL
-    SELECT run_id, 'head' AS level, 'attn_in' AS site, layer, head AS head, 'f_pp' AS metric,
+    SELECT run_id, 'head' AS level, 'attn_in' AS site, layer, head AS head,
+        'f_pp' AS metric,
         f_pp AS raw, f_pp_se AS raw_se, (f_pp_hi - f_pp_lo) / 2 AS raw_hw,
-        f_pp_adj AS adj, f_pp_adj_se AS adj_se, (f_pp_adj_hi - f_pp_adj_lo) / 2 AS adj_hw
+        f_pp_adj AS adj, f_pp_adj_se AS adj_se,
+        (f_pp_adj_hi - f_pp_adj_lo) / 2 AS adj_hw
     FROM heads WHERE run_id IN ($run_a, $run_b)
     UNION ALL
-    SELECT run_id, 'head' AS level, 'attn_in' AS site, layer, head AS head, 'f_pc' AS metric,
+    SELECT run_id, 'head' AS level, 'attn_in' AS site, layer, head AS head,
+        'f_pc' AS metric,
         f_pc AS raw, f_pc_se AS raw_se, (f_pc_hi - f_pc_lo) / 2 AS raw_hw,
-        f_pc_adj AS adj, f_pc_adj_se AS adj_se, (f_pc_adj_hi - f_pc_adj_lo) / 2 AS adj_hw
+        f_pc_adj AS adj, f_pc_adj_se AS adj_se,
+        (f_pc_adj_hi - f_pc_adj_lo) / 2 AS adj_hw
     FROM heads WHERE run_id IN ($run_a, $run_b)
     UNION ALL
-    SELECT run_id, 'head' AS level, 'attn_in' AS site, layer, head AS head, 'f_cp' AS metric,
+    SELECT run_id, 'head' AS level, 'attn_in' AS site, layer, head AS head,
+        'f_cp' AS metric,
         f_cp AS raw, f_cp_se AS raw_se, (f_cp_hi - f_cp_lo) / 2 AS raw_hw,
-        f_cp_adj AS adj, f_cp_adj_se AS adj_se, (f_cp_adj_hi - f_cp_adj_lo) / 2 AS adj_hw
+        f_cp_adj AS adj, f_cp_adj_se AS adj_se,
+        (f_cp_adj_hi - f_cp_adj_lo) / 2 AS adj_hw
     FROM heads WHERE run_id IN ($run_a, $run_b)
     UNION ALL
-    SELECT run_id, 'head' AS level, 'attn_in' AS site, layer, head AS head, 'f_cc' AS metric,
+    SELECT run_id, 'head' AS level, 'attn_in' AS site, layer, head AS head,
+        'f_cc' AS metric,
         f_cc AS raw, f_cc_se AS raw_se, (f_cc_hi - f_cc_lo) / 2 AS raw_hw,
-        f_cc_adj AS adj, f_cc_adj_se AS adj_se, (f_cc_adj_hi - f_cc_adj_lo) / 2 AS adj_hw
+        f_cc_adj AS adj, f_cc_adj_se AS adj_se,
+        (f_cc_adj_hi - f_cc_adj_lo) / 2 AS adj_hw
     FROM heads WHERE run_id IN ($run_a, $run_b)
 ),
 chosen AS (
