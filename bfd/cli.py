@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 
 FORMATS = ("table", "csv", "json")
@@ -159,7 +160,8 @@ def cmd_decompose(args: argparse.Namespace) -> int:
     written = _with_bars(decompose, args.run_id, store, prefix=args.prefix,
                          seed=args.control_seed, compute_dtype=args.compute_dtype,
                          images_per_task=args.images_per_task, dask_address=args.dask_address,
-                         device=args.device)
+                         device=args.device, jackknife_groups=args.jackknife_groups,
+                         ci_target=args.ci_target)
     print(f"run {args.run_id} decomposed; results: {written['results']}")
     _cache_catalog(store)
     return 0
@@ -203,6 +205,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     n_flagged = print_audit(out, store)
     print(f"\nresults: {out['results']}\ntables:  {store}/tables  "
           f"(try: bfd query model_summary --store {store})")
+    _print_statistics(store, out["run_id"], profile, args.demo)
     return drift_exit(n_flagged, args.fail_on_drift)
 
 
@@ -217,6 +220,43 @@ def _attached(args: argparse.Namespace) -> dict[str, str]:
             raise ValueError(f"--attach name {name!r} is given twice")
         out[name] = store
     return out
+
+
+def _print_statistics(store: str, run_id: str, profile, demo: bool) -> None:
+    """The chance-corrected shares with their intervals, how to read them after the demo,
+    and a warning when N is too small for the target interval width (docs/method.md)."""
+    from bfd.queries import run_sql
+
+    cols = [c for c in ("layer", "frac_pos", "frac_pos_chance", "frac_pos_adj",
+                        "frac_pos_adj_lo", "frac_pos_adj_hi", "f_pp_adj", "f_cp_adj",
+                        "f_pc_adj", "f_cc_adj") if c in profile.column_names]
+    print("\nchance-corrected shares, 95 % intervals over images (docs/method.md):")
+    _print_table(profile.select(cols), "table")
+    if demo:
+        pos = profile.column("frac_pos_adj").to_numpy(zero_copy_only=False)
+        cc = profile.column("f_cc_adj").to_numpy(zero_copy_only=False)
+        text = (
+            "How to read this: frac_pos counts the noise of pos, a mean over only 64 images, "
+            "as position (frac_pos_chance is that noise's part); frac_pos_adj [lo, hi] removes "
+            f"it. In this random-init network it is small ({pos.min():.1%} to {pos.max():.1%}) "
+            f"and the heads are content-content (f_cc_adj {cc.min():.2f} to {cc.max():.2f}), "
+            "as an untrained ViT should be; a trained one shows a larger positional share in "
+            "its early layers and heads whose f_cp_adj or f_pp_adj is clearly above zero."
+        )
+        print("\n" + textwrap.fill(text, 96))
+        print("Next, a pretrained model from the timm cache or a weights file:\n"
+              "  bfd audit --model vit_small_patch16_224.augreg_in21k --images <folder> "
+              "--n-images 256\n"
+              "  bfd audit --model vit_small_patch16_224 --weights <model.safetensors>")
+    sql = ("SELECT max(ci_halfwidth) AS hw, max(n_images_for_target) AS need, "
+           "any_value(ci_target) AS target, any_value(n_images) AS n "
+           "FROM layers WHERE run_id = $run_id")
+    row = run_sql(store, sql, {"run_id": run_id}).to_pylist()[0]
+    hw, target = row["hw"], row["target"]
+    if hw is not None and target is not None and hw == hw and hw > target:
+        print(f"bfd: warning: with N={row['n']} images the 95 % intervals of the main shares "
+              f"reach ±{hw:.3f}, wider than the target ±{target:g}; about "
+              f"{int(row['need'])} images would reach it", file=sys.stderr)
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
@@ -319,6 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto",
                    help="auto, cpu, cuda or cuda:K (auto: CUDA when seen, the CPU on a cluster)")
     s.add_argument("--dask-address", help="run on an existing Dask cluster")
+    s.add_argument("--jackknife-groups", type=int, default=16,
+                   help="image groups of the 95 %% intervals (a multiple of 4, >= 8; 0: none)")
+    s.add_argument("--ci-target", type=float, default=0.02,
+                   help="interval half-width the main shares should reach (default 0.02)")
     _add_store(s)
     s.set_defaults(fn=cmd_decompose)
 

@@ -115,6 +115,8 @@ def test_demo_end_to_end(tmp_path, monkeypatch, capsys, prefect_harness):
     assert main(["audit", "--demo"]) == 0
     out = capsys.readouterr().out
     assert "vit_tiny_patch16_224" in out and "frac_pos" in out and "n_heads_cc" in out
+    # it ends with the corrected shares, their intervals, how to read them, what to try next
+    assert "frac_pos_adj_lo" in out and "How to read this" in out and "bfd audit --model" in out
     assert str(tmp_path / "store") in out
     assert (tmp_path / "store" / "dashboard" / "index.html").is_file()  # refreshed last
     runs = run_sql(str(tmp_path / "store"), "SELECT * FROM runs").to_pandas()

@@ -61,7 +61,7 @@ class PlantedRun:
 
     @property
     def head_class(self) -> np.ndarray:
-        """METHOD.md head type: argmax of f_pp, f_cp + f_pc, f_cc, as 'pp' / 'cp' / 'cc'."""
+        """docs/method.md head type: argmax of f_pp, f_cp + f_pc, f_cc, as 'pp' / 'cp' / 'cc'."""
         f = self.fractions
         scores = np.stack([f[..., 0], f[..., 1] + f[..., 2], f[..., 3]], axis=-1)
         return np.array(["pp", "cp", "cc"])[scores.argmax(axis=-1)]
