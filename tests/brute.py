@@ -1,10 +1,11 @@
 """Literal brute-force BFD for the tests: explicit T x T logit blocks, dense float64 SVD of
 each d x d M_h, loops where docs/method.md writes sums. Slow on purpose and independent of
-bfd.core (it imports nothing from bfd)."""
+bfd.core (it imports nothing from bfd; the t quantile is scipy's)."""
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import t as student_t
 
 BLOCKS = ("pp", "pc", "cp", "cc")
 
@@ -251,8 +252,6 @@ def brute_jackknife(x: np.ndarray, index: np.ndarray, groups: int, ci_target: fl
     force without each group's images, with ``E_cc`` of a replicate on the whole sample's
     centring as documented. Layer figures as floats; with ``W`` (attn_in) head figures as
     ``(H,)`` arrays, ``head_type_stability`` among them."""
-    from scipy.stats import t as student_t
-
     x = np.asarray(x, dtype=np.float64)
     index = np.asarray(index)
     c_full = brute_stage1(x)["c"]

@@ -1,6 +1,7 @@
 """Every published column of ``layers``, ``heads`` and ``modes`` against the literal brute
 force of tests/brute.py, on a stored run decomposed and published end to end: a planted
-``pos_embed``, qkv biases, a planted logit-check capture and a skipped image.
+``pos_embed``, qkv biases, a planted logit-check capture and a skipped image. The jackknife
+columns against the brute force run again without each group's images.
 
 The random controls (split halves, token permutations) are drawn by ``bfd.core.sampling`` from
 the images' global indices; the test hands the same draws to the brute force, which computes
@@ -38,8 +39,8 @@ RTOL_FLOAT64 = 1e-12
 STAGE1 = ("ss_total", "pos_split_half_r", "shuffle_frac_pos")
 KEYS = {"layers": ("run_id", "model", "site", "layer"), "heads": ("run_id", "model", "layer",
         "head"), "modes": ("run_id", "model", "layer", "head", "mode")}
-# identities in exact arithmetic: the stored value is rounding noise, held to a bound
 LAYER_SAMPLE_SIZE = ("ci_halfwidth", "n_images_for_target", "ci_target")
+# identities in exact arithmetic: the stored value is rounding noise, held to a bound
 ROUNDING = {"ss_identity_residual": 1e-12, "ortho_residual": 1e-12, "logit_residual": 1e-12}
 
 
