@@ -10,12 +10,13 @@ built as bench/decompose.py builds them):
 
 Each figure is the median wall time and the largest peak RSS of ``--reps`` fresh processes.
 
-Usage: python bench/query.py [--runs 100] [--layers 12] [--n-images 512] [--reps 5]
+Usage: python bench/query.py [--runs 100] [--layers 12] [--n-images 512] [--reps 5] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -51,7 +52,12 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=12)
     p.add_argument("--n-images", type=int, default=512)
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--quick", action="store_true",
+                   help="3 runs of 2 layers, one process each, small results (CI)")
     args = p.parse_args()
+    rows = 2_000_000
+    if args.quick:
+        args.runs, args.layers, args.n_images, args.reps, rows = 3, 2, 8, 1, 20_000
 
     tmp = Path(tempfile.mkdtemp(prefix="bfd-bench-query-"))
     try:
@@ -74,15 +80,18 @@ def main() -> None:
         figures["bfd runs"] = measure([*BFD, "runs", *store], args.reps)
         figures["bfd query --list"] = measure([*BFD, "query", "--list"], args.reps)
         figures["bfd --help"] = measure([*BFD, "--help"], args.reps)
-        big = "SELECT range AS i, range * 0.5 AS x, 'run-' || range AS s FROM range(2000000)"
+        big = f"SELECT range AS i, range * 0.5 AS x, 'run-' || range AS s FROM range({rows})"
         for fmt in ("json", "csv"):
-            figures[f"bfd sql (2M rows) --format {fmt}"] = measure(
+            figures[f"bfd sql ({rows} rows) --format {fmt}"] = measure(
                 [*BFD, "sql", big, "--format", fmt, *store], 1)
-        pipe = (f"{' '.join(BFD)} sql 'SELECT * FROM range(10000000)' --store {root} "
+        pipe = (f"{' '.join(BFD)} sql 'SELECT * FROM range({5 * rows})' --store {root} "
                 "--format json | head -1")
-        figures["bfd sql (10M rows) --format json | head -1"] = measure(pipe, args.reps, True)
+        figures[f"bfd sql ({5 * rows} rows) --format json | head -1"] = measure(pipe, args.reps,
+                                                                              True)
 
         bare_wall, bare_rss = figures["bare: python -c 'import duckdb'"]
+        print(json.dumps({name: {"wall_s": round(wall, 3), "peak_rss_mb": round(rss, 1)}
+                          for name, (wall, rss) in figures.items()}, indent=2))
         print(f"store: {args.runs} runs of {args.layers} layers; {args.reps} reps each")
         print(f"{'command':48s} {'wall s':>8s} {'/bare':>6s} {'RSS MB':>8s} {'/bare':>6s}")
         for name, (wall, rss) in figures.items():

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 
 FORMATS = ("table", "csv", "json", "jsonl", "parquet")
@@ -177,7 +178,8 @@ def cmd_decompose(args: argparse.Namespace) -> int:
     written = _with_bars(decompose, args.run_id, store, prefix=args.prefix,
                          seed=args.control_seed, compute_dtype=args.compute_dtype,
                          images_per_task=args.images_per_task, dask_address=args.dask_address,
-                         device=args.device)
+                         device=args.device, jackknife_groups=args.jackknife_groups,
+                         ci_target=args.ci_target)
     print(f"run {args.run_id} decomposed; results: {written['results']}")
     _cache_catalog(store)
     return 0
@@ -197,37 +199,105 @@ def _cache_catalog(store: str) -> None:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     _start_prefect_server()
+    from bfd.cli_audits import audit_config, drift_exit, drift_thresholds, print_audit
     from bfd.flows.audit import DEMO_CONFIG, audit
+    from bfd.flows.params import require_model
     from bfd.queries import run_query
 
-    config = dict(DEMO_CONFIG) if args.demo else _extract_config(args)
+    config = audit_config(dict(DEMO_CONFIG) if args.demo else _extract_config(args))
+    model = require_model(config, cli=True)
     if not args.store_activations and (args.workers != 1 or args.dask_address):
         raise ValueError("--no-store-activations runs both forwards in this process; it takes "
                          "neither --workers nor --dask-address")
     if args.demo:
         print("demo: random-init (untrained) vit_tiny_patch16_224 on 64 embedded sample images;"
               " weights are labelled 'random' everywhere", file=sys.stderr)
+    thresholds = drift_thresholds(args.drift_threshold)
     store = _store(args)
     out = _with_bars(audit, config, store, workers=args.workers,
                      dask_address=args.dask_address, gpu_resources=args.gpu_resources,
-                     store_activations=args.store_activations)
-    profile = run_query(store, "layer_profile", {"model": config["model"],
-                                                 "run_id": out["run_id"]})
+                     series=args.series, step=args.step, drift=thresholds, trigger="cli",
+                     dashboard=not args.no_dashboard, store_activations=args.store_activations)
+    profile = run_query(store, "layer_profile", {"model": model, "run_id": out["run_id"]})
     cols = [c for c in ("layer", "frac_pos", "frac_pos_resid", "f_pp", "f_cp", "f_pc", "f_cc",
                         "n_heads_pp", "n_heads_cp", "n_heads_cc") if c in profile.column_names]
-    print(f"\nBFD audit of {config['model']} (weights: {config.get('weights')}), "
-          f"run {out['run_id']}")
+    print(f"\nBFD audit of {model} (weights: {config.weights}), run {out['run_id']}")
     _print_table(profile.select(cols), "table")
+    print()
+    n_flagged = print_audit(out, store)
     print(f"\nresults: {out['results']}\ntables:  {store}/tables  "
           f"(try: bfd query model_summary --store {store})")
-    return 0
+    _print_statistics(store, out["run_id"], profile, args.demo)
+    return drift_exit(n_flagged, args.fail_on_drift)
+
+
+def _attached(args: argparse.Namespace) -> dict[str, str]:
+    """``--attach NAME=STORE`` options as {name: store}."""
+    out = {}
+    for item in args.attach:
+        name, sep, store = item.partition("=")
+        if not sep or not name or not store:
+            raise ValueError(f"--attach must be NAME=STORE; got {item!r}")
+        if name in out:
+            raise ValueError(f"--attach name {name!r} is given twice")
+        out[name] = store
+    return out
+
+
+def _print_statistics(store: str, run_id: str, profile, demo: bool) -> None:
+    """The chance-corrected shares with their intervals, how to read them after the demo,
+    and a warning when N is too small for the target interval width (docs/method.md)."""
+    from bfd.queries import run_sql
+
+    cols = [c for c in ("layer", "frac_pos", "frac_pos_chance", "frac_pos_adj",
+                        "frac_pos_adj_lo", "frac_pos_adj_hi", "f_pp_adj", "f_cp_adj",
+                        "f_pc_adj", "f_cc_adj") if c in profile.column_names]
+    print("\nchance-corrected shares, 95 % intervals over images (docs/method.md):")
+    _print_table(profile.select(cols), "table")
+    if demo:
+        pos = profile.column("frac_pos_adj").to_numpy(zero_copy_only=False)
+        cc = profile.column("f_cc_adj").to_numpy(zero_copy_only=False)
+        text = (
+            "How to read this: frac_pos counts the noise of pos, a mean over only 64 images, "
+            "as position (frac_pos_chance is that noise's part); frac_pos_adj [lo, hi] removes "
+            f"it. In this random-init network it is small ({pos.min():.1%} to {pos.max():.1%}) "
+            f"and the heads are content-content (f_cc_adj {cc.min():.2f} to {cc.max():.2f}), "
+            "as an untrained ViT should be; a trained one shows a larger positional share in "
+            "its early layers and heads whose f_cp_adj or f_pp_adj is clearly above zero."
+        )
+        print("\n" + textwrap.fill(text, 96))
+        print("Next, a pretrained model from the timm cache or a weights file:\n"
+              "  bfd audit --model vit_small_patch16_224.augreg_in21k --images <folder> "
+              "--n-images 256\n"
+              "  bfd audit --model vit_small_patch16_224 --weights <model.safetensors>")
+    sql = ("SELECT max(ci_halfwidth) AS hw, max(n_images_for_target) AS need, "
+           "any_value(ci_target) AS target, any_value(n_images) AS n "
+           "FROM layers WHERE run_id = $run_id")
+    row = run_sql(store, sql, {"run_id": run_id}).to_pylist()[0]
+    hw, target = row["hw"], row["target"]
+    if hw is not None and target is not None and hw == hw and hw > target:
+        print(f"bfd: warning: with N={row['n']} images the 95 % intervals of the main shares "
+              f"reach ±{hw:.3f}, wider than the target ±{target:g}; about "
+              f"{int(row['need'])} images would reach it", file=sys.stderr)
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
+    from bfd.queries import connect
     from bfd.queries.stream import stream_sql
 
-    with stream_sql(_store(args), args.sql, timeout=_check_timeout(args)) as reader:
+    attach = _attached(args)
+    store = connect(_store(args), attach) if attach else _store(args)
+    with stream_sql(store, args.sql, timeout=_check_timeout(args)) as reader:
         _print_table(reader, args.format, args.output)
+    return 0
+
+
+def cmd_catalog(args: argparse.Namespace) -> int:
+    from bfd.queries import current_catalog
+
+    path = current_catalog(_store(args))
+    print(path if args.path else f"catalog: {path} (open it read-only; replaced atomically "
+          "when the tables change)")
     return 0
 
 
@@ -265,14 +335,37 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from bfd.report.dashboard import build_dashboard
+    from bfd.report.dashboard import build_dashboard, serve_dashboard
 
-    out = args.out or os.path.join(_store(args), "dashboard")
-    print(f"dashboard: {build_dashboard(_store(args), out)}")
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be 0-65535; got {args.port}")
+    store = _store(args)
+    out = args.out or os.path.join(store, "dashboard")
+    build = build_dashboard(store, out, force=args.force)
+    print(f"dashboard: {build.index} ({len(build.written)} files written, "
+          f"{len(build.unchanged)} pages unchanged, {len(build.removed)} removed)")
+    if args.serve:
+        try:
+            serve_dashboard(out, args.port)
+        except OSError as err:
+            raise RuntimeError(f"cannot serve on 127.0.0.1:{args.port}: {err.strerror}") from err
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from bfd.report.plots import plot_run
+
+    written, skipped = plot_run(_store(args), args.run_id, args.out, args.format)
+    for path in written:
+        print(path)
+    if skipped:
+        print(f"bfd plot: no data for {', '.join(skipped)}; not drawn", file=sys.stderr)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bfd.cli_audits import add_audit_options, add_audit_parsers
+
     p = argparse.ArgumentParser(
         prog="bfd", description="Bi-orthogonal Factor Decomposition of timm ViTs: which "
         "attention heads exchange position, content, or both.")
@@ -293,24 +386,42 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto",
                    help="auto, cpu, cuda or cuda:K (auto: CUDA when seen, the CPU on a cluster)")
     s.add_argument("--dask-address", help="run on an existing Dask cluster")
+    s.add_argument("--jackknife-groups", type=int, default=16,
+                   help="image groups of the 95 %% intervals (a multiple of 4, >= 8; 0: none)")
+    s.add_argument("--ci-target", type=float, default=0.02,
+                   help="interval half-width the main shares should reach (default 0.02)")
     _add_store(s)
     s.set_defaults(fn=cmd_decompose)
 
-    s = sub.add_parser("audit", help="extract + decompose + publish one model")
+    s = sub.add_parser("audit", help="extract + decompose + publish one model, as one audit "
+                       "of its series, with drift against the series' previous audit")
     s.add_argument("--demo", action="store_true",
                    help="offline demo: random-init vit_tiny on the embedded sample images")
     s.add_argument("--no-store-activations", dest="store_activations", action="store_false",
                    help="keep no activations: decompose from two forward passes over the "
                    "images (for image sets too large to store; the run gets an id of its own)")
     _add_extract_options(s)
+    add_audit_options(s)
+    s.add_argument("--step", type=int,
+                   help="the audit's place in its series, e.g. a training step (default: now)")
     s.set_defaults(fn=cmd_audit)
+
+    add_audit_parsers(sub)
 
     s = sub.add_parser("sql", help="run read-only SQL over the result tables")
     s.add_argument("sql")
+    s.add_argument("--attach", action="append", default=[], metavar="NAME=STORE",
+                   help="also query another store, read-only, as database NAME (repeatable)")
     _add_store(s)
     _add_format(s)
     _add_timeout(s)
     s.set_defaults(fn=cmd_sql)
+
+    s = sub.add_parser("catalog", help="bring the SQL catalog up to date and print its "
+                       "stable path, for other tools")
+    s.add_argument("--path", action="store_true", help="print only the path")
+    _add_store(s)
+    s.set_defaults(fn=cmd_catalog)
 
     s = sub.add_parser("query", help="run a named query (bfd query --list)")
     s.add_argument("name", nargs="?")
@@ -326,10 +437,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_format(s)
     s.set_defaults(fn=cmd_runs)
 
-    s = sub.add_parser("dashboard", help="write a static HTML dashboard of a store")
+    s = sub.add_parser("dashboard", help="write (refresh) the interactive dashboard of a store")
     s.add_argument("--out", help="output folder (default: <store>/dashboard)")
+    s.add_argument("--force", action="store_true", help="rewrite every page")
+    s.add_argument("--serve", action="store_true", help="then serve it on 127.0.0.1")
+    s.add_argument("--port", type=int, default=8000, help="port of --serve (default 8000)")
     _add_store(s)
     s.set_defaults(fn=cmd_dashboard)
+
+    s = sub.add_parser("plot", help="write a run's views as figures for papers")
+    s.add_argument("run_id")
+    s.add_argument("--out", default="figures", help="output folder (default: ./figures)")
+    s.add_argument("--format", choices=("png", "svg", "pdf"), default="png")
+    _add_store(s)
+    s.set_defaults(fn=cmd_plot)
     return p
 
 

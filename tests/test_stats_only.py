@@ -23,8 +23,9 @@ CONFIG = {"model": "test_vit", "weights": "random", "images": "samples", "n_imag
 def test_stats_only_equals_the_stored_path(prefect_harness, tmp_path):
     stored_root, stats_root = str(tmp_path / "stored"), str(tmp_path / "stats")
     options = {"seed": 3}  # the split-half and shuffle controls must see the same images
-    stored = audit(dict(CONFIG), stored_root, decompose_options=options)
-    stats = audit(dict(CONFIG), stats_root, decompose_options=options, store_activations=False)
+    stored = audit(dict(CONFIG), stored_root, decompose_options=options, dashboard=False)
+    stats = audit(dict(CONFIG), stats_root, decompose_options=options, dashboard=False,
+                  store_activations=False)
     assert stats["run_id"] != stored["run_id"]
 
     a = open_results(Store(stored_root), stored["run_id"]).load()

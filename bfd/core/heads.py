@@ -1,4 +1,4 @@
-"""Stage 2 read-in maps and bi-orthogonal modes of each head (METHOD.md, "Stage 2" and
+"""Stage 2 read-in maps and bi-orthogonal modes of each head (docs/method.md, "Stage 2" and
 "Bi-orthogonal modes").
 
 The query-key interaction of head h is kept as its two factors, M_h = s A_h B_hᵀ, and its SVD is
@@ -26,11 +26,16 @@ class HeadMaps:
         A: query read-in, ``(H, d, dh)``: the logit is ``s (A_hᵀ x_i) · (B_hᵀ x_j)``.
         B: key read-in, ``(H, d, dh)``.
         scale: ``attn.scale`` (``dh ** -0.5`` in timm).
+        bias_q: query bias ``b_q`` per head, ``(H, dh)``; None when qkv has no bias. Not part
+            of M (METHOD.md); used by the logit check and the key-side bias share.
+        bias_k: key bias ``b_k`` per head, ``(H, dh)``, likewise.
     """
 
     A: np.ndarray
     B: np.ndarray
     scale: float
+    bias_q: np.ndarray | None = None
+    bias_k: np.ndarray | None = None
 
     @property
     def num_heads(self) -> int:
@@ -47,7 +52,7 @@ class HeadMaps:
 
 @dataclass(frozen=True)
 class Modes:
-    """SVD ``M_h = Σ_k σ_k u_k v_kᵀ`` of every head, signs fixed (METHOD.md).
+    """SVD ``M_h = Σ_k σ_k u_k v_kᵀ`` of every head, signs fixed (docs/method.md).
 
     Attributes:
         sigma: ``(H, dh)`` singular values, descending.
@@ -61,7 +66,10 @@ class Modes:
 
 
 def head_maps(
-    qkv_weight: np.ndarray | torch.Tensor, num_heads: int, scale: float | None = None
+    qkv_weight: np.ndarray | torch.Tensor,
+    num_heads: int,
+    scale: float | None = None,
+    qkv_bias: np.ndarray | torch.Tensor | None = None,
 ) -> HeadMaps:
     """Split timm's fused qkv weight ``W (3·d_attn, d)`` into per-head ``A_h`` and ``B_h``.
 
@@ -71,6 +79,7 @@ def head_maps(
         qkv_weight: the ``attn.qkv.weight`` of one block.
         num_heads: number of heads H; must divide ``d_attn``.
         scale: logit scale; ``dh ** -0.5`` (timm's default) when None.
+        qkv_bias: the ``attn.qkv.bias (3·d_attn,)``, split like the rows of the weight.
 
     Returns:
         The head maps in float64.
@@ -98,12 +107,20 @@ def head_maps(
     require(np.isfinite(scale) and scale > 0, f"scale must be finite and > 0; got {scale!r}")
     A = w[:d_attn].reshape(num_heads, dh, d).transpose(0, 2, 1)
     B = w[d_attn : 2 * d_attn].reshape(num_heads, dh, d).transpose(0, 2, 1)
-    return HeadMaps(A=np.ascontiguousarray(A), B=np.ascontiguousarray(B), scale=float(scale))
+    bias_q = bias_k = None
+    if qkv_bias is not None:
+        b = as_float64(qkv_bias, "qkv_bias")
+        require(b.shape == (rows,), f"qkv_bias must be ({rows},) like the qkv rows; got "
+                f"shape {tuple(b.shape)}")
+        bias_q = b[:d_attn].reshape(num_heads, dh)
+        bias_k = b[d_attn : 2 * d_attn].reshape(num_heads, dh)
+    return HeadMaps(A=np.ascontiguousarray(A), B=np.ascontiguousarray(B), scale=float(scale),
+                    bias_q=bias_q, bias_k=bias_k)
 
 
 @contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run small LAPACK calls on one thread.
+def one_thread() -> Iterator[None]:
+    """Run small LAPACK and matmul calls on one thread.
 
     Right after a threaded GEMM, torch's OpenMP workers still spin; a threaded QR/SVD of these
     small matrices then fights them and took 0.5-1.3 s here instead of 10 ms.
@@ -117,14 +134,14 @@ def _one_thread() -> Iterator[None]:
 
 
 def bi_orthogonal_modes(maps: HeadMaps) -> Modes:
-    """Factored SVD of every ``M_h = s A_h B_hᵀ`` (METHOD.md, "Bi-orthogonal modes").
+    """Factored SVD of every ``M_h = s A_h B_hᵀ`` (docs/method.md, "Bi-orthogonal modes").
 
     With ``A = Q_A R_A`` and ``B = Q_B R_B``, ``M = Q_A (s R_A R_Bᵀ) Q_Bᵀ``; the SVD of the
     dh x dh core gives ``U = Q_A U_c`` and ``V = Q_B V_c``. Signs are fixed so that the
     largest-magnitude entry of each ``u_k`` is positive, ``v_k`` flipping with it, which makes
     the modes a deterministic function of ``M``.
     """
-    with _one_thread():
+    with one_thread():
         Qa, Ra = torch.linalg.qr(torch.from_numpy(maps.A))
         Qb, Rb = torch.linalg.qr(torch.from_numpy(maps.B))
         core = maps.scale * Ra @ Rb.transpose(1, 2)

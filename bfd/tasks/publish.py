@@ -16,11 +16,20 @@ from bfd.storage import (
     layers_rows,
     modes_rows,
     open_activations,
+    publishing,
     read_image_manifest,
     read_request,
-    write_results,
-    write_table,
+    read_table,
 )
+from bfd.tasks.decompose import require_extracted
+
+
+def first_created(store: Store, run_id: str) -> datetime | None:
+    """When the run was first published: a run is a computation, and publishing it again
+    (a new decomposition of the same activations) keeps that time (audits record each use)."""
+    times = [r["created_at"] for r in read_table(store, "runs").to_pylist()
+             if r["run_id"] == run_id and r["created_at"] is not None]
+    return min(times) if times else None
 
 
 def runs_row(store: Store, run_id: str, status: str, config: dict,
@@ -48,7 +57,7 @@ def runs_row(store: Store, run_id: str, status: str, config: dict,
         "sites": ",".join(request.sites),
         "layers": ",".join(map(str, request.layers)),
         "dtype": request.dtype,
-        "created_at": datetime.now(UTC),
+        "created_at": first_created(store, run_id) or datetime.now(UTC),
         "bfd_version": bfd.__version__,
         "timm_version": attrs.get("timm_version", ""),
         "torch_version": attrs.get("torch_version", ""),
@@ -63,28 +72,29 @@ def runs_row(store: Store, run_id: str, status: str, config: dict,
 
 def publish(store_root: str, run_id: str, results, config: dict,
             images: list[ImageRecord] | None = None) -> dict[str, str]:
-    """Write the results Dataset and every table of the run; the ``runs`` row comes last, so
-    a run is listed as complete only once its other tables are in place. ``images``: the
-    image statuses when not the manifest's (see ``runs_row``).
+    """Publish a run: its results Dataset and every table, written as a new version and
+    switched at once (``bfd.storage.publishing``), so a reader sees the previous version or
+    this one, never a mix, and a failed publish leaves the previous version published.
+    ``images``: the image statuses when not the manifest's (see ``runs_row``).
 
     Returns:
         Paths of what was written, by name.
     """
     store = Store(store_root)
-    model = read_request(store, run_id).model
-    write_results(store, run_id, results)
     records = images if images is not None else read_image_manifest(store, run_id)
+    require_extracted(store, run_id, records)
+    model = read_request(store, run_id).model
     images_table = pa.Table.from_pylist([
         {"image_index": r.index, "image_id": r.id, "sha256": r.sha256, "status": r.status,
          "error": r.error}
         for r in records
     ])
-    written = {"results": f"{store.zarr_path}/{store.results_group(run_id)}"}
-    for name, rows in (("layers", layers_rows(results)), ("images", images_table)):
-        written[name] = str(write_table(store, name, model, run_id, rows))
+    tables = {"layers": layers_rows(results), "images": images_table}
     if "head" in results.dims:
-        for name, rows in (("heads", heads_rows(results)), ("modes", modes_rows(results))):
-            written[name] = str(write_table(store, name, model, run_id, rows))
-    row = runs_row(store, run_id, "complete", config, records)
-    written["runs"] = str(write_table(store, "runs", model, run_id, [row]))
+        tables |= {"heads": heads_rows(results), "modes": modes_rows(results)}
+    tables["runs"] = [runs_row(store, run_id, "complete", config, records)]
+    with publishing(store, run_id) as pub:
+        written = {"results": f"{store.zarr_path}/{pub.write_results(results)}"}
+        for name, rows in tables.items():
+            written[name] = str(pub.write_table(name, model, rows))
     return written

@@ -31,8 +31,8 @@ from bfd.core import (
     summarize,
     to_dataset,
 )
-from bfd.storage import ImageRecord
-from bfd.tasks.decompose import DecomposeOptions
+from bfd.storage import ImageRecord, Store, read_model_tensors
+from bfd.tasks.decompose import DecomposeOptions, _model_check
 from bfd.tasks.extract import ExtractConfig, _autocast, _model
 
 # The request field that marks a stats-only run: it enters the run id (a stored run of the
@@ -65,14 +65,21 @@ def _forward(cfg: ExtractConfig, model: torch.nn.Module, layers: tuple[int, ...]
 
 
 def decompose_from_forward(
+    store_root: str,
+    run_id: str,
     cfg: ExtractConfig,
     layers: tuple[int, ...],
     records: list[dict],
     options: DecomposeOptions,
 ) -> tuple[list[xr.Dataset], list[ImageRecord]]:
-    """Every METHOD.md quantity of every (site, layer) of a run, from two forwards.
+    """Every docs/method.md quantity of every (site, layer) of a run, from two forwards.
+
+    The model tensors and the logit check come from the store, where ``prepare_run`` wrote
+    them, as ``decompose_site_layer`` reads them.
 
     Args:
+        store_root: The store.
+        run_id: The planned run (``prepare_run`` of ``cfg``).
         cfg: The run's extraction request.
         layers: Its resolved block indices.
         records: Its image manifest rows (``RunPlan.records``).
@@ -85,11 +92,13 @@ def decompose_from_forward(
     Raises:
         ValueError: Fewer than 2 images could be decoded.
     """
+    store = Store(store_root)
     device = models.resolve_device(cfg.device)
     pass_device = models.resolve_device(options.device)
     model, info = _model(cfg, device)
     recs = [imgs.ImageRecord(**r) for r in records]
-    kw = dict(prefix_tokens=info.num_prefix_tokens, prefix=options.prefix)
+    prefix_tokens = info.num_prefix_tokens
+    kw = dict(prefix_tokens=prefix_tokens, prefix=options.prefix)
     keys = [(site, layer) for site in cfg.sites for layer in layers]
 
     errors: dict[int, str] = {}
@@ -97,20 +106,29 @@ def decompose_from_forward(
     for index, acts in _forward(cfg, model, layers, recs, device, errors):
         for site, layer in keys:
             x = acts[site][layers.index(layer)].to(pass_device)
-            state = pass1_chunk(x, index, seed=options.seed, **kw)
+            state = pass1_chunk(x, index, seed=options.seed, groups=options.jackknife_groups,
+                                **kw)
             p1[site, layer] = state if (site, layer) not in p1 else p1[site, layer] + state
     n_ok = len(recs) - len(errors)
     if n_ok < 2:
         raise ValueError(f"{n_ok} of {len(recs)} images could be decoded; BFD needs at least 2")
 
-    plans, modes = {}, {}
+    # the full means: a Pass2Plan keeps them without the per-group sums that summarize needs
+    plans, means, modes, maps, tensors = {}, {}, {}, {}, {}
     for site, layer in keys:
-        maps = None
+        if layer not in tensors:
+            tensors[layer] = read_model_tensors(store, run_id, layer)
+        t = tensors[layer]
+        maps[site, layer] = None
         if site == "attn_in":
-            maps = head_maps(models.qkv_weight(model, layer).float().numpy(), info.num_heads,
-                             float(models.attn_scale(model, layer)))
-        modes[site, layer] = bi_orthogonal_modes(maps) if maps is not None else None
-        plans[site, layer] = Pass2Plan(finalize_means(p1[site, layer]), maps, modes[site, layer],
+            maps[site, layer] = head_maps(
+                t.qkv_weight.sel(layer=layer).values, int(t.attrs["num_heads"]),
+                float(t.attn_scale.sel(layer=layer)),
+                t.qkv_bias.sel(layer=layer).values if "qkv_bias" in t else None)
+        m = maps[site, layer]
+        modes[site, layer] = bi_orthogonal_modes(m) if m is not None else None
+        means[site, layer] = finalize_means(p1[site, layer])
+        plans[site, layer] = Pass2Plan(means[site, layer], m, modes[site, layer],
                                        options.compute_dtype, pass_device,
                                        check_images=options.check_images)
     p2: dict = {}
@@ -120,17 +138,18 @@ def decompose_from_forward(
             state = plans[site, layer].chunk(x, index)
             p2[site, layer] = state if (site, layer) not in p2 else p2[site, layer] + state
 
-    pos_embed = models.pos_embed_patch_rows(model)
-    if pos_embed is not None:  # as the stored path stores it
-        pos_embed = np.asarray(pos_embed, dtype=np.float32)
     parts = []
     for site, layer in keys:
-        plan = plans[site, layer]
-        ds = to_dataset(summarize(plan.means, p2[site, layer], modes[site, layer]))
+        m, t = means[site, layer], tensors[layer]
+        ds = to_dataset(summarize(m, p2[site, layer], modes[site, layer], options.ci_target),
+                        first_token=prefix_tokens if options.prefix == "exclude" else 0)
         cos = np.nan
-        if site == "resid" and layer == 0 and options.prefix == "exclude" and pos_embed is not None:
-            cos = pos_embed_cosine(ds.pos.values, pos_embed)
+        if (site == "resid" and layer == 0 and options.prefix == "exclude"
+                and "pos_embed" in t):
+            cos = pos_embed_cosine(ds.pos.values, t.pos_embed.values)
         ds["pos_embed_cos"] = ((), cos)
+        _model_check(ds, store, run_id, layer, maps[site, layer], m, prefix_tokens,
+                     options.prefix)
         ds.attrs = {"site": site, "layer": int(layer), "n_images": n_ok}
         parts.append(ds)
     statuses = [ImageRecord(r.index, r.id, r.sha256, "skipped" if r.index in errors else "ok",

@@ -1,0 +1,41 @@
+"""An audit's run without stored activations (``bfd audit --no-store-activations``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bfd.flows import progress
+from bfd.flows.decompose import EXTRACTION_ATTRS, REQUEST_ATTRS
+from bfd.storage import Store, open_activations, read_request
+from bfd.tasks.decompose import DecomposeOptions, assemble_results
+from bfd.tasks.extract import ExtractConfig
+from bfd.tasks.prefect_tasks import decompose_from_forward_task, prepare_run_task, publish_task
+from bfd.tasks.stats_only import NOT_STORED
+
+
+def stats_only_run(config: dict[str, Any], root: str,
+                   decompose_kw: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """Plans the run (request, image manifest, model tensors, the store template's metadata),
+    decomposes it from two forwards and publishes it, as the ``decompose`` flow publishes a
+    stored run.
+
+    Returns:
+        The run id and what was written, by name.
+    """
+    cfg = ExtractConfig(**config)
+    cfg = ExtractConfig(**{**cfg.to_dict(), "extra": {**cfg.extra, **NOT_STORED}})
+    plan = prepare_run_task(root, cfg)
+    progress.report("extract", 0, plan.n_images, run_id=plan.run_id)
+    options = DecomposeOptions(**decompose_kw)
+    parts, images = decompose_from_forward_task(root, plan.run_id, cfg, plan.layers,
+                                                list(plan.records), options)
+    progress.report("extract", plan.n_images, plan.n_images, run_id=plan.run_id)
+    request = read_request(Store(root), plan.run_id)
+    attrs = open_activations(Store(root), plan.run_id).attrs
+    run_attrs = {k: getattr(request, k) for k in REQUEST_ATTRS}
+    run_attrs |= {k: attrs[k] for k in EXTRACTION_ATTRS if k in attrs}
+    results = assemble_results(parts, {**run_attrs, "run_id": plan.run_id, **options.to_dict(),
+                                       "images_per_task": options.images_per_task or 0})
+    # the statuses go to the tables only: no shard is marked done, as no chunk was written
+    written = publish_task(root, plan.run_id, results, {"decompose": options.to_dict()}, images)
+    return plan.run_id, written
