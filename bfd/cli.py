@@ -29,7 +29,28 @@ def _prefect_defaults(verbose: bool) -> None:
 def _store(args: argparse.Namespace) -> str:
     from bfd.storage import Store, default_store
 
-    return str(Store(args.store).root if args.store else default_store().root)
+    root = Store(args.store).root if args.store else default_store().root
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"store {str(root)!r} is a file; expected a store folder (or a new "
+                         "path) for --store")
+    return str(root)
+
+
+def _check_extract_request(args: argparse.Namespace, config: dict) -> None:
+    """Every option of an extraction checked before any work: a bad one, or an unreachable
+    cluster, fails in one line whether or not work remains."""
+    from bfd.flows.runners import capped_workers, check_dask_address
+    from bfd.models import resolve_device
+    from bfd.tasks.extract import ExtractConfig, validate_config
+
+    validate_config(ExtractConfig(**config))
+    _store(args)
+    if args.dask_address:
+        check_dask_address(args.dask_address)
+    args.workers, warning = capped_workers(args.workers,
+                                           resolve_device(config.get("device", "auto")))
+    if warning:
+        print(f"bfd: warning: {warning}", file=sys.stderr)
 
 
 def _add_store(p: argparse.ArgumentParser) -> None:
@@ -97,6 +118,9 @@ class _Bars:
     def __call__(self, stage: str, done: int, total: int, detail: dict) -> None:
         from tqdm import tqdm
 
+        if stage == "notice":
+            print(f"bfd: {detail['text']}", file=sys.stderr)
+            return
         bar = self.bars.get(stage)
         if bar is None:
             bar = self.bars[stage] = tqdm(total=total, desc=stage, unit=self.UNITS.get(stage, "it"),
@@ -146,16 +170,25 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from bfd.flows.extract import extract
     from bfd.flows.runners import task_runner
 
+    config = _extract_config(args)
+    _check_extract_request(args, config)
     flow = extract.with_options(task_runner=task_runner(args.workers, args.dask_address))
-    rid = _with_bars(flow, _extract_config(args), _store(args), args.gpu_resources)
+    rid = _with_bars(flow, config, _store(args), args.gpu_resources)
     print(f"run {rid} extracted into {_store(args)}")
     return 0
 
 
 def cmd_decompose(args: argparse.Namespace) -> int:
     from bfd.flows.decompose import decompose
+    from bfd.flows.runners import check_dask_address
+    from bfd.tasks.decompose import DecomposeOptions
 
+    DecomposeOptions(prefix=args.prefix, seed=args.control_seed,
+                     compute_dtype=args.compute_dtype, images_per_task=args.images_per_task,
+                     device=args.device)
     store = _store(args)
+    if args.dask_address:
+        check_dask_address(args.dask_address)
     written = _with_bars(decompose, args.run_id, store, prefix=args.prefix,
                          seed=args.control_seed, compute_dtype=args.compute_dtype,
                          images_per_task=args.images_per_task, dask_address=args.dask_address,
@@ -182,6 +215,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from bfd.queries import run_query
 
     config = dict(DEMO_CONFIG) if args.demo else _extract_config(args)
+    _check_extract_request(args, config)
     if args.demo:
         print("demo: random-init (untrained) vit_tiny_patch16_224 on 64 embedded sample images;"
               " weights are labelled 'random' everywhere", file=sys.stderr)
@@ -241,7 +275,24 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from bfd.report.dashboard import build_dashboard
 
     out = args.out or os.path.join(_store(args), "dashboard")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out!r} is a file; expected a folder for the dashboard")
     print(f"dashboard: {build_dashboard(_store(args), out)}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from bfd.storage import Store, repair_command, verify_run
+
+    store = Store(_store(args))
+    faults = verify_run(store, args.run_id)
+    for fault in faults:
+        print(f"fault: {fault}")
+    if faults:
+        print(f"bfd: run {args.run_id} has {len(faults)} fault(s); damaged shards are "
+              f"extracted again by: {repair_command(store, args.run_id)}", file=sys.stderr)
+        return 1
+    print(f"run {args.run_id}: intact")
     return 0
 
 
@@ -275,6 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_extract_options(s)
     s.set_defaults(fn=cmd_audit)
 
+    s = sub.add_parser("verify", help="check a run's stored files; exit 1 when any is damaged")
+    s.add_argument("run_id")
+    _add_store(s)
+    s.set_defaults(fn=cmd_verify)
+
     s = sub.add_parser("sql", help="run read-only SQL over the result tables")
     s.add_argument("sql")
     _add_store(s)
@@ -304,16 +360,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _prefect_defaults(args.verbose)
-    from bfd.models import UnsupportedModelError, WeightsUnavailableError
-    from bfd.queries import ReadOnlyError
+    from bfd.faults import describe
 
     try:
         return args.fn(args)
-    except (ValueError, FileNotFoundError, UnsupportedModelError, WeightsUnavailableError,
-            ReadOnlyError, RuntimeError) as e:
-        message = " ".join(str(e).split())
+    except Exception as e:
+        known = describe(e)
+        if known is None:
+            raise
+        code, message = known
         print(f"bfd: error: {message}", file=sys.stderr)
-        return 2
+        return code
     except KeyboardInterrupt:
         print("bfd: interrupted; completed shards are kept and a rerun resumes", file=sys.stderr)
         return 130

@@ -4,7 +4,8 @@
 --   e_*: head energies summed over the layer's heads; f_*: those sums divided by their total
 --   (energy-weighted); mean_f_*: plain mean of the heads' own fractions;
 --   n_heads_pp / _cp / _cc: heads whose stored head_type (METHOD.md "Head type") is
---   position-position, content-position or content-content;
+--   position-position, content-position or content-content; n_heads_undefined: heads whose
+--   energies were zero or not finite (head_type 'undefined', counted in none of the three);
 --   depth: the model's number of blocks (runs.depth; for runs that did not record it,
 --   1 + the largest layer index stored); rel_depth = layer / (depth - 1).
 WITH complete AS (
@@ -27,7 +28,8 @@ head_layers AS (
         avg(f_cc) AS mean_f_cc,
         count(*) FILTER (WHERE head_type = 'position-position') AS n_heads_pp,
         count(*) FILTER (WHERE head_type = 'content-position') AS n_heads_cp,
-        count(*) FILTER (WHERE head_type = 'content-content') AS n_heads_cc
+        count(*) FILTER (WHERE head_type = 'content-content') AS n_heads_cc,
+        count(*) FILTER (WHERE head_type = 'undefined') AS n_heads_undefined
     FROM heads
     GROUP BY run_id, layer
 ),
@@ -77,6 +79,7 @@ SELECT
     d.mean_f_cc,
     coalesce(d.n_heads_pp, 0) AS n_heads_pp,
     coalesce(d.n_heads_cp, 0) AS n_heads_cp,
-    coalesce(d.n_heads_cc, 0) AS n_heads_cc
+    coalesce(d.n_heads_cc, 0) AS n_heads_cc,
+    coalesce(d.n_heads_undefined, 0) AS n_heads_undefined
 FROM with_depth AS d
 JOIN complete AS c USING (run_id)

@@ -29,7 +29,8 @@ SELECT
     frac_pos_mean - lag(frac_pos_mean) OVER audits AS delta_frac_pos_mean,
     n_heads_pp - lag(n_heads_pp) OVER audits AS delta_n_heads_pp,
     n_heads_cp - lag(n_heads_cp) OVER audits AS delta_n_heads_cp,
-    n_heads_cc - lag(n_heads_cc) OVER audits AS delta_n_heads_cc
+    n_heads_cc - lag(n_heads_cc) OVER audits AS delta_n_heads_cc,
+    n_heads_undefined
 FROM run_summary
 WHERE model = $model
 WINDOW audits AS (ORDER BY created_at, run_id)

@@ -24,7 +24,8 @@ SELECT
     s.n_heads,
     s.n_heads_pp,
     s.n_heads_cp,
-    s.n_heads_cc
+    s.n_heads_cc,
+    s.n_heads_undefined
 FROM layer_summary AS s
 JOIN chosen USING (run_id)
 WHERE s.model = $model

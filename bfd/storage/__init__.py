@@ -10,6 +10,11 @@ from .activations import images_per_chunk_for as images_per_chunk_for
 from .activations import list_runs as list_runs
 from .activations import open_activations as open_activations
 from .activations import write_shard as write_shard
+from .integrity import Fault as Fault
+from .integrity import check_intact as check_intact
+from .integrity import repair_command as repair_command
+from .integrity import trusted_shards as trusted_shards
+from .integrity import verify_run as verify_run
 from .manifest import IMAGE_STATUSES as IMAGE_STATUSES
 from .manifest import ImageRecord as ImageRecord
 from .manifest import Shard as Shard
@@ -19,6 +24,7 @@ from .manifest import mark_shard_done as mark_shard_done
 from .manifest import plan_shards as plan_shards
 from .manifest import read_image_manifest as read_image_manifest
 from .manifest import write_image_manifest as write_image_manifest
+from .paths import DamagedStoreError as DamagedStoreError
 from .paths import Store as Store
 from .paths import default_store as default_store
 from .paths import validate_run_id as validate_run_id

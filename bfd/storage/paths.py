@@ -27,6 +27,11 @@ _RUN_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
 _URL_RE: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
+class DamagedStoreError(ValueError):
+    """A file of the store cannot be read as what it should be (truncated, garbage, missing
+    parts); the message names the file and what repairs it."""
+
+
 def validate_run_id(run_id: str) -> str:
     """Check that a run id is safe as a directory, Zarr group and partition name.
 
@@ -181,6 +186,13 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    """Read one JSON file."""
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    """Read one JSON file.
+
+    Raises:
+        DamagedStoreError: If the file is not UTF-8 JSON (truncated, binary); names the file.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DamagedStoreError(f"{path} is damaged: not a JSON file ({e})") from e

@@ -47,6 +47,8 @@ def heads_rows(ds: xr.Dataset) -> pa.Table:
     for name in HEAD_COLUMNS:
         cols[name] = _flat(ds[name], dims)
     cols["head_type"] = cols["head_type"].astype(str)
+    # an undefined head has no mode count (the core marks it 0): NULL, not a number
+    cols["k90"] = pa.array(cols["k90"].astype(np.int32), mask=cols["head_type"] == "undefined")
     return pa.table(cols)
 
 

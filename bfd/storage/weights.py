@@ -7,12 +7,16 @@ file or the hub: a run can be decomposed on any machine that can read the store.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import xarray as xr
+import zarr
 
 from .paths import Store, validate_run_id
 
 MODEL_GROUP = "model"
+_HASH_ATTR = "bfd_tensors_sha256"
 
 
 def _group(run_id: str) -> str:
@@ -29,7 +33,8 @@ def write_model_tensors(
     num_heads: int,
     pos_embed: np.ndarray | None = None,
 ) -> None:
-    """Write (or rewrite, identically) the model tensors of a run.
+    """Write the model tensors of a run; nothing is written when the same tensors are stored
+    (a resumed or repeated extraction then needs no write access to them).
 
     Args:
         store: The store.
@@ -53,10 +58,23 @@ def write_model_tensors(
     if pos_embed is not None:
         data["pos_embed"] = (("patch", "dim"), np.asarray(pos_embed, dtype=np.float32))
     ds = xr.Dataset(data, coords={"layer": np.asarray(layers, dtype=np.int64)})
+    digest = hashlib.sha256(repr((list(layers), int(num_heads))).encode())
+    for name in sorted(data):
+        digest.update(name.encode() + np.ascontiguousarray(data[name][1]).tobytes())
+    try:
+        stored = zarr.open_group(store.zarr_path, path=_group(run_id), mode="r",
+                                 zarr_format=3).attrs.get(_HASH_ATTR)
+    except FileNotFoundError:
+        stored = None
+    if stored == digest.hexdigest():
+        return
     ds.attrs["num_heads"] = int(num_heads)
     # one chunk per layer: a decomposition task reads its own layer's weights only
     ds.to_zarr(store.zarr_path, group=_group(run_id), mode="w", zarr_format=3,
                consolidated=False, encoding={"qkv_weight": {"chunks": (1, *qkv.shape[1:])}})
+    # set last, like the activation template's marker: an interrupted write is not trusted
+    zarr.open_group(store.zarr_path, path=_group(run_id), mode="r+",
+                    zarr_format=3).attrs[_HASH_ATTR] = digest.hexdigest()
 
 
 def read_model_tensors(store: Store, run_id: str, layer: int | None = None) -> xr.Dataset:
