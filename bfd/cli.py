@@ -189,13 +189,26 @@ def cmd_decompose(args: argparse.Namespace) -> int:
     store = _store(args)
     if args.dask_address:
         check_dask_address(args.dask_address)
-    written = _with_bars(decompose, args.run_id, store, prefix=args.prefix,
-                         seed=args.control_seed, compute_dtype=args.compute_dtype,
-                         images_per_task=args.images_per_task, dask_address=args.dask_address,
-                         device=args.device)
+    with _run_lock(store, args.run_id, "decompose"):
+        written = _with_bars(decompose, args.run_id, store, prefix=args.prefix,
+                             seed=args.control_seed, compute_dtype=args.compute_dtype,
+                             images_per_task=args.images_per_task,
+                             dask_address=args.dask_address, device=args.device)
     print(f"run {args.run_id} decomposed; results: {written['results']}")
     _cache_catalog(store)
     return 0
+
+
+def _run_lock(store: str, run_id: str, what: str):
+    """The run's lock (a clear refusal of a concurrent decompose, and a first write that fails
+    at once on a read-only store); none for a run the store does not hold, which the command
+    then reports."""
+    import contextlib
+
+    from bfd.storage import Store, run_lock
+
+    s = Store(store)
+    return run_lock(s, run_id, what) if s.run_dir(run_id).is_dir() else contextlib.nullcontext()
 
 
 def _cache_catalog(store: str) -> None:
@@ -213,9 +226,11 @@ def _cache_catalog(store: str) -> None:
 def cmd_audit(args: argparse.Namespace) -> int:
     from bfd.flows.audit import DEMO_CONFIG, audit
     from bfd.queries import run_query
+    from bfd.storage import require_writable
 
     config = dict(DEMO_CONFIG) if args.demo else _extract_config(args)
     _check_extract_request(args, config)
+    require_writable(_store(args))  # an audit always writes its tables
     if args.demo:
         print("demo: random-init (untrained) vit_tiny_patch16_224 on 64 embedded sample images;"
               " weights are labelled 'random' everywhere", file=sys.stderr)

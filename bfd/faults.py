@@ -11,6 +11,7 @@ Exceptions are told apart by class name, so that the command's error path import
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 
 REQUEST_ERROR = 2
 ENVIRONMENT_ERROR = 1
@@ -36,6 +37,14 @@ def _duckdb(err: BaseException) -> tuple[int, str]:
     return REQUEST_ERROR, f"SQL: {first}"
 
 
+def _file_in_the_way(path: str) -> str | None:
+    """The file among ``path`` and its parents that stands where a folder should be."""
+    for candidate in (Path(path), *Path(path).parents):
+        if candidate.is_file():
+            return str(candidate)
+    return None
+
+
 def _os_error(err: OSError) -> tuple[int, str]:
     where = err.filename or "the store"
     reason = err.strerror or _one_line(err)
@@ -43,12 +52,13 @@ def _os_error(err: OSError) -> tuple[int, str]:
         return ENVIRONMENT_ERROR, (f"no space left writing {where} ({reason}); free space and "
                                    "run the command again: completed work is kept")
     if err.errno in _READ_ONLY:
-        return ENVIRONMENT_ERROR, (f"cannot write {where}: {reason}; the store is read-only "
-                                   "to this user: use a writable --store or fix its "
-                                   "permissions")
-    if err.errno == errno.ENOTDIR:
-        return ENVIRONMENT_ERROR, (f"{where} is a file where a folder is expected; move it "
-                                   "away or choose another --store")
+        return ENVIRONMENT_ERROR, (f"cannot write {where}: {reason}; make it writable or "
+                                   "choose another --store (or --out)")
+    if err.errno in (errno.ENOTDIR, errno.EEXIST) and err.filename:
+        blocker = _file_in_the_way(err.filename)
+        if blocker:
+            return ENVIRONMENT_ERROR, (f"{blocker} is a file where a folder is expected; move "
+                                       "it away or choose another --store")
     if err.errno == errno.EISDIR:
         return ENVIRONMENT_ERROR, f"{where} is a folder where a file is expected; move it away"
     if err.errno is None and not err.filename:
@@ -61,7 +71,7 @@ def describe(err: BaseException) -> tuple[int, str] | None:
     bug, whose traceback should show)."""
     names = _names(err)
     module = type(err).__module__ or ""
-    if "DamagedStoreError" in names:
+    if {"DamagedStoreError", "RunBusyError"} & names:
         return ENVIRONMENT_ERROR, _one_line(err)
     if module.startswith(("duckdb", "_duckdb")):
         return _duckdb(err)

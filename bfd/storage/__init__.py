@@ -25,8 +25,11 @@ from .manifest import plan_shards as plan_shards
 from .manifest import read_image_manifest as read_image_manifest
 from .manifest import write_image_manifest as write_image_manifest
 from .paths import DamagedStoreError as DamagedStoreError
+from .paths import RunBusyError as RunBusyError
 from .paths import Store as Store
 from .paths import default_store as default_store
+from .paths import require_writable as require_writable
+from .paths import run_lock as run_lock
 from .paths import validate_run_id as validate_run_id
 from .result_tables import heads_rows as heads_rows
 from .result_tables import layers_rows as layers_rows
