@@ -119,7 +119,8 @@ class _Bars:
         from tqdm import tqdm
 
         if stage == "notice":
-            print(f"bfd: {detail['text']}", file=sys.stderr)
+            # not print: inside a flow with log_prints, print goes to Prefect's logger
+            sys.stderr.write(f"bfd: {detail['text']}\n")
             return
         bar = self.bars.get(stage)
         if bar is None:

@@ -201,6 +201,7 @@ def _verify_chunks(store: Store, run_id: str, group: zarr.Group, k: int,
     faults = []
     start, stop = marker["start"], marker["stop"]
     ok = np.array([r.get("status") == "ok" for r in marker["images"]], dtype=bool)
+    layer_ids = [int(v) for v in group["layer"][:]]
     for site in group.attrs[TEMPLATE_ATTR]["sites"]:
         array = group[site]
         ipc = array.chunks[1]
@@ -216,10 +217,10 @@ def _verify_chunks(store: Store, run_id: str, group: zarr.Group, k: int,
                                         k))
                     continue
                 finite = np.isfinite(block).reshape(hi - lo, -1).all(-1)
-                bad = [lo + i for i in np.flatnonzero(ok[lo - start:hi - start] & ~finite)]
+                bad = [int(lo + i) for i in np.flatnonzero(ok[lo - start:hi - start] & ~finite)]
                 if bad:
                     faults.append(Fault(str(chunk), f"non-finite values in images {bad[:5]} "
-                                        f"of layer position {layer} ({site})", k))
+                                        f"of layer {layer_ids[layer]} ({site})", k))
     return faults
 
 
