@@ -100,9 +100,9 @@ def _extract_config(args: argparse.Namespace) -> dict:
         "img_size": args.img_size, "dtype": args.dtype, "batch_size": args.batch_size,
         "device": args.device, "autocast": args.autocast, "seed": args.seed,
     }
-    if args.images_per_chunk:
+    if args.images_per_chunk is not None:
         cfg["images_per_chunk"] = args.images_per_chunk
-    if args.images_per_shard:
+    if args.images_per_shard is not None:
         cfg["images_per_shard"] = args.images_per_shard
     return cfg
 

@@ -271,10 +271,9 @@ def verify_run(store: Store, run_id: str) -> list[Fault]:
         raise FileNotFoundError(f"run {run_id} is not in store {store.root}")
     faults: list[Fault] = []
     try:
-        req = read_request(store, run_id)
+        read_request(store, run_id)
     except (OSError, ValueError, KeyError, TypeError) as e:
         faults.append(Fault(str(run_dir / "request.json"), " ".join(str(e).split())))
-        req = None
     images = run_dir / "images.json"
     try:
         read_json(images)
@@ -298,12 +297,11 @@ def verify_run(store: Store, run_id: str) -> list[Fault]:
             per_shard = marker["stop"] - marker["start"]
         if k not in damaged:
             faults += _verify_chunks(store, run_id, group, k, marker)
-    if per_shard is not None:
-        expected = math.ceil(n_images / per_shard)
-        missing = sorted(set(range(expected)) - set(markers))
+    if not markers:
+        faults.append(Fault(str(store.shards_dir(run_id)), "no shard completed"))
+    elif per_shard is not None:  # unknown when only the last shard's marker is readable
+        missing = sorted(set(range(math.ceil(n_images / per_shard))) - set(markers))
         if missing:
             faults.append(Fault(str(store.shards_dir(run_id)),
                                 f"shards {missing[:10]} never completed"))
-    elif req is not None:
-        faults.append(Fault(str(store.shards_dir(run_id)), "no shard completed"))
     return faults + _verify_model_tensors(store, run_id) + _verify_tables(store, run_id)
