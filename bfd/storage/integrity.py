@@ -195,15 +195,56 @@ def check_intact(store: Store, run_id: str) -> None:
         )
 
 
-def _verify_chunks(store: Store, run_id: str, group: zarr.Group, k: int,
-                   marker: dict) -> list[Fault]:
+class _ChunkChecker:
+    """Reads chunks of one array and tells which images hold a non-finite value, reusing its
+    buffers: fresh arrays per chunk cost more in page faults than the read itself."""
+
+    def __init__(self, array: zarr.Array, raw: bool):
+        self.array, self.raw = array, raw
+        self.dtype = array.dtype.newbyteorder("<") if raw else array.dtype
+        if raw:
+            self.buffer = np.empty(array.chunks, dtype=self.dtype)
+            self.bytes = memoryview(self.buffer.view(np.uint8).reshape(-1))
+        itemsize = self.dtype.itemsize
+        self.bits = self.dtype.kind == "f" and itemsize in (2, 4, 8)
+        if self.bits:
+            self.magnitude = (1 << (8 * itemsize - 1)) - 1
+            self.inf = int(np.array(np.inf, self.dtype).view(f"<u{itemsize}"))
+            self.scratch = np.empty(math.prod(array.chunks), dtype=f"<u{itemsize}")
+
+    def read(self, path: Path, layer: int, lo: int, hi: int) -> np.ndarray:
+        """Images lo:hi of one layer's chunk: straight from the file when stored uncompressed
+        (no decode), through zarr otherwise."""
+        if not self.raw:
+            return np.asarray(self.array[layer, lo:hi])
+        with open(path, "rb", buffering=0) as f:
+            n = f.readinto(self.bytes)
+            if n != len(self.bytes) or f.read(1):
+                raise ValueError(f"chunk file has another size than {len(self.bytes)} bytes")
+        start = (lo // self.array.chunks[1]) * self.array.chunks[1]
+        return self.buffer[0, lo - start:hi - start]
+
+    def finite_rows(self, block: np.ndarray) -> np.ndarray:
+        """Whether each image is finite, tested on the bits: a float is inf or NaN exactly
+        when its magnitude bits are at least those of inf (several times faster than
+        ``np.isfinite``, on float16 most of all)."""
+        rows = block.reshape(len(block), -1)
+        if not self.bits:
+            return np.isfinite(rows).all(-1)
+        bits = rows.view(self.scratch.dtype)
+        scratch = self.scratch[:bits.size].reshape(bits.shape)
+        np.bitwise_and(bits, self.magnitude, out=scratch)
+        return scratch.max(-1) < self.inf
+
+
+def _verify_chunks(store: Store, checkers: dict[str, _ChunkChecker], layer_ids: list[int],
+                   k: int, marker: dict) -> list[Fault]:
     """Read every chunk of a shard: readable, and finite for the images marked ``ok``."""
     faults = []
     start, stop = marker["start"], marker["stop"]
     ok = np.array([r.get("status") == "ok" for r in marker["images"]], dtype=bool)
-    layer_ids = [int(v) for v in group["layer"][:]]
-    for site in group.attrs[TEMPLATE_ATTR]["sites"]:
-        array = group[site]
+    for site, checker in checkers.items():
+        array = checker.array
         ipc = array.chunks[1]
         for layer in range(array.shape[0]):
             for c in range(start // ipc, math.ceil(stop / ipc)):
@@ -211,12 +252,12 @@ def _verify_chunks(store: Store, run_id: str, group: zarr.Group, k: int,
                 chunk = Path(store.zarr_path) / array.path / \
                     array.metadata.encode_chunk_key((layer, c, 0, 0))
                 try:
-                    block = np.asarray(array[layer, lo:hi])
+                    block = checker.read(chunk, layer, lo, hi)
                 except Exception as e:  # noqa: BLE001 - any decoding failure is the fault
                     faults.append(Fault(str(chunk), f"unreadable ({' '.join(str(e).split())})",
                                         k))
                     continue
-                finite = np.isfinite(block).reshape(hi - lo, -1).all(-1)
+                finite = checker.finite_rows(block)
                 bad = [int(lo + i) for i in np.flatnonzero(ok[lo - start:hi - start] & ~finite)]
                 if bad:
                     faults.append(Fault(str(chunk), f"non-finite values in images {bad[:5]} "
@@ -288,6 +329,13 @@ def verify_run(store: Store, run_id: str) -> list[Fault]:
     markers = _marker_files(store, run_id)
     n_images = group[group.attrs[TEMPLATE_ATTR]["sites"][0]].shape[1]
     per_shard = None
+    local = not _is_url(store.zarr_path)
+    checkers = {}
+    for site in group.attrs[TEMPLATE_ATTR]["sites"]:
+        array = group[site]
+        checkers[site] = _ChunkChecker(array, local and not array.compressors
+                                       and not array.filters)
+    layer_ids = [int(v) for v in group["layer"][:]]
     for k, path in sorted(markers.items()):
         try:
             marker = _read_marker(path)
@@ -296,7 +344,7 @@ def verify_run(store: Store, run_id: str) -> list[Fault]:
         if k == 0 or (per_shard is None and marker["stop"] < n_images):
             per_shard = marker["stop"] - marker["start"]
         if k not in damaged:
-            faults += _verify_chunks(store, run_id, group, k, marker)
+            faults += _verify_chunks(store, checkers, layer_ids, k, marker)
     if not markers:
         faults.append(Fault(str(store.shards_dir(run_id)), "no shard completed"))
     elif per_shard is not None:  # unknown when only the last shard's marker is readable
