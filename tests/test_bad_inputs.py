@@ -241,9 +241,12 @@ DAMAGE = {
     "truncated-marker": (lambda s, r: _truncate(s / "runs" / r / "shards" / "1.json"),
                          ["decompose", "{rid}"], ("shards/1.json", "bfd extract")),
     "truncated-images-json": (lambda s, r: _truncate(s / "runs" / r / "images.json"),
-                              ["decompose", "{rid}"], ("images.json", "damaged")),
+                              ["decompose", "{rid}"], ("images.json", "damaged",
+                                                       "repair it with: bfd extract")),
     "binary-images-json": (lambda s, r: (s / "runs" / r / "images.json").write_bytes(
         bytes(range(256))), ["decompose", "{rid}"], ("images.json", "not a JSON file")),
+    "truncated-request-json": (lambda s, r: _truncate(s / "runs" / r / "request.json"),
+                               ["decompose", "{rid}"], ("request.json", "not a JSON file")),
     "deleted-chunk": (lambda s, r: (s / "bfd.zarr" / r / "attn_in/c/1/0/0/0").unlink(),
                       ["decompose", "{rid}"], ("attn_in/c/1/0/0/0", "missing", "bfd extract")),
     "truncated-chunk": (lambda s, r: _truncate(s / "bfd.zarr" / r / "resid/c/0/1/0/0", 500),

@@ -123,3 +123,16 @@ def test_an_unknown_run_is_a_request_error(pristine, capsys):
     root, _ = pristine
     code, out, err = cli(["verify", "no-such-run", "--store", str(root)], capsys)
     assert code == 2 and err.startswith("bfd: error: run no-such-run is not in store") and not out
+
+
+@pytest.mark.parametrize("name", ["images.json", "request.json"])
+def test_extract_rewrites_a_damaged_run_file(pristine, damaged, capsys, name):
+    root, rid = damaged
+    path = root / "runs" / rid / name
+    path.write_bytes(path.read_bytes()[:30])
+    code, out, err = cli(["verify", rid, "--store", str(root)], capsys)
+    assert code == 1 and str(path) in out
+    code, _, err = cli([*EXTRACT, "--store", str(root)], capsys)
+    assert code == 0, err
+    assert path.read_bytes() == (pristine[0] / "runs" / rid / name).read_bytes()
+    assert verify_run(Store(root), rid) == []

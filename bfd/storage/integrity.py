@@ -179,13 +179,23 @@ def repair_command(store: Store, run_id: str) -> str:
 
 
 def check_intact(store: Store, run_id: str) -> None:
-    """Refuse a run whose marked shards fail the cheap check (see ``trusted_shards``).
+    """Refuse a run whose request or image manifest is not JSON, or whose marked shards fail
+    the cheap check (see ``trusted_shards``).
 
     Raises:
         DamagedStoreError: Naming the first damaged file, how many more there are, and the
             command that repairs the run.
     """
-    _, faults = trusted_shards(store, run_id)
+    faults = []
+    for name in ("request.json", "images.json"):
+        path = store.run_dir(run_id) / name
+        try:
+            read_json(path)
+        except FileNotFoundError:
+            pass  # the command that needs it says so
+        except DamagedStoreError:
+            faults.append(Fault(str(path), "damaged: not a JSON file"))
+    faults += trusted_shards(store, run_id)[1]
     if faults:
         more = f" (and {len(faults) - 1} more; bfd verify {run_id} lists them)" \
             if len(faults) > 1 else ""
