@@ -38,16 +38,20 @@ def check_dask_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None
     """Fail fast when no Dask scheduler answers at ``address`` (a TCP connect, not a client:
     a client waits 30 s before it gives up).
 
+    Addresses of other transports (``ucx://``, ``inproc://``) are left to Dask.
+
     Raises:
-        ValueError: If the address is not ``[tcp://]host:port``.
+        ValueError: If a TCP or TLS address is not ``[tcp://]host:port``.
         ConnectionError: If nothing accepts a connection there within ``timeout`` seconds.
     """
     parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if parts.scheme not in ("tcp", "tls"):
+        return
     try:
         port = parts.port
     except ValueError:
         port = None
-    if parts.scheme not in ("tcp", "tls") or not parts.hostname or port is None:
+    if not parts.hostname or port is None:
         raise ValueError(f"--dask-address must be tcp://host:port; got {address!r}")
     try:
         socket.create_connection((parts.hostname, port), timeout=timeout).close()
