@@ -368,3 +368,17 @@ def test_a_run_that_cannot_fit_on_the_disk_is_refused_before_any_write(world, tm
         assert not (disk / "store").exists()
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_listening_scheduler_address_passes_the_connect_check():
+    from bfd.flows.runners import check_dask_address
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        check_dask_address(f"tcp://127.0.0.1:{port}")
+        check_dask_address(f"127.0.0.1:{port}")
+    with pytest.raises(ConnectionError, match=f"127.0.0.1:{port}"):
+        check_dask_address(f"tcp://127.0.0.1:{port}")
+    check_dask_address("ucx://10.0.0.1:13337")  # another transport: left to Dask
