@@ -250,10 +250,34 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sql(args: argparse.Namespace) -> int:
-    from bfd.queries import run_sql
+def _attached(args: argparse.Namespace) -> dict[str, str]:
+    """``--attach NAME=STORE`` options as {name: store}."""
+    out = {}
+    for item in args.attach:
+        name, sep, store = item.partition("=")
+        if not sep or not name or not store:
+            raise ValueError(f"--attach must be NAME=STORE; got {item!r}")
+        if name in out:
+            raise ValueError(f"--attach name {name!r} is given twice")
+        out[name] = store
+    return out
 
-    _print_table(run_sql(_store(args), args.sql), args.format)
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from bfd.queries import connect, run_sql
+
+    attach = _attached(args)
+    store = connect(_store(args), attach) if attach else _store(args)
+    _print_table(run_sql(store, args.sql), args.format)
+    return 0
+
+
+def cmd_catalog(args: argparse.Namespace) -> int:
+    from bfd.queries import current_catalog
+
+    path = current_catalog(_store(args))
+    print(path if args.path else f"catalog: {path} (open it read-only; replaced atomically "
+          "when the tables change)")
     return 0
 
 
@@ -288,12 +312,33 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from bfd.report.dashboard import build_dashboard
+    from bfd.report.dashboard import build_dashboard, serve_dashboard
 
-    out = args.out or os.path.join(_store(args), "dashboard")
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be 0-65535; got {args.port}")
+    store = _store(args)
+    out = args.out or os.path.join(store, "dashboard")
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"--out {out!r} is a file; expected a folder for the dashboard")
-    print(f"dashboard: {build_dashboard(_store(args), out)}")
+    build = build_dashboard(store, out, force=args.force)
+    print(f"dashboard: {build.index} ({len(build.written)} files written, "
+          f"{len(build.unchanged)} pages unchanged, {len(build.removed)} removed)")
+    if args.serve:
+        try:
+            serve_dashboard(out, args.port)
+        except OSError as err:
+            raise RuntimeError(f"cannot serve on 127.0.0.1:{args.port}: {err.strerror}") from err
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from bfd.report.plots import plot_run
+
+    written, skipped = plot_run(_store(args), args.run_id, args.out, args.format)
+    for path in written:
+        print(path)
+    if skipped:
+        print(f"bfd plot: no data for {', '.join(skipped)}; not drawn", file=sys.stderr)
     return 0
 
 
@@ -349,9 +394,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sql", help="run read-only SQL over the result tables")
     s.add_argument("sql")
+    s.add_argument("--attach", action="append", default=[], metavar="NAME=STORE",
+                   help="also query another store, read-only, as database NAME (repeatable)")
     _add_store(s)
     _add_format(s)
     s.set_defaults(fn=cmd_sql)
+
+    s = sub.add_parser("catalog", help="bring the SQL catalog up to date and print its "
+                       "stable path, for other tools")
+    s.add_argument("--path", action="store_true", help="print only the path")
+    _add_store(s)
+    s.set_defaults(fn=cmd_catalog)
 
     s = sub.add_parser("query", help="run a named query (bfd query --list)")
     s.add_argument("name", nargs="?")
@@ -366,10 +419,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_format(s)
     s.set_defaults(fn=cmd_runs)
 
-    s = sub.add_parser("dashboard", help="write a static HTML dashboard of a store")
+    s = sub.add_parser("dashboard", help="write (refresh) the interactive dashboard of a store")
     s.add_argument("--out", help="output folder (default: <store>/dashboard)")
+    s.add_argument("--force", action="store_true", help="rewrite every page")
+    s.add_argument("--serve", action="store_true", help="then serve it on 127.0.0.1")
+    s.add_argument("--port", type=int, default=8000, help="port of --serve (default 8000)")
     _add_store(s)
     s.set_defaults(fn=cmd_dashboard)
+
+    s = sub.add_parser("plot", help="write a run's views as figures for papers")
+    s.add_argument("run_id")
+    s.add_argument("--out", default="figures", help="output folder (default: ./figures)")
+    s.add_argument("--format", choices=("png", "svg", "pdf"), default="png")
+    _add_store(s)
+    s.set_defaults(fn=cmd_plot)
     return p
 
 

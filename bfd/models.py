@@ -376,6 +376,12 @@ def attn_scale(model: nn.Module, layer: int) -> float:
     return float(_block(model, layer).attn.scale)
 
 
+def qkv_bias(model: nn.Module, layer: int) -> torch.Tensor | None:
+    """The fused qkv bias (3·d_attn,) of block ``layer``; None when the Linear has none."""
+    bias = _block(model, layer).attn.qkv.bias
+    return None if bias is None else bias.detach()
+
+
 class _StopForward(Exception):
     """Raised by the last capture hook: later blocks and the head are not needed."""
 
@@ -398,6 +404,7 @@ def forward_capture(
     layers: Sequence[int],
     sites: Sequence[str],
     dtype: torch.dtype = torch.float32,
+    to_host: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Run the model and return the activations at ``sites`` of blocks ``layers``.
 
@@ -414,9 +421,12 @@ def forward_capture(
         dtype: Dtype of the returned tensors (e.g. the storage dtype). The cast happens on
             the model's device, before one copy per site to the host: on a GPU that halves
             the bytes over the bus for float16 and avoids a synchronisation per hook.
+        to_host: Copy the result to the host (False: leave it on the model's device, for a
+            caller that copies it into pinned memory itself).
 
     Returns:
-        ``{site: CPU tensor (len(layers), B, T_total, d)}`` of ``dtype``.
+        ``{site: tensor (len(layers), B, T_total, d)}`` of ``dtype``, on the CPU when
+        ``to_host``.
     """
     layers, sites = [int(l) for l in layers], list(sites)
     if not layers or len(set(layers)) != len(layers):
@@ -459,7 +469,77 @@ def forward_capture(
         finally:
             for h in handles:
                 h.remove()
-    return {s: torch.stack([store[(s, l)] for l in layers]).to(dtype).cpu() for s in sites}
+    out = {s: torch.stack([store[(s, l)] for l in layers]).to(dtype) for s in sites}
+    return {s: a.cpu() for s, a in out.items()} if to_host else out
+
+
+def capture_logit_check(
+    model: nn.Module, images: torch.Tensor, layers: Sequence[int]
+) -> dict[str, np.ndarray]:
+    """The model's own query and key vectors of a few images, for the logit check of
+    METHOD.md ("Validation" 1): a float32 forward (no autocast) read through hooks.
+
+    q and k are the outputs of ``attn.q_norm``/``attn.k_norm`` (identities in supported
+    models): timm's own head split of its qkv output, biases included. The check at
+    decomposition compares them with the stored weights; here the scale is checked against
+    the model itself: ``softmax(attn.scale · q kᵀ) v`` must equal the attention output the
+    model computed (the input of ``attn.norm``), whichever attention kernel it ran.
+
+    Returns:
+        ``x (layer, image, token, dim)`` (attn_in), ``q``/``k (layer, image, head, token,
+        head_dim)``, ``scale (layer,)`` and ``attn_out_residual (layer,)``, the relative
+        residual of that attention output, all numpy float32/float64.
+    """
+    layers = [int(l) for l in layers]
+    for l in layers:
+        _block(model, l)
+    got: dict[tuple[str, int], torch.Tensor] = {}
+    total = 5 * len(layers)
+
+    def keep(key: tuple[str, int], pre: bool) -> Callable[..., None]:
+        def fn(_module: nn.Module, args: tuple, out: torch.Tensor | None = None) -> None:
+            got[key] = (args[0] if pre else out).detach().to(torch.float64)
+            if len(got) == total:
+                raise _StopForward
+
+        return fn
+
+    handles = []
+    with _capture_lock(model):
+        try:
+            for l in layers:
+                attn = model.blocks[l].attn
+                out_module = getattr(attn, "norm", attn.proj)
+                handles += [
+                    attn.qkv.register_forward_pre_hook(keep(("x", l), True)),
+                    attn.qkv.register_forward_hook(keep(("qkv", l), False)),
+                    attn.q_norm.register_forward_hook(keep(("q", l), False)),
+                    attn.k_norm.register_forward_hook(keep(("k", l), False)),
+                    out_module.register_forward_pre_hook(keep(("o", l), True)),
+                ]
+            param = next(model.parameters())
+            with (torch.inference_mode(), torch.autocast(param.device.type, enabled=False),
+                  contextlib.suppress(_StopForward)):
+                model(images.to(param.device, torch.float32))
+        finally:
+            for h in handles:
+                h.remove()
+    residual, scales = [], []
+    for l in layers:
+        attn = model.blocks[l].attn
+        q, k, o = got[("q", l)], got[("k", l)], got[("o", l)]
+        B, H, N, dh = q.shape
+        v = got[("qkv", l)].reshape(B, N, 3, H, dh)[:, :, 2].transpose(1, 2)
+        ref = torch.softmax(float(attn.scale) * q @ k.transpose(-1, -2), -1) @ v
+        ref = ref.transpose(1, 2).reshape(B, N, H * dh)
+        residual.append(float(torch.linalg.vector_norm(ref - o) / torch.linalg.vector_norm(o)))
+        scales.append(float(attn.scale))
+
+    def stack(name: str) -> np.ndarray:
+        return torch.stack([got[(name, l)] for l in layers]).float().cpu().numpy()
+
+    return {"x": stack("x"), "q": stack("q"), "k": stack("k"), "scale": np.array(scales),
+            "attn_out_residual": np.array(residual)}
 
 
 def pos_embed_patch_rows(model: nn.Module) -> np.ndarray | None:

@@ -103,3 +103,77 @@ def brute_heads(x: np.ndarray, W: np.ndarray, H: int, scale: float | None = None
     res["frac"] = res["energy"] / res["energy"].sum(1, keepdims=True)
     res.update({k: s1[k] for k in ("mu", "pos", "frac_pos", "frac_img", "frac_int")})
     return res
+
+
+def brute_controls(x: np.ndarray, in_half_a: np.ndarray, perms: np.ndarray) -> dict:
+    """Split-half r of pos and the shuffle control's frac_pos, given the halves and the
+    per-image token permutations (x'[n, perms[n, t]] = x[n, t]) as inputs."""
+    x = np.asarray(x, dtype=np.float64)
+    N, T, _ = x.shape
+
+    def positional(xs):
+        m = xs.mean(axis=0)
+        return m - m.mean(axis=0)
+
+    a = positional(x[in_half_a]).ravel()
+    b = positional(x[~in_half_a]).ravel()
+    a, b = a - a.mean(), b - b.mean()
+    shuffled = np.empty_like(x)
+    for n in range(N):
+        for t in range(T):
+            shuffled[n, perms[n, t]] = x[n, t]
+    ss_total = float(((x - x.mean(axis=(0, 1))) ** 2).sum())
+    return dict(pos_split_half_r=float(a @ b / np.sqrt((a @ a) * (b @ b))),
+                shuffle_frac_pos=N * float((positional(shuffled) ** 2).sum()) / ss_total)
+
+
+def brute_pos_embed_cos(resid0: np.ndarray, pos_embed: np.ndarray) -> float:
+    """Cosine between pos of the resid site of block 0 (patch tokens, (N, T, d)) and the
+    mean-centred pos_embed patch rows."""
+    r = np.asarray(resid0, dtype=np.float64)
+    pos = r.mean(axis=0) - r.mean(axis=(0, 1))
+    pe = np.asarray(pos_embed, dtype=np.float64)
+    pe = pe - pe.mean(axis=0)
+    return float((pos * pe).sum() / (np.linalg.norm(pos) * np.linalg.norm(pe)))
+
+
+def brute_model_check(x_all: np.ndarray, x_check: np.ndarray, q: np.ndarray, k: np.ndarray,
+                      model_scale: float, W: np.ndarray, b: np.ndarray, H: int,
+                      prefix_tokens: int) -> dict:
+    """The logit check and key-side bias shares, literally: x_all (N, T_total, d) gives mu and
+    pos (patch tokens); x_check (K, T_total, d) with the model's q, k (K, H, T_total, dh)."""
+    W, b = np.asarray(W, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    p = np.asarray(x_all, dtype=np.float64)[:, prefix_tokens:]
+    mu = p.mean(axis=(0, 1))
+    pos = p.mean(axis=0) - mu
+    d_attn = W.shape[0] // 3
+    dh = d_attn // H
+    s = dh**-0.5
+    residual, share, share_pos, share_con = [], [], [], []
+    for h in range(H):
+        Wq, Wk = W[h * dh:(h + 1) * dh], W[d_attn + h * dh:d_attn + (h + 1) * dh]
+        bq, bk = b[h * dh:(h + 1) * dh], b[d_attn + h * dh:d_attn + (h + 1) * dh]
+        num = den = total = e = e_pos = e_con = 0.0
+        for n, x in enumerate(np.asarray(x_check, dtype=np.float64)):
+            L = model_scale * q[n, h].astype(np.float64) @ k[n, h].astype(np.float64).T
+            ours = np.array([[s * (Wq @ xi + bq) @ (Wk @ xj + bk) for xj in x] for xi in x])
+            bil = np.array([[s * (Wq @ xi) @ (Wk @ xj) for xj in x] for xi in x])
+            num += ((L - ours) ** 2).sum()
+            den += (bil**2).sum()
+            Lp = L[prefix_tokens:, prefix_tokens:]
+            total += ((Lp - Lp.mean(axis=1, keepdims=True)) ** 2).sum()
+            xs = x[prefix_tokens:]
+            T = len(xs)
+            kappa = np.array([s * bq @ (Wk @ xj) for xj in xs])
+            kp = np.array([s * bq @ (Wk @ pt) for pt in pos])
+            kc = np.array([s * bq @ (Wk @ (xj - mu - pt)) for xj, pt in zip(xs, pos,
+                                                                           strict=True)])
+            e += T * ((kappa - kappa.mean()) ** 2).sum()
+            e_pos += T * ((kp - kp.mean()) ** 2).sum()
+            e_con += T * ((kc - kc.mean()) ** 2).sum()
+        residual.append(np.sqrt(num / den))
+        share.append(e / total)
+        share_pos.append(e_pos / total)
+        share_con.append(e_con / total)
+    return dict(model_logit_residual=max(residual), bias_key_share=np.array(share),
+                bias_key_pos_share=np.array(share_pos), bias_key_con_share=np.array(share_con))

@@ -330,18 +330,32 @@ def test_read_only_store(world, tmp_path, capsys, argv, code, needles):
     assert state(store) == before
 
 
-def test_a_model_name_with_dollars_draws_its_dashboard(prefect_harness, tmp_path, capsys):
+def test_a_model_name_with_dollars_and_an_undefined_head_draw(prefect_harness, tmp_path,
+                                                              capsys):
+    """A ``$`` in a model name is text, not a mathtext formula; a pruned (undefined) head
+    has NULL fractions: the dashboard, ``bfd plot`` and the query figures draw both."""
+    from bfd.queries import run_query
+    from bfd.report import head_map_figure
+
     acts, qkv, heads = random_run_arrays(7, L=2, N=6, T=10, d=16, H=2)
+    for part in range(3):
+        qkv[0, part * 16 + 8:part * 16 + 16] = 0
     store = Store(tmp_path / "store")
-    rid = build_run(store, acts, qkv, heads, model="toy$vit_$x$")
+    model = "toy$vit_$x$"
+    rid = build_run(store, acts, qkv, heads, model=model)
     with env_kept():
         assert main(["decompose", rid, "--store", str(store.root)]) == 0
     code, out, err = cli(["dashboard", "--store", str(store.root)], capsys)
     assert code == 0 and "Traceback" not in err, err
-    html = "".join(p.read_text() for p in (store.root / "dashboard").rglob("*.html"))
-    assert html.count("data:image/png;base64,") >= 3 and "toy$vit_$x$" in html
-    assert np.isfinite(run_sql(str(store.root), "SELECT frac_pos FROM layers")
-                       .column("frac_pos").to_numpy()).all()
+    code, out, err = cli(["plot", rid, "--out", str(tmp_path / "fig"), "--store",
+                          str(store.root)], capsys)
+    assert code == 0 and "Traceback" not in err, err
+    assert list((tmp_path / "fig").rglob("*.png"))
+    table = run_query(str(store.root), "head_map", {"model": model})
+    assert None in table.column("f_cc").to_pylist() or np.isnan(
+        table.column("f_cc").to_numpy(zero_copy_only=False)).any()
+    head_map_figure(table, tmp_path / "map.png")
+    assert (tmp_path / "map.png").stat().st_size > 1000
 
 
 def test_more_workers_than_cores_are_capped_with_a_warning(world, capsys):

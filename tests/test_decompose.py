@@ -45,14 +45,10 @@ def test_site_layer_equals_analyze_for_any_dask_chunking(run, images_per_task):
     assert ds.attrs["n_images"] == acts["attn_in"].shape[1] - len(SKIPPED)
 
 
-@pytest.mark.parametrize("device", [
-    "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                  reason="no CUDA device")),
-])
-def test_device_option_equals_analyze(run, device):
+def test_device_option_equals_analyze(run):
+    """On the CPU here; tests/test_cuda.py asserts the CUDA path on a device."""
     store, rid, acts, qkv, H = run
-    ds = decompose_site_layer(str(store.root), rid, "attn_in", 0, DecomposeOptions(device=device))
+    ds = decompose_site_layer(str(store.root), rid, "attn_in", 0, DecomposeOptions(device="cpu"))
     _, ref = expected(acts, qkv, H, "attn_in", 0)
     for name in ("energy", "sigma", "mode_energy", "frac_pos", "ss_total", "pos"):
         np.testing.assert_allclose(ds[name], ref[name], rtol=1e-6, err_msg=name)
@@ -110,3 +106,35 @@ def test_flow_publishes_parquet_equal_to_analyze(run, prefect_harness):
     res = open_results(store, rid)
     assert set(res.site.values) == {"attn_in", "resid"}
     assert res.energy.dims == ("layer", "head", "block")
+
+
+def test_partial_extraction_is_refused_and_nothing_is_published(tmp_path, prefect_harness,
+                                                                capsys):
+    """An extraction stopped after 2 of 3 shards (killed, or still running elsewhere): the
+    decomposition is refused in one line that names the missing shard and the command that
+    finishes it, and the tables and results stay as they were."""
+    from conftest import env_kept
+
+    from bfd.cli import main
+    from bfd.queries import run_sql
+
+    store = Store(tmp_path / "store")
+    acts, qkv, H = random_run_arrays(1, N=12)
+    complete = build_run(store, acts, qkv, H)
+    decompose(complete, store=str(store.root))
+    before = run_sql(str(store.root), "SELECT * FROM runs")
+    partial = build_run(store, acts, qkv, H, model="toy_other", shards_done=2)
+    with env_kept():
+        code = main(["decompose", partial, "--store", str(store.root)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("bfd: error: ")
+    assert "shard(s) 2 (images 8-11, 4 of 12)" in err
+    assert "--model toy_other --weights random --images planted --n-images 12" in err
+    assert "--images-per-chunk 4" in err and f"--store {store.root}" in err
+    assert run_sql(str(store.root), "SELECT * FROM runs").equals(before)
+    assert not (store.root / "runs" / partial / "published.json").exists()
+    with pytest.raises(FileNotFoundError):
+        open_results(store, partial)
+    with pytest.raises(ValueError, match="not completely extracted"):
+        decompose_site_layer(str(store.root), partial, "resid", 0, DecomposeOptions())

@@ -1,10 +1,8 @@
-"""Figures and the static dashboard, on the synthetic store of test_queries."""
+"""Figures of the named queries, on the synthetic store of test_queries."""
 
 from __future__ import annotations
 
-import base64
 import io
-import re
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,6 @@ from test_queries import build_store
 
 from bfd.queries import run_query
 from bfd.report import (
-    build_dashboard,
     compare_figure,
     depth_overview_figure,
     head_map_figure,
@@ -94,27 +91,3 @@ def test_figures_reject_empty_or_wrong_tables(tmp_path):
     with pytest.raises(ValueError, match="at least one row; the given table is empty"):
         layer_profile_figure(empty, tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
-
-
-def test_dashboard_embeds_summary_and_figures(store, tmp_path):
-    index = build_dashboard(store, tmp_path / "site")
-    assert index == tmp_path / "site" / "index.html"
-    page = index.read_text(encoding="utf-8")
-    for text in ("vit_a", "vit_b", "a-new", "b-1", "frac_pos (mean)"):
-        assert text in page
-    assert "a-unfinished" not in page and "a-old" not in page
-    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    # Overview, then a layer profile and a head map per model.
-    assert len(images) == 1 + 2 * 2
-    for data in images:
-        assert_png(base64.b64decode(data))
-    # Self-contained: nothing is fetched from anywhere.
-    assert not re.search(r"""(src|href)=["'](?!data:)""", page)
-    assert list((tmp_path / "site").iterdir()) == [index]
-
-
-def test_dashboard_on_an_empty_store(tmp_path):
-    (tmp_path / "store").mkdir()
-    page = build_dashboard(tmp_path / "store", tmp_path / "site").read_text(encoding="utf-8")
-    assert "No runs yet" in page
-    assert "<img" not in page

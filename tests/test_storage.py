@@ -462,6 +462,9 @@ def _head_rows(n: int) -> list[dict]:
             eff_rank_sigma=3.0,
             k90=3,
             mode_coupling=0.01,
+            bias_key_share=0.02,
+            bias_key_pos_share=0.015,
+            bias_key_con_share=0.005,
             note=f"extra {i}",
         )
         for i in range(n)
@@ -477,17 +480,12 @@ def test_table_schemas_hold_the_contract() -> None:
     assert st.TABLE_SCHEMAS["heads"].field("k90").type == pa.int32()
 
 
-def test_parquet_round_trip_partition_and_atomicity(store: st.Store) -> None:
+def test_parquet_round_trip_layout_and_atomic_publish(store: st.Store) -> None:
     model = "hf-hub:timm/vit_small_patch16_224"
     path = st.write_table(store, "heads", model, RUN, _head_rows(4))
-    assert path == (
-        store.tables_dir
-        / "heads"
-        / "model=hf-hub%3Atimm%2Fvit_small_patch16_224"
-        / f"run_id={RUN}"
-        / "part-0.parquet"
-    )
-    assert st.unescape_partition_value(path.parent.parent.name.split("=", 1)[1]) == model
+    pointer = st.read_pointer(store, RUN)
+    assert path == store.tables_dir / "heads" / RUN / f"part-{pointer['version']}.parquet"
+    assert pointer["tables"] == {"heads": f"tables/heads/{RUN}/{path.name}"}
     got = pq.read_table(path)
     schema = st.TABLE_SCHEMAS["heads"]
     assert got.schema.names == schema.names + ["note"]
@@ -498,16 +496,68 @@ def test_parquet_round_trip_partition_and_atomicity(store: st.Store) -> None:
     pattern = st.table_glob(store, "heads")
     assert fnmatch.fnmatch(str(path), pattern)
     assert not fnmatch.fnmatch(str(temp_name(path)), pattern)
-    assert sorted(os.listdir(path.parent)) == ["part-0.parquet"]  # no temp file left behind
+    assert sorted(os.listdir(path.parent)) == [path.name]  # no temp file left behind
 
-    # A failing write leaves the previous complete file in place.
+    # A failing write publishes nothing and leaves nothing behind.
     bad = _head_rows(2)
     bad[0]["k90"] = "many"
     with pytest.raises(ValueError, match="'k90'"):
         st.write_table(store, "heads", model, RUN, bad)
-    assert pq.read_table(path).num_rows == 4
-    st.write_table(store, "heads", model, RUN, _head_rows(2))  # replace
+    assert st.read_pointer(store, RUN) == pointer and os.listdir(path.parent) == [path.name]
+    # A replacement is a new version; the old file goes after the switch; other tables stay.
+    st.write_table(store, "images", model, RUN, [])
+    new = st.write_table(store, "heads", model, RUN, _head_rows(2))
+    assert new != path and not path.exists()
+    assert set(st.read_pointer(store, RUN)["tables"]) == {"heads", "images"}
     assert st.read_table(store, "heads").num_rows == 2
+    assert st.published_files(store, "heads") == [new]
+
+    # A store written before versioned publishing is read as it is, until republished.
+    old = "old-0000000000000000"
+    legacy = store.tables_dir / "heads" / "model=m" / f"run_id={old}" / "part-0.parquet"
+    legacy.parent.mkdir(parents=True)
+    pq.write_table(st.conform("heads", "m", old, _head_rows(3)), legacy)
+    assert st.read_table(store, "heads").num_rows == 5
+    with st.publishing(store, old) as pub:
+        pub.write_table("heads", "m", _head_rows(1))
+    assert not legacy.exists() and st.read_table(store, "heads").num_rows == 3
+
+    # The pointers' files are exactly those the SQL catalog reads.
+    from bfd.queries.catalog import table_files
+    from bfd.queries.listing import RUN_TABLES
+
+    assert RUN_TABLES == st.RUN_TABLES
+    for table in st.RUN_TABLES:
+        assert table_files(store.root, table) == st.published_files(store, table)
+
+
+def test_failed_publish_keeps_the_previous_version(store: st.Store) -> None:
+    """A publish that fails after some tables (here: a full disk on the third write) leaves
+    the previous version published and readable, and removes its own files."""
+    with st.publishing(store, RUN) as pub:
+        for table in ("layers", "heads", "modes"):
+            pub.write_table(table, "m", [] if table != "heads" else _head_rows(4))
+    before = {t: st.read_table(store, t) for t in ("layers", "heads", "modes")}
+    pointer = st.read_pointer(store, RUN)
+    writes = 0
+    real = pq.write_table
+
+    def fill_up(*args, **kwargs):
+        nonlocal writes
+        writes += 1
+        if writes == 3:
+            raise OSError(28, "No space left on device")
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pq, "write_table", fill_up)
+        with pytest.raises(OSError, match="No space"), st.publishing(store, RUN) as pub:
+            for table in ("layers", "heads", "modes"):
+                pub.write_table(table, "m", _head_rows(1) if table == "heads" else [])
+    assert st.read_pointer(store, RUN) == pointer
+    for table, data in before.items():
+        assert st.read_table(store, table).equals(data)
+        assert os.listdir(store.tables_dir / table / RUN) == [f"part-{pointer['version']}.parquet"]
 
 
 def test_parquet_errors_and_inputs(store: st.Store) -> None:

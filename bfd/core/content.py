@@ -187,6 +187,10 @@ def logit_residual(x: torch.Tensor, means: Means, maps: HeadMaps) -> float:
     """Relative residual of the 9-block reconstruction of the logits ``x M xᵀ`` (METHOD.md,
     "Validation" 1): with ``x = mu + pos + c`` the blocks of every (query, key) factor pair
     must sum to the full logit map. Checked on the given few images, float64, all heads.
+
+    An arithmetic identity (content is defined as ``x − mu − pos``): it guards the rounding of
+    the block sums only, whatever mu, pos and M are. The check of M against the model itself
+    is ``bfd.core.model_check`` (docs/checks.md).
     """
     x = x.to(torch.float64)
     mu = torch.from_numpy(means.mu).to(x.device)

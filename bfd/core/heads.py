@@ -26,11 +26,16 @@ class HeadMaps:
         A: query read-in, ``(H, d, dh)``: the logit is ``s (A_hᵀ x_i) · (B_hᵀ x_j)``.
         B: key read-in, ``(H, d, dh)``.
         scale: ``attn.scale`` (``dh ** -0.5`` in timm).
+        bias_q: query bias ``b_q`` per head, ``(H, dh)``; None when qkv has no bias. Not part
+            of M (METHOD.md); used by the logit check and the key-side bias share.
+        bias_k: key bias ``b_k`` per head, ``(H, dh)``, likewise.
     """
 
     A: np.ndarray
     B: np.ndarray
     scale: float
+    bias_q: np.ndarray | None = None
+    bias_k: np.ndarray | None = None
 
     @property
     def num_heads(self) -> int:
@@ -61,7 +66,10 @@ class Modes:
 
 
 def head_maps(
-    qkv_weight: np.ndarray | torch.Tensor, num_heads: int, scale: float | None = None
+    qkv_weight: np.ndarray | torch.Tensor,
+    num_heads: int,
+    scale: float | None = None,
+    qkv_bias: np.ndarray | torch.Tensor | None = None,
 ) -> HeadMaps:
     """Split timm's fused qkv weight ``W (3·d_attn, d)`` into per-head ``A_h`` and ``B_h``.
 
@@ -71,6 +79,7 @@ def head_maps(
         qkv_weight: the ``attn.qkv.weight`` of one block.
         num_heads: number of heads H; must divide ``d_attn``.
         scale: logit scale; ``dh ** -0.5`` (timm's default) when None.
+        qkv_bias: the ``attn.qkv.bias (3·d_attn,)``, split like the rows of the weight.
 
     Returns:
         The head maps in float64.
@@ -98,7 +107,15 @@ def head_maps(
     require(np.isfinite(scale) and scale > 0, f"scale must be finite and > 0; got {scale!r}")
     A = w[:d_attn].reshape(num_heads, dh, d).transpose(0, 2, 1)
     B = w[d_attn : 2 * d_attn].reshape(num_heads, dh, d).transpose(0, 2, 1)
-    return HeadMaps(A=np.ascontiguousarray(A), B=np.ascontiguousarray(B), scale=float(scale))
+    bias_q = bias_k = None
+    if qkv_bias is not None:
+        b = as_float64(qkv_bias, "qkv_bias")
+        require(b.shape == (rows,), f"qkv_bias must be ({rows},) like the qkv rows; got "
+                f"shape {tuple(b.shape)}")
+        bias_q = b[:d_attn].reshape(num_heads, dh)
+        bias_k = b[d_attn : 2 * d_attn].reshape(num_heads, dh)
+    return HeadMaps(A=np.ascontiguousarray(A), B=np.ascontiguousarray(B), scale=float(scale),
+                    bias_q=bias_q, bias_k=bias_k)
 
 
 @contextmanager

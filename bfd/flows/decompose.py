@@ -7,7 +7,7 @@ from prefect.futures import as_completed
 
 from bfd.flows import progress
 from bfd.storage import Store, check_intact, default_store, open_activations
-from bfd.tasks.decompose import DecomposeOptions, assemble_results
+from bfd.tasks.decompose import DecomposeOptions, assemble_results, require_extracted
 from bfd.tasks.prefect_tasks import decompose_site_layer_task, publish_task
 
 
@@ -43,6 +43,7 @@ def decompose(
                                images_per_task=images_per_task, device=device)
     acts = open_activations(Store(root), run_id)
     check_intact(Store(root), run_id)
+    require_extracted(Store(root), run_id)
     sites = [s for s in ("attn_in", "resid") if s in acts.data_vars]
     layers = [int(v) for v in acts.layer.values]
     futures = [

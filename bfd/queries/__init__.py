@@ -3,6 +3,7 @@
 from bfd.queries.catalog import ReadOnlyError as ReadOnlyError
 from bfd.queries.catalog import check_read_only as check_read_only
 from bfd.queries.catalog import connect as connect
+from bfd.queries.catalog import current_catalog as current_catalog
 from bfd.queries.catalog import refresh_catalog as refresh_catalog
 from bfd.queries.catalog import run_sql as run_sql
 from bfd.queries.named import QuerySpec as QuerySpec

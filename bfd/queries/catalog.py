@@ -1,7 +1,8 @@
 """A read-only DuckDB catalog over a store's Parquet tables (docs/layout.md, "Tables and columns").
 
-``connect`` loads every ``<store>/tables/<table>/**/*.parquet`` file into tables ``runs, layers,
-heads, modes, images`` of a DuckDB database of its own (a snapshot, cached: see below), attaches
+``connect`` loads the published table files of every run (``listing.py``: the version each
+run's ``published.json`` names) into tables ``runs, layers, heads, modes, images`` of a DuckDB
+database of its own (a snapshot, cached: ``snapshot.py``), attaches
 that database read-only and turns off file access from SQL. What that buys, and why not plain
 views over ``read_parquet``:
 
@@ -22,30 +23,25 @@ module: ``latest_runs`` (newest complete run per model), ``layer_summary`` (per 
 complete run) and ``run_summary`` (per complete run). Raw tables stay raw: only the derived views
 filter on ``runs.status = 'complete'``.
 
-Snapshots are cached in the store, as ``<store>/catalog/<fingerprint>.duckdb`` (docs/layout.md).
-The fingerprint hashes the path (relative to the store), size, mtime and inode of every file
-``table_files`` lists, and a schema version (``CONTRACT``, the derived views' SQL, the DuckDB
-version and ``_CATALOG_FORMAT``), so a new, replaced or removed table file, or a package
-upgrade, gives a new name. ``connect`` lists the table files (os.scandir, a few ms), attaches
-the snapshot of their fingerprint read-only if it exists, and otherwise builds it: in a hidden
-folder ``catalog/.build-*``, then renamed into place (atomic; concurrent builders of one
-fingerprint each rename their own, identical, file), after which older snapshots are removed.
-A snapshot file is never written after its rename, and attaching is read-only, so a cached
-snapshot is the same read-only catalog as a fresh one. A store that cannot be written
-(read-only mount, no permission, ``catalog`` not a folder) gets a private snapshot in a
-temporary directory, built on every call as before the cache.
+Snapshots are cached in the store, as ``<store>/catalog/<fingerprint>.duckdb``, with a copy at
+the stable path ``catalog/current.duckdb`` for other tools; an unreadable table file leaves out
+its run with a warning, and a store whose catalog cannot be written gets a private snapshot
+(``snapshot.py``, docs/layout.md "SQL catalog"). ``connect(store, attach={name: store})``
+attaches further stores' catalogs, read-only, under their names.
+
+Adding a table: its contract columns go in ``CONTRACT`` (and its schema in
+``bfd.storage.TABLE_SCHEMAS``). A table published per run with the others is also listed in
+``RUN_TABLES`` of ``listing.py`` and ``bfd.storage.tables``; any other table (e.g. an
+append-only log) is read as every Parquet file below ``tables/<table>/``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import filecmp
 import functools
-import hashlib
-import json
 import os
 import re
-import shutil
-import tempfile
-import time
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -53,6 +49,9 @@ from typing import Final, TypeAlias
 
 import duckdb
 import pyarrow as pa
+
+from .listing import ListingChanged, list_files
+from .snapshot import CATALOG_DIR, CURRENT_NAME, Schema, publish_current, snapshot
 
 __all__ = [
     "CATALOG_DIR",
@@ -62,6 +61,7 @@ __all__ = [
     "Store",
     "check_read_only",
     "connect",
+    "current_catalog",
     "refresh_catalog",
     "run_sql",
     "table_files",
@@ -69,8 +69,6 @@ __all__ = [
 
 Store: TypeAlias = str | os.PathLike[str] | duckdb.DuckDBPyConnection
 ParamValue: TypeAlias = str | int | float | None
-# Per table: (path, path relative to the store, stat) of each file, in table_files order.
-Listing: TypeAlias = dict[str, list[tuple[str, str, os.stat_result]]]
 
 # The contract columns of docs/layout.md (plus `model`, which every file carries), as SQL column
 # definitions with the types of its "Types" paragraph. They are used only for columns that no
@@ -89,13 +87,15 @@ CONTRACT: Final[Mapping[str, str]] = {
         "run_id VARCHAR, model VARCHAR, layer INTEGER, site VARCHAR, ss_total DOUBLE,"
         " frac_pos DOUBLE, frac_img DOUBLE, frac_int DOUBLE, pos_split_half_r DOUBLE,"
         " pos_embed_cos DOUBLE, shuffle_frac_pos DOUBLE, ss_identity_residual DOUBLE,"
-        " ortho_residual DOUBLE, frac_content DOUBLE, logit_residual DOUBLE, n_images BIGINT"
+        " ortho_residual DOUBLE, frac_content DOUBLE, logit_residual DOUBLE, n_images BIGINT,"
+        " model_logit_residual DOUBLE, model_attn_residual DOUBLE"
     ),
     "heads": (
         "run_id VARCHAR, model VARCHAR, layer INTEGER, head INTEGER, e_pp DOUBLE, e_pc DOUBLE,"
         " e_cp DOUBLE, e_cc DOUBLE, f_pp DOUBLE, f_pc DOUBLE, f_cp DOUBLE, f_cc DOUBLE,"
         " head_type VARCHAR, eff_rank DOUBLE, eff_rank_sigma DOUBLE, k90 INTEGER,"
-        " mode_coupling DOUBLE"
+        " mode_coupling DOUBLE, bias_key_share DOUBLE, bias_key_pos_share DOUBLE,"
+        " bias_key_con_share DOUBLE"
     ),
     "modes": (
         "run_id VARCHAR, model VARCHAR, layer INTEGER, head INTEGER, mode INTEGER, sigma DOUBLE,"
@@ -111,15 +111,6 @@ CONTRACT: Final[Mapping[str, str]] = {
 # Created in this order: each view reads only tables and the views before it.
 DERIVED_VIEWS: Final[tuple[str, ...]] = ("latest_runs", "layer_summary", "run_summary")
 
-# The folder of a store that holds the cached snapshots (docs/layout.md).
-CATALOG_DIR: Final[str] = "catalog"
-# Part of every fingerprint: bump it when the way a snapshot is built changes in a way that
-# CONTRACT, the view SQL and the DuckDB version do not show.
-_CATALOG_FORMAT: Final[int] = 1
-_SNAPSHOT_SUFFIX: Final[str] = ".duckdb"
-_BUILD_PREFIX: Final[str] = ".build-"
-# A build folder older than this was left by a process that died mid-build; it is removed.
-_STALE_BUILD_SECONDS: Final[float] = 3600.0
 
 # Statement kinds that only read. DESCRIBE, SHOW, SUMMARIZE, FROM-first and WITH parse as SELECT.
 _READ_KINDS: Final[frozenset[str]] = frozenset({"SELECT", "EXPLAIN", "PRAGMA"})
@@ -141,215 +132,120 @@ _LEADING_COMMENTS: Final[re.Pattern[str]] = re.compile(
 )
 _EXPLAIN: Final[re.Pattern[str]] = re.compile(r"^EXPLAIN(?:\s+ANALY[SZ]E)?\s*(?:\([^)]*\))?", re.I)
 _PRAGMA: Final[re.Pattern[str]] = re.compile(r"^PRAGMA\s+(\w+)", re.I)
+_ALIAS: Final[re.Pattern[str]] = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_RESERVED_ALIASES: Final[frozenset[str]] = frozenset(
+    {"bfd", "memory", "system", "temp", "main"})
+
+
+class _SnapshotGone(Exception):
+    """A cached snapshot could not be attached; it was removed, to be built again."""
 
 
 class ReadOnlyError(PermissionError):
     """A statement would change the catalog or touch files; the BFD catalog only reads."""
 
 
-def _scan(folder: str, rel: str, out: list[tuple[str, str, os.stat_result]]) -> None:
-    """Appends ``(path, path relative to the store, stat)`` of the Parquet files below
-    ``folder``, skipping names that start with ``.`` or ``_``. Like ``Path.rglob`` it does not
-    descend into symbolic links to folders; a file that goes while it is listed is left out."""
-    try:
-        with os.scandir(folder) as it:
-            entries = list(it)
-    except (FileNotFoundError, NotADirectoryError):
-        return
-    for entry in entries:
-        if entry.name.startswith((".", "_")):
-            continue
-        try:
-            if entry.is_dir(follow_symlinks=False):
-                _scan(entry.path, f"{rel}{entry.name}/", out)
-            elif entry.name.endswith(".parquet") and entry.is_file():
-                out.append((entry.path, rel + entry.name, entry.stat()))
-        except FileNotFoundError:
-            continue
-
-
-def _list_table(root: Path, table: str) -> list[tuple[str, str, os.stat_result]]:
-    """The files of ``table_files`` with their paths relative to the store and their stats
-    (os.scandir: a third of the time of ``Path.rglob``, stats included)."""
-    if table not in CONTRACT:
-        raise ValueError(f"unknown table {table!r}; the store has tables {sorted(CONTRACT)}")
-    found: list[tuple[str, str, os.stat_result]] = []
-    _scan(os.path.join(root, "tables", table), f"tables/{table}/", found)
-    # The order of sorted Paths: by path components.
-    found.sort(key=lambda file: file[1].split("/"))
-    return found
-
-
 def table_files(store_root: str | os.PathLike[str], table: str) -> list[Path]:
-    """Lists the Parquet files of one table of a store, in a stable order.
-
-    Files and folders whose names start with ``.`` or ``_`` are skipped: that is where writers
-    keep files before the atomic rename (docs/layout.md), and a half-written file must not be read.
+    """Lists the Parquet files of one table that the catalog reads, in a stable order: the
+    published version of each run (``listing.py``).
 
     Args:
         store_root: The store directory (the one holding ``tables/``).
         table: A table name of the contract, e.g. ``"heads"``.
 
     Returns:
-        Paths of ``<store>/tables/<table>/**/*.parquet``; empty when the table has no files yet.
+        Paths of the table's files; empty when the table has no published files yet.
     """
-    return [Path(path) for path, _, _ in _list_table(Path(store_root), table)]
+    if table not in CONTRACT:
+        raise ValueError(f"unknown table {table!r}; the store has tables {sorted(CONTRACT)}")
+    for _ in range(20):
+        try:
+            listing, _notes = list_files(os.fspath(store_root), (table,))
+            return [Path(f.path) for f in listing[table]]
+        except ListingChanged:
+            continue
+    raise RuntimeError(f"the tables of store {store_root} kept changing; try again")
 
 
 def _view_sql(view: str) -> str:
     return resources.files("bfd.queries").joinpath(f"_{view}.sql").read_text(encoding="utf-8")
 
 
-def _load_table(build: duckdb.DuckDBPyConnection, table: str, files: list[Path]) -> None:
-    """Creates ``table`` from ``files`` and adds the contract columns that no file holds."""
-    if not files:
-        build.execute(f"CREATE TABLE {table} ({CONTRACT[table]})")
-        return
-    # Files hold their own columns (hive partitioning off, so the path cannot shadow them);
-    # union_by_name lets files written before a column was added sit beside newer ones.
-    build.execute(
-        f"CREATE TABLE {table} AS SELECT * FROM "
-        "read_parquet($files, union_by_name = true, hive_partitioning = false)",
-        {"files": [str(path) for path in files]},
-    )
-    present = {row[0] for row in build.execute(f"DESCRIBE {table}").fetchall()}
-    for column in CONTRACT[table].split(","):
-        name, sql_type = column.split()
-        if name not in present:
-            build.execute(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
-
-
 @functools.cache
-def _schema_version() -> str:
-    """What, besides the table files, a snapshot depends on; a package upgrade changes it."""
-    parts = [_CATALOG_FORMAT, duckdb.__version__, dict(CONTRACT)]
-    parts += [[view, _view_sql(view)] for view in DERIVED_VIEWS]
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+def _schema() -> Schema:
+    return Schema(CONTRACT, [(view, _view_sql(view)) for view in DERIVED_VIEWS])
 
 
-def _fingerprint(listing: Listing) -> str:
-    """Hash of the schema version and every listed file's relative path, size, mtime, inode."""
-    entries: list = [_schema_version()]
-    for table, files in listing.items():
-        entries.append(table)
-        entries += [[rel, st.st_size, st.st_mtime_ns, st.st_ino] for _, rel, st in files]
-    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:32]
-
-
-def _build(db_path: Path, listing: Listing) -> None:
-    """Writes a snapshot of the listed files to ``db_path`` (a new file), checkpointed."""
-    build = duckdb.connect(str(db_path))
-    try:
-        for table, files in listing.items():
-            _load_table(build, table, [Path(path) for path, _, _ in files])
-        for view in DERIVED_VIEWS:
-            build.execute(f"CREATE VIEW {view} AS {_view_sql(view)}")
-        build.execute("CHECKPOINT")
-    finally:
-        build.close()
-
-
-def _open(db_path: Path) -> duckdb.DuckDBPyConnection:
-    """A connection to the snapshot ``db_path``, attached read-only, with file access off."""
-    con = duckdb.connect()
-    try:
-        con.execute("ATTACH $path AS bfd (READ_ONLY)", {"path": str(db_path)})
-        con.execute("USE bfd")
-        con.execute("DETACH memory")
-        # Every file the catalog needs is open now (the open handle keeps the data readable
-        # when the file is renamed or removed) and SQL may not reach any other file.
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
-    except BaseException:
-        con.close()
-        raise
-    return con
-
-
-def _remove_other_snapshots(folder: Path, keep: str) -> None:
-    """Removes the snapshots other than ``keep`` and build folders left by dead processes.
-
-    Connections open on a removed snapshot keep reading it (POSIX keeps an open file). Errors
-    are ignored: whatever is left is removed by a later build.
-    """
-    try:
-        with os.scandir(folder) as it:
-            entries = list(it)
-    except OSError:
-        return
-    stale = time.time() - _STALE_BUILD_SECONDS
-    for entry in entries:
-        try:
-            if entry.name.startswith(_BUILD_PREFIX):
-                if entry.stat(follow_symlinks=False).st_mtime < stale:
-                    shutil.rmtree(entry.path, ignore_errors=True)
-            elif entry.name.endswith(_SNAPSHOT_SUFFIX) and entry.name != keep:
-                os.remove(entry.path)
-        except OSError:
-            continue
-
-
-def _build_and_open(
-    root: Path, listing: Listing, name: str
-) -> tuple[duckdb.DuckDBPyConnection, Path | None]:
-    """Builds the snapshot ``name`` into the store's catalog folder and opens it; in a
-    temporary directory instead when the store cannot be written."""
-    folder = root / CATALOG_DIR
-    try:
-        folder.mkdir(exist_ok=True)
-        build_dir = Path(tempfile.mkdtemp(prefix=_BUILD_PREFIX, dir=folder))
-    except OSError:
-        # Read-only mount, no permission, `catalog` is not a folder: a private snapshot.
-        with tempfile.TemporaryDirectory(prefix="bfd-catalog-") as tmp:
-            db_path = Path(tmp) / "catalog.duckdb"
-            _build(db_path, listing)
-            return _open(db_path), None
-    final = folder / name
-    try:
-        db_path = build_dir / name
-        _build(db_path, listing)
-        # Opened before the rename, so a concurrent build that removes `final` right after
-        # cannot take this connection's file away.
-        con = _open(db_path)
-        try:
-            os.replace(db_path, final)
-        except OSError:
-            if not final.is_file():  # a concurrent builder's identical file is as good
-                con.close()
-                raise
-    finally:
-        shutil.rmtree(build_dir, ignore_errors=True)
-    _remove_other_snapshots(folder, keep=name)
-    return con, final
-
-
-def _connect(store_root: str | os.PathLike[str]) -> tuple[duckdb.DuckDBPyConnection, Path | None]:
-    """``connect``, and the snapshot file it attached (None for a private snapshot)."""
-    root = Path(store_root)
+def _check_store(root: Path) -> None:
     if not root.is_dir():
         raise FileNotFoundError(f"store {str(root)!r} is not a directory; expected a BFD store")
-    listing = {table: _list_table(root, table) for table in CONTRACT}
-    name = _fingerprint(listing) + _SNAPSHOT_SUFFIX
-    cached = root / CATALOG_DIR / name
-    if cached.is_file():
+
+
+def _open(stores: Mapping[str, Path]) -> tuple[duckdb.DuckDBPyConnection, Path | None]:
+    """A connection with each store's snapshot attached read-only under its name (the first
+    one as ``bfd``, the default), and file access off; and the first one's cached snapshot
+    (None for a private one)."""
+    with contextlib.ExitStack() as stack:
+        paths = {}
+        for alias, root in stores.items():
+            _check_store(root)
+            path, cached = stack.enter_context(snapshot(root, _schema()))
+            paths[alias] = (path, cached)
+        con = duckdb.connect()
         try:
-            return _open(cached), cached
-        except duckdb.Error:
-            # Removed since the check (a concurrent build of a newer fingerprint) or not a
-            # readable snapshot: build it again, once.
-            pass
-    return _build_and_open(root, listing, name)
+            for alias, (path, cached) in paths.items():
+                try:
+                    con.execute(f'ATTACH $path AS "{alias}" (READ_ONLY)', {"path": str(path)})
+                except duckdb.Error as err:
+                    if not cached:
+                        raise
+                    # Removed since it was listed (a concurrent build of a newer one) or not
+                    # a readable snapshot: the next try lists again and builds it if need be.
+                    with contextlib.suppress(OSError):
+                        os.remove(path)
+                    raise _SnapshotGone(str(path)) from err
+            con.execute("USE bfd")
+            con.execute("DETACH memory")
+            # Every file the catalog needs is open now (the open handle keeps the data
+            # readable when the file is renamed or removed) and SQL may not reach any other.
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
+        except BaseException:
+            con.close()
+            raise
+        first, cached = paths["bfd"]
+        return con, first if cached else None
 
 
-def connect(store_root: str | os.PathLike[str]) -> duckdb.DuckDBPyConnection:
+def _connect(store_root: str | os.PathLike[str],
+             attach: Mapping[str, str | os.PathLike[str]] | None = None,
+             ) -> tuple[duckdb.DuckDBPyConnection, Path | None]:
+    """``connect``, and the snapshot file it attached (None for a private snapshot)."""
+    stores = {"bfd": Path(store_root)}
+    for alias, root in (attach or {}).items():
+        if not _ALIAS.match(alias) or alias.lower() in _RESERVED_ALIASES:
+            raise ValueError(f"--attach name {alias!r} must be a plain SQL name (letters, "
+                             f"digits, _) other than {sorted(_RESERVED_ALIASES)}")
+        stores[alias] = Path(root)
+    try:
+        return _open(stores)
+    except _SnapshotGone:
+        return _open(stores)
+
+
+def connect(store_root: str | os.PathLike[str],
+            attach: Mapping[str, str | os.PathLike[str]] | None = None,
+            ) -> duckdb.DuckDBPyConnection:
     """Opens a read-only catalog of one store's result tables.
 
-    The snapshot of the store's current table files is taken from ``<store>/catalog/`` when
-    there is one, and built (and kept there) otherwise; see the module docstring.
+    The snapshot of the store's published table files is taken from ``<store>/catalog/`` when
+    there is one, and built (and kept there) otherwise; see ``snapshot.py``.
 
     Args:
         store_root: The store directory. It must exist; it may hold no tables yet, in which case
             every table is empty but has its contract columns.
+        attach: Further stores by name: each one's catalog is attached read-only as a database
+            of that name (``SELECT ... FROM staging.heads``), to compare stores.
 
     Returns:
         A DuckDB connection whose default database holds the tables ``runs, layers, heads,
@@ -358,14 +254,15 @@ def connect(store_root: str | os.PathLike[str]) -> duckdb.DuckDBPyConnection:
         ("file system operations are disabled by configuration").
 
     Raises:
-        FileNotFoundError: ``store_root`` is not a directory.
+        FileNotFoundError: ``store_root`` (or an attached store) is not a directory.
     """
-    return _connect(store_root)[0]
+    return _connect(store_root, attach)[0]
 
 
 def refresh_catalog(store_root: str | os.PathLike[str]) -> Path | None:
-    """Makes sure the snapshot of the store's current table files is cached, so that the next
-    ``connect`` only attaches it (call it after writing tables).
+    """Makes sure the snapshot of the store's current table files is cached (and is
+    ``catalog/current.duckdb``), so that the next ``connect`` only attaches it (call it after
+    writing tables).
 
     Args:
         store_root: The store directory.
@@ -379,6 +276,26 @@ def refresh_catalog(store_root: str | os.PathLike[str]) -> Path | None:
     con, path = _connect(store_root)
     con.close()
     return path
+
+
+def current_catalog(store_root: str | os.PathLike[str]) -> Path:
+    """The stable path of the store's catalog, ``<store>/catalog/current.duckdb``, brought up
+    to date: a copy of the newest snapshot, replaced atomically on each rebuild, for other
+    tools to open read-only (a connection open on it keeps its version across a rebuild).
+
+    Raises:
+        FileNotFoundError: ``store_root`` is not a directory.
+        RuntimeError: The store cannot be written, so there is no stable catalog.
+    """
+    root = Path(store_root)
+    path = refresh_catalog(root)
+    if path is None:
+        raise RuntimeError(f"store {str(root)!r} cannot be written, so it has no stable "
+                              "catalog file; query it with bfd sql")
+    current = root / CATALOG_DIR / CURRENT_NAME
+    if not current.is_file() or not filecmp.cmp(current, path, shallow=False):
+        publish_current(root / CATALOG_DIR, path)
+    return current
 
 
 def _strip_leading_comments(sql: str) -> str:

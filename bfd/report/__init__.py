@@ -1,7 +1,27 @@
-"""Figures and a static dashboard of the named queries' results."""
+"""The dashboard, the figures for papers, and the figure functions of the named queries.
 
-from bfd.report.dashboard import build_dashboard as build_dashboard
-from bfd.report.figures import compare_figure as compare_figure
-from bfd.report.figures import depth_overview_figure as depth_overview_figure
-from bfd.report.figures import head_map_figure as head_map_figure
-from bfd.report.figures import layer_profile_figure as layer_profile_figure
+Names load on first use, so that ``bfd dashboard`` (plotly.js in the browser) does not import
+matplotlib, and ``bfd plot`` does not read the dashboard's assets.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "build_dashboard": "bfd.report.dashboard",
+    "serve_dashboard": "bfd.report.dashboard",
+    "plot_run": "bfd.report.plots",
+    "compare_figure": "bfd.report.figures",
+    "depth_overview_figure": "bfd.report.figures",
+    "head_map_figure": "bfd.report.figures",
+    "layer_profile_figure": "bfd.report.figures",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'bfd.report' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

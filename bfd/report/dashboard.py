@@ -1,155 +1,297 @@
-"""A static, self-contained HTML dashboard of a store: one file, images embedded, no server.
+"""The interactive dashboard of a store: static pages that work from ``file://`` and any plain
+static server (docs/dashboard.md).
 
-The page shows, from each model's latest complete run: an overview of positional information
-across relative depth for all models, the ``model_summary`` table, and per model its layer
-profile and layer x head map.
+Layout of the output folder::
+
+    index.html           Overview: every series and run, depth profiles of the chosen runs
+    series.html          every run-level metric of a series against audit step or time,
+                         drift flags, head-type changes
+    compare.html         any two runs, per-layer deltas (with intervals where stored)
+    runs/<run>.html      one page per run: the paper's views
+    assets/              plotly.min.js (from the plotly package), dashboard.js, dashboard.css
+    .bfd-dashboard.json  what each page was built from, so a rebuild writes only what changed
+
+Each page embeds its data as JSON in a ``<script type="application/json">`` element (``<``,
+``>`` and ``&`` written as ``\\u003c`` etc., so no string can close the element) and draws it
+with plotly.js in the browser; every string from the store reaches the page as JSON data and
+is put into the document as text, never as markup.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
+import functools
+import hashlib
 import html
-import io
+import json
 import os
-from collections.abc import Callable
+import re
+from dataclasses import dataclass, field
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
-import pyarrow as pa
+import duckdb
 
-from bfd.queries import connect, run_query
-from bfd.report.figures import (
-    depth_overview_figure,
-    head_map_figure,
-    layer_profile_figure,
-)
+from bfd.queries import connect
+from bfd.report import data as D
 
-__all__ = ["build_dashboard"]
+__all__ = [
+    "DashboardBuild",
+    "build_dashboard",
+    "embed_json",
+    "make_server",
+    "page_name",
+    "serve_dashboard",
+]
 
-# Columns of model_summary shown in the table, with their headers; the query has more.
-_SUMMARY_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
-    ("model", "model"),
-    ("run_id", "run"),
-    ("created_at", "created"),
-    ("n_images", "images"),
-    ("n_layers", "layers"),
-    ("n_heads", "heads"),
-    ("frac_pos_mean", "frac_pos (mean)"),
-    ("f_pp", "f_pp"),
-    ("f_pc", "f_pc"),
-    ("f_cp", "f_cp"),
-    ("f_cc", "f_cc"),
-    ("n_heads_pp", "pp heads"),
-    ("n_heads_cp", "cp heads"),
-    ("n_heads_cc", "cc heads"),
-)
-
-_STYLE: Final[str] = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
-th { background: #f3f3f3; }
-td:first-child, td:nth-child(2) { text-align: left; }
-.figures { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
-img { max-width: 100%; }
-.note { color: #666; }
-"""
+MANIFEST: Final[str] = ".bfd-dashboard.json"
+_ASSETS: Final[tuple[str, ...]] = ("dashboard.js", "dashboard.css")
+_TITLES: Final[dict[str, str]] = {
+    "overview": "Overview",
+    "series": "Series",
+    "compare": "Compare",
+    "run": "Run",
+}
 
 
-def _png(draw: Callable[[io.BytesIO], None]) -> str:
-    """Draws into memory and returns an <img> whose source is the PNG itself."""
-    buffer = io.BytesIO()
-    draw(buffer)
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="">'
+@dataclass
+class DashboardBuild:
+    """What one ``build_dashboard`` call did.
+
+    Attributes:
+        index: The overview page.
+        written: Pages and assets written by this call (relative to the output folder).
+        unchanged: Pages left as they were, their data being the same.
+        removed: Pages of runs no longer in the store, deleted.
+    """
+
+    index: Path
+    written: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
 
 
-def _cell(value: object) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    if isinstance(value, dt.datetime):
-        return value.strftime("%Y-%m-%d %H:%M")
-    return html.escape(str(value))
+def page_name(run_id: str) -> str:
+    """The file of a run's page inside ``runs/``: the run id where it is a safe file name."""
+    return f"{D.safe_file_stem(run_id)}.html"
 
 
-def _summary_table(summary: pa.Table) -> str:
-    header = "".join(f"<th>{html.escape(title)}</th>" for _, title in _SUMMARY_COLUMNS)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{_cell(row[name])}</td>" for name, _ in _SUMMARY_COLUMNS) + "</tr>"
-        for row in summary.to_pylist()
-    )
-    return f"<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>"
+def _asset_text(name: str) -> str:
+    return resources.files("bfd.report").joinpath("assets", name).read_text(encoding="utf-8")
 
 
-def _model_section(model: str, run_id: str, profile: pa.Table, heads: pa.Table) -> str:
-    figures = []
-    if profile.num_rows:
-        figures.append(_png(lambda out: layer_profile_figure(profile, out)))
-    if heads.num_rows:
-        figures.append(_png(lambda out: head_map_figure(heads, out)))
-    body = (
-        f'<div class="figures">{"".join(figures)}</div>'
-        if figures
-        else '<p class="note">This run stored no layer or head rows.</p>'
+def _plotly_js() -> tuple[str, str]:
+    """plotly.js as the plotly package ships it, and its version."""
+    import plotly
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs(), plotly.__version__
+
+
+def _code_version(plotly_version: str) -> str:
+    """Part of every page key: new page code or a new plotly rebuilds every page."""
+    digest = hashlib.sha256(plotly_version.encode())
+    digest.update(Path(__file__).read_bytes())
+    digest.update(Path(D.__file__).read_bytes())
+    for name in _ASSETS:
+        digest.update(_asset_text(name).encode())
+    return digest.hexdigest()[:16]
+
+
+def embed_json(obj: Any) -> str:
+    """JSON that is safe inside a ``<script>`` element: no ``<``, ``>`` or ``&`` appears
+    literally, so neither ``</script>`` nor ``<!--`` in a string can end or alter the element."""
+    text = json.dumps(obj, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _page(kind: str, title: str, payload: dict[str, Any], depth: int, store: str) -> str:
+    up = "../" * depth
+    current = " aria-current='page'"
+    nav = "".join(
+        f"<a href='{up}{href}'{current if kind == name else ''}>{label}</a>"
+        for name, href, label in (
+            ("overview", "index.html", "Overview"),
+            ("series", "series.html", "Series"),
+            ("compare", "compare.html", "Compare"),
+        )
     )
     return (
-        f"<section><h2>{html.escape(model)}</h2>"
-        f"<p class='note'>run {html.escape(run_id)}</p>{body}</section>"
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>{html.escape(title)} · BFD dashboard</title><link rel='icon' href='data:,'>"
+        f"<link rel='stylesheet' href='{up}assets/dashboard.css'></head>"
+        f"<body data-page='{kind}'><header><nav aria-label='pages'>"
+        f"<span class='brand'>BFD dashboard</span>{nav}</nav>"
+        f"<p class='note'>store <code>{html.escape(store)}</code></p></header>"
+        f"<main id='app' aria-live='polite'><h1>{html.escape(title)}</h1>"
+        "<noscript>This dashboard draws its figures with JavaScript.</noscript></main>"
+        f"<script type='application/json' id='bfd-data'>{embed_json(payload)}</script>"
+        f"<script src='{up}assets/plotly.min.js'></script>"
+        f"<script src='{up}assets/dashboard.js'></script></body></html>\n"
     )
 
 
-def build_dashboard(store_root: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
-    """Writes ``index.html``: a one-file dashboard of the latest complete run of every model.
+def _write_if_changed(out: Path, rel: str, text: str, build: DashboardBuild) -> None:
+    path = out / rel
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    build.written.append(rel)
+
+
+def _results_path(store_root: Path, run_id: str) -> str:
+    """Where ``bfd.storage.open_results`` reads the run's results (docs/layout.md)."""
+    from bfd.storage import Store, results_path
+
+    return results_path(Store(store_root, zarr_url=os.environ.get("BFD_ZARR_URL")), run_id)
+
+
+def _local_uri(path: str) -> str | None:
+    """A file:// link to a local results folder; None for remote Zarr stores (s3://...)."""
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", path):
+        return path if path.startswith(("file://", "http://", "https://")) else None
+    return Path(path).absolute().as_uri()
+
+
+def _flow_run_url(flow_run_id: str | None) -> str | None:
+    base = os.environ.get("PREFECT_UI_URL")
+    if not flow_run_id or not base:
+        return None
+    return f"{base.rstrip('/')}/runs/flow-run/{flow_run_id}"
+
+
+def _run_links(store_root: Path, runs: D.Columns) -> None:
+    """Adds to each run its page, results path and Prefect flow run link."""
+    runs["page"] = [page_name(run_id) for run_id in runs["run_id"]]
+    runs["results_path"] = [_results_path(store_root, run_id) for run_id in runs["run_id"]]
+    runs["results_url"] = [_local_uri(path) for path in runs["results_path"]]
+    runs["flow_run_url"] = [_flow_run_url(fid) for fid in runs["flow_run_id"]]
+
+
+def build_dashboard(
+    store_root: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    catalog: duckdb.DuckDBPyConnection | None = None,
+) -> DashboardBuild:
+    """Writes (or refreshes) the dashboard of a store.
+
+    Pages whose data and code are unchanged since the last build in ``out_dir`` are left
+    alone; run pages are keyed by the run id and a hash of the run's rows in every per-run
+    table, so adding one run to a store of hundreds writes that run's page and the three
+    store-wide pages only.
 
     Args:
         store_root: The store directory.
-        out_dir: Where to write the page; created if missing.
+        out_dir: The output folder; created if missing.
+        force: Rewrite every page.
+        catalog: An open catalog of the store to read (left open); by default
+            ``bfd.queries.connect(store_root)``.
 
     Returns:
-        The path of the written ``index.html``.
+        What was written, left unchanged and removed.
 
     Raises:
         FileNotFoundError: ``store_root`` is not a directory.
     """
-    con = connect(store_root)
-    try:
-        summary = run_query(con, "model_summary")
-        sections, profiles = [], {}
-        for row in summary.to_pylist():
-            params = {"model": row["model"], "run_id": row["run_id"]}
-            profile = run_query(con, "layer_profile", params)
-            heads = run_query(con, "head_map", params)
-            if profile.num_rows:
-                profiles[row["model"]] = profile
-            sections.append(_model_section(row["model"], row["run_id"], profile, heads))
-    finally:
-        con.close()
-    if summary.num_rows == 0:
-        content = (
-            f"<p>No runs yet: the store <code>{html.escape(str(store_root))}</code> holds no "
-            "complete run.</p>"
-        )
-    else:
-        overview = _png(lambda out: depth_overview_figure(profiles, out)) if profiles else ""
-        content = (
-            f"{overview}<h2>Models</h2>{_summary_table(summary)}"
-            "<p class='note'>f_*: shares of query-key logit energy (energy-weighted over all "
-            "heads); frac_pos: positional share of the heads' input (attn_in), mean over "
-            "layers; pp / cp / cc heads: heads whose head_type is position-position, "
-            "content-position or content-content.</p>" + "".join(sections)
-        )
-    generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    page = (
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        f"<title>BFD dashboard</title><style>{_STYLE}</style></head><body>"
-        f"<h1>BFD dashboard</h1><p class='note'>store {html.escape(str(store_root))}, "
-        f"generated {generated}</p>{content}</body></html>"
-    )
+    root = Path(store_root)
     out = Path(out_dir)
+    js, plotly_version = _plotly_js()
+    code = _code_version(plotly_version)
+    manifest_path = out / MANIFEST
+    old: dict[str, Any] = {}
+    if manifest_path.is_file() and not force:
+        try:
+            old = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = {}
+    old_pages: dict[str, str] = old.get("pages", {}) if old.get("code") == code else {}
+    build = DashboardBuild(index=out / "index.html")
     out.mkdir(parents=True, exist_ok=True)
-    index = out / "index.html"
-    index.write_text(page, encoding="utf-8")
-    return index
+    pages: dict[str, str] = {}
+    con = catalog if catalog is not None else connect(root)
+    try:
+        runs = D.columnar(D.run_list(con))
+        _run_links(root, runs)
+        layers = D.columnar(D.layer_rows(con))
+        has_audits = D.audits_present(con)
+        series = {name: D.columnar(t) for name, t in D.series_data(con).items()}
+        common = {"runs": runs, "has_audits": has_audits}
+        generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        site_pages = {
+            "index.html": ("overview", {**common, "layers": layers}),
+            "series.html": ("series", {**common, **series}),
+            "compare.html": ("compare", {**common, "layers": layers}),
+        }
+        for rel, (kind, payload) in site_pages.items():
+            key = D.content_hash(payload, [code])
+            pages[rel] = key
+            if old_pages.get(rel) == key and (out / rel).is_file():
+                build.unchanged.append(rel)
+                continue
+            payload = {**payload, "generated": generated}
+            _write_if_changed(out, rel, _page(kind, _TITLES[kind], payload, 0, str(root)), build)
+        keys = D.run_keys(con)
+        for i, run_id in enumerate(runs["run_id"]):
+            rel = f"runs/{runs['page'][i]}"
+            run = {name: values[i] for name, values in runs.items()}
+            key = D.content_hash([keys.get(run_id), run], [code])
+            pages[rel] = key
+            if old_pages.get(rel) == key and (out / rel).is_file():
+                build.unchanged.append(rel)
+                continue
+            detail = {name: D.columnar(t) for name, t in D.run_detail(con, run_id).items()}
+            grid = (run["grid_h"], run["grid_w"])
+            detail["pos"] = D.positional_components(root, run_id, grid)
+            payload = {"run": run, **detail, "generated": generated}
+            _write_if_changed(out, rel, _page("run", f"Run {run_id}", payload, 1, str(root)), build)
+    finally:
+        if catalog is None:
+            con.close()
+    for rel in old.get("pages", {}):
+        if rel not in pages and rel.startswith("runs/"):
+            (out / rel).unlink(missing_ok=True)
+            build.removed.append(rel)
+    assets = {"assets/plotly.min.js": js}
+    assets.update({f"assets/{name}": _asset_text(name) for name in _ASSETS})
+    for rel, text in assets.items():
+        if old.get("code") != code or not (out / rel).is_file():
+            _write_if_changed(out, rel, text, build)
+    manifest = {"code": code, "plotly": plotly_version, "pages": pages}
+    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
+    return build
+
+
+def make_server(out_dir: str | os.PathLike[str], port: int = 8000) -> ThreadingHTTPServer:
+    """A static file server of the built dashboard bound to 127.0.0.1 only (not started).
+
+    Args:
+        out_dir: The folder ``build_dashboard`` wrote.
+        port: TCP port (0 picks a free one; ``server.server_address`` tells which).
+    """
+    handler = functools.partial(_QuietHandler, directory=str(out_dir))
+    return ThreadingHTTPServer(("127.0.0.1", port), handler)
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+        pass
+
+
+def serve_dashboard(out_dir: str | os.PathLike[str], port: int = 8000) -> None:
+    """Serves the built dashboard on 127.0.0.1 until interrupted (see ``make_server``)."""
+    with make_server(out_dir, port) as server:
+        host, bound = server.server_address[:2]
+        print(f"dashboard: serving {out_dir} at http://{host}:{bound}/ (Ctrl-C stops)",
+              flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass

@@ -276,17 +276,29 @@ def _verify_chunks(store: Store, checkers: dict[str, _ChunkChecker], layer_ids: 
 
 
 def _verify_tables(store: Store, run_id: str) -> list[Fault]:
+    """The run's published table files (those its pointer lists, or the older layout's)."""
+    from .published import read_pointer
+
+    try:
+        pointer = read_pointer(store, run_id)
+    except ValueError as e:
+        return [Fault(str(store.published_pointer(run_id)), " ".join(str(e).split()))]
+    if pointer is not None:
+        files = {t: store.root / rel for t, rel in pointer["tables"].items()}
+    else:
+        files = {t: p for t in TABLE_SCHEMAS
+                 for p in store.table_dir(t).glob(f"model=*/run_id={run_id}/part-*.parquet")}
     faults = []
-    for table, schema in TABLE_SCHEMAS.items():
-        for path in sorted(store.table_dir(table).glob(f"model=*/run_id={run_id}/part-*.parquet")):
-            try:
-                names = set(pq.read_table(path).column_names)
-            except Exception as e:  # noqa: BLE001 - any read failure is the fault
-                faults.append(Fault(str(path), f"unreadable ({' '.join(str(e).split())[:200]})"))
-                continue
-            missing = [n for n in schema.names if n not in names]
-            if missing:
-                faults.append(Fault(str(path), f"missing contract columns {missing}"))
+    for table, path in sorted(files.items()):
+        try:
+            names = set(pq.read_table(path).column_names)
+        except Exception as e:  # noqa: BLE001 - any read failure is the fault
+            faults.append(Fault(str(path), f"unreadable ({' '.join(str(e).split())[:200]})"))
+            continue
+        missing = [n for n in TABLE_SCHEMAS[table].names if n not in names] \
+            if table in TABLE_SCHEMAS else []
+        if missing:
+            faults.append(Fault(str(path), f"missing contract columns {missing}"))
     return faults
 
 

@@ -238,6 +238,11 @@ def _read_markers(store: Store, run_id: str) -> dict[int, dict[str, Any]]:
     return out
 
 
+def shard_ranges(store: Store, run_id: str) -> dict[int, tuple[int, int]]:
+    """``(start, stop)`` image range of every completed shard, by shard index."""
+    return {k: (m["start"], m["stop"]) for k, m in _read_markers(store, run_id).items()}
+
+
 def completed_shards(store: Store, run_id: str, plan: Sequence[Shard] | None = None) -> set[int]:
     """Indices of the shards whose marker exists.
 

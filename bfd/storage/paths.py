@@ -118,13 +118,19 @@ class Store:
         """Path of the run's activation group inside the Zarr store."""
         return validate_run_id(run_id)
 
-    def results_group(self, run_id: str) -> str:
-        """Path of the run's results group inside the Zarr store."""
-        return f"{validate_run_id(run_id)}/{RESULTS_GROUP}"
+    def results_group(self, run_id: str, version: str | None = None) -> str:
+        """Path of a results group of the run inside the Zarr store: that of one published
+        ``version``, or the single group of a store written before versioned publishing."""
+        suffix = f"-{version}" if version is not None else ""
+        return f"{validate_run_id(run_id)}/{RESULTS_GROUP}{suffix}"
 
     def run_dir(self, run_id: str) -> Path:
         """The run's plain-file directory (request, image manifest, shard markers)."""
         return self.runs_dir / validate_run_id(run_id)
+
+    def published_pointer(self, run_id: str) -> Path:
+        """The file naming the run's published version (``published.py``)."""
+        return self.run_dir(run_id) / "published.json"
 
     def shards_dir(self, run_id: str) -> Path:
         """Directory of the run's shard completion markers."""

@@ -11,9 +11,11 @@ BLOCK_COLUMNS = ("pp", "pc", "cp", "cc")
 LAYER_COLUMNS = (
     "ss_total", "frac_pos", "frac_img", "frac_int", "pos_split_half_r", "pos_embed_cos",
     "shuffle_frac_pos", "ss_identity_residual", "ortho_residual", "frac_content",
-    "logit_residual",
+    "logit_residual", "model_logit_residual", "model_attn_residual",
 )
 HEAD_COLUMNS = ("head_type", "eff_rank", "eff_rank_sigma", "k90", "mode_coupling")
+# absent from results decomposed before the logit check existed: NaN there
+HEAD_CHECK_COLUMNS = ("bias_key_share", "bias_key_pos_share", "bias_key_con_share")
 
 
 def _flat(da: xr.DataArray, dims: tuple[str, ...]) -> np.ndarray:
@@ -46,6 +48,9 @@ def heads_rows(ds: xr.Dataset) -> pa.Table:
         cols[f"f_{b}"] = _flat(ds.frac.sel(block=b), dims)
     for name in HEAD_COLUMNS:
         cols[name] = _flat(ds[name], dims)
+    for name in HEAD_CHECK_COLUMNS:
+        cols[name] = (_flat(ds[name], dims) if name in ds
+                      else np.full(len(cols["head"]), np.nan))
     cols["head_type"] = cols["head_type"].astype(str)
     # an undefined head has no mode count (the core marks it 0): NULL, not a number
     cols["k90"] = pa.array(cols["k90"].astype(np.int32), mask=cols["head_type"] == "undefined")

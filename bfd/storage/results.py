@@ -1,12 +1,13 @@
-"""Decomposition results of a run: one xarray Dataset in ``bfd.zarr/<run_id>/results``.
-
-Results are recomputable from the activations, so a write replaces the whole group. That
-replacement is not atomic: a reader during a rewrite may see a partial group.
+"""Decomposition results of a run: one xarray Dataset per published version, in the Zarr group
+``bfd.zarr/<run_id>/results-<version>`` (``bfd.zarr/<run_id>/results`` in stores written
+before versioned publishing). Which version is the run's is said by its pointer
+(``published.py``); this module only writes, opens and removes groups.
 """
 
 from __future__ import annotations
 
 import xarray as xr
+import zarr
 
 from .paths import Store
 
@@ -25,51 +26,48 @@ def _variable_width_strings(ds: xr.Dataset) -> xr.Dataset:
     ).assign_coords({name: ds[name].astype(object) for name in fixed if name in ds.coords})
 
 
-def write_results(store: Store, run_id: str, ds: xr.Dataset) -> None:
-    """Write (or replace) a run's results Dataset.
-
-    The activations group of the run is left untouched.
+def write_results_group(store: Store, group: str, ds: xr.Dataset) -> None:
+    """Write (or replace) one results group; the run's activations are left untouched.
 
     Args:
         store: The store.
-        run_id: The run id.
+        group: Path of the group in the Zarr store (``Store.results_group``).
         ds: Results with dims among ``layer, head, mode, block, token, dim``. numpy- or
             dask-backed; dask chunks are written as they are.
     """
     # Encodings carried over from another store (chunks, codecs) must not leak in.
     out = _variable_width_strings(ds).drop_encoding()
-    out.to_zarr(
-        store.zarr_path,
-        group=store.results_group(run_id),
-        mode="w",
-        zarr_format=3,
-        consolidated=False,
-    )
+    out.to_zarr(store.zarr_path, group=group, mode="w", zarr_format=3, consolidated=False)
 
 
-def open_results(store: Store, run_id: str) -> xr.Dataset:
-    """Open a run's results lazily.
-
-    Args:
-        store: The store.
-        run_id: The run id.
-
-    Returns:
-        The results Dataset (dask-backed, stored chunks).
+def open_results_group(store: Store, group: str) -> xr.Dataset:
+    """Open one results group lazily (dask-backed, stored chunks).
 
     Raises:
-        FileNotFoundError: If the run has no results.
+        FileNotFoundError: If the group does not exist.
     """
     try:
-        return xr.open_zarr(
-            store.zarr_path,
-            group=store.results_group(run_id),
-            chunks={},
-            consolidated=False,
-            zarr_format=3,
-        )
+        return xr.open_zarr(store.zarr_path, group=group, chunks={}, consolidated=False,
+                            zarr_format=3)
     except FileNotFoundError as e:
-        raise FileNotFoundError(
-            f"run {run_id} has no results in {store.zarr_path} "
-            f"(group {store.results_group(run_id)})"
-        ) from e
+        raise FileNotFoundError(f"no results group {group} in {store.zarr_path}") from e
+
+
+def results_groups(store: Store, run_id: str) -> list[str]:
+    """Paths of every results group of a run, published or not."""
+    try:
+        run = zarr.open_group(store.zarr_path, path=store.run_group(run_id), mode="r",
+                              zarr_format=3)
+    except FileNotFoundError:
+        return []
+    return [f"{store.run_group(run_id)}/{name}" for name in run.group_keys()
+            if name == "results" or name.startswith("results-")]
+
+
+def remove_group(store: Store, group: str) -> None:
+    """Remove one group of the Zarr store, if it exists."""
+    parent, _, name = group.rpartition("/")
+    try:
+        del zarr.open_group(store.zarr_path, path=parent, mode="r+", zarr_format=3)[name]
+    except (FileNotFoundError, KeyError):
+        pass

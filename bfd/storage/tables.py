@@ -1,14 +1,14 @@
-"""Parquet result tables: ``tables/<table>/model=<model>/run_id=<run_id>/part-0.parquet``.
+"""Parquet result tables: column contract and types (docs/layout.md).
 
-Every file holds all contract columns of its table, ``model`` included, so a reader never
-needs Hive partition parsing (DuckDB: ``read_parquet(table_glob(...))``, no
-``hive_partitioning``). Column types are fixed here; extra columns are kept after the contract
-ones ("add columns, never rename"). ``sites`` and ``layers`` of the ``runs`` table are
+Every file holds all contract columns of its table, ``model`` and ``run_id`` included, in a
+folder per run whose name is the bare run id (no Hive ``key=value`` folders, so no reader
+derives a partition column that collides with the file's own). Column types are fixed here;
+extra columns are kept after the contract ones ("add columns, never rename"). Undefined
+floating values (NaN) are written as NULL. ``sites`` and ``layers`` of the ``runs`` table are
 comma-joined strings (``"attn_in,resid"``, ``"0,1,2"``): plain text filters in SQL, and no
 list types for dashboards to unnest.
 
-A file is written under a hidden temporary name in its final directory, then renamed, so a
-reader sees either the previous complete file or the new complete file.
+Where the files go and how a run's tables are switched at once: ``published.py``.
 """
 
 from __future__ import annotations
@@ -19,11 +19,9 @@ from typing import Any, Final
 from urllib.parse import quote, unquote
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 
-from .paths import Store, atomic_write, validate_run_id
-
-PART_NAME: Final[str] = "part-0.parquet"
+from .paths import Store, validate_run_id
 
 _S, _I32, _I64, _F64 = pa.string(), pa.int32(), pa.int64(), pa.float64()
 _TS: Final = pa.timestamp("us", tz="UTC")
@@ -34,6 +32,11 @@ def _schema(*fields: tuple[str, pa.DataType]) -> pa.Schema:
 
 
 _ENERGIES: Final = [("e_pp", _F64), ("e_pc", _F64), ("e_cp", _F64), ("e_cc", _F64)]
+
+# The tables published per run, together, as one version that a pointer names
+# (``published.py``). A table of TABLE_SCHEMAS outside this list (e.g. an append-only log)
+# is read as every file under ``tables/<table>/``.
+RUN_TABLES: Final[tuple[str, ...]] = ("runs", "layers", "heads", "modes", "images")
 
 TABLE_SCHEMAS: Final[dict[str, pa.Schema]] = {
     "runs": _schema(
@@ -79,6 +82,8 @@ TABLE_SCHEMAS: Final[dict[str, pa.Schema]] = {
         ("frac_content", _F64),
         ("logit_residual", _F64),
         ("n_images", _I64),
+        ("model_logit_residual", _F64),
+        ("model_attn_residual", _F64),
     ),
     "heads": _schema(
         ("run_id", _S),
@@ -95,6 +100,9 @@ TABLE_SCHEMAS: Final[dict[str, pa.Schema]] = {
         ("eff_rank_sigma", _F64),
         ("k90", _I32),
         ("mode_coupling", _F64),
+        ("bias_key_share", _F64),
+        ("bias_key_pos_share", _F64),
+        ("bias_key_con_share", _F64),
     ),
     "modes": _schema(
         ("run_id", _S),
@@ -139,24 +147,21 @@ def unescape_partition_value(text: str) -> str:
     return unquote(text)
 
 
-def table_path(store: Store, table: str, model: str, run_id: str) -> Path:
-    """The Parquet file of one (table, model, run) partition."""
+def table_path(store: Store, table: str, run_id: str, version: str) -> Path:
+    """The Parquet file of one run's table in one published version (docs/layout.md)."""
     _check_table(table)
-    return (
-        store.table_dir(table)
-        / f"model={partition_value(model)}"
-        / f"run_id={validate_run_id(run_id)}"
-        / PART_NAME
-    )
+    return store.table_dir(table) / validate_run_id(run_id) / f"part-{version}.parquet"
 
 
 def table_glob(store: Store, table: str) -> str:
-    """Glob of all finished files of a table, for ``read_parquet`` in DuckDB.
+    """Glob of every table file of the current layout, for tools that read a folder.
 
-    Temporary files (hidden, ending in ``.tmp``) never match it.
+    It also matches a version still being published, or one left by a killed publish until
+    the run is published again; ``bfd.queries.connect`` and ``read_table`` read the published
+    versions only. Temporary files (hidden, ending in ``.tmp``) never match it.
     """
     _check_table(table)
-    return str(store.table_dir(table) / "model=*" / "run_id=*" / "part-*.parquet")
+    return str(store.table_dir(table) / "*" / "part-*.parquet")
 
 
 def _check_table(table: str) -> None:
@@ -194,6 +199,10 @@ def _to_arrow(rows: Any, schema: pa.Schema) -> pa.Table:
         f"rows must be a pyarrow.Table, a list of dicts or a pandas.DataFrame, "
         f"got {type(rows).__name__}"
     )
+
+
+def _nan_to_null(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    return pc.if_else(pc.is_nan(column), pa.scalar(None, column.type), column)
 
 
 def conform(table: str, model: str, run_id: str, rows: Any) -> pa.Table:
@@ -244,6 +253,8 @@ def conform(table: str, model: str, run_id: str, rows: Any) -> pa.Table:
         if name not in schema.names:
             columns.append(data.column(name))
             fields.append(data.schema.field(name))
+    # Undefined values are NULL, so that SQL counts and averages only defined ones.
+    columns = [_nan_to_null(c) if pa.types.is_floating(c.type) else c for c in columns]
     out = pa.Table.from_arrays(columns, schema=pa.schema(fields))
     for name, value in (("model", model), ("run_id", run_id)):
         if out.num_rows and set(out.column(name).to_pylist()) != {value}:
@@ -252,38 +263,3 @@ def conform(table: str, model: str, run_id: str, rows: Any) -> pa.Table:
                 f"row, got {sorted(set(map(str, out.column(name).to_pylist())))}"
             )
     return out
-
-
-def write_table(store: Store, table: str, model: str, run_id: str, rows: Any) -> Path:
-    """Write (or replace) one run's partition of a table, atomically.
-
-    Args:
-        store: The store.
-        table: Table name: ``runs``, ``layers``, ``heads``, ``modes`` or ``images``.
-        model: Model name (escaped in the path with ``partition_value``).
-        run_id: The run id.
-        rows: ``pyarrow.Table``, list of dicts or ``pandas.DataFrame`` with every contract
-            column of the table (``model`` and ``run_id`` may be left out).
-
-    Returns:
-        Path of the written file.
-
-    Raises:
-        ValueError: See ``conform``.
-    """
-    data = conform(table, model, run_id, rows)
-    path = table_path(store, table, model, run_id)
-    atomic_write(path, lambda f: pq.write_table(data, f, compression="zstd"))
-    return path
-
-
-def read_table(store: Store, table: str) -> pa.Table:
-    """All partitions of a table concatenated (contract columns in contract types).
-
-    For tests and small tools; SQL goes through DuckDB over ``table_glob``.
-    """
-    _check_table(table)
-    files = sorted(store.table_dir(table).glob("model=*/run_id=*/part-*.parquet"))
-    if not files:
-        return TABLE_SCHEMAS[table].empty_table()
-    return pa.concat_tables([pq.read_table(p) for p in files], promote_options="default")

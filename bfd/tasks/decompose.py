@@ -27,10 +27,22 @@ from bfd.core import (
     to_dataset,
 )
 from bfd.core.dataset import SCALARS
+from bfd.core.model_check import model_logit_check
 from bfd.models import resolve_device
-from bfd.storage import Store, open_activations, read_image_manifest, read_model_tensors
+from bfd.storage import (
+    ImageRecord,
+    Store,
+    open_activations,
+    read_image_manifest,
+    read_logit_check,
+    read_model_tensors,
+    read_request,
+    shard_ranges,
+)
 
-STAGE1_VARS = (*SCALARS, "pos", "mu", "pos_embed_cos")
+STAGE1_VARS = (*SCALARS, "pos", "mu", "pos_embed_cos", "model_logit_residual",
+               "model_attn_residual")
+BIAS_SHARES = ("bias_key_share", "bias_key_pos_share", "bias_key_con_share")
 
 
 @dataclass(frozen=True)
@@ -79,9 +91,75 @@ def _activations(store: Store, run_id: str) -> xr.Dataset:
 
 
 def ok_images(store: Store, run_id: str) -> np.ndarray:
-    """Indices of the images whose activations were written (skipped and pending excluded)."""
-    return np.array([r.index for r in read_image_manifest(store, run_id) if r.status == "ok"],
-                    dtype=np.int64)
+    """Indices of the images whose activations were written (skipped ones excluded).
+
+    Raises:
+        ValueError: If a shard of the run is not complete (see ``require_extracted``).
+    """
+    records = read_image_manifest(store, run_id)
+    require_extracted(store, run_id, records)
+    return np.array([r.index for r in records if r.status == "ok"], dtype=np.int64)
+
+
+def _spans(indices: Sequence[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2, 5"``."""
+    spans, start = [], indices[0]
+    for prev, cur in zip(indices, [*indices[1:], None], strict=True):
+        if cur != prev + 1:
+            spans.append(f"{start}-{prev}" if prev > start else f"{start}")
+            start = cur
+    return ", ".join(spans)
+
+
+def extract_command(store: Store, run_id: str, shard_size: int | None = None) -> str:
+    """The ``bfd extract`` command line of a run's request: rerun, it does the shards that
+    are missing (a finished shard is skipped) and only those."""
+    req = read_request(store, run_id)
+    h, w = req.img_size if isinstance(req.img_size, tuple) else (req.img_size, req.img_size)
+    ipc = int(_activations(store, run_id)[req.sites[0]].chunks[1][0])
+    parts = ["bfd extract", f"--model {req.model}", f"--weights {req.weights}",
+             f"--images {req.images}", f"--n-images {req.n_images}",
+             f"--layers {','.join(map(str, req.layers))}", f"--sites {','.join(req.sites)}"]
+    if h == w:
+        parts.append(f"--img-size {h}")
+    parts += [f"--dtype {req.dtype}", f"--images-per-chunk {ipc}"]
+    if shard_size and shard_size != ipc:
+        parts.append(f"--images-per-shard {shard_size}")
+    for key in ("autocast", "seed"):
+        if key in req.extra:
+            parts.append(f"--{key} {req.extra[key]}")
+    parts.append(f"--store {store.root}")
+    return " ".join(parts)
+
+
+def require_extracted(store: Store, run_id: str,
+                      records: Sequence[ImageRecord] | None = None) -> None:
+    """Refuse a run with images still ``pending``: a shard without its completion marker was
+    interrupted or is still being extracted, and a decomposition of the rest would be
+    published as the whole run.
+
+    Raises:
+        ValueError: One line naming the missing shards and the command that finishes them.
+    """
+    records = read_image_manifest(store, run_id) if records is None else records
+    pending = [r.index for r in records if r.status == "pending"]
+    if not pending:
+        return
+    # The shard plan is not part of the request; a finished shard shows its size.
+    ranges = shard_ranges(store, run_id)
+    size = next((start // k for k, (start, _) in ranges.items() if k), None)
+    if size is None and 0 in ranges:
+        size = ranges[0][1]
+    size = size or int(_activations(store, run_id)[read_request(store, run_id).sites[0]]
+                       .chunks[1][0])
+    missing = sorted({i // size for i in pending})
+    raise ValueError(
+        f"run {run_id} is not completely extracted: shard(s) {_spans(missing)} (images "
+        f"{_spans(pending)}, {len(pending)} of {len(records)}) have no completion marker, so "
+        "nothing was decomposed or published; if no extraction of it is still running, finish "
+        f"it with `{extract_command(store, run_id, size)}` (or `bfd audit` with the same "
+        "options), then decompose again"
+    )
 
 
 def _tree_sum(parts: Sequence[Delayed]) -> Delayed:
@@ -145,7 +223,9 @@ def decompose_site_layer(
     if site == "attn_in":
         maps = head_maps(tensors.qkv_weight.sel(layer=layer).values,
                          int(tensors.attrs["num_heads"]),
-                         float(tensors.attn_scale.sel(layer=layer)))
+                         float(tensors.attn_scale.sel(layer=layer)),
+                         tensors.qkv_bias.sel(layer=layer).values if "qkv_bias" in tensors
+                         else None)
     indices = ok_images(store, run_id)
     if len(indices) < 2:
         raise ValueError(f"run {run_id} has {len(indices)} decoded images; BFD needs at least 2")
@@ -172,8 +252,29 @@ def decompose_site_layer(
     if want_cos and "pos_embed" in tensors:
         cos = pos_embed_cosine(ds.pos.values, tensors.pos_embed.values)
     ds["pos_embed_cos"] = ((), cos)
+    _model_check(ds, store, run_id, layer, maps, means, prefix_tokens, options.prefix)
     ds.attrs = {"site": site, "layer": int(layer), "n_images": int(len(indices))}
     return ds
+
+
+def _model_check(ds: xr.Dataset, store: Store, run_id: str, layer: int, maps, means,
+                 prefix_tokens: int, prefix: str) -> None:
+    """The logit check against the model's own q and k (docs/checks.md) into ``ds``: NaN
+    where the run stored no capture (runs extracted before the check) and at the resid site."""
+    check = read_logit_check(store, run_id, layer) if maps is not None else None
+    ds["model_attn_residual"] = ((), np.nan if check is None
+                                 else float(check.attn_out_residual))
+    ds["model_logit_residual"] = ((), np.nan)
+    if maps is None:
+        return
+    shares = {name: np.full(maps.num_heads, np.nan) for name in BIAS_SHARES}
+    if check is not None:
+        result = model_logit_check(check.x.values, check.q.values, check.k.values,
+                                   float(check.scale), maps, means, prefix_tokens, prefix)
+        ds["model_logit_residual"] = ((), result.residual)
+        shares = {name: getattr(result, name) for name in BIAS_SHARES}
+    for name, values in shares.items():
+        ds[name] = (("head",), values)
 
 
 def assemble_results(parts: Sequence[xr.Dataset], attrs: dict) -> xr.Dataset:

@@ -38,6 +38,7 @@ from bfd.storage import (
     write_shard,
 )
 from bfd.storage import run_id as request_run_id
+from bfd.tasks.model_check import capture_logit_check, qkv_biases
 
 DEFAULT_IMAGES_PER_CHUNK = 32
 
@@ -217,7 +218,9 @@ def prepare_run(store_root: str, cfg: ExtractConfig) -> RunPlan:
         qkv_weight=np.stack([models.qkv_weight(model, l).float().numpy() for l in layers]),
         attn_scale=np.array([models.attn_scale(model, l) for l in layers]),
         num_heads=info.num_heads, pos_embed=models.pos_embed_patch_rows(model),
+        qkv_bias=qkv_biases(model, layers),
     )
+    capture_logit_check(store, rid, model, records, layers)
     return RunPlan(
         run_id=rid, layers=layers, shards=tuple(shards),
         pending=tuple(s.index for s in shards if s.index not in done),
@@ -299,10 +302,13 @@ def _overlaps(device: str) -> bool:
     return device != "cpu"
 
 
-def _require_finite(stored: torch.Tensor, site: str, layers: tuple[int, ...], dtype: str) -> None:
-    """Refuse activations that are NaN or infinite as stored: their BFD is undefined, and a
-    run must not be marked done with them (decomposition would fail far from the cause)."""
-    bad = (~torch.isfinite(stored)).flatten(1).any(1)
+def _require_finite(chunk: torch.Tensor, decoded: list[int], offset: int, site: str,
+                    layers: tuple[int, ...], dtype: str) -> None:
+    """Refuse activations that are NaN or infinite as stored (undecodable images are NaN by
+    design and left out): their BFD is undefined, and a shard must not be marked done with
+    them, or decomposition fails far from the cause."""
+    bad = (~torch.isfinite(chunk)).flatten(2).any(2)  # (layer, image)
+    bad = bad[:, [i - offset for i in decoded]].any(1)
     if bad.any():
         layer = layers[int(bad.nonzero()[0, 0])]
         hint = (" (float16 holds at most 65504: try --dtype float32)" if dtype == "float16"
@@ -335,8 +341,14 @@ def extract_shard(
     transform = models.transform(model)
     recs = [imgs.ImageRecord(**r) for r in records]
     n, T, d = shard.size, info.num_tokens, info.width
-    dtype = np.dtype(cfg.dtype)
-    out = {site: np.full((len(layers), n, T, d), np.nan, dtype=dtype) for site in cfg.sites}
+    # On CUDA the shard buffers are pinned host memory: each forward's activations go from
+    # the device straight into them (one asynchronous copy at full bus speed) instead of
+    # through a pageable host tensor and a second host copy.
+    pinned = device.startswith("cuda")
+    bufs = {site: torch.full((len(layers), n, T, d), float("nan"), dtype=getattr(torch, cfg.dtype),
+                             pin_memory=pinned)
+            for site in cfg.sites}
+    out = {site: b.numpy() for site, b in bufs.items()}
     # On a GPU, cast to the storage dtype there: half the bytes to the host for float16. On
     # the CPU, copy_ below casts while it copies into the shard buffer, one pass fewer
     # (bench/extract.py). torch rounds to nearest even either way, as a host cast would.
@@ -352,7 +364,11 @@ def extract_shard(
     batches = imgs.iter_batches(recs, transform, cfg.batch_size, cfg.decode_workers, align=ipc,
                                 prefetch=2 if overlap else 0)
     writes = []
-    with closing(batches), ThreadPoolExecutor(1, thread_name_prefix="bfd-write") as writer:
+    # Writes of distinct chunks are independent (each owns whole chunks), and compressing
+    # them releases the GIL: on a GPU several writer threads keep up with the forwards.
+    writer_threads = 4 if overlap else 1
+    with closing(batches), ThreadPoolExecutor(writer_threads,
+                                              thread_name_prefix="bfd-write") as writer:
         written = seen = 0  # shard offsets: handed to the writer, and forwarded so far
         for batch in batches:
             errors.update(batch.errors)
@@ -360,18 +376,23 @@ def extract_shard(
             if batch.indices:
                 with _autocast(device, cfg.autocast):
                     acts = models.forward_capture(model, batch.images, layers, cfg.sites,
-                                                  dtype=capture_dtype)
+                                                  dtype=capture_dtype, to_host=not pinned)
                 first, k = batch.indices[0] - shard.start, len(batch.indices)
                 contiguous = batch.indices[-1] - batch.indices[0] + 1 == k
                 for site, a in acts.items():
-                    dst = torch.from_numpy(out[site])
-                    if contiguous:
-                        dst[:, first:first + k].copy_(a)
-                        _require_finite(dst[:, first:first + k], site, layers, cfg.dtype)
+                    dst = bufs[site]
+                    if contiguous:  # per layer: a contiguous destination, so copy_ is async
+                        for i in range(len(layers)):
+                            dst[i, first:first + k].copy_(a[i], non_blocking=pinned)
                     else:
-                        dst[:, torch.as_tensor(batch.indices) - shard.start] = a.to(dst.dtype)
-                        _require_finite(a.to(dst.dtype), site, layers, cfg.dtype)
+                        dst[:, torch.as_tensor(batch.indices) - shard.start] = a.cpu().to(dst.dtype)
             if seen == n or seen % ipc == 0:  # the batch closed a chunk: write it
+                if pinned:  # the chunk's device-to-host copies have landed
+                    torch.cuda.current_stream(device).synchronize()
+                decoded = [i for i in range(written, seen) if shard.start + i not in errors]
+                for site, buf in bufs.items():
+                    _require_finite(buf[:, written:seen], decoded, written, site, layers,
+                                    cfg.dtype)
                 for site, a in out.items():
                     args = (store, run_id, site, shard.start + written, shard.start + seen,
                             a[:, written:seen])

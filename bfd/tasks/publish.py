@@ -15,11 +15,11 @@ from bfd.storage import (
     layers_rows,
     modes_rows,
     open_activations,
+    publishing,
     read_image_manifest,
     read_request,
-    write_results,
-    write_table,
 )
+from bfd.tasks.decompose import require_extracted
 
 
 def runs_row(store: Store, run_id: str, status: str, config: dict) -> dict:
@@ -59,26 +59,27 @@ def runs_row(store: Store, run_id: str, status: str, config: dict) -> dict:
 
 
 def publish(store_root: str, run_id: str, results, config: dict) -> dict[str, str]:
-    """Write the results Dataset and every table of the run; the ``runs`` row comes last, so
-    a run is listed as complete only once its other tables are in place.
+    """Publish a run: its results Dataset and every table, written as a new version and
+    switched at once (``bfd.storage.publishing``), so a reader sees the previous version or
+    this one, never a mix, and a failed publish leaves the previous version published.
 
     Returns:
         Paths of what was written, by name.
     """
     store = Store(store_root)
+    require_extracted(store, run_id)
     model = read_request(store, run_id).model
-    write_results(store, run_id, results)
     images = pa.Table.from_pylist([
         {"image_index": r.index, "image_id": r.id, "sha256": r.sha256, "status": r.status,
          "error": r.error}
         for r in read_image_manifest(store, run_id)
     ])
-    written = {"results": f"{store.zarr_path}/{store.results_group(run_id)}"}
-    for name, rows in (("layers", layers_rows(results)), ("images", images)):
-        written[name] = str(write_table(store, name, model, run_id, rows))
+    tables = {"layers": layers_rows(results), "images": images}
     if "head" in results.dims:
-        for name, rows in (("heads", heads_rows(results)), ("modes", modes_rows(results))):
-            written[name] = str(write_table(store, name, model, run_id, rows))
-    row = runs_row(store, run_id, "complete", config)
-    written["runs"] = str(write_table(store, "runs", model, run_id, [row]))
+        tables |= {"heads": heads_rows(results), "modes": modes_rows(results)}
+    tables["runs"] = [runs_row(store, run_id, "complete", config)]
+    with publishing(store, run_id) as pub:
+        written = {"results": f"{store.zarr_path}/{pub.write_results(results)}"}
+        for name, rows in tables.items():
+            written[name] = str(pub.write_table(name, model, rows))
     return written

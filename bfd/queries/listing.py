@@ -1,0 +1,169 @@
+"""Which table files the SQL catalog reads: the published version of every run, as its
+pointer ``runs/<run_id>/published.json`` names it (docs/layout.md, "Publishing").
+
+This reads the store's plain files with the standard library only, so ``bfd sql`` loads no
+Zarr, xarray or torch; ``bfd.storage.published_files`` is the same listing for Python
+callers (a test checks that both agree).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Final, TypeAlias
+
+# The tables published per run as one version (bfd.storage.RUN_TABLES). Any other table of
+# the catalog is read as every Parquet file below tables/<table>/.
+RUN_TABLES: Final[tuple[str, ...]] = ("runs", "layers", "heads", "modes", "images")
+POINTER_NAME: Final[str] = "published.json"
+
+
+@dataclass(frozen=True)
+class TableFile:
+    """One file the catalog reads: its path, its path relative to the store, its stat, and
+    the run it belongs to (None for a table not published per run)."""
+
+    path: str
+    rel: str
+    stat: os.stat_result
+    run_id: str | None
+
+
+Listing: TypeAlias = dict[str, list[TableFile]]
+
+
+class ListingChanged(Exception):
+    """A file vanished while it was listed or read: a publish switched a pointer meanwhile."""
+
+
+def _scan(folder: str, rel: str, out: list[tuple[str, str, os.stat_result]]) -> None:
+    """Appends ``(path, path relative to the store, stat)`` of the Parquet files below
+    ``folder``, skipping names that start with ``.`` or ``_``. Like ``Path.rglob`` it does not
+    descend into symbolic links to folders; a file that goes while it is listed is left out."""
+    try:
+        with os.scandir(folder) as it:
+            entries = list(it)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in entries:
+        if entry.name.startswith((".", "_")):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                _scan(entry.path, f"{rel}{entry.name}/", out)
+            elif entry.name.endswith(".parquet") and entry.is_file():
+                out.append((entry.path, rel + entry.name, entry.stat()))
+        except FileNotFoundError:
+            continue
+
+
+def _pointers(root: str, notes: list[str]) -> dict[str, dict]:
+    """Every run's pointer, by run id; an unreadable one is noted and its run left out."""
+    try:
+        with os.scandir(os.path.join(root, "runs")) as it:
+            names = sorted(e.name for e in it if not e.name.startswith("."))
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    return _pointers_of(root, names, notes)
+
+
+def _pointers_of(root: str, names: list[str], notes: list[str] | None = None
+                 ) -> dict[str, dict]:
+    runs = os.path.join(root, "runs")
+    notes = [] if notes is None else notes
+    out = {}
+    for name in names:
+        path = os.path.join(runs, name, POINTER_NAME)
+        try:
+            with open(path, encoding="utf-8") as f:
+                pointer = json.load(f)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except (OSError, ValueError) as err:
+            notes.append(f"run {name}: its publication pointer {path} cannot be read ({err}); "
+                         "the run is left out")
+            out[name] = {"tables": {}}
+            continue
+        if not isinstance(pointer, dict) or not isinstance(pointer.get("tables"), dict):
+            notes.append(f"run {name}: {path} is not a publication pointer; the run is left out")
+            pointer = {"tables": {}}
+        out[name] = pointer
+    return out
+
+
+def list_files(root: str, tables: tuple[str, ...]) -> tuple[Listing, list[str]]:
+    """The files of each table that the catalog reads, and notes on what was left out.
+
+    Raises:
+        ListingChanged: A file named by a pointer is gone (a publish switched the pointer
+            after it was read); list again.
+    """
+    notes: list[str] = []
+    pointers = _pointers(root, notes)
+    listing: Listing = {}
+    missing: dict[str, str] = {}
+    for table in tables:
+        files: list[TableFile] = []
+        if table in RUN_TABLES:
+            for run_id, pointer in pointers.items():
+                rel = pointer["tables"].get(table)
+                if not isinstance(rel, str):
+                    continue
+                path = os.path.join(root, rel)
+                try:
+                    files.append(TableFile(path, rel, os.stat(path), run_id))
+                except FileNotFoundError as err:
+                    # Old versions go only after the pointer has moved on: a file missing
+                    # under an unchanged pointer is damage, not a publish.
+                    if _pointers_of(root, [run_id]).get(run_id) != pointer:
+                        raise ListingChanged(path) from err
+                    missing[run_id] = path
+            # The layout before versioned publishing: folders model=<m>/run_id=<r>/.
+            legacy: list[tuple[str, str, os.stat_result]] = []
+            _scan(os.path.join(root, "tables", table), f"tables/{table}/", legacy)
+            for path, rel, st in legacy:
+                parts = rel.split("/")
+                if len(parts) == 5 and parts[2].startswith("model=") and parts[3].startswith(
+                        "run_id="):
+                    run_id = parts[3].split("=", 1)[1]
+                    if run_id not in pointers:
+                        files.append(TableFile(path, rel, st, run_id))
+        else:
+            found: list[tuple[str, str, os.stat_result]] = []
+            _scan(os.path.join(root, "tables", table), f"tables/{table}/", found)
+            files = [TableFile(path, rel, st, None) for path, rel, st in found]
+        # The order of sorted Paths: by path components.
+        files.sort(key=lambda f: f.rel.split("/"))
+        listing[table] = files
+    # A run of the old layout published meanwhile loses its old files after its pointer is
+    # written: had that begun, part of them could be listed.
+    legacy_runs = {f.run_id for files in listing.values() for f in files
+                   if f.run_id is not None and f.run_id not in pointers}
+    for run_id in legacy_runs:
+        if os.path.exists(os.path.join(root, "runs", run_id, POINTER_NAME)):
+            raise ListingChanged(run_id)
+    for run_id, path in missing.items():
+        notes.append(f"table file {path} (run {run_id}) is missing; run {run_id} is left out "
+                     "of the SQL catalog")
+    listing = {table: [f for f in files if f.run_id not in missing]
+               for table, files in listing.items()}
+    return listing, notes
+
+
+def leave_out(listing: Listing, bad: dict[str, str]) -> tuple[Listing, list[str]]:
+    """The listing without the unreadable files ``bad`` (path -> reason) and every other file
+    of their runs (a run is shown whole or not at all), and a note per file left out."""
+    runs = {f.run_id for files in listing.values() for f in files
+            if f.path in bad and f.run_id is not None}
+    notes = []
+    for files in listing.values():
+        for f in files:
+            if f.path in bad:
+                whose = f"run {f.run_id}" if f.run_id else "no run"
+                left = f"run {f.run_id} is" if f.run_id else "the file is"
+                notes.append(f"table file {f.path} ({whose}) cannot be read ({bad[f.path]}); "
+                             f"{left} left out of the SQL catalog")
+    kept = {table: [f for f in files if f.path not in bad and f.run_id not in runs]
+            for table, files in listing.items()}
+    return kept, notes

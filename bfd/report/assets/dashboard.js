@@ -1,0 +1,581 @@
+// BFD dashboard: draws the JSON a page embeds (see bfd/report/dashboard.py) with plotly.js.
+// Every string from the store is put into the document as text (textContent, setAttribute)
+// and into plotly, whose labels accept a little HTML, only through `pt`, which escapes it.
+(function () {
+  "use strict";
+  const D = JSON.parse(document.getElementById("bfd-data").textContent);
+  const app = document.getElementById("app");
+  const PAGE = document.body.dataset.page;
+  const UP = PAGE === "run" ? "../" : "";
+  // Okabe-Ito: distinguishable with the common colour-vision deficiencies.
+  const BLOCK = { f_pp: "#D55E00", f_pc: "#E69F00", f_cp: "#009E73", f_cc: "#0072B2" };
+  const BLOCK_LABEL = {
+    f_pp: "pp  query pos · key pos", f_pc: "pc  query pos · key content",
+    f_cp: "cp  query content · key pos", f_cc: "cc  query content · key content",
+  };
+  const PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9",
+    "#000000", "#F0E442"];
+  const DASHES = ["solid", "dash", "dot", "dashdot", "longdash"];
+  const CONFIG = { displaylogo: false, responsive: true, toImageButtonOptions: { format: "svg" } };
+
+  // --- helpers ------------------------------------------------------------------------------
+  function pt(s) {
+    return String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+  }
+  function h(tag, attrs, ...kids) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+      else e.setAttribute(k, v === true ? "" : String(v));
+    }
+    for (const kid of kids.flat()) {
+      if (kid !== null && kid !== undefined) e.append(kid instanceof Node ? kid : String(kid));
+    }
+    return e;
+  }
+  function safeHref(url) {
+    return typeof url === "string" && /^(https?:|file:)/i.test(url) ? url : null;
+  }
+  function rowsOf(cols) {
+    const names = Object.keys(cols || {});
+    const n = names.length ? cols[names[0]].length : 0;
+    const out = [];
+    for (let i = 0; i < n; i++) {
+      const r = {};
+      for (const c of names) r[c] = cols[c][i];
+      out.push(r);
+    }
+    return out;
+  }
+  function groupBy(rows, key) {
+    const m = new Map();
+    for (const r of rows) {
+      const k = key(r);
+      if (!m.has(k)) m.set(k, []);
+      m.get(k).push(r);
+    }
+    return m;
+  }
+  function fmt(v) {
+    if (v === null || v === undefined) return "–";
+    if (typeof v === "number") {
+      if (Number.isInteger(v)) return String(v);
+      const a = Math.abs(v);
+      return a !== 0 && (a < 1e-3 || a >= 1e5) ? v.toExponential(3) : v.toFixed(4);
+    }
+    if (typeof v === "boolean") return v ? "yes" : "no";
+    if (typeof v === "string" && /^\d{4}-\d\d-\d\dT\d\d:\d\d/.test(v)) return v.slice(0, 16).replace("T", " ");
+    return String(v);
+  }
+  function csvText(rows, keys) {
+    const cell = (v) => {
+      const s = v === null || v === undefined ? "" : String(v);
+      return /[",\n\r]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s;
+    };
+    return [keys.map(cell).join(",")].concat(rows.map((r) => keys.map((k) => cell(r[k])).join(",")))
+      .join("\n") + "\n";
+  }
+  function download(name, text) {
+    const url = URL.createObjectURL(new Blob([text], { type: "text/csv" }));
+    const a = h("a", { href: url, download: name });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 1000);
+  }
+  function numericKeys(rows, skip) {
+    const keys = rows.length ? Object.keys(rows[0]) : [];
+    return keys.filter((k) => !skip.includes(k) && rows.some((r) => typeof r[k] === "number"));
+  }
+  // A table with a CSV download of all its rows (the page shows at most `limit`).
+  function dataTable(id, caption, rows, columns, opts) {
+    opts = opts || {};
+    const limit = opts.limit || 500;
+    const cols = columns || (rows.length ? Object.keys(rows[0]).map((k) => ({ key: k })) : []);
+    const head = h("tr", {}, cols.map((c) => h("th", { scope: "col" }, c.label || c.key)));
+    const body = h("tbody", {});
+    for (const r of rows.slice(0, limit)) {
+      const tr = h("tr", { "data-key": opts.rowKey ? opts.rowKey(r) : null,
+        class: opts.rowClass ? opts.rowClass(r) : null });
+      for (const c of cols) {
+        const v = c.render ? c.render(r) : fmt(r[c.key]);
+        const isText = !(typeof r[c.key] === "number") || c.render;
+        tr.append(h("td", { class: isText ? "text" : null, title: isText ? fmt(r[c.key]) : null }, v));
+      }
+      body.append(tr);
+    }
+    const keys = cols.filter((c) => !c.noCsv).map((c) => c.key);
+    const allKeys = opts.csvKeys || keys;
+    const table = h("table", { id: id },
+      h("caption", {}, caption), h("thead", {}, head), body);
+    const button = h("button", { type: "button", class: "download",
+      onclick: () => download((opts.filename || id) + ".csv", csvText(rows, allKeys)) },
+    `Download ${caption} as CSV (${rows.length} rows)`);
+    const more = rows.length > limit
+      ? h("p", { class: "note" }, `showing ${limit} of ${rows.length} rows; the CSV has all`) : null;
+    return h("div", {}, h("div", { class: "table-wrap" }, table), more, button);
+  }
+  function plotDiv(id, label, cls) {
+    return h("div", { id: id, class: "plot " + (cls || ""), role: "img", "aria-label": label });
+  }
+  function draw(div, traces, layout) {
+    const base = {
+      margin: { l: 60, r: 20, t: 40, b: 50 }, font: { size: 12 }, hovermode: "closest",
+      legend: { orientation: "h", y: -0.22, x: 0 }, paper_bgcolor: "#fff",
+    };
+    const full = Object.assign(base, layout);
+    // left, clear of the mode bar on the right
+    if (full.title) full.title = Object.assign({ x: 0.01, xanchor: "left" }, full.title);
+    // responsive plots fill their box, so the box takes the figure's height
+    div.style.height = (full.height || 400) + "px";
+    return Plotly.react(div, traces, full, CONFIG);
+  }
+  function section(title, ...kids) {
+    return h("section", { "aria-label": title }, h("h2", {}, title), kids);
+  }
+  function select(id, label, options, value, onchange) {
+    const s = h("select", { id: id, onchange: (e) => onchange(e.target.value) },
+      options.map(([v, text]) => h("option", { value: v, selected: v === value }, text)));
+    return h("label", {}, label + " ", s);
+  }
+  function runLink(r, text) {
+    return h("a", { href: UP + "runs/" + encodeURIComponent(r.page) }, text || r.run_id);
+  }
+  function empty(text, id) { return h("p", { class: "empty", id: id || null }, text); }
+  const RUNS = rowsOf(D.runs);
+  const RUN_BY_ID = new Map(RUNS.map((r) => [r.run_id, r]));
+  const SERIES = [...new Set(RUNS.map((r) => r.series))];
+  const seriesColor = (s) => PALETTE[SERIES.indexOf(s) % PALETTE.length];
+  // past eight series the colours repeat; the marker then tells them apart
+  const SYMBOLS = ["circle", "square", "diamond", "triangle-up", "x", "star"];
+  const seriesSymbol = (s) => SYMBOLS[Math.floor(SERIES.indexOf(s) / PALETTE.length) % SYMBOLS.length];
+  function runColumns() {
+    return [
+      { key: "run_id", label: "run", render: (r) => runLink(r) },
+      { key: "series", label: "series" }, { key: "model" }, { key: "weights" },
+      { key: "created_at", label: "created" }, { key: "status" }, { key: "n_images", label: "images" },
+      { key: "step" }, { key: "audit_status", label: "audit" }, { key: "n_flagged", label: "flagged" },
+      { key: "results_path", label: "results", render: (r) =>
+        safeHref(r.results_url) ? h("a", { href: r.results_url }, r.results_path) : fmt(r.results_path) },
+      { key: "flow_run_id", label: "Prefect flow run", render: (r) =>
+        safeHref(r.flow_run_url) ? h("a", { href: r.flow_run_url }, r.flow_run_id) : fmt(r.flow_run_id) },
+    ];
+  }
+  function layersByRun() {
+    return groupBy(rowsOf(D.layers), (r) => r.run_id);
+  }
+
+  // --- overview -----------------------------------------------------------------------------
+  function overview() {
+    if (!RUNS.length) { app.append(empty("No runs yet: the store holds no run.", "no-runs")); return; }
+    const byRun = layersByRun();
+    const series = [...groupBy(RUNS, (r) => r.series)].map(([name, rs]) => {
+      const done = rs.filter((r) => r.status === "complete");
+      const latest = (done.length ? done : rs)[(done.length ? done : rs).length - 1];
+      return { series: name, model: latest.model, weights: latest.weights,
+        weights_sha256: latest.weights_sha256, images: latest.images,
+        images_sha256: latest.images_sha256, n_images: latest.n_images, n_runs: rs.length,
+        latest_run: latest.run_id, page: latest.page, created_at: latest.created_at,
+        audit_id: latest.audit_id, audit_status: latest.audit_status,
+        finished_at: latest.finished_at, n_flagged: latest.n_flagged };
+    });
+    app.append(section("Series",
+      h("p", { class: "note" }, D.has_audits ? "A series is the `series` of the audits table."
+        : "No audits recorded yet: a series is a model with its weights."),
+      dataTable("series-table", "series", series, [
+        { key: "series" }, { key: "model" }, { key: "weights" }, { key: "weights_sha256", label: "weights sha256" },
+        { key: "images", label: "image set" }, { key: "images_sha256", label: "images sha256" },
+        { key: "n_images", label: "images" }, { key: "n_runs", label: "runs" },
+        { key: "latest_run", label: "latest run", render: (r) => runLink({ page: r.page, run_id: r.latest_run }) },
+        { key: "created_at", label: "created" }, { key: "audit_id", label: "latest audit" },
+        { key: "audit_status", label: "audit status" }, { key: "finished_at", label: "finished" },
+        { key: "n_flagged", label: "flagged" },
+      ])));
+    const chosen = new Set(series.map((s) => s.latest_run).filter((id) => byRun.has(id)));
+    const plot = plotDiv("depth-plot", "Positional share frac_pos and position-position share f_pp " +
+      "against relative depth for the selected runs; dotted lines: chance level of frac_pos", "tall");
+    const runCols = [{ key: "show", label: "show", noCsv: true, render: (r) => h("input", {
+      type: "checkbox", class: "run-toggle", "data-run": r.run_id, checked: chosen.has(r.run_id),
+      disabled: !byRun.has(r.run_id), "aria-label": "show run " + r.run_id,
+      onchange: (e) => { e.target.checked ? chosen.add(r.run_id) : chosen.delete(r.run_id); redraw(); },
+    }) }].concat(runColumns());
+    app.append(section("Depth profiles", h("p", { class: "note" },
+      "Tick runs in the table below to overlay them. Top: frac_pos at attn_in, the chance level " +
+      "(T−1)/(N·T−1) of the shuffle control dotted. Bottom: energy-weighted f_pp of each layer. " +
+      "Click a point to find its run in the table."), plot));
+    app.append(section("Runs", dataTable("runs-table", "runs", RUNS, runCols,
+      { rowKey: (r) => r.run_id, csvKeys: Object.keys(D.runs) })));
+    function redraw() {
+      const traces = [];
+      const bySeriesIndex = new Map();
+      for (const r of RUNS) {
+        if (!chosen.has(r.run_id)) continue;
+        const rows = byRun.get(r.run_id) || [];
+        const k = bySeriesIndex.get(r.series) || 0;
+        bySeriesIndex.set(r.series, k + 1);
+        const line = { color: seriesColor(r.series), dash: DASHES[k % DASHES.length], width: 2 };
+        const marker = { symbol: seriesSymbol(r.series), size: 7 };
+        const name = pt(r.series + " · " + r.run_id);
+        const x = rows.map((l) => l.rel_depth);
+        const text = rows.map((l) => pt(`${r.run_id} layer ${l.layer}`));
+        traces.push({ x: x, y: rows.map((l) => l.frac_pos), name: name, legendgroup: r.run_id,
+          mode: "lines+markers", line: line, marker: marker, text: text, customdata: rows.map(() => r.run_id),
+          hovertemplate: "%{text}<br>rel. depth %{x:.2f}<br>frac_pos %{y:.4f}<extra></extra>" });
+        traces.push({ x: x, y: rows.map((l) => l.f_pp), name: name, legendgroup: r.run_id,
+          showlegend: false, mode: "lines+markers", line: line, marker: marker, yaxis: "y2", text: text,
+          customdata: rows.map(() => r.run_id),
+          hovertemplate: "%{text}<br>rel. depth %{x:.2f}<br>f_pp %{y:.4f}<extra></extra>" });
+        if (r.chance_frac_pos !== null) {
+          traces.push({ x: [0, 1], y: [r.chance_frac_pos, r.chance_frac_pos], mode: "lines",
+            name: "chance", legendgroup: r.run_id, showlegend: false, hoverinfo: "skip",
+            line: { color: line.color, dash: "dot", width: 1 } });
+        }
+      }
+      draw(plot, traces, {
+        annotations: traces.length ? [] : [{ text: "no complete run ticked: tick runs in the table below",
+          showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5 }],
+        xaxis: { title: { text: "relative depth  layer / (depth − 1)" }, range: [-0.02, 1.02], anchor: "y2" },
+        yaxis: { title: { text: "frac_pos (attn_in)" }, domain: [0.55, 1], rangemode: "tozero" },
+        yaxis2: { title: { text: "f_pp of the layer" }, domain: [0, 0.45], rangemode: "tozero" },
+        height: 560, legend: { orientation: "h", y: -0.15 },
+      });
+    }
+    redraw();
+    plot.on("plotly_click", (ev) => {
+      const id = ev.points[0].customdata;
+      for (const tr of document.querySelectorAll("#runs-table tbody tr")) {
+        tr.classList.toggle("selected", tr.dataset.key === id);
+        if (tr.dataset.key === id) tr.scrollIntoView({ block: "nearest" });
+      }
+    });
+  }
+
+  // --- run ----------------------------------------------------------------------------------
+  function runPage() {
+    const run = D.run;
+    const layers = rowsOf(D.layers);
+    const heads = rowsOf(D.heads);
+    const modes = rowsOf(D.modes);
+    const meta = [
+      ["series", run.series], ["model", run.model], ["weights", run.weights],
+      ["weights sha256", run.weights_sha256], ["image set", run.images],
+      ["images sha256", run.images_sha256], ["images", run.n_images], ["skipped", run.n_skipped],
+      ["patch grid", run.grid_h === null ? null : `${run.grid_h} × ${run.grid_w}`],
+      ["created", run.created_at], ["status", run.status], ["audit", run.audit_id],
+      ["audit step", run.step], ["trigger", run.trigger], ["audit status", run.audit_status],
+      ["flagged drift", run.n_flagged],
+    ];
+    const dl = h("table", { id: "run-meta" }, h("caption", {}, "run"), h("tbody", {},
+      meta.map(([k, v]) => h("tr", {}, h("th", { scope: "row" }, k), h("td", { class: "text" }, fmt(v)))),
+      h("tr", {}, h("th", { scope: "row" }, "results"), h("td", { class: "text" },
+        safeHref(run.results_url) ? h("a", { href: run.results_url, id: "results-link" }, run.results_path)
+          : fmt(run.results_path))),
+      h("tr", {}, h("th", { scope: "row" }, "Prefect flow run"), h("td", { class: "text" },
+        safeHref(run.flow_run_url) ? h("a", { href: run.flow_run_url }, run.flow_run_id)
+          : fmt(run.flow_run_id)))));
+    app.append(dl);
+    if (!layers.length && !heads.length) { app.append(empty("This run stored no layer or head rows.")); return; }
+    const layerIds = [...new Set(layers.map((l) => l.layer).concat(heads.map((x) => x.layer)))].sort((a, b) => a - b);
+    const headIds = [...new Set(heads.map((x) => x.head))].sort((a, b) => a - b);
+    const state = { layer: layerIds[0], head: headIds.length ? headIds[0] : null };
+    const layerSel = select("layer-select", "layer", layerIds.map((l) => [String(l), String(l)]),
+      String(state.layer), (v) => { state.layer = Number(v); refresh(); });
+    const headSel = select("head-select", "head", headIds.map((x) => [String(x), String(x)]),
+      String(state.head), (v) => { state.head = Number(v); refresh(); });
+    app.append(h("div", { class: "controls" }, layerSel, headSel,
+      h("span", { class: "note" }, "or click a layer or a head in the figures")));
+    function choose(layer, head) {
+      state.layer = layer;
+      if (head !== undefined && head !== null) state.head = head;
+      document.getElementById("layer-select").value = String(state.layer);
+      document.getElementById("head-select").value = String(state.head);
+      refresh();
+    }
+    // Shares per layer.
+    const shares = plotDiv("shares-plot", "Stacked shares of query-key logit energy f_pp, f_pc, f_cp, f_cc per layer");
+    const headmap = plotDiv("headmap-plot", "Layer by head maps, one panel per block f_pp, f_pc, f_cp, f_cc; " +
+      "colour shows the head's share, values on hover", "tall");
+    app.append(section("Energy shares and heads", h("div", { class: "grid wide" }, shares, headmap)));
+    const blocks = Object.keys(BLOCK);
+    draw(shares, blocks.map((b) => ({
+      type: "bar", name: pt(BLOCK_LABEL[b]), x: layers.map((l) => l.layer), y: layers.map((l) => l[b]),
+      marker: { color: BLOCK[b] }, hovertemplate: `layer %{x}<br>${b} %{y:.4f}<extra></extra>`,
+    })), { barmode: "stack", xaxis: { title: { text: "layer" }, dtick: 1 },
+      yaxis: { title: { text: "share of logit energy" }, range: [0, 1] }, height: 360 });
+    shares.on("plotly_click", (ev) => choose(ev.points[0].x));
+    const maxLayer = Math.max(...layerIds), maxHead = headIds.length ? Math.max(...headIds) : 0;
+    const cell = new Map(heads.map((x) => [x.layer + ":" + x.head, x]));
+    const mapTraces = [];
+    blocks.forEach((b, i) => {
+      const z = [], text = [];
+      for (let l = 0; l <= maxLayer; l++) {
+        z.push([]); text.push([]);
+        for (let k = 0; k <= maxHead; k++) {
+          const x = cell.get(l + ":" + k);
+          z[l].push(x ? x[b] : null);
+          text[l].push(x ? `layer ${l} head ${k}<br>${b} ${fmt(x[b])}<br>pp ${fmt(x.f_pp)} · pc ${fmt(x.f_pc)}` +
+            ` · cp ${fmt(x.f_cp)} · cc ${fmt(x.f_cc)}<br>type ${pt(fmt(x.head_type))}<br>eff_rank ${fmt(x.eff_rank)}` : "");
+        }
+      }
+      const ax = i ? String(i + 1) : "";
+      // Values in the cells while they fit (two close shares differ in print, not only in hue).
+      const small = (maxLayer + 1) * (maxHead + 1) <= 200;
+      mapTraces.push({ type: "heatmap", z: z, text: text, hoverinfo: "text", coloraxis: "coloraxis",
+        xaxis: "x" + ax, yaxis: "y" + ax, name: b, xgap: 1, ygap: 1,
+        texttemplate: small ? "%{z:.2f}" : undefined, textfont: { size: 9 } });
+    });
+    const mapLayout = { coloraxis: { colorscale: "Viridis", cmin: 0, cmax: 1,
+      colorbar: { title: { text: "share" }, thickness: 12 } }, height: Math.min(900, 160 + 26 * (maxLayer + 1)),
+    annotations: [], margin: { l: 50, r: 20, t: 60, b: 40 } };
+    blocks.forEach((b, i) => {
+      const ax = i ? String(i + 1) : "";
+      mapLayout["xaxis" + ax] = { domain: [i * 0.25 + 0.01, i * 0.25 + 0.23], title: { text: "head" },
+        dtick: 1, anchor: "y" + ax };
+      mapLayout["yaxis" + ax] = { autorange: "reversed", dtick: 1, anchor: "x" + ax,
+        title: i ? undefined : { text: "layer" }, showticklabels: i === 0 };
+      mapLayout.annotations.push({ text: pt(BLOCK_LABEL[b]), x: i * 0.25 + 0.12, y: 1.01, xref: "paper",
+        yref: "paper", xanchor: "center", yanchor: "bottom", showarrow: false, font: { size: 12, color: BLOCK[b] } });
+    });
+    draw(headmap, mapTraces, mapLayout);
+    headmap.on("plotly_click", (ev) => choose(ev.points[0].y, ev.points[0].x));
+    // Mode spectra.
+    const spectrum = plotDiv("spectrum-plot", "Singular values sigma and per-mode energies of the selected head");
+    const effrank = plotDiv("effrank-plot", "Effective rank of every head per layer");
+    app.append(section("Mode spectra", h("div", { class: "grid" }, spectrum, effrank)));
+    draw(effrank, [{ x: heads.map((x) => x.layer), y: heads.map((x) => x.eff_rank), mode: "markers",
+      name: "heads", marker: { color: "#0072B2", opacity: 0.6 }, customdata: heads.map((x) => x.head),
+      hovertemplate: "layer %{x} head %{customdata}<br>eff_rank %{y:.3f}<extra></extra>" },
+    { x: layerIds, y: layerIds.map((l) => { const v = heads.filter((x) => x.layer === l && x.eff_rank !== null);
+      return v.length ? v.reduce((s, x) => s + x.eff_rank, 0) / v.length : null; }),
+    mode: "lines", name: "layer mean", line: { color: "#000" } }],
+    { xaxis: { title: { text: "layer" }, dtick: 1 }, yaxis: { title: { text: "eff_rank" } }, height: 360 });
+    effrank.on("plotly_click", (ev) => choose(ev.points[0].x, ev.points[0].customdata));
+    // alpha vs beta.
+    const ab = plotDiv("alphabeta-plot", "Query-side positional loading alpha against key-side beta for every " +
+      "mode of the selected layer, coloured by energy, symbol by mode type", "tall");
+    const posDiv = plotDiv("pos-plot", "First principal components of the positional factor on the patch grid");
+    app.append(section("Modes: alpha vs beta", ab), section("Positional factor on the patch grid", posDiv));
+    // Preservation vs enrichment, validation.
+    const pres = plotDiv("preservation-plot", "Positional preservation (frac_pos at resid, pos_embed cosine) " +
+      "against content enrichment (frac_content at attn_in) by layer");
+    const resid = plotDiv("residual-plot", "Identity residuals per layer, log scale");
+    const split = plotDiv("splithalf-plot", "Split-half correlation of the positional factor per layer");
+    const shuffle = plotDiv("shuffle-plot", "Shuffle control: frac_pos after shuffling tokens against its chance level");
+    app.append(section("Positional preservation vs content enrichment", pres),
+      section("Validation", h("div", { class: "grid" }, resid, split, shuffle)));
+    const L = layers.map((l) => l.layer);
+    const line = (key, name, color, dash, extra) => Object.assign({ x: L, y: layers.map((l) => l[key]),
+      name: pt(name), mode: "lines+markers", line: { color: color, dash: dash || "solid" },
+      hovertemplate: `layer %{x}<br>${key} %{y:.4g}<extra></extra>` }, extra || {});
+    draw(pres, [line("frac_pos_resid", "positional preservation: frac_pos at resid", "#D55E00"),
+      line("pos_embed_cos_resid", "pos_embed cosine at resid", "#CC79A7", "dot"),
+      line("frac_pos", "frac_pos at attn_in", "#E69F00", "dash"),
+      line("frac_content", "content enrichment: frac_content at attn_in", "#0072B2")],
+    { xaxis: { title: { text: "layer" }, dtick: 1 }, yaxis: { title: { text: "share" }, range: [0, 1.02] }, height: 380 });
+    const abs = (key) => layers.map((l) => (l[key] === null ? null : Math.max(Math.abs(l[key]), 1e-300)));
+    draw(resid, ["ss_identity_residual", "ortho_residual", "logit_residual"].map((k, i) => ({
+      x: L, y: abs(k), name: k, mode: "lines+markers", line: { color: PALETTE[i] },
+      hovertemplate: `layer %{x}<br>|${k}| %{y:.3g}<extra></extra>` })),
+    { title: { text: "identity residuals", font: { size: 13 } },
+      yaxis: { type: "log", title: { text: "|residual|" }, exponentformat: "e" }, xaxis: { title: { text: "layer" }, dtick: 1 } });
+    draw(split, [line("pos_split_half_r", "split-half r of pos", "#009E73")],
+      { title: { text: "split-half reliability of pos", font: { size: 13 } },
+        yaxis: { range: [0, 1.02], title: { text: "correlation" } }, xaxis: { title: { text: "layer" }, dtick: 1 } });
+    const chance = run.chance_frac_pos;
+    draw(shuffle, [line("shuffle_frac_pos", "frac_pos after shuffling", "#0072B2"),
+      line("frac_pos", "frac_pos", "#E69F00", "dash"),
+      { x: [Math.min(...L), Math.max(...L)], y: [chance, chance], mode: "lines", name: "chance (T−1)/(N·T−1)",
+        line: { color: "#000", dash: "dot" } }],
+    { title: { text: "shuffle control", font: { size: 13 } },
+      yaxis: { type: "log", title: { text: "frac_pos" }, exponentformat: "e" }, xaxis: { title: { text: "layer" }, dtick: 1 } });
+    app.append(section("Tables",
+      dataTable("layers-table", "layers", layers, null, { filename: run.run_id + "-layers" }),
+      dataTable("heads-table", "heads", heads, null, { filename: run.run_id + "-heads",
+        rowKey: (x) => x.layer + ":" + x.head }),
+      dataTable("modes-table", "modes", modes, null, { filename: run.run_id + "-modes", limit: 200 })));
+    function refresh() {
+      const sel = modes.filter((m) => m.layer === state.layer && m.head === state.head);
+      const energy = (m) => [m.e_pp, m.e_pc, m.e_cp, m.e_cc].reduce((s, v) => s + (v || 0), 0);
+      const tr = blocks.map((b) => ({ type: "bar", x: sel.map((m) => m.mode), y: sel.map((m) => m["e" + b.slice(1)]),
+        name: pt(BLOCK_LABEL[b]), marker: { color: BLOCK[b] }, yaxis: "y2",
+        hovertemplate: `mode %{x}<br>e${b.slice(1)} %{y:.4g}<extra></extra>` }));
+      tr.unshift({ x: sel.map((m) => m.mode), y: sel.map((m) => m.sigma), mode: "lines+markers", name: "sigma",
+        line: { color: "#000" }, hovertemplate: "mode %{x}<br>sigma %{y:.4g}<extra></extra>" });
+      draw(spectrum, sel.length ? tr : [], { barmode: "stack", height: 420,
+        title: { text: `layer ${state.layer}, head ${state.head}` + (sel.length ? "" : ": no modes stored") },
+        xaxis: { title: { text: "mode" }, anchor: "y2" }, yaxis: { type: "log", domain: [0.55, 1], title: { text: "sigma" } },
+        yaxis2: { domain: [0, 0.45], title: { text: "mode energy" } } });
+      const inLayer = modes.filter((m) => m.layer === state.layer);
+      const types = [...new Set(inLayer.map((m) => m.mode_type))];
+      const symbols = ["circle", "square", "diamond", "triangle-up", "x", "star"];
+      const abTraces = types.map((t, i) => {
+        const ms = inLayer.filter((m) => m.mode_type === t);
+        return { x: ms.map((m) => m.alpha), y: ms.map((m) => m.beta), mode: "markers", name: pt(`mode type ${fmt(t)}`),
+          marker: { symbol: symbols[i % symbols.length], size: ms.map((m) => (m.head === state.head ? 10 : 7)),
+            color: ms.map((m) => Math.log10(Math.max(energy(m), 1e-300))), coloraxis: "coloraxis",
+            line: { width: ms.map((m) => (m.head === state.head ? 1.5 : 0)), color: "#000" } },
+          text: ms.map((m) => `head ${m.head} mode ${m.mode}<br>type ${pt(fmt(m.mode_type))}<br>sigma ${fmt(m.sigma)}` +
+            `<br>energy ${fmt(energy(m))}`),
+          hovertemplate: "%{text}<br>alpha %{x:.3f}, beta %{y:.3f}<extra></extra>" };
+      });
+      abTraces.push({ x: [0.5, 0.5, null, 0, 1], y: [0, 1, null, 0.5, 0.5], mode: "lines", hoverinfo: "skip",
+        name: "1/2: positional side boundary", line: { color: "#777", dash: "dot", width: 1 } });
+      draw(ab, abTraces, { title: { text: `layer ${state.layer}: every head's modes (head ${state.head} outlined)` },
+        xaxis: { title: { text: "alpha (query side positional)" }, range: [-0.02, 1.02], constrain: "domain" },
+        yaxis: { title: { text: "beta (key side positional)" }, range: [-0.02, 1.02], scaleanchor: "x",
+          constrain: "domain" },
+        coloraxis: { colorscale: "Viridis", colorbar: { title: { text: "log10 energy" }, thickness: 12 } },
+        height: 520 });
+      drawPos();
+      for (const row of document.querySelectorAll("#heads-table tbody tr")) {
+        row.classList.toggle("selected", row.dataset.key === state.layer + ":" + state.head);
+      }
+      Plotly.relayout(headmap, { shapes: blocks.map((b, i) => ({ type: "rect", xref: "x" + (i ? i + 1 : ""),
+        yref: "y" + (i ? i + 1 : ""), x0: state.head - 0.5, x1: state.head + 0.5, y0: state.layer - 0.5,
+        y1: state.layer + 0.5, line: { color: "#000", width: 3 } })) });
+    }
+    function drawPos() {
+      const pos = D.pos;
+      const i = pos ? pos.layers.indexOf(state.layer) : -1;
+      if (i < 0) {
+        draw(posDiv, [], { height: 200, annotations: [{ text: pos ? `no positional factor for layer ${state.layer}`
+          : "no positional factor stored: the run's results Dataset was not found", showarrow: false,
+        xref: "paper", yref: "paper", x: 0.5, y: 0.5 }], xaxis: { visible: false }, yaxis: { visible: false } });
+        return;
+      }
+      const pcs = pos.pcs[i], n = pcs.length, traces = [], layout = { height: 360, annotations: [] };
+      pcs.forEach((z, j) => {
+        const ax = j ? String(j + 1) : "";
+        const lim = Math.max(...z.flat().map(Math.abs)) || 1;
+        traces.push({ type: "heatmap", z: z, zmin: -lim, zmax: lim, colorscale: "RdBu", showscale: false,
+          xaxis: "x" + ax, yaxis: "y" + ax, hovertemplate: `PC${j + 1}<br>row %{y} col %{x}<br>%{z:.4g}<extra></extra>` });
+        layout["xaxis" + ax] = { domain: [j / n + 0.02, (j + 1) / n - 0.02], anchor: "y" + ax, title: { text: "col" },
+          constrain: "domain", dtick: 1 };
+        layout["yaxis" + ax] = { autorange: "reversed", anchor: "x" + ax, scaleanchor: "x" + ax, constrain: "domain",
+          dtick: 1, title: j ? undefined : { text: "row" } };
+        layout.annotations.push({ text: `PC${j + 1} (${(100 * pos.explained[i][j]).toFixed(1)}% of pos)`, x: (j + 0.5) / n,
+          y: 1.01, xref: "paper", yref: "paper", xanchor: "center", yanchor: "bottom", showarrow: false });
+      });
+      draw(posDiv, traces, layout);
+    }
+    refresh();
+  }
+
+  // --- series -------------------------------------------------------------------------------
+  function seriesPage() {
+    if (!D.has_audits) {
+      app.append(empty("No audits recorded yet: the catalog has no audits. Each series below is a " +
+        "model with its weights, its runs ordered by creation time.", "no-audits"));
+    }
+    const metrics = rowsOf(D.metrics);
+    if (!metrics.length) { app.append(empty("No complete runs yet.")); return; }
+    const names = [...new Set(metrics.map((m) => m.series))];
+    const drift = rowsOf(D.drift);
+    const changes = rowsOf(D.head_type_changes);
+    const hasStep = metrics.some((m) => m.step !== null && m.step !== undefined);
+    const state = { series: names[0], x: hasStep ? "step" : "created_at" };
+    const skip = ["step", "n_flagged"];
+    const keys = numericKeys(metrics, skip).filter((k) => !/_(lo|hi)$/.test(k));
+    const controls = h("div", { class: "controls" },
+      select("series-select", "series", names.map((s) => [s, s]), state.series, (v) => { state.series = v; redraw(); }),
+      select("x-select", "against", (hasStep ? [["step", "audit step"]] : []).concat([["created_at", "run time"]]),
+        state.x, (v) => { state.x = v; redraw(); }));
+    const grid = h("div", { class: "grid", id: "metric-grid" });
+    const tables = h("div", {});
+    app.append(controls, section("Every metric", h("p", { class: "note" },
+      "Red crosses: audits whose drift check flagged this metric. Click a point to open its run."), grid),
+    tables);
+    function redraw() {
+      const rows = metrics.filter((m) => m.series === state.series);
+      const flagged = drift.filter((d) => d.series === state.series);
+      grid.replaceChildren();
+      for (const k of keys) {
+        const div = plotDiv("metric-" + k, `${k} against ${state.x} for the chosen series`, "small");
+        grid.append(div);
+        const x = rows.map((m) => m[state.x]);
+        const err = rows.some((m) => typeof m[k + "_lo"] === "number") ? { type: "data", symmetric: false,
+          array: rows.map((m) => (m[k + "_hi"] ?? m[k]) - m[k]), arrayminus: rows.map((m) => m[k] - (m[k + "_lo"] ?? m[k])) } : undefined;
+        const hit = rows.filter((m) => flagged.some((d) => d.run_id === m.run_id && String(d.metric).startsWith(k.replace(/_mean$/, ""))));
+        draw(div, [{ x: x, y: rows.map((m) => m[k]), mode: "lines+markers", name: k, error_y: err,
+          customdata: rows.map((m) => RUN_BY_ID.get(m.run_id)?.page || ""), text: rows.map((m) => pt(m.run_id)),
+          line: { color: "#0072B2" }, hovertemplate: `%{text}<br>${k} %{y:.4g}<extra></extra>` },
+        { x: hit.map((m) => m[state.x]), y: hit.map((m) => m[k]), mode: "markers", name: "drift flagged",
+          marker: { symbol: "x", size: 12, color: "#D55E00" }, hoverinfo: "skip" }],
+        { title: { text: k, font: { size: 13 }, x: 0.02, xanchor: "left" }, showlegend: false, height: 260,
+          margin: { l: 55, r: 10, t: 35, b: 55 } });
+        div.on("plotly_click", (ev) => { const page = ev.points[0].customdata; if (page) window.location.href = "runs/" + encodeURIComponent(page); });
+      }
+      tables.replaceChildren(
+        section("Drift flags", D.has_audits ? dataTable("drift-table", "flagged drift", flagged)
+          : empty("No audits recorded yet.")),
+        section("Head-type changes between consecutive audits",
+          dataTable("changes-table", "head-type changes", changes.filter((c) => c.series === state.series))),
+        section("Runs of the series", dataTable("series-runs", "runs of the series", rows)));
+    }
+    redraw();
+  }
+
+  // --- compare ------------------------------------------------------------------------------
+  function comparePage() {
+    const byRun = layersByRun();
+    const runs = RUNS.filter((r) => byRun.has(r.run_id));
+    if (runs.length < 1) { app.append(empty("No complete runs to compare yet.")); return; }
+    const all = rowsOf(D.layers);
+    const keys = numericKeys(all, ["layer", "depth", "rel_depth"]).filter((k) => !/_(lo|hi)$/.test(k));
+    const state = { a: runs[0].run_id, b: runs[Math.min(1, runs.length - 1)].run_id, metric: "frac_pos" };
+    const opts = runs.map((r) => [r.run_id, `${r.series} · ${r.run_id}`]);
+    app.append(h("div", { class: "controls" },
+      select("run-a", "run A", opts, state.a, (v) => { state.a = v; redraw(); }),
+      select("run-b", "run B", opts, state.b, (v) => { state.b = v; redraw(); }),
+      select("metric-select", "metric", keys.map((k) => [k, k]), state.metric, (v) => { state.metric = v; redraw(); })));
+    const prof = plotDiv("compare-plot", "The chosen metric per layer for runs A and B");
+    const delta = plotDiv("delta-plot", "Per-layer difference B minus A of the chosen metric, with intervals where stored");
+    const tableBox = h("div", {});
+    app.append(section("Profiles", h("div", { class: "grid" }, prof, delta)), tableBox);
+    function redraw() {
+      const A = byRun.get(state.a), B = byRun.get(state.b), k = state.metric;
+      const sameDepth = A.length === B.length;
+      const xk = sameDepth ? "layer" : "rel_depth";
+      const band = (rows) => rows.some((l) => typeof l[k + "_lo"] === "number");
+      const err = (rows) => band(rows) ? { type: "data", symmetric: false, array: rows.map((l) => l[k + "_hi"] - l[k]),
+        arrayminus: rows.map((l) => l[k] - l[k + "_lo"]) } : undefined;
+      const tr = (rows, id, color) => ({ x: rows.map((l) => l[xk]), y: rows.map((l) => l[k]), error_y: err(rows),
+        name: pt(`${RUN_BY_ID.get(id).series} · ${id}`), mode: "lines+markers", line: { color: color },
+        hovertemplate: `${xk} %{x:.3g}<br>${k} %{y:.4g}<extra></extra>` });
+      draw(prof, [tr(A, state.a, "#0072B2"), tr(B, state.b, "#D55E00")],
+        { xaxis: { title: { text: sameDepth ? "layer" : "relative depth" } }, yaxis: { title: { text: k } }, height: 400 });
+      // B at A's layers: the same layer when depths agree, else linear in relative depth.
+      const at = (x) => {
+        if (sameDepth) return B.find((l) => l.layer === x.layer) || {};
+        const i = B.findIndex((l) => l.rel_depth >= x.rel_depth);
+        if (i <= 0) return { [k]: (B[Math.max(i, 0)] || {})[k] };
+        const lo = B[i - 1], hi = B[i], t = (x.rel_depth - lo.rel_depth) / (hi.rel_depth - lo.rel_depth);
+        return { [k]: lo[k] === null || hi[k] === null ? null : lo[k] + t * (hi[k] - lo[k]) };
+      };
+      const rows = A.map((l) => {
+        const b = at(l);
+        const d = l[k] === null || b[k] === null || b[k] === undefined ? null : b[k] - l[k];
+        const hasBand = sameDepth && typeof l[k + "_lo"] === "number" && typeof b[k + "_lo"] === "number";
+        return { layer: l.layer, rel_depth: l.rel_depth, a: l[k], b: b[k] ?? null, delta: d,
+          delta_lo: hasBand ? b[k + "_lo"] - l[k + "_hi"] : null, delta_hi: hasBand ? b[k + "_hi"] - l[k + "_lo"] : null };
+      });
+      const withBand = rows.some((r) => r.delta_lo !== null);
+      draw(delta, [{ type: "bar", x: rows.map((r) => r.layer), y: rows.map((r) => r.delta), name: "B − A",
+        marker: { color: rows.map((r) => (r.delta >= 0 ? "#D55E00" : "#0072B2")) },
+        error_y: withBand ? { type: "data", symmetric: false, array: rows.map((r) => r.delta_hi - r.delta),
+          arrayminus: rows.map((r) => r.delta - r.delta_lo) } : undefined,
+        hovertemplate: `layer %{x}<br>Δ ${k} %{y:.4g}<extra></extra>` }],
+      { xaxis: { title: { text: "layer of A" }, dtick: 1 }, yaxis: { title: { text: `Δ ${k} (B − A)` } }, height: 400,
+        title: { text: withBand ? "intervals: [lo_B − hi_A, hi_B − lo_A]" : (sameDepth ? "no intervals stored"
+          : "depths differ: B interpolated on relative depth"), font: { size: 12 } } });
+      tableBox.replaceChildren(section("Per-layer deltas", dataTable("delta-table", `${k}: B − A per layer`, rows, null,
+        { filename: `compare-${k}` })));
+    }
+    redraw();
+  }
+
+  const pages = { overview: overview, run: runPage, series: seriesPage, compare: comparePage };
+  (pages[PAGE] || overview)();
+  if (D.generated) app.append(h("p", { class: "note" }, "generated " + D.generated));
+})();

@@ -1,0 +1,300 @@
+"""What the dashboard and ``bfd plot`` show, read from a store's catalog with SQL (bfd.queries).
+
+Everything here goes through ``bfd.queries.run_sql`` on one open catalog connection, so the
+pages see one snapshot of the tables. The one exception is the positional factor ``pos`` of a
+run, which no table holds: it is read from the run's results Dataset (``bfd.storage``).
+
+A *series* is what one audit schedule follows over time: the ``series`` column of the
+``audits`` table where the catalog has that table and a row for the run, otherwise the run's
+``model · weights``. Tables are returned column-wise (``{column: [values]}``), NULL and NaN
+as ``None``, timestamps as ISO 8601 strings: the form the pages embed as JSON.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import hashlib
+import json
+import math
+import os
+import re
+from collections.abc import Iterable
+from typing import Any, Final, TypeAlias
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from bfd.queries import run_sql
+
+__all__ = [
+    "Columns",
+    "audits_present",
+    "catalog_tables",
+    "columnar",
+    "layer_rows",
+    "positional_components",
+    "run_detail",
+    "run_keys",
+    "run_list",
+    "safe_file_stem",
+    "series_data",
+]
+
+Columns: TypeAlias = dict[str, list[Any]]
+
+# Tables whose rows belong to one run; a run's page is rebuilt when any of its rows change.
+_RUN_TABLES: Final[tuple[str, ...]] = ("runs", "layers", "heads", "modes", "audits")
+_SERIES: Final[str] = "coalesce(a.series, r.model || coalesce(' · ' || r.weights, ''))"
+# The latest audit of each run (a run may be audited once; re-audits get new runs, but a
+# retried audit of the same run must not list it twice).
+_LATEST_AUDIT: Final[str] = (
+    "(SELECT * FROM audits QUALIFY row_number() OVER (PARTITION BY run_id "
+    "ORDER BY finished_at DESC NULLS LAST, audit_id DESC) = 1)"
+)
+_NO_AUDIT: Final[str] = (
+    "(SELECT NULL::VARCHAR AS run_id, NULL::VARCHAR AS series, NULL::VARCHAR AS audit_id,"
+    " NULL::BIGINT AS step, NULL::TIMESTAMPTZ AS started_at, NULL::TIMESTAMPTZ AS finished_at,"
+    " NULL::VARCHAR AS trigger, NULL::VARCHAR AS flow_run_id, NULL::VARCHAR AS status,"
+    " NULL::BIGINT AS n_flagged WHERE false)"
+)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, int) and abs(value) > 2**53:
+        return str(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+def columnar(table: pa.Table) -> Columns:
+    """A table as ``{column: [values]}`` that ``json.dumps`` accepts (no NaN, no datetimes)."""
+    return {
+        name: [_json_value(v) for v in table.column(name).to_pylist()]
+        for name in table.column_names
+    }
+
+
+def catalog_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """Names of the tables and views of the catalog."""
+    names = run_sql(con, "SELECT table_name FROM information_schema.tables")
+    return set(names.column("table_name").to_pylist())
+
+
+def audits_present(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the catalog has an ``audits`` table with at least one row."""
+    if "audits" not in catalog_tables(con):
+        return False
+    return run_sql(con, "SELECT count(*) AS n FROM audits").column("n")[0].as_py() > 0
+
+
+def _column_names(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+    return run_sql(con, f"DESCRIBE {table}").column("column_name").to_pylist()
+
+
+def _audit_source(con: duckdb.DuckDBPyConnection) -> str:
+    return _LATEST_AUDIT if audits_present(con) else _NO_AUDIT
+
+
+def run_list(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """Every run of the store with its series, identity and latest audit, oldest first.
+
+    ``chance_frac_pos`` is the shuffle control's chance level of frac_pos (METHOD.md,
+    "Validation" 4): (T - 1) / (N T - 1) with T the patch tokens and N the images kept.
+    """
+    sql = f"""
+        SELECT r.run_id, {_SERIES} AS series, r.model, r.weights, r.weights_sha256, r.images,
+            r.images_sha256, r.n_images, r.n_skipped, r.grid_h, r.grid_w, r.created_at,
+            r.status, r.depth, r.num_heads,
+            (r.grid_h * r.grid_w - 1) / nullif((r.n_images - coalesce(r.n_skipped, 0))
+                * r.grid_h * r.grid_w - 1, 0) AS chance_frac_pos,
+            a.audit_id, a.step, a.started_at, a.finished_at, a.trigger, a.flow_run_id,
+            a.status AS audit_status, a.n_flagged
+        FROM runs AS r
+        LEFT JOIN {_audit_source(con)} AS a USING (run_id)
+        ORDER BY series, coalesce(a.step, 0), r.created_at, r.run_id
+    """
+    return run_sql(con, sql)
+
+
+def layer_rows(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> pa.Table:
+    """Per layer of every complete run (or of one): ``layer_summary`` beside the ``layers``
+    columns of the attn_in site, interval columns (``*_lo``, ``*_hi``) included where the
+    tables carry them; ``pos_embed_cos_resid`` from the resid site."""
+    where = "" if run_id is None else "WHERE s.run_id = $run_id"
+    summary = set(_column_names(con, "layer_summary"))
+    # Columns of `layers` that layer_summary lacks (a later column of the same name as one of
+    # the summary's would otherwise come out twice).
+    extra = [
+        name
+        for name in _column_names(con, "layers")
+        if name not in summary and name not in ("run_id", "model", "layer", "site")
+    ]
+    picked = "".join(f', l."{name}"' for name in extra)
+    sql = f"""
+        SELECT s.*{picked}, lr.pos_embed_cos AS pos_embed_cos_resid
+        FROM layer_summary AS s
+        LEFT JOIN layers AS l ON l.run_id = s.run_id AND l.layer = s.layer
+            AND l.site = 'attn_in'
+        LEFT JOIN layers AS lr ON lr.run_id = s.run_id AND lr.layer = s.layer
+            AND lr.site = 'resid'
+        {where}
+        ORDER BY s.run_id, s.layer
+    """
+    return run_sql(con, sql, None if run_id is None else {"run_id": run_id})
+
+
+def run_keys(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """A key per run that changes whenever any of its rows in any per-run table changes
+    (an order-independent sum of row hashes and a row count per table)."""
+    present = catalog_tables(con)
+    parts = [
+        f"SELECT run_id, '{table}' AS tab, count(*) AS n, CAST(sum(hash(t)) AS VARCHAR) AS h "
+        f"FROM {table} AS t GROUP BY run_id"
+        for table in _RUN_TABLES
+        if table in present
+    ]
+    rows = run_sql(con, " UNION ALL ".join(parts) + " ORDER BY run_id, tab").to_pylist()
+    keys: dict[str, Any] = {}
+    for row in rows:
+        if row["run_id"] is None:
+            continue
+        digest = keys.setdefault(row["run_id"], hashlib.sha256())
+        digest.update(f"{row['tab']}:{row['n']}:{row['h']};".encode())
+    return {run_id: digest.hexdigest()[:24] for run_id, digest in keys.items()}
+
+
+def run_detail(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, pa.Table]:
+    """The heads and modes of one run, and its layers (as ``layer_rows``)."""
+    params = {"run_id": run_id}
+    heads = run_sql(
+        con, "SELECT * EXCLUDE (model) FROM heads WHERE run_id = $run_id ORDER BY layer, head",
+        params,
+    )
+    modes = run_sql(
+        con,
+        "SELECT layer, head, mode, sigma, alpha, beta, e_pp, e_pc, e_cp, e_cc, mode_type "
+        "FROM modes WHERE run_id = $run_id ORDER BY layer, head, mode",
+        params,
+    )
+    return {"layers": layer_rows(con, run_id), "heads": heads, "modes": modes}
+
+
+def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
+    """Per-run metrics in series order, audits, flagged drift and head-type changes.
+
+    Head-type changes compare each complete run with the previous complete run of its series
+    (by audit step, then creation time), head by head.
+    """
+    with_audits = audits_present(con)
+    audit = _audit_source(con)
+    order = "coalesce(a.step, 0), r.created_at, r.run_id"
+    metrics = run_sql(con, f"""
+        SELECT {_SERIES} AS series, s.*, a.audit_id, a.step, a.finished_at, a.n_flagged
+        FROM run_summary AS s
+        JOIN runs AS r USING (run_id)
+        LEFT JOIN {audit} AS a USING (run_id)
+        ORDER BY series, {order}
+    """)
+    changes = run_sql(con, f"""
+        WITH ordered AS (
+            SELECT r.run_id, {_SERIES} AS series,
+                lag(r.run_id) OVER (PARTITION BY {_SERIES} ORDER BY {order}) AS prev_run_id
+            FROM runs AS r
+            LEFT JOIN {audit} AS a USING (run_id)
+            WHERE r.status = 'complete'
+        )
+        SELECT o.series, o.prev_run_id, o.run_id, h.layer, h.head,
+            p.head_type AS before, h.head_type AS after
+        FROM ordered AS o
+        JOIN heads AS h ON h.run_id = o.run_id
+        JOIN heads AS p ON p.run_id = o.prev_run_id AND p.layer = h.layer AND p.head = h.head
+        WHERE p.head_type IS DISTINCT FROM h.head_type
+        ORDER BY o.series, o.run_id, h.layer, h.head
+    """)
+    out = {"metrics": metrics, "head_type_changes": changes}
+    if with_audits:
+        out["audits"] = run_sql(con, "SELECT * FROM audits ORDER BY series, step, started_at")
+        if "drift" in catalog_tables(con):
+            out["drift"] = run_sql(con, """
+                SELECT a.series, a.run_id, a.step, d.*
+                FROM drift AS d
+                JOIN audits AS a USING (audit_id)
+                WHERE d.flagged
+                ORDER BY a.series, a.step, d.metric, d.layer, d.head
+            """)
+    return out
+
+
+def positional_components(
+    store_root: str | os.PathLike[str], run_id: str, grid: tuple[int, int] | None, k: int = 3
+) -> dict[str, Any] | None:
+    """The first ``k`` principal components of each layer's positional factor, as images.
+
+    ``pos`` (METHOD.md Stage 1, dims ``token, dim``) is read from the run's results at the
+    attn_in site; its rows over the patch grid are centred and decomposed by SVD, and
+    component j is ``U[:, j] * S[j]`` laid out on the grid (sign fixed so that its largest
+    entry is positive). Returns None when the run has no stored ``pos`` or its tokens do not
+    fill the grid.
+
+    Returns:
+        ``{"layers": [...], "grid": [h, w], "pcs": [layer][j][row][col], "explained":
+        [layer][j]}`` (explained: the component's share of the factor's sum of squares).
+    """
+    if grid is None or None in grid:
+        return None
+    from bfd.storage import Store, open_results
+
+    try:
+        ds = open_results(Store(store_root), run_id)
+    except (FileNotFoundError, ValueError, KeyError, OSError):
+        return None
+    if "pos" not in ds or "token" not in ds["pos"].dims:
+        return None
+    pos = ds["pos"]
+    if "site" in pos.dims:
+        pos = pos.sel(site="attn_in") if "attn_in" in pos["site"].values else pos.isel(site=0)
+    h, w = grid
+    layers = [int(v) for v in pos["layer"].values] if "layer" in pos.dims else [0]
+    values = np.asarray(pos.transpose(..., "token", "dim").values, dtype=np.float64)
+    values = values.reshape(len(layers), *values.shape[-2:])
+    if values.shape[1] < h * w:
+        return None
+    pcs, explained = [], []
+    for matrix in values[:, -h * w :]:  # prefix tokens, if stored, come first
+        centred = matrix - matrix.mean(axis=0)
+        u, s, _ = np.linalg.svd(np.nan_to_num(centred), full_matrices=False)
+        total = float((s**2).sum()) or 1.0
+        comps = []
+        for j in range(min(k, len(s))):
+            comp = u[:, j] * s[j]
+            if comp[np.argmax(np.abs(comp))] < 0:
+                comp = -comp
+            comps.append(np.round(comp.reshape(h, w), 6).tolist())
+        pcs.append(comps)
+        explained.append([float(s[j] ** 2 / total) for j in range(len(comps))])
+    return {"layers": layers, "grid": [h, w], "pcs": pcs, "explained": explained}
+
+
+def safe_file_stem(run_id: str) -> str:
+    """A file name stem for a run: the run id where it is one (docs/layout.md run ids are),
+    else a hash of it, so that no id read from a table can reach outside a folder."""
+    if re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,150}$", run_id) and ".." not in run_id:
+        return run_id
+    return "run-" + hashlib.sha256(run_id.encode()).hexdigest()[:20]
+
+
+def content_hash(obj: Any, extra: Iterable[str] = ()) -> str:
+    """A short hash of JSON-able data (and extra strings), for the rebuild manifest."""
+    digest = hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode())
+    for item in extra:
+        digest.update(item.encode())
+    return digest.hexdigest()[:24]

@@ -1,0 +1,286 @@
+"""``bfd plot``: the dashboard's run views as static figures for papers (matplotlib, Agg).
+
+One file per view, sized for a journal column (3.5 in single, 7 in double), 8 pt text, the
+Okabe-Ito palette and viridis / RdBu maps (readable with the common colour-vision
+deficiencies). Text from the store (title, legend labels) is drawn with mathtext off, so a
+``$`` in a model name is printed, not parsed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+import matplotlib as mpl
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.legend import Legend
+
+from bfd.queries import connect
+from bfd.report import data as D
+
+__all__ = ["FORMATS", "VIEWS", "plot_run"]
+
+FORMATS: Final[tuple[str, ...]] = ("png", "svg", "pdf")
+BLOCKS: Final[tuple[str, ...]] = ("f_pp", "f_pc", "f_cp", "f_cc")
+# Okabe-Ito, as on the dashboard.
+BLOCK_COLORS: Final[dict[str, str]] = {
+    "f_pp": "#D55E00", "f_pc": "#E69F00", "f_cp": "#009E73", "f_cc": "#0072B2",
+}
+PALETTE: Final[tuple[str, ...]] = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#000000")
+_MARKERS: Final[tuple[str, ...]] = ("o", "s", "D", "^", "v", "P")
+_SINGLE, _DOUBLE = 3.5, 7.0
+_RC: Final[dict[str, Any]] = {
+    "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 7,
+    "xtick.labelsize": 7, "ytick.labelsize": 7, "text.usetex": False, "svg.fonttype": "none",
+    "pdf.fonttype": 42,
+}
+
+
+def _figure(
+    width: float, height: float, nrows: int = 1, ncols: int = 1, **kw
+) -> tuple[Figure, Any]:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, squeeze=False, **kw)
+
+
+def _col(rows: list[dict], key: str) -> np.ndarray:
+    return np.array([np.nan if r.get(key) is None else r[key] for r in rows], dtype=float)
+
+
+def _layer_axis(ax, layers: np.ndarray) -> None:
+    ax.set_xlabel("layer")
+    ax.set_xticks(layers)
+
+
+def _shares(run: dict, layers: list[dict], heads: list[dict], modes: list[dict], pos) -> Figure:
+    fig, axes = _figure(_SINGLE, 2.6)
+    ax = axes[0, 0]
+    x = _col(layers, "layer")
+    bottom = np.zeros(len(x))
+    for block in BLOCKS:
+        values = np.nan_to_num(_col(layers, block))
+        ax.bar(x, values, bottom=bottom, color=BLOCK_COLORS[block], label=block, width=0.8)
+        bottom += values
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share of logit energy")
+    _layer_axis(ax, x)
+    ax.legend(ncols=4, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    return fig
+
+
+def _head_map(run: dict, layers: list[dict], heads: list[dict], modes: list[dict], pos) -> Figure:
+    lay, hd = _col(heads, "layer").astype(int), _col(heads, "head").astype(int)
+    n_l, n_h = lay.max() + 1, hd.max() + 1
+    fig, axes = _figure(_DOUBLE, min(1.2 + 0.22 * n_l, 8.0), 1, 4, sharey=True)
+    image = None
+    for ax, block in zip(axes[0], BLOCKS, strict=True):
+        grid = np.full((n_l, n_h), np.nan)
+        grid[lay, hd] = _col(heads, block)
+        image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, aspect="auto",
+                          interpolation="nearest")
+        if n_l * n_h <= 200:
+            for (i, j), value in np.ndenumerate(grid):
+                if np.isfinite(value):
+                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=5,
+                            color="white" if value < 0.6 else "black")
+        ax.set_title(block, color=BLOCK_COLORS[block])
+        ax.set_xlabel("head")
+        ax.set_xticks(range(n_h))
+    axes[0, 0].set_ylabel("layer")
+    axes[0, 0].set_yticks(range(n_l))
+    fig.colorbar(image, ax=axes[0].tolist(), label="share", shrink=0.9)
+    return fig
+
+
+def _spectra(run: dict, layers: list[dict], heads: list[dict], modes: list[dict], pos) -> Figure:
+    fig, axes = _figure(_DOUBLE, 2.6, 1, 2)
+    left, right = axes[0]
+    lay = _col(modes, "layer")
+    cmap = mpl.colormaps["viridis"]
+    top = max(lay.max(), 1) if len(lay) else 1
+    for key in sorted({(r["layer"], r["head"]) for r in modes}):
+        rows = [r for r in modes if (r["layer"], r["head"]) == key]
+        left.plot(_col(rows, "mode"), _col(rows, "sigma"), color=cmap(key[0] / top), lw=0.8)
+    left.set_yscale("log")
+    left.set_xlabel("mode")
+    left.set_ylabel("sigma")
+    left.set_title("singular values of every head (colour: layer)")
+    fig.colorbar(mpl.cm.ScalarMappable(mpl.colors.Normalize(0, top), cmap), ax=left, label="layer")
+    hl, er = _col(heads, "layer"), _col(heads, "eff_rank")
+    right.scatter(hl, er, s=8, color=PALETTE[0], alpha=0.6, label="heads")
+    x = np.unique(hl)
+    right.plot(x, [np.nanmean(er[hl == v]) for v in x], color="black", label="layer mean")
+    right.set_ylabel("eff_rank")
+    right.set_title("effective rank")
+    _layer_axis(right, x)
+    right.legend(frameon=False)
+    return fig
+
+
+def _alpha_beta(run: dict, layers: list[dict], heads: list[dict], modes: list[dict], pos) -> Figure:
+    fig, axes = _figure(_SINGLE, 3.2)
+    ax = axes[0, 0]
+    energy = sum(np.nan_to_num(_col(modes, f"e_{b[2:]}")) for b in BLOCKS)
+    log_e = np.log10(np.maximum(energy, 1e-300))
+    norm = mpl.colors.Normalize(np.min(log_e), np.max(log_e)) if len(log_e) else None
+    types = sorted({str(r["mode_type"]) for r in modes})
+    for i, kind in enumerate(types):
+        mask = np.array([str(r["mode_type"]) == kind for r in modes])
+        ax.scatter(_col(modes, "alpha")[mask], _col(modes, "beta")[mask], c=log_e[mask],
+                   cmap="viridis", norm=norm, marker=_MARKERS[i % len(_MARKERS)], s=10,
+                   edgecolors="none", label=f"mode type {kind}")
+    ax.axvline(0.5, color="grey", ls=":", lw=0.8)
+    ax.axhline(0.5, color="grey", ls=":", lw=0.8)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="alpha (query side positional)",
+           ylabel="beta (key side positional)", aspect="equal")
+    fig.colorbar(mpl.cm.ScalarMappable(norm, "viridis"), ax=ax, label="log10 energy")
+    if types:
+        legend = ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2,
+                           frameon=False, markerscale=1.5)
+        for handle in legend.legend_handles:  # the marker shape is the key, not its colour
+            handle.set_color("dimgrey")
+    return fig
+
+
+def _pos_factor(run: dict, layers: list[dict], heads: list[dict], modes: list[dict], pos) -> Figure:
+    chosen = sorted({0, len(pos["layers"]) // 2, len(pos["layers"]) - 1})
+    n_pc = max(len(pos["pcs"][i]) for i in chosen)
+    fig, axes = _figure(_DOUBLE, 1.1 + 1.6 * len(chosen), len(chosen), n_pc)
+    for row, i in enumerate(chosen):
+        for j in range(n_pc):
+            ax = axes[row, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(pos["pcs"][i]):
+                ax.set_axis_off()
+                continue
+            image = np.array(pos["pcs"][i][j])
+            lim = np.abs(image).max() or 1.0
+            ax.imshow(image, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+            ax.set_title(f"layer {pos['layers'][i]}, PC{j + 1} "
+                         f"({100 * pos['explained'][i][j]:.1f}%)")
+    return fig
+
+
+def _preservation(run: dict, layers: list[dict], heads: list[dict], modes: list[dict], pos
+                  ) -> Figure:
+    fig, axes = _figure(_SINGLE, 2.6)
+    ax = axes[0, 0]
+    x = _col(layers, "layer")
+    for key, label, color, style in (
+        ("frac_pos_resid", "preservation: frac_pos at resid", PALETTE[1], "-"),
+        ("pos_embed_cos_resid", "pos_embed cosine at resid", PALETTE[3], ":"),
+        ("frac_content", "enrichment: frac_content at attn_in", PALETTE[0], "-"),
+    ):
+        y = _col(layers, key)
+        if np.isfinite(y).any():
+            ax.plot(x, y, style, marker="o", ms=3, color=color, label=label)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("share")
+    _layer_axis(ax, x)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    return fig
+
+
+def _validation(run: dict, layers: list[dict], heads: list[dict], modes: list[dict], pos
+                ) -> Figure:
+    fig, axes = _figure(_DOUBLE, 2.4, 1, 3)
+    res, split, shuffle = axes[0]
+    x = _col(layers, "layer")
+    for i, key in enumerate(("ss_identity_residual", "ortho_residual", "logit_residual")):
+        y = np.abs(_col(layers, key))
+        if np.isfinite(y).any():
+            res.semilogy(x, np.maximum(y, 1e-300), marker="o", ms=3, color=PALETTE[i], label=key)
+    res.set_title("identity residuals")
+    res.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    split.plot(x, _col(layers, "pos_split_half_r"), marker="o", ms=3, color=PALETTE[2])
+    split.set_ylim(0, 1.02)
+    split.set_title("split-half r of pos")
+    shuffle.semilogy(x, _col(layers, "shuffle_frac_pos"), marker="o", ms=3, color=PALETTE[0],
+                     label="after shuffling")
+    shuffle.semilogy(x, _col(layers, "frac_pos"), "--", marker="o", ms=3, color=PALETTE[4],
+                     label="frac_pos")
+    if run.get("chance_frac_pos"):
+        shuffle.axhline(run["chance_frac_pos"], color="black", ls=":", label="chance")
+    shuffle.set_title("shuffle control")
+    shuffle.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    for ax in axes[0]:
+        _layer_axis(ax, x)
+    return fig
+
+
+View = Callable[..., Figure]
+VIEWS: Final[dict[str, View]] = {
+    "shares": _shares,
+    "head_map": _head_map,
+    "spectra": _spectra,
+    "alpha_beta": _alpha_beta,
+    "pos_factor": _pos_factor,
+    "preservation": _preservation,
+    "validation": _validation,
+}
+# What a view needs to have anything to draw.
+_NEEDS: Final[dict[str, str]] = {
+    "shares": "layers", "head_map": "heads", "spectra": "modes", "alpha_beta": "modes",
+    "pos_factor": "pos", "preservation": "layers", "validation": "layers",
+}
+
+
+def plot_run(
+    store_root: str | os.PathLike[str], run_id: str, out_dir: str | os.PathLike[str],
+    fmt: str = "png",
+) -> tuple[list[Path], list[str]]:
+    """Writes every view of one run as ``<out_dir>/<run_id>-<view>.<fmt>``.
+
+    Args:
+        store_root: The store directory.
+        run_id: A run of the store.
+        out_dir: Where to write; created if missing.
+        fmt: ``png`` (300 dpi), ``svg`` or ``pdf``.
+
+    Returns:
+        The files written, and the views skipped for lack of data (e.g. ``pos_factor`` when
+        the run's results are not found).
+
+    Raises:
+        ValueError: Unknown format, or no such run in the store.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown figure format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    con = connect(store_root)
+    try:
+        runs = {row["run_id"]: row for row in D.run_list(con).to_pylist()}
+        if run_id not in runs:
+            ids = list(runs)
+            known = ", ".join(map(str, ids[:10])) + (" ..." if len(ids) > 10 else "")
+            raise ValueError(f"no run {run_id!r} in store {str(store_root)!r}; "
+                             f"runs: {known or 'none'}")
+        run = runs[run_id]
+        detail = {name: t.to_pylist() for name, t in D.run_detail(con, run_id).items()}
+    finally:
+        con.close()
+    grid = (run["grid_h"], run["grid_w"])
+    detail["pos"] = D.positional_components(store_root, run_id, grid)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written, skipped = [], []
+    with mpl.rc_context(_RC):
+        for name, view in VIEWS.items():
+            if not detail[_NEEDS[name]]:
+                skipped.append(name)
+                continue
+            fig = view(run, detail["layers"], detail["heads"], detail["modes"], detail["pos"])
+            fig.suptitle(f"{run['series']} · {run_id}", fontsize=8, parse_math=False)
+            # legend labels may hold names from the store (mode types)
+            for legend in fig.findobj(Legend):
+                for text in legend.get_texts():
+                    text.set_parse_math(False)
+            path = out / f"{D.safe_file_stem(run_id)}-{name}.{fmt}"
+            fig.savefig(path, format=fmt, dpi=300 if fmt == "png" else None)
+            written.append(path)
+    return written, skipped

@@ -1,0 +1,252 @@
+"""The dashboard's build (pages, escaping, incremental refresh), its data, and ``bfd plot``.
+The browser tests are in test_dashboard_browser.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from dashstore import catalog_with_audits, write_synthetic_run
+from PIL import Image
+from test_queries import build_store
+
+from bfd.cli import main
+from bfd.queries import connect, run_sql
+from bfd.report import data as D
+from bfd.report.dashboard import MANIFEST, build_dashboard, embed_json, make_server
+from bfd.report.plots import VIEWS, plot_run
+
+XSS = "<script>alert(1)</script>"
+
+
+def embedded(page: Path) -> dict:
+    text = page.read_text(encoding="utf-8")
+    match = re.search(r"<script type='application/json' id='bfd-data'>(.*?)</script>", text, re.S)
+    assert match is not None
+    return json.loads(match.group(1))
+
+
+def test_embedded_json_cannot_leave_its_script_element():
+    value = {"name": f"</script>{XSS}<!-- & \u2028", "x": [1.5, None]}
+    text = embed_json(value)
+    assert not set("<>&") & set(text)
+    assert json.loads(text) == value
+
+
+def test_pages_of_a_store_and_an_incremental_rebuild(tmp_path):
+    root = tmp_path / "store"
+    runs = build_store(root)
+    out = tmp_path / "site"
+    first = build_dashboard(root, out)
+    pages = {"index.html", "series.html", "compare.html"} | {f"runs/{r}.html" for r in runs}
+    assets = {"assets/plotly.min.js", "assets/dashboard.js", "assets/dashboard.css"}
+    assert set(first.written) == pages | assets and not first.unchanged
+    # The overview lists every run, the unfinished one included, from the catalog.
+    overview = embedded(out / "index.html")
+    assert sorted(overview["runs"]["run_id"]) == sorted(runs)
+    assert overview["has_audits"] is False
+    # Layer rows only for complete runs; their frac_pos is what was planted.
+    assert set(overview["layers"]["run_id"]) == {"a-old", "a-new", "b-1"}
+    rows = [i for i, r in enumerate(overview["layers"]["run_id"]) if r == "a-new"]
+    np.testing.assert_allclose(
+        [overview["layers"]["frac_pos"][i] for i in rows], runs["a-new"].frac_pos, rtol=1e-12
+    )
+    page = (out / "index.html").read_text(encoding="utf-8")
+    # Nothing is loaded from outside the output folder.
+    assert not re.search(r"""(src|href)=["'](https?:|//)""", page)
+    assert "plotly.min.js" in page and (out / "assets/plotly.min.js").stat().st_size > 1e6
+
+    second = build_dashboard(root, out)
+    assert second.written == [] and set(second.unchanged) == pages
+
+    created = dt.datetime(2025, 4, 1, tzinfo=dt.UTC)
+    write_synthetic_run(root, "c-1", model="vit_c", created_at=created)
+    third = build_dashboard(root, out)
+    assert set(third.written) == {"index.html", "series.html", "compare.html", "runs/c-1.html"}
+    assert "c-1" in embedded(out / "compare.html")["runs"]["run_id"]
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert "runs/c-1.html" in manifest["pages"]
+
+    # The run leaves the store: every table file holding only its rows goes.
+    gone = [
+        path for path in (root / "tables").rglob("*.parquet")
+        if set(pq.read_table(path, columns=["run_id"]).column("run_id").to_pylist()) == {"c-1"}
+    ]
+    assert len(gone) == 4
+    for path in gone:
+        path.unlink()
+    fourth = build_dashboard(root, out)
+    assert fourth.removed == ["runs/c-1.html"] and not (out / "runs/c-1.html").exists()
+
+
+def test_run_keys_follow_each_runs_rows(tmp_path):
+    root = tmp_path / "store"
+    for i, run_id in enumerate(("r-1", "r-2")):
+        write_synthetic_run(root, run_id, seed=i)
+    with connect(root) as con:
+        before = D.run_keys(con)
+    write_synthetic_run(root, "r-2", seed=5)  # same shape, other numbers
+    with connect(root) as con:
+        after = D.run_keys(con)
+    assert before["r-1"] == after["r-1"] and before["r-2"] != after["r-2"]
+
+
+def test_positional_components_recover_the_planted_grid(tmp_path):
+    root = tmp_path / "store"
+    write_synthetic_run(root, "p-1", depth=2, grid=(4, 5), with_pos=True)
+    pcs = D.positional_components(root, "p-1", (4, 5))
+    assert pcs["layers"] == [0, 1] and pcs["grid"] == [4, 5]
+    rows, cols = np.mgrid[0:4, 0:5]
+    for layer in range(2):
+        pc1, pc2 = (np.array(pcs["pcs"][layer][j]) for j in range(2))
+        # Planted: rows carry 9x the variance of columns; the prefix token is off the grid.
+        assert abs(np.corrcoef(pc1.ravel(), rows.ravel())[0, 1]) > 0.999999
+        assert abs(np.corrcoef(pc2.ravel(), cols.ravel())[0, 1]) > 0.999999
+        np.testing.assert_allclose(pcs["explained"][layer][:2], [0.9, 0.1], atol=1e-9)
+        assert pc1.max() == np.abs(pc1).max()  # sign fixed
+    assert D.positional_components(root, "p-1", (5, 5)) is None  # tokens do not fill it
+    assert D.positional_components(root, "missing", (4, 5)) is None
+
+
+def test_series_data_lists_head_type_changes_of_consecutive_runs(tmp_path):
+    root = tmp_path / "store"
+    for i in range(3):
+        write_synthetic_run(root, f"s-{i}", weights="w", seed=i,
+                            created_at=dt.datetime(2025, 1, 1 + i, tzinfo=dt.UTC))
+    with connect(root) as con:
+        changes = D.series_data(con)["head_type_changes"].to_pylist()
+        heads = {
+            (r["run_id"], r["layer"], r["head"]): r["head_type"]
+            for r in run_sql(con, "SELECT run_id, layer, head, head_type FROM heads").to_pylist()
+        }
+    expected = {
+        (f"s-{i}", layer, head)
+        for i in (1, 2)
+        for (run, layer, head), kind in heads.items()
+        if run == f"s-{i}" and heads[(f"s-{i - 1}", layer, head)] != kind
+    }
+    assert expected  # the seeds give some changes to find
+    assert {(c["run_id"], c["layer"], c["head"]) for c in changes} == expected
+    assert all(c["prev_run_id"] == f"s-{int(c['run_id'][-1]) - 1}" for c in changes)
+
+
+def test_dashboard_imports_neither_torch_nor_matplotlib(tmp_path):
+    root = tmp_path / "store"
+    write_synthetic_run(root, "r-1")
+    code = (
+        "import sys; from bfd.report.dashboard import build_dashboard; "
+        f"build_dashboard({str(root)!r}, {str(tmp_path / 'site')!r}); "
+        "print(sorted(m for m in ('torch', 'timm', 'prefect', 'matplotlib') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_server_binds_loopback_only(tmp_path):
+    server = make_server(tmp_path, 0)
+    try:
+        assert server.server_address[0] == "127.0.0.1"
+    finally:
+        server.server_close()
+
+
+@pytest.fixture
+def two_layer_store(tmp_path) -> Path:
+    root = tmp_path / "store"
+    write_synthetic_run(root, "two-1", model="vit_$x^2$_model", depth=2, with_pos=True)
+    return root
+
+
+def test_bfd_plot_writes_each_view_of_a_two_layer_run(two_layer_store, tmp_path, capsys):
+    out = tmp_path / "figs"
+    args = ["plot", "two-1", "--store", str(two_layer_store), "--out", str(out), "--format", "svg"]
+    assert main(args) == 0
+    files = sorted(out.iterdir())
+    assert [p.name for p in files] == sorted(f"two-1-{view}.svg" for view in VIEWS)
+    assert capsys.readouterr().out.split() == [str(out / f"two-1-{v}.svg") for v in VIEWS]
+    for path in files:
+        # The $ of the name is printed as it is, not parsed as mathtext.
+        assert "vit_$x^2$_model" in path.read_text(encoding="utf-8")
+
+
+def test_plot_png_at_print_resolution_and_no_pos_without_results(tmp_path):
+    root = tmp_path / "store"
+    write_synthetic_run(root, "r-1", depth=2)  # no results Dataset: no positional factor
+    written, skipped = plot_run(root, "r-1", tmp_path / "figs", "png")
+    assert skipped == ["pos_factor"]
+    assert [p.name for p in written] == [f"r-1-{v}.png" for v in VIEWS if v != "pos_factor"]
+    for path in written:
+        image = Image.open(io.BytesIO(path.read_bytes())).convert("RGB")
+        assert image.width >= 1000  # 3.5 in or more at 300 dpi
+        assert len(set(image.getdata())) > 50
+
+
+def test_bfd_plot_refuses_an_unknown_run(tmp_path, capsys):
+    root = tmp_path / "store"
+    write_synthetic_run(root, "r-1")
+    assert main(["plot", "nope", "--store", str(root), "--out", str(tmp_path / "f")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bfd: error: no run 'nope'") and "r-1" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "f").exists()
+
+
+def audited_store(tmp_path: Path):
+    """Three audits of one series (steps 100, 200, 300); the third flagged f_pp drift."""
+    root = tmp_path / "store"
+    utc = dt.UTC
+    for i in range(3):
+        write_synthetic_run(root, f"s-{i}", weights="w", seed=i,
+                            created_at=dt.datetime(2025, 1, 3 - i, tzinfo=utc))
+    audits = [
+        (f"audit-{i}", f"nightly {XSS}", f"s-{i}", 100 * (i + 1),
+         dt.datetime(2025, 2, 1 + i, tzinfo=utc), dt.datetime(2025, 2, 1 + i, 1, tzinfo=utc),
+         "schedule", f"flow-{i}", "complete", f"audit-{i - 1}" if i else None, 1 if i == 2 else 0)
+        for i in range(3)
+    ]
+    drift = [("audit-2", "audit-1", 1, 0, "f_pp", 0.2, 0.5, 0.3, 0.1, True),
+             ("audit-2", "audit-1", 1, 1, "f_cc", 0.2, 0.21, 0.01, 0.1, False)]
+    return root, catalog_with_audits(root, tmp_path / "catalog.duckdb", audits, drift)
+
+
+def test_series_follow_the_audits_table_when_it_exists(tmp_path):
+    root, con = audited_store(tmp_path)
+    with con:
+        assert D.audits_present(con)
+        runs = D.run_list(con).to_pylist()
+        assert {r["series"] for r in runs} == {f"nightly {XSS}"}
+        # Ordered by audit step, not by creation time (created_at runs backwards here).
+        assert [r["run_id"] for r in runs] == ["s-0", "s-1", "s-2"]
+        assert [r["flow_run_id"] for r in runs] == ["flow-0", "flow-1", "flow-2"]
+        data = D.series_data(con)
+        assert [r["run_id"] for r in data["metrics"].to_pylist()] == ["s-0", "s-1", "s-2"]
+        flagged = data["drift"].to_pylist()
+        assert [(d["run_id"], d["metric"], d["layer"]) for d in flagged] == [("s-2", "f_pp", 1)]
+        changes = data["head_type_changes"].to_pylist()
+        assert all(c["prev_run_id"] == f"s-{int(c['run_id'][-1]) - 1}" for c in changes)
+
+
+def test_series_page_without_audits_says_so(tmp_path):
+    root = tmp_path / "store"
+    write_synthetic_run(root, "r-1")
+    build_dashboard(root, tmp_path / "site")
+    payload = embedded(tmp_path / "site" / "series.html")
+    assert payload["has_audits"] is False and "drift" not in payload
+    assert payload["metrics"]["series"] == ["toy_vit · random"]
+
+
+def test_dashboard_refuses_a_bad_port_before_building(tmp_path, capsys):
+    root = tmp_path / "store"
+    write_synthetic_run(root, "r-1")
+    out = tmp_path / "site"
+    assert main(["dashboard", "--store", str(root), "--out", str(out), "--port", "70000"]) == 2
+    assert capsys.readouterr().err.strip() == "bfd: error: --port must be 0-65535; got 70000"
+    assert not out.exists()

@@ -1,0 +1,250 @@
+"""The dashboard in a real headless Chromium (tests/browser.py): offline, every run listed,
+interactive, and a series named ``<script>alert(1)</script>`` shown as text."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from browser import available, chromium
+from dashstore import write_synthetic_run
+from PIL import Image
+
+from bfd.report.dashboard import build_dashboard, make_server
+
+pytestmark = pytest.mark.skipif(
+    not available(), reason="needs Debian's chromium and chromium-driver (.ci/run installs them)"
+)
+
+XSS = "<script>alert(1)</script>"
+# Two series (a model with its weights) of two runs each; the second series' model is hostile.
+RUNS = (
+    ("a-1", "vit_a", "w1", 1),
+    ("a-2", "vit_a", "w1", 2),
+    ("x-1", XSS, XSS, 3),
+    ("x-2", XSS, XSS, 4),
+)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("store")
+    for i, (run_id, model, weights, day) in enumerate(RUNS):
+        write_synthetic_run(
+            root, run_id, model=model, weights=weights, seed=i, depth=4, n_heads=3,
+            created_at=dt.datetime(2025, 1, day, tzinfo=dt.UTC), with_pos=run_id == "a-2",
+            intervals=model == "vit_a",
+        )
+    out = tmp_path_factory.mktemp("site")
+    build_dashboard(root, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium() as driver:
+        yield driver
+
+
+def wait_for(driver, script: str, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = driver.execute_script(script)
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for: {script}")
+
+
+def open_page(driver, url: str) -> None:
+    # From a blank page, so that the logs hold only what this page does (a fresh browser's
+    # first tab loads chrome:// pages of its own).
+    driver.get("about:blank")
+    driver.get_log("browser")
+    driver.get_log("performance")
+    driver.get(url)
+    # dashboard.js appends the "generated" note last, after every figure is drawn.
+    wait_for(driver, "return document.body.innerText.includes('generated ')")
+
+
+def requested_urls(driver) -> list[str]:
+    """Every URL the page asked for: the DevTools network log and the resource timings."""
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    urls += driver.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+    )
+    return urls
+
+
+def assert_clean(driver, allowed_prefix: str) -> None:
+    errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+    assert errors == []
+    urls = requested_urls(driver)
+    assert urls, "the network log recorded nothing"
+    outside = [u for u in urls if not u.startswith((allowed_prefix, "data:", "blob:"))]
+    assert outside == []
+
+
+def no_dialog(driver) -> bool:
+    from selenium.common.exceptions import NoAlertPresentException
+
+    try:
+        driver.switch_to.alert  # noqa: B018 - the lookup raises when there is none
+    except NoAlertPresentException:
+        return True
+    return False
+
+
+def depth_traces(driver) -> dict[str, list]:
+    return driver.execute_script(
+        "const d = document.getElementById('depth-plot').data;"
+        "const out = {}; for (const t of d) if (t.yaxis !== 'y2' && t.name !== 'chance')"
+        " out[t.legendgroup] = Array.from(t.y); return out;"
+    )
+
+
+def test_overview_offline_every_run_and_selection(site, browser, tmp_path):
+    open_page(browser, (site / "index.html").as_uri())
+    assert_clean(browser, "file://")
+    listed = browser.execute_script(
+        "return [...document.querySelectorAll('#runs-table tbody tr')].map(r => r.dataset.key)"
+    )
+    assert sorted(listed) == sorted(run[0] for run in RUNS)
+    # The latest run of each series is drawn; ticking the other run of a series adds its data.
+    before = depth_traces(browser)
+    assert set(before) == {"a-2", "x-2"}
+    browser.find_element("css selector", "input.run-toggle[data-run='a-1']").click()
+    after = wait_for(browser, "const d = document.getElementById('depth-plot').data;"
+                     "return d.some(t => t.legendgroup === 'a-1') && d.length")
+    assert after > 0
+    traces = depth_traces(browser)
+    assert set(traces) == {"a-1", "a-2", "x-2"} and traces["a-1"] != traces["a-2"]
+    browser.find_element("css selector", "input.run-toggle[data-run='a-2']").click()
+    assert set(depth_traces(browser)) == {"a-1", "x-2"}
+    # The runs table downloads as CSV: a header and one line per run.
+    browser.execute_script(
+        "const make = URL.createObjectURL; window.__blobs = [];"
+        "URL.createObjectURL = (b) => { window.__blobs.push(b); return make(b); };"
+    )
+    browser.find_element("xpath", "//button[starts-with(., 'Download runs as CSV')]").click()
+    csv = browser.execute_async_script(
+        "const done = arguments[0]; window.__blobs[0].text().then(done);"
+    )
+    lines = csv.strip().split("\n")
+    assert lines[0].startswith("run_id,series,model,weights")
+    assert sorted(line.split(",")[0] for line in lines[1:]) == sorted(run[0] for run in RUNS)
+    assert sum(XSS in line for line in lines) == 2
+    # Not blank: the figure area holds many colours.
+    png = browser.get_screenshot_as_png()
+    (tmp_path / "overview.png").write_bytes(png)
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    assert image.width > 800 and len(set(image.getdata())) > 200
+    plot = browser.find_element("id", "depth-plot")
+    crop = Image.open(io.BytesIO(plot.screenshot_as_png)).convert("RGB")
+    assert len(set(crop.getdata())) > 50
+    assert plot.get_attribute("role") == "img" and "frac_pos" in plot.get_attribute("aria-label")
+
+
+@pytest.mark.parametrize("page", ["index.html", "runs/x-1.html", "series.html", "compare.html"])
+def test_hostile_names_render_as_text(site, browser, page):
+    open_page(browser, (site / page).as_uri())
+    assert no_dialog(browser)
+    assert_clean(browser, "file://")
+    # Three script elements of our own (data, plotly.js, dashboard.js); none from the store.
+    assert browser.execute_script("return document.scripts.length") == 3
+    text = browser.execute_script("return document.body.innerText")
+    if page != "compare.html":  # compare shows names only inside its <select>s
+        assert XSS in text
+    else:
+        options = browser.execute_script(
+            "return [...document.querySelectorAll('#run-a option')].map(o => o.textContent)"
+        )
+        assert any(XSS in o for o in options)
+
+
+def test_run_page_views_are_linked(site, browser):
+    open_page(browser, (site / "runs/a-2.html").as_uri())
+    assert_clean(browser, "file://")
+    for plot in ("shares-plot", "headmap-plot", "spectrum-plot", "alphabeta-plot", "pos-plot",
+                 "preservation-plot", "residual-plot", "splithalf-plot", "shuffle-plot"):
+        assert browser.execute_script(f"return document.getElementById('{plot}').data.length") > 0
+    title = "return document.getElementById('alphabeta-plot').layout.title.text"
+    assert browser.execute_script(title).startswith("layer 0:")
+    # Choosing a layer redraws the mode views for it.
+    browser.execute_script(
+        "const s = document.getElementById('layer-select'); s.value = '2';"
+        "s.dispatchEvent(new Event('change'));"
+    )
+    assert browser.execute_script(title).startswith("layer 2:")
+    assert browser.execute_script(
+        "return document.getElementById('spectrum-plot').layout.title.text"
+    ).startswith("layer 2, head 0")
+    # The planted positional factor: PC1 of a 4 x 5 grid.
+    z = browser.execute_script("return document.getElementById('pos-plot').data[0].z")
+    assert len(z) == 4 and len(z[0]) == 5
+
+
+def test_served_from_loopback_with_no_outside_request(site, browser):
+    server = make_server(site, 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        host, port = server.server_address[:2]
+        base = f"http://{host}:{port}/"
+        open_page(browser, base + "compare.html")
+        assert_clean(browser, base)
+        # a-1 against a-2, both with frac_pos intervals [v - 0.01, v + 0.02]: the delta's
+        # interval [lo_B - hi_A, hi_B - lo_A] reaches 0.03 either side of it.
+        browser.execute_script(
+            "for (const [id, v] of [['run-a', 'a-1'], ['run-b', 'a-2']]) {"
+            " const s = document.getElementById(id); s.value = v;"
+            " s.dispatchEvent(new Event('change')); }"
+        )
+        bar = browser.execute_script(
+            "const t = document.getElementById('delta-plot').data[0];"
+            "return [Array.from(t.y), Array.from(t.error_y.array),"
+            " Array.from(t.error_y.arrayminus)]"
+        )
+        delta, up, down = bar
+        assert len(delta) == 4
+        assert up == pytest.approx([0.03] * 4) and down == pytest.approx([0.03] * 4)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_series_page_marks_drift_of_audits(tmp_path, browser, monkeypatch):
+    from test_dashboard import audited_store
+
+    root, con = audited_store(tmp_path)
+    monkeypatch.setenv("PREFECT_UI_URL", "http://127.0.0.1:4200")
+    with con:
+        build_dashboard(root, tmp_path / "site", catalog=con)
+    open_page(browser, (tmp_path / "site" / "series.html").as_uri())
+    assert_clean(browser, "file://")
+    assert browser.execute_script("return document.getElementById('no-audits')") is None
+    assert browser.execute_script("return document.getElementById('x-select').value") == "step"
+    line, flags = browser.execute_script(
+        "return document.getElementById('metric-f_pp').data.map(t => Array.from(t.x))"
+    )
+    assert line == [100, 200, 300] and flags == [300]
+    assert browser.execute_script(
+        "return document.getElementById('metric-f_cc').data[1].x.length"
+    ) == 0
+    drift_rows = browser.execute_script(
+        "return document.querySelectorAll('#drift-table tbody tr').length"
+    )
+    assert drift_rows == 1
+    open_page(browser, (tmp_path / "site" / "runs" / "s-0.html").as_uri())
+    link = browser.find_element("link text", "flow-0")
+    assert link.get_attribute("href") == "http://127.0.0.1:4200/runs/flow-run/flow-0"
+    assert browser.find_element("id", "results-link").get_attribute("href").startswith("file://")

@@ -1,0 +1,215 @@
+"""The store opened by other tools exactly as docs/layout.md shows (the code block of "Reading
+the store from other tools" is run here), the stable catalog path, several stores in one
+query, NULL for undefined values, and a catalog that degrades instead of dying."""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pytest
+from storebuilder import build_run, random_run_arrays
+
+from bfd.queries import connect, current_catalog, run_sql
+from bfd.storage import RUN_TABLES, Store, read_pointer
+from bfd.tasks.decompose import DecomposeOptions, assemble_results, decompose_site_layer
+from bfd.tasks.publish import publish
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def publish_run(store: Store, rid: str, layers: int) -> None:
+    options = DecomposeOptions()
+    parts = [decompose_site_layer(str(store.root), rid, site, layer, options)
+             for site in ("attn_in", "resid") for layer in range(layers)]
+    results = assemble_results(parts, {"run_id": rid, **options.to_dict(),
+                                       "images_per_task": 0})
+    publish(str(store.root), rid, results, {"decompose": options.to_dict()})
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    """Two runs of two models; only the first has a learned pos_embed (so pos_embed_cos is
+    defined for one row of all)."""
+    store = Store(tmp_path_factory.mktemp("readers") / "store")
+    rids = []
+    for k, (model, L, T) in enumerate((("toy_a", 2, 10), ("toy_b", 3, 7))):
+        acts, qkv, H = random_run_arrays(k, L=L, N=8, T=T, d=12)
+        pos = np.random.default_rng(k).normal(size=(T - 1, 12)) if k == 0 else None
+        rid = build_run(store, acts, qkv, H, model=model, pos_embed=pos)
+        publish_run(store, rid, L)
+        rids.append(rid)
+    return store, rids
+
+
+def docs_snippet() -> str:
+    text = (REPO / "docs" / "layout.md").read_text(encoding="utf-8")
+    section = text[text.index("## Reading the store from other tools"):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def run_snippet(store: Store, run_id: str, table: str) -> dict:
+    code = docs_snippet()
+    code = re.sub(r'^store = .*$', f"store = {str(store.root)!r}", code, count=1, flags=re.M)
+    code = re.sub(r'^run_id = .*$', f"run_id = {run_id!r}", code, count=1, flags=re.M)
+    code = code.replace("tables/heads", f"tables/{table}").replace("['heads']", f"['{table}']")
+    scope: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # opening a run as documented warns about nothing
+        exec(compile(code, "docs/layout.md", "exec"), scope)
+    return scope
+
+
+def kind(type_: pa.DataType) -> str:
+    """A column type up to its Arrow encoding (string, large_string, string_view are one)."""
+    if pa.types.is_string(type_) or pa.types.is_large_string(type_) or (
+            pa.types.is_string_view(type_)):
+        return "string"
+    if pa.types.is_dictionary(type_):
+        return kind(type_.value_type)
+    if pa.types.is_timestamp(type_):  # one time zone under its names
+        tz = "UTC" if type_.tz in ("UTC", "Etc/UTC", "+00:00") else type_.tz
+        return f"timestamp[{type_.unit}, tz={tz}]"
+    return str(type_)
+
+
+def kinds(table: pa.Table) -> dict[str, str]:
+    return {name: kind(table.schema.field(name).type) for name in table.column_names}
+
+
+@pytest.mark.parametrize("table", RUN_TABLES)
+def test_every_reader_gets_the_rows_and_types_of_bfd_sql(two_models, table):
+    store, rids = two_models
+    expected = run_sql(str(store.root), f"SELECT * FROM {table}")
+    scope = run_snippet(store, rids[0], table)
+    got = {
+        "pandas": pa.Table.from_pandas(scope["heads_pandas"], preserve_index=False),
+        "pyarrow.parquet": scope["heads_arrow"],
+        "pyarrow.dataset": scope["heads_dataset"],
+        "polars": scope["heads_polars"].to_arrow(),
+        "duckdb": pa.Table.from_pandas(scope["heads_duckdb"], preserve_index=False),
+    }
+    assert len(set(expected.column("model").to_pylist())) == 2
+    for reader, data in got.items():
+        assert data.num_rows == expected.num_rows, reader
+        assert data.column_names == expected.column_names, reader
+        if reader in ("pandas", "duckdb"):
+            # numpy-backed frames: an all-NULL column has no type left to compare
+            data = data.select([c for c in data.column_names if data.column(c).null_count
+                                < data.num_rows])
+        assert kinds(data) == {c: kinds(expected)[c] for c in data.column_names}, reader
+        key = [c for c in ("run_id", "site", "layer", "head", "mode", "image_index")
+               if c in expected.column_names]
+        assert (sorted(map(tuple, data.select(key).to_pylist()))
+                == sorted(map(tuple, expected.select(key).to_pylist()))), reader
+    published = run_snippet(store, rids[0], table)["heads_published"]
+    assert len(published) == run_sql(
+        str(store.root), f"SELECT count(*) AS n FROM {table} WHERE run_id = $r",
+        {"r": rids[0]}).column("n")[0].as_py()
+
+
+def test_xarray_opens_activations_and_results_without_warnings(two_models):
+    store, rids = two_models
+    scope = run_snippet(store, rids[1], "heads")
+    assert scope["acts"].resid.dims == ("layer", "image", "token", "dim")
+    assert scope["results"].energy.dims == ("layer", "head", "block")
+    assert scope["pointer"] == read_pointer(store, rids[1])
+    heads = run_sql(str(store.root), "SELECT count(*) AS n FROM heads WHERE run_id = $r",
+                    {"r": rids[1]}).column("n")[0].as_py()
+    assert scope["results"].energy.sizes["layer"] * scope["results"].energy.sizes["head"] == heads
+
+
+def test_null_is_null(two_models):
+    store, _ = two_models
+    counts = run_sql(str(store.root), "SELECT count(*) AS rows, count(pos_embed_cos) AS cos,"
+                     " count(logit_residual) AS logit, avg(pos_embed_cos) AS mean FROM layers")
+    row = counts.to_pylist()[0]
+    assert row["rows"] == 2 * (2 + 3)
+    assert row["cos"] == 1  # resid layer 0 of the model with a learned pos_embed
+    assert row["logit"] == 2 + 3  # attn_in only
+    assert np.isfinite(row["mean"])
+
+
+def test_stable_catalog_keeps_working_across_a_rebuild(two_models, tmp_path, capsys):
+    source, rids = two_models
+    store = Store(tmp_path / "store")
+    shutil.copytree(source.root, store.root)
+    path = current_catalog(store.root)
+    assert path == store.root / "catalog" / "current.duckdb"
+    tool = duckdb.connect(str(path), read_only=True)  # e.g. a BI tool
+    before = tool.sql("SELECT count(*) FROM runs").fetchall()
+    assert before == [(2,)]
+    # A rebuild: the second run's files leave the catalog.
+    (store.root / "runs" / rids[1] / "published.json").unlink()
+    assert run_sql(str(store.root), "SELECT count(*) AS n FROM runs").column("n")[0].as_py() == 1
+    assert tool.sql("SELECT count(*) FROM runs").fetchall() == before  # still its version
+    assert tool.sql("SELECT count(*) FROM heads").fetchall()[0][0] > 0
+    tool.close()
+    fresh = duckdb.connect(str(current_catalog(store.root)), read_only=True)
+    assert fresh.sql("SELECT count(*) FROM runs").fetchall() == [(1,)]
+    fresh.close()
+    from conftest import env_kept
+
+    from bfd.cli import main
+
+    capsys.readouterr()
+    with env_kept():
+        assert main(["catalog", "--path", "--store", str(store.root)]) == 0
+    assert capsys.readouterr().out == f"{path}\n"
+
+
+def test_attach_queries_several_stores_read_only(two_models, tmp_path):
+    source, rids = two_models
+    staging = Store(tmp_path / "staging")
+    shutil.copytree(source.root, staging.root)
+    (staging.root / "runs" / rids[0] / "published.json").unlink()
+    con = connect(source.root, {"staging": staging.root})
+    sql = ("SELECT (SELECT count(*) FROM runs) AS here, (SELECT count(*) FROM staging.runs) "
+           "AS there, (SELECT count(*) FROM (SELECT run_id FROM heads EXCEPT "
+           "SELECT run_id FROM staging.heads)) AS only_here")
+    assert run_sql(con, sql).to_pylist() == [{"here": 2, "there": 1, "only_here": 1}]
+    with pytest.raises(duckdb.Error, match="read-only"):
+        con.execute("DELETE FROM staging.heads")
+    with pytest.raises(ValueError, match="plain SQL name"):
+        connect(source.root, {"bfd": staging.root})
+
+
+def test_catalog_and_sql_import_no_torch_timm_or_prefect():
+    code = ("import sys, bfd.queries; from bfd.queries import snapshot, listing; "
+            "print(sorted(m for m in ('torch', 'timm', 'prefect', 'zarr', 'xarray') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted", "garbage pointer"])
+def test_unreadable_table_file_leaves_out_its_run_only(two_models, tmp_path, caplog, damage):
+    source, rids = two_models
+    store = Store(tmp_path / "store")
+    shutil.copytree(source.root, store.root)
+    damaged = store.root / read_pointer(store, rids[0])["tables"]["modes"]
+    if damage == "truncated":
+        damaged.write_bytes(damaged.read_bytes()[:50])
+    elif damage == "deleted":
+        damaged.unlink()
+    else:
+        damaged = store.published_pointer(rids[0])
+        damaged.write_bytes(b"\x00garbage")
+    for _ in range(2):  # built, then from the cache: the warning each time
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="bfd.catalog"):
+            runs = run_sql(str(store.root), "SELECT run_id FROM runs").column("run_id")
+        assert runs.to_pylist() == [rids[1]]
+        (message,) = [r.getMessage() for r in caplog.records]
+        assert str(damaged) in message and rids[0] in message and "left out" in message
+    for table in RUN_TABLES:
+        got = run_sql(str(store.root), f"SELECT DISTINCT run_id FROM {table}")
+        assert got.column("run_id").to_pylist() == [rids[1]], table
