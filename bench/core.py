@@ -8,7 +8,9 @@ Prints, each as a ratio against a baseline measured in the same run:
       (--compare-n), the CPU, float64 pass 2 (``compute_dtype="float64"``), each warmed up
       first and the best of --reps taken;
   (c) peak RSS of the streaming path at N=2048 / at N=256 (fresh processes; interpreter and
-      torch import included in both).
+      torch import included in both);
+  (d) the core's time with the jackknife intervals (16 groups, the default) / without them
+      (0 groups), same N, device and warm-up.
 
 Usage: python bench/core.py [--n 256] [--chunk 64] [--compare-n 8] [--device cpu|cuda]
        [--quick]   (tiny shapes, one rep: checks that the bench runs, its figures mean nothing)
@@ -88,7 +90,7 @@ def _sync(device: str) -> None:
 
 
 def time_core(n: int, chunk: int, device: str, reps: int = 3, compute_dtype: str = "float32",
-              shape: tuple[int, int, int] = (T, D, H)) -> float:
+              shape: tuple[int, int, int] = (T, D, H), groups: int = 16) -> float:
     """Best of ``reps`` after one warm-up run, on chunks already on ``device``."""
     maps = head_maps(qkv_weight(shape=shape), shape[2])
     source = make_chunks(n, chunk, shape=shape)
@@ -99,7 +101,7 @@ def time_core(n: int, chunk: int, device: str, reps: int = 3, compute_dtype: str
         _sync(device)
         t0 = time.perf_counter()
         decompose_layer(lambda: iter(cached), maps, prefix_tokens=1, device=device,
-                        compute_dtype=compute_dtype)
+                        compute_dtype=compute_dtype, groups=groups)
         _sync(device)
         return time.perf_counter() - t0
 
@@ -155,9 +157,12 @@ def main() -> None:
 
     mm = matmul_flops_per_s(args.device, reps=3 * args.reps, shape=shape)
     t_core = time_core(args.n, args.chunk, args.device, args.reps, shape=shape)
+    t_plain = time_core(args.n, args.chunk, args.device, args.reps, shape=shape, groups=0)
     core_rate = core_flops(args.n, shape) / t_core
     t_brute = time_brute(args.compare_n, 1 if args.quick else min(args.reps, 2), shape)
-    t_core_same = time_core(args.compare_n, args.chunk, "cpu", args.reps, "float64", shape)
+    # no intervals: the brute force computes none
+    t_core_same = time_core(args.compare_n, args.chunk, "cpu", args.reps, "float64", shape,
+                            groups=0)
     rss_small = peak_rss_mb(rss_n[0], args.chunk, shape)
     rss_large = peak_rss_mb(rss_n[1], args.chunk, shape)
     figures = {
@@ -179,6 +184,8 @@ def main() -> None:
         f"peak_rss_mb_n{rss_n[0]}": round(rss_small, 1),
         f"peak_rss_mb_n{rss_n[1]}": round(rss_large, 1),
         "peak_rss_ratio": round(rss_large / rss_small, 3),
+        "core_seconds_without_intervals": round(t_plain, 4),
+        "intervals_cost_ratio": round(t_core / t_plain, 3),
     }
     print(json.dumps(figures, indent=2))
     print(f"(a) throughput / float32 matmul on {args.device}: "
@@ -186,6 +193,7 @@ def main() -> None:
     print(f"(b) brute force time / core time, both float64 on the CPU at N={args.compare_n}, "
           f"warmed up: {figures['speedup_vs_brute_same_n']}")
     print(f"(c) peak RSS N={rss_n[1]} / N={rss_n[0]}: {figures['peak_rss_ratio']} (goal < 1.1)")
+    print(f"(d) with / without intervals: {figures['intervals_cost_ratio']} (goal <= 1.3)")
 
 
 if __name__ == "__main__":

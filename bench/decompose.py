@@ -53,6 +53,7 @@ import torch  # noqa: E402
 from bfd.core.summary import BLOCKS, HEAD_TYPES  # noqa: E402
 from bfd.models import resolve_device  # noqa: E402
 from bfd.storage import Store, open_activations, publishing  # noqa: E402
+from bfd.storage.tables import TABLE_SCHEMAS  # noqa: E402
 from bfd.tasks.decompose import DecomposeOptions, decompose_site_layer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -199,6 +200,11 @@ def write_run_tables(store: Store, model: str, run_id: str, created: datetime, l
     with publishing(store, run_id) as pub:  # one version per run, as decompose publishes
         for table, cols in (("layers", layer_rows), ("heads", heads), ("modes", modes),
                             ("images", images)):
+            rows = len(next(iter(cols.values())))
+            # the contract's float columns not planted above (corrected shares, intervals, ...)
+            cols |= {f.name: rng.random(rows) for f in TABLE_SCHEMAS[table]
+                     if f.name not in cols and f.name not in ("run_id", "model")
+                     and f.type == pa.float64()}
             pub.write_table(table, model, pa.table(cols))
         pub.write_table("runs", model, [{
             "run_id": run_id, "model": model, "weights": "pretrained", "weights_sha256": "0" * 64,

@@ -7,8 +7,9 @@ import torch
 import xarray as xr
 
 from bfd.core import decompose_layer, head_maps, pos_embed_cosine, to_dataset
-from bfd.core.anova import as_chunk
+from bfd.core.anova import DEFAULT_GROUPS, as_chunk
 from bfd.core.checks import require
+from bfd.core.uncertainty import DEFAULT_CI_TARGET
 
 
 def analyze(
@@ -24,6 +25,8 @@ def analyze(
     seed: int = 0,
     pos_embed: np.ndarray | None = None,
     resid0: np.ndarray | torch.Tensor | None = None,
+    jackknife_groups: int = DEFAULT_GROUPS,
+    ci_target: float = DEFAULT_CI_TARGET,
 ) -> xr.Dataset:
     """BFD of one layer's ``attn_in`` activations held in memory.
 
@@ -33,7 +36,7 @@ def analyze(
         num_heads: heads H of the attention.
         scale: logit scale, ``dh ** -0.5`` when None.
         prefix_tokens: leading CLS/register tokens; excluded from the factors by default.
-        prefix: "exclude" (METHOD.md default) or "include" (each prefix index is a position).
+        prefix: "exclude" (docs/method.md default) or "include" (each prefix index is a position).
         chunk_size: images per streaming chunk (all at once when None); results do not
             depend on it beyond float64 rounding.
         compute_dtype: "float32" (default, matmul speed) or "float64" for the pass-2
@@ -43,12 +46,20 @@ def analyze(
             ``resid0`` the ``(N, T_total, d)`` activations at the ``resid`` site of block 0, to
             report ``pos_embed_cos``.
         resid0: see ``pos_embed``.
+        jackknife_groups: image groups G of the delete-a-group jackknife (image n in group
+            ``n mod G``); 0 for no intervals. A multiple of 4, at least 8.
+        ci_target: interval half-width the main shares should reach (``ci_halfwidth``,
+            ``n_images_for_target``).
 
     Returns:
         Dataset with ``frac_pos, frac_img, frac_int``, ``energy/frac (head, block)``,
         ``head_type``, ``sigma/alpha/beta (head, mode)``, ``mode_energy``, ``mode_type``,
-        ``eff_rank, eff_rank_sigma, k90, mode_coupling (head)``, ``pos (token, dim)``,
-        ``mu (dim)`` and the validation metrics.
+        ``eff_rank, eff_rank_sigma, k90, mode_coupling (head)``, ``pos (position, dim)``
+        (``position``: the index on x's token axis of each position),
+        ``mu (dim)``, the validation metrics, the chance-corrected shares
+        (``frac_pos_adj``, ..., ``energy_adj``/``frac_adj (head, block)``), their 95 %
+        intervals (``<share>_se/_lo/_hi``, per head ``f_<block>[_adj]_se/_lo/_hi``) and
+        ``head_type_stability`` (docs/method.md).
 
     Raises:
         ValueError: for inputs of the wrong rank or shape, NaN/inf, a head count that does
@@ -67,6 +78,7 @@ def analyze(
         maps.dim == d,
         f"qkv_weight expects width d={maps.dim} but x has d={d} (x shape {tuple(xt.shape)})",
     )
+    require(ci_target > 0, f"ci_target must be > 0; got {ci_target!r}")
     size = N if chunk_size is None else chunk_size
     require(size >= 1, f"chunk_size must be >= 1; got {chunk_size}")
 
@@ -75,11 +87,12 @@ def analyze(
 
     result = decompose_layer(
         chunks, maps, prefix_tokens=prefix_tokens, prefix=prefix, seed=seed,
-        compute_dtype=compute_dtype,
+        compute_dtype=compute_dtype, groups=jackknife_groups, ci_target=ci_target,
     )
     attrs = {"prefix": prefix, "prefix_tokens": prefix_tokens, "seed": seed,
-             "compute_dtype": compute_dtype, "site": "attn_in"}
-    ds = to_dataset(result, attrs)
+             "compute_dtype": compute_dtype, "site": "attn_in",
+             "jackknife_groups": jackknife_groups, "ci_target": ci_target}
+    ds = to_dataset(result, attrs, first_token=prefix_tokens if prefix == "exclude" else 0)
     if pos_embed is not None:
         require(resid0 is not None, "pos_embed was given without resid0; expected both")
         r0 = as_chunk(resid0, "resid0")[:, prefix_tokens:].to(torch.float64)

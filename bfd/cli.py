@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 
 FORMATS = ("table", "csv", "json")
@@ -36,13 +37,16 @@ def _store(args: argparse.Namespace) -> str:
     return str(root)
 
 
-def _check_extract_request(args: argparse.Namespace, config: dict) -> None:
-    """Every option of an extraction checked before any work: a bad one, or an unreachable
-    cluster, fails in one line whether or not work remains."""
+def _check_extract_request(args: argparse.Namespace, config) -> None:
+    """Every option of an extraction (a dict, or an audit's typed config) checked before any
+    work: a bad one, or an unreachable cluster, fails in one line whether or not work
+    remains."""
     from bfd.flows.runners import capped_workers, check_dask_address
     from bfd.models import resolve_device
     from bfd.tasks.extract import ExtractConfig, validate_config
 
+    if not isinstance(config, dict):
+        config = config.extract_config()
     validate_config(ExtractConfig(**config))
     _store(args)
     if args.dask_address:
@@ -186,7 +190,8 @@ def cmd_decompose(args: argparse.Namespace) -> int:
 
     DecomposeOptions(prefix=args.prefix, seed=args.control_seed,
                      compute_dtype=args.compute_dtype, images_per_task=args.images_per_task,
-                     device=args.device)
+                     device=args.device, jackknife_groups=args.jackknife_groups,
+                     ci_target=args.ci_target)
     store = _store(args)
     if args.dask_address:
         check_dask_address(args.dask_address)
@@ -194,7 +199,8 @@ def cmd_decompose(args: argparse.Namespace) -> int:
         written = _with_bars(decompose, args.run_id, store, prefix=args.prefix,
                              seed=args.control_seed, compute_dtype=args.compute_dtype,
                              images_per_task=args.images_per_task,
-                             dask_address=args.dask_address, device=args.device)
+                             dask_address=args.dask_address, device=args.device,
+                             jackknife_groups=args.jackknife_groups, ci_target=args.ci_target)
     print(f"run {args.run_id} decomposed; results: {written['results']}")
     _cache_catalog(store)
     return 0
@@ -225,29 +231,36 @@ def _cache_catalog(store: str) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    from bfd.cli_audits import audit_config, drift_exit, drift_thresholds, print_audit
     from bfd.flows.audit import DEMO_CONFIG, audit
+    from bfd.flows.params import require_model
     from bfd.queries import run_query
     from bfd.storage import require_writable
 
-    config = dict(DEMO_CONFIG) if args.demo else _extract_config(args)
+    config = audit_config(dict(DEMO_CONFIG) if args.demo else _extract_config(args))
+    model = require_model(config, cli=True)
     _check_extract_request(args, config)
     require_writable(_store(args))  # an audit always writes its tables
     if args.demo:
         print("demo: random-init (untrained) vit_tiny_patch16_224 on 64 embedded sample images;"
               " weights are labelled 'random' everywhere", file=sys.stderr)
+    thresholds = drift_thresholds(args.drift_threshold)
     store = _store(args)
     out = _with_bars(audit, config, store, workers=args.workers,
-                     dask_address=args.dask_address, gpu_resources=args.gpu_resources)
-    profile = run_query(store, "layer_profile", {"model": config["model"],
-                                                 "run_id": out["run_id"]})
+                     dask_address=args.dask_address, gpu_resources=args.gpu_resources,
+                     series=args.series, step=args.step, drift=thresholds, trigger="cli",
+                     dashboard=not args.no_dashboard)
+    profile = run_query(store, "layer_profile", {"model": model, "run_id": out["run_id"]})
     cols = [c for c in ("layer", "frac_pos", "frac_pos_resid", "f_pp", "f_cp", "f_pc", "f_cc",
                         "n_heads_pp", "n_heads_cp", "n_heads_cc") if c in profile.column_names]
-    print(f"\nBFD audit of {config['model']} (weights: {config.get('weights')}), "
-          f"run {out['run_id']}")
+    print(f"\nBFD audit of {model} (weights: {config.weights}), run {out['run_id']}")
     _print_table(profile.select(cols), "table")
+    print()
+    n_flagged = print_audit(out, store)
     print(f"\nresults: {out['results']}\ntables:  {store}/tables  "
           f"(try: bfd query model_summary --store {store})")
-    return 0
+    _print_statistics(store, out["run_id"], profile, args.demo)
+    return drift_exit(n_flagged, args.fail_on_drift)
 
 
 def _attached(args: argparse.Namespace) -> dict[str, str]:
@@ -261,6 +274,43 @@ def _attached(args: argparse.Namespace) -> dict[str, str]:
             raise ValueError(f"--attach name {name!r} is given twice")
         out[name] = store
     return out
+
+
+def _print_statistics(store: str, run_id: str, profile, demo: bool) -> None:
+    """The chance-corrected shares with their intervals, how to read them after the demo,
+    and a warning when N is too small for the target interval width (docs/method.md)."""
+    from bfd.queries import run_sql
+
+    cols = [c for c in ("layer", "frac_pos", "frac_pos_chance", "frac_pos_adj",
+                        "frac_pos_adj_lo", "frac_pos_adj_hi", "f_pp_adj", "f_cp_adj",
+                        "f_pc_adj", "f_cc_adj") if c in profile.column_names]
+    print("\nchance-corrected shares, 95 % intervals over images (docs/method.md):")
+    _print_table(profile.select(cols), "table")
+    if demo:
+        pos = profile.column("frac_pos_adj").to_numpy(zero_copy_only=False)
+        cc = profile.column("f_cc_adj").to_numpy(zero_copy_only=False)
+        text = (
+            "How to read this: frac_pos counts the noise of pos, a mean over only 64 images, "
+            "as position (frac_pos_chance is that noise's part); frac_pos_adj [lo, hi] removes "
+            f"it. In this random-init network it is small ({pos.min():.1%} to {pos.max():.1%}) "
+            f"and the heads are content-content (f_cc_adj {cc.min():.2f} to {cc.max():.2f}), "
+            "as an untrained ViT should be; a trained one shows a larger positional share in "
+            "its early layers and heads whose f_cp_adj or f_pp_adj is clearly above zero."
+        )
+        print("\n" + textwrap.fill(text, 96))
+        print("Next, a pretrained model from the timm cache or a weights file:\n"
+              "  bfd audit --model vit_small_patch16_224.augreg_in21k --images <folder> "
+              "--n-images 256\n"
+              "  bfd audit --model vit_small_patch16_224 --weights <model.safetensors>")
+    sql = ("SELECT max(ci_halfwidth) AS hw, max(n_images_for_target) AS need, "
+           "any_value(ci_target) AS target, any_value(n_images) AS n "
+           "FROM layers WHERE run_id = $run_id")
+    row = run_sql(store, sql, {"run_id": run_id}).to_pylist()[0]
+    hw, target = row["hw"], row["target"]
+    if hw is not None and target is not None and hw == hw and hw > target:
+        print(f"bfd: warning: with N={row['n']} images the 95 % intervals of the main shares "
+              f"reach ±{hw:.3f}, wider than the target ±{target:g}; about "
+              f"{int(row['need'])} images would reach it", file=sys.stderr)
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
@@ -358,6 +408,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bfd.cli_audits import add_audit_options, add_audit_parsers
+
     p = argparse.ArgumentParser(
         prog="bfd", description="Bi-orthogonal Factor Decomposition of timm ViTs: which "
         "attention heads exchange position, content, or both.")
@@ -378,14 +430,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto",
                    help="auto, cpu, cuda or cuda:K (auto: CUDA when seen, the CPU on a cluster)")
     s.add_argument("--dask-address", help="run on an existing Dask cluster")
+    s.add_argument("--jackknife-groups", type=int, default=16,
+                   help="image groups of the 95 %% intervals (a multiple of 4, >= 8; 0: none)")
+    s.add_argument("--ci-target", type=float, default=0.02,
+                   help="interval half-width the main shares should reach (default 0.02)")
     _add_store(s)
     s.set_defaults(fn=cmd_decompose)
 
-    s = sub.add_parser("audit", help="extract + decompose + publish one model")
+    s = sub.add_parser("audit", help="extract + decompose + publish one model, as one audit "
+                       "of its series, with drift against the series' previous audit")
     s.add_argument("--demo", action="store_true",
                    help="offline demo: random-init vit_tiny on the embedded sample images")
     _add_extract_options(s)
+    add_audit_options(s)
+    s.add_argument("--step", type=int,
+                   help="the audit's place in its series, e.g. a training step (default: now)")
     s.set_defaults(fn=cmd_audit)
+
+    add_audit_parsers(sub)
 
     s = sub.add_parser("verify", help="check a run's stored files; exit 1 when any is damaged")
     s.add_argument("run_id")

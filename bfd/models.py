@@ -1,8 +1,8 @@
 """The timm adapter: load a ViT, refuse what BFD cannot decompose, read activations by hooks.
 
 Everything model-specific lives here, so the rest of the package sees a model only through
-``ModelInfo``, ``qkv_weight``/``attn_scale`` (METHOD.md, "Stage 2") and ``forward_capture``
-(METHOD.md, "Stage 1" sites). Activations are read through forward pre-hooks; timm is never
+``ModelInfo``, ``qkv_weight``/``attn_scale`` (docs/method.md, "Stage 2") and ``forward_capture``
+(docs/method.md, "Stage 1" sites). Activations are read through forward pre-hooks; timm is never
 patched.
 """
 
@@ -92,7 +92,7 @@ def _model_name(model: nn.Module) -> str:
 
 
 def check_supported(model: nn.Module, name: str | None = None) -> None:
-    """Refuse models whose head logits are not x M xᵀ (METHOD.md, "Stage 2").
+    """Refuse models whose head logits are not x M xᵀ (docs/method.md, "Stage 2").
 
     Args:
         model: A timm model, typically built on the meta device (see ``describe``).
@@ -367,7 +367,7 @@ def _block(model: nn.Module, layer: int) -> nn.Module:
 
 
 def qkv_weight(model: nn.Module, layer: int) -> torch.Tensor:
-    """The fused qkv weight W (3·d_attn, d) of block ``layer`` (METHOD.md, "Stage 2")."""
+    """The fused qkv weight W (3·d_attn, d) of block ``layer`` (docs/method.md, "Stage 2")."""
     return _block(model, layer).attn.qkv.weight.detach()
 
 

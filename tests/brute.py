@@ -1,5 +1,5 @@
 """Literal brute-force BFD for the tests: explicit T x T logit blocks, dense float64 SVD of
-each d x d M_h, loops where METHOD.md writes sums. Slow on purpose and independent of
+each d x d M_h, loops where docs/method.md writes sums. Slow on purpose and independent of
 bfd.core (it imports nothing from bfd)."""
 
 from __future__ import annotations

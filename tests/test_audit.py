@@ -1,34 +1,77 @@
-"""Audits end to end: two real audits of two random-init models, every named query on them,
-and `bfd audit --demo` as a user runs it."""
+"""Audits end to end: two real audits of two random-init models (one audited twice), every
+named query on them, drift on planted checkpoints through the command line, and
+`bfd audit --demo` as a user runs it."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from checkpoints import AUDIT, make_checkpoints
+from conftest import env_kept
 
 from bfd.cli import main
 from bfd.flows.audit import audit
 from bfd.queries import list_queries, run_query, run_sql
+from bfd.storage import Store, read_audits, read_drift, read_table
 
 MODELS = {"test_vit": 6, "test_vit2": 8}  # name -> depth
+CONFIG = {"weights": "random", "images": "samples", "n_images": 12, "img_size": 64,
+          "dtype": "float32", "images_per_chunk": 4}
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, prefect_harness):
+def audited(tmp_path_factory, prefect_harness):
+    """Both models audited once, then test_vit again with the identical request; the runs
+    table as it was before the repeat."""
     root = str(tmp_path_factory.mktemp("audits"))
-    for model in MODELS:
-        audit({"model": model, "weights": "random", "images": "samples", "n_images": 12,
-               "img_size": 64, "dtype": "float32", "images_per_chunk": 4}, root)
-    return root
+    first = {model: audit({"model": model, **CONFIG}, root, dashboard=False) for model in MODELS}
+    runs_before = read_table(Store(root), "runs").to_pylist()
+    again = audit({"model": "test_vit", **CONFIG}, root, dashboard=False)
+    return root, first, again, runs_before
 
 
-def test_every_named_query_runs_on_real_audits(store):
+@pytest.fixture(scope="module")
+def store(audited):
+    return audited[0]
+
+
+def test_identical_request_reuses_its_run_and_records_a_new_audit(audited, capsys):
+    root, first, again, runs_before = audited
+    assert again["run_id"] == first["test_vit"]["run_id"] and again["reused"]
+    assert not first["test_vit"]["reused"] and "runs" not in again
+    runs = read_table(Store(root), "runs").to_pylist()
+    assert sorted(r["run_id"] for r in runs) == sorted(r["run_id"] for r in runs_before)
+    assert {r["run_id"]: r["created_at"] for r in runs} == {
+        r["run_id"]: r["created_at"] for r in runs_before}
+    series = "test_vit@random-seed-0"
+    audits = read_audits(Store(root), series)
+    assert [a["audit_id"] for a in audits] == [first["test_vit"]["audit_id"], again["audit_id"]]
+    assert [a["prev_audit_id"] for a in audits] == [None, first["test_vit"]["audit_id"]]
+    assert all(a["status"] == "complete" and a["run_id"] == again["run_id"] for a in audits)
+    drift = read_drift(Store(root), series, again["audit_id"])
+    # the same run compared with itself: every value there, nothing moved, nothing flagged
+    assert len(drift) == 6 * 8 + 6 * 2 * 5 and again["n_flagged"] == 0
+    assert all(r["delta"] == 0 for r in drift if r["metric"] != "head_type")
+    # a new decomposition of the run keeps the time it was first computed
+    with env_kept():
+        assert main(["decompose", again["run_id"], "--store", root]) == 0
+    runs = {r["run_id"]: r["created_at"] for r in read_table(Store(root), "runs").to_pylist()}
+    assert runs[again["run_id"]] == next(
+        r["created_at"] for r in runs_before if r["run_id"] == again["run_id"])
+
+
+def test_every_named_query_runs_on_real_audits(audited):
+    root, first, again, _ = audited
     params = {"layer_profile": {"model": "test_vit"}, "audit_history": {"model": "test_vit"},
               "compare_models": {"model_a": "test_vit", "model_b": "test_vit2"},
-              "head_map": {"model": "test_vit2"}}
-    for name in list_queries():
-        table = run_query(store, name, params.get(name, {}))
+              "head_map": {"model": "test_vit2"}, "drift": {"series": again["series"]},
+              "head_type_changes": {"run_a": again["run_id"], "run_b": again["run_id"]},
+              "compare_runs": {"run_a": again["run_id"], "run_b": again["run_id"]}}
+    for name in set(list_queries()) - {"head_type_changes"}:
+        table = run_query(root, name, params.get(name, {}))
         assert table.num_rows > 0, name
+    history = run_query(root, "audit_history", {"series": again["series"]}).to_pylist()
+    assert [h["audit_id"] for h in history] == [first["test_vit"]["audit_id"], again["audit_id"]]
 
 
 def test_model_summary_is_energy_weighted(store):
@@ -72,8 +115,122 @@ def test_demo_end_to_end(tmp_path, monkeypatch, capsys, prefect_harness):
     assert main(["audit", "--demo"]) == 0
     out = capsys.readouterr().out
     assert "vit_tiny_patch16_224" in out and "frac_pos" in out and "n_heads_cc" in out
+    # it ends with the corrected shares, their intervals, how to read them, what to try next
+    assert "frac_pos_adj_lo" in out and "How to read this" in out and "bfd audit --model" in out
     assert str(tmp_path / "store") in out
+    assert (tmp_path / "store" / "dashboard" / "index.html").is_file()  # refreshed last
     runs = run_sql(str(tmp_path / "store"), "SELECT * FROM runs").to_pandas()
     assert list(runs.weights) == ["random"] and runs.n_images.iloc[0] == 64
     assert main(["query", "model_summary"]) == 0  # the same default store, no --store
     assert "vit_tiny_patch16_224" in capsys.readouterr().out
+
+
+def test_drift_flags_the_planted_change_and_fails_the_gate(tmp_path, prefect_harness, capsys):
+    """Three checkpoints in one series through the command line: the planted positional
+    change flags (exit 3 under --fail-on-drift), a change no activation sees does not, and
+    audit-checkpoints then finds each file already audited by its content."""
+    paths = make_checkpoints(tmp_path / "ckpts")
+    store = str(tmp_path / "store")
+    common = ["--model", AUDIT["model"], "--n-images", "6", "--img-size", "64", "--layers", "0",
+              "--dtype", "float32", "--images-per-chunk", "6", "--series", "s", "--store", store,
+              "--no-dashboard"]
+
+    def bfd(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        with env_kept():
+            code = main(list(argv))
+        return code, *capsys.readouterr()
+
+    assert bfd("audit", *common, "--weights", str(paths[0]), "--step", "100",
+               "--fail-on-drift")[0] == 0
+    code, out, err = bfd("audit", *common, "--weights", str(paths[1]), "--step", "200",
+                         "--fail-on-drift")
+    assert code == 3 and "flagged (--fail-on-drift)" in err and "frac_pos" in out
+    (planted,) = [a for a in read_audits(Store(store), "s") if a["n_flagged"]]
+    flagged = [r for r in read_drift(Store(store), "s", planted["audit_id"]) if r["flagged"]]
+    assert flagged and all(r["layer"] == 0 for r in flagged)
+    pos = next(r for r in flagged if r["metric"] == "frac_pos")
+    assert pos["after"] > pos["before"] + 0.05 and pos["delta"] == pos["after"] - pos["before"]
+    # thresholds from the command line: nothing is large enough to flag
+    code, out, err = bfd("audit", *common, "--weights", str(paths[0]), "--step", "250",
+                         "--fail-on-drift", "--drift-threshold", "1",
+                         "--drift-threshold", "head_type=1")
+    assert code == 0 and "0 value(s) flagged" in out
+    # the folder: step_100 and step_200 are audited already (same bytes), step_300 is not
+    code, out, _ = bfd("audit-checkpoints", str(tmp_path / "ckpts"), *common)
+    assert code == 0 and "1 checkpoint(s) audited" in out and "step_300.pt" in out
+    code, out, _ = bfd("audit-checkpoints", str(tmp_path / "ckpts"), *common)
+    assert code == 0 and out.startswith("nothing to do") and "3 files" in out
+    steps = [(a["step"], a["trigger"]) for a in read_audits(Store(store), "s")]
+    assert steps == [(100, "cli"), (200, "cli"), (250, "cli"), (300, "checkpoints")]
+
+
+def test_bad_audit_options_are_named_as_the_user_wrote_them(tmp_path, capsys):
+    for argv, needle in ((["--n-images", "1"], "--n-images: Input should be greater than or "
+                          "equal to 2 (given 1)"),
+                         (["--weights", str(tmp_path / "x.pth")], "--weights: checkpoint file"),
+                         (["--drift-threshold", "f_pp=big"], "--drift-threshold must be")):
+        with env_kept():
+            code = main(["audit", "--model", "test_vit", *argv, "--store", str(tmp_path)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("bfd: error: ") and err.count("\n") == 1, err
+        assert needle in err, err
+
+
+def test_compare_audits_each_model_on_one_image_set(tmp_path, prefect_harness):
+    from bfd.flows.compare import compare
+
+    config = {**AUDIT, "layers": "all", "model": None}
+    out = compare([{"model": "test_vit", "weights": "random", "seed": s} for s in (0, 1)],
+                  config, str(tmp_path), dashboard=False)
+    (pair,) = out["pairs"]
+    assert (pair["run_a"], pair["run_b"]) == tuple(a["run_id"] for a in out["audits"])
+    assert (pair["series_a"], pair["series_b"]) == ("test_vit@random-seed-0",
+                                                    "test_vit@random-seed-1")
+    heads = read_table(Store(str(tmp_path)), "heads").to_pandas()
+    a, b = (heads[heads.run_id == pair[k]].set_index(["layer", "head"]).head_type
+            for k in ("run_a", "run_b"))
+    assert pair["n_head_type_changes"] == int((a != b.loc[a.index]).sum())
+    changes = run_query(str(tmp_path), "head_type_changes",
+                        {"run_a": pair["run_a"], "run_b": pair["run_b"]})
+    assert changes.num_rows == pair["n_head_type_changes"]
+    assert [r["trigger"] for r in read_audits(Store(str(tmp_path)))] == ["compare"] * 2
+
+
+def test_flow_parameter_errors_name_the_field_as_prefect_shows_it(tmp_path, prefect_harness):
+    from prefect.exceptions import ParameterTypeError
+
+    with pytest.raises(ParameterTypeError, match=r"config\.weights: .*x\.pth' does not exist"):
+        audit({"model": "test_vit", "weights": str(tmp_path / "x.pth")}, str(tmp_path))
+    with pytest.raises(ParameterTypeError, match=r"config\.n_image: Extra inputs"):
+        audit({"model": "test_vit", "n_image": 3}, str(tmp_path))
+    with pytest.raises(ValueError, match=r"config\.model is required"):
+        audit({"weights": "random"}, str(tmp_path))
+    assert not (tmp_path / "tables").exists()
+
+
+def test_a_failed_audit_is_recorded_and_never_a_previous_audit(tmp_path, prefect_harness):
+    config = {**AUDIT, "weights": "random"}
+    with pytest.raises(ValueError, match=r"layers must be in \[0, 6\)"):
+        audit({**config, "layers": "0,9"}, str(tmp_path), series="s", step=1, dashboard=False)
+    (failed,) = read_audits(Store(str(tmp_path)), "s")
+    assert (failed["status"], failed["run_id"], failed["n_flagged"]) == ("failed", None, None)
+    out = audit(config, str(tmp_path), series="s", step=2, dashboard=False)
+    assert out["prev_audit_id"] is None and out["n_flagged"] == 0
+
+
+def test_checkpoint_steps_and_order(tmp_path):
+    from bfd.tasks.audits import checkpoint_files, step_from_name
+
+    names = {"epoch=3-step=1200.pt": 1200, "ckpt_0300.pth": 300, "iter20.safetensors": 20,
+             "last.pth": None, "model.safetensors.index.json": None, "notes.txt": None}
+    for name, step in names.items():
+        (tmp_path / name).write_bytes(b"x")
+        assert step_from_name(name) == step, name
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "step_1.pt").write_bytes(b"x")
+    expected = ["iter20.safetensors", "ckpt_0300.pth", "epoch=3-step=1200.pt", "last.pth"]
+    assert [p.name for p in checkpoint_files(str(tmp_path))] == expected
+    assert [p.name for p in checkpoint_files(str(tmp_path / "*.pt"))] == ["epoch=3-step=1200.pt"]
+    with pytest.raises(FileNotFoundError, match="no such folder or file"):
+        checkpoint_files(str(tmp_path / "missing"))

@@ -106,6 +106,19 @@ def test_flow_publishes_parquet_equal_to_analyze(run, prefect_harness):
     res = open_results(store, rid)
     assert set(res.site.values) == {"attn_in", "resid"}
     assert res.energy.dims == ("layer", "head", "block")
+    assert res.attrs["model"] == "toy_vit" and res.attrs["run_id"] == rid
+    # results' positions carry the activations' token index: patches only, never the CLS token
+    acts_ds = xr.open_zarr(store.zarr_path, group=rid, consolidated=False, zarr_format=3)
+    assert list(res.position.values) == list(acts_ds.token.values[1:])
+    assert (acts_ds.token_type.sel(token=res.position.values) == "patch").all()
+    tree = xr.open_datatree(store.zarr_path, group=rid, engine="zarr", consolidated=False,
+                            zarr_format=3)
+    assert "frac_pos_adj" in tree["results"].dataset and "attn_in" in tree.dataset
+    for layer in range(L):
+        _, ref = expected(acts, qkv, H, "attn_in", layer)
+        row = layers[(layers.layer == layer) & (layers.site == "attn_in")]
+        np.testing.assert_allclose(row.frac_pos_adj, float(ref.frac_pos_adj), rtol=1e-6)
+        assert float(row.frac_pos_adj_lo.iloc[0]) <= float(row.frac_pos_adj.iloc[0])
 
 
 def test_partial_extraction_is_refused_and_nothing_is_published(tmp_path, prefect_harness,

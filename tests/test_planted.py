@@ -1,4 +1,4 @@
-"""Planted ground truth (METHOD.md, "Validation"): x = P_true[t] + z[n, t] with the positional
+"""Planted ground truth (docs/method.md, "Validation"): x = P_true[t] + z[n, t] with the positional
 signal and the content in orthogonal coordinate blocks, and heads built to read one or both."""
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from bfd.queries import (
     run_sql,
 )
 from bfd.queries.catalog import CATALOG_DIR, refresh_catalog
+from bfd.storage import Store, write_audit
 
 BLOCKS = ("pp", "pc", "cp", "cc")
 TYPE_NAMES = {"pp": "position-position", "cp": "content-position", "cc": "content-content"}
@@ -60,7 +61,7 @@ class PlantedRun:
 
     @property
     def head_class(self) -> np.ndarray:
-        """METHOD.md head type: argmax of f_pp, f_cp + f_pc, f_cc, as 'pp' / 'cp' / 'cc'."""
+        """docs/method.md head type: argmax of f_pp, f_cp + f_pc, f_cc, as 'pp' / 'cp' / 'cc'."""
         f = self.fractions
         scores = np.stack([f[..., 0], f[..., 1] + f[..., 2], f[..., 3]], axis=-1)
         return np.array(["pp", "cp", "cc"])[scores.argmax(axis=-1)]
@@ -333,12 +334,29 @@ def test_compare_models_rejects_bad_bins(store):
         run_query(root, "compare_models", {"model_a": "vit_a", "model_b": "vit_b", "bins": "0"})
 
 
+def _plant_audit(root: Path, series: str, run_id: str, step: int, prev: str | None) -> str:
+    audit_id = f"{series}-{step}"
+    write_audit(Store(root), {
+        "audit_id": audit_id, "series": series, "run_id": run_id, "step": step,
+        "started_at": _utc(2025, 4, step), "finished_at": _utc(2025, 4, step),
+        "trigger": "test", "flow_run_id": None, "status": "complete", "prev_audit_id": prev,
+        "n_flagged": 0,
+    })
+    return audit_id
+
+
 def test_audit_history_orders_audits_and_lags(store):
+    """Each series is chained on its own: vit_a's two series never lag into each other."""
     root, runs = store
-    result = rows(run_query(root, "audit_history", {"model": "vit_a"}))
+    first = _plant_audit(root, "vit_a@ckpts", "a-old", 1, None)
+    _plant_audit(root, "vit_a@ckpts", "a-new", 2, first)
+    _plant_audit(root, "vit_a@seed-1", "a-new", 1, None)  # first of its series, though later
+    _plant_audit(root, "vit_a@ckpts", "a-unfinished", 3, None)  # its run is not complete
+    result = rows(run_query(root, "audit_history", {"series": "vit_a@ckpts"}))
     old, new = runs["a-old"], runs["a-new"]
     assert [r["run_id"] for r in result] == ["a-old", "a-new"]
     assert [r["prev_run_id"] for r in result] == [None, "a-old"]
+    assert [r["prev_audit_id"] for r in result] == [None, first]
     assert result[0]["created_at"] < result[1]["created_at"]
     assert result[0]["delta_f_pp"] is None and result[0]["delta_n_heads_cc"] is None
     for i, block in enumerate(BLOCKS):
@@ -351,6 +369,23 @@ def test_audit_history_orders_audits_and_lags(store):
     for cls in ("pp", "cp", "cc"):
         change = int((new.head_class == cls).sum()) - int((old.head_class == cls).sum())
         assert result[1][f"delta_n_heads_{cls}"] == change
+    by_model = rows(run_query(root, "audit_history", {"model": "vit_a"}))
+    assert [(r["series"], r["run_id"], r["prev_run_id"]) for r in by_model] == [
+        ("vit_a@ckpts", "a-old", None), ("vit_a@ckpts", "a-new", "a-old"),
+        ("vit_a@seed-1", "a-new", None)]
+
+
+def test_head_type_changes_lists_exactly_the_changed_heads(store):
+    root, runs = store
+    result = rows(run_query(root, "head_type_changes", {"run_a": "a-old", "run_b": "a-new"}))
+    old, new = runs["a-old"].head_class, runs["a-new"].head_class
+    changed = [(layer, head) for layer in range(12) for head in range(6)
+               if old[layer, head] != new[layer, head]]
+    assert changed and [(r["layer"], r["head"]) for r in result] == changed
+    for r in result:
+        assert r["head_type_a"] == TYPE_NAMES[old[r["layer"], r["head"]]]
+        assert r["head_type_b"] == TYPE_NAMES[new[r["layer"], r["head"]]]
+    assert run_query(root, "head_type_changes", {"run_a": "a-old", "run_b": "a-old"}).num_rows == 0
 
 
 def test_every_query_runs_on_an_empty_store(tmp_path):
@@ -587,7 +622,7 @@ def test_missing_required_parameter_is_a_clear_error(store):
 
 def test_unknown_parameter_and_query_are_clear_errors(store):
     root, _ = store
-    with pytest.raises(ValueError, match=r"has no parameter\(s\) depth; its parameters: model"):
+    with pytest.raises(ValueError, match=r"has no parameter\(s\) depth; its parameters: series"):
         run_query(root, "audit_history", {"model": "vit_a", "depth": "3"})
     with pytest.raises(ValueError, match="unknown query 'nope'; known queries: audit_history"):
         run_query(root, "nope")

@@ -466,9 +466,14 @@ def _head_rows(n: int) -> list[dict]:
             bias_key_pos_share=0.015,
             bias_key_con_share=0.005,
             note=f"extra {i}",
+            # the chance-corrected shares and intervals (docs/method.md), one value for all
+            **{c: 0.5 for c in st.TABLE_SCHEMAS["heads"].names if c.endswith(_STATISTICS)},
         )
         for i in range(n)
     ]
+
+
+_STATISTICS = ("_adj", "_se", "_lo", "_hi", "_stability")
 
 
 def test_table_schemas_hold_the_contract() -> None:

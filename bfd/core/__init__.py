@@ -1,4 +1,4 @@
-"""Pure math of METHOD.md: numpy/torch in, arrays out. No Prefect, Zarr or DuckDB here."""
+"""Pure math of docs/method.md: numpy/torch in, arrays out. No Prefect, Zarr or DuckDB here."""
 
 from bfd.core.anova import Means as Means
 from bfd.core.anova import Pass1State as Pass1State

@@ -1,4 +1,4 @@
-"""Stage 1, pass 1: the means (METHOD.md, "Stage 1 — ANOVA decomposition").
+"""Stage 1, pass 1: the means (docs/method.md, "Stage 1 — ANOVA decomposition").
 
 Pass 1 streams over chunks of images and accumulates float64 sums; its states add, so chunks
 can be reduced in any order or tree (dask, GPU shards). ``finalize`` turns the sums into
@@ -13,7 +13,21 @@ import numpy as np
 import torch
 
 from bfd.core.checks import require
-from bfd.core.sampling import half_a, image_indices, token_permutations
+from bfd.core.sampling import half_a, image_indices, jackknife_group, token_permutations
+
+DEFAULT_GROUPS = 16
+
+
+def stored_groups(groups: int) -> int:
+    """Image groups the passes keep sums for: the jackknife's ``groups``, or without a
+    jackknife (``groups=0``) the 4 quarters that the unbiased ``E_pp`` needs."""
+    require(
+        isinstance(groups, int | np.integer)
+        and (groups == 0 or (groups >= 8 and groups % 4 == 0)),
+        f"jackknife groups must be 0 (no intervals) or a multiple of 4 that is >= 8; "
+        f"got {groups!r}",
+    )
+    return int(groups) or 4
 
 
 def as_chunk(
@@ -57,6 +71,9 @@ class Pass1State:
         n_half: images of split half "a" seen.
         sum_half: ``Σ_{n in a} x[n, t]``.
         sum_shuffled: ``Σ_n x[n, π_n(t)]`` for per-image token permutations ``π_n``.
+        groups: jackknife groups G (0: none).
+        group_n: images seen per stored group (``index mod stored_groups(G)``), ``(G',)``.
+        group_sum: ``Σ_{n in g} x[n, t]`` per stored group, ``(G', T, d)``.
     """
 
     n: int
@@ -64,14 +81,22 @@ class Pass1State:
     n_half: int
     sum_half: np.ndarray
     sum_shuffled: np.ndarray
+    groups: int = 0
+    group_n: np.ndarray | None = None
+    group_sum: np.ndarray | None = None
 
     @classmethod
-    def empty(cls, n_tokens: int, dim: int) -> Pass1State:
+    def empty(cls, n_tokens: int, dim: int, groups: int = DEFAULT_GROUPS) -> Pass1State:
         z = np.zeros((n_tokens, dim))
-        return cls(0, z, 0, z.copy(), z.copy())
+        G = stored_groups(groups)
+        return cls(0, z, 0, z.copy(), z.copy(), groups, np.zeros(G, np.int64),
+                   np.zeros((G, n_tokens, dim)))
 
     @classmethod
-    def from_chunk(cls, x: torch.Tensor, index: int | np.ndarray, seed: int = 0) -> Pass1State:
+    def from_chunk(
+        cls, x: torch.Tensor, index: int | np.ndarray, seed: int = 0,
+        groups: int = DEFAULT_GROUPS,
+    ) -> Pass1State:
         """Sums of one chunk; ``index`` is its first image's global index or all n of them.
 
         Raises:
@@ -81,9 +106,14 @@ class Pass1State:
         n, T, d = x.shape
         idx = image_indices(index, n)
         x64 = x.to(torch.float64).reshape(n, T * d)
-        weights = torch.ones((2, n), dtype=torch.float64, device=x.device)
-        weights[1] = torch.from_numpy(half_a(idx, seed).astype(np.float64)).to(x.device)
-        sums = weights @ x64  # the total and half "a" in one read of the chunk
+        G = stored_groups(groups)
+        group = jackknife_group(idx, G)
+        weights = np.zeros((2 + G, n))
+        weights[0] = 1.0
+        weights[1] = half_a(idx, seed)
+        weights[2 + group, np.arange(n)] = 1.0
+        # the total, half "a" and every group's sum in one read of the chunk
+        sums = torch.from_numpy(weights).to(x.device) @ x64
         perm = torch.from_numpy(token_permutations(idx, T, seed)).to(x.device)
         shuffled = torch.zeros((T, d), dtype=torch.float64, device=x.device)
         shuffled.index_add_(0, perm.reshape(-1), x64.reshape(n * T, d))
@@ -99,6 +129,9 @@ class Pass1State:
             n_half=int(weights[1].sum()),
             sum_half=sums[1].reshape(T, d),
             sum_shuffled=shuffled.cpu().numpy(),
+            groups=int(groups),
+            group_n=np.bincount(group, minlength=G),
+            group_sum=sums[2:].reshape(G, T, d),
         )
 
     def __add__(self, other: Pass1State) -> Pass1State:
@@ -106,12 +139,19 @@ class Pass1State:
             self.sum_x.shape == other.sum_x.shape,
             f"cannot merge pass-1 states of shapes {self.sum_x.shape} and {other.sum_x.shape}",
         )
+        require(
+            self.groups == other.groups,
+            f"cannot merge pass-1 states of {self.groups} and {other.groups} jackknife groups",
+        )
         return Pass1State(
             self.n + other.n,
             self.sum_x + other.sum_x,
             self.n_half + other.n_half,
             self.sum_half + other.sum_half,
             self.sum_shuffled + other.sum_shuffled,
+            self.groups,
+            self.group_n + other.group_n,
+            self.group_sum + other.group_sum,
         )
 
 
@@ -125,6 +165,10 @@ class Means:
         pos: positional factor ``pos[t] = mean_n x[n, t] − mu``, ``(T, d)``.
         pos_split_half_r: correlation of ``pos`` estimated on two random halves of the images.
         ss_pos_shuffled: ``N Σ_t ||pos'[t]||²`` after shuffling tokens within each image.
+        groups: jackknife groups G (0: no intervals).
+        group_n: images per stored group, ``(G',)`` (G' = G, or 4 quarters without intervals).
+        group_content: ``D_g[t] = Σ_{n in g} c[n, t]``, each group's sum of the content,
+            ``(G', T, d)`` (docs/method.md, "Uncertainty").
     """
 
     n: int
@@ -132,6 +176,9 @@ class Means:
     pos: np.ndarray
     pos_split_half_r: float
     ss_pos_shuffled: float
+    groups: int = 0
+    group_n: np.ndarray | None = None
+    group_content: np.ndarray | None = None
 
     @property
     def ss_pos(self) -> float:
@@ -170,4 +217,7 @@ def finalize_means(state: Pass1State) -> Means:
         pos=pos,
         pos_split_half_r=r,
         ss_pos_shuffled=float(state.n * np.sum(pos_shuffled**2)),
+        groups=state.groups,
+        group_n=state.group_n,
+        group_content=state.group_sum - state.group_n[:, None, None] * mean_t,
     )

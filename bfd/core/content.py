@@ -1,10 +1,10 @@
-"""Pass 2: everything that needs the content factor (METHOD.md, Stage 1 sums of squares and
+"""Pass 2: everything that needs the content factor (docs/method.md, Stage 1 sums of squares and
 the Stage 2 content terms).
 
 Pass 2 is one projection of the content ``c[n, t] = x[n, t] − mu − pos[t]`` onto every head's
 query- and key-side modes (all heads in one matmul), then per-image dh x dh Grams. Because
 ``U_h`` and ``V_h`` are orthonormal bases of the heads' read-in spaces, the Grams
-``K_n = (C_n U)ᵀ(C_n U)`` carry the same information as METHOD.md's ``G_A = (C_n A)ᵀ(C_n A)``
+``K_n = (C_n U)ᵀ(C_n U)`` carry the same information as docs/method.md's ``G_A = (C_n A)ᵀ(C_n A)``
 (``G_A = R_Aᵀ U_c K_n U_cᵀ R_A``) and give ``E_cc`` and the per-mode terms directly:
 
     ||C_n M C_nᵀ||²_F = Σ_ij σ_i σ_j K_q,n[i, j] K_k,n[i, j]
@@ -15,7 +15,7 @@ Grams run in ``compute_dtype``; Grams are accumulated in float64.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ import torch
 from bfd.core.anova import Means
 from bfd.core.checks import require
 from bfd.core.heads import HeadMaps, Modes
-from bfd.core.sampling import image_indices
+from bfd.core.sampling import image_indices, jackknife_group
 
 COMPUTE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -46,6 +46,10 @@ class Pass2State:
             (v_k·c)²) = KK[k, k]``.
         logit_residual: largest relative residual of the 9-block logit reconstruction over the
             checked images (NaN when none was checked).
+        group_ss_content, group_ss_img: ``ss_content`` and ``ss_img`` of each jackknife group,
+            ``(G,)`` (``(0,)`` without a jackknife).
+        group_K_q, group_K_k, group_KK: ``K_q``, ``K_k`` and ``KK`` of each group,
+            ``(G, H, dh, dh)``: the per-group second moments the jackknife deletes.
     """
 
     n: int
@@ -58,11 +62,18 @@ class Pass2State:
     K_k: np.ndarray
     KK: np.ndarray
     logit_residual: float = float("nan")
+    group_ss_content: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    group_ss_img: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    group_K_q: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0, 0)))
+    group_K_k: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0, 0)))
+    group_KK: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0, 0)))
 
     @classmethod
-    def empty(cls, num_heads: int, head_dim: int) -> Pass2State:
+    def empty(cls, num_heads: int, head_dim: int, groups: int = 0) -> Pass2State:
         z = np.zeros((num_heads, head_dim, head_dim))
-        return cls(0, 0.0, 0.0, 0.0, 0.0, 0.0, z, z.copy(), z.copy())
+        zg = np.zeros((groups, num_heads, head_dim, head_dim))
+        return cls(0, 0.0, 0.0, 0.0, 0.0, 0.0, z, z.copy(), z.copy(), float("nan"),
+                   np.zeros(groups), np.zeros(groups), zg, zg.copy(), zg.copy())
 
     def __add__(self, other: Pass2State) -> Pass2State:
         require(
@@ -80,6 +91,11 @@ class Pass2State:
             K_k=self.K_k + other.K_k,
             KK=self.KK + other.KK,
             logit_residual=float(np.fmax(self.logit_residual, other.logit_residual)),
+            group_ss_content=self.group_ss_content + other.group_ss_content,
+            group_ss_img=self.group_ss_img + other.group_ss_img,
+            group_K_q=self.group_K_q + other.group_K_q,
+            group_K_k=self.group_K_k + other.group_K_k,
+            group_KK=self.group_KK + other.group_KK,
         )
 
 
@@ -119,7 +135,9 @@ class Pass2Plan:
             f"activations have width {means.pos.shape[1]} but qkv expects "
             f"d={maps.dim if maps else None}",
         )
-        self.means = means
+        # without the per-group sums: the plan travels to every pass-2 task, and they do not
+        # need them
+        self.means = replace(means, group_n=None, group_content=None)
         self.maps = maps
         self.check_images = check_images
         self.device = torch.device(device)
@@ -153,20 +171,41 @@ class Pass2Plan:
         c -= self.mu
         ss_total = _dot(c)
         c -= self.pos
-        ss_content = _dot(c)
+        G = self.means.groups
+        group = torch.from_numpy(jackknife_group(image_indices(index, n), max(G, 1))).to(c.device)
+        per_image_content = (c * c).sum((1, 2))
+        ss_content = float(per_image_content.sum())
         cross = float((c.sum(0) * self.pos).sum())
         img = c.mean(1, keepdim=True)
-        ss_img = T * _dot(img)
+        per_image_img = T * (img * img).sum((1, 2))
+        ss_img = float(per_image_img.sum())
+        K_g = KK_g = None
         if H:
             # (n, 2·H·dh, T): each head's projection comes out contiguous for the batched Grams
             Z = torch.matmul(self.W_t, c.to(self.dtype).transpose(1, 2)).view(n, 2 * H, dh, T)
             K = Z @ Z.transpose(-1, -2)
-            KK = (K[:, :H] * K[:, H:]).sum(0, dtype=torch.float64).cpu().numpy()
-            K_sum = K.sum(0, dtype=torch.float64).cpu().numpy()
+            KK_n = K[:, :H] * K[:, H:]
+            if G:
+                K_g = _by_group(K, group, G)
+                KK_g = _by_group(KK_n, group, G)
+                K_sum, KK = K_g.sum(0), KK_g.sum(0)
+            else:
+                KK = KK_n.sum(0, dtype=torch.float64).cpu().numpy()
+                K_sum = K.sum(0, dtype=torch.float64).cpu().numpy()
         else:  # Stage 1 only (the resid site): no heads to project on
             KK = K_sum = np.zeros((0, 0, 0))
         c -= img
         ss_int = _dot(c)
+        groups = {}
+        if G:
+            zg = np.zeros((G, H, dh, dh))
+            groups = dict(
+                group_ss_content=_by_group(per_image_content, group, G),
+                group_ss_img=_by_group(per_image_img, group, G),
+                group_K_q=K_g[:, :H] if K_g is not None else zg,
+                group_K_k=K_g[:, H:] if K_g is not None else zg.copy(),
+                group_KK=KK_g if KK_g is not None else zg.copy(),
+            )
 
         residual = logit_residual(x_check, self.means, self.maps) if len(x_check) else np.nan
         return Pass2State(
@@ -180,11 +219,21 @@ class Pass2Plan:
             K_k=K_sum[H:],
             KK=KK,
             logit_residual=float(residual),
+            **groups,
         )
 
 
+def _by_group(a: torch.Tensor, group: torch.Tensor, groups: int) -> np.ndarray:
+    """Float64 sums of ``a`` over its first axis (images), one per jackknife group."""
+    # a one-hot matmul: index_add_ took milliseconds here on two busy cores (thread spin)
+    one_hot = torch.zeros((groups, len(group)), dtype=torch.float64, device=a.device)
+    one_hot[group, torch.arange(len(group), device=a.device)] = 1.0
+    flat = a.to(torch.float64).reshape(len(group), -1)
+    return (one_hot @ flat).reshape(groups, *a.shape[1:]).cpu().numpy()
+
+
 def logit_residual(x: torch.Tensor, means: Means, maps: HeadMaps) -> float:
-    """Relative residual of the 9-block reconstruction of the logits ``x M xᵀ`` (METHOD.md,
+    """Relative residual of the 9-block reconstruction of the logits ``x M xᵀ`` (docs/method.md,
     "Validation" 1): with ``x = mu + pos + c`` the blocks of every (query, key) factor pair
     must sum to the full logit map. Checked on the given few images, float64, all heads.
 

@@ -1,4 +1,4 @@
-"""Stage 2 read-in maps and bi-orthogonal modes of each head (METHOD.md, "Stage 2" and
+"""Stage 2 read-in maps and bi-orthogonal modes of each head (docs/method.md, "Stage 2" and
 "Bi-orthogonal modes").
 
 The query-key interaction of head h is kept as its two factors, M_h = s A_h B_hᵀ, and its SVD is
@@ -52,7 +52,7 @@ class HeadMaps:
 
 @dataclass(frozen=True)
 class Modes:
-    """SVD ``M_h = Σ_k σ_k u_k v_kᵀ`` of every head, signs fixed (METHOD.md).
+    """SVD ``M_h = Σ_k σ_k u_k v_kᵀ`` of every head, signs fixed (docs/method.md).
 
     Attributes:
         sigma: ``(H, dh)`` singular values, descending.
@@ -119,8 +119,8 @@ def head_maps(
 
 
 @contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run small LAPACK calls on one thread.
+def one_thread() -> Iterator[None]:
+    """Run small LAPACK and matmul calls on one thread.
 
     Right after a threaded GEMM, torch's OpenMP workers still spin; a threaded QR/SVD of these
     small matrices then fights them and took 0.5-1.3 s here instead of 10 ms.
@@ -134,14 +134,14 @@ def _one_thread() -> Iterator[None]:
 
 
 def bi_orthogonal_modes(maps: HeadMaps) -> Modes:
-    """Factored SVD of every ``M_h = s A_h B_hᵀ`` (METHOD.md, "Bi-orthogonal modes").
+    """Factored SVD of every ``M_h = s A_h B_hᵀ`` (docs/method.md, "Bi-orthogonal modes").
 
     With ``A = Q_A R_A`` and ``B = Q_B R_B``, ``M = Q_A (s R_A R_Bᵀ) Q_Bᵀ``; the SVD of the
     dh x dh core gives ``U = Q_A U_c`` and ``V = Q_B V_c``. Signs are fixed so that the
     largest-magnitude entry of each ``u_k`` is positive, ``v_k`` flipping with it, which makes
     the modes a deterministic function of ``M``.
     """
-    with _one_thread():
+    with one_thread():
         Qa, Ra = torch.linalg.qr(torch.from_numpy(maps.A))
         Qb, Rb = torch.linalg.qr(torch.from_numpy(maps.B))
         core = maps.scale * Ra @ Rb.transpose(1, 2)

@@ -54,3 +54,13 @@ def token_permutations(indices: np.ndarray, n_tokens: int, seed: int) -> np.ndar
     indices = np.asarray(indices, dtype=np.int64)
     keys = _key(seed, 2, indices[:, None] * n_tokens + np.arange(n_tokens)[None, :])
     return np.argsort(keys, axis=1, kind="stable")
+
+
+def jackknife_group(indices: np.ndarray, groups: int) -> np.ndarray:
+    """Group of each image for the delete-a-group jackknife: ``index mod groups``.
+
+    By index, so the groups do not depend on chunking; interleaved, so that images stored in
+    some order (by class, by source) spread over all groups. ``index mod 4`` (the quarter
+    that the unbiased ``E_pp`` uses) is then ``group mod 4`` whenever 4 divides ``groups``.
+    """
+    return np.asarray(indices, dtype=np.int64) % groups

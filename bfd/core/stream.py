@@ -13,11 +13,12 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
-from bfd.core.anova import Pass1State, as_chunk, finalize_means, select_tokens
+from bfd.core.anova import DEFAULT_GROUPS, Pass1State, as_chunk, finalize_means, select_tokens
 from bfd.core.checks import require
 from bfd.core.content import Pass2Plan, Pass2State
 from bfd.core.heads import HeadMaps, bi_orthogonal_modes
 from bfd.core.summary import LayerResult, summarize
+from bfd.core.uncertainty import DEFAULT_CI_TARGET
 
 Chunk = tuple[int | np.ndarray, np.ndarray | torch.Tensor]
 ChunkSource = Callable[[], Iterable[Chunk]]
@@ -37,9 +38,10 @@ def pass1_chunk(
     prefix_tokens: int = 0,
     prefix: str = "exclude",
     seed: int = 0,
+    groups: int = DEFAULT_GROUPS,
 ) -> Pass1State:
     """Pass-1 sums of one raw chunk; ``index`` is its first image's global index or all n."""
-    return Pass1State.from_chunk(prepare_chunk(x, prefix_tokens, prefix), index, seed)
+    return Pass1State.from_chunk(prepare_chunk(x, prefix_tokens, prefix), index, seed, groups)
 
 
 def decompose_layer(
@@ -52,8 +54,10 @@ def decompose_layer(
     compute_dtype: str = "float32",
     device: str | torch.device = "cpu",
     check_images: int = 2,
+    groups: int = DEFAULT_GROUPS,
+    ci_target: float = DEFAULT_CI_TARGET,
 ) -> LayerResult:
-    """Both passes of METHOD.md over one layer's chunks.
+    """Both passes of docs/method.md over one layer's chunks.
 
     Args:
         chunks: called once per pass; yields ``(index, x)`` with ``x`` a raw
@@ -62,18 +66,20 @@ def decompose_layer(
             exactly once.
         maps: the layer's head read-in maps; None for Stage 1 only (e.g. the resid site).
         prefix_tokens: leading non-grid tokens (CLS, registers) of each image.
-        prefix: "exclude" (METHOD.md default) or "include".
+        prefix: "exclude" (docs/method.md default) or "include".
         seed: seed of the split-half and shuffle controls.
         compute_dtype: dtype of the pass-2 projection and Grams.
         device: where pass 2 runs.
         check_images: images (lowest indices) that get the 9-block logit check.
+        groups: jackknife groups G of the intervals (0: no intervals).
+        ci_target: interval half-width that the main shares should reach.
 
     Returns:
         The layer's results.
     """
     modes = bi_orthogonal_modes(maps) if maps is not None else None
     p1 = _total(
-        pass1_chunk(x, s, prefix_tokens=prefix_tokens, prefix=prefix, seed=seed)
+        pass1_chunk(x, s, prefix_tokens=prefix_tokens, prefix=prefix, seed=seed, groups=groups)
         for s, x in chunks()
     )
     means = finalize_means(p1)
@@ -85,7 +91,7 @@ def decompose_layer(
         p2.n == means.n,
         f"pass 2 saw {p2.n} images but pass 1 saw {means.n}; the chunk source must be stable",
     )
-    return summarize(means, p2, modes)
+    return summarize(means, p2, modes, ci_target)
 
 
 def _total(states: Iterable[Pass1State | Pass2State]):

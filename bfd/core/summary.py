@@ -1,4 +1,4 @@
-"""Energies, fractions, types and mode statistics from the accumulated moments (METHOD.md,
+"""Energies, fractions, types and mode statistics from the accumulated moments (docs/method.md,
 "Stage 2", "Bi-orthogonal modes", "Validation").
 
 Every quantity here is a few dh x dh products per head: the positional side needs only
@@ -14,6 +14,7 @@ import numpy as np
 from bfd.core.anova import Means
 from bfd.core.content import Pass2State
 from bfd.core.heads import Modes
+from bfd.core.uncertainty import DEFAULT_CI_TARGET, layer_statistics
 
 BLOCKS = ("pp", "pc", "cp", "cc")
 HEAD_TYPES = ("content-content", "content-position", "position-position")
@@ -24,7 +25,7 @@ UNDEFINED = "undefined"
 
 @dataclass(frozen=True)
 class LayerResult:
-    """Every METHOD.md quantity of one layer and site. Names follow METHOD.md.
+    """Every docs/method.md quantity of one layer and site. Names follow docs/method.md.
 
     Shapes: ``energy``/``frac`` (H, 4) over BLOCKS; ``sigma``/``alpha``/``beta`` (H, dh);
     ``mode_energy`` (H, dh, 4); ``mode_type`` (H, dh) of block names; per-head arrays (H,).
@@ -58,6 +59,8 @@ class LayerResult:
     eff_rank: np.ndarray | None = None
     eff_rank_sigma: np.ndarray | None = None
     k90: np.ndarray | None = None
+    # corrected shares, intervals, adequacy (bfd.core.uncertainty.layer_statistics)
+    statistics: dict[str, np.ndarray] | None = None
 
     @property
     def frac_content(self) -> float:
@@ -122,10 +125,13 @@ def summarize_stage1(means: Means, p2: Pass2State) -> LayerResult:
     )
 
 
-def summarize(means: Means, p2: Pass2State, modes: Modes | None) -> LayerResult:
-    """All METHOD.md quantities of one layer from its two passes (Stage 1 only without
+def summarize(
+    means: Means, p2: Pass2State, modes: Modes | None, ci_target: float = DEFAULT_CI_TARGET
+) -> LayerResult:
+    """All docs/method.md quantities of one layer from its two passes (Stage 1 only without
     modes)."""
-    stage1 = summarize_stage1(means, p2)
+    stage1 = replace(summarize_stage1(means, p2),
+                     statistics=layer_statistics(means, p2, modes, ci_target))
     if modes is None:
         return stage1
     N = means.n
@@ -185,7 +191,7 @@ def summarize(means: Means, p2: Pass2State, modes: Modes | None) -> LayerResult:
 
 def pos_embed_cosine(pos_resid0: np.ndarray, pos_embed_patch_rows: np.ndarray) -> float:
     """Cosine between ``pos`` at the ``resid`` site of block 0 and the mean-centred patch rows
-    of a learned absolute ``pos_embed`` (METHOD.md, "Validation" 3), both ``(T_patch, d)``.
+    of a learned absolute ``pos_embed`` (docs/method.md, "Validation" 3), both ``(T_patch, d)``.
     """
     a = np.asarray(pos_resid0, dtype=np.float64)
     b = np.asarray(pos_embed_patch_rows, dtype=np.float64)

@@ -1,12 +1,44 @@
-"""Flow ``audit``: extract -> decompose -> publish, as one flow run with subflows."""
+"""Flow ``audit``: one audit of one model in its series: extract -> decompose -> publish (or
+the run reused when already computed), then drift against the series' previous audit, the
+audit's row, artifacts and events."""
 
 from __future__ import annotations
 
-from prefect import flow
+from datetime import UTC, datetime
+from typing import Any
 
+from prefect import flow, get_run_logger
+
+from bfd.flows import progress
 from bfd.flows.decompose import decompose
-from bfd.flows.extract import extract, store_root
+from bfd.flows.extract import extract
+from bfd.flows.params import (
+    AuditConfig,
+    DecomposeParams,
+    DriftThresholds,
+    require_model,
+    with_deployment_defaults,
+)
+from bfd.flows.prefect_io import (
+    PrefectProgress,
+    current_flow_run_id,
+    emit_audit_events,
+    name_and_tag,
+    publish_artifacts,
+    resolve_store,
+)
 from bfd.flows.runners import task_runner
+from bfd.storage import (
+    Store,
+    new_audit_id,
+    previous_audit,
+    results_path,
+    write_audit,
+    write_drift,
+)
+from bfd.tasks.audits import computed_run, default_series, time_step
+from bfd.tasks.decompose import DecomposeOptions
+from bfd.tasks.drift import drift_rows, layer_summary
 
 DEMO_CONFIG = {
     "model": "vit_tiny_patch16_224",
@@ -19,33 +51,121 @@ DEMO_CONFIG = {
 }
 
 
-@flow(name="audit", log_prints=True)
+def _run_name() -> str:
+    """The flow run's first name; the flow renames it once the series and step are known."""
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters
+    config = params.get("config") or {}
+    config = config if isinstance(config, dict) else config.model_dump()
+    series = params.get("series") or f"{config.get('model') or 'audit'}@{config.get('weights')}"
+    step = params.get("step")
+    return f"{series} step {step}" if step is not None else f"{series} audit"
+
+
+def refresh_outputs(store: str, dashboard: bool) -> None:
+    """The SQL catalog's snapshot, then the dashboard, when ``dashboard``: derived views of
+    what is written (a flow auditing many models refreshes them once, at its end), so a
+    failure here is a warning, not a failed audit."""
+    from bfd.queries import refresh_catalog
+
+    if not dashboard:
+        return
+    logger = get_run_logger()
+    try:
+        refresh_catalog(store)
+        from bfd.report.dashboard import build_dashboard
+
+        logger.info("dashboard: %s", build_dashboard(store, f"{store}/dashboard").index)
+    except Exception as err:  # noqa: BLE001 - derived outputs; the next audit rebuilds them
+        logger.warning("catalog or dashboard not refreshed (%s); the next query rebuilds it", err)
+
+
+@flow(name="audit", log_prints=True, flow_run_name=_run_name)
 def audit(
-    config: dict,
+    config: AuditConfig,
     store: str | None = None,
     workers: int = 1,
     dask_address: str | None = None,
     gpu_resources: bool = False,
-    decompose_options: dict | None = None,
-) -> dict[str, str]:
-    """One audit of one model: its activations (reused where already stored), its BFD and
-    its rows in the tables.
+    decompose_options: DecomposeParams | None = None,
+    series: str | None = None,
+    step: int | None = None,
+    drift: DriftThresholds | None = None,
+    trigger: str = "flow",
+    dashboard: bool = True,
+) -> dict[str, Any]:
+    """One audit of one model: its activations (reused where already stored), its BFD (reused
+    when the run is already computed), drift against the previous audit of its series, and
+    one new row of the ``audits`` table.
 
     Args:
-        config: fields of ``bfd.tasks.extract.ExtractConfig``.
-        store: store root; ``$BFD_STORE`` or ``./bfd-store`` when None.
+        config: what to audit (model, weights, images, layers, ...).
+        store: store root; else the Prefect Variable ``bfd_store``, else ``$BFD_STORE``
+            (outside a deployment also ``./bfd-store``).
         workers: local extraction workers (processes when > 1).
         dask_address: run extraction shards and decomposition graphs on this Dask cluster.
         gpu_resources: ask the cluster for one ``GPU`` resource per shard task.
-        decompose_options: keyword options of the ``decompose`` flow (prefix, seed, ...);
-            its ``device`` is the extraction's unless given.
+        decompose_options: options of the decomposition; its ``device`` is the extraction's
+            unless given.
+        series: the series this audit extends; by default the model and its weights' source.
+        step: the audit's place in its series (a training step); its time when empty.
+        drift: thresholds of the drift flags.
+        trigger: what asked for the audit (cli, schedule, checkpoints, compare, ...).
+        dashboard: rebuild ``<store>/dashboard`` at the end.
 
     Returns:
-        The run id and the paths written.
+        The audit id, run id, series, step, drift flag count and the paths written.
     """
-    root = store_root(store)
-    runner = task_runner(workers, dask_address)
-    run_id = extract.with_options(task_runner=runner)(config, root, gpu_resources)
-    options = {"device": config.get("device", "auto"), **(decompose_options or {})}
-    written = decompose(run_id, root, dask_address=dask_address, **options)
-    return {"run_id": run_id, "store": root, **written}
+    logger = get_run_logger()
+    config = with_deployment_defaults("config", config, AuditConfig)
+    options = with_deployment_defaults("decompose_options", decompose_options, DecomposeParams)
+    thresholds = with_deployment_defaults("drift", drift, DriftThresholds)
+    model = require_model(config)
+    root = resolve_store(store)
+    series = series or default_series(model, config.weights, config.seed)
+    started = datetime.now(UTC)
+    step = step if step is not None else time_step(started)
+    name_and_tag(f"{series} step {step}", [f"model:{model}", f"series:{series}"])
+    logger.info("audit of series %s, step %d, into store %s", series, step, root)
+    row: dict[str, Any] = {
+        "audit_id": new_audit_id(started), "series": series, "run_id": None, "step": step,
+        "started_at": started, "trigger": trigger, "flow_run_id": current_flow_run_id(),
+        "status": "failed", "prev_audit_id": None, "n_flagged": None,
+    }
+    try:
+        with progress.listening(PrefectProgress()):
+            run_id = extract.with_options(task_runner=task_runner(workers, dask_address))(
+                config.extract_config(), root, gpu_resources)
+            decompose_kw = {**options.model_dump(), "device": options.device or config.device}
+            stored = DecomposeOptions(**decompose_kw).to_dict()
+            run = computed_run(Store(root), run_id, stored)
+            if run is None:
+                written = decompose(run_id, root, dask_address=dask_address, **decompose_kw)
+                run = computed_run(Store(root), run_id, stored) or {}
+            else:
+                written = {"results": results_path(Store(root), run_id)}
+                logger.info("run %s is already computed: reused, nothing recomputed", run_id)
+        row["run_id"] = run_id
+        prev = previous_audit(Store(root), series, step)
+        rows = []
+        if prev is not None:
+            row["prev_audit_id"] = prev["audit_id"]
+            rows = drift_rows(Store(root), prev["run_id"], run_id, thresholds.model_dump())
+            rows = [{"audit_id": row["audit_id"], "prev_audit_id": prev["audit_id"], **r}
+                    for r in rows]
+            write_drift(Store(root), series, row["audit_id"], rows)
+        row.update(status="complete", n_flagged=sum(r["flagged"] for r in rows))
+    finally:
+        row["finished_at"] = datetime.now(UTC)
+        write_audit(Store(root), row)
+    reused = "runs" not in written
+    logger.info("audit %s: run %s (%s), %d drift flag(s); store %s", row["audit_id"], run_id,
+                "reused" if reused else "computed", row["n_flagged"], root)
+    report = {**row, "reused": reused}
+    publish_artifacts(report, run, layer_summary(Store(root), run_id), rows, root)
+    emit_audit_events(row, rows, root)
+    refresh_outputs(root, dashboard)
+    return {**{k: row[k] for k in ("audit_id", "series", "run_id", "step", "prev_audit_id",
+                                   "n_flagged")},
+            "reused": reused, "store": root, **written}

@@ -5,10 +5,17 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 
+from bfd.core.anova import DEFAULT_GROUPS
+from bfd.core.uncertainty import DEFAULT_CI_TARGET
 from bfd.flows import progress
-from bfd.storage import Store, check_intact, default_store, open_activations
+from bfd.storage import Store, check_intact, default_store, open_activations, read_request
 from bfd.tasks.decompose import DecomposeOptions, assemble_results, require_extracted
 from bfd.tasks.prefect_tasks import decompose_site_layer_task, publish_task
+
+# What the results carry of their run (besides run_id and the options), so that a results
+# Dataset says what made it: from the run request, and from the extraction's attrs.
+REQUEST_ATTRS = ("model", "weights", "weights_sha256", "images", "images_sha256", "dtype")
+EXTRACTION_ATTRS = ("timm_version", "torch_version", "bfd_version")
 
 
 @flow(name="decompose", log_prints=True)
@@ -21,18 +28,22 @@ def decompose(
     images_per_task: int | None = None,
     dask_address: str | None = None,
     device: str = "auto",
+    jackknife_groups: int = DEFAULT_GROUPS,
+    ci_target: float = DEFAULT_CI_TARGET,
 ) -> dict[str, str]:
     """Decompose every extracted (site, layer) of a run and publish the results.
 
     Args:
         run_id: the run to decompose (its activations must be complete).
         store: store root; ``$BFD_STORE`` or ``./bfd-store`` when None.
-        prefix: "exclude" or "include" prefix tokens as positions (METHOD.md).
+        prefix: "exclude" or "include" prefix tokens as positions (docs/method.md).
         seed: seed of the split-half and shuffle controls.
         compute_dtype: pass-2 projection dtype.
         images_per_task: images per dask task; the stored chunks when None.
         dask_address: run the dask graphs on this cluster instead of local threads.
         device: where the passes run: auto (CUDA when seen; the CPU on a cluster), cpu, cuda.
+        jackknife_groups: image groups G of the intervals (0: none; docs/method.md).
+        ci_target: interval half-width the main shares should reach.
 
     Returns:
         What was written, by name (results group and table files).
@@ -40,7 +51,8 @@ def decompose(
     logger = get_run_logger()
     root = str(Store(store).root) if store else str(default_store().root)
     options = DecomposeOptions(prefix=prefix, seed=seed, compute_dtype=compute_dtype,
-                               images_per_task=images_per_task, device=device)
+                               images_per_task=images_per_task, device=device,
+                               jackknife_groups=jackknife_groups, ci_target=ci_target)
     acts = open_activations(Store(root), run_id)
     check_intact(Store(root), run_id)
     require_extracted(Store(root), run_id)
@@ -56,7 +68,10 @@ def decompose(
     for done, future in enumerate(as_completed(futures), start=1):
         parts.append(future.result())
         progress.report("decompose", done, len(futures))
-    results = assemble_results(parts, {"run_id": run_id, **options.to_dict(),
+    request = read_request(Store(root), run_id)
+    run_attrs = {k: getattr(request, k) for k in REQUEST_ATTRS}
+    run_attrs |= {k: acts.attrs[k] for k in EXTRACTION_ATTRS if k in acts.attrs}
+    results = assemble_results(parts, {**run_attrs, "run_id": run_id, **options.to_dict(),
                                        "images_per_task": images_per_task or 0})
     written = publish_task(root, run_id, results, {"decompose": options.to_dict()})
     logger.info("published run %s: %s", run_id, ", ".join(sorted(written)))

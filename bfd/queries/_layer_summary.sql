@@ -3,9 +3,12 @@
 --   frac_pos_resid: Stage 1 at the resid site, NULL where the run did not record it;
 --   e_*: head energies summed over the layer's heads; f_*: those sums divided by their total
 --   (energy-weighted); mean_f_*: plain mean of the heads' own fractions;
---   n_heads_pp / _cp / _cc: heads whose stored head_type (METHOD.md "Head type") is
+--   n_heads_pp / _cp / _cc: heads whose stored head_type (docs/method.md "Head type") is
 --   position-position, content-position or content-content; n_heads_undefined: heads whose
 --   energies were zero or not finite (head_type 'undefined', counted in none of the three);
+--   frac_pos_adj (and its 95 % interval _lo/_hi), frac_pos_chance: the chance-corrected
+--   positional share at attn_in and the raw share's chance level (docs/method.md);
+--   e_*_adj, f_*_adj: as e_*, f_* from the heads' chance-corrected energies;
 --   depth: the model's number of blocks (runs.depth; for runs that did not record it,
 --   1 + the largest layer index stored); rel_depth = layer / (depth - 1).
 WITH complete AS (
@@ -29,7 +32,11 @@ head_layers AS (
         count(*) FILTER (WHERE head_type = 'position-position') AS n_heads_pp,
         count(*) FILTER (WHERE head_type = 'content-position') AS n_heads_cp,
         count(*) FILTER (WHERE head_type = 'content-content') AS n_heads_cc,
-        count(*) FILTER (WHERE head_type = 'undefined') AS n_heads_undefined
+        count(*) FILTER (WHERE head_type = 'undefined') AS n_heads_undefined,
+        sum(e_pp_adj) AS e_pp_adj,
+        sum(e_pc_adj) AS e_pc_adj,
+        sum(e_cp_adj) AS e_cp_adj,
+        sum(e_cc_adj) AS e_cc_adj
     FROM heads
     GROUP BY run_id, layer
 ),
@@ -39,7 +46,11 @@ site_layers AS (
         layer,
         any_value(frac_pos) FILTER (WHERE site = 'attn_in') AS frac_pos,
         any_value(frac_img + frac_int) FILTER (WHERE site = 'attn_in') AS frac_content,
-        any_value(frac_pos) FILTER (WHERE site = 'resid') AS frac_pos_resid
+        any_value(frac_pos) FILTER (WHERE site = 'resid') AS frac_pos_resid,
+        any_value(frac_pos_adj) FILTER (WHERE site = 'attn_in') AS frac_pos_adj,
+        any_value(frac_pos_adj_lo) FILTER (WHERE site = 'attn_in') AS frac_pos_adj_lo,
+        any_value(frac_pos_adj_hi) FILTER (WHERE site = 'attn_in') AS frac_pos_adj_hi,
+        any_value(frac_pos_chance) FILTER (WHERE site = 'attn_in') AS frac_pos_chance
     FROM layers
     GROUP BY run_id, layer
 ),
@@ -80,6 +91,18 @@ SELECT
     coalesce(d.n_heads_pp, 0) AS n_heads_pp,
     coalesce(d.n_heads_cp, 0) AS n_heads_cp,
     coalesce(d.n_heads_cc, 0) AS n_heads_cc,
-    coalesce(d.n_heads_undefined, 0) AS n_heads_undefined
+    coalesce(d.n_heads_undefined, 0) AS n_heads_undefined,
+    d.frac_pos_adj,
+    d.frac_pos_adj_lo,
+    d.frac_pos_adj_hi,
+    d.frac_pos_chance,
+    d.e_pp_adj,
+    d.e_pc_adj,
+    d.e_cp_adj,
+    d.e_cc_adj,
+    d.e_pp_adj / nullif(d.e_pp_adj + d.e_pc_adj + d.e_cp_adj + d.e_cc_adj, 0) AS f_pp_adj,
+    d.e_pc_adj / nullif(d.e_pp_adj + d.e_pc_adj + d.e_cp_adj + d.e_cc_adj, 0) AS f_pc_adj,
+    d.e_cp_adj / nullif(d.e_pp_adj + d.e_pc_adj + d.e_cp_adj + d.e_cc_adj, 0) AS f_cp_adj,
+    d.e_cc_adj / nullif(d.e_pp_adj + d.e_pc_adj + d.e_cp_adj + d.e_cc_adj, 0) AS f_cc_adj
 FROM with_depth AS d
 JOIN complete AS c USING (run_id)

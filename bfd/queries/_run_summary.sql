@@ -1,7 +1,8 @@
--- run_summary: one row per complete run: the model-level figures of METHOD.md, "Layer and
+-- run_summary: one row per complete run: the model-level figures of docs/method.md, "Layer and
 -- model summaries". f_*: energies summed over all layers and heads, then divided (energy-
 -- weighted); mean_f_*: plain mean of the head fractions; frac_pos_mean: mean over layers of
--- frac_pos at attn_in; n_heads_*: head counts per stored head_type, as in layer_summary.
+-- frac_pos at attn_in; n_heads_*: head counts per stored head_type, as in layer_summary;
+-- frac_pos_adj_mean, f_*_adj: the same from the chance-corrected shares (docs/method.md).
 WITH per_run AS (
     SELECT
         run_id,
@@ -26,7 +27,12 @@ WITH per_run AS (
         CAST(sum(n_heads_pp) AS BIGINT) AS n_heads_pp,
         CAST(sum(n_heads_cp) AS BIGINT) AS n_heads_cp,
         CAST(sum(n_heads_cc) AS BIGINT) AS n_heads_cc,
-        CAST(sum(n_heads_undefined) AS BIGINT) AS n_heads_undefined
+        CAST(sum(n_heads_undefined) AS BIGINT) AS n_heads_undefined,
+        avg(frac_pos_adj) AS frac_pos_adj_mean,
+        sum(e_pp_adj) AS e_pp_adj,
+        sum(e_pc_adj) AS e_pc_adj,
+        sum(e_cp_adj) AS e_cp_adj,
+        sum(e_cc_adj) AS e_cc_adj
     FROM layer_summary
     GROUP BY run_id
 )
@@ -50,7 +56,12 @@ SELECT
     coalesce(p.n_heads_pp, 0) AS n_heads_pp,
     coalesce(p.n_heads_cp, 0) AS n_heads_cp,
     coalesce(p.n_heads_cc, 0) AS n_heads_cc,
-    coalesce(p.n_heads_undefined, 0) AS n_heads_undefined
+    coalesce(p.n_heads_undefined, 0) AS n_heads_undefined,
+    p.frac_pos_adj_mean,
+    p.e_pp_adj / nullif(p.e_pp_adj + p.e_pc_adj + p.e_cp_adj + p.e_cc_adj, 0) AS f_pp_adj,
+    p.e_pc_adj / nullif(p.e_pp_adj + p.e_pc_adj + p.e_cp_adj + p.e_cc_adj, 0) AS f_pc_adj,
+    p.e_cp_adj / nullif(p.e_pp_adj + p.e_pc_adj + p.e_cp_adj + p.e_cc_adj, 0) AS f_cp_adj,
+    p.e_cc_adj / nullif(p.e_pp_adj + p.e_pc_adj + p.e_cp_adj + p.e_cc_adj, 0) AS f_cc_adj
 FROM runs AS r
 LEFT JOIN per_run AS p USING (run_id)
 WHERE r.status = 'complete'

@@ -1,10 +1,10 @@
 """A read-only DuckDB catalog over a store's Parquet tables (docs/layout.md, "Tables and columns").
 
 ``connect`` loads the published table files of every run (``listing.py``: the version each
-run's ``published.json`` names) into tables ``runs, layers, heads, modes, images`` of a DuckDB
-database of its own (a snapshot, cached: ``snapshot.py``), attaches
-that database read-only and turns off file access from SQL. What that buys, and why not plain
-views over ``read_parquet``:
+run's ``published.json`` names) into tables ``runs, layers, heads, modes, images``, and every
+file of the event tables ``audits, drift``, into a DuckDB database of its own (a snapshot,
+cached: ``snapshot.py``), attaches that database read-only and turns off file access from
+SQL. What that buys, and why not plain views over ``read_parquet``:
 
 - A view over ``read_parquet`` needs file access at query time, and DuckDB's
   ``allowed_directories`` grants writing as well as reading, so ``COPY ... TO`` could overwrite
@@ -89,6 +89,16 @@ CONTRACT: Final[Mapping[str, str]] = {
         " pos_embed_cos DOUBLE, shuffle_frac_pos DOUBLE, ss_identity_residual DOUBLE,"
         " ortho_residual DOUBLE, frac_content DOUBLE, logit_residual DOUBLE, n_images BIGINT,"
         " model_logit_residual DOUBLE, model_attn_residual DOUBLE"
+        ", frac_pos_adj DOUBLE, frac_img_adj DOUBLE, frac_int_adj DOUBLE, frac_content_adj"
+        " DOUBLE, frac_pos_chance DOUBLE, frac_pos_se DOUBLE, frac_pos_lo DOUBLE, frac_pos_hi"
+        " DOUBLE, frac_img_se DOUBLE, frac_img_lo DOUBLE, frac_img_hi DOUBLE, frac_int_se"
+        " DOUBLE, frac_int_lo DOUBLE, frac_int_hi DOUBLE, frac_content_se DOUBLE,"
+        " frac_content_lo DOUBLE, frac_content_hi DOUBLE, frac_pos_adj_se DOUBLE,"
+        " frac_pos_adj_lo DOUBLE, frac_pos_adj_hi DOUBLE, frac_img_adj_se DOUBLE,"
+        " frac_img_adj_lo DOUBLE, frac_img_adj_hi DOUBLE, frac_int_adj_se DOUBLE,"
+        " frac_int_adj_lo DOUBLE, frac_int_adj_hi DOUBLE, frac_content_adj_se DOUBLE,"
+        " frac_content_adj_lo DOUBLE, frac_content_adj_hi DOUBLE, ci_halfwidth DOUBLE,"
+        " n_images_for_target DOUBLE, ci_target DOUBLE"
     ),
     "heads": (
         "run_id VARCHAR, model VARCHAR, layer INTEGER, head INTEGER, e_pp DOUBLE, e_pc DOUBLE,"
@@ -96,6 +106,14 @@ CONTRACT: Final[Mapping[str, str]] = {
         " head_type VARCHAR, eff_rank DOUBLE, eff_rank_sigma DOUBLE, k90 INTEGER,"
         " mode_coupling DOUBLE, bias_key_share DOUBLE, bias_key_pos_share DOUBLE,"
         " bias_key_con_share DOUBLE"
+        ", e_pp_adj DOUBLE, e_pc_adj DOUBLE, e_cp_adj DOUBLE, e_cc_adj DOUBLE, f_pp_adj DOUBLE,"
+        " f_pc_adj DOUBLE, f_cp_adj DOUBLE, f_cc_adj DOUBLE, f_pp_se DOUBLE, f_pp_lo DOUBLE,"
+        " f_pp_hi DOUBLE, f_pc_se DOUBLE, f_pc_lo DOUBLE, f_pc_hi DOUBLE, f_cp_se DOUBLE,"
+        " f_cp_lo DOUBLE, f_cp_hi DOUBLE, f_cc_se DOUBLE, f_cc_lo DOUBLE, f_cc_hi DOUBLE,"
+        " f_pp_adj_se DOUBLE, f_pp_adj_lo DOUBLE, f_pp_adj_hi DOUBLE, f_pc_adj_se DOUBLE,"
+        " f_pc_adj_lo DOUBLE, f_pc_adj_hi DOUBLE, f_cp_adj_se DOUBLE, f_cp_adj_lo DOUBLE,"
+        " f_cp_adj_hi DOUBLE, f_cc_adj_se DOUBLE, f_cc_adj_lo DOUBLE, f_cc_adj_hi DOUBLE,"
+        " head_type_stability DOUBLE"
     ),
     "modes": (
         "run_id VARCHAR, model VARCHAR, layer INTEGER, head INTEGER, mode INTEGER, sigma DOUBLE,"
@@ -105,6 +123,16 @@ CONTRACT: Final[Mapping[str, str]] = {
     "images": (
         "run_id VARCHAR, model VARCHAR, image_index INTEGER, image_id VARCHAR, sha256 VARCHAR,"
         " status VARCHAR, error VARCHAR"
+    ),
+    # Events, one file per audit (bfd.storage.audits), appended, never rewritten.
+    "audits": (
+        "audit_id VARCHAR, series VARCHAR, run_id VARCHAR, step BIGINT, started_at TIMESTAMPTZ,"
+        " finished_at TIMESTAMPTZ, trigger VARCHAR, flow_run_id VARCHAR, status VARCHAR,"
+        " prev_audit_id VARCHAR, n_flagged INTEGER"
+    ),
+    "drift": (
+        "audit_id VARCHAR, prev_audit_id VARCHAR, layer INTEGER, head INTEGER, metric VARCHAR,"
+        " before DOUBLE, after DOUBLE, delta DOUBLE, threshold DOUBLE, flagged BOOLEAN"
     ),
 }
 
@@ -249,9 +277,9 @@ def connect(store_root: str | os.PathLike[str],
 
     Returns:
         A DuckDB connection whose default database holds the tables ``runs, layers, heads,
-        modes, images`` and the views of ``DERIVED_VIEWS``. Statements that would change them
-        fail inside DuckDB ("attached in read-only mode"), and file access from SQL is off
-        ("file system operations are disabled by configuration").
+        modes, images, audits, drift`` and the views of ``DERIVED_VIEWS``. Statements that
+        would change them fail inside DuckDB ("attached in read-only mode"), and file access
+        from SQL is off ("file system operations are disabled by configuration").
 
     Raises:
         FileNotFoundError: ``store_root`` (or an attached store) is not a directory.

@@ -3,7 +3,9 @@
 -- equal bins (bin = floor(layer * bins / (depth - 1)), the last layer joining the last bin).
 -- Per bin and model: n_layers, frac_pos (plain mean over the bin's layers, attn_in) and
 -- f_* (energies summed over the bin's heads, then divided). delta_* = b - a.
--- Bins where neither model has a layer are left out.
+-- Bins where neither model has a layer are left out. The *_adj columns are the same figures
+-- from the chance-corrected shares (docs/method.md): compare those when n_images_a and
+-- n_images_b differ, since the raw shares move with the number of images.
 -- params: model_a (required), model_b (required), bins (default 10)
 WITH settings AS (
     SELECT
@@ -41,7 +43,12 @@ per_bin AS (
         sum(e_pp) / nullif(sum(e_pp + e_pc + e_cp + e_cc), 0) AS f_pp,
         sum(e_pc) / nullif(sum(e_pp + e_pc + e_cp + e_cc), 0) AS f_pc,
         sum(e_cp) / nullif(sum(e_pp + e_pc + e_cp + e_cc), 0) AS f_cp,
-        sum(e_cc) / nullif(sum(e_pp + e_pc + e_cp + e_cc), 0) AS f_cc
+        sum(e_cc) / nullif(sum(e_pp + e_pc + e_cp + e_cc), 0) AS f_cc,
+        avg(frac_pos_adj) AS frac_pos_adj,
+        sum(e_pp_adj) / nullif(sum(e_pp_adj + e_pc_adj + e_cp_adj + e_cc_adj), 0) AS f_pp_adj,
+        sum(e_pc_adj) / nullif(sum(e_pp_adj + e_pc_adj + e_cp_adj + e_cc_adj), 0) AS f_pc_adj,
+        sum(e_cp_adj) / nullif(sum(e_pp_adj + e_pc_adj + e_cp_adj + e_cc_adj), 0) AS f_cp_adj,
+        sum(e_cc_adj) / nullif(sum(e_pp_adj + e_pc_adj + e_cp_adj + e_cc_adj), 0) AS f_cc_adj
     FROM binned
     GROUP BY side, bin
 ),
@@ -71,7 +78,16 @@ SELECT
     b.f_cp - a.f_cp AS delta_f_cp,
     a.f_cc AS f_cc_a,
     b.f_cc AS f_cc_b,
-    b.f_cc - a.f_cc AS delta_f_cc
+    b.f_cc - a.f_cc AS delta_f_cc,
+    (SELECT n_images FROM runs WHERE run_id = a.run_id) AS n_images_a,
+    (SELECT n_images FROM runs WHERE run_id = b.run_id) AS n_images_b,
+    a.frac_pos_adj AS frac_pos_adj_a,
+    b.frac_pos_adj AS frac_pos_adj_b,
+    b.frac_pos_adj - a.frac_pos_adj AS delta_frac_pos_adj,
+    b.f_pp_adj - a.f_pp_adj AS delta_f_pp_adj,
+    b.f_pc_adj - a.f_pc_adj AS delta_f_pc_adj,
+    b.f_cp_adj - a.f_cp_adj AS delta_f_cp_adj,
+    b.f_cc_adj - a.f_cc_adj AS delta_f_cc_adj
 FROM a
 FULL OUTER JOIN b USING (bin)
 CROSS JOIN settings

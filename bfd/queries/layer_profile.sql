@@ -1,6 +1,8 @@
 -- layer_profile: one row per layer of one complete run of a model: how much of the heads'
 -- input is positional (frac_pos at attn_in, frac_pos_resid at resid) and how the heads use it
 -- (energy-weighted f_pp, f_pc, f_cp, f_cc of the layer), against layer and relative depth.
+-- frac_pos_adj [frac_pos_adj_lo, frac_pos_adj_hi]: the chance-corrected positional share and
+-- its 95 % interval, frac_pos_chance: the raw share's chance level (docs/method.md).
 -- run_id defaults to the model's latest complete run; a run that is not complete gives no rows.
 -- params: model (required), run_id (optional)
 WITH chosen AS (
@@ -25,7 +27,15 @@ SELECT
     s.n_heads_pp,
     s.n_heads_cp,
     s.n_heads_cc,
-    s.n_heads_undefined
+    s.n_heads_undefined,
+    s.frac_pos_chance,
+    s.frac_pos_adj,
+    s.frac_pos_adj_lo,
+    s.frac_pos_adj_hi,
+    s.f_pp_adj,
+    s.f_pc_adj,
+    s.f_cp_adj,
+    s.f_cc_adj
 FROM layer_summary AS s
 JOIN chosen USING (run_id)
 WHERE s.model = $model

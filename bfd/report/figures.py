@@ -4,7 +4,7 @@ Every function takes the table a named query returns (pyarrow, or pandas with th
 and writes one PNG. They build a ``Figure`` on an Agg canvas instead of going through pyplot, so
 they need no display, touch no global backend state and leak no open figures.
 
-One colour per interaction class is used throughout (METHOD.md, "Head type"): position-position
+One colour per interaction class is used throughout (docs/method.md, "Head type"): position-position
 red, content-position (f_cp + f_pc) green, content-content blue. A head's colour in the head map
 is the mix of the three in proportion to its fractions.
 """
@@ -104,7 +104,9 @@ def _save(fig: Figure, path: Target) -> None:
 def layer_profile_figure(table: TableLike, path: Target, title: str | None = None) -> None:
     """Positional share of the heads' input and the heads' use of it, layer by layer.
 
-    Top: ``frac_pos`` at attn_in (and at resid where recorded). Bottom: the energy-weighted
+    Top: ``frac_pos`` at attn_in (and at resid where recorded), and where the run has them
+    the chance-corrected ``frac_pos_adj`` with its 95 % interval and the raw share's chance
+    level (docs/method.md). Bottom: the energy-weighted
     ``f_pp, f_pc, f_cp, f_cc`` of each layer, stacked (they sum to one).
 
     Args:
@@ -125,9 +127,21 @@ def layer_profile_figure(table: TableLike, path: Target, title: str | None = Non
         resid = _columns(table, ["frac_pos_resid"], "layer_profile_figure")["frac_pos_resid"]
         if np.isfinite(resid).any():
             top.plot(layer, resid[order], "s--", color="gray", label="resid")
+    names = _arrow(table).column_names
+    band = ("frac_pos_adj", "frac_pos_adj_lo", "frac_pos_adj_hi", "frac_pos_chance")
+    if all(name in names for name in band):
+        adj = _columns(table, list(band), "layer_profile_figure")
+        if np.isfinite(adj["frac_pos_adj"]).any():
+            top.plot(layer, adj["frac_pos_adj"][order], "o-", color="tab:blue",
+                     label="attn_in, chance-corrected")
+            top.fill_between(layer, adj["frac_pos_adj_lo"][order],
+                             adj["frac_pos_adj_hi"][order], color="tab:blue", alpha=0.2,
+                             label="95 % interval over images")
+            top.plot(layer, adj["frac_pos_chance"][order], ":", color="black",
+                     label="chance level of frac_pos")
     top.set_ylabel("frac_pos\n(positional share)")
     top.set_ylim(bottom=0)
-    top.legend(loc="best", fontsize="small")
+    top.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
     top.grid(alpha=0.3)
     stack = np.nan_to_num(np.vstack([cols[name][order] for name in blocks]))
     bottom.stackplot(

@@ -10,6 +10,14 @@ from .activations import images_per_chunk_for as images_per_chunk_for
 from .activations import list_runs as list_runs
 from .activations import open_activations as open_activations
 from .activations import write_shard as write_shard
+from .audits import AUDIT_SCHEMA as AUDIT_SCHEMA
+from .audits import DRIFT_SCHEMA as DRIFT_SCHEMA
+from .audits import new_audit_id as new_audit_id
+from .audits import previous_audit as previous_audit
+from .audits import read_audits as read_audits
+from .audits import read_drift as read_drift
+from .audits import write_audit as write_audit
+from .audits import write_drift as write_drift
 from .integrity import Fault as Fault
 from .integrity import check_intact as check_intact
 from .integrity import repair_command as repair_command

@@ -16,6 +16,18 @@ LAYER_COLUMNS = (
 HEAD_COLUMNS = ("head_type", "eff_rank", "eff_rank_sigma", "k90", "mode_coupling")
 # absent from results decomposed before the logit check existed: NaN there
 HEAD_CHECK_COLUMNS = ("bias_key_share", "bias_key_pos_share", "bias_key_con_share")
+_STATS = ("se", "lo", "hi")
+_LAYER_SHARES = ("frac_pos", "frac_img", "frac_int", "frac_content")
+# docs/method.md, "Chance-corrected shares", "Uncertainty" and "Sample-size adequacy"
+LAYER_STAT_COLUMNS = (
+    "frac_pos_adj", "frac_img_adj", "frac_int_adj", "frac_content_adj", "frac_pos_chance",
+    *(f"{s}{a}_{k}" for a in ("", "_adj") for s in _LAYER_SHARES for k in _STATS),
+    "ci_halfwidth", "n_images_for_target",
+)
+HEAD_STAT_COLUMNS = (
+    *(f"f_{b}{a}_{k}" for a in ("", "_adj") for b in BLOCK_COLUMNS for k in _STATS),
+    "head_type_stability",
+)
 
 
 def _flat(da: xr.DataArray, dims: tuple[str, ...]) -> np.ndarray:
@@ -33,8 +45,11 @@ def layers_rows(ds: xr.Dataset) -> pa.Table:
     dims = ("site", "layer")
     cols = _grid(ds, dims)
     for name in LAYER_COLUMNS:
-        cols[name] = _flat(ds[name], dims) if name in ds else np.full(len(cols["layer"]), np.nan)
+        cols[name] = _optional(ds, name, dims)
     cols["n_images"] = np.full(len(cols["layer"]), int(ds.attrs.get("n_images", 0)))
+    for name in LAYER_STAT_COLUMNS:
+        cols[name] = _optional(ds, name, dims)
+    cols["ci_target"] = np.full(len(cols["layer"]), float(ds.attrs.get("ci_target", np.nan)))
     return pa.table({k: np.asarray(v) for k, v in cols.items()})
 
 
@@ -49,12 +64,24 @@ def heads_rows(ds: xr.Dataset) -> pa.Table:
     for name in HEAD_COLUMNS:
         cols[name] = _flat(ds[name], dims)
     for name in HEAD_CHECK_COLUMNS:
-        cols[name] = (_flat(ds[name], dims) if name in ds
-                      else np.full(len(cols["head"]), np.nan))
+        cols[name] = _optional(ds, name, dims)
     cols["head_type"] = cols["head_type"].astype(str)
+    for b in BLOCK_COLUMNS:
+        cols[f"e_{b}_adj"] = _optional(ds, "energy_adj", dims, b)
+    for b in BLOCK_COLUMNS:
+        cols[f"f_{b}_adj"] = _optional(ds, "frac_adj", dims, b)
+    for name in HEAD_STAT_COLUMNS:
+        cols[name] = _optional(ds, name, dims)
     # an undefined head has no mode count (the core marks it 0): NULL, not a number
     cols["k90"] = pa.array(cols["k90"].astype(np.int32), mask=cols["head_type"] == "undefined")
     return pa.table(cols)
+
+
+def _optional(ds: xr.Dataset, name: str, dims: tuple[str, ...], block: str | None = None):
+    """A variable's column, NaN where the results predate it."""
+    if name not in ds:
+        return np.full(int(np.prod([ds.sizes[d] for d in dims])), np.nan)
+    return _flat(ds[name] if block is None else ds[name].sel(block=block), dims)
 
 
 def modes_rows(ds: xr.Dataset) -> pa.Table:

@@ -37,6 +37,20 @@ _ENERGIES: Final = [("e_pp", _F64), ("e_pc", _F64), ("e_cp", _F64), ("e_cc", _F6
 # (``published.py``). A table of TABLE_SCHEMAS outside this list (e.g. an append-only log)
 # is read as every file under ``tables/<table>/``.
 RUN_TABLES: Final[tuple[str, ...]] = ("runs", "layers", "heads", "modes", "images")
+# docs/method.md, "Chance-corrected shares", "Uncertainty" and "Sample-size adequacy"
+_SHARES: Final = ("frac_pos", "frac_img", "frac_int", "frac_content")
+_LAYER_STATS: Final = [
+    *((f"{s}_adj", _F64) for s in _SHARES), ("frac_pos_chance", _F64),
+    *((f"{s}{a}_{k}", _F64) for a in ("", "_adj") for s in _SHARES for k in ("se", "lo", "hi")),
+    ("ci_halfwidth", _F64), ("n_images_for_target", _F64), ("ci_target", _F64),
+]
+_HEAD_STATS: Final = [
+    *((f"e_{b}_adj", _F64) for b in ("pp", "pc", "cp", "cc")),
+    *((f"f_{b}_adj", _F64) for b in ("pp", "pc", "cp", "cc")),
+    *((f"f_{b}{a}_{k}", _F64) for a in ("", "_adj") for b in ("pp", "pc", "cp", "cc")
+      for k in ("se", "lo", "hi")),
+    ("head_type_stability", _F64),
+]
 
 TABLE_SCHEMAS: Final[dict[str, pa.Schema]] = {
     "runs": _schema(
@@ -84,6 +98,7 @@ TABLE_SCHEMAS: Final[dict[str, pa.Schema]] = {
         ("n_images", _I64),
         ("model_logit_residual", _F64),
         ("model_attn_residual", _F64),
+        *_LAYER_STATS,
     ),
     "heads": _schema(
         ("run_id", _S),
@@ -103,6 +118,7 @@ TABLE_SCHEMAS: Final[dict[str, pa.Schema]] = {
         ("bias_key_share", _F64),
         ("bias_key_pos_share", _F64),
         ("bias_key_con_share", _F64),
+        *_HEAD_STATS,
     ),
     "modes": _schema(
         ("run_id", _S),

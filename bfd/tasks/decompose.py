@@ -26,8 +26,10 @@ from bfd.core import (
     summarize,
     to_dataset,
 )
-from bfd.core.dataset import SCALARS
+from bfd.core.anova import DEFAULT_GROUPS, stored_groups
+from bfd.core.dataset import SCALARS, STATISTICS
 from bfd.core.model_check import model_logit_check
+from bfd.core.uncertainty import DEFAULT_CI_TARGET
 from bfd.models import resolve_device
 from bfd.storage import (
     ImageRecord,
@@ -40,14 +42,14 @@ from bfd.storage import (
     shard_ranges,
 )
 
-STAGE1_VARS = (*SCALARS, "pos", "mu", "pos_embed_cos", "model_logit_residual",
+STAGE1_VARS = (*SCALARS, *STATISTICS, "pos", "mu", "pos_embed_cos", "model_logit_residual",
                "model_attn_residual")
 BIAS_SHARES = ("bias_key_share", "bias_key_pos_share", "bias_key_con_share")
 
 
 @dataclass(frozen=True)
 class DecomposeOptions:
-    """The METHOD.md options of a decomposition; recorded with its results.
+    """The docs/method.md options of a decomposition; recorded with its results.
 
     Attributes:
         prefix: "exclude" (default) or "include" the CLS/register tokens as positions.
@@ -58,6 +60,8 @@ class DecomposeOptions:
         device: where both passes run: "cpu", "cuda", "cuda:K", or "auto" (CUDA when the
             process running the (site, layer) task sees one; on a ``--dask-address`` cluster
             the CPU, since the chunks run on workers that may have no GPU).
+        jackknife_groups: image groups G of the interval jackknife (0: no intervals).
+        ci_target: interval half-width the main shares should reach.
     """
 
     prefix: str = "exclude"
@@ -66,8 +70,14 @@ class DecomposeOptions:
     images_per_task: int | None = None
     check_images: int = 2
     device: str = "auto"
+    jackknife_groups: int = DEFAULT_GROUPS
+    ci_target: float = DEFAULT_CI_TARGET
 
     def __post_init__(self) -> None:
+        # refused here, before any task runs, rather than in the first chunk of pass 1
+        stored_groups(self.jackknife_groups)
+        if not (isinstance(self.ci_target, int | float) and self.ci_target > 0):
+            raise ValueError(f"ci_target must be a number > 0; got {self.ci_target!r}")
         if self.prefix not in ("exclude", "include"):
             raise ValueError(f"prefix must be exclude or include; got {self.prefix!r}")
         if self.compute_dtype not in ("float32", "float64"):
@@ -201,7 +211,7 @@ def decompose_site_layer(
     options: DecomposeOptions,
     dask_address: str | None = None,
 ) -> xr.Dataset:
-    """Every METHOD.md quantity of one (site, layer): Stage 1 everywhere, Stage 2 at
+    """Every docs/method.md quantity of one (site, layer): Stage 1 everywhere, Stage 2 at
     ``attn_in``. Both passes run as dask graphs over the stored chunks."""
     device = ("cpu" if dask_address is not None and options.device == "auto"
               else resolve_device(options.device))
@@ -237,7 +247,8 @@ def decompose_site_layer(
     kw = dict(prefix_tokens=prefix_tokens, prefix=options.prefix)
 
     with dask_scheduler(dask_address) as scheduler:
-        p1 = _tree_sum([delayed(_pass1)(b, indices[lo:hi], device, seed=options.seed, **kw)
+        p1 = _tree_sum([delayed(_pass1)(b, indices[lo:hi], device, seed=options.seed,
+                                        groups=options.jackknife_groups, **kw)
                         for b, lo, hi in blocks])
         (p1,) = dask.compute(p1, **scheduler)
         means = finalize_means(p1)
@@ -247,7 +258,8 @@ def decompose_site_layer(
         p2 = _tree_sum([delayed(_pass2)(plan, b, indices[lo:hi], **kw) for b, lo, hi in blocks])
         (p2,) = dask.compute(p2, **scheduler)
 
-    ds = to_dataset(summarize(means, p2, modes))
+    ds = to_dataset(summarize(means, p2, modes, options.ci_target),
+                    first_token=prefix_tokens if options.prefix == "exclude" else 0)
     cos = np.nan
     if want_cos and "pos_embed" in tensors:
         cos = pos_embed_cosine(ds.pos.values, tensors.pos_embed.values)

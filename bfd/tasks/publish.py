@@ -18,8 +18,17 @@ from bfd.storage import (
     publishing,
     read_image_manifest,
     read_request,
+    read_table,
 )
 from bfd.tasks.decompose import require_extracted
+
+
+def first_created(store: Store, run_id: str) -> datetime | None:
+    """When the run was first published: a run is a computation, and publishing it again
+    (a new decomposition of the same activations) keeps that time (audits record each use)."""
+    times = [r["created_at"] for r in read_table(store, "runs").to_pylist()
+             if r["run_id"] == run_id and r["created_at"] is not None]
+    return min(times) if times else None
 
 
 def runs_row(store: Store, run_id: str, status: str, config: dict) -> dict:
@@ -45,7 +54,7 @@ def runs_row(store: Store, run_id: str, status: str, config: dict) -> dict:
         "sites": ",".join(request.sites),
         "layers": ",".join(map(str, request.layers)),
         "dtype": request.dtype,
-        "created_at": datetime.now(UTC),
+        "created_at": first_created(store, run_id) or datetime.now(UTC),
         "bfd_version": bfd.__version__,
         "timm_version": attrs.get("timm_version", ""),
         "torch_version": attrs.get("torch_version", ""),

@@ -1,0 +1,78 @@
+"""Benchmark of an audit whose run is already computed (a nightly audit of unchanged weights).
+
+Prints, measured in the same process:
+  (a) Prefect start-up: the first flow run of the process (a no-op flow; it starts the
+      temporary local server);
+  (b) the first audit (computes the run), for scale;
+  (c) the same request again: a new audit, its run reused (nothing recomputed), drift against
+      the first audit, artifacts and events; the goal is < 5 s beyond (a);
+  (d) a no-op flow run on the warm server, and (c) - (d): what the reused audit itself costs.
+
+Usage: python bench/audit_rerun.py [--model vit_small_patch16_224] [--n-images 64]
+       [--layers all] [--reps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the bfd command runs (bfd/cli.py)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="bfd-bench-prefect-"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="vit_small_patch16_224")
+    p.add_argument("--n-images", type=int, default=64)
+    p.add_argument("--layers", default="all")
+    p.add_argument("--reps", type=int, default=3, help="reused audits timed (median)")
+    args = p.parse_args()
+
+    from prefect import flow
+
+    from bfd.flows.audit import audit
+
+    @flow(name="noop")
+    def noop() -> None:
+        return None
+
+    store = tempfile.mkdtemp(prefix="bfd-bench-store-")
+    config = {"model": args.model, "weights": "random", "images": "samples",
+              "n_images": args.n_images, "layers": args.layers}
+
+    def timed(fn, *a, **kw) -> tuple[float, object]:
+        t0 = time.perf_counter()
+        out = fn(*a, **kw)
+        return time.perf_counter() - t0, out
+
+    startup, _ = timed(noop)
+    first, out = timed(audit, config, store, dashboard=False)
+    assert not out["reused"]
+    reused = []
+    for _ in range(args.reps):
+        seconds, again = timed(audit, config, store, dashboard=False)
+        assert again["reused"] and again["run_id"] == out["run_id"]
+        reused.append(seconds)
+    warm = statistics.median(timed(noop)[0] for _ in range(3))
+    median = statistics.median(reused)
+    print(f"{args.model} (random init), {args.n_images} sample images, layers {args.layers}")
+    print(f"(a) Prefect start-up (first flow run of the process): {startup:7.2f} s")
+    print(f"(b) first audit (computes the run):                    {first:7.2f} s")
+    print(f"(c) the same audit again, run reused (median of {args.reps}):  {median:7.2f} s"
+          f"   goal < 5 s: {'met' if median < 5 else 'NOT met'}")
+    print(f"(d) no-op flow run on the warm server:                 {warm:7.2f} s;"
+          f"  (c) - (d) = {median - warm:.2f} s;  (c) / (b) = {median / first:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

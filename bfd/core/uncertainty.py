@@ -1,0 +1,204 @@
+"""Intervals by a delete-a-group jackknife over G image groups (docs/method.md, "Uncertainty").
+
+Image n belongs to group ``n mod G``. The passes keep, per group, the content sum
+``D_g = Σ_{n in g} c[n]`` (pass 1) and the group's share of every pass-2 second moment. Deleting
+group g then needs no second pass over the images: with ``N' = N − n_g`` and
+``δ = −D_g / N'`` (how the per-position means move), the subsample's
+
+    pos'  = pos + δ − mean_t δ
+    SS_c' = SS_c − SS_c,g − ||D_g||² / N'          (content around its own pos')
+    SS_img' = SS_img − SS_img,g − T N' ||mean_t δ||²
+    K'    = K − K_g − N' Σ_t (δ_t U)ᵀ(δ_t U)        (K_q; K_k with V)
+    KK'   = KK − KK_g
+
+are exact except ``KK'``, which keeps the full-sample centring (the omitted terms are linear in
+``δ`` with a third-moment weight, zero for symmetric content, and O(n_g / N²)).
+
+The interval of an estimate θ with replicates θ_(g) over the m non-empty groups is
+``θ ± t_{m−1} · se``, ``se² = (m − 1)/m · Σ_g (θ_(g) − mean θ_(·))²``. It covers the variation
+from sampling the images (independent draws from one population), not weights or seeds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bfd.core.adjusted import _gram, energies, energies_adj, quarter_grams, stage1_shares
+from bfd.core.anova import Means
+from bfd.core.content import Pass2State
+from bfd.core.heads import Modes, one_thread
+
+LAYER_SHARES = ("frac_pos", "frac_img", "frac_int", "frac_content", "frac_pos_adj",
+                "frac_img_adj", "frac_int_adj", "frac_content_adj")
+BLOCK_NAMES = ("pp", "pc", "cp", "cc")
+HEAD_SHARES = (*(f"f_{b}" for b in BLOCK_NAMES), *(f"f_{b}_adj" for b in BLOCK_NAMES))
+STATS = ("se", "lo", "hi")
+LAYER_INTERVALS = tuple(f"{s}_{k}" for s in LAYER_SHARES for k in STATS)
+HEAD_INTERVALS = tuple(f"{s}_{k}" for s in HEAD_SHARES for k in STATS)
+# The main shares whose interval width decides whether N is enough: the positional share of
+# the layer (the content share is its complement) and every head's energy shares.
+ADEQUACY_SHARES = ("frac_pos_adj", *(f"f_{b}_adj" for b in BLOCK_NAMES))
+DEFAULT_CI_TARGET = 0.02
+
+
+def t_quantile(df: float, p: float = 0.975) -> float:
+    """Student-t quantile by the Cornish-Fisher expansion (error < 1e-4 for df >= 3)."""
+    if not df >= 1:
+        return float("nan")
+    z = {0.975: 1.959963984540054}.get(p)
+    if z is None:
+        raise ValueError(f"t_quantile knows p=0.975 only; got {p}")
+    v = float(df)
+    return (z + (z**3 + z) / (4 * v) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3)
+            + (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / (92160 * v**4))
+
+
+def _project(F: np.ndarray, modes: Modes) -> tuple[np.ndarray, np.ndarray]:
+    """``F (..., T, d)`` on every head's query and key modes: ``(..., H, T, dh)`` each, in
+    one matmul (numpy's einsum here ran without BLAS)."""
+    H, d, dh = modes.U.shape
+    W = torch.from_numpy(np.concatenate([modes.U, modes.V], axis=0))  # (2H, d, dh)
+    W = W.permute(1, 0, 2).reshape(d, 2 * H * dh)
+    P = (torch.from_numpy(np.ascontiguousarray(F)) @ W).numpy()  # (..., T, 2·H·dh)
+    P = np.moveaxis(P.reshape(*F.shape[:-1], 2 * H, dh), -2, -3)  # (..., 2H, T, dh)
+    return P[..., :H, :, :], P[..., H:, :, :]
+
+
+def _fractions(energy: np.ndarray) -> np.ndarray:
+    total = energy.sum(-1, keepdims=True)
+    return np.divide(energy, total, out=np.full(energy.shape, np.nan), where=total != 0)
+
+
+def _classes(frac: np.ndarray) -> np.ndarray:
+    """Index of the head-type class (cc, pc + cp, pp) of each row of fractions."""
+    classes = np.stack([frac[..., 3], frac[..., 1] + frac[..., 2], frac[..., 0]], axis=-1)
+    return np.nan_to_num(classes, nan=-1).argmax(-1)
+
+
+class Replicates:
+    """The estimates of one layer on the whole sample and with each group deleted."""
+
+    def __init__(self, means: Means, p2: Pass2State, modes: Modes | None) -> None:
+        self.means, self.p2, self.modes = means, p2, modes
+        self.N, self.T = means.n, means.pos.shape[0]
+        n_g = means.group_n
+        self.present = np.flatnonzero(n_g > 0)
+        if modes is None:
+            return
+        self._grams: dict = {}
+        self.so = modes.sigma[:, :, None] * modes.sigma[:, None, :]
+        self.Y, self.X = _project(means.pos, modes)
+        # each group's content sum projected: (G', H, T, dh)
+        self.DU, self.DV = _project(means.group_content, modes)
+
+    def estimate(self, drop: int | None = None) -> dict[str, np.ndarray]:
+        """Raw and corrected shares without group ``drop`` (the whole sample for None)."""
+        m, p2, N, T = self.means, self.p2, self.N, self.T
+        if drop is None:
+            n = N
+            ss = (m.ss_pos, p2.ss_img, p2.ss_int)
+        else:
+            n = N - m.group_n[drop]
+            D = m.group_content[drop]
+            d_mean = -D.mean(0) / n
+            ss_c = p2.ss_content - p2.group_ss_content[drop] - np.sum(D * D) / n
+            ss_img = p2.ss_img - p2.group_ss_img[drop] - T * n * np.sum(d_mean**2)
+            pos = m.pos - D / n - d_mean
+            ss = (n * np.sum(pos**2), ss_img, ss_c - ss_img)
+        out = stage1_shares(n, T, *ss)
+        if self.modes is None:
+            return out
+        keep = [g for g in self.present if g != drop]
+        if drop is None:
+            Y, X, K_q, K_k, KK = self.Y, self.X, p2.K_q, p2.K_k, p2.KK
+        else:
+            dU, dV = -self.DU[drop] / n, -self.DV[drop] / n
+            Y = self.Y + dU - dU.mean(1, keepdims=True)
+            X = self.X + dV - dV.mean(1, keepdims=True)
+            K_q = p2.K_q - p2.group_K_q[drop] - n * _gram(dU)
+            K_k = p2.K_k - p2.group_K_k[drop] - n * _gram(dV)
+            KK = p2.KK - p2.group_KK[drop]
+        energy = energies(n, self.so, Y, X, K_q, K_k, KK)
+        quarters = [tuple(g for g in keep if g % 4 == q) for q in range(4)]
+        pairs = [(a, b) for a in range(4) for b in range(a + 1, 4)
+                 if quarters[a] and quarters[b]]
+        G_q = {(a, b): self._quarter_gram("q", quarters[a], quarters[b]) for a, b in pairs}
+        G_k = {(a, b): self._quarter_gram("k", quarters[a], quarters[b]) for a, b in pairs}
+        energy_adj = energies_adj(n, self.so, G_q, G_k, K_q, K_k, KK)
+        frac, frac_adj = _fractions(energy), _fractions(energy_adj)
+        for i, b in enumerate(BLOCK_NAMES):
+            out[f"f_{b}"], out[f"f_{b}_adj"] = frac[:, i], frac_adj[:, i]
+        out["energy"], out["energy_adj"] = energy, energy_adj
+        return out
+
+    def _quarter_gram(self, side: str, a: tuple[int, ...], b: tuple[int, ...]) -> np.ndarray:
+        """``quarter_grams`` of the quarters made of groups ``a`` and ``b``; cached, since a
+        deleted group changes only its own quarter."""
+        key = (side, a, b)
+        if key not in self._grams:
+            P, DP = (self.Y, self.DU) if side == "q" else (self.X, self.DV)
+            self._grams[key] = quarter_grams(self._pooled(P, DP, a), self._pooled(P, DP, b))
+        return self._grams[key]
+
+    def _pooled(self, P: np.ndarray, DP: np.ndarray, groups: tuple[int, ...]) -> np.ndarray:
+        """The estimate of ``pos`` projected (``P``) from the pooled images of ``groups``."""
+        n = self.means.group_n[list(groups)].sum()
+        D = DP[list(groups)].sum(0)
+        return P + (D - D.mean(1, keepdims=True)) / n
+
+
+def layer_statistics(
+    means: Means, p2: Pass2State, modes: Modes | None, ci_target: float = DEFAULT_CI_TARGET
+) -> dict[str, np.ndarray]:
+    """Corrected shares, their intervals and the sample-size adequacy of one layer.
+
+    Returns:
+        Named arrays: layer scalars (``frac_pos_adj``, ..., ``frac_pos_chance``,
+        ``<share>_se/_lo/_hi``, ``ci_halfwidth``, ``n_images_for_target``) and, with modes,
+        ``energy_adj``/``frac_adj`` ``(H, 4)`` and per-head ``f_<b>[_adj]_se/_lo/_hi`` and
+        ``head_type_stability`` ``(H,)``. Intervals are NaN without a jackknife (G = 0).
+    """
+    # a replicate of 1 or 2 images (N = 2, 3) divides by N' − 1 = 0: its figures are NaN
+    with one_thread(), np.errstate(divide="ignore", invalid="ignore"):
+        return _layer_statistics(means, p2, modes, ci_target)
+
+
+def _layer_statistics(means, p2, modes, ci_target):
+    rep = Replicates(means, p2, modes)
+    full = rep.estimate()
+    names = LAYER_SHARES + (HEAD_SHARES if modes is not None else ())
+    out: dict[str, np.ndarray] = {k: v for k, v in full.items() if not k.startswith("f_")}
+    out.pop("energy", None)
+    if modes is not None:
+        out["frac_adj"] = _fractions(full["energy_adj"])
+    groups = rep.present if means.groups else np.zeros(0, int)
+    reps = [rep.estimate(int(g)) for g in groups]
+    m = len(reps)
+    t = t_quantile(m - 1) if m >= 2 else float("nan")
+    halfwidths = []
+    for name in names:
+        theta = np.asarray(full[name], float)
+        if m >= 2:
+            r = np.stack([np.asarray(x[name], float) for x in reps])
+            se = np.sqrt((m - 1) / m * ((r - r.mean(0)) ** 2).sum(0))
+        else:
+            se = np.full(theta.shape, np.nan)
+        out[f"{name}_se"], out[f"{name}_lo"], out[f"{name}_hi"] = se, theta - t * se, theta + t * se
+        if name in ADEQUACY_SHARES:
+            halfwidths.append(np.ravel(t * se))
+    # a degenerate head (no energy) has no interval and does not count
+    widths = np.concatenate(halfwidths)
+    hw = float(np.nanmax(widths)) if m >= 2 and np.isfinite(widths).any() else float("nan")
+    out["ci_halfwidth"] = np.asarray(hw)
+    out["n_images_for_target"] = np.asarray(
+        float(np.ceil(means.n * (hw / ci_target) ** 2)) if np.isfinite(hw) else np.nan)
+    if modes is not None:
+        frac = _fractions(full["energy"])
+        base = _classes(frac)
+        same = [(_classes(_fractions(x["energy"])) == base) for x in reps]
+        stability = np.mean(same, axis=0) if m else np.full(base.shape, np.nan)
+        # a head without energy has no type to be stable
+        out["head_type_stability"] = np.where(np.isnan(frac).all(-1), np.nan, stability)
+    return out

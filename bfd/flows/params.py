@@ -1,0 +1,135 @@
+"""Typed flow parameters: pydantic models that Prefect turns into a validated form.
+
+Unknown fields are refused (``extra="forbid"``: the schema says ``additionalProperties:
+false``, so a deployment run with a typo is refused when it is submitted). Prefect merges a
+run's parameters over its deployment's one level deep, so a run that overrides one field of
+``config`` would lose the deployment's other fields; ``with_deployment_defaults`` puts them
+back (the fields the caller set win). For that, a field the deployment usually fills
+(``model``) has no required mark in the schema and is checked after the merge.
+
+Errors name the parameter as the caller wrote it: ``config.weights`` for a Prefect run,
+``--weights`` on the command line (``describe_errors``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bfd.models import WEIGHT_SUFFIXES
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AuditConfig(_Params):
+    """What to audit: a model, its weights and the images (fields of ``ExtractConfig``)."""
+
+    model: str | None = Field(None, description="timm model name (required), e.g. "
+                              "vit_small_patch16_224.augreg_in21k_ft_in1k")
+    weights: str = Field("pretrained", description="pretrained, random, or a checkpoint file")
+    images: str = Field("samples", description="image folder, file of paths, or 'samples'")
+    n_images: int | None = Field(None, ge=2, description="the first N images (all when empty)")
+    layers: str = Field("all", pattern=r"^\s*(all|\d+(\s*,\s*\d+)*)\s*$",
+                        description="all, or block indices like 0,5,11")
+    sites: list[Literal["attn_in", "resid"]] = Field(["attn_in", "resid"], min_length=1)
+    img_size: int | None = Field(None, ge=16, description="input size (the model's when empty)")
+    dtype: Literal["float16", "float32"] = "float16"
+    batch_size: int = Field(32, ge=1)
+    images_per_chunk: int = Field(32, ge=1)
+    images_per_shard: int | None = Field(None, ge=1)
+    seed: int = Field(0, description="seed of a random init")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    autocast: Literal["none", "bf16", "fp16"] = "none"
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, value: str) -> str:
+        if value in ("pretrained", "random"):
+            return value
+        if Path(value).suffix.lower() not in WEIGHT_SUFFIXES:
+            raise ValueError(f"must be pretrained, random or a checkpoint file ending in "
+                             f"{'/'.join(WEIGHT_SUFFIXES)}; got {value!r}")
+        if not Path(value).is_file():
+            raise ValueError(f"checkpoint file {value!r} does not exist")
+        return value
+
+    def extract_config(self) -> dict[str, Any]:
+        """The ``ExtractConfig`` fields."""
+        out = self.model_dump()
+        out["sites"] = tuple(out["sites"])
+        return out
+
+
+class DecomposeParams(_Params):
+    """Options of the decomposition (METHOD.md); ``device`` is the extraction's when empty."""
+
+    prefix: Literal["exclude", "include"] = "exclude"
+    seed: int = Field(0, description="seed of the split-half and shuffle controls")
+    compute_dtype: Literal["float32", "float64"] = "float32"
+    images_per_task: int | None = Field(None, ge=1)
+    device: str | None = Field(None, pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class DriftThresholds(_Params):
+    """When a change since the previous audit of the series is flagged."""
+
+    fraction: float = Field(0.05, ge=0, description="absolute change of any stored fraction")
+    head_type: float = Field(0.5, ge=0, description="below 1: a changed head type flags; "
+                             "1 or more: never")
+    metrics: dict[str, float] = Field(default_factory=dict,
+                                      description="per-metric thresholds, e.g. frac_pos: 0.02")
+
+
+def _deployment_parameters() -> dict[str, Any]:
+    """The parameters of the deployment this flow run came from ({} when none)."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import deployment
+
+    if not deployment.id:
+        return {}
+    with get_client(sync_client=True) as client:
+        return dict(client.read_deployment(deployment.id).parameters or {})
+
+
+def with_deployment_defaults(name: str, given: _Params | None, kind: type[_Params]) -> _Params:
+    """``given`` completed with the deployment's value of parameter ``name``: fields the
+    caller set win, the others keep the deployment's values, then the model's defaults."""
+    given = given if given is not None else kind()
+    defaults = _deployment_parameters().get(name) or {}
+    if not isinstance(defaults, dict) or not defaults:
+        return given
+    merged = {**defaults, **given.model_dump(include=given.model_fields_set)}
+    try:
+        return kind.model_validate(merged)
+    except ValidationError as err:
+        raise ValueError(describe_errors(err, prefix=f"{name}.")) from None
+
+
+def cli_option(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def describe_errors(err: ValidationError, prefix: str = "", cli: bool = False) -> str:
+    """One line naming each bad field as its caller wrote it (``config.n_images`` or
+    ``--n-images``) with what was wrong and what was given."""
+    parts = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"] if not isinstance(p, int)) or "?"
+        where = cli_option(field) if cli else prefix + field
+        msg = e["msg"].removeprefix("Value error, ")
+        given = "" if e["type"] == "extra_forbidden" else f" (given {e.get('input')!r})"
+        if e["type"] == "extra_forbidden":
+            msg = "unknown parameter"
+        parts.append(f"{where}: {msg}{given}")
+    return "; ".join(parts)
+
+
+def require_model(config: AuditConfig, cli: bool = False) -> str:
+    if not config.model:
+        where = "--model" if cli else "config.model"
+        raise ValueError(f"{where} is required: a timm model name, e.g. vit_small_patch16_224")
+    return config.model

@@ -1,0 +1,183 @@
+"""What an audit tells Prefect: the store it writes to, its run's name and tags, its
+artifacts, its events, and the progress of its long stages."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Sequence
+from typing import Any, Final
+
+from prefect import get_run_logger
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.events import emit_event
+
+from bfd.storage import Store
+from bfd.storage.paths import DEFAULT_ROOT, STORE_ENV
+
+STORE_VARIABLE: Final[str] = "bfd_store"
+DRIFT_EVENT: Final[str] = "bfd.drift.detected"
+AUDIT_EVENT: Final[str] = "bfd.audit.completed"
+_MAX_ROWS: Final[int] = 40
+
+
+def resolve_store(store: str | None) -> str:
+    """The store root: the ``store`` parameter, else the Prefect Variable ``bfd_store``, else
+    ``$BFD_STORE`` of the process; a run outside a deployment (the CLI, a notebook) falls back
+    to ``./bfd-store``, a deployment run never does (the worker's working directory is a
+    checkout, not a place for results).
+
+    Raises:
+        ValueError: A deployment run with no store from any of these.
+    """
+    from prefect.runtime import deployment
+    from prefect.variables import Variable
+
+    if store:
+        return str(Store(store).root)
+    found = os.environ.get(STORE_ENV) or None
+    if deployment.id:
+        found = Variable.get(STORE_VARIABLE, default=None) or found
+        if not found:
+            raise ValueError(
+                f"no store for this deployment run: pass the 'store' parameter, set the Prefect "
+                f"Variable {STORE_VARIABLE} (prefect variable set {STORE_VARIABLE} /data/bfd) "
+                f"or {STORE_ENV} in the worker's environment")
+    return str(Store(found or DEFAULT_ROOT).root)
+
+
+def artifact_key(kind: str, series: str) -> str:
+    """An artifact key (lowercase letters, digits, dashes) per kind and series; the series'
+    hash keeps two series that slug alike apart."""
+    slug = re.sub(r"[^a-z0-9]+", "-", series.lower()).strip("-")[:40].strip("-")
+    return f"{kind}-{slug}-{hashlib.sha256(series.encode()).hexdigest()[:8]}"
+
+
+def name_and_tag(name: str, tags: Sequence[str]) -> None:
+    """Renames the current flow run and adds tags (Prefect knows the series and step only
+    once the flow has resolved them)."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    if not flow_run.id:
+        return
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run.id)
+        client.update_flow_run(flow_run.id, name=name,
+                               tags=sorted(set(run.tags or []) | set(tags)))
+
+
+def current_flow_run_id() -> str | None:
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id) if flow_run.id else None
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _md_table(rows: list[dict], columns: Sequence[str]) -> str:
+    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+    return head + "".join("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |\n"
+                          for r in rows)
+
+
+def audit_markdown(audit: dict, run: dict, profile: list[dict], drift: list[dict],
+                   store: str) -> str:
+    """The audit's report: what was audited, the per-layer summary, drift vs the previous
+    audit (flagged rows first) and where the results are."""
+    flagged = [r for r in drift if r["flagged"]]
+    how = "reused, nothing recomputed" if audit.get("reused") else "computed"
+    lines = [
+        f"# BFD audit of `{run.get('model')}`",
+        "",
+        f"- series: `{audit['series']}`, step {audit['step']}",
+        f"- weights: `{run.get('weights')}` (sha256 `{str(run.get('weights_sha256'))[:16]}`)",
+        f"- images: `{run.get('images')}`, {run.get('n_images')} images",
+        f"- run: `{audit['run_id']}` ({how})",
+        f"- audit: `{audit['audit_id']}`, previous audit: `{audit['prev_audit_id'] or 'none'}`",
+        "",
+        "## Per-layer summary",
+        "",
+        _md_table(profile, [c for c in ("layer", "frac_pos", "frac_pos_resid", "f_pp", "f_pc",
+                                        "f_cp", "f_cc", "n_heads_pp", "n_heads_cp",
+                                        "n_heads_cc") if profile and c in profile[0]]),
+        "## Drift since the previous audit",
+        "",
+    ]
+    if audit["prev_audit_id"] is None:
+        lines.append("First audit of this series: nothing to compare with.")
+    else:
+        lines.append(f"**{len(flagged)} flagged** of {len(drift)} compared values "
+                     f"(reference: audit `{audit['prev_audit_id']}`).")
+        ordered = sorted(drift, key=lambda r: (not r["flagged"], -abs(r["delta"] or 0)))
+        lines += ["", _md_table(ordered[:_MAX_ROWS], ["flagged", "layer", "head", "metric",
+                                                      "before", "after", "delta",
+                                                      "threshold"])]
+        if len(ordered) > _MAX_ROWS:
+            lines.append(f"... {len(ordered) - _MAX_ROWS} more: `bfd query drift --param "
+                         f"series='{audit['series']}' --store {store}`")
+    lines += [
+        "", "## Where the results are", "",
+        f"- store: `{store}` (tables: `{store}/tables`, dashboard: `{store}/dashboard`)",
+        f"- `bfd query layer_profile --param run_id={audit['run_id']} --param "
+        f"model={run.get('model')} --store {store}`",
+        f"- `bfd query audit_history --param series='{audit['series']}' --store {store}`",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def publish_artifacts(audit: dict, run: dict, profile: list[dict], drift: list[dict],
+                      store: str) -> None:
+    series = audit["series"]
+    create_markdown_artifact(audit_markdown(audit, run, profile, drift, store),
+                             key=artifact_key("audit", series),
+                             description=f"BFD audit of series {series}, step {audit['step']}")
+    create_table_artifact(profile, key=artifact_key("layers", series),
+                          description=f"per-layer BFD summary, run {audit['run_id']}")
+
+
+def emit_audit_events(audit: dict, drift: list[dict], store: str) -> None:
+    """``bfd.audit.completed`` for every audit, and ``bfd.drift.detected`` when something
+    is flagged; the resource is the series, so an Automation can match one series."""
+    resource = {"prefect.resource.id": f"bfd.series.{audit['series']}",
+                "prefect.resource.name": audit["series"]}
+    payload = {k: audit[k] for k in ("audit_id", "series", "run_id", "step", "prev_audit_id",
+                                     "n_flagged")}
+    payload["store"] = store
+    emit_event(AUDIT_EVENT, resource=resource, payload=payload)
+    flagged = [r for r in drift if r["flagged"]]
+    if flagged:
+        emit_event(DRIFT_EVENT, resource=resource,
+                   payload={**payload, "flagged": flagged[:_MAX_ROWS]})
+        get_run_logger().warning("drift: %d value(s) flagged in series %s (audit %s)",
+                                 len(flagged), audit["series"], audit["audit_id"])
+
+
+class PrefectProgress:
+    """A ``bfd.flows.progress`` listener that shows each stage as a Prefect progress
+    artifact of the current flow run."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, Any] = {}
+
+    def __call__(self, stage: str, done: int, total: int, detail: dict) -> None:
+        pct = 100.0 * done / total if total else 100.0
+        try:
+            if stage not in self.ids:
+                self.ids[stage] = create_progress_artifact(pct, description=f"{stage} progress")
+            else:
+                update_progress_artifact(self.ids[stage], pct)
+        except Exception as err:  # noqa: BLE001 - progress display must never fail a stage
+            get_run_logger().debug("progress artifact not updated: %s", err)

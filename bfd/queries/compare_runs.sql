@@ -1,0 +1,137 @@
+-- compare_runs: every layer share (per site and layer: frac_pos, frac_img, frac_int,
+-- frac_content) and every head energy share (per layer and head: f_pp, f_pc, f_cp, f_cc) of
+-- run_b against run_a, one row per figure: value_a, value_b, delta = b - a, its standard error
+-- sqrt(se_a² + se_b²) and 95 % interval delta ± sqrt(hw_a² + hw_b²) (hw: each run's own
+-- interval half-width), and significant = the interval excludes 0 (NULL without intervals).
+-- basis: 'raw' when both runs saw the same number of images, else 'adjusted' (the
+-- chance-corrected shares, whose expectation does not depend on N; docs/method.md). The
+-- intervals cover image sampling only, and treat the two runs' images as independent samples
+-- (runs on the same images are positively correlated, so their intervals are conservative).
+-- A run id that no run has gives no rows.
+-- params: run_a (required), run_b (required)
+WITH checked AS (
+    SELECT
+        count(*) FILTER (WHERE run_id = $run_a) > 0 AND count(*) FILTER (WHERE run_id = $run_b) > 0
+            AS both_known,
+        any_value(n_images) FILTER (WHERE run_id = $run_a) AS n_images_a,
+        any_value(n_images) FILTER (WHERE run_id = $run_b) AS n_images_b
+    FROM runs
+),
+basis AS (
+    SELECT
+        both_known,
+        n_images_a,
+        n_images_b,
+        CASE WHEN n_images_a IS NOT DISTINCT FROM n_images_b THEN 'raw' ELSE 'adjusted' END
+            AS basis
+    FROM checked
+),
+figures AS (
+    SELECT run_id, 'layer' AS level, site, layer, CAST(NULL AS INTEGER) AS head,
+        'frac_pos' AS metric,
+        frac_pos AS raw, frac_pos_se AS raw_se, (frac_pos_hi - frac_pos_lo) / 2 AS raw_hw,
+        frac_pos_adj AS adj, frac_pos_adj_se AS adj_se,
+        (frac_pos_adj_hi - frac_pos_adj_lo) / 2 AS adj_hw
+    FROM layers WHERE run_id IN ($run_a, $run_b)
+    UNION ALL
+    SELECT run_id, 'layer' AS level, site, layer, CAST(NULL AS INTEGER) AS head,
+        'frac_img' AS metric,
+        frac_img AS raw, frac_img_se AS raw_se, (frac_img_hi - frac_img_lo) / 2 AS raw_hw,
+        frac_img_adj AS adj, frac_img_adj_se AS adj_se,
+        (frac_img_adj_hi - frac_img_adj_lo) / 2 AS adj_hw
+    FROM layers WHERE run_id IN ($run_a, $run_b)
+    UNION ALL
+    SELECT run_id, 'layer' AS level, site, layer, CAST(NULL AS INTEGER) AS head,
+        'frac_int' AS metric,
+        frac_int AS raw, frac_int_se AS raw_se, (frac_int_hi - frac_int_lo) / 2 AS raw_hw,
+        frac_int_adj AS adj, frac_int_adj_se AS adj_se,
+        (frac_int_adj_hi - frac_int_adj_lo) / 2 AS adj_hw
+    FROM layers WHERE run_id IN ($run_a, $run_b)
+    UNION ALL
+    SELECT run_id, 'layer' AS level, site, layer, CAST(NULL AS INTEGER) AS head,
+        'frac_content' AS metric,
+        frac_content AS raw, frac_content_se AS raw_se, (frac_content_hi - frac_content_lo) / 2 AS raw_hw,
+        frac_content_adj AS adj, frac_content_adj_se AS adj_se,
+        (frac_content_adj_hi - frac_content_adj_lo) / 2 AS adj_hw
+    FROM layers WHERE run_id IN ($run_a, $run_b)
+    UNION ALL
+    SELECT run_id, 'head' AS level, 'attn_in' AS site, layer, head AS head,
+        'f_pp' AS metric,
+        f_pp AS raw, f_pp_se AS raw_se, (f_pp_hi - f_pp_lo) / 2 AS raw_hw,
+        f_pp_adj AS adj, f_pp_adj_se AS adj_se,
+        (f_pp_adj_hi - f_pp_adj_lo) / 2 AS adj_hw
+    FROM heads WHERE run_id IN ($run_a, $run_b)
+    UNION ALL
+    SELECT run_id, 'head' AS level, 'attn_in' AS site, layer, head AS head,
+        'f_pc' AS metric,
+        f_pc AS raw, f_pc_se AS raw_se, (f_pc_hi - f_pc_lo) / 2 AS raw_hw,
+        f_pc_adj AS adj, f_pc_adj_se AS adj_se,
+        (f_pc_adj_hi - f_pc_adj_lo) / 2 AS adj_hw
+    FROM heads WHERE run_id IN ($run_a, $run_b)
+    UNION ALL
+    SELECT run_id, 'head' AS level, 'attn_in' AS site, layer, head AS head,
+        'f_cp' AS metric,
+        f_cp AS raw, f_cp_se AS raw_se, (f_cp_hi - f_cp_lo) / 2 AS raw_hw,
+        f_cp_adj AS adj, f_cp_adj_se AS adj_se,
+        (f_cp_adj_hi - f_cp_adj_lo) / 2 AS adj_hw
+    FROM heads WHERE run_id IN ($run_a, $run_b)
+    UNION ALL
+    SELECT run_id, 'head' AS level, 'attn_in' AS site, layer, head AS head,
+        'f_cc' AS metric,
+        f_cc AS raw, f_cc_se AS raw_se, (f_cc_hi - f_cc_lo) / 2 AS raw_hw,
+        f_cc_adj AS adj, f_cc_adj_se AS adj_se,
+        (f_cc_adj_hi - f_cc_adj_lo) / 2 AS adj_hw
+    FROM heads WHERE run_id IN ($run_a, $run_b)
+),
+chosen AS (
+    SELECT
+        f.*,
+        CASE WHEN basis.basis = 'raw' THEN f.raw ELSE f.adj END AS value,
+        CASE WHEN basis.basis = 'raw' THEN f.raw_se ELSE f.adj_se END AS se,
+        CASE WHEN basis.basis = 'raw' THEN f.raw_hw ELSE f.adj_hw END AS hw
+    FROM figures AS f
+    CROSS JOIN basis
+),
+a AS (SELECT * FROM chosen WHERE run_id = $run_a),
+b AS (SELECT * FROM chosen WHERE run_id = $run_b),
+paired AS (
+    SELECT
+        coalesce(a.level, b.level) AS level,
+        coalesce(a.site, b.site) AS site,
+        coalesce(a.layer, b.layer) AS layer,
+        coalesce(a.head, b.head) AS head,
+        coalesce(a.metric, b.metric) AS metric,
+        a.value AS value_a,
+        b.value AS value_b,
+        b.value - a.value AS delta,
+        sqrt(a.se * a.se + b.se * b.se) AS delta_se,
+        sqrt(a.hw * a.hw + b.hw * b.hw) AS delta_hw
+    FROM a
+    -- layer rows have no head: NULL keys must pair up too
+    FULL OUTER JOIN b
+        ON a.level = b.level AND a.site = b.site AND a.layer = b.layer
+        AND a.head IS NOT DISTINCT FROM b.head AND a.metric = b.metric
+)
+SELECT
+    CAST($run_a AS VARCHAR) AS run_a,
+    CAST($run_b AS VARCHAR) AS run_b,
+    p.level,
+    p.site,
+    p.layer,
+    p.head,
+    p.metric,
+    basis.basis,
+    basis.n_images_a,
+    basis.n_images_b,
+    p.value_a,
+    p.value_b,
+    p.delta,
+    p.delta_se,
+    p.delta - p.delta_hw AS delta_lo,
+    p.delta + p.delta_hw AS delta_hi,
+    CASE WHEN p.delta_hw IS NULL OR isnan(p.delta_hw) THEN NULL
+        ELSE p.delta - p.delta_hw > 0 OR p.delta + p.delta_hw < 0 END AS significant
+FROM paired AS p
+CROSS JOIN basis
+WHERE basis.both_known
+ORDER BY p.level DESC, p.site, p.layer, p.head, p.metric

@@ -1,0 +1,33 @@
+-- drift: the drift rows of one audit of a series (its latest audit when audit_id is not
+-- given), flagged rows first, then by size of the change. One row per (layer, metric) and
+-- (layer, head, metric): before, after, delta = after - before, the threshold and whether
+-- |delta| > threshold. head is NULL for layer metrics; head_type rows have no before/after
+-- and delta 1 when the type changed (head_type_changes names the types).
+-- params: series (required), audit_id (optional)
+WITH chosen AS (
+    SELECT audit_id, series, step, run_id, started_at
+    FROM audits
+    WHERE series = $series
+        AND status = 'complete'
+        AND (CAST($audit_id AS VARCHAR) IS NULL OR audit_id = $audit_id)
+    QUALIFY row_number() OVER (ORDER BY step DESC, started_at DESC, audit_id DESC) = 1
+)
+SELECT
+    c.series,
+    c.step,
+    d.audit_id,
+    d.prev_audit_id,
+    p.run_id AS prev_run_id,
+    c.run_id,
+    d.layer,
+    d.head,
+    d.metric,
+    d.before,
+    d.after,
+    d.delta,
+    d.threshold,
+    d.flagged
+FROM drift AS d
+JOIN chosen AS c USING (audit_id)
+LEFT JOIN audits AS p ON p.audit_id = d.prev_audit_id
+ORDER BY d.flagged DESC, abs(d.delta) DESC NULLS LAST, d.layer, d.head NULLS FIRST, d.metric

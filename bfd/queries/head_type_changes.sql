@@ -1,0 +1,23 @@
+-- head_type_changes: the heads whose stored head_type differs between two runs (any two run
+-- ids: two checkpoints, two seeds, two fine-tunes of one architecture), with both types and
+-- both runs' head fractions. Heads only one run holds are left out.
+-- params: run_a (required), run_b (required)
+SELECT
+    a.layer,
+    a.head,
+    a.head_type AS head_type_a,
+    b.head_type AS head_type_b,
+    a.f_pp AS f_pp_a,
+    b.f_pp AS f_pp_b,
+    a.f_pc AS f_pc_a,
+    b.f_pc AS f_pc_b,
+    a.f_cp AS f_cp_a,
+    b.f_cp AS f_cp_b,
+    a.f_cc AS f_cc_a,
+    b.f_cc AS f_cc_b,
+    a.run_id AS run_a,
+    b.run_id AS run_b
+FROM heads AS a
+JOIN heads AS b ON a.layer = b.layer AND a.head = b.head
+WHERE a.run_id = $run_a AND b.run_id = $run_b AND a.head_type IS DISTINCT FROM b.head_type
+ORDER BY a.layer, a.head

@@ -1,0 +1,125 @@
+"""Audit events: the append-only ``audits`` and ``drift`` tables (docs/layout.md).
+
+A run is a computation, named by what produced it; an audit is an event, one each time a run
+is asked for (computed or reused), in a *series* that it extends. Both tables are written one
+file per audit, never rewritten::
+
+    tables/audits/series=<series>/<audit_id>.parquet   one row
+    tables/drift/series=<series>/<audit_id>.parquet    one row per (layer, head, metric)
+
+The series is escaped as a partition value (``partition_value``). Each file is written with
+``atomic_write``, so a reader sees an audit whole or not at all.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .paths import Store, atomic_write
+from .tables import partition_value
+
+_TS: Final = pa.timestamp("us", tz="UTC")
+
+AUDIT_SCHEMA: Final[pa.Schema] = pa.schema([
+    ("audit_id", pa.string()),
+    ("series", pa.string()),
+    ("run_id", pa.string()),
+    ("step", pa.int64()),
+    ("started_at", _TS),
+    ("finished_at", _TS),
+    ("trigger", pa.string()),
+    ("flow_run_id", pa.string()),
+    ("status", pa.string()),
+    ("prev_audit_id", pa.string()),
+    ("n_flagged", pa.int32()),
+])
+
+DRIFT_SCHEMA: Final[pa.Schema] = pa.schema([
+    ("audit_id", pa.string()),
+    ("prev_audit_id", pa.string()),
+    ("layer", pa.int32()),
+    ("head", pa.int32()),
+    ("metric", pa.string()),
+    ("before", pa.float64()),
+    ("after", pa.float64()),
+    ("delta", pa.float64()),
+    ("threshold", pa.float64()),
+    ("flagged", pa.bool_()),
+])
+
+EVENT_TABLES: Final[dict[str, pa.Schema]] = {"audits": AUDIT_SCHEMA, "drift": DRIFT_SCHEMA}
+
+
+def new_audit_id(now: datetime | None = None) -> str:
+    """A unique audit id that sorts by time: ``20260101T030000123456Z-1a2b3c4d``."""
+    now = now or datetime.now(UTC)
+    return f"{now.strftime('%Y%m%dT%H%M%S%fZ')}-{uuid.uuid4().hex[:8]}"
+
+
+def _event_path(store: Store, table: str, series: str, audit_id: str) -> Path:
+    if not audit_id or "/" in audit_id or audit_id.startswith((".", "_")):
+        raise ValueError(f"audit id must be a plain name; got {audit_id!r}")
+    return store.table_dir(table) / f"series={partition_value(series)}" / f"{audit_id}.parquet"
+
+
+def _write(path: Path, rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> Path:
+    data = pa.Table.from_pylist([{f.name: r.get(f.name) for f in schema} for r in rows],
+                                schema=schema)
+    if path.exists():
+        raise FileExistsError(f"{path} exists; audits are appended, never rewritten")
+    atomic_write(path, lambda f: pq.write_table(data, f, compression="zstd"))
+    return path
+
+
+def write_audit(store: Store, row: Mapping[str, Any]) -> Path:
+    """Append one audit (a row with the ``AUDIT_SCHEMA`` columns).
+
+    Raises:
+        FileExistsError: An audit with this id is already stored.
+    """
+    return _write(_event_path(store, "audits", row["series"], row["audit_id"]), [row],
+                  AUDIT_SCHEMA)
+
+
+def write_drift(store: Store, series: str, audit_id: str,
+                rows: Sequence[Mapping[str, Any]]) -> Path:
+    """Append the drift rows of one audit (``DRIFT_SCHEMA`` columns; NaN is stored as NULL)."""
+    clean = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+             for r in rows]
+    return _write(_event_path(store, "drift", series, audit_id), clean, DRIFT_SCHEMA)
+
+
+def _read(store: Store, table: str, series: str | None) -> pa.Table:
+    folder = store.table_dir(table)
+    pattern = f"series={partition_value(series)}/*.parquet" if series else "series=*/*.parquet"
+    files = sorted(p for p in folder.glob(pattern) if not p.name.startswith((".", "_")))
+    if not files:
+        return EVENT_TABLES[table].empty_table()
+    return pa.concat_tables([pq.read_table(p, schema=EVENT_TABLES[table]) for p in files])
+
+
+def read_audits(store: Store, series: str | None = None) -> list[dict[str, Any]]:
+    """The audits of one series (all series when None), in series order: by step, then by
+    start time."""
+    rows = _read(store, "audits", series).to_pylist()
+    return sorted(rows, key=lambda r: (r["series"], r["step"], r["started_at"], r["audit_id"]))
+
+
+def read_drift(store: Store, series: str, audit_id: str | None = None) -> list[dict[str, Any]]:
+    """The drift rows of a series, or of one of its audits."""
+    rows = _read(store, "drift", series).to_pylist()
+    return [r for r in rows if audit_id is None or r["audit_id"] == audit_id]
+
+
+def previous_audit(store: Store, series: str, step: int) -> dict[str, Any] | None:
+    """The last complete audit of ``series`` at or before ``step``, or None."""
+    done = [r for r in read_audits(store, series)
+            if r["status"] == "complete" and r["step"] <= step]
+    return done[-1] if done else None

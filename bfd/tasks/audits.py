@@ -1,0 +1,117 @@
+"""Audits as events: which series an audit belongs to, where it sits in it (its step), whether
+its run is already computed, and which checkpoint files of a folder are still to audit."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final
+
+from bfd.models import WEIGHT_SUFFIXES
+from bfd.storage import Store, read_audits, read_request, read_table
+
+# Decomposition options that do not change the results (where and in what pieces it ran).
+_PLACEMENT_OPTIONS: Final[frozenset[str]] = frozenset({"device", "images_per_task"})
+_STEP_WORD: Final[re.Pattern[str]] = re.compile(r"(?:step|iter|it|epoch|ep)[_\-=]?(\d+)", re.I)
+_NUMBER: Final[re.Pattern[str]] = re.compile(r"\d+")
+
+
+def default_series(model: str, weights: str, seed: int = 0) -> str:
+    """The series of an audit that names none: the model with the source of its weights.
+
+    ``test_vit@random-seed-0``, ``vit_small_patch16_224.augreg_in21k@pretrained``,
+    ``vit_b@/ckpts/run7/last.pth``: seeds, checkpoints and fine-tunes of one architecture
+    are different series.
+    """
+    if weights == "random":
+        source = f"random-seed-{seed}"
+    elif weights == "pretrained":
+        source = "pretrained"
+    else:
+        source = os.path.abspath(weights)
+    return f"{model}@{source}"
+
+
+def checkpoints_series(model: str, pattern: str) -> str:
+    """The default series of the checkpoints of a folder or glob: the model and that folder."""
+    return f"{model}@{os.path.abspath(pattern)}"
+
+
+def step_from_name(path: str | os.PathLike[str]) -> int | None:
+    """The training step in a checkpoint's file name: the number after ``step``/``iter``/
+    ``epoch`` (``epoch=3-step=1200.pt`` -> 1200), else the last number (``ckpt_0300.pth``)
+    , else None."""
+    stem = Path(path).name.split(".")[0]
+    words = _STEP_WORD.findall(stem)
+    if words:
+        return int(words[-1])
+    numbers = _NUMBER.findall(stem)
+    return int(numbers[-1]) if numbers else None
+
+
+def time_step(when: datetime) -> int:
+    """The step of an audit that has none of its own: its time, in seconds since the epoch."""
+    return int(when.timestamp())
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checkpoint_files(pattern: str) -> list[Path]:
+    """The checkpoint files of a folder (its direct children) or a glob, by step then name.
+
+    Raises:
+        FileNotFoundError: Nothing matches.
+    """
+    path = Path(pattern)
+    found = ([p for p in path.iterdir() if p.is_file()] if path.is_dir()
+             else [Path(p) for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)])
+    files = [p for p in found if p.suffix.lower() in WEIGHT_SUFFIXES and
+             not p.name.startswith(".")]
+    if not files and not (path.is_dir() or glob.has_magic(pattern)):
+        raise FileNotFoundError(f"checkpoints {pattern!r}: no such folder or file; expected a "
+                                "folder of checkpoints or a glob like 'ckpts/*.safetensors'")
+    return sorted(files, key=lambda p: (step_from_name(p) is None, step_from_name(p) or 0,
+                                        p.name))
+
+
+def audited_weights(store: Store, series: str) -> set[str]:
+    """sha256 of the weights of every complete audit of a series."""
+    out = set()
+    for row in read_audits(store, series):
+        if row["status"] == "complete" and row["run_id"]:
+            try:
+                out.add(read_request(store, row["run_id"]).weights_sha256)
+            except (FileNotFoundError, ValueError):
+                continue
+    return out
+
+
+def _result_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if k not in _PLACEMENT_OPTIONS}
+
+
+def computed_run(store: Store, run_id: str, decompose_options: Mapping[str, Any]) -> dict | None:
+    """The ``runs`` row of ``run_id`` when it is complete and was decomposed with these
+    options (placement aside), else None: an audit of it need not compute anything."""
+    runs = read_table(store, "runs")
+    rows = [r for r in runs.to_pylist() if r["run_id"] == run_id and r["status"] == "complete"]
+    for row in rows:
+        try:
+            stored = json.loads(row.get("config_json") or "{}").get("decompose", {})
+        except json.JSONDecodeError:
+            continue
+        if _result_options(stored) == _result_options(decompose_options):
+            return row
+    return None

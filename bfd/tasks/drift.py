@@ -1,0 +1,126 @@
+"""Drift between two audits of a series: every stored fraction per layer and per head, and the
+head type, before and after, against thresholds.
+
+Read from the runs' results in the Zarr store (the same values as the ``layers`` and ``heads``
+tables, through the same row builders), so drift does not depend on how tables are laid out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Final
+
+import numpy as np
+
+from bfd.storage import Store, heads_rows, layers_rows, open_results
+
+LAYER_FRACTIONS: Final[tuple[str, ...]] = ("frac_pos", "frac_img", "frac_int", "frac_content")
+HEAD_FRACTIONS: Final[tuple[str, ...]] = ("f_pp", "f_pc", "f_cp", "f_cc")
+# Site suffix of a layer metric: attn_in (the heads' input) is the plain name, as in the
+# layer_summary view (frac_pos, frac_pos_resid).
+SITE_SUFFIX: Final[dict[str, str]] = {"attn_in": "", "resid": "_resid"}
+
+DEFAULT_THRESHOLDS: Final[dict[str, Any]] = {
+    # absolute change of a fraction (of energy or of sum of squares) that flags
+    "fraction": 0.05,
+    # a head whose type changed has delta 1: any threshold below 1 flags it, 1 or more never
+    "head_type": 0.5,
+    # per-metric overrides, e.g. {"frac_pos": 0.02, "f_cc_resid": ...}
+    "metrics": {},
+}
+
+
+def threshold_for(metric: str, thresholds: Mapping[str, Any]) -> float:
+    """The threshold of one metric: its own override, else its kind's."""
+    per_metric = thresholds.get("metrics") or {}
+    if metric in per_metric:
+        return float(per_metric[metric])
+    kind = "head_type" if metric == "head_type" else "fraction"
+    return float(thresholds.get(kind, DEFAULT_THRESHOLDS[kind]))
+
+
+def _finite(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _row(layer: int, head: int | None, metric: str, before: Any, after: Any,
+         thresholds: Mapping[str, Any]) -> dict[str, Any]:
+    before, after = _finite(before), _finite(after)
+    delta = after - before if before is not None and after is not None else None
+    threshold = threshold_for(metric, thresholds)
+    return {"layer": layer, "head": head, "metric": metric, "before": before, "after": after,
+            "delta": delta, "threshold": threshold,
+            "flagged": delta is not None and abs(delta) > threshold}
+
+
+def run_metrics(store: Store, run_id: str) -> tuple[dict, dict]:
+    """``{(layer, metric): value}`` and ``{(layer, head): row}`` of a run's results."""
+    ds = open_results(store, run_id)
+    if "head_type" in ds:
+        # Zarr gives variable-width strings (numpy StringDType), which heads_rows' cast to a
+        # fixed-width str does not take; plain Python strings it does.
+        ds["head_type"] = ds.head_type.copy(data=np.asarray(ds.head_type.values.tolist(),
+                                                            dtype=object))
+    layers = {}
+    for r in layers_rows(ds).to_pylist():
+        suffix = SITE_SUFFIX.get(r["site"], f"_{r['site']}")
+        for name in LAYER_FRACTIONS:
+            layers[(int(r["layer"]), name + suffix)] = r[name]
+    heads = {}
+    if "head" in ds.dims:
+        heads = {(int(r["layer"]), int(r["head"])): r for r in heads_rows(ds).to_pylist()}
+    return layers, heads
+
+
+def drift_rows(store: Store, run_before: str, run_after: str,
+               thresholds: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One row per (layer, metric) and (layer, head, metric) that both runs hold.
+
+    ``head_type`` rows have no before/after value (a type is not a number): their delta is 1
+    when the type changed and 0 when not (``head_type_changes`` names the types).
+
+    Args:
+        store: The store.
+        run_before: The previous audit's run.
+        run_after: This audit's run.
+        thresholds: See ``DEFAULT_THRESHOLDS``; missing keys take the defaults.
+
+    Returns:
+        Rows with the drift table's columns but the audit ids, layer metrics first.
+    """
+    thresholds = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
+    layers_a, heads_a = run_metrics(store, run_before)
+    layers_b, heads_b = run_metrics(store, run_after)
+    out = [_row(layer, None, metric, layers_a[key], layers_b[key], thresholds)
+           for key in sorted(set(layers_a) & set(layers_b)) for layer, metric in [key]]
+    for layer, head in sorted(set(heads_a) & set(heads_b)):
+        a, b = heads_a[(layer, head)], heads_b[(layer, head)]
+        out += [_row(layer, head, m, a[m], b[m], thresholds) for m in HEAD_FRACTIONS]
+        changed = float(a["head_type"] != b["head_type"])
+        row = _row(layer, head, "head_type", 0.0, changed, thresholds)
+        out.append({**row, "before": None, "after": None})
+    return out
+
+
+def layer_summary(store: Store, run_id: str) -> list[dict[str, Any]]:
+    """Per layer of a run: frac_pos at attn_in and resid, the energy-weighted head fractions
+    and the head counts per type (the figures of the ``layer_summary`` view)."""
+    layers, heads = run_metrics(store, run_id)
+    out = []
+    for layer in sorted({key[0] for key in layers} | {key[0] for key in heads}):
+        row: dict[str, Any] = {"layer": layer, "frac_pos": _finite(layers.get((layer, "frac_pos"))),
+                               "frac_pos_resid": _finite(layers.get((layer, "frac_pos_resid")))}
+        mine = [r for (lay, _), r in heads.items() if lay == layer]
+        energy = {b: sum(r[f"e_{b}"] for r in mine) for b in ("pp", "pc", "cp", "cc")}
+        total = sum(energy.values())
+        for b, e in energy.items():
+            row[f"f_{b}"] = _finite(e / total) if total else None
+        for short, name in (("pp", "position-position"), ("cp", "content-position"),
+                            ("cc", "content-content")):
+            row[f"n_heads_{short}"] = sum(r["head_type"] == name for r in mine)
+        out.append(row)
+    return out

@@ -1,0 +1,140 @@
+"""compare_runs and the Parquet contract of the corrected shares and intervals, on results of
+the real core written by the real table writer (no model, no Prefect)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+import torch
+
+from bfd.core import decompose_layer, head_maps, to_dataset
+from bfd.queries import run_query
+from bfd.queries.catalog import CONTRACT
+from bfd.storage import Store, heads_rows, layers_rows, write_table
+from bfd.storage.tables import TABLE_SCHEMAS
+from bfd.tasks.decompose import assemble_results
+
+T, D, H, L = 8, 8, 2, 2
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def results(seed: int, n_images: int, pos_scale: float):
+    """A two-layer run's results Dataset from planted activations (attn_in and resid)."""
+    rng = np.random.default_rng(seed)
+    P = pos_scale * np.random.default_rng(99).normal(size=(L, T, D))
+    parts = []
+    for layer in range(L):
+        maps = head_maps(np.random.default_rng(100 + layer).normal(size=(3 * D, D)), H)
+        for site in ("attn_in", "resid"):
+            x = P[layer] + rng.normal(size=(n_images, T, D))
+            res = decompose_layer(lambda x=x: [(0, x)], maps if site == "attn_in" else None)
+            part = to_dataset(res, {"site": site, "layer": layer, "n_images": n_images})
+            parts.append(part.assign(pos_embed_cos=np.nan))
+    return assemble_results(parts, {"run_id": f"r{seed}", "ci_target": 0.02})
+
+
+def publish(root, run_id: str, ds, model: str = "toy") -> None:
+    store = Store(root)
+    write_table(store, "layers", model, run_id, layers_rows(ds))
+    write_table(store, "heads", model, run_id, heads_rows(ds))
+    row = {name: None for name in TABLE_SCHEMAS["runs"].names}
+    row |= {"run_id": run_id, "model": model, "n_images": ds.attrs["n_images"],
+            "status": "complete", "created_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)}
+    write_table(store, "runs", model, run_id, [row])
+
+
+def test_every_new_column_is_in_the_contract():
+    ds = results(0, 24, 1.0)
+    for table, rows in (("layers", layers_rows(ds)), ("heads", heads_rows(ds))):
+        schema = TABLE_SCHEMAS[table]
+        assert set(rows.column_names) == set(schema.names) - {"run_id", "model"}, table
+        contract = [c.strip().split()[0] for c in CONTRACT[table].split(",")]
+        assert contract == schema.names, table
+    layers = layers_rows(ds).to_pylist()
+    assert all(r["frac_pos_adj_lo"] <= r["frac_pos_adj"] <= r["frac_pos_adj_hi"] for r in layers)
+    assert all(r["n_images_for_target"] >= 1 and r["ci_target"] == 0.02 for r in layers)
+
+
+def test_compare_runs_flags_a_real_difference_and_says_which_shares(tmp_path):
+    strong, weak, twin = results(1, 32, 1.5), results(2, 64, 0.0), results(3, 32, 1.5)
+    for run_id, ds in (("strong", strong), ("weak", weak), ("twin", twin)):
+        publish(tmp_path, run_id, ds)
+
+    rows = run_query(tmp_path, "compare_runs", {"run_a": "weak", "run_b": "strong"}).to_pylist()
+    assert {r["basis"] for r in rows} == {"adjusted"}  # 64 vs 32 images
+    assert len(rows) == 2 * L * 4 + L * H * 4
+    by = {(r["level"], r["site"], r["layer"], r["head"], r["metric"]): r for r in rows}
+    for layer in range(L):
+        r = by["layer", "attn_in", layer, None, "frac_pos"]
+        a = float(weak.frac_pos_adj.sel(site="attn_in", layer=layer))
+        b = float(strong.frac_pos_adj.sel(site="attn_in", layer=layer))
+        assert r["delta"] == pytest.approx(b - a, rel=1e-12)
+        se = np.hypot(float(weak.frac_pos_adj_se.sel(site="attn_in", layer=layer)),
+                      float(strong.frac_pos_adj_se.sel(site="attn_in", layer=layer)))
+        assert r["delta_se"] == pytest.approx(se, rel=1e-12)
+        assert r["delta_lo"] > 0 and r["significant"] is True
+
+    same = run_query(tmp_path, "compare_runs", {"run_a": "strong", "run_b": "twin"}).to_pylist()
+    assert {r["basis"] for r in same} == {"raw"}  # equal N: the raw shares are comparable
+    flagged = [r["significant"] for r in same]
+    assert None not in flagged
+    # two samples of one population: a flag is a false alarm (5 % each, correlated figures)
+    assert sum(flagged) <= len(flagged) // 4
+    for r in same:
+        assert (r["delta_lo"] > 0 or r["delta_hi"] < 0) == r["significant"]
+
+
+def test_compare_runs_of_an_unknown_run_has_no_rows(tmp_path):
+    publish(tmp_path, "strong", results(1, 16, 1.0))
+    assert run_query(tmp_path, "compare_runs", {"run_a": "strong", "run_b": "nope"}).num_rows == 0
+
+
+def test_layer_profile_shows_the_corrected_shares(tmp_path):
+    ds = results(4, 24, 1.0)
+    publish(tmp_path, "r", ds)
+    rows = run_query(tmp_path, "layer_profile", {"model": "toy"}).to_pylist()
+    assert [r["layer"] for r in rows] == list(range(L))
+    for r in rows:
+        at = dict(site="attn_in", layer=r["layer"])
+        for name in ("frac_pos_adj", "frac_pos_adj_lo", "frac_pos_adj_hi", "frac_pos_chance"):
+            assert r[name] == pytest.approx(float(ds[name].sel(**at)), rel=1e-12), name
+        e = ds.energy_adj.sel(layer=r["layer"]).sum("head").values
+        assert r["f_cp_adj"] == pytest.approx(e[2] / e.sum(), rel=1e-12)
+
+
+def test_audit_summary_shows_intervals_and_warns_when_n_is_short(tmp_path, capsys):
+    from bfd.cli import _print_statistics
+
+    ds = results(5, 16, 1.0)
+    publish(tmp_path, "r", ds)
+    profile = run_query(tmp_path, "layer_profile", {"model": "toy"})
+    _print_statistics(str(tmp_path), "r", profile, demo=True)
+    out, err = capsys.readouterr()
+    assert "frac_pos_adj_lo" in out and "How to read this" in out and "bfd audit --model" in out
+    need = int(layers_rows(ds).to_pandas().n_images_for_target.max())
+    assert err.startswith("bfd: warning: with N=16 images") and f"about {need} images" in err
+    assert need > 16
+
+
+def test_compare_models_carries_the_corrected_shares(tmp_path):
+    a, b = results(6, 16, 0.5), results(7, 48, 1.5)
+    publish(tmp_path, "ra", a, model="m_a")
+    publish(tmp_path, "rb", b, model="m_b")
+    rows = run_query(tmp_path, "compare_models", {"model_a": "m_a", "model_b": "m_b"}).to_pylist()
+    assert [r["bin"] for r in rows] == [0, 9]  # depth 2: layer 0 and layer 1
+    for r, layer in zip(rows, (0, 1), strict=True):
+        assert (r["n_images_a"], r["n_images_b"]) == (16, 48)
+        at = dict(site="attn_in", layer=layer)
+        delta = float(b.frac_pos_adj.sel(**at)) - float(a.frac_pos_adj.sel(**at))
+        assert r["delta_frac_pos_adj"] == pytest.approx(delta, rel=1e-12)
+        ea, eb = (ds.energy_adj.sel(layer=layer).sum("head").values for ds in (a, b))
+        assert r["delta_f_cc_adj"] == pytest.approx(eb[3] / eb.sum() - ea[3] / ea.sum())

@@ -1,0 +1,194 @@
+"""README "Schedule it", every command of it, against a real local Prefect server and a
+`process` worker (both started and stopped here by process id): deploy from prefect.yaml, audit
+a folder of three planted checkpoints, and check the audits, the one drift flag, the artifact,
+the event, the run names, a second run doing nothing, and typed parameters at submission."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+from checkpoints import AUDIT, make_checkpoints
+
+from bfd.flows.prefect_io import DRIFT_EVENT, artifact_key
+from bfd.flows.serve import runner_deployments
+from bfd.storage import Store, read_audits, read_drift, read_table
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+LONG_RUNNING = ("prefect server start", "prefect worker start")
+# The run's config: only some fields (dtype comes from the deployment), and a drift threshold
+# that flags frac_pos alone (the other thresholds: 1, and the deployment's head_type).
+CONFIG = {k: v for k, v in AUDIT.items() if k != "dtype"}
+DRIFT = {"fraction": 1.0, "metrics": {"frac_pos": 0.05}}
+
+
+def readme_commands() -> list[str]:
+    """The commands of the README's "Schedule it" block, comments dropped."""
+    section = (REPO / "README.md").read_text(encoding="utf-8").split("## Schedule it", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group it leads (the server's uvicorn, the worker's flow run),
+    SIGKILL if it has not ended in 20 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"Prefect server not healthy in {seconds} s: {log.read_text()[-3000:]}")
+
+
+@pytest.mark.slow
+def test_schedule_it_end_to_end(tmp_path):
+    port, store, ckpts = free_port(), tmp_path / "store", tmp_path / "ckpts"
+    make_checkpoints(ckpts)
+    url = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", PREFECT_HOME=str(tmp_path / "ph"),
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", HF_HUB_OFFLINE="1",
+               PREFECT_LOGGING_LEVEL="WARNING",
+               # no scheduled runs of the deployed schedules while the test runs its own
+               PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false",
+               PREFECT_WORKER_QUERY_SECONDS="1")
+    run_params = '"config": {"model": "vit_base_patch16_224"}'
+    subs = {"4200": str(port), "/data/bfd-store": str(store), "/data/checkpoints": str(ckpts),
+            # the dashboard refresh is tested with `bfd audit --demo` (tests/test_audit.py)
+            run_params: f'"config": {json.dumps(CONFIG)}, "drift": {json.dumps(DRIFT)}, '
+                        '"dashboard": false'}
+    commands = readme_commands()
+    assert any(run_params in c for c in commands) and "prefect deploy --all" in commands
+    started: list[subprocess.Popen] = []
+    outputs = {}
+    try:
+        for command in commands:
+            for old, new in subs.items():
+                command = command.replace(old, new)
+            if command.startswith(LONG_RUNNING):
+                log = tmp_path / f"{len(started)}.log"
+                proc = subprocess.Popen(shlex.split(command), cwd=REPO, env=env,
+                                        stdin=subprocess.DEVNULL, stdout=log.open("w"),
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+                started.append(proc)
+                if command.startswith("prefect server start"):
+                    wait_healthy(url, proc, log)
+                continue
+            t0 = time.monotonic()
+            done = subprocess.run(command, shell=True, cwd=REPO, env=env, text=True,
+                                  stdin=subprocess.DEVNULL, capture_output=True, timeout=150)
+            print(f"{time.monotonic() - t0:6.1f} s  {command[:60]}")
+            assert done.returncode == 0, (command, done.stdout[-3000:], done.stderr[-3000:])
+            outputs[command.split()[0] + " " + command.split()[1]] = done.stdout
+        series = f"{CONFIG['model']}@{ckpts}"
+        check_audits(store, series)
+        assert series in outputs["bfd query"]
+        check_prefect(url, store, series, ckpts, env, commands, subs)
+    finally:
+        for proc in reversed(started):
+            stop(proc)
+
+
+def check_audits(store: Path, series: str) -> None:
+    audits = read_audits(Store(store), series)
+    assert [(a["step"], a["status"], a["trigger"]) for a in audits] == [
+        (100, "complete", "checkpoints"), (200, "complete", "checkpoints"),
+        (300, "complete", "checkpoints")]
+    assert [a["prev_audit_id"] for a in audits] == [None] + [a["audit_id"] for a in audits[:2]]
+    flagged = [r for r in read_drift(Store(store), series) if r["flagged"]]
+    assert [(r["audit_id"], r["layer"], r["head"], r["metric"]) for r in flagged] == [
+        (audits[1]["audit_id"], 0, None, "frac_pos")]
+    assert [a["n_flagged"] for a in audits] == [0, 1, 0]
+    runs = {r["run_id"]: r for r in read_table(Store(store), "runs").to_pylist()}
+    # the run gave some fields of config; the others are the deployment's (dtype float32)
+    assert [(runs[a["run_id"]]["dtype"], runs[a["run_id"]]["n_images"],
+             runs[a["run_id"]]["layers"]) for a in audits] == [("float32", 6, "0")] * 3
+
+
+def check_prefect(url, store, series, ckpts, env, commands, subs) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.events.filters import EventFilter, EventNameFilter
+    from prefect.exceptions import PrefectHTTPStatusError
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    audits = read_audits(Store(store), series)
+    with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
+        for a in audits:
+            run = client.read_flow_run(UUID(a["flow_run_id"]))
+            assert run.name == f"{series} step {a['step']}"
+            assert {"model:test_vit", f"series:{series}"} <= set(run.tags)
+        key = ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key("audit", series)]))
+        reports = [x for x in client.read_artifacts(artifact_filter=key) if x.type == "markdown"]
+        assert len(reports) == 3 and any("**1 flagged**" in x.data for x in reports)
+        assert all(str(store) in x.data and "Per-layer summary" in x.data for x in reports)
+        drift_events = EventFilter(event=EventNameFilter(name=[DRIFT_EVENT]))
+        deadline = time.monotonic() + 30
+        while not (events := client.read_events(drift_events, limit=50).events):
+            assert time.monotonic() < deadline, "no bfd.drift.detected event in 30 s"
+            time.sleep(1)
+        assert [(e.resource.id, e.payload["audit_id"]) for e in events] == [
+            (f"bfd.series.{series}", audits[1]["audit_id"])]
+        # a second run on the unchanged folder does nothing, and says so
+        (line,) = [c for c in commands if c.startswith("prefect deployment run")]
+        for old, new in subs.items():
+            line = line.replace(old, new)
+        done = subprocess.run(line, shell=True, cwd=REPO, env=env, text=True, timeout=150,
+                              stdin=subprocess.DEVNULL, capture_output=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert len(read_audits(Store(store), series)) == 3
+        key = ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key("checkpoints", series)]))
+        notes = sorted(client.read_artifacts(artifact_filter=key), key=lambda x: x.created)
+        assert notes[-1].data.startswith("Nothing to do: all 3 checkpoint file(s)")
+        # a typo is refused when the run is submitted, naming the field
+        deployment = client.read_deployment_by_name("audit-checkpoints/audit-checkpoints")
+        with pytest.raises(PrefectHTTPStatusError, match="n_image"):
+            client.create_flow_run_from_deployment(
+                deployment.id, parameters={"checkpoints": str(ckpts), "config": {"n_image": 3}})
+
+
+def test_serve_builds_the_deployments_of_prefect_yaml():
+    """`bfd serve` serves what prefect.yaml declares: names, schedules, parameters."""
+    import yaml
+
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text(encoding="utf-8"))
+    served = {d.name: d for d in runner_deployments(REPO / "prefect.yaml")}
+    assert set(served) == {d["name"] for d in spec["deployments"]}
+    assert {"nightly-audit", "audit-checkpoints", "compare"} <= set(served)
+    for d in spec["deployments"]:
+        assert served[d["name"]].parameters == (d.get("parameters") or {})
+        assert len(served[d["name"]].schedules or []) == len(d.get("schedules") or [])
+    (cron,) = served["nightly-audit"].schedules
+    assert cron.schedule.cron == "0 3 * * *"
+    assert "store" not in json.dumps(spec["deployments"])  # the store is never a working dir
