@@ -10,7 +10,7 @@ from storebuilder import build_run, random_run_arrays
 
 import bfd
 from bfd.flows.decompose import decompose
-from bfd.storage import Store, open_results, read_table
+from bfd.storage import Store, open_results, read_pointer, read_table
 from bfd.tasks.decompose import DecomposeOptions, decompose_site_layer
 
 SKIPPED = (3,)
@@ -113,7 +113,8 @@ def test_flow_publishes_parquet_equal_to_analyze(run, prefect_harness):
     assert (acts_ds.token_type.sel(token=res.position.values) == "patch").all()
     tree = xr.open_datatree(store.zarr_path, group=rid, engine="zarr", consolidated=False,
                             zarr_format=3)
-    assert "frac_pos_adj" in tree["results"].dataset and "attn_in" in tree.dataset
+    published = read_pointer(store, rid)["results"].split("/")[-1]  # results-<version>
+    assert "frac_pos_adj" in tree[published].dataset and "attn_in" in tree.dataset
     for layer in range(L):
         _, ref = expected(acts, qkv, H, "attn_in", layer)
         row = layers[(layers.layer == layer) & (layers.site == "attn_in")]
