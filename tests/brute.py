@@ -1,10 +1,11 @@
 """Literal brute-force BFD for the tests: explicit T x T logit blocks, dense float64 SVD of
 each d x d M_h, loops where docs/method.md writes sums. Slow on purpose and independent of
-bfd.core (it imports nothing from bfd)."""
+bfd.core (it imports nothing from bfd; the t quantile is scipy's)."""
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import t as student_t
 
 BLOCKS = ("pp", "pc", "cp", "cc")
 
@@ -21,8 +22,15 @@ def brute_stage1(x: np.ndarray) -> dict:
     ss_pos = N * float((pos**2).sum())
     ss_img = T * float((img**2).sum())
     ss_int = float((r**2).sum())
-    return dict(mu=mu, pos=pos, c=c, ss_total=ss_total, frac_pos=ss_pos / ss_total,
-                frac_img=ss_img / ss_total, frac_int=ss_int / ss_total)
+    return dict(mu=mu, pos=pos, c=c, ss_total=ss_total, ss_pos=ss_pos, ss_img=ss_img,
+                ss_int=ss_int, frac_pos=ss_pos / ss_total, frac_img=ss_img / ss_total,
+                frac_int=ss_int / ss_total)
+
+
+def head_type(f: np.ndarray) -> str:
+    classes = {"content-content": f[3], "content-position": f[1] + f[2],
+               "position-position": f[0]}
+    return max(classes, key=classes.get)
 
 
 def brute_heads(x: np.ndarray, W: np.ndarray, H: int, scale: float | None = None,
@@ -46,10 +54,7 @@ def brute_heads(x: np.ndarray, W: np.ndarray, H: int, scale: float | None = None
             E["cp"] += np.sum((c[n] @ M @ pos.T) ** 2)
             E["cc"] += np.sum((c[n] @ M @ c[n].T) ** 2)
         energy = np.array([E[b] for b in BLOCKS])
-        f = energy / energy.sum()
-        classes = {"content-content": f[3], "content-position": f[1] + f[2],
-                   "position-position": f[0]}
-        out["head_type"].append(max(classes, key=classes.get))
+        out["head_type"].append(head_type(energy / energy.sum()))
 
         Ud, S, Vt = np.linalg.svd(M)
         U, V, S = Ud[:, :dh], Vt[:dh].T, S[:dh]
@@ -177,3 +182,109 @@ def brute_model_check(x_all: np.ndarray, x_check: np.ndarray, q: np.ndarray, k: 
         share_con.append(e_con / total)
     return dict(model_logit_residual=max(residual), bias_key_share=np.array(share),
                 bias_key_pos_share=np.array(share_pos), bias_key_con_share=np.array(share_con))
+
+
+def brute_shares(x: np.ndarray) -> dict:
+    """Raw and chance-corrected Stage 1 shares and the chance level of frac_pos, from the sums
+    of squares as docs/method.md ("Chance-corrected shares") writes them."""
+    s = brute_stage1(x)
+    N, T, _ = np.shape(x)
+    v_int = s["ss_int"] / ((N - 1) * T)
+    v_pos = (s["ss_pos"] - s["ss_int"] / (N - 1)) / (N * T)
+    v_img = s["ss_img"] / ((N - 1) * T)
+    v = v_pos + v_img + v_int
+    return dict(frac_pos=s["frac_pos"], frac_img=s["frac_img"], frac_int=s["frac_int"],
+                frac_content=s["frac_img"] + s["frac_int"], frac_pos_adj=v_pos / v,
+                frac_img_adj=v_img / v, frac_int_adj=v_int / v, frac_content_adj=1 - v_pos / v,
+                frac_pos_chance=s["ss_int"] / ((N - 1) * s["ss_total"]))
+
+
+def _inner(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a * b).sum())
+
+
+def brute_energies(x: np.ndarray, index: np.ndarray, W: np.ndarray, H: int,
+                   content_cc: np.ndarray | None = None) -> dict:
+    """Raw and corrected block energies ``(H, 4)`` of the images ``x`` (global indices
+    ``index``) from explicit T x T logit blocks and each quarter's own position means.
+
+    With ``Y_a = P_a U``, ``Σ_ij σ_i σ_j (Y_aᵀY_b)[i, j] (Z_cᵀZ_d)[i, j]`` (``Z = P V``) is the
+    block product ``<P_a M P_cᵀ, P_b M P_dᵀ>``, so the docs' Gram formulas read here as products
+    of logit blocks; symmetrising both Grams averages the two ways of pairing the key quarters.
+    ``content_cc``: the content whose ``E_cc`` is taken (default: this sample's own).
+    """
+    s1 = brute_stage1(x)
+    pos, c = s1["pos"], s1["c"]
+    cc = c if content_cc is None else content_cc
+    N = len(x)
+    quarters = [np.asarray(x, dtype=np.float64)[np.asarray(index) % 4 == q] for q in range(4)]
+    assert all(len(q) for q in quarters), "every quarter needs an image"
+    P = [q.mean(axis=0) - q.mean(axis=(0, 1)) for q in quarters]
+    pairs = [(a, b) for a in range(4) for b in range(a + 1, 4)]
+    splits = (((0, 1), (2, 3)), ((0, 2), (1, 3)), ((0, 3), (1, 2)))
+    W = np.asarray(W, dtype=np.float64)
+    d_attn = W.shape[0] // 3
+    dh = d_attn // H
+    raw, adj = [], []
+    for h in range(H):
+        M = dh**-0.5 * W[h * dh:(h + 1) * dh].T @ W[d_attn + h * dh:d_attn + (h + 1) * dh]
+        raw.append([N * np.sum((pos @ M @ pos.T) ** 2),
+                    sum(np.sum((pos @ M @ c[n].T) ** 2) for n in range(N)),
+                    sum(np.sum((c[n] @ M @ pos.T) ** 2) for n in range(N)),
+                    sum(np.sum((cc[n] @ M @ cc[n].T) ** 2) for n in range(N))])
+        pc = np.mean([sum(_inner(P[a] @ M @ c[n].T, P[b] @ M @ c[n].T) for n in range(N))
+                      for a, b in pairs])
+        cp = np.mean([sum(_inner(c[n] @ M @ P[a].T, c[n] @ M @ P[b].T) for n in range(N))
+                      for a, b in pairs])
+        pp = []
+        for (a, b), (e, f) in splits:
+            for (i, j), (k, m) in (((a, b), (e, f)), ((e, f), (a, b))):
+                pp.append(_inner(P[i] @ M @ P[k].T, P[j] @ M @ P[m].T))
+                pp.append(_inner(P[i] @ M @ P[m].T, P[j] @ M @ P[k].T))
+        adj.append([N * np.mean(pp), N * pc / (N - 1), N * cp / (N - 1),
+                    raw[-1][3] * N**2 / (N - 1) ** 2])
+    return dict(energy=np.array(raw), energy_adj=np.array(adj))
+
+
+def brute_jackknife(x: np.ndarray, index: np.ndarray, groups: int, ci_target: float,
+                    W: np.ndarray | None = None, H: int = 0) -> dict:
+    """The delete-a-group jackknife of docs/method.md ("Uncertainty") by re-running the brute
+    force without each group's images, with ``E_cc`` of a replicate on the whole sample's
+    centring as documented. Layer figures as floats; with ``W`` (attn_in) head figures as
+    ``(H,)`` arrays, ``head_type_stability`` among them."""
+    x = np.asarray(x, dtype=np.float64)
+    index = np.asarray(index)
+    c_full = brute_stage1(x)["c"]
+
+    def estimate(keep: np.ndarray) -> dict:
+        est = brute_shares(x[keep])
+        if W is not None:
+            e = brute_energies(x[keep], index[keep], W, H, content_cc=c_full[keep])
+            frac = e["energy"] / e["energy"].sum(1, keepdims=True)
+            frac_adj = e["energy_adj"] / e["energy_adj"].sum(1, keepdims=True)
+            for i, b in enumerate(BLOCKS):
+                est[f"f_{b}"], est[f"f_{b}_adj"] = frac[:, i], frac_adj[:, i]
+            est["head_type"] = np.array([head_type(f) for f in frac])
+            est.update(e)
+        return est
+
+    full = estimate(np.ones(len(x), bool))
+    reps = [estimate(index % groups != g) for g in range(groups) if np.any(index % groups == g)]
+    m = len(reps)
+    t = student_t.ppf(0.975, m - 1)
+    out = {k: v for k, v in full.items() if k != "head_type"}
+    widths = []
+    for name in [k for k in full if k.startswith(("frac_", "f_")) and k != "frac_pos_chance"]:
+        theta = np.asarray(full[name])
+        r = np.array([rep[name] for rep in reps])
+        se = np.sqrt((m - 1) / m * ((r - r.mean(axis=0)) ** 2).sum(axis=0))
+        out[f"{name}_se"], out[f"{name}_lo"], out[f"{name}_hi"] = se, theta - t * se, theta + t * se
+        if name == "frac_pos_adj" or (name.startswith("f_") and name.endswith("_adj")):
+            widths.extend(np.ravel(t * se))
+    out["ci_halfwidth"] = max(widths)
+    out["n_images_for_target"] = float(np.ceil(len(x) * (out["ci_halfwidth"] / ci_target) ** 2))
+    out["ci_target"] = ci_target
+    if W is not None:
+        out["head_type_stability"] = np.mean([rep["head_type"] == full["head_type"]
+                                              for rep in reps], axis=0)
+    return out

@@ -10,10 +10,18 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from bfd.storage import Store, write_results, write_table
+from bfd.storage import TABLE_SCHEMAS, Store, write_results, write_table
 
 BLOCKS = ("pp", "pc", "cp", "cc")
 TYPE_NAMES = {"pp": "position-position", "cp": "content-position", "cc": "content-content"}
+
+
+def write_rows(store: Store, table: str, model: str, run_id: str, rows: list[dict]) -> None:
+    """``bfd.storage.write_table`` with every contract column of ``table`` in every row: the
+    ones not planted here are undefined (NULL), so a column added to the contract needs no
+    change here."""
+    names = [n for n in TABLE_SCHEMAS[table].names if n not in ("run_id", "model")]
+    write_table(store, table, model, run_id, [dict.fromkeys(names) | row for row in rows])
 
 
 def planted_pos(grid: tuple[int, int], dim: int, layers: int, prefix: int = 1) -> np.ndarray:
@@ -45,13 +53,14 @@ def write_synthetic_run(
     intervals: bool = False,
 ) -> dict[str, np.ndarray]:
     """Writes one run's runs, layers, heads and modes tables; returns what was planted
-    (``frac_pos`` per layer, ``energy`` per layer, head and block). ``intervals`` adds the
-    extra columns ``frac_pos_lo = frac_pos - 0.01`` and ``frac_pos_hi = frac_pos + 0.02``."""
+    (``frac_pos`` per layer, ``energy`` per layer, head and block). ``intervals`` fills
+    ``frac_pos_lo = frac_pos - 0.01`` and ``frac_pos_hi = frac_pos + 0.02``; every column not
+    planted is NULL."""
     rng = np.random.default_rng(seed)
     store = Store(root)
     created_at = created_at or dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
     n_images = 16
-    write_table(store, "runs", model, run_id, [{
+    write_rows(store, "runs", model, run_id, [{
         "run_id": run_id, "model": model, "weights": weights, "weights_sha256": f"sha-{weights}",
         "images": "planted", "images_sha256": "img-sha", "n_images": n_images, "n_skipped": 0,
         "img_size": 16 * grid[0], "grid_h": grid[0], "grid_w": grid[1], "prefix_tokens": 1,
@@ -74,7 +83,7 @@ def write_synthetic_run(
                 **({"frac_pos_lo": fp[layer] - 0.01, "frac_pos_hi": fp[layer] + 0.02}
                    if intervals else {}),
             })
-    write_table(store, "layers", model, run_id, layer_rows)
+    write_rows(store, "layers", model, run_id, layer_rows)
     energy = rng.lognormal(0.0, 1.0, size=(depth, n_heads, 4))
     frac = energy / energy.sum(axis=-1, keepdims=True)
     head_rows, mode_rows = [], []
@@ -98,8 +107,8 @@ def write_synthetic_run(
                     **{f"e_{b}": e[i] for i, b in enumerate(BLOCKS)},
                     "mode_type": BLOCKS[int(np.argmax(e))],
                 })
-    write_table(store, "heads", model, run_id, head_rows)
-    write_table(store, "modes", model, run_id, mode_rows)
+    write_rows(store, "heads", model, run_id, head_rows)
+    write_rows(store, "modes", model, run_id, mode_rows)
     if with_pos:
         pos = planted_pos(grid, 8, depth)
         ds = xr.Dataset(

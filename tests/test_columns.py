@@ -1,6 +1,7 @@
 """Every published column of ``layers``, ``heads`` and ``modes`` against the literal brute
 force of tests/brute.py, on a stored run decomposed and published end to end: a planted
-``pos_embed``, qkv biases, a planted logit-check capture and a skipped image.
+``pos_embed``, qkv biases, a planted logit-check capture and a skipped image. The jackknife
+columns against the brute force run again without each group's images.
 
 The random controls (split halves, token permutations) are drawn by ``bfd.core.sampling`` from
 the images' global indices; the test hands the same draws to the brute force, which computes
@@ -12,7 +13,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from brute import brute_controls, brute_heads, brute_model_check, brute_pos_embed_cos
+from brute import (
+    brute_controls,
+    brute_heads,
+    brute_jackknife,
+    brute_model_check,
+    brute_pos_embed_cos,
+)
 from storebuilder import build_run, planted_logit_check, random_run_arrays
 
 from bfd.core.sampling import half_a, token_permutations
@@ -21,10 +28,18 @@ from bfd.tasks.decompose import DecomposeOptions, assemble_results, decompose_si
 from bfd.tasks.publish import publish
 
 SKIPPED, PREFIX, SEED = (2,), 1, 0
-L, N, T, D, H = 2, 9, 10, 16, 2
+L, N, T, D, H = 2, 12, 10, 16, 2
+# 8 groups of the 11 decoded images hold 1 or 2 each, and every quarter (n mod 4) keeps an
+# image in every replicate, so every interval is defined; the target is not the default
+GROUPS, CI_TARGET = 8, 0.05
 RTOL = 1e-6  # float32 pass-2 projection (the default compute dtype) against float64 loops
+# Stage 1 and its jackknife never meet the projection: float64 sums on every device, observed
+# within 1e-14 of the brute force
+RTOL_FLOAT64 = 1e-12
+STAGE1 = ("ss_total", "pos_split_half_r", "shuffle_frac_pos")
 KEYS = {"layers": ("run_id", "model", "site", "layer"), "heads": ("run_id", "model", "layer",
         "head"), "modes": ("run_id", "model", "layer", "head", "mode")}
+LAYER_SAMPLE_SIZE = ("ci_halfwidth", "n_images_for_target", "ci_target")
 # identities in exact arithmetic: the stored value is rounding noise, held to a bound
 ROUNDING = {"ss_identity_residual": 1e-12, "ortho_residual": 1e-12, "logit_residual": 1e-12}
 
@@ -32,7 +47,7 @@ ROUNDING = {"ss_identity_residual": 1e-12, "ortho_residual": 1e-12, "logit_resid
 @pytest.fixture(scope="module")
 def published(tmp_path_factory):
     rng = np.random.default_rng(7)
-    acts, qkv, _ = random_run_arrays(3, L=L, N=N, T=T, d=D, H=H)
+    acts, qkv, _ = random_run_arrays(26, L=L, N=N, T=T, d=D, H=H)
     bias = rng.normal(size=(L, 3 * D)).astype(np.float32)
     ok = [i for i in range(N) if i not in SKIPPED]
     patches0 = acts["resid"][0][ok][:, PREFIX:].astype(np.float64)
@@ -42,13 +57,20 @@ def published(tmp_path_factory):
     store = Store(tmp_path_factory.mktemp("columns"))
     rid = build_run(store, acts, qkv, H, skipped=SKIPPED, pos_embed=pos_embed.astype(np.float32),
                     qkv_bias=bias, logit_check=check)
-    opts = DecomposeOptions(seed=SEED)
+    opts = DecomposeOptions(seed=SEED, jackknife_groups=GROUPS, ci_target=CI_TARGET)
     parts = [decompose_site_layer(str(store.root), rid, site, layer, opts)
              for site in ("attn_in", "resid") for layer in range(L)]
-    publish(str(store.root), rid, assemble_results(parts, {"run_id": rid}), {})
+    publish(str(store.root), rid, assemble_results(parts, {"run_id": rid, **opts.to_dict()}),
+            {})
     tables = {t: read_table(store, t).to_pandas() for t in KEYS}
+    jackknife = {
+        (site, layer): brute_jackknife(
+            acts[site][layer][ok][:, PREFIX:], np.array(ok), GROUPS, CI_TARGET,
+            *((qkv[layer], H) if site == "attn_in" else ()))
+        for site in ("attn_in", "resid") for layer in range(L)
+    }
     return dict(rid=rid, acts=acts, qkv=qkv, bias=bias, ok=ok, pos_embed=pos_embed,
-                check=check, tables=tables)
+                check=check, tables=tables, jackknife=jackknife)
 
 
 def expected_layers(p) -> pd.DataFrame:
@@ -68,6 +90,8 @@ def expected_layers(p) -> pd.DataFrame:
                        model_attn_residual=np.nan, ss_identity_residual=0.0,
                        ortho_residual=0.0,
                        logit_residual=0.0 if site == "attn_in" else np.nan)
+            row |= {k: v for k, v in p["jackknife"][site, layer].items()
+                    if k.startswith("frac_") or k in LAYER_SAMPLE_SIZE}
             if site == "resid" and layer == 0:
                 row["pos_embed_cos"] = brute_pos_embed_cos(x, p["pos_embed"])
             if site == "attn_in":
@@ -99,6 +123,11 @@ def expected_heads_modes(p) -> tuple[pd.DataFrame, pd.DataFrame]:
                 row[f"e_{b}"], row[f"f_{b}"] = ref["energy"][h, i], ref["frac"][h, i]
             for name in ("bias_key_share", "bias_key_pos_share", "bias_key_con_share"):
                 row[name] = mc[name][h]
+            jk = p["jackknife"]["attn_in", layer]
+            row |= {k: v[h] for k, v in jk.items()
+                    if k.startswith("f_") or k == "head_type_stability"}
+            for i, b in enumerate(("pp", "pc", "cp", "cc")):
+                row[f"e_{b}_adj"] = jk["energy_adj"][h, i]
             heads.append(row)
             for m in range(D // H):
                 mrow = dict(run_id=p["rid"], model="toy_vit", layer=layer, head=h, mode=m,
@@ -129,7 +158,12 @@ def compare(table: str, got: pd.DataFrame, want: pd.DataFrame) -> None:
         elif g.dtype.kind in "fc":
             w = want[name].to_numpy(dtype=float)
             assert np.array_equal(np.isnan(g.astype(float)), np.isnan(w)), name
-            np.testing.assert_allclose(g.astype(float), w, rtol=RTOL, err_msg=name)
+            rtol = (RTOL_FLOAT64 if table == "layers" and (name.startswith("frac_")
+                                                           or name in STAGE1) else RTOL)
+            # an interval end θ ∓ t·se carries the errors of θ and se, on the scale of the
+            # share (at most 1), not of the end, which may lie near 0
+            atol = rtol if name.endswith(("_lo", "_hi")) else 0.0
+            np.testing.assert_allclose(g.astype(float), w, rtol=rtol, atol=atol, err_msg=name)
         else:
             assert [str(v) for v in g] == [str(v) for v in want[name]], name
 
@@ -157,3 +191,8 @@ def test_planted_checks_are_not_trivial(published):
     assert not np.allclose(heads.bias_key_pos_share, heads.bias_key_con_share)
     modes = published["tables"]["modes"]
     assert not np.allclose(modes.alpha, modes.beta)
+    # a head whose type some replicates change, and heads that decide ci_halfwidth
+    assert ((heads.head_type_stability > 0) & (heads.head_type_stability < 1)).any()
+    assert (attn.ci_halfwidth > attn.frac_pos_adj_hi - attn.frac_pos_adj + 1e-3).any()
+    resid = layers[layers.site == "resid"]
+    np.testing.assert_allclose(resid.ci_halfwidth, resid.frac_pos_adj_hi - resid.frac_pos_adj)

@@ -38,7 +38,9 @@ def results(seed: int, n_images: int, pos_scale: float):
             x = P[layer] + rng.normal(size=(n_images, T, D))
             res = decompose_layer(lambda x=x: [(0, x)], maps if site == "attn_in" else None)
             part = to_dataset(res, {"site": site, "layer": layer, "n_images": n_images})
-            parts.append(part.assign(pos_embed_cos=np.nan))
+            # as decompose_site_layer leaves a run without pos_embed or a logit-check capture
+            parts.append(part.assign(pos_embed_cos=np.nan, model_logit_residual=np.nan,
+                                     model_attn_residual=np.nan))
     return assemble_results(parts, {"run_id": f"r{seed}", "ci_target": 0.02})
 
 

@@ -21,6 +21,8 @@ from sampling the images (independent draws from one population), not weights or
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -42,17 +44,39 @@ ADEQUACY_SHARES = ("frac_pos_adj", *(f"f_{b}_adj" for b in BLOCK_NAMES))
 DEFAULT_CI_TARGET = 0.02
 
 
-def t_quantile(df: float, p: float = 0.975) -> float:
-    """Student-t quantile by the Cornish-Fisher expansion (error < 1e-4 for df >= 3)."""
+def t_quantile(df: int, p: float = 0.975) -> float:
+    """Student-t quantile of ``df`` (an integer, as m − 1 is) degrees of freedom, to float
+    rounding: bisection on the closed-form distribution function (Abramowitz & Stegun
+    26.7.3-4). NaN for df < 1."""
     if not df >= 1:
         return float("nan")
-    z = {0.975: 1.959963984540054}.get(p)
-    if z is None:
-        raise ValueError(f"t_quantile knows p=0.975 only; got {p}")
-    v = float(df)
-    return (z + (z**3 + z) / (4 * v) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
-            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3)
-            + (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / (92160 * v**4))
+    if int(df) != df or not 0.5 < p < 1:
+        raise ValueError(f"t_quantile needs an integer df >= 1 and 0.5 < p < 1; got {df}, {p}")
+    central = 2 * p - 1  # P(|T| <= t)
+    lo, hi = 0.0, 1.0
+    while _t_central(hi, int(df)) < central:
+        lo, hi = hi, 2 * hi
+    while lo < (mid := 0.5 * (lo + hi)) < hi:
+        lo, hi = (mid, hi) if _t_central(mid, int(df)) < central else (lo, mid)
+    return hi
+
+
+def _t_central(t: float, df: int) -> float:
+    """``P(|T| <= t)`` for Student's T with integer ``df``: a finite series in ``cos² θ``,
+    ``θ = atan(t / √df)``."""
+    theta = math.atan(t / math.sqrt(df))
+    c2, term, series = math.cos(theta) ** 2, 1.0, 1.0
+    if df % 2 == 0:  # sin θ (1 + 1/2 c² + 1·3/(2·4) c⁴ + ... up to c^(df−2))
+        for k in range(1, df // 2):
+            term *= c2 * (2 * k - 1) / (2 * k)
+            series += term
+        return math.sin(theta) * series
+    if df == 1:
+        return 2 * theta / math.pi
+    for k in range(1, (df - 1) // 2):  # 1 + 2/3 c² + 2·4/(3·5) c⁴ + ... up to c^(df−3)
+        term *= c2 * (2 * k) / (2 * k + 1)
+        series += term
+    return 2 / math.pi * (theta + math.sin(theta) * math.cos(theta) * series)
 
 
 def _project(F: np.ndarray, modes: Modes) -> tuple[np.ndarray, np.ndarray]:

@@ -6,6 +6,9 @@ before versioned publishing). Which version is the run's is said by its pointer
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import xarray as xr
 import zarr
 
@@ -53,19 +56,36 @@ def open_results_group(store: Store, group: str) -> xr.Dataset:
         raise FileNotFoundError(f"no results group {group} in {store.zarr_path}") from e
 
 
+def _local_dir(store: Store, group: str) -> Path | None:
+    """The folder of a group when the Zarr store is a local directory (None for a URL)."""
+    return None if "://" in store.zarr_path else Path(store.zarr_path) / group
+
+
 def results_groups(store: Store, run_id: str) -> list[str]:
-    """Paths of every results group of a run, published or not."""
-    try:
-        run = zarr.open_group(store.zarr_path, path=store.run_group(run_id), mode="r",
-                              zarr_format=3)
-    except FileNotFoundError:
-        return []
-    return [f"{store.run_group(run_id)}/{name}" for name in run.group_keys()
-            if name == "results" or name.startswith("results-")]
+    """Paths of every results group of a run, published or not. On a local store the folders
+    are listed, not the group's members: a publish killed before it wrote a group's metadata
+    leaves a folder that Zarr does not list, and it must be found to be removed."""
+    prefix = store.run_group(run_id)
+    folder = _local_dir(store, prefix)
+    if folder is not None:
+        names = [p.name for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
+    else:
+        try:
+            run = zarr.open_group(store.zarr_path, path=prefix, mode="r", zarr_format=3)
+        except FileNotFoundError:
+            return []
+        names = list(run.group_keys())
+    return sorted(f"{prefix}/{name}" for name in names
+                  if name == "results" or name.startswith("results-"))
 
 
 def remove_group(store: Store, group: str) -> None:
-    """Remove one group of the Zarr store, if it exists."""
+    """Remove one group of the Zarr store, if it exists (a local folder whole, metadata or
+    not)."""
+    folder = _local_dir(store, group)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
     parent, _, name = group.rpartition("/")
     try:
         del zarr.open_group(store.zarr_path, path=parent, mode="r+", zarr_format=3)[name]

@@ -261,3 +261,16 @@ def test_concurrent_publishes_of_one_run_take_turns(two_versions, tmp_path):
     assert files_left(store, rid) == only_published(store, rid)
     seed = json.loads(state(store)["runs"][0]["config_json"])["decompose"]["seed"]
     assert (state(store) == old) == (seed == 0)
+
+
+def test_a_results_folder_without_metadata_is_removed_by_the_next_publish(two_versions,
+                                                                          tmp_path):
+    """A publish killed before its results group's metadata was written leaves a folder that
+    Zarr does not list as a member; the next publish removes it all the same."""
+    store, rid, results = fresh_copy(two_versions, tmp_path)
+    orphan = Path(store.zarr_path) / rid / "results-killed"
+    (orphan / "frac_pos" / "c").mkdir(parents=True)
+    (orphan / "frac_pos" / "c" / "0").write_bytes(b"partial chunk")
+    publish(str(store.root), rid, results[1], config(1))
+    assert not orphan.exists()
+    assert files_left(store, rid) == only_published(store, rid)
