@@ -34,7 +34,31 @@ def _prefect_defaults(verbose: bool) -> None:
 def _store(args: argparse.Namespace) -> str:
     from bfd.storage import Store, default_store
 
-    return str(Store(args.store).root if args.store else default_store().root)
+    root = Store(args.store).root if args.store else default_store().root
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"store {str(root)!r} is a file; expected a store folder (or a new "
+                         "path) for --store")
+    return str(root)
+
+
+def _check_extract_request(args: argparse.Namespace, config) -> None:
+    """Every option of an extraction (a dict, or an audit's typed config) checked before any
+    work: a bad one, or an unreachable cluster, fails in one line whether or not work
+    remains."""
+    from bfd.flows.runners import capped_workers, check_dask_address
+    from bfd.models import resolve_device
+    from bfd.tasks.extract import ExtractConfig, validate_config
+
+    if not isinstance(config, dict):
+        config = config.extract_config()
+    validate_config(ExtractConfig(**config))
+    _store(args)
+    if args.dask_address:
+        check_dask_address(args.dask_address)
+    args.workers, warning = capped_workers(args.workers,
+                                           resolve_device(config.get("device", "auto")))
+    if warning:
+        print(f"bfd: warning: {warning}", file=sys.stderr)
 
 
 def _add_store(p: argparse.ArgumentParser) -> None:
@@ -100,9 +124,9 @@ def _extract_config(args: argparse.Namespace) -> dict:
         "img_size": args.img_size, "dtype": args.dtype, "batch_size": args.batch_size,
         "device": args.device, "autocast": args.autocast, "seed": args.seed,
     }
-    if args.images_per_chunk:
+    if args.images_per_chunk is not None:
         cfg["images_per_chunk"] = args.images_per_chunk
-    if args.images_per_shard:
+    if args.images_per_shard is not None:
         cfg["images_per_shard"] = args.images_per_shard
     return cfg
 
@@ -118,6 +142,10 @@ class _Bars:
     def __call__(self, stage: str, done: int, total: int, detail: dict) -> None:
         from tqdm import tqdm
 
+        if stage == "notice":
+            # not print: inside a flow with log_prints, print goes to Prefect's logger
+            sys.stderr.write(f"bfd: {detail['text']}\n")
+            return
         bar = self.bars.get(stage)
         if bar is None:
             bar = self.bars[stage] = tqdm(total=total, desc=stage, unit=self.UNITS.get(stage, "it"),
@@ -164,8 +192,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from bfd.flows.extract import extract
     from bfd.flows.runners import task_runner
 
+    config = _extract_config(args)
+    _check_extract_request(args, config)
     flow = extract.with_options(task_runner=task_runner(args.workers, args.dask_address))
-    rid = _with_bars(flow, _extract_config(args), _store(args), args.gpu_resources)
+    rid = _with_bars(flow, config, _store(args), args.gpu_resources)
     print(f"run {rid} extracted into {_store(args)}")
     return 0
 
@@ -173,16 +203,37 @@ def cmd_extract(args: argparse.Namespace) -> int:
 def cmd_decompose(args: argparse.Namespace) -> int:
     _start_prefect_server()
     from bfd.flows.decompose import decompose
+    from bfd.flows.runners import check_dask_address
+    from bfd.tasks.decompose import DecomposeOptions
 
+    DecomposeOptions(prefix=args.prefix, seed=args.control_seed,
+                     compute_dtype=args.compute_dtype, images_per_task=args.images_per_task,
+                     device=args.device, jackknife_groups=args.jackknife_groups,
+                     ci_target=args.ci_target)
     store = _store(args)
-    written = _with_bars(decompose, args.run_id, store, prefix=args.prefix,
-                         seed=args.control_seed, compute_dtype=args.compute_dtype,
-                         images_per_task=args.images_per_task, dask_address=args.dask_address,
-                         device=args.device, jackknife_groups=args.jackknife_groups,
-                         ci_target=args.ci_target)
+    if args.dask_address:
+        check_dask_address(args.dask_address)
+    with _run_lock(store, args.run_id, "decompose"):
+        written = _with_bars(decompose, args.run_id, store, prefix=args.prefix,
+                             seed=args.control_seed, compute_dtype=args.compute_dtype,
+                             images_per_task=args.images_per_task,
+                             dask_address=args.dask_address, device=args.device,
+                             jackknife_groups=args.jackknife_groups, ci_target=args.ci_target)
     print(f"run {args.run_id} decomposed; results: {written['results']}")
     _cache_catalog(store)
     return 0
+
+
+def _run_lock(store: str, run_id: str, what: str):
+    """The run's lock (a clear refusal of a concurrent decompose, and a first write that fails
+    at once on a read-only store); none for a run the store does not hold, which the command
+    then reports."""
+    import contextlib
+
+    from bfd.storage import Store, run_lock
+
+    s = Store(store)
+    return run_lock(s, run_id, what) if s.run_dir(run_id).is_dir() else contextlib.nullcontext()
 
 
 def _cache_catalog(store: str) -> None:
@@ -203,12 +254,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from bfd.flows.audit import DEMO_CONFIG, audit
     from bfd.flows.params import require_model
     from bfd.queries import run_query
+    from bfd.storage import require_writable
 
     config = audit_config(dict(DEMO_CONFIG) if args.demo else _extract_config(args))
     model = require_model(config, cli=True)
     if not args.store_activations and (args.workers != 1 or args.dask_address):
         raise ValueError("--no-store-activations runs both forwards in this process; it takes "
                          "neither --workers nor --dask-address")
+    _check_extract_request(args, config)
+    require_writable(_store(args))  # an audit always writes its tables
     if args.demo:
         print("demo: random-init (untrained) vit_tiny_patch16_224 on 64 embedded sample images;"
               " weights are labelled 'random' everywhere", file=sys.stderr)
@@ -341,6 +395,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         raise ValueError(f"--port must be 0-65535; got {args.port}")
     store = _store(args)
     out = args.out or os.path.join(store, "dashboard")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out!r} is a file; expected a folder for the dashboard")
     build = build_dashboard(store, out, force=args.force)
     print(f"dashboard: {build.index} ({len(build.written)} files written, "
           f"{len(build.unchanged)} pages unchanged, {len(build.removed)} removed)")
@@ -360,6 +416,21 @@ def cmd_plot(args: argparse.Namespace) -> int:
         print(path)
     if skipped:
         print(f"bfd plot: no data for {', '.join(skipped)}; not drawn", file=sys.stderr)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from bfd.storage import Store, repair_command, verify_run
+
+    store = Store(_store(args))
+    faults = verify_run(store, args.run_id)
+    for fault in faults:
+        print(f"fault: {fault}")
+    if faults:
+        print(f"bfd: run {args.run_id} has {len(faults)} fault(s); damaged shards are "
+              f"extracted again by: {repair_command(store, args.run_id)}", file=sys.stderr)
+        return 1
+    print(f"run {args.run_id}: intact")
     return 0
 
 
@@ -407,6 +478,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_audit)
 
     add_audit_parsers(sub)
+
+    s = sub.add_parser("verify", help="check a run's stored files; exit 1 when any is damaged")
+    s.add_argument("run_id")
+    _add_store(s)
+    s.set_defaults(fn=cmd_verify)
 
     s = sub.add_parser("sql", help="run read-only SQL over the result tables")
     s.add_argument("sql")
@@ -471,22 +547,10 @@ def _exit_now(code: int) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _prefect_defaults(args.verbose)
-    # bfd.models' UnsupportedModelError (a ValueError) and WeightsUnavailableError (a
-    # RuntimeError) are caught as their bases: importing bfd.models would load torch and timm
-    # into commands that only read.
-    from bfd.queries import ReadOnlyError
+    from bfd.faults import describe
 
     try:
         code = args.fn(args)
-    except (ValueError, FileNotFoundError, ReadOnlyError, RuntimeError) as e:
-        message = " ".join(str(e).split())
-        print(f"bfd: error: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        resumes = ("; completed shards are kept and a rerun resumes"
-                   if args.command in _PIPELINE_COMMANDS else "")
-        print(f"bfd: interrupted{resumes}", file=sys.stderr)
-        return 130
     except BrokenPipeError:
         # The reader of stdout is gone (`bfd sql ... | head -1`): end quietly. stdout goes to
         # devnull, so that flushing it at exit does not fail a second time.
@@ -495,6 +559,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.dup2(devnull, sys.stdout.fileno())
             os.close(devnull)
         return _EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        resumes = ("; completed shards are kept and a rerun resumes"
+                   if args.command in _PIPELINE_COMMANDS else "")
+        print(f"bfd: interrupted{resumes}", file=sys.stderr)
+        return 130
+    except Exception as e:
+        known = describe(e)
+        if known is None:
+            raise
+        code, message = known
+        print(f"bfd: error: {message}", file=sys.stderr)
+        return code
     if argv is None and args.command in _PIPELINE_COMMANDS:
         _exit_now(code)
     return code

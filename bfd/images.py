@@ -32,6 +32,9 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset(
 )
 SAMPLES = "samples"
 SAMPLES_DEFAULT_N = 64
+# Listing hashes every sample's pixels (~1 ms each): this many take about a minute. The
+# samples are a demo set; a larger run wants real images.
+SAMPLES_MAX = 50_000
 # Natural images that ship inside the scikit-image wheel (skimage.data reads them without
 # pooch or network). PNG only: lossless decoding keeps every sample's sha256 identical across
 # Pillow/libjpeg versions, so "samples" names the same pixels on every install.
@@ -161,7 +164,15 @@ def _list_folder(root: Path) -> list[tuple[str, Path]]:
 
 def _list_manifest(manifest: Path) -> list[tuple[str, Path]]:
     entries, seen = [], set()
-    for line in manifest.read_text().splitlines():
+    try:
+        text = manifest.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"image manifest {str(manifest)!r} is not a text file ({e.reason} at "
+                         f"byte {e.start}); expected one image path per line") from e
+    if "\x00" in text:
+        raise ValueError(f"image manifest {str(manifest)!r} holds NUL bytes (a binary file?); "
+                         "expected one image path per line")
+    for line in text.splitlines():
         entry = line.strip()
         if not entry or entry.startswith("#"):
             continue
@@ -192,6 +203,9 @@ def list_images(source: str, n_images: int | None = None) -> list[ImageRecord]:
     if n_images is not None and n_images < 1:
         raise ValueError(f"n_images must be a positive integer or None; got {n_images}")
     if source == SAMPLES:
+        if (n_images or 0) > SAMPLES_MAX:
+            raise ValueError(f"--images samples makes at most {SAMPLES_MAX} images; got "
+                             f"--n-images {n_images} (use a folder or manifest of images)")
         return _list_samples(n_images or SAMPLES_DEFAULT_N)
     # Absolute paths, so records stay valid in workers that run from another directory.
     path = Path(source).expanduser().absolute()

@@ -335,8 +335,24 @@ def load_model(
                            pretrained_cfg_overlay=overlay)
         except RuntimeError as e:
             detail = " ".join(str(e).split())  # timm/torch list every key on its own line
+            if "PytorchStreamReader" in detail or "pickle" in detail.lower():
+                raise ValueError(f"weights file {str(path)!r} is not a readable checkpoint "
+                                 f"(truncated or not a torch file): {detail[:200]}") from e
             raise ValueError(f"weights {str(path)!r} do not fit {name!r}: "
                              f"{detail[:300]}") from e
+        except Exception as e:
+            # safetensors raises its own error type for a truncated, empty or garbage file
+            if type(e).__name__ != "SafetensorError":
+                raise
+            raise ValueError(f"weights file {str(path)!r} is not a readable .safetensors file "
+                             f"({' '.join(str(e).split())}); re-download or re-export it") from e
+        bad = [k for k, v in model.state_dict().items()
+               if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise ValueError(f"weights file {str(path)!r} holds non-finite values (NaN or inf) "
+                             f"in tensor {bad[0]!r}" + (f" and {len(bad) - 1} more" if bad[1:]
+                                                       else "") + "; BFD of such a model is "
+                             "undefined")
         sha = _sha256_file(path)
     model.eval().requires_grad_(False)
     model.to(device)

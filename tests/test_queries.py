@@ -210,6 +210,7 @@ def test_model_summary_uses_latest_complete_run_per_model(store):
         assert_close(row["frac_pos_mean"], run.frac_pos.mean())
         for cls in ("pp", "cp", "cc"):
             assert row[f"n_heads_{cls}"] == int((run.head_class == cls).sum())
+        assert row["n_heads_undefined"] == 0
         assert row["n_heads_pp"] + row["n_heads_cp"] + row["n_heads_cc"] == row["n_heads"]
     # Energy weighting must differ from the plain mean here, or the test could not tell them apart.
     assert abs(result[0]["f_pp"] - result[0]["mean_f_pp"]) > 1e-3

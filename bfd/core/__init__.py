@@ -16,6 +16,7 @@ from bfd.core.stream import pass1_chunk as pass1_chunk
 from bfd.core.stream import prepare_chunk as prepare_chunk
 from bfd.core.summary import BLOCKS as BLOCKS
 from bfd.core.summary import HEAD_TYPES as HEAD_TYPES
+from bfd.core.summary import UNDEFINED as UNDEFINED
 from bfd.core.summary import LayerResult as LayerResult
 from bfd.core.summary import pos_embed_cosine as pos_embed_cosine
 from bfd.core.summary import summarize as summarize

@@ -18,6 +18,9 @@ from bfd.core.uncertainty import DEFAULT_CI_TARGET, layer_statistics
 
 BLOCKS = ("pp", "pc", "cp", "cc")
 HEAD_TYPES = ("content-content", "content-position", "position-position")
+# The label of a head or mode whose energies are all zero (a pruned head, constant
+# activations) or not finite (overflow): its fractions are NaN and no class is the largest.
+UNDEFINED = "undefined"
 
 
 @dataclass(frozen=True)
@@ -65,8 +68,21 @@ class LayerResult:
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num / den``, NaN where the ratio is undefined: ``den`` zero or either side not
+    finite (an overflowed sum has no meaningful share)."""
     num, den = np.broadcast_arrays(np.asarray(num, float), np.asarray(den, float))
-    return np.divide(num, den, out=np.full(num.shape, np.nan), where=den > 0)
+    with np.errstate(invalid="ignore"):
+        ok = (den > 0) & np.isfinite(den) & np.isfinite(num)
+    return np.divide(num, den, out=np.full(num.shape, np.nan), where=ok)
+
+
+def _label(shares: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+    """The name of the largest share along the last axis; ``UNDEFINED`` where any share is
+    NaN (its energies were zero or not finite), never a guess."""
+    undefined = np.isnan(shares).any(-1)
+    labels = np.array(names, dtype=object)[np.nan_to_num(shares, nan=-1.0).argmax(-1)]
+    labels[undefined] = UNDEFINED
+    return labels
 
 
 def _entropy_rank(p: np.ndarray) -> np.ndarray:
@@ -132,8 +148,10 @@ def summarize(
     E_cc = (sigma_outer * p2.KK).sum((1, 2))
     energy = np.stack([E_pp, E_pc, E_cp, E_cc], axis=-1)
     frac = _ratio(energy, energy.sum(-1, keepdims=True))
+    frac[np.isnan(frac).any(-1)] = np.nan
     classes = np.stack([frac[:, 3], frac[:, 1] + frac[:, 2], frac[:, 0]], axis=-1)
-    head_type = np.array(HEAD_TYPES, dtype=object)[np.nan_to_num(classes, nan=-1).argmax(-1)]
+    head_type = _label(classes, HEAD_TYPES)
+    undefined = head_type == UNDEFINED
 
     upos = np.diagonal(Kp_q, axis1=1, axis2=2)
     vpos = np.diagonal(Kp_k, axis1=1, axis2=2)
@@ -147,6 +165,13 @@ def summarize(
     per_mode = mode_energy.sum(-1)
     p = _ratio(per_mode, per_mode.sum(-1, keepdims=True))
     p_sigma = _ratio(sig2, sig2.sum(-1, keepdims=True))
+    mode_type = _label(_ratio(mode_energy, per_mode[..., None]), BLOCKS)
+    mode_type[undefined] = UNDEFINED
+    eff_rank = np.where(undefined, np.nan, _entropy_rank(np.nan_to_num(p)))
+    eff_rank_sigma = _entropy_rank(np.nan_to_num(p_sigma))
+    eff_rank_sigma[np.isnan(p_sigma).any(-1)] = np.nan
+    # 0 is no count of modes: it marks an undefined head (NULL in the heads table)
+    k90 = np.where(undefined, 0, _k90(np.nan_to_num(p)))
     return replace(
         stage1,
         energy=energy,
@@ -156,11 +181,11 @@ def summarize(
         alpha=_ratio(N * upos, N * upos + qcon),
         beta=_ratio(N * vpos, N * vpos + kcon),
         mode_energy=mode_energy,
-        mode_type=np.array(BLOCKS, dtype=object)[mode_energy.argmax(-1)],
+        mode_type=mode_type,
         mode_coupling=1.0 - _ratio(per_mode.sum(-1), energy.sum(-1)),
-        eff_rank=_entropy_rank(np.nan_to_num(p)),
-        eff_rank_sigma=_entropy_rank(np.nan_to_num(p_sigma)),
-        k90=_k90(np.nan_to_num(p)),
+        eff_rank=eff_rank,
+        eff_rank_sigma=eff_rank_sigma,
+        k90=k90,
     )
 
 

@@ -8,7 +8,7 @@ from prefect.futures import as_completed
 from bfd.core.anova import DEFAULT_GROUPS
 from bfd.core.uncertainty import DEFAULT_CI_TARGET
 from bfd.flows import progress
-from bfd.storage import Store, default_store, open_activations, read_request
+from bfd.storage import Store, check_intact, default_store, open_activations, read_request
 from bfd.tasks.decompose import DecomposeOptions, assemble_results, require_extracted
 from bfd.tasks.prefect_tasks import decompose_site_layer_task, publish_task
 from bfd.tasks.stats_only import is_stats_only
@@ -58,6 +58,7 @@ def decompose(
         raise ValueError(f"run {run_id} kept no activations (an audit with "
                          "--no-store-activations); audit it again that way to recompute it")
     acts = open_activations(Store(root), run_id)
+    check_intact(Store(root), run_id)
     require_extracted(Store(root), run_id)
     sites = [s for s in ("attn_in", "resid") if s in acts.data_vars]
     layers = [int(v) for v in acts.layer.values]

@@ -40,6 +40,11 @@ def extract(config: dict, store: str | None = None, gpu_resources: bool = False)
     todo = [per_shard[k] for k in plan.pending]
     logger.info("run %s: %d images, %d shards, %d to do", plan.run_id, plan.n_images,
                 len(plan.shards), len(todo))
+    for fault in plan.damaged:
+        logger.warning("damaged, extracted again: %s", fault)
+        progress.report("notice", 0, 0, text=f"damaged, extracted again: {fault}")
+    if todo:
+        progress.report("notice", 0, 0, text=plan.summary())
     done_images = plan.n_images - sum(s.size for s in todo)
     progress.report("extract", done_images, plan.n_images, run_id=plan.run_id)
     cfg_worker = cfg

@@ -4,7 +4,8 @@
 --   e_*: head energies summed over the layer's heads; f_*: those sums divided by their total
 --   (energy-weighted); mean_f_*: plain mean of the heads' own fractions;
 --   n_heads_pp / _cp / _cc: heads whose stored head_type (docs/method.md "Head type") is
---   position-position, content-position or content-content;
+--   position-position, content-position or content-content; n_heads_undefined: heads whose
+--   energies were zero or not finite (head_type 'undefined', counted in none of the three);
 --   frac_pos_adj (and its 95 % interval _lo/_hi), frac_pos_chance: the chance-corrected
 --   positional share at attn_in and the raw share's chance level (docs/method.md);
 --   e_*_adj, f_*_adj: as e_*, f_* from the heads' chance-corrected energies;
@@ -31,6 +32,7 @@ head_layers AS (
         count(*) FILTER (WHERE head_type = 'position-position') AS n_heads_pp,
         count(*) FILTER (WHERE head_type = 'content-position') AS n_heads_cp,
         count(*) FILTER (WHERE head_type = 'content-content') AS n_heads_cc,
+        count(*) FILTER (WHERE head_type = 'undefined') AS n_heads_undefined,
         sum(e_pp_adj) AS e_pp_adj,
         sum(e_pc_adj) AS e_pc_adj,
         sum(e_cp_adj) AS e_cp_adj,
@@ -89,6 +91,7 @@ SELECT
     coalesce(d.n_heads_pp, 0) AS n_heads_pp,
     coalesce(d.n_heads_cp, 0) AS n_heads_cp,
     coalesce(d.n_heads_cc, 0) AS n_heads_cc,
+    coalesce(d.n_heads_undefined, 0) AS n_heads_undefined,
     d.frac_pos_adj,
     d.frac_pos_adj_lo,
     d.frac_pos_adj_hi,

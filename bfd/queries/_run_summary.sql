@@ -12,16 +12,22 @@ WITH per_run AS (
         sum(e_pc) AS e_pc,
         sum(e_cp) AS e_cp,
         sum(e_cc) AS e_cc,
-        -- Layer means weighted by their head counts are the plain mean over all heads.
-        sum(mean_f_pp * n_heads) / nullif(sum(n_heads), 0) AS mean_f_pp,
-        sum(mean_f_pc * n_heads) / nullif(sum(n_heads), 0) AS mean_f_pc,
-        sum(mean_f_cp * n_heads) / nullif(sum(n_heads), 0) AS mean_f_cp,
-        sum(mean_f_cc * n_heads) / nullif(sum(n_heads), 0) AS mean_f_cc,
+        -- Layer means weighted by their defined heads are the plain mean over all heads
+        -- (an undefined head has NULL fractions, left out of its layer's mean).
+        sum(mean_f_pp * (n_heads - n_heads_undefined))
+            / nullif(sum(n_heads - n_heads_undefined), 0) AS mean_f_pp,
+        sum(mean_f_pc * (n_heads - n_heads_undefined))
+            / nullif(sum(n_heads - n_heads_undefined), 0) AS mean_f_pc,
+        sum(mean_f_cp * (n_heads - n_heads_undefined))
+            / nullif(sum(n_heads - n_heads_undefined), 0) AS mean_f_cp,
+        sum(mean_f_cc * (n_heads - n_heads_undefined))
+            / nullif(sum(n_heads - n_heads_undefined), 0) AS mean_f_cc,
         avg(frac_pos) AS frac_pos_mean,
         avg(frac_pos_resid) AS frac_pos_resid_mean,
         CAST(sum(n_heads_pp) AS BIGINT) AS n_heads_pp,
         CAST(sum(n_heads_cp) AS BIGINT) AS n_heads_cp,
         CAST(sum(n_heads_cc) AS BIGINT) AS n_heads_cc,
+        CAST(sum(n_heads_undefined) AS BIGINT) AS n_heads_undefined,
         avg(frac_pos_adj) AS frac_pos_adj_mean,
         sum(e_pp_adj) AS e_pp_adj,
         sum(e_pc_adj) AS e_pc_adj,
@@ -50,6 +56,7 @@ SELECT
     coalesce(p.n_heads_pp, 0) AS n_heads_pp,
     coalesce(p.n_heads_cp, 0) AS n_heads_cp,
     coalesce(p.n_heads_cc, 0) AS n_heads_cc,
+    coalesce(p.n_heads_undefined, 0) AS n_heads_undefined,
     p.frac_pos_adj_mean,
     p.e_pp_adj / nullif(p.e_pp_adj + p.e_pc_adj + p.e_cp_adj + p.e_cc_adj, 0) AS f_pp_adj,
     p.e_pc_adj / nullif(p.e_pp_adj + p.e_pc_adj + p.e_cp_adj + p.e_cc_adj, 0) AS f_pc_adj,

@@ -40,7 +40,8 @@ SELECT
     s.frac_pos_mean - lag(s.frac_pos_mean) OVER audits AS delta_frac_pos_mean,
     s.n_heads_pp - lag(s.n_heads_pp) OVER audits AS delta_n_heads_pp,
     s.n_heads_cp - lag(s.n_heads_cp) OVER audits AS delta_n_heads_cp,
-    s.n_heads_cc - lag(s.n_heads_cc) OVER audits AS delta_n_heads_cc
+    s.n_heads_cc - lag(s.n_heads_cc) OVER audits AS delta_n_heads_cc,
+    s.n_heads_undefined
 FROM audits AS a
 JOIN run_summary AS s USING (run_id)
 WHERE a.status = 'complete'

@@ -27,6 +27,7 @@ SELECT
     s.n_heads_pp,
     s.n_heads_cp,
     s.n_heads_cc,
+    s.n_heads_undefined,
     s.frac_pos_chance,
     s.frac_pos_adj,
     s.frac_pos_adj_lo,

@@ -2,7 +2,8 @@
 -- f_*: energy-weighted fractions (energies summed over all layers and heads, then divided);
 -- mean_f_*: plain mean of the head fractions; frac_pos_mean: mean over layers of frac_pos at
 -- attn_in; n_heads_pp / _cp / _cc: heads per stored head_type (position-position,
--- content-position, content-content).
+-- content-position, content-content); n_heads_undefined: heads with zero or non-finite
+-- energies (head_type 'undefined').
 -- params: none
 SELECT
     s.model,
@@ -23,7 +24,8 @@ SELECT
     s.frac_pos_resid_mean,
     s.n_heads_pp,
     s.n_heads_cp,
-    s.n_heads_cc
+    s.n_heads_cc,
+    s.n_heads_undefined
 FROM run_summary AS s
 JOIN latest_runs USING (run_id)
 ORDER BY s.model

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.text import Text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -94,6 +95,9 @@ def _new_figure(width: float, height: float, rows: int = 1) -> tuple[Figure, lis
 
 
 def _save(fig: Figure, path: Target) -> None:
+    # names come from users (a model called "a$b"): no text is a mathtext formula
+    for text in fig.findobj(Text):
+        text.set_parse_math(False)
     fig.savefig(path, format="png", dpi=110)
 
 
@@ -175,7 +179,10 @@ def head_map_figure(heads_table: TableLike, path: Target, title: str | None = No
     image = np.empty((layers.max() + 1, heads.max() + 1, 3))
     image[:] = _MISSING_RGB
     # Fractions sum to one, so the mix stays inside the colour triangle of the three classes.
-    image[layers, heads] = np.clip(shares @ np.array(list(CLASS_COLORS.values())), 0, 1)
+    rgb = np.clip(shares @ np.array(list(CLASS_COLORS.values())), 0, 1)
+    # an undefined head (NULL fractions: zero or non-finite energies) is drawn as missing
+    rgb[np.isnan(rgb).any(-1)] = _MISSING_RGB
+    image[layers, heads] = rgb
     n_layers, n_heads = image.shape[:2]
     # the legend sits right of the map, so a few heads still need room for it and the title
     fig, (ax,) = _new_figure(min(5.5 + 0.45 * n_heads, 14.0), min(1.8 + 0.3 * n_layers, 14.0))

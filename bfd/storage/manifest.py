@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
-from .paths import Store, read_json, write_json_atomic
+from .paths import DamagedStoreError, Store, read_json, write_json_atomic
 from .runs import sha256_hex
 
 ImageStatus = Literal["ok", "skipped", "pending"]
@@ -91,12 +91,17 @@ def write_image_manifest(store: Store, run_id: str, records: Sequence[ImageRecor
     path = store.run_dir(run_id) / "images.json"
     payload = [r.to_json_dict() for r in records]
     if path.exists():
-        if read_json(path) != payload:
-            raise ValueError(
-                f"{path} already holds a different image manifest for run "
-                f"{run_id}; the run id should have changed with the image list"
-            )
-        return
+        try:
+            stored = read_json(path)
+        except DamagedStoreError:
+            stored = None  # damaged: written again below, as the run's id implies it
+        if stored is not None:
+            if stored != payload:
+                raise ValueError(
+                    f"{path} already holds a different image manifest for run "
+                    f"{run_id}; the run id should have changed with the image list"
+                )
+            return
     write_json_atomic(path, payload)
 
 

@@ -7,11 +7,13 @@ their atomicity rests on ``os.replace`` within one directory.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
@@ -25,6 +27,15 @@ RESULTS_GROUP: Final[str] = "results"
 # Path-safe and SQL-friendly; the same pattern run_id() produces.
 _RUN_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
 _URL_RE: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+class DamagedStoreError(ValueError):
+    """A file of the store cannot be read as what it should be (truncated, garbage, missing
+    parts); the message names the file and what repairs it."""
+
+
+class RunBusyError(RuntimeError):
+    """Another process holds the run's lock (e.g. a concurrent decomposition of one run)."""
 
 
 def validate_run_id(run_id: str) -> str:
@@ -187,6 +198,54 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    """Read one JSON file."""
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    """Read one JSON file.
+
+    Raises:
+        DamagedStoreError: If the file is not UTF-8 JSON (truncated, binary); names the file.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DamagedStoreError(f"{path} is damaged: not a JSON file ({e})") from e
+
+
+@contextlib.contextmanager
+def run_lock(store: Store, run_id: str, what: str) -> Iterator[None]:
+    """Hold the run's ``what`` lock (``runs/<run_id>/.<what>.lock``) for the block: a second
+    process asking for it is refused at once instead of racing the first one's writes. The
+    lock is the kernel's (``flock``), so a killed holder never leaves a stale lock behind.
+
+    Raises:
+        RunBusyError: If another process holds it.
+        OSError: If the lock file cannot be created (a read-only store).
+    """
+    path = store.run_dir(run_id) / f".{what}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunBusyError(f"run {run_id} is busy: another process is running {what} on "
+                               f"it (it holds {path}); wait for it to finish") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def require_writable(root: str | os.PathLike[str]) -> None:
+    """Fail at once, naming the folder, when ``root`` (or the folder it would be made in)
+    cannot be written, instead of after minutes of work.
+
+    Raises:
+        OSError: With the folder as its filename (read-only file system, no permission).
+    """
+    where = Path(root)
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    probe = where / f".bfd-write-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(where)) from None
+    probe.unlink()

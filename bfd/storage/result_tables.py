@@ -72,6 +72,8 @@ def heads_rows(ds: xr.Dataset) -> pa.Table:
         cols[f"f_{b}_adj"] = _optional(ds, "frac_adj", dims, b)
     for name in HEAD_STAT_COLUMNS:
         cols[name] = _optional(ds, name, dims)
+    # an undefined head has no mode count (the core marks it 0): NULL, not a number
+    cols["k90"] = pa.array(cols["k90"].astype(np.int32), mask=cols["head_type"] == "undefined")
     return pa.table(cols)
 
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from .paths import Store, read_json, validate_run_id, write_json_atomic
+from .paths import DamagedStoreError, Store, read_json, validate_run_id, write_json_atomic
 
 DTYPES: Final[tuple[str, ...]] = ("float16", "float32")
 _HASH_CHARS: Final[int] = 16
@@ -218,8 +218,13 @@ def write_request(store: Store, request: RunRequest) -> str:
     rid = run_id(request)
     path = store.run_dir(rid) / "request.json"
     payload = {"run_id": rid, "request": request.to_json_dict()}
+    existing = None
     if path.exists():
-        existing = read_json(path)
+        try:
+            existing = read_json(path)
+        except DamagedStoreError:
+            pass  # damaged: written again below, from the request that hashes to its id
+    if existing is not None:
         if existing != payload:
             raise ValueError(
                 f"{path} holds a different request than the one hashing to {rid}; "
@@ -249,7 +254,10 @@ def read_request(store: Store, run_id: str) -> RunRequest:
         raise FileNotFoundError(
             f"no run request at {path}; runs with requests: {list_requests(store)}"
         )
-    request = RunRequest.from_json_dict(read_json(path)["request"])
+    try:
+        request = RunRequest.from_json_dict(read_json(path)["request"])
+    except (KeyError, TypeError) as e:
+        raise DamagedStoreError(f"{path} is damaged: not a run request ({e})") from e
     actual = _compute_run_id(request)
     if actual != run_id:
         raise ValueError(f"{path} hashes to {actual}, expected {run_id}: the file was edited")

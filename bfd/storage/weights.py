@@ -7,13 +7,17 @@ file or the hub: a run can be decomposed on any machine that can read the store.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import xarray as xr
+import zarr
 
 from .paths import Store, validate_run_id
 
 MODEL_GROUP = "model"
 CHECK_GROUP = "logit_check"
+_HASH_ATTR = "bfd_tensors_sha256"
 
 
 def _group(run_id: str) -> str:
@@ -31,7 +35,8 @@ def write_model_tensors(
     pos_embed: np.ndarray | None = None,
     qkv_bias: np.ndarray | None = None,
 ) -> None:
-    """Write (or rewrite, identically) the model tensors of a run.
+    """Write the model tensors of a run; nothing is written when the same tensors are stored
+    (a resumed or repeated extraction then needs no write access to them).
 
     Args:
         store: The store.
@@ -60,8 +65,32 @@ def write_model_tensors(
     ds = xr.Dataset(data, coords={"layer": np.asarray(layers, dtype=np.int64)})
     ds.attrs["num_heads"] = int(num_heads)
     # one chunk per layer: a decomposition task reads its own layer's weights only
-    ds.to_zarr(store.zarr_path, group=_group(run_id), mode="w", zarr_format=3,
-               consolidated=False, encoding={"qkv_weight": {"chunks": (1, *qkv.shape[1:])}})
+    _write_unless_stored(store, _group(run_id), ds,
+                         {"qkv_weight": {"chunks": (1, *qkv.shape[1:])}})
+
+
+def _write_unless_stored(store: Store, group: str, ds: xr.Dataset, encoding: dict) -> None:
+    """Write ``ds`` as the Zarr group ``group``, unless the same data are stored there: a
+    resumed or repeated extraction then writes nothing (and works on a read-only store).
+    The hash of the data is the group attribute ``bfd_tensors_sha256``, set last, so an
+    interrupted write is never taken for a finished one."""
+    digest = hashlib.sha256(repr(sorted(ds.attrs.items())).encode())
+    for name in sorted(ds.variables):
+        values = np.asarray(ds[name].values)
+        digest.update(f"{name}{values.dtype}{values.shape}".encode())
+        digest.update(values.astype(str).tobytes() if values.dtype == object
+                      else np.ascontiguousarray(values).tobytes())
+    try:
+        stored = zarr.open_group(store.zarr_path, path=group, mode="r",
+                                 zarr_format=3).attrs.get(_HASH_ATTR)
+    except FileNotFoundError:
+        stored = None
+    if stored == digest.hexdigest():
+        return
+    ds.to_zarr(store.zarr_path, group=group, mode="w", zarr_format=3, consolidated=False,
+               encoding=encoding)
+    zarr.open_group(store.zarr_path, path=group, mode="r+",
+                    zarr_format=3).attrs[_HASH_ATTR] = digest.hexdigest()
 
 
 def read_model_tensors(store: Store, run_id: str, layer: int | None = None) -> xr.Dataset:
@@ -106,8 +135,8 @@ def write_logit_check(
     scale: np.ndarray,
     attn_out_residual: np.ndarray,
 ) -> None:
-    """Write (or rewrite, identically) the model's own q and k of a few images, for the logit
-    check of decomposition (METHOD.md, "Validation" 1; docs/checks.md).
+    """Write the model's own q and k of a few images (nothing when they are stored), for the
+    logit check of decomposition (METHOD.md, "Validation" 1; docs/checks.md).
 
     Args:
         store: The store.
@@ -134,8 +163,7 @@ def write_logit_check(
                 "image_id": ("check_image", np.asarray(image_ids, dtype=object))},
     )
     per_layer = {name: {"chunks": (1, *ds[name].shape[1:])} for name in ("x", "q", "k")}
-    ds.to_zarr(store.zarr_path, group=f"{validate_run_id(run_id)}/{CHECK_GROUP}", mode="w",
-               zarr_format=3, consolidated=False, encoding=per_layer)
+    _write_unless_stored(store, f"{validate_run_id(run_id)}/{CHECK_GROUP}", ds, per_layer)
 
 
 def read_logit_check(store: Store, run_id: str, layer: int) -> xr.Dataset | None:

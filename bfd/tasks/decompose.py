@@ -78,6 +78,15 @@ class DecomposeOptions:
         stored_groups(self.jackknife_groups)
         if not (isinstance(self.ci_target, int | float) and self.ci_target > 0):
             raise ValueError(f"ci_target must be a number > 0; got {self.ci_target!r}")
+        if self.prefix not in ("exclude", "include"):
+            raise ValueError(f"prefix must be exclude or include; got {self.prefix!r}")
+        if self.compute_dtype not in ("float32", "float64"):
+            raise ValueError(f"compute_dtype must be float32 or float64; got "
+                             f"{self.compute_dtype!r}")
+        if self.images_per_task is not None and self.images_per_task < 1:
+            raise ValueError(f"images_per_task must be a positive integer (or unset: the stored "
+                             f"chunks); got {self.images_per_task}")
+        resolve_device(self.device)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -212,6 +221,10 @@ def decompose_site_layer(
         raise ValueError(f"site {site!r} was not extracted in run {run_id}; it has "
                          f"{[v for v in acts.data_vars]}")
     prefix_tokens = int((acts.token_type.values != "patch").sum())
+    positions = acts.sizes["token"] - (prefix_tokens if options.prefix == "exclude" else 0)
+    if positions < 2:
+        raise ValueError(f"run {run_id} has {positions} token position(s) to decompose; BFD "
+                         "needs at least 2 (extract at a larger --img-size)")
     want_cos = site == "resid" and layer == 0 and options.prefix == "exclude"
     # the weights are read only where they are used: Stage 2 and the pos_embed cosine
     tensors = (read_model_tensors(store, run_id, layer) if site == "attn_in" or want_cos

@@ -6,13 +6,16 @@ device (once per worker process) and can run on any worker of a cluster.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,10 +28,10 @@ from bfd.storage import (
     RunRequest,
     Shard,
     Store,
-    completed_shards,
     create_activation_template,
     mark_shard_done,
     plan_shards,
+    trusted_shards,
     write_image_manifest,
     write_model_tensors,
     write_request,
@@ -93,6 +96,15 @@ class RunPlan:
     pending: tuple[int, ...]
     records: tuple[dict, ...]
     n_images: int
+    damaged: tuple[str, ...] = ()
+    bytes_to_write: int = 0
+
+    def summary(self) -> str:
+        """One line: what this extraction will do."""
+        todo = sum(self.shards[k].size for k in self.pending)
+        return (f"run {self.run_id}: {self.n_images} images in {len(self.shards)} shards; "
+                f"{len(self.pending)} shards ({todo} images) to extract, "
+                f"{self.bytes_to_write / 2**30:.2f} GiB to write")
 
 
 def resolve_layers(layers: str | tuple[int, ...] | list[int], depth: int) -> tuple[int, ...]:
@@ -111,14 +123,55 @@ def resolve_layers(layers: str | tuple[int, ...] | list[int], depth: int) -> tup
     return out
 
 
-def prepare_run(store_root: str, cfg: ExtractConfig) -> RunPlan:
-    """Describe the model and images, fix the run id, write the store's template, request,
-    image manifest and model tensors (all idempotent), and list the shards still to do."""
-    store = Store(store_root)
+def validate_config(cfg: ExtractConfig) -> models.ModelInfo:
+    """Check every option of a request before any work: no model weights are read, no image
+    listed, nothing written.
+
+    Returns:
+        The model's shapes and token layout (built without weights).
+
+    Raises:
+        ValueError: Naming the first bad option and what it should be.
+        UnsupportedModelError: For a model BFD cannot decompose.
+    """
     if cfg.dtype not in ("float16", "float32"):
         raise ValueError(f"dtype must be float16 or float32; got {cfg.dtype!r}")
     if cfg.autocast not in ("none", "bf16", "fp16"):
         raise ValueError(f"autocast must be none, bf16 or fp16; got {cfg.autocast!r}")
+    for name in ("batch_size", "images_per_chunk", "images_per_shard", "n_images",
+                 "decode_workers"):
+        value = getattr(cfg, name)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer; "
+                             f"got {value!r}")
+    if cfg.images_per_shard and cfg.images_per_shard % cfg.images_per_chunk:
+        raise ValueError(f"images_per_shard={cfg.images_per_shard} must be a multiple of "
+                         f"images_per_chunk={cfg.images_per_chunk}, so that each shard owns "
+                         "whole chunks")
+    if not cfg.sites or set(cfg.sites) - set(models.SITES) or len(set(cfg.sites)) < len(
+            cfg.sites):
+        raise ValueError(f"--sites must be distinct names from {list(models.SITES)}; "
+                         f"got {','.join(cfg.sites) or 'none'}")
+    if cfg.img_size is not None and cfg.img_size < 1:
+        raise ValueError(f"--img-size must be a positive integer; got {cfg.img_size}")
+    models.resolve_device(cfg.device)
+    info = models.describe(cfg.model, cfg.img_size)
+    if cfg.img_size is not None and cfg.img_size % info.patch_size[0]:
+        raise ValueError(f"--img-size must be a multiple of the patch size {info.patch_size[0]} "
+                         f"of {cfg.model!r}; got {cfg.img_size}")
+    resolve_layers(cfg.layers, info.depth)
+    h, w = info.grid
+    if h * w < 2:
+        raise ValueError(f"{cfg.model} at img_size {info.img_size[0]} has {h}x{w} patch "
+                         "position(s); BFD needs at least 2 (a larger --img-size)")
+    return info
+
+
+def prepare_run(store_root: str, cfg: ExtractConfig) -> RunPlan:
+    """Describe the model and images, fix the run id, write the store's template, request,
+    image manifest and model tensors (all idempotent), and list the shards still to do."""
+    store = Store(store_root)
+    validate_config(cfg)
     # the CPU copy of the worker cache: a CPU run's shard tasks in this process reuse it
     model, info = _model(cfg, "cpu")
     layers = resolve_layers(cfg.layers, info.depth)
@@ -138,7 +191,12 @@ def prepare_run(store_root: str, cfg: ExtractConfig) -> RunPlan:
     # anything is written, so that a refused request leaves the store as it was.
     per_shard = cfg.images_per_shard or cfg.images_per_chunk
     shards = plan_shards(len(records), cfg.images_per_chunk, per_shard)
-    done = completed_shards(store, rid, shards)
+    # a marked shard whose chunk files are gone or cut short is done again, bit for bit
+    done, damaged = trusted_shards(store, rid, shards)
+    todo_images = sum(s.size for s in shards if s.index not in done)
+    to_write = (todo_images * len(layers) * len(cfg.sites) * info.num_tokens * info.width
+                * np.dtype(cfg.dtype).itemsize)
+    _require_space(store, to_write)
     write_request(store, request)
     rows, cols = info.token_rows_cols()
     create_activation_template(
@@ -167,7 +225,23 @@ def prepare_run(store_root: str, cfg: ExtractConfig) -> RunPlan:
         run_id=rid, layers=layers, shards=tuple(shards),
         pending=tuple(s.index for s in shards if s.index not in done),
         records=tuple(asdict(r) for r in records), n_images=len(records),
+        damaged=tuple(str(f) for f in damaged), bytes_to_write=to_write,
     )
+
+
+def _require_space(store: Store, nbytes: int) -> None:
+    """Refuse, before anything is written, a run whose activations cannot fit on the store's
+    disk (a local Zarr part only; a remote one reports its own limits)."""
+    if "://" in store.zarr_path:
+        return
+    where = Path(store.zarr_path)
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if nbytes > free:
+        raise OSError(errno.ENOSPC, f"the run needs {nbytes / 2**30:.2f} GiB but the disk of "
+                      f"the store has {free / 2**30:.2f} GiB free; free space or choose another "
+                      "--store", str(where))
 
 
 def _model(cfg: ExtractConfig, device: str) -> tuple[torch.nn.Module, models.ModelInfo]:
@@ -226,6 +300,21 @@ def _autocast(device: str, mode: str):
 def _overlaps(device: str) -> bool:
     """Whether a shard's decoding, forwards and writes run side by side (see extract_shard)."""
     return device != "cpu"
+
+
+def _require_finite(chunk: torch.Tensor, decoded: list[int], offset: int, site: str,
+                    layers: tuple[int, ...], dtype: str) -> None:
+    """Refuse activations that are NaN or infinite as stored (undecodable images are NaN by
+    design and left out): their BFD is undefined, and a shard must not be marked done with
+    them, or decomposition fails far from the cause."""
+    bad = (~torch.isfinite(chunk)).flatten(2).any(2)  # (layer, image)
+    bad = bad[:, [i - offset for i in decoded]].any(1)
+    if bad.any():
+        layer = layers[int(bad.nonzero()[0, 0])]
+        hint = (" (float16 holds at most 65504: try --dtype float32)" if dtype == "float16"
+                else "")
+        raise ValueError(f"non-finite activations (NaN or inf) at site {site} of layer {layer}"
+                         f"{hint}; nothing of this shard was marked done")
 
 
 def extract_shard(
@@ -300,6 +389,10 @@ def extract_shard(
             if seen == n or seen % ipc == 0:  # the batch closed a chunk: write it
                 if pinned:  # the chunk's device-to-host copies have landed
                     torch.cuda.current_stream(device).synchronize()
+                decoded = [i for i in range(written, seen) if shard.start + i not in errors]
+                for site, buf in bufs.items():
+                    _require_finite(buf[:, written:seen], decoded, written, site, layers,
+                                    cfg.dtype)
                 for site, a in out.items():
                     args = (store, run_id, site, shard.start + written, shard.start + seen,
                             a[:, written:seen])

@@ -1,0 +1,84 @@
+"""What the ``bfd`` command says for an error it expects: one line, and an exit code.
+
+Exit 2: a mistake in the request (a bad option, an unknown run, refused SQL); fix the command.
+Exit 1: a fault of the environment (a read-only or full disk, an unreachable cluster, a
+damaged store file); the line names the file or address at fault and what to do.
+
+Exceptions are told apart by class name, so that the command's error path imports nothing
+(DuckDB, torch, the store) that the failed command had not imported itself.
+"""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+REQUEST_ERROR = 2
+ENVIRONMENT_ERROR = 1
+
+_REQUEST_TYPES = ("ValueError", "RuntimeError")
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _names(err: BaseException) -> set[str]:
+    return {cls.__name__ for cls in type(err).__mro__}
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _duckdb(err: BaseException) -> tuple[int, str]:
+    # DuckDB puts the statement and a caret under its first line: the first line says it all
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if {"IOException", "PermissionException", "OutOfMemoryException"} & _names(err):
+        return ENVIRONMENT_ERROR, f"{first} (see bfd verify for a damaged table file)"
+    return REQUEST_ERROR, f"SQL: {first}"
+
+
+def _file_in_the_way(path: str) -> str | None:
+    """The file among ``path`` and its parents that stands where a folder should be."""
+    for candidate in (Path(path), *Path(path).parents):
+        if candidate.is_file():
+            return str(candidate)
+    return None
+
+
+def _os_error(err: OSError) -> tuple[int, str]:
+    where = err.filename or "the store"
+    reason = err.strerror or _one_line(err)
+    if err.errno in _FULL:
+        return ENVIRONMENT_ERROR, (f"no space left writing {where} ({reason}); free space and "
+                                   "run the command again: completed work is kept")
+    if err.errno in _READ_ONLY:
+        return ENVIRONMENT_ERROR, (f"cannot write {where}: {reason}; make it writable or "
+                                   "choose another --store (or --out)")
+    if err.errno in (errno.ENOTDIR, errno.EEXIST) and err.filename:
+        blocker = _file_in_the_way(err.filename)
+        if blocker:
+            return ENVIRONMENT_ERROR, (f"{blocker} is a file where a folder is expected; move "
+                                       "it away or choose another --store")
+    if err.errno == errno.EISDIR:
+        return ENVIRONMENT_ERROR, f"{where} is a folder where a file is expected; move it away"
+    if err.errno is None and not err.filename:
+        return ENVIRONMENT_ERROR, _one_line(err)
+    return ENVIRONMENT_ERROR, f"{where}: {reason}"
+
+
+def describe(err: BaseException) -> tuple[int, str] | None:
+    """The exit code and one-line message for an expected error; None for anything else (a
+    bug, whose traceback should show)."""
+    names = _names(err)
+    module = type(err).__module__ or ""
+    if {"DamagedStoreError", "RunBusyError"} & names:
+        return ENVIRONMENT_ERROR, _one_line(err)
+    if module.startswith(("duckdb", "_duckdb")):
+        return _duckdb(err)
+    if "ReadOnlyError" in names or "FileNotFoundError" in names:
+        return REQUEST_ERROR, _one_line(err)
+    if isinstance(err, OSError):
+        return _os_error(err)
+    if names & set(_REQUEST_TYPES):
+        return REQUEST_ERROR, _one_line(err)
+    return None

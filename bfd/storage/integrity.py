@@ -1,0 +1,377 @@
+"""Is a run's store intact? A cheap check before a shard marker is trusted, and the full check
+of ``bfd verify``.
+
+A shard marker says "my chunks are written", but a chunk file can be lost or truncated later
+(a disk fault, a hand-made copy). The cheap check (``trusted_shards``) stats each marked
+shard's chunk files: present, and of the exact size when stored uncompressed; extraction
+recomputes any shard that fails it, and decomposition refuses the run until then. The full
+check (``verify_run``) also reads every chunk, the model tensors and the run's table files.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import zarr
+
+from .activations import TEMPLATE_ATTR, _open_group
+from .manifest import _SHARD_FILE_RE, Shard
+from .paths import DamagedStoreError, Store, read_json
+from .tables import TABLE_SCHEMAS
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One thing wrong in a store: the file at fault and what is wrong with it.
+
+    Attributes:
+        path: The file (or folder) at fault.
+        problem: What is wrong, in a few words.
+        shard: The extraction shard it belongs to, when it belongs to one (extraction
+            recomputes that shard).
+    """
+
+    path: str
+    problem: str
+    shard: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}"
+
+
+def _marker_files(store: Store, run_id: str) -> dict[int, Path]:
+    directory = store.shards_dir(run_id)
+    if not directory.is_dir():
+        return {}
+    return {int(m.group(1)): p for p in directory.iterdir() if (m := _SHARD_FILE_RE.match(p.name))}
+
+
+def _read_marker(path: Path) -> dict:
+    marker = read_json(path)
+    if not isinstance(marker, dict) or not {"start", "stop", "images"} <= set(marker):
+        raise DamagedStoreError(f"{path} is damaged: not a shard marker")
+    return marker
+
+
+def _chunk_files(group: zarr.Group, zarr_root: Path, start: int,
+                 stop: int) -> Iterator[tuple[str, int, Path, int | None]]:
+    """(site, layer position, chunk file, expected bytes or None) of images start:stop."""
+    for site in group.attrs[TEMPLATE_ATTR]["sites"]:
+        array = group[site]
+        ipc = array.chunks[1]
+        size = None
+        if not array.compressors and not array.filters:
+            size = math.prod(array.chunks) * array.dtype.itemsize
+        for layer in range(array.shape[0]):
+            for c in range(start // ipc, math.ceil(stop / ipc)):
+                key = array.metadata.encode_chunk_key((layer, c, 0, 0))
+                yield site, layer, zarr_root / array.path / key, size
+
+
+def _stat_faults(path: Path, size: int | None, shard: int) -> list[Fault]:
+    try:
+        actual = os.stat(path).st_size
+    except FileNotFoundError:
+        return [Fault(str(path), "chunk file missing", shard)]
+    except NotADirectoryError:
+        return [Fault(str(path), "chunk file missing (a file stands where a folder should)",
+                      shard)]
+    if size is not None and actual != size:
+        return [Fault(str(path), f"chunk file has {actual} bytes, expected {size}", shard)]
+    if actual == 0:
+        return [Fault(str(path), "chunk file is empty", shard)]
+    return []
+
+
+def trusted_shards(store: Store, run_id: str,
+                   plan: Sequence[Shard] | None = None) -> tuple[set[int], list[Fault]]:
+    """The shards whose marker can be trusted, and the faults of the marked ones that cannot.
+
+    A marker is trusted when it reads as a marker, covers its planned range, and every chunk
+    file of its images is present (of the exact size, when stored uncompressed). Only file
+    sizes are looked at: a cost of one ``stat`` per chunk. A Zarr part kept elsewhere
+    (``zarr_url``) is not checked and every readable marker is trusted.
+
+    Args:
+        store: The store.
+        run_id: The run id.
+        plan: If given, a marker must cover its shard's range in this plan.
+
+    Raises:
+        ValueError: If ``plan`` is given and a readable marker covers another range (a resume
+            with another ``images_per_shard``).
+    """
+    by_index = {s.index: s for s in plan} if plan is not None else None
+    group = _open_group(store, run_id, "r")
+    local = not _is_url(store.zarr_path)
+    trusted: set[int] = set()
+    faults: list[Fault] = []
+    for k, path in sorted(_marker_files(store, run_id).items()):
+        try:
+            marker = _read_marker(path)
+        except DamagedStoreError as e:
+            faults.append(Fault(str(path), str(e).removeprefix(f"{path} is damaged: "), k))
+            continue
+        if by_index is not None:
+            s = by_index.get(k)
+            if s is None or (marker["start"], marker["stop"]) != (s.start, s.stop):
+                planned = None if s is None else (s.start, s.stop)
+                raise ValueError(
+                    f"run {run_id}: marker of shard {k} covers images "
+                    f"{marker['start']}:{marker['stop']}, the plan has {planned}"
+                )
+        if group is None or TEMPLATE_ATTR not in group.attrs:
+            faults.append(Fault(f"{store.zarr_path}/{run_id}", "activation template missing", k))
+            continue
+        shard_faults = []
+        if local:
+            for _, _, chunk, size in _chunk_files(group, Path(store.zarr_path), marker["start"],
+                                                  marker["stop"]):
+                shard_faults += _stat_faults(chunk, size, k)
+        if shard_faults:
+            faults += shard_faults
+        else:
+            trusted.add(k)
+    return trusted, faults
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def repair_command(store: Store, run_id: str) -> str:
+    """The ``bfd extract`` command line that re-creates the run's request, so that it finds
+    the run's id and recomputes what is missing or damaged; falls back to a hint when the
+    request itself cannot be read."""
+    from .runs import read_request
+
+    try:
+        req = read_request(store, run_id)
+        spec = _open_group(store, run_id, "r").attrs[TEMPLATE_ATTR]
+    except (OSError, ValueError, KeyError, AttributeError):
+        return f"bfd extract with the options that created run {run_id} --store {store.root}"
+    parts = ["bfd extract", f"--model {req.model}", f"--weights {req.weights}",
+             f"--images {req.images}", f"--n-images {req.n_images}",
+             f"--layers {','.join(map(str, req.layers))}", f"--sites {','.join(req.sites)}",
+             f"--img-size {req.img_size[0] if isinstance(req.img_size, tuple) else req.img_size}",
+             f"--dtype {req.dtype}", f"--images-per-chunk {spec['images_per_chunk']}"]
+    extra = dict(req.extra)
+    if extra.get("seed", 0):
+        parts.append(f"--seed {extra['seed']}")
+    if extra.get("autocast", "none") != "none":
+        parts.append(f"--autocast {extra['autocast']}")
+    markers = _marker_files(store, run_id)
+    try:
+        first = _read_marker(markers[0]) if 0 in markers else None
+    except DamagedStoreError:
+        first = None
+    if first is not None and first["stop"] - first["start"] != spec["images_per_chunk"]:
+        if first["stop"] < req.n_images:  # a whole shard: its size is images_per_shard
+            parts.append(f"--images-per-shard {first['stop'] - first['start']}")
+    parts.append(f"--store {store.root}")
+    return " ".join(parts)
+
+
+def check_intact(store: Store, run_id: str) -> None:
+    """Refuse a run whose request or image manifest is not JSON, or whose marked shards fail
+    the cheap check (see ``trusted_shards``).
+
+    Raises:
+        DamagedStoreError: Naming the first damaged file, how many more there are, and the
+            command that repairs the run.
+    """
+    faults = []
+    for name in ("request.json", "images.json"):
+        path = store.run_dir(run_id) / name
+        try:
+            read_json(path)
+        except FileNotFoundError:
+            pass  # the command that needs it says so
+        except DamagedStoreError:
+            faults.append(Fault(str(path), "damaged: not a JSON file"))
+    faults += trusted_shards(store, run_id)[1]
+    if faults:
+        more = f" (and {len(faults) - 1} more; bfd verify {run_id} lists them)" \
+            if len(faults) > 1 else ""
+        raise DamagedStoreError(
+            f"run {run_id} is damaged: {faults[0]}{more}; repair it with: "
+            f"{repair_command(store, run_id)}"
+        )
+
+
+class _ChunkChecker:
+    """Reads chunks of one array and tells which images hold a non-finite value, reusing its
+    buffers: fresh arrays per chunk cost more in page faults than the read itself."""
+
+    def __init__(self, array: zarr.Array, raw: bool):
+        self.array, self.raw = array, raw
+        self.dtype = array.dtype.newbyteorder("<") if raw else array.dtype
+        if raw:
+            self.buffer = np.empty(array.chunks, dtype=self.dtype)
+            self.bytes = memoryview(self.buffer.view(np.uint8).reshape(-1))
+        itemsize = self.dtype.itemsize
+        self.bits = self.dtype.kind == "f" and itemsize in (2, 4, 8)
+        if self.bits:
+            self.magnitude = (1 << (8 * itemsize - 1)) - 1
+            self.inf = int(np.array(np.inf, self.dtype).view(f"<u{itemsize}"))
+            self.scratch = np.empty(math.prod(array.chunks), dtype=f"<u{itemsize}")
+
+    def read(self, path: Path, layer: int, lo: int, hi: int) -> np.ndarray:
+        """Images lo:hi of one layer's chunk: straight from the file when stored uncompressed
+        (no decode), through zarr otherwise."""
+        if not self.raw:
+            return np.asarray(self.array[layer, lo:hi])
+        with open(path, "rb", buffering=0) as f:
+            n = f.readinto(self.bytes)
+            if n != len(self.bytes) or f.read(1):
+                raise ValueError(f"chunk file has another size than {len(self.bytes)} bytes")
+        start = (lo // self.array.chunks[1]) * self.array.chunks[1]
+        return self.buffer[0, lo - start:hi - start]
+
+    def finite_rows(self, block: np.ndarray) -> np.ndarray:
+        """Whether each image is finite, tested on the bits: a float is inf or NaN exactly
+        when its magnitude bits are at least those of inf (several times faster than
+        ``np.isfinite``, on float16 most of all)."""
+        rows = block.reshape(len(block), -1)
+        if not self.bits:
+            return np.isfinite(rows).all(-1)
+        bits = rows.view(self.scratch.dtype)
+        scratch = self.scratch[:bits.size].reshape(bits.shape)
+        np.bitwise_and(bits, self.magnitude, out=scratch)
+        return scratch.max(-1) < self.inf
+
+
+def _verify_chunks(store: Store, checkers: dict[str, _ChunkChecker], layer_ids: list[int],
+                   k: int, marker: dict) -> list[Fault]:
+    """Read every chunk of a shard: readable, and finite for the images marked ``ok``."""
+    faults = []
+    start, stop = marker["start"], marker["stop"]
+    ok = np.array([r.get("status") == "ok" for r in marker["images"]], dtype=bool)
+    for site, checker in checkers.items():
+        array = checker.array
+        ipc = array.chunks[1]
+        for layer in range(array.shape[0]):
+            for c in range(start // ipc, math.ceil(stop / ipc)):
+                lo, hi = max(start, c * ipc), min(stop, (c + 1) * ipc)
+                chunk = Path(store.zarr_path) / array.path / \
+                    array.metadata.encode_chunk_key((layer, c, 0, 0))
+                try:
+                    block = checker.read(chunk, layer, lo, hi)
+                except Exception as e:  # noqa: BLE001 - any decoding failure is the fault
+                    faults.append(Fault(str(chunk), f"unreadable ({' '.join(str(e).split())})",
+                                        k))
+                    continue
+                finite = checker.finite_rows(block)
+                bad = [int(lo + i) for i in np.flatnonzero(ok[lo - start:hi - start] & ~finite)]
+                if bad:
+                    faults.append(Fault(str(chunk), f"non-finite values in images {bad[:5]} "
+                                        f"of layer {layer_ids[layer]} ({site})", k))
+    return faults
+
+
+def _verify_tables(store: Store, run_id: str) -> list[Fault]:
+    """The run's published table files (those its pointer lists, or the older layout's)."""
+    from .published import read_pointer
+
+    try:
+        pointer = read_pointer(store, run_id)
+    except ValueError as e:
+        return [Fault(str(store.published_pointer(run_id)), " ".join(str(e).split()))]
+    if pointer is not None:
+        files = {t: store.root / rel for t, rel in pointer["tables"].items()}
+    else:
+        files = {t: p for t in TABLE_SCHEMAS
+                 for p in store.table_dir(t).glob(f"model=*/run_id={run_id}/part-*.parquet")}
+    faults = []
+    for table, path in sorted(files.items()):
+        try:
+            names = set(pq.read_table(path).column_names)
+        except Exception as e:  # noqa: BLE001 - any read failure is the fault
+            faults.append(Fault(str(path), f"unreadable ({' '.join(str(e).split())[:200]})"))
+            continue
+        missing = [n for n in TABLE_SCHEMAS[table].names if n not in names] \
+            if table in TABLE_SCHEMAS else []
+        if missing:
+            faults.append(Fault(str(path), f"missing contract columns {missing}"))
+    return faults
+
+
+def _verify_model_tensors(store: Store, run_id: str) -> list[Fault]:
+    from .weights import read_model_tensors
+
+    where = f"{store.zarr_path}/{run_id}/model"
+    try:
+        tensors = read_model_tensors(store, run_id)
+    except Exception as e:  # noqa: BLE001 - any read failure is the fault
+        return [Fault(where, f"model tensors unreadable ({' '.join(str(e).split())[:200]})")]
+    bad = [n for n in ("qkv_weight", "attn_scale") if n in tensors
+           and not np.isfinite(tensors[n].values).all()]
+    return [Fault(where, f"non-finite values in {bad}")] if bad else []
+
+
+def verify_run(store: Store, run_id: str) -> list[Fault]:
+    """Every fault of a run: its request and image manifest, each shard's marker and chunks
+    (present, of the right size, readable, finite for the images marked ``ok``), its model
+    tensors and every table file of the run (readable, with the contract columns).
+
+    Returns:
+        The faults, one per damaged file; empty when the run is intact.
+
+    Raises:
+        FileNotFoundError: If the store holds nothing of this run.
+    """
+    from .runs import read_request
+
+    run_dir = store.run_dir(run_id)
+    group = _open_group(store, run_id, "r")
+    if not run_dir.is_dir() and group is None:
+        raise FileNotFoundError(f"run {run_id} is not in store {store.root}")
+    faults: list[Fault] = []
+    try:
+        read_request(store, run_id)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        faults.append(Fault(str(run_dir / "request.json"), " ".join(str(e).split())))
+    images = run_dir / "images.json"
+    try:
+        read_json(images)
+    except (OSError, ValueError) as e:
+        faults.append(Fault(str(images), " ".join(str(e).split())))
+    if group is None or TEMPLATE_ATTR not in group.attrs:
+        faults.append(Fault(f"{store.zarr_path}/{run_id}", "activation template missing"))
+        return faults + _verify_tables(store, run_id)
+    _, cheap = trusted_shards(store, run_id)
+    faults += cheap
+    damaged = {f.shard for f in cheap}
+    markers = _marker_files(store, run_id)
+    n_images = group[group.attrs[TEMPLATE_ATTR]["sites"][0]].shape[1]
+    per_shard = None
+    local = not _is_url(store.zarr_path)
+    checkers = {}
+    for site in group.attrs[TEMPLATE_ATTR]["sites"]:
+        array = group[site]
+        checkers[site] = _ChunkChecker(array, local and not array.compressors
+                                       and not array.filters)
+    layer_ids = [int(v) for v in group["layer"][:]]
+    for k, path in sorted(markers.items()):
+        try:
+            marker = _read_marker(path)
+        except DamagedStoreError:
+            continue
+        if k == 0 or (per_shard is None and marker["stop"] < n_images):
+            per_shard = marker["stop"] - marker["start"]
+        if k not in damaged:
+            faults += _verify_chunks(store, checkers, layer_ids, k, marker)
+    if not markers:
+        faults.append(Fault(str(store.shards_dir(run_id)), "no shard completed"))
+    elif per_shard is not None:  # unknown when only the last shard's marker is readable
+        missing = sorted(set(range(math.ceil(n_images / per_shard))) - set(markers))
+        if missing:
+            faults.append(Fault(str(store.shards_dir(run_id)),
+                                f"shards {missing[:10]} never completed"))
+    return faults + _verify_model_tensors(store, run_id) + _verify_tables(store, run_id)

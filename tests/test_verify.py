@@ -1,0 +1,141 @@
+"""``bfd verify`` finds every damaged file of a run; ``bfd extract`` of the same request
+recomputes damaged shards with the same bits as an undamaged run; ``decompose`` refuses a
+damaged run naming the file and the command that repairs it."""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from conftest import env_kept
+
+from bfd.cli import main
+from bfd.storage import Store, list_runs, read_pointer, repair_command, verify_run
+
+EXTRACT = ["extract", "--model", "test_vit", "--weights", "random", "--n-images", "8",
+           "--img-size", "32", "--layers", "0,1", "--dtype", "float32",
+           "--images-per-chunk", "4"]
+
+
+def cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    capsys.readouterr()
+    with env_kept():
+        code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def digest(root: Path) -> dict[str, str]:
+    """sha256 of every file of the activation store (chunks, metadata, markers excluded)."""
+    zarr_root = root / "bfd.zarr"
+    return {str(p.relative_to(zarr_root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(zarr_root.rglob("*"))
+            if p.is_file() and not any(part.startswith("results") for part in p.parts)}
+
+
+@pytest.fixture(scope="module")
+def pristine(prefect_harness, tmp_path_factory) -> tuple[Path, str]:
+    root = tmp_path_factory.mktemp("verify") / "store"
+    with env_kept():
+        assert main([*EXTRACT, "--store", str(root)]) == 0
+        (rid,) = list_runs(Store(root))
+        assert main(["decompose", rid, "--store", str(root)]) == 0
+    return root, rid
+
+
+@pytest.fixture
+def damaged(pristine, tmp_path) -> tuple[Path, str]:
+    root, rid = pristine
+    copy = tmp_path / "store"
+    shutil.copytree(root, copy)
+    return copy, rid
+
+
+def chunk(root: Path, rid: str, site: str, layer: int, c: int) -> Path:
+    return root / "bfd.zarr" / rid / site / "c" / str(layer) / str(c) / "0" / "0"
+
+
+def test_an_intact_run_verifies_clean(pristine, capsys):
+    root, rid = pristine
+    code, out, err = cli(["verify", rid, "--store", str(root)], capsys)
+    assert code == 0 and out.strip() == f"run {rid}: intact" and not err
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate", "empty", "marker"])
+def test_damage_is_named_refused_by_decompose_and_repaired_bit_for_bit(pristine, damaged,
+                                                                       capsys, damage):
+    root, rid = damaged
+    before = digest(pristine[0])
+    target = {"delete": chunk(root, rid, "attn_in", 0, 1),
+              "truncate": chunk(root, rid, "resid", 1, 0),
+              "empty": chunk(root, rid, "attn_in", 1, 1),
+              "marker": root / "runs" / rid / "shards" / "1.json"}[damage]
+    if damage == "delete":
+        target.unlink()
+    else:
+        data = target.read_bytes()
+        target.write_bytes(data[: {"truncate": 500, "empty": 0, "marker": 40}[damage]])
+
+    code, out, err = cli(["verify", rid, "--store", str(root)], capsys)
+    assert code == 1 and str(target) in out, out
+    assert all(line.startswith("fault: ") for line in out.splitlines())
+
+    code, out, err = cli(["decompose", rid, "--store", str(root)], capsys)
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert str(target) in err and "bfd extract" in err and "reshape" not in err
+
+    # the command decompose names repairs the run: the damaged shard is extracted again
+    command = err.split("repair it with: ")[1].strip()
+    assert command == repair_command(Store(root), rid)
+    code, _, err = cli(shlex.split(command)[1:], capsys)
+    assert code == 0, err
+    assert "damaged, extracted again" in err and str(target) in err
+    (plan,) = [line for line in err.splitlines() if "GiB to write" in line]
+    assert f"run {rid}: 8 images in 2 shards; 1 shards (4 images) to extract" in plan
+    assert digest(root) == before
+    assert verify_run(Store(root), rid) == []
+    code, _, err = cli(["decompose", rid, "--store", str(root)], capsys)
+    assert code == 0, err
+
+
+def test_non_finite_values_in_an_ok_image_are_named(damaged, capsys):
+    root, rid = damaged
+    array = zarr.open_array(str(root / "bfd.zarr"), path=f"{rid}/resid", mode="r+")
+    block = array[1, 4:8]
+    block[2, 3, 5] = np.nan
+    array[1, 4:8] = block
+    code, out, _ = cli(["verify", rid, "--store", str(root)], capsys)
+    assert code == 1 and out.count("\n") == 1
+    assert str(chunk(root, rid, "resid", 1, 1)) in out and "images [6]" in out
+
+
+def test_a_damaged_table_file_is_named(damaged, capsys):
+    root, rid = damaged
+    table = root / read_pointer(Store(root), rid)["tables"]["heads"]
+    table.write_bytes(b"PAR1 not really parquet")
+    code, out, _ = cli(["verify", rid, "--store", str(root)], capsys)
+    assert code == 1 and out.count("\n") == 1 and str(table) in out and "unreadable" in out
+
+
+def test_an_unknown_run_is_a_request_error(pristine, capsys):
+    root, _ = pristine
+    code, out, err = cli(["verify", "no-such-run", "--store", str(root)], capsys)
+    assert code == 2 and err.startswith("bfd: error: run no-such-run is not in store") and not out
+
+
+@pytest.mark.parametrize("name", ["images.json", "request.json"])
+def test_extract_rewrites_a_damaged_run_file(pristine, damaged, capsys, name):
+    root, rid = damaged
+    path = root / "runs" / rid / name
+    path.write_bytes(path.read_bytes()[:30])
+    code, out, err = cli(["verify", rid, "--store", str(root)], capsys)
+    assert code == 1 and str(path) in out
+    code, _, err = cli([*EXTRACT, "--store", str(root)], capsys)
+    assert code == 0, err
+    assert path.read_bytes() == (pristine[0] / "runs" / rid / name).read_bytes()
+    assert verify_run(Store(root), rid) == []
