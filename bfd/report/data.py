@@ -292,9 +292,21 @@ def safe_file_stem(run_id: str) -> str:
     return "run-" + hashlib.sha256(run_id.encode()).hexdigest()[:20]
 
 
+def _rounded(obj: Any) -> Any:
+    """Floats to 12 significant digits: DuckDB's parallel aggregates may add in another order
+    from one query to the next, and a last-bit difference is no change of the data."""
+    if isinstance(obj, float):
+        return float(f"{obj:.12g}")
+    if isinstance(obj, dict):
+        return {k: _rounded(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_rounded(v) for v in obj]
+    return obj
+
+
 def content_hash(obj: Any, extra: Iterable[str] = ()) -> str:
     """A short hash of JSON-able data (and extra strings), for the rebuild manifest."""
-    digest = hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode())
+    digest = hashlib.sha256(json.dumps(_rounded(obj), sort_keys=True, default=str).encode())
     for item in extra:
         digest.update(item.encode())
     return digest.hexdigest()[:24]
