@@ -107,7 +107,7 @@ def _audit_source(con: duckdb.DuckDBPyConnection) -> str:
 def run_list(con: duckdb.DuckDBPyConnection) -> pa.Table:
     """Every run of the store with its series, identity and latest audit, oldest first.
 
-    ``chance_frac_pos`` is the shuffle control's chance level of frac_pos (METHOD.md,
+    ``chance_frac_pos`` is the shuffle control's chance level of frac_pos (docs/method.md,
     "Validation" 4): (T - 1) / (N T - 1) with T the patch tokens and N the images kept.
     """
     sql = f"""
@@ -239,7 +239,7 @@ def positional_components(
 ) -> dict[str, Any] | None:
     """The first ``k`` principal components of each layer's positional factor, as images.
 
-    ``pos`` (METHOD.md Stage 1, dims ``token, dim``) is read from the run's results at the
+    ``pos`` (docs/method.md Stage 1, dims ``position, dim``) is read from the run's results at the
     attn_in site; its rows over the patch grid are centred and decomposed by SVD, and
     component j is ``U[:, j] * S[j]`` laid out on the grid (sign fixed so that its largest
     entry is positive). Returns None when the run has no stored ``pos`` or its tokens do not
