@@ -477,7 +477,7 @@ def capture_logit_check(
     model: nn.Module, images: torch.Tensor, layers: Sequence[int]
 ) -> dict[str, np.ndarray]:
     """The model's own query and key vectors of a few images, for the logit check of
-    METHOD.md ("Validation" 1): a float32 forward (no autocast) read through hooks.
+    docs/method.md ("Validation" 1): a float32 forward (no autocast) read through hooks.
 
     q and k are the outputs of ``attn.q_norm``/``attn.k_norm`` (identities in supported
     models): timm's own head split of its qkv output, biases included. The check at

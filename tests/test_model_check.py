@@ -1,4 +1,4 @@
-"""The logit check against the model itself (METHOD.md, "Validation" 1; docs/checks.md): it
+"""The logit check against the model itself (docs/method.md, "Validation" 1; docs/checks.md): it
 passes on the model's own q and k, fails for each way M can be built wrong, and the key-side
 bias shares equal a literal computation."""
 

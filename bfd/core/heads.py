@@ -27,7 +27,7 @@ class HeadMaps:
         B: key read-in, ``(H, d, dh)``.
         scale: ``attn.scale`` (``dh ** -0.5`` in timm).
         bias_q: query bias ``b_q`` per head, ``(H, dh)``; None when qkv has no bias. Not part
-            of M (METHOD.md); used by the logit check and the key-side bias share.
+            of M (docs/method.md); used by the logit check and the key-side bias share.
         bias_k: key bias ``b_k`` per head, ``(H, dh)``, likewise.
     """
 

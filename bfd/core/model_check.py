@@ -1,5 +1,5 @@
 """The logit check against the model itself, and the size of the key-side bias term
-(METHOD.md, "Stage 2" bias terms and "Validation" 1; docs/checks.md).
+(docs/method.md, "Stage 2" bias terms and "Validation" 1; docs/checks.md).
 
 The 9-block reconstruction of ``content.logit_residual`` is an arithmetic identity (content is
 defined as ``x − mu − pos``), so it only guards rounding. This check can fail: on a few images

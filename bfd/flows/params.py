@@ -65,7 +65,7 @@ class AuditConfig(_Params):
 
 
 class DecomposeParams(_Params):
-    """Options of the decomposition (METHOD.md); ``device`` is the extraction's when empty."""
+    """Options of the decomposition (docs/method.md); ``device`` is the extraction's when empty."""
 
     prefix: Literal["exclude", "include"] = "exclude"
     seed: int = Field(0, description="seed of the split-half and shuffle controls")

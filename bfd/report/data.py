@@ -107,7 +107,7 @@ def _audit_source(con: duckdb.DuckDBPyConnection) -> str:
 def run_list(con: duckdb.DuckDBPyConnection) -> pa.Table:
     """Every run of the store with its series, identity and latest audit, oldest first.
 
-    ``chance_frac_pos`` is the shuffle control's chance level of frac_pos (METHOD.md,
+    ``chance_frac_pos`` is the shuffle control's chance level of frac_pos (docs/method.md,
     "Validation" 4): (T - 1) / (N T - 1) with T the patch tokens and N the images kept.
     """
     sql = f"""
@@ -239,7 +239,7 @@ def positional_components(
 ) -> dict[str, Any] | None:
     """The first ``k`` principal components of each layer's positional factor, as images.
 
-    ``pos`` (METHOD.md Stage 1, dims ``token, dim``) is read from the run's results at the
+    ``pos`` (docs/method.md Stage 1, dims ``position, dim``) is read from the run's results at the
     attn_in site; its rows over the patch grid are centred and decomposed by SVD, and
     component j is ``U[:, j] * S[j]`` laid out on the grid (sign fixed so that its largest
     entry is positive). Returns None when the run has no stored ``pos`` or its tokens do not
@@ -292,9 +292,21 @@ def safe_file_stem(run_id: str) -> str:
     return "run-" + hashlib.sha256(run_id.encode()).hexdigest()[:20]
 
 
+def _rounded(obj: Any) -> Any:
+    """Floats to 12 significant digits: DuckDB's parallel aggregates may add in another order
+    from one query to the next, and a last-bit difference is no change of the data."""
+    if isinstance(obj, float):
+        return float(f"{obj:.12g}")
+    if isinstance(obj, dict):
+        return {k: _rounded(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_rounded(v) for v in obj]
+    return obj
+
+
 def content_hash(obj: Any, extra: Iterable[str] = ()) -> str:
     """A short hash of JSON-able data (and extra strings), for the rebuild manifest."""
-    digest = hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode())
+    digest = hashlib.sha256(json.dumps(_rounded(obj), sort_keys=True, default=str).encode())
     for item in extra:
         digest.update(item.encode())
     return digest.hexdigest()[:24]

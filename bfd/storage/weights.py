@@ -136,7 +136,7 @@ def write_logit_check(
     attn_out_residual: np.ndarray,
 ) -> None:
     """Write the model's own q and k of a few images (nothing when they are stored), for the
-    logit check of decomposition (METHOD.md, "Validation" 1; docs/checks.md).
+    logit check of decomposition (docs/method.md, "Validation" 1; docs/checks.md).
 
     Args:
         store: The store.

@@ -1,5 +1,5 @@
 """What the logit check of decomposition needs from the model, captured at extraction
-(METHOD.md, "Validation" 1; docs/checks.md): the qkv biases of every layer, and the model's
+(docs/method.md, "Validation" 1; docs/checks.md): the qkv biases of every layer, and the model's
 own queries and keys of the first few images of the run that decode."""
 
 from __future__ import annotations
