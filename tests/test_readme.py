@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("Audit a real model", "Check and repair a store", "Ask questions in SQL",
             "Look at it", "Audits, series and drift")
 # pipeline commands of "Audits, series and drift" that test_audit.py runs on a test model
-ELSEWHERE = ("bfd audit --model vit_b", "bfd audit-checkpoints")
+ELSEWHERE = ("bfd audit --model vit_b --weights ckpt_", "bfd audit-checkpoints")
 CONFIG = {"weights": "random", "images": "samples", "n_images": 8, "img_size": 32,
           "dtype": "float32", "images_per_chunk": 4}
 
