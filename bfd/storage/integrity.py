@@ -145,10 +145,14 @@ def _is_url(path: str) -> bool:
     return "://" in path
 
 
-def repair_command(store: Store, run_id: str) -> str:
+def repair_command(store: Store, run_id: str, shard_size: int | None = None) -> str:
     """The ``bfd extract`` command line that re-creates the run's request, so that it finds
-    the run's id and recomputes what is missing or damaged; falls back to a hint when the
-    request itself cannot be read."""
+    the run's id and computes what is missing or damaged (a finished, intact shard is
+    skipped); falls back to a hint when the request itself cannot be read.
+
+    Args:
+        shard_size: images per shard of the run; read from its first shard marker when None.
+    """
     from .runs import read_request
 
     try:
@@ -156,24 +160,29 @@ def repair_command(store: Store, run_id: str) -> str:
         spec = _open_group(store, run_id, "r").attrs[TEMPLATE_ATTR]
     except (OSError, ValueError, KeyError, AttributeError):
         return f"bfd extract with the options that created run {run_id} --store {store.root}"
+    h, w = req.img_size if isinstance(req.img_size, tuple | list) else (req.img_size,) * 2
+    ipc = spec["images_per_chunk"]
     parts = ["bfd extract", f"--model {req.model}", f"--weights {req.weights}",
              f"--images {req.images}", f"--n-images {req.n_images}",
-             f"--layers {','.join(map(str, req.layers))}", f"--sites {','.join(req.sites)}",
-             f"--img-size {req.img_size[0] if isinstance(req.img_size, tuple) else req.img_size}",
-             f"--dtype {req.dtype}", f"--images-per-chunk {spec['images_per_chunk']}"]
+             f"--layers {','.join(map(str, req.layers))}", f"--sites {','.join(req.sites)}"]
+    if h == w:  # the option sets a square size; a non-square one is the model's default
+        parts.append(f"--img-size {h}")
+    parts += [f"--dtype {req.dtype}", f"--images-per-chunk {ipc}"]
     extra = dict(req.extra)
     if extra.get("seed", 0):
         parts.append(f"--seed {extra['seed']}")
     if extra.get("autocast", "none") != "none":
         parts.append(f"--autocast {extra['autocast']}")
-    markers = _marker_files(store, run_id)
-    try:
-        first = _read_marker(markers[0]) if 0 in markers else None
-    except DamagedStoreError:
-        first = None
-    if first is not None and first["stop"] - first["start"] != spec["images_per_chunk"]:
-        if first["stop"] < req.n_images:  # a whole shard: its size is images_per_shard
-            parts.append(f"--images-per-shard {first['stop'] - first['start']}")
+    if shard_size is None:
+        markers = _marker_files(store, run_id)
+        try:
+            first = _read_marker(markers[0]) if 0 in markers else None
+        except DamagedStoreError:
+            first = None
+        if first is not None and first["stop"] < req.n_images:  # a whole shard: its size
+            shard_size = first["stop"] - first["start"]
+    if shard_size and shard_size != ipc:
+        parts.append(f"--images-per-shard {shard_size}")
     parts.append(f"--store {store.root}")
     return " ".join(parts)
 

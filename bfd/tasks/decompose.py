@@ -39,6 +39,7 @@ from bfd.storage import (
     read_logit_check,
     read_model_tensors,
     read_request,
+    repair_command,
     shard_ranges,
 )
 
@@ -121,27 +122,6 @@ def _spans(indices: Sequence[int]) -> str:
     return ", ".join(spans)
 
 
-def extract_command(store: Store, run_id: str, shard_size: int | None = None) -> str:
-    """The ``bfd extract`` command line of a run's request: rerun, it does the shards that
-    are missing (a finished shard is skipped) and only those."""
-    req = read_request(store, run_id)
-    h, w = req.img_size if isinstance(req.img_size, tuple) else (req.img_size, req.img_size)
-    ipc = int(_activations(store, run_id)[req.sites[0]].chunks[1][0])
-    parts = ["bfd extract", f"--model {req.model}", f"--weights {req.weights}",
-             f"--images {req.images}", f"--n-images {req.n_images}",
-             f"--layers {','.join(map(str, req.layers))}", f"--sites {','.join(req.sites)}"]
-    if h == w:
-        parts.append(f"--img-size {h}")
-    parts += [f"--dtype {req.dtype}", f"--images-per-chunk {ipc}"]
-    if shard_size and shard_size != ipc:
-        parts.append(f"--images-per-shard {shard_size}")
-    for key in ("autocast", "seed"):
-        if key in req.extra:
-            parts.append(f"--{key} {req.extra[key]}")
-    parts.append(f"--store {store.root}")
-    return " ".join(parts)
-
-
 def require_extracted(store: Store, run_id: str,
                       records: Sequence[ImageRecord] | None = None) -> None:
     """Refuse a run with images still ``pending``: a shard without its completion marker was
@@ -167,7 +147,7 @@ def require_extracted(store: Store, run_id: str,
         f"run {run_id} is not completely extracted: shard(s) {_spans(missing)} (images "
         f"{_spans(pending)}, {len(pending)} of {len(records)}) have no completion marker, so "
         "nothing was decomposed or published; if no extraction of it is still running, finish "
-        f"it with `{extract_command(store, run_id, size)}` (or `bfd audit` with the same "
+        f"it with `{repair_command(store, run_id, size)}` (or `bfd audit` with the same "
         "options), then decompose again"
     )
 
