@@ -398,6 +398,47 @@ def _capture_lock(model: nn.Module) -> threading.Lock:
         return _CAPTURE_LOCKS.setdefault(model, threading.Lock())
 
 
+def _hooked_forward(
+    model: nn.Module,
+    images: torch.Tensor,
+    taps: Sequence[tuple[nn.Module, tuple[str, int], bool]],
+    input_dtype: torch.dtype | None = None,
+    keep: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+) -> dict[tuple[str, int], torch.Tensor]:
+    """One forward that records, for each tap ``(module, key, pre)``, ``keep`` of the module's
+    first input (``pre``) or of its output, and stops once every tap has fired. Hooks are
+    removed even when the forward fails; captures on one model take turns.
+
+    Args:
+        input_dtype: dtype the images are cast to (the model's parameters' when None).
+    """
+    got: dict[tuple[str, int], torch.Tensor] = {}
+
+    def hook(key: tuple[str, int], pre: bool) -> Callable[..., None]:
+        def fn(_module: nn.Module, args: tuple, out: torch.Tensor | None = None) -> None:
+            # timm's blocks never modify these tensors in place, so no copy is needed here
+            got[key] = keep((args[0] if pre else out).detach())
+            if len(got) == len(taps):
+                raise _StopForward
+
+        return fn
+
+    handles = []
+    with _capture_lock(model):
+        try:
+            for module, key, pre in taps:
+                register = (module.register_forward_pre_hook if pre
+                            else module.register_forward_hook)
+                handles.append(register(hook(key, pre)))
+            param = next(model.parameters())
+            with torch.inference_mode(), contextlib.suppress(_StopForward):
+                model(images.to(param.device, input_dtype or param.dtype))
+        finally:
+            for h in handles:
+                h.remove()
+    return got
+
+
 def forward_capture(
     model: nn.Module,
     images: torch.Tensor,
@@ -442,33 +483,14 @@ def forward_capture(
     if images.ndim != 4 or tuple(images.shape[1:]) != expected:
         raise ValueError(f"images must be (B, {', '.join(map(str, expected))}); "
                          f"got {tuple(images.shape)}")
-    store: dict[tuple[str, int], torch.Tensor] = {}
-    total = len(layers) * len(sites)
-
-    def hook(key: tuple[str, int]) -> Callable[..., None]:
-        def fn(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            # timm's blocks never modify these inputs in place, so no copy is needed here
-            store[key] = args[0].detach()
-            if len(store) == total:
-                raise _StopForward
-
-        return fn
-
-    handles = []
-    with _capture_lock(model):
-        try:
-            for l in layers:
-                block = model.blocks[l]
-                if "resid" in sites:
-                    handles.append(block.register_forward_pre_hook(hook(("resid", l))))
-                if "attn_in" in sites:
-                    handles.append(block.attn.qkv.register_forward_pre_hook(hook(("attn_in", l))))
-            param = next(model.parameters())
-            with torch.inference_mode(), contextlib.suppress(_StopForward):
-                model(images.to(param.device, param.dtype))
-        finally:
-            for h in handles:
-                h.remove()
+    taps = []
+    for l in layers:
+        block = model.blocks[l]
+        if "resid" in sites:
+            taps.append((block, ("resid", l), True))
+        if "attn_in" in sites:
+            taps.append((block.attn.qkv, ("attn_in", l), True))
+    store = _hooked_forward(model, images, taps)
     out = {s: torch.stack([store[(s, l)] for l in layers]).to(dtype) for s in sites}
     return {s: a.cpu() for s, a in out.items()} if to_host else out
 
@@ -493,37 +515,16 @@ def capture_logit_check(
     layers = [int(l) for l in layers]
     for l in layers:
         _block(model, l)
-    got: dict[tuple[str, int], torch.Tensor] = {}
-    total = 5 * len(layers)
-
-    def keep(key: tuple[str, int], pre: bool) -> Callable[..., None]:
-        def fn(_module: nn.Module, args: tuple, out: torch.Tensor | None = None) -> None:
-            got[key] = (args[0] if pre else out).detach().to(torch.float64)
-            if len(got) == total:
-                raise _StopForward
-
-        return fn
-
-    handles = []
-    with _capture_lock(model):
-        try:
-            for l in layers:
-                attn = model.blocks[l].attn
-                out_module = getattr(attn, "norm", attn.proj)
-                handles += [
-                    attn.qkv.register_forward_pre_hook(keep(("x", l), True)),
-                    attn.qkv.register_forward_hook(keep(("qkv", l), False)),
-                    attn.q_norm.register_forward_hook(keep(("q", l), False)),
-                    attn.k_norm.register_forward_hook(keep(("k", l), False)),
-                    out_module.register_forward_pre_hook(keep(("o", l), True)),
-                ]
-            param = next(model.parameters())
-            with (torch.inference_mode(), torch.autocast(param.device.type, enabled=False),
-                  contextlib.suppress(_StopForward)):
-                model(images.to(param.device, torch.float32))
-        finally:
-            for h in handles:
-                h.remove()
+    taps = []
+    for l in layers:
+        attn = model.blocks[l].attn
+        taps += [(attn.qkv, ("x", l), True), (attn.qkv, ("qkv", l), False),
+                 (attn.q_norm, ("q", l), False), (attn.k_norm, ("k", l), False),
+                 (getattr(attn, "norm", attn.proj), ("o", l), True)]
+    device = next(model.parameters()).device.type
+    with torch.autocast(device, enabled=False):
+        got = _hooked_forward(model, images, taps, torch.float32,
+                              keep=lambda t: t.to(torch.float64))
     residual, scales = [], []
     for l in layers:
         attn = model.blocks[l].attn
