@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import zarr
 
 from .activations import TEMPLATE_ATTR, _open_group
-from .manifest import _SHARD_FILE_RE, Shard
+from .manifest import _SHARD_FILE_RE, Shard, check_marker_in_plan
 from .paths import DamagedStoreError, Store, read_json
 from .tables import TABLE_SCHEMAS
 
@@ -119,13 +119,7 @@ def trusted_shards(store: Store, run_id: str,
             faults.append(Fault(str(path), str(e).removeprefix(f"{path} is damaged: "), k))
             continue
         if by_index is not None:
-            s = by_index.get(k)
-            if s is None or (marker["start"], marker["stop"]) != (s.start, s.stop):
-                planned = None if s is None else (s.start, s.stop)
-                raise ValueError(
-                    f"run {run_id}: marker of shard {k} covers images "
-                    f"{marker['start']}:{marker['stop']}, the plan has {planned}"
-                )
+            check_marker_in_plan(run_id, k, marker, by_index)
         if group is None or TEMPLATE_ATTR not in group.attrs:
             faults.append(Fault(f"{store.zarr_path}/{run_id}", "activation template missing", k))
             continue

@@ -266,11 +266,22 @@ def completed_shards(store: Store, run_id: str, plan: Sequence[Shard] | None = N
     by_index = {s.index: s for s in plan}
     markers = _read_markers(store, run_id)
     for k, marker in markers.items():
-        s = by_index.get(k)
-        if s is None or (marker["start"], marker["stop"]) != (s.start, s.stop):
-            planned = None if s is None else (s.start, s.stop)
-            raise ValueError(
-                f"run {run_id}: marker of shard {k} covers images "
-                f"{marker['start']}:{marker['stop']}, the plan has {planned}"
-            )
+        check_marker_in_plan(run_id, k, marker, by_index)
     return set(markers)
+
+
+def check_marker_in_plan(run_id: str, k: int, marker: dict[str, Any],
+                         by_index: dict[int, Shard]) -> None:
+    """Refuse a shard marker whose image range is not shard ``k`` of the plan (a resume with
+    another ``images_per_shard``).
+
+    Raises:
+        ValueError: Naming the marker's range and the plan's.
+    """
+    s = by_index.get(k)
+    if s is None or (marker["start"], marker["stop"]) != (s.start, s.stop):
+        planned = None if s is None else (s.start, s.stop)
+        raise ValueError(
+            f"run {run_id}: marker of shard {k} covers images "
+            f"{marker['start']}:{marker['stop']}, the plan has {planned}"
+        )
