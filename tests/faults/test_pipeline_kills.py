@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import xarray as xr
 from conftest import env_kept
+from test_publish_faults import state
 
 from bfd.cli import main
-from bfd.queries import run_sql
 from bfd.storage import RUN_TABLES, Store, open_activations, open_results
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,16 +27,6 @@ N_SHARDS = 12
 EXTRACT = ["extract", "--model", "test_vit", "--weights", "random", "--n-images",
            str(4 * N_SHARDS), "--img-size", "32", "--layers", "0,2", "--dtype", "float32",
            "--images-per-chunk", "4", "--images-per-shard", "4"]
-
-
-def published(store: Store) -> dict[str, list]:
-    """Every published row (``created_at`` aside: it records when), as SQL sees it."""
-    out = {}
-    for table in RUN_TABLES:
-        columns = "* EXCLUDE (created_at)" if table == "runs" else "*"
-        out[table] = run_sql(str(store.root),
-                             f"SELECT {columns} FROM {table} ORDER BY ALL").to_pylist()
-    return out
 
 
 def killed_at(argv: list[str], ready, delay: float) -> int:
@@ -80,7 +70,7 @@ def test_ten_kills_across_extraction_and_decomposition(prefect_harness, tmp_path
     with env_kept():
         assert main(["decompose", rid, "--store", str(whole.root)]) == 0
     to_publish = times["pointer"] - times["lock"]
-    reference = published(whole)
+    reference = state(whole)
     empty = {table: [] for table in RUN_TABLES}
 
     def shards_done() -> int:
@@ -91,7 +81,7 @@ def test_ten_kills_across_extraction_and_decomposition(prefect_harness, tmp_path
         target = min(N_SHARDS, shards_done() + rng.randint(1, 2))
         killed_at([*EXTRACT, "--store", str(store.root)], lambda t=target: shards_done() >= t,
                   rng.uniform(0.0, 0.05))
-        assert published(store) == empty
+        assert state(store) == empty
     with env_kept():
         assert main([*EXTRACT, "--store", str(store.root)]) == 0
     assert shards_done() == N_SHARDS
@@ -103,11 +93,11 @@ def test_ten_kills_across_extraction_and_decomposition(prefect_harness, tmp_path
         started.unlink(missing_ok=True)
         killed_at(["decompose", rid, "--store", str(store.root)], started.exists,
                   rng.uniform(0.0, to_publish * 1.1))
-        assert published(store) in (empty, reference)
+        assert state(store) in (empty, reference)
     with env_kept():
         assert main(["decompose", rid, "--store", str(store.root)]) == 0
 
-    assert published(store) == reference
+    assert state(store) == reference
     got, want = open_activations(store, rid), open_activations(whole, rid)
     for site in want.data_vars:
         assert np.array_equal(got[site].values, want[site].values), site
