@@ -37,3 +37,15 @@ def env_kept():
         for key in set(os.environ) - set(saved):
             del os.environ[key]
         os.environ.update(saved)
+
+
+def run_cli(argv, capsys) -> tuple[int, str, str]:
+    """``bfd argv`` in this process, its Prefect defaults kept out of os.environ: (exit code,
+    stdout, stderr)."""
+    from bfd.cli import main
+
+    capsys.readouterr()
+    with env_kept():
+        code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err

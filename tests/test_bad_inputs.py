@@ -19,6 +19,7 @@ import safetensors.torch
 import timm
 import torch
 from conftest import env_kept
+from conftest import run_cli as cli
 from storebuilder import build_run, random_run_arrays
 
 from bfd.cli import main
@@ -80,14 +81,6 @@ def state(root: str) -> tuple:
                 and not p.name.endswith(".lock"):
             files[str(rel)] = hashlib.sha256(p.read_bytes()).hexdigest()
     return rows, files
-
-
-def cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    with env_kept():
-        code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_one_line(code: int, err: str, expected: int, needles: tuple[str, ...]) -> None:

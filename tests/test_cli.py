@@ -17,6 +17,7 @@ import huggingface_hub
 import numpy as np
 import pytest
 from conftest import env_kept
+from conftest import run_cli as run
 
 from bfd.cli import main
 from bfd.queries import list_queries
@@ -34,14 +35,6 @@ REPO = Path(__file__).resolve().parents[1]
 EXTRACT = ["extract", "--model", TINY, "--weights", "random", "--n-images", "8",
            "--img-size", "32", "--layers", "0,1", "--dtype", "float32",
            "--images-per-chunk", "4"]
-
-
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    with env_kept():
-        code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_one_line_error(code: int, err: str, *needles: str) -> None:

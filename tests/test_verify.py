@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import zarr
 from conftest import env_kept
+from conftest import run_cli as cli
 
 from bfd.cli import main
 from bfd.storage import Store, list_runs, read_pointer, repair_command, verify_run
@@ -20,14 +21,6 @@ from bfd.storage import Store, list_runs, read_pointer, repair_command, verify_r
 EXTRACT = ["extract", "--model", "test_vit", "--weights", "random", "--n-images", "8",
            "--img-size", "32", "--layers", "0,1", "--dtype", "float32",
            "--images-per-chunk", "4"]
-
-
-def cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    with env_kept():
-        code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def digest(root: Path) -> dict[str, str]:
