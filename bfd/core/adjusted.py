@@ -21,7 +21,6 @@ Every function works on the statistics of one (sub)sample, so the jackknife
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 QUARTER_SPLITS = (((0, 1), (2, 3)), ((0, 2), (1, 3)), ((0, 3), (1, 2)))
 
@@ -65,17 +64,6 @@ def stage1_shares(n: float, T: int, ss_pos, ss_img, ss_int) -> dict[str, np.ndar
     }
 
 
-def _gram(Y: np.ndarray, X: np.ndarray | None = None) -> np.ndarray:
-    """``Σ_t Y[h, t]ᵀ X[h, t]``, ``(H, dh, dh)``.
-
-    In torch: numpy's stacked matmul of a transposed view took 100x longer (threaded BLAS on
-    small matrices); the callers run it on one torch thread (``heads.one_thread``).
-    """
-    y = torch.from_numpy(np.asarray(Y))
-    x = y if X is None else torch.from_numpy(np.asarray(X))
-    return (y.transpose(-1, -2) @ x).numpy()
-
-
 def _sym(a: np.ndarray) -> np.ndarray:
     return 0.5 * (a + a.transpose(0, 2, 1))
 
@@ -85,24 +73,18 @@ def _pair(so: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (so * a * b).sum((1, 2))
 
 
-def energies(n: float, so, Y, X, K_q, K_k, KK) -> np.ndarray:
+def energies(n: float, so, Pq, Pk, K_q, K_k, KK) -> np.ndarray:
     """Raw block energies ``(H, 4)`` over (pp, pc, cp, cc) of one (sub)sample.
 
     Args:
         n: images.
         so: ``σ_i σ_j``, ``(H, dh, dh)``.
-        Y, X: ``pos`` projected on the query and key modes, ``(H, T, dh)``.
+        Pq, Pk: Grams ``YᵀY`` and ``XᵀX`` of ``pos`` projected on the query (``Y``) and key
+            (``X``) modes, ``(H, dh, dh)``.
         K_q, K_k, KK: the content Grams of pass 2, ``(H, dh, dh)``.
     """
-    Pq, Pk = _gram(Y), _gram(X)
     return np.stack([n * _pair(so, Pq, Pk), _pair(so, Pq, K_k), _pair(so, K_q, Pk),
                      (so * KK).sum((1, 2))], axis=-1)
-
-
-def quarter_grams(Y_a: np.ndarray, Y_b: np.ndarray) -> np.ndarray:
-    """``sym(Y_aᵀ Y_b)`` of two quarters' estimates of ``pos U``: unbiased for
-    ``(pos U)ᵀ(pos U)``, since distinct quarters hold independent images."""
-    return _sym(_gram(Y_a, Y_b))
 
 
 def energies_adj(n: float, so, G_q: dict, G_k: dict, K_q, K_k, KK) -> np.ndarray:
@@ -111,8 +93,10 @@ def energies_adj(n: float, so, G_q: dict, G_k: dict, K_q, K_k, KK) -> np.ndarray
     Args:
         n: images.
         so: ``σ_i σ_j``.
-        G_q, G_k: ``quarter_grams`` of each pair ``(a, b)``, ``a < b``, of non-empty quarters,
-            query and key side. ``E_pp_adj`` needs all 4 quarters (NaN otherwise).
+        G_q, G_k: ``sym(Y_aᵀ Y_b)`` of each pair ``(a, b)``, ``a < b``, of non-empty quarters,
+            ``Y_q`` the quarter's estimate of ``pos U`` (query side; with V for the key side):
+            unbiased for ``(pos U)ᵀ(pos U)``, since distinct quarters hold independent images.
+            ``E_pp_adj`` needs all 4 quarters (NaN otherwise).
         K_q, K_k, KK: the content Grams of pass 2.
     """
     nan = np.full(so.shape, np.nan)
