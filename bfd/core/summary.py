@@ -14,7 +14,7 @@ import numpy as np
 from bfd.core.anova import Means
 from bfd.core.content import Pass2State
 from bfd.core.heads import Modes
-from bfd.core.uncertainty import DEFAULT_CI_TARGET, layer_statistics
+from bfd.core.uncertainty import DEFAULT_CI_TARGET, _gram, _project, layer_statistics
 
 BLOCKS = ("pp", "pc", "cp", "cc")
 HEAD_TYPES = ("content-content", "content-position", "position-position")
@@ -137,10 +137,9 @@ def summarize(
     N = means.n
     sig2 = modes.sigma**2
     sigma_outer = modes.sigma[:, :, None] * modes.sigma[:, None, :]
-    PU = np.einsum("td,hdk->htk", means.pos, modes.U)
-    PV = np.einsum("td,hdk->htk", means.pos, modes.V)
-    Kp_q = PU.transpose(0, 2, 1) @ PU
-    Kp_k = PV.transpose(0, 2, 1) @ PV
+    # in torch: numpy's einsum and stacked matmul here took 10-100x longer (BLAS threads
+    # spinning against torch's right after its GEMMs)
+    Kp_q, Kp_k = (_gram(P) for P in _project(means.pos, modes))
 
     E_pp = N * (sigma_outer * Kp_q * Kp_k).sum((1, 2))
     E_pc = (sigma_outer * Kp_q * p2.K_k).sum((1, 2))

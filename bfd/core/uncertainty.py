@@ -90,6 +90,12 @@ def _project(F: np.ndarray, modes: Modes) -> tuple[np.ndarray, np.ndarray]:
     return P[..., :H, :, :], P[..., H:, :, :]
 
 
+def _gram(P: np.ndarray) -> np.ndarray:
+    """``PᵀP`` per head of ``P (H, T, dh)``, in torch (see ``_project``)."""
+    t = torch.from_numpy(np.ascontiguousarray(P))
+    return (t.transpose(-1, -2) @ t).numpy()
+
+
 def _fractions(energy: np.ndarray) -> np.ndarray:
     total = energy.sum(-1, keepdims=True)
     return np.divide(energy, total, out=np.full(energy.shape, np.nan), where=total != 0)
