@@ -139,6 +139,7 @@ class _SideGrams:
         self.QQ = np.stack([self.CQ[q::4].sum(0) for q in range(4)])  # Q_qᵀQ_r (4, 4, ...)
         Ct = torch.from_numpy(C)
         self.CC = (Ct.transpose(-1, -2) @ Ct).numpy()  # C_gᵀC_g (G', H, dh, dh)
+        self._quarters: dict = {}
 
     def deleted(self, g: int, n: int) -> np.ndarray:
         """Gram of ``P − C_g / n``: ``pos`` projected with group g deleted (n images left)."""
@@ -152,7 +153,16 @@ class _SideGrams:
     def quarters(self, a: int, b: int, n_a: int, n_b: int, drop: int | None) -> np.ndarray:
         """``sym((P + Q_a / n_a)ᵀ(P + Q_b / n_b))`` of quarters a != b of n_a and n_b images,
         with group ``drop`` left out of its quarter: the Gram that the corrected energies take
-        from each pair of quarters."""
+        from each pair of quarters. Cached: a deleted group changes only the pairs of its own
+        quarter."""
+        if drop is not None and drop % 4 not in (a, b):
+            drop = None
+        key = (a, b, drop)
+        if key not in self._quarters:
+            self._quarters[key] = self._quarter_pair(a, b, n_a, n_b, drop)
+        return self._quarters[key]
+
+    def _quarter_pair(self, a: int, b: int, n_a: int, n_b: int, drop: int | None) -> np.ndarray:
         QP, PQ, QQ = _t(self.PQ[a]), self.PQ[b], self.QQ[a, b]
         if drop is not None and drop % 4 == a:
             QP, QQ = QP - self.CP[drop], QQ - self.CQ[drop, b]
