@@ -49,6 +49,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the bfd command runs (bfd/cli.py)
+from bfd.cli import limit_malloc_arenas  # noqa: E402
+
+limit_malloc_arenas()  # as the bfd command runs, before any thread
 
 import dask  # noqa: E402
 import dask.array as da  # noqa: E402
