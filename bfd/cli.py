@@ -251,8 +251,8 @@ def _cache_catalog(store: str) -> None:
 def cmd_audit(args: argparse.Namespace) -> int:
     _start_prefect_server()
     from bfd.cli_audits import audit_config, drift_exit, drift_thresholds, print_audit
-    from bfd.flows.audit import DEMO_CONFIG, audit
-    from bfd.flows.params import require_model
+    from bfd.flows.audit import audit
+    from bfd.flows.params import DEMO_CONFIG, require_model
     from bfd.queries import run_query
     from bfd.storage import require_writable
 

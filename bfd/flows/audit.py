@@ -41,16 +41,6 @@ from bfd.tasks.audits import computed_run, default_series, time_step
 from bfd.tasks.decompose import DecomposeOptions
 from bfd.tasks.drift import drift_rows, layer_summary
 
-DEMO_CONFIG = {
-    "model": "vit_tiny_patch16_224",
-    "weights": "random",
-    "images": "samples",
-    "n_images": 64,
-    "layers": "all",
-    "sites": ("attn_in", "resid"),
-    "dtype": "float16",
-}
-
 
 def _run_name() -> str:
     """The flow run's first name; the flow renames it once the series and step are known."""

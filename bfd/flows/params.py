@@ -18,7 +18,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from bfd.models import WEIGHT_SUFFIXES
+from bfd.files import WEIGHT_SUFFIXES
+
+# `bfd audit --demo`: what it audits.
+DEMO_CONFIG = {
+    "model": "vit_tiny_patch16_224",
+    "weights": "random",
+    "images": "samples",
+    "n_images": 64,
+    "layers": "all",
+    "sites": ("attn_in", "resid"),
+    "dtype": "float16",
+}
 
 
 class _Params(BaseModel):

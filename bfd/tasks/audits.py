@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
-from bfd.models import WEIGHT_SUFFIXES
+from bfd.files import WEIGHT_SUFFIXES
 from bfd.storage import Store, read_audits, read_request, read_table
 
 # Decomposition options that do not change the results (where and in what pieces it ran).
