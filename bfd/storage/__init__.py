@@ -57,6 +57,8 @@ _EXPORTS: Final[dict[str, str]] = {
     "results_path": "published",
     "write_results": "published",
     "write_table": "published",
+    "read_request_key": "request_keys",
+    "write_request_key": "request_keys",
     "heads_rows": "result_tables",
     "layers_rows": "result_tables",
     "modes_rows": "result_tables",
