@@ -95,6 +95,12 @@ class DriftThresholds(_Params):
                                       description="per-metric thresholds, e.g. frac_pos: 0.02")
 
 
+def decompose_kwargs(options: DecomposeParams, config: AuditConfig) -> dict[str, Any]:
+    """The keyword arguments of an audit's decomposition: ``options``, their device the
+    extraction's unless given."""
+    return {**options.model_dump(), "device": options.device or config.device}
+
+
 def _deployment_parameters() -> dict[str, Any]:
     """The parameters of the deployment this flow run came from ({} when none)."""
     from prefect.client.orchestration import get_client

@@ -59,7 +59,7 @@ def _row(layer: int, head: int | None, metric: str, before: Any, after: Any,
 
 def run_metrics(store: Store, run_id: str) -> tuple[dict, dict]:
     """``{(layer, metric): value}`` and ``{(layer, head): row}`` of a run's results."""
-    ds = open_results(store, run_id)
+    ds = open_results(store, run_id, dask=False)  # many small variables, each read once
     if "head_type" in ds:
         # Zarr gives variable-width strings (numpy StringDType), which heads_rows' cast to a
         # fixed-width str does not take; plain Python strings it does.
@@ -94,7 +94,8 @@ def drift_rows(store: Store, run_before: str, run_after: str,
     """
     thresholds = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
     layers_a, heads_a = run_metrics(store, run_before)
-    layers_b, heads_b = run_metrics(store, run_after)
+    layers_b, heads_b = (layers_a, heads_a) if run_after == run_before else run_metrics(
+        store, run_after)
     out = [_row(layer, None, metric, layers_a[key], layers_b[key], thresholds)
            for key in sorted(set(layers_a) & set(layers_b)) for layer, metric in [key]]
     for layer, head in sorted(set(heads_a) & set(heads_b)):

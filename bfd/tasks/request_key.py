@@ -4,8 +4,10 @@ A run id hashes the run's request (``bfd.storage.RunRequest``), and part of that
 needs the model: the resolved layers, input size and preprocessing come from timm. Those are
 functions of the request's own options and of the installed timm and torch, so the key hashes
 the options as given, the installed versions of bfd, timm and torch, and the content of every
-input file: the sha256 of a weights file's bytes (as the run request holds it) and of the
-image listing (its ids and the sha256 of each file's bytes, as the run request holds it).
+input file: the sha256 of a weights file's bytes and of the image listing (each image's id and
+the sha256 of its bytes), as the run request holds them. The embedded ``samples`` are crops
+(bfd's code) of images shipped inside scikit-image: their key is the installed bfd and
+scikit-image versions and their number, not their pixels, which take a second to decode.
 Equal keys therefore resolve to equal run ids. When the planner of a run resolves one
 (``bfd.tasks.extract.prepare_run``), it records ``key -> run id`` in the store
 (``bfd.storage.write_request_key``); an audit of an already computed run finds the run from
@@ -24,7 +26,14 @@ from typing import Any
 
 import bfd
 from bfd.files import sha256_file
-from bfd.images import ImageRecord, list_images, manifest_sha256
+from bfd.images import (
+    SAMPLES,
+    SAMPLES_DEFAULT_N,
+    SAMPLES_MAX,
+    ImageRecord,
+    list_images,
+    manifest_sha256,
+)
 from bfd.storage import Store, sha256_hex, write_request_key
 
 # The fields of ExtractConfig that shape a run: its request, or the shard plan that a repeated
@@ -56,6 +65,10 @@ def weights_sha256(weights: str, seed: int) -> str | None:
     return sha256_file(weights)
 
 
+def _samples_fingerprint() -> str:
+    return f"samples of bfd {bfd.__version__} from scikit-image {_installed('scikit-image')}"
+
+
 def key_inputs(config: Mapping[str, Any], weights_sha256: str | None,
                images: Sequence[ImageRecord]) -> dict[str, Any] | None:
     """What the key hashes: the keyed options of ``config`` (fields of ``ExtractConfig``), the
@@ -73,10 +86,11 @@ def key_inputs(config: Mapping[str, Any], weights_sha256: str | None,
     options["extra"] = dict(options["extra"] or {})
     sites = options["sites"]
     options["sites"] = list(sites) if not isinstance(sites, str) else sites
+    samples = config.get("images") == SAMPLES
     return {
         **options,
         "weights_sha256": weights_sha256,
-        "images_sha256": manifest_sha256(images),
+        "images_sha256": _samples_fingerprint() if samples else manifest_sha256(images),
         "n_listed": len(images),
         "bfd_version": bfd.__version__,
         "timm_version": _installed("timm"),
@@ -89,6 +103,18 @@ def request_key(inputs: Mapping[str, Any]) -> str:
     return sha256_hex(dict(inputs))
 
 
+def _listing(config: Mapping[str, Any]) -> Sequence[ImageRecord] | None:
+    """The image listing the key needs: ids and hashes of files; for ``samples`` their ids
+    alone (the key does not hash their pixels); None when samples cannot be made."""
+    n_images = config.get("n_images")
+    if config.get("images") != SAMPLES:
+        return list_images(config["images"], n_images)
+    n = n_images or SAMPLES_DEFAULT_N
+    if not 1 <= n <= SAMPLES_MAX:
+        return None
+    return [ImageRecord(k, f"{SAMPLES}/{k}", "", None) for k in range(n)]
+
+
 def key_of_config(config: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
     """The key of a request from its options alone (lists and hashes its images, hashes its
     weights file), or None when it has none.
@@ -98,10 +124,8 @@ def key_of_config(config: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | Non
             the full path then reports in its own words).
     """
     weights = weights_sha256(str(config["weights"]), int(config.get("seed") or 0))
-    if weights is None:
-        return None
-    records = list_images(config["images"], config.get("n_images"))
-    inputs = key_inputs(config, weights, records)
+    records = _listing(config) if weights is not None else None
+    inputs = key_inputs(config, weights, records) if records is not None else None
     return (request_key(inputs), inputs) if inputs is not None else None
 
 
