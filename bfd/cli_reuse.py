@@ -105,10 +105,7 @@ def _shards_intact(store, run_id: str, n_images: int, config) -> bool:
 def computed_run_of(args: argparse.Namespace, config, store: str) -> str | None:
     """The run this audit request resolves to when it is already computed and the audit can
     be recorded without the flow; else None."""
-    from bfd.flows.params import DecomposeParams, decompose_kwargs
     from bfd.storage import Store, read_request_key
-    from bfd.tasks.audits import computed_run
-    from bfd.tasks.options import DecomposeOptions
     from bfd.tasks.request_key import key_of_config
 
     if _needs_flow(args, config):
@@ -124,6 +121,11 @@ def computed_run_of(args: argparse.Namespace, config, store: str) -> str | None:
     run_id = read_request_key(s, key)
     if run_id is None or not _request_agrees(s, run_id, inputs):
         return None
+    # only now (xarray, Zarr): a request the flow runs starts its Prefect server sooner
+    from bfd.flows.params import DecomposeParams, decompose_kwargs
+    from bfd.tasks.audits import computed_run
+    from bfd.tasks.options import DecomposeOptions
+
     options = DecomposeOptions(**decompose_kwargs(DecomposeParams(), config)).to_dict()
     if computed_run(s, run_id, options) is None:
         return None

@@ -6,8 +6,9 @@ be imported without torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any, Final
+from typing import Final
+
+from bfd.lazy import lazy_exports
 
 # name -> the module of this package that defines it
 _EXPORTS: Final[dict[str, str]] = {
@@ -35,15 +36,4 @@ _EXPORTS: Final[dict[str, str]] = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
