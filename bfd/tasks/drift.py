@@ -11,8 +11,6 @@ import math
 from collections.abc import Mapping
 from typing import Any, Final
 
-import numpy as np
-
 from bfd.storage import Store, heads_rows, layers_rows, open_results
 
 LAYER_FRACTIONS: Final[tuple[str, ...]] = ("frac_pos", "frac_img", "frac_int", "frac_content")
@@ -60,11 +58,6 @@ def _row(layer: int, head: int | None, metric: str, before: Any, after: Any,
 def run_metrics(store: Store, run_id: str) -> tuple[dict, dict]:
     """``{(layer, metric): value}`` and ``{(layer, head): row}`` of a run's results."""
     ds = open_results(store, run_id, dask=False)  # many small variables, each read once
-    if "head_type" in ds:
-        # Zarr gives variable-width strings (numpy StringDType), which heads_rows' cast to a
-        # fixed-width str does not take; plain Python strings it does.
-        ds["head_type"] = ds.head_type.copy(data=np.asarray(ds.head_type.values.tolist(),
-                                                            dtype=object))
     layers = {}
     for r in layers_rows(ds).to_pylist():
         suffix = SITE_SUFFIX.get(r["site"], f"_{r['site']}")
