@@ -105,10 +105,12 @@ def _shards_intact(store, run_id: str, n_images: int, config) -> bool:
 def computed_run_of(args: argparse.Namespace, config, store: str) -> str | None:
     """The run this audit request resolves to when it is already computed and the audit can
     be recorded without the flow; else None."""
-    from bfd.storage import Store, read_request_key
+    from bfd.storage import Store, has_request_keys, read_request_key
     from bfd.tasks.request_key import key_of_config
 
-    if _needs_flow(args, config):
+    s = Store(store)
+    # a new store holds no run: the weights and images are not hashed twice for its audit
+    if _needs_flow(args, config) or not has_request_keys(s):
         return None
     try:
         found = key_of_config(config.extract_config())
@@ -117,7 +119,6 @@ def computed_run_of(args: argparse.Namespace, config, store: str) -> str | None:
     if found is None:
         return None
     key, inputs = found
-    s = Store(store)
     run_id = read_request_key(s, key)
     if run_id is None or not _request_agrees(s, run_id, inputs):
         return None

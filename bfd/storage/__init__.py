@@ -58,6 +58,7 @@ _EXPORTS: Final[dict[str, str]] = {
     "results_path": "published",
     "write_results": "published",
     "write_table": "published",
+    "has_request_keys": "request_keys",
     "read_request_key": "request_keys",
     "write_request_key": "request_keys",
     "heads_rows": "result_tables",

@@ -38,6 +38,11 @@ def write_request_key(store: Store, key: str, run_id: str, inputs: Mapping[str, 
     write_json_atomic(path, payload)
 
 
+def has_request_keys(store: Store) -> bool:
+    """Whether any request key was ever recorded in the store (before a key is computed)."""
+    return (store.root / KEYS_DIR).is_dir()
+
+
 def read_request_key(store: Store, key: str) -> str | None:
     """The run id recorded for ``key``, or None when none is (or its file is unreadable)."""
     path = _key_path(store, key)
