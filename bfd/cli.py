@@ -578,6 +578,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(MESSAGE if args.command in _PIPELINE_COMMANDS else "bfd: interrupted",
               file=sys.stderr)
+        if argv is None:
+            # the command's own clean-up ran on the way here (a partial --output removed);
+            # the interpreter's teardown of zarr, pyarrow and DuckDB would take most of a second
+            with contextlib.suppress(OSError, ValueError):
+                sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
     except Exception as e:
         known = describe(e)

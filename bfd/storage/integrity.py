@@ -298,11 +298,15 @@ def verify_run(store: Store, run_id: str) -> list[Fault]:
             per_shard = marker["stop"] - marker["start"]
         if k not in damaged:
             jobs += verifier.jobs(k, marker)
-    with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="bfd-verify") as pool:
+    pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="bfd-verify")
+    try:
         # the small files alongside the chunks
         others = [pool.submit(_verify_model_tensors, store, run_id),
                   pool.submit(_verify_tables, store, run_id)]
         faults += [Fault(*f) for f in pool.map(verifier.check, jobs) if f is not None]
+    finally:
+        # on Ctrl-C, only the chunks being read are waited for
+        pool.shutdown(cancel_futures=True)
     if not markers:
         faults.append(Fault(str(store.shards_dir(run_id)), "no shard completed"))
     elif per_shard is not None:  # unknown when only the last shard's marker is readable
