@@ -33,7 +33,8 @@ _ending = threading.Lock()
 
 
 def _kill_children() -> None:
-    """SIGKILL to every process this one started, and theirs (psutil comes with Dask)."""
+    """SIGKILL to every process this one started, and theirs (psutil comes with Dask; imported
+    by ``end_on_interrupt``, not in a signal handler)."""
     import psutil
 
     with contextlib.suppress(psutil.Error):
@@ -66,6 +67,8 @@ def end_now(line_open: Callable[[], bool] = lambda: False) -> None:
 def end_on_interrupt(line_open: Callable[[], bool] = lambda: False) -> None:
     """From now on, SIGINT ends this process at once (``end_now``). Call it from the main
     thread of a process that runs one pipeline command and nothing else."""
+
+    import psutil  # noqa: F401 - imported now, not while ending
 
     def handler(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
         end_now(line_open)
