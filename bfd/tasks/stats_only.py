@@ -7,6 +7,10 @@ maps over Zarr chunks: two forwards instead of one forward, one write and two re
 activations are rounded to the request's storage dtype first, as the stored path stores them,
 so both paths decompose the same numbers; their sums differ only in grouping (METHOD.md's
 states are sums), i.e. in float64 rounding.
+
+The images are decoded once (kept in memory up to ``KEEP_IMAGES_BYTES``, the rest decoded
+again for the second pass); each batch's sums run in a worker thread during the next
+forward, and the layers' summaries two at a time.
 """
 
 from __future__ import annotations
