@@ -2,7 +2,8 @@
 
 Measured in the same run, on the same model, images and batch size, on the CPU:
   forward   the bare timm forward over the run's images (decoded once and held in memory, no
-            hooks, no storage; one warm-up pass first), as bench/extract.py measures it;
+            hooks, no storage; one warm-up pass first), as bench/extract.py measures it; the
+            mean of one measurement before the stats-only run and one after it;
   audit     ``bfd audit --model M --weights random --images samples --n-images N`` in a fresh
             process on an empty store, as a user runs it: imports, the temporary Prefect
             server, planning, extraction, decomposition, publishing, the catalog snapshot and
@@ -123,9 +124,13 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bfd-bench-audit-"))
     audit = again = fixed = None
     try:
-        forward, forward_cpu = bare_forward_seconds(args.model, args.n_images, args.batch_size)
+        before = bare_forward_seconds(args.model, args.n_images, args.batch_size)
         stats, stats_cpu = stats_only_seconds(args.model, args.n_images, args.batch_size,
                                               workdir)
+        # the bare forward on both sides of the stats-only run: on a shared machine the load
+        # drifts between measurements
+        after = bare_forward_seconds(args.model, args.n_images, args.batch_size)
+        forward, forward_cpu = ((a + b) / 2 for a, b in zip(before, after, strict=True))
         store = workdir / "store"
         if args.only is None:
             audit = audit_seconds(store, args.model, args.n_images, args.batch_size, workdir)
