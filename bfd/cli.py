@@ -134,9 +134,17 @@ class _Bars:
     """tqdm bars fed by the flows' progress reports (bfd.flows.progress)."""
 
     UNITS = {"extract": "img", "decompose": "layer"}
+    # the bars of this process, for Ctrl-C's line (bfd.cli_interrupt)
+    live: list[_Bars] = []
 
     def __init__(self) -> None:
         self.bars: dict = {}
+        _Bars.live.append(self)
+
+    @staticmethod
+    def line_open() -> bool:
+        """True while a bar is drawn and not closed: stderr's last line is unfinished."""
+        return any(not bar.disable for bars in _Bars.live for bar in bars.bars.values())
 
     def __call__(self, stage: str, done: int, total: int, detail: dict) -> None:
         from tqdm import tqdm
@@ -472,6 +480,12 @@ def _exit_now(code: int) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _prefect_defaults(args.verbose)
+    if argv is None and args.command in _PIPELINE_COMMANDS:
+        # a process of its own: Ctrl-C ends it at once, without Prefect's and the
+        # interpreter's teardown
+        from bfd.cli_interrupt import end_on_interrupt
+
+        end_on_interrupt(_Bars.line_open)
     from bfd.faults import describe
 
     try:
@@ -485,10 +499,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.close(devnull)
         return _EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
-        resumes = ("; completed shards are kept and a rerun resumes"
-                   if args.command in _PIPELINE_COMMANDS else "")
-        print(f"bfd: interrupted{resumes}", file=sys.stderr)
-        return 130
+        from bfd.cli_interrupt import EXIT_INTERRUPTED, MESSAGE
+
+        print(MESSAGE if args.command in _PIPELINE_COMMANDS else "bfd: interrupted",
+              file=sys.stderr)
+        if argv is None:
+            # the command's own clean-up ran on the way here (a partial --output removed);
+            # the interpreter's teardown of zarr, pyarrow and DuckDB would take most of a second
+            with contextlib.suppress(OSError, ValueError):
+                sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
     except Exception as e:
         known = describe(e)
         if known is None:

@@ -112,6 +112,7 @@ class Replicates:
         if modes is None:
             return
         self._grams: dict = {}
+        self._pools: dict = {}
         self.so = modes.sigma[:, :, None] * modes.sigma[:, None, :]
         self.Y, self.X = _project(means.pos, modes)
         # each group's content sum projected: (G', H, T, dh)
@@ -162,15 +163,20 @@ class Replicates:
         deleted group changes only its own quarter."""
         key = (side, a, b)
         if key not in self._grams:
-            P, DP = (self.Y, self.DU) if side == "q" else (self.X, self.DV)
-            self._grams[key] = quarter_grams(self._pooled(P, DP, a), self._pooled(P, DP, b))
+            self._grams[key] = quarter_grams(self._pooled(side, a), self._pooled(side, b))
         return self._grams[key]
 
-    def _pooled(self, P: np.ndarray, DP: np.ndarray, groups: tuple[int, ...]) -> np.ndarray:
-        """The estimate of ``pos`` projected (``P``) from the pooled images of ``groups``."""
-        n = self.means.group_n[list(groups)].sum()
-        D = DP[list(groups)].sum(0)
-        return P + (D - D.mean(1, keepdims=True)) / n
+    def _pooled(self, side: str, groups: tuple[int, ...]) -> np.ndarray:
+        """The estimate of ``pos`` projected on the query (``side="q"``) or key modes from
+        the pooled images of ``groups``; cached, since most quarters recur across the
+        replicates."""
+        key = (side, groups)
+        if key not in self._pools:
+            P, DP = (self.Y, self.DU) if side == "q" else (self.X, self.DV)
+            n = self.means.group_n[list(groups)].sum()
+            D = DP[list(groups)].sum(0)
+            self._pools[key] = P + (D - D.mean(1, keepdims=True)) / n
+        return self._pools[key]
 
 
 def layer_statistics(
