@@ -8,8 +8,10 @@ Measured in the same run, on the same model, images and batch size, on the CPU:
             process on an empty store, as a user runs it: imports, the temporary Prefect
             server, planning, extraction, decomposition, publishing, the catalog snapshot and
             the printed layer profile (all layers, both sites);
-  again     the same command once more, on the store that now holds the run (nothing is
-            extracted again);
+  again     the same command once more, on the store that now holds the run: without a
+            Prefect API it is recorded without Prefect, torch or timm (bfd/cli_reuse.py);
+  again -v  the same with ``bfd -v``, which runs the flow (imports, the temporary server,
+            planning, the flow's reuse branch): the "again" of before the request keys;
   fixed     ``bfd audit`` of 2 images of the same model on an empty store: what a command pays
             whatever the work.
   stats     the stats-only decomposition (``--no-store-activations``: two forwards feed the
@@ -93,13 +95,14 @@ def stats_only_seconds(model_name: str, n_images: int, batch_size: int,
 
 
 def audit_seconds(store: Path, model_name: str, n_images: int, batch_size: int,
-                  workdir: Path) -> float:
+                  workdir: Path, verbose: bool = False) -> float:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     home = Path(tempfile.mkdtemp(prefix="prefect-home-", dir=workdir))
     env |= {"PREFECT_HOME": str(home), "HF_HUB_OFFLINE": "1"}
-    argv = [sys.executable, "-m", "bfd.cli", "audit", "--model", model_name, "--weights",
-            "random", "--images", "samples", "--n-images", str(n_images), "--batch-size",
-            str(batch_size), "--device", "cpu", "--store", str(store)]
+    argv = [sys.executable, "-m", "bfd.cli", *(["-v"] if verbose else []), "audit", "--model",
+            model_name, "--weights", "random", "--images", "samples", "--n-images",
+            str(n_images), "--batch-size", str(batch_size), "--device", "cpu", "--store",
+            str(store)]
     t0 = time.perf_counter()
     proc = subprocess.run(argv, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
@@ -122,7 +125,7 @@ def main() -> None:
         args.model, args.n_images, args.batch_size = "test_vit", 4, 4
 
     workdir = Path(tempfile.mkdtemp(prefix="bfd-bench-audit-"))
-    audit = again = fixed = None
+    audit = again = again_flow = fixed = None
     try:
         before = bare_forward_seconds(args.model, args.n_images, args.batch_size)
         stats, stats_cpu = stats_only_seconds(args.model, args.n_images, args.batch_size,
@@ -136,6 +139,8 @@ def main() -> None:
             audit = audit_seconds(store, args.model, args.n_images, args.batch_size, workdir)
         if args.only is None and not args.quick:
             again = audit_seconds(store, args.model, args.n_images, args.batch_size, workdir)
+            again_flow = audit_seconds(store, args.model, args.n_images, args.batch_size,
+                                       workdir, verbose=True)
             fixed = audit_seconds(workdir / "fixed", args.model, 2, args.batch_size, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -144,6 +149,7 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(), "bare_forward_s": round(forward, 3),
         "bare_forward_cpu_s": round(forward_cpu, 3),
         "audit_s": audit and round(audit, 3), "audit_again_s": again and round(again, 3),
+        "audit_again_flow_s": again_flow and round(again_flow, 3),
         "audit_2_images_s": fixed and round(fixed, 3), "stats_only_s": round(stats, 3),
         "stats_only_cpu_s": round(stats_cpu, 3),
         "stats_only_over_forward_images_per_s": round(forward / stats, 3),
@@ -157,6 +163,7 @@ def main() -> None:
         print(f"bfd audit:                   {audit:8.2f} s")
     if again is not None:
         print(f"bfd audit, run already done: {again:8.2f} s  (goal < 3 s)")
+        print(f"the same through the flow:   {again_flow:8.2f} s  (bfd -v audit)")
         print(f"bfd audit of 2 images:       {fixed:8.2f} s  (what any audit pays)")
     print(f"stats-only decomposition:    {stats:8.2f} s ({args.n_images / stats:.1f} images/s, "
           f"{forward / stats:.2f} x the bare forward's; goal >= 0.45; "

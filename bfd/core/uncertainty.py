@@ -30,6 +30,7 @@ from bfd.core.adjusted import _gram, energies, energies_adj, quarter_grams, stag
 from bfd.core.anova import Means
 from bfd.core.content import Pass2State
 from bfd.core.heads import Modes, one_thread
+from bfd.core.sampling import DEFAULT_CI_TARGET as DEFAULT_CI_TARGET
 
 LAYER_SHARES = ("frac_pos", "frac_img", "frac_int", "frac_content", "frac_pos_adj",
                 "frac_img_adj", "frac_int_adj", "frac_content_adj")
@@ -41,7 +42,6 @@ HEAD_INTERVALS = tuple(f"{s}_{k}" for s in HEAD_SHARES for k in STATS)
 # The main shares whose interval width decides whether N is enough: the positional share of
 # the layer (the content share is its complement) and every head's energy shares.
 ADEQUACY_SHARES = ("frac_pos_adj", *(f"f_{b}_adj" for b in BLOCK_NAMES))
-DEFAULT_CI_TARGET = 0.02
 
 
 def t_quantile(df: int, p: float = 0.975) -> float:
