@@ -2,18 +2,23 @@
 
 Measured in the same run, on the same model, images and batch size, on the CPU:
   forward   the bare timm forward over the run's images (decoded once and held in memory, no
-            hooks, no storage; one warm-up pass first), as bench/extract.py measures it;
+            hooks, no storage; one warm-up pass first), as bench/extract.py measures it; the
+            mean of one measurement before the stats-only run and one after it;
   audit     ``bfd audit --model M --weights random --images samples --n-images N`` in a fresh
             process on an empty store, as a user runs it: imports, the temporary Prefect
             server, planning, extraction, decomposition, publishing, the catalog snapshot and
             the printed layer profile (all layers, both sites);
-  again     the same command once more, on the store that now holds the run (nothing is
-            extracted again);
+  again     the same command once more, on the store that now holds the run: without a
+            Prefect API it is recorded without Prefect, torch or timm (bfd/cli_reuse.py);
+  again -v  the same with ``bfd -v``, which runs the flow (imports, the temporary server,
+            planning, the flow's reuse branch): the "again" of before the request keys;
   fixed     ``bfd audit`` of 2 images of the same model on an empty store: what a command pays
             whatever the work.
   stats     the stats-only decomposition (``--no-store-activations``: two forwards feed the
             streaming passes of every layer and site), called in this process with the model
-            loaded, as images/s against the bare forward's (goal >= 0.45).
+            loaded, as images/s against the bare forward's (goal >= 0.45); also as CPU
+            seconds of this process (all threads), which a busy machine stretches less than
+            wall time. ``--only stats`` measures the bare forward and this figure only.
 
 Weights are random (``--weights random``): the forward costs the same as with pretrained
 weights and no download is needed. Each audit runs with a private, empty Prefect home, so
@@ -23,7 +28,7 @@ Prints the figures, then ``audit_over_forward=<ratio>`` as its last line (goal <
 already computed run: goal < 3 s).
 
 Usage: python bench/audit.py [--model vit_small_patch16_224] [--n-images 512]
-       [--batch-size 32] [--quick]
+       [--batch-size 32] [--only stats] [--quick]
 """
 
 from __future__ import annotations
@@ -46,46 +51,58 @@ from bfd import images as imgs  # noqa: E402
 from bfd import models  # noqa: E402
 
 
-def bare_forward_seconds(model_name: str, n_images: int, batch_size: int) -> float:
+def _seconds() -> tuple[float, float]:
+    """Wall and CPU seconds (this process, all threads) so far."""
+    return time.perf_counter(), time.process_time()
+
+
+def _since(start: tuple[float, float]) -> tuple[float, float]:
+    return tuple(b - a for a, b in zip(start, _seconds(), strict=True))
+
+
+def bare_forward_seconds(model_name: str, n_images: int,
+                         batch_size: int) -> tuple[float, float]:
     model, _ = models.load_model(model_name, "random", device="cpu")
     transform = models.transform(model)
     records = imgs.list_images("samples", n_images)
     batches = [b.images for b in imgs.iter_batches(records, transform, batch_size)]
     with torch.inference_mode():
         model(batches[0])  # warm-up: kernels, allocator
-        t0 = time.perf_counter()
+        start = _seconds()
         for x in batches:
             model(x)
-        return time.perf_counter() - t0
+        return _since(start)
 
 
-def stats_only_seconds(model_name: str, n_images: int, batch_size: int, workdir: Path) -> float:
+def stats_only_seconds(model_name: str, n_images: int, batch_size: int,
+                       workdir: Path) -> tuple[float, float]:
     from bfd.tasks.decompose import DecomposeOptions
     from bfd.tasks.extract import ExtractConfig, prepare_run
     from bfd.tasks.stats_only import NOT_STORED, decompose_from_forward
 
-    def run(n: int) -> float:
+    def run(n: int) -> tuple[float, float]:
         cfg = ExtractConfig(model=model_name, weights="random", n_images=n,
                             batch_size=batch_size, device="cpu", extra=dict(NOT_STORED))
         root = tempfile.mkdtemp(prefix="stats-", dir=workdir)
         plan = prepare_run(root, cfg)  # request, manifest, model tensors: as the flow plans
-        t0 = time.perf_counter()
+        start = _seconds()
         decompose_from_forward(root, plan.run_id, cfg, plan.layers, list(plan.records),
                                DecomposeOptions(device="cpu"))
-        return time.perf_counter() - t0
+        return _since(start)
 
     run(batch_size)  # warm-up: the model cache, kernels
     return run(n_images)
 
 
 def audit_seconds(store: Path, model_name: str, n_images: int, batch_size: int,
-                  workdir: Path) -> float:
+                  workdir: Path, verbose: bool = False) -> float:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     home = Path(tempfile.mkdtemp(prefix="prefect-home-", dir=workdir))
     env |= {"PREFECT_HOME": str(home), "HF_HUB_OFFLINE": "1"}
-    argv = [sys.executable, "-m", "bfd.cli", "audit", "--model", model_name, "--weights",
-            "random", "--images", "samples", "--n-images", str(n_images), "--batch-size",
-            str(batch_size), "--device", "cpu", "--store", str(store)]
+    argv = [sys.executable, "-m", "bfd.cli", *(["-v"] if verbose else []), "audit", "--model",
+            model_name, "--weights", "random", "--images", "samples", "--n-images",
+            str(n_images), "--batch-size", str(batch_size), "--device", "cpu", "--store",
+            str(store)]
     t0 = time.perf_counter()
     proc = subprocess.run(argv, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
@@ -99,6 +116,8 @@ def main() -> None:
     p.add_argument("--model", default="vit_small_patch16_224")
     p.add_argument("--n-images", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--only", choices=["stats"],
+                   help="measure only the bare forward and the stats-only decomposition")
     p.add_argument("--quick", action="store_true",
                    help="a tiny model on 4 images, one audit only (that the bench runs; CI)")
     args = p.parse_args()
@@ -106,36 +125,51 @@ def main() -> None:
         args.model, args.n_images, args.batch_size = "test_vit", 4, 4
 
     workdir = Path(tempfile.mkdtemp(prefix="bfd-bench-audit-"))
+    audit = again = again_flow = fixed = None
     try:
-        forward = bare_forward_seconds(args.model, args.n_images, args.batch_size)
-        stats = stats_only_seconds(args.model, args.n_images, args.batch_size, workdir)
+        before = bare_forward_seconds(args.model, args.n_images, args.batch_size)
+        stats, stats_cpu = stats_only_seconds(args.model, args.n_images, args.batch_size,
+                                              workdir)
+        # the bare forward on both sides of the stats-only run: on a shared machine the load
+        # drifts between measurements
+        after = bare_forward_seconds(args.model, args.n_images, args.batch_size)
+        forward, forward_cpu = ((a + b) / 2 for a, b in zip(before, after, strict=True))
         store = workdir / "store"
-        audit = audit_seconds(store, args.model, args.n_images, args.batch_size, workdir)
-        again = fixed = None
-        if not args.quick:
+        if args.only is None:
+            audit = audit_seconds(store, args.model, args.n_images, args.batch_size, workdir)
+        if args.only is None and not args.quick:
             again = audit_seconds(store, args.model, args.n_images, args.batch_size, workdir)
+            again_flow = audit_seconds(store, args.model, args.n_images, args.batch_size,
+                                       workdir, verbose=True)
             fixed = audit_seconds(workdir / "fixed", args.model, 2, args.batch_size, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     figures = {
         "model": args.model, "n_images": args.n_images, "batch_size": args.batch_size,
         "torch_threads": torch.get_num_threads(), "bare_forward_s": round(forward, 3),
-        "audit_s": round(audit, 3), "audit_again_s": again and round(again, 3),
+        "bare_forward_cpu_s": round(forward_cpu, 3),
+        "audit_s": audit and round(audit, 3), "audit_again_s": again and round(again, 3),
+        "audit_again_flow_s": again_flow and round(again_flow, 3),
         "audit_2_images_s": fixed and round(fixed, 3), "stats_only_s": round(stats, 3),
+        "stats_only_cpu_s": round(stats_cpu, 3),
         "stats_only_over_forward_images_per_s": round(forward / stats, 3),
-        "audit_over_forward": round(audit / forward, 3),
+        "stats_only_over_forward_cpu": round(forward_cpu / stats_cpu, 3),
+        "audit_over_forward": audit and round(audit / forward, 3),
     }
     print(json.dumps(figures, indent=2))
     print(f"bare forward:                {forward:8.2f} s "
-          f"({args.n_images / forward:.1f} images/s)")
-    print(f"bfd audit:                   {audit:8.2f} s")
+          f"({args.n_images / forward:.1f} images/s; {forward_cpu:.2f} CPU s)")
+    if audit is not None:
+        print(f"bfd audit:                   {audit:8.2f} s")
     if again is not None:
         print(f"bfd audit, run already done: {again:8.2f} s  (goal < 3 s)")
+        print(f"the same through the flow:   {again_flow:8.2f} s  (bfd -v audit)")
         print(f"bfd audit of 2 images:       {fixed:8.2f} s  (what any audit pays)")
     print(f"stats-only decomposition:    {stats:8.2f} s ({args.n_images / stats:.1f} images/s, "
-          f"{forward / stats:.2f} x the bare forward's; goal >= 0.45)")
-    print(f"audit_over_forward={audit / forward:.2f}")
-
+          f"{forward / stats:.2f} x the bare forward's; goal >= 0.45; "
+          f"{stats_cpu:.2f} CPU s, {forward_cpu / stats_cpu:.2f} x)")
+    if audit is not None:
+        print(f"audit_over_forward={audit / forward:.2f}")
 
 if __name__ == "__main__":
     main()

@@ -1,19 +1,27 @@
 """Benchmark of ``bfd verify``: its time on a store of activations against one bare read of
 the same chunk files (every byte read once, nothing checked), measured in the same run.
 
-Usage: python bench/verify.py [--gib 1.0] [--dtype float16] [--root DIR] [--quick]
+Usage: python bench/verify.py [--gib 1.0] [--dtype float16] [--root DIR] [--keep]
+                               [--repeats 3] [--quick]
 (the goal: verify <= 1.2 x the bare read, on a 10 GB store: --gib 10)
 
-Both are timed with the store in the page cache (the bare read runs once before, to warm it):
-the figure leaves out the disk, where both wait on the same reads and the ratio falls towards
-1; from memory, verify's finiteness pass over every byte costs about what the copy does.
+Two pairs of figures, each the median of ``--repeats`` passes:
+- warm: both timed with the store in the page cache (a pass of each runs first);
+- cold: before each timed pass, every file of the store is evicted from the page cache
+  (``os.sync``, then ``posix_fadvise(POSIX_FADV_DONTNEED)`` on each: no root needed), so both
+  read from the disk. ``cold_read_over_warm_read`` tells whether the eviction worked (far
+  above 1 when it did; a store on tmpfs cannot be evicted).
+``--keep`` leaves the store in ``--root`` and reuses one found there, so that two trees'
+``bfd verify`` can be timed on the same files.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -54,31 +62,71 @@ def bare_read(store: Store, rid: str) -> int:
     return total
 
 
+def evict(root: Path) -> None:
+    """Drop every file under ``root`` from the page cache (written back first: dirty pages
+    stay)."""
+    os.sync()
+    for folder, _, names in os.walk(root):
+        for name in names:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def timed(fn, before=None) -> float:
+    if before is not None:
+        before()
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gib", type=float, default=1.0)
     ap.add_argument("--dtype", default="float16", choices=("float16", "float32"))
     ap.add_argument("--root", help="where to build the store (default: a temporary folder)")
     ap.add_argument("--quick", action="store_true", help="a tiny store; the figures mean nothing")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the store in --root, and reuse the one found there")
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     if args.quick:
-        args.gib = 0.01
+        args.gib, args.repeats = 0.01, 1
     root = Path(args.root or tempfile.mkdtemp(prefix="bfd-bench-verify-")) / "store"
-    shutil.rmtree(root, ignore_errors=True)
-    store, rid = build(root, args.gib, args.dtype)
-    bare_read(store, rid)  # warm the page cache for both, so both read from memory
-    t0 = time.perf_counter()
+    reuse = args.keep and args.root and (root / "runs").is_dir()
+    if reuse:
+        store = Store(root)
+        (rid,) = [p.name for p in store.runs_dir.iterdir()]
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+        store, rid = build(root, args.gib, args.dtype)
     nbytes = bare_read(store, rid)
-    t_read = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    faults = verify_run(store, rid)
-    t_verify = time.perf_counter() - t0
-    assert not faults, faults
-    print(json.dumps({"gib": round(nbytes / 2**30, 2), "dtype": args.dtype,
-                      "bare_read_s": round(t_read, 2), "verify_s": round(t_verify, 2),
-                      "verify_over_read": round(t_verify / t_read, 2),
-                      "leaves_out": "the disk: both read a page-cached store"}))
-    shutil.rmtree(root.parent if not args.root else root, ignore_errors=True)
+
+    def verify() -> None:
+        faults = verify_run(store, rid)
+        assert not faults, faults
+
+    def read() -> None:
+        bare_read(store, rid)
+
+    verify()  # warm: both from the page cache
+    figures = {"gib": round(nbytes / 2**30, 2), "dtype": args.dtype,
+               "repeats": args.repeats}
+    for mode, before in (("warm", None), ("cold", lambda: evict(root))):
+        # interleaved, so that both see the same load of a shared machine
+        pairs = [(timed(read, before), timed(verify, before)) for _ in range(args.repeats)]
+        t_read = statistics.median(r for r, _ in pairs)
+        t_verify = statistics.median(v for _, v in pairs)
+        figures |= {f"{mode}_read_s": round(t_read, 3), f"{mode}_verify_s": round(t_verify, 3),
+                    f"{mode}_verify_over_read": round(t_verify / t_read, 2)}
+    figures["cold_read_over_warm_read"] = round(figures["cold_read_s"] / figures["warm_read_s"],
+                                                1)
+    print(json.dumps(figures))
+    if not args.keep:
+        shutil.rmtree(root.parent if not args.root else root, ignore_errors=True)
 
 
 if __name__ == "__main__":

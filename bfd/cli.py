@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import os
 import sys
-import textwrap
 from collections.abc import Sequence
 
 FORMATS = ("table", "csv", "json", "jsonl", "parquet")
@@ -150,9 +149,17 @@ class _Bars:
     """tqdm bars fed by the flows' progress reports (bfd.flows.progress)."""
 
     UNITS = {"extract": "img", "decompose": "layer"}
+    # the bars of this process, for Ctrl-C's line (bfd.cli_interrupt)
+    live: list[_Bars] = []
 
     def __init__(self) -> None:
         self.bars: dict = {}
+        _Bars.live.append(self)
+
+    @staticmethod
+    def line_open() -> bool:
+        """True while a bar is drawn and not closed: stderr's last line is unfinished."""
+        return any(not bar.disable for bars in _Bars.live for bar in bars.bars.values())
 
     def __call__(self, stage: str, done: int, total: int, detail: dict) -> None:
         from tqdm import tqdm
@@ -263,43 +270,6 @@ def _cache_catalog(store: str) -> None:
               file=sys.stderr)
 
 
-def cmd_audit(args: argparse.Namespace) -> int:
-    _start_prefect_server()
-    from bfd.cli_audits import audit_config, drift_exit, drift_thresholds, print_audit
-    from bfd.flows.audit import DEMO_CONFIG, audit
-    from bfd.flows.params import require_model
-    from bfd.queries import run_query
-    from bfd.storage import require_writable
-
-    config = audit_config(dict(DEMO_CONFIG) if args.demo else _extract_config(args))
-    model = require_model(config, cli=True)
-    if not args.store_activations and (args.workers != 1 or args.dask_address):
-        raise ValueError("--no-store-activations runs both forwards in this process; it takes "
-                         "neither --workers nor --dask-address")
-    _check_extract_request(args, config)
-    require_writable(_store(args))  # an audit always writes its tables
-    if args.demo:
-        print("demo: random-init (untrained) vit_tiny_patch16_224 on 64 embedded sample images;"
-              " weights are labelled 'random' everywhere", file=sys.stderr)
-    thresholds = drift_thresholds(args.drift_threshold)
-    store = _store(args)
-    out = _with_bars(audit, config, store, workers=args.workers,
-                     dask_address=args.dask_address, gpu_resources=args.gpu_resources,
-                     series=args.series, step=args.step, drift=thresholds, trigger="cli",
-                     dashboard=not args.no_dashboard, store_activations=args.store_activations)
-    profile = run_query(store, "layer_profile", {"model": model, "run_id": out["run_id"]})
-    cols = [c for c in ("layer", "frac_pos", "frac_pos_resid", "f_pp", "f_cp", "f_pc", "f_cc",
-                        "n_heads_pp", "n_heads_cp", "n_heads_cc") if c in profile.column_names]
-    print(f"\nBFD audit of {model} (weights: {config.weights}), run {out['run_id']}")
-    _print_table(profile.select(cols), "table")
-    print()
-    n_flagged = print_audit(out, store)
-    print(f"\nresults: {out['results']}\ntables:  {store}/tables  "
-          f"(try: bfd query model_summary --store {store})")
-    _print_statistics(store, out["run_id"], profile, args.demo)
-    return drift_exit(n_flagged, args.fail_on_drift)
-
-
 def _attached(args: argparse.Namespace) -> dict[str, str]:
     """``--attach NAME=STORE`` options as {name: store}."""
     out = {}
@@ -311,43 +281,6 @@ def _attached(args: argparse.Namespace) -> dict[str, str]:
             raise ValueError(f"--attach name {name!r} is given twice")
         out[name] = store
     return out
-
-
-def _print_statistics(store: str, run_id: str, profile, demo: bool) -> None:
-    """The chance-corrected shares with their intervals, how to read them after the demo,
-    and a warning when N is too small for the target interval width (docs/method.md)."""
-    from bfd.queries import run_sql
-
-    cols = [c for c in ("layer", "frac_pos", "frac_pos_chance", "frac_pos_adj",
-                        "frac_pos_adj_lo", "frac_pos_adj_hi", "f_pp_adj", "f_cp_adj",
-                        "f_pc_adj", "f_cc_adj") if c in profile.column_names]
-    print("\nchance-corrected shares, 95 % intervals over images (docs/method.md):")
-    _print_table(profile.select(cols), "table")
-    if demo:
-        pos = profile.column("frac_pos_adj").to_numpy(zero_copy_only=False)
-        cc = profile.column("f_cc_adj").to_numpy(zero_copy_only=False)
-        text = (
-            "How to read this: frac_pos counts the noise of pos, a mean over only 64 images, "
-            "as position (frac_pos_chance is that noise's part); frac_pos_adj [lo, hi] removes "
-            f"it. In this random-init network it is small ({pos.min():.1%} to {pos.max():.1%}) "
-            f"and the heads are content-content (f_cc_adj {cc.min():.2f} to {cc.max():.2f}), "
-            "as an untrained ViT should be; a trained one shows a larger positional share in "
-            "its early layers and heads whose f_cp_adj or f_pp_adj is clearly above zero."
-        )
-        print("\n" + textwrap.fill(text, 96))
-        print("Next, a pretrained model from the timm cache or a weights file:\n"
-              "  bfd audit --model vit_small_patch16_224.augreg_in21k --images <folder> "
-              "--n-images 256\n"
-              "  bfd audit --model vit_small_patch16_224 --weights <model.safetensors>")
-    sql = ("SELECT max(ci_halfwidth) AS hw, max(n_images_for_target) AS need, "
-           "any_value(ci_target) AS target, any_value(n_images) AS n "
-           "FROM layers WHERE run_id = $run_id")
-    row = run_sql(store, sql, {"run_id": run_id}).to_pylist()[0]
-    hw, target = row["hw"], row["target"]
-    if hw is not None and target is not None and hw == hw and hw > target:
-        print(f"bfd: warning: with N={row['n']} images the 95 % intervals of the main shares "
-              f"reach ±{hw:.3f}, wider than the target ±{target:g}; about "
-              f"{int(row['need'])} images would reach it", file=sys.stderr)
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
@@ -450,7 +383,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bfd.cli_audits import add_audit_options, add_audit_parsers
+    from bfd.cli_audits import add_audit_options, add_audit_parsers, cmd_audit
 
     p = argparse.ArgumentParser(
         prog="bfd", description="Bi-orthogonal Factor Decomposition of timm ViTs: which "
@@ -562,6 +495,12 @@ def _exit_now(code: int) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _prefect_defaults(args.verbose)
+    if argv is None and args.command in _PIPELINE_COMMANDS:
+        # a process of its own: Ctrl-C ends it at once, without Prefect's and the
+        # interpreter's teardown
+        from bfd.cli_interrupt import end_on_interrupt
+
+        end_on_interrupt(_Bars.line_open)
     from bfd.faults import describe
 
     try:
@@ -575,10 +514,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.close(devnull)
         return _EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
-        resumes = ("; completed shards are kept and a rerun resumes"
-                   if args.command in _PIPELINE_COMMANDS else "")
-        print(f"bfd: interrupted{resumes}", file=sys.stderr)
-        return 130
+        from bfd.cli_interrupt import EXIT_INTERRUPTED, MESSAGE
+
+        print(MESSAGE if args.command in _PIPELINE_COMMANDS else "bfd: interrupted",
+              file=sys.stderr)
+        if argv is None:
+            # the command's own clean-up ran on the way here (a partial --output removed);
+            # the interpreter's teardown of zarr, pyarrow and DuckDB would take most of a second
+            with contextlib.suppress(OSError, ValueError):
+                sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
     except Exception as e:
         known = describe(e)
         if known is None:

@@ -1,10 +1,11 @@
-"""The ``bfd`` commands of audits as events: the options of series and drift, their report,
-``bfd audit-checkpoints`` and ``bfd serve`` (``bfd audit`` itself is in ``bfd.cli``)."""
+"""The ``bfd`` commands of audits as events: ``bfd audit`` (its options of series and drift,
+its report), ``bfd audit-checkpoints`` and ``bfd serve``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from bfd import cli
@@ -80,6 +81,89 @@ def drift_exit(n_flagged: int, fail_on_drift: bool) -> int:
         print(f"bfd: drift: {n_flagged} value(s) flagged (--fail-on-drift)", file=sys.stderr)
         return 3
     return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """``bfd audit``: the flow ``audit``, or for a run already computed the audit's record
+    alone, without Prefect (``bfd.cli_reuse``)."""
+    from bfd.cli_reuse import computed_run_of, record_reused_audit
+    from bfd.flows.params import DEMO_CONFIG, require_model
+    from bfd.queries import run_query
+    from bfd.storage import require_writable
+
+    config = audit_config(dict(DEMO_CONFIG) if args.demo else cli._extract_config(args))
+    model = require_model(config, cli=True)
+    if not args.store_activations and (args.workers != 1 or args.dask_address):
+        raise ValueError("--no-store-activations runs both forwards in this process; it takes "
+                         "neither --workers nor --dask-address")
+    store = cli._store(args)
+    reused = computed_run_of(args, config, store)
+    if reused is None:
+        cli._start_prefect_server()
+        cli._check_extract_request(args, config)
+    require_writable(store)  # an audit always writes its tables
+    if args.demo:
+        print("demo: random-init (untrained) vit_tiny_patch16_224 on 64 embedded sample images;"
+              " weights are labelled 'random' everywhere", file=sys.stderr)
+    thresholds = drift_thresholds(args.drift_threshold)
+    if reused is not None:
+        out = record_reused_audit(args, config, store, thresholds, reused)
+    else:
+        from bfd.flows.audit import audit
+
+        out = cli._with_bars(audit, config, store, workers=args.workers,
+                             dask_address=args.dask_address, gpu_resources=args.gpu_resources,
+                             series=args.series, step=args.step, drift=thresholds,
+                             trigger="cli", dashboard=not args.no_dashboard,
+                             store_activations=args.store_activations)
+    profile = run_query(store, "layer_profile", {"model": model, "run_id": out["run_id"]})
+    cols = [c for c in ("layer", "frac_pos", "frac_pos_resid", "f_pp", "f_cp", "f_pc", "f_cc",
+                        "n_heads_pp", "n_heads_cp", "n_heads_cc") if c in profile.column_names]
+    print(f"\nBFD audit of {model} (weights: {config.weights}), run {out['run_id']}")
+    cli._print_table(profile.select(cols), "table")
+    print()
+    n_flagged = print_audit(out, store)
+    print(f"\nresults: {out['results']}\ntables:  {store}/tables  "
+          f"(try: bfd query model_summary --store {store})")
+    print_statistics(store, out["run_id"], profile, args.demo)
+    return drift_exit(n_flagged, args.fail_on_drift)
+
+
+def print_statistics(store: str, run_id: str, profile, demo: bool) -> None:
+    """The chance-corrected shares with their intervals, how to read them after the demo,
+    and a warning when N is too small for the target interval width (docs/method.md)."""
+    from bfd.queries import run_sql
+
+    cols = [c for c in ("layer", "frac_pos", "frac_pos_chance", "frac_pos_adj",
+                        "frac_pos_adj_lo", "frac_pos_adj_hi", "f_pp_adj", "f_cp_adj",
+                        "f_pc_adj", "f_cc_adj") if c in profile.column_names]
+    print("\nchance-corrected shares, 95 % intervals over images (docs/method.md):")
+    cli._print_table(profile.select(cols), "table")
+    if demo:
+        pos = profile.column("frac_pos_adj").to_numpy(zero_copy_only=False)
+        cc = profile.column("f_cc_adj").to_numpy(zero_copy_only=False)
+        text = (
+            "How to read this: frac_pos counts the noise of pos, a mean over only 64 images, "
+            "as position (frac_pos_chance is that noise's part); frac_pos_adj [lo, hi] removes "
+            f"it. In this random-init network it is small ({pos.min():.1%} to {pos.max():.1%}) "
+            f"and the heads are content-content (f_cc_adj {cc.min():.2f} to {cc.max():.2f}), "
+            "as an untrained ViT should be; a trained one shows a larger positional share in "
+            "its early layers and heads whose f_cp_adj or f_pp_adj is clearly above zero."
+        )
+        print("\n" + textwrap.fill(text, 96))
+        print("Next, a pretrained model from the timm cache or a weights file:\n"
+              "  bfd audit --model vit_small_patch16_224.augreg_in21k --images <folder> "
+              "--n-images 256\n"
+              "  bfd audit --model vit_small_patch16_224 --weights <model.safetensors>")
+    sql = ("SELECT max(ci_halfwidth) AS hw, max(n_images_for_target) AS need, "
+           "any_value(ci_target) AS target, any_value(n_images) AS n "
+           "FROM layers WHERE run_id = $run_id")
+    row = run_sql(store, sql, {"run_id": run_id}).to_pylist()[0]
+    hw, target = row["hw"], row["target"]
+    if hw is not None and target is not None and hw == hw and hw > target:
+        print(f"bfd: warning: with N={row['n']} images the 95 % intervals of the main shares "
+              f"reach ±{hw:.3f}, wider than the target ±{target:g}; about "
+              f"{int(row['need'])} images would reach it", file=sys.stderr)
 
 
 def cmd_audit_checkpoints(args: argparse.Namespace) -> int:

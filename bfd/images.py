@@ -22,10 +22,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
+
+from bfd.files import sha256_file
+
+if TYPE_CHECKING:  # listing images needs no torch (a request is keyed without it)
+    import torch
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -84,14 +89,6 @@ class Batch:
 
 def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @cache
@@ -223,7 +220,7 @@ def list_images(source: str, n_images: int | None = None) -> list[ImageRecord]:
     entries = entries[:n_images]
     # A missing manifest entry keeps its slot and is skipped at decode time, like any bad file.
     return [
-        ImageRecord(i, rid, _sha256_file(p) if p.is_file() else "", str(p))
+        ImageRecord(i, rid, sha256_file(p) if p.is_file() else "", str(p))
         for i, (rid, p) in enumerate(entries)
     ]
 
@@ -357,6 +354,8 @@ def iter_batches(
         prefetch: With threads, groups decoded ahead of the one being consumed, so that
             decoding overlaps whatever the caller does with a batch (a forward, a write).
     """
+    import torch
+
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer; got {batch_size}")
     if align is not None and align < 1:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import hashlib
 import os
 import threading
 import weakref
@@ -26,8 +25,10 @@ from timm.layers import Attention
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from bfd.files import WEIGHT_SUFFIXES as WEIGHT_SUFFIXES
+from bfd.files import sha256_file
+
 SITES: tuple[str, ...] = ("attn_in", "resid")
-WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".pth", ".pt", ".bin")
 # The timm modules whose models are built on VisionTransformer; check_supported decides.
 VIT_MODULES: tuple[str, ...] = ("vision_transformer", "deit", "vision_transformer_hybrid")
 
@@ -204,14 +205,6 @@ def supported_model_names(filter: str = "*") -> list[str]:
     return out
 
 
-def _sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _hub_offline() -> bool:
     from huggingface_hub import constants
 
@@ -353,7 +346,7 @@ def load_model(
                              f"in tensor {bad[0]!r}" + (f" and {len(bad) - 1} more" if bad[1:]
                                                        else "") + "; BFD of such a model is "
                              "undefined")
-        sha = _sha256_file(path)
+        sha = sha256_file(path)
     model.eval().requires_grad_(False)
     model.to(device)
     return model, _info(model, name, weights, sha)

@@ -114,12 +114,12 @@ def test_layer_profile_shows_the_corrected_shares(tmp_path):
 
 
 def test_audit_summary_shows_intervals_and_warns_when_n_is_short(tmp_path, capsys):
-    from bfd.cli import _print_statistics
+    from bfd.cli_audits import print_statistics
 
     ds = results(5, 16, 1.0)
     publish(tmp_path, "r", ds)
     profile = run_query(tmp_path, "layer_profile", {"model": "toy"})
-    _print_statistics(str(tmp_path), "r", profile, demo=True)
+    print_statistics(str(tmp_path), "r", profile, demo=True)
     out, err = capsys.readouterr()
     assert "frac_pos_adj_lo" in out and "How to read this" in out and "bfd audit --model" in out
     need = int(layers_rows(ds).to_pandas().n_images_for_target.max())

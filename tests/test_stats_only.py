@@ -7,12 +7,18 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 
+from bfd import images as imgs
+from bfd import models
 from bfd.flows.audit import audit
 from bfd.flows.decompose import decompose
 from bfd.queries import run_sql
 from bfd.storage import Store, open_activations, open_results
+from bfd.tasks.decompose import DecomposeOptions
+from bfd.tasks.extract import ExtractConfig, _model, prepare_run
+from bfd.tasks.stats_only import KEEP_IMAGES_BYTES, NOT_STORED, _Images, decompose_from_forward
 
 CONFIG = {"model": "test_vit", "weights": "random", "images": "samples", "n_images": 12,
           "img_size": 32, "layers": "0,2", "dtype": "float32", "images_per_chunk": 4,
@@ -53,3 +59,43 @@ def test_stats_only_equals_the_stored_path(prefect_harness, tmp_path):
     assert all(np.isnan(acts[site].values).all() for site in acts.data_vars)
     with pytest.raises(ValueError, match="kept no activations"):
         decompose(stats["run_id"], stats_root)
+
+
+def _planned(root: str, **over):
+    cfg = ExtractConfig(**{**CONFIG, "images_per_chunk": 4, "batch_size": 3,
+                           "extra": dict(NOT_STORED), **over})
+    return cfg, prepare_run(root, cfg)
+
+
+def test_images_kept_up_to_the_bound_and_the_rest_decoded_again(tmp_path):
+    """The second pass sees the first pass's batches, whether kept or decoded again; what is
+    kept ends on a chunk boundary, where decoding again starts the same batches."""
+    cfg, plan = _planned(str(tmp_path))
+    model, _ = _model(cfg, "cpu")
+    records = [imgs.ImageRecord(**r) for r in plan.records]
+    one = 3 * 32 * 32 * 4  # bytes of one float32 image at img_size 32
+    # batches of 3 that never cross a chunk of 4: [0, 3) [3, 4) [4, 7) [7, 8) [8, 11) [11, 12)
+    for bound, cut in [(0, 0), (7 * one, 4), (8 * one, 8), (12 * one, 12)]:
+        images = _Images(cfg, records, models.transform(model), 0, bound)
+        first = [(b.indices, b.images.clone()) for b in images.first()]
+        assert [i for i, _ in first] == [[0, 1, 2], [3], [4, 5, 6], [7], [8, 9, 10], [11]]
+        assert images.cut == cut
+        assert sum(len(b.indices) for b in images.kept) == cut
+        assert sum(b.images.nbytes for b in images.kept) <= bound
+        again = list(images.again())
+        assert [b.indices for b in again] == [i for i, _ in first]
+        for (_, x), b in zip(first, again, strict=True):
+            assert torch.equal(x, b.images)
+
+
+@pytest.mark.slow
+def test_stats_only_results_do_not_depend_on_the_images_kept(tmp_path):
+    cfg, plan = _planned(str(tmp_path))
+    options = DecomposeOptions(device="cpu", seed=3)
+    runs = [decompose_from_forward(str(tmp_path), plan.run_id, cfg, plan.layers,
+                                   list(plan.records), options, keep_images_bytes=bound)
+            for bound in (0, 7 * 3 * 32 * 32 * 4, KEEP_IMAGES_BYTES)]
+    for parts, statuses in runs[1:]:
+        assert statuses == runs[0][1]
+        for a, b in zip(runs[0][0], parts, strict=True):
+            xr.testing.assert_identical(a, b)

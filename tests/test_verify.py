@@ -132,3 +132,58 @@ def test_extract_rewrites_a_damaged_run_file(pristine, damaged, capsys, name):
     assert code == 0, err
     assert path.read_bytes() == (pristine[0] / "runs" / rid / name).read_bytes()
     assert verify_run(Store(root), rid) == []
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_the_bit_test_of_finiteness_equals_isfinite(dtype):
+    """Against ``np.isfinite``: every float16 bit pattern; for the wider floats the signed
+    zeros, subnormals, extremes, infinities and NaNs of either sign and any payload, and
+    random bits, each alone in its row."""
+    from bfd.storage.chunk_check import ChunkChecker
+
+    n = np.dtype(dtype).itemsize
+    if dtype == "float16":
+        bits = np.arange(2**16, dtype=np.uint16)
+    else:
+        info, u = np.finfo(dtype), f"<u{n}"
+        special = np.array([0.0, -0.0, info.tiny, -info.tiny, info.smallest_subnormal,
+                            -info.smallest_subnormal, info.max, -info.max, np.inf, -np.inf,
+                            np.nan, -np.nan], dtype=dtype).view(u)
+        exponent = int(np.array(np.inf, dtype).view(u))
+        payloads = np.array([exponent | 1, exponent | (exponent >> 1) | 3], dtype=u)
+        rng = np.random.default_rng(n)
+        bits = np.concatenate([special, payloads, payloads | (1 << (8 * n - 1)),
+                               rng.integers(0, 2**63, 4096, dtype=np.uint64).astype(u)])
+    rows = np.zeros((len(bits), 3), dtype=dtype)
+    rows.view(f"<u{n}")[:, 1] = bits
+    array = zarr.create_array(store={}, shape=rows.shape, dtype=dtype, compressors=None)
+    got = ChunkChecker(array, raw=False).finite_rows(rows)
+    assert np.array_equal(got, np.isfinite(rows).all(-1))
+    assert (~got).sum() == (~np.isfinite(bits.view(dtype))).sum() > 0
+
+
+def test_verify_names_every_non_finite_image_of_a_float16_store(tmp_path):
+    """+inf, -inf and NaNs of either sign planted in images marked ok, across chunks, layers and
+    sites, are each named; a NaN in a skipped image is not a fault."""
+    from storebuilder import build_run, random_run_arrays
+
+    acts, qkv, H = random_run_arrays(7, L=3, N=12)
+    store = Store(tmp_path / "store")
+    rid = build_run(store, acts, qkv, H, images_per_chunk=4, skipped=(5,), dtype="float16")
+    assert verify_run(store, rid) == []
+    planted = {("attn_in", 0, 1): 0x7C00, ("resid", 2, 6): 0xFC00, ("attn_in", 1, 9): 0x7E01,
+               ("attn_in", 1, 10): 0xFE00, ("resid", 0, 5): 0x7E00}
+    for (site, layer, image), pattern in planted.items():
+        array = zarr.open_array(str(store.zarr_path), path=f"{rid}/{site}", mode="r+")
+        block = array[layer, image]
+        block.view(np.uint16)[3, 7] = pattern
+        array[layer, image] = block
+    faults = sorted(str(f) for f in verify_run(store, rid))
+    root = tmp_path / "store"
+    assert faults == sorted([
+        f"{chunk(root, rid, 'attn_in', 0, 0)}: non-finite values in images [1] of layer 0 "
+        "(attn_in)",
+        f"{chunk(root, rid, 'attn_in', 1, 2)}: non-finite values in images [9, 10] of layer 1 "
+        "(attn_in)",
+        f"{chunk(root, rid, 'resid', 2, 1)}: non-finite values in images [6] of layer 2 "
+        "(resid)"])

@@ -1,22 +1,39 @@
-"""Pure math of docs/method.md: numpy/torch in, arrays out. No Prefect, Zarr or DuckDB here."""
+"""Pure math of docs/method.md: numpy/torch in, arrays out. No Prefect, Zarr or DuckDB here.
 
-from bfd.core.anova import Means as Means
-from bfd.core.anova import Pass1State as Pass1State
-from bfd.core.anova import finalize_means as finalize_means
-from bfd.core.content import Pass2Plan as Pass2Plan
-from bfd.core.content import Pass2State as Pass2State
-from bfd.core.content import logit_residual as logit_residual
-from bfd.core.dataset import to_dataset as to_dataset
-from bfd.core.heads import HeadMaps as HeadMaps
-from bfd.core.heads import Modes as Modes
-from bfd.core.heads import bi_orthogonal_modes as bi_orthogonal_modes
-from bfd.core.heads import head_maps as head_maps
-from bfd.core.stream import decompose_layer as decompose_layer
-from bfd.core.stream import pass1_chunk as pass1_chunk
-from bfd.core.stream import prepare_chunk as prepare_chunk
-from bfd.core.summary import BLOCKS as BLOCKS
-from bfd.core.summary import HEAD_TYPES as HEAD_TYPES
-from bfd.core.summary import UNDEFINED as UNDEFINED
-from bfd.core.summary import LayerResult as LayerResult
-from bfd.core.summary import pos_embed_cosine as pos_embed_cosine
-from bfd.core.summary import summarize as summarize
+Names load on first use, so that a torch-free module of the core (``bfd.core.sampling``) can
+be imported without torch.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from bfd.lazy import lazy_exports
+
+# name -> the module of this package that defines it
+_EXPORTS: Final[dict[str, str]] = {
+    "Means": "anova",
+    "Pass1State": "anova",
+    "finalize_means": "anova",
+    "Pass2Plan": "content",
+    "Pass2State": "content",
+    "logit_residual": "content",
+    "to_dataset": "dataset",
+    "HeadMaps": "heads",
+    "Modes": "heads",
+    "bi_orthogonal_modes": "heads",
+    "head_maps": "heads",
+    "decompose_layer": "stream",
+    "pass1_chunk": "stream",
+    "prepare_chunk": "stream",
+    "BLOCKS": "summary",
+    "HEAD_TYPES": "summary",
+    "UNDEFINED": "summary",
+    "LayerResult": "summary",
+    "pos_embed_cosine": "summary",
+    "summarize": "summary",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

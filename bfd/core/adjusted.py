@@ -21,6 +21,7 @@ Every function works on the statistics of one (sub)sample, so the jackknife
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 QUARTER_SPLITS = (((0, 1), (2, 3)), ((0, 2), (1, 3)), ((0, 3), (1, 2)))
 
@@ -62,6 +63,17 @@ def stage1_shares(n: float, T: int, ss_pos, ss_img, ss_int) -> dict[str, np.ndar
         "frac_content_adj": _div(v_img + v_int, v),
         "frac_pos_chance": _div(ss_int, (n - 1) * ss_total),
     }
+
+
+def _gram(Y: np.ndarray, X: np.ndarray | None = None) -> np.ndarray:
+    """``Σ_t Y[h, t]ᵀ X[h, t]``, ``(H, dh, dh)``.
+
+    In torch: numpy's stacked matmul of a transposed view took 100x longer (threaded BLAS on
+    small matrices); the callers run it on one torch thread (``heads.one_thread``).
+    """
+    y = torch.from_numpy(np.asarray(Y))
+    x = y if X is None else torch.from_numpy(np.asarray(X))
+    return (y.transpose(-1, -2) @ x).numpy()
 
 
 def _sym(a: np.ndarray) -> np.ndarray:

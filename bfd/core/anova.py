@@ -13,21 +13,14 @@ import numpy as np
 import torch
 
 from bfd.core.checks import require
-from bfd.core.sampling import half_a, image_indices, jackknife_group, token_permutations
-
-DEFAULT_GROUPS = 16
-
-
-def stored_groups(groups: int) -> int:
-    """Image groups the passes keep sums for: the jackknife's ``groups``, or without a
-    jackknife (``groups=0``) the 4 quarters that the unbiased ``E_pp`` needs."""
-    require(
-        isinstance(groups, int | np.integer)
-        and (groups == 0 or (groups >= 8 and groups % 4 == 0)),
-        f"jackknife groups must be 0 (no intervals) or a multiple of 4 that is >= 8; "
-        f"got {groups!r}",
-    )
-    return int(groups) or 4
+from bfd.core.sampling import DEFAULT_GROUPS as DEFAULT_GROUPS
+from bfd.core.sampling import (
+    half_a,
+    image_indices,
+    jackknife_group,
+    stored_groups,
+    token_permutations,
+)
 
 
 def as_chunk(

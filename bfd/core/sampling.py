@@ -9,6 +9,10 @@ from __future__ import annotations
 import numpy as np
 
 _M = np.uint64(0xFFFFFFFFFFFFFFFF)
+# Image groups of the interval jackknife, and the interval half-width the main shares should
+# reach (docs/method.md); here, without torch, so that options can be checked without it.
+DEFAULT_GROUPS = 16
+DEFAULT_CI_TARGET = 0.02
 
 
 def image_indices(index: int | np.ndarray, n: int) -> np.ndarray:
@@ -64,3 +68,13 @@ def jackknife_group(indices: np.ndarray, groups: int) -> np.ndarray:
     that the unbiased ``E_pp`` uses) is then ``group mod 4`` whenever 4 divides ``groups``.
     """
     return np.asarray(indices, dtype=np.int64) % groups
+
+
+def stored_groups(groups: int) -> int:
+    """Image groups the passes keep sums for: the jackknife's ``groups``, or without a
+    jackknife (``groups=0``) the 4 quarters that the unbiased ``E_pp`` needs."""
+    if not (isinstance(groups, int | np.integer)
+            and (groups == 0 or (groups >= 8 and groups % 4 == 0))):
+        raise ValueError(f"jackknife groups must be 0 (no intervals) or a multiple of 4 that "
+                         f"is >= 8; got {groups!r}")
+    return int(groups) or 4

@@ -11,10 +11,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from bfd.core.adjusted import _gram
 from bfd.core.anova import Means
 from bfd.core.content import Pass2State
-from bfd.core.heads import Modes
-from bfd.core.uncertainty import DEFAULT_CI_TARGET, _gram, _project, layer_statistics
+from bfd.core.heads import Modes, one_thread
+from bfd.core.uncertainty import DEFAULT_CI_TARGET, _project, layer_statistics
 
 BLOCKS = ("pp", "pc", "cp", "cc")
 HEAD_TYPES = ("content-content", "content-position", "position-position")
@@ -137,9 +138,11 @@ def summarize(
     N = means.n
     sig2 = modes.sigma**2
     sigma_outer = modes.sigma[:, :, None] * modes.sigma[:, None, :]
-    # in torch: numpy's einsum and stacked matmul here took 10-100x longer (BLAS threads
-    # spinning against torch's right after its GEMMs)
-    Kp_q, Kp_k = (_gram(P) for P in _project(means.pos, modes))
+    # in torch on one thread: numpy's einsum and stacked matmul of a transposed view took
+    # 30-60 ms here per layer (threaded BLAS on small matrices), as long as the statistics
+    with one_thread():
+        PU, PV = _project(means.pos, modes)
+        Kp_q, Kp_k = _gram(PU), _gram(PV)
 
     E_pp = N * (sigma_outer * Kp_q * Kp_k).sum((1, 2))
     E_pc = (sigma_outer * Kp_q * p2.K_k).sum((1, 2))

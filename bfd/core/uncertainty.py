@@ -30,6 +30,7 @@ from bfd.core.adjusted import _sym, energies, energies_adj, stage1_shares
 from bfd.core.anova import Means
 from bfd.core.content import Pass2State
 from bfd.core.heads import Modes, one_thread
+from bfd.core.sampling import DEFAULT_CI_TARGET as DEFAULT_CI_TARGET
 
 LAYER_SHARES = ("frac_pos", "frac_img", "frac_int", "frac_content", "frac_pos_adj",
                 "frac_img_adj", "frac_int_adj", "frac_content_adj")
@@ -41,7 +42,6 @@ HEAD_INTERVALS = tuple(f"{s}_{k}" for s in HEAD_SHARES for k in STATS)
 # The main shares whose interval width decides whether N is enough: the positional share of
 # the layer (the content share is its complement) and every head's energy shares.
 ADEQUACY_SHARES = ("frac_pos_adj", *(f"f_{b}_adj" for b in BLOCK_NAMES))
-DEFAULT_CI_TARGET = 0.02
 
 
 def t_quantile(df: int, p: float = 0.975) -> float:
@@ -88,12 +88,6 @@ def _project(F: np.ndarray, modes: Modes) -> tuple[np.ndarray, np.ndarray]:
     P = (torch.from_numpy(np.ascontiguousarray(F)) @ W).numpy()  # (..., T, 2·H·dh)
     P = np.moveaxis(P.reshape(*F.shape[:-1], 2 * H, dh), -2, -3)  # (..., 2H, T, dh)
     return P[..., :H, :, :], P[..., H:, :, :]
-
-
-def _gram(P: np.ndarray) -> np.ndarray:
-    """``PᵀP`` per head of ``P (H, T, dh)``, in torch (see ``_project``)."""
-    t = torch.from_numpy(np.ascontiguousarray(P))
-    return (t.transpose(-1, -2) @ t).numpy()
 
 
 def _fractions(energy: np.ndarray) -> np.ndarray:

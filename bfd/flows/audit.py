@@ -16,6 +16,7 @@ from bfd.flows.params import (
     AuditConfig,
     DecomposeParams,
     DriftThresholds,
+    decompose_kwargs,
     require_model,
     with_deployment_defaults,
 )
@@ -29,27 +30,16 @@ from bfd.flows.prefect_io import (
 )
 from bfd.flows.runners import task_runner
 from bfd.flows.stats_only import stats_only_run
-from bfd.storage import (
-    Store,
-    new_audit_id,
-    previous_audit,
-    results_path,
-    write_audit,
-    write_drift,
+from bfd.storage import Store, results_path
+from bfd.tasks.audits import (
+    audit_row,
+    computed_run,
+    default_series,
+    drift_since_previous,
+    time_step,
 )
-from bfd.tasks.audits import computed_run, default_series, time_step
 from bfd.tasks.decompose import DecomposeOptions
-from bfd.tasks.drift import drift_rows, layer_summary
-
-DEMO_CONFIG = {
-    "model": "vit_tiny_patch16_224",
-    "weights": "random",
-    "images": "samples",
-    "n_images": 64,
-    "layers": "all",
-    "sites": ("attn_in", "resid"),
-    "dtype": "float16",
-}
+from bfd.tasks.drift import layer_summary
 
 
 def _run_name() -> str:
@@ -65,21 +55,12 @@ def _run_name() -> str:
 
 
 def refresh_outputs(store: str, dashboard: bool) -> None:
-    """The SQL catalog's snapshot, then the dashboard, when ``dashboard``: derived views of
-    what is written (a flow auditing many models refreshes them once, at its end), so a
-    failure here is a warning, not a failed audit."""
-    from bfd.queries import refresh_catalog
+    """The SQL catalog's snapshot, then the dashboard, when ``dashboard``
+    (``bfd.report.dashboard.refresh_outputs``), logged to the flow run."""
+    from bfd.report.dashboard import refresh_outputs as refresh
 
-    if not dashboard:
-        return
-    logger = get_run_logger()
-    try:
-        refresh_catalog(store)
-        from bfd.report.dashboard import build_dashboard
-
-        logger.info("dashboard: %s", build_dashboard(store, f"{store}/dashboard").index)
-    except Exception as err:  # noqa: BLE001 - derived outputs; the next audit rebuilds them
-        logger.warning("catalog or dashboard not refreshed (%s); the next query rebuilds it", err)
+    if dashboard:
+        refresh(store, get_run_logger())
 
 
 @flow(name="audit", log_prints=True, flow_run_name=_run_name)
@@ -134,14 +115,9 @@ def audit(
     step = step if step is not None else time_step(started)
     name_and_tag(f"{series} step {step}", [f"model:{model}", f"series:{series}"])
     logger.info("audit of series %s, step %d, into store %s", series, step, root)
-    row: dict[str, Any] = {
-        "audit_id": new_audit_id(started), "series": series, "run_id": None, "step": step,
-        "started_at": started, "trigger": trigger, "flow_run_id": current_flow_run_id(),
-        "status": "failed", "prev_audit_id": None, "n_flagged": None,
-    }
-    try:
+    with audit_row(Store(root), series, step, trigger, current_flow_run_id(), started) as row:
         with progress.listening(PrefectProgress()):
-            decompose_kw = {**options.model_dump(), "device": options.device or config.device}
+            decompose_kw = decompose_kwargs(options, config)
             stored = DecomposeOptions(**decompose_kw).to_dict()
             if not store_activations:
                 run_id, written = stats_only_run(config.extract_config(), root, decompose_kw)
@@ -156,19 +132,7 @@ def audit(
             else:
                 written = {"results": results_path(Store(root), run_id)}
                 logger.info("run %s is already computed: reused, nothing recomputed", run_id)
-        row["run_id"] = run_id
-        prev = previous_audit(Store(root), series, step)
-        rows = []
-        if prev is not None:
-            row["prev_audit_id"] = prev["audit_id"]
-            rows = drift_rows(Store(root), prev["run_id"], run_id, thresholds.model_dump())
-            rows = [{"audit_id": row["audit_id"], "prev_audit_id": prev["audit_id"], **r}
-                    for r in rows]
-            write_drift(Store(root), series, row["audit_id"], rows)
-        row.update(status="complete", n_flagged=sum(r["flagged"] for r in rows))
-    finally:
-        row["finished_at"] = datetime.now(UTC)
-        write_audit(Store(root), row)
+        rows = drift_since_previous(Store(root), row, run_id, thresholds.model_dump())
     reused = "runs" not in written
     logger.info("audit %s: run %s (%s), %d drift flag(s); store %s", row["audit_id"], run_id,
                 "reused" if reused else "computed", row["n_flagged"], root)

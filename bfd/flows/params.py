@@ -18,7 +18,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from bfd.models import WEIGHT_SUFFIXES
+from bfd.files import WEIGHT_SUFFIXES
+
+# `bfd audit --demo`: what it audits.
+DEMO_CONFIG = {
+    "model": "vit_tiny_patch16_224",
+    "weights": "random",
+    "images": "samples",
+    "n_images": 64,
+    "layers": "all",
+    "sites": ("attn_in", "resid"),
+    "dtype": "float16",
+}
 
 
 class _Params(BaseModel):
@@ -82,6 +93,12 @@ class DriftThresholds(_Params):
                              "1 or more: never")
     metrics: dict[str, float] = Field(default_factory=dict,
                                       description="per-metric thresholds, e.g. frac_pos: 0.02")
+
+
+def decompose_kwargs(options: DecomposeParams, config: AuditConfig) -> dict[str, Any]:
+    """The keyword arguments of an audit's decomposition: ``options``, their device the
+    extraction's unless given."""
+    return {**options.model_dump(), "device": options.device or config.device}
 
 
 def _deployment_parameters() -> dict[str, Any]:

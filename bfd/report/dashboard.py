@@ -24,6 +24,7 @@ import functools
 import hashlib
 import html
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -172,6 +173,19 @@ def _run_links(store_root: Path, runs: D.Columns) -> None:
     runs["results_path"] = [_results_path(store_root, run_id) for run_id in runs["run_id"]]
     runs["results_url"] = [_local_uri(path) for path in runs["results_path"]]
     runs["flow_run_url"] = [_flow_run_url(fid) for fid in runs["flow_run_id"]]
+
+
+def refresh_outputs(store: str, logger: logging.Logger | logging.LoggerAdapter) -> None:
+    """The SQL catalog's snapshot, then the dashboard ``<store>/dashboard``: derived views of
+    what is written (a flow auditing many models refreshes them once, at its end), so a
+    failure here is a warning to ``logger``, not a failed audit."""
+    from bfd.queries import refresh_catalog
+
+    try:
+        refresh_catalog(store)
+        logger.info("dashboard: %s", build_dashboard(store, f"{store}/dashboard").index)
+    except Exception as err:  # noqa: BLE001 - derived outputs; the next audit rebuilds them
+        logger.warning("catalog or dashboard not refreshed (%s); the next query rebuilds it", err)
 
 
 def build_dashboard(

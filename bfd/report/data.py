@@ -254,7 +254,7 @@ def positional_components(
     from bfd.storage import Store, open_results
 
     try:
-        ds = open_results(Store(store_root), run_id)
+        ds = open_results(Store(store_root), run_id, dask=False)  # pos is read whole
     except (FileNotFoundError, ValueError, KeyError, OSError):
         return None
     if "pos" not in ds or "token" not in ds["pos"].dims:

@@ -7,8 +7,9 @@ Dask.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any, Final
+from typing import Final
+
+from bfd.lazy import lazy_exports
 
 # name -> the module of this package that defines it
 _EXPORTS: Final[dict[str, str]] = {
@@ -57,6 +58,9 @@ _EXPORTS: Final[dict[str, str]] = {
     "results_path": "published",
     "write_results": "published",
     "write_table": "published",
+    "has_request_keys": "request_keys",
+    "read_request_key": "request_keys",
+    "write_request_key": "request_keys",
     "heads_rows": "result_tables",
     "layers_rows": "result_tables",
     "modes_rows": "result_tables",
@@ -83,15 +87,4 @@ _EXPORTS: Final[dict[str, str]] = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

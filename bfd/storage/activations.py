@@ -21,7 +21,6 @@ import operator
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal
 
-import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
@@ -251,6 +250,8 @@ def create_activation_template(
     # numpy coordinates are written; data chunks stay absent and read as the NaN fill.
     # One dask chunk for the whole array keeps the graph tiny (a chunk per Zarr chunk took
     # seconds for 50k images); it covers whole Zarr chunks, so xarray accepts it.
+    import dask.array as da  # here: an integrity check of the store need not import dask
+
     data_vars = {s: (DIMS, da.full(shape, np.nan, dtype=dtype, chunks=shape)) for s in sites}
     ds = xr.Dataset(
         data_vars,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pyarrow.parquet as pq
 import zarr
 
 from .activations import TEMPLATE_ATTR, _open_group
+from .chunk_check import READ_THREADS, ChunkJob, ChunkVerifier
 from .manifest import _SHARD_FILE_RE, Shard, check_marker_in_plan
 from .paths import DamagedStoreError, Store, read_json
 from .tables import TABLE_SCHEMAS
@@ -208,76 +210,6 @@ def check_intact(store: Store, run_id: str) -> None:
         )
 
 
-class _ChunkChecker:
-    """Reads chunks of one array and tells which images hold a non-finite value, reusing its
-    buffers: fresh arrays per chunk cost more in page faults than the read itself."""
-
-    def __init__(self, array: zarr.Array, raw: bool):
-        self.array, self.raw = array, raw
-        self.dtype = array.dtype.newbyteorder("<") if raw else array.dtype
-        if raw:
-            self.buffer = np.empty(array.chunks, dtype=self.dtype)
-            self.bytes = memoryview(self.buffer.view(np.uint8).reshape(-1))
-        itemsize = self.dtype.itemsize
-        self.bits = self.dtype.kind == "f" and itemsize in (2, 4, 8)
-        if self.bits:
-            self.magnitude = (1 << (8 * itemsize - 1)) - 1
-            self.inf = int(np.array(np.inf, self.dtype).view(f"<u{itemsize}"))
-            self.scratch = np.empty(math.prod(array.chunks), dtype=f"<u{itemsize}")
-
-    def read(self, path: Path, layer: int, lo: int, hi: int) -> np.ndarray:
-        """Images lo:hi of one layer's chunk: straight from the file when stored uncompressed
-        (no decode), through zarr otherwise."""
-        if not self.raw:
-            return np.asarray(self.array[layer, lo:hi])
-        with open(path, "rb", buffering=0) as f:
-            n = f.readinto(self.bytes)
-            if n != len(self.bytes) or f.read(1):
-                raise ValueError(f"chunk file has another size than {len(self.bytes)} bytes")
-        start = (lo // self.array.chunks[1]) * self.array.chunks[1]
-        return self.buffer[0, lo - start:hi - start]
-
-    def finite_rows(self, block: np.ndarray) -> np.ndarray:
-        """Whether each image is finite, tested on the bits: a float is inf or NaN exactly
-        when its magnitude bits are at least those of inf (several times faster than
-        ``np.isfinite``, on float16 most of all)."""
-        rows = block.reshape(len(block), -1)
-        if not self.bits:
-            return np.isfinite(rows).all(-1)
-        bits = rows.view(self.scratch.dtype)
-        scratch = self.scratch[:bits.size].reshape(bits.shape)
-        np.bitwise_and(bits, self.magnitude, out=scratch)
-        return scratch.max(-1) < self.inf
-
-
-def _verify_chunks(store: Store, checkers: dict[str, _ChunkChecker], layer_ids: list[int],
-                   k: int, marker: dict) -> list[Fault]:
-    """Read every chunk of a shard: readable, and finite for the images marked ``ok``."""
-    faults = []
-    start, stop = marker["start"], marker["stop"]
-    ok = np.array([r.get("status") == "ok" for r in marker["images"]], dtype=bool)
-    for site, checker in checkers.items():
-        array = checker.array
-        ipc = array.chunks[1]
-        for layer in range(array.shape[0]):
-            for c in range(start // ipc, math.ceil(stop / ipc)):
-                lo, hi = max(start, c * ipc), min(stop, (c + 1) * ipc)
-                chunk = Path(store.zarr_path) / array.path / \
-                    array.metadata.encode_chunk_key((layer, c, 0, 0))
-                try:
-                    block = checker.read(chunk, layer, lo, hi)
-                except Exception as e:  # noqa: BLE001 - any decoding failure is the fault
-                    faults.append(Fault(str(chunk), f"unreadable ({' '.join(str(e).split())})",
-                                        k))
-                    continue
-                finite = checker.finite_rows(block)
-                bad = [int(lo + i) for i in np.flatnonzero(ok[lo - start:hi - start] & ~finite)]
-                if bad:
-                    faults.append(Fault(str(chunk), f"non-finite values in images {bad[:5]} "
-                                        f"of layer {layer_ids[layer]} ({site})", k))
-    return faults
-
-
 def _verify_tables(store: Store, run_id: str) -> list[Fault]:
     """The run's published table files (those its pointer lists, or the older layout's)."""
     from .published import read_pointer
@@ -354,13 +286,9 @@ def verify_run(store: Store, run_id: str) -> list[Fault]:
     markers = _marker_files(store, run_id)
     n_images = group[group.attrs[TEMPLATE_ATTR]["sites"][0]].shape[1]
     per_shard = None
-    local = not _is_url(store.zarr_path)
-    checkers = {}
-    for site in group.attrs[TEMPLATE_ATTR]["sites"]:
-        array = group[site]
-        checkers[site] = _ChunkChecker(array, local and not array.compressors
-                                       and not array.filters)
-    layer_ids = [int(v) for v in group["layer"][:]]
+    verifier = ChunkVerifier(store, group, group.attrs[TEMPLATE_ATTR]["sites"],
+                              raw=not _is_url(store.zarr_path))
+    jobs: list[ChunkJob] = []
     for k, path in sorted(markers.items()):
         try:
             marker = _read_marker(path)
@@ -369,7 +297,16 @@ def verify_run(store: Store, run_id: str) -> list[Fault]:
         if k == 0 or (per_shard is None and marker["stop"] < n_images):
             per_shard = marker["stop"] - marker["start"]
         if k not in damaged:
-            faults += _verify_chunks(store, checkers, layer_ids, k, marker)
+            jobs += verifier.jobs(k, marker)
+    pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="bfd-verify")
+    try:
+        # the small files alongside the chunks
+        others = [pool.submit(_verify_model_tensors, store, run_id),
+                  pool.submit(_verify_tables, store, run_id)]
+        faults += [Fault(*f) for f in pool.map(verifier.check, jobs) if f is not None]
+    finally:
+        # on Ctrl-C, only the chunks being read are waited for
+        pool.shutdown(cancel_futures=True)
     if not markers:
         faults.append(Fault(str(store.shards_dir(run_id)), "no shard completed"))
     elif per_shard is not None:  # unknown when only the last shard's marker is readable
@@ -377,4 +314,4 @@ def verify_run(store: Store, run_id: str) -> list[Fault]:
         if missing:
             faults.append(Fault(str(store.shards_dir(run_id)),
                                 f"shards {missing[:10]} never completed"))
-    return faults + _verify_model_tensors(store, run_id) + _verify_tables(store, run_id)
+    return faults + [f for future in others for f in future.result()]

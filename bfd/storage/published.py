@@ -252,13 +252,14 @@ def results_path(store: Store, run_id: str) -> str:
     return f"{store.zarr_path}/{group}"
 
 
-def open_results(store: Store, run_id: str) -> xr.Dataset:
-    """Open a run's published results lazily (dask-backed, stored chunks).
+def open_results(store: Store, run_id: str, dask: bool = True) -> xr.Dataset:
+    """Open a run's published results lazily (dask-backed, stored chunks; see
+    ``open_results_group`` for ``dask=False``).
 
     Raises:
         FileNotFoundError: If the run has no published results.
     """
-    return open_results_group(store, results_group_of(store, run_id))
+    return open_results_group(store, results_group_of(store, run_id), dask)
 
 
 def published_files(store: Store, table: str) -> list[Path]:

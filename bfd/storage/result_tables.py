@@ -65,7 +65,9 @@ def heads_rows(ds: xr.Dataset) -> pa.Table:
         cols[name] = _flat(ds[name], dims)
     for name in HEAD_CHECK_COLUMNS:
         cols[name] = _optional(ds, name, dims)
-    cols["head_type"] = cols["head_type"].astype(str)
+    # through Python strings: a type read back from Zarr is a variable-width string (numpy
+    # StringDType), which numpy does not cast to a fixed-width one
+    cols["head_type"] = np.asarray(cols["head_type"].tolist(), dtype=str)
     for b in BLOCK_COLUMNS:
         cols[f"e_{b}_adj"] = _optional(ds, "energy_adj", dims, b)
     for b in BLOCK_COLUMNS:

@@ -3,18 +3,29 @@ its run is already computed, and which checkpoint files of a folder are still to
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
 import os
 import re
-from collections.abc import Mapping
-from datetime import datetime
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from bfd.models import WEIGHT_SUFFIXES
-from bfd.storage import Store, read_audits, read_request, read_table
+from bfd.files import WEIGHT_SUFFIXES
+from bfd.storage import (
+    Store,
+    new_audit_id,
+    previous_audit,
+    read_audits,
+    read_request,
+    read_table,
+    write_audit,
+    write_drift,
+)
+from bfd.tasks.drift import drift_rows
 
 # Decomposition options that do not change the results (where and in what pieces it ran).
 _PLACEMENT_OPTIONS: Final[frozenset[str]] = frozenset({"device", "images_per_task"})
@@ -115,3 +126,43 @@ def computed_run(store: Store, run_id: str, decompose_options: Mapping[str, Any]
         if _result_options(stored) == _result_options(decompose_options):
             return row
     return None
+
+
+@contextlib.contextmanager
+def audit_row(store: Store, series: str, step: int, trigger: str,
+              flow_run_id: str | None, started: datetime | None = None) -> Iterator[dict]:
+    """The ``audits`` row of one audit, written when the block ends however it ends: as
+    ``failed`` unless ``drift_since_previous`` completed it. Every audit writes its row
+    through here (the flow ``audit``, and ``bfd audit`` of an already computed run)."""
+    started = started or datetime.now(UTC)
+    row: dict[str, Any] = {
+        "audit_id": new_audit_id(started), "series": series, "run_id": None, "step": step,
+        "started_at": started, "trigger": trigger, "flow_run_id": flow_run_id,
+        "status": "failed", "prev_audit_id": None, "n_flagged": None,
+    }
+    try:
+        yield row
+    finally:
+        row["finished_at"] = datetime.now(UTC)
+        write_audit(store, row)
+
+
+def drift_since_previous(store: Store, row: dict[str, Any], run_id: str,
+                         thresholds: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Completes an audit's ``row`` (``audit_row``) with its run: the drift rows against the
+    previous complete audit of its series (written as that audit's ``drift`` file; none for
+    a series' first audit), its flag count and status ``complete``.
+
+    Returns:
+        The drift rows written.
+    """
+    row["run_id"] = run_id
+    prev = previous_audit(store, row["series"], row["step"])
+    rows: list[dict[str, Any]] = []
+    if prev is not None:
+        row["prev_audit_id"] = prev["audit_id"]
+        rows = [{"audit_id": row["audit_id"], "prev_audit_id": prev["audit_id"], **r}
+                for r in drift_rows(store, prev["run_id"], run_id, thresholds)]
+        write_drift(store, row["series"], row["audit_id"], rows)
+    row.update(status="complete", n_flagged=sum(r["flagged"] for r in rows))
+    return rows

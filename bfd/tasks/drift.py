@@ -11,8 +11,6 @@ import math
 from collections.abc import Mapping
 from typing import Any, Final
 
-import numpy as np
-
 from bfd.storage import Store, heads_rows, layers_rows, open_results
 
 LAYER_FRACTIONS: Final[tuple[str, ...]] = ("frac_pos", "frac_img", "frac_int", "frac_content")
@@ -59,12 +57,7 @@ def _row(layer: int, head: int | None, metric: str, before: Any, after: Any,
 
 def run_metrics(store: Store, run_id: str) -> tuple[dict, dict]:
     """``{(layer, metric): value}`` and ``{(layer, head): row}`` of a run's results."""
-    ds = open_results(store, run_id)
-    if "head_type" in ds:
-        # Zarr gives variable-width strings (numpy StringDType), which heads_rows' cast to a
-        # fixed-width str does not take; plain Python strings it does.
-        ds["head_type"] = ds.head_type.copy(data=np.asarray(ds.head_type.values.tolist(),
-                                                            dtype=object))
+    ds = open_results(store, run_id, dask=False)  # many small variables, each read once
     layers = {}
     for r in layers_rows(ds).to_pylist():
         suffix = SITE_SUFFIX.get(r["site"], f"_{r['site']}")
@@ -94,7 +87,8 @@ def drift_rows(store: Store, run_before: str, run_after: str,
     """
     thresholds = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
     layers_a, heads_a = run_metrics(store, run_before)
-    layers_b, heads_b = run_metrics(store, run_after)
+    layers_b, heads_b = (layers_a, heads_a) if run_after == run_before else run_metrics(
+        store, run_after)
     out = [_row(layer, None, metric, layers_a[key], layers_b[key], thresholds)
            for key in sorted(set(layers_a) & set(layers_b)) for layer, metric in [key]]
     for layer, head in sorted(set(heads_a) & set(heads_b)):

@@ -39,6 +39,7 @@ from bfd.storage import (
 )
 from bfd.storage import run_id as request_run_id
 from bfd.tasks.model_check import capture_logit_check, qkv_biases
+from bfd.tasks.request_key import record_request_key
 
 DEFAULT_IMAGES_PER_CHUNK = 32
 
@@ -221,6 +222,7 @@ def prepare_run(store_root: str, cfg: ExtractConfig) -> RunPlan:
         qkv_bias=qkv_biases(model, layers),
     )
     capture_logit_check(store, rid, model, records, layers)
+    record_request_key(store, cfg.to_dict(), info.weights_sha256, records, rid)
     return RunPlan(
         run_id=rid, layers=layers, shards=tuple(shards),
         pending=tuple(s.index for s in shards if s.index not in done),

@@ -7,12 +7,18 @@ maps over Zarr chunks: two forwards instead of one forward, one write and two re
 activations are rounded to the request's storage dtype first, as the stored path stores them,
 so both paths decompose the same numbers; their sums differ only in grouping (METHOD.md's
 states are sums), i.e. in float64 rounding.
+
+The images are decoded once (kept in memory up to ``KEEP_IMAGES_BYTES``, the rest decoded
+again for the second pass); each batch's sums run in a worker thread during the next
+forward, and the layers' summaries two at a time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -21,6 +27,8 @@ import xarray as xr
 from bfd import images as imgs
 from bfd import models
 from bfd.core import (
+    HeadMaps,
+    Means,
     Pass2Plan,
     bi_orthogonal_modes,
     finalize_means,
@@ -39,29 +47,93 @@ from bfd.tasks.extract import ExtractConfig, _autocast, _model
 # same request keeps its own id) and its record, ``runs.config_json``.
 NOT_STORED = {"activations": "not stored"}
 
+T = TypeVar("T")
+
 
 def is_stats_only(extra: dict) -> bool:
     """Whether a run request's ``extra`` marks a run whose activations were not kept."""
     return extra.get("activations") == NOT_STORED["activations"]
 
 
+# Decoded images kept in memory for the second forward, at most this many bytes (a float32
+# 3x224x224 image weighs 0.6 MB: about 850 images); the images beyond it are decoded again.
+KEEP_IMAGES_BYTES = 512 << 20
+# Layers summarized at a time once both passes are done.
+SUMMARY_THREADS = 2
+
+
+class _Images:
+    """The run's images in forward batches, decoded once where they fit: ``first`` decodes
+    every image and keeps the batches, up to ``max_bytes``, that ``again`` yields before it
+    decodes the rest anew. Batches are aligned to the stored path's chunks, and the kept part
+    ends on a chunk boundary, so both passes see the same batches either way."""
+
+    def __init__(self, cfg: ExtractConfig, records: list[imgs.ImageRecord],
+                 transform: Callable, prefetch: int, max_bytes: int) -> None:
+        self.cfg, self.records, self.transform = cfg, records, transform
+        self.prefetch, self.max_bytes = prefetch, max_bytes
+        self.kept: list[imgs.Batch] = []
+        self.cut = 0  # records covered by the kept batches
+        self.errors: dict[int, str] = {}  # undecodable images, by index
+
+    def _decode(self, records: list[imgs.ImageRecord]) -> Iterator[imgs.Batch]:
+        batches = imgs.iter_batches(records, self.transform, self.cfg.batch_size,
+                                    self.cfg.decode_workers, align=self.cfg.images_per_chunk,
+                                    prefetch=self.prefetch)
+        with closing(batches):
+            yield from batches
+
+    def first(self) -> Iterator[imgs.Batch]:
+        """Every batch, decoded; keeps what fits for ``again``."""
+        ends, used, start, keeping = [], 0, 0, True
+        for batch in self._decode(self.records):
+            self.errors.update(batch.errors)
+            stop = start + len(batch.indices) + len(batch.errors)
+            if keeping and used + batch.images.nbytes <= self.max_bytes:
+                self.kept.append(batch)
+                ends.append(stop)
+                used, self.cut = used + batch.images.nbytes, stop
+            elif keeping:
+                # no batch crosses a chunk boundary: cut at the last one before this batch,
+                # where decoding the rest again starts the same batches
+                keeping = False
+                self.cut = start - start % self.cfg.images_per_chunk
+                self.kept = [b for b, end in zip(self.kept, ends, strict=True)
+                             if end <= self.cut]
+            start = stop
+            yield batch
+
+    def again(self) -> Iterator[imgs.Batch]:
+        """The same batches once more: the kept ones, then the rest decoded again."""
+        yield from self.kept
+        if self.cut < len(self.records):
+            yield from self._decode(self.records[self.cut:])
+
+
 def _forward(cfg: ExtractConfig, model: torch.nn.Module, layers: tuple[int, ...],
-             records: list[imgs.ImageRecord], device: str,
-             errors: dict[int, str]) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
-    """``(image indices, {site: (layer, batch, token, dim)})`` per batch, in storage dtype;
-    undecodable images go to ``errors``. Batches are aligned to the stored path's chunks."""
-    transform = models.transform(model)
+             batches: Iterable[imgs.Batch], device: str,
+             ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+    """``(image indices, {site: (layer, batch, token, dim)})`` per batch, in storage dtype."""
     dtype = getattr(torch, cfg.dtype)
-    batches = imgs.iter_batches(records, transform, cfg.batch_size, cfg.decode_workers,
-                                align=cfg.images_per_chunk, prefetch=0 if device == "cpu" else 2)
-    with closing(batches):
-        for batch in batches:
-            errors.update(batch.errors)
-            if batch.indices:
-                with _autocast(device, cfg.autocast):
-                    acts = models.forward_capture(model, batch.images, layers, cfg.sites,
-                                                  dtype=dtype)
-                yield np.asarray(batch.indices, dtype=np.int64), acts
+    for batch in batches:
+        if batch.indices:
+            with _autocast(device, cfg.autocast):
+                acts = models.forward_capture(model, batch.images, layers, cfg.sites,
+                                              dtype=dtype)
+            yield np.asarray(batch.indices, dtype=np.int64), acts
+
+
+def _overlapped(worker: ThreadPoolExecutor, items: Iterable[T],
+                fn: Callable[[T], None]) -> None:
+    """``fn`` of every item in order, in ``worker``, while the next item is produced (the
+    next forward): one item ahead at most, so two batches of activations are held."""
+    pending: Future | None = None
+    for item in items:
+        if pending is not None:
+            pending.result()
+        pending = worker.submit(fn, item)
+    if pending is not None:
+        pending.result()
 
 
 def decompose_from_forward(
@@ -71,6 +143,7 @@ def decompose_from_forward(
     layers: tuple[int, ...],
     records: list[dict],
     options: DecomposeOptions,
+    keep_images_bytes: int = KEEP_IMAGES_BYTES,
 ) -> tuple[list[xr.Dataset], list[ImageRecord]]:
     """Every docs/method.md quantity of every (site, layer) of a run, from two forwards.
 
@@ -84,6 +157,8 @@ def decompose_from_forward(
         layers: Its resolved block indices.
         records: Its image manifest rows (``RunPlan.records``).
         options: The decomposition's options.
+        keep_images_bytes: Decoded images kept for the second forward, at most; the rest
+            is decoded again.
 
     Returns:
         One Dataset per (site, layer), as ``decompose_site_layer`` returns it, and the image
@@ -97,24 +172,79 @@ def decompose_from_forward(
     pass_device = models.resolve_device(options.device)
     model, info = _model(cfg, device)
     recs = [imgs.ImageRecord(**r) for r in records]
+    images = _Images(cfg, recs, models.transform(model), 0 if device == "cpu" else 2,
+                     keep_images_bytes)
     prefix_tokens = info.num_prefix_tokens
     kw = dict(prefix_tokens=prefix_tokens, prefix=options.prefix)
     keys = [(site, layer) for site in cfg.sites for layer in layers]
-
-    errors: dict[int, str] = {}
     p1: dict = {}
-    for index, acts in _forward(cfg, model, layers, recs, device, errors):
+    p2: dict = {}
+
+    def pass1(batch: tuple[np.ndarray, dict[str, torch.Tensor]]) -> None:
+        index, acts = batch
         for site, layer in keys:
             x = acts[site][layers.index(layer)].to(pass_device)
             state = pass1_chunk(x, index, seed=options.seed, groups=options.jackknife_groups,
                                 **kw)
             p1[site, layer] = state if (site, layer) not in p1 else p1[site, layer] + state
-    n_ok = len(recs) - len(errors)
-    if n_ok < 2:
-        raise ValueError(f"{n_ok} of {len(recs)} images could be decoded; BFD needs at least 2")
 
-    # the full means: a Pass2Plan keeps them without the per-group sums that summarize needs
-    plans, means, modes, maps, tensors = {}, {}, {}, {}, {}
+    def pass2(batch: tuple[np.ndarray, dict[str, torch.Tensor]]) -> None:
+        index, acts = batch
+        for site, layer in keys:
+            x = prepare_chunk(acts[site][layers.index(layer)].to(pass_device), **kw)
+            state = plans[site, layer].chunk(x, index)
+            p2[site, layer] = state if (site, layer) not in p2 else p2[site, layer] + state
+
+    # one worker thread does each batch's sums while the main thread runs the next forward
+    with ThreadPoolExecutor(1, thread_name_prefix="bfd-stats-only") as worker:
+        # what needs no activations (the model tensors, head maps and modes) during pass 1
+        layer_maps = worker.submit(_layer_maps, store, run_id, keys)
+        _overlapped(worker, _forward(cfg, model, layers, images.first(), device), pass1)
+        n_ok = len(recs) - len(images.errors)
+        if n_ok < 2:
+            raise ValueError(f"{n_ok} of {len(recs)} images could be decoded; "
+                             "BFD needs at least 2")
+        tensors, maps, modes = layer_maps.result()
+        # the full means: a Pass2Plan keeps them without the per-group sums that summarize
+        # needs
+        means = {key: finalize_means(p1[key]) for key in keys}
+        plans = {key: Pass2Plan(means[key], maps[key], modes[key], options.compute_dtype,
+                                pass_device, check_images=options.check_images)
+                 for key in keys}
+        # the logit checks against the model's q and k need the means only: during pass 2
+        checks = {key: worker.submit(_logit_check, store, run_id, key[1], maps[key],
+                                     means[key], prefix_tokens, options.prefix)
+                  for key in keys}
+        _overlapped(worker, _forward(cfg, model, layers, images.again(), device), pass2)
+
+    def part(key: tuple[str, int]) -> xr.Dataset:
+        site, layer = key
+        m, t = means[key], tensors[layer]
+        ds = to_dataset(summarize(m, p2[key], modes[key], options.ci_target),
+                        first_token=prefix_tokens if options.prefix == "exclude" else 0)
+        cos = np.nan
+        if (site == "resid" and layer == 0 and options.prefix == "exclude"
+                and "pos_embed" in t):
+            cos = pos_embed_cosine(ds.pos.values, t.pos_embed.values)
+        ds["pos_embed_cos"] = ((), cos)
+        for name, var in checks[key].result().data_vars.items():
+            ds[name] = (var.dims, var.values)
+        ds.attrs = {"site": site, "layer": int(layer), "n_images": n_ok}
+        return ds
+
+    # the summaries run on one torch thread each (small matrices): several at a time
+    with ThreadPoolExecutor(SUMMARY_THREADS, thread_name_prefix="bfd-summary") as pool:
+        parts = list(pool.map(part, keys))
+    errors = images.errors
+    statuses = [ImageRecord(r.index, r.id, r.sha256, "skipped" if r.index in errors else "ok",
+                            errors.get(r.index)) for r in recs]
+    return parts, statuses
+
+
+def _layer_maps(store: Store, run_id: str, keys: list[tuple[str, int]]) -> tuple[dict, ...]:
+    """The model tensors of every layer, and the head maps and modes of every (site, layer)
+    (None at the ``resid`` site), as ``decompose_site_layer`` reads them."""
+    tensors, maps, modes = {}, {}, {}
     for site, layer in keys:
         if layer not in tensors:
             tensors[layer] = read_model_tensors(store, run_id, layer)
@@ -127,31 +257,12 @@ def decompose_from_forward(
                 t.qkv_bias.sel(layer=layer).values if "qkv_bias" in t else None)
         m = maps[site, layer]
         modes[site, layer] = bi_orthogonal_modes(m) if m is not None else None
-        means[site, layer] = finalize_means(p1[site, layer])
-        plans[site, layer] = Pass2Plan(means[site, layer], m, modes[site, layer],
-                                       options.compute_dtype, pass_device,
-                                       check_images=options.check_images)
-    p2: dict = {}
-    for index, acts in _forward(cfg, model, layers, recs, device, {}):
-        for site, layer in keys:
-            x = prepare_chunk(acts[site][layers.index(layer)].to(pass_device), **kw)
-            state = plans[site, layer].chunk(x, index)
-            p2[site, layer] = state if (site, layer) not in p2 else p2[site, layer] + state
+    return tensors, maps, modes
 
-    parts = []
-    for site, layer in keys:
-        m, t = means[site, layer], tensors[layer]
-        ds = to_dataset(summarize(m, p2[site, layer], modes[site, layer], options.ci_target),
-                        first_token=prefix_tokens if options.prefix == "exclude" else 0)
-        cos = np.nan
-        if (site == "resid" and layer == 0 and options.prefix == "exclude"
-                and "pos_embed" in t):
-            cos = pos_embed_cosine(ds.pos.values, t.pos_embed.values)
-        ds["pos_embed_cos"] = ((), cos)
-        _model_check(ds, store, run_id, layer, maps[site, layer], m, prefix_tokens,
-                     options.prefix)
-        ds.attrs = {"site": site, "layer": int(layer), "n_images": n_ok}
-        parts.append(ds)
-    statuses = [ImageRecord(r.index, r.id, r.sha256, "skipped" if r.index in errors else "ok",
-                            errors.get(r.index)) for r in recs]
-    return parts, statuses
+
+def _logit_check(store: Store, run_id: str, layer: int, maps: HeadMaps | None, means: Means,
+                 prefix_tokens: int, prefix: str) -> xr.Dataset:
+    """The variables of the logit check (``_model_check``) of one (site, layer)."""
+    check = xr.Dataset()
+    _model_check(check, store, run_id, layer, maps, means, prefix_tokens, prefix)
+    return check

@@ -1,0 +1,156 @@
+"""``bfd audit`` of an already computed run, without torch, timm or Prefect.
+
+An audit whose run is already computed does no work but its record: the audit's row, its
+drift against the series' previous audit, the catalog and the dashboard. The flow ``audit``
+does that after importing torch, timm and Prefect, starting Prefect's temporary server and
+planning the run again (loading the model to hash its weights), about 10 s before any of it.
+
+Here the command finds the run from its request key instead (``bfd.tasks.request_key``: the
+options as given, the installed bfd, timm and torch, the sha256 of the weights file and of
+every image), checks the run that key names (its stored request agrees with everything the
+key knows, it is published complete with the same decomposition options, every shard of its
+activations is intact), and records the audit through the same functions as the flow
+(``bfd.tasks.audits.audit_row`` and ``drift_since_previous``,
+``bfd.report.dashboard.refresh_outputs``): the same ``audits`` and ``drift`` rows, but
+``flow_run_id`` NULL. What is not made is what only Prefect holds: the flow run, its logs,
+artifacts and events.
+
+The flow runs instead whenever anything is not certain: a Prefect API is configured (its
+runs, artifacts and events are what its user keeps), ``-v`` (Prefect's logs asked for),
+``--weights pretrained`` (which file timm loads is only known by loading it), a device other
+than auto or cpu, workers, a Dask cluster, ``--no-store-activations``, or any check above
+that fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tomllib
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+
+def prefect_api_configured() -> bool:
+    """Whether Prefect would send flow runs to an API server (``PREFECT_API_URL``), read
+    without importing Prefect (seconds): the environment, then the settings files Prefect
+    reads in the working directory, then the active profile. When unsure, True."""
+    if os.environ.get("PREFECT_API_URL"):
+        return True
+    dotenv = Path(".env")
+    if dotenv.is_file() and "PREFECT_" in dotenv.read_text(errors="replace"):
+        return True
+    if Path("prefect.toml").is_file():
+        return True
+    pyproject = Path("pyproject.toml")
+    if pyproject.is_file() and "tool.prefect" in pyproject.read_text(errors="replace"):
+        return True
+    home = Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
+    profiles = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml")
+    if not profiles.is_file():
+        return False  # Prefect's own default profile: a temporary server, no API
+    try:
+        data = tomllib.loads(profiles.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return True
+    active = os.environ.get("PREFECT_PROFILE") or data.get("active")
+    profile = (data.get("profiles") or {}).get(active) if active else None
+    return isinstance(profile, dict) and bool(profile.get("PREFECT_API_URL"))
+
+
+def _needs_flow(args: argparse.Namespace, config) -> bool:
+    """Whether this request must run the flow whatever the store holds (module docstring)."""
+    return (args.verbose or not args.store_activations or args.workers != 1
+            or bool(args.dask_address) or args.gpu_resources
+            or config.device not in ("auto", "cpu") or config.weights == "pretrained"
+            or prefect_api_configured())
+
+
+def _request_agrees(store, run_id: str, inputs: dict[str, Any]) -> bool:
+    """Whether the stored request of ``run_id`` holds what the key's ``inputs`` say."""
+    from bfd.images import SAMPLES
+    from bfd.storage import read_request
+
+    try:
+        request = read_request(store, run_id)
+    except (OSError, ValueError):
+        return False
+    extra = {"autocast": inputs["autocast"], "seed": inputs["seed"], **inputs["extra"]}
+    # the key of the embedded samples is their versions, not their pixels' hash
+    images = inputs["images"] == SAMPLES or request.images_sha256 == inputs["images_sha256"]
+    return images and (request.model, request.weights, request.weights_sha256, request.images,
+                       request.n_images, list(request.sites), request.dtype,
+                       request.code_version, dict(request.extra)) == (
+        inputs["model"], inputs["weights"], inputs["weights_sha256"], inputs["images"],
+        inputs["n_listed"], inputs["sites"], inputs["dtype"], inputs["bfd_version"], extra)
+
+
+def _shards_intact(store, run_id: str, n_images: int, config) -> bool:
+    """Whether every shard of the run's activations is marked done and its chunk files are
+    there (what the flow's planner checks before it trusts a shard)."""
+    from bfd.storage import plan_shards, trusted_shards
+
+    per_shard = config.images_per_shard or config.images_per_chunk
+    try:
+        plan = plan_shards(n_images, config.images_per_chunk, per_shard)
+        trusted, faults = trusted_shards(store, run_id, plan)
+    except (OSError, ValueError):
+        return False
+    return not faults and trusted == {s.index for s in plan}
+
+
+def computed_run_of(args: argparse.Namespace, config, store: str) -> str | None:
+    """The run this audit request resolves to when it is already computed and the audit can
+    be recorded without the flow; else None."""
+    from bfd.storage import Store, has_request_keys, read_request_key
+    from bfd.tasks.request_key import key_of_config
+
+    s = Store(store)
+    # a new store holds no run: the weights and images are not hashed twice for its audit
+    if _needs_flow(args, config) or not has_request_keys(s):
+        return None
+    try:
+        found = key_of_config(config.extract_config())
+    except (OSError, ValueError):  # the flow reports it in its own words
+        return None
+    if found is None:
+        return None
+    key, inputs = found
+    run_id = read_request_key(s, key)
+    if run_id is None or not _request_agrees(s, run_id, inputs):
+        return None
+    # only now (xarray, Zarr): a request the flow runs starts its Prefect server sooner
+    from bfd.flows.params import DecomposeParams, decompose_kwargs
+    from bfd.tasks.audits import computed_run
+    from bfd.tasks.options import DecomposeOptions
+
+    options = DecomposeOptions(**decompose_kwargs(DecomposeParams(), config)).to_dict()
+    if computed_run(s, run_id, options) is None:
+        return None
+    return run_id if _shards_intact(s, run_id, inputs["n_listed"], config) else None
+
+
+def record_reused_audit(args: argparse.Namespace, config, store: str, thresholds,
+                        run_id: str) -> dict:
+    """The audit of ``run_id``, already computed (``computed_run_of``), recorded without
+    Prefect. Returns what the flow ``audit`` returns."""
+    from bfd.report.dashboard import refresh_outputs
+    from bfd.storage import Store, results_path
+    from bfd.tasks.audits import audit_row, default_series, drift_since_previous, time_step
+
+    print(f"bfd: run {run_id} is already computed: the audit is recorded without a Prefect "
+          "flow run (no Prefect API configured; -v runs the flow)", file=sys.stderr)
+    s = Store(store)
+    series = args.series or default_series(config.model, config.weights, config.seed)
+    started = datetime.now(UTC)
+    step = args.step if args.step is not None else time_step(started)
+    with audit_row(s, series, step, "cli", None, started) as row:
+        drift_since_previous(s, row, run_id, thresholds.model_dump())
+    if not args.no_dashboard:
+        refresh_outputs(store, logging.getLogger("bfd.audit"))
+    return {**{k: row[k] for k in ("audit_id", "series", "run_id", "step", "prev_audit_id",
+                                   "n_flagged")},
+            "reused": True, "store": store, "results": results_path(s, run_id)}

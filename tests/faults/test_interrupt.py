@@ -1,0 +1,95 @@
+"""Ctrl-C of a real ``bfd extract`` process mid-run, sent as a terminal sends it (SIGINT to its
+whole process group, its own temporary Prefect server included): one line, exit 130, no
+process left behind, the completed shards kept, and a rerun that computes only the others
+and ends bit for bit equal to an uninterrupted run. (How fast it ends: bench/interrupt.py.)"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+from conftest import env_kept
+
+from bfd.cli import main
+from bfd.cli_interrupt import MESSAGE
+from bfd.storage import Store, open_activations
+
+REPO = Path(__file__).resolve().parents[2]
+N_SHARDS = 48  # enough that the extraction is still running when the signal lands
+EXTRACT = ["extract", "--model", "test_vit", "--weights", "random", "--n-images",
+           str(4 * N_SHARDS), "--img-size", "32", "--layers", "0,2", "--dtype", "float32",
+           "--images-per-chunk", "4", "--images-per-shard", "4"]
+
+
+def markers(store: Store) -> set[str]:
+    return {p.name for p in store.runs_dir.glob("*/shards/*.json")}
+
+
+def live_members(pgid: int) -> list[psutil.Process]:
+    """The processes of group ``pgid`` that still run (zombies waiting for a reaper aside)."""
+    out = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                out.append(proc)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return out
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_extract_in_one_line_and_a_rerun_resumes(prefect_harness, tmp_path, capsys):
+    whole, store = Store(tmp_path / "whole"), Store(tmp_path / "interrupted")
+    with env_kept():
+        assert main([*EXTRACT, "--store", str(whole.root)]) == 0
+    (rid,) = [p.name for p in whole.runs_dir.iterdir()]
+
+    # its own temporary server, in its process group, as a command typed in a terminal
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    proc = subprocess.Popen([sys.executable, "-m", "bfd.cli", *EXTRACT, "--store",
+                             str(store.root)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and len(markers(store)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        os.killpg(proc.pid, signal.SIGINT)
+        kept = markers(store)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    assert proc.returncode == 130, err
+    assert out == ""
+    lines = err.splitlines()
+    assert lines[-1] == MESSAGE
+    assert [line for line in lines if "interrupted" in line] == [MESSAGE]
+    assert "Traceback" not in err and "Error" not in err, err
+    # no temporary server or worker left running (SIGKILLed processes may take a moment)
+    deadline = time.monotonic() + 30
+    while live_members(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert live_members(proc.pid) == []
+
+    done = markers(store)
+    assert kept <= done and 2 <= len(done) < N_SHARDS
+    capsys.readouterr()
+    with env_kept():
+        assert main([*EXTRACT, "--store", str(store.root)]) == 0
+    plan = re.search(r"(\d+) shards \(\d+ images\) to extract", capsys.readouterr().err)
+    assert plan and int(plan.group(1)) == N_SHARDS - len(done)
+    assert len(markers(store)) == N_SHARDS
+    got, want = open_activations(store, rid), open_activations(whole, rid)
+    assert sorted(got.data_vars) == sorted(want.data_vars)
+    for site in want.data_vars:
+        assert np.array_equal(got[site].values, want[site].values), site

@@ -1,0 +1,215 @@
+"""`bfd audit` of an already computed run without torch, timm or Prefect (bfd/cli_reuse.py):
+the rows and the report it writes are those the flow writes for the same request, and any
+change of what the run depends on (a weights file, an image, a damaged shard) sends the
+audit back through the flow."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from checkpoints import AUDIT, make_checkpoints
+from conftest import run_cli
+from PIL import Image
+
+from bfd.images import sample_array
+from bfd.storage import Store, read_audits, read_drift, read_table
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def image_folder(folder: Path, n: int = 6) -> Path:
+    """``n`` PNG crops of the embedded samples, as a user's image folder."""
+    folder.mkdir(parents=True)
+    for k in range(n):
+        Image.fromarray(sample_array("astronaut", k + 1)).save(folder / f"img{k}.png")
+    return folder
+
+
+def options(images: Path, weights: Path, store: Path, step: int) -> list[str]:
+    return ["audit", "--model", AUDIT["model"], "--weights", str(weights), "--images",
+            str(images), "--img-size", str(AUDIT["img_size"]), "--layers", "0", "--dtype",
+            "float32", "--images-per-chunk", "3", "--series", "s", "--step", str(step),
+            "--store", str(store)]
+
+
+def bfd_without_prefect_api(argv: list[str], tmp_path: Path) -> tuple[dict, str, str]:
+    """``bfd argv`` in a new process that sees no Prefect API (a fresh Prefect home, no
+    PREFECT_API_URL), as a user without a Prefect server runs it; returns its exit code and
+    the pipeline modules it imported, its stdout and its stderr."""
+    code = ("import json, sys\nfrom bfd.cli import main\n"
+            f"code = main({argv!r})\n"
+            "print(json.dumps({'code': code, 'loaded': sorted(m for m in ('torch', 'timm', "
+            "'prefect') if m in sys.modules)}))\n")
+    home = tmp_path / "prefect-home"
+    home.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env |= {"PREFECT_HOME": str(home), "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    *out, last = proc.stdout.splitlines()
+    return json.loads(last), "\n".join(out), proc.stderr
+
+
+def report(text: str, audit: dict, previous: dict) -> str:
+    """The printed report of ``audit`` without its own id and step."""
+    text = text.replace(audit["audit_id"], "<audit>").replace(previous["audit_id"], "<prev>")
+    return re.sub(rf"\(step {audit['step']}\)", "(step N)", text).strip()
+
+
+@pytest.mark.slow
+def test_reused_audit_writes_what_the_flow_writes(tmp_path, prefect_harness, capsys):
+    """Audit 1 (weights A) and audit 2 (weights B, computed) run the flow; audit 3 (weights B
+    again, step 200) is recorded without Prefect; audit 4 (the same request, step 150) runs
+    the flow's reuse branch. 3 and 4 both follow audit 1: the same drift rows, the same audit
+    row but for ids, times and the flow run, the same report."""
+    paths = make_checkpoints(tmp_path / "ckpts")
+    images, store = image_folder(tmp_path / "images"), tmp_path / "store"
+    flow = [*options(images, paths[1], store, 300), "--no-dashboard"]
+    assert run_cli([*options(images, paths[0], store, 100), "--no-dashboard"], capsys)[0] == 0
+    assert run_cli(flow, capsys)[0] == 0
+    runs_before = read_table(Store(store), "runs").to_pylist()
+    assert len(list((store / "request_keys").glob("*.json"))) == 2  # one per planned request
+
+    ran, out_fast, err_fast = bfd_without_prefect_api(options(images, paths[1], store, 200),
+                                                      tmp_path)
+    assert ran == {"code": 0, "loaded": []}  # neither torch, timm nor Prefect imported
+    assert "is already computed: the audit is recorded without a Prefect flow run" in err_fast
+    assert (store / "dashboard" / "index.html").is_file()  # refreshed without the flow too
+    code, out_flow, _ = run_cli([*options(images, paths[1], store, 150), "--no-dashboard"],
+                                capsys)
+    assert code == 0
+
+    assert read_table(Store(store), "runs").to_pylist() == runs_before  # nothing recomputed
+    first, computed, fast, reused = (
+        {a["step"]: a for a in read_audits(Store(store), "s")}[step] for step in
+        (100, 300, 200, 150))
+    assert fast["flow_run_id"] is None and reused["flow_run_id"] is not None
+    assert computed["run_id"] != first["run_id"]
+    keys = ("series", "run_id", "status", "prev_audit_id", "n_flagged", "trigger")
+    assert [fast[k] for k in keys] == [reused[k] for k in keys] == [
+        "s", computed["run_id"], "complete", first["audit_id"], computed["n_flagged"], "cli"]
+
+    def drift(audit: dict) -> list[dict]:
+        rows = read_drift(Store(store), "s", audit["audit_id"])
+        return sorted(({k: v for k, v in r.items() if k != "audit_id"} for r in rows),
+                      key=lambda r: (r["layer"], r["head"] if r["head"] is not None else -1,
+                                     r["metric"]))
+
+    assert drift(fast) == drift(reused) == drift(computed)
+    assert fast["n_flagged"] > 0  # the planted change of checkpoint B flags, in both
+    assert report(out_fast, fast, first) == report(out_flow, reused, first)
+
+
+def audit_request(argv: list[str]):
+    """The parsed arguments and typed config of ``bfd argv``, as cmd_audit builds them."""
+    from bfd.cli import _extract_config, build_parser
+    from bfd.cli_audits import audit_config
+
+    args = build_parser().parse_args(argv)
+    return args, audit_config(_extract_config(args))
+
+
+@pytest.mark.slow
+def test_any_change_of_the_inputs_sends_the_audit_through_the_flow(tmp_path, prefect_harness,
+                                                                  capsys, monkeypatch):
+    """A run is reused without the flow only while its weights file, its images and its
+    stored shards are what the run was computed from."""
+    from bfd.cli_reuse import computed_run_of
+
+    paths = make_checkpoints(tmp_path / "ckpts")
+    images, store = image_folder(tmp_path / "images"), tmp_path / "store"
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(paths[0].read_bytes())
+    argv = [*options(images, weights, store, 1), "--no-dashboard"]
+
+    def audited_run() -> str:
+        assert run_cli(argv, capsys)[0] == 0
+        return read_audits(Store(store), "s")[-1]["run_id"]
+
+    def found() -> str | None:
+        with monkeypatch.context() as m:
+            m.delenv("PREFECT_API_URL")
+            return computed_run_of(*audit_request(argv), str(store))
+
+    first = audited_run()
+    assert found() == first
+    # a request the flow must run whatever the store holds
+    for extra in (["-v"], ["--workers", "2"], ["--no-store-activations"]):
+        with monkeypatch.context() as m:
+            m.delenv("PREFECT_API_URL")
+            where = ["-v", *argv] if extra == ["-v"] else [*argv, *extra]
+            assert computed_run_of(*audit_request(where), str(store)) is None, extra
+    assert computed_run_of(*audit_request(argv), str(store)) is None  # a Prefect API is set
+
+    # a chunk file of the activations lost: the flow extracts that shard again
+    chunk = next(p for p in sorted((store / "bfd.zarr" / first / "attn_in" / "c").rglob("*"))
+                 if p.is_file())
+    chunk.rename(chunk.with_name("moved"))
+    assert found() is None
+    chunk.with_name("moved").rename(chunk)
+    assert found() == first
+
+    # the weights file changed in place (checkpoint B's tensors): a new key, a new run
+    from safetensors.torch import save_file
+    from torch import load
+
+    save_file(load(paths[1])["model"], weights)
+    assert found() is None
+    second = audited_run()
+    assert second != first and found() == second
+
+    # one image changed in place: a new key, a new run
+    pixels = np.asarray(Image.open(images / "img2.png")).copy()
+    pixels[0, 0] ^= 1
+    Image.fromarray(pixels).save(images / "img2.png")
+    assert found() is None
+    third = audited_run()
+    assert third not in (first, second) and found() == third
+
+
+PREFECT_SETUPS = {
+    "nothing": ({}, {}),
+    "environment": ({"PREFECT_API_URL": "http://127.0.0.1:9/api"}, {}),
+    "active profile": ({}, {"profiles.toml": 'active = "srv"\n[profiles.srv]\n'
+                            'PREFECT_API_URL = "http://127.0.0.1:9/api"\n'}),
+    "inactive profile": ({}, {"profiles.toml": 'active = "eph"\n[profiles.eph]\n'
+                              'PREFECT_SERVER_EPHEMERAL_ENABLED = "true"\n[profiles.srv]\n'
+                              'PREFECT_API_URL = "http://127.0.0.1:9/api"\n'}),
+    "PREFECT_PROFILE": ({"PREFECT_PROFILE": "srv"},
+                        {"profiles.toml": 'active = "eph"\n[profiles.eph]\n[profiles.srv]\n'
+                         'PREFECT_API_URL = "http://127.0.0.1:9/api"\n'}),
+    "prefect.toml": ({}, {"cwd/prefect.toml": '[api]\nurl = "http://127.0.0.1:9/api"\n'}),
+    ".env": ({}, {"cwd/.env": "PREFECT_API_URL=http://127.0.0.1:9/api\n"}),
+}
+
+
+@pytest.mark.parametrize("setup", PREFECT_SETUPS)
+def test_prefect_api_is_seen_as_prefect_sees_it(tmp_path, setup):
+    """``prefect_api_configured`` (read without Prefect) agrees with Prefect's own settings."""
+    env_extra, files = PREFECT_SETUPS[setup]
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    for folder in (home, cwd):
+        folder.mkdir()
+    for name, text in files.items():
+        (tmp_path / name if name.startswith("cwd/") else home / name).write_text(text)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("PREFECT_") or k == "PREFECT_SERVER_ANALYTICS_ENABLED"}
+    env |= {"PREFECT_HOME": str(home), "PYTHONPATH": str(REPO), **env_extra}
+    code = ("from bfd.cli_reuse import prefect_api_configured\n"
+            "mine = prefect_api_configured()\n"
+            "from prefect.settings import PREFECT_API_URL\n"
+            "print(mine, bool(PREFECT_API_URL.value()))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    mine, prefects = proc.stdout.split()
+    assert mine == prefects, setup
+    assert mine == str(setup not in ("nothing", "inactive profile"))
