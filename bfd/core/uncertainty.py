@@ -26,7 +26,7 @@ import math
 import numpy as np
 import torch
 
-from bfd.core.adjusted import _sym, energies, energies_adj, stage1_shares
+from bfd.core.adjusted import _gram, energies, energies_adj, quarter_grams, stage1_shares
 from bfd.core.anova import Means
 from bfd.core.content import Pass2State
 from bfd.core.heads import Modes, one_thread
@@ -101,70 +101,6 @@ def _classes(frac: np.ndarray) -> np.ndarray:
     return np.nan_to_num(classes, nan=-1).argmax(-1)
 
 
-def _t(a: np.ndarray) -> np.ndarray:
-    return a.swapaxes(-1, -2)
-
-
-class _SideGrams:
-    """Every Gram of one side's (query or key) projected estimates of ``pos`` that the
-    replicates need, from two batched products rather than one product per replicate.
-
-    With ``P`` the projected ``pos`` ``(H, T, dh)``, ``C_g`` group g's projected content sum
-    centred over the positions and ``Q_q = Σ_{g in quarter q} C_g``, the estimate of ``pos``
-    with group g deleted is ``P − C_g / N'`` and the one pooled from a quarter's images is
-    ``P + Q_q / n_q``; their Grams expand into the blocks ``PᵀP``, ``C_gᵀP``, ``PᵀQ_q``,
-    ``C_gᵀQ_q`` and ``C_gᵀC_g``, each computed once.
-    """
-
-    def __init__(self, P: np.ndarray, DP: np.ndarray) -> None:
-        G, H, T, dh = DP.shape
-        self.T, self.mean = T, DP.mean(2)  # (G', H, dh): each group's sum, mean over positions
-        C = DP - self.mean[:, :, None]
-        Q = np.stack([C[q::4].sum(0) for q in range(4)])  # groups g of quarter g mod 4
-
-        def stacked(parts: np.ndarray) -> torch.Tensor:  # (k, H, T, dh) -> (H, T, k·dh)
-            return torch.from_numpy(parts).permute(1, 2, 0, 3).reshape(H, T, -1)
-
-        S = stacked(np.concatenate([P[None], C])).transpose(1, 2) @ stacked(
-            np.concatenate([P[None], Q]))
-        S = S.numpy().reshape(H, G + 1, dh, 5, dh).transpose(1, 3, 0, 2, 4)
-        self.PP, self.PQ = S[0, 0], S[0, 1:]  # PᵀP (H, dh, dh); PᵀQ_q (4, H, dh, dh)
-        self.CP, self.CQ = S[1:, 0], S[1:, 1:]  # C_gᵀP (G', H, dh, dh); C_gᵀQ_q (G', 4, ...)
-        self.QQ = np.stack([self.CQ[q::4].sum(0) for q in range(4)])  # Q_qᵀQ_r (4, 4, ...)
-        Ct = torch.from_numpy(C)
-        self.CC = (Ct.transpose(-1, -2) @ Ct).numpy()  # C_gᵀC_g (G', H, dh, dh)
-        self._quarters: dict = {}
-
-    def deleted(self, g: int, n: int) -> np.ndarray:
-        """Gram of ``P − C_g / n``: ``pos`` projected with group g deleted (n images left)."""
-        return self.PP - (self.CP[g] + _t(self.CP[g])) / n + self.CC[g] / n**2
-
-    def group(self, g: int) -> np.ndarray:
-        """Gram of group g's projected content sum, not centred: ``C_gᵀC_g + T m_gᵀm_g``."""
-        m = self.mean[g]
-        return self.CC[g] + self.T * m[:, :, None] * m[:, None, :]
-
-    def quarters(self, a: int, b: int, n_a: int, n_b: int, drop: int | None) -> np.ndarray:
-        """``sym((P + Q_a / n_a)ᵀ(P + Q_b / n_b))`` of quarters a != b of n_a and n_b images,
-        with group ``drop`` left out of its quarter: the Gram that the corrected energies take
-        from each pair of quarters. Cached: a deleted group changes only the pairs of its own
-        quarter."""
-        if drop is not None and drop % 4 not in (a, b):
-            drop = None
-        key = (a, b, drop)
-        if key not in self._quarters:
-            self._quarters[key] = self._quarter_pair(a, b, n_a, n_b, drop)
-        return self._quarters[key]
-
-    def _quarter_pair(self, a: int, b: int, n_a: int, n_b: int, drop: int | None) -> np.ndarray:
-        QP, PQ, QQ = _t(self.PQ[a]), self.PQ[b], self.QQ[a, b]
-        if drop is not None and drop % 4 == a:
-            QP, QQ = QP - self.CP[drop], QQ - self.CQ[drop, b]
-        if drop is not None and drop % 4 == b:
-            PQ, QQ = PQ - _t(self.CP[drop]), QQ - _t(self.CQ[drop, a])
-        return _sym(self.PP + PQ / n_b + QP / n_a + QQ / (n_a * n_b))
-
-
 class Replicates:
     """The estimates of one layer on the whole sample and with each group deleted."""
 
@@ -175,11 +111,12 @@ class Replicates:
         self.present = np.flatnonzero(n_g > 0)
         if modes is None:
             return
+        self._grams: dict = {}
+        self._pools: dict = {}
         self.so = modes.sigma[:, :, None] * modes.sigma[:, None, :]
-        Y, X = _project(means.pos, modes)
+        self.Y, self.X = _project(means.pos, modes)
         # each group's content sum projected: (G', H, T, dh)
-        DU, DV = _project(means.group_content, modes)
-        self.q, self.k = _SideGrams(Y, DU), _SideGrams(X, DV)
+        self.DU, self.DV = _project(means.group_content, modes)
 
     def estimate(self, drop: int | None = None) -> dict[str, np.ndarray]:
         """Raw and corrected shares without group ``drop`` (the whole sample for None)."""
@@ -200,25 +137,46 @@ class Replicates:
             return out
         keep = [g for g in self.present if g != drop]
         if drop is None:
-            Pq, Pk, K_q, K_k, KK = self.q.PP, self.k.PP, p2.K_q, p2.K_k, p2.KK
+            Y, X, K_q, K_k, KK = self.Y, self.X, p2.K_q, p2.K_k, p2.KK
         else:
-            Pq, Pk = self.q.deleted(drop, n), self.k.deleted(drop, n)
-            K_q = p2.K_q - p2.group_K_q[drop] - self.q.group(drop) / n
-            K_k = p2.K_k - p2.group_K_k[drop] - self.k.group(drop) / n
+            dU, dV = -self.DU[drop] / n, -self.DV[drop] / n
+            Y = self.Y + dU - dU.mean(1, keepdims=True)
+            X = self.X + dV - dV.mean(1, keepdims=True)
+            K_q = p2.K_q - p2.group_K_q[drop] - n * _gram(dU)
+            K_k = p2.K_k - p2.group_K_k[drop] - n * _gram(dV)
             KK = p2.KK - p2.group_KK[drop]
-        energy = energies(n, self.so, Pq, Pk, K_q, K_k, KK)
-        quarters = [[g for g in keep if g % 4 == q] for q in range(4)]
-        n_q = [int(m.group_n[q].sum()) for q in quarters]
+        energy = energies(n, self.so, Y, X, K_q, K_k, KK)
+        quarters = [tuple(g for g in keep if g % 4 == q) for q in range(4)]
         pairs = [(a, b) for a in range(4) for b in range(a + 1, 4)
                  if quarters[a] and quarters[b]]
-        G_q = {(a, b): self.q.quarters(a, b, n_q[a], n_q[b], drop) for a, b in pairs}
-        G_k = {(a, b): self.k.quarters(a, b, n_q[a], n_q[b], drop) for a, b in pairs}
+        G_q = {(a, b): self._quarter_gram("q", quarters[a], quarters[b]) for a, b in pairs}
+        G_k = {(a, b): self._quarter_gram("k", quarters[a], quarters[b]) for a, b in pairs}
         energy_adj = energies_adj(n, self.so, G_q, G_k, K_q, K_k, KK)
         frac, frac_adj = _fractions(energy), _fractions(energy_adj)
         for i, b in enumerate(BLOCK_NAMES):
             out[f"f_{b}"], out[f"f_{b}_adj"] = frac[:, i], frac_adj[:, i]
         out["energy"], out["energy_adj"] = energy, energy_adj
         return out
+
+    def _quarter_gram(self, side: str, a: tuple[int, ...], b: tuple[int, ...]) -> np.ndarray:
+        """``quarter_grams`` of the quarters made of groups ``a`` and ``b``; cached, since a
+        deleted group changes only its own quarter."""
+        key = (side, a, b)
+        if key not in self._grams:
+            self._grams[key] = quarter_grams(self._pooled(side, a), self._pooled(side, b))
+        return self._grams[key]
+
+    def _pooled(self, side: str, groups: tuple[int, ...]) -> np.ndarray:
+        """The estimate of ``pos`` projected on the query (``side="q"``) or key modes from
+        the pooled images of ``groups``; cached, since most quarters recur across the
+        replicates."""
+        key = (side, groups)
+        if key not in self._pools:
+            P, DP = (self.Y, self.DU) if side == "q" else (self.X, self.DV)
+            n = self.means.group_n[list(groups)].sum()
+            D = DP[list(groups)].sum(0)
+            self._pools[key] = P + (D - D.mean(1, keepdims=True)) / n
+        return self._pools[key]
 
 
 def layer_statistics(
