@@ -1,13 +1,19 @@
 """Benchmark of decomposition and SQL on stored runs, each against its goal.
 
 Prints, with the baselines measured in the same run:
-  (a) wall time of ``decompose_site_layer`` over every (site, layer) of a stored run / one bare
-      dask read pass over the same store (every chunk of every site read, nothing computed);
-      beside it, the same ratio for the pass-2 projection matmul alone (N·T x d by d x 2d per
-      ``attn_in`` layer, float32 on the same device), which no exact pass 2 can go below;
-  (b) peak RSS of that decomposition at 8N images / at N images (a fresh process each, best
-      of --reps, on a store with fewer layers: the decomposition runs one (site, layer) at a
-      time);
+  (a) wall time of ``decompose_site_layer`` over every (site, layer) of a stored run / the
+      floor of an exact method: two bare dask read passes over the same store (every chunk of
+      every site read, nothing computed; the method reads twice) plus the pass-2 projection
+      matmul (N·T x d by d x 2d per ``attn_in`` layer, float32 on the same device), each
+      measured in the same run (goal <= 2); beside it, the projection's GFLOP/s against a bare
+      square float32 matmul of the same device (its best shape), also measured in the run;
+      and the same ratio in process CPU time (every thread), which other jobs on a shared
+      machine stretch less than wall time;
+  (b) peak RSS of that decomposition at N and at 8N images (a fresh process each, best of
+      --reps, on a store with fewer layers: the decomposition runs one (site, layer) at a
+      time), in GB and per GB of activations that one (site, layer) task reads, beside the
+      peak RSS of a process that only imports what it needs (goal: 8N / N < 1.1 and <= 1.5 GB
+      at ViT-S/16 shapes);
   (c) the ``compare_models`` named query over a store holding 100 runs' tables
       (``bfd.queries.connect``, which caches its snapshot in ``<store>/catalog/``): connect +
       query on a warm snapshot (every dashboard refresh; the goal is < 100 ms), connect +
@@ -25,7 +31,7 @@ its server); the publication of results (Zarr results group, Parquet tables); fo
 projection, the host-to-device copy. The JSON's ``leaves_out`` says so beside them.
 
 Usage: python bench/decompose.py [--layers 12] [--n 256] [--rss-layers 2] [--runs 100]
-       [--device auto|cpu|cuda] [--skip a,b,c]
+       [--device auto|cpu|cuda] [--skip a,b,c] [--matmul-size 2048] [--reps 3]
        [--quick]   (tiny sizes, one rep: checks that the bench runs, its figures mean nothing)
 """
 
@@ -43,6 +49,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the bfd command runs (bfd/cli.py)
+from bfd.cli import limit_malloc_arenas  # noqa: E402
+
+limit_malloc_arenas()  # as the bfd command runs, before any thread
 
 import dask  # noqa: E402
 import dask.array as da  # noqa: E402
@@ -97,20 +106,47 @@ def decompose_all(root: str, run_id: str, device: str = "auto") -> None:
             decompose_site_layer(root, run_id, site, int(layer), DecomposeOptions(device=device))
 
 
-def projection_seconds(layers: int, n: int, device: str, reps: int) -> float:
+def projection_flop(layers: int, n: int) -> float:
+    """Floating-point operations of the pass-2 projection of ``layers`` layers of n images."""
+    return 2.0 * n * (T - PREFIX) * D * 2 * D * layers
+
+
+def projection(layers: int, n: int, device: str):
     """The one product that an exact pass 2 cannot avoid, for every ``attn_in`` layer: the
     content of all images (N·T_patches, d) onto all heads' query and key modes (d, 2·H·dh),
-    float32 on ``device`` (the default compute dtype); host-to-device copies not counted."""
+    float32 on ``device`` (the default compute dtype); host-to-device copies not counted.
+    Returns the function that runs it (after one warm-up product)."""
     x = torch.randn(n * (T - PREFIX), D, device=device)
     w = torch.randn(D, 2 * D, device=device)
+    matmul_seconds(x, w, 1)
+
+    def run() -> None:
+        for _ in range(layers):
+            torch.matmul(x, w)
+        if x.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return run
+
+
+def matmul_seconds(x: torch.Tensor, w: torch.Tensor, reps: int) -> float:
+    """Best wall time of ``x @ w`` over ``reps`` (after one warm-up), synchronised on CUDA."""
 
     def once() -> None:
         torch.matmul(x, w)
-        if device.startswith("cuda"):
+        if x.device.type == "cuda":
             torch.cuda.synchronize()
 
     once()
-    return layers * best_seconds(once, reps)
+    return best_seconds(once, reps)
+
+
+def matmul_gflops(size: int, device: str, reps: int) -> float:
+    """GFLOP/s of a bare square float32 matmul of ``size`` on ``device``: what this machine's
+    BLAS reaches on its best shape."""
+    x = torch.randn(size, size, device=device)
+    w = torch.randn(size, size, device=device)
+    return 2.0 * size**3 / matmul_seconds(x, w, reps) / 1e9
 
 
 def _touch(block: np.ndarray) -> np.ndarray:
@@ -123,6 +159,13 @@ def read_pass(root: str, run_id: str) -> None:
     parts = [da.map_blocks(_touch, acts[s].data, chunks=(1,) * acts[s].ndim)
              for s in acts.data_vars]
     dask.compute(*parts, scheduler="threads")
+
+
+def timed(fn) -> np.ndarray:
+    """Wall and process CPU seconds (every thread, user + system) of one call of ``fn``."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    fn()
+    return np.array([time.perf_counter() - t0, time.process_time() - c0])
 
 
 def best_seconds(fn, reps: int) -> float:
@@ -140,6 +183,21 @@ def _in_subprocess(code: str, *args: str) -> list[str]:
     out = subprocess.run([sys.executable, "-c", prelude + code, str(Path(__file__).parent),
                           *args], capture_output=True, text=True, check=True)
     return out.stdout.split()
+
+
+def imports_rss_mb() -> float:
+    """``VmHWM`` (MiB) of a fresh process that imports what the decomposition imports and
+    does nothing: the part of (b)'s peak RSS that no decomposition can avoid."""
+    words = _in_subprocess(
+        "import bfd.tasks.decompose; "
+        "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')]; "
+        "print(int(hwm[0]) / 1024 if hwm else 'nan')")
+    return float(words[-1])
+
+
+def task_read_gb(n: int) -> float:
+    """GB of activations that one (site, layer) task reads (each pass reads them once)."""
+    return 2 * n * T * D * 2 / 1e9
 
 
 def peak_rss_mb(root: str, run_id: str) -> tuple[float, float]:
@@ -282,7 +340,9 @@ def main() -> None:
     p.add_argument("--images-per-chunk", type=int, default=32)
     p.add_argument("--rss-layers", type=int, default=2, help="layers of the (b) stores")
     p.add_argument("--runs", type=int, default=100, help="runs in the (c) store")
-    p.add_argument("--reps", type=int, default=2, help="best of this many for (a); 5x for (c)")
+    p.add_argument("--reps", type=int, default=3, help="best of this many for (a); 5x for (c)")
+    p.add_argument("--matmul-size", type=int, default=2048,
+                   help="side of the bare square float32 matmul of (a)")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: a, b, c")
     p.add_argument("--device", default="auto", help="where (a) decomposes: auto, cpu, cuda")
     p.add_argument("--workdir", default=None, help="where the temporary stores go")
@@ -291,7 +351,7 @@ def main() -> None:
     args = p.parse_args()
     if args.quick:
         args.layers, args.n, args.images_per_chunk = 1, 8, 4
-        args.rss_layers, args.runs, args.reps = 1, 3, 1
+        args.rss_layers, args.runs, args.reps, args.matmul_size = 1, 3, 1, 128
     skip = set(args.skip.split(","))
     device = resolve_device(args.device)
 
@@ -316,16 +376,31 @@ def main() -> None:
             lo, hi = peak[args.n], peak[8 * args.n]
             figures["b"]["ratio_8n_vs_n"] = round(hi[0] / lo[0], 3)
             figures["b"]["ratio_8n_vs_n_vm_hwm"] = round(hi[1] / lo[1], 3)
+            figures["b"]["imports_vm_hwm_mb"] = round(imports_rss_mb(), 1)
+            for n in (args.n, 8 * args.n):
+                # the peak in GB (1e9 bytes), and per GB that one (site, layer) task reads
+                figures["b"][f"peak_rss_gb_n{n}"] = round(peak[n][1] * 2**20 / 1e9, 3)
+                figures["b"][f"task_read_gb_n{n}"] = round(task_read_gb(n), 4)
+                figures["b"][f"peak_rss_per_gb_read_n{n}"] = round(
+                    peak[n][1] * 2**20 / 1e9 / task_read_gb(n), 2)
         if "a" not in skip:
             root = workdir / "a"
             t0 = time.perf_counter()
             rid = build_activation_store(root, args.layers, args.n, args.images_per_chunk)
             build = time.perf_counter() - t0
-            t_read = t_dec = float("inf")
-            for _ in range(args.reps):  # interleaved, so that load from other jobs hits both
-                t_read = min(t_read, best_seconds(lambda: read_pass(str(root), rid), 1))
-                t_dec = min(t_dec, best_seconds(lambda: decompose_all(str(root), rid, device), 1))
-            t_proj = projection_seconds(args.layers, args.n, device, 3 * args.reps)
+            # warm-up: the first call's costs (thread pools, caches), on one (site, layer)
+            decompose_site_layer(str(root), rid, SITES[0], 0, DecomposeOptions(device=device))
+            project = projection(args.layers, args.n, device)
+            # (wall, CPU) seconds, each the best of --reps
+            read = dec = proj = np.full(2, np.inf)
+            t_mm = float("inf")
+            for _ in range(args.reps):  # interleaved, so that load from other jobs hits all
+                read = np.minimum(read, timed(lambda: read_pass(str(root), rid)))
+                dec = np.minimum(dec, timed(lambda: decompose_all(str(root), rid, device)))
+                proj = np.minimum(proj, timed(project))
+                t_mm = min(t_mm, 1 / matmul_gflops(args.matmul_size, device, 1))
+            (t_read, t_dec, t_proj), floor = (read[0], dec[0], proj[0]), 2 * read + proj
+            proj_gflops = projection_flop(args.layers, args.n) / t_proj / 1e9
             stored = sum(f.stat().st_size for f in (root / "bfd.zarr").rglob("*") if f.is_file())
             figures["a"] = {
                 "layers": args.layers, "sites": len(SITES), "n_images": args.n,
@@ -338,6 +413,17 @@ def main() -> None:
                 "device": device,
                 "projection_seconds": round(t_proj, 3),
                 "ratio_projection_vs_read": round(t_proj / t_read, 2),
+                "floor_seconds": round(floor[0], 3),
+                "ratio_decompose_vs_floor": round(t_dec / floor[0], 2),
+                # the same in process CPU time (all threads): less sensitive to other jobs on
+                # a shared machine than wall time, which waits for a core
+                "decompose_cpu_seconds": round(dec[1], 3),
+                "floor_cpu_seconds": round(floor[1], 3),
+                "ratio_decompose_vs_floor_cpu": round(dec[1] / floor[1], 2),
+                "projection_gflops": round(proj_gflops, 1),
+                "matmul_size": args.matmul_size,
+                "matmul_gflops": round(1 / t_mm, 1),
+                "ratio_projection_vs_matmul_gflops": round(proj_gflops * t_mm, 3),
                 "leaves_out": "decompose_seconds: Prefect, publishing results and tables; "
                               "projection_seconds: host-to-device copies, everything but the "
                               "one matmul",
@@ -361,12 +447,18 @@ def main() -> None:
     print(json.dumps(figures, indent=2))
     if "a" in figures:
         a = figures["a"]
-        print(f"(a) decomposition time / bare dask read pass: {a['ratio_decompose_vs_read']} "
-              f"(goal <= 3) on {device}; the pass-2 projection matmul alone / read: "
-              f"{a['ratio_projection_vs_read']} (a floor for any exact pass 2 here)")
+        print(f"(a) decomposition time / floor (two bare dask reads + the pass-2 projection): "
+              f"{a['ratio_decompose_vs_floor']} (goal <= 2) on {device}, in CPU time "
+              f"{a['ratio_decompose_vs_floor_cpu']}; / one read: "
+              f"{a['ratio_decompose_vs_read']}; projection {a['projection_gflops']} GFLOP/s = "
+              f"{a['ratio_projection_vs_matmul_gflops']} x a bare {args.matmul_size}^2 float32 "
+              f"matmul ({a['matmul_gflops']} GFLOP/s)")
     if "b" in figures:
-        print(f"(b) peak RSS N={8 * args.n} / N={args.n}: {figures['b']['ratio_8n_vs_n']} "
-              "(goal < 1.1)")
+        b = figures["b"]
+        print(f"(b) peak RSS N={8 * args.n} / N={args.n}: {b['ratio_8n_vs_n']} (goal < 1.1); "
+              f"at N={8 * args.n}: {b[f'peak_rss_gb_n{8 * args.n}']} GB (goal <= 1.5), "
+              f"{b[f'peak_rss_per_gb_read_n{8 * args.n}']} per GB read per (site, layer) task; "
+              f"imports alone {b['imports_vm_hwm_mb']} MiB")
     if "c" in figures:
         c = figures["c"]
         print(f"(c) compare_models over {args.runs} runs: connect + query on a warm snapshot "

@@ -225,11 +225,10 @@ class Pass2Plan:
 
 def _by_group(a: torch.Tensor, group: torch.Tensor, groups: int) -> np.ndarray:
     """Float64 sums of ``a`` over its first axis (images), one per jackknife group."""
-    # a one-hot matmul: index_add_ took milliseconds here on two busy cores (thread spin)
-    one_hot = torch.zeros((groups, len(group)), dtype=torch.float64, device=a.device)
-    one_hot[group, torch.arange(len(group), device=a.device)] = 1.0
-    flat = a.to(torch.float64).reshape(len(group), -1)
-    return (one_hot @ flat).reshape(groups, *a.shape[1:]).cpu().numpy()
+    # index_add_ (with OMP_WAIT_POLICY=PASSIVE, as the CLI runs): 3x faster than a one-hot
+    # float64 product at ViT-S/16 Grams, 32 images, 16 groups, on one or two threads
+    out = torch.zeros((groups, *a.shape[1:]), dtype=torch.float64, device=a.device)
+    return out.index_add_(0, group, a.to(torch.float64)).cpu().numpy()
 
 
 def logit_residual(x: torch.Tensor, means: Means, maps: HeadMaps) -> float:
