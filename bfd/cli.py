@@ -35,8 +35,8 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
     """At most ``arenas`` glibc malloc arenas (unless ``MALLOC_ARENA_MAX`` is set), before the
     command starts its threads: with one arena per thread, the freed chunk buffers of the
     dask and torch threads stayed in the process. Peak RSS of the decomposition of a 2-layer
-    ViT-S/16 store (bench/decompose.py (b), one run each): 1.37 GB at N=2048 and 8N / N
-    1.03, against 1.63 GB and 1.11 with the default arenas. Nothing on other C libraries."""
+    ViT-S/16 store (bench/decompose.py (b), one run each): 1.46-1.48 GB at N=2048 against
+    1.63-1.66 GB with the default arenas. Nothing on other C libraries."""
     if "MALLOC_ARENA_MAX" in os.environ:
         return
     import ctypes
