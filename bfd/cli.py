@@ -184,12 +184,12 @@ class _Bars:
 
 def _with_bars(fn, *args, **kwargs):
     from bfd.flows import progress
-    from bfd.flows.server import wait_started
+    from bfd.flows.server import temporary_server_settings, wait_started
 
     wait_started()
     bars = _Bars()
     try:
-        with progress.listening(bars):
+        with progress.listening(bars), temporary_server_settings():
             return fn(*args, **kwargs)
     finally:
         bars.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -167,13 +168,27 @@ def emit_audit_events(audit: dict, drift: list[dict], store: str) -> None:
 
 class PrefectProgress:
     """A ``bfd.flows.progress`` listener that shows each stage as a Prefect progress
-    artifact of the current flow run."""
+    artifact of the current flow run.
 
-    def __init__(self) -> None:
+    Each update is a call to the API, made by the flow's thread while its tasks wait to be
+    collected: a stage's artifact is updated at most once every ``min_interval_s`` seconds,
+    and always when the stage completes, so it ends at the same value as before. (Updated on
+    every report, the 24 (site, layer) tasks of a 12-block ViT made 24 calls, 0.5-0.9 s of
+    an audit of 2 images on 2 busy cores.)
+    """
+
+    def __init__(self, min_interval_s: float = 1.0) -> None:
         self.ids: dict[str, Any] = {}
+        self.min_interval_s = min_interval_s
+        self.updated: dict[str, float] = {}
 
     def __call__(self, stage: str, done: int, total: int, detail: dict) -> None:
         pct = 100.0 * done / total if total else 100.0
+        now = time.monotonic()
+        if (stage in self.ids and pct < 100.0
+                and now - self.updated[stage] < self.min_interval_s):
+            return
+        self.updated[stage] = now
         try:
             if stage not in self.ids:
                 self.ids[stage] = create_progress_artifact(pct, description=f"{stage} progress")
