@@ -16,7 +16,11 @@ import xarray as xr
 from dask.delayed import Delayed, delayed
 
 from bfd.core import (
+    HeadMaps,
+    Means,
+    Modes,
     Pass2Plan,
+    Pass2State,
     bi_orthogonal_modes,
     finalize_means,
     head_maps,
@@ -173,13 +177,7 @@ def decompose_site_layer(
     # the weights are read only where they are used: Stage 2 and the pos_embed cosine
     tensors = (read_model_tensors(store, run_id, layer) if site == "attn_in" or want_cos
                else None)
-    maps = None
-    if site == "attn_in":
-        maps = head_maps(tensors.qkv_weight.sel(layer=layer).values,
-                         int(tensors.attrs["num_heads"]),
-                         float(tensors.attn_scale.sel(layer=layer)),
-                         tensors.qkv_bias.sel(layer=layer).values if "qkv_bias" in tensors
-                         else None)
+    maps = layer_head_maps(tensors, layer) if site == "attn_in" else None
     indices = ok_images(store, run_id)
     if len(indices) < 2:
         raise ValueError(f"run {run_id} has {len(indices)} decoded images; BFD needs at least 2")
@@ -202,14 +200,34 @@ def decompose_site_layer(
         p2 = _tree_sum([delayed(_pass2)(plan, b, indices[lo:hi], **kw) for b, lo, hi in blocks])
         (p2,) = dask.compute(p2, **scheduler)
 
+    ds = layer_dataset(means, p2, modes, options, prefix_tokens, site, layer, tensors)
+    _model_check(ds, store, run_id, layer, maps, means, prefix_tokens, options.prefix)
+    ds.attrs = {"site": site, "layer": int(layer), "n_images": int(len(indices))}
+    return ds
+
+
+def layer_head_maps(tensors: xr.Dataset, layer: int) -> HeadMaps:
+    """The head maps of one block from the run's stored model tensors
+    (``read_model_tensors``)."""
+    return head_maps(tensors.qkv_weight.sel(layer=layer).values, int(tensors.attrs["num_heads"]),
+                     float(tensors.attn_scale.sel(layer=layer)),
+                     tensors.qkv_bias.sel(layer=layer).values if "qkv_bias" in tensors
+                     else None)
+
+
+def layer_dataset(means: Means, p2: Pass2State, modes: Modes | None,
+                  options: DecomposeOptions, prefix_tokens: int, site: str, layer: int,
+                  tensors: xr.Dataset | None) -> xr.Dataset:
+    """One (site, layer)'s results from its two passes' states: the summary, and the cosine
+    of ``pos`` with the model's ``pos_embed`` (the resid site of block 0, prefix excluded,
+    where ``tensors`` holds it; NaN elsewhere). The logit check is the caller's."""
     ds = to_dataset(summarize(means, p2, modes, options.ci_target),
                     first_token=prefix_tokens if options.prefix == "exclude" else 0)
     cos = np.nan
-    if want_cos and "pos_embed" in tensors:
+    if (site == "resid" and layer == 0 and options.prefix == "exclude" and tensors is not None
+            and "pos_embed" in tensors):
         cos = pos_embed_cosine(ds.pos.values, tensors.pos_embed.values)
     ds["pos_embed_cos"] = ((), cos)
-    _model_check(ds, store, run_id, layer, maps, means, prefix_tokens, options.prefix)
-    ds.attrs = {"site": site, "layer": int(layer), "n_images": int(len(indices))}
     return ds
 
 

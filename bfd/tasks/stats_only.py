@@ -32,15 +32,16 @@ from bfd.core import (
     Pass2Plan,
     bi_orthogonal_modes,
     finalize_means,
-    head_maps,
     pass1_chunk,
-    pos_embed_cosine,
     prepare_chunk,
-    summarize,
-    to_dataset,
 )
 from bfd.storage import ImageRecord, Store, read_model_tensors
-from bfd.tasks.decompose import DecomposeOptions, _model_check
+from bfd.tasks.decompose import (
+    DecomposeOptions,
+    _model_check,
+    layer_dataset,
+    layer_head_maps,
+)
 from bfd.tasks.extract import ExtractConfig, _autocast, _model
 
 # The request field that marks a stats-only run: it enters the run id (a stored run of the
@@ -219,14 +220,8 @@ def decompose_from_forward(
 
     def part(key: tuple[str, int]) -> xr.Dataset:
         site, layer = key
-        m, t = means[key], tensors[layer]
-        ds = to_dataset(summarize(m, p2[key], modes[key], options.ci_target),
-                        first_token=prefix_tokens if options.prefix == "exclude" else 0)
-        cos = np.nan
-        if (site == "resid" and layer == 0 and options.prefix == "exclude"
-                and "pos_embed" in t):
-            cos = pos_embed_cosine(ds.pos.values, t.pos_embed.values)
-        ds["pos_embed_cos"] = ((), cos)
+        ds = layer_dataset(means[key], p2[key], modes[key], options, prefix_tokens, site, layer,
+                           tensors[layer])
         for name, var in checks[key].result().data_vars.items():
             ds[name] = (var.dims, var.values)
         ds.attrs = {"site": site, "layer": int(layer), "n_images": n_ok}
@@ -248,14 +243,8 @@ def _layer_maps(store: Store, run_id: str, keys: list[tuple[str, int]]) -> tuple
     for site, layer in keys:
         if layer not in tensors:
             tensors[layer] = read_model_tensors(store, run_id, layer)
-        t = tensors[layer]
-        maps[site, layer] = None
-        if site == "attn_in":
-            maps[site, layer] = head_maps(
-                t.qkv_weight.sel(layer=layer).values, int(t.attrs["num_heads"]),
-                float(t.attn_scale.sel(layer=layer)),
-                t.qkv_bias.sel(layer=layer).values if "qkv_bias" in t else None)
-        m = maps[site, layer]
+        m = layer_head_maps(tensors[layer], layer) if site == "attn_in" else None
+        maps[site, layer] = m
         modes[site, layer] = bi_orthogonal_modes(m) if m is not None else None
     return tensors, maps, modes
 
