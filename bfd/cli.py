@@ -9,8 +9,10 @@ import sys
 from collections.abc import Sequence
 
 FORMATS = ("table", "csv", "json", "jsonl", "parquet")
-# Commands that run flows (torch, Prefect); the others only read.
+# The commands of one run's pipeline (torch, Prefect): Ctrl-C keeps their shards.
 _PIPELINE_COMMANDS = ("extract", "decompose", "audit")
+# Commands that only read a store (no torch, timm or Prefect).
+_READING_COMMANDS = ("verify", "sql", "catalog", "query", "runs", "dashboard", "plot")
 # Exit status of a command whose output pipe was closed (128 + SIGPIPE), as a shell reports it.
 _EXIT_BROKEN_PIPE = 141
 
@@ -28,15 +30,15 @@ def _prefect_defaults(verbose: bool) -> None:
     # torch is not imported yet: idle OpenMP workers then sleep instead of spinning, which
     # otherwise starves the small LAPACK and elementwise calls between GEMMs on few cores
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    limit_malloc_arenas()
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
-    """At most ``arenas`` glibc malloc arenas (unless ``MALLOC_ARENA_MAX`` is set), before the
-    command starts its threads: with one arena per thread, the freed chunk buffers of the
-    dask and torch threads stayed in the process. Peak RSS of the decomposition of a 2-layer
-    ViT-S/16 store (bench/decompose.py (b), one run each): 1.46-1.48 GB at N=2048 against
-    1.63-1.66 GB with the default arenas. Nothing on other C libraries."""
+    """At most ``arenas`` glibc malloc arenas (unless ``MALLOC_ARENA_MAX`` is set), before a
+    command that runs flows starts its threads: with one arena per thread, the freed chunk
+    buffers of the dask and torch threads stayed in the process. Peak RSS of the
+    decomposition of a 2-layer ViT-S/16 store (bench/decompose.py (b), one run each):
+    1.46-1.48 GB at N=2048 against 1.63-1.66 GB with the default arenas. Nothing on other C
+    libraries."""
     if "MALLOC_ARENA_MAX" in os.environ:
         return
     import ctypes
@@ -495,6 +497,8 @@ def _exit_now(code: int) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _prefect_defaults(args.verbose)
+    if args.command not in _READING_COMMANDS:
+        limit_malloc_arenas()  # before the flows start their threads
     if argv is None and args.command in _PIPELINE_COMMANDS:
         # a process of its own: Ctrl-C ends it at once, without Prefect's and the
         # interpreter's teardown
