@@ -120,3 +120,54 @@ def test_stage1_only_and_explicit_indices():
                  "shuffle_frac_pos"):
         np.testing.assert_allclose(getattr(stage1, name), getattr(full, name), rtol=1e-12)
     np.testing.assert_allclose(stage1.pos, full.pos, rtol=1e-12)
+
+
+def test_one_thread_on_overlapping_threads_leaves_the_thread_count_as_it_was():
+    """Blocks of one_thread that overlap on two threads (decompose tasks in one process) must
+    leave torch's count as it was, for every thread that starts later too: a thread that took 1
+    would run its forwards on one core and give other float32 bits (a flow's stored activations
+    then differed from a direct forward)."""
+    import threading
+
+    import torch
+
+    from bfd.core.heads import one_thread
+
+    def fresh_thread_count() -> int:
+        got = []
+        t = threading.Thread(target=lambda: got.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        return got[0]
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+        counts = {}
+
+        def a():
+            with one_thread():
+                a_in.set()
+                b_in.wait(10)
+            a_out.set()
+
+        def b():
+            a_in.wait(10)
+            counts["b_first_use"] = torch.get_num_threads()  # first use, inside a's block
+            with one_thread():
+                counts["b_inside"] = torch.get_num_threads()
+                b_in.set()
+                a_out.wait(10)
+            counts["b_after"] = torch.get_num_threads()
+
+        threads = [threading.Thread(target=f) for f in (a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        assert counts == {"b_first_use": 1, "b_inside": 1, "b_after": 2}
+        assert torch.get_num_threads() == 2
+        assert fresh_thread_count() == 2
+    finally:
+        torch.set_num_threads(saved)

@@ -8,6 +8,7 @@ formed.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -118,19 +119,40 @@ def head_maps(
                     bias_q=bias_q, bias_k=bias_k)
 
 
+# torch.set_num_threads is process-wide: it sets the count that every thread takes when it
+# first uses torch, and MKL's. Blocks of one_thread on several threads at once therefore share
+# one saved count: the first to enter saves it, each one leaving restores it on its own thread.
+_THREADS_LOCK = threading.Lock()
+_inside = 0  # threads now inside one_thread
+_outside = 1  # torch's thread count when the first of them entered
+
+
 @contextmanager
 def one_thread() -> Iterator[None]:
     """Run small LAPACK and matmul calls on one thread.
 
     Right after a threaded GEMM, torch's OpenMP workers still spin; a threaded QR/SVD of these
     small matrices then fights them and took 0.5-1.3 s here instead of 10 ms.
+
+    Safe on several threads at once (decompose tasks in one process): a per-thread save and
+    restore would let a block entered inside another save 1 and leave the whole process on one
+    thread, so that later forwards ran on one core and gave other float32 bits.
     """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    global _inside, _outside
+    with _THREADS_LOCK:
+        if _inside == 0:
+            _outside = torch.get_num_threads()
+        _inside += 1
+        torch.set_num_threads(1)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        with _THREADS_LOCK:
+            _inside -= 1
+            # This thread goes back to the count outside (a pool thread that first used torch
+            # inside another's block took 1 and is mended here too); while others are still
+            # inside, only their LAPACK calls may use more threads than one, never fewer.
+            torch.set_num_threads(_outside)
 
 
 def bi_orthogonal_modes(maps: HeadMaps) -> Modes:
