@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -213,3 +214,78 @@ def test_prefect_api_is_seen_as_prefect_sees_it(tmp_path, setup):
     mine, prefects = proc.stdout.split()
     assert mine == prefects, setup
     assert mine == str(setup not in ("nothing", "inactive profile"))
+
+
+def test_a_new_request_hashes_its_weights_and_images_once(tmp_path):
+    """On a store with request keys, the CLI keys a request (hashing the weights file and
+    every image) before the flow plans it: the planner reuses those digests instead of reading
+    the files again, and records the same request, run id and key as a fresh hashing does."""
+    import hashlib
+    from dataclasses import replace
+
+    from bfd.files import bytes_hashed
+    from bfd.images import list_images, manifest_sha256
+    from bfd.storage import read_request, read_request_key
+    from bfd.tasks.extract import ExtractConfig, prepare_run
+    from bfd.tasks.request_key import key_of_config
+
+    weights = make_checkpoints(tmp_path / "ckpts")[0]
+    images, store = image_folder(tmp_path / "images"), tmp_path / "store"
+    cfg = ExtractConfig(model=AUDIT["model"], weights=str(weights), images=str(images),
+                        img_size=AUDIT["img_size"], layers="0", dtype="float32",
+                        images_per_chunk=3)
+    files = [weights, *sorted(images.iterdir())]
+    settle(files)
+    before = bytes_hashed()
+    key, inputs = key_of_config(cfg.to_dict())
+    keyed = bytes_hashed()
+    assert keyed - before == sum(p.stat().st_size for p in files)  # each file read once
+    plan = prepare_run(str(store), cfg)
+    assert bytes_hashed() == keyed  # the planner read none of them again
+
+    request = read_request(Store(store), plan.run_id)
+    assert request.weights_sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert request.images_sha256 == manifest_sha256(
+        [replace(r, sha256=hashlib.sha256(Path(r.path).read_bytes()).hexdigest())
+         for r in list_images(str(images))])
+    assert read_request_key(Store(store), key) == plan.run_id
+    assert inputs["weights_sha256"] == request.weights_sha256
+
+
+def test_a_file_changed_in_place_is_hashed_again(tmp_path):
+    """A remembered digest is not served for a file rewritten since, even with its size and
+    modification time as they were, nor for another file put at its path."""
+    import hashlib
+
+    from bfd.files import bytes_hashed, sha256_file
+
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"a" * 4096)
+    settle([path])
+    st = path.stat()
+    assert sha256_file(path) == hashlib.sha256(b"a" * 4096).hexdigest()
+    with open(path, "r+b") as f:  # the same inode, size and mtime; other bytes
+        f.write(b"b")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_mtime_ns == st.st_mtime_ns
+    assert sha256_file(path) == hashlib.sha256(b"b" + b"a" * 4095).hexdigest()
+    other = tmp_path / "other.bin"
+    other.write_bytes(b"c" * 4096)
+    os.replace(other, path)
+    assert sha256_file(path) == hashlib.sha256(b"c" * 4096).hexdigest()
+
+    # a file hashed in the tick of its last write is hashed again next time
+    fresh = tmp_path / "fresh.bin"
+    fresh.write_bytes(b"d" * 4096)
+    before = bytes_hashed()
+    assert sha256_file(fresh) == sha256_file(fresh)
+    assert bytes_hashed() - before == 2 * 4096
+
+
+def settle(paths: list[Path]) -> None:
+    """Wait until ``paths`` last changed long enough ago for ``sha256_file`` to remember their
+    digests (``bfd.files.SETTLED_NS``), as a user's checkpoint and images have."""
+    from bfd.files import SETTLED_NS
+
+    last = max(max(p.stat().st_mtime_ns, p.stat().st_ctime_ns) for p in paths)
+    time.sleep(max(0.0, (last + SETTLED_NS - time.time_ns()) / 1e9 + 0.05))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import hashlib
 import json
 import os
 import re
@@ -14,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from bfd.files import WEIGHT_SUFFIXES
+from bfd.files import WEIGHT_SUFFIXES, sha256_file
 from bfd.storage import (
     Store,
     new_audit_id,
@@ -72,11 +71,9 @@ def time_step(when: datetime) -> int:
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """sha256 of a checkpoint file: ``bfd.files.sha256_file``, whose digest the audit of the
+    file then reuses instead of reading it again."""
+    return sha256_file(path)
 
 
 def checkpoint_files(pattern: str) -> list[Path]:
