@@ -25,7 +25,7 @@ def write_rows(store: Store, table: str, model: str, run_id: str, rows: list[dic
 
 
 def planted_pos(grid: tuple[int, int], dim: int, layers: int, prefix: int = 1) -> np.ndarray:
-    """pos (layer, token, dim): a row gradient along dim 0 (3x the variance) and a column
+    """pos (layer, position, dim): a row gradient along dim 0 (3x the variance) and a column
     gradient along dim 1, so PC1 is the row and PC2 the column coordinate of the grid."""
     h, w = grid
     rows, cols = np.divmod(np.arange(h * w), w)
@@ -110,11 +110,15 @@ def write_synthetic_run(
     write_rows(store, "heads", model, run_id, head_rows)
     write_rows(store, "modes", model, run_id, mode_rows)
     if with_pos:
+        # as decomposition stores it (docs/layout.md): per site, the positions' coordinate
+        # is their token index; at resid the columns carry the larger variance, which
+        # attn_in's view must not show
         pos = planted_pos(grid, 8, depth)
+        resid = pos[..., [1, 0, *range(2, 8)]]
         ds = xr.Dataset(
-            {"pos": (("layer", "token", "dim"), pos)},
-            coords={"layer": np.arange(depth), "token": np.arange(pos.shape[1]),
-                    "dim": np.arange(8)},
+            {"pos": (("site", "layer", "position", "dim"), np.stack([pos, resid]))},
+            coords={"site": ["attn_in", "resid"], "layer": np.arange(depth),
+                    "position": np.arange(pos.shape[1]), "dim": np.arange(8)},
         )
         write_results(store, run_id, ds)
     return {"frac_pos": frac_pos, "energy": energy}

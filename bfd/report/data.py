@@ -257,14 +257,14 @@ def positional_components(
         ds = open_results(Store(store_root), run_id, dask=False)  # pos is read whole
     except (FileNotFoundError, ValueError, KeyError, OSError):
         return None
-    if "pos" not in ds or "token" not in ds["pos"].dims:
+    if "pos" not in ds or "position" not in ds["pos"].dims:
         return None
     pos = ds["pos"]
     if "site" in pos.dims:
         pos = pos.sel(site="attn_in") if "attn_in" in pos["site"].values else pos.isel(site=0)
     h, w = grid
     layers = [int(v) for v in pos["layer"].values] if "layer" in pos.dims else [0]
-    values = np.asarray(pos.transpose(..., "token", "dim").values, dtype=np.float64)
+    values = np.asarray(pos.transpose(..., "position", "dim").values, dtype=np.float64)
     values = values.reshape(len(layers), *values.shape[-2:])
     if values.shape[1] < h * w:
         return None
