@@ -250,3 +250,49 @@ def test_dashboard_refuses_a_bad_port_before_building(tmp_path, capsys):
     assert main(["dashboard", "--store", str(root), "--out", str(out), "--port", "70000"]) == 2
     assert capsys.readouterr().err.strip() == "bfd: error: --port must be 0-65535; got 70000"
     assert not out.exists()
+
+
+def test_an_audit_rewrites_its_run_page_with_the_positional_factor_kept(tmp_path):
+    """Each audit rewrites its run's page (the run's latest audit); while the run's published
+    results are the same its positional components come from the dashboard's own copy, not
+    from reading the results again (here moved away, so only the copy can give them); new
+    results are read, and the copy of a run no longer listed is removed."""
+    import datetime as dt
+    import shutil
+
+    import xarray as xr
+    from dashstore import planted_pos
+
+    from bfd.report.dashboard import POSITIONAL
+    from bfd.storage import Store, results_path, write_audit, write_results
+
+    root, out = tmp_path / "store", tmp_path / "site"
+    write_synthetic_run(root, "p-1", depth=2, with_pos=True)
+    write_synthetic_run(root, "p-2", depth=2)
+    build_dashboard(root, out)
+    page = out / "runs" / "p-1.html"
+    pos = embedded(page)["pos"]
+    assert pos["layers"] == [0, 1] and pos == D.positional_components(root, "p-1", (4, 5))
+
+    results = Path(results_path(Store(root), "p-1"))
+    results.rename(results.with_name("moved"))
+    now = dt.datetime.now(dt.UTC)
+    write_audit(Store(root), {
+        "audit_id": "a-1", "series": "s", "run_id": "p-1", "step": 1, "started_at": now,
+        "finished_at": now, "trigger": "cli", "flow_run_id": None, "status": "complete",
+        "prev_audit_id": None, "n_flagged": 0})
+    assert "runs/p-1.html" in build_dashboard(root, out).written
+    assert embedded(page)["run"]["audit_id"] == "a-1" and embedded(page)["pos"] == pos
+
+    # new results: the grid's columns carry the larger variance now
+    pos_cols = planted_pos((4, 5), 8, 2)[..., [1, 0, *range(2, 8)]]
+    write_results(Store(root), "p-1", xr.Dataset(
+        {"pos": (("layer", "position", "dim"), pos_cols)},
+        coords={"layer": [0, 1], "position": np.arange(21), "dim": np.arange(8)}))
+    assert "runs/p-1.html" in build_dashboard(root, out).written
+    new = embedded(page)["pos"]
+    assert new == D.positional_components(root, "p-1", (4, 5)) and new != pos
+
+    shutil.rmtree(root / "tables")  # no run listed any more
+    build_dashboard(root, out)
+    assert not list((out / POSITIONAL).iterdir())

@@ -10,6 +10,7 @@ Layout of the output folder::
     runs/<run>.html      one page per run: the paper's views
     assets/              plotly.min.js (from the plotly package), dashboard.js, dashboard.css
     .bfd-dashboard.json  what each page was built from, so a rebuild writes only what changed
+    .bfd-positional/     each run's positional components, kept while its results are the same
 
 Each page embeds its data as JSON in a ``<script type="application/json">`` element (``<``,
 ``>`` and ``&`` written as ``\\u003c`` etc., so no string can close the element) and draws it
@@ -146,6 +147,31 @@ def _write_if_changed(out: Path, rel: str, text: str, build: DashboardBuild) -> 
     build.written.append(rel)
 
 
+POSITIONAL: Final[str] = ".bfd-positional"
+
+
+def _positional(root: Path, out: Path, run_id: str, grid: tuple, key: str, force: bool
+                ) -> dict | None:
+    """``positional_components`` of a run, kept in ``<out>/.bfd-positional/`` under ``key``
+    (the run's published results and the page code): each audit rewrites its run's page (the
+    run's latest audit) but leaves the run's results as they were, which take an open of the
+    results and an SVD per layer to read again."""
+    path = out / POSITIONAL / f"{D.safe_file_stem(run_id)}.json"
+    if not force:
+        try:
+            kept = json.loads(path.read_text(encoding="utf-8"))
+            if kept.get("key") == key:
+                return kept["pos"]
+        except (OSError, ValueError, AttributeError, KeyError):
+            pass
+    pos = D.positional_components(root, run_id, grid)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"key": key, "pos": pos}), encoding="utf-8")
+    os.replace(tmp, path)
+    return pos
+
+
 def _results_path(store_root: Path, run_id: str) -> str:
     """Where ``bfd.storage.open_results`` reads the run's results (docs/layout.md)."""
     from bfd.storage import Store, results_path
@@ -263,7 +289,8 @@ def build_dashboard(
                 continue
             detail = {name: D.columnar(t) for name, t in D.run_detail(con, run_id).items()}
             grid = (run["grid_h"], run["grid_w"])
-            detail["pos"] = D.positional_components(root, run_id, grid)
+            detail["pos"] = _positional(root, out, run_id, grid,
+                                        D.content_hash([run["results_path"], grid], [code]), force)
             payload = {"run": run, **detail, "generated": generated}
             _write_if_changed(out, rel, _page("run", f"Run {run_id}", payload, 1, str(root)), build)
     finally:
@@ -273,6 +300,11 @@ def build_dashboard(
         if rel not in pages and rel.startswith("runs/"):
             (out / rel).unlink(missing_ok=True)
             build.removed.append(rel)
+    listed = {f"{D.safe_file_stem(run_id)}.json" for run_id in runs["run_id"]}
+    if (out / POSITIONAL).is_dir():
+        for kept in (out / POSITIONAL).iterdir():
+            if kept.name not in listed:
+                kept.unlink(missing_ok=True)
     assets = {"assets/plotly.min.js": js}
     assets.update({f"assets/{name}": _asset_text(name) for name in _ASSETS})
     for rel, text in assets.items():
