@@ -216,7 +216,7 @@ def write_result(
             under a temporary name beside it, then renamed), and not at all otherwise.
 
     Raises:
-        ValueError: Unknown format, or ``parquet`` without ``output``.
+        ValueError: Unknown format, ``parquet`` without ``output``, or ``output`` a folder.
     """
     if isinstance(result, pa.Table):
         result = pa.RecordBatchReader.from_batches(result.schema, result.to_batches())
@@ -232,6 +232,8 @@ def write_result(
         write(result, out)
         out.flush()
         return
+    if os.path.isdir(output):
+        raise ValueError(f"--output {output!r} is a folder; give the file to write")
     folder = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"--output {output!r}: folder {folder!r} does not exist")

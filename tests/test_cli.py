@@ -290,6 +290,13 @@ def test_json_and_csv_fit_pipes(table_store, tmp_path):
     assert pq.read_table(out).equals(run_sql(str(table_store), sql))
     proc = _bfd("sql", sql, "--format", "parquet", "--store", str(table_store))
     assert_one_line_error(proc.returncode, proc.stderr, "--output FILE")
+    # a folder given as the file: the user's own path named, nothing left beside it
+    folder = tmp_path / "results"
+    folder.mkdir()
+    proc = _bfd("sql", sql, "--format", "csv", "--output", str(folder), "--store",
+                str(table_store))
+    assert_one_line_error(proc.returncode, proc.stderr, f"--output {str(folder)!r} is a folder")
+    assert not list(folder.iterdir()) and not list(tmp_path.glob(".results*"))
 
 
 @pytest.mark.parametrize("fmt", ["table", "json"])
