@@ -197,6 +197,12 @@ def test_bfd_plot_refuses_an_unknown_run(tmp_path, capsys):
     assert err.startswith("bfd: error: no run 'nope'") and "r-1" in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "f").exists()
+    (tmp_path / "f").write_text("mine")  # --out names a file: a mistake of the request
+    assert main(["plot", "r-1", "--store", str(root), "--out", str(tmp_path / "f")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"bfd: error: --out {str(tmp_path / 'f')!r} is a file; expected a folder "
+                   "for the figures\n")
+    assert (tmp_path / "f").read_text() == "mine"
 
 
 def audited_store(tmp_path: Path):

@@ -248,10 +248,12 @@ def plot_run(
         the run's results are not found).
 
     Raises:
-        ValueError: Unknown format, or no such run in the store.
+        ValueError: Unknown format, ``out_dir`` a file, or no such run in the store.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown figure format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"--out {str(out_dir)!r} is a file; expected a folder for the figures")
     con = connect(store_root)
     try:
         runs = {row["run_id"]: row for row in D.run_list(con).to_pylist()}
