@@ -328,10 +328,12 @@ def test_compare_models_bins_relative_depth(store, bins):
         assert sorted(b) == [0, 2, 4, 6, 8, 9] and len(result) == 10
 
 
-def test_compare_models_rejects_bad_bins(store):
+@pytest.mark.parametrize("bins", ["0", "-1", "2.5", "abc", "1e1", "99999999999"])
+def test_compare_models_rejects_bad_bins(store, bins):
+    """Anything but a positive integer is refused in the query's own words, never rounded."""
     root, _ = store
-    with pytest.raises(duckdb.Error, match="bins must be a positive integer; given 0"):
-        run_query(root, "compare_models", {"model_a": "vit_a", "model_b": "vit_b", "bins": "0"})
+    with pytest.raises(duckdb.Error, match=f"bins must be a positive integer; given {bins}$"):
+        run_query(root, "compare_models", {"model_a": "vit_a", "model_b": "vit_b", "bins": bins})
 
 
 def _plant_audit(root: Path, series: str, run_id: str, step: int, prev: str | None) -> str:

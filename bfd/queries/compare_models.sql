@@ -9,8 +9,10 @@
 -- params: model_a (required), model_b (required), bins (default 10)
 WITH settings AS (
     SELECT
+        -- digits only: a cast alone would take 2.5 as 3 bins
         CASE
-            WHEN CAST($bins AS INTEGER) >= 1 THEN CAST($bins AS INTEGER)
+            WHEN regexp_full_match(CAST($bins AS VARCHAR), '[0-9]+')
+                AND TRY_CAST($bins AS INTEGER) >= 1 THEN TRY_CAST($bins AS INTEGER)
             ELSE error('compare_models: bins must be a positive integer; given ' || $bins)
         END AS bins
 ),
