@@ -31,16 +31,15 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 _starting: list[threading.Thread] = []
-_launched: list[_Launched] = []
+_launched: list[_Launched] = []  # the server this module launched
 # Settings that say whether there may be a temporary server at all (and which profile).
 _EPHEMERAL_ENV = ("PREFECT_SERVER_EPHEMERAL_ENABLED", "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE",
-                  "PREFECT_PROFILE")  # the server this module launched, while it runs
+                  "PREFECT_PROFILE")
 # Where a user sets the heartbeat interval (the second, Prefect's legacy name).
 _HEARTBEAT_ENV = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
 
@@ -84,19 +83,18 @@ class _Launched:
         return f"http://127.0.0.1:{self.port}/api"
 
     def wait(self, timeout: float) -> None:
-        """Waits until the server answers; a port taken meanwhile (exit 3) gets a new one.
+        """Waits until the server answers.
 
         Raises:
-            RuntimeError: If it does not answer within ``timeout`` seconds or exits.
+            RuntimeError: If it does not answer within ``timeout`` seconds or exits (Prefect,
+                imported by now, has read ``PREFECT_API_URL``: no second port is tried).
         """
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             code = self.process.poll()
-            if code == 3:
-                self.spawn()
-                os.environ["PREFECT_API_URL"] = self.api_url
-            elif code is not None:
-                raise RuntimeError(f"the temporary Prefect server exited with code {code}")
+            if code is not None:
+                raise RuntimeError(f"the temporary Prefect server exited with code {code}"
+                                   + (" (its port was taken)" if code == 3 else ""))
             with contextlib.suppress(OSError):
                 with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response:
                     if response.status == 200:
