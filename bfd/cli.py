@@ -8,7 +8,6 @@ import os
 import sys
 from collections.abc import Sequence
 
-FORMATS = ("table", "csv", "json", "jsonl", "parquet")
 # The commands of one run's pipeline (torch, Prefect): Ctrl-C keeps their shards.
 _PIPELINE_COMMANDS = ("extract", "decompose", "audit")
 # Commands that only read a store (no torch, timm or Prefect).
@@ -79,26 +78,6 @@ def _check_extract_request(args: argparse.Namespace, config) -> None:
 
 def _add_store(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", help="store directory (default: $BFD_STORE or ./bfd-store)")
-
-
-def _add_format(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", choices=FORMATS, default="table",
-                   help="output format (json: one array, jsonl: one object a line; NaN and "
-                   "infinities as null; timestamps ISO 8601)")
-    p.add_argument("--output", metavar="FILE",
-                   help="write to FILE instead of stdout (needed by parquet); FILE appears only "
-                   "once the result is complete")
-
-
-def _add_timeout(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--timeout", type=float, metavar="SECONDS",
-                   help="stop the query after this many seconds (exit 2)")
-
-
-def _check_timeout(args: argparse.Namespace) -> float | None:
-    if args.timeout is not None and not args.timeout > 0:
-        raise ValueError(f"--timeout must be a positive number of seconds; got {args.timeout:g}")
-    return args.timeout
 
 
 def _add_extract_options(p: argparse.ArgumentParser) -> None:
@@ -226,8 +205,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 def cmd_decompose(args: argparse.Namespace) -> int:
     _start_prefect_server()
-    from bfd.flows.decompose import decompose
-    from bfd.flows.runners import check_dask_address
+    from bfd.flows.runners import check_dask_address, decompose_flow
     from bfd.tasks.decompose import DecomposeOptions
 
     DecomposeOptions(prefix=args.prefix, seed=args.control_seed,
@@ -238,8 +216,9 @@ def cmd_decompose(args: argparse.Namespace) -> int:
     if args.dask_address:
         check_dask_address(args.dask_address)
     with _run_lock(store, args.run_id, "decompose"):
-        written = _with_bars(decompose, args.run_id, store, prefix=args.prefix,
-                             seed=args.control_seed, compute_dtype=args.compute_dtype,
+        written = _with_bars(decompose_flow(args.dask_address), args.run_id, store,
+                             prefix=args.prefix, seed=args.control_seed,
+                             compute_dtype=args.compute_dtype,
                              images_per_task=args.images_per_task,
                              dask_address=args.dask_address, device=args.device,
                              jackknife_groups=args.jackknife_groups, ci_target=args.ci_target)
@@ -272,120 +251,9 @@ def _cache_catalog(store: str) -> None:
               file=sys.stderr)
 
 
-def _attached(args: argparse.Namespace) -> dict[str, str]:
-    """``--attach NAME=STORE`` options as {name: store}."""
-    out = {}
-    for item in args.attach:
-        name, sep, store = item.partition("=")
-        if not sep or not name or not store:
-            raise ValueError(f"--attach must be NAME=STORE; got {item!r}")
-        if name in out:
-            raise ValueError(f"--attach name {name!r} is given twice")
-        out[name] = store
-    return out
-
-
-def cmd_sql(args: argparse.Namespace) -> int:
-    from bfd.queries import connect
-    from bfd.queries.stream import stream_sql
-
-    attach = _attached(args)
-    store = connect(_store(args), attach) if attach else _store(args)
-    with stream_sql(store, args.sql, timeout=_check_timeout(args)) as reader:
-        _print_table(reader, args.format, args.output)
-    return 0
-
-
-def cmd_catalog(args: argparse.Namespace) -> int:
-    from bfd.queries import current_catalog
-
-    path = current_catalog(_store(args))
-    print(path if args.path else f"catalog: {path} (open it read-only; replaced atomically "
-          "when the tables change)")
-    return 0
-
-
-def cmd_query(args: argparse.Namespace) -> int:
-    from bfd.queries import list_queries, query_spec
-    from bfd.queries.stream import stream_query
-
-    if args.list or not args.name:
-        for name in list_queries():
-            spec = query_spec(name)
-            params = ", ".join(str(p) for p in spec.params) or "no parameters"
-            # continuation lines indented, so that only a query's own line starts with a name
-            description = spec.description.replace("\n", "\n" + " " * 17)
-            print(f"{name:16s} {description}  [{params}]")
-        return 0
-    params = {}
-    for item in args.param:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--param must be key=value; got {item!r}")
-        params[key] = value
-    with stream_query(_store(args), args.name, params, timeout=_check_timeout(args)) as reader:
-        _print_table(reader, args.format, args.output)
-    return 0
-
-
-def cmd_runs(args: argparse.Namespace) -> int:
-    from bfd.queries.stream import stream_sql
-
-    sql = ("SELECT run_id, model, weights, n_images, n_skipped, layers, sites, status, "
-           "created_at FROM runs ORDER BY created_at")
-    with stream_sql(_store(args), sql) as reader:
-        _print_table(reader, args.format, args.output)
-    return 0
-
-
-def cmd_dashboard(args: argparse.Namespace) -> int:
-    from bfd.report.dashboard import build_dashboard, serve_dashboard
-
-    if not 0 <= args.port <= 65535:
-        raise ValueError(f"--port must be 0-65535; got {args.port}")
-    store = _store(args)
-    out = args.out or os.path.join(store, "dashboard")
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"--out {out!r} is a file; expected a folder for the dashboard")
-    build = build_dashboard(store, out, force=args.force)
-    print(f"dashboard: {build.index} ({len(build.written)} files written, "
-          f"{len(build.unchanged)} pages unchanged, {len(build.removed)} removed)")
-    if args.serve:
-        try:
-            serve_dashboard(out, args.port)
-        except OSError as err:
-            raise RuntimeError(f"cannot serve on 127.0.0.1:{args.port}: {err.strerror}") from err
-    return 0
-
-
-def cmd_plot(args: argparse.Namespace) -> int:
-    from bfd.report.plots import plot_run
-
-    written, skipped = plot_run(_store(args), args.run_id, args.out, args.format)
-    for path in written:
-        print(path)
-    if skipped:
-        print(f"bfd plot: no data for {', '.join(skipped)}; not drawn", file=sys.stderr)
-    return 0
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    from bfd.storage import Store, repair_command, verify_run
-
-    store = Store(_store(args))
-    faults = verify_run(store, args.run_id)
-    for fault in faults:
-        print(f"fault: {fault}")
-    if faults:
-        print(f"bfd: run {args.run_id} has {len(faults)} fault(s); damaged shards are "
-              f"extracted again by: {repair_command(store, args.run_id)}", file=sys.stderr)
-        return 1
-    print(f"run {args.run_id}: intact")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     from bfd.cli_audits import add_audit_options, add_audit_parsers, cmd_audit
+    from bfd.cli_read import add_reading_parsers
 
     p = argparse.ArgumentParser(
         prog="bfd", description="Bi-orthogonal Factor Decomposition of timm ViTs: which "
@@ -428,55 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_audit)
 
     add_audit_parsers(sub)
+    add_reading_parsers(sub)
 
-    s = sub.add_parser("verify", help="check a run's stored files; exit 1 when any is damaged")
-    s.add_argument("run_id")
-    _add_store(s)
-    s.set_defaults(fn=cmd_verify)
-
-    s = sub.add_parser("sql", help="run read-only SQL over the result tables")
-    s.add_argument("sql")
-    s.add_argument("--attach", action="append", default=[], metavar="NAME=STORE",
-                   help="also query another store, read-only, as database NAME (repeatable)")
-    _add_store(s)
-    _add_format(s)
-    _add_timeout(s)
-    s.set_defaults(fn=cmd_sql)
-
-    s = sub.add_parser("catalog", help="bring the SQL catalog up to date and print its "
-                       "stable path, for other tools")
-    s.add_argument("--path", action="store_true", help="print only the path")
-    _add_store(s)
-    s.set_defaults(fn=cmd_catalog)
-
-    s = sub.add_parser("query", help="run a named query (bfd query --list)")
-    s.add_argument("name", nargs="?")
-    s.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
-    s.add_argument("--list", action="store_true", help="list the named queries")
-    _add_store(s)
-    _add_format(s)
-    _add_timeout(s)
-    s.set_defaults(fn=cmd_query)
-
-    s = sub.add_parser("runs", help="list the runs of a store")
-    _add_store(s)
-    _add_format(s)
-    s.set_defaults(fn=cmd_runs)
-
-    s = sub.add_parser("dashboard", help="write (refresh) the interactive dashboard of a store")
-    s.add_argument("--out", help="output folder (default: <store>/dashboard)")
-    s.add_argument("--force", action="store_true", help="rewrite every page")
-    s.add_argument("--serve", action="store_true", help="then serve it on 127.0.0.1")
-    s.add_argument("--port", type=int, default=8000, help="port of --serve (default 8000)")
-    _add_store(s)
-    s.set_defaults(fn=cmd_dashboard)
-
-    s = sub.add_parser("plot", help="write a run's views as figures for papers")
-    s.add_argument("run_id")
-    s.add_argument("--out", default="figures", help="output folder (default: ./figures)")
-    s.add_argument("--format", choices=("png", "svg", "pdf"), default="png")
-    _add_store(s)
-    s.set_defaults(fn=cmd_plot)
     return p
 
 

@@ -10,7 +10,6 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from bfd.flows import progress
-from bfd.flows.decompose import decompose
 from bfd.flows.extract import extract
 from bfd.flows.params import (
     AuditConfig,
@@ -28,7 +27,7 @@ from bfd.flows.prefect_io import (
     publish_artifacts,
     resolve_store,
 )
-from bfd.flows.runners import task_runner
+from bfd.flows.runners import decompose_flow, task_runner
 from bfd.flows.stats_only import stats_only_run
 from bfd.storage import Store, results_path
 from bfd.tasks.audits import (
@@ -127,7 +126,8 @@ def audit(
                     config.extract_config(), root, gpu_resources)
                 run = computed_run(Store(root), run_id, stored)
             if run is None:
-                written = decompose(run_id, root, dask_address=dask_address, **decompose_kw)
+                written = decompose_flow(dask_address)(run_id, root, dask_address=dask_address,
+                                                       **decompose_kw)
                 run = computed_run(Store(root), run_id, stored) or {}
             else:
                 written = {"results": results_path(Store(root), run_id)}
