@@ -37,6 +37,8 @@ def add_audit_options(p: argparse.ArgumentParser) -> None:
 
 
 def drift_thresholds(items: Sequence[str]):
+    from pydantic import ValidationError
+
     from bfd.flows.params import DriftThresholds
 
     out: dict = {"metrics": {}}
@@ -53,7 +55,11 @@ def drift_thresholds(items: Sequence[str]):
             out["head_type"] = number
         else:
             out["metrics"][key] = number
-    return DriftThresholds(**out)
+    try:
+        return DriftThresholds(**out)
+    except ValidationError as err:
+        msg = "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
+        raise ValueError(f"--drift-threshold: {msg}; got {' '.join(items)}") from None
 
 
 def print_audit(out: dict, store: str) -> int:

@@ -169,7 +169,11 @@ def test_bad_audit_options_are_named_as_the_user_wrote_them(tmp_path, capsys):
     for argv, needle in ((["--n-images", "1"], "--n-images: Input should be greater than or "
                           "equal to 2 (given 1)"),
                          (["--weights", str(tmp_path / "x.pth")], "--weights: checkpoint file"),
-                         (["--drift-threshold", "f_pp=big"], "--drift-threshold must be")):
+                         (["--drift-threshold", "f_pp=big"], "--drift-threshold must be"),
+                         (["--drift-threshold", "f_ppp=0.1"], "no drift metric named f_ppp; "
+                          "the metrics are frac_pos, "),
+                         (["--drift-threshold", "f_cc=-1"], "a threshold must be a number >= 0,"
+                          " not f_cc=-1.0; got f_cc=-1")):
         with env_kept():
             code = main(["audit", "--model", "test_vit", *argv, "--store", str(tmp_path)])
         err = capsys.readouterr().err

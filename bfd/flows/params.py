@@ -94,6 +94,22 @@ class DriftThresholds(_Params):
     metrics: dict[str, float] = Field(default_factory=dict,
                                       description="per-metric thresholds, e.g. frac_pos: 0.02")
 
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, value: dict[str, float]) -> dict[str, float]:
+        from bfd.tasks.drift import drift_metrics
+
+        known = drift_metrics()
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            raise ValueError(f"no drift metric named {', '.join(unknown)}; the metrics are "
+                             f"{', '.join(known)}")
+        negative = sorted(k for k, v in value.items() if not v >= 0)
+        if negative:
+            raise ValueError(f"a threshold must be a number >= 0, not "
+                             f"{', '.join(f'{k}={value[k]}' for k in negative)}")
+        return value
+
 
 def decompose_kwargs(options: DecomposeParams, config: AuditConfig) -> dict[str, Any]:
     """The keyword arguments of an audit's decomposition: ``options``, their device the

@@ -29,6 +29,12 @@ DEFAULT_THRESHOLDS: Final[dict[str, Any]] = {
 }
 
 
+def drift_metrics() -> tuple[str, ...]:
+    """Every metric a drift row can name (what ``--drift-threshold METRIC=VALUE`` accepts)."""
+    layer = tuple(name + suffix for suffix in SITE_SUFFIX.values() for name in LAYER_FRACTIONS)
+    return (*layer, *HEAD_FRACTIONS, "head_type")
+
+
 def threshold_for(metric: str, thresholds: Mapping[str, Any]) -> float:
     """The threshold of one metric: its own override, else its kind's."""
     per_metric = thresholds.get("metrics") or {}
