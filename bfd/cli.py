@@ -80,10 +80,13 @@ def _add_store(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", help="store directory (default: $BFD_STORE or ./bfd-store)")
 
 
-def _add_extract_options(p: argparse.ArgumentParser) -> None:
+def _add_extract_options(p: argparse.ArgumentParser, weights: bool = True) -> None:
+    """The options of an extraction request; ``weights=False`` for a command whose weights
+    come from elsewhere (audit-checkpoints: each checkpoint file)."""
     p.add_argument("--model", help="timm model name, e.g. vit_small_patch16_224")
-    p.add_argument("--weights", default="pretrained",
-                   help="pretrained (timm/HF cache), random, or a .safetensors/.pth file")
+    if weights:
+        p.add_argument("--weights", default="pretrained",
+                       help="pretrained (timm/HF cache), random, or a .safetensors/.pth file")
     p.add_argument("--images", default="samples",
                    help="image folder, a file listing image paths, or 'samples' (embedded)")
     p.add_argument("--n-images", type=int, help="use the first N images (samples: 64)")
@@ -92,7 +95,7 @@ def _add_extract_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--img-size", type=int, help="model input size (default: the model's)")
     p.add_argument("--dtype", choices=("float16", "float32"), default="float16",
                    help="storage dtype of activations")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward (default 32)")
     p.add_argument("--images-per-chunk", type=int,
                    help="images per Zarr chunk, fixed per run (default 32)")
     p.add_argument("--images-per-shard", type=int,
@@ -111,7 +114,8 @@ def _add_extract_options(p: argparse.ArgumentParser) -> None:
 
 def _extract_config(args: argparse.Namespace) -> dict:
     if not args.model:
-        raise ValueError("--model is required (or use --demo); e.g. --model vit_small_patch16_224")
+        demo = " (or use --demo)" if hasattr(args, "demo") else ""
+        raise ValueError(f"--model is required{demo}; e.g. --model vit_small_patch16_224")
     cfg = {
         "model": args.model, "weights": args.weights, "images": args.images,
         "n_images": args.n_images, "layers": args.layers,

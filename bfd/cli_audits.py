@@ -175,10 +175,7 @@ def print_statistics(store: str, run_id: str, profile, demo: bool) -> None:
 def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
     from bfd.flows.checkpoints import audit_checkpoints
 
-    if args.weights != "pretrained":
-        raise ValueError("--weights: audit-checkpoints audits the weights of each checkpoint "
-                         f"file of {args.checkpoints!r}; drop --weights")
-    config = audit_config({**cli._extract_config(args), "weights": "random"})
+    config = audit_config(cli._extract_config(args))
     thresholds = drift_thresholds(args.drift_threshold)
     store = cli._store(args)
     config = config.model_dump(exclude={"weights"})
@@ -209,9 +206,9 @@ def add_audit_parsers(sub) -> None:
     s = sub.add_parser("audit-checkpoints", help="audit every checkpoint of a folder or glob "
                        "not yet audited in its series, in step order")
     s.add_argument("checkpoints", help="a folder of checkpoint files or a glob")
-    cli._add_extract_options(s)
+    cli._add_extract_options(s, weights=False)  # the weights are each checkpoint's
     add_audit_options(s)
-    s.set_defaults(fn=cmd_audit_checkpoints)
+    s.set_defaults(fn=cmd_audit_checkpoints, weights="random")
 
     s = sub.add_parser("serve", help="run the deployments of prefect.yaml on their schedules "
                        "in this process (no server or worker to set up)")

@@ -83,6 +83,24 @@ def test_extract_errors_are_one_line(prefect_harness, tmp_path, capsys, args, ne
     assert out == "" and not store.exists()
 
 
+def test_audit_checkpoints_offers_only_its_own_options(tmp_path, capsys):
+    """Its weights are each checkpoint's: no --weights in its help or argv; no --demo either."""
+    with pytest.raises(SystemExit) as exited:
+        run(["audit-checkpoints", "--help"], capsys)
+    out = capsys.readouterr().out
+    assert exited.value.code == 0 and "--model" in out
+    assert "--weights" not in out and "--demo" not in out
+    with pytest.raises(SystemExit) as exited:  # argparse's refusal: its usage, then one line
+        run(["audit-checkpoints", str(tmp_path), "--weights", "random"], capsys)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert err.endswith("bfd: error: unrecognized arguments: --weights random\n"), err
+    code, _, err = run(["audit-checkpoints", str(tmp_path), "--store", str(tmp_path / "s")],
+                       capsys)
+    assert_one_line_error(code, err, "--model is required; e.g. --model")
+    assert "--demo" not in err and not (tmp_path / "s").exists()
+
+
 def test_pretrained_weights_offline_and_not_cached(prefect_harness, tmp_path, capsys,
                                                    empty_hf_cache):
     store = tmp_path / "store"
