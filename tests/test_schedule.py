@@ -192,3 +192,20 @@ def test_serve_builds_the_deployments_of_prefect_yaml():
     (cron,) = served["nightly-audit"].schedules
     assert cron.schedule.cron == "0 3 * * *"
     assert "store" not in json.dumps(spec["deployments"])  # the store is never a working dir
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("deployments: [\n  - a: b\n", "not a YAML deployments file (line 2)"),
+    ("", "no deployments to serve"),
+    ("deployments:\n  - name: x\n", "deployment 1 needs a name and an entrypoint"),
+    ("just a string\n", "no deployments to serve"),
+], ids=["not-yaml", "empty", "no-entrypoint", "not-a-mapping"])
+def test_serve_refuses_a_bad_deployments_file_in_one_line(tmp_path, capsys, text, needle):
+    """Before: a traceback for bad YAML, and an empty file served nothing, never exiting."""
+    from conftest import run_cli
+
+    path = tmp_path / "deploy.yaml"
+    path.write_text(text)
+    code, out, err = run_cli(["serve", "--file", str(path)], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert err.startswith(f"bfd: error: {path}: ") and needle in err, err

@@ -42,13 +42,26 @@ def runner_deployments(prefect_file: str | Path = "prefect.yaml") -> list:
 
     Raises:
         FileNotFoundError: No such file or entrypoint.
+        ValueError: Not YAML, or no deployment with a name and an entrypoint.
     """
     path = Path(prefect_file)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such deployments file; expected a prefect.yaml")
-    spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise ValueError(f"{path}: not a YAML deployments file{line}: "
+                         f"{getattr(e, 'problem', None) or e}") from None
+    deployments = spec.get("deployments") if isinstance(spec, dict) else None
+    if not deployments or not isinstance(deployments, list):
+        raise ValueError(f"{path}: no deployments to serve (expected a 'deployments:' list, "
+                         "as in the project's prefect.yaml)")
     out = []
-    for dep in spec.get("deployments") or []:
+    for k, dep in enumerate(deployments):
+        if not isinstance(dep, dict) or not dep.get("name") or not dep.get("entrypoint"):
+            raise ValueError(f"{path}: deployment {k + 1} needs a name and an entrypoint")
         flow = _load_flow(dep["entrypoint"], path.parent)
         out.append(flow.to_deployment(
             name=dep["name"], parameters=dep.get("parameters") or {},
