@@ -138,8 +138,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for fault in faults:
         print(f"fault: {fault}")
     if faults:
-        print(f"bfd: run {args.run_id} has {len(faults)} fault(s); damaged shards are "
-              f"extracted again by: {repair_command(store, args.run_id)}", file=sys.stderr)
+        repairs = []
+        if any(not f.published for f in faults):
+            repairs.append(f"damaged shards are extracted again by: "
+                           f"{repair_command(store, args.run_id)}")
+        if any(f.published for f in faults):
+            repairs.append(f"damaged table files are published again by: bfd decompose "
+                           f"{args.run_id} --store {store.root} (with the decompose options "
+                           "the run was published with)")
+        print(f"bfd: run {args.run_id} has {len(faults)} fault(s); {'; '.join(repairs)}",
+              file=sys.stderr)
         return 1
     print(f"run {args.run_id}: intact")
     return 0

@@ -111,8 +111,15 @@ def test_a_damaged_table_file_is_named(damaged, capsys):
     root, rid = damaged
     table = root / read_pointer(Store(root), rid)["tables"]["heads"]
     table.write_bytes(b"PAR1 not really parquet")
-    code, out, _ = cli(["verify", rid, "--store", str(root)], capsys)
+    code, out, err = cli(["verify", rid, "--store", str(root)], capsys)
     assert code == 1 and out.count("\n") == 1 and str(table) in out and "unreadable" in out
+    # the hint names what writes a table file again: decompose, not extract
+    assert "bfd extract" not in err and err.count("\n") == 1, err
+    command = err.split("published again by: ")[1].split(" (with")[0]
+    assert command == f"bfd decompose {rid} --store {root}"
+    code, _, err = cli(shlex.split(command)[1:], capsys)
+    assert code == 0, err
+    assert verify_run(Store(root), rid) == []
 
 
 def test_an_unknown_run_is_a_request_error(pristine, capsys):

@@ -37,11 +37,14 @@ class Fault:
         problem: What is wrong, in a few words.
         shard: The extraction shard it belongs to, when it belongs to one (extraction
             recomputes that shard).
+        published: Whether it is a file that publishing writes (a table file, the pointer):
+            decomposition, not extraction, writes it again.
     """
 
     path: str
     problem: str
     shard: int | None = None
+    published: bool = False
 
     def __str__(self) -> str:
         return f"{self.path}: {self.problem}"
@@ -217,7 +220,8 @@ def _verify_tables(store: Store, run_id: str) -> list[Fault]:
     try:
         pointer = read_pointer(store, run_id)
     except ValueError as e:
-        return [Fault(str(store.published_pointer(run_id)), " ".join(str(e).split()))]
+        return [Fault(str(store.published_pointer(run_id)), " ".join(str(e).split()),
+                      published=True)]
     if pointer is not None:
         files = {t: store.root / rel for t, rel in pointer["tables"].items()}
     else:
@@ -228,12 +232,14 @@ def _verify_tables(store: Store, run_id: str) -> list[Fault]:
         try:
             names = set(pq.read_table(path).column_names)
         except Exception as e:  # noqa: BLE001 - any read failure is the fault
-            faults.append(Fault(str(path), f"unreadable ({' '.join(str(e).split())[:200]})"))
+            faults.append(Fault(str(path), f"unreadable ({' '.join(str(e).split())[:200]})",
+                                published=True))
             continue
         missing = [n for n in TABLE_SCHEMAS[table].names if n not in names] \
             if table in TABLE_SCHEMAS else []
         if missing:
-            faults.append(Fault(str(path), f"missing contract columns {missing}"))
+            faults.append(Fault(str(path), f"missing contract columns {missing}",
+                                published=True))
     return faults
 
 
