@@ -175,7 +175,7 @@ class Pass2Plan:
         K = torch.empty((n, 2 * H, dh, dh), dtype=self.dtype, device=self.device)
         ss_total = ss_int = 0.0
         # A few images at a time, so that their float64 content stays in the cache through
-        # its passes (a 32-image chunk of ViT-S/16: 4.8-6 ms of CPU instead of 10-14 ms per
+        # its passes (a 32-image chunk of ViT-S/16: 5-7 ms of CPU instead of 10-14 ms per
         # chunk at the resid site); on CUDA, the whole chunk at once.
         step = n if self.device.type == "cuda" else max(1, BLOCK_ELEMENTS // (T * d))
         for lo in range(0, n, step):
