@@ -85,24 +85,18 @@ def _pair(so: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (so * a * b).sum((1, 2))
 
 
-def energies(n: float, so, Y, X, K_q, K_k, KK) -> np.ndarray:
+def energies(n: float, so, Pq, Pk, K_q, K_k, KK) -> np.ndarray:
     """Raw block energies ``(H, 4)`` over (pp, pc, cp, cc) of one (sub)sample.
 
     Args:
         n: images.
         so: ``σ_i σ_j``, ``(H, dh, dh)``.
-        Y, X: ``pos`` projected on the query and key modes, ``(H, T, dh)``.
+        Pq, Pk: the Grams of ``pos`` projected on the query and key modes, ``_gram(Y)``
+            and ``_gram(X)`` of ``Y, X (H, T, dh)``.
         K_q, K_k, KK: the content Grams of pass 2, ``(H, dh, dh)``.
     """
-    Pq, Pk = _gram(Y), _gram(X)
     return np.stack([n * _pair(so, Pq, Pk), _pair(so, Pq, K_k), _pair(so, K_q, Pk),
                      (so * KK).sum((1, 2))], axis=-1)
-
-
-def quarter_grams(Y_a: np.ndarray, Y_b: np.ndarray) -> np.ndarray:
-    """``sym(Y_aᵀ Y_b)`` of two quarters' estimates of ``pos U``: unbiased for
-    ``(pos U)ᵀ(pos U)``, since distinct quarters hold independent images."""
-    return _sym(_gram(Y_a, Y_b))
 
 
 def energies_adj(n: float, so, G_q: dict, G_k: dict, K_q, K_k, KK) -> np.ndarray:
@@ -111,8 +105,10 @@ def energies_adj(n: float, so, G_q: dict, G_k: dict, K_q, K_k, KK) -> np.ndarray
     Args:
         n: images.
         so: ``σ_i σ_j``.
-        G_q, G_k: ``quarter_grams`` of each pair ``(a, b)``, ``a < b``, of non-empty quarters,
-            query and key side. ``E_pp_adj`` needs all 4 quarters (NaN otherwise).
+        G_q, G_k: ``sym(Y_aᵀ Y_b)`` of each pair ``(a, b)``, ``a < b``, of non-empty
+            quarters (``Y_a``: ``pos`` estimated from quarter a's images, projected), query
+            and key side: unbiased for ``(pos U)ᵀ(pos U)``, since distinct quarters hold
+            independent images. ``E_pp_adj`` needs all 4 quarters (NaN otherwise).
         K_q, K_k, KK: the content Grams of pass 2.
     """
     nan = np.full(so.shape, np.nan)

@@ -35,7 +35,8 @@ PER_MODE = ("sigma", "alpha", "beta", "mode_type")
 
 
 def to_dataset(
-    result: LayerResult, attrs: dict | None = None, first_token: int = 0
+    result: LayerResult, attrs: dict | None = None, first_token: int = 0,
+    extra: dict[str, tuple] | None = None,
 ) -> xr.Dataset:
     """The results of one layer as an xarray Dataset (Stage 2 variables only if computed).
 
@@ -44,6 +45,8 @@ def to_dataset(
         attrs: attributes of the Dataset.
         first_token: index on the activations' ``token`` dimension of the first position
             (the number of prefix tokens when they are excluded, else 0).
+        extra: more variables, ``name: (dims, values)``, after the others (one Dataset
+            built at once: each later assignment merged and copied all of its variables).
     """
     T, d = result.pos.shape
     data: dict[str, tuple] = {name: ((), getattr(result, name)) for name in SCALARS}
@@ -67,6 +70,7 @@ def to_dataset(
         for name in HEAD_STATISTICS:
             data[name] = (("head",), stats.get(name, np.full(H, np.nan)))
         coords |= {"head": np.arange(H), "mode": np.arange(dh), "block": list(BLOCKS)}
+    data |= extra or {}
     ds = xr.Dataset(data, coords=coords)
     ds.attrs.update({"n_images": result.n_images, **(attrs or {})})
     return ds

@@ -26,7 +26,7 @@ import math
 import numpy as np
 import torch
 
-from bfd.core.adjusted import _gram, energies, energies_adj, quarter_grams, stage1_shares
+from bfd.core.adjusted import _gram, _sym, energies, energies_adj, stage1_shares
 from bfd.core.anova import Means
 from bfd.core.content import Pass2State
 from bfd.core.heads import Modes, one_thread
@@ -82,12 +82,19 @@ def _t_central(t: float, df: int) -> float:
 def _project(F: np.ndarray, modes: Modes) -> tuple[np.ndarray, np.ndarray]:
     """``F (..., T, d)`` on every head's query and key modes: ``(..., H, T, dh)`` each, in
     one matmul (numpy's einsum here ran without BLAS)."""
+    H = modes.U.shape[0]
+    P = _project_stacked(F, modes)
+    return P[..., :H, :, :], P[..., H:, :, :]
+
+
+def _project_stacked(F: np.ndarray, modes: Modes) -> np.ndarray:
+    """``F (..., T, d)`` on the query modes of every head, then on their key modes:
+    ``(..., 2H, T, dh)``, contiguous."""
     H, d, dh = modes.U.shape
     W = torch.from_numpy(np.concatenate([modes.U, modes.V], axis=0))  # (2H, d, dh)
     W = W.permute(1, 0, 2).reshape(d, 2 * H * dh)
     P = (torch.from_numpy(np.ascontiguousarray(F)) @ W).numpy()  # (..., T, 2·H·dh)
-    P = np.moveaxis(P.reshape(*F.shape[:-1], 2 * H, dh), -2, -3)  # (..., 2H, T, dh)
-    return P[..., :H, :, :], P[..., H:, :, :]
+    return np.ascontiguousarray(np.moveaxis(P.reshape(*F.shape[:-1], 2 * H, dh), -2, -3))
 
 
 def _fractions(energy: np.ndarray) -> np.ndarray:
@@ -102,7 +109,11 @@ def _classes(frac: np.ndarray) -> np.ndarray:
 
 
 class Replicates:
-    """The estimates of one layer on the whole sample and with each group deleted."""
+    """The estimates of one layer on the whole sample and with each group deleted.
+
+    The query and key sides travel together, stacked on the head axis (query heads, then key
+    heads), so that each Gram of a replicate is one product for both sides.
+    """
 
     def __init__(self, means: Means, p2: Pass2State, modes: Modes | None) -> None:
         self.means, self.p2, self.modes = means, p2, modes
@@ -111,12 +122,13 @@ class Replicates:
         self.present = np.flatnonzero(n_g > 0)
         if modes is None:
             return
+        self.H = modes.U.shape[0]
         self._grams: dict = {}
         self._pools: dict = {}
         self.so = modes.sigma[:, :, None] * modes.sigma[:, None, :]
-        self.Y, self.X = _project(means.pos, modes)
-        # each group's content sum projected: (G', H, T, dh)
-        self.DU, self.DV = _project(means.group_content, modes)
+        self.P = _project_stacked(means.pos, modes)  # (2H, T, dh)
+        # each group's content sum projected: (G', 2H, T, dh)
+        self.D = _project_stacked(means.group_content, modes)
 
     def estimate(self, drop: int | None = None) -> dict[str, np.ndarray]:
         """Raw and corrected shares without group ``drop`` (the whole sample for None)."""
@@ -135,48 +147,46 @@ class Replicates:
         out = stage1_shares(n, T, *ss)
         if self.modes is None:
             return out
+        H = self.H
         keep = [g for g in self.present if g != drop]
         if drop is None:
-            Y, X, K_q, K_k, KK = self.Y, self.X, p2.K_q, p2.K_k, p2.KK
+            P, K_q, K_k, KK = self.P, p2.K_q, p2.K_k, p2.KK
         else:
-            dU, dV = -self.DU[drop] / n, -self.DV[drop] / n
-            Y = self.Y + dU - dU.mean(1, keepdims=True)
-            X = self.X + dV - dV.mean(1, keepdims=True)
-            K_q = p2.K_q - p2.group_K_q[drop] - n * _gram(dU)
-            K_k = p2.K_k - p2.group_K_k[drop] - n * _gram(dV)
+            dP = -self.D[drop] / n
+            P = self.P + dP - dP.mean(1, keepdims=True)
+            moved = n * _gram(dP)
+            K_q = p2.K_q - p2.group_K_q[drop] - moved[:H]
+            K_k = p2.K_k - p2.group_K_k[drop] - moved[H:]
             KK = p2.KK - p2.group_KK[drop]
-        energy = energies(n, self.so, Y, X, K_q, K_k, KK)
+        grams = _gram(P)
+        energy = energies(n, self.so, grams[:H], grams[H:], K_q, K_k, KK)
         quarters = [tuple(g for g in keep if g % 4 == q) for q in range(4)]
         pairs = [(a, b) for a in range(4) for b in range(a + 1, 4)
                  if quarters[a] and quarters[b]]
-        G_q = {(a, b): self._quarter_gram("q", quarters[a], quarters[b]) for a, b in pairs}
-        G_k = {(a, b): self._quarter_gram("k", quarters[a], quarters[b]) for a, b in pairs}
-        energy_adj = energies_adj(n, self.so, G_q, G_k, K_q, K_k, KK)
+        G = {(a, b): self._quarter_gram(quarters[a], quarters[b]) for a, b in pairs}
+        energy_adj = energies_adj(n, self.so, {k: g[:H] for k, g in G.items()},
+                                  {k: g[H:] for k, g in G.items()}, K_q, K_k, KK)
         frac, frac_adj = _fractions(energy), _fractions(energy_adj)
         for i, b in enumerate(BLOCK_NAMES):
             out[f"f_{b}"], out[f"f_{b}_adj"] = frac[:, i], frac_adj[:, i]
         out["energy"], out["energy_adj"] = energy, energy_adj
         return out
 
-    def _quarter_gram(self, side: str, a: tuple[int, ...], b: tuple[int, ...]) -> np.ndarray:
-        """``quarter_grams`` of the quarters made of groups ``a`` and ``b``; cached, since a
-        deleted group changes only its own quarter."""
-        key = (side, a, b)
-        if key not in self._grams:
-            self._grams[key] = quarter_grams(self._pooled(side, a), self._pooled(side, b))
-        return self._grams[key]
+    def _quarter_gram(self, a: tuple[int, ...], b: tuple[int, ...]) -> np.ndarray:
+        """``sym(Y_aᵀ Y_b)`` of the quarters made of groups ``a`` and ``b``, both sides
+        stacked; cached, since a deleted group changes only its own quarter."""
+        if (a, b) not in self._grams:
+            self._grams[a, b] = _sym(_gram(self._pooled(a), self._pooled(b)))
+        return self._grams[a, b]
 
-    def _pooled(self, side: str, groups: tuple[int, ...]) -> np.ndarray:
-        """The estimate of ``pos`` projected on the query (``side="q"``) or key modes from
-        the pooled images of ``groups``; cached, since most quarters recur across the
-        replicates."""
-        key = (side, groups)
-        if key not in self._pools:
-            P, DP = (self.Y, self.DU) if side == "q" else (self.X, self.DV)
+    def _pooled(self, groups: tuple[int, ...]) -> np.ndarray:
+        """The estimate of ``pos`` projected on the query and key modes from the pooled
+        images of ``groups``; cached, since most quarters recur across the replicates."""
+        if groups not in self._pools:
             n = self.means.group_n[list(groups)].sum()
-            D = DP[list(groups)].sum(0)
-            self._pools[key] = P + (D - D.mean(1, keepdims=True)) / n
-        return self._pools[key]
+            D = self.D[list(groups)].sum(0)
+            self._pools[groups] = self.P + (D - D.mean(1, keepdims=True)) / n
+        return self._pools[groups]
 
 
 def layer_statistics(

@@ -200,8 +200,9 @@ def decompose_site_layer(
         p2 = _tree_sum([delayed(_pass2)(plan, b, indices[lo:hi], **kw) for b, lo, hi in blocks])
         (p2,) = dask.compute(p2, **scheduler)
 
-    ds = layer_dataset(means, p2, modes, options, prefix_tokens, site, layer, tensors)
-    _model_check(ds, store, run_id, layer, maps, means, prefix_tokens, options.prefix)
+    ds = layer_dataset(means, p2, modes, options, prefix_tokens, site, layer, tensors,
+                       extra=model_check_vars(store, run_id, layer, maps, means, prefix_tokens,
+                                              options.prefix))
     ds.attrs = {"site": site, "layer": int(layer), "n_images": int(len(indices))}
     return ds
 
@@ -217,38 +218,45 @@ def layer_head_maps(tensors: xr.Dataset, layer: int) -> HeadMaps:
 
 def layer_dataset(means: Means, p2: Pass2State, modes: Modes | None,
                   options: DecomposeOptions, prefix_tokens: int, site: str, layer: int,
-                  tensors: xr.Dataset | None) -> xr.Dataset:
+                  tensors: xr.Dataset | None, extra: dict[str, tuple] | None = None
+                  ) -> xr.Dataset:
     """One (site, layer)'s results from its two passes' states: the summary, and the cosine
     of ``pos`` with the model's ``pos_embed`` (the resid site of block 0, prefix excluded,
-    where ``tensors`` holds it; NaN elsewhere). The logit check is the caller's."""
-    ds = to_dataset(summarize(means, p2, modes, options.ci_target),
-                    first_token=prefix_tokens if options.prefix == "exclude" else 0)
+    where ``tensors`` holds it; NaN elsewhere), then the variables of ``extra``
+    (``name: (dims, values)``, e.g. ``model_check_vars``)."""
+    result = summarize(means, p2, modes, options.ci_target)
     cos = np.nan
     if (site == "resid" and layer == 0 and options.prefix == "exclude" and tensors is not None
             and "pos_embed" in tensors):
-        cos = pos_embed_cosine(ds.pos.values, tensors.pos_embed.values)
-    ds["pos_embed_cos"] = ((), cos)
-    return ds
+        cos = pos_embed_cosine(result.pos, tensors.pos_embed.values)
+    return to_dataset(result, first_token=prefix_tokens if options.prefix == "exclude" else 0,
+                      extra={"pos_embed_cos": ((), cos), **(extra or {})})
 
 
-def _model_check(ds: xr.Dataset, store: Store, run_id: str, layer: int, maps, means,
-                 prefix_tokens: int, prefix: str) -> None:
-    """The logit check against the model's own q and k (docs/checks.md) into ``ds``: NaN
-    where the run stored no capture (runs extracted before the check) and at the resid site."""
+def model_check_vars(store: Store, run_id: str, layer: int, maps: HeadMaps | None,
+                     means: Means, prefix_tokens: int, prefix: str) -> dict[str, tuple]:
+    """The logit check against the model's own q and k (docs/checks.md), as Dataset
+    variables ``name: (dims, values)``: NaN where the run stored no capture (runs extracted
+    before the check) and at the resid site."""
     check = read_logit_check(store, run_id, layer) if maps is not None else None
-    ds["model_attn_residual"] = ((), np.nan if check is None
-                                 else float(check.attn_out_residual))
-    ds["model_logit_residual"] = ((), np.nan)
+    out = {"model_attn_residual": ((), np.nan if check is None
+                                   else float(check.attn_out_residual)),
+           "model_logit_residual": ((), np.nan)}
     if maps is None:
-        return
+        return out
     shares = {name: np.full(maps.num_heads, np.nan) for name in BIAS_SHARES}
     if check is not None:
         result = model_logit_check(check.x.values, check.q.values, check.k.values,
                                    float(check.scale), maps, means, prefix_tokens, prefix)
-        ds["model_logit_residual"] = ((), result.residual)
+        out["model_logit_residual"] = ((), result.residual)
         shares = {name: getattr(result, name) for name in BIAS_SHARES}
-    for name, values in shares.items():
-        ds[name] = (("head",), values)
+    return out | {name: (("head",), values) for name, values in shares.items()}
+
+
+def _model_check(ds: xr.Dataset, store: Store, run_id: str, layer: int, maps, means,
+                 prefix_tokens: int, prefix: str) -> None:
+    """``model_check_vars`` into ``ds``."""
+    ds.update(model_check_vars(store, run_id, layer, maps, means, prefix_tokens, prefix))
 
 
 def assemble_results(parts: Sequence[xr.Dataset], attrs: dict) -> xr.Dataset:
