@@ -504,9 +504,9 @@ def forward_capture_each(
     dtype: torch.dtype = torch.float32,
 ) -> dict[tuple[str, int], torch.Tensor]:
     """``forward_capture``'s activations one tensor per ``(site, layer)``, on the model's
-    device, each cast to ``dtype`` as its hook fires: no stacked copy, and the float32
-    activation is released as soon as the forward moves on (for a consumer that handles
-    each (site, layer) apart, such as the stats-only passes).
+    device, each cast to ``dtype`` as its hook fires: no stacked copy, and with another
+    dtype than the forward's the activation it was cast from is freed as the forward moves
+    on (for a consumer that handles each (site, layer) apart: the stats-only passes).
 
     Returns:
         ``{(site, layer): tensor (B, T_total, d)}`` of ``dtype``; equal to
