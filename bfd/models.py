@@ -432,6 +432,34 @@ def _hooked_forward(
     return got
 
 
+def _capture_taps(
+    model: nn.Module, images: torch.Tensor, layers: Sequence[int], sites: Sequence[str]
+) -> tuple[list[int], list[str], list[tuple[nn.Module, tuple[str, int], bool]]]:
+    """Check a capture request; the distinct layers and sites, and the hooks' taps."""
+    layers, sites = [int(l) for l in layers], list(sites)
+    if not layers or len(set(layers)) != len(layers):
+        raise ValueError(f"layers must be a non-empty list of distinct indices; got {layers}")
+    for l in layers:
+        _block(model, l)
+    bad = [s for s in sites if s not in SITES]
+    if not sites or bad or len(set(sites)) != len(sites):
+        raise ValueError(f"sites must be distinct names from {SITES}; got {sites}")
+    if model.training:
+        raise ValueError("model is in training mode; expected model.eval() (dropout off)")
+    expected = (3, *model.patch_embed.img_size)
+    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+        raise ValueError(f"images must be (B, {', '.join(map(str, expected))}); "
+                         f"got {tuple(images.shape)}")
+    taps = []
+    for l in layers:
+        block = model.blocks[l]
+        if "resid" in sites:
+            taps.append((block, ("resid", l), True))
+        if "attn_in" in sites:
+            taps.append((block.attn.qkv, ("attn_in", l), True))
+    return layers, sites, taps
+
+
 def forward_capture(
     model: nn.Module,
     images: torch.Tensor,
@@ -462,30 +490,30 @@ def forward_capture(
         ``{site: tensor (len(layers), B, T_total, d)}`` of ``dtype``, on the CPU when
         ``to_host``.
     """
-    layers, sites = [int(l) for l in layers], list(sites)
-    if not layers or len(set(layers)) != len(layers):
-        raise ValueError(f"layers must be a non-empty list of distinct indices; got {layers}")
-    for l in layers:
-        _block(model, l)
-    bad = [s for s in sites if s not in SITES]
-    if not sites or bad or len(set(sites)) != len(sites):
-        raise ValueError(f"sites must be distinct names from {SITES}; got {sites}")
-    if model.training:
-        raise ValueError("model is in training mode; expected model.eval() (dropout off)")
-    expected = (3, *model.patch_embed.img_size)
-    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-        raise ValueError(f"images must be (B, {', '.join(map(str, expected))}); "
-                         f"got {tuple(images.shape)}")
-    taps = []
-    for l in layers:
-        block = model.blocks[l]
-        if "resid" in sites:
-            taps.append((block, ("resid", l), True))
-        if "attn_in" in sites:
-            taps.append((block.attn.qkv, ("attn_in", l), True))
+    layers, sites, taps = _capture_taps(model, images, layers, sites)
     store = _hooked_forward(model, images, taps)
     out = {s: torch.stack([store[(s, l)] for l in layers]).to(dtype) for s in sites}
     return {s: a.cpu() for s, a in out.items()} if to_host else out
+
+
+def forward_capture_each(
+    model: nn.Module,
+    images: torch.Tensor,
+    layers: Sequence[int],
+    sites: Sequence[str],
+    dtype: torch.dtype = torch.float32,
+) -> dict[tuple[str, int], torch.Tensor]:
+    """``forward_capture``'s activations one tensor per ``(site, layer)``, on the model's
+    device, each cast to ``dtype`` as its hook fires: no stacked copy, and with another
+    dtype than the forward's the activation it was cast from is freed as the forward moves
+    on (for a consumer that handles each (site, layer) apart: the stats-only passes).
+
+    Returns:
+        ``{(site, layer): tensor (B, T_total, d)}`` of ``dtype``; equal to
+        ``forward_capture(...)[site][layers.index(layer)]``.
+    """
+    _, _, taps = _capture_taps(model, images, layers, sites)
+    return _hooked_forward(model, images, taps, keep=lambda t: t.to(dtype))
 
 
 def capture_logit_check(

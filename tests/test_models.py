@@ -97,6 +97,36 @@ def test_capture_order_stop_early_and_hook_cleanup(tiny) -> None:
     assert not model.blocks[2].attn.qkv._forward_pre_hooks
 
 
+def test_capture_each_equals_hand_forward_and_the_stacked_capture(tiny) -> None:
+    """One tensor per (site, layer), cast as its hook fires: the hand-run forward's values,
+    and in float16 the bits of the stacked capture cast afterwards."""
+    model, info = tiny
+    images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    layers, sites = [3, 1], ["attn_in", "resid"]
+    head_calls = []
+    handle = model.head.register_forward_hook(lambda *a: head_calls.append(1))
+    try:
+        got = M.forward_capture_each(model, images, layers, sites)
+    finally:
+        handle.remove()
+    assert head_calls == []
+    assert set(got) == {(s, l) for s in sites for l in layers}
+    for l in layers:
+        resid = _hand_resid(model, images, l)
+        with torch.no_grad():
+            attn_in = model.blocks[l].norm1(resid)
+        assert got["resid", l].shape == (3, info.num_tokens, info.width)
+        torch.testing.assert_close(got["resid", l], resid, rtol=0, atol=1e-6)
+        torch.testing.assert_close(got["attn_in", l], attn_in, rtol=0, atol=1e-6)
+    half = M.forward_capture_each(model, images, layers, sites, dtype=torch.float16)
+    stacked = M.forward_capture(model, images, layers, sites, dtype=torch.float16)
+    for (site, l), a in half.items():
+        assert a.dtype == torch.float16
+        assert torch.equal(a, stacked[site][layers.index(l)]), (site, l)
+    with pytest.raises(ValueError, match="distinct"):
+        M.forward_capture_each(model, images, [1, 1], ["resid"])
+
+
 def test_concurrent_captures_on_one_model_do_not_mix(tiny) -> None:
     """Shard tasks in threads of one worker share its cached model (a Dask worker with
     several threads): each capture must see only its own forward's activations."""

@@ -113,14 +113,15 @@ class _Images:
 
 def _forward(cfg: ExtractConfig, model: torch.nn.Module, layers: tuple[int, ...],
              batches: Iterable[imgs.Batch], device: str,
-             ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
-    """``(image indices, {site: (layer, batch, token, dim)})`` per batch, in storage dtype."""
+             ) -> Iterator[tuple[np.ndarray, dict[tuple[str, int], torch.Tensor]]]:
+    """``(image indices, {(site, layer): (batch, token, dim)})`` per batch, in storage dtype
+    (each activation cast as its hook fires: no stacked float32 copy)."""
     dtype = getattr(torch, cfg.dtype)
     for batch in batches:
         if batch.indices:
             with _autocast(device, cfg.autocast):
-                acts = models.forward_capture(model, batch.images, layers, cfg.sites,
-                                              dtype=dtype)
+                acts = models.forward_capture_each(model, batch.images, layers, cfg.sites,
+                                                   dtype=dtype)
             yield np.asarray(batch.indices, dtype=np.int64), acts
 
 
@@ -181,18 +182,18 @@ def decompose_from_forward(
     p1: dict = {}
     p2: dict = {}
 
-    def pass1(batch: tuple[np.ndarray, dict[str, torch.Tensor]]) -> None:
+    def pass1(batch: tuple[np.ndarray, dict[tuple[str, int], torch.Tensor]]) -> None:
         index, acts = batch
         for site, layer in keys:
-            x = acts[site][layers.index(layer)].to(pass_device)
+            x = acts[site, layer].to(pass_device)
             state = pass1_chunk(x, index, seed=options.seed, groups=options.jackknife_groups,
                                 **kw)
             p1[site, layer] = state if (site, layer) not in p1 else p1[site, layer] + state
 
-    def pass2(batch: tuple[np.ndarray, dict[str, torch.Tensor]]) -> None:
+    def pass2(batch: tuple[np.ndarray, dict[tuple[str, int], torch.Tensor]]) -> None:
         index, acts = batch
         for site, layer in keys:
-            x = prepare_chunk(acts[site][layers.index(layer)].to(pass_device), **kw)
+            x = prepare_chunk(acts[site, layer].to(pass_device), **kw)
             state = plans[site, layer].chunk(x, index)
             p2[site, layer] = state if (site, layer) not in p2 else p2[site, layer] + state
 
