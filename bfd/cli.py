@@ -208,15 +208,19 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_decompose(args: argparse.Namespace) -> int:
-    _start_prefect_server()
-    from bfd.flows.runners import check_dask_address, decompose_flow
-    from bfd.tasks.decompose import DecomposeOptions
+    from bfd.storage import Store, read_request
+    from bfd.tasks.options import DecomposeOptions
 
+    # the options and the run are checked before the server, torch or Prefect start
     DecomposeOptions(prefix=args.prefix, seed=args.control_seed,
                      compute_dtype=args.compute_dtype, images_per_task=args.images_per_task,
                      device=args.device, jackknife_groups=args.jackknife_groups,
                      ci_target=args.ci_target)
     store = _store(args)
+    read_request(Store(store), args.run_id)
+    _start_prefect_server()
+    from bfd.flows.runners import check_dask_address, decompose_flow
+
     if args.dask_address:
         check_dask_address(args.dask_address)
     with _run_lock(store, args.run_id, "decompose"):

@@ -406,3 +406,24 @@ def test_no_store_activations_refuses_workers_in_one_line(prefect_harness, tmp_p
                               "--store", str(store)], capsys)
         assert_one_line_error(code, err, "--no-store-activations", "--workers")
         assert out == "" and not store.exists()
+
+
+def test_decompose_refuses_an_unknown_run_or_bad_option_before_any_work(tmp_path):
+    """Checked before the temporary server, torch or Prefect start (it took 11-30 s)."""
+    code = (
+        "import sys\n"
+        "from bfd.cli import main\n"
+        f"store = {str(tmp_path / 'store')!r}\n"
+        "codes = [main(['decompose', 'no-such-run', '--store', store]),\n"
+        "         main(['decompose', 'no-such-run', '--jackknife-groups', '6',\n"
+        "               '--store', store])]\n"
+        "print(codes, sorted(m for m in ('torch', 'timm', 'prefect') if m in sys.modules))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert proc.stdout.splitlines()[-1] == "[2, 2] []", proc.stderr
+    first, second = proc.stderr.splitlines()
+    assert first.startswith("bfd: error: no run request at ") and "no-such-run" in first
+    assert second == ("bfd: error: jackknife groups must be 0 (no intervals) or a multiple of "
+                      "4 that is >= 8; got 6")
