@@ -195,11 +195,20 @@ def _start_prefect_server() -> None:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
+    from bfd.cli_audits import audit_config
+    from bfd.cli_reuse import extracted_run_of
+
+    config = _extract_config(args)
+    # a request whose run is stored intact has nothing to do: said without Prefect or torch
+    # (bfd.cli_reuse), as the flow would say it
+    done = extracted_run_of(args, audit_config(config), _store(args))
+    if done is not None:
+        print(f"run {done} extracted into {_store(args)}")
+        return 0
     _start_prefect_server()
     from bfd.flows.extract import extract
     from bfd.flows.runners import task_runner
 
-    config = _extract_config(args)
     _check_extract_request(args, config)
     flow = extract.with_options(task_runner=task_runner(args.workers, args.dask_address))
     rid = _with_bars(flow, config, _store(args), args.gpu_resources)
@@ -317,10 +326,24 @@ def _exit_now(code: int) -> None:
 
     sys.stdout.flush()
     sys.stderr.flush()
+    _drain_prefect()
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _drain_prefect() -> None:
+    """Sends the logs and events Prefect still holds while its server runs. Its workers drain
+    at the threads' shutdown, which ``os._exit`` skips; after the server's stop (an exit
+    function) they printed 'Error logging to API' (a repaired shard's warning)."""
+    if "prefect" not in sys.modules:
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=5)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""``bfd audit`` of an already computed run, without torch, timm or Prefect.
+"""``bfd audit`` of an already computed run, and ``bfd extract`` of an already extracted one,
+without torch, timm or Prefect.
 
 An audit whose run is already computed does no work but its record: the audit's row, its
 drift against the series' previous audit, the catalog and the dashboard. The flow ``audit``
@@ -14,6 +15,10 @@ activations is intact), and records the audit through the same functions as the 
 ``bfd.report.dashboard.refresh_outputs``): the same ``audits`` and ``drift`` rows, but
 ``flow_run_id`` NULL. What is not made is what only Prefect holds: the flow run, its logs,
 artifacts and events.
+
+``bfd extract`` of a request whose activations are all stored intact (the same key, agreeing
+request, every shard marked and its chunk files there) has nothing to do: it says so at once,
+without the flow ``extract``'s run, which would find the same.
 
 The flow runs instead whenever anything is not certain: a Prefect API is configured (its
 runs, artifacts and events are what its user keeps), ``-v`` (Prefect's logs asked for),
@@ -63,7 +68,7 @@ def prefect_api_configured() -> bool:
 
 def _needs_flow(args: argparse.Namespace, config) -> bool:
     """Whether this request must run the flow whatever the store holds (module docstring)."""
-    return (args.verbose or not args.store_activations or args.workers != 1
+    return (args.verbose or not getattr(args, "store_activations", True) or args.workers != 1
             or bool(args.dask_address) or args.gpu_resources
             or config.device not in ("auto", "cpu") or config.weights == "pretrained"
             or prefect_api_configured())
@@ -102,9 +107,9 @@ def _shards_intact(store, run_id: str, n_images: int, config) -> bool:
     return not faults and trusted == {s.index for s in plan}
 
 
-def computed_run_of(args: argparse.Namespace, config, store: str) -> str | None:
-    """The run this audit request resolves to when it is already computed and the audit can
-    be recorded without the flow; else None."""
+def _stored_run_of(args: argparse.Namespace, config, store: str) -> tuple[Any, str] | None:
+    """The store and the run that this request's key names, when the key is known, the run's
+    stored request agrees with it and all its activations are stored intact."""
     from bfd.storage import Store, has_request_keys, read_request_key
     from bfd.tasks.request_key import key_of_config
 
@@ -122,15 +127,30 @@ def computed_run_of(args: argparse.Namespace, config, store: str) -> str | None:
     run_id = read_request_key(s, key)
     if run_id is None or not _request_agrees(s, run_id, inputs):
         return None
+    return (s, run_id) if _shards_intact(s, run_id, inputs["n_listed"], config) else None
+
+
+def extracted_run_of(args: argparse.Namespace, config, store: str) -> str | None:
+    """The run this extract request resolves to when every shard of it is already stored
+    intact (``bfd extract`` has nothing to do); else None."""
+    found = _stored_run_of(args, config, store)
+    return found[1] if found else None
+
+
+def computed_run_of(args: argparse.Namespace, config, store: str) -> str | None:
+    """The run this audit request resolves to when it is already computed and the audit can
+    be recorded without the flow; else None."""
+    found = _stored_run_of(args, config, store)
+    if found is None:
+        return None
+    s, run_id = found
     # only now (xarray, Zarr): a request the flow runs starts its Prefect server sooner
     from bfd.flows.params import DecomposeParams, decompose_kwargs
     from bfd.tasks.audits import computed_run
     from bfd.tasks.options import DecomposeOptions
 
     options = DecomposeOptions(**decompose_kwargs(DecomposeParams(), config)).to_dict()
-    if computed_run(s, run_id, options) is None:
-        return None
-    return run_id if _shards_intact(s, run_id, inputs["n_listed"], config) else None
+    return run_id if computed_run(s, run_id, options) is not None else None
 
 
 def record_reused_audit(args: argparse.Namespace, config, store: str, thresholds,

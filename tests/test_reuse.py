@@ -289,3 +289,36 @@ def settle(paths: list[Path]) -> None:
 
     last = max(max(p.stat().st_mtime_ns, p.stat().st_ctime_ns) for p in paths)
     time.sleep(max(0.0, (last + SETTLED_NS - time.time_ns()) / 1e9 + 0.05))
+
+
+@pytest.mark.slow
+def test_extract_of_an_extracted_run_answers_without_prefect_and_a_damaged_one_repairs(
+        tmp_path):
+    """A second `bfd extract` of the same request has nothing to do: it says so without torch,
+    timm or Prefect. With a chunk cut short, the flow extracts that shard again; the process
+    (the real command, which skips the interpreter's teardown) ends without Prefect's
+    'Error logging to API' for the repair's warning, its server stopped before the log
+    was sent."""
+    from bfd.storage import verify_run
+
+    store = tmp_path / "store"
+    argv = ["extract", "--model", AUDIT["model"], "--weights", "random", "--n-images", "6",
+            "--img-size", str(AUDIT["img_size"]), "--layers", "0", "--dtype", "float32",
+            "--images-per-chunk", "3", "--store", str(store)]
+    first, out1, _ = bfd_without_prefect_api(argv, tmp_path)
+    assert first == {"code": 0, "loaded": ["prefect", "timm", "torch"]}
+    again, out2, err2 = bfd_without_prefect_api(argv, tmp_path)
+    assert again == {"code": 0, "loaded": []} and out2 == out1 and err2 == "", err2
+    (run_id,) = re.findall(r"run (\S+) extracted into", out1)
+
+    chunk = next(p for p in sorted((store / "bfd.zarr" / run_id / "attn_in").rglob("*"))
+                 if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(chunk.read_bytes()[:10])
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env |= {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "bfd.cli", *argv], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert f"damaged, extracted again: {chunk}" in proc.stderr
+    assert "Error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert verify_run(Store(store), run_id) == []
