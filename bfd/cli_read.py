@@ -71,18 +71,25 @@ def cmd_query(args: argparse.Namespace) -> int:
     from bfd.queries.stream import stream_query
 
     if args.list or not args.name:
-        for name in list_queries():
+        names = list_queries()
+        width = max(map(len, names)) + 2
+        for name in names:
             spec = query_spec(name)
             params = ", ".join(str(p) for p in spec.params) or "no parameters"
+            # the header comment may start with the query's name: not repeated beside it
+            description = spec.description.removeprefix(f"{name}: ")
             # continuation lines indented, so that only a query's own line starts with a name
-            description = spec.description.replace("\n", "\n" + " " * 17)
-            print(f"{name:16s} {description}  [{params}]")
+            description = description.replace("\n", "\n" + " " * width)
+            print(f"{name:{width}s}{description}  [{params}]")
         return 0
     params = {}
     for item in args.param:
         key, sep, value = item.partition("=")
-        if not sep:
+        if not sep or not key.strip():
             raise ValueError(f"--param must be key=value; got {item!r}")
+        if key in params:
+            raise ValueError(f"--param {key} is given twice ({key}={params[key]!r} and "
+                             f"{item!r}); give it once")
         params[key] = value
     with stream_query(cli._store(args), args.name, params, timeout=_check_timeout(args)) as reader:
         cli._print_table(reader, args.format, args.output)

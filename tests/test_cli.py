@@ -121,9 +121,20 @@ def test_sql_refuses_writes_in_one_line(extracted, capsys):
 def test_query_list_and_missing_parameter(tmp_path, capsys):
     code, out, err = run(["query", "--list"], capsys)
     assert (code, err) == (0, "")
-    listed = [line.split()[0] for line in out.splitlines() if not line.startswith(" ")]
+    lines = [line for line in out.splitlines() if not line.startswith(" ")]
+    listed = [line.split()[0] for line in lines]
     assert listed == list_queries() and "layer_profile" in listed
     assert "[model (required), run_id (optional)]" in out
+    # one column of names as wide as the longest, its description not repeating the name
+    start = max(map(len, listed)) + 2
+    for name, line in zip(listed, lines, strict=True):
+        assert line[:start].rstrip() == name and line[start] != " ", line
+        assert not line[start:].startswith(f"{name}:"), line
+    for bad, needle in ((["--param", "=vit"], "--param must be key=value; got '=vit'"),
+                        (["--param", "model=a", "--param", "model=b"],
+                         "--param model is given twice")):
+        code, _, err = run(["query", "layer_profile", *bad, "--store", str(tmp_path)], capsys)
+        assert_one_line_error(code, err, needle)
     code, _, err = run(["query", "layer_profile", "--store", str(tmp_path)], capsys)
     assert_one_line_error(code, err, "layer_profile", "model")
 
