@@ -283,11 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_extract)
 
     s = sub.add_parser("decompose", help="decompose a stored run and publish its tables")
-    s.add_argument("run_id")
-    s.add_argument("--prefix", choices=("exclude", "include"), default="exclude")
+    s.add_argument("run_id", help="the run to decompose (bfd runs lists them)")
+    s.add_argument("--prefix", choices=("exclude", "include"), default="exclude",
+                   help="prefix tokens (CLS, registers): left out of the factors and energies "
+                   "(default) or each counted as one more position")
     s.add_argument("--control-seed", type=int, default=0,
                    help="seed of the split-half and shuffle controls")
-    s.add_argument("--compute-dtype", choices=("float32", "float64"), default="float32")
+    s.add_argument("--compute-dtype", choices=("float32", "float64"), default="float32",
+                   help="dtype of the pass-2 projection")
     s.add_argument("--images-per-task", type=int, help="images per dask task")
     s.add_argument("--device", default="auto",
                    help="auto, cpu, cuda or cuda:K (auto: CUDA when seen, the CPU on a cluster)")
@@ -314,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_audit_parsers(sub)
     add_reading_parsers(sub)
-
+    for action in sub._choices_actions:  # each command's --help starts with its own line
+        sub.choices[action.dest].description = action.help
     return p
 
 

@@ -163,12 +163,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def add_reading_parsers(sub) -> None:
     """The reading commands' parsers, on the ``bfd`` command's subparsers."""
     s = sub.add_parser("verify", help="check a run's stored files; exit 1 when any is damaged")
-    s.add_argument("run_id")
+    s.add_argument("run_id", help="the run to check (bfd runs lists them)")
     cli._add_store(s)
     s.set_defaults(fn=cmd_verify)
 
     s = sub.add_parser("sql", help="run read-only SQL over the result tables")
-    s.add_argument("sql")
+    s.add_argument("sql", help="one read-only SQL statement over the tables")
     s.add_argument("--attach", action="append", default=[], metavar="NAME=STORE",
                    help="also query another store, read-only, as database NAME (repeatable)")
     cli._add_store(s)
@@ -183,8 +183,9 @@ def add_reading_parsers(sub) -> None:
     s.set_defaults(fn=cmd_catalog)
 
     s = sub.add_parser("query", help="run a named query (bfd query --list)")
-    s.add_argument("name", nargs="?")
-    s.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("name", nargs="?", help="the named query (bfd query --list)")
+    s.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a parameter of the query; repeatable")
     s.add_argument("--list", action="store_true", help="list the named queries")
     cli._add_store(s)
     _add_format(s)
@@ -205,8 +206,9 @@ def add_reading_parsers(sub) -> None:
     s.set_defaults(fn=cmd_dashboard)
 
     s = sub.add_parser("plot", help="write a run's views as figures for papers")
-    s.add_argument("run_id")
+    s.add_argument("run_id", help="the run to draw (bfd runs lists them)")
     s.add_argument("--out", default="figures", help="output folder (default: ./figures)")
-    s.add_argument("--format", choices=("png", "svg", "pdf"), default="png")
+    s.add_argument("--format", choices=("png", "svg", "pdf"), default="png",
+                   help="figure file format")
     cli._add_store(s)
     s.set_defaults(fn=cmd_plot)

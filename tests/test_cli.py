@@ -438,3 +438,19 @@ def test_decompose_refuses_an_unknown_run_or_bad_option_before_any_work(tmp_path
     assert first.startswith("bfd: error: no run request at ") and "no-such-run" in first
     assert second == ("bfd: error: jackknife groups must be 0 (no intervals) or a multiple of "
                       "4 that is >= 8; got 6")
+
+
+def test_every_command_and_option_has_a_help_line():
+    """`bfd CMD --help` starts with what the command does, and names what each argument is."""
+    import argparse
+
+    from bfd.cli import build_parser
+
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    missing = []
+    for name, parser in sub.choices.items():
+        if not parser.description:
+            missing.append(f"{name}: description")
+        missing += [f"{name} {action.option_strings or action.dest}" for action in parser._actions
+                    if not action.help and not isinstance(action, argparse._HelpAction)]
+    assert missing == []
