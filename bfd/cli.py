@@ -61,12 +61,15 @@ def _check_extract_request(args: argparse.Namespace, config) -> None:
     work: a bad one, or an unreachable cluster, fails in one line whether or not work
     remains."""
     from bfd.flows.runners import capped_workers, check_dask_address
+    from bfd.images import check_source
     from bfd.models import resolve_device
     from bfd.tasks.extract import ExtractConfig, validate_config
 
     if not isinstance(config, dict):
         config = config.extract_config()
     validate_config(ExtractConfig(**config))
+    # a missing or empty image source is the user's mistake: refused before an audit records it
+    check_source(config["images"], config.get("n_images"))
     _store(args)
     if args.dask_address:
         check_dask_address(args.dask_address)

@@ -197,13 +197,31 @@ def list_images(source: str, n_images: int | None = None) -> list[ImageRecord]:
         FileNotFoundError: ``source`` does not exist.
         ValueError: ``source`` is not one of the accepted kinds or lists no images.
     """
+    entries = _source_entries(source, n_images)
+    if entries is None:
+        return _list_samples(n_images or SAMPLES_DEFAULT_N)
+    # A missing manifest entry keeps its slot and is skipped at decode time, like any bad file.
+    return [
+        ImageRecord(i, rid, sha256_file(p) if p.is_file() else "", str(p))
+        for i, (rid, p) in enumerate(entries)
+    ]
+
+
+def check_source(source: str, n_images: int | None = None) -> None:
+    """Raises what ``list_images`` raises for a bad ``source``, without hashing any image: a
+    command checks its request before it records or computes anything."""
+    _source_entries(source, n_images)
+
+
+def _source_entries(source: str, n_images: int | None) -> list[tuple[str, Path]] | None:
+    """The first ``n_images`` (id, path) of a folder or manifest; None for the samples."""
     if n_images is not None and n_images < 1:
         raise ValueError(f"n_images must be a positive integer or None; got {n_images}")
     if source == SAMPLES:
         if (n_images or 0) > SAMPLES_MAX:
             raise ValueError(f"--images samples makes at most {SAMPLES_MAX} images; got "
                              f"--n-images {n_images} (use a folder or manifest of images)")
-        return _list_samples(n_images or SAMPLES_DEFAULT_N)
+        return None
     # Absolute paths, so records stay valid in workers that run from another directory.
     path = Path(source).expanduser().absolute()
     if path.is_dir():
@@ -217,12 +235,7 @@ def list_images(source: str, n_images: int | None = None) -> list[ImageRecord]:
     if not entries:
         raise ValueError(f"image source {source!r} lists no images "
                          f"(suffixes {sorted(IMAGE_SUFFIXES)}); expected {_ACCEPTED}")
-    entries = entries[:n_images]
-    # A missing manifest entry keeps its slot and is skipped at decode time, like any bad file.
-    return [
-        ImageRecord(i, rid, sha256_file(p) if p.is_file() else "", str(p))
-        for i, (rid, p) in enumerate(entries)
-    ]
+    return entries[:n_images]
 
 
 def manifest_sha256(records: Sequence[ImageRecord]) -> str:

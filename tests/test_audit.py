@@ -181,6 +181,21 @@ def test_bad_audit_options_are_named_as_the_user_wrote_them(tmp_path, capsys):
         assert needle in err, err
 
 
+def test_a_missing_or_empty_image_source_is_refused_before_an_audit_is_recorded(
+        tmp_path, capsys, prefect_harness):
+    """A typo in --images is the user's mistake, not a failed audit of the series."""
+    (tmp_path / "empty").mkdir()
+    store = tmp_path / "store"
+    for images, needle in ((tmp_path / "nope", "does not exist"),
+                           (tmp_path / "empty", "lists no images")):
+        with env_kept():
+            code = main(["audit", "--model", "test_vit", "--weights", "random", "--images",
+                         str(images), "--store", str(store)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and needle in err, err
+        assert not store.exists()
+
+
 def test_compare_audits_each_model_on_one_image_set(tmp_path, prefect_harness):
     from bfd.flows.compare import compare
 
