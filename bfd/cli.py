@@ -204,7 +204,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
     config = _extract_config(args)
     # a request whose run is stored intact has nothing to do: said without Prefect or torch
     # (bfd.cli_reuse), as the flow would say it
-    done = extracted_run_of(args, audit_config(config), _store(args))
+    try:
+        typed = audit_config(config)
+    except ValueError:  # refused below by the request checks, in their own words
+        typed = None
+    done = extracted_run_of(args, typed, _store(args)) if typed is not None else None
     if done is not None:
         print(f"run {done} extracted into {_store(args)}")
         return 0
