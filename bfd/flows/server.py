@@ -73,10 +73,18 @@ class _Launched:
         app_dir = Path(spec.origin).parent.parent if spec and spec.origin else Path()
         env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
                "PREFECT__SERVER_FINAL": "1"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "--factory",
-             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port",
-             str(self.port), "--log-level", "error", "--lifespan", "on"], env=env)
+        # Its output goes to a log file, not the command's terminal: a Ctrl-C reaches the
+        # whole process group, and a server still starting then printed click's "Aborted!"
+        # after the command's one line.
+        home = Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
+        home.mkdir(parents=True, exist_ok=True)
+        self.log = home / "bfd-temporary-server.log"
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "--factory",
+                 "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port",
+                 str(self.port), "--log-level", "error", "--lifespan", "on"], env=env,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
 
     @property
     def api_url(self) -> str:
@@ -94,7 +102,8 @@ class _Launched:
             code = self.process.poll()
             if code is not None:
                 raise RuntimeError(f"the temporary Prefect server exited with code {code}"
-                                   + (" (its port was taken)" if code == 3 else ""))
+                                   + (" (its port was taken)" if code == 3 else "")
+                                   + f"; its log: {self.log}")
             with contextlib.suppress(OSError):
                 with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response:
                     if response.status == 200:
