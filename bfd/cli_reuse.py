@@ -31,43 +31,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import tomllib
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
-
-
-def prefect_api_configured() -> bool:
-    """Whether Prefect would send flow runs to an API server (``PREFECT_API_URL``), read
-    without importing Prefect (seconds): the environment, then the settings files Prefect
-    reads in the working directory, then the active profile. When unsure, True."""
-    if os.environ.get("PREFECT_API_URL"):
-        return True
-    dotenv = Path(".env")
-    if dotenv.is_file() and "PREFECT_" in dotenv.read_text(errors="replace"):
-        return True
-    if Path("prefect.toml").is_file():
-        return True
-    pyproject = Path("pyproject.toml")
-    if pyproject.is_file() and "tool.prefect" in pyproject.read_text(errors="replace"):
-        return True
-    home = Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
-    profiles = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml")
-    if not profiles.is_file():
-        return False  # Prefect's own default profile: a temporary server, no API
-    try:
-        data = tomllib.loads(profiles.read_text())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return True
-    active = os.environ.get("PREFECT_PROFILE") or data.get("active")
-    profile = (data.get("profiles") or {}).get(active) if active else None
-    return isinstance(profile, dict) and bool(profile.get("PREFECT_API_URL"))
 
 
 def _needs_flow(args: argparse.Namespace, config) -> bool:
     """Whether this request must run the flow whatever the store holds (module docstring)."""
+    from bfd.flows.server import prefect_api_configured
+
     return (args.verbose or not getattr(args, "store_activations", True) or args.workers != 1
             or bool(args.dask_address) or args.gpu_resources
             or config.device not in ("auto", "cpu") or config.weights == "pretrained"

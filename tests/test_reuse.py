@@ -204,7 +204,7 @@ def test_prefect_api_is_seen_as_prefect_sees_it(tmp_path, setup):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("PREFECT_") or k == "PREFECT_SERVER_ANALYTICS_ENABLED"}
     env |= {"PREFECT_HOME": str(home), "PYTHONPATH": str(REPO), **env_extra}
-    code = ("from bfd.cli_reuse import prefect_api_configured\n"
+    code = ("from bfd.flows.server import prefect_api_configured\n"
             "mine = prefect_api_configured()\n"
             "from prefect.settings import PREFECT_API_URL\n"
             "print(mine, bool(PREFECT_API_URL.value()))\n")

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,15 +45,47 @@ _EPHEMERAL_ENV = ("PREFECT_SERVER_EPHEMERAL_ENABLED", "PREFECT_SERVER_ALLOW_EPHE
 _HEARTBEAT_ENV = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
 
 
+def _prefect_home() -> Path:
+    """Prefect's home folder, as Prefect resolves it (read without importing Prefect)."""
+    return Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
+
+
+def _profiles_path() -> Path:
+    """Prefect's profiles file (which may not exist)."""
+    return Path(os.environ.get("PREFECT_PROFILES_PATH") or _prefect_home() / "profiles.toml")
+
+
+def prefect_api_configured() -> bool:
+    """Whether Prefect would send flow runs to an API server (``PREFECT_API_URL``), read
+    without importing Prefect (seconds): the environment, then the settings files Prefect
+    reads in the working directory, then the active profile. When unsure, True."""
+    if os.environ.get("PREFECT_API_URL"):
+        return True
+    dotenv = Path(".env")
+    if dotenv.is_file() and "PREFECT_" in dotenv.read_text(errors="replace"):
+        return True
+    if Path("prefect.toml").is_file():
+        return True
+    pyproject = Path("pyproject.toml")
+    if pyproject.is_file() and "tool.prefect" in pyproject.read_text(errors="replace"):
+        return True
+    profiles = _profiles_path()
+    if not profiles.is_file():
+        return False  # Prefect's own default profile: a temporary server, no API
+    try:
+        data = tomllib.loads(profiles.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return True
+    active = os.environ.get("PREFECT_PROFILE") or data.get("active")
+    profile = (data.get("profiles") or {}).get(active) if active else None
+    return isinstance(profile, dict) and bool(profile.get("PREFECT_API_URL"))
+
+
 def settings_from_environment() -> bool:
     """Whether Prefect's settings all come from the environment, read without importing
-    Prefect: no ``PREFECT_API_URL`` (``bfd.cli_reuse.prefect_api_configured``), no
-    profiles file, no setting of the temporary server's own in the environment."""
-    from bfd.cli_reuse import prefect_api_configured
-
-    home = Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
-    profiles = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml")
-    return not (prefect_api_configured() or profiles.exists()
+    Prefect: no ``PREFECT_API_URL`` (``prefect_api_configured``), no profiles file, no
+    setting of the temporary server's own in the environment."""
+    return not (prefect_api_configured() or _profiles_path().exists()
                 or any(k in os.environ for k in _EPHEMERAL_ENV))
 
 
@@ -76,7 +109,7 @@ class _Launched:
         # Its output goes to a log file, not the command's terminal: a Ctrl-C reaches the
         # whole process group, and a server still starting then printed click's "Aborted!"
         # after the command's one line.
-        home = Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
+        home = _prefect_home()
         home.mkdir(parents=True, exist_ok=True)
         self.log = home / "bfd-temporary-server.log"
         with open(self.log, "wb") as log:
