@@ -10,6 +10,7 @@ from typing import Any
 from prefect import flow, get_run_logger, tags
 from prefect.artifacts import create_markdown_artifact
 
+from bfd.files import sha256_file
 from bfd.flows.audit import audit, refresh_outputs
 from bfd.flows.params import (
     AuditConfig,
@@ -24,7 +25,6 @@ from bfd.tasks.audits import (
     audited_weights,
     checkpoint_files,
     checkpoints_series,
-    file_sha256,
     step_from_name,
 )
 
@@ -43,7 +43,7 @@ def pending_checkpoints(store: Store, pattern: str, series: str) -> tuple[list[d
     seen = audited_weights(store, series)
     todo = []
     for path in files:
-        sha = file_sha256(path)
+        sha = sha256_file(path)  # the checkpoint's audit reuses this digest
         if sha in seen:
             continue
         seen.add(sha)

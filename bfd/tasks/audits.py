@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from bfd.files import WEIGHT_SUFFIXES, sha256_file
+from bfd.files import WEIGHT_SUFFIXES
 from bfd.storage import (
     Store,
     new_audit_id,
@@ -68,12 +68,6 @@ def step_from_name(path: str | os.PathLike[str]) -> int | None:
 def time_step(when: datetime) -> int:
     """The step of an audit that has none of its own: its time, in seconds since the epoch."""
     return int(when.timestamp())
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 of a checkpoint file: ``bfd.files.sha256_file``, whose digest the audit of the
-    file then reuses instead of reading it again."""
-    return sha256_file(path)
 
 
 def checkpoint_files(pattern: str) -> list[Path]:
