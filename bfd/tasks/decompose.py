@@ -253,12 +253,6 @@ def model_check_vars(store: Store, run_id: str, layer: int, maps: HeadMaps | Non
     return out | {name: (("head",), values) for name, values in shares.items()}
 
 
-def _model_check(ds: xr.Dataset, store: Store, run_id: str, layer: int, maps, means,
-                 prefix_tokens: int, prefix: str) -> None:
-    """``model_check_vars`` into ``ds``."""
-    ds.update(model_check_vars(store, run_id, layer, maps, means, prefix_tokens, prefix))
-
-
 def assemble_results(parts: Sequence[xr.Dataset], attrs: dict) -> xr.Dataset:
     """One Dataset from the per-(site, layer) parts: Stage 1 variables over ``(site, layer)``,
     Stage 2 variables (``attn_in``) over ``layer``."""

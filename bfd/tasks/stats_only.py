@@ -27,8 +27,6 @@ import xarray as xr
 from bfd import images as imgs
 from bfd import models
 from bfd.core import (
-    HeadMaps,
-    Means,
     Pass2Plan,
     bi_orthogonal_modes,
     finalize_means,
@@ -38,9 +36,9 @@ from bfd.core import (
 from bfd.storage import ImageRecord, Store, read_model_tensors
 from bfd.tasks.decompose import (
     DecomposeOptions,
-    _model_check,
     layer_dataset,
     layer_head_maps,
+    model_check_vars,
 )
 from bfd.tasks.extract import ExtractConfig, _autocast, _model
 
@@ -214,7 +212,7 @@ def decompose_from_forward(
                                 pass_device, check_images=options.check_images)
                  for key in keys}
         # the logit checks against the model's q and k need the means only: during pass 2
-        checks = {key: worker.submit(_logit_check, store, run_id, key[1], maps[key],
+        checks = {key: worker.submit(model_check_vars, store, run_id, key[1], maps[key],
                                      means[key], prefix_tokens, options.prefix)
                   for key in keys}
         _overlapped(worker, _forward(cfg, model, layers, images.again(), device), pass2)
@@ -222,9 +220,7 @@ def decompose_from_forward(
     def part(key: tuple[str, int]) -> xr.Dataset:
         site, layer = key
         ds = layer_dataset(means[key], p2[key], modes[key], options, prefix_tokens, site, layer,
-                           tensors[layer])
-        for name, var in checks[key].result().data_vars.items():
-            ds[name] = (var.dims, var.values)
+                           tensors[layer], extra=checks[key].result())
         ds.attrs = {"site": site, "layer": int(layer), "n_images": n_ok}
         return ds
 
@@ -248,11 +244,3 @@ def _layer_maps(store: Store, run_id: str, keys: list[tuple[str, int]]) -> tuple
         maps[site, layer] = m
         modes[site, layer] = bi_orthogonal_modes(m) if m is not None else None
     return tensors, maps, modes
-
-
-def _logit_check(store: Store, run_id: str, layer: int, maps: HeadMaps | None, means: Means,
-                 prefix_tokens: int, prefix: str) -> xr.Dataset:
-    """The variables of the logit check (``_model_check``) of one (site, layer)."""
-    check = xr.Dataset()
-    _model_check(check, store, run_id, layer, maps, means, prefix_tokens, prefix)
-    return check
