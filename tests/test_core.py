@@ -62,13 +62,11 @@ def test_passes_in_blocks_match_brute_force(monkeypatch, block_images):
     """Both passes convert and sum a chunk a few images at a time on the CPU (a last block
     shorter than the others included): the results are those of the brute force."""
     import bfd.core.anova
-    import bfd.core.content
 
     rng = np.random.default_rng(1)
     x, W = random_case(rng, N=9, T_total=13, d=24, H=3)
     x = x.astype(np.float32)
-    for module in (bfd.core.anova, bfd.core.content):
-        monkeypatch.setattr(module, "BLOCK_ELEMENTS", block_images * 12 * 24)
+    monkeypatch.setattr(bfd.core.anova, "BLOCK_ELEMENTS", block_images * 12 * 24)
     ds = bfd.analyze(x, W, 3, prefix_tokens=1, compute_dtype="float64", chunk_size=5)
     assert_matches_brute(ds, brute_heads(x[:, 1:], W, 3), rtol=1e-9)
     assert ds.ss_identity_residual < 1e-12

@@ -28,6 +28,12 @@ from bfd.core.sampling import (
 BLOCK_ELEMENTS = 1 << 19
 
 
+def images_per_block(n: int, T: int, d: int, device: torch.device) -> int:
+    """Images of an ``(n, T, d)`` chunk that a pass converts to float64 and sums at a time:
+    ``BLOCK_ELEMENTS`` worth on the CPU, the whole chunk on CUDA."""
+    return n if device.type == "cuda" else max(1, BLOCK_ELEMENTS // (T * d))
+
+
 def as_chunk(
     x: np.ndarray | torch.Tensor, name: str = "x", check_finite: bool = True
 ) -> torch.Tensor:
@@ -114,8 +120,8 @@ class Pass1State:
         group_sum = torch.zeros((G, T * d), **f64)
         shuffled = torch.zeros((T, d), **f64)
         # A few images at a time, so that their float64 copy is read from the cache by the
-        # three sums (bfd.core.content: the same blocks); on CUDA, the whole chunk at once.
-        step = n if x.device.type == "cuda" else max(1, BLOCK_ELEMENTS // (T * d))
+        # three sums (bfd.core.content: the same blocks)
+        step = images_per_block(n, T, d, x.device)
         for lo in range(0, n, step):
             hi = min(lo + step, n)
             x64 = x[lo:hi].to(torch.float64).reshape(hi - lo, T * d)

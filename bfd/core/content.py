@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from bfd.core.anova import BLOCK_ELEMENTS, Means
+from bfd.core.anova import Means, images_per_block
 from bfd.core.checks import require
 from bfd.core.heads import HeadMaps, Modes
 from bfd.core.sampling import image_indices, jackknife_group
@@ -176,8 +176,8 @@ class Pass2Plan:
         ss_total = ss_int = 0.0
         # A few images at a time, so that their float64 content stays in the cache through
         # its passes (a 32-image chunk of ViT-S/16: 5-7 ms of CPU instead of 10-14 ms per
-        # chunk at the resid site); on CUDA, the whole chunk at once.
-        step = n if self.device.type == "cuda" else max(1, BLOCK_ELEMENTS // (T * d))
+        # chunk at the resid site)
+        step = images_per_block(n, T, d, self.device)
         for lo in range(0, n, step):
             hi = min(lo + step, n)
             # a copy: float64 input must not be centred in place under the caller's feet
