@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -60,6 +61,7 @@ import pyarrow as pa  # noqa: E402
 import torch  # noqa: E402
 
 from bfd.core.summary import BLOCKS, HEAD_TYPES  # noqa: E402
+from bfd.flows.runners import local_cores, one_thread_per_task  # noqa: E402
 from bfd.models import resolve_device  # noqa: E402
 from bfd.storage import Store, open_activations, publishing  # noqa: E402
 from bfd.storage.tables import TABLE_SCHEMAS  # noqa: E402
@@ -99,11 +101,18 @@ def build_activation_store(root: Path, layers: int, n: int, ipc: int) -> str:
 
 
 def decompose_all(root: str, run_id: str, device: str = "auto") -> None:
-    """Every (site, layer) of the run, one after the other, as the flow's tasks do."""
+    """Every (site, layer) of the run, as the flow's tasks run (``bfd.flows.runners
+    .decompose_flow``): one per core at once, each on its own thread
+    (``one_thread_per_task``)."""
     acts = open_activations(Store(root), run_id)
-    for site in acts.data_vars:
-        for layer in acts.layer.values:
-            decompose_site_layer(root, run_id, site, int(layer), DecomposeOptions(device=device))
+    options = DecomposeOptions(device=device)
+    pairs = [(site, int(layer)) for site in SITES if site in acts for layer in acts.layer.values]
+    threads = one_thread_per_task(len(pairs))
+    with ThreadPoolExecutor(max_workers=local_cores()) as pool:
+        futures = [pool.submit(decompose_site_layer, root, run_id, site, layer, options,
+                               None, threads) for site, layer in pairs]
+        for f in futures:
+            f.result()
 
 
 def projection_flop(layers: int, n: int) -> float:

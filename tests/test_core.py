@@ -186,3 +186,22 @@ def test_one_thread_on_overlapping_threads_leaves_the_thread_count_as_it_was():
         assert fresh_thread_count() == 2
     finally:
         torch.set_num_threads(saved)
+
+
+def test_one_thread_nested_on_one_thread_stays_on_one_until_the_outermost_ends():
+    """A block inside another on the same thread (the modes' SVD inside a one-thread decompose
+    task) must leave the outer block on one thread; the outermost restores the count."""
+    import torch
+
+    from bfd.core.heads import one_thread
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with one_thread():
+            with one_thread():
+                assert torch.get_num_threads() == 1
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)

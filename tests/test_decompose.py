@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from storebuilder import build_run, random_run_arrays
 import bfd
 from bfd.flows.decompose import decompose
 from bfd.storage import Store, open_results, read_pointer, read_table
+from bfd.tasks import decompose as tasks_decompose
 from bfd.tasks.decompose import DecomposeOptions, decompose_site_layer
 
 SKIPPED = (3,)
@@ -43,6 +46,55 @@ def test_site_layer_equals_analyze_for_any_dask_chunking(run, images_per_task):
         np.testing.assert_allclose(ds[name], ref[name], rtol=1e-6, err_msg=name)
     np.testing.assert_array_equal(ds.head_type, ref.head_type)
     assert ds.attrs["n_images"] == acts["attn_in"].shape[1] - len(SKIPPED)
+
+
+@pytest.mark.parametrize("site", ["attn_in", "resid"])
+def test_one_thread_task_equals_analyze_and_leaves_torch_threads(run, site, monkeypatch):
+    """A task on one thread (what the flow asks when its tasks fill the cores) computes every
+    chunk of both passes on its calling thread with one torch thread, gives the same results,
+    and leaves torch's thread count as it was."""
+    store, rid, acts, qkv, H = run
+    seen = []
+
+    def spy(f):
+        def called(*args, **kw):
+            seen.append((threading.get_ident(), torch.get_num_threads()))
+            return f(*args, **kw)
+        return called
+
+    for name in ("_pass1", "_pass2"):
+        monkeypatch.setattr(tasks_decompose, name, spy(getattr(tasks_decompose, name)))
+    before = torch.get_num_threads()
+    ds = decompose_site_layer(str(store.root), rid, site, 1, DecomposeOptions(), threads=1)
+    assert torch.get_num_threads() == before
+    assert len(seen) >= 2 and set(seen) == {(threading.get_ident(), 1)}
+    _, ref = expected(acts, qkv, H, site, 1)
+    names = ["frac_pos", "frac_img", "frac_int", "pos", "mu", "ss_total"]
+    if site == "attn_in":
+        names += ["energy", "frac", "sigma", "mode_energy"]
+    for name in names:
+        np.testing.assert_allclose(ds[name], ref[name], rtol=1e-6, err_msg=name)
+    threaded = decompose_site_layer(str(store.root), rid, site, 1, DecomposeOptions())
+    assert set(ds.data_vars) == set(threaded.data_vars)
+
+
+def test_tasks_run_on_one_thread_each_only_when_they_fill_the_cores():
+    """The flow asks one thread per task where as many run at once as there are cores; not
+    on a Dask cluster, nor where a smaller thread pool (Prefect's setting) or fewer tasks
+    leave cores free."""
+    from prefect.settings import PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS, temporary_settings
+
+    from bfd.flows.runners import local_cores, one_thread_per_task
+
+    cores = local_cores()
+    assert one_thread_per_task(cores) == 1
+    assert one_thread_per_task(24 * cores, dask_address="tcp://127.0.0.1:8786") is None
+    with temporary_settings({PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS: cores}):
+        assert one_thread_per_task(24 * cores) == 1
+    if cores > 1:
+        assert one_thread_per_task(cores - 1) is None
+        with temporary_settings({PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS: cores - 1}):
+            assert one_thread_per_task(24 * cores) is None
 
 
 def test_device_option_equals_analyze(run):

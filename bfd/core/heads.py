@@ -125,11 +125,13 @@ def head_maps(
 _THREADS_LOCK = threading.Lock()
 _inside = 0  # threads now inside one_thread
 _outside = 1  # torch's thread count when the first of them entered
+_nesting = threading.local()  # depth: blocks this thread is inside
 
 
 @contextmanager
 def one_thread() -> Iterator[None]:
-    """Run small LAPACK and matmul calls on one thread.
+    """Run torch on one thread inside the block: small LAPACK and matmul calls, or a whole
+    decompose task that shares the cores with others (``decompose_site_layer(threads=1)``).
 
     Right after a threaded GEMM, torch's OpenMP workers still spin; a threaded QR/SVD of these
     small matrices then fights them and took 0.5-1.3 s here instead of 10 ms.
@@ -143,16 +145,20 @@ def one_thread() -> Iterator[None]:
         if _inside == 0:
             _outside = torch.get_num_threads()
         _inside += 1
+        _nesting.depth = getattr(_nesting, "depth", 0) + 1
         torch.set_num_threads(1)
     try:
         yield
     finally:
         with _THREADS_LOCK:
             _inside -= 1
-            # This thread goes back to the count outside (a pool thread that first used torch
-            # inside another's block took 1 and is mended here too); while others are still
-            # inside, only their LAPACK calls may use more threads than one, never fewer.
-            torch.set_num_threads(_outside)
+            _nesting.depth -= 1
+            # A block inside another on this thread (the modes inside a one-thread task)
+            # leaves it on one thread. Leaving the outermost, this thread goes back to the
+            # count outside (a pool thread that first used torch inside another's block took 1
+            # and is mended here too); while others are still inside, only their LAPACK calls
+            # may use more threads than one, never fewer.
+            torch.set_num_threads(1 if _nesting.depth else _outside)
 
 
 def bi_orthogonal_modes(maps: HeadMaps) -> Modes:

@@ -8,6 +8,7 @@ from prefect.futures import as_completed
 from bfd.core.anova import DEFAULT_GROUPS
 from bfd.core.uncertainty import DEFAULT_CI_TARGET
 from bfd.flows import progress
+from bfd.flows.runners import one_thread_per_task
 from bfd.storage import Store, check_intact, default_store, open_activations, read_request
 from bfd.tasks.decompose import DecomposeOptions, assemble_results, require_extracted
 from bfd.tasks.prefect_tasks import decompose_site_layer_task, publish_task
@@ -62,8 +63,10 @@ def decompose(
     require_extracted(Store(root), run_id)
     sites = [s for s in ("attn_in", "resid") if s in acts.data_vars]
     layers = [int(v) for v in acts.layer.values]
+    threads = one_thread_per_task(len(sites) * len(layers), dask_address)
     futures = [
-        decompose_site_layer_task.submit(root, run_id, site, layer, options, dask_address)
+        decompose_site_layer_task.submit(root, run_id, site, layer, options, dask_address,
+                                         threads)
         for site in sites
         for layer in layers
     ]

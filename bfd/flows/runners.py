@@ -7,6 +7,7 @@ import os
 import socket
 from urllib.parse import urlsplit
 
+from prefect.settings import get_current_settings
 from prefect.task_runners import ThreadPoolTaskRunner
 
 CONNECT_TIMEOUT_S = 3.0
@@ -93,6 +94,22 @@ def task_runner(workers: int = 1, dask_address: str | None = None):
         cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
                         "dashboard_address": None},
     )
+
+
+def one_thread_per_task(tasks: int, dask_address: str | None = None) -> int | None:
+    """``threads`` of the decompose flow's (site, layer) tasks: 1 where they run on this
+    machine's threads and at least as many run at once as there are cores, so that each
+    computes on its own thread; None (dask's and torch's threads) on a Dask cluster or where
+    fewer run at once (a flow of one layer, or a thread pool the user set smaller).
+
+    Each on one thread, the 12 (site, layer) tasks of a 6-layer ViT-S/16 store of 256 images
+    took 3.8-4.1 s against 5.3 s with dask's and torch's threads in each (bench/README.md).
+    """
+    if dask_address:
+        return None
+    pool = get_current_settings().tasks.runner.thread_pool_max_workers
+    at_once = min(tasks, pool) if pool else tasks
+    return 1 if at_once >= local_cores() else None
 
 
 def decompose_flow(dask_address: str | None = None):

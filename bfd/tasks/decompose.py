@@ -31,6 +31,7 @@ from bfd.core import (
     to_dataset,
 )
 from bfd.core.dataset import SCALARS, STATISTICS
+from bfd.core.heads import one_thread
 from bfd.core.model_check import model_logit_check
 from bfd.models import resolve_device
 from bfd.storage import (
@@ -158,11 +159,28 @@ def decompose_site_layer(
     layer: int,
     options: DecomposeOptions,
     dask_address: str | None = None,
+    threads: int | None = None,
 ) -> xr.Dataset:
     """Every docs/method.md quantity of one (site, layer): Stage 1 everywhere, Stage 2 at
-    ``attn_in``. Both passes run as dask graphs over the stored chunks."""
+    ``attn_in``. Both passes run as dask graphs over the stored chunks.
+
+    ``threads=1`` runs a CPU task on the calling thread alone (dask's synchronous scheduler,
+    one torch thread), for a flow that runs as many tasks at once as there are cores
+    (``bfd.flows.runners.one_thread_per_task``); None computes on dask's and torch's threads.
+    """
     device = ("cpu" if dask_address is not None and options.device == "auto"
               else resolve_device(options.device))
+    if threads == 1 and dask_address is None and device == "cpu":
+        with one_thread():
+            return _decompose_site_layer(store_root, run_id, site, layer, options, device,
+                                         contextlib.nullcontext({"scheduler": "sync"}))
+    return _decompose_site_layer(store_root, run_id, site, layer, options, device,
+                                 dask_scheduler(dask_address))
+
+
+def _decompose_site_layer(store_root: str, run_id: str, site: str, layer: int,
+                          options: DecomposeOptions, device: str,
+                          scheduling: contextlib.AbstractContextManager[dict]) -> xr.Dataset:
     store = Store(store_root)
     acts = _activations(store, run_id)
     if site not in acts:
@@ -188,7 +206,7 @@ def decompose_site_layer(
     blocks = list(zip(arr.to_delayed().ravel(), bounds[:-1], bounds[1:], strict=True))
     kw = dict(prefix_tokens=prefix_tokens, prefix=options.prefix)
 
-    with dask_scheduler(dask_address) as scheduler:
+    with scheduling as scheduler:
         p1 = _tree_sum([delayed(_pass1)(b, indices[lo:hi], device, seed=options.seed,
                                         groups=options.jackknife_groups, **kw)
                         for b, lo, hi in blocks])
