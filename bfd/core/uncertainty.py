@@ -93,8 +93,9 @@ def _project_stacked(F: np.ndarray, modes: Modes) -> np.ndarray:
     H, d, dh = modes.U.shape
     W = torch.from_numpy(np.concatenate([modes.U, modes.V], axis=0))  # (2H, d, dh)
     W = W.permute(1, 0, 2).reshape(d, 2 * H * dh)
-    P = (torch.from_numpy(np.ascontiguousarray(F)) @ W).numpy()  # (..., T, 2·H·dh)
-    return np.ascontiguousarray(np.moveaxis(P.reshape(*F.shape[:-1], 2 * H, dh), -2, -3))
+    P = torch.from_numpy(np.ascontiguousarray(F)) @ W  # (..., T, 2·H·dh)
+    # torch's copy to the head-major layout: numpy's took 1.8x as long as the whole product
+    return P.view(*F.shape[:-1], 2 * H, dh).movedim(-2, -3).contiguous().numpy()
 
 
 def _fractions(energy: np.ndarray) -> np.ndarray:
