@@ -205,3 +205,38 @@ def test_one_thread_nested_on_one_thread_stays_on_one_until_the_outermost_ends()
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(saved)
+
+
+def test_states_added_in_place_equal_their_sum_bitwise():
+    """``a += b`` (the local reduction of the dask passes) gives the very sums of ``a + b``
+    for both passes' states, and leaves ``b`` as it was."""
+    import copy
+    import dataclasses
+
+    import torch
+
+    from bfd.core import Pass2Plan, bi_orthogonal_modes, finalize_means, pass1_chunk
+
+    rng = np.random.default_rng(3)
+    x, W = random_case(rng, 10, 9, 8, 2)
+    x = torch.from_numpy(x)
+    first = dict(index=np.arange(0, 6), groups=8, prefix_tokens=1)
+    second = dict(index=np.arange(6, 10), groups=8, prefix_tokens=1)
+    maps = head_maps(W, 2)
+    p1 = [pass1_chunk(x[:6], **first), pass1_chunk(x[6:], **second)]
+    total = p1[0] + p1[1]
+    plan = Pass2Plan(finalize_means(total), maps, bi_orthogonal_modes(maps))
+    chunks = [x[:6, 1:], x[6:, 1:]]
+    p2 = [plan.chunk(chunks[0], np.arange(6)), plan.chunk(chunks[1], np.arange(6, 10))]
+    for states, again in ((p1, [pass1_chunk(x[:6], **first), pass1_chunk(x[6:], **second)]),
+                          (p2, [plan.chunk(chunks[0], np.arange(6)),
+                                plan.chunk(chunks[1], np.arange(6, 10))])):
+        expected = states[0] + states[1]
+        left, right = again
+        right_before = copy.deepcopy(right)
+        left += right
+        for f in dataclasses.fields(expected):
+            np.testing.assert_array_equal(getattr(left, f.name), getattr(expected, f.name),
+                                          err_msg=f.name)
+            np.testing.assert_array_equal(getattr(right, f.name),
+                                          getattr(right_before, f.name), err_msg=f.name)

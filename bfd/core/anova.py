@@ -147,7 +147,7 @@ class Pass1State:
             group_sum=group_sum.cpu().numpy().reshape(G, T, d),
         )
 
-    def __add__(self, other: Pass1State) -> Pass1State:
+    def _check_merge(self, other: Pass1State) -> None:
         require(
             self.sum_x.shape == other.sum_x.shape,
             f"cannot merge pass-1 states of shapes {self.sum_x.shape} and {other.sum_x.shape}",
@@ -156,6 +156,18 @@ class Pass1State:
             self.groups == other.groups,
             f"cannot merge pass-1 states of {self.groups} and {other.groups} jackknife groups",
         )
+
+    def __iadd__(self, other: Pass1State) -> Pass1State:
+        """``other`` added into this state's arrays (the same sums as ``+``, no new arrays)."""
+        self._check_merge(other)
+        self.n += other.n
+        self.n_half += other.n_half
+        for name in ("sum_x", "sum_half", "sum_shuffled", "group_n", "group_sum"):
+            getattr(self, name).__iadd__(getattr(other, name))
+        return self
+
+    def __add__(self, other: Pass1State) -> Pass1State:
+        self._check_merge(other)
         return Pass1State(
             self.n + other.n,
             self.sum_x + other.sum_x,

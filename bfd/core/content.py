@@ -15,7 +15,7 @@ Grams run in ``compute_dtype``; Grams are accumulated in float64.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import torch
@@ -75,11 +75,27 @@ class Pass2State:
         return cls(0, 0.0, 0.0, 0.0, 0.0, 0.0, z, z.copy(), z.copy(), float("nan"),
                    np.zeros(groups), np.zeros(groups), zg, zg.copy(), zg.copy())
 
-    def __add__(self, other: Pass2State) -> Pass2State:
+    def _check_merge(self, other: Pass2State) -> None:
         require(
             self.K_q.shape == other.K_q.shape,
             f"cannot merge pass-2 states of shapes {self.K_q.shape} and {other.K_q.shape}",
         )
+
+    def __iadd__(self, other: Pass2State) -> Pass2State:
+        """``other`` added into this state's arrays (the same sums as ``+``, no new arrays)."""
+        self._check_merge(other)
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if f.name == "logit_residual":
+                self.logit_residual = float(np.fmax(mine, theirs))
+            elif isinstance(mine, np.ndarray):
+                mine += theirs
+            else:
+                setattr(self, f.name, mine + theirs)
+        return self
+
+    def __add__(self, other: Pass2State) -> Pass2State:
+        self._check_merge(other)
         return Pass2State(
             n=self.n + other.n,
             ss_total=self.ss_total + other.ss_total,
