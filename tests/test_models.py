@@ -1,4 +1,5 @@
-"""bfd.models: model refusal, token layout, weight sources, hooks against a hand-run forward."""
+"""bfd.models: model refusal, token layout, weight sources; bfd.capture's hooks against a
+hand-run forward."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
+from bfd import capture as C
 from bfd import models as M
 
 # timm's own test ViT (width 64, depth 6, 2 heads, patch 16, native 160 px): cheap to build.
@@ -57,7 +59,7 @@ def test_capture_equals_hand_forward(name: str, img_size: int) -> None:
     model, info = M.load_model(name, "random", img_size=img_size, seed=0)
     images = torch.randn(2, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
     layers = [0, 2, info.depth - 1]
-    out = M.forward_capture(model, images, layers, ["attn_in", "resid"])
+    out = C.forward_capture(model, images, layers, ["attn_in", "resid"])
     for site in ("attn_in", "resid"):
         assert out[site].shape == (3, 2, info.num_tokens, info.width)
         assert out[site].dtype == torch.float32
@@ -75,7 +77,7 @@ def test_capture_order_stop_early_and_hook_cleanup(tiny) -> None:
     head_calls = []
     handle = model.head.register_forward_hook(lambda *a: head_calls.append(1))
     try:
-        out = M.forward_capture(model, images, [3, 1], ["resid"])
+        out = C.forward_capture(model, images, [3, 1], ["resid"])
     finally:
         handle.remove()
     assert list(out) == ["resid"] and out["resid"].shape == (2, 1, info.num_tokens, info.width)
@@ -88,7 +90,7 @@ def test_capture_order_stop_early_and_hook_cleanup(tiny) -> None:
     handle = model.blocks[1].register_forward_pre_hook(boom)
     try:
         with pytest.raises(RuntimeError, match="boom"):
-            M.forward_capture(model, images, [0, 2], ["attn_in", "resid"])
+            C.forward_capture(model, images, [0, 2], ["attn_in", "resid"])
         assert len(model.blocks[1]._forward_pre_hooks) == 1  # only the test's own hook
     finally:
         handle.remove()
@@ -106,7 +108,7 @@ def test_capture_each_equals_hand_forward_and_the_stacked_capture(tiny) -> None:
     head_calls = []
     handle = model.head.register_forward_hook(lambda *a: head_calls.append(1))
     try:
-        got = M.forward_capture_each(model, images, layers, sites)
+        got = C.forward_capture_each(model, images, layers, sites)
     finally:
         handle.remove()
     assert head_calls == []
@@ -118,13 +120,13 @@ def test_capture_each_equals_hand_forward_and_the_stacked_capture(tiny) -> None:
         assert got["resid", l].shape == (3, info.num_tokens, info.width)
         torch.testing.assert_close(got["resid", l], resid, rtol=0, atol=1e-6)
         torch.testing.assert_close(got["attn_in", l], attn_in, rtol=0, atol=1e-6)
-    half = M.forward_capture_each(model, images, layers, sites, dtype=torch.float16)
-    stacked = M.forward_capture(model, images, layers, sites, dtype=torch.float16)
+    half = C.forward_capture_each(model, images, layers, sites, dtype=torch.float16)
+    stacked = C.forward_capture(model, images, layers, sites, dtype=torch.float16)
     for (site, l), a in half.items():
         assert a.dtype == torch.float16
         assert torch.equal(a, stacked[site][layers.index(l)]), (site, l)
     with pytest.raises(ValueError, match="distinct"):
-        M.forward_capture_each(model, images, [1, 1], ["resid"])
+        C.forward_capture_each(model, images, [1, 1], ["resid"])
 
 
 def test_concurrent_captures_on_one_model_do_not_mix(tiny) -> None:
@@ -134,12 +136,12 @@ def test_concurrent_captures_on_one_model_do_not_mix(tiny) -> None:
     gen = torch.Generator().manual_seed(3)
     batches = [torch.randn(2, 3, 64, 64, generator=gen) for _ in range(8)]
     layers, sites = [0, 2, 4], ["attn_in", "resid"]
-    expected = [M.forward_capture(model, b, layers, sites) for b in batches]
+    expected = [C.forward_capture(model, b, layers, sites) for b in batches]
     start = threading.Barrier(len(batches))
 
     def capture(k: int) -> dict[str, torch.Tensor]:
         start.wait()
-        return M.forward_capture(model, batches[k], layers, sites)
+        return C.forward_capture(model, batches[k], layers, sites)
 
     for _ in range(3):
         with ThreadPoolExecutor(len(batches)) as pool:
@@ -153,17 +155,17 @@ def test_capture_rejects_bad_arguments(tiny) -> None:
     model, _ = tiny
     images = torch.randn(1, 3, 64, 64)
     with pytest.raises(ValueError, match=r"sites must be .*'attn_in'.*got \['mlp'\]"):
-        M.forward_capture(model, images, [0], ["mlp"])
+        C.forward_capture(model, images, [0], ["mlp"])
     with pytest.raises(ValueError, match=r"layer must be in \[0, 6\).*got 6"):
-        M.forward_capture(model, images, [6], ["resid"])
+        C.forward_capture(model, images, [6], ["resid"])
     with pytest.raises(ValueError, match="distinct"):
-        M.forward_capture(model, images, [1, 1], ["resid"])
+        C.forward_capture(model, images, [1, 1], ["resid"])
     with pytest.raises(ValueError, match=r"images must be \(B, 3, 64, 64\); got \(1, 3, 32, 32\)"):
-        M.forward_capture(model, torch.randn(1, 3, 32, 32), [0], ["resid"])
+        C.forward_capture(model, torch.randn(1, 3, 32, 32), [0], ["resid"])
     model.train()
     try:
         with pytest.raises(ValueError, match="training mode"):
-            M.forward_capture(model, images, [0], ["resid"])
+            C.forward_capture(model, images, [0], ["resid"])
     finally:
         model.eval()
 
