@@ -59,8 +59,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the bfd command runs (
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bfd import capture, models  # noqa: E402
 from bfd import images as imgs  # noqa: E402
-from bfd import models  # noqa: E402
 from bfd.storage import Store, create_activation_template, plan_shards, write_shard  # noqa: E402
 from bfd.tasks import extract as tasks  # noqa: E402
 from bfd.tasks.extract import (  # noqa: E402
@@ -228,8 +228,8 @@ def time_stages(cfg: ExtractConfig, workdir: Path) -> dict[str, float]:
     timer = StageTimer()
     patches = [
         (imgs, "iter_batches", timer.timed_iter("decode", imgs.iter_batches)),
-        (models, "forward_capture",
-         timer.timed("forward_hooks", models.forward_capture, cfg.device)),
+        (capture, "forward_capture",
+         timer.timed("forward_hooks", capture.forward_capture, cfg.device)),
         # no device sync in the writer thread: it would stall the writes behind the forward
         (tasks, "write_shard", timer.timed("zarr_write", tasks.write_shard, "cpu")),
         (tasks, "mark_shard_done", timer.timed("markers", tasks.mark_shard_done, cfg.device)),

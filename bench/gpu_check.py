@@ -25,8 +25,8 @@ import time
 import numpy as np
 import torch
 
+from bfd import capture, models
 from bfd import images as imgs
-from bfd import models
 from bfd.storage import Store, open_activations
 from bfd.tasks.decompose import DecomposeOptions, decompose_site_layer
 from bfd.tasks.extract import ExtractConfig, extract_shard, prepare_run
@@ -74,7 +74,7 @@ def main() -> int:
     tf = models.transform(model)
     recs = imgs.list_images("samples", 8)
     batch = torch.stack([tf(imgs.load_image(r)) for r in recs])
-    ref = models.forward_capture(model, batch, list(plan.layers), ["attn_in", "resid"])
+    ref = capture.forward_capture(model, batch, list(plan.layers), ["attn_in", "resid"])
     failures = []
     for site in ("attn_in", "resid"):
         err = rel_err(stored[site].values[:, :8], ref[site].numpy())

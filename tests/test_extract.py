@@ -18,7 +18,7 @@ import torch
 from conftest import env_kept
 from PIL import Image
 
-from bfd import models
+from bfd import capture, models
 from bfd.cli import main
 from bfd.flows.extract import extract
 from bfd.flows.runners import task_runner
@@ -76,7 +76,7 @@ def direct_forward(cfg: dict) -> dict[str, torch.Tensor]:
         chunk = recs[lo:lo + ipc]
         for b in range(0, len(chunk), bs):
             x = torch.stack([tf(load_image(r)) for r in chunk[b:b + bs]])
-            for site, a in models.forward_capture(model, x, cfg["layers"], cfg["sites"]).items():
+            for site, a in capture.forward_capture(model, x, cfg["layers"], cfg["sites"]).items():
                 parts[site].append(a)
     return {site: torch.cat(p, dim=1) for site, p in parts.items()}
 

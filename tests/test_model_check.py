@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from bfd import models
+from bfd import capture, models
 from bfd.core import finalize_means, head_maps, pass1_chunk
 from bfd.core.heads import HeadMaps
 from bfd.core.model_check import model_logit_check
@@ -36,7 +36,7 @@ def captured():
     model, info = models.load_model(TINY, "random", img_size=IMG, seed=0)
     with_random_biases(model)
     images = torch.randn(3, 3, IMG, IMG, generator=torch.Generator().manual_seed(1))
-    return model, info, models.capture_logit_check(model, images, LAYERS)
+    return model, info, capture.capture_logit_check(model, images, LAYERS)
 
 
 def true_maps(model, layer: int) -> HeadMaps:
@@ -69,7 +69,7 @@ def test_attention_output_catches_a_scale_the_model_does_not_apply():
     attn.fused_attn = True
     attn.scale = 2 * attn.scale
     images = torch.randn(2, 3, IMG, IMG, generator=torch.Generator().manual_seed(1))
-    res = models.capture_logit_check(model, images, LAYERS)["attn_out_residual"]
+    res = capture.capture_logit_check(model, images, LAYERS)["attn_out_residual"]
     assert res[0] < 1e-6 and res[1] > 1e-2 and res[2] < 1e-6
 
 

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 import bfd
+from bfd import capture, models
 from bfd import images as imgs
-from bfd import models
 from bfd.storage import (
     ImageRecord,
     RunRequest,
@@ -149,9 +149,9 @@ def validate_config(cfg: ExtractConfig) -> models.ModelInfo:
         raise ValueError(f"images_per_shard={cfg.images_per_shard} must be a multiple of "
                          f"images_per_chunk={cfg.images_per_chunk}, so that each shard owns "
                          "whole chunks")
-    if not cfg.sites or set(cfg.sites) - set(models.SITES) or len(set(cfg.sites)) < len(
+    if not cfg.sites or set(cfg.sites) - set(capture.SITES) or len(set(cfg.sites)) < len(
             cfg.sites):
-        raise ValueError(f"--sites must be distinct names from {list(models.SITES)}; "
+        raise ValueError(f"--sites must be distinct names from {list(capture.SITES)}; "
                          f"got {','.join(cfg.sites) or 'none'}")
     if cfg.img_size is not None and cfg.img_size < 1:
         raise ValueError(f"--img-size must be a positive integer; got {cfg.img_size}")
@@ -377,8 +377,8 @@ def extract_shard(
             seen += len(batch.indices) + len(batch.errors)
             if batch.indices:
                 with _autocast(device, cfg.autocast):
-                    acts = models.forward_capture(model, batch.images, layers, cfg.sites,
-                                                  dtype=capture_dtype, to_host=not pinned)
+                    acts = capture.forward_capture(model, batch.images, layers, cfg.sites,
+                                                   dtype=capture_dtype, to_host=not pinned)
                 first, k = batch.indices[0] - shard.start, len(batch.indices)
                 contiguous = batch.indices[-1] - batch.indices[0] + 1 == k
                 for site, a in acts.items():

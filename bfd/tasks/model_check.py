@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from bfd import capture, models
 from bfd import images as imgs
-from bfd import models
 from bfd.storage import Store, write_logit_check
 
 CHECK_IMAGES = 2
@@ -52,7 +52,7 @@ def capture_logit_check(
             continue
         picked.append(r)
     if picked:
-        captured = models.capture_logit_check(model, torch.stack(batch), layers)
+        captured = capture.capture_logit_check(model, torch.stack(batch), layers)
         write_logit_check(store, run_id, layers=list(layers),
                           image_index=[r.index for r in picked],
                           image_ids=[r.id for r in picked], **captured)

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import xarray as xr
 
+from bfd import capture, models
 from bfd import images as imgs
-from bfd import models
 from bfd.core import (
     Pass2Plan,
     bi_orthogonal_modes,
@@ -118,8 +118,8 @@ def _forward(cfg: ExtractConfig, model: torch.nn.Module, layers: tuple[int, ...]
     for batch in batches:
         if batch.indices:
             with _autocast(device, cfg.autocast):
-                acts = models.forward_capture_each(model, batch.images, layers, cfg.sites,
-                                                   dtype=dtype)
+                acts = capture.forward_capture_each(model, batch.images, layers, cfg.sites,
+                                                    dtype=dtype)
             yield np.asarray(batch.indices, dtype=np.int64), acts
 
 
