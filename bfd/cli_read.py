@@ -91,10 +91,17 @@ def cmd_query(args: argparse.Namespace) -> int:
             raise ValueError(f"--param {key} is given twice ({key}={params[key]!r} and "
                              f"{item!r}); give it once")
         params[key] = value
+    from bfd.queries.hints import CountedRows, unknown_values
     from bfd.queries.stream import stream_query
 
-    with stream_query(cli._store(args), args.name, params, timeout=_check_timeout(args)) as reader:
-        cli._print_table(reader, args.format, args.output)
+    store = cli._store(args)
+    with stream_query(store, args.name, params, timeout=_check_timeout(args)) as reader:
+        result = CountedRows(reader)
+        cli._print_table(result, args.format, args.output)
+    if not result.rows:  # a typo in a model, run or series? said beside the result
+        hint = unknown_values(store, params)
+        if hint:
+            print(f"bfd: no rows: {hint}", file=sys.stderr)
     return 0
 
 
