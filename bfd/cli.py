@@ -60,6 +60,7 @@ def _check_extract_request(args: argparse.Namespace, config) -> None:
     """Every option of an extraction (a dict, or an audit's typed config) checked before any
     work: a bad one, or an unreachable cluster, fails in one line whether or not work
     remains."""
+    from bfd.files import WEIGHT_SUFFIXES, check_checkpoint
     from bfd.flows.runners import capped_workers, check_dask_address
     from bfd.images import check_source
     from bfd.models import resolve_device
@@ -70,6 +71,10 @@ def _check_extract_request(args: argparse.Namespace, config) -> None:
     validate_config(ExtractConfig(**config))
     # a missing or empty image source is the user's mistake: refused before an audit records it
     check_source(config["images"], config.get("n_images"))
+    # a weights file that is no checkpoint too (its suffix or absence: the load says so)
+    weights = str(config["weights"])
+    if weights.lower().endswith(WEIGHT_SUFFIXES) and os.path.isfile(weights):
+        check_checkpoint(weights)
     _store(args)
     if args.dask_address:
         check_dask_address(args.dask_address)

@@ -173,11 +173,19 @@ def print_statistics(store: str, run_id: str, profile, demo: bool) -> None:
 
 
 def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
-    from bfd.flows.checkpoints import audit_checkpoints
+    from bfd.files import check_checkpoint
+    from bfd.tasks.audits import checkpoint_files
 
     config = audit_config(cli._extract_config(args))
     thresholds = drift_thresholds(args.drift_threshold)
+    # the request checked as bfd audit checks it, before any audit of it is recorded: each
+    # checkpoint's first bytes, then the other options (the weights, 'random', stand for them)
+    for path in checkpoint_files(args.checkpoints):
+        check_checkpoint(path)
+    cli._check_extract_request(args, config)
     store = cli._store(args)
+    from bfd.flows.checkpoints import audit_checkpoints
+
     config = config.model_dump(exclude={"weights"})
     out = cli._with_bars(audit_checkpoints, args.checkpoints, config, store,
                          series=args.series, drift=thresholds, dashboard=not args.no_dashboard)

@@ -67,14 +67,14 @@ def cmd_catalog(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from bfd.queries import list_queries, query_spec
-    from bfd.queries.stream import stream_query
-
     if args.list or not args.name:
+        # the headers alone: neither DuckDB nor pyarrow is imported
+        from bfd.queries.specs import list_queries, read_spec
+
         names = list_queries()
         width = max(map(len, names)) + 2
         for name in names:
-            spec = query_spec(name)
+            spec = read_spec(name)
             params = ", ".join(str(p) for p in spec.params) or "no parameters"
             # the header comment may start with the query's name: not repeated beside it
             description = spec.description.removeprefix(f"{name}: ")
@@ -91,8 +91,17 @@ def cmd_query(args: argparse.Namespace) -> int:
             raise ValueError(f"--param {key} is given twice ({key}={params[key]!r} and "
                              f"{item!r}); give it once")
         params[key] = value
-    with stream_query(cli._store(args), args.name, params, timeout=_check_timeout(args)) as reader:
-        cli._print_table(reader, args.format, args.output)
+    from bfd.queries.hints import CountedRows, unknown_values
+    from bfd.queries.stream import stream_query
+
+    store = cli._store(args)
+    with stream_query(store, args.name, params, timeout=_check_timeout(args)) as reader:
+        result = CountedRows(reader)
+        cli._print_table(result, args.format, args.output)
+    if not result.rows:  # a typo in a model, run or series? said beside the result
+        hint = unknown_values(store, params)
+        if hint:
+            print(f"bfd: no rows: {hint}", file=sys.stderr)
     return 0
 
 

@@ -1,6 +1,7 @@
-"""Input files named on the command line: which suffixes a weights file may have, and the
-sha256 of a file's bytes. Imports neither torch nor timm, so that a request can be keyed
-without them (``bfd.tasks.request_key``).
+"""Input files named on the command line: which suffixes a weights file may have, whether
+its first bytes are those of a checkpoint (``check_checkpoint``), and the sha256 of a file's
+bytes. Imports neither torch nor timm, so that a request can be checked and keyed without
+them (``bfd.tasks.request_key``).
 
 A file is hashed once per process while it is unchanged: ``bfd audit`` keys a request
 (``bfd.tasks.request_key``: the weights file and every image) before the flow's planner
@@ -16,9 +17,12 @@ it is, is not remembered.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import struct
 import threading
 import time
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Final
@@ -31,6 +35,9 @@ CACHE_SIZE: Final[int] = 1 << 17
 
 # How long ago a file must have last changed for its digest to be remembered.
 SETTLED_NS: Final[int] = 2_000_000_000
+
+# The largest header a .safetensors file may have (the safetensors library refuses larger).
+_SAFETENSORS_MAX_HEADER: Final[int] = 100_000_000
 
 _lock = threading.Lock()
 _digests: OrderedDict[tuple[int, ...], str] = OrderedDict()
@@ -73,3 +80,60 @@ def sha256_file(path: str | Path) -> str:
             if len(_digests) > CACHE_SIZE:
                 _digests.popitem(last=False)
     return digest
+
+
+def _safetensors_fault(f, size: int) -> str | None:
+    """What is wrong with an open .safetensors file, from its header alone; None if nothing:
+    an 8-byte length, a JSON header that long, and tensor data exactly as long as it says."""
+    if size < 8:
+        return f"{size} bytes, shorter than a header"
+    (n,) = struct.unpack("<Q", f.read(8))
+    if not 2 <= n <= min(size - 8, _SAFETENSORS_MAX_HEADER):
+        return f"its header length {n} does not fit its {size} bytes"
+    try:
+        header = json.loads(f.read(n))
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return "its header is not the JSON of a tensor table"
+    if 8 + n + max(ends, default=0) != size:
+        return (f"{size} bytes where its header describes {8 + n + max(ends, default=0)} "
+                "(truncated?)")
+    return None
+
+
+def _torch_fault(f, size: int) -> str | None:
+    """What is wrong with an open torch checkpoint, from its start or its zip directory
+    alone; None if nothing: a zip holding a ``data.pkl`` (``torch.save``) or a pickle
+    (``torch.save`` before torch 1.6)."""
+    head = f.read(4)
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return None
+    if head != b"PK\x03\x04":
+        return f"{size} bytes that are neither a torch zip file nor a pickle"
+    try:
+        names = zipfile.ZipFile(f).namelist()
+    except (zipfile.BadZipFile, ValueError, EOFError) as e:
+        return f"a damaged or truncated zip file ({' '.join(str(e).split())})"
+    if not any(name.endswith("data.pkl") for name in names):
+        return "a zip file that holds no data.pkl"
+    return None
+
+
+def check_checkpoint(path: str | Path) -> None:
+    """Refuses a weights file that no checkpoint loader can read, from its first bytes (or a
+    zip's directory) only: neither hashed nor loaded, so that a command refuses it before it
+    records or computes anything. A file that passes may still fail to load (damaged tensor
+    data in a zip, tensors that do not fit the model, NaN values): the load says so.
+
+    Raises:
+        ValueError: The file is not a ``.safetensors`` file (by its suffix) as its header
+            describes it, or not a torch checkpoint (a zip with a ``data.pkl``, or a pickle).
+        OSError: The file cannot be read.
+    """
+    safetensors = Path(path).suffix.lower() == ".safetensors"
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        fault = _safetensors_fault(f, size) if safetensors else _torch_fault(f, size)
+    if fault is not None:
+        kind = ".safetensors file" if safetensors else "torch checkpoint"
+        raise ValueError(f"weights file {str(path)!r} is not a readable {kind}: {fault}")

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from bfd.files import sha256_file
+from bfd.image_folders import list_folder
 
 if TYPE_CHECKING:  # listing images needs no torch (a request is keyed without it)
     import torch
@@ -146,20 +147,7 @@ def _list_samples(n: int) -> list[ImageRecord]:
     return out
 
 
-def _visible(rel: Path) -> bool:
-    return not any(part.startswith(".") for part in rel.parts)
-
-
-def _list_folder(root: Path) -> list[tuple[str, Path]]:
-    files = [
-        (p.relative_to(root).as_posix(), p)
-        for p in root.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and _visible(p.relative_to(root))
-    ]
-    return sorted(files)
-
-
-def _list_manifest(manifest: Path) -> list[tuple[str, Path]]:
+def _list_manifest(manifest: Path) -> list[tuple[str, str]]:
     entries, seen = [], set()
     try:
         text = manifest.read_text(encoding="utf-8")
@@ -178,7 +166,7 @@ def _list_manifest(manifest: Path) -> list[tuple[str, Path]]:
                              "expected each image once")
         seen.add(entry)
         p = Path(entry).expanduser()
-        entries.append((entry, p if p.is_absolute() else manifest.parent / p))
+        entries.append((entry, str(p if p.is_absolute() else manifest.parent / p)))
     return entries
 
 
@@ -202,7 +190,7 @@ def list_images(source: str, n_images: int | None = None) -> list[ImageRecord]:
         return _list_samples(n_images or SAMPLES_DEFAULT_N)
     # A missing manifest entry keeps its slot and is skipped at decode time, like any bad file.
     return [
-        ImageRecord(i, rid, sha256_file(p) if p.is_file() else "", str(p))
+        ImageRecord(i, rid, sha256_file(p) if Path(p).is_file() else "", p)
         for i, (rid, p) in enumerate(entries)
     ]
 
@@ -213,8 +201,9 @@ def check_source(source: str, n_images: int | None = None) -> None:
     _source_entries(source, n_images)
 
 
-def _source_entries(source: str, n_images: int | None) -> list[tuple[str, Path]] | None:
-    """The first ``n_images`` (id, path) of a folder or manifest; None for the samples."""
+def _source_entries(source: str, n_images: int | None) -> list[tuple[str, str]] | None:
+    """The first ``n_images`` (id, absolute path) of a folder or manifest; None for the
+    samples."""
     if n_images is not None and n_images < 1:
         raise ValueError(f"n_images must be a positive integer or None; got {n_images}")
     if source == SAMPLES:
@@ -225,7 +214,7 @@ def _source_entries(source: str, n_images: int | None) -> list[tuple[str, Path]]
     # Absolute paths, so records stay valid in workers that run from another directory.
     path = Path(source).expanduser().absolute()
     if path.is_dir():
-        entries = _list_folder(path)
+        entries = list_folder(path, IMAGE_SUFFIXES)  # walked once while unchanged
     elif path.is_file():
         if path.suffix.lower() in IMAGE_SUFFIXES:
             raise ValueError(f"image source {source!r} is a single image; expected {_ACCEPTED}")

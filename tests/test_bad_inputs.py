@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from bfd.storage import Store, list_runs, run_lock
 BASE = ["--model", "test_vit", "--weights", "random", "--n-images", "8", "--img-size", "32",
         "--layers", "0,1", "--dtype", "float32", "--images-per-chunk", "4"]
 EXTRACT = ["extract", *BASE]
+# audit-checkpoints takes no --weights: each checkpoint is the weights
+CHECKPOINTS_BASE = [a for a in BASE if a not in ("--weights", "random")]
 
 
 def _closed_port() -> int:
@@ -53,12 +56,26 @@ def world(prefect_harness, tmp_path_factory) -> dict[str, str]:
     (tmp / "truncated.safetensors").write_bytes(data[: len(data) // 2])
     (tmp / "empty.safetensors").write_bytes(b"")
     (tmp / "garbage.safetensors").write_bytes(b"\x89not a safetensors file at all" * 20)
-    state = model.state_dict()
+    state = {k: v.clone() for k, v in model.state_dict().items()}  # good.pth stays finite
     state["blocks.1.attn.qkv.weight"][0, 0] = float("nan")
     safetensors.torch.save_file(state, str(tmp / "nan.safetensors"))
     torch.save(model.state_dict(), tmp / "good.pth")
     (tmp / "truncated.pth").write_bytes((tmp / "good.pth").read_bytes()[:1000])
     (tmp / "weights.txt").write_text("not weights")
+    # junk under a checkpoint's name: random bytes (neither a zip nor a pickle), text, a zip
+    junk = np.random.default_rng(0).bytes(5000)
+    assert junk[:2] != b"PK" and junk[:1] != b"\x80"
+    (tmp / "random.pth").write_bytes(junk)
+    (tmp / "random.safetensors").write_bytes(junk)
+    (tmp / "text.pth").write_text("not weights\n")
+    with zipfile.ZipFile(tmp / "zip.pth", "w") as z:
+        z.writestr("notes.txt", "a zip, but no torch checkpoint")
+    torch.save(model.state_dict(), tmp / "legacy.pt", _use_new_zipfile_serialization=False)
+    (tmp / "ckpts").mkdir()  # one good checkpoint, then a junk one
+    shutil.copy(tmp / "good.pth", tmp / "ckpts" / "step_1.pth")
+    shutil.copy(tmp / "random.pth", tmp / "ckpts" / "step_2.pth")
+    (tmp / "good-ckpts").mkdir()
+    shutil.copy(tmp / "good.pth", tmp / "good-ckpts" / "step_1.pth")
     (tmp / "binary-manifest.txt").write_bytes(bytes(range(256)) * 4)
     (tmp / "empty-folder").mkdir()
     (tmp / "a-file").write_text("I am a file")
@@ -147,6 +164,31 @@ REQUEST = {
                              ("nan.safetensors", "blocks.1.attn.qkv.weight", "non-finite")),
     "pth-truncated": Probe([*EXTRACT, "--weights", "{tmp}/truncated.pth", *S],
                            ("truncated.pth", "not a readable")),
+    "weights-random-bytes": Probe([*EXTRACT, "--weights", "{tmp}/random.pth", *S],
+                                  ("random.pth", "not a readable torch checkpoint")),
+    # an audit of junk weights is refused before it is recorded (the store is unchanged)
+    "audit-weights-random-bytes": Probe(["audit", *BASE, "--weights", "{tmp}/random.pth", *S],
+                                        ("--weights", "random.pth", "neither a torch zip")),
+    "audit-weights-text": Probe(["audit", *BASE, "--weights", "{tmp}/text.pth", *S],
+                                ("--weights", "text.pth", "not a readable torch checkpoint")),
+    "audit-weights-zip": Probe(["audit", *BASE, "--weights", "{tmp}/zip.pth", *S],
+                               ("zip.pth", "no data.pkl")),
+    "audit-pth-truncated": Probe(["audit", *BASE, "--weights", "{tmp}/truncated.pth", *S],
+                                 ("truncated.pth", "damaged or truncated zip")),
+    "audit-safetensors-random-bytes": Probe(["audit", *BASE, "--weights",
+                                             "{tmp}/random.safetensors", *S],
+                                            ("random.safetensors", "not a readable")),
+    "audit-safetensors-truncated": Probe(["audit", *BASE, "--weights",
+                                          "{tmp}/truncated.safetensors", *S],
+                                         ("truncated.safetensors", "truncated?")),
+    "audit-safetensors-empty": Probe(["audit", *BASE, "--weights", "{tmp}/empty.safetensors",
+                                      *S], ("empty.safetensors", "0 bytes")),
+    "audit-checkpoints-one-junk": Probe(["audit-checkpoints", "{tmp}/ckpts", *CHECKPOINTS_BASE,
+                                         *S], ("step_2.pth", "not a readable")),
+    "audit-checkpoints-images-missing": Probe(["audit-checkpoints", "{tmp}/good-ckpts",
+                                               *CHECKPOINTS_BASE, "--images",
+                                               "{tmp}/no-such-folder", *S],
+                                              ("does not exist",)),
     "images-missing": Probe([*EXTRACT, "--images", "{tmp}/no-such-folder", *S],
                             ("does not exist",)),
     "images-binary-manifest": Probe([*EXTRACT, "--images", "{tmp}/binary-manifest.txt", *S],
@@ -217,6 +259,31 @@ def test_probe_is_one_line_and_leaves_the_store_as_it_was(world, capsys, probe):
     code, out, err = cli(_fill(probe.argv, world), capsys)
     assert_one_line(code, err, probe.code, tuple(n.format(**world) for n in probe.needles))
     assert state(world["store"]) == before
+
+
+@pytest.mark.parametrize("name", [
+    "good.safetensors", "truncated.safetensors", "empty.safetensors", "garbage.safetensors",
+    "nan.safetensors", "random.safetensors", "good.pth", "legacy.pt", "truncated.pth",
+    "random.pth", "text.pth", "zip.pth"])
+def test_the_checkpoint_check_refuses_what_the_loaders_refuse(world, name):
+    """``check_checkpoint`` reads a file's first bytes only; on each file here it agrees with
+    the loader timm uses for its suffix (safetensors, or torch.load as timm calls it)."""
+    from bfd.files import check_checkpoint
+
+    path = Path(world["tmp"]) / name
+    try:
+        if path.suffix == ".safetensors":
+            safetensors.torch.load_file(str(path))
+        else:
+            torch.load(path, map_location="cpu", weights_only=True)
+        loads = True
+    except Exception:  # noqa: BLE001 - whatever the loader raises: it refuses the file
+        loads = False
+    if loads:
+        check_checkpoint(path)
+    else:
+        with pytest.raises(ValueError, match=f"{name}' is not a readable"):
+            check_checkpoint(path)
 
 
 # --- a damaged store: each probe on a copy; the command must not change it further ----------

@@ -275,6 +275,42 @@ def test_reading_commands_import_no_torch_timm_prefect(tmp_path):
     assert lines[-1] == "0 []"
 
 
+def test_query_list_imports_neither_duckdb_nor_pyarrow():
+    """The list of named queries is read from their headers alone; it prints what the
+    checked specs (``query_spec``, which parses the SQL with DuckDB) say."""
+    from bfd.queries import query_spec
+
+    code = (
+        "import sys, contextlib, io\n"
+        "from bfd.cli import main\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out):\n"
+        "    code = main(['query', '--list'])\n"
+        "print(out.getvalue(), end='')\n"
+        "print(code, sorted(m for m in ('duckdb', 'pyarrow', 'numpy', 'torch', 'prefect')\n"
+        "                   if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    *listing, last = proc.stdout.splitlines()
+    assert last == "0 []"
+    entries: dict[str, list[str]] = {}  # a query's line and its indented continuation lines
+    for line in listing:
+        if line.startswith(" "):
+            entries[list(entries)[-1]].append(line.strip())
+        else:
+            entries[line.split()[0]] = [line.split(maxsplit=1)[1]]
+    assert list(entries) == list_queries()
+    for name, lines in entries.items():
+        spec = query_spec(name)
+        params = ", ".join(str(p) for p in spec.params) or "no parameters"
+        description = [line.strip() for line in
+                       spec.description.removeprefix(f"{name}: ").splitlines()]
+        assert lines[:-1] == description[:-1], name
+        assert lines[-1] == f"{description[-1]}  [{params}]", name
+
+
 @pytest.fixture(scope="module")
 def table_store(tmp_path_factory) -> Path:
     return _table_store(tmp_path_factory.mktemp("tables") / "store")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 import socket
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,6 +82,61 @@ def test_folder_listing_is_sorted_recursive_and_hashed(odd_folder) -> None:
     zero = next(r for r in records if r.id == "zero.png")
     assert zero.sha256 == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
     assert I.list_images(str(odd_folder), n_images=3) == records[:3]
+
+
+def _rglob_listing(root: Path) -> list[str]:
+    """The image files of a folder as ``Path.rglob`` finds them (brute force)."""
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                  if p.suffix.lower() in I.IMAGE_SUFFIXES and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def _settle(root: Path) -> None:
+    """Every folder of the tree last changed a minute ago, as a user's image folder has."""
+    past = time.time_ns() - 60 * 10**9
+    for folder in [root, *(p for p in root.rglob("*") if p.is_dir())]:
+        os.utime(folder, ns=(past, past))
+
+
+def test_a_folder_is_walked_once_while_unchanged(odd_folder) -> None:
+    """The listing equals rglob's every time; a settled, unchanged tree is walked once, and
+    any entry added, removed or renamed in any of its folders is seen."""
+    from bfd.image_folders import walks
+
+    (odd_folder / "link.png").symlink_to(odd_folder / "gray.png")  # a link to a file counts
+    (odd_folder / "dangling.png").symlink_to(odd_folder / "nowhere.png")
+    (odd_folder / "linked-folder").symlink_to(odd_folder / "nested")  # not followed
+
+    def listed() -> list[str]:
+        ids = [r.id for r in I.list_images(str(odd_folder))]
+        assert ids == _rglob_listing(odd_folder)
+        return ids
+
+    _settle(odd_folder)
+    before = walks()
+    first = listed()
+    assert "link.png" in first and not any(i.startswith("linked-folder") for i in first)
+    assert listed() == first and I.check_source(str(odd_folder)) is None
+    assert walks() - before == 1
+    changes = [
+        lambda: (odd_folder / "nested" / "deeper" / "new.png").write_bytes(b"x"),  # added
+        lambda: (odd_folder / "nested" / "deeper" / "upper.JPG").unlink(),  # removed
+        lambda: (odd_folder / "gray.png").rename(odd_folder / "grey.png"),  # renamed
+        lambda: (odd_folder / "nested" / "sub").mkdir(),  # a new folder, then its image
+        lambda: (odd_folder / "nested" / "sub" / "a.png").write_bytes(b"x"),
+    ]
+    for change in changes:
+        change()
+        _settle(odd_folder)
+        before = walks()
+        changed = listed()
+        assert changed != first or change is changes[3]
+        assert listed() == changed and walks() - before == 1
+        first = changed
+    # a tree changed within bfd.files.SETTLED_NS of its walk is walked each time
+    (odd_folder / "fresh.png").write_bytes(b"x")
+    before = walks()
+    assert listed() == listed() and walks() - before == 2
 
 
 def test_odd_images_decode_to_rgb_and_bad_ones_report_reasons(odd_folder) -> None:

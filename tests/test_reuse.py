@@ -252,6 +252,28 @@ def test_a_new_request_hashes_its_weights_and_images_once(tmp_path):
     assert inputs["weights_sha256"] == request.weights_sha256
 
 
+@pytest.mark.slow
+def test_a_new_audit_request_walks_its_image_folder_once(tmp_path, prefect_harness, capsys):
+    """``bfd audit`` of a new request lists its image folder for the request check and in
+    the flow's planner (and first for the request key, on a store with request keys and no
+    Prefect API): one walk of the folder serves them all (``bfd.image_folders``; two walks
+    here without it), and the run holds every image of it."""
+    from bfd.image_folders import walks
+
+    weights = make_checkpoints(tmp_path / "ckpts")[0]
+    images, store = image_folder(tmp_path / "images"), tmp_path / "store"
+    past = time.time_ns() - 60 * 10**9
+    os.utime(images, ns=(past, past))  # a user's folder, not changed within the last seconds
+    before = walks()
+    code, _, err = run_cli([*options(images, weights, store, 100), "--no-dashboard"], capsys)
+    assert code == 0, err
+    assert walks() - before == 1
+    (audit,) = read_audits(Store(store), "s")
+    rows = [r for r in read_table(Store(store), "images").to_pylist()
+            if r["run_id"] == audit["run_id"]]
+    assert sorted(r["image_id"] for r in rows) == sorted(p.name for p in images.iterdir())
+
+
 def test_a_file_changed_in_place_is_hashed_again(tmp_path):
     """A remembered digest is not served for a file rewritten since, even with its size and
     modification time as they were, nor for another file put at its path."""

@@ -10,7 +10,7 @@ from typing import Any
 from prefect import flow, get_run_logger, tags
 from prefect.artifacts import create_markdown_artifact
 
-from bfd.files import sha256_file
+from bfd.files import check_checkpoint, sha256_file
 from bfd.flows.audit import audit, refresh_outputs
 from bfd.flows.params import (
     AuditConfig,
@@ -38,7 +38,12 @@ def _run_name() -> str:
 
 def pending_checkpoints(store: Store, pattern: str, series: str) -> tuple[list[dict], int]:
     """The checkpoints still to audit, in step order (each file once, by content), and the
-    number of checkpoint files found."""
+    number of checkpoint files found.
+
+    Raises:
+        ValueError: A checkpoint to audit is no readable checkpoint (``check_checkpoint``):
+            refused before any audit of the series is recorded.
+    """
     files = checkpoint_files(pattern)
     seen = audited_weights(store, series)
     todo = []
@@ -47,6 +52,7 @@ def pending_checkpoints(store: Store, pattern: str, series: str) -> tuple[list[d
         if sha in seen:
             continue
         seen.add(sha)
+        check_checkpoint(path)
         step = step_from_name(path)
         todo.append({"path": str(path), "sha256": sha,
                      "step": step if step is not None else int(os.stat(path).st_mtime)})

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from bfd.files import WEIGHT_SUFFIXES
+from bfd.files import WEIGHT_SUFFIXES, check_checkpoint
 
 # `bfd audit --demo`: what it audits.
 DEMO_CONFIG = {
@@ -66,6 +66,7 @@ class AuditConfig(_Params):
                              f"{'/'.join(WEIGHT_SUFFIXES)}; got {value!r}")
         if not Path(value).is_file():
             raise ValueError(f"checkpoint file {value!r} does not exist")
+        check_checkpoint(value)  # junk is refused before an audit of it is recorded
         return value
 
     def extract_config(self) -> dict[str, Any]:

@@ -1,13 +1,30 @@
-"""SQL over a store's result tables: a read-only DuckDB catalog and named queries."""
+"""SQL over a store's result tables: a read-only DuckDB catalog and named queries.
 
-from bfd.queries.catalog import ReadOnlyError as ReadOnlyError
-from bfd.queries.catalog import check_read_only as check_read_only
-from bfd.queries.catalog import connect as connect
-from bfd.queries.catalog import current_catalog as current_catalog
-from bfd.queries.catalog import refresh_catalog as refresh_catalog
-from bfd.queries.catalog import run_sql as run_sql
-from bfd.queries.named import QuerySpec as QuerySpec
-from bfd.queries.named import list_queries as list_queries
-from bfd.queries.named import query_spec as query_spec
-from bfd.queries.named import query_sql as query_sql
-from bfd.queries.named import run_query as run_query
+Names load on first use (``bfd.lazy``), so that ``bfd query --list``, which reads only the
+queries' headers (``bfd.queries.specs``), imports neither DuckDB nor pyarrow.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from bfd.lazy import lazy_exports
+
+# name -> the module of this package that defines it
+_EXPORTS: Final[dict[str, str]] = {
+    "ReadOnlyError": "catalog",
+    "check_read_only": "catalog",
+    "connect": "catalog",
+    "current_catalog": "catalog",
+    "refresh_catalog": "catalog",
+    "run_sql": "catalog",
+    "QuerySpec": "specs",
+    "list_queries": "specs",
+    "query_spec": "named",
+    "query_sql": "named",
+    "run_query": "named",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

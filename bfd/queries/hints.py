@@ -1,0 +1,73 @@
+"""Why a named query returned no rows, when the reason is a parameter naming nothing in the
+store (a typo in ``--param model=...``): the known values closest to it, for one line on
+stderr. The result on stdout stays as it is (machine-readable, no rows).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator, Mapping
+from typing import Final
+
+import pyarrow as pa
+
+from bfd.queries.catalog import ParamValue, Store, run_sql
+
+__all__ = ["IDENTIFIERS", "CountedRows", "unknown_values"]
+
+# The parameters of the named queries that name something in the store: the catalog's table
+# and column of what they may name, and what to call that in a sentence.
+IDENTIFIERS: Final[dict[str, tuple[str, str, str]]] = {
+    "model": ("runs", "model", "run"),
+    "model_a": ("runs", "model", "run"),
+    "model_b": ("runs", "model", "run"),
+    "run_id": ("runs", "run_id", "run"),
+    "run_a": ("runs", "run_id", "run"),
+    "run_b": ("runs", "run_id", "run"),
+    "series": ("audits", "series", "audit"),
+    "audit_id": ("audits", "audit_id", "audit"),
+}
+
+# Known values named beside an unknown one, the closest first.
+CLOSEST: Final[int] = 3
+
+
+class CountedRows:
+    """A result's batches, as the writers of ``bfd.output`` read them, counting the rows."""
+
+    def __init__(self, reader: pa.RecordBatchReader) -> None:
+        self.reader = reader
+        self.schema = reader.schema
+        self.rows = 0
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        for batch in self.reader:
+            self.rows += batch.num_rows
+            yield batch
+
+
+def unknown_values(store: Store, params: Mapping[str, ParamValue]) -> str | None:
+    """One line naming each given parameter of ``IDENTIFIERS`` whose value the store does
+    not hold (it names no run or audit), with the known values closest to it (difflib);
+    None when there is none.
+
+    Args:
+        store: A store directory, or a connection from ``bfd.queries.connect``.
+        params: The query's parameters as given (``None`` values are not given).
+    """
+    parts = []
+    for name, value in params.items():
+        if name not in IDENTIFIERS or value is None:
+            continue
+        table, column, what = IDENTIFIERS[name]
+        sql = f"SELECT DISTINCT CAST({column} AS VARCHAR) AS v FROM {table} WHERE v IS NOT NULL"
+        known = [str(v) for v in run_sql(store, sql).column("v").to_pylist()]
+        if str(value) in known:
+            continue
+        if not known:
+            parts.append(f"{name} {str(value)!r} names no {what}: the store holds no {what}s")
+            continue
+        closest = difflib.get_close_matches(str(value), known, n=CLOSEST, cutoff=0)
+        parts.append(f"{name} {str(value)!r} names no {what} of the store; closest known: "
+                     f"{', '.join(closest)}")
+    return "; ".join(parts) or None

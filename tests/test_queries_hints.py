@@ -1,0 +1,76 @@
+"""A named query that returns no rows because a parameter names nothing in the store (a typo
+in a model, run or series) says so in one line on stderr, with the known values closest to
+it; stdout is the same result as without the hint."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+
+import pytest
+from conftest import run_cli as cli
+from test_queries import _plant_audit, build_store
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """vit_a (two complete runs and an unfinished one), vit_b, and one audit series."""
+    root = tmp_path_factory.mktemp("hints") / "store"
+    build_store(root)
+    _plant_audit(root, "vit_a@pretrained", "a-new", 1, None)
+    return root
+
+
+def query(store: Path, capsys, name: str, *params: str, fmt: str = "json") -> tuple[list, str]:
+    argv = ["query", name, "--store", str(store), "--format", fmt]
+    for param in params:
+        argv += ["--param", param]
+    code, out, err = cli(argv, capsys)
+    assert code == 0 and "error" not in err, err
+    return (json.loads(out) if fmt == "json" else out), err
+
+
+def closest(value: str, known: list[str]) -> str:
+    """The known values as difflib ranks them against ``value``, three at most."""
+    return ", ".join(difflib.get_close_matches(value, known, n=3, cutoff=0))
+
+
+@pytest.mark.parametrize(("name", "params", "hint"), [
+    ("layer_profile", ["model=vit_aa"],
+     f"model 'vit_aa' names no run of the store; closest known: "
+     f"{closest('vit_aa', ['vit_a', 'vit_b'])}"),
+    ("head_map", ["model=vit_c", "run_id=a-nwe"],
+     f"model 'vit_c' names no run of the store; closest known: "
+     f"{closest('vit_c', ['vit_a', 'vit_b'])}; run_id 'a-nwe' names no run of the store; "
+     f"closest known: {closest('a-nwe', ['a-old', 'a-new', 'a-unfinished', 'b-1'])}"),
+    ("head_types", ["model=vitb"],
+     f"model 'vitb' names no run of the store; closest known: "
+     f"{closest('vitb', ['vit_a', 'vit_b'])}"),
+    ("drift", ["series=vit_a@pretraind"],
+     "series 'vit_a@pretraind' names no audit of the store; closest known: vit_a@pretrained"),
+    ("audit_history", ["model=vit_b"], None),  # a known model, never audited: no rows, no hint
+    ("layer_profile", ["model=vit_a", "run_id=a-unfinished"], None),  # known, not complete
+], ids=["model", "model-and-run", "optional-model", "series", "known-model",
+        "known-unfinished-run"])
+def test_no_rows_name_the_closest_known_values(store, capsys, name, params, hint):
+    rows, err = query(store, capsys, name, *params)
+    assert rows == []
+    assert err == (f"bfd: no rows: {hint}\n" if hint else "")
+
+
+def test_rows_or_no_identifying_parameter_give_no_hint_and_stdout_is_unchanged(store, capsys):
+    rows, err = query(store, capsys, "layer_profile", "model=vit_a")
+    assert rows and err == ""
+    # the same empty result, with and without the hint beside it
+    header, err = query(store, capsys, "layer_profile", "model=vit_aa", fmt="csv")
+    same, quiet = query(store, capsys, "layer_profile", "model=vit_a",
+                        "run_id=a-unfinished", fmt="csv")
+    assert header == same and header.count("\n") == 1 and err and not quiet
+
+
+def test_an_empty_store_says_it_holds_nothing(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    rows, err = query(tmp_path / "empty", capsys, "layer_profile", "model=vit_a")
+    assert rows == []
+    assert err == "bfd: no rows: model 'vit_a' names no run: the store holds no runs\n"
