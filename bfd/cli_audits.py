@@ -188,7 +188,9 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
 
     config = config.model_dump(exclude={"weights"})
     out = cli._with_bars(audit_checkpoints, args.checkpoints, config, store,
-                         series=args.series, drift=thresholds, dashboard=not args.no_dashboard)
+                         series=args.series, drift=thresholds, workers=args.workers,
+                         dask_address=args.dask_address, gpu_resources=args.gpu_resources,
+                         dashboard=not args.no_dashboard)
     if not out["audits"]:
         print(f"nothing to do: every checkpoint of {args.checkpoints} ({out['n_files']} files) "
               f"is already audited in series {out['series']}")

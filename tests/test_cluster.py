@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from checkpoints import AUDIT, make_checkpoints
+from conftest import env_kept
 from distributed import LocalCluster
 
+from bfd.cli import main
 from bfd.flows.audit import audit
 from bfd.storage import Store, open_activations, read_table
 
@@ -29,3 +32,21 @@ def test_cluster_run_equals_local_run(tmp_path, prefect_harness):
     hb = read_table(Store(remote["store"]), "heads").to_pandas().sort_values(["layer", "head"])
     np.testing.assert_allclose(hb.e_cc.to_numpy(), ha.e_cc.to_numpy(), rtol=1e-12)
     assert list(hb.head_type) == list(ha.head_type)
+
+
+@pytest.mark.slow
+def test_audit_checkpoints_runs_on_the_cluster_it_is_given(tmp_path, prefect_harness, capsys):
+    """``bfd audit-checkpoints --dask-address`` extracts and decomposes on that cluster (the
+    command used to accept the option and run everything locally)."""
+    make_checkpoints(tmp_path / "ckpts")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster:
+        with env_kept():
+            code = main(["audit-checkpoints", str(tmp_path / "ckpts"), "--model", AUDIT["model"],
+                         "--n-images", "4", "--img-size", "32", "--layers", "0",
+                         "--dtype", "float32", "--images-per-chunk", "4", "--no-dashboard",
+                         "--store", str(tmp_path / "store"),
+                         "--dask-address", cluster.scheduler_address])
+        ran = dict(cluster.scheduler.task_prefixes)
+    assert code == 0 and "3 checkpoint(s) audited" in capsys.readouterr().out
+    assert ran, "no task ran on the cluster"

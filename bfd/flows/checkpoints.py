@@ -69,6 +69,7 @@ def audit_checkpoints(
     decompose_options: DecomposeParams | None = None,
     workers: int = 1,
     dask_address: str | None = None,
+    gpu_resources: bool = False,
     dashboard: bool = True,
 ) -> dict[str, Any]:
     """Audit the checkpoints of a folder or glob that the series has not audited yet.
@@ -83,6 +84,7 @@ def audit_checkpoints(
         decompose_options: options of the decomposition.
         workers: local extraction workers.
         dask_address: run on this Dask cluster.
+        gpu_resources: ask the cluster for one ``GPU`` resource per shard task.
         dashboard: rebuild ``<store>/dashboard`` at the end when anything was audited.
 
     Returns:
@@ -109,7 +111,8 @@ def audit_checkpoints(
     for ckpt in todo:
         with tags(f"model:{model}", f"series:{series}"):
             one = audit(config.model_copy(update={"weights": ckpt["path"]}), root,
-                        workers=workers, dask_address=dask_address, decompose_options=options,
+                        workers=workers, dask_address=dask_address,
+                        gpu_resources=gpu_resources, decompose_options=options,
                         series=series, step=ckpt["step"], drift=thresholds,
                         trigger="checkpoints", dashboard=False)
         done.append({**one, "checkpoint": ckpt["path"]})
