@@ -97,7 +97,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from bfd.queries import run_query
     from bfd.storage import require_writable
 
-    config = audit_config(dict(DEMO_CONFIG) if args.demo else cli._extract_config(args))
+    if args.demo:
+        refuse_demo_request_options(args)
+        # what the demo audits is fixed; how (device, batch size, ...) is the user's
+        how = cli._extract_config(argparse.Namespace(**{**vars(args), "model": "demo"}))
+        config = audit_config(how | DEMO_CONFIG)
+    else:
+        config = audit_config(cli._extract_config(args))
     model = require_model(config, cli=True)
     if not args.store_activations and (args.workers != 1 or args.dask_address):
         raise ValueError("--no-store-activations runs both forwards in this process; it takes "
@@ -133,6 +139,28 @@ def cmd_audit(args: argparse.Namespace) -> int:
           f"(try: bfd query model_summary --store {store})")
     print_statistics(store, out["run_id"], profile, args.demo)
     return drift_exit(n_flagged, args.fail_on_drift)
+
+
+# the options that would change what --demo audits (bfd.flows.params.DEMO_CONFIG, the input
+# size and the seed of its random init); how it runs (--device, --batch-size, ...) may be given
+DEMO_FIXED = ("model", "weights", "images", "n_images", "layers", "sites", "img_size", "dtype",
+              "seed")
+
+
+def refuse_demo_request_options(args: argparse.Namespace) -> None:
+    """--demo is one fixed request: an option that would change it is refused rather than
+    ignored (an audit of another model would be recorded as the demo's).
+
+    Raises:
+        ValueError: One line naming the options given.
+    """
+    defaults = cli.build_parser().parse_args(["audit", "--demo"])
+    given = [f"--{k.replace('_', '-')}" for k in DEMO_FIXED
+             if getattr(args, k) != getattr(defaults, k)]
+    if given:
+        raise ValueError(f"--demo audits a fixed request (random-init vit_tiny_patch16_224 on "
+                         f"the 64 embedded sample images); it takes no {', '.join(given)}: "
+                         "drop them, or drop --demo and give --model")
 
 
 def print_statistics(store: str, run_id: str, profile, demo: bool) -> None:
@@ -173,14 +201,18 @@ def print_statistics(store: str, run_id: str, profile, demo: bool) -> None:
 
 
 def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
-    from bfd.files import check_checkpoint
+    from bfd.files import WEIGHT_SUFFIXES, check_checkpoint
     from bfd.tasks.audits import checkpoint_files
 
     config = audit_config(cli._extract_config(args))
     thresholds = drift_thresholds(args.drift_threshold)
     # the request checked as bfd audit checks it, before any audit of it is recorded: each
     # checkpoint's first bytes, then the other options (the weights, 'random', stand for them)
-    for path in checkpoint_files(args.checkpoints):
+    files = checkpoint_files(args.checkpoints)
+    if not files:  # a mistyped glob or folder: said at once, not as "everything is done"
+        raise ValueError(f"no checkpoint file in {args.checkpoints!r} (looked for "
+                         f"{', '.join(WEIGHT_SUFFIXES)}); nothing to audit")
+    for path in files:
         check_checkpoint(path)
     cli._check_extract_request(args, config)
     store = cli._store(args)

@@ -110,9 +110,10 @@ def test_catalog_refuses_update(store, capsys):
 
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path, monkeypatch, capsys, prefect_harness):
-    """`bfd audit --demo`: offline, default store from $BFD_STORE, summary table at the end."""
+    """`bfd audit --demo`: offline, default store from $BFD_STORE, summary table at the end;
+    how it runs (here the batch size) is the user's to choose."""
     monkeypatch.setenv("BFD_STORE", str(tmp_path / "store"))
-    assert main(["audit", "--demo"]) == 0
+    assert main(["audit", "--demo", "--batch-size", "16"]) == 0
     out = capsys.readouterr().out
     assert "vit_tiny_patch16_224" in out and "frac_pos" in out and "n_heads_cc" in out
     # it ends with the corrected shares, their intervals, how to read them, what to try next

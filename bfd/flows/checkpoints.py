@@ -102,7 +102,8 @@ def audit_checkpoints(
                 n_files, checkpoints, len(todo), root)
     if not todo:
         message = (f"Nothing to do: all {n_files} checkpoint file(s) of `{checkpoints}` are "
-                   f"already audited in series `{series}` (store `{root}`).")
+                   f"already audited in series `{series}` (store `{root}`)." if n_files else
+                   f"Nothing to do: no checkpoint file in `{checkpoints}` yet (store `{root}`).")
         logger.info(message.replace("`", ""))
         create_markdown_artifact(message, key=artifact_key("checkpoints", series),
                                  description="audit-checkpoints: nothing to do")
