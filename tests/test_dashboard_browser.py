@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+import duckdb
+import numpy as np
 import pytest
 from browser import available, chromium
 from dashstore import write_synthetic_run
@@ -31,6 +33,9 @@ RUNS = (
 )
 
 
+STORE: dict[str, Path] = {}  # the site fixture's store
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("store")
@@ -42,6 +47,7 @@ def site(tmp_path_factory) -> Path:
         )
     out = tmp_path_factory.mktemp("site")
     build_dashboard(root, out)
+    STORE["root"] = root
     return out
 
 
@@ -188,6 +194,20 @@ def test_run_page_views_are_linked(site, browser):
     assert browser.execute_script(
         "return document.getElementById('spectrum-plot').layout.title.text"
     ).startswith("layer 2, head 0")
+    # The shuffle control's chance level, per layer: (1 - frac_img) / N, N the images kept.
+    chance = browser.execute_script(
+        "return document.getElementById('shuffle-plot').data.find(t => t.name.startsWith("
+        "'chance')).y")
+    con = duckdb.connect()
+    tables = STORE["root"] / "tables"
+    n_kept = con.execute(
+        f"SELECT n_images - coalesce(n_skipped, 0) FROM read_parquet('{tables}/runs/**/*.parquet',"
+        " union_by_name = true) WHERE run_id = 'a-2'").fetchone()[0]
+    frac_img = [r[0] for r in con.execute(
+        f"SELECT frac_img FROM read_parquet('{tables}/layers/**/*.parquet', union_by_name = true)"
+        " WHERE run_id = 'a-2' AND site = 'attn_in' ORDER BY layer").fetchall()]
+    assert n_kept > 1 and len(chance) == len(frac_img) == 4
+    np.testing.assert_allclose(chance, [(1 - f) / n_kept for f in frac_img], rtol=1e-12)
     # The planted positional factor: PC1 of a 4 x 5 grid.
     z = browser.execute_script("return document.getElementById('pos-plot').data[0].z")
     assert len(z) == 4 and len(z[0]) == 5

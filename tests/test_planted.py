@@ -135,3 +135,20 @@ def test_pos_embed_cosine():
     heads = [(read_in(rng, POS), read_in(rng, POS))]
     ds = bfd.analyze(resid0, qkv(heads), 1, prefix_tokens=1, pos_embed=pe, resid0=resid0)
     assert ds.pos_embed_cos > 0.95
+
+
+def test_shuffle_control_falls_to_one_minus_frac_img_over_n():
+    """Images with their own means (planted frac_img near 0.9): shuffling tokens within each
+    image leaves those means, so the control's expectation is (1 − frac_img)/N (the level the
+    dashboard and `bfd plot` draw), ten times below (T − 1)/(N·T − 1)."""
+    rng = np.random.default_rng(0)
+    N, T, d, H = 20, 17, 8, 2
+    x = 3 * rng.normal(size=(N, 1, d)) + rng.normal(size=(N, T, d))
+    W = rng.normal(size=(3 * d, d)) / np.sqrt(d)
+    runs = [bfd.analyze(x, W, H, prefix_tokens=1, seed=seed) for seed in range(8)]
+    shuffled = np.array([float(r["shuffle_frac_pos"]) for r in runs])
+    frac_img = float(runs[0]["frac_img"])
+    assert frac_img > 0.85
+    expected = (1 - frac_img) / N
+    assert abs(shuffled.mean() - expected) < 4 * shuffled.std(ddof=1) / np.sqrt(len(runs))
+    assert shuffled.max() < 0.2 * (T - 2) / (N * (T - 1) - 1)

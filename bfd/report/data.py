@@ -105,17 +105,11 @@ def _audit_source(con: duckdb.DuckDBPyConnection) -> str:
 
 
 def run_list(con: duckdb.DuckDBPyConnection) -> pa.Table:
-    """Every run of the store with its series, identity and latest audit, oldest first.
-
-    ``chance_frac_pos`` is the shuffle control's chance level of frac_pos (docs/method.md,
-    "Validation" 4): (T - 1) / (N T - 1) with T the patch tokens and N the images kept.
-    """
+    """Every run of the store with its series, identity and latest audit, oldest first."""
     sql = f"""
         SELECT r.run_id, {_SERIES} AS series, r.model, r.weights, r.weights_sha256, r.images,
             r.images_sha256, r.n_images, r.n_skipped, r.grid_h, r.grid_w, r.created_at,
             r.status, r.depth, r.num_heads,
-            (r.grid_h * r.grid_w - 1) / nullif((r.n_images - coalesce(r.n_skipped, 0))
-                * r.grid_h * r.grid_w - 1, 0) AS chance_frac_pos,
             a.audit_id, a.step, a.started_at, a.finished_at, a.trigger, a.flow_run_id,
             a.status AS audit_status, a.n_flagged
         FROM runs AS r

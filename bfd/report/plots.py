@@ -205,8 +205,10 @@ def _validation(run: dict, layers: list[dict], heads: list[dict], modes: list[di
                      label="after shuffling")
     shuffle.semilogy(x, _col(layers, "frac_pos"), "--", marker="o", ms=3, color=PALETTE[4],
                      label="frac_pos")
-    if run.get("chance_frac_pos"):
-        shuffle.axhline(run["chance_frac_pos"], color="black", ls=":", label="chance")
+    # its expectation per layer: (1 − frac_img) / N, the images kept (docs/method.md)
+    kept = run["n_images"] - (run.get("n_skipped") or 0)
+    shuffle.semilogy(x, (1 - _col(layers, "frac_img")) / kept, ":", color="black",
+                     label="chance (1 − frac_img)/N")
     shuffle.set_title("shuffle control")
     shuffle.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     for ax in axes[0]:

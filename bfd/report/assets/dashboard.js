@@ -201,8 +201,8 @@
       onchange: (e) => { e.target.checked ? chosen.add(r.run_id) : chosen.delete(r.run_id); redraw(); },
     }) }].concat(runColumns());
     app.append(section("Depth profiles", h("p", { class: "note" },
-      "Tick runs in the table below to overlay them. Top: frac_pos at attn_in, the chance level " +
-      "(T−1)/(N·T−1) of the shuffle control dotted. Bottom: energy-weighted f_pp of each layer. " +
+      "Tick runs in the table below to overlay them. Top: frac_pos at attn_in, its chance level " +
+      "frac_pos_chance (what the noise of pos alone gives) dotted. Bottom: energy-weighted f_pp of each layer. " +
       "Click a point to find its run in the table."), plot));
     app.append(section("Runs", dataTable("runs-table", "runs", RUNS, runCols,
       { rowKey: (r) => r.run_id, csvKeys: Object.keys(D.runs) })));
@@ -226,8 +226,8 @@
           showlegend: false, mode: "lines+markers", line: line, marker: marker, yaxis: "y2", text: text,
           customdata: rows.map(() => r.run_id),
           hovertemplate: "%{text}<br>rel. depth %{x:.2f}<br>f_pp %{y:.4f}<extra></extra>" });
-        if (r.chance_frac_pos !== null) {
-          traces.push({ x: [0, 1], y: [r.chance_frac_pos, r.chance_frac_pos], mode: "lines",
+        if (rows.some((l) => l.frac_pos_chance != null)) {
+          traces.push({ x: x, y: rows.map((l) => l.frac_pos_chance), mode: "lines",
             name: "chance", legendgroup: r.run_id, showlegend: false, hoverinfo: "skip",
             line: { color: line.color, dash: "dot", width: 1 } });
         }
@@ -382,11 +382,12 @@
     draw(split, [line("pos_split_half_r", "split-half r of pos", "#009E73")],
       { title: { text: "split-half reliability of pos", font: { size: 13 } },
         yaxis: { range: [0, 1.02], title: { text: "correlation" } }, xaxis: { title: { text: "layer" }, dtick: 1 } });
-    const chance = run.chance_frac_pos;
+    // the shuffle control's expectation per layer: (1 − frac_img) / N, N the images kept
+    const kept = run.n_images - (run.n_skipped || 0);
     draw(shuffle, [line("shuffle_frac_pos", "frac_pos after shuffling", "#0072B2"),
       line("frac_pos", "frac_pos", "#E69F00", "dash"),
-      { x: [Math.min(...L), Math.max(...L)], y: [chance, chance], mode: "lines", name: "chance (T−1)/(N·T−1)",
-        line: { color: "#000", dash: "dot" } }],
+      { x: L, y: layers.map((l) => (l.frac_img === null ? null : (1 - l.frac_img) / kept)), mode: "lines",
+        name: "chance (1 − frac_img)/N", line: { color: "#000", dash: "dot" } }],
     { title: { text: "shuffle control", font: { size: 13 } },
       yaxis: { type: "log", title: { text: "frac_pos" }, exponentformat: "e" }, xaxis: { title: { text: "layer" }, dtick: 1 } });
     app.append(section("Tables",
