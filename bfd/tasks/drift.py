@@ -3,6 +3,8 @@ head type, before and after, against thresholds.
 
 Read from the runs' results in the Zarr store (the same values as the ``layers`` and ``heads``
 tables, through the same row builders), so drift does not depend on how tables are laid out.
+Only what both runs hold is compared, and only when both saw the same images
+(``not_comparable``): raw shares change with the images and N with the model unchanged.
 """
 
 from __future__ import annotations
