@@ -72,6 +72,9 @@ def print_audit(out: dict, store: str) -> int:
     if prev is None:
         print("drift: first audit of this series, nothing to compare with")
         return 0
+    if out.get("drift_note"):
+        print(f"drift: {out['drift_note']}")
+        return 0
     print(f"drift: {out['n_flagged']} value(s) flagged against audit {prev}")
     if out["n_flagged"]:
         drift = run_query(store, "drift", {"series": out["series"],

@@ -144,5 +144,5 @@ def record_reused_audit(args: argparse.Namespace, config, store: str, thresholds
     if not args.no_dashboard:
         refresh_outputs(store, logging.getLogger("bfd.audit"))
     return {**{k: row[k] for k in ("audit_id", "series", "run_id", "step", "prev_audit_id",
-                                   "n_flagged")},
+                                   "n_flagged", "drift_note")},
             "reused": True, "store": store, "results": results_path(s, run_id)}

@@ -166,6 +166,45 @@ def test_drift_flags_the_planted_change_and_fails_the_gate(tmp_path, prefect_har
     assert steps == [(100, "cli"), (200, "cli"), (250, "cli"), (300, "checkpoints")]
 
 
+def test_drift_compares_only_what_both_audits_saw(tmp_path, prefect_harness, capsys):
+    """One unchanged random-init model: another image count is not drift (its raw shares
+    move by more than the threshold, yet nothing is compared or flagged, and the gate
+    passes), and another set of layers is compared on the common layer only."""
+    store = str(tmp_path / "store")
+    common = ["--model", "test_vit", "--weights", "random", "--img-size", "32", "--dtype",
+              "float32", "--series", "s", "--store", store, "--no-dashboard", "--fail-on-drift"]
+
+    def bfd(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        with env_kept():
+            code = main(["audit", *common, *argv])
+        return code, *capsys.readouterr()
+
+    assert bfd("--n-images", "8", "--layers", "0", "--step", "1")[0] == 0
+    code, out, err = bfd("--n-images", "3", "--layers", "0", "--step", "2")
+    assert code == 0 and "flagged" not in err, err
+    assert "drift: previous audit used other images (N 8 -> 3); not compared" in out, out
+    audits = read_audits(Store(store), "s")
+    assert [a["n_flagged"] for a in audits] == [0, 0]
+    assert read_drift(Store(store), "s", audits[1]["audit_id"]) == []
+    # the planted truth: raw frac_pos moved by more than the 0.05 threshold with N alone
+    pos = run_sql(store, "SELECT frac_pos FROM layers WHERE site = 'attn_in' AND layer = 0 "
+                         f"AND run_id IN ('{audits[0]['run_id']}', '{audits[1]['run_id']}')")
+    before, after = pos.column("frac_pos").to_pylist()
+    assert abs(after - before) > 0.05
+
+    code, out, err = bfd("--n-images", "3", "--layers", "0,1", "--step", "3")
+    assert code == 0 and "0 value(s) flagged" in out, out + err
+    third = read_audits(Store(store), "s")[2]
+    drift = read_drift(Store(store), "s", third["audit_id"])
+    assert drift and {r["layer"] for r in drift} == {0} and not any(r["flagged"] for r in drift)
+    assert all(abs(r["delta"]) < 1e-6 for r in drift)  # the same layer of the same model
+    history = run_query(store, "audit_history", {"series": "s"}).to_pylist()
+    assert [h["comparable"] for h in history] == [None, False, False]
+    assert [h["n_layers"] for h in history] == [1, 1, 2]
+    assert all(h["delta_n_heads_cc"] is None and h["delta_f_cc"] is None for h in history)
+
+
 def test_bad_audit_options_are_named_as_the_user_wrote_them(tmp_path, capsys):
     for argv, needle in ((["--n-images", "1"], "--n-images: Input should be greater than or "
                           "equal to 2 (given 1)"),

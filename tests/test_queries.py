@@ -347,9 +347,24 @@ def _plant_audit(root: Path, series: str, run_id: str, step: int, prev: str | No
     return audit_id
 
 
+def _set_run(root: Path, run_id: str, **values) -> None:
+    """Rewrites columns of a planted vit_a run's ``runs`` row (the file replaced whole)."""
+    path = root / "tables" / "runs" / "model=vit_a" / f"run_id={run_id}" / "part-0.parquet"
+    table = pq.read_table(path)
+    for name, value in values.items():
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, name, pa.array([value], table.schema.field(name).type))
+    pq.write_table(table, path)
+
+
+DELTAS = ("delta_f_pp", "delta_f_pc", "delta_f_cp", "delta_f_cc", "delta_frac_pos_mean",
+          "delta_n_heads_pp", "delta_n_heads_cp", "delta_n_heads_cc")
+
+
 def test_audit_history_orders_audits_and_lags(store):
     """Each series is chained on its own: vit_a's two series never lag into each other."""
     root, runs = store
+    _set_run(root, "a-old", n_images=runs["a-new"].n_images)  # the same images as a-new
     first = _plant_audit(root, "vit_a@ckpts", "a-old", 1, None)
     _plant_audit(root, "vit_a@ckpts", "a-new", 2, first)
     _plant_audit(root, "vit_a@seed-1", "a-new", 1, None)  # first of its series, though later
@@ -359,8 +374,9 @@ def test_audit_history_orders_audits_and_lags(store):
     assert [r["run_id"] for r in result] == ["a-old", "a-new"]
     assert [r["prev_run_id"] for r in result] == [None, "a-old"]
     assert [r["prev_audit_id"] for r in result] == [None, first]
+    assert [r["comparable"] for r in result] == [None, True]
     assert result[0]["created_at"] < result[1]["created_at"]
-    assert result[0]["delta_f_pp"] is None and result[0]["delta_n_heads_cc"] is None
+    assert all(result[0][d] is None for d in DELTAS)
     for i, block in enumerate(BLOCKS):
         assert_close(result[1][f"f_{block}"], energy_fractions(new.energy)[i])
         assert_close(
@@ -375,6 +391,22 @@ def test_audit_history_orders_audits_and_lags(store):
     assert [(r["series"], r["run_id"], r["prev_run_id"]) for r in by_model] == [
         ("vit_a@ckpts", "a-old", None), ("vit_a@ckpts", "a-new", "a-old"),
         ("vit_a@seed-1", "a-new", None)]
+
+
+@pytest.mark.parametrize("other", [
+    {"n_images": 100}, {"n_skipped": 3}, {"images_sha256": "2" * 64}, {"img_size": 112},
+    {"layers": "0,1,2"}])
+def test_audit_history_has_no_delta_between_runs_of_other_inputs(store, other):
+    """Figures over other images, another N or img_size, or another set of layers differ
+    with the model unchanged: not comparable, every delta NULL (the figures stay)."""
+    root, runs = store
+    _set_run(root, "a-old", **{"n_images": runs["a-new"].n_images, **other})
+    first = _plant_audit(root, "vit_a@ckpts", "a-old", 1, None)
+    _plant_audit(root, "vit_a@ckpts", "a-new", 2, first)
+    result = rows(run_query(root, "audit_history", {"series": "vit_a@ckpts"}))
+    assert [r["comparable"] for r in result] == [None, False]
+    assert all(r[d] is None for r in result for d in DELTAS)
+    assert_close(result[1]["f_cc"], energy_fractions(runs["a-new"].energy)[3])
 
 
 def test_head_type_changes_lists_exactly_the_changed_heads(store):

@@ -136,10 +136,12 @@ def audit(
     reused = "runs" not in written
     logger.info("audit %s: run %s (%s), %d drift flag(s); store %s", row["audit_id"], run_id,
                 "reused" if reused else "computed", row["n_flagged"], root)
+    if row["drift_note"]:
+        logger.info("drift: %s", row["drift_note"])
     report = {**row, "reused": reused}
     publish_artifacts(report, run, layer_summary(Store(root), run_id), rows, root)
     emit_audit_events(row, rows, root)
     refresh_outputs(root, dashboard)
     return {**{k: row[k] for k in ("audit_id", "series", "run_id", "step", "prev_audit_id",
-                                   "n_flagged")},
+                                   "n_flagged", "drift_note")},
             "reused": reused, "store": root, **written}

@@ -119,6 +119,8 @@ def audit_markdown(audit: dict, run: dict, profile: list[dict], drift: list[dict
     ]
     if audit["prev_audit_id"] is None:
         lines.append("First audit of this series: nothing to compare with.")
+    elif audit.get("drift_note"):
+        lines.append(f"Against audit `{audit['prev_audit_id']}`: {audit['drift_note']}.")
     else:
         lines.append(f"**{len(flagged)} flagged** of {len(drift)} compared values "
                      f"(reference: audit `{audit['prev_audit_id']}`).")

@@ -3,49 +3,75 @@
 -- series (delta_* = this - previous; NULL for the first). An audit that reused its run
 -- repeats its figures. series restricts to one series, model to the series of one model
 -- (each series is still chained on its own: seeds, checkpoints and fine-tunes of one
--- architecture are never each other's previous audit).
+-- architecture are never each other's previous audit). comparable: the two runs saw the
+-- same images (images_sha256), decoded N, img_size and layers; when false the figures are
+-- over other images or another set of layers, so every delta_* is NULL (not a change of
+-- the model); NULL for the first audit of a series.
 -- params: series (optional), model (optional)
+WITH history AS (
+    SELECT
+        a.*,
+        s.* EXCLUDE (run_id),
+        lag(a.run_id) OVER audits AS prev_run_id,
+        lag(a.run_id) OVER audits IS NOT NULL AS has_prev,
+        r.images_sha256 = lag(r.images_sha256) OVER audits
+            AND r.n_images - coalesce(r.n_skipped, 0)
+                = lag(r.n_images - coalesce(r.n_skipped, 0)) OVER audits
+            AND r.img_size = lag(r.img_size) OVER audits
+            AND r.layers = lag(r.layers) OVER audits AS same_inputs,
+        lag(s.f_pp) OVER audits AS prev_f_pp,
+        lag(s.f_pc) OVER audits AS prev_f_pc,
+        lag(s.f_cp) OVER audits AS prev_f_cp,
+        lag(s.f_cc) OVER audits AS prev_f_cc,
+        lag(s.frac_pos_mean) OVER audits AS prev_frac_pos_mean,
+        lag(s.n_heads_pp) OVER audits AS prev_n_heads_pp,
+        lag(s.n_heads_cp) OVER audits AS prev_n_heads_cp,
+        lag(s.n_heads_cc) OVER audits AS prev_n_heads_cc
+    FROM audits AS a
+    JOIN run_summary AS s USING (run_id)
+    JOIN runs AS r ON r.run_id = a.run_id AND r.status = 'complete'
+    WHERE a.status = 'complete'
+        AND (CAST($series AS VARCHAR) IS NULL OR a.series = $series)
+        AND (CAST($model AS VARCHAR) IS NULL OR s.model = $model)
+    WINDOW audits AS (PARTITION BY a.series ORDER BY a.step, a.started_at, a.audit_id)
+)
 SELECT
-    a.series,
-    a.step,
-    a.audit_id,
-    a.prev_audit_id,
-    a.started_at,
-    a.finished_at,
-    a.trigger,
-    a.n_flagged,
-    s.model,
-    a.run_id,
-    s.created_at,
-    lag(a.run_id) OVER audits AS prev_run_id,
-    s.n_images,
-    s.n_layers,
-    s.n_heads,
-    s.f_pp,
-    s.f_pc,
-    s.f_cp,
-    s.f_cc,
-    s.mean_f_pp,
-    s.mean_f_pc,
-    s.mean_f_cp,
-    s.mean_f_cc,
-    s.frac_pos_mean,
-    s.n_heads_pp,
-    s.n_heads_cp,
-    s.n_heads_cc,
-    s.f_pp - lag(s.f_pp) OVER audits AS delta_f_pp,
-    s.f_pc - lag(s.f_pc) OVER audits AS delta_f_pc,
-    s.f_cp - lag(s.f_cp) OVER audits AS delta_f_cp,
-    s.f_cc - lag(s.f_cc) OVER audits AS delta_f_cc,
-    s.frac_pos_mean - lag(s.frac_pos_mean) OVER audits AS delta_frac_pos_mean,
-    s.n_heads_pp - lag(s.n_heads_pp) OVER audits AS delta_n_heads_pp,
-    s.n_heads_cp - lag(s.n_heads_cp) OVER audits AS delta_n_heads_cp,
-    s.n_heads_cc - lag(s.n_heads_cc) OVER audits AS delta_n_heads_cc,
-    s.n_heads_undefined
-FROM audits AS a
-JOIN run_summary AS s USING (run_id)
-WHERE a.status = 'complete'
-    AND (CAST($series AS VARCHAR) IS NULL OR a.series = $series)
-    AND (CAST($model AS VARCHAR) IS NULL OR s.model = $model)
-WINDOW audits AS (PARTITION BY a.series ORDER BY a.step, a.started_at, a.audit_id)
-ORDER BY a.series, a.step, a.started_at, a.audit_id
+    series,
+    step,
+    audit_id,
+    prev_audit_id,
+    started_at,
+    finished_at,
+    trigger,
+    n_flagged,
+    model,
+    run_id,
+    created_at,
+    prev_run_id,
+    n_images,
+    n_layers,
+    n_heads,
+    f_pp,
+    f_pc,
+    f_cp,
+    f_cc,
+    mean_f_pp,
+    mean_f_pc,
+    mean_f_cp,
+    mean_f_cc,
+    frac_pos_mean,
+    n_heads_pp,
+    n_heads_cp,
+    n_heads_cc,
+    CASE WHEN has_prev THEN coalesce(same_inputs, false) END AS comparable,
+    CASE WHEN same_inputs THEN f_pp - prev_f_pp END AS delta_f_pp,
+    CASE WHEN same_inputs THEN f_pc - prev_f_pc END AS delta_f_pc,
+    CASE WHEN same_inputs THEN f_cp - prev_f_cp END AS delta_f_cp,
+    CASE WHEN same_inputs THEN f_cc - prev_f_cc END AS delta_f_cc,
+    CASE WHEN same_inputs THEN frac_pos_mean - prev_frac_pos_mean END AS delta_frac_pos_mean,
+    CASE WHEN same_inputs THEN n_heads_pp - prev_n_heads_pp END AS delta_n_heads_pp,
+    CASE WHEN same_inputs THEN n_heads_cp - prev_n_heads_cp END AS delta_n_heads_cp,
+    CASE WHEN same_inputs THEN n_heads_cc - prev_n_heads_cc END AS delta_n_heads_cc,
+    n_heads_undefined
+FROM history
+ORDER BY series, step, started_at, audit_id

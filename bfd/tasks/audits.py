@@ -24,7 +24,7 @@ from bfd.storage import (
     write_audit,
     write_drift,
 )
-from bfd.tasks.drift import drift_rows
+from bfd.tasks.drift import drift_rows, not_comparable
 
 # Decomposition options that do not change the results (where and in what pieces it ran).
 _PLACEMENT_OPTIONS: Final[frozenset[str]] = frozenset({"device", "images_per_task"})
@@ -129,7 +129,7 @@ def audit_row(store: Store, series: str, step: int, trigger: str,
     row: dict[str, Any] = {
         "audit_id": new_audit_id(started), "series": series, "run_id": None, "step": step,
         "started_at": started, "trigger": trigger, "flow_run_id": flow_run_id,
-        "status": "failed", "prev_audit_id": None, "n_flagged": None,
+        "status": "failed", "prev_audit_id": None, "n_flagged": None, "drift_note": None,
     }
     try:
         yield row
@@ -144,6 +144,10 @@ def drift_since_previous(store: Store, row: dict[str, Any], run_id: str,
     previous complete audit of its series (written as that audit's ``drift`` file; none for
     a series' first audit), its flag count and status ``complete``.
 
+    When the previous audit's run saw other images, another decoded N or img_size
+    (``not_comparable``), nothing is compared: no drift rows, 0 flagged, and
+    ``row["drift_note"]`` (not a column of ``audits``) says why in one line.
+
     Returns:
         The drift rows written.
     """
@@ -152,6 +156,8 @@ def drift_since_previous(store: Store, row: dict[str, Any], run_id: str,
     rows: list[dict[str, Any]] = []
     if prev is not None:
         row["prev_audit_id"] = prev["audit_id"]
+        row["drift_note"] = not_comparable(store, prev["run_id"], run_id)
+    if prev is not None and row["drift_note"] is None:
         rows = [{"audit_id": row["audit_id"], "prev_audit_id": prev["audit_id"], **r}
                 for r in drift_rows(store, prev["run_id"], run_id, thresholds)]
         write_drift(store, row["series"], row["audit_id"], rows)

@@ -3,6 +3,8 @@ head type, before and after, against thresholds.
 
 Read from the runs' results in the Zarr store (the same values as the ``layers`` and ``heads``
 tables, through the same row builders), so drift does not depend on how tables are laid out.
+Only what both runs hold is compared, and only when both saw the same images
+(``not_comparable``): raw shares change with the images and N with the model unchanged.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Final
 
-from bfd.storage import Store, heads_rows, layers_rows, open_results
+from bfd.storage import Store, heads_rows, layers_rows, open_results, read_table
 
 LAYER_FRACTIONS: Final[tuple[str, ...]] = ("frac_pos", "frac_img", "frac_int", "frac_content")
 HEAD_FRACTIONS: Final[tuple[str, ...]] = ("f_pp", "f_pc", "f_cp", "f_cc")
@@ -73,6 +75,38 @@ def run_metrics(store: Store, run_id: str) -> tuple[dict, dict]:
     if "head" in ds.dims:
         heads = {(int(r["layer"]), int(r["head"])): r for r in heads_rows(ds).to_pylist()}
     return layers, heads
+
+
+def _run_inputs(store: Store, run_ids: tuple[str, str]) -> dict[str, dict[str, Any]]:
+    """What each run saw: images_sha256, its decoded N and img_size (``runs`` table)."""
+    rows = read_table(store, "runs").to_pylist()
+    return {r["run_id"]: {"sha": r["images_sha256"], "img_size": r["img_size"],
+                          "n": (r["n_images"] or 0) - (r["n_skipped"] or 0)}
+            for r in rows if r["run_id"] in run_ids and r["status"] == "complete"}
+
+
+def not_comparable(store: Store, run_before: str, run_after: str) -> str | None:
+    """Why two runs' shares cannot be compared as drift of the model, in one line, or None.
+
+    Raw shares move with the images and their number N (their chance level is about
+    (T - 1)/(N T - 1), docs/method.md), so two runs that saw other images (images_sha256),
+    decoded another N or used another img_size differ with the model unchanged. A run
+    missing from the ``runs`` table is compared as before.
+    """
+    if run_before == run_after:
+        return None
+    seen = _run_inputs(store, (run_before, run_after))
+    if run_before not in seen or run_after not in seen:
+        return None
+    a, b = seen[run_before], seen[run_after]
+    if a == b:
+        return None
+    what = ("other images" if a["sha"] != b["sha"] else
+            "another decoded N" if a["n"] != b["n"] else "another img_size")
+    sizes = f", img_size {a['img_size']} -> {b['img_size']}" if a["img_size"] != b["img_size"] \
+        else ""
+    return (f"previous audit used {what} (N {a['n']} -> {b['n']}{sizes}); not compared: raw "
+            "shares change with the images, not only with the model")
 
 
 def drift_rows(store: Store, run_before: str, run_after: str,
