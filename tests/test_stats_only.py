@@ -33,6 +33,7 @@ def test_stats_only_equals_the_stored_path(prefect_harness, tmp_path):
     stats = audit(dict(CONFIG), stats_root, decompose_options=options, dashboard=False,
                   store_activations=False)
     assert stats["run_id"] != stored["run_id"]
+    assert stats["reused"] is False and stored["reused"] is False  # both computed here
 
     a = open_results(Store(stored_root), stored["run_id"]).load()
     b = open_results(Store(stats_root), stats["run_id"]).load()

@@ -118,20 +118,19 @@ def audit(
         with progress.listening(PrefectProgress()):
             decompose_kw = decompose_kwargs(options, config)
             stored = DecomposeOptions(**decompose_kw).to_dict()
-            if not store_activations:
+            if not store_activations:  # computed from two forwards, whatever is stored
                 run_id, written = stats_only_run(config.extract_config(), root, decompose_kw)
-                run = computed_run(Store(root), run_id, stored) or {}
             else:
                 run_id = extract.with_options(task_runner=task_runner(workers, dask_address))(
                     config.extract_config(), root, gpu_resources)
-                run = computed_run(Store(root), run_id, stored)
-            if run is None:
-                written = decompose_flow(dask_address)(run_id, root, dask_address=dask_address,
-                                                       **decompose_kw)
-                run = computed_run(Store(root), run_id, stored) or {}
-            else:
-                written = {"results": results_path(Store(root), run_id)}
-                logger.info("run %s is already computed: reused, nothing recomputed", run_id)
+                if computed_run(Store(root), run_id, stored) is None:
+                    written = decompose_flow(dask_address)(
+                        run_id, root, dask_address=dask_address, **decompose_kw)
+                else:
+                    written = {"results": results_path(Store(root), run_id)}
+                    logger.info("run %s is already computed: reused, nothing recomputed",
+                                run_id)
+            run = computed_run(Store(root), run_id, stored) or {}
         rows = drift_since_previous(Store(root), row, run_id, thresholds.model_dump())
     reused = "runs" not in written
     logger.info("audit %s: run %s (%s), %d drift flag(s); store %s", row["audit_id"], run_id,
