@@ -141,6 +141,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     print(f"\nresults: {out['results']}\ntables:  {store}/tables  "
           f"(try: bfd query model_summary --store {store})")
     print_statistics(store, out["run_id"], profile, args.demo)
+    print_image_notes(store, out["run_id"], None if args.demo else args.n_images)
     return drift_exit(n_flagged, args.fail_on_drift)
 
 
@@ -201,6 +202,30 @@ def print_statistics(store: str, run_id: str, profile, demo: bool) -> None:
         print(f"bfd: warning: with N={row['n']} images the 95 % intervals of the main shares "
               f"reach ±{hw:.3f}, wider than the target ±{target:g}; about "
               f"{int(row['need'])} images would reach it", file=sys.stderr)
+    elif row["n"] is not None and (hw is None or hw != hw):
+        print(f"bfd: warning: with N={row['n']} images no interval could be computed (the "
+              "jackknife needs at least two groups of images); the shares are point estimates",
+              file=sys.stderr)
+
+
+def print_image_notes(store: str, run_id: str, requested: int | None) -> None:
+    """Warnings about the images an audit saw: fewer than ``--n-images`` asked for, and
+    images that could not be read (left out of every figure)."""
+    from bfd.queries import run_sql
+
+    sql = ("SELECT images, n_images, coalesce(n_skipped, 0) AS skipped FROM runs "
+           "WHERE run_id = $run_id")
+    rows = run_sql(store, sql, {"run_id": run_id}).to_pylist()
+    if not rows:
+        return
+    row = rows[0]
+    if requested is not None and row["n_images"] < requested:
+        print(f"bfd: warning: --n-images {requested}, but {row['images']} holds "
+              f"{row['n_images']} images; all {row['n_images']} were audited", file=sys.stderr)
+    if row["skipped"]:
+        print(f"bfd: warning: {row['skipped']} of {row['n_images']} images could not be read "
+              "and were left out (bfd sql \"SELECT * FROM images WHERE run_id = "
+              f"'{run_id}' AND status <> 'ok'\" lists them)", file=sys.stderr)
 
 
 def cmd_audit_checkpoints(args: argparse.Namespace) -> int:

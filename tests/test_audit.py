@@ -293,3 +293,27 @@ def test_checkpoint_steps_and_order(tmp_path):
     assert [p.name for p in checkpoint_files(str(tmp_path / "*.pt"))] == ["epoch=3-step=1200.pt"]
     with pytest.raises(FileNotFoundError, match="no such folder or file"):
         checkpoint_files(str(tmp_path / "missing"))
+
+
+def test_audit_says_what_images_it_left_out(tmp_path, prefect_harness, capsys):
+    """An unreadable image, fewer images than --n-images asked for, and too few for any
+    interval: each said in a warning of the audit (the run used to go on silently)."""
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+            folder / f"ok{i}.png")
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    with env_kept():
+        code = main(["audit", "--model", AUDIT["model"], "--weights", "random", "--images",
+                     str(folder), "--n-images", "10", "--img-size", "32", "--layers", "0",
+                     "--dtype", "float32", "--store", str(tmp_path / "store"),
+                     "--no-dashboard"])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert f"--n-images 10, but {folder} holds 3 images; all 3 were audited" in err
+    assert "1 of 3 images could not be read and were left out" in err
+    assert "with N=2 images no interval could be computed" in err
