@@ -79,6 +79,10 @@ def describe(err: BaseException) -> tuple[int, str] | None:
         return REQUEST_ERROR, _one_line(err)
     if isinstance(err, OSError):
         return _os_error(err)
+    if "RuntimeError" in names and str(err).startswith("Failed to reach API at"):  # Prefect's
+        return ENVIRONMENT_ERROR, (f"{_one_line(err).rstrip('.')}: no Prefect server answers "
+                                   "there; start it (prefect server start), or unset "
+                                   "PREFECT_API_URL and bfd starts a temporary one itself")
     if names & set(_REQUEST_TYPES):
         return REQUEST_ERROR, _one_line(err)
     return None

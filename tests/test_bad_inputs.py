@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -463,3 +464,20 @@ def test_a_listening_scheduler_address_passes_the_connect_check():
     with pytest.raises(ConnectionError, match=f"127.0.0.1:{port}"):
         check_dask_address(f"tcp://127.0.0.1:{port}")
     check_dask_address("ucx://10.0.0.1:13337")  # another transport: left to Dask
+
+
+def test_an_unreachable_prefect_api_is_a_fault_of_the_environment(tmp_path):
+    """PREFECT_API_URL naming a port where no server listens: exit 1, one line that says
+    what to do (it was exit 2, as if the command were wrong), and no store written."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"PREFECT_API_URL": f"http://127.0.0.1:{_closed_port()}/api",
+            "PREFECT_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    proc = subprocess.run([sys.executable, "-m", "bfd.cli", "audit", "--demo", "--store",
+                           str(tmp_path / "store")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    err = proc.stderr.strip().splitlines()[-1]  # after the demo's banner
+    assert proc.returncode == 1, proc.stderr
+    assert err.startswith("bfd: error:") and "Failed to reach API at" in err
+    assert "prefect server start" in err and "unset PREFECT_API_URL" in err
+    assert not (tmp_path / "store" / "tables").exists()
