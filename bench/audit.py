@@ -80,9 +80,10 @@ def bare_forward_seconds(model_name: str, n_images: int,
 
 def stats_only_seconds(model_name: str, n_images: int, batch_size: int,
                        workdir: Path) -> tuple[float, float]:
+    from bfd.storage import NOT_STORED
     from bfd.tasks.decompose import DecomposeOptions
     from bfd.tasks.extract import ExtractConfig, prepare_run
-    from bfd.tasks.stats_only import NOT_STORED, decompose_from_forward
+    from bfd.tasks.stats_only import decompose_from_forward
 
     def run(n: int) -> tuple[float, float]:
         cfg = ExtractConfig(model=model_name, weights="random", n_images=n,

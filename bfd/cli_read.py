@@ -147,12 +147,18 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from bfd.storage import Store, repair_command, verify_run
+    from bfd.storage import Store, kept_no_activations, repair_command, verify_run
 
     store = Store(cli._store(args))
     faults = verify_run(store, args.run_id)
+    stats_only = kept_no_activations(store, args.run_id)
     for fault in faults:
         print(f"fault: {fault}")
+    if faults and stats_only:  # no activations to extract or decompose again
+        print(f"bfd: run {args.run_id} has {len(faults)} fault(s); the stats-only run is "
+              f"computed and published again by: {repair_command(store, args.run_id)} "
+              "(with the decompose options it was audited with)", file=sys.stderr)
+        return 1
     if faults:
         repairs = []
         if any(not f.published for f in faults):
@@ -165,7 +171,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"bfd: run {args.run_id} has {len(faults)} fault(s); {'; '.join(repairs)}",
               file=sys.stderr)
         return 1
-    print(f"run {args.run_id}: intact")
+    print(f"run {args.run_id}: intact" + (" (stats-only: no activations kept)"
+                                          if stats_only else ""))
     return 0
 
 

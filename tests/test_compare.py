@@ -44,13 +44,16 @@ def results(seed: int, n_images: int, pos_scale: float):
     return assemble_results(parts, {"run_id": f"r{seed}", "ci_target": 0.02})
 
 
-def publish(root, run_id: str, ds, model: str = "toy") -> None:
+def publish(root, run_id: str, ds, model: str = "toy", skipped: int = 0) -> None:
+    """Publish ``ds`` as a complete run that requested ``skipped`` more images than it decoded
+    (as bfd/tasks/publish.py writes runs.n_images and runs.n_skipped)."""
     store = Store(root)
     write_table(store, "layers", model, run_id, layers_rows(ds))
     write_table(store, "heads", model, run_id, heads_rows(ds))
     row = {name: None for name in TABLE_SCHEMAS["runs"].names}
-    row |= {"run_id": run_id, "model": model, "n_images": ds.attrs["n_images"],
-            "status": "complete", "created_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)}
+    row |= {"run_id": run_id, "model": model, "n_images": ds.attrs["n_images"] + skipped,
+            "n_skipped": skipped, "status": "complete",
+            "created_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)}
     write_table(store, "runs", model, run_id, [row])
 
 
@@ -95,6 +98,25 @@ def test_compare_runs_flags_a_real_difference_and_says_which_shares(tmp_path):
         assert (r["delta_lo"] > 0 or r["delta_hi"] < 0) == r["significant"]
 
 
+def test_compare_runs_counts_decoded_images_not_requested_ones(tmp_path):
+    # "short" requested 22 and decoded 21; "full" decoded 22; "even" requested 23, decoded 22
+    short, full, even = results(8, 21, 1.0), results(9, 22, 1.0), results(10, 22, 1.0)
+    publish(tmp_path, "short", short, skipped=1)
+    publish(tmp_path, "full", full)
+    publish(tmp_path, "even", even, skipped=1)
+    rows = run_query(tmp_path, "compare_runs", {"run_a": "short", "run_b": "full"}).to_pylist()
+    assert {(r["basis"], r["n_images_a"], r["n_images_b"]) for r in rows} == {("adjusted", 21, 22)}
+    r = next(r for r in rows if (r["level"], r["site"], r["layer"], r["metric"])
+             == ("layer", "attn_in", 0, "frac_pos"))
+    at = dict(site="attn_in", layer=0)
+    assert r["value_a"] == pytest.approx(float(short.frac_pos_adj.sel(**at)), rel=1e-12)
+    rows = run_query(tmp_path, "compare_runs", {"run_a": "even", "run_b": "full"}).to_pylist()
+    assert {(r["basis"], r["n_images_a"], r["n_images_b"]) for r in rows} == {("raw", 22, 22)}
+    r = next(r for r in rows if (r["level"], r["site"], r["layer"], r["metric"])
+             == ("layer", "attn_in", 0, "frac_pos"))
+    assert r["value_a"] == pytest.approx(float(even.frac_pos.sel(**at)), rel=1e-12)
+
+
 def test_compare_runs_of_an_unknown_run_has_no_rows(tmp_path):
     publish(tmp_path, "strong", results(1, 16, 1.0))
     assert run_query(tmp_path, "compare_runs", {"run_a": "strong", "run_b": "nope"}).num_rows == 0
@@ -129,7 +151,7 @@ def test_audit_summary_shows_intervals_and_warns_when_n_is_short(tmp_path, capsy
 
 def test_compare_models_carries_the_corrected_shares(tmp_path):
     a, b = results(6, 16, 0.5), results(7, 48, 1.5)
-    publish(tmp_path, "ra", a, model="m_a")
+    publish(tmp_path, "ra", a, model="m_a", skipped=2)  # requested 18, decoded 16
     publish(tmp_path, "rb", b, model="m_b")
     rows = run_query(tmp_path, "compare_models", {"model_a": "m_a", "model_b": "m_b"}).to_pylist()
     assert [r["bin"] for r in rows] == [0, 9]  # depth 2: layer 0 and layer 1

@@ -15,10 +15,10 @@ from bfd import models
 from bfd.flows.audit import audit
 from bfd.flows.decompose import decompose
 from bfd.queries import run_sql
-from bfd.storage import Store, open_activations, open_results
+from bfd.storage import NOT_STORED, Store, open_activations, open_results
 from bfd.tasks.decompose import DecomposeOptions
 from bfd.tasks.extract import ExtractConfig, _model, prepare_run
-from bfd.tasks.stats_only import KEEP_IMAGES_BYTES, NOT_STORED, _Images, decompose_from_forward
+from bfd.tasks.stats_only import KEEP_IMAGES_BYTES, _Images, decompose_from_forward
 
 CONFIG = {"model": "test_vit", "weights": "random", "images": "samples", "n_images": 12,
           "img_size": 32, "layers": "0,2", "dtype": "float32", "images_per_chunk": 4,

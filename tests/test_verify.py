@@ -194,3 +194,52 @@ def test_verify_names_every_non_finite_image_of_a_float16_store(tmp_path):
         "(attn_in)",
         f"{chunk(root, rid, 'resid', 2, 1)}: non-finite values in images [6] of layer 2 "
         "(resid)"])
+
+
+@pytest.fixture(scope="module")
+def stats_only(prefect_harness, tmp_path_factory) -> tuple[Path, str]:
+    root = tmp_path_factory.mktemp("verify-stats") / "store"
+    with env_kept():
+        assert main(["audit", *EXTRACT[1:], "--no-store-activations", "--store", str(root)]) == 0
+    (rid,) = list_runs(Store(root))
+    return root, rid
+
+
+def test_a_stats_only_run_verifies_intact_without_shards(stats_only, capsys):
+    root, rid = stats_only
+    assert not list(Store(root).shards_dir(rid).glob("*.json"))  # nothing to find there
+    code, out, err = cli(["verify", rid, "--store", str(root)], capsys)
+    assert (code, out.strip(), err) == (0, f"run {rid}: intact (stats-only: no activations "
+                                           "kept)", "")
+
+
+@pytest.mark.slow
+def test_a_damaged_table_of_a_stats_only_run_is_repaired_by_its_hint(stats_only, tmp_path,
+                                                                     capsys):
+    root = tmp_path / "store"
+    shutil.copytree(stats_only[0], root)
+    rid = stats_only[1]
+    table = root / read_pointer(Store(root), rid)["tables"]["layers"]
+    table.write_bytes(b"PAR1 not really parquet")
+    code, out, err = cli(["verify", rid, "--store", str(root)], capsys)
+    assert code == 1 and out.startswith(f"fault: {table}: unreadable") and out.count("\n") == 1
+    # no activations to extract or decompose again: the hint audits it again, stats-only
+    assert "bfd extract" not in err and "bfd decompose" not in err and err.count("\n") == 1
+    command = err.split("published again by: ")[1].split(" (with")[0]
+    assert command.startswith("bfd audit --no-store-activations --model test_vit ")
+    code, _, err = cli(shlex.split(command)[1:], capsys)
+    assert code == 0, err
+    assert list_runs(Store(root)) == [rid]  # the same run, not a new one
+    assert verify_run(Store(root), rid) == []
+
+
+def test_an_unpublished_stats_only_run_is_a_fault(stats_only, tmp_path, capsys):
+    root = tmp_path / "store"
+    shutil.copytree(stats_only[0], root)
+    rid = stats_only[1]
+    pointer = Store(root).published_pointer(rid)
+    pointer.unlink()  # as an audit killed before it published: the run has nothing else
+    code, out, err = cli(["verify", rid, "--store", str(root)], capsys)
+    assert code == 1 and out.strip() == f"fault: {pointer}: never published (a stats-only run " \
+        "keeps nothing else)"
+    assert "bfd audit --no-store-activations" in err and "bfd extract" not in err

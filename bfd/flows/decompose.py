@@ -9,10 +9,16 @@ from bfd.core.anova import DEFAULT_GROUPS
 from bfd.core.uncertainty import DEFAULT_CI_TARGET
 from bfd.flows import progress
 from bfd.flows.runners import one_thread_per_task
-from bfd.storage import Store, check_intact, default_store, open_activations, read_request
+from bfd.storage import (
+    Store,
+    check_intact,
+    default_store,
+    is_stats_only,
+    open_activations,
+    read_request,
+)
 from bfd.tasks.decompose import DecomposeOptions, assemble_results, require_extracted
 from bfd.tasks.prefect_tasks import decompose_site_layer_task, publish_task
-from bfd.tasks.stats_only import is_stats_only
 
 # What the results carry of their run (besides run_id and the options), so that a results
 # Dataset says what made it: from the run request, and from the extraction's attrs.

@@ -6,11 +6,10 @@ from typing import Any
 
 from bfd.flows import progress
 from bfd.flows.decompose import EXTRACTION_ATTRS, REQUEST_ATTRS
-from bfd.storage import Store, open_activations, read_request
+from bfd.storage import NOT_STORED, Store, open_activations, read_request
 from bfd.tasks.decompose import DecomposeOptions, assemble_results
 from bfd.tasks.extract import ExtractConfig
 from bfd.tasks.prefect_tasks import decompose_from_forward_task, prepare_run_task, publish_task
-from bfd.tasks.stats_only import NOT_STORED
 
 
 def stats_only_run(config: dict[str, Any], root: str,

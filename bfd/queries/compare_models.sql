@@ -5,7 +5,8 @@
 -- f_* (energies summed over the bin's heads, then divided). delta_* = b - a.
 -- Bins where neither model has a layer are left out. The *_adj columns are the same figures
 -- from the chance-corrected shares (docs/method.md): compare those when n_images_a and
--- n_images_b differ, since the raw shares move with the number of images.
+-- n_images_b differ, since the raw shares move with the number of images. n_images_a/_b:
+-- the images each run decomposed (decoded ones: requested less skipped).
 -- params: model_a (required), model_b (required), bins (default 10)
 WITH settings AS (
     SELECT
@@ -81,8 +82,8 @@ SELECT
     a.f_cc AS f_cc_a,
     b.f_cc AS f_cc_b,
     b.f_cc - a.f_cc AS delta_f_cc,
-    (SELECT n_images FROM runs WHERE run_id = a.run_id) AS n_images_a,
-    (SELECT n_images FROM runs WHERE run_id = b.run_id) AS n_images_b,
+    (SELECT n_images - coalesce(n_skipped, 0) FROM runs WHERE run_id = a.run_id) AS n_images_a,
+    (SELECT n_images - coalesce(n_skipped, 0) FROM runs WHERE run_id = b.run_id) AS n_images_b,
     a.frac_pos_adj AS frac_pos_adj_a,
     b.frac_pos_adj AS frac_pos_adj_b,
     b.frac_pos_adj - a.frac_pos_adj AS delta_frac_pos_adj,

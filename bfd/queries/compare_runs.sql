@@ -3,8 +3,10 @@
 -- run_b against run_a, one row per figure: value_a, value_b, delta = b - a, its standard error
 -- sqrt(se_a² + se_b²) and 95 % interval delta ± sqrt(hw_a² + hw_b²) (hw: each run's own
 -- interval half-width), and significant = the interval excludes 0 (NULL without intervals).
--- basis: 'raw' when both runs saw the same number of images, else 'adjusted' (the
--- chance-corrected shares, whose expectation does not depend on N; docs/method.md). The
+-- basis: 'raw' when both runs decomposed the same number of images, else 'adjusted' (the
+-- chance-corrected shares, whose expectation does not depend on N; docs/method.md).
+-- n_images_a, n_images_b: the images each run decomposed (decoded ones: runs.n_images
+-- requested less runs.n_skipped that failed to decode), the N its shares depend on. The
 -- intervals cover image sampling only, and treat the two runs' images as independent samples
 -- (runs on the same images are positively correlated, so their intervals are conservative).
 -- A run id that no run has gives no rows.
@@ -13,8 +15,11 @@ WITH checked AS (
     SELECT
         count(*) FILTER (WHERE run_id = $run_a) > 0 AND count(*) FILTER (WHERE run_id = $run_b) > 0
             AS both_known,
-        any_value(n_images) FILTER (WHERE run_id = $run_a) AS n_images_a,
-        any_value(n_images) FILTER (WHERE run_id = $run_b) AS n_images_b
+        -- decoded images, not requested ones: a skipped image is not in the shares
+        any_value(n_images - coalesce(n_skipped, 0)) FILTER (WHERE run_id = $run_a)
+            AS n_images_a,
+        any_value(n_images - coalesce(n_skipped, 0)) FILTER (WHERE run_id = $run_b)
+            AS n_images_b
     FROM runs
 ),
 basis AS (

@@ -144,24 +144,39 @@ def _is_url(path: str) -> bool:
     return "://" in path
 
 
+def kept_no_activations(store: Store, run_id: str) -> bool:
+    """Whether the run's readable request marks it stats-only (``bfd audit
+    --no-store-activations``): its results and tables are all it has."""
+    from .runs import is_stats_only, read_request
+
+    try:
+        return is_stats_only(read_request(store, run_id).extra)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def repair_command(store: Store, run_id: str, shard_size: int | None = None) -> str:
     """The ``bfd extract`` command line that re-creates the run's request, so that it finds
     the run's id and computes what is missing or damaged (a finished, intact shard is
-    skipped); falls back to a hint when the request itself cannot be read.
+    skipped); falls back to a hint when the request itself cannot be read. For a stats-only
+    run, the ``bfd audit --no-store-activations`` command line that computes it again.
 
     Args:
         shard_size: images per shard of the run; read from its first shard marker when None.
     """
-    from .runs import read_request
+    from .runs import is_stats_only, read_request
 
+    command = "bfd extract"
     try:
         req = read_request(store, run_id)
+        if is_stats_only(req.extra):
+            command, shard_size = "bfd audit --no-store-activations", 0
         spec = _open_group(store, run_id, "r").attrs[TEMPLATE_ATTR]
     except (OSError, ValueError, KeyError, AttributeError):
-        return f"bfd extract with the options that created run {run_id} --store {store.root}"
+        return f"{command} with the options that created run {run_id} --store {store.root}"
     h, w = req.img_size if isinstance(req.img_size, tuple | list) else (req.img_size,) * 2
     ipc = spec["images_per_chunk"]
-    parts = ["bfd extract", f"--model {req.model}", f"--weights {req.weights}",
+    parts = [command, f"--model {req.model}", f"--weights {req.weights}",
              f"--images {req.images}", f"--n-images {req.n_images}",
              f"--layers {','.join(map(str, req.layers))}", f"--sites {','.join(req.sites)}"]
     if h == w:  # the option sets a square size; a non-square one is the model's default
@@ -243,6 +258,22 @@ def _verify_tables(store: Store, run_id: str) -> list[Fault]:
     return faults
 
 
+def _verify_published(store: Store, run_id: str) -> list[Fault]:
+    """The table files of a run that has nothing but them (a stats-only one): published."""
+    from .published import read_pointer
+
+    try:
+        unpublished = read_pointer(store, run_id) is None and all(
+            next(store.table_dir(t).glob(f"model=*/run_id={run_id}/part-*.parquet"), None)
+            is None for t in TABLE_SCHEMAS)
+    except ValueError:
+        unpublished = False  # _verify_tables names the pointer
+    if unpublished:
+        return [Fault(str(store.published_pointer(run_id)),
+                      "never published (a stats-only run keeps nothing else)", published=True)]
+    return _verify_tables(store, run_id)
+
+
 def _verify_model_tensors(store: Store, run_id: str) -> list[Fault]:
     from .weights import read_model_tensors
 
@@ -259,7 +290,8 @@ def _verify_model_tensors(store: Store, run_id: str) -> list[Fault]:
 def verify_run(store: Store, run_id: str) -> list[Fault]:
     """Every fault of a run: its request and image manifest, each shard's marker and chunks
     (present, of the right size, readable, finite for the images marked ``ok``), its model
-    tensors and every table file of the run (readable, with the contract columns).
+    tensors and every table file of the run (readable, with the contract columns). A
+    stats-only run (``kept_no_activations``) has no shards: its results must be published.
 
     Returns:
         The faults, one per damaged file; empty when the run is intact.
@@ -283,6 +315,8 @@ def verify_run(store: Store, run_id: str) -> list[Fault]:
         read_json(images)
     except (OSError, ValueError) as e:
         faults.append(Fault(str(images), " ".join(str(e).split())))
+    if kept_no_activations(store, run_id):
+        return faults + _verify_published(store, run_id) + _verify_model_tensors(store, run_id)
     if group is None or TEMPLATE_ATTR not in group.attrs:
         faults.append(Fault(f"{store.zarr_path}/{run_id}", "activation template missing"))
         return faults + _verify_tables(store, run_id)

@@ -19,8 +19,17 @@ from typing import Any, Final, Literal
 from .paths import DamagedStoreError, Store, read_json, validate_run_id, write_json_atomic
 
 DTYPES: Final[tuple[str, ...]] = ("float16", "float32")
+# The request field that marks a stats-only run (``bfd audit --no-store-activations``): it
+# enters the run id (a stored run of the same request keeps its own id) and its record,
+# ``runs.config_json``.
+NOT_STORED: Final[dict[str, str]] = {"activations": "not stored"}
 _HASH_CHARS: Final[int] = 16
 _SLUG_CHARS: Final[int] = 64
+
+
+def is_stats_only(extra: Mapping[str, Any]) -> bool:
+    """Whether a run request's ``extra`` marks a run whose activations were not kept."""
+    return extra.get("activations") == NOT_STORED["activations"]
 
 
 def canonical_json(obj: Any) -> str:

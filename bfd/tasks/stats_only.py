@@ -42,16 +42,7 @@ from bfd.tasks.decompose import (
 )
 from bfd.tasks.extract import ExtractConfig, _autocast, _model
 
-# The request field that marks a stats-only run: it enters the run id (a stored run of the
-# same request keeps its own id) and its record, ``runs.config_json``.
-NOT_STORED = {"activations": "not stored"}
-
 T = TypeVar("T")
-
-
-def is_stats_only(extra: dict) -> bool:
-    """Whether a run request's ``extra`` marks a run whose activations were not kept."""
-    return extra.get("activations") == NOT_STORED["activations"]
 
 
 # Decoded images kept in memory for the second forward, at most this many bytes (a float32
