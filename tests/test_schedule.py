@@ -209,3 +209,27 @@ def test_serve_refuses_a_bad_deployments_file_in_one_line(tmp_path, capsys, text
     code, out, err = run_cli(["serve", "--file", str(path)], capsys)
     assert code == 2 and out == "" and err.count("\n") == 1, err
     assert err.startswith(f"bfd: error: {path}: ") and needle in err, err
+
+
+@pytest.mark.parametrize(("parameters", "needle"), [
+    ("    parameters:\n      config: {modle: vit_tiny_patch16_224}\n",
+     "config.modle: Extra inputs are not permitted"),
+    ("    schedules:\n      - cron: '0 3 * * *'\n        parameters: {workers: many}\n",
+     "workers: Input should be a valid integer"),
+], ids=["typo-in-config", "bad-type-in-a-schedule"])
+def test_serve_refuses_bad_deployment_parameters_in_one_line(tmp_path, capsys, parameters,
+                                                             needle):
+    """A typo in a deployment's parameters is named in one short line before anything is
+    registered (the server's 422 answer printed its whole schema, 16 kB on one line)."""
+    from conftest import run_cli
+
+    import bfd
+
+    (tmp_path / "bfd").symlink_to(Path(bfd.__file__).parent)
+    path = tmp_path / "prefect.yaml"
+    path.write_text("deployments:\n  - name: nightly\n    entrypoint: bfd/flows/audit.py:audit\n"
+                    + parameters)
+    code, out, err = run_cli(["serve", "--file", str(path)], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert err.startswith(f"bfd: error: {path}: nightly: invalid parameters: ") and needle in err
+    assert len(err) < 300, err

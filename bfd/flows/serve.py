@@ -36,6 +36,25 @@ def _schedule(spec: dict[str, Any]):
     raise ValueError(f"schedule {spec}: expected cron, interval or rrule")
 
 
+def _check_parameters(flow, parameters: dict[str, Any], where: str) -> None:
+    """The flow's own validation of a deployment's parameters, said in one line before
+    anything is registered (the server's answer was the whole schema, 16 kB on one line).
+    A missing parameter is not refused: a run may still give it.
+
+    Raises:
+        ValueError: A parameter the flow does not take or of the wrong type.
+    """
+    from prefect.exceptions import ParameterTypeError
+
+    try:
+        flow.validate_parameters(parameters)
+    except ParameterTypeError as e:
+        problems = [line.strip()[2:] for line in str(e).splitlines()
+                    if line.strip().startswith("- ") and "Field required" not in line]
+        if problems:
+            raise ValueError(f"{where}: invalid parameters: {'; '.join(problems)}") from None
+
+
 def runner_deployments(prefect_file: str | Path = "prefect.yaml") -> list:
     """One ``RunnerDeployment`` per deployment of the file: the same name, flow, parameters,
     tags, description and schedules.
@@ -63,6 +82,9 @@ def runner_deployments(prefect_file: str | Path = "prefect.yaml") -> list:
         if not isinstance(dep, dict) or not dep.get("name") or not dep.get("entrypoint"):
             raise ValueError(f"{path}: deployment {k + 1} needs a name and an entrypoint")
         flow = _load_flow(dep["entrypoint"], path.parent)
+        for spec in [{}, *(dep.get("schedules") or [])]:
+            _check_parameters(flow, {**(dep.get("parameters") or {}),
+                                     **(spec.get("parameters") or {})}, f"{path}: {dep['name']}")
         out.append(flow.to_deployment(
             name=dep["name"], parameters=dep.get("parameters") or {},
             tags=dep.get("tags") or [], description=dep.get("description"),
