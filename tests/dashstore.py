@@ -130,8 +130,8 @@ AUDITS_SQL = (
     " flow_run_id VARCHAR, status VARCHAR, prev_audit_id VARCHAR, n_flagged BIGINT)"
 )
 DRIFT_SQL = (
-    "CREATE OR REPLACE TABLE drift (audit_id VARCHAR, prev_audit_id VARCHAR, layer INTEGER,"
-    " head INTEGER, metric VARCHAR, before DOUBLE, after DOUBLE, delta DOUBLE,"
+    "CREATE OR REPLACE TABLE drift (audit_id VARCHAR, series VARCHAR, prev_audit_id VARCHAR,"
+    " layer INTEGER, head INTEGER, metric VARCHAR, before DOUBLE, after DOUBLE, delta DOUBLE,"
     " threshold DOUBLE, flagged BOOLEAN)"
 )
 
@@ -152,5 +152,5 @@ def catalog_with_audits(root: Path, copy: Path, audits: list[tuple], drift: list
     con.execute(DRIFT_SQL)
     con.executemany("INSERT INTO audits VALUES (" + ", ".join("?" * 11) + ")", audits)
     if drift:
-        con.executemany("INSERT INTO drift VALUES (" + ", ".join("?" * 10) + ")", drift)
+        con.executemany("INSERT INTO drift VALUES (" + ", ".join("?" * 11) + ")", drift)
     return con

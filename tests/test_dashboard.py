@@ -218,8 +218,8 @@ def audited_store(tmp_path: Path):
          "schedule", f"flow-{i}", "complete", f"audit-{i - 1}" if i else None, 1 if i == 2 else 0)
         for i in range(3)
     ]
-    drift = [("audit-2", "audit-1", 1, 0, "f_pp", 0.2, 0.5, 0.3, 0.1, True),
-             ("audit-2", "audit-1", 1, 1, "f_cc", 0.2, 0.21, 0.01, 0.1, False)]
+    drift = [("audit-2", f"nightly {XSS}", "audit-1", 1, 0, "f_pp", 0.2, 0.5, 0.3, 0.1, True),
+             ("audit-2", f"nightly {XSS}", "audit-1", 1, 1, "f_cc", 0.2, 0.21, 0.01, 0.1, False)]
     return root, catalog_with_audits(root, tmp_path / "catalog.duckdb", audits, drift)
 
 

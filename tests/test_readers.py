@@ -10,16 +10,32 @@ import shutil
 import subprocess
 import sys
 import warnings
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
 import numpy as np
+import pandas as pd
+import polars as pl
 import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 from storebuilder import build_run, random_run_arrays
 
 from bfd.queries import connect, current_catalog, run_sql
-from bfd.storage import RUN_TABLES, Store, read_pointer
+from bfd.storage import (
+    AUDIT_SCHEMA,
+    DRIFT_SCHEMA,
+    RUN_TABLES,
+    Store,
+    partition_value,
+    read_audits,
+    read_drift,
+    read_pointer,
+    write_audit,
+    write_drift,
+)
 from bfd.tasks.decompose import DecomposeOptions, assemble_results, decompose_site_layer
 from bfd.tasks.publish import publish
 
@@ -81,6 +97,12 @@ def kind(type_: pa.DataType) -> str:
     return str(type_)
 
 
+def keys(table: pa.Table, columns: list[str]) -> list[tuple]:
+    """The values of ``columns`` in each row of ``table``, sorted (NULL first)."""
+    rows = [tuple(row[c] for c in columns) for row in table.select(columns).to_pylist()]
+    return sorted(rows, key=lambda row: tuple((v is not None, v) for v in row))
+
+
 def kinds(table: pa.Table) -> dict[str, str]:
     return {name: kind(table.schema.field(name).type) for name in table.column_names}
 
@@ -108,8 +130,7 @@ def test_every_reader_gets_the_rows_and_types_of_bfd_sql(two_models, table):
         assert kinds(data) == {c: kinds(expected)[c] for c in data.column_names}, reader
         key = [c for c in ("run_id", "site", "layer", "head", "mode", "image_index")
                if c in expected.column_names]
-        assert (sorted(map(tuple, data.select(key).to_pylist()))
-                == sorted(map(tuple, expected.select(key).to_pylist()))), reader
+        assert keys(data, key) == keys(expected, key), reader
     published = run_snippet(store, rids[0], table)["heads_published"]
     assert len(published) == run_sql(
         str(store.root), f"SELECT count(*) AS n FROM {table} WHERE run_id = $r",
@@ -213,3 +234,87 @@ def test_unreadable_table_file_leaves_out_its_run_only(two_models, tmp_path, cap
     for table in RUN_TABLES:
         got = run_sql(str(store.root), f"SELECT DISTINCT run_id FROM {table}")
         assert got.column("run_id").to_pylist() == [rids[1]], table
+
+
+SERIES = ("vit_b@/path/to/ckpts", "50% done", "a b", "_under", ".dot", "series=x")
+
+
+def event_rows(k: int, series: str) -> tuple[dict, list[dict]]:
+    """The audit and drift rows of audit ``k`` of ``series`` (two drift rows, one NULL)."""
+    at = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=k)
+    audit_id = f"{at.strftime('%Y%m%dT%H%M%S')}-{k:08x}"
+    audit = {"audit_id": audit_id, "series": series, "run_id": f"r{k}", "step": k,
+             "started_at": at, "finished_at": at, "trigger": "manual", "status": "complete",
+             "n_flagged": k % 2}
+    drift = [{"audit_id": audit_id, "layer": 0, "head": h, "metric": "f_pp", "before": 0.5,
+              "after": 0.5 + k / 10 if h is None else None, "delta": k / 10,
+              "threshold": 0.05, "flagged": k % 2 == 1} for h in (None, 1)]
+    return audit, drift
+
+
+def readers(folder: Path) -> dict[str, pa.Table]:
+    """Each usual reader's table of a folder of audit events."""
+    files = f"{folder}/*/*.parquet"
+    return {
+        "pandas": pa.Table.from_pandas(pd.read_parquet(folder), preserve_index=False),
+        "pyarrow.parquet": pq.read_table(folder),
+        "pyarrow.dataset": ds.dataset(folder, format="parquet").to_table(),
+        "polars": pl.scan_parquet(folder).collect().to_arrow(),
+        "duckdb": duckdb.sql(f"SELECT * FROM read_parquet('{files}')").to_arrow_table(),
+        "duckdb hive": duckdb.sql(
+            f"SELECT * FROM read_parquet('{files}', hive_partitioning = true)").to_arrow_table(),
+        "duckdb no hive": duckdb.sql(
+            f"SELECT * FROM read_parquet('{files}', hive_partitioning = false)").to_arrow_table(),
+    }
+
+
+@pytest.mark.parametrize("table", ["audits", "drift"])
+def test_every_reader_gets_each_series_of_the_event_tables(tmp_path, table):
+    store = Store(tmp_path / "store")
+    written: list[dict] = []
+    for k, series in enumerate(SERIES * 2):
+        audit, drift = event_rows(k, series)
+        write_audit(store, audit)
+        write_drift(store, series, audit["audit_id"], drift)
+        written += [audit] if table == "audits" else [{**r, "series": series} for r in drift]
+    expected = run_sql(str(store.root), f"SELECT * FROM {table}")
+    key = ["audit_id", "series"] + (["head"] if table == "drift" else [])
+    truth = keys(pa.Table.from_pylist(written), key)
+    assert keys(expected, key) == truth
+    for reader, data in readers(store.table_dir(table)).items():
+        assert data.column_names == expected.column_names, reader
+        assert keys(data, key) == truth, reader
+        assert kind(data.schema.field("series").type) == "string", reader
+    by_storage = (read_audits(store) if table == "audits"
+                  else [r for s in SERIES for r in read_drift(store, s)])
+    assert keys(pa.Table.from_pylist(by_storage), key) == truth
+
+
+def test_a_store_of_the_old_hive_layout_still_reads(tmp_path):
+    """Stores written before: series=<escaped series>/ folders, drift files without series."""
+    store = Store(tmp_path / "store")
+    old_drift = DRIFT_SCHEMA.remove(DRIFT_SCHEMA.get_field_index("series"))
+    truth: list[dict] = []
+    for k, series in enumerate(SERIES):
+        audit, drift = event_rows(k, series)
+        for table, rows, schema in (("audits", [audit], AUDIT_SCHEMA),
+                                    ("drift", drift, old_drift)):
+            folder = store.table_dir(table) / f"series={partition_value(series)}"
+            folder.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.Table.from_pylist(rows, schema=schema),
+                           folder / f"{audit['audit_id']}.parquet")
+        truth += [{**r, "series": series} for r in drift]
+    # A new audit of an old series lands beside them, in this layout.
+    audit, drift = event_rows(len(SERIES), SERIES[0])
+    write_audit(store, audit)
+    write_drift(store, SERIES[0], audit["audit_id"], drift)
+    truth += [{**r, "series": SERIES[0]} for r in drift]
+    key = ["audit_id", "series", "head"]
+    expected = keys(pa.Table.from_pylist(truth), key)
+    got = run_sql(str(store.root), "SELECT d.audit_id, d.series, d.head, a.series AS a_series"
+                  " FROM drift AS d JOIN audits AS a USING (audit_id)")
+    assert keys(got, key) == expected
+    assert got.column("series").to_pylist() == got.column("a_series").to_pylist()
+    stored = pa.Table.from_pylist([r for s in SERIES for r in read_drift(store, s)])
+    assert keys(stored, key) == expected
+    assert ([r["series"] for r in read_audits(store, SERIES[0])] == [SERIES[0]] * 2)

@@ -131,10 +131,18 @@ CONTRACT: Final[Mapping[str, str]] = {
         " prev_audit_id VARCHAR, n_flagged INTEGER"
     ),
     "drift": (
-        "audit_id VARCHAR, prev_audit_id VARCHAR, layer INTEGER, head INTEGER, metric VARCHAR,"
-        " before DOUBLE, after DOUBLE, delta DOUBLE, threshold DOUBLE, flagged BOOLEAN"
+        "audit_id VARCHAR, series VARCHAR, prev_audit_id VARCHAR, layer INTEGER, head INTEGER,"
+        " metric VARCHAR, before DOUBLE, after DOUBLE, delta DOUBLE, threshold DOUBLE,"
+        " flagged BOOLEAN"
     ),
 }
+
+# Run on each snapshot after its tables are loaded: drift files written before drift held
+# its series (they had Hive folders series=<series>/) take it from their audit.
+_FILLS: Final[tuple[str, ...]] = (
+    "UPDATE drift SET series = a.series FROM audits AS a"
+    " WHERE drift.series IS NULL AND drift.audit_id = a.audit_id",
+)
 
 # Created in this order: each view reads only tables and the views before it.
 DERIVED_VIEWS: Final[tuple[str, ...]] = ("latest_runs", "layer_summary", "run_summary")
@@ -201,7 +209,7 @@ def _view_sql(view: str) -> str:
 
 @functools.cache
 def _schema() -> Schema:
-    return Schema(CONTRACT, [(view, _view_sql(view)) for view in DERIVED_VIEWS])
+    return Schema(CONTRACT, [(view, _view_sql(view)) for view in DERIVED_VIEWS], _FILLS)
 
 
 def _check_store(root: Path) -> None:

@@ -52,11 +52,13 @@ log = logging.getLogger("bfd.catalog")
 
 class Schema:
     """What a snapshot holds besides the data: each table's contract columns (SQL column
-    definitions) and the derived views (name, SQL), created in order."""
+    definitions), statements that fill in what older files lack (run after the tables are
+    loaded) and the derived views (name, SQL), created in order."""
 
-    def __init__(self, contract: Mapping[str, str], views: Sequence[tuple[str, str]]) -> None:
-        self.contract, self.views = dict(contract), list(views)
-        parts = [_CATALOG_FORMAT, duckdb.__version__, self.contract, self.views]
+    def __init__(self, contract: Mapping[str, str], views: Sequence[tuple[str, str]],
+                 fills: Sequence[str] = ()) -> None:
+        self.contract, self.views, self.fills = dict(contract), list(views), list(fills)
+        parts = [_CATALOG_FORMAT, duckdb.__version__, self.contract, self.views, self.fills]
         self.version = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -94,6 +96,8 @@ def _build(db_path: Path, schema: Schema, listing: Listing) -> None:
     try:
         for table, files in listing.items():
             _load_table(build, table, schema.contract[table], [f.path for f in files])
+        for sql in schema.fills:
+            build.execute(sql)
         for view, sql in schema.views:
             build.execute(f"CREATE VIEW {view} AS {sql}")
         build.execute("CHECKPOINT")

@@ -219,7 +219,7 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
         out["audits"] = run_sql(con, "SELECT * FROM audits ORDER BY series, step, started_at")
         if "drift" in catalog_tables(con):
             out["drift"] = run_sql(con, """
-                SELECT a.series, a.run_id, a.step, d.*
+                SELECT a.series, a.run_id, a.step, d.* EXCLUDE (series)
                 FROM drift AS d
                 JOIN audits AS a USING (audit_id)
                 WHERE d.flagged

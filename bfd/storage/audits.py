@@ -4,10 +4,13 @@ A run is a computation, named by what produced it; an audit is an event, one eac
 is asked for (computed or reused), in a *series* that it extends. Both tables are written one
 file per audit, never rewritten::
 
-    tables/audits/series=<series>/<audit_id>.parquet   one row
-    tables/drift/series=<series>/<audit_id>.parquet    one row per (layer, head, metric)
+    tables/audits/<series folder>/<audit_id>.parquet   one row
+    tables/drift/<series folder>/<audit_id>.parquet    one row per (layer, head, metric)
 
-The series is escaped as a partition value (``partition_value``). Each file is written with
+Every file holds its ``series`` column; the folder name (``series_folder``: the series escaped,
+no Hive ``key=value``) only groups a series' files, so no reader derives a column from it that
+could clash with the file's own. Stores written before kept ``series=<series>`` folders (and
+drift files without ``series``); they are read as they are. Each file is written with
 ``atomic_write``, so a reader sees an audit whole or not at all.
 """
 
@@ -23,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .paths import Store, atomic_write
-from .tables import partition_value
+from .tables import partition_value, unescape_partition_value
 
 _TS: Final = pa.timestamp("us", tz="UTC")
 
@@ -43,6 +46,7 @@ AUDIT_SCHEMA: Final[pa.Schema] = pa.schema([
 
 DRIFT_SCHEMA: Final[pa.Schema] = pa.schema([
     ("audit_id", pa.string()),
+    ("series", pa.string()),
     ("prev_audit_id", pa.string()),
     ("layer", pa.int32()),
     ("head", pa.int32()),
@@ -63,10 +67,21 @@ def new_audit_id(now: datetime | None = None) -> str:
     return f"{now.strftime('%Y%m%dT%H%M%S%fZ')}-{uuid.uuid4().hex[:8]}"
 
 
+def series_folder(series: str) -> str:
+    """The folder of a series' event files: ``partition_value`` of the series, with a leading
+    ``.`` or ``_`` escaped too (readers skip such names), and never ``key=value``.
+
+    Raises:
+        ValueError: If the series is empty, ``.`` or ``..``.
+    """
+    name = partition_value(series)
+    return f"%{ord(name[0]):02X}{name[1:]}" if name.startswith((".", "_")) else name
+
+
 def _event_path(store: Store, table: str, series: str, audit_id: str) -> Path:
     if not audit_id or "/" in audit_id or audit_id.startswith((".", "_")):
         raise ValueError(f"audit id must be a plain name; got {audit_id!r}")
-    return store.table_dir(table) / f"series={partition_value(series)}" / f"{audit_id}.parquet"
+    return store.table_dir(table) / series_folder(series) / f"{audit_id}.parquet"
 
 
 def _write(path: Path, rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> Path:
@@ -90,19 +105,31 @@ def write_audit(store: Store, row: Mapping[str, Any]) -> Path:
 
 def write_drift(store: Store, series: str, audit_id: str,
                 rows: Sequence[Mapping[str, Any]]) -> Path:
-    """Append the drift rows of one audit (``DRIFT_SCHEMA`` columns; NaN is stored as NULL)."""
-    clean = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
-             for r in rows]
+    """Append the drift rows of one audit (``DRIFT_SCHEMA`` columns but ``series``, which is
+    ``series``; NaN is stored as NULL)."""
+    clean = [{**{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()},
+              "series": series} for r in rows]
     return _write(_event_path(store, "drift", series, audit_id), clean, DRIFT_SCHEMA)
 
 
 def _read(store: Store, table: str, series: str | None) -> pa.Table:
     folder = store.table_dir(table)
-    pattern = f"series={partition_value(series)}/*.parquet" if series else "series=*/*.parquet"
-    files = sorted(p for p in folder.glob(pattern) if not p.name.startswith((".", "_")))
+    # This layout's folders, and the Hive folders series=<series> of stores written before.
+    names = ["*"] if not series else [series_folder(series), f"series={partition_value(series)}"]
+    files = sorted({p for name in names for p in folder.glob(f"{name}/*.parquet")
+                    if not p.name.startswith((".", "_"))
+                    and not p.parent.name.startswith((".", "_"))})
     if not files:
         return EVENT_TABLES[table].empty_table()
-    return pa.concat_tables([pq.read_table(p, schema=EVENT_TABLES[table]) for p in files])
+    parts = []
+    for p in files:
+        part = pq.read_table(p, schema=EVENT_TABLES[table], partitioning=None)
+        if part.column("series").null_count:  # an old drift file: its series is its folder's
+            value = unescape_partition_value(p.parent.name.removeprefix("series="))
+            part = part.set_column(part.schema.get_field_index("series"), "series",
+                                   pa.array([value] * part.num_rows, pa.string()))
+        parts.append(part)
+    return pa.concat_tables(parts)
 
 
 def read_audits(store: Store, series: str | None = None) -> list[dict[str, Any]]:
