@@ -88,8 +88,9 @@ def _run_inputs(store: Store, run_ids: tuple[str, str]) -> dict[str, dict[str, A
 def not_comparable(store: Store, run_before: str, run_after: str) -> str | None:
     """Why two runs' shares cannot be compared as drift of the model, in one line, or None.
 
-    Raw shares move with the images and their number N (their chance level is about
-    (T - 1)/(N T - 1), docs/method.md), so two runs that saw other images (images_sha256),
+    Raw shares move with the images and their number N (the noise of pos alone gives about
+    ``frac_pos_chance``, of order 1/N: docs/method.md), so two runs that saw other images
+    (images_sha256),
     decoded another N or used another img_size differ with the model unchanged. A run
     missing from the ``runs`` table is compared as before.
     """
