@@ -90,9 +90,8 @@ def not_comparable(store: Store, run_before: str, run_after: str) -> str | None:
 
     Raw shares move with the images and their number N (the noise of pos alone gives about
     ``frac_pos_chance``, of order 1/N: docs/method.md), so two runs that saw other images
-    (images_sha256),
-    decoded another N or used another img_size differ with the model unchanged. A run
-    missing from the ``runs`` table is compared as before.
+    (images_sha256), decoded another N or used another img_size differ with the model
+    unchanged. A run missing from the ``runs`` table is compared as before.
     """
     if run_before == run_after:
         return None
