@@ -208,8 +208,9 @@ def test_one_thread_nested_on_one_thread_stays_on_one_until_the_outermost_ends()
 
 
 def test_states_added_in_place_equal_their_sum_bitwise():
-    """``a += b`` (the local reduction of the dask passes) gives the very sums of ``a + b``
-    for both passes' states, and leaves ``b`` as it was."""
+    """``a += b`` (the local reduction of the dask passes) and ``a + b`` give the very sums of
+    each field (the larger logit residual; the same group count) for both passes' states,
+    and leave ``b`` (and, for ``+``, ``a``) as they were."""
     import copy
     import dataclasses
 
@@ -231,12 +232,22 @@ def test_states_added_in_place_equal_their_sum_bitwise():
     for states, again in ((p1, [pass1_chunk(x[:6], **first), pass1_chunk(x[6:], **second)]),
                           (p2, [plan.chunk(chunks[0], np.arange(6)),
                                 plan.chunk(chunks[1], np.arange(6, 10))])):
-        expected = states[0] + states[1]
+        operands = copy.deepcopy(states)
+        expected = {}
+        for f in dataclasses.fields(states[0]):
+            a, b = (getattr(s, f.name) for s in states)
+            expected[f.name] = (a if f.name == "groups" else np.fmax(a, b)
+                                if f.name == "logit_residual" else a + b)
+        summed = states[0] + states[1]
         left, right = again
         right_before = copy.deepcopy(right)
         left += right
-        for f in dataclasses.fields(expected):
-            np.testing.assert_array_equal(getattr(left, f.name), getattr(expected, f.name),
-                                          err_msg=f.name)
+        for f in dataclasses.fields(summed):
+            for result in (summed, left):
+                np.testing.assert_array_equal(getattr(result, f.name), expected[f.name],
+                                              err_msg=f.name)
             np.testing.assert_array_equal(getattr(right, f.name),
                                           getattr(right_before, f.name), err_msg=f.name)
+            for state, before in zip(states, operands, strict=True):
+                np.testing.assert_array_equal(getattr(state, f.name), getattr(before, f.name),
+                                              err_msg=f.name)

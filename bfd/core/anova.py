@@ -7,6 +7,7 @@ can be reduced in any order or tree (dask, GPU shards). ``finalize`` turns the s
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -167,17 +168,9 @@ class Pass1State:
         return self
 
     def __add__(self, other: Pass1State) -> Pass1State:
-        self._check_merge(other)
-        return Pass1State(
-            self.n + other.n,
-            self.sum_x + other.sum_x,
-            self.n_half + other.n_half,
-            self.sum_half + other.sum_half,
-            self.sum_shuffled + other.sum_shuffled,
-            self.groups,
-            self.group_n + other.group_n,
-            self.group_sum + other.group_sum,
-        )
+        out = copy.deepcopy(self)
+        out += other
+        return out
 
 
 @dataclass(frozen=True)

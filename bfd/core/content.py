@@ -15,6 +15,7 @@ Grams run in ``compute_dtype``; Grams are accumulated in float64.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
@@ -95,24 +96,9 @@ class Pass2State:
         return self
 
     def __add__(self, other: Pass2State) -> Pass2State:
-        self._check_merge(other)
-        return Pass2State(
-            n=self.n + other.n,
-            ss_total=self.ss_total + other.ss_total,
-            ss_img=self.ss_img + other.ss_img,
-            ss_int=self.ss_int + other.ss_int,
-            ss_content=self.ss_content + other.ss_content,
-            cross_pos_content=self.cross_pos_content + other.cross_pos_content,
-            K_q=self.K_q + other.K_q,
-            K_k=self.K_k + other.K_k,
-            KK=self.KK + other.KK,
-            logit_residual=float(np.fmax(self.logit_residual, other.logit_residual)),
-            group_ss_content=self.group_ss_content + other.group_ss_content,
-            group_ss_img=self.group_ss_img + other.group_ss_img,
-            group_K_q=self.group_K_q + other.group_K_q,
-            group_K_k=self.group_K_k + other.group_K_k,
-            group_KK=self.group_KK + other.group_KK,
-        )
+        out = copy.deepcopy(self)
+        out += other
+        return out
 
 
 def _dot(a: torch.Tensor) -> float:
