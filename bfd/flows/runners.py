@@ -11,8 +11,6 @@ from prefect.settings import get_current_settings
 from prefect.task_runners import ThreadPoolTaskRunner
 
 CONNECT_TIMEOUT_S = 3.0
-# Where a user sets the thread pool's size for every flow (Prefect's setting).
-_THREAD_POOL_ENV = "PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS"
 
 
 def local_cores() -> int:
@@ -96,6 +94,13 @@ def task_runner(workers: int = 1, dask_address: str | None = None):
     )
 
 
+def user_thread_pool() -> int | None:
+    """The thread pool size a user set for every flow (Prefect's setting
+    ``PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS``: the environment or a profile); None
+    when unset."""
+    return get_current_settings().tasks.runner.thread_pool_max_workers
+
+
 def one_thread_per_task(tasks: int, dask_address: str | None = None) -> int | None:
     """``threads`` of the decompose flow's (site, layer) tasks: 1 where they run on this
     machine's threads and at least as many run at once as there are cores, so that each
@@ -107,7 +112,7 @@ def one_thread_per_task(tasks: int, dask_address: str | None = None) -> int | No
     """
     if dask_address:
         return None
-    pool = get_current_settings().tasks.runner.thread_pool_max_workers
+    pool = user_thread_pool()
     at_once = min(tasks, pool) if pool else tasks
     return 1 if at_once >= local_cores() else None
 
@@ -124,6 +129,6 @@ def decompose_flow(dask_address: str | None = None):
     """
     from bfd.flows.decompose import decompose
 
-    if dask_address or os.environ.get(_THREAD_POOL_ENV):
+    if dask_address or user_thread_pool():
         return decompose
     return decompose.with_options(task_runner=ThreadPoolTaskRunner(max_workers=local_cores()))
