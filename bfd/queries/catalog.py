@@ -50,6 +50,8 @@ from typing import Final, TypeAlias
 import duckdb
 import pyarrow as pa
 
+from bfd.storage import SEEN_FIGURES
+
 from .listing import ListingChanged, list_files
 from .snapshot import CATALOG_DIR, CURRENT_NAME, Schema, publish_current, snapshot
 
@@ -69,6 +71,10 @@ __all__ = [
 
 Store: TypeAlias = str | os.PathLike[str] | duckdb.DuckDBPyConnection
 ParamValue: TypeAlias = str | int | float | None
+
+# The SQL types of the audits' SEEN_FIGURES.
+_SEEN_COLUMNS: Final[str] = ", ".join(
+    f"{name} {'BIGINT' if pa.types.is_integer(kind) else 'DOUBLE'}" for name, kind in SEEN_FIGURES)
 
 # The contract columns of docs/layout.md (plus `model`, which every file carries), as SQL column
 # definitions with the types of its "Types" paragraph. They are used only for columns that no
@@ -128,7 +134,8 @@ CONTRACT: Final[Mapping[str, str]] = {
     "audits": (
         "audit_id VARCHAR, series VARCHAR, run_id VARCHAR, step BIGINT, started_at TIMESTAMPTZ,"
         " finished_at TIMESTAMPTZ, trigger VARCHAR, flow_run_id VARCHAR, status VARCHAR,"
-        " prev_audit_id VARCHAR, n_flagged INTEGER"
+        " prev_audit_id VARCHAR, n_flagged INTEGER, drift_note VARCHAR, results_version VARCHAR,"
+        " decompose_json VARCHAR, " + _SEEN_COLUMNS
     ),
     "drift": (
         "audit_id VARCHAR, series VARCHAR, prev_audit_id VARCHAR, layer INTEGER, head INTEGER,"
@@ -137,11 +144,16 @@ CONTRACT: Final[Mapping[str, str]] = {
     ),
 }
 
-# Run on each snapshot after its tables are loaded: drift files written before drift held
-# its series (they had Hive folders series=<series>/) take it from their audit.
+# Run on each snapshot after its tables and views are made: drift files written before drift
+# held its series (they had Hive folders series=<series>/) take it from their audit; complete
+# audits written before audits kept the figures they saw show their run's current ones.
 _FILLS: Final[tuple[str, ...]] = (
     "UPDATE drift SET series = a.series FROM audits AS a"
     " WHERE drift.series IS NULL AND drift.audit_id = a.audit_id",
+    "UPDATE audits SET "
+    + ", ".join(f"{name} = s.{name}" for name, _ in SEEN_FIGURES)
+    + " FROM run_summary AS s WHERE audits.run_id = s.run_id AND audits.status = 'complete'"
+    " AND audits.n_layers IS NULL",
 )
 
 # Created in this order: each view reads only tables and the views before it.

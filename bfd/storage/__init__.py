@@ -21,6 +21,7 @@ _EXPORTS: Final[dict[str, str]] = {
     "open_activations": "activations",
     "write_shard": "activations",
     "AUDIT_SCHEMA": "audits",
+    "SEEN_FIGURES": "audits",
     "DRIFT_SCHEMA": "audits",
     "new_audit_id": "audits",
     "previous_audit": "audits",
