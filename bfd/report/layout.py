@@ -11,13 +11,14 @@ import re
 from typing import Final
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.axis import Axis
 from matplotlib.backend_bases import RendererBase
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
 
-__all__ = ["LOG_FLOOR", "fit_titles", "floor_label", "floored", "integer_ticks"]
+__all__ = ["LOG_FLOOR", "fit_titles", "floored", "integer_ticks", "mark_floor"]
 
 # Relative quantities (residuals, shares) below this are rounding noise of float64 (eps is
 # 2.2e-16): a log axis draws them at this floor instead of letting a 0 or a denormal stretch
@@ -42,9 +43,10 @@ def floored(values: np.ndarray, floor: float = LOG_FLOOR) -> tuple[np.ndarray, n
     return np.where(low, floor, values), low
 
 
-def floor_label(label: str, floor: float = LOG_FLOOR) -> str:
-    """An axis label saying where values below ``floor`` are drawn."""
-    return f"{label}\n(values < {floor:.0e} drawn at {floor:.0e})"
+def mark_floor(ax: Axes, floor: float = LOG_FLOOR) -> None:
+    """A thin line at ``floor`` on a log axis, its legend entry saying that values below
+    it are drawn on it."""
+    ax.axhline(floor, color="grey", lw=0.6, ls=":", label=f"< {floor:.0e}: drawn at {floor:.0e}")
 
 
 class _IntegerLocator(MaxNLocator):

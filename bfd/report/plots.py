@@ -21,7 +21,7 @@ from matplotlib.legend import Legend
 
 from bfd.queries import connect
 from bfd.report import data as D
-from bfd.report.layout import fit_titles, floor_label, floored, integer_ticks
+from bfd.report.layout import fit_titles, floored, integer_ticks, mark_floor
 
 __all__ = ["FORMATS", "VIEWS", "plot_run", "run_figures"]
 
@@ -198,11 +198,15 @@ def _validation(run: dict, layers: list[dict], heads: list[dict], modes: list[di
     x = _col(layers, "layer")
     # relative residuals: a 0 or a denormal is drawn at the floor (layout.LOG_FLOOR), not
     # at 1e-300 where it would stretch the axis over 300 empty decades
+    low = False
     for i, key in enumerate(("ss_identity_residual", "ortho_residual", "logit_residual")):
-        y = np.abs(_col(layers, key))
+        y, raised = floored(np.abs(_col(layers, key)))
+        low |= raised.any()
         if np.isfinite(y).any():
-            res.semilogy(x, floored(y)[0], marker="o", ms=3, color=PALETTE[i], label=key)
-    res.set_ylabel(floor_label("|relative residual|"))
+            res.semilogy(x, y, marker="o", ms=3, color=PALETTE[i], label=key)
+    if low:
+        mark_floor(res)
+    res.set_ylabel("|relative residual|")
     res.set_title("identity residuals")
     res.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     split.plot(x, _col(layers, "pos_split_half_r"), marker="o", ms=3, color=PALETTE[2])
@@ -220,7 +224,9 @@ def _validation(run: dict, layers: list[dict], heads: list[dict], modes: list[di
         low |= raised.any()
         shuffle.semilogy(x, y, style, marker="o" if style != ":" else None, ms=3, color=color,
                          label=label)
-    shuffle.set_ylabel(floor_label("share") if low else "share")
+    if low:
+        mark_floor(shuffle)
+    shuffle.set_ylabel("share")
     shuffle.set_title("shuffle control")
     shuffle.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     for ax in axes[0]:
