@@ -56,10 +56,11 @@ class _IntegerLocator(MaxNLocator):
     def __init__(self) -> None:
         super().__init__(nbins=1, integer=True, steps=[1, 2, 5, 10])
 
-    def __call__(self):  # noqa: D102  (a Locator's call: the tick positions)
+    def __call__(self):
+        """The tick positions for the axis' view and laid-out length."""
         axis = self.axis
         vmin, vmax = axis.get_view_interval()
-        size = axis._get_tick_label_size(axis.axis_name)  # noqa: SLF001  (as get_tick_space)
+        size = axis._get_tick_label_size(axis.axis_name)  # private, as Axis.get_tick_space
         box = axis.axes.bbox
         figure = axis.get_figure(root=True)
         if axis.axis_name == "x":
@@ -106,8 +107,8 @@ def _wrap(text: str, width: float, text_artist: Text, renderer: RendererBase) ->
 
 
 def fit_titles(fig: Figure) -> None:
-    """Wraps the figure's suptitle to the figure's width and every axes title that reaches
-    out of the figure, or into another title, to the width of its axes.
+    """Wraps the figure's suptitle to the figure's width and every (centre) axes title that
+    reaches out of the figure, or into another title, to the width of its axes.
 
     The figure is drawn once to know the sizes (constrained layout included); its layout
     runs again when it is saved, so the room taken by the wrapped lines is accounted for.
@@ -115,11 +116,10 @@ def fit_titles(fig: Figure) -> None:
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     box = fig.bbox
-    suptitle = fig._suptitle  # noqa: SLF001  (no public getter; None without a suptitle)
+    suptitle = fig._suptitle  # private: no getter of the Text; None without a suptitle
     if suptitle is not None and suptitle.get_text():
         suptitle.set_text(_wrap(suptitle.get_text(), 0.96 * box.width, suptitle, renderer))
-    titles = [(ax, t) for ax in fig.axes for t in (ax.title, ax._left_title, ax._right_title)  # noqa: SLF001
-              if t.get_visible() and t.get_text()]
+    titles = [(ax, ax.title) for ax in fig.axes if ax.title.get_visible() and ax.get_title()]
     extents = [t.get_window_extent(renderer) for _, t in titles]
     for i, (ax, title) in enumerate(titles):
         e = extents[i]
