@@ -490,3 +490,22 @@ def test_every_command_and_option_has_a_help_line():
         missing += [f"{name} {action.option_strings or action.dest}" for action in parser._actions
                     if not action.help and not isinstance(action, argparse._HelpAction)]
     assert missing == []
+
+
+def test_verbose_is_taken_before_or_after_every_command():
+    """``-v``/``--verbose`` is the option of every command: ``bfd runs -v`` as ``bfd -v runs``."""
+    import argparse
+
+    from bfd.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert len(sub.choices) >= 10
+    for name, command in sub.choices.items():
+        positionals = ["x" for a in command._actions
+                       if not a.option_strings and a.nargs != "?"]
+        argv = [name, *positionals]
+        assert parser.parse_args(argv).verbose is False, name
+        for flags in (["-v", *argv], [*argv, "-v"], [*argv, "--verbose"],
+                      ["-v", *argv, "-v"]):
+            assert parser.parse_args(flags).verbose is True, flags
