@@ -4,11 +4,14 @@ Every writer takes a ``pyarrow.RecordBatchReader`` and writes batch by batch, so
 any size needs the memory of one batch. Text formats agree on values: a timestamp is ISO 8601
 (``2025-01-02T03:04:05.500000Z`` in UTC when it has a time zone, without the ``Z`` when it has
 none), and in JSON a NaN or an infinity, which JSON cannot hold, is ``null`` like SQL NULL.
-Parquet keeps the result's own types and values.
+A nested value (a list, struct, map or union) is a JSON value in JSON and JSON text in CSV
+and the table (``[1, 2]``, ``{"a": 1.5}``; its NaN and infinities ``null``, its timestamps ISO
+8601). Parquet keeps the result's own types and values.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import os
@@ -16,6 +19,7 @@ import struct
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from decimal import Decimal
 from typing import BinaryIO, Final
 
 import pyarrow as pa
@@ -39,11 +43,14 @@ def _iso(column: pa.Array) -> pa.Array:
 
 
 def _text_columns(batch: pa.RecordBatch, *, for_json: bool) -> pa.RecordBatch:
-    """Timestamps as ISO strings; for JSON, decimals as numbers and NaN and infinities as null."""
+    """Timestamps as ISO strings; for JSON, decimals as numbers and NaN and infinities as null;
+    else nested values as JSON text (which the CSV writer cannot write otherwise)."""
     columns = []
     for column in batch.columns:
         if pa.types.is_timestamp(column.type):
             column = _iso(column)
+        elif not for_json and pa.types.is_nested(column.type):
+            column = _python_json(column)
         elif for_json and pa.types.is_decimal(column.type):
             column = column.cast(pa.float64())
         if for_json and pa.types.is_floating(column.type):
@@ -70,13 +77,30 @@ _QUOTE, _EMPTY, _NULL, _POINT_ZERO = (_literal(text) for text in ('"', "", "null
 
 
 def _finite(value: object) -> object:
+    """A Python value of a column as JSON can hold it: decimals as floats, NaN and infinities
+    None, timestamps in the ISO form of a timestamp column (``_iso``), a map's (key, value)
+    pairs as lists."""
+    if isinstance(value, Decimal):  # a number, as a decimal column is in JSON
+        value = float(value)
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            return value.astimezone(dt.UTC).strftime(f"{_ISO}.%fZ")
+        return value.strftime(f"{_ISO}.%f")
     if isinstance(value, dict):
         return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [_finite(v) for v in value]
     return value
+
+
+def _python_json(column: pa.Array) -> pa.Array:
+    """Each value of a column as JSON text by Python's json, value by value; NULL stays NULL.
+    For what Arrow cannot write itself: lists, structs, maps, dates, bytes, ..."""
+    # default=str: what JSON has no type for (dates, bytes, intervals) as text
+    return pa.array([None if v is None else json.dumps(_finite(v), default=str, allow_nan=False)
+                     for v in column.to_pylist()], pa.string())
 
 
 def _json_values(column: pa.Array) -> pa.Array:
@@ -96,10 +120,8 @@ def _json_values(column: pa.Array) -> pa.Array:
         # 3.0 is written "3" by Arrow; keep it a float for readers that tell ints apart
         integral = pc.match_substring_regex(text, "^-?[0-9]+$")
         text = pc.if_else(integral, pc.binary_join_element_wise(text, _POINT_ZERO, _EMPTY), text)
-    if text is None:  # lists, structs, dates, bytes, ...: Python's json, value by value
-        # default=str: what JSON has no type for (dates, bytes, intervals) as text
-        text = pa.array([json.dumps(_finite(v), default=str, allow_nan=False)
-                         for v in column.to_pylist()], pa.string())
+    if text is None:  # lists, structs, dates, bytes, ...
+        text = _python_json(column)
     return pc.fill_null(text, _NULL)
 
 

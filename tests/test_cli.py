@@ -509,3 +509,73 @@ def test_verbose_is_taken_before_or_after_every_command():
         for flags in (["-v", *argv], [*argv, "-v"], [*argv, "--verbose"],
                       ["-v", *argv, "-v"]):
             assert parser.parse_args(flags).verbose is True, flags
+
+
+NESTED_SQL = (
+    "SELECT range AS i, CASE WHEN range % 3 = 0 THEN NULL ELSE [range, NULL, 2] END AS l, "
+    "{'a': range * 0.5, 'b': [1.5, 'nan'::DOUBLE, 'inf'::DOUBLE], 's': 'q\"' || range} AS st, "
+    "MAP {'k': range} AS m, [[range], [], [1, 2]] AS ll, [range, 7]::INT[2] AS fixed, "
+    "[TIMESTAMPTZ '2025-01-02 03:04:05.25+00' + to_days(range::INT)] AS t FROM range(7)")
+
+
+def _plain(value: object) -> object:
+    """A Python value of an Arrow result as JSON text of it reads back: decimals numbers, NaN
+    and infinities null, (key, value) pairs lists, timestamps ISO 8601 in UTC with a Z."""
+    import datetime as dt
+    import decimal
+    import math
+
+    if isinstance(value, decimal.Decimal):
+        value = float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).replace(tzinfo=None).isoformat(
+            timespec="microseconds") + "Z"
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def test_nested_values_in_every_format(tmp_path, capsys):
+    """Lists, structs, maps and fixed-size lists: JSON values in JSON, JSON text in CSV and
+    the table (NULL an empty CSV cell), Parquet's own; CSV used to refuse them."""
+    import csv
+    import io
+
+    import duckdb
+    import pyarrow.parquet as pq
+
+    from bfd.output import write_result
+
+    con = duckdb.connect()
+    table = con.sql(NESTED_SQL).to_arrow_table()
+    expected = [{k: _plain(v) for k, v in row.items()} for row in table.to_pylist()]
+    assert expected[0]["l"] is None and expected[1]["st"]["b"] == [1.5, None, None]
+    texts = {}
+    for fmt in ("csv", "json", "jsonl", "table"):
+        out = io.BytesIO()
+        write_result(con.sql(NESTED_SQL).to_arrow_reader(3), fmt, out)  # several batches
+        texts[fmt] = out.getvalue().decode()
+    assert json.loads(texts["json"]) == expected
+    assert [json.loads(line) for line in texts["jsonl"].splitlines()] == expected
+    header, *cells = list(csv.reader(io.StringIO(texts["csv"])))
+    assert header == list(expected[0])
+    assert [[int(c[0]), *(json.loads(v) if v else None for v in c[1:])] for c in cells] == [
+        list(row.values()) for row in expected]
+    lines = texts["table"].splitlines()
+    assert lines[0].split() == list(expected[0]) and len(lines) == 1 + len(expected)
+    for line, row in zip(lines[1:], expected, strict=True):
+        for value in list(row.values())[1:]:
+            assert ("NULL" if value is None else json.dumps(value)) in line, (line, value)
+    out = tmp_path / "nested.parquet"
+    write_result(con.sql(NESTED_SQL).to_arrow_reader(3), "parquet", io.BytesIO(), str(out))
+    back = pq.read_table(out)  # Parquet's own types (its list items are named "element")
+    assert back.schema.names == table.schema.names
+    assert [{k: _plain(v) for k, v in row.items()} for row in back.to_pylist()] == expected
+    # the command a user ran
+    code, out, err = run(["sql", "SELECT [1, 2] AS x", "--format", "csv",
+                          "--store", str(tmp_path)], capsys)
+    assert (code, out, err) == (0, '"x"\n"[1, 2]"\n', "")
