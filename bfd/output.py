@@ -12,6 +12,7 @@ and the table (``[1, 2]``, ``{"a": 1.5}``; its NaN and infinities ``null``, its 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import math
 import os
@@ -65,12 +66,18 @@ def _batches(reader: pa.RecordBatchReader, *, for_json: bool) -> Iterator[pa.Rec
             yield _text_columns(batch, for_json=for_json)
 
 
+def _strings(texts: list[str]) -> pa.Array:
+    """A string array built from bytes: converting Python values (``pa.scalar("x")``,
+    ``pa.array``) would import pandas, a third of a second a command would pay."""
+    data = [text.encode() for text in texts]
+    offsets = struct.pack(f"<{len(data) + 1}i", *itertools.accumulate(map(len, data), initial=0))
+    return pa.Array.from_buffers(pa.string(), len(data),
+                                 [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))])
+
+
 def _literal(text: str) -> pa.Scalar:
-    """A string scalar built from bytes: converting a Python value (``pa.scalar("x")``) would
-    import pandas, a third of a second a command would pay for a few punctuation marks."""
-    data = text.encode()
-    offsets = pa.py_buffer(struct.pack("<ii", 0, len(data)))
-    return pa.Array.from_buffers(pa.string(), 1, [None, offsets, pa.py_buffer(data)])[0]
+    """A string scalar (``_strings``)."""
+    return _strings([text])[0]
 
 
 _QUOTE, _EMPTY, _NULL, _POINT_ZERO = (_literal(text) for text in ('"', "", "null", ".0"))
@@ -99,8 +106,9 @@ def _python_json(column: pa.Array) -> pa.Array:
     """Each value of a column as JSON text by Python's json, value by value; NULL stays NULL.
     For what Arrow cannot write itself: lists, structs, maps, dates, bytes, ..."""
     # default=str: what JSON has no type for (dates, bytes, intervals) as text
-    return pa.array([None if v is None else json.dumps(_finite(v), default=str, allow_nan=False)
-                     for v in column.to_pylist()], pa.string())
+    text = _strings([json.dumps(_finite(v), default=str, allow_nan=False)
+                     for v in column.to_pylist()])
+    return pc.if_else(column.is_valid(), text, pa.nulls(len(column), pa.string()))
 
 
 def _json_values(column: pa.Array) -> pa.Array:
