@@ -106,8 +106,8 @@ def _python_json(column: pa.Array) -> pa.Array:
     """Each value of a column as JSON text by Python's json, value by value; NULL stays NULL.
     For what Arrow cannot write itself: lists, structs, maps, dates, bytes, ..."""
     # default=str: what JSON has no type for (dates, bytes, intervals) as text
-    text = _strings([json.dumps(_finite(v), default=str, allow_nan=False)
-                     for v in column.to_pylist()])
+    text = _strings([json.dumps(_finite(v), default=str, allow_nan=False,
+                                ensure_ascii=False) for v in column.to_pylist()])
     return pc.if_else(column.is_valid(), text, pa.nulls(len(column), pa.string()))
 
 

@@ -513,7 +513,7 @@ def test_verbose_is_taken_before_or_after_every_command():
 
 NESTED_SQL = (
     "SELECT range AS i, CASE WHEN range % 3 = 0 THEN NULL ELSE [range, NULL, 2] END AS l, "
-    "{'a': range * 0.5, 'b': [1.5, 'nan'::DOUBLE, 'inf'::DOUBLE], 's': 'q\"' || range} AS st, "
+    "{'a': range * 0.5, 'b': [1.5, 'nan'::DOUBLE, 'inf'::DOUBLE], 's': 'q\"é' || range} AS st, "
     "MAP {'k': range} AS m, [[range], [], [1, 2]] AS ll, [range, 7]::INT[2] AS fixed, "
     "[TIMESTAMPTZ '2025-01-02 03:04:05.25+00' + to_days(range::INT)] AS t FROM range(7)")
 
@@ -562,6 +562,7 @@ def test_nested_values_in_every_format(tmp_path, capsys):
     assert json.loads(texts["json"]) == expected
     assert [json.loads(line) for line in texts["jsonl"].splitlines()] == expected
     header, *cells = list(csv.reader(io.StringIO(texts["csv"])))
+    assert '""q\\""é1""' in texts["csv"]  # text as it is, quotes escaped for JSON then CSV
     assert header == list(expected[0])
     assert [[int(c[0]), *(json.loads(v) if v else None for v in c[1:])] for c in cells] == [
         list(row.values()) for row in expected]
@@ -569,7 +570,8 @@ def test_nested_values_in_every_format(tmp_path, capsys):
     assert lines[0].split() == list(expected[0]) and len(lines) == 1 + len(expected)
     for line, row in zip(lines[1:], expected, strict=True):
         for value in list(row.values())[1:]:
-            assert ("NULL" if value is None else json.dumps(value)) in line, (line, value)
+            text = "NULL" if value is None else json.dumps(value, ensure_ascii=False)
+            assert text in line, (line, value)
     out = tmp_path / "nested.parquet"
     write_result(con.sql(NESTED_SQL).to_arrow_reader(3), "parquet", io.BytesIO(), str(out))
     back = pq.read_table(out)  # Parquet's own types (its list items are named "element")
