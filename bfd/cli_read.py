@@ -33,6 +33,16 @@ def _check_timeout(args: argparse.Namespace) -> float | None:
     return args.timeout
 
 
+def _store(args: argparse.Namespace) -> str:
+    """The store to read, refused in one line when it is a folder of other files (a typo, a home
+    folder): nothing is written into a folder that is not a store (``check_store``)."""
+    from bfd.storage.paths import check_store
+
+    store = cli._store(args)
+    check_store(store)
+    return store
+
+
 def _attached(args: argparse.Namespace) -> dict[str, str]:
     """``--attach NAME=STORE`` options as {name: store}."""
     out = {}
@@ -51,7 +61,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
     from bfd.queries.stream import stream_sql
 
     attach = _attached(args)
-    store = connect(cli._store(args), attach) if attach else cli._store(args)
+    store = connect(_store(args), attach) if attach else _store(args)
     with stream_sql(store, args.sql, timeout=_check_timeout(args)) as reader:
         cli._print_table(reader, args.format, args.output)
     return 0
@@ -60,7 +70,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 def cmd_catalog(args: argparse.Namespace) -> int:
     from bfd.queries import current_catalog
 
-    path = current_catalog(cli._store(args))
+    path = current_catalog(_store(args))
     print(path if args.path else f"catalog: {path} (open it read-only; replaced atomically "
           "when the tables change)")
     return 0
@@ -94,7 +104,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     from bfd.queries.hints import CountedRows, unknown_values
     from bfd.queries.stream import stream_query
 
-    store = cli._store(args)
+    store = _store(args)
     with stream_query(store, args.name, params, timeout=_check_timeout(args)) as reader:
         result = CountedRows(reader)
         cli._print_table(result, args.format, args.output)
@@ -110,7 +120,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     sql = ("SELECT run_id, model, weights, n_images, n_skipped, layers, sites, status, "
            "created_at FROM runs ORDER BY created_at")
-    with stream_sql(cli._store(args), sql) as reader:
+    with stream_sql(_store(args), sql) as reader:
         cli._print_table(reader, args.format, args.output)
     return 0
 
@@ -120,7 +130,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be 0-65535; got {args.port}")
-    store = cli._store(args)
+    store = _store(args)
     out = args.out or os.path.join(store, "dashboard")
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"--out {out!r} is a file; expected a folder for the dashboard")
@@ -138,7 +148,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from bfd.report.plots import plot_run
 
-    written, skipped = plot_run(cli._store(args), args.run_id, args.out, args.format)
+    written, skipped = plot_run(_store(args), args.run_id, args.out, args.format)
     for path in written:
         print(path)
     if skipped:
@@ -149,7 +159,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from bfd.storage import Store, kept_no_activations, repair_command, verify_run
 
-    store = Store(cli._store(args))
+    store = Store(_store(args))
     faults = verify_run(store, args.run_id)
     stats_only = kept_no_activations(store, args.run_id)
     for fault in faults:

@@ -581,3 +581,60 @@ def test_nested_values_in_every_format(tmp_path, capsys):
     code, out, err = run(["sql", "SELECT [1, 2] AS x", "--format", "csv",
                           "--store", str(tmp_path)], capsys)
     assert (code, out, err) == (0, '"x"\n"[1, 2]"\n', "")
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("argv", [
+    ["runs"], ["sql", "SELECT 1"], ["catalog"], ["query", "model_summary"], ["dashboard"],
+    ["verify", "some-run"], ["plot", "some-run"], ["runs", "--format", "json"]],
+    ids=lambda argv: " ".join(argv))
+def test_reading_commands_refuse_a_folder_that_is_no_store(tmp_path, capsys, argv):
+    """A typo'd --store that exists, or a home folder: refused in one line, nothing written
+    into it (the SQL catalog was); a catalog an earlier bfd left there is named."""
+    folder = tmp_path / "Documents"
+    (folder / "notes").mkdir(parents=True)
+    (folder / "letter.txt").write_text("dear")
+    (folder / "notes" / "a.md").write_text("a")
+    before = _tree(folder)
+    code, out, err = run([*argv, "--store", str(folder)], capsys)
+    assert_one_line_error(code, err, f"{folder} is not a BFD store", "letter.txt, notes",
+                          "runs/")
+    assert out == "" and _tree(folder) == before and "earlier bfd" not in err
+    (folder / "catalog").mkdir()
+    (folder / "catalog" / "current.duckdb").write_bytes(b"left by an earlier bfd")
+    before = _tree(folder)
+    code, _, err = run([*argv, "--store", str(folder)], capsys)
+    assert_one_line_error(code, err, "its catalog/ was written by an earlier bfd")
+    assert _tree(folder) == before
+
+
+def test_a_store_is_an_empty_folder_or_one_holding_what_bfd_writes(tmp_path, capsys):
+    """An empty folder is a new store (empty answers); a folder holding any of runs/, tables/,
+    bfd.zarr/ or request_keys/ is a store, whatever else it holds (stores of every version);
+    --attach of a folder that is no store is refused too."""
+    from bfd.storage.paths import STORE_ENTRIES
+
+    empty = tmp_path / "new"
+    empty.mkdir()
+    (empty / ".hidden").write_text("x")
+    assert run(["runs", "--store", str(empty)], capsys) == (0, "(no rows)\n", "")
+    # what reading it wrote leaves it a new store
+    assert run(["dashboard", "--store", str(empty)], capsys)[0] == 0
+    assert run(["runs", "--store", str(empty)], capsys) == (0, "(no rows)\n", "")
+    assert sorted(p.name for p in empty.iterdir()) == [".hidden", "catalog", "dashboard"]
+    for name in STORE_ENTRIES:
+        store = tmp_path / name
+        (store / name).mkdir(parents=True)
+        (store / "README.txt").write_text("my store")
+        assert run(["runs", "--store", str(store)], capsys) == (0, "(no rows)\n", ""), name
+    folder = tmp_path / "other"
+    folder.mkdir()
+    (folder / "x.csv").write_text("1")
+    code, _, err = run(["sql", "SELECT 1", "--store", str(empty), "--attach",
+                        f"other={folder}"], capsys)
+    assert_one_line_error(code, err, f"{folder} is not a BFD store")
+    assert sorted(p.name for p in folder.iterdir()) == ["x.csv"]
