@@ -15,7 +15,7 @@ _READING_COMMANDS = ("verify", "sql", "catalog", "query", "runs", "dashboard", "
 # Exit status of a command whose output pipe was closed (128 + SIGPIPE), as a shell reports it.
 _EXIT_BROKEN_PIPE = 141
 # The one option of every command, given before the command or after it.
-_VERBOSE_HELP = "show Prefect's logs"
+_VERBOSE_HELP = "show Prefect's logs (of the commands that run flows)"
 
 
 def _prefect_defaults(verbose: bool) -> None:

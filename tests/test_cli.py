@@ -638,3 +638,61 @@ def test_a_store_is_an_empty_folder_or_one_holding_what_bfd_writes(tmp_path, cap
                         f"other={folder}"], capsys)
     assert_one_line_error(code, err, f"{folder} is not a BFD store")
     assert sorted(p.name for p in folder.iterdir()) == ["x.csv"]
+
+
+def test_runs_lists_runs_not_published_with_what_to_do(tmp_path):
+    """A run extracted but not decomposed, one whose extraction stopped, a stats-only audit that
+    did not publish and an unreadable request are listed after the published runs (one of them
+    published before pointers existed), from the run files alone: no Zarr, no torch."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from storebuilder import build_run, random_run_arrays
+
+    from bfd.storage import NOT_STORED, RunRequest, write_request
+
+    root = _table_store(tmp_path / "store")  # toy-run: published, with no request
+    store = Store(root)
+    extracted = build_run(store, *random_run_arrays(0, N=10), model="toy_a", skipped=(3, 8))
+    stopped = build_run(store, *random_run_arrays(1, N=10), model="toy_b", shards_done=1)
+    legacy = build_run(store, *random_run_arrays(2, N=10), model="toy_l")
+    folder = root / "tables" / "runs" / "model=toy_l" / f"run_id={legacy}"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({"run_id": [legacy], "model": ["toy_l"], "status": ["complete"],
+                             "created_at": pa.array([0], pa.timestamp("us", tz="UTC"))}),
+                   folder / "part-0.parquet")
+    stats_only = write_request(store, RunRequest(
+        model="toy_c", weights="random", weights_sha256="x", images="planted",
+        images_sha256="p", n_images=5, preprocessing={}, img_size=32, sites=("resid",),
+        layers=(0,), dtype="float32", code_version="t", extra=NOT_STORED))
+    (root / "runs" / "broken-0").mkdir()
+    (root / "runs" / "broken-0" / "request.json").write_text("{")
+    (root / "runs" / "not a run").mkdir()
+    before = _tree(root / "runs")
+    code = ("import sys\n"
+            "from bfd.cli import main\n"
+            f"code = main(['runs', '--format', 'json', '--store', {str(root)!r}])\n"
+            "print(code, sorted(m for m in ('torch', 'timm', 'prefect', 'zarr', 'xarray')\n"
+            "                   if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    *rows, last = proc.stdout.splitlines()
+    assert last == "0 []", proc.stderr
+    listed = [(r["run_id"], r["model"], r["status"], r["n_images"], r["n_skipped"], r["layers"],
+               r["created_at"] is None) for r in json.loads("\n".join(rows))]
+    assert listed == [
+        (legacy, "toy_l", "complete", None, None, None, False),
+        ("toy-run", "toy", "complete", 0, 0, "layers-0", False),
+        ("broken-0", None, "damaged", None, None, None, True),
+        (extracted, "toy_a", "extracted", 10, 2, "0,1,2", True),
+        (stopped, "toy_b", "incomplete", 10, None, "0,1,2", True),
+        (stats_only, "toy_c", "incomplete", 5, None, "0", True),
+    ]
+    notes = proc.stderr.splitlines()
+    assert [":".join(line.split(":")[:2]) for line in notes] == [
+        f"bfd: run {rid}" for rid in ("broken-0", extracted, stopped, stats_only)]
+    assert f"bfd verify broken-0 --store {root}" in notes[0]
+    assert notes[1].endswith(f"extracted, not decomposed: bfd decompose {extracted} "
+                             f"--store {root}")
+    assert "(4 of 10 images;" in notes[2] and f"bfd verify {stopped}" in notes[2]
+    assert "bfd audit --no-store-activations" in notes[3]
+    assert _tree(root / "runs") == before

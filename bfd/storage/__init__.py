@@ -85,6 +85,8 @@ _EXPORTS: Final[dict[str, str]] = {
     "table_glob": "tables",
     "table_path": "tables",
     "unescape_partition_value": "tables",
+    "UnpublishedRun": "unpublished",
+    "unpublished_runs": "unpublished",
     "read_logit_check": "weights",
     "read_model_tensors": "weights",
     "write_logit_check": "weights",
