@@ -577,9 +577,10 @@ def test_nested_values_in_every_format(tmp_path, capsys):
     back = pq.read_table(out)  # Parquet's own types (its list items are named "element")
     assert back.schema.names == table.schema.names
     assert [{k: _plain(v) for k, v in row.items()} for row in back.to_pylist()] == expected
-    # the command a user ran
+    # the command a user ran, on a new store
+    (tmp_path / "store").mkdir()
     code, out, err = run(["sql", "SELECT [1, 2] AS x", "--format", "csv",
-                          "--store", str(tmp_path)], capsys)
+                          "--store", str(tmp_path / "store")], capsys)
     assert (code, out, err) == (0, '"x"\n"[1, 2]"\n', "")
 
 
