@@ -32,7 +32,7 @@ from bfd.queries import (
     run_sql,
 )
 from bfd.queries.catalog import CATALOG_DIR, refresh_catalog
-from bfd.storage import SEEN_FIGURES, Store, write_audit
+from bfd.storage import SEEN_FIGURES, NotAStoreError, Store, write_audit
 
 BLOCKS = ("pp", "pc", "cp", "cc")
 TYPE_NAMES = {"pp": "position-position", "cp": "content-position", "cc": "content-content"}
@@ -476,6 +476,13 @@ def test_partial_store_keeps_contract_columns(tmp_path):
 def test_missing_store_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a directory"):
         connect(tmp_path / "nowhere")
+
+
+def test_a_folder_of_other_files_is_no_store_and_gets_no_catalog(tmp_path):
+    (tmp_path / "paper.tex").write_text("x")
+    with pytest.raises(NotAStoreError, match="is not a BFD store"):
+        connect(tmp_path)
+    assert os.listdir(tmp_path) == ["paper.tex"]
 
 
 # --- cached snapshots (<store>/catalog/) ------------------------------------------------------

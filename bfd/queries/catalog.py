@@ -51,6 +51,7 @@ import duckdb
 import pyarrow as pa
 
 from bfd.storage import SEEN_FIGURES
+from bfd.storage.paths import check_store
 
 from .listing import ListingChanged, list_files
 from .snapshot import CATALOG_DIR, CURRENT_NAME, Schema, publish_current, snapshot
@@ -224,11 +225,6 @@ def _schema() -> Schema:
     return Schema(CONTRACT, [(view, _view_sql(view)) for view in DERIVED_VIEWS], _FILLS)
 
 
-def _check_store(root: Path) -> None:
-    if not root.is_dir():
-        raise FileNotFoundError(f"store {str(root)!r} is not a directory; expected a BFD store")
-
-
 def _open(stores: Mapping[str, Path]) -> tuple[duckdb.DuckDBPyConnection, Path | None]:
     """A connection with each store's snapshot attached read-only under its name (the first
     one as ``bfd``, the default), and file access off; and the first one's cached snapshot
@@ -236,7 +232,7 @@ def _open(stores: Mapping[str, Path]) -> tuple[duckdb.DuckDBPyConnection, Path |
     with contextlib.ExitStack() as stack:
         paths = {}
         for alias, root in stores.items():
-            _check_store(root)
+            check_store(root)  # before a snapshot writes catalog/ into a folder of other files
             path, cached = stack.enter_context(snapshot(root, _schema()))
             paths[alias] = (path, cached)
         con = duckdb.connect()
@@ -290,8 +286,9 @@ def connect(store_root: str | os.PathLike[str],
     there is one, and built (and kept there) otherwise; see ``snapshot.py``.
 
     Args:
-        store_root: The store directory. It must exist; it may hold no tables yet, in which case
-            every table is empty but has its contract columns.
+        store_root: The store directory. It must exist and be a store (``check_store``); it may
+            hold no tables yet (an empty folder is a new store), in which case every table is
+            empty but has its contract columns.
         attach: Further stores by name: each one's catalog is attached read-only as a database
             of that name (``SELECT ... FROM staging.heads``), to compare stores.
 
@@ -303,6 +300,7 @@ def connect(store_root: str | os.PathLike[str],
 
     Raises:
         FileNotFoundError: ``store_root`` (or an attached store) is not a directory.
+        NotAStoreError: It is a folder of other files, not a store (``check_store``).
     """
     return _connect(store_root, attach)[0]
 
