@@ -3,7 +3,8 @@
 Every writer takes a ``pyarrow.RecordBatchReader`` and writes batch by batch, so a result of
 any size needs the memory of one batch. Text formats agree on values: a timestamp is ISO 8601
 (``2025-01-02T03:04:05.500000Z`` in UTC when it has a time zone, without the ``Z`` when it has
-none), and in JSON a NaN or an infinity, which JSON cannot hold, is ``null`` like SQL NULL.
+none), an interval an ISO 8601 duration (``PT83.456S``, ``P1M2D``), and in JSON a NaN or an
+infinity, which JSON cannot hold, is ``null`` like SQL NULL.
 A nested value (a list, struct, map or union) is a JSON value in JSON and JSON text in CSV
 and the table (``[1, 2]``, ``{"a": 1.5}``; its NaN and infinities ``null``, its timestamps ISO
 8601). Parquet keeps the result's own types and values.
@@ -43,6 +44,22 @@ def _iso(column: pa.Array) -> pa.Array:
     return pc.strftime(utc, format=_ISO + "Z")
 
 
+def _duration(value: pa.MonthDayNano) -> str:
+    """An interval as an ISO 8601 duration: ``P1M2DT3.5S``, ``PT83.456S``, ``P0D`` (a negative
+    part keeps its sign: ``PT-5S``)."""
+    seconds = format(Decimal(value.nanoseconds).scaleb(-9).normalize(), "f")
+    text = "P" + "".join(f"{n}{unit}" for n, unit in ((value.months, "M"), (value.days, "D"))
+                         if n)
+    text += f"T{seconds}S" if value.nanoseconds else ""
+    return text if text != "P" else "P0D"
+
+
+def _intervals(column: pa.Array) -> pa.Array:
+    """An interval column as ISO 8601 durations (``_duration``); NULL stays NULL."""
+    text = _strings([_duration(v) if v is not None else "" for v in column.to_pylist()])
+    return pc.if_else(column.is_valid(), text, pa.nulls(len(column), pa.string()))
+
+
 def _text_columns(batch: pa.RecordBatch, *, for_json: bool) -> pa.RecordBatch:
     """Timestamps as ISO strings; for JSON, decimals as numbers and NaN and infinities as null;
     else nested values as JSON text (which the CSV writer cannot write otherwise)."""
@@ -50,6 +67,8 @@ def _text_columns(batch: pa.RecordBatch, *, for_json: bool) -> pa.RecordBatch:
     for column in batch.columns:
         if pa.types.is_timestamp(column.type):
             column = _iso(column)
+        elif pa.types.is_interval(column.type):  # which neither CSV nor str() writes readably
+            column = _intervals(column)
         elif not for_json and pa.types.is_nested(column.type):
             column = _python_json(column)
         elif for_json and pa.types.is_decimal(column.type):
@@ -87,6 +106,8 @@ def _finite(value: object) -> object:
     """A Python value of a column as JSON can hold it: decimals as floats, NaN and infinities
     None, timestamps in the ISO form of a timestamp column (``_iso``), a map's (key, value)
     pairs as lists."""
+    if isinstance(value, pa.MonthDayNano):  # a tuple, but a duration to a reader
+        return _duration(value)
     if isinstance(value, Decimal):  # a number, as a decimal column is in JSON
         value = float(value)
     if isinstance(value, float) and not math.isfinite(value):

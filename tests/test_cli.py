@@ -584,6 +584,26 @@ def test_nested_values_in_every_format(tmp_path, capsys):
     assert (code, out, err) == (0, '"x"\n"[1, 2]"\n', "")
 
 
+def test_intervals_are_iso_durations_in_every_text_format(tmp_path, capsys):
+    """An interval (``finished_at - started_at FROM audits``) as an ISO 8601 duration, alone
+    or inside a list; CSV used to refuse it."""
+    sql = ("SELECT INTERVAL 3 DAY AS a, INTERVAL '83.456 seconds' AS b, "
+           "[INTERVAL '1 month 2 days'] AS c, NULL::INTERVAL AS d, INTERVAL '-5 seconds' AS e,"
+           " INTERVAL 0 SECOND AS z")
+    expected = {"a": "P3D", "b": "PT83.456S", "c": ["P1M2D"], "d": None, "e": "PT-5S",
+                "z": "P0D"}
+    (tmp_path / "store").mkdir()
+    texts = {}
+    for fmt in ("csv", "json", "jsonl", "table"):
+        code, texts[fmt], err = run(["sql", sql, "--format", fmt,
+                                     "--store", str(tmp_path / "store")], capsys)
+        assert (code, err) == (0, ""), fmt
+    assert json.loads(texts["json"]) == [expected] == [json.loads(texts["jsonl"])]
+    assert texts["csv"].splitlines()[1] == '"P3D","PT83.456S","[""P1M2D""]",,"PT-5S","P0D"'
+    assert texts["table"].splitlines()[1].split() == [
+        "P3D", "PT83.456S", '["P1M2D"]', "NULL", "PT-5S", "P0D"]
+
+
 def _tree(root: Path) -> dict[str, bytes | None]:
     return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None
             for p in sorted(root.rglob("*"))}
