@@ -4,6 +4,8 @@ named query on them, drift on planted checkpoints through the command line, and
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from checkpoints import AUDIT, make_checkpoints
@@ -183,8 +185,11 @@ def test_drift_compares_only_what_both_audits_saw(tmp_path, prefect_harness, cap
     assert bfd("--n-images", "8", "--layers", "0", "--step", "1")[0] == 0
     code, out, err = bfd("--n-images", "3", "--layers", "0", "--step", "2")
     assert code == 0 and "flagged" not in err, err
-    assert "drift: previous audit used other images (N 8 -> 3); not compared" in out, out
     audits = read_audits(Store(store), "s")
+    note = audits[1]["drift_note"]  # kept in the audit's row, as printed
+    assert re.fullmatch(r"previous audit used other images \(images [0-9a-f]{12} -> [0-9a-f]{12}, "
+                        r"N 8 -> 3\); not compared: .*", note), note
+    assert f"drift: {note}" in out, out
     assert [a["n_flagged"] for a in audits] == [0, 0]
     assert read_drift(Store(store), "s", audits[1]["audit_id"]) == []
     # the planted truth: raw frac_pos moved by more than the 0.05 threshold with N alone

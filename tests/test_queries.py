@@ -412,6 +412,25 @@ def test_audit_history_has_no_delta_between_runs_of_other_inputs(store, other):
     assert_close(result[1]["f_cc"], energy_fractions(runs["a-new"].energy)[3])
 
 
+def test_audit_history_compares_each_audit_with_the_one_its_drift_was_compared_with(store):
+    """An audit backfilled later at a step in between (step 2, prev step 1) does not become
+    step 3's previous audit: step 3's drift was compared with step 1 when it ran, and its
+    deltas, prev_run_id and comparable are against step 1 too."""
+    root, runs = store
+    _set_run(root, "a-old", n_images=runs["a-new"].n_images)
+    first = _plant_audit(root, "vit_a@ckpts", "a-old", 1, None)
+    _plant_audit(root, "vit_a@ckpts", "a-new", 3, first)
+    _plant_audit(root, "vit_a@ckpts", "a-new", 2, first)  # backfilled after step 3
+    result = rows(run_query(root, "audit_history", {"series": "vit_a@ckpts"}))
+    assert [(r["step"], r["prev_audit_id"], r["prev_run_id"]) for r in result] == [
+        (1, None, None), (2, first, "a-old"), (3, first, "a-old")]
+    change = energy_fractions(runs["a-new"].energy) - energy_fractions(runs["a-old"].energy)
+    for r in result[1:]:
+        assert r["comparable"] is True
+        for i, block in enumerate(BLOCKS):
+            assert_close(r[f"delta_f_{block}"], change[i])
+
+
 def test_audit_history_shows_the_figures_each_audit_kept(store):
     """An audit that kept its run's figures shows those, not the run's current ones (the run
     decomposed again since); deltas are between what the audits saw; another prefix option

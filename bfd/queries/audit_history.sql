@@ -1,8 +1,10 @@
 -- audit_history: the audits of a series in series order (step, then start time), each with
 -- the model_summary figures of its run as that audit saw them (kept in its audits row: a later
 -- decomposition of the run with other options does not change them; audits written before
--- audits kept them show their run's current figures) and their change since the previous
--- audit of the same series (delta_* = this - previous; NULL for the first). An audit that
+-- audits kept them show their run's current figures) and their change since its previous
+-- audit (delta_* = this - previous; NULL for the first): prev_audit_id, the audit its drift
+-- was compared with when it ran (the latest complete audit of the series at or before its
+-- step then; an audit backfilled later at a step in between does not change it). An audit that
 -- reused its run repeats its figures. series restricts to one series, model to the series of
 -- one model (each series is still chained on its own: seeds, checkpoints and fine-tunes of one
 -- architecture are never each other's previous audit). comparable: the two runs saw the same
@@ -32,24 +34,24 @@ WITH seen AS (
 ),
 history AS (
     SELECT
-        *,
-        lag(run_id) OVER audits AS prev_run_id,
-        lag(run_id) OVER audits IS NOT NULL AS has_prev,
-        images_sha256 = lag(images_sha256) OVER audits
-            AND n_decoded = lag(n_decoded) OVER audits
-            AND img_size = lag(img_size) OVER audits
-            AND layers = lag(layers) OVER audits
-            AND prefix = lag(prefix) OVER audits AS same_inputs,
-        lag(f_pp) OVER audits AS prev_f_pp,
-        lag(f_pc) OVER audits AS prev_f_pc,
-        lag(f_cp) OVER audits AS prev_f_cp,
-        lag(f_cc) OVER audits AS prev_f_cc,
-        lag(frac_pos_mean) OVER audits AS prev_frac_pos_mean,
-        lag(n_heads_pp) OVER audits AS prev_n_heads_pp,
-        lag(n_heads_cp) OVER audits AS prev_n_heads_cp,
-        lag(n_heads_cc) OVER audits AS prev_n_heads_cc
-    FROM seen
-    WINDOW audits AS (PARTITION BY series ORDER BY step, started_at, audit_id)
+        a.*,
+        p.run_id AS prev_run_id,
+        a.prev_audit_id IS NOT NULL AS has_prev,
+        a.images_sha256 = p.images_sha256
+            AND a.n_decoded = p.n_decoded
+            AND a.img_size = p.img_size
+            AND a.layers = p.layers
+            AND a.prefix = p.prefix AS same_inputs,
+        p.f_pp AS prev_f_pp,
+        p.f_pc AS prev_f_pc,
+        p.f_cp AS prev_f_cp,
+        p.f_cc AS prev_f_cc,
+        p.frac_pos_mean AS prev_frac_pos_mean,
+        p.n_heads_pp AS prev_n_heads_pp,
+        p.n_heads_cp AS prev_n_heads_cp,
+        p.n_heads_cc AS prev_n_heads_cc
+    FROM seen AS a
+    LEFT JOIN seen AS p ON p.audit_id = a.prev_audit_id
 )
 SELECT
     series,

@@ -133,9 +133,10 @@ def not_comparable(store: Store, run_before: str, run_after: str,
         return None
     what = ("other images" if a["sha"] != b["sha"] else
             "another decoded N" if a["n"] != b["n"] else "another img_size")
-    sizes = f", img_size {a['img_size']} -> {b['img_size']}" if a["img_size"] != b["img_size"] \
-        else ""
-    return (f"previous audit used {what} (N {a['n']} -> {b['n']}{sizes}); not compared: raw "
+    changes = [f"{name} {x} -> {y}" for name, x, y in (
+        ("images", (a["sha"] or "?")[:12], (b["sha"] or "?")[:12]), ("N", a["n"], b["n"]),
+        ("img_size", a["img_size"], b["img_size"])) if x != y]
+    return (f"previous audit used {what} ({', '.join(changes)}); not compared: raw "
             "shares change with the images, not only with the model")
 
 
