@@ -107,7 +107,7 @@ def cmd_query(args: argparse.Namespace) -> int:
             raise ValueError(f"--param {key} is given twice ({key}={params[key]!r} and "
                              f"{item!r}); give it once")
         params[key] = value
-    from bfd.queries.hints import CountedRows, unknown_values
+    from bfd.queries.hints import CountedRows, no_rows_hint
     from bfd.queries.stream import stream_query
 
     store = _store(args)
@@ -115,7 +115,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         result = CountedRows(reader)
         cli._print_table(result, args.format, args.output)
     if not result.rows:  # a typo in a model, run or series? said beside the result
-        hint = unknown_values(store, params)
+        hint = no_rows_hint(store, args.name, params)
         if hint:
             print(f"bfd: no rows: {hint}", file=sys.stderr)
     return 0

@@ -74,3 +74,30 @@ def test_an_empty_store_says_it_holds_nothing(tmp_path, capsys):
     rows, err = query(tmp_path / "empty", capsys, "layer_profile", "model=vit_a")
     assert rows == []
     assert err == "bfd: no rows: model 'vit_a' names no run: the store holds no runs\n"
+
+
+def test_drift_of_an_audit_that_compared_nothing_says_why(tmp_path, capsys):
+    """The latest audit of a series was not compared (other images): the drift query's empty
+    result says so, with its stored reason and the latest audit that has drift rows."""
+    from bfd.storage import Store, write_drift
+
+    root = tmp_path / "store"
+    build_store(root)
+    first = _plant_audit(root, "s", "a-old", 1, None)
+    second = _plant_audit(root, "s", "a-new", 2, first)
+    write_drift(Store(root), "s", second, [{
+        "audit_id": second, "prev_audit_id": first, "layer": 0, "head": None,
+        "metric": "frac_pos", "before": 0.5, "after": 0.25, "delta": -0.25, "threshold": 0.05,
+        "flagged": True}])
+    note = "previous audit used other images (N 200 -> 100); not compared: raw shares change"
+    third = _plant_audit(root, "s", "a-old", 3, second, drift_note=note)
+    rows, err = query(root, capsys, "drift", "series=s")
+    assert rows == []
+    assert err == (f"bfd: no rows: audit {third} (step 3) has no drift rows: {note}; the latest "
+                   f"audit with drift: {second} (step 2) (--param audit_id=...)\n")
+    rows, err = query(root, capsys, "drift", "series=s", f"audit_id={first}")
+    assert (rows, err) == (
+        [], f"bfd: no rows: audit {first} (step 1) has no drift rows: it is the first audit of "
+            "its series\n")
+    rows, err = query(root, capsys, "drift", "series=s", f"audit_id={second}")
+    assert len(rows) == 1 and err == ""

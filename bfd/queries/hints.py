@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from bfd.queries.catalog import ParamValue, Store, run_sql
 
-__all__ = ["IDENTIFIERS", "CountedRows", "unknown_values"]
+__all__ = ["IDENTIFIERS", "CountedRows", "no_rows_hint", "unknown_values"]
 
 # The parameters of the named queries that name something in the store: the catalog's table
 # and column of what they may name, and what to call that in a sentence.
@@ -71,3 +71,38 @@ def unknown_values(store: Store, params: Mapping[str, ParamValue]) -> str | None
         parts.append(f"{name} {str(value)!r} names no {what} of the store; closest known: "
                      f"{', '.join(closest)}")
     return "; ".join(parts) or None
+
+
+def _no_drift(store: Store, params: Mapping[str, ParamValue]) -> str | None:
+    """Why the ``drift`` query found no rows for a series the store holds: its chosen audit
+    (the latest, or ``audit_id``) compared nothing; with the latest audit that has drift."""
+    chosen = run_sql(store, """
+        SELECT audit_id, step, prev_audit_id, drift_note,
+               (SELECT a.audit_id || ' (step ' || a.step || ')' FROM audits AS a
+                WHERE a.series = $series AND a.status = 'complete' AND EXISTS (
+                    SELECT 1 FROM drift AS d WHERE d.audit_id = a.audit_id)
+                ORDER BY a.step DESC, a.started_at DESC, a.audit_id DESC LIMIT 1) AS latest
+        FROM audits
+        WHERE series = $series AND status = 'complete'
+            AND (CAST($audit_id AS VARCHAR) IS NULL OR audit_id = $audit_id)
+        ORDER BY step DESC, started_at DESC, audit_id DESC LIMIT 1""",
+        {"series": params.get("series"), "audit_id": params.get("audit_id")}).to_pylist()
+    if not chosen:
+        return None
+    row = chosen[0]
+    why = (row["drift_note"] if row["drift_note"] else
+           "it is the first audit of its series" if row["prev_audit_id"] is None else
+           "its drift was not compared (audited before the reason was kept)")
+    hint = f"audit {row['audit_id']} (step {row['step']}) has no drift rows: {why}"
+    if row["latest"] and params.get("audit_id") is None:
+        hint += f"; the latest audit with drift: {row['latest']} (--param audit_id=...)"
+    return hint
+
+
+def no_rows_hint(store: Store, query: str, params: Mapping[str, ParamValue]) -> str | None:
+    """Why a named query returned no rows, in one line, or None: a parameter naming nothing
+    (``unknown_values``), else for ``drift`` why its audit has no drift rows."""
+    hint = unknown_values(store, params)
+    if hint is None and query == "drift" and params.get("series") is not None:
+        hint = _no_drift(store, params)
+    return hint
