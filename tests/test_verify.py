@@ -113,6 +113,8 @@ def test_a_damaged_table_file_is_named(damaged, capsys):
     table.write_bytes(b"PAR1 not really parquet")
     code, out, err = cli(["verify", rid, "--store", str(root)], capsys)
     assert code == 1 and out.count("\n") == 1 and str(table) in out and "unreadable" in out
+    # the reader's reason whole, without the path again (it was cut mid-sentence)
+    assert out.count(str(table)) == 1 and out.rstrip().endswith(".)"), out
     # the hint names what writes a table file again: decompose, not extract
     assert "bfd extract" not in err and err.count("\n") == 1, err
     command = err.split("published again by: ")[1].split(" (with")[0]

@@ -247,7 +247,7 @@ def _verify_tables(store: Store, run_id: str) -> list[Fault]:
         try:
             names = set(pq.read_table(path).column_names)
         except Exception as e:  # noqa: BLE001 - any read failure is the fault
-            faults.append(Fault(str(path), f"unreadable ({' '.join(str(e).split())[:200]})",
+            faults.append(Fault(str(path), f"unreadable ({_reason(e, str(path))})",
                                 published=True))
             continue
         missing = [n for n in TABLE_SCHEMAS[table].names if n not in names] \
@@ -256,6 +256,17 @@ def _verify_tables(store: Store, run_id: str) -> list[Fault]:
             faults.append(Fault(str(path), f"missing contract columns {missing}",
                                 published=True))
     return faults
+
+
+def _reason(err: Exception, path: str, limit: int = 200) -> str:
+    """A read error in one line for a fault of ``path``: the path (the fault names it) left
+    out, cut at a sentence's end (or a word's, marked ``...``) to at most ``limit``
+    characters."""
+    text = " ".join(str(err).replace(f" '{path}'", "").replace(path, "").split())
+    if len(text) <= limit:
+        return text
+    end = text.rfind(". ", 0, limit)
+    return text[:end + 1] if end > 0 else text[:text.rfind(" ", 0, limit - 3)] + "..."
 
 
 def _verify_published(store: Store, run_id: str) -> list[Fault]:
@@ -281,7 +292,7 @@ def _verify_model_tensors(store: Store, run_id: str) -> list[Fault]:
     try:
         tensors = read_model_tensors(store, run_id)
     except Exception as e:  # noqa: BLE001 - any read failure is the fault
-        return [Fault(where, f"model tensors unreadable ({' '.join(str(e).split())[:200]})")]
+        return [Fault(where, f"model tensors unreadable ({_reason(e, where)})")]
     bad = [n for n in ("qkv_weight", "attn_scale") if n in tensors
            and not np.isfinite(tensors[n].values).all()]
     return [Fault(where, f"non-finite values in {bad}")] if bad else []
