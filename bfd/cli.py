@@ -57,10 +57,10 @@ def _store(args: argparse.Namespace) -> str:
 
 
 def _check_request_early(args: argparse.Namespace, config) -> None:
-    """What of a request can be checked without the model, before torch, timm and Prefect
-    are imported (10-26 s) or Prefect's server starts: its options (``config``, typed by
-    ``bfd.cli_audits.audit_config``, has checked them and a weights file's first bytes,
-    ``bfd.requests``), the image source, the store's path and the workers."""
+    """What of a request needs no model, checked before torch, timm and Prefect are imported
+    (10-26 s) or Prefect's server starts: the image source, the store's path and the workers.
+    Its options, a weights file's first bytes among them, were checked when ``config`` was
+    typed (``bfd.cli_audits.audit_config``, by the rules of ``bfd.requests``)."""
     from bfd.images import check_source
     from bfd.requests import check_workers
 
