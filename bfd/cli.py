@@ -14,6 +14,8 @@ _PIPELINE_COMMANDS = ("extract", "decompose", "audit")
 _READING_COMMANDS = ("verify", "sql", "catalog", "query", "runs", "dashboard", "plot")
 # Exit status of a command whose output pipe was closed (128 + SIGPIPE), as a shell reports it.
 _EXIT_BROKEN_PIPE = 141
+# The one option of every command, given before the command or after it.
+_VERBOSE_HELP = "show Prefect's logs (of the commands that run flows)"
 
 
 def _prefect_defaults(verbose: bool) -> None:
@@ -292,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bfd", description="Bi-orthogonal Factor Decomposition of timm ViTs: which "
         "attention heads exchange position, content, or both.")
-    p.add_argument("-v", "--verbose", action="store_true", help="show Prefect's logs")
+    p.add_argument("-v", "--verbose", action="store_true", help=_VERBOSE_HELP)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("extract", help="store per-layer activations of a model")
@@ -336,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_reading_parsers(sub)
     for action in sub._choices_actions:  # each command's --help starts with its own line
         sub.choices[action.dest].description = action.help
+        # -v after the command as well as before it; SUPPRESS: when absent there, the value
+        # given (or not) before the command stands
+        sub.choices[action.dest].add_argument("-v", "--verbose", action="store_true",
+                                              default=argparse.SUPPRESS, help=_VERBOSE_HELP)
     return p
 
 

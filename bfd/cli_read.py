@@ -16,10 +16,16 @@ FORMATS = ("table", "csv", "json", "jsonl", "parquet")
 def _add_format(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=FORMATS, default="table",
                    help="output format (json: one array, jsonl: one object a line; NaN and "
-                   "infinities as null; timestamps ISO 8601)")
+                   "infinities as null; timestamps ISO 8601; lists and structs JSON, in csv and "
+                   "table as JSON text)")
     p.add_argument("--output", metavar="FILE",
                    help="write to FILE instead of stdout (needed by parquet); FILE appears only "
                    "once the result is complete")
+
+
+def _add_store(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", help="store directory: a folder holding runs/, tables/ or "
+                   "bfd.zarr/, or an empty one (default: $BFD_STORE or ./bfd-store)")
 
 
 def _add_timeout(p: argparse.ArgumentParser) -> None:
@@ -31,6 +37,16 @@ def _check_timeout(args: argparse.Namespace) -> float | None:
     if args.timeout is not None and not args.timeout > 0:
         raise ValueError(f"--timeout must be a positive number of seconds; got {args.timeout:g}")
     return args.timeout
+
+
+def _store(args: argparse.Namespace) -> str:
+    """The store to read, refused in one line when it is a folder of other files (a typo, a home
+    folder): nothing is written into a folder that is not a store (``check_store``)."""
+    from bfd.storage.paths import check_store
+
+    store = cli._store(args)
+    check_store(store)
+    return store
 
 
 def _attached(args: argparse.Namespace) -> dict[str, str]:
@@ -51,7 +67,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
     from bfd.queries.stream import stream_sql
 
     attach = _attached(args)
-    store = connect(cli._store(args), attach) if attach else cli._store(args)
+    store = connect(_store(args), attach) if attach else _store(args)
     with stream_sql(store, args.sql, timeout=_check_timeout(args)) as reader:
         cli._print_table(reader, args.format, args.output)
     return 0
@@ -60,7 +76,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 def cmd_catalog(args: argparse.Namespace) -> int:
     from bfd.queries import current_catalog
 
-    path = current_catalog(cli._store(args))
+    path = current_catalog(_store(args))
     print(path if args.path else f"catalog: {path} (open it read-only; replaced atomically "
           "when the tables change)")
     return 0
@@ -94,7 +110,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     from bfd.queries.hints import CountedRows, unknown_values
     from bfd.queries.stream import stream_query
 
-    store = cli._store(args)
+    store = _store(args)
     with stream_query(store, args.name, params, timeout=_check_timeout(args)) as reader:
         result = CountedRows(reader)
         cli._print_table(result, args.format, args.output)
@@ -105,13 +121,53 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_runs(args: argparse.Namespace) -> int:
-    from bfd.queries.stream import stream_sql
+# `bfd runs`: the published runs' columns, then the runs not published (bfd.storage.unpublished)
+_RUNS_COLUMNS = ("run_id", "model", "weights", "n_images", "n_skipped", "layers", "sites",
+                 "status")
+_RUNS_TYPES = ("VARCHAR", "VARCHAR", "VARCHAR", "BIGINT", "BIGINT", "VARCHAR", "VARCHAR",
+               "VARCHAR")
+# Lines on stderr saying what to do with runs not published; the rest are in the status column.
+_RUNS_NOTES = 10
 
-    sql = ("SELECT run_id, model, weights, n_images, n_skipped, layers, sites, status, "
-           "created_at FROM runs ORDER BY created_at")
-    with stream_sql(cli._store(args), sql) as reader:
-        cli._print_table(reader, args.format, args.output)
+
+def _runs_sql(pending: list) -> tuple[str, dict]:
+    """The statement of ``bfd runs`` over the catalog, with the runs not published bound as
+    its parameters (no pyarrow table built from Python values: that would import pandas)."""
+    columns = ", ".join(_RUNS_COLUMNS)
+    sql = f"SELECT {columns}, created_at FROM runs"
+    params: dict = {}
+    rows = []
+    for i, run in enumerate(pending):
+        values = []
+        for name, kind in zip(_RUNS_COLUMNS, _RUNS_TYPES, strict=True):
+            params[f"{name}_{i}"] = getattr(run, name)
+            values.append(f"${name}_{i}::{kind}")
+        rows.append(f"({', '.join(values)}, NULL::TIMESTAMPTZ)")
+    if rows:
+        sql += f" UNION ALL SELECT * FROM (VALUES {', '.join(rows)})"
+    return f"SELECT * FROM ({sql}) ORDER BY created_at NULLS LAST, run_id", params
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from bfd.queries import connect
+    from bfd.queries.stream import stream_sql
+    from bfd.storage import Store, unpublished_runs
+
+    store = _store(args)
+    con = connect(store)
+    try:
+        published = {row[0] for row in con.execute("SELECT run_id FROM runs").fetchall()}
+        pending = unpublished_runs(Store(store), published)
+        sql, params = _runs_sql(pending)
+        with stream_sql(con, sql, params) as reader:
+            cli._print_table(reader, args.format, args.output)
+    finally:
+        con.close()
+    for run in pending[:_RUNS_NOTES]:
+        print(f"bfd: run {run.run_id}: {run.next}", file=sys.stderr)
+    if len(pending) > _RUNS_NOTES:
+        print(f"bfd: {len(pending) - _RUNS_NOTES} more runs are not published (their status "
+              "says why)", file=sys.stderr)
     return 0
 
 
@@ -120,7 +176,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be 0-65535; got {args.port}")
-    store = cli._store(args)
+    store = _store(args)
     out = args.out or os.path.join(store, "dashboard")
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"--out {out!r} is a file; expected a folder for the dashboard")
@@ -138,7 +194,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from bfd.report.plots import plot_run
 
-    written, skipped = plot_run(cli._store(args), args.run_id, args.out, args.format)
+    written, skipped = plot_run(_store(args), args.run_id, args.out, args.format)
     for path in written:
         print(path)
     if skipped:
@@ -149,7 +205,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from bfd.storage import Store, kept_no_activations, repair_command, verify_run
 
-    store = Store(cli._store(args))
+    store = Store(_store(args))
     faults = verify_run(store, args.run_id)
     stats_only = kept_no_activations(store, args.run_id)
     for fault in faults:
@@ -180,14 +236,14 @@ def add_reading_parsers(sub) -> None:
     """The reading commands' parsers, on the ``bfd`` command's subparsers."""
     s = sub.add_parser("verify", help="check a run's stored files; exit 1 when any is damaged")
     s.add_argument("run_id", help="the run to check (bfd runs lists them)")
-    cli._add_store(s)
+    _add_store(s)
     s.set_defaults(fn=cmd_verify)
 
     s = sub.add_parser("sql", help="run read-only SQL over the result tables")
     s.add_argument("sql", help="one read-only SQL statement over the tables")
     s.add_argument("--attach", action="append", default=[], metavar="NAME=STORE",
                    help="also query another store, read-only, as database NAME (repeatable)")
-    cli._add_store(s)
+    _add_store(s)
     _add_format(s)
     _add_timeout(s)
     s.set_defaults(fn=cmd_sql)
@@ -195,7 +251,7 @@ def add_reading_parsers(sub) -> None:
     s = sub.add_parser("catalog", help="bring the SQL catalog up to date and print its "
                        "stable path, for other tools")
     s.add_argument("--path", action="store_true", help="print only the path")
-    cli._add_store(s)
+    _add_store(s)
     s.set_defaults(fn=cmd_catalog)
 
     s = sub.add_parser("query", help="run a named query (bfd query --list)")
@@ -203,13 +259,14 @@ def add_reading_parsers(sub) -> None:
     s.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="a parameter of the query; repeatable")
     s.add_argument("--list", action="store_true", help="list the named queries")
-    cli._add_store(s)
+    _add_store(s)
     _add_format(s)
     _add_timeout(s)
     s.set_defaults(fn=cmd_query)
 
-    s = sub.add_parser("runs", help="list the runs of a store")
-    cli._add_store(s)
+    s = sub.add_parser("runs", help="list the runs of a store, published (status complete) "
+                       "or not (extracted, incomplete, damaged: stderr says what to do)")
+    _add_store(s)
     _add_format(s)
     s.set_defaults(fn=cmd_runs)
 
@@ -218,7 +275,7 @@ def add_reading_parsers(sub) -> None:
     s.add_argument("--force", action="store_true", help="rewrite every page")
     s.add_argument("--serve", action="store_true", help="then serve it on 127.0.0.1")
     s.add_argument("--port", type=int, default=8000, help="port of --serve (default 8000)")
-    cli._add_store(s)
+    _add_store(s)
     s.set_defaults(fn=cmd_dashboard)
 
     s = sub.add_parser("plot", help="write a run's views as figures for papers")
@@ -226,5 +283,5 @@ def add_reading_parsers(sub) -> None:
     s.add_argument("--out", default="figures", help="output folder (default: ./figures)")
     s.add_argument("--format", choices=("png", "svg", "pdf"), default="png",
                    help="figure file format")
-    cli._add_store(s)
+    _add_store(s)
     s.set_defaults(fn=cmd_plot)

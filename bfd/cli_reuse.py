@@ -129,6 +129,7 @@ def record_reused_audit(args: argparse.Namespace, config, store: str, thresholds
                         run_id: str) -> dict:
     """The audit of ``run_id``, already computed (``computed_run_of``), recorded without
     Prefect. Returns what the flow ``audit`` returns."""
+    from bfd.queries.seen import run_seen
     from bfd.report.dashboard import refresh_outputs
     from bfd.storage import Store, results_path
     from bfd.tasks.audits import audit_row, default_series, drift_since_previous, time_step
@@ -140,7 +141,7 @@ def record_reused_audit(args: argparse.Namespace, config, store: str, thresholds
     started = datetime.now(UTC)
     step = args.step if args.step is not None else time_step(started)
     with audit_row(s, series, step, "cli", None, started) as row:
-        drift_since_previous(s, row, run_id, thresholds.model_dump())
+        drift_since_previous(s, row, run_id, thresholds.model_dump(), run_seen(store, run_id))
     if not args.no_dashboard:
         refresh_outputs(store, logging.getLogger("bfd.audit"))
     return {**{k: row[k] for k in ("audit_id", "series", "run_id", "step", "prev_audit_id",

@@ -3,12 +3,17 @@
 Every writer takes a ``pyarrow.RecordBatchReader`` and writes batch by batch, so a result of
 any size needs the memory of one batch. Text formats agree on values: a timestamp is ISO 8601
 (``2025-01-02T03:04:05.500000Z`` in UTC when it has a time zone, without the ``Z`` when it has
-none), and in JSON a NaN or an infinity, which JSON cannot hold, is ``null`` like SQL NULL.
-Parquet keeps the result's own types and values.
+none), an interval an ISO 8601 duration (``PT83.456S``, ``P1M2D``), and in JSON a NaN or an
+infinity, which JSON cannot hold, is ``null`` like SQL NULL.
+A nested value (a list, struct, map or union) is a JSON value in JSON and JSON text in CSV
+and the table (``[1, 2]``, ``{"a": 1.5}``; its NaN and infinities ``null``, its timestamps ISO
+8601). Parquet keeps the result's own types and values.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import itertools
 import json
 import math
 import os
@@ -16,6 +21,7 @@ import struct
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from decimal import Decimal
 from typing import BinaryIO, Final
 
 import pyarrow as pa
@@ -38,12 +44,33 @@ def _iso(column: pa.Array) -> pa.Array:
     return pc.strftime(utc, format=_ISO + "Z")
 
 
+def _duration(value: pa.MonthDayNano) -> str:
+    """An interval as an ISO 8601 duration: ``P1M2DT3.5S``, ``PT83.456S``, ``P0D`` (a negative
+    part keeps its sign: ``PT-5S``)."""
+    seconds = format(Decimal(value.nanoseconds).scaleb(-9).normalize(), "f")
+    text = "P" + "".join(f"{n}{unit}" for n, unit in ((value.months, "M"), (value.days, "D"))
+                         if n)
+    text += f"T{seconds}S" if value.nanoseconds else ""
+    return text if text != "P" else "P0D"
+
+
+def _intervals(column: pa.Array) -> pa.Array:
+    """An interval column as ISO 8601 durations (``_duration``); NULL stays NULL."""
+    text = _strings([_duration(v) if v is not None else "" for v in column.to_pylist()])
+    return pc.if_else(column.is_valid(), text, pa.nulls(len(column), pa.string()))
+
+
 def _text_columns(batch: pa.RecordBatch, *, for_json: bool) -> pa.RecordBatch:
-    """Timestamps as ISO strings; for JSON, decimals as numbers and NaN and infinities as null."""
+    """Timestamps as ISO strings; for JSON, decimals as numbers and NaN and infinities as null;
+    else nested values as JSON text (which the CSV writer cannot write otherwise)."""
     columns = []
     for column in batch.columns:
         if pa.types.is_timestamp(column.type):
             column = _iso(column)
+        elif pa.types.is_interval(column.type):  # which neither CSV nor str() writes readably
+            column = _intervals(column)
+        elif not for_json and pa.types.is_nested(column.type):
+            column = _python_json(column)
         elif for_json and pa.types.is_decimal(column.type):
             column = column.cast(pa.float64())
         if for_json and pa.types.is_floating(column.type):
@@ -58,25 +85,51 @@ def _batches(reader: pa.RecordBatchReader, *, for_json: bool) -> Iterator[pa.Rec
             yield _text_columns(batch, for_json=for_json)
 
 
+def _strings(texts: list[str]) -> pa.Array:
+    """A string array built from bytes: converting Python values (``pa.scalar("x")``,
+    ``pa.array``) would import pandas, a third of a second a command would pay."""
+    data = [text.encode() for text in texts]
+    offsets = struct.pack(f"<{len(data) + 1}i", *itertools.accumulate(map(len, data), initial=0))
+    return pa.Array.from_buffers(pa.string(), len(data),
+                                 [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))])
+
+
 def _literal(text: str) -> pa.Scalar:
-    """A string scalar built from bytes: converting a Python value (``pa.scalar("x")``) would
-    import pandas, a third of a second a command would pay for a few punctuation marks."""
-    data = text.encode()
-    offsets = pa.py_buffer(struct.pack("<ii", 0, len(data)))
-    return pa.Array.from_buffers(pa.string(), 1, [None, offsets, pa.py_buffer(data)])[0]
+    """A string scalar (``_strings``)."""
+    return _strings([text])[0]
 
 
 _QUOTE, _EMPTY, _NULL, _POINT_ZERO = (_literal(text) for text in ('"', "", "null", ".0"))
 
 
 def _finite(value: object) -> object:
+    """A Python value of a column as JSON can hold it: decimals as floats, NaN and infinities
+    None, timestamps in the ISO form of a timestamp column (``_iso``), a map's (key, value)
+    pairs as lists."""
+    if isinstance(value, pa.MonthDayNano):  # a tuple, but a duration to a reader
+        return _duration(value)
+    if isinstance(value, Decimal):  # a number, as a decimal column is in JSON
+        value = float(value)
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            return value.astimezone(dt.UTC).strftime(f"{_ISO}.%fZ")
+        return value.strftime(f"{_ISO}.%f")
     if isinstance(value, dict):
         return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [_finite(v) for v in value]
     return value
+
+
+def _python_json(column: pa.Array) -> pa.Array:
+    """Each value of a column as JSON text by Python's json, value by value; NULL stays NULL.
+    For what Arrow cannot write itself: lists, structs, maps, dates, bytes, ..."""
+    # default=str: what JSON has no type for (dates, bytes, intervals) as text
+    text = _strings([json.dumps(_finite(v), default=str, allow_nan=False,
+                                ensure_ascii=False) for v in column.to_pylist()])
+    return pc.if_else(column.is_valid(), text, pa.nulls(len(column), pa.string()))
 
 
 def _json_values(column: pa.Array) -> pa.Array:
@@ -96,10 +149,8 @@ def _json_values(column: pa.Array) -> pa.Array:
         # 3.0 is written "3" by Arrow; keep it a float for readers that tell ints apart
         integral = pc.match_substring_regex(text, "^-?[0-9]+$")
         text = pc.if_else(integral, pc.binary_join_element_wise(text, _POINT_ZERO, _EMPTY), text)
-    if text is None:  # lists, structs, dates, bytes, ...: Python's json, value by value
-        # default=str: what JSON has no type for (dates, bytes, intervals) as text
-        text = pa.array([json.dumps(_finite(v), default=str, allow_nan=False)
-                         for v in column.to_pylist()], pa.string())
+    if text is None:  # lists, structs, dates, bytes, ...
+        text = _python_json(column)
     return pc.fill_null(text, _NULL)
 
 

@@ -51,10 +51,12 @@ def write_synthetic_run(
     status: str = "complete",
     with_pos: bool = False,
     intervals: bool = False,
+    layer_values: dict[str, list[float]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Writes one run's runs, layers, heads and modes tables; returns what was planted
     (``frac_pos`` per layer, ``energy`` per layer, head and block). ``intervals`` fills
-    ``frac_pos_lo = frac_pos - 0.01`` and ``frac_pos_hi = frac_pos + 0.02``; every column not
+    ``frac_pos_lo = frac_pos - 0.01`` and ``frac_pos_hi = frac_pos + 0.02``; ``layer_values``
+    replaces a layers column's values (one per layer, at both sites); every column not
     planted is NULL."""
     rng = np.random.default_rng(seed)
     store = Store(root)
@@ -82,6 +84,7 @@ def write_synthetic_run(
                 "n_images": n_images,
                 **({"frac_pos_lo": fp[layer] - 0.01, "frac_pos_hi": fp[layer] + 0.02}
                    if intervals else {}),
+                **{key: values[layer] for key, values in (layer_values or {}).items()},
             })
     write_rows(store, "layers", model, run_id, layer_rows)
     energy = rng.lognormal(0.0, 1.0, size=(depth, n_heads, 4))

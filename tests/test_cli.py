@@ -490,3 +490,230 @@ def test_every_command_and_option_has_a_help_line():
         missing += [f"{name} {action.option_strings or action.dest}" for action in parser._actions
                     if not action.help and not isinstance(action, argparse._HelpAction)]
     assert missing == []
+
+
+def test_verbose_is_taken_before_or_after_every_command():
+    """``-v``/``--verbose`` is the option of every command: ``bfd runs -v`` as ``bfd -v runs``."""
+    import argparse
+
+    from bfd.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert len(sub.choices) >= 10
+    for name, command in sub.choices.items():
+        positionals = ["x" for a in command._actions
+                       if not a.option_strings and a.nargs != "?"]
+        argv = [name, *positionals]
+        assert parser.parse_args(argv).verbose is False, name
+        for flags in (["-v", *argv], [*argv, "-v"], [*argv, "--verbose"],
+                      ["-v", *argv, "-v"]):
+            assert parser.parse_args(flags).verbose is True, flags
+
+
+NESTED_SQL = (
+    "SELECT range AS i, CASE WHEN range % 3 = 0 THEN NULL ELSE [range, NULL, 2] END AS l, "
+    "{'a': range * 0.5, 'b': [1.5, 'nan'::DOUBLE, 'inf'::DOUBLE], 's': 'q\"é' || range} AS st, "
+    "MAP {'k': range} AS m, [[range], [], [1, 2]] AS ll, [range, 7]::INT[2] AS fixed, "
+    "[TIMESTAMPTZ '2025-01-02 03:04:05.25+00' + to_days(range::INT)] AS t FROM range(7)")
+
+
+def _plain(value: object) -> object:
+    """A Python value of an Arrow result as JSON text of it reads back: decimals numbers, NaN
+    and infinities null, (key, value) pairs lists, timestamps ISO 8601 in UTC with a Z."""
+    import datetime as dt
+    import decimal
+    import math
+
+    if isinstance(value, decimal.Decimal):
+        value = float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).replace(tzinfo=None).isoformat(
+            timespec="microseconds") + "Z"
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def test_nested_values_in_every_format(tmp_path, capsys):
+    """Lists, structs, maps and fixed-size lists: JSON values in JSON, JSON text in CSV and
+    the table (NULL an empty CSV cell), Parquet's own; CSV used to refuse them."""
+    import csv
+    import io
+
+    import duckdb
+    import pyarrow.parquet as pq
+
+    from bfd.output import write_result
+
+    con = duckdb.connect()
+    table = con.sql(NESTED_SQL).to_arrow_table()
+    expected = [{k: _plain(v) for k, v in row.items()} for row in table.to_pylist()]
+    assert expected[0]["l"] is None and expected[1]["st"]["b"] == [1.5, None, None]
+    texts = {}
+    for fmt in ("csv", "json", "jsonl", "table"):
+        out = io.BytesIO()
+        write_result(con.sql(NESTED_SQL).to_arrow_reader(3), fmt, out)  # several batches
+        texts[fmt] = out.getvalue().decode()
+    assert json.loads(texts["json"]) == expected
+    assert [json.loads(line) for line in texts["jsonl"].splitlines()] == expected
+    header, *cells = list(csv.reader(io.StringIO(texts["csv"])))
+    assert '""q\\""é1""' in texts["csv"]  # text as it is, quotes escaped for JSON then CSV
+    assert header == list(expected[0])
+    assert [[int(c[0]), *(json.loads(v) if v else None for v in c[1:])] for c in cells] == [
+        list(row.values()) for row in expected]
+    lines = texts["table"].splitlines()
+    assert lines[0].split() == list(expected[0]) and len(lines) == 1 + len(expected)
+    for line, row in zip(lines[1:], expected, strict=True):
+        for value in list(row.values())[1:]:
+            text = "NULL" if value is None else json.dumps(value, ensure_ascii=False)
+            assert text in line, (line, value)
+    out = tmp_path / "nested.parquet"
+    write_result(con.sql(NESTED_SQL).to_arrow_reader(3), "parquet", io.BytesIO(), str(out))
+    back = pq.read_table(out)  # Parquet's own types (its list items are named "element")
+    assert back.schema.names == table.schema.names
+    assert [{k: _plain(v) for k, v in row.items()} for row in back.to_pylist()] == expected
+    # the command a user ran, on a new store
+    (tmp_path / "store").mkdir()
+    code, out, err = run(["sql", "SELECT [1, 2] AS x", "--format", "csv",
+                          "--store", str(tmp_path / "store")], capsys)
+    assert (code, out, err) == (0, '"x"\n"[1, 2]"\n', "")
+
+
+def test_intervals_are_iso_durations_in_every_text_format(tmp_path, capsys):
+    """An interval (``finished_at - started_at FROM audits``) as an ISO 8601 duration, alone
+    or inside a list; CSV used to refuse it."""
+    sql = ("SELECT INTERVAL 3 DAY AS a, INTERVAL '83.456 seconds' AS b, "
+           "[INTERVAL '1 month 2 days'] AS c, NULL::INTERVAL AS d, INTERVAL '-5 seconds' AS e,"
+           " INTERVAL 0 SECOND AS z")
+    expected = {"a": "P3D", "b": "PT83.456S", "c": ["P1M2D"], "d": None, "e": "PT-5S",
+                "z": "P0D"}
+    (tmp_path / "store").mkdir()
+    texts = {}
+    for fmt in ("csv", "json", "jsonl", "table"):
+        code, texts[fmt], err = run(["sql", sql, "--format", fmt,
+                                     "--store", str(tmp_path / "store")], capsys)
+        assert (code, err) == (0, ""), fmt
+    assert json.loads(texts["json"]) == [expected] == [json.loads(texts["jsonl"])]
+    assert texts["csv"].splitlines()[1] == '"P3D","PT83.456S","[""P1M2D""]",,"PT-5S","P0D"'
+    assert texts["table"].splitlines()[1].split() == [
+        "P3D", "PT83.456S", '["P1M2D"]', "NULL", "PT-5S", "P0D"]
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("argv", [
+    ["runs"], ["sql", "SELECT 1"], ["catalog"], ["query", "model_summary"], ["dashboard"],
+    ["verify", "some-run"], ["plot", "some-run"], ["runs", "--format", "json"]],
+    ids=lambda argv: " ".join(argv))
+def test_reading_commands_refuse_a_folder_that_is_no_store(tmp_path, capsys, argv):
+    """A typo'd --store that exists, or a home folder: refused in one line, nothing written
+    into it (the SQL catalog was); a catalog an earlier bfd left there is named."""
+    folder = tmp_path / "Documents"
+    (folder / "notes").mkdir(parents=True)
+    (folder / "letter.txt").write_text("dear")
+    (folder / "notes" / "a.md").write_text("a")
+    before = _tree(folder)
+    code, out, err = run([*argv, "--store", str(folder)], capsys)
+    assert_one_line_error(code, err, f"{folder} is not a BFD store", "letter.txt, notes",
+                          "runs/")
+    assert out == "" and _tree(folder) == before and "earlier bfd" not in err
+    (folder / "catalog").mkdir()
+    (folder / "catalog" / "current.duckdb").write_bytes(b"left by an earlier bfd")
+    before = _tree(folder)
+    code, _, err = run([*argv, "--store", str(folder)], capsys)
+    assert_one_line_error(code, err, "its catalog/ was written by an earlier bfd")
+    assert _tree(folder) == before
+
+
+def test_a_store_is_an_empty_folder_or_one_holding_what_bfd_writes(tmp_path, capsys):
+    """An empty folder is a new store (empty answers); a folder holding any of runs/, tables/,
+    bfd.zarr/ or request_keys/ is a store, whatever else it holds (stores of every version);
+    --attach of a folder that is no store is refused too."""
+    from bfd.storage.paths import STORE_ENTRIES
+
+    empty = tmp_path / "new"
+    empty.mkdir()
+    (empty / ".hidden").write_text("x")
+    assert run(["runs", "--store", str(empty)], capsys) == (0, "(no rows)\n", "")
+    # what reading it wrote leaves it a new store
+    assert run(["dashboard", "--store", str(empty)], capsys)[0] == 0
+    assert run(["runs", "--store", str(empty)], capsys) == (0, "(no rows)\n", "")
+    assert sorted(p.name for p in empty.iterdir()) == [".hidden", "catalog", "dashboard"]
+    for name in STORE_ENTRIES:
+        store = tmp_path / name
+        (store / name).mkdir(parents=True)
+        (store / "README.txt").write_text("my store")
+        assert run(["runs", "--store", str(store)], capsys) == (0, "(no rows)\n", ""), name
+    folder = tmp_path / "other"
+    folder.mkdir()
+    (folder / "x.csv").write_text("1")
+    code, _, err = run(["sql", "SELECT 1", "--store", str(empty), "--attach",
+                        f"other={folder}"], capsys)
+    assert_one_line_error(code, err, f"{folder} is not a BFD store")
+    assert sorted(p.name for p in folder.iterdir()) == ["x.csv"]
+
+
+def test_runs_lists_runs_not_published_with_what_to_do(tmp_path):
+    """A run extracted but not decomposed, one whose extraction stopped, a stats-only audit that
+    did not publish and an unreadable request are listed after the published runs (one of them
+    published before pointers existed), from the run files alone: no Zarr, no torch."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from storebuilder import build_run, random_run_arrays
+
+    from bfd.storage import NOT_STORED, RunRequest, write_request
+
+    root = _table_store(tmp_path / "store")  # toy-run: published, with no request
+    store = Store(root)
+    extracted = build_run(store, *random_run_arrays(0, N=10), model="toy_a", skipped=(3, 8))
+    stopped = build_run(store, *random_run_arrays(1, N=10), model="toy_b", shards_done=1)
+    legacy = build_run(store, *random_run_arrays(2, N=10), model="toy_l")
+    folder = root / "tables" / "runs" / "model=toy_l" / f"run_id={legacy}"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({"run_id": [legacy], "model": ["toy_l"], "status": ["complete"],
+                             "created_at": pa.array([0], pa.timestamp("us", tz="UTC"))}),
+                   folder / "part-0.parquet")
+    stats_only = write_request(store, RunRequest(
+        model="toy_c", weights="random", weights_sha256="x", images="planted",
+        images_sha256="p", n_images=5, preprocessing={}, img_size=32, sites=("resid",),
+        layers=(0,), dtype="float32", code_version="t", extra=NOT_STORED))
+    (root / "runs" / "broken-0").mkdir()
+    (root / "runs" / "broken-0" / "request.json").write_text("{")
+    (root / "runs" / "not a run").mkdir()
+    before = _tree(root / "runs")
+    code = ("import sys\n"
+            "from bfd.cli import main\n"
+            f"code = main(['runs', '--format', 'json', '--store', {str(root)!r}])\n"
+            "print(code, sorted(m for m in ('torch', 'timm', 'prefect', 'zarr', 'xarray')\n"
+            "                   if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    *rows, last = proc.stdout.splitlines()
+    assert last == "0 []", proc.stderr
+    listed = [(r["run_id"], r["model"], r["status"], r["n_images"], r["n_skipped"], r["layers"],
+               r["created_at"] is None) for r in json.loads("\n".join(rows))]
+    assert listed == [
+        (legacy, "toy_l", "complete", None, None, None, False),
+        ("toy-run", "toy", "complete", 0, 0, "layers-0", False),
+        ("broken-0", None, "damaged", None, None, None, True),
+        (extracted, "toy_a", "extracted", 10, 2, "0,1,2", True),
+        (stopped, "toy_b", "incomplete", 10, None, "0,1,2", True),
+        (stats_only, "toy_c", "incomplete", 5, None, "0", True),
+    ]
+    notes = proc.stderr.splitlines()
+    assert [":".join(line.split(":")[:2]) for line in notes] == [
+        f"bfd: run {rid}" for rid in ("broken-0", extracted, stopped, stats_only)]
+    assert f"bfd verify broken-0 --store {root}" in notes[0]
+    assert notes[1].endswith(f"extracted, not decomposed: bfd decompose {extracted} "
+                             f"--store {root}")
+    assert "(4 of 10 images;" in notes[2] and f"bfd verify {stopped}" in notes[2]
+    assert "bfd audit --no-store-activations" in notes[3]
+    assert _tree(root / "runs") == before

@@ -268,3 +268,36 @@ def test_series_page_marks_drift_of_audits(tmp_path, browser, monkeypatch):
     link = browser.find_element("link text", "flow-0")
     assert link.get_attribute("href") == "http://127.0.0.1:4200/runs/flow-run/flow-0"
     assert browser.find_element("id", "results-link").get_attribute("href").startswith("file://")
+
+
+def test_log_axes_of_a_zero_or_denormal_value_stop_at_the_floor(tmp_path, browser):
+    # as in bfd plot (test_plot_layout.py): a residual of 0 and denormal ones (1e-314) are
+    # drawn at LOG_FLOOR, the axis stops there instead of at 1e-314, the hover keeps the
+    # stored value, and a dotted line at the floor says so
+    from bfd.report.layout import LOG_FLOOR
+
+    values = {"ss_identity_residual": [0.0, 1e-14, 1e-14],
+              "ortho_residual": [1e-15, 1e-314, 1e-15],
+              "shuffle_frac_pos": [4e-3, 1e-314, 4e-3]}
+    write_synthetic_run(tmp_path / "store", "z-1", depth=3, layer_values=values)
+    build_dashboard(tmp_path / "store", tmp_path / "site")
+    open_page(browser, (tmp_path / "site" / "runs" / "z-1.html").as_uri())
+    assert_clean(browser, "file://")
+    for plot, keys in (("residual-plot", ["ss_identity_residual", "ortho_residual"]),
+                       ("shuffle-plot", ["shuffle_frac_pos"])):
+        low, high = browser.execute_script(
+            f"return document.getElementById('{plot}')._fullLayout.yaxis.range")
+        traces = browser.execute_script(
+            f"return document.getElementById('{plot}').data.map(t => [t.name,"
+            " Array.from(t.y), t.customdata ? Array.from(t.customdata) : null])")
+        drawn = {name: (y, stored) for name, y, stored in traces}
+        # plotly pads the range for the markers: within two decades of the drawn values
+        top = np.log10(max(max(y) for y, _ in drawn.values()))
+        assert np.log10(LOG_FLOOR) - 2 <= low <= np.log10(LOG_FLOOR) and high <= top + 2
+        for key in keys:
+            name = next(n for n in drawn if key in n or (key == "shuffle_frac_pos"
+                                                         and n.endswith("after shuffling")))
+            y, stored = drawn[name]
+            assert y == list(np.maximum(values[key], LOG_FLOOR)) and stored == values[key]
+        assert [y for name, (y, _) in drawn.items() if "drawn at 1e-17" in name] == [
+            [LOG_FLOOR, LOG_FLOOR]]

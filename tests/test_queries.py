@@ -32,7 +32,7 @@ from bfd.queries import (
     run_sql,
 )
 from bfd.queries.catalog import CATALOG_DIR, refresh_catalog
-from bfd.storage import Store, write_audit
+from bfd.storage import SEEN_FIGURES, NotAStoreError, Store, write_audit
 
 BLOCKS = ("pp", "pc", "cp", "cc")
 TYPE_NAMES = {"pp": "position-position", "cp": "content-position", "cc": "content-content"}
@@ -336,13 +336,16 @@ def test_compare_models_rejects_bad_bins(store, bins):
         run_query(root, "compare_models", {"model_a": "vit_a", "model_b": "vit_b", "bins": bins})
 
 
-def _plant_audit(root: Path, series: str, run_id: str, step: int, prev: str | None) -> str:
+def _plant_audit(root: Path, series: str, run_id: str, step: int, prev: str | None,
+                 **seen) -> str:
+    """A complete audit; ``seen``: what it kept of its run (none: an audit written before
+    audits kept them)."""
     audit_id = f"{series}-{step}"
     write_audit(Store(root), {
         "audit_id": audit_id, "series": series, "run_id": run_id, "step": step,
         "started_at": _utc(2025, 4, step), "finished_at": _utc(2025, 4, step),
         "trigger": "test", "flow_run_id": None, "status": "complete", "prev_audit_id": prev,
-        "n_flagged": 0,
+        "n_flagged": 0, **seen,
     })
     return audit_id
 
@@ -409,6 +412,31 @@ def test_audit_history_has_no_delta_between_runs_of_other_inputs(store, other):
     assert_close(result[1]["f_cc"], energy_fractions(runs["a-new"].energy)[3])
 
 
+def test_audit_history_shows_the_figures_each_audit_kept(store):
+    """An audit that kept its run's figures shows those, not the run's current ones (the run
+    decomposed again since); deltas are between what the audits saw; another prefix option
+    is not comparable."""
+    root, runs = store
+    _set_run(root, "a-old", n_images=runs["a-new"].n_images)
+    kept = {name: 0.125 * (i + 1) if kind == pa.float64() else i + 2
+            for i, (name, kind) in enumerate(SEEN_FIGURES)}
+    first = _plant_audit(root, "vit_a@ckpts", "a-old", 1, None, **kept,
+                         results_version="v1", decompose_json='{"prefix": "exclude"}')
+    second = _plant_audit(root, "vit_a@ckpts", "a-new", 2, first)  # kept nothing: the run's
+    _plant_audit(root, "vit_a@ckpts", "a-new", 3, second, **kept,
+                 decompose_json='{"prefix": "include"}')
+    result = rows(run_query(root, "audit_history", {"series": "vit_a@ckpts"}))
+    assert [r["results_version"] for r in result] == ["v1", None, None]
+    assert all(result[0][name] == value for name, value in kept.items())
+    new = energy_fractions(runs["a-new"].energy)
+    for i, block in enumerate(BLOCKS):
+        assert_close(result[1][f"f_{block}"], new[i])
+        assert_close(result[1][f"delta_f_{block}"], new[i] - kept[f"f_{block}"])
+    assert_close(result[1]["frac_pos_mean"], runs["a-new"].frac_pos.mean())
+    assert [r["comparable"] for r in result] == [None, True, False]  # 3: other positions
+    assert all(result[2][d] is None for d in DELTAS)
+
+
 def test_head_type_changes_lists_exactly_the_changed_heads(store):
     root, runs = store
     result = rows(run_query(root, "head_type_changes", {"run_a": "a-old", "run_b": "a-new"}))
@@ -448,6 +476,13 @@ def test_partial_store_keeps_contract_columns(tmp_path):
 def test_missing_store_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a directory"):
         connect(tmp_path / "nowhere")
+
+
+def test_a_folder_of_other_files_is_no_store_and_gets_no_catalog(tmp_path):
+    (tmp_path / "paper.tex").write_text("x")
+    with pytest.raises(NotAStoreError, match="is not a BFD store"):
+        connect(tmp_path)
+    assert os.listdir(tmp_path) == ["paper.tex"]
 
 
 # --- cached snapshots (<store>/catalog/) ------------------------------------------------------

@@ -20,7 +20,8 @@ from conftest import run_cli
 from PIL import Image
 
 from bfd.images import sample_array
-from bfd.storage import Store, read_audits, read_drift, read_table
+from bfd.queries import run_query, run_sql
+from bfd.storage import SEEN_FIGURES, Store, read_audits, read_drift, read_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,6 +98,10 @@ def test_reused_audit_writes_what_the_flow_writes(tmp_path, prefect_harness, cap
     keys = ("series", "run_id", "status", "prev_audit_id", "n_flagged", "trigger")
     assert [fast[k] for k in keys] == [reused[k] for k in keys] == [
         "s", computed["run_id"], "complete", first["audit_id"], computed["n_flagged"], "cli"]
+    # what each saw of the run: its published version, options and figures
+    seen = ("results_version", "decompose_json", *(name for name, _ in SEEN_FIGURES))
+    assert [fast[k] for k in seen] == [reused[k] for k in seen] == [computed[k] for k in seen]
+    assert computed["results_version"] and computed["n_layers"] == 1
 
     def drift(audit: dict) -> list[dict]:
         rows = read_drift(Store(store), "s", audit["audit_id"])
@@ -107,6 +112,38 @@ def test_reused_audit_writes_what_the_flow_writes(tmp_path, prefect_harness, cap
     assert drift(fast) == drift(reused) == drift(computed)
     assert fast["n_flagged"] > 0  # the planted change of checkpoint B flags, in both
     assert report(out_fast, fast, first) == report(out_flow, reused, first)
+
+
+@pytest.mark.slow
+def test_an_audit_keeps_what_it_saw_when_its_run_is_decomposed_again(tmp_path, prefect_harness,
+                                                                     capsys):
+    """Audit 1's run decomposed again with ``--prefix include``: audit 1's history keeps the
+    figures it saw, and the next audit (another checkpoint) is not compared with it (its run
+    no longer holds what audit 1 saw)."""
+    paths = make_checkpoints(tmp_path / "ckpts")
+    images, store = image_folder(tmp_path / "images"), tmp_path / "store"
+    assert run_cli([*options(images, paths[0], store, 100), "--no-dashboard"], capsys)[0] == 0
+    before = run_query(store, "audit_history", {"series": "s"}).to_pylist()
+    run_id = before[0]["run_id"]
+    figures = "f_pp, f_pc, f_cp, f_cc, mean_f_pp, frac_pos_mean"
+    saw = run_sql(store, f"SELECT {figures} FROM audits").to_pylist()
+    assert saw == run_sql(store, f"SELECT {figures} FROM run_summary").to_pylist()
+    assert run_cli(["decompose", run_id, "--prefix", "include", "--store", str(store)],
+                   capsys)[0] == 0
+    now = run_sql(store, f"SELECT {figures} FROM run_summary WHERE run_id = $r",
+                  {"r": run_id}).to_pylist()
+    assert now != saw  # the run's figures changed (the prefix token counts as a position)
+    assert run_query(store, "audit_history", {"series": "s"}).to_pylist() == before
+
+    code, out, _ = run_cli([*options(images, paths[1], store, 200), "--no-dashboard"], capsys)
+    assert code == 0
+    second = {a["step"]: a for a in read_audits(Store(store), "s")}[200]
+    note = f"previous audit's run {run_id} has been decomposed again with --prefix include"
+    assert second["drift_note"].startswith(note) and note in out
+    assert second["n_flagged"] == 0 and read_drift(Store(store), "s", second["audit_id"]) == []
+    history = run_query(store, "audit_history", {"series": "s"}).to_pylist()
+    assert [h["comparable"] for h in history] == [None, True]  # same inputs and prefix option
+    assert history[0] == before[0]
 
 
 def audit_request(argv: list[str]):

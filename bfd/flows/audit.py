@@ -29,6 +29,7 @@ from bfd.flows.prefect_io import (
 )
 from bfd.flows.runners import decompose_flow, task_runner
 from bfd.flows.stats_only import stats_only_run
+from bfd.queries.seen import run_seen
 from bfd.storage import Store, results_path
 from bfd.tasks.audits import (
     audit_row,
@@ -133,7 +134,8 @@ def audit(
                     logger.info("run %s is already computed: reused, nothing recomputed",
                                 run_id)
             run = computed_run(Store(root), run_id, stored) or {}
-        rows = drift_since_previous(Store(root), row, run_id, thresholds.model_dump())
+        rows = drift_since_previous(Store(root), row, run_id, thresholds.model_dump(),
+                                    run_seen(root, run_id))
     reused = "runs" not in written
     logger.info("audit %s: run %s (%s), %d drift flag(s); store %s", row["audit_id"], run_id,
                 "reused" if reused else "computed", row["n_flagged"], root)

@@ -1,39 +1,55 @@
 -- audit_history: the audits of a series in series order (step, then start time), each with
--- its run's model_summary figures and their change since the previous audit of the same
--- series (delta_* = this - previous; NULL for the first). An audit that reused its run
--- repeats its figures. series restricts to one series, model to the series of one model
--- (each series is still chained on its own: seeds, checkpoints and fine-tunes of one
--- architecture are never each other's previous audit). comparable: the two runs saw the
--- same images (images_sha256), decoded N, img_size and layers; when false the figures are
--- over other images or another set of layers, so every delta_* is NULL (not a change of
--- the model); NULL for the first audit of a series.
+-- the model_summary figures of its run as that audit saw them (kept in its audits row: a later
+-- decomposition of the run with other options does not change them; audits written before
+-- audits kept them show their run's current figures) and their change since the previous
+-- audit of the same series (delta_* = this - previous; NULL for the first). An audit that
+-- reused its run repeats its figures. series restricts to one series, model to the series of
+-- one model (each series is still chained on its own: seeds, checkpoints and fine-tunes of one
+-- architecture are never each other's previous audit). comparable: the two runs saw the same
+-- images (images_sha256), decoded N, img_size and layers, and were decomposed with the same
+-- prefix option; when false the figures are over other images, another set of layers or
+-- other positions, so every delta_* is NULL (not a change of the model); NULL for the first
+-- audit of a series. results_version: the published results the audit saw; drift_note: why the
+-- audit's drift was not compared with the previous audit (NULL when it was).
 -- params: series (optional), model (optional)
-WITH history AS (
+WITH seen AS (
     SELECT
         a.*,
-        s.* EXCLUDE (run_id),
-        lag(a.run_id) OVER audits AS prev_run_id,
-        lag(a.run_id) OVER audits IS NOT NULL AS has_prev,
-        r.images_sha256 = lag(r.images_sha256) OVER audits
-            AND r.n_images - coalesce(r.n_skipped, 0)
-                = lag(r.n_images - coalesce(r.n_skipped, 0)) OVER audits
-            AND r.img_size = lag(r.img_size) OVER audits
-            AND r.layers = lag(r.layers) OVER audits AS same_inputs,
-        lag(s.f_pp) OVER audits AS prev_f_pp,
-        lag(s.f_pc) OVER audits AS prev_f_pc,
-        lag(s.f_cp) OVER audits AS prev_f_cp,
-        lag(s.f_cc) OVER audits AS prev_f_cc,
-        lag(s.frac_pos_mean) OVER audits AS prev_frac_pos_mean,
-        lag(s.n_heads_pp) OVER audits AS prev_n_heads_pp,
-        lag(s.n_heads_cp) OVER audits AS prev_n_heads_cp,
-        lag(s.n_heads_cc) OVER audits AS prev_n_heads_cc
+        r.model,
+        r.created_at,
+        r.n_images,
+        r.images_sha256,
+        r.n_images - coalesce(r.n_skipped, 0) AS n_decoded,
+        r.img_size,
+        r.layers,
+        coalesce(json_extract_string(a.decompose_json, '$.prefix'),
+                 json_extract_string(r.config_json, '$.decompose.prefix'), 'exclude') AS prefix
     FROM audits AS a
-    JOIN run_summary AS s USING (run_id)
     JOIN runs AS r ON r.run_id = a.run_id AND r.status = 'complete'
     WHERE a.status = 'complete'
         AND (CAST($series AS VARCHAR) IS NULL OR a.series = $series)
-        AND (CAST($model AS VARCHAR) IS NULL OR s.model = $model)
-    WINDOW audits AS (PARTITION BY a.series ORDER BY a.step, a.started_at, a.audit_id)
+        AND (CAST($model AS VARCHAR) IS NULL OR r.model = $model)
+),
+history AS (
+    SELECT
+        *,
+        lag(run_id) OVER audits AS prev_run_id,
+        lag(run_id) OVER audits IS NOT NULL AS has_prev,
+        images_sha256 = lag(images_sha256) OVER audits
+            AND n_decoded = lag(n_decoded) OVER audits
+            AND img_size = lag(img_size) OVER audits
+            AND layers = lag(layers) OVER audits
+            AND prefix = lag(prefix) OVER audits AS same_inputs,
+        lag(f_pp) OVER audits AS prev_f_pp,
+        lag(f_pc) OVER audits AS prev_f_pc,
+        lag(f_cp) OVER audits AS prev_f_cp,
+        lag(f_cc) OVER audits AS prev_f_cc,
+        lag(frac_pos_mean) OVER audits AS prev_frac_pos_mean,
+        lag(n_heads_pp) OVER audits AS prev_n_heads_pp,
+        lag(n_heads_cp) OVER audits AS prev_n_heads_cp,
+        lag(n_heads_cc) OVER audits AS prev_n_heads_cc
+    FROM seen
+    WINDOW audits AS (PARTITION BY series ORDER BY step, started_at, audit_id)
 )
 SELECT
     series,
@@ -44,9 +60,11 @@ SELECT
     finished_at,
     trigger,
     n_flagged,
+    drift_note,
     model,
     run_id,
     created_at,
+    results_version,
     prev_run_id,
     n_images,
     n_layers,

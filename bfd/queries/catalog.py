@@ -50,6 +50,9 @@ from typing import Final, TypeAlias
 import duckdb
 import pyarrow as pa
 
+from bfd.storage import SEEN_FIGURES
+from bfd.storage.paths import check_store
+
 from .listing import ListingChanged, list_files
 from .snapshot import CATALOG_DIR, CURRENT_NAME, Schema, publish_current, snapshot
 
@@ -69,6 +72,10 @@ __all__ = [
 
 Store: TypeAlias = str | os.PathLike[str] | duckdb.DuckDBPyConnection
 ParamValue: TypeAlias = str | int | float | None
+
+# The SQL types of the audits' SEEN_FIGURES.
+_SEEN_COLUMNS: Final[str] = ", ".join(
+    f"{name} {'BIGINT' if pa.types.is_integer(kind) else 'DOUBLE'}" for name, kind in SEEN_FIGURES)
 
 # The contract columns of docs/layout.md (plus `model`, which every file carries), as SQL column
 # definitions with the types of its "Types" paragraph. They are used only for columns that no
@@ -128,7 +135,8 @@ CONTRACT: Final[Mapping[str, str]] = {
     "audits": (
         "audit_id VARCHAR, series VARCHAR, run_id VARCHAR, step BIGINT, started_at TIMESTAMPTZ,"
         " finished_at TIMESTAMPTZ, trigger VARCHAR, flow_run_id VARCHAR, status VARCHAR,"
-        " prev_audit_id VARCHAR, n_flagged INTEGER"
+        " prev_audit_id VARCHAR, n_flagged INTEGER, drift_note VARCHAR, results_version VARCHAR,"
+        " decompose_json VARCHAR, " + _SEEN_COLUMNS
     ),
     "drift": (
         "audit_id VARCHAR, series VARCHAR, prev_audit_id VARCHAR, layer INTEGER, head INTEGER,"
@@ -137,11 +145,16 @@ CONTRACT: Final[Mapping[str, str]] = {
     ),
 }
 
-# Run on each snapshot after its tables are loaded: drift files written before drift held
-# its series (they had Hive folders series=<series>/) take it from their audit.
+# Run on each snapshot after its tables and views are made: drift files written before drift
+# held its series (they had Hive folders series=<series>/) take it from their audit; complete
+# audits written before audits kept the figures they saw show their run's current ones.
 _FILLS: Final[tuple[str, ...]] = (
     "UPDATE drift SET series = a.series FROM audits AS a"
     " WHERE drift.series IS NULL AND drift.audit_id = a.audit_id",
+    "UPDATE audits SET "
+    + ", ".join(f"{name} = s.{name}" for name, _ in SEEN_FIGURES)
+    + " FROM run_summary AS s WHERE audits.run_id = s.run_id AND audits.status = 'complete'"
+    " AND audits.n_layers IS NULL",
 )
 
 # Created in this order: each view reads only tables and the views before it.
@@ -212,11 +225,6 @@ def _schema() -> Schema:
     return Schema(CONTRACT, [(view, _view_sql(view)) for view in DERIVED_VIEWS], _FILLS)
 
 
-def _check_store(root: Path) -> None:
-    if not root.is_dir():
-        raise FileNotFoundError(f"store {str(root)!r} is not a directory; expected a BFD store")
-
-
 def _open(stores: Mapping[str, Path]) -> tuple[duckdb.DuckDBPyConnection, Path | None]:
     """A connection with each store's snapshot attached read-only under its name (the first
     one as ``bfd``, the default), and file access off; and the first one's cached snapshot
@@ -224,7 +232,7 @@ def _open(stores: Mapping[str, Path]) -> tuple[duckdb.DuckDBPyConnection, Path |
     with contextlib.ExitStack() as stack:
         paths = {}
         for alias, root in stores.items():
-            _check_store(root)
+            check_store(root)  # before a snapshot writes catalog/ into a folder of other files
             path, cached = stack.enter_context(snapshot(root, _schema()))
             paths[alias] = (path, cached)
         con = duckdb.connect()
@@ -278,8 +286,9 @@ def connect(store_root: str | os.PathLike[str],
     there is one, and built (and kept there) otherwise; see ``snapshot.py``.
 
     Args:
-        store_root: The store directory. It must exist; it may hold no tables yet, in which case
-            every table is empty but has its contract columns.
+        store_root: The store directory. It must exist and be a store (``check_store``); it may
+            hold no tables yet (an empty folder is a new store), in which case every table is
+            empty but has its contract columns.
         attach: Further stores by name: each one's catalog is attached read-only as a database
             of that name (``SELECT ... FROM staging.heads``), to compare stores.
 
@@ -291,6 +300,7 @@ def connect(store_root: str | os.PathLike[str],
 
     Raises:
         FileNotFoundError: ``store_root`` (or an attached store) is not a directory.
+        NotAStoreError: It is a folder of other files, not a store (``check_store``).
     """
     return _connect(store_root, attach)[0]
 

@@ -90,16 +90,22 @@ def _load_table(build: duckdb.DuckDBPyConnection, table: str, columns: str,
             build.execute(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
 
 
+def load(build: duckdb.DuckDBPyConnection, schema: Schema, listing: Listing) -> None:
+    """Creates the listed files' tables (every table of the contract, empty where nothing is
+    listed), the derived views, then runs the fills (which may read the views)."""
+    for table, columns in schema.contract.items():
+        _load_table(build, table, columns, [f.path for f in listing.get(table, [])])
+    for view, sql in schema.views:
+        build.execute(f"CREATE VIEW {view} AS {sql}")
+    for sql in schema.fills:
+        build.execute(sql)
+
+
 def _build(db_path: Path, schema: Schema, listing: Listing) -> None:
     """Writes a snapshot of the listed files to ``db_path`` (a new file), checkpointed."""
     build = duckdb.connect(str(db_path))
     try:
-        for table, files in listing.items():
-            _load_table(build, table, schema.contract[table], [f.path for f in files])
-        for sql in schema.fills:
-            build.execute(sql)
-        for view, sql in schema.views:
-            build.execute(f"CREATE VIEW {view} AS {sql}")
+        load(build, schema, listing)
         build.execute("CHECKPOINT")
     finally:
         build.close()

@@ -23,6 +23,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.text import Text
 
+from bfd.report.layout import fit_titles, integer_ticks
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -98,6 +100,7 @@ def _save(fig: Figure, path: Target) -> None:
     # names come from users (a model called "a$b"): no text is a mathtext formula
     for text in fig.findobj(Text):
         text.set_parse_math(False)
+    fit_titles(fig)  # a long model name or run id wraps instead of running off the figure
     fig.savefig(path, format="png", dpi=110)
 
 
@@ -189,8 +192,8 @@ def head_map_figure(heads_table: TableLike, path: Target, title: str | None = No
     ax.imshow(image, aspect="auto", interpolation="nearest")
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    ax.set_xticks(range(n_heads))
-    ax.set_yticks(range(n_layers))
+    integer_ticks(ax.xaxis)
+    integer_ticks(ax.yaxis)
     ax.tick_params(labelsize="small")
     ax.legend(
         handles=[Patch(color=CLASS_COLORS[c], label=_CLASS_LABELS[c]) for c in CLASS_COLORS],

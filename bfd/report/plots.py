@@ -21,8 +21,9 @@ from matplotlib.legend import Legend
 
 from bfd.queries import connect
 from bfd.report import data as D
+from bfd.report.layout import fit_titles, floored, integer_ticks, mark_floor
 
-__all__ = ["FORMATS", "VIEWS", "plot_run"]
+__all__ = ["FORMATS", "VIEWS", "plot_run", "run_figures"]
 
 FORMATS: Final[tuple[str, ...]] = ("png", "svg", "pdf")
 BLOCKS: Final[tuple[str, ...]] = ("f_pp", "f_pc", "f_cp", "f_cc")
@@ -38,6 +39,9 @@ _RC: Final[dict[str, Any]] = {
     "xtick.labelsize": 7, "ytick.labelsize": 7, "text.usetex": False, "svg.fonttype": "none",
     "pdf.fonttype": 42,
 }
+# A head map's cells carry their value (5 pt "0.42", about 11 pt wide) only while a cell of
+# the four maps side by side on a 7 in figure is wide enough for it.
+_ANNOTATED_HEADS: Final[int] = 8
 
 
 def _figure(
@@ -52,9 +56,9 @@ def _col(rows: list[dict], key: str) -> np.ndarray:
     return np.array([np.nan if r.get(key) is None else r[key] for r in rows], dtype=float)
 
 
-def _layer_axis(ax, layers: np.ndarray) -> None:
+def _layer_axis(ax) -> None:
     ax.set_xlabel("layer")
-    ax.set_xticks(layers)
+    integer_ticks(ax.xaxis)
 
 
 def _shares(run: dict, layers: list[dict], heads: list[dict], modes: list[dict], pos) -> Figure:
@@ -68,7 +72,7 @@ def _shares(run: dict, layers: list[dict], heads: list[dict], modes: list[dict],
         bottom += values
     ax.set_ylim(0, 1)
     ax.set_ylabel("share of logit energy")
-    _layer_axis(ax, x)
+    _layer_axis(ax)
     ax.legend(ncols=4, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     return fig
 
@@ -83,16 +87,16 @@ def _head_map(run: dict, layers: list[dict], heads: list[dict], modes: list[dict
         grid[lay, hd] = _col(heads, block)
         image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, aspect="auto",
                           interpolation="nearest")
-        if n_l * n_h <= 200:
+        if n_h <= _ANNOTATED_HEADS and n_l * n_h <= 200:
             for (i, j), value in np.ndenumerate(grid):
                 if np.isfinite(value):
                     ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=5,
                             color="white" if value < 0.6 else "black")
         ax.set_title(block, color=BLOCK_COLORS[block])
         ax.set_xlabel("head")
-        ax.set_xticks(range(n_h))
+        integer_ticks(ax.xaxis)
     axes[0, 0].set_ylabel("layer")
-    axes[0, 0].set_yticks(range(n_l))
+    integer_ticks(axes[0, 0].yaxis)
     fig.colorbar(image, ax=axes[0].tolist(), label="share", shrink=0.9)
     return fig
 
@@ -117,7 +121,7 @@ def _spectra(run: dict, layers: list[dict], heads: list[dict], modes: list[dict]
     right.plot(x, [np.nanmean(er[hl == v]) for v in x], color="black", label="layer mean")
     right.set_ylabel("eff_rank")
     right.set_title("effective rank")
-    _layer_axis(right, x)
+    _layer_axis(right)
     right.legend(frameon=False)
     return fig
 
@@ -182,7 +186,7 @@ def _preservation(run: dict, layers: list[dict], heads: list[dict], modes: list[
             ax.plot(x, y, style, marker="o", ms=3, color=color, label=label)
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("share")
-    _layer_axis(ax, x)
+    _layer_axis(ax)
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     return fig
 
@@ -192,27 +196,41 @@ def _validation(run: dict, layers: list[dict], heads: list[dict], modes: list[di
     fig, axes = _figure(_DOUBLE, 2.4, 1, 3)
     res, split, shuffle = axes[0]
     x = _col(layers, "layer")
+    # relative residuals: a 0 or a denormal is drawn at the floor (layout.LOG_FLOOR), not
+    # at 1e-300 where it would stretch the axis over 300 empty decades
+    low = False
     for i, key in enumerate(("ss_identity_residual", "ortho_residual", "logit_residual")):
-        y = np.abs(_col(layers, key))
+        y, raised = floored(np.abs(_col(layers, key)))
+        low |= raised.any()
         if np.isfinite(y).any():
-            res.semilogy(x, np.maximum(y, 1e-300), marker="o", ms=3, color=PALETTE[i], label=key)
+            res.semilogy(x, y, marker="o", ms=3, color=PALETTE[i], label=key)
+    if low:
+        mark_floor(res)
+    res.set_ylabel("|relative residual|")
     res.set_title("identity residuals")
     res.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     split.plot(x, _col(layers, "pos_split_half_r"), marker="o", ms=3, color=PALETTE[2])
     split.set_ylim(0, 1.02)
     split.set_title("split-half r of pos")
-    shuffle.semilogy(x, _col(layers, "shuffle_frac_pos"), marker="o", ms=3, color=PALETTE[0],
-                     label="after shuffling")
-    shuffle.semilogy(x, _col(layers, "frac_pos"), "--", marker="o", ms=3, color=PALETTE[4],
-                     label="frac_pos")
     # its expectation per layer: (1 − frac_img) / N, the images kept (docs/method.md)
     kept = run["n_images"] - (run.get("n_skipped") or 0)
-    shuffle.semilogy(x, (1 - _col(layers, "frac_img")) / kept, ":", color="black",
-                     label="chance (1 − frac_img)/N")
+    low = False
+    for y, style, color, label in (
+        (_col(layers, "shuffle_frac_pos"), "-", PALETTE[0], "after shuffling"),
+        (_col(layers, "frac_pos"), "--", PALETTE[4], "frac_pos"),
+        ((1 - _col(layers, "frac_img")) / kept, ":", "black", "chance (1 − frac_img)/N"),
+    ):
+        y, raised = floored(y)
+        low |= raised.any()
+        shuffle.semilogy(x, y, style, marker="o" if style != ":" else None, ms=3, color=color,
+                         label=label)
+    if low:
+        mark_floor(shuffle)
+    shuffle.set_ylabel("share")
     shuffle.set_title("shuffle control")
     shuffle.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     for ax in axes[0]:
-        _layer_axis(ax, x)
+        _layer_axis(ax)
     return fig
 
 
@@ -231,6 +249,53 @@ _NEEDS: Final[dict[str, str]] = {
     "shares": "layers", "head_map": "heads", "spectra": "modes", "alpha_beta": "modes",
     "pos_factor": "pos", "preservation": "layers", "validation": "layers",
 }
+
+
+def run_figures(
+    store_root: str | os.PathLike[str], run_id: str
+) -> tuple[dict[str, Figure], list[str]]:
+    """Every view of one run as a laid-out figure, titled with the run's series and id.
+
+    Args:
+        store_root: The store directory.
+        run_id: A run of the store.
+
+    Returns:
+        The figures by view name (in the order of ``VIEWS``), and the views skipped for lack
+        of data (e.g. ``pos_factor`` when the run's results are not found).
+
+    Raises:
+        ValueError: No such run in the store.
+    """
+    con = connect(store_root)
+    try:
+        runs = {row["run_id"]: row for row in D.run_list(con).to_pylist()}
+        if run_id not in runs:
+            ids = list(runs)
+            known = ", ".join(map(str, ids[:10])) + (" ..." if len(ids) > 10 else "")
+            raise ValueError(f"no run {run_id!r} in store {str(store_root)!r}; "
+                             f"runs: {known or 'none'}")
+        run = runs[run_id]
+        detail = {name: t.to_pylist() for name, t in D.run_detail(con, run_id).items()}
+    finally:
+        con.close()
+    grid = (run["grid_h"], run["grid_w"])
+    detail["pos"] = D.positional_components(store_root, run_id, grid)
+    figures, skipped = {}, []
+    with mpl.rc_context(_RC):
+        for name, view in VIEWS.items():
+            if not detail[_NEEDS[name]]:
+                skipped.append(name)
+                continue
+            fig = view(run, detail["layers"], detail["heads"], detail["modes"], detail["pos"])
+            fig.suptitle(f"{run['series']} · {run_id}", fontsize=8, parse_math=False)
+            # legend labels may hold names from the store (mode types)
+            for legend in fig.findobj(Legend):
+                for text in legend.get_texts():
+                    text.set_parse_math(False)
+            fit_titles(fig)
+            figures[name] = fig
+    return figures, skipped
 
 
 def plot_run(
@@ -256,34 +321,12 @@ def plot_run(
         raise ValueError(f"unknown figure format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"--out {str(out_dir)!r} is a file; expected a folder for the figures")
-    con = connect(store_root)
-    try:
-        runs = {row["run_id"]: row for row in D.run_list(con).to_pylist()}
-        if run_id not in runs:
-            ids = list(runs)
-            known = ", ".join(map(str, ids[:10])) + (" ..." if len(ids) > 10 else "")
-            raise ValueError(f"no run {run_id!r} in store {str(store_root)!r}; "
-                             f"runs: {known or 'none'}")
-        run = runs[run_id]
-        detail = {name: t.to_pylist() for name, t in D.run_detail(con, run_id).items()}
-    finally:
-        con.close()
-    grid = (run["grid_h"], run["grid_w"])
-    detail["pos"] = D.positional_components(store_root, run_id, grid)
+    figures, skipped = run_figures(store_root, run_id)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written, skipped = [], []
+    written = []
     with mpl.rc_context(_RC):
-        for name, view in VIEWS.items():
-            if not detail[_NEEDS[name]]:
-                skipped.append(name)
-                continue
-            fig = view(run, detail["layers"], detail["heads"], detail["modes"], detail["pos"])
-            fig.suptitle(f"{run['series']} · {run_id}", fontsize=8, parse_math=False)
-            # legend labels may hold names from the store (mode types)
-            for legend in fig.findobj(Legend):
-                for text in legend.get_texts():
-                    text.set_parse_math(False)
+        for name, fig in figures.items():
             path = out / f"{D.safe_file_stem(run_id)}-{name}.{fmt}"
             fig.savefig(path, format=fmt, dpi=300 if fmt == "png" else None)
             written.append(path)

@@ -30,6 +30,17 @@ from .tables import partition_value, unescape_partition_value
 
 _TS: Final = pa.timestamp("us", tz="UTC")
 
+# The model-level figures of an audit's run as the audit saw them (the ``run_summary`` view's
+# columns of the same names), kept in its row so that a later re-decomposition of the run
+# (other options) does not rewrite the audit's history.
+SEEN_FIGURES: Final[tuple[tuple[str, pa.DataType], ...]] = (
+    ("n_layers", pa.int64()),
+    ("n_heads", pa.int64()),
+    *((f"{kind}f_{b}", pa.float64()) for kind in ("", "mean_") for b in ("pp", "pc", "cp", "cc")),
+    ("frac_pos_mean", pa.float64()),
+    *((f"n_heads_{b}", pa.int64()) for b in ("pp", "cp", "cc", "undefined")),
+)
+
 AUDIT_SCHEMA: Final[pa.Schema] = pa.schema([
     ("audit_id", pa.string()),
     ("series", pa.string()),
@@ -42,6 +53,10 @@ AUDIT_SCHEMA: Final[pa.Schema] = pa.schema([
     ("status", pa.string()),
     ("prev_audit_id", pa.string()),
     ("n_flagged", pa.int32()),
+    ("drift_note", pa.string()),
+    ("results_version", pa.string()),
+    ("decompose_json", pa.string()),
+    *SEEN_FIGURES,
 ])
 
 DRIFT_SCHEMA: Final[pa.Schema] = pa.schema([

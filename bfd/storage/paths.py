@@ -23,6 +23,13 @@ DEFAULT_ROOT: Final[str] = "./bfd-store"
 
 ZARR_NAME: Final[str] = "bfd.zarr"
 RESULTS_GROUP: Final[str] = "results"
+# What marks a folder as a store (docs/layout.md, "What makes a folder a store"): the first
+# thing any command writes into one is one of these folders, so every store that any version
+# of bfd wrote holds one.
+STORE_ENTRIES: Final[tuple[str, ...]] = ("runs", "tables", ZARR_NAME, "request_keys")
+# What reading a store writes into it (the SQL catalog, the dashboard): beside hidden files,
+# these alone leave a folder a new, empty store.
+_READER_ENTRIES: Final[tuple[str, ...]] = ("catalog", "dashboard")
 
 # Path-safe and SQL-friendly; the same pattern run_id() produces.
 _RUN_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
@@ -32,6 +39,10 @@ _URL_RE: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 class DamagedStoreError(ValueError):
     """A file of the store cannot be read as what it should be (truncated, garbage, missing
     parts); the message names the file and what repairs it."""
+
+
+class NotAStoreError(ValueError):
+    """A folder given as the store is not one (it holds other files, and none of a store's)."""
 
 
 class RunBusyError(RuntimeError):
@@ -146,6 +157,38 @@ def default_store() -> Store:
     return Store(
         os.environ.get(STORE_ENV, DEFAULT_ROOT), zarr_url=os.environ.get(ZARR_URL_ENV) or None
     )
+
+
+def check_store(root: str | os.PathLike[str]) -> None:
+    """Refuse a folder that is not a store before a command reads it or writes into it (the SQL
+    catalog, a dashboard): a store holds one of ``STORE_ENTRIES``; an empty folder, or one
+    holding only hidden files and what reading commands write, is a new store, empty.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder.
+        NotAStoreError: ``root`` holds other files and none of ``STORE_ENTRIES``.
+    """
+    where = Path(root)
+    if not where.is_dir():
+        raise FileNotFoundError(f"store {str(where)!r} is not a directory; expected a BFD store")
+    if any((where / name).is_dir() for name in STORE_ENTRIES):
+        return
+    try:
+        with os.scandir(where) as it:
+            others = sorted(e.name for e in it
+                            if not e.name.startswith(".") and e.name not in _READER_ENTRIES)
+    except OSError:
+        return  # not listable: what reads it next says why
+    if not others:
+        return
+    shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+    marks = ", ".join(f"{name}/" for name in STORE_ENTRIES[:-1])
+    left = ("; its catalog/ was written by an earlier bfd and may be deleted"
+            if (where / "catalog" / "current.duckdb").is_file() else "")
+    raise NotAStoreError(
+        f"{where} is not a BFD store (it holds {shown}, but no {marks} or "
+        f"{STORE_ENTRIES[-1]}/); check --store or $BFD_STORE, or give an empty folder for a new "
+        f"store{left}")
 
 
 def temp_name(path: Path) -> Path:

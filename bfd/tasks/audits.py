@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from bfd.files import WEIGHT_SUFFIXES
 from bfd.storage import (
+    SEEN_FIGURES,
     Store,
     new_audit_id,
     previous_audit,
@@ -25,7 +26,7 @@ from bfd.storage import (
     write_drift,
 )
 from bfd.storage.audits import series_folder
-from bfd.tasks.drift import drift_rows, not_comparable
+from bfd.tasks.drift import decompose_options_of, drift_rows, not_comparable
 
 # Decomposition options that do not change the results (where and in what pieces it ran).
 _PLACEMENT_OPTIONS: Final[frozenset[str]] = frozenset({"device", "images_per_task"})
@@ -133,11 +134,8 @@ def computed_run(store: Store, run_id: str, decompose_options: Mapping[str, Any]
     runs = read_table(store, "runs")
     rows = [r for r in runs.to_pylist() if r["run_id"] == run_id and r["status"] == "complete"]
     for row in rows:
-        try:
-            stored = json.loads(row.get("config_json") or "{}").get("decompose", {})
-        except json.JSONDecodeError:
-            continue
-        if _result_options(stored) == _result_options(decompose_options):
+        stored = decompose_options_of(row.get("config_json"))
+        if stored and _result_options(stored) == _result_options(decompose_options):
             return row
     return None
 
@@ -162,24 +160,32 @@ def audit_row(store: Store, series: str, step: int, trigger: str,
 
 
 def drift_since_previous(store: Store, row: dict[str, Any], run_id: str,
-                         thresholds: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Completes an audit's ``row`` (``audit_row``) with its run: the drift rows against the
-    previous complete audit of its series (written as that audit's ``drift`` file; none for
-    a series' first audit), its flag count and status ``complete``.
+                         thresholds: Mapping[str, Any],
+                         seen: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Completes an audit's ``row`` (``audit_row``) with its run: what the audit saw of it
+    (``seen``: ``bfd.queries.seen.run_seen`` of the run, kept as its results version,
+    decomposition options and ``SEEN_FIGURES``), the drift rows against the previous complete
+    audit of its series (written as that audit's ``drift`` file; none for a series' first
+    audit), its flag count and status ``complete``.
 
-    When the previous audit's run saw other images, another decoded N or img_size
-    (``not_comparable``), nothing is compared: no drift rows, 0 flagged, and
-    ``row["drift_note"]`` (not a column of ``audits``) says why in one line.
+    When the two audits' figures are not comparable (``not_comparable``: other images, decoded
+    N or img_size, another prefix option, or the previous audit's run decomposed again with
+    another since), nothing is compared: no drift rows, 0 flagged, and ``row["drift_note"]``
+    says why in one line.
 
     Returns:
         The drift rows written.
     """
-    row["run_id"] = run_id
+    options = _result_options(decompose_options_of(seen["config_json"]))
+    row.update(run_id=run_id, results_version=seen["results_version"],
+               decompose_json=json.dumps(options, sort_keys=True),
+               **{name: seen[name] for name, _ in SEEN_FIGURES})
     prev = previous_audit(store, row["series"], row["step"])
     rows: list[dict[str, Any]] = []
     if prev is not None:
         row["prev_audit_id"] = prev["audit_id"]
-        row["drift_note"] = not_comparable(store, prev["run_id"], run_id)
+        saw = json.loads(prev["decompose_json"]) if prev.get("decompose_json") else None
+        row["drift_note"] = not_comparable(store, prev["run_id"], run_id, saw)
     if prev is not None and row["drift_note"] is None:
         rows = [{"audit_id": row["audit_id"], "prev_audit_id": prev["audit_id"], **r}
                 for r in drift_rows(store, prev["run_id"], run_id, thresholds)]

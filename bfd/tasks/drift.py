@@ -9,6 +9,7 @@ Only what both runs hold is compared, and only when both saw the same images
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from typing import Any, Final
@@ -77,28 +78,57 @@ def run_metrics(store: Store, run_id: str) -> tuple[dict, dict]:
     return layers, heads
 
 
+def decompose_options_of(config_json: str | None) -> dict[str, Any]:
+    """The decomposition options a ``runs`` row's ``config_json`` records ({} when none)."""
+    try:
+        options = json.loads(config_json or "{}").get("decompose", {})
+    except (json.JSONDecodeError, AttributeError):
+        return {}
+    return options if isinstance(options, dict) else {}
+
+
+def _prefix(options: Mapping[str, Any]) -> str:
+    return str(options.get("prefix") or "exclude")
+
+
 def _run_inputs(store: Store, run_ids: tuple[str, str]) -> dict[str, dict[str, Any]]:
-    """What each run saw: images_sha256, its decoded N and img_size (``runs`` table)."""
+    """What each run saw: images_sha256, its decoded N, img_size and the prefix option of its
+    published decomposition (``runs`` table)."""
     rows = read_table(store, "runs").to_pylist()
     return {r["run_id"]: {"sha": r["images_sha256"], "img_size": r["img_size"],
-                          "n": (r["n_images"] or 0) - (r["n_skipped"] or 0)}
+                          "n": (r["n_images"] or 0) - (r["n_skipped"] or 0),
+                          "prefix": _prefix(decompose_options_of(r.get("config_json")))}
             for r in rows if r["run_id"] in run_ids and r["status"] == "complete"}
 
 
-def not_comparable(store: Store, run_before: str, run_after: str) -> str | None:
+def not_comparable(store: Store, run_before: str, run_after: str,
+                   seen_before: Mapping[str, Any] | None = None) -> str | None:
     """Why two runs' shares cannot be compared as drift of the model, in one line, or None.
 
     Raw shares move with the images and their number N (the noise of pos alone gives about
     ``frac_pos_chance``, of order 1/N: docs/method.md), so two runs that saw other images
     (images_sha256), decoded another N or used another img_size differ with the model
-    unchanged. A run missing from the ``runs`` table is compared as before.
+    unchanged; so do shares over other positions (the ``prefix`` option). The previous
+    audit's shares are those of ``run_before``'s published decomposition only when that is
+    still decomposed with the prefix option that audit saw (``seen_before``, its decomposition
+    options; None: an audit that did not keep them, taken as the run's current ones). A run
+    missing from the ``runs`` table is compared as before.
     """
-    if run_before == run_after:
-        return None
     seen = _run_inputs(store, (run_before, run_after))
     if run_before not in seen or run_after not in seen:
         return None
     a, b = seen[run_before], seen[run_after]
+    saw = _prefix(seen_before) if seen_before is not None else a["prefix"]
+    if saw != b["prefix"]:
+        return (f"previous audit's shares were decomposed with --prefix {saw}, this audit's with "
+                f"--prefix {b['prefix']}; not compared: they are shares over other positions")
+    if a["prefix"] != saw:
+        return (f"previous audit's run {run_before} has been decomposed again with --prefix "
+                f"{a['prefix']} since that audit (it saw --prefix {saw}); not compared: "
+                f"`bfd decompose {run_before} --prefix {saw}` restores what it saw")
+    if run_before == run_after:
+        return None
+    a, b = ({k: v for k, v in x.items() if k != "prefix"} for x in (a, b))
     if a == b:
         return None
     what = ("other images" if a["sha"] != b["sha"] else

@@ -17,6 +17,10 @@
     "#000000", "#F0E442"];
   const DASHES = ["solid", "dash", "dot", "dashdot", "longdash"];
   const CONFIG = { displaylogo: false, responsive: true, toImageButtonOptions: { format: "svg" } };
+  // Relative quantities (residuals, shares) below float64 resolution (eps 2.2e-16) are drawn
+  // at this floor on a log axis: a 0 or a denormal would stretch the axis to 1e-300 (as in
+  // bfd plot, bfd/report/layout.py).
+  const LOG_FLOOR = 1e-17;
 
   // --- helpers ------------------------------------------------------------------------------
   function pt(s) {
@@ -130,6 +134,21 @@
     // responsive plots fill their box, so the box takes the figure's height
     div.style.height = (full.height || 400) + "px";
     return Plotly.react(div, traces, full, CONFIG);
+  }
+  // Traces for a log axis: y below LOG_FLOOR drawn at it, the stored value in the hover
+  // (customdata); with a dotted line at the floor, named, when a value was raised to it.
+  function logTraces(traces) {
+    const x = traces.flatMap((t) => t.x);
+    let low = false;
+    const out = traces.map((t) => {
+      low = low || t.y.some((v) => v !== null && v < LOG_FLOOR);
+      return Object.assign({}, t, { customdata: t.y,
+        y: t.y.map((v) => (v === null ? null : Math.max(v, LOG_FLOOR))) });
+    });
+    if (low) out.push({ x: [Math.min(...x), Math.max(...x)], y: [LOG_FLOOR, LOG_FLOOR], mode: "lines",
+      name: pt(`< ${LOG_FLOOR.toExponential()}: drawn at ${LOG_FLOOR.toExponential()}`),
+      line: { color: "#888", dash: "dot", width: 1 }, hoverinfo: "skip" });
+    return out;
   }
   function section(title, ...kids) {
     return h("section", { "aria-label": title }, h("h2", {}, title), kids);
@@ -373,21 +392,23 @@
       line("frac_pos", "frac_pos at attn_in", "#E69F00", "dash"),
       line("frac_content", "content enrichment: frac_content at attn_in", "#0072B2")],
     { xaxis: { title: { text: "layer" }, dtick: 1 }, yaxis: { title: { text: "share" }, range: [0, 1.02] }, height: 380 });
-    const abs = (key) => layers.map((l) => (l[key] === null ? null : Math.max(Math.abs(l[key]), 1e-300)));
-    draw(resid, ["ss_identity_residual", "ortho_residual", "logit_residual"].map((k, i) => ({
+    const abs = (key) => layers.map((l) => (l[key] === null ? null : Math.abs(l[key])));
+    draw(resid, logTraces(["ss_identity_residual", "ortho_residual", "logit_residual"].map((k, i) => ({
       x: L, y: abs(k), name: k, mode: "lines+markers", line: { color: PALETTE[i] },
-      hovertemplate: `layer %{x}<br>|${k}| %{y:.3g}<extra></extra>` })),
+      hovertemplate: `layer %{x}<br>|${k}| %{customdata:.3g}<extra></extra>` }))),
     { title: { text: "identity residuals", font: { size: 13 } },
-      yaxis: { type: "log", title: { text: "|residual|" }, exponentformat: "e" }, xaxis: { title: { text: "layer" }, dtick: 1 } });
+      yaxis: { type: "log", title: { text: "|relative residual|" }, exponentformat: "e" },
+      xaxis: { title: { text: "layer" }, dtick: 1 } });
     draw(split, [line("pos_split_half_r", "split-half r of pos", "#009E73")],
       { title: { text: "split-half reliability of pos", font: { size: 13 } },
         yaxis: { range: [0, 1.02], title: { text: "correlation" } }, xaxis: { title: { text: "layer" }, dtick: 1 } });
     // the shuffle control's expectation per layer: (1 − frac_img) / N, N the images kept
     const kept = run.n_images - (run.n_skipped || 0);
-    draw(shuffle, [line("shuffle_frac_pos", "frac_pos after shuffling", "#0072B2"),
-      line("frac_pos", "frac_pos", "#E69F00", "dash"),
+    const stored = (t) => Object.assign(t, { hovertemplate: t.hovertemplate.replace("%{y:", "%{customdata:") });
+    draw(shuffle, logTraces([stored(line("shuffle_frac_pos", "frac_pos after shuffling", "#0072B2")),
+      stored(line("frac_pos", "frac_pos", "#E69F00", "dash")),
       { x: L, y: layers.map((l) => (l.frac_img === null ? null : (1 - l.frac_img) / kept)), mode: "lines",
-        name: "chance (1 − frac_img)/N", line: { color: "#000", dash: "dot" } }],
+        name: "chance (1 − frac_img)/N", line: { color: "#000", dash: "dot" } }]),
     { title: { text: "shuffle control", font: { size: 13 } },
       yaxis: { type: "log", title: { text: "frac_pos" }, exponentformat: "e" }, xaxis: { title: { text: "layer" }, dtick: 1 } });
     app.append(section("Tables",

@@ -1,0 +1,127 @@
+"""The runs a store holds that are not published, from their plain files alone (request and
+shard markers; docs/layout.md, "Run files"): what ``bfd runs`` lists beside the published runs,
+with the command that takes each one further. Neither Zarr nor the activations are opened.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Final
+
+from .manifest import _SHARD_FILE_RE
+from .paths import DamagedStoreError, Store, read_json, validate_run_id
+from .runs import is_stats_only, read_request
+
+# Every shard extracted, nothing published: `bfd decompose` is next (or its decomposition
+# failed or was interrupted).
+EXTRACTED: Final[str] = "extracted"
+# Shards missing (an extraction interrupted or still running), or a stats-only audit that did
+# not publish.
+INCOMPLETE: Final[str] = "incomplete"
+# The request cannot be read: `bfd verify` says what is wrong.
+DAMAGED: Final[str] = "damaged"
+
+
+@dataclass(frozen=True)
+class UnpublishedRun:
+    """A run with a request in the store and no published tables.
+
+    Attributes:
+        run_id: The run.
+        status: ``EXTRACTED``, ``INCOMPLETE`` or ``DAMAGED``.
+        next: What to do with it: one line, the command included.
+        model, weights, n_images, layers, sites: Of its request (None when ``DAMAGED``);
+            ``layers`` and ``sites`` comma-joined as in the ``runs`` table.
+        n_skipped: Images skipped by its extraction; None until every shard is extracted.
+    """
+
+    run_id: str
+    status: str
+    next: str
+    model: str | None = None
+    weights: str | None = None
+    n_images: int | None = None
+    n_skipped: int | None = None
+    layers: str | None = None
+    sites: str | None = None
+
+
+def _extracted(store: Store, run_id: str, n_images: int) -> tuple[int, int]:
+    """Images in the run's completed shards, and how many of them were skipped (an unreadable
+    marker counts as a shard not done, as extraction takes it)."""
+    spans: dict[tuple[int, int], int] = {}
+    try:
+        names = os.listdir(store.shards_dir(run_id))
+    except (FileNotFoundError, NotADirectoryError):
+        return 0, 0
+    for name in names:
+        if not _SHARD_FILE_RE.match(name):
+            continue
+        try:
+            marker = read_json(store.shards_dir(run_id) / name)
+            start, stop = int(marker["start"]), int(marker["stop"])
+            skipped = sum(image.get("status") == "skipped" for image in marker["images"])
+        except (OSError, DamagedStoreError, KeyError, TypeError, ValueError, AttributeError):
+            continue
+        spans[(max(start, 0), min(stop, n_images))] = skipped
+    done, end = 0, 0
+    for start, stop in sorted(spans):  # shards do not overlap; counted once if they did
+        done += max(0, stop - max(start, end))
+        end = max(end, stop)
+    return done, sum(spans.values())
+
+
+def _state(store: Store, run_id: str) -> UnpublishedRun:
+    where = f"--store {store.root}"
+    try:
+        request = read_request(store, run_id)
+    except (OSError, ValueError, KeyError, TypeError):
+        return UnpublishedRun(run_id, DAMAGED, f"its request.json cannot be read; bfd verify "
+                              f"{run_id} {where} says what is damaged")
+    fields = {"model": request.model, "weights": request.weights,
+              "n_images": request.n_images, "layers": ",".join(map(str, request.layers)),
+              "sites": ",".join(request.sites)}
+    if is_stats_only(request.extra):
+        return UnpublishedRun(run_id, INCOMPLETE, "a stats-only audit that did not publish "
+                              "(still running, or it failed); it keeps no activations: run "
+                              "bfd audit --no-store-activations with its options again",
+                              **fields)
+    done, skipped = _extracted(store, run_id, request.n_images)
+    if done < request.n_images:
+        return UnpublishedRun(run_id, INCOMPLETE, f"extraction incomplete ({done} of "
+                              f"{request.n_images} images; interrupted, or still running): its "
+                              f"bfd extract command finishes it (bfd verify {run_id} {where} "
+                              "prints it)", **fields)
+    return UnpublishedRun(run_id, EXTRACTED, f"extracted, not decomposed: bfd decompose "
+                          f"{run_id} {where}", n_skipped=skipped, **fields)
+
+
+def unpublished_runs(store: Store, published: Collection[str]) -> list[UnpublishedRun]:
+    """Every run of the store with a request (``runs/<run_id>/request.json``) that is not in
+    ``published`` and has no publication pointer, by run id.
+
+    Args:
+        store: The store.
+        published: The run ids whose tables are published (e.g. the SQL ``runs`` table's); a
+            run published before pointers existed has none, so it is told by this.
+
+    Returns:
+        One record per such run: its status and the command that takes it further.
+    """
+    try:
+        names = sorted(os.listdir(store.runs_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    out = []
+    for name in names:
+        try:
+            validate_run_id(name)
+        except ValueError:  # not a run's folder
+            continue
+        if (name in published or store.published_pointer(name).exists()
+                or not (store.run_dir(name) / "request.json").exists()):
+            continue
+        out.append(_state(store, name))
+    return out

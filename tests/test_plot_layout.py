@@ -1,0 +1,144 @@
+"""Presentation of ``bfd plot``'s figures and bfd.report's: a log axis' floor for residuals
+below float64 resolution, tick labels that do not collide, titles inside the figure. Checked on
+the laid-out figures (text bounding boxes after a draw) of planted runs of a ViT-B-like shape
+(12 layers, 12 heads), a ViT-L-like one (24 layers, 16 heads) and a 2-layer one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from dashstore import write_synthetic_run
+from matplotlib.axis import Axis
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.text import Text
+
+from bfd.report.layout import LOG_FLOOR, fit_titles, integer_ticks
+from bfd.report.plots import VIEWS, run_figures
+
+MODEL = "vit_base_patch16_224.augreg2_in21k_ft_in1k"
+
+
+def run_id(depth: int) -> str:
+    # as long as a real run id: the title runs off a one-column figure unless wrapped
+    return f"{MODEL}-20250101T000000Z-{depth:02d}3f2a9c1d"
+
+
+def drawn_texts(fig: Figure) -> list[Text]:
+    """The texts a draw of ``fig`` puts on the canvas: visible, not empty, and of the tick
+    labels only those of ticks inside their axis' view."""
+    fig.canvas.draw()
+    labels, shown = set(), []
+    for axis in fig.findobj(Axis):
+        lo, hi = sorted(axis.get_view_interval())
+        tol = 1e-9 * max(hi - lo, 1.0)
+        for tick in (*axis.get_major_ticks(), *axis.get_minor_ticks()):
+            labels.update((tick.label1, tick.label2))
+            if lo - tol <= tick.get_loc() <= hi + tol:
+                shown += [t for t in (tick.label1, tick.label2) if t.get_visible()]
+    texts = [t for t in fig.findobj(Text) if t not in labels and t.get_visible()]
+    return [t for t in texts + shown if t.get_text().strip()]
+
+
+def misfits(fig: Figure, what: str) -> list[str]:
+    """What breaks the rule: every drawn text inside the figure, no two overlapping (by more
+    than 0.5 px)."""
+    texts = drawn_texts(fig)
+    renderer = fig.canvas.get_renderer()
+    boxes = np.array([t.get_window_extent(renderer).extents for t in texts])
+    x0, y0, x1, y1 = fig.bbox.extents
+    outside = [texts[i].get_text() for i in np.flatnonzero(
+        (boxes[:, 0] < x0 - 0.5) | (boxes[:, 1] < y0 - 0.5) | (boxes[:, 2] > x1 + 0.5)
+        | (boxes[:, 3] > y1 + 0.5))]
+    w = np.minimum(boxes[:, None, 2], boxes[None, :, 2]) - np.maximum(boxes[:, None, 0],
+                                                                       boxes[None, :, 0])
+    h = np.minimum(boxes[:, None, 3], boxes[None, :, 3]) - np.maximum(boxes[:, None, 1],
+                                                                       boxes[None, :, 1])
+    i, j = np.nonzero(np.triu((w > 0.5) & (h > 0.5), k=1))
+    pairs = [(texts[a].get_text(), texts[b].get_text()) for a, b in zip(i, j, strict=True)]
+    return ([f"{what}: outside the figure: {outside}"] if outside else []) + (
+        [f"{what}: {len(pairs)} overlapping, e.g. {pairs[:4]}"] if pairs else [])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[int, object]:
+    """One store per shape; layer 0's SS identity residual is 0 and layer 1's orthogonality
+    residual and shuffled share are denormal (1e-314), as a user's run had them."""
+    out = {}
+    for depth, n_heads in ((2, 2), (12, 12), (24, 16)):
+        root = tmp_path_factory.mktemp(f"store{depth}")
+        values = {
+            "ss_identity_residual": [0.0] + [1e-14] * (depth - 1),
+            "ortho_residual": [1e-15, 1e-314] + [1e-15] * (depth - 2),
+            "shuffle_frac_pos": [4e-3, 1e-314] + [4e-3] * (depth - 2),
+        }
+        write_synthetic_run(root, run_id(depth), model=MODEL, depth=depth, n_heads=n_heads,
+                            with_pos=True, layer_values=values)
+        out[depth] = run_figures(root, run_id(depth))[0], values
+    return out
+
+
+def titled(fig: Figure, title: str):
+    (ax,) = [ax for ax in fig.axes if ax.get_title() == title]
+    return ax
+
+
+def legend_text(ax) -> str:
+    return " ".join(t.get_text() for t in ax.get_legend().get_texts())
+
+
+@pytest.mark.parametrize("depth", [2, 12, 24])
+def test_log_axes_of_a_zero_or_denormal_value_stop_at_the_floor(runs, depth):
+    figures, planted = runs[depth]
+    fig = figures["validation"]
+    fig.canvas.draw()
+    res = titled(fig, "identity residuals")
+    bottom, top = res.get_ylim()
+    # the axis spans the values' meaningful range: down to the floor, not to 1e-314
+    assert LOG_FLOOR / 10 <= bottom <= LOG_FLOOR and top < 1
+    assert f"{LOG_FLOOR:.0e}" in legend_text(res)
+    # the values drawn are the stored ones, those below the floor raised to it
+    lines = {line.get_label(): line.get_ydata() for line in res.get_lines()}
+    for key in ("ss_identity_residual", "ortho_residual"):
+        np.testing.assert_array_equal(lines[key], np.maximum(planted[key], LOG_FLOOR))
+    np.testing.assert_array_equal(lines["logit_residual"], np.full(depth, 1e-7))
+    shuffle = titled(fig, "shuffle control")
+    assert LOG_FLOOR / 10 <= shuffle.get_ylim()[0] <= LOG_FLOOR
+    assert f"{LOG_FLOOR:.0e}" in legend_text(shuffle)
+    shuffled = [line for line in shuffle.get_lines() if line.get_label() == "after shuffling"]
+    np.testing.assert_array_equal(shuffled[0].get_ydata(),
+                                  np.maximum(planted["shuffle_frac_pos"], LOG_FLOOR))
+
+
+@pytest.mark.parametrize("depth", [2, 12, 24])
+def test_every_view_keeps_its_text_inside_and_apart(runs, depth):
+    figures, _ = runs[depth]
+    assert list(figures) == list(VIEWS)
+    bad = [m for name, fig in figures.items() for m in misfits(fig, name)]
+    assert not bad, "\n".join(bad)
+    # every layer axis still labels layers at integers, and the first one
+    for name in ("shares", "preservation", "validation"):
+        for ax in figures[name].axes:
+            if ax.get_xlabel() == "layer":
+                ticks = [t for t in ax.get_xticks() if 0 <= t <= depth - 1]
+                assert ticks[0] == 0 and all(float(t).is_integer() for t in ticks)
+
+
+def test_fit_titles_wraps_a_title_wider_than_its_figure():
+    fig = Figure(figsize=(3.5, 2.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2)
+    long_id = "x" * 40 + "-" + "0123456789" * 6  # one word wider than the figure
+    fig.suptitle(f"{MODEL} · {long_id}")
+    left.set_title("singular values of every head (colour: layer)")
+    right.set_title("effective rank of the heads")
+    for ax in (left, right):
+        ax.plot(np.arange(40), np.arange(40))
+        integer_ticks(ax.xaxis)
+    fit_titles(fig)
+    assert not misfits(fig, "fit_titles")
+    # wrapped, not cut: the lines hold every character of the title, in order
+    text = fig._suptitle.get_text()
+    assert text.count("\n") >= 2 and text.split() != [MODEL, "·", long_id]
+    assert "".join(text.split()) == "".join(f"{MODEL} · {long_id}".split())
+
