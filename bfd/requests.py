@@ -104,6 +104,19 @@ RULES: Final[dict[str, Callable[[Any], None]]] = {
 }
 
 
+# The rules above as JSON schema, for forms and a deployment run's submission (Prefect checks
+# parameters against the schema when a run is submitted); the rules themselves decide.
+SCHEMA: Final[dict[str, dict[str, Any]]] = {
+    "n_images": {"minimum": MIN_IMAGES},
+    "layers": {"pattern": f"^{_LAYERS.pattern}$"},
+    "img_size": {"minimum": 1},
+    "batch_size": {"minimum": 1},
+    "images_per_chunk": {"minimum": 1},
+    "images_per_shard": {"minimum": 1},
+    "device": {"pattern": f"^{_DEVICE.pattern}$"},
+}
+
+
 def check_option(name: str, value: Any) -> Any:
     """``value`` of option ``name`` (a field of ``ExtractConfig``) if its rule holds.
 

@@ -168,3 +168,29 @@ def test_audit_checkpoints_takes_no_seed(tmp_path, capsys):
         run(["audit-checkpoints", str(tmp_path), "--model", "test_vit", "--seed", "3"], capsys)
     assert exited.value.code == 2
     assert capsys.readouterr().err.endswith("bfd: error: unrecognized arguments: --seed 3\n")
+
+
+def test_the_flow_parameters_schema_says_what_the_rules_decide():
+    """A deployment run is checked against AuditConfig's JSON schema when it is submitted and
+    by ``bfd.requests``' rules when it runs: both give the same verdict on each value."""
+    import jsonschema
+
+    from bfd.flows.params import AuditConfig
+    from bfd.requests import SCHEMA, check_option
+
+    schema = AuditConfig.model_json_schema()
+    values = {"n_images": [None, -3, 0, 1, 2, 64], "img_size": [None, 0, 1, 32],
+              "batch_size": [0, 1, 32], "images_per_chunk": [-1, 0, 4],
+              "images_per_shard": [None, 0, 8],
+              "layers": ["all", " all ", "0", "0,5, 11", "0,x", "", "-1", "1,,2", "all,0"],
+              "device": ["auto", "cpu", "cuda", "cuda:1", "gpu", "cuda:", "CPU", " cpu"]}
+    assert set(values) == set(SCHEMA)
+    for name, cases in values.items():
+        for value in cases:
+            try:
+                check_option(name, value)
+                ruled = True
+            except ValueError:
+                ruled = False
+            valid = jsonschema.Draft202012Validator(schema).is_valid({name: value})
+            assert valid == ruled, (name, value)

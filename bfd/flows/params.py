@@ -29,6 +29,7 @@ from bfd.requests import (
     AUTOCASTS,
     DTYPES,
     MIN_IMAGES,
+    SCHEMA,
     SITES,
     check_device,
     check_option,
@@ -63,16 +64,19 @@ class AuditConfig(_Params):
     weights: str = Field("pretrained", description="pretrained, random, or a checkpoint file")
     images: str = Field("samples", description="image folder, file of paths, or 'samples'")
     n_images: int | None = Field(None, description=f"the first N images, {MIN_IMAGES} at "
-                                 "least (all when empty)")
-    layers: str = Field("all", description="all, or block indices like 0,5,11")
+                                 "least (all when empty)", json_schema_extra=SCHEMA["n_images"])
+    layers: str = Field("all", description="all, or block indices like 0,5,11",
+                        json_schema_extra=SCHEMA["layers"])
     sites: list[Literal[SITES]] = Field(list(SITES), description="attn_in and/or resid")
-    img_size: int | None = Field(None, description="input size (the model's when empty)")
+    img_size: int | None = Field(None, description="input size (the model's when empty)",
+                                 json_schema_extra=SCHEMA["img_size"])
     dtype: Literal[DTYPES] = "float16"
-    batch_size: int = 32
-    images_per_chunk: int = 32
-    images_per_shard: int | None = None
+    batch_size: int = Field(32, json_schema_extra=SCHEMA["batch_size"])
+    images_per_chunk: int = Field(32, json_schema_extra=SCHEMA["images_per_chunk"])
+    images_per_shard: int | None = Field(None, json_schema_extra=SCHEMA["images_per_shard"])
     seed: int = Field(0, description="seed of a random init")
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:K")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:K",
+                        json_schema_extra=SCHEMA["device"])
     autocast: Literal[AUTOCASTS] = "none"
 
     @field_validator("weights", "n_images", "layers", "sites", "img_size", "batch_size",
@@ -101,7 +105,7 @@ class DecomposeParams(_Params):
     seed: int = Field(0, description="seed of the split-half and shuffle controls")
     compute_dtype: Literal["float32", "float64"] = "float32"
     images_per_task: int | None = Field(None, ge=1)
-    device: str | None = None
+    device: str | None = Field(None, json_schema_extra=SCHEMA["device"])
 
     @field_validator("device")
     @classmethod
