@@ -17,8 +17,7 @@ import torch
 from torch import nn
 
 from bfd.models import block
-
-SITES: tuple[str, ...] = ("attn_in", "resid")
+from bfd.requests import SITES as SITES
 
 
 class _StopForward(Exception):

@@ -58,26 +58,31 @@ def _store(args: argparse.Namespace) -> str:
     return str(root)
 
 
-def _check_extract_request(args: argparse.Namespace, config) -> None:
-    """Every option of an extraction (a dict, or an audit's typed config) checked before any
-    work: a bad one, or an unreachable cluster, fails in one line whether or not work
-    remains."""
-    from bfd.files import WEIGHT_SUFFIXES, check_checkpoint
-    from bfd.flows.runners import capped_workers, check_dask_address
+def _check_request_early(args: argparse.Namespace, config) -> None:
+    """What of a request needs no model, checked before torch, timm and Prefect are imported
+    (10-26 s) or Prefect's server starts: the image source, the store's path and the workers.
+    Its options, a weights file's first bytes among them, were checked when ``config`` was
+    typed (``bfd.cli_audits.audit_config``, by the rules of ``bfd.requests``)."""
     from bfd.images import check_source
+    from bfd.requests import check_workers
+
+    # a missing or empty image source is the user's mistake: refused before an audit records it
+    check_source(config.images, config.n_images)
+    _store(args)
+    check_workers(args.workers)
+
+
+def _check_extract_request(args: argparse.Namespace, config) -> None:
+    """What of an extraction request (a dict, or an audit's typed config) needs the model
+    (layers in range, the input size against its patch) or torch (a CUDA device), and the
+    cluster's address: checked before any work, after ``_check_request_early``."""
+    from bfd.flows.runners import capped_workers, check_dask_address
     from bfd.models import resolve_device
     from bfd.tasks.extract import ExtractConfig, validate_config
 
     if not isinstance(config, dict):
         config = config.extract_config()
     validate_config(ExtractConfig(**config))
-    # a missing or empty image source is the user's mistake: refused before an audit records it
-    check_source(config["images"], config.get("n_images"))
-    # a weights file that is no checkpoint too (its suffix or absence: the load says so)
-    weights = str(config["weights"])
-    if weights.lower().endswith(WEIGHT_SUFFIXES) and os.path.isfile(weights):
-        check_checkpoint(weights)
-    _store(args)
     if args.dask_address:
         check_dask_address(args.dask_address)
     args.workers, warning = capped_workers(args.workers,
@@ -92,7 +97,8 @@ def _add_store(p: argparse.ArgumentParser) -> None:
 
 def _add_extract_options(p: argparse.ArgumentParser, weights: bool = True) -> None:
     """The options of an extraction request; ``weights=False`` for a command whose weights
-    come from elsewhere (audit-checkpoints: each checkpoint file)."""
+    come from elsewhere (audit-checkpoints: each checkpoint file), which then has no
+    ``--weights`` nor ``--seed`` (of a random init)."""
     p.add_argument("--model", help="timm model name, e.g. vit_small_patch16_224")
     if weights:
         p.add_argument("--weights", default="pretrained",
@@ -114,7 +120,8 @@ def _add_extract_options(p: argparse.ArgumentParser, weights: bool = True) -> No
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K")
     p.add_argument("--autocast", choices=("none", "bf16", "fp16"), default="none",
                    help="GPU forward under autocast")
-    p.add_argument("--seed", type=int, default=0, help="seed of a random init")
+    if weights:
+        p.add_argument("--seed", type=int, default=0, help="seed of a random init")
     p.add_argument("--workers", type=int, default=1, help="local extraction workers")
     p.add_argument("--dask-address", help="run on an existing Dask cluster (tcp://host:port)")
     p.add_argument("--gpu-resources", action="store_true",
@@ -209,13 +216,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from bfd.cli_reuse import extracted_run_of
 
     config = _extract_config(args)
+    typed = audit_config(config)
+    _check_request_early(args, typed)
     # a request whose run is stored intact has nothing to do: said without Prefect or torch
     # (bfd.cli_reuse), as the flow would say it
-    try:
-        typed = audit_config(config)
-    except ValueError:  # refused below by the request checks, in their own words
-        typed = None
-    done = extracted_run_of(args, typed, _store(args)) if typed is not None else None
+    done = extracted_run_of(args, typed, _store(args))
     if done is not None:
         print(f"run {done} extracted into {_store(args)}")
         return 0

@@ -99,6 +99,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from bfd.flows.params import DEMO_CONFIG, require_model
     from bfd.queries import run_query
     from bfd.storage import require_writable
+    from bfd.tasks.audits import check_place, default_series
 
     if args.demo:
         refuse_demo_request_options(args)
@@ -112,6 +113,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
         raise ValueError("--no-store-activations runs both forwards in this process; it takes "
                          "neither --workers nor --dask-address")
     store = cli._store(args)
+    cli._check_request_early(args, config)
+    check_place(args.series or default_series(model, config.weights, config.seed), args.step)
+    thresholds = drift_thresholds(args.drift_threshold)
     reused = computed_run_of(args, config, store)
     if reused is None:
         cli._start_prefect_server()
@@ -120,7 +124,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.demo:
         print("demo: random-init (untrained) vit_tiny_patch16_224 on 64 embedded sample images;"
               " weights are labelled 'random' everywhere", file=sys.stderr)
-    thresholds = drift_thresholds(args.drift_threshold)
     if reused is not None:
         out = record_reused_audit(args, config, store, thresholds, reused)
     else:
@@ -230,7 +233,7 @@ def print_image_notes(store: str, run_id: str, requested: int | None) -> None:
 
 def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
     from bfd.files import WEIGHT_SUFFIXES, check_checkpoint
-    from bfd.tasks.audits import checkpoint_files
+    from bfd.tasks.audits import check_place, checkpoint_files, checkpoints_series
 
     config = audit_config(cli._extract_config(args))
     thresholds = drift_thresholds(args.drift_threshold)
@@ -242,6 +245,8 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
                          f"{', '.join(WEIGHT_SUFFIXES)}); nothing to audit")
     for path in files:
         check_checkpoint(path)
+    cli._check_request_early(args, config)
+    check_place(args.series or checkpoints_series(config.model, args.checkpoints))
     cli._check_extract_request(args, config)
     store = cli._store(args)
     from bfd.flows.checkpoints import audit_checkpoints
@@ -278,7 +283,7 @@ def add_audit_parsers(sub) -> None:
     s.add_argument("checkpoints", help="a folder of checkpoint files or a glob")
     cli._add_extract_options(s, weights=False)  # the weights are each checkpoint's
     add_audit_options(s)
-    s.set_defaults(fn=cmd_audit_checkpoints, weights="random")
+    s.set_defaults(fn=cmd_audit_checkpoints, weights="random", seed=0)
 
     s = sub.add_parser("serve", help="run the deployments of prefect.yaml on their schedules "
                        "in this process (no server or worker to set up)")

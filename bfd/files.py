@@ -16,9 +16,12 @@ it is, is not remembered.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
+import pickletools
 import struct
 import threading
 import time
@@ -42,6 +45,26 @@ _SAFETENSORS_MAX_HEADER: Final[int] = 100_000_000
 _lock = threading.Lock()
 _digests: OrderedDict[tuple[int, ...], str] = OrderedDict()
 _bytes_hashed = 0
+# The most of a checkpoint's pickle read to tell a state_dict from a model object: the tensors'
+# bytes are not in it, so a model's pickle is some 100 KB.
+_PICKLE_READ: Final[int] = 16 << 20
+# Globals of a pickled state_dict (or a dict holding one): anything else is the object's class.
+_STATE_DICT_GLOBALS: Final[tuple[str, ...]] = ("collections.", "copyreg.", "builtins.",
+                                               "torch._utils.", "_codecs.")
+
+# Weights files whose first bytes passed ``check_checkpoint``, by ``_stamp``: the command's
+# request check, the extraction's and the model's load each ask, and it is read once.
+# A file rewritten within one tick of the clock at the same size may pass unread: the load
+# then says what is wrong with it (a file that passes may fail to load anyway).
+_CHECKED_SIZE: Final[int] = 1024
+_checked: OrderedDict[tuple[int, ...], None] = OrderedDict()
+_headers_read = 0
+
+
+def headers_read() -> int:
+    """Weights files ``check_checkpoint`` has read in this process (a file it has passed, and
+    that is unchanged since, is not read again), for tests that check how often."""
+    return _headers_read
 
 
 def bytes_hashed() -> int:
@@ -119,21 +142,79 @@ def _torch_fault(f, size: int) -> str | None:
     return None
 
 
+def _model_class(data: bytes, pickles: int) -> str | None:
+    """The class of the model object that the first ``pickles`` pickles of ``data`` hold
+    (``torch.save(model)``), else None: their globals, read without unpickling anything,
+    name a ``torch.nn`` layer class."""
+    stream = io.BytesIO(data)
+    names: list[str] = []
+    strings: list[str] = []
+    with contextlib.suppress(Exception):  # a pickle cut at the read's end: what was seen
+        for _ in range(pickles):
+            for op, arg, _pos in pickletools.genops(stream):
+                if op.name == "GLOBAL":
+                    names.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(".".join(strings[-2:]))
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    if not any(name.startswith("torch.nn.modules.") for name in names):
+        return None
+    return next(n for n in names if not n.startswith(_STATE_DICT_GLOBALS)
+                and not n.endswith("Storage"))
+
+
+def _torch_model_class(f) -> str | None:
+    """``_model_class`` of an open torch checkpoint that ``_torch_fault`` passed: its
+    ``data.pkl``, or the pickles of the format before torch 1.6 (a magic number, the
+    protocol, the system's info, then the object)."""
+    f.seek(0)
+    if f.read(1) == b"\x80":
+        f.seek(0)
+        return _model_class(f.read(_PICKLE_READ), 4)
+    f.seek(0)
+    try:
+        archive = zipfile.ZipFile(f)
+        member = next(name for name in archive.namelist() if name.endswith("data.pkl"))
+        with archive.open(member) as pickle:
+            data = pickle.read(_PICKLE_READ)
+    except Exception:  # noqa: BLE001 - a damaged member: the load says what is wrong
+        return None
+    return _model_class(data, 1)
+
+
 def check_checkpoint(path: str | Path) -> None:
     """Refuses a weights file that no checkpoint loader can read, from its first bytes (or a
     zip's directory) only: neither hashed nor loaded, so that a command refuses it before it
     records or computes anything. A file that passes may still fail to load (damaged tensor
-    data in a zip, tensors that do not fit the model, NaN values): the load says so.
+    data in a zip, tensors that do not fit the model, NaN values): the load says so. A file
+    that passed is not read again while it is unchanged (its ``_stamp``).
 
     Raises:
         ValueError: The file is not a ``.safetensors`` file (by its suffix) as its header
             describes it, or not a torch checkpoint (a zip with a ``data.pkl``, or a pickle).
         OSError: The file cannot be read.
     """
+    global _headers_read
     safetensors = Path(path).suffix.lower() == ".safetensors"
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        fault = _safetensors_fault(f, size) if safetensors else _torch_fault(f, size)
+        stamp = _stamp(os.fstat(f.fileno()))
+        with _lock:
+            if stamp in _checked:
+                return
+            _headers_read += 1
+        fault = _safetensors_fault(f, stamp[2]) if safetensors else _torch_fault(f, stamp[2])
+        model = None if safetensors or fault is not None else _torch_model_class(f)
     if fault is not None:
         kind = ".safetensors file" if safetensors else "torch checkpoint"
         raise ValueError(f"weights file {str(path)!r} is not a readable {kind}: {fault}")
+    if model is not None:
+        raise ValueError(f"weights file {str(path)!r} is a pickled model object ({model}, "
+                         "saved by torch.save(model)), not a state_dict or .safetensors file; "
+                         "convert it once in Python, for a file you trust: model = "
+                         "torch.load(path, weights_only=False); torch.save(model.state_dict(), "
+                         "path)")
+    with _lock:
+        _checked[stamp] = None
+        if len(_checked) > _CHECKED_SIZE:
+            _checked.popitem(last=False)

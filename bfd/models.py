@@ -13,7 +13,6 @@ import fnmatch
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +24,7 @@ from torch import nn
 
 from bfd.files import WEIGHT_SUFFIXES as WEIGHT_SUFFIXES
 from bfd.files import sha256_file
+from bfd.requests import check_weights
 
 # The timm modules whose models are built on VisionTransformer; check_supported decides.
 VIT_MODULES: tuple[str, ...] = ("vision_transformer", "deit", "vision_transformer_hybrid")
@@ -311,12 +311,7 @@ def load_model(
             path = _pretrained_file(name)
         else:
             path = weights
-            if Path(path).suffix.lower() not in WEIGHT_SUFFIXES:
-                raise ValueError(f"weights must be 'pretrained', 'random' or a checkpoint file "
-                                 f"ending in {'/'.join(WEIGHT_SUFFIXES)}; got {weights!r}")
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"weights file {weights!r} does not exist; expected a "
-                                        "checkpoint file, 'pretrained' or 'random'")
+            check_weights(weights)
         # A local file through timm's own pretrained path keeps each model's checkpoint filter
         # (format conversion, pos_embed resampling) without any hub access.
         overlay = {"file": str(path), "source": "", "custom_load": False}

@@ -211,8 +211,8 @@ def test_drift_compares_only_what_both_audits_saw(tmp_path, prefect_harness, cap
 
 
 def test_bad_audit_options_are_named_as_the_user_wrote_them(tmp_path, capsys):
-    for argv, needle in ((["--n-images", "1"], "--n-images: Input should be greater than or "
-                          "equal to 2 (given 1)"),
+    for argv, needle in ((["--n-images", "1"], "--n-images: must be an integer >= 2 (BFD needs "
+                          "at least 2 images), or unset for all (given 1)"),
                          (["--weights", str(tmp_path / "x.pth")], "--weights: checkpoint file"),
                          (["--drift-threshold", "f_pp=big"], "--drift-threshold must be"),
                          (["--drift-threshold", "f_ppp=0.1"], "no drift metric named f_ppp; "

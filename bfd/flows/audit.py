@@ -33,6 +33,7 @@ from bfd.queries.seen import run_seen
 from bfd.storage import Store, results_path
 from bfd.tasks.audits import (
     audit_row,
+    check_place,
     computed_run,
     default_series,
     drift_since_previous,
@@ -111,6 +112,7 @@ def audit(
     model = require_model(config)
     root = resolve_store(store)
     series = series or default_series(model, config.weights, config.seed)
+    check_place(series, step)
     started = datetime.now(UTC)
     step = step if step is not None else time_step(started)
     name_and_tag(f"{series} step {step}", [f"model:{model}", f"series:{series}"])

@@ -23,6 +23,7 @@ from bfd.flows.prefect_io import artifact_key, resolve_store
 from bfd.storage import Store
 from bfd.tasks.audits import (
     audited_weights,
+    check_place,
     checkpoint_files,
     checkpoints_series,
     step_from_name,
@@ -97,6 +98,7 @@ def audit_checkpoints(
     model = require_model(config)
     root = resolve_store(store)
     series = series or checkpoints_series(model, checkpoints)
+    check_place(series)
     todo, n_files = pending_checkpoints(Store(root), checkpoints, series)
     logger.info("series %s: %d checkpoint file(s) in %s, %d to audit; store %s", series,
                 n_files, checkpoints, len(todo), root)

@@ -13,12 +13,28 @@ Errors name the parameter as the caller wrote it: ``config.weights`` for a Prefe
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from bfd.files import WEIGHT_SUFFIXES, check_checkpoint
+from bfd.requests import (
+    AUTOCASTS,
+    DTYPES,
+    MIN_IMAGES,
+    SCHEMA,
+    SITES,
+    check_device,
+    check_option,
+    check_shards,
+)
 
 # `bfd audit --demo`: what it audits.
 DEMO_CONFIG = {
@@ -37,37 +53,43 @@ class _Params(BaseModel):
 
 
 class AuditConfig(_Params):
-    """What to audit: a model, its weights and the images (fields of ``ExtractConfig``)."""
+    """What to audit: a model, its weights and the images (fields of ``ExtractConfig``).
+
+    Each field's rule is ``bfd.requests``' (the command line, the flows and the extraction's
+    own check share it); the rules that need the model are the extraction's.
+    """
 
     model: str | None = Field(None, description="timm model name (required), e.g. "
                               "vit_small_patch16_224.augreg_in21k_ft_in1k")
     weights: str = Field("pretrained", description="pretrained, random, or a checkpoint file")
     images: str = Field("samples", description="image folder, file of paths, or 'samples'")
-    n_images: int | None = Field(None, ge=2, description="the first N images (all when empty)")
-    layers: str = Field("all", pattern=r"^\s*(all|\d+(\s*,\s*\d+)*)\s*$",
-                        description="all, or block indices like 0,5,11")
-    sites: list[Literal["attn_in", "resid"]] = Field(["attn_in", "resid"], min_length=1)
-    img_size: int | None = Field(None, ge=16, description="input size (the model's when empty)")
-    dtype: Literal["float16", "float32"] = "float16"
-    batch_size: int = Field(32, ge=1)
-    images_per_chunk: int = Field(32, ge=1)
-    images_per_shard: int | None = Field(None, ge=1)
+    n_images: int | None = Field(None, description=f"the first N images, {MIN_IMAGES} at "
+                                 "least (all when empty)", json_schema_extra=SCHEMA["n_images"])
+    layers: str = Field("all", description="all, or block indices like 0,5,11",
+                        json_schema_extra=SCHEMA["layers"])
+    sites: list[Literal[SITES]] = Field(list(SITES), description="attn_in and/or resid")
+    img_size: int | None = Field(None, description="input size (the model's when empty)",
+                                 json_schema_extra=SCHEMA["img_size"])
+    dtype: Literal[DTYPES] = "float16"
+    batch_size: int = Field(32, json_schema_extra=SCHEMA["batch_size"])
+    images_per_chunk: int = Field(32, json_schema_extra=SCHEMA["images_per_chunk"])
+    images_per_shard: int | None = Field(None, json_schema_extra=SCHEMA["images_per_shard"])
     seed: int = Field(0, description="seed of a random init")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    autocast: Literal["none", "bf16", "fp16"] = "none"
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:K",
+                        json_schema_extra=SCHEMA["device"])
+    autocast: Literal[AUTOCASTS] = "none"
 
-    @field_validator("weights")
+    @field_validator("weights", "n_images", "layers", "sites", "img_size", "batch_size",
+                     "images_per_chunk", "images_per_shard", "device")
     @classmethod
-    def _weights(cls, value: str) -> str:
-        if value in ("pretrained", "random"):
-            return value
-        if Path(value).suffix.lower() not in WEIGHT_SUFFIXES:
-            raise ValueError(f"must be pretrained, random or a checkpoint file ending in "
-                             f"{'/'.join(WEIGHT_SUFFIXES)}; got {value!r}")
-        if not Path(value).is_file():
-            raise ValueError(f"checkpoint file {value!r} does not exist")
-        check_checkpoint(value)  # junk is refused before an audit of it is recorded
-        return value
+    def _rule(cls, value: Any, info: ValidationInfo) -> Any:
+        # a weights file's first bytes too: junk is refused before an audit of it is recorded
+        return check_option(info.field_name, value)
+
+    @model_validator(mode="after")
+    def _whole_chunks(self) -> AuditConfig:
+        check_shards(self.images_per_chunk, self.images_per_shard)
+        return self
 
     def extract_config(self) -> dict[str, Any]:
         """The ``ExtractConfig`` fields."""
@@ -83,7 +105,14 @@ class DecomposeParams(_Params):
     seed: int = Field(0, description="seed of the split-half and shuffle controls")
     compute_dtype: Literal["float32", "float64"] = "float32"
     images_per_task: int | None = Field(None, ge=1)
-    device: str | None = Field(None, pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    device: str | None = Field(None, json_schema_extra=SCHEMA["device"])
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_device(value)
+        return value
 
 
 class DriftThresholds(_Params):
@@ -155,9 +184,13 @@ def describe_errors(err: ValidationError, prefix: str = "", cli: bool = False) -
         field = ".".join(str(p) for p in e["loc"] if not isinstance(p, int)) or "?"
         where = cli_option(field) if cli else prefix + field
         msg = e["msg"].removeprefix("Value error, ")
-        given = "" if e["type"] == "extra_forbidden" else f" (given {e.get('input')!r})"
+        shown = e["type"] == "extra_forbidden" or repr(e.get("input")) in msg
+        given = "" if shown else f" (given {e.get('input')!r})"
         if e["type"] == "extra_forbidden":
             msg = "unknown parameter"
+        if not e["loc"]:  # a rule of several fields (a model validator): its text names them
+            parts.append(msg)
+            continue
         parts.append(f"{where}: {msg}{given}")
     return "; ".join(parts)
 

@@ -25,12 +25,15 @@ from bfd.storage import (
     write_audit,
     write_drift,
 )
+from bfd.storage.audits import series_folder
 from bfd.tasks.drift import decompose_options_of, drift_rows, not_comparable
 
 # Decomposition options that do not change the results (where and in what pieces it ran).
 _PLACEMENT_OPTIONS: Final[frozenset[str]] = frozenset({"device", "images_per_task"})
 _STEP_WORD: Final[re.Pattern[str]] = re.compile(r"(?:step|iter|it|epoch|ep)[_\-=]?(\d+)", re.I)
 _NUMBER: Final[re.Pattern[str]] = re.compile(r"\d+")
+# The longest file name most file systems allow, in bytes (a series is a folder's name).
+_NAME_MAX: Final[int] = 255
 
 
 def default_series(model: str, weights: str, seed: int = 0) -> str:
@@ -52,6 +55,26 @@ def default_series(model: str, weights: str, seed: int = 0) -> str:
 def checkpoints_series(model: str, pattern: str) -> str:
     """The default series of the checkpoints of a folder or glob: the model and that folder."""
     return f"{model}@{os.path.abspath(pattern)}"
+
+
+def check_place(series: str, step: int | None = None) -> None:
+    """Refuses, before any work, a series or step that the ``audits`` table cannot hold (it
+    said so only when the audit's row was written, after the run was computed).
+
+    Raises:
+        ValueError: The series is empty, ``.`` or ``..``, or its folder name (``series_folder``)
+            is longer than a file name may be; the step does not fit the table's int64.
+    """
+    try:
+        folder = series_folder(series)
+    except ValueError:
+        raise ValueError(f"--series must not be empty, '.' or '..'; got {series!r}") from None
+    if len(folder.encode()) > _NAME_MAX:
+        raise ValueError(f"--series {series[:60]!r}... is too long: its folder name would be "
+                         f"{len(folder.encode())} bytes, over the {_NAME_MAX} a file name may "
+                         "have; give a shorter --series")
+    if step is not None and not -(2**63) <= step < 2**63:
+        raise ValueError(f"--step must fit a 64-bit integer; got {step}")
 
 
 def step_from_name(path: str | os.PathLike[str]) -> int | None:

@@ -23,6 +23,7 @@ import torch
 import bfd
 from bfd import capture, models
 from bfd import images as imgs
+from bfd.requests import check_request
 from bfd.storage import (
     ImageRecord,
     RunRequest,
@@ -125,8 +126,8 @@ def resolve_layers(layers: str | tuple[int, ...] | list[int], depth: int) -> tup
 
 
 def validate_config(cfg: ExtractConfig) -> models.ModelInfo:
-    """Check every option of a request before any work: no model weights are read, no image
-    listed, nothing written.
+    """Check every option of a request before any work: no model weights are loaded (a
+    weights file's first bytes are read), no image listed, nothing written.
 
     Returns:
         The model's shapes and token layout (built without weights).
@@ -135,26 +136,7 @@ def validate_config(cfg: ExtractConfig) -> models.ModelInfo:
         ValueError: Naming the first bad option and what it should be.
         UnsupportedModelError: For a model BFD cannot decompose.
     """
-    if cfg.dtype not in ("float16", "float32"):
-        raise ValueError(f"dtype must be float16 or float32; got {cfg.dtype!r}")
-    if cfg.autocast not in ("none", "bf16", "fp16"):
-        raise ValueError(f"autocast must be none, bf16 or fp16; got {cfg.autocast!r}")
-    for name in ("batch_size", "images_per_chunk", "images_per_shard", "n_images",
-                 "decode_workers"):
-        value = getattr(cfg, name)
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer; "
-                             f"got {value!r}")
-    if cfg.images_per_shard and cfg.images_per_shard % cfg.images_per_chunk:
-        raise ValueError(f"images_per_shard={cfg.images_per_shard} must be a multiple of "
-                         f"images_per_chunk={cfg.images_per_chunk}, so that each shard owns "
-                         "whole chunks")
-    if not cfg.sites or set(cfg.sites) - set(capture.SITES) or len(set(cfg.sites)) < len(
-            cfg.sites):
-        raise ValueError(f"--sites must be distinct names from {list(capture.SITES)}; "
-                         f"got {','.join(cfg.sites) or 'none'}")
-    if cfg.img_size is not None and cfg.img_size < 1:
-        raise ValueError(f"--img-size must be a positive integer; got {cfg.img_size}")
+    check_request(cfg.to_dict())  # the rules that need no model (bfd.requests)
     models.resolve_device(cfg.device)
     info = models.describe(cfg.model, cfg.img_size)
     if cfg.img_size is not None and cfg.img_size % info.patch_size[0]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from bfd.core.sampling import DEFAULT_CI_TARGET, DEFAULT_GROUPS, stored_groups
+from bfd.requests import check_device
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,11 @@ class DecomposeOptions:
         if self.images_per_task is not None and self.images_per_task < 1:
             raise ValueError(f"images_per_task must be a positive integer (or unset: the stored "
                              f"chunks); got {self.images_per_task}")
-        if self.device not in ("auto", "cpu"):  # these two need no check (nor torch)
+        try:
+            check_device(self.device)
+        except ValueError as err:
+            raise ValueError(f"device {err}; got {self.device!r}") from None
+        if self.device not in ("auto", "cpu"):  # whether CUDA is there: torch's to say
             from bfd.models import resolve_device
 
             resolve_device(self.device)

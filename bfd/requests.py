@@ -1,0 +1,158 @@
+"""The rules of an extraction request that need no model: one definition for the command
+line, the typed flow parameters (``bfd.flows.params.AuditConfig``) and the extraction's own
+check (``bfd.tasks.extract.validate_config``), which adds the rules that need the model
+(layer indices in range, the input size against the patch size, CUDA being there).
+
+Imports neither torch, timm, Prefect nor pydantic, so that a command refuses a bad request
+before it imports them (10-26 s).
+
+Each rule (``check_option``) raises ``ValueError`` with what the value must be, without the
+option's name or the value given: the caller names both as its user wrote them (``--n-images``
+on the command line, ``config.n_images`` for a Prefect run).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from bfd.files import WEIGHT_SUFFIXES, check_checkpoint
+
+SITES: Final[tuple[str, ...]] = ("attn_in", "resid")
+DTYPES: Final[tuple[str, ...]] = ("float16", "float32")
+AUTOCASTS: Final[tuple[str, ...]] = ("none", "bf16", "fp16")
+# BFD compares images with each other: the split-half and shuffle controls need two at least.
+MIN_IMAGES: Final[int] = 2
+_DEVICE: Final[re.Pattern[str]] = re.compile(r"(auto|cpu|cuda(:\d+)?)")
+_LAYERS: Final[re.Pattern[str]] = re.compile(r"\s*(all|\d+(\s*,\s*\d+)*)\s*")
+
+
+def _positive(value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or value < 1):
+        raise ValueError("must be a positive integer")
+
+
+def _n_images(value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or value < MIN_IMAGES):
+        raise ValueError(f"must be an integer >= {MIN_IMAGES} (BFD needs at least "
+                         f"{MIN_IMAGES} images), or unset for all")
+
+
+def _layers(value: Any) -> None:
+    if isinstance(value, str):
+        if not _LAYERS.fullmatch(value):
+            raise ValueError("must be 'all' or comma-separated ints like 0,5,11")
+    elif not value or not all(isinstance(v, int) and v >= 0 for v in value):
+        raise ValueError("must be 'all' or block indices >= 0")
+
+
+def _sites(value: Any) -> None:
+    sites = list(value or ())
+    if not sites or set(sites) - set(SITES) or len(set(sites)) < len(sites):
+        raise ValueError(f"must be distinct names from {', '.join(SITES)}")
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any], None]:
+    def rule(value: Any) -> None:
+        if value not in choices:
+            raise ValueError(f"must be {' or '.join(choices)}")
+    return rule
+
+
+def check_device(value: Any) -> None:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:K`` (whether CUDA is there is torch's to say)."""
+    if not (isinstance(value, str) and _DEVICE.fullmatch(value)):
+        raise ValueError("must be auto, cpu, cuda or cuda:K")
+
+
+def check_weights(value: Any) -> None:
+    """``pretrained``, ``random``, or a checkpoint file that exists and whose first bytes are
+    those of a checkpoint (``bfd.files.check_checkpoint``: neither hashed nor loaded).
+
+    Raises:
+        ValueError: Naming the file and what is wrong with it.
+        OSError: The file cannot be read.
+    """
+    if value in ("pretrained", "random"):
+        return
+    if Path(str(value)).suffix.lower() not in WEIGHT_SUFFIXES:
+        raise ValueError(f"{value!r} is not pretrained, random or a checkpoint file ending "
+                         f"in {'/'.join(WEIGHT_SUFFIXES)}")
+    if not Path(value).is_file():
+        raise ValueError(f"checkpoint file {value!r} does not exist")
+    check_checkpoint(value)
+
+
+# the rule of each option of a request that has one without the model
+RULES: Final[dict[str, Callable[[Any], None]]] = {
+    "weights": check_weights,
+    "n_images": _n_images,
+    "layers": _layers,
+    "sites": _sites,
+    "img_size": _positive,
+    "dtype": _one_of(DTYPES),
+    "batch_size": _positive,
+    "images_per_chunk": _positive,
+    "images_per_shard": _positive,
+    "device": check_device,
+    "autocast": _one_of(AUTOCASTS),
+    "decode_workers": _positive,
+}
+
+
+# The rules above as JSON schema, for forms and a deployment run's submission (Prefect checks
+# parameters against the schema when a run is submitted); the rules themselves decide.
+SCHEMA: Final[dict[str, dict[str, Any]]] = {
+    "n_images": {"minimum": MIN_IMAGES},
+    "layers": {"pattern": f"^{_LAYERS.pattern}$"},
+    "img_size": {"minimum": 1},
+    "batch_size": {"minimum": 1},
+    "images_per_chunk": {"minimum": 1},
+    "images_per_shard": {"minimum": 1},
+    "device": {"pattern": f"^{_DEVICE.pattern}$"},
+}
+
+
+def check_option(name: str, value: Any) -> Any:
+    """``value`` of option ``name`` (a field of ``ExtractConfig``) if its rule holds.
+
+    Raises:
+        ValueError: What the value must be (neither the option nor the value named).
+    """
+    rule = RULES.get(name)
+    if rule is not None:
+        rule(value)
+    return value
+
+
+def check_shards(images_per_chunk: int, images_per_shard: int | None) -> None:
+    """A shard owns whole Zarr chunks."""
+    if images_per_shard and images_per_shard % images_per_chunk:
+        raise ValueError(f"--images-per-shard {images_per_shard} must be a multiple of "
+                         f"images_per_chunk={images_per_chunk}, so that each shard owns whole "
+                         "chunks")
+
+
+def check_workers(workers: Any) -> None:
+    """Local extraction workers: one at least."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"--workers must be >= 1; got {workers}")
+
+
+def check_request(config: Mapping[str, Any]) -> None:
+    """Every rule above over the fields of an extraction request that ``config`` holds.
+
+    Raises:
+        ValueError: Naming the first bad option (``--n-images``) and what was given.
+    """
+    for name, value in config.items():
+        try:
+            check_option(name, value)
+        except ValueError as err:  # as bfd.flows.params.describe_errors names it
+            given = "" if repr(value) in str(err) else f" (given {value!r})"
+            raise ValueError(f"--{name.replace('_', '-')}: {err}{given}") from None
+    check_shards(config.get("images_per_chunk") or 1, config.get("images_per_shard"))

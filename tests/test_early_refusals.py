@@ -1,0 +1,196 @@
+"""A pipeline command refuses what it can check without the model before it imports torch,
+timm or Prefect (10-26 s) or starts Prefect's server: its options (``bfd.requests``), the
+image source, a weights file's first bytes, the workers, the series and step of an audit."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import run_cli as run
+
+from bfd import files
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = ["--model", "test_vit", "--weights", "random", "--n-images", "8", "--img-size", "32",
+        "--layers", "0,1", "--dtype", "float32", "--images-per-chunk", "4"]
+
+# Each: the command line (``{tmp}`` the test's folder) and what its one error line says.
+REFUSED = {
+    "n-images-negative": (["extract", *BASE, "--n-images", "-3"],
+                          ["--n-images: must be an integer >= 2", "(given -3)"]),
+    "n-images-one": (["audit", *BASE, "--n-images", "1"], ["--n-images: must be an integer"]),
+    "images-missing": (["extract", *BASE, "--images", "{tmp}/nope"],
+                       ["image source", "/nope' does not exist"]),
+    "audit-images-missing": (["audit", *BASE, "--images", "{tmp}/nope"], ["does not exist"]),
+    "weights-missing": (["extract", *BASE, "--weights", "{tmp}/nope.pth"],
+                        ["--weights: checkpoint file", "nope.pth' does not exist"]),
+    "weights-junk": (["extract", *BASE, "--weights", "{tmp}/junk.pth"],
+                     ["junk.pth' is not a readable torch checkpoint"]),
+    "weights-suffix": (["extract", *BASE, "--weights", "imagenet"],
+                       ["--weights: 'imagenet' is not pretrained, random or a checkpoint"]),
+    "layers-not-ints": (["extract", *BASE, "--layers", "0,x"],
+                        ["--layers: must be 'all' or comma-separated ints", "'0,x'"]),
+    "audit-layers-not-ints": (["audit", *BASE, "--layers", "a"], ["--layers: must be 'all'"]),
+    "sites-twice": (["extract", *BASE, "--sites", "resid,resid"],
+                    ["--sites: must be distinct names from attn_in, resid"]),
+    "batch-size-0": (["extract", *BASE, "--batch-size", "0"],
+                     ["--batch-size: must be a positive integer (given 0)"]),
+    "shard-splits-chunks": (["extract", *BASE, "--images-per-shard", "6"],
+                            ["--images-per-shard 6 must be a multiple of images_per_chunk=4"]),
+    "device-unknown": (["extract", *BASE, "--device", "tpu"],
+                       ["--device: must be auto, cpu, cuda or cuda:K (given 'tpu')"]),
+    "workers-0": (["extract", *BASE, "--workers", "0"], ["--workers must be >= 1; got 0"]),
+    "series-dot": (["audit", *BASE, "--series", "."], ["--series must not be empty, '.'"]),
+    "series-too-long": (["audit", *BASE, "--series", "s" * 300],
+                        ["is too long: its folder name would be 300 bytes"]),
+    "step-past-int64": (["audit", *BASE, "--step", str(2**63)],
+                        [f"--step must fit a 64-bit integer; got {2**63}"]),
+    "checkpoints-n-images": (["audit-checkpoints", "{tmp}/ckpts", "--model", "test_vit",
+                              "--n-images", "-3"], ["--n-images: must be an integer >= 2"]),
+    "checkpoints-series-dot": (["audit-checkpoints", "{tmp}/ckpts", "--model", "test_vit",
+                                "--series", ".."], ["--series must not be empty"]),
+    "decompose-device-unknown": (["decompose", "some-run", "--device", "tpu"],
+                                 ["device must be auto, cpu, cuda or cuda:K; got 'tpu'"]),
+}
+
+
+def test_pipeline_commands_refuse_what_needs_no_model_before_torch_timm_prefect(tmp_path):
+    """Each refusal is one line, exit 2, and the process imported none of torch, timm and
+    Prefect, started no Prefect server (no Prefect home) and made no store."""
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint at all")
+    (tmp_path / "ckpts").mkdir()
+    # a torch.save zip holding a data.pkl: the checkpoint check passes it
+    with zipfile.ZipFile(tmp_path / "ckpts" / "step_1.pth", "w") as z:
+        z.writestr("step_1/data.pkl", b"\x80\x02}q\x00.")
+    argvs = {name: [a.replace("{tmp}", str(tmp_path)) for a in argv]
+             + ["--store", str(tmp_path / "store")] for name, (argv, _) in REFUSED.items()}
+    code = (
+        "import contextlib, io, json, sys\n"
+        "from bfd.cli import main\n"
+        "out = {}\n"
+        f"for name, argv in {argvs!r}.items():\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err):\n"
+        "        code = main(argv)\n"
+        "    out[name] = [code, err.getvalue(), sorted(m for m in ('torch', 'timm', 'prefect')\n"
+        "                                              if m in sys.modules)]\n"
+        "print(json.dumps(out))\n"
+    )
+    home = tmp_path / "prefect-home"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=300,
+                          env={**env, "PREFECT_HOME": str(home), "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.splitlines()[-1])
+    for name, (_, needles) in REFUSED.items():  # in order: the first to import one fails
+        exit_code, err, imported = out[name]
+        assert exit_code == 2 and err.startswith("bfd: error: ") and err.count("\n") == 1, (
+            name, err)
+        assert all(needle in err for needle in needles), (name, err)
+        assert imported == [], name
+    assert not home.exists() and not (tmp_path / "store").exists()
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory) -> dict[str, Path]:
+    """A small seeded timm ViT saved whole (``torch.save(model)``, zip and the format before
+    torch 1.6), as its state_dict, and as a training checkpoint holding the state_dict."""
+    import timm
+    import torch
+
+    folder = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    model = timm.create_model("test_vit", pretrained=False, img_size=32)
+    paths = {name: folder / f"{name}.pth" for name in ("whole", "whole_legacy", "state_dict",
+                                                       "training")}
+    torch.save(model, paths["whole"])
+    torch.save(model, paths["whole_legacy"], _use_new_zipfile_serialization=False)
+    torch.save(model.state_dict(), paths["state_dict"])
+    torch.save({"model": model.state_dict(), "epoch": 3}, paths["training"])
+    return paths
+
+
+@pytest.mark.parametrize("command", ["extract", "audit"])
+def test_a_pickled_model_object_is_refused_in_one_line_that_says_how_to_convert_it(
+        model_files, tmp_path, command):
+    proc = subprocess.run(
+        [sys.executable, "-m", "bfd.cli", command, *BASE, "--weights",
+         str(model_files["whole"]), "--store", str(tmp_path / "store")],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PREFECT_HOME": str(tmp_path / "home")})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == (
+        f"bfd: error: --weights: weights file {str(model_files['whole'])!r} is a pickled model "
+        "object (timm.models.vision_transformer.VisionTransformer, saved by "
+        "torch.save(model)), not a state_dict or .safetensors file; convert it once in "
+        "Python, for a file you trust: model = torch.load(path, weights_only=False); "
+        "torch.save(model.state_dict(), path)\n")
+    assert not (tmp_path / "store").exists() and not (tmp_path / "home").exists()
+
+
+def test_the_pickled_model_check_tells_model_objects_from_state_dicts(model_files):
+    """Both formats of a whole model are refused; a state_dict, alone or in a training
+    checkpoint's dict, passes (the loader takes them)."""
+    for name in ("whole", "whole_legacy"):
+        with pytest.raises(ValueError, match=r"is a pickled model object \(timm\.models\."
+                           r"vision_transformer\.VisionTransformer"):
+            files.check_checkpoint(model_files[name])
+    for name in ("state_dict", "training"):
+        files.check_checkpoint(model_files[name])
+
+
+def test_an_extraction_reads_the_weights_file_header_once(prefect_harness, model_files,
+                                                          tmp_path, capsys):
+    """The command's request check, the extraction's own and the model's load share one
+    read of an unchanged weights file's first bytes."""
+    weights = shutil.copy(model_files["state_dict"], tmp_path / "weights.pth")  # unread yet
+    before = files.headers_read()
+    code, out, err = run(["extract", *BASE, "--weights", str(weights),
+                          "--store", str(tmp_path / "store")], capsys)
+    assert code == 0 and out.startswith("run "), err
+    assert files.headers_read() - before == 1
+
+
+def test_audit_checkpoints_takes_no_seed(tmp_path, capsys):
+    """Its weights are each checkpoint's: a seed of a random init means nothing there."""
+    with pytest.raises(SystemExit) as exited:
+        run(["audit-checkpoints", "--help"], capsys)
+    assert exited.value.code == 0 and "--seed" not in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exited:
+        run(["audit-checkpoints", str(tmp_path), "--model", "test_vit", "--seed", "3"], capsys)
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.endswith("bfd: error: unrecognized arguments: --seed 3\n")
+
+
+def test_the_flow_parameters_schema_says_what_the_rules_decide():
+    """A deployment run is checked against AuditConfig's JSON schema when it is submitted and
+    by ``bfd.requests``' rules when it runs: both give the same verdict on each value."""
+    import jsonschema
+
+    from bfd.flows.params import AuditConfig
+    from bfd.requests import SCHEMA, check_option
+
+    schema = AuditConfig.model_json_schema()
+    values = {"n_images": [None, -3, 0, 1, 2, 64], "img_size": [None, 0, 1, 32],
+              "batch_size": [0, 1, 32], "images_per_chunk": [-1, 0, 4],
+              "images_per_shard": [None, 0, 8],
+              "layers": ["all", " all ", "0", "0,5, 11", "0,x", "", "-1", "1,,2", "all,0"],
+              "device": ["auto", "cpu", "cuda", "cuda:1", "gpu", "cuda:", "CPU", " cpu"]}
+    assert set(values) == set(SCHEMA)
+    for name, cases in values.items():
+        for value in cases:
+            try:
+                check_option(name, value)
+                ruled = True
+            except ValueError:
+                ruled = False
+            valid = jsonschema.Draft202012Validator(schema).is_valid({name: value})
+            assert valid == ruled, (name, value)
