@@ -157,3 +157,55 @@ def catalog_with_audits(root: Path, copy: Path, audits: list[tuple], drift: list
     if drift:
         con.executemany("INSERT INTO drift VALUES (" + ", ".join("?" * 11) + ")", drift)
     return con
+
+
+# Audits of reused runs (audit id, series, run, step, day started, status, the f_pp it saw or
+# None: an audit written before audits kept their figures, filled by the catalog from
+# run_summary): c-100, c-200 and c-500 are checkpoints at steps 100, 200 and 500; u-1 is
+# never audited.
+REUSED_AUDITS: tuple[tuple[str, str, str, int, int, str, float | None], ...] = (
+    ("A1", "ck", "c-200", 200, 1, "complete", 0.21),
+    ("A2", "ck", "c-500", 500, 2, "complete", 0.51),
+    ("A3", "ck", "c-500", 500, 3, "complete", 0.52),  # nightly re-audit, unchanged model
+    ("A4", "ck", "c-100", 100, 4, "complete", None),  # backfilled step, an old audit row
+    ("A5", "ck", "c-200", 250, 5, "complete", 0.25),  # the step-200 model reused at 250
+    ("A6", "other", "c-100", 100, 6, "complete", 0.11),
+    ("A7", "th", "c-100", 1, 7, "complete", 0.12),  # c-100's latest audit
+    ("A8", "ck", "c-500", 600, 8, "failed", None),
+)
+# Flagged drift (audit, metric): A2 frac_pos_resid only (frac_pos unflagged), A5 f_pp.
+REUSED_DRIFT: tuple[tuple[str, str, bool], ...] = (
+    ("A2", "frac_pos_resid", True), ("A2", "frac_pos", False), ("A5", "f_pp", True))
+
+
+def write_reused_audits(root: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Runs c-100, c-200, c-500 and u-1 with the ``REUSED_AUDITS`` and ``REUSED_DRIFT``
+    written through ``bfd.storage.write_audit``/``write_drift``; returns what each run
+    planted. An audit that kept its figures keeps n_layers 3, n_heads 6, its f_pp and
+    f_pc = 1 - f_pp (the others NULL)."""
+    from bfd.storage import write_audit, write_drift
+
+    planted = {}
+    for i, run_id in enumerate(("c-100", "c-200", "c-500", "u-1")):
+        planted[run_id] = write_synthetic_run(
+            root, run_id, weights="plain" if run_id == "u-1" else run_id, seed=10 + i,
+            created_at=dt.datetime(2025, 1, 1 + i, tzinfo=dt.UTC))
+    store = Store(root)
+    for audit_id, series, run_id, step, day, status, f_pp in REUSED_AUDITS:
+        start = dt.datetime(2025, 2, day, tzinfo=dt.UTC)
+        seen = {} if f_pp is None else {"n_layers": 3, "n_heads": 6, "f_pp": f_pp,
+                                        "f_pc": 1 - f_pp}
+        write_audit(store, {
+            "audit_id": audit_id, "series": series, "run_id": run_id, "step": step,
+            "started_at": start, "finished_at": start + dt.timedelta(hours=1),
+            "trigger": "schedule", "flow_run_id": None, "status": status,
+            "prev_audit_id": None, "n_flagged": 1, **seen})
+    for audit_id in dict.fromkeys(a for a, _, _ in REUSED_DRIFT):
+        series = next(s for a, s, *_ in REUSED_AUDITS if a == audit_id)
+        write_drift(store, series, audit_id, [
+            {"audit_id": audit_id, "prev_audit_id": None, "layer": 0,
+             "head": 0 if metric == "f_pp" else None, "metric": metric, "before": 0.1,
+             "after": 0.3 if flagged else 0.1, "delta": 0.2 if flagged else 0.0,
+             "threshold": 0.05, "flagged": flagged}
+            for a, metric, flagged in REUSED_DRIFT if a == audit_id])
+    return planted

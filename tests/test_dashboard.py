@@ -302,3 +302,44 @@ def test_an_audit_rewrites_its_run_page_with_the_positional_factor_kept(tmp_path
     shutil.rmtree(root / "tables")  # no run listed any more
     build_dashboard(root, out)
     assert not list((out / POSITIONAL).iterdir())
+
+
+def test_series_have_one_point_per_complete_audit_with_what_it_saw(tmp_path):
+    """A run audited several times and in several series is a point of every series that
+    audited it, once per complete audit, at that audit's step, with the figures that audit
+    kept (an old audit: its run's run_summary figures); a run never audited is its own
+    ``model · weights`` series with no step; flagged drift names its audit."""
+    from dashstore import REUSED_AUDITS, write_reused_audits
+
+
+    root = tmp_path / "store"
+    planted = write_reused_audits(root)
+    with connect(root) as con:
+        data = D.series_data(con)
+        summary = {r["run_id"]: r for r in run_sql(con, "SELECT * FROM run_summary").to_pylist()}
+    points = data["metrics"].to_pylist()
+    done = [a for a in REUSED_AUDITS if a[5] == "complete"]
+    expected = sorted([(s, step, day, a, run) for a, s, run, step, day, _, _ in done]
+                      + [("toy_vit · plain", None, None, None, "u-1")],
+                      key=lambda e: (e[0], e[1] or 0, e[2]))
+    assert [(p["series"], p["step"], p["audit_id"], p["run_id"]) for p in points] == [
+        (s, step, a, run) for s, step, _, a, run in expected]
+    for p in points:
+        kept = next((a[6] for a in REUSED_AUDITS if a[0] == p["audit_id"]), None)
+        run = summary[p["run_id"]]
+        if kept is None:  # never audited, or an audit that kept no figures: the run's own
+            assert (p["f_pp"], p["f_pc"], p["n_layers"]) == (run["f_pp"], run["f_pc"], 3)
+        else:
+            assert (p["f_pp"], p["f_pc"], p["n_layers"], p["n_heads"]) == (kept, 1 - kept, 3, 6)
+            assert p["f_cc"] is None and p["frac_pos_mean"] is None
+        # per-run metrics that audits do not keep: the run's, from its layers (resid = 0.8 x)
+        assert p["frac_pos_resid_mean"] == pytest.approx(
+            0.8 * planted[p["run_id"]]["frac_pos"].mean(), rel=1e-12)
+    flagged = data["drift"].to_pylist()
+    assert sorted((d["audit_id"], d["metric"], d["step"]) for d in flagged) == [
+        ("A2", "frac_pos_resid", 500), ("A5", "f_pp", 250)]
+    assert D.DRIFT_OF_PLOT["frac_pos_mean"] == ("frac_pos",)
+    changes = data["head_type_changes"].to_pylist()
+    assert {(c["prev_audit_id"], c["audit_id"]) for c in changes} <= {
+        ("A4", "A1"), ("A5", "A2")}  # ck: c-100 -> c-200 (A4, A1), c-200 -> c-500 (A5, A2)
+    assert changes and all(c["run_id"] != c["prev_run_id"] for c in changes)

@@ -301,3 +301,68 @@ def test_log_axes_of_a_zero_or_denormal_value_stop_at_the_floor(tmp_path, browse
             assert y == list(np.maximum(values[key], LOG_FLOOR)) and stored == values[key]
         assert [y for name, (y, _) in drawn.items() if "drawn at 1e-17" in name] == [
             [LOG_FLOOR, LOG_FLOOR]]
+
+
+@pytest.fixture(scope="module")
+def reused_site(tmp_path_factory) -> Path:
+    from dashstore import write_reused_audits
+
+    root = tmp_path_factory.mktemp("reused")
+    write_reused_audits(root)
+    out = tmp_path_factory.mktemp("reused-site")
+    build_dashboard(root, out)
+    return out
+
+
+def choose_series(driver, name: str) -> None:
+    driver.execute_script(
+        "const s = document.getElementById('series-select'); s.value = arguments[0];"
+        " s.dispatchEvent(new Event('change'));", name)
+
+
+def plot_x(driver, plot: str) -> list[list]:
+    """The x of each trace of a plot: the line, then the drift crosses."""
+    return driver.execute_script(
+        f"return document.getElementById('{plot}').data.map(t => Array.from(t.x))")
+
+
+def test_series_page_plots_every_audit_and_crosses_its_flagged_metrics(reused_site, browser):
+    # tests/dashstore.py REUSED_AUDITS: c-100 audited in ck (step 100, backfilled), other and
+    # th; c-200 at steps 200 and 250; c-500 twice at 500 (and a failed audit at 600)
+    open_page(browser, (reused_site / "series.html").as_uri())
+    assert_clean(browser, "file://")
+    options = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#series-select option'), o => o.value)")
+    assert options == ["ck", "other", "th", "toy_vit · plain"]
+    line, crosses = plot_x(browser, "metric-f_pp")
+    assert line == [100, 200, 250, 500, 500] and crosses == [250]
+    assert plot_x(browser, "metric-frac_pos_resid_mean")[1] == [500]  # audit A2, not A3
+    assert plot_x(browser, "metric-frac_pos_mean")[1] == []  # frac_pos was not flagged
+    assert plot_x(browser, "metric-mean_f_pp")[1] == [250]
+    ys = browser.execute_script(
+        "return Array.from(document.getElementById('metric-f_pp').data[0].y)")
+    assert ys[1:] == [0.21, 0.25, 0.51, 0.52]  # the f_pp each audit kept
+    for name, steps in (("other", [100]), ("th", [1]), ("toy_vit · plain", [])):
+        choose_series(browser, name)
+        line, crosses = plot_x(browser, "metric-f_pp")
+        assert crosses == [] and (line == steps or (not steps and line == [None]))
+
+
+@pytest.mark.parametrize("width", [1300, 1600])
+def test_series_plots_fit_their_grid_cells(reused_site, browser, width):
+    browser.set_window_size(width, 1000)
+    try:
+        open_page(browser, (reused_site / "series.html").as_uri())
+        fits = (
+            "return Array.from(document.querySelectorAll('#metric-grid .plot'), d =>"
+            " [d.id, d.querySelector('.main-svg').getBoundingClientRect().width,"
+            " d.getBoundingClientRect().width])")
+        for name in ("ck", "other", "ck"):
+            choose_series(browser, name)
+            cells = browser.execute_script(fits)
+            assert len(cells) > 10
+            assert [c for c in cells if c[1] > c[2] + 0.5] == []
+            # more than one plot a row: a plot wider than its cell is cut off by the next
+            assert len({round(c[2]) for c in cells}) == 1 and cells[0][2] < width / 1.5
+    finally:
+        browser.set_window_size(1400, 1000)

@@ -27,8 +27,10 @@ import numpy as np
 import pyarrow as pa
 
 from bfd.queries import run_sql
+from bfd.storage import SEEN_FIGURES
 
 __all__ = [
+    "DRIFT_OF_PLOT",
     "Columns",
     "audits_present",
     "catalog_tables",
@@ -46,7 +48,8 @@ Columns: TypeAlias = dict[str, list[Any]]
 
 # Tables whose rows belong to one run; a run's page is rebuilt when any of its rows change.
 _RUN_TABLES: Final[tuple[str, ...]] = ("runs", "layers", "heads", "modes", "audits")
-_SERIES: Final[str] = "coalesce(a.series, r.model || coalesce(' · ' || r.weights, ''))"
+_RUN_SERIES: Final[str] = "r.model || coalesce(' · ' || r.weights, '')"
+_SERIES: Final[str] = f"coalesce(a.series, {_RUN_SERIES})"
 # The latest audit of each run (a run may be audited once; re-audits get new runs, but a
 # retried audit of the same run must not list it twice).
 _LATEST_AUDIT: Final[str] = (
@@ -182,37 +185,85 @@ def run_detail(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, pa.Tabl
     return {"layers": layer_rows(con, run_id), "heads": heads, "modes": modes}
 
 
-def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
-    """Per-run metrics in series order, audits, flagged drift and head-type changes.
+# The drift metrics (bfd.tasks.drift: a layer share at attn_in, ``_resid`` at resid; a head
+# share; ``head_type``) whose flagged rows mark each Series plot: a plot is marked only for the
+# metrics it shows (frac_pos_mean is the mean of frac_pos at attn_in, never frac_pos_resid).
+DRIFT_OF_PLOT: Final[dict[str, tuple[str, ...]]] = {
+    "frac_pos_mean": ("frac_pos",),
+    "frac_pos_resid_mean": ("frac_pos_resid",),
+    **{f"{kind}f_{b}": (f"f_{b}",) for kind in ("", "mean_") for b in ("pp", "pc", "cp", "cc")},
+    **{f"n_heads_{t}": ("head_type",) for t in ("pp", "cp", "cc", "undefined")},
+}
 
-    Head-type changes compare each complete run with the previous complete run of its series
-    (by audit step, then creation time), head by head.
+
+def _series_points(con: duckdb.DuckDBPyConnection) -> str:
+    """SQL of the points of every series: one per complete audit of a complete run (its
+    series, step and the figures it saw, as ``audit_history``), and one per run never audited
+    (series ``model · weights``, no step)."""
+    seen = [name for name, _ in SEEN_FIGURES]
+    unaudited = (
+        f"SELECT r.run_id, {_RUN_SERIES} AS series, NULL::VARCHAR AS audit_id,"
+        " NULL::BIGINT AS step, NULL::TIMESTAMPTZ AS started_at, NULL::TIMESTAMPTZ AS finished_at,"
+        " NULL::BIGINT AS n_flagged, false AS kept"
+        + "".join(f", NULL AS seen_{name}" for name in seen)
+        + " FROM runs AS r"
+    )
+    if not audits_present(con):
+        return unaudited
+    unaudited += " WHERE r.run_id NOT IN (SELECT run_id FROM audits WHERE run_id IS NOT NULL)"
+    kept = set(_column_names(con, "audits"))
+    # audits keep the figures they saw (an old audit's filled from run_summary by the catalog;
+    # an audits table without those columns shows its runs' current figures)
+    has_kept = "n_layers" in kept
+    audited = (
+        "SELECT a.run_id, a.series, a.audit_id, a.step, a.started_at, a.finished_at,"
+        f" a.n_flagged, {'a.n_layers IS NOT NULL' if has_kept else 'false'} AS kept"
+        + "".join(f", a.{name} AS seen_{name}" if name in kept else f", NULL AS seen_{name}"
+                  for name in seen)
+        + " FROM audits AS a JOIN runs AS r ON r.run_id = a.run_id AND r.status = 'complete'"
+        " WHERE a.status = 'complete'"
+    )
+    return f"{audited} UNION ALL BY NAME {unaudited}"
+
+
+def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
+    """Per-audit metrics in series order, audits, flagged drift and head-type changes.
+
+    ``metrics`` has one row per complete audit of a series (a run audited in several series,
+    or several times, appears once per audit), at that audit's step, with the model-level
+    figures that audit saw (``SEEN_FIGURES`` of its ``audits`` row) and the run's other
+    ``run_summary`` columns; a run never audited appears once, in its ``model · weights``
+    series with no step. Head-type changes compare each point's run with the previous point's
+    run of its series (by step, start time, audit id; then creation time), head by head.
     """
     with_audits = audits_present(con)
-    audit = _audit_source(con)
-    order = "coalesce(a.step, 0), r.created_at, r.run_id"
+    order = "coalesce(p.step, 0), p.started_at, s.created_at, p.audit_id, p.run_id"
+    replaced = ", ".join(f"CASE WHEN p.kept THEN p.seen_{name} ELSE s.{name} END AS {name}"
+                         for name, _ in SEEN_FIGURES)
     metrics = run_sql(con, f"""
-        SELECT {_SERIES} AS series, s.*, a.audit_id, a.step, a.finished_at, a.n_flagged
-        FROM run_summary AS s
-        JOIN runs AS r USING (run_id)
-        LEFT JOIN {audit} AS a USING (run_id)
-        ORDER BY series, {order}
+        WITH p AS ({_series_points(con)})
+        SELECT p.series, s.* REPLACE ({replaced}), p.audit_id, p.step, p.started_at,
+            p.finished_at, p.n_flagged
+        FROM p
+        JOIN run_summary AS s USING (run_id)
+        ORDER BY p.series, {order}
     """)
     changes = run_sql(con, f"""
-        WITH ordered AS (
-            SELECT r.run_id, {_SERIES} AS series,
-                lag(r.run_id) OVER (PARTITION BY {_SERIES} ORDER BY {order}) AS prev_run_id
-            FROM runs AS r
-            LEFT JOIN {audit} AS a USING (run_id)
-            WHERE r.status = 'complete'
+        WITH p AS ({_series_points(con)}),
+        ordered AS (
+            SELECT p.series, p.audit_id, p.run_id,
+                lag(p.audit_id) OVER w AS prev_audit_id, lag(p.run_id) OVER w AS prev_run_id
+            FROM p
+            JOIN runs AS s ON s.run_id = p.run_id AND s.status = 'complete'
+            WINDOW w AS (PARTITION BY p.series ORDER BY {order})
         )
-        SELECT o.series, o.prev_run_id, o.run_id, h.layer, h.head,
+        SELECT o.series, o.prev_audit_id, o.audit_id, o.prev_run_id, o.run_id, h.layer, h.head,
             p.head_type AS before, h.head_type AS after
         FROM ordered AS o
         JOIN heads AS h ON h.run_id = o.run_id
         JOIN heads AS p ON p.run_id = o.prev_run_id AND p.layer = h.layer AND p.head = h.head
         WHERE p.head_type IS DISTINCT FROM h.head_type
-        ORDER BY o.series, o.run_id, h.layer, h.head
+        ORDER BY o.series, o.run_id, o.audit_id, h.layer, h.head
     """)
     out = {"metrics": metrics, "head_type_changes": changes}
     if with_audits:

@@ -506,28 +506,47 @@
     const grid = h("div", { class: "grid", id: "metric-grid" });
     const tables = h("div", {});
     app.append(controls, section("Every metric", h("p", { class: "note" },
-      "Red crosses: audits whose drift check flagged this metric. Click a point to open its run."), grid),
+      "One point per complete audit of the series, at its step, with the figures it saw. Red crosses: " +
+      "audits whose drift check flagged a metric this plot shows. Click a point to open its run."), grid),
     tables);
+    // Each plot's cell, sized by the grid: a plot drawn while its cell is the grid's only
+    // item (auto-fit) would take the whole row; a later change of the cell redraws it.
+    const sized = new ResizeObserver((entries) => {
+      for (const e of entries) if (e.target._fullLayout) Plotly.Plots.resize(e.target);
+    });
+    // The drift metrics each plot shows (bfd/report/data.py DRIFT_OF_PLOT); none: no crosses.
+    const driftOf = D.drift_of_plot || {};
     function redraw() {
       const rows = metrics.filter((m) => m.series === state.series);
       const flagged = drift.filter((d) => d.series === state.series);
-      grid.replaceChildren();
-      for (const k of keys) {
+      for (const old of grid.children) sized.unobserve(old);
+      // every cell first, at its height, then the plots: each is drawn at its cell's width
+      const divs = keys.map((k) => {
         const div = plotDiv("metric-" + k, `${k} against ${state.x} for the chosen series`, "small");
-        grid.append(div);
+        div.style.height = "260px";
+        return div;
+      });
+      grid.replaceChildren(...divs);
+      keys.forEach((k, i) => {
+        const div = divs[i];
         const x = rows.map((m) => m[state.x]);
         const err = rows.some((m) => typeof m[k + "_lo"] === "number") ? { type: "data", symmetric: false,
           array: rows.map((m) => (m[k + "_hi"] ?? m[k]) - m[k]), arrayminus: rows.map((m) => m[k] - (m[k + "_lo"] ?? m[k])) } : undefined;
-        const hit = rows.filter((m) => flagged.some((d) => d.run_id === m.run_id && String(d.metric).startsWith(k.replace(/_mean$/, ""))));
+        // a cross per audit whose flagged drift names a metric this plot shows
+        const shows = driftOf[k] || [];
+        const hit = rows.filter((m) => m.audit_id !== null && m.audit_id !== undefined &&
+          flagged.some((d) => d.audit_id === m.audit_id && shows.includes(d.metric)));
         draw(div, [{ x: x, y: rows.map((m) => m[k]), mode: "lines+markers", name: k, error_y: err,
-          customdata: rows.map((m) => RUN_BY_ID.get(m.run_id)?.page || ""), text: rows.map((m) => pt(m.run_id)),
+          customdata: rows.map((m) => RUN_BY_ID.get(m.run_id)?.page || ""),
+          text: rows.map((m) => pt(m.run_id + (m.audit_id ? " · audit " + m.audit_id : ""))),
           line: { color: "#0072B2" }, hovertemplate: `%{text}<br>${k} %{y:.4g}<extra></extra>` },
         { x: hit.map((m) => m[state.x]), y: hit.map((m) => m[k]), mode: "markers", name: "drift flagged",
           marker: { symbol: "x", size: 12, color: "#D55E00" }, hoverinfo: "skip" }],
         { title: { text: k, font: { size: 13 }, x: 0.02, xanchor: "left" }, showlegend: false, height: 260,
           margin: { l: 55, r: 10, t: 35, b: 55 } });
         div.on("plotly_click", (ev) => { const page = ev.points[0].customdata; if (page) window.location.href = "runs/" + encodeURIComponent(page); });
-      }
+        sized.observe(div);
+      });
       tables.replaceChildren(
         section("Drift flags", D.has_audits ? dataTable("drift-table", "flagged drift", flagged)
           : empty("No audits recorded yet.")),
