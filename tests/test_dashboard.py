@@ -343,3 +343,23 @@ def test_series_have_one_point_per_complete_audit_with_what_it_saw(tmp_path):
     assert {(c["prev_audit_id"], c["audit_id"]) for c in changes} <= {
         ("A4", "A1"), ("A5", "A2")}  # ck: c-100 -> c-200 (A4, A1), c-200 -> c-500 (A5, A2)
     assert changes and all(c["run_id"] != c["prev_run_id"] for c in changes)
+
+
+def test_series_list_counts_a_run_in_every_series_that_audited_it(tmp_path):
+    from dashstore import REUSED_AUDITS, write_reused_audits
+
+    root = tmp_path / "store"
+    write_reused_audits(root)
+    with connect(root) as con:
+        rows = D.series_list(con).to_pylist()
+    expected = []
+    for series in sorted({a[1] for a in REUSED_AUDITS}):
+        mine = [a for a in REUSED_AUDITS if a[1] == series]
+        last = max(mine, key=lambda a: (a[3], a[4]))  # every run here is complete
+        expected.append((series, len({a[2] for a in mine}), len(mine), last[2], last[0], last[5]))
+    expected.append(("toy_vit · plain", 1, 0, "u-1", None, None))
+    assert [(r["series"], r["n_runs"], r["n_audits"], r["latest_run"], r["audit_id"],
+             r["audit_status"]) for r in rows] == expected
+    build_dashboard(root, tmp_path / "site")
+    assert embedded(tmp_path / "site" / "index.html")["series_list"]["series"] == [
+        e[0] for e in expected]

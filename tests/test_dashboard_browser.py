@@ -366,3 +366,18 @@ def test_series_plots_fit_their_grid_cells(reused_site, browser, width):
             assert len({round(c[2]) for c in cells}) == 1 and cells[0][2] < width / 1.5
     finally:
         browser.set_window_size(1400, 1000)
+
+
+def test_overview_lists_every_series_of_a_reused_run(reused_site, browser):
+    # c-100's latest audit is in th; it was audited in ck and other too
+    open_page(browser, (reused_site / "index.html").as_uri())
+    assert_clean(browser, "file://")
+    rows = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#series-table tbody tr'),"
+        " tr => Array.from(tr.cells, c => c.textContent))")
+    head = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#series-table th'), c => c.textContent)")
+    col = {name: i for i, name in enumerate(head)}
+    assert [(r[col["series"]], r[col["runs"]], r[col["audits"]], r[col["latest run"]])
+            for r in rows] == [("ck", "3", "6", "c-500"), ("other", "1", "1", "c-100"),
+                               ("th", "1", "1", "c-100"), ("toy_vit · plain", "1", "0", "u-1")]

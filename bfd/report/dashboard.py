@@ -267,7 +267,8 @@ def build_dashboard(
         common = {"runs": runs, "has_audits": has_audits}
         generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         site_pages = {
-            "index.html": ("overview", {**common, "layers": layers}),
+            "index.html": ("overview", {**common, "layers": layers,
+                                        "series_list": D.columnar(D.series_list(con))}),
             "series.html": ("series", {**common, **series}),
             "compare.html": ("compare", {**common, "layers": layers}),
         }

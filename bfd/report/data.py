@@ -42,6 +42,7 @@ __all__ = [
     "run_list",
     "safe_file_stem",
     "series_data",
+    "series_list",
 ]
 
 Columns: TypeAlias = dict[str, list[Any]]
@@ -224,6 +225,39 @@ def _series_points(con: duckdb.DuckDBPyConnection) -> str:
         " WHERE a.status = 'complete'"
     )
     return f"{audited} UNION ALL BY NAME {unaudited}"
+
+
+def series_list(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """Every series with its number of runs and audits and its latest member: the audit (of
+    any status) latest by step, start time and audit id, one of a complete run where the
+    series has one; a run never audited is a member of its ``model · weights`` series only.
+    A run audited in several series is counted in each (``run_list`` gives a run its latest
+    audit's series only)."""
+    members = (
+        f"SELECT {_RUN_SERIES} AS series, r.run_id, NULL::VARCHAR AS audit_id,"
+        " NULL::BIGINT AS step, NULL::TIMESTAMPTZ AS started_at,"
+        " NULL::TIMESTAMPTZ AS finished_at, NULL::VARCHAR AS audit_status,"
+        " NULL::BIGINT AS n_flagged FROM runs AS r"
+    )
+    if audits_present(con):
+        members = (
+            "SELECT series, run_id, audit_id, step, started_at, finished_at,"
+            " status AS audit_status, n_flagged FROM audits UNION ALL BY NAME " + members
+            + " WHERE r.run_id NOT IN (SELECT run_id FROM audits WHERE run_id IS NOT NULL)"
+        )
+    return run_sql(con, f"""
+        WITH m AS ({members})
+        SELECT m.series, count(DISTINCT m.run_id) OVER w AS n_runs,
+            count(m.audit_id) OVER w AS n_audits, m.run_id AS latest_run, m.audit_id,
+            m.audit_status, m.finished_at, m.n_flagged
+        FROM m
+        JOIN runs AS r USING (run_id)
+        WINDOW w AS (PARTITION BY m.series)
+        QUALIFY row_number() OVER (PARTITION BY m.series ORDER BY r.status = 'complete' DESC,
+            coalesce(m.step, 0) DESC, m.started_at DESC NULLS LAST, r.created_at DESC,
+            m.audit_id DESC) = 1
+        ORDER BY m.series
+    """)
 
 
 def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:

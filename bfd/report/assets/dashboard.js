@@ -189,15 +189,16 @@
   function overview() {
     if (!RUNS.length) { app.append(empty("No runs yet: the store holds no run.", "no-runs")); return; }
     const byRun = layersByRun();
-    const series = [...groupBy(RUNS, (r) => r.series)].map(([name, rs]) => {
-      const done = rs.filter((r) => r.status === "complete");
-      const latest = (done.length ? done : rs)[(done.length ? done : rs).length - 1];
-      return { series: name, model: latest.model, weights: latest.weights,
+    // every series of an audit or of a never-audited run (a run audited in several series is
+    // in each), with its latest member's run (bfd/report/data.py series_list)
+    const series = rowsOf(D.series_list).map((s) => {
+      const latest = RUN_BY_ID.get(s.latest_run) || { run_id: s.latest_run };
+      return { series: s.series, model: latest.model, weights: latest.weights,
         weights_sha256: latest.weights_sha256, images: latest.images,
-        images_sha256: latest.images_sha256, n_images: latest.n_images, n_runs: rs.length,
-        latest_run: latest.run_id, page: latest.page, created_at: latest.created_at,
-        audit_id: latest.audit_id, audit_status: latest.audit_status,
-        finished_at: latest.finished_at, n_flagged: latest.n_flagged };
+        images_sha256: latest.images_sha256, n_images: latest.n_images, n_runs: s.n_runs,
+        n_audits: s.n_audits, latest_run: latest.run_id, page: latest.page,
+        created_at: latest.created_at, audit_id: s.audit_id, audit_status: s.audit_status,
+        finished_at: s.finished_at, n_flagged: s.n_flagged };
     });
     app.append(section("Series",
       h("p", { class: "note" }, D.has_audits ? "A series is the `series` of the audits table."
@@ -206,7 +207,7 @@
         { key: "series" }, { key: "model" }, { key: "weights" }, { key: "weights_sha256", label: "weights sha256" },
         { key: "images", label: "image set" }, { key: "images_sha256", label: "images sha256" },
         { key: "n_images", label: "images" }, { key: "n_runs", label: "runs" },
-        { key: "latest_run", label: "latest run", render: (r) => runLink({ page: r.page, run_id: r.latest_run }) },
+        { key: "n_audits", label: "audits" }, { key: "latest_run", label: "latest run", render: (r) => runLink({ page: r.page, run_id: r.latest_run }) },
         { key: "created_at", label: "created" }, { key: "audit_id", label: "latest audit" },
         { key: "audit_status", label: "audit status" }, { key: "finished_at", label: "finished" },
         { key: "n_flagged", label: "flagged" },
