@@ -5,9 +5,10 @@ pages see one snapshot of the tables. The one exception is the positional factor
 run, which no table holds: it is read from the run's results Dataset (``bfd.storage``).
 
 A *series* is what one audit schedule follows over time: the ``series`` column of the
-``audits`` table where the catalog has that table and a row for the run, otherwise the run's
-``model · weights``. Tables are returned column-wise (``{column: [values]}``), NULL and NaN
-as ``None``, timestamps as ISO 8601 strings: the form the pages embed as JSON.
+``audits`` table, whose rows each put a run into a series at a step (a run audited in several
+series is in each); a run never audited is in its ``model · weights`` series. Tables are
+returned column-wise (``{column: [values]}``), NULL and NaN as ``None``, timestamps as ISO 8601
+strings: the form the pages embed as JSON.
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ Columns: TypeAlias = dict[str, list[Any]]
 _RUN_TABLES: Final[tuple[str, ...]] = ("runs", "layers", "heads", "modes", "audits")
 _RUN_SERIES: Final[str] = "r.model || coalesce(' · ' || r.weights, '')"
 _SERIES: Final[str] = f"coalesce(a.series, {_RUN_SERIES})"
-# The latest audit of each run (a run may be audited once; re-audits get new runs, but a
-# retried audit of the same run must not list it twice).
+# The latest audit of each run, for the run list and the run pages (one row per run). A run
+# may be audited many times, in several series: the Series page and the overview's series
+# list take every audit (series_data, series_list), not this one.
 _LATEST_AUDIT: Final[str] = (
     "(SELECT * FROM audits QUALIFY row_number() OVER (PARTITION BY run_id "
     "ORDER BY finished_at DESC NULLS LAST, audit_id DESC) = 1)"

@@ -553,7 +553,7 @@
           : empty("No audits recorded yet.")),
         section("Head-type changes between consecutive audits",
           dataTable("changes-table", "head-type changes", changes.filter((c) => c.series === state.series))),
-        section("Runs of the series", dataTable("series-runs", "runs of the series", rows)));
+        section("Audits of the series", dataTable("series-runs", "audits of the series", rows)));
     }
     redraw();
   }
