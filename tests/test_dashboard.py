@@ -19,10 +19,11 @@ from PIL import Image
 from test_queries import build_store
 
 from bfd.cli import main
-from bfd.queries import connect, run_sql
+from bfd.queries import connect, run_query, run_sql
 from bfd.report import data as D
 from bfd.report.dashboard import MANIFEST, build_dashboard, embed_json, make_server
 from bfd.report.plots import VIEWS, plot_run
+from bfd.storage import SEEN_FIGURES
 
 XSS = "<script>alert(1)</script>"
 
@@ -317,7 +318,12 @@ def test_series_have_one_point_per_complete_audit_with_what_it_saw(tmp_path):
     with connect(root) as con:
         data = D.series_data(con)
         summary = {r["run_id"]: r for r in run_sql(con, "SELECT * FROM run_summary").to_pylist()}
+        history = run_query(con, "audit_history").to_pylist()
     points = data["metrics"].to_pylist()
+    # the reference for the per-audit figures: audit_history, audit by audit
+    seen = [name for name, _ in SEEN_FIGURES]
+    assert {(p["audit_id"], *(p[k] for k in seen)) for p in points if p["audit_id"]} == {
+        (h["audit_id"], *(h[k] for k in seen)) for h in history}
     done = [a for a in REUSED_AUDITS if a[5] == "complete"]
     expected = sorted([(s, step, day, a, run) for a, s, run, step, day, _, _ in done]
                       + [("toy_vit · plain", None, None, None, "u-1")],
