@@ -8,6 +8,7 @@ import pytest
 from checkpoints import AUDIT, make_checkpoints
 from conftest import env_kept
 from distributed import LocalCluster
+from distributed.diagnostics.plugin import SchedulerPlugin
 
 from bfd.cli import main
 from bfd.flows.audit import audit
@@ -17,12 +18,35 @@ CONFIG = {"model": "test_vit", "weights": "random", "images": "samples", "n_imag
           "img_size": 32, "layers": "0,3", "dtype": "float32", "images_per_chunk": 4}
 
 
-@pytest.mark.slow
-def test_cluster_run_equals_local_run(tmp_path, prefect_harness):
-    local = audit(CONFIG, str(tmp_path / "local"))
+class Computed(SchedulerPlugin):
+    """The keys of the tasks the cluster's workers computed (processing -> memory)."""
+
+    def __init__(self) -> None:
+        self.keys: list = []
+
+    def transition(self, key, start, finish, *args, **kwargs) -> None:
+        if (start, finish) == ("processing", "memory"):
+            self.keys.append(key)
+
+
+@pytest.fixture(scope="module")
+def shared_cluster():
+    """One Dask cluster of 2 worker processes for this module's tests (its start and its
+    workers' imports paid once), and what its workers computed."""
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster:
-        remote = audit(CONFIG, str(tmp_path / "remote"), dask_address=cluster.scheduler_address)
+        computed = Computed()
+        cluster.scheduler.add_plugin(computed)
+        yield cluster, computed
+
+
+@pytest.mark.slow
+def test_cluster_run_equals_local_run(tmp_path, prefect_harness, shared_cluster):
+    cluster, computed = shared_cluster
+    local = audit(CONFIG, str(tmp_path / "local"))
+    computed.keys.clear()
+    remote = audit(CONFIG, str(tmp_path / "remote"), dask_address=cluster.scheduler_address)
+    assert computed.keys, "no task ran on the cluster"
     assert remote["run_id"] == local["run_id"]
     a = open_activations(Store(local["store"]), local["run_id"]).load()
     b = open_activations(Store(remote["store"]), remote["run_id"]).load()
@@ -35,18 +59,18 @@ def test_cluster_run_equals_local_run(tmp_path, prefect_harness):
 
 
 @pytest.mark.slow
-def test_audit_checkpoints_runs_on_the_cluster_it_is_given(tmp_path, prefect_harness, capsys):
+def test_audit_checkpoints_runs_on_the_cluster_it_is_given(tmp_path, prefect_harness, capsys,
+                                                            shared_cluster):
     """``bfd audit-checkpoints --dask-address`` extracts and decomposes on that cluster (the
     command used to accept the option and run everything locally)."""
+    cluster, computed = shared_cluster
     make_checkpoints(tmp_path / "ckpts")
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster:
-        with env_kept():
-            code = main(["audit-checkpoints", str(tmp_path / "ckpts"), "--model", AUDIT["model"],
-                         "--n-images", "4", "--img-size", "32", "--layers", "0",
-                         "--dtype", "float32", "--images-per-chunk", "4", "--no-dashboard",
-                         "--store", str(tmp_path / "store"),
-                         "--dask-address", cluster.scheduler_address])
-        ran = dict(cluster.scheduler.task_prefixes)
+    computed.keys.clear()
+    with env_kept():
+        code = main(["audit-checkpoints", str(tmp_path / "ckpts"), "--model", AUDIT["model"],
+                     "--n-images", "4", "--img-size", "32", "--layers", "0",
+                     "--dtype", "float32", "--images-per-chunk", "4", "--no-dashboard",
+                     "--store", str(tmp_path / "store"),
+                     "--dask-address", cluster.scheduler_address])
     assert code == 0 and "3 checkpoint(s) audited" in capsys.readouterr().out
-    assert ran, "no task ran on the cluster"
+    assert computed.keys, "no task ran on the cluster"

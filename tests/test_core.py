@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -46,14 +48,21 @@ def test_toy_shapes_match_brute_force(compute_dtype):
     assert_matches_brute(ds, ref, rtol=1e-9 if compute_dtype == "float64" else 1e-6)
 
 
-@pytest.mark.parametrize("compute_dtype", ["float64", "float32"])
-def test_real_vit_shape_matches_brute_force(compute_dtype):
-    """ViT-S/16: T=196 patches + CLS, d=384, H=6, small N."""
+@functools.cache
+def real_vit_case() -> tuple[np.ndarray, np.ndarray, dict]:
+    """ViT-S/16 activations and weights, and their brute force (one for both dtypes: the
+    same inputs)."""
     rng = np.random.default_rng(2)
     x, W = random_case(rng, N=5, T_total=197, d=384, H=6)
     x = x.astype(np.float32)
+    return x, W, brute_heads(x[:, 1:], W, 6, explicit_modes=False)
+
+
+@pytest.mark.parametrize("compute_dtype", ["float64", "float32"])
+def test_real_vit_shape_matches_brute_force(compute_dtype):
+    """ViT-S/16: T=196 patches + CLS, d=384, H=6, small N."""
+    x, W, ref = real_vit_case()
     ds = bfd.analyze(x, W, 6, prefix_tokens=1, compute_dtype=compute_dtype)
-    ref = brute_heads(x[:, 1:], W, 6, explicit_modes=False)
     assert_matches_brute(ds, ref, rtol=1e-9 if compute_dtype == "float64" else 1e-6)
 
 
