@@ -295,6 +295,23 @@ def print_left_out(bad: Sequence[str], what: str = "left out: ") -> int:
     return 2
 
 
+SERVE_INTERRUPTED = "bfd: interrupted; serving stopped, with its temporary Prefect server"
+
+
+def end_serve_on_interrupt() -> None:
+    """``bfd serve`` as a process of its own, on Prefect's temporary server (no
+    ``PREFECT_API_URL``): Ctrl-C ends it at once, its runs and server with it, in one line.
+    Left to Prefect, the runner paused its schedules on shutdown through a server that the
+    same Ctrl-C had already stopped: a page of ``httpx.ConnectError`` traceback, exit 1.
+    With a configured API, Prefect's own shutdown (pausing the schedules there) runs."""
+    from bfd.flows.server import prefect_api_configured
+
+    if not prefect_api_configured():
+        from bfd.cli_interrupt import end_on_interrupt
+
+        end_on_interrupt(message=SERVE_INTERRUPTED)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from bfd.flows.serve import serve
 
