@@ -131,7 +131,7 @@ def test_demo_end_to_end(tmp_path, monkeypatch, capsys, prefect_harness):
 def test_drift_flags_the_planted_change_and_fails_the_gate(tmp_path, prefect_harness, capsys):
     """Three checkpoints in one series through the command line: the planted positional
     change flags (exit 3 under --fail-on-drift), a change no activation sees does not, and
-    audit-checkpoints then finds each file already audited by its content."""
+    audit-checkpoints then finds each file already audited with the same request."""
     paths = make_checkpoints(tmp_path / "ckpts")
     store = str(tmp_path / "store")
     common = ["--model", AUDIT["model"], "--n-images", "6", "--img-size", "64", "--layers", "0",

@@ -63,11 +63,13 @@ def pending_checkpoints(store: Store, pattern: str, series: str,
             bad.append(" ".join(str(err).split()))
             continue
         sha = sha256_file(path)  # the checkpoint's audit reuses this digest
-        inputs = key_inputs({**config, "weights": str(path)}, sha, records or ())
-        identity = request_identity(inputs) if records is not None and inputs else None
+        inputs = (key_inputs({**config, "weights": str(path)}, sha, records)
+                  if records is not None else None)
+        identity = request_identity(inputs) if inputs else None
         if identity is not None and identity in seen:
             continue
-        seen.add(identity)
+        if identity is not None:
+            seen.add(identity)
         step = step_from_name(path)
         todo.append({"path": str(path), "sha256": sha,
                      "step": step if step is not None else int(os.stat(path).st_mtime)})
