@@ -172,6 +172,7 @@ def check_prefect(url, store, series, ckpts, env, commands, subs) -> None:
         key = ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key("checkpoints", series)]))
         notes = sorted(client.read_artifacts(artifact_filter=key), key=lambda x: x.created)
         assert notes[-1].data.startswith("Nothing to do: all 3 checkpoint file(s)")
+        assert "with the same request (model test_vit, images samples (N 6)" in notes[-1].data
         # a typo is refused when the run is submitted, naming the field
         deployment = client.read_deployment_by_name("audit-checkpoints/audit-checkpoints")
         with pytest.raises(PrefectHTTPStatusError, match="n_image"):

@@ -128,9 +128,10 @@ def audit_checkpoints(
     summary = {"series": series, "n_files": n_files, "store": root, "compared": compared,
                "bad": bad}
     if not todo:
-        message = (f"Nothing to do: all {n_files - len(bad)} readable checkpoint file(s) of "
-                   f"`{checkpoints}` are already audited in series `{series}` with the same "
-                   f"request ({compared}; store `{root}`).{left_out}" if n_files else
+        readable = " (the readable ones)" if bad else ""
+        message = (f"Nothing to do: all {n_files - len(bad)} checkpoint file(s) of "
+                   f"`{checkpoints}`{readable} are already audited in series `{series}` with "
+                   f"the same request ({compared}; store `{root}`).{left_out}" if n_files else
                    f"Nothing to do: no checkpoint file in `{checkpoints}` yet (store `{root}`).")
         logger.info(message.replace("`", ""))
         create_markdown_artifact(message, key=artifact_key("checkpoints", series),
