@@ -384,6 +384,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bfd.cli_interrupt import end_on_interrupt
 
         end_on_interrupt(_Bars.line_open)
+    if argv is None and args.command == "serve":
+        from bfd.cli_audits import end_serve_on_interrupt
+
+        end_serve_on_interrupt()
     from bfd.faults import describe
 
     try:

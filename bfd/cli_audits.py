@@ -232,19 +232,21 @@ def print_image_notes(store: str, run_id: str, requested: int | None) -> None:
 
 
 def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
-    from bfd.files import WEIGHT_SUFFIXES, check_checkpoint
+    from bfd.files import WEIGHT_SUFFIXES
     from bfd.tasks.audits import check_place, checkpoint_files, checkpoints_series
 
     config = audit_config(cli._extract_config(args))
     thresholds = drift_thresholds(args.drift_threshold)
     # the request checked as bfd audit checks it, before any audit of it is recorded: each
-    # checkpoint's first bytes, then the other options (the weights, 'random', stand for them)
+    # checkpoint's first bytes (an unreadable one is left out and named at the end; all of
+    # them unreadable is refused), then the other options ('random' stands for the weights)
     files = checkpoint_files(args.checkpoints)
     if not files:  # a mistyped glob or folder: said at once, not as "everything is done"
         raise ValueError(f"no checkpoint file in {args.checkpoints!r} (looked for "
                          f"{', '.join(WEIGHT_SUFFIXES)}); nothing to audit")
-    for path in files:
-        check_checkpoint(path)
+    bad = unreadable_checkpoints(files)
+    if len(bad) == len(files):  # nothing to audit: refused before anything is recorded
+        return print_left_out(bad, "")
     cli._check_request_early(args, config)
     check_place(args.series or checkpoints_series(config.model, args.checkpoints))
     cli._check_extract_request(args, config)
@@ -257,16 +259,57 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
                          dask_address=args.dask_address, gpu_resources=args.gpu_resources,
                          dashboard=not args.no_dashboard)
     if not out["audits"]:
-        print(f"nothing to do: every checkpoint of {args.checkpoints} ({out['n_files']} files) "
-              f"is already audited in series {out['series']}")
-        return 0
+        print(f"nothing to do: every readable checkpoint of {args.checkpoints} "
+              f"({out['n_files'] - len(out['bad'])} of {out['n_files']} files) is already "
+              f"audited in series {out['series']} with the same request ({out['compared']})")
+        return print_left_out(out["bad"]) if out["bad"] else 0
     n_flagged = 0
     for one in out["audits"]:
         print(f"{one['checkpoint']}:")
         n_flagged += print_audit(one, store)
+    n_seen = out["n_files"] - len(out["audits"]) - len(out["bad"])
     print(f"\n{len(out['audits'])} checkpoint(s) audited in series {out['series']}; "
-          f"{out['n_files'] - len(out['audits'])} already audited; store {store}")
-    return drift_exit(n_flagged, args.fail_on_drift)
+          f"{n_seen} already audited with the same request; store {store}")
+    code = drift_exit(n_flagged, args.fail_on_drift)
+    return print_left_out(out["bad"]) if out["bad"] else code
+
+
+def unreadable_checkpoints(files) -> list[str]:
+    """One line per file that is no readable checkpoint (``check_checkpoint``)."""
+    from bfd.files import check_checkpoint
+
+    bad = []
+    for path in files:
+        try:
+            check_checkpoint(path)
+        except (OSError, ValueError) as err:
+            bad.append(" ".join(str(err).split()))
+    return bad
+
+
+def print_left_out(bad: Sequence[str], what: str = "left out: ") -> int:
+    """Names each unreadable checkpoint, one line each on stderr; returns exit status 2 (the
+    request named unreadable weights files), also after the readable ones were audited."""
+    for line in bad:
+        print(f"bfd: error: {what}{line}", file=sys.stderr)
+    return 2
+
+
+SERVE_INTERRUPTED = "bfd: interrupted; serving stopped, with its temporary Prefect server"
+
+
+def end_serve_on_interrupt() -> None:
+    """``bfd serve`` as a process of its own, on Prefect's temporary server (no
+    ``PREFECT_API_URL``): Ctrl-C ends it at once, its runs and server with it, in one line.
+    Left to Prefect, the runner paused its schedules on shutdown through a server that the
+    same Ctrl-C had already stopped: a page of ``httpx.ConnectError`` traceback, exit 1.
+    With a configured API, Prefect's own shutdown (pausing the schedules there) runs."""
+    from bfd.flows.server import prefect_api_configured
+
+    if not prefect_api_configured():
+        from bfd.cli_interrupt import end_on_interrupt
+
+        end_on_interrupt(message=SERVE_INTERRUPTED)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -44,12 +44,13 @@ def _kill_children() -> None:
                 child.kill()
 
 
-def end_now(line_open: Callable[[], bool] = lambda: False) -> None:
+def end_now(line_open: Callable[[], bool] = lambda: False, message: str = MESSAGE) -> None:
     """Writes the line, kills the child processes and ends the process with exit 130.
 
     Args:
         line_open: True when stderr's last line is unfinished (a progress bar): the line
             then starts on a new one.
+        message: The line.
     """
     if not _ending.acquire(blocking=False):
         # the other path (handler or watcher) is ending the process already
@@ -58,20 +59,21 @@ def end_now(line_open: Callable[[], bool] = lambda: False) -> None:
         sys.stderr.flush()
     with contextlib.suppress(Exception):
         newline = "\n" if line_open() else ""
-        os.write(sys.stderr.fileno(), f"{newline}{MESSAGE}\n".encode())
+        os.write(sys.stderr.fileno(), f"{newline}{message}\n".encode())
     with contextlib.suppress(Exception):
         _kill_children()
     os._exit(EXIT_INTERRUPTED)
 
 
-def end_on_interrupt(line_open: Callable[[], bool] = lambda: False) -> None:
-    """From now on, SIGINT ends this process at once (``end_now``). Call it from the main
-    thread of a process that runs one pipeline command and nothing else."""
+def end_on_interrupt(line_open: Callable[[], bool] = lambda: False,
+                     message: str = MESSAGE) -> None:
+    """From now on, SIGINT ends this process at once (``end_now``, with ``message``). Call it
+    from the main thread of a process that runs one pipeline command and nothing else."""
 
     import psutil  # noqa: F401 - imported now, not while ending
 
     def handler(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
-        end_now(line_open)
+        end_now(line_open, message)
 
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -81,6 +83,6 @@ def end_on_interrupt(line_open: Callable[[], bool] = lambda: False) -> None:
     def watch() -> None:
         while True:
             if signal.SIGINT in os.read(wake_r, 64):
-                end_now(line_open)
+                end_now(line_open, message)
 
     threading.Thread(target=watch, name="bfd-interrupt", daemon=True).start()

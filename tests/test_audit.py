@@ -14,7 +14,7 @@ from conftest import env_kept
 from bfd.cli import main
 from bfd.flows.audit import audit
 from bfd.queries import list_queries, run_query, run_sql
-from bfd.storage import Store, read_audits, read_drift, read_table
+from bfd.storage import Store, read_audits, read_drift, read_request, read_table
 
 MODELS = {"test_vit": 6, "test_vit2": 8}  # name -> depth
 CONFIG = {"weights": "random", "images": "samples", "n_images": 12, "img_size": 64,
@@ -131,7 +131,7 @@ def test_demo_end_to_end(tmp_path, monkeypatch, capsys, prefect_harness):
 def test_drift_flags_the_planted_change_and_fails_the_gate(tmp_path, prefect_harness, capsys):
     """Three checkpoints in one series through the command line: the planted positional
     change flags (exit 3 under --fail-on-drift), a change no activation sees does not, and
-    audit-checkpoints then finds each file already audited by its content."""
+    audit-checkpoints then finds each file already audited with the same request."""
     paths = make_checkpoints(tmp_path / "ckpts")
     store = str(tmp_path / "store")
     common = ["--model", AUDIT["model"], "--n-images", "6", "--img-size", "64", "--layers", "0",
@@ -281,6 +281,46 @@ def test_a_failed_audit_is_recorded_and_never_a_previous_audit(tmp_path, prefect
     assert (failed["status"], failed["run_id"], failed["n_flagged"]) == ("failed", None, None)
     out = audit(config, str(tmp_path), series="s", step=2, dashboard=False)
     assert out["prev_audit_id"] is None and out["n_flagged"] == 0
+
+
+def test_checkpoints_count_as_audited_only_with_the_same_request(tmp_path, prefect_harness,
+                                                                  capsys):
+    """A checkpoint is audited again with other options (N, here), a model its weights do not
+    fit is refused as bfd audit --weights refuses it, and a truncated checkpoint is named and
+    left out while the readable one is audited (exit 2 at the end)."""
+    folder = tmp_path / "ckpts"
+    make_checkpoints(tmp_path / "made")
+    folder.mkdir()
+    (tmp_path / "made" / "step_100.safetensors").rename(folder / "step_100.safetensors")
+    store = str(tmp_path / "store")
+    common = ["--n-images", "6", "--img-size", "64", "--layers", "0", "--dtype", "float32",
+              "--images-per-chunk", "6", "--series", "s", "--store", store, "--no-dashboard"]
+
+    def bfd(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        with env_kept():
+            code = main(["audit-checkpoints", str(folder), *common, *argv])
+        return code, *capsys.readouterr()
+
+    assert bfd("--model", AUDIT["model"])[0] == 0
+    code, out, _ = bfd("--model", AUDIT["model"])
+    assert code == 0 and out.startswith("nothing to do") and "(1 of 1 files)" in out, out
+    assert "same request (model test_vit, images samples (N 6), layers 0" in out, out
+    code, out, err = bfd("--model", "test_vit2")  # deeper than the checkpoint's test_vit
+    assert code == 2 and err.count("\n") == 1 and "do not fit 'test_vit2'" in err, err
+    # another N, and a truncated checkpoint before it: the readable one is audited again
+    good = (folder / "step_100.safetensors").read_bytes()
+    (folder / "step_50.safetensors").write_bytes(good[: len(good) // 2])
+    code, out, err = bfd("--model", AUDIT["model"], "--n-images", "4")
+    assert code == 2 and "1 checkpoint(s) audited" in out, out + err
+    errors = [line for line in err.splitlines() if line.startswith("bfd: error:")]
+    assert len(errors) == 1 and errors[0].startswith("bfd: error: left out: weights file ")
+    assert "step_50.safetensors' is not a readable .safetensors file" in errors[0], err
+    audits = read_audits(Store(store), "s")
+    assert [(a["step"], a["status"]) for a in audits if a["status"] == "complete"] == [
+        (100, "complete"), (100, "complete")]
+    runs = [read_request(Store(store), a["run_id"]) for a in audits if a["run_id"]]
+    assert [r.n_images for r in runs] == [6, 4]
 
 
 def test_checkpoint_steps_and_order(tmp_path):

@@ -72,8 +72,8 @@ def world(prefect_harness, tmp_path_factory) -> dict[str, str]:
     with zipfile.ZipFile(tmp / "zip.pth", "w") as z:
         z.writestr("notes.txt", "a zip, but no torch checkpoint")
     torch.save(model.state_dict(), tmp / "legacy.pt", _use_new_zipfile_serialization=False)
-    (tmp / "ckpts").mkdir()  # one good checkpoint, then a junk one
-    shutil.copy(tmp / "good.pth", tmp / "ckpts" / "step_1.pth")
+    # junk alone: nothing to audit (beside a good one, the junk is left out: test_audit.py)
+    (tmp / "ckpts").mkdir()
     shutil.copy(tmp / "random.pth", tmp / "ckpts" / "step_2.pth")
     (tmp / "good-ckpts").mkdir()
     shutil.copy(tmp / "good.pth", tmp / "good-ckpts" / "step_1.pth")
@@ -185,7 +185,7 @@ REQUEST = {
                                          ("truncated.safetensors", "truncated?")),
     "audit-safetensors-empty": Probe(["audit", *BASE, "--weights", "{tmp}/empty.safetensors",
                                       *S], ("empty.safetensors", "0 bytes")),
-    "audit-checkpoints-one-junk": Probe(["audit-checkpoints", "{tmp}/ckpts", *CHECKPOINTS_BASE,
+    "audit-checkpoints-only-junk": Probe(["audit-checkpoints", "{tmp}/ckpts", *CHECKPOINTS_BASE,
                                          *S], ("step_2.pth", "not a readable")),
     "audit-checkpoints-glob-matches-nothing": Probe(["audit-checkpoints",
                                                      "{tmp}/good-ckpts/nomatch_*.pth",

@@ -5,6 +5,7 @@ the event, the run names, a second run doing nothing, and typed parameters at su
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -171,6 +172,7 @@ def check_prefect(url, store, series, ckpts, env, commands, subs) -> None:
         key = ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key("checkpoints", series)]))
         notes = sorted(client.read_artifacts(artifact_filter=key), key=lambda x: x.created)
         assert notes[-1].data.startswith("Nothing to do: all 3 checkpoint file(s)")
+        assert "with the same request (model test_vit, images samples (N 6)" in notes[-1].data
         # a typo is refused when the run is submitted, naming the field
         deployment = client.read_deployment_by_name("audit-checkpoints/audit-checkpoints")
         with pytest.raises(PrefectHTTPStatusError, match="n_image"):
@@ -209,6 +211,36 @@ def test_serve_refuses_a_bad_deployments_file_in_one_line(tmp_path, capsys, text
     code, out, err = run_cli(["serve", "--file", str(path)], capsys)
     assert code == 2 and out == "" and err.count("\n") == 1, err
     assert err.startswith(f"bfd: error: {path}: ") and needle in err, err
+
+
+def test_serve_ends_on_ctrl_c_in_one_line_and_leaves_no_process(tmp_path):
+    """Ctrl-C of `bfd serve` on the temporary server: one line, exit 130, its server gone.
+    Before: 110 lines of traceback ending in httpx.ConnectError, exit 1 (the runner paused its
+    schedules through the server that the same Ctrl-C had stopped)."""
+    import psutil
+
+    from bfd.cli_audits import SERVE_INTERRUPTED
+
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    proc = subprocess.Popen([sys.executable, "-m", "bfd.cli", "serve"], cwd=REPO,
+                            env={**env, "PREFECT_HOME": str(tmp_path / "home")},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    children: list = []
+    try:
+        assert "being served" in proc.stdout.readline()
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children  # the temporary server
+        time.sleep(5)  # serving, as a user's Ctrl-C finds it (not while Prefect starts up)
+        os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
+        _, err = proc.communicate(timeout=60)
+        assert (proc.returncode, err) == (130, f"{SERVE_INTERRUPTED}\n")
+        assert psutil.wait_procs(children, timeout=10)[1] == []
+    finally:
+        for pid in [proc.pid, *(c.pid for c in children)]:
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).kill()
+        proc.communicate()
 
 
 @pytest.mark.parametrize(("parameters", "needle"), [

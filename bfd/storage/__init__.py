@@ -64,6 +64,7 @@ _EXPORTS: Final[dict[str, str]] = {
     "write_table": "published",
     "has_request_keys": "request_keys",
     "read_request_key": "request_keys",
+    "recorded_inputs": "request_keys",
     "write_request_key": "request_keys",
     "heads_rows": "result_tables",
     "layers_rows": "result_tables",

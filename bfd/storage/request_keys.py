@@ -9,7 +9,7 @@ reader checks the run it names before trusting it, and an unreadable one counts 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Set
 from pathlib import Path
 from typing import Any, Final
 
@@ -53,3 +53,19 @@ def read_request_key(store: Store, key: str) -> str | None:
             ValueError):
         return None
     return run_id
+
+
+def recorded_inputs(store: Store, run_ids: Set[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(run id, inputs)`` of every recorded key that names one of ``run_ids`` (the requests
+    known to have resolved to those runs); unreadable key files are skipped."""
+    folder = store.root / KEYS_DIR
+    if not run_ids or not folder.is_dir():
+        return
+    for path in sorted(folder.glob("*.json")):
+        try:
+            payload = read_json(path)
+            run_id, inputs = payload["run_id"], payload["inputs"]
+        except (OSError, DamagedStoreError, KeyError, TypeError):
+            continue
+        if run_id in run_ids and isinstance(inputs, dict):
+            yield run_id, inputs

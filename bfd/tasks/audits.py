@@ -22,11 +22,13 @@ from bfd.storage import (
     read_audits,
     read_request,
     read_table,
+    recorded_inputs,
     write_audit,
     write_drift,
 )
 from bfd.storage.audits import series_folder
 from bfd.tasks.drift import decompose_options_of, drift_rows, not_comparable
+from bfd.tasks.request_key import request_identity
 
 # Decomposition options that do not change the results (where and in what pieces it ran).
 _PLACEMENT_OPTIONS: Final[frozenset[str]] = frozenset({"device", "images_per_task"})
@@ -112,16 +114,37 @@ def checkpoint_files(pattern: str) -> list[Path]:
                                         p.name))
 
 
-def audited_weights(store: Store, series: str) -> set[str]:
-    """sha256 of the weights of every complete audit of a series."""
+def audited_requests(store: Store, series: str) -> set[str]:
+    """The request identities (``bfd.tasks.request_key.request_identity``) of every complete
+    audit of a series: the recorded request keys that name its runs, each checked against
+    the run's stored request (model and weights). An audit whose run has no recorded key (a
+    store written before request keys, or a read-only key folder) counts as not audited."""
+    runs = {row["run_id"] for row in read_audits(store, series)
+            if row["status"] == "complete" and row["run_id"]}
     out = set()
-    for row in read_audits(store, series):
-        if row["status"] == "complete" and row["run_id"]:
-            try:
-                out.add(read_request(store, row["run_id"]).weights_sha256)
-            except (FileNotFoundError, ValueError):
-                continue
+    for run_id, inputs in recorded_inputs(store, runs):
+        try:
+            request = read_request(store, run_id)
+        except (OSError, ValueError):
+            continue
+        if (request.model, request.weights_sha256) == (inputs.get("model"),
+                                                        inputs.get("weights_sha256")):
+            out.add(request_identity(inputs))
     return out
+
+
+def describe_request(config: Mapping[str, Any]) -> str:
+    """What ``audited_requests`` compares, in words, for a line saying a request was seen."""
+    def given(name: str, default: str) -> str:
+        value = config.get(name)
+        if isinstance(value, (list, tuple)):
+            value = ",".join(map(str, value))
+        return default if value is None or value == "" else str(value)
+
+    return (f"model {config['model']}, images {config['images']} (N "
+            f"{given('n_images', 'all')}), layers {given('layers', 'all')}, sites "
+            f"{given('sites', 'default')}, img_size {given('img_size', 'default')}, dtype "
+            f"{config['dtype']} and each file's sha256")
 
 
 def _result_options(options: Mapping[str, Any]) -> dict[str, Any]:

@@ -42,6 +42,9 @@ KEYED_FIELDS: tuple[str, ...] = (
     "model", "weights", "images", "n_images", "layers", "sites", "img_size", "dtype",
     "images_per_chunk", "images_per_shard", "seed", "autocast", "extra",
 )
+# What a key holds that does not change the run it resolves to: the weights file's path as
+# spelled (its bytes are ``weights_sha256``) and the shard plan.
+_NOT_IDENTITY: tuple[str, ...] = ("weights", "images_per_chunk", "images_per_shard")
 
 
 def _installed(package: str) -> str:
@@ -103,7 +106,14 @@ def request_key(inputs: Mapping[str, Any]) -> str:
     return sha256_hex(dict(inputs))
 
 
-def _listing(config: Mapping[str, Any]) -> Sequence[ImageRecord] | None:
+def request_identity(inputs: Mapping[str, Any]) -> str:
+    """The key of ``key_inputs`` without the path the weights were given by and the shard
+    plan: equal for two requests of the same model, weights bytes, images, N, layers, sites,
+    img_size, dtype, seed and versions, that is, of the same run's computation."""
+    return request_key({k: v for k, v in inputs.items() if k not in _NOT_IDENTITY})
+
+
+def key_listing(config: Mapping[str, Any]) -> Sequence[ImageRecord] | None:
     """The image listing the key needs: ids and hashes of files; for ``samples`` their ids
     alone (the key does not hash their pixels); None when samples cannot be made."""
     n_images = config.get("n_images")
@@ -124,7 +134,7 @@ def key_of_config(config: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | Non
             the full path then reports in its own words).
     """
     weights = weights_sha256(str(config["weights"]), int(config.get("seed") or 0))
-    records = _listing(config) if weights is not None else None
+    records = key_listing(config) if weights is not None else None
     inputs = key_inputs(config, weights, records) if records is not None else None
     return (request_key(inputs), inputs) if inputs is not None else None
 
