@@ -7,6 +7,7 @@ import argparse
 import sys
 import textwrap
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from bfd import cli
 
@@ -101,6 +102,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from bfd.storage import require_writable
     from bfd.tasks.audits import check_place, default_series
 
+    started = datetime.now(UTC)  # an audit recorded without Prefect counts its checks too
     if args.demo:
         refuse_demo_request_options(args)
         # what the demo audits is fixed; how (device, batch size, ...) is the user's
@@ -125,7 +127,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print("demo: random-init (untrained) vit_tiny_patch16_224 on 64 embedded sample images;"
               " weights are labelled 'random' everywhere", file=sys.stderr)
     if reused is not None:
-        out = record_reused_audit(args, config, store, thresholds, reused)
+        out = record_reused_audit(args, config, store, thresholds, reused, started)
     else:
         from bfd.flows.audit import audit
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 
@@ -126,9 +126,10 @@ def computed_run_of(args: argparse.Namespace, config, store: str) -> str | None:
 
 
 def record_reused_audit(args: argparse.Namespace, config, store: str, thresholds,
-                        run_id: str) -> dict:
+                        run_id: str, started: datetime) -> dict:
     """The audit of ``run_id``, already computed (``computed_run_of``), recorded without
-    Prefect. Returns what the flow ``audit`` returns."""
+    Prefect; ``started``: when the command began (its checks are part of the audit). Returns
+    what the flow ``audit`` returns."""
     from bfd.queries.seen import run_seen
     from bfd.report.dashboard import refresh_outputs
     from bfd.storage import Store, results_path
@@ -138,7 +139,6 @@ def record_reused_audit(args: argparse.Namespace, config, store: str, thresholds
           "flow run (no Prefect API configured; -v runs the flow)", file=sys.stderr)
     s = Store(store)
     series = args.series or default_series(config.model, config.weights, config.seed)
-    started = datetime.now(UTC)
     step = args.step if args.step is not None else time_step(started)
     with audit_row(s, series, step, "cli", None, started) as row:
         drift_since_previous(s, row, run_id, thresholds.model_dump(), run_seen(store, run_id))

@@ -45,10 +45,13 @@ def bfd_without_prefect_api(argv: list[str], tmp_path: Path) -> tuple[dict, str,
     """``bfd argv`` in a new process that sees no Prefect API (a fresh Prefect home, no
     PREFECT_API_URL), as a user without a Prefect server runs it; returns its exit code and
     the pipeline modules it imported, its stdout and its stderr."""
-    code = ("import json, sys\nfrom bfd.cli import main\n"
+    code = ("import json, sys, time\nimport bfd.cli_reuse as reuse\nfrom bfd.cli import main\n"
+            # when the reuse check began (an audit recorded without Prefect counts it)
+            "checks, checked = reuse.computed_run_of, []\n"
+            "reuse.computed_run_of = lambda *a: checked.append(time.time()) or checks(*a)\n"
             f"code = main({argv!r})\n"
             "print(json.dumps({'code': code, 'loaded': sorted(m for m in ('torch', 'timm', "
-            "'prefect') if m in sys.modules)}))\n")
+            "'prefect') if m in sys.modules), 'checked': checked}))\n")
     home = tmp_path / "prefect-home"
     home.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
@@ -82,6 +85,7 @@ def test_reused_audit_writes_what_the_flow_writes(tmp_path, prefect_harness, cap
 
     ran, out_fast, err_fast = bfd_without_prefect_api(options(images, paths[1], store, 200),
                                                       tmp_path)
+    checked = ran.pop("checked")
     assert ran == {"code": 0, "loaded": []}  # neither torch, timm nor Prefect imported
     assert "is already computed: the audit is recorded without a Prefect flow run" in err_fast
     assert (store / "dashboard" / "index.html").is_file()  # refreshed without the flow too
@@ -94,6 +98,8 @@ def test_reused_audit_writes_what_the_flow_writes(tmp_path, prefect_harness, cap
         {a["step"]: a for a in read_audits(Store(store), "s")}[step] for step in
         (100, 300, 200, 150))
     assert fast["flow_run_id"] is None and reused["flow_run_id"] is not None
+    # the audit recorded without Prefect began with the command, before its reuse check
+    assert len(checked) == 1 and fast["started_at"].timestamp() <= checked[0]
     assert computed["run_id"] != first["run_id"]
     keys = ("series", "run_id", "status", "prev_audit_id", "n_flagged", "trigger")
     assert [fast[k] for k in keys] == [reused[k] for k in keys] == [
@@ -365,9 +371,9 @@ def test_extract_of_an_extracted_run_answers_without_prefect_and_a_damaged_one_r
             "--img-size", str(AUDIT["img_size"]), "--layers", "0", "--dtype", "float32",
             "--images-per-chunk", "3", "--store", str(store)]
     first, out1, _ = bfd_without_prefect_api(argv, tmp_path)
-    assert first == {"code": 0, "loaded": ["prefect", "timm", "torch"]}
+    assert first == {"code": 0, "loaded": ["prefect", "timm", "torch"], "checked": []}
     again, out2, err2 = bfd_without_prefect_api(argv, tmp_path)
-    assert again == {"code": 0, "loaded": []} and out2 == out1 and err2 == "", err2
+    assert again == {"code": 0, "loaded": [], "checked": []} and out2 == out1 and err2 == "", err2
     (run_id,) = re.findall(r"run (\S+) extracted into", out1)
 
     chunk = next(p for p in sorted((store / "bfd.zarr" / run_id / "attn_in").rglob("*"))
