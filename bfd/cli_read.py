@@ -202,6 +202,16 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say_weights_gone(store, run_id: str) -> None:
+    """A line when the repair command printed would make another run, the run's weights file
+    being gone or changed (``bfd.storage.weights_gone``)."""
+    from bfd.storage import weights_gone
+
+    gone = weights_gone(store, run_id)
+    if gone:
+        print(f"bfd: but {gone}", file=sys.stderr)
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from bfd.storage import Store, kept_no_activations, repair_command, verify_run
 
@@ -214,6 +224,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"bfd: run {args.run_id} has {len(faults)} fault(s); the stats-only run is "
               f"computed and published again by: {repair_command(store, args.run_id)} "
               "(with the decompose options it was audited with)", file=sys.stderr)
+        _say_weights_gone(store, args.run_id)
         return 1
     if faults:
         repairs = []
@@ -226,6 +237,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
                            "the run was published with)")
         print(f"bfd: run {args.run_id} has {len(faults)} fault(s); {'; '.join(repairs)}",
               file=sys.stderr)
+        if any(not f.published for f in faults):
+            _say_weights_gone(store, args.run_id)
         return 1
     print(f"run {args.run_id}: intact" + (" (stats-only: no activations kept)"
                                           if stats_only else ""))

@@ -245,3 +245,32 @@ def test_an_unpublished_stats_only_run_is_a_fault(stats_only, tmp_path, capsys):
     assert code == 1 and out.strip() == f"fault: {pointer}: never published (a stats-only run " \
         "keeps nothing else)"
     assert "bfd audit --no-store-activations" in err and "bfd extract" not in err
+
+
+@pytest.mark.slow
+def test_a_repair_with_weights_changed_since_says_it_makes_another_run(prefect_harness,
+                                                                      tmp_path, capsys):
+    """The repair command names the run's weights file as it was given; once that file holds
+    other bytes (a `last.pth` overwritten) or is gone, the command would extract another run
+    and leave this one damaged: verify says so beside it."""
+    from checkpoints import AUDIT, make_checkpoints
+
+    paths = make_checkpoints(tmp_path / "ckpts")
+    weights, root = paths[0], tmp_path / "store"
+    with env_kept():
+        assert main(["extract", "--model", AUDIT["model"], "--weights", str(weights),
+                     "--n-images", "4", "--img-size", str(AUDIT["img_size"]), "--layers", "0",
+                     "--dtype", "float32", "--images-per-chunk", "2", "--store",
+                     str(root)]) == 0
+    (rid,) = list_runs(Store(root))
+    chunk(root, rid, "attn_in", 0, 1).unlink()
+    code, _, err = cli(["verify", rid, "--store", str(root)], capsys)
+    assert code == 1 and f"--weights {weights} " in err and "bfd: but" not in err, err
+    weights.write_bytes(paths[1].read_bytes())
+    code, _, err = cli(["verify", rid, "--store", str(root)], capsys)
+    assert code == 1 and err.splitlines()[-1].startswith(
+        f"bfd: but its weights file '{weights}' now holds other bytes (sha256 "), err
+    weights.unlink()
+    code, _, err = cli(["verify", rid, "--store", str(root)], capsys)
+    assert code == 1 and err.splitlines()[-1].startswith(
+        f"bfd: but its weights file '{weights}' is not there"), err

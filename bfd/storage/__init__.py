@@ -33,6 +33,7 @@ _EXPORTS: Final[dict[str, str]] = {
     "check_intact": "integrity",
     "kept_no_activations": "integrity",
     "repair_command": "integrity",
+    "weights_gone": "integrity",
     "trusted_shards": "integrity",
     "verify_run": "integrity",
     "IMAGE_STATUSES": "manifest",

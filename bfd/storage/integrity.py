@@ -201,6 +201,31 @@ def repair_command(store: Store, run_id: str, shard_size: int | None = None) -> 
     return " ".join(parts)
 
 
+def weights_gone(store: Store, run_id: str) -> str | None:
+    """Why the run's weights file would not re-create the run, in one line: it is not there
+    (seen from this folder) or holds other bytes than its ``weights_sha256``; None for
+    pretrained or random weights, an unchanged file, or a request that cannot be read."""
+    from bfd.files import sha256_file
+
+    from .runs import read_request
+
+    try:
+        req = read_request(store, run_id)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if req.weights in ("pretrained", "random"):
+        return None
+    made = f"run {run_id} was made from weights of sha256 {req.weights_sha256[:12]}..."
+    if not os.path.isfile(req.weights):
+        return (f"its weights file {req.weights!r} is not there (seen from {os.getcwd()}); "
+                f"{made}: give that file's path to --weights")
+    now = sha256_file(req.weights)
+    if now != req.weights_sha256:
+        return (f"its weights file {req.weights!r} now holds other bytes (sha256 {now[:12]}...); "
+                f"{made}: with these it makes another run, not this one")
+    return None
+
+
 def check_intact(store: Store, run_id: str) -> None:
     """Refuse a run whose request or image manifest is not JSON, or whose marked shards fail
     the cheap check (see ``trusted_shards``).
