@@ -32,7 +32,9 @@ def add_audit_options(p: argparse.ArgumentParser) -> None:
                    "0.05 for fractions); METRIC=VALUE sets one metric's (frac_pos, f_cc, "
                    "head_type, ...); repeatable")
     p.add_argument("--fail-on-drift", action="store_true",
-                   help="exit with status 3 when any drift is flagged (for CI gates)")
+                   help="exit with status 3 when any drift is flagged (for CI gates); an "
+                   "audit that compared nothing (other images, N, ...) passes, with a warning "
+                   "on stderr")
     p.add_argument("--no-dashboard", action="store_true",
                    help="do not rebuild <store>/dashboard after the audit")
 
@@ -86,7 +88,14 @@ def print_audit(out: dict, store: str) -> int:
     return out["n_flagged"]
 
 
-def drift_exit(n_flagged: int, fail_on_drift: bool) -> int:
+def drift_exit(n_flagged: int, fail_on_drift: bool, audits: Sequence[dict] = ()) -> int:
+    """Exit status 3 when drift was flagged under ``--fail-on-drift``. A gate also learns, on
+    stderr, of each audit that compared nothing (its ``drift_note``): it passes, with nothing
+    checked."""
+    for audit in audits:
+        if fail_on_drift and audit.get("drift_note"):
+            print(f"bfd: warning: drift not compared (--fail-on-drift passes without a check): "
+                  f"{audit['drift_note']}", file=sys.stderr)
     if n_flagged and fail_on_drift:
         print(f"bfd: drift: {n_flagged} value(s) flagged (--fail-on-drift)", file=sys.stderr)
         return 3
@@ -147,7 +156,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
           f"(try: bfd query model_summary --store {store})")
     print_statistics(store, out["run_id"], profile, args.demo)
     print_image_notes(store, out["run_id"], None if args.demo else args.n_images)
-    return drift_exit(n_flagged, args.fail_on_drift)
+    return drift_exit(n_flagged, args.fail_on_drift, [out])
 
 
 # the options that would change what --demo audits (bfd.flows.params.DEMO_CONFIG, the input
@@ -272,7 +281,7 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
     n_seen = out["n_files"] - len(out["audits"]) - len(out["bad"])
     print(f"\n{len(out['audits'])} checkpoint(s) audited in series {out['series']}; "
           f"{n_seen} already audited with the same request; store {store}")
-    code = drift_exit(n_flagged, args.fail_on_drift)
+    code = drift_exit(n_flagged, args.fail_on_drift, out["audits"])
     return print_left_out(out["bad"]) if out["bad"] else code
 
 

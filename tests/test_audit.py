@@ -190,6 +190,9 @@ def test_drift_compares_only_what_both_audits_saw(tmp_path, prefect_harness, cap
     assert re.fullmatch(r"previous audit used other images \(images [0-9a-f]{12} -> [0-9a-f]{12}, "
                         r"N 8 -> 3\); not compared: .*", note), note
     assert f"drift: {note}" in out, out
+    # the gate passes, and says on stderr that it checked nothing
+    assert err.splitlines()[-1] == ("bfd: warning: drift not compared (--fail-on-drift passes "
+                                    f"without a check): {note}"), err
     assert [a["n_flagged"] for a in audits] == [0, 0]
     assert read_drift(Store(store), "s", audits[1]["audit_id"]) == []
     # the planted truth: raw frac_pos moved by more than the 0.05 threshold with N alone
