@@ -24,7 +24,7 @@ import zarr
 from .activations import TEMPLATE_ATTR, _open_group
 from .chunk_check import READ_THREADS, ChunkJob, ChunkVerifier
 from .manifest import Shard, check_marker_in_plan, marker_files, read_marker
-from .paths import DamagedStoreError, Store, read_json
+from .paths import DamagedStoreError, Store, check_store, read_json
 from .tables import TABLE_SCHEMAS
 
 
@@ -319,13 +319,16 @@ def verify_run(store: Store, run_id: str) -> list[Fault]:
         The faults, one per damaged file; empty when the run is intact.
 
     Raises:
-        FileNotFoundError: If the store holds nothing of this run.
+        FileNotFoundError: If the store holds nothing of this run, or is not a folder.
+        NotAStoreError: If it holds nothing of this run and is a folder of other files
+            (``check_store``).
     """
     from .runs import read_request
 
     run_dir = store.run_dir(run_id)
     group = _open_group(store, run_id, "r")
     if not run_dir.is_dir() and group is None:
+        check_store(store.root)  # a folder that is not a store is said so, not "no such run"
         raise FileNotFoundError(f"run {run_id} is not in store {store.root}")
     faults: list[Fault] = []
     try:
