@@ -35,6 +35,11 @@ def add_audit_options(p: argparse.ArgumentParser) -> None:
                    help="exit with status 3 when any drift is flagged (for CI gates); an "
                    "audit that compared nothing (other images, N, ...) passes, with a warning "
                    "on stderr")
+    p.add_argument("--fail-if-not-compared", action="store_true",
+                   help="exit with status 3 when an audit compared nothing with the previous "
+                   "one (other images, N, ...), the first audit of a series included (it is "
+                   "kept: the next audit compares with it), with one line on stderr saying "
+                   "why; give --fail-on-drift too to fail on flagged drift")
     p.add_argument("--no-dashboard", action="store_true",
                    help="do not rebuild <store>/dashboard after the audit")
 
@@ -88,18 +93,35 @@ def print_audit(out: dict, store: str) -> int:
     return out["n_flagged"]
 
 
-def drift_exit(n_flagged: int, fail_on_drift: bool, audits: Sequence[dict] = ()) -> int:
-    """Exit status 3 when drift was flagged under ``--fail-on-drift``. A gate also learns, on
-    stderr, of each audit that compared nothing (its ``drift_note``): it passes, with nothing
-    checked."""
+def not_compared(audit: dict) -> str | None:
+    """Why the audit compared nothing with the previous one, in one line; None when it did."""
+    if audit.get("drift_note"):
+        return audit["drift_note"]
+    if audit.get("prev_audit_id") is None:
+        return (f"audit {audit['audit_id']} is the first of series {audit['series']}, with "
+                "nothing to compare with (it is kept: the next audit compares with it)")
+    return None
+
+
+def drift_exit(n_flagged: int, fail_on_drift: bool, audits: Sequence[dict] = (),
+               fail_if_not_compared: bool = False) -> int:
+    """Exit status 3 when drift was flagged under ``--fail-on-drift``, or an audit compared
+    nothing under ``--fail-if-not-compared`` (one line each on stderr saying why). Else a gate
+    under ``--fail-on-drift`` also learns, on stderr, of each audit that compared nothing with
+    a previous audit (its ``drift_note``): it passes, with nothing checked."""
+    failed = False
     for audit in audits:
-        if fail_on_drift and audit.get("drift_note"):
+        why = not_compared(audit)
+        if why is not None and fail_if_not_compared:
+            print(f"bfd: drift not compared (--fail-if-not-compared): {why}", file=sys.stderr)
+            failed = True
+        elif fail_on_drift and audit.get("drift_note"):
             print(f"bfd: warning: drift not compared (--fail-on-drift passes without a check): "
                   f"{audit['drift_note']}", file=sys.stderr)
     if n_flagged and fail_on_drift:
         print(f"bfd: drift: {n_flagged} value(s) flagged (--fail-on-drift)", file=sys.stderr)
-        return 3
-    return 0
+        failed = True
+    return 3 if failed else 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -156,7 +178,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
           f"(try: bfd query model_summary --store {store})")
     print_statistics(store, out["run_id"], profile, args.demo)
     print_image_notes(store, out["run_id"], None if args.demo else args.n_images)
-    return drift_exit(n_flagged, args.fail_on_drift, [out])
+    return drift_exit(n_flagged, args.fail_on_drift, [out], args.fail_if_not_compared)
 
 
 # the options that would change what --demo audits (bfd.flows.params.DEMO_CONFIG, the input
@@ -281,7 +303,7 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
     n_seen = out["n_files"] - len(out["audits"]) - len(out["bad"])
     print(f"\n{len(out['audits'])} checkpoint(s) audited in series {out['series']}; "
           f"{n_seen} already audited with the same request; store {store}")
-    code = drift_exit(n_flagged, args.fail_on_drift, out["audits"])
+    code = drift_exit(n_flagged, args.fail_on_drift, out["audits"], args.fail_if_not_compared)
     return print_left_out(out["bad"]) if out["bad"] else code
 
 

@@ -40,13 +40,10 @@ def _check_timeout(args: argparse.Namespace) -> float | None:
 
 
 def _store(args: argparse.Namespace) -> str:
-    """The store to read, refused in one line when it is a folder of other files (a typo, a home
-    folder): nothing is written into a folder that is not a store (``check_store``)."""
-    from bfd.storage.paths import check_store
-
-    store = cli._store(args)
-    check_store(store)
-    return store
+    """The store to read. A folder of other files (a typo, a home folder) is refused in one
+    line, once, by what reads it first: the catalog (``bfd.queries.connect``), before it writes
+    anything into it, or ``verify_run`` when it finds no such run (``check_store``)."""
+    return cli._store(args)
 
 
 def _attached(args: argparse.Namespace) -> dict[str, str]:

@@ -28,7 +28,9 @@ import time
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Final
+from typing import Final, Generic, TypeVar
+
+_V = TypeVar("_V")
 
 WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".pth", ".pt", ".bin")
 
@@ -42,8 +44,31 @@ SETTLED_NS: Final[int] = 2_000_000_000
 # The largest header a .safetensors file may have (the safetensors library refuses larger).
 _SAFETENSORS_MAX_HEADER: Final[int] = 100_000_000
 
+
+
+class _StampCache(Generic[_V]):
+    """Values by file ``_stamp``, at most ``size`` of them, the least recently used dropped
+    first. Not locked: call it under ``_lock``. Whether a value may be kept (the hash cache's
+    "settled" rule) is the caller's choice."""
+
+    def __init__(self, size: int) -> None:
+        self._items: OrderedDict[tuple[int, ...], _V] = OrderedDict()
+        self._size = size
+
+    def get(self, stamp: tuple[int, ...]) -> _V | None:
+        value = self._items.get(stamp)
+        if value is not None:
+            self._items.move_to_end(stamp)
+        return value
+
+    def put(self, stamp: tuple[int, ...], value: _V) -> None:
+        self._items[stamp] = value
+        if len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+
 _lock = threading.Lock()
-_digests: OrderedDict[tuple[int, ...], str] = OrderedDict()
+_digests: _StampCache[str] = _StampCache(CACHE_SIZE)
 _bytes_hashed = 0
 # The most of a checkpoint's pickle read to tell a state_dict from a model object: the tensors'
 # bytes are not in it, so a model's pickle is some 100 KB.
@@ -54,10 +79,11 @@ _STATE_DICT_GLOBALS: Final[tuple[str, ...]] = ("collections.", "copyreg.", "buil
 
 # Weights files whose first bytes passed ``check_checkpoint``, by ``_stamp``: the command's
 # request check, the extraction's and the model's load each ask, and it is read once.
-# A file rewritten within one tick of the clock at the same size may pass unread: the load
-# then says what is wrong with it (a file that passes may fail to load anyway).
+# Unlike the hash cache it keeps a file however recently it changed (no "settled" rule), by
+# choice: a file rewritten within one tick of the clock at the same size may pass unread, and
+# the load then says what is wrong with it (a file that passes may fail to load anyway).
 _CHECKED_SIZE: Final[int] = 1024
-_checked: OrderedDict[tuple[int, ...], None] = OrderedDict()
+_checked: _StampCache[bool] = _StampCache(_CHECKED_SIZE)
 _headers_read = 0
 
 
@@ -86,7 +112,6 @@ def sha256_file(path: str | Path) -> str:
         with _lock:
             digest = _digests.get(stamp)
             if digest is not None:
-                _digests.move_to_end(stamp)
                 return digest
         h = hashlib.sha256()
         n = 0
@@ -99,9 +124,7 @@ def sha256_file(path: str | Path) -> str:
     with _lock:
         _bytes_hashed += n
         if settled:
-            _digests[stamp] = digest
-            if len(_digests) > CACHE_SIZE:
-                _digests.popitem(last=False)
+            _digests.put(stamp, digest)
     return digest
 
 
@@ -200,7 +223,7 @@ def check_checkpoint(path: str | Path) -> None:
     with open(path, "rb") as f:
         stamp = _stamp(os.fstat(f.fileno()))
         with _lock:
-            if stamp in _checked:
+            if _checked.get(stamp):
                 return
             _headers_read += 1
         fault = _safetensors_fault(f, stamp[2]) if safetensors else _torch_fault(f, stamp[2])
@@ -215,6 +238,4 @@ def check_checkpoint(path: str | Path) -> None:
                          "torch.load(path, weights_only=False); torch.save(model.state_dict(), "
                          "path)")
     with _lock:
-        _checked[stamp] = None
-        if len(_checked) > _CHECKED_SIZE:
-            _checked.popitem(last=False)
+        _checked.put(stamp, True)

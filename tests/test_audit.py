@@ -166,6 +166,18 @@ def test_drift_flags_the_planted_change_and_fails_the_gate(tmp_path, prefect_har
     assert code == 0 and out.startswith("nothing to do") and "3 files" in out
     steps = [(a["step"], a["trigger"]) for a in read_audits(Store(store), "s")]
     assert steps == [(100, "cli"), (200, "cli"), (250, "cli"), (300, "checkpoints")]
+    # a new series under --fail-if-not-compared: its first checkpoint compares with nothing,
+    # and fails the gate, in one line, after every checkpoint is audited (the runs reused)
+    code, out, err = bfd("audit-checkpoints", str(tmp_path / "ckpts"), *common, "--series",
+                         "t", "--fail-if-not-compared")
+    first, *rest = read_audits(Store(store), "t")
+    assert code == 3 and "3 checkpoint(s) audited" in out, out + err
+    assert [line for line in err.splitlines() if "not compared" in line] == [
+        f"bfd: drift not compared (--fail-if-not-compared): audit {first['audit_id']} is the "
+        "first of series t, with nothing to compare with (it is kept: the next audit compares "
+        "with it)"]
+    assert first["step"] == 100 and [a["prev_audit_id"] for a in rest] == [
+        first["audit_id"], rest[0]["audit_id"]]
 
 
 def test_drift_compares_only_what_both_audits_saw(tmp_path, prefect_harness, capsys):
@@ -211,6 +223,47 @@ def test_drift_compares_only_what_both_audits_saw(tmp_path, prefect_harness, cap
     assert [h["comparable"] for h in history] == [None, False, False]
     assert [h["n_layers"] for h in history] == [1, 1, 2]
     assert all(h["delta_n_heads_cc"] is None and h["delta_f_cc"] is None for h in history)
+
+
+def test_fail_if_not_compared_fails_an_audit_that_compared_nothing(tmp_path, prefect_harness,
+                                                                  capsys):
+    """--fail-if-not-compared: the first audit of a series fails the gate (and is kept), the
+    same request again compares and passes, another image count fails naming why; flagged
+    drift alone does not fail it (that is --fail-on-drift's)."""
+    store = str(tmp_path / "store")
+    common = ["--model", "test_vit", "--weights", "random", "--img-size", "32", "--dtype",
+              "float32", "--layers", "0", "--series", "s", "--store", store, "--no-dashboard",
+              "--fail-if-not-compared"]
+
+    def bfd(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        with env_kept():
+            code = main(["audit", *common, *argv])
+        return code, *capsys.readouterr()
+
+    code, out, err = bfd("--n-images", "8", "--step", "1")
+    (first,) = read_audits(Store(store), "s")
+    assert code == 3 and "drift: first audit of this series" in out, out + err
+    assert err.splitlines()[-1] == (
+        f"bfd: drift not compared (--fail-if-not-compared): audit {first['audit_id']} is the "
+        "first of series s, with nothing to compare with (it is kept: the next audit compares "
+        "with it)"), err
+    assert first["status"] == "complete"
+    code, out, err = bfd("--n-images", "8", "--step", "2")
+    assert code == 0 and "0 value(s) flagged" in out and "not compared" not in err, out + err
+    # not compared (another N), under --fail-on-drift too: the failure alone, not its warning
+    code, out, err = bfd("--n-images", "3", "--step", "3", "--fail-on-drift")
+    note = read_audits(Store(store), "s")[2]["drift_note"]
+    assert note and code == 3 and f"drift: {note}" in out, out + err
+    assert [line for line in err.splitlines() if "not compared" in line] == [
+        f"bfd: drift not compared (--fail-if-not-compared): {note}"], err
+    # flagged drift (another random init), compared: passes without --fail-on-drift, fails
+    # with it (back to the first init, its run reused)
+    code, out, err = bfd("--n-images", "3", "--step", "4", "--seed", "1")
+    assert code == 0 and "0 value(s) flagged" not in out and "flagged against" in out, out + err
+    assert "not compared" not in err, err
+    code, out, err = bfd("--n-images", "3", "--step", "5", "--fail-on-drift")
+    assert code == 3 and "flagged (--fail-on-drift)" in err and "not compared" not in err, err
 
 
 def test_bad_audit_options_are_named_as_the_user_wrote_them(tmp_path, capsys):

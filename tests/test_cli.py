@@ -633,6 +633,23 @@ def test_reading_commands_refuse_a_folder_that_is_no_store(tmp_path, capsys, arg
     assert _tree(folder) == before
 
 
+def test_the_library_readers_refuse_a_folder_that_is_no_store_before_writing(tmp_path):
+    """The CLI leaves the check to what reads the store first: the dashboard builder connects
+    before it makes its folder (by default inside the store), verify says the folder is no
+    store rather than that it holds no such run."""
+    from bfd.report.dashboard import build_dashboard
+    from bfd.storage import NotAStoreError, Store, verify_run
+
+    folder = tmp_path / "Documents"
+    folder.mkdir()
+    (folder / "letter.txt").write_text("dear")
+    with pytest.raises(NotAStoreError, match="is not a BFD store"):
+        build_dashboard(folder, folder / "dashboard")
+    with pytest.raises(NotAStoreError, match="is not a BFD store"):
+        verify_run(Store(folder), "some-run")
+    assert sorted(p.name for p in folder.iterdir()) == ["letter.txt"]
+
+
 def test_a_store_is_an_empty_folder_or_one_holding_what_bfd_writes(tmp_path, capsys):
     """An empty folder is a new store (empty answers); a folder holding any of runs/, tables/,
     bfd.zarr/ or request_keys/ is a store, whatever else it holds (stores of every version);

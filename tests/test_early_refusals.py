@@ -194,3 +194,31 @@ def test_the_flow_parameters_schema_says_what_the_rules_decide():
                 ruled = False
             valid = jsonschema.Draft202012Validator(schema).is_valid({name: value})
             assert valid == ruled, (name, value)
+
+
+def test_file_stamp_caches_keep_the_most_recently_used_and_headers_need_no_settling(tmp_path):
+    """Both caches by file stamp drop the least recently used beyond their size; the header
+    cache keeps a file checked just after it was written (no "settled" rule, by choice), and
+    reads it again once it changes."""
+    import struct
+
+    cache = files._StampCache(2)
+    cache.put((1,), "a")
+    cache.put((2,), "b")
+    assert cache.get((1,)) == "a"  # now the most recently used
+    cache.put((3,), "c")
+    assert (cache.get((1,)), cache.get((2,)), cache.get((3,)), cache.get((4,))) == (
+        "a", None, "c", None)
+
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(struct.pack("<Q", 2) + b"{}")
+    before = files.headers_read()
+    files.check_checkpoint(path)
+    files.check_checkpoint(path)
+    assert files.headers_read() - before == 1
+    path.write_bytes(struct.pack("<Q", 3) + b"{} ")
+    files.check_checkpoint(path)
+    assert files.headers_read() - before == 2
+    hashed = files.bytes_hashed()
+    assert files.sha256_file(path) == files.sha256_file(path)
+    assert files.bytes_hashed() - hashed == 2 * 11  # changed just now: not remembered

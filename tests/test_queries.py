@@ -469,6 +469,54 @@ def test_head_type_changes_lists_exactly_the_changed_heads(store):
     assert run_query(root, "head_type_changes", {"run_a": "a-old", "run_b": "a-old"}).num_rows == 0
 
 
+def test_one_runs_listing_and_seen_figures_equal_the_whole_stores(store):
+    """``run_seen`` lists only its run's files: the same files as the whole listing filtered
+    to the run, for runs of both layouts (a pointer and the folders before it, another run's
+    folder in the same model folder), and the figures of the catalog's run_summary view."""
+    import json
+    import shutil
+
+    from bfd.queries.listing import RUN_TABLES, list_files
+    from bfd.queries.seen import run_seen
+
+    root, runs = store
+    # a-old published again in the versioned layout: its pointer names files elsewhere
+    for table in RUN_TABLES:
+        src = root / "tables" / table / "model=vit_a" / "run_id=a-old"
+        if src.exists():
+            shutil.move(src / "part-0.parquet", root / "tables" / table / "a-old-v2.parquet")
+            shutil.rmtree(src)
+    tables = {t: f"tables/{t}/a-old-v2.parquet" for t in RUN_TABLES
+              if (root / "tables" / t / "a-old-v2.parquet").exists()}
+    (root / "runs" / "a-old").mkdir(parents=True)
+    (root / "runs" / "a-old" / "published.json").write_text(json.dumps(
+        {"run_id": "a-old", "version": "v2", "tables": tables}))
+    all_tables = (*RUN_TABLES, "audits")
+
+    def listed(run_ids=None):  # stats aside: reading a file changes its atime
+        listing, _ = list_files(str(root), all_tables, run_ids)
+        return {t: [(f.rel, f.run_id) for f in files] for t, files in listing.items()}
+
+    whole = listed()
+    summary = {r["run_id"]: r for r in rows(run_sql(
+        root, "SELECT * FROM run_summary JOIN runs USING (run_id)"))}
+    assert set(summary) == {r for r, run in runs.items() if run.status == "complete"}
+    for run_id in runs:
+        one = listed((run_id,))
+        assert one == {t: [f for f in files if f[1] in (run_id, None)]
+                       for t, files in whole.items()}
+        assert sum(map(len, one.values())) >= 4  # runs, layers, heads, modes at least
+        if run_id not in summary:
+            with pytest.raises(LookupError, match="not a complete, published run"):
+                run_seen(root, run_id)
+            continue
+        seen = run_seen(root, run_id)
+        assert seen["results_version"] == ("v2" if run_id == "a-old" else None)
+        assert seen["config_json"] == summary[run_id]["config_json"]
+        for name, _ in SEEN_FIGURES:  # sums over other rows' order: the last bits differ
+            assert seen[name] == pytest.approx(summary[run_id][name], rel=1e-12), name
+
+
 def test_every_query_runs_on_an_empty_store(tmp_path):
     (tmp_path / "store").mkdir()
     for name in list_queries():

@@ -255,6 +255,35 @@ def test_shard_markers_and_image_manifest(store: st.Store) -> None:
     assert st.image_list_sha256(manifest) != st.image_list_sha256(manifest[:-1])
 
 
+def test_one_marker_reader_strict_or_tolerant(store: st.Store) -> None:
+    """Extraction and decomposition refuse an unreadable shard marker; ``bfd runs`` counts its
+    shard as not done: both through one reader."""
+    from bfd.storage.manifest import read_markers
+    from bfd.storage.unpublished import _extracted
+
+    plan = st.plan_shards(N_IMAGES, IPC, IPS)
+    for shard in plan:
+        records = [st.ImageRecord(i, IMAGE_IDS[i], sha256="0" * 64, status="ok")
+                   for i in range(shard.start, shard.stop)]
+        records[0] = dataclasses.replace(records[0], status="skipped", error="x")
+        st.mark_shard_done(store, RUN, shard, records)
+    assert set(read_markers(store, RUN)) == {0, 1, 2}
+    assert _extracted(store, RUN, N_IMAGES) == (N_IMAGES, 3)
+    marker = json.loads((store.shards_dir(RUN) / "2.json").read_text())
+    damage = {1: "{",  # truncated
+              2: json.dumps({**marker, "start": "8"})}  # not a marker
+    for k, text in damage.items():
+        good = (store.shards_dir(RUN) / f"{k}.json").read_text()
+        (store.shards_dir(RUN) / f"{k}.json").write_text(text)
+        with pytest.raises(st.DamagedStoreError, match=f"{k}.json is damaged"):
+            read_markers(store, RUN)
+        (store.shards_dir(RUN) / f"{k}.json").write_text(good)
+    for k, text in damage.items():
+        (store.shards_dir(RUN) / f"{k}.json").write_text(text)
+    assert set(read_markers(store, RUN, tolerant=True)) == {0}
+    assert _extracted(store, RUN, N_IMAGES) == (IPS, 1)
+
+
 # --- activations: template then fill --------------------------------------------------------
 
 

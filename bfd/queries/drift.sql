@@ -4,6 +4,7 @@
 -- |delta| > threshold. head is NULL for layer metrics; head_type rows have no before/after
 -- and delta 1 when the type changed (head_type_changes names the types).
 -- params: series (required), audit_id (optional)
+-- (bfd.queries.hints reads the `chosen` CTE below to say why an audit has no drift rows.)
 WITH chosen AS (
     SELECT audit_id, series, step, run_id, started_at
     FROM audits

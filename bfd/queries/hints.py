@@ -12,6 +12,7 @@ from typing import Final
 import pyarrow as pa
 
 from bfd.queries.catalog import ParamValue, Store, run_sql
+from bfd.queries.named import query_sql
 
 __all__ = ["IDENTIFIERS", "CountedRows", "no_rows_hint", "unknown_values"]
 
@@ -73,19 +74,24 @@ def unknown_values(store: Store, params: Mapping[str, ParamValue]) -> str | None
     return "; ".join(parts) or None
 
 
+def _drift_chosen_cte() -> str:
+    """The ``chosen`` CTE of ``drift.sql``: its one choice of a series' audit (the latest
+    complete one, or ``audit_id``), so that the hint speaks of the audit the query read."""
+    sql = query_sql("drift")
+    start = sql.index("WITH chosen AS (")
+    return sql[start:sql.index("\n)\n", start) + 2]
+
+
 def _no_drift(store: Store, params: Mapping[str, ParamValue]) -> str | None:
     """Why the ``drift`` query found no rows for a series the store holds: its chosen audit
     (the latest, or ``audit_id``) compared nothing; with the latest audit that has drift."""
-    chosen = run_sql(store, """
-        SELECT audit_id, step, prev_audit_id, drift_note,
-               (SELECT a.audit_id || ' (step ' || a.step || ')' FROM audits AS a
-                WHERE a.series = $series AND a.status = 'complete' AND EXISTS (
-                    SELECT 1 FROM drift AS d WHERE d.audit_id = a.audit_id)
-                ORDER BY a.step DESC, a.started_at DESC, a.audit_id DESC LIMIT 1) AS latest
-        FROM audits
-        WHERE series = $series AND status = 'complete'
-            AND (CAST($audit_id AS VARCHAR) IS NULL OR audit_id = $audit_id)
-        ORDER BY step DESC, started_at DESC, audit_id DESC LIMIT 1""",
+    chosen = run_sql(store, _drift_chosen_cte() + """
+        SELECT a.audit_id, a.step, a.prev_audit_id, a.drift_note,
+               (SELECT l.audit_id || ' (step ' || l.step || ')' FROM audits AS l
+                WHERE l.series = $series AND l.status = 'complete' AND EXISTS (
+                    SELECT 1 FROM drift AS d WHERE d.audit_id = l.audit_id)
+                ORDER BY l.step DESC, l.started_at DESC, l.audit_id DESC LIMIT 1) AS latest
+        FROM chosen AS c JOIN audits AS a USING (audit_id)""",
         {"series": params.get("series"), "audit_id": params.get("audit_id")}).to_pylist()
     if not chosen:
         return None

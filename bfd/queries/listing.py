@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Final, TypeAlias
 
@@ -92,15 +93,46 @@ def _pointers_of(root: str, names: list[str], notes: list[str] | None = None
     return out
 
 
-def list_files(root: str, tables: tuple[str, ...]) -> tuple[Listing, list[str]]:
+def _legacy_scan(root: str, table: str, run_ids: Collection[str] | None,
+                 out: list[tuple[str, str, os.stat_result]]) -> None:
+    """``_scan`` of ``tables/<table>/``; with ``run_ids``, of only those runs' folders
+    ``model=*/run_id=<r>/`` of the layout before versioned publishing (files elsewhere are
+    no run's and ``list_files`` leaves them out)."""
+    folder, rel = os.path.join(root, "tables", table), f"tables/{table}/"
+    if run_ids is None:
+        _scan(folder, rel, out)
+        return
+    try:
+        with os.scandir(folder) as it:
+            models = sorted(e.name for e in it if e.name.startswith("model="))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for model in models:
+        for run_id in sorted(run_ids):
+            path = os.path.join(folder, model, f"run_id={run_id}")
+            # as _scan, which does not descend into symbolic links to folders
+            if not os.path.islink(os.path.join(folder, model)) and not os.path.islink(path):
+                _scan(path, f"{rel}{model}/run_id={run_id}/", out)
+
+
+def list_files(root: str, tables: tuple[str, ...], run_ids: Collection[str] | None = None,
+               ) -> tuple[Listing, list[str]]:
     """The files of each table that the catalog reads, and notes on what was left out.
+
+    Args:
+        root: The store directory.
+        tables: The tables to list.
+        run_ids: List only these runs' files of the tables published per run (their
+            pointers and folders alone are read; the other tables as ever): the same files
+            as the whole listing filtered to them.
 
     Raises:
         ListingChanged: A file named by a pointer is gone (a publish switched the pointer
             after it was read); list again.
     """
     notes: list[str] = []
-    pointers = _pointers(root, notes)
+    pointers = (_pointers(root, notes) if run_ids is None
+                else _pointers_of(root, sorted(run_ids), notes))
     listing: Listing = {}
     missing: dict[str, str] = {}
     for table in tables:
@@ -121,7 +153,7 @@ def list_files(root: str, tables: tuple[str, ...]) -> tuple[Listing, list[str]]:
                     missing[run_id] = path
             # The layout before versioned publishing: folders model=<m>/run_id=<r>/.
             legacy: list[tuple[str, str, os.stat_result]] = []
-            _scan(os.path.join(root, "tables", table), f"tables/{table}/", legacy)
+            _legacy_scan(root, table, run_ids, legacy)
             for path, rel, st in legacy:
                 parts = rel.split("/")
                 if len(parts) == 5 and parts[2].startswith("model=") and parts[3].startswith(

@@ -1,6 +1,7 @@
 """What an audit sees of its run: the published results version and the run's model-level
 figures (the ``run_summary`` view's), computed by the catalog's own SQL over that run's files
-alone, so that the audit can keep them (``bfd.storage.audits.SEEN_FIGURES``)."""
+alone (only they are listed: a store holds hundreds of runs), so that the audit can keep them
+(``bfd.storage.audits.SEEN_FIGURES``)."""
 
 from __future__ import annotations
 
@@ -31,13 +32,11 @@ def run_seen(store_root: str | os.PathLike[str], run_id: str) -> dict[str, Any]:
     for _ in range(_TRIES):
         pointer = read_pointer(Store(root), run_id)
         try:
-            listing, _notes = list_files(root, ("runs", "layers", "heads"))
+            mine, _notes = list_files(root, ("runs", "layers", "heads"), run_ids=(run_id,))
         except ListingChanged:
             continue
         if read_pointer(Store(root), run_id) != pointer:
             continue  # published again while listed: the files may mix two versions
-        mine = {table: [f for f in files if f.run_id == run_id]
-                for table, files in listing.items()}
         con = duckdb.connect()
         try:
             load(con, _schema(), mine)

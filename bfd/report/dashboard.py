@@ -254,10 +254,11 @@ def build_dashboard(
             old = {}
     old_pages: dict[str, str] = old.get("pages", {}) if old.get("code") == code else {}
     build = DashboardBuild(index=out / "index.html")
-    out.mkdir(parents=True, exist_ok=True)
     pages: dict[str, str] = {}
+    # connect refuses a folder that is not a store before out (by default in it) is made
     con = catalog if catalog is not None else connect(root)
     try:
+        out.mkdir(parents=True, exist_ok=True)
         runs = D.columnar(D.run_list(con))
         _run_links(root, runs)
         layers = D.columnar(D.layer_rows(con))

@@ -23,8 +23,8 @@ import zarr
 
 from .activations import TEMPLATE_ATTR, _open_group
 from .chunk_check import READ_THREADS, ChunkJob, ChunkVerifier
-from .manifest import _SHARD_FILE_RE, Shard, check_marker_in_plan
-from .paths import DamagedStoreError, Store, read_json
+from .manifest import Shard, check_marker_in_plan, marker_files, read_marker
+from .paths import DamagedStoreError, Store, check_store, read_json
 from .tables import TABLE_SCHEMAS
 
 
@@ -48,20 +48,6 @@ class Fault:
 
     def __str__(self) -> str:
         return f"{self.path}: {self.problem}"
-
-
-def _marker_files(store: Store, run_id: str) -> dict[int, Path]:
-    directory = store.shards_dir(run_id)
-    if not directory.is_dir():
-        return {}
-    return {int(m.group(1)): p for p in directory.iterdir() if (m := _SHARD_FILE_RE.match(p.name))}
-
-
-def _read_marker(path: Path) -> dict:
-    marker = read_json(path)
-    if not isinstance(marker, dict) or not {"start", "stop", "images"} <= set(marker):
-        raise DamagedStoreError(f"{path} is damaged: not a shard marker")
-    return marker
 
 
 def _chunk_files(group: zarr.Group, zarr_root: Path, start: int,
@@ -117,9 +103,9 @@ def trusted_shards(store: Store, run_id: str,
     local = not _is_url(store.zarr_path)
     trusted: set[int] = set()
     faults: list[Fault] = []
-    for k, path in sorted(_marker_files(store, run_id).items()):
+    for k, path in sorted(marker_files(store, run_id).items()):
         try:
-            marker = _read_marker(path)
+            marker = read_marker(path)
         except DamagedStoreError as e:
             faults.append(Fault(str(path), str(e).removeprefix(f"{path} is damaged: "), k))
             continue
@@ -188,9 +174,9 @@ def repair_command(store: Store, run_id: str, shard_size: int | None = None) -> 
     if extra.get("autocast", "none") != "none":
         parts.append(f"--autocast {extra['autocast']}")
     if shard_size is None:
-        markers = _marker_files(store, run_id)
+        markers = marker_files(store, run_id)
         try:
-            first = _read_marker(markers[0]) if 0 in markers else None
+            first = read_marker(markers[0]) if 0 in markers else None
         except DamagedStoreError:
             first = None
         if first is not None and first["stop"] < req.n_images:  # a whole shard: its size
@@ -333,13 +319,16 @@ def verify_run(store: Store, run_id: str) -> list[Fault]:
         The faults, one per damaged file; empty when the run is intact.
 
     Raises:
-        FileNotFoundError: If the store holds nothing of this run.
+        FileNotFoundError: If the store holds nothing of this run, or is not a folder.
+        NotAStoreError: If it holds nothing of this run and is a folder of other files
+            (``check_store``).
     """
     from .runs import read_request
 
     run_dir = store.run_dir(run_id)
     group = _open_group(store, run_id, "r")
     if not run_dir.is_dir() and group is None:
+        check_store(store.root)  # a folder that is not a store is said so, not "no such run"
         raise FileNotFoundError(f"run {run_id} is not in store {store.root}")
     faults: list[Fault] = []
     try:
@@ -359,7 +348,7 @@ def verify_run(store: Store, run_id: str) -> list[Fault]:
     _, cheap = trusted_shards(store, run_id)
     faults += cheap
     damaged = {f.shard for f in cheap}
-    markers = _marker_files(store, run_id)
+    markers = marker_files(store, run_id)
     n_images = group[group.attrs[TEMPLATE_ATTR]["sites"][0]].shape[1]
     per_shard = None
     verifier = ChunkVerifier(store, group, group.attrs[TEMPLATE_ATTR]["sites"],
@@ -367,7 +356,7 @@ def verify_run(store: Store, run_id: str) -> list[Fault]:
     jobs: list[ChunkJob] = []
     for k, path in sorted(markers.items()):
         try:
-            marker = _read_marker(path)
+            marker = read_marker(path)
         except DamagedStoreError:
             continue
         if k == 0 or (per_shard is None and marker["stop"] < n_images):

@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final, Literal
 
 from .paths import DamagedStoreError, Store, read_json, write_json_atomic
@@ -123,7 +124,7 @@ def read_image_manifest(store: Store, run_id: str) -> list[ImageRecord]:
     if not path.exists():
         raise FileNotFoundError(f"no image manifest at {path}")
     records = [ImageRecord(**r) for r in read_json(path)]
-    for marker in _read_markers(store, run_id).values():
+    for marker in read_markers(store, run_id).values():
         for item in marker["images"]:
             rec = ImageRecord(**item)
             base = records[rec.index]
@@ -226,21 +227,58 @@ def mark_shard_done(
     write_json_atomic(store.shards_dir(run_id) / f"{shard.index}.json", marker)
 
 
-def _read_markers(store: Store, run_id: str) -> dict[int, dict[str, Any]]:
+def marker_files(store: Store, run_id: str) -> dict[int, Path]:
+    """The run's shard marker files (``shards/<k>.json``), by shard index; none read."""
     directory = store.shards_dir(run_id)
     if not directory.is_dir():
         return {}
+    return {int(m.group(1)): p for p in directory.iterdir() if (m := _SHARD_FILE_RE.match(p.name))}
+
+
+def read_marker(path: Path) -> dict[str, Any]:
+    """One shard marker, checked to be one: an object with int ``start`` and ``stop`` and a
+    list of image objects.
+
+    Raises:
+        DamagedStoreError: If the file is not JSON or not a shard marker; names the file.
+        OSError: If it cannot be read.
+    """
+    marker = read_json(path)
+    if (not isinstance(marker, dict) or not {"start", "stop", "images"} <= set(marker)
+            or not all(type(marker[key]) is int for key in ("start", "stop"))
+            or not isinstance(marker["images"], list)
+            or not all(isinstance(image, dict) for image in marker["images"])):
+        raise DamagedStoreError(f"{path} is damaged: not a shard marker")
+    return marker
+
+
+def read_markers(store: Store, run_id: str, *,
+                 tolerant: bool = False) -> dict[int, dict[str, Any]]:
+    """Every shard marker of the run, by shard index.
+
+    Args:
+        store: The store.
+        run_id: The run id.
+        tolerant: Leave out a marker that cannot be read or is not one (its shard counts as
+            not done, as extraction takes it) instead of raising.
+
+    Raises:
+        DamagedStoreError: Unless ``tolerant``, if a marker is not JSON or not a marker.
+        OSError: Unless ``tolerant``, if a marker cannot be read.
+    """
     out: dict[int, dict[str, Any]] = {}
-    for path in directory.iterdir():
-        m = _SHARD_FILE_RE.match(path.name)
-        if m:
-            out[int(m.group(1))] = read_json(path)
+    for k, path in marker_files(store, run_id).items():
+        try:
+            out[k] = read_marker(path)
+        except (OSError, DamagedStoreError):
+            if not tolerant:
+                raise
     return out
 
 
 def shard_ranges(store: Store, run_id: str) -> dict[int, tuple[int, int]]:
     """``(start, stop)`` image range of every completed shard, by shard index."""
-    return {k: (m["start"], m["stop"]) for k, m in _read_markers(store, run_id).items()}
+    return {k: (m["start"], m["stop"]) for k, m in read_markers(store, run_id).items()}
 
 
 def completed_shards(store: Store, run_id: str, plan: Sequence[Shard] | None = None) -> set[int]:
@@ -259,12 +297,9 @@ def completed_shards(store: Store, run_id: str, plan: Sequence[Shard] | None = N
         ValueError: If ``plan`` is given and a marker disagrees with it.
     """
     if plan is None:
-        directory = store.shards_dir(run_id)
-        if not directory.is_dir():
-            return set()
-        return {int(m.group(1)) for p in directory.iterdir() if (m := _SHARD_FILE_RE.match(p.name))}
+        return set(marker_files(store, run_id))
     by_index = {s.index: s for s in plan}
-    markers = _read_markers(store, run_id)
+    markers = read_markers(store, run_id)
     for k, marker in markers.items():
         check_marker_in_plan(run_id, k, marker, by_index)
     return set(markers)

@@ -10,8 +10,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Final
 
-from .manifest import _SHARD_FILE_RE
-from .paths import DamagedStoreError, Store, read_json, validate_run_id
+from .manifest import read_markers
+from .paths import Store, validate_run_id
 from .runs import is_stats_only, read_request
 
 # Every shard extracted, nothing published: `bfd decompose` is next (or its decomposition
@@ -52,20 +52,9 @@ def _extracted(store: Store, run_id: str, n_images: int) -> tuple[int, int]:
     """Images in the run's completed shards, and how many of them were skipped (an unreadable
     marker counts as a shard not done, as extraction takes it)."""
     spans: dict[tuple[int, int], int] = {}
-    try:
-        names = os.listdir(store.shards_dir(run_id))
-    except (FileNotFoundError, NotADirectoryError):
-        return 0, 0
-    for name in names:
-        if not _SHARD_FILE_RE.match(name):
-            continue
-        try:
-            marker = read_json(store.shards_dir(run_id) / name)
-            start, stop = int(marker["start"]), int(marker["stop"])
-            skipped = sum(image.get("status") == "skipped" for image in marker["images"])
-        except (OSError, DamagedStoreError, KeyError, TypeError, ValueError, AttributeError):
-            continue
-        spans[(max(start, 0), min(stop, n_images))] = skipped
+    for marker in read_markers(store, run_id, tolerant=True).values():
+        skipped = sum(image.get("status") == "skipped" for image in marker["images"])
+        spans[(max(marker["start"], 0), min(marker["stop"], n_images))] = skipped
     done, end = 0, 0
     for start, stop in sorted(spans):  # shards do not overlap; counted once if they did
         done += max(0, stop - max(start, end))
