@@ -277,13 +277,51 @@ def test_flow_parameter_errors_name_the_field_as_prefect_shows_it(tmp_path, pref
 
 
 def test_a_failed_audit_is_recorded_and_never_a_previous_audit(tmp_path, prefect_harness):
+    """An audit whose work fails (its images turn out undecodable: only the extraction
+    decodes them) is recorded as failed."""
     config = {**AUDIT, "weights": "random"}
-    with pytest.raises(ValueError, match=r"layers must be in \[0, 6\)"):
-        audit({**config, "layers": "0,9"}, str(tmp_path), series="s", step=1, dashboard=False)
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    for i in range(3):
+        (junk / f"{i}.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match=r"has 0 decoded images; BFD needs at least 2"):
+        audit({**config, "images": str(junk)}, str(tmp_path), series="s", step=1,
+              dashboard=False)
     (failed,) = read_audits(Store(str(tmp_path)), "s")
     assert (failed["status"], failed["run_id"], failed["n_flagged"]) == ("failed", None, None)
     out = audit(config, str(tmp_path), series="s", step=2, dashboard=False)
     assert out["prev_audit_id"] is None and out["n_flagged"] == 0
+
+
+def test_a_request_refused_before_any_work_records_no_audit(tmp_path, prefect_harness,
+                                                           capsys):
+    """Weights that do not fit the model (a checkpoint of another model, which passes the
+    first-bytes check) and layers out of range are the request's mistake: refused in one line
+    before the audit's row is opened, by bfd audit (exit 2) as by the flow that a deployment
+    runs, leaving no audit and no series; they were recorded as failed audits of a new
+    series."""
+    import timm
+    import torch
+
+    other = tmp_path / "test_vit2.pth"
+    torch.save(timm.create_model("test_vit2", pretrained=False, img_size=64).state_dict(), other)
+    store = tmp_path / "store"
+    argv = ["audit", "--model", AUDIT["model"], "--images", "samples", "--n-images", "4",
+            "--img-size", "64", "--layers", "0", "--dtype", "float32", "--store", str(store),
+            "--no-dashboard"]
+    with env_kept():
+        code = main([*argv, "--weights", str(other)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"bfd: error: weights {str(other)!r} do not fit 'test_vit'"), err
+    config = {**AUDIT, "weights": str(other)}
+    with pytest.raises(ValueError, match="do not fit 'test_vit'"):
+        audit(config, str(store), dashboard=False)
+    with pytest.raises(ValueError, match=r"layers must be in \[0, 6\)"):
+        audit({**config, "weights": "random", "layers": "0,9"}, str(store), series="s",
+              step=1, dashboard=False)
+    assert read_audits(Store(str(store))) == []
+    assert not (store / "tables" / "audits").exists()
 
 
 def test_checkpoints_count_as_audited_only_with_the_same_request(tmp_path, prefect_harness,
