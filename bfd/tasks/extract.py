@@ -172,9 +172,15 @@ def refuse_before_work(cfg: ExtractConfig) -> models.ModelInfo:
         ValueError, FileNotFoundError: Naming what is wrong.
         UnsupportedModelError, WeightsUnavailableError: As ``models.load_model``.
     """
-    validate_config(cfg)
-    imgs.check_source(cfg.images, cfg.n_images)
+    check_before_work(cfg)
     return load_weights(cfg)
+
+
+def check_before_work(cfg: ExtractConfig) -> models.ModelInfo:
+    """``refuse_before_work`` but the weights: the options and the image source."""
+    info = validate_config(cfg)
+    imgs.check_source(cfg.images, cfg.n_images)
+    return info
 
 
 def prepare_run(store_root: str, cfg: ExtractConfig) -> RunPlan:
