@@ -284,17 +284,22 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
     check_place(args.series or checkpoints_series(config.model, args.checkpoints))
     cli._check_extract_request(args, config)
     store = cli._store(args)
-    from bfd.flows.checkpoints import audit_checkpoints
+    from bfd.flows.checkpoints import CheckpointsLeftOut, audit_checkpoints
 
     config = config.model_dump(exclude={"weights"})
-    out = cli._with_bars(audit_checkpoints, args.checkpoints, config, store,
-                         series=args.series, drift=thresholds, workers=args.workers,
-                         dask_address=args.dask_address, gpu_resources=args.gpu_resources,
-                         dashboard=not args.no_dashboard)
+    try:
+        out = cli._with_bars(audit_checkpoints, args.checkpoints, config, store,
+                             series=args.series, drift=thresholds, workers=args.workers,
+                             dask_address=args.dask_address, gpu_resources=args.gpu_resources,
+                             dashboard=not args.no_dashboard)
+    except CheckpointsLeftOut as err:  # the flow run is Failed; its left-out files end here
+        out = err.out
     if not out["audits"]:
-        print(f"nothing to do: every readable checkpoint of {args.checkpoints} "
-              f"({out['n_files'] - len(out['bad'])} of {out['n_files']} files) is already "
-              f"audited in series {out['series']} with the same request ({out['compared']})")
+        n_seen = out["n_files"] - len(out["bad"])
+        if n_seen:
+            print(f"nothing to do: every readable checkpoint of {args.checkpoints} "
+                  f"({n_seen} of {out['n_files']} files) is already audited in series "
+                  f"{out['series']} with the same request ({out['compared']})")
         return print_left_out(out["bad"]) if out["bad"] else 0
     n_flagged = 0
     for one in out["audits"]:
@@ -321,8 +326,9 @@ def unreadable_checkpoints(files) -> list[str]:
 
 
 def print_left_out(bad: Sequence[str], what: str = "left out: ") -> int:
-    """Names each unreadable checkpoint, one line each on stderr; returns exit status 2 (the
-    request named unreadable weights files), also after the readable ones were audited."""
+    """Names each checkpoint left out (unreadable, or not loading or fitting the model), one
+    line each on stderr; returns exit status 2 (the request named weights files it cannot
+    use), also after the others were audited."""
     for line in bad:
         print(f"bfd: error: {what}{line}", file=sys.stderr)
     return 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import os
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -268,6 +269,52 @@ def resolve_device(device: str) -> str:
     return device
 
 
+# What torch says of a file it cannot read (rather than of tensors that do not fit).
+_UNREADABLE = ("pytorchstreamreader", "pickle", "eof", "corrupt", "weights_only")
+
+
+def _weights_error(path: str, name: str, err: Exception) -> ValueError:
+    """One line for a weights file whose load failed: not a readable checkpoint (damaged,
+    truncated, not a torch file: torch.load fails as RuntimeError, EOFError,
+    UnicodeDecodeError, UnpicklingError, ...), or tensors that do not fit the model."""
+    detail = " ".join(str(err).split())  # timm/torch list every key on its own line
+    if type(err).__name__ == "SafetensorError":  # safetensors' own type for a damaged file
+        return ValueError(f"weights file {path!r} is not a readable .safetensors file "
+                          f"({detail}); re-download or re-export it")
+    if isinstance(err, (RuntimeError, KeyError)) and not any(
+            word in detail.lower() for word in _UNREADABLE):
+        return ValueError(f"weights {path!r} do not fit {name!r}: {_misfit(detail)}")
+    return ValueError(f"weights file {path!r} is not a readable checkpoint (damaged, "
+                      f"truncated or not a torch file): "
+                      f"{': '.join(filter(None, (type(err).__name__, detail[:200])))}")
+
+
+def _misfit(detail: str) -> str:
+    """torch's list of every key that does not fit (thousands of words for another model),
+    counted, with the first few named; its first 300 characters when it says otherwise."""
+    def keys(label: str) -> list[str]:
+        found = re.search(label + r' key\(s\) in state_dict: ((?:"[^"]*"(?:, )?)+)', detail)
+        return re.findall(r'"([^"]*)"', found.group(1)) if found else []
+
+    def first(names: list[str]) -> str:
+        return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+    shapes = re.findall(r"size mismatch for ([^:]+): copying a param with shape "
+                        r"torch\.Size\((\[[^\]]*\])\) from checkpoint, the shape in current "
+                        r"model is torch\.Size\((\[[^\]]*\])\)", detail)
+    missing, unexpected = keys("Missing"), keys("Unexpected")
+    parts = []
+    if shapes:
+        key, theirs, ours = shapes[0]
+        parts.append(f"{len(shapes)} tensor(s) of another shape ({key}: {theirs} in the file, "
+                     f"{ours} in the model{', ...' if len(shapes) > 1 else ''})")
+    if missing:
+        parts.append(f"{len(missing)} tensor(s) of the model missing ({first(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} tensor(s) not in the model ({first(unexpected)})")
+    return "; ".join(parts) if parts else detail[:300]
+
+
 def load_model(
     name: str,
     weights: str = "pretrained",
@@ -318,19 +365,10 @@ def load_model(
         try:
             model = _build(name, meta=False, **{**kw, "pretrained": True},
                            pretrained_cfg_overlay=overlay)
-        except RuntimeError as e:
-            detail = " ".join(str(e).split())  # timm/torch list every key on its own line
-            if "PytorchStreamReader" in detail or "pickle" in detail.lower():
-                raise ValueError(f"weights file {str(path)!r} is not a readable checkpoint "
-                                 f"(truncated or not a torch file): {detail[:200]}") from e
-            raise ValueError(f"weights {str(path)!r} do not fit {name!r}: "
-                             f"{detail[:300]}") from e
+        except (OSError, MemoryError):  # the file gone or unreadable, the machine's memory
+            raise
         except Exception as e:
-            # safetensors raises its own error type for a truncated, empty or garbage file
-            if type(e).__name__ != "SafetensorError":
-                raise
-            raise ValueError(f"weights file {str(path)!r} is not a readable .safetensors file "
-                             f"({' '.join(str(e).split())}); re-download or re-export it") from e
+            raise _weights_error(str(path), name, e) from e
         bad = [k for k, v in model.state_dict().items()
                if v.is_floating_point() and not torch.isfinite(v).all()]
         if bad:

@@ -52,8 +52,17 @@ def _layers(value: Any) -> None:
 
 def _sites(value: Any) -> None:
     sites = list(value or ())
-    if not sites or set(sites) - set(SITES) or len(set(sites)) < len(sites):
-        raise ValueError(f"must be distinct names from {', '.join(SITES)}")
+    choices = " and/or ".join(SITES)
+    unknown = [s for s in sites if s not in SITES]
+    if unknown:
+        names = ", ".join(repr(s) for s in dict.fromkeys(unknown))
+        raise ValueError(f"unknown site{'s' * (len(set(unknown)) > 1)} {names}; the sites "
+                         f"are {choices}")
+    if not sites:
+        raise ValueError(f"must name at least one site: {choices}")
+    twice = next((s for i, s in enumerate(sites) if s in sites[:i]), None)
+    if twice is not None:
+        raise ValueError(f"names {twice!r} twice; give distinct sites from {choices}")
 
 
 def _one_of(choices: tuple[str, ...]) -> Callable[[Any], None]:
@@ -129,6 +138,14 @@ def check_option(name: str, value: Any) -> Any:
     return value
 
 
+def as_typed(value: Any) -> Any:
+    """A value as its option was typed on the command line: a list of names (``--sites``)
+    comma-joined."""
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return ",".join(value)
+    return value
+
+
 def check_shards(images_per_chunk: int, images_per_shard: int | None) -> None:
     """A shard owns whole Zarr chunks."""
     if images_per_shard and images_per_shard % images_per_chunk:
@@ -153,6 +170,7 @@ def check_request(config: Mapping[str, Any]) -> None:
         try:
             check_option(name, value)
         except ValueError as err:  # as bfd.flows.params.describe_errors names it
-            given = "" if repr(value) in str(err) else f" (given {value!r})"
+            given = as_typed(value)
+            given = "" if repr(given) in str(err) else f" (given {given!r})"
             raise ValueError(f"--{name.replace('_', '-')}: {err}{given}") from None
     check_shards(config.get("images_per_chunk") or 1, config.get("images_per_shard"))

@@ -330,13 +330,51 @@ def test_flow_parameter_errors_name_the_field_as_prefect_shows_it(tmp_path, pref
 
 
 def test_a_failed_audit_is_recorded_and_never_a_previous_audit(tmp_path, prefect_harness):
+    """An audit whose work fails (its images turn out undecodable: only the extraction
+    decodes them) is recorded as failed."""
     config = {**AUDIT, "weights": "random"}
-    with pytest.raises(ValueError, match=r"layers must be in \[0, 6\)"):
-        audit({**config, "layers": "0,9"}, str(tmp_path), series="s", step=1, dashboard=False)
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    for i in range(3):
+        (junk / f"{i}.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match=r"has 0 decoded images; BFD needs at least 2"):
+        audit({**config, "images": str(junk)}, str(tmp_path), series="s", step=1,
+              dashboard=False)
     (failed,) = read_audits(Store(str(tmp_path)), "s")
     assert (failed["status"], failed["run_id"], failed["n_flagged"]) == ("failed", None, None)
     out = audit(config, str(tmp_path), series="s", step=2, dashboard=False)
     assert out["prev_audit_id"] is None and out["n_flagged"] == 0
+
+
+def test_a_request_refused_before_any_work_records_no_audit(tmp_path, prefect_harness,
+                                                           capsys):
+    """Weights that do not fit the model (a checkpoint of another model, which passes the
+    first-bytes check) and layers out of range are the request's mistake: refused in one line
+    before the audit's row is opened, by bfd audit (exit 2) as by the flow that a deployment
+    runs, leaving no audit and no series; they were recorded as failed audits of a new
+    series."""
+    import timm
+    import torch
+
+    other = tmp_path / "test_vit2.pth"
+    torch.save(timm.create_model("test_vit2", pretrained=False, img_size=64).state_dict(), other)
+    store = tmp_path / "store"
+    argv = ["audit", "--model", AUDIT["model"], "--images", "samples", "--n-images", "4",
+            "--img-size", "64", "--layers", "0", "--dtype", "float32", "--store", str(store),
+            "--no-dashboard"]
+    with env_kept():
+        code = main([*argv, "--weights", str(other)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"bfd: error: weights {str(other)!r} do not fit 'test_vit'"), err
+    config = {**AUDIT, "weights": str(other)}
+    with pytest.raises(ValueError, match="do not fit 'test_vit'"):
+        audit(config, str(store), dashboard=False)
+    with pytest.raises(ValueError, match=r"layers must be in \[0, 6\)"):
+        audit({**config, "weights": "random", "layers": "0,9"}, str(store), series="s",
+              step=1, dashboard=False)
+    assert read_audits(Store(str(store))) == []
+    assert not (store / "tables" / "audits").exists()
 
 
 def test_checkpoints_count_as_audited_only_with_the_same_request(tmp_path, prefect_harness,
@@ -377,6 +415,58 @@ def test_checkpoints_count_as_audited_only_with_the_same_request(tmp_path, prefe
         (100, "complete"), (100, "complete")]
     runs = [read_request(Store(store), a["run_id"]) for a in audits if a["run_id"]]
     assert [r.n_images for r in runs] == [6, 4]
+
+
+def test_a_checkpoint_that_does_not_load_is_left_out_and_the_others_audited(
+        tmp_path, prefect_harness, capsys):
+    """Two files that pass the first-bytes check but not the load (a state_dict of another
+    model; a cut pickle of the format before torch 1.6) are each named in one line and left
+    out, with no audit recorded, while the checkpoints before and after them are audited
+    (exit 2 at the end); the flow run ends Failed, naming them. The first such file stopped
+    the series."""
+    import timm
+    import torch
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    from bfd.files import check_checkpoint
+
+    folder = tmp_path / "ckpts"
+    made = make_checkpoints(tmp_path / "made")
+    folder.mkdir()
+    made[0].rename(folder / "step_100.safetensors")
+    made[1].rename(folder / "step_400.pth")
+    torch.save(timm.create_model("test_vit2", pretrained=False, img_size=64).state_dict(),
+               folder / "step_200.pth")
+    torch.save(torch.load(made[2])["state_dict"], tmp_path / "legacy.pt",
+               _use_new_zipfile_serialization=False)
+    (folder / "step_300.pt").write_bytes((tmp_path / "legacy.pt").read_bytes()[:3000])
+    for name in ("step_200.pth", "step_300.pt"):
+        check_checkpoint(folder / name)  # their first bytes pass
+    store = str(tmp_path / "store")
+    with env_kept():
+        code = main(["audit-checkpoints", str(folder), "--model", AUDIT["model"],
+                     "--n-images", "6", "--img-size", "64", "--layers", "0", "--dtype",
+                     "float32", "--images-per-chunk", "6", "--series", "s", "--store", store,
+                     "--no-dashboard"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "2 checkpoint(s) audited in series s" in out, out + err
+    errors = [line for line in err.splitlines() if line.startswith("bfd: error:")]
+    assert len(errors) == 2, err
+    assert errors[0].startswith("bfd: error: left out: weights ")
+    assert "step_200.pth' do not fit 'test_vit': " in errors[0], errors
+    assert "step_300.pt' is not a readable checkpoint" in errors[1], errors
+    audits = read_audits(Store(store), "s")
+    assert [(a["step"], a["status"]) for a in audits] == [(100, "complete"), (400, "complete")]
+    assert audits[1]["prev_audit_id"] == audits[0]["audit_id"]
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["audit-checkpoints"])))
+    (run,) = [r for r in runs if r.parameters["checkpoints"] == str(folder)]
+    assert run.state.type.value == "FAILED", run.state
+    assert run.state.message.startswith("2 of 4 checkpoint file(s) left out, 2 audited: "
+                                        "weights "), run.state.message
+    assert "step_200.pth' do not fit" in run.state.message and "(and 1 more)" in run.state.message
 
 
 def test_checkpoint_steps_and_order(tmp_path):

@@ -39,7 +39,17 @@ REFUSED = {
                         ["--layers: must be 'all' or comma-separated ints", "'0,x'"]),
     "audit-layers-not-ints": (["audit", *BASE, "--layers", "a"], ["--layers: must be 'all'"]),
     "sites-twice": (["extract", *BASE, "--sites", "resid,resid"],
-                    ["--sites: must be distinct names from attn_in, resid"]),
+                    ["--sites: names 'resid' twice; give distinct sites from attn_in and/or "
+                     "resid (given 'resid,resid')"]),
+    # pydantic said "Input should be 'attn_in' or 'resid' (given 'atn_in')"
+    "sites-unknown": (["audit", *BASE, "--sites", "atn_in"],
+                      ["bfd: error: --sites: unknown site 'atn_in'; the sites are attn_in and/or "
+                       "resid\n"]),
+    "sites-one-unknown": (["extract", *BASE, "--sites", "resid,atn_in"],
+                          ["--sites: unknown site 'atn_in'; the sites are attn_in and/or resid "
+                           "(given 'resid,atn_in')"]),
+    "checkpoints-sites-unknown": (["audit-checkpoints", "{tmp}/ckpts", "--model", "test_vit",
+                                   "--sites", "atn_in"], ["--sites: unknown site 'atn_in'"]),
     "batch-size-0": (["extract", *BASE, "--batch-size", "0"],
                      ["--batch-size: must be a positive integer (given 0)"]),
     "shard-splits-chunks": (["extract", *BASE, "--images-per-shard", "6"],

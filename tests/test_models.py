@@ -198,6 +198,38 @@ def test_local_safetensors_resamples_pos_embed(tmp_path) -> None:
         M.load_model(TINY, "imagenet")
 
 
+def test_a_checkpoint_that_passes_its_first_bytes_check_but_not_its_load_is_named(tmp_path):
+    """What torch.load raises for a damaged file (EOFError, UnicodeDecodeError, ...) and
+    torch's list of every key that does not fit are each one ValueError naming the file: an
+    EOFError used to escape as itself (a traceback), torch's key list was cut at 300
+    characters."""
+    from bfd.files import check_checkpoint
+
+    src, _ = M.load_model(TINY, "random", seed=2)
+    legacy = tmp_path / "legacy.pt"  # the format before torch 1.6: one pickle, then the data
+    torch.save(_state_dict(src), legacy, _use_new_zipfile_serialization=False)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(legacy.read_bytes()[:3000])  # inside the state_dict's pickle
+    check_checkpoint(cut)  # its first bytes are a pickle's
+    with pytest.raises(ValueError, match=r"^weights file '.*cut\.pt' is not a readable "
+                       r"checkpoint \(damaged, truncated or not a torch file\): "):
+        M.load_model(TINY, str(cut))
+    other = tmp_path / "other.pth"
+    torch.save({**_state_dict(src), "extra.weight": torch.zeros(2)}, other)
+    with pytest.raises(ValueError, match=r"^weights '.*other\.pth' do not fit 'test_vit': "
+                       r"1 tensor\(s\) not in the model \(extra\.weight\)$"):
+        M.load_model(TINY, str(other))
+    wide = timm.create_model("test_vit3", pretrained=False).state_dict()
+    with pytest.raises(ValueError) as refused:
+        M.load_model(TINY, str(_saved(wide, tmp_path / "wide.pth")))
+    assert "do not fit 'test_vit': " in str(refused.value) and len(str(refused.value)) < 400
+
+
+def _saved(state: dict, path):
+    torch.save(state, path)
+    return path
+
+
 def test_random_weights_are_seeded_and_leave_global_rng_alone() -> None:
     state = torch.get_rng_state()
     a, info = M.load_model(TINY, "random", img_size=32, seed=7)

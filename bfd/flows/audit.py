@@ -41,6 +41,7 @@ from bfd.tasks.audits import (
 )
 from bfd.tasks.decompose import DecomposeOptions
 from bfd.tasks.drift import layer_summary
+from bfd.tasks.extract import ExtractConfig, refuse_before_work
 
 
 def _run_name() -> str:
@@ -104,6 +105,11 @@ def audit(
 
     Returns:
         The audit id, run id, series, step, drift flag count and the paths written.
+
+    Raises:
+        ValueError: A request refused before any work (``refuse_before_work``: a bad option,
+            weights that do not fit the model, ...): no audit is recorded. An error of the
+            work itself is raised after the audit is recorded as ``failed``.
     """
     logger = get_run_logger()
     config = with_deployment_defaults("config", config, AuditConfig)
@@ -113,6 +119,10 @@ def audit(
     root = resolve_store(store)
     series = series or default_series(model, config.weights, config.seed)
     check_place(series, step)
+    # a bad request (layers out of range, weights that do not fit the model, ...) is refused
+    # before the audit's row is opened: nothing recorded, no series begun; the weights loaded
+    # here are those the extraction uses
+    refuse_before_work(ExtractConfig(**config.extract_config()))
     started = datetime.now(UTC)
     step = step if step is not None else time_step(started)
     name_and_tag(f"{series} step {step}", [f"model:{model}", f"series:{series}"])

@@ -1,7 +1,8 @@
 """Flow ``audit-checkpoints``: follow a model through training. Every checkpoint file of a
 folder or glob that its series has not audited yet with the same request (the weights' bytes
 and every option that shapes the run) is audited, in step order, each as one audit of the
-series; a file that is no readable checkpoint is left out and named."""
+series. A file that is no readable checkpoint, or does not load or fit the model, is left out
+and named while the others are audited; the run then ends ``Failed``, naming it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, tags
 from prefect.artifacts import create_markdown_artifact
+from prefect.states import Failed, State
 
 from bfd.files import check_checkpoint, sha256_file
 from bfd.flows.audit import audit, refresh_outputs
@@ -31,7 +33,20 @@ from bfd.tasks.audits import (
     describe_request,
     step_from_name,
 )
+from bfd.tasks.extract import ExtractConfig, check_before_work, load_weights
 from bfd.tasks.request_key import key_inputs, key_listing, request_identity
+
+
+class CheckpointsLeftOut(ValueError):
+    """Raised by a call of ``audit_checkpoints`` that left files out (the others audited):
+    ``out`` is what the flow returns otherwise, ``out["bad"]`` one line per file."""
+
+    def __init__(self, message: str, out: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.out = out
+
+    def __reduce__(self):  # pickled with its result, as Prefect may persist it
+        return type(self), (str(self), self.out)
 
 
 def _run_name() -> str:
@@ -88,7 +103,7 @@ def audit_checkpoints(
     dask_address: str | None = None,
     gpu_resources: bool = False,
     dashboard: bool = True,
-) -> dict[str, Any]:
+) -> dict[str, Any] | State:
     """Audit the checkpoints of a folder or glob that the series has not audited yet.
 
     Args:
@@ -107,7 +122,12 @@ def audit_checkpoints(
     Returns:
         The series, the number of checkpoint files found, one summary per new audit
         (``audits``), what "already audited" compared (``compared``) and one line per file
-        left out as no readable checkpoint (``bad``).
+        left out (``bad``): no readable checkpoint, or one that does not load or does not fit
+        the model.
+
+    Raises:
+        CheckpointsLeftOut: Files were left out (the run ends ``Failed``, the others
+            audited); its ``out`` is what the flow returns otherwise.
     """
     logger = get_run_logger()
     config = with_deployment_defaults("config", config, AuditConfig)
@@ -118,27 +138,35 @@ def audit_checkpoints(
     series = series or checkpoints_series(model, checkpoints)
     check_place(series)
     request = config.extract_config()
+    # a bad request (layers out of range, no images, ...) is refused before anything is read
+    check_before_work(ExtractConfig(**{**request, "weights": "random"}))
     todo, n_files, bad = pending_checkpoints(Store(root), checkpoints, series, request)
     compared = describe_request(request)
     logger.info("series %s: %d checkpoint file(s) in %s, %d to audit; store %s", series,
                 n_files, checkpoints, len(todo), root)
     for line in bad:
         logger.error("left out: %s", line)
-    left_out = "".join(f"\n- left out: {line}" for line in bad)
     summary = {"series": series, "n_files": n_files, "store": root, "compared": compared,
                "bad": bad}
     if not todo:
         readable = " (the readable ones)" if bad else ""
         message = (f"Nothing to do: all {n_files - len(bad)} checkpoint file(s) of "
                    f"`{checkpoints}`{readable} are already audited in series `{series}` with "
-                   f"the same request ({compared}; store `{root}`).{left_out}" if n_files else
+                   f"the same request ({compared}; store `{root}`).{_left_out(bad)}"
+                   if n_files else
                    f"Nothing to do: no checkpoint file in `{checkpoints}` yet (store `{root}`).")
         logger.info(message.replace("`", ""))
         create_markdown_artifact(message, key=artifact_key("checkpoints", series),
                                  description="audit-checkpoints: nothing to do")
-        return {**summary, "audits": []}
+        return _ended({**summary, "audits": []})
     done = []
     for ckpt in todo:
+        try:  # a file that passed its first-bytes check may still not load, or not fit
+            load_weights(ExtractConfig(**{**request, "weights": ckpt["path"]}))
+        except (OSError, ValueError) as err:
+            bad.append(" ".join(str(err).split()))
+            logger.error("left out: %s", bad[-1])
+            continue
         with tags(f"model:{model}", f"series:{series}"):
             one = audit(config.model_copy(update={"weights": ckpt["path"]}), root,
                         workers=workers, dask_address=dask_address,
@@ -146,13 +174,30 @@ def audit_checkpoints(
                         series=series, step=ckpt["step"], drift=thresholds,
                         trigger="checkpoints", dashboard=False)
         done.append({**one, "checkpoint": ckpt["path"]})
-    refresh_outputs(root, dashboard)
+    if done:
+        refresh_outputs(root, dashboard)
     lines = [f"# Checkpoints of series `{series}`", "",
              f"{len(done)} new audit(s) of {n_files} file(s) in `{checkpoints}`; store `{root}`.",
              "", "| step | checkpoint | run | drift flags |", "|---|---|---|---|"]
     lines += [f"| {d['step']} | `{os.path.basename(d['checkpoint'])}` | `{d['run_id']}` | "
               f"{d['n_flagged'] if d['prev_audit_id'] else 'first'} |" for d in done]
-    create_markdown_artifact("\n".join(lines) + "\n" + left_out,
+    create_markdown_artifact("\n".join(lines) + "\n" + _left_out(bad),
                              key=artifact_key("checkpoints", series),
                              description=f"audit-checkpoints of series {series}")
-    return {**summary, "audits": done}
+    return _ended({**summary, "audits": done})
+
+
+def _left_out(bad: list[str]) -> str:
+    return "".join(f"\n- left out: {line}" for line in bad)
+
+
+def _ended(out: dict[str, Any]) -> dict[str, Any] | State:
+    """What the flow returns; a run that left files out ends ``Failed``, its message naming
+    them, so that a scheduled run shows it in the Prefect UI (and its notifications) rather
+    than as Completed; a call of the flow raises ``CheckpointsLeftOut``, holding ``out``."""
+    if not out["bad"]:
+        return out
+    more = f" (and {len(out['bad']) - 1} more)" if len(out["bad"]) > 1 else ""
+    message = (f"{len(out['bad'])} of {out['n_files']} checkpoint file(s) left out, "
+               f"{len(out['audits'])} audited: {out['bad'][0]}{more}")
+    return Failed(message=message, data=CheckpointsLeftOut(message, out))

@@ -31,6 +31,7 @@ from bfd.requests import (
     MIN_IMAGES,
     SCHEMA,
     SITES,
+    as_typed,
     check_device,
     check_option,
     check_shards,
@@ -79,12 +80,19 @@ class AuditConfig(_Params):
                         json_schema_extra=SCHEMA["device"])
     autocast: Literal[AUTOCASTS] = "none"
 
-    @field_validator("weights", "n_images", "layers", "sites", "img_size", "batch_size",
+    @field_validator("weights", "n_images", "layers", "img_size", "batch_size",
                      "images_per_chunk", "images_per_shard", "device")
     @classmethod
     def _rule(cls, value: Any, info: ValidationInfo) -> Any:
         # a weights file's first bytes too: junk is refused before an audit of it is recorded
         return check_option(info.field_name, value)
+
+    @field_validator("sites", mode="before")
+    @classmethod
+    def _sites(cls, value: Any) -> Any:
+        # before pydantic's own check of each name, so that an unknown one is named with the
+        # sites there are (pydantic said "Input should be 'attn_in' or 'resid'")
+        return check_option("sites", value) if isinstance(value, (list, tuple)) else value
 
     @model_validator(mode="after")
     def _whole_chunks(self) -> AuditConfig:
@@ -184,8 +192,9 @@ def describe_errors(err: ValidationError, prefix: str = "", cli: bool = False) -
         field = ".".join(str(p) for p in e["loc"] if not isinstance(p, int)) or "?"
         where = cli_option(field) if cli else prefix + field
         msg = e["msg"].removeprefix("Value error, ")
-        shown = e["type"] == "extra_forbidden" or repr(e.get("input")) in msg
-        given = "" if shown else f" (given {e.get('input')!r})"
+        value = as_typed(e.get("input")) if cli else e.get("input")
+        shown = e["type"] == "extra_forbidden" or repr(value) in msg
+        given = "" if shown else f" (given {value!r})"
         if e["type"] == "extra_forbidden":
             msg = "unknown parameter"
         if not e["loc"]:  # a rule of several fields (a model validator): its text names them

@@ -150,6 +150,39 @@ def validate_config(cfg: ExtractConfig) -> models.ModelInfo:
     return info
 
 
+def load_weights(cfg: ExtractConfig) -> models.ModelInfo:
+    """The request's model loaded with its weights, as ``prepare_run`` loads it (this
+    process's model cache: ``prepare_run`` then reuses it), to refuse before any work weights
+    that cannot be used: a damaged file that passed ``check_checkpoint``, tensors that do not
+    fit the model, non-finite values.
+
+    Raises:
+        ValueError: Naming the weights and what is wrong with them (``models.load_model``).
+    """
+    return _model(cfg, "cpu")[1]
+
+
+def refuse_before_work(cfg: ExtractConfig) -> models.ModelInfo:
+    """Everything that refuses a request before any work, so that an audit of it is not
+    recorded: its options (``validate_config``), its image source (``images.check_source``,
+    no image hashed) and its weights (``load_weights``). A request refused here is the
+    user's to fix; what fails after it is a failure of the work.
+
+    Raises:
+        ValueError, FileNotFoundError: Naming what is wrong.
+        UnsupportedModelError, WeightsUnavailableError: As ``models.load_model``.
+    """
+    check_before_work(cfg)
+    return load_weights(cfg)
+
+
+def check_before_work(cfg: ExtractConfig) -> models.ModelInfo:
+    """``refuse_before_work`` but the weights: the options and the image source."""
+    info = validate_config(cfg)
+    imgs.check_source(cfg.images, cfg.n_images)
+    return info
+
+
 def prepare_run(store_root: str, cfg: ExtractConfig) -> RunPlan:
     """Describe the model and images, fix the run id, write the store's template, request,
     image manifest and model tensors (all idempotent), and list the shards still to do."""
