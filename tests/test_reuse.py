@@ -41,10 +41,12 @@ def options(images: Path, weights: Path, store: Path, step: int) -> list[str]:
             "--store", str(store)]
 
 
-def bfd_without_prefect_api(argv: list[str], tmp_path: Path) -> tuple[dict, str, str]:
+def bfd_without_prefect_api(argv: list[str], tmp_path: Path,
+                            cwd: Path | None = None) -> tuple[dict, str, str]:
     """``bfd argv`` in a new process that sees no Prefect API (a fresh Prefect home, no
-    PREFECT_API_URL), as a user without a Prefect server runs it; returns its exit code and
-    the pipeline modules it imported, its stdout and its stderr."""
+    PREFECT_API_URL), as a user without a Prefect server runs it, in folder ``cwd``
+    (``tmp_path`` when None); returns its exit code and the pipeline modules it imported, its
+    stdout and its stderr."""
     code = ("import json, sys, time\nimport bfd.cli_reuse as reuse\nfrom bfd.cli import main\n"
             # when the reuse check began (an audit recorded without Prefect counts it)
             "checks, checked = reuse.computed_run_of, []\n"
@@ -56,7 +58,7 @@ def bfd_without_prefect_api(argv: list[str], tmp_path: Path) -> tuple[dict, str,
     home.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env |= {"PREFECT_HOME": str(home), "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd or tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     *out, last = proc.stdout.splitlines()
@@ -387,3 +389,4 @@ def test_extract_of_an_extracted_run_answers_without_prefect_and_a_damaged_one_r
     assert f"damaged, extracted again: {chunk}" in proc.stderr
     assert "Error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert verify_run(Store(store), run_id) == []
+
