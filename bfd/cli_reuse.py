@@ -137,7 +137,13 @@ def record_reused_audit(args: argparse.Namespace, config, store: str, thresholds
     from bfd.queries.seen import run_seen
     from bfd.report.dashboard import refresh_outputs
     from bfd.storage import Store, results_path
-    from bfd.tasks.audits import audit_row, default_series, drift_since_previous, time_step
+    from bfd.tasks.audits import (
+        audit_row,
+        default_series,
+        drift_since_previous,
+        run_reuse,
+        time_step,
+    )
 
     print(f"bfd: run {run_id} is already computed: the audit is recorded without a Prefect "
           "flow run (no Prefect API configured; -v runs the flow)", file=sys.stderr)
@@ -150,4 +156,5 @@ def record_reused_audit(args: argparse.Namespace, config, store: str, thresholds
         refresh_outputs(store, logging.getLogger("bfd.audit"))
     return {**{k: row[k] for k in ("audit_id", "series", "run_id", "step", "prev_audit_id",
                                    "n_flagged", "drift_note")},
-            "reused": True, "store": store, "results": results_path(s, run_id)}
+            "reused": True, "repaired": [], "how": run_reuse(), "store": store,
+            "results": results_path(s, run_id)}

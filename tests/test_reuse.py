@@ -390,3 +390,48 @@ def test_extract_of_an_extracted_run_answers_without_prefect_and_a_damaged_one_r
     assert "Error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert verify_run(Store(store), run_id) == []
 
+
+@pytest.mark.slow
+def test_an_audit_that_repairs_a_damaged_shard_says_so(tmp_path, prefect_harness, capsys):
+    """An audit of a computed run whose shard 1 was cut short goes back through the flow,
+    which extracts that shard again: its line, its return and its report say the shard was
+    repaired, not "reused, nothing recomputed"; the audit after it is reused again."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from bfd.flows.prefect_io import artifact_key
+    from bfd.storage import verify_run
+
+    images, store = image_folder(tmp_path / "images"), tmp_path / "store"
+
+    def audit(step: int) -> tuple[str, dict]:
+        code, out, err = run_cli([*options(images, "random", store, step), "--no-dashboard"],
+                                 capsys)
+        assert code == 0, err
+        return out, {a["step"]: a for a in read_audits(Store(store), "s")}[step]
+
+    out, first = audit(1)
+    rid = first["run_id"]
+    assert f"run {rid} computed" in out
+    runs_before = read_table(Store(store), "runs").to_pylist()
+    # shard 1 holds images 3-5 (--images-per-chunk 3): its chunk of layer 0, cut short
+    chunk = store / "bfd.zarr" / rid / "attn_in" / "c" / "0" / "1" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:10])
+    assert verify_run(Store(store), rid) != []
+
+    out, second = audit(2)
+    line = (f"run {rid} repaired: damaged shard 1 of its activations extracted again, "
+            "results reused")
+    assert line in out and "nothing recomputed" not in out, out
+    assert second["run_id"] == rid and second["status"] == "complete"
+    assert verify_run(Store(store), rid) == []
+    assert read_table(Store(store), "runs").to_pylist() == runs_before  # results kept
+    with get_client(sync_client=True) as client:
+        key = ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key("audit", "s")]))
+        reports = [x.data for x in client.read_artifacts(artifact_filter=key)
+                   if x.type == "markdown"]
+    assert any(f"- run: `{rid}` ({line.removeprefix(f'run {rid} ')})" in r for r in reports)
+    assert any(f"- run: `{rid}` (computed)" in r for r in reports)
+
+    out, _ = audit(3)
+    assert f"run {rid} reused, nothing recomputed" in out

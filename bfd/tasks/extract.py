@@ -98,7 +98,9 @@ class ExtractConfig:
 
 @dataclass(frozen=True)
 class RunPlan:
-    """A prepared run: its id, its shards and those still to do."""
+    """A prepared run: its id, its shards and those still to do (``pending``); ``damaged``:
+    the faults of the shards marked done whose files are not intact, ``repaired``: those
+    shards, extracted again."""
 
     run_id: str
     layers: tuple[int, ...]
@@ -108,6 +110,7 @@ class RunPlan:
     n_images: int
     damaged: tuple[str, ...] = ()
     bytes_to_write: int = 0
+    repaired: tuple[int, ...] = ()
 
     def summary(self) -> str:
         """One line: what this extraction will do."""
@@ -223,6 +226,7 @@ def prepare_run(store_root: str, cfg: ExtractConfig) -> RunPlan:
         pending=tuple(s.index for s in shards if s.index not in done),
         records=tuple(asdict(r) for r in records), n_images=len(records),
         damaged=tuple(str(f) for f in damaged), bytes_to_write=to_write,
+        repaired=tuple(sorted({f.shard for f in damaged if f.shard is not None} - done)),
     )
 
 
