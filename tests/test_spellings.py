@@ -23,6 +23,7 @@ from bfd.storage import (
     repair_command,
     verify_run,
 )
+from bfd.tasks.request_key import request_identity
 
 
 def test_one_spelling_of_a_path(tmp_path, monkeypatch):
@@ -47,6 +48,12 @@ def test_one_spelling_of_a_path(tmp_path, monkeypatch):
     assert input_path("~/imgs") == want
     # a request made before holds the path as typed: it names the same folder from here
     assert same_input("./imgs/", want) and same_input(want, want)
+    # a request key recorded before: its checkpoint counts as audited from this folder
+    inputs = {"model": "m", "weights": "a.pth", "weights_sha256": "0" * 64, "n_listed": 2}
+    assert request_identity({**inputs, "images": "./imgs/"}) == request_identity(
+        {**inputs, "images": want, "weights": "b.pth"})
+    assert request_identity({**inputs, "images": "other"}) != request_identity(
+        {**inputs, "images": want})
     assert not same_input("other", want)
     assert not same_input("samples", str(real / "samples"))  # the embedded images, no folder
 
