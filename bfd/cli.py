@@ -230,7 +230,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
     _check_extract_request(args, config)
     flow = extract.with_options(task_runner=task_runner(args.workers, args.dask_address))
-    rid = _with_bars(flow, config, _store(args), args.gpu_resources)
+    rid = _with_bars(flow, config, _store(args), args.gpu_resources)["run_id"]
     print(f"run {rid} extracted into {_store(args)}")
     return 0
 

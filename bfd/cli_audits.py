@@ -76,7 +76,7 @@ def print_audit(out: dict, store: str) -> int:
 
     prev = out["prev_audit_id"]
     print(f"audit {out['audit_id']} of series {out['series']} (step {out['step']}): run "
-          f"{out['run_id']} {'reused, nothing recomputed' if out['reused'] else 'computed'}")
+          f"{out['run_id']} {out['how']}")
     if prev is None:
         print("drift: first audit of this series, nothing to compare with")
         return 0

@@ -48,6 +48,7 @@ def _needs_flow(args: argparse.Namespace, config) -> bool:
 
 def _request_agrees(store, run_id: str, inputs: dict[str, Any]) -> bool:
     """Whether the stored request of ``run_id`` holds what the key's ``inputs`` say."""
+    from bfd.files import same_input
     from bfd.images import SAMPLES
     from bfd.storage import read_request
 
@@ -58,11 +59,14 @@ def _request_agrees(store, run_id: str, inputs: dict[str, Any]) -> bool:
     extra = {"autocast": inputs["autocast"], "seed": inputs["seed"], **inputs["extra"]}
     # the key of the embedded samples is their versions, not their pixels' hash
     images = inputs["images"] == SAMPLES or request.images_sha256 == inputs["images_sha256"]
-    return images and (request.model, request.weights, request.weights_sha256, request.images,
-                       request.n_images, list(request.sites), request.dtype,
-                       request.code_version, dict(request.extra)) == (
-        inputs["model"], inputs["weights"], inputs["weights_sha256"], inputs["images"],
-        inputs["n_listed"], inputs["sites"], inputs["dtype"], inputs["bfd_version"], extra)
+    # a run made before paths had one spelling holds them as typed (bfd.files.same_input)
+    paths = (same_input(request.weights, inputs["weights"])
+             and same_input(request.images, inputs["images"]))
+    return images and paths and (request.model, request.weights_sha256, request.n_images,
+                                 list(request.sites), request.dtype, request.code_version,
+                                 dict(request.extra)) == (
+        inputs["model"], inputs["weights_sha256"], inputs["n_listed"], inputs["sites"],
+        inputs["dtype"], inputs["bfd_version"], extra)
 
 
 def _shards_intact(store, run_id: str, n_images: int, config) -> bool:
@@ -133,7 +137,13 @@ def record_reused_audit(args: argparse.Namespace, config, store: str, thresholds
     from bfd.queries.seen import run_seen
     from bfd.report.dashboard import refresh_outputs
     from bfd.storage import Store, results_path
-    from bfd.tasks.audits import audit_row, default_series, drift_since_previous, time_step
+    from bfd.tasks.audits import (
+        audit_row,
+        default_series,
+        drift_since_previous,
+        run_reuse,
+        time_step,
+    )
 
     print(f"bfd: run {run_id} is already computed: the audit is recorded without a Prefect "
           "flow run (no Prefect API configured; -v runs the flow)", file=sys.stderr)
@@ -146,4 +156,5 @@ def record_reused_audit(args: argparse.Namespace, config, store: str, thresholds
         refresh_outputs(store, logging.getLogger("bfd.audit"))
     return {**{k: row[k] for k in ("audit_id", "series", "run_id", "step", "prev_audit_id",
                                    "n_flagged", "drift_note")},
-            "reused": True, "store": store, "results": results_path(s, run_id)}
+            "reused": True, "repaired": [], "how": run_reuse(), "store": store,
+            "results": results_path(s, run_id)}

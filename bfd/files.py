@@ -12,6 +12,10 @@ the modification time back). File systems stamp times from a coarse clock (a few
 Linux, up to 2 s on some), so two writes within one tick can leave the same stamp: as git
 does for its index, a file changed less than ``SETTLED_NS`` before it is hashed, or while
 it is, is not remembered.
+
+A file named in a request is named by one spelling (``input_path``): ``imgs``, ``./imgs/``
+and ``/work/imgs`` are one folder, and a run's id hashes the name (docs/layout.md, "Run
+ids").
 """
 
 from __future__ import annotations
@@ -85,6 +89,39 @@ _STATE_DICT_GLOBALS: Final[tuple[str, ...]] = ("collections.", "copyreg.", "buil
 _CHECKED_SIZE: Final[int] = 1024
 _checked: _StampCache[bool] = _StampCache(_CHECKED_SIZE)
 _headers_read = 0
+
+
+# The values of --weights and --images that name no file (bfd.images.SAMPLES is "samples").
+NOT_PATHS: Final[frozenset[str]] = frozenset({"pretrained", "random", "samples"})
+
+
+def input_path(value: str) -> str:
+    """The one spelling of a file or folder named by ``--weights`` or ``--images``: ``~``
+    expanded, made absolute from the current directory, the path of the folder it lies in
+    resolved as the system resolves it (``.``, ``..``, symbolic links): ``imgs``, ``./imgs/``,
+    ``/work/imgs`` and ``/home/u/work/imgs`` through a linked ``/home/u`` are one spelling;
+    ``pretrained``, ``random``, ``samples`` and ``""`` as they are.
+
+    The last name is kept as given, not resolved: a ``last.pth`` linked to each new
+    checkpoint stays ``last.pth`` (the user's name for it, and the default series of its
+    audits, ``bfd.tasks.audits.default_series``); what the file holds is its sha256, which the
+    run request keeps beside it.
+    """
+    if not isinstance(value, str) or value in NOT_PATHS or not value:
+        return value
+    path = os.path.join(os.getcwd(), os.path.expanduser(value))  # an absolute value stays
+    folder, name = os.path.split(path.rstrip(os.sep) or os.sep)
+    if name in ("", ".", ".."):  # the root, or a folder named by . or ..
+        return os.path.realpath(path)
+    return os.path.join(os.path.realpath(folder), name)
+
+
+def same_input(stored: str, given: str) -> bool:
+    """Whether a path a stored run request holds names what ``given`` (``input_path``'s
+    spelling) names: the same spelling, or another one of a request made before paths were
+    spelled one way (``./imgs/``; a relative one taken from the current directory)."""
+    return stored == given or (isinstance(stored, str) and stored not in NOT_PATHS
+                               and input_path(stored) == given)
 
 
 def headers_read() -> int:

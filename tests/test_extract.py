@@ -49,7 +49,8 @@ def config(**kw) -> dict:
 
 
 def run_flow(root: Path, workers: int = 1, **kw) -> str:
-    return extract.with_options(task_runner=task_runner(workers))(config(**kw), str(root))
+    return extract.with_options(task_runner=task_runner(workers))(config(**kw),
+                                                                  str(root))["run_id"]
 
 
 def arrays(store: Store, rid: str) -> dict[str, np.ndarray]:

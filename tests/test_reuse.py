@@ -41,10 +41,12 @@ def options(images: Path, weights: Path, store: Path, step: int) -> list[str]:
             "--store", str(store)]
 
 
-def bfd_without_prefect_api(argv: list[str], tmp_path: Path) -> tuple[dict, str, str]:
+def bfd_without_prefect_api(argv: list[str], tmp_path: Path,
+                            cwd: Path | None = None) -> tuple[dict, str, str]:
     """``bfd argv`` in a new process that sees no Prefect API (a fresh Prefect home, no
-    PREFECT_API_URL), as a user without a Prefect server runs it; returns its exit code and
-    the pipeline modules it imported, its stdout and its stderr."""
+    PREFECT_API_URL), as a user without a Prefect server runs it, in folder ``cwd``
+    (``tmp_path`` when None); returns its exit code and the pipeline modules it imported, its
+    stdout and its stderr."""
     code = ("import json, sys, time\nimport bfd.cli_reuse as reuse\nfrom bfd.cli import main\n"
             # when the reuse check began (an audit recorded without Prefect counts it)
             "checks, checked = reuse.computed_run_of, []\n"
@@ -56,7 +58,7 @@ def bfd_without_prefect_api(argv: list[str], tmp_path: Path) -> tuple[dict, str,
     home.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env |= {"PREFECT_HOME": str(home), "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd or tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     *out, last = proc.stdout.splitlines()
@@ -387,3 +389,49 @@ def test_extract_of_an_extracted_run_answers_without_prefect_and_a_damaged_one_r
     assert f"damaged, extracted again: {chunk}" in proc.stderr
     assert "Error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert verify_run(Store(store), run_id) == []
+
+
+@pytest.mark.slow
+def test_an_audit_that_repairs_a_damaged_shard_says_so(tmp_path, prefect_harness, capsys):
+    """An audit of a computed run whose shard 1 was cut short goes back through the flow,
+    which extracts that shard again: its line, its return and its report say the shard was
+    repaired, not "reused, nothing recomputed"; the audit after it is reused again."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from bfd.flows.prefect_io import artifact_key
+    from bfd.storage import verify_run
+
+    images, store = image_folder(tmp_path / "images"), tmp_path / "store"
+
+    def audit(step: int) -> tuple[str, dict]:
+        code, out, err = run_cli([*options(images, "random", store, step), "--no-dashboard"],
+                                 capsys)
+        assert code == 0, err
+        return out, {a["step"]: a for a in read_audits(Store(store), "s")}[step]
+
+    out, first = audit(1)
+    rid = first["run_id"]
+    assert f"run {rid} computed" in out
+    runs_before = read_table(Store(store), "runs").to_pylist()
+    # shard 1 holds images 3-5 (--images-per-chunk 3): its chunk of layer 0, cut short
+    chunk = store / "bfd.zarr" / rid / "attn_in" / "c" / "0" / "1" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:10])
+    assert verify_run(Store(store), rid) != []
+
+    out, second = audit(2)
+    line = (f"run {rid} repaired: damaged shard 1 of its activations extracted again, "
+            "results reused")
+    assert line in out and "nothing recomputed" not in out, out
+    assert second["run_id"] == rid and second["status"] == "complete"
+    assert verify_run(Store(store), rid) == []
+    assert read_table(Store(store), "runs").to_pylist() == runs_before  # results kept
+    with get_client(sync_client=True) as client:
+        key = ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key("audit", "s")]))
+        reports = [x.data for x in client.read_artifacts(artifact_filter=key)
+                   if x.type == "markdown"]
+    assert any(f"- run: `{rid}` ({line.removeprefix(f'run {rid} ')})" in r for r in reports)
+    assert any(f"- run: `{rid}` (computed)" in r for r in reports)
+
+    out, _ = audit(3)
+    assert f"run {rid} reused, nothing recomputed" in out

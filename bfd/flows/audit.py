@@ -37,6 +37,7 @@ from bfd.tasks.audits import (
     computed_run,
     default_series,
     drift_since_previous,
+    run_reuse,
     time_step,
 )
 from bfd.tasks.decompose import DecomposeOptions
@@ -104,7 +105,10 @@ def audit(
             ``"activations": "not stored"``.
 
     Returns:
-        The audit id, run id, series, step, drift flag count and the paths written.
+        The audit id, run id, series, step, drift flag count and the paths written;
+        ``reused``: nothing was computed (neither activations nor results), ``repaired``:
+        the shards of the run's activations found damaged and extracted again, ``how``: what
+        was computed, in words (``bfd.tasks.audits.run_reuse``).
 
     Raises:
         ValueError: A request refused before any work (``refuse_before_work``: a bad option,
@@ -131,30 +135,34 @@ def audit(
         with progress.listening(PrefectProgress()):
             decompose_kw = decompose_kwargs(options, config)
             stored = DecomposeOptions(**decompose_kw).to_dict()
+            extracted: list[int] = []  # the shards of activations extracted here
+            repaired: list[int] = []  # those of them found damaged
             if not store_activations:  # computed from two forwards, whatever is stored
                 run_id, written = stats_only_run(config.extract_config(), root, decompose_kw)
             else:
-                run_id = extract.with_options(task_runner=task_runner(workers, dask_address))(
+                done = extract.with_options(task_runner=task_runner(workers, dask_address))(
                     config.extract_config(), root, gpu_resources)
+                run_id, extracted, repaired = done["run_id"], done["extracted"], done["repaired"]
                 if computed_run(Store(root), run_id, stored) is None:
                     written = decompose_flow(dask_address)(
                         run_id, root, dask_address=dask_address, **decompose_kw)
                 else:
                     written = {"results": results_path(Store(root), run_id)}
-                    logger.info("run %s is already computed: reused, nothing recomputed",
-                                run_id)
             run = computed_run(Store(root), run_id, stored) or {}
         rows = drift_since_previous(Store(root), row, run_id, thresholds.model_dump(),
                                     run_seen(root, run_id))
-    reused = "runs" not in written
-    logger.info("audit %s: run %s (%s), %d drift flag(s); store %s", row["audit_id"], run_id,
-                "reused" if reused else "computed", row["n_flagged"], root)
+    # reused: nothing recomputed, neither its activations (a damaged shard is extracted
+    # again before the results are reused) nor its results
+    reused = "runs" not in written and not extracted
+    how = run_reuse(extracted, repaired, decomposed="runs" in written)
+    logger.info("audit %s: run %s %s, %d drift flag(s); store %s", row["audit_id"], run_id,
+                how, row["n_flagged"], root)
     if row["drift_note"]:
         logger.info("drift: %s", row["drift_note"])
-    report = {**row, "reused": reused}
+    report = {**row, "reused": reused, "repaired": repaired, "how": how}
     publish_artifacts(report, run, layer_summary(Store(root), run_id), rows, root)
     emit_audit_events(row, rows, root)
     refresh_outputs(root, dashboard)
     return {**{k: row[k] for k in ("audit_id", "series", "run_id", "step", "prev_audit_id",
                                    "n_flagged", "drift_note")},
-            "reused": reused, "store": root, **written}
+            "reused": reused, "repaired": repaired, "how": how, "store": root, **written}

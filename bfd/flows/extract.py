@@ -21,7 +21,7 @@ def store_root(store: str | None) -> str:
 
 
 @flow(name="extract", log_prints=True)
-def extract(config: dict, store: str | None = None, gpu_resources: bool = False) -> str:
+def extract(config: dict, store: str | None = None, gpu_resources: bool = False) -> dict:
     """Extract a run's activations; only shards not yet complete are computed.
 
     Args:
@@ -30,7 +30,9 @@ def extract(config: dict, store: str | None = None, gpu_resources: bool = False)
         gpu_resources: ask the Dask cluster for one ``GPU`` resource per shard task.
 
     Returns:
-        The run id.
+        ``run_id``: the run id; ``extracted``: the shards extracted by this run of the flow
+        (none when every shard was stored intact); ``repaired``: those of them that had been
+        marked done but were damaged (a chunk file gone or cut short).
     """
     logger = get_run_logger()
     cfg = ExtractConfig(**config)
@@ -68,4 +70,5 @@ def extract(config: dict, store: str | None = None, gpu_resources: bool = False)
     if missing:
         raise RuntimeError(f"run {plan.run_id}: shards {sorted(missing)} did not complete")
     logger.info("run %s complete (%d images skipped this time)", plan.run_id, skipped)
-    return plan.run_id
+    return {"run_id": plan.run_id, "extracted": list(plan.pending),
+            "repaired": list(plan.repaired)}

@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from bfd.files import input_path
 from bfd.requests import (
     AUTOCASTS,
     DTYPES,
@@ -85,7 +86,15 @@ class AuditConfig(_Params):
     @classmethod
     def _rule(cls, value: Any, info: ValidationInfo) -> Any:
         # a weights file's first bytes too: junk is refused before an audit of it is recorded
-        return check_option(info.field_name, value)
+        value = check_option(info.field_name, value)
+        # one spelling of a weights file (bfd.files.input_path): its run id is the same
+        # from any folder
+        return input_path(value) if info.field_name == "weights" else value
+
+    @field_validator("images")
+    @classmethod
+    def _images(cls, value: str) -> str:
+        return input_path(value)  # one spelling of a folder or manifest, as weights
 
     @field_validator("sites", mode="before")
     @classmethod

@@ -99,7 +99,7 @@ def audit_markdown(audit: dict, run: dict, profile: list[dict], drift: list[dict
     """The audit's report: what was audited, the per-layer summary, drift vs the previous
     audit (flagged rows first) and where the results are."""
     flagged = [r for r in drift if r["flagged"]]
-    how = "reused, nothing recomputed" if audit.get("reused") else "computed"
+    how = audit["how"]  # what was computed, in words (bfd.tasks.audits.run_reuse)
     lines = [
         f"# BFD audit of `{run.get('model')}`",
         "",

@@ -75,6 +75,7 @@ _EXPORTS: Final[dict[str, str]] = {
     "RunRequest": "runs",
     "canonical_json": "runs",
     "is_stats_only": "runs",
+    "earlier_spelling": "runs",
     "list_requests": "runs",
     "read_request": "runs",
     "run_id": "runs",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -162,8 +163,10 @@ def repair_command(store: Store, run_id: str, shard_size: int | None = None) -> 
         return f"{command} with the options that created run {run_id} --store {store.root}"
     h, w = req.img_size if isinstance(req.img_size, tuple | list) else (req.img_size,) * 2
     ipc = spec["images_per_chunk"]
-    parts = [command, f"--model {req.model}", f"--weights {req.weights}",
-             f"--images {req.images}", f"--n-images {req.n_images}",
+    # the request's paths are absolute (bfd.files.input_path): the command works from any
+    # folder (a run made before may hold them relative to the folder it was made in)
+    parts = [command, f"--model {req.model}", f"--weights {shlex.quote(req.weights)}",
+             f"--images {shlex.quote(req.images)}", f"--n-images {req.n_images}",
              f"--layers {','.join(map(str, req.layers))}", f"--sites {','.join(req.sites)}"]
     if h == w:  # the option sets a square size; a non-square one is the model's default
         parts.append(f"--img-size {h}")
@@ -183,7 +186,7 @@ def repair_command(store: Store, run_id: str, shard_size: int | None = None) -> 
             shard_size = first["stop"] - first["start"]
     if shard_size and shard_size != ipc:
         parts.append(f"--images-per-shard {shard_size}")
-    parts.append(f"--store {store.root}")
+    parts.append(f"--store {shlex.quote(str(store.root))}")
     return " ".join(parts)
 
 

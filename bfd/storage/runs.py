@@ -81,9 +81,11 @@ class RunRequest:
 
     Attributes:
         model: timm model name, e.g. ``"vit_small_patch16_224.augreg_in21k"``.
-        weights: Where the weights came from (timm pretrained tag, hub id or file path).
+        weights: Where the weights came from: ``pretrained``, ``random`` or a file's path,
+            absolute (``bfd.files.input_path``; a run made before may hold it as typed).
         weights_sha256: sha256 of the weight bytes.
-        images: Image source (directory, URL, data set name).
+        images: Image source: a folder or manifest file, absolute like ``weights``, or
+            ``samples``.
         images_sha256: Hash of the image manifest (see ``image_list_sha256``).
         n_images: Number of images requested.
         preprocessing: Resolved preprocessing config (resize, crop, mean, std, ...).
@@ -271,6 +273,43 @@ def read_request(store: Store, run_id: str) -> RunRequest:
     if actual != run_id:
         raise ValueError(f"{path} hashes to {actual}, expected {run_id}: the file was edited")
     return request
+
+
+def earlier_spelling(store: Store, request: RunRequest) -> RunRequest | None:
+    """The stored request of ``request``'s run made before paths had one spelling, if any.
+
+    ``request`` names its weights file and images folder by their one spelling
+    (``bfd.files.input_path``); a run made before kept them as typed (``imgs``, ``./imgs/``),
+    so the same request hashes to another id. Such a run is ``request``'s when every other
+    field is equal and its paths name what ``request`` names (``bfd.files.same_input``; a
+    relative one taken from the current directory): the same command line, from the same
+    folder, as the one that made it. Nothing is recomputed for it, and its stored request is
+    kept as it was made. A relative path typed in another folder is recognised only where,
+    taken from this one, it names the same file (else that run is computed once more, under
+    its new id).
+
+    Returns:
+        That stored request (the first by run id), or None: ``request``'s own run is stored,
+        or no earlier one is there.
+    """
+    from bfd.files import same_input
+
+    if (store.run_dir(run_id(request)) / "request.json").exists():
+        return None
+    slug = f"{model_slug(request.model)}-"
+    for rid in list_requests(store):
+        if not rid.startswith(slug):
+            continue
+        try:
+            stored = read_request(store, rid)
+        except (OSError, ValueError):
+            continue
+        if (stored != request and same_input(stored.weights, request.weights)
+                and same_input(stored.images, request.images)
+                and dataclasses.replace(stored, weights=request.weights,
+                                        images=request.images) == request):
+            return stored
+    return None
 
 
 def list_requests(store: Store) -> list[str]:

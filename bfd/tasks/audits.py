@@ -8,7 +8,7 @@ import glob
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -52,6 +52,28 @@ def default_series(model: str, weights: str, seed: int = 0) -> str:
     else:
         source = os.path.abspath(weights)
     return f"{model}@{source}"
+
+
+def run_reuse(extracted: Sequence[int] = (), repaired: Sequence[int] = (),
+              decomposed: bool = False) -> str:
+    """How an audit got its run, in the words of its report and its command's line.
+
+    Args:
+        extracted: The shards of the run's activations this audit extracted.
+        repaired: Those of them that had been marked done but were damaged.
+        decomposed: The results were computed (else those published were kept).
+    """
+    if not extracted and not decomposed:
+        return "reused, nothing recomputed"
+    damaged = [k for k in extracted if k in set(repaired)]
+    what = "damaged shard" if len(damaged) == len(extracted) else "shard"
+    shards = f"{what}{'s' if len(extracted) > 1 else ''} {', '.join(map(str, extracted))}"
+    if not decomposed:
+        return f"repaired: {shards} of its activations extracted again, results reused"
+    if repaired:
+        return (f"computed (damaged shard{'s' if len(repaired) > 1 else ''} "
+                f"{', '.join(map(str, repaired))} of its activations extracted again)")
+    return "computed"
 
 
 def checkpoints_series(model: str, pattern: str) -> str:

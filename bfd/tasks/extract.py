@@ -23,6 +23,7 @@ import torch
 import bfd
 from bfd import capture, models
 from bfd import images as imgs
+from bfd.files import input_path
 from bfd.requests import check_request
 from bfd.storage import (
     ImageRecord,
@@ -30,6 +31,7 @@ from bfd.storage import (
     Shard,
     Store,
     create_activation_template,
+    earlier_spelling,
     mark_shard_done,
     plan_shards,
     trusted_shards,
@@ -51,8 +53,8 @@ class ExtractConfig:
 
     Attributes:
         model: timm model name.
-        weights: "pretrained", "random" or a checkpoint path.
-        images: a folder, a manifest file of paths, or "samples".
+        weights: "pretrained", "random" or a checkpoint path (kept absolute: ``input_path``).
+        images: a folder, a manifest file of paths (kept absolute), or "samples".
         n_images: first N listed images (all when None; 64 for samples).
         layers: "all" or block indices.
         sites: activation sites (``attn_in``, ``resid``).
@@ -84,13 +86,21 @@ class ExtractConfig:
     decode_workers: int = 2
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # one spelling of the files named (bfd.files.input_path): the request key, the run
+        # request and its id see the same path however it was typed, from any folder
+        object.__setattr__(self, "weights", input_path(self.weights))
+        object.__setattr__(self, "images", input_path(self.images))
+
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 @dataclass(frozen=True)
 class RunPlan:
-    """A prepared run: its id, its shards and those still to do."""
+    """A prepared run: its id, its shards and those still to do (``pending``); ``damaged``:
+    the faults of the shards marked done whose files are not intact, ``repaired``: those
+    shards, extracted again."""
 
     run_id: str
     layers: tuple[int, ...]
@@ -100,6 +110,7 @@ class RunPlan:
     n_images: int
     damaged: tuple[str, ...] = ()
     bytes_to_write: int = 0
+    repaired: tuple[int, ...] = ()
 
     def summary(self) -> str:
         """One line: what this extraction will do."""
@@ -202,6 +213,8 @@ def prepare_run(store_root: str, cfg: ExtractConfig) -> RunPlan:
         sites=tuple(cfg.sites), layers=layers, dtype=cfg.dtype, code_version=bfd.__version__,
         extra={"autocast": cfg.autocast, "seed": cfg.seed, **cfg.extra},
     )
+    # a run of this request made before paths had one spelling is this request's run
+    request = earlier_spelling(store, request) or request
     rid = request_run_id(request)
     # Refuse a shard plan that splits chunks or disagrees with the shards already done before
     # anything is written, so that a refused request leaves the store as it was.
@@ -220,8 +233,11 @@ def prepare_run(store_root: str, cfg: ExtractConfig) -> RunPlan:
         image_ids=[r.id for r in records], token_types=info.token_types(), rows=rows,
         cols=cols, dim=info.width, dtype=cfg.dtype, images_per_chunk=cfg.images_per_chunk,
         attrs={
-            "model": cfg.model, "weights": cfg.weights, "weights_sha256": info.weights_sha256,
-            "run_id": rid, "model_info": json.dumps(info.to_dict()),
+            "model": cfg.model, "weights": request.weights,
+            "weights_sha256": info.weights_sha256,
+            # the weights as the request names them (a run made before: as typed then)
+            "run_id": rid, "model_info": json.dumps({**info.to_dict(),
+                                                     "weights": request.weights}),
             "preprocessing": json.dumps(preprocessing), "img_size": list(info.img_size),
             "dtype": cfg.dtype, "timm_version": info.timm_version,
             "torch_version": info.torch_version, "bfd_version": bfd.__version__,
@@ -243,6 +259,7 @@ def prepare_run(store_root: str, cfg: ExtractConfig) -> RunPlan:
         pending=tuple(s.index for s in shards if s.index not in done),
         records=tuple(asdict(r) for r in records), n_images=len(records),
         damaged=tuple(str(f) for f in damaged), bytes_to_write=to_write,
+        repaired=tuple(sorted({f.shard for f in damaged if f.shard is not None} - done)),
     )
 
 

@@ -3,7 +3,8 @@
 A run id hashes the run's request (``bfd.storage.RunRequest``), and part of that request
 needs the model: the resolved layers, input size and preprocessing come from timm. Those are
 functions of the request's own options and of the installed timm and torch, so the key hashes
-the options as given, the installed versions of bfd, timm and torch, and the content of every
+the options as given (a file's path in its one absolute spelling, ``bfd.files.input_path``),
+the installed versions of bfd, timm and torch, and the content of every
 input file: the sha256 of a weights file's bytes and of the image listing (each image's id and
 the sha256 of its bytes), as the run request holds them. The embedded ``samples`` are crops
 (bfd's code) of images shipped inside scikit-image: their key is the installed bfd and
@@ -25,7 +26,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import bfd
-from bfd.files import sha256_file
+from bfd.files import input_path, sha256_file
 from bfd.images import (
     SAMPLES,
     SAMPLES_DEFAULT_N,
@@ -86,6 +87,9 @@ def key_inputs(config: Mapping[str, Any], weights_sha256: str | None,
     if weights_sha256 is None or config.get("weights") == "pretrained":
         return None
     options = {name: config.get(name) for name in KEYED_FIELDS}
+    # the one spelling of a path, as the run request holds it (ExtractConfig spells it so)
+    options["weights"] = input_path(options["weights"])
+    options["images"] = input_path(options["images"])
     options["extra"] = dict(options["extra"] or {})
     sites = options["sites"]
     options["sites"] = list(sites) if not isinstance(sites, str) else sites
@@ -109,8 +113,13 @@ def request_key(inputs: Mapping[str, Any]) -> str:
 def request_identity(inputs: Mapping[str, Any]) -> str:
     """The key of ``key_inputs`` without the path the weights were given by and the shard
     plan: equal for two requests of the same model, weights bytes, images, N, layers, sites,
-    img_size, dtype, seed and versions, that is, of the same run's computation."""
-    return request_key({k: v for k, v in inputs.items() if k not in _NOT_IDENTITY})
+    img_size, dtype, seed and versions, that is, of the same run's computation. The images'
+    path is taken in its one spelling: a key recorded before paths had one (``imgs``) names
+    the same images as ``/work/imgs`` from the folder it was typed in."""
+    kept = {k: v for k, v in inputs.items() if k not in _NOT_IDENTITY}
+    if "images" in kept:
+        kept["images"] = input_path(kept["images"])
+    return request_key(kept)
 
 
 def key_listing(config: Mapping[str, Any]) -> Sequence[ImageRecord] | None:
