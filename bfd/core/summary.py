@@ -138,8 +138,9 @@ def summarize(
     N = means.n
     sig2 = modes.sigma**2
     sigma_outer = modes.sigma[:, :, None] * modes.sigma[:, None, :]
-    # in torch on one thread: numpy's einsum and stacked matmul of a transposed view took
-    # 30-60 ms here per layer (threaded BLAS on small matrices), as long as the statistics
+    # the projection in torch on one thread: numpy's einsum took 30-60 ms here per layer
+    # (threaded BLAS on small matrices), as long as the statistics; the Grams in numpy's
+    # matmul (bfd.core.adjusted._gram)
     with one_thread():
         PU, PV = _project(means.pos, modes)
         Kp_q, Kp_k = _gram(PU), _gram(PV)
