@@ -52,21 +52,24 @@ def write_synthetic_run(
     with_pos: bool = False,
     intervals: bool = False,
     layer_values: dict[str, list[float]] | None = None,
+    layers: tuple[int, ...] | None = None,
 ) -> dict[str, np.ndarray]:
     """Writes one run's runs, layers, heads and modes tables; returns what was planted
     (``frac_pos`` per layer, ``energy`` per layer, head and block). ``intervals`` fills
     ``frac_pos_lo = frac_pos - 0.01`` and ``frac_pos_hi = frac_pos + 0.02``; ``layer_values``
-    replaces a layers column's values (one per layer, at both sites); every column not
-    planted is NULL."""
+    replaces a layers column's values (one per layer, at both sites); ``layers`` stores those
+    layers of the model only (``bfd extract --layers``; default: all ``depth``), the planted
+    arrays staying indexed by layer; every column not planted is NULL."""
     rng = np.random.default_rng(seed)
     store = Store(root)
     created_at = created_at or dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
     n_images = 16
+    stored = tuple(range(depth)) if layers is None else tuple(layers)
     write_rows(store, "runs", model, run_id, [{
         "run_id": run_id, "model": model, "weights": weights, "weights_sha256": f"sha-{weights}",
         "images": "planted", "images_sha256": "img-sha", "n_images": n_images, "n_skipped": 0,
         "img_size": 16 * grid[0], "grid_h": grid[0], "grid_w": grid[1], "prefix_tokens": 1,
-        "sites": "attn_in,resid", "layers": ",".join(map(str, range(depth))), "dtype": "float32",
+        "sites": "attn_in,resid", "layers": ",".join(map(str, stored)), "dtype": "float32",
         "created_at": created_at, "bfd_version": "test", "timm_version": "test",
         "torch_version": "test", "config_json": "{}", "status": status, "depth": depth,
         "num_heads": n_heads, "width": 8,
@@ -74,7 +77,7 @@ def write_synthetic_run(
     frac_pos = rng.uniform(0.05, 0.6, size=depth)
     layer_rows = []
     for site, fp in (("attn_in", frac_pos), ("resid", frac_pos * 0.8)):
-        for layer in range(depth):
+        for layer in stored:
             layer_rows.append({
                 "layer": layer, "site": site, "ss_total": 1.0, "frac_pos": fp[layer],
                 "frac_img": (1 - fp[layer]) / 2, "frac_int": (1 - fp[layer]) / 2,
@@ -90,7 +93,7 @@ def write_synthetic_run(
     energy = rng.lognormal(0.0, 1.0, size=(depth, n_heads, 4))
     frac = energy / energy.sum(axis=-1, keepdims=True)
     head_rows, mode_rows = [], []
-    for layer in range(depth):
+    for layer in stored:
         for head in range(n_heads):
             f = frac[layer, head]
             scores = {"pp": f[0], "cp": f[1] + f[2], "cc": f[3]}

@@ -577,7 +577,10 @@
     app.append(section("Profiles", h("div", { class: "grid" }, prof, delta)), tableBox);
     function redraw() {
       const A = byRun.get(state.a), B = byRun.get(state.b), k = state.metric;
-      const sameDepth = A.length === B.length;
+      // the models' depth (layer_summary.depth: runs.depth), not the number of layers each
+      // run stored (a run may hold a subset of its model's layers: --layers)
+      const depthOf = (rows) => rows.length ? rows[0].depth : null;
+      const sameDepth = depthOf(A) !== null && depthOf(A) === depthOf(B);
       const xk = sameDepth ? "layer" : "rel_depth";
       const band = (rows) => rows.some((l) => typeof l[k + "_lo"] === "number");
       const err = (rows) => band(rows) ? { type: "data", symmetric: false, array: rows.map((l) => l[k + "_hi"] - l[k]),
@@ -587,11 +590,15 @@
         hovertemplate: `${xk} %{x:.3g}<br>${k} %{y:.4g}<extra></extra>` });
       draw(prof, [tr(A, state.a, "#0072B2"), tr(B, state.b, "#D55E00")],
         { xaxis: { title: { text: sameDepth ? "layer" : "relative depth" } }, yaxis: { title: { text: k } }, height: 400 });
-      // B at A's layers: the same layer when depths agree, else linear in relative depth.
+      // B at A's layers: the same layer when depths agree (none where B did not store it),
+      // else linear in relative depth between B's stored layers around it: none outside
+      // B's first and last stored layer (no extrapolation). B is in layer order.
       const at = (x) => {
         if (sameDepth) return B.find((l) => l.layer === x.layer) || {};
         const i = B.findIndex((l) => l.rel_depth >= x.rel_depth);
-        if (i <= 0) return { [k]: (B[Math.max(i, 0)] || {})[k] };
+        if (i < 0) return {};  // past B's last stored layer
+        if (B[i].rel_depth === x.rel_depth) return { [k]: B[i][k] };
+        if (i === 0) return {};  // before B's first stored layer
         const lo = B[i - 1], hi = B[i], t = (x.rel_depth - lo.rel_depth) / (hi.rel_depth - lo.rel_depth);
         return { [k]: lo[k] === null || hi[k] === null ? null : lo[k] + t * (hi[k] - lo[k]) };
       };
