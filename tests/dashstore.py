@@ -185,7 +185,7 @@ def write_reused_audits(root: Path) -> dict[str, dict[str, np.ndarray]]:
     """Runs c-100, c-200, c-500 and u-1 with the ``REUSED_AUDITS`` and ``REUSED_DRIFT``
     written through ``bfd.storage.write_audit``/``write_drift``; returns what each run
     planted. An audit that kept its figures keeps n_layers 3, n_heads 6, its f_pp and
-    f_pc = 1 - f_pp (the others NULL)."""
+    f_pc = 1 - f_pp, mean_f_pp = f_pp (the others NULL)."""
     from bfd.storage import write_audit, write_drift
 
     planted = {}
@@ -197,7 +197,7 @@ def write_reused_audits(root: Path) -> dict[str, dict[str, np.ndarray]]:
     for audit_id, series, run_id, step, day, status, f_pp in REUSED_AUDITS:
         start = dt.datetime(2025, 2, day, tzinfo=dt.UTC)
         seen = {} if f_pp is None else {"n_layers": 3, "n_heads": 6, "f_pp": f_pp,
-                                        "f_pc": 1 - f_pp}
+                                        "f_pc": 1 - f_pp, "mean_f_pp": f_pp}
         write_audit(store, {
             "audit_id": audit_id, "series": series, "run_id": run_id, "step": step,
             "started_at": start, "finished_at": start + dt.timedelta(hours=1),

@@ -336,7 +336,23 @@ def test_series_page_plots_every_audit_and_crosses_its_flagged_metrics(reused_si
     assert options == ["ck", "other", "th", "toy_vit · plain"]
     line, crosses = plot_x(browser, "metric-f_pp")
     assert line == [100, 200, 250, 500, 500] and crosses == [250]
-    assert plot_x(browser, "metric-frac_pos_resid_mean")[1] == [500]  # audit A2, not A3
+    # audits do not keep frac_pos_resid_mean: no point, so no cross for A2's flagged drift
+    # of frac_pos_resid (the drift table lists it), and the plot says why
+    resid = browser.execute_script(
+        "const d = document.getElementById('metric-frac_pos_resid_mean');"
+        " return [Array.from(d.data[0].y), Array.from(d.data[1].x),"
+        " (d.layout.annotations || []).map(a => a.text)]")
+    assert resid == [[None] * 5, [], ["not kept by the audits: see each run's page"]]
+    assert browser.execute_script(
+        "return Array.from(document.querySelectorAll('#drift-table tbody tr'),"
+        " tr => tr.textContent).filter(t => t.includes('frac_pos_resid')).length") == 1
+    table = browser.execute_script(
+        "const t = document.getElementById('series-runs');"
+        " const head = Array.from(t.querySelectorAll('th'), c => c.textContent);"
+        " return Array.from(t.querySelectorAll('tbody tr'), tr => Object.fromEntries("
+        " Array.from(tr.cells, (c, i) => [head[i], c.textContent])))")
+    assert [(r["audit_id"], r["figures"], r["frac_pos_resid_mean"], r["f_pp_adj"])
+            for r in table] == [(a, "audit", "–", "–") for a in ("A4", "A1", "A5", "A2", "A3")]
     assert plot_x(browser, "metric-frac_pos_mean")[1] == []  # frac_pos was not flagged
     assert plot_x(browser, "metric-mean_f_pp")[1] == [250]
     ys = browser.execute_script(
