@@ -52,21 +52,24 @@ def write_synthetic_run(
     with_pos: bool = False,
     intervals: bool = False,
     layer_values: dict[str, list[float]] | None = None,
+    layers: tuple[int, ...] | None = None,
 ) -> dict[str, np.ndarray]:
     """Writes one run's runs, layers, heads and modes tables; returns what was planted
     (``frac_pos`` per layer, ``energy`` per layer, head and block). ``intervals`` fills
     ``frac_pos_lo = frac_pos - 0.01`` and ``frac_pos_hi = frac_pos + 0.02``; ``layer_values``
-    replaces a layers column's values (one per layer, at both sites); every column not
-    planted is NULL."""
+    replaces a layers column's values (one per layer, at both sites); ``layers`` stores those
+    layers of the model only (``bfd extract --layers``; default: all ``depth``), the planted
+    arrays staying indexed by layer; every column not planted is NULL."""
     rng = np.random.default_rng(seed)
     store = Store(root)
     created_at = created_at or dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
     n_images = 16
+    stored = tuple(range(depth)) if layers is None else tuple(layers)
     write_rows(store, "runs", model, run_id, [{
         "run_id": run_id, "model": model, "weights": weights, "weights_sha256": f"sha-{weights}",
         "images": "planted", "images_sha256": "img-sha", "n_images": n_images, "n_skipped": 0,
         "img_size": 16 * grid[0], "grid_h": grid[0], "grid_w": grid[1], "prefix_tokens": 1,
-        "sites": "attn_in,resid", "layers": ",".join(map(str, range(depth))), "dtype": "float32",
+        "sites": "attn_in,resid", "layers": ",".join(map(str, stored)), "dtype": "float32",
         "created_at": created_at, "bfd_version": "test", "timm_version": "test",
         "torch_version": "test", "config_json": "{}", "status": status, "depth": depth,
         "num_heads": n_heads, "width": 8,
@@ -74,7 +77,7 @@ def write_synthetic_run(
     frac_pos = rng.uniform(0.05, 0.6, size=depth)
     layer_rows = []
     for site, fp in (("attn_in", frac_pos), ("resid", frac_pos * 0.8)):
-        for layer in range(depth):
+        for layer in stored:
             layer_rows.append({
                 "layer": layer, "site": site, "ss_total": 1.0, "frac_pos": fp[layer],
                 "frac_img": (1 - fp[layer]) / 2, "frac_int": (1 - fp[layer]) / 2,
@@ -90,7 +93,7 @@ def write_synthetic_run(
     energy = rng.lognormal(0.0, 1.0, size=(depth, n_heads, 4))
     frac = energy / energy.sum(axis=-1, keepdims=True)
     head_rows, mode_rows = [], []
-    for layer in range(depth):
+    for layer in stored:
         for head in range(n_heads):
             f = frac[layer, head]
             scores = {"pp": f[0], "cp": f[1] + f[2], "cc": f[3]}
@@ -182,7 +185,7 @@ def write_reused_audits(root: Path) -> dict[str, dict[str, np.ndarray]]:
     """Runs c-100, c-200, c-500 and u-1 with the ``REUSED_AUDITS`` and ``REUSED_DRIFT``
     written through ``bfd.storage.write_audit``/``write_drift``; returns what each run
     planted. An audit that kept its figures keeps n_layers 3, n_heads 6, its f_pp and
-    f_pc = 1 - f_pp (the others NULL)."""
+    f_pc = 1 - f_pp, mean_f_pp = f_pp (the others NULL)."""
     from bfd.storage import write_audit, write_drift
 
     planted = {}
@@ -194,7 +197,7 @@ def write_reused_audits(root: Path) -> dict[str, dict[str, np.ndarray]]:
     for audit_id, series, run_id, step, day, status, f_pp in REUSED_AUDITS:
         start = dt.datetime(2025, 2, day, tzinfo=dt.UTC)
         seen = {} if f_pp is None else {"n_layers": 3, "n_heads": 6, "f_pp": f_pp,
-                                        "f_pc": 1 - f_pp}
+                                        "f_pc": 1 - f_pp, "mean_f_pp": f_pp}
         write_audit(store, {
             "audit_id": audit_id, "series": series, "run_id": run_id, "step": step,
             "started_at": start, "finished_at": start + dt.timedelta(hours=1),

@@ -235,6 +235,8 @@ def test_series_follow_the_audits_table_when_it_exists(tmp_path):
         assert [r["flow_run_id"] for r in runs] == ["flow-0", "flow-1", "flow-2"]
         data = D.series_data(con)
         assert [r["run_id"] for r in data["metrics"].to_pylist()] == ["s-0", "s-1", "s-2"]
+        # an audits table without the kept columns: every figure the run's current one
+        assert {r["figures"] for r in data["metrics"].to_pylist()} == {"run"}
         flagged = data["drift"].to_pylist()
         assert [(d["run_id"], d["metric"], d["layer"]) for d in flagged] == [("s-2", "f_pp", 1)]
         changes = data["head_type_changes"].to_pylist()
@@ -319,6 +321,7 @@ def test_series_have_one_point_per_complete_audit_with_what_it_saw(tmp_path):
         data = D.series_data(con)
         summary = {r["run_id"]: r for r in run_sql(con, "SELECT * FROM run_summary").to_pylist()}
         history = run_query(con, "audit_history").to_pylist()
+        not_kept = D.figures_not_kept(con)
     points = data["metrics"].to_pylist()
     # the reference for the per-audit figures: audit_history, audit by audit
     seen = [name for name, _ in SEEN_FIGURES]
@@ -338,9 +341,17 @@ def test_series_have_one_point_per_complete_audit_with_what_it_saw(tmp_path):
         else:
             assert (p["f_pp"], p["f_pc"], p["n_layers"], p["n_heads"]) == (kept, 1 - kept, 3, 6)
             assert p["f_cc"] is None and p["frac_pos_mean"] is None
-        # per-run metrics that audits do not keep: the run's, from its layers (resid = 0.8 x)
-        assert p["frac_pos_resid_mean"] == pytest.approx(
-            0.8 * planted[p["run_id"]]["frac_pos"].mean(), rel=1e-12)
+        # figures audits do not keep: missing for an audit (its run's current ones may come
+        # from a later decomposition than the figures it kept); a run never audited: its
+        # own, from its layers (resid = 0.8 x)
+        assert p["figures"] == ("audit" if p["audit_id"] else "run")
+        unkept = {k: p[k] for k in not_kept}
+        assert {"frac_pos_resid_mean", "frac_pos_adj_mean", "f_pp_adj"} <= set(unkept)
+        if p["audit_id"]:
+            assert set(unkept.values()) == {None}
+        else:
+            assert p["frac_pos_resid_mean"] == pytest.approx(
+                0.8 * planted[p["run_id"]]["frac_pos"].mean(), rel=1e-12)
     flagged = data["drift"].to_pylist()
     assert sorted((d["audit_id"], d["metric"], d["step"]) for d in flagged) == [
         ("A2", "frac_pos_resid", 500), ("A5", "f_pp", 250)]

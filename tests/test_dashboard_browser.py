@@ -336,7 +336,23 @@ def test_series_page_plots_every_audit_and_crosses_its_flagged_metrics(reused_si
     assert options == ["ck", "other", "th", "toy_vit · plain"]
     line, crosses = plot_x(browser, "metric-f_pp")
     assert line == [100, 200, 250, 500, 500] and crosses == [250]
-    assert plot_x(browser, "metric-frac_pos_resid_mean")[1] == [500]  # audit A2, not A3
+    # audits do not keep frac_pos_resid_mean: no point, so no cross for A2's flagged drift
+    # of frac_pos_resid (the drift table lists it), and the plot says why
+    resid = browser.execute_script(
+        "const d = document.getElementById('metric-frac_pos_resid_mean');"
+        " return [Array.from(d.data[0].y), Array.from(d.data[1].x),"
+        " (d.layout.annotations || []).map(a => a.text)]")
+    assert resid == [[None] * 5, [], ["not kept by the audits: see each run's page"]]
+    assert browser.execute_script(
+        "return Array.from(document.querySelectorAll('#drift-table tbody tr'),"
+        " tr => tr.textContent).filter(t => t.includes('frac_pos_resid')).length") == 1
+    table = browser.execute_script(
+        "const t = document.getElementById('series-runs');"
+        " const head = Array.from(t.querySelectorAll('th'), c => c.textContent);"
+        " return Array.from(t.querySelectorAll('tbody tr'), tr => Object.fromEntries("
+        " Array.from(tr.cells, (c, i) => [head[i], c.textContent])))")
+    assert [(r["audit_id"], r["figures"], r["frac_pos_resid_mean"], r["f_pp_adj"])
+            for r in table] == [(a, "audit", "–", "–") for a in ("A4", "A1", "A5", "A2", "A3")]
     assert plot_x(browser, "metric-frac_pos_mean")[1] == []  # frac_pos was not flagged
     assert plot_x(browser, "metric-mean_f_pp")[1] == [250]
     ys = browser.execute_script(
@@ -381,3 +397,83 @@ def test_overview_lists_every_series_of_a_reused_run(reused_site, browser):
     assert [(r[col["series"]], r[col["runs"]], r[col["audits"]], r[col["latest run"]])
             for r in rows] == [("ck", "3", "6", "c-500"), ("other", "1", "1", "c-100"),
                                ("th", "1", "1", "c-100"), ("toy_vit · plain", "1", "0", "u-1")]
+
+
+# Runs for the Compare page: (run id, model depth, the layers it stored).
+COMPARED = (
+    ("d6-all", 6, (0, 1, 2, 3, 4, 5)),
+    ("d6-even", 6, (0, 2, 4)),  # same depth, other layers (--layers)
+    ("d6-low", 6, (0, 1, 2)),  # as many rows as d3-all, twice its depth
+    ("d3-all", 3, (0, 1, 2)),
+    ("d4-low", 4, (0, 1)),  # ends a third of the way down its model
+)
+
+
+def compare(driver, a: str, b: str) -> tuple[list, list]:
+    """Chooses runs A and B on the Compare page; returns the B − A bars (layer, delta) and
+    the per-layer table's rows (cells as shown)."""
+    driver.execute_script(
+        "for (const [id, v] of [['run-a', arguments[0]], ['run-b', arguments[1]]]) {"
+        " const s = document.getElementById(id); s.value = v;"
+        " s.dispatchEvent(new Event('change')); }", a, b)
+    bars = driver.execute_script(
+        "const t = document.getElementById('delta-plot').data[0];"
+        " return [Array.from(t.x), Array.from(t.y)];")
+    table = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#delta-table tbody tr'),"
+        " tr => Array.from(tr.cells, c => c.textContent))")
+    return list(zip(*bars, strict=True)), table
+
+
+def test_compare_matches_layers_by_model_depth_and_never_extrapolates(tmp_path, browser):
+    root = tmp_path / "store"
+    planted = {
+        run_id: write_synthetic_run(root, run_id, depth=depth, layers=layers, seed=i,
+                                    intervals=True)["frac_pos"]
+        for i, (run_id, depth, layers) in enumerate(COMPARED)}
+    build_dashboard(root, tmp_path / "site")
+    stored = {run_id: layers for run_id, _, layers in COMPARED}
+    depth = {run_id: d for run_id, d, _ in COMPARED}
+    # frac_pos of each stored layer as the catalog's SQL reads it from the Parquet tables
+    from bfd.queries import connect, run_sql
+
+    with connect(root) as con:
+        sql = run_sql(con, "SELECT run_id, layer, frac_pos FROM layer_summary").to_pylist()
+    frac = {(r["run_id"], r["layer"]): r["frac_pos"] for r in sql}
+    assert frac == {(r, layer): planted[r][layer] for r, _, ls in COMPARED for layer in ls}
+
+    def at(b: str, layer_a: int, a: str) -> float | None:
+        """B's frac_pos at A's layer: the same layer when the models' depths agree, else
+        linear in layer / (depth - 1) between B's stored layers around it, None outside."""
+        if depth[a] == depth[b]:
+            return frac.get((b, layer_a))
+        x = layer_a / (depth[a] - 1)
+        xs = [(layer / (depth[b] - 1), frac[(b, layer)]) for layer in stored[b]]
+        for (x0, y0), (x1, y1) in zip(xs, xs[1:], strict=False):
+            if x0 <= x <= x1:
+                return y0 if x == x0 else y1 if x == x1 else y0 + (x - x0) / (x1 - x0) * (y1 - y0)
+        return None
+
+    open_page(browser, (tmp_path / "site" / "compare.html").as_uri())
+    assert_clean(browser, "file://")
+    assert browser.execute_script("return document.getElementById('metric-select').value") == (
+        "frac_pos")
+    for a, b in (("d6-all", "d6-even"), ("d6-all", "d4-low"), ("d6-low", "d3-all"),
+                 ("d4-low", "d6-all")):
+        bars, table = compare(browser, a, b)
+        expected = [(layer, None if at(b, layer, a) is None else at(b, layer, a) - frac[(a, layer)])
+                    for layer in stored[a]]
+        assert [layer for layer, _ in bars] == list(stored[a])
+        for (layer, got), (_, want) in zip(bars, expected, strict=True):
+            assert (got is None) == (want is None), (a, b, layer, got, want)
+            if want is not None:
+                assert got == pytest.approx(want, rel=1e-12, abs=1e-15), (a, b, layer)
+        # the table: B and the delta shown as missing exactly where B has no figure
+        assert [(row[0], row[3] == "–", row[4] == "–") for row in table] == [
+            (str(layer), want is None, want is None) for layer, want in expected]
+        if depth[a] == depth[b]:  # intervals only where both runs stored the layer
+            assert [(row[5] == "–", row[6] == "–") for row in table] == [
+                (want is None, want is None) for _, want in expected]
+    # a run whose stored layers stop a third of the way down its model has no B past them
+    bars, _ = compare(browser, "d6-all", "d4-low")
+    assert [layer for layer, d in bars if d is not None] == [0, 1]

@@ -265,6 +265,7 @@ def build_dashboard(
         has_audits = D.audits_present(con)
         series = {name: D.columnar(t) for name, t in D.series_data(con).items()}
         series["drift_of_plot"] = {k: list(v) for k, v in D.DRIFT_OF_PLOT.items()}
+        series["not_kept"] = D.figures_not_kept(con)
         common = {"runs": runs, "has_audits": has_audits}
         generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         site_pages = {

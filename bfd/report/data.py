@@ -36,6 +36,7 @@ __all__ = [
     "audits_present",
     "catalog_tables",
     "columnar",
+    "figures_not_kept",
     "layer_rows",
     "positional_components",
     "run_detail",
@@ -59,6 +60,9 @@ _LATEST_AUDIT: Final[str] = (
     "(SELECT * FROM audits QUALIFY row_number() OVER (PARTITION BY run_id "
     "ORDER BY finished_at DESC NULLS LAST, audit_id DESC) = 1)"
 )
+# The run_summary columns of the run itself (its identity, its images), not of a decomposition:
+# the same for every audit of the run.
+_RUN_IDENTITY: Final[tuple[str, ...]] = ("model", "run_id", "created_at", "n_images")
 _NO_AUDIT: Final[str] = (
     "(SELECT NULL::VARCHAR AS run_id, NULL::VARCHAR AS series, NULL::VARCHAR AS audit_id,"
     " NULL::BIGINT AS step, NULL::TIMESTAMPTZ AS started_at, NULL::TIMESTAMPTZ AS finished_at,"
@@ -262,24 +266,40 @@ def series_list(con: duckdb.DuckDBPyConnection) -> pa.Table:
     """)
 
 
+def figures_not_kept(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The ``run_summary`` figures that audits do not keep (not in ``SEEN_FIGURES``, not the
+    run's identity): ``frac_pos_resid_mean``, ``frac_pos_adj_mean``, ``f_*_adj``, ..."""
+    seen = {name for name, _ in SEEN_FIGURES}
+    return [name for name in _column_names(con, "run_summary")
+            if name not in seen and name not in _RUN_IDENTITY]
+
+
 def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
     """Per-audit metrics in series order, audits, flagged drift and head-type changes.
 
     ``metrics`` has one row per complete audit of a series (a run audited in several series,
     or several times, appears once per audit), at that audit's step, with the model-level
-    figures that audit saw (``SEEN_FIGURES`` of its ``audits`` row) and the run's other
-    ``run_summary`` columns; a run never audited appears once, in its ``model · weights``
-    series with no step. Head-type changes compare each point's run with the previous point's
-    run of its series (by step, start time, audit id; then creation time), head by head.
+    figures that audit saw (``SEEN_FIGURES`` of its ``audits`` row) and NULL for the
+    ``run_summary`` figures it did not keep (``figures_not_kept``: the run's current ones may
+    come from a later decomposition, so a row never mixes two); ``figures`` says where a
+    row's figures come from: ``audit`` (its audits row) or ``run`` (the run's current
+    ``run_summary``: a run never audited, which appears once, in its ``model · weights``
+    series with no step, or an audits table without the kept columns). Head-type changes
+    compare each point's run with the previous point's run of its series (by step, start
+    time, audit id; then creation time), head by head, in the runs' current ``heads``.
     """
     with_audits = audits_present(con)
     order = "coalesce(p.step, 0), p.started_at, s.created_at, p.audit_id, p.run_id"
-    replaced = ", ".join(f"CASE WHEN p.kept THEN p.seen_{name} ELSE s.{name} END AS {name}"
-                         for name, _ in SEEN_FIGURES)
+    replaced = ", ".join(
+        [f"CASE WHEN p.kept THEN p.seen_{name} ELSE s.{name} END AS {name}"
+         for name, _ in SEEN_FIGURES]
+        + [f"CASE WHEN p.kept THEN NULL ELSE s.{name} END AS {name}"
+           for name in figures_not_kept(con)])
     metrics = run_sql(con, f"""
         WITH p AS ({_series_points(con)})
         SELECT p.series, s.* REPLACE ({replaced}), p.audit_id, p.step, p.started_at,
-            p.finished_at, p.n_flagged
+            p.finished_at, p.n_flagged,
+            CASE WHEN p.kept THEN 'audit' ELSE 'run' END AS figures
         FROM p
         JOIN run_summary AS s USING (run_id)
         ORDER BY p.series, {order}

@@ -499,7 +499,13 @@
     const hasStep = metrics.some((m) => m.step !== null && m.step !== undefined);
     const state = { series: names[0], x: hasStep ? "step" : "created_at" };
     const skip = ["step", "n_flagged"];
-    const keys = numericKeys(metrics, skip).filter((k) => !/_(lo|hi)$/.test(k));
+    // run_summary figures audits do not keep (bfd/report/data.py figures_not_kept): missing
+    // for an audit's point, whose run may have been decomposed again since; plotted even
+    // where every point of the store lacks them, to say so
+    const notKept = D.not_kept || [];
+    const numeric = numericKeys(metrics, skip);
+    const keys = Object.keys(metrics[0]).filter((k) => (numeric.includes(k) || notKept.includes(k)) &&
+      !/_(lo|hi)$/.test(k));
     const controls = h("div", { class: "controls" },
       select("series-select", "series", names.map((s) => [s, s]), state.series, (v) => { state.series = v; redraw(); }),
       select("x-select", "against", (hasStep ? [["step", "audit step"]] : []).concat([["created_at", "run time"]]),
@@ -508,7 +514,11 @@
     const tables = h("div", {});
     app.append(controls, section("Every metric", h("p", { class: "note" },
       "One point per complete audit of the series, at its step, with the figures it saw. Red crosses: " +
-      "audits whose drift check flagged a metric this plot shows. Click a point to open its run."), grid),
+      "audits whose drift check flagged a metric this plot shows. Click a point to open its run. " +
+      "Audits do not keep " + (notKept.join(", ") || "every figure") + ": an audit's point has " +
+      "none of them (its run's current ones may come from a later decomposition; its run page " +
+      "shows them). In the table, figures audit: what the audit kept; run: the run's current " +
+      "figures (a run never audited)."), grid),
     tables);
     // Each plot's cell, sized by the grid: a plot drawn while its cell is the grid's only
     // item (auto-fit) would take the whole row; a later change of the cell redraws it.
@@ -536,7 +546,10 @@
         // a cross per audit whose flagged drift names a metric this plot shows
         const shows = driftOf[k] || [];
         const hit = rows.filter((m) => m.audit_id !== null && m.audit_id !== undefined &&
-          flagged.some((d) => d.audit_id === m.audit_id && shows.includes(d.metric)));
+          typeof m[k] === "number" && flagged.some((d) => d.audit_id === m.audit_id && shows.includes(d.metric)));
+        const none = !rows.some((m) => typeof m[k] === "number");
+        const missing = none ? (notKept.includes(k) && rows.some((m) => m.figures === "audit")
+          ? "not kept by the audits: see each run's page" : "no value") : null;
         draw(div, [{ x: x, y: rows.map((m) => m[k]), mode: "lines+markers", name: k, error_y: err,
           customdata: rows.map((m) => RUN_BY_ID.get(m.run_id)?.page || ""),
           text: rows.map((m) => pt(m.run_id + (m.audit_id ? " · audit " + m.audit_id : ""))),
@@ -544,7 +557,8 @@
         { x: hit.map((m) => m[state.x]), y: hit.map((m) => m[k]), mode: "markers", name: "drift flagged",
           marker: { symbol: "x", size: 12, color: "#D55E00" }, hoverinfo: "skip" }],
         { title: { text: k, font: { size: 13 }, x: 0.02, xanchor: "left" }, showlegend: false, height: 260,
-          margin: { l: 55, r: 10, t: 35, b: 55 } });
+          margin: { l: 55, r: 10, t: 35, b: 55 }, annotations: missing ? [{ text: missing, showarrow: false,
+            xref: "paper", yref: "paper", x: 0.5, y: 0.5 }] : [] });
         div.on("plotly_click", (ev) => { const page = ev.points[0].customdata; if (page) window.location.href = "runs/" + encodeURIComponent(page); });
         sized.observe(div);
       });
@@ -577,7 +591,10 @@
     app.append(section("Profiles", h("div", { class: "grid" }, prof, delta)), tableBox);
     function redraw() {
       const A = byRun.get(state.a), B = byRun.get(state.b), k = state.metric;
-      const sameDepth = A.length === B.length;
+      // the models' depth (layer_summary.depth: runs.depth), not the number of layers each
+      // run stored (a run may hold a subset of its model's layers: --layers)
+      const depthOf = (rows) => rows.length ? rows[0].depth : null;
+      const sameDepth = depthOf(A) !== null && depthOf(A) === depthOf(B);
       const xk = sameDepth ? "layer" : "rel_depth";
       const band = (rows) => rows.some((l) => typeof l[k + "_lo"] === "number");
       const err = (rows) => band(rows) ? { type: "data", symmetric: false, array: rows.map((l) => l[k + "_hi"] - l[k]),
@@ -587,11 +604,15 @@
         hovertemplate: `${xk} %{x:.3g}<br>${k} %{y:.4g}<extra></extra>` });
       draw(prof, [tr(A, state.a, "#0072B2"), tr(B, state.b, "#D55E00")],
         { xaxis: { title: { text: sameDepth ? "layer" : "relative depth" } }, yaxis: { title: { text: k } }, height: 400 });
-      // B at A's layers: the same layer when depths agree, else linear in relative depth.
+      // B at A's layers: the same layer when depths agree (none where B did not store it),
+      // else linear in relative depth between B's stored layers around it: none outside
+      // B's first and last stored layer (no extrapolation). B is in layer order.
       const at = (x) => {
         if (sameDepth) return B.find((l) => l.layer === x.layer) || {};
         const i = B.findIndex((l) => l.rel_depth >= x.rel_depth);
-        if (i <= 0) return { [k]: (B[Math.max(i, 0)] || {})[k] };
+        if (i < 0) return {};  // past B's last stored layer
+        if (B[i].rel_depth === x.rel_depth) return { [k]: B[i][k] };
+        if (i === 0) return {};  // before B's first stored layer
         const lo = B[i - 1], hi = B[i], t = (x.rel_depth - lo.rel_depth) / (hi.rel_depth - lo.rel_depth);
         return { [k]: lo[k] === null || hi[k] === null ? null : lo[k] + t * (hi[k] - lo[k]) };
       };
