@@ -49,7 +49,6 @@ SETTLED_NS: Final[int] = 2_000_000_000
 _SAFETENSORS_MAX_HEADER: Final[int] = 100_000_000
 
 
-
 class _StampCache(Generic[_V]):
     """Values by file ``_stamp``, at most ``size`` of them, the least recently used dropped
     first. Not locked: call it under ``_lock``. Whether a value may be kept (the hash cache's
