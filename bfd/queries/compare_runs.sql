@@ -27,7 +27,10 @@ WITH seen AS (
         nullif(depth, 0) AS depth,
         nullif(num_heads, 0) AS num_heads,
         nullif(width, 0) AS width,
-        coalesce(json_extract_string(config_json, '$.decompose.prefix'), 'exclude') AS prefix
+        coalesce(json_extract_string(config_json, '$.decompose.prefix'), 'exclude') AS prefix,
+        concat('depth ', coalesce(CAST(nullif(depth, 0) AS VARCHAR), '?'), ', ',
+            coalesce(CAST(nullif(num_heads, 0) AS VARCHAR), '?'), ' heads and width ',
+            coalesce(CAST(nullif(width, 0) AS VARCHAR), '?')) AS shape
     FROM runs
     WHERE run_id IN ($run_a, $run_b) AND status = 'complete'
 ),
@@ -44,9 +47,8 @@ pair AS (
                 WHEN NOT (coalesce(a.depth = b.depth, true)
                     AND coalesce(a.num_heads = b.num_heads, true)
                     AND coalesce(a.width = b.width, true))
-                    THEN 'run_a is of ' || a.model || ' of depth ' || a.depth || ', '
-                        || a.num_heads || ' heads and width ' || a.width || ', run_b of depth '
-                        || b.depth || ', ' || b.num_heads || ' heads and width ' || b.width
+                    THEN 'run_a is of ' || a.model || ' of ' || a.shape || ', run_b of '
+                        || b.shape
             END || ': two models, whose layer and head l are not one layer changing '
                 || '(compare_models aligns relative depth)',
             CASE WHEN a.prefix <> b.prefix

@@ -115,7 +115,8 @@ def _other_model(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
         return f"{a['model']}, not {b['model']}"
 
     def shape(r: Mapping[str, Any]) -> str:
-        return f"depth {r['depth']}, {r['num_heads']} heads and width {r['width']}"
+        depth, heads, width = (r[k] or "?" for k in ARCHITECTURE)
+        return f"depth {depth}, {heads} heads and width {width}"
 
     return f"{a['model']} of {shape(a)}, not of {shape(b)}"
 
