@@ -33,13 +33,13 @@ def add_audit_options(p: argparse.ArgumentParser) -> None:
                    "head_type, ...); repeatable")
     p.add_argument("--fail-on-drift", action="store_true",
                    help="exit with status 3 when any drift is flagged (for CI gates); an "
-                   "audit that compared nothing (other images, N, ...) passes, with a warning "
-                   "on stderr")
+                   "audit that compared nothing (another model, other images, N, ...) passes, "
+                   "with a warning on stderr")
     p.add_argument("--fail-if-not-compared", action="store_true",
                    help="exit with status 3 when an audit compared nothing with the previous "
-                   "one (other images, N, ...), the first audit of a series included (it is "
-                   "kept: the next audit compares with it), with one line on stderr saying "
-                   "why; give --fail-on-drift too to fail on flagged drift")
+                   "one (another model, other images, N, ...), the first audit of a series "
+                   "included (it is kept: the next audit compares with it), with one line on "
+                   "stderr saying why; give --fail-on-drift too to fail on flagged drift")
     p.add_argument("--no-dashboard", action="store_true",
                    help="do not rebuild <store>/dashboard after the audit")
 

@@ -266,6 +266,50 @@ def test_fail_if_not_compared_fails_an_audit_that_compared_nothing(tmp_path, pre
     assert code == 3 and "flagged (--fail-on-drift)" in err and "not compared" not in err, err
 
 
+def test_drift_never_compares_two_models_of_one_series(tmp_path, prefect_harness, capsys):
+    """One --series given audits of two models on the same images and layer: test_vit2's
+    block 0 is not test_vit's block 0 changing. Nothing is compared or flagged, the note says
+    why, --fail-on-drift passes with its warning and --fail-if-not-compared fails; another
+    random init of the model (other weights of one model) is compared again."""
+    store = str(tmp_path / "store")
+    common = ["--weights", "random", "--img-size", "32", "--dtype", "float32", "--n-images",
+              "3", "--layers", "0", "--series", "s", "--store", store, "--no-dashboard"]
+
+    def bfd(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        with env_kept():
+            code = main(["audit", *common, *argv])
+        return code, *capsys.readouterr()
+
+    assert bfd("--model", "test_vit", "--step", "1")[0] == 0
+    code, out, err = bfd("--model", "test_vit2", "--step", "2", "--fail-on-drift")
+    audits = read_audits(Store(store), "s")
+    note = audits[1]["drift_note"]
+    assert note == ("previous audit was of another model (test_vit, not test_vit2); not "
+                    "compared: layers and heads of two models are no change of one (`bfd query "
+                    "compare_models` compares models)")
+    assert code == 0 and f"drift: {note}" in out, out + err
+    assert err.splitlines()[-1] == ("bfd: warning: drift not compared (--fail-on-drift passes "
+                                    f"without a check): {note}"), err
+    assert audits[1]["n_flagged"] == 0 and read_drift(Store(store), "s",
+                                                      audits[1]["audit_id"]) == []
+    history = run_query(store, "audit_history", {"series": "s"}).to_pylist()
+    assert [h["comparable"] for h in history] == [None, False]
+    # back to test_vit: against test_vit2, not compared, and the gate for that fails
+    code, out, err = bfd("--model", "test_vit", "--step", "3", "--fail-if-not-compared")
+    note = read_audits(Store(store), "s")[2]["drift_note"]
+    assert code == 3 and note.startswith("previous audit was of another model (test_vit2, not "
+                                         "test_vit)"), out + err
+    assert [line for line in err.splitlines() if "not compared" in line] == [
+        f"bfd: drift not compared (--fail-if-not-compared): {note}"], err
+    # other weights of one model (another seed) are compared: that is what a series is for
+    code, out, err = bfd("--model", "test_vit", "--step", "4", "--seed", "1",
+                         "--fail-if-not-compared")
+    fourth = read_audits(Store(store), "s")[3]
+    assert code == 0 and fourth["drift_note"] is None and "flagged against" in out, out + err
+    assert read_drift(Store(store), "s", fourth["audit_id"])
+
+
 def test_bad_audit_options_are_named_as_the_user_wrote_them(tmp_path, capsys):
     for argv, needle in ((["--n-images", "1"], "--n-images: must be an integer >= 2 (BFD needs "
                           "at least 2 images), or unset for all (given 1)"),

@@ -15,6 +15,7 @@ from bfd.queries.catalog import CONTRACT
 from bfd.storage import Store, heads_rows, layers_rows, write_table
 from bfd.storage.tables import TABLE_SCHEMAS
 from bfd.tasks.decompose import assemble_results
+from bfd.tasks.drift import not_comparable
 
 T, D, H, L = 8, 8, 2, 2
 
@@ -44,16 +45,17 @@ def results(seed: int, n_images: int, pos_scale: float):
     return assemble_results(parts, {"run_id": f"r{seed}", "ci_target": 0.02})
 
 
-def publish(root, run_id: str, ds, model: str = "toy", skipped: int = 0) -> None:
+def publish(root, run_id: str, ds, model: str = "toy", skipped: int = 0, **run) -> None:
     """Publish ``ds`` as a complete run that requested ``skipped`` more images than it decoded
-    (as bfd/tasks/publish.py writes runs.n_images and runs.n_skipped)."""
+    (as bfd/tasks/publish.py writes runs.n_images and runs.n_skipped); ``run``: other columns
+    of its ``runs`` row."""
     store = Store(root)
     write_table(store, "layers", model, run_id, layers_rows(ds))
     write_table(store, "heads", model, run_id, heads_rows(ds))
     row = {name: None for name in TABLE_SCHEMAS["runs"].names}
     row |= {"run_id": run_id, "model": model, "n_images": ds.attrs["n_images"] + skipped,
             "n_skipped": skipped, "status": "complete",
-            "created_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)}
+            "created_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC), **run}
     write_table(store, "runs", model, run_id, [row])
 
 
@@ -115,6 +117,49 @@ def test_compare_runs_counts_decoded_images_not_requested_ones(tmp_path):
     r = next(r for r in rows if (r["level"], r["site"], r["layer"], r["metric"])
              == ("layer", "attn_in", 0, "frac_pos"))
     assert r["value_a"] == pytest.approx(float(even.frac_pos.sel(**at)), rel=1e-12)
+
+
+def test_compare_runs_says_when_the_runs_are_not_of_one_model(tmp_path):
+    """Per-layer deltas of two models (another name, or another depth under one name) or of
+    shares over other positions (prefix option) carry a note; other weights of one model (a
+    pretrained tag, a checkpoint) do not. The figures are given all the same."""
+    ds = results(5, 16, 1.0)
+    shape = {"depth": L, "num_heads": H, "width": D}
+    include = '{"decompose": {"prefix": "include"}}'
+    for run_id, model, run in (("a", "vit_a", shape), ("a2", "vit_a", shape),
+                               ("tagged", "vit_a.augreg_in21k", shape), ("old", "vit_a", {}),
+                               ("other", "vit_b", shape), ("deeper", "vit_a", {**shape,
+                                                                              "depth": L + 1}),
+                               ("include", "vit_a", {**shape, "config_json": include})):
+        publish(tmp_path, run_id, ds, model=model, **run)
+
+    def pair(run_b: str) -> tuple[bool, str | None]:
+        rows = run_query(tmp_path, "compare_runs", {"run_a": "a", "run_b": run_b}).to_pylist()
+        assert len(rows) == 2 * L * 4 + L * H * 4 and all(r["delta"] == 0 for r in rows)
+        ((same, note),) = {(r["same_model"], r["note"]) for r in rows}
+        return same, note
+
+    for one_model in ("a2", "tagged", "old"):  # "old": a run without depth, heads, width
+        assert pair(one_model) == (True, None), one_model
+    assert pair("other") == (False, "run_a is of vit_a, run_b of vit_b: two models, whose "
+                             "layer and head l are not one layer changing (compare_models "
+                             "aligns relative depth)")
+    assert pair("deeper") == (False, f"run_a is of vit_a of depth {L}, {H} heads and width "
+                              f"{D}, run_b of depth {L + 1}, {H} heads and width {D}: two "
+                              "models, whose layer and head l are not one layer changing "
+                              "(compare_models aligns relative depth)")
+    assert pair("include") == (True, "run_a was decomposed with prefix exclude, run_b with "
+                               "prefix include: shares over other positions")
+    # drift of a series refuses the same pairs of models, in the same words
+    store = Store(tmp_path)
+    for one_model in ("a2", "tagged", "old"):
+        assert not_comparable(store, "a", one_model) is None, one_model
+    refused = "; not compared: layers and heads of two models are no change of one"
+    assert not_comparable(store, "a", "other").startswith(
+        "previous audit was of another model (vit_a, not vit_b)" + refused)
+    assert not_comparable(store, "a", "deeper").startswith(
+        f"previous audit was of another model (vit_a of depth {L}, {H} heads and width {D}, "
+        f"not of depth {L + 1}, {H} heads and width {D})" + refused)
 
 
 def test_compare_runs_of_an_unknown_run_has_no_rows(tmp_path):

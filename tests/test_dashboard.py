@@ -139,6 +139,30 @@ def test_series_data_lists_head_type_changes_of_consecutive_runs(tmp_path):
     assert all(c["prev_run_id"] == f"s-{int(c['run_id'][-1]) - 1}" for c in changes)
 
 
+def test_head_type_changes_are_never_between_two_models_of_one_series(tmp_path):
+    """One series given audits of two models (s-1 of another name between runs of toy_vit):
+    their heads l, h are no head changing; a pretrained tag (other weights) is one model."""
+    root = tmp_path / "store"
+    models = ("toy_vit", "other_vit", "toy_vit", "toy_vit.tag")
+    for i, model in enumerate(models):
+        write_synthetic_run(root, f"s-{i}", model=model, seed=i,
+                            created_at=dt.datetime(2025, 1, 1 + i, tzinfo=dt.UTC))
+    audits = [(f"audit-{i}", "mixed", f"s-{i}", i + 1, dt.datetime(2025, 2, 1 + i, tzinfo=dt.UTC),
+               dt.datetime(2025, 2, 1 + i, 1, tzinfo=dt.UTC), "cli", None, "complete",
+               f"audit-{i - 1}" if i else None, 0) for i in range(len(models))]
+    with catalog_with_audits(root, tmp_path / "catalog.duckdb", audits, []) as con:
+        changes = D.series_data(con)["head_type_changes"].to_pylist()
+        heads = {(r["run_id"], r["layer"], r["head"]): r["head_type"] for r in run_sql(
+            con, "SELECT run_id, layer, head, head_type FROM heads").to_pylist()}
+
+    def differ(a: str, b: str) -> set[tuple[str, int, int]]:
+        return {(b, layer, head) for (run, layer, head), kind in heads.items()
+                if run == b and heads[(a, layer, head)] != kind}
+
+    assert differ("s-0", "s-1") and differ("s-1", "s-2") and differ("s-2", "s-3")
+    assert {(c["run_id"], c["layer"], c["head"]) for c in changes} == differ("s-2", "s-3")
+
+
 def test_dashboard_imports_neither_torch_nor_matplotlib(tmp_path):
     root = tmp_path / "store"
     write_synthetic_run(root, "r-1")

@@ -350,12 +350,15 @@ def _plant_audit(root: Path, series: str, run_id: str, step: int, prev: str | No
     return audit_id
 
 
-def _set_run(root: Path, run_id: str, **values) -> None:
-    """Rewrites columns of a planted vit_a run's ``runs`` row (the file replaced whole)."""
-    path = root / "tables" / "runs" / "model=vit_a" / f"run_id={run_id}" / "part-0.parquet"
+def _set_run(root: Path, run_id: str, model: str = "vit_a", **values) -> None:
+    """Rewrites (or adds) columns of a planted run's ``runs`` row (the file replaced whole)."""
+    path = root / "tables" / "runs" / f"model={model}" / f"run_id={run_id}" / "part-0.parquet"
     table = pq.read_table(path)
     for name, value in values.items():
         i = table.schema.get_field_index(name)
+        if i < 0:
+            table = table.append_column(name, pa.array([value]))
+            continue
         table = table.set_column(i, name, pa.array([value], table.schema.field(name).type))
     pq.write_table(table, path)
 
@@ -410,6 +413,28 @@ def test_audit_history_has_no_delta_between_runs_of_other_inputs(store, other):
     assert [r["comparable"] for r in result] == [None, False]
     assert all(r[d] is None for r in result for d in DELTAS)
     assert_close(result[1]["f_cc"], energy_fractions(runs["a-new"].energy)[3])
+
+
+def test_audit_history_has_no_delta_between_runs_of_two_models(store):
+    """One series given audits of two models (vit_b, then vit_a: one --series for both), or
+    of one name with another depth, seeing the same images, N, img_size and layers: not
+    comparable, every delta NULL; the same shapes under one name (other weights) are."""
+    root, runs = store
+    same = {"n_images": runs["a-new"].n_images, "layers": ",".join(map(str, range(12)))}
+    _set_run(root, "b-1", model="vit_b", **same)
+    first = _plant_audit(root, "mixed", "b-1", 1, None)
+    _plant_audit(root, "mixed", "a-new", 2, first)
+    _set_run(root, "a-old", **same, depth=24, num_heads=6, width=384)
+    _set_run(root, "a-new", depth=12, num_heads=6, width=384)
+    first = _plant_audit(root, "vit_a@ckpts", "a-old", 1, None)
+    _plant_audit(root, "vit_a@ckpts", "a-new", 2, first)
+    for series in ("mixed", "vit_a@ckpts"):
+        result = rows(run_query(root, "audit_history", {"series": series}))
+        assert [r["comparable"] for r in result] == [None, False], series
+        assert all(r[d] is None for r in result for d in DELTAS), series
+    _set_run(root, "a-old", depth=12)
+    result = rows(run_query(root, "audit_history", {"series": "vit_a@ckpts"}))
+    assert [r["comparable"] for r in result] == [None, True]
 
 
 def test_audit_history_compares_each_audit_with_the_one_its_drift_was_compared_with(store):
@@ -467,6 +492,20 @@ def test_head_type_changes_lists_exactly_the_changed_heads(store):
         assert r["head_type_a"] == TYPE_NAMES[old[r["layer"], r["head"]]]
         assert r["head_type_b"] == TYPE_NAMES[new[r["layer"], r["head"]]]
     assert run_query(root, "head_type_changes", {"run_a": "a-old", "run_b": "a-old"}).num_rows == 0
+    assert {(r["same_model"], r["note"]) for r in result} == {(True, None)}
+
+
+def test_head_type_changes_of_two_models_say_so(store):
+    """Heads l, h of two models are no head changing: every row says so."""
+    root, runs = store
+    result = rows(run_query(root, "head_type_changes", {"run_a": "b-1", "run_b": "a-new"}))
+    old, new = runs["b-1"].head_class, runs["a-new"].head_class
+    assert [(r["layer"], r["head"]) for r in result] == [
+        (layer, head) for layer in range(6) for head in range(3)
+        if old[layer, head] != new[layer, head]] != []
+    assert {(r["same_model"], r["note"]) for r in result} == {(False, (
+        "run_a is of vit_b, run_b of vit_a: two models, whose layer and head l are not one "
+        "layer changing (compare_models aligns relative depth)"))}
 
 
 def test_one_runs_listing_and_seen_figures_equal_the_whole_stores(store):

@@ -7,12 +7,14 @@
 -- step then; an audit backfilled later at a step in between does not change it). An audit that
 -- reused its run repeats its figures. series restricts to one series, model to the series of
 -- one model (each series is still chained on its own: seeds, checkpoints and fine-tunes of one
--- architecture are never each other's previous audit). comparable: the two runs saw the same
--- images (images_sha256), decoded N, img_size and layers, and were decomposed with the same
--- prefix option; when false the figures are over other images, another set of layers or
--- other positions, so every delta_* is NULL (not a change of the model); NULL for the first
--- audit of a series. results_version: the published results the audit saw; drift_note: why the
--- audit's drift was not compared with the previous audit (NULL when it was).
+-- architecture are never each other's previous audit). comparable: the two runs are of one
+-- model (the same timm name less any pretrained tag, depth, num_heads and width; its weights
+-- may differ), saw the same images (images_sha256), decoded N, img_size and layers, and were
+-- decomposed with the same prefix option; when false the figures are of another model, over
+-- other images, another set of layers or other positions, so every delta_* is NULL (not a
+-- change of the model); NULL for the first audit of a series. results_version: the published
+-- results the audit saw; drift_note: why the audit's drift was not compared with the previous
+-- audit (NULL when it was).
 -- params: series (optional), model (optional)
 WITH seen AS (
     SELECT
@@ -24,6 +26,12 @@ WITH seen AS (
         r.n_images - coalesce(r.n_skipped, 0) AS n_decoded,
         r.img_size,
         r.layers,
+        -- a pretrained tag (vit_b.augreg_in21k) chooses weights, not the architecture
+        split_part(r.model, '.', 1) AS architecture,
+        -- 0 or NULL: a run published before these columns (not compared)
+        nullif(r.depth, 0) AS depth,
+        nullif(r.num_heads, 0) AS num_heads,
+        nullif(r.width, 0) AS width,
         coalesce(json_extract_string(a.decompose_json, '$.prefix'),
                  json_extract_string(r.config_json, '$.decompose.prefix'), 'exclude') AS prefix
     FROM audits AS a
@@ -37,7 +45,11 @@ history AS (
         a.*,
         p.run_id AS prev_run_id,
         a.prev_audit_id IS NOT NULL AS has_prev,
-        a.images_sha256 = p.images_sha256
+        a.architecture = p.architecture
+            AND coalesce(a.depth = p.depth, true)
+            AND coalesce(a.num_heads = p.num_heads, true)
+            AND coalesce(a.width = p.width, true)
+            AND a.images_sha256 = p.images_sha256
             AND a.n_decoded = p.n_decoded
             AND a.img_size = p.img_size
             AND a.layers = p.layers

@@ -286,7 +286,9 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
     ``run_summary``: a run never audited, which appears once, in its ``model · weights``
     series with no step, or an audits table without the kept columns). Head-type changes
     compare each point's run with the previous point's run of its series (by step, start
-    time, audit id; then creation time), head by head, in the runs' current ``heads``.
+    time, audit id; then creation time), head by head, in the runs' current ``heads``, when
+    both are of one model (as drift: the same name less any pretrained tag, depth, num_heads
+    and width; heads of two models given one series are no head changing).
     """
     with_audits = audits_present(con)
     order = "coalesce(p.step, 0), p.started_at, s.created_at, p.audit_id, p.run_id"
@@ -308,7 +310,13 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
         WITH p AS ({_series_points(con)}),
         ordered AS (
             SELECT p.series, p.audit_id, p.run_id,
-                lag(p.audit_id) OVER w AS prev_audit_id, lag(p.run_id) OVER w AS prev_run_id
+                lag(p.audit_id) OVER w AS prev_audit_id, lag(p.run_id) OVER w AS prev_run_id,
+                split_part(s.model, '.', 1) AS architecture,
+                lag(split_part(s.model, '.', 1)) OVER w AS prev_architecture,
+                nullif(s.depth, 0) AS depth, lag(nullif(s.depth, 0)) OVER w AS prev_depth,
+                nullif(s.num_heads, 0) AS num_heads,
+                lag(nullif(s.num_heads, 0)) OVER w AS prev_num_heads,
+                nullif(s.width, 0) AS width, lag(nullif(s.width, 0)) OVER w AS prev_width
             FROM p
             JOIN runs AS s ON s.run_id = p.run_id AND s.status = 'complete'
             WINDOW w AS (PARTITION BY p.series ORDER BY {order})
@@ -319,6 +327,10 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
         JOIN heads AS h ON h.run_id = o.run_id
         JOIN heads AS p ON p.run_id = o.prev_run_id AND p.layer = h.layer AND p.head = h.head
         WHERE p.head_type IS DISTINCT FROM h.head_type
+            AND o.architecture = o.prev_architecture
+            AND coalesce(o.depth = o.prev_depth, true)
+            AND coalesce(o.num_heads = o.prev_num_heads, true)
+            AND coalesce(o.width = o.prev_width, true)
         ORDER BY o.series, o.run_id, o.audit_id, h.layer, h.head
     """)
     out = {"metrics": metrics, "head_type_changes": changes}

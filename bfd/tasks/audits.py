@@ -213,10 +213,10 @@ def drift_since_previous(store: Store, row: dict[str, Any], run_id: str,
     audit of its series (written as that audit's ``drift`` file; none for a series' first
     audit), its flag count and status ``complete``.
 
-    When the two audits' figures are not comparable (``not_comparable``: other images, decoded
-    N or img_size, another prefix option, or the previous audit's run decomposed again with
-    another since), nothing is compared: no drift rows, 0 flagged, and ``row["drift_note"]``
-    says why in one line.
+    When the two audits' figures are not comparable (``not_comparable``: another model, other
+    images, decoded N or img_size, another prefix option, or the previous audit's run
+    decomposed again with another since), nothing is compared: no drift rows, 0 flagged, and
+    ``row["drift_note"]`` says why in one line.
 
     Returns:
         The drift rows written.

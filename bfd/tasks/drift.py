@@ -3,8 +3,9 @@ head type, before and after, against thresholds.
 
 Read from the runs' results in the Zarr store (the same values as the ``layers`` and ``heads``
 tables, through the same row builders), so drift does not depend on how tables are laid out.
-Only what both runs hold is compared, and only when both saw the same images
-(``not_comparable``): raw shares change with the images and N with the model unchanged.
+Only what both runs hold is compared, and only when both runs are of one model and saw the
+same images (``not_comparable``): layer ``l`` of two models is not one layer changing, and raw
+shares change with the images and N with the model unchanged.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ HEAD_FRACTIONS: Final[tuple[str, ...]] = ("f_pp", "f_pc", "f_cp", "f_cc")
 # Site suffix of a layer metric: attn_in (the heads' input) is the plain name, as in the
 # layer_summary view (frac_pos, frac_pos_resid).
 SITE_SUFFIX: Final[dict[str, str]] = {"attn_in": "", "resid": "_resid"}
+# The ``runs`` columns that, with the model's name, say which model a run is of.
+ARCHITECTURE: Final[tuple[str, ...]] = ("depth", "num_heads", "width")
 
 DEFAULT_THRESHOLDS: Final[dict[str, Any]] = {
     # absolute change of a fraction (of energy or of sum of squares) that flags
@@ -91,11 +94,39 @@ def _prefix(options: Mapping[str, Any]) -> str:
     return str(options.get("prefix") or "exclude")
 
 
+def architecture_name(model: str | None) -> str:
+    """A timm model name without its pretrained tag (``vit_b.augreg_in21k`` -> ``vit_b``): the
+    tag chooses weights, as a checkpoint file does, not the architecture."""
+    return str(model or "").split(".", 1)[0]
+
+
+def same_model(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two ``runs`` rows are of one model, whatever its weights: the same architecture
+    name (``architecture_name``) and the same depth, num_heads and width where both rows hold
+    them (0 or NULL: a run published before these columns)."""
+    if architecture_name(a.get("model")) != architecture_name(b.get("model")):
+        return False
+    return all(a.get(k) == b.get(k) for k in ARCHITECTURE if a.get(k) and b.get(k))
+
+
+def _other_model(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
+    """Which models two runs of ``same_model`` False are of, in words."""
+    if architecture_name(a["model"]) != architecture_name(b["model"]):
+        return f"{a['model']}, not {b['model']}"
+
+    def shape(r: Mapping[str, Any]) -> str:
+        depth, heads, width = (r[k] or "?" for k in ARCHITECTURE)
+        return f"depth {depth}, {heads} heads and width {width}"
+
+    return f"{a['model']} of {shape(a)}, not of {shape(b)}"
+
+
 def _run_inputs(store: Store, run_ids: tuple[str, str]) -> dict[str, dict[str, Any]]:
-    """What each run saw: images_sha256, its decoded N, img_size and the prefix option of its
-    published decomposition (``runs`` table)."""
+    """What each run saw: its model (name and ``ARCHITECTURE``), images_sha256, its decoded N,
+    img_size and the prefix option of its published decomposition (``runs`` table)."""
     rows = read_table(store, "runs").to_pylist()
-    return {r["run_id"]: {"sha": r["images_sha256"], "img_size": r["img_size"],
+    return {r["run_id"]: {"model": r["model"], **{k: r.get(k) for k in ARCHITECTURE},
+                          "sha": r["images_sha256"], "img_size": r["img_size"],
                           "n": (r["n_images"] or 0) - (r["n_skipped"] or 0),
                           "prefix": _prefix(decompose_options_of(r.get("config_json")))}
             for r in rows if r["run_id"] in run_ids and r["status"] == "complete"}
@@ -105,19 +136,26 @@ def not_comparable(store: Store, run_before: str, run_after: str,
                    seen_before: Mapping[str, Any] | None = None) -> str | None:
     """Why two runs' shares cannot be compared as drift of the model, in one line, or None.
 
-    Raw shares move with the images and their number N (the noise of pos alone gives about
-    ``frac_pos_chance``, of order 1/N: docs/method.md), so two runs that saw other images
-    (images_sha256), decoded another N or used another img_size differ with the model
-    unchanged; so do shares over other positions (the ``prefix`` option). The previous
-    audit's shares are those of ``run_before``'s published decomposition only when that is
-    still decomposed with the prefix option that audit saw (``seen_before``, its decomposition
-    options; None: an audit that did not keep them, taken as the run's current ones). A run
-    missing from the ``runs`` table is compared as before.
+    Runs of two models (``same_model``: another architecture name, depth, num_heads or
+    width; other weights of one model, a checkpoint series, are compared) share layer and head
+    indices, not layers: their differences are no change of a model. Raw shares move with the
+    images and their number N (the noise of pos alone gives about ``frac_pos_chance``, of
+    order 1/N: docs/method.md), so two runs that saw other images (images_sha256), decoded
+    another N or used another img_size differ with the model unchanged; so do shares over
+    other positions (the ``prefix`` option). The previous audit's shares are those of
+    ``run_before``'s published decomposition only when that is still decomposed with the
+    prefix option that audit saw (``seen_before``, its decomposition options; None: an audit
+    that did not keep them, taken as the run's current ones). A run missing from the ``runs``
+    table is compared as before.
     """
     seen = _run_inputs(store, (run_before, run_after))
     if run_before not in seen or run_after not in seen:
         return None
     a, b = seen[run_before], seen[run_after]
+    if not same_model(a, b):
+        return (f"previous audit was of another model ({_other_model(a, b)}); not compared: "
+                "layers and heads of two models are no change of one (`bfd query "
+                "compare_models` compares models)")
     saw = _prefix(seen_before) if seen_before is not None else a["prefix"]
     if saw != b["prefix"]:
         return (f"previous audit's shares were decomposed with --prefix {saw}, this audit's with "
