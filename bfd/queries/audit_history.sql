@@ -26,12 +26,6 @@ WITH seen AS (
         r.n_images - coalesce(r.n_skipped, 0) AS n_decoded,
         r.img_size,
         r.layers,
-        -- a pretrained tag (vit_b.augreg_in21k) chooses weights, not the architecture
-        split_part(r.model, '.', 1) AS architecture,
-        -- 0 or NULL: a run published before these columns (not compared)
-        nullif(r.depth, 0) AS depth,
-        nullif(r.num_heads, 0) AS num_heads,
-        nullif(r.width, 0) AS width,
         coalesce(json_extract_string(a.decompose_json, '$.prefix'),
                  json_extract_string(r.config_json, '$.decompose.prefix'), 'exclude') AS prefix
     FROM audits AS a
@@ -45,10 +39,8 @@ history AS (
         a.*,
         p.run_id AS prev_run_id,
         a.prev_audit_id IS NOT NULL AS has_prev,
-        a.architecture = p.architecture
-            AND coalesce(a.depth = p.depth, true)
-            AND coalesce(a.num_heads = p.num_heads, true)
-            AND coalesce(a.width = p.width, true)
+        -- one model (run_pairs.same_model), whatever its weights
+        (SELECT same_model FROM run_pairs WHERE run_a = p.run_id AND run_b = a.run_id)
             AND a.images_sha256 = p.images_sha256
             AND a.n_decoded = p.n_decoded
             AND a.img_size = p.img_size

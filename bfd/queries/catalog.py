@@ -158,7 +158,8 @@ _FILLS: Final[tuple[str, ...]] = (
 )
 
 # Created in this order: each view reads only tables and the views before it.
-DERIVED_VIEWS: Final[tuple[str, ...]] = ("latest_runs", "layer_summary", "run_summary")
+DERIVED_VIEWS: Final[tuple[str, ...]] = ("latest_runs", "layer_summary", "run_summary",
+                                          "run_pairs")
 
 
 # Statement kinds that only read. DESCRIBE, SHOW, SUMMARIZE, FROM-first and WITH parse as SELECT.

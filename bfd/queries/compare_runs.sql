@@ -9,55 +9,13 @@
 -- requested less runs.n_skipped that failed to decode), the N its shares depend on. The
 -- intervals cover image sampling only, and treat the two runs' images as independent samples
 -- (runs on the same images are positively correlated, so their intervals are conservative).
--- same_model: both runs are of one model, whatever its weights (the same timm name less any
--- pretrained tag, and the same depth, num_heads and width): two checkpoints, seeds or
--- fine-tunes. note: NULL when the deltas are changes of one model over the same positions;
--- else why they are not, in one line: runs of two models (layer and head l of each, not one
--- layer changing; compare_models aligns relative depth), or shares decomposed with other
--- prefix options (over other positions). The figures are given all the same.
+-- same_model, note: the pair's in run_pairs (one model whatever its weights; else, or when
+-- decomposed with other prefix options, note says why the deltas are no change of one model
+-- over the same positions). The figures are given all the same.
 -- A run id that no run has gives no rows.
 -- params: run_a (required), run_b (required)
-WITH seen AS (
-    SELECT
-        run_id,
-        model,
-        -- a pretrained tag (vit_b.augreg_in21k) chooses weights, not the architecture
-        split_part(model, '.', 1) AS architecture,
-        -- 0 or NULL: a run published before these columns (not compared)
-        nullif(depth, 0) AS depth,
-        nullif(num_heads, 0) AS num_heads,
-        nullif(width, 0) AS width,
-        coalesce(json_extract_string(config_json, '$.decompose.prefix'), 'exclude') AS prefix,
-        concat('depth ', coalesce(CAST(nullif(depth, 0) AS VARCHAR), '?'), ', ',
-            coalesce(CAST(nullif(num_heads, 0) AS VARCHAR), '?'), ' heads and width ',
-            coalesce(CAST(nullif(width, 0) AS VARCHAR), '?')) AS shape
-    FROM runs
-    WHERE run_id IN ($run_a, $run_b) AND status = 'complete'
-),
-pair AS (
-    SELECT
-        a.architecture = b.architecture
-            AND coalesce(a.depth = b.depth, true)
-            AND coalesce(a.num_heads = b.num_heads, true)
-            AND coalesce(a.width = b.width, true) AS same_model,
-        nullif(concat_ws('; ',
-            CASE
-                WHEN a.architecture <> b.architecture
-                    THEN 'run_a is of ' || a.model || ', run_b of ' || b.model
-                WHEN NOT (coalesce(a.depth = b.depth, true)
-                    AND coalesce(a.num_heads = b.num_heads, true)
-                    AND coalesce(a.width = b.width, true))
-                    THEN 'run_a is of ' || a.model || ' of ' || a.shape || ', run_b of '
-                        || b.shape
-            END || ': two models, whose layer and head l are not one layer changing '
-                || '(compare_models aligns relative depth)',
-            CASE WHEN a.prefix <> b.prefix
-                THEN 'run_a was decomposed with prefix ' || a.prefix || ', run_b with prefix '
-                    || b.prefix || ': shares over other positions'
-            END), '') AS note
-    FROM seen AS a, seen AS b
-    WHERE a.run_id = $run_a AND b.run_id = $run_b
-    LIMIT 1
+WITH pair AS (
+    SELECT same_model, note FROM run_pairs WHERE run_a = $run_a AND run_b = $run_b
 ),
 checked AS (
     SELECT

@@ -310,13 +310,7 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
         WITH p AS ({_series_points(con)}),
         ordered AS (
             SELECT p.series, p.audit_id, p.run_id,
-                lag(p.audit_id) OVER w AS prev_audit_id, lag(p.run_id) OVER w AS prev_run_id,
-                split_part(s.model, '.', 1) AS architecture,
-                lag(split_part(s.model, '.', 1)) OVER w AS prev_architecture,
-                nullif(s.depth, 0) AS depth, lag(nullif(s.depth, 0)) OVER w AS prev_depth,
-                nullif(s.num_heads, 0) AS num_heads,
-                lag(nullif(s.num_heads, 0)) OVER w AS prev_num_heads,
-                nullif(s.width, 0) AS width, lag(nullif(s.width, 0)) OVER w AS prev_width
+                lag(p.audit_id) OVER w AS prev_audit_id, lag(p.run_id) OVER w AS prev_run_id
             FROM p
             JOIN runs AS s ON s.run_id = p.run_id AND s.status = 'complete'
             WINDOW w AS (PARTITION BY p.series ORDER BY {order})
@@ -326,11 +320,8 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
         FROM ordered AS o
         JOIN heads AS h ON h.run_id = o.run_id
         JOIN heads AS p ON p.run_id = o.prev_run_id AND p.layer = h.layer AND p.head = h.head
-        WHERE p.head_type IS DISTINCT FROM h.head_type
-            AND o.architecture = o.prev_architecture
-            AND coalesce(o.depth = o.prev_depth, true)
-            AND coalesce(o.num_heads = o.prev_num_heads, true)
-            AND coalesce(o.width = o.prev_width, true)
+        JOIN run_pairs AS rp ON rp.run_a = o.prev_run_id AND rp.run_b = o.run_id
+        WHERE p.head_type IS DISTINCT FROM h.head_type AND rp.same_model
         ORDER BY o.series, o.run_id, o.audit_id, h.layer, h.head
     """)
     out = {"metrics": metrics, "head_type_changes": changes}

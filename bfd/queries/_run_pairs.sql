@@ -1,0 +1,60 @@
+-- run_pairs: every ordered pair of complete runs (run_a, run_b; a run with itself too), with
+-- same_model: both are of one model, whatever its weights (the same timm name less any
+-- pretrained tag, which chooses weights as a checkpoint does, and the same depth, num_heads
+-- and width where both runs hold them: 0 or NULL in a run published before these columns),
+-- e.g. two checkpoints, seeds or fine-tunes; and note: NULL when run_b's per-layer and
+-- per-head figures less run_a's are changes of one model over the same positions, else why
+-- they are not, in one line: two models (layer and head l of each are not one layer
+-- changing; compare_models aligns relative depth), or shares decomposed with other prefix
+-- options (over other positions). compare_runs, head_type_changes, audit_history and the
+-- dashboard's head-type changes read it; bfd.tasks.drift.same_model is its Python twin.
+WITH seen AS (
+    SELECT
+        run_id,
+        model,
+        split_part(model, '.', 1) AS architecture,
+        nullif(depth, 0) AS depth,
+        nullif(num_heads, 0) AS num_heads,
+        nullif(width, 0) AS width,
+        coalesce(json_extract_string(config_json, '$.decompose.prefix'), 'exclude') AS prefix,
+        concat('depth ', coalesce(CAST(nullif(depth, 0) AS VARCHAR), '?'), ', ',
+            coalesce(CAST(nullif(num_heads, 0) AS VARCHAR), '?'), ' heads and width ',
+            coalesce(CAST(nullif(width, 0) AS VARCHAR), '?')) AS shape
+    FROM runs
+    WHERE status = 'complete'
+),
+pairs AS (
+    SELECT
+        a.run_id AS run_a,
+        b.run_id AS run_b,
+        a.model AS model_a,
+        b.model AS model_b,
+        a.architecture = b.architecture
+            AND coalesce(a.depth = b.depth, true)
+            AND coalesce(a.num_heads = b.num_heads, true)
+            AND coalesce(a.width = b.width, true) AS same_model,
+        a.architecture <> b.architecture AS other_name,
+        a.shape AS a_shape,
+        b.shape AS b_shape,
+        a.prefix AS prefix_a,
+        b.prefix AS prefix_b
+    FROM seen AS a, seen AS b
+)
+SELECT
+    run_a,
+    run_b,
+    model_a,
+    model_b,
+    same_model,
+    nullif(concat_ws('; ',
+        CASE
+            WHEN other_name THEN 'run_a is of ' || model_a || ', run_b of ' || model_b
+            WHEN NOT same_model
+                THEN 'run_a is of ' || model_a || ' of ' || a_shape || ', run_b of ' || b_shape
+        END || ': two models, whose layer and head l are not one layer changing '
+            || '(compare_models aligns relative depth)',
+        CASE WHEN prefix_a <> prefix_b
+            THEN 'run_a was decomposed with prefix ' || prefix_a || ', run_b with prefix '
+                || prefix_b || ': shares over other positions'
+        END), '') AS note
+FROM pairs
