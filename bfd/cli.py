@@ -119,7 +119,8 @@ def _add_extract_options(p: argparse.ArgumentParser, weights: bool = True) -> No
                    "chunk)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K")
     p.add_argument("--autocast", choices=("none", "bf16", "fp16"), default="none",
-                   help="GPU forward under autocast")
+                   help="forward under CUDA autocast (a part of the run id); refused with "
+                   "--device cpu, or auto without a CUDA device: the CPU forward is float32")
     if weights:
         p.add_argument("--seed", type=int, default=0, help="seed of a random init")
     p.add_argument("--workers", type=int, default=1, help="local extraction workers")

@@ -154,6 +154,24 @@ def check_shards(images_per_chunk: int, images_per_shard: int | None) -> None:
                          "chunks")
 
 
+def check_autocast(autocast: Any, device: Any, asked: Any = None) -> None:
+    """Autocast is CUDA's: on the CPU the forward runs in float32 whatever ``--autocast``
+    says, so a request naming it there would record a computation that does not happen (and
+    get another run id for the same one).
+
+    Args:
+        device: The device the forward runs on (``auto`` passes: see ``asked``).
+        asked: The ``--device`` given, when ``device`` is what ``auto`` resolved to.
+    """
+    if autocast in (None, "none") or device != "cpu":
+        return
+    where = ("--device auto: torch sees no CUDA device here" if asked == "auto"
+             else "--device cpu")
+    raise ValueError(f"--autocast {autocast} applies to a CUDA forward only ({where}: the "
+                     "forward would be float32 all the same); leave out --autocast, or run "
+                     "on --device cuda")
+
+
 def check_workers(workers: Any) -> None:
     """Local extraction workers: one at least."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -174,3 +192,4 @@ def check_request(config: Mapping[str, Any]) -> None:
             given = "" if repr(given) in str(err) else f" (given {given!r})"
             raise ValueError(f"--{name.replace('_', '-')}: {err}{given}") from None
     check_shards(config.get("images_per_chunk") or 1, config.get("images_per_shard"))
+    check_autocast(config.get("autocast"), config.get("device"))

@@ -734,3 +734,26 @@ def test_runs_lists_runs_not_published_with_what_to_do(tmp_path):
     assert "(4 of 10 images;" in notes[2] and f"bfd verify {stopped}" in notes[2]
     assert "bfd audit --no-store-activations" in notes[3]
     assert _tree(root / "runs") == before
+
+
+@pytest.mark.parametrize("damage", ["table", "pointer"])
+def test_runs_lists_a_published_run_whose_table_file_does_not_read_as_damaged(tmp_path, capsys,
+                                                                               damage):
+    """SQL leaves such a run out (with a warning); `bfd runs` still lists it, status
+    `damaged`, with a line naming the file and what repairs it. It was left out unlisted."""
+    from bfd.storage import read_pointer
+
+    root = _table_store(tmp_path / "store")
+    store = Store(root)
+    target = (root / read_pointer(store, "toy-run")["tables"]["heads"] if damage == "table"
+              else store.published_pointer("toy-run"))
+    target.write_bytes(target.read_bytes()[:40])
+    code, out, err = run(["runs", "--format", "json", "--store", str(root)], capsys)
+    assert code == 0, err
+    assert [(r["run_id"], r["status"]) for r in json.loads(out)] == [("toy-run", "damaged")]
+    (note,) = [line for line in err.splitlines() if line.startswith("bfd: run toy-run: ")]
+    assert note == (f"bfd: run toy-run: published, but {target} "
+                    + ("does not read" if damage == "table" else
+                       "(the publication pointer) does not read")
+                    + f": left out of SQL queries; bfd verify toy-run --store {root} names the "
+                    "command that publishes it again")

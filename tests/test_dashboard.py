@@ -23,7 +23,7 @@ from bfd.queries import connect, run_query, run_sql
 from bfd.report import data as D
 from bfd.report.dashboard import MANIFEST, build_dashboard, embed_json, make_server
 from bfd.report.plots import VIEWS, plot_run
-from bfd.storage import SEEN_FIGURES
+from bfd.storage import SEEN_FIGURES, Store, read_pointer
 
 XSS = "<script>alert(1)</script>"
 
@@ -86,6 +86,31 @@ def test_pages_of_a_store_and_an_incremental_rebuild(tmp_path):
         path.unlink()
     fourth = build_dashboard(root, out)
     assert fourth.removed == ["runs/c-1.html"] and not (out / "runs/c-1.html").exists()
+
+
+def test_a_run_with_a_damaged_table_file_is_said_damaged_not_dropped(tmp_path):
+    """The catalog leaves the run out (a warning of the command); its page and the overview
+    say so in one line naming the file, until it is published again."""
+    root, out = tmp_path / "store", tmp_path / "site"
+    write_synthetic_run(root, "a-1")
+    write_synthetic_run(root, "b-1", model="vit_b")
+    build_dashboard(root, out)
+    table = root / read_pointer(Store(root), "b-1")["tables"]["heads"]
+    table.write_bytes(table.read_bytes()[:100])
+    build = build_dashboard(root, out)
+    assert build.removed == [] and embedded(out / "index.html")["runs"]["run_id"] == ["a-1"]
+    for rel in ("index.html", "series.html", "compare.html", "runs/b-1.html"):
+        (line,) = re.findall(r"<p class='damaged' role='alert'>([^<]*)</p>",
+                             (out / rel).read_text(encoding="utf-8"))
+        assert line.startswith(f"run b-1 is damaged, left out of this dashboard and of SQL: "
+                               f"{table}: unreadable (") and "bfd verify b-1 --store" in line
+    assert "bfd-data" not in (out / "runs/b-1.html").read_text(encoding="utf-8")
+    assert "class='damaged'" not in (out / "runs/a-1.html").read_text(encoding="utf-8")
+    # published again (here: planted again), the run has its page back
+    write_synthetic_run(root, "b-1", model="vit_b")
+    build_dashboard(root, out)
+    assert embedded(out / "runs/b-1.html")["run"]["run_id"] == "b-1"
+    assert "class='damaged'" not in (out / "index.html").read_text(encoding="utf-8")
 
 
 def test_run_keys_follow_each_runs_rows(tmp_path):

@@ -66,6 +66,13 @@ REFUSED = {
                               "--n-images", "-3"], ["--n-images: must be an integer >= 2"]),
     "checkpoints-series-dot": (["audit-checkpoints", "{tmp}/ckpts", "--model", "test_vit",
                                 "--series", ".."], ["--series must not be empty"]),
+    # on the CPU autocast changes nothing but the run id (it was recorded, and ignored)
+    "autocast-on-cpu": (["extract", *BASE, "--device", "cpu", "--autocast", "bf16"],
+                        ["bfd: error: --autocast bf16 applies to a CUDA forward only (--device "
+                         "cpu: the forward would be float32 all the same); leave out "
+                         "--autocast, or run on --device cuda\n"]),
+    "audit-autocast-on-cpu": (["audit", *BASE, "--device", "cpu", "--autocast", "fp16"],
+                              ["--autocast fp16 applies to a CUDA forward only"]),
     "decompose-device-unknown": (["decompose", "some-run", "--device", "tpu"],
                                  ["device must be auto, cpu, cuda or cuda:K; got 'tpu'"]),
 }
@@ -107,6 +114,24 @@ def test_pipeline_commands_refuse_what_needs_no_model_before_torch_timm_prefect(
         assert all(needle in err for needle in needles), (name, err)
         assert imported == [], name
     assert not home.exists() and not (tmp_path / "store").exists()
+
+
+def test_autocast_where_auto_finds_no_cuda_is_refused_before_work():
+    """``--device auto`` is resolved with torch: the extraction's check refuses autocast when
+    it resolves to the CPU, before any weights are loaded or anything is written."""
+    import torch
+
+    from bfd.tasks.extract import ExtractConfig, check_before_work
+
+    if torch.cuda.is_available():
+        pytest.skip("auto resolves to CUDA here")
+    cfg = ExtractConfig(model="test_vit", weights="random", n_images=8, img_size=32,
+                        autocast="bf16")
+    with pytest.raises(ValueError, match=r"^--autocast bf16 applies to a CUDA forward only "
+                       r"\(--device auto: torch sees no CUDA device here"):
+        check_before_work(cfg)
+    check_before_work(ExtractConfig(model="test_vit", weights="random", n_images=8,
+                                    img_size=32))
 
 
 @pytest.fixture(scope="module")

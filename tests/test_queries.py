@@ -834,6 +834,28 @@ def test_run_sql_refuses_statements_that_change_anything(store, sql, kind):
     assert snapshot(root) == before
 
 
+def test_the_refusal_names_what_run_sql_lets_through(store):
+    """Every form the refusal says is allowed runs; each PRAGMA it names too (it named only
+    table_info, of the eight that were let through)."""
+    root, _ = store
+    with pytest.raises(ReadOnlyError) as info:
+        run_sql(root, "PRAGMA enable_profiling")
+    allowed = str(info.value).split("(allowed: ", 1)[1].removesuffix(")")
+    kinds, pragmas = allowed.split(", and PRAGMA ")
+    assert kinds == ("SELECT/WITH/FROM, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN [ANALYZE] of one "
+                     "of them")
+    con = connect(root)
+    for sql in ["SELECT 1", "WITH a AS (SELECT 1) SELECT * FROM a", "FROM runs",
+                "DESCRIBE runs", "SHOW TABLES", "SUMMARIZE runs", "EXPLAIN SELECT 1",
+                "EXPLAIN ANALYZE SELECT 1"]:
+        run_sql(con, sql)
+    names = pragmas.split(", ")
+    assert set(names) >= {"table_info", "show_tables", "database_list", "version"}
+    for name in names:
+        assert run_sql(con, f"PRAGMA {name}('runs')" if name == "table_info"
+                       else f"PRAGMA {name}").num_rows >= 1, name
+
+
 @pytest.mark.parametrize("catalog", ["built", "cached", "private"])
 def test_raw_connection_cannot_change_results_or_write_files(store, tmp_path, catalog):
     root, _ = store

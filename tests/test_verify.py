@@ -16,7 +16,17 @@ from conftest import env_kept
 from conftest import run_cli as cli
 
 from bfd.cli import main
-from bfd.storage import Store, list_runs, read_pointer, repair_command, verify_run
+from bfd.flows.params import AuditConfig, DecomposeParams, decompose_kwargs
+from bfd.storage import (
+    Store,
+    list_runs,
+    read_audits,
+    read_pointer,
+    repair_command,
+    verify_run,
+)
+from bfd.tasks.audits import computed_run
+from bfd.tasks.options import DecomposeOptions
 
 EXTRACT = ["extract", "--model", "test_vit", "--weights", "random", "--n-images", "8",
            "--img-size", "32", "--layers", "0,1", "--dtype", "float32",
@@ -107,9 +117,10 @@ def test_non_finite_values_in_an_ok_image_are_named(damaged, capsys):
     assert str(chunk(root, rid, "resid", 1, 1)) in out and "images [6]" in out
 
 
-def test_a_damaged_table_file_is_named(damaged, capsys):
+@pytest.mark.parametrize("name", ["heads", "runs"])
+def test_a_damaged_table_file_is_named(damaged, capsys, name):
     root, rid = damaged
-    table = root / read_pointer(Store(root), rid)["tables"]["heads"]
+    table = root / read_pointer(Store(root), rid)["tables"][name]
     table.write_bytes(b"PAR1 not really parquet")
     code, out, err = cli(["verify", rid, "--store", str(root)], capsys)
     assert code == 1 and out.count("\n") == 1 and str(table) in out and "unreadable" in out
@@ -122,6 +133,28 @@ def test_a_damaged_table_file_is_named(damaged, capsys):
     code, _, err = cli(shlex.split(command)[1:], capsys)
     assert code == 0, err
     assert verify_run(Store(root), rid) == []
+
+
+@pytest.mark.parametrize("name", ["heads", "runs"])
+def test_an_audit_of_a_run_with_a_damaged_table_file_publishes_it_again(damaged, capsys, name):
+    # the run was computed with the same request and decomposition options: the audit would
+    # reuse it, but a damaged table file makes it not computed (it is decomposed again), as a
+    # damaged shard of its activations is extracted again
+    root, rid = damaged
+    table = root / read_pointer(Store(root), rid)["tables"][name]
+    data = table.read_bytes()
+    table.write_bytes(data[: len(data) // 2])
+    options = DecomposeOptions(**decompose_kwargs(DecomposeParams(),
+                                                  AuditConfig(model="test_vit"))).to_dict()
+    assert computed_run(Store(root), rid, options) is None  # what bfd audit without Prefect asks
+    code, out, err = cli(["audit", *EXTRACT[1:], "--store", str(root), "--no-dashboard"], capsys)
+    assert code == 0, err
+    assert f"bfd: damaged, published again: {table}: unreadable" in err
+    assert "Traceback" not in err and "SQL" not in err
+    assert verify_run(Store(root), rid) == [] and list_runs(Store(root)) == [rid]
+    (audit,) = read_audits(Store(root))
+    assert (audit["run_id"], audit["status"]) == (rid, "complete")
+    assert computed_run(Store(root), rid, options) is not None
 
 
 def test_an_unknown_run_is_a_request_error(pristine, capsys):

@@ -30,7 +30,7 @@ from bfd.flows.prefect_io import (
 from bfd.flows.runners import decompose_flow, task_runner
 from bfd.flows.stats_only import stats_only_run
 from bfd.queries.seen import run_seen
-from bfd.storage import Store, results_path
+from bfd.storage import Store, results_path, table_faults
 from bfd.tasks.audits import (
     audit_row,
     check_place,
@@ -143,6 +143,9 @@ def audit(
                 done = extract.with_options(task_runner=task_runner(workers, dask_address))(
                     config.extract_config(), root, gpu_resources)
                 run_id, extracted, repaired = done["run_id"], done["extracted"], done["repaired"]
+                for fault in table_faults(Store(root), run_id):  # computed_run: not computed
+                    logger.warning("damaged, published again: %s", fault)
+                    progress.report("notice", 0, 0, text=f"damaged, published again: {fault}")
                 if computed_run(Store(root), run_id, stored) is None:
                     written = decompose_flow(dask_address)(
                         run_id, root, dask_address=dask_address, **decompose_kw)

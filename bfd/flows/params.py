@@ -33,6 +33,7 @@ from bfd.requests import (
     SCHEMA,
     SITES,
     as_typed,
+    check_autocast,
     check_device,
     check_option,
     check_shards,
@@ -106,6 +107,7 @@ class AuditConfig(_Params):
     @model_validator(mode="after")
     def _whole_chunks(self) -> AuditConfig:
         check_shards(self.images_per_chunk, self.images_per_shard)
+        check_autocast(self.autocast, self.device)
         return self
 
     def extract_config(self) -> dict[str, Any]:

@@ -164,10 +164,10 @@ DERIVED_VIEWS: Final[tuple[str, ...]] = ("latest_runs", "layer_summary", "run_su
 
 # Statement kinds that only read. DESCRIBE, SHOW, SUMMARIZE, FROM-first and WITH parse as SELECT.
 _READ_KINDS: Final[frozenset[str]] = frozenset({"SELECT", "EXPLAIN", "PRAGMA"})
+# (PRAGMA show is not among them: DuckDB's parser takes no PRAGMA of that name)
 _READ_PRAGMAS: Final[frozenset[str]] = frozenset(
     {
         "table_info",
-        "show",
         "show_tables",
         "show_tables_expanded",
         "database_list",
@@ -176,7 +176,10 @@ _READ_PRAGMAS: Final[frozenset[str]] = frozenset(
         "functions",
     }
 )
-_ALLOWED: Final[str] = "SELECT/WITH/FROM, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN, PRAGMA table_info"
+_ALLOWED: Final[str] = (
+    "SELECT/WITH/FROM, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN [ANALYZE] of one of them, and "
+    f"PRAGMA {', '.join(sorted(_READ_PRAGMAS))}"
+)
 _LEADING_COMMENTS: Final[re.Pattern[str]] = re.compile(
     r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.S
 )

@@ -7,7 +7,8 @@ Layout of the output folder::
     series.html          every run-level metric of a series against audit step or time,
                          drift flags, head-type changes
     compare.html         any two runs, per-layer deltas (with intervals where stored)
-    runs/<run>.html      one page per run: the paper's views
+    runs/<run>.html      one page per run: the paper's views (of a run with a damaged table
+                         file: one line saying so, also on the other pages, until it is repaired)
     assets/              plotly.min.js (from the plotly package), dashboard.js, dashboard.css
     .bfd-dashboard.json  what each page was built from, so a rebuild writes only what changed
     .bfd-positional/     each run's positional components, kept while its results are the same
@@ -42,6 +43,7 @@ from bfd.report import data as D
 __all__ = [
     "DashboardBuild",
     "build_dashboard",
+    "damaged_runs",
     "embed_json",
     "make_server",
     "page_name",
@@ -109,7 +111,10 @@ def embed_json(obj: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def _page(kind: str, title: str, payload: dict[str, Any], depth: int, store: str) -> str:
+def _page(kind: str, title: str, payload: dict[str, Any], depth: int, store: str,
+          notices: tuple[str, ...] = (), drawn: bool = True) -> str:
+    """A page; ``notices``: lines said above everything (a damaged run), as text; ``drawn``:
+    False for a page of nothing but its notices (no data, no scripts)."""
     up = "../" * depth
     current = " aria-current='page'"
     nav = "".join(
@@ -127,13 +132,51 @@ def _page(kind: str, title: str, payload: dict[str, Any], depth: int, store: str
         f"<link rel='stylesheet' href='{up}assets/dashboard.css'></head>"
         f"<body data-page='{kind}'><header><nav aria-label='pages'>"
         f"<span class='brand'>BFD dashboard</span>{nav}</nav>"
-        f"<p class='note'>store <code>{html.escape(store)}</code></p></header>"
+        f"<p class='note'>store <code>{html.escape(store)}</code></p>"
+        + "".join(f"<p class='damaged' role='alert'>{html.escape(n)}</p>" for n in notices)
+        + "</header>"
         f"<main id='app' aria-live='polite'><h1>{html.escape(title)}</h1>"
-        "<noscript>This dashboard draws its figures with JavaScript.</noscript></main>"
-        f"<script type='application/json' id='bfd-data'>{embed_json(payload)}</script>"
-        f"<script src='{up}assets/plotly.min.js'></script>"
-        f"<script src='{up}assets/dashboard.js'></script></body></html>\n"
+        + ("<noscript>This dashboard draws its figures with JavaScript.</noscript></main>"
+           f"<script type='application/json' id='bfd-data'>{embed_json(payload)}</script>"
+           f"<script src='{up}assets/plotly.min.js'></script>"
+           f"<script src='{up}assets/dashboard.js'></script>" if drawn else "</main>")
+        + "</body></html>\n"
     )
+
+
+def damaged_runs(store_root: Path, listed: set[str]) -> dict[str, str]:
+    """The published runs not in ``listed`` (the catalog's) whose table files or pointer do
+    not read (the catalog leaves such a run out whole), each with one line saying so: the
+    first fault (``bfd.storage.table_faults``) and the command that names the repair. A run
+    whose table files are all gone has left the store's tables: not listed."""
+    from bfd.storage import Store, read_pointer, table_faults, validate_run_id
+
+    store = Store(store_root)
+    found: dict[str, str] = {}
+    if not store.runs_dir.is_dir():
+        return found
+    for entry in sorted(store.runs_dir.iterdir()):
+        try:
+            validate_run_id(entry.name)
+        except ValueError:
+            continue
+        if entry.name in listed or not store.published_pointer(entry.name).exists():
+            continue
+        try:
+            pointer = read_pointer(store, entry.name)
+        except ValueError:
+            pointer = None  # table_faults names it
+        if pointer is not None and not any((store.root / rel).exists()
+                                           for rel in pointer["tables"].values()):
+            continue
+        faults = table_faults(store, entry.name)
+        if faults:
+            more = f" (and {len(faults) - 1} more)" if len(faults) > 1 else ""
+            found[entry.name] = (
+                f"run {entry.name} is damaged, left out of this dashboard and of SQL: "
+                f"{faults[0]}{more}; bfd verify {entry.name} --store {store_root} names the "
+                "command that publishes it again")
+    return found
 
 
 def _write_if_changed(out: Path, rel: str, text: str, build: DashboardBuild) -> None:
@@ -261,6 +304,8 @@ def build_dashboard(
         out.mkdir(parents=True, exist_ok=True)
         runs = D.columnar(D.run_list(con))
         _run_links(root, runs)
+        damaged = damaged_runs(root, set(runs["run_id"]))
+        notices = tuple(damaged.values())
         layers = D.columnar(D.layer_rows(con))
         has_audits = D.audits_present(con)
         series = {name: D.columnar(t) for name, t in D.series_data(con).items()}
@@ -275,13 +320,19 @@ def build_dashboard(
             "compare.html": ("compare", {**common, "layers": layers}),
         }
         for rel, (kind, payload) in site_pages.items():
-            key = D.content_hash(payload, [code])
+            key = D.content_hash(payload, [code, *notices])
             pages[rel] = key
             if old_pages.get(rel) == key and (out / rel).is_file():
                 build.unchanged.append(rel)
                 continue
             payload = {**payload, "generated": generated}
-            _write_if_changed(out, rel, _page(kind, _TITLES[kind], payload, 0, str(root)), build)
+            _write_if_changed(out, rel, _page(kind, _TITLES[kind], payload, 0, str(root),
+                                              notices), build)
+        for run_id, notice in damaged.items():  # its page says so, until it is repaired
+            rel = f"runs/{page_name(run_id)}"
+            pages[rel] = D.content_hash(notice, [code])
+            _write_if_changed(out, rel, _page("run", f"Run {run_id}", {}, 1, str(root),
+                                              (notice,), drawn=False), build)
         keys = D.run_keys(con)
         for i, run_id in enumerate(runs["run_id"]):
             rel = f"runs/{runs['page'][i]}"

@@ -242,8 +242,9 @@ def check_intact(store: Store, run_id: str) -> None:
         )
 
 
-def _verify_tables(store: Store, run_id: str) -> list[Fault]:
-    """The run's published table files (those its pointer lists, or the older layout's)."""
+def table_faults(store: Store, run_id: str) -> list[Fault]:
+    """The faults of the run's published table files (those its pointer lists, or the older
+    layout's): each file is read whole; empty when all are intact or the run has none."""
     from .published import read_pointer
 
     try:
@@ -292,11 +293,11 @@ def _verify_published(store: Store, run_id: str) -> list[Fault]:
             next(store.table_dir(t).glob(f"model=*/run_id={run_id}/part-*.parquet"), None)
             is None for t in TABLE_SCHEMAS)
     except ValueError:
-        unpublished = False  # _verify_tables names the pointer
+        unpublished = False  # table_faults names the pointer
     if unpublished:
         return [Fault(str(store.published_pointer(run_id)),
                       "never published (a stats-only run keeps nothing else)", published=True)]
-    return _verify_tables(store, run_id)
+    return table_faults(store, run_id)
 
 
 def _verify_model_tensors(store: Store, run_id: str) -> list[Fault]:
@@ -347,7 +348,7 @@ def verify_run(store: Store, run_id: str) -> list[Fault]:
         return faults + _verify_published(store, run_id) + _verify_model_tensors(store, run_id)
     if group is None or TEMPLATE_ATTR not in group.attrs:
         faults.append(Fault(f"{store.zarr_path}/{run_id}", "activation template missing"))
-        return faults + _verify_tables(store, run_id)
+        return faults + table_faults(store, run_id)
     _, cheap = trusted_shards(store, run_id)
     faults += cheap
     damaged = {f.shard for f in cheap}
@@ -370,7 +371,7 @@ def verify_run(store: Store, run_id: str) -> list[Fault]:
     try:
         # the small files alongside the chunks
         others = [pool.submit(_verify_model_tensors, store, run_id),
-                  pool.submit(_verify_tables, store, run_id)]
+                  pool.submit(table_faults, store, run_id)]
         faults += [Fault(*f) for f in pool.map(verifier.check, jobs) if f is not None]
     finally:
         # on Ctrl-C, only the chunks being read are waited for

@@ -292,6 +292,24 @@ def published_files(store: Store, table: str) -> list[Path]:
     return [files[r] for r in sorted(files)]
 
 
+def read_run_table(store: Store, table: str, run_id: str) -> pa.Table:
+    """The published rows of one run in a per-run table: only that run's file is read (its
+    pointer's, or the older layout's), so another run's damaged file is no concern; an empty
+    table when the run has none.
+
+    Raises:
+        ValueError: If the run's pointer is unreadable.
+        OSError, ValueError: If the run's file is damaged (not Parquet, cut short).
+    """
+    pointer = read_pointer(store, run_id)
+    if pointer is not None:
+        rel = pointer["tables"].get(table)
+        path = store.root / rel if rel else None
+    else:
+        path = _legacy_files(store, run_id).get(table)
+    return pq.read_table(path) if path is not None else TABLE_SCHEMAS[table].empty_table()
+
+
 def read_table(store: Store, table: str) -> pa.Table:
     """All published rows of a table (contract columns in contract types).
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from .manifest import read_markers
-from .paths import Store, validate_run_id
+from .paths import Store, read_json, validate_run_id
 from .runs import is_stats_only, read_request
 
 # Every shard extracted, nothing published: `bfd decompose` is next (or its decomposition
@@ -20,7 +20,8 @@ EXTRACTED: Final[str] = "extracted"
 # Shards missing (an extraction interrupted or still running), or a stats-only audit that did
 # not publish.
 INCOMPLETE: Final[str] = "incomplete"
-# The request cannot be read: `bfd verify` says what is wrong.
+# The request cannot be read, or a published table file (or the pointer): `bfd verify` says
+# what is wrong and what repairs it.
 DAMAGED: Final[str] = "damaged"
 
 
@@ -62,6 +63,20 @@ def _extracted(store: Store, run_id: str, n_images: int) -> tuple[int, int]:
     return done, sum(spans.values())
 
 
+def _damaged(store: Store, run_id: str, damage: str) -> UnpublishedRun:
+    """A published run left out of the SQL catalog: ``damage`` says which file."""
+    try:
+        request = read_request(store, run_id)
+        fields = {"model": request.model, "weights": request.weights,
+                  "n_images": request.n_images, "layers": ",".join(map(str, request.layers)),
+                  "sites": ",".join(request.sites)}
+    except (OSError, ValueError, KeyError, TypeError):
+        fields = {}
+    return UnpublishedRun(run_id, DAMAGED, f"published, but {damage}: left out of SQL queries; "
+                          f"bfd verify {run_id} --store {store.root} names the "
+                          "command that publishes it again", **fields)
+
+
 def _state(store: Store, run_id: str) -> UnpublishedRun:
     where = f"--store {store.root}"
     try:
@@ -87,9 +102,35 @@ def _state(store: Store, run_id: str) -> UnpublishedRun:
                           f"{run_id} {where}", n_skipped=skipped, **fields)
 
 
+def _damaged_publication(store: Store, run_id: str) -> str | None:
+    """The first published file of the run (its pointer, or a table file the pointer names)
+    that does not read, with why; None when all read (published since ``published`` was
+    read). Each table file is read whole, as ``bfd verify`` reads it."""
+    import pyarrow.parquet as pq  # here: what `bfd runs` reads the catalog with anyway
+
+    path = store.published_pointer(run_id)
+    try:
+        tables = read_json(path)["tables"]
+        files = [store.root / rel for rel in tables.values()]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return f"{path} (the publication pointer) does not read"
+    for file in files:
+        try:
+            pq.read_table(file)
+        except FileNotFoundError:
+            return f"{file} is missing"
+        except Exception:  # noqa: BLE001 - any read failure is the damage
+            return f"{file} does not read"
+    return None
+
+
 def unpublished_runs(store: Store, published: Collection[str]) -> list[UnpublishedRun]:
     """Every run of the store with a request (``runs/<run_id>/request.json``) that is not in
-    ``published`` and has no publication pointer, by run id.
+    ``published`` and has no publication pointer, by run id; and every run with a pointer
+    not in ``published`` whose published files do not read (the SQL catalog leaves it out),
+    as ``DAMAGED``.
 
     Args:
         store: The store.
@@ -109,8 +150,14 @@ def unpublished_runs(store: Store, published: Collection[str]) -> list[Unpublish
             validate_run_id(name)
         except ValueError:  # not a run's folder
             continue
-        if (name in published or store.published_pointer(name).exists()
-                or not (store.run_dir(name) / "request.json").exists()):
+        if name in published:
+            continue
+        if store.published_pointer(name).exists():
+            damage = _damaged_publication(store, name)
+            if damage is not None:
+                out.append(_damaged(store, name, damage))
+            continue
+        if not (store.run_dir(name) / "request.json").exists():
             continue
         out.append(_state(store, name))
     return out

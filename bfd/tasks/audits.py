@@ -21,8 +21,9 @@ from bfd.storage import (
     previous_audit,
     read_audits,
     read_request,
-    read_table,
+    read_run_table,
     recorded_inputs,
+    table_faults,
     write_audit,
     write_drift,
 )
@@ -174,9 +175,13 @@ def _result_options(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def computed_run(store: Store, run_id: str, decompose_options: Mapping[str, Any]) -> dict | None:
-    """The ``runs`` row of ``run_id`` when it is complete and was decomposed with these
-    options (placement aside), else None: an audit of it need not compute anything."""
-    runs = read_table(store, "runs")
+    """The ``runs`` row of ``run_id`` when it is complete, was decomposed with these options
+    (placement aside) and every table file of it reads (``table_faults``), else None: an audit
+    of it need not compute anything. A damaged table file of the run makes it not computed:
+    the audit publishes it again (another run's damaged file is no concern of this one)."""
+    if table_faults(store, run_id):
+        return None
+    runs = read_run_table(store, "runs", run_id)
     rows = [r for r in runs.to_pylist() if r["run_id"] == run_id and r["status"] == "complete"]
     for row in rows:
         stored = decompose_options_of(row.get("config_json"))

@@ -24,7 +24,7 @@ import bfd
 from bfd import capture, models
 from bfd import images as imgs
 from bfd.files import input_path
-from bfd.requests import check_request
+from bfd.requests import check_autocast, check_request
 from bfd.storage import (
     ImageRecord,
     RunRequest,
@@ -148,7 +148,7 @@ def validate_config(cfg: ExtractConfig) -> models.ModelInfo:
         UnsupportedModelError: For a model BFD cannot decompose.
     """
     check_request(cfg.to_dict())  # the rules that need no model (bfd.requests)
-    models.resolve_device(cfg.device)
+    check_autocast(cfg.autocast, models.resolve_device(cfg.device), cfg.device)
     info = models.describe(cfg.model, cfg.img_size)
     if cfg.img_size is not None and cfg.img_size % info.patch_size[0]:
         raise ValueError(f"--img-size must be a multiple of the patch size {info.patch_size[0]} "

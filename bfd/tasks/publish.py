@@ -19,16 +19,20 @@ from bfd.storage import (
     publishing,
     read_image_manifest,
     read_request,
-    read_table,
+    read_run_table,
 )
 from bfd.tasks.decompose import require_extracted
 
 
 def first_created(store: Store, run_id: str) -> datetime | None:
     """When the run was first published: a run is a computation, and publishing it again
-    (a new decomposition of the same activations) keeps that time (audits record each use)."""
-    times = [r["created_at"] for r in read_table(store, "runs").to_pylist()
-             if r["run_id"] == run_id and r["created_at"] is not None]
+    (a new decomposition of the same activations) keeps that time (audits record each use).
+    None when the run's ``runs`` file is damaged (publishing writes it again) or missing."""
+    try:
+        rows = read_run_table(store, "runs", run_id).to_pylist()
+    except (OSError, ValueError):  # pyarrow's errors of a damaged file are of these kinds
+        return None
+    times = [r["created_at"] for r in rows if r["run_id"] == run_id and r["created_at"] is not None]
     return min(times) if times else None
 
 
