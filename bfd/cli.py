@@ -49,12 +49,18 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 
 
 def _store(args: argparse.Namespace) -> str:
-    from bfd.storage import Store, default_store
+    """The store of a command: a new path, an empty folder or a store. A folder of other
+    files (a typo'd ``--store``, a home folder) is refused in one line (exit 2), before any
+    work: a writing command would make it a store, a reading one would read it as an empty
+    one (``bfd.storage.check_store``)."""
+    from bfd.storage import Store, check_store, default_store
 
     root = Store(args.store).root if args.store else default_store().root
     if root.exists() and not root.is_dir():
         raise ValueError(f"store {str(root)!r} is a file; expected a store folder (or a new "
                          "path) for --store")
+    if root.is_dir():
+        check_store(root)
     return str(root)
 
 

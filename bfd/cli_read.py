@@ -41,8 +41,9 @@ def _check_timeout(args: argparse.Namespace) -> float | None:
 
 def _store(args: argparse.Namespace) -> str:
     """The store to read. A folder of other files (a typo, a home folder) is refused in one
-    line, once, by what reads it first: the catalog (``bfd.queries.connect``), before it writes
-    anything into it, or ``verify_run`` when it finds no such run (``check_store``)."""
+    line here (``cli._store``), as by every command; the library's readers refuse it too: the
+    catalog (``bfd.queries.connect``), before it writes anything into it, and ``verify_run``
+    when it finds no such run (``check_store``)."""
     return cli._store(args)
 
 
