@@ -678,6 +678,36 @@ def test_a_store_is_an_empty_folder_or_one_holding_what_bfd_writes(tmp_path, cap
     assert sorted(p.name for p in folder.iterdir()) == ["x.csv"]
 
 
+def test_reading_a_run_not_published_says_so_and_what_to_run(tmp_path, capsys):
+    """``plot`` of a run extracted but not decomposed, or whose extraction stopped, says that
+    the run is there and what takes it further (not "no run"); a named query's no-rows hint
+    says the same of its run parameters (not "names no run")."""
+    from storebuilder import build_run, random_run_arrays
+
+    root = _table_store(tmp_path / "store")
+    store = Store(root)
+    extracted = build_run(store, *random_run_arrays(0, N=10), model="toy_a")
+    stopped = build_run(store, *random_run_arrays(1, N=10), model="toy_b", shards_done=1)
+    out = tmp_path / "figures"
+    code, _, err = run(["plot", extracted, "--out", str(out), "--store", str(root)], capsys)
+    assert_one_line_error(code, err, f"run {extracted!r} has no published results to draw "
+                          f"(extracted): extracted, not decomposed: bfd decompose {extracted} "
+                          f"--store {root}\n")
+    code, _, err = run(["plot", stopped, "--out", str(out), "--store", str(root)], capsys)
+    assert_one_line_error(code, err, f"run {stopped!r} has no published results to draw "
+                          "(incomplete): extraction incomplete (4 of 10 images;",
+                          f"bfd verify {stopped} --store {root}")
+    code, _, err = run(["plot", "toy_c-0", "--out", str(out), "--store", str(root)], capsys)
+    assert_one_line_error(code, err, "no run 'toy_c-0' in store", "runs: toy-run")
+    assert not out.exists()
+    code, stdout, err = run(["query", "compare_runs", "--param", f"run_a={extracted}",
+                             "--param", "run_b=toy-run", "--store", str(root)], capsys)
+    assert (code, stdout) == (0, "(no rows)\n")
+    assert err == (f"bfd: no rows: run_a {extracted!r} names a run that is not published "
+                   f"(extracted): extracted, not decomposed: bfd decompose {extracted} "
+                   f"--store {root}\n")
+
+
 def test_runs_lists_runs_not_published_with_what_to_do(tmp_path):
     """A run extracted but not decomposed, one whose extraction stopped, a stats-only audit that
     did not publish and an unreadable request are listed after the published runs (one of them
