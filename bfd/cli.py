@@ -293,11 +293,31 @@ def _cache_catalog(store: str) -> None:
               file=sys.stderr)
 
 
+class _Parser(argparse.ArgumentParser):
+    """``bfd``'s parsers: no abbreviated options (``--wei`` for ``--weights``: a scheduled
+    command line would change meaning when an option is added), and an unknown option or
+    argument is refused by the command's own parser (its usage line, ``bfd audit: error:``),
+    not by ``bfd``'s, whose usage says nothing of the command's options."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201 - argparse's
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            commands = next((a.choices for a in self._actions
+                             if isinstance(a, argparse._SubParsersAction)), {})
+            parser = commands.get(getattr(parsed, "command", None), self)
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bfd.cli_audits import add_audit_options, add_audit_parsers, cmd_audit
     from bfd.cli_read import add_reading_parsers
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="bfd", description="Bi-orthogonal Factor Decomposition of timm ViTs: which "
         "attention heads exchange position, content, or both.")
     p.add_argument("-v", "--verbose", action="store_true", help=_VERBOSE_HELP)

@@ -94,7 +94,8 @@ def test_audit_checkpoints_offers_only_its_own_options(tmp_path, capsys):
         run(["audit-checkpoints", str(tmp_path), "--weights", "random"], capsys)
     err = capsys.readouterr().err
     assert exited.value.code == 2
-    assert err.endswith("bfd: error: unrecognized arguments: --weights random\n"), err
+    assert err.startswith("usage: bfd audit-checkpoints ") and err.endswith(
+        "bfd audit-checkpoints: error: unrecognized arguments: --weights random\n"), err
     code, _, err = run(["audit-checkpoints", str(tmp_path), "--store", str(tmp_path / "s")],
                        capsys)
     assert_one_line_error(code, err, "--model is required; e.g. --model")
@@ -490,6 +491,30 @@ def test_every_command_and_option_has_a_help_line():
         missing += [f"{name} {action.option_strings or action.dest}" for action in parser._actions
                     if not action.help and not isinstance(action, argparse._HelpAction)]
     assert missing == []
+
+
+@pytest.mark.parametrize("argv, command, extras", [
+    (["runs", "--foo"], "runs", "--foo"),
+    (["runs", "extra"], "runs", "extra"),
+    (["query", "model_summary", "--for", "csv"], "query", "--for csv"),
+    (["audit", "--demo", "--wei", "random"], "audit", "--wei random"),
+    (["audit", "--demo", "--no-dash"], "audit", "--no-dash"),
+    (["extract", "--mod", "test_vit"], "extract", "--mod test_vit"),
+    (["decompose", "some-run", "--control", "3"], "decompose", "--control 3"),
+    (["-v", "sql", "SELECT 1", "--form", "csv"], "sql", "--form csv")],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_an_unknown_or_abbreviated_option_is_refused_by_the_commands_parser(
+        tmp_path, capsys, argv, command, extras):
+    """argparse's refusal, exit 2: the command's usage line (its options), not bfd's; an
+    abbreviation of an option (``--wei`` for ``--weights``) is no option (a scheduled command
+    line would change meaning when an option is added); nothing is run or written."""
+    with pytest.raises(SystemExit) as exited:
+        run([*argv, "--store", str(tmp_path / "store")], capsys)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert err.startswith(f"usage: bfd {command} [-h]"), err
+    assert err.endswith(f"\nbfd {command}: error: unrecognized arguments: {extras}\n"), err
+    assert not (tmp_path / "store").exists()
 
 
 def test_verbose_is_taken_before_or_after_every_command():
