@@ -357,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_extract_options(s)
     add_audit_options(s)
     s.add_argument("--step", type=int,
-                   help="the audit's place in its series, e.g. a training step (default: now)")
+                   help="the audit's place in its series, e.g. a training step (default: the "
+                   "audit's start in Unix seconds)")
     s.set_defaults(fn=cmd_audit)
 
     add_audit_parsers(sub)
