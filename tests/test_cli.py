@@ -681,19 +681,23 @@ def test_a_store_is_an_empty_folder_or_one_holding_what_bfd_writes(tmp_path, cap
     --attach of a folder that is no store is refused too."""
     from bfd.storage.paths import STORE_ENTRIES
 
+    def no_runs(store: Path) -> tuple[int, str, str]:
+        return (0, "(no rows)\n", "bfd: the store holds no runs yet; make a first run: bfd "
+                f"audit --demo --store {store}\n")
+
     empty = tmp_path / "new"
     empty.mkdir()
     (empty / ".hidden").write_text("x")
-    assert run(["runs", "--store", str(empty)], capsys) == (0, "(no rows)\n", "")
+    assert run(["runs", "--store", str(empty)], capsys) == no_runs(empty)
     # what reading it wrote leaves it a new store
     assert run(["dashboard", "--store", str(empty)], capsys)[0] == 0
-    assert run(["runs", "--store", str(empty)], capsys) == (0, "(no rows)\n", "")
+    assert run(["runs", "--store", str(empty)], capsys) == no_runs(empty)
     assert sorted(p.name for p in empty.iterdir()) == [".hidden", "catalog", "dashboard"]
     for name in STORE_ENTRIES:
         store = tmp_path / name
         (store / name).mkdir(parents=True)
         (store / "README.txt").write_text("my store")
-        assert run(["runs", "--store", str(store)], capsys) == (0, "(no rows)\n", ""), name
+        assert run(["runs", "--store", str(store)], capsys) == no_runs(store), name
     folder = tmp_path / "other"
     folder.mkdir()
     (folder / "x.csv").write_text("1")
@@ -731,6 +735,30 @@ def test_reading_a_run_not_published_says_so_and_what_to_run(tmp_path, capsys):
     assert err == (f"bfd: no rows: run_a {extracted!r} names a run that is not published "
                    f"(extracted): extracted, not decomposed: bfd decompose {extracted} "
                    f"--store {root}\n")
+
+
+@pytest.mark.parametrize("argv", [
+    ["runs"], ["dashboard"], ["sql", "SELECT 1"], ["catalog"], ["query", "model_summary"],
+    ["verify", "some-run"], ["plot", "some-run"]], ids=lambda argv: " ".join(argv))
+def test_reading_in_a_fresh_folder_says_how_to_make_a_first_run(tmp_path, capsys, monkeypatch,
+                                                                 argv):
+    """No store yet (a first try of bfd, or a typo): one line naming the store looked for and
+    the offline demo that makes a first run there; nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BFD_STORE", raising=False)
+    code, out, err = run(argv, capsys)
+    assert_one_line_error(code, err, f"no store at {tmp_path / 'bfd-store'} (the default "
+                          "./bfd-store; --store or $BFD_STORE name another); check it, or make "
+                          "a first run there: bfd audit --demo\n")
+    missing = tmp_path / "my store"
+    code, out, err = run([*argv, "--store", str(missing)], capsys)
+    assert_one_line_error(code, err, f"no store at {missing} (--store); check it, or make a "
+                          f"first run there: bfd audit --demo --store '{missing}'\n")
+    monkeypatch.setenv("BFD_STORE", str(missing))
+    code, out, err = run(argv, capsys)
+    assert_one_line_error(code, err, f"no store at {missing} ($BFD_STORE); check it, or make "
+                          "a first run there: bfd audit --demo\n")
+    assert out == "" and list(tmp_path.iterdir()) == []
 
 
 def test_runs_lists_runs_not_published_with_what_to_do(tmp_path):
