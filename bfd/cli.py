@@ -49,12 +49,18 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 
 
 def _store(args: argparse.Namespace) -> str:
-    from bfd.storage import Store, default_store
+    """The store of a command: a new path, an empty folder or a store. A folder of other
+    files (a typo'd ``--store``, a home folder) is refused in one line (exit 2), before any
+    work: a writing command would make it a store, a reading one would read it as an empty
+    one (``bfd.storage.check_store``)."""
+    from bfd.storage import Store, check_store, default_store
 
     root = Store(args.store).root if args.store else default_store().root
     if root.exists() and not root.is_dir():
         raise ValueError(f"store {str(root)!r} is a file; expected a store folder (or a new "
                          "path) for --store")
+    if root.is_dir():
+        check_store(root)
     return str(root)
 
 
@@ -288,11 +294,31 @@ def _cache_catalog(store: str) -> None:
               file=sys.stderr)
 
 
+class _Parser(argparse.ArgumentParser):
+    """``bfd``'s parsers: no abbreviated options (``--wei`` for ``--weights``: a scheduled
+    command line would change meaning when an option is added), and an unknown option or
+    argument is refused by the command's own parser (its usage line, ``bfd audit: error:``),
+    not by ``bfd``'s, whose usage says nothing of the command's options."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201 - argparse's
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            commands = next((a.choices for a in self._actions
+                             if isinstance(a, argparse._SubParsersAction)), {})
+            parser = commands.get(getattr(parsed, "command", None), self)
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bfd.cli_audits import add_audit_options, add_audit_parsers, cmd_audit
     from bfd.cli_read import add_reading_parsers
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="bfd", description="Bi-orthogonal Factor Decomposition of timm ViTs: which "
         "attention heads exchange position, content, or both.")
     p.add_argument("-v", "--verbose", action="store_true", help=_VERBOSE_HELP)
@@ -332,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_extract_options(s)
     add_audit_options(s)
     s.add_argument("--step", type=int,
-                   help="the audit's place in its series, e.g. a training step (default: now)")
+                   help="the audit's place in its series, e.g. a training step (default: the "
+                   "audit's start in Unix seconds)")
     s.set_defaults(fn=cmd_audit)
 
     add_audit_parsers(sub)

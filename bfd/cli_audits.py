@@ -361,7 +361,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def add_audit_parsers(sub) -> None:
     """The subcommands ``audit-checkpoints`` and ``serve``."""
     s = sub.add_parser("audit-checkpoints", help="audit every checkpoint of a folder or glob "
-                       "not yet audited in its series, in step order")
+                       "not yet audited in its series, by the step in each file name "
+                       "(1200, 1e4, 10k; none: by modification time, last)")
     s.add_argument("checkpoints", help="a folder of checkpoint files or a glob")
     cli._add_extract_options(s, weights=False)  # the weights are each checkpoint's
     add_audit_options(s)

@@ -41,9 +41,33 @@ def _check_timeout(args: argparse.Namespace) -> float | None:
 
 def _store(args: argparse.Namespace) -> str:
     """The store to read. A folder of other files (a typo, a home folder) is refused in one
-    line, once, by what reads it first: the catalog (``bfd.queries.connect``), before it writes
-    anything into it, or ``verify_run`` when it finds no such run (``check_store``)."""
-    return cli._store(args)
+    line here (``cli._store``), as by every command; the library's readers refuse it too: the
+    catalog (``bfd.queries.connect``), before it writes anything into it, and ``verify_run``
+    when it finds no such run (``check_store``). A store that does not exist (a first try in
+    a fresh folder, a typo) is refused in one line that says how to make a first run."""
+    root = cli._store(args)
+    if not os.path.exists(root):
+        raise FileNotFoundError(f"no store at {root} ({_named_by(args)}); check it, or make a "
+                                f"first run there: {_first_run(args)}")
+    return root
+
+
+def _named_by(args: argparse.Namespace) -> str:
+    """What named the store: --store, $BFD_STORE or the default."""
+    from bfd.storage.paths import DEFAULT_ROOT, STORE_ENV
+
+    if args.store:
+        return "--store"
+    if os.environ.get(STORE_ENV):
+        return f"${STORE_ENV}"
+    return f"the default {DEFAULT_ROOT}; --store or ${STORE_ENV} name another"
+
+
+def _first_run(args: argparse.Namespace) -> str:
+    """The command of a first run into the store of ``args`` (the offline demo)."""
+    import shlex
+
+    return "bfd audit --demo" + (f" --store {shlex.quote(args.store)}" if args.store else "")
 
 
 def _attached(args: argparse.Namespace) -> dict[str, str]:
@@ -160,6 +184,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
             cli._print_table(reader, args.format, args.output)
     finally:
         con.close()
+    if not published and not pending:
+        print(f"bfd: the store holds no runs yet; make a first run: {_first_run(args)}",
+              file=sys.stderr)
     for run in pending[:_RUNS_NOTES]:
         print(f"bfd: run {run.run_id}: {run.next}", file=sys.stderr)
     if len(pending) > _RUNS_NOTES:

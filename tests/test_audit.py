@@ -530,6 +530,26 @@ def test_checkpoint_steps_and_order(tmp_path):
         checkpoint_files(str(tmp_path / "missing"))
 
 
+def test_a_checkpoint_name_step_is_read_as_its_user_means_it(tmp_path):
+    """Scientific notation and k/M multiples are one number (ckpt_1e4 was step 4, before
+    ckpt_2000); a number that is no whole step is no step (the file goes by its mtime, after
+    the others); the step word is a word (vit_1e4 is not it_1); a dotted part with digits is
+    part of the name (vit_b16.step1000)."""
+    from bfd.tasks.audits import checkpoint_files, step_from_name
+
+    names = {"ckpt_1e4.pth": 10_000, "ckpt_1E+4.pth": 10_000, "step_1.5e3.pt": 1500,
+             "ckpt_10k.pth": 10_000, "ckpt-2.5M.safetensors": 2_500_000, "ckpt_2.0.pth": 2,
+             "vit_1e4.pth": 10_000, "vit_b16.step1000.pth": 1000, "ckpt_1.5.pth": None,
+             "step_1.25e1.pt": None, "ckpt_1e30.pth": None, "ckpt_3e5f2a.pth": 2,
+             "ckpt_10kimg.pth": 10}
+    for name, step in names.items():
+        assert step_from_name(name) == step, name
+    for name in ("ckpt_2000.pth", "ckpt_1e4.pth", "ckpt_5k.pth", "ckpt_1.5.pth"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in checkpoint_files(str(tmp_path))] == [
+        "ckpt_2000.pth", "ckpt_5k.pth", "ckpt_1e4.pth", "ckpt_1.5.pth"]
+
+
 def test_audit_says_what_images_it_left_out(tmp_path, prefect_harness, capsys):
     """An unreadable image, fewer images than --n-images asked for, and too few for any
     interval: each said in a warning of the audit (the run used to go on silently)."""

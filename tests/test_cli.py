@@ -94,7 +94,8 @@ def test_audit_checkpoints_offers_only_its_own_options(tmp_path, capsys):
         run(["audit-checkpoints", str(tmp_path), "--weights", "random"], capsys)
     err = capsys.readouterr().err
     assert exited.value.code == 2
-    assert err.endswith("bfd: error: unrecognized arguments: --weights random\n"), err
+    assert err.startswith("usage: bfd audit-checkpoints ") and err.endswith(
+        "bfd audit-checkpoints: error: unrecognized arguments: --weights random\n"), err
     code, _, err = run(["audit-checkpoints", str(tmp_path), "--store", str(tmp_path / "s")],
                        capsys)
     assert_one_line_error(code, err, "--model is required; e.g. --model")
@@ -492,6 +493,30 @@ def test_every_command_and_option_has_a_help_line():
     assert missing == []
 
 
+@pytest.mark.parametrize("argv, command, extras", [
+    (["runs", "--foo"], "runs", "--foo"),
+    (["runs", "extra"], "runs", "extra"),
+    (["query", "model_summary", "--for", "csv"], "query", "--for csv"),
+    (["audit", "--demo", "--wei", "random"], "audit", "--wei random"),
+    (["audit", "--demo", "--no-dash"], "audit", "--no-dash"),
+    (["extract", "--mod", "test_vit"], "extract", "--mod test_vit"),
+    (["decompose", "some-run", "--control", "3"], "decompose", "--control 3"),
+    (["-v", "sql", "SELECT 1", "--form", "csv"], "sql", "--form csv")],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_an_unknown_or_abbreviated_option_is_refused_by_the_commands_parser(
+        tmp_path, capsys, argv, command, extras):
+    """argparse's refusal, exit 2: the command's usage line (its options), not bfd's; an
+    abbreviation of an option (``--wei`` for ``--weights``) is no option (a scheduled command
+    line would change meaning when an option is added); nothing is run or written."""
+    with pytest.raises(SystemExit) as exited:
+        run([*argv, "--store", str(tmp_path / "store")], capsys)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert err.startswith(f"usage: bfd {command} [-h]"), err
+    assert err.endswith(f"\nbfd {command}: error: unrecognized arguments: {extras}\n"), err
+    assert not (tmp_path / "store").exists()
+
+
 def test_verbose_is_taken_before_or_after_every_command():
     """``-v``/``--verbose`` is the option of every command: ``bfd runs -v`` as ``bfd -v runs``."""
     import argparse
@@ -656,19 +681,23 @@ def test_a_store_is_an_empty_folder_or_one_holding_what_bfd_writes(tmp_path, cap
     --attach of a folder that is no store is refused too."""
     from bfd.storage.paths import STORE_ENTRIES
 
+    def no_runs(store: Path) -> tuple[int, str, str]:
+        return (0, "(no rows)\n", "bfd: the store holds no runs yet; make a first run: bfd "
+                f"audit --demo --store {store}\n")
+
     empty = tmp_path / "new"
     empty.mkdir()
     (empty / ".hidden").write_text("x")
-    assert run(["runs", "--store", str(empty)], capsys) == (0, "(no rows)\n", "")
+    assert run(["runs", "--store", str(empty)], capsys) == no_runs(empty)
     # what reading it wrote leaves it a new store
     assert run(["dashboard", "--store", str(empty)], capsys)[0] == 0
-    assert run(["runs", "--store", str(empty)], capsys) == (0, "(no rows)\n", "")
+    assert run(["runs", "--store", str(empty)], capsys) == no_runs(empty)
     assert sorted(p.name for p in empty.iterdir()) == [".hidden", "catalog", "dashboard"]
     for name in STORE_ENTRIES:
         store = tmp_path / name
         (store / name).mkdir(parents=True)
         (store / "README.txt").write_text("my store")
-        assert run(["runs", "--store", str(store)], capsys) == (0, "(no rows)\n", ""), name
+        assert run(["runs", "--store", str(store)], capsys) == no_runs(store), name
     folder = tmp_path / "other"
     folder.mkdir()
     (folder / "x.csv").write_text("1")
@@ -676,6 +705,60 @@ def test_a_store_is_an_empty_folder_or_one_holding_what_bfd_writes(tmp_path, cap
                         f"other={folder}"], capsys)
     assert_one_line_error(code, err, f"{folder} is not a BFD store")
     assert sorted(p.name for p in folder.iterdir()) == ["x.csv"]
+
+
+def test_reading_a_run_not_published_says_so_and_what_to_run(tmp_path, capsys):
+    """``plot`` of a run extracted but not decomposed, or whose extraction stopped, says that
+    the run is there and what takes it further (not "no run"); a named query's no-rows hint
+    says the same of its run parameters (not "names no run")."""
+    from storebuilder import build_run, random_run_arrays
+
+    root = _table_store(tmp_path / "store")
+    store = Store(root)
+    extracted = build_run(store, *random_run_arrays(0, N=10), model="toy_a")
+    stopped = build_run(store, *random_run_arrays(1, N=10), model="toy_b", shards_done=1)
+    out = tmp_path / "figures"
+    code, _, err = run(["plot", extracted, "--out", str(out), "--store", str(root)], capsys)
+    assert_one_line_error(code, err, f"run {extracted!r} has no published results to draw "
+                          f"(extracted): extracted, not decomposed: bfd decompose {extracted} "
+                          f"--store {root}\n")
+    code, _, err = run(["plot", stopped, "--out", str(out), "--store", str(root)], capsys)
+    assert_one_line_error(code, err, f"run {stopped!r} has no published results to draw "
+                          "(incomplete): extraction incomplete (4 of 10 images;",
+                          f"bfd verify {stopped} --store {root}")
+    code, _, err = run(["plot", "toy_c-0", "--out", str(out), "--store", str(root)], capsys)
+    assert_one_line_error(code, err, "no run 'toy_c-0' in store", "runs: toy-run")
+    assert not out.exists()
+    code, stdout, err = run(["query", "compare_runs", "--param", f"run_a={extracted}",
+                             "--param", "run_b=toy-run", "--store", str(root)], capsys)
+    assert (code, stdout) == (0, "(no rows)\n")
+    assert err == (f"bfd: no rows: run_a {extracted!r} names a run that is not published "
+                   f"(extracted): extracted, not decomposed: bfd decompose {extracted} "
+                   f"--store {root}\n")
+
+
+@pytest.mark.parametrize("argv", [
+    ["runs"], ["dashboard"], ["sql", "SELECT 1"], ["catalog"], ["query", "model_summary"],
+    ["verify", "some-run"], ["plot", "some-run"]], ids=lambda argv: " ".join(argv))
+def test_reading_in_a_fresh_folder_says_how_to_make_a_first_run(tmp_path, capsys, monkeypatch,
+                                                                 argv):
+    """No store yet (a first try of bfd, or a typo): one line naming the store looked for and
+    the offline demo that makes a first run there; nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BFD_STORE", raising=False)
+    code, out, err = run(argv, capsys)
+    assert_one_line_error(code, err, f"no store at {tmp_path / 'bfd-store'} (the default "
+                          "./bfd-store; --store or $BFD_STORE name another); check it, or make "
+                          "a first run there: bfd audit --demo\n")
+    missing = tmp_path / "my store"
+    code, out, err = run([*argv, "--store", str(missing)], capsys)
+    assert_one_line_error(code, err, f"no store at {missing} (--store); check it, or make a "
+                          f"first run there: bfd audit --demo --store '{missing}'\n")
+    monkeypatch.setenv("BFD_STORE", str(missing))
+    code, out, err = run(argv, capsys)
+    assert_one_line_error(code, err, f"no store at {missing} ($BFD_STORE); check it, or make "
+                          "a first run there: bfd audit --demo\n")
+    assert out == "" and list(tmp_path.iterdir()) == []
 
 
 def test_runs_lists_runs_not_published_with_what_to_do(tmp_path):

@@ -202,7 +202,8 @@ def test_audit_checkpoints_takes_no_seed(tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
         run(["audit-checkpoints", str(tmp_path), "--model", "test_vit", "--seed", "3"], capsys)
     assert exited.value.code == 2
-    assert capsys.readouterr().err.endswith("bfd: error: unrecognized arguments: --seed 3\n")
+    assert capsys.readouterr().err.endswith(
+        "bfd audit-checkpoints: error: unrecognized arguments: --seed 3\n")
 
 
 def test_the_flow_parameters_schema_says_what_the_rules_decide():
@@ -257,3 +258,60 @@ def test_file_stamp_caches_keep_the_most_recently_used_and_headers_need_no_settl
     hashed = files.bytes_hashed()
     assert files.sha256_file(path) == files.sha256_file(path)
     assert files.bytes_hashed() - hashed == 2 * 11  # changed just now: not remembered
+
+
+def _main_in_a_process(tmp_path: Path, argvs: dict[str, list[str]]) -> dict[str, list]:
+    """Each command line run by ``bfd.cli.main`` in one fresh process: {name: [exit code,
+    stderr, which of torch, timm and Prefect it imported]}."""
+    code = (
+        "import contextlib, io, json, sys\n"
+        "from bfd.cli import main\n"
+        "out = {}\n"
+        f"for name, argv in {argvs!r}.items():\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err):\n"
+        "        code = main(argv)\n"
+        "    out[name] = [code, err.getvalue(), sorted(m for m in ('torch', 'timm', 'prefect')\n"
+        "                                              if m in sys.modules)]\n"
+        "print(json.dumps(out))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=300,
+                          env={**env, "PREFECT_HOME": str(tmp_path / "prefect-home"),
+                               "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def test_writing_commands_refuse_a_folder_that_is_no_store_before_any_work(tmp_path):
+    """A typo'd --store that exists, or a home folder, given to a command that writes: one
+    line, exit 2, before torch, timm or Prefect, the folder left as it was (an audit made it a
+    store: runs/, bfd.zarr/, tables/ beside the user's files). An empty folder is a new store:
+    the command goes on (here to the run it does not find)."""
+    folder = tmp_path / "Documents"
+    (folder / "notes").mkdir(parents=True)
+    (folder / "letter.txt").write_text("dear")
+    (tmp_path / "ckpts").mkdir()
+    with zipfile.ZipFile(tmp_path / "ckpts" / "step_1.pth", "w") as z:
+        z.writestr("step_1/data.pkl", b"\x80\x02}q\x00.")
+    before = sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+    argvs = {"extract": ["extract", *BASE], "audit": ["audit", *BASE],
+             "audit-demo": ["audit", "--demo"],
+             "audit-checkpoints": ["audit-checkpoints", str(tmp_path / "ckpts"), "--model",
+                                   "test_vit"],
+             "decompose": ["decompose", "some-run"]}
+    out = _main_in_a_process(tmp_path, {name: [*argv, "--store", str(folder)]
+                                        for name, argv in argvs.items()})
+    for name, (code, err, imported) in out.items():
+        assert code == 2 and err.count("\n") == 1, (name, err)
+        assert err.startswith(f"bfd: error: {folder} is not a BFD store (it holds letter.txt, "
+                              "notes, but no runs/"), (name, err)
+        assert imported == [], name
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = _main_in_a_process(tmp_path, {"decompose": ["decompose", "some-run", "--store",
+                                                      str(empty)]})
+    code, err, _ = out["decompose"]
+    assert code == 2 and "not a BFD store" not in err and "some-run" in err, err

@@ -393,3 +393,26 @@ def test_resume_with_another_shard_plan_is_refused(prefect_harness, tmp_path):
         prepare_run(str(store.root), ExtractConfig(**config(images_per_shard=8)))
     assert markers(store, rid) == first
     assert all(np.array_equal(arrays(store, rid)[s], acts[s]) for s in SITES)
+
+
+def test_the_plan_line_says_one_shard_and_sizes_in_a_unit_that_reads():
+    """"1 shard" (not "1 shards"), "1 image", and a size in the unit that reads best: a small
+    run's 96 KiB is not "0.00 GiB" to write."""
+    from bfd.storage import Shard
+    from bfd.tasks.extract import RunPlan
+
+    def plan(sizes: list[int], pending: tuple[int, ...], nbytes: int) -> str:
+        starts = np.cumsum([0, *sizes])
+        shards = tuple(Shard(k, int(a), int(b)) for k, (a, b) in
+                       enumerate(zip(starts[:-1], starts[1:], strict=True)))
+        return RunPlan(run_id="r", layers=(0,), shards=shards, pending=pending, records=(),
+                       n_images=int(starts[-1]), bytes_to_write=nbytes).summary()
+
+    assert plan([4, 1], (1,), 96 * 1024) == (
+        "run r: 5 images in 2 shards; 1 shard (1 image) to extract, 96.0 KiB to write")
+    assert plan([4], (0,), 3 * 2**20 // 2) == (
+        "run r: 4 images in 1 shard; 1 shard (4 images) to extract, 1.50 MiB to write")
+    assert plan([4, 4, 4], (0, 2), 37 * 2**30 + 2**29) == (
+        "run r: 12 images in 3 shards; 2 shards (8 images) to extract, 37.5 GiB to write")
+    assert plan([4], (), 0).endswith("0 shards (0 images) to extract, 0 B to write")
+    assert plan([4], (0,), 1023 * 2**20 + 2**20 - 1).endswith("1.00 GiB to write")

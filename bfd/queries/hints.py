@@ -6,6 +6,7 @@ stderr. The result on stdout stays as it is (machine-readable, no rows).
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Iterator, Mapping
 from typing import Final
 
@@ -65,6 +66,11 @@ def unknown_values(store: Store, params: Mapping[str, ParamValue]) -> str | None
         known = [str(v) for v in run_sql(store, sql).column("v").to_pylist()]
         if str(value) in known:
             continue
+        pending = _unpublished(store, value) if what == "run" else None
+        if pending is not None:  # a run extracted or interrupted: not a typo
+            parts.append(f"{name} {str(value)!r} names a run that is not published "
+                         f"({pending.status}): {pending.next}")
+            continue
         if not known:
             parts.append(f"{name} {str(value)!r} names no {what}: the store holds no {what}s")
             continue
@@ -72,6 +78,16 @@ def unknown_values(store: Store, params: Mapping[str, ParamValue]) -> str | None
         parts.append(f"{name} {str(value)!r} names no {what} of the store; closest known: "
                      f"{', '.join(closest)}")
     return "; ".join(parts) or None
+
+
+def _unpublished(store: Store, run_id: ParamValue):
+    """The store's run ``run_id`` when it holds it unpublished (``unpublished_run``); None
+    for a connection (its store's folder is not known here) or no such run."""
+    if not isinstance(store, str | os.PathLike):
+        return None
+    from bfd import storage
+
+    return storage.unpublished_run(storage.Store(store), str(run_id))
 
 
 def _drift_chosen_cte() -> str:

@@ -22,6 +22,7 @@ from matplotlib.legend import Legend
 from bfd.queries import connect
 from bfd.report import data as D
 from bfd.report.layout import fit_titles, floored, integer_ticks, mark_floor
+from bfd.storage import Store, unpublished_run
 
 __all__ = ["FORMATS", "VIEWS", "plot_run", "run_figures"]
 
@@ -265,12 +266,17 @@ def run_figures(
         of data (e.g. ``pos_factor`` when the run's results are not found).
 
     Raises:
-        ValueError: No such run in the store.
+        ValueError: No such run in the store, or a run not published (extracted, or its
+            extraction incomplete: the line says what to run).
     """
     con = connect(store_root)
     try:
         runs = {row["run_id"]: row for row in D.run_list(con).to_pylist()}
         if run_id not in runs:
+            pending = unpublished_run(Store(store_root), run_id)
+            if pending is not None:  # extracted, or interrupted: said so, with what is next
+                raise ValueError(f"run {run_id!r} has no published results to draw "
+                                 f"({pending.status}): {pending.next}")
             ids = list(runs)
             known = ", ".join(map(str, ids[:10])) + (" ..." if len(ids) > 10 else "")
             raise ValueError(f"no run {run_id!r} in store {str(store_root)!r}; "

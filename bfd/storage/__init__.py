@@ -91,6 +91,7 @@ _EXPORTS: Final[dict[str, str]] = {
     "table_path": "tables",
     "unescape_partition_value": "tables",
     "UnpublishedRun": "unpublished",
+    "unpublished_run": "unpublished",
     "unpublished_runs": "unpublished",
     "read_logit_check": "weights",
     "read_model_tensors": "weights",

@@ -161,3 +161,22 @@ def unpublished_runs(store: Store, published: Collection[str]) -> list[Unpublish
             continue
         out.append(_state(store, name))
     return out
+
+
+def unpublished_run(store: Store, run_id: str) -> UnpublishedRun | None:
+    """The run ``run_id`` when the store holds its request and it is not published (no
+    publication pointer): its status and the command that takes it further, for a reading
+    command that found no published run of that id; None when there is no such run.
+
+    Args:
+        store: The store.
+        run_id: The run id as given (an invalid one names no run).
+    """
+    try:
+        validate_run_id(run_id)
+    except ValueError:
+        return None
+    if (store.published_pointer(run_id).exists()
+            or not (store.run_dir(run_id) / "request.json").exists()):
+        return None
+    return _state(store, run_id)

@@ -33,8 +33,18 @@ from bfd.tasks.request_key import request_identity
 
 # Decomposition options that do not change the results (where and in what pieces it ran).
 _PLACEMENT_OPTIONS: Final[frozenset[str]] = frozenset({"device", "images_per_task"})
-_STEP_WORD: Final[re.Pattern[str]] = re.compile(r"(?:step|iter|it|epoch|ep)[_\-=]?(\d+)", re.I)
-_NUMBER: Final[re.Pattern[str]] = re.compile(r"\d+")
+# A number in a checkpoint's name: an integer (0300), a decimal (2.0), scientific notation
+# (1e4, 1.5e+3) or a k/M multiple (10k, 1.5M); not when a letter or digit follows the exponent
+# or multiple (3e5f2a is a hash: 3, 5, 2).
+_NUMBER_TEXT: Final[str] = (r"\d+(?:\.\d+)?(?:[eE]\+?\d+|[kKM])(?![A-Za-z0-9])"
+                            r"|\d+(?:\.\d+)?")
+_NUMBER: Final[re.Pattern[str]] = re.compile(_NUMBER_TEXT)
+# The number after step/iter/it/epoch/ep, the word not the end of another (vit_1e4 is no it_1)
+_STEP_WORD: Final[re.Pattern[str]] = re.compile(
+    rf"(?<![A-Za-z])(?:step|iter|it|epoch|ep)[_\-=]?({_NUMBER_TEXT})", re.I)
+_MULTIPLES: Final[dict[str, int]] = {"k": 10**3, "K": 10**3, "M": 10**6}
+# A file's suffixes (.pth, .safetensors.index.json): the name's number is before them.
+_SUFFIXES: Final[re.Pattern[str]] = re.compile(r"(?:\.[A-Za-z]+)+$")
 # The longest file name most file systems allow, in bytes (a series is a folder's name).
 _NAME_MAX: Final[int] = 255
 
@@ -102,16 +112,40 @@ def check_place(series: str, step: int | None = None) -> None:
         raise ValueError(f"--step must fit a 64-bit integer; got {step}")
 
 
+def _step_value(text: str) -> int | None:
+    """A number of a checkpoint's name as the step it means: ``0300`` -> 300, ``1e4`` ->
+    10000, ``1.5e3`` -> 1500, ``10k`` -> 10000, ``2M`` -> 2000000, ``2.0`` -> 2; None for one
+    that is no whole step (``1.5``, ``1.25e1``) or does not fit a 64-bit integer."""
+    multiple = _MULTIPLES.get(text[-1], 1)
+    if multiple != 1:
+        text = text[:-1]
+    mantissa, _, exponent = text.lower().partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    power = int(exponent or 0) + len(str(multiple)) - 1 - len(fraction)
+    digits = int(whole + fraction)
+    if power < 0:
+        digits, rest = divmod(digits, 10 ** -power)
+        if rest:
+            return None
+        value = digits
+    elif power > 20:  # beyond int64 whatever the digits (no 10**huge computed)
+        return None if digits else 0
+    else:
+        value = digits * 10**power
+    return value if value < 2**63 else None
+
+
 def step_from_name(path: str | os.PathLike[str]) -> int | None:
-    """The training step in a checkpoint's file name: the number after ``step``/``iter``/
-    ``epoch`` (``epoch=3-step=1200.pt`` -> 1200), else the last number (``ckpt_0300.pth``)
-    , else None."""
-    stem = Path(path).name.split(".")[0]
+    """The training step in a checkpoint's file name (docs/layout.md, ``step``): the number
+    after ``step``/``iter``/``it``/``epoch``/``ep`` (``epoch=3-step=1200.pt`` -> 1200), else
+    the last number (``ckpt_0300.pth`` -> 300), read as a user means it: ``ckpt_1e4.pth`` ->
+    10000, ``step_1.5e3.pt`` -> 1500, ``ckpt_10k.pth`` -> 10000 (k: 10^3, M: 10^6). None when
+    the name holds no number, or that number is no whole step (``ckpt_1.5.pth``: fractional
+    epochs? a version?): such a file is placed by its modification time, after the others."""
+    stem = _SUFFIXES.sub("", Path(path).name)
     words = _STEP_WORD.findall(stem)
-    if words:
-        return int(words[-1])
-    numbers = _NUMBER.findall(stem)
-    return int(numbers[-1]) if numbers else None
+    numbers = words or _NUMBER.findall(stem)
+    return _step_value(numbers[-1]) if numbers else None
 
 
 def time_step(when: datetime) -> int:

@@ -115,9 +115,37 @@ class RunPlan:
     def summary(self) -> str:
         """One line: what this extraction will do."""
         todo = sum(self.shards[k].size for k in self.pending)
-        return (f"run {self.run_id}: {self.n_images} images in {len(self.shards)} shards; "
-                f"{len(self.pending)} shards ({todo} images) to extract, "
-                f"{self.bytes_to_write / 2**30:.2f} GiB to write")
+        return (f"run {self.run_id}: {count(self.n_images, 'image')} in "
+                f"{count(len(self.shards), 'shard')}; {count(len(self.pending), 'shard')} "
+                f"({count(todo, 'image')}) to extract, {size_text(self.bytes_to_write)} to write")
+
+
+def count(n: int, word: str) -> str:
+    """``n`` and ``word``, plural but for one: ``1 shard``, ``2 shards``, ``0 images``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def size_text(nbytes: int) -> str:
+    """A number of bytes in the unit that reads best, three figures: ``512 B``, ``4.00 KiB``,
+    ``37.5 MiB``, ``1.25 GiB``, ``312 GiB``, ``2.10 TiB`` (never ``0.00 GiB``)."""
+    value, unit = float(nbytes), "B"
+    for bigger in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(value) < 1024 or unit == "PiB":
+            break
+        value, unit = value / 1024, bigger
+    if unit == "B":
+        return f"{nbytes} B"
+    # rounding may reach 1024 (1023.9 -> "1024 KiB"): said in the next unit
+    if round(value) >= 1024 and unit != "PiB":
+        return _figures(value / 1024, {"KiB": "MiB", "MiB": "GiB", "GiB": "TiB",
+                                       "TiB": "PiB"}[unit])
+    return _figures(value, unit)
+
+
+def _figures(value: float, unit: str) -> str:
+    """``value`` in ``unit`` with three significant figures (``1.00``, ``37.5``, ``312``)."""
+    decimals = 2 if value < 9.995 else 1 if value < 99.95 else 0
+    return f"{value:.{decimals}f} {unit}"
 
 
 def resolve_layers(layers: str | tuple[int, ...] | list[int], depth: int) -> tuple[int, ...]:
@@ -273,8 +301,8 @@ def _require_space(store: Store, nbytes: int) -> None:
         where = where.parent
     free = shutil.disk_usage(where).free
     if nbytes > free:
-        raise OSError(errno.ENOSPC, f"the run needs {nbytes / 2**30:.2f} GiB but the disk of "
-                      f"the store has {free / 2**30:.2f} GiB free; free space or choose another "
+        raise OSError(errno.ENOSPC, f"the run needs {size_text(nbytes)} but the disk of "
+                      f"the store has {size_text(free)} free; free space or choose another "
                       "--store", str(where))
 
 
