@@ -21,9 +21,7 @@ from bfd.storage import (
     previous_audit,
     read_audits,
     read_request,
-    read_run_table,
     recorded_inputs,
-    table_faults,
     write_audit,
     write_drift,
 )
@@ -179,6 +177,10 @@ def computed_run(store: Store, run_id: str, decompose_options: Mapping[str, Any]
     (placement aside) and every table file of it reads (``table_faults``), else None: an audit
     of it need not compute anything. A damaged table file of the run makes it not computed:
     the audit publishes it again (another run's damaged file is no concern of this one)."""
+    # here, not above: the rest of this module (audit-checkpoints with nothing to do,
+    # bfd.cli_reuse) needs neither xarray nor Zarr, which these import (2 s)
+    from bfd.storage import read_run_table, table_faults
+
     if table_faults(store, run_id):
         return None
     runs = read_run_table(store, "runs", run_id)
