@@ -488,3 +488,15 @@ def test_audit_checkpoints_with_nothing_to_do_answers_without_prefect(tmp_path, 
                           timeout=300)
     assert proc.returncode == 2
     assert proc.stdout == flow_out + flow_err
+
+
+def test_the_checks_without_prefect_import_no_xarray_or_zarr(tmp_path):
+    """What the commands above answer without Prefect (bfd.cli_reuse, the request identities
+    and audits of bfd.tasks.audits) loads no xarray, pandas or Zarr either (2 s of imports)."""
+    code = ("import sys\nimport bfd.cli_audits, bfd.cli_reuse, bfd.tasks.audits\n"
+            "print(sorted(m for m in ('xarray', 'pandas', 'zarr', 'torch', 'timm', 'prefect')"
+            " if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "[]\n"
