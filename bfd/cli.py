@@ -401,7 +401,18 @@ def _drain_prefect() -> None:
         worker.drain_all(timeout=5)
 
 
+def _line_buffered_stdout() -> None:
+    """stdout written line by line also into a pipe or a file (``bfd audit ... | tee log``,
+    ``2>&1``), as on a terminal: each line shows when it is printed, and in its place among
+    stderr's warnings, not in blocks of 8 KiB at the end. Tables go to stdout's binary
+    buffer (``bfd.output.stdout_bytes``), unaffected."""
+    with contextlib.suppress(AttributeError, ValueError):  # replaced, or no text stream
+        sys.stdout.reconfigure(line_buffering=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # a process of its own
+        _line_buffered_stdout()
     args = build_parser().parse_args(argv)
     _prefect_defaults(args.verbose)
     if args.command not in _READING_COMMANDS:

@@ -265,6 +265,9 @@ def print_image_notes(store: str, run_id: str, requested: int | None) -> None:
 
 
 def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
+    """``bfd audit-checkpoints``: the flow ``audit-checkpoints``, or for a folder with nothing
+    to audit its line alone, without Prefect (``bfd.cli_reuse.nothing_to_audit``)."""
+    from bfd.cli_reuse import nothing_to_audit
     from bfd.files import WEIGHT_SUFFIXES
     from bfd.tasks.audits import check_place, checkpoint_files, checkpoints_series
 
@@ -281,19 +284,24 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
     if len(bad) == len(files):  # nothing to audit: refused before anything is recorded
         return print_left_out(bad, "")
     cli._check_request_early(args, config)
-    check_place(args.series or checkpoints_series(config.model, args.checkpoints))
-    cli._check_extract_request(args, config)
+    series = args.series or checkpoints_series(config.model, args.checkpoints)
+    check_place(series)
     store = cli._store(args)
-    from bfd.flows.checkpoints import CheckpointsLeftOut, audit_checkpoints
+    # nothing to audit: said without torch, timm or Prefect, as the flow would say it
+    out = nothing_to_audit(args, config, store, series)
+    if out is None:
+        cli._check_extract_request(args, config)
+        from bfd.flows.checkpoints import CheckpointsLeftOut, audit_checkpoints
 
-    config = config.model_dump(exclude={"weights"})
-    try:
-        out = cli._with_bars(audit_checkpoints, args.checkpoints, config, store,
-                             series=args.series, drift=thresholds, workers=args.workers,
-                             dask_address=args.dask_address, gpu_resources=args.gpu_resources,
-                             dashboard=not args.no_dashboard)
-    except CheckpointsLeftOut as err:  # the flow run is Failed; its left-out files end here
-        out = err.out
+        try:
+            out = cli._with_bars(audit_checkpoints, args.checkpoints,
+                                 config.model_dump(exclude={"weights"}), store,
+                                 series=args.series, drift=thresholds, workers=args.workers,
+                                 dask_address=args.dask_address,
+                                 gpu_resources=args.gpu_resources,
+                                 dashboard=not args.no_dashboard)
+        except CheckpointsLeftOut as err:  # the flow run is Failed; its left-out files end here
+            out = err.out
     if not out["audits"]:
         n_seen = out["n_files"] - len(out["bad"])
         if n_seen:

@@ -1,5 +1,5 @@
-"""``bfd audit`` of an already computed run, and ``bfd extract`` of an already extracted one,
-without torch, timm or Prefect.
+"""``bfd audit`` of an already computed run, ``bfd extract`` of an already extracted one, and
+``bfd audit-checkpoints`` of a folder already audited, without torch, timm or Prefect.
 
 An audit whose run is already computed does no work but its record: the audit's row, its
 drift against the series' previous audit, the catalog and the dashboard. The flow ``audit``
@@ -19,6 +19,14 @@ artifacts and events.
 ``bfd extract`` of a request whose activations are all stored intact (the same key, agreeing
 request, every shard marked and its chunk files there) has nothing to do: it says so at once,
 without the flow ``extract``'s run, which would find the same.
+
+``bfd audit-checkpoints`` of a folder whose every readable checkpoint its series has audited
+with the same request has nothing to do either: the command lists the files, hashes them and
+compares their request identities with the series' audits by the flow's own function
+(``bfd.tasks.audits.pending_checkpoints``), and says so at once, with the flow's line and exit
+status (2 when files were left out), recording nothing, as the flow records nothing in the
+store then. What is not made is the flow run ``audit-checkpoints`` and its markdown artifact
+("Nothing to do: ..."). When anything is to audit, the flow runs as before.
 
 The flow runs instead whenever anything is not certain: a Prefect API is configured (its
 runs, artifacts and events are what its user keeps), ``-v`` (Prefect's logs asked for),
@@ -127,6 +135,30 @@ def computed_run_of(args: argparse.Namespace, config, store: str) -> str | None:
 
     options = DecomposeOptions(**decompose_kwargs(DecomposeParams(), config)).to_dict()
     return run_id if computed_run(s, run_id, options) is not None else None
+
+
+def nothing_to_audit(args: argparse.Namespace, config, store: str,
+                     series: str) -> dict | None:
+    """What the flow ``audit-checkpoints`` returns for this command when it would find
+    nothing to audit (``audits`` empty, ``bad``: the files left out), found without it; None
+    when the flow must run (``_needs_flow``) or a checkpoint is to audit."""
+    if _needs_flow(args, config):
+        return None
+    from bfd.flows.params import AuditConfig
+    from bfd.storage import Store
+    from bfd.tasks.audits import describe_request, pending_checkpoints
+
+    # the request as the flow types it from the command's config: the weights are each file
+    request = AuditConfig(**config.model_dump(exclude={"weights"})).extract_config()
+    try:
+        todo, n_files, bad = pending_checkpoints(Store(store), args.checkpoints, series,
+                                                 request)
+    except (OSError, ValueError):  # the flow reports it in its own words
+        return None
+    if todo:
+        return None
+    return {"series": series, "n_files": n_files, "store": store,
+            "compared": describe_request(request), "bad": bad, "audits": []}
 
 
 def record_reused_audit(args: argparse.Namespace, config, store: str, thresholds,

@@ -435,3 +435,68 @@ def test_an_audit_that_repairs_a_damaged_shard_says_so(tmp_path, prefect_harness
 
     out, _ = audit(3)
     assert f"run {rid} reused, nothing recomputed" in out
+
+
+def store_files(store: Path) -> dict[str, tuple[int, int]]:
+    """Every file of a store with its size and modification time."""
+    return {str(p.relative_to(store)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(store.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_audit_checkpoints_with_nothing_to_do_answers_without_prefect(tmp_path, prefect_harness,
+                                                                      capsys):
+    """`bfd audit-checkpoints` of a folder already audited with the same request, without a
+    Prefect API: the flow's line and exit status (2, with its left-out line, beside a
+    truncated file), without importing torch, timm or Prefect (no temporary server, nothing in
+    the Prefect home) and writing nothing to the store; its stdout is written line by line,
+    so that in one pipe with stderr the line comes before the left-out line printed after it
+    (block-buffered, it came last)."""
+    folder = tmp_path / "ckpts"
+    make_checkpoints(tmp_path / "made")
+    folder.mkdir()
+    (tmp_path / "made" / "step_100.safetensors").rename(folder / "step_100.safetensors")
+    store = tmp_path / "store"
+    argv = ["audit-checkpoints", str(folder), "--model", AUDIT["model"], "--n-images", "6",
+            "--img-size", "64", "--layers", "0", "--dtype", "float32", "--images-per-chunk",
+            "6", "--store", str(store), "--no-dashboard"]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0 and "1 checkpoint(s) audited" in out, out + err
+    home = tmp_path / "prefect-home"
+    for bad in (False, True):
+        if bad:  # a truncated checkpoint beside the audited one: left out, exit 2
+            good = (folder / "step_100.safetensors").read_bytes()
+            (folder / "step_50.safetensors").write_bytes(good[: len(good) // 2])
+        # the flow (a Prefect API is configured here), then the same call without one
+        code, flow_out, flow_err = run_cli(argv, capsys)
+        assert code == (2 if bad else 0) and flow_out.startswith("nothing to do"), flow_out
+        before = store_files(store)
+        ran, out, err = bfd_without_prefect_api(argv, tmp_path)
+        assert ran == {"code": code, "loaded": [], "checked": []}
+        assert (out + "\n", err) == (flow_out, flow_err)
+        assert store_files(store) == before
+        assert list(home.iterdir()) == []  # no temporary server, no Prefect database
+    assert flow_err.startswith("bfd: error: left out: weights file ") and flow_err.count(
+        "\n") == 1, flow_err
+
+    # the command as a shell runs it into one pipe, stdout not made unbuffered for it
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PREFECT_API_URL", "PYTHONUNBUFFERED")}
+    env |= {"PREFECT_HOME": str(home), "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "bfd.cli", *argv], cwd=tmp_path, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=300)
+    assert proc.returncode == 2
+    assert proc.stdout == flow_out + flow_err
+
+
+def test_the_checks_without_prefect_import_no_xarray_or_zarr(tmp_path):
+    """What the commands above answer without Prefect (bfd.cli_reuse, the request identities
+    and audits of bfd.tasks.audits) loads no xarray, pandas or Zarr either (2 s of imports)."""
+    code = ("import sys\nimport bfd.cli_audits, bfd.cli_reuse, bfd.tasks.audits\n"
+            "print(sorted(m for m in ('xarray', 'pandas', 'zarr', 'torch', 'timm', 'prefect')"
+            " if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "[]\n"

@@ -7,14 +7,12 @@ and named while the others are audited; the run then ends ``Failed``, naming it.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from typing import Any
 
 from prefect import flow, get_run_logger, tags
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Failed, State
 
-from bfd.files import check_checkpoint, sha256_file
 from bfd.flows.audit import audit, refresh_outputs
 from bfd.flows.params import (
     AuditConfig,
@@ -26,15 +24,12 @@ from bfd.flows.params import (
 from bfd.flows.prefect_io import artifact_key, resolve_store
 from bfd.storage import Store
 from bfd.tasks.audits import (
-    audited_requests,
     check_place,
-    checkpoint_files,
     checkpoints_series,
     describe_request,
-    step_from_name,
+    pending_checkpoints,
 )
 from bfd.tasks.extract import ExtractConfig, check_before_work, load_weights
-from bfd.tasks.request_key import key_inputs, key_listing, request_identity
 
 
 class CheckpointsLeftOut(ValueError):
@@ -54,41 +49,6 @@ def _run_name() -> str:
 
     params = flow_run.parameters
     return f"checkpoints {params.get('series') or params.get('checkpoints')}"
-
-
-def pending_checkpoints(store: Store, pattern: str, series: str,
-                        config: Mapping[str, Any]) -> tuple[list[dict], int, list[str]]:
-    """The checkpoints still to audit with the request ``config`` (fields of
-    ``ExtractConfig``; its weights are each file), in step order, the number of checkpoint
-    files found, and one line per file that is no readable checkpoint (``check_checkpoint``),
-    left out.
-
-    A file is audited already when a complete audit of the series had the same request
-    (``audited_requests``: model, weights bytes, images, N, layers, sites, img_size, dtype,
-    ...); each request is audited once, so a copy of a checkpoint is not audited twice.
-    """
-    files = checkpoint_files(pattern)
-    seen = audited_requests(store, series)
-    records = key_listing(config)
-    todo, bad = [], []
-    for path in files:
-        try:
-            check_checkpoint(path)
-        except (OSError, ValueError) as err:
-            bad.append(" ".join(str(err).split()))
-            continue
-        sha = sha256_file(path)  # the checkpoint's audit reuses this digest
-        inputs = (key_inputs({**config, "weights": str(path)}, sha, records)
-                  if records is not None else None)
-        identity = request_identity(inputs) if inputs else None
-        if identity is not None and identity in seen:
-            continue
-        if identity is not None:
-            seen.add(identity)
-        step = step_from_name(path)
-        todo.append({"path": str(path), "sha256": sha,
-                     "step": step if step is not None else int(os.stat(path).st_mtime)})
-    return sorted(todo, key=lambda c: c["step"]), len(files), bad
 
 
 @flow(name="audit-checkpoints", log_prints=True, flow_run_name=_run_name)

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from bfd.files import WEIGHT_SUFFIXES
+from bfd.files import WEIGHT_SUFFIXES, check_checkpoint, sha256_file
 from bfd.storage import (
     SEEN_FIGURES,
     Store,
@@ -21,15 +21,13 @@ from bfd.storage import (
     previous_audit,
     read_audits,
     read_request,
-    read_run_table,
     recorded_inputs,
-    table_faults,
     write_audit,
     write_drift,
 )
 from bfd.storage.audits import series_folder
 from bfd.tasks.drift import decompose_options_of, drift_rows, not_comparable
-from bfd.tasks.request_key import request_identity
+from bfd.tasks.request_key import key_inputs, key_listing, request_identity
 
 # Decomposition options that do not change the results (where and in what pieces it ran).
 _PLACEMENT_OPTIONS: Final[frozenset[str]] = frozenset({"device", "images_per_task"})
@@ -213,6 +211,10 @@ def computed_run(store: Store, run_id: str, decompose_options: Mapping[str, Any]
     (placement aside) and every table file of it reads (``table_faults``), else None: an audit
     of it need not compute anything. A damaged table file of the run makes it not computed:
     the audit publishes it again (another run's damaged file is no concern of this one)."""
+    # here, not above: the rest of this module (audit-checkpoints with nothing to do,
+    # bfd.cli_reuse) needs neither xarray nor Zarr, which these import (2 s)
+    from bfd.storage import read_run_table, table_faults
+
     if table_faults(store, run_id):
         return None
     runs = read_run_table(store, "runs", run_id)
@@ -276,3 +278,38 @@ def drift_since_previous(store: Store, row: dict[str, Any], run_id: str,
         write_drift(store, row["series"], row["audit_id"], rows)
     row.update(status="complete", n_flagged=sum(r["flagged"] for r in rows))
     return rows
+
+
+def pending_checkpoints(store: Store, pattern: str, series: str,
+                        config: Mapping[str, Any]) -> tuple[list[dict], int, list[str]]:
+    """The checkpoints still to audit with the request ``config`` (fields of
+    ``ExtractConfig``; its weights are each file), in step order, the number of checkpoint
+    files found, and one line per file that is no readable checkpoint (``check_checkpoint``),
+    left out.
+
+    A file is audited already when a complete audit of the series had the same request
+    (``audited_requests``: model, weights bytes, images, N, layers, sites, img_size, dtype,
+    ...); each request is audited once, so a copy of a checkpoint is not audited twice.
+    """
+    files = checkpoint_files(pattern)
+    seen = audited_requests(store, series)
+    records = key_listing(config)
+    todo, bad = [], []
+    for path in files:
+        try:
+            check_checkpoint(path)
+        except (OSError, ValueError) as err:
+            bad.append(" ".join(str(err).split()))
+            continue
+        sha = sha256_file(path)  # the checkpoint's audit reuses this digest
+        inputs = (key_inputs({**config, "weights": str(path)}, sha, records)
+                  if records is not None else None)
+        identity = request_identity(inputs) if inputs else None
+        if identity is not None and identity in seen:
+            continue
+        if identity is not None:
+            seen.add(identity)
+        step = step_from_name(path)
+        todo.append({"path": str(path), "sha256": sha,
+                     "step": step if step is not None else int(os.stat(path).st_mtime)})
+    return sorted(todo, key=lambda c: c["step"]), len(files), bad

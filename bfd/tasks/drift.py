@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Final
 
-from bfd.storage import Store, heads_rows, layers_rows, open_results, read_table
+from bfd.storage import Store
 
 LAYER_FRACTIONS: Final[tuple[str, ...]] = ("frac_pos", "frac_img", "frac_int", "frac_content")
 HEAD_FRACTIONS: Final[tuple[str, ...]] = ("f_pp", "f_pc", "f_cp", "f_cc")
@@ -69,6 +69,10 @@ def _row(layer: int, head: int | None, metric: str, before: Any, after: Any,
 
 def run_metrics(store: Store, run_id: str) -> tuple[dict, dict]:
     """``{(layer, metric): value}`` and ``{(layer, head): row}`` of a run's results."""
+    # here, not above: what imports this module to compare requests, not results
+    # (audit-checkpoints with nothing to do) needs neither xarray nor Zarr (2 s)
+    from bfd.storage import heads_rows, layers_rows, open_results
+
     ds = open_results(store, run_id, dask=False)  # many small variables, each read once
     layers = {}
     for r in layers_rows(ds).to_pylist():
@@ -124,6 +128,8 @@ def _other_model(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
 def _run_inputs(store: Store, run_ids: tuple[str, str]) -> dict[str, dict[str, Any]]:
     """What each run saw: its model (name and ``ARCHITECTURE``), images_sha256, its decoded N,
     img_size and the prefix option of its published decomposition (``runs`` table)."""
+    from bfd.storage import read_table
+
     rows = read_table(store, "runs").to_pylist()
     return {r["run_id"]: {"model": r["model"], **{k: r.get(k) for k in ARCHITECTURE},
                           "sha": r["images_sha256"], "img_size": r["img_size"],
