@@ -16,7 +16,9 @@ WITH seen AS (
         nullif(depth, 0) AS depth,
         nullif(num_heads, 0) AS num_heads,
         nullif(width, 0) AS width,
-        coalesce(json_extract_string(config_json, '$.decompose.prefix'), 'exclude') AS prefix,
+        -- json_valid: a runs row of other JSON than bfd's must not fail every pair's query
+        coalesce(CASE WHEN json_valid(config_json)
+            THEN json_extract_string(config_json, '$.decompose.prefix') END, 'exclude') AS prefix,
         concat('depth ', coalesce(CAST(nullif(depth, 0) AS VARCHAR), '?'), ', ',
             coalesce(CAST(nullif(num_heads, 0) AS VARCHAR), '?'), ' heads and width ',
             coalesce(CAST(nullif(width, 0) AS VARCHAR), '?')) AS shape
