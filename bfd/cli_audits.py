@@ -147,7 +147,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
                          "neither --workers nor --dask-address")
     store = cli._store(args)
     cli._check_request_early(args, config)
-    check_place(args.series or default_series(model, config.weights, config.seed), args.step)
+    # an empty --series '' is refused (check_place), not taken for the default
+    check_place(args.series if args.series is not None
+                else default_series(model, config.weights, config.seed), args.step)
     thresholds = drift_thresholds(args.drift_threshold)
     reused = computed_run_of(args, config, store)
     if reused is None:
@@ -284,7 +286,8 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
     if len(bad) == len(files):  # nothing to audit: refused before anything is recorded
         return print_left_out(bad, "")
     cli._check_request_early(args, config)
-    series = args.series or checkpoints_series(config.model, args.checkpoints)
+    series = (args.series if args.series is not None
+              else checkpoints_series(config.model, args.checkpoints))
     check_place(series)
     store = cli._store(args)
     # nothing to audit: said without torch, timm or Prefect, as the flow would say it

@@ -180,7 +180,8 @@ def record_reused_audit(args: argparse.Namespace, config, store: str, thresholds
     print(f"bfd: run {run_id} is already computed: the audit is recorded without a Prefect "
           "flow run (no Prefect API configured; -v runs the flow)", file=sys.stderr)
     s = Store(store)
-    series = args.series or default_series(config.model, config.weights, config.seed)
+    series = (args.series if args.series is not None
+              else default_series(config.model, config.weights, config.seed))
     step = args.step if args.step is not None else time_step(started)
     with audit_row(s, series, step, "cli", None, started) as row:
         drift_since_previous(s, row, run_id, thresholds.model_dump(), run_seen(store, run_id))

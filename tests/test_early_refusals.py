@@ -58,6 +58,10 @@ REFUSED = {
                        ["--device: must be auto, cpu, cuda or cuda:K (given 'tpu')"]),
     "workers-0": (["extract", *BASE, "--workers", "0"], ["--workers must be >= 1; got 0"]),
     "series-dot": (["audit", *BASE, "--series", "."], ["--series must not be empty, '.'"]),
+    # an empty series was taken for the default series, silently
+    "series-empty": (["audit", *BASE, "--series", ""], ["--series must not be empty"]),
+    "checkpoints-series-empty": (["audit-checkpoints", "{tmp}/ckpts", "--model", "test_vit",
+                                  "--series", ""], ["--series must not be empty"]),
     "series-too-long": (["audit", *BASE, "--series", "s" * 300],
                         ["is too long: its folder name would be 300 bytes"]),
     "step-past-int64": (["audit", *BASE, "--step", str(2**63)],

@@ -121,7 +121,8 @@ def audit(
     thresholds = with_deployment_defaults("drift", drift, DriftThresholds)
     model = require_model(config)
     root = resolve_store(store)
-    series = series or default_series(model, config.weights, config.seed)
+    series = series if series is not None else default_series(model, config.weights,
+                                                                config.seed)
     check_place(series, step)
     # a bad request (layers out of range, weights that do not fit the model, ...) is refused
     # before the audit's row is opened: nothing recorded, no series begun; the weights loaded

@@ -91,7 +91,8 @@ def compare(
                  "seed": item.seed})
         except ValidationError as err:
             raise ValueError(describe_errors(err, prefix=f"models[{i}].")) from None
-        series = item.series or default_series(item.model, item.weights, item.seed)
+        series = (item.series if item.series is not None
+                  else default_series(item.model, item.weights, item.seed))
         with tags(f"model:{item.model}", f"series:{series}"):
             audits.append(audit(one_config, root, workers=workers, dask_address=dask_address,
                                 decompose_options=options, series=series, drift=thresholds,
