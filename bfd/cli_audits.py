@@ -308,8 +308,10 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
     if not out["audits"]:
         n_seen = out["n_files"] - len(out["bad"])
         if n_seen:
-            print(f"nothing to do: every readable checkpoint of {args.checkpoints} "
-                  f"({n_seen} of {out['n_files']} files) is already audited in series "
+            # not "every readable checkpoint": a file left out may read and not fit the model
+            left = f"; {len(out['bad'])} left out" if out["bad"] else ""
+            print(f"nothing to do: every checkpoint of {args.checkpoints} not left out "
+                  f"({n_seen} of {out['n_files']} files{left}) is already audited in series "
                   f"{out['series']} with the same request ({out['compared']})")
         return print_left_out(out["bad"]) if out["bad"] else 0
     n_flagged = 0

@@ -20,7 +20,7 @@ artifacts and events.
 request, every shard marked and its chunk files there) has nothing to do: it says so at once,
 without the flow ``extract``'s run, which would find the same.
 
-``bfd audit-checkpoints`` of a folder whose every readable checkpoint its series has audited
+``bfd audit-checkpoints`` of a folder whose every checkpoint not left out its series has audited
 with the same request has nothing to do either: the command lists the files, hashes them and
 compares their request identities with the series' audits by the flow's own function
 (``bfd.tasks.audits.pending_checkpoints``), and says so at once, with the flow's line and exit
