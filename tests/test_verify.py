@@ -307,3 +307,13 @@ def test_a_repair_with_weights_changed_since_says_it_makes_another_run(prefect_h
     code, _, err = cli(["verify", rid, "--store", str(root)], capsys)
     assert code == 1 and err.splitlines()[-1].startswith(
         f"bfd: but its weights file '{weights}' is not there"), err
+
+
+def test_a_table_file_gone_is_named_missing(damaged, capsys):
+    """A table file the pointer names that is gone is said missing, with nothing after it
+    (it read 'unreadable ()': pyarrow's error names only the path, which is cut out)."""
+    root, rid = damaged
+    table = root / read_pointer(Store(root), rid)["tables"]["heads"]
+    table.unlink()
+    code, out, _ = cli(["verify", rid, "--store", str(root)], capsys)
+    assert code == 1 and out == f"fault: {table}: missing (the published version's file is gone)\n"

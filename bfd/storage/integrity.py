@@ -259,6 +259,10 @@ def table_faults(store: Store, run_id: str) -> list[Fault]:
                  for p in store.table_dir(t).glob(f"model=*/run_id={run_id}/part-*.parquet")}
     faults = []
     for table, path in sorted(files.items()):
+        if not os.path.lexists(path):  # pyarrow's error for a file gone names only the path
+            faults.append(Fault(str(path), "missing (the published version's file is gone)",
+                                published=True))
+            continue
         try:
             names = set(pq.read_table(path).column_names)
         except Exception as e:  # noqa: BLE001 - any read failure is the fault
