@@ -222,8 +222,9 @@ def test_served_from_loopback_with_no_outside_request(site, browser):
         base = f"http://{host}:{port}/"
         open_page(browser, base + "compare.html")
         assert_clean(browser, base)
-        # a-1 against a-2, both with frac_pos intervals [v - 0.01, v + 0.02]: the delta's
-        # interval [lo_B - hi_A, hi_B - lo_A] reaches 0.03 either side of it.
+        # a-1 against a-2, both with frac_pos intervals [v - 0.01, v + 0.02] (half-width
+        # 0.015) and the same N: the delta's interval delta ± sqrt(hw_A² + hw_B²), as
+        # compare_runs, reaches 0.015·√2 either side of it.
         browser.execute_script(
             "for (const [id, v] of [['run-a', 'a-1'], ['run-b', 'a-2']]) {"
             " const s = document.getElementById(id); s.value = v;"
@@ -236,7 +237,8 @@ def test_served_from_loopback_with_no_outside_request(site, browser):
         )
         delta, up, down = bar
         assert len(delta) == 4
-        assert up == pytest.approx([0.03] * 4) and down == pytest.approx([0.03] * 4)
+        assert up == pytest.approx([0.015 * 2**0.5] * 4)
+        assert down == pytest.approx([0.015 * 2**0.5] * 4)
     finally:
         server.shutdown()
         server.server_close()
@@ -477,3 +479,75 @@ def test_compare_matches_layers_by_model_depth_and_never_extrapolates(tmp_path, 
     # a run whose stored layers stop a third of the way down its model has no B past them
     bars, _ = compare(browser, "d6-all", "d4-low")
     assert [layer for layer, d in bars if d is not None] == [0, 1]
+
+
+def test_compare_of_runs_of_other_n_uses_the_adjusted_basis_as_compare_runs(tmp_path, browser):
+    # n8 and n16: one model, 8 and 16 decoded images; vit_b: another model, 16 images. The
+    # raw frac_pos of n8 and n16 differ widely (planted by seed) while their chance-corrected
+    # frac_pos_adj differ little: the page must agree with `compare_runs` on every figure.
+    root = tmp_path / "store"
+    adj = {"n8": [0.10, 0.20, 0.30], "n16": [0.101, 0.195, 0.36], "vit_b": [0.12, 0.18, 0.3]}
+    raw = {}
+    for i, (run_id, model, n) in enumerate((("n8", "toy_vit", 8), ("n16", "toy_vit", 16),
+                                            ("vit_b", "vit_b", 16))):
+        hw = 0.02 if n == 8 else 0.01
+        raw[run_id] = write_synthetic_run(
+            root, run_id, model=model, seed=i, intervals=True, n_images=n,
+            layer_values={"frac_pos_adj": adj[run_id],
+                          "frac_pos_adj_lo": [v - hw for v in adj[run_id]],
+                          "frac_pos_adj_hi": [v + hw for v in adj[run_id]]},
+        )["frac_pos"]
+    build_dashboard(root, tmp_path / "site")
+    from bfd.queries import run_query
+
+    def expected(a: str, b: str, metric: str) -> list[dict]:
+        """compare_runs' rows of a metric at the attn_in site (the page's)."""
+        rows = run_query(root, "compare_runs", {"run_a": a, "run_b": b}).to_pylist()
+        return [r for r in rows if r["site"] == "attn_in" and r["metric"] == metric]
+
+    open_page(browser, (tmp_path / "site" / "compare.html").as_uri())
+    assert_clean(browser, "file://")
+    for a, b, basis in (("n8", "n16", "adjusted"), ("n16", "vit_b", "raw"),
+                        ("vit_b", "n16", "raw")):
+        bars, table = compare(browser, a, b)
+        want = expected(a, b, "frac_pos")
+        assert {r["basis"] for r in want} == {basis}
+        errors = browser.execute_script(
+            "const e = document.getElementById('delta-plot').data[0].error_y;"
+            " return e ? [Array.from(e.array), Array.from(e.arrayminus)] : null;")
+        assert [layer for layer, _ in bars] == [r["layer"] for r in want]
+        for (_, got), plus, minus, r in zip(bars, *errors, want, strict=True):
+            assert got == pytest.approx(r["delta"], rel=1e-9, abs=1e-12)
+            assert got + plus == pytest.approx(r["delta_hi"], rel=1e-9, abs=1e-12)
+            assert got - minus == pytest.approx(r["delta_lo"], rel=1e-9, abs=1e-12)
+        assert [row[7] for row in table] == ["yes" if r["significant"] else "no" for r in want]
+        shown = browser.execute_script(
+            "return Array.from(document.querySelectorAll('#compare-notes p'),"
+            " p => [p.id, p.textContent])")
+        notes = dict(shown)
+        assert ("compare-basis" in notes) == (basis == "adjusted")
+        if basis == "adjusted":
+            assert "N = 8 and 16" in notes["compare-basis"]
+            assert "frac_pos_adj" in notes["compare-basis"]
+        assert notes.get("compare-pair-note") == want[0]["note"]
+        assert (want[0]["note"] is None) == (want[0]["same_model"] is True)
+    # the planted case: at layer 0 raw frac_pos of n16 less n8's is beyond its intervals
+    # (frac_pos ± (0.01, 0.02): half-width 0.015 each), the adjusted one is not; the page
+    # showed the adjusted verdict above
+    assert abs(raw["n16"][0] - raw["n8"][0]) > 0.015 * 2**0.5 + 0.03
+    assert expected("n8", "n16", "frac_pos")[0]["significant"] is False
+    # a metric without a chance-corrected twin: deltas, no intervals, no verdict, a note
+    compare(browser, "n8", "n16")
+    browser.execute_script(
+        "const s = document.getElementById('metric-select'); s.value = 'pos_split_half_r';"
+        " s.dispatchEvent(new Event('change'));")
+    bars = browser.execute_script(
+        "const t = document.getElementById('delta-plot').data[0];"
+        " return [Array.from(t.y), t.error_y ? true : false];")
+    assert bars[0] == pytest.approx([0.0, 0.0, 0.0], abs=1e-12) and bars[1] is False
+    table = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#delta-table tbody tr'),"
+        " tr => Array.from(tr.cells, c => c.textContent))")
+    assert [(row[5], row[6], row[7]) for row in table] == [("–", "–", "–")] * 3
+    note = browser.find_element("id", "compare-basis").text
+    assert "chance level's change with N" in note and "N = 8 and 16" in note

@@ -317,7 +317,8 @@ def build_dashboard(
             "index.html": ("overview", {**common, "layers": layers,
                                         "series_list": D.columnar(D.series_list(con))}),
             "series.html": ("series", {**common, **series}),
-            "compare.html": ("compare", {**common, "layers": layers}),
+            "compare.html": ("compare", {**common, "layers": layers,
+                                         "pairs": D.columnar(D.run_pair_notes(con))}),
         }
         for rel, (kind, payload) in site_pages.items():
             key = D.content_hash(payload, [code, *notices])

@@ -587,10 +587,37 @@
       select("metric-select", "metric", keys.map((k) => [k, k]), state.metric, (v) => { state.metric = v; redraw(); })));
     const prof = plotDiv("compare-plot", "The chosen metric per layer for runs A and B");
     const delta = plotDiv("delta-plot", "Per-layer difference B minus A of the chosen metric, with intervals where stored");
+    const notes = h("div", { id: "compare-notes" });
     const tableBox = h("div", {});
-    app.append(section("Profiles", h("div", { class: "grid" }, prof, delta)), tableBox);
+    app.append(notes, section("Profiles", h("div", { class: "grid" }, prof, delta)), tableBox);
+    // ordered pairs of runs with a run_pairs note (two models, other prefix options)
+    const pairNote = new Map(rowsOf(D.pairs || {}).map((p) => [p.run_a + "\u0000" + p.run_b, p.note]));
+    // the images a run decomposed (decoded ones), the N its shares depend on
+    const decoded = (id) => { const r = RUN_BY_ID.get(id); return r.n_images - (r.n_skipped || 0); };
     function redraw() {
-      const A = byRun.get(state.a), B = byRun.get(state.b), k = state.metric;
+      const A = byRun.get(state.a), B = byRun.get(state.b);
+      // basis as compare_runs: raw shares when both runs decoded the same N, else the
+      // chance-corrected twin (*_adj), whose expectation does not depend on N; a metric
+      // without one is shown without intervals, its deltas including the chance level's change
+      const nA = decoded(state.a), nB = decoded(state.b), sameN = nA === nB;
+      const twin = /_adj$/.test(state.metric) ? state.metric : state.metric + "_adj";
+      const hasTwin = keys.includes(twin);
+      const k = sameN || !hasTwin ? state.metric : twin;
+      const basis = sameN ? "raw" : (hasTwin ? "adjusted" : "none");
+      const noteLines = [];
+      if (basis === "adjusted") {
+        noteLines.push(h("p", { class: "note", id: "compare-basis" },
+          `Runs A and B decoded different numbers of images (N = ${nA} and ${nB}): raw shares' expectation `
+          + `depends on N, so they are compared on the adjusted basis, ${k} (chance-corrected), as compare_runs does.`));
+      } else if (basis === "none") {
+        noteLines.push(h("p", { class: "note warn", id: "compare-basis" },
+          `Runs A and B decoded different numbers of images (N = ${nA} and ${nB}) and ${k} has no `
+          + "chance-corrected twin: its deltas include the chance level's change with N, and are shown "
+          + "without intervals or significance."));
+      }
+      const pn = pairNote.get(state.a + "\u0000" + state.b);
+      if (pn) noteLines.push(h("p", { class: "note warn", id: "compare-pair-note" }, pn));
+      notes.replaceChildren(...noteLines);
       // the models' depth (layer_summary.depth: runs.depth), not the number of layers each
       // run stored (a run may hold a subset of its model's layers: --layers)
       const depthOf = (rows) => rows.length ? rows[0].depth : null;
@@ -616,12 +643,18 @@
         const lo = B[i - 1], hi = B[i], t = (x.rel_depth - lo.rel_depth) / (hi.rel_depth - lo.rel_depth);
         return { [k]: lo[k] === null || hi[k] === null ? null : lo[k] + t * (hi[k] - lo[k]) };
       };
+      // each run's interval half-width (hi - lo) / 2; the delta's interval is
+      // delta ± sqrt(hw_A² + hw_B²), significant when it excludes 0 (as compare_runs)
+      const hw = (l) => (typeof l[k + "_lo"] === "number" && typeof l[k + "_hi"] === "number"
+        ? (l[k + "_hi"] - l[k + "_lo"]) / 2 : null);
       const rows = A.map((l) => {
         const b = at(l);
         const d = l[k] === null || b[k] === null || b[k] === undefined ? null : b[k] - l[k];
-        const hasBand = sameDepth && typeof l[k + "_lo"] === "number" && typeof b[k + "_lo"] === "number";
+        const hwA = hw(l), hwB = sameDepth ? hw(b) : null;
+        const w = basis !== "none" && d !== null && hwA !== null && hwB !== null ? Math.sqrt(hwA * hwA + hwB * hwB) : null;
         return { layer: l.layer, rel_depth: l.rel_depth, a: l[k], b: b[k] ?? null, delta: d,
-          delta_lo: hasBand ? b[k + "_lo"] - l[k + "_hi"] : null, delta_hi: hasBand ? b[k + "_hi"] - l[k + "_lo"] : null };
+          delta_lo: w === null ? null : d - w, delta_hi: w === null ? null : d + w,
+          significant: w === null ? null : (d - w > 0 || d + w < 0) };
       });
       const withBand = rows.some((r) => r.delta_lo !== null);
       draw(delta, [{ type: "bar", x: rows.map((r) => r.layer), y: rows.map((r) => r.delta), name: "B − A",
@@ -630,9 +663,14 @@
           arrayminus: rows.map((r) => r.delta - r.delta_lo) } : undefined,
         hovertemplate: `layer %{x}<br>Δ ${k} %{y:.4g}<extra></extra>` }],
       { xaxis: { title: { text: "layer of A" }, dtick: 1 }, yaxis: { title: { text: `Δ ${k} (B − A)` } }, height: 400,
-        title: { text: withBand ? "intervals: [lo_B − hi_A, hi_B − lo_A]" : (sameDepth ? "no intervals stored"
+        title: { text: basis === "none" ? `N differ (${nA}, ${nB}): no intervals, deltas include the chance level's change`
+          : withBand ? "intervals: Δ ± √(hw_A² + hw_B²)" : (sameDepth ? "no intervals stored"
           : "depths differ: B interpolated on relative depth"), font: { size: 12 } } });
-      tableBox.replaceChildren(section("Per-layer deltas", dataTable("delta-table", `${k}: B − A per layer`, rows, null,
+      const yesNo = (r) => (r.significant === null ? "–" : r.significant ? "yes" : "no");
+      const cols = ["layer", "rel_depth", "a", "b", "delta", "delta_lo", "delta_hi"].map((c) => ({ key: c }))
+        .concat([{ key: "significant", render: yesNo }]);
+      tableBox.replaceChildren(section("Per-layer deltas", dataTable("delta-table",
+        `${k}: B − A per layer (basis ${basis === "none" ? "raw, N differ" : basis})`, rows, cols,
         { filename: `compare-${k}` })));
     }
     redraw();
