@@ -551,3 +551,58 @@ def test_compare_of_runs_of_other_n_uses_the_adjusted_basis_as_compare_runs(tmp_
     assert [(row[5], row[6], row[7]) for row in table] == [("–", "–", "–")] * 3
     note = browser.find_element("id", "compare-basis").text
     assert "chance level's change with N" in note and "N = 8 and 16" in note
+
+
+def test_series_line_breaks_between_two_models_and_unix_steps_read_as_dates(tmp_path, browser):
+    # series mix: m1 (toy_vit) then m2, m3 (vit_b), at default steps (the audits' start in
+    # Unix seconds); series ints: m2, m3 at steps 100 and 200
+    from bfd.queries import connect, run_sql
+    from bfd.storage import Store, write_audit
+
+    root = tmp_path / "store"
+    for i, (run_id, model) in enumerate((("m1", "toy_vit"), ("m2", "vit_b"), ("m3", "vit_b"))):
+        write_synthetic_run(root, run_id, model=model, seed=i,
+                            created_at=dt.datetime(2025, 1, 1 + i, tzinfo=dt.UTC))
+    start = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
+    audits = [("M1", "mix", "m1", 0, 0.11), ("M2", "mix", "m2", 1, 0.22),
+              ("M3", "mix", "m3", 2, 0.33), ("I1", "ints", "m2", 0, 0.44),
+              ("I2", "ints", "m3", 1, 0.55)]
+    for audit_id, series, run_id, day, f_pp in audits:
+        began = start + dt.timedelta(days=day)
+        step = int(began.timestamp()) if series == "mix" else 100 * (day + 1)
+        write_audit(Store(root), {
+            "audit_id": audit_id, "series": series, "run_id": run_id, "step": step,
+            "started_at": began, "finished_at": began + dt.timedelta(hours=1),
+            "trigger": "schedule", "flow_run_id": None, "status": "complete",
+            "prev_audit_id": None, "n_flagged": 0, "n_layers": 3, "n_heads": 6, "f_pp": f_pp,
+            "f_pc": 1 - f_pp, "mean_f_pp": f_pp})
+    build_dashboard(root, tmp_path / "site")
+    with connect(root) as con:
+        same = {(r["run_a"], r["run_b"]): r["same_model"] for r in run_sql(
+            con, "SELECT run_a, run_b, same_model FROM run_pairs").to_pylist()}
+    assert same[("m1", "m2")] is False and same[("m2", "m3")] is True
+    open_page(browser, (tmp_path / "site" / "series.html").as_uri())
+    assert_clean(browser, "file://")
+    got = {}
+    for name in ("mix", "ints"):
+        choose_series(browser, name)
+        got[name] = browser.execute_script(
+            "const d = document.getElementById('metric-f_pp');"
+            " return [Array.from(d.data[0].x), Array.from(d.data[0].y),"
+            " d.layout.xaxis.type || null, d.layout.xaxis.tickformat || null,"
+            " Array.from(d.querySelectorAll('.xtick text'), t => t.textContent)];")
+    x, y, kind, _, ticks = got["mix"]
+    # a gap (no figure) between m1 and m2 only: two models; m2 and m3 are one model
+    points = [("m1", 0.11), ("m2", 0.22), ("m3", 0.33)]
+    want_y = []
+    for i, (run_id, f_pp) in enumerate(points):
+        if i and not same[(points[i - 1][0], run_id)]:
+            want_y.append(None)
+        want_y.append(f_pp)
+    assert y == want_y == [0.11, None, 0.22, 0.33]
+    days = [(start + dt.timedelta(days=d)) for d in (0, 1, 1, 2)]
+    assert [dt.datetime.fromisoformat(v.replace("Z", "+00:00")) for v in x] == days
+    assert kind == "date" and ticks and not any("B" in t or "e+" in t for t in ticks)
+    x, y, kind, fmt, ticks = got["ints"]
+    assert (x, y, kind, fmt) == ([100, 200], [0.44, 0.55], "linear", "d")
+    assert ticks and all(t.isdigit() for t in ticks)

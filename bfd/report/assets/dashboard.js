@@ -514,7 +514,9 @@
     const tables = h("div", {});
     app.append(controls, section("Every metric", h("p", { class: "note" },
       "One point per complete audit of the series, at its step, with the figures it saw. Red crosses: " +
-      "audits whose drift check flagged a metric this plot shows. Click a point to open its run. " +
+      "audits whose drift check flagged a metric this plot shows. The line breaks between consecutive " +
+      "points whose runs are of two models (run_pairs.same_model false). Steps that are all Unix " +
+      "seconds (an audit's default step, its start time) are drawn as dates. Click a point to open its run. " +
       "Audits do not keep " + (notKept.join(", ") || "every figure") + ": an audit's point has " +
       "none of them (its run's current ones may come from a later decomposition; its run page " +
       "shows them). In the table, figures audit: what the audit kept; run: the run's current " +
@@ -527,9 +529,29 @@
     });
     // The drift metrics each plot shows (bfd/report/data.py DRIFT_OF_PLOT); none: no crosses.
     const driftOf = D.drift_of_plot || {};
+    // ordered pairs of runs of two models (run_pairs.same_model false): the line breaks
+    // between consecutive points of such a pair
+    const twoModels = new Set(rowsOf(D.pairs || {}).filter((p) => p.same_model === false)
+      .map((p) => p.run_a + "\u0000" + p.run_b));
     function redraw() {
-      const rows = metrics.filter((m) => m.series === state.series);
+      const members = metrics.filter((m) => m.series === state.series);
       const flagged = drift.filter((d) => d.series === state.series);
+      // a gap (no figure) between consecutive points whose runs are of two models
+      const lines = [];
+      members.forEach((m, i) => {
+        if (i > 0 && twoModels.has(members[i - 1].run_id + "\u0000" + m.run_id)) lines.push({ gap: true, x: m });
+        lines.push(m);
+      });
+      // steps that are all Unix seconds (an audit's default step: its start time; a
+      // checkpoint's modification time) are drawn as dates; other steps as plain integers
+      const steps = members.map((m) => m.step).filter((v) => typeof v === "number");
+      const unixSteps = state.x === "step" && steps.length > 0 && steps.every((v) => v >= 1e9 && v < 4.2e9);
+      const xOf = (m) => {
+        const v = m[state.x];
+        return unixSteps && typeof v === "number" ? new Date(v * 1000).toISOString() : v;
+      };
+      const xaxis = state.x !== "step" ? {} : unixSteps ? { type: "date" } : { tickformat: "d" };
+      const rows = lines.map((m) => (m.gap ? { gap: true, [state.x]: m.x[state.x] } : m));
       for (const old of grid.children) sized.unobserve(old);
       // every cell first, at its height, then the plots: each is drawn at its cell's width
       const divs = keys.map((k) => {
@@ -540,7 +562,7 @@
       grid.replaceChildren(...divs);
       keys.forEach((k, i) => {
         const div = divs[i];
-        const x = rows.map((m) => m[state.x]);
+        const x = rows.map(xOf);
         const err = rows.some((m) => typeof m[k + "_lo"] === "number") ? { type: "data", symmetric: false,
           array: rows.map((m) => (m[k + "_hi"] ?? m[k]) - m[k]), arrayminus: rows.map((m) => m[k] - (m[k + "_lo"] ?? m[k])) } : undefined;
         // a cross per audit whose flagged drift names a metric this plot shows
@@ -550,13 +572,13 @@
         const none = !rows.some((m) => typeof m[k] === "number");
         const missing = none ? (notKept.includes(k) && rows.some((m) => m.figures === "audit")
           ? "not kept by the audits: see each run's page" : "no value") : null;
-        draw(div, [{ x: x, y: rows.map((m) => m[k]), mode: "lines+markers", name: k, error_y: err,
+        draw(div, [{ x: x, y: rows.map((m) => (m.gap ? null : m[k])), mode: "lines+markers", name: k, error_y: err,
           customdata: rows.map((m) => RUN_BY_ID.get(m.run_id)?.page || ""),
-          text: rows.map((m) => pt(m.run_id + (m.audit_id ? " · audit " + m.audit_id : ""))),
+          text: rows.map((m) => (m.gap ? "" : pt(m.run_id + (m.audit_id ? " · audit " + m.audit_id : "")))),
           line: { color: "#0072B2" }, hovertemplate: `%{text}<br>${k} %{y:.4g}<extra></extra>` },
-        { x: hit.map((m) => m[state.x]), y: hit.map((m) => m[k]), mode: "markers", name: "drift flagged",
+        { x: hit.map(xOf), y: hit.map((m) => m[k]), mode: "markers", name: "drift flagged",
           marker: { symbol: "x", size: 12, color: "#D55E00" }, hoverinfo: "skip" }],
-        { title: { text: k, font: { size: 13 }, x: 0.02, xanchor: "left" }, showlegend: false, height: 260,
+        { title: { text: k, font: { size: 13 }, x: 0.02, xanchor: "left" }, showlegend: false, height: 260, xaxis: xaxis,
           margin: { l: 55, r: 10, t: 35, b: 55 }, annotations: missing ? [{ text: missing, showarrow: false,
             xref: "paper", yref: "paper", x: 0.5, y: 0.5 }] : [] });
         div.on("plotly_click", (ev) => { const page = ev.points[0].customdata; if (page) window.location.href = "runs/" + encodeURIComponent(page); });
@@ -567,7 +589,7 @@
           : empty("No audits recorded yet.")),
         section("Head-type changes between consecutive audits",
           dataTable("changes-table", "head-type changes", changes.filter((c) => c.series === state.series))),
-        section("Audits of the series", dataTable("series-runs", "audits of the series", rows)));
+        section("Audits of the series", dataTable("series-runs", "audits of the series", members)));
     }
     redraw();
   }
