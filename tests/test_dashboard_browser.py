@@ -175,6 +175,12 @@ def test_hostile_names_render_as_text(site, browser, page):
             "return [...document.querySelectorAll('#run-a option')].map(o => o.textContent)"
         )
         assert any(XSS in o for o in options)
+        # and in the run_pairs note of a pair of two models, as text
+        compare(browser, "a-1", "x-1")
+        assert no_dialog(browser)
+        note = browser.find_element("id", "compare-pair-note").text
+        assert note.startswith(f"run_a is of vit_a, run_b of {XSS}: two models")
+        assert browser.execute_script("return document.scripts.length") == 3
 
 
 def test_run_page_views_are_linked(site, browser):

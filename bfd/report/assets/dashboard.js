@@ -615,7 +615,11 @@
     // ordered pairs of runs with a run_pairs note (two models, other prefix options)
     const pairNote = new Map(rowsOf(D.pairs || {}).map((p) => [p.run_a + "\u0000" + p.run_b, p.note]));
     // the images a run decomposed (decoded ones), the N its shares depend on
-    const decoded = (id) => { const r = RUN_BY_ID.get(id); return r.n_images - (r.n_skipped || 0); };
+    // (NULL when the run does not say: two such runs are on one basis, as compare_runs)
+    const decoded = (id) => {
+      const r = RUN_BY_ID.get(id);
+      return typeof r.n_images === "number" ? r.n_images - (r.n_skipped || 0) : null;
+    };
     function redraw() {
       const A = byRun.get(state.a), B = byRun.get(state.b);
       // basis as compare_runs: raw shares when both runs decoded the same N, else the
