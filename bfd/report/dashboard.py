@@ -6,7 +6,8 @@ Layout of the output folder::
     index.html           Overview: every series and run, depth profiles of the chosen runs
     series.html          every run-level metric of a series against audit step or time,
                          drift flags, head-type changes
-    compare.html         any two runs, per-layer deltas (with intervals where stored)
+    compare.html         any two runs, per-layer deltas on compare_runs' basis (intervals
+                         where stored)
     runs/<run>.html      one page per run: the paper's views (of a run with a damaged table
                          file: one line saying so, also on the other pages, until it is repaired)
     assets/              plotly.min.js (from the plotly package), dashboard.js, dashboard.css
