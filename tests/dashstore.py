@@ -53,17 +53,18 @@ def write_synthetic_run(
     intervals: bool = False,
     layer_values: dict[str, list[float]] | None = None,
     layers: tuple[int, ...] | None = None,
+    n_images: int = 16,
 ) -> dict[str, np.ndarray]:
     """Writes one run's runs, layers, heads and modes tables; returns what was planted
     (``frac_pos`` per layer, ``energy`` per layer, head and block). ``intervals`` fills
     ``frac_pos_lo = frac_pos - 0.01`` and ``frac_pos_hi = frac_pos + 0.02``; ``layer_values``
     replaces a layers column's values (one per layer, at both sites); ``layers`` stores those
     layers of the model only (``bfd extract --layers``; default: all ``depth``), the planted
-    arrays staying indexed by layer; every column not planted is NULL."""
+    arrays staying indexed by layer; ``n_images`` the images it decoded (none skipped);
+    every column not planted is NULL."""
     rng = np.random.default_rng(seed)
     store = Store(root)
     created_at = created_at or dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
-    n_images = 16
     stored = tuple(range(depth)) if layers is None else tuple(layers)
     write_rows(store, "runs", model, run_id, [{
         "run_id": run_id, "model": model, "weights": weights, "weights_sha256": f"sha-{weights}",

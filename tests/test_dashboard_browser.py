@@ -175,6 +175,12 @@ def test_hostile_names_render_as_text(site, browser, page):
             "return [...document.querySelectorAll('#run-a option')].map(o => o.textContent)"
         )
         assert any(XSS in o for o in options)
+        # and in the run_pairs note of a pair of two models, as text
+        compare(browser, "a-1", "x-1")
+        assert no_dialog(browser)
+        note = browser.find_element("id", "compare-pair-note").text
+        assert note.startswith(f"run_a is of vit_a, run_b of {XSS}: two models")
+        assert browser.execute_script("return document.scripts.length") == 3
 
 
 def test_run_page_views_are_linked(site, browser):
@@ -222,8 +228,9 @@ def test_served_from_loopback_with_no_outside_request(site, browser):
         base = f"http://{host}:{port}/"
         open_page(browser, base + "compare.html")
         assert_clean(browser, base)
-        # a-1 against a-2, both with frac_pos intervals [v - 0.01, v + 0.02]: the delta's
-        # interval [lo_B - hi_A, hi_B - lo_A] reaches 0.03 either side of it.
+        # a-1 against a-2, both with frac_pos intervals [v - 0.01, v + 0.02] (half-width
+        # 0.015) and the same N: the delta's interval delta ± sqrt(hw_A² + hw_B²), as
+        # compare_runs, reaches 0.015·√2 either side of it.
         browser.execute_script(
             "for (const [id, v] of [['run-a', 'a-1'], ['run-b', 'a-2']]) {"
             " const s = document.getElementById(id); s.value = v;"
@@ -236,7 +243,8 @@ def test_served_from_loopback_with_no_outside_request(site, browser):
         )
         delta, up, down = bar
         assert len(delta) == 4
-        assert up == pytest.approx([0.03] * 4) and down == pytest.approx([0.03] * 4)
+        assert up == pytest.approx([0.015 * 2**0.5] * 4)
+        assert down == pytest.approx([0.015 * 2**0.5] * 4)
     finally:
         server.shutdown()
         server.server_close()
@@ -477,3 +485,130 @@ def test_compare_matches_layers_by_model_depth_and_never_extrapolates(tmp_path, 
     # a run whose stored layers stop a third of the way down its model has no B past them
     bars, _ = compare(browser, "d6-all", "d4-low")
     assert [layer for layer, d in bars if d is not None] == [0, 1]
+
+
+def test_compare_of_runs_of_other_n_uses_the_adjusted_basis_as_compare_runs(tmp_path, browser):
+    # n8 and n16: one model, 8 and 16 decoded images; vit_b: another model, 16 images. The
+    # raw frac_pos of n8 and n16 differ widely (planted by seed) while their chance-corrected
+    # frac_pos_adj differ little: the page must agree with `compare_runs` on every figure.
+    root = tmp_path / "store"
+    adj = {"n8": [0.10, 0.20, 0.30], "n16": [0.101, 0.195, 0.36], "vit_b": [0.12, 0.18, 0.3]}
+    raw = {}
+    for i, (run_id, model, n) in enumerate((("n8", "toy_vit", 8), ("n16", "toy_vit", 16),
+                                            ("vit_b", "vit_b", 16))):
+        hw = 0.02 if n == 8 else 0.01
+        raw[run_id] = write_synthetic_run(
+            root, run_id, model=model, seed=i, intervals=True, n_images=n,
+            layer_values={"frac_pos_adj": adj[run_id],
+                          "frac_pos_adj_lo": [v - hw for v in adj[run_id]],
+                          "frac_pos_adj_hi": [v + hw for v in adj[run_id]]},
+        )["frac_pos"]
+    build_dashboard(root, tmp_path / "site")
+    from bfd.queries import run_query
+
+    def expected(a: str, b: str, metric: str) -> list[dict]:
+        """compare_runs' rows of a metric at the attn_in site (the page's)."""
+        rows = run_query(root, "compare_runs", {"run_a": a, "run_b": b}).to_pylist()
+        return [r for r in rows if r["site"] == "attn_in" and r["metric"] == metric]
+
+    open_page(browser, (tmp_path / "site" / "compare.html").as_uri())
+    assert_clean(browser, "file://")
+    for a, b, basis in (("n8", "n16", "adjusted"), ("n16", "vit_b", "raw"),
+                        ("vit_b", "n16", "raw")):
+        bars, table = compare(browser, a, b)
+        want = expected(a, b, "frac_pos")
+        assert {r["basis"] for r in want} == {basis}
+        errors = browser.execute_script(
+            "const e = document.getElementById('delta-plot').data[0].error_y;"
+            " return e ? [Array.from(e.array), Array.from(e.arrayminus)] : null;")
+        assert [layer for layer, _ in bars] == [r["layer"] for r in want]
+        for (_, got), plus, minus, r in zip(bars, *errors, want, strict=True):
+            assert got == pytest.approx(r["delta"], rel=1e-9, abs=1e-12)
+            assert got + plus == pytest.approx(r["delta_hi"], rel=1e-9, abs=1e-12)
+            assert got - minus == pytest.approx(r["delta_lo"], rel=1e-9, abs=1e-12)
+        assert [row[7] for row in table] == ["yes" if r["significant"] else "no" for r in want]
+        shown = browser.execute_script(
+            "return Array.from(document.querySelectorAll('#compare-notes p'),"
+            " p => [p.id, p.textContent])")
+        notes = dict(shown)
+        assert ("compare-basis" in notes) == (basis == "adjusted")
+        if basis == "adjusted":
+            assert "N = 8 and 16" in notes["compare-basis"]
+            assert "frac_pos_adj" in notes["compare-basis"]
+        assert notes.get("compare-pair-note") == want[0]["note"]
+        assert (want[0]["note"] is None) == (want[0]["same_model"] is True)
+    # the planted case: at layer 0 raw frac_pos of n16 less n8's is beyond its intervals
+    # (frac_pos ± (0.01, 0.02): half-width 0.015 each), the adjusted one is not; the page
+    # showed the adjusted verdict above
+    assert abs(raw["n16"][0] - raw["n8"][0]) > 0.015 * 2**0.5 + 0.03
+    assert expected("n8", "n16", "frac_pos")[0]["significant"] is False
+    # a metric without a chance-corrected twin: deltas, no intervals, no verdict, a note
+    compare(browser, "n8", "n16")
+    browser.execute_script(
+        "const s = document.getElementById('metric-select'); s.value = 'pos_split_half_r';"
+        " s.dispatchEvent(new Event('change'));")
+    bars = browser.execute_script(
+        "const t = document.getElementById('delta-plot').data[0];"
+        " return [Array.from(t.y), t.error_y ? true : false];")
+    assert bars[0] == pytest.approx([0.0, 0.0, 0.0], abs=1e-12) and bars[1] is False
+    table = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#delta-table tbody tr'),"
+        " tr => Array.from(tr.cells, c => c.textContent))")
+    assert [(row[5], row[6], row[7]) for row in table] == [("–", "–", "–")] * 3
+    note = browser.find_element("id", "compare-basis").text
+    assert "chance level's change with N" in note and "N = 8 and 16" in note
+
+
+def test_series_line_breaks_between_two_models_and_unix_steps_read_as_dates(tmp_path, browser):
+    # series mix: m1 (toy_vit) then m2, m3 (vit_b), at default steps (the audits' start in
+    # Unix seconds); series ints: m2, m3 at steps 100 and 200
+    from bfd.queries import connect, run_sql
+    from bfd.storage import Store, write_audit
+
+    root = tmp_path / "store"
+    for i, (run_id, model) in enumerate((("m1", "toy_vit"), ("m2", "vit_b"), ("m3", "vit_b"))):
+        write_synthetic_run(root, run_id, model=model, seed=i,
+                            created_at=dt.datetime(2025, 1, 1 + i, tzinfo=dt.UTC))
+    start = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
+    audits = [("M1", "mix", "m1", 0, 0.11), ("M2", "mix", "m2", 1, 0.22),
+              ("M3", "mix", "m3", 2, 0.33), ("I1", "ints", "m2", 0, 0.44),
+              ("I2", "ints", "m3", 1, 0.55)]
+    for audit_id, series, run_id, day, f_pp in audits:
+        began = start + dt.timedelta(days=day)
+        step = int(began.timestamp()) if series == "mix" else 100 * (day + 1)
+        write_audit(Store(root), {
+            "audit_id": audit_id, "series": series, "run_id": run_id, "step": step,
+            "started_at": began, "finished_at": began + dt.timedelta(hours=1),
+            "trigger": "schedule", "flow_run_id": None, "status": "complete",
+            "prev_audit_id": None, "n_flagged": 0, "n_layers": 3, "n_heads": 6, "f_pp": f_pp,
+            "f_pc": 1 - f_pp, "mean_f_pp": f_pp})
+    build_dashboard(root, tmp_path / "site")
+    with connect(root) as con:
+        same = {(r["run_a"], r["run_b"]): r["same_model"] for r in run_sql(
+            con, "SELECT run_a, run_b, same_model FROM run_pairs").to_pylist()}
+    assert same[("m1", "m2")] is False and same[("m2", "m3")] is True
+    open_page(browser, (tmp_path / "site" / "series.html").as_uri())
+    assert_clean(browser, "file://")
+    got = {}
+    for name in ("mix", "ints"):
+        choose_series(browser, name)
+        got[name] = browser.execute_script(
+            "const d = document.getElementById('metric-f_pp');"
+            " return [Array.from(d.data[0].x), Array.from(d.data[0].y),"
+            " d.layout.xaxis.type || null, d.layout.xaxis.tickformat || null,"
+            " Array.from(d.querySelectorAll('.xtick text'), t => t.textContent)];")
+    x, y, kind, _, ticks = got["mix"]
+    # a gap (no figure) between m1 and m2 only: two models; m2 and m3 are one model
+    points = [("m1", 0.11), ("m2", 0.22), ("m3", 0.33)]
+    want_y = []
+    for i, (run_id, f_pp) in enumerate(points):
+        if i and not same[(points[i - 1][0], run_id)]:
+            want_y.append(None)
+        want_y.append(f_pp)
+    assert y == want_y == [0.11, None, 0.22, 0.33]
+    days = [(start + dt.timedelta(days=d)) for d in (0, 1, 1, 2)]
+    assert [dt.datetime.fromisoformat(v.replace("Z", "+00:00")) for v in x] == days
+    assert kind == "date" and ticks and not any("B" in t or "e+" in t for t in ticks)
+    x, y, kind, fmt, ticks = got["ints"]
+    assert (x, y, kind, fmt) == ([100, 200], [0.44, 0.55], "linear", "d")
+    assert ticks and all(t.isdigit() for t in ticks)

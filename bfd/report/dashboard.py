@@ -6,7 +6,8 @@ Layout of the output folder::
     index.html           Overview: every series and run, depth profiles of the chosen runs
     series.html          every run-level metric of a series against audit step or time,
                          drift flags, head-type changes
-    compare.html         any two runs, per-layer deltas (with intervals where stored)
+    compare.html         any two runs, per-layer deltas on compare_runs' basis (intervals
+                         where stored)
     runs/<run>.html      one page per run: the paper's views (of a run with a damaged table
                          file: one line saying so, also on the other pages, until it is repaired)
     assets/              plotly.min.js (from the plotly package), dashboard.js, dashboard.css
@@ -312,12 +313,13 @@ def build_dashboard(
         series["drift_of_plot"] = {k: list(v) for k, v in D.DRIFT_OF_PLOT.items()}
         series["not_kept"] = D.figures_not_kept(con)
         common = {"runs": runs, "has_audits": has_audits}
+        pairs = D.columnar(D.run_pair_notes(con))
         generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         site_pages = {
             "index.html": ("overview", {**common, "layers": layers,
                                         "series_list": D.columnar(D.series_list(con))}),
-            "series.html": ("series", {**common, **series}),
-            "compare.html": ("compare", {**common, "layers": layers}),
+            "series.html": ("series", {**common, **series, "pairs": pairs}),
+            "compare.html": ("compare", {**common, "layers": layers, "pairs": pairs}),
         }
         for rel, (kind, payload) in site_pages.items():
             key = D.content_hash(payload, [code, *notices])

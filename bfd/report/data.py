@@ -42,6 +42,7 @@ __all__ = [
     "run_detail",
     "run_keys",
     "run_list",
+    "run_pair_notes",
     "safe_file_stem",
     "series_data",
     "series_list",
@@ -154,6 +155,17 @@ def layer_rows(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> pa.
         ORDER BY s.run_id, s.layer
     """
     return run_sql(con, sql, None if run_id is None else {"run_id": run_id})
+
+
+def run_pair_notes(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """The ordered pairs of two complete runs whose ``run_pairs`` note is not NULL (two
+    models, or shares decomposed with other prefix options), with ``same_model`` and the
+    note: every other pair is of one model over the same positions."""
+    return run_sql(con, """
+        SELECT run_a, run_b, same_model, note FROM run_pairs
+        WHERE run_a <> run_b AND note IS NOT NULL
+        ORDER BY run_a, run_b
+    """)
 
 
 def run_keys(con: duckdb.DuckDBPyConnection) -> dict[str, str]:

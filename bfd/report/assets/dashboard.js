@@ -514,7 +514,9 @@
     const tables = h("div", {});
     app.append(controls, section("Every metric", h("p", { class: "note" },
       "One point per complete audit of the series, at its step, with the figures it saw. Red crosses: " +
-      "audits whose drift check flagged a metric this plot shows. Click a point to open its run. " +
+      "audits whose drift check flagged a metric this plot shows. The line breaks between consecutive " +
+      "points whose runs are of two models (run_pairs.same_model false). Steps that are all Unix " +
+      "seconds (an audit's default step, its start time) are drawn as dates. Click a point to open its run. " +
       "Audits do not keep " + (notKept.join(", ") || "every figure") + ": an audit's point has " +
       "none of them (its run's current ones may come from a later decomposition; its run page " +
       "shows them). In the table, figures audit: what the audit kept; run: the run's current " +
@@ -527,9 +529,29 @@
     });
     // The drift metrics each plot shows (bfd/report/data.py DRIFT_OF_PLOT); none: no crosses.
     const driftOf = D.drift_of_plot || {};
+    // ordered pairs of runs of two models (run_pairs.same_model false): the line breaks
+    // between consecutive points of such a pair
+    const twoModels = new Set(rowsOf(D.pairs || {}).filter((p) => p.same_model === false)
+      .map((p) => p.run_a + "\u0000" + p.run_b));
     function redraw() {
-      const rows = metrics.filter((m) => m.series === state.series);
+      const members = metrics.filter((m) => m.series === state.series);
       const flagged = drift.filter((d) => d.series === state.series);
+      // a gap (no figure) between consecutive points whose runs are of two models
+      const lines = [];
+      members.forEach((m, i) => {
+        if (i > 0 && twoModels.has(members[i - 1].run_id + "\u0000" + m.run_id)) lines.push({ gap: true, x: m });
+        lines.push(m);
+      });
+      // steps that are all Unix seconds (an audit's default step: its start time; a
+      // checkpoint's modification time) are drawn as dates; other steps as plain integers
+      const steps = members.map((m) => m.step).filter((v) => typeof v === "number");
+      const unixSteps = state.x === "step" && steps.length > 0 && steps.every((v) => v >= 1e9 && v < 4.2e9);
+      const xOf = (m) => {
+        const v = m[state.x];
+        return unixSteps && typeof v === "number" ? new Date(v * 1000).toISOString() : v;
+      };
+      const xaxis = state.x !== "step" ? {} : unixSteps ? { type: "date" } : { tickformat: "d" };
+      const rows = lines.map((m) => (m.gap ? { gap: true, [state.x]: m.x[state.x] } : m));
       for (const old of grid.children) sized.unobserve(old);
       // every cell first, at its height, then the plots: each is drawn at its cell's width
       const divs = keys.map((k) => {
@@ -540,7 +562,7 @@
       grid.replaceChildren(...divs);
       keys.forEach((k, i) => {
         const div = divs[i];
-        const x = rows.map((m) => m[state.x]);
+        const x = rows.map(xOf);
         const err = rows.some((m) => typeof m[k + "_lo"] === "number") ? { type: "data", symmetric: false,
           array: rows.map((m) => (m[k + "_hi"] ?? m[k]) - m[k]), arrayminus: rows.map((m) => m[k] - (m[k + "_lo"] ?? m[k])) } : undefined;
         // a cross per audit whose flagged drift names a metric this plot shows
@@ -550,13 +572,13 @@
         const none = !rows.some((m) => typeof m[k] === "number");
         const missing = none ? (notKept.includes(k) && rows.some((m) => m.figures === "audit")
           ? "not kept by the audits: see each run's page" : "no value") : null;
-        draw(div, [{ x: x, y: rows.map((m) => m[k]), mode: "lines+markers", name: k, error_y: err,
+        draw(div, [{ x: x, y: rows.map((m) => (m.gap ? null : m[k])), mode: "lines+markers", name: k, error_y: err,
           customdata: rows.map((m) => RUN_BY_ID.get(m.run_id)?.page || ""),
-          text: rows.map((m) => pt(m.run_id + (m.audit_id ? " · audit " + m.audit_id : ""))),
+          text: rows.map((m) => (m.gap ? "" : pt(m.run_id + (m.audit_id ? " · audit " + m.audit_id : "")))),
           line: { color: "#0072B2" }, hovertemplate: `%{text}<br>${k} %{y:.4g}<extra></extra>` },
-        { x: hit.map((m) => m[state.x]), y: hit.map((m) => m[k]), mode: "markers", name: "drift flagged",
+        { x: hit.map(xOf), y: hit.map((m) => m[k]), mode: "markers", name: "drift flagged",
           marker: { symbol: "x", size: 12, color: "#D55E00" }, hoverinfo: "skip" }],
-        { title: { text: k, font: { size: 13 }, x: 0.02, xanchor: "left" }, showlegend: false, height: 260,
+        { title: { text: k, font: { size: 13 }, x: 0.02, xanchor: "left" }, showlegend: false, height: 260, xaxis: xaxis,
           margin: { l: 55, r: 10, t: 35, b: 55 }, annotations: missing ? [{ text: missing, showarrow: false,
             xref: "paper", yref: "paper", x: 0.5, y: 0.5 }] : [] });
         div.on("plotly_click", (ev) => { const page = ev.points[0].customdata; if (page) window.location.href = "runs/" + encodeURIComponent(page); });
@@ -567,7 +589,7 @@
           : empty("No audits recorded yet.")),
         section("Head-type changes between consecutive audits",
           dataTable("changes-table", "head-type changes", changes.filter((c) => c.series === state.series))),
-        section("Audits of the series", dataTable("series-runs", "audits of the series", rows)));
+        section("Audits of the series", dataTable("series-runs", "audits of the series", members)));
     }
     redraw();
   }
@@ -587,10 +609,41 @@
       select("metric-select", "metric", keys.map((k) => [k, k]), state.metric, (v) => { state.metric = v; redraw(); })));
     const prof = plotDiv("compare-plot", "The chosen metric per layer for runs A and B");
     const delta = plotDiv("delta-plot", "Per-layer difference B minus A of the chosen metric, with intervals where stored");
+    const notes = h("div", { id: "compare-notes" });
     const tableBox = h("div", {});
-    app.append(section("Profiles", h("div", { class: "grid" }, prof, delta)), tableBox);
+    app.append(notes, section("Profiles", h("div", { class: "grid" }, prof, delta)), tableBox);
+    // ordered pairs of runs with a run_pairs note (two models, other prefix options)
+    const pairNote = new Map(rowsOf(D.pairs || {}).map((p) => [p.run_a + "\u0000" + p.run_b, p.note]));
+    // the images a run decomposed (decoded ones), the N its shares depend on
+    // (NULL when the run does not say: two such runs are on one basis, as compare_runs)
+    const decoded = (id) => {
+      const r = RUN_BY_ID.get(id);
+      return typeof r.n_images === "number" ? r.n_images - (r.n_skipped || 0) : null;
+    };
     function redraw() {
-      const A = byRun.get(state.a), B = byRun.get(state.b), k = state.metric;
+      const A = byRun.get(state.a), B = byRun.get(state.b);
+      // basis as compare_runs: raw shares when both runs decoded the same N, else the
+      // chance-corrected twin (*_adj), whose expectation does not depend on N; a metric
+      // without one is shown without intervals, its deltas including the chance level's change
+      const nA = decoded(state.a), nB = decoded(state.b), sameN = nA === nB;
+      const twin = /_adj$/.test(state.metric) ? state.metric : state.metric + "_adj";
+      const hasTwin = keys.includes(twin);
+      const k = sameN || !hasTwin ? state.metric : twin;
+      const basis = sameN ? "raw" : (hasTwin ? "adjusted" : "none");
+      const noteLines = [];
+      if (basis === "adjusted") {
+        noteLines.push(h("p", { class: "note", id: "compare-basis" },
+          `Runs A and B decoded different numbers of images (N = ${nA} and ${nB}): raw shares' expectation `
+          + `depends on N, so they are compared on the adjusted basis, ${k} (chance-corrected), as compare_runs does.`));
+      } else if (basis === "none") {
+        noteLines.push(h("p", { class: "note warn", id: "compare-basis" },
+          `Runs A and B decoded different numbers of images (N = ${nA} and ${nB}) and ${k} has no `
+          + "chance-corrected twin: its deltas include the chance level's change with N, and are shown "
+          + "without intervals or significance."));
+      }
+      const pn = pairNote.get(state.a + "\u0000" + state.b);
+      if (pn) noteLines.push(h("p", { class: "note warn", id: "compare-pair-note" }, pn));
+      notes.replaceChildren(...noteLines);
       // the models' depth (layer_summary.depth: runs.depth), not the number of layers each
       // run stored (a run may hold a subset of its model's layers: --layers)
       const depthOf = (rows) => rows.length ? rows[0].depth : null;
@@ -616,12 +669,18 @@
         const lo = B[i - 1], hi = B[i], t = (x.rel_depth - lo.rel_depth) / (hi.rel_depth - lo.rel_depth);
         return { [k]: lo[k] === null || hi[k] === null ? null : lo[k] + t * (hi[k] - lo[k]) };
       };
+      // each run's interval half-width (hi - lo) / 2; the delta's interval is
+      // delta ± sqrt(hw_A² + hw_B²), significant when it excludes 0 (as compare_runs)
+      const hw = (l) => (typeof l[k + "_lo"] === "number" && typeof l[k + "_hi"] === "number"
+        ? (l[k + "_hi"] - l[k + "_lo"]) / 2 : null);
       const rows = A.map((l) => {
         const b = at(l);
         const d = l[k] === null || b[k] === null || b[k] === undefined ? null : b[k] - l[k];
-        const hasBand = sameDepth && typeof l[k + "_lo"] === "number" && typeof b[k + "_lo"] === "number";
+        const hwA = hw(l), hwB = sameDepth ? hw(b) : null;
+        const w = basis !== "none" && d !== null && hwA !== null && hwB !== null ? Math.sqrt(hwA * hwA + hwB * hwB) : null;
         return { layer: l.layer, rel_depth: l.rel_depth, a: l[k], b: b[k] ?? null, delta: d,
-          delta_lo: hasBand ? b[k + "_lo"] - l[k + "_hi"] : null, delta_hi: hasBand ? b[k + "_hi"] - l[k + "_lo"] : null };
+          delta_lo: w === null ? null : d - w, delta_hi: w === null ? null : d + w,
+          significant: w === null ? null : (d - w > 0 || d + w < 0) };
       });
       const withBand = rows.some((r) => r.delta_lo !== null);
       draw(delta, [{ type: "bar", x: rows.map((r) => r.layer), y: rows.map((r) => r.delta), name: "B − A",
@@ -630,9 +689,14 @@
           arrayminus: rows.map((r) => r.delta - r.delta_lo) } : undefined,
         hovertemplate: `layer %{x}<br>Δ ${k} %{y:.4g}<extra></extra>` }],
       { xaxis: { title: { text: "layer of A" }, dtick: 1 }, yaxis: { title: { text: `Δ ${k} (B − A)` } }, height: 400,
-        title: { text: withBand ? "intervals: [lo_B − hi_A, hi_B − lo_A]" : (sameDepth ? "no intervals stored"
+        title: { text: basis === "none" ? `N differ (${nA}, ${nB}): no intervals, deltas include the chance level's change`
+          : withBand ? "intervals: Δ ± √(hw_A² + hw_B²)" : (sameDepth ? "no intervals stored"
           : "depths differ: B interpolated on relative depth"), font: { size: 12 } } });
-      tableBox.replaceChildren(section("Per-layer deltas", dataTable("delta-table", `${k}: B − A per layer`, rows, null,
+      const yesNo = (r) => (r.significant === null ? "–" : r.significant ? "yes" : "no");
+      const cols = ["layer", "rel_depth", "a", "b", "delta", "delta_lo", "delta_hi"].map((c) => ({ key: c }))
+        .concat([{ key: "significant", render: yesNo }]);
+      tableBox.replaceChildren(section("Per-layer deltas", dataTable("delta-table",
+        `${k}: B − A per layer (basis ${basis === "none" ? "raw, N differ" : basis})`, rows, cols,
         { filename: `compare-${k}` })));
     }
     redraw();
