@@ -237,7 +237,13 @@ def _say_weights_gone(store, run_id: str) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from bfd.storage import Store, kept_no_activations, repair_command, verify_run
+    from bfd.storage import (
+        Store,
+        decompose_command,
+        kept_no_activations,
+        repair_command,
+        verify_run,
+    )
 
     store = Store(_store(args))
     faults = verify_run(store, args.run_id)
@@ -256,9 +262,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             repairs.append(f"damaged shards are extracted again by: "
                            f"{repair_command(store, args.run_id)}")
         if any(f.published for f in faults):
-            repairs.append(f"damaged table files are published again by: bfd decompose "
-                           f"{args.run_id} --store {store.root} (with the decompose options "
-                           "the run was published with)")
+            repairs.append(f"damaged table files are published again by: "
+                           f"{decompose_command(store, args.run_id)}")
         print(f"bfd: run {args.run_id} has {len(faults)} fault(s); {'; '.join(repairs)}",
               file=sys.stderr)
         if any(not f.published for f in faults):

@@ -4,6 +4,7 @@ damaged run naming the file and the command that repairs it."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import shlex
 import shutil
@@ -19,9 +20,12 @@ from bfd.cli import main
 from bfd.flows.params import AuditConfig, DecomposeParams, decompose_kwargs
 from bfd.storage import (
     Store,
+    decompose_command,
     list_runs,
     read_audits,
     read_pointer,
+    read_run_table,
+    read_table,
     repair_command,
     verify_run,
 )
@@ -128,15 +132,17 @@ def test_a_damaged_table_file_is_named(damaged, capsys, name):
     assert out.count(str(table)) == 1 and out.rstrip().endswith(".)"), out
     # the hint names what writes a table file again: decompose, not extract
     assert "bfd extract" not in err and err.count("\n") == 1, err
-    command = err.split("published again by: ")[1].split(" (with")[0]
-    assert command == f"bfd decompose {rid} --store {root}"
+    command = err.split("published again by: ")[1].strip()
+    assert command == (f"bfd decompose {rid} --store {root} --prefix exclude --control-seed 0 "
+                       "--compute-dtype float32 --jackknife-groups 16 --ci-target 0.02")
     code, _, err = cli(shlex.split(command)[1:], capsys)
     assert code == 0, err
     assert verify_run(Store(root), rid) == []
 
 
 @pytest.mark.parametrize("name", ["heads", "runs"])
-def test_an_audit_of_a_run_with_a_damaged_table_file_publishes_it_again(damaged, capsys, name):
+def test_an_audit_of_a_run_with_a_damaged_table_file_publishes_it_again(pristine, damaged,
+                                                                        capsys, name):
     # the run was computed with the same request and decomposition options: the audit would
     # reuse it, but a damaged table file makes it not computed (it is decomposed again), as a
     # damaged shard of its activations is extracted again
@@ -150,11 +156,85 @@ def test_an_audit_of_a_run_with_a_damaged_table_file_publishes_it_again(damaged,
     code, out, err = cli(["audit", *EXTRACT[1:], "--store", str(root), "--no-dashboard"], capsys)
     assert code == 0, err
     assert f"bfd: damaged, published again: {table}: unreadable" in err
+    assert f"run {rid} published again (damaged table files), activations reused" in out, out
+    # the time of its first publication is kept (the pointer holds a copy of it)
+    (first,) = read_table(Store(pristine[0]), "runs").to_pylist()
+    (now,) = read_table(Store(root), "runs").to_pylist()
+    assert now["created_at"] == first["created_at"]
     assert "Traceback" not in err and "SQL" not in err
     assert verify_run(Store(root), rid) == [] and list_runs(Store(root)) == [rid]
     (audit,) = read_audits(Store(root))
     assert (audit["run_id"], audit["status"]) == (rid, "complete")
     assert computed_run(Store(root), rid, options) is not None
+
+
+INCLUDED = ["--prefix", "include", "--control-seed", "3", "--compute-dtype", "float64",
+            "--jackknife-groups", "8"]
+
+
+@pytest.fixture(scope="module")
+def included(pristine, tmp_path_factory) -> tuple[Path, str]:
+    """The pristine run decomposed again with options other than the defaults."""
+    root = tmp_path_factory.mktemp("verify-included") / "store"
+    shutil.copytree(pristine[0], root)
+    with env_kept():
+        assert main(["decompose", pristine[1], "--store", str(root), *INCLUDED]) == 0
+    return root, pristine[1]
+
+
+def figures(root: Path, rid: str) -> dict[str, list[dict]]:
+    return {t: read_run_table(Store(root), t, rid).to_pylist()
+            for t in ("heads", "layers", "modes", "runs")}
+
+
+@pytest.mark.parametrize("damage", ["heads", "runs", "pointer", "runs+pointer"])
+def test_a_run_published_again_keeps_its_options_and_first_publication(included, tmp_path,
+                                                                       capsys, damage):
+    """The repair that verify prints carries the options the run was published with (not the
+    defaults: its figures would change), and publishing again keeps runs.created_at."""
+    root = tmp_path / "store"
+    shutil.copytree(included[0], root)
+    rid = included[1]
+    before = figures(root, rid)
+    store = Store(root)
+    pointer = read_pointer(store, rid)
+    targets = {"heads": [root / pointer["tables"]["heads"]],
+               "runs": [root / pointer["tables"]["runs"]],
+               "pointer": [store.published_pointer(rid)],
+               "runs+pointer": [root / pointer["tables"]["runs"], store.published_pointer(rid)]}
+    for target in targets[damage]:
+        data = target.read_bytes()
+        target.write_bytes(data[: len(data) // 2])
+    command = decompose_command(store, rid)
+    assert command == (f"bfd decompose {rid} --store {root} --prefix include --control-seed 3 "
+                       "--compute-dtype float64 --jackknife-groups 8 --ci-target 0.02")
+    if damage == "heads":  # verify prints it
+        code, out, err = cli(["verify", rid, "--store", str(root)], capsys)
+        assert code == 1 and err.split("published again by: ")[1].strip() == command, err
+    republished = dt.datetime.now(dt.UTC)
+    code, _, err = cli(shlex.split(command)[1:], capsys)
+    assert code == 0, err
+    assert verify_run(store, rid) == []
+    after = figures(root, rid)
+    (run_before,), (run_after,) = before.pop("runs"), after.pop("runs")
+    assert after == before  # the same figures, exactly
+    assert run_after["config_json"] == run_before["config_json"]
+    if damage == "runs+pointer":  # no copy of the time reads: its version's is the nearest
+        assert run_before["created_at"] <= run_after["created_at"] < republished
+    else:
+        assert run_after["created_at"] == run_before["created_at"]
+
+
+def test_without_a_copy_of_the_options_the_repair_says_so(included, tmp_path):
+    root = tmp_path / "store"
+    shutil.copytree(included[0], root)
+    rid = included[1]
+    pointer = read_pointer(Store(root), rid)
+    (root / pointer["tables"]["runs"]).write_bytes(b"PAR1 not really parquet")
+    (root / "bfd.zarr" / pointer["results"] / "zarr.json").write_bytes(b"{")
+    assert decompose_command(Store(root), rid) == (
+        f"bfd decompose {rid} --store {root} (no copy of the decompose options the run was "
+        "published with reads: give those it was published with, else its figures change)")
 
 
 def test_an_unknown_run_is_a_request_error(pristine, capsys):

@@ -138,13 +138,15 @@ def audit(
             stored = DecomposeOptions(**decompose_kw).to_dict()
             extracted: list[int] = []  # the shards of activations extracted here
             repaired: list[int] = []  # those of them found damaged
+            faults: list = []  # the run's damaged table files, published again
             if not store_activations:  # computed from two forwards, whatever is stored
                 run_id, written = stats_only_run(config.extract_config(), root, decompose_kw)
             else:
                 done = extract.with_options(task_runner=task_runner(workers, dask_address))(
                     config.extract_config(), root, gpu_resources)
                 run_id, extracted, repaired = done["run_id"], done["extracted"], done["repaired"]
-                for fault in table_faults(Store(root), run_id):  # computed_run: not computed
+                faults = table_faults(Store(root), run_id)  # computed_run: not computed
+                for fault in faults:
                     logger.warning("damaged, published again: %s", fault)
                     progress.report("notice", 0, 0, text=f"damaged, published again: {fault}")
                 if computed_run(Store(root), run_id, stored) is None:
@@ -158,7 +160,8 @@ def audit(
     # reused: nothing recomputed, neither its activations (a damaged shard is extracted
     # again before the results are reused) nor its results
     reused = "runs" not in written and not extracted
-    how = run_reuse(extracted, repaired, decomposed="runs" in written)
+    how = run_reuse(extracted, repaired, decomposed="runs" in written,
+                    republished=bool(faults))
     logger.info("audit %s: run %s %s, %d drift flag(s); store %s", row["audit_id"], run_id,
                 how, row["n_flagged"], root)
     if row["drift_note"]:

@@ -47,7 +47,8 @@ def new_version() -> str:
 
 
 def read_pointer(store: Store, run_id: str) -> dict[str, Any] | None:
-    """The run's pointer (``{run_id, version, published_at, tables, results}``), or None when
+    """The run's pointer (``{run_id, version, published_at, tables, results}``, and
+    ``created_at`` when the publish knew it), or None when
     the run is not published in the current layout.
 
     Raises:
@@ -87,6 +88,9 @@ class Publication:
         self.results: str | None = previous.get("results") if previous else None
         self.written: list[Path] = []
         self.group: str | None = None
+        # when the run was first published (its runs.created_at), kept in the pointer too so
+        # that a damaged runs table file does not lose it (bfd.storage.republish)
+        self.created_at: str | None = (previous or {}).get("created_at")
 
     def write_table(self, table: str, model: str, rows: Any) -> Path:
         """Write the run's rows of ``table`` (see ``conform``) into this version."""
@@ -110,7 +114,8 @@ class Publication:
     def pointer(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "version": self.version,
                 "published_at": datetime.now(UTC).isoformat(), "tables": self.tables,
-                "results": self.results}
+                "results": self.results,
+                **({"created_at": self.created_at} if self.created_at else {})}
 
     def discard(self) -> None:
         for path in self.written:

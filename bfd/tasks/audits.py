@@ -64,13 +64,15 @@ def default_series(model: str, weights: str, seed: int = 0) -> str:
 
 
 def run_reuse(extracted: Sequence[int] = (), repaired: Sequence[int] = (),
-              decomposed: bool = False) -> str:
+              decomposed: bool = False, republished: bool = False) -> str:
     """How an audit got its run, in the words of its report and its command's line.
 
     Args:
         extracted: The shards of the run's activations this audit extracted.
         repaired: Those of them that had been marked done but were damaged.
         decomposed: The results were computed (else those published were kept).
+        republished: They were computed because table files of the run, published with
+            these options, were damaged (``table_faults``).
     """
     if not extracted and not decomposed:
         return "reused, nothing recomputed"
@@ -79,6 +81,10 @@ def run_reuse(extracted: Sequence[int] = (), repaired: Sequence[int] = (),
     shards = f"{what}{'s' if len(extracted) > 1 else ''} {', '.join(map(str, extracted))}"
     if not decomposed:
         return f"repaired: {shards} of its activations extracted again, results reused"
+    if republished:
+        return "published again (damaged table files), " + (
+            f"{shards} of its activations extracted again" if extracted
+            else "activations reused")
     if repaired:
         return (f"computed (damaged shard{'s' if len(repaired) > 1 else ''} "
                 f"{', '.join(map(str, repaired))} of its activations extracted again)")

@@ -12,6 +12,7 @@ import bfd
 from bfd.storage import (
     ImageRecord,
     Store,
+    first_published,
     heads_rows,
     layers_rows,
     modes_rows,
@@ -19,21 +20,8 @@ from bfd.storage import (
     publishing,
     read_image_manifest,
     read_request,
-    read_run_table,
 )
 from bfd.tasks.decompose import require_extracted
-
-
-def first_created(store: Store, run_id: str) -> datetime | None:
-    """When the run was first published: a run is a computation, and publishing it again
-    (a new decomposition of the same activations) keeps that time (audits record each use).
-    None when the run's ``runs`` file is damaged (publishing writes it again) or missing."""
-    try:
-        rows = read_run_table(store, "runs", run_id).to_pylist()
-    except (OSError, ValueError):  # pyarrow's errors of a damaged file are of these kinds
-        return None
-    times = [r["created_at"] for r in rows if r["run_id"] == run_id and r["created_at"] is not None]
-    return min(times) if times else None
 
 
 def runs_row(store: Store, run_id: str, status: str, config: dict,
@@ -61,7 +49,7 @@ def runs_row(store: Store, run_id: str, status: str, config: dict,
         "sites": ",".join(request.sites),
         "layers": ",".join(map(str, request.layers)),
         "dtype": request.dtype,
-        "created_at": first_created(store, run_id) or datetime.now(UTC),
+        "created_at": first_published(store, run_id) or datetime.now(UTC),
         "bfd_version": bfd.__version__,
         "timm_version": attrs.get("timm_version", ""),
         "torch_version": attrs.get("torch_version", ""),
@@ -98,6 +86,7 @@ def publish(store_root: str, run_id: str, results, config: dict,
         tables |= {"heads": heads_rows(results), "modes": modes_rows(results)}
     tables["runs"] = [runs_row(store, run_id, "complete", config, records)]
     with publishing(store, run_id) as pub:
+        pub.created_at = tables["runs"][0]["created_at"].isoformat()
         written = {"results": f"{store.zarr_path}/{pub.write_results(results)}"}
         for name, rows in tables.items():
             written[name] = str(pub.write_table(name, model, rows))
