@@ -488,12 +488,16 @@ def test_a_checkpoint_that_does_not_load_is_left_out_and_the_others_audited(
     for name in ("step_200.pth", "step_300.pt"):
         check_checkpoint(folder / name)  # their first bytes pass
     store = str(tmp_path / "store")
-    with env_kept():
-        code = main(["audit-checkpoints", str(folder), "--model", AUDIT["model"],
-                     "--n-images", "6", "--img-size", "64", "--layers", "0", "--dtype",
-                     "float32", "--images-per-chunk", "6", "--series", "s", "--store", store,
-                     "--no-dashboard"])
-    out, err = capsys.readouterr()
+
+    def audit_folder() -> tuple[int, str, str]:
+        with env_kept():
+            code = main(["audit-checkpoints", str(folder), "--model", AUDIT["model"],
+                         "--n-images", "6", "--img-size", "64", "--layers", "0", "--dtype",
+                         "float32", "--images-per-chunk", "6", "--series", "s", "--store",
+                         store, "--no-dashboard"])
+        return code, *capsys.readouterr()
+
+    code, out, err = audit_folder()
     assert code == 2 and "2 checkpoint(s) audited in series s" in out, out + err
     errors = [line for line in err.splitlines() if line.startswith("bfd: error:")]
     assert len(errors) == 2, err
@@ -513,12 +517,7 @@ def test_a_checkpoint_that_does_not_load_is_left_out_and_the_others_audited(
     assert "step_200.pth' do not fit" in run.state.message and "(and 1 more)" in run.state.message
     # again: nothing to audit, and the line does not call the files left out unreadable (the
     # one of another model reads; it said "every readable checkpoint ... (2 of 4 files)")
-    with env_kept():
-        code = main(["audit-checkpoints", str(folder), "--model", AUDIT["model"],
-                     "--n-images", "6", "--img-size", "64", "--layers", "0", "--dtype",
-                     "float32", "--images-per-chunk", "6", "--series", "s", "--store", store,
-                     "--no-dashboard"])
-    out, err = capsys.readouterr()
+    code, out, err = audit_folder()
     assert code == 2 and out.startswith(f"nothing to do: every checkpoint of {folder} not left "
                                         "out (2 of 4 files; 2 left out) is already audited"), out
     assert err.count("bfd: error: left out: ") == 2, err

@@ -92,25 +92,8 @@ def test_pipeline_commands_refuse_what_needs_no_model_before_torch_timm_prefect(
         z.writestr("step_1/data.pkl", b"\x80\x02}q\x00.")
     argvs = {name: [a.replace("{tmp}", str(tmp_path)) for a in argv]
              + ["--store", str(tmp_path / "store")] for name, (argv, _) in REFUSED.items()}
-    code = (
-        "import contextlib, io, json, sys\n"
-        "from bfd.cli import main\n"
-        "out = {}\n"
-        f"for name, argv in {argvs!r}.items():\n"
-        "    err = io.StringIO()\n"
-        "    with contextlib.redirect_stderr(err):\n"
-        "        code = main(argv)\n"
-        "    out[name] = [code, err.getvalue(), sorted(m for m in ('torch', 'timm', 'prefect')\n"
-        "                                              if m in sys.modules)]\n"
-        "print(json.dumps(out))\n"
-    )
-    home = tmp_path / "prefect-home"
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                          text=True, timeout=300,
-                          env={**env, "PREFECT_HOME": str(home), "HF_HUB_OFFLINE": "1"})
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout.splitlines()[-1])
+    home = tmp_path / "prefect-home"  # the PREFECT_HOME of _main_in_a_process
+    out = _main_in_a_process(tmp_path, argvs)
     for name, (_, needles) in REFUSED.items():  # in order: the first to import one fails
         exit_code, err, imported = out[name]
         assert exit_code == 2 and err.startswith("bfd: error: ") and err.count("\n") == 1, (
