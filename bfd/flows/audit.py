@@ -141,20 +141,23 @@ def audit(
             faults: list = []  # the run's damaged table files, published again
             if not store_activations:  # computed from two forwards, whatever is stored
                 run_id, written = stats_only_run(config.extract_config(), root, decompose_kw)
+                run = computed_run(Store(root), run_id, stored) or {}
             else:
                 done = extract.with_options(task_runner=task_runner(workers, dask_address))(
                     config.extract_config(), root, gpu_resources)
                 run_id, extracted, repaired = done["run_id"], done["extracted"], done["repaired"]
-                faults = table_faults(Store(root), run_id)  # computed_run: not computed
+                faults = table_faults(Store(root), run_id)  # then not computed: republished
                 for fault in faults:
                     logger.warning("damaged, published again: %s", fault)
                     progress.report("notice", 0, 0, text=f"damaged, published again: {fault}")
-                if computed_run(Store(root), run_id, stored) is None:
+                # each table file is read once here: the faults just found are passed on
+                run = computed_run(Store(root), run_id, stored, faults=faults)
+                if run is None:
                     written = decompose_flow(dask_address)(
                         run_id, root, dask_address=dask_address, **decompose_kw)
+                    run = computed_run(Store(root), run_id, stored) or {}
                 else:
                     written = {"results": results_path(Store(root), run_id)}
-            run = computed_run(Store(root), run_id, stored) or {}
         rows = drift_since_previous(Store(root), row, run_id, thresholds.model_dump(),
                                     run_seen(root, run_id))
     # reused: nothing recomputed, neither its activations (a damaged shard is extracted

@@ -212,16 +212,18 @@ def _result_options(options: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k not in _PLACEMENT_OPTIONS}
 
 
-def computed_run(store: Store, run_id: str, decompose_options: Mapping[str, Any]) -> dict | None:
+def computed_run(store: Store, run_id: str, decompose_options: Mapping[str, Any],
+                 faults: Sequence[Any] | None = None) -> dict | None:
     """The ``runs`` row of ``run_id`` when it is complete, was decomposed with these options
-    (placement aside) and every table file of it reads (``table_faults``), else None: an audit
-    of it need not compute anything. A damaged table file of the run makes it not computed:
-    the audit publishes it again (another run's damaged file is no concern of this one)."""
+    (placement aside) and every table file of it reads (``table_faults``, or ``faults`` when
+    the caller has just read them: each file is read whole), else None: an audit of it need
+    not compute anything. A damaged table file of the run makes it not computed: the audit
+    publishes it again (another run's damaged file is no concern of this one)."""
     # here, not above: the rest of this module (audit-checkpoints with nothing to do,
     # bfd.cli_reuse) needs neither xarray nor Zarr, which these import (2 s)
     from bfd.storage import read_run_table, table_faults
 
-    if table_faults(store, run_id):
+    if table_faults(store, run_id) if faults is None else faults:
         return None
     runs = read_run_table(store, "runs", run_id)
     rows = [r for r in runs.to_pylist() if r["run_id"] == run_id and r["status"] == "complete"]
