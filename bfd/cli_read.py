@@ -168,7 +168,7 @@ def cmd_query(args: argparse.Namespace) -> int:
             raise ValueError(f"--param {key} is given twice ({key}={params[key]!r} and "
                              f"{item!r}); give it once")
         params[key] = value
-    from bfd.queries.hints import CountedRows, no_rows_hint
+    from bfd.queries.hints import CountedRows, no_rows
     from bfd.queries.stream import stream_query
 
     store = _store(args)
@@ -176,11 +176,13 @@ def cmd_query(args: argparse.Namespace) -> int:
         with stream_query(store, args.name, params, timeout=_check_timeout(args)) as reader:
             result = CountedRows(reader)
             cli._print_table(result, args.format, args.output)
+        unknown = False
         if not result.rows:  # a typo in a model, run or series? said beside the result
-            hint = no_rows_hint(store, args.name, params)
+            hint, unknown = no_rows(store, args.name, params)
             if hint:
-                print(f"bfd: no rows: {hint}", file=sys.stderr)
-    return damage.code
+                # an unknown model, run or series is a mistake in the request (exit 2)
+                print(f"bfd: {'error: ' if unknown else ''}no rows: {hint}", file=sys.stderr)
+    return 2 if unknown else damage.code
 
 
 # `bfd runs`: the published runs' columns, then the runs not published (bfd.storage.unpublished)
