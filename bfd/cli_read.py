@@ -280,11 +280,21 @@ def _say_weights_gone(store, run_id: str) -> None:
         print(f"bfd: but {gone}", file=sys.stderr)
 
 
+def _say_damaged_events(store) -> None:
+    """A line per damaged audit event file of the store: no run's fault, but what ``verify``
+    is asked for (its exit stays the run's)."""
+    from bfd.storage.audits import damaged_event_files
+
+    for line in damaged_event_files(store):
+        print(f"bfd: note (not of this run): {line}", file=sys.stderr)
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from bfd.storage import Store, kept_no_activations, repair_command, verify_run
 
     store = Store(_store(args))
     faults = verify_run(store, args.run_id)
+    _say_damaged_events(store)
     stats_only = kept_no_activations(store, args.run_id)
     for fault in faults:
         print(f"fault: {fault}")

@@ -616,6 +616,15 @@ def test_a_damaged_audit_file_refuses_its_series_until_moved_out(tmp_path, prefe
     assert any(f"audit event file {damaged} cannot be read" in r.getMessage()
                for r in caplog.records)
     assert err.splitlines()[-1].endswith("move the damaged audit files out of the store")
+    # bfd verify checks a run; a damaged audit file of the store is noted beside it
+    with env_kept():
+        code = main(["verify", first["run_id"], "--store", str(store)])
+    out, err = capsys.readouterr()
+    assert code == 0 and "intact" in out, err
+    assert err == (f"bfd: note (not of this run): {damaged} is damaged (Parquet magic bytes "
+                   "not found in footer); the audit event it held is lost: move the file out "
+                   "of the store and run the command again (the series' next audit then "
+                   "compares with its last readable audit)\n")
     damaged.rename(tmp_path / damaged.name)
     out = audit({**AUDIT, "weights": "random"}, str(store), series="s", step=3,
                 dashboard=False)

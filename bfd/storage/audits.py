@@ -163,6 +163,24 @@ def damaged_event_message(table: str, path: Path, err: BaseException) -> str:
             "its last readable audit)")
 
 
+def damaged_event_files(store: Store) -> list[str]:
+    """One line per audit event file of the store (``audits``, ``drift``) whose Parquet
+    footer does not read (truncated, garbage), with what to do: a store-level note of ``bfd
+    verify``, which checks one run (the catalog leaves such a file out; ``bfd audit``
+    refuses its series, ``damaged_event_message``). Reads footers only."""
+    out = []
+    for table in EVENT_TABLES:
+        folder = store.table_dir(table)
+        for p in sorted(folder.glob("*/*.parquet")):
+            if p.name.startswith((".", "_")) or p.parent.name.startswith((".", "_")):
+                continue
+            try:
+                pq.read_metadata(p)
+            except (pa.ArrowException, OSError) as err:
+                out.append(damaged_event_message(table, p, err))
+    return out
+
+
 def read_audits(store: Store, series: str | None = None) -> list[dict[str, Any]]:
     """The audits of one series (all series when None), in series order: by step, then by
     start time."""
