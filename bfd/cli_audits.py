@@ -130,8 +130,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from bfd.cli_reuse import computed_run_of, record_reused_audit
     from bfd.flows.params import DEMO_CONFIG, require_model
     from bfd.queries import run_query
-    from bfd.storage import require_writable
-    from bfd.tasks.audits import check_place, default_series
+    from bfd.storage import Store, require_writable
+    from bfd.tasks.audits import check_place, check_series, default_series
 
     started = datetime.now(UTC)  # an audit recorded without Prefect counts its checks too
     if args.demo:
@@ -148,8 +148,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
     store = cli._store(args)
     cli._check_request_early(args, config)
     # an empty --series '' is refused (check_place), not taken for the default
-    check_place(args.series if args.series is not None
-                else default_series(model, config.weights, config.seed), args.step)
+    series = (args.series if args.series is not None
+              else default_series(model, config.weights, config.seed))
+    check_place(series, args.step)
+    check_series(Store(store), series)
     thresholds = drift_thresholds(args.drift_threshold)
     reused = computed_run_of(args, config, store)
     if reused is None:

@@ -5,8 +5,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import re
 import sys
+from collections.abc import Iterator
 
 from bfd import cli
 
@@ -83,15 +86,52 @@ def _attached(args: argparse.Namespace) -> dict[str, str]:
     return out
 
 
+# The run a catalog's note on a left-out file names: "(run R)", or "run R: ..." at its start.
+_NOTE_RUN = re.compile(r"\(run ([^)\s]+)\)|^run ([^:\s]+):")
+
+
+class _Damage:
+    """What ``_told_damage`` found: the exit code of a reading command."""
+
+    code = 0
+
+
+@contextlib.contextmanager
+def _told_damage(args: argparse.Namespace) -> Iterator[_Damage]:
+    """A reading command's block: when a catalog it opened left out a damaged or missing store
+    file (each named on stderr as it was found, ``bfd.queries.snapshot``), its output is still
+    written, and one more line says so and how to repair it; the command exits 1 (a damaged
+    store file, README "Errors and exit codes"): its answers lack what those files held."""
+    from bfd.queries.snapshot import left_out
+
+    found = _Damage()
+    with left_out() as notes:
+        yield found
+    if not notes:
+        return
+    runs = list(dict.fromkeys(a or b for n in notes for a, b in _NOTE_RUN.findall(n)))
+    events = len(notes) - len([n for n in notes if _NOTE_RUN.search(n)])
+    todo = [f"bfd verify {r} --store {cli._store(args)} says how to repair run {r}"
+            for r in runs[:3]]
+    if len(runs) > 3:
+        todo.append(f"likewise runs {', '.join(runs[3:])}")
+    if events:
+        todo.append("move the damaged audit files out of the store")
+    print(f"bfd: error: the output leaves out what {len(notes)} damaged or missing store "
+          f"file(s) held (named above): {'; '.join(todo)}", file=sys.stderr)
+    found.code = 1
+
+
 def cmd_sql(args: argparse.Namespace) -> int:
     from bfd.queries import connect
     from bfd.queries.stream import stream_sql
 
     attach = _attached(args)
-    store = connect(_store(args), attach) if attach else _store(args)
-    with stream_sql(store, args.sql, timeout=_check_timeout(args)) as reader:
-        cli._print_table(reader, args.format, args.output)
-    return 0
+    with _told_damage(args) as damage:
+        store = connect(_store(args), attach) if attach else _store(args)
+        with stream_sql(store, args.sql, timeout=_check_timeout(args)) as reader:
+            cli._print_table(reader, args.format, args.output)
+    return damage.code
 
 
 def cmd_catalog(args: argparse.Namespace) -> int:
@@ -128,18 +168,21 @@ def cmd_query(args: argparse.Namespace) -> int:
             raise ValueError(f"--param {key} is given twice ({key}={params[key]!r} and "
                              f"{item!r}); give it once")
         params[key] = value
-    from bfd.queries.hints import CountedRows, no_rows_hint
+    from bfd.queries.hints import CountedRows, no_rows
     from bfd.queries.stream import stream_query
 
     store = _store(args)
-    with stream_query(store, args.name, params, timeout=_check_timeout(args)) as reader:
-        result = CountedRows(reader)
-        cli._print_table(result, args.format, args.output)
-    if not result.rows:  # a typo in a model, run or series? said beside the result
-        hint = no_rows_hint(store, args.name, params)
-        if hint:
-            print(f"bfd: no rows: {hint}", file=sys.stderr)
-    return 0
+    with _told_damage(args) as damage:
+        with stream_query(store, args.name, params, timeout=_check_timeout(args)) as reader:
+            result = CountedRows(reader)
+            cli._print_table(result, args.format, args.output)
+        unknown = False
+        if not result.rows:  # a typo in a model, run or series? said beside the result
+            hint, unknown = no_rows(store, args.name, params)
+            if hint:
+                # an unknown model, run or series is a mistake in the request (exit 2)
+                print(f"bfd: {'error: ' if unknown else ''}no rows: {hint}", file=sys.stderr)
+    return 2 if unknown else damage.code
 
 
 # `bfd runs`: the published runs' columns, then the runs not published (bfd.storage.unpublished)
@@ -204,15 +247,16 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     out = args.out or os.path.join(store, "dashboard")
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"--out {out!r} is a file; expected a folder for the dashboard")
-    build = build_dashboard(store, out, force=args.force)
-    print(f"dashboard: {build.index} ({len(build.written)} files written, "
-          f"{len(build.unchanged)} pages unchanged, {len(build.removed)} removed)")
+    with _told_damage(args) as damage:
+        build = build_dashboard(store, out, force=args.force)
+        print(f"dashboard: {build.index} ({len(build.written)} files written, "
+              f"{len(build.unchanged)} pages unchanged, {len(build.removed)} removed)")
     if args.serve:
         try:
             serve_dashboard(out, args.port)
         except OSError as err:
             raise RuntimeError(f"cannot serve on 127.0.0.1:{args.port}: {err.strerror}") from err
-    return 0
+    return damage.code
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -236,6 +280,15 @@ def _say_weights_gone(store, run_id: str) -> None:
         print(f"bfd: but {gone}", file=sys.stderr)
 
 
+def _say_damaged_events(store) -> None:
+    """A line per damaged audit event file of the store: no run's fault, but what ``verify``
+    is asked for (its exit stays the run's)."""
+    from bfd.storage.audits import damaged_event_files
+
+    for line in damaged_event_files(store):
+        print(f"bfd: note (not of this run): {line}", file=sys.stderr)
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from bfd.storage import (
         Store,
@@ -247,6 +300,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     store = Store(_store(args))
     faults = verify_run(store, args.run_id)
+    _say_damaged_events(store)
     stats_only = kept_no_activations(store, args.run_id)
     for fault in faults:
         print(f"fault: {fault}")

@@ -582,3 +582,60 @@ def test_audit_says_what_images_it_left_out(tmp_path, prefect_harness, capsys):
     assert f"--n-images 10, but {folder} holds 3 images; all 3 were audited" in err
     assert "1 of 3 images could not be read and were left out" in err
     assert "with N=2 images no interval could be computed" in err
+
+
+def test_a_damaged_audit_file_refuses_its_series_until_moved_out(tmp_path, prefect_harness,
+                                                                  capsys, caplog):
+    """A truncated audit file of a series: the next audit of it is refused in one line naming
+    the file and what to do (exit 1: a damaged store file), before its row is opened, so no
+    failed audit piles up; it failed with pyarrow's raw message, exit 2, recording a failed
+    audit each time. Moved out of the store, the series goes on from its last readable audit;
+    reading commands meanwhile name the file and exit 1."""
+    from bfd.storage import DamagedStoreError
+
+    store = tmp_path / "store"
+    argv = ["audit", "--model", AUDIT["model"], "--weights", "random", "--images", "samples",
+            "--n-images", "6", "--img-size", "64", "--layers", "0", "--dtype", "float32",
+            "--images-per-chunk", "6", "--store", str(store), "--no-dashboard", "--series",
+            "s"]
+    first = audit({**AUDIT, "weights": "random"}, str(store), series="s", step=1,
+                  dashboard=False)
+    audit({**AUDIT, "weights": "random"}, str(store), series="s", step=2, dashboard=False)
+    folder = store / "tables" / "audits" / "s"
+    files = sorted(folder.iterdir())
+    damaged = files[-1]
+    damaged.write_bytes(damaged.read_bytes()[:300])
+    capsys.readouterr()
+    with env_kept():
+        code = main([*argv, "--step", "3"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    (line,) = [x for x in err.splitlines() if x.startswith("bfd: error:")]
+    assert line.startswith(f"bfd: error: {damaged} is damaged (Parquet magic bytes not found "
+                           "in footer); the audit event it held is lost: move the file out of "
+                           "the store and run the command again"), line
+    with pytest.raises(DamagedStoreError, match="the audit event it held is lost"):
+        audit({**AUDIT, "weights": "random"}, str(store), series="s", step=3,
+              dashboard=False)
+    assert sorted(folder.iterdir()) == files  # no failed audit recorded
+    with env_kept():
+        code = main(["query", "audit_history", "--param", "series=s", "--store", str(store),
+                     "--format", "csv"])
+    out, err = capsys.readouterr()
+    assert code == 1 and first["audit_id"] in out, err
+    assert any(f"audit event file {damaged} cannot be read" in r.getMessage()
+               for r in caplog.records)
+    assert err.splitlines()[-1].endswith("move the damaged audit files out of the store")
+    # bfd verify checks a run; a damaged audit file of the store is noted beside it
+    with env_kept():
+        code = main(["verify", first["run_id"], "--store", str(store)])
+    out, err = capsys.readouterr()
+    assert code == 0 and "intact" in out, err
+    assert err == (f"bfd: note (not of this run): {damaged} is damaged (Parquet magic bytes "
+                   "not found in footer); the audit event it held is lost: move the file out "
+                   "of the store and run the command again (the series' next audit then "
+                   "compares with its last readable audit)\n")
+    damaged.rename(tmp_path / damaged.name)
+    out = audit({**AUDIT, "weights": "random"}, str(store), series="s", step=3,
+                dashboard=False)
+    assert out["prev_audit_id"] == first["audit_id"]

@@ -233,7 +233,8 @@ def _table_store(root: Path) -> Path:
                     row[field.name] = f"{field.name}-{i}"
             rows.append({k: v for k, v in row.items() if k not in ("model", "run_id")})
         if table == "runs":
-            rows[0]["status"] = "complete"
+            # a request as bfd writes it: JSON (the run_pairs view reads its prefix option)
+            rows[0].update(status="complete", config_json="{}")
         write_table(store, table, "toy", "toy-run", rows)
     return store.root
 
@@ -840,3 +841,39 @@ def test_runs_lists_a_published_run_whose_table_file_does_not_read_as_damaged(tm
                        "(the publication pointer) does not read")
                     + f": left out of SQL queries; bfd verify toy-run --store {root} names the "
                     "command that publishes it again")
+
+
+def test_a_reading_command_that_left_out_a_damaged_file_writes_its_output_and_exits_1(
+        tmp_path, capsys, caplog):
+    """The layers file of a model's latest run truncated: `bfd query`, `bfd sql` and `bfd
+    dashboard` still answer from what reads, but exit 1 (a damaged store file), the file named
+    and `bfd verify` said; they exited 0 with the older run shown as the model's latest."""
+    import datetime as dt
+
+    from dashstore import write_synthetic_run
+
+    from bfd.storage import read_pointer
+
+    root = tmp_path / "store"
+    write_synthetic_run(root, "old-1", created_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    write_synthetic_run(root, "new-1", created_at=dt.datetime(2026, 2, 1, tzinfo=dt.UTC),
+                        seed=1)
+    query = ["query", "model_summary", "--format", "csv", "--store", str(root)]
+    code, out, err = run(query, capsys)
+    assert code == 0 and "new-1" in out and "old-1" not in out, err
+    layers = root / read_pointer(Store(root), "new-1")["tables"]["layers"]
+    layers.write_bytes(layers.read_bytes()[:300])
+    told = (f"bfd: error: the output leaves out what 1 damaged or missing store file(s) held "
+            f"(named above): bfd verify new-1 --store {root} says how to repair run new-1")
+    for argv, wanted in ((query, "old-1"),
+                         (["sql", "SELECT run_id FROM runs", "--store", str(root)], "old-1"),
+                         (query, "old-1"),  # from the cached snapshot, as the first time
+                         (["dashboard", "--store", str(root)], "dashboard: ")):
+        caplog.clear()
+        code, out, err = run(argv, capsys)
+        assert code == 1 and wanted in out and "new-1" not in out, (argv, out, err)
+        assert err.splitlines()[-1] == told, err
+        (warning,) = [r.getMessage() for r in caplog.records if r.name == "bfd.catalog"]
+        assert str(layers) in warning and "new-1 is left out" in warning
+    # bfd runs lists the run as damaged (test above): nothing there is left out unsaid
+    assert run(["runs", "--store", str(root)], capsys)[0] == 0

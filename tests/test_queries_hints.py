@@ -22,12 +22,15 @@ def store(tmp_path_factory) -> Path:
     return root
 
 
-def query(store: Path, capsys, name: str, *params: str, fmt: str = "json") -> tuple[list, str]:
+def query(store: Path, capsys, name: str, *params: str, fmt: str = "json",
+          unknown: bool = False) -> tuple[list, str]:
+    """The query's result and stderr; ``unknown``: a parameter names nothing, exit 2 (an
+    unknown model or run is a mistake in the request: README), the result still written."""
     argv = ["query", name, "--store", str(store), "--format", fmt]
     for param in params:
         argv += ["--param", param]
     code, out, err = cli(argv, capsys)
-    assert code == 0 and "error" not in err, err
+    assert code == (2 if unknown else 0) and ("error" in err) == unknown, err
     return (json.loads(out) if fmt == "json" else out), err
 
 
@@ -49,21 +52,27 @@ def closest(value: str, known: list[str]) -> str:
      f"{closest('vitb', ['vit_a', 'vit_b'])}"),
     ("drift", ["series=vit_a@pretraind"],
      "series 'vit_a@pretraind' names no audit of the store; closest known: vit_a@pretrained"),
+    ("compare_runs", ["run_a=x", "run_b=a-new"],
+     f"run_a 'x' names no run of the store; closest known: "
+     f"{closest('x', ['a-old', 'a-new', 'a-unfinished', 'b-1'])}"),
     ("audit_history", ["model=vit_b"], None),  # a known model, never audited: no rows, no hint
     ("layer_profile", ["model=vit_a", "run_id=a-unfinished"], None),  # known, not complete
-], ids=["model", "model-and-run", "optional-model", "series", "known-model",
+], ids=["model", "model-and-run", "optional-model", "series", "unknown-run", "known-model",
         "known-unfinished-run"])
 def test_no_rows_name_the_closest_known_values(store, capsys, name, params, hint):
-    rows, err = query(store, capsys, name, *params)
+    """A parameter naming nothing exits 2 (it exited 0, against README's exit table); a known
+    one that gives no rows exits 0."""
+    rows, err = query(store, capsys, name, *params, unknown=hint is not None)
     assert rows == []
-    assert err == (f"bfd: no rows: {hint}\n" if hint else "")
+    assert err == (f"bfd: error: no rows: {hint}\n" if hint else "")
 
 
 def test_rows_or_no_identifying_parameter_give_no_hint_and_stdout_is_unchanged(store, capsys):
     rows, err = query(store, capsys, "layer_profile", "model=vit_a")
     assert rows and err == ""
     # the same empty result, with and without the hint beside it
-    header, err = query(store, capsys, "layer_profile", "model=vit_aa", fmt="csv")
+    header, err = query(store, capsys, "layer_profile", "model=vit_aa", fmt="csv",
+                        unknown=True)
     same, quiet = query(store, capsys, "layer_profile", "model=vit_a",
                         "run_id=a-unfinished", fmt="csv")
     assert header == same and header.count("\n") == 1 and err and not quiet
@@ -71,9 +80,9 @@ def test_rows_or_no_identifying_parameter_give_no_hint_and_stdout_is_unchanged(s
 
 def test_an_empty_store_says_it_holds_nothing(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    rows, err = query(tmp_path / "empty", capsys, "layer_profile", "model=vit_a")
+    rows, err = query(tmp_path / "empty", capsys, "layer_profile", "model=vit_a", unknown=True)
     assert rows == []
-    assert err == "bfd: no rows: model 'vit_a' names no run: the store holds no runs\n"
+    assert err == "bfd: error: no rows: model 'vit_a' names no run: the store holds no runs\n"
 
 
 def test_drift_of_an_audit_that_compared_nothing_says_why(tmp_path, capsys):

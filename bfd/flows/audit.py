@@ -34,6 +34,7 @@ from bfd.storage import Store, results_path, table_faults
 from bfd.tasks.audits import (
     audit_row,
     check_place,
+    check_series,
     computed_run,
     default_series,
     drift_since_previous,
@@ -124,6 +125,7 @@ def audit(
     series = series if series is not None else default_series(model, config.weights,
                                                                 config.seed)
     check_place(series, step)
+    check_series(Store(root), series)  # a damaged audit file: refused, no failed audit added
     # a bad request (layers out of range, weights that do not fit the model, ...) is refused
     # before the audit's row is opened: nothing recorded, no series begun; the weights loaded
     # here are those the extraction uses

@@ -1,6 +1,7 @@
 """Why a named query returned no rows, when the reason is a parameter naming nothing in the
 store (a typo in ``--param model=...``): the known values closest to it, for one line on
-stderr. The result on stdout stays as it is (machine-readable, no rows).
+stderr. The result on stdout stays as it is (machine-readable, no rows); ``bfd query`` exits
+2 when a parameter names nothing at all (README: an unknown model or run).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pyarrow as pa
 from bfd.queries.catalog import ParamValue, Store, run_sql
 from bfd.queries.named import query_sql
 
-__all__ = ["IDENTIFIERS", "CountedRows", "no_rows_hint", "unknown_values"]
+__all__ = ["IDENTIFIERS", "CountedRows", "no_rows", "no_rows_hint", "unknown_values"]
 
 # The parameters of the named queries that name something in the store: the catalog's table
 # and column of what they may name, and what to call that in a sentence.
@@ -57,7 +58,14 @@ def unknown_values(store: Store, params: Mapping[str, ParamValue]) -> str | None
         store: A store directory, or a connection from ``bfd.queries.connect``.
         params: The query's parameters as given (``None`` values are not given).
     """
+    return _unknown(store, params)[0]
+
+
+def _unknown(store: Store, params: Mapping[str, ParamValue]) -> tuple[str | None, bool]:
+    """``unknown_values``, and whether a parameter names nothing at all (not even a run the
+    store holds unpublished): a mistake in the request."""
     parts = []
+    nothing = False
     for name, value in params.items():
         if name not in IDENTIFIERS or value is None:
             continue
@@ -71,13 +79,14 @@ def unknown_values(store: Store, params: Mapping[str, ParamValue]) -> str | None
             parts.append(f"{name} {str(value)!r} names a run that is not published "
                          f"({pending.status}): {pending.next}")
             continue
+        nothing = True
         if not known:
             parts.append(f"{name} {str(value)!r} names no {what}: the store holds no {what}s")
             continue
         closest = difflib.get_close_matches(str(value), known, n=CLOSEST, cutoff=0)
         parts.append(f"{name} {str(value)!r} names no {what} of the store; closest known: "
                      f"{', '.join(closest)}")
-    return "; ".join(parts) or None
+    return "; ".join(parts) or None, nothing
 
 
 def _unpublished(store: Store, run_id: ParamValue):
@@ -124,7 +133,14 @@ def _no_drift(store: Store, params: Mapping[str, ParamValue]) -> str | None:
 def no_rows_hint(store: Store, query: str, params: Mapping[str, ParamValue]) -> str | None:
     """Why a named query returned no rows, in one line, or None: a parameter naming nothing
     (``unknown_values``), else for ``drift`` why its audit has no drift rows."""
-    hint = unknown_values(store, params)
+    return no_rows(store, query, params)[0]
+
+
+def no_rows(store: Store, query: str, params: Mapping[str, ParamValue]
+            ) -> tuple[str | None, bool]:
+    """``no_rows_hint``, and whether the reason is a parameter that names no model, run,
+    series or audit of the store at all (an unknown one: ``bfd query`` exits 2)."""
+    hint, nothing = _unknown(store, params)
     if hint is None and query == "drift" and params.get("series") is not None:
         hint = _no_drift(store, params)
-    return hint
+    return hint, nothing

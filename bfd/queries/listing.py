@@ -18,6 +18,8 @@ from typing import Final, TypeAlias
 # the catalog is read as every Parquet file below tables/<table>/.
 RUN_TABLES: Final[tuple[str, ...]] = ("runs", "layers", "heads", "modes", "images")
 POINTER_NAME: Final[str] = "published.json"
+# The tables of audit events (bfd.storage.audits), one file per audit: what a file held.
+EVENT_TABLES: Final[dict[str, str]] = {"audits": "audit event", "drift": "drift rows"}
 
 
 @dataclass(frozen=True)
@@ -189,9 +191,14 @@ def leave_out(listing: Listing, bad: dict[str, str]) -> tuple[Listing, list[str]
     runs = {f.run_id for files in listing.values() for f in files
             if f.path in bad and f.run_id is not None}
     notes = []
-    for files in listing.values():
+    for table, files in listing.items():
         for f in files:
-            if f.path in bad:
+            if f.path in bad and table in EVENT_TABLES:
+                refused = ", and bfd audit refuses its series" if table == "audits" else ""
+                notes.append(f"{EVENT_TABLES[table]} file {f.path} cannot be read "
+                             f"({bad[f.path]}); it is left out of the SQL catalog{refused}: "
+                             "move the file out of the store (what it held is lost)")
+            elif f.path in bad:
                 whose = f"run {f.run_id}" if f.run_id else "no run"
                 left = f"run {f.run_id} is" if f.run_id else "the file is"
                 notes.append(f"table file {f.path} ({whose}) cannot be read ({bad[f.path]}); "

@@ -273,6 +273,26 @@ def snapshot(root: Path, schema: Schema) -> Iterator[tuple[Path, bool]]:
                        "built; try again when its publishes are done")
 
 
+# The lists of ``left_out`` blocks now open: each gets every note warned while it is open.
+_collectors: list[list[str]] = []
+
+
+@contextlib.contextmanager
+def left_out() -> Iterator[list[str]]:
+    """The notes on what the catalogs opened in the block left out (a damaged or missing table
+    file, an unreadable pointer), each once: a reading command that got any still writes its
+    output, and exits 1 (README, "Errors and exit codes")."""
+    notes: list[str] = []
+    _collectors.append(notes)
+    try:
+        yield notes
+    finally:
+        _collectors.remove(notes)
+
+
 def _warn(notes: list[str]) -> None:
     for note in dict.fromkeys(notes):
         log.warning("bfd: warning: %s", note)
+        for collected in _collectors:
+            if note not in collected:
+                collected.append(note)

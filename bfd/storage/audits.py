@@ -25,7 +25,7 @@ from typing import Any, Final
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .paths import Store, atomic_write
+from .paths import DamagedStoreError, Store, atomic_write
 from .tables import partition_value, unescape_partition_value
 
 _TS: Final = pa.timestamp("us", tz="UTC")
@@ -138,13 +138,47 @@ def _read(store: Store, table: str, series: str | None) -> pa.Table:
         return EVENT_TABLES[table].empty_table()
     parts = []
     for p in files:
-        part = pq.read_table(p, schema=EVENT_TABLES[table], partitioning=None)
+        try:
+            part = pq.read_table(p, schema=EVENT_TABLES[table], partitioning=None)
+        except (pa.ArrowException, OSError) as err:
+            raise DamagedStoreError(damaged_event_message(table, p, err)) from err
         if part.column("series").null_count:  # an old drift file: its series is its folder's
             value = unescape_partition_value(p.parent.name.removeprefix("series="))
             part = part.set_column(part.schema.get_field_index("series"), "series",
                                    pa.array([value] * part.num_rows, pa.string()))
         parts.append(part)
     return pa.concat_tables(parts)
+
+
+def damaged_event_message(table: str, path: Path, err: BaseException) -> str:
+    """The line refusing to read a series whose event file ``path`` of ``table`` cannot be
+    read: the event it held is lost; moving the file out of the store lets the series go on
+    (its next audit compares with its last readable one)."""
+    reason = " ".join(str(err).split()).removeprefix(f"Could not open Parquet input source "
+                                                     f"'{path}': ").split(". ")[0]
+    lost = ("audit event" if table == "audits"
+            else f"drift rows of audit {path.stem}")
+    return (f"{path} is damaged ({reason}); the {lost} it held is lost: move the file out of "
+            "the store and run the command again (the series' next audit then compares with "
+            "its last readable audit)")
+
+
+def damaged_event_files(store: Store) -> list[str]:
+    """One line per audit event file of the store (``audits``, ``drift``) whose Parquet
+    footer does not read (truncated, garbage), with what to do: a store-level note of ``bfd
+    verify``, which checks one run (the catalog leaves such a file out; ``bfd audit``
+    refuses its series, ``damaged_event_message``). Reads footers only."""
+    out = []
+    for table in EVENT_TABLES:
+        folder = store.table_dir(table)
+        for p in sorted(folder.glob("*/*.parquet")):
+            if p.name.startswith((".", "_")) or p.parent.name.startswith((".", "_")):
+                continue
+            try:
+                pq.read_metadata(p)
+            except (pa.ArrowException, OSError) as err:
+                out.append(damaged_event_message(table, p, err))
+    return out
 
 
 def read_audits(store: Store, series: str | None = None) -> list[dict[str, Any]]:

@@ -116,6 +116,18 @@ def check_place(series: str, step: int | None = None) -> None:
         raise ValueError(f"--step must fit a 64-bit integer; got {step}")
 
 
+def check_series(store: Store, series: str) -> None:
+    """Refuses, before an audit's row is opened, a series whose stored audits cannot all be
+    read: its next audit would compare with the wrong previous one, and each try would
+    record one more failed audit.
+
+    Raises:
+        DamagedStoreError: An audit file of the series is damaged; the line names it and
+            what to do (``bfd.storage.audits.damaged_event_message``).
+    """
+    read_audits(store, series)
+
+
 def _step_value(text: str) -> int | None:
     """A number of a checkpoint's name as the step it means: ``0300`` -> 300, ``1e4`` ->
     10000, ``1.5e3`` -> 1500, ``10k`` -> 10000, ``2M`` -> 2000000, ``2.0`` -> 2; None for one
