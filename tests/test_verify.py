@@ -214,28 +214,35 @@ def test_a_pointer_without_checksums_verifies_by_reading_and_a_table_replaced_re
     assert [f.path for f in verify_run(store, rid)] == [str(layers)]  # kept, still changed
 
 
-@pytest.mark.parametrize("name", ["heads", "runs"])
+@pytest.mark.parametrize(("name", "damage"), [("heads", "unreadable"), ("runs", "unreadable"),
+                                            ("heads", "changed since it was published")])
 def test_an_audit_of_a_run_with_a_damaged_table_file_publishes_it_again(pristine, damaged,
-                                                                        capsys, name):
+                                                                        capsys, name, damage):
     # the run was computed with the same request and decomposition options: the audit would
     # reuse it, but a damaged table file makes it not computed (it is decomposed again), as a
-    # damaged shard of its activations is extracted again
+    # damaged shard of its activations is extracted again; so does one that reads but holds
+    # other values than were published
     root, rid = damaged
     table = root / read_pointer(Store(root), rid)["tables"][name]
-    data = table.read_bytes()
-    table.write_bytes(data[: len(data) // 2])
+    if damage == "unreadable":
+        data = table.read_bytes()
+        table.write_bytes(data[: len(data) // 2])
+    else:
+        rewrite_with(table, "e_pp", 12345.0)
     options = DecomposeOptions(**decompose_kwargs(DecomposeParams(),
                                                   AuditConfig(model="test_vit"))).to_dict()
     assert computed_run(Store(root), rid, options) is None  # what bfd audit without Prefect asks
     code, out, err = cli(["audit", *EXTRACT[1:], "--store", str(root), "--no-dashboard"], capsys)
     assert code == 0, err
-    assert f"bfd: damaged, published again: {table}: unreadable" in err
+    assert f"bfd: damaged, published again: {table}: {damage}" in err
     assert f"run {rid} published again (damaged table files), activations reused" in out, out
     # the time of its first publication is kept (the pointer holds a copy of it)
     (first,) = read_table(Store(pristine[0]), "runs").to_pylist()
     (now,) = read_table(Store(root), "runs").to_pylist()
     assert now["created_at"] == first["created_at"]
     assert "Traceback" not in err and "SQL" not in err
+    assert read_run_table(Store(root), "heads", rid).to_pylist() == \
+        read_run_table(Store(pristine[0]), "heads", rid).to_pylist()  # the figures again
     assert verify_run(Store(root), rid) == [] and list_runs(Store(root)) == [rid]
     (audit,) = read_audits(Store(root))
     assert (audit["run_id"], audit["status"]) == (rid, "complete")
