@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import shlex
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import zarr
 from conftest import env_kept
@@ -28,6 +31,7 @@ from bfd.storage import (
     read_table,
     repair_command,
     verify_run,
+    write_table,
 )
 from bfd.tasks.audits import computed_run
 from bfd.tasks.options import DecomposeOptions
@@ -140,28 +144,105 @@ def test_a_damaged_table_file_is_named(damaged, capsys, name):
     assert verify_run(Store(root), rid) == []
 
 
+def rewrite_with(path: Path, column: str, value) -> None:
+    """Write a Parquet file again under its own name with the first value of ``column``
+    replaced: it still reads, with every contract column (as a value changed inside a data
+    page, or the file replaced by another Parquet file)."""
+    table = pq.read_table(path)
+    index = table.schema.get_field_index(column)
+    values = table.column(index).to_pylist()
+    assert values[0] != value
+    values[0] = value
+    field = table.schema.field(index)
+    pq.write_table(table.set_column(index, field, pa.array(values, field.type)), path)
+
+
 @pytest.mark.parametrize("name", ["heads", "runs"])
-def test_an_audit_of_a_run_with_a_damaged_table_file_publishes_it_again(pristine, damaged,
-                                                                        capsys, name):
-    # the run was computed with the same request and decomposition options: the audit would
-    # reuse it, but a damaged table file makes it not computed (it is decomposed again), as a
-    # damaged shard of its activations is extracted again
+def test_a_table_file_changed_since_published_is_named_and_repaired(pristine, damaged, capsys,
+                                                                    name):
+    """A published table file that reads, with other values than were published, is a fault
+    (its bytes are not those whose sha256 the pointer records), repaired by the command verify
+    prints for a damaged table file: the same figures again, runs.created_at included (a
+    changed runs file is not where it is taken from)."""
     root, rid = damaged
     table = root / read_pointer(Store(root), rid)["tables"][name]
-    data = table.read_bytes()
-    table.write_bytes(data[: len(data) // 2])
+    column, value = {"heads": ("e_pp", 12345.0),
+                     "runs": ("created_at", dt.datetime(2001, 1, 1, tzinfo=dt.UTC))}[name]
+    rewrite_with(table, column, value)
+    assert read_run_table(Store(root), name, rid).column(column)[0].as_py() == value
+    code, out, err = cli(["verify", rid, "--store", str(root)], capsys)
+    assert code == 1 and out.count("\n") == 1, out
+    assert out.startswith(f"fault: {table}: changed since it was published (sha256 "), out
+    assert "bfd extract" not in err and err.count("\n") == 1, err
+    command = err.split("published again by: ")[1].strip()
+    assert command == (f"bfd decompose {rid} --store {root} --prefix exclude --control-seed 0 "
+                       "--compute-dtype float32 --jackknife-groups 16 --ci-target 0.02")
+    code, _, err = cli(shlex.split(command)[1:], capsys)
+    assert code == 0, err
+    code, out, err = cli(["verify", rid, "--store", str(root)], capsys)
+    assert (code, out.strip(), err) == (0, f"run {rid}: intact", "")
+    assert figures(root, rid) == figures(pristine[0], rid)
+
+
+def test_a_pointer_without_checksums_verifies_by_reading_and_a_table_replaced_records_one(
+        damaged, capsys):
+    """A pointer written before the sha256 of table files was kept: its files are only read (a
+    changed one is not a fault: nothing says what it held). Replacing one table
+    (``write_table``) records that file's sha256, and keeps those of the others."""
+    root, rid = damaged
+    store = Store(root)
+    path = store.published_pointer(rid)
+    old = json.loads(path.read_text())
+    assert set(old.pop("sha256")) == set(old["tables"])
+    path.write_text(json.dumps(old))
+    rewrite_with(root / old["tables"]["heads"], "e_pp", 12345.0)
+    code, out, err = cli(["verify", rid, "--store", str(root)], capsys)
+    assert (code, out.strip(), err) == (0, f"run {rid}: intact", "")
+
+    write_table(store, "layers", "test_vit", rid, read_run_table(store, "layers", rid))
+    pointer = read_pointer(store, rid)
+    assert set(pointer["sha256"]) == {"layers"}
+    assert verify_run(store, rid) == []
+    layers = root / pointer["tables"]["layers"]
+    rewrite_with(layers, "ss_total", -1.0)
+    assert [str(f) for f in verify_run(store, rid)] == [
+        f"{layers}: changed since it was published (sha256 "
+        f"{hashlib.sha256(layers.read_bytes()).hexdigest()[:12]}..., published.json records "
+        f"{pointer['sha256']['layers'][:12]}...)"]
+    write_table(store, "heads", "test_vit", rid, read_run_table(store, "heads", rid))
+    assert set(read_pointer(store, rid)["sha256"]) == {"layers", "heads"}
+    assert [f.path for f in verify_run(store, rid)] == [str(layers)]  # kept, still changed
+
+
+@pytest.mark.parametrize(("name", "damage"), [("heads", "unreadable"), ("runs", "unreadable"),
+                                            ("heads", "changed since it was published")])
+def test_an_audit_of_a_run_with_a_damaged_table_file_publishes_it_again(pristine, damaged,
+                                                                        capsys, name, damage):
+    # the run was computed with the same request and decomposition options: the audit would
+    # reuse it, but a damaged table file makes it not computed (it is decomposed again), as a
+    # damaged shard of its activations is extracted again; so does one that reads but holds
+    # other values than were published
+    root, rid = damaged
+    table = root / read_pointer(Store(root), rid)["tables"][name]
+    if damage == "unreadable":
+        data = table.read_bytes()
+        table.write_bytes(data[: len(data) // 2])
+    else:
+        rewrite_with(table, "e_pp", 12345.0)
     options = DecomposeOptions(**decompose_kwargs(DecomposeParams(),
                                                   AuditConfig(model="test_vit"))).to_dict()
     assert computed_run(Store(root), rid, options) is None  # what bfd audit without Prefect asks
     code, out, err = cli(["audit", *EXTRACT[1:], "--store", str(root), "--no-dashboard"], capsys)
     assert code == 0, err
-    assert f"bfd: damaged, published again: {table}: unreadable" in err
+    assert f"bfd: damaged, published again: {table}: {damage}" in err
     assert f"run {rid} published again (damaged table files), activations reused" in out, out
     # the time of its first publication is kept (the pointer holds a copy of it)
     (first,) = read_table(Store(pristine[0]), "runs").to_pylist()
     (now,) = read_table(Store(root), "runs").to_pylist()
     assert now["created_at"] == first["created_at"]
     assert "Traceback" not in err and "SQL" not in err
+    assert read_run_table(Store(root), "heads", rid).to_pylist() == \
+        read_run_table(Store(pristine[0]), "heads", rid).to_pylist()  # the figures again
     assert verify_run(Store(root), rid) == [] and list_runs(Store(root)) == [rid]
     (audit,) = read_audits(Store(root))
     assert (audit["run_id"], audit["status"]) == (rid, "complete")

@@ -244,8 +244,10 @@ def check_intact(store: Store, run_id: str) -> None:
 
 def table_faults(store: Store, run_id: str) -> list[Fault]:
     """The faults of the run's published table files (those its pointer lists, or the older
-    layout's): each file is read whole; empty when all are intact or the run has none."""
-    from .published import read_pointer
+    layout's): each file is read whole, and its bytes are compared with the sha256 its
+    pointer records (none in pointers written before they were kept, nor in the older layout:
+    such a file is only read); empty when all are intact or the run has none."""
+    from .published import changed_since_published, read_pointer
 
     try:
         pointer = read_pointer(store, run_id)
@@ -274,6 +276,13 @@ def table_faults(store: Store, run_id: str) -> list[Fault]:
         if missing:
             faults.append(Fault(str(path), f"missing contract columns {missing}",
                                 published=True))
+            continue
+        try:
+            changed = changed_since_published(pointer, table, path) if pointer else None
+        except OSError as e:
+            changed = f"unreadable ({_reason(e, str(path))})"
+        if changed:
+            faults.append(Fault(str(path), changed, published=True))
     return faults
 
 
@@ -320,7 +329,8 @@ def _verify_model_tensors(store: Store, run_id: str) -> list[Fault]:
 def verify_run(store: Store, run_id: str) -> list[Fault]:
     """Every fault of a run: its request and image manifest, each shard's marker and chunks
     (present, of the right size, readable, finite for the images marked ``ok``), its model
-    tensors and every table file of the run (readable, with the contract columns). A
+    tensors and every table file of the run (readable, with the contract columns, holding the
+    bytes it was published with when its pointer records their sha256). A
     stats-only run (``kept_no_activations``) has no shards: its results must be published.
 
     Returns:

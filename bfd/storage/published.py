@@ -4,7 +4,9 @@ version beside the published one, then ONE pointer file is switched (docs/layout
 - ``tables/<table>/<run_id>/part-<version>.parquet`` and ``bfd.zarr/<run_id>/results-<version>``
   hold a version; a version's files are written once and never changed.
 - ``runs/<run_id>/published.json`` names the published version: the store-relative path of
-  each of its table files and its results group. It is replaced atomically (``atomic_write``),
+  each of its table files and its results group, and the sha256 of each table file's bytes
+  (``bfd verify`` finds a file changed since; pointers written before have none). It is
+  replaced atomically (``atomic_write``),
   so every reader that follows it (the SQL catalog, ``read_table``, ``open_results``, the
   dashboard) sees the previous version or the new one, never a mix. A run without a pointer
   is not published.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -48,8 +51,8 @@ def new_version() -> str:
 
 def read_pointer(store: Store, run_id: str) -> dict[str, Any] | None:
     """The run's pointer (``{run_id, version, published_at, tables, results}``, and
-    ``created_at`` when the publish knew it), or None when
-    the run is not published in the current layout.
+    ``created_at`` and ``sha256`` (by table, of its file's bytes) when the publish kept them),
+    or None when the run is not published in the current layout.
 
     Raises:
         ValueError: If the pointer is not readable JSON of that form (it names the file).
@@ -61,9 +64,34 @@ def read_pointer(store: Store, run_id: str) -> dict[str, Any] | None:
         return None
     except (OSError, ValueError) as e:
         raise ValueError(f"run {run_id}: unreadable publication pointer {path}: {e}") from e
-    if not isinstance(pointer, dict) or not isinstance(pointer.get("tables"), dict):
+    if not isinstance(pointer, dict) or not isinstance(pointer.get("tables"), dict) \
+            or not isinstance(pointer.get("sha256", {}), dict):
         raise ValueError(f"run {run_id}: {path} is not a publication pointer")
     return pointer
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, as 64 hex digits."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def changed_since_published(pointer: dict[str, Any], table: str, path: Path) -> str | None:
+    """Why the published file ``path`` of ``table`` no longer holds the bytes its publish
+    wrote, in a few words (its sha256 differs from the pointer's), or None when it holds them
+    or the pointer records no sha256 of it (written before they were kept).
+
+    Raises:
+        OSError: If the file cannot be read.
+    """
+    recorded = pointer.get("sha256", {}).get(table)
+    if not recorded:
+        return None
+    now = file_sha256(path)
+    if now == recorded:
+        return None
+    return (f"changed since it was published (sha256 {now[:12]}..., "
+            f"published.json records {str(recorded)[:12]}...)")
 
 
 def _legacy_files(store: Store, run_id: str) -> dict[str, Path]:
@@ -85,6 +113,9 @@ class Publication:
     def __init__(self, store: Store, run_id: str, previous: dict[str, Any] | None) -> None:
         self.store, self.run_id, self.version = store, run_id, new_version()
         self.tables: dict[str, str] = dict(previous["tables"]) if previous else {}
+        # the sha256 of each table file's bytes, by table (those of the files carried over
+        # from the previous version as it recorded them: none before they were kept)
+        self.sha256: dict[str, str] = dict(previous.get("sha256") or {}) if previous else {}
         self.results: str | None = previous.get("results") if previous else None
         self.written: list[Path] = []
         self.group: str | None = None
@@ -100,8 +131,12 @@ class Publication:
         data = conform(table, model, self.run_id, rows)
         path = table_path(self.store, table, self.run_id, self.version)
         self.written.append(path)
-        atomic_write(path, lambda f: pq.write_table(data, f, compression="zstd"))
+        sink = pa.BufferOutputStream()  # in memory first: its sha256 is of these bytes
+        pq.write_table(data, sink, compression="zstd")
+        content = sink.getvalue()
+        atomic_write(path, lambda f: f.write(content))
         self.tables[table] = _rel(self.store, path)
+        self.sha256[table] = hashlib.sha256(content).hexdigest()
         return path
 
     def write_results(self, ds: xr.Dataset) -> str:
@@ -115,6 +150,7 @@ class Publication:
         return {"run_id": self.run_id, "version": self.version,
                 "published_at": datetime.now(UTC).isoformat(), "tables": self.tables,
                 "results": self.results,
+                "sha256": {t: h for t, h in self.sha256.items() if t in self.tables},
                 **({"created_at": self.created_at} if self.created_at else {})}
 
     def discard(self) -> None:

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import zarr
 
 from .paths import Store
-from .published import _legacy_files, read_pointer
+from .published import _legacy_files, changed_since_published, read_pointer
 from .results import results_groups
 from .tables import RUN_TABLES
 
@@ -30,25 +30,41 @@ _CHECK_IMAGES_DEFAULT: Final[int] = 2  # bfd.tasks.options.DecomposeOptions; no 
 _VERSION: Final[re.Pattern[str]] = re.compile(r"(\d{8}T\d{12})Z[0-9a-f]+$")
 
 
-def _run_files(store: Store, table: str, run_id: str) -> list[Path]:
+def _run_files(store: Store, table: str, run_id: str, versions: bool = True) -> list[Path]:
     """Every file of the run's ``table`` on disk: the published version's, those of other
-    versions a killed publish left, and the old layout's."""
+    versions a killed publish left, and the old layout's (``versions=False``: the old
+    layout's only)."""
     folder = store.table_dir(table) / run_id
-    found = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+    found = sorted(folder.glob("part-*.parquet")) if versions and folder.is_dir() else []
     legacy = _legacy_files(store, run_id).get(table)
     return found + ([legacy] if legacy is not None else [])
 
 
-def _runs_rows(store: Store, run_id: str) -> list[dict[str, Any]]:
-    """The run's rows in every one of its ``runs`` files that reads, the published one first."""
-    files = _run_files(store, "runs", run_id)
+def _ever_published(store: Store, run_id: str) -> bool:
+    """Whether the run's versioned files may hold a published version: only when it has a
+    pointer (read or not). A publish writes its pointer last, so a run without one has only
+    the files of publishes killed before they switched it: never published."""
+    return store.published_pointer(run_id).exists()
+
+
+def _runs_rows(store: Store, run_id: str, versions: bool = True) -> list[dict[str, Any]]:
+    """The run's rows in every one of its ``runs`` files that reads, the published one first
+    (left out when it no longer holds the bytes it was published with); ``versions``: see
+    ``_run_files``."""
+    files = _run_files(store, "runs", run_id, versions)
     try:
-        rel = (read_pointer(store, run_id) or {}).get("tables", {}).get("runs")
+        pointer = read_pointer(store, run_id) or {}
     except ValueError:
-        rel = None
+        pointer = {}
+    rel = pointer.get("tables", {}).get("runs")
     if rel is not None and store.root / rel in files:
         files.remove(store.root / rel)
-        files.insert(0, store.root / rel)
+        try:
+            changed = changed_since_published(pointer, "runs", store.root / rel)
+        except OSError:
+            changed = "unreadable"
+        if not changed:
+            files.insert(0, store.root / rel)
     rows = []
     for path in files:
         try:
@@ -116,7 +132,8 @@ def first_published(store: Store, run_id: str) -> datetime | None:
     """When the run was first published, from what still reads (docs/layout.md, Publishing):
 
     1. the earliest ``created_at`` of the run's ``runs`` files that read (the published one,
-       and any other version's left on disk; read whether or not the pointer reads);
+       unless it holds other bytes than its pointer records, and any other version's left on
+       disk; read whether or not the pointer reads);
     2. else the copy of it in the run's pointer (``published.json``, since publishes keep it
        there too);
     3. else the earliest time the run is known to have been published by then: the times in
@@ -124,8 +141,14 @@ def first_published(store: Store, run_id: str) -> datetime | None:
        and the ``finished_at`` of its complete audits (the audit that first computed it
        finished after publishing it);
     4. else None (never published, or nothing of it reads).
+
+    The versioned files of a run without a pointer are of publishes killed before their
+    switch (``_ever_published``): neither their ``created_at`` nor their version times count
+    (the run was not published then); the old layout's files do.
     """
-    times = [r["created_at"] for r in _runs_rows(store, run_id) if r.get("created_at")]
+    versions = _ever_published(store, run_id)
+    times = [r["created_at"] for r in _runs_rows(store, run_id, versions)
+             if r.get("created_at")]
     if times:
         return min(times)
     try:
@@ -136,8 +159,9 @@ def first_published(store: Store, run_id: str) -> datetime | None:
         pass
     bounds = []
     for table in RUN_TABLES:
-        bounds += [_version_time(p.stem) for p in _run_files(store, table, run_id)]
-    bounds += [_version_time(g) for g in results_groups(store, run_id)]
+        bounds += [_version_time(p.stem) for p in _run_files(store, table, run_id, versions)]
+    if versions:
+        bounds += [_version_time(g) for g in results_groups(store, run_id)]
     try:
         pointer = read_pointer(store, run_id) or {}
         if pointer.get("published_at"):

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -27,13 +28,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # storebuilder, co
 from storebuilder import build_run, random_run_arrays  # noqa: E402
 
 from bfd.queries import refresh_catalog, run_sql  # noqa: E402
-from bfd.storage import RUN_TABLES, Store, open_results, read_pointer  # noqa: E402
+from bfd.storage import (  # noqa: E402
+    RUN_TABLES,
+    Store,
+    layers_rows,
+    open_results,
+    read_pointer,
+    read_request,
+    read_table,
+    table_faults,
+)
+from bfd.storage.published import Publication  # noqa: E402
+from bfd.storage.results import remove_group, results_groups  # noqa: E402
 from bfd.tasks.decompose import (  # noqa: E402
     DecomposeOptions,
     assemble_results,
     decompose_site_layer,
 )
-from bfd.tasks.publish import publish  # noqa: E402
+from bfd.tasks.publish import publish, runs_row  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -232,11 +244,14 @@ def test_kill_9_while_publishing_then_rerun_equals_uninterrupted(two_versions, t
         finally:
             proc.wait()
         assert state(store) in (old, new), f"killed after the {step} step began"
+        # the published version's files hold the bytes its pointer records the sha256 of
+        assert table_faults(store, rid) == [], step
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert state(store) == new
     xr.testing.assert_identical(dump_results(store, rid), dump_results(reference, rid))
     assert files_left(store, rid) == only_published(store, rid)
+    assert table_faults(store, rid) == []
 
 
 def test_concurrent_publishes_of_one_run_take_turns(two_versions, tmp_path):
@@ -273,4 +288,30 @@ def test_a_results_folder_without_metadata_is_removed_by_the_next_publish(two_ve
     (orphan / "frac_pos" / "c" / "0").write_bytes(b"partial chunk")
     publish(str(store.root), rid, results[1], config(1))
     assert not orphan.exists()
+    assert files_left(store, rid) == only_published(store, rid)
+
+
+def test_a_first_publish_killed_before_its_switch_is_not_the_first_publication(two_versions,
+                                                                               tmp_path):
+    """A run whose first publish was killed before it switched the pointer (its results group
+    and table files left, its runs file included) was not published then: the next publish
+    is its first publication, and runs.created_at is that time, not the killed one's."""
+    store, rid, results = fresh_copy(two_versions, tmp_path)
+    store.published_pointer(rid).unlink()  # the run as before its first publish
+    for table in RUN_TABLES:
+        shutil.rmtree(store.tables_dir / table / rid)
+    for group in results_groups(store, rid):
+        remove_group(store, group)
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    killed = Publication(store, rid, None)  # what the killed publish wrote, an hour ago
+    killed.version = f"{an_hour_ago:%Y%m%dT%H%M%S%f}Z0badc0de"
+    model = read_request(store, rid).model
+    killed.write_results(results[0])
+    killed.write_table("layers", model, layers_rows(results[0]))
+    row = runs_row(store, rid, "complete", config(0))
+    killed.write_table("runs", model, [{**row, "created_at": an_hour_ago}])
+    started = datetime.now(UTC)
+    publish(str(store.root), rid, results[0], config(0))
+    (row,) = read_table(store, "runs").to_pylist()
+    assert started <= row["created_at"] <= datetime.now(UTC)
     assert files_left(store, rid) == only_published(store, rid)
