@@ -177,8 +177,11 @@ class _Bars:
             # not print: inside a flow with log_prints, print goes to Prefect's logger
             sys.stderr.write(f"bfd: {detail['text']}\n")
             return
+        if stage == "checkpoint":  # no bar: a checkpoint audited, bfd.cli_audits prints it
+            return
         bar = self.bars.get(stage)
-        if bar is None:
+        if bar is None or (bar.disable and done < total):  # a stage begun again: a new bar
+            # (audit-checkpoints: each checkpoint's audit extracts; a closed bar drew nothing)
             bar = self.bars[stage] = tqdm(total=total, desc=stage, unit=self.UNITS.get(stage, "it"),
                                           dynamic_ncols=True, file=sys.stderr)
         bar.total = total
