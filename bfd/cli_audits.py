@@ -161,8 +161,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
     thresholds = drift_thresholds(args.drift_threshold)
     reused = computed_run_of(args, config, store)
     if reused is None:
+        # the server's start-up (the longer) overlaps the import of torch and timm; an
+        # unknown model or layers out of range are refused before Prefect is imported
         cli._start_prefect_server()
-        cli._check_extract_request(args, config)
+        cli._check_model_request(config)
+        cli._check_placement(args, config)
     require_writable(store)  # an audit always writes its tables
     if args.demo:
         print("demo: random-init (untrained) vit_tiny_patch16_224 on 64 embedded sample images;"
@@ -302,7 +305,8 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
     out = nothing_to_audit(args, config, store, series)
     lines = CheckpointLines(store)
     if out is None:
-        cli._check_extract_request(args, config)
+        cli._check_model_request(config)
+        cli._check_placement(args, config)
         from bfd.flows import progress
         from bfd.flows.checkpoints import CheckpointsLeftOut, audit_checkpoints
 
