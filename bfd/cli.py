@@ -78,23 +78,36 @@ def _check_request_early(args: argparse.Namespace, config) -> None:
     check_workers(args.workers)
 
 
-def _check_extract_request(args: argparse.Namespace, config) -> None:
+def _check_model_request(config) -> None:
     """What of an extraction request (a dict, or an audit's typed config) needs the model
-    (layers in range, the input size against its patch) or torch (a CUDA device), and the
-    cluster's address: checked before any work, after ``_check_request_early``."""
-    from bfd.flows.runners import capped_workers, check_dask_address
-    from bfd.models import resolve_device
+    (its name known to timm and supported, layers in range, the input size against its
+    patch) or torch (a CUDA device) but no Prefect: checked after ``_check_request_early``
+    and before Prefect is imported (``_check_placement``, the flows), which came first and
+    held such a refusal back by seconds. Prefect's temporary server may be starting
+    meanwhile (``_start_prefect_server``: its start-up overlaps these imports); it is not
+    waited for at such a refusal (``bfd.flows.server``)."""
     from bfd.tasks.extract import ExtractConfig, validate_config
 
-    if not isinstance(config, dict):
-        config = config.extract_config()
-    validate_config(ExtractConfig(**config))
+    validate_config(ExtractConfig(**_extract_dict(config)))
+
+
+def _check_placement(args: argparse.Namespace, config) -> None:
+    """Where the request runs: the cluster's address, and ``--workers`` capped at the
+    machine's cores or GPUs (one line on stderr when it is); after ``_check_model_request``."""
+    from bfd.flows.runners import capped_workers, check_dask_address
+    from bfd.models import resolve_device
+
     if args.dask_address:
         check_dask_address(args.dask_address)
-    args.workers, warning = capped_workers(args.workers,
-                                           resolve_device(config.get("device", "auto")))
+    device = resolve_device(_extract_dict(config).get("device", "auto"))
+    args.workers, warning = capped_workers(args.workers, device)
     if warning:
         print(f"bfd: warning: {warning}", file=sys.stderr)
+
+
+def _extract_dict(config) -> dict:
+    """An extraction request as a dict (an audit's typed config gives its own)."""
+    return config if isinstance(config, dict) else config.extract_config()
 
 
 def _add_store(p: argparse.ArgumentParser) -> None:
@@ -177,8 +190,11 @@ class _Bars:
             # not print: inside a flow with log_prints, print goes to Prefect's logger
             sys.stderr.write(f"bfd: {detail['text']}\n")
             return
+        if stage == "checkpoint":  # no bar: a checkpoint audited, bfd.cli_audits prints it
+            return
         bar = self.bars.get(stage)
-        if bar is None:
+        if bar is None or (bar.disable and done < total):  # a stage begun again: a new bar
+            # (audit-checkpoints: each checkpoint's audit extracts; a closed bar drew nothing)
             bar = self.bars[stage] = tqdm(total=total, desc=stage, unit=self.UNITS.get(stage, "it"),
                                           dynamic_ncols=True, file=sys.stderr)
         bar.total = total
@@ -232,10 +248,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
         print(f"run {done} extracted into {_store(args)}")
         return 0
     _start_prefect_server()
+    _check_model_request(config)  # before Prefect is imported
+    _check_placement(args, config)
     from bfd.flows.extract import extract
     from bfd.flows.runners import task_runner
 
-    _check_extract_request(args, config)
     flow = extract.with_options(task_runner=task_runner(args.workers, args.dask_address))
     rid = _with_bars(flow, config, _store(args), args.gpu_resources)["run_id"]
     print(f"run {rid} extracted into {_store(args)}")
@@ -458,9 +475,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         code, message = known
         print(f"bfd: error: {message}", file=sys.stderr)
-        return code
     if argv is None and args.command in _PIPELINE_COMMANDS:
-        _exit_now(code)
+        _exit_now(code)  # a refusal too: the teardown of torch and timm took 1-2 s after it
     return code
 
 

@@ -70,20 +70,26 @@ def drift_thresholds(items: Sequence[str]):
         raise ValueError(f"--drift-threshold: {msg}; got {' '.join(items)}") from None
 
 
+def say(line: str) -> None:
+    """One line on stdout, also from inside a flow run: there ``print`` goes to Prefect's
+    logger (``log_prints``), which the command's console does not show."""
+    sys.stdout.write(f"{line}\n")
+
+
 def print_audit(out: dict, store: str) -> int:
     """The audit's line and its flagged drift; returns the number of flagged values."""
     from bfd.queries import run_query
 
     prev = out["prev_audit_id"]
-    print(f"audit {out['audit_id']} of series {out['series']} (step {out['step']}): run "
-          f"{out['run_id']} {out['how']}")
+    say(f"audit {out['audit_id']} of series {out['series']} (step {out['step']}): run "
+        f"{out['run_id']} {out['how']}")
     if prev is None:
-        print("drift: first audit of this series, nothing to compare with")
+        say("drift: first audit of this series, nothing to compare with")
         return 0
     if out.get("drift_note"):
-        print(f"drift: {out['drift_note']}")
+        say(f"drift: {out['drift_note']}")
         return 0
-    print(f"drift: {out['n_flagged']} value(s) flagged against audit {prev}")
+    say(f"drift: {out['n_flagged']} value(s) flagged against audit {prev}")
     if out["n_flagged"]:
         drift = run_query(store, "drift", {"series": out["series"],
                                            "audit_id": out["audit_id"]})
@@ -155,8 +161,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
     thresholds = drift_thresholds(args.drift_threshold)
     reused = computed_run_of(args, config, store)
     if reused is None:
+        # the server's start-up (the longer) overlaps the import of torch and timm; an
+        # unknown model or layers out of range are refused before Prefect is imported
         cli._start_prefect_server()
-        cli._check_extract_request(args, config)
+        cli._check_model_request(config)
+        cli._check_placement(args, config)
     require_writable(store)  # an audit always writes its tables
     if args.demo:
         print("demo: random-init (untrained) vit_tiny_patch16_224 on 64 embedded sample images;"
@@ -294,17 +303,21 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
     store = cli._store(args)
     # nothing to audit: said without torch, timm or Prefect, as the flow would say it
     out = nothing_to_audit(args, config, store, series)
+    lines = CheckpointLines(store)
     if out is None:
-        cli._check_extract_request(args, config)
+        cli._check_model_request(config)
+        cli._check_placement(args, config)
+        from bfd.flows import progress
         from bfd.flows.checkpoints import CheckpointsLeftOut, audit_checkpoints
 
         try:
-            out = cli._with_bars(audit_checkpoints, args.checkpoints,
-                                 config.model_dump(exclude={"weights"}), store,
-                                 series=args.series, drift=thresholds, workers=args.workers,
-                                 dask_address=args.dask_address,
-                                 gpu_resources=args.gpu_resources,
-                                 dashboard=not args.no_dashboard)
+            with progress.listening(lines):  # each checkpoint's lines once its audit is done
+                out = cli._with_bars(audit_checkpoints, args.checkpoints,
+                                     config.model_dump(exclude={"weights"}), store,
+                                     series=args.series, drift=thresholds,
+                                     workers=args.workers, dask_address=args.dask_address,
+                                     gpu_resources=args.gpu_resources,
+                                     dashboard=not args.no_dashboard)
         except CheckpointsLeftOut as err:  # the flow run is Failed; its left-out files end here
             out = err.out
     if not out["audits"]:
@@ -316,15 +329,42 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
                   f"({n_seen} of {out['n_files']} files{left}) is already audited in series "
                   f"{out['series']} with the same request ({out['compared']})")
         return print_left_out(out["bad"]) if out["bad"] else 0
-    n_flagged = 0
-    for one in out["audits"]:
-        print(f"{one['checkpoint']}:")
-        n_flagged += print_audit(one, store)
+    for one in out["audits"]:  # any not printed yet (none: each was, once audited)
+        lines.print(one)
+    n_flagged = lines.n_flagged
     n_seen = out["n_files"] - len(out["audits"]) - len(out["bad"])
     print(f"\n{len(out['audits'])} checkpoint(s) audited in series {out['series']}; "
           f"{n_seen} already audited with the same request; store {store}")
     code = drift_exit(n_flagged, args.fail_on_drift, out["audits"], args.fail_if_not_compared)
     return print_left_out(out["bad"]) if out["bad"] else code
+
+
+class CheckpointLines:
+    """A ``bfd.flows.progress`` listener that prints each checkpoint's lines (its file, its
+    audit and flagged drift: ``print_audit``) once the flow ``audit-checkpoints`` reports that
+    checkpoint's audit done (stage ``checkpoint``), not when every checkpoint is done."""
+
+    def __init__(self, store: str) -> None:
+        self.store = store
+        self.printed: set[str] = set()
+        self.n_flagged = 0
+
+    def __call__(self, stage: str, done: int, total: int, detail: dict) -> None:
+        if stage != "checkpoint":
+            return
+        try:
+            self.print(detail["audit"])
+        except Exception:  # noqa: BLE001 - a display must not fail the flow (a closed pipe):
+            # the command prints it again after the flow, where its error is its own
+            self.printed.discard(detail["audit"]["audit_id"])
+
+    def print(self, one: dict) -> None:
+        """The lines of one checkpoint's audit (``one``: its summary), once."""
+        if one["audit_id"] in self.printed:
+            return
+        self.printed.add(one["audit_id"])
+        say(f"{one['checkpoint']}:")
+        self.n_flagged += print_audit(one, self.store)
 
 
 def unreadable_checkpoints(files) -> list[str]:

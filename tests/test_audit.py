@@ -14,7 +14,8 @@ from conftest import env_kept
 from bfd.cli import main
 from bfd.flows.audit import audit
 from bfd.queries import list_queries, run_query, run_sql
-from bfd.storage import Store, read_audits, read_drift, read_request, read_table
+from bfd.queries.seen import run_seen
+from bfd.storage import SEEN_FIGURES, Store, read_audits, read_drift, read_request, read_table
 
 MODELS = {"test_vit": 6, "test_vit2": 8}  # name -> depth
 CONFIG = {"weights": "random", "images": "samples", "n_images": 12, "img_size": 64,
@@ -53,7 +54,16 @@ def test_identical_request_reuses_its_run_and_records_a_new_audit(audited, capsy
     drift = read_drift(Store(root), series, again["audit_id"])
     # the same run compared with itself: every value there, nothing moved, nothing flagged
     assert len(drift) == 6 * 8 + 6 * 2 * 5 and again["n_flagged"] == 0
-    assert all(r["delta"] == 0 for r in drift if r["metric"] != "head_type")
+    assert all(r["delta"] == 0.0 for r in drift)
+    # what both audits kept of it, and so audit_history's deltas, to the bit: what an audit
+    # sees of a run is the same on every call (it came 1 ulp apart now and then: 9e-19)
+    kept = [{name: a[name] for name, _ in SEEN_FIGURES} for a in audits]
+    assert kept[0] == kept[1]
+    seen = {tuple(run_seen(root, again["run_id"])[name] for name, _ in SEEN_FIGURES)
+            for _ in range(40)}
+    assert seen == {tuple(kept[0].values())}
+    _, history = run_query(root, "audit_history", {"series": series}).to_pylist()
+    assert all(history[k] == 0 for k in history if k.startswith("delta_")), history
     # a new decomposition of the run keeps the time it was first computed
     with env_kept():
         assert main(["decompose", again["run_id"], "--store", root]) == 0
@@ -462,18 +472,21 @@ def test_checkpoints_count_as_audited_only_with_the_same_request(tmp_path, prefe
 
 
 def test_a_checkpoint_that_does_not_load_is_left_out_and_the_others_audited(
-        tmp_path, prefect_harness, capsys):
+        tmp_path, prefect_harness, capsys, monkeypatch):
     """Two files that pass the first-bytes check but not the load (a state_dict of another
     model; a cut pickle of the format before torch 1.6) are each named in one line and left
     out, with no audit recorded, while the checkpoints before and after them are audited
     (exit 2 at the end); the flow run ends Failed, naming them. The first such file stopped
-    the series."""
+    the series. Each checkpoint's lines are printed once its audit is done (they came all
+    at the end), and every line names a file as the folder was given, relative here (a file
+    that did not load was named by its absolute path)."""
     import timm
     import torch
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
     from bfd.files import check_checkpoint
+    from bfd.flows import progress
 
     folder = tmp_path / "ckpts"
     made = make_checkpoints(tmp_path / "made")
@@ -488,37 +501,63 @@ def test_a_checkpoint_that_does_not_load_is_left_out_and_the_others_audited(
     for name in ("step_200.pth", "step_300.pt"):
         check_checkpoint(folder / name)  # their first bytes pass
     store = str(tmp_path / "store")
+    monkeypatch.chdir(tmp_path)
 
     def audit_folder() -> tuple[int, str, str]:
-        with env_kept():
-            code = main(["audit-checkpoints", str(folder), "--model", AUDIT["model"],
+        """Its exit code, stdout, stderr, and (in ``printed``) its stdout so far when each
+        extraction began."""
+        parts = []
+
+        def at_each_extraction(stage: str, done: int, total: int, detail: dict) -> None:
+            if stage == "extract" and done == 0:
+                parts.append(capsys.readouterr())
+                printed.append("".join(part.out for part in parts))
+
+        capsys.readouterr()
+        printed.clear()
+        with env_kept(), progress.listening(at_each_extraction):
+            code = main(["audit-checkpoints", "ckpts", "--model", AUDIT["model"],
                          "--n-images", "6", "--img-size", "64", "--layers", "0", "--dtype",
                          "float32", "--images-per-chunk", "6", "--series", "s", "--store",
                          store, "--no-dashboard"])
-        return code, *capsys.readouterr()
+        parts.append(capsys.readouterr())
+        return code, "".join(p.out for p in parts), "".join(p.err for p in parts)
 
+    printed: list[str] = []
     code, out, err = audit_folder()
     assert code == 2 and "2 checkpoint(s) audited in series s" in out, out + err
+    # step_100's lines were out when step_400's extraction began
+    assert len(printed) == 2 and printed[0] == "", printed
+    assert printed[1].startswith("ckpts/step_100.safetensors:\naudit ") and (
+        "drift: first audit of this series" in printed[1]), printed
+    assert out.startswith(printed[1]) and out.count("ckpts/step_100.safetensors:") == 1, out
+    assert "\nckpts/step_400.pth:\naudit " in out, out
     errors = [line for line in err.splitlines() if line.startswith("bfd: error:")]
     assert len(errors) == 2, err
-    assert errors[0].startswith("bfd: error: left out: weights ")
-    assert "step_200.pth' do not fit 'test_vit': " in errors[0], errors
-    assert "step_300.pt' is not a readable checkpoint" in errors[1], errors
+    assert errors[0].startswith("bfd: error: left out: weights 'ckpts/step_200.pth' do not fit "
+                                "'test_vit': "), errors
+    assert errors[1].startswith("bfd: error: left out: weights file 'ckpts/step_300.pt' is not "
+                                "a readable checkpoint"), errors
+    # a bar for each audited checkpoint's extraction (the first bar's, closed, drew no other)
+    bars = [line.rsplit("\r", 1)[-1] for line in err.split("\n")]
+    assert sum(bar.startswith("extract: 100%") for bar in bars) == 2, err
     audits = read_audits(Store(store), "s")
     assert [(a["step"], a["status"]) for a in audits] == [(100, "complete"), (400, "complete")]
     assert audits[1]["prev_audit_id"] == audits[0]["audit_id"]
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=["audit-checkpoints"])))
-    (run,) = [r for r in runs if r.parameters["checkpoints"] == str(folder)]
+    (run,) = [r for r in runs if r.parameters["checkpoints"] == "ckpts"
+              and r.parameters["store"] == store]
     assert run.state.type.value == "FAILED", run.state
     assert run.state.message.startswith("2 of 4 checkpoint file(s) left out, 2 audited: "
-                                        "weights "), run.state.message
-    assert "step_200.pth' do not fit" in run.state.message and "(and 1 more)" in run.state.message
+                                        "weights 'ckpts/step_200.pth' do not fit"), (
+        run.state.message)
+    assert "(and 1 more)" in run.state.message
     # again: nothing to audit, and the line does not call the files left out unreadable (the
     # one of another model reads; it said "every readable checkpoint ... (2 of 4 files)")
     code, out, err = audit_folder()
-    assert code == 2 and out.startswith(f"nothing to do: every checkpoint of {folder} not left "
+    assert code == 2 and out.startswith("nothing to do: every checkpoint of ckpts not left "
                                         "out (2 of 4 files; 2 left out) is already audited"), out
     assert err.count("bfd: error: left out: ") == 2, err
 

@@ -103,6 +103,42 @@ def test_pipeline_commands_refuse_what_needs_no_model_before_torch_timm_prefect(
     assert not home.exists() and not (tmp_path / "store").exists()
 
 
+# Each: what needs the model (timm's name, its depth), not Prefect: the command line and what
+# its one error line says.
+NEED_THE_MODEL = {
+    "audit-model-unknown": (["audit", *BASE, "--model", "no_such_model"],
+                            ["model 'no_such_model' is unknown to timm"]),
+    "audit-layers-out-of-range": (["audit", *BASE, "--layers", "0,9"],
+                                  ["layers must be in [0, 6) for a 6-block model; got [9]"]),
+    "extract-model-unknown": (["extract", *BASE, "--model", "no_such_model"],
+                              ["model 'no_such_model' is unknown to timm"]),
+    "checkpoints-layers-out-of-range": (["audit-checkpoints", "{tmp}/ckpts", "--model",
+                                         "test_vit", "--layers", "0,9"],
+                                        ["layers must be in [0, 6)"]),
+}
+
+
+def test_a_request_the_model_refuses_is_refused_before_prefect(tmp_path):
+    """A model timm does not know, or layers out of range, need timm to be told: refused in
+    one line (exit 2) before Prefect is imported (the command imported it, and the flows'
+    runners, before this check: seconds more before the line), and before any store is
+    made. (bfd audit and extract start Prefect's temporary server before, its start-up
+    overlapping these imports; it is not waited for at the refusal: bfd.flows.server.)"""
+    (tmp_path / "ckpts").mkdir()
+    with zipfile.ZipFile(tmp_path / "ckpts" / "step_1.pth", "w") as z:
+        z.writestr("step_1/data.pkl", b"\x80\x02}q\x00.")
+    argvs = {name: [a.replace("{tmp}", str(tmp_path)) for a in argv]
+             + ["--store", str(tmp_path / "store")] for name, (argv, _) in NEED_THE_MODEL.items()}
+    for name, (_, needles) in NEED_THE_MODEL.items():
+        # one process each: a server launched sets PREFECT_API_URL for the next command
+        exit_code, err, imported = _main_in_a_process(tmp_path, {name: argvs[name]})[name]
+        assert exit_code == 2 and err.startswith("bfd: error: ") and err.count("\n") == 1, (
+            name, err)
+        assert all(needle in err for needle in needles), (name, err)
+        assert "prefect" not in imported, name
+    assert not (tmp_path / "store").exists()
+
+
 def test_autocast_where_auto_finds_no_cuda_is_refused_before_work():
     """``--device auto`` is resolved with torch: the extraction's check refuses autocast when
     it resolves to the CPU, before any weights are loaded or anything is written."""

@@ -2,7 +2,9 @@
 folder or glob that its series has not audited yet with the same request (the weights' bytes
 and every option that shapes the run) is audited, in step order, each as one audit of the
 series. A file that is no readable checkpoint, or does not load or fit the model, is left out
-and named while the others are audited; the run then ends ``Failed``, naming it."""
+and named while the others are audited; the run then ends ``Failed``, naming it. Each
+audit, once done, is reported to the progress listeners (``bfd.flows.progress``, stage
+``checkpoint``): the command prints its lines then, not when every checkpoint is done."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from prefect import flow, get_run_logger, tags
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Failed, State
 
+from bfd.files import input_path
+from bfd.flows import progress
 from bfd.flows.audit import audit, refresh_outputs
 from bfd.flows.params import (
     AuditConfig,
@@ -120,11 +124,11 @@ def audit_checkpoints(
                                  description="audit-checkpoints: nothing to do")
         return _ended({**summary, "audits": []})
     done = []
-    for ckpt in todo:
+    for k, ckpt in enumerate(todo, 1):
         try:  # a file that passed its first-bytes check may still not load, or not fit
             load_weights(ExtractConfig(**{**request, "weights": ckpt["path"]}))
         except (OSError, ValueError) as err:
-            bad.append(" ".join(str(err).split()))
+            bad.append(" ".join(as_listed(str(err), ckpt["path"]).split()))
             logger.error("left out: %s", bad[-1])
             continue
         with tags(f"model:{model}", f"series:{series}"):
@@ -134,6 +138,8 @@ def audit_checkpoints(
                         series=series, step=ckpt["step"], drift=thresholds,
                         trigger="checkpoints", dashboard=False)
         done.append({**one, "checkpoint": ckpt["path"]})
+        # said now, not when every checkpoint is done: the command prints its lines
+        progress.report("checkpoint", k, len(todo), audit=done[-1])
     if done:
         refresh_outputs(root, dashboard)
     lines = [f"# Checkpoints of series `{series}`", "",
@@ -145,6 +151,14 @@ def audit_checkpoints(
                              key=artifact_key("checkpoints", series),
                              description=f"audit-checkpoints of series {series}")
     return _ended({**summary, "audits": done})
+
+
+def as_listed(message: str, path: str) -> str:
+    """``message`` naming the checkpoint ``path`` as it was listed (from the folder or glob as
+    the user gave it), where it names the file by its one spelling (``bfd.files.input_path``,
+    absolute: the load's errors): the left-out lines name each file one way."""
+    spelled = input_path(path)
+    return message.replace(repr(spelled), repr(path)) if spelled != path else message
 
 
 def _left_out(bad: list[str]) -> str:

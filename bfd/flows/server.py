@@ -95,6 +95,8 @@ class _Launched:
     def __init__(self) -> None:
         self.process: subprocess.Popen | None = None
         self.port = 0
+        self.answered = False  # seen answering (wait)
+        self.stopped = False
         self.spawn()
         atexit.register(self.stop)
 
@@ -140,20 +142,28 @@ class _Launched:
             with contextlib.suppress(OSError):
                 with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response:
                     if response.status == 200:
+                        self.answered = True
                         return
             time.sleep(0.1)
         raise RuntimeError(f"the temporary Prefect server did not answer within {timeout:g} s "
                            "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)")
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            self.process = None
+        """Stops the server: one that answered is waited for (5 s, then killed); one never
+        waited for (a command refused before its first flow: an unknown model, layers out
+        of range) is told to stop and left to do so once started: its start-up, seconds,
+        held the command's exit back after its one line (2-7 s, 2 busy cores)."""
+        if self.process is None or self.stopped:
+            return
+        self.stopped = True
+        self.process.terminate()
+        if not self.answered:
+            return
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 def start_early() -> None:

@@ -38,6 +38,11 @@ def run_seen(store_root: str | os.PathLike[str], run_id: str) -> dict[str, Any]:
         if read_pointer(Store(root), run_id) != pointer:
             continue  # published again while listed: the files may mix two versions
         con = duckdb.connect()
+        # one thread: the view's float sums over heads and layers then add the same rows in
+        # the same order on every call, so two audits of one run keep the same bits (with
+        # DuckDB's threads they came 1 ulp apart now and then: a delta of 9e-19 in
+        # audit_history between them); one run's rows are few
+        con.execute("SET threads = 1")
         try:
             load(con, _schema(), mine)
             found = con.execute(
