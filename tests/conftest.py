@@ -49,3 +49,16 @@ def run_cli(argv, capsys) -> tuple[int, str, str]:
         code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+# The test files that take longest (minutes on 2 cores) start first: the two test processes
+# (pytest-xdist, --dist loadfile) take whole files in collection order, so the short ones
+# fill in beside them instead of one long file running alone at the end.
+LONGEST_FIRST = ("test_schedule.py", "test_bench.py", "test_pipeline_kills.py", "test_audit.py",
+                 "test_extract.py", "test_publish_faults.py", "test_server.py", "test_reuse.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: within a file,
+    # its order

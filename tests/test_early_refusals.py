@@ -108,13 +108,12 @@ def test_pipeline_commands_refuse_what_needs_no_model_before_torch_timm_prefect(
 NEED_THE_MODEL = {
     "audit-model-unknown": (["audit", *BASE, "--model", "no_such_model"],
                             ["model 'no_such_model' is unknown to timm"]),
-    "audit-layers-out-of-range": (["audit", *BASE, "--layers", "0,9"],
-                                  ["layers must be in [0, 6) for a 6-block model; got [9]"]),
     "extract-model-unknown": (["extract", *BASE, "--model", "no_such_model"],
                               ["model 'no_such_model' is unknown to timm"]),
+    # the same check as bfd audit's layers (cli._check_model_request)
     "checkpoints-layers-out-of-range": (["audit-checkpoints", "{tmp}/ckpts", "--model",
                                          "test_vit", "--layers", "0,9"],
-                                        ["layers must be in [0, 6)"]),
+                                        ["layers must be in [0, 6) for a 6-block model; got [9]"]),
 }
 
 
