@@ -22,6 +22,17 @@ Measured in the same run, on the same model, images and batch size, on the CPU:
             loaded, as images/s against the bare forward's (goal >= 0.45); also as CPU
             seconds of this process (all threads), which a busy machine stretches less than
             wall time. ``--only stats`` measures the bare forward and this figure only.
+  bound     (``--only bound``) what any audit of an exact method on stored activations pays
+            beside the forward, each part timed alone in this run (wall and CPU seconds):
+            ``import torch, timm`` in a fresh process (start-up and imports, not its
+            teardown: bfd ends with ``os._exit``); decoding the images; writing every
+            layer and site of the run's float16 activations into a Zarr store of the run's
+            chunking; two bare reads of it (the method reads twice); the pass-2 projection of
+            every layer's content onto all heads' modes, (N·T_patches, d) x (d, 2d) float32,
+            and the per-image dh x dh Grams of the projections. Prints their sum over the
+            bare forward (the least ``audit_over_forward`` such a pipeline can reach if the
+            parts ran one after another) and, since two cores can overlap parts, the same
+            sum in CPU seconds over the forward's CPU seconds.
 
 Weights are random (``--weights random``): the forward costs the same as with pretrained
 weights and no download is needed. Each audit but "set up" runs with a private, empty
@@ -32,7 +43,7 @@ Prints the figures, then ``audit_over_forward=<ratio>`` as its last line (goal <
 already computed run: goal < 3 s).
 
 Usage: python bench/audit.py [--model vit_small_patch16_224] [--n-images 512]
-       [--batch-size 32] [--only stats] [--quick]
+       [--batch-size 32] [--only stats|bound] [--quick]
 """
 
 from __future__ import annotations
@@ -99,6 +110,82 @@ def stats_only_seconds(model_name: str, n_images: int, batch_size: int,
     return run(n_images)
 
 
+def _in_child(code: str) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system of the child) of ``python -c code``."""
+    import resource
+
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    c0, t0 = cpu(), time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True)
+    return time.perf_counter() - t0, cpu() - c0
+
+
+def bound_seconds(model_name: str, n_images: int, batch_size: int,
+                  workdir: Path) -> dict[str, tuple[float, float]]:
+    """Wall and CPU seconds of each part that an exact audit on stored activations cannot
+    avoid beside the forward (module docstring, ``bound``), each timed alone."""
+    import dask
+    import dask.array as da
+    import numpy as np
+
+    from bfd.storage import Store, create_activation_template, open_activations, write_shard
+
+    parts: dict[str, tuple[float, float]] = {}
+    # os._exit: not the interpreter's teardown of torch (seconds), which bfd skips too
+    parts["import torch, timm"] = _in_child("import os, torch, timm; os._exit(0)")
+    model, info = models.load_model(model_name, "random", device="cpu")
+    records = imgs.list_images("samples", n_images)
+    transform = models.transform(model)
+    start = _seconds()
+    for _ in imgs.iter_batches(records, transform, batch_size):
+        pass
+    parts["decode the images"] = _since(start)
+
+    sites, layers, chunk = ("attn_in", "resid"), list(range(info.depth)), 32
+    rows, cols = info.token_rows_cols()
+    store, run_id = Store(str(workdir / "bound")), "bound"
+    create_activation_template(
+        store, run_id, sites=sites, layers=layers, n_images=n_images,
+        image_ids=[f"img-{i}" for i in range(n_images)], token_types=info.token_types(),
+        rows=rows, cols=cols, dim=info.width, dtype="float16", images_per_chunk=chunk,
+        attrs={})
+    shard = np.random.default_rng(0).standard_normal(
+        (len(layers), chunk, info.num_tokens, info.width), dtype=np.float32).astype("float16")
+    start = _seconds()
+    for lo in range(0, n_images, chunk):
+        hi = min(lo + chunk, n_images)
+        for site in sites:
+            write_shard(store, run_id, site, lo, hi, shard[:, :hi - lo])
+    parts["write the activations"] = _since(start)
+
+    def touch(block: np.ndarray) -> np.ndarray:
+        return np.zeros((1,) * block.ndim, dtype=block.dtype)
+
+    acts = open_activations(store, run_id)
+    start = _seconds()
+    for _ in range(2):
+        dask.compute(*[da.map_blocks(touch, acts[s].data, chunks=(1,) * acts[s].ndim)
+                       for s in sites], scheduler="threads")
+    parts["read them twice"] = _since(start)
+
+    patches = sum(t == "patch" for t in info.token_types())
+    h, dh, d = info.num_heads, info.head_dim, info.width
+    x = torch.randn(batch_size * patches, d)
+    w = torch.randn(d, 2 * h * dh)
+    torch.matmul(x, w)  # warm-up
+    start = _seconds()
+    for _ in layers:
+        for lo in range(0, n_images, batch_size):
+            b = min(batch_size, n_images - lo)
+            y = torch.matmul(x[:b * patches], w).view(b, patches, 2 * h, dh).transpose(1, 2)
+            torch.matmul(y.transpose(-1, -2), y)
+    parts["project onto the modes, Grams"] = _since(start)
+    return parts
+
+
 def audit_seconds(store: Path, model_name: str, n_images: int, batch_size: int,
                   workdir: Path, verbose: bool = False, home: Path | None = None) -> float:
     """Wall seconds of ``bfd audit`` in a fresh process, with the Prefect home ``home`` (a
@@ -118,13 +205,31 @@ def audit_seconds(store: Path, model_name: str, n_images: int, batch_size: int,
     return seconds
 
 
+def print_bound(args: argparse.Namespace, workdir: Path) -> None:
+    before = bare_forward_seconds(args.model, args.n_images, args.batch_size)
+    parts = bound_seconds(args.model, args.n_images, args.batch_size, workdir)
+    after = bare_forward_seconds(args.model, args.n_images, args.batch_size)
+    forward, forward_cpu = ((a + b) / 2 for a, b in zip(before, after, strict=True))
+    print(f"bare forward ({args.model}, {args.n_images} images): {forward:.2f} s, "
+          f"{forward_cpu:.2f} CPU s (before {before[0]:.2f} s, after {after[0]:.2f} s)")
+    for name, (wall, cpu) in parts.items():
+        print(f"  {name:32s} {wall:7.2f} s {cpu:7.2f} CPU s  "
+              f"({wall / forward:.3f} / {cpu / forward_cpu:.3f} of the forward)")
+    wall = forward + sum(w for w, _ in parts.values())
+    cpu = forward_cpu + sum(c for _, c in parts.values())
+    print(f"forward + parts: {wall:.2f} s, {cpu:.2f} CPU s")
+    print(f"bound_over_forward={wall / forward:.3f} cpu_bound_over_forward="
+          f"{cpu / forward_cpu:.3f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="vit_small_patch16_224")
     p.add_argument("--n-images", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--only", choices=["stats"],
-                   help="measure only the bare forward and the stats-only decomposition")
+    p.add_argument("--only", choices=["stats", "bound"],
+                   help="measure only the bare forward and the stats-only decomposition "
+                        "(stats), or the bare forward and the unavoidable parts (bound)")
     p.add_argument("--quick", action="store_true",
                    help="a tiny model on 4 images, one audit only (that the bench runs; CI)")
     args = p.parse_args()
@@ -132,6 +237,12 @@ def main() -> None:
         args.model, args.n_images, args.batch_size = "test_vit", 4, 4
 
     workdir = Path(tempfile.mkdtemp(prefix="bfd-bench-audit-"))
+    if args.only == "bound":
+        try:
+            print_bound(args, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return
     audit = again = again_flow = fixed = audit_set_up = None
     try:
         before = bare_forward_seconds(args.model, args.n_images, args.batch_size)
