@@ -218,6 +218,12 @@ def print_bound(args: argparse.Namespace, workdir: Path) -> None:
     wall = forward + sum(w for w, _ in parts.values())
     cpu = forward_cpu + sum(c for _, c in parts.values())
     print(f"forward + parts: {wall:.2f} s, {cpu:.2f} CPU s")
+    print(json.dumps({"model": args.model, "n_images": args.n_images,
+                      "bare_forward_s": round(forward, 3),
+                      "bare_forward_cpu_s": round(forward_cpu, 3),
+                      "parts_s": {k: [round(w, 3), round(c, 3)] for k, (w, c) in parts.items()},
+                      "bound_over_forward": round(wall / forward, 3),
+                      "cpu_bound_over_forward": round(cpu / forward_cpu, 3)}, indent=2))
     print(f"bound_over_forward={wall / forward:.3f} cpu_bound_over_forward="
           f"{cpu / forward_cpu:.3f}")
 
@@ -231,7 +237,8 @@ def main() -> None:
                    help="measure only the bare forward and the stats-only decomposition "
                         "(stats), or the bare forward and the unavoidable parts (bound)")
     p.add_argument("--quick", action="store_true",
-                   help="a tiny model on 4 images, one audit only (that the bench runs; CI)")
+                   help="a tiny model on 4 images, one audit only (that the bench runs; CI); "
+                        "with --only bound, the bound only")
     args = p.parse_args()
     if args.quick:
         args.model, args.n_images, args.batch_size = "test_vit", 4, 4
