@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import sys
 from collections.abc import Iterator
 
@@ -86,14 +85,17 @@ def _attached(args: argparse.Namespace) -> dict[str, str]:
     return out
 
 
-# The run a catalog's note on a left-out file names: "(run R)", or "run R: ..." at its start.
-_NOTE_RUN = re.compile(r"\(run ([^)\s]+)\)|^run ([^:\s]+):")
-
-
 class _Damage:
-    """What ``_told_damage`` found: the exit code of a reading command."""
+    """What ``_told_damage`` found: the catalogs' notes so far (``bfd.queries.listing.Note``)
+    and, once its block is done, the exit code of a reading command."""
 
-    code = 0
+    def __init__(self, notes: list) -> None:
+        self.notes, self.code = notes, 0
+
+    @property
+    def runs(self) -> list[str]:
+        """The runs left out so far, each once, in the order they were told."""
+        return list(dict.fromkeys(n.run_id for n in self.notes if n.run_id is not None))
 
 
 @contextlib.contextmanager
@@ -104,13 +106,13 @@ def _told_damage(args: argparse.Namespace) -> Iterator[_Damage]:
     store file, README "Errors and exit codes"): its answers lack what those files held."""
     from bfd.queries.snapshot import left_out
 
-    found = _Damage()
     with left_out() as notes:
+        found = _Damage(notes)
         yield found
     if not notes:
         return
-    runs = list(dict.fromkeys(a or b for n in notes for a, b in _NOTE_RUN.findall(n)))
-    events = len(notes) - len([n for n in notes if _NOTE_RUN.search(n)])
+    runs = found.runs
+    events = len([n for n in notes if n.run_id is None])
     todo = [f"bfd verify {r} --store {cli._store(args)} says how to repair run {r}"
             for r in runs[:3]]
     if len(runs) > 3:

@@ -847,14 +847,16 @@ def test_a_reading_command_that_left_out_a_damaged_file_writes_its_output_and_ex
         tmp_path, capsys, caplog):
     """The layers file of a model's latest run truncated: `bfd query`, `bfd sql` and `bfd
     dashboard` still answer from what reads, but exit 1 (a damaged store file), the file named
-    and `bfd verify` said; they exited 0 with the older run shown as the model's latest."""
+    and `bfd verify` said; they exited 0 with the older run shown as the model's latest. The
+    run told is the one the catalog left out, not one its note's path happens to spell (a
+    folder "(run x)": the run ids were read back out of the note's text)."""
     import datetime as dt
 
     from dashstore import write_synthetic_run
 
     from bfd.storage import read_pointer
 
-    root = tmp_path / "store"
+    root = tmp_path / "(run x)" / "store"
     write_synthetic_run(root, "old-1", created_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
     write_synthetic_run(root, "new-1", created_at=dt.datetime(2026, 2, 1, tzinfo=dt.UTC),
                         seed=1)
