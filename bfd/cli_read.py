@@ -208,7 +208,8 @@ def _runs_sql(pending: list) -> tuple[str, dict]:
         for name, kind in zip(_RUNS_COLUMNS, _RUNS_TYPES, strict=True):
             params[f"{name}_{i}"] = getattr(run, name)
             values.append(f"${name}_{i}::{kind}")
-        rows.append(f"({', '.join(values)}, NULL::TIMESTAMPTZ)")
+        params[f"created_at_{i}"] = run.created_at  # a damaged published run's, else None
+        rows.append(f"({', '.join(values)}, $created_at_{i}::TIMESTAMPTZ)")
     if rows:
         sql += f" UNION ALL SELECT * FROM (VALUES {', '.join(rows)})"
     return f"SELECT * FROM ({sql}) ORDER BY created_at NULLS LAST, run_id", params
@@ -220,24 +221,28 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from bfd.storage import Store, unpublished_runs
 
     store = _store(args)
-    con = connect(store)
-    try:
-        published = {row[0] for row in con.execute("SELECT run_id FROM runs").fetchall()}
-        pending = unpublished_runs(Store(store), published)
-        sql, params = _runs_sql(pending)
-        with stream_sql(con, sql, params) as reader:
-            cli._print_table(reader, args.format, args.output)
-    finally:
-        con.close()
-    if not published and not pending:
-        print(f"bfd: the store holds no runs yet; make a first run: {_first_run(args)}",
-              file=sys.stderr)
-    for run in pending[:_RUNS_NOTES]:
-        print(f"bfd: run {run.run_id}: {run.next}", file=sys.stderr)
-    if len(pending) > _RUNS_NOTES:
-        print(f"bfd: {len(pending) - _RUNS_NOTES} more runs are not published (their status "
-              "says why)", file=sys.stderr)
-    return 0
+    with _told_damage(args) as damage:
+        con = connect(store)
+        try:
+            published = {row[0] for row in con.execute("SELECT run_id FROM runs").fetchall()}
+            pending = unpublished_runs(Store(store), published)
+            sql, params = _runs_sql(pending)
+            with stream_sql(con, sql, params) as reader:
+                cli._print_table(reader, args.format, args.output)
+        finally:
+            con.close()
+        if not published and not pending:
+            print(f"bfd: the store holds no runs yet; make a first run: {_first_run(args)}",
+                  file=sys.stderr)
+        # a published run the catalog left out (status damaged) is told in _told_damage's line
+        told = set(damage.runs)
+        notes = [run for run in pending if run.run_id not in told]
+        for run in notes[:_RUNS_NOTES]:
+            print(f"bfd: run {run.run_id}: {run.next}", file=sys.stderr)
+        if len(notes) > _RUNS_NOTES:
+            print(f"bfd: {len(notes) - _RUNS_NOTES} more runs are not published (their "
+                  "status says why)", file=sys.stderr)
+    return damage.code
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
