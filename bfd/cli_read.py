@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import sys
 from collections.abc import Iterator
 
@@ -86,14 +85,17 @@ def _attached(args: argparse.Namespace) -> dict[str, str]:
     return out
 
 
-# The run a catalog's note on a left-out file names: "(run R)", or "run R: ..." at its start.
-_NOTE_RUN = re.compile(r"\(run ([^)\s]+)\)|^run ([^:\s]+):")
-
-
 class _Damage:
-    """What ``_told_damage`` found: the exit code of a reading command."""
+    """What ``_told_damage`` found: the catalogs' notes so far (``bfd.queries.listing.Note``)
+    and, once its block is done, the exit code of a reading command."""
 
-    code = 0
+    def __init__(self, notes: list) -> None:
+        self.notes, self.code = notes, 0
+
+    @property
+    def runs(self) -> list[str]:
+        """The runs left out so far, each once, in the order they were told."""
+        return list(dict.fromkeys(n.run_id for n in self.notes if n.run_id is not None))
 
 
 @contextlib.contextmanager
@@ -104,13 +106,13 @@ def _told_damage(args: argparse.Namespace) -> Iterator[_Damage]:
     store file, README "Errors and exit codes"): its answers lack what those files held."""
     from bfd.queries.snapshot import left_out
 
-    found = _Damage()
     with left_out() as notes:
+        found = _Damage(notes)
         yield found
     if not notes:
         return
-    runs = list(dict.fromkeys(a or b for n in notes for a, b in _NOTE_RUN.findall(n)))
-    events = len(notes) - len([n for n in notes if _NOTE_RUN.search(n)])
+    runs = found.runs
+    events = len([n for n in notes if n.run_id is None])
     todo = [f"bfd verify {r} --store {cli._store(args)} says how to repair run {r}"
             for r in runs[:3]]
     if len(runs) > 3:
@@ -206,7 +208,8 @@ def _runs_sql(pending: list) -> tuple[str, dict]:
         for name, kind in zip(_RUNS_COLUMNS, _RUNS_TYPES, strict=True):
             params[f"{name}_{i}"] = getattr(run, name)
             values.append(f"${name}_{i}::{kind}")
-        rows.append(f"({', '.join(values)}, NULL::TIMESTAMPTZ)")
+        params[f"created_at_{i}"] = run.created_at  # a damaged published run's, else None
+        rows.append(f"({', '.join(values)}, $created_at_{i}::TIMESTAMPTZ)")
     if rows:
         sql += f" UNION ALL SELECT * FROM (VALUES {', '.join(rows)})"
     return f"SELECT * FROM ({sql}) ORDER BY created_at NULLS LAST, run_id", params
@@ -218,24 +221,28 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from bfd.storage import Store, unpublished_runs
 
     store = _store(args)
-    con = connect(store)
-    try:
-        published = {row[0] for row in con.execute("SELECT run_id FROM runs").fetchall()}
-        pending = unpublished_runs(Store(store), published)
-        sql, params = _runs_sql(pending)
-        with stream_sql(con, sql, params) as reader:
-            cli._print_table(reader, args.format, args.output)
-    finally:
-        con.close()
-    if not published and not pending:
-        print(f"bfd: the store holds no runs yet; make a first run: {_first_run(args)}",
-              file=sys.stderr)
-    for run in pending[:_RUNS_NOTES]:
-        print(f"bfd: run {run.run_id}: {run.next}", file=sys.stderr)
-    if len(pending) > _RUNS_NOTES:
-        print(f"bfd: {len(pending) - _RUNS_NOTES} more runs are not published (their status "
-              "says why)", file=sys.stderr)
-    return 0
+    with _told_damage(args) as damage:
+        con = connect(store)
+        try:
+            published = {row[0] for row in con.execute("SELECT run_id FROM runs").fetchall()}
+            pending = unpublished_runs(Store(store), published)
+            sql, params = _runs_sql(pending)
+            with stream_sql(con, sql, params) as reader:
+                cli._print_table(reader, args.format, args.output)
+        finally:
+            con.close()
+        if not published and not pending:
+            print(f"bfd: the store holds no runs yet; make a first run: {_first_run(args)}",
+                  file=sys.stderr)
+        # a published run the catalog left out (status damaged) is told in _told_damage's line
+        told = set(damage.runs)
+        notes = [run for run in pending if run.run_id not in told]
+        for run in notes[:_RUNS_NOTES]:
+            print(f"bfd: run {run.run_id}: {run.next}", file=sys.stderr)
+        if len(notes) > _RUNS_NOTES:
+            print(f"bfd: {len(notes) - _RUNS_NOTES} more runs are not published (their "
+                  "status says why)", file=sys.stderr)
+    return damage.code
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:

@@ -824,7 +824,9 @@ def test_runs_lists_runs_not_published_with_what_to_do(tmp_path):
 def test_runs_lists_a_published_run_whose_table_file_does_not_read_as_damaged(tmp_path, capsys,
                                                                                damage):
     """SQL leaves such a run out (with a warning); `bfd runs` still lists it, status
-    `damaged`, with a line naming the file and what repairs it. It was left out unlisted."""
+    `damaged`, with the columns of its `runs` file when that reads, and exits 1 with the last
+    line of `bfd query` naming `bfd verify` (one line for the run). It blanked the columns and
+    exited 0."""
     from bfd.storage import read_pointer
 
     root = _table_store(tmp_path / "store")
@@ -833,28 +835,33 @@ def test_runs_lists_a_published_run_whose_table_file_does_not_read_as_damaged(tm
               else store.published_pointer("toy-run"))
     target.write_bytes(target.read_bytes()[:40])
     code, out, err = run(["runs", "--format", "json", "--store", str(root)], capsys)
-    assert code == 0, err
-    assert [(r["run_id"], r["status"]) for r in json.loads(out)] == [("toy-run", "damaged")]
-    (note,) = [line for line in err.splitlines() if line.startswith("bfd: run toy-run: ")]
-    assert note == (f"bfd: run toy-run: published, but {target} "
-                    + ("does not read" if damage == "table" else
-                       "(the publication pointer) does not read")
-                    + f": left out of SQL queries; bfd verify toy-run --store {root} names the "
-                    "command that publishes it again")
+    assert code == 1, err
+    known = ({"model": "toy", "weights": "weights-0", "n_images": 0, "n_skipped": 0,
+              "layers": "layers-0", "sites": "sites-0",
+              "created_at": "2025-01-02T03:04:05.500000Z"} if damage == "table"
+             else dict.fromkeys(("model", "weights", "n_images", "n_skipped", "layers",
+                                 "sites", "created_at")))
+    assert json.loads(out) == [{"run_id": "toy-run", **known, "status": "damaged"}]
+    assert not [line for line in err.splitlines() if line.startswith("bfd: run toy-run")], err
+    assert err.splitlines()[-1] == (
+        "bfd: error: the output leaves out what 1 damaged or missing store file(s) held (named "
+        f"above): bfd verify toy-run --store {root} says how to repair run toy-run")
 
 
 def test_a_reading_command_that_left_out_a_damaged_file_writes_its_output_and_exits_1(
         tmp_path, capsys, caplog):
     """The layers file of a model's latest run truncated: `bfd query`, `bfd sql` and `bfd
     dashboard` still answer from what reads, but exit 1 (a damaged store file), the file named
-    and `bfd verify` said; they exited 0 with the older run shown as the model's latest."""
+    and `bfd verify` said; they exited 0 with the older run shown as the model's latest. The
+    run told is the one the catalog left out, not one its note's path happens to spell (a
+    folder "(run x)": the run ids were read back out of the note's text)."""
     import datetime as dt
 
     from dashstore import write_synthetic_run
 
     from bfd.storage import read_pointer
 
-    root = tmp_path / "store"
+    root = tmp_path / "(run x)" / "store"
     write_synthetic_run(root, "old-1", created_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
     write_synthetic_run(root, "new-1", created_at=dt.datetime(2026, 2, 1, tzinfo=dt.UTC),
                         seed=1)
@@ -875,5 +882,6 @@ def test_a_reading_command_that_left_out_a_damaged_file_writes_its_output_and_ex
         assert err.splitlines()[-1] == told, err
         (warning,) = [r.getMessage() for r in caplog.records if r.name == "bfd.catalog"]
         assert str(layers) in warning and "new-1 is left out" in warning
-    # bfd runs lists the run as damaged (test above): nothing there is left out unsaid
-    assert run(["runs", "--store", str(root)], capsys)[0] == 0
+    # bfd runs lists the run as damaged (test above), and exits 1 as they do
+    code, out, err = run(["runs", "--store", str(root)], capsys)
+    assert code == 1 and "new-1" in out and err.splitlines()[-1] == told, err

@@ -481,6 +481,42 @@ def test_audit_history_shows_the_figures_each_audit_kept(store):
     assert all(result[2][d] is None for d in DELTAS)
 
 
+def test_audit_history_lists_the_audits_of_a_run_left_out_as_damaged(store, capsys):
+    """a-old's heads file truncated: the catalog leaves the run out, but its audits are still
+    listed (with model, in their series), its run's columns NULL, the figures the audit kept
+    shown; its comparisons, and the next audit's against it, NULL (not false: unknown);
+    `bfd query` names the run and `bfd verify` on stderr and exits 1. Its audits were hidden
+    (and the next audit had no previous run)."""
+    from conftest import run_cli
+
+    root, runs = store
+    _set_run(root, "a-old", n_images=runs["a-new"].n_images)
+    kept = {name: 0.125 * (i + 1) if kind == pa.float64() else i + 2
+            for i, (name, kind) in enumerate(SEEN_FIGURES)}
+    first = _plant_audit(root, "vit_a@ckpts", "a-old", 1, None, **kept)
+    second = _plant_audit(root, "vit_a@ckpts", "a-new", 2, first)
+    _plant_audit(root, "vit_a@ckpts", "a-new", 3, second)
+    heads = root / "tables" / "heads" / "model=vit_a" / "run_id=a-old" / "part-0.parquet"
+    heads.write_bytes(heads.read_bytes()[:100])
+    for params in ({"series": "vit_a@ckpts"}, {"model": "vit_a"}):
+        result = rows(run_query(root, "audit_history", params))
+        assert [(r["run_id"], r["prev_run_id"]) for r in result] == [
+            ("a-old", None), ("a-new", "a-old"), ("a-new", "a-new")], params
+        damaged, after, last = result
+        assert [damaged[c] for c in ("model", "created_at", "n_images")] == [None] * 3
+        assert all(damaged[name] == value for name, value in kept.items())
+        assert [r["comparable"] for r in result] == [None, None, True]
+        assert all(r[d] is None for r in (damaged, after) for d in DELTAS)
+        assert after["model"] == "vit_a" and last["delta_f_pp"] == 0
+    assert rows(run_query(root, "audit_history", {"model": "vit_b"})) == []
+    code, out, err = run_cli(["query", "audit_history", "--param", "series=vit_a@ckpts",
+                              "--format", "csv", "--store", str(root)], capsys)
+    assert code == 1 and out.count("a-old") == 2, (out, err)
+    assert err.splitlines()[-1] == (
+        "bfd: error: the output leaves out what 1 damaged or missing store file(s) held (named "
+        f"above): bfd verify a-old --store {root} says how to repair run a-old")
+
+
 def test_head_type_changes_lists_exactly_the_changed_heads(store):
     root, runs = store
     result = rows(run_query(root, "head_type_changes", {"run_a": "a-old", "run_b": "a-new"}))

@@ -14,7 +14,11 @@
 -- other images, another set of layers or other positions, so every delta_* is NULL (not a
 -- change of the model); NULL for the first audit of a series. results_version: the published
 -- results the audit saw; drift_note: why the audit's drift was not compared with the previous
--- audit (NULL when it was).
+-- audit (NULL when it was). An audit whose run the catalog left out (a damaged table file or
+-- pointer, named on stderr: bfd verify RUN) is still listed, with its run's columns (model,
+-- created_at, n_images) NULL and the figures it kept (NULL if it kept none); comparable and
+-- every delta_* of it, and of an audit compared with it, are NULL (their inputs are unknown).
+-- With model, such an audit is listed in the series that hold an audit of that model's runs.
 -- params: series (optional), model (optional)
 WITH seen AS (
     SELECT
@@ -27,18 +31,25 @@ WITH seen AS (
         r.img_size,
         r.layers,
         coalesce(json_extract_string(a.decompose_json, '$.prefix'),
-                 json_extract_string(r.config_json, '$.decompose.prefix'), 'exclude') AS prefix
+                 json_extract_string(r.config_json, '$.decompose.prefix'), 'exclude') AS prefix,
+        -- left out of the catalog (damaged): not in runs at all
+        r.run_id IS NULL AS run_left_out
     FROM audits AS a
-    JOIN runs AS r ON r.run_id = a.run_id AND r.status = 'complete'
+    LEFT JOIN runs AS r ON r.run_id = a.run_id
     WHERE a.status = 'complete'
+        AND (r.run_id IS NULL OR r.status = 'complete')
         AND (CAST($series AS VARCHAR) IS NULL OR a.series = $series)
-        AND (CAST($model AS VARCHAR) IS NULL OR r.model = $model)
+        AND (CAST($model AS VARCHAR) IS NULL OR r.model = $model
+             OR (r.run_id IS NULL AND a.series IN (
+                 SELECT s.series FROM audits AS s JOIN runs AS m ON m.run_id = s.run_id
+                 WHERE m.model = $model)))
 ),
 history AS (
     SELECT
         a.*,
         p.run_id AS prev_run_id,
         a.prev_audit_id IS NOT NULL AS has_prev,
+        a.run_left_out OR coalesce(p.run_left_out, false) AS unknown_inputs,
         -- one model (run_pairs.same_model), whatever its weights
         (SELECT same_model FROM run_pairs WHERE run_a = p.run_id AND run_b = a.run_id)
             AND a.images_sha256 = p.images_sha256
@@ -87,7 +98,8 @@ SELECT
     n_heads_pp,
     n_heads_cp,
     n_heads_cc,
-    CASE WHEN has_prev THEN coalesce(same_inputs, false) END AS comparable,
+    CASE WHEN has_prev AND NOT unknown_inputs THEN coalesce(same_inputs, false) END
+        AS comparable,
     CASE WHEN same_inputs THEN f_pp - prev_f_pp END AS delta_f_pp,
     CASE WHEN same_inputs THEN f_pc - prev_f_pc END AS delta_f_pc,
     CASE WHEN same_inputs THEN f_cp - prev_f_cp END AS delta_f_cp,

@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Final, TypeAlias
+from typing import Final, NamedTuple, TypeAlias
 
 # The tables published per run as one version (bfd.storage.RUN_TABLES). Any other table of
 # the catalog is read as every Parquet file below tables/<table>/.
@@ -34,6 +34,14 @@ class TableFile:
 
 
 Listing: TypeAlias = dict[str, list[TableFile]]
+
+
+class Note(NamedTuple):
+    """A note on what a listing or a catalog left out: the run left out (None for an audit
+    event file, which is no run's) and the line a user reads."""
+
+    run_id: str | None
+    text: str
 
 
 class ListingChanged(Exception):
@@ -61,7 +69,7 @@ def _scan(folder: str, rel: str, out: list[tuple[str, str, os.stat_result]]) -> 
             continue
 
 
-def _pointers(root: str, notes: list[str]) -> dict[str, dict]:
+def _pointers(root: str, notes: list[Note]) -> dict[str, dict]:
     """Every run's pointer, by run id; an unreadable one is noted and its run left out."""
     try:
         with os.scandir(os.path.join(root, "runs")) as it:
@@ -71,7 +79,7 @@ def _pointers(root: str, notes: list[str]) -> dict[str, dict]:
     return _pointers_of(root, names, notes)
 
 
-def _pointers_of(root: str, names: list[str], notes: list[str] | None = None
+def _pointers_of(root: str, names: list[str], notes: list[Note] | None = None
                  ) -> dict[str, dict]:
     runs = os.path.join(root, "runs")
     notes = [] if notes is None else notes
@@ -84,12 +92,13 @@ def _pointers_of(root: str, names: list[str], notes: list[str] | None = None
         except (FileNotFoundError, NotADirectoryError):
             continue
         except (OSError, ValueError) as err:
-            notes.append(f"run {name}: its publication pointer {path} cannot be read ({err}); "
-                         "the run is left out")
+            notes.append(Note(name, f"run {name}: its publication pointer {path} cannot be "
+                              f"read ({err}); the run is left out"))
             out[name] = {"tables": {}}
             continue
         if not isinstance(pointer, dict) or not isinstance(pointer.get("tables"), dict):
-            notes.append(f"run {name}: {path} is not a publication pointer; the run is left out")
+            notes.append(Note(name, f"run {name}: {path} is not a publication pointer; the run "
+                              "is left out"))
             pointer = {"tables": {}}
         out[name] = pointer
     return out
@@ -118,7 +127,7 @@ def _legacy_scan(root: str, table: str, run_ids: Collection[str] | None,
 
 
 def list_files(root: str, tables: tuple[str, ...], run_ids: Collection[str] | None = None,
-               ) -> tuple[Listing, list[str]]:
+               ) -> tuple[Listing, list[Note]]:
     """The files of each table that the catalog reads, and notes on what was left out.
 
     Args:
@@ -132,7 +141,7 @@ def list_files(root: str, tables: tuple[str, ...], run_ids: Collection[str] | No
         ListingChanged: A file named by a pointer is gone (a publish switched the pointer
             after it was read); list again.
     """
-    notes: list[str] = []
+    notes: list[Note] = []
     pointers = (_pointers(root, notes) if run_ids is None
                 else _pointers_of(root, sorted(run_ids), notes))
     listing: Listing = {}
@@ -178,31 +187,32 @@ def list_files(root: str, tables: tuple[str, ...], run_ids: Collection[str] | No
         if os.path.exists(os.path.join(root, "runs", run_id, POINTER_NAME)):
             raise ListingChanged(run_id)
     for run_id, path in missing.items():
-        notes.append(f"table file {path} (run {run_id}) is missing; run {run_id} is left out "
-                     "of the SQL catalog")
+        notes.append(Note(run_id, f"table file {path} (run {run_id}) is missing; run {run_id} "
+                          "is left out of the SQL catalog"))
     listing = {table: [f for f in files if f.run_id not in missing]
                for table, files in listing.items()}
     return listing, notes
 
 
-def leave_out(listing: Listing, bad: dict[str, str]) -> tuple[Listing, list[str]]:
+def leave_out(listing: Listing, bad: dict[str, str]) -> tuple[Listing, list[Note]]:
     """The listing without the unreadable files ``bad`` (path -> reason) and every other file
     of their runs (a run is shown whole or not at all), and a note per file left out."""
     runs = {f.run_id for files in listing.values() for f in files
             if f.path in bad and f.run_id is not None}
-    notes = []
+    notes: list[Note] = []
     for table, files in listing.items():
         for f in files:
             if f.path in bad and table in EVENT_TABLES:
                 refused = ", and bfd audit refuses its series" if table == "audits" else ""
-                notes.append(f"{EVENT_TABLES[table]} file {f.path} cannot be read "
-                             f"({bad[f.path]}); it is left out of the SQL catalog{refused}: "
-                             "move the file out of the store (what it held is lost)")
+                notes.append(Note(None, f"{EVENT_TABLES[table]} file {f.path} cannot be read "
+                                  f"({bad[f.path]}); it is left out of the SQL catalog"
+                                  f"{refused}: move the file out of the store (what it held "
+                                  "is lost)"))
             elif f.path in bad:
                 whose = f"run {f.run_id}" if f.run_id else "no run"
                 left = f"run {f.run_id} is" if f.run_id else "the file is"
-                notes.append(f"table file {f.path} ({whose}) cannot be read ({bad[f.path]}); "
-                             f"{left} left out of the SQL catalog")
+                notes.append(Note(f.run_id, f"table file {f.path} ({whose}) cannot be read "
+                                  f"({bad[f.path]}); {left} left out of the SQL catalog"))
     kept = {table: [f for f in files if f.path not in bad and f.run_id not in runs]
             for table, files in listing.items()}
     return kept, notes

@@ -11,9 +11,10 @@ copy of it (the stable path for other tools) and older snapshots are removed. A 
 is never written after its rename.
 
 Degrading, not dying: a table file that cannot be read is left out with its whole run, with
-a warning naming both (kept beside the snapshot as ``<fingerprint>.warnings`` and repeated on
-every connect that uses it); a store whose catalog folder cannot be written (read-only, full,
-``catalog`` not a folder) gets a private snapshot in a temporary directory.
+a warning naming both (kept beside the snapshot as ``<fingerprint>.warnings``, one JSON
+``[run_id, note]`` a line, and repeated on every connect that uses it); a store whose catalog
+folder cannot be written (read-only, full, ``catalog`` not a folder) gets a private snapshot
+in a temporary directory.
 """
 
 from __future__ import annotations
@@ -32,13 +33,13 @@ from typing import Final
 
 import duckdb
 
-from .listing import Listing, ListingChanged, leave_out, list_files
+from .listing import Listing, ListingChanged, Note, leave_out, list_files
 
 CATALOG_DIR: Final[str] = "catalog"
 CURRENT_NAME: Final[str] = "current.duckdb"
 # Part of every fingerprint: bump it when the way a snapshot is built changes in a way that
 # the contract, the view SQL and the DuckDB version do not show.
-_CATALOG_FORMAT: Final[int] = 2
+_CATALOG_FORMAT: Final[int] = 3  # 3: warnings kept as [run_id, note] lines
 _SNAPSHOT_SUFFIX: Final[str] = ".duckdb"
 _WARNINGS_SUFFIX: Final[str] = ".warnings"
 _BUILD_PREFIX: Final[str] = ".build-"
@@ -134,7 +135,7 @@ def _unreadable(listing: Listing) -> dict[str, str]:
     return bad
 
 
-def _build_degraded(db_path: Path, schema: Schema, listing: Listing) -> list[str]:
+def _build_degraded(db_path: Path, schema: Schema, listing: Listing) -> list[Note]:
     """``_build``, leaving out unreadable files and their runs; returns the warnings.
 
     Raises:
@@ -197,7 +198,7 @@ def publish_current(folder: Path, snapshot: Path) -> None:
 
 
 def _build_in_store(folder: Path, name: str, schema: Schema, listing: Listing
-                    ) -> tuple[Path, list[str]]:
+                    ) -> tuple[Path, list[Note]]:
     """Builds snapshot ``name`` into the store's catalog folder; returns it and its warnings.
 
     Raises:
@@ -211,7 +212,8 @@ def _build_in_store(folder: Path, name: str, schema: Schema, listing: Listing
         notes = _build_degraded(db_path, schema, listing)
         warnings_path = folder / (name[: -len(_SNAPSHOT_SUFFIX)] + _WARNINGS_SUFFIX)
         if notes:
-            (build_dir / "w").write_text("\n".join(notes) + "\n", encoding="utf-8")
+            (build_dir / "w").write_text("".join(json.dumps(list(n)) + "\n" for n in notes),
+                                         encoding="utf-8")
             os.replace(build_dir / "w", warnings_path)
         try:
             os.replace(db_path, final)
@@ -225,12 +227,20 @@ def _build_in_store(folder: Path, name: str, schema: Schema, listing: Listing
     return final, notes
 
 
-def _cached_warnings(snapshot: Path) -> list[str]:
+def _cached_warnings(snapshot: Path) -> list[Note]:
     path = snapshot.with_suffix(_WARNINGS_SUFFIX)
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8").splitlines()
     except OSError:
         return []
+    notes = []
+    for line in lines:
+        try:
+            run_id, text = json.loads(line)
+            notes.append(Note(run_id, text))
+        except (ValueError, TypeError):  # not written by this format: the line as it is
+            notes.append(Note(None, line))
+    return notes
 
 
 @contextlib.contextmanager
@@ -274,15 +284,16 @@ def snapshot(root: Path, schema: Schema) -> Iterator[tuple[Path, bool]]:
 
 
 # The lists of ``left_out`` blocks now open: each gets every note warned while it is open.
-_collectors: list[list[str]] = []
+_collectors: list[list[Note]] = []
 
 
 @contextlib.contextmanager
-def left_out() -> Iterator[list[str]]:
+def left_out() -> Iterator[list[Note]]:
     """The notes on what the catalogs opened in the block left out (a damaged or missing table
-    file, an unreadable pointer), each once: a reading command that got any still writes its
-    output, and exits 1 (README, "Errors and exit codes")."""
-    notes: list[str] = []
+    file, an unreadable pointer), each once, with the run each left out (None for an audit
+    event file): a reading command that got any still writes its output, and exits 1 (README,
+    "Errors and exit codes")."""
+    notes: list[Note] = []
     _collectors.append(notes)
     try:
         yield notes
@@ -290,9 +301,9 @@ def left_out() -> Iterator[list[str]]:
         _collectors.remove(notes)
 
 
-def _warn(notes: list[str]) -> None:
+def _warn(notes: list[Note]) -> None:
     for note in dict.fromkeys(notes):
-        log.warning("bfd: warning: %s", note)
+        log.warning("bfd: warning: %s", note.text)
         for collected in _collectors:
             if note not in collected:
                 collected.append(note)

@@ -127,13 +127,19 @@ def write_drift(store: Store, series: str, audit_id: str,
     return _write(_event_path(store, "drift", series, audit_id), clean, DRIFT_SCHEMA)
 
 
-def _read(store: Store, table: str, series: str | None) -> pa.Table:
+def _event_files(store: Store, table: str, series: str | None = None) -> list[Path]:
+    """The event files of ``table`` (of one series, or all), sorted: ``<folder>/*.parquet``
+    of this layout's series folders and the Hive folders ``series=<series>`` of stores written
+    before, but names starting with ``.`` or ``_`` (a write in progress, a hidden folder)."""
     folder = store.table_dir(table)
-    # This layout's folders, and the Hive folders series=<series> of stores written before.
     names = ["*"] if not series else [series_folder(series), f"series={partition_value(series)}"]
-    files = sorted({p for name in names for p in folder.glob(f"{name}/*.parquet")
-                    if not p.name.startswith((".", "_"))
-                    and not p.parent.name.startswith((".", "_"))})
+    return sorted({p for name in names for p in folder.glob(f"{name}/*.parquet")
+                   if not p.name.startswith((".", "_"))
+                   and not p.parent.name.startswith((".", "_"))})
+
+
+def _read(store: Store, table: str, series: str | None) -> pa.Table:
+    files = _event_files(store, table, series)
     if not files:
         return EVENT_TABLES[table].empty_table()
     parts = []
@@ -170,10 +176,7 @@ def damaged_event_files(store: Store) -> list[str]:
     refuses its series, ``damaged_event_message``). Reads footers only."""
     out = []
     for table in EVENT_TABLES:
-        folder = store.table_dir(table)
-        for p in sorted(folder.glob("*/*.parquet")):
-            if p.name.startswith((".", "_")) or p.parent.name.startswith((".", "_")):
-                continue
+        for p in _event_files(store, table):
             try:
                 pq.read_metadata(p)
             except (pa.ArrowException, OSError) as err:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Collection
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Final
 
 from .manifest import read_markers
@@ -33,9 +34,13 @@ class UnpublishedRun:
         run_id: The run.
         status: ``EXTRACTED``, ``INCOMPLETE`` or ``DAMAGED``.
         next: What to do with it: one line, the command included.
-        model, weights, n_images, layers, sites: Of its request (None when ``DAMAGED``);
-            ``layers`` and ``sites`` comma-joined as in the ``runs`` table.
-        n_skipped: Images skipped by its extraction; None until every shard is extracted.
+        model, weights, n_images, layers, sites: Of its request (a ``DAMAGED`` published
+            run: of its published ``runs`` row when that file reads; None when neither
+            reads); ``layers`` and ``sites`` comma-joined as in the ``runs`` table.
+        n_skipped: Images skipped by its extraction; None until every shard is extracted
+            (a ``DAMAGED`` run: its ``runs`` row's, when that reads).
+        created_at: When it was published: a ``DAMAGED`` run's ``runs`` row's, when that
+            reads; else None.
     """
 
     run_id: str
@@ -47,6 +52,7 @@ class UnpublishedRun:
     n_skipped: int | None = None
     layers: str | None = None
     sites: str | None = None
+    created_at: datetime | None = None
 
 
 def _extracted(store: Store, run_id: str, n_images: int) -> tuple[int, int]:
@@ -63,15 +69,26 @@ def _extracted(store: Store, run_id: str, n_images: int) -> tuple[int, int]:
     return done, sum(spans.values())
 
 
-def _damaged(store: Store, run_id: str, damage: str) -> UnpublishedRun:
-    """A published run left out of the SQL catalog: ``damage`` says which file."""
-    try:
-        request = read_request(store, run_id)
-        fields = {"model": request.model, "weights": request.weights,
-                  "n_images": request.n_images, "layers": ",".join(map(str, request.layers)),
-                  "sites": ",".join(request.sites)}
-    except (OSError, ValueError, KeyError, TypeError):
-        fields = {}
+# The columns of a damaged run taken from its published ``runs`` row when that file reads.
+_RUN_FIELDS: Final[tuple[str, ...]] = ("model", "weights", "n_images", "n_skipped", "layers",
+                                       "sites", "created_at")
+
+
+def _damaged(store: Store, run_id: str, damage: str, row: dict | None) -> UnpublishedRun:
+    """A published run left out of the SQL catalog: ``damage`` says which file. Its columns
+    are its published ``runs`` row's (``row``) when that file reads (the damage is in another
+    table), else its request's (no ``n_skipped``)."""
+    if row is not None:
+        fields = {name: row.get(name) for name in _RUN_FIELDS}
+    else:
+        try:
+            request = read_request(store, run_id)
+            fields = {"model": request.model, "weights": request.weights,
+                      "n_images": request.n_images,
+                      "layers": ",".join(map(str, request.layers)),
+                      "sites": ",".join(request.sites)}
+        except (OSError, ValueError, KeyError, TypeError):
+            fields = {}
     return UnpublishedRun(run_id, DAMAGED, f"published, but {damage}: left out of SQL queries; "
                           f"bfd verify {run_id} --store {store.root} names the "
                           "command that publishes it again", **fields)
@@ -102,28 +119,34 @@ def _state(store: Store, run_id: str) -> UnpublishedRun:
                           f"{run_id} {where}", n_skipped=skipped, **fields)
 
 
-def _damaged_publication(store: Store, run_id: str) -> str | None:
+def _damaged_publication(store: Store, run_id: str) -> tuple[str | None, dict | None]:
     """The first published file of the run (its pointer, or a table file the pointer names)
-    that does not read, with why; None when all read (published since ``published`` was
-    read). Each table file is read whole, as ``bfd verify`` reads it."""
+    that does not read, with why (None when all read: published since ``published`` was
+    read); and the run's published ``runs`` row when that file reads (None else). Each table
+    file is read whole, as ``bfd verify`` reads it."""
     import pyarrow.parquet as pq  # here: what `bfd runs` reads the catalog with anyway
 
     path = store.published_pointer(run_id)
     try:
         tables = read_json(path)["tables"]
-        files = [store.root / rel for rel in tables.values()]
+        files = {table: store.root / rel for table, rel in tables.items()}
     except FileNotFoundError:
-        return None
+        return None, None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return f"{path} (the publication pointer) does not read"
-    for file in files:
+        return f"{path} (the publication pointer) does not read", None
+    damage, row = None, None
+    for table, file in files.items():
         try:
-            pq.read_table(file)
+            data = pq.read_table(file)
         except FileNotFoundError:
-            return f"{file} is missing"
+            damage = damage or f"{file} is missing"
+            continue
         except Exception:  # noqa: BLE001 - any read failure is the damage
-            return f"{file} does not read"
-    return None
+            damage = damage or f"{file} does not read"
+            continue
+        if table == "runs" and data.num_rows == 1:
+            row = data.to_pylist()[0]
+    return damage, row
 
 
 def unpublished_runs(store: Store, published: Collection[str]) -> list[UnpublishedRun]:
@@ -153,9 +176,9 @@ def unpublished_runs(store: Store, published: Collection[str]) -> list[Unpublish
         if name in published:
             continue
         if store.published_pointer(name).exists():
-            damage = _damaged_publication(store, name)
+            damage, row = _damaged_publication(store, name)
             if damage is not None:
-                out.append(_damaged(store, name, damage))
+                out.append(_damaged(store, name, damage, row))
             continue
         if not (store.run_dir(name) / "request.json").exists():
             continue
