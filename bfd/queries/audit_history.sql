@@ -14,7 +14,8 @@
 -- other images, another set of layers or other positions, so every delta_* is NULL (not a
 -- change of the model); NULL for the first audit of a series. results_version: the published
 -- results the audit saw; drift_note: why the audit's drift was not compared with the previous
--- audit (NULL when it was).
+-- audit (NULL when it was). n_images, n_decoded: the images its run requested and decoded
+-- (as model_summary).
 -- params: series (optional), model (optional)
 WITH seen AS (
     SELECT
@@ -73,6 +74,7 @@ SELECT
     results_version,
     prev_run_id,
     n_images,
+    n_decoded,
     n_layers,
     n_heads,
     f_pp,
