@@ -5,6 +5,7 @@ with the command that takes each one further. Neither Zarr nor the activations a
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -104,25 +105,32 @@ def _state(store: Store, run_id: str) -> UnpublishedRun:
 
 def _damaged_publication(store: Store, run_id: str) -> str | None:
     """The first published file of the run (its pointer, or a table file the pointer names)
-    that does not read, with why; None when all read (published since ``published`` was
-    read). Each table file is read whole, as ``bfd verify`` reads it."""
+    that does not read, or whose bytes are not those its pointer recorded (a file changed
+    after it was published, which the SQL catalog leaves out too), with why; None when all
+    read as published (published since ``published`` was read). Each table file is read
+    whole, as ``bfd verify`` reads it."""
     import pyarrow.parquet as pq  # here: what `bfd runs` reads the catalog with anyway
 
     path = store.published_pointer(run_id)
     try:
-        tables = read_json(path)["tables"]
-        files = [store.root / rel for rel in tables.values()]
+        pointer = read_json(path)
+        files = {table: store.root / rel for table, rel in pointer["tables"].items()}
+        recorded = pointer.get("sha256") or {}
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return f"{path} (the publication pointer) does not read"
-    for file in files:
+    for table, file in files.items():
         try:
             pq.read_table(file)
+            with open(file, "rb") as f:
+                now = hashlib.file_digest(f, "sha256").hexdigest()
         except FileNotFoundError:
             return f"{file} is missing"
         except Exception:  # noqa: BLE001 - any read failure is the damage
             return f"{file} does not read"
+        if isinstance(recorded, dict) and recorded.get(table) not in (None, now):
+            return f"{file} changed after it was published"
     return None
 
 
