@@ -117,6 +117,8 @@ def test_sql_refuses_writes_in_one_line(extracted, capsys):
     code, _, err = run(["sql", "UPDATE runs SET status = 'x'", "--store", str(store.root)],
                        capsys)
     assert_one_line_error(code, err, "read-only", "UPDATE")
+    code, _, err = run(["sql", "INSTALL httpfs", "--store", str(store.root)], capsys)
+    assert_one_line_error(code, err, "read-only; refused INSTALL, a statement of kind LOAD")
 
 
 def test_query_list_and_missing_parameter(tmp_path, capsys):

@@ -31,7 +31,7 @@ from bfd.queries import (
     run_query,
     run_sql,
 )
-from bfd.queries.catalog import CATALOG_DIR, refresh_catalog
+from bfd.queries.catalog import CATALOG_DIR, check_read_only, refresh_catalog
 from bfd.storage import SEEN_FIGURES, NotAStoreError, Store, write_audit
 
 BLOCKS = ("pp", "pc", "cp", "cc")
@@ -839,6 +839,27 @@ def test_run_sql_refuses_statements_that_change_anything(store, sql, kind):
         run_sql(root, sql)
     assert "\n" not in str(info.value)
     assert snapshot(root) == before
+
+
+@pytest.mark.parametrize(("sql", "refused"), [
+    ("INSTALL httpfs", "INSTALL, a statement of kind LOAD"),
+    ("-- a comment\nforce install httpfs", "FORCE INSTALL, a statement of kind LOAD"),
+    ("LOAD httpfs", "a statement of kind LOAD"),
+    ("USE memory", "USE, a statement of kind SET"),
+    ("CHECKPOINT", "CHECKPOINT, a statement of kind CALL"),
+    ("TRUNCATE heads", "TRUNCATE, a statement of kind DELETE"),
+    ("IMPORT DATABASE 'x'", "IMPORT DATABASE, a statement of kind PRAGMA"),
+    ("EXPLAIN ANALYZE INSTALL httpfs", "INSTALL, a statement of kind LOAD"),
+    ("SELECT 1; UPDATE EXTENSIONS", "UPDATE EXTENSIONS, a statement of a kind this duckdb "
+     "cannot name"),
+])
+def test_a_refusal_names_the_statement_as_typed(sql, refused):
+    """DuckDB's kind of a statement is not always its keyword: the refusal names what was
+    typed first (it called INSTALL "a statement of kind LOAD", IMPORT DATABASE "PRAGMA ?",
+    and let UPDATE EXTENSIONS out as "29 is not a valid StatementType.")."""
+    with pytest.raises(ReadOnlyError) as info:
+        check_read_only(sql)
+    assert str(info.value).startswith(f"the BFD catalog is read-only; refused {refused} ")
 
 
 def test_the_refusal_names_what_run_sql_lets_through(store):
