@@ -54,21 +54,24 @@ def write_synthetic_run(
     layer_values: dict[str, list[float]] | None = None,
     layers: tuple[int, ...] | None = None,
     n_images: int = 16,
+    n_skipped: int = 0,
 ) -> dict[str, np.ndarray]:
     """Writes one run's runs, layers, heads and modes tables; returns what was planted
     (``frac_pos`` per layer, ``energy`` per layer, head and block). ``intervals`` fills
     ``frac_pos_lo = frac_pos - 0.01`` and ``frac_pos_hi = frac_pos + 0.02``; ``layer_values``
     replaces a layers column's values (one per layer, at both sites); ``layers`` stores those
     layers of the model only (``bfd extract --layers``; default: all ``depth``), the planted
-    arrays staying indexed by layer; ``n_images`` the images it decoded (none skipped);
-    every column not planted is NULL."""
+    arrays staying indexed by layer; ``n_images`` the images it decoded, ``n_skipped`` more
+    requested that did not decode (runs.n_images = n_images + n_skipped); every column not
+    planted is NULL."""
     rng = np.random.default_rng(seed)
     store = Store(root)
     created_at = created_at or dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
     stored = tuple(range(depth)) if layers is None else tuple(layers)
     write_rows(store, "runs", model, run_id, [{
         "run_id": run_id, "model": model, "weights": weights, "weights_sha256": f"sha-{weights}",
-        "images": "planted", "images_sha256": "img-sha", "n_images": n_images, "n_skipped": 0,
+        "images": "planted", "images_sha256": "img-sha", "n_images": n_images + n_skipped,
+        "n_skipped": n_skipped,
         "img_size": 16 * grid[0], "grid_h": grid[0], "grid_w": grid[1], "prefix_tokens": 1,
         "sites": "attn_in,resid", "layers": ",".join(map(str, stored)), "dtype": "float32",
         "created_at": created_at, "bfd_version": "test", "timm_version": "test",

@@ -117,6 +117,8 @@ def test_sql_refuses_writes_in_one_line(extracted, capsys):
     code, _, err = run(["sql", "UPDATE runs SET status = 'x'", "--store", str(store.root)],
                        capsys)
     assert_one_line_error(code, err, "read-only", "UPDATE")
+    code, _, err = run(["sql", "INSTALL httpfs", "--store", str(store.root)], capsys)
+    assert_one_line_error(code, err, "read-only; refused INSTALL, a statement of kind LOAD")
 
 
 def test_query_list_and_missing_parameter(tmp_path, capsys):
@@ -885,3 +887,66 @@ def test_a_reading_command_that_left_out_a_damaged_file_writes_its_output_and_ex
     # bfd runs lists the run as damaged (test above), and exits 1 as they do
     code, out, err = run(["runs", "--store", str(root)], capsys)
     assert code == 1 and "new-1" in out and err.splitlines()[-1] == told, err
+
+
+def test_a_table_file_changed_after_publishing_is_left_out_as_a_damaged_one(
+        tmp_path, capsys, caplog):
+    """The layers file of a model's latest run rewritten with other values (still Parquet):
+    `bfd query`, `bfd sql` and `bfd dashboard` leave the run out and exit 1 after their
+    output, as for a file that does not read (the pointer's size and mtime differ, then its
+    sha256); they answered from the changed values with exit 0. The same bytes with another
+    mtime (a copy, a touch) are no change; a pointer that recorded no size and mtime (written
+    before they were kept) is not checked, as for the sha256."""
+    import datetime as dt
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from dashstore import write_synthetic_run
+
+    from bfd.storage import read_pointer
+
+    root = tmp_path / "store"
+    write_synthetic_run(root, "old-1", created_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    write_synthetic_run(root, "new-1", created_at=dt.datetime(2026, 2, 1, tzinfo=dt.UTC),
+                        seed=1)
+    pointer = read_pointer(Store(root), "new-1")
+    layers = root / pointer["tables"]["layers"]
+    st = layers.stat()
+    query = ["query", "model_summary", "--format", "csv", "--store", str(root)]
+    os.utime(layers, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the same bytes
+    code, out, err = run(query, capsys)
+    assert code == 0 and "new-1" in out and "warning" not in err, err
+    table = pq.read_table(layers)
+    pq.write_table(table.set_column(table.schema.get_field_index("frac_pos"), "frac_pos",
+                                    pc.multiply(table["frac_pos"], 0.5)), layers)
+    told = (f"bfd: error: the output leaves out what 1 damaged or missing store file(s) held "
+            f"(named above): bfd verify new-1 --store {root} says how to repair run new-1")
+    for argv, wanted in ((query, "old-1"),
+                         (["sql", "SELECT run_id FROM runs", "--store", str(root)], "old-1"),
+                         (["dashboard", "--store", str(root)], "dashboard: ")):
+        caplog.clear()
+        code, out, err = run(argv, capsys)
+        assert code == 1 and wanted in out and "new-1" not in out, (argv, out, err)
+        assert err.splitlines()[-1] == told, err
+        (warning,) = [r.getMessage() for r in caplog.records if r.name == "bfd.catalog"]
+        assert warning.startswith(f"bfd: warning: table file {layers} (run new-1) changed "
+                                  "after it was published (sha256 ")
+        assert warning.endswith("run new-1 is left out of the SQL catalog")
+    # the dashboard's pages and `bfd runs` say the run is damaged, and why
+    assert (f"run new-1 is damaged, left out of this dashboard and of SQL: {layers}: changed "
+            "since it was published") in (root / "dashboard" / "index.html").read_text()
+    caplog.clear()
+    code, out, err = run(["runs", "--format", "json", "--store", str(root)], capsys)
+    assert code == 1 and err.splitlines()[-1] == told, err
+    assert {r["run_id"]: r["status"] for r in json.loads(out)}["new-1"] == "damaged"
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "bfd.catalog"]
+    assert f"table file {layers} (run new-1) changed after it was published" in warning
+    # what the publish recorded; a pointer of before they were kept: no check (bfd verify
+    # compares the sha256)
+    assert (pointer["size"]["layers"], pointer["mtime_ns"]["layers"]) == (
+        st.st_size, st.st_mtime_ns)
+    old = json.loads((root / "runs" / "new-1" / "published.json").read_text())
+    del old["size"], old["mtime_ns"]
+    (root / "runs" / "new-1" / "published.json").write_text(json.dumps(old))
+    code, out, err = run(query, capsys)
+    assert code == 0 and "new-1" in out and "warning" not in err, err

@@ -25,6 +25,8 @@ pytestmark = pytest.mark.skipif(
 
 XSS = "<script>alert(1)</script>"
 # Two series (a model with its weights) of two runs each; the second series' model is hostile.
+# a-2 requested 18 images and decoded 16 (SKIPPED: 2 did not decode).
+SKIPPED = {"a-2": 2}
 RUNS = (
     ("a-1", "vit_a", "w1", 1),
     ("a-2", "vit_a", "w1", 2),
@@ -43,7 +45,7 @@ def site(tmp_path_factory) -> Path:
         write_synthetic_run(
             root, run_id, model=model, weights=weights, seed=i, depth=4, n_heads=3,
             created_at=dt.datetime(2025, 1, day, tzinfo=dt.UTC), with_pos=run_id == "a-2",
-            intervals=model == "vit_a",
+            intervals=model == "vit_a", n_skipped=SKIPPED.get(run_id, 0),
         )
     out = tmp_path_factory.mktemp("site")
     build_dashboard(root, out)
@@ -110,6 +112,18 @@ def no_dialog(driver) -> bool:
     return False
 
 
+def column(driver, table: str, label: str, key: str | None = None) -> dict[str, str]:
+    """The cells of the column headed ``label`` of a table, by row key (``data-key``) or by
+    the text of the column headed ``key``."""
+    return dict(driver.execute_script(
+        "const [id, label, key] = arguments; const t = document.getElementById(id);"
+        "const heads = [...t.querySelectorAll('thead th')].map(th => th.textContent);"
+        "const i = heads.indexOf(label), k = heads.indexOf(key);"
+        "return [...t.querySelectorAll('tbody tr')].map(r =>"
+        " [key ? r.cells[k].textContent : r.dataset.key, i < 0 ? null : r.cells[i].textContent]);",
+        table, label, key))
+
+
 def depth_traces(driver) -> dict[str, list]:
     return driver.execute_script(
         "const d = document.getElementById('depth-plot').data;"
@@ -125,6 +139,13 @@ def test_overview_offline_every_run_and_selection(site, browser, tmp_path):
         "return [...document.querySelectorAll('#runs-table tbody tr')].map(r => r.dataset.key)"
     )
     assert sorted(listed) == sorted(run[0] for run in RUNS)
+    # Images: the ones decoded (the N of the shares), not the ones requested; and skipped.
+    assert column(browser, "runs-table", "images decoded") == {
+        r[0]: "16" for r in RUNS}
+    assert column(browser, "runs-table", "skipped") == {
+        r[0]: str(SKIPPED.get(r[0], 0)) for r in RUNS}
+    assert column(browser, "series-table", "images decoded", "series") == {
+        "vit_a · w1": "16", f"{XSS} · {XSS}": "16"}
     # The latest run of each series is drawn; ticking the other run of a series adds its data.
     before = depth_traces(browser)
     assert set(before) == {"a-2", "x-2"}
@@ -186,6 +207,11 @@ def test_hostile_names_render_as_text(site, browser, page):
 def test_run_page_views_are_linked(site, browser):
     open_page(browser, (site / "runs/a-2.html").as_uri())
     assert_clean(browser, "file://")
+    meta = dict(browser.execute_script(
+        "return [...document.querySelectorAll('#run-meta tr')].map(r =>"
+        " [r.cells[0].textContent, r.cells[1].textContent])"))
+    assert (meta["images requested"], meta["skipped"], meta["images decoded"]) == (
+        "18", "2", "16")
     for plot in ("shares-plot", "headmap-plot", "spectrum-plot", "alphabeta-plot", "pos-plot",
                  "preservation-plot", "residual-plot", "splithalf-plot", "shuffle-plot"):
         assert browser.execute_script(f"return document.getElementById('{plot}').data.length") > 0

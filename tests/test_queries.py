@@ -31,7 +31,7 @@ from bfd.queries import (
     run_query,
     run_sql,
 )
-from bfd.queries.catalog import CATALOG_DIR, refresh_catalog
+from bfd.queries.catalog import CATALOG_DIR, check_read_only, refresh_catalog
 from bfd.storage import SEEN_FIGURES, NotAStoreError, Store, write_audit
 
 BLOCKS = ("pp", "pc", "cp", "cc")
@@ -197,11 +197,15 @@ def snapshot(root: Path) -> dict[str, str]:
 
 def test_model_summary_uses_latest_complete_run_per_model(store):
     root, runs = store
+    _set_run(root, "a-new", n_skipped=7)  # 7 of its 200 images did not decode
+    skipped = {"a-new": 7, "b-1": 0}
     result = rows(run_query(root, "model_summary"))
     assert [r["model"] for r in result] == ["vit_a", "vit_b"]
     for row, run in zip(result, [runs["a-new"], runs["b-1"]], strict=True):
         assert row["run_id"] == run.run_id
+        # requested, and decoded: the N its shares are over (runs.n_images less n_skipped)
         assert row["n_images"] == run.n_images
+        assert row["n_decoded"] == run.n_images - skipped[run.run_id]
         assert row["n_layers"] == run.depth
         assert row["n_heads"] == run.energy.shape[0] * run.energy.shape[1]
         for i, block in enumerate(BLOCKS):
@@ -412,6 +416,9 @@ def test_audit_history_has_no_delta_between_runs_of_other_inputs(store, other):
     result = rows(run_query(root, "audit_history", {"series": "vit_a@ckpts"}))
     assert [r["comparable"] for r in result] == [None, False]
     assert all(r[d] is None for r in result for d in DELTAS)
+    n_old = other.get("n_images", runs["a-new"].n_images)
+    assert [(r["n_images"], r["n_decoded"]) for r in result] == [
+        (n_old, n_old - other.get("n_skipped", 0)), (runs["a-new"].n_images,) * 2]
     assert_close(result[1]["f_cc"], energy_fractions(runs["a-new"].energy)[3])
 
 
@@ -868,6 +875,27 @@ def test_run_sql_refuses_statements_that_change_anything(store, sql, kind):
         run_sql(root, sql)
     assert "\n" not in str(info.value)
     assert snapshot(root) == before
+
+
+@pytest.mark.parametrize(("sql", "refused"), [
+    ("INSTALL httpfs", "INSTALL, a statement of kind LOAD"),
+    ("-- a comment\nforce install httpfs", "FORCE INSTALL, a statement of kind LOAD"),
+    ("LOAD httpfs", "a statement of kind LOAD"),
+    ("USE memory", "USE, a statement of kind SET"),
+    ("CHECKPOINT", "CHECKPOINT, a statement of kind CALL"),
+    ("TRUNCATE heads", "TRUNCATE, a statement of kind DELETE"),
+    ("IMPORT DATABASE 'x'", "IMPORT DATABASE, a statement of kind PRAGMA"),
+    ("EXPLAIN ANALYZE INSTALL httpfs", "INSTALL, a statement of kind LOAD"),
+    ("SELECT 1; UPDATE EXTENSIONS", "UPDATE EXTENSIONS, a statement of a kind this duckdb "
+     "cannot name"),
+])
+def test_a_refusal_names_the_statement_as_typed(sql, refused):
+    """DuckDB's kind of a statement is not always its keyword: the refusal names what was
+    typed first (it called INSTALL "a statement of kind LOAD", IMPORT DATABASE "PRAGMA ?",
+    and let UPDATE EXTENSIONS out as "29 is not a valid StatementType.")."""
+    with pytest.raises(ReadOnlyError) as info:
+        check_read_only(sql)
+    assert str(info.value).startswith(f"the BFD catalog is read-only; refused {refused} ")
 
 
 def test_the_refusal_names_what_run_sql_lets_through(store):

@@ -2,7 +2,9 @@
 -- model summaries". f_*: energies summed over all layers and heads, then divided (energy-
 -- weighted); mean_f_*: plain mean of the head fractions; frac_pos_mean: mean over layers of
 -- frac_pos at attn_in; n_heads_*: head counts per stored head_type, as in layer_summary;
--- frac_pos_adj_mean, f_*_adj: the same from the chance-corrected shares (docs/method.md).
+-- frac_pos_adj_mean, f_*_adj: the same from the chance-corrected shares (docs/method.md);
+-- n_images: the images requested (runs.n_images); n_decoded: the images decoded and
+-- decomposed (n_images less runs.n_skipped, which failed to decode), the N of the shares.
 WITH per_run AS (
     SELECT
         run_id,
@@ -41,6 +43,7 @@ SELECT
     r.run_id,
     r.created_at,
     r.n_images,
+    r.n_images - coalesce(r.n_skipped, 0) AS n_decoded,
     coalesce(p.n_layers, 0) AS n_layers,
     coalesce(p.n_heads, 0) AS n_heads,
     p.e_pp / nullif(p.e_pp + p.e_pc + p.e_cp + p.e_cc, 0) AS f_pp,

@@ -16,9 +16,10 @@
 -- results the audit saw; drift_note: why the audit's drift was not compared with the previous
 -- audit (NULL when it was). An audit whose run the catalog left out (a damaged table file or
 -- pointer, named on stderr: bfd verify RUN) is still listed, with its run's columns (model,
--- created_at, n_images) NULL and the figures it kept (NULL if it kept none); comparable and
+-- created_at, n_images, n_decoded) NULL and the figures it kept (NULL if it kept none); comparable and
 -- every delta_* of it, and of an audit compared with it, are NULL (their inputs are unknown).
 -- With model, such an audit is listed in the series that hold an audit of that model's runs.
+-- n_images, n_decoded: the images its run requested and decoded (as model_summary).
 -- params: series (optional), model (optional)
 WITH seen AS (
     SELECT
@@ -84,6 +85,7 @@ SELECT
     results_version,
     prev_run_id,
     n_images,
+    n_decoded,
     n_layers,
     n_heads,
     f_pp,

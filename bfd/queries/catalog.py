@@ -185,6 +185,12 @@ _LEADING_COMMENTS: Final[re.Pattern[str]] = re.compile(
 )
 _EXPLAIN: Final[re.Pattern[str]] = re.compile(r"^EXPLAIN(?:\s+ANALY[SZ]E)?\s*(?:\([^)]*\))?", re.I)
 _PRAGMA: Final[re.Pattern[str]] = re.compile(r"^PRAGMA\s+(\w+)", re.I)
+# The keyword(s) a statement starts with, as typed: DuckDB's kind of a statement is not always
+# its keyword (INSTALL is of kind LOAD, USE and RESET of SET, CHECKPOINT of CALL, ...).
+_KEYWORDS: Final[re.Pattern[str]] = re.compile(r"^([A-Za-z_]+)(?:\s+([A-Za-z_]+))?")
+_TWO_WORDS: Final[frozenset[str]] = frozenset({
+    "FORCE INSTALL", "FORCE CHECKPOINT", "IMPORT DATABASE", "EXPORT DATABASE", "SET VARIABLE",
+    "RESET VARIABLE", "UPDATE EXTENSIONS", "MERGE INTO"})
 _ALIAS: Final[re.Pattern[str]] = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _RESERVED_ALIASES: Final[frozenset[str]] = frozenset(
     {"bfd", "memory", "system", "temp", "main"})
@@ -356,6 +362,26 @@ def _refuse(what: str) -> ReadOnlyError:
     return ReadOnlyError(f"the BFD catalog is read-only; refused {what} (allowed: {_ALLOWED})")
 
 
+def _typed(text: str) -> str | None:
+    """The keyword(s) a statement starts with (``text``, leading comments stripped), upper
+    case: ``INSTALL``, ``FORCE INSTALL``; None when it starts otherwise."""
+    match = _KEYWORDS.match(text)
+    if match is None:
+        return None
+    two = " ".join(w.upper() for w in match.groups() if w)
+    return two if two in _TWO_WORDS else match.group(1).upper()
+
+
+def _kind_of(text: str, kind: str) -> str:
+    """What a refusal calls a statement of DuckDB's ``kind`` that starts as ``text``: ``a
+    statement of kind CREATE`` when its keyword is the kind's name, else its keyword(s) as
+    typed first: ``INSTALL, a statement of kind LOAD``."""
+    typed = _typed(text)
+    if typed is None or typed.split()[0] == kind:
+        return f"a statement of kind {kind}"
+    return f"{typed}, a statement of kind {kind}"
+
+
 def check_read_only(sql: str) -> list[duckdb.Statement]:
     """Parses ``sql`` and checks that every statement only reads.
 
@@ -378,13 +404,20 @@ def check_read_only(sql: str) -> list[duckdb.Statement]:
         # UPDATE EXTENSIONS); none of them is a read.
         raise _refuse(f"a statement of a kind this duckdb cannot name ({err})") from err
     for statement in statements:
-        kind = statement.type.name
-        if kind not in _READ_KINDS:
-            raise _refuse(f"a statement of kind {kind}")
         text = _strip_leading_comments(statement.query)
+        try:
+            kind = statement.type.name
+        except ValueError as err:  # UPDATE EXTENSIONS, as above
+            typed = _typed(text)
+            raise _refuse(f"{typed + ', ' if typed else ''}a statement of a kind this duckdb "
+                          f"cannot name ({err})") from err
+        if kind not in _READ_KINDS:
+            raise _refuse(_kind_of(text, kind))
         if kind == "PRAGMA":
             match = _PRAGMA.match(text)
-            name = match.group(1).lower() if match else "?"
+            if match is None:  # IMPORT DATABASE is of kind PRAGMA
+                raise _refuse(_kind_of(text, kind))
+            name = match.group(1).lower()
             if name not in _READ_PRAGMAS:
                 raise _refuse(f"a statement of kind PRAGMA {name}")
         elif kind == "EXPLAIN":

@@ -8,6 +8,7 @@ callers (a test checks that both agree).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Collection
@@ -24,13 +25,16 @@ EVENT_TABLES: Final[dict[str, str]] = {"audits": "audit event", "drift": "drift 
 
 @dataclass(frozen=True)
 class TableFile:
-    """One file the catalog reads: its path, its path relative to the store, its stat, and
-    the run it belongs to (None for a table not published per run)."""
+    """One file the catalog reads: its path, its path relative to the store, its stat, the
+    run it belongs to (None for a table not published per run), and what its run's pointer
+    recorded of it when it was published, ``(size, mtime_ns, sha256)`` (None for a pointer
+    written before it recorded them, and for the files of no pointer)."""
 
     path: str
     rel: str
     stat: os.stat_result
     run_id: str | None
+    published: tuple[int, int, str] | None = None
 
 
 Listing: TypeAlias = dict[str, list[TableFile]]
@@ -155,7 +159,8 @@ def list_files(root: str, tables: tuple[str, ...], run_ids: Collection[str] | No
                     continue
                 path = os.path.join(root, rel)
                 try:
-                    files.append(TableFile(path, rel, os.stat(path), run_id))
+                    files.append(TableFile(path, rel, os.stat(path), run_id,
+                                           _published(pointer, table)))
                 except FileNotFoundError as err:
                     # Old versions go only after the pointer has moved on: a file missing
                     # under an unchanged pointer is damage, not a publish.
@@ -194,9 +199,60 @@ def list_files(root: str, tables: tuple[str, ...], run_ids: Collection[str] | No
     return listing, notes
 
 
-def leave_out(listing: Listing, bad: dict[str, str]) -> tuple[Listing, list[Note]]:
-    """The listing without the unreadable files ``bad`` (path -> reason) and every other file
-    of their runs (a run is shown whole or not at all), and a note per file left out."""
+def _published(pointer: dict, table: str) -> tuple[int, int, str] | None:
+    """What ``pointer`` recorded of its file of ``table`` when it was published: ``(size,
+    mtime_ns, sha256)``; None when it lacks any of them (written before they were kept) or
+    holds a value of another form."""
+    recorded = []
+    for key in ("size", "mtime_ns", "sha256"):
+        values = pointer.get(key)
+        recorded.append(values.get(table) if isinstance(values, dict) else None)
+    size, mtime_ns, sha256 = recorded
+    if type(size) is not int or type(mtime_ns) is not int or not isinstance(sha256, str):
+        return None
+    return size, mtime_ns, sha256
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def changed_files(listing: Listing) -> dict[str, str]:
+    """The listed files that changed after they were published (path -> how): their size or
+    mtime differ from what their pointer recorded (a stat, no read) and so do their bytes
+    (their sha256, read only for those). A file of the same bytes with another mtime (a store
+    copied without keeping times, a ``touch``) is not changed; a change that keeps both the
+    size and the mtime is not seen (``bfd verify`` compares every file's sha256); nor is one
+    of a file whose pointer recorded no size, mtime and sha256 (written before they were kept).
+
+    Raises:
+        ListingChanged: A file went while it was read (a publish switched its pointer).
+    """
+    changed = {}
+    for files in listing.values():
+        for f in files:
+            if f.published is None:
+                continue
+            size, mtime_ns, sha256 = f.published
+            if (f.stat.st_size, f.stat.st_mtime_ns) == (size, mtime_ns):
+                continue
+            try:
+                now = _sha256(f.path)
+            except FileNotFoundError as err:
+                raise ListingChanged(f.path) from err
+            except OSError:
+                continue  # the build's read names what is wrong with it
+            if now != sha256:
+                changed[f.path] = f"sha256 {now[:12]}..., published.json records {sha256[:12]}..."
+    return changed
+
+
+def leave_out(listing: Listing, bad: dict[str, str], problem: str = "cannot be read"
+              ) -> tuple[Listing, list[Note]]:
+    """The listing without the files ``bad`` (path -> reason: unreadable ones, or ``problem``
+    says what else) and every other file of their runs (a run is shown whole or not at all),
+    and a note per file left out."""
     runs = {f.run_id for files in listing.values() for f in files
             if f.path in bad and f.run_id is not None}
     notes: list[Note] = []
@@ -211,7 +267,7 @@ def leave_out(listing: Listing, bad: dict[str, str]) -> tuple[Listing, list[Note
             elif f.path in bad:
                 whose = f"run {f.run_id}" if f.run_id else "no run"
                 left = f"run {f.run_id} is" if f.run_id else "the file is"
-                notes.append(Note(f.run_id, f"table file {f.path} ({whose}) cannot be read "
+                notes.append(Note(f.run_id, f"table file {f.path} ({whose}) {problem} "
                                   f"({bad[f.path]}); {left} left out of the SQL catalog"))
     kept = {table: [f for f in files if f.path not in bad and f.run_id not in runs]
             for table, files in listing.items()}

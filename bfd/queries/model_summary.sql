@@ -3,13 +3,16 @@
 -- mean_f_*: plain mean of the head fractions; frac_pos_mean: mean over layers of frac_pos at
 -- attn_in; n_heads_pp / _cp / _cc: heads per stored head_type (position-position,
 -- content-position, content-content); n_heads_undefined: heads with zero or non-finite
--- energies (head_type 'undefined').
+-- energies (head_type 'undefined'); n_images: the images the run requested; n_decoded: the
+-- images it decoded and decomposed (n_images less those that failed to decode,
+-- runs.n_skipped), the N its shares depend on: compare models by n_decoded.
 -- params: none
 SELECT
     s.model,
     s.run_id,
     s.created_at,
     s.n_images,
+    s.n_decoded,
     s.n_layers,
     s.n_heads,
     s.f_pp,

@@ -2,16 +2,18 @@
 (docs/layout.md, "SQL catalog"; ``catalog.py`` says why a snapshot).
 
 Snapshots are cached as ``<store>/catalog/<fingerprint>.duckdb``. The fingerprint hashes the
-path (relative to the store), size, mtime and inode of every listed file (``listing.py``: the
-published version of each run) and a schema version, so a switched pointer, a new or removed
-file, or a package upgrade gives a new name. A missing snapshot is built in a hidden folder
-``catalog/.build-*``, then renamed into place (atomic; concurrent builders of one fingerprint
-each rename their own, identical, file); then ``catalog/current.duckdb`` is replaced by a
-copy of it (the stable path for other tools) and older snapshots are removed. A snapshot file
-is never written after its rename.
+path (relative to the store), size, mtime and inode of every listed file (``listing.py``:
+the published version of each run), what its pointer recorded of it, and a schema version,
+so a switched pointer, a new or removed file, or a package upgrade gives a new name. A
+missing snapshot is built in a hidden folder ``catalog/.build-*``, then renamed into place
+(atomic; concurrent builders of one fingerprint each rename their own, identical, file);
+then ``catalog/current.duckdb`` is replaced by a copy of it (the stable path for other
+tools) and older snapshots are removed. A snapshot file is never written after its rename.
 
-Degrading, not dying: a table file that cannot be read is left out with its whole run, with
-a warning naming both (kept beside the snapshot as ``<fingerprint>.warnings``, one JSON
+Degrading, not dying: a table file that cannot be read, or that changed after it was
+published (its size or mtime and then its sha256 differ from what its pointer recorded:
+``listing.changed_files``, checked when a snapshot is built), is left out with its whole run,
+with a warning naming both (kept beside the snapshot as ``<fingerprint>.warnings``, one JSON
 ``[run_id, note]`` a line, and repeated on every connect that uses it); a store whose catalog
 folder cannot be written (read-only, full, ``catalog`` not a folder) gets a private snapshot
 in a temporary directory.
@@ -33,13 +35,13 @@ from typing import Final
 
 import duckdb
 
-from .listing import Listing, ListingChanged, Note, leave_out, list_files
+from .listing import Listing, ListingChanged, Note, changed_files, leave_out, list_files
 
 CATALOG_DIR: Final[str] = "catalog"
 CURRENT_NAME: Final[str] = "current.duckdb"
 # Part of every fingerprint: bump it when the way a snapshot is built changes in a way that
 # the contract, the view SQL and the DuckDB version do not show.
-_CATALOG_FORMAT: Final[int] = 3  # 3: warnings kept as [run_id, note] lines
+_CATALOG_FORMAT: Final[int] = 3  # 3: warnings kept as [run_id, note] lines; pointers' size, mtime
 _SNAPSHOT_SUFFIX: Final[str] = ".duckdb"
 _WARNINGS_SUFFIX: Final[str] = ".warnings"
 _BUILD_PREFIX: Final[str] = ".build-"
@@ -67,7 +69,9 @@ def _fingerprint(schema: Schema, listing: Listing) -> str:
     entries: list = [schema.version]
     for table, files in listing.items():
         entries.append(table)
-        entries += [[f.rel, f.stat.st_size, f.stat.st_mtime_ns, f.stat.st_ino] for f in files]
+        # and what the file's pointer recorded of it, which the build's check compares
+        entries += [[f.rel, f.stat.st_size, f.stat.st_mtime_ns, f.stat.st_ino, f.published]
+                    for f in files]
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:32]
 
 
@@ -136,24 +140,29 @@ def _unreadable(listing: Listing) -> dict[str, str]:
 
 
 def _build_degraded(db_path: Path, schema: Schema, listing: Listing) -> list[Note]:
-    """``_build``, leaving out unreadable files and their runs; returns the warnings.
+    """``_build``, leaving out the files changed after they were published (``changed_files``)
+    and unreadable files, and their runs; returns the warnings. The check of changed files
+    runs here, when a snapshot is built: a cached snapshot's name holds every file's size and
+    mtime, so a file changed since is a new name, a new build and a new check.
 
     Raises:
         ListingChanged: A listed file went meanwhile.
         duckdb.Error, OSError: The snapshot cannot be written (e.g. a full disk).
     """
+    changed = changed_files(listing)
+    listing, notes = leave_out(listing, changed, "changed after it was published")
     try:
         _build(db_path, schema, listing)
-        return []
+        return notes
     except duckdb.Error:
         bad = _unreadable(listing)
         if not bad:
             raise
     db_path.unlink(missing_ok=True)
     Path(f"{db_path}.wal").unlink(missing_ok=True)
-    kept, notes = leave_out(listing, bad)
+    kept, more = leave_out(listing, bad)
     _build(db_path, schema, kept)
-    return notes
+    return notes + more
 
 
 def _remove_other_snapshots(folder: Path, keep: str) -> None:

@@ -63,7 +63,7 @@ _LATEST_AUDIT: Final[str] = (
 )
 # The run_summary columns of the run itself (its identity, its images), not of a decomposition:
 # the same for every audit of the run.
-_RUN_IDENTITY: Final[tuple[str, ...]] = ("model", "run_id", "created_at", "n_images")
+_RUN_IDENTITY: Final[tuple[str, ...]] = ("model", "run_id", "created_at", "n_images", "n_decoded")
 _NO_AUDIT: Final[str] = (
     "(SELECT NULL::VARCHAR AS run_id, NULL::VARCHAR AS series, NULL::VARCHAR AS audit_id,"
     " NULL::BIGINT AS step, NULL::TIMESTAMPTZ AS started_at, NULL::TIMESTAMPTZ AS finished_at,"
@@ -119,7 +119,8 @@ def run_list(con: duckdb.DuckDBPyConnection) -> pa.Table:
     """Every run of the store with its series, identity and latest audit, oldest first."""
     sql = f"""
         SELECT r.run_id, {_SERIES} AS series, r.model, r.weights, r.weights_sha256, r.images,
-            r.images_sha256, r.n_images, r.n_skipped, r.grid_h, r.grid_w, r.created_at,
+            r.images_sha256, r.n_images, r.n_skipped,
+            r.n_images - coalesce(r.n_skipped, 0) AS n_decoded, r.grid_h, r.grid_w, r.created_at,
             r.status, r.depth, r.num_heads,
             a.audit_id, a.step, a.started_at, a.finished_at, a.trigger, a.flow_run_id,
             a.status AS audit_status, a.n_flagged

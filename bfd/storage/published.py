@@ -5,8 +5,9 @@ version beside the published one, then ONE pointer file is switched (docs/layout
   hold a version; a version's files are written once and never changed.
 - ``runs/<run_id>/published.json`` names the published version: the store-relative path of
   each of its table files and its results group, and the sha256 of each table file's bytes
-  (``bfd verify`` finds a file changed since; pointers written before have none). It is
-  replaced atomically (``atomic_write``),
+  (``bfd verify`` finds a file changed since; pointers written before have none) with its
+  size and mtime_ns as written (the SQL catalog compares a stat: ``bfd.queries.listing``;
+  pointers written before have none). It is replaced atomically (``atomic_write``),
   so every reader that follows it (the SQL catalog, ``read_table``, ``open_results``, the
   dashboard) sees the previous version or the new one, never a mix. A run without a pointer
   is not published.
@@ -51,8 +52,9 @@ def new_version() -> str:
 
 def read_pointer(store: Store, run_id: str) -> dict[str, Any] | None:
     """The run's pointer (``{run_id, version, published_at, tables, results}``, and
-    ``created_at`` and ``sha256`` (by table, of its file's bytes) when the publish kept them),
-    or None when the run is not published in the current layout.
+    ``created_at``, ``sha256`` (by table, of its file's bytes), ``size`` and ``mtime_ns`` (by
+    table, its file's stat when written) when the publish kept them), or None when the run is
+    not published in the current layout.
 
     Raises:
         ValueError: If the pointer is not readable JSON of that form (it names the file).
@@ -116,6 +118,10 @@ class Publication:
         # the sha256 of each table file's bytes, by table (those of the files carried over
         # from the previous version as it recorded them: none before they were kept)
         self.sha256: dict[str, str] = dict(previous.get("sha256") or {}) if previous else {}
+        # and each table file's size and mtime_ns as written, by table (carried over alike):
+        # what the SQL catalog compares with a stat (bfd.queries.listing)
+        self.size: dict[str, int] = dict(previous.get("size") or {}) if previous else {}
+        self.mtime_ns: dict[str, int] = dict(previous.get("mtime_ns") or {}) if previous else {}
         self.results: str | None = previous.get("results") if previous else None
         self.written: list[Path] = []
         self.group: str | None = None
@@ -137,6 +143,8 @@ class Publication:
         atomic_write(path, lambda f: f.write(content))
         self.tables[table] = _rel(self.store, path)
         self.sha256[table] = hashlib.sha256(content).hexdigest()
+        st = path.stat()  # a version's files are never written again: this stat stays
+        self.size[table], self.mtime_ns[table] = st.st_size, st.st_mtime_ns
         return path
 
     def write_results(self, ds: xr.Dataset) -> str:
@@ -151,6 +159,8 @@ class Publication:
                 "published_at": datetime.now(UTC).isoformat(), "tables": self.tables,
                 "results": self.results,
                 "sha256": {t: h for t, h in self.sha256.items() if t in self.tables},
+                "size": {t: n for t, n in self.size.items() if t in self.tables},
+                "mtime_ns": {t: n for t, n in self.mtime_ns.items() if t in self.tables},
                 **({"created_at": self.created_at} if self.created_at else {})}
 
     def discard(self) -> None:

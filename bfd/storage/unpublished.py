@@ -5,6 +5,7 @@ with the command that takes each one further. Neither Zarr nor the activations a
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -121,15 +122,18 @@ def _state(store: Store, run_id: str) -> UnpublishedRun:
 
 def _damaged_publication(store: Store, run_id: str) -> tuple[str | None, dict | None]:
     """The first published file of the run (its pointer, or a table file the pointer names)
-    that does not read, with why (None when all read: published since ``published`` was
-    read); and the run's published ``runs`` row when that file reads (None else). Each table
-    file is read whole, as ``bfd verify`` reads it."""
+    that does not read, or whose bytes are not those its pointer recorded (a file changed
+    after it was published, which the SQL catalog leaves out too), with why (None when all
+    read as published: published since ``published`` was read); and the run's published
+    ``runs`` row when that file reads as published (None else). Each table file is read
+    whole, as ``bfd verify`` reads it."""
     import pyarrow.parquet as pq  # here: what `bfd runs` reads the catalog with anyway
 
     path = store.published_pointer(run_id)
     try:
-        tables = read_json(path)["tables"]
-        files = {table: store.root / rel for table, rel in tables.items()}
+        pointer = read_json(path)
+        files = {table: store.root / rel for table, rel in pointer["tables"].items()}
+        recorded = pointer.get("sha256") or {}
     except FileNotFoundError:
         return None, None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -138,13 +142,17 @@ def _damaged_publication(store: Store, run_id: str) -> tuple[str | None, dict | 
     for table, file in files.items():
         try:
             data = pq.read_table(file)
+            with open(file, "rb") as f:
+                now = hashlib.file_digest(f, "sha256").hexdigest()
         except FileNotFoundError:
             damage = damage or f"{file} is missing"
             continue
         except Exception:  # noqa: BLE001 - any read failure is the damage
             damage = damage or f"{file} does not read"
             continue
-        if table == "runs" and data.num_rows == 1:
+        if isinstance(recorded, dict) and recorded.get(table) not in (None, now):
+            damage = damage or f"{file} changed after it was published"
+        elif table == "runs" and data.num_rows == 1:
             row = data.to_pylist()[0]
     return damage, row
 

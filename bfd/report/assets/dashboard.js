@@ -173,7 +173,8 @@
     return [
       { key: "run_id", label: "run", render: (r) => runLink(r) },
       { key: "series", label: "series" }, { key: "model" }, { key: "weights" },
-      { key: "created_at", label: "created" }, { key: "status" }, { key: "n_images", label: "images" },
+      { key: "created_at", label: "created" }, { key: "status" },
+      { key: "n_decoded", label: "images decoded" }, { key: "n_skipped", label: "skipped" },
       { key: "step" }, { key: "audit_status", label: "audit" }, { key: "n_flagged", label: "flagged" },
       { key: "results_path", label: "results", render: (r) =>
         safeHref(r.results_url) ? h("a", { href: r.results_url }, r.results_path) : fmt(r.results_path) },
@@ -195,7 +196,7 @@
       const latest = RUN_BY_ID.get(s.latest_run) || { run_id: s.latest_run };
       return { series: s.series, model: latest.model, weights: latest.weights,
         weights_sha256: latest.weights_sha256, images: latest.images,
-        images_sha256: latest.images_sha256, n_images: latest.n_images, n_runs: s.n_runs,
+        images_sha256: latest.images_sha256, n_decoded: latest.n_decoded, n_runs: s.n_runs,
         n_audits: s.n_audits, latest_run: latest.run_id, page: latest.page,
         created_at: latest.created_at, audit_id: s.audit_id, audit_status: s.audit_status,
         finished_at: s.finished_at, n_flagged: s.n_flagged };
@@ -206,7 +207,7 @@
       dataTable("series-table", "series", series, [
         { key: "series" }, { key: "model" }, { key: "weights" }, { key: "weights_sha256", label: "weights sha256" },
         { key: "images", label: "image set" }, { key: "images_sha256", label: "images sha256" },
-        { key: "n_images", label: "images" }, { key: "n_runs", label: "runs" },
+        { key: "n_decoded", label: "images decoded" }, { key: "n_runs", label: "runs" },
         { key: "n_audits", label: "audits" }, { key: "latest_run", label: "latest run", render: (r) => runLink({ page: r.page, run_id: r.latest_run }) },
         { key: "created_at", label: "created" }, { key: "audit_id", label: "latest audit" },
         { key: "audit_status", label: "audit status" }, { key: "finished_at", label: "finished" },
@@ -280,7 +281,8 @@
     const meta = [
       ["series", run.series], ["model", run.model], ["weights", run.weights],
       ["weights sha256", run.weights_sha256], ["image set", run.images],
-      ["images sha256", run.images_sha256], ["images", run.n_images], ["skipped", run.n_skipped],
+      ["images sha256", run.images_sha256], ["images requested", run.n_images], ["skipped", run.n_skipped],
+      ["images decoded", run.n_decoded],
       ["patch grid", run.grid_h === null ? null : `${run.grid_h} × ${run.grid_w}`],
       ["created", run.created_at], ["status", run.status], ["audit", run.audit_id],
       ["audit step", run.step], ["trigger", run.trigger], ["audit status", run.audit_status],
@@ -404,7 +406,7 @@
       { title: { text: "split-half reliability of pos", font: { size: 13 } },
         yaxis: { range: [0, 1.02], title: { text: "correlation" } }, xaxis: { title: { text: "layer" }, dtick: 1 } });
     // the shuffle control's expectation per layer: (1 − frac_img) / N, N the images kept
-    const kept = run.n_images - (run.n_skipped || 0);
+    const kept = run.n_decoded;
     const stored = (t) => Object.assign(t, { hovertemplate: t.hovertemplate.replace("%{y:", "%{customdata:") });
     draw(shuffle, logTraces([stored(line("shuffle_frac_pos", "frac_pos after shuffling", "#0072B2")),
       stored(line("frac_pos", "frac_pos", "#E69F00", "dash")),
@@ -618,7 +620,7 @@
     // (NULL when the run does not say: two such runs are on one basis, as compare_runs)
     const decoded = (id) => {
       const r = RUN_BY_ID.get(id);
-      return typeof r.n_images === "number" ? r.n_images - (r.n_skipped || 0) : null;
+      return typeof r.n_decoded === "number" ? r.n_decoded : null;
     };
     function redraw() {
       const A = byRun.get(state.a), B = byRun.get(state.b);
