@@ -287,8 +287,9 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
     config = audit_config(cli._extract_config(args))
     thresholds = drift_thresholds(args.drift_threshold)
     # the request checked as bfd audit checks it, before any audit of it is recorded: each
-    # checkpoint's first bytes (an unreadable one is left out and named at the end; all of
-    # them unreadable is refused), then the other options ('random' stands for the weights)
+    # checkpoint's first bytes (an unreadable one is left out and named before the first
+    # audit; all of them unreadable is refused), then the other options ('random' stands for
+    # the weights)
     files = checkpoint_files(args.checkpoints)
     if not files:  # a mistyped glob or folder: said at once, not as "everything is done"
         raise ValueError(f"no checkpoint file in {args.checkpoints!r} (looked for "
@@ -307,6 +308,7 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
     if out is None:
         cli._check_model_request(config)
         cli._check_placement(args, config)
+        lines.left_out(bad)  # known now: said before the first audit, not after the last
         from bfd.flows import progress
         from bfd.flows.checkpoints import CheckpointsLeftOut, audit_checkpoints
 
@@ -328,7 +330,7 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
             print(f"nothing to do: every checkpoint of {args.checkpoints} not left out "
                   f"({n_seen} of {out['n_files']} files{left}) is already audited in series "
                   f"{out['series']} with the same request ({out['compared']})")
-        return print_left_out(out["bad"]) if out["bad"] else 0
+        return lines.left_out(out["bad"]) if out["bad"] else 0
     for one in out["audits"]:  # any not printed yet (none: each was, once audited)
         lines.print(one)
     n_flagged = lines.n_flagged
@@ -336,27 +338,44 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
     print(f"\n{len(out['audits'])} checkpoint(s) audited in series {out['series']}; "
           f"{n_seen} already audited with the same request; store {store}")
     code = drift_exit(n_flagged, args.fail_on_drift, out["audits"], args.fail_if_not_compared)
-    return print_left_out(out["bad"]) if out["bad"] else code
+    # exit 2 for the files left out, each named once: when known (any not yet: here)
+    return lines.left_out(out["bad"]) if out["bad"] else code
 
 
 class CheckpointLines:
     """A ``bfd.flows.progress`` listener that prints each checkpoint's lines (its file, its
     audit and flagged drift: ``print_audit``) once the flow ``audit-checkpoints`` reports that
-    checkpoint's audit done (stage ``checkpoint``), not when every checkpoint is done."""
+    checkpoint's audit done (stage ``checkpoint``), and the line of a file left out (it does
+    not load or fit the model: ``print_left_out``) once the flow reports it, not when every
+    checkpoint is done."""
 
     def __init__(self, store: str) -> None:
         self.store = store
         self.printed: set[str] = set()
+        self.told: set[str] = set()
         self.n_flagged = 0
 
     def __call__(self, stage: str, done: int, total: int, detail: dict) -> None:
         if stage != "checkpoint":
+            return
+        if "left_out" in detail:
+            try:
+                self.left_out([detail["left_out"]])
+            except Exception:  # noqa: BLE001 - as below: the command names it at the end
+                self.told.discard(detail["left_out"])
             return
         try:
             self.print(detail["audit"])
         except Exception:  # noqa: BLE001 - a display must not fail the flow (a closed pipe):
             # the command prints it again after the flow, where its error is its own
             self.printed.discard(detail["audit"]["audit_id"])
+
+    def left_out(self, bad: Sequence[str]) -> int:
+        """Names each file of ``bad`` left out that is not named yet (``print_left_out``);
+        returns exit status 2."""
+        new = [line for line in dict.fromkeys(bad) if line not in self.told]
+        self.told.update(new)
+        return print_left_out(new)
 
     def print(self, one: dict) -> None:
         """The lines of one checkpoint's audit (``one``: its summary), once."""
@@ -385,7 +404,8 @@ def print_left_out(bad: Sequence[str], what: str = "left out: ") -> int:
     line each on stderr; returns exit status 2 (the request named weights files it cannot
     use), also after the others were audited."""
     for line in bad:
-        print(f"bfd: error: {what}{line}", file=sys.stderr)
+        # not print: inside a flow run (log_prints) print goes to Prefect's logger
+        sys.stderr.write(f"bfd: error: {what}{line}\n")
     return 2
 
 

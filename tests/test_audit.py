@@ -445,10 +445,24 @@ def test_checkpoints_count_as_audited_only_with_the_same_request(tmp_path, prefe
               "--images-per-chunk", "6", "--series", "s", "--store", store, "--no-dashboard"]
 
     def bfd(*argv: str) -> tuple[int, str, str]:
+        """Its exit code, stdout and stderr; in ``before``, its stderr when the first
+        extraction began."""
+        from bfd.flows import progress
+
+        parts = []
+
+        def at_first_extraction(stage: str, done: int, total: int, detail: dict) -> None:
+            if stage == "extract" and done == 0 and not parts:
+                parts.append(capsys.readouterr())
+                before.append(parts[0].err)
+
         capsys.readouterr()
-        with env_kept():
+        with env_kept(), progress.listening(at_first_extraction):
             code = main(["audit-checkpoints", str(folder), *common, *argv])
-        return code, *capsys.readouterr()
+        parts.append(capsys.readouterr())
+        return code, "".join(p.out for p in parts), "".join(p.err for p in parts)
+
+    before: list[str] = []
 
     assert bfd("--model", AUDIT["model"])[0] == 0
     code, out, _ = bfd("--model", AUDIT["model"])
@@ -464,6 +478,8 @@ def test_checkpoints_count_as_audited_only_with_the_same_request(tmp_path, prefe
     errors = [line for line in err.splitlines() if line.startswith("bfd: error:")]
     assert len(errors) == 1 and errors[0].startswith("bfd: error: left out: weights file ")
     assert "step_50.safetensors' is not a readable .safetensors file" in errors[0], err
+    # named before the first audit began (it was named at the end)
+    assert errors[0] in before[-1].splitlines(), before
     audits = read_audits(Store(store), "s")
     assert [(a["step"], a["status"]) for a in audits if a["status"] == "complete"] == [
         (100, "complete"), (100, "complete")]
@@ -478,8 +494,9 @@ def test_a_checkpoint_that_does_not_load_is_left_out_and_the_others_audited(
     out, with no audit recorded, while the checkpoints before and after them are audited
     (exit 2 at the end); the flow run ends Failed, naming them. The first such file stopped
     the series. Each checkpoint's lines are printed once its audit is done (they came all
-    at the end), and every line names a file as the folder was given, relative here (a file
-    that did not load was named by its absolute path)."""
+    at the end), each left-out line once its file is tried, in step order, before the next
+    audit (they came after the summary), and every line names a file as the folder was
+    given, relative here (a file that did not load was named by its absolute path)."""
     import timm
     import torch
     from prefect.client.orchestration import get_client
@@ -504,17 +521,20 @@ def test_a_checkpoint_that_does_not_load_is_left_out_and_the_others_audited(
     monkeypatch.chdir(tmp_path)
 
     def audit_folder() -> tuple[int, str, str]:
-        """Its exit code, stdout, stderr, and (in ``printed``) its stdout so far when each
-        extraction began."""
+        """Its exit code, stdout, stderr, and (in ``printed``, ``told``) its stdout and its
+        stderr's left-out lines so far when each extraction began."""
         parts = []
 
         def at_each_extraction(stage: str, done: int, total: int, detail: dict) -> None:
             if stage == "extract" and done == 0:
                 parts.append(capsys.readouterr())
                 printed.append("".join(part.out for part in parts))
+                told.append([line for part in parts for line in part.err.splitlines()
+                             if line.startswith("bfd: error: left out: ")])
 
         capsys.readouterr()
         printed.clear()
+        told.clear()
         with env_kept(), progress.listening(at_each_extraction):
             code = main(["audit-checkpoints", "ckpts", "--model", AUDIT["model"],
                          "--n-images", "6", "--img-size", "64", "--layers", "0", "--dtype",
@@ -524,6 +544,7 @@ def test_a_checkpoint_that_does_not_load_is_left_out_and_the_others_audited(
         return code, "".join(p.out for p in parts), "".join(p.err for p in parts)
 
     printed: list[str] = []
+    told: list[list[str]] = []
     code, out, err = audit_folder()
     assert code == 2 and "2 checkpoint(s) audited in series s" in out, out + err
     # step_100's lines were out when step_400's extraction began
@@ -538,6 +559,8 @@ def test_a_checkpoint_that_does_not_load_is_left_out_and_the_others_audited(
                                 "'test_vit': "), errors
     assert errors[1].startswith("bfd: error: left out: weights file 'ckpts/step_300.pt' is not "
                                 "a readable checkpoint"), errors
+    # steps 200 and 300 were named once tried: before step_400's extraction, not at the end
+    assert told == [[], errors], (told, err)
     # a bar for each audited checkpoint's extraction (the first bar's, closed, drew no other)
     bars = [line.rsplit("\r", 1)[-1] for line in err.split("\n")]
     assert sum(bar.startswith("extract: 100%") for bar in bars) == 2, err

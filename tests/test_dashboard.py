@@ -429,3 +429,41 @@ def test_series_list_counts_a_run_in_every_series_that_audited_it(tmp_path):
     build_dashboard(root, tmp_path / "site")
     assert embedded(tmp_path / "site" / "index.html")["series_list"]["series"] == [
         e[0] for e in expected]
+
+
+def test_series_list_the_audits_of_a_damaged_run_as_audit_history_does(tmp_path):
+    """c-200's heads file truncated: the catalog leaves the run out, but its audits (A1, A5)
+    are still points of their series, as audit_history lists them: the figures each kept, its
+    run's columns NULL; no head-type change is listed against it, nor across it (c-100 to
+    c-500); the Series page embeds the points and says the run is damaged. They were hidden."""
+    from dashstore import REUSED_AUDITS, write_reused_audits
+
+    root, out = tmp_path / "store", tmp_path / "site"
+    write_reused_audits(root)
+    heads = root / read_pointer(Store(root), "c-200")["tables"]["heads"]
+    heads.write_bytes(heads.read_bytes()[:100])
+    with connect(root) as con:
+        data = D.series_data(con)
+        history = run_query(con, "audit_history").to_pylist()
+    points = [p for p in data["metrics"].to_pylist() if p["series"] == "ck"]
+    listed = [h for h in history if h["series"] == "ck"]
+    assert [(p["audit_id"], p["run_id"]) for p in points] == [
+        (h["audit_id"], h["run_id"]) for h in listed] == [
+        ("A4", "c-100"), ("A1", "c-200"), ("A5", "c-200"), ("A2", "c-500"), ("A3", "c-500")]
+    kept = {a[0]: a[6] for a in REUSED_AUDITS}
+    for p in points:
+        if p["run_id"] == "c-200":
+            assert [p[c] for c in ("model", "created_at", "n_images")] == [None] * 3
+            assert (p["f_pp"], p["f_pc"], p["n_layers"]) == (kept[p["audit_id"]],
+                                                             1 - kept[p["audit_id"]], 3)
+            assert p["figures"] == "audit" and p["frac_pos_resid_mean"] is None
+        else:
+            assert p["model"] == "toy_vit" and p["n_images"] == 16
+    assert [c for c in data["head_type_changes"].to_pylist() if c["series"] == "ck"] == []
+    build_dashboard(root, out)
+    page = embedded(out / "series.html")["metrics"]
+    assert [a for s, a in zip(page["series"], page["audit_id"], strict=True) if s == "ck"] == [
+        p["audit_id"] for p in points]
+    (line,) = re.findall(r"<p class='damaged' role='alert'>([^<]*)</p>",
+                         (out / "series.html").read_text(encoding="utf-8"))
+    assert line.startswith("run c-200 is damaged, left out of this dashboard and of SQL: ")

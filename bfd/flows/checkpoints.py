@@ -3,8 +3,9 @@ folder or glob that its series has not audited yet with the same request (the we
 and every option that shapes the run) is audited, in step order, each as one audit of the
 series. A file that is no readable checkpoint, or does not load or fit the model, is left out
 and named while the others are audited; the run then ends ``Failed``, naming it. Each
-audit, once done, is reported to the progress listeners (``bfd.flows.progress``, stage
-``checkpoint``): the command prints its lines then, not when every checkpoint is done."""
+audit, once done, and each file that does not load, once tried, is reported to the progress
+listeners (``bfd.flows.progress``, stage ``checkpoint``, detail ``audit`` or ``left_out``):
+the command prints its lines then, not when every checkpoint is done."""
 
 from __future__ import annotations
 
@@ -130,6 +131,8 @@ def audit_checkpoints(
         except (OSError, ValueError) as err:
             bad.append(" ".join(as_listed(str(err), ckpt["path"]).split()))
             logger.error("left out: %s", bad[-1])
+            # said now, in step order among the audits' lines, not after every checkpoint
+            progress.report("checkpoint", k, len(todo), left_out=bad[-1])
             continue
         with tags(f"model:{model}", f"series:{series}"):
             one = audit(config.model_copy(update={"weights": ckpt["path"]}), root,

@@ -219,12 +219,14 @@ DRIFT_OF_PLOT: Final[dict[str, tuple[str, ...]]] = {
 def _series_points(con: duckdb.DuckDBPyConnection) -> str:
     """SQL of the points of every series: one per complete audit of a complete run (its
     series, step and the figures it saw, as ``audit_history``), and one per run never audited
-    (series ``model · weights``, no step)."""
+    (series ``model · weights``, no step). As ``audit_history``, an audit of a run the catalog
+    left out (a damaged table file or pointer: not in ``runs``) is a point too, its
+    ``left_out`` true: the figures it kept, its run's columns unknown."""
     seen = [name for name, _ in SEEN_FIGURES]
     unaudited = (
         f"SELECT r.run_id, {_RUN_SERIES} AS series, NULL::VARCHAR AS audit_id,"
         " NULL::BIGINT AS step, NULL::TIMESTAMPTZ AS started_at, NULL::TIMESTAMPTZ AS finished_at,"
-        " NULL::BIGINT AS n_flagged, false AS kept"
+        " NULL::BIGINT AS n_flagged, false AS kept, false AS left_out"
         + "".join(f", NULL AS seen_{name}" for name in seen)
         + " FROM runs AS r"
     )
@@ -237,11 +239,13 @@ def _series_points(con: duckdb.DuckDBPyConnection) -> str:
     has_kept = "n_layers" in kept
     audited = (
         "SELECT a.run_id, a.series, a.audit_id, a.step, a.started_at, a.finished_at,"
-        f" a.n_flagged, {'a.n_layers IS NOT NULL' if has_kept else 'false'} AS kept"
+        f" a.n_flagged, {'a.n_layers IS NOT NULL' if has_kept else 'false'} AS kept,"
+        " r.run_id IS NULL AS left_out"
         + "".join(f", a.{name} AS seen_{name}" if name in kept else f", NULL AS seen_{name}"
                   for name in seen)
-        + " FROM audits AS a JOIN runs AS r ON r.run_id = a.run_id AND r.status = 'complete'"
-        " WHERE a.status = 'complete'"
+        + " FROM audits AS a LEFT JOIN runs AS r ON r.run_id = a.run_id"
+        " WHERE a.status = 'complete' AND a.run_id IS NOT NULL"
+        " AND (r.run_id IS NULL OR r.status = 'complete')"
     )
     return f"{audited} UNION ALL BY NAME {unaudited}"
 
@@ -297,7 +301,9 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
     come from a later decomposition, so a row never mixes two); ``figures`` says where a
     row's figures come from: ``audit`` (its audits row) or ``run`` (the run's current
     ``run_summary``: a run never audited, which appears once, in its ``model · weights``
-    series with no step, or an audits table without the kept columns). Head-type changes
+    series with no step, or an audits table without the kept columns); an audit of a run
+    the catalog left out (damaged) is a point too, as ``audit_history`` lists it, its run's
+    columns NULL and ``figures`` NULL where it kept none. Head-type changes
     compare each point's run with the previous point's run of its series (by step, start
     time, audit id; then creation time), head by head, in the runs' current ``heads``, when
     both are of one model (as drift: the same name less any pretrained tag, depth, num_heads
@@ -310,22 +316,28 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
          for name, _ in SEEN_FIGURES]
         + [f"CASE WHEN p.kept THEN NULL ELSE s.{name} END AS {name}"
            for name in figures_not_kept(con)])
+    # a point of a run left out of the catalog (damaged): no run_summary row, so its run's
+    # columns and the figures its audit did not keep are NULL, and its figures NULL unless kept
     metrics = run_sql(con, f"""
         WITH p AS ({_series_points(con)})
-        SELECT p.series, s.* REPLACE ({replaced}), p.audit_id, p.step, p.started_at,
-            p.finished_at, p.n_flagged,
-            CASE WHEN p.kept THEN 'audit' ELSE 'run' END AS figures
+        SELECT p.series, s.* REPLACE ({replaced}, p.run_id AS run_id), p.audit_id, p.step,
+            p.started_at, p.finished_at, p.n_flagged,
+            CASE WHEN p.kept THEN 'audit' WHEN NOT p.left_out THEN 'run' END AS figures
         FROM p
-        JOIN run_summary AS s USING (run_id)
+        LEFT JOIN run_summary AS s ON s.run_id = p.run_id
+        WHERE s.run_id IS NOT NULL OR p.left_out
         ORDER BY p.series, {order}
     """)
+    # a point of a run left out is a point of the order too: its run has no heads, so no
+    # change is listed against it (unknown), nor across it
     changes = run_sql(con, f"""
         WITH p AS ({_series_points(con)}),
         ordered AS (
             SELECT p.series, p.audit_id, p.run_id,
                 lag(p.audit_id) OVER w AS prev_audit_id, lag(p.run_id) OVER w AS prev_run_id
             FROM p
-            JOIN runs AS s ON s.run_id = p.run_id AND s.status = 'complete'
+            LEFT JOIN runs AS s ON s.run_id = p.run_id
+            WHERE s.status = 'complete' OR p.left_out
             WINDOW w AS (PARTITION BY p.series ORDER BY {order})
         )
         SELECT o.series, o.prev_audit_id, o.audit_id, o.prev_run_id, o.run_id, h.layer, h.head,
