@@ -52,7 +52,7 @@ def queries_alone(root: Path, run_id: str) -> None:
         D.layer_rows(con)
         D.audits_present(con)
         D.series_data(con)
-        D.run_pair_notes(con)
+        D.run_shapes(con)
         D.run_keys(con)
         D.run_detail(con, run_id)
     finally:
