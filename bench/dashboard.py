@@ -14,6 +14,10 @@ the dashboard once, then per repetition adds one run and prints, best of --reps:
       beyond their queries;
   (d) ``build_dashboard`` with nothing changed.
 
+Before them: the first build (every page written) and the size of the three store-wide pages,
+whose embedded data must grow linearly with the number of runs (the runs are of 5 models, so
+most pairs of runs are of two models).
+
 Usage: python bench/dashboard.py [--runs 200] [--layers 12] [--heads 6] [--modes 64]
        [--reps 3] [--keep DIR]
 """
@@ -37,6 +41,8 @@ from bfd.queries import connect, refresh_catalog  # noqa: E402
 from bfd.report import data as D  # noqa: E402
 from bfd.report.dashboard import build_dashboard  # noqa: E402
 
+SITE_PAGES = ("index.html", "series.html", "compare.html")
+
 
 def queries_alone(root: Path, run_id: str) -> None:
     """What build_dashboard asks the catalog after one new run, and nothing else."""
@@ -46,6 +52,7 @@ def queries_alone(root: Path, run_id: str) -> None:
         D.layer_rows(con)
         D.audits_present(con)
         D.series_data(con)
+        D.run_shapes(con)
         D.run_keys(con)
         D.run_detail(con, run_id)
     finally:
@@ -79,7 +86,11 @@ def main() -> None:
           f"{args.modes} modes, written in {time.perf_counter() - t0:.1f} s ({root})")
     t0 = time.perf_counter()
     first = build_dashboard(root, out)
-    print(f"first build: {time.perf_counter() - t0:.2f} s, {len(first.written)} files")
+    first_s = time.perf_counter() - t0
+    print(f"first build: {first_s:.2f} s, {len(first.written)} files")
+    sizes = {name: (out / name).stat().st_size for name in SITE_PAGES}
+    print("store-wide pages: " + ", ".join(f"{name} {size / 1e3:.1f} kB"
+                                           for name, size in sizes.items()))
     best: dict[str, float] = {}
     for rep in range(args.reps):
         run_id = f"new-{rep}"
@@ -109,7 +120,10 @@ def main() -> None:
     print(f"(c) its catalog queries alone:                    {best['c']:.3f} s  "
           f"(b)/(c) = {best['b'] / best['c']:.2f}")
     print(f"(d) dashboard rebuild, nothing changed:           {best['d']:.3f} s")
-    print(json.dumps({"runs": args.runs, "snapshot_rebuild_s": round(best["a"], 3),
+    print(json.dumps({"runs": args.runs, "first_build_s": round(first_s, 3),
+                      **{f"{name.removesuffix('.html')}_html_bytes": size
+                         for name, size in sizes.items()},
+                      "snapshot_rebuild_s": round(best["a"], 3),
                       "dashboard_rebuild_s": round(best["b"], 3),
                       "catalog_queries_s": round(best["c"], 3),
                       "rebuild_over_queries": round(best["b"] / best["c"], 2),

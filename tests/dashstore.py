@@ -5,6 +5,7 @@ optionally, a results Dataset holding a planted positional factor: for the dashb
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,8 @@ def write_synthetic_run(
     layers: tuple[int, ...] | None = None,
     n_images: int = 16,
     n_skipped: int = 0,
+    width: int | None = 8,
+    prefix: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Writes one run's runs, layers, heads and modes tables; returns what was planted
     (``frac_pos`` per layer, ``energy`` per layer, head and block). ``intervals`` fills
@@ -62,8 +65,9 @@ def write_synthetic_run(
     replaces a layers column's values (one per layer, at both sites); ``layers`` stores those
     layers of the model only (``bfd extract --layers``; default: all ``depth``), the planted
     arrays staying indexed by layer; ``n_images`` the images it decoded, ``n_skipped`` more
-    requested that did not decode (runs.n_images = n_images + n_skipped); every column not
-    planted is NULL."""
+    requested that did not decode (runs.n_images = n_images + n_skipped); ``width`` the
+    model's (None: not recorded); ``prefix`` the decomposition's prefix option in its config
+    (None: not said); every column not planted is NULL."""
     rng = np.random.default_rng(seed)
     store = Store(root)
     created_at = created_at or dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
@@ -75,8 +79,9 @@ def write_synthetic_run(
         "img_size": 16 * grid[0], "grid_h": grid[0], "grid_w": grid[1], "prefix_tokens": 1,
         "sites": "attn_in,resid", "layers": ",".join(map(str, stored)), "dtype": "float32",
         "created_at": created_at, "bfd_version": "test", "timm_version": "test",
-        "torch_version": "test", "config_json": "{}", "status": status, "depth": depth,
-        "num_heads": n_heads, "width": 8,
+        "torch_version": "test", "status": status, "depth": depth, "num_heads": n_heads,
+        "width": width,
+        "config_json": json.dumps({} if prefix is None else {"decompose": {"prefix": prefix}}),
     }])
     frac_pos = rng.uniform(0.05, 0.6, size=depth)
     layer_rows = []

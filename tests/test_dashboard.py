@@ -188,6 +188,33 @@ def test_head_type_changes_are_never_between_two_models_of_one_series(tmp_path):
     assert {(c["run_id"], c["layer"], c["head"]) for c in changes} == differ("s-2", "s-3")
 
 
+def test_store_wide_pages_embed_a_run_as_often_whatever_the_number_of_runs(tmp_path):
+    """A scheduled audit gives hundreds of runs: the Series and Compare pages show a pair of
+    runs' run_pairs note and same_model, derived in the page from one run_shapes row a run
+    (test_dashboard_browser checks them against run_pairs), so what they embed of a run does
+    not grow with the other runs (a row a pair would name each run 2 (n - 1) times)."""
+    root, out = tmp_path / "store", tmp_path / "site"
+
+    def add_runs(first: int, last: int) -> None:  # every run of its own model: pairs have notes
+        for i in range(first, last):
+            write_synthetic_run(root, f"q{i:02d}", model=f"vit_{i:02d}", depth=1, n_heads=1,
+                                n_modes=1, seed=i,
+                                created_at=dt.datetime(2025, 1, 1 + i, tzinfo=dt.UTC))
+
+    def times_named(page: str, run_id: str) -> int:  # the run id as a whole JSON string
+        return json.dumps(embedded(out / page)).count(json.dumps(run_id))
+
+    add_runs(0, 3)
+    build_dashboard(root, out)
+    few = {page: times_named(page, "q00") for page in ("series.html", "compare.html")}
+    add_runs(3, 8)
+    build_dashboard(root, out)
+    assert {page: times_named(page, "q00") for page in few} == few
+    for page in few:
+        shapes = embedded(out / page)["shapes"]
+        assert shapes["run_id"] == [f"q{i:02d}" for i in range(8)] and shapes["depth"] == [1] * 8
+
+
 def test_dashboard_imports_neither_torch_nor_matplotlib(tmp_path):
     root = tmp_path / "store"
     write_synthetic_run(root, "r-1")

@@ -638,3 +638,49 @@ def test_series_line_breaks_between_two_models_and_unix_steps_read_as_dates(tmp_
     x, y, kind, fmt, ticks = got["ints"]
     assert (x, y, kind, fmt) == ([100, 200], [0.44, 0.55], "linear", "d")
     assert ticks and all(t.isdigit() for t in ticks)
+
+
+def test_compare_shows_every_pairs_run_pairs_note(tmp_path, browser):
+    # the page embeds one run_shapes row a run and derives a pair's note from the two rows
+    # (dashboard.js pairOf): for every ordered pair, the note shown is run_pairs' own. Runs:
+    # one model twice (its prefix option said or not: a pair with no note), the same
+    # architecture at another depth, with a pretrained tag, no width recorded and another
+    # prefix option, and another architecture
+    from bfd.queries import connect, run_sql
+
+    root = tmp_path / "store"
+    for i, (run_id, model, depth, width, prefix) in enumerate((
+            ("t-1", "toy_vit", 2, 8, None), ("t-2", "toy_vit", 2, 8, "exclude"),
+            ("t-d3", "toy_vit", 3, 8, None), ("t-tag3", "toy_vit.tag", 3, None, "include"),
+            ("b-1", "vit_b", 2, 8, None))):
+        write_synthetic_run(root, run_id, model=model, depth=depth, width=width, prefix=prefix,
+                            seed=i, created_at=dt.datetime(2025, 1, 1 + i, tzinfo=dt.UTC))
+    build_dashboard(root, tmp_path / "site")
+    with connect(root) as con:
+        want = {(r["run_a"], r["run_b"]): r["note"] for r in run_sql(
+            con, "SELECT run_a, run_b, note FROM run_pairs").to_pylist()}
+    # no note: each run with itself, and t-1 with t-2 (one model, the same prefix option)
+    assert len(want) == 25 and sum(note is None for note in want.values()) == 5 + 2
+    # each branch of the rule: two names, one name of two shapes (a shape not recorded
+    # said '?'), other prefix options, and both at once
+    assert want[("t-1", "b-1")].startswith("run_a is of toy_vit, run_b of vit_b: two models")
+    assert want[("t-tag3", "t-1")] == (
+        "run_a is of toy_vit.tag of depth 3, 2 heads and width ?, run_b of depth 2, 2 heads and "
+        "width 8: two models, whose layer and head l are not one layer changing (compare_models"
+        " aligns relative depth); run_a was decomposed with prefix include, run_b with prefix "
+        "exclude: shares over other positions")
+    assert want[("t-d3", "t-tag3")] == ("run_a was decomposed with prefix exclude, run_b with "
+                                        "prefix include: shares over other positions")
+    open_page(browser, (tmp_path / "site" / "compare.html").as_uri())
+    assert_clean(browser, "file://")
+    # every pair chosen as a user does (run A, then each run B), in one call
+    shown = browser.execute_script(
+        "const ids = arguments[0], shown = [];"
+        " const choose = (id, v) => { const s = document.getElementById(id); s.value = v;"
+        " s.dispatchEvent(new Event('change')); };"
+        " for (const a of ids) { choose('run-a', a); for (const b of ids) { choose('run-b', b);"
+        " const p = document.getElementById('compare-pair-note');"
+        " shown.push([a, b, p ? p.textContent : null]); } }"
+        " return shown;", sorted({a for a, _ in want}))
+    assert {(a, b): note for a, b, note in shown} == want
+    assert [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")] == []

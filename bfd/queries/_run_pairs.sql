@@ -7,25 +7,9 @@
 -- they are not, in one line: two models (layer and head l of each are not one layer
 -- changing; compare_models aligns relative depth), or shares decomposed with other prefix
 -- options (over other positions). compare_runs, head_type_changes, audit_history and the
--- dashboard's head-type changes read it; bfd.tasks.drift.same_model is its Python twin.
-WITH seen AS (
-    SELECT
-        run_id,
-        model,
-        split_part(model, '.', 1) AS architecture,
-        nullif(depth, 0) AS depth,
-        nullif(num_heads, 0) AS num_heads,
-        nullif(width, 0) AS width,
-        -- json_valid: a runs row of other JSON than bfd's must not fail every pair's query
-        coalesce(CASE WHEN json_valid(config_json)
-            THEN json_extract_string(config_json, '$.decompose.prefix') END, 'exclude') AS prefix,
-        concat('depth ', coalesce(CAST(nullif(depth, 0) AS VARCHAR), '?'), ', ',
-            coalesce(CAST(nullif(num_heads, 0) AS VARCHAR), '?'), ' heads and width ',
-            coalesce(CAST(nullif(width, 0) AS VARCHAR), '?')) AS shape
-    FROM runs
-    WHERE status = 'complete'
-),
-pairs AS (
+-- dashboard's head-type changes read it; bfd.tasks.drift.same_model is its Python twin, and
+-- the dashboard's pairOf (bfd/report/assets/dashboard.js) its twin from run_shapes' rows.
+WITH pairs AS (
     SELECT
         a.run_id AS run_a,
         b.run_id AS run_b,
@@ -40,7 +24,7 @@ pairs AS (
         b.shape AS b_shape,
         a.prefix AS prefix_a,
         b.prefix AS prefix_b
-    FROM seen AS a, seen AS b
+    FROM run_shapes AS a, run_shapes AS b
 )
 SELECT
     run_a,

@@ -20,8 +20,9 @@ read-only statements only (see ``check_read_only``).
 
 Besides the raw tables the catalog holds derived views, one per ``_<view>.sql`` file beside this
 module: ``latest_runs`` (newest complete run per model), ``layer_summary`` (per layer of every
-complete run) and ``run_summary`` (per complete run). Raw tables stay raw: only the derived views
-filter on ``runs.status = 'complete'``.
+complete run), ``run_summary`` (per complete run), ``run_shapes`` (what ``run_pairs`` compares
+of each complete run) and ``run_pairs`` (per ordered pair of complete runs). Raw tables stay raw:
+only the derived views filter on ``runs.status = 'complete'``.
 
 Snapshots are cached in the store, as ``<store>/catalog/<fingerprint>.duckdb``, with a copy at
 the stable path ``catalog/current.duckdb`` for other tools; an unreadable table file leaves out
@@ -159,7 +160,7 @@ _FILLS: Final[tuple[str, ...]] = (
 
 # Created in this order: each view reads only tables and the views before it.
 DERIVED_VIEWS: Final[tuple[str, ...]] = ("latest_runs", "layer_summary", "run_summary",
-                                          "run_pairs")
+                                          "run_shapes", "run_pairs")
 
 
 # Statement kinds that only read. DESCRIBE, SHOW, SUMMARIZE, FROM-first and WITH parse as SELECT.

@@ -313,13 +313,14 @@ def build_dashboard(
         series["drift_of_plot"] = {k: list(v) for k, v in D.DRIFT_OF_PLOT.items()}
         series["not_kept"] = D.figures_not_kept(con)
         common = {"runs": runs, "has_audits": has_audits}
-        pairs = D.columnar(D.run_pair_notes(con))
+        # one row a complete run; the pages derive each pair's same_model and note from them
+        shapes = D.columnar(D.run_shapes(con))
         generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         site_pages = {
             "index.html": ("overview", {**common, "layers": layers,
                                         "series_list": D.columnar(D.series_list(con))}),
-            "series.html": ("series", {**common, **series, "pairs": pairs}),
-            "compare.html": ("compare", {**common, "layers": layers, "pairs": pairs}),
+            "series.html": ("series", {**common, **series, "shapes": shapes}),
+            "compare.html": ("compare", {**common, "layers": layers, "shapes": shapes}),
         }
         for rel, (kind, payload) in site_pages.items():
             key = D.content_hash(payload, [code, *notices])

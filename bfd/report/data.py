@@ -42,7 +42,7 @@ __all__ = [
     "run_detail",
     "run_keys",
     "run_list",
-    "run_pair_notes",
+    "run_shapes",
     "safe_file_stem",
     "series_data",
     "series_list",
@@ -158,14 +158,14 @@ def layer_rows(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> pa.
     return run_sql(con, sql, None if run_id is None else {"run_id": run_id})
 
 
-def run_pair_notes(con: duckdb.DuckDBPyConnection) -> pa.Table:
-    """The ordered pairs of two complete runs whose ``run_pairs`` note is not NULL (two
-    models, or shares decomposed with other prefix options), with ``same_model`` and the
-    note: every other pair is of one model over the same positions."""
+def run_shapes(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """The ``run_shapes`` row of every complete run (what ``run_pairs`` compares of it), by
+    run id: the pages that show a pair's ``same_model`` or note derive it from the two runs'
+    rows (dashboard.js ``pairOf``), so they embed one row a run, not one a pair of runs."""
     return run_sql(con, """
-        SELECT run_a, run_b, same_model, note FROM run_pairs
-        WHERE run_a <> run_b AND note IS NOT NULL
-        ORDER BY run_a, run_b
+        SELECT run_id, model, architecture, depth, num_heads, width, prefix, shape
+        FROM run_shapes
+        ORDER BY run_id
     """)
 
 

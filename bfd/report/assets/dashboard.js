@@ -165,6 +165,37 @@
   const RUNS = rowsOf(D.runs);
   const RUN_BY_ID = new Map(RUNS.map((r) => [r.run_id, r]));
   const SERIES = [...new Set(RUNS.map((r) => r.series))];
+  // The run_shapes row of each complete run (series and compare pages): what run_pairs
+  // compares of a run. pairOf(a, b) is run_pairs' row of the ordered pair (run_a = a,
+  // run_b = b), its same_model and note, derived from the two rows as bfd/queries/
+  // _run_pairs.sql does (SQL's NULLs kept: a comparison with NULL is NULL, a string joined
+  // with NULL is NULL); null when either run is not complete (run_pairs has no such pair).
+  // The pages embed one row a run, not one a pair of runs.
+  const SHAPES = new Map(rowsOf(D.shapes).map((r) => [r.run_id, r]));
+  const isNull = (v) => v === null || v === undefined;
+  function pairOf(a, b) {
+    const x = SHAPES.get(a), y = SHAPES.get(b);
+    if (!x || !y) return null;
+    const eq = (u, v) => (isNull(u) || isNull(v) ? null : u === v);
+    const known = (v) => (v === null ? true : v);  // coalesce(..., true)
+    const sameArch = eq(x.architecture, y.architecture);
+    // arch AND depth AND heads AND width: false if any is false, else NULL if arch is NULL
+    const sameShape = known(eq(x.depth, y.depth)) && known(eq(x.num_heads, y.num_heads)) &&
+      known(eq(x.width, y.width));
+    const sameModel = sameArch === false || !sameShape ? false : sameArch;
+    const otherName = sameArch === null ? null : !sameArch;
+    const cat = (...parts) => (parts.some(isNull) ? null : parts.join(""));
+    const models = otherName === true ? cat("run_a is of ", x.model, ", run_b of ", y.model)
+      : sameModel === false ? cat("run_a is of ", x.model, " of ", x.shape, ", run_b of ", y.shape)
+        : null;
+    const parts = [
+      cat(models, ": two models, whose layer and head l are not one layer changing ",
+        "(compare_models aligns relative depth)"),
+      eq(x.prefix, y.prefix) === false ? cat("run_a was decomposed with prefix ", x.prefix,
+        ", run_b with prefix ", y.prefix, ": shares over other positions") : null,
+    ].filter((p) => !isNull(p));
+    return { same_model: sameModel, note: parts.join("; ") || null };
+  }
   const seriesColor = (s) => PALETTE[SERIES.indexOf(s) % PALETTE.length];
   // past eight series the colours repeat; the marker then tells them apart
   const SYMBOLS = ["circle", "square", "diamond", "triangle-up", "x", "star"];
@@ -531,17 +562,16 @@
     });
     // The drift metrics each plot shows (bfd/report/data.py DRIFT_OF_PLOT); none: no crosses.
     const driftOf = D.drift_of_plot || {};
-    // ordered pairs of runs of two models (run_pairs.same_model false): the line breaks
-    // between consecutive points of such a pair
-    const twoModels = new Set(rowsOf(D.pairs || {}).filter((p) => p.same_model === false)
-      .map((p) => p.run_a + "\u0000" + p.run_b));
+    // the line breaks between consecutive points whose runs are of two models
+    // (run_pairs.same_model false)
+    const twoModels = (a, b) => pairOf(a, b)?.same_model === false;
     function redraw() {
       const members = metrics.filter((m) => m.series === state.series);
       const flagged = drift.filter((d) => d.series === state.series);
       // a gap (no figure) between consecutive points whose runs are of two models
       const lines = [];
       members.forEach((m, i) => {
-        if (i > 0 && twoModels.has(members[i - 1].run_id + "\u0000" + m.run_id)) lines.push({ gap: true, x: m });
+        if (i > 0 && twoModels(members[i - 1].run_id, m.run_id)) lines.push({ gap: true, x: m });
         lines.push(m);
       });
       // steps that are all Unix seconds (an audit's default step: its start time; a
@@ -614,8 +644,6 @@
     const notes = h("div", { id: "compare-notes" });
     const tableBox = h("div", {});
     app.append(notes, section("Profiles", h("div", { class: "grid" }, prof, delta)), tableBox);
-    // ordered pairs of runs with a run_pairs note (two models, other prefix options)
-    const pairNote = new Map(rowsOf(D.pairs || {}).map((p) => [p.run_a + "\u0000" + p.run_b, p.note]));
     // the images a run decomposed (decoded ones), the N its shares depend on
     // (NULL when the run does not say: two such runs are on one basis, as compare_runs)
     const decoded = (id) => {
@@ -643,7 +671,8 @@
           + "chance-corrected twin: its deltas include the chance level's change with N, and are shown "
           + "without intervals or significance."));
       }
-      const pn = pairNote.get(state.a + "\u0000" + state.b);
+      // the pair's run_pairs note (two models, other prefix options), when it has one
+      const pn = pairOf(state.a, state.b)?.note;
       if (pn) noteLines.push(h("p", { class: "note warn", id: "compare-pair-note" }, pn));
       notes.replaceChildren(...noteLines);
       // the models' depth (layer_summary.depth: runs.depth), not the number of layers each
