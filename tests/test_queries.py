@@ -198,11 +198,14 @@ def snapshot(root: Path) -> dict[str, str]:
 def test_model_summary_uses_latest_complete_run_per_model(store):
     root, runs = store
     _set_run(root, "a-new", n_skipped=7)  # 7 of its 200 images did not decode
+    _set_run(root, "a-new", weights="/ckpts/step_9.pth")  # a checkpoint's run is the latest
     skipped = {"a-new": 7, "b-1": 0}
     result = rows(run_query(root, "model_summary"))
     assert [r["model"] for r in result] == ["vit_a", "vit_b"]
     for row, run in zip(result, [runs["a-new"], runs["b-1"]], strict=True):
         assert row["run_id"] == run.run_id
+        # which weights "the model" is here
+        assert row["weights"] == ("/ckpts/step_9.pth" if run.run_id == "a-new" else "synthetic")
         # requested, and decoded: the N its shares are over (runs.n_images less n_skipped)
         assert row["n_images"] == run.n_images
         assert row["n_decoded"] == run.n_images - skipped[run.run_id]
@@ -322,6 +325,7 @@ def test_compare_models_bins_relative_depth(store, bins):
             assert_close(row[f"frac_pos_{side}"], frac_pos)
             for i, block in enumerate(BLOCKS):
                 assert_close(row[f"f_{block}_{side}"], fractions[i])
+        assert (row["weights_a"], row["weights_b"]) == ("synthetic", "synthetic")
         if k in a and k in b:
             assert_close(row["delta_frac_pos"], b[k][1] - a[k][1])
             assert_close(row["delta_f_cc"], b[k][2][3] - a[k][2][3])

@@ -41,6 +41,7 @@ WITH per_run AS (
 SELECT
     r.model,
     r.run_id,
+    r.weights,
     r.created_at,
     r.n_images,
     r.n_images - coalesce(r.n_skipped, 0) AS n_decoded,

@@ -1,5 +1,6 @@
 -- compare_models: two models side by side along relative depth (their depths may differ),
--- each from its latest complete run. Relative depth layer / (depth - 1) is cut into `bins`
+-- each from its latest complete run, whatever its weights (weights_a/_b say which;
+-- compare_runs compares two chosen runs). Relative depth layer / (depth - 1) is cut into `bins`
 -- equal bins (bin = floor(layer * bins / (depth - 1)), the last layer joining the last bin).
 -- Per bin and model: n_layers, frac_pos (plain mean over the bin's layers, attn_in) and
 -- f_* (energies summed over the bin's heads, then divided). delta_* = b - a.
@@ -65,6 +66,8 @@ SELECT
     (bin + 1) / settings.bins AS depth_hi,
     a.run_id AS run_id_a,
     b.run_id AS run_id_b,
+    (SELECT r.weights FROM sides JOIN runs AS r USING (run_id) WHERE side = 'a') AS weights_a,
+    (SELECT r.weights FROM sides JOIN runs AS r USING (run_id) WHERE side = 'b') AS weights_b,
     coalesce(a.n_layers, 0) AS n_layers_a,
     coalesce(b.n_layers, 0) AS n_layers_b,
     a.frac_pos AS frac_pos_a,

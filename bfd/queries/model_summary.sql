@@ -1,4 +1,6 @@
--- model_summary: one row per model, from its latest complete run (largest created_at).
+-- model_summary: one row per model (timm name), from its latest complete run (largest
+-- created_at) whatever its weights: weights says which ('pretrained', 'random' or the
+-- checkpoint file); run_summary has a row for every run.
 -- f_*: energy-weighted fractions (energies summed over all layers and heads, then divided);
 -- mean_f_*: plain mean of the head fractions; frac_pos_mean: mean over layers of frac_pos at
 -- attn_in; n_heads_pp / _cp / _cc: heads per stored head_type (position-position,
@@ -10,6 +12,7 @@
 SELECT
     s.model,
     s.run_id,
+    s.weights,
     s.created_at,
     s.n_images,
     s.n_decoded,

@@ -63,7 +63,8 @@ _LATEST_AUDIT: Final[str] = (
 )
 # The run_summary columns of the run itself (its identity, its images), not of a decomposition:
 # the same for every audit of the run.
-_RUN_IDENTITY: Final[tuple[str, ...]] = ("model", "run_id", "created_at", "n_images", "n_decoded")
+_RUN_IDENTITY: Final[tuple[str, ...]] = ("model", "run_id", "weights", "created_at", "n_images",
+                                         "n_decoded")
 _NO_AUDIT: Final[str] = (
     "(SELECT NULL::VARCHAR AS run_id, NULL::VARCHAR AS series, NULL::VARCHAR AS audit_id,"
     " NULL::BIGINT AS step, NULL::TIMESTAMPTZ AS started_at, NULL::TIMESTAMPTZ AS finished_at,"
