@@ -16,6 +16,9 @@ _READING_COMMANDS = ("verify", "sql", "catalog", "query", "runs", "dashboard", "
 _EXIT_BROKEN_PIPE = 141
 # The one option of every command, given before the command or after it.
 _VERBOSE_HELP = "show Prefect's logs (of the commands that run flows)"
+# the commands that run Prefect flows; the others accept -v and change nothing with it
+_FLOW_COMMANDS = frozenset({"extract", "decompose", "audit", "audit-checkpoints", "serve"})
+_NO_FLOW_HELP = "no effect here: this command runs no Prefect flow (accepted like bfd -v)"
 
 
 def _prefect_defaults(verbose: bool) -> None:
@@ -385,8 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.choices[action.dest].description = action.help
         # -v after the command as well as before it; SUPPRESS: when absent there, the value
         # given (or not) before the command stands
-        sub.choices[action.dest].add_argument("-v", "--verbose", action="store_true",
-                                              default=argparse.SUPPRESS, help=_VERBOSE_HELP)
+        sub.choices[action.dest].add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+            help=_VERBOSE_HELP if action.dest in _FLOW_COMMANDS else _NO_FLOW_HELP)
     return p
 
 
