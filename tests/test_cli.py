@@ -872,21 +872,35 @@ def test_a_reading_command_that_left_out_a_damaged_file_writes_its_output_and_ex
     assert code == 0 and "new-1" in out and "old-1" not in out, err
     layers = root / read_pointer(Store(root), "new-1")["tables"]["layers"]
     layers.write_bytes(layers.read_bytes()[:300])
-    told = (f"bfd: error: the output leaves out what 1 damaged or missing store file(s) held "
-            f"(named above): bfd verify new-1 --store {root} says how to repair run new-1")
-    for argv, wanted in ((query, "old-1"),
-                         (["sql", "SELECT run_id FROM runs", "--store", str(root)], "old-1"),
-                         (query, "old-1"),  # from the cached snapshot, as the first time
-                         (["dashboard", "--store", str(root)], "dashboard: ")):
-        caplog.clear()
-        code, out, err = run(argv, capsys)
-        assert code == 1 and wanted in out and "new-1" not in out, (argv, out, err)
-        assert err.splitlines()[-1] == told, err
-        (warning,) = [r.getMessage() for r in caplog.records if r.name == "bfd.catalog"]
+    for warning in _readers_leave_out_new_1(root, capsys, caplog, (
+            (query, "old-1"),
+            (["sql", "SELECT run_id FROM runs", "--store", str(root)], "old-1"),
+            (query, "old-1"),  # from the cached snapshot, as the first time
+            (["dashboard", "--store", str(root)], "dashboard: "))):
         assert str(layers) in warning and "new-1 is left out" in warning
     # bfd runs lists the run as damaged (test above), and exits 1 as they do
     code, out, err = run(["runs", "--store", str(root)], capsys)
-    assert code == 1 and "new-1" in out and err.splitlines()[-1] == told, err
+    assert code == 1 and "new-1" in out and err.splitlines()[-1] == _told_new_1(root), err
+
+
+def _told_new_1(root: Path) -> str:
+    return (f"bfd: error: the output leaves out what 1 damaged or missing store file(s) held "
+            f"(named above): bfd verify new-1 --store {root} says how to repair run new-1")
+
+
+def _readers_leave_out_new_1(root: Path, capsys, caplog, commands) -> list[str]:
+    """Runs each reading command ``(argv, wanted)``: its output holds ``wanted`` and not run
+    new-1, its last stderr line names ``bfd verify new-1``, it exits 1. Returns the catalog's
+    warning of each."""
+    warnings = []
+    for argv, wanted in commands:
+        caplog.clear()
+        code, out, err = run(argv, capsys)
+        assert code == 1 and wanted in out and "new-1" not in out, (argv, out, err)
+        assert err.splitlines()[-1] == _told_new_1(root), err
+        (warning,) = [r.getMessage() for r in caplog.records if r.name == "bfd.catalog"]
+        warnings.append(warning)
+    return warnings
 
 
 def test_a_table_file_changed_after_publishing_is_left_out_as_a_damaged_one(
@@ -919,16 +933,10 @@ def test_a_table_file_changed_after_publishing_is_left_out_as_a_damaged_one(
     table = pq.read_table(layers)
     pq.write_table(table.set_column(table.schema.get_field_index("frac_pos"), "frac_pos",
                                     pc.multiply(table["frac_pos"], 0.5)), layers)
-    told = (f"bfd: error: the output leaves out what 1 damaged or missing store file(s) held "
-            f"(named above): bfd verify new-1 --store {root} says how to repair run new-1")
-    for argv, wanted in ((query, "old-1"),
-                         (["sql", "SELECT run_id FROM runs", "--store", str(root)], "old-1"),
-                         (["dashboard", "--store", str(root)], "dashboard: ")):
-        caplog.clear()
-        code, out, err = run(argv, capsys)
-        assert code == 1 and wanted in out and "new-1" not in out, (argv, out, err)
-        assert err.splitlines()[-1] == told, err
-        (warning,) = [r.getMessage() for r in caplog.records if r.name == "bfd.catalog"]
+    for warning in _readers_leave_out_new_1(root, capsys, caplog, (
+            (query, "old-1"),
+            (["sql", "SELECT run_id FROM runs", "--store", str(root)], "old-1"),
+            (["dashboard", "--store", str(root)], "dashboard: "))):
         assert warning.startswith(f"bfd: warning: table file {layers} (run new-1) changed "
                                   "after it was published (sha256 ")
         assert warning.endswith("run new-1 is left out of the SQL catalog")
@@ -937,7 +945,7 @@ def test_a_table_file_changed_after_publishing_is_left_out_as_a_damaged_one(
             "since it was published") in (root / "dashboard" / "index.html").read_text()
     caplog.clear()
     code, out, err = run(["runs", "--format", "json", "--store", str(root)], capsys)
-    assert code == 1 and err.splitlines()[-1] == told, err
+    assert code == 1 and err.splitlines()[-1] == _told_new_1(root), err
     assert {r["run_id"]: r["status"] for r in json.loads(out)}["new-1"] == "damaged"
     (warning,) = [r.getMessage() for r in caplog.records if r.name == "bfd.catalog"]
     assert f"table file {layers} (run new-1) changed after it was published" in warning
