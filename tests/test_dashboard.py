@@ -497,12 +497,13 @@ def test_series_list_the_audits_of_a_damaged_run_as_audit_history_does(tmp_path)
 
 
 def test_series_points_say_which_audits_drift_was_not_compared(tmp_path):
-    """The trial's series (tests/dashstore.py TRIAL_AUDITS): each audit's drift refused to
-    compare it with the one before (other images, another N, other layers), 0 flagged. Each
-    point carries the audit's comparable and drift_note as audit_history gives them, so the
-    page can break the line and say "not checked" instead of a pass; a re-audit of the last
-    run (T5) is comparable. The page opens on the series of the latest audit ("trial"), not
-    the alphabetically first ("a-old"); without audits, on the series of the latest run."""
+    """The trial's series (tests/dashstore.py TRIAL_AUDITS): T2-T4's drift checks refused to
+    compare each with the one before (other images, another N), 0 flagged; T5's was compared but
+    its figures average other layers than T4's. Each point carries the audit's comparable and
+    drift_note as audit_history gives them, so the page can break the line and say "not
+    checked" instead of a pass; a re-audit of the last run (T6) is comparable. The page opens
+    on the series of the latest audit ("trial"), not the alphabetically first ("a-old");
+    without audits, on the series of the latest run."""
     from dashstore import TRIAL_AUDITS, write_trial_series
 
     from bfd.storage import write_audit
@@ -511,7 +512,7 @@ def test_series_points_say_which_audits_drift_was_not_compared(tmp_path):
     start = dt.datetime(2026, 12, 1, 7, 16, tzinfo=dt.UTC)
     written = write_trial_series(root, "trial", start)
     began = start + dt.timedelta(days=len(written))
-    write_audit(Store(root), {**written[-1], "audit_id": "T5", "prev_audit_id": "T4",
+    write_audit(Store(root), {**written[-1], "audit_id": "T6", "prev_audit_id": "T5",
                               "drift_note": None, "started_at": began,
                               "finished_at": began + dt.timedelta(minutes=1),
                               "step": int(began.timestamp())})
@@ -525,15 +526,15 @@ def test_series_points_say_which_audits_drift_was_not_compared(tmp_path):
         history = [h for h in run_query(con, "audit_history", {"series": "trial"}).to_pylist()]
         latest = D.latest_series(con)
     assert [p["audit_id"] for p in points] == [h["audit_id"] for h in history] == [
-        *(a[0] for a in TRIAL_AUDITS), "T5"]
+        *(a[0] for a in TRIAL_AUDITS), "T6"]
     assert [(p["comparable"], p["drift_note"]) for p in points] == [
         (h["comparable"], h["drift_note"]) for h in history]
-    assert [p["comparable"] for p in points] == [None, False, False, False, True]
+    assert [p["comparable"] for p in points] == [None, False, False, False, False, True]
     notes = [p["drift_note"] for p in points]
-    assert notes[0] is None and notes[-1] is None
-    assert all(n.startswith("previous audit used another decoded N") for n in notes[1:-1])
-    assert [p["n_flagged"] for p in points] == [0] * 5
-    assert [p["f_cc"] for p in points] == [a[4] for a in TRIAL_AUDITS] + [TRIAL_AUDITS[-1][4]]
+    assert notes[0] is None and notes[-2:] == [None, None]
+    assert all(n.startswith("previous audit used another decoded N") for n in notes[1:-2])
+    assert [p["n_flagged"] for p in points] == [0] * 6
+    assert [p["f_cc"] for p in points] == [a[5] for a in TRIAL_AUDITS] + [TRIAL_AUDITS[-1][5]]
     assert latest == "trial"
     build_dashboard(root, tmp_path / "site")
     page = embedded(tmp_path / "site" / "series.html")

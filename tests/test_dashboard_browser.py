@@ -726,23 +726,25 @@ def test_compare_shows_every_pairs_run_pairs_note(tmp_path, browser):
 def test_series_line_breaks_before_an_audit_not_compared_and_says_so(mixed_site, browser):
     # the trial: one model, but each audit saw other images than the one before, so its drift
     # was not compared (drift_note) and its 0 flagged is no pass: no line into it, an open
-    # circle, "not compared" in the table beside comparable and the drift_note
+    # circle, "not compared" in the table beside comparable and the drift_note; T5's drift
+    # was compared, but its figures average other layers than T4's: no line, its 0 shown
     from dashstore import TRIAL_AUDITS
 
     open_page(browser, (mixed_site / "series.html").as_uri())
     assert_clean(browser, "file://")
     choose_series(browser, "trial")
     _, y, _, _, _, symbols, _ = series_plot(browser, "metric-f_cc")
-    kept = [a[4] for a in TRIAL_AUDITS]
-    assert y == [kept[0], None, kept[1], None, kept[2], None, kept[3]]
+    kept = [a[5] for a in TRIAL_AUDITS]
+    assert y == [kept[0], None, kept[1], None, kept[2], None, kept[3], None, kept[4]]
     assert [s for s, v in zip(symbols, y, strict=True) if v is not None] == [
-        "circle", "circle-open", "circle-open", "circle-open"]
+        "circle", "circle-open", "circle-open", "circle-open", "circle"]
     rows = table_rows(browser, "series-runs")
     assert [(r["audit_id"], r["n_flagged"], r["comparable"]) for r in rows] == [
         ("T1", "0", "–"), ("T2", "not compared", "no"), ("T3", "not compared", "no"),
-        ("T4", "not compared", "no")]
-    assert rows[0]["drift_note"] == "–" and all(
-        r["drift_note"].startswith("previous audit used another decoded N") for r in rows[1:])
+        ("T4", "not compared", "no"), ("T5", "0", "no")]
+    assert [r["drift_note"] == "–" for r in rows] == [True, False, False, False, True]
+    assert all(r["drift_note"].startswith("previous audit used another decoded N")
+               for r in rows[1:4])
     # one audit: a day either side of it, no sub-second ticks (07:16:28.999 / 07:16:29.0005)
     choose_series(browser, "solo")
     x, y, kind, _, ticks, _, shown = series_plot(browser, "metric-f_pp")
@@ -775,7 +777,8 @@ def test_layers_not_stored_are_no_line_and_no_wide_bar(mixed_site, browser):
             " return [Array.from(t.x), Array.from(t.y)]", plot)
         assert x == [0, 2.5, 5] and gapped(y), plot
     open_page(browser, (mixed_site / "index.html").as_uri())
-    assert gapped(depth_traces(browser)["t-7"])
+    browser.find_element("css selector", "input.run-toggle[data-run='t-7']").click()
+    assert gapped(depth_traces(browser)["t-7"]) and None not in depth_traces(browser)["t-7all"]
     open_page(browser, (mixed_site / "compare.html").as_uri())
     compare(browser, "t-7", "t-64")
     a, b = browser.execute_script(
