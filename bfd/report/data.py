@@ -369,8 +369,9 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
 
 # The audits columns the audit_history query reads beyond the first flows' (a catalog of such
 # an audits table cannot run it).
-_HISTORY_NEEDS: Final[tuple[str, ...]] = ("prev_audit_id", "drift_note", "results_version",
-                                          "decompose_json")
+_HISTORY_NEEDS: Final[tuple[str, ...]] = (
+    "prev_audit_id", "drift_note", "results_version", "decompose_json",
+    *(name for name, _ in SEEN_FIGURES))
 
 
 def _with_drift_check(con: duckdb.DuckDBPyConnection, metrics: pa.Table) -> pa.Table:
