@@ -525,6 +525,13 @@ def test_series_points_say_which_audits_drift_was_not_compared(tmp_path):
                   if p["series"] == "trial"]
         history = [h for h in run_query(con, "audit_history", {"series": "trial"}).to_pylist()]
         latest = D.latest_series(con)
+        runs = {r["run_id"]: r["drift_note"] for r in D.run_list(con).to_pylist()}
+        listed = {r["series"]: r["drift_note"] for r in D.series_list(con).to_pylist()}
+    # the runs' latest audits, and the series' (T6: compared)
+    assert runs == {a[1]: None for a in TRIAL_AUDITS} | {
+        a[1]: h["drift_note"] for a, h in zip(TRIAL_AUDITS[1:4], history[1:4], strict=True)}
+    assert runs["t-7"].startswith("previous audit used another decoded N")
+    assert listed == {"trial": None, "a-old": None}
     assert [p["audit_id"] for p in points] == [h["audit_id"] for h in history] == [
         *(a[0] for a in TRIAL_AUDITS), "T6"]
     assert [(p["comparable"], p["drift_note"]) for p in points] == [

@@ -762,6 +762,12 @@ def test_layers_not_stored_are_no_line_and_no_wide_bar(mixed_site, browser):
 
     open_page(browser, (mixed_site / "runs" / "t-7.html").as_uri())
     assert_clean(browser, "file://")
+    # its audit (T4) compared no drift: its 0 flagged is said not compared, with the note
+    meta = dict(browser.execute_script(
+        "return [...document.querySelectorAll('#run-meta tr')].map(r =>"
+        " [r.cells[0].textContent, r.cells[1].textContent])"))
+    assert meta["flagged drift"] == "not compared"
+    assert meta["drift note"].startswith("previous audit used another decoded N (N 21 -> 7)")
     low, high = browser.execute_script(
         "return document.getElementById('shares-plot')._fullLayout.xaxis.range")
     assert -1 < low < 0 and 5 < high < 6
@@ -777,6 +783,8 @@ def test_layers_not_stored_are_no_line_and_no_wide_bar(mixed_site, browser):
             " return [Array.from(t.x), Array.from(t.y)]", plot)
         assert x == [0, 2.5, 5] and gapped(y), plot
     open_page(browser, (mixed_site / "index.html").as_uri())
+    flags = column(browser, "runs-table", "flagged")
+    assert (flags["t-7"], flags["t-7all"], flags["t-64"]) == ("not compared", "0", "0")
     browser.find_element("css selector", "input.run-toggle[data-run='t-7']").click()
     assert gapped(depth_traces(browser)["t-7"]) and None not in depth_traces(browser)["t-7all"]
     open_page(browser, (mixed_site / "compare.html").as_uri())

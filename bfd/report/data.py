@@ -69,7 +69,7 @@ _NO_AUDIT: Final[str] = (
     "(SELECT NULL::VARCHAR AS run_id, NULL::VARCHAR AS series, NULL::VARCHAR AS audit_id,"
     " NULL::BIGINT AS step, NULL::TIMESTAMPTZ AS started_at, NULL::TIMESTAMPTZ AS finished_at,"
     " NULL::VARCHAR AS trigger, NULL::VARCHAR AS flow_run_id, NULL::VARCHAR AS status,"
-    " NULL::BIGINT AS n_flagged WHERE false)"
+    " NULL::BIGINT AS n_flagged, NULL::VARCHAR AS drift_note WHERE false)"
 )
 
 
@@ -116,15 +116,23 @@ def _audit_source(con: duckdb.DuckDBPyConnection) -> str:
     return _LATEST_AUDIT if audits_present(con) else _NO_AUDIT
 
 
+def _drift_note(con: duckdb.DuckDBPyConnection, alias: str) -> str:
+    """SQL of an audit's ``drift_note`` (why its drift check compared nothing: its n_flagged
+    of 0 is no pass), NULL where the audits table has none."""
+    has = audits_present(con) and "drift_note" in _column_names(con, "audits")
+    return f"{alias}.drift_note" if has else "NULL::VARCHAR"
+
+
 def run_list(con: duckdb.DuckDBPyConnection) -> pa.Table:
-    """Every run of the store with its series, identity and latest audit, oldest first."""
+    """Every run of the store with its series, identity and latest audit (its
+    ``drift_note`` too), oldest first."""
     sql = f"""
         SELECT r.run_id, {_SERIES} AS series, r.model, r.weights, r.weights_sha256, r.images,
             r.images_sha256, r.n_images, r.n_skipped,
             r.n_images - coalesce(r.n_skipped, 0) AS n_decoded, r.grid_h, r.grid_w, r.created_at,
             r.status, r.depth, r.num_heads,
             a.audit_id, a.step, a.started_at, a.finished_at, a.trigger, a.flow_run_id,
-            a.status AS audit_status, a.n_flagged
+            a.status AS audit_status, a.n_flagged, {_drift_note(con, "a")} AS drift_note
         FROM runs AS r
         LEFT JOIN {_audit_source(con)} AS a USING (run_id)
         ORDER BY series, coalesce(a.step, 0), r.created_at, r.run_id
@@ -256,24 +264,25 @@ def series_list(con: duckdb.DuckDBPyConnection) -> pa.Table:
     any status) latest by step, start time and audit id, one of a complete run where the
     series has one; a run never audited is a member of its ``model · weights`` series only.
     A run audited in several series is counted in each (``run_list`` gives a run its latest
-    audit's series only)."""
+    audit's series only). ``drift_note``: the latest audit's (its 0 flagged is no pass)."""
     members = (
         f"SELECT {_RUN_SERIES} AS series, r.run_id, NULL::VARCHAR AS audit_id,"
         " NULL::BIGINT AS step, NULL::TIMESTAMPTZ AS started_at,"
         " NULL::TIMESTAMPTZ AS finished_at, NULL::VARCHAR AS audit_status,"
-        " NULL::BIGINT AS n_flagged FROM runs AS r"
+        " NULL::BIGINT AS n_flagged, NULL::VARCHAR AS drift_note FROM runs AS r"
     )
     if audits_present(con):
         members = (
             "SELECT series, run_id, audit_id, step, started_at, finished_at,"
-            " status AS audit_status, n_flagged FROM audits UNION ALL BY NAME " + members
+            f" status AS audit_status, n_flagged, {_drift_note(con, 'audits')} AS drift_note"
+            " FROM audits UNION ALL BY NAME " + members
             + " WHERE r.run_id NOT IN (SELECT run_id FROM audits WHERE run_id IS NOT NULL)"
         )
     return run_sql(con, f"""
         WITH m AS ({members})
         SELECT m.series, count(DISTINCT m.run_id) OVER w AS n_runs,
             count(m.audit_id) OVER w AS n_audits, m.run_id AS latest_run, m.audit_id,
-            m.audit_status, m.finished_at, m.n_flagged
+            m.audit_status, m.finished_at, m.n_flagged, m.drift_note
         FROM m
         JOIN runs AS r USING (run_id)
         WINDOW w AS (PARTITION BY m.series)

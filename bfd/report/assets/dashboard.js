@@ -176,6 +176,11 @@
   function runLink(r, text) {
     return h("a", { href: UP + "runs/" + encodeURIComponent(r.page) }, text || r.run_id);
   }
+  // An audit's flag count, or "not compared" where its drift check compared nothing (its
+  // drift_note says why): a 0 there is no pass.
+  function flagged(r) {
+    return r.drift_note !== null && r.drift_note !== undefined ? "not compared" : fmt(r.n_flagged);
+  }
   function empty(text, id) { return h("p", { class: "empty", id: id || null }, text); }
   const RUNS = rowsOf(D.runs);
   const RUN_BY_ID = new Map(RUNS.map((r) => [r.run_id, r]));
@@ -221,7 +226,7 @@
       { key: "series", label: "series" }, { key: "model" }, { key: "weights" },
       { key: "created_at", label: "created" }, { key: "status" },
       { key: "n_decoded", label: "images decoded" }, { key: "n_skipped", label: "skipped" },
-      { key: "step" }, { key: "audit_status", label: "audit" }, { key: "n_flagged", label: "flagged" },
+      { key: "step" }, { key: "audit_status", label: "audit" }, { key: "n_flagged", label: "flagged", render: flagged },
       { key: "results_path", label: "results", render: (r) =>
         safeHref(r.results_url) ? h("a", { href: r.results_url }, r.results_path) : fmt(r.results_path) },
       { key: "flow_run_id", label: "Prefect flow run", render: (r) =>
@@ -245,7 +250,7 @@
         images_sha256: latest.images_sha256, n_decoded: latest.n_decoded, n_runs: s.n_runs,
         n_audits: s.n_audits, latest_run: latest.run_id, page: latest.page,
         created_at: latest.created_at, audit_id: s.audit_id, audit_status: s.audit_status,
-        finished_at: s.finished_at, n_flagged: s.n_flagged };
+        finished_at: s.finished_at, n_flagged: s.n_flagged, drift_note: s.drift_note };
     });
     app.append(section("Series",
       h("p", { class: "note" }, D.has_audits ? "A series is the `series` of the audits table."
@@ -257,7 +262,7 @@
         { key: "n_audits", label: "audits" }, { key: "latest_run", label: "latest run", render: (r) => runLink({ page: r.page, run_id: r.latest_run }) },
         { key: "created_at", label: "created" }, { key: "audit_id", label: "latest audit" },
         { key: "audit_status", label: "audit status" }, { key: "finished_at", label: "finished" },
-        { key: "n_flagged", label: "flagged" },
+        { key: "n_flagged", label: "flagged", render: flagged }, { key: "drift_note", label: "drift note" },
       ])));
     const chosen = new Set(series.map((s) => s.latest_run).filter((id) => byRun.has(id)));
     const plot = plotDiv("depth-plot", "Positional share frac_pos and position-position share f_pp " +
@@ -332,7 +337,7 @@
       ["patch grid", run.grid_h === null ? null : `${run.grid_h} × ${run.grid_w}`],
       ["created", run.created_at], ["status", run.status], ["audit", run.audit_id],
       ["audit step", run.step], ["trigger", run.trigger], ["audit status", run.audit_status],
-      ["flagged drift", run.n_flagged],
+      ["flagged drift", flagged(run)], ["drift note", run.drift_note],
     ];
     const dl = h("table", { id: "run-meta" }, h("caption", {}, "run"), h("tbody", {},
       meta.map(([k, v]) => h("tr", {}, h("th", { scope: "row" }, k), h("td", { class: "text" }, fmt(v)))),
@@ -603,7 +608,7 @@
       const lead = ["audit_id", "step", "run_id", "started_at", "n_flagged", "comparable", "drift_note", "figures"];
       const all = Object.keys(members[0] || D.metrics);
       return lead.filter((c) => all.includes(c)).concat(all.filter((c) => !lead.includes(c))).map((c) =>
-        c === "n_flagged" ? { key: c, label: "n_flagged", render: (m) => (notCompared(m) ? "not compared" : fmt(m.n_flagged)) }
+        c === "n_flagged" ? { key: c, label: "n_flagged", render: flagged }
           : { key: c });
     }
     function redraw() {
