@@ -401,6 +401,11 @@ def test_series_page_plots_every_audit_and_crosses_its_flagged_metrics(reused_si
         choose_series(browser, name)
         line, crosses = plot_x(browser, "metric-f_pp")
         assert crosses == [] and (line == steps or (not steps and line == [None]))
+        if steps:  # one audit: a step either side of it, whole steps ticked
+            assert browser.execute_script(
+                "const a = document.getElementById('metric-f_pp')._fullLayout.xaxis;"
+                " return [a.range, Array.from(a._vals || [], v => v.text)]") == [
+                [steps[0] - 1, steps[0] + 1], [str(v) for v in range(steps[0] - 1, steps[0] + 2)]]
 
 
 @pytest.mark.parametrize("width", [1300, 1600])
