@@ -221,3 +221,46 @@ def write_reused_audits(root: Path) -> dict[str, dict[str, np.ndarray]]:
              "threshold": 0.05, "flagged": flagged}
             for a, metric, flagged in REUSED_DRIFT if a == audit_id])
     return planted
+
+
+# The new-user trial's series (audit id, run, images decoded, skipped, layers stored, f_cc it
+# kept): the demo's N = 64, then 12 and 21 images of other folders, then 7 decoded of 8 with
+# --layers 0,5: one model (toy_vit, depth 6) throughout, each audit's drift not compared with
+# the one before (a drift_note). T5: the same 7 images, every layer: its drift is compared
+# (per layer, the layers both hold) but its model-level figures average other layers than
+# T4's (audit_history: comparable false, no drift_note).
+TRIAL_AUDITS: tuple[tuple[str, str, int, int, tuple[int, ...] | None, float], ...] = (
+    ("T1", "t-64", 64, 0, None, 0.956),
+    ("T2", "t-12", 12, 0, None, 0.899),
+    ("T3", "t-21", 21, 0, None, 0.928),
+    ("T4", "t-7", 7, 1, (0, 5), 0.794),
+    ("T5", "t-7all", 7, 1, None, 0.801),
+)
+
+
+def write_trial_series(root: Path, series: str, start: dt.datetime) -> list[dict]:
+    """The ``TRIAL_AUDITS`` runs and their audits in ``series``, one a day from ``start``
+    (step: its start in Unix seconds, an audit's default), each chained to the one before
+    with the drift_note the audit task writes (``bfd.tasks.drift.not_comparable``) and 0
+    flagged; returns the audit rows written."""
+    from bfd.storage import write_audit
+    from bfd.tasks.drift import not_comparable
+
+    store = Store(root)
+    rows: list[dict] = []
+    for i, (audit_id, run_id, n, skipped, layers, f_cc) in enumerate(TRIAL_AUDITS):
+        write_synthetic_run(root, run_id, depth=6, seed=20 + i, n_images=n, layers=layers,
+                            n_skipped=skipped, created_at=start + dt.timedelta(days=i, minutes=-5))
+        began = start + dt.timedelta(days=i)
+        prev = rows[-1] if rows else None
+        row = {"audit_id": audit_id, "series": series, "run_id": run_id,
+               "step": int(began.timestamp()), "started_at": began,
+               "finished_at": began + dt.timedelta(minutes=2), "trigger": "manual",
+               "flow_run_id": None, "status": "complete",
+               "prev_audit_id": prev and prev["audit_id"], "n_flagged": 0,
+               "drift_note": prev and not_comparable(store, prev["run_id"], run_id),
+               "n_layers": len(layers or range(6)), "n_heads": 2 * len(layers or range(6)),
+               "f_cc": f_cc, "f_pp": 1 - f_cc}
+        write_audit(store, row)
+        rows.append(row)
+    return rows

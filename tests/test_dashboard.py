@@ -494,3 +494,65 @@ def test_series_list_the_audits_of_a_damaged_run_as_audit_history_does(tmp_path)
     (line,) = re.findall(r"<p class='damaged' role='alert'>([^<]*)</p>",
                          (out / "series.html").read_text(encoding="utf-8"))
     assert line.startswith("run c-200 is damaged, left out of this dashboard and of SQL: ")
+
+
+def test_series_points_say_which_audits_drift_was_not_compared(tmp_path):
+    """The trial's series (tests/dashstore.py TRIAL_AUDITS): T2-T4's drift checks refused to
+    compare each with the one before (other images, another N), 0 flagged; T5's was compared but
+    its figures average other layers than T4's. Each point carries the audit's comparable and
+    drift_note as audit_history gives them, so the page can break the line and say "not
+    checked" instead of a pass; a re-audit of the last run (T6) is comparable. The page opens
+    on the series of the latest audit ("trial"), not the alphabetically first ("a-old");
+    without audits, on the series of the latest run."""
+    from dashstore import TRIAL_AUDITS, write_trial_series
+
+    from bfd.storage import write_audit
+
+    root = tmp_path / "store"
+    start = dt.datetime(2026, 12, 1, 7, 16, tzinfo=dt.UTC)
+    written = write_trial_series(root, "trial", start)
+    began = start + dt.timedelta(days=len(written))
+    write_audit(Store(root), {**written[-1], "audit_id": "T6", "prev_audit_id": "T5",
+                              "drift_note": None, "started_at": began,
+                              "finished_at": began + dt.timedelta(minutes=1),
+                              "step": int(began.timestamp())})
+    old = start - dt.timedelta(days=30)
+    write_audit(Store(root), {**written[0], "audit_id": "O1", "series": "a-old",
+                              "prev_audit_id": None, "drift_note": None, "started_at": old,
+                              "finished_at": old, "step": 1})
+    with connect(root) as con:
+        points = [p for p in D.series_data(con)["metrics"].to_pylist()
+                  if p["series"] == "trial"]
+        history = [h for h in run_query(con, "audit_history", {"series": "trial"}).to_pylist()]
+        latest = D.latest_series(con)
+        runs = {r["run_id"]: r["drift_note"] for r in D.run_list(con).to_pylist()}
+        listed = {r["series"]: r["drift_note"] for r in D.series_list(con).to_pylist()}
+    # the runs' latest audits, and the series' (T6: compared)
+    assert runs == {a[1]: None for a in TRIAL_AUDITS} | {
+        a[1]: h["drift_note"] for a, h in zip(TRIAL_AUDITS[1:4], history[1:4], strict=True)}
+    assert runs["t-7"].startswith("previous audit used another decoded N")
+    assert listed == {"trial": None, "a-old": None}
+    assert [p["audit_id"] for p in points] == [h["audit_id"] for h in history] == [
+        *(a[0] for a in TRIAL_AUDITS), "T6"]
+    assert [(p["comparable"], p["drift_note"]) for p in points] == [
+        (h["comparable"], h["drift_note"]) for h in history]
+    assert [p["comparable"] for p in points] == [None, False, False, False, False, True]
+    notes = [p["drift_note"] for p in points]
+    assert notes[0] is None and notes[-2:] == [None, None]
+    assert all(n.startswith("previous audit used another decoded N") for n in notes[1:-2])
+    assert [p["n_flagged"] for p in points] == [0] * 6
+    assert [p["f_cc"] for p in points] == [a[5] for a in TRIAL_AUDITS] + [TRIAL_AUDITS[-1][5]]
+    assert latest == "trial"
+    build_dashboard(root, tmp_path / "site")
+    page = embedded(tmp_path / "site" / "series.html")
+    assert page["latest_series"] == "trial"
+    by_audit = dict(zip(page["metrics"]["audit_id"], page["metrics"]["drift_note"], strict=True))
+    assert [by_audit[p["audit_id"]] for p in points] == notes
+    # no audits: the series of the run created last
+    bare = tmp_path / "bare"
+    for day, run_id in ((2, "r-b"), (1, "r-a")):
+        write_synthetic_run(bare, run_id, weights=run_id,
+                            created_at=dt.datetime(2025, 1, day, tzinfo=dt.UTC))
+    with connect(bare) as con:
+        assert D.latest_series(con) == "toy_vit · r-b"
+        assert {p["comparable"] for p in D.series_data(con)["metrics"].to_pylist()} == {None}

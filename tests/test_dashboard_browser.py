@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -368,6 +369,10 @@ def test_series_page_plots_every_audit_and_crosses_its_flagged_metrics(reused_si
     options = browser.execute_script(
         "return Array.from(document.querySelectorAll('#series-select option'), o => o.value)")
     assert options == ["ck", "other", "th", "toy_vit · plain"]
+    # opened on th, the series of the latest complete audit (A7; A8 of ck failed)
+    assert browser.execute_script("return document.getElementById('series-select').value") == (
+        "th")
+    choose_series(browser, "ck")
     line, crosses = plot_x(browser, "metric-f_pp")
     assert line == [100, 200, 250, 500, 500] and crosses == [250]
     # audits do not keep frac_pos_resid_mean: no point, so no cross for A2's flagged drift
@@ -396,6 +401,11 @@ def test_series_page_plots_every_audit_and_crosses_its_flagged_metrics(reused_si
         choose_series(browser, name)
         line, crosses = plot_x(browser, "metric-f_pp")
         assert crosses == [] and (line == steps or (not steps and line == [None]))
+        if steps:  # one audit: a step either side of it, whole steps ticked
+            assert browser.execute_script(
+                "const a = document.getElementById('metric-f_pp')._fullLayout.xaxis;"
+                " return [a.range, Array.from(a._vals || [], v => v.text)]") == [
+                [steps[0] - 1, steps[0] + 1], [str(v) for v in range(steps[0] - 1, steps[0] + 2)]]
 
 
 @pytest.mark.parametrize("width", [1300, 1600])
@@ -585,45 +595,77 @@ def test_compare_of_runs_of_other_n_uses_the_adjusted_basis_as_compare_runs(tmp_
     assert "chance level's change with N" in note and "N = 8 and 16" in note
 
 
-def test_series_line_breaks_between_two_models_and_unix_steps_read_as_dates(tmp_path, browser):
-    # series mix: m1 (toy_vit) then m2, m3 (vit_b), at default steps (the audits' start in
-    # Unix seconds); series ints: m2, m3 at steps 100 and 200
-    from bfd.queries import connect, run_sql
+MIXED_START = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture(scope="module")
+def mixed_site(tmp_path_factory) -> Path:
+    """Series mix: m1 (toy_vit) then m2, m3 (vit_b), at default steps (the audits' start in
+    Unix seconds); ints: m2, m3 at steps 100 and 200; solo: one audit of m1; trial: the
+    new-user trial (tests/dashstore.py TRIAL_AUDITS: one model, each audit's drift not
+    compared with the one before; t-7 stored layers 0 and 5 of 6), its audits the latest."""
+    from dashstore import write_trial_series
+
     from bfd.storage import Store, write_audit
 
-    root = tmp_path / "store"
+    root = tmp_path_factory.mktemp("mixed")
     for i, (run_id, model) in enumerate((("m1", "toy_vit"), ("m2", "vit_b"), ("m3", "vit_b"))):
         write_synthetic_run(root, run_id, model=model, seed=i,
                             created_at=dt.datetime(2025, 1, 1 + i, tzinfo=dt.UTC))
-    start = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
     audits = [("M1", "mix", "m1", 0, 0.11), ("M2", "mix", "m2", 1, 0.22),
               ("M3", "mix", "m3", 2, 0.33), ("I1", "ints", "m2", 0, 0.44),
-              ("I2", "ints", "m3", 1, 0.55)]
+              ("I2", "ints", "m3", 1, 0.55), ("S1", "solo", "m1", 3, 0.66)]
     for audit_id, series, run_id, day, f_pp in audits:
-        began = start + dt.timedelta(days=day)
-        step = int(began.timestamp()) if series == "mix" else 100 * (day + 1)
+        began = MIXED_START + dt.timedelta(days=day)
+        step = 100 * (day + 1) if series == "ints" else int(began.timestamp())
         write_audit(Store(root), {
             "audit_id": audit_id, "series": series, "run_id": run_id, "step": step,
             "started_at": began, "finished_at": began + dt.timedelta(hours=1),
             "trigger": "schedule", "flow_run_id": None, "status": "complete",
             "prev_audit_id": None, "n_flagged": 0, "n_layers": 3, "n_heads": 6, "f_pp": f_pp,
             "f_pc": 1 - f_pp, "mean_f_pp": f_pp})
-    build_dashboard(root, tmp_path / "site")
-    with connect(root) as con:
+    write_trial_series(root, "trial", MIXED_START + dt.timedelta(days=4))
+    build_dashboard(root, root.parent / f"{root.name}-site")
+    STORE["mixed"] = root
+    return root.parent / f"{root.name}-site"
+
+
+def series_plot(driver, plot: str) -> list:
+    """x, y, x axis type and tickformat, tick labels and marker symbols of a series plot's
+    line, and its x axis' drawn range."""
+    return driver.execute_script(
+        "const d = document.getElementById(arguments[0]);"
+        " return [Array.from(d.data[0].x), Array.from(d.data[0].y),"
+        " d.layout.xaxis.type || null, d.layout.xaxis.tickformat || null,"
+        " Array.from(d.querySelectorAll('.xtick text'), t => t.textContent),"
+        " Array.from(d.data[0].marker.symbol), d._fullLayout.xaxis.range];", plot)
+
+
+def table_rows(driver, table: str) -> list[dict[str, str]]:
+    return driver.execute_script(
+        "const t = document.getElementById(arguments[0]);"
+        " const head = Array.from(t.querySelectorAll('th'), c => c.textContent);"
+        " return Array.from(t.querySelectorAll('tbody tr'), tr => Object.fromEntries("
+        " Array.from(tr.cells, (c, i) => [head[i], c.textContent])))", table)
+
+
+def test_series_line_breaks_between_two_models_and_unix_steps_read_as_dates(mixed_site, browser):
+    from bfd.queries import connect, run_sql
+
+    with connect(STORE["mixed"]) as con:
         same = {(r["run_a"], r["run_b"]): r["same_model"] for r in run_sql(
             con, "SELECT run_a, run_b, same_model FROM run_pairs").to_pylist()}
     assert same[("m1", "m2")] is False and same[("m2", "m3")] is True
-    open_page(browser, (tmp_path / "site" / "series.html").as_uri())
+    open_page(browser, (mixed_site / "series.html").as_uri())
     assert_clean(browser, "file://")
+    # the page opens on the series of the latest audit, not on the first by name
+    assert browser.execute_script("return document.getElementById('series-select').value") == (
+        "trial")
     got = {}
     for name in ("mix", "ints"):
         choose_series(browser, name)
-        got[name] = browser.execute_script(
-            "const d = document.getElementById('metric-f_pp');"
-            " return [Array.from(d.data[0].x), Array.from(d.data[0].y),"
-            " d.layout.xaxis.type || null, d.layout.xaxis.tickformat || null,"
-            " Array.from(d.querySelectorAll('.xtick text'), t => t.textContent)];")
-    x, y, kind, _, ticks = got["mix"]
+        got[name] = series_plot(browser, "metric-f_pp")
+    x, y, kind, _, ticks, _, _ = got["mix"]
     # a gap (no figure) between m1 and m2 only: two models; m2 and m3 are one model
     points = [("m1", 0.11), ("m2", 0.22), ("m3", 0.33)]
     want_y = []
@@ -632,10 +674,10 @@ def test_series_line_breaks_between_two_models_and_unix_steps_read_as_dates(tmp_
             want_y.append(None)
         want_y.append(f_pp)
     assert y == want_y == [0.11, None, 0.22, 0.33]
-    days = [(start + dt.timedelta(days=d)) for d in (0, 1, 1, 2)]
+    days = [(MIXED_START + dt.timedelta(days=d)) for d in (0, 1, 1, 2)]
     assert [dt.datetime.fromisoformat(v.replace("Z", "+00:00")) for v in x] == days
     assert kind == "date" and ticks and not any("B" in t or "e+" in t for t in ticks)
-    x, y, kind, fmt, ticks = got["ints"]
+    x, y, kind, fmt, ticks, _, _ = got["ints"]
     assert (x, y, kind, fmt) == ([100, 200], [0.44, 0.55], "linear", "d")
     assert ticks and all(t.isdigit() for t in ticks)
 
@@ -684,3 +726,74 @@ def test_compare_shows_every_pairs_run_pairs_note(tmp_path, browser):
         " return shown;", sorted({a for a, _ in want}))
     assert {(a, b): note for a, b, note in shown} == want
     assert [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")] == []
+
+
+def test_series_line_breaks_before_an_audit_not_compared_and_says_so(mixed_site, browser):
+    # the trial: one model, but each audit saw other images than the one before, so its drift
+    # was not compared (drift_note) and its 0 flagged is no pass: no line into it, an open
+    # circle, "not compared" in the table beside comparable and the drift_note; T5's drift
+    # was compared, but its figures average other layers than T4's: no line, its 0 shown
+    from dashstore import TRIAL_AUDITS
+
+    open_page(browser, (mixed_site / "series.html").as_uri())
+    assert_clean(browser, "file://")
+    choose_series(browser, "trial")
+    _, y, _, _, _, symbols, _ = series_plot(browser, "metric-f_cc")
+    kept = [a[5] for a in TRIAL_AUDITS]
+    assert y == [kept[0], None, kept[1], None, kept[2], None, kept[3], None, kept[4]]
+    assert [s for s, v in zip(symbols, y, strict=True) if v is not None] == [
+        "circle", "circle-open", "circle-open", "circle-open", "circle"]
+    rows = table_rows(browser, "series-runs")
+    assert [(r["audit_id"], r["n_flagged"], r["comparable"]) for r in rows] == [
+        ("T1", "0", "–"), ("T2", "not compared", "no"), ("T3", "not compared", "no"),
+        ("T4", "not compared", "no"), ("T5", "0", "no")]
+    assert [r["drift_note"] == "–" for r in rows] == [True, False, False, False, True]
+    assert all(r["drift_note"].startswith("previous audit used another decoded N")
+               for r in rows[1:4])
+    # one audit: a day either side of it, no sub-second ticks (07:16:28.999 / 07:16:29.0005)
+    choose_series(browser, "solo")
+    x, y, kind, _, ticks, _, shown = series_plot(browser, "metric-f_pp")
+    assert y == [0.66] and kind == "date" and len(ticks) >= 2
+    low, high = (dt.datetime.fromisoformat(v) for v in shown)
+    assert high - low >= dt.timedelta(days=1)
+    assert not any(re.search(r"\d:\d\d\.\d", t) for t in ticks)
+
+
+def test_layers_not_stored_are_no_line_and_no_wide_bar(mixed_site, browser):
+    # t-7 stored layers 0 and 5 of its 6 (--layers 0,5): its bars are a layer wide, on an
+    # axis of its layers; its profiles are points, with no line across layers 1-4
+    def gapped(y: list) -> bool:
+        return len(y) == 3 and y[1] is None and None not in (y[0], y[2])
+
+    open_page(browser, (mixed_site / "runs" / "t-7.html").as_uri())
+    assert_clean(browser, "file://")
+    # its audit (T4) compared no drift: its 0 flagged is said not compared, with the note
+    meta = dict(browser.execute_script(
+        "return [...document.querySelectorAll('#run-meta tr')].map(r =>"
+        " [r.cells[0].textContent, r.cells[1].textContent])"))
+    assert meta["flagged drift"] == "not compared"
+    assert meta["drift note"].startswith("previous audit used another decoded N (N 21 -> 7)")
+    low, high = browser.execute_script(
+        "return document.getElementById('shares-plot')._fullLayout.xaxis.range")
+    assert -1 < low < 0 and 5 < high < 6
+    # each bar under a layer's share of the axis (6 layers wide), not 5 layers wide
+    widths, axis = browser.execute_script(
+        "const d = document.getElementById('shares-plot');"
+        " return [Array.from(d.querySelectorAll('.bars .point path'), p => p.getBBox().width),"
+        " d._fullLayout.xaxis._length]")
+    assert len(widths) == 8 and 0 < max(widths) < axis / 6
+    for plot in ("preservation-plot", "splithalf-plot", "shuffle-plot"):
+        x, y = browser.execute_script(
+            "const t = document.getElementById(arguments[0]).data[0];"
+            " return [Array.from(t.x), Array.from(t.y)]", plot)
+        assert x == [0, 2.5, 5] and gapped(y), plot
+    open_page(browser, (mixed_site / "index.html").as_uri())
+    flags = column(browser, "runs-table", "flagged")
+    assert (flags["t-7"], flags["t-7all"], flags["t-64"]) == ("not compared", "0", "0")
+    browser.find_element("css selector", "input.run-toggle[data-run='t-7']").click()
+    assert gapped(depth_traces(browser)["t-7"]) and None not in depth_traces(browser)["t-7all"]
+    open_page(browser, (mixed_site / "compare.html").as_uri())
+    compare(browser, "t-7", "t-64")
+    a, b = browser.execute_script(
+        "return document.getElementById('compare-plot').data.map(t => Array.from(t.y))")
+    assert gapped(a) and len(b) == 6 and None not in b

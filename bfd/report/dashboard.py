@@ -312,6 +312,7 @@ def build_dashboard(
         series = {name: D.columnar(t) for name, t in D.series_data(con).items()}
         series["drift_of_plot"] = {k: list(v) for k, v in D.DRIFT_OF_PLOT.items()}
         series["not_kept"] = D.figures_not_kept(con)
+        series["latest_series"] = D.latest_series(con)
         common = {"runs": runs, "has_audits": has_audits}
         # one row a complete run; the pages derive each pair's same_model and note from them
         shapes = D.columnar(D.run_shapes(con))

@@ -27,7 +27,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from bfd.queries import run_sql
+from bfd.queries import run_query, run_sql
 from bfd.storage import SEEN_FIGURES
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "catalog_tables",
     "columnar",
     "figures_not_kept",
+    "latest_series",
     "layer_rows",
     "positional_components",
     "run_detail",
@@ -69,7 +70,7 @@ _NO_AUDIT: Final[str] = (
     "(SELECT NULL::VARCHAR AS run_id, NULL::VARCHAR AS series, NULL::VARCHAR AS audit_id,"
     " NULL::BIGINT AS step, NULL::TIMESTAMPTZ AS started_at, NULL::TIMESTAMPTZ AS finished_at,"
     " NULL::VARCHAR AS trigger, NULL::VARCHAR AS flow_run_id, NULL::VARCHAR AS status,"
-    " NULL::BIGINT AS n_flagged WHERE false)"
+    " NULL::BIGINT AS n_flagged, NULL::VARCHAR AS drift_note WHERE false)"
 )
 
 
@@ -116,15 +117,23 @@ def _audit_source(con: duckdb.DuckDBPyConnection) -> str:
     return _LATEST_AUDIT if audits_present(con) else _NO_AUDIT
 
 
+def _drift_note(con: duckdb.DuckDBPyConnection, alias: str) -> str:
+    """SQL of an audit's ``drift_note`` (why its drift check compared nothing: its n_flagged
+    of 0 is no pass), NULL where the audits table has none."""
+    has = audits_present(con) and "drift_note" in _column_names(con, "audits")
+    return f"{alias}.drift_note" if has else "NULL::VARCHAR"
+
+
 def run_list(con: duckdb.DuckDBPyConnection) -> pa.Table:
-    """Every run of the store with its series, identity and latest audit, oldest first."""
+    """Every run of the store with its series, identity and latest audit (its
+    ``drift_note`` too), oldest first."""
     sql = f"""
         SELECT r.run_id, {_SERIES} AS series, r.model, r.weights, r.weights_sha256, r.images,
             r.images_sha256, r.n_images, r.n_skipped,
             r.n_images - coalesce(r.n_skipped, 0) AS n_decoded, r.grid_h, r.grid_w, r.created_at,
             r.status, r.depth, r.num_heads,
             a.audit_id, a.step, a.started_at, a.finished_at, a.trigger, a.flow_run_id,
-            a.status AS audit_status, a.n_flagged
+            a.status AS audit_status, a.n_flagged, {_drift_note(con, "a")} AS drift_note
         FROM runs AS r
         LEFT JOIN {_audit_source(con)} AS a USING (run_id)
         ORDER BY series, coalesce(a.step, 0), r.created_at, r.run_id
@@ -256,24 +265,25 @@ def series_list(con: duckdb.DuckDBPyConnection) -> pa.Table:
     any status) latest by step, start time and audit id, one of a complete run where the
     series has one; a run never audited is a member of its ``model · weights`` series only.
     A run audited in several series is counted in each (``run_list`` gives a run its latest
-    audit's series only)."""
+    audit's series only). ``drift_note``: the latest audit's (its 0 flagged is no pass)."""
     members = (
         f"SELECT {_RUN_SERIES} AS series, r.run_id, NULL::VARCHAR AS audit_id,"
         " NULL::BIGINT AS step, NULL::TIMESTAMPTZ AS started_at,"
         " NULL::TIMESTAMPTZ AS finished_at, NULL::VARCHAR AS audit_status,"
-        " NULL::BIGINT AS n_flagged FROM runs AS r"
+        " NULL::BIGINT AS n_flagged, NULL::VARCHAR AS drift_note FROM runs AS r"
     )
     if audits_present(con):
         members = (
             "SELECT series, run_id, audit_id, step, started_at, finished_at,"
-            " status AS audit_status, n_flagged FROM audits UNION ALL BY NAME " + members
+            f" status AS audit_status, n_flagged, {_drift_note(con, 'audits')} AS drift_note"
+            " FROM audits UNION ALL BY NAME " + members
             + " WHERE r.run_id NOT IN (SELECT run_id FROM audits WHERE run_id IS NOT NULL)"
         )
     return run_sql(con, f"""
         WITH m AS ({members})
         SELECT m.series, count(DISTINCT m.run_id) OVER w AS n_runs,
             count(m.audit_id) OVER w AS n_audits, m.run_id AS latest_run, m.audit_id,
-            m.audit_status, m.finished_at, m.n_flagged
+            m.audit_status, m.finished_at, m.n_flagged, m.drift_note
         FROM m
         JOIN runs AS r USING (run_id)
         WINDOW w AS (PARTITION BY m.series)
@@ -304,7 +314,10 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
     ``run_summary``: a run never audited, which appears once, in its ``model · weights``
     series with no step, or an audits table without the kept columns); an audit of a run
     the catalog left out (damaged) is a point too, as ``audit_history`` lists it, its run's
-    columns NULL and ``figures`` NULL where it kept none. Head-type changes
+    columns NULL and ``figures`` NULL where it kept none. ``comparable`` and ``drift_note``
+    (after ``n_flagged``) are the audit's in ``audit_history``: whether its figures and its
+    previous audit's are of one model over the same inputs, and why its drift check compared
+    nothing (its n_flagged of 0 then means not checked). Head-type changes
     compare each point's run with the previous point's run of its series (by step, start
     time, audit id; then creation time), head by head, in the runs' current ``heads``, when
     both are of one model (as drift: the same name less any pretrained tag, depth, num_heads
@@ -350,7 +363,7 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
         WHERE p.head_type IS DISTINCT FROM h.head_type AND rp.same_model
         ORDER BY o.series, o.run_id, o.audit_id, h.layer, h.head
     """)
-    out = {"metrics": metrics, "head_type_changes": changes}
+    out = {"metrics": _with_drift_check(con, metrics), "head_type_changes": changes}
     if with_audits:
         out["audits"] = run_sql(con, "SELECT * FROM audits ORDER BY series, step, started_at")
         if "drift" in catalog_tables(con):
@@ -362,6 +375,51 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
                 ORDER BY a.series, a.step, d.metric, d.layer, d.head
             """)
     return out
+
+
+# The audits columns the audit_history query reads beyond the first flows' (a catalog of such
+# an audits table cannot run it).
+_HISTORY_NEEDS: Final[tuple[str, ...]] = (
+    "prev_audit_id", "drift_note", "results_version", "decompose_json",
+    *(name for name, _ in SEEN_FIGURES))
+
+
+def _with_drift_check(con: duckdb.DuckDBPyConnection, metrics: pa.Table) -> pa.Table:
+    """``metrics`` with ``comparable`` and ``drift_note`` after ``n_flagged``: for an audit's
+    point, the ``audit_history`` values of that audit (comparable: its figures are of one
+    model over the same inputs as its previous audit's, NULL for the first audit of a series
+    or an unknown input; drift_note: why its drift check compared nothing, so its n_flagged
+    of 0 is no pass); NULL for a run never audited, and for every point where the audits
+    table lacks the columns audit_history reads."""
+    found: dict[str, tuple[Any, Any]] = {}
+    if audits_present(con) and set(_HISTORY_NEEDS) <= set(_column_names(con, "audits")):
+        history = run_query(con, "audit_history")
+        found = dict(zip(history.column("audit_id").to_pylist(),
+                         zip(history.column("comparable").to_pylist(),
+                             history.column("drift_note").to_pylist(), strict=True),
+                         strict=True))
+    ids = metrics.column("audit_id").to_pylist()
+    at = metrics.column_names.index("n_flagged") + 1
+    metrics = metrics.add_column(at, pa.field("comparable", pa.bool_()), pa.array(
+        [found.get(i, (None, None))[0] for i in ids], pa.bool_()))
+    return metrics.add_column(at + 1, pa.field("drift_note", pa.string()), pa.array(
+        [found.get(i, (None, None))[1] for i in ids], pa.string()))
+
+
+def latest_series(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The series of the Series page's latest point, the one its page opens on: the complete
+    audit started last (then finished last, then by audit id), or, where the store has no
+    audit, the series of the run created last; None on an empty store."""
+    rows = run_sql(con, f"""
+        WITH p AS ({_series_points(con)})
+        SELECT p.series FROM p LEFT JOIN runs AS r ON r.run_id = p.run_id
+        WHERE r.status = 'complete' OR p.left_out
+        ORDER BY p.audit_id IS NOT NULL DESC, p.started_at DESC NULLS LAST,
+            p.finished_at DESC NULLS LAST, r.created_at DESC NULLS LAST, p.audit_id DESC,
+            p.run_id DESC
+        LIMIT 1
+    """).column("series").to_pylist()
+    return rows[0] if rows else None
 
 
 def positional_components(

@@ -150,6 +150,21 @@
       line: { color: "#888", dash: "dot", width: 1 }, hoverinfo: "skip" });
     return out;
   }
+  // Layer rows (in layer order) with a gap row between two stored layers that are not next to
+  // each other (a run of `--layers 0,5`): a line is not drawn across layers that were not
+  // stored. A gap row sits halfway (layer, rel_depth) and reads null for every other column.
+  function withGaps(rows) {
+    const out = [];
+    rows.forEach((r, i) => {
+      const p = rows[i - 1];
+      if (i > 0 && r.layer - p.layer > 1) {
+        const at = { gap: true, layer: (p.layer + r.layer) / 2, rel_depth: (p.rel_depth + r.rel_depth) / 2 };
+        out.push(new Proxy(at, { get: (t, k) => (k in t ? t[k] : null) }));
+      }
+      out.push(r);
+    });
+    return out;
+  }
   function section(title, ...kids) {
     return h("section", { "aria-label": title }, h("h2", {}, title), kids);
   }
@@ -160,6 +175,11 @@
   }
   function runLink(r, text) {
     return h("a", { href: UP + "runs/" + encodeURIComponent(r.page) }, text || r.run_id);
+  }
+  // An audit's flag count, or "not compared" where its drift check compared nothing (its
+  // drift_note says why): a 0 there is no pass.
+  function flagged(r) {
+    return r.drift_note !== null && r.drift_note !== undefined ? "not compared" : fmt(r.n_flagged);
   }
   function empty(text, id) { return h("p", { class: "empty", id: id || null }, text); }
   const RUNS = rowsOf(D.runs);
@@ -206,7 +226,7 @@
       { key: "series", label: "series" }, { key: "model" }, { key: "weights" },
       { key: "created_at", label: "created" }, { key: "status" },
       { key: "n_decoded", label: "images decoded" }, { key: "n_skipped", label: "skipped" },
-      { key: "step" }, { key: "audit_status", label: "audit" }, { key: "n_flagged", label: "flagged" },
+      { key: "step" }, { key: "audit_status", label: "audit" }, { key: "n_flagged", label: "flagged", render: flagged },
       { key: "results_path", label: "results", render: (r) =>
         safeHref(r.results_url) ? h("a", { href: r.results_url }, r.results_path) : fmt(r.results_path) },
       { key: "flow_run_id", label: "Prefect flow run", render: (r) =>
@@ -230,7 +250,7 @@
         images_sha256: latest.images_sha256, n_decoded: latest.n_decoded, n_runs: s.n_runs,
         n_audits: s.n_audits, latest_run: latest.run_id, page: latest.page,
         created_at: latest.created_at, audit_id: s.audit_id, audit_status: s.audit_status,
-        finished_at: s.finished_at, n_flagged: s.n_flagged };
+        finished_at: s.finished_at, n_flagged: s.n_flagged, drift_note: s.drift_note };
     });
     app.append(section("Series",
       h("p", { class: "note" }, D.has_audits ? "A series is the `series` of the audits table."
@@ -242,7 +262,7 @@
         { key: "n_audits", label: "audits" }, { key: "latest_run", label: "latest run", render: (r) => runLink({ page: r.page, run_id: r.latest_run }) },
         { key: "created_at", label: "created" }, { key: "audit_id", label: "latest audit" },
         { key: "audit_status", label: "audit status" }, { key: "finished_at", label: "finished" },
-        { key: "n_flagged", label: "flagged" },
+        { key: "n_flagged", label: "flagged", render: flagged }, { key: "drift_note", label: "drift note" },
       ])));
     const chosen = new Set(series.map((s) => s.latest_run).filter((id) => byRun.has(id)));
     const plot = plotDiv("depth-plot", "Positional share frac_pos and position-position share f_pp " +
@@ -263,7 +283,7 @@
       const bySeriesIndex = new Map();
       for (const r of RUNS) {
         if (!chosen.has(r.run_id)) continue;
-        const rows = byRun.get(r.run_id) || [];
+        const rows = withGaps(byRun.get(r.run_id) || []);
         const k = bySeriesIndex.get(r.series) || 0;
         bySeriesIndex.set(r.series, k + 1);
         const line = { color: seriesColor(r.series), dash: DASHES[k % DASHES.length], width: 2 };
@@ -317,7 +337,7 @@
       ["patch grid", run.grid_h === null ? null : `${run.grid_h} × ${run.grid_w}`],
       ["created", run.created_at], ["status", run.status], ["audit", run.audit_id],
       ["audit step", run.step], ["trigger", run.trigger], ["audit status", run.audit_status],
-      ["flagged drift", run.n_flagged],
+      ["flagged drift", flagged(run)], ["drift note", run.drift_note],
     ];
     const dl = h("table", { id: "run-meta" }, h("caption", {}, "run"), h("tbody", {},
       meta.map(([k, v]) => h("tr", {}, h("th", { scope: "row" }, k), h("td", { class: "text" }, fmt(v)))),
@@ -353,8 +373,10 @@
     const blocks = Object.keys(BLOCK);
     draw(shares, blocks.map((b) => ({
       type: "bar", name: pt(BLOCK_LABEL[b]), x: layers.map((l) => l.layer), y: layers.map((l) => l[b]),
-      marker: { color: BLOCK[b] }, hovertemplate: `layer %{x}<br>${b} %{y:.4f}<extra></extra>`,
-    })), { barmode: "stack", xaxis: { title: { text: "layer" }, dtick: 1 },
+      // a layer wide at most: plotly sizes bars by the closest two, 5 layers for layers 0 and 5
+      width: 0.8, marker: { color: BLOCK[b] }, hovertemplate: `layer %{x}<br>${b} %{y:.4f}<extra></extra>`,
+    })), { barmode: "stack", xaxis: { title: { text: "layer" }, dtick: 1, range: layers.length
+      ? [Math.min(...layers.map((l) => l.layer)) - 0.5, Math.max(...layers.map((l) => l.layer)) + 0.5] : undefined },
       yaxis: { title: { text: "share of logit energy" }, range: [0, 1] }, height: 360 });
     shares.on("plotly_click", (ev) => choose(ev.points[0].x));
     const maxLayer = Math.max(...layerIds), maxHead = headIds.length ? Math.max(...headIds) : 0;
@@ -399,8 +421,10 @@
     draw(effrank, [{ x: heads.map((x) => x.layer), y: heads.map((x) => x.eff_rank), mode: "markers",
       name: "heads", marker: { color: "#0072B2", opacity: 0.6 }, customdata: heads.map((x) => x.head),
       hovertemplate: "layer %{x} head %{customdata}<br>eff_rank %{y:.3f}<extra></extra>" },
-    { x: layerIds, y: layerIds.map((l) => { const v = heads.filter((x) => x.layer === l && x.eff_rank !== null);
-      return v.length ? v.reduce((s, x) => s + x.eff_rank, 0) / v.length : null; }),
+    { x: withGaps(layerIds.map((l) => ({ layer: l }))).map((r) => r.layer),
+      y: withGaps(layerIds.map((l) => ({ layer: l }))).map((r) => { if (r.gap) return null;
+        const v = heads.filter((x) => x.layer === r.layer && x.eff_rank !== null);
+        return v.length ? v.reduce((s, x) => s + x.eff_rank, 0) / v.length : null; }),
     mode: "lines", name: "layer mean", line: { color: "#000" } }],
     { xaxis: { title: { text: "layer" }, dtick: 1 }, yaxis: { title: { text: "eff_rank" } }, height: 360 });
     effrank.on("plotly_click", (ev) => choose(ev.points[0].x, ev.points[0].customdata));
@@ -417,8 +441,9 @@
     const shuffle = plotDiv("shuffle-plot", "Shuffle control: frac_pos after shuffling tokens against its chance level");
     app.append(section("Positional preservation vs content enrichment", pres),
       section("Validation", h("div", { class: "grid" }, resid, split, shuffle)));
-    const L = layers.map((l) => l.layer);
-    const line = (key, name, color, dash, extra) => Object.assign({ x: L, y: layers.map((l) => l[key]),
+    const LG = withGaps(layers);  // lines break across layers not stored
+    const L = LG.map((l) => l.layer);
+    const line = (key, name, color, dash, extra) => Object.assign({ x: L, y: LG.map((l) => l[key]),
       name: pt(name), mode: "lines+markers", line: { color: color, dash: dash || "solid" },
       hovertemplate: `layer %{x}<br>${key} %{y:.4g}<extra></extra>` }, extra || {});
     draw(pres, [line("frac_pos_resid", "positional preservation: frac_pos at resid", "#D55E00"),
@@ -426,7 +451,7 @@
       line("frac_pos", "frac_pos at attn_in", "#E69F00", "dash"),
       line("frac_content", "content enrichment: frac_content at attn_in", "#0072B2")],
     { xaxis: { title: { text: "layer" }, dtick: 1 }, yaxis: { title: { text: "share" }, range: [0, 1.02] }, height: 380 });
-    const abs = (key) => layers.map((l) => (l[key] === null ? null : Math.abs(l[key])));
+    const abs = (key) => LG.map((l) => (l[key] === null ? null : Math.abs(l[key])));
     draw(resid, logTraces(["ss_identity_residual", "ortho_residual", "logit_residual"].map((k, i) => ({
       x: L, y: abs(k), name: k, mode: "lines+markers", line: { color: PALETTE[i] },
       hovertemplate: `layer %{x}<br>|${k}| %{customdata:.3g}<extra></extra>` }))),
@@ -441,7 +466,7 @@
     const stored = (t) => Object.assign(t, { hovertemplate: t.hovertemplate.replace("%{y:", "%{customdata:") });
     draw(shuffle, logTraces([stored(line("shuffle_frac_pos", "frac_pos after shuffling", "#0072B2")),
       stored(line("frac_pos", "frac_pos", "#E69F00", "dash")),
-      { x: L, y: layers.map((l) => (l.frac_img === null ? null : (1 - l.frac_img) / kept)), mode: "lines",
+      { x: L, y: LG.map((l) => (l.frac_img === null ? null : (1 - l.frac_img) / kept)), mode: "lines",
         name: "chance (1 − frac_img)/N", line: { color: "#000", dash: "dot" } }]),
     { title: { text: "shuffle control", font: { size: 13 } },
       yaxis: { type: "log", title: { text: "frac_pos" }, exponentformat: "e" }, xaxis: { title: { text: "layer" }, dtick: 1 } });
@@ -530,7 +555,9 @@
     const drift = rowsOf(D.drift);
     const changes = rowsOf(D.head_type_changes);
     const hasStep = metrics.some((m) => m.step !== null && m.step !== undefined);
-    const state = { series: names[0], x: hasStep ? "step" : "created_at" };
+    // the series of the latest audit (bfd/report/data.py latest_series), else the first
+    const state = { series: names.includes(D.latest_series) ? D.latest_series : names[0],
+      x: hasStep ? "step" : "created_at" };
     const skip = ["step", "n_flagged"];
     // run_summary figures audits do not keep (bfd/report/data.py figures_not_kept): missing
     // for an audit's point, whose run may have been decomposed again since; plotted even
@@ -548,7 +575,10 @@
     app.append(controls, section("Every metric", h("p", { class: "note" },
       "One point per complete audit of the series, at its step, with the figures it saw. Red crosses: " +
       "audits whose drift check flagged a metric this plot shows. The line breaks between consecutive " +
-      "points whose runs are of two models (run_pairs.same_model false). Steps that are all Unix " +
+      "points whose runs are of two models (run_pairs.same_model false), and before an audit whose figures " +
+      "are of other inputs than its previous audit's (other images, decoded N, layers or positions: " +
+      "comparable no). An open grey circle: an audit whose drift check compared nothing (its drift_note " +
+      "says why): its 0 flagged means not checked, not no drift. Steps that are all Unix " +
       "seconds (an audit's default step, its start time) are drawn as dates. Click a point to open its run. " +
       "Audits do not keep " + (notKept.join(", ") || "every figure") + ": an audit's point has " +
       "none of them (its run's current ones may come from a later decomposition; its run page " +
@@ -565,13 +595,32 @@
     // the line breaks between consecutive points whose runs are of two models
     // (run_pairs.same_model false)
     const twoModels = (a, b) => pairOf(a, b)?.same_model === false;
+    // an audit whose drift check compared nothing (its drift_note says why): its n_flagged is
+    // no pass; and one whose figures are of other inputs than its previous audit's
+    // (audit_history's comparable false: other layers too): no line from that audit to it
+    function notCompared(m) {
+      return !m.gap && m.audit_id !== null && m.audit_id !== undefined &&
+        m.drift_note !== null && m.drift_note !== undefined;
+    }
+    const otherInputs = (m) => !m.gap && (m.comparable === false || notCompared(m));
+    // the audits table: what identifies an audit and its drift check first, then the figures
+    function auditColumns(members) {
+      const lead = ["audit_id", "step", "run_id", "started_at", "n_flagged", "comparable", "drift_note", "figures"];
+      const all = Object.keys(members[0] || D.metrics);
+      return lead.filter((c) => all.includes(c)).concat(all.filter((c) => !lead.includes(c))).map((c) =>
+        c === "n_flagged" ? { key: c, label: "n_flagged", render: flagged }
+          : { key: c });
+    }
     function redraw() {
       const members = metrics.filter((m) => m.series === state.series);
       const flagged = drift.filter((d) => d.series === state.series);
-      // a gap (no figure) between consecutive points whose runs are of two models
+      // a gap (no figure) between consecutive points whose runs are of two models, and before
+      // an audit whose drift was not compared with its previous audit's (audit_history)
       const lines = [];
       members.forEach((m, i) => {
-        if (i > 0 && twoModels(members[i - 1].run_id, m.run_id)) lines.push({ gap: true, x: m });
+        if (i > 0 && (twoModels(members[i - 1].run_id, m.run_id) || otherInputs(m))) {
+          lines.push({ gap: true, x: m });
+        }
         lines.push(m);
       });
       // steps that are all Unix seconds (an audit's default step: its start time; a
@@ -583,6 +632,18 @@
         return unixSteps && typeof v === "number" ? new Date(v * 1000).toISOString() : v;
       };
       const xaxis = state.x !== "step" ? {} : unixSteps ? { type: "date" } : { tickformat: "d" };
+      // one x value (a single audit): a day either side of a date, a step either side of a
+      // step (plotly would span a millisecond, ticks like 07:16:28.999)
+      const xs = [...new Set(members.map(xOf).filter((v) => v !== null && v !== undefined))];
+      if (xs.length === 1) {
+        const v = xs[0];
+        if (typeof v === "number" && !unixSteps) {
+          Object.assign(xaxis, { range: [v - 1, v + 1], dtick: 1 });
+        } else if (!Number.isNaN(Date.parse(v))) {
+          const t = Date.parse(v), day = 864e5;
+          Object.assign(xaxis, { type: "date", range: [new Date(t - day).toISOString(), new Date(t + day).toISOString()] });
+        }
+      }
       const rows = lines.map((m) => (m.gap ? { gap: true, [state.x]: m.x[state.x] } : m));
       for (const old of grid.children) sized.unobserve(old);
       // every cell first, at its height, then the plots: each is drawn at its cell's width
@@ -606,7 +667,11 @@
           ? "not kept by the audits: see each run's page" : "no value") : null;
         draw(div, [{ x: x, y: rows.map((m) => (m.gap ? null : m[k])), mode: "lines+markers", name: k, error_y: err,
           customdata: rows.map((m) => RUN_BY_ID.get(m.run_id)?.page || ""),
-          text: rows.map((m) => (m.gap ? "" : pt(m.run_id + (m.audit_id ? " · audit " + m.audit_id : "")))),
+          text: rows.map((m) => (m.gap ? "" : pt(m.run_id + (m.audit_id ? " · audit " + m.audit_id : "") +
+            (notCompared(m) ? " · drift not compared: " + m.drift_note
+              : otherInputs(m) ? " · figures of other inputs than its previous audit's (comparable no)" : "")))),
+          marker: { symbol: rows.map((m) => (notCompared(m) ? "circle-open" : "circle")),
+            color: rows.map((m) => (notCompared(m) ? "#777" : "#0072B2")), size: rows.map((m) => (notCompared(m) ? 10 : 6)) },
           line: { color: "#0072B2" }, hovertemplate: `%{text}<br>${k} %{y:.4g}<extra></extra>` },
         { x: hit.map(xOf), y: hit.map((m) => m[k]), mode: "markers", name: "drift flagged",
           marker: { symbol: "x", size: 12, color: "#D55E00" }, hoverinfo: "skip" }],
@@ -621,7 +686,9 @@
           : empty("No audits recorded yet.")),
         section("Head-type changes between consecutive audits",
           dataTable("changes-table", "head-type changes", changes.filter((c) => c.series === state.series))),
-        section("Audits of the series", dataTable("series-runs", "audits of the series", members)));
+        section("Audits of the series", dataTable("series-runs", "audits of the series", members,
+          auditColumns(members), { csvKeys: Object.keys(D.metrics),
+            rowClass: (m) => (notCompared(m) ? "not-compared" : null) })));
     }
     redraw();
   }
@@ -686,7 +753,7 @@
       const tr = (rows, id, color) => ({ x: rows.map((l) => l[xk]), y: rows.map((l) => l[k]), error_y: err(rows),
         name: pt(`${RUN_BY_ID.get(id).series} · ${id}`), mode: "lines+markers", line: { color: color },
         hovertemplate: `${xk} %{x:.3g}<br>${k} %{y:.4g}<extra></extra>` });
-      draw(prof, [tr(A, state.a, "#0072B2"), tr(B, state.b, "#D55E00")],
+      draw(prof, [tr(withGaps(A), state.a, "#0072B2"), tr(withGaps(B), state.b, "#D55E00")],
         { xaxis: { title: { text: sameDepth ? "layer" : "relative depth" } }, yaxis: { title: { text: k } }, height: 400 });
       // B at A's layers: the same layer when depths agree (none where B did not store it),
       // else linear in relative depth between B's stored layers around it: none outside
