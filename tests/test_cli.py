@@ -692,10 +692,14 @@ def test_a_store_is_an_empty_folder_or_one_holding_what_bfd_writes(tmp_path, cap
     empty.mkdir()
     (empty / ".hidden").write_text("x")
     assert run(["runs", "--store", str(empty)], capsys) == no_runs(empty)
-    # what reading it wrote leaves it a new store
+    assert run(["sql", "SELECT count(*) AS n FROM runs", "--format", "csv", "--store",
+                str(empty)], capsys)[:2] == (0, '"n"\n0\n')
+    # reading writes nothing into it (an empty folder named by mistake stays as it was)
+    assert sorted(p.name for p in empty.iterdir()) == [".hidden"]
+    # the dashboard writes its pages, and leaves it a new store
     assert run(["dashboard", "--store", str(empty)], capsys)[0] == 0
     assert run(["runs", "--store", str(empty)], capsys) == no_runs(empty)
-    assert sorted(p.name for p in empty.iterdir()) == [".hidden", "catalog", "dashboard"]
+    assert sorted(p.name for p in empty.iterdir()) == [".hidden", "dashboard"]
     for name in STORE_ENTRIES:
         store = tmp_path / name
         (store / name).mkdir(parents=True)

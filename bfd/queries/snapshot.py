@@ -265,7 +265,11 @@ def snapshot(root: Path, schema: Schema) -> Iterator[tuple[Path, bool]]:
             listing, notes = list_files(str(root), tuple(schema.contract))
             name = _fingerprint(schema, listing) + _SNAPSHOT_SUFFIX
             cached = root / CATALOG_DIR / name
-            if cached.is_file():
+            if not any(listing.values()) and not cached.parent.exists():
+                # nothing published: no catalog folder is written into a folder for it (an
+                # empty one named by mistake stays empty); a private snapshot answers
+                cached = None
+            elif cached.is_file():
                 notes += _cached_warnings(cached)
             else:
                 try:
