@@ -103,7 +103,8 @@ def run_cli(argv, capsys) -> tuple[int, str, str]:
 
 
 # The test files that take longest (minutes on 2 cores) start first: the two test processes
-# (pytest-xdist, --dist loadfile) take whole files in collection order, so the short ones
+# (pytest-xdist, --dist loadfile) take whole files in collection order (--no-loadscope-reorder
+# in pyproject: xdist otherwise hands out the files with most tests first), so the short ones
 # fill in beside them instead of one long file running alone at the end.
 LONGEST_FIRST = ("test_schedule.py", "test_bench.py", "test_pipeline_kills.py", "test_audit.py",
                  "test_extract.py", "test_publish_faults.py", "test_server.py", "test_reuse.py")
