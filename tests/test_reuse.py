@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from checkpoints import AUDIT, make_checkpoints
-from conftest import prefect_home, run_cli
+from conftest import run_cli
 from PIL import Image
 
 from bfd.images import sample_array
@@ -372,7 +372,6 @@ def test_extract_of_an_extracted_run_answers_without_prefect_and_a_damaged_one_r
     argv = ["extract", "--model", AUDIT["model"], "--weights", "random", "--n-images", "6",
             "--img-size", str(AUDIT["img_size"]), "--layers", "0", "--dtype", "float32",
             "--images-per-chunk", "3", "--store", str(store)]
-    prefect_home(tmp_path / "prefect-home")  # the home of bfd_without_prefect_api
     first, out1, _ = bfd_without_prefect_api(argv, tmp_path)
     assert first == {"code": 0, "loaded": ["prefect", "timm", "torch"], "checked": []}
     again, out2, err2 = bfd_without_prefect_api(argv, tmp_path)

@@ -20,7 +20,6 @@ from uuid import UUID
 
 import pytest
 from checkpoints import AUDIT, make_checkpoints
-from conftest import prefect_home
 
 from bfd.flows.prefect_io import DRIFT_EVENT, artifact_key
 from bfd.flows.serve import runner_deployments
@@ -79,9 +78,7 @@ def test_schedule_it_end_to_end(tmp_path):
     make_checkpoints(ckpts)
     url = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    # a Prefect home set up as after a first `prefect server start` (no migrations to run)
-    home = prefect_home(tmp_path / "ph")
-    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", PREFECT_HOME=str(home),
+    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", PREFECT_HOME=str(tmp_path / "ph"),
                PREFECT_SERVER_ANALYTICS_ENABLED="false", HF_HUB_OFFLINE="1",
                PREFECT_LOGGING_LEVEL="WARNING",
                # no scheduled runs of the deployed schedules while the test runs its own
@@ -226,7 +223,7 @@ def test_serve_ends_on_ctrl_c_in_one_line_and_leaves_no_process(tmp_path):
 
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     proc = subprocess.Popen([sys.executable, "-m", "bfd.cli", "serve"], cwd=REPO,
-                            env={**env, "PREFECT_HOME": str(prefect_home(tmp_path / "home"))},
+                            env={**env, "PREFECT_HOME": str(tmp_path / "home")},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     children: list = []

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import prefect_home
 
 REPO = Path(__file__).resolve().parents[1]
 # A profiles file as Prefect's default profile, whose presence alone makes the command leave
@@ -23,10 +22,11 @@ PROFILES = ('active = "ephemeral"\n\n[profiles.ephemeral]\n'
 
 
 def extract_without_api(tmp_path: Path, profiles: bool) -> tuple[dict, list, list]:
-    """``bfd extract`` of 2 images in a new process with a Prefect home of its own (its
-    database set up, no runs: ``conftest.prefect_home``) and no API; returns what the process
-    says of itself, and the flow runs and task runs in its Prefect database."""
-    home = prefect_home(tmp_path / "home")
+    """``bfd extract`` of 2 images in a new process with a fresh Prefect home and no API;
+    returns what the process says of itself, and the flow runs and task runs in its Prefect
+    database."""
+    home = tmp_path / "home"
+    home.mkdir(parents=True)
     if profiles:
         (home / "profiles.toml").write_text(PROFILES)
     code = ("import json, os, sys\nfrom bfd.cli import main\n"

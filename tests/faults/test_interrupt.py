@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from conftest import env_kept, prefect_home
+from conftest import env_kept
 
 from bfd.cli import main
 from bfd.cli_interrupt import MESSAGE
@@ -52,10 +52,8 @@ def test_ctrl_c_ends_extract_in_one_line_and_a_rerun_resumes(prefect_harness, tm
         assert main([*EXTRACT, "--store", str(whole.root)]) == 0
     (rid,) = [p.name for p in whole.runs_dir.iterdir()]
 
-    # its own temporary server, in its process group, as a command typed in a terminal (in a
-    # Prefect home whose database is set up, as after a user's first command)
+    # its own temporary server, in its process group, as a command typed in a terminal
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env["PREFECT_HOME"] = str(prefect_home(tmp_path / "home"))
     proc = subprocess.Popen([sys.executable, "-m", "bfd.cli", *EXTRACT, "--store",
                              str(store.root)], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
