@@ -52,10 +52,16 @@ def run_cli(argv, capsys) -> tuple[int, str, str]:
 
 
 # The test files that take longest (minutes on 2 cores) start first: the two test processes
-# (pytest-xdist, --dist loadfile) take whole files in collection order, so the short ones
+# (pytest-xdist, --dist loadfile) take whole files in collection order (--no-loadscope-reorder
+# in pyproject: xdist otherwise hands out the files with most tests first), so the short ones
 # fill in beside them instead of one long file running alone at the end.
-LONGEST_FIRST = ("test_schedule.py", "test_bench.py", "test_pipeline_kills.py", "test_audit.py",
-                 "test_extract.py", "test_publish_faults.py", "test_server.py", "test_reuse.py")
+# Ranked by the seconds each file took in a whole run (pytest --durations=0, summed per file,
+# 2026-12-03: test_audit 349, test_bad_inputs 251, test_cli 248, test_bench 244 (its quick runs
+# two at a time), ... test_cluster 55; the other files 45 s or less).
+LONGEST_FIRST = ("test_audit.py", "test_bad_inputs.py", "test_cli.py", "test_bench.py",
+                 "test_schedule.py", "test_verify.py", "test_reuse.py", "test_extract.py",
+                 "test_pipeline_kills.py", "test_publish_faults.py", "test_early_refusals.py",
+                 "test_dashboard_browser.py", "test_cluster.py")
 
 
 def pytest_collection_modifyitems(items):
