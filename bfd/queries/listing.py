@@ -8,12 +8,13 @@ callers (a test checks that both agree).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Final, NamedTuple, TypeAlias
+
+from bfd.files import sha256_file
 
 # The tables published per run as one version (bfd.storage.RUN_TABLES). Any other table of
 # the catalog is read as every Parquet file below tables/<table>/.
@@ -213,11 +214,6 @@ def _published(pointer: dict, table: str) -> tuple[int, int, str] | None:
     return size, mtime_ns, sha256
 
 
-def _sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def changed_files(listing: Listing) -> dict[str, str]:
     """The listed files that changed after they were published (path -> how): their size or
     mtime differ from what their pointer recorded (a stat, no read) and so do their bytes
@@ -238,7 +234,7 @@ def changed_files(listing: Listing) -> dict[str, str]:
             if (f.stat.st_size, f.stat.st_mtime_ns) == (size, mtime_ns):
                 continue
             try:
-                now = _sha256(f.path)
+                now = sha256_file(f.path)
             except FileNotFoundError as err:
                 raise ListingChanged(f.path) from err
             except OSError:

@@ -37,6 +37,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xarray as xr
 
+from bfd.files import sha256_file
+
 from .paths import Store, atomic_write, read_json, validate_run_id, write_json_atomic
 from .results import open_results_group, remove_group, results_groups, write_results_group
 from .tables import RUN_TABLES, TABLE_SCHEMAS, conform, table_path
@@ -72,12 +74,6 @@ def read_pointer(store: Store, run_id: str) -> dict[str, Any] | None:
     return pointer
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes, as 64 hex digits."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def changed_since_published(pointer: dict[str, Any], table: str, path: Path) -> str | None:
     """Why the published file ``path`` of ``table`` no longer holds the bytes its publish
     wrote, in a few words (its sha256 differs from the pointer's), or None when it holds them
@@ -89,7 +85,7 @@ def changed_since_published(pointer: dict[str, Any], table: str, path: Path) -> 
     recorded = pointer.get("sha256", {}).get(table)
     if not recorded:
         return None
-    now = file_sha256(path)
+    now = sha256_file(path)
     if now == recorded:
         return None
     return (f"changed since it was published (sha256 {now[:12]}..., "

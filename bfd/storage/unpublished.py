@@ -5,12 +5,13 @@ with the command that takes each one further. Neither Zarr nor the activations a
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
+
+from bfd.files import sha256_file
 
 from .manifest import read_markers
 from .paths import Store, read_json, validate_run_id
@@ -142,8 +143,7 @@ def _damaged_publication(store: Store, run_id: str) -> tuple[str | None, dict | 
     for table, file in files.items():
         try:
             data = pq.read_table(file)
-            with open(file, "rb") as f:
-                now = hashlib.file_digest(f, "sha256").hexdigest()
+            now = sha256_file(file)
         except FileNotFoundError:
             damage = damage or f"{file} is missing"
             continue
