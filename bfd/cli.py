@@ -16,8 +16,7 @@ _READING_COMMANDS = ("verify", "sql", "catalog", "query", "runs", "dashboard", "
 _EXIT_BROKEN_PIPE = 141
 # The one option of every command, given before the command or after it.
 _VERBOSE_HELP = "show Prefect's logs (of the commands that run flows)"
-# the commands that run Prefect flows; the others accept -v and change nothing with it
-_FLOW_COMMANDS = frozenset({"extract", "decompose", "audit", "audit-checkpoints", "serve"})
+# -v of a reading command (it runs no Prefect flow): accepted, and changes nothing
 _NO_FLOW_HELP = "no effect here: this command runs no Prefect flow (accepted like bfd -v)"
 
 
@@ -390,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
         # given (or not) before the command stands
         sub.choices[action.dest].add_argument(
             "-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-            help=_VERBOSE_HELP if action.dest in _FLOW_COMMANDS else _NO_FLOW_HELP)
+            help=_NO_FLOW_HELP if action.dest in _READING_COMMANDS else _VERBOSE_HELP)
     return p
 
 
