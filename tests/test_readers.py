@@ -4,7 +4,10 @@ query, NULL for undefined values, and a catalog that degrades instead of dying."
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -205,6 +208,7 @@ def test_attach_queries_several_stores_read_only(two_models, tmp_path):
 
 def test_catalog_and_sql_import_no_torch_timm_or_prefect():
     code = ("import sys, bfd.queries; from bfd.queries import snapshot, listing; "
+            "import bfd.storage.recorded, bfd.storage.unpublished; "
             "print(sorted(m for m in ('torch', 'timm', 'prefect', 'zarr', 'xarray') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
@@ -234,6 +238,38 @@ def test_unreadable_table_file_leaves_out_its_run_only(two_models, tmp_path, cap
     for table in RUN_TABLES:
         got = run_sql(str(store.root), f"SELECT DISTINCT run_id FROM {table}")
         assert got.column("run_id").to_pylist() == [rids[1]], table
+
+
+@pytest.mark.parametrize("recorded", ["", 123])
+def test_verify_runs_and_the_catalog_check_a_recorded_sha256_by_one_rule(two_models, tmp_path,
+                                                                          recorded):
+    """A published file is changed when its sha256 is not what its pointer recorded: one rule
+    (``bfd.storage.recorded``) for ``bfd verify`` (``table_faults``), ``bfd runs``
+    (``unpublished_runs``) and the SQL catalog. A record that is no file's sha256 (a pointer
+    edited by hand) matches no file for each of them; they disagreed: verify passed ``""``,
+    the catalog passed a number."""
+    from bfd.storage import table_faults, unpublished_runs
+
+    source, rids = two_models
+    store = Store(tmp_path / "store")
+    shutil.copytree(source.root, store.root)
+    path = store.published_pointer(rids[0])
+    pointer = json.loads(path.read_text())
+    pointer["sha256"]["heads"] = recorded
+    path.write_text(json.dumps(pointer))
+    heads = store.root / pointer["tables"]["heads"]
+    st = heads.stat()  # the same bytes, another mtime: the catalog reads them (not a stat)
+    os.utime(heads, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    digest = hashlib.sha256(heads.read_bytes()).hexdigest()
+    assert [str(f) for f in table_faults(store, rids[0])] == [
+        f"{heads}: changed since it was published (sha256 {digest[:12]}..., published.json "
+        f"records {str(recorded)[:12]}...)"]
+    assert table_faults(store, rids[1]) == []
+    published = run_sql(str(store.root), "SELECT run_id FROM runs").column("run_id").to_pylist()
+    assert published == [rids[1]]
+    (damaged,) = unpublished_runs(store, published)
+    assert (damaged.run_id, damaged.status) == (rids[0], "damaged")
+    assert damaged.next.startswith(f"published, but {heads} changed after it was published")
 
 
 SERIES = ("vit_b@/path/to/ckpts", "50% done", "a b", "_under", ".dot", "series=x")

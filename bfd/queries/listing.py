@@ -3,7 +3,8 @@ pointer ``runs/<run_id>/published.json`` names it (docs/layout.md, "Publishing")
 
 This reads the store's plain files with the standard library only, so ``bfd sql`` loads no
 Zarr, xarray or torch; ``bfd.storage.published_files`` is the same listing for Python
-callers (a test checks that both agree).
+callers (a test checks that both agree). Whether a file still holds the bytes it was
+published with is ``bfd verify``'s rule, ``bfd.storage.recorded`` (as light).
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import json
 import os
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Final, NamedTuple, TypeAlias
+from typing import Any, Final, NamedTuple, TypeAlias
 
-from bfd.files import sha256_file
+from bfd.storage.recorded import recorded_sha256, sha256_change
 
 # The tables published per run as one version (bfd.storage.RUN_TABLES). Any other table of
 # the catalog is read as every Parquet file below tables/<table>/.
@@ -35,7 +36,7 @@ class TableFile:
     rel: str
     stat: os.stat_result
     run_id: str | None
-    published: tuple[int, int, str] | None = None
+    published: tuple[int, int, Any] | None = None
 
 
 Listing: TypeAlias = dict[str, list[TableFile]]
@@ -200,16 +201,17 @@ def list_files(root: str, tables: tuple[str, ...], run_ids: Collection[str] | No
     return listing, notes
 
 
-def _published(pointer: dict, table: str) -> tuple[int, int, str] | None:
+def _published(pointer: dict, table: str) -> tuple[int, int, Any] | None:
     """What ``pointer`` recorded of its file of ``table`` when it was published: ``(size,
-    mtime_ns, sha256)``; None when it lacks any of them (written before they were kept) or
-    holds a value of another form."""
+    mtime_ns, sha256)`` (the sha256 as ``recorded_sha256`` reads it); None when it lacks any
+    of them (written before they were kept) or holds a size or mtime of another form."""
     recorded = []
-    for key in ("size", "mtime_ns", "sha256"):
+    for key in ("size", "mtime_ns"):
         values = pointer.get(key)
         recorded.append(values.get(table) if isinstance(values, dict) else None)
-    size, mtime_ns, sha256 = recorded
-    if type(size) is not int or type(mtime_ns) is not int or not isinstance(sha256, str):
+    size, mtime_ns = recorded
+    sha256 = recorded_sha256(pointer, table)
+    if type(size) is not int or type(mtime_ns) is not int or sha256 is None:
         return None
     return size, mtime_ns, sha256
 
@@ -234,13 +236,13 @@ def changed_files(listing: Listing) -> dict[str, str]:
             if (f.stat.st_size, f.stat.st_mtime_ns) == (size, mtime_ns):
                 continue
             try:
-                now = sha256_file(f.path)
+                change = sha256_change(f.path, sha256)  # bfd verify's rule (storage.recorded)
             except FileNotFoundError as err:
                 raise ListingChanged(f.path) from err
             except OSError:
                 continue  # the build's read names what is wrong with it
-            if now != sha256:
-                changed[f.path] = f"sha256 {now[:12]}..., published.json records {sha256[:12]}..."
+            if change is not None:
+                changed[f.path] = change
     return changed
 
 

@@ -247,7 +247,8 @@ def table_faults(store: Store, run_id: str) -> list[Fault]:
     layout's): each file is read whole, and its bytes are compared with the sha256 its
     pointer records (none in pointers written before they were kept, nor in the older layout:
     such a file is only read); empty when all are intact or the run has none."""
-    from .published import changed_since_published, read_pointer
+    from .published import read_pointer
+    from .recorded import changed_since_published
 
     try:
         pointer = read_pointer(store, run_id)

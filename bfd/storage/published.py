@@ -37,8 +37,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xarray as xr
 
-from bfd.files import sha256_file
-
 from .paths import Store, atomic_write, read_json, validate_run_id, write_json_atomic
 from .results import open_results_group, remove_group, results_groups, write_results_group
 from .tables import RUN_TABLES, TABLE_SCHEMAS, conform, table_path
@@ -72,24 +70,6 @@ def read_pointer(store: Store, run_id: str) -> dict[str, Any] | None:
             or not isinstance(pointer.get("sha256", {}), dict):
         raise ValueError(f"run {run_id}: {path} is not a publication pointer")
     return pointer
-
-
-def changed_since_published(pointer: dict[str, Any], table: str, path: Path) -> str | None:
-    """Why the published file ``path`` of ``table`` no longer holds the bytes its publish
-    wrote, in a few words (its sha256 differs from the pointer's), or None when it holds them
-    or the pointer records no sha256 of it (written before they were kept).
-
-    Raises:
-        OSError: If the file cannot be read.
-    """
-    recorded = pointer.get("sha256", {}).get(table)
-    if not recorded:
-        return None
-    now = sha256_file(path)
-    if now == recorded:
-        return None
-    return (f"changed since it was published (sha256 {now[:12]}..., "
-            f"published.json records {str(recorded)[:12]}...)")
 
 
 def _legacy_files(store: Store, run_id: str) -> dict[str, Path]:

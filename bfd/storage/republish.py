@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 import zarr
 
 from .paths import Store
-from .published import _legacy_files, changed_since_published, read_pointer
+from .published import _legacy_files, read_pointer
+from .recorded import changed_since_published
 from .results import results_groups
 from .tables import RUN_TABLES
 

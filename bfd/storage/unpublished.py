@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
-from bfd.files import sha256_file
-
 from .manifest import read_markers
 from .paths import Store, read_json, validate_run_id
+from .recorded import recorded_sha256, sha256_change
 from .runs import is_stats_only, read_request
 
 # Every shard extracted, nothing published: `bfd decompose` is next (or its decomposition
@@ -134,7 +133,6 @@ def _damaged_publication(store: Store, run_id: str) -> tuple[str | None, dict | 
     try:
         pointer = read_json(path)
         files = {table: store.root / rel for table, rel in pointer["tables"].items()}
-        recorded = pointer.get("sha256") or {}
     except FileNotFoundError:
         return None, None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -143,14 +141,14 @@ def _damaged_publication(store: Store, run_id: str) -> tuple[str | None, dict | 
     for table, file in files.items():
         try:
             data = pq.read_table(file)
-            now = sha256_file(file)
+            changed = sha256_change(file, recorded_sha256(pointer, table))
         except FileNotFoundError:
             damage = damage or f"{file} is missing"
             continue
         except Exception:  # noqa: BLE001 - any read failure is the damage
             damage = damage or f"{file} does not read"
             continue
-        if isinstance(recorded, dict) and recorded.get(table) not in (None, now):
+        if changed is not None:
             damage = damage or f"{file} changed after it was published"
         elif table == "runs" and data.num_rows == 1:
             row = data.to_pylist()[0]
