@@ -496,6 +496,42 @@ def test_series_list_the_audits_of_a_damaged_run_as_audit_history_does(tmp_path)
     assert line.startswith("run c-200 is damaged, left out of this dashboard and of SQL: ")
 
 
+def test_a_series_whose_runs_are_all_damaged_is_listed_and_its_points_say_damaged(tmp_path):
+    """c-100's and c-200's heads files truncated: the catalog leaves both runs out. Series
+    other and th hold one audit each, of c-100 only: the overview's series list still lists
+    them (it joined runs, so they were gone without a trace), with the audits of damaged runs
+    counted and their runs named (ck: 3 of its 6 audits); each damaged run's audit is a
+    Series point marked ``damaged`` (the page breaks its line there)."""
+    from dashstore import write_reused_audits
+
+    root, out = tmp_path / "store", tmp_path / "site"
+    write_reused_audits(root)
+    for run_id in ("c-100", "c-200"):
+        heads = root / read_pointer(Store(root), run_id)["tables"]["heads"]
+        heads.write_bytes(heads.read_bytes()[:100])
+    with connect(root) as con:
+        rows = D.series_list(con).to_pylist()
+        points = D.series_data(con)["metrics"].to_pylist()
+    assert [(r["series"], r["n_runs"], r["n_audits"], r["n_damaged"], r["damaged_runs"],
+             r["latest_run"], r["audit_id"], r["audit_status"]) for r in rows] == [
+        ("ck", 3, 6, 3, ["c-100", "c-200"], "c-500", "A8", "failed"),
+        ("other", 1, 1, 1, ["c-100"], "c-100", "A6", "complete"),
+        ("th", 1, 1, 1, ["c-100"], "c-100", "A7", "complete"),
+        ("toy_vit · plain", 1, 0, 0, None, "u-1", None, None)]
+    assert [(p["series"], p["audit_id"], p["damaged"]) for p in points] == [
+        ("ck", "A4", True), ("ck", "A1", True), ("ck", "A5", True), ("ck", "A2", False),
+        ("ck", "A3", False), ("other", "A6", True), ("th", "A7", True),
+        ("toy_vit · plain", None, False)]
+    build_dashboard(root, out)
+    listed = embedded(out / "index.html")["series_list"]
+    assert listed["series"] == [r["series"] for r in rows]
+    assert listed["damaged_runs"] == [r["damaged_runs"] for r in rows]
+    # the latest run's page: a damaged run's says so
+    assert listed["latest_page"] == ["c-500.html", "c-100.html", "c-100.html", "u-1.html"]
+    assert "c-100 is damaged" in (out / "runs/c-100.html").read_text(encoding="utf-8")
+    assert embedded(out / "series.html")["metrics"]["damaged"] == [p["damaged"] for p in points]
+
+
 def test_series_points_say_which_audits_drift_was_not_compared(tmp_path):
     """The trial's series (tests/dashstore.py TRIAL_AUDITS): T2-T4's drift checks refused to
     compare each with the one before (other images, another N), 0 flagged; T5's was compared but

@@ -797,3 +797,68 @@ def test_layers_not_stored_are_no_line_and_no_wide_bar(mixed_site, browser):
     a, b = browser.execute_script(
         "return document.getElementById('compare-plot').data.map(t => Array.from(t.y))")
     assert gapped(a) and len(b) == 6 and None not in b
+
+
+def test_damaged_runs_series_are_listed_and_their_points_break_the_line(tmp_path, browser):
+    # tests/dashstore.py REUSED_AUDITS with c-100's and c-200's heads truncated: the catalog
+    # leaves both runs out. Overview: other and th, whose only audit is of c-100, are still
+    # listed, their damage said (naming bfd verify); ck counts 3 damaged audits of its 6.
+    # Series: ck's audits of the damaged runs (A4, A1, A5) are open red circles labelled
+    # damaged, with no line into or out of them (A1 and A5 kept f_pp 0.21 and 0.25; A4 none)
+    from dashstore import write_reused_audits
+
+    from bfd.storage import Store, read_pointer
+
+    root, out = tmp_path / "store", tmp_path / "site"
+    write_reused_audits(root)
+    for run_id in ("c-100", "c-200"):
+        heads = root / read_pointer(Store(root), run_id)["tables"]["heads"]
+        heads.write_bytes(heads.read_bytes()[:100])
+    build_dashboard(root, out)
+    open_page(browser, (out / "index.html").as_uri())
+    assert_clean(browser, "file://")
+    rows = table_rows(browser, "series-table")
+    assert [(r["series"], r["runs"], r["audits"], r["latest run"]) for r in rows] == [
+        ("ck", "3", "6", "c-500"), ("other", "1", "1", "c-100"), ("th", "1", "1", "c-100"),
+        ("toy_vit · plain", "1", "0", "u-1")]
+    damage = [r["damaged"] for r in rows]
+    assert damage[0].startswith("3 of 6 audits of runs c-100, c-200, damaged (table files fail")
+    assert damage[0].endswith("bfd verify RUN names the repair")
+    assert damage[1] == damage[2] and damage[1].startswith(
+        "1 of 1 audits of run c-100, damaged (a table file fails its check): left out of SQL")
+    assert damage[1].endswith("bfd verify c-100 names the repair") and damage[3] == "–"
+    assert browser.execute_script(
+        "return Array.from(document.querySelectorAll('#series-table tbody tr'),"
+        " tr => tr.className)") == ["damaged-run"] * 3 + [""]
+    assert browser.execute_script(
+        "const t = document.getElementById('series-table'); const i = [...t.querySelectorAll("
+        "'thead th')].findIndex(th => th.textContent === 'damaged');"
+        " return [...t.querySelectorAll('tbody tr')].map(r => r.cells[i].title)") == damage  # hover
+    # the latest run's link of a series of damaged runs opens that run's page, which says so
+    link = browser.execute_script(
+        "return document.querySelectorAll('#series-table tbody tr')[1]"
+        ".querySelector('a').getAttribute('href')")
+    assert link == "runs/c-100.html"
+    open_page(browser, (out / "series.html").as_uri())
+    assert_clean(browser, "file://")
+    choose_series(browser, "ck")
+    x, y, _, _, _, symbols, _ = series_plot(browser, "metric-f_pp")
+    assert x == [100, 200, 200, 250, 250, 500, 500, 500]
+    assert y == [None, None, 0.21, None, 0.25, None, 0.51, 0.52]
+    assert [s for s, v in zip(symbols, x, strict=True)] == [
+        "circle-open", "circle", "circle-open", "circle", "circle-open", "circle", "circle",
+        "circle"]
+    text, colors = browser.execute_script(
+        "const t = document.getElementById('metric-f_pp').data[0];"
+        " return [Array.from(t.text), Array.from(t.marker.color)]")
+    for i, audit in ((0, "A4"), (2, "A1"), (4, "A5")):
+        assert text[i].startswith(f"c-{'1' if audit == 'A4' else '2'}00 · audit {audit} · run "
+                                  "damaged (a table file fails its check; bfd verify ")
+        assert colors[i] == "#b00020"
+    assert "damaged" not in text[6] + text[7] and colors[6] == "#0072B2"
+    table = table_rows(browser, "series-runs")
+    assert [(r["audit_id"], r["damaged"]) for r in table] == [
+        ("A4", "yes"), ("A1", "yes"), ("A5", "yes"), ("A2", "no"), ("A3", "no")]
+    choose_series(browser, "other")  # one audit, of a damaged run: its point, said damaged
+    _, y, _, _, _, symbols, _ = series_plot(browser, "metric-f_pp")
+    assert (y, symbols) == ([0.11], ["circle-open"])

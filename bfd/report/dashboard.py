@@ -314,12 +314,15 @@ def build_dashboard(
         series["not_kept"] = D.figures_not_kept(con)
         series["latest_series"] = D.latest_series(con)
         common = {"runs": runs, "has_audits": has_audits}
+        series_list = D.columnar(D.series_list(con))
+        # the page of each series' latest run: a damaged run (not in runs) has one too
+        series_list["latest_page"] = [page_name(run_id) for run_id in series_list["latest_run"]]
         # one row a complete run; the pages derive each pair's same_model and note from them
         shapes = D.columnar(D.run_shapes(con))
         generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         site_pages = {
             "index.html": ("overview", {**common, "layers": layers,
-                                        "series_list": D.columnar(D.series_list(con))}),
+                                        "series_list": series_list}),
             "series.html": ("series", {**common, **series, "shapes": shapes}),
             "compare.html": ("compare", {**common, "layers": layers, "shapes": shapes}),
         }

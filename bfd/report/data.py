@@ -265,7 +265,13 @@ def series_list(con: duckdb.DuckDBPyConnection) -> pa.Table:
     any status) latest by step, start time and audit id, one of a complete run where the
     series has one; a run never audited is a member of its ``model · weights`` series only.
     A run audited in several series is counted in each (``run_list`` gives a run its latest
-    audit's series only). ``drift_note``: the latest audit's (its 0 flagged is no pass)."""
+    audit's series only). ``drift_note``: the latest audit's (its 0 flagged is no pass).
+
+    A complete audit of a run the catalog left out (damaged: ``audit_history`` lists it too)
+    is a member, so a series whose runs are all damaged is listed: ``n_damaged`` counts such
+    audits of the series, ``damaged_runs`` names their runs (sorted; NULL when none); its
+    runs' columns are unknown. An audit that is not complete, of a run not in the catalog,
+    is no member (its run may never have been published)."""
     members = (
         f"SELECT {_RUN_SERIES} AS series, r.run_id, NULL::VARCHAR AS audit_id,"
         " NULL::BIGINT AS step, NULL::TIMESTAMPTZ AS started_at,"
@@ -280,16 +286,27 @@ def series_list(con: duckdb.DuckDBPyConnection) -> pa.Table:
             + " WHERE r.run_id NOT IN (SELECT run_id FROM audits WHERE run_id IS NOT NULL)"
         )
     return run_sql(con, f"""
-        WITH m AS ({members})
+        WITH m AS (
+            SELECT m.*, r.status AS run_status, r.created_at, r.run_id IS NULL AS left_out
+            FROM ({members}) AS m
+            LEFT JOIN runs AS r USING (run_id)
+            WHERE r.run_id IS NOT NULL
+                OR (m.audit_status = 'complete' AND m.run_id IS NOT NULL)
+        ),
+        d AS (
+            SELECT series, count(*) AS n_damaged, list_sort(list(DISTINCT run_id)) AS damaged_runs
+            FROM m WHERE left_out GROUP BY series
+        )
         SELECT m.series, count(DISTINCT m.run_id) OVER w AS n_runs,
-            count(m.audit_id) OVER w AS n_audits, m.run_id AS latest_run, m.audit_id,
-            m.audit_status, m.finished_at, m.n_flagged, m.drift_note
+            count(m.audit_id) OVER w AS n_audits, coalesce(d.n_damaged, 0) AS n_damaged,
+            d.damaged_runs, m.run_id AS latest_run, m.audit_id, m.audit_status,
+            m.finished_at, m.n_flagged, m.drift_note
         FROM m
-        JOIN runs AS r USING (run_id)
+        LEFT JOIN d USING (series)
         WINDOW w AS (PARTITION BY m.series)
-        QUALIFY row_number() OVER (PARTITION BY m.series ORDER BY r.status = 'complete' DESC,
-            coalesce(m.step, 0) DESC, m.started_at DESC NULLS LAST, r.created_at DESC,
-            m.audit_id DESC) = 1
+        QUALIFY row_number() OVER (PARTITION BY m.series ORDER BY
+            coalesce(m.run_status = 'complete', false) DESC, coalesce(m.step, 0) DESC,
+            m.started_at DESC NULLS LAST, m.created_at DESC NULLS LAST, m.audit_id DESC) = 1
         ORDER BY m.series
     """)
 
@@ -314,7 +331,8 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
     ``run_summary``: a run never audited, which appears once, in its ``model · weights``
     series with no step, or an audits table without the kept columns); an audit of a run
     the catalog left out (damaged) is a point too, as ``audit_history`` lists it, its run's
-    columns NULL and ``figures`` NULL where it kept none. ``comparable`` and ``drift_note``
+    columns NULL and ``figures`` NULL where it kept none; ``damaged`` (last) is true for
+    such a point only. ``comparable`` and ``drift_note``
     (after ``n_flagged``) are the audit's in ``audit_history``: whether its figures and its
     previous audit's are of one model over the same inputs, and why its drift check compared
     nothing (its n_flagged of 0 then means not checked). Head-type changes
@@ -336,7 +354,8 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
         WITH p AS ({_series_points(con)})
         SELECT p.series, s.* REPLACE ({replaced}, p.run_id AS run_id), p.audit_id, p.step,
             p.started_at, p.finished_at, p.n_flagged,
-            CASE WHEN p.kept THEN 'audit' WHEN NOT p.left_out THEN 'run' END AS figures
+            CASE WHEN p.kept THEN 'audit' WHEN NOT p.left_out THEN 'run' END AS figures,
+            p.left_out AS damaged
         FROM p
         LEFT JOIN run_summary AS s ON s.run_id = p.run_id
         WHERE s.run_id IS NOT NULL OR p.left_out

@@ -105,7 +105,8 @@
       for (const c of cols) {
         const v = c.render ? c.render(r) : fmt(r[c.key]);
         const isText = !(typeof r[c.key] === "number") || c.render;
-        tr.append(h("td", { class: isText ? "text" : null, title: isText ? fmt(r[c.key]) : null }, v));
+        tr.append(h("td", { class: isText ? "text" : null,
+          title: c.title ? c.title(r) : isText ? fmt(r[c.key]) : null }, v));
       }
       body.append(tr);
     }
@@ -243,15 +244,28 @@
     const byRun = layersByRun();
     // every series of an audit or of a never-audited run (a run audited in several series is
     // in each), with its latest member's run (bfd/report/data.py series_list)
+    // (a series whose runs are all damaged too: its audits of runs the catalog left out are
+    // counted, n_damaged, and their runs named, damaged_runs; such a run's columns unknown)
     const series = rowsOf(D.series_list).map((s) => {
-      const latest = RUN_BY_ID.get(s.latest_run) || { run_id: s.latest_run };
+      const latest = RUN_BY_ID.get(s.latest_run) || { run_id: s.latest_run, page: s.latest_page };
       return { series: s.series, model: latest.model, weights: latest.weights,
         weights_sha256: latest.weights_sha256, images: latest.images,
         images_sha256: latest.images_sha256, n_decoded: latest.n_decoded, n_runs: s.n_runs,
-        n_audits: s.n_audits, latest_run: latest.run_id, page: latest.page,
+        n_audits: s.n_audits, n_damaged: s.n_damaged, damaged_runs: s.damaged_runs,
+        latest_run: latest.run_id, page: latest.page,
         created_at: latest.created_at, audit_id: s.audit_id, audit_status: s.audit_status,
         finished_at: s.finished_at, n_flagged: s.n_flagged, drift_note: s.drift_note };
     });
+    // "2 of 6 audits: runs c-100, c-200 damaged ...", or "–" for a series with none
+    const damagedNote = (r) => {
+      const runs = r.damaged_runs || [];
+      if (!r.n_damaged || !runs.length) return "–";
+      const one = runs.length === 1;
+      return `${r.n_damaged} of ${r.n_audits} audits of ` + (one ? `run ${runs[0]}, damaged (a table file fails its check)`
+        : `runs ${runs.join(", ")}, damaged (table files fail their check)`) +
+        ": left out of SQL; the Series page shows the figures each audit kept; " +
+        `bfd verify ${one ? runs[0] : "RUN"} names the repair`;
+    };
     app.append(section("Series",
       h("p", { class: "note" }, D.has_audits ? "A series is the `series` of the audits table."
         : "No audits recorded yet: a series is a model with its weights."),
@@ -259,11 +273,13 @@
         { key: "series" }, { key: "model" }, { key: "weights" }, { key: "weights_sha256", label: "weights sha256" },
         { key: "images", label: "image set" }, { key: "images_sha256", label: "images sha256" },
         { key: "n_decoded", label: "images decoded" }, { key: "n_runs", label: "runs" },
-        { key: "n_audits", label: "audits" }, { key: "latest_run", label: "latest run", render: (r) => runLink({ page: r.page, run_id: r.latest_run }) },
+        { key: "n_audits", label: "audits" },
+        { key: "damaged_runs", label: "damaged", render: damagedNote, title: damagedNote },
+        { key: "latest_run", label: "latest run", render: (r) => runLink({ page: r.page, run_id: r.latest_run }) },
         { key: "created_at", label: "created" }, { key: "audit_id", label: "latest audit" },
         { key: "audit_status", label: "audit status" }, { key: "finished_at", label: "finished" },
         { key: "n_flagged", label: "flagged", render: flagged }, { key: "drift_note", label: "drift note" },
-      ])));
+      ], { rowClass: (r) => (r.n_damaged ? "damaged-run" : null) })));
     const chosen = new Set(series.map((s) => s.latest_run).filter((id) => byRun.has(id)));
     const plot = plotDiv("depth-plot", "Positional share frac_pos and position-position share f_pp " +
       "against relative depth for the selected runs; dotted lines: chance level of frac_pos", "tall");
@@ -578,7 +594,9 @@
       "points whose runs are of two models (run_pairs.same_model false), and before an audit whose figures " +
       "are of other inputs than its previous audit's (other images, decoded N, layers or positions: " +
       "comparable no). An open grey circle: an audit whose drift check compared nothing (its drift_note " +
-      "says why): its 0 flagged means not checked, not no drift. Steps that are all Unix " +
+      "says why): its 0 flagged means not checked, not no drift. An open red circle, no line into it or " +
+      "out of it: an audit of a damaged run (left out of SQL: bfd verify RUN), the figures it kept, " +
+      "compared with nothing. Steps that are all Unix " +
       "seconds (an audit's default step, its start time) are drawn as dates. Click a point to open its run. " +
       "Audits do not keep " + (notKept.join(", ") || "every figure") + ": an audit's point has " +
       "none of them (its run's current ones may come from a later decomposition; its run page " +
@@ -603,9 +621,12 @@
         m.drift_note !== null && m.drift_note !== undefined;
     }
     const otherInputs = (m) => !m.gap && (m.comparable === false || notCompared(m));
+    // an audit of a run the catalog left out (damaged: bfd/report/data.py series_data): the
+    // figures it kept, its comparisons unknown; no line into it or out of it
+    const damaged = (m) => !m.gap && m.damaged === true;
     // the audits table: what identifies an audit and its drift check first, then the figures
     function auditColumns(members) {
-      const lead = ["audit_id", "step", "run_id", "started_at", "n_flagged", "comparable", "drift_note", "figures"];
+      const lead = ["audit_id", "step", "run_id", "damaged", "started_at", "n_flagged", "comparable", "drift_note", "figures"];
       const all = Object.keys(members[0] || D.metrics);
       return lead.filter((c) => all.includes(c)).concat(all.filter((c) => !lead.includes(c))).map((c) =>
         c === "n_flagged" ? { key: c, label: "n_flagged", render: flagged }
@@ -614,11 +635,13 @@
     function redraw() {
       const members = metrics.filter((m) => m.series === state.series);
       const flagged = drift.filter((d) => d.series === state.series);
-      // a gap (no figure) between consecutive points whose runs are of two models, and before
-      // an audit whose drift was not compared with its previous audit's (audit_history)
+      // a gap (no figure) between consecutive points whose runs are of two models, before
+      // an audit whose drift was not compared with its previous audit's (audit_history), and
+      // either side of an audit of a damaged run
       const lines = [];
       members.forEach((m, i) => {
-        if (i > 0 && (twoModels(members[i - 1].run_id, m.run_id) || otherInputs(m))) {
+        if (i > 0 && (twoModels(members[i - 1].run_id, m.run_id) || otherInputs(m) ||
+            damaged(m) || damaged(members[i - 1]))) {
           lines.push({ gap: true, x: m });
         }
         lines.push(m);
@@ -668,10 +691,13 @@
         draw(div, [{ x: x, y: rows.map((m) => (m.gap ? null : m[k])), mode: "lines+markers", name: k, error_y: err,
           customdata: rows.map((m) => RUN_BY_ID.get(m.run_id)?.page || ""),
           text: rows.map((m) => (m.gap ? "" : pt(m.run_id + (m.audit_id ? " · audit " + m.audit_id : "") +
-            (notCompared(m) ? " · drift not compared: " + m.drift_note
-              : otherInputs(m) ? " · figures of other inputs than its previous audit's (comparable no)" : "")))),
-          marker: { symbol: rows.map((m) => (notCompared(m) ? "circle-open" : "circle")),
-            color: rows.map((m) => (notCompared(m) ? "#777" : "#0072B2")), size: rows.map((m) => (notCompared(m) ? 10 : 6)) },
+            (damaged(m) ? " · run damaged (a table file fails its check; bfd verify " + m.run_id +
+              "): left out of SQL, the figures its audit kept, not compared"
+              : notCompared(m) ? " · drift not compared: " + m.drift_note
+                : otherInputs(m) ? " · figures of other inputs than its previous audit's (comparable no)" : "")))),
+          marker: { symbol: rows.map((m) => (damaged(m) || notCompared(m) ? "circle-open" : "circle")),
+            color: rows.map((m) => (damaged(m) ? "#b00020" : notCompared(m) ? "#777" : "#0072B2")),
+            size: rows.map((m) => (damaged(m) || notCompared(m) ? 10 : 6)) },
           line: { color: "#0072B2" }, hovertemplate: `%{text}<br>${k} %{y:.4g}<extra></extra>` },
         { x: hit.map(xOf), y: hit.map((m) => m[k]), mode: "markers", name: "drift flagged",
           marker: { symbol: "x", size: 12, color: "#D55E00" }, hoverinfo: "skip" }],
@@ -688,7 +714,7 @@
           dataTable("changes-table", "head-type changes", changes.filter((c) => c.series === state.series))),
         section("Audits of the series", dataTable("series-runs", "audits of the series", members,
           auditColumns(members), { csvKeys: Object.keys(D.metrics),
-            rowClass: (m) => (notCompared(m) ? "not-compared" : null) })));
+            rowClass: (m) => (damaged(m) ? "damaged-run" : notCompared(m) ? "not-compared" : null) })));
     }
     redraw();
   }
