@@ -5,7 +5,8 @@ version beside the published one, then ONE pointer file is switched (docs/layout
   hold a version; a version's files are written once and never changed.
 - ``runs/<run_id>/published.json`` names the published version: the store-relative path of
   each of its table files and its results group, and the sha256 of each table file's bytes
-  (``bfd verify`` finds a file changed since; pointers written before have none) with its
+  (``bfd verify``, ``bfd runs`` and the SQL catalog find a file changed since, by one rule:
+  ``bfd.storage.recorded``; pointers written before have none) with its
   size and mtime_ns as written (the SQL catalog compares a stat: ``bfd.queries.listing``;
   pointers written before have none). It is replaced atomically (``atomic_write``),
   so every reader that follows it (the SQL catalog, ``read_table``, ``open_results``, the
