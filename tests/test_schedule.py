@@ -224,16 +224,17 @@ def check_serve(tmp_path: Path, url: str, env: dict) -> None:
 
     try:
         first, deployment = next_line(120), next_line(30)
-        assert first.startswith("bfd serve: 1 deployment(s) of ") and "being served" in first
-        assert deployment.startswith("  served-audit (flow audit): every 1 h; next run 20")
-        assert deployment.endswith(f"; store {store}\n"), deployment
         with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
             dep = client.read_deployment_by_name("audit/served-audit")
             runs = client.read_flow_runs(
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
-            assert runs and {r.state.type.value for r in runs} == {"SCHEDULED"}
+            assert runs, "no run of the served schedule (the server runs no scheduler service)"
+            assert {r.state.type.value for r in runs} == {"SCHEDULED"}
             run = min(runs, key=lambda r: r.expected_start_time)
             client.set_flow_run_state(run.id, Scheduled(), force=True)  # due now
+        assert first.startswith("bfd serve: 1 deployment(s) of ") and "being served" in first
+        assert deployment.startswith("  served-audit (flow audit): every 1 h; next run 20")
+        assert deployment.endswith(f"; store {store}\n"), deployment
         said = [next_line(150) for _ in range(2)]
         (audit,) = read_audits(Store(store), "served")
         assert audit["flow_run_id"] == str(run.id) and audit["status"] == "complete"
