@@ -119,7 +119,9 @@ def test_schedule_it_end_to_end(tmp_path):
         check_audits(store, series)
         assert series in outputs["bfd query"]
         check_prefect(url, store, series, ckpts, env, commands, subs)
+        t0 = time.monotonic()
         check_serve(tmp_path, url, env)
+        print(f"{time.monotonic() - t0:6.1f} s  bfd serve, one run of its schedule")
     finally:
         for proc in reversed(started):
             stop(proc)
