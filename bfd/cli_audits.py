@@ -79,17 +79,13 @@ def say(line: str) -> None:
 def print_audit(out: dict, store: str) -> int:
     """The audit's line and its flagged drift; returns the number of flagged values."""
     from bfd.queries import run_query
+    from bfd.tasks.audits import drift_said
 
-    prev = out["prev_audit_id"]
     say(f"audit {out['audit_id']} of series {out['series']} (step {out['step']}): run "
         f"{out['run_id']} {out['how']}")
-    if prev is None:
-        say("drift: first audit of this series, nothing to compare with")
+    say(f"drift: {drift_said(out)}")
+    if out["prev_audit_id"] is None or out.get("drift_note"):
         return 0
-    if out.get("drift_note"):
-        say(f"drift: {out['drift_note']}")
-        return 0
-    say(f"drift: {out['n_flagged']} value(s) flagged against audit {prev}")
     if out["n_flagged"]:
         drift = run_query(store, "drift", {"series": out["series"],
                                            "audit_id": out["audit_id"]})
@@ -429,7 +425,7 @@ def end_serve_on_interrupt() -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from bfd.flows.serve import serve
 
-    serve(args.file)
+    serve(args.file, say)  # its lines on stdout: serving, then each run's start and end
     return 0
 
 
@@ -444,7 +440,8 @@ def add_audit_parsers(sub) -> None:
     s.set_defaults(fn=cmd_audit_checkpoints, weights="random", seed=0)
 
     s = sub.add_parser("serve", help="run the deployments of prefect.yaml on their schedules "
-                       "in this process (no server or worker to set up)")
+                       "in this process (no server or worker to set up); one line on stdout "
+                       "when each run starts and when it ends")
     s.add_argument("--file", default="prefect.yaml", help="the deployments file")
     s.set_defaults(fn=cmd_serve)
 

@@ -1,18 +1,21 @@
 """README "Schedule it", every command of it, against a real local Prefect server and a
 `process` worker (both started and stopped here by process id): deploy from prefect.yaml, audit
 a folder of three planted checkpoints, and check the audits, the one drift flag, the artifact,
-the event, the run names, a second run doing nothing, and typed parameters at submission."""
+the event, the run names, a second run doing nothing, and typed parameters at submission; then
+`bfd serve` on the same server: its schedule's runs, and its lines of a run's start and end."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import queue
 import shlex
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -116,6 +119,9 @@ def test_schedule_it_end_to_end(tmp_path):
         check_audits(store, series)
         assert series in outputs["bfd query"]
         check_prefect(url, store, series, ckpts, env, commands, subs)
+        t0 = time.monotonic()
+        check_serve(tmp_path, url, env)
+        print(f"{time.monotonic() - t0:6.1f} s  bfd serve, one run of its schedule")
     finally:
         for proc in reversed(started):
             stop(proc)
@@ -178,6 +184,70 @@ def check_prefect(url, store, series, ckpts, env, commands, subs) -> None:
         with pytest.raises(PrefectHTTPStatusError, match="n_image"):
             client.create_flow_run_from_deployment(
                 deployment.id, parameters={"checkpoints": str(ckpts), "config": {"n_image": 3}})
+
+
+def check_serve(tmp_path: Path, url: str, env: dict) -> None:
+    """`bfd serve` on a server without a scheduler service (the test's, as Prefect's temporary
+    one): its schedule's runs are created, the next one said; a run of it, made due now, is
+    said when it starts and when it ends, with its audit, run id, series and drift. Before:
+    no scheduled run at all, and nothing on stdout after Prefect's banner."""
+    import yaml
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.states import Scheduled
+
+    import bfd
+
+    folder, store = tmp_path / "served", tmp_path / "served-store"
+    folder.mkdir()
+    (folder / "bfd").symlink_to(Path(bfd.__file__).parent)
+    spec = {"deployments": [{
+        "name": "served-audit", "entrypoint": "bfd/flows/audit.py:audit",
+        "schedules": [{"interval": 3600}],
+        "parameters": {"config": {**CONFIG, "weights": "random"}, "store": str(store),
+                       "series": "served", "dashboard": False}}]}
+    (folder / "prefect.yaml").write_text(yaml.safe_dump(spec))
+    proc = subprocess.Popen(
+        [str(BIN / "bfd"), "serve", "--file", str(folder / "prefect.yaml")], cwd=REPO,
+        env={**env, "PREFECT_API_URL": url, "PREFECT_RUNNER_POLL_FREQUENCY": "1"},
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=(tmp_path / "serve.log").open("w"),
+        text=True, start_new_session=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout],
+                     daemon=True).start()
+
+    def next_line(seconds: float) -> str:
+        try:
+            return lines.get(timeout=seconds)
+        except queue.Empty:
+            raise AssertionError(f"no line of bfd serve in {seconds} s; its stderr: "
+                                 f"{(tmp_path / 'serve.log').read_text()[-3000:]}") from None
+
+    try:
+        first, deployment = next_line(120), next_line(30)
+        with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
+            dep = client.read_deployment_by_name("audit/served-audit")
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
+            assert runs, "no run of the served schedule (the server runs no scheduler service)"
+            assert {r.state.type.value for r in runs} == {"SCHEDULED"}
+            run = min(runs, key=lambda r: r.expected_start_time)
+            client.set_flow_run_state(run.id, Scheduled(), force=True)  # due now
+        assert first.startswith("bfd serve: 1 deployment(s) of ") and "being served" in first
+        assert deployment.startswith("  served-audit (flow audit): every 1 h; next run 20")
+        assert deployment.endswith(f"; store {store}\n"), deployment
+        said = [next_line(150) for _ in range(2)]
+        (audit,) = read_audits(Store(store), "served")
+        assert audit["flow_run_id"] == str(run.id) and audit["status"] == "complete"
+        assert said[0].startswith("20") and said[0].endswith(f"({run.id}) started\n"), said
+        assert f"  served-audit: flow run 'served step {audit['step']}' ({run.id}) Completed " \
+            "after " in said[1], said
+        assert said[1].endswith(
+            f"; audit {audit['audit_id']} of series served (step {audit['step']}): run "
+            f"{audit['run_id']}; drift: first audit of this series, nothing to compare with\n")
+    finally:
+        stop(proc)
 
 
 def test_serve_builds_the_deployments_of_prefect_yaml():

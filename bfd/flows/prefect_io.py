@@ -38,19 +38,35 @@ def resolve_store(store: str | None) -> str:
         ValueError: A deployment run with no store from any of these.
     """
     from prefect.runtime import deployment
-    from prefect.variables import Variable
 
     if store:
         return str(Store(store).root)
-    found = os.environ.get(STORE_ENV) or None
     if deployment.id:
-        found = Variable.get(STORE_VARIABLE, default=None) or found
-        if not found:
+        root, _ = deployment_store(None)
+        if root is None:
             raise ValueError(
                 f"no store for this deployment run: pass the 'store' parameter, set the Prefect "
                 f"Variable {STORE_VARIABLE} (prefect variable set {STORE_VARIABLE} /data/bfd) "
                 f"or {STORE_ENV} in the worker's environment")
-    return str(Store(found or DEFAULT_ROOT).root)
+        return root
+    return str(Store(os.environ.get(STORE_ENV) or DEFAULT_ROOT).root)
+
+
+def deployment_store(store: str | None) -> tuple[str | None, str]:
+    """The store of a deployment run given the ``store`` parameter ``store`` (``resolve_store``
+    in a run of a deployment; ``bfd serve`` says it): its root and what named it, or (None,
+    "") when nothing does (the run fails)."""
+    from prefect.variables import Variable
+
+    if store:
+        return str(Store(store).root), "the store parameter"
+    found = Variable.get(STORE_VARIABLE, default=None)
+    if found:
+        return str(Store(found).root), f"the Prefect Variable {STORE_VARIABLE}"
+    found = os.environ.get(STORE_ENV)
+    if found:
+        return str(Store(found).root), f"${STORE_ENV}"
+    return None, ""
 
 
 def artifact_key(kind: str, series: str) -> str:

@@ -1,13 +1,37 @@
 """``bfd serve``: the deployments of ``prefect.yaml`` with their schedules and parameters,
-served from this process (``prefect.serve``): no work pool or worker to set up."""
+served from this process (Prefect's ``Runner``, as ``prefect.serve`` runs it): no work pool
+or worker to set up.
+
+What a user sees in the terminal (stdout): one line when serving starts, one per deployment
+(its schedules, its next run), then one line when each run of a served deployment starts and
+one when it ends (its state; an audit's run id, series and drift; the checkpoints audited; a
+failure's error). Prefect logs at WARNING in the CLI, so these lines are ``RunLines``' own:
+it reads the served deployments' flow runs from the API every ``POLL_SECONDS``, and the
+audits of a run from the store it wrote to (the ``audits`` table, by flow run id).
+
+``RunLines`` also creates the served schedules' runs through the API (``POST
+/deployments/{id}/schedule``, what the server's scheduler service does): Prefect's temporary
+server, which ``bfd serve`` runs on without ``PREFECT_API_URL``, runs no scheduler service,
+and its deployments' schedules then never produced a run. On a server with a scheduler the
+calls change nothing (a scheduled run is created once: Prefect's idempotency key per
+schedule and time).
+"""
 
 from __future__ import annotations
 
 import importlib
+import sys
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import yaml
+
+POLL_SECONDS = 2.0  # how often the served deployments' runs are read (their lines' delay)
+SCHEDULE_SECONDS = 60.0  # how often their schedules' runs are created ahead
 
 _SCHEDULE_KEYS = ("cron", "interval", "rrule", "timezone", "anchor_date", "active", "parameters")
 
@@ -92,8 +116,254 @@ def runner_deployments(prefect_file: str | Path = "prefect.yaml") -> list:
     return out
 
 
-def serve(prefect_file: str | Path = "prefect.yaml") -> None:
-    """Serve every deployment of the file until interrupted."""
-    from prefect import serve as prefect_serve
+def _stdout_line(line: str) -> None:
+    sys.stdout.write(f"{line}\n")
+    sys.stdout.flush()
 
-    prefect_serve(*runner_deployments(prefect_file))
+
+def serve(prefect_file: str | Path = "prefect.yaml",
+          say: Callable[[str], None] = _stdout_line) -> None:
+    """Serve every deployment of the file until interrupted, saying what it serves and each
+    run's start and end (``RunLines``) through ``say``."""
+    import asyncio
+
+    from prefect.exceptions import TerminationSignal
+    from prefect.runner import Runner
+
+    deployments = runner_deployments(prefect_file)
+    runner = Runner(pause_on_shutdown=True)  # as prefect.serve builds it
+    served = {runner.add_deployment(d): d for d in deployments}
+    lines = RunLines(served, say)
+    try:
+        lines.schedule_runs()
+    except Exception as err:  # noqa: BLE001 - a server's own scheduler may still create them
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        sys.stderr.write(f"bfd: warning: serve: the schedules' runs could not be created "
+                         f"({first}); retried every {SCHEDULE_SECONDS:g} s\n")
+    lines.say_serving(prefect_file)
+    lines.start()
+    try:
+        asyncio.run(runner.start())
+    except (KeyboardInterrupt, TerminationSignal):
+        pass  # Prefect's own shutdown ran (the schedules paused); as prefect.serve ends
+    finally:
+        lines.stop()
+
+
+def _when(moment: datetime | None) -> str:
+    """A time of the API in the terminal's time zone, to the second."""
+    moment = moment or datetime.now(UTC)
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def _duration(seconds: float) -> str:
+    """``41 s``, ``4 min 11 s``, ``1 h``, ``2 h 5 min``, ``1 d``."""
+    seconds = round(seconds)
+    units = [(86400, "d"), (3600, "h"), (60, "min"), (1, "s")]
+    parts = []
+    for size, name in units:
+        if seconds >= size or (size == 1 and not parts):
+            parts.append(f"{seconds // size} {name}")
+            seconds %= size
+    return " ".join(parts[:2])
+
+
+def _describe_schedule(item) -> str:
+    """One schedule of a deployment, in words: ``cron '0 3 * * *' (UTC)``, ``every 1 h``."""
+    sched = item.schedule
+    if getattr(sched, "cron", None):
+        text = f"cron '{sched.cron}' ({sched.timezone or 'UTC'})"
+    elif getattr(sched, "interval", None):
+        text = f"every {_duration(sched.interval.total_seconds())}"
+    else:
+        text = f"rrule '{sched.rrule}'"
+    return text if getattr(item, "active", True) is not False else f"{text} (inactive)"
+
+
+class RunLines:
+    """The terminal's view of ``bfd serve`` (module docstring): a thread that reads the runs
+    of the served deployments (``served``: id -> deployment) from the API and says one line
+    when each starts and one when it ends; it also creates their schedules' runs ahead."""
+
+    def __init__(self, served: dict[UUID, Any], say: Callable[[str], None]) -> None:
+        self.served = served
+        self.say = say
+        self.since = datetime.now(UTC)  # runs that start or end from now on
+        self.started: set[UUID] = set()
+        self.ended: set[UUID] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failed = 0  # polls failed in a row
+
+    def schedule_runs(self) -> None:
+        """Creates the next runs of the active schedules of each served deployment that is
+        not paused."""
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            for dep_id, dep in self.served.items():
+                if not any(getattr(s, "active", True) is not False for s in dep.schedules or []):
+                    continue
+                if client.read_deployment(dep_id).paused:
+                    continue
+                # the next run of each schedule, and those of the next two refreshes: a run
+                # created ahead and not run (serving stopped) runs late when serving resumes
+                client.request("POST", "/deployments/{id}/schedule", path_params={"id": dep_id},
+                               json={"min_runs": 1, "min_time": 2 * SCHEDULE_SECONDS})
+
+    def _next_run(self, client, dep_id: UUID):
+        from prefect.client.schemas.filters import (
+            DeploymentFilter,
+            DeploymentFilterId,
+            FlowRunFilter,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
+        from prefect.client.schemas.sorting import FlowRunSort
+
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))),
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep_id])),
+            sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=1)
+        return runs[0].expected_start_time if runs else None
+
+    def say_serving(self, prefect_file: str | Path) -> None:
+        """The line of the start of serving (the deployments, the store of their runs), then
+        one per deployment: its flow, schedules and next run, its own store."""
+        from prefect.client.orchestration import get_client
+
+        from bfd.flows.prefect_io import STORE_VARIABLE, deployment_store
+        from bfd.storage.paths import STORE_ENV
+
+        root, named = deployment_store(None)
+        store = (f"store {root} ({named})" if root else
+                 f"no store set (a run without a 'store' parameter fails: set the Prefect "
+                 f"Variable {STORE_VARIABLE} or ${STORE_ENV})")
+        self.say(f"bfd serve: {len(self.served)} deployment(s) of {prefect_file} being served "
+                 f"by this process, {store}; a line per run as it starts and ends; Ctrl-C "
+                 "stops serving")
+        with get_client(sync_client=True) as client:
+            for dep_id, dep in self.served.items():
+                schedules = [_describe_schedule(s) for s in dep.schedules or []]
+                when = "no schedule"
+                if schedules:
+                    nxt = self._next_run(client, dep_id)
+                    when = (f"{', '.join(schedules)}; next run "
+                            f"{_when(nxt) if nxt else 'none scheduled'}")
+                own = (dep.parameters or {}).get("store")
+                own = f"; store {deployment_store(own)[0]}" if own else ""
+                self.say(f"  {dep.name} (flow {dep.flow_name}): {when}{own}")
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="bfd-serve-lines", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        from prefect.client.orchestration import get_client
+
+        scheduled = datetime.now(UTC)
+        while not self._stop.wait(POLL_SECONDS):
+            try:
+                with get_client(sync_client=True) as client:
+                    self.poll(client)
+                if (datetime.now(UTC) - scheduled).total_seconds() >= SCHEDULE_SECONDS:
+                    scheduled = datetime.now(UTC)
+                    self.schedule_runs()
+                self._failed = 0
+            except Exception as err:  # noqa: BLE001 - the API away a while: said once, retried
+                self._failed += 1
+                # not at the first failure: serving that ends (Ctrl-C stops the temporary
+                # server) is no outage
+                if self._failed == 2 and not self._stop.is_set():
+                    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                    sys.stderr.write(f"bfd: warning: serve: the Prefect API did not answer "
+                                     f"({first}); retrying\n")
+
+    def poll(self, client) -> None:
+        """Says the lines of the runs of the served deployments that started or ended since
+        the last poll, and of those still running."""
+        from prefect.client.schemas.filters import (
+            DeploymentFilter,
+            DeploymentFilterId,
+            FlowRunFilter,
+            FlowRunFilterEndTime,
+            FlowRunFilterId,
+            FlowRunFilterStartTime,
+            Operator,
+        )
+
+        polled = datetime.now(UTC)
+        running = sorted(self.started - self.ended)
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                operator=Operator.or_, start_time=FlowRunFilterStartTime(after_=self.since),
+                end_time=FlowRunFilterEndTime(after_=self.since),
+                **({"id": FlowRunFilterId(any_=running)} if running else {})),
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=list(self.served))),
+            limit=200)
+        for run in sorted(runs, key=lambda r: r.start_time or r.end_time or polled):
+            dep = self.served.get(run.deployment_id)
+            if dep is None or run.id in self.ended:
+                continue
+            if run.start_time is not None and run.id not in self.started:
+                self.started.add(run.id)
+                self.say(f"{_when(run.start_time)}  {dep.name}: flow run '{run.name}' "
+                         f"({run.id}) started")
+            if run.state is not None and run.state.is_final():
+                self.ended.add(run.id)
+                self.say(self.end_line(client, run, dep))
+        # the next poll looks back a minute: a run whose times the API wrote late is not missed
+        self.since = max(self.since, polled - timedelta(seconds=60))
+
+    def end_line(self, client, run, dep) -> str:
+        """The line of a run's end: its state, how long it ran, and what it did (an audit's
+        run, series and drift; the checkpoints audited) or, if it failed, why."""
+        state = run.state
+        took = (f" after {_duration((run.end_time - run.start_time).total_seconds())}"
+                if run.start_time and run.end_time else "")
+        line = f"{_when(run.end_time)}  {dep.name}: flow run '{run.name}' ({run.id}) {state.name}"
+        said = [self._what_it_did(client, run, dep)]
+        if not state.is_completed():
+            said.append(" ".join((state.message or "").split()) or None)
+        return line + took + "".join(f"; {s}" for s in said if s)
+
+    def _what_it_did(self, client, run, dep) -> str | None:
+        """An audit's run, series and drift (``drift_said``, as ``bfd audit`` says it), or
+        how many checkpoints a run audited: the store's audits of the run and of its subflow
+        runs; None when there are none, or the store cannot be read."""
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+        from bfd.flows.prefect_io import deployment_store
+        from bfd.storage import Store, read_audits
+        from bfd.tasks.audits import drift_said
+
+        try:
+            root, _ = deployment_store((run.parameters or {}).get("store"))
+            if root is None:
+                return None
+            ids = {str(run.id)}
+            if dep.flow_name != "audit":
+                children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])))
+                ids |= {str(r.id) for r in children}
+            audits = [a for a in read_audits(Store(root)) if a["flow_run_id"] in ids]
+        except Exception:  # noqa: BLE001 - the line says the state alone
+            return None
+        done = [a for a in audits if a["status"] == "complete"]
+        if dep.flow_name == "audit" and len(done) == 1:
+            a = done[0]
+            return (f"audit {a['audit_id']} of series {a['series']} (step {a['step']}): run "
+                    f"{a['run_id']}; drift: {drift_said(a)}")
+        if dep.flow_name == "audit-checkpoints" or done:
+            series = sorted({a["series"] for a in done})
+            flagged = sum(a["n_flagged"] or 0 for a in done)
+            where = f" in series {', '.join(series)}" if series else ""
+            return (f"{len(done)} checkpoint(s) audited{where}, {flagged} drift value(s) "
+                    f"flagged; store {root}" if dep.flow_name == "audit-checkpoints" else
+                    f"{len(done)} audit(s){where}, {flagged} drift value(s) flagged")
+        return None

@@ -63,6 +63,17 @@ def default_series(model: str, weights: str, seed: int = 0) -> str:
     return f"{model}@{source}"
 
 
+def drift_said(audit: Mapping[str, Any]) -> str:
+    """What an audit's drift check found, in the words of ``bfd audit``'s line ``drift: ...``:
+    nothing to compare with (the first audit of its series), why nothing was compared (its
+    ``drift_note``), or the number of values flagged against the previous audit."""
+    if audit.get("prev_audit_id") is None:
+        return "first audit of this series, nothing to compare with"
+    if audit.get("drift_note"):
+        return str(audit["drift_note"])
+    return f"{audit['n_flagged']} value(s) flagged against audit {audit['prev_audit_id']}"
+
+
 def run_reuse(extracted: Sequence[int] = (), repaired: Sequence[int] = (),
               decomposed: bool = False, republished: bool = False) -> str:
     """How an audit got its run, in the words of its report and its command's line.
