@@ -201,12 +201,19 @@ def check_serve(tmp_path: Path, url: str, env: dict) -> None:
 
     folder, store = tmp_path / "served", tmp_path / "served-store"
     folder.mkdir()
+    cwd_runs = REPO / "bfd-store" / "runs"  # where the runs' default store was, before
+    before = sorted(cwd_runs.iterdir()) if cwd_runs.exists() else []
     (folder / "bfd").symlink_to(Path(bfd.__file__).parent)
     spec = {"deployments": [{
         "name": "served-audit", "entrypoint": "bfd/flows/audit.py:audit",
         "schedules": [{"interval": 3600}],
         "parameters": {"config": {**CONFIG, "weights": "random"}, "store": str(store),
-                       "series": "served", "dashboard": False}}]}
+                       "series": "served", "dashboard": False}},
+        # no store parameter: the README's Prefect Variable bfd_store names the store (extract
+        # and decompose wrote into ./bfd-store of the run's working directory instead)
+        {"name": "served-extract", "entrypoint": "bfd/flows/extract.py:extract",
+         "schedules": [{"interval": 3600}],
+         "parameters": {"config": {**CONFIG, "weights": "random", "layers": "0"}}}]}
     (folder / "prefect.yaml").write_text(yaml.safe_dump(spec))
     proc = subprocess.Popen(
         [str(BIN / "bfd"), "serve", "--file", str(folder / "prefect.yaml")], cwd=REPO,
@@ -227,17 +234,30 @@ def check_serve(tmp_path: Path, url: str, env: dict) -> None:
     try:
         first, deployment = next_line(120), next_line(30)
         with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
-            dep = client.read_deployment_by_name("audit/served-audit")
-            runs = client.read_flow_runs(
-                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
-            assert runs, "no run of the served schedule (the server runs no scheduler service)"
-            assert {r.state.type.value for r in runs} == {"SCHEDULED"}
-            run = min(runs, key=lambda r: r.expected_start_time)
-            client.set_flow_run_state(run.id, Scheduled(), force=True)  # due now
-        assert first.startswith("bfd serve: 1 deployment(s) of ") and "being served" in first
+            due = []
+            for name in ("audit/served-audit", "extract/served-extract"):
+                dep = client.read_deployment_by_name(name)
+                runs = client.read_flow_runs(
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
+                assert runs, "no run of the served schedule (the server runs no scheduler)"
+                assert {r.state.type.value for r in runs} == {"SCHEDULED"}
+                due.append(min(runs, key=lambda r: r.expected_start_time))
+                client.set_flow_run_state(due[-1].id, Scheduled(), force=True)  # due now
+            run, extract_run = due
+        assert first.startswith("bfd serve: 2 deployment(s) of ") and "being served" in first
         assert deployment.startswith("  served-audit (flow audit): every 1 h; next run 20")
         assert deployment.endswith(f"; store {store}\n"), deployment
-        said = [next_line(150) for _ in range(2)]
+        next_line(30)  # served-extract's
+        said = [next_line(150) for _ in range(4)]
+        extract_said = [line for line in said if f"({extract_run.id})" in line]
+        said = [line for line in said if line not in extract_said]
+        assert "Completed" in extract_said[1], extract_said
+        assert not (folder / "bfd-store").exists()
+        assert (sorted(cwd_runs.iterdir()) if cwd_runs.exists() else []) == before
+        written = {r["run_id"] for r in read_table(Store(tmp_path / "store"), "runs").to_pylist()}
+        extracted = [p.name for p in (tmp_path / "store" / "runs").iterdir()
+                     if p.name not in written]
+        assert len(extracted) == 1, extracted  # the Variable's store, extracted, not decomposed
         (audit,) = read_audits(Store(store), "served")
         assert audit["flow_run_id"] == str(run.id) and audit["status"] == "complete"
         assert said[0].startswith("20") and said[0].endswith(f"({run.id}) started\n"), said

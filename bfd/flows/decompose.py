@@ -8,11 +8,11 @@ from prefect.futures import as_completed
 from bfd.core.anova import DEFAULT_GROUPS
 from bfd.core.uncertainty import DEFAULT_CI_TARGET
 from bfd.flows import progress
+from bfd.flows.prefect_io import resolve_store
 from bfd.flows.runners import one_thread_per_task
 from bfd.storage import (
     Store,
     check_intact,
-    default_store,
     is_stats_only,
     open_activations,
     read_request,
@@ -43,7 +43,8 @@ def decompose(
 
     Args:
         run_id: the run to decompose (its activations must be complete).
-        store: store root; ``$BFD_STORE`` or ``./bfd-store`` when None.
+        store: store root; else the Prefect Variable ``bfd_store``, else ``$BFD_STORE``
+            (outside a deployment also ``./bfd-store``).
         prefix: "exclude" or "include" prefix tokens as positions (docs/method.md).
         seed: seed of the split-half and shuffle controls.
         compute_dtype: pass-2 projection dtype.
@@ -57,7 +58,7 @@ def decompose(
         What was written, by name (results group and table files).
     """
     logger = get_run_logger()
-    root = str(Store(store).root) if store else str(default_store().root)
+    root = resolve_store(store)
     options = DecomposeOptions(prefix=prefix, seed=seed, compute_dtype=compute_dtype,
                                images_per_task=images_per_task, device=device,
                                jackknife_groups=jackknife_groups, ci_target=ci_target)

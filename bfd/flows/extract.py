@@ -10,14 +10,11 @@ from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 
 from bfd.flows import progress
+from bfd.flows.prefect_io import resolve_store
 from bfd.models import resolve_device
-from bfd.storage import Store, completed_shards, default_store
+from bfd.storage import Store, completed_shards
 from bfd.tasks.extract import ExtractConfig
 from bfd.tasks.prefect_tasks import extract_shard_task, prepare_run_task
-
-
-def store_root(store: str | None) -> str:
-    return str(Store(store).root) if store else str(default_store().root)
 
 
 @flow(name="extract", log_prints=True)
@@ -26,7 +23,8 @@ def extract(config: dict, store: str | None = None, gpu_resources: bool = False)
 
     Args:
         config: fields of ``ExtractConfig`` (model, weights, images, layers, sites, ...).
-        store: store root; ``$BFD_STORE`` or ``./bfd-store`` when None.
+        store: store root; else the Prefect Variable ``bfd_store``, else ``$BFD_STORE``
+            (outside a deployment also ``./bfd-store``).
         gpu_resources: ask the Dask cluster for one ``GPU`` resource per shard task.
 
     Returns:
@@ -36,7 +34,7 @@ def extract(config: dict, store: str | None = None, gpu_resources: bool = False)
     """
     logger = get_run_logger()
     cfg = ExtractConfig(**config)
-    root = store_root(store)
+    root = resolve_store(store)
     plan = prepare_run_task(root, cfg)
     per_shard = {s.index: s for s in plan.shards}
     todo = [per_shard[k] for k in plan.pending]
