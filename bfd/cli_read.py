@@ -26,8 +26,10 @@ def _add_format(p: argparse.ArgumentParser) -> None:
 
 
 def _add_store(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", help="store directory: a folder holding runs/, tables/ or "
-                   "bfd.zarr/, or an empty one (default: $BFD_STORE or ./bfd-store)")
+    from bfd.storage.paths import STORE_ENTRIES_TEXT  # the store check's list (stdlib only)
+
+    p.add_argument("--store", help=f"store directory: a folder holding {STORE_ENTRIES_TEXT}, "
+                   "or an empty one (default: $BFD_STORE or ./bfd-store)")
 
 
 def _add_timeout(p: argparse.ArgumentParser) -> None:
