@@ -26,8 +26,10 @@ def _add_format(p: argparse.ArgumentParser) -> None:
 
 
 def _add_store(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", help="store directory: a folder holding runs/, tables/ or "
-                   "bfd.zarr/, or an empty one (default: $BFD_STORE or ./bfd-store)")
+    from bfd.storage.paths import STORE_ENTRIES_TEXT  # the store check's list (stdlib only)
+
+    p.add_argument("--store", help=f"store directory: a folder holding {STORE_ENTRIES_TEXT}, "
+                   "or an empty one (default: $BFD_STORE or ./bfd-store)")
 
 
 def _add_timeout(p: argparse.ArgumentParser) -> None:
@@ -170,21 +172,30 @@ def cmd_query(args: argparse.Namespace) -> int:
             raise ValueError(f"--param {key} is given twice ({key}={params[key]!r} and "
                              f"{item!r}); give it once")
         params[key] = value
-    from bfd.queries.hints import CountedRows, no_rows
+    from bfd.queries import connect
+    from bfd.queries.hints import CountedRows, no_rows, refusal
+    from bfd.queries.named import check_params
     from bfd.queries.stream import stream_query
 
-    store = _store(args)
+    store, timeout = _store(args), _check_timeout(args)
+    check_params(args.name, params)  # before the catalog is opened
     with _told_damage(args) as damage:
-        with stream_query(store, args.name, params, timeout=_check_timeout(args)) as reader:
-            result = CountedRows(reader)
-            cli._print_table(result, args.format, args.output)
-        unknown = False
-        if not result.rows:  # a typo in a model, run or series? said beside the result
-            hint, unknown = no_rows(store, args.name, params)
-            if hint:
-                # an unknown model, run or series is a mistake in the request (exit 2)
-                print(f"bfd: {'error: ' if unknown else ''}no rows: {hint}", file=sys.stderr)
-    return 2 if unknown else damage.code
+        con = connect(store)  # one snapshot for the checks and the query
+        try:
+            # a parameter naming no model, run or series (a typo), or two that contradict
+            # each other: a mistake in the request (exit 2), whatever the query would answer
+            refused = refusal(con, args.name, params, root=store)
+            with stream_query(con, args.name, params, timeout=timeout) as reader:
+                result = CountedRows(reader, empty=refused is not None)
+                cli._print_table(result, args.format, args.output)
+            hint = refused
+            if hint is None and not result.rows:  # why not, said beside the result
+                hint, _ = no_rows(con, args.name, params, root=store)
+        finally:
+            con.close()
+        if hint:
+            print(f"bfd: {'error: ' if refused else ''}no rows: {hint}", file=sys.stderr)
+    return 2 if refused else damage.code
 
 
 # `bfd runs`: the published runs' columns, then the runs not published (bfd.storage.unpublished)

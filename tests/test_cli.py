@@ -661,6 +661,28 @@ def test_reading_commands_refuse_a_folder_that_is_no_store(tmp_path, capsys, arg
     assert _tree(folder) == before
 
 
+def test_the_store_help_the_refusal_and_layout_md_name_the_same_store_folders(tmp_path):
+    """What makes a folder a store is said from one list (``STORE_ENTRIES``): the reading
+    commands' --store help (it left out request_keys/), the refusal of a folder of other files
+    and docs/layout.md."""
+    import argparse
+
+    from bfd.cli import _READING_COMMANDS, build_parser
+    from bfd.storage import NotAStoreError, check_store
+    from bfd.storage.paths import STORE_ENTRIES
+
+    named = ", ".join(f"{name}/" for name in STORE_ENTRIES[:-1]) + f" or {STORE_ENTRIES[-1]}/"
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    for command in _READING_COMMANDS:
+        (store,) = [a for a in sub.choices[command]._actions if a.dest == "store"]
+        assert f"a folder holding {named}, or an empty one" in store.help, command
+    (tmp_path / "letter.txt").write_text("dear")
+    with pytest.raises(NotAStoreError, match=f"but no {named}\\)"):
+        check_store(tmp_path)
+    layout = (Path(__file__).parents[1] / "docs" / "layout.md").read_text()
+    assert f"it holds `{named.replace('/, ', '/`, `').replace('/ or ', '/` or `')}`" in layout
+
+
 def test_the_library_readers_refuse_a_folder_that_is_no_store_before_writing(tmp_path):
     """The CLI leaves the check to what reads the store first: the dashboard builder connects
     before it makes its folder (by default inside the store), verify says the folder is no

@@ -1,6 +1,7 @@
-"""A named query that returns no rows because a parameter names nothing in the store (a typo
-in a model, run or series) says so in one line on stderr, with the known values closest to
-it; stdout is the same result as without the hint."""
+"""A named query given a parameter that names nothing in the store (a typo in a model, run or
+series), whatever the others match, or parameters that contradict each other (a run of another
+model), is refused in one line on stderr, with the known values closest to it; stdout is the
+query's empty result, as without the hint."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from test_queries import _plant_audit, build_store
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
-    """vit_a (two complete runs and an unfinished one), vit_b, and one audit series."""
+    """vit_a (two complete runs and an unfinished one), vit_b, and two audit series of vit_a
+    (audits vit_a@pretrained-1 of a-new and vit_a@seed-1-1 of a-old)."""
     root = tmp_path_factory.mktemp("hints") / "store"
     build_store(root)
     _plant_audit(root, "vit_a@pretrained", "a-new", 1, None)
+    _plant_audit(root, "vit_a@seed-1", "a-old", 1, None)
     return root
 
 
@@ -51,17 +54,39 @@ def closest(value: str, known: list[str]) -> str:
      f"model 'vitb' names no run of the store; closest known: "
      f"{closest('vitb', ['vit_a', 'vit_b'])}"),
     ("drift", ["series=vit_a@pretraind"],
-     "series 'vit_a@pretraind' names no audit of the store; closest known: vit_a@pretrained"),
+     f"series 'vit_a@pretraind' names no audit of the store; closest known: "
+     f"{closest('vit_a@pretraind', ['vit_a@pretrained', 'vit_a@seed-1'])}"),
     ("compare_runs", ["run_a=x", "run_b=a-new"],
      f"run_a 'x' names no run of the store; closest known: "
      f"{closest('x', ['a-old', 'a-new', 'a-unfinished', 'b-1'])}"),
+    # the other model has rows: refused all the same (its rows were written, vit_bb's NULL)
+    ("compare_models", ["model_a=vit_a", "model_b=vit_bb"],
+     f"model_b 'vit_bb' names no run of the store; closest known: "
+     f"{closest('vit_bb', ['vit_a', 'vit_b'])}"),
+    ("head_type_changes", ["run_a=a-old", "run_b=b-2"],
+     f"run_b 'b-2' names no run of the store; closest known: "
+     f"{closest('b-2', ['a-old', 'a-new', 'a-unfinished', 'b-1'])}"),
+    # known values that contradict each other (they gave no rows, exit 0, no word why)
+    ("layer_profile", ["model=vit_a", "run_id=b-1"],
+     "run_id 'b-1' is a run of vit_b, not of model 'vit_a'"),
+    ("head_map", ["model=vit_a", "run_id=b-1"],
+     "run_id 'b-1' is a run of vit_b, not of model 'vit_a'"),
+    ("drift", ["series=vit_a@pretrained", "audit_id=vit_a@seed-1-1"],
+     "audit_id 'vit_a@seed-1-1' is an audit of series vit_a@seed-1, not of series "
+     "'vit_a@pretrained'"),
+    ("audit_history", ["series=vit_a@seed-1", "model=vit_b"],
+     "series 'vit_a@seed-1' holds no audit of model 'vit_b'; its audits are of vit_a"),
     ("audit_history", ["model=vit_b"], None),  # a known model, never audited: no rows, no hint
     ("layer_profile", ["model=vit_a", "run_id=a-unfinished"], None),  # known, not complete
-], ids=["model", "model-and-run", "optional-model", "series", "unknown-run", "known-model",
-        "known-unfinished-run"])
+], ids=["model", "model-and-run", "optional-model", "series", "unknown-run",
+        "unknown-beside-a-known-model", "unknown-beside-a-known-run", "run-of-another-model",
+        "head-map-run-of-another-model", "audit-of-another-series", "series-of-another-model",
+        "known-model", "known-unfinished-run"])
 def test_no_rows_name_the_closest_known_values(store, capsys, name, params, hint):
-    """A parameter naming nothing exits 2 (it exited 0, against README's exit table); a known
-    one that gives no rows exits 0."""
+    """A parameter naming nothing exits 2 (it exited 0, against README's exit table), even
+    when another one has rows (compare_models wrote them, one side NULL, exit 0), and so do
+    parameters naming things of different models or series; a known one that gives no rows
+    exits 0."""
     rows, err = query(store, capsys, name, *params, unknown=hint is not None)
     assert rows == []
     assert err == (f"bfd: error: no rows: {hint}\n" if hint else "")
@@ -76,6 +101,23 @@ def test_rows_or_no_identifying_parameter_give_no_hint_and_stdout_is_unchanged(s
     same, quiet = query(store, capsys, "layer_profile", "model=vit_a",
                         "run_id=a-unfinished", fmt="csv")
     assert header == same and header.count("\n") == 1 and err and not quiet
+    # a refused request that would have had rows: its empty result, the query's columns
+    both, err = query(store, capsys, "compare_models", "model_a=vit_a", "model_b=vit_b",
+                      fmt="csv")
+    refused, why = query(store, capsys, "compare_models", "model_a=vit_a", "model_b=vit_bb",
+                         fmt="csv", unknown=True)
+    assert both.count("\n") > 1 and not err
+    assert refused == both.splitlines(keepends=True)[0] and why.startswith("bfd: error:")
+
+
+def test_every_parameter_of_a_named_query_is_checked_against_the_store():
+    """A new query's parameter naming a model, run or series is refused when it names none
+    only if IDENTIFIERS knows it: every declared parameter is sorted into one of the two."""
+    from bfd.queries.hints import IDENTIFIERS, NOT_IDENTIFIERS
+    from bfd.queries.specs import list_queries, read_spec
+
+    declared = {p.name for name in list_queries() for p in read_spec(name).params}
+    assert declared == set(IDENTIFIERS) | NOT_IDENTIFIERS
 
 
 def test_an_empty_store_says_it_holds_nothing(tmp_path, capsys):

@@ -1,7 +1,13 @@
-"""Why a named query returned no rows, when the reason is a parameter naming nothing in the
-store (a typo in ``--param model=...``): the known values closest to it, for one line on
-stderr. The result on stdout stays as it is (machine-readable, no rows); ``bfd query`` exits
-2 when a parameter names nothing at all (README: an unknown model or run).
+"""Why ``bfd query`` refuses a request, or why its result has no rows, in one line on stderr.
+
+``refusal``, before the query runs: a parameter naming nothing in the store (a typo in
+``--param model=...``; the known values closest to it), whatever the other parameters match
+(``compare_models`` of a known and a typo'd model has rows, one side NULL), or parameters that
+contradict each other (a ``run_id`` of another model, an ``audit_id`` of another series, a
+``series`` holding no audit of the ``model``). ``bfd query`` then writes the query's empty
+result (machine-readable, no rows) and exits 2 (README: an unknown model or run).
+``no_rows``, after an empty result: a run that is not published, or why a ``drift`` audit has
+no drift rows (exit 0).
 """
 
 from __future__ import annotations
@@ -14,9 +20,10 @@ from typing import Final
 import pyarrow as pa
 
 from bfd.queries.catalog import ParamValue, Store, run_sql
-from bfd.queries.named import query_sql
+from bfd.queries.named import check_params, query_sql
 
-__all__ = ["IDENTIFIERS", "CountedRows", "no_rows", "no_rows_hint", "unknown_values"]
+__all__ = ["IDENTIFIERS", "NOT_IDENTIFIERS", "CountedRows", "no_rows", "no_rows_hint", "refusal",
+           "unknown_values"]
 
 # The parameters of the named queries that name something in the store: the catalog's table
 # and column of what they may name, and what to call that in a sentence.
@@ -31,25 +38,34 @@ IDENTIFIERS: Final[dict[str, tuple[str, str, str]]] = {
     "audit_id": ("audits", "audit_id", "audit"),
 }
 
+# The parameters of the named queries that name nothing in the store (every declared one is in
+# IDENTIFIERS or here: tests/test_queries_hints.py).
+NOT_IDENTIFIERS: Final[frozenset[str]] = frozenset({"bins"})
+
 # Known values named beside an unknown one, the closest first.
 CLOSEST: Final[int] = 3
 
 
 class CountedRows:
-    """A result's batches, as the writers of ``bfd.output`` read them, counting the rows."""
+    """A result's batches, as the writers of ``bfd.output`` read them, counting the rows;
+    ``empty``: none of them (the empty result of a refused request, with the query's columns)."""
 
-    def __init__(self, reader: pa.RecordBatchReader) -> None:
+    def __init__(self, reader: pa.RecordBatchReader, *, empty: bool = False) -> None:
         self.reader = reader
         self.schema = reader.schema
         self.rows = 0
+        self.empty = empty
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
+        if self.empty:
+            return
         for batch in self.reader:
             self.rows += batch.num_rows
             yield batch
 
 
-def unknown_values(store: Store, params: Mapping[str, ParamValue]) -> str | None:
+def unknown_values(store: Store, params: Mapping[str, ParamValue],
+                   root: str | os.PathLike[str] | None = None) -> str | None:
     """One line naming each given parameter of ``IDENTIFIERS`` whose value the store does
     not hold (it names no run or audit), with the known values closest to it (difflib);
     None when there is none.
@@ -57,13 +73,18 @@ def unknown_values(store: Store, params: Mapping[str, ParamValue]) -> str | None
     Args:
         store: A store directory, or a connection from ``bfd.queries.connect``.
         params: The query's parameters as given (``None`` values are not given).
+        root: The store directory, when ``store`` is a connection (to tell a run that is
+            not published from none).
     """
-    return _unknown(store, params)[0]
+    return _unknown(store, params, root)[0]
 
 
-def _unknown(store: Store, params: Mapping[str, ParamValue]) -> tuple[str | None, bool]:
+def _unknown(store: Store, params: Mapping[str, ParamValue],
+             root: str | os.PathLike[str] | None = None) -> tuple[str | None, bool]:
     """``unknown_values``, and whether a parameter names nothing at all (not even a run the
     store holds unpublished): a mistake in the request."""
+    if root is None and isinstance(store, str | os.PathLike):
+        root = store
     parts = []
     nothing = False
     for name, value in params.items():
@@ -74,7 +95,7 @@ def _unknown(store: Store, params: Mapping[str, ParamValue]) -> tuple[str | None
         known = [str(v) for v in run_sql(store, sql).column("v").to_pylist()]
         if str(value) in known:
             continue
-        pending = _unpublished(store, value) if what == "run" else None
+        pending = _unpublished(root, value) if what == "run" else None
         if pending is not None:  # a run extracted or interrupted: not a typo
             parts.append(f"{name} {str(value)!r} names a run that is not published "
                          f"({pending.status}): {pending.next}")
@@ -89,14 +110,74 @@ def _unknown(store: Store, params: Mapping[str, ParamValue]) -> tuple[str | None
     return "; ".join(parts) or None, nothing
 
 
-def _unpublished(store: Store, run_id: ParamValue):
+def _unpublished(root: str | os.PathLike[str] | None, run_id: ParamValue):
     """The store's run ``run_id`` when it holds it unpublished (``unpublished_run``); None
-    for a connection (its store's folder is not known here) or no such run."""
-    if not isinstance(store, str | os.PathLike):
+    when the store's folder is not known (a connection alone) or for no such run."""
+    if root is None:
         return None
     from bfd import storage
 
-    return storage.unpublished_run(storage.Store(store), str(run_id))
+    return storage.unpublished_run(storage.Store(root), str(run_id))
+
+
+def _first_column(store: Store, sql: str, params: Mapping[str, ParamValue]) -> list:
+    """The values of the first column of a statement's rows."""
+    table = run_sql(store, sql, params)
+    return table.column(0).to_pylist()
+
+
+def _contradiction(store: Store, params: Mapping[str, ParamValue]) -> str | None:
+    """One line naming given parameters, each naming something of the store, that name things
+    of different models or series (so the query can have no rows): a ``run_id`` of another
+    ``model`` (layer_profile, head_map), an ``audit_id`` of another ``series`` (drift), a
+    ``series`` holding no audit of the ``model`` (audit_history; not said while one of its
+    audits' runs is left out of the catalog: that one may be of the model). None when none."""
+    given = {k: str(v) for k, v in params.items() if v is not None}
+    parts = []
+    if "model" in given and "run_id" in given:
+        model = _first_column(store, "SELECT model FROM runs WHERE run_id = $r",
+                              {"r": given["run_id"]})
+        if model and model[0] != given["model"]:
+            parts.append(f"run_id {given['run_id']!r} is a run of {model[0]}, not of model "
+                         f"{given['model']!r}")
+    if "series" in given and "audit_id" in given:
+        series = _first_column(store, "SELECT series FROM audits WHERE audit_id = $a",
+                               {"a": given["audit_id"]})
+        if series and series[0] != given["series"]:
+            parts.append(f"audit_id {given['audit_id']!r} is an audit of series {series[0]}, "
+                         f"not of series {given['series']!r}")
+    if "series" in given and "model" in given:
+        models = _first_column(store, """
+            SELECT DISTINCT r.model FROM audits AS a LEFT JOIN runs AS r USING (run_id)
+            WHERE a.series = $s ORDER BY r.model NULLS FIRST""", {"s": given["series"]})
+        if models and None not in models and given["model"] not in models:
+            parts.append(f"series {given['series']!r} holds no audit of model "
+                         f"{given['model']!r}; its audits are of {', '.join(models)}")
+    return "; ".join(parts) or None
+
+
+def refusal(store: Store, query: str, params: Mapping[str, ParamValue],
+            root: str | os.PathLike[str] | None = None) -> str | None:
+    """Why ``bfd query`` refuses a request before running it, in one line, or None: a
+    parameter that names no model, run, series or audit of the store at all (``_unknown``),
+    whatever the others match, else parameters that contradict each other
+    (``_contradiction``). Either way the query can answer nothing that was asked.
+
+    Args:
+        store: A store directory, or a connection from ``bfd.queries.connect``.
+        query: A named query.
+        params: Its parameters as given.
+        root: The store directory, when ``store`` is a connection.
+
+    Raises:
+        ValueError: No such query, or a parameter it does not declare, or a required one
+            missing (``bfd.queries.named``'s checks, said first).
+    """
+    check_params(query, params)
+    hint, nothing = _unknown(store, params, root)
+    if nothing:
+        return hint
+    return _contradiction(store, params)
 
 
 def _drift_chosen_cte() -> str:
@@ -136,11 +217,12 @@ def no_rows_hint(store: Store, query: str, params: Mapping[str, ParamValue]) -> 
     return no_rows(store, query, params)[0]
 
 
-def no_rows(store: Store, query: str, params: Mapping[str, ParamValue]
-            ) -> tuple[str | None, bool]:
+def no_rows(store: Store, query: str, params: Mapping[str, ParamValue],
+            root: str | os.PathLike[str] | None = None) -> tuple[str | None, bool]:
     """``no_rows_hint``, and whether the reason is a parameter that names no model, run,
-    series or audit of the store at all (an unknown one: ``bfd query`` exits 2)."""
-    hint, nothing = _unknown(store, params)
+    series or audit of the store at all (an unknown one: ``bfd query`` exits 2; it refuses
+    such a request before running it, ``refusal``)."""
+    hint, nothing = _unknown(store, params, root)
     if hint is None and query == "drift" and params.get("series") is not None:
         hint = _no_drift(store, params)
     return hint, nothing

@@ -21,7 +21,8 @@ import pyarrow as pa
 from bfd.queries.catalog import ParamValue, Store, run_sql
 from bfd.queries.specs import Param, QuerySpec, list_queries, read_spec
 
-__all__ = ["Param", "QuerySpec", "list_queries", "query_spec", "query_sql", "run_query"]
+__all__ = ["Param", "QuerySpec", "check_params", "list_queries", "query_spec", "query_sql",
+           "run_query"]
 
 
 @cache
@@ -83,6 +84,16 @@ def _bind_params(spec: QuerySpec, params: Mapping[str, ParamValue] | None) -> di
     return {
         p.name: given[p.name] if given.get(p.name) is not None else p.default for p in spec.params
     }
+
+
+def check_params(name: str, params: Mapping[str, ParamValue] | None) -> None:
+    """Refuses an unknown query, a parameter it does not declare and a missing required one,
+    before anything reads the store (``run_query``'s checks).
+
+    Raises:
+        ValueError: As ``run_query``.
+    """
+    _bind_params(query_spec(name), params)
 
 
 def run_query(store: Store, name: str, params: Mapping[str, ParamValue] | None = None) -> pa.Table:

@@ -27,6 +27,9 @@ RESULTS_GROUP: Final[str] = "results"
 # thing any command writes into one is one of these folders, so every store that any version
 # of bfd wrote holds one.
 STORE_ENTRIES: Final[tuple[str, ...]] = ("runs", "tables", ZARR_NAME, "request_keys")
+# The same, as the store check's refusal and the reading commands' --store help say it.
+STORE_ENTRIES_TEXT: Final[str] = (", ".join(f"{name}/" for name in STORE_ENTRIES[:-1])
+                                  + f" or {STORE_ENTRIES[-1]}/")
 # What reading a store writes into it (the SQL catalog, the dashboard): beside hidden files,
 # these alone leave a folder a new, empty store.
 _READER_ENTRIES: Final[tuple[str, ...]] = ("catalog", "dashboard")
@@ -182,13 +185,11 @@ def check_store(root: str | os.PathLike[str]) -> None:
     if not others:
         return
     shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
-    marks = ", ".join(f"{name}/" for name in STORE_ENTRIES[:-1])
     left = ("; its catalog/ was written by an earlier bfd and may be deleted"
             if (where / "catalog" / "current.duckdb").is_file() else "")
     raise NotAStoreError(
-        f"{where} is not a BFD store (it holds {shown}, but no {marks} or "
-        f"{STORE_ENTRIES[-1]}/); check --store or $BFD_STORE, or give an empty folder for a new "
-        f"store{left}")
+        f"{where} is not a BFD store (it holds {shown}, but no {STORE_ENTRIES_TEXT}); "
+        f"check --store or $BFD_STORE, or give an empty folder for a new store{left}")
 
 
 def temp_name(path: Path) -> Path:
