@@ -542,6 +542,21 @@ def test_head_type_changes_lists_exactly_the_changed_heads(store):
     assert {(r["same_model"], r["note"]) for r in result} == {(True, None)}
 
 
+def test_head_type_changes_over_other_images_or_img_size_say_so(store):
+    """One model's heads on other images (images_sha256) or at another img_size (another
+    patch grid) differ with no head changing: every row says why, as compare_runs does."""
+    root, runs = store
+    _set_run(root, "a-new", images="/data/noise", images_sha256="2" * 64, img_size=160)
+    result = rows(run_query(root, "head_type_changes", {"run_a": "a-old", "run_b": "a-new"}))
+    assert len(result) == sum(1 for layer in range(12) for head in range(6)
+                              if runs["a-old"].head_class[layer, head]
+                              != runs["a-new"].head_class[layer, head]) > 0
+    assert {(r["same_model"], r["note"]) for r in result} == {(True, (
+        "run_a saw images imagenet-val@111111111111, run_b noise@222222222222: other images, "
+        "whose shares change with the images, not only with the model; run_a was at img_size "
+        "224, run_b at 160: another patch grid, shares over other positions"))}
+
+
 def test_head_type_changes_of_two_models_say_so(store):
     """Heads l, h of two models are no head changing: every row says so."""
     root, runs = store

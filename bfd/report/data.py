@@ -173,7 +173,8 @@ def run_shapes(con: duckdb.DuckDBPyConnection) -> pa.Table:
     run id: the pages that show a pair's ``same_model`` or note derive it from the two runs'
     rows (dashboard.js ``pairOf``), so they embed one row a run, not one a pair of runs."""
     return run_sql(con, """
-        SELECT run_id, model, architecture, depth, num_heads, width, prefix, shape
+        SELECT run_id, model, architecture, depth, num_heads, width, prefix, shape,
+            images_sha256, images, img_size
         FROM run_shapes
         ORDER BY run_id
     """)

@@ -214,6 +214,11 @@
         "(compare_models aligns relative depth)"),
       eq(x.prefix, y.prefix) === false ? cat("run_a was decomposed with prefix ", x.prefix,
         ", run_b with prefix ", y.prefix, ": shares over other positions") : null,
+      eq(x.images_sha256, y.images_sha256) === false ? cat("run_a saw images ", x.images,
+        ", run_b ", y.images, ": other images, whose shares change with the images, not only with the model")
+        : null,
+      eq(x.img_size, y.img_size) === false ? cat("run_a was at img_size ", x.img_size,
+        ", run_b at ", y.img_size, ": another patch grid, shares over other positions") : null,
     ].filter((p) => !isNull(p));
     return { same_model: sameModel, note: parts.join("; ") || null };
   }
@@ -764,7 +769,8 @@
           + "chance-corrected twin: its deltas include the chance level's change with N, and are shown "
           + "without intervals or significance."));
       }
-      // the pair's run_pairs note (two models, other prefix options), when it has one
+      // the pair's run_pairs note (two models, other prefix options, images or img_size),
+      // when it has one
       const pn = pairOf(state.a, state.b)?.note;
       if (pn) noteLines.push(h("p", { class: "note warn", id: "compare-pair-note" }, pn));
       notes.replaceChildren(...noteLines);
