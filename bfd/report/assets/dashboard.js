@@ -187,10 +187,12 @@
   const RUN_BY_ID = new Map(RUNS.map((r) => [r.run_id, r]));
   const SERIES = [...new Set(RUNS.map((r) => r.series))];
   // The run_shapes row of each complete run (series and compare pages): what run_pairs
-  // compares of a run. pairOf(a, b) is run_pairs' row of the ordered pair (run_a = a,
-  // run_b = b), its same_model and note, derived from the two rows as bfd/queries/
-  // _run_pairs.sql does (SQL's NULLs kept: a comparison with NULL is NULL, a string joined
-  // with NULL is NULL); null when either run is not complete (run_pairs has no such pair).
+  // compares of a run (model, shape, prefix option, images and img_size). pairOf(a, b) is
+  // run_pairs' row of the ordered pair (run_a = a, run_b = b), its same_model and note
+  // (two models, other prefix options, other images, another img_size), derived from the
+  // two rows as bfd/queries/_run_pairs.sql does (SQL's NULLs kept: a comparison with NULL is
+  // NULL, a string joined with NULL is NULL); null when either run is not complete
+  // (run_pairs has no such pair).
   // The pages embed one row a run, not one a pair of runs.
   const SHAPES = new Map(rowsOf(D.shapes).map((r) => [r.run_id, r]));
   const isNull = (v) => v === null || v === undefined;
