@@ -199,10 +199,18 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 # `bfd runs`: the published runs' columns, then the runs not published (bfd.storage.unpublished)
-_RUNS_COLUMNS = ("run_id", "model", "weights", "n_images", "n_skipped", "layers", "sites",
-                 "status")
-_RUNS_TYPES = ("VARCHAR", "VARCHAR", "VARCHAR", "BIGINT", "BIGINT", "VARCHAR", "VARCHAR",
-               "VARCHAR")
+_RUNS_COLUMNS = ("run_id", "model", "weights", "images", "images_sha256", "img_size",
+                 "n_images", "n_skipped", "layers", "sites", "status")
+_RUNS_TYPES = ("VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "INTEGER", "BIGINT",
+               "BIGINT", "VARCHAR", "VARCHAR", "VARCHAR")
+# What `bfd runs` shows of a run's images and img_size: the run_shapes view's images (the
+# source's name, '@' and 12 hex digits of images_sha256; NULL without a hash) and img_size
+# (NULL for 0), the same rule (bfd/queries/_run_shapes.sql; tests/test_cli.py checks they agree)
+_RUNS_SHOWN = (
+    "run_id, model, weights, CASE WHEN nullif(images_sha256, '') IS NOT NULL THEN concat("
+    "coalesce(nullif(regexp_extract(rtrim(images, '/\\'), '[^/\\\\]*$'), ''), '?'), '@', "
+    "left(images_sha256, 12)) END AS images, nullif(img_size, 0) AS img_size, n_images, "
+    "n_skipped, layers, sites, status, created_at")
 # Lines on stderr saying what to do with runs not published; the rest are in the status column.
 _RUNS_NOTES = 10
 
@@ -223,7 +231,8 @@ def _runs_sql(pending: list) -> tuple[str, dict]:
         rows.append(f"({', '.join(values)}, $created_at_{i}::TIMESTAMPTZ)")
     if rows:
         sql += f" UNION ALL SELECT * FROM (VALUES {', '.join(rows)})"
-    return f"SELECT * FROM ({sql}) ORDER BY created_at NULLS LAST, run_id", params
+    return (f"SELECT {_RUNS_SHOWN} FROM ({sql}) ORDER BY created_at NULLS LAST, run_id",
+            params)
 
 
 def cmd_runs(args: argparse.Namespace) -> int:

@@ -58,6 +58,9 @@ def write_synthetic_run(
     n_skipped: int = 0,
     width: int | None = 8,
     prefix: str | None = None,
+    images: str = "planted",
+    images_sha256: str | None = "img-sha",
+    img_size: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Writes one run's runs, layers, heads and modes tables; returns what was planted
     (``frac_pos`` per layer, ``energy`` per layer, head and block). ``intervals`` fills
@@ -67,16 +70,18 @@ def write_synthetic_run(
     arrays staying indexed by layer; ``n_images`` the images it decoded, ``n_skipped`` more
     requested that did not decode (runs.n_images = n_images + n_skipped); ``width`` the
     model's (None: not recorded); ``prefix`` the decomposition's prefix option in its config
-    (None: not said); every column not planted is NULL."""
+    (None: not said); ``images``, ``images_sha256`` and ``img_size`` its runs row's (default
+    img_size: 16 per patch row of ``grid``); every column not planted is NULL."""
     rng = np.random.default_rng(seed)
     store = Store(root)
     created_at = created_at or dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
     stored = tuple(range(depth)) if layers is None else tuple(layers)
     write_rows(store, "runs", model, run_id, [{
         "run_id": run_id, "model": model, "weights": weights, "weights_sha256": f"sha-{weights}",
-        "images": "planted", "images_sha256": "img-sha", "n_images": n_images + n_skipped,
+        "images": images, "images_sha256": images_sha256, "n_images": n_images + n_skipped,
         "n_skipped": n_skipped,
-        "img_size": 16 * grid[0], "grid_h": grid[0], "grid_w": grid[1], "prefix_tokens": 1,
+        "img_size": 16 * grid[0] if img_size is None else img_size,
+        "grid_h": grid[0], "grid_w": grid[1], "prefix_tokens": 1,
         "sites": "attn_in,resid", "layers": ",".join(map(str, stored)), "dtype": "float32",
         "created_at": created_at, "bfd_version": "test", "timm_version": "test",
         "torch_version": "test", "status": status, "depth": depth, "num_heads": n_heads,

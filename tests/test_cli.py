@@ -793,12 +793,14 @@ def test_reading_in_a_fresh_folder_says_how_to_make_a_first_run(tmp_path, capsys
 def test_runs_lists_runs_not_published_with_what_to_do(tmp_path):
     """A run extracted but not decomposed, one whose extraction stopped, a stats-only audit that
     did not publish and an unreadable request are listed after the published runs (one of them
-    published before pointers existed), from the run files alone: no Zarr, no torch."""
+    published before pointers existed), from the run files alone: no Zarr, no torch. Each
+    shows its images (run_shapes' short form: name@12 hex digits) and img_size, so runs of one
+    model on other images or at another size are told apart."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from storebuilder import build_run, random_run_arrays
 
-    from bfd.storage import NOT_STORED, RunRequest, write_request
+    from bfd.storage import NOT_STORED, RunRequest, read_request, write_request
 
     root = _table_store(tmp_path / "store")  # toy-run: published, with no request
     store = Store(root)
@@ -811,8 +813,8 @@ def test_runs_lists_runs_not_published_with_what_to_do(tmp_path):
                              "created_at": pa.array([0], pa.timestamp("us", tz="UTC"))}),
                    folder / "part-0.parquet")
     stats_only = write_request(store, RunRequest(
-        model="toy_c", weights="random", weights_sha256="x", images="planted",
-        images_sha256="p", n_images=5, preprocessing={}, img_size=32, sites=("resid",),
+        model="toy_c", weights="random", weights_sha256="x", images="/data/noise/",
+        images_sha256="9" * 64, n_images=5, preprocessing={}, img_size=(32, 48), sites=("resid",),
         layers=(0,), dtype="float32", code_version="t", extra=NOT_STORED))
     (root / "runs" / "broken-0").mkdir()
     (root / "runs" / "broken-0" / "request.json").write_text("{")
@@ -828,15 +830,23 @@ def test_runs_lists_runs_not_published_with_what_to_do(tmp_path):
     *rows, last = proc.stdout.splitlines()
     assert last == "0 []", proc.stderr
     listed = [(r["run_id"], r["model"], r["status"], r["n_images"], r["n_skipped"], r["layers"],
-               r["created_at"] is None) for r in json.loads("\n".join(rows))]
+               r["created_at"] is None, r["images"], r["img_size"])
+              for r in json.loads("\n".join(rows))]
+    size = read_request(store, extracted).img_size  # an int: the grid's height
     assert listed == [
-        (legacy, "toy_l", "complete", None, None, None, False),
-        ("toy-run", "toy", "complete", 0, 0, "layers-0", False),
-        ("broken-0", None, "damaged", None, None, None, True),
-        (extracted, "toy_a", "extracted", 10, 2, "0,1,2", True),
-        (stopped, "toy_b", "incomplete", 10, None, "0,1,2", True),
-        (stats_only, "toy_c", "incomplete", 5, None, "0", True),
+        (legacy, "toy_l", "complete", None, None, None, False, None, None),
+        ("toy-run", "toy", "complete", 0, 0, "layers-0", False, "images-0@images_sha25", None),
+        ("broken-0", None, "damaged", None, None, None, True, None, None),
+        (extracted, "toy_a", "extracted", 10, 2, "0,1,2", True, "planted@planted", size),
+        (stopped, "toy_b", "incomplete", 10, None, "0,1,2", True, "planted@planted", size),
+        (stats_only, "toy_c", "incomplete", 5, None, "0", True, "noise@999999999999", 32),
     ]
+    # a published run's images and img_size are its run_shapes row's (one rule)
+    from bfd.queries import connect, run_sql
+
+    with connect(root) as con:
+        shapes = run_sql(con, "SELECT images, img_size FROM run_shapes WHERE run_id = 'toy-run'")
+    assert shapes.to_pylist() == [{"images": "images-0@images_sha25", "img_size": None}]
     notes = proc.stderr.splitlines()
     assert [":".join(line.split(":")[:2]) for line in notes] == [
         f"bfd: run {rid}" for rid in ("broken-0", extracted, stopped, stats_only)]
@@ -864,11 +874,12 @@ def test_runs_lists_a_published_run_whose_table_file_does_not_read_as_damaged(tm
     target.write_bytes(target.read_bytes()[:40])
     code, out, err = run(["runs", "--format", "json", "--store", str(root)], capsys)
     assert code == 1, err
-    known = ({"model": "toy", "weights": "weights-0", "n_images": 0, "n_skipped": 0,
+    known = ({"model": "toy", "weights": "weights-0", "images": "images-0@images_sha25",
+              "img_size": None, "n_images": 0, "n_skipped": 0,
               "layers": "layers-0", "sites": "sites-0",
               "created_at": "2025-01-02T03:04:05.500000Z"} if damage == "table"
-             else dict.fromkeys(("model", "weights", "n_images", "n_skipped", "layers",
-                                 "sites", "created_at")))
+             else dict.fromkeys(("model", "weights", "images", "img_size", "n_images",
+                                 "n_skipped", "layers", "sites", "created_at")))
     assert json.loads(out) == [{"run_id": "toy-run", **known, "status": "damaged"}]
     assert not [line for line in err.splitlines() if line.startswith("bfd: run toy-run")], err
     assert err.splitlines()[-1] == (

@@ -162,6 +162,46 @@ def test_compare_runs_says_when_the_runs_are_not_of_one_model(tmp_path):
         f"not of depth {L + 1}, {H} heads and width {D})" + refused)
 
 
+def test_compare_runs_says_when_the_runs_saw_other_images_or_another_img_size(tmp_path):
+    """The trial: runs of one model's same weights on the samples, on a folder of noise and
+    at another img_size (another patch grid) gave deltas with basis raw, same_model True and
+    no note. Each pair now says why its deltas are no change of the model, as the drift check
+    refuses it (the figures are given all the same)."""
+    ds = results(5, 16, 1.0)
+    samples, noise = "ab12cd34ef56" + "0" * 52, "cd34ab12ef56" + "1" * 52
+    for run_id, images, sha, img_size in (
+            ("s224", "samples", samples, 224), ("again", "samples", samples, 224),
+            ("noise", "/data/noise_pngs/", noise, 224), ("s160", "samples", samples, 160),
+            ("n160", "/data/noise_pngs", noise, 160)):
+        publish(tmp_path, run_id, ds, model="vit_a", images=images, images_sha256=sha,
+                img_size=img_size, weights_sha256="w" * 64)
+
+    def pair(run_a: str, run_b: str) -> str | None:
+        rows = run_query(tmp_path, "compare_runs", {"run_a": run_a, "run_b": run_b}).to_pylist()
+        assert len(rows) == 2 * L * 4 + L * H * 4
+        ((same, basis, note),) = {(r["same_model"], r["basis"], r["note"]) for r in rows}
+        assert (same, basis) == (True, "raw")
+        return note
+
+    other_images = ("run_a saw images samples@ab12cd34ef56, run_b noise_pngs@cd34ab12ef56: "
+                    "other images, whose shares change with the images, not only with the model")
+    other_size = ("run_a was at img_size 224, run_b at 160: another patch grid, shares over "
+                  "other positions")
+    assert pair("s224", "again") is None
+    assert pair("s224", "noise") == other_images
+    assert pair("s224", "s160") == other_size
+    assert pair("s224", "n160") == other_images + "; " + other_size
+    assert pair("noise", "s224") == ("run_a saw images noise_pngs@cd34ab12ef56, run_b "
+                                     "samples@ab12cd34ef56: other images, whose shares change "
+                                     "with the images, not only with the model")
+    # the drift check refuses exactly the pairs with a note (one rule)
+    store = Store(tmp_path)
+    ids = ("s224", "again", "noise", "s160", "n160")
+    for a in ids:
+        for b in ids:
+            assert (not_comparable(store, a, b) is None) == (pair(a, b) is None), (a, b)
+
+
 def test_compare_runs_of_an_unknown_run_has_no_rows(tmp_path):
     publish(tmp_path, "strong", results(1, 16, 1.0))
     assert run_query(tmp_path, "compare_runs", {"run_a": "strong", "run_b": "nope"}).num_rows == 0

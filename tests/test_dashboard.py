@@ -166,12 +166,16 @@ def test_series_data_lists_head_type_changes_of_consecutive_runs(tmp_path):
 
 def test_head_type_changes_are_never_between_two_models_of_one_series(tmp_path):
     """One series given audits of two models (s-1 of another name between runs of toy_vit):
-    their heads l, h are no head changing; a pretrained tag (other weights) is one model."""
+    their heads l, h are no head changing; a pretrained tag (other weights) is one model. Nor
+    are the types of one model's heads over other images (s-4) or at another img_size (s-5):
+    run_pairs has a note for each such pair; s-6 repeats s-5's inputs."""
     root = tmp_path / "store"
-    models = ("toy_vit", "other_vit", "toy_vit", "toy_vit.tag")
-    for i, model in enumerate(models):
+    models = ("toy_vit", "other_vit", "toy_vit", "toy_vit.tag", "toy_vit", "toy_vit", "toy_vit")
+    inputs = [{}] * 4 + [{"images": "/data/noise", "images_sha256": "n" * 64},
+                         {"img_size": 160}, {"img_size": 160}]
+    for i, (model, seen) in enumerate(zip(models, inputs, strict=True)):
         write_synthetic_run(root, f"s-{i}", model=model, seed=i,
-                            created_at=dt.datetime(2025, 1, 1 + i, tzinfo=dt.UTC))
+                            created_at=dt.datetime(2025, 1, 1 + i, tzinfo=dt.UTC), **seen)
     audits = [(f"audit-{i}", "mixed", f"s-{i}", i + 1, dt.datetime(2025, 2, 1 + i, tzinfo=dt.UTC),
                dt.datetime(2025, 2, 1 + i, 1, tzinfo=dt.UTC), "cli", None, "complete",
                f"audit-{i - 1}" if i else None, 0) for i in range(len(models))]
@@ -184,8 +188,9 @@ def test_head_type_changes_are_never_between_two_models_of_one_series(tmp_path):
         return {(b, layer, head) for (run, layer, head), kind in heads.items()
                 if run == b and heads[(a, layer, head)] != kind}
 
-    assert differ("s-0", "s-1") and differ("s-1", "s-2") and differ("s-2", "s-3")
-    assert {(c["run_id"], c["layer"], c["head"]) for c in changes} == differ("s-2", "s-3")
+    assert all(differ(f"s-{i}", f"s-{i + 1}") for i in range(len(models) - 1))
+    assert {(c["run_id"], c["layer"], c["head"]) for c in changes} == (
+        differ("s-2", "s-3") | differ("s-5", "s-6"))
 
 
 def test_store_wide_pages_embed_a_run_as_often_whatever_the_number_of_runs(tmp_path):

@@ -687,22 +687,36 @@ def test_compare_shows_every_pairs_run_pairs_note(tmp_path, browser):
     # (dashboard.js pairOf): for every ordered pair, the note shown is run_pairs' own. Runs:
     # one model twice (its prefix option said or not: a pair with no note), the same
     # architecture at another depth, with a pretrained tag, no width recorded and another
-    # prefix option, and another architecture
+    # prefix option, and another architecture; t-1's model on other images (a folder of
+    # noise), and at another img_size with no images hash recorded
     from bfd.queries import connect, run_sql
 
     root = tmp_path / "store"
-    for i, (run_id, model, depth, width, prefix) in enumerate((
-            ("t-1", "toy_vit", 2, 8, None), ("t-2", "toy_vit", 2, 8, "exclude"),
-            ("t-d3", "toy_vit", 3, 8, None), ("t-tag3", "toy_vit.tag", 3, None, "include"),
-            ("b-1", "vit_b", 2, 8, None))):
+    planted = {"images": "planted", "images_sha256": "img-sha", "img_size": None}
+    for i, (run_id, model, depth, width, prefix, images) in enumerate((
+            ("t-1", "toy_vit", 2, 8, None, planted), ("t-2", "toy_vit", 2, 8, "exclude", planted),
+            ("t-d3", "toy_vit", 3, 8, None, planted),
+            ("t-tag3", "toy_vit.tag", 3, None, "include", planted),
+            ("b-1", "vit_b", 2, 8, None, planted),
+            ("t-noise", "toy_vit", 2, 8, None, {**planted, "images": "/data/noise/",
+                                                "images_sha256": "f00d" * 16}),
+            ("t-160", "toy_vit", 2, 8, None, {**planted, "images_sha256": None,
+                                              "img_size": 160}))):
         write_synthetic_run(root, run_id, model=model, depth=depth, width=width, prefix=prefix,
-                            seed=i, created_at=dt.datetime(2025, 1, 1 + i, tzinfo=dt.UTC))
+                            seed=i, created_at=dt.datetime(2025, 1, 1 + i, tzinfo=dt.UTC),
+                            **images)
     build_dashboard(root, tmp_path / "site")
     with connect(root) as con:
         want = {(r["run_a"], r["run_b"]): r["note"] for r in run_sql(
             con, "SELECT run_a, run_b, note FROM run_pairs").to_pylist()}
     # no note: each run with itself, and t-1 with t-2 (one model, the same prefix option)
-    assert len(want) == 25 and sum(note is None for note in want.values()) == 5 + 2
+    assert len(want) == 49 and sum(note is None for note in want.values()) == 7 + 2
+    # other images; another img_size (t-160 holds no images hash: no images reason with it)
+    assert want[("t-1", "t-noise")] == (
+        "run_a saw images planted@img-sha, run_b noise@f00df00df00d: other images, whose "
+        "shares change with the images, not only with the model")
+    assert want[("t-160", "t-noise")] == (
+        "run_a was at img_size 160, run_b at 64: another patch grid, shares over other positions")
     # each branch of the rule: two names, one name of two shapes (a shape not recorded
     # said '?'), other prefix options, and both at once
     assert want[("t-1", "b-1")].startswith("run_a is of toy_vit, run_b of vit_b: two models")

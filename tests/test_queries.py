@@ -199,6 +199,8 @@ def test_model_summary_uses_latest_complete_run_per_model(store):
     root, runs = store
     _set_run(root, "a-new", n_skipped=7)  # 7 of its 200 images did not decode
     _set_run(root, "a-new", weights="/ckpts/step_9.pth")  # a checkpoint's run is the latest
+    # ... on other images, at another img_size: the row says which it is
+    _set_run(root, "a-new", images="/data/noise/", images_sha256="2" * 64, img_size=160)
     skipped = {"a-new": 7, "b-1": 0}
     result = rows(run_query(root, "model_summary"))
     assert [r["model"] for r in result] == ["vit_a", "vit_b"]
@@ -206,6 +208,9 @@ def test_model_summary_uses_latest_complete_run_per_model(store):
         assert row["run_id"] == run.run_id
         # which weights "the model" is here
         assert row["weights"] == ("/ckpts/step_9.pth" if run.run_id == "a-new" else "synthetic")
+        assert (row["images"], row["img_size"]) == (
+            ("noise@222222222222", 160) if run.run_id == "a-new"
+            else ("imagenet-val@111111111111", 224))
         # requested, and decoded: the N its shares are over (runs.n_images less n_skipped)
         assert row["n_images"] == run.n_images
         assert row["n_decoded"] == run.n_images - skipped[run.run_id]
@@ -297,6 +302,8 @@ def test_compare_models_bins_relative_depth(store, bins):
     if bins is not None:
         params["bins"] = str(bins)
     n_bins = bins or 10
+    # vit_a's latest run saw other images at another img_size: images_a/_b, img_size_a/_b say so
+    _set_run(root, "a-new", images="/data/noise", images_sha256="2" * 64, img_size=160)
     result = rows(run_query(root, "compare_models", params))
 
     def per_bin(run: PlantedRun) -> dict[int, tuple[int, float, np.ndarray]]:
@@ -326,6 +333,8 @@ def test_compare_models_bins_relative_depth(store, bins):
             for i, block in enumerate(BLOCKS):
                 assert_close(row[f"f_{block}_{side}"], fractions[i])
         assert (row["weights_a"], row["weights_b"]) == ("synthetic", "synthetic")
+        assert (row["images_a"], row["images_b"], row["img_size_a"], row["img_size_b"]) == (
+            "noise@222222222222", "imagenet-val@111111111111", 160, 224)
         if k in a and k in b:
             assert_close(row["delta_frac_pos"], b[k][1] - a[k][1])
             assert_close(row["delta_f_cc"], b[k][2][3] - a[k][2][3])
@@ -540,6 +549,21 @@ def test_head_type_changes_lists_exactly_the_changed_heads(store):
         assert r["head_type_b"] == TYPE_NAMES[new[r["layer"], r["head"]]]
     assert run_query(root, "head_type_changes", {"run_a": "a-old", "run_b": "a-old"}).num_rows == 0
     assert {(r["same_model"], r["note"]) for r in result} == {(True, None)}
+
+
+def test_head_type_changes_over_other_images_or_img_size_say_so(store):
+    """One model's heads on other images (images_sha256) or at another img_size (another
+    patch grid) differ with no head changing: every row says why, as compare_runs does."""
+    root, runs = store
+    _set_run(root, "a-new", images="/data/noise", images_sha256="2" * 64, img_size=160)
+    result = rows(run_query(root, "head_type_changes", {"run_a": "a-old", "run_b": "a-new"}))
+    assert len(result) == sum(1 for layer in range(12) for head in range(6)
+                              if runs["a-old"].head_class[layer, head]
+                              != runs["a-new"].head_class[layer, head]) > 0
+    assert {(r["same_model"], r["note"]) for r in result} == {(True, (
+        "run_a saw images imagenet-val@111111111111, run_b noise@222222222222: other images, "
+        "whose shares change with the images, not only with the model; run_a was at img_size "
+        "224, run_b at 160: another patch grid, shares over other positions"))}
 
 
 def test_head_type_changes_of_two_models_say_so(store):

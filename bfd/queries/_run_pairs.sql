@@ -3,12 +3,18 @@
 -- pretrained tag, which chooses weights as a checkpoint does, and the same depth, num_heads
 -- and width where both runs hold them: 0 or NULL in a run published before these columns),
 -- e.g. two checkpoints, seeds or fine-tunes; and note: NULL when run_b's per-layer and
--- per-head figures less run_a's are changes of one model over the same positions, else why
--- they are not, in one line: two models (layer and head l of each are not one layer
--- changing; compare_models aligns relative depth), or shares decomposed with other prefix
--- options (over other positions). compare_runs, head_type_changes, audit_history and the
--- dashboard's head-type changes read it; bfd.tasks.drift.same_model is its Python twin, and
--- the dashboard's pairOf (bfd/report/assets/dashboard.js) its twin from run_shapes' rows.
+-- per-head figures less run_a's are changes of one model over the same images and
+-- positions, else why they are not, in one line of '; '-joined reasons: two models (layer
+-- and head l of each are not one layer changing; compare_models aligns relative depth),
+-- shares decomposed with other prefix options (over other positions), other images
+-- (images_sha256 differs: shares change with the images, not only with the model), another
+-- img_size (another patch grid: other positions). These are the inputs whose change the
+-- drift check (bfd.tasks.drift.not_comparable) and audit_history's comparable refuse too;
+-- another decoded N comes with another image list (images_sha256 hashes it), and
+-- compare_runs then compares the chance-corrected shares. A reason is left out where either
+-- run does not hold its column (NULL). compare_runs, head_type_changes, audit_history and
+-- the dashboard's head-type changes read it; bfd.tasks.drift.same_model is its Python twin,
+-- and the dashboard's pairOf (bfd/report/assets/dashboard.js) its twin from run_shapes' rows.
 WITH pairs AS (
     SELECT
         a.run_id AS run_a,
@@ -23,7 +29,13 @@ WITH pairs AS (
         a.shape AS a_shape,
         b.shape AS b_shape,
         a.prefix AS prefix_a,
-        b.prefix AS prefix_b
+        b.prefix AS prefix_b,
+        a.images_sha256 AS sha_a,
+        b.images_sha256 AS sha_b,
+        a.images AS images_a,
+        b.images AS images_b,
+        a.img_size AS img_size_a,
+        b.img_size AS img_size_b
     FROM run_shapes AS a, run_shapes AS b
 )
 SELECT
@@ -42,5 +54,13 @@ SELECT
         CASE WHEN prefix_a <> prefix_b
             THEN 'run_a was decomposed with prefix ' || prefix_a || ', run_b with prefix '
                 || prefix_b || ': shares over other positions'
+        END,
+        CASE WHEN sha_a <> sha_b
+            THEN 'run_a saw images ' || images_a || ', run_b ' || images_b
+                || ': other images, whose shares change with the images, not only with the model'
+        END,
+        CASE WHEN img_size_a <> img_size_b
+            THEN 'run_a was at img_size ' || img_size_a || ', run_b at ' || img_size_b
+                || ': another patch grid, shares over other positions'
         END), '') AS note
 FROM pairs

@@ -2,7 +2,11 @@
 -- (the timm name less any pretrained tag, which chooses weights as a checkpoint does); depth,
 -- num_heads and width (NULL where the run does not hold them: 0 or NULL in a run published
 -- before these columns); prefix (the decomposition's prefix option, 'exclude' when the run's
--- config does not say); shape (depth, heads and width in words, '?' for one not held). The
+-- config does not say); shape (depth, heads and width in words, '?' for one not held);
+-- images_sha256 (the hash of the run's image list: its order, ids and file bytes) and images,
+-- the image set in short: its source's name (the folder's or manifest file's, or samples),
+-- '@' and the first 12 hex digits of images_sha256 (NULL when the run holds no hash);
+-- img_size (the model's input size, NULL where not held). The
 -- dashboard embeds these rows and derives each pair's same_model and note from them as
 -- run_pairs does (bfd/report/assets/dashboard.js pairOf), one row a run instead of one a pair.
 SELECT
@@ -17,6 +21,11 @@ SELECT
         THEN json_extract_string(config_json, '$.decompose.prefix') END, 'exclude') AS prefix,
     concat('depth ', coalesce(CAST(nullif(depth, 0) AS VARCHAR), '?'), ', ',
         coalesce(CAST(nullif(num_heads, 0) AS VARCHAR), '?'), ' heads and width ',
-        coalesce(CAST(nullif(width, 0) AS VARCHAR), '?')) AS shape
+        coalesce(CAST(nullif(width, 0) AS VARCHAR), '?')) AS shape,
+    nullif(images_sha256, '') AS images_sha256,
+    CASE WHEN nullif(images_sha256, '') IS NOT NULL
+        THEN concat(coalesce(nullif(regexp_extract(rtrim(images, '/\'), '[^/\\]*$'), ''), '?'),
+            '@', left(images_sha256, 12)) END AS images,
+    nullif(img_size, 0) AS img_size
 FROM runs
 WHERE status = 'complete'

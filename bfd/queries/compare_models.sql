@@ -1,6 +1,7 @@
 -- compare_models: two models side by side along relative depth (their depths may differ),
--- each from its latest complete run, whatever its weights (weights_a/_b say which;
--- compare_runs compares two chosen runs). Relative depth layer / (depth - 1) is cut into `bins`
+-- each from its latest complete run, whatever its weights, images and img_size (weights_a/_b,
+-- images_a/_b and img_size_a/_b say which, as model_summary: figures of other images or
+-- another img_size differ with the models unchanged; compare_runs compares two chosen runs). Relative depth layer / (depth - 1) is cut into `bins`
 -- equal bins (bin = floor(layer * bins / (depth - 1)), the last layer joining the last bin).
 -- Per bin and model: n_layers, frac_pos (plain mean over the bin's layers, attn_in) and
 -- f_* (energies summed over the bin's heads, then divided). delta_* = b - a.
@@ -68,6 +69,12 @@ SELECT
     b.run_id AS run_id_b,
     (SELECT r.weights FROM sides JOIN runs AS r USING (run_id) WHERE side = 'a') AS weights_a,
     (SELECT r.weights FROM sides JOIN runs AS r USING (run_id) WHERE side = 'b') AS weights_b,
+    (SELECT r.images FROM sides JOIN run_shapes AS r USING (run_id) WHERE side = 'a') AS images_a,
+    (SELECT r.images FROM sides JOIN run_shapes AS r USING (run_id) WHERE side = 'b') AS images_b,
+    (SELECT r.img_size FROM sides JOIN run_shapes AS r USING (run_id) WHERE side = 'a')
+        AS img_size_a,
+    (SELECT r.img_size FROM sides JOIN run_shapes AS r USING (run_id) WHERE side = 'b')
+        AS img_size_b,
     coalesce(a.n_layers, 0) AS n_layers_a,
     coalesce(b.n_layers, 0) AS n_layers_b,
     a.frac_pos AS frac_pos_a,

@@ -10,8 +10,9 @@
 -- intervals cover image sampling only, and treat the two runs' images as independent samples
 -- (runs on the same images are positively correlated, so their intervals are conservative).
 -- same_model, note: the pair's in run_pairs (one model whatever its weights; else, or when
--- decomposed with other prefix options, note says why the deltas are no change of one model
--- over the same positions). The figures are given all the same.
+-- decomposed with other prefix options, over other images or at another img_size, note says
+-- why the deltas are no change of one model over the same images and positions). The figures
+-- are given all the same.
 -- A run id that no run has gives no rows.
 -- params: run_a (required), run_b (required)
 WITH pair AS (

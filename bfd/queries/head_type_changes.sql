@@ -2,7 +2,7 @@
 -- ids: two checkpoints, two seeds, two fine-tunes of one architecture), with both types and
 -- both runs' head fractions. Heads only one run holds are left out. same_model and note: the
 -- pair's in run_pairs: the types of two models' heads l, h (note says so), or of shares over other
--- positions, differ without any head changing.
+-- positions or other images, differ without any head changing.
 -- params: run_a (required), run_b (required)
 WITH pair AS (
     SELECT same_model, note FROM run_pairs WHERE run_a = $run_a AND run_b = $run_b

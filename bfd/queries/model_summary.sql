@@ -1,6 +1,8 @@
 -- model_summary: one row per model (timm name), from its latest complete run (largest
--- created_at) whatever its weights: weights says which ('pretrained', 'random' or the
--- checkpoint file); run_summary has a row for every run.
+-- created_at) whatever its weights, images and img_size: weights says which ('pretrained',
+-- 'random' or the checkpoint file), images which image set (run_shapes': the source's name,
+-- '@' and 12 hex digits of images_sha256, e.g. samples@3f2a9c1d0b7e) and img_size at which
+-- input size; run_summary has a row for every run.
 -- f_*: energy-weighted fractions (energies summed over all layers and heads, then divided);
 -- mean_f_*: plain mean of the head fractions; frac_pos_mean: mean over layers of frac_pos at
 -- attn_in; n_heads_pp / _cp / _cc: heads per stored head_type (position-position,
@@ -13,6 +15,8 @@ SELECT
     s.model,
     s.run_id,
     s.weights,
+    sh.images,
+    sh.img_size,
     s.created_at,
     s.n_images,
     s.n_decoded,
@@ -34,4 +38,5 @@ SELECT
     s.n_heads_undefined
 FROM run_summary AS s
 JOIN latest_runs USING (run_id)
+LEFT JOIN run_shapes AS sh USING (run_id)
 ORDER BY s.model

@@ -173,7 +173,8 @@ def run_shapes(con: duckdb.DuckDBPyConnection) -> pa.Table:
     run id: the pages that show a pair's ``same_model`` or note derive it from the two runs'
     rows (dashboard.js ``pairOf``), so they embed one row a run, not one a pair of runs."""
     return run_sql(con, """
-        SELECT run_id, model, architecture, depth, num_heads, width, prefix, shape
+        SELECT run_id, model, architecture, depth, num_heads, width, prefix, shape,
+            images_sha256, images, img_size
         FROM run_shapes
         ORDER BY run_id
     """)
@@ -338,8 +339,10 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
     nothing (its n_flagged of 0 then means not checked). Head-type changes
     compare each point's run with the previous point's run of its series (by step, start
     time, audit id; then creation time), head by head, in the runs' current ``heads``, when
-    both are of one model (as drift: the same name less any pretrained tag, depth, num_heads
-    and width; heads of two models given one series are no head changing).
+    ``run_pairs`` has no note for the two: one model (as drift: the same name less any
+    pretrained tag, depth, num_heads and width) over the same images, img_size and prefix
+    option (heads of two models given one series, or types over other images or positions,
+    are no head changing).
     """
     with_audits = audits_present(con)
     order = "coalesce(p.step, 0), p.started_at, s.created_at, p.audit_id, p.run_id"
@@ -379,7 +382,7 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
         JOIN heads AS h ON h.run_id = o.run_id
         JOIN heads AS p ON p.run_id = o.prev_run_id AND p.layer = h.layer AND p.head = h.head
         JOIN run_pairs AS rp ON rp.run_a = o.prev_run_id AND rp.run_b = o.run_id
-        WHERE p.head_type IS DISTINCT FROM h.head_type AND rp.same_model
+        WHERE p.head_type IS DISTINCT FROM h.head_type AND rp.note IS NULL
         ORDER BY o.series, o.run_id, o.audit_id, h.layer, h.head
     """)
     out = {"metrics": _with_drift_check(con, metrics), "head_type_changes": changes}

@@ -14,7 +14,7 @@ from typing import Final
 from .manifest import read_markers
 from .paths import Store, read_json, validate_run_id
 from .recorded import recorded_sha256, sha256_change
-from .runs import is_stats_only, read_request
+from .runs import RunRequest, is_stats_only, read_request
 
 # Every shard extracted, nothing published: `bfd decompose` is next (or its decomposition
 # failed or was interrupted).
@@ -35,9 +35,11 @@ class UnpublishedRun:
         run_id: The run.
         status: ``EXTRACTED``, ``INCOMPLETE`` or ``DAMAGED``.
         next: What to do with it: one line, the command included.
-        model, weights, n_images, layers, sites: Of its request (a ``DAMAGED`` published
-            run: of its published ``runs`` row when that file reads; None when neither
-            reads); ``layers`` and ``sites`` comma-joined as in the ``runs`` table.
+        model, weights, images, images_sha256, img_size, n_images, layers, sites: Of its
+            request (a ``DAMAGED`` published run: of its published ``runs`` row when that
+            file reads; None when neither reads); ``layers`` and ``sites`` comma-joined and
+            ``img_size`` one int (the height of an ``(h, w)`` request) as in the ``runs``
+            table.
         n_skipped: Images skipped by its extraction; None until every shard is extracted
             (a ``DAMAGED`` run: its ``runs`` row's, when that reads).
         created_at: When it was published: a ``DAMAGED`` run's ``runs`` row's, when that
@@ -49,6 +51,9 @@ class UnpublishedRun:
     next: str
     model: str | None = None
     weights: str | None = None
+    images: str | None = None
+    images_sha256: str | None = None
+    img_size: int | None = None
     n_images: int | None = None
     n_skipped: int | None = None
     layers: str | None = None
@@ -71,8 +76,20 @@ def _extracted(store: Store, run_id: str, n_images: int) -> tuple[int, int]:
 
 
 # The columns of a damaged run taken from its published ``runs`` row when that file reads.
-_RUN_FIELDS: Final[tuple[str, ...]] = ("model", "weights", "n_images", "n_skipped", "layers",
-                                       "sites", "created_at")
+_RUN_FIELDS: Final[tuple[str, ...]] = ("model", "weights", "images", "images_sha256",
+                                       "img_size", "n_images", "n_skipped", "layers", "sites",
+                                       "created_at")
+
+
+def _request_fields(request: RunRequest) -> dict:
+    """The ``runs`` columns of an unpublished run, from its request (``img_size`` as
+    bfd/tasks/publish.py writes it: the height of an ``(h, w)`` request)."""
+    size = request.img_size
+    return {"model": request.model, "weights": request.weights, "images": request.images,
+            "images_sha256": request.images_sha256,
+            "img_size": size if isinstance(size, int) else size[0],
+            "n_images": request.n_images, "layers": ",".join(map(str, request.layers)),
+            "sites": ",".join(request.sites)}
 
 
 def _damaged(store: Store, run_id: str, damage: str, row: dict | None) -> UnpublishedRun:
@@ -83,11 +100,7 @@ def _damaged(store: Store, run_id: str, damage: str, row: dict | None) -> Unpubl
         fields = {name: row.get(name) for name in _RUN_FIELDS}
     else:
         try:
-            request = read_request(store, run_id)
-            fields = {"model": request.model, "weights": request.weights,
-                      "n_images": request.n_images,
-                      "layers": ",".join(map(str, request.layers)),
-                      "sites": ",".join(request.sites)}
+            fields = _request_fields(read_request(store, run_id))
         except (OSError, ValueError, KeyError, TypeError):
             fields = {}
     return UnpublishedRun(run_id, DAMAGED, f"published, but {damage}: left out of SQL queries; "
@@ -102,9 +115,7 @@ def _state(store: Store, run_id: str) -> UnpublishedRun:
     except (OSError, ValueError, KeyError, TypeError):
         return UnpublishedRun(run_id, DAMAGED, f"its request.json cannot be read; bfd verify "
                               f"{run_id} {where} says what is damaged")
-    fields = {"model": request.model, "weights": request.weights,
-              "n_images": request.n_images, "layers": ",".join(map(str, request.layers)),
-              "sites": ",".join(request.sites)}
+    fields = _request_fields(request)
     if is_stats_only(request.extra):
         return UnpublishedRun(run_id, INCOMPLETE, "a stats-only audit that did not publish "
                               "(still running, or it failed); it keeps no activations: run "

@@ -187,10 +187,12 @@
   const RUN_BY_ID = new Map(RUNS.map((r) => [r.run_id, r]));
   const SERIES = [...new Set(RUNS.map((r) => r.series))];
   // The run_shapes row of each complete run (series and compare pages): what run_pairs
-  // compares of a run. pairOf(a, b) is run_pairs' row of the ordered pair (run_a = a,
-  // run_b = b), its same_model and note, derived from the two rows as bfd/queries/
-  // _run_pairs.sql does (SQL's NULLs kept: a comparison with NULL is NULL, a string joined
-  // with NULL is NULL); null when either run is not complete (run_pairs has no such pair).
+  // compares of a run (model, shape, prefix option, images and img_size). pairOf(a, b) is
+  // run_pairs' row of the ordered pair (run_a = a, run_b = b), its same_model and note
+  // (two models, other prefix options, other images, another img_size), derived from the
+  // two rows as bfd/queries/_run_pairs.sql does (SQL's NULLs kept: a comparison with NULL is
+  // NULL, a string joined with NULL is NULL); null when either run is not complete
+  // (run_pairs has no such pair).
   // The pages embed one row a run, not one a pair of runs.
   const SHAPES = new Map(rowsOf(D.shapes).map((r) => [r.run_id, r]));
   const isNull = (v) => v === null || v === undefined;
@@ -214,6 +216,11 @@
         "(compare_models aligns relative depth)"),
       eq(x.prefix, y.prefix) === false ? cat("run_a was decomposed with prefix ", x.prefix,
         ", run_b with prefix ", y.prefix, ": shares over other positions") : null,
+      eq(x.images_sha256, y.images_sha256) === false ? cat("run_a saw images ", x.images,
+        ", run_b ", y.images, ": other images, whose shares change with the images, not only with the model")
+        : null,
+      eq(x.img_size, y.img_size) === false ? cat("run_a was at img_size ", x.img_size,
+        ", run_b at ", y.img_size, ": another patch grid, shares over other positions") : null,
     ].filter((p) => !isNull(p));
     return { same_model: sameModel, note: parts.join("; ") || null };
   }
@@ -764,7 +771,8 @@
           + "chance-corrected twin: its deltas include the chance level's change with N, and are shown "
           + "without intervals or significance."));
       }
-      // the pair's run_pairs note (two models, other prefix options), when it has one
+      // the pair's run_pairs note (two models, other prefix options, images or img_size),
+      // when it has one
       const pn = pairOf(state.a, state.b)?.note;
       if (pn) noteLines.push(h("p", { class: "note warn", id: "compare-pair-note" }, pn));
       notes.replaceChildren(...noteLines);
