@@ -24,9 +24,16 @@ def audit_config(config: dict):
         raise ValueError(describe_errors(err, cli=True)) from None
 
 
-def add_audit_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--series", help="the series this audit extends (default: the model and its "
-                   "weights' source, e.g. vit_b@pretrained, test_vit@random-seed-0)")
+# what --series defaults to: bfd audit's (bfd.tasks.audits.default_series) and
+# bfd audit-checkpoints' (checkpoints_series), which takes no --weights
+AUDIT_SERIES = ("the series this audit extends (default: the model and its weights' source, "
+                "e.g. vit_b@pretrained, test_vit@random-seed-0)")
+CHECKPOINTS_SERIES = ("the series these audits extend (default: the model and the checkpoints' "
+                      "folder or glob, as an absolute path: vit_b@/ckpts)")
+
+
+def add_audit_options(p: argparse.ArgumentParser, series_help: str = AUDIT_SERIES) -> None:
+    p.add_argument("--series", help=series_help)
     p.add_argument("--drift-threshold", action="append", default=[], metavar="[METRIC=]VALUE",
                    help="flag a change since the previous audit larger than VALUE (default "
                    "0.05 for fractions); METRIC=VALUE sets one metric's (frac_pos, f_cc, "
@@ -440,7 +447,7 @@ def add_audit_parsers(sub) -> None:
                        "(1200, 1e4, 10k; none: by modification time, last)")
     s.add_argument("checkpoints", help="a folder of checkpoint files or a glob")
     cli._add_extract_options(s, weights=False)  # the weights are each checkpoint's
-    add_audit_options(s)
+    add_audit_options(s, CHECKPOINTS_SERIES)
     s.set_defaults(fn=cmd_audit_checkpoints, weights="random", seed=0)
 
     s = sub.add_parser("serve", help="run the deployments of prefect.yaml on their schedules "
