@@ -424,7 +424,7 @@ def test_a_request_refused_before_any_work_records_no_audit(tmp_path, prefect_ha
     config = {**AUDIT, "weights": str(other)}
     with pytest.raises(ValueError, match="do not fit 'test_vit'"):
         audit(config, str(store), dashboard=False)
-    with pytest.raises(ValueError, match=r"layers must be in \[0, 6\)"):
+    with pytest.raises(ValueError, match=r"--layers: must be in \[0, 6\)"):
         audit({**config, "weights": "random", "layers": "0,9"}, str(store), series="s",
               step=1, dashboard=False)
     assert read_audits(Store(str(store))) == []
