@@ -188,7 +188,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
                              trigger="cli", dashboard=not args.no_dashboard,
                              store_activations=args.store_activations)
     profile = run_query(store, "layer_profile", {"model": model, "run_id": out["run_id"]})
-    cols = [c for c in ("layer", "frac_pos", "frac_pos_resid", "f_pp", "f_cp", "f_pc", "f_cc",
+    cols = [c for c in ("layer", "frac_pos", "frac_pos_resid", "f_pp", "f_pc", "f_cp", "f_cc",
                         "n_heads_pp", "n_heads_cp", "n_heads_cc") if c in profile.column_names]
     print(f"\nBFD audit of {model} (weights: {config.weights}), run {out['run_id']}")
     cli._print_table(profile.select(cols), "table")
@@ -229,8 +229,8 @@ def print_statistics(store: str, run_id: str, profile, demo: bool) -> None:
     from bfd.queries import run_sql
 
     cols = [c for c in ("layer", "frac_pos", "frac_pos_chance", "frac_pos_adj",
-                        "frac_pos_adj_lo", "frac_pos_adj_hi", "f_pp_adj", "f_cp_adj",
-                        "f_pc_adj", "f_cc_adj") if c in profile.column_names]
+                        "frac_pos_adj_lo", "frac_pos_adj_hi", "f_pp_adj", "f_pc_adj",
+                        "f_cp_adj", "f_cc_adj") if c in profile.column_names]
     print("\nchance-corrected shares, 95 % intervals over images (docs/method.md):")
     cli._print_table(profile.select(cols), "table")
     if demo:
