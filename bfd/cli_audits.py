@@ -140,6 +140,7 @@ def drift_exit(n_flagged: int, fail_on_drift: bool, audits: Sequence[dict] = (),
 def cmd_audit(args: argparse.Namespace) -> int:
     """``bfd audit``: the flow ``audit``, or for a run already computed the audit's record
     alone, without Prefect (``bfd.cli_reuse``)."""
+    from bfd.cli_interrupt import MESSAGE, say
     from bfd.cli_reuse import computed_run_of, record_reused_audit
     from bfd.flows.params import DEMO_CONFIG, require_model
     from bfd.queries import run_query
@@ -180,13 +181,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if reused is not None:
         out = record_reused_audit(args, config, store, thresholds, reused, started)
     else:
+        from bfd.cli_interrupt import audit_progress
+        from bfd.flows import progress
         from bfd.flows.audit import audit
 
-        out = cli._with_bars(audit, config, store, workers=args.workers,
-                             dask_address=args.dask_address, gpu_resources=args.gpu_resources,
-                             series=args.series, step=args.step, drift=thresholds,
-                             trigger="cli", dashboard=not args.no_dashboard,
-                             store_activations=args.store_activations)
+        # Ctrl-C's line: bfd.cli.main's NOT_RECORDED until now, as for a run already computed
+        say(MESSAGE)  # shards may be extracted from now on
+        with progress.listening(audit_progress):  # Ctrl-C's line names the audit once written
+            out = cli._with_bars(audit, config, store, workers=args.workers,
+                                 dask_address=args.dask_address,
+                                 gpu_resources=args.gpu_resources, series=args.series,
+                                 step=args.step, drift=thresholds, trigger="cli",
+                                 dashboard=not args.no_dashboard,
+                                 store_activations=args.store_activations)
     profile = run_query(store, "layer_profile", {"model": model, "run_id": out["run_id"]})
     cols = [c for c in ("layer", "frac_pos", "frac_pos_resid", "f_pp", "f_pc", "f_cp", "f_cc",
                         "n_heads_pp", "n_heads_cp", "n_heads_cc") if c in profile.column_names]
