@@ -302,6 +302,10 @@ def test_series_page_marks_drift_of_audits(tmp_path, browser, monkeypatch):
     assert browser.execute_script(
         "return document.querySelector('#drift-table tbody td:nth-child(9)').title") == (
         LONG_AUDIT_ID)
+    # and the table fits the page at 1400 px: no horizontal scrolling to reach its columns
+    assert browser.execute_script(
+        "const t = document.getElementById('drift-table');"
+        " return t.scrollWidth <= t.closest('.table-wrap').clientWidth")
     open_page(browser, (tmp_path / "site" / "runs" / "s-0.html").as_uri())
     link = browser.find_element("link text", "flow-0")
     assert link.get_attribute("href") == "http://127.0.0.1:4200/runs/flow-run/flow-0"
