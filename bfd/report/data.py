@@ -219,7 +219,9 @@ def run_detail(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, pa.Tabl
 
 # The drift metrics (bfd.tasks.drift: a layer share at attn_in, ``_resid`` at resid; a head
 # share; ``head_type``) whose flagged rows mark each Series plot: a plot is marked only for the
-# metrics it shows (frac_pos_mean is the mean of frac_pos at attn_in, never frac_pos_resid).
+# metrics it shows (frac_pos_mean is the mean of frac_pos at attn_in, never frac_pos_resid);
+# a head_type row marks only the counts of the types its head changed from and to
+# (``drift_marks``).
 DRIFT_OF_PLOT: Final[dict[str, tuple[str, ...]]] = {
     "frac_pos_mean": ("frac_pos",),
     "frac_pos_resid_mean": ("frac_pos_resid",),
