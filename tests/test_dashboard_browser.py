@@ -278,7 +278,7 @@ def test_served_from_loopback_with_no_outside_request(site, browser):
 
 
 def test_series_page_marks_drift_of_audits(tmp_path, browser, monkeypatch):
-    from test_dashboard import audited_store
+    from test_dashboard import LONG_AUDIT_ID, audited_store
 
     root, con = audited_store(tmp_path)
     monkeypatch.setenv("PREFECT_UI_URL", "http://127.0.0.1:4200")
@@ -295,10 +295,17 @@ def test_series_page_marks_drift_of_audits(tmp_path, browser, monkeypatch):
     assert browser.execute_script(
         "return document.getElementById('metric-f_cc').data[1].x.length"
     ) == 0
-    drift_rows = browser.execute_script(
-        "return document.querySelectorAll('#drift-table tbody tr').length"
-    )
-    assert drift_rows == 1
+    (row,) = table_rows(browser, "drift-table")
+    # a long audit id is shown short, whole on hover
+    assert (row["metric"], row["audit"], row["previous audit"], row["run"]) == (
+        "f_pp", "20250203T…b2c3d", "audit-1", "s-2")
+    assert browser.execute_script(
+        "return document.querySelector('#drift-table tbody td:nth-child(9)').title") == (
+        LONG_AUDIT_ID)
+    # and the table fits the page at 1400 px: no horizontal scrolling to reach its columns
+    assert browser.execute_script(
+        "const t = document.getElementById('drift-table');"
+        " return t.scrollWidth <= t.closest('.table-wrap').clientWidth")
     open_page(browser, (tmp_path / "site" / "runs" / "s-0.html").as_uri())
     link = browser.find_element("link text", "flow-0")
     assert link.get_attribute("href") == "http://127.0.0.1:4200/runs/flow-run/flow-0"
@@ -375,16 +382,50 @@ def test_series_page_plots_every_audit_and_crosses_its_flagged_metrics(reused_si
     choose_series(browser, "ck")
     line, crosses = plot_x(browser, "metric-f_pp")
     assert line == [100, 200, 250, 500, 500] and crosses == [250]
+    # the cross has a hover saying what was flagged
+    assert browser.execute_script(
+        "return Array.from(document.getElementById('metric-f_pp').data[1].text)") == [
+        "drift flagged at audit A5 (step 250): f_pp in 1 row, layer 0, largest |delta| 0.2000"]
+    # A1's head_type drift (layer 0 head 1, position-position -> content-content) crosses
+    # the pp and cc counts only: the cp and undefined counts did not change
+    for plot, crosses in (("n_heads_pp", [200]), ("n_heads_cc", [200]), ("n_heads_cp", []),
+                          ("n_heads_undefined", []), ("n_heads", [])):
+        assert plot_x(browser, f"metric-{plot}")[1] == crosses, plot
+    assert browser.execute_script(
+        "return Array.from(document.getElementById('metric-n_heads_cc').data[1].text)") == [
+        "drift flagged at audit A1 (step 200): head_type in 1 row, layer 0, largest |delta| 1"
+        "<br>position-position -&gt; content-content: 1"]
     # audits do not keep frac_pos_resid_mean: no point, so no cross for A2's flagged drift
-    # of frac_pos_resid (the drift table lists it), and the plot says why
+    # of frac_pos_resid (the drift table lists it); the plot says why, and that it was flagged
     resid = browser.execute_script(
         "const d = document.getElementById('metric-frac_pos_resid_mean');"
         " return [Array.from(d.data[0].y), Array.from(d.data[1].x),"
         " (d.layout.annotations || []).map(a => a.text)]")
-    assert resid == [[None] * 5, [], ["not kept by the audits: see each run's page"]]
+    assert resid == [[None] * 5, [], ["not kept by the audits: see each run's page<br>"
+                                      "drift of frac_pos_resid flagged at audit A2 (step 500)"]]
+    # the other empty plots (not kept, no drift flagged) are one line, not a panel each
+    assert browser.execute_script("return document.getElementById('metric-f_pp_adj')") is None
+    line = browser.find_element("id", "empty-plots").text
+    assert "not drawn: not kept by the audits (see each run's page): " in line
+    assert "f_pp_adj" in line and "frac_pos_adj_mean" in line and "frac_pos_resid" not in line
+    # the drift table: what was flagged first, the series (the page's) not repeated, ids
+    # short with the whole id on hover, the run linked to its page
+    drift = table_rows(browser, "drift-table")
+    head = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#drift-table th'), c => c.textContent)")
+    assert head[:6] == ["metric", "layer", "head", "before", "after", "delta"]
+    assert "series" not in head and "flagged" not in head
+    assert sorted((r["metric"], r["audit"], r["run"]) for r in drift) == [
+        ("f_pp", "A5", "c-200"), ("frac_pos_resid", "A2", "c-500"), ("head_type", "A1", "c-200")]
     assert browser.execute_script(
-        "return Array.from(document.querySelectorAll('#drift-table tbody tr'),"
-        " tr => tr.textContent).filter(t => t.includes('frac_pos_resid')).length") == 1
+        "return Array.from(document.querySelectorAll('#drift-table tbody a'), a => a.href)") == [
+        (reused_site / "runs" / f"{run}.html").as_uri() for run in ("c-200", "c-200", "c-500")]
+    changes = table_rows(browser, "changes-table")
+    head = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#changes-table th'), c => c.textContent)")
+    assert head[:4] == ["layer", "head", "type before", "type after"] and "series" not in head
+    assert {(r["audit"], r["previous run"], r["run"]) for r in changes} == {
+        ("A1", "c-100", "c-200"), ("A2", "c-200", "c-500")}
     table = browser.execute_script(
         "const t = document.getElementById('series-runs');"
         " const head = Array.from(t.querySelectorAll('th'), c => c.textContent);"

@@ -665,6 +665,9 @@
     const names = [...new Set(metrics.map((m) => m.series))];
     const drift = rowsOf(D.drift);
     const changes = rowsOf(D.head_type_changes);
+    // each flagged drift's mark: the audit and the plot whose figure it concerns, with what
+    // was flagged (bfd/report/data.py drift_marks)
+    const driftMarks = rowsOf(D.drift_marks);
     const hasStep = metrics.some((m) => m.step !== null && m.step !== undefined);
     // the series of the latest audit (bfd/report/data.py latest_series), else the first
     const state = { series: names.includes(D.latest_series) ? D.latest_series : names[0],
@@ -682,10 +685,14 @@
       select("x-select", "against", (hasStep ? [["step", "audit step"]] : []).concat([["created_at", "run time"]]),
         state.x, (v) => { state.x = v; redraw(); }));
     const grid = h("div", { class: "grid", id: "metric-grid" });
+    // the plots with no value in the series (and no drift flagged on them): one line
+    const emptyLine = h("p", { class: "note", id: "empty-plots" });
     const tables = h("div", {});
     app.append(controls, section("Every metric", h("p", { class: "note" },
       "One point per complete audit of the series, at its step, with the figures it saw. Red crosses: " +
-      "audits whose drift check flagged a metric this plot shows. The line breaks between consecutive " +
+      "audits whose drift check flagged what this plot shows (a head_type change: the counts of the " +
+      "types the heads changed from and to); hover one for the metric, rows, layers and largest |delta|. " +
+      "The line breaks between consecutive " +
       "points whose runs are of two models (run_pairs.same_model false), and before an audit whose figures " +
       "are of other inputs than its previous audit's (other images, decoded N, layers or positions: " +
       "comparable no). An open grey circle: an audit whose drift check compared nothing (its drift_note " +
@@ -696,15 +703,31 @@
       "Audits do not keep " + (notKept.join(", ") || "every figure") + ": an audit's point has " +
       "none of them (its run's current ones may come from a later decomposition; its run page " +
       "shows them). In the table, figures audit: what the audit kept; run: the run's current " +
-      "figures (a run never audited)."), grid),
+      "figures (a run never audited). Plots with no value in the series are listed in one line " +
+      "below the grid, unless drift of their figure was flagged."), grid, emptyLine),
     tables);
     // Each plot's cell, sized by the grid: a plot drawn while its cell is the grid's only
     // item (auto-fit) would take the whole row; a later change of the cell redraws it.
     const sized = new ResizeObserver((entries) => {
       for (const e of entries) if (e.target._fullLayout) Plotly.Plots.resize(e.target);
     });
-    // The drift metrics each plot shows (bfd/report/data.py DRIFT_OF_PLOT); none: no crosses.
-    const driftOf = D.drift_of_plot || {};
+    // what a drift mark says: the metrics flagged, how many rows, which layers, the largest
+    // |delta| (and a head-count plot's type changes)
+    function markText(mark, m) {
+      const layers = mark.layers || [];
+      return pt("drift flagged at audit " + mark.audit_id + (m && m.step !== null && m.step !== undefined
+        ? " (step " + m.step + ")" : "") + ": " + mark.metrics.join(", ") + " in " + mark.n_rows +
+        (mark.n_rows === 1 ? " row" : " rows") + (layers.length ? ", " + (layers.length === 1 ? "layer " : "layers ") +
+        (layers.length > 12 ? layers.slice(0, 12).join(", ") + ", …" : layers.join(", ")) : "") +
+        ", largest |delta| " + fmt(mark.max_abs_delta)) +
+        ((mark.types || []).length ? "<br>" + pt(mark.types.join("; ")) : "");
+    }
+    // an id shown short in a table cell (the whole id on hover)
+    const shortId = (v) => (typeof v === "string" && v.length > 16 ? v.slice(0, 9) + "…" + v.slice(-5) : fmt(v));
+    function runCell(runId) {
+      const run = RUN_BY_ID.get(runId);
+      return run ? runLink(run, shortId(runId)) : shortId(runId);
+    }
     // the line breaks between consecutive points whose runs are of two models
     // (run_pairs.same_model false)
     const twoModels = (a, b) => pairOf(a, b)?.same_model === false;
@@ -727,9 +750,28 @@
         c === "n_flagged" ? { key: c, label: "n_flagged", render: flagged }
           : { key: c });
     }
+    // the flagged drift and head-type change tables: what changed first, then where (ids
+    // shortened, whole on hover; runs linked to their pages); the page's series and each
+    // row's flagged (always true) are in the CSV only
+    const idCol = (key, label) => ({ key: key, label: label, render: (r) => shortId(r[key]) });
+    const runCol = (key, label) => ({ key: key, label: label, render: (r) => runCell(r[key]) });
+    function driftColumns(rows) {
+      const all = Object.keys(rows[0] || D.drift || {});
+      const lead = ["metric", "layer", "head", "before", "after", "delta", "threshold", "step"]
+        .filter((c) => all.includes(c)).map((c) => ({ key: c }));
+      return lead.concat([idCol("audit_id", "audit"), idCol("prev_audit_id", "previous audit"),
+        runCol("run_id", "run")].filter((c) => all.includes(c.key)));
+    }
+    function changeColumns() {
+      return [{ key: "layer" }, { key: "head" }, { key: "before", label: "type before" },
+        { key: "after", label: "type after" }, idCol("audit_id", "audit"),
+        idCol("prev_audit_id", "previous audit"), runCol("run_id", "run"),
+        runCol("prev_run_id", "previous run")];
+    }
     function redraw() {
       const members = metrics.filter((m) => m.series === state.series);
       const flagged = drift.filter((d) => d.series === state.series);
+      const marks = driftMarks.filter((d) => d.series === state.series);
       // a gap (no figure) between consecutive points whose runs are of two models, before
       // an audit whose drift was not compared with its previous audit's (audit_history), and
       // either side of an audit of a damaged run
@@ -764,25 +806,45 @@
       }
       const rows = lines.map((m) => (m.gap ? { gap: true, [state.x]: m.x[state.x] } : m));
       for (const old of grid.children) sized.unobserve(old);
+      // a plot with no value in the series and no drift flagged on it: listed in one line
+      const hasValue = (k) => rows.some((m) => typeof m[k] === "number");
+      const marked = (k) => marks.some((d) => d.plot === k);
+      const blank = keys.filter((k) => !hasValue(k) && !marked(k));
+      const unkept = blank.filter((k) => notKept.includes(k) && rows.some((m) => m.figures === "audit"));
+      const novalue = blank.filter((k) => !unkept.includes(k));
+      emptyLine.replaceChildren(...(blank.length ? [(blank.length === 1 ? "1 plot" : blank.length + " plots") +
+        " with no value in this series, not drawn: " +
+        [unkept.length ? "not kept by the audits (see each run's page): " + unkept.join(", ") : null,
+          novalue.length ? "no value: " + novalue.join(", ") : null].filter(Boolean).join("; ") + "."] : []));
+      const drawn = keys.filter((k) => !blank.includes(k));
       // every cell first, at its height, then the plots: each is drawn at its cell's width
-      const divs = keys.map((k) => {
+      const divs = drawn.map((k) => {
         const div = plotDiv("metric-" + k, `${k} against ${state.x} for the chosen series`, "small");
         div.style.height = "260px";
         return div;
       });
       grid.replaceChildren(...divs);
-      keys.forEach((k, i) => {
+      drawn.forEach((k, i) => {
         const div = divs[i];
         const x = rows.map(xOf);
         const err = rows.some((m) => typeof m[k + "_lo"] === "number") ? { type: "data", symmetric: false,
           array: rows.map((m) => (m[k + "_hi"] ?? m[k]) - m[k]), arrayminus: rows.map((m) => m[k] - (m[k + "_lo"] ?? m[k])) } : undefined;
-        // a cross per audit whose flagged drift names a metric this plot shows
-        const shows = driftOf[k] || [];
-        const hit = rows.filter((m) => m.audit_id !== null && m.audit_id !== undefined &&
-          typeof m[k] === "number" && flagged.some((d) => d.audit_id === m.audit_id && shows.includes(d.metric)));
-        const none = !rows.some((m) => typeof m[k] === "number");
-        const missing = none ? (notKept.includes(k) && rows.some((m) => m.figures === "audit")
-          ? "not kept by the audits: see each run's page" : "no value") : null;
+        // a cross per audit whose flagged drift concerns this plot's figure (drift_marks);
+        // one on an audit with no value here is said in the plot instead
+        const mine = marks.filter((d) => d.plot === k);
+        const markOf = (m) => (m.audit_id === null || m.audit_id === undefined ? undefined
+          : mine.find((d) => d.audit_id === m.audit_id));
+        const hit = rows.filter((m) => typeof m[k] === "number" && markOf(m));
+        const unplaced = mine.filter((d) => !rows.some((m) => m.audit_id === d.audit_id && typeof m[k] === "number"));
+        const none = !hasValue(k);
+        const missing = [none ? (notKept.includes(k) && rows.some((m) => m.figures === "audit")
+          ? "not kept by the audits: see each run's page" : "no value") : null]
+          .concat(unplaced.map((d) => {
+            const at = rows.find((m) => m.audit_id === d.audit_id);
+            return "drift of " + pt(d.metrics.join(", ")) + " flagged at audit " + pt(d.audit_id) +
+              (at && at.step !== null && at.step !== undefined ? " (step " + at.step + ")" : "") +
+              (none ? "" : ": no value kept");
+          })).filter(Boolean).join("<br>") || null;
         draw(div, [{ x: x, y: rows.map((m) => (m.gap ? null : m[k])), mode: "lines+markers", name: k, error_y: err,
           customdata: rows.map((m) => RUN_BY_ID.get(m.run_id)?.page || ""),
           text: rows.map((m) => (m.gap ? "" : pt(m.run_id + (m.audit_id ? " · audit " + m.audit_id : "") +
@@ -795,7 +857,8 @@
             size: rows.map((m) => (damaged(m) || notCompared(m) ? 10 : 6)) },
           line: { color: "#0072B2" }, hovertemplate: `%{text}<br>${k} %{y:.4g}<extra></extra>` },
         { x: hit.map(xOf), y: hit.map((m) => m[k]), mode: "markers", name: "drift flagged",
-          marker: { symbol: "x", size: 12, color: "#D55E00" }, hoverinfo: "skip" }],
+          marker: { symbol: "x", size: 12, color: "#D55E00" }, text: hit.map((m) => markText(markOf(m), m)),
+          hovertemplate: "%{text}<extra></extra>" }],
         { title: { text: k, font: { size: 13 }, x: 0.02, xanchor: "left" }, showlegend: false, height: 260, xaxis: xaxis,
           margin: { l: 55, r: 10, t: 35, b: 55 }, annotations: missing ? [{ text: missing, showarrow: false,
             xref: "paper", yref: "paper", x: 0.5, y: 0.5 }] : [] });
@@ -803,10 +866,12 @@
         sized.observe(div);
       });
       tables.replaceChildren(
-        section("Drift flags", D.has_audits ? dataTable("drift-table", "flagged drift", flagged)
+        section("Drift flags", D.has_audits ? dataTable("drift-table", "flagged drift", flagged,
+          driftColumns(flagged), { csvKeys: Object.keys(D.drift || {}) })
           : empty("No audits recorded yet.")),
         section("Head-type changes between consecutive audits",
-          dataTable("changes-table", "head-type changes", changes.filter((c) => c.series === state.series))),
+          dataTable("changes-table", "head-type changes", changes.filter((c) => c.series === state.series),
+            changeColumns(), { csvKeys: Object.keys(D.head_type_changes || {}) })),
         section("Audits of the series", dataTable("series-runs", "audits of the series", members,
           auditColumns(members), { csvKeys: Object.keys(D.metrics),
             rowClass: (m) => (damaged(m) ? "damaged-run" : notCompared(m) ? "not-compared" : null) })));
