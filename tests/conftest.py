@@ -1,10 +1,26 @@
 """Session-wide test environment: offline hub, private Prefect home, one Prefect test server."""
 
+import atexit
 import contextlib
 import os
+import shutil
 import tempfile
 
+# Each process that loads this file (pytest, each xdist worker) makes its own Prefect home and
+# removes it when it ends; the processes it starts inherit PREFECT_HOME but never remove it
+# (only the process that made it: a forked child runs no atexit handlers, and the pid check
+# guards the rest). Registered before Prefect is imported, it runs after Prefect's own exit
+# handlers (last registered, first run), once any temporary server has stopped.
 _home = tempfile.mkdtemp(prefix="bfd-test-prefect-")
+_maker = os.getpid()
+
+
+def _remove_home() -> None:
+    if os.getpid() == _maker:
+        shutil.rmtree(_home, ignore_errors=True)
+
+
+atexit.register(_remove_home)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["PREFECT_HOME"] = _home
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
