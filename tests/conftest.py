@@ -32,11 +32,19 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def prefect_harness():
-    """A real (temporary, SQLite) Prefect server for the tests that run flows."""
+    """A real (temporary, SQLite) Prefect server for the tests that run flows.
+
+    The flows run in this process send no heartbeats: a flow run's heartbeat thread sleeps in
+    steps of a second and the flow waits for it when it ends, 0-1 s of idle wall time per flow
+    run (about 2.4 s per audit: extract, decompose, audit), which no test looks at. As for the
+    temporary server of a command (``bfd.flows.server.temporary_server_settings``); the CLI
+    subprocesses, which read the settings from the environment, still send them."""
     import prefect.settings
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=60):
+    with prefect_test_harness(server_startup_timeout=60), temporary_settings(
+            updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         # worker processes and CLI subprocesses talk to the same test server
         os.environ["PREFECT_API_URL"] = prefect.settings.PREFECT_API_URL.value()
         yield
