@@ -80,12 +80,18 @@ def run_cli(argv, capsys) -> tuple[int, str, str]:
 # in pyproject: xdist otherwise hands out the files with most tests first), so the short ones
 # fill in beside them instead of one long file running alone at the end.
 # Ranked by the seconds each file took in a whole run (pytest --durations=0, summed per file,
-# 2026-12-03: test_audit 349, test_bad_inputs 251, test_cli 248, test_bench 244 (its quick runs
-# two at a time), ... test_cluster 55; the other files 45 s or less).
-LONGEST_FIRST = ("test_audit.py", "test_bad_inputs.py", "test_cli.py", "test_bench.py",
-                 "test_schedule.py", "test_verify.py", "test_reuse.py", "test_extract.py",
-                 "test_pipeline_kills.py", "test_publish_faults.py", "test_early_refusals.py",
-                 "test_dashboard_browser.py", "test_cluster.py")
+# 2026-12-03, a loaded machine: test_bench 392, test_reuse 382, test_audit 385, test_schedule
+# 338, test_pipeline_kills 269, test_extract 267, test_publish_faults 132, test_verify 127,
+# test_cluster 85, test_bad_inputs 81, test_interrupt 79, test_cli 77 (177 less the 100 s wait
+# that test_ctrl_c_stops_a_running_query no longer makes), test_dashboard_browser 72,
+# test_server 71 (one test), test_early_refusals 51; the other files 40 s or less). The flows
+# in the test process no longer wait for heartbeats (prefect_harness), which shortened
+# test_audit and test_verify most.
+LONGEST_FIRST = ("test_bench.py", "test_reuse.py", "test_audit.py", "test_schedule.py",
+                 "test_pipeline_kills.py", "test_extract.py", "test_publish_faults.py",
+                 "test_verify.py", "test_cluster.py", "test_bad_inputs.py", "test_interrupt.py",
+                 "test_cli.py", "test_dashboard_browser.py", "test_server.py",
+                 "test_early_refusals.py")
 
 
 def pytest_collection_modifyitems(items):
