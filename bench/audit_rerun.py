@@ -15,8 +15,10 @@ Usage: python bench/audit_rerun.py [--model vit_small_patch16_224] [--n-images 6
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -24,7 +26,12 @@ import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the bfd command runs (bfd/cli.py)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="bfd-bench-prefect-"))
+if "PREFECT_HOME" not in os.environ:
+    # a private Prefect home, removed at exit: registered before Prefect is imported, so that
+    # it runs after Prefect's own exit handlers (the temporary server's stop)
+    _PREFECT_HOME = tempfile.mkdtemp(prefix="bfd-bench-prefect-")
+    atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
+    os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
@@ -52,6 +59,7 @@ def main() -> int:
         return None
 
     store = tempfile.mkdtemp(prefix="bfd-bench-store-")
+    atexit.register(shutil.rmtree, store, ignore_errors=True)
     config = {"model": args.model, "weights": "random", "images": "samples",
               "n_images": args.n_images, "layers": args.layers,
               **({"img_size": 32} if args.quick else {})}

@@ -1,10 +1,26 @@
 """Session-wide test environment: offline hub, private Prefect home, one Prefect test server."""
 
+import atexit
 import contextlib
 import os
+import shutil
 import tempfile
 
+# Each process that loads this file (pytest, each xdist worker) makes its own Prefect home and
+# removes it when it ends; the processes it starts inherit PREFECT_HOME but never remove it
+# (only the process that made it: a forked child runs no atexit handlers, and the pid check
+# guards the rest). Registered before Prefect is imported, it runs after Prefect's own exit
+# handlers (last registered, first run), once any temporary server has stopped.
 _home = tempfile.mkdtemp(prefix="bfd-test-prefect-")
+_maker = os.getpid()
+
+
+def _remove_home() -> None:
+    if os.getpid() == _maker:
+        shutil.rmtree(_home, ignore_errors=True)
+
+
+atexit.register(_remove_home)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["PREFECT_HOME"] = _home
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
@@ -16,11 +32,19 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def prefect_harness():
-    """A real (temporary, SQLite) Prefect server for the tests that run flows."""
+    """A real (temporary, SQLite) Prefect server for the tests that run flows.
+
+    The flows run in this process send no heartbeats: a flow run's heartbeat thread sleeps in
+    steps of a second and the flow waits for it when it ends, 0-1 s of idle wall time per flow
+    run (about 2.4 s per audit: extract, decompose, audit), which no test looks at. As for the
+    temporary server of a command (``bfd.flows.server.temporary_server_settings``); the CLI
+    subprocesses, which read the settings from the environment, still send them."""
     import prefect.settings
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=60):
+    with prefect_test_harness(server_startup_timeout=60), temporary_settings(
+            updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         # worker processes and CLI subprocesses talk to the same test server
         os.environ["PREFECT_API_URL"] = prefect.settings.PREFECT_API_URL.value()
         yield
@@ -56,12 +80,18 @@ def run_cli(argv, capsys) -> tuple[int, str, str]:
 # in pyproject: xdist otherwise hands out the files with most tests first), so the short ones
 # fill in beside them instead of one long file running alone at the end.
 # Ranked by the seconds each file took in a whole run (pytest --durations=0, summed per file,
-# 2026-12-03: test_audit 349, test_bad_inputs 251, test_cli 248, test_bench 244 (its quick runs
-# two at a time), ... test_cluster 55; the other files 45 s or less).
-LONGEST_FIRST = ("test_audit.py", "test_bad_inputs.py", "test_cli.py", "test_bench.py",
-                 "test_schedule.py", "test_verify.py", "test_reuse.py", "test_extract.py",
-                 "test_pipeline_kills.py", "test_publish_faults.py", "test_early_refusals.py",
-                 "test_dashboard_browser.py", "test_cluster.py")
+# 2026-12-03, a loaded machine: test_bench 392, test_reuse 382, test_audit 385, test_schedule
+# 338, test_pipeline_kills 269, test_extract 267, test_publish_faults 132, test_verify 127,
+# test_cluster 85, test_bad_inputs 81, test_interrupt 79, test_cli 77 (177 less the 100 s wait
+# that test_ctrl_c_stops_a_running_query no longer makes), test_dashboard_browser 72,
+# test_server 71 (one test), test_early_refusals 51; the other files 40 s or less). The flows
+# in the test process no longer wait for heartbeats (prefect_harness), which shortened
+# test_audit and test_verify most.
+LONGEST_FIRST = ("test_bench.py", "test_reuse.py", "test_audit.py", "test_schedule.py",
+                 "test_pipeline_kills.py", "test_extract.py", "test_publish_faults.py",
+                 "test_verify.py", "test_cluster.py", "test_bad_inputs.py", "test_interrupt.py",
+                 "test_cli.py", "test_dashboard_browser.py", "test_server.py",
+                 "test_early_refusals.py")
 
 
 def pytest_collection_modifyitems(items):

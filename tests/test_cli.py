@@ -399,14 +399,18 @@ def test_sql_timeout_stops_a_slow_query_in_one_line(tmp_path):
 def test_ctrl_c_stops_a_running_query(tmp_path):
     """DuckDB does not look at Python's signals while it computes; the command interrupts it."""
     out = tmp_path / "rows.jsonl"
+    # a store with tables, so that its catalog snapshot is built (an empty folder gets none,
+    # and the wait below ran to its deadline, 100 s, before the Ctrl-C)
+    store = _table_store(tmp_path / "store")
     proc = subprocess.Popen(
         [sys.executable, "-m", "bfd.cli", "sql", SLOW_SQL.replace("count(*)", "a.range"),
-         "--format", "jsonl", "--output", str(out), "--store", str(tmp_path)],
+         "--format", "jsonl", "--output", str(out), "--store", str(store)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # the catalog snapshot appears just before the query starts
     deadline = time.monotonic() + 100
-    while not list((tmp_path / "catalog").glob("*.duckdb")) and time.monotonic() < deadline:
+    while not list((store / "catalog").glob("*.duckdb")) and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert time.monotonic() < deadline, "no catalog snapshot in 100 s"
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)  # without the fix: hours
