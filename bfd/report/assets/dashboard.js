@@ -783,10 +783,10 @@
         }
         lines.push(m);
       });
-      // steps that are all Unix seconds (an audit's default step: its start time; a
-      // checkpoint's modification time) are drawn as dates; other steps as plain integers
-      const steps = members.map((m) => m.step).filter((v) => typeof v === "number");
-      const unixSteps = state.x === "step" && steps.length > 0 && steps.every((v) => v >= 1e9 && v < 4.2e9);
+      // steps that are all time steps (isTimeStep: an audit's default step, its start time)
+      // are drawn as dates, as every page shows them; other steps as plain integers
+      const stepped = members.filter((m) => typeof m.step === "number");
+      const unixSteps = state.x === "step" && stepped.length > 0 && stepped.every(isTimeStep);
       const xOf = (m) => {
         const v = m[state.x];
         return unixSteps && typeof v === "number" ? new Date(v * 1000).toISOString() : v;
