@@ -126,11 +126,6 @@ def audit_checkpoints(
         return _ended({**summary, "audits": []})
     done = []
     for k, ckpt in enumerate(todo, 1):
-        # said when its turn comes: the extraction's lines that follow are this file's
-        start = (f"checkpoint {k} of {len(todo)} to audit: {os.path.basename(ckpt['path'])} "
-                 f"(step {ckpt['step']})")
-        logger.info(start)
-        progress.report("notice", 0, 0, text=start)
         try:  # a file that passed its first-bytes check may still not load, or not fit
             load_weights(ExtractConfig(**{**request, "weights": ckpt["path"]}))
         except (OSError, ValueError) as err:
@@ -139,6 +134,12 @@ def audit_checkpoints(
             # said now, in step order among the audits' lines, not after every checkpoint
             progress.report("checkpoint", k, len(todo), left_out=bad[-1])
             continue
+        # said as its audit starts: the extraction's lines that follow are this file's (a file
+        # left out above is named by its own line)
+        start = (f"checkpoint {k} of {len(todo)} to audit: {os.path.basename(ckpt['path'])} "
+                 f"(step {ckpt['step']})")
+        logger.info(start)
+        progress.report("notice", 0, 0, text=start)
         with tags(f"model:{model}", f"series:{series}"):
             one = audit(config.model_copy(update={"weights": ckpt["path"]}), root,
                         workers=workers, dask_address=dask_address,
