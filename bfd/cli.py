@@ -192,7 +192,8 @@ class _Bars:
             # not print: inside a flow with log_prints, print goes to Prefect's logger
             sys.stderr.write(f"bfd: {detail['text']}\n")
             return
-        if stage == "checkpoint":  # no bar: a checkpoint audited, bfd.cli_audits prints it
+        if stage in ("checkpoint", "audit"):  # no bar: a checkpoint audited (bfd.cli_audits
+            # prints it), an audit's row written (bfd.cli_interrupt.audit_progress)
             return
         bar = self.bars.get(stage)
         if bar is None or (bar.disable and done < total):  # a stage begun again: a new bar
@@ -437,6 +438,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _prefect_defaults(args.verbose)
     if args.command not in _READING_COMMANDS:
         limit_malloc_arenas()  # before the flows start their threads
+    if args.command in _PIPELINE_COMMANDS:  # Ctrl-C's line, also of a command run in-process
+        from bfd.cli_interrupt import MESSAGE, NOT_RECORDED, say
+
+        say(NOT_RECORDED if args.command == "audit" else MESSAGE)
     if argv is None and args.command in _PIPELINE_COMMANDS:
         # a process of its own: Ctrl-C ends it at once, without Prefect's and the
         # interpreter's teardown
@@ -460,9 +465,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.close(devnull)
         return _EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
-        from bfd.cli_interrupt import EXIT_INTERRUPTED, MESSAGE
+        from bfd.cli_interrupt import EXIT_INTERRUPTED, message
 
-        print(MESSAGE if args.command in _PIPELINE_COMMANDS else "bfd: interrupted",
+        # what it left (bfd.cli_interrupt): an audit recorded is named
+        print(message() if args.command in _PIPELINE_COMMANDS else "bfd: interrupted",
               file=sys.stderr)
         if argv is None:
             # the command's own clean-up ran on the way here (a partial --output removed);

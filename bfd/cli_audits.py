@@ -25,9 +25,16 @@ def audit_config(config: dict):
         raise ValueError(describe_errors(err, cli=True)) from None
 
 
-def add_audit_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--series", help="the series this audit extends (default: the model and its "
-                   "weights' source, e.g. vit_b@pretrained, test_vit@random-seed-0)")
+# what --series defaults to: bfd audit's (bfd.tasks.audits.default_series) and
+# bfd audit-checkpoints' (checkpoints_series), which takes no --weights
+AUDIT_SERIES = ("the series this audit extends (default: the model and its weights' source, "
+                "e.g. vit_b@pretrained, test_vit@random-seed-0)")
+CHECKPOINTS_SERIES = ("the series these audits extend (default: the model and the checkpoints' "
+                      "folder or glob, as an absolute path: vit_b@/ckpts)")
+
+
+def add_audit_options(p: argparse.ArgumentParser, series_help: str = AUDIT_SERIES) -> None:
+    p.add_argument("--series", help=series_help)
     p.add_argument("--drift-threshold", action="append", default=[], metavar="[METRIC=]VALUE",
                    help="flag a change since the previous audit larger than VALUE, 0 to 1 "
                    "(default 0.05; every metric is a fraction, head_type 1 when a type "
@@ -221,6 +228,7 @@ def drift_exit(n_flagged: int, fail_on_drift: bool, audits: Sequence[dict] = (),
 def cmd_audit(args: argparse.Namespace) -> int:
     """``bfd audit``: the flow ``audit``, or for a run already computed the audit's record
     alone, without Prefect (``bfd.cli_reuse``)."""
+    from bfd.cli_interrupt import NOT_RECORDED_SHARDS_KEPT, say
     from bfd.cli_reuse import computed_run_of, record_reused_audit
     from bfd.flows.params import DEMO_CONFIG, require_model
     from bfd.queries import run_query
@@ -261,15 +269,21 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if reused is not None:
         out = record_reused_audit(args, config, store, thresholds, reused, started)
     else:
+        from bfd.cli_interrupt import audit_progress
+        from bfd.flows import progress
         from bfd.flows.audit import audit
 
-        out = cli._with_bars(audit, config, store, workers=args.workers,
-                             dask_address=args.dask_address, gpu_resources=args.gpu_resources,
-                             series=args.series, step=args.step, drift=thresholds,
-                             trigger="cli", dashboard=not args.no_dashboard,
-                             store_activations=args.store_activations)
+        # Ctrl-C's line: bfd.cli.main's NOT_RECORDED until now, as for a run already computed
+        say(NOT_RECORDED_SHARDS_KEPT)  # shards may be extracted from now on
+        with progress.listening(audit_progress):  # Ctrl-C's line names the audit once written
+            out = cli._with_bars(audit, config, store, workers=args.workers,
+                                 dask_address=args.dask_address,
+                                 gpu_resources=args.gpu_resources, series=args.series,
+                                 step=args.step, drift=thresholds, trigger="cli",
+                                 dashboard=not args.no_dashboard,
+                                 store_activations=args.store_activations)
     profile = run_query(store, "layer_profile", {"model": model, "run_id": out["run_id"]})
-    cols = [c for c in ("layer", "frac_pos", "frac_pos_resid", "f_pp", "f_cp", "f_pc", "f_cc",
+    cols = [c for c in ("layer", "frac_pos", "frac_pos_resid", "f_pp", "f_pc", "f_cp", "f_cc",
                         "n_heads_pp", "n_heads_cp", "n_heads_cc") if c in profile.column_names]
     print(f"\nBFD audit of {model} (weights: {config.weights}), run {out['run_id']}")
     cli._print_table(profile.select(cols), "table")
@@ -320,8 +334,8 @@ def print_statistics(store: str, run_id: str, profile, demo: bool) -> None:
     from bfd.queries import run_sql
 
     cols = [c for c in ("layer", "frac_pos", "frac_pos_chance", "frac_pos_adj",
-                        "frac_pos_adj_lo", "frac_pos_adj_hi", "f_pp_adj", "f_cp_adj",
-                        "f_pc_adj", "f_cc_adj") if c in profile.column_names]
+                        "frac_pos_adj_lo", "frac_pos_adj_hi", "f_pp_adj", "f_pc_adj",
+                        "f_cp_adj", "f_cc_adj") if c in profile.column_names]
     print("\nchance-corrected shares, 95 % intervals over images (docs/method.md):")
     cli._print_table(profile.select(cols), "table")
     if demo:
@@ -565,7 +579,7 @@ def add_audit_parsers(sub) -> None:
                        "(1200, 1e4, 10k; none: by modification time, last)")
     s.add_argument("checkpoints", help="a folder of checkpoint files or a glob")
     cli._add_extract_options(s, weights=False)  # the weights are each checkpoint's
-    add_audit_options(s)
+    add_audit_options(s, CHECKPOINTS_SERIES)
     s.set_defaults(fn=cmd_audit_checkpoints, weights="random", seed=0)
 
     s = sub.add_parser("serve", help="run the deployments of prefect.yaml on their schedules "

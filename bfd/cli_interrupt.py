@@ -15,6 +15,17 @@ its child processes (the temporary server, Dask's nanny and workers) and ends at
 ``os._exit``: nothing computed is lost, and the next run resumes from the completed shards.
 The line comes from Python's SIGINT handler, or, while the main thread is inside a long
 native call, from a thread woken by the signal's wakeup descriptor.
+
+The line says what the interrupt left: ``MESSAGE`` while shards may be being extracted; in
+``bfd audit`` ``NOT_RECORDED`` before its flow starts (its checks) or, for a run already
+computed (``bfd.cli_reuse``), before its audit is recorded, ``NOT_RECORDED_SHARDS_KEPT`` in
+its flow before the audit is recorded; and from the moment an audit's row is written a line
+naming that audit (``recorded``), so that a rerun's second audit of the same request is not
+made unknowingly.
+The write itself is held from Ctrl-C (``recording``, the ``writing`` of
+``bfd.tasks.audits.audit_row``; the flow ``audit`` reaches it through its progress listeners,
+``audit_progress``): a SIGINT that lands while the row is being written ends the process once
+it is written, with the line naming it.
 """
 
 from __future__ import annotations
@@ -24,12 +35,92 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 MESSAGE = "bfd: interrupted; completed shards are kept and a rerun resumes"
+NOT_RECORDED = "bfd: interrupted; no audit was recorded"
+# the flow audit's before its audit is recorded (only then written: bfd.tasks.audits.audit_row)
+NOT_RECORDED_SHARDS_KEPT = f"{NOT_RECORDED}; completed shards are kept and a rerun resumes"
 EXIT_INTERRUPTED = 130
 
 _ending = threading.Lock()
+_ender: list[int] = []  # the thread ending the process
+# what Ctrl-C says and whether it waits (``hold``); the handler and the watcher decide under
+# this lock (re-entrant: the handler runs on the main thread, which may hold it)
+_lock = threading.RLock()
+_state: dict[str, Any] = {"message": MESSAGE, "line_open": lambda: False, "held": 0,
+                          "pending": False}
+
+
+def say(message: str) -> None:
+    """The line Ctrl-C writes from now on."""
+    with _lock:
+        _state["message"] = message
+
+
+def message() -> str:
+    """The line Ctrl-C writes now (also ``bfd.cli.main``'s, when a command run in-process ends
+    in ``KeyboardInterrupt``)."""
+    return _state["message"]
+
+
+def recorded(row: Mapping[str, Any]) -> str:
+    """The line of Ctrl-C once the audit ``row`` (``bfd.tasks.audits.audit_row``) is written."""
+    status = "" if row["status"] == "complete" else f" as {row['status']}"
+    run = f" (run {row['run_id']})" if row.get("run_id") else ""
+    return (f"bfd: interrupted after audit {row['audit_id']} of series {row['series']} "
+            f"(step {row['step']}) was recorded{status}{run}; a rerun records another audit")
+
+
+def hold() -> None:
+    """Ctrl-C from now on waits for ``release`` (nested holds: the outermost)."""
+    with _lock:
+        _state["held"] += 1
+
+
+def release(line: str | None = None) -> None:
+    """Ends a ``hold``: the line becomes ``line`` when given, and a Ctrl-C that came meanwhile
+    ends the process now, with it."""
+    with _lock:
+        if line is not None:
+            _state["message"] = line
+        _state["held"] -= 1
+        if not _state["held"] and _state["pending"]:
+            end_now(_state["line_open"], _state["message"])
+
+
+@contextlib.contextmanager
+def recording(row: dict[str, Any]) -> Iterator[None]:
+    """The write of the audit ``row`` (``bfd.tasks.audits.audit_row``'s ``writing``), held
+    from Ctrl-C; once written, Ctrl-C's line names the audit (``recorded``)."""
+    hold()
+    written = False
+    try:
+        yield
+        written = True
+    finally:
+        release(recorded(row) if written else None)
+
+
+def audit_progress(stage: str, done: int, total: int, detail: dict) -> None:  # noqa: ARG001
+    """A ``bfd.flows.progress`` listener: the flow's stage ``audit`` (``progress.recording``,
+    its audit's row being written) as ``recording``."""
+    if stage != "audit":
+        return
+    if not done:
+        hold()
+    else:
+        release(recorded(detail["audit"]) if detail["written"] else None)
+
+
+def _interrupted() -> None:
+    """SIGINT: ends the process now, or once the ``hold`` is released."""
+    with _lock:
+        if _state["held"]:
+            _state["pending"] = True
+            return
+        end_now(_state["line_open"], _state["message"])
 
 
 def _kill_children() -> None:
@@ -53,8 +144,11 @@ def end_now(line_open: Callable[[], bool] = lambda: False, message: str = MESSAG
         message: The line.
     """
     if not _ending.acquire(blocking=False):
+        if _ender == [threading.get_ident()]:  # a second Ctrl-C on the thread ending it
+            return
         # the other path (handler or watcher) is ending the process already
         threading.Event().wait()
+    _ender.append(threading.get_ident())
     with contextlib.suppress(Exception):
         sys.stderr.flush()
     with contextlib.suppress(Exception):
@@ -66,14 +160,20 @@ def end_now(line_open: Callable[[], bool] = lambda: False, message: str = MESSAG
 
 
 def end_on_interrupt(line_open: Callable[[], bool] = lambda: False,
-                     message: str = MESSAGE) -> None:
-    """From now on, SIGINT ends this process at once (``end_now``, with ``message``). Call it
+                     message: str | None = None) -> None:
+    """From now on, SIGINT ends this process at once (``end_now``, with ``message``, when
+    given, until ``say`` or an audit's ``recording`` changes it), or after a ``hold``. Call it
     from the main thread of a process that runs one pipeline command and nothing else."""
 
     import psutil  # noqa: F401 - imported now, not while ending
 
+    with _lock:
+        _state["line_open"] = line_open
+        if message is not None:
+            _state["message"] = message
+
     def handler(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
-        end_now(line_open, message)
+        _interrupted()
 
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -83,6 +183,6 @@ def end_on_interrupt(line_open: Callable[[], bool] = lambda: False,
     def watch() -> None:
         while True:
             if signal.SIGINT in os.read(wake_r, 64):
-                end_now(line_open, message)
+                _interrupted()
 
     threading.Thread(target=watch, name="bfd-interrupt", daemon=True).start()

@@ -166,6 +166,7 @@ def record_reused_audit(args: argparse.Namespace, config, store: str, thresholds
     """The audit of ``run_id``, already computed (``computed_run_of``), recorded without
     Prefect; ``started``: when the command began (its checks are part of the audit). Returns
     what the flow ``audit`` returns."""
+    from bfd.cli_interrupt import recording
     from bfd.queries.seen import run_seen
     from bfd.report.dashboard import refresh_outputs
     from bfd.storage import Store, results_path
@@ -183,7 +184,8 @@ def record_reused_audit(args: argparse.Namespace, config, store: str, thresholds
     series = (args.series if args.series is not None
               else default_series(config.model, config.weights, config.seed))
     step = args.step if args.step is not None else time_step(started)
-    with audit_row(s, series, step, "cli", None, started) as row:
+    # Ctrl-C's line names the audit from its write on (bfd.cli_interrupt)
+    with audit_row(s, series, step, "cli", None, started, writing=recording) as row:
         drift_since_previous(s, row, run_id, thresholds.model_dump(), run_seen(store, run_id))
     index = None if args.no_dashboard else refresh_outputs(store, logging.getLogger("bfd.audit"))
     return {**{k: row[k] for k in ("audit_id", "series", "run_id", "step", "prev_audit_id",

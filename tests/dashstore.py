@@ -190,16 +190,26 @@ REUSED_AUDITS: tuple[tuple[str, str, str, int, int, str, float | None], ...] = (
     ("A7", "th", "c-100", 1, 7, "complete", 0.12),  # c-100's latest audit
     ("A8", "ck", "c-500", 600, 8, "failed", None),
 )
-# Flagged drift (audit, metric): A2 frac_pos_resid only (frac_pos unflagged), A5 f_pp.
+# Flagged drift (audit, metric): A2 frac_pos_resid only (frac_pos unflagged), A5 f_pp, A1
+# head_type of layer 0 head 1 (position-position -> content-content from c-100 to c-200).
 REUSED_DRIFT: tuple[tuple[str, str, bool], ...] = (
-    ("A2", "frac_pos_resid", True), ("A2", "frac_pos", False), ("A5", "f_pp", True))
+    ("A2", "frac_pos_resid", True), ("A2", "frac_pos", False), ("A5", "f_pp", True),
+    ("A1", "head_type", True))
+
+
+def head_counts(energy: np.ndarray) -> dict[str, int]:
+    """``n_heads_*`` of a run that ``write_synthetic_run`` planted with these energies."""
+    frac = energy / energy.sum(axis=-1, keepdims=True)
+    kinds = np.argmax(np.stack([frac[..., 0], frac[..., 1] + frac[..., 2], frac[..., 3]]), axis=0)
+    return {f"n_heads_{t}": int((kinds == i).sum()) for i, t in enumerate(("pp", "cp", "cc"))} | {
+        "n_heads_undefined": 0}
 
 
 def write_reused_audits(root: Path) -> dict[str, dict[str, np.ndarray]]:
     """Runs c-100, c-200, c-500 and u-1 with the ``REUSED_AUDITS`` and ``REUSED_DRIFT``
     written through ``bfd.storage.write_audit``/``write_drift``; returns what each run
     planted. An audit that kept its figures keeps n_layers 3, n_heads 6, its f_pp and
-    f_pc = 1 - f_pp, mean_f_pp = f_pp (the others NULL)."""
+    f_pc = 1 - f_pp, mean_f_pp = f_pp, its run's head counts per type (the others NULL)."""
     from bfd.storage import write_audit, write_drift
 
     planted = {}
@@ -211,7 +221,8 @@ def write_reused_audits(root: Path) -> dict[str, dict[str, np.ndarray]]:
     for audit_id, series, run_id, step, day, status, f_pp in REUSED_AUDITS:
         start = dt.datetime(2025, 2, day, tzinfo=dt.UTC)
         seen = {} if f_pp is None else {"n_layers": 3, "n_heads": 6, "f_pp": f_pp,
-                                        "f_pc": 1 - f_pp, "mean_f_pp": f_pp}
+                                        "f_pc": 1 - f_pp, "mean_f_pp": f_pp,
+                                        **head_counts(planted[run_id]["energy"])}
         write_audit(store, {
             "audit_id": audit_id, "series": series, "run_id": run_id, "step": step,
             "started_at": start, "finished_at": start + dt.timedelta(hours=1),
@@ -224,6 +235,8 @@ def write_reused_audits(root: Path) -> dict[str, dict[str, np.ndarray]]:
              "head": 0 if metric == "f_pp" else None, "metric": metric, "before": 0.1,
              "after": 0.3 if flagged else 0.1, "delta": 0.2 if flagged else 0.0,
              "threshold": 0.05, "flagged": flagged}
+            | ({"head": 1, "before": None, "after": None, "delta": 1.0, "threshold": 0.5}
+               if metric == "head_type" else {})
             for a, metric, flagged in REUSED_DRIFT if a == audit_id])
     return planted
 

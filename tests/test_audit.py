@@ -165,6 +165,10 @@ def test_drift_flags_the_planted_change_and_fails_the_gate(tmp_path, prefect_har
     code, out, err = bfd("audit", *common, "--weights", str(paths[1]), "--step", "200",
                          "--fail-on-drift")
     assert code == 3 and "flagged (--fail-on-drift)" in err and "frac_pos" in out
+    # its tables' shares in the order of every table and query: pp, pc, cp, cc
+    headers = [line.split() for line in out.splitlines() if "f_pp" in line or "f_pp_adj" in line]
+    assert [[w for w in words if w.startswith("f_")] for words in headers] == [
+        ["f_pp", "f_pc", "f_cp", "f_cc"], ["f_pp_adj", "f_pc_adj", "f_cp_adj", "f_cc_adj"]]
     (planted,) = [a for a in read_audits(Store(store), "s") if a["n_flagged"]]
     flagged = [r for r in read_drift(Store(store), "s", planted["audit_id"]) if r["flagged"]]
     assert flagged and all(r["layer"] == 0 for r in flagged)
@@ -447,7 +451,7 @@ def test_a_request_refused_before_any_work_records_no_audit(tmp_path, prefect_ha
     config = {**AUDIT, "weights": str(other)}
     with pytest.raises(ValueError, match="do not fit 'test_vit'"):
         audit(config, str(store), dashboard=False)
-    with pytest.raises(ValueError, match=r"layers must be in \[0, 6\)"):
+    with pytest.raises(ValueError, match=r"--layers: must be in \[0, 6\)"):
         audit({**config, "weights": "random", "layers": "0,9"}, str(store), series="s",
               step=1, dashboard=False)
     assert read_audits(Store(str(store))) == []

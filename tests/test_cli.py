@@ -68,7 +68,7 @@ def extracted(prefect_harness, tmp_path_factory) -> tuple[Store, str]:
         (["--model", "eva02_tiny_patch14_224", "--weights", "random"], ["rotary"]),
         (["--weights", "random"], ["--model is required"]),
         ([*EXTRACT[1:], "--layers", "0,x"], ["comma-separated ints", "'0,x'"]),
-        ([*EXTRACT[1:], "--layers", "1,6"], ["layers must be in [0, 6)", "[6]"]),
+        ([*EXTRACT[1:], "--layers", "1,6"], ["--layers: must be in [0, 6)", "[6]"]),
         ([*EXTRACT[1:], "--images", "{tmp}/no_such_folder"], ["does not exist"]),
         ([*EXTRACT[1:], "--images-per-shard", "6"], ["multiple of images_per_chunk=4"]),
     ],
@@ -90,6 +90,10 @@ def test_audit_checkpoints_offers_only_its_own_options(tmp_path, capsys):
     out = capsys.readouterr().out
     assert exited.value.code == 0 and "--model" in out
     assert "--weights" not in out and "--demo" not in out
+    # its --series default is the folder's (checkpoints_series), not bfd audit's
+    words = " ".join(out.split())
+    assert "weights' source" not in words and "random-seed-0" not in words
+    assert "the model and the checkpoints' folder or glob, as an absolute path" in words
     with pytest.raises(SystemExit) as exited:  # argparse's refusal: its usage, then one line
         run(["audit-checkpoints", str(tmp_path), "--weights", "random"], capsys)
     err = capsys.readouterr().err
@@ -172,7 +176,7 @@ def test_failed_commands_lose_nothing(extracted, capsys):
     for argv, needles in [
         ([*EXTRACT, "--images-per-chunk", "2", "--images-per-shard", "4"],
          ["differs in", "images_per_chunk"]),
-        ([*EXTRACT, "--layers", "0,9"], ["layers must be in [0, 6)"]),
+        ([*EXTRACT, "--layers", "0,9"], ["--layers: must be in [0, 6)"]),
         (["sql", "DELETE FROM runs"], ["read-only"]),
         (["sql", "DROP TABLE heads"], ["read-only"]),
     ]:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from dashstore import catalog_with_audits, write_synthetic_run
@@ -287,21 +288,27 @@ def test_bfd_plot_refuses_an_unknown_run(tmp_path, capsys):
     assert (tmp_path / "f").read_text() == "mine"
 
 
+# The third audit of audited_store: an id as bfd.storage.new_audit_id makes them.
+LONG_AUDIT_ID = "20250203T000000000000Z-0a1b2c3d"
+
+
 def audited_store(tmp_path: Path):
-    """Three audits of one series (steps 100, 200, 300); the third flagged f_pp drift."""
+    """Three audits of one series (steps 100, 200, 300); the third (``LONG_AUDIT_ID``)
+    flagged f_pp drift."""
     root = tmp_path / "store"
     utc = dt.UTC
     for i in range(3):
         write_synthetic_run(root, f"s-{i}", weights="w", seed=i,
                             created_at=dt.datetime(2025, 1, 3 - i, tzinfo=utc))
+    ids = ["audit-0", "audit-1", LONG_AUDIT_ID]
     audits = [
-        (f"audit-{i}", f"nightly {XSS}", f"s-{i}", 100 * (i + 1),
+        (ids[i], f"nightly {XSS}", f"s-{i}", 100 * (i + 1),
          dt.datetime(2025, 2, 1 + i, tzinfo=utc), dt.datetime(2025, 2, 1 + i, 1, tzinfo=utc),
-         "schedule", f"flow-{i}", "complete", f"audit-{i - 1}" if i else None, 1 if i == 2 else 0)
+         "schedule", f"flow-{i}", "complete", ids[i - 1] if i else None, 1 if i == 2 else 0)
         for i in range(3)
     ]
-    drift = [("audit-2", f"nightly {XSS}", "audit-1", 1, 0, "f_pp", 0.2, 0.5, 0.3, 0.1, True),
-             ("audit-2", f"nightly {XSS}", "audit-1", 1, 1, "f_cc", 0.2, 0.21, 0.01, 0.1, False)]
+    drift = [(ids[2], f"nightly {XSS}", ids[1], 1, 0, "f_pp", 0.2, 0.5, 0.3, 0.1, True),
+             (ids[2], f"nightly {XSS}", ids[1], 1, 1, "f_cc", 0.2, 0.21, 0.01, 0.1, False)]
     return root, catalog_with_audits(root, tmp_path / "catalog.duckdb", audits, drift)
 
 
@@ -422,6 +429,8 @@ def test_series_have_one_point_per_complete_audit_with_what_it_saw(tmp_path):
         else:
             assert (p["f_pp"], p["f_pc"], p["n_layers"], p["n_heads"]) == (kept, 1 - kept, 3, 6)
             assert p["f_cc"] is None and p["frac_pos_mean"] is None
+            assert [p[f"n_heads_{t}"] for t in ("pp", "cp", "cc", "undefined")] == [
+                run[f"n_heads_{t}"] for t in ("pp", "cp", "cc", "undefined")]
         # figures audits do not keep: missing for an audit (its run's current ones may come
         # from a later decomposition than the figures it kept); a run never audited: its
         # own, from its layers (resid = 0.8 x)
@@ -435,12 +444,32 @@ def test_series_have_one_point_per_complete_audit_with_what_it_saw(tmp_path):
                 0.8 * planted[p["run_id"]]["frac_pos"].mean(), rel=1e-12)
     flagged = data["drift"].to_pylist()
     assert sorted((d["audit_id"], d["metric"], d["step"]) for d in flagged) == [
-        ("A2", "frac_pos_resid", 500), ("A5", "f_pp", 250)]
+        ("A1", "head_type", 200), ("A2", "frac_pos_resid", 500), ("A5", "f_pp", 250)]
     assert D.DRIFT_OF_PLOT["frac_pos_mean"] == ("frac_pos",)
     changes = data["head_type_changes"].to_pylist()
     assert {(c["prev_audit_id"], c["audit_id"]) for c in changes} <= {
         ("A4", "A1"), ("A5", "A2")}  # ck: c-100 -> c-200 (A4, A1), c-200 -> c-500 (A5, A2)
     assert changes and all(c["run_id"] != c["prev_run_id"] for c in changes)
+    # each cross marks only the plots whose figure its drift concerns: A1's head_type drift
+    # (layer 0 head 1: position-position -> content-content) the pp and cc counts, not the
+    # cp or undefined counts, which did not change
+    assert [(c["before"], c["after"]) for c in changes
+            if (c["audit_id"], c["layer"], c["head"]) == ("A1", 0, 1)] == [
+        ("position-position", "content-content")]
+    marks = {(m["audit_id"], m["plot"]): m for m in data["drift_marks"].to_pylist()}
+    assert sorted(marks) == [("A1", "n_heads_cc"), ("A1", "n_heads_pp"),
+                             ("A2", "frac_pos_resid_mean"), ("A5", "f_pp"), ("A5", "mean_f_pp")]
+    assert marks["A1", "n_heads_pp"] | {"plot": None} == {
+        "series": "ck", "audit_id": "A1", "plot": None, "metrics": ["head_type"], "n_rows": 1,
+        "layers": [0], "max_abs_delta": 1.0,
+        "types": ["position-position -> content-content: 1"]}
+    assert (marks["A5", "f_pp"]["metrics"], marks["A5", "f_pp"]["max_abs_delta"]) == (
+        ["f_pp"], pytest.approx(0.2))
+    # a head_type row whose change is not listed (run_pairs has a note for the two runs):
+    # its types unknown, one mark on n_heads, no count plot
+    alone = D.drift_marks(data["drift"].filter(pc.equal(data["drift"]["audit_id"], "A1")),
+                          data["head_type_changes"].slice(0, 0)).to_pylist()
+    assert [(m["plot"], m["types"]) for m in alone] == [("n_heads", [])]
 
 
 def test_series_list_counts_a_run_in_every_series_that_audited_it(tmp_path):

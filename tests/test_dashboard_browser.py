@@ -128,7 +128,7 @@ def column(driver, table: str, label: str, key: str | None = None) -> dict[str, 
 def depth_traces(driver) -> dict[str, list]:
     return driver.execute_script(
         "const d = document.getElementById('depth-plot').data;"
-        "const out = {}; for (const t of d) if (t.yaxis !== 'y2' && t.name !== 'chance')"
+        "const out = {}; for (const t of d) if (t.yaxis !== 'y2' && t.meta !== 'chance')"
         " out[t.legendgroup] = Array.from(t.y); return out;"
     )
 
@@ -278,7 +278,7 @@ def test_served_from_loopback_with_no_outside_request(site, browser):
 
 
 def test_series_page_marks_drift_of_audits(tmp_path, browser, monkeypatch):
-    from test_dashboard import audited_store
+    from test_dashboard import LONG_AUDIT_ID, audited_store
 
     root, con = audited_store(tmp_path)
     monkeypatch.setenv("PREFECT_UI_URL", "http://127.0.0.1:4200")
@@ -295,10 +295,17 @@ def test_series_page_marks_drift_of_audits(tmp_path, browser, monkeypatch):
     assert browser.execute_script(
         "return document.getElementById('metric-f_cc').data[1].x.length"
     ) == 0
-    drift_rows = browser.execute_script(
-        "return document.querySelectorAll('#drift-table tbody tr').length"
-    )
-    assert drift_rows == 1
+    (row,) = table_rows(browser, "drift-table")
+    # a long audit id is shown short, whole on hover
+    assert (row["metric"], row["audit"], row["previous audit"], row["run"]) == (
+        "f_pp", "20250203T…b2c3d", "audit-1", "s-2")
+    assert browser.execute_script(
+        "return document.querySelector('#drift-table tbody td:nth-child(9)').title") == (
+        LONG_AUDIT_ID)
+    # and the table fits the page at 1400 px: no horizontal scrolling to reach its columns
+    assert browser.execute_script(
+        "const t = document.getElementById('drift-table');"
+        " return t.scrollWidth <= t.closest('.table-wrap').clientWidth")
     open_page(browser, (tmp_path / "site" / "runs" / "s-0.html").as_uri())
     link = browser.find_element("link text", "flow-0")
     assert link.get_attribute("href") == "http://127.0.0.1:4200/runs/flow-run/flow-0"
@@ -375,16 +382,50 @@ def test_series_page_plots_every_audit_and_crosses_its_flagged_metrics(reused_si
     choose_series(browser, "ck")
     line, crosses = plot_x(browser, "metric-f_pp")
     assert line == [100, 200, 250, 500, 500] and crosses == [250]
+    # the cross has a hover saying what was flagged
+    assert browser.execute_script(
+        "return Array.from(document.getElementById('metric-f_pp').data[1].text)") == [
+        "drift flagged at audit A5 (step 250): f_pp in 1 row, layer 0, largest |delta| 0.2000"]
+    # A1's head_type drift (layer 0 head 1, position-position -> content-content) crosses
+    # the pp and cc counts only: the cp and undefined counts did not change
+    for plot, crosses in (("n_heads_pp", [200]), ("n_heads_cc", [200]), ("n_heads_cp", []),
+                          ("n_heads_undefined", []), ("n_heads", [])):
+        assert plot_x(browser, f"metric-{plot}")[1] == crosses, plot
+    assert browser.execute_script(
+        "return Array.from(document.getElementById('metric-n_heads_cc').data[1].text)") == [
+        "drift flagged at audit A1 (step 200): head_type in 1 row, layer 0, largest |delta| 1"
+        "<br>position-position -&gt; content-content: 1"]
     # audits do not keep frac_pos_resid_mean: no point, so no cross for A2's flagged drift
-    # of frac_pos_resid (the drift table lists it), and the plot says why
+    # of frac_pos_resid (the drift table lists it); the plot says why, and that it was flagged
     resid = browser.execute_script(
         "const d = document.getElementById('metric-frac_pos_resid_mean');"
         " return [Array.from(d.data[0].y), Array.from(d.data[1].x),"
         " (d.layout.annotations || []).map(a => a.text)]")
-    assert resid == [[None] * 5, [], ["not kept by the audits: see each run's page"]]
+    assert resid == [[None] * 5, [], ["not kept by the audits: see each run's page<br>"
+                                      "drift of frac_pos_resid flagged at audit A2 (step 500)"]]
+    # the other empty plots (not kept, no drift flagged) are one line, not a panel each
+    assert browser.execute_script("return document.getElementById('metric-f_pp_adj')") is None
+    line = browser.find_element("id", "empty-plots").text
+    assert "not drawn: not kept by the audits (see each run's page): " in line
+    assert "f_pp_adj" in line and "frac_pos_adj_mean" in line and "frac_pos_resid" not in line
+    # the drift table: what was flagged first, the series (the page's) not repeated, ids
+    # short with the whole id on hover, the run linked to its page
+    drift = table_rows(browser, "drift-table")
+    head = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#drift-table th'), c => c.textContent)")
+    assert head[:6] == ["metric", "layer", "head", "before", "after", "delta"]
+    assert "series" not in head and "flagged" not in head
+    assert sorted((r["metric"], r["audit"], r["run"]) for r in drift) == [
+        ("f_pp", "A5", "c-200"), ("frac_pos_resid", "A2", "c-500"), ("head_type", "A1", "c-200")]
     assert browser.execute_script(
-        "return Array.from(document.querySelectorAll('#drift-table tbody tr'),"
-        " tr => tr.textContent).filter(t => t.includes('frac_pos_resid')).length") == 1
+        "return Array.from(document.querySelectorAll('#drift-table tbody a'), a => a.href)") == [
+        (reused_site / "runs" / f"{run}.html").as_uri() for run in ("c-200", "c-200", "c-500")]
+    changes = table_rows(browser, "changes-table")
+    head = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#changes-table th'), c => c.textContent)")
+    assert head[:4] == ["layer", "head", "type before", "type after"] and "series" not in head
+    assert {(r["audit"], r["previous run"], r["run"]) for r in changes} == {
+        ("A1", "c-100", "c-200"), ("A2", "c-200", "c-500")}
     table = browser.execute_script(
         "const t = document.getElementById('series-runs');"
         " const head = Array.from(t.querySelectorAll('th'), c => c.textContent);"
@@ -876,3 +917,130 @@ def test_damaged_runs_series_are_listed_and_their_points_break_the_line(tmp_path
     choose_series(browser, "other")  # one audit, of a damaged run: its point, said damaged
     _, y, _, _, _, symbols, _ = series_plot(browser, "metric-f_pp")
     assert (y, symbols) == ([0.11], ["circle-open"])
+
+
+def test_a_checkpoint_trial_reads_by_step_type_and_colour(tmp_path, browser):
+    # A user's trial: checkpoints of one model at steps 300, 400, 500 (series ck, each
+    # checkpoint's step a number) and a daily audit at its default step (its start in Unix
+    # seconds, bfd.tasks.audits.time_step: read as its date), whose frac_pos is tiny.
+    from bfd.storage import Store, write_audit
+
+    root = tmp_path / "store"
+    day = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.UTC)
+    runs = [("d-1", "daily", None), ("c-300", "ck", 300), ("c-400", "ck", 400),
+            ("c-500", "ck", 500)]
+    for i, (run_id, series, step) in enumerate(runs):
+        began = day + dt.timedelta(days=i)
+        write_synthetic_run(
+            root, run_id, model="vit_tiny", seed=40 + i, depth=4, n_heads=3, created_at=began,
+            weights=f"/ckpts/step_{step}.safetensors" if step else "random",
+            layer_values={"frac_pos_chance": [0.02] * 4,
+                          **({} if step else {"frac_pos": [6e-4, 7e-4, 8e-4, 9e-4]})})
+        write_audit(Store(root), {
+            "audit_id": f"A{i}", "series": series, "run_id": run_id,
+            "step": step if step else int(began.timestamp()), "started_at": began,
+            "finished_at": began + dt.timedelta(minutes=5), "trigger": "checkpoints",
+            "flow_run_id": None, "status": "complete", "prev_audit_id": None, "n_flagged": 0})
+    site = tmp_path / "site"
+    build_dashboard(root, site)
+    date = "2025-03-01 12:00"
+    named = {"d-1": f"daily · step {date}", "c-300": "ck · step 300", "c-400": "ck · step 400",
+             "c-500": "ck · step 500"}
+
+    # Overview: one format of step (a number, or a time_step's date) in the runs table
+    open_page(browser, (site / "index.html").as_uri())
+    assert_clean(browser, "file://")
+    assert column(browser, "runs-table", "step") == {
+        "d-1": date, "c-300": "300", "c-400": "400", "c-500": "500"}
+    # d-1 alone: a share of 0.0006 ticked as a plain decimal, not "600µ"
+    browser.find_element("css selector", "input.run-toggle[data-run='c-500']").click()
+    ticks = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#depth-plot .yaxislayer-above .ytick text'),"
+        " t => t.textContent)")
+    assert ticks and all(re.fullmatch(r"[0-9.]+", t) for t in ticks), ticks
+    for run_id in ("c-300", "c-400", "c-500"):
+        browser.find_element("css selector", f"input.run-toggle[data-run='{run_id}']").click()
+    traces = browser.execute_script(
+        "return document.getElementById('depth-plot').data.map(t => [t.meta || null,"
+        " t.legendgroup, t.name, t.line.color, t.line.dash, t.line.width, t.showlegend !== false,"
+        " t.yaxis || 'y'])")
+    lines = [t for t in traces if t[0] is None and t[7] == "y"]
+    chance = [t for t in traces if t[0] == "chance"]
+    # a run a colour, every run's line solid, named by series and step
+    assert {t[1]: t[2] for t in lines} == named
+    assert len({t[3] for t in lines}) == 4 and {t[4] for t in lines} == {"solid"}
+    # the chance levels: thin grey dots, one legend entry that says what they are
+    assert len(chance) == 4 and {(t[3], t[4], t[5]) for t in chance} == {("#888", "dot", 1)}
+    assert [t[2] for t in chance if t[6]] == ["chance level frac_pos_chance"]
+    legend = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#depth-plot .legendtext'),"
+        " t => t.textContent)")
+    assert set(legend) == {*named.values(), "chance level frac_pos_chance"}
+
+    # Compare: the latest run (c-500) against its series' previous one, choices with the step
+    # and the weights' file name; a run against itself says so, with no delta
+    open_page(browser, (site / "compare.html").as_uri())
+    assert_clean(browser, "file://")
+    assert browser.execute_script(
+        "return ['run-a', 'run-b'].map(i => document.getElementById(i).value)") == [
+        "c-400", "c-500"]
+    options = dict(browser.execute_script(
+        "return Array.from(document.querySelectorAll('#run-a option'),"
+        " o => [o.value, o.textContent])"))
+    assert options["c-300"] == "ck · step 300 · step_300.safetensors · c-300"
+    assert options["d-1"] == f"daily · step {date} · random · d-1"
+    assert browser.find_elements("id", "compare-same") == []
+    browser.execute_script(
+        "for (const id of ['run-a', 'run-b']) { const s = document.getElementById(id);"
+        " s.value = 'c-300'; s.dispatchEvent(new Event('change')); }")
+    assert browser.find_element("id", "compare-same").text.startswith(
+        "Runs A and B are one run, ck · step 300 (c-300): nothing to compare")
+    assert browser.execute_script("return document.getElementById('delta-plot').data.length") == 0
+    assert browser.find_elements("id", "delta-table") == []
+
+    # Run page: the step as the Series page reads it; a head-type panel, then the blocks in
+    # the tables' order, and the stacked shares' legend in that order too
+    open_page(browser, (site / "runs" / "d-1.html").as_uri())
+    assert_clean(browser, "file://")
+    meta = dict(browser.execute_script(
+        "return [...document.querySelectorAll('#run-meta tr')].map(r =>"
+        " [r.cells[0].textContent, r.cells[1].textContent])"))
+    assert meta["audit step"] == date
+    maps = browser.execute_script(
+        "return document.getElementById('headmap-plot').data.filter(t => t.type === 'heatmap')"
+        ".map(t => [t.name, t.z.map(r => Array.from(r))])")
+    assert [name for name, _ in maps] == ["head_type", "f_pp", "f_pc", "f_cp", "f_cc"]
+    con = duckdb.connect()
+    heads = con.execute(
+        f"SELECT layer, head, head_type, f_cp FROM read_parquet('{root}/tables/heads/**/*.parquet',"
+        " union_by_name = true) WHERE run_id = 'd-1'").fetchall()
+    kinds = ["position-position", "content-position", "content-content"]
+    def cells(z: list) -> dict:
+        return {(layer, h): v for layer, row in enumerate(z) for h, v in enumerate(row)}
+
+    assert {k: kinds[z] for k, z in cells(maps[0][1]).items()} == {
+        (layer, h): kind for layer, h, kind, _ in heads}
+    assert cells(maps[3][1]) == {(layer, h): f for layer, h, _, f in heads}
+    assert browser.execute_script(
+        "return Array.from(document.querySelectorAll('#headmap-plot .legendtext'),"
+        " t => t.textContent)") == [
+        "pp: position-position", "pc+cp: content-position", "cc: content-content"]
+    order = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#shares-plot .legendtext'),"
+        " t => t.textContent.slice(0, 2))")
+    assert order == ["pp", "pc", "cp", "cc"]
+
+    # Series page: counts on whole-number ticks, an all-zero count from 0 (not -1..1)
+    open_page(browser, (site / "series.html").as_uri())
+    for plot in ("metric-n_layers", "metric-n_heads_undefined"):
+        ticks, low = browser.execute_script(
+            "const d = document.getElementById(arguments[0]);"
+            " return [Array.from(d.querySelectorAll('.ytick text'), t => t.textContent),"
+            " d._fullLayout.yaxis.range[0]]", plot)
+        assert ticks and all(t.isdigit() for t in ticks) and low > -0.5, (plot, ticks, low)
+
+    # An empty store's overview names the command that makes a first run
+    (tmp_path / "empty").mkdir()
+    build_dashboard(tmp_path / "empty", tmp_path / "empty-site")
+    open_page(browser, (tmp_path / "empty-site" / "index.html").as_uri())
+    assert "bfd audit --demo" in browser.find_element("id", "no-runs").text

@@ -163,6 +163,11 @@ def test_flow_publishes_parquet_equal_to_analyze(run, prefect_harness):
     acts_ds = xr.open_zarr(store.zarr_path, group=rid, consolidated=False, zarr_format=3)
     assert list(res.position.values) == list(acts_ds.token.values[1:])
     assert (acts_ds.token_type.sel(token=res.position.values) == "patch").all()
+    # the integer dtypes docs/layout.md states: int64 in the results group, int32 in the tables
+    assert {n: str(res[n].dtype) for n in ("layer", "head", "mode", "position", "dim", "k90")
+            } == dict.fromkeys(("layer", "head", "mode", "position", "dim", "k90"), "int64")
+    assert {str(t[c].dtype) for t, cols in ((heads, ("layer", "head", "k90")),
+                                            (modes, ("mode",))) for c in cols} == {"int32"}
     tree = xr.open_datatree(store.zarr_path, group=rid, engine="zarr", consolidated=False,
                             zarr_format=3)
     published = read_pointer(store, rid)["results"].split("/")[-1]  # results-<version>

@@ -111,9 +111,10 @@ NEED_THE_MODEL = {
     "extract-model-unknown": (["extract", *BASE, "--model", "no_such_model"],
                               ["model 'no_such_model' is unknown to timm"]),
     # the same check as bfd audit's layers (cli._check_model_request)
-    "checkpoints-layers-out-of-range": (["audit-checkpoints", "{tmp}/ckpts", "--model",
-                                         "test_vit", "--layers", "0,9"],
-                                        ["layers must be in [0, 6) for a 6-block model; got [9]"]),
+    # (named as the option it is, as other options' errors are: bfd.flows.params)
+    "checkpoints-layers-out-of-range": (
+        ["audit-checkpoints", "{tmp}/ckpts", "--model", "test_vit", "--layers", "0,9"],
+        ["--layers: must be in [0, 6) for a 6-block model; got [9]"]),
 }
 
 

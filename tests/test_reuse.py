@@ -124,6 +124,76 @@ def test_reused_audit_writes_what_the_flow_writes(tmp_path, prefect_harness, cap
     assert fast["n_flagged"] > 0  # the planted change of checkpoint B flags, in both
     assert report(out_fast, fast, first) == report(out_flow, reused, first)
 
+    # Ctrl-C once the audit is recorded: its line names the audit, not "a rerun resumes"
+    ctrl_c_names_the_recorded_audit(lambda step: options(images, paths[1], store, step), store,
+                                    tmp_path, capsys)
+
+
+def ctrl_c(argv: list[str], at: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """``bfd argv`` as a process of its own (its Ctrl-C: ``bfd.cli_interrupt``), without a
+    Prefect API, that sends itself SIGINT when it calls the function ``at`` (``module:name``,
+    wrapped before the command starts), a moment before calling it."""
+    module, name = at.split(":")
+    code = ("import importlib, os, signal, sys, time\n"
+            f"mod = importlib.import_module({module!r})\nreal = mod.{name}\n"
+            "def at(*a, **k):\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n"
+            "    time.sleep(0.5)  # the handler runs meanwhile\n"
+            "    return real(*a, **k)\n"
+            f"mod.{name} = at\n"
+            f"sys.argv = ['bfd', *{argv!r}]\n"
+            "from bfd.cli import main\nsys.exit(main())\n")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env |= {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def ctrl_c_names_the_recorded_audit(argv, store: Path, tmp_path: Path, capsys) -> None:
+    """Ctrl-C of ``bfd audit argv(step)`` (its run computed) once its audit is recorded, and while
+    it is being written, and of the flow ``audit`` once it wrote it: exit 130, the audit
+    recorded, and the last line names it (``bfd.cli_interrupt.recorded``)."""
+    from bfd.cli_interrupt import MESSAGE, NOT_RECORDED, recorded
+
+    def new_audits(before: list[dict]) -> list[dict]:
+        ids = {a["audit_id"] for a in before}
+        return [a for a in read_audits(Store(store), "s") if a["audit_id"] not in ids]
+
+    # a SIGINT right after the audit's row is written (the dashboard's refresh comes next),
+    # then one while it is written (held until it is)
+    for k, at in enumerate(("bfd.report.dashboard:refresh_outputs",
+                            "bfd.tasks.audits:write_audit")):
+        before = read_audits(Store(store), "s")
+        proc = ctrl_c(argv(400 + k), at, tmp_path)
+        assert proc.returncode == 130, (at, proc.stderr)
+        (new,) = new_audits(before)
+        assert new["status"] == "complete" and new["step"] == 400 + k
+        lines = proc.stderr.splitlines()
+        assert lines[-1] == recorded(new), (at, proc.stderr)
+        assert f"audit {new['audit_id']} of series s (step {400 + k}) was recorded" in lines[-1]
+        assert MESSAGE not in proc.stderr and NOT_RECORDED not in proc.stderr
+    # before its write: nothing recorded, and said so
+    before = read_audits(Store(store), "s")
+    proc = ctrl_c(argv(402), "bfd.tasks.audits:audit_row", tmp_path)
+    assert proc.returncode == 130 and proc.stderr.splitlines()[-1] == NOT_RECORDED
+    assert new_audits(before) == []
+
+    # the flow's path (here in-process: Ctrl-C is a KeyboardInterrupt), right after the write
+    import bfd.flows.audit as flow
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    before, publish = read_audits(Store(store), "s"), flow.publish_artifacts
+    flow.publish_artifacts = interrupted
+    try:
+        code, _, err = run_cli([*argv(403), "--no-dashboard"], capsys)
+    finally:
+        flow.publish_artifacts = publish
+    (new,) = new_audits(before)
+    assert code == 130 and new["status"] == "complete" and new["flow_run_id"] is not None
+    assert err.splitlines()[-1] == recorded(new), err
+
 
 @pytest.mark.slow
 def test_an_audit_keeps_what_it_saw_when_its_run_is_decomposed_again(tmp_path, prefect_harness,

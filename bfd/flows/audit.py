@@ -135,7 +135,8 @@ def audit(
     step = step if step is not None else time_step(started)
     name_and_tag(f"{series} step {step}", [f"model:{model}", f"series:{series}"])
     logger.info("audit of series %s, step %d, into store %s", series, step, root)
-    with audit_row(Store(root), series, step, trigger, current_flow_run_id(), started) as row:
+    with audit_row(Store(root), series, step, trigger, current_flow_run_id(), started,
+                   writing=progress.recording) as row:
         with progress.listening(PrefectProgress()):
             decompose_kw = decompose_kwargs(options, config)
             stored = DecomposeOptions(**decompose_kw).to_dict()

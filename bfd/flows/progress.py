@@ -24,6 +24,21 @@ def report(stage: str, done: int, total: int, **detail) -> None:
 
 
 @contextmanager
+def recording(row: dict) -> Iterator[None]:
+    """An audit's row being written (``bfd.tasks.audits.audit_row``'s ``writing``): stage
+    ``audit`` reported with 0 done before the write and 1 after, its ``detail`` the row
+    (``audit``) and whether it was written (``written``); the CLI holds Ctrl-C meanwhile
+    (``bfd.cli_interrupt.audit_progress``)."""
+    report("audit", 0, 1, audit=row)
+    written = False
+    try:
+        yield
+        written = True
+    finally:
+        report("audit", 1, 1, audit=row, written=written)
+
+
+@contextmanager
 def listening(listener: Listener) -> Iterator[None]:
     """Register ``listener`` for the duration of the block."""
     with _lock:

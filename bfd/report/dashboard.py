@@ -314,7 +314,6 @@ def build_dashboard(
         layers = D.columnar(D.layer_rows(con))
         has_audits = D.audits_present(con)
         series = {name: D.columnar(t) for name, t in D.series_data(con).items()}
-        series["drift_of_plot"] = {k: list(v) for k, v in D.DRIFT_OF_PLOT.items()}
         series["not_kept"] = D.figures_not_kept(con)
         series["latest_series"] = D.latest_series(con)
         common = {"runs": runs, "has_audits": has_audits}

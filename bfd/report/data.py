@@ -36,6 +36,7 @@ __all__ = [
     "audits_present",
     "catalog_tables",
     "columnar",
+    "drift_marks",
     "figures_not_kept",
     "latest_series",
     "layer_rows",
@@ -218,13 +219,70 @@ def run_detail(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, pa.Tabl
 
 # The drift metrics (bfd.tasks.drift: a layer share at attn_in, ``_resid`` at resid; a head
 # share; ``head_type``) whose flagged rows mark each Series plot: a plot is marked only for the
-# metrics it shows (frac_pos_mean is the mean of frac_pos at attn_in, never frac_pos_resid).
+# metrics it shows (frac_pos_mean is the mean of frac_pos at attn_in, never frac_pos_resid);
+# a head_type row marks only the counts of the types its head changed from and to
+# (``drift_marks``).
 DRIFT_OF_PLOT: Final[dict[str, tuple[str, ...]]] = {
     "frac_pos_mean": ("frac_pos",),
     "frac_pos_resid_mean": ("frac_pos_resid",),
     **{f"{kind}f_{b}": (f"f_{b}",) for kind in ("", "mean_") for b in ("pp", "pc", "cp", "cc")},
     **{f"n_heads_{t}": ("head_type",) for t in ("pp", "cp", "cc", "undefined")},
 }
+# The count plot of each head type (a type not listed: ``undefined``). A flagged head_type
+# row marks only the count plots of the types its head changed from and to (its row of
+# ``head_type_changes``); one whose change is not listed (run_pairs has a note for the two
+# runs) marks ``n_heads`` alone, its types unknown.
+_TYPE_PLOT: Final[dict[str, str]] = {
+    "position-position": "n_heads_pp", "content-position": "n_heads_cp",
+    "content-content": "n_heads_cc"}
+
+
+def drift_marks(drift: pa.Table, changes: pa.Table) -> pa.Table:
+    """One row per (series, audit, plot) that the audit's flagged ``drift`` rows mark: the
+    plots of ``DRIFT_OF_PLOT`` showing the metric, a ``head_type`` row only the count plots of
+    the types its head changed from and to (``_TYPE_PLOT``; ``n_heads`` where the change is
+    not in ``changes``). ``metrics`` (sorted), ``n_rows``, ``layers`` (sorted) and
+    ``max_abs_delta`` (NULL where no row has a delta) say what was flagged; ``types`` the
+    head-type changes (``before -> after: count``, sorted) of a head-count plot's mark."""
+    plots: dict[str, list[str]] = {}
+    for plot, metrics in DRIFT_OF_PLOT.items():
+        for metric in metrics:
+            if metric != "head_type":
+                plots.setdefault(metric, []).append(plot)
+    types = {(c["series"], c["audit_id"], c["layer"], c["head"]): (c["before"], c["after"])
+             for c in changes.to_pylist()}
+    marks: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for row in drift.to_pylist():
+        key = (row["series"], row["audit_id"], row["layer"], row["head"])
+        change = types.get(key) if row["metric"] == "head_type" else None
+        if row["metric"] != "head_type":
+            to = plots.get(row["metric"], [])
+        elif change is None:
+            to = ["n_heads"]
+        else:
+            to = list(dict.fromkeys(_TYPE_PLOT.get(t or "", "n_heads_undefined") for t in change))
+        for plot in to:
+            m = marks.setdefault((row["series"], row["audit_id"], plot), {
+                "series": row["series"], "audit_id": row["audit_id"], "plot": plot,
+                "metrics": set(), "n_rows": 0, "layers": set(), "max_abs_delta": None,
+                "types": {}})
+            m["metrics"].add(row["metric"])
+            m["n_rows"] += 1
+            if row["layer"] is not None:
+                m["layers"].add(row["layer"])
+            if row["delta"] is not None and math.isfinite(row["delta"]):
+                m["max_abs_delta"] = max(abs(row["delta"]), m["max_abs_delta"] or 0.0)
+            if change is not None:
+                arrow = f"{change[0]} -> {change[1]}"
+                m["types"][arrow] = m["types"].get(arrow, 0) + 1
+    rows = [{**m, "metrics": sorted(m["metrics"]), "layers": sorted(m["layers"]),
+             "types": [f"{t}: {n}" for t, n in sorted(m["types"].items())]}
+            for m in marks.values()]
+    return pa.Table.from_pylist(rows, pa.schema([
+        ("series", pa.string()), ("audit_id", pa.string()), ("plot", pa.string()),
+        ("metrics", pa.list_(pa.string())), ("n_rows", pa.int64()),
+        ("layers", pa.list_(pa.int64())), ("max_abs_delta", pa.float64()),
+        ("types", pa.list_(pa.string()))]))
 
 
 def _series_points(con: duckdb.DuckDBPyConnection) -> str:
@@ -396,6 +454,7 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
                 WHERE d.flagged
                 ORDER BY a.series, a.step, d.metric, d.layer, d.head
             """)
+            out["drift_marks"] = drift_marks(out["drift"], changes)
     return out
 
 

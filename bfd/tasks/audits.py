@@ -8,7 +8,7 @@ import glob
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -259,10 +259,17 @@ def computed_run(store: Store, run_id: str, decompose_options: Mapping[str, Any]
 
 @contextlib.contextmanager
 def audit_row(store: Store, series: str, step: int, trigger: str,
-              flow_run_id: str | None, started: datetime | None = None) -> Iterator[dict]:
+              flow_run_id: str | None, started: datetime | None = None,
+              writing: Callable[[dict], contextlib.AbstractContextManager] | None = None,
+              ) -> Iterator[dict]:
     """The ``audits`` row of one audit, written when the block ends however it ends: as
     ``failed`` unless ``drift_since_previous`` completed it. Every audit writes its row
-    through here (the flow ``audit``, and ``bfd audit`` of an already computed run)."""
+    through here (the flow ``audit``, and ``bfd audit`` of an already computed run).
+
+    Args:
+        writing: Called with the row, the context the write is done in: the command's
+            Ctrl-C waits for it, then names the audit (``bfd.cli_interrupt.recording``).
+    """
     started = started or datetime.now(UTC)
     row: dict[str, Any] = {
         "audit_id": new_audit_id(started), "series": series, "run_id": None, "step": step,
@@ -273,7 +280,8 @@ def audit_row(store: Store, series: str, step: int, trigger: str,
         yield row
     finally:
         row["finished_at"] = datetime.now(UTC)
-        write_audit(store, row)
+        with writing(row) if writing is not None else contextlib.nullcontext():
+            write_audit(store, row)
 
 
 def drift_since_previous(store: Store, row: dict[str, Any], run_id: str,

@@ -156,11 +156,13 @@ def resolve_layers(layers: str | tuple[int, ...] | list[int], depth: int) -> tup
         try:
             layers = [int(v) for v in layers.split(",") if v.strip()]
         except ValueError as e:
-            raise ValueError(f"layers must be 'all' or comma-separated ints; got {layers!r}") from e
+            raise ValueError(f"--layers: must be 'all' or comma-separated ints; got "
+                             f"{layers!r}") from e
     out = tuple(sorted({int(v) for v in layers}))
     bad = [v for v in out if not 0 <= v < depth]
     if not out or bad:
-        raise ValueError(f"layers must be in [0, {depth}) for a {depth}-block model; got {bad}")
+        raise ValueError(f"--layers: must be in [0, {depth}) for a {depth}-block model; "
+                         f"got {bad}")
     return out
 
 

@@ -15,7 +15,8 @@
   };
   const PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9",
     "#000000", "#F0E442"];
-  const DASHES = ["solid", "dash", "dot", "dashdot", "longdash"];
+  // no "dot": a dotted line is a reference (a chance level), never a run
+  const DASHES = ["solid", "dash", "dashdot", "longdash"];
   const CONFIG = { displaylogo: false, responsive: true, toImageButtonOptions: { format: "svg" } };
   // Relative quantities (residuals, shares) below float64 resolution (eps 2.2e-16) are drawn
   // at this floor on a log axis: a 0 or a denormal would stretch the axis to 1e-300 (as in
@@ -72,6 +73,27 @@
     if (typeof v === "string" && /^\d{4}-\d\d-\d\dT\d\d:\d\d/.test(v)) return v.slice(0, 16).replace("T", " ");
     return String(v);
   }
+  // An audit's step as the Series page reads it: a time_step (bfd/tasks/audits.py: an audit
+  // with no step of its own is at its start, in Unix seconds) as its date and time (UTC), any
+  // other step (a checkpoint's) as a number; null when the run has no audit.
+  function isTimeStep(r) {
+    return typeof r.step === "number" && typeof r.started_at === "string" &&
+      Math.floor(Date.parse(r.started_at) / 1000) === r.step;
+  }
+  function stepText(r) {
+    if (r.step === null || r.step === undefined) return null;
+    return isTimeStep(r) ? new Date(r.step * 1000).toISOString().slice(0, 16).replace("T", " ")
+      : String(r.step);
+  }
+  // the file name of a run's weights (a path or a URL: its last part)
+  function fileName(w) {
+    return w === null || w === undefined ? null : String(w).split(/[\\/]/).filter((p) => p).pop() || String(w);
+  }
+  // a run in a legend or a choice: its series and step, else (never audited) its run id
+  function runName(r) {
+    const s = stepText(r);
+    return r.series + " · " + (s === null ? r.run_id : "step " + s);
+  }
   function csvText(rows, keys) {
     const cell = (v) => {
       const s = v === null || v === undefined ? "" : String(v);
@@ -124,7 +146,24 @@
   function plotDiv(id, label, cls) {
     return h("div", { id: id, class: "plot " + (cls || ""), role: "img", "aria-label": label });
   }
+  // A plot of counts (every y a whole number: heads of a type, layers, flags) with no y axis
+  // of its own: whole-number ticks (plotly would tick 16.5) and, where every count is 0, an
+  // axis from 0 (plotly spans -1..1).
+  function countAxis(traces) {
+    if (traces.some((t) => t.type === "heatmap" || (t.yaxis && t.yaxis !== "y") || t.error_y)) return null;
+    const ys = traces.flatMap((t) => Array.from(t.y || [])).filter((v) => v !== null && v !== undefined);
+    if (!ys.length || !ys.every(Number.isInteger)) return null;
+    const lo = Math.min(...ys), hi = Math.max(...ys);
+    let step = 1;
+    for (let k = 0; (hi - lo) / step > 6; k++) step = [2, 5, 10][k % 3] * 10 ** Math.floor(k / 3);
+    const axis = { tick0: 0, dtick: step, tickformat: "d" };
+    if (lo === 0 && hi === 0) axis.range = [-0.1, 1];
+    return axis;
+  }
   function draw(div, traces, layout) {
+    // a y axis left to plotly: counts as above, other values as plain decimals (plotly's
+    // default writes a share of 0.0006 as "600µ")
+    if (!layout.yaxis) layout = Object.assign({}, layout, { yaxis: countAxis(traces) || { tickformat: "~g" } });
     const base = {
       margin: { l: 60, r: 20, t: 40, b: 50 }, font: { size: 12 }, hovermode: "closest",
       legend: { orientation: "h", y: -0.22, x: 0 }, paper_bgcolor: "#fff",
@@ -224,17 +263,16 @@
     ].filter((p) => !isNull(p));
     return { same_model: sameModel, note: parts.join("; ") || null };
   }
-  const seriesColor = (s) => PALETTE[SERIES.indexOf(s) % PALETTE.length];
-  // past eight series the colours repeat; the marker then tells them apart
+  // the overview's marker of a series (its lines take a colour a run)
   const SYMBOLS = ["circle", "square", "diamond", "triangle-up", "x", "star"];
-  const seriesSymbol = (s) => SYMBOLS[Math.floor(SERIES.indexOf(s) / PALETTE.length) % SYMBOLS.length];
+  const seriesSymbol = (s) => SYMBOLS[SERIES.indexOf(s) % SYMBOLS.length];
   function runColumns() {
     return [
       { key: "run_id", label: "run", render: (r) => runLink(r) },
       { key: "series", label: "series" }, { key: "model" }, { key: "weights" },
       { key: "created_at", label: "created" }, { key: "status" },
       { key: "n_decoded", label: "images decoded" }, { key: "n_skipped", label: "skipped" },
-      { key: "step" }, { key: "audit_status", label: "audit" }, { key: "n_flagged", label: "flagged", render: flagged },
+      { key: "step", render: (r) => fmt(stepText(r)) }, { key: "audit_status", label: "audit" }, { key: "n_flagged", label: "flagged", render: flagged },
       { key: "results_path", label: "results", render: (r) =>
         safeHref(r.results_url) ? h("a", { href: r.results_url }, r.results_path) : fmt(r.results_path) },
       { key: "flow_run_id", label: "Prefect flow run", render: (r) =>
@@ -247,7 +285,11 @@
 
   // --- overview -----------------------------------------------------------------------------
   function overview() {
-    if (!RUNS.length) { app.append(empty("No runs yet: the store holds no run.", "no-runs")); return; }
+    if (!RUNS.length) {
+      app.append(empty("No runs yet: the store holds no run. A first run there: bfd audit --demo " +
+        "(a random-init vit_tiny on generated images), then bfd dashboard.", "no-runs"));
+      return;
+    }
     const byRun = layersByRun();
     // every series of an audit or of a never-audited run (a run audited in several series is
     // in each), with its latest member's run (bfd/report/data.py series_list)
@@ -289,31 +331,34 @@
       ], { rowClass: (r) => (r.n_damaged ? "damaged-run" : null) })));
     const chosen = new Set(series.map((s) => s.latest_run).filter((id) => byRun.has(id)));
     const plot = plotDiv("depth-plot", "Positional share frac_pos and position-position share f_pp " +
-      "against relative depth for the selected runs; dotted lines: chance level of frac_pos", "tall");
+      "against relative depth for the selected runs, a colour a run; thin grey dotted lines: chance " +
+      "level of frac_pos", "tall");
     const runCols = [{ key: "show", label: "show", noCsv: true, render: (r) => h("input", {
       type: "checkbox", class: "run-toggle", "data-run": r.run_id, checked: chosen.has(r.run_id),
       disabled: !byRun.has(r.run_id), "aria-label": "show run " + r.run_id,
       onchange: (e) => { e.target.checked ? chosen.add(r.run_id) : chosen.delete(r.run_id); redraw(); },
     }) }].concat(runColumns());
     app.append(section("Depth profiles", h("p", { class: "note" },
-      "Tick runs in the table below to overlay them. Top: frac_pos at attn_in, its chance level " +
-      "frac_pos_chance (what the noise of pos alone gives) dotted. Bottom: energy-weighted f_pp of each layer. " +
+      "Tick runs in the table below to overlay them, a colour a run (named by series and step). Top: " +
+      "frac_pos at attn_in, its chance level frac_pos_chance (what the noise of pos alone gives) as a " +
+      "thin grey dotted line, one a run. Bottom: energy-weighted f_pp of each layer. " +
       "Click a point to find its run in the table."), plot));
     app.append(section("Runs", dataTable("runs-table", "runs", RUNS, runCols,
       { rowKey: (r) => r.run_id, csvKeys: Object.keys(D.runs) })));
     function redraw() {
       const traces = [];
-      const bySeriesIndex = new Map();
-      for (const r of RUNS) {
-        if (!chosen.has(r.run_id)) continue;
+      const chance = [];
+      // a colour a ticked run (in the table's order), solid; past eight runs the colours
+      // repeat and the dash tells them apart; the marker tells the series
+      const ticked = RUNS.filter((r) => chosen.has(r.run_id));
+      ticked.forEach((r, i) => {
         const rows = withGaps(byRun.get(r.run_id) || []);
-        const k = bySeriesIndex.get(r.series) || 0;
-        bySeriesIndex.set(r.series, k + 1);
-        const line = { color: seriesColor(r.series), dash: DASHES[k % DASHES.length], width: 2 };
+        const line = { color: PALETTE[i % PALETTE.length],
+          dash: DASHES[Math.floor(i / PALETTE.length) % DASHES.length], width: 2 };
         const marker = { symbol: seriesSymbol(r.series), size: 7 };
-        const name = pt(r.series + " · " + r.run_id);
+        const name = pt(runName(r));
         const x = rows.map((l) => l.rel_depth);
-        const text = rows.map((l) => pt(`${r.run_id} layer ${l.layer}`));
+        const text = rows.map((l) => pt(`${runName(r)} (${r.run_id}) layer ${l.layer}`));
         traces.push({ x: x, y: rows.map((l) => l.frac_pos), name: name, legendgroup: r.run_id,
           mode: "lines+markers", line: line, marker: marker, text: text, customdata: rows.map(() => r.run_id),
           hovertemplate: "%{text}<br>rel. depth %{x:.2f}<br>frac_pos %{y:.4f}<extra></extra>" });
@@ -321,18 +366,23 @@
           showlegend: false, mode: "lines+markers", line: line, marker: marker, yaxis: "y2", text: text,
           customdata: rows.map(() => r.run_id),
           hovertemplate: "%{text}<br>rel. depth %{x:.2f}<br>f_pp %{y:.4f}<extra></extra>" });
+        // the chance level: thin, grey, dotted (no run's line is), one legend entry for all
         if (rows.some((l) => l.frac_pos_chance != null)) {
-          traces.push({ x: x, y: rows.map((l) => l.frac_pos_chance), mode: "lines",
-            name: "chance", legendgroup: r.run_id, showlegend: false, hoverinfo: "skip",
-            line: { color: line.color, dash: "dot", width: 1 } });
+          chance.push({ x: x, y: rows.map((l) => l.frac_pos_chance), mode: "lines",
+            name: "chance level frac_pos_chance", legendgroup: "chance", showlegend: !chance.length,
+            text: rows.map((l) => pt(`${runName(r)} layer ${l.layer}`)),
+            hovertemplate: "%{text}<br>chance level %{y:.4f}<extra></extra>",
+            line: { color: "#888", dash: "dot", width: 1 }, meta: "chance" });
         }
-      }
+      });
+      traces.push(...chance);
       draw(plot, traces, {
         annotations: traces.length ? [] : [{ text: "no complete run ticked: tick runs in the table below",
           showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5 }],
         xaxis: { title: { text: "relative depth  layer / (depth − 1)" }, range: [-0.02, 1.02], anchor: "y2" },
-        yaxis: { title: { text: "frac_pos (attn_in)" }, domain: [0.55, 1], rangemode: "tozero" },
-        yaxis2: { title: { text: "f_pp of the layer" }, domain: [0, 0.45], rangemode: "tozero" },
+        // shares as plain decimals (plotly's default writes 0.0006 as "600µ")
+        yaxis: { title: { text: "frac_pos (attn_in)" }, domain: [0.55, 1], rangemode: "tozero", tickformat: "~g" },
+        yaxis2: { title: { text: "f_pp of the layer" }, domain: [0, 0.45], rangemode: "tozero", tickformat: "~g" },
         height: 560, legend: { orientation: "h", y: -0.15 },
       });
     }
@@ -359,7 +409,7 @@
       ["images decoded", run.n_decoded],
       ["patch grid", run.grid_h === null ? null : `${run.grid_h} × ${run.grid_w}`],
       ["created", run.created_at], ["status", run.status], ["audit", run.audit_id],
-      ["audit step", run.step], ["trigger", run.trigger], ["audit status", run.audit_status],
+      ["audit step", stepText(run)], ["trigger", run.trigger], ["audit status", run.audit_status],
       ["flagged drift", flagged(run)], ["drift note", run.drift_note],
     ];
     const dl = h("table", { id: "run-meta" }, h("caption", {}, "run"), h("tbody", {},
@@ -390,8 +440,9 @@
     }
     // Shares per layer.
     const shares = plotDiv("shares-plot", "Stacked shares of query-key logit energy f_pp, f_pc, f_cp, f_cc per layer");
-    const headmap = plotDiv("headmap-plot", "Layer by head maps, one panel per block f_pp, f_pc, f_cp, f_cc; " +
-      "colour shows the head's share, values on hover", "tall");
+    const headmap = plotDiv("headmap-plot", "Layer by head maps: the head type of each head " +
+      "(position-position, content-position, content-content; categorical colours with a legend), " +
+      "then one panel per block f_pp, f_pc, f_cp, f_cc, colour the head's share; every value on hover", "tall");
     app.append(section("Energy shares and heads", h("div", { class: "grid wide" }, shares, headmap)));
     const blocks = Object.keys(BLOCK);
     draw(shares, blocks.map((b) => ({
@@ -400,40 +451,76 @@
       width: 0.8, marker: { color: BLOCK[b] }, hovertemplate: `layer %{x}<br>${b} %{y:.4f}<extra></extra>`,
     })), { barmode: "stack", xaxis: { title: { text: "layer" }, dtick: 1, range: layers.length
       ? [Math.min(...layers.map((l) => l.layer)) - 0.5, Math.max(...layers.map((l) => l.layer)) + 0.5] : undefined },
-      yaxis: { title: { text: "share of logit energy" }, range: [0, 1] }, height: 360 });
+      yaxis: { title: { text: "share of logit energy" }, range: [0, 1] }, height: 360,
+      // the legend in the blocks' order pp, pc, cp, cc (plotly reverses a stack's by default)
+      legend: { orientation: "h", y: -0.22, x: 0, traceorder: "normal" } });
     shares.on("plotly_click", (ev) => choose(ev.points[0].x));
     const maxLayer = Math.max(...layerIds), maxHead = headIds.length ? Math.max(...headIds) : 0;
     const cell = new Map(heads.map((x) => [x.layer + ":" + x.head, x]));
+    // Panels: the head type (docs/method.md: the argmax of f_pp, f_pc + f_cp and f_cc), then
+    // the four blocks in the tables' order pp, pc, cp, cc.
+    const TYPES = [["position-position", "pp", BLOCK.f_pp], ["content-position", "pc+cp", "#CC79A7"],
+      ["content-content", "cc", BLOCK.f_cc]];
+    const OTHER_TYPE = ["undefined", "–", "#BBBBBB"];
+    const typeOf = (x) => TYPES.findIndex(([t]) => t === x.head_type);
+    const panels = ["head_type"].concat(blocks);
+    const n = panels.length, wide = 1 / n;
+    const hoverOf = (x, l, k, b) => (x ? `layer ${l} head ${k}<br>type ${pt(fmt(x.head_type))}` +
+      (b === "head_type" ? "" : `<br>${b} ${fmt(x[b])}`) + `<br>pp ${fmt(x.f_pp)} · pc ${fmt(x.f_pc)}` +
+      ` · cp ${fmt(x.f_cp)} · cc ${fmt(x.f_cc)}<br>eff_rank ${fmt(x.eff_rank)}` : "");
+    // Values in the cells while they fit (two close shares differ in print, not only in hue):
+    // beyond 8 heads a cell is too narrow for "0.27" (as bfd plot's head map)
+    const small = maxHead + 1 <= 8 && (maxLayer + 1) * (maxHead + 1) <= 200;
     const mapTraces = [];
-    blocks.forEach((b, i) => {
-      const z = [], text = [];
+    panels.forEach((b, i) => {
+      const z = [], text = [], label = [];
       for (let l = 0; l <= maxLayer; l++) {
-        z.push([]); text.push([]);
+        z.push([]); text.push([]); label.push([]);
         for (let k = 0; k <= maxHead; k++) {
           const x = cell.get(l + ":" + k);
-          z[l].push(x ? x[b] : null);
-          text[l].push(x ? `layer ${l} head ${k}<br>${b} ${fmt(x[b])}<br>pp ${fmt(x.f_pp)} · pc ${fmt(x.f_pc)}` +
-            ` · cp ${fmt(x.f_cp)} · cc ${fmt(x.f_cc)}<br>type ${pt(fmt(x.head_type))}<br>eff_rank ${fmt(x.eff_rank)}` : "");
+          const t = x ? typeOf(x) : -1;
+          z[l].push(!x ? null : b !== "head_type" ? x[b] : t < 0 ? TYPES.length : t);
+          text[l].push(hoverOf(x, l, k, b));
+          label[l].push(!x ? "" : b !== "head_type" ? (typeof x[b] === "number" ? x[b].toFixed(2) : "–")
+            : (TYPES[t] || OTHER_TYPE)[1]);
         }
       }
       const ax = i ? String(i + 1) : "";
-      // Values in the cells while they fit (two close shares differ in print, not only in hue).
-      const small = (maxLayer + 1) * (maxHead + 1) <= 200;
-      mapTraces.push({ type: "heatmap", z: z, text: text, hoverinfo: "text", coloraxis: "coloraxis",
-        xaxis: "x" + ax, yaxis: "y" + ax, name: b, xgap: 1, ygap: 1,
-        texttemplate: small ? "%{z:.2f}" : undefined, textfont: { size: 9 } });
+      const common = { type: "heatmap", z: z, text: label, customdata: text,
+        hovertemplate: "%{customdata}<extra></extra>",
+        xaxis: "x" + ax, yaxis: "y" + ax, name: b, xgap: 1, ygap: 1, showlegend: false,
+        texttemplate: small ? "%{text}" : undefined, textfont: { size: 11 } };
+      if (b === "head_type") {
+        // a colour a type: value j in [j - 0.5, j + 0.5] of a stepped scale
+        const colours = TYPES.map((t) => t[2]).concat([OTHER_TYPE[2]]), m = colours.length;
+        mapTraces.push(Object.assign(common, { showscale: false, zmin: -0.5, zmax: m - 0.5,
+          colorscale: colours.flatMap((c, j) => [[j / m, c], [(j + 1) / m, c]]) }));
+      } else {
+        mapTraces.push(Object.assign(common, { coloraxis: "coloraxis" }));
+      }
     });
+    // the head types' legend: a square of each type's colour (types no head has too)
+    const present = heads.some((x) => typeOf(x) < 0) ? TYPES.concat([OTHER_TYPE]) : TYPES;
+    for (const [t, short, colour] of present) {
+      mapTraces.push({ type: "scatter", mode: "markers", x: [null], y: [null], name: pt(`${short}: ${t}`),
+        marker: { symbol: "square", size: 12, color: colour }, hoverinfo: "skip", showlegend: true,
+        legendgroup: "types" });
+    }
     const mapLayout = { coloraxis: { colorscale: "Viridis", cmin: 0, cmax: 1,
-      colorbar: { title: { text: "share" }, thickness: 12 } }, height: Math.min(900, 160 + 26 * (maxLayer + 1)),
-    annotations: [], margin: { l: 50, r: 20, t: 60, b: 40 } };
-    blocks.forEach((b, i) => {
+      colorbar: { title: { text: "share" }, thickness: 12 } }, height: Math.min(940, 200 + 26 * (maxLayer + 1)),
+    annotations: [], margin: { l: 50, r: 20, t: 60, b: 70 },
+    legend: { orientation: "h", x: 0, y: -50 / (Math.min(940, 200 + 26 * (maxLayer + 1)) - 130), yanchor: "top",
+      title: { text: "head type:", side: "left" } } };
+    panels.forEach((b, i) => {
       const ax = i ? String(i + 1) : "";
-      mapLayout["xaxis" + ax] = { domain: [i * 0.25 + 0.01, i * 0.25 + 0.23], title: { text: "head" },
+      mapLayout["xaxis" + ax] = { domain: [i * wide + 0.01, (i + 1) * wide - 0.02], title: { text: "head" },
         dtick: 1, anchor: "y" + ax };
       mapLayout["yaxis" + ax] = { autorange: "reversed", dtick: 1, anchor: "x" + ax,
         title: i ? undefined : { text: "layer" }, showticklabels: i === 0 };
-      mapLayout.annotations.push({ text: pt(BLOCK_LABEL[b]), x: i * 0.25 + 0.12, y: 1.01, xref: "paper",
-        yref: "paper", xanchor: "center", yanchor: "bottom", showarrow: false, font: { size: 12, color: BLOCK[b] } });
+      const title = b === "head_type" ? "head type" : pt(BLOCK_LABEL[b]);
+      mapLayout.annotations.push({ text: title, x: (i + 0.5) * wide - 0.005, y: 1.01, xref: "paper",
+        yref: "paper", xanchor: "center", yanchor: "bottom", showarrow: false,
+        font: { size: 11, color: b === "head_type" ? "#000" : BLOCK[b] } });
     });
     draw(headmap, mapTraces, mapLayout);
     headmap.on("plotly_click", (ev) => choose(ev.points[0].y, ev.points[0].x));
@@ -507,6 +594,7 @@
       tr.unshift({ x: sel.map((m) => m.mode), y: sel.map((m) => m.sigma), mode: "lines+markers", name: "sigma",
         line: { color: "#000" }, hovertemplate: "mode %{x}<br>sigma %{y:.4g}<extra></extra>" });
       draw(spectrum, sel.length ? tr : [], { barmode: "stack", height: 420,
+        legend: { orientation: "h", y: -0.22, x: 0, traceorder: "normal" },
         title: { text: `layer ${state.layer}, head ${state.head}` + (sel.length ? "" : ": no modes stored") },
         xaxis: { title: { text: "mode" }, anchor: "y2" }, yaxis: { type: "log", domain: [0.55, 1], title: { text: "sigma" } },
         yaxis2: { domain: [0, 0.45], title: { text: "mode energy" } } });
@@ -535,7 +623,7 @@
       for (const row of document.querySelectorAll("#heads-table tbody tr")) {
         row.classList.toggle("selected", row.dataset.key === state.layer + ":" + state.head);
       }
-      Plotly.relayout(headmap, { shapes: blocks.map((b, i) => ({ type: "rect", xref: "x" + (i ? i + 1 : ""),
+      Plotly.relayout(headmap, { shapes: panels.map((b, i) => ({ type: "rect", xref: "x" + (i ? i + 1 : ""),
         yref: "y" + (i ? i + 1 : ""), x0: state.head - 0.5, x1: state.head + 0.5, y0: state.layer - 0.5,
         y1: state.layer + 0.5, line: { color: "#000", width: 3 } })) });
     }
@@ -577,6 +665,9 @@
     const names = [...new Set(metrics.map((m) => m.series))];
     const drift = rowsOf(D.drift);
     const changes = rowsOf(D.head_type_changes);
+    // each flagged drift's mark: the audit and the plot whose figure it concerns, with what
+    // was flagged (bfd/report/data.py drift_marks)
+    const driftMarks = rowsOf(D.drift_marks);
     const hasStep = metrics.some((m) => m.step !== null && m.step !== undefined);
     // the series of the latest audit (bfd/report/data.py latest_series), else the first
     const state = { series: names.includes(D.latest_series) ? D.latest_series : names[0],
@@ -594,10 +685,14 @@
       select("x-select", "against", (hasStep ? [["step", "audit step"]] : []).concat([["created_at", "run time"]]),
         state.x, (v) => { state.x = v; redraw(); }));
     const grid = h("div", { class: "grid", id: "metric-grid" });
+    // the plots with no value in the series (and no drift flagged on them): one line
+    const emptyLine = h("p", { class: "note", id: "empty-plots" });
     const tables = h("div", {});
     app.append(controls, section("Every metric", h("p", { class: "note" },
       "One point per complete audit of the series, at its step, with the figures it saw. Red crosses: " +
-      "audits whose drift check flagged a metric this plot shows. The line breaks between consecutive " +
+      "audits whose drift check flagged what this plot shows (a head_type change: the counts of the " +
+      "types the heads changed from and to); hover one for the metric, rows, layers and largest |delta|. " +
+      "The line breaks between consecutive " +
       "points whose runs are of two models (run_pairs.same_model false), and before an audit whose figures " +
       "are of other inputs than its previous audit's (other images, decoded N, layers or positions: " +
       "comparable no). An open grey circle: an audit whose drift check compared nothing (its drift_note " +
@@ -608,15 +703,31 @@
       "Audits do not keep " + (notKept.join(", ") || "every figure") + ": an audit's point has " +
       "none of them (its run's current ones may come from a later decomposition; its run page " +
       "shows them). In the table, figures audit: what the audit kept; run: the run's current " +
-      "figures (a run never audited)."), grid),
+      "figures (a run never audited). Plots with no value in the series are listed in one line " +
+      "below the grid, unless drift of their figure was flagged."), grid, emptyLine),
     tables);
     // Each plot's cell, sized by the grid: a plot drawn while its cell is the grid's only
     // item (auto-fit) would take the whole row; a later change of the cell redraws it.
     const sized = new ResizeObserver((entries) => {
       for (const e of entries) if (e.target._fullLayout) Plotly.Plots.resize(e.target);
     });
-    // The drift metrics each plot shows (bfd/report/data.py DRIFT_OF_PLOT); none: no crosses.
-    const driftOf = D.drift_of_plot || {};
+    // what a drift mark says: the metrics flagged, how many rows, which layers, the largest
+    // |delta| (and a head-count plot's type changes)
+    function markText(mark, m) {
+      const layers = mark.layers || [];
+      return pt("drift flagged at audit " + mark.audit_id + (m && m.step !== null && m.step !== undefined
+        ? " (step " + m.step + ")" : "") + ": " + mark.metrics.join(", ") + " in " + mark.n_rows +
+        (mark.n_rows === 1 ? " row" : " rows") + (layers.length ? ", " + (layers.length === 1 ? "layer " : "layers ") +
+        (layers.length > 12 ? layers.slice(0, 12).join(", ") + ", …" : layers.join(", ")) : "") +
+        ", largest |delta| " + fmt(mark.max_abs_delta)) +
+        ((mark.types || []).length ? "<br>" + pt(mark.types.join("; ")) : "");
+    }
+    // an id shown short in a table cell (the whole id on hover)
+    const shortId = (v) => (typeof v === "string" && v.length > 16 ? v.slice(0, 9) + "…" + v.slice(-5) : fmt(v));
+    function runCell(runId) {
+      const run = RUN_BY_ID.get(runId);
+      return run ? runLink(run, shortId(runId)) : shortId(runId);
+    }
     // the line breaks between consecutive points whose runs are of two models
     // (run_pairs.same_model false)
     const twoModels = (a, b) => pairOf(a, b)?.same_model === false;
@@ -639,9 +750,28 @@
         c === "n_flagged" ? { key: c, label: "n_flagged", render: flagged }
           : { key: c });
     }
+    // the flagged drift and head-type change tables: what changed first, then where (ids
+    // shortened, whole on hover; runs linked to their pages); the page's series and each
+    // row's flagged (always true) are in the CSV only
+    const idCol = (key, label) => ({ key: key, label: label, render: (r) => shortId(r[key]) });
+    const runCol = (key, label) => ({ key: key, label: label, render: (r) => runCell(r[key]) });
+    function driftColumns(rows) {
+      const all = Object.keys(rows[0] || D.drift || {});
+      const lead = ["metric", "layer", "head", "before", "after", "delta", "threshold", "step"]
+        .filter((c) => all.includes(c)).map((c) => ({ key: c }));
+      return lead.concat([idCol("audit_id", "audit"), idCol("prev_audit_id", "previous audit"),
+        runCol("run_id", "run")].filter((c) => all.includes(c.key)));
+    }
+    function changeColumns() {
+      return [{ key: "layer" }, { key: "head" }, { key: "before", label: "type before" },
+        { key: "after", label: "type after" }, idCol("audit_id", "audit"),
+        idCol("prev_audit_id", "previous audit"), runCol("run_id", "run"),
+        runCol("prev_run_id", "previous run")];
+    }
     function redraw() {
       const members = metrics.filter((m) => m.series === state.series);
       const flagged = drift.filter((d) => d.series === state.series);
+      const marks = driftMarks.filter((d) => d.series === state.series);
       // a gap (no figure) between consecutive points whose runs are of two models, before
       // an audit whose drift was not compared with its previous audit's (audit_history), and
       // either side of an audit of a damaged run
@@ -676,25 +806,45 @@
       }
       const rows = lines.map((m) => (m.gap ? { gap: true, [state.x]: m.x[state.x] } : m));
       for (const old of grid.children) sized.unobserve(old);
+      // a plot with no value in the series and no drift flagged on it: listed in one line
+      const hasValue = (k) => rows.some((m) => typeof m[k] === "number");
+      const marked = (k) => marks.some((d) => d.plot === k);
+      const blank = keys.filter((k) => !hasValue(k) && !marked(k));
+      const unkept = blank.filter((k) => notKept.includes(k) && rows.some((m) => m.figures === "audit"));
+      const novalue = blank.filter((k) => !unkept.includes(k));
+      emptyLine.replaceChildren(...(blank.length ? [(blank.length === 1 ? "1 plot" : blank.length + " plots") +
+        " with no value in this series, not drawn: " +
+        [unkept.length ? "not kept by the audits (see each run's page): " + unkept.join(", ") : null,
+          novalue.length ? "no value: " + novalue.join(", ") : null].filter(Boolean).join("; ") + "."] : []));
+      const drawn = keys.filter((k) => !blank.includes(k));
       // every cell first, at its height, then the plots: each is drawn at its cell's width
-      const divs = keys.map((k) => {
+      const divs = drawn.map((k) => {
         const div = plotDiv("metric-" + k, `${k} against ${state.x} for the chosen series`, "small");
         div.style.height = "260px";
         return div;
       });
       grid.replaceChildren(...divs);
-      keys.forEach((k, i) => {
+      drawn.forEach((k, i) => {
         const div = divs[i];
         const x = rows.map(xOf);
         const err = rows.some((m) => typeof m[k + "_lo"] === "number") ? { type: "data", symmetric: false,
           array: rows.map((m) => (m[k + "_hi"] ?? m[k]) - m[k]), arrayminus: rows.map((m) => m[k] - (m[k + "_lo"] ?? m[k])) } : undefined;
-        // a cross per audit whose flagged drift names a metric this plot shows
-        const shows = driftOf[k] || [];
-        const hit = rows.filter((m) => m.audit_id !== null && m.audit_id !== undefined &&
-          typeof m[k] === "number" && flagged.some((d) => d.audit_id === m.audit_id && shows.includes(d.metric)));
-        const none = !rows.some((m) => typeof m[k] === "number");
-        const missing = none ? (notKept.includes(k) && rows.some((m) => m.figures === "audit")
-          ? "not kept by the audits: see each run's page" : "no value") : null;
+        // a cross per audit whose flagged drift concerns this plot's figure (drift_marks);
+        // one on an audit with no value here is said in the plot instead
+        const mine = marks.filter((d) => d.plot === k);
+        const markOf = (m) => (m.audit_id === null || m.audit_id === undefined ? undefined
+          : mine.find((d) => d.audit_id === m.audit_id));
+        const hit = rows.filter((m) => typeof m[k] === "number" && markOf(m));
+        const unplaced = mine.filter((d) => !rows.some((m) => m.audit_id === d.audit_id && typeof m[k] === "number"));
+        const none = !hasValue(k);
+        const missing = [none ? (notKept.includes(k) && rows.some((m) => m.figures === "audit")
+          ? "not kept by the audits: see each run's page" : "no value") : null]
+          .concat(unplaced.map((d) => {
+            const at = rows.find((m) => m.audit_id === d.audit_id);
+            return "drift of " + pt(d.metrics.join(", ")) + " flagged at audit " + pt(d.audit_id) +
+              (at && at.step !== null && at.step !== undefined ? " (step " + at.step + ")" : "") +
+              (none ? "" : ": no value kept");
+          })).filter(Boolean).join("<br>") || null;
         draw(div, [{ x: x, y: rows.map((m) => (m.gap ? null : m[k])), mode: "lines+markers", name: k, error_y: err,
           customdata: rows.map((m) => RUN_BY_ID.get(m.run_id)?.page || ""),
           text: rows.map((m) => (m.gap ? "" : pt(m.run_id + (m.audit_id ? " · audit " + m.audit_id : "") +
@@ -707,7 +857,8 @@
             size: rows.map((m) => (damaged(m) || notCompared(m) ? 10 : 6)) },
           line: { color: "#0072B2" }, hovertemplate: `%{text}<br>${k} %{y:.4g}<extra></extra>` },
         { x: hit.map(xOf), y: hit.map((m) => m[k]), mode: "markers", name: "drift flagged",
-          marker: { symbol: "x", size: 12, color: "#D55E00" }, hoverinfo: "skip" }],
+          marker: { symbol: "x", size: 12, color: "#D55E00" }, text: hit.map((m) => markText(markOf(m), m)),
+          hovertemplate: "%{text}<extra></extra>" }],
         { title: { text: k, font: { size: 13 }, x: 0.02, xanchor: "left" }, showlegend: false, height: 260, xaxis: xaxis,
           margin: { l: 55, r: 10, t: 35, b: 55 }, annotations: missing ? [{ text: missing, showarrow: false,
             xref: "paper", yref: "paper", x: 0.5, y: 0.5 }] : [] });
@@ -715,10 +866,12 @@
         sized.observe(div);
       });
       tables.replaceChildren(
-        section("Drift flags", D.has_audits ? dataTable("drift-table", "flagged drift", flagged)
+        section("Drift flags", D.has_audits ? dataTable("drift-table", "flagged drift", flagged,
+          driftColumns(flagged), { csvKeys: Object.keys(D.drift || {}) })
           : empty("No audits recorded yet.")),
         section("Head-type changes between consecutive audits",
-          dataTable("changes-table", "head-type changes", changes.filter((c) => c.series === state.series))),
+          dataTable("changes-table", "head-type changes", changes.filter((c) => c.series === state.series),
+            changeColumns(), { csvKeys: Object.keys(D.head_type_changes || {}) })),
         section("Audits of the series", dataTable("series-runs", "audits of the series", members,
           auditColumns(members), { csvKeys: Object.keys(D.metrics),
             rowClass: (m) => (damaged(m) ? "damaged-run" : notCompared(m) ? "not-compared" : null) })));
@@ -733,8 +886,16 @@
     if (runs.length < 1) { app.append(empty("No complete runs to compare yet.")); return; }
     const all = rowsOf(D.layers);
     const keys = numericKeys(all, ["layer", "depth", "rel_depth"]).filter((k) => !/_(lo|hi)$/.test(k));
-    const state = { a: runs[0].run_id, b: runs[Math.min(1, runs.length - 1)].run_id, metric: "frac_pos" };
-    const opts = runs.map((r) => [r.run_id, `${r.series} · ${r.run_id}`]);
+    // opens on the latest run (its latest audit's start, else its creation) as B against the
+    // one before it in its series (the runs' order: series, step, creation) as A
+    const when = (r) => Date.parse(r.started_at || r.created_at) || 0;
+    const latest = runs.reduce((x, r) => (when(r) >= when(x) ? r : x), runs[0]);
+    const mates = runs.filter((r) => r.series === latest.series);
+    const before = mates[mates.indexOf(latest) - 1] || latest;
+    const state = { a: before.run_id, b: latest.run_id, metric: "frac_pos" };
+    // a choice: series, step (as the Series page), the weights' file name and the run id
+    const opts = runs.map((r) => [r.run_id, [r.series, stepText(r) === null ? null : "step " + stepText(r),
+      fileName(r.weights), r.run_id].filter((p) => p !== null).join(" · ")]);
     app.append(h("div", { class: "controls" },
       select("run-a", "run A", opts, state.a, (v) => { state.a = v; redraw(); }),
       select("run-b", "run B", opts, state.b, (v) => { state.b = v; redraw(); }),
@@ -775,6 +936,12 @@
       // when it has one
       const pn = pairOf(state.a, state.b)?.note;
       if (pn) noteLines.push(h("p", { class: "note warn", id: "compare-pair-note" }, pn));
+      // one run compared with itself: no delta to show (not a delta of 0 ± an interval)
+      const same = state.a === state.b;
+      if (same) {
+        noteLines.push(h("p", { class: "note warn", id: "compare-same" }, `Runs A and B are one run, ` +
+          `${runName(RUN_BY_ID.get(state.a))} (${state.a}): nothing to compare; choose another run as A or B.`));
+      }
       notes.replaceChildren(...noteLines);
       // the models' depth (layer_summary.depth: runs.depth), not the number of layers each
       // run stored (a run may hold a subset of its model's layers: --layers)
@@ -785,10 +952,18 @@
       const err = (rows) => band(rows) ? { type: "data", symmetric: false, array: rows.map((l) => l[k + "_hi"] - l[k]),
         arrayminus: rows.map((l) => l[k] - l[k + "_lo"]) } : undefined;
       const tr = (rows, id, color) => ({ x: rows.map((l) => l[xk]), y: rows.map((l) => l[k]), error_y: err(rows),
-        name: pt(`${RUN_BY_ID.get(id).series} · ${id}`), mode: "lines+markers", line: { color: color },
+        name: pt(`${runName(RUN_BY_ID.get(id))} (${id})`), mode: "lines+markers", line: { color: color },
         hovertemplate: `${xk} %{x:.3g}<br>${k} %{y:.4g}<extra></extra>` });
-      draw(prof, [tr(withGaps(A), state.a, "#0072B2"), tr(withGaps(B), state.b, "#D55E00")],
-        { xaxis: { title: { text: sameDepth ? "layer" : "relative depth" } }, yaxis: { title: { text: k } }, height: 400 });
+      draw(prof, same ? [tr(withGaps(A), state.a, "#0072B2")]
+        : [tr(withGaps(A), state.a, "#0072B2"), tr(withGaps(B), state.b, "#D55E00")],
+        { xaxis: { title: { text: sameDepth ? "layer" : "relative depth" } }, yaxis: { title: { text: k }, tickformat: "~g" }, height: 400 });
+      if (same) {
+        draw(delta, [], { height: 400, xaxis: { visible: false }, yaxis: { visible: false },
+          annotations: [{ text: "A = B: one run compared with itself, no delta", showarrow: false,
+            xref: "paper", yref: "paper", x: 0.5, y: 0.5 }] });
+        tableBox.replaceChildren();
+        return;
+      }
       // B at A's layers: the same layer when depths agree (none where B did not store it),
       // else linear in relative depth between B's stored layers around it: none outside
       // B's first and last stored layer (no extrapolation). B is in layer order.
@@ -815,12 +990,12 @@
           significant: w === null ? null : (d - w > 0 || d + w < 0) };
       });
       const withBand = rows.some((r) => r.delta_lo !== null);
-      draw(delta, [{ type: "bar", x: rows.map((r) => r.layer), y: rows.map((r) => r.delta), name: "B − A",
+      draw(delta, [{ type: "bar", x: rows.map((r) => r.layer), y: rows.map((r) => r.delta), name: "B − A", width: 0.8,
         marker: { color: rows.map((r) => (r.delta >= 0 ? "#D55E00" : "#0072B2")) },
         error_y: withBand ? { type: "data", symmetric: false, array: rows.map((r) => r.delta_hi - r.delta),
           arrayminus: rows.map((r) => r.delta - r.delta_lo) } : undefined,
         hovertemplate: `layer %{x}<br>Δ ${k} %{y:.4g}<extra></extra>` }],
-      { xaxis: { title: { text: "layer of A" }, dtick: 1 }, yaxis: { title: { text: `Δ ${k} (B − A)` } }, height: 400,
+      { xaxis: { title: { text: "layer of A" }, dtick: 1 }, yaxis: { title: { text: `Δ ${k} (B − A)` }, tickformat: "~g" }, height: 400,
         title: { text: basis === "none" ? `N differ (${nA}, ${nB}): no intervals, deltas include the chance level's change`
           : withBand ? "intervals: Δ ± √(hw_A² + hw_B²)" : (sameDepth ? "no intervals stored"
           : "depths differ: B interpolated on relative depth"), font: { size: 12 } } });
