@@ -4,6 +4,7 @@ its report), ``bfd audit-checkpoints`` and ``bfd serve``."""
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -35,9 +36,10 @@ CHECKPOINTS_SERIES = ("the series these audits extend (default: the model and th
 def add_audit_options(p: argparse.ArgumentParser, series_help: str = AUDIT_SERIES) -> None:
     p.add_argument("--series", help=series_help)
     p.add_argument("--drift-threshold", action="append", default=[], metavar="[METRIC=]VALUE",
-                   help="flag a change since the previous audit larger than VALUE (default "
-                   "0.05 for fractions); METRIC=VALUE sets one metric's (frac_pos, f_cc, "
-                   "head_type, ...); repeatable")
+                   help="flag a change since the previous audit larger than VALUE, 0 to 1 "
+                   "(default 0.05; every metric is a fraction, head_type 1 when a type "
+                   "changed: 1 flags nothing); METRIC=VALUE sets one metric's (frac_pos, "
+                   "f_cc, head_type, ...); repeatable")
     p.add_argument("--fail-on-drift", action="store_true",
                    help="exit with status 3 when any drift is flagged (for CI gates); an "
                    "audit that compared nothing (another model, other images, N, ...) passes, "
@@ -83,8 +85,14 @@ def say(line: str) -> None:
     sys.stdout.write(f"{line}\n")
 
 
+# Flagged drift shown row by row, at most this many value rows and as many head-type lines;
+# above it a summary per metric comes first and the rest is named by the query that lists it.
+DRIFT_ROWS_SHOWN = 20
+
+
 def print_audit(out: dict, store: str) -> int:
-    """The audit's line and its flagged drift; returns the number of flagged values."""
+    """The audit's line and its flagged drift (``print_flagged``); returns the number of
+    flagged values."""
     from bfd.queries import run_query
     from bfd.tasks.audits import drift_said
 
@@ -96,10 +104,94 @@ def print_audit(out: dict, store: str) -> int:
     if out["n_flagged"]:
         drift = run_query(store, "drift", {"series": out["series"],
                                            "audit_id": out["audit_id"]})
-        flagged = drift.filter(drift.column("flagged"))
-        columns = ["layer", "head", "metric", "before", "after", "delta", "threshold"]
-        cli._print_table(flagged.select(columns), "table")
+        print_flagged(drift.filter(drift.column("flagged")), store)
     return out["n_flagged"]
+
+
+def layer_ranges(layers) -> str:
+    """Layer indices in short: ``0-3, 7, 9-11``."""
+    spans: list[list[int]] = []
+    for layer in sorted(set(layers)):
+        if spans and layer == spans[-1][1] + 1:
+            spans[-1][1] = layer
+        else:
+            spans.append([layer, layer])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def drift_summary(rows: Sequence[dict], types: dict) -> list[str]:
+    """One line per metric of the flagged ``rows`` (drift rows): how many rows or heads, in
+    which layers, the largest |delta|; for head_type, how many heads changed from which type
+    to which (``types``: (layer, head) -> (before, after))."""
+    from bfd.tasks.drift import drift_metrics
+
+    order = {m: k for k, m in enumerate(drift_metrics())}
+    by_metric: dict[str, list[dict]] = {}
+    for r in rows:
+        by_metric.setdefault(r["metric"], []).append(r)
+    lines = []
+    for metric in sorted(by_metric, key=lambda m: (order.get(m, len(order)), m)):
+        mine = by_metric[metric]
+        where = f"in layers {layer_ranges(r['layer'] for r in mine)}"
+        if metric == "head_type":
+            changes: dict[str, int] = {}
+            for r in mine:
+                change = " -> ".join(types.get((r["layer"], r["head"]), ("?", "?")))
+                changes[change] = changes.get(change, 0) + 1
+            said = ", ".join(f"{n} {change}" for change, n in
+                             sorted(changes.items(), key=lambda kv: -kv[1]))
+            lines.append(f"  head_type: {len(mine)} heads changed {where} ({said})")
+            continue
+        largest = max(abs(r["delta"]) for r in mine)
+        what = (f"{len(mine)} heads {where}" if mine[0]["head"] is not None else
+                f"{len(mine)} {'layer' if len(mine) == 1 else 'layers'} "
+                f"({layer_ranges(r['layer'] for r in mine)})")
+        lines.append(f"  {metric}: {what}, max |delta| {largest:.3g}")
+    return lines
+
+
+def print_flagged(flagged, store: str) -> None:
+    """An audit's flagged drift rows (``flagged``: rows of the ``drift`` query): when more
+    than ``DRIFT_ROWS_SHOWN``, a summary per metric first (``drift_summary``); then the
+    fractions that moved, largest first, as a table, and each head whose type changed as
+    ``layer L head H: before -> after`` (types from ``head_type_changes``), each list capped
+    at ``DRIFT_ROWS_SHOWN`` with the query that lists the rest."""
+    import pyarrow.compute as pc
+
+    from bfd.queries import run_query
+
+    if not flagged.num_rows:
+        return
+    first = flagged.slice(0, 1).to_pylist()[0]
+    is_type = pc.equal(flagged.column("metric"), "head_type")
+    values = flagged.filter(pc.invert(is_type))
+    changed = flagged.filter(is_type).to_pylist()
+    types = {}
+    if changed:
+        stored = run_query(store, "head_type_changes", {"run_a": first["prev_run_id"],
+                                                        "run_b": first["run_id"]})
+        types = {(r["layer"], r["head"]): (r["head_type_a"], r["head_type_b"])
+                 for r in stored.to_pylist()}
+    at = f" --store {shlex.quote(store)}"
+    if flagged.num_rows > DRIFT_ROWS_SHOWN:
+        for line in drift_summary(flagged.to_pylist(), types):
+            say(line)
+    if values.num_rows:
+        columns = ["layer", "head", "metric", "before", "after", "delta", "threshold"]
+        cli._print_table(values.slice(0, DRIFT_ROWS_SHOWN).select(columns), "table")
+        if values.num_rows > DRIFT_ROWS_SHOWN:
+            say(f"{values.num_rows - DRIFT_ROWS_SHOWN} more: bfd query drift --param "
+                f"series={shlex.quote(first['series'])} --param "
+                f"audit_id={first['audit_id']}{at}")
+    if changed:
+        say(f"head types changed ({len(changed)}):")
+        for r in sorted(changed, key=lambda r: (r["layer"], r["head"]))[:DRIFT_ROWS_SHOWN]:
+            # a type the results no longer hold (decomposed again since): said as unknown
+            before, after = types.get((r["layer"], r["head"]), ("?", "?"))
+            say(f"  layer {r['layer']} head {r['head']}: {before} -> {after}")
+        if len(changed) > DRIFT_ROWS_SHOWN:
+            say(f"  {len(changed) - DRIFT_ROWS_SHOWN} more: bfd query head_type_changes "
+                f"--param run_a={first['prev_run_id']} --param run_b={first['run_id']}{at}")
 
 
 def not_compared(audit: dict) -> str | None:
@@ -199,9 +291,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
     n_flagged = print_audit(out, store)
     print(f"\nresults: {out['results']}\ntables:  {store}/tables  "
           f"(try: bfd query model_summary --store {store})")
+    print_dashboard(out.get("dashboard"), store)
     print_statistics(store, out["run_id"], profile, args.demo)
     print_image_notes(store, out["run_id"], None if args.demo else args.n_images)
     return drift_exit(n_flagged, args.fail_on_drift, [out], args.fail_if_not_compared)
+
+
+def print_dashboard(index: str | None, store: str) -> None:
+    """The line naming the dashboard's ``index.html`` and how to open it, when the audit
+    rebuilt it (``index``; None: ``--no-dashboard``, nothing audited, or its refresh failed,
+    which said so)."""
+    if index:
+        print(f"dashboard: {index}  (open it in a browser, or serve it: bfd dashboard --serve "
+              f"--store {shlex.quote(store)})")
 
 
 # the options that would change what --demo audits (bfd.flows.params.DEMO_CONFIG, the input
@@ -237,21 +339,7 @@ def print_statistics(store: str, run_id: str, profile, demo: bool) -> None:
     print("\nchance-corrected shares, 95 % intervals over images (docs/method.md):")
     cli._print_table(profile.select(cols), "table")
     if demo:
-        pos = profile.column("frac_pos_adj").to_numpy(zero_copy_only=False)
-        cc = profile.column("f_cc_adj").to_numpy(zero_copy_only=False)
-        text = (
-            "How to read this: frac_pos counts the noise of pos, a mean over only 64 images, "
-            "as position (frac_pos_chance is that noise's part); frac_pos_adj [lo, hi] removes "
-            f"it. In this random-init network it is small ({pos.min():.1%} to {pos.max():.1%}) "
-            f"and the heads are content-content (f_cc_adj {cc.min():.2f} to {cc.max():.2f}), "
-            "as an untrained ViT should be; a trained one shows a larger positional share in "
-            "its early layers and heads whose f_cp_adj or f_pp_adj is clearly above zero."
-        )
-        print("\n" + textwrap.fill(text, 96))
-        print("Next, a pretrained model from the timm cache or a weights file:\n"
-              "  bfd audit --model vit_small_patch16_224.augreg_in21k --images <folder> "
-              "--n-images 256\n"
-              "  bfd audit --model vit_small_patch16_224 --weights <model.safetensors>")
+        print_demo_reading(store, run_id, profile)
     sql = ("SELECT max(ci_halfwidth) AS hw, max(n_images_for_target) AS need, "
            "any_value(ci_target) AS target, any_value(n_images) AS n "
            "FROM layers WHERE run_id = $run_id")
@@ -265,6 +353,46 @@ def print_statistics(store: str, run_id: str, profile, demo: bool) -> None:
         print(f"bfd: warning: with N={row['n']} images no interval could be computed (the "
               "jackknife needs at least two groups of images); the shares are point estimates",
               file=sys.stderr)
+
+
+def print_demo_reading(store: str, run_id: str, profile) -> None:
+    """After ``--demo``: how to read its shares, with this run's own figures (a random-init
+    ViT's random pos_embed is real, if small, position: its heads' corrected shares lie above
+    zero too, so what tells a trained ViT is their size), where each head's intervals are, and
+    what to try next."""
+    from bfd.queries import run_sql
+
+    pos = profile.column("frac_pos_adj").to_numpy(zero_copy_only=False)
+    cc = profile.column("f_cc_adj").to_numpy(zero_copy_only=False)
+    heads = run_sql(store, "SELECT count(*) AS n, count_if(f_cp_adj_lo > 0) AS above, "
+                    "max(f_cp_adj) AS cp, max(f_pp_adj) AS pp, count_if(head_type <> "
+                    "'content-content') AS other FROM heads WHERE run_id = $run_id",
+                    {"run_id": run_id}).to_pylist()[0]
+    kinds = ("the heads are content-content" if not heads["other"] else
+             f"{heads['n'] - heads['other']} of its {heads['n']} heads are content-content")
+    text = (
+        "How to read this: frac_pos counts the noise of pos, a mean over only 64 images, "
+        "as position (frac_pos_chance is that noise's part); frac_pos_adj [lo, hi] removes "
+        f"it. In this random-init network it is small ({pos.min():.1%} to {pos.max():.1%}) "
+        f"and {kinds} (f_cc_adj {cc.min():.2f} to {cc.max():.2f}), as an untrained ViT should "
+        "be. Its random pos_embed is real, if small, position: the f_cp_adj interval of "
+        f"{heads['above']} of its {heads['n']} heads lies above zero, with f_cp_adj at most "
+        f"{heads['cp']:.3f} and f_pp_adj at most {heads['pp']:.4f}. So a trained ViT shows "
+        "itself by size, not by a share above zero: a larger positional share in its early "
+        "layers, and heads of type content-position or position-position (n_heads_cp, "
+        "n_heads_pp), whose f_cp_adj or f_pp_adj is many times these."
+    )
+    print("\n" + textwrap.fill(text, 96))
+    sql = ("SELECT layer, head, head_type, f_cp_adj, f_cp_adj_lo, f_cp_adj_hi, f_pp_adj, "
+           f"f_pp_adj_lo, f_pp_adj_hi FROM heads WHERE run_id = '{run_id}'")
+    # in double quotes: the statement holds single quotes, and no character a shell expands
+    # in double quotes (a run id is a model name and a hash)
+    print(f"Each head's corrected shares and their 95 % intervals:\n  bfd sql \"{sql}\" "
+          f"--store {shlex.quote(store)}")
+    print("Next, a pretrained model from the timm cache or a weights file:\n"
+          "  bfd audit --model vit_small_patch16_224.augreg_in21k --images <folder> "
+          "--n-images 256\n"
+          "  bfd audit --model vit_small_patch16_224 --weights <model.safetensors>")
 
 
 def print_image_notes(store: str, run_id: str, requested: int | None) -> None:
@@ -347,6 +475,7 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
     n_seen = out["n_files"] - len(out["audits"]) - len(out["bad"])
     print(f"\n{len(out['audits'])} checkpoint(s) audited in series {out['series']}; "
           f"{n_seen} already audited with the same request; store {store}")
+    print_dashboard(out.get("dashboard"), store)
     code = drift_exit(n_flagged, args.fail_on_drift, out["audits"], args.fail_if_not_compared)
     # exit 2 for the files left out, each named once: when known (any not yet: here)
     return lines.left_out(out["bad"]) if out["bad"] else code

@@ -187,9 +187,8 @@ def record_reused_audit(args: argparse.Namespace, config, store: str, thresholds
     # Ctrl-C's line names the audit from its write on (bfd.cli_interrupt)
     with audit_row(s, series, step, "cli", None, started, writing=recording) as row:
         drift_since_previous(s, row, run_id, thresholds.model_dump(), run_seen(store, run_id))
-    if not args.no_dashboard:
-        refresh_outputs(store, logging.getLogger("bfd.audit"))
+    index = None if args.no_dashboard else refresh_outputs(store, logging.getLogger("bfd.audit"))
     return {**{k: row[k] for k in ("audit_id", "series", "run_id", "step", "prev_audit_id",
                                    "n_flagged", "drift_note")},
             "reused": True, "repaired": [], "how": run_reuse(), "store": store,
-            "results": results_path(s, run_id)}
+            "results": results_path(s, run_id), "dashboard": index}

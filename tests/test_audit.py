@@ -131,7 +131,13 @@ def test_demo_end_to_end(tmp_path, monkeypatch, capsys, prefect_harness):
     # it ends with the corrected shares, their intervals, how to read them, what to try next
     assert "frac_pos_adj_lo" in out and "How to read this" in out and "bfd audit --model" in out
     assert str(tmp_path / "store") in out
-    assert (tmp_path / "store" / "dashboard" / "index.html").is_file()  # refreshed last
+    index = tmp_path / "store" / "dashboard" / "index.html"
+    assert index.is_file()  # refreshed last, and named
+    assert f"\ndashboard: {index}  (open it in a browser, or serve it: bfd dashboard " in out
+    # how to read it holds for this run: its heads' f_cp_adj lie above zero too, and are small
+    text = " ".join(out.split())
+    assert re.search(r"the f_cp_adj interval of \d+ of its 36 heads lies above zero", text), text
+    assert re.search(r"f_cp_adj at most 0\.0[0-4]\d ", text), text
     runs = run_sql(str(tmp_path / "store"), "SELECT * FROM runs").to_pandas()
     assert list(runs.weights) == ["random"] and runs.n_images.iloc[0] == 64
     assert main(["query", "model_summary"]) == 0  # the same default store, no --store
@@ -174,18 +180,29 @@ def test_drift_flags_the_planted_change_and_fails_the_gate(tmp_path, prefect_har
                          "--drift-threshold", "head_type=1")
     assert code == 0 and "0 value(s) flagged" in out
     # the folder: step_100 and step_200 are audited already (same bytes), step_300 is not
-    code, out, _ = bfd("audit-checkpoints", str(tmp_path / "ckpts"), *common)
+    code, out, err = bfd("audit-checkpoints", str(tmp_path / "ckpts"), *common)
     assert code == 0 and "1 checkpoint(s) audited" in out and "step_300.pt" in out
+    # which checkpoint is audited is said when its audit starts, before its extraction's lines
+    assert err.startswith("bfd: checkpoint 1 of 1 to audit: step_300.pt (step 300)\n"), err
+    assert "dashboard:" not in out  # --no-dashboard
     code, out, _ = bfd("audit-checkpoints", str(tmp_path / "ckpts"), *common)
     assert code == 0 and out.startswith("nothing to do") and "3 files" in out
     steps = [(a["step"], a["trigger"]) for a in read_audits(Store(store), "s")]
     assert steps == [(100, "cli"), (200, "cli"), (250, "cli"), (300, "checkpoints")]
     # a new series under --fail-if-not-compared: its first checkpoint compares with nothing,
     # and fails the gate, in one line, after every checkpoint is audited (the runs reused)
-    code, out, err = bfd("audit-checkpoints", str(tmp_path / "ckpts"), *common, "--series",
-                         "t", "--fail-if-not-compared")
+    # (with its dashboard, which it names once rebuilt)
+    code, out, err = bfd("audit-checkpoints", str(tmp_path / "ckpts"), *common[:-1],
+                         "--series", "t", "--fail-if-not-compared")
     first, *rest = read_audits(Store(store), "t")
     assert code == 3 and "3 checkpoint(s) audited" in out, out + err
+    assert [line for line in err.splitlines() if " to audit: " in line] == [
+        f"bfd: checkpoint {k} of 3 to audit: {p.name} (step {s})"
+        for k, (p, s) in enumerate(zip(paths, (100, 200, 300), strict=True), 1)]
+    index = tmp_path / "store" / "dashboard" / "index.html"
+    assert index.is_file() and out.splitlines()[-1] == (
+        f"dashboard: {index}  (open it in a browser, or serve it: bfd dashboard --serve "
+        f"--store {store})")
     assert [line for line in err.splitlines() if "not compared" in line] == [
         f"bfd: drift not compared (--fail-if-not-compared): audit {first['audit_id']} is the "
         "first of series t, with nothing to compare with (it is kept: the next audit compares "
@@ -332,7 +349,13 @@ def test_bad_audit_options_are_named_as_the_user_wrote_them(tmp_path, capsys):
                          (["--drift-threshold", "f_ppp=0.1"], "no drift metric named f_ppp; "
                           "the metrics are frac_pos, "),
                          (["--drift-threshold", "f_cc=-1"], "a threshold must be a number >= 0,"
-                          " not f_cc=-1.0; got f_cc=-1")):
+                          " not f_cc=-1.0; got f_cc=-1"),
+                         # fractions move by at most 1 (head_type's delta is 0 or 1): a
+                         # threshold above 1 never flags, and is refused, not obeyed
+                         (["--drift-threshold", "2"], "--drift-threshold: 2 can never flag: "
+                          "every drift metric is a fraction in [0, 1]"),
+                         (["--drift-threshold", "head_type=2"], "head_type=2 can never flag"),
+                         (["--drift-threshold", "frac_pos=1.5"], "frac_pos=1.5 can never flag")):
         with env_kept():
             code = main(["audit", "--model", "test_vit", *argv, "--store", str(tmp_path)])
         err = capsys.readouterr().err

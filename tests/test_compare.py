@@ -4,13 +4,15 @@ the real core written by the real table writer (no model, no Prefect)."""
 from __future__ import annotations
 
 import datetime as dt
+import shlex
 
 import numpy as np
 import pytest
 import torch
 
+from bfd.cli import main
 from bfd.core import decompose_layer, head_maps, to_dataset
-from bfd.queries import run_query
+from bfd.queries import run_query, run_sql
 from bfd.queries.catalog import CONTRACT
 from bfd.storage import Store, heads_rows, layers_rows, write_table
 from bfd.storage.tables import TABLE_SCHEMAS
@@ -229,6 +231,20 @@ def test_audit_summary_shows_intervals_and_warns_when_n_is_short(tmp_path, capsy
     print_statistics(str(tmp_path), "r", profile, demo=True)
     out, err = capsys.readouterr()
     assert "frac_pos_adj_lo" in out and "How to read this" in out and "bfd audit --model" in out
+    # the advice names this run's own head figures and the command that lists their intervals
+    # (not "f_cp_adj clearly above zero", which a random-init ViT's heads are too)
+    text = " ".join(out.split())
+    assert "clearly above zero" not in text
+    cp = run_sql(str(tmp_path), "SELECT max(f_cp_adj) AS cp, count(*) AS n, count_if("
+                 "f_cp_adj_lo > 0) AS above FROM heads WHERE run_id = 'r'").to_pylist()[0]
+    assert f"f_cp_adj at most {cp['cp']:.3f}" in text
+    assert f"interval of {cp['above']} of its {cp['n']} heads lies above zero" in text
+    (line,) = [line for line in out.splitlines() if line.startswith("  bfd sql ")]
+    argv = shlex.split(line)
+    assert argv[:2] == ["bfd", "sql"] and "f_cp_adj_lo, f_cp_adj_hi" in argv[2]
+    assert main(argv[1:]) == 0  # the command as printed lists every head with its intervals
+    listed = capsys.readouterr().out.splitlines()
+    assert "f_cp_adj_lo" in listed[0] and len(listed) == 1 + cp["n"]
     need = int(layers_rows(ds).to_pandas().n_images_for_target.max())
     assert err.startswith("bfd: warning: with N=16 images") and f"about {need} images" in err
     assert need > 16
@@ -247,3 +263,71 @@ def test_compare_models_carries_the_corrected_shares(tmp_path):
         assert r["delta_frac_pos_adj"] == pytest.approx(delta, rel=1e-12)
         ea, eb = (ds.energy_adj.sel(layer=layer).sum("head").values for ds in (a, b))
         assert r["delta_f_cc_adj"] == pytest.approx(eb[3] / eb.sum() - ea[3] / ea.sum())
+
+
+def test_flagged_drift_names_head_types_and_summarises_many_rows(tmp_path, capsys):
+    """An audit's flagged drift as `bfd audit` prints it: each head whose type changed as
+    `layer L head H: before -> after` (the types of both runs' heads table, not `head_type
+    NULL NULL 1`), and above DRIFT_ROWS_SHOWN flagged rows a summary per metric first, each
+    list capped with the query that lists the rest."""
+    import pyarrow as pa
+
+    from bfd.cli_audits import DRIFT_ROWS_SHOWN, print_flagged
+
+    ds = results(1, 24, 1.0)
+    publish(tmp_path, "before", ds)
+    publish(tmp_path, "after", ds)
+    base = heads_rows(ds).to_pylist()
+    grid = [(layer, head) for layer in range(12) for head in range(3)]  # 36 heads
+    changed = {key: "content-position" if key[1] else "position-position"
+               for key in grid[:30]}  # 30 heads change: 20 to cp, 10 to pp
+    for run_id, types in (("before", {}), ("after", changed)):
+        rows = [{**base[k % len(base)], "layer": layer, "head": head,
+                 "head_type": types.get((layer, head), "content-content")}
+                for k, (layer, head) in enumerate(grid)]
+        write_table(Store(tmp_path), "heads", "toy", run_id, rows)
+    ids = {"series": "s", "step": 2, "audit_id": "A2", "prev_audit_id": "A1",
+           "prev_run_id": "before", "run_id": "after"}
+    flagged = [{**ids, "layer": layer, "head": head, "metric": "head_type", "before": None,
+                "after": None, "delta": 1.0, "threshold": 0.5, "flagged": True}
+               for layer, head in changed]
+    flagged += [{**ids, "layer": layer, "head": None, "metric": "frac_pos", "before": 0.1,
+                 "after": 0.1 + d, "delta": d, "threshold": 0.05, "flagged": True}
+                for layer, d in zip((0, 1, 2, 3, 7, 9, 10, 11), np.linspace(0.35, 0.06, 8),
+                                    strict=True)]
+    flagged += [{**ids, "layer": layer, "head": head, "metric": "f_cc", "before": 0.9,
+                 "after": 0.8, "delta": -0.1, "threshold": 0.05, "flagged": True}
+                for layer in range(4, 12) for head in range(3)]
+    flagged.sort(key=lambda r: -abs(r["delta"]))  # the drift query's order
+    capsys.readouterr()
+    print_flagged(pa.Table.from_pylist(flagged), str(tmp_path))
+    out = capsys.readouterr().out.splitlines()
+    assert len(flagged) > DRIFT_ROWS_SHOWN
+    assert out[:3] == [
+        "  frac_pos: 8 layers (0-3, 7, 9-11), max |delta| 0.35",
+        "  f_cc: 24 heads in layers 4-11, max |delta| 0.1",
+        "  head_type: 30 heads changed in layers 0-9 (20 content-content -> content-position, "
+        "10 content-content -> position-position)"]
+    # the fractions that moved, largest first, DRIFT_ROWS_SHOWN of them, then the query
+    assert out[3].split() == ["layer", "head", "metric", "before", "after", "delta",
+                              "threshold"]
+    table = out[4:4 + DRIFT_ROWS_SHOWN]
+    assert [line.split()[2] for line in table] == ["frac_pos"] * 7 + ["f_cc"] * 13
+    assert out[24] == (f"12 more: bfd query drift --param series=s --param audit_id=A2 "
+                       f"--store {tmp_path}")
+    assert len(out) == 25 + 1 + DRIFT_ROWS_SHOWN + 1
+    assert out[25] == "head types changed (30):"
+    assert out[26:28] == ["  layer 0 head 0: content-content -> position-position",
+                          "  layer 0 head 1: content-content -> content-position"]
+    assert out[-1] == (f"  10 more: bfd query head_type_changes --param run_a=before "
+                       f"--param run_b=after --store {tmp_path}")
+    # the command as printed lists every change, with both types
+    assert main(shlex.split(out[-1].split(": ", 1)[1])[1:]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1 + 30
+    # a few rows: no summary, no cap
+    capsys.readouterr()
+    print_flagged(pa.Table.from_pylist(flagged[:2] + flagged[30:31]), str(tmp_path))
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[0] == "layer" and out[2] == "head types changed (2):"
+    assert out[3:] == ["  layer 0 head 0: content-content -> position-position",
+                       "  layer 0 head 1: content-content -> content-position"]

@@ -58,13 +58,13 @@ def _run_name() -> str:
     return f"{series} step {step}" if step is not None else f"{series} audit"
 
 
-def refresh_outputs(store: str, dashboard: bool) -> None:
+def refresh_outputs(store: str, dashboard: bool) -> str | None:
     """The SQL catalog's snapshot, then the dashboard, when ``dashboard``
-    (``bfd.report.dashboard.refresh_outputs``), logged to the flow run."""
+    (``bfd.report.dashboard.refresh_outputs``), logged to the flow run; returns the
+    dashboard's ``index.html`` when rebuilt, else None."""
     from bfd.report.dashboard import refresh_outputs as refresh
 
-    if dashboard:
-        refresh(store, get_run_logger())
+    return refresh(store, get_run_logger()) if dashboard else None
 
 
 @flow(name="audit", log_prints=True, flow_run_name=_run_name)
@@ -109,7 +109,8 @@ def audit(
         The audit id, run id, series, step, drift flag count and the paths written;
         ``reused``: nothing was computed (neither activations nor results), ``repaired``:
         the shards of the run's activations found damaged and extracted again, ``how``: what
-        was computed, in words (``bfd.tasks.audits.run_reuse``).
+        was computed, in words (``bfd.tasks.audits.run_reuse``), ``dashboard``: the
+        dashboard's ``index.html`` when rebuilt (else None).
 
     Raises:
         ValueError: A request refused before any work (``refuse_before_work``: a bad option,
@@ -175,7 +176,8 @@ def audit(
     report = {**row, "reused": reused, "repaired": repaired, "how": how}
     publish_artifacts(report, run, layer_summary(Store(root), run_id), rows, root)
     emit_audit_events(row, rows, root)
-    refresh_outputs(root, dashboard)
+    index = refresh_outputs(root, dashboard)
     return {**{k: row[k] for k in ("audit_id", "series", "run_id", "step", "prev_audit_id",
                                    "n_flagged", "drift_note")},
-            "reused": reused, "repaired": repaired, "how": how, "store": root, **written}
+            "reused": reused, "repaired": repaired, "how": how, "store": root,
+            "dashboard": index, **written}

@@ -88,7 +88,7 @@ def audit_checkpoints(
         The series, the number of checkpoint files found, one summary per new audit
         (``audits``), what "already audited" compared (``compared``) and one line per file
         left out (``bad``): no readable checkpoint, or one that does not load or does not fit
-        the model.
+        the model; ``dashboard``: the dashboard's ``index.html`` when rebuilt (else None).
 
     Raises:
         CheckpointsLeftOut: Files were left out (the run ends ``Failed``, the others
@@ -134,6 +134,12 @@ def audit_checkpoints(
             # said now, in step order among the audits' lines, not after every checkpoint
             progress.report("checkpoint", k, len(todo), left_out=bad[-1])
             continue
+        # said as its audit starts: the extraction's lines that follow are this file's (a file
+        # left out above is named by its own line)
+        start = (f"checkpoint {k} of {len(todo)} to audit: {os.path.basename(ckpt['path'])} "
+                 f"(step {ckpt['step']})")
+        logger.info(start)
+        progress.report("notice", 0, 0, text=start)
         with tags(f"model:{model}", f"series:{series}"):
             one = audit(config.model_copy(update={"weights": ckpt["path"]}), root,
                         workers=workers, dask_address=dask_address,
@@ -143,8 +149,7 @@ def audit_checkpoints(
         done.append({**one, "checkpoint": ckpt["path"]})
         # said now, not when every checkpoint is done: the command prints its lines
         progress.report("checkpoint", k, len(todo), audit=done[-1])
-    if done:
-        refresh_outputs(root, dashboard)
+    index = refresh_outputs(root, dashboard) if done else None
     lines = [f"# Checkpoints of series `{series}`", "",
              f"{len(done)} new audit(s) of {n_files} file(s) in `{checkpoints}`; store `{root}`.",
              "", "| step | checkpoint | run | drift flags |", "|---|---|---|---|"]
@@ -153,7 +158,7 @@ def audit_checkpoints(
     create_markdown_artifact("\n".join(lines) + "\n" + _left_out(bad),
                              key=artifact_key("checkpoints", series),
                              description=f"audit-checkpoints of series {series}")
-    return _ended({**summary, "audits": done})
+    return _ended({**summary, "audits": done, "dashboard": index})
 
 
 def as_listed(message: str, path: str) -> str:

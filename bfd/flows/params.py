@@ -134,14 +134,41 @@ class DecomposeParams(_Params):
         return value
 
 
-class DriftThresholds(_Params):
-    """When a change since the previous audit of the series is flagged."""
+# Every drift metric moves by at most 1: the fractions lie in [0, 1] and a head_type row's
+# delta is 0 or 1 (bfd.tasks.drift); a change flags when |delta| > threshold, so 1 flags
+# nothing, and a threshold above 1 (2 for "2 %"?) is a mistake, refused rather than obeyed.
+MAX_THRESHOLD = 1.0
 
-    fraction: float = Field(0.05, ge=0, description="absolute change of any stored fraction")
+
+def _never_flags(values: dict[str, float]) -> str | None:
+    """One line refusing the thresholds of ``values`` above ``MAX_THRESHOLD``; None if none."""
+    above = [f"{name}{value:g}" for name, value in values.items() if value > MAX_THRESHOLD]
+    if not above:
+        return None
+    return (f"{', '.join(above)} can never flag: every drift metric is a fraction in [0, 1] "
+            "(head_type: 1 when the type changed), so it moves by at most 1; a threshold of 1 "
+            "flags nothing, 0.02 flags a move of 2 points")
+
+
+class DriftThresholds(_Params):
+    """When a change since the previous audit of the series is flagged: |delta| above the
+    threshold, every threshold in [0, 1] (``MAX_THRESHOLD``)."""
+
+    fraction: float = Field(0.05, ge=0, description="absolute change of any stored fraction, "
+                            "0 to 1 (1: never flags)")
     head_type: float = Field(0.5, ge=0, description="below 1: a changed head type flags; "
-                             "1 or more: never")
+                             "1: never")
     metrics: dict[str, float] = Field(default_factory=dict,
                                       description="per-metric thresholds, e.g. frac_pos: 0.02")
+
+    @field_validator("fraction", "head_type")
+    @classmethod
+    def _at_most_one(cls, value: float, info: ValidationInfo) -> float:
+        name = "" if info.field_name == "fraction" else f"{info.field_name}="
+        why = _never_flags({name: value})
+        if why is not None:
+            raise ValueError(why)
+        return value
 
     @field_validator("metrics")
     @classmethod
@@ -157,6 +184,9 @@ class DriftThresholds(_Params):
         if negative:
             raise ValueError(f"a threshold must be a number >= 0, not "
                              f"{', '.join(f'{k}={value[k]}' for k in negative)}")
+        why = _never_flags({f"{k}=": v for k, v in value.items()})
+        if why is not None:
+            raise ValueError(why)
         return value
 
 

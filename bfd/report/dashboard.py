@@ -245,17 +245,21 @@ def _run_links(store_root: Path, runs: D.Columns) -> None:
     runs["flow_run_url"] = [_flow_run_url(fid) for fid in runs["flow_run_id"]]
 
 
-def refresh_outputs(store: str, logger: logging.Logger | logging.LoggerAdapter) -> None:
+def refresh_outputs(store: str, logger: logging.Logger | logging.LoggerAdapter) -> str | None:
     """The SQL catalog's snapshot, then the dashboard ``<store>/dashboard``: derived views of
     what is written (a flow auditing many models refreshes them once, at its end), so a
-    failure here is a warning to ``logger``, not a failed audit."""
+    failure here is a warning to ``logger``, not a failed audit. Returns the dashboard's
+    ``index.html`` (absolute) once rebuilt, else None."""
     from bfd.queries import refresh_catalog
 
     try:
         refresh_catalog(store)
-        logger.info("dashboard: %s", build_dashboard(store, f"{store}/dashboard").index)
+        index = os.path.abspath(build_dashboard(store, f"{store}/dashboard").index)
     except Exception as err:  # noqa: BLE001 - derived outputs; the next audit rebuilds them
         logger.warning("catalog or dashboard not refreshed (%s); the next query rebuilds it", err)
+        return None
+    logger.info("dashboard: %s", index)
+    return index
 
 
 def build_dashboard(

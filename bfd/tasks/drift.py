@@ -28,7 +28,8 @@ ARCHITECTURE: Final[tuple[str, ...]] = ("depth", "num_heads", "width")
 DEFAULT_THRESHOLDS: Final[dict[str, Any]] = {
     # absolute change of a fraction (of energy or of sum of squares) that flags
     "fraction": 0.05,
-    # a head whose type changed has delta 1: any threshold below 1 flags it, 1 or more never
+    # a head whose type changed has delta 1: any threshold below 1 flags it, 1 never (above 1
+    # is refused: bfd.flows.params.DriftThresholds)
     "head_type": 0.5,
     # per-metric overrides, e.g. {"frac_pos": 0.02, "f_cc_resid": ...}
     "metrics": {},
