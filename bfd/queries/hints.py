@@ -134,18 +134,15 @@ def _contradiction(store: Store, params: Mapping[str, ParamValue]) -> str | None
     audits' runs is left out of the catalog: that one may be of the model). None when none."""
     given = {k: str(v) for k, v in params.items() if v is not None}
     parts = []
-    if "model" in given and "run_id" in given:
-        model = _first_column(store, "SELECT model FROM runs WHERE run_id = $r",
-                              {"r": given["run_id"]})
-        if model and model[0] != given["model"]:
-            parts.append(f"run_id {given['run_id']!r} is a run of {model[0]}, not of model "
-                         f"{given['model']!r}")
-    if "series" in given and "audit_id" in given:
-        series = _first_column(store, "SELECT series FROM audits WHERE audit_id = $a",
-                               {"a": given["audit_id"]})
-        if series and series[0] != given["series"]:
-            parts.append(f"audit_id {given['audit_id']!r} is an audit of series {series[0]}, "
-                         f"not of series {given['series']!r}")
+    for owner, item, sql, what in (
+            ("model", "run_id", "SELECT model FROM runs WHERE run_id = $v", "a run of"),
+            ("series", "audit_id", "SELECT series FROM audits WHERE audit_id = $v",
+             "an audit of series")):
+        if owner in given and item in given:
+            found = _first_column(store, sql, {"v": given[item]})
+            if found and found[0] != given[owner]:
+                parts.append(f"{item} {given[item]!r} is {what} {found[0]}, not of {owner} "
+                             f"{given[owner]!r}")
     if "series" in given and "model" in given:
         models = _first_column(store, """
             SELECT DISTINCT r.model FROM audits AS a LEFT JOIN runs AS r USING (run_id)
