@@ -1,8 +1,9 @@
 -- compare_models: two models side by side along relative depth (their depths may differ),
 -- each from its latest complete run, whatever its weights, images and img_size (weights_a/_b,
 -- images_a/_b and img_size_a/_b say which, as model_summary: figures of other images or
--- another img_size differ with the models unchanged; compare_runs compares two chosen runs). Relative depth layer / (depth - 1) is cut into `bins`
--- equal bins (bin = floor(layer * bins / (depth - 1)), the last layer joining the last bin).
+-- another img_size differ with the models unchanged; compare_runs compares two chosen runs).
+-- Relative depth layer / (depth - 1) is cut into `bins` equal bins (bin = floor(layer * bins /
+-- (depth - 1)), the last layer joining the last bin).
 -- Per bin and model: n_layers, frac_pos (plain mean over the bin's layers, attn_in) and
 -- f_* (energies summed over the bin's heads, then divided). delta_* = b - a.
 -- Bins where neither model has a layer are left out. The *_adj columns are the same figures
