@@ -903,13 +903,16 @@ def test_damaged_runs_series_are_listed_and_their_points_break_the_line(tmp_path
     assert [s for s, v in zip(symbols, x, strict=True)] == [
         "circle-open", "circle", "circle-open", "circle", "circle-open", "circle", "circle",
         "circle"]
-    text, colors = browser.execute_script(
+    text, colors, pages = browser.execute_script(
         "const t = document.getElementById('metric-f_pp').data[0];"
-        " return [Array.from(t.text), Array.from(t.marker.color)]")
+        " return [Array.from(t.text), Array.from(t.marker.color), Array.from(t.customdata)]")
     for i, audit in ((0, "A4"), (2, "A1"), (4, "A5")):
-        assert text[i].startswith(f"c-{'1' if audit == 'A4' else '2'}00 · audit {audit} · run "
+        run = f"c-{'1' if audit == 'A4' else '2'}00"
+        assert text[i].startswith(f"{run} · audit {audit} · run "
                                   "damaged (a table file fails its check; bfd verify ")
         assert colors[i] == "#b00020"
+        # a click opens its run's page, which says it is damaged (it led nowhere)
+        assert pages[i] == f"{run}.html" and (out / "runs" / pages[i]).is_file()
     assert "damaged" not in text[6] + text[7] and colors[6] == "#0072B2"
     table = table_rows(browser, "series-runs")
     assert [(r["audit_id"], r["damaged"]) for r in table] == [

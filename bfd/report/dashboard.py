@@ -316,6 +316,10 @@ def build_dashboard(
         series = {name: D.columnar(t) for name, t in D.series_data(con).items()}
         series["not_kept"] = D.figures_not_kept(con)
         series["latest_series"] = D.latest_series(con)
+        # the page of each point's run, a damaged run's too (its page says so; not in runs)
+        paged = set(runs["run_id"]) | set(damaged)
+        series["metrics"]["page"] = [page_name(r) if r in paged else None
+                                     for r in series["metrics"]["run_id"]]
         common = {"runs": runs, "has_audits": has_audits}
         series_list = D.columnar(D.series_list(con))
         # the page of each series' latest run: a damaged run (not in runs) has one too

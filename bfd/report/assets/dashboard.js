@@ -846,7 +846,7 @@
               (none ? "" : ": no value kept");
           })).filter(Boolean).join("<br>") || null;
         draw(div, [{ x: x, y: rows.map((m) => (m.gap ? null : m[k])), mode: "lines+markers", name: k, error_y: err,
-          customdata: rows.map((m) => RUN_BY_ID.get(m.run_id)?.page || ""),
+          customdata: rows.map((m) => m.page || ""),
           text: rows.map((m) => (m.gap ? "" : pt(m.run_id + (m.audit_id ? " · audit " + m.audit_id : "") +
             (damaged(m) ? " · run damaged (a table file fails its check; bfd verify " + m.run_id +
               "): left out of SQL, the figures its audit kept, not compared"
