@@ -721,6 +721,51 @@ def test_series_line_breaks_between_two_models_and_unix_steps_read_as_dates(mixe
     x, y, kind, fmt, ticks, _, _ = got["ints"]
     assert (x, y, kind, fmt) == ([100, 200], [0.44, 0.55], "linear", "d")
     assert ticks and all(t.isdigit() for t in ticks)
+    # the layer x step heatmap of mix: a column per audit (m1, m2, m3), each its run's layer
+    # rows; the change against the previous audit, none across the break of the lines (m1 and
+    # m2 are two models), m3 - m2 where the two are one model
+    from bfd.report.data import layer_rows
+
+    with connect(STORE["mixed"]) as con:
+        rows = layer_rows(con).to_pylist()
+    of = {(r["run_id"], r["layer"]): r for r in rows}
+    layers = sorted({r["layer"] for r in rows if r["run_id"] in ("m1", "m2", "m3")})
+    choose_series(browser, "mix")
+    for metric in ("frac_pos", "f_pp"):
+        want = [[of.get((run, layer), {}).get(metric) for run in ("m1", "m2", "m3")]
+                for layer in layers]
+        assert all(v is not None for row in want for v in row[1:])
+        for mode in ("value", "delta"):
+            browser.execute_script(
+                "for (const [id, v] of [['layer-metric-select', arguments[0]],"
+                " ['layer-mode-select', arguments[1]]]) { const s = document.getElementById(id);"
+                " s.value = v; s.dispatchEvent(new Event('change')); }", metric, mode)
+            got = browser.execute_script(
+                "const d = document.getElementById('layer-heatmap').data[0];"
+                " return [Array.from(d.y), d.z.map(r => Array.from(r)), d.zmid ?? null,"
+                " d.customdata[0].map(String)];")
+            assert got[0] == layers and got[3] == [
+                (MIXED_START + dt.timedelta(days=d)).strftime("%Y-%m-%d %H:%M") for d in (0, 1, 2)]
+            if mode == "value":
+                assert got[1] == want and got[2] is None  # the stored values, exactly
+            else:
+                assert got[1] == [[None, None, r[2] - r[1]] for r in want]
+                assert got[2] == 0 and any(r[2] != r[1] for r in want)
+    hover = browser.execute_script(
+        "return document.getElementById('layer-heatmap').data[0].hovertemplate")
+    assert "layer %{y}" in hover and "step %{customdata}" in hover and "Δ f_pp %{z" in hover
+    # the trial: every audit after the first is not comparable with its previous one (or its
+    # drift not compared): values in every column, no delta at all
+    choose_series(browser, "trial")
+    z = browser.execute_script(
+        "return document.getElementById('layer-heatmap').data[0].z.map(r => Array.from(r))")
+    assert len(z[0]) == 5 and all(v is None for row in z for v in row)
+    browser.execute_script(
+        "const s = document.getElementById('layer-mode-select'); s.value = 'value';"
+        " s.dispatchEvent(new Event('change'));")
+    z = browser.execute_script(
+        "return document.getElementById('layer-heatmap').data[0].z.map(r => Array.from(r))")
+    assert all(any(row[i] is not None for row in z) for i in range(5))
 
 
 def test_compare_shows_every_pairs_run_pairs_note(tmp_path, browser):
