@@ -959,6 +959,19 @@ def test_damaged_runs_series_are_listed_and_their_points_break_the_line(tmp_path
     table = table_rows(browser, "series-runs")
     assert [(r["audit_id"], r["damaged"]) for r in table] == [
         ("A4", "yes"), ("A1", "yes"), ("A5", "yes"), ("A2", "no"), ("A3", "no")]
+    # the layer heatmap: no layer rows of a damaged run (its columns empty, said on hover),
+    # no change out of one (A2); A3 against A2, both of c-500: 0 in every layer
+    heat = browser.execute_script(
+        "const d = document.getElementById('layer-heatmap').data[0];"
+        " return [d.z.map(r => Array.from(r)), d.text.map(r => Array.from(r))]")
+    assert heat[0] and all(r[:3] == [None] * 3 and None not in r[3:] for r in heat[0])
+    assert all(t.endswith("run damaged: no layer rows") for r in heat[1] for t in r[:3])
+    browser.execute_script(
+        "const s = document.getElementById('layer-mode-select'); s.value = 'delta';"
+        " s.dispatchEvent(new Event('change'));")
+    z = browser.execute_script(
+        "return document.getElementById('layer-heatmap').data[0].z.map(r => Array.from(r))")
+    assert z == [[None] * 4 + [0.0]] * len(heat[0])
     choose_series(browser, "other")  # one audit, of a damaged run: its point, said damaged
     _, y, _, _, _, symbols, _ = series_plot(browser, "metric-f_pp")
     assert (y, symbols) == ([0.11], ["circle-open"])
