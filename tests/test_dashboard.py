@@ -340,6 +340,29 @@ def test_series_page_without_audits_says_so(tmp_path):
     assert payload["metrics"]["series"] == ["toy_vit · random"]
 
 
+def test_series_page_embeds_its_runs_layer_rows_once(tmp_path):
+    # c-100 is a point of three series, c-200 and c-500 of two audits each (REUSED_AUDITS):
+    # the heatmap's rows are each run's layer rows once (not a copy per audit or series),
+    # its columns only
+    from dashstore import write_reused_audits
+
+    from bfd.report.dashboard import SERIES_LAYER_METRICS
+
+    root = tmp_path / "store"
+    write_reused_audits(root)
+    build_dashboard(root, tmp_path / "site")
+    payload = embedded(tmp_path / "site" / "series.html")
+    with connect(root) as con:
+        rows = D.layer_rows(con).to_pylist()
+    points = set(payload["metrics"]["run_id"])
+    assert points >= {"c-100", "c-200", "c-500"}
+    names = ["run_id", "layer", *(m for m in SERIES_LAYER_METRICS if m in rows[0])]
+    assert names[2:] == list(SERIES_LAYER_METRICS)
+    assert list(payload["layers"]) == names
+    want = [[r[n] for n in names] for r in rows if r["run_id"] in points]
+    assert [list(t) for t in zip(*payload["layers"].values(), strict=True)] == want
+
+
 def test_dashboard_refuses_a_bad_port_before_building(tmp_path, capsys):
     root = tmp_path / "store"
     write_synthetic_run(root, "r-1")

@@ -721,6 +721,51 @@ def test_series_line_breaks_between_two_models_and_unix_steps_read_as_dates(mixe
     x, y, kind, fmt, ticks, _, _ = got["ints"]
     assert (x, y, kind, fmt) == ([100, 200], [0.44, 0.55], "linear", "d")
     assert ticks and all(t.isdigit() for t in ticks)
+    # the layer x step heatmap of mix: a column per audit (m1, m2, m3), each its run's layer
+    # rows; the change against the previous audit, none across the break of the lines (m1 and
+    # m2 are two models), m3 - m2 where the two are one model
+    from bfd.report.data import layer_rows
+
+    with connect(STORE["mixed"]) as con:
+        rows = layer_rows(con).to_pylist()
+    of = {(r["run_id"], r["layer"]): r for r in rows}
+    layers = sorted({r["layer"] for r in rows if r["run_id"] in ("m1", "m2", "m3")})
+    choose_series(browser, "mix")
+    for metric in ("frac_pos", "f_pp"):
+        want = [[of.get((run, layer), {}).get(metric) for run in ("m1", "m2", "m3")]
+                for layer in layers]
+        assert all(v is not None for row in want for v in row[1:])
+        for mode in ("value", "delta"):
+            browser.execute_script(
+                "for (const [id, v] of [['layer-metric-select', arguments[0]],"
+                " ['layer-mode-select', arguments[1]]]) { const s = document.getElementById(id);"
+                " s.value = v; s.dispatchEvent(new Event('change')); }", metric, mode)
+            got = browser.execute_script(
+                "const d = document.getElementById('layer-heatmap').data[0];"
+                " return [Array.from(d.y), d.z.map(r => Array.from(r)), d.zmid ?? null,"
+                " d.customdata[0].map(String)];")
+            assert got[0] == layers and got[3] == [
+                (MIXED_START + dt.timedelta(days=d)).strftime("%Y-%m-%d %H:%M") for d in (0, 1, 2)]
+            if mode == "value":
+                assert got[1] == want and got[2] is None  # the stored values, exactly
+            else:
+                assert got[1] == [[None, None, r[2] - r[1]] for r in want]
+                assert got[2] == 0 and any(r[2] != r[1] for r in want)
+    hover = browser.execute_script(
+        "return document.getElementById('layer-heatmap').data[0].hovertemplate")
+    assert "layer %{y}" in hover and "step %{customdata}" in hover and "Δ f_pp %{z" in hover
+    # the trial: every audit after the first is not comparable with its previous one (or its
+    # drift not compared): values in every column, no delta at all
+    choose_series(browser, "trial")
+    z = browser.execute_script(
+        "return document.getElementById('layer-heatmap').data[0].z.map(r => Array.from(r))")
+    assert len(z[0]) == 5 and all(v is None for row in z for v in row)
+    browser.execute_script(
+        "const s = document.getElementById('layer-mode-select'); s.value = 'value';"
+        " s.dispatchEvent(new Event('change'));")
+    z = browser.execute_script(
+        "return document.getElementById('layer-heatmap').data[0].z.map(r => Array.from(r))")
+    assert all(any(row[i] is not None for row in z) for i in range(5))
 
 
 def test_compare_shows_every_pairs_run_pairs_note(tmp_path, browser):
@@ -917,6 +962,19 @@ def test_damaged_runs_series_are_listed_and_their_points_break_the_line(tmp_path
     table = table_rows(browser, "series-runs")
     assert [(r["audit_id"], r["damaged"]) for r in table] == [
         ("A4", "yes"), ("A1", "yes"), ("A5", "yes"), ("A2", "no"), ("A3", "no")]
+    # the layer heatmap: no layer rows of a damaged run (its columns empty, said on hover),
+    # no change out of one (A2); A3 against A2, both of c-500: 0 in every layer
+    heat = browser.execute_script(
+        "const d = document.getElementById('layer-heatmap').data[0];"
+        " return [d.z.map(r => Array.from(r)), d.text.map(r => Array.from(r))]")
+    assert heat[0] and all(r[:3] == [None] * 3 and None not in r[3:] for r in heat[0])
+    assert all(t.endswith("run damaged: no layer rows") for r in heat[1] for t in r[:3])
+    browser.execute_script(
+        "const s = document.getElementById('layer-mode-select'); s.value = 'delta';"
+        " s.dispatchEvent(new Event('change'));")
+    z = browser.execute_script(
+        "return document.getElementById('layer-heatmap').data[0].z.map(r => Array.from(r))")
+    assert z == [[None] * 4 + [0.0]] * len(heat[0])
     choose_series(browser, "other")  # one audit, of a damaged run: its point, said damaged
     _, y, _, _, _, symbols, _ = series_plot(browser, "metric-f_pp")
     assert (y, symbols) == ([0.11], ["circle-open"])

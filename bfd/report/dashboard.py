@@ -245,6 +245,21 @@ def _run_links(store_root: Path, runs: D.Columns) -> None:
     runs["flow_run_url"] = [_flow_run_url(fid) for fid in runs["flow_run_id"]]
 
 
+# The per-layer metrics the Series page's layer x step heatmap offers (of layer_rows).
+SERIES_LAYER_METRICS: Final[tuple[str, ...]] = ("frac_pos", "frac_pos_resid", "f_pp", "f_pc",
+                                                "f_cp", "f_cc")
+
+
+def _series_layers(layers: D.Columns, run_ids: list[str | None]) -> D.Columns:
+    """The layer rows the Series page's heatmap reads: of the runs of its points only (each
+    run once, however many audits and series it is in), and only the heatmap's columns (the
+    overview's ``layers`` less the columns the page does not show)."""
+    wanted = set(run_ids)
+    keep = [i for i, run_id in enumerate(layers.get("run_id", [])) if run_id in wanted]
+    names = ["run_id", "layer", *(m for m in SERIES_LAYER_METRICS if m in layers)]
+    return {name: [layers[name][i] for i in keep] for name in names}
+
+
 def refresh_outputs(store: str, logger: logging.Logger | logging.LoggerAdapter) -> str | None:
     """The SQL catalog's snapshot, then the dashboard ``<store>/dashboard``: derived views of
     what is written (a flow auditing many models refreshes them once, at its end), so a
@@ -326,6 +341,7 @@ def build_dashboard(
         series_list["latest_page"] = [page_name(run_id) for run_id in series_list["latest_run"]]
         # one row a complete run; the pages derive each pair's same_model and note from them
         shapes = D.columnar(D.run_shapes(con))
+        series["layers"] = _series_layers(layers, series["metrics"]["run_id"])
         generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         site_pages = {
             "index.html": ("overview", {**common, "layers": layers,

@@ -680,6 +680,18 @@
     const numeric = numericKeys(metrics, skip);
     const keys = Object.keys(metrics[0]).filter((k) => (numeric.includes(k) || notKept.includes(k)) &&
       !/_(lo|hi)$/.test(k));
+    const LAYER_METRICS = ["frac_pos", "frac_pos_resid", "f_pp", "f_pc", "f_cp", "f_cc"]
+      .filter((k) => k in (D.layers || {}));
+    const layersOf = layersByRun();
+    const layerState = { metric: LAYER_METRICS[0], mode: "value" };
+    const heat = plotDiv("layer-heatmap", "A per-layer metric of each audit's run, layer against audit " +
+      "step, or its change against the previous audit", "tall");
+    const layerControls = h("div", { class: "controls" },
+      select("layer-metric-select", "metric", LAYER_METRICS.map((k) => [k, k + (k === "frac_pos" ? " (attn_in)" : "")]),
+        layerState.metric, (v) => { layerState.metric = v; drawLayers(); }),
+      select("layer-mode-select", "show", [["value", "value"], ["delta", "change against the previous audit"]],
+        layerState.mode, (v) => { layerState.mode = v; drawLayers(); }));
+    let layerMembers = [];
     const controls = h("div", { class: "controls" },
       select("series-select", "series", names.map((s) => [s, s]), state.series, (v) => { state.series = v; redraw(); }),
       select("x-select", "against", (hasStep ? [["step", "audit step"]] : []).concat([["created_at", "run time"]]),
@@ -705,6 +717,12 @@
       "shows them). In the table, figures audit: what the audit kept; run: the run's current " +
       "figures (a run never audited). Plots with no value in the series are listed in one line " +
       "below the grid, unless drift of their figure was flagged."), grid, emptyLine),
+    section("Layers against step", h("p", { class: "note" },
+      "A per-layer metric (frac_pos at attn_in, frac_pos_resid, energy-weighted f_pp, f_pc, f_cp, f_cc of the " +
+      "layer), a column per audit of the series, from its run's current layer rows (audits keep no per-layer " +
+      "figures). Change: the value less the previous audit's, on a scale centred on 0, none across a break of " +
+      "the lines above (two models, not comparable, not compared, a damaged run) nor where either run did " +
+      "not store the layer."), layerControls, heat),
     tables);
     // Each plot's cell, sized by the grid: a plot drawn while its cell is the grid's only
     // item (auto-fit) would take the whole row; a later change of the cell redraws it.
@@ -742,6 +760,43 @@
     // an audit of a run the catalog left out (damaged: bfd/report/data.py series_data): the
     // figures it kept, its comparisons unknown; no line into it or out of it
     const damaged = (m) => !m.gap && m.damaged === true;
+    // the one rule of a break before the i-th point of a series (its lines and its layer
+    // deltas): runs of two models, an audit not comparable with its previous one or whose drift
+    // was not compared, an audit of a damaged run on either side
+    const breaksBefore = (members, i) => i > 0 && (twoModels(members[i - 1].run_id, members[i].run_id) ||
+      otherInputs(members[i]) || damaged(members[i]) || damaged(members[i - 1]));
+    // Layer x step heatmap: each audit's run's current layer rows (bfd/report/data.py
+    // layer_rows: audits keep no per-layer figures), a column per audit of the series; delta:
+    // the change against the previous audit, none across a break (breaksBefore)
+    function drawLayers() {
+      const members = layerMembers, k = layerState.metric, delta = layerState.mode === "delta";
+      const byLayer = members.map((m) => new Map((layersOf.get(m.run_id) || []).map((l) => [l.layer, l[k]])));
+      const ids = [...new Set(byLayer.flatMap((b) => [...b.keys()]))].sort((a, b) => a - b);
+      const num = (v) => (typeof v === "number" ? v : null);
+      const value = (i, l) => num(byLayer[i].get(l));
+      const z = ids.map((l) => members.map((m, i) => {
+        if (!delta) return value(i, l);
+        const a = i > 0 ? value(i - 1, l) : null, b = value(i, l);
+        return breaksBefore(members, i) || a === null || b === null ? null : b - a;
+      }));
+      const why = (i) => (i === 0 ? "first audit of the series" : damaged(members[i]) || damaged(members[i - 1])
+        ? "an audit of a damaged run" : twoModels(members[i - 1].run_id, members[i].run_id) ? "runs of two models"
+          : notCompared(members[i]) ? "drift not compared: " + members[i].drift_note
+            : otherInputs(members[i]) ? "other inputs than the previous audit's (comparable no)" : "layer not stored in both");
+      const text = ids.map((l, r) => members.map((m, i) => pt(m.run_id + (m.audit_id ? " · audit " + m.audit_id : "") +
+        (z[r][i] !== null ? "" : damaged(m) ? " · run damaged: no layer rows"
+          : delta ? " · no delta: " + why(i) : " · layer not stored"))));
+      const steps = members.map((m) => stepText(m) ?? fmt(m.created_at));
+      draw(heat, ids.length ? [{ type: "heatmap", x: members.map((_, i) => i), y: ids, z: z, text: text,
+        customdata: ids.map(() => steps), colorscale: delta ? "RdBu" : "Viridis", zmid: delta ? 0 : undefined,
+        reversescale: delta, hoverongaps: true, colorbar: { title: { text: delta ? "Δ " + k : k }, thickness: 12 },
+        hovertemplate: `layer %{y}<br>step %{customdata}<br>${delta ? "Δ " : ""}${k} %{z:.4g}<br>%{text}<extra></extra>` }] : [],
+      { xaxis: { title: { text: "audit (step)" }, tickvals: members.map((_, i) => i), ticktext: steps.map(pt) },
+        yaxis: { title: { text: "layer" }, dtick: 1, autorange: "reversed" },
+        height: Math.min(700, 180 + 22 * Math.max(ids.length, 1)),
+        annotations: ids.length ? [] : [{ text: "no layer rows of this series' runs", showarrow: false,
+          xref: "paper", yref: "paper", x: 0.5, y: 0.5 }] });
+    }
     // the audits table: what identifies an audit and its drift check first, then the figures
     function auditColumns(members) {
       const lead = ["audit_id", "step", "run_id", "damaged", "started_at", "n_flagged", "comparable", "drift_note", "figures"];
@@ -777,10 +832,7 @@
       // either side of an audit of a damaged run
       const lines = [];
       members.forEach((m, i) => {
-        if (i > 0 && (twoModels(members[i - 1].run_id, m.run_id) || otherInputs(m) ||
-            damaged(m) || damaged(members[i - 1]))) {
-          lines.push({ gap: true, x: m });
-        }
+        if (breaksBefore(members, i)) lines.push({ gap: true, x: m });
         lines.push(m);
       });
       // steps that are all time steps (isTimeStep: an audit's default step, its start time)
@@ -804,6 +856,8 @@
           Object.assign(xaxis, { type: "date", range: [new Date(t - day).toISOString(), new Date(t + day).toISOString()] });
         }
       }
+      layerMembers = members;
+      drawLayers();
       const rows = lines.map((m) => (m.gap ? { gap: true, [state.x]: m.x[state.x] } : m));
       for (const old of grid.children) sized.unobserve(old);
       // a plot with no value in the series and no drift flagged on it: listed in one line
