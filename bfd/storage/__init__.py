@@ -83,6 +83,7 @@ _EXPORTS: Final[dict[str, str]] = {
     "earlier_spelling": "runs",
     "list_requests": "runs",
     "read_request": "runs",
+    "request_columns": "runs",
     "run_id": "runs",
     "sha256_hex": "runs",
     "write_request": "runs",

@@ -186,6 +186,25 @@ class RunRequest:
         return cls(**kwargs)
 
 
+def request_columns(request: RunRequest) -> dict[str, Any]:
+    """The columns of a ``runs`` row that the run's request alone gives (``runs_row`` of
+    ``bfd.tasks.publish``; ``bfd runs`` of a run not published): ``img_size`` one int (the
+    height of an ``(h, w)`` request), ``sites`` and ``layers`` comma-joined."""
+    size = request.img_size
+    return {
+        "model": request.model,
+        "weights": request.weights,
+        "weights_sha256": request.weights_sha256,
+        "images": request.images,
+        "images_sha256": request.images_sha256,
+        "n_images": request.n_images,
+        "img_size": size if isinstance(size, int) else size[0],
+        "sites": ",".join(request.sites),
+        "layers": ",".join(map(str, request.layers)),
+        "dtype": request.dtype,
+    }
+
+
 def model_slug(model: str) -> str:
     """A path- and SQL-safe prefix for run ids: ``hf-hub:timm/vit_b`` -> ``hf_hub_timm_vit_b``.
 

@@ -14,7 +14,7 @@ from typing import Final
 from .manifest import read_markers
 from .paths import Store, read_json, validate_run_id
 from .recorded import recorded_sha256, sha256_change
-from .runs import RunRequest, is_stats_only, read_request
+from .runs import RunRequest, is_stats_only, read_request, request_columns
 
 # Every shard extracted, nothing published: `bfd decompose` is next (or its decomposition
 # failed or was interrupted).
@@ -82,14 +82,10 @@ _RUN_FIELDS: Final[tuple[str, ...]] = ("model", "weights", "images", "images_sha
 
 
 def _request_fields(request: RunRequest) -> dict:
-    """The ``runs`` columns of an unpublished run, from its request (``img_size`` as
-    bfd/tasks/publish.py writes it: the height of an ``(h, w)`` request)."""
-    size = request.img_size
-    return {"model": request.model, "weights": request.weights, "images": request.images,
-            "images_sha256": request.images_sha256,
-            "img_size": size if isinstance(size, int) else size[0],
-            "n_images": request.n_images, "layers": ",".join(map(str, request.layers)),
-            "sites": ",".join(request.sites)}
+    """The ``runs`` columns of an unpublished run, from its request (``request_columns``, as
+    a published run's row holds them)."""
+    return {name: value for name, value in request_columns(request).items()
+            if name in _RUN_FIELDS}
 
 
 def _damaged(store: Store, run_id: str, damage: str, row: dict | None) -> UnpublishedRun:

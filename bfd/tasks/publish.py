@@ -20,6 +20,7 @@ from bfd.storage import (
     publishing,
     read_image_manifest,
     read_request,
+    request_columns,
 )
 from bfd.tasks.decompose import require_extracted
 
@@ -32,23 +33,13 @@ def runs_row(store: Store, run_id: str, status: str, config: dict,
     attrs = open_activations(store, run_id).attrs
     info = json.loads(attrs.get("model_info", "{}"))
     images = images if images is not None else read_image_manifest(store, run_id)
-    img_size = request.img_size if isinstance(request.img_size, int) else request.img_size[0]
     return {
         "run_id": run_id,
-        "model": request.model,
-        "weights": request.weights,
-        "weights_sha256": request.weights_sha256,
-        "images": request.images,
-        "images_sha256": request.images_sha256,
-        "n_images": request.n_images,
+        **request_columns(request),
         "n_skipped": sum(r.status == "skipped" for r in images),
-        "img_size": img_size,
         "grid_h": info.get("grid", [0, 0])[0],
         "grid_w": info.get("grid", [0, 0])[1],
         "prefix_tokens": info.get("num_prefix_tokens", 0),
-        "sites": ",".join(request.sites),
-        "layers": ",".join(map(str, request.layers)),
-        "dtype": request.dtype,
         "created_at": first_published(store, run_id) or datetime.now(UTC),
         "bfd_version": bfd.__version__,
         "timm_version": attrs.get("timm_version", ""),
