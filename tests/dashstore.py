@@ -195,6 +195,9 @@ REUSED_AUDITS: tuple[tuple[str, str, str, int, int, str, float | None], ...] = (
 REUSED_DRIFT: tuple[tuple[str, str, bool], ...] = (
     ("A2", "frac_pos_resid", True), ("A2", "frac_pos", False), ("A5", "f_pp", True),
     ("A1", "head_type", True))
+# frac_pos_resid_mean kept by an audit: A3 only (the others were written before audits kept
+# it: NULL in their rows), so A2's flagged frac_pos_resid drift lands on a point with no value.
+REUSED_RESID: dict[str, float] = {"A3": 0.61}
 
 
 def head_counts(energy: np.ndarray) -> dict[str, int]:
@@ -209,7 +212,8 @@ def write_reused_audits(root: Path) -> dict[str, dict[str, np.ndarray]]:
     """Runs c-100, c-200, c-500 and u-1 with the ``REUSED_AUDITS`` and ``REUSED_DRIFT``
     written through ``bfd.storage.write_audit``/``write_drift``; returns what each run
     planted. An audit that kept its figures keeps n_layers 3, n_heads 6, its f_pp and
-    f_pc = 1 - f_pp, mean_f_pp = f_pp, its run's head counts per type (the others NULL)."""
+    f_pc = 1 - f_pp, mean_f_pp = f_pp, its run's head counts per type, its ``REUSED_RESID``
+    (the others NULL)."""
     from bfd.storage import write_audit, write_drift
 
     planted = {}
@@ -222,6 +226,7 @@ def write_reused_audits(root: Path) -> dict[str, dict[str, np.ndarray]]:
         start = dt.datetime(2025, 2, day, tzinfo=dt.UTC)
         seen = {} if f_pp is None else {"n_layers": 3, "n_heads": 6, "f_pp": f_pp,
                                         "f_pc": 1 - f_pp, "mean_f_pp": f_pp,
+                                        "frac_pos_resid_mean": REUSED_RESID.get(audit_id),
                                         **head_counts(planted[run_id]["energy"])}
         write_audit(store, {
             "audit_id": audit_id, "series": series, "run_id": run_id, "step": step,

@@ -423,7 +423,7 @@ def test_series_have_one_point_per_complete_audit_with_what_it_saw(tmp_path):
     audited it, once per complete audit, at that audit's step, with the figures that audit
     kept (an old audit: its run's run_summary figures); a run never audited is its own
     ``model · weights`` series with no step; flagged drift names its audit."""
-    from dashstore import REUSED_AUDITS, write_reused_audits
+    from dashstore import REUSED_AUDITS, REUSED_RESID, write_reused_audits
 
 
     root = tmp_path / "store"
@@ -459,9 +459,13 @@ def test_series_have_one_point_per_complete_audit_with_what_it_saw(tmp_path):
         # own, from its layers (resid = 0.8 x)
         assert p["figures"] == ("audit" if p["audit_id"] else "run")
         unkept = {k: p[k] for k in not_kept}
-        assert {"frac_pos_resid_mean", "frac_pos_adj_mean", "f_pp_adj"} <= set(unkept)
+        assert {"frac_pos_adj_mean", "f_pp_adj"} <= set(unkept)
+        assert "frac_pos_resid_mean" not in unkept  # kept by audits (NULL in older rows)
         if p["audit_id"]:
             assert set(unkept.values()) == {None}
+            assert p["frac_pos_resid_mean"] == (  # A4 kept none: its run's, filled
+                REUSED_RESID.get(p["audit_id"]) if kept is not None
+                else summary[p["run_id"]]["frac_pos_resid_mean"])
         else:
             assert p["frac_pos_resid_mean"] == pytest.approx(
                 0.8 * planted[p["run_id"]]["frac_pos"].mean(), rel=1e-12)

@@ -395,14 +395,15 @@ def test_series_page_plots_every_audit_and_crosses_its_flagged_metrics(reused_si
         "return Array.from(document.getElementById('metric-n_heads_cc').data[1].text)") == [
         "drift flagged at audit A1 (step 200): head_type in 1 row, layer 0, largest |delta| 1"
         "<br>position-position -&gt; content-content: 1"]
-    # audits do not keep frac_pos_resid_mean: no point, so no cross for A2's flagged drift
-    # of frac_pos_resid (the drift table lists it); the plot says why, and that it was flagged
+    # frac_pos_resid_mean is kept by A3 only (A4 kept no figure: its run's; A1, A2, A5 are
+    # older rows): A2's flagged frac_pos_resid drift has no point, so the plot says it
     resid = browser.execute_script(
         "const d = document.getElementById('metric-frac_pos_resid_mean');"
         " return [Array.from(d.data[0].y), Array.from(d.data[1].x),"
         " (d.layout.annotations || []).map(a => a.text)]")
-    assert resid == [[None] * 5, [], ["not kept by the audits: see each run's page<br>"
-                                      "drift of frac_pos_resid flagged at audit A2 (step 500)"]]
+    assert resid[0][1:] == [None, None, None, 0.61] and 0 < resid[0][0] < 1
+    assert resid[1:] == [
+        [], ["drift of frac_pos_resid flagged at audit A2 (step 500): no value kept"]]
     # the other empty plots (not kept, no drift flagged) are one line, not a panel each
     assert browser.execute_script("return document.getElementById('metric-f_pp_adj')") is None
     line = browser.find_element("id", "empty-plots").text
@@ -432,7 +433,9 @@ def test_series_page_plots_every_audit_and_crosses_its_flagged_metrics(reused_si
         " return Array.from(t.querySelectorAll('tbody tr'), tr => Object.fromEntries("
         " Array.from(tr.cells, (c, i) => [head[i], c.textContent])))")
     assert [(r["audit_id"], r["figures"], r["frac_pos_resid_mean"], r["f_pp_adj"])
-            for r in table] == [(a, "audit", "–", "–") for a in ("A4", "A1", "A5", "A2", "A3")]
+            for r in table] == [(a, "audit", kept, "–") for a, kept in (
+                ("A4", f"{resid[0][0]:.4f}"), ("A1", "–"), ("A5", "–"), ("A2", "–"),
+                ("A3", "0.6100"))]
     assert plot_x(browser, "metric-frac_pos_mean")[1] == []  # frac_pos was not flagged
     assert plot_x(browser, "metric-mean_f_pp")[1] == [250]
     ys = browser.execute_script(

@@ -381,7 +381,7 @@ def _set_run(root: Path, run_id: str, model: str = "vit_a", **values) -> None:
 
 
 DELTAS = ("delta_f_pp", "delta_f_pc", "delta_f_cp", "delta_f_cc", "delta_frac_pos_mean",
-          "delta_n_heads_pp", "delta_n_heads_cp", "delta_n_heads_cc")
+          "delta_frac_pos_resid_mean", "delta_n_heads_pp", "delta_n_heads_cp", "delta_n_heads_cc")
 
 
 def test_audit_history_orders_audits_and_lags(store):
@@ -407,6 +407,8 @@ def test_audit_history_orders_audits_and_lags(store):
             energy_fractions(new.energy)[i] - energy_fractions(old.energy)[i],
         )
     assert_close(result[1]["delta_frac_pos_mean"], new.frac_pos.mean() - old.frac_pos.mean())
+    assert_close(result[1]["delta_frac_pos_resid_mean"],
+                 new.frac_pos_resid.mean() - old.frac_pos_resid.mean())
     for cls in ("pp", "cp", "cc"):
         change = int((new.head_class == cls).sum()) - int((old.head_class == cls).sum())
         assert result[1][f"delta_n_heads_{cls}"] == change
@@ -624,7 +626,8 @@ def test_one_runs_listing_and_seen_figures_equal_the_whole_stores(store):
         assert seen["results_version"] == ("v2" if run_id == "a-old" else None)
         assert seen["config_json"] == summary[run_id]["config_json"]
         for name, _ in SEEN_FIGURES:  # sums over other rows' order: the last bits differ
-            assert seen[name] == pytest.approx(summary[run_id][name], rel=1e-12), name
+            want = summary[run_id][name]  # frac_pos_resid_mean: NULL without resid
+            assert seen[name] == (want if want is None else pytest.approx(want, rel=1e-12)), name
 
 
 def test_every_query_runs_on_an_empty_store(tmp_path):

@@ -206,9 +206,10 @@ def test_an_audit_keeps_what_it_saw_when_its_run_is_decomposed_again(tmp_path, p
     assert run_cli([*options(images, paths[0], store, 100), "--no-dashboard"], capsys)[0] == 0
     before = run_query(store, "audit_history", {"series": "s"}).to_pylist()
     run_id = before[0]["run_id"]
-    figures = "f_pp, f_pc, f_cp, f_cc, mean_f_pp, frac_pos_mean"
+    figures = "f_pp, f_pc, f_cp, f_cc, mean_f_pp, frac_pos_mean, frac_pos_resid_mean"
     saw = run_sql(store, f"SELECT {figures} FROM audits").to_pylist()
     assert saw == run_sql(store, f"SELECT {figures} FROM run_summary").to_pylist()
+    assert saw[0]["frac_pos_resid_mean"] is not None  # kept by the audit (both sites)
     assert run_cli(["decompose", run_id, "--prefix", "include", "--store", str(store)],
                    capsys)[0] == 0
     now = run_sql(store, f"SELECT {figures} FROM run_summary WHERE run_id = $r",

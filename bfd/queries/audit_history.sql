@@ -63,6 +63,7 @@ history AS (
         p.f_cp AS prev_f_cp,
         p.f_cc AS prev_f_cc,
         p.frac_pos_mean AS prev_frac_pos_mean,
+        p.frac_pos_resid_mean AS prev_frac_pos_resid_mean,
         p.n_heads_pp AS prev_n_heads_pp,
         p.n_heads_cp AS prev_n_heads_cp,
         p.n_heads_cc AS prev_n_heads_cc
@@ -97,6 +98,7 @@ SELECT
     mean_f_cp,
     mean_f_cc,
     frac_pos_mean,
+    frac_pos_resid_mean,
     n_heads_pp,
     n_heads_cp,
     n_heads_cc,
@@ -107,6 +109,8 @@ SELECT
     CASE WHEN same_inputs THEN f_cp - prev_f_cp END AS delta_f_cp,
     CASE WHEN same_inputs THEN f_cc - prev_f_cc END AS delta_f_cc,
     CASE WHEN same_inputs THEN frac_pos_mean - prev_frac_pos_mean END AS delta_frac_pos_mean,
+    CASE WHEN same_inputs THEN frac_pos_resid_mean - prev_frac_pos_resid_mean END
+        AS delta_frac_pos_resid_mean,
     CASE WHEN same_inputs THEN n_heads_pp - prev_n_heads_pp END AS delta_n_heads_pp,
     CASE WHEN same_inputs THEN n_heads_cp - prev_n_heads_cp END AS delta_n_heads_cp,
     CASE WHEN same_inputs THEN n_heads_cc - prev_n_heads_cc END AS delta_n_heads_cc,

@@ -38,6 +38,7 @@ SEEN_FIGURES: Final[tuple[tuple[str, pa.DataType], ...]] = (
     ("n_heads", pa.int64()),
     *((f"{kind}f_{b}", pa.float64()) for kind in ("", "mean_") for b in ("pp", "pc", "cp", "cc")),
     ("frac_pos_mean", pa.float64()),
+    ("frac_pos_resid_mean", pa.float64()),
     *((f"n_heads_{b}", pa.int64()) for b in ("pp", "cp", "cc", "undefined")),
 )
 
