@@ -36,12 +36,12 @@ CHECKPOINTS_SERIES = ("the series these audits extend (default: the model and th
 def add_audit_options(p: argparse.ArgumentParser, series_help: str = AUDIT_SERIES) -> None:
     p.add_argument("--series", help=series_help)
     p.add_argument("--drift-threshold", action="append", default=[], metavar="[METRIC=]VALUE",
-                   help="flag a change larger than VALUE, 0 to 1, since the series' latest "
-                   "earlier audit comparable with this one (audits of another model, other "
-                   "images, N, img_size or --prefix in between are skipped, and said) "
-                   "(default 0.05; every metric is a fraction, head_type 1 when a type "
-                   "changed: 1 flags nothing); METRIC=VALUE sets one metric's (frac_pos, "
-                   "f_cc, head_type, ...); repeatable")
+                   help="flag a change larger than VALUE, 0 to 1 (default 0.05; every metric "
+                   "is a fraction, head_type 1 when a type changed: 1 flags nothing), since "
+                   "the series' latest earlier audit comparable with this one (audits of "
+                   "another model, other images, N, img_size or --prefix between are skipped, "
+                   "and said); METRIC=VALUE sets one metric's (frac_pos, f_cc, head_type, "
+                   "...); repeatable")
     p.add_argument("--fail-on-drift", action="store_true",
                    help="exit with status 3 when any drift is flagged (for CI gates); an "
                    "audit that compared nothing (no earlier audit of the series of this model, "

@@ -204,12 +204,17 @@ def latest_comparable(store: Store, run_after: str,
     """The last of ``earlier`` (runs of earlier audits, each with the decomposition options
     its audit saw, oldest first) that ``run_after`` is comparable with (``not_comparable``
     None), by its index, or None when none is; and, latest first, why each one after it (or
-    each one, when none is) is not: (short, line). The ``runs`` table is read once."""
+    each one, when none is) is not: (short, line). The ``runs`` table is read once. A run
+    missing from it is compared as ``not_comparable`` does only as the last of ``earlier``
+    (the previous audit's, as before): past that one, only a run known comparable is."""
     seen = _run_inputs(store, (run_after, *(run for run, _ in earlier)))
     skipped: list[tuple[str, str]] = []
     for i in range(len(earlier) - 1, -1, -1):
         run_before, seen_before = earlier[i]
         why = _why_not(seen, run_before, run_after, seen_before)
+        if why is None and i < len(earlier) - 1 and run_before not in seen:
+            why = (f"its run {run_before} not in the runs table",
+                   f"previous audit's run {run_before} is not in the runs table")
         if why is None:
             return i, skipped
         skipped.append(why)
