@@ -131,3 +131,32 @@ def test_queries_and_the_series_page_read_the_audit_compared_with(nightly):
              if m["audit_id"] == ids["F"] and "head_type" in m["metrics"]]
     assert marks and "n_heads" not in marks
     assert np.isfinite([h["f_pp"] for h in history]).all()
+
+
+def test_past_the_previous_audit_only_a_run_known_comparable_is_compared_with(nightly):
+    """A run missing from the runs table is compared with as before when it is the previous
+    audit's (nothing says it is not comparable), but never reached past a previous audit not
+    comparable: its results may be gone."""
+    from bfd.tasks.drift import latest_comparable
+
+    root, _ = nightly
+    store = Store(root)
+    assert latest_comparable(store, "r-c", [("r-a", None), ("gone", None)]) == (1, [])
+    at, why = latest_comparable(store, "r-c", [("gone", None), ("r-b", None)])
+    assert at is None and [short for short, _ in why] == [
+        "another decoded N (N 8 -> 16)", "its run gone not in the runs table"]
+    at, why = latest_comparable(store, "r-c", [("r-a", None), ("gone", None), ("r-b", None)])
+    assert at == 0 and len(why) == 2
+
+
+def test_the_audit_report_names_the_audit_compared_with_and_those_skipped(nightly):
+    from bfd.flows.prefect_io import audit_markdown
+
+    root, rows = nightly
+    a, b, c = (rows[k] for k in "ABC")
+    drift = read_drift(Store(root), SERIES, c["audit_id"])
+    text = audit_markdown({**c, "how": "computed"}, {}, [], drift, str(root))
+    assert (f"- audit: `{c['audit_id']}`, compared with: `{a['audit_id']}`") in text
+    assert (f"**1 flagged** of {len(drift)} compared values (reference: audit "
+            f"`{a['audit_id']}`).\nIt is the latest comparable audit: skipped 1 audit not "
+            f"comparable ({b['audit_id']} at step 2: another decoded N (N 8 -> 16)).") in text
