@@ -160,3 +160,29 @@ def test_the_audit_report_names_the_audit_compared_with_and_those_skipped(nightl
     assert (f"**1 flagged** of {len(drift)} compared values (reference: audit "
             f"`{a['audit_id']}`).\nIt is the latest comparable audit: skipped 1 audit not "
             f"comparable ({b['audit_id']} at step 2: another decoded N (N 8 -> 16)).") in text
+
+
+def test_serve_says_the_audit_compared_with_and_those_skipped(nightly):
+    """bfd serve's end line of an audit run reads the store's audits: the audit compared with
+    (its step) and the audits between it and this one, skipped (no reasons: not stored)."""
+    import datetime as dt
+    import types
+
+    from bfd.flows.serve import RunLines
+    from bfd.queries.seen import run_seen
+    from bfd.tasks.audits import audit_row, drift_since_previous
+    from bfd.tasks.drift import DEFAULT_THRESHOLDS
+
+    root, _ = nightly
+    made = []
+    for step, run_id, flow_run in ((1, "r-a", None), (2, "r-b", None), (3, "r-c", "fr-1")):
+        began = dt.datetime(2026, 12, step, tzinfo=dt.UTC)
+        with audit_row(Store(root), "served", step, "schedule", flow_run, began) as row:
+            drift_since_previous(Store(root), row, run_id, DEFAULT_THRESHOLDS,
+                                 run_seen(root, run_id))
+        made.append(row["audit_id"])
+    run = types.SimpleNamespace(parameters={"store": str(root)}, id="fr-1")
+    said = RunLines({}, print)._what_it_did(None, run, types.SimpleNamespace(flow_name="audit"))
+    assert said == (f"audit {made[2]} of series served (step 3): run r-c; drift: 1 value(s) "
+                    f"flagged against audit {made[0]} (step 1), the latest comparable; skipped "
+                    f"1 audit not comparable ({made[1]} at step 2)")
