@@ -369,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_decompose)
 
     s = sub.add_parser("audit", help="extract + decompose + publish one model, as one audit "
-                       "of its series, with drift against the series' previous audit")
+                       "of its series, with drift against the series' latest earlier audit "
+                       "comparable with it (one model, images, N, img_size, --prefix)")
     s.add_argument("--demo", action="store_true",
                    help="offline demo: random-init vit_tiny on the embedded sample images")
     s.add_argument("--no-store-activations", dest="store_activations", action="store_false",

@@ -36,19 +36,22 @@ CHECKPOINTS_SERIES = ("the series these audits extend (default: the model and th
 def add_audit_options(p: argparse.ArgumentParser, series_help: str = AUDIT_SERIES) -> None:
     p.add_argument("--series", help=series_help)
     p.add_argument("--drift-threshold", action="append", default=[], metavar="[METRIC=]VALUE",
-                   help="flag a change since the previous audit larger than VALUE, 0 to 1 "
-                   "(default 0.05; every metric is a fraction, head_type 1 when a type "
-                   "changed: 1 flags nothing); METRIC=VALUE sets one metric's (frac_pos, "
-                   "f_cc, head_type, ...); repeatable")
+                   help="flag a change larger than VALUE, 0 to 1 (default 0.05; every metric "
+                   "is a fraction, head_type 1 when a type changed: 1 flags nothing), since "
+                   "the series' latest earlier audit comparable with this one (audits of "
+                   "another model, other images, N, img_size or --prefix between are skipped, "
+                   "and said); METRIC=VALUE sets one metric's (frac_pos, f_cc, head_type, "
+                   "...); repeatable")
     p.add_argument("--fail-on-drift", action="store_true",
                    help="exit with status 3 when any drift is flagged (for CI gates); an "
-                   "audit that compared nothing (another model, other images, N, ...) passes, "
-                   "with a warning on stderr")
+                   "audit that compared nothing (no earlier audit of the series of this model, "
+                   "images, N, ...) passes, with a warning on stderr")
     p.add_argument("--fail-if-not-compared", action="store_true",
-                   help="exit with status 3 when an audit compared nothing with the previous "
-                   "one (another model, other images, N, ...), the first audit of a series "
-                   "included (it is kept: the next audit compares with it), with one line on "
-                   "stderr saying why; give --fail-on-drift too to fail on flagged drift")
+                   help="exit with status 3 when an audit compared nothing: no earlier audit "
+                   "of its series is comparable (another model, other images, N, ...: said for "
+                   "the previous one), the first audit of a series included (it is kept: later "
+                   "audits compare with it), with one line on stderr saying why; give "
+                   "--fail-on-drift too to fail on flagged drift")
     p.add_argument("--no-dashboard", action="store_true",
                    help="do not rebuild <store>/dashboard after the audit")
 
@@ -195,7 +198,9 @@ def print_flagged(flagged, store: str) -> None:
 
 
 def not_compared(audit: dict) -> str | None:
-    """Why the audit compared nothing with the previous one, in one line; None when it did."""
+    """Why the audit compared nothing (no earlier audit of its series comparable: its
+    ``drift_note``, said of the previous audit; or the first of its series), in one line;
+    None when it compared with one."""
     if audit.get("drift_note"):
         return audit["drift_note"]
     if audit.get("prev_audit_id") is None:
@@ -209,7 +214,9 @@ def drift_exit(n_flagged: int, fail_on_drift: bool, audits: Sequence[dict] = (),
     """Exit status 3 when drift was flagged under ``--fail-on-drift``, or an audit compared
     nothing under ``--fail-if-not-compared`` (one line each on stderr saying why). Else a gate
     under ``--fail-on-drift`` also learns, on stderr, of each audit that compared nothing with
-    a previous audit (its ``drift_note``): it passes, with nothing checked."""
+    any earlier audit (its ``drift_note``): it passes, with nothing checked. An audit
+    compared with an earlier audit than the previous one (those between not comparable with
+    it) is checked like any other (its drift line names those it skipped)."""
     failed = False
     for audit in audits:
         why = not_compared(audit)
@@ -576,7 +583,8 @@ def add_audit_parsers(sub) -> None:
     """The subcommands ``audit-checkpoints`` and ``serve``."""
     s = sub.add_parser("audit-checkpoints", help="audit every checkpoint of a folder or glob "
                        "not yet audited in its series, by the step in each file name "
-                       "(1200, 1e4, 10k; none: by modification time, last)")
+                       "(1200, 1e4, 10k; none: by modification time, last), each with drift "
+                       "against the series' latest comparable audit at or before its step")
     s.add_argument("checkpoints", help="a folder of checkpoint files or a glob")
     cli._add_extract_options(s, weights=False)  # the weights are each checkpoint's
     add_audit_options(s, CHECKPOINTS_SERIES)

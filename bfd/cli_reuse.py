@@ -189,6 +189,6 @@ def record_reused_audit(args: argparse.Namespace, config, store: str, thresholds
         drift_since_previous(s, row, run_id, thresholds.model_dump(), run_seen(store, run_id))
     index = None if args.no_dashboard else refresh_outputs(store, logging.getLogger("bfd.audit"))
     return {**{k: row[k] for k in ("audit_id", "series", "run_id", "step", "prev_audit_id",
-                                   "n_flagged", "drift_note")},
+                                   "n_flagged", "drift_note", "prev_step", "skipped")},
             "reused": True, "repaired": [], "how": run_reuse(), "store": store,
             "results": results_path(s, run_id), "dashboard": index}

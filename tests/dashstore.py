@@ -287,3 +287,86 @@ def write_trial_series(root: Path, series: str, start: dt.datetime) -> list[dict
         write_audit(store, row)
         rows.append(row)
     return rows
+
+
+def write_results_of_tables(root: Path, run_id: str,
+                            shift: dict[tuple[str, int, str], float] | None = None) -> xr.Dataset:
+    """Writes a run's results Dataset from its ``layers`` and ``heads`` tables (as
+    ``write_synthetic_run`` planted them), the variables drift reads (``bfd.tasks.drift
+    .run_metrics``: the layer fractions per site, the head energies, fractions and types), so
+    that drift between two such runs is computed without a model. ``shift``: (site, layer,
+    variable) -> an amount added to that one value of the results (planted drift; the tables
+    keep the value unshifted). Returns the Dataset written."""
+    from bfd.storage import read_run_table
+
+    store = Store(root)
+    layers = read_run_table(store, "layers", run_id).to_pylist()
+    heads = read_run_table(store, "heads", run_id).to_pylist()
+    sites = sorted({r["site"] for r in layers})
+    ids = sorted({r["layer"] for r in layers})
+    n_heads = max(r["head"] for r in heads) + 1
+    fractions = ("frac_pos", "frac_img", "frac_int", "frac_content")
+    values = {name: np.full((len(sites), len(ids)), np.nan) for name in fractions}
+    for r in layers:
+        for name in fractions:
+            values[name][sites.index(r["site"]), ids.index(r["layer"])] = r[name]
+    for (site, layer, name), amount in (shift or {}).items():
+        values[name][sites.index(site), ids.index(layer)] += amount
+    energy = np.zeros((len(ids), n_heads, 4))
+    frac = np.zeros((len(ids), n_heads, 4))
+    per_head = {k: np.zeros((len(ids), n_heads)) for k in ("eff_rank", "eff_rank_sigma",
+                                                            "k90", "mode_coupling")}
+    types = np.full((len(ids), n_heads), "undefined", dtype=object)
+    for r in heads:
+        at = (ids.index(r["layer"]), r["head"])
+        energy[at] = [r[f"e_{b}"] for b in BLOCKS]
+        frac[at] = [r[f"f_{b}"] for b in BLOCKS]
+        types[at] = r["head_type"]
+        for k in per_head:
+            per_head[k][at] = r[k]
+    ds = xr.Dataset(
+        {**{name: (("site", "layer"), v) for name, v in values.items()},
+         "energy": (("layer", "head", "block"), energy),
+         "frac": (("layer", "head", "block"), frac),
+         "head_type": (("layer", "head"), types.astype(str)),
+         **{k: (("layer", "head"), v) for k, v in per_head.items()}},
+        coords={"site": sites, "layer": ids, "head": np.arange(n_heads), "block": list(BLOCKS)})
+    write_results(store, run_id, ds)
+    return ds
+
+
+# A nightly series with ad-hoc audits of other N between (tests/test_drift_series.py): (audit
+# name, run, N it decoded, seed of its planted tables, planted drift of its results). A (N 16),
+# B (N 8, ad hoc), C (N 16: the next night, its tables A's, the frac_pos of layer 0 of its
+# results planted 0.2 higher than A's), D (N 4: the first of its N), E (N 8 again: B's run),
+# F (N 16, another model state: other head types). Audit k is at step k, started on day k of
+# NIGHTLY_START.
+NIGHTLY_AUDITS: tuple[tuple[str, str, int, int, dict | None], ...] = (
+    ("A", "r-a", 16, 1, None), ("B", "r-b", 8, 2, None),
+    ("C", "r-c", 16, 1, {("attn_in", 0, "frac_pos"): 0.2}),
+    ("D", "r-d", 4, 3, None), ("E", "r-b", 8, 2, None), ("F", "r-f", 16, 9, None))
+NIGHTLY_START = dt.datetime(2026, 11, 1, 3, 0, tzinfo=dt.UTC)
+
+
+def write_nightly_series(root: Path, series: str = "nightly") -> dict[str, dict]:
+    """The audits of ``NIGHTLY_AUDITS``, each recorded as the flow records one of an already
+    computed run (``bfd.tasks.audits.audit_row`` and ``drift_since_previous``: which earlier
+    audit it compares with, its drift rows), its run planted (``write_synthetic_run``, results
+    from its tables: ``write_results_of_tables``). Returns each audit's row by name (with
+    what is said, not stored: ``skipped``, ``prev_step``)."""
+    from bfd.queries.seen import run_seen
+    from bfd.tasks.audits import audit_row, drift_since_previous
+    from bfd.tasks.drift import DEFAULT_THRESHOLDS
+
+    rows: dict[str, dict] = {}
+    for step, (name, run_id, n, seed, shift) in enumerate(NIGHTLY_AUDITS, 1):
+        began = NIGHTLY_START + dt.timedelta(days=step)
+        if run_id not in {r["run_id"] for r in rows.values()}:
+            write_synthetic_run(root, run_id, weights=f"night-{run_id}", seed=seed,
+                                n_images=n, created_at=began)
+            write_results_of_tables(root, run_id, shift)
+        with audit_row(Store(root), series, step, "test", None, began) as row:
+            drift_since_previous(Store(root), row, run_id, DEFAULT_THRESHOLDS,
+                                 run_seen(root, run_id))
+        rows[name] = row
+    return rows

@@ -300,8 +300,9 @@ def test_fail_if_not_compared_fails_an_audit_that_compared_nothing(tmp_path, pre
 def test_drift_never_compares_two_models_of_one_series(tmp_path, prefect_harness, capsys):
     """One --series given audits of two models on the same images and layer: test_vit2's
     block 0 is not test_vit's block 0 changing. Nothing is compared or flagged, the note says
-    why, --fail-on-drift passes with its warning and --fail-if-not-compared fails; another
-    random init of the model (other weights of one model) is compared again."""
+    why, --fail-on-drift passes with its warning; test_vit again compares with test_vit's
+    audit, skipping test_vit2's; another random init of the model (other weights of one
+    model) is compared again."""
     store = str(tmp_path / "store")
     common = ["--weights", "random", "--img-size", "32", "--dtype", "float32", "--n-images",
               "3", "--layers", "0", "--series", "s", "--store", store, "--no-dashboard"]
@@ -326,13 +327,15 @@ def test_drift_never_compares_two_models_of_one_series(tmp_path, prefect_harness
                                                       audits[1]["audit_id"]) == []
     history = run_query(store, "audit_history", {"series": "s"}).to_pylist()
     assert [h["comparable"] for h in history] == [None, False]
-    # back to test_vit: against test_vit2, not compared, and the gate for that fails
+    # back to test_vit: compared with its own earlier audit (step 1), test_vit2's skipped and
+    # said; the gate passes (its run reused: the same request as step 1's)
     code, out, err = bfd("--model", "test_vit", "--step", "3", "--fail-if-not-compared")
-    note = read_audits(Store(store), "s")[2]["drift_note"]
-    assert code == 3 and note.startswith("previous audit was of another model (test_vit2, not "
-                                         "test_vit)"), out + err
-    assert [line for line in err.splitlines() if "not compared" in line] == [
-        f"bfd: drift not compared (--fail-if-not-compared): {note}"], err
+    first, second, third = read_audits(Store(store), "s")
+    assert code == 0 and "not compared" not in err, out + err
+    assert (third["prev_audit_id"], third["drift_note"]) == (first["audit_id"], None)
+    assert (f"drift: 0 value(s) flagged against audit {first['audit_id']} (step 1), the latest "
+            f"comparable; skipped 1 audit not comparable ({second['audit_id']} at step 2: "
+            "another model (test_vit2, not test_vit))") in out.splitlines(), out
     # other weights of one model (another seed) are compared: that is what a series is for
     code, out, err = bfd("--model", "test_vit", "--step", "4", "--seed", "1",
                          "--fail-if-not-compared")

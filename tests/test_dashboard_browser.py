@@ -1108,3 +1108,70 @@ def test_a_checkpoint_trial_reads_by_step_type_and_colour(tmp_path, browser):
     build_dashboard(tmp_path / "empty", tmp_path / "empty-site")
     open_page(browser, (tmp_path / "empty-site" / "index.html").as_uri())
     assert "bfd audit --demo" in browser.find_element("id", "no-runs").text
+
+
+def test_an_audit_compared_past_an_ad_hoc_one_is_joined_to_the_audit_it_compared_with(
+        tmp_path, browser):
+    # tests/dashstore.py NIGHTLY_AUDITS: C compared with A (B skipped: another N), E with B
+    # (C and D skipped), F with C (D and E skipped); B and D compared nothing. No solid line
+    # joins consecutive points here (each is another N than the one before, or skipped it);
+    # a dashed line joins each audit to the audit it compared with, its hover names that
+    # audit and the ones skipped; the layer heatmap's change is against that audit too
+    from dashstore import write_nightly_series
+
+    from bfd.queries import connect
+    from bfd.report.data import layer_rows
+
+    root = tmp_path / "store"
+    rows = write_nightly_series(root)
+    build_dashboard(root, tmp_path / "site")
+    open_page(browser, (tmp_path / "site" / "series.html").as_uri())
+    assert_clean(browser, "file://")
+    choose_series(browser, "nightly")
+    names = "ABCDEF"
+    x, y, _, _, _, symbols, _ = series_plot(browser, "metric-f_pp")
+    kept = [rows[k]["f_pp"] for k in names]
+    assert y == [v for k in kept for v in (k, None)][:-1] and x[::2] == [1, 2, 3, 4, 5, 6]
+    assert [s for s, v in zip(symbols, y, strict=True) if v is not None] == [
+        "circle", "circle-open", "circle", "circle-open", "circle", "circle"]
+    links = browser.execute_script(
+        "const t = document.getElementById('metric-f_pp').data[2];"
+        " return [t.name, Array.from(t.x), Array.from(t.y), t.line.dash]")
+    pairs = [("A", "C"), ("B", "E"), ("C", "F")]
+    assert links == ["compared with", [v for a, b in pairs for v in (
+        names.index(a) + 1, names.index(b) + 1, None)], [v for a, b in pairs for v in (
+            rows[a]["f_pp"], rows[b]["f_pp"], None)], "dash"]
+    text = browser.execute_script(
+        "return Array.from(document.getElementById('metric-f_pp').data[0].text)")[::2]
+    ids = {k: rows[k]["audit_id"] for k in names}
+    assert text[2] == (f"r-c · audit {ids['C']} · compared with audit {ids['A']} (step 1), "
+                       f"skipping 1 audit not comparable: {ids['B']}")
+    assert text[5].endswith(f"compared with audit {ids['C']} (step 3), skipping 2 audits not "
+                            f"comparable: {ids['D']}, {ids['E']}")
+    assert "compared with" not in text[0] + text[1] + text[3]
+    # C's drift cross (its planted frac_pos of layer 0) says which audit it was flagged
+    # against, as F's (another model state) does
+    cross = browser.execute_script(
+        "return Array.from(document.getElementById('metric-frac_pos_mean').data[1].text)")
+    assert len(cross) == 2 and cross[0].startswith(
+        f"drift flagged at audit {ids['C']} (step 3): frac_pos in 1 row, layer 0, largest "
+        "|delta| 0.2000")
+    assert cross[0].endswith(f"compared with audit {ids['A']} (step 1), skipping 1 audit not "
+                             f"comparable: {ids['B']}")
+    assert cross[1].startswith(f"drift flagged at audit {ids['F']} (step 6)")
+    assert cross[1].endswith(f"compared with audit {ids['C']} (step 3), skipping 2 audits not "
+                             f"comparable: {ids['D']}, {ids['E']}")
+    # the heatmap's change: each audit less the audit it was compared with
+    with connect(root) as con:
+        of = {(r["run_id"], r["layer"]): r["frac_pos"] for r in layer_rows(con).to_pylist()}
+    browser.execute_script(
+        "for (const [id, v] of [['layer-metric-select', 'frac_pos'],"
+        " ['layer-mode-select', 'delta']]) { const s = document.getElementById(id);"
+        " s.value = v; s.dispatchEvent(new Event('change')); }")
+    z = browser.execute_script(
+        "return document.getElementById('layer-heatmap').data[0].z.map(r => Array.from(r))")
+    runs = [rows[k]["run_id"] for k in names]
+    against = {2: 0, 4: 1, 5: 2}  # C - A, E - B, F - C
+    assert z == [[of[runs[i], layer] - of[runs[against[i]], layer] if i in against else None
+                  for i in range(6)] for layer in range(3)]
+    assert any(z[layer][5] != of[runs[5], layer] - of[runs[4], layer] for layer in range(3))

@@ -37,6 +37,7 @@ from bfd.tasks.audits import (
     check_series,
     computed_run,
     default_series,
+    drift_said,
     drift_since_previous,
     run_reuse,
     time_step,
@@ -171,13 +172,13 @@ def audit(
                     republished=bool(faults))
     logger.info("audit %s: run %s %s, %d drift flag(s); store %s", row["audit_id"], run_id,
                 how, row["n_flagged"], root)
-    if row["drift_note"]:
-        logger.info("drift: %s", row["drift_note"])
+    if row["drift_note"] or row["skipped"]:
+        logger.info("drift: %s", drift_said(row))
     report = {**row, "reused": reused, "repaired": repaired, "how": how}
     publish_artifacts(report, run, layer_summary(Store(root), run_id), rows, root)
     emit_audit_events(row, rows, root)
     index = refresh_outputs(root, dashboard)
     return {**{k: row[k] for k in ("audit_id", "series", "run_id", "step", "prev_audit_id",
-                                   "n_flagged", "drift_note")},
+                                   "n_flagged", "drift_note", "prev_step", "skipped")},
             "reused": reused, "repaired": repaired, "how": how, "store": root,
             "dashboard": index, **written}

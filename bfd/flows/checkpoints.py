@@ -154,7 +154,7 @@ def audit_checkpoints(
              f"{len(done)} new audit(s) of {n_files} file(s) in `{checkpoints}`; store `{root}`.",
              "", "| step | checkpoint | run | drift flags |", "|---|---|---|---|"]
     lines += [f"| {d['step']} | `{os.path.basename(d['checkpoint'])}` | `{d['run_id']}` | "
-              f"{d['n_flagged'] if d['prev_audit_id'] else 'first'} |" for d in done]
+              f"{_flags(d)} |" for d in done]
     create_markdown_artifact("\n".join(lines) + "\n" + _left_out(bad),
                              key=artifact_key("checkpoints", series),
                              description=f"audit-checkpoints of series {series}")
@@ -167,6 +167,19 @@ def as_listed(message: str, path: str) -> str:
     absolute: the load's errors): the left-out lines name each file one way."""
     spelled = input_path(path)
     return message.replace(repr(spelled), repr(path)) if spelled != path else message
+
+
+def _flags(audit: dict) -> str:
+    """An audit's drift flags in the checkpoints' table: the count, against the audit it was
+    compared with where that is not the one before it (``skipped``); ``first`` or ``not
+    compared`` when it compared nothing (its 0 is no pass)."""
+    if audit["prev_audit_id"] is None:
+        return "first"
+    if audit.get("drift_note"):
+        return "not compared"
+    skipped = audit.get("skipped") or []
+    return (f"{audit['n_flagged']} (against `{audit['prev_audit_id']}`, {len(skipped)} "
+            "not comparable skipped)" if skipped else str(audit["n_flagged"]))
 
 
 def _left_out(bad: list[str]) -> str:

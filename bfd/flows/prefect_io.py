@@ -21,6 +21,7 @@ from prefect.events import emit_event
 
 from bfd.storage import Store
 from bfd.storage.paths import DEFAULT_ROOT, STORE_ENV
+from bfd.tasks.audits import skipped_said
 
 STORE_VARIABLE: Final[str] = "bfd_store"
 DRIFT_EVENT: Final[str] = "bfd.drift.detected"
@@ -112,8 +113,9 @@ def _md_table(rows: list[dict], columns: Sequence[str]) -> str:
 
 def audit_markdown(audit: dict, run: dict, profile: list[dict], drift: list[dict],
                    store: str) -> str:
-    """The audit's report: what was audited, the per-layer summary, drift vs the previous
-    audit (flagged rows first) and where the results are."""
+    """The audit's report: what was audited, the per-layer summary, drift vs the audit it was
+    compared with (the previous comparable one; flagged rows first) and where the results
+    are."""
     flagged = [r for r in drift if r["flagged"]]
     how = audit["how"]  # what was computed, in words (bfd.tasks.audits.run_reuse)
     lines = [
@@ -123,14 +125,14 @@ def audit_markdown(audit: dict, run: dict, profile: list[dict], drift: list[dict
         f"- weights: `{run.get('weights')}` (sha256 `{str(run.get('weights_sha256'))[:16]}`)",
         f"- images: `{run.get('images')}`, {run.get('n_images')} images",
         f"- run: `{audit['run_id']}` ({how})",
-        f"- audit: `{audit['audit_id']}`, previous audit: `{audit['prev_audit_id'] or 'none'}`",
+        f"- audit: `{audit['audit_id']}`, compared with: `{audit['prev_audit_id'] or 'none'}`",
         "",
         "## Per-layer summary",
         "",
         _md_table(profile, [c for c in ("layer", "frac_pos", "frac_pos_resid", "f_pp", "f_pc",
                                         "f_cp", "f_cc", "n_heads_pp", "n_heads_cp",
                                         "n_heads_cc") if profile and c in profile[0]]),
-        "## Drift since the previous audit",
+        "## Drift since the previous comparable audit",
         "",
     ]
     if audit["prev_audit_id"] is None:
@@ -140,6 +142,8 @@ def audit_markdown(audit: dict, run: dict, profile: list[dict], drift: list[dict
     else:
         lines.append(f"**{len(flagged)} flagged** of {len(drift)} compared values "
                      f"(reference: audit `{audit['prev_audit_id']}`).")
+        if audit.get("skipped"):  # the later audits of the series, not comparable
+            lines.append(f"It is the latest comparable audit: {skipped_said(audit['skipped'])}.")
         ordered = sorted(drift, key=lambda r: (not r["flagged"], -abs(r["delta"] or 0)))
         lines += ["", _md_table(ordered[:_MAX_ROWS], ["flagged", "layer", "head", "metric",
                                                       "before", "after", "delta",

@@ -333,14 +333,15 @@ class RunLines:
         return line + took + "".join(f"; {s}" for s in said if s)
 
     def _what_it_did(self, client, run, dep) -> str | None:
-        """An audit's run, series and drift (``drift_said``, as ``bfd audit`` says it), or
-        how many checkpoints a run audited: the store's audits of the run and of its subflow
-        runs; None when there are none, or the store cannot be read."""
+        """An audit's run, series and drift (``drift_said``, as ``bfd audit`` says it, with
+        the audits its comparison skipped: ``skipped_audits``), or how many checkpoints a run
+        audited: the store's audits of the run and of its subflow runs; None when there are
+        none, or the store cannot be read."""
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
         from bfd.flows.prefect_io import deployment_store
         from bfd.storage import Store, read_audits
-        from bfd.tasks.audits import drift_said
+        from bfd.tasks.audits import drift_said, skipped_audits
 
         try:
             root, _ = deployment_store((run.parameters or {}).get("store"))
@@ -351,14 +352,19 @@ class RunLines:
                 children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
                     parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])))
                 ids |= {str(r.id) for r in children}
-            audits = [a for a in read_audits(Store(root)) if a["flow_run_id"] in ids]
+            stored = read_audits(Store(root))
+            audits = [a for a in stored if a["flow_run_id"] in ids]
         except Exception:  # noqa: BLE001 - the line says the state alone
             return None
         done = [a for a in audits if a["status"] == "complete"]
         if dep.flow_name == "audit" and len(done) == 1:
             a = done[0]
+            # the audits its comparison skipped as not comparable: those between the two
+            skipped = skipped_audits(stored, a)
+            prev = next((p for p in stored if p["audit_id"] == a["prev_audit_id"]), None)
+            said = drift_said({**a, "skipped": skipped, "prev_step": prev and prev["step"]})
             return (f"audit {a['audit_id']} of series {a['series']} (step {a['step']}): run "
-                    f"{a['run_id']}; drift: {drift_said(a)}")
+                    f"{a['run_id']}; drift: {said}")
         if dep.flow_name == "audit-checkpoints" or done:
             series = sorted({a["series"] for a in done})
             flagged = sum(a["n_flagged"] or 0 for a in done)

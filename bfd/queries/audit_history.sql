@@ -1,25 +1,28 @@
--- audit_history: the audits of a series in series order (step, then start time), each with
--- the model_summary figures of its run as that audit saw them (kept in its audits row: a later
+-- audit_history: the audits of a series in series order (step, then start time), each with the
+-- model_summary figures of its run as that audit saw them (kept in its audits row: a later
 -- decomposition of the run with other options does not change them; audits written before
--- audits kept them show their run's current figures) and their change since its previous
--- audit (delta_* = this - previous; NULL for the first): prev_audit_id, the audit its drift
--- was compared with when it ran (the latest complete audit of the series at or before its
--- step then; an audit backfilled later at a step in between does not change it). An audit that
--- reused its run repeats its figures. series restricts to one series, model to the series of
--- one model (each series is still chained on its own: seeds, checkpoints and fine-tunes of one
--- architecture are never each other's previous audit). comparable: the two runs are of one
--- model (the same timm name less any pretrained tag, depth, num_heads and width; its weights
--- may differ), saw the same images (images_sha256), decoded N, img_size and layers, and were
--- decomposed with the same prefix option; when false the figures are of another model, over
--- other images, another set of layers or other positions, so every delta_* is NULL (not a
--- change of the model); NULL for the first audit of a series. results_version: the published
--- results the audit saw; drift_note: why the audit's drift was not compared with the previous
--- audit (NULL when it was). An audit whose run the catalog left out (a damaged table file or
--- pointer, named on stderr: bfd verify RUN) is still listed, with its run's columns (model,
--- created_at, n_images, n_decoded) NULL and the figures it kept (NULL if it kept none); comparable and
--- every delta_* of it, and of an audit compared with it, are NULL (their inputs are unknown).
--- With model, such an audit is listed in the series that hold an audit of that model's runs.
--- n_images, n_decoded: the images its run requested and decoded (as model_summary).
+-- audits kept them show their run's current figures) and their change since its previous audit
+-- (delta_* = this - previous; NULL for the first): prev_audit_id, the audit its drift was
+-- compared with when it ran (the latest complete audit of the series at or before its step then
+-- whose run was comparable with its own: audits of another model, other images, N, img_size or
+-- prefix option in between were skipped; when none was, the latest, and drift_note says why; an
+-- audit backfilled later at a step in between does not change it), so "previous" is that audit,
+-- not always the row before. An audit that reused its run repeats its figures. series restricts
+-- to one series, model to the series of one model (each series is still chained on its own:
+-- seeds, checkpoints and fine-tunes of one architecture are never each other's previous audit).
+-- comparable: the two runs are of one model (the same timm name less any pretrained tag, depth,
+-- num_heads and width; its weights may differ), saw the same images (images_sha256), decoded N,
+-- img_size and layers, and were decomposed with the same prefix option; when false the figures
+-- are of another model, over other images, another set of layers or other positions, so every
+-- delta_* is NULL (not a change of the model); NULL for the first audit of a series.
+-- results_version: the published results the audit saw; drift_note: why the audit's drift was
+-- not compared (no earlier audit was comparable; said of the previous audit; NULL when it was
+-- compared). An audit whose run the catalog left out (a damaged table file or pointer, named on
+-- stderr: bfd verify RUN) is still listed, with its run's columns (model, created_at, n_images,
+-- n_decoded) NULL and the figures it kept (NULL if it kept none); comparable and every delta_*
+-- of it, and of an audit compared with it, are NULL (their inputs are unknown). With model,
+-- such an audit is listed in the series that hold an audit of that model's runs. n_images,
+-- n_decoded: the images its run requested and decoded (as model_summary).
 -- params: series (optional), model (optional)
 WITH seen AS (
     SELECT

@@ -287,7 +287,8 @@ def drift_marks(drift: pa.Table, changes: pa.Table) -> pa.Table:
 
 def _series_points(con: duckdb.DuckDBPyConnection) -> str:
     """SQL of the points of every series: one per complete audit of a complete run (its
-    series, step and the figures it saw, as ``audit_history``), and one per run never audited
+    series, step, the audit it was compared with (``prev_audit_id``) and the figures it saw,
+    as ``audit_history``), and one per run never audited
     (series ``model · weights``, no step). As ``audit_history``, an audit of a run the catalog
     left out (a damaged table file or pointer: not in ``runs``) is a point too, its
     ``left_out`` true: the figures it kept, its run's columns unknown."""
@@ -295,7 +296,8 @@ def _series_points(con: duckdb.DuckDBPyConnection) -> str:
     unaudited = (
         f"SELECT r.run_id, {_RUN_SERIES} AS series, NULL::VARCHAR AS audit_id,"
         " NULL::BIGINT AS step, NULL::TIMESTAMPTZ AS started_at, NULL::TIMESTAMPTZ AS finished_at,"
-        " NULL::BIGINT AS n_flagged, false AS kept, false AS left_out"
+        " NULL::BIGINT AS n_flagged, NULL::VARCHAR AS prev_audit_id, false AS kept,"
+        " false AS left_out"
         + "".join(f", NULL AS seen_{name}" for name in seen)
         + " FROM runs AS r"
     )
@@ -308,7 +310,9 @@ def _series_points(con: duckdb.DuckDBPyConnection) -> str:
     has_kept = "n_layers" in kept
     audited = (
         "SELECT a.run_id, a.series, a.audit_id, a.step, a.started_at, a.finished_at,"
-        f" a.n_flagged, {'a.n_layers IS NOT NULL' if has_kept else 'false'} AS kept,"
+        f" a.n_flagged, {'a.prev_audit_id' if 'prev_audit_id' in kept else 'NULL'}"
+        " AS prev_audit_id,"
+        f" {'a.n_layers IS NOT NULL' if has_kept else 'false'} AS kept,"
         " r.run_id IS NULL AS left_out"
         + "".join(f", a.{name} AS seen_{name}" if name in kept else f", NULL AS seen_{name}"
                   for name in seen)
@@ -394,9 +398,13 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
     such a point only. ``comparable`` and ``drift_note``
     (after ``n_flagged``) are the audit's in ``audit_history``: whether its figures and its
     previous audit's are of one model over the same inputs, and why its drift check compared
-    nothing (its n_flagged of 0 then means not checked). Head-type changes
-    compare each point's run with the previous point's run of its series (by step, start
-    time, audit id; then creation time), head by head, in the runs' current ``heads``, when
+    nothing (its n_flagged of 0 then means not checked); ``prev_audit_id`` (after them) the
+    audit it was compared with: the latest earlier comparable one, not always the point
+    before it (the audits between not comparable with it). Head-type changes compare each
+    point's run with the run of the audit it was compared with (its ``prev_audit_id``, as its
+    drift rows), or where it names none (a run never audited, an audit that is the first of
+    its series) with the previous point's run of its series (by step, start time, audit id;
+    then creation time), head by head, in the runs' current ``heads``, when
     ``run_pairs`` has no note for the two: one model (as drift: the same name less any
     pretrained tag, depth, num_heads and width) over the same images, img_size and prefix
     option (heads of two models given one series, or types over other images or positions,
@@ -426,13 +434,22 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
     # change is listed against it (unknown), nor across it
     changes = run_sql(con, f"""
         WITH p AS ({_series_points(con)}),
-        ordered AS (
-            SELECT p.series, p.audit_id, p.run_id,
-                lag(p.audit_id) OVER w AS prev_audit_id, lag(p.run_id) OVER w AS prev_run_id
+        points AS (
+            SELECT p.series, p.audit_id, p.run_id, p.prev_audit_id AS compared_with,
+                lag(p.audit_id) OVER w AS before_id, lag(p.run_id) OVER w AS before_run
             FROM p
             LEFT JOIN runs AS s ON s.run_id = p.run_id
             WHERE s.status = 'complete' OR p.left_out
             WINDOW w AS (PARTITION BY p.series ORDER BY {order})
+        ),
+        ordered AS (
+            SELECT o.series, o.audit_id, o.run_id,
+                CASE WHEN o.compared_with IS NULL THEN o.before_id ELSE c.audit_id END
+                    AS prev_audit_id,
+                CASE WHEN o.compared_with IS NULL THEN o.before_run ELSE c.run_id END
+                    AS prev_run_id
+            FROM points AS o
+            LEFT JOIN points AS c ON c.series = o.series AND c.audit_id = o.compared_with
         )
         SELECT o.series, o.prev_audit_id, o.audit_id, o.prev_run_id, o.run_id, h.layer, h.head,
             p.head_type AS before, h.head_type AS after
@@ -466,25 +483,27 @@ _HISTORY_NEEDS: Final[tuple[str, ...]] = (
 
 
 def _with_drift_check(con: duckdb.DuckDBPyConnection, metrics: pa.Table) -> pa.Table:
-    """``metrics`` with ``comparable`` and ``drift_note`` after ``n_flagged``: for an audit's
-    point, the ``audit_history`` values of that audit (comparable: its figures are of one
-    model over the same inputs as its previous audit's, NULL for the first audit of a series
-    or an unknown input; drift_note: why its drift check compared nothing, so its n_flagged
-    of 0 is no pass); NULL for a run never audited, and for every point where the audits
-    table lacks the columns audit_history reads."""
-    found: dict[str, tuple[Any, Any]] = {}
+    """``metrics`` with ``comparable``, ``drift_note`` and ``prev_audit_id`` after
+    ``n_flagged``: for an audit's point, the ``audit_history`` values of that audit
+    (comparable: its figures are of one model over the same inputs as its previous audit's,
+    NULL for the first audit of a series or an unknown input; drift_note: why its drift check
+    compared nothing, so its n_flagged of 0 is no pass; prev_audit_id: the audit it was
+    compared with, the latest earlier comparable one); NULL for a run never audited, and for
+    every point where the audits table lacks the columns audit_history reads."""
+    added = (("comparable", pa.bool_()), ("drift_note", pa.string()),
+             ("prev_audit_id", pa.string()))
+    found: dict[str, tuple[Any, ...]] = {}
     if audits_present(con) and set(_HISTORY_NEEDS) <= set(_column_names(con, "audits")):
         history = run_query(con, "audit_history")
         found = dict(zip(history.column("audit_id").to_pylist(),
-                         zip(history.column("comparable").to_pylist(),
-                             history.column("drift_note").to_pylist(), strict=True),
-                         strict=True))
+                         zip(*(history.column(name).to_pylist() for name, _ in added),
+                             strict=True), strict=True))
     ids = metrics.column("audit_id").to_pylist()
     at = metrics.column_names.index("n_flagged") + 1
-    metrics = metrics.add_column(at, pa.field("comparable", pa.bool_()), pa.array(
-        [found.get(i, (None, None))[0] for i in ids], pa.bool_()))
-    return metrics.add_column(at + 1, pa.field("drift_note", pa.string()), pa.array(
-        [found.get(i, (None, None))[1] for i in ids], pa.string()))
+    for k, (name, kind) in enumerate(added):
+        metrics = metrics.add_column(at + k, pa.field(name, kind), pa.array(
+            [found.get(i, (None,) * len(added))[k] for i in ids], kind))
+    return metrics
 
 
 def latest_series(con: duckdb.DuckDBPyConnection) -> str | None:

@@ -24,7 +24,7 @@ _EXPORTS: Final[dict[str, str]] = {
     "SEEN_FIGURES": "audits",
     "DRIFT_SCHEMA": "audits",
     "new_audit_id": "audits",
-    "previous_audit": "audits",
+    "earlier_audits": "audits",
     "read_audits": "audits",
     "read_drift": "audits",
     "write_audit": "audits",

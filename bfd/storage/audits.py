@@ -198,8 +198,9 @@ def read_drift(store: Store, series: str, audit_id: str | None = None) -> list[d
     return [r for r in rows if audit_id is None or r["audit_id"] == audit_id]
 
 
-def previous_audit(store: Store, series: str, step: int) -> dict[str, Any] | None:
-    """The last complete audit of ``series`` at or before ``step``, or None."""
-    done = [r for r in read_audits(store, series)
+def earlier_audits(store: Store, series: str, step: int) -> list[dict[str, Any]]:
+    """The complete audits of ``series`` at or before ``step``, in series order: those an
+    audit at ``step`` may compare with (``bfd.tasks.audits.compared_audit``: the latest whose
+    run is comparable with its own)."""
+    return [r for r in read_audits(store, series)
             if r["status"] == "complete" and r["step"] <= step]
-    return done[-1] if done else None

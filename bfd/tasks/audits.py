@@ -17,8 +17,8 @@ from bfd.files import WEIGHT_SUFFIXES, check_checkpoint, sha256_file
 from bfd.storage import (
     SEEN_FIGURES,
     Store,
+    earlier_audits,
     new_audit_id,
-    previous_audit,
     read_audits,
     read_request,
     recorded_inputs,
@@ -26,7 +26,7 @@ from bfd.storage import (
     write_drift,
 )
 from bfd.storage.audits import series_folder
-from bfd.tasks.drift import decompose_options_of, drift_rows, not_comparable
+from bfd.tasks.drift import decompose_options_of, drift_rows, latest_comparable
 from bfd.tasks.request_key import key_inputs, key_listing, request_identity
 
 # Decomposition options that do not change the results (where and in what pieces it ran).
@@ -63,15 +63,54 @@ def default_series(model: str, weights: str, seed: int = 0) -> str:
     return f"{model}@{source}"
 
 
+def skipped_said(skipped: Sequence[Mapping[str, Any]]) -> str:
+    """The audits an audit's comparison skipped (``compared_audit``), in words: ``skipped 1
+    audit not comparable (B at step 150: another decoded N (N 16 -> 8))``; each one's reason
+    where it is known (``why``)."""
+    each = [f"{s['audit_id']} at step {s['step']}" + (f": {s['why']}" if s.get("why") else "")
+            for s in skipped]
+    return (f"skipped {len(skipped)} audit{'s' if len(skipped) > 1 else ''} not comparable "
+            f"({'; '.join(each)})")
+
+
 def drift_said(audit: Mapping[str, Any]) -> str:
     """What an audit's drift check found, in the words of ``bfd audit``'s line ``drift: ...``:
     nothing to compare with (the first audit of its series), why nothing was compared (its
-    ``drift_note``), or the number of values flagged against the previous audit."""
+    ``drift_note``), or the number of values flagged against the audit it was compared with
+    (``prev_audit_id``), with the later audits it skipped as not comparable (``skipped``,
+    where the audit's dict holds them: ``compared_audit``, ``skipped_audits``)."""
     if audit.get("prev_audit_id") is None:
         return "first audit of this series, nothing to compare with"
     if audit.get("drift_note"):
         return str(audit["drift_note"])
-    return f"{audit['n_flagged']} value(s) flagged against audit {audit['prev_audit_id']}"
+    said = f"{audit['n_flagged']} value(s) flagged against audit {audit['prev_audit_id']}"
+    skipped = audit.get("skipped")
+    if skipped:
+        step = audit.get("prev_step")
+        said += (f"{f' (step {step})' if step is not None else ''}, the latest comparable; "
+                 f"{skipped_said(skipped)}")
+    return said
+
+
+def skipped_audits(audits: Sequence[Mapping[str, Any]],
+                   audit: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The audits that ``audit``'s comparison skipped as not comparable, from its series'
+    stored audits (``read_audits``, series order): the complete ones after the audit it was
+    compared with (``prev_audit_id``) and before it, that had finished when it did (one
+    audited later at a step in between was not there to skip). No reasons (``why``): what
+    each skipped audit saw is said when the audit runs (``compared_audit``). [] when it
+    compared nothing (``drift_note``) or is the first of its series."""
+    if audit.get("prev_audit_id") is None or audit.get("drift_note"):
+        return []
+    mine = [a for a in audits if a["series"] == audit["series"]]
+    ids = [a["audit_id"] for a in mine]
+    if audit["prev_audit_id"] not in ids or audit["audit_id"] not in ids:
+        return []
+    between = mine[ids.index(audit["prev_audit_id"]) + 1:ids.index(audit["audit_id"])]
+    end = audit.get("finished_at")
+    return [{"audit_id": a["audit_id"], "step": a["step"]} for a in between
+            if a["status"] == "complete"
+            and (end is None or a["finished_at"] is None or a["finished_at"] <= end)]
 
 
 def run_reuse(extracted: Sequence[int] = (), repaired: Sequence[int] = (),
@@ -275,6 +314,7 @@ def audit_row(store: Store, series: str, step: int, trigger: str,
         "audit_id": new_audit_id(started), "series": series, "run_id": None, "step": step,
         "started_at": started, "trigger": trigger, "flow_run_id": flow_run_id,
         "status": "failed", "prev_audit_id": None, "n_flagged": None, "drift_note": None,
+        "prev_step": None, "skipped": [],  # said, not stored (drift_since_previous)
     }
     try:
         yield row
@@ -284,19 +324,54 @@ def audit_row(store: Store, series: str, step: int, trigger: str,
             write_audit(store, row)
 
 
+def _seen_options(audit: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The decomposition options an audit saw (None: one that did not keep them)."""
+    return json.loads(audit["decompose_json"]) if audit.get("decompose_json") else None
+
+
+def compared_audit(store: Store, series: str, step: int, run_id: str,
+                   ) -> tuple[dict[str, Any] | None, str | None, list[dict[str, Any]]]:
+    """The audit that an audit of ``run_id`` at ``step`` of ``series`` compares with: the
+    latest complete audit of the series at or before ``step`` (series order) whose run is
+    comparable with ``run_id`` (``bfd.tasks.drift.not_comparable`` None, with that audit's
+    own decomposition options), so that an audit of another N, other images or another
+    model in between (an ad-hoc audit) does not leave the next one uncompared.
+
+    Returns:
+        That audit, None (comparable) and the audits after it that were skipped, in series
+        order (``audit_id``, ``step`` and ``why``, in short); when no earlier audit is
+        comparable, the latest, why it is not (``drift_note``: nothing is compared) and [];
+        (None, None, []) for the first audit of a series.
+    """
+    done = earlier_audits(store, series, step)
+    if not done:
+        return None, None, []
+    at, why = latest_comparable(store, run_id, [(r["run_id"], _seen_options(r)) for r in done])
+    if at is None:
+        return done[-1], why[0][1], []
+    later = done[at + 1:]
+    skipped = [{"audit_id": r["audit_id"], "step": r["step"], "why": short}
+               for r, (short, _) in zip(later, reversed(why), strict=True)]
+    return done[at], None, skipped
+
+
 def drift_since_previous(store: Store, row: dict[str, Any], run_id: str,
                          thresholds: Mapping[str, Any],
                          seen: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Completes an audit's ``row`` (``audit_row``) with its run: what the audit saw of it
     (``seen``: ``bfd.queries.seen.run_seen`` of the run, kept as its results version,
-    decomposition options and ``SEEN_FIGURES``), the drift rows against the previous complete
-    audit of its series (written as that audit's ``drift`` file; none for a series' first
-    audit), its flag count and status ``complete``.
+    decomposition options and ``SEEN_FIGURES``), the drift rows against the latest earlier
+    complete audit of its series whose run is comparable (``compared_audit``; written as
+    this audit's ``drift`` file; none for a series' first audit), its flag count and status
+    ``complete``. ``prev_audit_id`` names the audit compared with; ``row["skipped"]`` (the
+    later audits passed over, each with why) and ``row["prev_step"]`` are said, not stored
+    (``drift_said``; the skipped ones are the audits between the two in series order).
 
-    When the two audits' figures are not comparable (``not_comparable``: another model, other
-    images, decoded N or img_size, another prefix option, or the previous audit's run
-    decomposed again with another since), nothing is compared: no drift rows, 0 flagged, and
-    ``row["drift_note"]`` says why in one line.
+    When no earlier audit is comparable (``not_comparable``: another model, other images,
+    decoded N or img_size, another prefix option, or the previous audit's run decomposed
+    again with another since), nothing is compared: no drift rows, 0 flagged,
+    ``prev_audit_id`` the previous audit and ``row["drift_note"]`` why it is not comparable,
+    in one line.
 
     Returns:
         The drift rows written.
@@ -305,13 +380,12 @@ def drift_since_previous(store: Store, row: dict[str, Any], run_id: str,
     row.update(run_id=run_id, results_version=seen["results_version"],
                decompose_json=json.dumps(options, sort_keys=True),
                **{name: seen[name] for name, _ in SEEN_FIGURES})
-    prev = previous_audit(store, row["series"], row["step"])
+    prev, note, skipped = compared_audit(store, row["series"], row["step"], run_id)
+    row.update(prev_audit_id=None if prev is None else prev["audit_id"],
+               prev_step=None if prev is None else prev["step"], drift_note=note,
+               skipped=skipped)
     rows: list[dict[str, Any]] = []
-    if prev is not None:
-        row["prev_audit_id"] = prev["audit_id"]
-        saw = json.loads(prev["decompose_json"]) if prev.get("decompose_json") else None
-        row["drift_note"] = not_comparable(store, prev["run_id"], run_id, saw)
-    if prev is not None and row["drift_note"] is None:
+    if prev is not None and note is None:
         rows = [{"audit_id": row["audit_id"], "prev_audit_id": prev["audit_id"], **r}
                 for r in drift_rows(store, prev["run_id"], run_id, thresholds)]
         write_drift(store, row["series"], row["audit_id"], rows)

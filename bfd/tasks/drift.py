@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from bfd.storage import Store
@@ -126,17 +126,55 @@ def _other_model(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
     return f"{a['model']} of {shape(a)}, not of {shape(b)}"
 
 
-def _run_inputs(store: Store, run_ids: tuple[str, str]) -> dict[str, dict[str, Any]]:
+def _run_inputs(store: Store, run_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
     """What each run saw: its model (name and ``ARCHITECTURE``), images_sha256, its decoded N,
     img_size and the prefix option of its published decomposition (``runs`` table)."""
     from bfd.storage import read_table
 
+    wanted = set(run_ids)
     rows = read_table(store, "runs").to_pylist()
     return {r["run_id"]: {"model": r["model"], **{k: r.get(k) for k in ARCHITECTURE},
                           "sha": r["images_sha256"], "img_size": r["img_size"],
                           "n": (r["n_images"] or 0) - (r["n_skipped"] or 0),
                           "prefix": _prefix(decompose_options_of(r.get("config_json")))}
-            for r in rows if r["run_id"] in run_ids and r["status"] == "complete"}
+            for r in rows if r["run_id"] in wanted and r["status"] == "complete"}
+
+
+def _why_not(seen: Mapping[str, dict[str, Any]], run_before: str, run_after: str,
+             seen_before: Mapping[str, Any] | None) -> tuple[str, str] | None:
+    """``not_comparable`` of two runs given what each saw (``_run_inputs``): None, or why, in
+    short (the clause ``compared_audit`` names a skipped audit by) and as its one line."""
+    if run_before not in seen or run_after not in seen:
+        return None
+    a, b = seen[run_before], seen[run_after]
+    if not same_model(a, b):
+        return (f"another model ({_other_model(a, b)})",
+                f"previous audit was of another model ({_other_model(a, b)}); not compared: "
+                "layers and heads of two models are no change of one (`bfd query "
+                "compare_models` compares models)")
+    saw = _prefix(seen_before) if seen_before is not None else a["prefix"]
+    if saw != b["prefix"]:
+        return (f"shares over other positions (--prefix {saw}, not {b['prefix']})",
+                f"previous audit's shares were decomposed with --prefix {saw}, this audit's "
+                f"with --prefix {b['prefix']}; not compared: they are shares over other "
+                "positions")
+    if a["prefix"] != saw:
+        return (f"its run {run_before} decomposed again with --prefix {a['prefix']} since",
+                f"previous audit's run {run_before} has been decomposed again with --prefix "
+                f"{a['prefix']} since that audit (it saw --prefix {saw}); not compared: "
+                f"`bfd decompose {run_before} --prefix {saw}` restores what it saw")
+    if run_before == run_after:
+        return None
+    if (a["sha"], a["n"], a["img_size"]) == (b["sha"], b["n"], b["img_size"]):
+        return None
+    what = ("other images" if a["sha"] != b["sha"] else
+            "another decoded N" if a["n"] != b["n"] else "another img_size")
+    changes = [f"{name} {x} -> {y}" for name, x, y in (
+        ("images", (a["sha"] or "?")[:12], (b["sha"] or "?")[:12]), ("N", a["n"], b["n"]),
+        ("img_size", a["img_size"], b["img_size"])) if x != y]
+    return (f"{what} ({', '.join(changes)})",
+            f"previous audit used {what} ({', '.join(changes)}); not compared: raw "
+            "shares change with the images, not only with the model")
 
 
 def not_comparable(store: Store, run_before: str, run_after: str,
@@ -155,33 +193,32 @@ def not_comparable(store: Store, run_before: str, run_after: str,
     that did not keep them, taken as the run's current ones). A run missing from the ``runs``
     table is compared as before.
     """
-    seen = _run_inputs(store, (run_before, run_after))
-    if run_before not in seen or run_after not in seen:
-        return None
-    a, b = seen[run_before], seen[run_after]
-    if not same_model(a, b):
-        return (f"previous audit was of another model ({_other_model(a, b)}); not compared: "
-                "layers and heads of two models are no change of one (`bfd query "
-                "compare_models` compares models)")
-    saw = _prefix(seen_before) if seen_before is not None else a["prefix"]
-    if saw != b["prefix"]:
-        return (f"previous audit's shares were decomposed with --prefix {saw}, this audit's with "
-                f"--prefix {b['prefix']}; not compared: they are shares over other positions")
-    if a["prefix"] != saw:
-        return (f"previous audit's run {run_before} has been decomposed again with --prefix "
-                f"{a['prefix']} since that audit (it saw --prefix {saw}); not compared: "
-                f"`bfd decompose {run_before} --prefix {saw}` restores what it saw")
-    if run_before == run_after:
-        return None
-    if (a["sha"], a["n"], a["img_size"]) == (b["sha"], b["n"], b["img_size"]):
-        return None
-    what = ("other images" if a["sha"] != b["sha"] else
-            "another decoded N" if a["n"] != b["n"] else "another img_size")
-    changes = [f"{name} {x} -> {y}" for name, x, y in (
-        ("images", (a["sha"] or "?")[:12], (b["sha"] or "?")[:12]), ("N", a["n"], b["n"]),
-        ("img_size", a["img_size"], b["img_size"])) if x != y]
-    return (f"previous audit used {what} ({', '.join(changes)}); not compared: raw "
-            "shares change with the images, not only with the model")
+    why = _why_not(_run_inputs(store, (run_before, run_after)), run_before, run_after,
+                   seen_before)
+    return None if why is None else why[1]
+
+
+def latest_comparable(store: Store, run_after: str,
+                      earlier: Sequence[tuple[str, Mapping[str, Any] | None]],
+                      ) -> tuple[int | None, list[tuple[str, str]]]:
+    """The last of ``earlier`` (runs of earlier audits, each with the decomposition options
+    its audit saw, oldest first) that ``run_after`` is comparable with (``not_comparable``
+    None), by its index, or None when none is; and, latest first, why each one after it (or
+    each one, when none is) is not: (short, line). The ``runs`` table is read once. A run
+    missing from it is compared as ``not_comparable`` does only as the last of ``earlier``
+    (the previous audit's, as before): past that one, only a run known comparable is."""
+    seen = _run_inputs(store, (run_after, *(run for run, _ in earlier)))
+    skipped: list[tuple[str, str]] = []
+    for i in range(len(earlier) - 1, -1, -1):
+        run_before, seen_before = earlier[i]
+        why = _why_not(seen, run_before, run_after, seen_before)
+        if why is None and i < len(earlier) - 1 and run_before not in seen:
+            why = (f"its run {run_before} not in the runs table",
+                   f"previous audit's run {run_before} is not in the runs table")
+        if why is None:
+            return i, skipped
+        skipped.append(why)
+    return None, skipped
 
 
 def drift_rows(store: Store, run_before: str, run_after: str,

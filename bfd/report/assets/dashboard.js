@@ -685,11 +685,11 @@
     const layersOf = layersByRun();
     const layerState = { metric: LAYER_METRICS[0], mode: "value" };
     const heat = plotDiv("layer-heatmap", "A per-layer metric of each audit's run, layer against audit " +
-      "step, or its change against the previous audit", "tall");
+      "step, or its change against the audit it was compared with", "tall");
     const layerControls = h("div", { class: "controls" },
       select("layer-metric-select", "metric", LAYER_METRICS.map((k) => [k, k + (k === "frac_pos" ? " (attn_in)" : "")]),
         layerState.metric, (v) => { layerState.metric = v; drawLayers(); }),
-      select("layer-mode-select", "show", [["value", "value"], ["delta", "change against the previous audit"]],
+      select("layer-mode-select", "show", [["value", "value"], ["delta", "change against the audit compared with"]],
         layerState.mode, (v) => { layerState.mode = v; drawLayers(); }));
     let layerMembers = [];
     const controls = h("div", { class: "controls" },
@@ -707,7 +707,9 @@
       "The line breaks between consecutive " +
       "points whose runs are of two models (run_pairs.same_model false), and before an audit whose figures " +
       "are of other inputs than its previous audit's (other images, decoded N, layers or positions: " +
-      "comparable no). An open grey circle: an audit whose drift check compared nothing (its drift_note " +
+      "comparable no). A dashed line joins an audit to the audit its drift was compared with where that " +
+      "is not the point before it: the latest earlier audit comparable with it, the audits between " +
+      "(another model, images, N, ...) skipped. An open grey circle: an audit whose drift check compared nothing (its drift_note " +
       "says why): its 0 flagged means not checked, not no drift. An open red circle, no line into it or " +
       "out of it: an audit of a damaged run (left out of SQL: bfd verify RUN), the figures it kept, " +
       "compared with nothing. Steps that are all Unix " +
@@ -720,9 +722,9 @@
     section("Layers against step", h("p", { class: "note" },
       "A per-layer metric (frac_pos at attn_in, frac_pos_resid, energy-weighted f_pp, f_pc, f_cp, f_cc of the " +
       "layer), a column per audit of the series, from its run's current layer rows (audits keep no per-layer " +
-      "figures). Change: the value less the previous audit's, on a scale centred on 0, none across a break of " +
-      "the lines above (two models, not comparable, not compared, a damaged run) nor where either run did " +
-      "not store the layer."), layerControls, heat),
+      "figures). Change: the value less that of the audit it was compared with (the previous comparable " +
+      "audit, as its drift), on a scale centred on 0, none where the lines above do not join the two (two " +
+      "models, not comparable, not compared, a damaged run) nor where either run did not store the layer."), layerControls, heat),
     tables);
     // Each plot's cell, sized by the grid: a plot drawn while its cell is the grid's only
     // item (auto-fit) would take the whole row; a later change of the cell redraws it.
@@ -760,14 +762,41 @@
     // an audit of a run the catalog left out (damaged: bfd/report/data.py series_data): the
     // figures it kept, its comparisons unknown; no line into it or out of it
     const damaged = (m) => !m.gap && m.damaged === true;
-    // the one rule of a break before the i-th point of a series (its lines and its layer
-    // deltas): runs of two models, an audit not comparable with its previous one or whose drift
-    // was not compared, an audit of a damaged run on either side
-    const breaksBefore = (members, i) => i > 0 && (twoModels(members[i - 1].run_id, members[i].run_id) ||
-      otherInputs(members[i]) || damaged(members[i]) || damaged(members[i - 1]));
+    // the point the i-th point of a series is compared with: the audit its drift was compared
+    // with (prev_audit_id: the latest earlier audit comparable with it, so not the point
+    // before it when the audits between were of another model, images, N, ...), else (a run
+    // never audited, an audit naming none) the point before it; -1 for the first
+    function refOf(members, i) {
+      const id = members[i].prev_audit_id;
+      const j = id === null || id === undefined ? -1 : members.findIndex((m) => m.audit_id === id);
+      return j >= 0 && j < i ? j : i - 1;
+    }
+    // the one rule of no line and no layer delta from point j to point i: runs of two models,
+    // an audit not comparable with its previous one or whose drift was not compared, an audit
+    // of a damaged run on either side
+    const linkBroken = (members, j, i) => twoModels(members[j].run_id, members[i].run_id) ||
+      otherInputs(members[i]) || damaged(members[i]) || damaged(members[j]);
+    // the audits the i-th point's comparison skipped (those between it and its refOf)
+    const skippedOf = (members, i) => (i > 0 ? members.slice(refOf(members, i) + 1, i) : []);
+    // a break before the i-th point of the line: no link from the point before it, or the
+    // point is compared with an earlier one (joined to it by a dashed line instead)
+    const breaksBefore = (members, i) => i > 0 && (skippedOf(members, i).length > 0 ||
+      linkBroken(members, i - 1, i));
+    // what a point compared with an earlier point than the one before it says: which audit,
+    // and the audits skipped as not comparable with it ("" for any other point)
+    function comparedText(members, i) {
+      const skipped = skippedOf(members, i);
+      if (!skipped.length || linkBroken(members, refOf(members, i), i)) return "";
+      const ref = members[refOf(members, i)];
+      return " · compared with audit " + ref.audit_id + (ref.step !== null && ref.step !== undefined
+        ? " (step " + stepText(ref) + ")" : "") + ", skipping " + skipped.length +
+        (skipped.length === 1 ? " audit" : " audits") + " not comparable: " +
+        skipped.map((m) => m.audit_id).join(", ");
+    }
     // Layer x step heatmap: each audit's run's current layer rows (bfd/report/data.py
     // layer_rows: audits keep no per-layer figures), a column per audit of the series; delta:
-    // the change against the previous audit, none across a break (breaksBefore)
+    // the change against the audit it was compared with (refOf: the previous comparable
+    // audit), none where no line joins the two (linkBroken)
     function drawLayers() {
       const members = layerMembers, k = layerState.metric, delta = layerState.mode === "delta";
       const byLayer = members.map((m) => new Map((layersOf.get(m.run_id) || []).map((l) => [l.layer, l[k]])));
@@ -776,15 +805,20 @@
       const value = (i, l) => num(byLayer[i].get(l));
       const z = ids.map((l) => members.map((m, i) => {
         if (!delta) return value(i, l);
-        const a = i > 0 ? value(i - 1, l) : null, b = value(i, l);
-        return breaksBefore(members, i) || a === null || b === null ? null : b - a;
+        const j = refOf(members, i);
+        const a = i > 0 ? value(j, l) : null, b = value(i, l);
+        return i === 0 || linkBroken(members, j, i) || a === null || b === null ? null : b - a;
       }));
-      const why = (i) => (i === 0 ? "first audit of the series" : damaged(members[i]) || damaged(members[i - 1])
-        ? "an audit of a damaged run" : twoModels(members[i - 1].run_id, members[i].run_id) ? "runs of two models"
-          : notCompared(members[i]) ? "drift not compared: " + members[i].drift_note
-            : otherInputs(members[i]) ? "other inputs than the previous audit's (comparable no)" : "layer not stored in both");
+      const why = (i) => {
+        if (i === 0) return "first audit of the series";
+        const j = refOf(members, i);
+        return damaged(members[i]) || damaged(members[j]) ? "an audit of a damaged run"
+          : twoModels(members[j].run_id, members[i].run_id) ? "runs of two models"
+            : notCompared(members[i]) ? "drift not compared: " + members[i].drift_note
+              : otherInputs(members[i]) ? "other inputs than the previous audit's (comparable no)" : "layer not stored in both";
+      };
       const text = ids.map((l, r) => members.map((m, i) => pt(m.run_id + (m.audit_id ? " · audit " + m.audit_id : "") +
-        (z[r][i] !== null ? "" : damaged(m) ? " · run damaged: no layer rows"
+        (z[r][i] !== null ? (delta ? comparedText(members, i) : "") : damaged(m) ? " · run damaged: no layer rows"
           : delta ? " · no delta: " + why(i) : " · layer not stored"))));
       const steps = members.map((m) => stepText(m) ?? fmt(m.created_at));
       draw(heat, ids.length ? [{ type: "heatmap", x: members.map((_, i) => i), y: ids, z: z, text: text,
@@ -889,6 +923,11 @@
         const markOf = (m) => (m.audit_id === null || m.audit_id === undefined ? undefined
           : mine.find((d) => d.audit_id === m.audit_id));
         const hit = rows.filter((m) => typeof m[k] === "number" && markOf(m));
+        // a dashed line from the audit a point was compared with to the point, where that is
+        // an earlier point than the one before it (the audits between not comparable with it)
+        const links = members.map((m, i) => [members[refOf(members, i)], m, i])
+          .filter(([, m, i]) => comparedText(members, i) && typeof m[k] === "number" &&
+            typeof members[refOf(members, i)][k] === "number").map(([a, b]) => [a, b]);
         const unplaced = mine.filter((d) => !rows.some((m) => m.audit_id === d.audit_id && typeof m[k] === "number"));
         const none = !hasValue(k);
         const missing = [none ? (notKept.includes(k) && rows.some((m) => m.figures === "audit")
@@ -905,14 +944,19 @@
             (damaged(m) ? " · run damaged (a table file fails its check; bfd verify " + m.run_id +
               "): left out of SQL, the figures its audit kept, not compared"
               : notCompared(m) ? " · drift not compared: " + m.drift_note
-                : otherInputs(m) ? " · figures of other inputs than its previous audit's (comparable no)" : "")))),
+                : otherInputs(m) ? " · figures of other inputs than its previous audit's (comparable no)"
+                  : comparedText(members, members.indexOf(m)))))),
           marker: { symbol: rows.map((m) => (damaged(m) || notCompared(m) ? "circle-open" : "circle")),
             color: rows.map((m) => (damaged(m) ? "#b00020" : notCompared(m) ? "#777" : "#0072B2")),
             size: rows.map((m) => (damaged(m) || notCompared(m) ? 10 : 6)) },
           line: { color: "#0072B2" }, hovertemplate: `%{text}<br>${k} %{y:.4g}<extra></extra>` },
         { x: hit.map(xOf), y: hit.map((m) => m[k]), mode: "markers", name: "drift flagged",
-          marker: { symbol: "x", size: 12, color: "#D55E00" }, text: hit.map((m) => markText(markOf(m), m)),
-          hovertemplate: "%{text}<extra></extra>" }],
+          marker: { symbol: "x", size: 12, color: "#D55E00" },
+          text: hit.map((m) => markText(markOf(m), m) + pt(comparedText(members, members.indexOf(m)))),
+          hovertemplate: "%{text}<extra></extra>" }].concat(links.length ? [
+        { x: links.flatMap(([a, b]) => [xOf(a), xOf(b), null]),
+          y: links.flatMap(([a, b]) => [a[k], b[k], null]), mode: "lines", name: "compared with",
+          line: { color: "#0072B2", dash: "dash", width: 1.5 }, hoverinfo: "skip" }] : []),
         { title: { text: k, font: { size: 13 }, x: 0.02, xanchor: "left" }, showlegend: false, height: 260, xaxis: xaxis,
           margin: { l: 55, r: 10, t: 35, b: 55 }, annotations: missing ? [{ text: missing, showarrow: false,
             xref: "paper", yref: "paper", x: 0.5, y: 0.5 }] : [] });
@@ -923,7 +967,7 @@
         section("Drift flags", D.has_audits ? dataTable("drift-table", "flagged drift", flagged,
           driftColumns(flagged), { csvKeys: Object.keys(D.drift || {}) })
           : empty("No audits recorded yet.")),
-        section("Head-type changes between consecutive audits",
+        section("Head-type changes against the audit compared with",
           dataTable("changes-table", "head-type changes", changes.filter((c) => c.series === state.series),
             changeColumns(), { csvKeys: Object.keys(D.head_type_changes || {}) })),
         section("Audits of the series", dataTable("series-runs", "audits of the series", members,

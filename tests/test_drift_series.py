@@ -1,0 +1,188 @@
+"""Which earlier audit an audit's drift compares with: the latest complete audit of its series,
+at or before its step, whose run is comparable with its own (bfd.tasks.audits.compared_audit),
+so that an ad-hoc audit of another N in a nightly series does not leave the next night's
+audit uncompared. Runs are planted straight into a store's tables (tests/dashstore.py), their
+results Datasets written from those tables: no model, no extraction, no Prefect."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from dashstore import write_nightly_series
+
+from bfd.cli_audits import drift_exit, not_compared, print_audit
+from bfd.queries import connect, run_query
+from bfd.storage import Store, read_audits, read_drift, read_run_table
+from bfd.tasks.audits import drift_said, skipped_audits
+
+SERIES = "nightly"
+NOTE_TAIL = "; not compared: raw shares change with the images, not only with the model"
+
+
+@pytest.fixture(scope="module")
+def nightly(tmp_path_factory):
+    """tests/dashstore.py NIGHTLY_AUDITS: A (N 16), B (N 8, ad hoc), C (N 16, frac_pos of
+    layer 0 planted 0.2 higher than A's), D (N 4), E (N 8: B's run), F (N 16, other heads)."""
+    root = tmp_path_factory.mktemp("nightly") / "store"
+    return root, write_nightly_series(root, SERIES)
+
+
+def test_an_audit_compares_with_the_latest_comparable_one_skipping_an_ad_hoc_audit(
+        nightly, capsys):
+    root, rows = nightly
+    a, b, c = (rows[k] for k in "ABC")
+    assert a["prev_audit_id"] is None and a["drift_note"] is None
+    # B (another N) has nothing comparable before it: not compared, said for A
+    assert (b["prev_audit_id"], b["skipped"]) == (a["audit_id"], [])
+    assert b["drift_note"] == "previous audit used another decoded N (N 16 -> 8)" + NOTE_TAIL
+    # C compares with A, skipping B, and flags the planted change alone
+    assert (c["prev_audit_id"], c["prev_step"], c["drift_note"]) == (a["audit_id"], 1, None)
+    assert c["skipped"] == [{"audit_id": b["audit_id"], "step": 2,
+                             "why": "another decoded N (N 8 -> 16)"}]
+    drift = read_drift(Store(root), SERIES, c["audit_id"])
+    assert drift and {r["prev_audit_id"] for r in drift} == {a["audit_id"]}
+    flagged = [(r["layer"], r["head"], r["metric"]) for r in drift if r["flagged"]]
+    assert flagged == [(0, None, "frac_pos")] and c["n_flagged"] == 1
+    (pos,) = [r for r in drift if r["flagged"]]
+    planted = read_run_table(Store(root), "layers", "r-a").to_pylist()
+    before = next(r["frac_pos"] for r in planted if (r["layer"], r["site"]) == (0, "attn_in"))
+    assert pos["before"] == before and pos["delta"] == pytest.approx(0.2, abs=1e-12)
+    assert all(r["delta"] == 0 for r in drift if r["metric"] != "head_type" and not r["flagged"])
+    # the stored row is what was returned; the skipped audits are derived from the series
+    stored = {r["audit_id"]: r for r in read_audits(Store(root), SERIES)}
+    assert stored[c["audit_id"]]["prev_audit_id"] == a["audit_id"]
+    assert "skipped" not in stored[c["audit_id"]]  # said, not a column of the audits table
+    assert skipped_audits(list(stored.values()), stored[c["audit_id"]]) == [
+        {"audit_id": b["audit_id"], "step": 2}]
+    # what bfd audit prints, and the gates
+    said = (f"1 value(s) flagged against audit {a['audit_id']} (step 1), the latest "
+            f"comparable; skipped 1 audit not comparable ({b['audit_id']} at step 2: another "
+            "decoded N (N 8 -> 16))")
+    assert drift_said(c) == said
+    capsys.readouterr()
+    assert print_audit({**c, "how": "computed"}, str(root)) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == f"drift: {said}" and "frac_pos" in out[3], out
+    assert drift_exit(c["n_flagged"], True, [c]) == 3
+    assert capsys.readouterr().err == "bfd: drift: 1 value(s) flagged (--fail-on-drift)\n"
+    assert not_compared(c) is None and drift_exit(0, False, [c], True) == 0
+    assert drift_exit(0, True, [b], True) == 3  # B compared nothing
+    assert capsys.readouterr().err == (
+        f"bfd: drift not compared (--fail-if-not-compared): {b['drift_note']}\n")
+
+
+def test_with_no_comparable_earlier_audit_the_previous_one_says_why(nightly):
+    root, rows = nightly
+    b, c, d, e = (rows[k] for k in "BCDE")
+    # D, the first audit on 4 images: not compared, said against the previous audit (C)
+    assert (d["prev_audit_id"], d["skipped"], d["n_flagged"]) == (c["audit_id"], [], 0)
+    assert d["drift_note"] == "previous audit used another decoded N (N 16 -> 4)" + NOTE_TAIL
+    assert drift_said(d) == d["drift_note"] == not_compared(d)
+    assert read_drift(Store(root), SERIES, d["audit_id"]) == []
+    # E (B's run again) skips two audits back to B, in series order
+    assert (e["prev_audit_id"], e["drift_note"], e["n_flagged"]) == (b["audit_id"], None, 0)
+    assert e["skipped"] == [
+        {"audit_id": c["audit_id"], "step": 3, "why": "another decoded N (N 16 -> 8)"},
+        {"audit_id": d["audit_id"], "step": 4, "why": "another decoded N (N 4 -> 8)"}]
+    stored = read_audits(Store(root), SERIES)
+    assert skipped_audits(stored, next(r for r in stored if r["audit_id"] == e["audit_id"])) == [
+        {"audit_id": c["audit_id"], "step": 3}, {"audit_id": d["audit_id"], "step": 4}]
+    assert "skipped 2 audits not comparable" in drift_said(e)
+
+
+def test_queries_and_the_series_page_read_the_audit_compared_with(nightly):
+    from bfd.report import data as D
+
+    root, rows = nightly
+    ids = {k: r["audit_id"] for k, r in rows.items()}
+    with connect(root) as con:
+        history = run_query(con, "audit_history", {"series": SERIES}).to_pylist()
+        drift = run_query(con, "drift", {"series": SERIES, "audit_id": ids["C"]}).to_pylist()
+        series = D.series_data(con)
+        heads = {run: {(h["layer"], h["head"]): h["head_type"]
+                       for h in read_run_table(Store(root), "heads", run).to_pylist()}
+                 for run in ("r-c", "r-f", "r-b")}
+    assert [h["audit_id"] for h in history] == [ids[k] for k in "ABCDEF"]
+    assert [h["prev_audit_id"] for h in history] == [
+        None, ids["A"], ids["A"], ids["C"], ids["B"], ids["C"]]
+    assert [h["prev_run_id"] for h in history] == [None, "r-a", "r-a", "r-c", "r-b", "r-c"]
+    assert [h["comparable"] for h in history] == [None, False, True, False, True, True]
+    # C's figures against A's, not B's: the tables of A and C are one planted model
+    assert history[2]["delta_f_pp"] == 0 and history[2]["delta_frac_pos_mean"] == 0
+    assert history[1]["delta_f_pp"] is None and history[3]["delta_f_pp"] is None
+    assert drift[0]["metric"] == "frac_pos" and drift[0]["flagged"]
+    assert {(r["prev_audit_id"], r["prev_run_id"]) for r in drift} == {(ids["A"], "r-a")}
+    # the Series page's points name the audit each was compared with
+    points = [p for p in series["metrics"].to_pylist() if p["series"] == SERIES]
+    assert [p["prev_audit_id"] for p in points] == [h["prev_audit_id"] for h in history]
+    # head-type changes: F against C (the audit its drift compared with), not E (another N)
+    changes = [c for c in series["head_type_changes"].to_pylist() if c["series"] == SERIES]
+    want = sorted((layer, head, heads["r-c"][layer, head], t)
+                  for (layer, head), t in heads["r-f"].items() if heads["r-c"][layer, head] != t)
+    assert want and sorted((c["layer"], c["head"], c["before"], c["after"]) for c in changes
+                           if c["audit_id"] == ids["F"]) == want
+    assert {(c["prev_audit_id"], c["prev_run_id"]) for c in changes
+            if c["audit_id"] == ids["F"]} == {(ids["C"], "r-c")}
+    # F's flagged head types mark the counts of the types they changed between (not n_heads)
+    flagged_types = {(r["layer"], r["head"]) for r in read_drift(Store(root), SERIES, ids["F"])
+                     if r["metric"] == "head_type" and r["flagged"]}
+    assert flagged_types == {(w[0], w[1]) for w in want}
+    marks = [m["plot"] for m in series["drift_marks"].to_pylist()
+             if m["audit_id"] == ids["F"] and "head_type" in m["metrics"]]
+    assert marks and "n_heads" not in marks
+    assert np.isfinite([h["f_pp"] for h in history]).all()
+
+
+def test_past_the_previous_audit_only_a_run_known_comparable_is_compared_with(nightly):
+    """A run missing from the runs table is compared with as before when it is the previous
+    audit's (nothing says it is not comparable), but never reached past a previous audit not
+    comparable: its results may be gone."""
+    from bfd.tasks.drift import latest_comparable
+
+    root, _ = nightly
+    store = Store(root)
+    assert latest_comparable(store, "r-c", [("r-a", None), ("gone", None)]) == (1, [])
+    at, why = latest_comparable(store, "r-c", [("gone", None), ("r-b", None)])
+    assert at is None and [short for short, _ in why] == [
+        "another decoded N (N 8 -> 16)", "its run gone not in the runs table"]
+    at, why = latest_comparable(store, "r-c", [("r-a", None), ("gone", None), ("r-b", None)])
+    assert at == 0 and len(why) == 2
+
+
+def test_the_audit_report_names_the_audit_compared_with_and_those_skipped(nightly):
+    from bfd.flows.prefect_io import audit_markdown
+
+    root, rows = nightly
+    a, b, c = (rows[k] for k in "ABC")
+    drift = read_drift(Store(root), SERIES, c["audit_id"])
+    text = audit_markdown({**c, "how": "computed"}, {}, [], drift, str(root))
+    assert (f"- audit: `{c['audit_id']}`, compared with: `{a['audit_id']}`") in text
+    assert (f"**1 flagged** of {len(drift)} compared values (reference: audit "
+            f"`{a['audit_id']}`).\nIt is the latest comparable audit: skipped 1 audit not "
+            f"comparable ({b['audit_id']} at step 2: another decoded N (N 8 -> 16)).") in text
+
+
+def test_serve_says_the_audit_compared_with_and_those_skipped(nightly):
+    """bfd serve's end line of an audit run reads the store's audits: the audit compared with
+    (its step) and the audits between it and this one, skipped (no reasons: not stored)."""
+    import datetime as dt
+    import types
+
+    from bfd.flows.serve import RunLines
+    from bfd.queries.seen import run_seen
+    from bfd.tasks.audits import audit_row, drift_since_previous
+    from bfd.tasks.drift import DEFAULT_THRESHOLDS
+
+    root, _ = nightly
+    made = []
+    for step, run_id, flow_run in ((1, "r-a", None), (2, "r-b", None), (3, "r-c", "fr-1")):
+        began = dt.datetime(2026, 12, step, tzinfo=dt.UTC)
+        with audit_row(Store(root), "served", step, "schedule", flow_run, began) as row:
+            drift_since_previous(Store(root), row, run_id, DEFAULT_THRESHOLDS,
+                                 run_seen(root, run_id))
+        made.append(row["audit_id"])
+    run = types.SimpleNamespace(parameters={"store": str(root)}, id="fr-1")
+    said = RunLines({}, print)._what_it_did(None, run, types.SimpleNamespace(flow_name="audit"))
+    assert said == (f"audit {made[2]} of series served (step 3): run r-c; drift: 1 value(s) "
+                    f"flagged against audit {made[0]} (step 1), the latest comparable; skipped "
+                    f"1 audit not comparable ({made[1]} at step 2)")
