@@ -142,6 +142,11 @@ def _add_extract_options(p: argparse.ArgumentParser, weights: bool = True) -> No
     p.add_argument("--autocast", choices=("none", "bf16", "fp16"), default="none",
                    help="forward under CUDA autocast (a part of the run id); refused with "
                    "--device cpu, or auto without a CUDA device: the CPU forward is float32")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a timm.create_model argument of the model, for a ViT built otherwise "
+                   "than its name's default: reg_tokens=4, class_token=False, qkv_bias=False, "
+                   "global_pool=avg, ...; VALUE a Python/JSON literal (int, float, bool, None) "
+                   "or a string; repeatable; part of the run id")
     if weights:
         p.add_argument("--seed", type=int, default=0, help="seed of a random init")
     p.add_argument("--workers", type=int, default=1, help="local extraction workers")
@@ -162,6 +167,10 @@ def _extract_config(args: argparse.Namespace) -> dict:
         "img_size": args.img_size, "dtype": args.dtype, "batch_size": args.batch_size,
         "device": args.device, "autocast": args.autocast, "seed": args.seed,
     }
+    if args.model_arg:
+        from bfd.requests import parse_model_arg
+
+        cfg["model_args"] = dict(parse_model_arg(text) for text in args.model_arg)
     if args.images_per_chunk is not None:
         cfg["images_per_chunk"] = args.images_per_chunk
     if args.images_per_shard is not None:

@@ -316,7 +316,7 @@ def print_dashboard(index: str | None, store: str) -> None:
 # the options that would change what --demo audits (bfd.flows.params.DEMO_CONFIG, the input
 # size and the seed of its random init); how it runs (--device, --batch-size, ...) may be given
 DEMO_FIXED = ("model", "weights", "images", "n_images", "layers", "sites", "img_size", "dtype",
-              "seed")
+              "seed", "model_arg")
 
 
 def refuse_demo_request_options(args: argparse.Namespace) -> None:
