@@ -155,3 +155,13 @@ def test_refusals_of_other_classes_say_why_and_what_works(name, needles):
     with pytest.raises(models.UnsupportedModelError) as err:
         models.describe(name)
     assert all(n in str(err.value) for n in needles), str(err.value)
+
+
+def test_a_non_square_img_size_is_refused_saying_inputs_are_square(tmp_path, capsys):
+    """``--img-size 64x96`` was refused as "invalid int value": it now says why."""
+    with pytest.raises(SystemExit) as ended:
+        run_cli(["extract", *BASE, "--weights", "random", "--img-size", "64x96"], capsys)
+    err = capsys.readouterr().err
+    assert ended.value.code == 2 and err.splitlines()[-1].endswith(
+        "argument --img-size: '64x96': one int, the side of a square input (a non-square HxW "
+        "input is not supported: BFD audits square inputs, docs/layout.md)"), err

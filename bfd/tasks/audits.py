@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from bfd.files import WEIGHT_SUFFIXES, check_checkpoint, sha256_file
+from bfd.requests import model_args_text
 from bfd.storage import (
     SEEN_FIGURES,
     Store,
@@ -264,7 +265,9 @@ def describe_request(config: Mapping[str, Any]) -> str:
             value = ",".join(map(str, value))
         return default if value is None or value == "" else str(value)
 
-    return (f"model {config['model']}, images {config['images']} (N "
+    args = config.get("model_args") or {}
+    built = f" ({model_args_text(args)})" if args else ""
+    return (f"model {config['model']}{built}, images {config['images']} (N "
             f"{given('n_images', 'all')}), layers {given('layers', 'all')}, sites "
             f"{given('sites', 'default')}, img_size {given('img_size', 'default')}, dtype "
             f"{config['dtype']} and each file's sha256")

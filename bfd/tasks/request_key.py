@@ -115,9 +115,10 @@ def request_key(inputs: Mapping[str, Any]) -> str:
 def request_identity(inputs: Mapping[str, Any]) -> str:
     """The key of ``key_inputs`` without the path the weights were given by and the shard
     plan: equal for two requests of the same model (and model arguments), weights bytes,
-    images, N, layers, sites, img_size, dtype, seed and versions, that is, of the same run's computation. The images'
-    path is taken in its one spelling: a key recorded before paths had one (``imgs``) names
-    the same images as ``/work/imgs`` from the folder it was typed in."""
+    images, N, layers, sites, img_size, dtype, seed and versions, that is, of the same run's
+    computation. The images' path is taken in its one spelling: a key recorded before paths
+    had one (``imgs``) names the same images as ``/work/imgs`` from the folder it was typed
+    in."""
     kept = {k: v for k, v in inputs.items() if k not in _NOT_IDENTITY}
     if "images" in kept:
         kept["images"] = input_path(kept["images"])
