@@ -390,6 +390,15 @@ def misfit_hint(path: str, name: str, img_size: int | None,
         return None
     model = _build(name, meta=True, pretrained=False, **_size_kwargs(img_size), **model_args)
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+    def shape(tensors: dict[str, tuple[int, ...]]) -> tuple[int, int]:  # (width, depth)
+        width = tensors.get("blocks.0.norm1.weight", (0,))[0]
+        return width, len({k.split(".")[1] for k in tensors if k.startswith("blocks.")})
+
+    if shape(file) != shape(ours):  # registers and the rest would not make it fit
+        (w, d), (mw, md) = shape(file), shape(ours)
+        return (f"the file holds a ViT of width {w} and depth {d}, the model's are {mw} and "
+                f"{md}: give the timm name of its architecture as --model")
     args: dict[str, Any] = {}
     said: list[str] = []
     reg = file.get("reg_token", (1, 0))[1]

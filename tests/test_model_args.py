@@ -165,3 +165,18 @@ def test_a_non_square_img_size_is_refused_saying_inputs_are_square(tmp_path, cap
     assert ended.value.code == 2 and err.splitlines()[-1].endswith(
         "argument --img-size: '64x96': one int, the side of a square input (a non-square HxW "
         "input is not supported: BFD audits square inputs, docs/layout.md)"), err
+
+
+def test_a_pos_embed_of_the_patches_alone_is_told_from_one_covering_the_prefix(tmp_path):
+    model = timm.create_model("test_vit", pretrained=False, img_size=48, reg_tokens=2,
+                              no_embed_class=True)
+    torch.save(model.state_dict(), tmp_path / "noemb.pth")
+    with pytest.raises(ValueError) as err:
+        models.load_model("test_vit", str(tmp_path / "noemb.pth"), img_size=48,
+                          model_args={"reg_tokens": 2})
+    assert str(err.value).endswith(
+        "the file holds pos_embed rows of the patches alone: give --model-arg "
+        "no_embed_class=True (with the other --model-arg given)"), str(err.value)
+    _, info = models.load_model("test_vit", str(tmp_path / "noemb.pth"), img_size=48,
+                                model_args={"reg_tokens": 2, "no_embed_class": True})
+    assert (info.num_prefix_tokens, info.pos_embed_covers_prefix) == (3, False)
