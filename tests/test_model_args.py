@@ -71,7 +71,7 @@ def test_the_hinted_model_args_load_each_file(files):
         model, info = models.load_model("test_vit", files[name], img_size=32, model_args=args)
         state = torch.load(files[name], weights_only=True)
         assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items()), name
-    assert not info.has_cls or name != "nocls"
+        assert (info.has_cls, info.num_reg_tokens) == (name != "nocls", 4 * (name == "reg4"))
 
 
 def test_a_register_checkpoint_is_audited_with_its_registers_as_prefix_tokens(
