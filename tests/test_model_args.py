@@ -80,6 +80,8 @@ def test_a_register_checkpoint_is_audited_with_its_registers_as_prefix_tokens(
     code, out, err = run_cli(["audit", *BASE, "--weights", files["reg4"], "--model-arg",
                               "reg_tokens=4", "--store", store, "--no-dashboard"], capsys)
     assert code == 0, err
+    # another build of test_vit: a series of its own by default
+    assert f"of series test_vit[reg_tokens=4]@{files['reg4']} " in out, out
     rid = out.split(" run ", 1)[1].split()[0].rstrip(",")
     request = read_request(Store(store), rid)
     assert request.extra["model_args"] == {"reg_tokens": 4}
@@ -114,6 +116,21 @@ def test_other_model_args_are_another_run_and_none_keep_the_run_id(tmp_path):
     keys = {key_of_config(ExtractConfig(**base, model_args=args).to_dict())[0]
             for args in ({"reg_tokens": 4}, {"reg_tokens": 2})}
     assert len(keys | {key}) == 3
+
+
+def test_an_audit_of_one_name_with_other_model_args_is_not_compared_as_drift(
+        prefect_harness, tmp_path, capsys):
+    """One series given audits of test_vit and of test_vit with 4 registers: layer and head l
+    of the two are no change of one model, and the second audit says so."""
+    common = [*BASE, "--weights", "random", "--series", "mine", "--store",
+              str(tmp_path / "store"), "--no-dashboard"]
+    code, out, err = run_cli(["audit", *common, "--step", "1"], capsys)
+    assert code == 0, err
+    code, out, err = run_cli(["audit", *common, "--step", "2", "--model-arg", "reg_tokens=4"],
+                             capsys)
+    assert code == 0, err
+    assert ('previous audit was of another model (test_vit, not test_vit {"reg_tokens":4}); '
+            "not compared") in out + err, out + err
 
 
 def test_two_runs_of_one_name_with_other_model_args_are_two_models():
