@@ -211,6 +211,11 @@ _RUNS_SHOWN = (
     "coalesce(nullif(regexp_extract(rtrim(images, '/\\'), '[^/\\\\]*$'), ''), '?'), '@', "
     "left(images_sha256, 12)) END AS images, nullif(img_size, 0) AS img_size, n_images, "
     "n_skipped, layers, sites, status, created_at")
+# A published run's model with its --model-arg options (bfd.storage.model_label; the
+# run_shapes view's model, bfd/queries/_run_shapes.sql)
+_MODEL_LABEL = ("model || coalesce(' ' || CASE WHEN json_valid(config_json) THEN CAST("
+                "json_extract(config_json, '$.request.extra.model_args') AS VARCHAR) END, '') "
+                "AS model")
 # Lines on stderr saying what to do with runs not published; the rest are in the status column.
 _RUNS_NOTES = 10
 
@@ -218,7 +223,7 @@ _RUNS_NOTES = 10
 def _runs_sql(pending: list) -> tuple[str, dict]:
     """The statement of ``bfd runs`` over the catalog, with the runs not published bound as
     its parameters (no pyarrow table built from Python values: that would import pandas)."""
-    columns = ", ".join(_RUNS_COLUMNS)
+    columns = ", ".join(_MODEL_LABEL if c == "model" else c for c in _RUNS_COLUMNS)
     sql = f"SELECT {columns}, created_at FROM runs"
     params: dict = {}
     rows = []

@@ -4,6 +4,8 @@ default's, and a checkpoint that does not fit says which ``--model-arg`` it need
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 
 import numpy as np
@@ -91,6 +93,10 @@ def test_a_register_checkpoint_is_audited_with_its_registers_as_prefix_tokens(
     info = json.loads(acts.attrs["model_info"])
     assert (info["num_prefix_tokens"], info["num_reg_tokens"]) == (5, 4)
     assert json.loads(acts.attrs["config_json"])["extra"]["model_args"] == {"reg_tokens": 4}
+    code, out, err = run_cli(["runs", "--store", store, "--format", "csv"], capsys)
+    assert code == 0, err
+    assert [(r["run_id"], r["model"]) for r in csv.DictReader(io.StringIO(out))] == [
+        (rid, 'test_vit {"reg_tokens":4}')], out
     # the model tensors are the file's: Stage 2 reads the checkpoint's qkv weight
     state = torch.load(files["reg4"], weights_only=True)
     from bfd.storage import read_model_tensors
@@ -100,7 +106,7 @@ def test_a_register_checkpoint_is_audited_with_its_registers_as_prefix_tokens(
                           state["blocks.0.attn.qkv.weight"].numpy())
 
 
-def test_other_model_args_are_another_run_and_none_keep_the_run_id(tmp_path):
+def test_other_model_args_are_another_run_and_none_keep_the_run_id(tmp_path, capsys):
     """A request without model arguments keeps the run id and key it had before they
     existed (its RunRequest.extra and key inputs unchanged); two values are two runs."""
     base = dict(model="test_vit", weights="random", n_images=4, img_size=32, layers=(0,),
@@ -116,6 +122,12 @@ def test_other_model_args_are_another_run_and_none_keep_the_run_id(tmp_path):
     keys = {key_of_config(ExtractConfig(**base, model_args=args).to_dict())[0]
             for args in ({"reg_tokens": 4}, {"reg_tokens": 2})}
     assert len(keys | {key}) == 3
+    # bfd runs names each run's model with its arguments (runs extracted, not published)
+    code, out, err = run_cli(["runs", "--store", str(tmp_path / "s"), "--format", "csv"],
+                             capsys)
+    assert code == 0, err
+    assert {r["model"] for r in csv.DictReader(io.StringIO(out))} == {
+        "test_vit", 'test_vit {"reg_tokens":4}', 'test_vit {"reg_tokens":2}'}, out
 
 
 def test_an_audit_of_one_name_with_other_model_args_is_not_compared_as_drift(

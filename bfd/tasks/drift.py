@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from bfd.storage import Store
+from bfd.storage import Store, model_label
 
 LAYER_FRACTIONS: Final[tuple[str, ...]] = ("frac_pos", "frac_img", "frac_int", "frac_content")
 HEAD_FRACTIONS: Final[tuple[str, ...]] = ("f_pp", "f_pc", "f_cp", "f_cc")
@@ -113,14 +113,6 @@ def model_args_of(config_json: str | None) -> dict[str, Any]:
     except (json.JSONDecodeError, AttributeError):
         return {}
     return args if isinstance(args, dict) else {}
-
-
-def model_label(model: str | None, model_args: Mapping[str, Any] | None) -> str:
-    """A model's name with its model arguments, as ``run_shapes`` (SQL) spells it:
-    ``test_vit {"reg_tokens":4}``; the name alone without them."""
-    if not model_args:
-        return str(model or "")
-    return f"{model} {json.dumps(dict(model_args), sort_keys=True, separators=(',', ':'))}"
 
 
 def same_model(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
