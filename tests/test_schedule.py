@@ -11,6 +11,7 @@ import json
 import os
 import queue
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -200,7 +201,10 @@ def check_serve(tmp_path: Path, url: str, env: dict) -> None:
     import bfd
 
     folder, store = tmp_path / "served", tmp_path / "served-store"
+    ckpts, missing = tmp_path / "served-ckpts", tmp_path / "no-such-images"
     folder.mkdir()
+    ckpts.mkdir()
+    shutil.copy(tmp_path / "ckpts" / "step_100.safetensors", ckpts)
     cwd_runs = REPO / "bfd-store" / "runs"  # where the runs' default store was, before
     before = sorted(cwd_runs.iterdir()) if cwd_runs.exists() else []
     (folder / "bfd").symlink_to(Path(bfd.__file__).parent)
@@ -213,7 +217,17 @@ def check_serve(tmp_path: Path, url: str, env: dict) -> None:
         # and decompose wrote into ./bfd-store of the run's working directory instead)
         {"name": "served-extract", "entrypoint": "bfd/flows/extract.py:extract",
          "schedules": [{"interval": 3600}],
-         "parameters": {"config": {**CONFIG, "weights": "random", "layers": "0"}}}]}
+         "parameters": {"config": {**CONFIG, "weights": "random", "layers": "0"}}},
+        # a folder of one checkpoint: its end line counts the checkpoints audited
+        {"name": "served-checkpoints", "entrypoint": "bfd/flows/checkpoints.py:audit_checkpoints",
+         "schedules": [{"interval": 3600}],
+         "parameters": {"checkpoints": str(ckpts), "config": CONFIG, "store": str(store),
+                        "dashboard": False}},
+        # images that are not there: its end line says the run failed, and why
+        {"name": "served-broken", "entrypoint": "bfd/flows/audit.py:audit",
+         "schedules": [{"interval": 3600}],
+         "parameters": {"config": {**CONFIG, "weights": "random", "images": str(missing)},
+                        "store": str(store), "series": "broken", "dashboard": False}}]}
     (folder / "prefect.yaml").write_text(yaml.safe_dump(spec))
     proc = subprocess.Popen(
         [str(BIN / "bfd"), "serve", "--file", str(folder / "prefect.yaml")], cwd=REPO,
@@ -235,7 +249,8 @@ def check_serve(tmp_path: Path, url: str, env: dict) -> None:
         first, deployment = next_line(120), next_line(30)
         with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
             due = []
-            for name in ("audit/served-audit", "extract/served-extract"):
+            for name in ("audit/served-audit", "extract/served-extract",
+                         "audit-checkpoints/served-checkpoints", "audit/served-broken"):
                 dep = client.read_deployment_by_name(name)
                 runs = client.read_flow_runs(
                     deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
@@ -243,15 +258,26 @@ def check_serve(tmp_path: Path, url: str, env: dict) -> None:
                 assert {r.state.type.value for r in runs} == {"SCHEDULED"}
                 due.append(min(runs, key=lambda r: r.expected_start_time))
                 client.set_flow_run_state(due[-1].id, Scheduled(), force=True)  # due now
-            run, extract_run = due
-        assert first.startswith("bfd serve: 2 deployment(s) of ") and "being served" in first
+            run, extract_run, ckpt_run, broken_run = due
+        assert first.startswith("bfd serve: 4 deployment(s) of ") and "being served" in first
         assert deployment.startswith("  served-audit (flow audit): every 1 h; next run 20")
         assert deployment.endswith(f"; store {store}\n"), deployment
-        next_line(30)  # served-extract's
-        said = [next_line(150) for _ in range(4)]
-        extract_said = [line for line in said if f"({extract_run.id})" in line]
-        said = [line for line in said if line not in extract_said]
+        for _ in range(3):
+            next_line(30)  # the other deployments'
+        said = [next_line(150) for _ in range(8)]
+        extract_said, ckpt_said, broken_said = (
+            [line for line in said if f"({r.id})" in line]
+            for r in (extract_run, ckpt_run, broken_run))
+        said = [line for line in said if f"({run.id})" in line]
         assert "Completed" in extract_said[1], extract_said
+        (ckpt_audit,) = read_audits(Store(store), f"{CONFIG['model']}@{ckpts}")
+        assert ckpt_said[1].endswith(
+            f"Completed after {ckpt_said[1].split(' after ')[1].split(';')[0]}; 1 checkpoint(s) "
+            f"audited in series {ckpt_audit['series']}, 0 drift value(s) flagged; "
+            f"store {store}\n"), ckpt_said
+        assert "  served-broken: flow run " in broken_said[1] and " Failed after " in \
+            broken_said[1] and str(missing) in broken_said[1], broken_said
+        assert read_audits(Store(store), "broken") == []  # refused before any work: no audit
         assert not (folder / "bfd-store").exists()
         assert (sorted(cwd_runs.iterdir()) if cwd_runs.exists() else []) == before
         written = {r["run_id"] for r in read_table(Store(tmp_path / "store"), "runs").to_pylist()}

@@ -680,8 +680,9 @@
     const numeric = numericKeys(metrics, skip);
     const keys = Object.keys(metrics[0]).filter((k) => (numeric.includes(k) || notKept.includes(k)) &&
       !/_(lo|hi)$/.test(k));
-    const LAYER_METRICS = ["frac_pos", "frac_pos_resid", "f_pp", "f_pc", "f_cp", "f_cc"]
-      .filter((k) => k in (D.layers || {}));
+    // the heatmap's metrics: the columns of its layer rows but run and layer, in their order
+    // (bfd/report/dashboard.py SERIES_LAYER_METRICS, the one list)
+    const LAYER_METRICS = Object.keys(D.layers || {}).filter((k) => k !== "run_id" && k !== "layer");
     const layersOf = layersByRun();
     const layerState = { metric: LAYER_METRICS[0], mode: "value" };
     const heat = plotDiv("layer-heatmap", "A per-layer metric of each audit's run, layer against audit " +
