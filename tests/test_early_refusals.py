@@ -38,6 +38,13 @@ REFUSED = {
     "layers-not-ints": (["extract", *BASE, "--layers", "0,x"],
                         ["--layers: must be 'all' or comma-separated ints", "'0,x'"]),
     "audit-layers-not-ints": (["audit", *BASE, "--layers", "a"], ["--layers: must be 'all'"]),
+    # it said "must be 'all' or comma-separated ints like 0,5,11": -1 is an int
+    "layers-negative": (["audit", *BASE, "--layers", "-1"],
+                        ["bfd: error: --layers: layers are block indices from 0 to the model's "
+                         "depth - 1 (0,5,11 or all): a negative one is not allowed (given '-1')"
+                         "\n"]),
+    "layers-one-negative": (["extract", *BASE, "--layers", "0, -3"],
+                            ["a negative one is not allowed (given '0, -3')"]),
     "sites-twice": (["extract", *BASE, "--sites", "resid,resid"],
                     ["--sites: names 'resid' twice; give distinct sites from attn_in and/or "
                      "resid (given 'resid,resid')"]),
