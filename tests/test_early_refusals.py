@@ -314,6 +314,29 @@ def _main_in_a_process(tmp_path: Path, argvs: dict[str, list[str]]) -> dict[str,
     return json.loads(proc.stdout.splitlines()[-1])
 
 
+def test_fewer_images_than_n_images_is_said_before_the_work(tmp_path):
+    """--n-images 10 on a folder of 3 images: a warning when the images are listed, before
+    anything else is checked or done (here a later refusal stops the command, before torch,
+    timm and Prefect). It was said only after the audit's results."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.png").write_bytes(b"listed, not read")
+    base = [*BASE[:4], "--images", str(folder), "--n-images", "10", "--store",
+            str(tmp_path / "store")]
+    out = _main_in_a_process(tmp_path, {
+        "audit": ["audit", *base, "--step", str(2**63)],
+        "extract": ["extract", *base, "--workers", "0"],
+        "enough": ["extract", *base[:-4], "--n-images", "3", *base[-2:], "--workers", "0"]})
+    warning = (f"bfd: warning: --n-images 10, but {folder} holds 3 images; all 3 are used\n")
+    for name in ("audit", "extract"):
+        code, err, imported = out[name]
+        first, second = err.splitlines(keepends=True)
+        assert (code, first, imported) == (2, warning, []), (name, err)
+        assert second.startswith("bfd: error: "), (name, err)
+    assert out["enough"][1].startswith("bfd: error: --workers"), out["enough"]
+
+
 def test_writing_commands_refuse_a_folder_that_is_no_store_before_any_work(tmp_path):
     """A typo'd --store that exists, or a home folder, given to a command that writes: one
     line, exit 2, before torch, timm or Prefect, the folder left as it was (an audit made it a
