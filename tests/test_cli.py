@@ -488,6 +488,23 @@ def test_decompose_refuses_an_unknown_run_or_bad_option_before_any_work(tmp_path
                       "4 that is >= 8; got 6")
 
 
+def test_decompose_of_an_unknown_run_names_the_closest_runs_not_all(tmp_path, capsys):
+    """A typo'd run id among many: the error names the three closest run ids and how to list
+    them all (it listed every run id of the store in one line)."""
+    runs = [f"vit_a-{i:016x}" for i in range(20)] + ["vit_b-00000000000000aa"]
+    for rid in runs:
+        (tmp_path / "store" / "runs" / rid).mkdir(parents=True)
+        (tmp_path / "store" / "runs" / rid / "request.json").write_text("{}")
+    store = tmp_path / "store"
+    code, out, err = run(["decompose", "vit_b-00000000000000ab", "--store", str(store)],
+                         capsys)
+    assert (code, out) == (2, "")
+    assert err == (
+        f"bfd: error: no run request at {store}/runs/vit_b-00000000000000ab/request.json; "
+        "closest of the 21 runs with requests: vit_b-00000000000000aa, vit_a-000000000000000b, "
+        f"vit_a-000000000000000a (bfd runs --store {store} lists them all)\n")
+
+
 def test_every_command_and_option_has_a_help_line():
     """`bfd CMD --help` starts with what the command does, and names what each argument is."""
     import argparse
