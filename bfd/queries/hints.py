@@ -65,8 +65,8 @@ class CountedRows:
 def unknown_values(store: Store, params: Mapping[str, ParamValue],
                    root: str | os.PathLike[str] | None = None) -> str | None:
     """One line naming each given parameter of ``IDENTIFIERS`` whose value the store does
-    not hold (it names no run or audit), with the known values closest to it (``bfd.storage.closest_known``);
-    None when there is none.
+    not hold (it names no run or audit), with the known values closest to it
+    (``bfd.storage.closest_known``); None when there is none.
 
     Args:
         store: A store directory, or a connection from ``bfd.queries.connect``.
