@@ -400,6 +400,12 @@ def print_demo_reading(store: str, run_id: str, profile) -> None:
           "  bfd audit --model vit_small_patch16_224.augreg_in21k --images <folder> "
           "--n-images 256\n"
           "  bfd audit --model vit_small_patch16_224 --weights <model.safetensors>")
+    print(textwrap.fill(
+        "On your own images, position is position over those images: a spatial layout they "
+        "share (a centre bias, sky at the top) counts as position too, with or without the "
+        "model. Audit them again with every other image mirrored, or compare with --images "
+        "samples and pos_embed_cos, before reading a positional share or head as the "
+        "model's (docs/method.md, Stage 1).", 96))
 
 
 def print_image_notes(store: str, run_id: str, requested: int | None) -> None:

@@ -671,7 +671,9 @@ def test_audit_says_what_images_it_left_out(tmp_path, prefect_harness, capsys):
                      "--no-dashboard"])
     err = capsys.readouterr().err
     assert code == 0
-    assert f"--n-images 10, but {folder} holds 3 images; all 3 were audited" in err
+    # said when the images are listed, before the work, and again after the results
+    early = err.index(f"--n-images 10, but {folder} holds 3 images; all 3 are used")
+    assert early < err.index(f"--n-images 10, but {folder} holds 3 images; all 3 were audited")
     assert "1 of 3 images could not be read and were left out" in err
     assert "with N=2 images no interval could be computed" in err
 

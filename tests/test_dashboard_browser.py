@@ -213,6 +213,7 @@ def test_run_page_views_are_linked(site, browser):
         " [r.cells[0].textContent, r.cells[1].textContent])"))
     assert (meta["images requested"], meta["skipped"], meta["images decoded"]) == (
         "18", "2", "16")
+    assert meta["prefix option"] == "exclude"  # the positions its shares are over
     for plot in ("shares-plot", "headmap-plot", "spectrum-plot", "alphabeta-plot", "pos-plot",
                  "preservation-plot", "residual-plot", "splithalf-plot", "shuffle-plot"):
         assert browser.execute_script(f"return document.getElementById('{plot}').data.length") > 0

@@ -39,6 +39,7 @@ from bfd.tasks.audits import (
     default_series,
     drift_said,
     drift_since_previous,
+    options_replaced,
     run_reuse,
     time_step,
 )
@@ -158,6 +159,12 @@ def audit(
                 # each table file is read once here: the faults just found are passed on
                 run = computed_run(Store(root), run_id, stored, faults=faults)
                 if run is None:
+                    # a run published with other options (decompose --prefix include since
+                    # its audit) is decomposed again with the audit's: said, not done quietly
+                    replaced = options_replaced(Store(root), run_id, stored)
+                    if replaced:
+                        logger.warning("%s", replaced)
+                        progress.report("notice", 0, 0, text=replaced)
                     written = decompose_flow(dask_address)(
                         run_id, root, dask_address=dask_address, **decompose_kw)
                     run = computed_run(Store(root), run_id, stored) or {}

@@ -407,6 +407,8 @@
       ["weights sha256", run.weights_sha256], ["image set", run.images],
       ["images sha256", run.images_sha256], ["images requested", run.n_images], ["skipped", run.n_skipped],
       ["images decoded", run.n_decoded],
+      // the positions its shares are over: include counts the prefix tokens as positions
+      ["prefix option", run.prefix],
       ["patch grid", run.grid_h === null ? null : `${run.grid_h} × ${run.grid_w}`],
       ["created", run.created_at], ["status", run.status], ["audit", run.audit_id],
       ["audit step", stepText(run)], ["trigger", run.trigger], ["audit status", run.audit_status],
