@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import queue
+import re
 import shlex
 import signal
 import socket
@@ -284,6 +285,51 @@ def test_serve_builds_the_deployments_of_prefect_yaml():
     (cron,) = served["nightly-audit"].schedules
     assert cron.schedule.cron == "0 3 * * *"
     assert "store" not in json.dumps(spec["deployments"])  # the store is never a working dir
+
+
+@pytest.mark.parametrize(("flow_name", "bad", "needle"), [
+    ("audit", {"drift": {"fraction": 2}}, "2 is greater than the maximum of 1"),
+    ("audit", {"drift": {"head_type": 1.5}}, "1.5 is greater than the maximum of 1"),
+    ("audit", {"drift": {"metrics": {"frac_pos": 3}}}, "3 is greater than the maximum of 1"),
+    ("audit", {"drift": {"fraction": -0.1}}, "-0.1 is less than the minimum of 0"),
+    ("audit", {"workers": 0}, "0 is less than the minimum of 1"),
+    ("audit", {"config": {"model": "m", "n_images": 1}}, "1 is less than the minimum of 2"),
+    ("audit", {"config": {"model": "m", "batch_size": 0}}, "0 is less than the minimum of 1"),
+    ("audit", {"fail_on_drift": "yes"}, "'yes' is not of type 'boolean'"),
+    ("audit-checkpoints", {"workers": 0}, "0 is less than the minimum of 1"),
+    ("audit-checkpoints", {"drift": {"fraction": 2}}, "2 is greater than the maximum of 1"),
+    ("audit-checkpoints", {"fail_if_not_compared": 1}, "1 is not of type 'boolean'"),
+    ("compare", {"workers": 0}, "0 is less than the minimum of 1"),
+], ids=lambda v: v if isinstance(v, str) and " " not in v else None)
+def test_deployment_schemas_refuse_values_out_of_bounds(flow_name, bad, needle):
+    """A deployment's parameter schema (what the server checks a run's parameters against
+    when it is submitted: built from the flow as `prefect deploy` and `bfd serve` build it)
+    holds the simple bounds: a threshold above 1, a count below its minimum, a gate that is
+    no boolean are refused there, not when the run starts; the deployment's own values pass."""
+    import jsonschema
+    import yaml
+    from prefect.utilities.callables import parameter_schema
+
+    from bfd.flows.serve import _load_flow
+
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text(encoding="utf-8"))
+    (dep,) = [d for d in spec["deployments"]
+              if _load_flow(d["entrypoint"], REPO).name == flow_name]
+    schema = parameter_schema(_load_flow(dep["entrypoint"], REPO)).model_dump_for_openapi()
+    good = dep["parameters"]
+    jsonschema.validate(good, schema)  # the deployment's own parameters pass
+    with pytest.raises(jsonschema.ValidationError, match=re.escape(needle)):
+        jsonschema.validate({**good, **bad}, schema)
+
+
+def test_run_start_checks_still_say_why():
+    """The schema's bounds do not replace the run's own checks: they still say why."""
+    from bfd.flows.params import DriftThresholds
+
+    with pytest.raises(ValueError, match="can never flag: every drift metric is a fraction"):
+        DriftThresholds.model_validate({"fraction": 2})
+    with pytest.raises(ValueError, match="frac_pos=3 can never flag"):
+        DriftThresholds.model_validate({"metrics": {"frac_pos": 3}})
 
 
 @pytest.mark.parametrize(("text", "needle"), [

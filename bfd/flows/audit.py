@@ -16,6 +16,7 @@ from bfd.flows.params import (
     AuditConfig,
     DecomposeParams,
     DriftThresholds,
+    Workers,
     decompose_kwargs,
     require_model,
     with_deployment_defaults,
@@ -74,7 +75,7 @@ def refresh_outputs(store: str, dashboard: bool) -> str | None:
 def audit(
     config: AuditConfig,
     store: str | None = None,
-    workers: int = 1,
+    workers: Workers = 1,
     dask_address: str | None = None,
     gpu_resources: bool = False,
     decompose_options: DecomposeParams | None = None,

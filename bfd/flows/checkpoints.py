@@ -23,6 +23,7 @@ from bfd.flows.params import (
     AuditConfig,
     DecomposeParams,
     DriftThresholds,
+    Workers,
     require_model,
     with_deployment_defaults,
 )
@@ -65,7 +66,7 @@ def audit_checkpoints(
     series: str | None = None,
     drift: DriftThresholds | None = None,
     decompose_options: DecomposeParams | None = None,
-    workers: int = 1,
+    workers: Workers = 1,
     dask_address: str | None = None,
     gpu_resources: bool = False,
     dashboard: bool = True,
