@@ -575,6 +575,8 @@ def add_audit_parsers(sub) -> None:
     s = sub.add_parser("serve", help="run the deployments of prefect.yaml on their schedules "
                        "in this process (no server or worker to set up); one line on stdout "
                        "when each run starts and when it ends")
-    s.add_argument("--file", default="prefect.yaml", help="the deployments file")
+    s.add_argument("--file", default="prefect.yaml",
+                   help="the deployments file; its entrypoints are relative to its folder, "
+                   "and an entrypoint bfd/... not found there is the installed bfd package's")
     s.set_defaults(fn=cmd_serve)
 

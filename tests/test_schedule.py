@@ -287,6 +287,29 @@ def test_serve_builds_the_deployments_of_prefect_yaml():
     assert "store" not in json.dumps(spec["deployments"])  # the store is never a working dir
 
 
+def test_serve_file_outside_the_repository_finds_the_installed_flows(tmp_path):
+    """A prefect.yaml in a folder of its own (no bfd/ there): its entrypoints `bfd/...` are
+    the installed package's; an entrypoint found in neither place is named in one line."""
+    import bfd
+
+    (tmp_path / "prefect.yaml").write_text(
+        "deployments:\n  - name: nightly\n    entrypoint: bfd/flows/audit.py:audit\n"
+        "    parameters: {config: {model: test_vit}, fail_on_drift: true}\n"
+        "  - name: checkpoints\n    entrypoint: bfd/flows/checkpoints.py:audit_checkpoints\n"
+        "    schedules: [{interval: 3600}]\n", encoding="utf-8")
+    served = runner_deployments(tmp_path / "prefect.yaml")
+    assert [(d.name, d.flow_name) for d in served] == [("nightly", "audit"),
+                                                         ("checkpoints", "audit-checkpoints")]
+    assert served[0].parameters == {"config": {"model": "test_vit"}, "fail_on_drift": True}
+    (tmp_path / "prefect.yaml").write_text(
+        "deployments:\n  - name: x\n    entrypoint: bfd/flows/nope.py:x\n", encoding="utf-8")
+    installed = Path(bfd.__file__).parent / "flows" / "nope.py"
+    with pytest.raises(FileNotFoundError, match=re.escape(
+            f"entrypoint 'bfd/flows/nope.py:x': no file {tmp_path}/bfd/flows/nope.py nor "
+            f"{installed} (the installed bfd package)")):
+        runner_deployments(tmp_path / "prefect.yaml")
+
+
 @pytest.mark.parametrize(("flow_name", "bad", "needle"), [
     ("audit", {"drift": {"fraction": 2}}, "2 is greater than the maximum of 1"),
     ("audit", {"drift": {"head_type": 1.5}}, "1.5 is greater than the maximum of 1"),

@@ -37,12 +37,25 @@ _SCHEDULE_KEYS = ("cron", "interval", "rrule", "timezone", "anchor_date", "activ
 
 
 def _load_flow(entrypoint: str, root: Path):
-    """The flow object of ``path/to/module.py:name``, imported as a module of the package."""
+    """The flow object of ``path/to/module.py:name``, imported as a module of the package.
+
+    The path is relative to ``root`` (the deployments file's folder, as ``prefect deploy``
+    reads it from the repository root); where no such file is there, a path ``bfd/...`` is
+    the installed ``bfd`` package's, so that a ``prefect.yaml`` outside the repository serves
+    the project's flows.
+
+    Raises:
+        FileNotFoundError: Neither file exists.
+    """
+    import bfd
+
     path, _, name = entrypoint.partition(":")
-    module = ".".join(Path(path).with_suffix("").parts)
-    if not (root / path).is_file():
-        raise FileNotFoundError(f"entrypoint {entrypoint!r}: no file {root / path}")
-    return getattr(importlib.import_module(module), name)
+    parts = Path(path).with_suffix("").parts
+    installed = Path(bfd.__file__).parent.joinpath(*Path(path).parts[1:])
+    if not (root / path).is_file() and not (parts[:1] == ("bfd",) and installed.is_file()):
+        also = f" nor {installed} (the installed bfd package)" if parts[:1] == ("bfd",) else ""
+        raise FileNotFoundError(f"entrypoint {entrypoint!r}: no file {root / path}{also}")
+    return getattr(importlib.import_module(".".join(parts)), name)
 
 
 def _schedule(spec: dict[str, Any]):
