@@ -555,9 +555,13 @@ def end_serve_on_interrupt() -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from bfd.cli_interrupt import say as on_interrupt
     from bfd.flows.serve import serve
 
-    serve(args.file, say)  # its lines on stdout: serving, then each run's start and end
+    def watch(lines) -> None:  # Ctrl-C's line (end_serve_on_interrupt) names the runs stopped
+        on_interrupt(lambda: lines.interrupted_line(SERVE_INTERRUPTED))
+
+    serve(args.file, say, watch)  # its lines on stdout: serving, then each run's start and end
     return 0
 
 
