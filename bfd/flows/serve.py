@@ -7,9 +7,10 @@ What a user sees in the terminal (stdout): one line when serving starts, one per
 one when it ends (its state; the run's name at its start when the flow renamed it since; an
 audit's run id, series and drift; the checkpoints audited; a failure's error), each poll's
 lines in the order of their times. Ctrl-C's line names the runs in progress and whether their
-audits were recorded (``RunLines.interrupted_line``). Prefect logs at WARNING in the CLI, so these lines are ``RunLines``' own:
-it reads the served deployments' flow runs from the API every ``POLL_SECONDS``, and the
-audits of a run from the store it wrote to (the ``audits`` table, by flow run id).
+audits were recorded (``RunLines.interrupted_line``). Prefect logs at WARNING in the CLI, so
+these lines are ``RunLines``' own: it reads the served deployments' flow runs from the API
+every ``POLL_SECONDS``, and the audits of a run from the store it wrote to (the ``audits``
+table, by flow run id).
 
 ``RunLines`` also creates the served schedules' runs through the API (``POST
 /deployments/{id}/schedule``, what the server's scheduler service does): Prefect's temporary
