@@ -332,6 +332,26 @@ def test_flow_gate_parameters_end_a_run_failed_after_recording(tmp_path, prefect
     assert state.is_completed() and state.result()["n_flagged"] == 0
 
 
+def test_checkpoints_flow_fails_on_the_planted_drift_after_auditing_all(tmp_path,
+                                                                       prefect_harness):
+    """audit-checkpoints' fail_on_drift: every checkpoint is audited and recorded, then the
+    run ends Failed, its message the one planted flag (step 200's frac_pos)."""
+    from bfd.flows.checkpoints import audit_checkpoints
+
+    make_checkpoints(tmp_path / "ckpts")
+    store = str(tmp_path / "store")
+    state = audit_checkpoints(str(tmp_path / "ckpts"), AUDIT, store, series="c",
+                              drift={"fraction": 1.0, "metrics": {"frac_pos": 0.05}},
+                              dashboard=False, fail_on_drift=True, return_state=True)
+    audits = read_audits(Store(store), "c")
+    assert [(a["step"], a["status"], a["n_flagged"]) for a in audits] == [
+        (100, "complete", 0), (200, "complete", 1), (300, "complete", 0)]
+    assert state.is_failed() and state.message == "drift: 1 value(s) flagged (fail_on_drift)"
+    with pytest.raises(DriftGateFailed) as err:
+        state.result()
+    assert [a["audit_id"] for a in err.value.out["audits"]] == [a["audit_id"] for a in audits]
+
+
 def test_drift_never_compares_two_models_of_one_series(tmp_path, prefect_harness, capsys):
     """One --series given audits of two models on the same images and layer: test_vit2's
     block 0 is not test_vit's block 0 changing. Nothing is compared or flagged, the note says
