@@ -209,3 +209,18 @@ def test_a_pos_embed_of_the_patches_alone_is_told_from_one_covering_the_prefix(t
     _, info = models.load_model("test_vit", str(tmp_path / "noemb.pth"), img_size=48,
                                 model_args={"reg_tokens": 2, "no_embed_class": True})
     assert (info.num_prefix_tokens, info.pos_embed_covers_prefix) == (3, False)
+
+
+def test_a_stats_only_audit_builds_the_model_with_its_model_args(prefect_harness, files,
+                                                                 tmp_path, capsys):
+    """``--no-store-activations`` forwards the model as built: the file with 4 registers
+    loads, and its run's request records the arguments beside ``activations: not stored``."""
+    store = str(tmp_path / "store")
+    code, out, err = run_cli(["audit", *BASE, "--weights", files["reg4"], "--model-arg",
+                              "reg_tokens=4", "--store", store, "--no-dashboard",
+                              "--no-store-activations"], capsys)
+    assert code == 0, err
+    rid = out.split(" run ", 1)[1].split()[0].rstrip(",")
+    assert read_request(Store(store), rid).extra == {
+        "activations": "not stored", "autocast": "none", "model_args": {"reg_tokens": 4},
+        "seed": 0}
