@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -121,6 +122,20 @@ def _add_store(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", help="store directory (default: $BFD_STORE or ./bfd-store)")
 
 
+def _img_size(text: str) -> int:
+    """``--img-size``: one int, the side of a square input. ``HxW`` is refused saying so (it
+    was refused as an invalid int)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    if re.fullmatch(r"\s*\d+\s*[xX*,]\s*\d+\s*", text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: one int, the side of a square input (a non-square HxW input is not "
+            "supported: BFD audits square inputs, docs/layout.md)")
+    raise argparse.ArgumentTypeError(f"invalid int value: {text!r}")
+
+
 def _add_extract_options(p: argparse.ArgumentParser, weights: bool = True) -> None:
     """The options of an extraction request; ``weights=False`` for a command whose weights
     come from elsewhere (audit-checkpoints: each checkpoint file), which then has no
@@ -134,7 +149,8 @@ def _add_extract_options(p: argparse.ArgumentParser, weights: bool = True) -> No
     p.add_argument("--n-images", type=int, help="use the first N images (samples: 64)")
     p.add_argument("--layers", default="all", help="all, or block indices like 0,5,11")
     p.add_argument("--sites", default="attn_in,resid", help="attn_in and/or resid")
-    p.add_argument("--img-size", type=int, help="model input size (default: the model's)")
+    p.add_argument("--img-size", type=_img_size,
+                   help="model input size, one int: a square input (default: the model's)")
     p.add_argument("--dtype", choices=("float16", "float32"), default="float16",
                    help="storage dtype of activations")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward (default 32)")
@@ -147,6 +163,11 @@ def _add_extract_options(p: argparse.ArgumentParser, weights: bool = True) -> No
     p.add_argument("--autocast", choices=("none", "bf16", "fp16"), default="none",
                    help="forward under CUDA autocast (a part of the run id); refused with "
                    "--device cpu, or auto without a CUDA device: the CPU forward is float32")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a timm.create_model argument of the model, for a ViT built otherwise "
+                   "than its name's default: reg_tokens=4, class_token=False, qkv_bias=False, "
+                   "global_pool=avg, ...; VALUE a Python/JSON literal (int, float, bool, None) "
+                   "or a string; repeatable; part of the run id")
     if weights:
         p.add_argument("--seed", type=int, default=0, help="seed of a random init")
     p.add_argument("--workers", type=int, default=1, help="local extraction workers")
@@ -167,6 +188,10 @@ def _extract_config(args: argparse.Namespace) -> dict:
         "img_size": args.img_size, "dtype": args.dtype, "batch_size": args.batch_size,
         "device": args.device, "autocast": args.autocast, "seed": args.seed,
     }
+    if args.model_arg:
+        from bfd.requests import parse_model_arg
+
+        cfg["model_args"] = dict(parse_model_arg(text) for text in args.model_arg)
     if args.images_per_chunk is not None:
         cfg["images_per_chunk"] = args.images_per_chunk
     if args.images_per_shard is not None:

@@ -29,7 +29,8 @@ def audit_config(config: dict):
 # what --series defaults to: bfd audit's (bfd.tasks.audits.default_series) and
 # bfd audit-checkpoints' (checkpoints_series), which takes no --weights
 AUDIT_SERIES = ("the series this audit extends (default: the model and its weights' source, "
-                "e.g. vit_b@pretrained, test_vit@random-seed-0)")
+                "e.g. vit_b@pretrained, test_vit@random-seed-0; with --model-arg options, "
+                "in brackets: vit_t[reg_tokens=4]@random-seed-0)")
 CHECKPOINTS_SERIES = ("the series these audits extend (default: the model and the checkpoints' "
                       "folder or glob, as an absolute path: vit_b@/ckpts)")
 
@@ -240,7 +241,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     cli._check_request_early(args, config)
     # an empty --series '' is refused (check_place), not taken for the default
     series = (args.series if args.series is not None
-              else default_series(model, config.weights, config.seed))
+              else default_series(model, config.weights, config.seed, config.model_args))
     check_place(series, args.step)
     check_series(Store(store), series)
     thresholds = drift_thresholds(args.drift_threshold)
@@ -298,7 +299,7 @@ def print_dashboard(index: str | None, store: str) -> None:
 # the options that would change what --demo audits (bfd.flows.params.DEMO_CONFIG, the input
 # size and the seed of its random init); how it runs (--device, --batch-size, ...) may be given
 DEMO_FIXED = ("model", "weights", "images", "n_images", "layers", "sites", "img_size", "dtype",
-              "seed")
+              "seed", "model_arg")
 
 
 def refuse_demo_request_options(args: argparse.Namespace) -> None:
@@ -432,7 +433,7 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
         return print_left_out(bad, "")
     cli._check_request_early(args, config)
     series = (args.series if args.series is not None
-              else checkpoints_series(config.model, args.checkpoints))
+              else checkpoints_series(config.model, args.checkpoints, config.model_args))
     check_place(series)
     store = cli._store(args)
     # nothing to audit: said without torch, timm or Prefect, as the flow would say it

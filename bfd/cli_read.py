@@ -217,6 +217,11 @@ _RUNS_SHOWN = (
 # than bfd's does not fail the listing)
 _RUNS_PREFIX = ("coalesce(CASE WHEN json_valid(config_json) THEN json_extract_string("
                 "config_json, '$.decompose.prefix') END, 'exclude')")
+# A published run's model with its --model-arg options (bfd.storage.model_label; the
+# run_shapes view's model, bfd/queries/_run_shapes.sql)
+_MODEL_LABEL = ("model || coalesce(' ' || CASE WHEN json_valid(config_json) THEN CAST("
+                "json_extract(config_json, '$.request.extra.model_args') AS VARCHAR) END, '') "
+                "AS model")
 # Lines on stderr saying what to do with runs not published; the rest are in the status column.
 _RUNS_NOTES = 10
 
@@ -224,7 +229,7 @@ _RUNS_NOTES = 10
 def _runs_sql(pending: list) -> tuple[str, dict]:
     """The statement of ``bfd runs`` over the catalog, with the runs not published bound as
     its parameters (no pyarrow table built from Python values: that would import pandas)."""
-    columns = ", ".join(_RUNS_COLUMNS)
+    columns = ", ".join(_MODEL_LABEL if c == "model" else c for c in _RUNS_COLUMNS)
     sql = f"SELECT {columns}, {_RUNS_PREFIX} AS prefix, created_at FROM runs"
     params: dict = {}
     rows = []

@@ -182,7 +182,8 @@ def record_reused_audit(args: argparse.Namespace, config, store: str, thresholds
           "flow run (no Prefect API configured; -v runs the flow)", file=sys.stderr)
     s = Store(store)
     series = (args.series if args.series is not None
-              else default_series(config.model, config.weights, config.seed))
+              else default_series(config.model, config.weights, config.seed,
+                                  config.model_args))
     step = args.step if args.step is not None else time_step(started)
     # Ctrl-C's line names the audit from its write on (bfd.cli_interrupt)
     with audit_row(s, series, step, "cli", None, started, writing=recording) as row:

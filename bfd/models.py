@@ -25,7 +25,7 @@ from torch import nn
 
 from bfd.files import WEIGHT_SUFFIXES as WEIGHT_SUFFIXES
 from bfd.files import sha256_file
-from bfd.requests import check_weights
+from bfd.requests import check_weights, model_args_text
 
 # The timm modules whose models are built on VisionTransformer; check_supported decides.
 VIT_MODULES: tuple[str, ...] = ("vision_transformer", "deit", "vision_transformer_hybrid")
@@ -90,12 +90,40 @@ def _model_name(model: nn.Module) -> str:
     return cfg.get("architecture") or type(model).__name__
 
 
-def check_supported(model: nn.Module, name: str | None = None) -> None:
+# the family that works, named in each refusal of another class
+_WORKS = ("timm's VisionTransformer with a learned absolute pos_embed works: vit_*, deit*, "
+          "*_dinov2 (with registers too), CLIP/SigLIP towers")
+
+
+def _class_reason(model: nn.Module) -> str:
+    """Why a model that is no timm VisionTransformer is refused, and what works instead."""
+    cls = type(model).__name__
+    names = [k for k, _ in (*model.named_parameters(), *model.named_buffers())]
+    relative = [m.group(1) for k in names
+                if (m := re.search(r"(?:^|\.)(\w*rel_pos\w*|relative_position\w*)(?:\.|$)", k))]
+    attention = any("attention" in type(m).__name__.lower() or type(m).__name__.endswith("Attn")
+                    for m in model.modules())
+    if relative:
+        table = relative[0]
+        return (f"its class is {cls}, whose attention adds a relative position bias to the "
+                f"logits ({table}): a position term that is not in the token activations, so "
+                "the logits are not x_i M x_j of them and BFD's positional factor (the "
+                "absolute position code the token stream carries) does not see it; " + _WORKS)
+    if not attention:
+        return (f"its class is {cls}, with no attention heads to decompose (BFD splits "
+                "the query-key logits of a Vision Transformer's heads); " + _WORKS)
+    return (f"its class is {cls}, not timm's VisionTransformer, whose token layout "
+            "(patch_embed, pos_embed, prefix tokens, blocks[l].attn) the capture reads and "
+            "whose logits are checked to be x_i M x_j; " + _WORKS)
+
+
+def check_supported(model: nn.Module, name: str | None = None, model_args: str = "") -> None:
     """Refuse models whose head logits are not x M xᵀ (docs/method.md, "Stage 2").
 
     Args:
         model: A timm model, typically built on the meta device (see ``describe``).
         name: Model name for the message; defaults to the model's timm architecture.
+        model_args: The ``--model-arg`` options it was built with, for the message.
 
     Raises:
         UnsupportedModelError: One line naming the model and the reason.
@@ -103,7 +131,8 @@ def check_supported(model: nn.Module, name: str | None = None) -> None:
     name = name or _model_name(model)
 
     def refuse(reason: str) -> UnsupportedModelError:
-        return UnsupportedModelError(f"model {name!r} is not supported: {reason}")
+        given = f" with {model_args}" if model_args else ""
+        return UnsupportedModelError(f"model {name!r}{given} is not supported: {reason}")
 
     rotary = [type(m).__name__ for m in model.modules()
               if any(k in type(m).__name__.lower() for k in ("rotary", "rope"))]
@@ -111,8 +140,7 @@ def check_supported(model: nn.Module, name: str | None = None) -> None:
         raise refuse(f"it uses rotary position embeddings ({(rotary or ['rope'])[0]}), so "
                      "logits are not bilinear in the token activations")
     if not isinstance(model, VisionTransformer):
-        raise refuse(f"its class is {type(model).__name__}, expected timm's VisionTransformer "
-                     "(vit_*, deit*, *_dinov2, CLIP/SigLIP towers)")
+        raise refuse(_class_reason(model))
     heads = set()
     for l, block in enumerate(model.blocks):
         attn = getattr(block, "attn", None)
@@ -170,20 +198,45 @@ def _size_kwargs(img_size: int | None) -> dict[str, Any]:
     return {} if img_size is None else {"img_size": img_size}
 
 
-def describe(name: str, img_size: int | None = None) -> ModelInfo:
+def describe(name: str, img_size: int | None = None,
+             model_args: dict[str, Any] | None = None) -> ModelInfo:
     """Shapes and token layout of a supported model, built on the meta device (no weights).
 
+    Args:
+        model_args: timm.create_model keyword arguments (``--model-arg``).
+
     Raises:
-        UnsupportedModelError: Unknown to timm or refused by ``check_supported``.
+        UnsupportedModelError: Unknown to timm, refused by ``check_supported``, or
+            ``model_args`` that timm refuses.
     """
+    args = dict(model_args or {})
     try:
-        model = _build(name, meta=True, pretrained=False, **_size_kwargs(img_size))
-    except TypeError:
-        # non-ViT constructors (ResNet, ...) reject img_size: build without it so that
-        # check_supported can refuse the model with its reason
+        model = _build(name, meta=True, pretrained=False, **_size_kwargs(img_size), **args)
+    except UnsupportedModelError:
+        raise
+    except (TypeError, AssertionError, ValueError) as err:
+        # non-ViT constructors (ResNet, ...) reject img_size (and a ViT's arguments): build
+        # without them so that check_supported can refuse the model with its reason
+        if not args and not isinstance(err, TypeError):
+            raise
         model = _build(name, meta=True, pretrained=False)
-    check_supported(model, name)
+        check_supported(model, name)
+        if args:
+            raise _refused_args(name, args, err) from None
+    check_supported(model, name, model_args_text(args))
     return _info(model, name, weights="none", sha="")
+
+
+def _refused_args(name: str, args: dict[str, Any], err: Exception) -> UnsupportedModelError:
+    """One line: timm refused ``args`` for ``name`` (an unknown argument, a value it asserts
+    against), with its words and where its arguments are listed."""
+    said = " ".join(str(err).split())[:300] or type(err).__name__
+    if args.get("class_token") is False and "global_pool" not in args:
+        said += " (give --model-arg global_pool=avg too: no class token to pool)"
+    return UnsupportedModelError(
+        f"timm refuses {model_args_text(args)} for {name!r}: {said}; the arguments are "
+        f"those of the model's class (timm.create_model({name!r}, ...): for a ViT, "
+        "timm.models.vision_transformer.VisionTransformer)")
 
 
 def supported_model_names(filter: str = "*") -> list[str]:
@@ -315,6 +368,73 @@ def _misfit(detail: str) -> str:
     return "; ".join(parts) if parts else detail[:300]
 
 
+def _file_tensors(path: str) -> dict[str, tuple[int, ...]]:
+    """The shape of each tensor of a checkpoint file, as timm reads it ({} when it cannot)."""
+    from timm.models import load_state_dict
+
+    try:
+        state = load_state_dict(path, use_ema=False)
+    except Exception:  # any failure: no hint, the load's own error stands
+        return {}
+    return {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+
+
+def misfit_hint(path: str, name: str, img_size: int | None,
+                model_args: dict[str, Any]) -> str | None:
+    """What of a checkpoint that does not fit ``name`` (built with ``model_args``) says how it
+    was built, as the ``--model-arg`` to give: its register tokens (``reg_token``), class
+    token, qkv biases, whether ``pos_embed`` covers the prefix tokens; None when none of these
+    differ (another architecture: another timm name)."""
+    file = _file_tensors(path)
+    if not file:
+        return None
+    model = _build(name, meta=True, pretrained=False, **_size_kwargs(img_size), **model_args)
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+    def shape(tensors: dict[str, tuple[int, ...]]) -> tuple[int, int]:  # (width, depth)
+        width = tensors.get("blocks.0.norm1.weight", (0,))[0]
+        return width, len({k.split(".")[1] for k in tensors if k.startswith("blocks.")})
+
+    if shape(file) != shape(ours):  # registers and the rest would not make it fit
+        (w, d), (mw, md) = shape(file), shape(ours)
+        return (f"the file holds a ViT of width {w} and depth {d}, the model's are {mw} and "
+                f"{md}: give the timm name of its architecture as --model")
+    args: dict[str, Any] = {}
+    said: list[str] = []
+    reg = file.get("reg_token", (1, 0))[1]
+    if reg != getattr(model, "num_reg_tokens", 0):
+        args["reg_tokens"] = reg
+        said.append(f"{reg} register token(s) (reg_token)" if reg else "no register tokens")
+    cls = "cls_token" in file
+    if cls != ("cls_token" in ours):
+        args["class_token"] = cls
+        if not cls:  # timm pools a model without a class token otherwise
+            args["global_pool"] = "map" if any(k.startswith("attn_pool.") for k in file) \
+                else "avg"
+        said.append("a class token (cls_token)" if cls else "no class token (cls_token)")
+    bias = "blocks.0.attn.qkv.bias" in file
+    if "blocks.0.attn.qkv.weight" in file and bias != ("blocks.0.attn.qkv.bias" in ours):
+        args["qkv_bias"] = bias
+        said.append("qkv biases" if bias else "no qkv biases (blocks.*.attn.qkv.bias)")
+    prefix = cls + reg + ("dist_token" in file)
+    rows = file.get("pos_embed", (1, 0))[1]
+    if prefix and rows:
+        def square(n: int) -> bool:
+            return n > 0 and round(n ** 0.5) ** 2 == n
+        # a square count of rows: pos_embed of the patches alone (no_embed_class=True)
+        covers = square(rows - prefix)  # known when one of the two counts is a square only
+        if covers != square(rows) and covers == bool(getattr(model, "no_embed_class", False)):
+            args["no_embed_class"] = not covers
+            said.append("pos_embed rows of the patches alone" if not covers
+                        else "pos_embed rows of the prefix tokens too")
+    if not args:
+        return None
+    given = {**model_args, **args}
+    return (f"the file holds {' and '.join(said)}: give "
+            f"{model_args_text({k: given[k] for k in sorted(args)})}"
+            + (" (with the other --model-arg given)" if set(model_args) - set(args) else ""))
+
+
 def load_model(
     name: str,
     weights: str = "pretrained",
@@ -322,6 +442,7 @@ def load_model(
     img_size: int | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    model_args: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, ModelInfo]:
     """Build a supported timm ViT in eval mode with frozen parameters.
 
@@ -333,6 +454,8 @@ def load_model(
         img_size: Input size; a learned ``pos_embed`` is resampled to the new grid on load.
         seed: Seed of the random init (``weights="random"``); the global RNG is left untouched.
         device: Where to put the model.
+        model_args: timm.create_model keyword arguments (``--model-arg``): the model's
+            configuration beyond its name (``reg_tokens``, ``class_token``, ...).
 
     Returns:
         The model and its ``ModelInfo`` (``weights_sha256``: sha256 of the checkpoint file, or
@@ -343,11 +466,12 @@ def load_model(
         WeightsUnavailableError: Pretrained weights neither cached nor downloadable.
         FileNotFoundError, ValueError: A bad ``weights`` or ``img_size`` argument.
     """
-    info = describe(name, img_size)
+    args = dict(model_args or {})
+    info = describe(name, img_size, args)
     if img_size is not None and img_size % info.patch_size[0]:
         raise ValueError(f"img_size must be a multiple of the patch size {info.patch_size[0]} "
                          f"of {name!r}; got {img_size}")
-    kw = {"pretrained": False, **_size_kwargs(img_size)}
+    kw = {"pretrained": False, **_size_kwargs(img_size), **args}
     if weights == "random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -368,7 +492,11 @@ def load_model(
         except (OSError, MemoryError):  # the file gone or unreadable, the machine's memory
             raise
         except Exception as e:
-            raise _weights_error(str(path), name, e) from e
+            err = _weights_error(str(path), name, e)
+            if "do not fit" in str(err):
+                hint = misfit_hint(str(path), name, img_size, args)
+                err = ValueError(f"{err}; {hint}" if hint else str(err))
+            raise err from e
         bad = [k for k, v in model.state_dict().items()
                if v.is_floating_point() and not torch.isfinite(v).all()]
         if bad:

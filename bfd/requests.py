@@ -13,6 +13,8 @@ on the command line, ``config.n_images`` for a Prefect run).
 
 from __future__ import annotations
 
+import ast
+import json
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -101,6 +103,62 @@ def check_weights(value: Any) -> None:
     check_checkpoint(value)
 
 
+# timm.create_model arguments that --model-arg does not pass: each has its own option, or
+# would load other weights than --weights names
+_OWN_OPTIONS: Final[dict[str, str]] = {
+    "img_size": "give --img-size",
+    "pretrained": "give --weights",
+    "pretrained_cfg": "give --weights",
+    "pretrained_cfg_overlay": "give --weights",
+    "checkpoint_path": "give --weights",
+    "features_only": "BFD reads every block itself",
+}
+_SCALARS = (bool, int, float, str, type(None))
+
+
+def parse_model_arg(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` of ``--model-arg``: VALUE a Python or JSON literal (``4``, ``0.5``,
+    ``False``/``false``, ``None``/``null``, ``'avg'``), else the text itself (``avg``).
+
+    Raises:
+        ValueError: No ``=``, or a key that is no Python name.
+    """
+    key, eq, value = text.partition("=")
+    key = key.strip()
+    if not eq or not key.isidentifier():
+        raise ValueError(f"--model-arg must be KEY=VALUE, a timm.create_model argument such "
+                         f"as reg_tokens=4 or class_token=False; got {text!r}")
+    value = value.strip()
+    for parse in (ast.literal_eval, json.loads):
+        try:
+            return key, parse(value)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+    return key, value
+
+
+def model_args_text(args: Mapping[str, Any]) -> str:
+    """``args`` as the command line gives them: ``--model-arg reg_tokens=4 ...`` (sorted)."""
+    return " ".join(f"--model-arg {k}={v!r}" if isinstance(v, str) else f"--model-arg {k}={v}"
+                    for k, v in sorted(args.items()))
+
+
+def check_model_args(value: Any) -> None:
+    """A mapping of timm.create_model keyword arguments to int, float, bool, None or str;
+    none of those that another option gives (``_OWN_OPTIONS``). Whether timm takes them is
+    timm's to say (``bfd.models.describe``)."""
+    if not isinstance(value, Mapping):
+        raise ValueError("must be a mapping of timm.create_model arguments to values")
+    for key, arg in value.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ValueError(f"{key!r} is no argument name")
+        if key in _OWN_OPTIONS:
+            raise ValueError(f"{key} is not passed as a model argument: {_OWN_OPTIONS[key]}")
+        if not isinstance(arg, _SCALARS):
+            raise ValueError(f"{key}={arg!r}: a value must be an int, float, bool, None or "
+                             "str")
+
+
 # the rule of each option of a request that has one without the model
 RULES: Final[dict[str, Callable[[Any], None]]] = {
     "weights": check_weights,
@@ -115,6 +173,7 @@ RULES: Final[dict[str, Callable[[Any], None]]] = {
     "device": check_device,
     "autocast": _one_of(AUTOCASTS),
     "decode_workers": _positive,
+    "model_args": check_model_args,
 }
 
 
@@ -195,6 +254,7 @@ def check_request(config: Mapping[str, Any]) -> None:
         except ValueError as err:  # as bfd.flows.params.describe_errors names it
             given = as_typed(value)
             given = "" if repr(given) in str(err) else f" (given {given!r})"
-            raise ValueError(f"--{name.replace('_', '-')}: {err}{given}") from None
+            option = "--model-arg" if name == "model_args" else f"--{name.replace('_', '-')}"
+            raise ValueError(f"{option}: {err}{given}") from None
     check_shards(config.get("images_per_chunk") or 1, config.get("images_per_shard"))
     check_autocast(config.get("autocast"), config.get("device"))

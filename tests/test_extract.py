@@ -326,9 +326,9 @@ def test_overlapped_stages_store_the_same_bits(tmp_path, mixed_folder, monkeypat
 
 @pytest.mark.parametrize(
     ("name", "reason"),
-    [("resnet18", "expected timm's VisionTransformer"),
+    [("resnet18", "with no attention heads to decompose"),
      ("eva02_tiny_patch14_224", "rotary position embeddings"),
-     ("vit_relpos_small_patch16_224", "expected timm's VisionTransformer")],
+     ("vit_relpos_small_patch16_224", "adds a relative position bias to the logits")],
 )
 def test_unsupported_models_are_refused_before_any_work(prefect_harness, tmp_path, name,
                                                         reason):

@@ -608,6 +608,22 @@ def test_head_type_changes_of_two_models_say_so(store):
         "layer changing (compare_models aligns relative depth)"))}
 
 
+def test_two_runs_of_one_name_built_with_other_model_args_are_two_models(store):
+    """``--model-arg`` builds another model of one timm name (registers, no class token):
+    its runs are no change of the default model's, and the note names the arguments."""
+    import json
+
+    root, _ = store
+    path = root / "tables" / "runs" / "model=vit_a" / "run_id=a-new" / "part-0.parquet"
+    config = json.loads(pq.read_table(path).column("config_json")[0].as_py() or "{}")
+    request = {**config.get("request", {}), "extra": {"model_args": {"reg_tokens": 4}}}
+    _set_run(root, "a-new", config_json=json.dumps({**config, "request": request},
+                                                   sort_keys=True))
+    result = rows(run_query(root, "head_type_changes", {"run_a": "a-old", "run_b": "a-new"}))
+    assert result and {(r["same_model"], r["note"].split(": two models")[0]) for r in result} == {
+        (False, 'run_a is of vit_a, run_b of vit_a {"reg_tokens":4}')}
+
+
 def test_one_runs_listing_and_seen_figures_equal_the_whole_stores(store):
     """``run_seen`` lists only its run's files: the same files as the whole listing filtered
     to the run, for runs of both layouts (a pointer and the folders before it, another run's

@@ -139,7 +139,7 @@ def audit(
     model = require_model(config)
     root = resolve_store(store)
     series = series if series is not None else default_series(model, config.weights,
-                                                                config.seed)
+                                                                config.seed, config.model_args)
     check_place(series, step)
     check_series(Store(root), series)  # a damaged audit file: refused, no failed audit added
     # a bad request (layers out of range, weights that do not fit the model, ...) is refused

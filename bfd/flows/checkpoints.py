@@ -110,7 +110,8 @@ def audit_checkpoints(
     options = with_deployment_defaults("decompose_options", decompose_options, DecomposeParams)
     model = require_model(config)
     root = resolve_store(store)
-    series = series if series is not None else checkpoints_series(model, checkpoints)
+    series = series if series is not None else checkpoints_series(model, checkpoints,
+                                                                        config.model_args)
     check_place(series)
     request = config.extract_config()
     # a bad request (layers out of range, no images, ...) is refused before anything is read

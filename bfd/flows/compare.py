@@ -32,6 +32,8 @@ class CompareItem(_Params):
     model: str = Field(description="timm model name")
     weights: str = Field("pretrained", description="pretrained, random, or a checkpoint file")
     seed: int = Field(0, description="seed of a random init")
+    model_args: dict[str, bool | int | float | str | None] | None = Field(
+        None, description="its timm.create_model arguments (default: config's model_args)")
     series: str | None = Field(None, description="its series (default: model@weights)")
 
 
@@ -89,11 +91,13 @@ def compare(
         try:
             one_config = AuditConfig.model_validate(
                 {**config.model_dump(), "model": item.model, "weights": item.weights,
-                 "seed": item.seed})
+                 "seed": item.seed, "model_args": (item.model_args if item.model_args
+                                                   is not None else config.model_args)})
         except ValidationError as err:
             raise ValueError(describe_errors(err, prefix=f"models[{i}].")) from None
         series = (item.series if item.series is not None
-                  else default_series(item.model, item.weights, item.seed))
+                  else default_series(item.model, item.weights, item.seed,
+                                      one_config.model_args))
         with tags(f"model:{item.model}", f"series:{series}"):
             audits.append(audit(one_config, root, workers=workers, dask_address=dask_address,
                                 decompose_options=options, series=series, drift=thresholds,

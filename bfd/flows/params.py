@@ -81,6 +81,15 @@ class AuditConfig(_Params):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:K",
                         json_schema_extra=SCHEMA["device"])
     autocast: Literal[AUTOCASTS] = "none"
+    model_args: dict[str, bool | int | float | str | None] = Field(
+        default_factory=dict, description="timm.create_model arguments of the model (its "
+        "configuration beyond the name), e.g. {\"reg_tokens\": 4}; part of the run id")
+
+    @field_validator("model_args", mode="before")
+    @classmethod
+    def _model_args(cls, value: Any) -> Any:
+        # before pydantic's coercion (True would pass as 1.0 of a float field's union)
+        return check_option("model_args", {} if value is None else value)
 
     @field_validator("weights", "n_images", "layers", "img_size", "batch_size",
                      "images_per_chunk", "images_per_shard", "device")
@@ -233,7 +242,7 @@ def with_deployment_defaults(name: str, given: _Params | None, kind: type[_Param
 
 
 def cli_option(field: str) -> str:
-    return "--" + field.replace("_", "-")
+    return "--model-arg" if field == "model_args" else "--" + field.replace("_", "-")
 
 
 def describe_errors(err: ValidationError, prefix: str = "", cli: bool = False) -> str:

@@ -1,6 +1,7 @@
 -- run_pairs: every ordered pair of complete runs (run_a, run_b; a run with itself too), with
 -- same_model: both are of one model, whatever its weights (the same timm name less any
--- pretrained tag, which chooses weights as a checkpoint does, and the same depth, num_heads
+-- pretrained tag, which chooses weights as a checkpoint does, built with the same --model-arg
+-- options (run_shapes' architecture holds them), and the same depth, num_heads
 -- and width where both runs hold them: 0 or NULL in a run published before these columns),
 -- e.g. two checkpoints, seeds or fine-tunes; and note: NULL when run_b's per-layer and
 -- per-head figures less run_a's are changes of one model over the same images and

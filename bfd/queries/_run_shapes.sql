@@ -1,5 +1,6 @@
--- run_shapes: one row per complete run, what run_pairs compares of it: model; architecture
--- (the timm name less any pretrained tag, which chooses weights as a checkpoint does); depth,
+-- run_shapes: one row per complete run, what run_pairs compares of it: model (the timm name,
+-- then the run's --model-arg options as JSON where it has any); architecture (the timm name
+-- less any pretrained tag, which chooses weights as a checkpoint does, with those options); depth,
 -- num_heads and width (NULL where the run does not hold them: 0 or NULL in a run published
 -- before these columns); prefix (the decomposition's prefix option, 'exclude' when the run's
 -- config does not say); shape (depth, heads and width in words, '?' for one not held);
@@ -11,8 +12,10 @@
 -- run_pairs does (bfd/report/assets/dashboard.js pairOf), one row a run instead of one a pair.
 SELECT
     run_id,
-    model,
-    split_part(model, '.', 1) AS architecture,
+    -- with the --model-arg options of the run, when given (bfd.tasks.drift.model_label):
+    -- two runs of one timm name built with other arguments are two models
+    model || coalesce(' ' || model_args, '') AS model,
+    split_part(model, '.', 1) || coalesce(' ' || model_args, '') AS architecture,
     nullif(depth, 0) AS depth,
     nullif(num_heads, 0) AS num_heads,
     nullif(width, 0) AS width,
@@ -27,5 +30,9 @@ SELECT
         THEN concat(coalesce(nullif(regexp_extract(rtrim(images, '/\'), '[^/\\]*$'), ''), '?'),
             '@', left(images_sha256, 12)) END AS images,
     nullif(img_size, 0) AS img_size
-FROM runs
+FROM (
+    SELECT *, CASE WHEN json_valid(config_json) THEN CAST(json_extract(config_json,
+        '$.request.extra.model_args') AS VARCHAR) END AS model_args
+    FROM runs
+)
 WHERE status = 'complete'

@@ -86,6 +86,7 @@ _EXPORTS: Final[dict[str, str]] = {
     "list_requests": "runs",
     "read_request": "runs",
     "request_columns": "runs",
+    "model_label": "runs",
     "run_id": "runs",
     "sha256_hex": "runs",
     "write_request": "runs",

@@ -189,6 +189,15 @@ class RunRequest:
         return cls(**kwargs)
 
 
+def model_label(model: str | None, model_args: Mapping[str, Any] | None) -> str:
+    """A model's name with its ``--model-arg`` options (``extra.model_args``) as compact JSON,
+    as the ``run_shapes`` view (SQL) and ``bfd runs`` spell it: ``test_vit {"reg_tokens":4}``;
+    the name alone without them."""
+    if not model_args:
+        return str(model or "")
+    return f"{model} {json.dumps(dict(model_args), sort_keys=True, separators=(',', ':'))}"
+
+
 def request_columns(request: RunRequest) -> dict[str, Any]:
     """The columns of a ``runs`` row that the run's request alone gives (``runs_row`` of
     ``bfd.tasks.publish``; ``bfd runs`` of a run not published): ``img_size`` one int (the

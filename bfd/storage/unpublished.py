@@ -14,7 +14,7 @@ from typing import Final
 from .manifest import read_markers
 from .paths import Store, read_json, validate_run_id
 from .recorded import recorded_sha256, sha256_change
-from .runs import RunRequest, is_stats_only, read_request, request_columns
+from .runs import RunRequest, is_stats_only, model_label, read_request, request_columns
 
 # Every shard extracted, nothing published: `bfd decompose` is next (or its decomposition
 # failed or was interrupted).
@@ -84,8 +84,10 @@ _RUN_FIELDS: Final[tuple[str, ...]] = ("model", "weights", "images", "images_sha
 def _request_fields(request: RunRequest) -> dict:
     """The ``runs`` columns of an unpublished run, from its request (``request_columns``, as
     a published run's row holds them)."""
-    return {name: value for name, value in request_columns(request).items()
-            if name in _RUN_FIELDS}
+    fields = {name: value for name, value in request_columns(request).items()
+              if name in _RUN_FIELDS}
+    # the model with its --model-arg options, as bfd runs shows a published run's
+    return {**fields, "model": model_label(request.model, request.extra.get("model_args"))}
 
 
 def _damaged(store: Store, run_id: str, damage: str, row: dict | None) -> UnpublishedRun:

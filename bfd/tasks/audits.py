@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from bfd.files import WEIGHT_SUFFIXES, check_checkpoint, sha256_file
+from bfd.requests import model_args_text
 from bfd.storage import (
     SEEN_FIGURES,
     Store,
@@ -47,12 +48,23 @@ _SUFFIXES: Final[re.Pattern[str]] = re.compile(r"(?:\.[A-Za-z]+)+$")
 _NAME_MAX: Final[int] = 255
 
 
-def default_series(model: str, weights: str, seed: int = 0) -> str:
+def model_series_name(model: str, model_args: Mapping[str, Any] | None = None) -> str:
+    """A model in a default series: its name, with its ``--model-arg`` options in brackets
+    when it has any (``vit_t[class_token=False,global_pool='avg']``): the model built
+    otherwise is another model, so another series."""
+    if not model_args:
+        return model
+    return f"{model}[{','.join(f'{k}={v!r}' for k, v in sorted(model_args.items()))}]"
+
+
+def default_series(model: str, weights: str, seed: int = 0,
+                   model_args: Mapping[str, Any] | None = None) -> str:
     """The series of an audit that names none: the model with the source of its weights.
 
     ``test_vit@random-seed-0``, ``vit_small_patch16_224.augreg_in21k@pretrained``,
-    ``vit_b@/ckpts/run7/last.pth``: seeds, checkpoints and fine-tunes of one architecture
-    are different series.
+    ``vit_b@/ckpts/run7/last.pth``, ``vit_t[reg_tokens=4]@random-seed-0``: seeds,
+    checkpoints and fine-tunes of one architecture, and its builds with other model
+    arguments, are different series.
     """
     if weights == "random":
         source = f"random-seed-{seed}"
@@ -60,7 +72,7 @@ def default_series(model: str, weights: str, seed: int = 0) -> str:
         source = "pretrained"
     else:
         source = os.path.abspath(weights)
-    return f"{model}@{source}"
+    return f"{model_series_name(model, model_args)}@{source}"
 
 
 def skipped_said(skipped: Sequence[Mapping[str, Any]]) -> str:
@@ -141,9 +153,11 @@ def run_reuse(extracted: Sequence[int] = (), repaired: Sequence[int] = (),
     return "computed"
 
 
-def checkpoints_series(model: str, pattern: str) -> str:
-    """The default series of the checkpoints of a folder or glob: the model and that folder."""
-    return f"{model}@{os.path.abspath(pattern)}"
+def checkpoints_series(model: str, pattern: str,
+                       model_args: Mapping[str, Any] | None = None) -> str:
+    """The default series of the checkpoints of a folder or glob: the model (with its model
+    arguments: ``model_series_name``) and that folder."""
+    return f"{model_series_name(model, model_args)}@{os.path.abspath(pattern)}"
 
 
 def check_place(series: str, step: int | None = None) -> None:
@@ -264,7 +278,9 @@ def describe_request(config: Mapping[str, Any]) -> str:
             value = ",".join(map(str, value))
         return default if value is None or value == "" else str(value)
 
-    return (f"model {config['model']}, images {config['images']} (N "
+    args = config.get("model_args") or {}
+    built = f" ({model_args_text(args)})" if args else ""
+    return (f"model {config['model']}{built}, images {config['images']} (N "
             f"{given('n_images', 'all')}), layers {given('layers', 'all')}, sites "
             f"{given('sites', 'default')}, img_size {given('img_size', 'default')}, dtype "
             f"{config['dtype']} and each file's sha256")

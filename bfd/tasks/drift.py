@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from bfd.storage import Store
+from bfd.storage import Store, model_label
 
 LAYER_FRACTIONS: Final[tuple[str, ...]] = ("frac_pos", "frac_img", "frac_int", "frac_content")
 HEAD_FRACTIONS: Final[tuple[str, ...]] = ("f_pp", "f_pc", "f_cp", "f_cc")
@@ -105,19 +105,34 @@ def architecture_name(model: str | None) -> str:
     return str(model or "").split(".", 1)[0]
 
 
+def model_args_of(config_json: str | None) -> dict[str, Any]:
+    """The ``--model-arg`` options a ``runs`` row's ``config_json`` records ({} when none)."""
+    try:
+        request = json.loads(config_json or "{}").get("request") or {}
+        args = (request.get("extra") or {}).get("model_args") or {}
+    except (json.JSONDecodeError, AttributeError):
+        return {}
+    return args if isinstance(args, dict) else {}
+
+
 def same_model(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     """Whether two ``runs`` rows are of one model, whatever its weights: the same architecture
-    name (``architecture_name``) and the same depth, num_heads and width where both rows hold
-    them (0 or NULL: a run published before these columns)."""
+    name (``architecture_name``) built with the same model arguments (``--model-arg``:
+    ``model_args`` of the rows, none when absent), and the same depth, num_heads and width
+    where both rows hold them (0 or NULL: a run published before these columns)."""
     if architecture_name(a.get("model")) != architecture_name(b.get("model")):
+        return False
+    if (a.get("model_args") or {}) != (b.get("model_args") or {}):
         return False
     return all(a.get(k) == b.get(k) for k in ARCHITECTURE if a.get(k) and b.get(k))
 
 
 def _other_model(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
     """Which models two runs of ``same_model`` False are of, in words."""
-    if architecture_name(a["model"]) != architecture_name(b["model"]):
-        return f"{a['model']}, not {b['model']}"
+    if architecture_name(a["model"]) != architecture_name(b["model"]) or (
+            (a.get("model_args") or {}) != (b.get("model_args") or {})):
+        return (f"{model_label(a['model'], a.get('model_args'))}, not "
+                f"{model_label(b['model'], b.get('model_args'))}")
 
     def shape(r: Mapping[str, Any]) -> str:
         depth, heads, width = (r[k] or "?" for k in ARCHITECTURE)
@@ -134,6 +149,7 @@ def _run_inputs(store: Store, run_ids: Sequence[str]) -> dict[str, dict[str, Any
     wanted = set(run_ids)
     rows = read_table(store, "runs").to_pylist()
     return {r["run_id"]: {"model": r["model"], **{k: r.get(k) for k in ARCHITECTURE},
+                          "model_args": model_args_of(r.get("config_json")),
                           "sha": r["images_sha256"], "img_size": r["img_size"],
                           "n": (r["n_images"] or 0) - (r["n_skipped"] or 0),
                           "prefix": _prefix(decompose_options_of(r.get("config_json")))}

@@ -67,6 +67,9 @@ class ExtractConfig:
         device: "auto", "cpu", "cuda" or "cuda:K".
         autocast: "none", "bf16" or "fp16" (GPU forward under autocast).
         decode_workers: image decoding threads per shard task.
+        model_args: timm.create_model keyword arguments (``--model-arg``: the model's
+            configuration beyond its name, e.g. ``{"reg_tokens": 4}``); in the run id
+            (``RunRequest.extra``) when given.
     """
 
     model: str
@@ -85,6 +88,7 @@ class ExtractConfig:
     autocast: str = "none"
     decode_workers: int = 2
     extra: dict = field(default_factory=dict)
+    model_args: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # one spelling of the files named (bfd.files.input_path): the request key, the run
@@ -179,7 +183,7 @@ def validate_config(cfg: ExtractConfig) -> models.ModelInfo:
     """
     check_request(cfg.to_dict())  # the rules that need no model (bfd.requests)
     check_autocast(cfg.autocast, models.resolve_device(cfg.device), cfg.device)
-    info = models.describe(cfg.model, cfg.img_size)
+    info = models.describe(cfg.model, cfg.img_size, cfg.model_args)
     if cfg.img_size is not None and cfg.img_size % info.patch_size[0]:
         raise ValueError(f"--img-size must be a multiple of the patch size {info.patch_size[0]} "
                          f"of {cfg.model!r}; got {cfg.img_size}")
@@ -241,7 +245,10 @@ def prepare_run(store_root: str, cfg: ExtractConfig) -> RunPlan:
         images=cfg.images, images_sha256=imgs.manifest_sha256(records),
         n_images=len(records), preprocessing=preprocessing, img_size=tuple(info.img_size),
         sites=tuple(cfg.sites), layers=layers, dtype=cfg.dtype, code_version=bfd.__version__,
-        extra={"autocast": cfg.autocast, "seed": cfg.seed, **cfg.extra},
+        # model arguments only when given: a request without them keeps its run id
+        extra={"autocast": cfg.autocast, "seed": cfg.seed,
+               **({"model_args": dict(sorted(cfg.model_args.items()))} if cfg.model_args
+                  else {}), **cfg.extra},
     )
     # a run of this request made before paths had one spelling is this request's run
     request = earlier_spelling(store, request) or request
@@ -317,13 +324,15 @@ def _model(cfg: ExtractConfig, device: str) -> tuple[torch.nn.Module, models.Mod
     if cfg.weights not in ("pretrained", "random") and os.path.isfile(cfg.weights):
         st = os.stat(cfg.weights)
         stamp = (st.st_size, st.st_mtime_ns)
-    return _cached_model(cfg.model, cfg.weights, cfg.img_size, cfg.seed, device, stamp)
+    args = json.dumps(cfg.model_args, sort_keys=True)  # hashable, for the cache
+    return _cached_model(cfg.model, cfg.weights, cfg.img_size, cfg.seed, device, stamp, args)
 
 
 @functools.lru_cache(maxsize=2)
 def _cached_model(name: str, weights: str, img_size: int | None, seed: int, device: str,
-                  stamp: tuple[int, int] | None):
-    return models.load_model(name, weights, img_size=img_size, seed=seed, device=device)
+                  stamp: tuple[int, int] | None, model_args: str = "{}"):
+    return models.load_model(name, weights, img_size=img_size, seed=seed, device=device,
+                             model_args=json.loads(model_args))
 
 
 def worker_device(device: str, worker_name: object = None, gpus: int | None = None) -> str:

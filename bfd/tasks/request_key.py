@@ -91,6 +91,8 @@ def key_inputs(config: Mapping[str, Any], weights_sha256: str | None,
     options["weights"] = input_path(options["weights"])
     options["images"] = input_path(options["images"])
     options["extra"] = dict(options["extra"] or {})
+    if config.get("model_args"):  # only when given: the key of a request without them stays
+        options["model_args"] = dict(sorted(config["model_args"].items()))
     sites = options["sites"]
     options["sites"] = list(sites) if not isinstance(sites, str) else sites
     samples = config.get("images") == SAMPLES
@@ -112,10 +114,11 @@ def request_key(inputs: Mapping[str, Any]) -> str:
 
 def request_identity(inputs: Mapping[str, Any]) -> str:
     """The key of ``key_inputs`` without the path the weights were given by and the shard
-    plan: equal for two requests of the same model, weights bytes, images, N, layers, sites,
-    img_size, dtype, seed and versions, that is, of the same run's computation. The images'
-    path is taken in its one spelling: a key recorded before paths had one (``imgs``) names
-    the same images as ``/work/imgs`` from the folder it was typed in."""
+    plan: equal for two requests of the same model (and model arguments), weights bytes,
+    images, N, layers, sites, img_size, dtype, seed and versions, that is, of the same run's
+    computation. The images' path is taken in its one spelling: a key recorded before paths
+    had one (``imgs``) names the same images as ``/work/imgs`` from the folder it was typed
+    in."""
     kept = {k: v for k, v in inputs.items() if k not in _NOT_IDENTITY}
     if "images" in kept:
         kept["images"] = input_path(kept["images"])
