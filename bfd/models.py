@@ -383,7 +383,8 @@ def misfit_hint(path: str, name: str, img_size: int | None,
                 model_args: dict[str, Any]) -> str | None:
     """What of a checkpoint that does not fit ``name`` (built with ``model_args``) says how it
     was built, as the ``--model-arg`` to give: its register tokens (``reg_token``), class
-    token, qkv biases, whether ``pos_embed`` covers the prefix tokens; None when none of these
+    token, qkv biases, classifier head (a fine-tune's ``num_classes``), whether ``pos_embed``
+    covers the prefix tokens; None when none of these
     differ (another architecture: another timm name)."""
     file = _file_tensors(path)
     if not file:
@@ -416,6 +417,11 @@ def misfit_hint(path: str, name: str, img_size: int | None,
     if "blocks.0.attn.qkv.weight" in file and bias != ("blocks.0.attn.qkv.bias" in ours):
         args["qkv_bias"] = bias
         said.append("qkv biases" if bias else "no qkv biases (blocks.*.attn.qkv.bias)")
+    head = file.get("head.weight")  # (classes, width): a fine-tune's own classes
+    if head != ours.get("head.weight"):
+        args["num_classes"] = head[0] if head else 0
+        said.append(f"a classifier head of {head[0]} classes (head.weight; no part of BFD)"
+                    if head else "no classifier head (head.weight)")
     prefix = cls + reg + ("dist_token" in file)
     rows = file.get("pos_embed", (1, 0))[1]
     if prefix and rows:
