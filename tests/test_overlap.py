@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,15 @@ from conftest import run_cli as cli
 from locks import held_by_another_thread
 
 from bfd.cli import main
-from bfd.storage import Store, list_runs, read_audits, run_lock, series_lock
+from bfd.storage import (
+    Store,
+    earlier_audits,
+    list_runs,
+    read_audits,
+    run_lock,
+    series_lock,
+    write_audit,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 # what the audits look at; the weights: each checkpoint, or random (REQUEST)
@@ -165,3 +174,28 @@ def test_a_series_lock_is_taken_again_by_its_thread_and_refused_to_another(tmp_p
                 pass
     with held_by_another_thread(series_lock(store, "s")):
         pass  # released by the blocks above: taken at once
+
+
+def test_an_audit_compares_only_with_audits_before_it_in_series_order(tmp_path):
+    """Of two audits of one step, the one started first never has the one started later as
+    a previous audit, even when that one was recorded first: both may follow step 200."""
+    store = Store(tmp_path / "store")
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def recorded(step: int, started: datetime, audit_id: str) -> dict:
+        row = {"audit_id": audit_id, "series": "s", "run_id": f"run-{step}", "step": step,
+               "started_at": started, "finished_at": started + timedelta(minutes=5),
+               "trigger": "cli", "status": "complete"}
+        write_audit(store, row)
+        return row
+
+    at_200 = recorded(200, t0, "A200")
+    later = recorded(300, t0 + timedelta(seconds=2), "B300")  # started 1 s after `first`,
+    # recorded before it
+    first = {"audit_id": "A300", "step": 300, "started_at": t0 + timedelta(seconds=1)}
+    assert [r["audit_id"] for r in earlier_audits(store, "s", 300, first)] == ["A200"]
+    assert [r["audit_id"] for r in earlier_audits(store, "s", 300)] == ["A200", "B300"]
+    # an audit started after both follows both
+    last = {"audit_id": "C300", "step": 300, "started_at": t0 + timedelta(seconds=3)}
+    assert [r["audit_id"] for r in earlier_audits(store, "s", 300, last)] == [
+        at_200["audit_id"], later["audit_id"]]

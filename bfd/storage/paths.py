@@ -8,6 +8,7 @@ their atomicity rests on ``os.replace`` within one directory.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -300,11 +301,11 @@ def held_lock(path: Path, *, busy: Callable[[], Exception],
         held.lock.acquire()
     try:
         if held.depth == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = _lock_file(path, must=wait is None)
             try:
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    if fd is not None:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     if wait is None:
                         raise busy() from None
@@ -312,7 +313,8 @@ def held_lock(path: Path, *, busy: Callable[[], Exception],
                         wait()
                     fcntl.flock(fd, fcntl.LOCK_EX)
             except BaseException:
-                os.close(fd)
+                if fd is not None:
+                    os.close(fd)
                 raise
             held.fd = fd
         held.depth += 1
@@ -320,11 +322,30 @@ def held_lock(path: Path, *, busy: Callable[[], Exception],
             yield
         finally:
             held.depth -= 1
-            if held.depth == 0 and held.fd is not None:
-                os.close(held.fd)  # releases the flock
+            if held.depth == 0:
+                if held.fd is not None:
+                    os.close(held.fd)  # releases the flock
                 held.fd = None
     finally:
         held.lock.release()
+
+
+def _lock_file(path: Path, must: bool) -> int | None:
+    """The lock file opened (created with its folder when missing). A store this process
+    cannot write (read-only, no permission): with ``must``, the error (a command that
+    refuses a busy run fails at once, as its first write would); else the existing file
+    opened read-only (``flock`` needs no write access), or None when there is none: no lock,
+    as this process can change nothing there (its first write fails as before)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        if must or err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        try:
+            return os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
 
 
 def lock_busy(path: Path) -> bool:
