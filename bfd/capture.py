@@ -115,10 +115,12 @@ def forward_capture(
 ) -> dict[str, torch.Tensor]:
     """Run the model and return the activations at ``sites`` of blocks ``layers``.
 
-    ``attn_in`` is the input of ``blocks[l].attn.qkv`` (= ``norm1`` output), ``resid`` the input
-    of ``blocks[l]``. The forward stops after the last needed capture. Hooks are removed even
-    when the forward fails. Captures on one model from several threads take turns: the hooks
-    live on the model, so overlapping forwards would see each other's activations.
+    ``attn_in`` is the input of ``blocks[l].attn.qkv`` (hooked there: ``norm1``'s output in a
+    pre-norm block; in a post-norm one, timm's ``ResPostBlock``, the residual stream itself,
+    ``norm1`` coming after the attention), ``resid`` the input of ``blocks[l]``. The forward
+    stops after the last needed capture. Hooks are removed even when the forward fails.
+    Captures on one model from several threads take turns: the hooks live on the model, so
+    overlapping forwards would see each other's activations.
 
     Args:
         model: A supported model in eval mode.

@@ -68,14 +68,19 @@ def _store(args: argparse.Namespace) -> str:
 
 def _check_request_early(args: argparse.Namespace, config) -> None:
     """What of a request needs no model, checked before torch, timm and Prefect are imported
-    (10-26 s) or Prefect's server starts: the image source, the store's path and the workers.
+    (10-26 s) or Prefect's server starts: the image source (a warning when it holds fewer
+    images than ``--n-images``), the store's path and the workers.
     Its options, a weights file's first bytes among them, were checked when ``config`` was
     typed (``bfd.cli_audits.audit_config``, by the rules of ``bfd.requests``)."""
     from bfd.images import check_source
     from bfd.requests import check_workers
 
     # a missing or empty image source is the user's mistake: refused before an audit records it
-    check_source(config.images, config.n_images)
+    held = check_source(config.images, config.n_images)
+    if config.n_images is not None and held is not None and held < config.n_images:
+        # said before the work, not only after the results (bfd.cli_audits.print_image_notes)
+        print(f"bfd: warning: --n-images {config.n_images}, but {config.images} holds {held} "
+              f"images; all {held} are used", file=sys.stderr)
     _store(args)
     check_workers(args.workers)
 

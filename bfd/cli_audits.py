@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from bfd import cli
+from bfd.tasks.drift_gate import drift_verdict
 
 
 def audit_config(config: dict):
@@ -197,39 +198,20 @@ def print_flagged(flagged, store: str) -> None:
                 f"--param run_a={first['prev_run_id']} --param run_b={first['run_id']}{at}")
 
 
-def not_compared(audit: dict) -> str | None:
-    """Why the audit compared nothing (no earlier audit of its series comparable: its
-    ``drift_note``, said of the previous audit; or the first of its series), in one line;
-    None when it compared with one."""
-    if audit.get("drift_note"):
-        return audit["drift_note"]
-    if audit.get("prev_audit_id") is None:
-        return (f"audit {audit['audit_id']} is the first of series {audit['series']}, with "
-                "nothing to compare with (it is kept: the next audit compares with it)")
-    return None
-
-
 def drift_exit(n_flagged: int, fail_on_drift: bool, audits: Sequence[dict] = (),
                fail_if_not_compared: bool = False) -> int:
-    """Exit status 3 when drift was flagged under ``--fail-on-drift``, or an audit compared
-    nothing under ``--fail-if-not-compared`` (one line each on stderr saying why). Else a gate
-    under ``--fail-on-drift`` also learns, on stderr, of each audit that compared nothing with
-    any earlier audit (its ``drift_note``): it passes, with nothing checked. An audit
-    compared with an earlier audit than the previous one (those between not comparable with
-    it) is checked like any other (its drift line names those it skipped)."""
-    failed = False
-    for audit in audits:
-        why = not_compared(audit)
-        if why is not None and fail_if_not_compared:
-            print(f"bfd: drift not compared (--fail-if-not-compared): {why}", file=sys.stderr)
-            failed = True
-        elif fail_on_drift and audit.get("drift_note"):
-            print(f"bfd: warning: drift not compared (--fail-on-drift passes without a check): "
-                  f"{audit['drift_note']}", file=sys.stderr)
-    if n_flagged and fail_on_drift:
-        print(f"bfd: drift: {n_flagged} value(s) flagged (--fail-on-drift)", file=sys.stderr)
-        failed = True
-    return 3 if failed else 0
+    """Exit status 3 when the drift gate fails (``bfd.tasks.drift_gate.drift_verdict``, the
+    flows' rule too): drift flagged under ``--fail-on-drift``, or an audit compared nothing
+    under ``--fail-if-not-compared`` (one line each on stderr saying why). Else a gate under
+    ``--fail-on-drift`` also learns, on stderr, of each audit that compared nothing with any
+    earlier audit (its ``drift_note``): it passes, with nothing checked."""
+    verdict = drift_verdict(n_flagged, fail_on_drift, audits, fail_if_not_compared,
+                            spell=lambda name: "--" + name.replace("_", "-"))
+    for line in verdict.warnings:
+        print(f"bfd: warning: {line}", file=sys.stderr)
+    for line in verdict.failures:
+        print(f"bfd: {line}", file=sys.stderr)
+    return 3 if verdict.failures else 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -400,6 +382,12 @@ def print_demo_reading(store: str, run_id: str, profile) -> None:
           "  bfd audit --model vit_small_patch16_224.augreg_in21k --images <folder> "
           "--n-images 256\n"
           "  bfd audit --model vit_small_patch16_224 --weights <model.safetensors>")
+    print(textwrap.fill(
+        "On your own images, position is position over those images: a spatial layout they "
+        "share (a centre bias, sky at the top) counts as position too, with or without the "
+        "model. Audit them again with every other image mirrored, or compare with --images "
+        "samples and pos_embed_cos, before reading a positional share or head as the "
+        "model's (docs/method.md, Stage 1).", 96))
 
 
 def print_image_notes(store: str, run_id: str, requested: int | None) -> None:
@@ -573,9 +561,13 @@ def end_serve_on_interrupt() -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from bfd.cli_interrupt import say as on_interrupt
     from bfd.flows.serve import serve
 
-    serve(args.file, say)  # its lines on stdout: serving, then each run's start and end
+    def watch(lines) -> None:  # Ctrl-C's line (end_serve_on_interrupt) names the runs stopped
+        on_interrupt(lambda: lines.interrupted_line(SERVE_INTERRUPTED))
+
+    serve(args.file, say, watch)  # its lines on stdout: serving, then each run's start and end
     return 0
 
 
@@ -593,6 +585,8 @@ def add_audit_parsers(sub) -> None:
     s = sub.add_parser("serve", help="run the deployments of prefect.yaml on their schedules "
                        "in this process (no server or worker to set up); one line on stdout "
                        "when each run starts and when it ends")
-    s.add_argument("--file", default="prefect.yaml", help="the deployments file")
+    s.add_argument("--file", default="prefect.yaml",
+                   help="the deployments file; its entrypoints are relative to its folder, "
+                   "and an entrypoint bfd/... not found there is the installed bfd package's")
     s.set_defaults(fn=cmd_serve)
 

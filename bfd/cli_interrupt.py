@@ -53,8 +53,9 @@ _state: dict[str, Any] = {"message": MESSAGE, "line_open": lambda: False, "held"
                           "pending": False}
 
 
-def say(message: str) -> None:
-    """The line Ctrl-C writes from now on."""
+def say(message: str | Callable[[], str]) -> None:
+    """The line Ctrl-C writes from now on; a callable: called then, for the line (what it
+    says is known only then: ``bfd serve``'s runs in progress)."""
     with _lock:
         _state["message"] = message
 
@@ -62,7 +63,16 @@ def say(message: str) -> None:
 def message() -> str:
     """The line Ctrl-C writes now (also ``bfd.cli.main``'s, when a command run in-process ends
     in ``KeyboardInterrupt``)."""
-    return _state["message"]
+    return _text(_state["message"])
+
+
+def _text(message: str | Callable[[], str]) -> str:
+    if not callable(message):
+        return message
+    try:
+        return message()
+    except Exception:  # noqa: BLE001 - Ctrl-C still ends, with the plain line
+        return MESSAGE
 
 
 def recorded(row: Mapping[str, Any]) -> str:
@@ -135,13 +145,14 @@ def _kill_children() -> None:
                 child.kill()
 
 
-def end_now(line_open: Callable[[], bool] = lambda: False, message: str = MESSAGE) -> None:
+def end_now(line_open: Callable[[], bool] = lambda: False,
+            message: str | Callable[[], str] = MESSAGE) -> None:
     """Writes the line, kills the child processes and ends the process with exit 130.
 
     Args:
         line_open: True when stderr's last line is unfinished (a progress bar): the line
             then starts on a new one.
-        message: The line.
+        message: The line (a callable: called for it).
     """
     if not _ending.acquire(blocking=False):
         if _ender == [threading.get_ident()]:  # a second Ctrl-C on the thread ending it
@@ -153,7 +164,7 @@ def end_now(line_open: Callable[[], bool] = lambda: False, message: str = MESSAG
         sys.stderr.flush()
     with contextlib.suppress(Exception):
         newline = "\n" if line_open() else ""
-        os.write(sys.stderr.fileno(), f"{newline}{message}\n".encode())
+        os.write(sys.stderr.fileno(), f"{newline}{_text(message)}\n".encode())
     with contextlib.suppress(Exception):
         _kill_children()
     os._exit(EXIT_INTERRUPTED)

@@ -203,14 +203,20 @@ _RUNS_COLUMNS = ("run_id", "model", "weights", "images", "images_sha256", "img_s
                  "n_images", "n_skipped", "layers", "sites", "status")
 _RUNS_TYPES = ("VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "INTEGER", "BIGINT",
                "BIGINT", "VARCHAR", "VARCHAR", "VARCHAR")
-# What `bfd runs` shows of a run's images and img_size: the run_shapes view's images (the
-# source's name, '@' and 12 hex digits of images_sha256; NULL without a hash) and img_size
-# (NULL for 0), the same rule (bfd/queries/_run_shapes.sql; tests/test_cli.py checks they agree)
+# What `bfd runs` shows of a run's images, img_size and prefix option: the run_shapes view's
+# images (the source's name, '@' and 12 hex digits of images_sha256; NULL without a hash),
+# img_size (NULL for 0) and prefix (the decompose --prefix option of a published run, 'exclude'
+# where its config does not say; NULL for a run not published: not decomposed, or damaged),
+# the same rule (bfd/queries/_run_shapes.sql; tests/test_cli.py checks they agree)
 _RUNS_SHOWN = (
     "run_id, model, weights, CASE WHEN nullif(images_sha256, '') IS NOT NULL THEN concat("
     "coalesce(nullif(regexp_extract(rtrim(images, '/\\'), '[^/\\\\]*$'), ''), '?'), '@', "
-    "left(images_sha256, 12)) END AS images, nullif(img_size, 0) AS img_size, n_images, "
-    "n_skipped, layers, sites, status, created_at")
+    "left(images_sha256, 12)) END AS images, nullif(img_size, 0) AS img_size, prefix, "
+    "n_images, n_skipped, layers, sites, status, created_at")
+# A published run's prefix option (run_shapes' rule: json_valid, so that a row of other JSON
+# than bfd's does not fail the listing)
+_RUNS_PREFIX = ("coalesce(CASE WHEN json_valid(config_json) THEN json_extract_string("
+                "config_json, '$.decompose.prefix') END, 'exclude')")
 # Lines on stderr saying what to do with runs not published; the rest are in the status column.
 _RUNS_NOTES = 10
 
@@ -219,7 +225,7 @@ def _runs_sql(pending: list) -> tuple[str, dict]:
     """The statement of ``bfd runs`` over the catalog, with the runs not published bound as
     its parameters (no pyarrow table built from Python values: that would import pandas)."""
     columns = ", ".join(_RUNS_COLUMNS)
-    sql = f"SELECT {columns}, created_at FROM runs"
+    sql = f"SELECT {columns}, {_RUNS_PREFIX} AS prefix, created_at FROM runs"
     params: dict = {}
     rows = []
     for i, run in enumerate(pending):
@@ -228,7 +234,8 @@ def _runs_sql(pending: list) -> tuple[str, dict]:
             params[f"{name}_{i}"] = getattr(run, name)
             values.append(f"${name}_{i}::{kind}")
         params[f"created_at_{i}"] = run.created_at  # a damaged published run's, else None
-        rows.append(f"({', '.join(values)}, $created_at_{i}::TIMESTAMPTZ)")
+        # no prefix: not decomposed, or (damaged) its config unread
+        rows.append(f"({', '.join(values)}, NULL::VARCHAR, $created_at_{i}::TIMESTAMPTZ)")
     if rows:
         sql += f" UNION ALL SELECT * FROM (VALUES {', '.join(rows)})"
     return (f"SELECT {_RUNS_SHOWN} FROM ({sql}) ORDER BY created_at NULLS LAST, run_id",

@@ -195,10 +195,16 @@ def list_images(source: str, n_images: int | None = None) -> list[ImageRecord]:
     ]
 
 
-def check_source(source: str, n_images: int | None = None) -> None:
+def check_source(source: str, n_images: int | None = None) -> int | None:
     """Raises what ``list_images`` raises for a bad ``source``, without hashing any image: a
-    command checks its request before it records or computes anything."""
-    _source_entries(source, n_images)
+    command checks its request before it records or computes anything.
+
+    Returns:
+        The number of images ``list_images`` will list (at most ``n_images``), or None for
+        the samples (made in any number asked for).
+    """
+    entries = _source_entries(source, n_images)
+    return None if entries is None else len(entries)
 
 
 def _source_entries(source: str, n_images: int | None) -> list[tuple[str, str]] | None:

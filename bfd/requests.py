@@ -27,6 +27,8 @@ AUTOCASTS: Final[tuple[str, ...]] = ("none", "bf16", "fp16")
 MIN_IMAGES: Final[int] = 2
 _DEVICE: Final[re.Pattern[str]] = re.compile(r"(auto|cpu|cuda(:\d+)?)")
 _LAYERS: Final[re.Pattern[str]] = re.compile(r"\s*(all|\d+(\s*,\s*\d+)*)\s*")
+# ints, some negative: a range problem (Python's -1 for the last block is not taken)
+_SIGNED_LAYERS: Final[re.Pattern[str]] = re.compile(r"\s*-?\d+(\s*,\s*-?\d+)*\s*")
 
 
 def _positive(value: Any) -> None:
@@ -44,6 +46,9 @@ def _n_images(value: Any) -> None:
 
 def _layers(value: Any) -> None:
     if isinstance(value, str):
+        if _SIGNED_LAYERS.fullmatch(value) and not _LAYERS.fullmatch(value):
+            raise ValueError("layers are block indices from 0 to the model's depth - 1 "
+                             "(0,5,11 or all): a negative one is not allowed")
         if not _LAYERS.fullmatch(value):
             raise ValueError("must be 'all' or comma-separated ints like 0,5,11")
     elif not value or not all(isinstance(v, int) and v >= 0 for v in value):

@@ -16,6 +16,7 @@ from bfd.flows.audit import audit
 from bfd.queries import list_queries, run_query, run_sql
 from bfd.queries.seen import run_seen
 from bfd.storage import SEEN_FIGURES, Store, read_audits, read_drift, read_request, read_table
+from bfd.tasks.drift_gate import DriftGateFailed
 
 MODELS = {"test_vit": 6, "test_vit2": 8}  # name -> depth
 CONFIG = {"weights": "random", "images": "samples", "n_images": 12, "img_size": 64,
@@ -295,6 +296,60 @@ def test_fail_if_not_compared_fails_an_audit_that_compared_nothing(tmp_path, pre
     assert "not compared" not in err, err
     code, out, err = bfd("--n-images", "3", "--step", "5", "--fail-on-drift")
     assert code == 3 and "flagged (--fail-on-drift)" in err and "not compared" not in err, err
+
+
+def test_flow_gate_parameters_end_a_run_failed_after_recording(tmp_path, prefect_harness):
+    """The flow's own fail_if_not_compared and fail_on_drift (a deployment's parameters, the
+    CLI's rule): the run ends Failed, its message one line saying what was not compared or
+    flagged, once the audit and its drift are recorded; a run that compared and flagged
+    nothing under both ends Completed."""
+    store = str(tmp_path / "store")
+    config = {"model": "test_vit", "weights": "random", "img_size": 32, "dtype": "float32",
+              "layers": "0", "n_images": 8}
+
+    def run(step: int, seed: int, **gate: bool):
+        # any move flags (threshold 0): another random init surely moves some fraction
+        return audit({**config, "seed": seed}, store, series="s", step=step, dashboard=False,
+                     drift={"fraction": 0.0, "head_type": 0.0}, return_state=True, **gate)
+
+    state = run(1, 0, fail_if_not_compared=True, fail_on_drift=True)
+    (first,) = read_audits(Store(store), "s")
+    assert state.is_failed() and first["status"] == "complete"
+    assert state.message == (
+        f"drift not compared (fail_if_not_compared): audit {first['audit_id']} is the first "
+        "of series s, with nothing to compare with (it is kept: the next audit compares with "
+        "it)")
+    with pytest.raises(DriftGateFailed) as err:  # a call of the flow: its return value kept
+        state.result()
+    assert err.value.out["audit_id"] == first["audit_id"]
+    state = run(2, 1, fail_on_drift=True)  # another random init: drift flagged
+    second = read_audits(Store(store), "s")[1]
+    assert second["n_flagged"] > 0 and second["status"] == "complete"
+    assert read_drift(Store(store), "s", second["audit_id"])  # recorded before the end
+    assert state.is_failed() and state.message == (
+        f"drift: {second['n_flagged']} value(s) flagged (fail_on_drift)")
+    state = run(3, 1, fail_on_drift=True, fail_if_not_compared=True)  # the same init again
+    assert state.is_completed() and state.result()["n_flagged"] == 0
+
+
+def test_checkpoints_flow_fails_on_the_planted_drift_after_auditing_all(tmp_path,
+                                                                       prefect_harness):
+    """audit-checkpoints' fail_on_drift: every checkpoint is audited and recorded, then the
+    run ends Failed, its message the one planted flag (step 200's frac_pos)."""
+    from bfd.flows.checkpoints import audit_checkpoints
+
+    make_checkpoints(tmp_path / "ckpts")
+    store = str(tmp_path / "store")
+    state = audit_checkpoints(str(tmp_path / "ckpts"), AUDIT, store, series="c",
+                              drift={"fraction": 1.0, "metrics": {"frac_pos": 0.05}},
+                              dashboard=False, fail_on_drift=True, return_state=True)
+    audits = read_audits(Store(store), "c")
+    assert [(a["step"], a["status"], a["n_flagged"]) for a in audits] == [
+        (100, "complete", 0), (200, "complete", 1), (300, "complete", 0)]
+    assert state.is_failed() and state.message == "drift: 1 value(s) flagged (fail_on_drift)"
+    with pytest.raises(DriftGateFailed) as err:
+        state.result()
+    assert [a["audit_id"] for a in err.value.out["audits"]] == [a["audit_id"] for a in audits]
 
 
 def test_drift_never_compares_two_models_of_one_series(tmp_path, prefect_harness, capsys):
@@ -671,7 +726,9 @@ def test_audit_says_what_images_it_left_out(tmp_path, prefect_harness, capsys):
                      "--no-dashboard"])
     err = capsys.readouterr().err
     assert code == 0
-    assert f"--n-images 10, but {folder} holds 3 images; all 3 were audited" in err
+    # said when the images are listed, before the work, and again after the results
+    early = err.index(f"--n-images 10, but {folder} holds 3 images; all 3 are used")
+    assert early < err.index(f"--n-images 10, but {folder} holds 3 images; all 3 were audited")
     assert "1 of 3 images could not be read and were left out" in err
     assert "with N=2 images no interval could be computed" in err
 

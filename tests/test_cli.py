@@ -489,6 +489,23 @@ def test_decompose_refuses_an_unknown_run_or_bad_option_before_any_work(tmp_path
                       "4 that is >= 8; got 6")
 
 
+def test_decompose_of_an_unknown_run_names_the_closest_runs_not_all(tmp_path, capsys):
+    """A typo'd run id among many: the error names the three closest run ids and how to list
+    them all (it listed every run id of the store in one line)."""
+    runs = [f"vit_a-{i:016x}" for i in range(20)] + ["vit_b-00000000000000aa"]
+    for rid in runs:
+        (tmp_path / "store" / "runs" / rid).mkdir(parents=True)
+        (tmp_path / "store" / "runs" / rid / "request.json").write_text("{}")
+    store = tmp_path / "store"
+    code, out, err = run(["decompose", "vit_b-00000000000000ab", "--store", str(store)],
+                         capsys)
+    assert (code, out) == (2, "")
+    assert err == (
+        f"bfd: error: no run request at {store}/runs/vit_b-00000000000000ab/request.json; "
+        "closest of the 21 runs with requests: vit_b-00000000000000aa, vit_a-000000000000000b, "
+        f"vit_a-000000000000000a (bfd runs --store {store} lists them all)\n")
+
+
 def test_every_command_and_option_has_a_help_line():
     """`bfd CMD --help` starts with what the command does, and names what each argument is."""
     import argparse
@@ -803,8 +820,9 @@ def test_runs_lists_runs_not_published_with_what_to_do(tmp_path):
     """A run extracted but not decomposed, one whose extraction stopped, a stats-only audit that
     did not publish and an unreadable request are listed after the published runs (one of them
     published before pointers existed), from the run files alone: no Zarr, no torch. Each
-    shows its images (run_shapes' short form: name@12 hex digits) and img_size, so runs of one
-    model on other images or at another size are told apart."""
+    shows its images (run_shapes' short form: name@12 hex digits), img_size and (a published
+    run) the decomposition's prefix option, so runs of one model on other images, at another
+    size or over other positions are told apart."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from storebuilder import build_run, random_run_arrays
@@ -819,7 +837,9 @@ def test_runs_lists_runs_not_published_with_what_to_do(tmp_path):
     folder = root / "tables" / "runs" / "model=toy_l" / f"run_id={legacy}"
     folder.mkdir(parents=True)
     pq.write_table(pa.table({"run_id": [legacy], "model": ["toy_l"], "status": ["complete"],
-                             "created_at": pa.array([0], pa.timestamp("us", tz="UTC"))}),
+                             "created_at": pa.array([0], pa.timestamp("us", tz="UTC")),
+                             # decomposed with its prefix tokens included
+                             "config_json": ['{"decompose": {"prefix": "include"}}']}),
                    folder / "part-0.parquet")
     stats_only = write_request(store, RunRequest(
         model="toy_c", weights="random", weights_sha256="x", images="/data/noise/",
@@ -839,23 +859,29 @@ def test_runs_lists_runs_not_published_with_what_to_do(tmp_path):
     *rows, last = proc.stdout.splitlines()
     assert last == "0 []", proc.stderr
     listed = [(r["run_id"], r["model"], r["status"], r["n_images"], r["n_skipped"], r["layers"],
-               r["created_at"] is None, r["images"], r["img_size"])
+               r["created_at"] is None, r["images"], r["img_size"], r["prefix"])
               for r in json.loads("\n".join(rows))]
     size = read_request(store, extracted).img_size  # an int: the grid's height
     assert listed == [
-        (legacy, "toy_l", "complete", None, None, None, False, None, None),
-        ("toy-run", "toy", "complete", 0, 0, "layers-0", False, "images-0@images_sha25", None),
-        ("broken-0", None, "damaged", None, None, None, True, None, None),
-        (extracted, "toy_a", "extracted", 10, 2, "0,1,2", True, "planted@planted", size),
-        (stopped, "toy_b", "incomplete", 10, None, "0,1,2", True, "planted@planted", size),
-        (stats_only, "toy_c", "incomplete", 5, None, "0", True, "noise@999999999999", 32),
+        (legacy, "toy_l", "complete", None, None, None, False, None, None, "include"),
+        ("toy-run", "toy", "complete", 0, 0, "layers-0", False, "images-0@images_sha25", None,
+         "exclude"),
+        ("broken-0", None, "damaged", None, None, None, True, None, None, None),
+        (extracted, "toy_a", "extracted", 10, 2, "0,1,2", True, "planted@planted", size, None),
+        (stopped, "toy_b", "incomplete", 10, None, "0,1,2", True, "planted@planted", size, None),
+        (stats_only, "toy_c", "incomplete", 5, None, "0", True, "noise@999999999999", 32, None),
     ]
-    # a published run's images and img_size are its run_shapes row's (one rule)
+    # a published run's images, img_size and prefix are its run_shapes row's (one rule)
     from bfd.queries import connect, run_sql
 
     with connect(root) as con:
-        shapes = run_sql(con, "SELECT images, img_size FROM run_shapes WHERE run_id = 'toy-run'")
-    assert shapes.to_pylist() == [{"images": "images-0@images_sha25", "img_size": None}]
+        shapes = run_sql(con, "SELECT run_id, images, img_size, prefix FROM run_shapes "
+                              "WHERE run_id IN ('toy-run', $legacy) ORDER BY run_id <> $legacy",
+                         {"legacy": legacy})
+    assert shapes.to_pylist() == [
+        {"run_id": legacy, "images": None, "img_size": None, "prefix": "include"},
+        {"run_id": "toy-run", "images": "images-0@images_sha25", "img_size": None,
+         "prefix": "exclude"}]
     notes = proc.stderr.splitlines()
     assert [":".join(line.split(":")[:2]) for line in notes] == [
         f"bfd: run {rid}" for rid in ("broken-0", extracted, stopped, stats_only)]
@@ -884,10 +910,10 @@ def test_runs_lists_a_published_run_whose_table_file_does_not_read_as_damaged(tm
     code, out, err = run(["runs", "--format", "json", "--store", str(root)], capsys)
     assert code == 1, err
     known = ({"model": "toy", "weights": "weights-0", "images": "images-0@images_sha25",
-              "img_size": None, "n_images": 0, "n_skipped": 0,
+              "img_size": None, "prefix": None, "n_images": 0, "n_skipped": 0,
               "layers": "layers-0", "sites": "sites-0",
               "created_at": "2025-01-02T03:04:05.500000Z"} if damage == "table"
-             else dict.fromkeys(("model", "weights", "images", "img_size", "n_images",
+             else dict.fromkeys(("model", "weights", "images", "img_size", "prefix", "n_images",
                                  "n_skipped", "layers", "sites", "created_at")))
     assert json.loads(out) == [{"run_id": "toy-run", **known, "status": "damaged"}]
     assert not [line for line in err.splitlines() if line.startswith("bfd: run toy-run")], err

@@ -231,6 +231,10 @@ def test_audit_summary_shows_intervals_and_warns_when_n_is_short(tmp_path, capsy
     print_statistics(str(tmp_path), "r", profile, demo=True)
     out, err = capsys.readouterr()
     assert "frac_pos_adj_lo" in out and "How to read this" in out and "bfd audit --model" in out
+    # on the user's own images, their shared layout counts as position: said, with the check
+    words = " ".join(out.split())
+    assert ("a spatial layout they share (a centre bias, sky at the top) counts as position "
+            "too" in words) and "every other image mirrored" in words
     # the advice names this run's own head figures and the command that lists their intervals
     # (not "f_cp_adj clearly above zero", which a random-init ViT's heads are too)
     text = " ".join(out.split())

@@ -213,6 +213,7 @@ def test_run_page_views_are_linked(site, browser):
         " [r.cells[0].textContent, r.cells[1].textContent])"))
     assert (meta["images requested"], meta["skipped"], meta["images decoded"]) == (
         "18", "2", "16")
+    assert meta["prefix option"] == "exclude"  # the positions its shares are over
     for plot in ("shares-plot", "headmap-plot", "spectrum-plot", "alphabeta-plot", "pos-plot",
                  "preservation-plot", "residual-plot", "splithalf-plot", "shuffle-plot"):
         assert browser.execute_script(f"return document.getElementById('{plot}').data.length") > 0
@@ -734,6 +735,11 @@ def test_series_line_breaks_between_two_models_and_unix_steps_read_as_dates(mixe
     of = {(r["run_id"], r["layer"]): r for r in rows}
     layers = sorted({r["layer"] for r in rows if r["run_id"] in ("m1", "m2", "m3")})
     choose_series(browser, "mix")
+    from bfd.report.dashboard import SERIES_LAYER_METRICS
+
+    offered = browser.execute_script("return Array.from(document.getElementById("
+                                     "'layer-metric-select').options, o => o.value)")
+    assert offered == [m for m in SERIES_LAYER_METRICS if m in rows[0]]  # the one list
     for metric in ("frac_pos", "f_pp"):
         want = [[of.get((run, layer), {}).get(metric) for run in ("m1", "m2", "m3")]
                 for layer in layers]

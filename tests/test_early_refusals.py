@@ -38,6 +38,13 @@ REFUSED = {
     "layers-not-ints": (["extract", *BASE, "--layers", "0,x"],
                         ["--layers: must be 'all' or comma-separated ints", "'0,x'"]),
     "audit-layers-not-ints": (["audit", *BASE, "--layers", "a"], ["--layers: must be 'all'"]),
+    # it said "must be 'all' or comma-separated ints like 0,5,11": -1 is an int
+    "layers-negative": (["audit", *BASE, "--layers", "-1"],
+                        ["bfd: error: --layers: layers are block indices from 0 to the model's "
+                         "depth - 1 (0,5,11 or all): a negative one is not allowed (given '-1')"
+                         "\n"]),
+    "layers-one-negative": (["extract", *BASE, "--layers", "0, -3"],
+                            ["a negative one is not allowed (given '0, -3')"]),
     "sites-twice": (["extract", *BASE, "--sites", "resid,resid"],
                     ["--sites: names 'resid' twice; give distinct sites from attn_in and/or "
                      "resid (given 'resid,resid')"]),
@@ -305,6 +312,29 @@ def _main_in_a_process(tmp_path: Path, argvs: dict[str, list[str]]) -> dict[str,
                                "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.splitlines()[-1])
+
+
+def test_fewer_images_than_n_images_is_said_before_the_work(tmp_path):
+    """--n-images 10 on a folder of 3 images: a warning when the images are listed, before
+    anything else is checked or done (here a later refusal stops the command, before torch,
+    timm and Prefect). It was said only after the audit's results."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.png").write_bytes(b"listed, not read")
+    base = [*BASE[:4], "--images", str(folder), "--n-images", "10", "--store",
+            str(tmp_path / "store")]
+    out = _main_in_a_process(tmp_path, {
+        "audit": ["audit", *base, "--step", str(2**63)],
+        "extract": ["extract", *base, "--workers", "0"],
+        "enough": ["extract", *base[:-4], "--n-images", "3", *base[-2:], "--workers", "0"]})
+    warning = (f"bfd: warning: --n-images 10, but {folder} holds 3 images; all 3 are used\n")
+    for name in ("audit", "extract"):
+        code, err, imported = out[name]
+        first, second = err.splitlines(keepends=True)
+        assert (code, first, imported) == (2, warning, []), (name, err)
+        assert second.startswith("bfd: error: "), (name, err)
+    assert out["enough"][1].startswith("bfd: error: --workers"), out["enough"]
 
 
 def test_writing_commands_refuse_a_folder_that_is_no_store_before_any_work(tmp_path):

@@ -201,6 +201,8 @@ def test_model_summary_uses_latest_complete_run_per_model(store):
     _set_run(root, "a-new", weights="/ckpts/step_9.pth")  # a checkpoint's run is the latest
     # ... on other images, at another img_size: the row says which it is
     _set_run(root, "a-new", images="/data/noise/", images_sha256="2" * 64, img_size=160)
+    # ... decomposed with the prefix tokens included: its shares are over other positions
+    _set_run(root, "a-new", config_json='{"decompose": {"prefix": "include"}}')
     skipped = {"a-new": 7, "b-1": 0}
     result = rows(run_query(root, "model_summary"))
     assert [r["model"] for r in result] == ["vit_a", "vit_b"]
@@ -208,9 +210,9 @@ def test_model_summary_uses_latest_complete_run_per_model(store):
         assert row["run_id"] == run.run_id
         # which weights "the model" is here
         assert row["weights"] == ("/ckpts/step_9.pth" if run.run_id == "a-new" else "synthetic")
-        assert (row["images"], row["img_size"]) == (
-            ("noise@222222222222", 160) if run.run_id == "a-new"
-            else ("imagenet-val@111111111111", 224))
+        assert (row["prefix"], row["images"], row["img_size"]) == (
+            ("include", "noise@222222222222", 160) if run.run_id == "a-new"
+            else ("exclude", "imagenet-val@111111111111", 224))
         # requested, and decoded: the N its shares are over (runs.n_images less n_skipped)
         assert row["n_images"] == run.n_images
         assert row["n_decoded"] == run.n_images - skipped[run.run_id]
@@ -335,6 +337,11 @@ def test_compare_models_bins_relative_depth(store, bins):
         assert (row["weights_a"], row["weights_b"]) == ("synthetic", "synthetic")
         assert (row["images_a"], row["images_b"], row["img_size_a"], row["img_size_b"]) == (
             "noise@222222222222", "imagenet-val@111111111111", 160, 224)
+        assert (row["prefix_a"], row["prefix_b"]) == ("exclude", "exclude")
+        assert row["note"] == (
+            "run_a saw images noise@222222222222, run_b imagenet-val@111111111111: other "
+            "images, whose shares change with the images, not only with the model; run_a was "
+            "at img_size 160, run_b at 224: another patch grid, shares over other positions")
         if k in a and k in b:
             assert_close(row["delta_frac_pos"], b[k][1] - a[k][1])
             assert_close(row["delta_f_cc"], b[k][2][3] - a[k][2][3])
@@ -343,6 +350,26 @@ def test_compare_models_bins_relative_depth(store, bins):
     # 12 layers fill all 10 bins; 6 layers fill 0, 2, 4, 6, 8, 9.
     if bins is None:
         assert sorted(b) == [0, 2, 4, 6, 8, 9] and len(result) == 10
+
+
+def test_compare_models_says_when_the_runs_were_decomposed_with_other_prefix_options(store):
+    """A model decomposed with the prefix tokens included has shares over other positions
+    than one decomposed without: every row says each run's prefix option and why its deltas
+    are not the models' alone (run_pairs' rule, as compare_runs); runs of the same inputs
+    have no note."""
+    root, runs = store
+    same = rows(run_query(root, "compare_models", {"model_a": "vit_a", "model_b": "vit_b"}))
+    assert {(r["prefix_a"], r["prefix_b"], r["note"]) for r in same} == {
+        ("exclude", "exclude", None)}
+    _set_run(root, "a-new", config_json='{"decompose": {"prefix": "include"}}')
+    result = rows(run_query(root, "compare_models", {"model_a": "vit_a", "model_b": "vit_b"}))
+    assert len(result) == 10
+    assert {(r["run_id_a"], r["prefix_a"], r["prefix_b"], r["note"]) for r in result} == {
+        ("a-new", "include", "exclude", "run_a was decomposed with prefix include, run_b with "
+         "prefix exclude: shares over other positions")}
+    # run_pairs' note (compare_runs') says the same after its two-models reason
+    pair = run_query(root, "compare_runs", {"run_a": "a-new", "run_b": "b-1"}).to_pylist()
+    assert pair[0]["note"].endswith("; " + result[0]["note"])
 
 
 @pytest.mark.parametrize("bins", ["0", "-1", "2.5", "abc", "1e1", "99999999999"])

@@ -226,6 +226,18 @@ def test_an_audit_keeps_what_it_saw_when_its_run_is_decomposed_again(tmp_path, p
     history = run_query(store, "audit_history", {"series": "s"}).to_pylist()
     assert [h["comparable"] for h in history] == [None, True]  # same inputs and prefix option
     assert history[0] == before[0]
+    # audit 1's checkpoint again: its run, published with --prefix include, is decomposed
+    # again with the audit's --prefix exclude; the audit says so in one line (it was quiet)
+    code, _, err = run_cli([*options(images, paths[0], store, 300), "--no-dashboard"], capsys)
+    assert code == 0
+    said = [line for line in err.splitlines() if "decomposes it again" in line]
+    assert said == [
+        f"bfd: run {run_id} is published decomposed with --prefix include; this audit "
+        f"decomposes it again with --prefix exclude, replacing those results (bfd decompose "
+        f"{run_id} --store {store} --prefix include --control-seed 0 --compute-dtype float32 "
+        "--jackknife-groups 16 --ci-target 0.02 publishes them again)"], err
+    assert run_sql(store, f"SELECT {figures} FROM run_summary WHERE run_id = $r",
+                   {"r": run_id}).to_pylist() == saw  # exclude's figures again
 
 
 def audit_request(argv: list[str]):

@@ -10,7 +10,9 @@ import contextlib
 import json
 import os
 import queue
+import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -200,7 +202,10 @@ def check_serve(tmp_path: Path, url: str, env: dict) -> None:
     import bfd
 
     folder, store = tmp_path / "served", tmp_path / "served-store"
+    ckpts, missing = tmp_path / "served-ckpts", tmp_path / "no-such-images"
     folder.mkdir()
+    ckpts.mkdir()
+    shutil.copy(tmp_path / "ckpts" / "step_100.safetensors", ckpts)
     cwd_runs = REPO / "bfd-store" / "runs"  # where the runs' default store was, before
     before = sorted(cwd_runs.iterdir()) if cwd_runs.exists() else []
     (folder / "bfd").symlink_to(Path(bfd.__file__).parent)
@@ -213,7 +218,17 @@ def check_serve(tmp_path: Path, url: str, env: dict) -> None:
         # and decompose wrote into ./bfd-store of the run's working directory instead)
         {"name": "served-extract", "entrypoint": "bfd/flows/extract.py:extract",
          "schedules": [{"interval": 3600}],
-         "parameters": {"config": {**CONFIG, "weights": "random", "layers": "0"}}}]}
+         "parameters": {"config": {**CONFIG, "weights": "random", "layers": "0"}}},
+        # a folder of one checkpoint: its end line counts the checkpoints audited
+        {"name": "served-checkpoints", "entrypoint": "bfd/flows/checkpoints.py:audit_checkpoints",
+         "schedules": [{"interval": 3600}],
+         "parameters": {"checkpoints": str(ckpts), "config": CONFIG, "store": str(store),
+                        "dashboard": False}},
+        # images that are not there: its end line says the run failed, and why
+        {"name": "served-broken", "entrypoint": "bfd/flows/audit.py:audit",
+         "schedules": [{"interval": 3600}],
+         "parameters": {"config": {**CONFIG, "weights": "random", "images": str(missing)},
+                        "store": str(store), "series": "broken", "dashboard": False}}]}
     (folder / "prefect.yaml").write_text(yaml.safe_dump(spec))
     proc = subprocess.Popen(
         [str(BIN / "bfd"), "serve", "--file", str(folder / "prefect.yaml")], cwd=REPO,
@@ -235,7 +250,8 @@ def check_serve(tmp_path: Path, url: str, env: dict) -> None:
         first, deployment = next_line(120), next_line(30)
         with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
             due = []
-            for name in ("audit/served-audit", "extract/served-extract"):
+            for name in ("audit/served-audit", "extract/served-extract",
+                         "audit-checkpoints/served-checkpoints", "audit/served-broken"):
                 dep = client.read_deployment_by_name(name)
                 runs = client.read_flow_runs(
                     deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
@@ -243,15 +259,26 @@ def check_serve(tmp_path: Path, url: str, env: dict) -> None:
                 assert {r.state.type.value for r in runs} == {"SCHEDULED"}
                 due.append(min(runs, key=lambda r: r.expected_start_time))
                 client.set_flow_run_state(due[-1].id, Scheduled(), force=True)  # due now
-            run, extract_run = due
-        assert first.startswith("bfd serve: 2 deployment(s) of ") and "being served" in first
+            run, extract_run, ckpt_run, broken_run = due
+        assert first.startswith("bfd serve: 4 deployment(s) of ") and "being served" in first
         assert deployment.startswith("  served-audit (flow audit): every 1 h; next run 20")
         assert deployment.endswith(f"; store {store}\n"), deployment
-        next_line(30)  # served-extract's
-        said = [next_line(150) for _ in range(4)]
-        extract_said = [line for line in said if f"({extract_run.id})" in line]
-        said = [line for line in said if line not in extract_said]
+        for _ in range(3):
+            next_line(30)  # the other deployments'
+        said = [next_line(150) for _ in range(8)]
+        extract_said, ckpt_said, broken_said = (
+            [line for line in said if f"({r.id})" in line]
+            for r in (extract_run, ckpt_run, broken_run))
+        said = [line for line in said if f"({run.id})" in line]
         assert "Completed" in extract_said[1], extract_said
+        (ckpt_audit,) = read_audits(Store(store), f"{CONFIG['model']}@{ckpts}")
+        assert ckpt_said[1].endswith(
+            f"Completed after {ckpt_said[1].split(' after ')[1].split(';')[0]}; 1 checkpoint(s) "
+            f"audited in series {ckpt_audit['series']}, 0 drift value(s) flagged; "
+            f"store {store}\n"), ckpt_said
+        assert "  served-broken: flow run " in broken_said[1] and " Failed after " in \
+            broken_said[1] and str(missing) in broken_said[1], broken_said
+        assert read_audits(Store(store), "broken") == []  # refused before any work: no audit
         assert not (folder / "bfd-store").exists()
         assert (sorted(cwd_runs.iterdir()) if cwd_runs.exists() else []) == before
         written = {r["run_id"] for r in read_table(Store(tmp_path / "store"), "runs").to_pylist()}
@@ -284,6 +311,159 @@ def test_serve_builds_the_deployments_of_prefect_yaml():
     (cron,) = served["nightly-audit"].schedules
     assert cron.schedule.cron == "0 3 * * *"
     assert "store" not in json.dumps(spec["deployments"])  # the store is never a working dir
+
+
+def test_serve_file_outside_the_repository_finds_the_installed_flows(tmp_path):
+    """A prefect.yaml in a folder of its own (no bfd/ there): its entrypoints `bfd/...` are
+    the installed package's; an entrypoint found in neither place is named in one line."""
+    import bfd
+
+    (tmp_path / "prefect.yaml").write_text(
+        "deployments:\n  - name: nightly\n    entrypoint: bfd/flows/audit.py:audit\n"
+        "    parameters: {config: {model: test_vit}, fail_on_drift: true}\n"
+        "  - name: checkpoints\n    entrypoint: bfd/flows/checkpoints.py:audit_checkpoints\n"
+        "    schedules: [{interval: 3600}]\n", encoding="utf-8")
+    served = runner_deployments(tmp_path / "prefect.yaml")
+    assert [(d.name, d.flow_name) for d in served] == [("nightly", "audit"),
+                                                         ("checkpoints", "audit-checkpoints")]
+    assert served[0].parameters == {"config": {"model": "test_vit"}, "fail_on_drift": True}
+    (tmp_path / "prefect.yaml").write_text(
+        "deployments:\n  - name: x\n    entrypoint: bfd/flows/nope.py:x\n", encoding="utf-8")
+    installed = Path(bfd.__file__).parent / "flows" / "nope.py"
+    with pytest.raises(FileNotFoundError, match=re.escape(
+            f"entrypoint 'bfd/flows/nope.py:x': no file {tmp_path}/bfd/flows/nope.py nor "
+            f"{installed} (the installed bfd package)")):
+        runner_deployments(tmp_path / "prefect.yaml")
+
+
+def served_lines(tmp_path):
+    """A ``RunLines`` of two real served deployments (audit, audit-checkpoints), its lines
+    kept, and a flow run of each maker (Prefect's own client-side schema objects)."""
+    from datetime import UTC, datetime, timedelta
+    from uuid import uuid4
+
+    from prefect.client.schemas.objects import FlowRun
+
+    from bfd.flows.serve import RunLines
+
+    (tmp_path / "prefect.yaml").write_text(
+        "deployments:\n  - name: nightly\n    entrypoint: bfd/flows/audit.py:audit\n"
+        "  - name: ckpts\n    entrypoint: bfd/flows/checkpoints.py:audit_checkpoints\n",
+        encoding="utf-8")
+    deps = runner_deployments(tmp_path / "prefect.yaml")
+    ids = {d.name: uuid4() for d in deps}
+    said: list[str] = []
+    lines = RunLines({ids[d.name]: d for d in deps}, said.append)
+    t0 = datetime(2026, 12, 3, 13, 22, 50, tzinfo=UTC)
+
+    def run(dep: str, name: str, start: float, end: float | None = None, state=None, **kw):
+        return FlowRun(flow_id=uuid4(), deployment_id=ids[dep], name=name,
+                       start_time=t0 + timedelta(seconds=start),
+                       end_time=None if end is None else t0 + timedelta(seconds=end),
+                       state=state, parameters={"store": str(tmp_path / "store")}, **kw)
+
+    return lines, said, run
+
+
+def test_serve_lines_come_in_time_order_and_name_a_renamed_run_both_ways(tmp_path):
+    """One poll that reads a run that started and ended and another that started between:
+    the lines in the order of their times (before: the first run's end line, 13:22:57, came
+    before the other's start, 13:22:53); the end line of a run renamed since its start line
+    gives the name of that line too (before: two names for one id)."""
+    from prefect.states import Completed, Running
+
+    from bfd.flows.serve import _when
+
+    lines, said, run = served_lines(tmp_path)
+    first = run("nightly", "vit@random audit", 0, state=Running())
+    lines.say_runs([first], None)
+    renamed = first.model_copy(update={"name": "vit@random-seed-0 step 1796304123",
+                                       "end_time": first.start_time.replace(second=57),
+                                       "state": Completed()})
+    other = run("ckpts", "checkpoints /data/ckpts", 3, state=Running())
+    lines.say_runs([renamed, other], None)
+    assert [line.split("  ")[0] for line in said] == [
+        _when(t) for t in (first.start_time, other.start_time, renamed.end_time)], said
+    assert said[1].endswith(f"ckpts: flow run 'checkpoints /data/ckpts' ({other.id}) started")
+    assert f"nightly: flow run 'vit@random-seed-0 step 1796304123' ({first.id}) Completed " \
+        f"after 7 s, named 'vit@random audit' at its start" in said[2], said
+    lines.say_runs([renamed, other], None)  # nothing new: nothing said again
+    assert len(said) == 3
+
+
+def test_serve_ctrl_c_line_says_what_became_of_the_runs_in_progress(tmp_path):
+    """Ctrl-C's line of `bfd serve` names each run in progress and whether its audit was
+    recorded, read from its store; a run that ended is not named; none in progress: the
+    line alone (before: the line alone, whatever was running)."""
+    from datetime import UTC, datetime
+
+    from prefect.states import Completed, Running
+
+    from bfd.storage import Store
+    from bfd.tasks.audits import audit_row
+
+    lines, said, run = served_lines(tmp_path)
+    assert lines.interrupted_line("bfd: interrupted") == "bfd: interrupted"
+    recorded, unrecorded, ckpts = (run("nightly", "a audit", 0, state=Running()),
+                                   run("nightly", "b audit", 1, state=Running()),
+                                   run("ckpts", "checkpoints x", 2, state=Running()))
+    done = run("nightly", "c audit", 0, 1, state=Completed())
+    lines.say_runs([recorded, unrecorded, ckpts, done], None)
+    # the first run's audit row written (as failed: its block ended without drift)
+    with audit_row(Store(tmp_path / "store"), "s", 1, "schedule", str(recorded.id),
+                   datetime.now(UTC)) as row:
+        pass
+    assert lines.interrupted_line("bfd: interrupted") == (
+        f"bfd: interrupted; 3 run(s) in progress stopped: nightly: flow run 'a audit' "
+        f"({recorded.id}): audit {row['audit_id']} of series s (step 1) was recorded as "
+        f"failed; nightly: flow run 'b audit' ({unrecorded.id}): no audit was recorded (a "
+        f"rerun audits it); ckpts: flow run 'checkpoints x' ({ckpts.id}): 0 audit(s) "
+        "recorded since it started, the one in progress not (a rerun audits the rest)")
+
+
+@pytest.mark.parametrize(("flow_name", "bad", "needle"), [
+    ("audit", {"drift": {"fraction": 2}}, "2 is greater than the maximum of 1"),
+    ("audit", {"drift": {"head_type": 1.5}}, "1.5 is greater than the maximum of 1"),
+    ("audit", {"drift": {"metrics": {"frac_pos": 3}}}, "3 is greater than the maximum of 1"),
+    ("audit", {"drift": {"fraction": -0.1}}, "-0.1 is less than the minimum of 0"),
+    ("audit", {"workers": 0}, "0 is less than the minimum of 1"),
+    ("audit", {"config": {"model": "m", "n_images": 1}}, "1 is less than the minimum of 2"),
+    ("audit", {"config": {"model": "m", "batch_size": 0}}, "0 is less than the minimum of 1"),
+    ("audit", {"fail_on_drift": "yes"}, "'yes' is not of type 'boolean'"),
+    ("audit-checkpoints", {"workers": 0}, "0 is less than the minimum of 1"),
+    ("audit-checkpoints", {"drift": {"fraction": 2}}, "2 is greater than the maximum of 1"),
+    ("audit-checkpoints", {"fail_if_not_compared": 1}, "1 is not of type 'boolean'"),
+    ("compare", {"workers": 0}, "0 is less than the minimum of 1"),
+], ids=lambda v: v if isinstance(v, str) and " " not in v else None)
+def test_deployment_schemas_refuse_values_out_of_bounds(flow_name, bad, needle):
+    """A deployment's parameter schema (what the server checks a run's parameters against
+    when it is submitted: built from the flow as `prefect deploy` and `bfd serve` build it)
+    holds the simple bounds: a threshold above 1, a count below its minimum, a gate that is
+    no boolean are refused there, not when the run starts; the deployment's own values pass."""
+    import jsonschema
+    import yaml
+    from prefect.utilities.callables import parameter_schema
+
+    from bfd.flows.serve import _load_flow
+
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text(encoding="utf-8"))
+    (dep,) = [d for d in spec["deployments"]
+              if _load_flow(d["entrypoint"], REPO).name == flow_name]
+    schema = parameter_schema(_load_flow(dep["entrypoint"], REPO)).model_dump_for_openapi()
+    good = dep["parameters"]
+    jsonschema.validate(good, schema)  # the deployment's own parameters pass
+    with pytest.raises(jsonschema.ValidationError, match=re.escape(needle)):
+        jsonschema.validate({**good, **bad}, schema)
+
+
+def test_run_start_checks_still_say_why():
+    """The schema's bounds do not replace the run's own checks: they still say why."""
+    from bfd.flows.params import DriftThresholds
+
+    with pytest.raises(ValueError, match="can never flag: every drift metric is a fraction"):
+        DriftThresholds.model_validate({"fraction": 2})
+    with pytest.raises(ValueError, match="frac_pos=3 can never flag"):
+        DriftThresholds.model_validate({"metrics": {"frac_pos": 3}})
 
 
 @pytest.mark.parametrize(("text", "needle"), [

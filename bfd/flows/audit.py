@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.states import Failed, State
 
 from bfd.flows import progress
 from bfd.flows.extract import extract
@@ -16,6 +17,7 @@ from bfd.flows.params import (
     AuditConfig,
     DecomposeParams,
     DriftThresholds,
+    Workers,
     decompose_kwargs,
     require_model,
     with_deployment_defaults,
@@ -40,11 +42,13 @@ from bfd.tasks.audits import (
     default_series,
     drift_said,
     drift_since_previous,
+    options_replaced,
     run_reuse,
     time_step,
 )
 from bfd.tasks.decompose import DecomposeOptions
 from bfd.tasks.drift import layer_summary
+from bfd.tasks.drift_gate import DriftGateFailed, drift_verdict
 from bfd.tasks.extract import ExtractConfig, refuse_before_work
 
 
@@ -73,7 +77,7 @@ def refresh_outputs(store: str, dashboard: bool) -> str | None:
 def audit(
     config: AuditConfig,
     store: str | None = None,
-    workers: int = 1,
+    workers: Workers = 1,
     dask_address: str | None = None,
     gpu_resources: bool = False,
     decompose_options: DecomposeParams | None = None,
@@ -83,7 +87,9 @@ def audit(
     trigger: str = "flow",
     dashboard: bool = True,
     store_activations: bool = True,
-) -> dict[str, Any]:
+    fail_on_drift: bool = False,
+    fail_if_not_compared: bool = False,
+) -> dict[str, Any] | State:
     """One audit of one model: its activations (reused where already stored), its BFD (reused
     when the run is already computed), drift against the previous audit of its series, and
     one new row of the ``audits`` table.
@@ -106,6 +112,11 @@ def audit(
             on two forwards over the images (``bfd.flows.stats_only``). The run gets an id of
             its own, and its request (``runs.config_json``) says
             ``"activations": "not stored"``.
+        fail_on_drift: the run ends ``Failed`` when drift was flagged (``bfd audit
+            --fail-on-drift``), after the audit, its drift, artifacts and events are recorded.
+        fail_if_not_compared: the run ends ``Failed`` when the audit compared nothing with an
+            earlier audit of its series (the first of it, or none comparable), as
+            ``--fail-if-not-compared``.
 
     Returns:
         The audit id, run id, series, step, drift flag count and the paths written;
@@ -118,6 +129,9 @@ def audit(
         ValueError: A request refused before any work (``refuse_before_work``: a bad option,
             weights that do not fit the model, ...): no audit is recorded. An error of the
             work itself is raised after the audit is recorded as ``failed``.
+        DriftGateFailed: The drift gate failed (``fail_on_drift``, ``fail_if_not_compared``:
+            ``bfd.tasks.drift_gate``), everything recorded: the run ends ``Failed``, its
+            message saying what was flagged or not compared; ``out`` is the return value.
     """
     logger = get_run_logger()
     config = with_deployment_defaults("config", config, AuditConfig)
@@ -170,6 +184,13 @@ def audit(
                     # each table file is read once here: the faults just found are passed on
                     run = computed_run(Store(root), run_id, stored, faults=faults)
                     if run is None:
+                        # a run published with other options (decompose --prefix include since
+                        # its audit) is decomposed again with the audit's: said, not done
+                        # quietly
+                        replaced = options_replaced(Store(root), run_id, stored)
+                        if replaced:
+                            logger.warning("%s", replaced)
+                            progress.report("notice", 0, 0, text=replaced)
                         written = decompose_flow(dask_address)(
                             run_id, root, dask_address=dask_address, **decompose_kw)
                         run = computed_run(Store(root), run_id, stored) or {}
@@ -190,7 +211,25 @@ def audit(
         publish_artifacts(report, run, layer_summary(Store(root), run_id), rows, root)
     emit_audit_events(row, rows, root)
     index = refresh_outputs(root, dashboard)
-    return {**{k: row[k] for k in ("audit_id", "series", "run_id", "step", "prev_audit_id",
-                                   "n_flagged", "drift_note", "prev_step", "skipped")},
-            "reused": reused, "repaired": repaired, "how": how, "store": root,
-            "dashboard": index, **written}
+    out = {**{k: row[k] for k in ("audit_id", "series", "run_id", "step", "prev_audit_id",
+                                  "n_flagged", "drift_note", "prev_step", "skipped")},
+           "reused": reused, "repaired": repaired, "how": how, "store": root,
+           "dashboard": index, **written}
+    return gate_end(out, row["n_flagged"], [out], fail_on_drift, fail_if_not_compared)
+
+
+def gate_end(out: dict[str, Any], n_flagged: int, audits: list[dict[str, Any]],
+             fail_on_drift: bool, fail_if_not_compared: bool) -> dict[str, Any] | State:
+    """``out``, or, when the drift gate of ``audits`` fails (``bfd.tasks.drift_gate``, the
+    rule of ``bfd audit --fail-on-drift``), a ``Failed`` state whose one-line message says
+    what was flagged or not compared: a scheduled run shows it in the Prefect UI and its
+    automations, not Completed; a call of the flow raises ``DriftGateFailed``."""
+    logger = get_run_logger()
+    verdict = drift_verdict(n_flagged, fail_on_drift, audits, fail_if_not_compared)
+    for line in verdict.warnings:
+        logger.warning(line)
+    if not verdict.failures:
+        return out
+    message = verdict.message()
+    logger.error(message)
+    return Failed(message=message, data=DriftGateFailed(message, out))

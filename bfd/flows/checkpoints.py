@@ -18,11 +18,12 @@ from prefect.states import Failed, State
 
 from bfd.files import input_path
 from bfd.flows import progress
-from bfd.flows.audit import audit, refresh_outputs
+from bfd.flows.audit import audit, gate_end, refresh_outputs
 from bfd.flows.params import (
     AuditConfig,
     DecomposeParams,
     DriftThresholds,
+    Workers,
     require_model,
     with_deployment_defaults,
 )
@@ -34,6 +35,7 @@ from bfd.tasks.audits import (
     describe_request,
     pending_checkpoints,
 )
+from bfd.tasks.drift_gate import drift_verdict
 from bfd.tasks.extract import ExtractConfig, check_before_work, load_weights
 
 
@@ -64,10 +66,12 @@ def audit_checkpoints(
     series: str | None = None,
     drift: DriftThresholds | None = None,
     decompose_options: DecomposeParams | None = None,
-    workers: int = 1,
+    workers: Workers = 1,
     dask_address: str | None = None,
     gpu_resources: bool = False,
     dashboard: bool = True,
+    fail_on_drift: bool = False,
+    fail_if_not_compared: bool = False,
 ) -> dict[str, Any] | State:
     """Audit the checkpoints of a folder or glob that the series has not audited yet.
 
@@ -83,6 +87,10 @@ def audit_checkpoints(
         dask_address: run on this Dask cluster.
         gpu_resources: ask the cluster for one ``GPU`` resource per shard task.
         dashboard: rebuild ``<store>/dashboard`` at the end when anything was audited.
+        fail_on_drift: the run ends ``Failed`` when any new audit flagged drift
+            (``bfd audit-checkpoints --fail-on-drift``), after every audit is recorded.
+        fail_if_not_compared: the run ends ``Failed`` when a new audit compared nothing with
+            an earlier audit of the series, as ``--fail-if-not-compared``.
 
     Returns:
         The series, the number of checkpoint files found, one summary per new audit
@@ -93,6 +101,8 @@ def audit_checkpoints(
     Raises:
         CheckpointsLeftOut: Files were left out (the run ends ``Failed``, the others
             audited); its ``out`` is what the flow returns otherwise.
+        DriftGateFailed: None left out, and the drift gate failed (``fail_on_drift``,
+            ``fail_if_not_compared``; ``bfd.flows.audit.gate_end``): the run ends ``Failed``.
     """
     logger = get_run_logger()
     config = with_deployment_defaults("config", config, AuditConfig)
@@ -163,7 +173,12 @@ def audit_checkpoints(
     create_markdown_artifact("\n".join(lines) + "\n" + _left_out(bad),
                              key=artifact_key("checkpoints", series),
                              description=f"audit-checkpoints of series {series}")
-    return _ended({**summary, "audits": done, "dashboard": index})
+    out = {**summary, "audits": done, "dashboard": index}
+    n_flagged = sum(d["n_flagged"] or 0 for d in done)
+    if out["bad"]:  # Failed, naming the files left out, and the drift gate's failure if any
+        gate = drift_verdict(n_flagged, fail_on_drift, done, fail_if_not_compared).message()
+        return _ended(out, gate)
+    return gate_end(out, n_flagged, done, fail_on_drift, fail_if_not_compared)
 
 
 def as_listed(message: str, path: str) -> str:
@@ -191,13 +206,15 @@ def _left_out(bad: list[str]) -> str:
     return "".join(f"\n- left out: {line}" for line in bad)
 
 
-def _ended(out: dict[str, Any]) -> dict[str, Any] | State:
+def _ended(out: dict[str, Any], gate: str = "") -> dict[str, Any] | State:
     """What the flow returns; a run that left files out ends ``Failed``, its message naming
     them, so that a scheduled run shows it in the Prefect UI (and its notifications) rather
-    than as Completed; a call of the flow raises ``CheckpointsLeftOut``, holding ``out``."""
+    than as Completed; a call of the flow raises ``CheckpointsLeftOut``, holding ``out``.
+    ``gate``: the drift gate's failure (``DriftVerdict.message``), said too; "" if none."""
     if not out["bad"]:
         return out
     more = f" (and {len(out['bad']) - 1} more)" if len(out["bad"]) > 1 else ""
     message = (f"{len(out['bad'])} of {out['n_files']} checkpoint file(s) left out, "
-               f"{len(out['audits'])} audited: {out['bad'][0]}{more}")
+               f"{len(out['audits'])} audited: {out['bad'][0]}{more}"
+               + (f"; {gate}" if gate else ""))
     return Failed(message=message, data=CheckpointsLeftOut(message, out))

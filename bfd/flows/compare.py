@@ -15,6 +15,7 @@ from bfd.flows.params import (
     AuditConfig,
     DecomposeParams,
     DriftThresholds,
+    Workers,
     _Params,
     describe_errors,
     with_deployment_defaults,
@@ -56,7 +57,7 @@ def compare(
     store: str | None = None,
     drift: DriftThresholds | None = None,
     decompose_options: DecomposeParams | None = None,
-    workers: int = 1,
+    workers: Workers = 1,
     dask_address: str | None = None,
     dashboard: bool = True,
 ) -> dict[str, Any]:

@@ -13,7 +13,7 @@ Errors name the parameter as the caller wrote it: ``config.weights`` for a Prefe
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -140,6 +140,13 @@ class DecomposeParams(_Params):
 MAX_THRESHOLD = 1.0
 
 
+_AT_MOST_ONE = {"maximum": MAX_THRESHOLD}
+# A flow's count of local workers: one at least, in its parameters' schema (refused at
+# submission); the run's own check (``bfd.flows.runners``) says it in the command's words.
+Workers = Annotated[int, Field(description="local extraction workers (1 at least)",
+                               json_schema_extra={"minimum": 1})]
+
+
 def _never_flags(values: dict[str, float]) -> str | None:
     """One line refusing the thresholds of ``values`` above ``MAX_THRESHOLD``; None if none."""
     above = [f"{name}{value:g}" for name, value in values.items() if value > MAX_THRESHOLD]
@@ -154,12 +161,16 @@ class DriftThresholds(_Params):
     """When a change since the previous audit of the series is flagged: |delta| above the
     threshold, every threshold in [0, 1] (``MAX_THRESHOLD``)."""
 
+    # the upper bound in the schema alone (the server refuses 2 at submission); a run's own
+    # check (``_at_most_one``) says why
     fraction: float = Field(0.05, ge=0, description="absolute change of any stored fraction, "
-                            "0 to 1 (1: never flags)")
+                            "0 to 1 (1: never flags)", json_schema_extra=_AT_MOST_ONE)
     head_type: float = Field(0.5, ge=0, description="below 1: a changed head type flags; "
-                             "1: never")
-    metrics: dict[str, float] = Field(default_factory=dict,
-                                      description="per-metric thresholds, e.g. frac_pos: 0.02")
+                             "1: never", json_schema_extra=_AT_MOST_ONE)
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="per-metric thresholds, e.g. frac_pos: 0.02",
+        json_schema_extra={"additionalProperties": {"type": "number", "minimum": 0,
+                                                    "maximum": MAX_THRESHOLD}})
 
     @field_validator("fraction", "head_type")
     @classmethod

@@ -4,10 +4,13 @@ or worker to set up.
 
 What a user sees in the terminal (stdout): one line when serving starts, one per deployment
 (its schedules, its next run), then one line when each run of a served deployment starts and
-one when it ends (its state; an audit's run id, series and drift; the checkpoints audited; a
-failure's error). Prefect logs at WARNING in the CLI, so these lines are ``RunLines``' own:
-it reads the served deployments' flow runs from the API every ``POLL_SECONDS``, and the
-audits of a run from the store it wrote to (the ``audits`` table, by flow run id).
+one when it ends (its state; the run's name at its start when the flow renamed it since; an
+audit's run id, series and drift; the checkpoints audited; a failure's error), each poll's
+lines in the order of their times. Ctrl-C's line names the runs in progress and whether their
+audits were recorded (``RunLines.interrupted_line``). Prefect logs at WARNING in the CLI, so
+these lines are ``RunLines``' own: it reads the served deployments' flow runs from the API
+every ``POLL_SECONDS``, and the audits of a run from the store it wrote to (the ``audits``
+table, by flow run id).
 
 ``RunLines`` also creates the served schedules' runs through the API (``POST
 /deployments/{id}/schedule``, what the server's scheduler service does): Prefect's temporary
@@ -37,12 +40,25 @@ _SCHEDULE_KEYS = ("cron", "interval", "rrule", "timezone", "anchor_date", "activ
 
 
 def _load_flow(entrypoint: str, root: Path):
-    """The flow object of ``path/to/module.py:name``, imported as a module of the package."""
+    """The flow object of ``path/to/module.py:name``, imported as a module of the package.
+
+    The path is relative to ``root`` (the deployments file's folder, as ``prefect deploy``
+    reads it from the repository root); where no such file is there, a path ``bfd/...`` is
+    the installed ``bfd`` package's, so that a ``prefect.yaml`` outside the repository serves
+    the project's flows.
+
+    Raises:
+        FileNotFoundError: Neither file exists.
+    """
+    import bfd
+
     path, _, name = entrypoint.partition(":")
-    module = ".".join(Path(path).with_suffix("").parts)
-    if not (root / path).is_file():
-        raise FileNotFoundError(f"entrypoint {entrypoint!r}: no file {root / path}")
-    return getattr(importlib.import_module(module), name)
+    parts = Path(path).with_suffix("").parts
+    installed = Path(bfd.__file__).parent.joinpath(*Path(path).parts[1:])
+    if not (root / path).is_file() and not (parts[:1] == ("bfd",) and installed.is_file()):
+        also = f" nor {installed} (the installed bfd package)" if parts[:1] == ("bfd",) else ""
+        raise FileNotFoundError(f"entrypoint {entrypoint!r}: no file {root / path}{also}")
+    return getattr(importlib.import_module(".".join(parts)), name)
 
 
 def _schedule(spec: dict[str, Any]):
@@ -122,9 +138,13 @@ def _stdout_line(line: str) -> None:
 
 
 def serve(prefect_file: str | Path = "prefect.yaml",
-          say: Callable[[str], None] = _stdout_line) -> None:
+          say: Callable[[str], None] = _stdout_line,
+          watch: Callable[[RunLines], None] | None = None) -> None:
     """Serve every deployment of the file until interrupted, saying what it serves and each
-    run's start and end (``RunLines``) through ``say``."""
+    run's start and end (``RunLines``) through ``say``; ``watch`` is given the ``RunLines``
+    before serving starts (``bfd serve``: Ctrl-C's line names the runs in progress). Ended
+    by Ctrl-C (Prefect's own shutdown: a configured API), it says on stderr what became of
+    the runs in progress, if any (``RunLines.interrupted_line``)."""
     import asyncio
 
     from prefect.exceptions import TerminationSignal
@@ -134,6 +154,8 @@ def serve(prefect_file: str | Path = "prefect.yaml",
     runner = Runner(pause_on_shutdown=True)  # as prefect.serve builds it
     served = {runner.add_deployment(d): d for d in deployments}
     lines = RunLines(served, say)
+    if watch is not None:
+        watch(lines)
     try:
         lines.schedule_runs()
     except Exception as err:  # noqa: BLE001 - a server's own scheduler may still create them
@@ -145,7 +167,10 @@ def serve(prefect_file: str | Path = "prefect.yaml",
     try:
         asyncio.run(runner.start())
     except (KeyboardInterrupt, TerminationSignal):
-        pass  # Prefect's own shutdown ran (the schedules paused); as prefect.serve ends
+        # Prefect's own shutdown ran (the schedules paused); as prefect.serve ends
+        if lines.in_progress():
+            sys.stderr.write(lines.interrupted_line("bfd: interrupted; serving stopped")
+                             + "\n")
     finally:
         lines.stop()
 
@@ -166,6 +191,11 @@ def _duration(seconds: float) -> str:
             parts.append(f"{seconds // size} {name}")
             seconds %= size
     return " ".join(parts[:2])
+
+
+def _stamp(moment: datetime) -> float:
+    """Seconds since the epoch of a stored time (naive: UTC)."""
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def _describe_schedule(item) -> str:
@@ -189,7 +219,9 @@ class RunLines:
         self.served = served
         self.say = say
         self.since = datetime.now(UTC)  # runs that start or end from now on
-        self.started: set[UUID] = set()
+        # each run said started: as it was then (its first name; the flow renames it once its
+        # series and step are known), and its store's root (None: unknown)
+        self.started: dict[UUID, tuple[Any, str | None]] = {}
         self.ended: set[UUID] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -298,7 +330,7 @@ class RunLines:
         )
 
         polled = datetime.now(UTC)
-        running = sorted(self.started - self.ended)
+        running = sorted(set(self.started) - self.ended)
         runs = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
                 operator=Operator.or_, start_time=FlowRunFilterStartTime(after_=self.since),
@@ -306,19 +338,81 @@ class RunLines:
                 **({"id": FlowRunFilterId(any_=running)} if running else {})),
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=list(self.served))),
             limit=200)
-        for run in sorted(runs, key=lambda r: r.start_time or r.end_time or polled):
+        self.say_runs(runs, client)
+        # the next poll looks back a minute: a run whose times the API wrote late is not missed
+        self.since = max(self.since, polled - timedelta(seconds=60))
+
+    def say_runs(self, runs, client) -> None:
+        """The lines of ``runs`` (flow runs of the served deployments, as the API read them)
+        not said yet: a start line for each run started, an end line for each run ended, in
+        the order of their times (a run's end may come after another's start)."""
+        from bfd.flows.prefect_io import deployment_store
+
+        said = []  # (time, line)
+        for run in runs:
             dep = self.served.get(run.deployment_id)
             if dep is None or run.id in self.ended:
                 continue
             if run.start_time is not None and run.id not in self.started:
-                self.started.add(run.id)
-                self.say(f"{_when(run.start_time)}  {dep.name}: flow run '{run.name}' "
-                         f"({run.id}) started")
+                try:  # known now, while the API answers: Ctrl-C's line reads that store
+                    root = deployment_store((run.parameters or {}).get("store"))[0]
+                except Exception:  # noqa: BLE001 - Ctrl-C's line then says less
+                    root = None
+                self.started[run.id] = (run, root)
+                said.append((run.start_time, f"{_when(run.start_time)}  {dep.name}: flow run "
+                             f"'{run.name}' ({run.id}) started"))
             if run.state is not None and run.state.is_final():
                 self.ended.add(run.id)
-                self.say(self.end_line(client, run, dep))
-        # the next poll looks back a minute: a run whose times the API wrote late is not missed
-        self.since = max(self.since, polled - timedelta(seconds=60))
+                said.append((run.end_time or datetime.now(UTC),
+                             self.end_line(client, run, dep)))
+        for _, line in sorted(said, key=lambda x: x[0]):
+            self.say(line)
+
+    def in_progress(self) -> list:
+        """The runs said started and not ended, as they were at their start."""
+        # copies: the poll's thread may add to them meanwhile (Ctrl-C's line is said from another)
+        ended = set(self.ended)
+        return [run for run_id, (run, _) in list(self.started.items()) if run_id not in ended]
+
+    def interrupted_line(self, head: str) -> str:
+        """``head`` (the line of Ctrl-C), then what became of each run in progress, read from
+        its store (no API: it may be stopping): an ``audit`` run's audit recorded or not; how
+        many audits a run of another flow recorded since it started. ``head`` alone when no
+        run was in progress."""
+        parts = []
+        for run in self.in_progress():
+            try:
+                parts.append(self._stopped(run))
+            except Exception:  # noqa: BLE001 - said without its audits
+                parts.append(f"flow run '{run.name}' ({run.id})")
+        if not parts:
+            return head
+        return f"{head}; {len(parts)} run(s) in progress stopped: {'; '.join(parts)}"
+
+    def _stopped(self, run) -> str:
+        from bfd.storage import Store, read_audits
+
+        dep = self.served.get(run.deployment_id)
+        root = self.started[run.id][1]
+        name = f"{dep.name}: flow run '{run.name}' ({run.id})"
+        if dep.flow_name in ("extract", "decompose"):
+            return f"{name}, no audit of its own: completed shards are kept"
+        if root is None:
+            return f"{name} (its store unknown: whether its audit was recorded is too)"
+        stored = read_audits(Store(root))
+        if dep.flow_name == "audit":
+            mine = [a for a in stored if a["flow_run_id"] == str(run.id)]
+            if not mine:
+                return f"{name}: no audit was recorded (a rerun audits it)"
+            a = mine[-1]
+            status = "" if a["status"] == "complete" else f" as {a['status']}"
+            return (f"{name}: audit {a['audit_id']} of series {a['series']} (step {a['step']}) "
+                    f"was recorded{status}")
+        start = run.start_time.timestamp()
+        done = [a for a in stored if a["trigger"] in ("checkpoints", "compare")
+                and a["status"] == "complete" and _stamp(a["started_at"]) >= start]
+        return (f"{name}: {len(done)} audit(s) recorded since it started, the one in progress "
+                "not (a rerun audits the rest)")
 
     def end_line(self, client, run, dep) -> str:
         """The line of a run's end: its state, how long it ran, and what it did (an audit's
@@ -327,6 +421,9 @@ class RunLines:
         took = (f" after {_duration((run.end_time - run.start_time).total_seconds())}"
                 if run.start_time and run.end_time else "")
         line = f"{_when(run.end_time)}  {dep.name}: flow run '{run.name}' ({run.id}) {state.name}"
+        first = self.started.get(run.id, (None,))[0]
+        if first is not None and first.name != run.name:  # renamed since its start line
+            took += f", named '{first.name}' at its start"
         said = [self._what_it_did(client, run, dep)]
         if not state.is_completed():
             said.append(" ".join((state.message or "").split()) or None)

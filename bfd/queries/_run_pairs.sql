@@ -8,7 +8,9 @@
 -- and head l of each are not one layer changing; compare_models aligns relative depth),
 -- shares decomposed with other prefix options (over other positions), other images
 -- (images_sha256 differs: shares change with the images, not only with the model), another
--- img_size (another patch grid: other positions). These are the inputs whose change the
+-- img_size (another patch grid: other positions); inputs_note: those reasons less the first
+-- (the runs' inputs: prefix option, images, img_size; NULL when the same or not held), what
+-- compare_models says of its two runs. These are the inputs whose change the
 -- drift check (bfd.tasks.drift.not_comparable) and audit_history's comparable refuse too;
 -- another decoded N comes with another image list (images_sha256 hashes it), and
 -- compare_runs then compares the chance-corrected shares. A reason is left out where either
@@ -37,6 +39,35 @@ WITH pairs AS (
         a.img_size AS img_size_a,
         b.img_size AS img_size_b
     FROM run_shapes AS a, run_shapes AS b
+),
+reasons AS (
+    SELECT
+        run_a,
+        run_b,
+        model_a,
+        model_b,
+        same_model,
+        CASE
+            WHEN other_name THEN 'run_a is of ' || model_a || ', run_b of ' || model_b
+            WHEN NOT same_model
+                THEN 'run_a is of ' || model_a || ' of ' || a_shape || ', run_b of ' || b_shape
+        END || ': two models, whose layer and head l are not one layer changing '
+            || '(compare_models aligns relative depth)' AS models_note,
+        nullif(concat_ws('; ',
+            CASE WHEN prefix_a <> prefix_b
+                THEN 'run_a was decomposed with prefix ' || prefix_a || ', run_b with prefix '
+                    || prefix_b || ': shares over other positions'
+            END,
+            CASE WHEN sha_a <> sha_b
+                THEN 'run_a saw images ' || images_a || ', run_b ' || images_b
+                    || ': other images, whose shares change with the images, not only with '
+                    || 'the model'
+            END,
+            CASE WHEN img_size_a <> img_size_b
+                THEN 'run_a was at img_size ' || img_size_a || ', run_b at ' || img_size_b
+                    || ': another patch grid, shares over other positions'
+            END), '') AS inputs_note
+    FROM pairs
 )
 SELECT
     run_a,
@@ -44,23 +75,6 @@ SELECT
     model_a,
     model_b,
     same_model,
-    nullif(concat_ws('; ',
-        CASE
-            WHEN other_name THEN 'run_a is of ' || model_a || ', run_b of ' || model_b
-            WHEN NOT same_model
-                THEN 'run_a is of ' || model_a || ' of ' || a_shape || ', run_b of ' || b_shape
-        END || ': two models, whose layer and head l are not one layer changing '
-            || '(compare_models aligns relative depth)',
-        CASE WHEN prefix_a <> prefix_b
-            THEN 'run_a was decomposed with prefix ' || prefix_a || ', run_b with prefix '
-                || prefix_b || ': shares over other positions'
-        END,
-        CASE WHEN sha_a <> sha_b
-            THEN 'run_a saw images ' || images_a || ', run_b ' || images_b
-                || ': other images, whose shares change with the images, not only with the model'
-        END,
-        CASE WHEN img_size_a <> img_size_b
-            THEN 'run_a was at img_size ' || img_size_a || ', run_b at ' || img_size_b
-                || ': another patch grid, shares over other positions'
-        END), '') AS note
-FROM pairs
+    nullif(concat_ws('; ', models_note, inputs_note), '') AS note,
+    inputs_note
+FROM reasons

@@ -1,7 +1,11 @@
 -- compare_models: two models side by side along relative depth (their depths may differ),
--- each from its latest complete run, whatever its weights, images and img_size (weights_a/_b,
--- images_a/_b and img_size_a/_b say which, as model_summary: figures of other images or
--- another img_size differ with the models unchanged; compare_runs compares two chosen runs).
+-- each from its latest complete run, whatever its weights, prefix option, images and img_size
+-- (weights_a/_b, prefix_a/_b, images_a/_b and img_size_a/_b say which, as model_summary:
+-- figures decomposed with another prefix option, of other images or at another img_size
+-- differ with the models unchanged). note: NULL when the two runs' inputs agree, else why
+-- the deltas are not the models' alone (run_pairs' inputs_note of run_id_a and run_id_b:
+-- other prefix options, images or img_size; run_a is model_a's run); compare_runs compares
+-- two chosen runs.
 -- Relative depth layer / (depth - 1) is cut into `bins` equal bins (bin = floor(layer * bins /
 -- (depth - 1)), the last layer joining the last bin).
 -- Per bin and model: n_layers, frac_pos (plain mean over the bin's layers, attn_in) and
@@ -70,12 +74,17 @@ SELECT
     b.run_id AS run_id_b,
     (SELECT r.weights FROM sides JOIN runs AS r USING (run_id) WHERE side = 'a') AS weights_a,
     (SELECT r.weights FROM sides JOIN runs AS r USING (run_id) WHERE side = 'b') AS weights_b,
+    (SELECT r.prefix FROM sides JOIN run_shapes AS r USING (run_id) WHERE side = 'a') AS prefix_a,
+    (SELECT r.prefix FROM sides JOIN run_shapes AS r USING (run_id) WHERE side = 'b') AS prefix_b,
     (SELECT r.images FROM sides JOIN run_shapes AS r USING (run_id) WHERE side = 'a') AS images_a,
     (SELECT r.images FROM sides JOIN run_shapes AS r USING (run_id) WHERE side = 'b') AS images_b,
     (SELECT r.img_size FROM sides JOIN run_shapes AS r USING (run_id) WHERE side = 'a')
         AS img_size_a,
     (SELECT r.img_size FROM sides JOIN run_shapes AS r USING (run_id) WHERE side = 'b')
         AS img_size_b,
+    (SELECT p.inputs_note FROM run_pairs AS p
+        WHERE p.run_a = (SELECT run_id FROM sides WHERE side = 'a')
+            AND p.run_b = (SELECT run_id FROM sides WHERE side = 'b')) AS note,
     coalesce(a.n_layers, 0) AS n_layers_a,
     coalesce(b.n_layers, 0) AS n_layers_b,
     a.frac_pos AS frac_pos_a,

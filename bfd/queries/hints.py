@@ -12,7 +12,6 @@ no drift rows (exit 0).
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Iterator, Mapping
 from typing import Final
@@ -21,6 +20,7 @@ import pyarrow as pa
 
 from bfd.queries.catalog import ParamValue, Store, run_sql
 from bfd.queries.named import check_params, query_sql
+from bfd.storage.runs import closest_known
 
 __all__ = ["IDENTIFIERS", "NOT_IDENTIFIERS", "CountedRows", "no_rows", "no_rows_hint", "refusal",
            "unknown_values"]
@@ -42,8 +42,6 @@ IDENTIFIERS: Final[dict[str, tuple[str, str, str]]] = {
 # IDENTIFIERS or here: tests/test_queries_hints.py).
 NOT_IDENTIFIERS: Final[frozenset[str]] = frozenset({"bins"})
 
-# Known values named beside an unknown one, the closest first.
-CLOSEST: Final[int] = 3
 
 
 class CountedRows:
@@ -67,8 +65,8 @@ class CountedRows:
 def unknown_values(store: Store, params: Mapping[str, ParamValue],
                    root: str | os.PathLike[str] | None = None) -> str | None:
     """One line naming each given parameter of ``IDENTIFIERS`` whose value the store does
-    not hold (it names no run or audit), with the known values closest to it (difflib);
-    None when there is none.
+    not hold (it names no run or audit), with the known values closest to it
+    (``bfd.storage.closest_known``); None when there is none.
 
     Args:
         store: A store directory, or a connection from ``bfd.queries.connect``.
@@ -104,7 +102,7 @@ def _unknown(store: Store, params: Mapping[str, ParamValue],
         if not known:
             parts.append(f"{name} {str(value)!r} names no {what}: the store holds no {what}s")
             continue
-        closest = difflib.get_close_matches(str(value), known, n=CLOSEST, cutoff=0)
+        closest = closest_known(str(value), known)
         parts.append(f"{name} {str(value)!r} names no {what} of the store; closest known: "
                      f"{', '.join(closest)}")
     return "; ".join(parts) or None, nothing

@@ -1,8 +1,10 @@
 -- model_summary: one row per model (timm name), from its latest complete run (largest
--- created_at) whatever its weights, images and img_size: weights says which ('pretrained',
--- 'random' or the checkpoint file), images which image set (run_shapes': the source's name,
--- '@' and 12 hex digits of images_sha256, e.g. samples@3f2a9c1d0b7e) and img_size at which
--- input size; run_summary has a row for every run.
+-- created_at) whatever its weights, prefix option, images and img_size: weights says which
+-- ('pretrained', 'random' or the checkpoint file), prefix with which decompose --prefix
+-- option (include or exclude: the positions its shares are over; two models' shares of
+-- other prefix options are over other positions), images which image set (run_shapes': the
+-- source's name, '@' and 12 hex digits of images_sha256, e.g. samples@3f2a9c1d0b7e) and
+-- img_size at which input size; run_summary has a row for every run.
 -- f_*: energy-weighted fractions (energies summed over all layers and heads, then divided);
 -- mean_f_*: plain mean of the head fractions; frac_pos_mean: mean over layers of frac_pos at
 -- attn_in; n_heads_pp / _cp / _cc: heads per stored head_type (position-position,
@@ -15,6 +17,7 @@ SELECT
     s.model,
     s.run_id,
     s.weights,
+    sh.prefix,
     sh.images,
     sh.img_size,
     s.created_at,

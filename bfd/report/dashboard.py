@@ -245,7 +245,8 @@ def _run_links(store_root: Path, runs: D.Columns) -> None:
     runs["flow_run_url"] = [_flow_run_url(fid) for fid in runs["flow_run_id"]]
 
 
-# The per-layer metrics the Series page's layer x step heatmap offers (of layer_rows).
+# The per-layer metrics the Series page's layer x step heatmap offers (of layer_rows), in its
+# menu's order: the page reads them from the columns of its layer rows (``_series_layers``).
 SERIES_LAYER_METRICS: Final[tuple[str, ...]] = ("frac_pos", "frac_pos_resid", "f_pp", "f_pc",
                                                 "f_cp", "f_cc")
 

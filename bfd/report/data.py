@@ -126,11 +126,13 @@ def _drift_note(con: duckdb.DuckDBPyConnection, alias: str) -> str:
 
 
 def run_list(con: duckdb.DuckDBPyConnection) -> pa.Table:
-    """Every run of the store with its series, identity and latest audit (its
-    ``drift_note`` too), oldest first."""
+    """Every run of the store with its series, identity (its decompose ``prefix`` option:
+    ``run_shapes``') and latest audit (its ``drift_note`` too), oldest first."""
     sql = f"""
         SELECT r.run_id, {_SERIES} AS series, r.model, r.weights, r.weights_sha256, r.images,
-            r.images_sha256, r.n_images, r.n_skipped,
+            r.images_sha256,
+            (SELECT sh.prefix FROM run_shapes AS sh WHERE sh.run_id = r.run_id) AS prefix,
+            r.n_images, r.n_skipped,
             r.n_images - coalesce(r.n_skipped, 0) AS n_decoded, r.grid_h, r.grid_w, r.created_at,
             r.status, r.depth, r.num_heads,
             a.audit_id, a.step, a.started_at, a.finished_at, a.trigger, a.flow_run_id,

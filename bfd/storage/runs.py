@@ -8,11 +8,12 @@ process on any machine, and any change of any field gives a new one. The request
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import operator
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -23,6 +24,8 @@ DTYPES: Final[tuple[str, ...]] = ("float16", "float32")
 # enters the run id (a stored run of the same request keeps its own id) and its record,
 # ``runs.config_json``.
 NOT_STORED: Final[dict[str, str]] = {"activations": "not stored"}
+# Known values named beside an unknown one (a run id, a query's parameter), the closest first.
+CLOSEST: Final[int] = 3
 _HASH_CHARS: Final[int] = 16
 _SLUG_CHARS: Final[int] = 64
 
@@ -281,9 +284,14 @@ def read_request(store: Store, run_id: str) -> RunRequest:
     """
     path = store.run_dir(validate_run_id(run_id)) / "request.json"
     if not path.exists():
+        known = list_requests(store)
+        if not known:
+            raise FileNotFoundError(f"no run request at {path}; the store holds no run "
+                                    "request yet")
+        listing = f"bfd runs --store {store.root} lists them all"
         raise FileNotFoundError(
-            f"no run request at {path}; runs with requests: {list_requests(store)}"
-        )
+            f"no run request at {path}; closest of the {len(known)} runs with requests: "
+            f"{', '.join(closest_known(run_id, known))} ({listing})")
     try:
         request = RunRequest.from_json_dict(read_json(path)["request"])
     except (KeyError, TypeError) as e:
@@ -329,6 +337,12 @@ def earlier_spelling(store: Store, request: RunRequest) -> RunRequest | None:
                                         images=request.images) == request):
             return stored
     return None
+
+
+def closest_known(value: str, known: Sequence[str], n: int = CLOSEST) -> list[str]:
+    """The ``n`` values of ``known`` closest to ``value`` (difflib's ratio), the closest
+    first: what a message names beside a value that names nothing."""
+    return difflib.get_close_matches(value, list(known), n=n, cutoff=0)
 
 
 def list_requests(store: Store) -> list[str]:

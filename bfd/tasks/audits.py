@@ -298,6 +298,37 @@ def computed_run(store: Store, run_id: str, decompose_options: Mapping[str, Any]
     return None
 
 
+def options_replaced(store: Store, run_id: str,
+                     decompose_options: Mapping[str, Any]) -> str | None:
+    """One line when ``run_id`` is published complete decomposed with other options than
+    ``decompose_options`` (placement aside; e.g. ``bfd decompose RUN --prefix include`` since
+    its audit): the audit's decomposition replaces those results. None when the run is not
+    published, its ``runs`` file does not read (it is then published again) or its options
+    are these. Call it before the run is decomposed again (its command restores them)."""
+    from bfd.storage import decompose_command, read_run_table
+    from bfd.storage.republish import RESULT_FLAGS
+
+    try:
+        runs = read_run_table(store, run_id=run_id, table="runs")
+    except (OSError, ValueError):
+        return None
+    rows = [r for r in runs.to_pylist() if r["run_id"] == run_id and r["status"] == "complete"]
+    stored = decompose_options_of(rows[-1].get("config_json")) if rows else {}
+    if not stored:
+        return None
+    wanted = _result_options(decompose_options)
+    changed = [k for k in RESULT_FLAGS if k in wanted and stored.get(k, wanted[k]) != wanted[k]]
+    if not changed:
+        return None
+
+    def flags(options: Mapping[str, Any]) -> str:
+        return " ".join(f"{RESULT_FLAGS[k]} {options[k]}" for k in changed)
+
+    return (f"run {run_id} is published decomposed with {flags(stored)}; this audit decomposes "
+            f"it again with {flags(wanted)}, replacing those results "
+            f"({decompose_command(store, run_id)} publishes them again)")
+
+
 def say_waiting(line: str) -> None:
     """Says on stderr that a command waits for another process (``waiting`` of ``audit_row``
     and ``series_lock``, outside a flow run)."""

@@ -407,6 +407,8 @@
       ["weights sha256", run.weights_sha256], ["image set", run.images],
       ["images sha256", run.images_sha256], ["images requested", run.n_images], ["skipped", run.n_skipped],
       ["images decoded", run.n_decoded],
+      // the positions its shares are over: include counts the prefix tokens as positions
+      ["prefix option", run.prefix],
       ["patch grid", run.grid_h === null ? null : `${run.grid_h} × ${run.grid_w}`],
       ["created", run.created_at], ["status", run.status], ["audit", run.audit_id],
       ["audit step", stepText(run)], ["trigger", run.trigger], ["audit status", run.audit_status],
@@ -680,8 +682,9 @@
     const numeric = numericKeys(metrics, skip);
     const keys = Object.keys(metrics[0]).filter((k) => (numeric.includes(k) || notKept.includes(k)) &&
       !/_(lo|hi)$/.test(k));
-    const LAYER_METRICS = ["frac_pos", "frac_pos_resid", "f_pp", "f_pc", "f_cp", "f_cc"]
-      .filter((k) => k in (D.layers || {}));
+    // the heatmap's metrics: the columns of its layer rows but run and layer, in their order
+    // (bfd/report/dashboard.py SERIES_LAYER_METRICS, the one list)
+    const LAYER_METRICS = Object.keys(D.layers || {}).filter((k) => k !== "run_id" && k !== "layer");
     const layersOf = layersByRun();
     const layerState = { metric: LAYER_METRICS[0], mode: "value" };
     const heat = plotDiv("layer-heatmap", "A per-layer metric of each audit's run, layer against audit " +
