@@ -308,7 +308,7 @@ def cmd_decompose(args: argparse.Namespace) -> int:
 
     if args.dask_address:
         check_dask_address(args.dask_address)
-    with _run_lock(store, args.run_id, "decompose"):
+    with _run_lock(store, args.run_id):
         written = _with_bars(decompose_flow(args.dask_address), args.run_id, store,
                              prefix=args.prefix, seed=args.control_seed,
                              compute_dtype=args.compute_dtype,
@@ -320,16 +320,17 @@ def cmd_decompose(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_lock(store: str, run_id: str, what: str):
-    """The run's lock (a clear refusal of a concurrent decompose, and a first write that fails
-    at once on a read-only store); none for a run the store does not hold, which the command
-    then reports."""
+def _run_lock(store: str, run_id: str):
+    """The run's lock (``bfd.storage.run_lock``; the flows' too): a clear refusal while
+    another process computes the run (a decompose, an extraction, an audit), and a first
+    write that fails at once on a read-only store; none for a run the store does not hold,
+    which the command then reports."""
     import contextlib
 
     from bfd.storage import Store, run_lock
 
     s = Store(store)
-    return run_lock(s, run_id, what) if s.run_dir(run_id).is_dir() else contextlib.nullcontext()
+    return run_lock(s, run_id) if s.run_dir(run_id).is_dir() else contextlib.nullcontext()
 
 
 def _cache_catalog(store: str) -> None:

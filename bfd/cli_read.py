@@ -334,8 +334,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         decompose_command,
         kept_no_activations,
         repair_command,
+        run_busy,
         verify_run,
     )
+    from bfd.storage.unpublished import busy_said
 
     store = Store(_store(args))
     faults = verify_run(store, args.run_id)
@@ -343,6 +345,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     stats_only = kept_no_activations(store, args.run_id)
     for fault in faults:
         print(f"fault: {fault}")
+    if faults and run_busy(store, args.run_id):  # what it writes now may be among them
+        print(f"bfd: run {args.run_id} has {len(faults)} fault(s), but it is "
+              f"{busy_said(store, args.run_id)}; then run bfd verify again", file=sys.stderr)
+        return 1
     if faults and stats_only:  # no activations to extract or decompose again
         print(f"bfd: run {args.run_id} has {len(faults)} fault(s); the stats-only run is "
               f"computed and published again by: {repair_command(store, args.run_id)} "

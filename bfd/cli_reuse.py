@@ -169,12 +169,13 @@ def record_reused_audit(args: argparse.Namespace, config, store: str, thresholds
     from bfd.cli_interrupt import recording
     from bfd.queries.seen import run_seen
     from bfd.report.dashboard import refresh_outputs
-    from bfd.storage import Store, results_path
+    from bfd.storage import Store, results_path, run_lock
     from bfd.tasks.audits import (
         audit_row,
         default_series,
         drift_since_previous,
         run_reuse,
+        say_waiting,
         time_step,
     )
 
@@ -185,8 +186,10 @@ def record_reused_audit(args: argparse.Namespace, config, store: str, thresholds
               else default_series(config.model, config.weights, config.seed,
                                   config.model_args))
     step = args.step if args.step is not None else time_step(started)
-    # Ctrl-C's line names the audit from its write on (bfd.cli_interrupt)
-    with audit_row(s, series, step, "cli", None, started, writing=recording) as row:
+    # Ctrl-C's line names the audit from its write on (bfd.cli_interrupt); the series' lock
+    # (audit_row), then the run's, as the flow takes them: its results are read whole
+    with audit_row(s, series, step, "cli", None, started, writing=recording) as row, \
+            run_lock(s, run_id, say_waiting):
         drift_since_previous(s, row, run_id, thresholds.model_dump(), run_seen(store, run_id))
     index = None if args.no_dashboard else refresh_outputs(store, logging.getLogger("bfd.audit"))
     return {**{k: row[k] for k in ("audit_id", "series", "run_id", "step", "prev_audit_id",

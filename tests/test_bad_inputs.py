@@ -22,6 +22,7 @@ import timm
 import torch
 from conftest import env_kept
 from conftest import run_cli as cli
+from locks import held_by_another_thread
 from storebuilder import build_run, random_run_arrays
 
 from bfd.cli import main
@@ -347,9 +348,9 @@ def test_damaged_store_probe_is_one_line_exit_1(world, tmp_path, capsys, damage)
 def test_a_concurrent_decompose_of_one_run_is_refused(world, capsys):
     store = Store(world["store"])
     before = state(world["store"])
-    with run_lock(store, world["rid"], "decompose"):
+    with held_by_another_thread(run_lock(store, world["rid"])):
         code, _, err = cli(["decompose", world["rid"], "--store", world["store"]], capsys)
-    assert_one_line(code, err, 1, ("busy", "another process", ".decompose.lock"))
+    assert_one_line(code, err, 1, ("busy", "another process", ".compute.lock"))
     assert state(world["store"]) == before
 
 

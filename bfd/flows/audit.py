@@ -4,6 +4,7 @@ audit's row, artifacts and events."""
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,7 +33,7 @@ from bfd.flows.prefect_io import (
 from bfd.flows.runners import decompose_flow, task_runner
 from bfd.flows.stats_only import stats_only_run
 from bfd.queries.seen import run_seen
-from bfd.storage import Store, results_path, table_faults
+from bfd.storage import Store, results_path, run_lock, table_faults
 from bfd.tasks.audits import (
     audit_row,
     check_place,
@@ -150,52 +151,64 @@ def audit(
     step = step if step is not None else time_step(started)
     name_and_tag(f"{series} step {step}", [f"model:{model}", f"series:{series}"])
     logger.info("audit of series %s, step %d, into store %s", series, step, root)
-    with audit_row(Store(root), series, step, trigger, current_flow_run_id(), started,
-                   writing=progress.recording) as row:
-        with progress.listening(PrefectProgress()):
-            decompose_kw = decompose_kwargs(options, config)
-            stored = DecomposeOptions(**decompose_kw).to_dict()
-            extracted: list[int] = []  # the shards of activations extracted here
-            repaired: list[int] = []  # those of them found damaged
-            faults: list = []  # the run's damaged table files, published again
-            if not store_activations:  # computed from two forwards, whatever is stored
-                run_id, written = stats_only_run(config.extract_config(), root, decompose_kw)
-                run = computed_run(Store(root), run_id, stored) or {}
-            else:
-                done = extract.with_options(task_runner=task_runner(workers, dask_address))(
-                    config.extract_config(), root, gpu_resources)
-                run_id, extracted, repaired = done["run_id"], done["extracted"], done["repaired"]
-                faults = table_faults(Store(root), run_id)  # then not computed: republished
-                for fault in faults:
-                    logger.warning("damaged, published again: %s", fault)
-                    progress.report("notice", 0, 0, text=f"damaged, published again: {fault}")
-                # each table file is read once here: the faults just found are passed on
-                run = computed_run(Store(root), run_id, stored, faults=faults)
-                if run is None:
-                    # a run published with other options (decompose --prefix include since
-                    # its audit) is decomposed again with the audit's: said, not done quietly
-                    replaced = options_replaced(Store(root), run_id, stored)
-                    if replaced:
-                        logger.warning("%s", replaced)
-                        progress.report("notice", 0, 0, text=replaced)
-                    written = decompose_flow(dask_address)(
-                        run_id, root, dask_address=dask_address, **decompose_kw)
+    # the run's lock (bfd.storage.run_lock), once its id is known, to the end of the report:
+    # a run another process computes is waited for, then reused; its results are not
+    # republished while read here. Taken inside the series' lock (audit_row), never the
+    # other way round (audit-checkpoints holds the series' lock around its audits).
+    with contextlib.ExitStack() as computing:
+        def hold(run_id: str) -> None:
+            computing.enter_context(run_lock(Store(root), run_id, progress.waiting))
+
+        with audit_row(Store(root), series, step, trigger, current_flow_run_id(), started,
+                       writing=progress.recording, waiting=progress.waiting) as row:
+            with progress.listening(PrefectProgress()):
+                decompose_kw = decompose_kwargs(options, config)
+                stored = DecomposeOptions(**decompose_kw).to_dict()
+                extracted: list[int] = []  # the shards of activations extracted here
+                repaired: list[int] = []  # those of them found damaged
+                faults: list = []  # the run's damaged table files, published again
+                if not store_activations:  # computed from two forwards, whatever is stored
+                    run_id, written = stats_only_run(config.extract_config(), root,
+                                                     decompose_kw, hold)
                     run = computed_run(Store(root), run_id, stored) or {}
                 else:
-                    written = {"results": results_path(Store(root), run_id)}
-        rows = drift_since_previous(Store(root), row, run_id, thresholds.model_dump(),
-                                    run_seen(root, run_id))
-    # reused: nothing recomputed, neither its activations (a damaged shard is extracted
-    # again before the results are reused) nor its results
-    reused = "runs" not in written and not extracted
-    how = run_reuse(extracted, repaired, decomposed="runs" in written,
-                    republished=bool(faults))
-    logger.info("audit %s: run %s %s, %d drift flag(s); store %s", row["audit_id"], run_id,
-                how, row["n_flagged"], root)
-    if row["drift_note"] or row["skipped"]:
-        logger.info("drift: %s", drift_said(row))
-    report = {**row, "reused": reused, "repaired": repaired, "how": how}
-    publish_artifacts(report, run, layer_summary(Store(root), run_id), rows, root)
+                    done = extract.with_options(task_runner=task_runner(workers, dask_address))(
+                        config.extract_config(), root, gpu_resources)
+                    run_id, extracted = done["run_id"], done["extracted"]
+                    repaired = done["repaired"]
+                    hold(run_id)  # then whether it is computed: one process decomposes it
+                    faults = table_faults(Store(root), run_id)  # then not computed: republished
+                    for fault in faults:
+                        logger.warning("damaged, published again: %s", fault)
+                        progress.report("notice", 0, 0, text=f"damaged, published again: {fault}")
+                    # each table file is read once here: the faults just found are passed on
+                    run = computed_run(Store(root), run_id, stored, faults=faults)
+                    if run is None:
+                        # a run published with other options (decompose --prefix include since
+                        # its audit) is decomposed again with the audit's: said, not done
+                        # quietly
+                        replaced = options_replaced(Store(root), run_id, stored)
+                        if replaced:
+                            logger.warning("%s", replaced)
+                            progress.report("notice", 0, 0, text=replaced)
+                        written = decompose_flow(dask_address)(
+                            run_id, root, dask_address=dask_address, **decompose_kw)
+                        run = computed_run(Store(root), run_id, stored) or {}
+                    else:
+                        written = {"results": results_path(Store(root), run_id)}
+            rows = drift_since_previous(Store(root), row, run_id, thresholds.model_dump(),
+                                        run_seen(root, run_id))
+        # reused: nothing recomputed, neither its activations (a damaged shard is extracted
+        # again before the results are reused) nor its results
+        reused = "runs" not in written and not extracted
+        how = run_reuse(extracted, repaired, decomposed="runs" in written,
+                        republished=bool(faults))
+        logger.info("audit %s: run %s %s, %d drift flag(s); store %s", row["audit_id"], run_id,
+                    how, row["n_flagged"], root)
+        if row["drift_note"] or row["skipped"]:
+            logger.info("drift: %s", drift_said(row))
+        report = {**row, "reused": reused, "repaired": repaired, "how": how}
+        publish_artifacts(report, run, layer_summary(Store(root), run_id), rows, root)
     emit_audit_events(row, rows, root)
     index = refresh_outputs(root, dashboard)
     out = {**{k: row[k] for k in ("audit_id", "series", "run_id", "step", "prev_audit_id",

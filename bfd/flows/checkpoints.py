@@ -28,7 +28,7 @@ from bfd.flows.params import (
     with_deployment_defaults,
 )
 from bfd.flows.prefect_io import artifact_key, resolve_store
-from bfd.storage import Store
+from bfd.storage import Store, series_lock
 from bfd.tasks.audits import (
     check_place,
     checkpoints_series,
@@ -116,50 +116,55 @@ def audit_checkpoints(
     request = config.extract_config()
     # a bad request (layers out of range, no images, ...) is refused before anything is read
     check_before_work(ExtractConfig(**{**request, "weights": "random"}))
-    todo, n_files, bad = pending_checkpoints(Store(root), checkpoints, series, request)
-    compared = describe_request(request)
-    logger.info("series %s: %d checkpoint file(s) in %s, %d to audit; store %s", series,
-                n_files, checkpoints, len(todo), root)
-    for line in bad:
-        logger.error("left out: %s", line)
-    summary = {"series": series, "n_files": n_files, "store": root, "compared": compared,
-               "bad": bad}
-    if not todo:
-        readable = " (the readable ones)" if bad else ""
-        message = (f"Nothing to do: all {n_files - len(bad)} checkpoint file(s) of "
-                   f"`{checkpoints}`{readable} are already audited in series `{series}` with "
-                   f"the same request ({compared}; store `{root}`).{_left_out(bad)}"
-                   if n_files else
-                   f"Nothing to do: no checkpoint file in `{checkpoints}` yet (store `{root}`).")
-        logger.info(message.replace("`", ""))
-        create_markdown_artifact(message, key=artifact_key("checkpoints", series),
-                                 description="audit-checkpoints: nothing to do")
-        return _ended({**summary, "audits": []})
-    done = []
-    for k, ckpt in enumerate(todo, 1):
-        try:  # a file that passed its first-bytes check may still not load, or not fit
-            load_weights(ExtractConfig(**{**request, "weights": ckpt["path"]}))
-        except (OSError, ValueError) as err:
-            bad.append(" ".join(as_listed(str(err), ckpt["path"]).split()))
-            logger.error("left out: %s", bad[-1])
-            # said now, in step order among the audits' lines, not after every checkpoint
-            progress.report("checkpoint", k, len(todo), left_out=bad[-1])
-            continue
-        # said as its audit starts: the extraction's lines that follow are this file's (a file
-        # left out above is named by its own line)
-        start = (f"checkpoint {k} of {len(todo)} to audit: {os.path.basename(ckpt['path'])} "
-                 f"(step {ckpt['step']})")
-        logger.info(start)
-        progress.report("notice", 0, 0, text=start)
-        with tags(f"model:{model}", f"series:{series}"):
-            one = audit(config.model_copy(update={"weights": ckpt["path"]}), root,
-                        workers=workers, dask_address=dask_address,
-                        gpu_resources=gpu_resources, decompose_options=options,
-                        series=series, step=ckpt["step"], drift=thresholds,
-                        trigger="checkpoints", dashboard=False)
-        done.append({**one, "checkpoint": ckpt["path"]})
-        # said now, not when every checkpoint is done: the command prints its lines
-        progress.report("checkpoint", k, len(todo), audit=done[-1])
+    # the series' lock, from deciding what is to audit to the last audit's row: a second run
+    # over the folder waits for this one, then finds its checkpoints audited and skips them
+    with series_lock(Store(root), series, progress.waiting):
+        todo, n_files, bad = pending_checkpoints(Store(root), checkpoints, series, request)
+        compared = describe_request(request)
+        logger.info("series %s: %d checkpoint file(s) in %s, %d to audit (%d already audited "
+                    "with the same request); store %s", series, n_files, checkpoints,
+                    len(todo), n_files - len(bad) - len(todo), root)
+        for line in bad:
+            logger.error("left out: %s", line)
+        summary = {"series": series, "n_files": n_files, "store": root, "compared": compared,
+                   "bad": bad}
+        if not todo:
+            readable = " (the readable ones)" if bad else ""
+            message = (f"Nothing to do: all {n_files - len(bad)} checkpoint file(s) of "
+                       f"`{checkpoints}`{readable} are already audited in series `{series}` with "
+                       f"the same request ({compared}; store `{root}`).{_left_out(bad)}"
+                       if n_files else
+                       f"Nothing to do: no checkpoint file in `{checkpoints}` yet (store "
+                       f"`{root}`).")
+            logger.info(message.replace("`", ""))
+            create_markdown_artifact(message, key=artifact_key("checkpoints", series),
+                                     description="audit-checkpoints: nothing to do")
+            return _ended({**summary, "audits": []})
+        done = []
+        for k, ckpt in enumerate(todo, 1):
+            try:  # a file that passed its first-bytes check may still not load, or not fit
+                load_weights(ExtractConfig(**{**request, "weights": ckpt["path"]}))
+            except (OSError, ValueError) as err:
+                bad.append(" ".join(as_listed(str(err), ckpt["path"]).split()))
+                logger.error("left out: %s", bad[-1])
+                # said now, in step order among the audits' lines, not after every checkpoint
+                progress.report("checkpoint", k, len(todo), left_out=bad[-1])
+                continue
+            # said as its audit starts: the extraction's lines that follow are this file's (a
+            # file left out above is named by its own line)
+            start = (f"checkpoint {k} of {len(todo)} to audit: {os.path.basename(ckpt['path'])} "
+                     f"(step {ckpt['step']})")
+            logger.info(start)
+            progress.report("notice", 0, 0, text=start)
+            with tags(f"model:{model}", f"series:{series}"):
+                one = audit(config.model_copy(update={"weights": ckpt["path"]}), root,
+                            workers=workers, dask_address=dask_address,
+                            gpu_resources=gpu_resources, decompose_options=options,
+                            series=series, step=ckpt["step"], drift=thresholds,
+                            trigger="checkpoints", dashboard=False)
+            done.append({**one, "checkpoint": ckpt["path"]})
+            # said now, not when every checkpoint is done: the command prints its lines
+            progress.report("checkpoint", k, len(todo), audit=done[-1])
     index = refresh_outputs(root, dashboard) if done else None
     lines = [f"# Checkpoints of series `{series}`", "",
              f"{len(done)} new audit(s) of {n_files} file(s) in `{checkpoints}`; store `{root}`.",

@@ -16,6 +16,7 @@ from bfd.storage import (
     is_stats_only,
     open_activations,
     read_request,
+    run_lock,
 )
 from bfd.tasks.decompose import DecomposeOptions, assemble_results, require_extracted
 from bfd.tasks.prefect_tasks import decompose_site_layer_task, publish_task
@@ -56,37 +57,41 @@ def decompose(
 
     Returns:
         What was written, by name (results group and table files).
+
+    The run's lock (``bfd.storage.run_lock``) is held throughout: a decomposition of a run
+    that another process is computing waits for it (``bfd decompose`` holds it already).
     """
     logger = get_run_logger()
     root = resolve_store(store)
     options = DecomposeOptions(prefix=prefix, seed=seed, compute_dtype=compute_dtype,
                                images_per_task=images_per_task, device=device,
                                jackknife_groups=jackknife_groups, ci_target=ci_target)
-    if is_stats_only(read_request(Store(root), run_id).extra):
+    if is_stats_only(read_request(Store(root), run_id).extra):  # also: a run of the store
         raise ValueError(f"run {run_id} kept no activations (an audit with "
                          "--no-store-activations); audit it again that way to recompute it")
-    acts = open_activations(Store(root), run_id)
-    check_intact(Store(root), run_id)
-    require_extracted(Store(root), run_id)
-    sites = [s for s in ("attn_in", "resid") if s in acts.data_vars]
-    layers = [int(v) for v in acts.layer.values]
-    threads = one_thread_per_task(len(sites) * len(layers), dask_address)
-    futures = [
-        decompose_site_layer_task.submit(root, run_id, site, layer, options, dask_address,
-                                         threads)
-        for site in sites
-        for layer in layers
-    ]
-    logger.info("decomposing run %s: %d sites x %d layers", run_id, len(sites), len(layers))
-    parts = []
-    for done, future in enumerate(as_completed(futures), start=1):
-        parts.append(future.result())
-        progress.report("decompose", done, len(futures))
-    request = read_request(Store(root), run_id)
-    run_attrs = {k: getattr(request, k) for k in REQUEST_ATTRS}
-    run_attrs |= {k: acts.attrs[k] for k in EXTRACTION_ATTRS if k in acts.attrs}
-    results = assemble_results(parts, {**run_attrs, "run_id": run_id, **options.to_dict(),
-                                       "images_per_task": images_per_task or 0})
-    written = publish_task(root, run_id, results, {"decompose": options.to_dict()})
-    logger.info("published run %s: %s", run_id, ", ".join(sorted(written)))
-    return written
+    with run_lock(Store(root), run_id, progress.waiting):
+        acts = open_activations(Store(root), run_id)
+        check_intact(Store(root), run_id)
+        require_extracted(Store(root), run_id)
+        sites = [s for s in ("attn_in", "resid") if s in acts.data_vars]
+        layers = [int(v) for v in acts.layer.values]
+        threads = one_thread_per_task(len(sites) * len(layers), dask_address)
+        futures = [
+            decompose_site_layer_task.submit(root, run_id, site, layer, options, dask_address,
+                                             threads)
+            for site in sites
+            for layer in layers
+        ]
+        logger.info("decomposing run %s: %d sites x %d layers", run_id, len(sites), len(layers))
+        parts = []
+        for done, future in enumerate(as_completed(futures), start=1):
+            parts.append(future.result())
+            progress.report("decompose", done, len(futures))
+        request = read_request(Store(root), run_id)
+        run_attrs = {k: getattr(request, k) for k in REQUEST_ATTRS}
+        run_attrs |= {k: acts.attrs[k] for k in EXTRACTION_ATTRS if k in acts.attrs}
+        results = assemble_results(parts, {**run_attrs, "run_id": run_id, **options.to_dict(),
+                                           "images_per_task": images_per_task or 0})
+        written = publish_task(root, run_id, results, {"decompose": options.to_dict()})
+        logger.info("published run %s: %s", run_id, ", ".join(sorted(written)))
+        return written

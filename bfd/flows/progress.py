@@ -48,3 +48,13 @@ def listening(listener: Listener) -> Iterator[None]:
     finally:
         with _lock:
             _listeners.remove(listener)
+
+
+def waiting(line: str) -> None:
+    """A flow waiting for another process's lock (``bfd.storage.run_lock``,
+    ``series_lock``): ``line`` goes to the flow run's log and, as a ``notice``, to the
+    listeners (the command's stderr), once, when the wait starts."""
+    from prefect import get_run_logger
+
+    get_run_logger().info(line)
+    report("notice", 0, 0, text=line)

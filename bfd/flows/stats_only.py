@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from bfd.flows import progress
@@ -12,18 +13,19 @@ from bfd.tasks.extract import ExtractConfig
 from bfd.tasks.prefect_tasks import decompose_from_forward_task, prepare_run_task, publish_task
 
 
-def stats_only_run(config: dict[str, Any], root: str,
-                   decompose_kw: dict[str, Any]) -> tuple[str, dict[str, str]]:
+def stats_only_run(config: dict[str, Any], root: str, decompose_kw: dict[str, Any],
+                   hold: Callable[[str], None] | None = None) -> tuple[str, dict[str, str]]:
     """Plans the run (request, image manifest, model tensors, the store template's metadata),
     decomposes it from two forwards and publishes it, as the ``decompose`` flow publishes a
-    stored run.
+    stored run; ``hold``: called with the run id before anything is written
+    (``bfd.tasks.extract.prepare_run``: the caller takes the run's lock there).
 
     Returns:
         The run id and what was written, by name.
     """
     cfg = ExtractConfig(**config)
     cfg = ExtractConfig(**{**cfg.to_dict(), "extra": {**cfg.extra, **NOT_STORED}})
-    plan = prepare_run_task(root, cfg)
+    plan = prepare_run_task(root, cfg, hold)
     progress.report("extract", 0, plan.n_images, run_id=plan.run_id)
     options = DecomposeOptions(**decompose_kw)
     parts, images = decompose_from_forward_task(root, plan.run_id, cfg, plan.layers,

@@ -16,8 +16,9 @@ drift files without ``series``); they are read as they are. Each file is written
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -25,7 +26,7 @@ from typing import Any, Final
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .paths import DamagedStoreError, Store, atomic_write
+from .paths import DamagedStoreError, RunBusyError, Store, atomic_write, held_lock
 from .tables import partition_value, unescape_partition_value
 
 _TS: Final = pa.timestamp("us", tz="UTC")
@@ -92,6 +93,37 @@ def series_folder(series: str) -> str:
     """
     name = partition_value(series)
     return f"%{ord(name[0]):02X}{name[1:]}" if name.startswith((".", "_")) else name
+
+
+# The lock of a series' audits: ``tables/audits/<series folder>/.series.lock`` (a hidden name:
+# no reader of the table sees it).
+SERIES_LOCK: Final[str] = ".series.lock"
+
+
+def series_lock(store: Store, series: str, wait: Callable[[str], None] | None = None
+                ) -> contextlib.AbstractContextManager:
+    """Hold the series' lock for the block (``bfd.storage.paths.held_lock``: an ``flock``,
+    reentrant within a thread): the audits of one series take turns, so that each decides
+    what it compares with (and ``audit-checkpoints`` what is still to audit) from the audits
+    recorded before it, and records its own before the next one decides.
+
+    Args:
+        wait: Called with one line (``waiting for another audit of series ...``) when another
+            process holds the lock, before waiting for it; None: refuse at once.
+
+    Raises:
+        RunBusyError: ``wait`` is None and another process holds it.
+    """
+    path = store.table_dir("audits") / series_folder(series) / SERIES_LOCK
+
+    def busy() -> Exception:
+        return RunBusyError(f"series {series} is busy: another process is auditing it (it "
+                            f"holds {path}); wait for it to finish")
+
+    said = None if wait is None else (lambda: wait(
+        f"waiting for another audit of series {series} (it holds {path}); this one is "
+        "recorded after it"))
+    return held_lock(path, busy=busy, wait=said)
 
 
 def _event_path(store: Store, table: str, series: str, audit_id: str) -> Path:
@@ -198,9 +230,16 @@ def read_drift(store: Store, series: str, audit_id: str | None = None) -> list[d
     return [r for r in rows if audit_id is None or r["audit_id"] == audit_id]
 
 
-def earlier_audits(store: Store, series: str, step: int) -> list[dict[str, Any]]:
+def earlier_audits(store: Store, series: str, step: int,
+                   before: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """The complete audits of ``series`` at or before ``step``, in series order: those an
     audit at ``step`` may compare with (``bfd.tasks.audits.compared_audit``: the latest whose
-    run is comparable with its own)."""
+    run is comparable with its own). With ``before`` (an audit's row: its ``started_at`` and
+    ``audit_id``), only those before it in series order: an audit of the same step that
+    started after it is not one it follows, even when recorded first."""
+    def place(r: Mapping[str, Any]) -> tuple:
+        return (r["step"], r["started_at"], r["audit_id"])
+
     return [r for r in read_audits(store, series)
-            if r["status"] == "complete" and r["step"] <= step]
+            if r["status"] == "complete" and r["step"] <= step
+            and (before is None or r["step"] < step or place(r) < place(before))]

@@ -8,10 +8,12 @@ their atomicity rests on ``os.replace`` within one directory.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import re
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -254,27 +256,146 @@ def read_json(path: Path) -> Any:
         raise DamagedStoreError(f"{path} is damaged: not a JSON file ({e})") from e
 
 
+# The lock of work on one run (extraction, decomposition, publishing by a flow or ``bfd
+# decompose``): ``runs/<run_id>/.compute.lock`` (docs/layout.md, "Run files").
+COMPUTE_LOCK: Final[str] = ".compute.lock"
+
+
+class _Held:
+    """This process's hold of one lock file: a thread lock (threads of one process take
+    turns, as ``flock`` does not tell them apart once one holds it), the open file holding
+    the ``flock`` and how deep the holding thread has entered it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.fd: int | None = None
+        self.depth = 0
+
+
+_HELD: dict[Path, _Held] = {}
+_HELD_GUARD = threading.Lock()
+
+
 @contextlib.contextmanager
-def run_lock(store: Store, run_id: str, what: str) -> Iterator[None]:
-    """Hold the run's ``what`` lock (``runs/<run_id>/.<what>.lock``) for the block: a second
-    process asking for it is refused at once instead of racing the first one's writes. The
-    lock is the kernel's (``flock``), so a killed holder never leaves a stale lock behind.
+def held_lock(path: Path, *, busy: Callable[[], Exception],
+              wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold the exclusive ``flock`` of ``path`` (created, with its folder, when missing) for
+    the block. Reentrant: a thread already holding it enters again at once (a flow that
+    extracts then decomposes one run, ``audit-checkpoints`` around its audits); the kernel
+    drops it with its holder, so a killed process leaves no stale lock.
+
+    Args:
+        busy: Makes the error raised when another process (or thread) holds it and ``wait``
+            is None.
+        wait: Called once when the lock is held elsewhere, before waiting for it (to say
+            so); None: refuse at once (``busy``).
+    """
+    with _HELD_GUARD:
+        held = _HELD.setdefault(path, _Held())
+    said = False
+    if not held.lock.acquire(blocking=False):
+        if wait is None:
+            raise busy()
+        wait()
+        said = True
+        held.lock.acquire()
+    try:
+        if held.depth == 0:
+            fd = _lock_file(path, must=wait is None)
+            try:
+                try:
+                    if fd is not None:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if wait is None:
+                        raise busy() from None
+                    if not said:
+                        wait()
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                if fd is not None:
+                    os.close(fd)
+                raise
+            held.fd = fd
+        held.depth += 1
+        try:
+            yield
+        finally:
+            held.depth -= 1
+            if held.depth == 0:
+                if held.fd is not None:
+                    os.close(held.fd)  # releases the flock
+                held.fd = None
+    finally:
+        held.lock.release()
+
+
+def _lock_file(path: Path, must: bool) -> int | None:
+    """The lock file opened (created with its folder when missing). A store this process
+    cannot write (read-only, no permission): with ``must``, the error (a command that
+    refuses a busy run fails at once, as its first write would); else the existing file
+    opened read-only (``flock`` needs no write access), or None when there is none: no lock,
+    as this process can change nothing there (its first write fails as before)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        if must or err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        try:
+            return os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
+
+
+def lock_busy(path: Path) -> bool:
+    """Whether another process holds the ``flock`` of ``path`` now, seen without writing:
+    the file is opened read-only (none: nobody holds it) and a shared lock tried at once."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # releases the shared lock taken
+    return False
+
+
+def run_lock(store: Store, run_id: str,
+             wait: Callable[[str], None] | None = None) -> contextlib.AbstractContextManager:
+    """Hold the run's lock (``runs/<run_id>/.compute.lock``, ``held_lock``) for the block: work
+    on one run (extraction, decomposition, publishing, reading its results for a report) is
+    done by one process at a time; one that finds another computing the run either waits
+    for it, then reuses what it did, or is refused.
+
+    Args:
+        wait: Called with one line (``waiting for another process computing run ...``)
+            when another process holds the lock, before waiting for it; None: refuse at once.
 
     Raises:
-        RunBusyError: If another process holds it.
+        RunBusyError: ``wait`` is None and another process holds it.
         OSError: If the lock file cannot be created (a read-only store).
     """
-    path = store.run_dir(run_id) / f".{what}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunBusyError(f"run {run_id} is busy: another process is running {what} on "
-                               f"it (it holds {path}); wait for it to finish") from None
-        yield
-    finally:
-        os.close(fd)
+    path = store.run_dir(run_id) / COMPUTE_LOCK
+
+    def busy() -> Exception:
+        return RunBusyError(f"run {run_id} is busy: another process is computing it (it holds "
+                            f"{path}); wait for it to finish")
+
+    said = None if wait is None else (lambda: wait(
+        f"waiting for another process computing run {run_id} (it holds {path}); its work "
+        "is reused when it is done"))
+    return held_lock(path, busy=busy, wait=said)
+
+
+def run_busy(store: Store, run_id: str) -> bool:
+    """Whether another process computes the run now (holds ``run_lock``); reads only."""
+    return lock_busy(store.run_dir(run_id) / COMPUTE_LOCK)
 
 
 def require_writable(root: str | os.PathLike[str]) -> None:

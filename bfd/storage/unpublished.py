@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Final
 
 from .manifest import read_markers
-from .paths import Store, read_json, validate_run_id
+from .paths import COMPUTE_LOCK, Store, read_json, run_busy, validate_run_id
 from .recorded import recorded_sha256, sha256_change
 from .runs import RunRequest, is_stats_only, model_label, read_request, request_columns
 
@@ -114,12 +114,20 @@ def _state(store: Store, run_id: str) -> UnpublishedRun:
         return UnpublishedRun(run_id, DAMAGED, f"its request.json cannot be read; bfd verify "
                               f"{run_id} {where} says what is damaged")
     fields = _request_fields(request)
+    busy = run_busy(store, run_id)  # its lock held: its files are being written now
     if is_stats_only(request.extra):
+        if busy:
+            return UnpublishedRun(run_id, INCOMPLETE, busy_said(store, run_id), **fields)
         return UnpublishedRun(run_id, INCOMPLETE, "a stats-only audit that did not publish "
                               "(still running, or it failed); it keeps no activations: run "
                               "bfd audit --no-store-activations with its options again",
                               **fields)
     done, skipped = _extracted(store, run_id, request.n_images)
+    if busy:
+        return (UnpublishedRun(run_id, INCOMPLETE, busy_said(store, run_id), **fields)
+                if done < request.n_images else
+                UnpublishedRun(run_id, EXTRACTED, busy_said(store, run_id), n_skipped=skipped,
+                               **fields))
     if done < request.n_images:
         return UnpublishedRun(run_id, INCOMPLETE, f"extraction incomplete ({done} of "
                               f"{request.n_images} images; interrupted, or still running): its "
@@ -127,6 +135,12 @@ def _state(store: Store, run_id: str) -> UnpublishedRun:
                               "prints it)", **fields)
     return UnpublishedRun(run_id, EXTRACTED, f"extracted, not decomposed: bfd decompose "
                           f"{run_id} {where}", n_skipped=skipped, **fields)
+
+
+def busy_said(store: Store, run_id: str) -> str:
+    """What to do with a run another process is computing (``run_busy``): wait."""
+    return (f"being computed by another process now (it holds "
+            f"{store.run_dir(run_id) / COMPUTE_LOCK}): wait for it to finish, nothing to run")
 
 
 def _damaged_publication(store: Store, run_id: str) -> tuple[str | None, dict | None]:

@@ -8,6 +8,7 @@ import glob
 import json
 import os
 import re
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +24,7 @@ from bfd.storage import (
     read_audits,
     read_request,
     recorded_inputs,
+    series_lock,
     write_audit,
     write_drift,
 )
@@ -343,18 +345,31 @@ def options_replaced(store: Store, run_id: str,
             f"({decompose_command(store, run_id)} publishes them again)")
 
 
+def say_waiting(line: str) -> None:
+    """Says on stderr that a command waits for another process (``waiting`` of ``audit_row``
+    and ``series_lock``, outside a flow run)."""
+    print(f"bfd: {line}", file=sys.stderr, flush=True)
+
+
 @contextlib.contextmanager
 def audit_row(store: Store, series: str, step: int, trigger: str,
               flow_run_id: str | None, started: datetime | None = None,
               writing: Callable[[dict], contextlib.AbstractContextManager] | None = None,
-              ) -> Iterator[dict]:
+              waiting: Callable[[str], None] = say_waiting) -> Iterator[dict]:
     """The ``audits`` row of one audit, written when the block ends however it ends: as
     ``failed`` unless ``drift_since_previous`` completed it. Every audit writes its row
     through here (the flow ``audit``, and ``bfd audit`` of an already computed run).
 
+    The block holds the series' lock (``series_lock``, waiting for another process's audit
+    of the series, ``audit-checkpoints`` included, to be recorded): the audits of one series
+    take turns, so that the audit this one compares with (``compared_audit``) was recorded
+    before it, and none is recorded between its choice and its own row.
+
     Args:
         writing: Called with the row, the context the write is done in: the command's
             Ctrl-C waits for it, then names the audit (``bfd.cli_interrupt.recording``).
+        waiting: Called with one line when another process holds the series' lock, before
+            waiting for it.
     """
     started = started or datetime.now(UTC)
     row: dict[str, Any] = {
@@ -363,12 +378,13 @@ def audit_row(store: Store, series: str, step: int, trigger: str,
         "status": "failed", "prev_audit_id": None, "n_flagged": None, "drift_note": None,
         "prev_step": None, "skipped": [],  # said, not stored (drift_since_previous)
     }
-    try:
-        yield row
-    finally:
-        row["finished_at"] = datetime.now(UTC)
-        with writing(row) if writing is not None else contextlib.nullcontext():
-            write_audit(store, row)
+    with series_lock(store, series, waiting):
+        try:
+            yield row
+        finally:
+            row["finished_at"] = datetime.now(UTC)
+            with writing(row) if writing is not None else contextlib.nullcontext():
+                write_audit(store, row)
 
 
 def _seen_options(audit: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -377,9 +393,11 @@ def _seen_options(audit: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def compared_audit(store: Store, series: str, step: int, run_id: str,
+                   before: Mapping[str, Any] | None = None,
                    ) -> tuple[dict[str, Any] | None, str | None, list[dict[str, Any]]]:
     """The audit that an audit of ``run_id`` at ``step`` of ``series`` compares with: the
-    latest complete audit of the series at or before ``step`` (series order) whose run is
+    latest complete audit of the series at or before ``step`` (series order; before the
+    audit ``before``, its row, when given: ``earlier_audits``) whose run is
     comparable with ``run_id`` (``bfd.tasks.drift.not_comparable`` None, with that audit's
     own decomposition options), so that an audit of another N, other images or another
     model in between (an ad-hoc audit) does not leave the next one uncompared.
@@ -390,7 +408,7 @@ def compared_audit(store: Store, series: str, step: int, run_id: str,
         comparable, the latest, why it is not (``drift_note``: nothing is compared) and [];
         (None, None, []) for the first audit of a series.
     """
-    done = earlier_audits(store, series, step)
+    done = earlier_audits(store, series, step, before)
     if not done:
         return None, None, []
     at, why = latest_comparable(store, run_id, [(r["run_id"], _seen_options(r)) for r in done])
@@ -427,7 +445,7 @@ def drift_since_previous(store: Store, row: dict[str, Any], run_id: str,
     row.update(run_id=run_id, results_version=seen["results_version"],
                decompose_json=json.dumps(options, sort_keys=True),
                **{name: seen[name] for name, _ in SEEN_FIGURES})
-    prev, note, skipped = compared_audit(store, row["series"], row["step"], run_id)
+    prev, note, skipped = compared_audit(store, row["series"], row["step"], run_id, row)
     row.update(prev_audit_id=None if prev is None else prev["audit_id"],
                prev_step=None if prev is None else prev["step"], drift_note=note,
                skipped=skipped)

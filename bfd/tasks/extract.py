@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
@@ -228,9 +229,17 @@ def check_before_work(cfg: ExtractConfig) -> models.ModelInfo:
     return info
 
 
-def prepare_run(store_root: str, cfg: ExtractConfig) -> RunPlan:
+def prepare_run(store_root: str, cfg: ExtractConfig,
+                hold: Callable[[str], None] | None = None) -> RunPlan:
     """Describe the model and images, fix the run id, write the store's template, request,
-    image manifest and model tensors (all idempotent), and list the shards still to do."""
+    image manifest and model tensors (all idempotent), and list the shards still to do.
+
+    Args:
+        hold: Called with the run id once it is known, after the checks that refuse a
+            request and before anything is written: the caller takes the run's lock there
+            (``bfd.storage.run_lock``, waiting for another process computing the run), and
+            the shards still to do are listed after it.
+    """
     store = Store(store_root)
     validate_config(cfg)
     # the CPU copy of the worker cache: a CPU run's shard tasks in this process reuse it
@@ -258,11 +267,17 @@ def prepare_run(store_root: str, cfg: ExtractConfig) -> RunPlan:
     per_shard = cfg.images_per_shard or cfg.images_per_chunk
     shards = plan_shards(len(records), cfg.images_per_chunk, per_shard)
     # a marked shard whose chunk files are gone or cut short is done again, bit for bit
-    done, damaged = trusted_shards(store, rid, shards)
-    todo_images = sum(s.size for s in shards if s.index not in done)
-    to_write = (todo_images * len(layers) * len(cfg.sites) * info.num_tokens * info.width
-                * np.dtype(cfg.dtype).itemsize)
+    def to_do() -> tuple[set[int], list, int]:
+        done, damaged = trusted_shards(store, rid, shards)
+        todo_images = sum(s.size for s in shards if s.index not in done)
+        return done, damaged, (todo_images * len(layers) * len(cfg.sites) * info.num_tokens
+                               * info.width * np.dtype(cfg.dtype).itemsize)
+
+    done, damaged, to_write = to_do()
     _require_space(store, to_write)
+    if hold is not None:
+        hold(rid)
+        done, damaged, to_write = to_do()  # what another process did while this one waited
     write_request(store, request)
     rows, cols = info.token_rows_cols()
     create_activation_template(

@@ -57,7 +57,8 @@ def test_ten_kills_across_extraction_and_decomposition(prefect_harness, tmp_path
     (rid,) = [p.name for p in whole.runs_dir.iterdir()]
     # an uninterrupted decompose process: how long from its start of work (its lock file) to
     # its publish (the run's pointer), the span in which the kills below fall
-    lock, pointer = whole.run_dir(rid) / ".decompose.lock", whole.run_dir(rid) / "published.json"
+    lock, pointer = whole.run_dir(rid) / ".compute.lock", whole.run_dir(rid) / "published.json"
+    lock.unlink()  # made by the extraction: made again as the decompose starts work
     times = {}
 
     def mark() -> bool:
@@ -88,7 +89,7 @@ def test_ten_kills_across_extraction_and_decomposition(prefect_harness, tmp_path
 
     # 5 kills while decomposing: at a random moment of an uninterrupted decompose's work up
     # to its publish, counted from the moment the process has started working (its lock)
-    started = store.run_dir(rid) / ".decompose.lock"
+    started = store.run_dir(rid) / ".compute.lock"
     for _ in range(5):
         started.unlink(missing_ok=True)
         killed_at(["decompose", rid, "--store", str(store.root)], started.exists,
