@@ -8,7 +8,7 @@ Measured in the same run, each SIGINT sent to the whole process group as a termi
              those libraries), the floor of a plain Python process;
   extract    ``bfd extract`` of a random test model, signalled once 2 shards are written;
   decompose  ``bfd decompose`` of an extracted run, signalled as soon as it holds the run's
-             lock (it is working).
+             lock (``runs/<id>/.compute.lock`` held: it is working).
 Each figure is the median of ``--repeats`` processes, with a private, empty Prefect home (the
 command starts its own temporary server, as a new user's does). Each command must end with
 exit 130 and ``bfd: interrupted...`` as the last line of its stderr.
@@ -33,6 +33,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from bfd.storage.paths import COMPUTE_LOCK, lock_busy
 
 REPO = Path(__file__).resolve().parents[1]
 BARE = ("import time, torch, timm, prefect, distributed; print('ready', flush=True); "
@@ -118,9 +120,10 @@ def main() -> None:
             subprocess.run([*bfd, *extract_argv(args.n_images, store)], cwd=REPO,
                            env=env(home), check=True, capture_output=True)
             (run,) = [p for p in (store / "runs").iterdir()]
-            lock = run / ".decompose.lock"
+            # the run's lock file is there since its extraction: working once it is held
+            lock = run / COMPUTE_LOCK
             t, code, err = time_to_exit([*bfd, "decompose", run.name, "--store", str(store)],
-                                        lambda _p, lock=lock: lock.exists(), env(home))
+                                        lambda _p, lock=lock: lock_busy(lock), env(home))
             check_interrupted("decompose", code, err)
             times["decompose"].append(t)
             shutil.rmtree(store)
