@@ -26,7 +26,7 @@ from typing import Any, Final
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .paths import DamagedStoreError, RunBusyError, Store, atomic_write, held_lock
+from .paths import DamagedStoreError, Store, atomic_write, held_lock
 from .tables import partition_value, unescape_partition_value
 
 _TS: Final = pa.timestamp("us", tz="UTC")
@@ -115,15 +115,12 @@ def series_lock(store: Store, series: str, wait: Callable[[str], None] | None = 
         RunBusyError: ``wait`` is None and another process holds it.
     """
     path = store.table_dir("audits") / series_folder(series) / SERIES_LOCK
-
-    def busy() -> Exception:
-        return RunBusyError(f"series {series} is busy: another process is auditing it (it "
-                            f"holds {path}); wait for it to finish")
-
-    said = None if wait is None else (lambda: wait(
-        f"waiting for another audit of series {series} (it holds {path}); this one is "
-        "recorded after it"))
-    return held_lock(path, busy=busy, wait=said)
+    return held_lock(
+        path, wait=wait,
+        busy=f"series {series} is busy: another process is auditing it (it holds {path}); "
+             "wait for it to finish",
+        waiting=f"waiting for another audit of series {series} (it holds {path}); this one "
+                "is recorded after it")
 
 
 def _event_path(store: Store, table: str, series: str, audit_id: str) -> Path:

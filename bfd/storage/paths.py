@@ -277,26 +277,30 @@ _HELD_GUARD = threading.Lock()
 
 
 @contextlib.contextmanager
-def held_lock(path: Path, *, busy: Callable[[], Exception],
-              wait: Callable[[], None] | None = None) -> Iterator[None]:
+def held_lock(path: Path, *, busy: str, waiting: str,
+              wait: Callable[[str], None] | None = None) -> Iterator[None]:
     """Hold the exclusive ``flock`` of ``path`` (created, with its folder, when missing) for
     the block. Reentrant: a thread already holding it enters again at once (a flow that
     extracts then decomposes one run, ``audit-checkpoints`` around its audits); the kernel
     drops it with its holder, so a killed process leaves no stale lock.
 
     Args:
-        busy: Makes the error raised when another process (or thread) holds it and ``wait``
-            is None.
-        wait: Called once when the lock is held elsewhere, before waiting for it (to say
-            so); None: refuse at once (``busy``).
+        busy: The line of the ``RunBusyError`` raised when another process (or thread)
+            holds it and ``wait`` is None.
+        waiting: The line ``wait`` is called with.
+        wait: Called once with ``waiting`` when the lock is held elsewhere, before waiting
+            for it; None: refuse at once (``busy``).
+
+    Raises:
+        RunBusyError: ``wait`` is None and another process (or thread) holds it.
     """
     with _HELD_GUARD:
         held = _HELD.setdefault(path, _Held())
     said = False
     if not held.lock.acquire(blocking=False):
         if wait is None:
-            raise busy()
-        wait()
+            raise RunBusyError(busy)
+        wait(waiting)
         said = True
         held.lock.acquire()
     try:
@@ -308,9 +312,9 @@ def held_lock(path: Path, *, busy: Callable[[], Exception],
                         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     if wait is None:
-                        raise busy() from None
+                        raise RunBusyError(busy) from None
                     if not said:
-                        wait()
+                        wait(waiting)
                     fcntl.flock(fd, fcntl.LOCK_EX)
             except BaseException:
                 if fd is not None:
@@ -382,15 +386,12 @@ def run_lock(store: Store, run_id: str,
         OSError: If the lock file cannot be created (a read-only store).
     """
     path = store.run_dir(run_id) / COMPUTE_LOCK
-
-    def busy() -> Exception:
-        return RunBusyError(f"run {run_id} is busy: another process is computing it (it holds "
-                            f"{path}); wait for it to finish")
-
-    said = None if wait is None else (lambda: wait(
-        f"waiting for another process computing run {run_id} (it holds {path}); its work "
-        "is reused when it is done"))
-    return held_lock(path, busy=busy, wait=said)
+    return held_lock(
+        path, wait=wait,
+        busy=f"run {run_id} is busy: another process is computing it (it holds {path}); wait "
+             "for it to finish",
+        waiting=f"waiting for another process computing run {run_id} (it holds {path}); its "
+                "work is reused when it is done")
 
 
 def run_busy(store: Store, run_id: str) -> bool:
