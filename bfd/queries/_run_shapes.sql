@@ -12,7 +12,7 @@
 -- run_pairs does (bfd/report/assets/dashboard.js pairOf), one row a run instead of one a pair.
 SELECT
     run_id,
-    -- with the --model-arg options of the run, when given (bfd.tasks.drift.model_label):
+    -- with the --model-arg options of the run, when given (bfd.storage.model_label):
     -- two runs of one timm name built with other arguments are two models
     model || coalesce(' ' || model_args, '') AS model,
     split_part(model, '.', 1) || coalesce(' ' || model_args, '') AS architecture,
