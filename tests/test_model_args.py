@@ -150,6 +150,36 @@ def test_an_audit_of_one_name_with_other_model_args_is_not_compared_as_drift(
     assert ('previous audit was of another model (test_vit, not test_vit {"reg_tokens":4}); '
             "not compared") in out + err, out + err
 
+    # ... and two models in SQL: model_summary had one row, the later run's, under test_vit
+    store = str(tmp_path / "store")
+
+    def query(name, *params):
+        code, out, err = run_cli(["query", name, "--store", store, "--format", "csv",
+                                  *[x for p in params for x in ("--param", p)]], capsys)
+        return code, list(csv.DictReader(io.StringIO(out))), err
+
+    registers = 'test_vit {"reg_tokens":4}'
+    code, rows, err = query("model_summary")
+    assert code == 0, err
+    runs = {r["model"]: r["run_id"] for r in rows}
+    assert sorted(runs) == ["test_vit", registers] and len(set(runs.values())) == 2, rows
+    for name in ("layer_profile", "head_map"):
+        for model, run_id in runs.items():
+            code, rows, err = query(name, f"model={model}")
+            assert code == 0 and rows, err
+            assert {(r["model"], r["run_id"]) for r in rows} == {(model, run_id)}, rows
+    code, rows, err = query("compare_models", "model_a=test_vit", f"model_b={registers}")
+    assert code == 0, err
+    assert {(r["run_id_a"], r["run_id_b"]) for r in rows} == {
+        (runs["test_vit"], runs[registers])}, rows
+    code, rows, err = query("head_types", f"model={registers}")
+    assert code == 0 and {r["run_id"] for r in rows} == {runs[registers]}, rows
+    code, rows, err = query("audit_history", f"model={registers}")
+    assert code == 0 and [r["run_id"] for r in rows] == [runs[registers]], rows
+    # a misspelt one is told with the spelling that names it
+    code, rows, err = query("layer_profile", 'model=test_vit {"reg_tokens":5}')
+    assert code == 2 and registers in err, err
+
 
 def test_two_runs_of_one_name_with_other_model_args_are_two_models():
     a = {"model": "test_vit", "depth": 6, "num_heads": 2, "width": 64, "model_args": {}}

@@ -11,10 +11,11 @@
 --   e_*_adj, f_*_adj: as e_*, f_* from the heads' chance-corrected energies;
 --   depth: the model's number of blocks (runs.depth; for runs that did not record it,
 --   1 + the largest layer index stored); rel_depth = layer / (depth - 1).
+--   model: as run_shapes spells it (with the run's --model-arg options, where it has any).
 WITH complete AS (
-    SELECT run_id, model, nullif(depth, 0) AS model_depth
-    FROM runs
-    WHERE status = 'complete'
+    SELECT r.run_id, sh.model, nullif(r.depth, 0) AS model_depth
+    FROM runs AS r
+    JOIN run_shapes AS sh USING (run_id)
 ),
 head_layers AS (
     SELECT

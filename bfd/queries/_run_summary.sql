@@ -4,7 +4,8 @@
 -- frac_pos at attn_in; n_heads_*: head counts per stored head_type, as in layer_summary;
 -- frac_pos_adj_mean, f_*_adj: the same from the chance-corrected shares (docs/method.md);
 -- n_images: the images requested (runs.n_images); n_decoded: the images decoded and
--- decomposed (n_images less runs.n_skipped, which failed to decode), the N of the shares.
+-- decomposed (n_images less runs.n_skipped, which failed to decode), the N of the shares;
+-- model: as run_shapes spells it (with the run's --model-arg options, where it has any).
 WITH per_run AS (
     SELECT
         run_id,
@@ -39,7 +40,7 @@ WITH per_run AS (
     GROUP BY run_id
 )
 SELECT
-    r.model,
+    sh.model,
     r.run_id,
     r.weights,
     r.created_at,
@@ -67,5 +68,5 @@ SELECT
     p.e_cp_adj / nullif(p.e_pp_adj + p.e_pc_adj + p.e_cp_adj + p.e_cc_adj, 0) AS f_cp_adj,
     p.e_cc_adj / nullif(p.e_pp_adj + p.e_pc_adj + p.e_cp_adj + p.e_cc_adj, 0) AS f_cc_adj
 FROM runs AS r
+JOIN run_shapes AS sh USING (run_id)
 LEFT JOIN per_run AS p USING (run_id)
-WHERE r.status = 'complete'

@@ -22,12 +22,13 @@
 -- n_decoded) NULL and the figures it kept (NULL if it kept none); comparable and every delta_*
 -- of it, and of an audit compared with it, are NULL (their inputs are unknown). With model,
 -- such an audit is listed in the series that hold an audit of that model's runs. n_images,
--- n_decoded: the images its run requested and decoded (as model_summary).
+-- n_decoded: the images its run requested and decoded (as model_summary); model as
+-- model_summary spells it (with the run's --model-arg options, where it has any).
 -- params: series (optional), model (optional)
 WITH seen AS (
     SELECT
         a.*,
-        r.model,
+        sh.model,
         r.created_at,
         r.n_images,
         r.images_sha256,
@@ -40,12 +41,13 @@ WITH seen AS (
         r.run_id IS NULL AS run_left_out
     FROM audits AS a
     LEFT JOIN runs AS r ON r.run_id = a.run_id
+    LEFT JOIN run_shapes AS sh ON sh.run_id = a.run_id
     WHERE a.status = 'complete'
         AND (r.run_id IS NULL OR r.status = 'complete')
         AND (CAST($series AS VARCHAR) IS NULL OR a.series = $series)
-        AND (CAST($model AS VARCHAR) IS NULL OR r.model = $model
+        AND (CAST($model AS VARCHAR) IS NULL OR sh.model = $model
              OR (r.run_id IS NULL AND a.series IN (
-                 SELECT s.series FROM audits AS s JOIN runs AS m ON m.run_id = s.run_id
+                 SELECT s.series FROM audits AS s JOIN run_shapes AS m ON m.run_id = s.run_id
                  WHERE m.model = $model)))
 ),
 history AS (

@@ -19,10 +19,13 @@ connection only and change nothing stored. ``run_sql`` refuses them too: it lets
 read-only statements only (see ``check_read_only``).
 
 Besides the raw tables the catalog holds derived views, one per ``_<view>.sql`` file beside this
-module: ``latest_runs`` (newest complete run per model), ``layer_summary`` (per layer of every
-complete run), ``run_summary`` (per complete run), ``run_shapes`` (what ``run_pairs`` compares
-of each complete run) and ``run_pairs`` (per ordered pair of complete runs). Raw tables stay raw:
-only the derived views filter on ``runs.status = 'complete'``.
+module: ``run_shapes`` (what ``run_pairs`` compares of each complete run), ``latest_runs`` (newest
+complete run per model), ``layer_summary`` (per layer of every complete run), ``run_summary``
+(per complete run) and ``run_pairs`` (per ordered pair of complete runs). Raw tables stay raw:
+only the derived views filter on ``runs.status = 'complete'``. The derived views name a model
+as ``bfd runs`` does (``run_shapes.model``: the timm name, then the run's ``--model-arg``
+options where it has any), so that two models of one timm name are two models; the raw
+``runs.model`` is the timm name alone.
 
 Snapshots are cached in the store, as ``<store>/catalog/<fingerprint>.duckdb``, with a copy at
 the stable path ``catalog/current.duckdb`` for other tools; an unreadable table file leaves out
@@ -159,8 +162,8 @@ _FILLS: Final[tuple[str, ...]] = (
 )
 
 # Created in this order: each view reads only tables and the views before it.
-DERIVED_VIEWS: Final[tuple[str, ...]] = ("latest_runs", "layer_summary", "run_summary",
-                                          "run_shapes", "run_pairs")
+DERIVED_VIEWS: Final[tuple[str, ...]] = ("run_shapes", "latest_runs", "layer_summary",
+                                          "run_summary", "run_pairs")
 
 
 # Statement kinds that only read. DESCRIBE, SHOW, SUMMARIZE, FROM-first and WITH parse as SELECT.

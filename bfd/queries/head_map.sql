@@ -21,6 +21,6 @@ SELECT
     h.mode_coupling
 FROM heads AS h
 JOIN chosen USING (run_id)
-JOIN runs AS r USING (run_id)
-WHERE r.model = $model AND r.status = 'complete'
+JOIN run_shapes AS r USING (run_id)
+WHERE r.model = $model
 ORDER BY h.layer, h.head

@@ -27,10 +27,13 @@ __all__ = ["IDENTIFIERS", "NOT_IDENTIFIERS", "CountedRows", "no_rows", "no_rows_
 
 # The parameters of the named queries that name something in the store: the catalog's table
 # and column of what they may name, and what to call that in a sentence.
+# A model as the derived views spell it (run_shapes: with its --model-arg options), of a
+# complete run, or of any run as the raw table does (the timm name alone).
+_MODELS: Final[str] = "(SELECT model FROM run_shapes UNION SELECT model FROM runs)"
 IDENTIFIERS: Final[dict[str, tuple[str, str, str]]] = {
-    "model": ("runs", "model", "run"),
-    "model_a": ("runs", "model", "run"),
-    "model_b": ("runs", "model", "run"),
+    "model": (_MODELS, "model", "run"),
+    "model_a": (_MODELS, "model", "run"),
+    "model_b": (_MODELS, "model", "run"),
     "run_id": ("runs", "run_id", "run"),
     "run_a": ("runs", "run_id", "run"),
     "run_b": ("runs", "run_id", "run"),
@@ -133,7 +136,8 @@ def _contradiction(store: Store, params: Mapping[str, ParamValue]) -> str | None
     given = {k: str(v) for k, v in params.items() if v is not None}
     parts = []
     for owner, item, sql, what in (
-            ("model", "run_id", "SELECT model FROM runs WHERE run_id = $v", "a run of"),
+            ("model", "run_id", "SELECT coalesce(sh.model, r.model) FROM runs AS r LEFT JOIN "
+             "run_shapes AS sh USING (run_id) WHERE run_id = $v", "a run of"),
             ("series", "audit_id", "SELECT series FROM audits WHERE audit_id = $v",
              "an audit of series")):
         if owner in given and item in given:
@@ -143,8 +147,9 @@ def _contradiction(store: Store, params: Mapping[str, ParamValue]) -> str | None
                              f"{given[owner]!r}")
     if "series" in given and "model" in given:
         models = _first_column(store, """
-            SELECT DISTINCT r.model FROM audits AS a LEFT JOIN runs AS r USING (run_id)
-            WHERE a.series = $s ORDER BY r.model NULLS FIRST""", {"s": given["series"]})
+            SELECT DISTINCT coalesce(sh.model, r.model) AS model FROM audits AS a
+            LEFT JOIN runs AS r USING (run_id) LEFT JOIN run_shapes AS sh USING (run_id)
+            WHERE a.series = $s ORDER BY model NULLS FIRST""", {"s": given["series"]})
         if models and None not in models and given["model"] not in models:
             parts.append(f"series {given['series']!r} holds no audit of model "
                          f"{given['model']!r}; its audits are of {', '.join(models)}")

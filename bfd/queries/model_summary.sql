@@ -1,4 +1,7 @@
--- model_summary: one row per model (timm name), from its latest complete run (largest
+-- model_summary: one row per model (its timm name, then its --model-arg options where its runs
+-- were given any, as bfd runs spells it: one timm name built with other arguments is two
+-- models; every model parameter of the named queries takes that spelling), from its latest
+-- complete run (largest
 -- created_at) whatever its weights, prefix option, images and img_size: weights says which
 -- ('pretrained', 'random' or the checkpoint file), prefix with which decompose --prefix
 -- option (include or exclude: the positions its shares are over; two models' shares of
