@@ -146,7 +146,8 @@ def _add_extract_options(p: argparse.ArgumentParser, weights: bool = True) -> No
                        help="pretrained (timm/HF cache), random, or a .safetensors/.pth file")
     p.add_argument("--images", default="samples",
                    help="image folder, a file listing image paths, or 'samples' (embedded)")
-    p.add_argument("--n-images", type=int, help="use the first N images (samples: 64)")
+    p.add_argument("--n-images", type=int,
+                   help="use the first N images (samples: 64, crops of 11 photographs)")
     p.add_argument("--layers", default="all", help="all, or block indices like 0,5,11")
     p.add_argument("--sites", default="attn_in,resid", help="attn_in and/or resid")
     p.add_argument("--img-size", type=_img_size,

@@ -341,7 +341,8 @@ def print_statistics(store: str, run_id: str, profile, demo: bool) -> None:
               f"{int(row['need'])} images would reach it", file=sys.stderr)
     elif row["n"] is not None and (hw is None or hw != hw):
         print(f"bfd: warning: with N={row['n']} images no interval could be computed (the "
-              "jackknife needs at least two groups of images); the shares are point estimates",
+              "jackknife leaves out one group of images at a time and needs at least 2 images "
+              "left: N >= 3); the shares are point estimates",
               file=sys.stderr)
 
 

@@ -222,3 +222,22 @@ def test_t_quantile_is_students():
     assert np.isnan(t_quantile(0))
     with pytest.raises(ValueError):
         t_quantile(2.5)
+
+
+def test_two_images_give_no_interval_and_three_give_finite_ones():
+    """A replicate is the decomposition of the images outside its group: at N = 2 each holds
+    one image, all of whose variation is positional (frac_pos 1 in every replicate), which
+    gave intervals of width 0 (frac_pos_se 1e-16) that compare_runs called significant."""
+    rng = np.random.default_rng(10)
+    x = rng.normal(size=(3, T, D)) + rng.normal(size=(T, D))
+    W = rng.normal(size=(3 * H * DH, D))
+    two = bfd.analyze(x[:2], W, H, compute_dtype="float64")
+    for share in LAYER_SHARES:
+        assert np.isnan(two[f"{share}_se"]) and np.isnan(two[f"{share}_lo"]), share
+    for share in HEAD_SHARES:
+        assert np.isnan(two[f"{share}_hi"]).all(), share
+    assert np.isnan(two.head_type_stability).all() and np.isnan(two.ci_halfwidth)
+    assert np.isfinite(two.frac_pos)  # the point estimates stay
+    three = bfd.analyze(x, W, H, compute_dtype="float64")
+    assert float(three.frac_pos_se) > 1e-6 and np.isfinite(three.f_cc_hi).all()
+    assert np.isfinite(three.head_type_stability).all()

@@ -201,7 +201,7 @@ def layer_statistics(
         ``energy_adj``/``frac_adj`` ``(H, 4)`` and per-head ``f_<b>[_adj]_se/_lo/_hi`` and
         ``head_type_stability`` ``(H,)``. Intervals are NaN without a jackknife (G = 0).
     """
-    # a replicate of 1 or 2 images (N = 2, 3) divides by N' − 1 = 0: its figures are NaN
+    # replicates of a few images leave some corrected shares NaN (a division by zero)
     with one_thread(), np.errstate(divide="ignore", invalid="ignore"):
         return _layer_statistics(means, p2, modes, ci_target)
 
@@ -215,6 +215,11 @@ def _layer_statistics(means, p2, modes, ci_target):
     if modes is not None:
         out["frac_adj"] = _fractions(full["energy_adj"])
     groups = rep.present if means.groups else np.zeros(0, int)
+    # A replicate is the decomposition of the images outside its group, which BFD defines for
+    # 2 images or more: a replicate of 1 (N = 2) has all of its variation positional
+    # (frac_pos 1 in every replicate, an interval of width 0), so no replicate is made.
+    if len(groups) and (means.n - means.group_n[groups]).min() < 2:
+        groups = np.zeros(0, int)
     reps = [rep.estimate(int(g)) for g in groups]
     m = len(reps)
     t = t_quantile(m - 1) if m >= 2 else float("nan")
