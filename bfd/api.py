@@ -73,11 +73,18 @@ def analyze(
         f"prefix_tokens must be in [0, {T_total}) for x with {T_total} tokens; "
         f"got {prefix_tokens}",
     )
-    maps = head_maps(qkv_weight, num_heads, scale)
+    positions = T_total - prefix_tokens if prefix == "exclude" else T_total
+    require(positions >= 2, f"BFD needs at least 2 positions; x has {T_total} tokens, of which "
+            f"prefix_tokens={prefix_tokens} are excluded (prefix='exclude')")
+    shape = tuple(np.shape(qkv_weight))
+    # before head_maps, whose own checks would blame num_heads for a transposed weight
     require(
-        maps.dim == d,
-        f"qkv_weight expects width d={maps.dim} but x has d={d} (x shape {tuple(xt.shape)})",
+        len(shape) == 2 and shape[1] == d,
+        f"qkv_weight must be (3*d_attn, d) with d={d}, x's width (timm's attn.qkv.weight, "
+        f"rows q, k, v); got shape {shape}" + (" (transposed?)" if len(shape) == 2
+                                               and shape[0] == d else ""),
     )
+    maps = head_maps(qkv_weight, num_heads, scale)
     require(ci_target > 0, f"ci_target must be > 0; got {ci_target!r}")
     size = N if chunk_size is None else chunk_size
     require(size >= 1, f"chunk_size must be >= 1; got {chunk_size}")

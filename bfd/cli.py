@@ -349,12 +349,16 @@ def _cache_catalog(store: str) -> None:
 class _Parser(argparse.ArgumentParser):
     """``bfd``'s parsers: no abbreviated options (``--wei`` for ``--weights``: a scheduled
     command line would change meaning when an option is added), and an unknown option or
-    argument is refused by the command's own parser (its usage line, ``bfd audit: error:``),
-    not by ``bfd``'s, whose usage says nothing of the command's options."""
+    argument is refused by the command's own parser (``bfd audit: error: ...; bfd audit --help
+    lists its options``), in one line, not by ``bfd``'s."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+
+    def error(self, message: str):  # noqa: ANN201 - argparse's
+        """One line, exit 2 (argparse prints the whole usage, 5-13 lines, before it)."""
+        self.exit(2, f"{self.prog}: error: {message}; {self.prog} --help lists its options\n")
 
     def parse_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201 - argparse's
         parsed, extras = self.parse_known_args(args, namespace)

@@ -94,12 +94,12 @@ def test_audit_checkpoints_offers_only_its_own_options(tmp_path, capsys):
     words = " ".join(out.split())
     assert "weights' source" not in words and "random-seed-0" not in words
     assert "the model and the checkpoints' folder or glob, as an absolute path" in words
-    with pytest.raises(SystemExit) as exited:  # argparse's refusal: its usage, then one line
+    with pytest.raises(SystemExit) as exited:  # argparse's refusal: one line
         run(["audit-checkpoints", str(tmp_path), "--weights", "random"], capsys)
     err = capsys.readouterr().err
     assert exited.value.code == 2
-    assert err.startswith("usage: bfd audit-checkpoints ") and err.endswith(
-        "bfd audit-checkpoints: error: unrecognized arguments: --weights random\n"), err
+    assert err == ("bfd audit-checkpoints: error: unrecognized arguments: --weights random; "
+                   "bfd audit-checkpoints --help lists its options\n"), err
     code, _, err = run(["audit-checkpoints", str(tmp_path), "--store", str(tmp_path / "s")],
                        capsys)
     assert_one_line_error(code, err, "--model is required; e.g. --model")
@@ -534,16 +534,26 @@ def test_every_command_and_option_has_a_help_line():
     ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_an_unknown_or_abbreviated_option_is_refused_by_the_commands_parser(
         tmp_path, capsys, argv, command, extras):
-    """argparse's refusal, exit 2: the command's usage line (its options), not bfd's; an
-    abbreviation of an option (``--wei`` for ``--weights``) is no option (a scheduled command
-    line would change meaning when an option is added); nothing is run or written."""
+    """argparse's refusal, exit 2: one line naming the command (whose --help lists its
+    options), not bfd; an abbreviation of an option (``--wei`` for ``--weights``) is no option
+    (a scheduled command line would change meaning when an option is added); nothing is run
+    or written."""
     with pytest.raises(SystemExit) as exited:
         run([*argv, "--store", str(tmp_path / "store")], capsys)
     err = capsys.readouterr().err
     assert exited.value.code == 2
-    assert err.startswith(f"usage: bfd {command} [-h]"), err
-    assert err.endswith(f"\nbfd {command}: error: unrecognized arguments: {extras}\n"), err
+    assert err == (f"bfd {command}: error: unrecognized arguments: {extras}; bfd {command} "
+                   "--help lists its options\n"), err
     assert not (tmp_path / "store").exists()
+
+
+def test_an_invalid_choice_is_one_line(tmp_path, capsys):
+    """argparse printed 9-13 lines of usage before the line that says what is wrong."""
+    with pytest.raises(SystemExit) as exited:
+        run(["decompose", "r", "--prefix", "none", "--store", str(tmp_path)], capsys)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith("bfd decompose: error: argument --prefix: invalid choice: 'none'"), err
 
 
 def test_verbose_is_taken_before_or_after_every_command():

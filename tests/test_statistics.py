@@ -241,3 +241,20 @@ def test_two_images_give_no_interval_and_three_give_finite_ones():
     three = bfd.analyze(x, W, H, compute_dtype="float64")
     assert float(three.frac_pos_se) > 1e-6 and np.isfinite(three.f_cc_hi).all()
     assert np.isfinite(three.head_type_stability).all()
+
+
+def test_analyze_names_a_transposed_weight_and_a_single_position():
+    rng = np.random.default_rng(11)
+    d = 12
+    x = rng.normal(size=(4, T, d))
+    W = rng.normal(size=(3 * d, d))
+    with pytest.raises(ValueError, match=r"qkv_weight must be \(3\*d_attn, d\) with d=12.*"
+                       r"got shape \(12, 36\) \(transposed\?\)"):
+        bfd.analyze(x, W.T, 3)
+    # a (d, d) weight (another projection): its rows give d_attn = 4, said beside num_heads
+    with pytest.raises(ValueError, match=r"d_attn=4 \(a third of the rows of qkv_weight, "
+                       r"shape \(12, 12\)\); got num_heads=3"):
+        bfd.analyze(x, W[:d], 3)
+    with pytest.raises(ValueError, match="at least 2 positions"):
+        bfd.analyze(x, W, 3, prefix_tokens=T - 1)
+    assert np.isfinite(bfd.analyze(x, W, 3, prefix_tokens=T - 2).frac_pos)

@@ -99,7 +99,8 @@ def head_maps(
     d_attn = rows // 3
     require(
         isinstance(num_heads, int | np.integer) and num_heads > 0 and d_attn % num_heads == 0,
-        f"num_heads must be a positive divisor of d_attn={d_attn}; got num_heads={num_heads!r}",
+        f"num_heads must be a positive divisor of d_attn={d_attn} (a third of the rows of "
+        f"qkv_weight, shape {tuple(w.shape)}); got num_heads={num_heads!r}",
     )
     dh = d_attn // num_heads
     require(dh <= d, f"head width dh={dh} exceeds model width d={d}; expected dh <= d")
