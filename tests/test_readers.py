@@ -32,6 +32,8 @@ from bfd.storage import (
     DRIFT_SCHEMA,
     RUN_TABLES,
     Store,
+    open_activations,
+    open_results,
     partition_value,
     read_audits,
     read_drift,
@@ -149,6 +151,26 @@ def test_xarray_opens_activations_and_results_without_warnings(two_models):
     heads = run_sql(str(store.root), "SELECT count(*) AS n FROM heads WHERE run_id = $r",
                     {"r": rids[1]}).column("n")[0].as_py()
     assert scope["results"].energy.sizes["layer"] * scope["results"].energy.sizes["head"] == heads
+
+
+def test_strings_of_the_zarr_groups_read_as_the_docs_say(two_models):
+    """Plain xarray gives numpy's StringDType, which ``.astype(str)`` refuses (a researcher's
+    first cast); bfd's openers give fixed-width ``<U`` with the same values."""
+    store, rids = two_models
+    scope = run_snippet(store, rids[1], "heads")
+    plain, acts = scope["results"], scope["acts"]
+    assert plain.head_type.dtype.kind == "T"
+    with pytest.raises(TypeError):
+        plain.head_type.values.astype(str)
+    results = open_results(store, rids[1])
+    opened = open_activations(store, rids[1])
+    for ours, theirs in ((results, plain), (opened, acts)):
+        names = [k for k, v in theirs.variables.items() if v.dtype.kind == "T"]
+        assert names and all(ours[k].dtype.kind == "U" for k in names), names
+        for k in names:
+            assert ours[k].values.astype(str).tolist() == theirs[k].values.astype(
+                object).tolist(), k
+    assert set(names) >= {"token_type", "image"}
 
 
 def test_null_is_null(two_models):

@@ -27,6 +27,7 @@ import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from .paths import Store, validate_run_id
+from .results import fixed_width_strings
 from .runs import DTYPES, sha256_hex
 
 Compression = Literal["none", "lz4", "zstd"]
@@ -354,9 +355,9 @@ def open_activations(store: Store, run_id: str) -> xr.Dataset:
         raise FileNotFoundError(
             f"run {run_id} has no activations in {store.zarr_path}; runs there: {list_runs(store)}"
         )
-    return xr.open_zarr(
+    return fixed_width_strings(xr.open_zarr(
         store.zarr_path, group=store.run_group(run_id), chunks={}, consolidated=False, zarr_format=3
-    )
+    ))
 
 
 def list_runs(store: Store) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import xarray as xr
 import zarr
 
@@ -27,6 +28,25 @@ def _variable_width_strings(ds: xr.Dataset) -> xr.Dataset:
     return ds.assign(
         {name: ds[name].astype(object) for name in fixed if name in ds.data_vars}
     ).assign_coords({name: ds[name].astype(object) for name in fixed if name in ds.coords})
+
+
+def fixed_width_strings(ds: xr.Dataset) -> xr.Dataset:
+    """The strings of an opened Dataset as fixed-width ``<U`` arrays (read whole: labels,
+    ids and types, small beside the figures).
+
+    Zarr 3 reads its ``string`` type as numpy's ``StringDType``, which ``.astype(str)``
+    refuses ("cannot cast ... with an unspecified size") and which older tools do not know;
+    ``<U`` is what numpy, pandas and netCDF have always read."""
+    variable = [name for name, var in ds.variables.items() if var.dtype.kind == "T"]
+    if not variable:
+        return ds
+    fixed = {}
+    for name in variable:
+        values = np.asarray(ds[name].values)
+        width = max((len(v) for v in values.ravel()), default=1) or 1
+        fixed[name] = ds[name].copy(data=values.astype(f"<U{width}"))
+    return ds.assign({k: v for k, v in fixed.items() if k in ds.data_vars}).assign_coords(
+        {k: v for k, v in fixed.items() if k in ds.coords})
 
 
 def write_results_group(store: Store, group: str, ds: xr.Dataset) -> None:
@@ -52,8 +72,9 @@ def open_results_group(store: Store, group: str, dask: bool = True) -> xr.Datase
         FileNotFoundError: If the group does not exist.
     """
     try:
-        return xr.open_zarr(store.zarr_path, group=group, chunks={} if dask else None,
-                            consolidated=False, zarr_format=3)
+        return fixed_width_strings(xr.open_zarr(
+            store.zarr_path, group=group, chunks={} if dask else None, consolidated=False,
+            zarr_format=3))
     except FileNotFoundError as e:
         raise FileNotFoundError(f"no results group {group} in {store.zarr_path}") from e
 
