@@ -417,17 +417,25 @@ def test_series_page_plots_every_audit_and_crosses_its_flagged_metrics(reused_si
         "return Array.from(document.querySelectorAll('#drift-table th'), c => c.textContent)")
     assert head[:6] == ["metric", "layer", "head", "before", "after", "delta"]
     assert "series" not in head and "flagged" not in head
-    assert sorted((r["metric"], r["audit"], r["run"]) for r in drift) == [
-        ("f_pp", "A5", "c-200"), ("frac_pos_resid", "A2", "c-500"), ("head_type", "A1", "c-200")]
+    # newest audit first (series order reversed: A2 at 500, A5 at 250, A1 at 200), so that a
+    # table cut at 500 rows leaves out the oldest flags, not the latest audit's
+    assert [(r["metric"], r["audit"], r["run"], r["step"]) for r in drift] == [
+        ("frac_pos_resid", "A2", "c-500", "500"), ("f_pp", "A5", "c-200", "250"),
+        ("head_type", "A1", "c-200", "200")]
     assert browser.execute_script(
         "return Array.from(document.querySelectorAll('#drift-table tbody a'), a => a.href)") == [
-        (reused_site / "runs" / f"{run}.html").as_uri() for run in ("c-200", "c-200", "c-500")]
+        (reused_site / "runs" / f"{run}.html").as_uri() for run in ("c-500", "c-200", "c-200")]
     changes = table_rows(browser, "changes-table")
     head = browser.execute_script(
         "return Array.from(document.querySelectorAll('#changes-table th'), c => c.textContent)")
-    assert head[:4] == ["layer", "head", "type before", "type after"] and "series" not in head
-    assert {(r["audit"], r["previous run"], r["run"]) for r in changes} == {
-        ("A1", "c-100", "c-200"), ("A2", "c-200", "c-500")}
+    assert head[:5] == ["layer", "head", "type before", "type after", "step"]
+    assert "series" not in head
+    # in the drift table's order, each with its audit's step
+    audits = [r["audit"] for r in changes]
+    n_new, n_old = audits.count("A2"), audits.count("A1")
+    assert n_old and audits == ["A2"] * n_new + ["A1"] * n_old
+    assert {(r["audit"], r["step"], r["previous run"], r["run"]) for r in changes} == {
+        ("A1", "200", "c-100", "c-200"), ("A2", "500", "c-200", "c-500")}
     table = browser.execute_script(
         "const t = document.getElementById('series-runs');"
         " const head = Array.from(t.querySelectorAll('th'), c => c.textContent);"
@@ -648,7 +656,8 @@ def mixed_site(tmp_path_factory) -> Path:
     """Series mix: m1 (toy_vit) then m2, m3 (vit_b), at default steps (the audits' start in
     Unix seconds); ints: m2, m3 at steps 100 and 200; solo: one audit of m1; trial: the
     new-user trial (tests/dashstore.py TRIAL_AUDITS: one model, each audit's drift not
-    compared with the one before; t-7 stored layers 0 and 5 of 6), its audits the latest."""
+    compared with the one before; t-7 stored layers 0 and 5 of 6), its audits the latest;
+    sub: one audit of t-7 alone (its layers 0 and 5 of 6), earlier than the trial's."""
     from dashstore import write_trial_series
 
     from bfd.storage import Store, write_audit
@@ -670,6 +679,11 @@ def mixed_site(tmp_path_factory) -> Path:
             "prev_audit_id": None, "n_flagged": 0, "n_layers": 3, "n_heads": 6, "f_pp": f_pp,
             "f_pc": 1 - f_pp, "mean_f_pp": f_pp})
     write_trial_series(root, "trial", MIXED_START + dt.timedelta(days=4))
+    began = MIXED_START + dt.timedelta(days=3, hours=2)
+    write_audit(Store(root), {
+        "audit_id": "U1", "series": "sub", "run_id": "t-7", "step": 100, "started_at": began,
+        "finished_at": began + dt.timedelta(hours=1), "trigger": "manual", "flow_run_id": None,
+        "status": "complete", "prev_audit_id": None, "n_flagged": 0})
     build_dashboard(root, root.parent / f"{root.name}-site")
     STORE["mixed"] = root
     return root.parent / f"{root.name}-site"
@@ -853,9 +867,13 @@ def test_series_line_breaks_before_an_audit_not_compared_and_says_so(mixed_site,
     assert [s for s, v in zip(symbols, y, strict=True) if v is not None] == [
         "circle", "circle-open", "circle-open", "circle-open", "circle"]
     rows = table_rows(browser, "series-runs")
+    # T1, the first audit of the series, compared nothing: said so, not "0" flagged
     assert [(r["audit_id"], r["n_flagged"], r["comparable"]) for r in rows] == [
-        ("T1", "0", "–"), ("T2", "not compared", "no"), ("T3", "not compared", "no"),
-        ("T4", "not compared", "no"), ("T5", "0", "no")]
+        ("T1", "— (first audit)", "–"), ("T2", "not compared", "no"),
+        ("T3", "not compared", "no"), ("T4", "not compared", "no"), ("T5", "0", "no")]
+    # time steps read as their dates, as on every page (not 1796...)
+    assert [r["step"] for r in rows] == [
+        (MIXED_START + dt.timedelta(days=4 + i)).strftime("%Y-%m-%d %H:%M") for i in range(5)]
     assert [r["drift_note"] == "–" for r in rows] == [True, False, False, False, True]
     assert all(r["drift_note"].startswith("previous audit used another decoded N")
                for r in rows[1:4])
@@ -870,7 +888,11 @@ def test_series_line_breaks_before_an_audit_not_compared_and_says_so(mixed_site,
 
 def test_layers_not_stored_are_no_line_and_no_wide_bar(mixed_site, browser):
     # t-7 stored layers 0 and 5 of its 6 (--layers 0,5): its bars are a layer wide, on an
-    # axis of its layers; its profiles are points, with no line across layers 1-4
+    # axis of its layers; its profiles are points, with no line across layers 1-4; its page
+    # says which layers it stored; its heatmaps have empty rows for the layers not stored
+    from bfd.queries import connect
+    from bfd.report.data import layer_rows
+
     def gapped(y: list) -> bool:
         return len(y) == 3 and y[1] is None and None not in (y[0], y[2])
 
@@ -882,6 +904,15 @@ def test_layers_not_stored_are_no_line_and_no_wide_bar(mixed_site, browser):
         " [r.cells[0].textContent, r.cells[1].textContent])"))
     assert meta["flagged drift"] == "not compared"
     assert meta["drift note"].startswith("previous audit used another decoded N (N 21 -> 7)")
+    assert meta["layers stored"] == "0, 5 of 6 (the others not stored: --layers)"
+    # its head map: a row a layer 0-5, the layers not stored empty and said so on hover
+    maps = browser.execute_script(
+        "return document.getElementById('headmap-plot').data.filter(t => t.type === 'heatmap')"
+        ".map(t => [t.z.map(r => Array.from(r)), t.customdata.map(r => Array.from(r))])")
+    for z, hover in maps:
+        assert len(z) == 6 and all(v is None for row in z[1:5] for v in row)
+        assert None not in z[0] + z[5]
+        assert hover[2][0] == "layer 2: not stored by this run"
     low, high = browser.execute_script(
         "return document.getElementById('shares-plot')._fullLayout.xaxis.range")
     assert -1 < low < 0 and 5 < high < 6
@@ -898,9 +929,27 @@ def test_layers_not_stored_are_no_line_and_no_wide_bar(mixed_site, browser):
         assert x == [0, 2.5, 5] and gapped(y), plot
     open_page(browser, (mixed_site / "index.html").as_uri())
     flags = column(browser, "runs-table", "flagged")
-    assert (flags["t-7"], flags["t-7all"], flags["t-64"]) == ("not compared", "0", "0")
-    browser.find_element("css selector", "input.run-toggle[data-run='t-7']").click()
+    assert (flags["t-7"], flags["t-7all"], flags["t-64"]) == (
+        "not compared", "0", "— (first audit)")
+    toggle = browser.find_element("css selector", "input.run-toggle[data-run='t-7']")
+    if not toggle.is_selected():  # ticked already as the latest run of series sub
+        toggle.click()
     assert gapped(depth_traces(browser)["t-7"]) and None not in depth_traces(browser)["t-7all"]
+    # the Series heatmap of a series whose runs stored layers 0 and 5 of 6: a row a layer,
+    # 1-4 empty (not stored), never two bands stretched over a numeric axis from -2 to 7
+    open_page(browser, (mixed_site / "series.html").as_uri())
+    choose_series(browser, "sub")
+    with connect(STORE["mixed"]) as con:
+        of = {r["layer"]: r["frac_pos"] for r in layer_rows(con, "t-7").to_pylist()}
+    y, z, text, title, span = browser.execute_script(
+        "const d = document.getElementById('layer-heatmap');"
+        " return [Array.from(d.data[0].y), d.data[0].z.map(r => Array.from(r)),"
+        " d.data[0].text.map(r => Array.from(r)), d.layout.yaxis.title.text,"
+        " d._fullLayout.yaxis.range]")
+    assert sorted(of) == [0, 5] and y == [0, 1, 2, 3, 4, 5]
+    assert z == [[of[0]], [None], [None], [None], [None], [of[5]]]
+    assert text[3] == ["t-7 · audit U1 · layer not stored by any run of this series"]
+    assert title == "layer (stored: 0, 5)" and sorted(span) == [-0.5, 5.5]
     open_page(browser, (mixed_site / "compare.html").as_uri())
     compare(browser, "t-7", "t-64")
     a, b = browser.execute_script(
@@ -991,8 +1040,10 @@ def test_damaged_runs_series_are_listed_and_their_points_break_the_line(tmp_path
 
 def test_a_checkpoint_trial_reads_by_step_type_and_colour(tmp_path, browser):
     # A user's trial: checkpoints of one model at steps 300, 400, 500 (series ck, each
-    # checkpoint's step a number) and a daily audit at its default step (its start in Unix
-    # seconds, bfd.tasks.audits.time_step: read as its date), whose frac_pos is tiny.
+    # checkpoint's step a number, each audit compared with the one before, c-500's flagging
+    # 3 values) and a daily audit at its default step (its start in Unix seconds,
+    # bfd.tasks.audits.time_step: read as its date), whose frac_pos is tiny; then the step-300
+    # checkpoint audited again (A4, compared with A1), after every other audit.
     from bfd.storage import Store, write_audit
 
     root = tmp_path / "store"
@@ -1010,7 +1061,13 @@ def test_a_checkpoint_trial_reads_by_step_type_and_colour(tmp_path, browser):
             "audit_id": f"A{i}", "series": series, "run_id": run_id,
             "step": step if step else int(began.timestamp()), "started_at": began,
             "finished_at": began + dt.timedelta(minutes=5), "trigger": "checkpoints",
-            "flow_run_id": None, "status": "complete", "prev_audit_id": None, "n_flagged": 0})
+            "flow_run_id": None, "status": "complete",
+            "prev_audit_id": f"A{i - 1}" if i > 1 else None, "n_flagged": 3 if i == 3 else 0})
+    again = day + dt.timedelta(days=5)
+    write_audit(Store(root), {
+        "audit_id": "A4", "series": "ck", "run_id": "c-300", "step": 300, "started_at": again,
+        "finished_at": again + dt.timedelta(minutes=5), "trigger": "checkpoints",
+        "flow_run_id": None, "status": "complete", "prev_audit_id": "A1", "n_flagged": 0})
     site = tmp_path / "site"
     build_dashboard(root, site)
     date = "2025-03-01 12:00"
@@ -1022,6 +1079,38 @@ def test_a_checkpoint_trial_reads_by_step_type_and_colour(tmp_path, browser):
     assert_clean(browser, "file://")
     assert column(browser, "runs-table", "step") == {
         "d-1": date, "c-300": "300", "c-400": "400", "c-500": "500"}
+    # what a person scans first on the left (series, step, flagged), in view at 1400 px;
+    # a first audit compared nothing: said so, not "0"; a row with flags tinted
+    first = "— (first audit)"
+    for table, lead in (("runs-table", ["show", "run", "series", "step", "flagged"]),
+                        ("series-table", ["series", "latest step", "flagged"])):
+        head = browser.execute_script(
+            "return Array.from(document.querySelectorAll(`#${arguments[0]} th`),"
+            " c => c.textContent)", table)
+        assert head[:len(lead)] == lead
+        assert browser.execute_script(
+            "const t = document.getElementById(arguments[0]);"
+            " const th = [...t.querySelectorAll('th')].find(c => c.textContent === 'flagged');"
+            " return th.getBoundingClientRect().right <="
+            " t.closest('.table-wrap').getBoundingClientRect().right", table)
+    assert column(browser, "runs-table", "flagged") == {
+        "d-1": first, "c-300": "0", "c-400": "0", "c-500": "3"}
+    assert column(browser, "series-table", "flagged", "series") == {"daily": first, "ck": "3"}
+    assert browser.execute_script(
+        "return Array.from(document.querySelectorAll('#runs-table tbody tr'),"
+        " tr => [tr.dataset.key, tr.className])") == [
+        ["c-300", ""], ["c-400", ""], ["c-500", "flagged"], ["d-1", ""]]
+    assert browser.execute_script(
+        "return Array.from(document.querySelectorAll('#series-table tbody tr'),"
+        " tr => tr.className)") == ["flagged", ""]
+    # a hash shown short, whole on hover
+    sha = browser.execute_script(
+        "const t = document.getElementById('runs-table');"
+        " const i = [...t.querySelectorAll('th')]"
+        ".findIndex(c => c.textContent === 'weights sha256');"
+        " const c = t.querySelector('tbody tr[data-key=\"c-300\"]').cells[i];"
+        " return [c.textContent, c.title]")
+    assert sha == ["sha-/ckpts/s…", "sha-/ckpts/step_300.safetensors"]
     # d-1 alone: a share of 0.0006 ticked as a plain decimal, not "600µ"
     browser.find_element("css selector", "input.run-toggle[data-run='c-500']").click()
     ticks = browser.execute_script(
@@ -1047,13 +1136,19 @@ def test_a_checkpoint_trial_reads_by_step_type_and_colour(tmp_path, browser):
         " t => t.textContent)")
     assert set(legend) == {*named.values(), "chance level frac_pos_chance"}
 
-    # Compare: the latest run (c-500) against its series' previous one, choices with the step
-    # and the weights' file name; a run against itself says so, with no delta
+    # Compare: the latest run of the series audited last in series order (c-500, at the
+    # last step, though c-300 was audited again after it) against the one before it (c-400),
+    # choices with the step and the weights' file name; a run against itself says so, with
+    # no delta; the metrics are per-layer figures (not the images or the heads per layer)
     open_page(browser, (site / "compare.html").as_uri())
     assert_clean(browser, "file://")
     assert browser.execute_script(
         "return ['run-a', 'run-b'].map(i => document.getElementById(i).value)") == [
         "c-400", "c-500"]
+    offered = browser.execute_script(
+        "return Array.from(document.getElementById('metric-select').options, o => o.value)")
+    assert "frac_pos" in offered and "f_pp" in offered
+    assert not {"n_images", "n_heads", "ci_target", "layer", "depth"} & set(offered)
     options = dict(browser.execute_script(
         "return Array.from(document.querySelectorAll('#run-a option'),"
         " o => [o.value, o.textContent])"))
@@ -1076,6 +1171,7 @@ def test_a_checkpoint_trial_reads_by_step_type_and_colour(tmp_path, browser):
         "return [...document.querySelectorAll('#run-meta tr')].map(r =>"
         " [r.cells[0].textContent, r.cells[1].textContent])"))
     assert meta["audit step"] == date
+    assert meta["flagged drift"] == first and meta["layers stored"] == "all 4"
     maps = browser.execute_script(
         "return document.getElementById('headmap-plot').data.filter(t => t.type === 'heatmap')"
         ".map(t => [t.name, t.z.map(r => Array.from(r))])")
@@ -1095,13 +1191,33 @@ def test_a_checkpoint_trial_reads_by_step_type_and_colour(tmp_path, browser):
         "return Array.from(document.querySelectorAll('#headmap-plot .legendtext'),"
         " t => t.textContent)") == [
         "pp: position-position", "pc+cp: content-position", "cc: content-content"]
+    # the head types' legend clear of the panels' "head" axis titles (it sat on the first)
+    legend, titles = browser.execute_script(
+        "const d = document.getElementById('headmap-plot'); const box = (e) => {"
+        " const b = e.getBoundingClientRect(); return [b.left, b.top, b.right, b.bottom]; };"
+        " return [box(d.querySelector('.legend')),"
+        " Array.from(d.querySelectorAll('.infolayer text'))"
+        ".filter(t => /^x\\d*title$/.test(t.getAttribute('class'))).map(box)]")
+    clear = [t[3] <= legend[1] or t[2] <= legend[0] or t[0] >= legend[2] for t in titles]
+    assert len(titles) == 5 and all(clear), (legend, titles)
     order = browser.execute_script(
         "return Array.from(document.querySelectorAll('#shares-plot .legendtext'),"
         " t => t.textContent.slice(0, 2))")
     assert order == ["pp", "pc", "cp", "cc"]
 
-    # Series page: counts on whole-number ticks, an all-zero count from 0 (not -1..1)
+    # Series page: c-400's audit was compared with A1, not with the re-audit A4 drawn before
+    # it (made after it): a dashed line, and its hover says why (nothing was skipped)
     open_page(browser, (site / "series.html").as_uri())
+    assert browser.execute_script("return document.getElementById('series-select').value") == "ck"
+    text, link = browser.execute_script(
+        "const d = document.getElementById('metric-f_pp').data;"
+        " return [Array.from(d[0].text), d.length > 2 ? [d[2].name, Array.from(d[2].x)] : null]")
+    assert [t for t in text if t.startswith("c-400")] == [
+        "c-400 · audit A2 · compared with audit A1 (step 300); A4 (step 300) was audited after "
+        "it (not there to compare with)"]
+    assert link == ["compared with", [300, 400, None]]
+    assert "audited after it" in browser.find_element("id", "app").text
+    # counts on whole-number ticks, an all-zero count from 0 (not -1..1)
     for plot in ("metric-n_layers", "metric-n_heads_undefined"):
         ticks, low = browser.execute_script(
             "const d = document.getElementById(arguments[0]);"

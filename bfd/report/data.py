@@ -71,7 +71,8 @@ _NO_AUDIT: Final[str] = (
     "(SELECT NULL::VARCHAR AS run_id, NULL::VARCHAR AS series, NULL::VARCHAR AS audit_id,"
     " NULL::BIGINT AS step, NULL::TIMESTAMPTZ AS started_at, NULL::TIMESTAMPTZ AS finished_at,"
     " NULL::VARCHAR AS trigger, NULL::VARCHAR AS flow_run_id, NULL::VARCHAR AS status,"
-    " NULL::BIGINT AS n_flagged, NULL::VARCHAR AS drift_note WHERE false)"
+    " NULL::BIGINT AS n_flagged, NULL::VARCHAR AS drift_note, NULL::VARCHAR AS prev_audit_id"
+    " WHERE false)"
 )
 
 
@@ -121,13 +122,20 @@ def _audit_source(con: duckdb.DuckDBPyConnection) -> str:
 def _drift_note(con: duckdb.DuckDBPyConnection, alias: str) -> str:
     """SQL of an audit's ``drift_note`` (why its drift check compared nothing: its n_flagged
     of 0 is no pass), NULL where the audits table has none."""
-    has = audits_present(con) and "drift_note" in _column_names(con, "audits")
-    return f"{alias}.drift_note" if has else "NULL::VARCHAR"
+    return _audit_column(con, alias, "drift_note")
+
+
+def _audit_column(con: duckdb.DuckDBPyConnection, alias: str, name: str) -> str:
+    """SQL of an audits column (VARCHAR) of ``alias``, NULL where the audits table has none."""
+    has = audits_present(con) and name in _column_names(con, "audits")
+    return f"{alias}.{name}" if has else "NULL::VARCHAR"
 
 
 def run_list(con: duckdb.DuckDBPyConnection) -> pa.Table:
     """Every run of the store with its series, identity (its decompose ``prefix`` option:
-    ``run_shapes``') and latest audit (its ``drift_note`` too), oldest first."""
+    ``run_shapes``') and latest audit (its ``drift_note`` and ``prev_audit_id`` too: an audit
+    naming none, with no drift_note, is the first of its series, nothing compared), oldest
+    first."""
     sql = f"""
         SELECT r.run_id, {_SERIES} AS series, r.model, r.weights, r.weights_sha256, r.images,
             r.images_sha256,
@@ -136,7 +144,8 @@ def run_list(con: duckdb.DuckDBPyConnection) -> pa.Table:
             r.n_images - coalesce(r.n_skipped, 0) AS n_decoded, r.grid_h, r.grid_w, r.created_at,
             r.status, r.depth, r.num_heads,
             a.audit_id, a.step, a.started_at, a.finished_at, a.trigger, a.flow_run_id,
-            a.status AS audit_status, a.n_flagged, {_drift_note(con, "a")} AS drift_note
+            a.status AS audit_status, a.n_flagged, {_drift_note(con, "a")} AS drift_note,
+            {_audit_column(con, "a", "prev_audit_id")} AS prev_audit_id
         FROM runs AS r
         LEFT JOIN {_audit_source(con)} AS a USING (run_id)
         ORDER BY series, coalesce(a.step, 0), r.created_at, r.run_id
@@ -336,17 +345,20 @@ def series_list(con: duckdb.DuckDBPyConnection) -> pa.Table:
     is a member, so a series whose runs are all damaged is listed: ``n_damaged`` counts such
     audits of the series, ``damaged_runs`` names their runs (sorted; NULL when none); its
     runs' columns are unknown. An audit that is not complete, of a run not in the catalog,
-    is no member (its run may never have been published)."""
+    is no member (its run may never have been published). ``step``, ``started_at`` and
+    ``prev_audit_id`` (NULL: the first audit of its series) are the latest audit's."""
     members = (
         f"SELECT {_RUN_SERIES} AS series, r.run_id, NULL::VARCHAR AS audit_id,"
         " NULL::BIGINT AS step, NULL::TIMESTAMPTZ AS started_at,"
         " NULL::TIMESTAMPTZ AS finished_at, NULL::VARCHAR AS audit_status,"
-        " NULL::BIGINT AS n_flagged, NULL::VARCHAR AS drift_note FROM runs AS r"
+        " NULL::BIGINT AS n_flagged, NULL::VARCHAR AS drift_note,"
+        " NULL::VARCHAR AS prev_audit_id FROM runs AS r"
     )
     if audits_present(con):
         members = (
             "SELECT series, run_id, audit_id, step, started_at, finished_at,"
-            f" status AS audit_status, n_flagged, {_drift_note(con, 'audits')} AS drift_note"
+            f" status AS audit_status, n_flagged, {_drift_note(con, 'audits')} AS drift_note,"
+            f" {_audit_column(con, 'audits', 'prev_audit_id')} AS prev_audit_id"
             " FROM audits UNION ALL BY NAME " + members
             + " WHERE r.run_id NOT IN (SELECT run_id FROM audits WHERE run_id IS NOT NULL)"
         )
@@ -365,7 +377,7 @@ def series_list(con: duckdb.DuckDBPyConnection) -> pa.Table:
         SELECT m.series, count(DISTINCT m.run_id) OVER w AS n_runs,
             count(m.audit_id) OVER w AS n_audits, coalesce(d.n_damaged, 0) AS n_damaged,
             d.damaged_runs, m.run_id AS latest_run, m.audit_id, m.audit_status,
-            m.finished_at, m.n_flagged, m.drift_note
+            m.finished_at, m.n_flagged, m.drift_note, m.step, m.started_at, m.prev_audit_id
         FROM m
         LEFT JOIN d USING (series)
         WINDOW w AS (PARTITION BY m.series)
@@ -491,7 +503,9 @@ def _with_drift_check(con: duckdb.DuckDBPyConnection, metrics: pa.Table) -> pa.T
     NULL for the first audit of a series or an unknown input; drift_note: why its drift check
     compared nothing, so its n_flagged of 0 is no pass; prev_audit_id: the audit it was
     compared with, the latest earlier comparable one); NULL for a run never audited, and for
-    every point where the audits table lacks the columns audit_history reads."""
+    every point where the audits table lacks the columns audit_history reads, but for its
+    ``prev_audit_id``, then the audits row's (where it has one: NULL names the first audit
+    of a series, nothing compared)."""
     added = (("comparable", pa.bool_()), ("drift_note", pa.string()),
              ("prev_audit_id", pa.string()))
     found: dict[str, tuple[Any, ...]] = {}
@@ -500,6 +514,9 @@ def _with_drift_check(con: duckdb.DuckDBPyConnection, metrics: pa.Table) -> pa.T
         found = dict(zip(history.column("audit_id").to_pylist(),
                          zip(*(history.column(name).to_pylist() for name, _ in added),
                              strict=True), strict=True))
+    elif audits_present(con) and "prev_audit_id" in _column_names(con, "audits"):
+        found = {row["audit_id"]: (None, None, row["prev_audit_id"]) for row in run_sql(
+            con, "SELECT audit_id, prev_audit_id FROM audits").to_pylist()}
     ids = metrics.column("audit_id").to_pylist()
     at = metrics.column_names.index("n_flagged") + 1
     for k, (name, kind) in enumerate(added):

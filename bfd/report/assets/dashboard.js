@@ -217,10 +217,33 @@
     return h("a", { href: UP + "runs/" + encodeURIComponent(r.page) }, text || r.run_id);
   }
   // An audit's flag count, or "not compared" where its drift check compared nothing (its
-  // drift_note says why): a 0 there is no pass.
-  function flagged(r) {
-    return r.drift_note !== null && r.drift_note !== undefined ? "not compared" : fmt(r.n_flagged);
+  // drift_note says why): a 0 there is no pass; or "— (first audit)" for the first audit of
+  // a series (its row names no audit compared with, prev_audit_id NULL, and flags nothing:
+  // nothing to compare with, as bfd audit's "drift: first audit of this series").
+  const FIRST_AUDIT = "— (first audit)";
+  function firstAudit(r) {
+    return r.audit_id !== null && r.audit_id !== undefined && "prev_audit_id" in r &&
+      r.prev_audit_id === null && r.n_flagged === 0 && (r.drift_note === null || r.drift_note === undefined);
   }
+  function flagged(r) {
+    return r.drift_note !== null && r.drift_note !== undefined ? "not compared"
+      : firstAudit(r) ? FIRST_AUDIT : fmt(r.n_flagged);
+  }
+  // a flag count's hover: what "not compared" and "first audit" mean
+  function flaggedTitle(r) {
+    return r.drift_note !== null && r.drift_note !== undefined ? "drift not compared: " + r.drift_note
+      : firstAudit(r) ? "first audit of this series, nothing to compare with" : fmt(r.n_flagged);
+  }
+  // a row with flagged drift (a count above 0 of a complete audit that compared): tinted
+  function hasFlags(r) {
+    return typeof r.n_flagged === "number" && r.n_flagged > 0 && (r.drift_note === null ||
+      r.drift_note === undefined) && (r.audit_status === undefined || r.audit_status === "complete");
+  }
+  // a hash shown short (12 characters), whole on hover and in the CSV
+  const HASH = 12;
+  const shortHash = (v) => (typeof v === "string" && v.length > HASH + 1 ? v.slice(0, HASH) + "…" : fmt(v));
+  const hashCol = (key, label) => ({ key: key, label: label, render: (r) => shortHash(r[key]),
+    title: (r) => fmt(r[key]) });
   function empty(text, id) { return h("p", { class: "empty", id: id || null }, text); }
   const RUNS = rowsOf(D.runs);
   const RUN_BY_ID = new Map(RUNS.map((r) => [r.run_id, r]));
@@ -266,13 +289,18 @@
   // the overview's marker of a series (its lines take a colour a run)
   const SYMBOLS = ["circle", "square", "diamond", "triangle-up", "x", "star"];
   const seriesSymbol = (s) => SYMBOLS[SERIES.indexOf(s) % SYMBOLS.length];
+  // the runs table: what a person scans first (run, series, step, flagged or not compared)
+  // on the left, identities and paths after
   function runColumns() {
     return [
       { key: "run_id", label: "run", render: (r) => runLink(r) },
-      { key: "series", label: "series" }, { key: "model" }, { key: "weights" },
-      { key: "created_at", label: "created" }, { key: "status" },
+      { key: "series", label: "series" },
+      { key: "step", render: (r) => fmt(stepText(r)) },
+      { key: "n_flagged", label: "flagged", render: flagged, title: flaggedTitle },
+      { key: "audit_status", label: "audit" }, { key: "model" },
       { key: "n_decoded", label: "images decoded" }, { key: "n_skipped", label: "skipped" },
-      { key: "step", render: (r) => fmt(stepText(r)) }, { key: "audit_status", label: "audit" }, { key: "n_flagged", label: "flagged", render: flagged },
+      { key: "weights" }, hashCol("weights_sha256", "weights sha256"),
+      { key: "created_at", label: "created" }, { key: "status" },
       { key: "results_path", label: "results", render: (r) =>
         safeHref(r.results_url) ? h("a", { href: r.results_url }, r.results_path) : fmt(r.results_path) },
       { key: "flow_run_id", label: "Prefect flow run", render: (r) =>
@@ -303,7 +331,8 @@
         n_audits: s.n_audits, n_damaged: s.n_damaged, damaged_runs: s.damaged_runs,
         latest_run: latest.run_id, page: latest.page,
         created_at: latest.created_at, audit_id: s.audit_id, audit_status: s.audit_status,
-        finished_at: s.finished_at, n_flagged: s.n_flagged, drift_note: s.drift_note };
+        finished_at: s.finished_at, n_flagged: s.n_flagged, drift_note: s.drift_note,
+        step: s.step, started_at: s.started_at, prev_audit_id: s.prev_audit_id };
     });
     // "2 of 6 audits: runs c-100, c-200 damaged ...", or "–" for a series with none
     const damagedNote = (r) => {
@@ -318,17 +347,21 @@
     app.append(section("Series",
       h("p", { class: "note" }, D.has_audits ? "A series is the `series` of the audits table."
         : "No audits recorded yet: a series is a model with its weights."),
+      // what a person scans first on the left: the series, its latest audit's step and flags
+      // (or not compared, first audit); hashes short (whole on hover and in the CSV)
       dataTable("series-table", "series", series, [
-        { key: "series" }, { key: "model" }, { key: "weights" }, { key: "weights_sha256", label: "weights sha256" },
-        { key: "images", label: "image set" }, { key: "images_sha256", label: "images sha256" },
-        { key: "n_decoded", label: "images decoded" }, { key: "n_runs", label: "runs" },
-        { key: "n_audits", label: "audits" },
-        { key: "damaged_runs", label: "damaged", render: damagedNote, title: damagedNote },
+        { key: "series" }, { key: "step", label: "latest step", render: (r) => fmt(stepText(r)) },
+        { key: "n_flagged", label: "flagged", render: flagged, title: flaggedTitle },
+        { key: "drift_note", label: "drift note" },
         { key: "latest_run", label: "latest run", render: (r) => runLink({ page: r.page, run_id: r.latest_run }) },
+        { key: "n_runs", label: "runs" }, { key: "n_audits", label: "audits" },
+        { key: "n_decoded", label: "images decoded" },
+        { key: "damaged_runs", label: "damaged", render: damagedNote, title: damagedNote },
+        { key: "model" }, { key: "weights" }, hashCol("weights_sha256", "weights sha256"),
+        { key: "images", label: "image set" }, hashCol("images_sha256", "images sha256"),
         { key: "created_at", label: "created" }, { key: "audit_id", label: "latest audit" },
         { key: "audit_status", label: "audit status" }, { key: "finished_at", label: "finished" },
-        { key: "n_flagged", label: "flagged", render: flagged }, { key: "drift_note", label: "drift note" },
-      ], { rowClass: (r) => (r.n_damaged ? "damaged-run" : null) })));
+      ], { rowClass: (r) => (r.n_damaged ? "damaged-run" : hasFlags(r) ? "flagged" : null) })));
     const chosen = new Set(series.map((s) => s.latest_run).filter((id) => byRun.has(id)));
     const plot = plotDiv("depth-plot", "Positional share frac_pos and position-position share f_pp " +
       "against relative depth for the selected runs, a colour a run; thin grey dotted lines: chance " +
@@ -344,7 +377,7 @@
       "thin grey dotted line, one a run. Bottom: energy-weighted f_pp of each layer. " +
       "Click a point to find its run in the table."), plot));
     app.append(section("Runs", dataTable("runs-table", "runs", RUNS, runCols,
-      { rowKey: (r) => r.run_id, csvKeys: Object.keys(D.runs) })));
+      { rowKey: (r) => r.run_id, csvKeys: Object.keys(D.runs), rowClass: (r) => (hasFlags(r) ? "flagged" : null) })));
     function redraw() {
       const traces = [];
       const chance = [];
@@ -414,6 +447,15 @@
       ["audit step", stepText(run)], ["trigger", run.trigger], ["audit status", run.audit_status],
       ["flagged drift", flagged(run)], ["drift note", run.drift_note],
     ];
+    // the layers the run stored: a run of --layers 0,5,11 holds those of its model's depth
+    const storedIds = [...new Set(layers.map((l) => l.layer).concat(heads.map((x) => x.layer)))]
+      .sort((a, b) => a - b);
+    if (storedIds.length) {
+      const of = typeof run.depth === "number" ? run.depth : null;
+      meta.splice(meta.findIndex(([k]) => k === "patch grid") + 1, 0, ["layers stored",
+        of !== null && storedIds.length < of ? `${storedIds.join(", ")} of ${of} (the others not stored: --layers)`
+          : of !== null && storedIds.length === of ? `all ${of}` : storedIds.join(", ")]);
+    }
     const dl = h("table", { id: "run-meta" }, h("caption", {}, "run"), h("tbody", {},
       meta.map(([k, v]) => h("tr", {}, h("th", { scope: "row" }, k), h("td", { class: "text" }, fmt(v)))),
       h("tr", {}, h("th", { scope: "row" }, "results"), h("td", { class: "text" },
@@ -424,7 +466,7 @@
           : fmt(run.flow_run_id)))));
     app.append(dl);
     if (!layers.length && !heads.length) { app.append(empty("This run stored no layer or head rows.")); return; }
-    const layerIds = [...new Set(layers.map((l) => l.layer).concat(heads.map((x) => x.layer)))].sort((a, b) => a - b);
+    const layerIds = storedIds;
     const headIds = [...new Set(heads.map((x) => x.head))].sort((a, b) => a - b);
     const state = { layer: layerIds[0], head: headIds.length ? headIds[0] : null };
     const layerSel = select("layer-select", "layer", layerIds.map((l) => [String(l), String(l)]),
@@ -469,7 +511,8 @@
     const n = panels.length, wide = 1 / n;
     const hoverOf = (x, l, k, b) => (x ? `layer ${l} head ${k}<br>type ${pt(fmt(x.head_type))}` +
       (b === "head_type" ? "" : `<br>${b} ${fmt(x[b])}`) + `<br>pp ${fmt(x.f_pp)} · pc ${fmt(x.f_pc)}` +
-      ` · cp ${fmt(x.f_cp)} · cc ${fmt(x.f_cc)}<br>eff_rank ${fmt(x.eff_rank)}` : "");
+      ` · cp ${fmt(x.f_cp)} · cc ${fmt(x.f_cc)}<br>eff_rank ${fmt(x.eff_rank)}`
+      : layerIds.includes(l) ? `layer ${l} head ${k}: no row` : `layer ${l}: not stored by this run`);
     // Values in the cells while they fit (two close shares differ in print, not only in hue):
     // beyond 8 heads a cell is too narrow for "0.27" (as bfd plot's head map)
     const small = maxHead + 1 <= 8 && (maxLayer + 1) * (maxHead + 1) <= 200;
@@ -508,16 +551,20 @@
         marker: { symbol: "square", size: 12, color: colour }, hoverinfo: "skip", showlegend: true,
         legendgroup: "types" });
     }
+    // the head types' legend below the panels' "head" axis titles, clear of them: the plot
+    // area is the height less the margins; the legend starts 64 px under it
+    const mapHeight = Math.min(990, 250 + 26 * (maxLayer + 1)), mapMargin = { l: 50, r: 20, t: 60, b: 120 };
     const mapLayout = { coloraxis: { colorscale: "Viridis", cmin: 0, cmax: 1,
-      colorbar: { title: { text: "share" }, thickness: 12 } }, height: Math.min(940, 200 + 26 * (maxLayer + 1)),
-    annotations: [], margin: { l: 50, r: 20, t: 60, b: 70 },
-    legend: { orientation: "h", x: 0, y: -50 / (Math.min(940, 200 + 26 * (maxLayer + 1)) - 130), yanchor: "top",
+      colorbar: { title: { text: "share" }, thickness: 12 } }, height: mapHeight,
+    annotations: [], margin: mapMargin,
+    legend: { orientation: "h", x: 0, y: -64 / (mapHeight - mapMargin.t - mapMargin.b), yanchor: "top",
       title: { text: "head type:", side: "left" } } };
     panels.forEach((b, i) => {
       const ax = i ? String(i + 1) : "";
+      // no zero lines: through the empty rows of layers not stored they would read as data
       mapLayout["xaxis" + ax] = { domain: [i * wide + 0.01, (i + 1) * wide - 0.02], title: { text: "head" },
-        dtick: 1, anchor: "y" + ax };
-      mapLayout["yaxis" + ax] = { autorange: "reversed", dtick: 1, anchor: "x" + ax,
+        dtick: 1, anchor: "y" + ax, zeroline: false };
+      mapLayout["yaxis" + ax] = { autorange: "reversed", dtick: 1, anchor: "x" + ax, zeroline: false,
         title: i ? undefined : { text: "layer" }, showticklabels: i === 0 };
       const title = b === "head_type" ? "head type" : pt(BLOCK_LABEL[b]);
       mapLayout.annotations.push({ text: title, x: (i + 0.5) * wide - 0.005, y: 1.01, xref: "paper",
@@ -711,8 +758,9 @@
       "points whose runs are of two models (run_pairs.same_model false), and before an audit whose figures " +
       "are of other inputs than its previous audit's (other images, decoded N, layers or positions: " +
       "comparable no). A dashed line joins an audit to the audit its drift was compared with where that " +
-      "is not the point before it: the latest earlier audit comparable with it, the audits between " +
-      "(another model, images, N, ...) skipped. An open grey circle: an audit whose drift check compared nothing (its drift_note " +
+      "is not the point drawn before it: the audits between were skipped as not comparable with it " +
+      "(another model, images, N, ...) or were audited after it (a re-audit of an earlier step); hover " +
+      "the point to see which. An open grey circle: an audit whose drift check compared nothing (its drift_note " +
       "says why): its 0 flagged means not checked, not no drift. An open red circle, no line into it or " +
       "out of it: an audit of a damaged run (left out of SQL: bfd verify RUN), the figures it kept, " +
       "compared with nothing. Steps that are all Unix " +
@@ -739,7 +787,7 @@
     function markText(mark, m) {
       const layers = mark.layers || [];
       return pt("drift flagged at audit " + mark.audit_id + (m && m.step !== null && m.step !== undefined
-        ? " (step " + m.step + ")" : "") + ": " + mark.metrics.join(", ") + " in " + mark.n_rows +
+        ? " (step " + stepText(m) + ")" : "") + ": " + mark.metrics.join(", ") + " in " + mark.n_rows +
         (mark.n_rows === 1 ? " row" : " rows") + (layers.length ? ", " + (layers.length === 1 ? "layer " : "layers ") +
         (layers.length > 12 ? layers.slice(0, 12).join(", ") + ", …" : layers.join(", ")) : "") +
         ", largest |delta| " + fmt(mark.max_abs_delta)) +
@@ -779,22 +827,34 @@
     // of a damaged run on either side
     const linkBroken = (members, j, i) => twoModels(members[j].run_id, members[i].run_id) ||
       otherInputs(members[i]) || damaged(members[i]) || damaged(members[j]);
-    // the audits the i-th point's comparison skipped (those between it and its refOf)
-    const skippedOf = (members, i) => (i > 0 ? members.slice(refOf(members, i) + 1, i) : []);
+    // the points between the i-th point and the one it was compared with (its refOf)
+    const betweenOf = (members, i) => (i > 0 ? members.slice(refOf(members, i) + 1, i) : []);
+    // of those, the audits made after the i-th point's had finished (a re-audit of an earlier
+    // step): not there to compare with, so not skipped (bfd.tasks.audits.skipped_audits)
+    const finished = (m) => Date.parse(m.finished_at);
+    const laterOf = (members, i) => betweenOf(members, i).filter((m) =>
+      finished(m) > finished(members[i]));
+    // the audits the i-th point's comparison skipped as not comparable with it
+    const skippedOf = (members, i) => betweenOf(members, i).filter((m) =>
+      !(finished(m) > finished(members[i])));
     // a break before the i-th point of the line: no link from the point before it, or the
     // point is compared with an earlier one (joined to it by a dashed line instead)
-    const breaksBefore = (members, i) => i > 0 && (skippedOf(members, i).length > 0 ||
+    const breaksBefore = (members, i) => i > 0 && (betweenOf(members, i).length > 0 ||
       linkBroken(members, i - 1, i));
     // what a point compared with an earlier point than the one before it says: which audit,
-    // and the audits skipped as not comparable with it ("" for any other point)
+    // the audits skipped as not comparable with it, and those audited after it ("" for any
+    // other point)
     function comparedText(members, i) {
-      const skipped = skippedOf(members, i);
-      if (!skipped.length || linkBroken(members, refOf(members, i), i)) return "";
+      const skipped = skippedOf(members, i), later = laterOf(members, i);
+      if (!(skipped.length + later.length) || linkBroken(members, refOf(members, i), i)) return "";
       const ref = members[refOf(members, i)];
+      const ids = (ms) => ms.map((m) => m.audit_id + (m.step !== null && m.step !== undefined
+        ? " (step " + stepText(m) + ")" : "")).join(", ");
       return " · compared with audit " + ref.audit_id + (ref.step !== null && ref.step !== undefined
-        ? " (step " + stepText(ref) + ")" : "") + ", skipping " + skipped.length +
+        ? " (step " + stepText(ref) + ")" : "") + (skipped.length ? ", skipping " + skipped.length +
         (skipped.length === 1 ? " audit" : " audits") + " not comparable: " +
-        skipped.map((m) => m.audit_id).join(", ");
+        skipped.map((m) => m.audit_id).join(", ") : "") + (later.length ? "; " + ids(later) +
+        (later.length === 1 ? " was" : " were") + " audited after it (not there to compare with)" : "");
     }
     // Layer x step heatmap: each audit's run's current layer rows (bfd/report/data.py
     // layer_rows: audits keep no per-layer figures), a column per audit of the series; delta:
@@ -803,7 +863,13 @@
     function drawLayers() {
       const members = layerMembers, k = layerState.metric, delta = layerState.mode === "delta";
       const byLayer = members.map((m) => new Map((layersOf.get(m.run_id) || []).map((l) => [l.layer, l[k]])));
-      const ids = [...new Set(byLayer.flatMap((b) => [...b.keys()]))].sort((a, b) => a - b);
+      // a row a layer from the first to the last layer any audit's run stored, the layers
+      // between that none stored included as empty rows (a run of --layers 0,5,11: three
+      // rows of values and empty ones between, never a band stretched over its neighbours)
+      const stored = [...new Set(byLayer.flatMap((b) => [...b.keys()]))].sort((a, b) => a - b);
+      const ids = stored.length ? Array.from({ length: stored[stored.length - 1] - stored[0] + 1 },
+        (_, i) => stored[0] + i) : [];
+      const subset = stored.length < ids.length;
       const num = (v) => (typeof v === "number" ? v : null);
       const value = (i, l) => num(byLayer[i].get(l));
       const z = ids.map((l) => members.map((m, i) => {
@@ -822,14 +888,17 @@
       };
       const text = ids.map((l, r) => members.map((m, i) => pt(m.run_id + (m.audit_id ? " · audit " + m.audit_id : "") +
         (z[r][i] !== null ? (delta ? comparedText(members, i) : "") : damaged(m) ? " · run damaged: no layer rows"
-          : delta ? " · no delta: " + why(i) : " · layer not stored"))));
+          : !stored.includes(l) ? " · layer not stored by any run of this series"
+            : delta ? " · no delta: " + why(i) : " · layer not stored"))));
       const steps = members.map((m) => stepText(m) ?? fmt(m.created_at));
       draw(heat, ids.length ? [{ type: "heatmap", x: members.map((_, i) => i), y: ids, z: z, text: text,
         customdata: ids.map(() => steps), colorscale: delta ? "RdBu" : "Viridis", zmid: delta ? 0 : undefined,
         reversescale: delta, hoverongaps: true, colorbar: { title: { text: delta ? "Δ " + k : k }, thickness: 12 },
         hovertemplate: `layer %{y}<br>step %{customdata}<br>${delta ? "Δ " : ""}${k} %{z:.4g}<br>%{text}<extra></extra>` }] : [],
-      { xaxis: { title: { text: "audit (step)" }, tickvals: members.map((_, i) => i), ticktext: steps.map(pt) },
-        yaxis: { title: { text: "layer" }, dtick: 1, autorange: "reversed" },
+      { xaxis: { title: { text: "audit (step)" }, tickvals: members.map((_, i) => i), ticktext: steps.map(pt),
+        zeroline: false },
+        yaxis: { title: { text: subset ? "layer (stored: " + stored.join(", ") + ")" : "layer" }, dtick: 1,
+          autorange: "reversed", zeroline: false },
         height: Math.min(700, 180 + 22 * Math.max(ids.length, 1)),
         annotations: ids.length ? [] : [{ text: "no layer rows of this series' runs", showarrow: false,
           xref: "paper", yref: "paper", x: 0.5, y: 0.5 }] });
@@ -839,30 +908,44 @@
       const lead = ["audit_id", "step", "run_id", "damaged", "started_at", "n_flagged", "comparable", "drift_note", "figures"];
       const all = Object.keys(members[0] || D.metrics);
       return lead.filter((c) => all.includes(c)).concat(all.filter((c) => !lead.includes(c))).map((c) =>
-        c === "n_flagged" ? { key: c, label: "n_flagged", render: flagged }
-          : { key: c });
+        c === "n_flagged" ? { key: c, label: "n_flagged", render: flagged, title: flaggedTitle }
+          : c === "step" ? { key: c, render: (m) => fmt(stepText(m)) } : { key: c });
     }
     // the flagged drift and head-type change tables: what changed first, then where (ids
     // shortened, whole on hover; runs linked to their pages); the page's series and each
     // row's flagged (always true) are in the CSV only
     const idCol = (key, label) => ({ key: key, label: label, render: (r) => shortId(r[key]) });
     const runCol = (key, label) => ({ key: key, label: label, render: (r) => runCell(r[key]) });
-    function driftColumns(rows) {
+    // a row's step as every page reads it (stepText of its audit's point: a time step as its
+    // date), its stored step where its audit is no point
+    function stepCol(pointOf) {
+      return { key: "step", render: (r) => { const m = pointOf(r.audit_id); return fmt(m ? stepText(m) : r.step); } };
+    }
+    function driftColumns(rows, pointOf) {
       const all = Object.keys(rows[0] || D.drift || {});
       const lead = ["metric", "layer", "head", "before", "after", "delta", "threshold", "step"]
-        .filter((c) => all.includes(c)).map((c) => ({ key: c }));
+        .filter((c) => all.includes(c)).map((c) => (c === "step" ? stepCol(pointOf) : { key: c }));
       return lead.concat([idCol("audit_id", "audit"), idCol("prev_audit_id", "previous audit"),
         runCol("run_id", "run")].filter((c) => all.includes(c.key)));
     }
-    function changeColumns() {
+    function changeColumns(pointOf) {
       return [{ key: "layer" }, { key: "head" }, { key: "before", label: "type before" },
-        { key: "after", label: "type after" }, idCol("audit_id", "audit"),
+        { key: "after", label: "type after" }, stepCol(pointOf), idCol("audit_id", "audit"),
         idCol("prev_audit_id", "previous audit"), runCol("run_id", "run"),
         runCol("prev_run_id", "previous run")];
     }
     function redraw() {
       const members = metrics.filter((m) => m.series === state.series);
-      const flagged = drift.filter((d) => d.series === state.series);
+      // the drift and head-type change tables, newest audit first (the series' order: step,
+      // start time, audit id, reversed), so that the rows a long table leaves out (past 500)
+      // are the oldest; within an audit, their stored order
+      const at = new Map(members.map((m, i) => [m.audit_id, i]));
+      const pointOf = (id) => (at.has(id) ? members[at.get(id)] : null);
+      const newestFirst = (rows) => rows.map((r, i) => [r, i]).sort(([a, i], [b, j]) =>
+        (at.get(b.audit_id) ?? -1) - (at.get(a.audit_id) ?? -1) || i - j).map(([r]) => r);
+      const flagged = newestFirst(drift.filter((d) => d.series === state.series));
+      const seriesChanges = newestFirst(changes.filter((c) => c.series === state.series))
+        .map((c) => Object.assign({}, c, { step: pointOf(c.audit_id)?.step ?? null }));
       const marks = driftMarks.filter((d) => d.series === state.series);
       // a gap (no figure) between consecutive points whose runs are of two models, before
       // an audit whose drift was not compared with its previous audit's (audit_history), and
@@ -938,7 +1021,7 @@
           .concat(unplaced.map((d) => {
             const at = rows.find((m) => m.audit_id === d.audit_id);
             return "drift of " + pt(d.metrics.join(", ")) + " flagged at audit " + pt(d.audit_id) +
-              (at && at.step !== null && at.step !== undefined ? " (step " + at.step + ")" : "") +
+              (at && at.step !== null && at.step !== undefined ? " (step " + stepText(at) + ")" : "") +
               (none ? "" : ": no value kept");
           })).filter(Boolean).join("<br>") || null;
         draw(div, [{ x: x, y: rows.map((m) => (m.gap ? null : m[k])), mode: "lines+markers", name: k, error_y: err,
@@ -967,12 +1050,13 @@
         sized.observe(div);
       });
       tables.replaceChildren(
-        section("Drift flags", D.has_audits ? dataTable("drift-table", "flagged drift", flagged,
-          driftColumns(flagged), { csvKeys: Object.keys(D.drift || {}) })
-          : empty("No audits recorded yet.")),
-        section("Head-type changes against the audit compared with",
-          dataTable("changes-table", "head-type changes", changes.filter((c) => c.series === state.series),
-            changeColumns(), { csvKeys: Object.keys(D.head_type_changes || {}) })),
+        section("Drift flags", h("p", { class: "note" }, "Newest audit first."),
+          D.has_audits ? dataTable("drift-table", "flagged drift", flagged,
+            driftColumns(flagged, pointOf), { csvKeys: Object.keys(D.drift || {}) })
+            : empty("No audits recorded yet.")),
+        section("Head-type changes against the audit compared with", h("p", { class: "note" }, "Newest audit first."),
+          dataTable("changes-table", "head-type changes", seriesChanges,
+            changeColumns(pointOf), { csvKeys: Object.keys(D.head_type_changes || {}).concat(["step"]) })),
         section("Audits of the series", dataTable("series-runs", "audits of the series", members,
           auditColumns(members), { csvKeys: Object.keys(D.metrics),
             rowClass: (m) => (damaged(m) ? "damaged-run" : notCompared(m) ? "not-compared" : null) })));
@@ -986,13 +1070,20 @@
     const runs = RUNS.filter((r) => byRun.has(r.run_id));
     if (runs.length < 1) { app.append(empty("No complete runs to compare yet.")); return; }
     const all = rowsOf(D.layers);
-    const keys = numericKeys(all, ["layer", "depth", "rel_depth"]).filter((k) => !/_(lo|hi)$/.test(k));
-    // opens on the latest run (its latest audit's start, else its creation) as B against the
-    // one before it in its series (the runs' order: series, step, creation) as A
+    // the per-layer figures: not the layer's coordinates, the intervals' ends (drawn as error
+    // bars), nor what is the same in every layer of a run (its images, the model's heads, the
+    // interval target: NOT_FIGURES)
+    const NOT_FIGURES = ["layer", "depth", "rel_depth", "n_images", "n_heads", "ci_target"];
+    const keys = numericKeys(all, NOT_FIGURES).filter((k) => !/_(lo|hi)$/.test(k));
+    // opens on the series audited last (the run whose latest audit started last, else the
+    // run created last), its latest run in series order (step, then start time: the
+    // overview's latest member) as B against the run before it in that order as A
     const when = (r) => Date.parse(r.started_at || r.created_at) || 0;
-    const latest = runs.reduce((x, r) => (when(r) >= when(x) ? r : x), runs[0]);
-    const mates = runs.filter((r) => r.series === latest.series);
-    const before = mates[mates.indexOf(latest) - 1] || latest;
+    const last = runs.reduce((x, r) => (when(r) >= when(x) ? r : x), runs[0]);
+    const mates = runs.filter((r) => r.series === last.series)
+      .sort((x, y) => (x.step ?? 0) - (y.step ?? 0) || when(x) - when(y));
+    const latest = mates[mates.length - 1];
+    const before = mates[mates.length - 2] || latest;
     const state = { a: before.run_id, b: latest.run_id, metric: "frac_pos" };
     // a choice: series, step (as the Series page), the weights' file name and the run id
     const opts = runs.map((r) => [r.run_id, [r.series, stepText(r) === null ? null : "step " + stepText(r),
