@@ -413,6 +413,17 @@ def test_an_audit_rewrites_its_run_page_with_the_positional_factor_kept(tmp_path
     new = embedded(page)["pos"]
     assert new == D.positional_components(root, "p-1", (4, 5)) and new != pos
 
+    # results not readable at a build (a store being copied): that page is built again by
+    # the next one, which finds them (it said "not found" until a --force before)
+    (out / POSITIONAL / "p-1.json").unlink()
+    where = Path(results_path(Store(root), "p-1"))
+    where.rename(where.with_name("away"))
+    build_dashboard(root, out, force=True)
+    assert embedded(page)["pos"] is None
+    where.with_name("away").rename(where)
+    assert "runs/p-1.html" in build_dashboard(root, out).written
+    assert embedded(page)["pos"] == new
+
     shutil.rmtree(root / "tables")  # no run listed any more
     build_dashboard(root, out)
     assert not list((out / POSITIONAL).iterdir())

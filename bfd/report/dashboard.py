@@ -209,6 +209,11 @@ def _positional(root: Path, out: Path, run_id: str, grid: tuple, key: str, force
         except (OSError, ValueError, AttributeError, KeyError):
             pass
     pos = D.positional_components(root, run_id, grid)
+    if pos is None:
+        # none stored, or the results not readable now (a store being copied): not kept, so
+        # that the next build reads them again
+        path.unlink(missing_ok=True)
+        return None
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps({"key": key, "pos": pos}), encoding="utf-8")
@@ -377,6 +382,8 @@ def build_dashboard(
             grid = (run["grid_h"], run["grid_w"])
             detail["pos"] = _positional(root, out, run_id, grid,
                                         D.content_hash([run["results_path"], grid], [code]), force)
+            if detail["pos"] is None:  # built again next time, when they may be readable
+                pages[rel] = None
             payload = {"run": run, **detail, "generated": generated}
             _write_if_changed(out, rel, _page("run", f"Run {run_id}", payload, 1, str(root)), build)
     finally:
