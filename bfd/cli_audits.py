@@ -272,10 +272,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
                                  step=args.step, drift=thresholds, trigger="cli",
                                  dashboard=not args.no_dashboard,
                                  store_activations=args.store_activations)
-    profile = run_query(store, "layer_profile", {"model": model, "run_id": out["run_id"]})
+    from bfd.storage import model_label
+
+    profile = run_query(store, "layer_profile", {"run_id": out["run_id"]})
     cols = [c for c in ("layer", "frac_pos", "frac_pos_resid", "f_pp", "f_pc", "f_cp", "f_cc",
                         "n_heads_pp", "n_heads_cp", "n_heads_cc") if c in profile.column_names]
-    print(f"\nBFD audit of {model} (weights: {config.weights}), run {out['run_id']}")
+    print(f"\nBFD audit of {model_label(model, config.model_args)} (weights: "
+          f"{config.weights}), run {out['run_id']}")
     cli._print_table(profile.select(cols), "table")
     print()
     n_flagged = print_audit(out, store)

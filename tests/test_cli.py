@@ -131,7 +131,7 @@ def test_query_list_and_missing_parameter(tmp_path, capsys):
     lines = [line for line in out.splitlines() if not line.startswith(" ")]
     listed = [line.split()[0] for line in lines]
     assert listed == list_queries() and "layer_profile" in listed
-    assert "[model (required), run_id (optional)]" in out
+    assert "[model (required unless run_id), run_id (optional)]" in out
     # one column of names as wide as the longest, its description not repeating the name
     start = max(map(len, listed)) + 2
     for name, line in zip(listed, lines, strict=True):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -149,6 +150,9 @@ def test_an_audit_of_one_name_with_other_model_args_is_not_compared_as_drift(
     assert code == 0, err
     assert ('previous audit was of another model (test_vit, not test_vit {"reg_tokens":4}); '
             "not compared") in out + err, out + err
+    # its per-layer and chance-corrected tables (they read "(no rows)": the bare name's query)
+    assert 'BFD audit of test_vit {"reg_tokens":4} (weights: random)' in out, out
+    assert "(no rows)" not in out and len(re.findall(r"(?m)^ +0 ", out)) >= 2, out
 
     # ... and two models in SQL: model_summary had one row, the later run's, under test_vit
     store = str(tmp_path / "store")
@@ -172,6 +176,8 @@ def test_an_audit_of_one_name_with_other_model_args_is_not_compared_as_drift(
     assert code == 0, err
     assert {(r["run_id_a"], r["run_id_b"]) for r in rows} == {
         (runs["test_vit"], runs[registers])}, rows
+    code, rows, err = query("layer_profile", f"run_id={runs[registers]}")  # no model needed
+    assert code == 0 and {r["model"] for r in rows} == {registers}, rows
     code, rows, err = query("head_types", f"model={registers}")
     assert code == 0 and {r["run_id"] for r in rows} == {runs[registers]}, rows
     code, rows, err = query("audit_history", f"model={registers}")
@@ -227,9 +233,9 @@ def test_a_non_square_img_size_is_refused_saying_inputs_are_square(tmp_path, cap
     with pytest.raises(SystemExit) as ended:
         run_cli(["extract", *BASE, "--weights", "random", "--img-size", "64x96"], capsys)
     err = capsys.readouterr().err
-    assert ended.value.code == 2 and err.splitlines()[-1].endswith(
+    assert ended.value.code == 2 and err.count("\n") == 1 and (
         "argument --img-size: '64x96': one int, the side of a square input (a non-square HxW "
-        "input is not supported: BFD audits square inputs, docs/layout.md)"), err
+        "input is not supported: BFD audits square inputs, docs/layout.md)") in err, err
 
 
 def test_a_pos_embed_of_the_patches_alone_is_told_from_one_covering_the_prefix(tmp_path):

@@ -908,6 +908,8 @@ def test_missing_required_parameter_is_a_clear_error(store):
     needs_model = r"'layer_profile' needs parameter\(s\) model; given: none"
     with pytest.raises(ValueError, match=needs_model):
         run_query(root, "layer_profile")
+    # model (required unless run_id): a run id alone names the run
+    assert run_query(root, "layer_profile", {"run_id": "no-such-run"}).num_rows == 0
     with pytest.raises(ValueError, match=r"needs parameter\(s\) model_b; given: model_a"):
         run_query(root, "compare_models", {"model_a": "vit_a"})
 

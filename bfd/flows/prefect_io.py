@@ -154,8 +154,7 @@ def audit_markdown(audit: dict, run: dict, profile: list[dict], drift: list[dict
     lines += [
         "", "## Where the results are", "",
         f"- store: `{store}` (tables: `{store}/tables`, dashboard: `{store}/dashboard`)",
-        f"- `bfd query layer_profile --param run_id={audit['run_id']} --param "
-        f"model={run.get('model')} --store {store}`",
+        f"- `bfd query layer_profile --param run_id={audit['run_id']} --store {store}`",
         f"- `bfd query audit_history --param series='{audit['series']}' --store {store}`",
     ]
     return "\n".join(lines) + "\n"

@@ -1,6 +1,7 @@
 -- head_map: one row per head of one complete run of a model, with its fractions and stored
--- head_type, for layer x head maps. run_id defaults to the model's latest complete run.
--- params: model (required), run_id (optional)
+-- head_type, for layer x head maps: of model's latest complete run, or of run_id (both: a
+-- run_id of another model gives no rows).
+-- params: model (required unless run_id), run_id (optional)
 WITH chosen AS (
     SELECT coalesce(
         CAST($run_id AS VARCHAR),
@@ -22,5 +23,5 @@ SELECT
 FROM heads AS h
 JOIN chosen USING (run_id)
 JOIN run_shapes AS r USING (run_id)
-WHERE r.model = $model
+WHERE CAST($model AS VARCHAR) IS NULL OR r.model = $model
 ORDER BY h.layer, h.head

@@ -27,9 +27,10 @@ __all__ = ["IDENTIFIERS", "NOT_IDENTIFIERS", "CountedRows", "no_rows", "no_rows_
 
 # The parameters of the named queries that name something in the store: the catalog's table
 # and column of what they may name, and what to call that in a sentence.
-# A model as the derived views spell it (run_shapes: with its --model-arg options), of a
-# complete run, or of any run as the raw table does (the timm name alone).
-_MODELS: Final[str] = "(SELECT model FROM run_shapes UNION SELECT model FROM runs)"
+# A model as the derived views spell it (run_shapes: with its --model-arg options) of a
+# complete run, or as the raw table does (the timm name alone) of a run not complete.
+_MODELS: Final[str] = ("(SELECT model FROM run_shapes UNION SELECT model FROM runs "
+                       "WHERE status <> 'complete')")
 IDENTIFIERS: Final[dict[str, tuple[str, str, str]]] = {
     "model": (_MODELS, "model", "run"),
     "model_a": (_MODELS, "model", "run"),

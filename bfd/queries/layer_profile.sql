@@ -3,8 +3,9 @@
 -- (energy-weighted f_pp, f_pc, f_cp, f_cc of the layer), against layer and relative depth.
 -- frac_pos_adj [frac_pos_adj_lo, frac_pos_adj_hi]: the chance-corrected positional share and
 -- its 95 % interval, frac_pos_chance: the raw share's chance level (docs/method.md).
--- run_id defaults to the model's latest complete run; a run that is not complete gives no rows.
--- params: model (required), run_id (optional)
+-- Give model (its latest complete run), run_id (that run, of any model) or both (a run_id of
+-- another model gives no rows); a run that is not complete gives no rows.
+-- params: model (required unless run_id), run_id (optional)
 WITH chosen AS (
     SELECT coalesce(
         CAST($run_id AS VARCHAR),
@@ -38,5 +39,5 @@ SELECT
     s.f_cc_adj
 FROM layer_summary AS s
 JOIN chosen USING (run_id)
-WHERE s.model = $model
+WHERE CAST($model AS VARCHAR) IS NULL OR s.model = $model
 ORDER BY s.layer

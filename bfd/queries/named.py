@@ -5,7 +5,8 @@ comment says what a row is and declares the parameters in one line::
 
     -- params: model (required), run_id (optional), bins (default 10)
 
-``required`` must be given, ``optional`` binds NULL when not given, ``default X`` binds the string
+``required`` must be given (``required unless OTHER``: unless OTHER is), ``optional`` binds NULL
+when not given, ``default X`` binds the string
 ``X``. Values are bound as DuckDB named parameters (``$model``); the SQL casts them where it needs
 another type. Files whose names start with ``_`` are the catalog's derived views, not queries.
 """
@@ -75,7 +76,8 @@ def _bind_params(spec: QuerySpec, params: Mapping[str, ParamValue] | None) -> di
             f"query {spec.name!r} has no parameter(s) {', '.join(unknown)}; "
             f"its parameters: {declared}"
         )
-    missing = [p.name for p in spec.params if p.required and given.get(p.name) is None]
+    missing = [p.name for p in spec.params if p.required and given.get(p.name) is None
+               and (p.unless is None or given.get(p.unless) is None)]
     if missing:
         raise ValueError(
             f"query {spec.name!r} needs parameter(s) {', '.join(missing)}; given: "

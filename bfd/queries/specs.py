@@ -16,7 +16,7 @@ __all__ = ["Param", "QuerySpec", "list_queries", "read_spec"]
 
 _PARAMS_LINE: Final[re.Pattern[str]] = re.compile(r"^--\s*params:\s*(.*)$", re.M)
 _PARAM_ITEM: Final[re.Pattern[str]] = re.compile(
-    r"^(\w+)\s*\(\s*(required|optional|default\s+(.+?))\s*\)$"
+    r"^(\w+)\s*\(\s*(required(?:\s+unless\s+(\w+))?|optional|default\s+(.+?))\s*\)$"
 )
 
 
@@ -28,13 +28,18 @@ class Param:
         name: The DuckDB named parameter, without ``$``.
         required: Whether a value must be given.
         default: The value bound when none is given (``None`` binds NULL).
+        unless: The parameter whose value, given, makes this one optional (``model
+            (required unless run_id)``); None when it is required always or not at all.
     """
 
     name: str
     required: bool
     default: str | None = None
+    unless: str | None = None
 
     def __str__(self) -> str:
+        if self.required and self.unless:
+            return f"{self.name} (required unless {self.unless})"
         if self.required:
             return f"{self.name} (required)"
         if self.default is None:
@@ -75,11 +80,11 @@ def _parse_params(name: str, sql: str) -> tuple[Param, ...]:
         if match is None:
             raise ValueError(
                 f"query {name!r}: cannot read parameter {item.strip()!r}; expected "
-                "'name (required)', 'name (optional)' or 'name (default VALUE)'"
+                "'name (required)', 'name (required unless OTHER)', 'name (optional)' or "
+                "'name (default VALUE)'"
             )
-        params.append(
-            Param(match.group(1), required=match.group(2) == "required", default=match.group(3))
-        )
+        params.append(Param(match.group(1), required=match.group(2).startswith("required"),
+                            default=match.group(4), unless=match.group(3)))
     return tuple(params)
 
 
