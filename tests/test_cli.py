@@ -798,6 +798,23 @@ def test_reading_a_run_not_published_says_so_and_what_to_run(tmp_path, capsys):
                           "published (incomplete): extraction incomplete (4 of 10 images;"), err
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="no /proc here")
+@pytest.mark.parametrize("out", ["/proc/bfd-dash", "/proc/self/bfd/dash"])
+def test_a_dashboard_out_where_no_folder_can_be_made_is_a_fault_of_the_environment(
+        tmp_path, capsys, out):
+    """/proc answers "No such file or directory" to a new folder in it: said as the folder
+    that cannot be written (exit 1), as a read-only one is, not as a request's typo (exit 2,
+    "[Errno 2] No such file or directory: '/proc/dash'")."""
+    store = tmp_path / "store"
+    store.mkdir()
+    code, out_, err = run(["dashboard", "--store", str(store), "--out", out], capsys)
+    top = "/proc" if out.count("/") == 2 else "/proc/self"
+    assert (code, out_, err) == (1, "", (
+        f"bfd: error: cannot write {out}: {top} takes no new files (No such file or "
+        "directory); make it writable or choose another --store (or --out)\n"))
+    assert not os.path.exists(out) and list(store.iterdir()) == []
+
+
 @pytest.mark.parametrize("argv", [
     ["runs"], ["dashboard"], ["sql", "SELECT 1"], ["catalog"], ["query", "model_summary"],
     ["verify", "some-run"], ["plot", "some-run"]], ids=lambda argv: " ".join(argv))
