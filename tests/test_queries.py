@@ -604,8 +604,8 @@ def test_head_type_changes_of_two_models_say_so(store):
         (layer, head) for layer in range(6) for head in range(3)
         if old[layer, head] != new[layer, head]] != []
     assert {(r["same_model"], r["note"]) for r in result} == {(False, (
-        "run_a is of vit_b, run_b of vit_a: two models, whose layer and head l are not one "
-        "layer changing (compare_models aligns relative depth)"))}
+        "run_a is of vit_b, run_b of vit_a: two models, so layer l of one is not layer l of "
+        "the other (compare_models aligns relative depth)"))}
 
 
 def test_two_runs_of_one_name_built_with_other_model_args_are_two_models(store):

@@ -5,7 +5,7 @@ thresholds.
 Read from the runs' results in the Zarr store (the same values as the ``layers`` and ``heads``
 tables, through the same row builders), so drift does not depend on how tables are laid out.
 Only what both runs hold is compared, and only when both runs are of one model and saw the
-same images (``not_comparable``): layer ``l`` of two models is not one layer changing, and raw
+same images (``not_comparable``): layer ``l`` of one model is not layer ``l`` of another, and raw
 shares change with the images and N with the model unchanged.
 """
 

@@ -251,7 +251,7 @@
       : sameModel === false ? cat("run_a is of ", x.model, " of ", x.shape, ", run_b of ", y.shape)
         : null;
     const parts = [
-      cat(models, ": two models, whose layer and head l are not one layer changing ",
+      cat(models, ": two models, so layer l of one is not layer l of the other ",
         "(compare_models aligns relative depth)"),
       eq(x.prefix, y.prefix) === false ? cat("run_a was decomposed with prefix ", x.prefix,
         ", run_b with prefix ", y.prefix, ": shares over other positions") : null,
