@@ -43,6 +43,24 @@ def test_embedded_json_cannot_leave_its_script_element():
     assert json.loads(text) == value
 
 
+def test_an_empty_store_s_page_says_what_the_demo_audits_as_readme_and_help_do(tmp_path,
+                                                                             capsys):
+    """The overview of a store with no runs names bfd audit --demo and what it audits: the
+    embedded sample images (scikit-image's photographs, README), not "generated images"."""
+    (tmp_path / "empty").mkdir()
+    build_dashboard(tmp_path / "empty", tmp_path / "site")
+    js = (tmp_path / "site" / "assets" / "dashboard.js").read_text(encoding="utf-8")
+    start = js.index('"No runs yet')
+    said = re.sub(r'"\s*\+\s*"', "", js[start:js.index('"no-runs"', start)])
+    with pytest.raises(SystemExit):
+        main(["audit", "--help"])
+    demo = re.search(r"--demo\s+offline demo: (.*?)\n\s+--", capsys.readouterr().out, re.S)
+    assert demo and " ".join(demo.group(1).split()) in said, said
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    assert "on 64 embedded sample images (scikit-image's bundled photographs" in readme
+    assert "scikit-image's photographs" in said and "generated" not in said, said
+
+
 def test_pages_of_a_store_and_an_incremental_rebuild(tmp_path):
     root = tmp_path / "store"
     runs = build_store(root)

@@ -287,7 +287,7 @@
   function overview() {
     if (!RUNS.length) {
       app.append(empty("No runs yet: the store holds no run. A first run there: bfd audit --demo " +
-        "(a random-init vit_tiny on generated images), then bfd dashboard.", "no-runs"));
+        "(a random-init vit_tiny on the embedded sample images, scikit-image's photographs), then bfd dashboard.", "no-runs"));
       return;
     }
     const byRun = layersByRun();
