@@ -297,8 +297,10 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
             raise OSError(err.errno, err.strerror, out) from None
     with _told_damage(args) as damage:
         build = build_dashboard(store, out, force=args.force)
-        print(f"dashboard: {build.index} ({len(build.written)} files written, "
-              f"{len(build.unchanged)} pages unchanged, {len(build.removed)} removed)")
+        pages = len(build.pages_written)
+        print(f"dashboard: {build.index} ({pages + len(build.unchanged)} pages: {pages} "
+              f"written, {len(build.unchanged)} unchanged; {len(build.removed)} removed; "
+              f"{len(build.written) - pages} asset files written)")
     if args.serve:
         try:
             serve_dashboard(out, args.port)

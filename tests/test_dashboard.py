@@ -107,6 +107,29 @@ def test_pages_of_a_store_and_an_incremental_rebuild(tmp_path):
     assert fourth.removed == ["runs/c-1.html"] and not (out / "runs/c-1.html").exists()
 
 
+def test_a_forced_rebuild_counts_every_page_written_or_unchanged(tmp_path, capsys):
+    """--force rewrites every page; one rebuilt byte for byte the same is left as it was and
+    counted unchanged (it was counted nowhere: "6 files written, 0 pages unchanged" of 13)."""
+    root, out = tmp_path / "store", tmp_path / "site"
+    build_store(root)
+    first = build_dashboard(root, out)
+    pages = sorted(str(p.relative_to(out)) for p in out.rglob("*.html"))
+    assert sorted(first.pages_written) == pages and not first.unchanged
+    for _ in range(2):  # a page written again differs only in its build time (to the minute)
+        again = build_dashboard(root, out, force=True)
+        written = [rel for rel in again.written if not rel.startswith("assets/")]
+        assert sorted(written + again.unchanged) == pages
+    # the command's line: the pages, written and unchanged, add up
+    assert main(["dashboard", "--store", str(root), "--out", str(out), "--force"]) == 0
+    said = capsys.readouterr().out.splitlines()[-1]
+    counts = re.fullmatch(rf"dashboard: {re.escape(str(out / 'index.html'))} \((\d+) pages: "
+                          r"(\d+) written, (\d+) unchanged; 0 removed; (\d+) asset files "
+                          r"written\)", said)
+    assert counts, said
+    total, written, unchanged, assets = map(int, counts.groups())
+    assert total == written + unchanged == len(pages) and assets == 0, said
+
+
 def test_a_run_with_a_damaged_table_file_is_said_damaged_not_dropped(tmp_path):
     """The catalog leaves the run out (a warning of the command); its page and the overview
     say so in one line naming the file, until it is published again."""
