@@ -374,10 +374,13 @@ def test_compare_models_says_when_the_runs_were_decomposed_with_other_prefix_opt
 
 @pytest.mark.parametrize("bins", ["0", "-1", "2.5", "abc", "1e1", "99999999999"])
 def test_compare_models_rejects_bad_bins(store, bins):
-    """Anything but a positive integer is refused in the query's own words, never rounded."""
+    """Anything but a positive integer is refused in the query's own words (alone: no
+    DuckDB 'Invalid Input Error:' before them), never rounded."""
     root, _ = store
-    with pytest.raises(duckdb.Error, match=f"bins must be a positive integer; given {bins}$"):
+    with pytest.raises(ValueError, match=rf"^compare_models: bins must be a positive integer; "
+                       f"given {bins}$") as refused:
         run_query(root, "compare_models", {"model_a": "vit_a", "model_b": "vit_b", "bins": bins})
+    assert isinstance(refused.value.__cause__, duckdb.InvalidInputException)
 
 
 def _plant_audit(root: Path, series: str, run_id: str, step: int, prev: str | None,
