@@ -42,8 +42,9 @@ def add_audit_options(p: argparse.ArgumentParser, series_help: str = AUDIT_SERIE
                    "is a fraction, head_type 1 when a type changed: 1 flags nothing), since "
                    "the series' latest earlier audit comparable with this one (audits of "
                    "another model, other images, N, img_size or --prefix between are skipped, "
-                   "and said); METRIC=VALUE sets one metric's (frac_pos, f_cc, head_type, "
-                   "...); repeatable")
+                   "and said); METRIC=VALUE sets one metric's (frac_pos, frac_int_resid, f_cc, "
+                   "head_type, ...; not frac_content, 1 - frac_pos, which drift does not "
+                   "compare); repeatable")
     p.add_argument("--fail-on-drift", action="store_true",
                    help="exit with status 3 when any drift is flagged (for CI gates); an "
                    "audit that compared nothing (no earlier audit of the series of this model, "

@@ -286,10 +286,21 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     out = args.out or os.path.join(store, "dashboard")
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"--out {out!r} is a file; expected a folder for the dashboard")
+    if not os.path.exists(out):
+        # the folder it is made in must take it, said naming --out (/proc answers "No such
+        # file or directory" to a new folder, which read as a typo, exit 2)
+        from bfd.storage.paths import require_writable
+
+        try:
+            require_writable(out)
+        except OSError as err:
+            raise OSError(err.errno, err.strerror, out) from None
     with _told_damage(args) as damage:
         build = build_dashboard(store, out, force=args.force)
-        print(f"dashboard: {build.index} ({len(build.written)} files written, "
-              f"{len(build.unchanged)} pages unchanged, {len(build.removed)} removed)")
+        pages = len(build.pages_written)
+        print(f"dashboard: {build.index} ({pages + len(build.unchanged)} pages: {pages} "
+              f"written, {len(build.unchanged)} unchanged; {len(build.removed)} removed; "
+              f"{len(build.written) - pages} asset files written)")
     if args.serve:
         try:
             serve_dashboard(out, args.port)

@@ -11,6 +11,7 @@ Exceptions are told apart by class name, so that the command's error path import
 from __future__ import annotations
 
 import errno
+import re
 from pathlib import Path
 
 REQUEST_ERROR = 2
@@ -29,9 +30,27 @@ def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
+# The statement DuckDB quotes under its message (``LINE 1: SELECT ...``) and the caret line
+# under it: where in the statement, not what is wrong.
+_QUOTED = re.compile(r"LINE \d+:|\s*\^+\s*$")
+
+
+def duckdb_line(text: object) -> str:
+    """A DuckDB error in one line: its message and the hints on the lines after it (``Did you
+    mean "layers"?``, ``Candidate bindings: "frac_pos", ...``, ``Either add it to the GROUP BY
+    list, ...``), without the statement and caret it quotes; a line after one ending in ``.``,
+    ``!`` or ``?`` follows with a space, any other after ``; ``."""
+    out = ""
+    for line in str(text).strip().splitlines():
+        if _QUOTED.match(line) or not line.strip():
+            continue
+        line = " ".join(line.split())
+        out += line if not out else (" " if out.endswith((".", "!", "?")) else "; ") + line
+    return out
+
+
 def _duckdb(err: BaseException) -> tuple[int, str]:
-    # DuckDB puts the statement and a caret under its first line: the first line says it all
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    first = duckdb_line(err) or type(err).__name__
     if {"IOException", "PermissionException", "OutOfMemoryException"} & _names(err):
         return ENVIRONMENT_ERROR, f"{first} (see bfd verify for a damaged table file)"
     return REQUEST_ERROR, f"SQL: {first}"

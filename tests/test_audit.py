@@ -53,8 +53,9 @@ def test_identical_request_reuses_its_run_and_records_a_new_audit(audited, capsy
     assert [a["prev_audit_id"] for a in audits] == [None, first["test_vit"]["audit_id"]]
     assert all(a["status"] == "complete" and a["run_id"] == again["run_id"] for a in audits)
     drift = read_drift(Store(root), series, again["audit_id"])
-    # the same run compared with itself: every value there, nothing moved, nothing flagged
-    assert len(drift) == 6 * 8 + 6 * 2 * 5 and again["n_flagged"] == 0
+    # the same run compared with itself: every value there (per layer frac_pos, frac_img and
+    # frac_int at 2 sites; per head 4 shares and its type), nothing moved, nothing flagged
+    assert len(drift) == 6 * 6 + 6 * 2 * 5 and again["n_flagged"] == 0
     assert all(r["delta"] == 0.0 for r in drift)
     # what both audits kept of it, and so audit_history's deltas, to the bit: what an audit
     # sees of a run is the same on every call (it came 1 ulp apart now and then: 9e-19)
@@ -406,6 +407,10 @@ def test_bad_audit_options_are_named_as_the_user_wrote_them(tmp_path, capsys):
                          (["--drift-threshold", "f_pp=big"], "--drift-threshold must be"),
                          (["--drift-threshold", "f_ppp=0.1"], "no drift metric named f_ppp; "
                           "the metrics are frac_pos, "),
+                         # 1 - frac_pos: not compared, its drift is frac_pos's
+                         (["--drift-threshold", "frac_content_resid=0.1"], "frac_content_resid "
+                          "is 1 - frac_pos_resid: its drift is frac_pos_resid's, which drift "
+                          "compares (set frac_pos_resid=VALUE)"),
                          (["--drift-threshold", "f_cc=-1"], "a threshold must be a number >= 0,"
                           " not f_cc=-1.0; got f_cc=-1"),
                          # fractions move by at most 1 (head_type's delta is 0 or 1): a

@@ -774,8 +774,8 @@ def test_a_store_is_an_empty_folder_or_one_holding_what_bfd_writes(tmp_path, cap
 
 def test_reading_a_run_not_published_says_so_and_what_to_run(tmp_path, capsys):
     """``plot`` of a run extracted but not decomposed, or whose extraction stopped, says that
-    the run is there and what takes it further (not "no run"); a named query's no-rows hint
-    says the same of its run parameters (not "names no run")."""
+    the run is there and what takes it further (not "no run"); a named query refuses its run
+    parameters the same way (not "names no run")."""
     from storebuilder import build_run, random_run_arrays
 
     root = _table_store(tmp_path / "store")
@@ -794,12 +794,35 @@ def test_reading_a_run_not_published_says_so_and_what_to_run(tmp_path, capsys):
     code, _, err = run(["plot", "toy_c-0", "--out", str(out), "--store", str(root)], capsys)
     assert_one_line_error(code, err, "no run 'toy_c-0' in store", "runs: toy-run")
     assert not out.exists()
+    # refused as plot refuses it, and as a run id naming nothing is (exit 2): it exited 0
     code, stdout, err = run(["query", "compare_runs", "--param", f"run_a={extracted}",
                              "--param", "run_b=toy-run", "--store", str(root)], capsys)
-    assert (code, stdout) == (0, "(no rows)\n")
-    assert err == (f"bfd: no rows: run_a {extracted!r} names a run that is not published "
-                   f"(extracted): extracted, not decomposed: bfd decompose {extracted} "
-                   f"--store {root}\n")
+    assert (code, stdout) == (2, "(no rows)\n")
+    assert err == (f"bfd: error: no rows: run_a {extracted!r} names a run that is not "
+                   f"published (extracted): extracted, not decomposed: bfd decompose "
+                   f"{extracted} --store {root}\n")
+    code, stdout, err = run(["query", "head_map", "--param", "model=toy", "--param",
+                             f"run_id={stopped}", "--store", str(root)], capsys)
+    assert (code, stdout) == (2, "(no rows)\n")
+    assert err.startswith(f"bfd: error: no rows: run_id {stopped!r} names a run that is not "
+                          "published (incomplete): extraction incomplete (4 of 10 images;"), err
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="no /proc here")
+@pytest.mark.parametrize("out", ["/proc/bfd-dash", "/proc/self/bfd/dash"])
+def test_a_dashboard_out_where_no_folder_can_be_made_is_a_fault_of_the_environment(
+        tmp_path, capsys, out):
+    """/proc answers "No such file or directory" to a new folder in it: said as the folder
+    that cannot be written (exit 1), as a read-only one is, not as a request's typo (exit 2,
+    "[Errno 2] No such file or directory: '/proc/dash'")."""
+    store = tmp_path / "store"
+    store.mkdir()
+    code, out_, err = run(["dashboard", "--store", str(store), "--out", out], capsys)
+    top = "/proc" if out.count("/") == 2 else "/proc/self"
+    assert (code, out_, err) == (1, "", (
+        f"bfd: error: cannot write {out}: {top} takes no new files (No such file or "
+        "directory); make it writable or choose another --store (or --out)\n"))
+    assert not os.path.exists(out) and list(store.iterdir()) == []
 
 
 @pytest.mark.parametrize("argv", [

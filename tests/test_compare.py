@@ -143,12 +143,12 @@ def test_compare_runs_says_when_the_runs_are_not_of_one_model(tmp_path):
 
     for one_model in ("a2", "tagged", "old"):  # "old": a run without depth, heads, width
         assert pair(one_model) == (True, None), one_model
-    assert pair("other") == (False, "run_a is of vit_a, run_b of vit_b: two models, whose "
-                             "layer and head l are not one layer changing (compare_models "
-                             "aligns relative depth)")
+    assert pair("other") == (False, "run_a is of vit_a, run_b of vit_b: two models, so layer l "
+                             "of one is not layer l of the other (compare_models aligns "
+                             "relative depth)")
     assert pair("deeper") == (False, f"run_a is of vit_a of depth {L}, {H} heads and width "
                               f"{D}, run_b of depth {L + 1}, {H} heads and width {D}: two "
-                              "models, whose layer and head l are not one layer changing "
+                              "models, so layer l of one is not layer l of the other "
                               "(compare_models aligns relative depth)")
     assert pair("include") == (True, "run_a was decomposed with prefix exclude, run_b with "
                                "prefix include: shares over other positions")

@@ -43,6 +43,24 @@ def test_embedded_json_cannot_leave_its_script_element():
     assert json.loads(text) == value
 
 
+def test_an_empty_store_s_page_says_what_the_demo_audits_as_readme_and_help_do(tmp_path,
+                                                                             capsys):
+    """The overview of a store with no runs names bfd audit --demo and what it audits: the
+    embedded sample images (scikit-image's photographs, README), not "generated images"."""
+    (tmp_path / "empty").mkdir()
+    build_dashboard(tmp_path / "empty", tmp_path / "site")
+    js = (tmp_path / "site" / "assets" / "dashboard.js").read_text(encoding="utf-8")
+    start = js.index('"No runs yet')
+    said = re.sub(r'"\s*\+\s*"', "", js[start:js.index('"no-runs"', start)])
+    with pytest.raises(SystemExit):
+        main(["audit", "--help"])
+    demo = re.search(r"--demo\s+offline demo: (.*?)\n\s+--", capsys.readouterr().out, re.S)
+    assert demo and " ".join(demo.group(1).split()) in said, said
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    assert "on 64 embedded sample images (scikit-image's bundled photographs" in readme
+    assert "scikit-image's photographs" in said and "generated" not in said, said
+
+
 def test_pages_of_a_store_and_an_incremental_rebuild(tmp_path):
     root = tmp_path / "store"
     runs = build_store(root)
@@ -87,6 +105,29 @@ def test_pages_of_a_store_and_an_incremental_rebuild(tmp_path):
         path.unlink()
     fourth = build_dashboard(root, out)
     assert fourth.removed == ["runs/c-1.html"] and not (out / "runs/c-1.html").exists()
+
+
+def test_a_forced_rebuild_counts_every_page_written_or_unchanged(tmp_path, capsys):
+    """--force rewrites every page; one rebuilt byte for byte the same is left as it was and
+    counted unchanged (it was counted nowhere: "6 files written, 0 pages unchanged" of 13)."""
+    root, out = tmp_path / "store", tmp_path / "site"
+    build_store(root)
+    first = build_dashboard(root, out)
+    pages = sorted(str(p.relative_to(out)) for p in out.rglob("*.html"))
+    assert sorted(first.pages_written) == pages and not first.unchanged
+    for _ in range(2):  # a page written again differs only in its build time (to the minute)
+        again = build_dashboard(root, out, force=True)
+        written = [rel for rel in again.written if not rel.startswith("assets/")]
+        assert sorted(written + again.unchanged) == pages
+    # the command's line: the pages, written and unchanged, add up
+    assert main(["dashboard", "--store", str(root), "--out", str(out), "--force"]) == 0
+    said = capsys.readouterr().out.splitlines()[-1]
+    counts = re.fullmatch(rf"dashboard: {re.escape(str(out / 'index.html'))} \((\d+) pages: "
+                          r"(\d+) written, (\d+) unchanged; 0 removed; (\d+) asset files "
+                          r"written\)", said)
+    assert counts, said
+    total, written, unchanged, assets = map(int, counts.groups())
+    assert total == written + unchanged == len(pages) and assets == 0, said
 
 
 def test_a_run_with_a_damaged_table_file_is_said_damaged_not_dropped(tmp_path):

@@ -831,7 +831,7 @@ def test_compare_shows_every_pairs_run_pairs_note(tmp_path, browser):
     assert want[("t-1", "b-1")].startswith("run_a is of toy_vit, run_b of vit_b: two models")
     assert want[("t-tag3", "t-1")] == (
         "run_a is of toy_vit.tag of depth 3, 2 heads and width ?, run_b of depth 2, 2 heads and "
-        "width 8: two models, whose layer and head l are not one layer changing (compare_models"
+        "width 8: two models, so layer l of one is not layer l of the other (compare_models"
         " aligns relative depth); run_a was decomposed with prefix include, run_b with prefix "
         "exclude: shares over other positions")
     assert want[("t-d3", "t-tag3")] == ("run_a was decomposed with prefix exclude, run_b with "

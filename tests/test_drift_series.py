@@ -187,3 +187,30 @@ def test_serve_says_the_audit_compared_with_and_those_skipped(nightly):
     assert said == (f"audit {made[2]} of series served (step 3): run r-c; drift: 1 value(s) "
                     f"flagged against audit {made[0]} (step 1), the latest comparable; skipped "
                     f"1 audit not comparable ({made[1]} at step 2)")
+
+
+def test_drift_does_not_flag_frac_content_the_exact_complement_of_frac_pos(tmp_path):
+    """frac_content is frac_img + frac_int, 1 - frac_pos: a change of frac_pos is one of
+    frac_content with the sign turned, so flagging both counted every frac_pos flag twice."""
+    from dashstore import write_results_of_tables, write_synthetic_run
+
+    from bfd.tasks.drift import drift_metrics, drift_rows
+
+    root = tmp_path / "store"
+    # a layer's pos share moved to img (attn_in, layer 0) and int to pos (resid, layer 1),
+    # every share of the results kept consistent: frac_content moves with frac_pos
+    moved = {("attn_in", 0, "frac_pos"): 0.2, ("attn_in", 0, "frac_img"): -0.2,
+             ("attn_in", 0, "frac_content"): -0.2, ("resid", 1, "frac_pos"): 0.1,
+             ("resid", 1, "frac_int"): -0.1, ("resid", 1, "frac_content"): -0.1}
+    for run_id, shift in (("r-a", None), ("r-b", moved)):
+        write_synthetic_run(root, run_id, weights=f"w-{run_id}", seed=1)
+        write_results_of_tables(root, run_id, shift)
+    rows = drift_rows(Store(root), "r-a", "r-b")
+    flagged = sorted((r["layer"], r["metric"], round(r["delta"], 12)) for r in rows
+                     if r["flagged"])
+    assert flagged == [(0, "frac_img", -0.2), (0, "frac_pos", 0.2), (1, "frac_int_resid", -0.1),
+                       (1, "frac_pos_resid", 0.1)]
+    assert not [r for r in rows if r["metric"].startswith("frac_content")]
+    assert {r["metric"] for r in rows if r["head"] is None} == {
+        "frac_pos", "frac_img", "frac_int", "frac_pos_resid", "frac_img_resid",
+        "frac_int_resid"} == set(drift_metrics()) - {"f_pp", "f_pc", "f_cp", "f_cc", "head_type"}

@@ -139,8 +139,8 @@ def test_other_model_args_are_another_run_and_none_keep_the_run_id(tmp_path, cap
 
 def test_an_audit_of_one_name_with_other_model_args_is_not_compared_as_drift(
         prefect_harness, tmp_path, capsys):
-    """One series given audits of test_vit and of test_vit with 4 registers: layer and head l
-    of the two are no change of one model, and the second audit says so."""
+    """One series given audits of test_vit and of test_vit with 4 registers: layer l of one
+    is not layer l of the other, no change of one model, and the second audit says so."""
     common = [*BASE, "--weights", "random", "--series", "mine", "--store",
               str(tmp_path / "store"), "--no-dashboard"]
     code, out, err = run_cli(["audit", *common, "--step", "1"], capsys)

@@ -374,10 +374,13 @@ def test_compare_models_says_when_the_runs_were_decomposed_with_other_prefix_opt
 
 @pytest.mark.parametrize("bins", ["0", "-1", "2.5", "abc", "1e1", "99999999999"])
 def test_compare_models_rejects_bad_bins(store, bins):
-    """Anything but a positive integer is refused in the query's own words, never rounded."""
+    """Anything but a positive integer is refused in the query's own words (alone: no
+    DuckDB 'Invalid Input Error:' before them), never rounded."""
     root, _ = store
-    with pytest.raises(duckdb.Error, match=f"bins must be a positive integer; given {bins}$"):
+    with pytest.raises(ValueError, match=rf"^compare_models: bins must be a positive integer; "
+                       f"given {bins}$") as refused:
         run_query(root, "compare_models", {"model_a": "vit_a", "model_b": "vit_b", "bins": bins})
+    assert isinstance(refused.value.__cause__, duckdb.InvalidInputException)
 
 
 def _plant_audit(root: Path, series: str, run_id: str, step: int, prev: str | None,
@@ -604,8 +607,8 @@ def test_head_type_changes_of_two_models_say_so(store):
         (layer, head) for layer in range(6) for head in range(3)
         if old[layer, head] != new[layer, head]] != []
     assert {(r["same_model"], r["note"]) for r in result} == {(False, (
-        "run_a is of vit_b, run_b of vit_a: two models, whose layer and head l are not one "
-        "layer changing (compare_models aligns relative depth)"))}
+        "run_a is of vit_b, run_b of vit_a: two models, so layer l of one is not layer l of "
+        "the other (compare_models aligns relative depth)"))}
 
 
 def test_two_runs_of_one_name_built_with_other_model_args_are_two_models(store):

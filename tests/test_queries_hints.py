@@ -152,3 +152,35 @@ def test_drift_of_an_audit_that_compared_nothing_says_why(tmp_path, capsys):
             "its series\n")
     rows, err = query(root, capsys, "drift", "series=s", f"audit_id={second}")
     assert len(rows) == 1 and err == ""
+
+
+@pytest.mark.parametrize(("sql", "said"), [
+    # DuckDB's hint, on the line after its message, was cut off with the statement it quotes
+    ("SELECT * FROM layer",
+     'SQL: Catalog Error: Table with name layer does not exist! Did you mean "layers"?'),
+    ("SELECT frac_poss FROM layers",
+     'SQL: Binder Error: Referenced column "frac_poss" not found in FROM clause! Candidate '
+     'bindings: "frac_pos", '),
+    ("SELECT layer, frac_pos FROM layers GROUP BY layer",
+     'SQL: Binder Error: column "frac_pos" must appear in the GROUP BY clause or must be part '
+     'of an aggregate function. Either add it to the GROUP BY list, or use ANY_VALUE('),
+    # the statement and the caret under it that DuckDB quotes stay off the line
+    ("SELEC 1", 'SQL: Parser Error: syntax error at or near "SELEC"'),
+], ids=["did-you-mean", "candidate-bindings", "either-add-it", "no-statement-quoted"])
+def test_sql_errors_keep_duckdb_hints_on_their_one_line(store, capsys, sql, said):
+    code, out, err = cli(["sql", sql, "--store", str(store)], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert err.startswith(f"bfd: error: {said}"), err
+    assert "LINE" not in err and "^" not in err and "!;" not in err
+
+
+def test_a_named_query_says_its_own_error_without_duckdb_s_prefix(store, capsys):
+    code, out, err = cli(["query", "compare_models", "--store", str(store), "--param",
+                          "model_a=vit_a", "--param", "model_b=vit_b", "--param", "bins=ten"],
+                         capsys)
+    assert (code, err) == (
+        2, "bfd: error: compare_models: bins must be a positive integer; given ten\n")
+    # bfd sql's own error() is SQL's: said as DuckDB says it
+    code, out, err = cli(["sql", "SELECT error('compare_models: mine')", "--store",
+                          str(store)], capsys)
+    assert (code, err) == (2, "bfd: error: SQL: Invalid Input Error: compare_models: mine\n")

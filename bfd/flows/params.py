@@ -193,9 +193,14 @@ class DriftThresholds(_Params):
     @field_validator("metrics")
     @classmethod
     def _known_metrics(cls, value: dict[str, float]) -> dict[str, float]:
-        from bfd.tasks.drift import drift_metrics
+        from bfd.tasks.drift import COMPLEMENT_OF, drift_metrics
 
         known = drift_metrics()
+        complements = sorted(set(value) & set(COMPLEMENT_OF))
+        if complements:
+            raise ValueError("; ".join(
+                f"{k} is 1 - {COMPLEMENT_OF[k]}: its drift is {COMPLEMENT_OF[k]}'s, which "
+                f"drift compares (set {COMPLEMENT_OF[k]}=VALUE)" for k in complements))
         unknown = sorted(set(value) - set(known))
         if unknown:
             raise ValueError(f"no drift metric named {', '.join(unknown)}; the metrics are "

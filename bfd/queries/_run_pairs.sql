@@ -6,7 +6,7 @@
 -- e.g. two checkpoints, seeds or fine-tunes; and note: NULL when run_b's per-layer and
 -- per-head figures less run_a's are changes of one model over the same images and
 -- positions, else why they are not, in one line of '; '-joined reasons: two models (layer
--- and head l of each are not one layer changing; compare_models aligns relative depth),
+-- l of one is not layer l of the other; compare_models aligns relative depth),
 -- shares decomposed with other prefix options (over other positions), other images
 -- (images_sha256 differs: shares change with the images, not only with the model), another
 -- img_size (another patch grid: other positions); inputs_note: those reasons less the first
@@ -52,7 +52,7 @@ reasons AS (
             WHEN other_name THEN 'run_a is of ' || model_a || ', run_b of ' || model_b
             WHEN NOT same_model
                 THEN 'run_a is of ' || model_a || ' of ' || a_shape || ', run_b of ' || b_shape
-        END || ': two models, whose layer and head l are not one layer changing '
+        END || ': two models, so layer l of one is not layer l of the other '
             || '(compare_models aligns relative depth)' AS models_note,
         nullif(concat_ws('; ',
             CASE WHEN prefix_a <> prefix_b

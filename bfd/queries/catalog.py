@@ -54,6 +54,7 @@ from typing import Final, TypeAlias
 import duckdb
 import pyarrow as pa
 
+from bfd.faults import duckdb_line
 from bfd.storage import SEEN_FIGURES
 from bfd.storage.paths import check_store
 
@@ -469,7 +470,7 @@ def run_sql(store: Store, sql: str, params: Mapping[str, ParamValue] | None = No
     except duckdb.PermissionException as err:
         raise ReadOnlyError(
             "the BFD catalog reads only its store's tables; file access from SQL is off: "
-            + str(err).splitlines()[0]
+            + duckdb_line(err)
         ) from err
     finally:
         con.close()

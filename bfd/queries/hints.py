@@ -4,10 +4,12 @@
 ``--param model=...``; the known values closest to it), whatever the other parameters match
 (``compare_models`` of a known and a typo'd model has rows, one side NULL), or parameters that
 contradict each other (a ``run_id`` of another model, an ``audit_id`` of another series, a
-``series`` holding no audit of the ``model``). ``bfd query`` then writes the query's empty
-result (machine-readable, no rows) and exits 2 (README: an unknown model or run).
-``no_rows``, after an empty result: a run that is not published, or why a ``drift`` audit has
-no drift rows (exit 0).
+``series`` holding no audit of the ``model``), or a run parameter naming a run the store holds
+but has not published (extracted and not decomposed, or its extraction stopped: the catalog
+has nothing of it, as ``bfd plot`` refuses it; the line names what takes it further).
+``bfd query`` then writes the query's empty result (machine-readable, no rows) and exits 2
+(README: an unknown model or run). ``no_rows``, after an empty result: why a ``drift`` audit
+has no drift rows (exit 0).
 """
 
 from __future__ import annotations
@@ -83,8 +85,8 @@ def unknown_values(store: Store, params: Mapping[str, ParamValue],
 
 def _unknown(store: Store, params: Mapping[str, ParamValue],
              root: str | os.PathLike[str] | None = None) -> tuple[str | None, bool]:
-    """``unknown_values``, and whether a parameter names nothing at all (not even a run the
-    store holds unpublished): a mistake in the request."""
+    """``unknown_values``, and whether a parameter names nothing the catalog holds (no run,
+    or a run the store holds but has not published): a mistake in the request."""
     if root is None and isinstance(store, str | os.PathLike):
         root = store
     parts = []
@@ -98,11 +100,11 @@ def _unknown(store: Store, params: Mapping[str, ParamValue],
         if str(value) in known:
             continue
         pending = _unpublished(root, value) if what == "run" else None
-        if pending is not None:  # a run extracted or interrupted: not a typo
+        nothing = True
+        if pending is not None:  # a run extracted or interrupted: not a typo, no results yet
             parts.append(f"{name} {str(value)!r} names a run that is not published "
                          f"({pending.status}): {pending.next}")
             continue
-        nothing = True
         if not known:
             parts.append(f"{name} {str(value)!r} names no {what}: the store holds no {what}s")
             continue
@@ -160,7 +162,8 @@ def _contradiction(store: Store, params: Mapping[str, ParamValue]) -> str | None
 def refusal(store: Store, query: str, params: Mapping[str, ParamValue],
             root: str | os.PathLike[str] | None = None) -> str | None:
     """Why ``bfd query`` refuses a request before running it, in one line, or None: a
-    parameter that names no model, run, series or audit of the store at all (``_unknown``),
+    parameter that names no model, run, series or audit of the store, or a run not published
+    (``_unknown``),
     whatever the others match, else parameters that contradict each other
     (``_contradiction``). Either way the query can answer nothing that was asked.
 
@@ -221,7 +224,7 @@ def no_rows_hint(store: Store, query: str, params: Mapping[str, ParamValue]) -> 
 def no_rows(store: Store, query: str, params: Mapping[str, ParamValue],
             root: str | os.PathLike[str] | None = None) -> tuple[str | None, bool]:
     """``no_rows_hint``, and whether the reason is a parameter that names no model, run,
-    series or audit of the store at all (an unknown one: ``bfd query`` exits 2; it refuses
+    series or audit of the store, or a run not published (``bfd query`` exits 2; it refuses
     such a request before running it, ``refusal``)."""
     hint, nothing = _unknown(store, params, root)
     if hint is None and query == "drift" and params.get("series") is not None:

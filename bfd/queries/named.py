@@ -13,7 +13,8 @@ another type. Files whose names start with ``_`` are the catalog's derived views
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from functools import cache
 
 import duckdb
@@ -22,8 +23,8 @@ import pyarrow as pa
 from bfd.queries.catalog import ParamValue, Store, run_sql
 from bfd.queries.specs import Param, QuerySpec, list_queries, read_spec
 
-__all__ = ["Param", "QuerySpec", "check_params", "list_queries", "query_spec", "query_sql",
-           "run_query"]
+__all__ = ["Param", "QuerySpec", "check_params", "list_queries", "own_errors", "query_spec",
+           "query_sql", "run_query"]
 
 
 @cache
@@ -98,6 +99,20 @@ def check_params(name: str, params: Mapping[str, ParamValue] | None) -> None:
     _bind_params(query_spec(name), params)
 
 
+@contextlib.contextmanager
+def own_errors(name: str) -> Iterator[None]:
+    """A named query's own refusal (its SQL's ``error('<name>: ...')``, e.g. compare_models'
+    ``bins must be a positive integer``) as a ``ValueError`` of that message alone, without
+    DuckDB's ``Invalid Input Error:`` before it; any other error as it is."""
+    try:
+        yield
+    except duckdb.InvalidInputException as err:
+        said = str(err).strip().removeprefix("Invalid Input Error: ")
+        if not said.startswith(f"{name}: "):
+            raise
+        raise ValueError(" ".join(said.split())) from err
+
+
 def run_query(store: Store, name: str, params: Mapping[str, ParamValue] | None = None) -> pa.Table:
     """Runs a named query on a store's read-only catalog.
 
@@ -110,7 +125,10 @@ def run_query(store: Store, name: str, params: Mapping[str, ParamValue] | None =
         The query's rows; none on an empty store.
 
     Raises:
-        ValueError: Unknown query, missing required or unknown parameter.
+        ValueError: Unknown query, missing required or unknown parameter, or a value the
+            query refuses (``own_errors``).
     """
     spec = query_spec(name)
-    return run_sql(store, spec.sql, _bind_params(spec, params))
+    params = _bind_params(spec, params)
+    with own_errors(name):
+        return run_sql(store, spec.sql, params)

@@ -24,8 +24,9 @@ from typing import Final
 import duckdb
 import pyarrow as pa
 
+from bfd.faults import duckdb_line
 from bfd.queries.catalog import ParamValue, ReadOnlyError, Store, check_read_only, connect
-from bfd.queries.named import _bind_params, query_spec
+from bfd.queries.named import _bind_params, own_errors, query_spec
 
 __all__ = ["BATCH_ROWS", "QueryTimeoutError", "interruptible", "stream_query", "stream_sql"]
 
@@ -152,7 +153,7 @@ def stream_sql(
             except duckdb.PermissionException as err:
                 raise ReadOnlyError(
                     "the BFD catalog reads only its store's tables; file access from SQL is off: "
-                    + str(err).splitlines()[0]
+                    + duckdb_line(err)
                 ) from err
             except Exception as err:
                 # An interrupted statement fails as whatever the reading layer makes of
@@ -179,6 +180,7 @@ def stream_query(
 ) -> Iterator[pa.RecordBatchReader]:
     """``stream_sql`` of a named query (``run_query``'s parameter rules)."""
     spec = query_spec(name)
-    with stream_sql(store, spec.sql, _bind_params(spec, params), timeout=timeout,
-                    batch_rows=batch_rows) as reader:
+    params = _bind_params(spec, params)
+    with own_errors(name), stream_sql(store, spec.sql, params, timeout=timeout,
+                                      batch_rows=batch_rows) as reader:
         yield reader

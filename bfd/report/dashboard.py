@@ -68,7 +68,8 @@ class DashboardBuild:
     Attributes:
         index: The overview page.
         written: Pages and assets written by this call (relative to the output folder).
-        unchanged: Pages left as they were, their data being the same.
+        unchanged: Pages left as they were: their data being the same, or rebuilt (``force``)
+            byte for byte the same; every page of the dashboard is written or unchanged.
         removed: Pages of runs no longer in the store, deleted.
     """
 
@@ -76,6 +77,11 @@ class DashboardBuild:
     written: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+
+    @property
+    def pages_written(self) -> list[str]:
+        """The pages among ``written`` (not the ``assets/`` files)."""
+        return [rel for rel in self.written if not rel.startswith("assets/")]
 
 
 def page_name(run_id: str) -> str:
@@ -181,8 +187,12 @@ def damaged_runs(store_root: Path, listed: set[str]) -> dict[str, str]:
 
 
 def _write_if_changed(out: Path, rel: str, text: str, build: DashboardBuild) -> None:
+    """Writes ``text`` to ``out/rel`` (``build.written``) unless the file holds it already: a
+    page then counts as unchanged, an asset as neither."""
     path = out / rel
     if path.is_file() and path.read_text(encoding="utf-8") == text:
+        if not rel.startswith("assets/"):
+            build.unchanged.append(rel)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -404,7 +404,9 @@ def require_writable(root: str | os.PathLike[str]) -> None:
     cannot be written, instead of after minutes of work.
 
     Raises:
-        OSError: With the folder as its filename (read-only file system, no permission).
+        OSError: With the folder as its filename (read-only file system, no permission; a
+            folder that exists but takes no new file, as ``/proc``, whose "No such file or
+            directory" is said as a permission error: EACCES).
     """
     where = Path(root)
     while not where.exists() and where != where.parent:
@@ -413,5 +415,8 @@ def require_writable(root: str | os.PathLike[str]) -> None:
     try:
         os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except OSError as e:
+        if e.errno == errno.ENOENT and where.is_dir():
+            raise OSError(errno.EACCES, f"{where} takes no new files ({e.strerror})",
+                          str(where)) from None
         raise OSError(e.errno, e.strerror, str(where)) from None
     probe.unlink()

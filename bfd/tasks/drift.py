@@ -1,10 +1,11 @@
-"""Drift between two audits of a series: every stored fraction per layer and per head, and the
-head type, before and after, against thresholds.
+"""Drift between two audits of a series: every stored fraction per layer (but frac_content,
+1 - frac_pos: ``LAYER_FRACTIONS``) and per head, and the head type, before and after, against
+thresholds.
 
 Read from the runs' results in the Zarr store (the same values as the ``layers`` and ``heads``
 tables, through the same row builders), so drift does not depend on how tables are laid out.
 Only what both runs hold is compared, and only when both runs are of one model and saw the
-same images (``not_comparable``): layer ``l`` of two models is not one layer changing, and raw
+same images (``not_comparable``): layer ``l`` of one model is not layer ``l`` of another, and raw
 shares change with the images and N with the model unchanged.
 """
 
@@ -17,11 +18,20 @@ from typing import Any, Final
 
 from bfd.storage import Store, model_label
 
-LAYER_FRACTIONS: Final[tuple[str, ...]] = ("frac_pos", "frac_img", "frac_int", "frac_content")
+# The layer shares drift compares. Not frac_content: it is frac_img + frac_int, exactly
+# 1 - frac_pos (up to rounding), so its change is frac_pos's with the sign turned, and every
+# frac_pos flag would flag it too (and count twice in n_flagged). Audits recorded before it
+# was left out have its rows (frac_content, frac_content_resid), flagged and counted as any
+# other.
+LAYER_FRACTIONS: Final[tuple[str, ...]] = ("frac_pos", "frac_img", "frac_int")
 HEAD_FRACTIONS: Final[tuple[str, ...]] = ("f_pp", "f_pc", "f_cp", "f_cc")
 # Site suffix of a layer metric: attn_in (the heads' input) is the plain name, as in the
 # layer_summary view (frac_pos, frac_pos_resid).
 SITE_SUFFIX: Final[dict[str, str]] = {"attn_in": "", "resid": "_resid"}
+# A layer share drift does not compare, with the metric whose drift is its own (its exact
+# complement): what ``--drift-threshold`` says of it.
+COMPLEMENT_OF: Final[dict[str, str]] = {
+    "frac_content" + suffix: "frac_pos" + suffix for suffix in SITE_SUFFIX.values()}
 # The ``runs`` columns that, with the model's name, say which model a run is of.
 ARCHITECTURE: Final[tuple[str, ...]] = ("depth", "num_heads", "width")
 

@@ -274,7 +274,7 @@
       : sameModel === false ? cat("run_a is of ", x.model, " of ", x.shape, ", run_b of ", y.shape)
         : null;
     const parts = [
-      cat(models, ": two models, whose layer and head l are not one layer changing ",
+      cat(models, ": two models, so layer l of one is not layer l of the other ",
         "(compare_models aligns relative depth)"),
       eq(x.prefix, y.prefix) === false ? cat("run_a was decomposed with prefix ", x.prefix,
         ", run_b with prefix ", y.prefix, ": shares over other positions") : null,
@@ -315,7 +315,7 @@
   function overview() {
     if (!RUNS.length) {
       app.append(empty("No runs yet: the store holds no run. A first run there: bfd audit --demo " +
-        "(a random-init vit_tiny on generated images), then bfd dashboard.", "no-runs"));
+        "(a random-init vit_tiny on the embedded sample images, scikit-image's photographs), then bfd dashboard.", "no-runs"));
       return;
     }
     const byRun = layersByRun();
