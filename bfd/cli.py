@@ -31,6 +31,9 @@ def _prefect_defaults(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL",
                           "NOTSET" if verbose else "CRITICAL")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    # Prefect's client-side usage telemetry (3.9): its first-run notice landed in the
+    # command's output, and it reaches for the network; off, like the server's analytics
+    os.environ.setdefault("DO_NOT_TRACK", "1")
     # torch is not imported yet: idle OpenMP workers then sleep instead of spinning, which
     # otherwise starves the small LAPACK and elementwise calls between GEMMs on few cores
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -1,5 +1,5 @@
 """Ctrl-C of a pipeline command (extract, decompose, audit) run as a process: one line, exit
-130, within a moment.
+130, within a moment; SIGTERM the same, its line saying ``terminated (SIGTERM)``, exit 143.
 
 Left to Python, Ctrl-C becomes a ``KeyboardInterrupt`` that Prefect's engine catches to
 record the crash through its API, while the thread pool waits for the running shard to finish
@@ -43,6 +43,7 @@ NOT_RECORDED = "bfd: interrupted; no audit was recorded"
 # the flow audit's before its audit is recorded (only then written: bfd.tasks.audits.audit_row)
 NOT_RECORDED_SHARDS_KEPT = f"{NOT_RECORDED}; completed shards are kept and a rerun resumes"
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process it ended
 
 _ending = threading.Lock()
 _ender: list[int] = []  # the thread ending the process
@@ -124,9 +125,11 @@ def audit_progress(stage: str, done: int, total: int, detail: dict) -> None:  # 
         release(recorded(detail["audit"]) if detail["written"] else None)
 
 
-def _interrupted() -> None:
-    """SIGINT: ends the process now, or once the ``hold`` is released."""
+def _interrupted(signum: int = signal.SIGINT) -> None:
+    """SIGINT or SIGTERM: ends the process now, or once the ``hold`` is released."""
     with _lock:
+        if signum == signal.SIGTERM:
+            _state["signum"] = signum
         if _state["held"]:
             _state["pending"] = True
             return
@@ -160,14 +163,18 @@ def end_now(line_open: Callable[[], bool] = lambda: False,
         # the other path (handler or watcher) is ending the process already
         threading.Event().wait()
     _ender.append(threading.get_ident())
+    terminated = _state.get("signum") == signal.SIGTERM
     with contextlib.suppress(Exception):
         sys.stderr.flush()
     with contextlib.suppress(Exception):
         newline = "\n" if line_open() else ""
-        os.write(sys.stderr.fileno(), f"{newline}{_text(message)}\n".encode())
+        line = _text(message)
+        if terminated:  # a batch scheduler's time limit, a service stopped: said as such
+            line = line.replace("bfd: interrupted", "bfd: terminated (SIGTERM)", 1)
+        os.write(sys.stderr.fileno(), f"{newline}{line}\n".encode())
     with contextlib.suppress(Exception):
         _kill_children()
-    os._exit(EXIT_INTERRUPTED)
+    os._exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
 
 
 def end_on_interrupt(line_open: Callable[[], bool] = lambda: False,
@@ -184,16 +191,21 @@ def end_on_interrupt(line_open: Callable[[], bool] = lambda: False,
             _state["message"] = message
 
     def handler(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
-        _interrupted()
+        _interrupted(signum)
 
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.signal(signal.SIGINT, handler)
+    # SIGTERM (a batch scheduler's time limit, systemd's stop, kill PID) ended the process
+    # with no line and left the temporary server running: the same end as Ctrl-C's, exit 143
+    signal.signal(signal.SIGTERM, handler)
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
 
     def watch() -> None:
         while True:
-            if signal.SIGINT in os.read(wake_r, 64):
-                _interrupted()
+            got = os.read(wake_r, 64)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                if signum in got:
+                    _interrupted(signum)
 
     threading.Thread(target=watch, name="bfd-interrupt", daemon=True).start()

@@ -1063,3 +1063,20 @@ def test_a_table_file_changed_after_publishing_is_left_out_as_a_damaged_one(
     (root / "runs" / "new-1" / "published.json").write_text(json.dumps(old))
     code, out, err = run(query, capsys)
     assert code == 0 and "new-1" in out and "warning" not in err, err
+
+
+def test_prefects_usage_telemetry_is_off_unless_the_user_turns_it_on(tmp_path):
+    """Prefect 3.9's client telemetry printed its first-run notice into a command's output
+    (PREFECT_SERVER_ANALYTICS_ENABLED=false turns off the server's only)."""
+    code = ("import sys; from bfd.cli import _prefect_defaults; _prefect_defaults(False); "
+            "from prefect._internal.analytics.enabled import is_telemetry_enabled; "
+            "print(is_telemetry_enabled())")
+    base = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PREFECT_HOME": str(tmp_path),
+            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # no CI variables
+    told = {}
+    for given in (None, "0"):
+        env = base if given is None else {**base, "DO_NOT_TRACK": given}
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, timeout=120)
+        told[given] = proc.stdout.strip()
+    assert told == {None: "False", "0": "True"}, told

@@ -89,6 +89,23 @@ def settings_from_environment() -> bool:
                 or any(k in os.environ for k in _EPHEMERAL_ENV))
 
 
+# The server's launcher: it asks the kernel to SIGKILL it when the command that started it
+# ends (Linux's PR_SET_PDEATHSIG, kept across exec), then becomes the server. A command
+# killed with kill -9 (an OOM kill, a scheduler's hard limit) ran no exit handler and left
+# the server running (~230 MB, for good, parent pid 1). Elsewhere: none such, as before.
+_DIES_WITH_PARENT = """
+import ctypes, os, signal, sys
+parent = int(sys.argv[1])
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+except (AttributeError, OSError):
+    pass
+if os.getppid() != parent:  # the command ended before the kernel was asked
+    sys.exit(0)
+os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+"""
+
+
 class _Launched:
     """A temporary server process launched as ``SubprocessASGIServer`` launches it."""
 
@@ -116,7 +133,8 @@ class _Launched:
         self.log = home / "bfd-temporary-server.log"
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "--factory",
+                [sys.executable, "-c", _DIES_WITH_PARENT, str(os.getpid()),
+                 "-m", "uvicorn", "--app-dir", str(app_dir), "--factory",
                  "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port",
                  str(self.port), "--log-level", "error", "--lifespan", "on"], env=env,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)

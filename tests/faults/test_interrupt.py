@@ -5,6 +5,7 @@ and ends bit for bit equal to an uninterrupted run. (How fast it ends: bench/int
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -93,3 +94,60 @@ def test_ctrl_c_ends_extract_in_one_line_and_a_rerun_resumes(prefect_harness, tm
     assert sorted(got.data_vars) == sorted(want.data_vars)
     for site in want.data_vars:
         assert np.array_equal(got[site].values, want[site].values), site
+
+
+def _server_of(pid: int, timeout: float = 120) -> psutil.Process:
+    """The temporary Prefect server a ``bfd`` process started (once it runs uvicorn)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(pid).children(recursive=True):
+                if "uvicorn" in " ".join(child.cmdline()):
+                    return child
+        time.sleep(0.05)
+    raise AssertionError(f"no temporary server of process {pid} within {timeout} s")
+
+
+def _gone(proc: psutil.Process, timeout: float = 30) -> bool:
+    """Whether ``proc`` ended (or is a zombie) within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["TERM", "KILL"])
+def test_sigterm_or_kill_of_the_command_alone_leaves_no_server(prefect_harness, tmp_path, signum):
+    """A scheduler's time limit (SIGTERM to the command's pid) ended it with no line and left
+    its temporary server running, as kill -9 did (an OOM kill): ~230 MB each, for good."""
+    store = Store(tmp_path / "s")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    proc = subprocess.Popen([sys.executable, "-m", "bfd.cli", *EXTRACT, "--store",
+                             str(store.root)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        server = _server_of(proc.pid)
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and len(markers(store)) < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signum)  # the command alone, not its process group
+        _, err = proc.communicate(timeout=120)
+        assert _gone(server), server.cmdline()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for left in live_members(proc.pid):
+            left.kill()
+    if signum == signal.SIGTERM:
+        assert proc.returncode == 143, err
+        assert err.splitlines()[-1] == MESSAGE.replace("bfd: interrupted",
+                                                       "bfd: terminated (SIGTERM)"), err
+    else:
+        assert proc.returncode == -signal.SIGKILL
