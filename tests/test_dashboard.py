@@ -705,3 +705,31 @@ def test_series_points_say_which_audits_drift_was_not_compared(tmp_path):
     with connect(bare) as con:
         assert D.latest_series(con) == "toy_vit · r-b"
         assert {p["comparable"] for p in D.series_data(con)["metrics"].to_pylist()} == {None}
+
+
+def test_the_overview_names_runs_not_published(tmp_path):
+    """An interrupted extraction or a run extracted and not decomposed is on no page: the
+    overview says how many there are and where to look (bfd runs), until they are gone."""
+    from storebuilder import build_run, random_run_arrays
+
+    from bfd.storage import Store
+
+    root, out = tmp_path / "store", tmp_path / "site"
+    write_synthetic_run(root, "r-1", depth=2)
+    build_dashboard(root, out)
+    assert "not published" not in (out / "index.html").read_text()
+    store = Store(root)
+    build_run(store, *random_run_arrays(0, N=8), model="toy_a")
+    stopped = build_run(store, *random_run_arrays(1, N=8), model="toy_b", shards_done=1)
+    built = build_dashboard(root, out)
+    assert "index.html" in built.written
+    page = (out / "index.html").read_text()
+    assert (f"2 run(s) of this store are not published and on no page (1 extracted, 1 "
+            f"incomplete): bfd runs --store {root} says what to do with each") in page
+    assert "not published" not in (out / "series.html").read_text()
+    import shutil
+
+    shutil.rmtree(root / "runs" / stopped)
+    build_dashboard(root, out)
+    assert "1 run(s) of this store are not published and on no page (1 extracted)" in (
+        out / "index.html").read_text()

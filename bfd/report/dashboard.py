@@ -151,6 +151,23 @@ def _page(kind: str, title: str, payload: dict[str, Any], depth: int, store: str
     )
 
 
+def _pending_notice(store_root: Path, listed: set[str]) -> str | None:
+    """One line on the overview naming the store's runs that are not published (an extraction
+    stopped, a run extracted and not decomposed: ``bfd.storage.unpublished_runs``), which no
+    page shows; None when there is none."""
+    from collections import Counter
+
+    from bfd.storage import Store, unpublished_runs
+
+    runs = [r for r in unpublished_runs(Store(store_root), listed) if r.run_id not in listed]
+    if not runs:
+        return None
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(Counter(
+        r.status for r in runs).items()))
+    return (f"{len(runs)} run(s) of this store are not published and on no page ({counts}): "
+            f"bfd runs --store {store_root} says what to do with each")
+
+
 def damaged_runs(store_root: Path, listed: set[str]) -> dict[str, str]:
     """The published runs not in ``listed`` (the catalog's) whose table files or pointer do
     not read (the catalog leaves such a run out whole), each with one line saying so: the
@@ -365,15 +382,17 @@ def build_dashboard(
             "series.html": ("series", {**common, **series, "shapes": shapes}),
             "compare.html": ("compare", {**common, "layers": layers, "shapes": shapes}),
         }
+        pending = _pending_notice(root, set(runs["run_id"]) | set(damaged))
         for rel, (kind, payload) in site_pages.items():
-            key = D.content_hash(payload, [code, *notices])
+            said = (*notices, *([pending] if pending and rel == "index.html" else []))
+            key = D.content_hash(payload, [code, *said])
             pages[rel] = key
             if old_pages.get(rel) == key and (out / rel).is_file():
                 build.unchanged.append(rel)
                 continue
             payload = {**payload, "generated": generated}
             _write_if_changed(out, rel, _page(kind, _TITLES[kind], payload, 0, str(root),
-                                              notices), build)
+                                              said), build)
         for run_id, notice in damaged.items():  # its page says so, until it is repaired
             rel = f"runs/{page_name(run_id)}"
             pages[rel] = D.content_hash(notice, [code])
