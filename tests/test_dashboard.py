@@ -57,7 +57,7 @@ def test_an_empty_store_s_page_says_what_the_demo_audits_as_readme_and_help_do(t
     demo = re.search(r"--demo\s+offline demo: (.*?)\n\s+--", capsys.readouterr().out, re.S)
     assert demo and " ".join(demo.group(1).split()) in said, said
     readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
-    assert "on 64 embedded sample images (scikit-image's bundled photographs" in readme
+    assert "on 64 embedded sample images (deterministic crops of scikit-image's" in readme
     assert "scikit-image's photographs" in said and "generated" not in said, said
 
 
