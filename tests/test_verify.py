@@ -478,3 +478,47 @@ def test_a_table_file_gone_is_named_missing(damaged, capsys):
     table.unlink()
     code, out, _ = cli(["verify", rid, "--store", str(root)], capsys)
     assert code == 1 and out == f"fault: {table}: missing (the published version's file is gone)\n"
+
+
+def test_model_arg_words_read_back_as_the_same_values():
+    from bfd.requests import model_arg_words, parse_model_arg
+
+    args = {"depth": 6, "class_token": False, "init_values": 1e-5, "fc_norm": None,
+            "global_pool": "avg", "looks_like_int": "4", "spaced": "a b"}
+    words = shlex.split(" ".join(model_arg_words(args)))
+    assert words[::2] == ["--model-arg"] * len(args)
+    back = dict(parse_model_arg(text) for text in words[1::2])
+    assert back == args and all(type(back[k]) is type(v) for k, v in args.items())
+
+
+@pytest.mark.parametrize("stats", [False, True], ids=["stored", "stats-only"])
+def test_the_repair_command_rebuilds_the_runs_exact_request(tmp_path, stats):
+    """A run made with model arguments and no option at its default: the repair command
+    verify, decompose and bfd runs print, parsed as bfd parses it, plans the same run id
+    (it dropped --model-arg: a new run of the model's default depth was started)."""
+    from bfd.cli import _extract_config, build_parser
+    from bfd.storage import NOT_STORED, read_request
+    from bfd.tasks.extract import ExtractConfig, prepare_run
+
+    config = {"model": "test_vit", "weights": "random", "images": "samples", "n_images": 6,
+              "layers": "0,2", "sites": ("resid", "attn_in"), "img_size": 32,
+              "dtype": "float32", "images_per_chunk": 2, "images_per_shard": 4, "seed": 3,
+              "model_args": {"depth": 3, "global_pool": "avg"},
+              "extra": dict(NOT_STORED) if stats else {}}
+    root = tmp_path / "store"
+    rid = prepare_run(str(root), ExtractConfig(**config)).run_id
+    request = read_request(Store(root), rid)
+    assert request.extra["model_args"] == {"depth": 3, "global_pool": "avg"}
+
+    command = repair_command(Store(root), rid)
+    words = shlex.split(command)
+    assert words[:2] == ["bfd", "audit" if stats else "extract"]
+    args = build_parser().parse_args(words[1:])
+    given = _extract_config(args)
+    if not args.__dict__.get("store_activations", True):
+        given["extra"] = dict(NOT_STORED)  # what bfd.flows.stats_only adds
+    assert given["model_args"] == config["model_args"] and given["seed"] == 3
+    again = ExtractConfig(**given)
+    if not stats:  # the chunks of the run's template (no shard marked yet: any shard size)
+        assert again.images_per_chunk == 2
+    assert prepare_run(args.store, again).run_id == rid

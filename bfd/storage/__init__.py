@@ -33,7 +33,7 @@ _EXPORTS: Final[dict[str, str]] = {
     "Fault": "integrity",
     "check_intact": "integrity",
     "kept_no_activations": "integrity",
-    "repair_command": "integrity",
+    "repair_command": "repair",
     "table_faults": "integrity",
     "weights_gone": "integrity",
     "trusted_shards": "integrity",

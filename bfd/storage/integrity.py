@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import shlex
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -142,54 +141,6 @@ def kept_no_activations(store: Store, run_id: str) -> bool:
         return False
 
 
-def repair_command(store: Store, run_id: str, shard_size: int | None = None) -> str:
-    """The ``bfd extract`` command line that re-creates the run's request, so that it finds
-    the run's id and computes what is missing or damaged (a finished, intact shard is
-    skipped); falls back to a hint when the request itself cannot be read. For a stats-only
-    run, the ``bfd audit --no-store-activations`` command line that computes it again.
-
-    Args:
-        shard_size: images per shard of the run; read from its first shard marker when None.
-    """
-    from .runs import is_stats_only, read_request
-
-    command = "bfd extract"
-    try:
-        req = read_request(store, run_id)
-        if is_stats_only(req.extra):
-            command, shard_size = "bfd audit --no-store-activations", 0
-        spec = _open_group(store, run_id, "r").attrs[TEMPLATE_ATTR]
-    except (OSError, ValueError, KeyError, AttributeError):
-        return f"{command} with the options that created run {run_id} --store {store.root}"
-    h, w = req.img_size if isinstance(req.img_size, tuple | list) else (req.img_size,) * 2
-    ipc = spec["images_per_chunk"]
-    # the request's paths are absolute (bfd.files.input_path): the command works from any
-    # folder (a run made before may hold them relative to the folder it was made in)
-    parts = [command, f"--model {req.model}", f"--weights {shlex.quote(req.weights)}",
-             f"--images {shlex.quote(req.images)}", f"--n-images {req.n_images}",
-             f"--layers {','.join(map(str, req.layers))}", f"--sites {','.join(req.sites)}"]
-    if h == w:  # the option sets a square size; a non-square one is the model's default
-        parts.append(f"--img-size {h}")
-    parts += [f"--dtype {req.dtype}", f"--images-per-chunk {ipc}"]
-    extra = dict(req.extra)
-    if extra.get("seed", 0):
-        parts.append(f"--seed {extra['seed']}")
-    if extra.get("autocast", "none") != "none":
-        parts.append(f"--autocast {extra['autocast']}")
-    if shard_size is None:
-        markers = marker_files(store, run_id)
-        try:
-            first = read_marker(markers[0]) if 0 in markers else None
-        except DamagedStoreError:
-            first = None
-        if first is not None and first["stop"] < req.n_images:  # a whole shard: its size
-            shard_size = first["stop"] - first["start"]
-    if shard_size and shard_size != ipc:
-        parts.append(f"--images-per-shard {shard_size}")
-    parts.append(f"--store {shlex.quote(str(store.root))}")
-    return " ".join(parts)
-
-
 def weights_gone(store: Store, run_id: str) -> str | None:
     """Why the run's weights file would not re-create the run, in one line: it is not there
     (seen from this folder) or holds other bytes than its ``weights_sha256``; None for
@@ -234,6 +185,8 @@ def check_intact(store: Store, run_id: str) -> None:
             faults.append(Fault(str(path), "damaged: not a JSON file"))
     faults += trusted_shards(store, run_id)[1]
     if faults:
+        from .repair import repair_command
+
         more = f" (and {len(faults) - 1} more; bfd verify {run_id} lists them)" \
             if len(faults) > 1 else ""
         raise DamagedStoreError(
