@@ -337,14 +337,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
         run_busy,
         verify_run,
     )
+    from bfd.storage.fault_lines import distinct, fault_lines
     from bfd.storage.unpublished import busy_said
 
     store = Store(_store(args))
-    faults = verify_run(store, args.run_id)
+    # each damaged file once, and the chunk files' faults counted when there are many
+    faults = distinct(verify_run(store, args.run_id))
     _say_damaged_events(store)
     stats_only = kept_no_activations(store, args.run_id)
-    for fault in faults:
-        print(f"fault: {fault}")
+    for line in fault_lines(faults):
+        print(f"fault: {line}")
     if faults and run_busy(store, args.run_id):  # what it writes now may be among them
         print(f"bfd: run {args.run_id} has {len(faults)} fault(s), but it is "
               f"{busy_said(store, args.run_id)}; then run bfd verify again", file=sys.stderr)

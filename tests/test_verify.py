@@ -522,3 +522,63 @@ def test_the_repair_command_rebuilds_the_runs_exact_request(tmp_path, stats):
     if not stats:  # the chunks of the run's template (no shard marked yet: any shard size)
         assert again.images_per_chunk == 2
     assert prepare_run(args.store, again).run_id == rid
+
+
+@pytest.mark.parametrize("repair", ["extract", "audit"])
+def test_activation_arrays_deleted_by_hand_are_one_fault_each_and_repaired(
+        pristine, damaged, capsys, repair):
+    """``rm -rf bfd.zarr/RUN/{attn_in,resid}`` (to free space): verify names each array in
+    one line, decompose refuses in one line, and extraction (or an audit of the request)
+    makes the arrays again and extracts every shard, bit for bit (it was a KeyError
+    traceback of all three, and a failed audit)."""
+    root, rid = damaged
+    before = digest(pristine[0])
+    arrays = [root / "bfd.zarr" / rid / site for site in ("attn_in", "resid")]
+    for array in arrays:
+        shutil.rmtree(array)
+
+    code, out, err = cli(["verify", rid, "--store", str(root)], capsys)
+    assert code == 1 and "Traceback" not in err
+    assert out.splitlines() == [f"fault: {a}: activation array missing (its folder is gone)"
+                                for a in arrays]
+    assert f"bfd: run {rid} has 2 fault(s); damaged shards are extracted again by: " \
+        f"{repair_command(Store(root), rid)}" in err
+    code, _, err = cli(["decompose", rid, "--store", str(root)], capsys)
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"{arrays[0]}: activation array missing" in err and "(and 1 more;" in err
+
+    argv = shlex.split(err.split("repair it with: ")[1])[1:]
+    if repair == "audit":
+        argv = ["audit", *argv[1:], "--series", "s", "--no-dashboard"]
+    code, out, err = cli(argv, capsys)
+    assert code == 0, err
+    assert err.count("damaged, extracted again: ") == 2, err
+    assert "8 images in 2 shards; 2 shards (8 images) to extract" in err
+    if repair == "audit":
+        assert f"run {rid} repaired: damaged shards 0, 1 of its activations extracted again, " \
+            "results reused" in out, out
+        (audit,) = read_audits(Store(root), "s")
+        assert audit["status"] == "complete"
+    assert digest(root) == before
+    assert verify_run(Store(root), rid) == []
+
+
+def test_many_chunk_files_missing_are_counted_per_array(tmp_path, prefect_harness, capsys):
+    """A folder of chunk files gone: verify and the extraction that repairs it say so in a
+    line per array, not a line per chunk file (120 lines in the trial; tens of thousands on
+    a large set)."""
+    root = tmp_path / "store"
+    argv = [*EXTRACT[:-1], "1", "--store", str(root)]  # a chunk per image: 16 per site
+    assert cli(argv, capsys)[0] == 0
+    (rid,) = list_runs(Store(root))
+    array = root / "bfd.zarr" / rid / "attn_in"
+    shutil.rmtree(array / "c")
+    code, out, err = cli(["verify", rid, "--store", str(root)], capsys)
+    assert code == 1
+    assert out == f"fault: {array}: 16 chunk files missing (layers 0-1 of shards 0-7)\n"
+    assert f"bfd: run {rid} has 16 fault(s); " in err
+    code, _, err = cli(argv, capsys)
+    assert code == 0, err
+    assert f"damaged, extracted again: {array}: 16 chunk files missing (layers 0-1 of " \
+        "shards 0-7)" in err and err.count("damaged, extracted again") == 1, err
+    assert verify_run(Store(root), rid) == []

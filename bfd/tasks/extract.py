@@ -42,6 +42,7 @@ from bfd.storage import (
     write_shard,
 )
 from bfd.storage import run_id as request_run_id
+from bfd.storage.fault_lines import fault_lines
 from bfd.tasks.model_check import capture_logit_check, qkv_biases
 from bfd.tasks.request_key import record_request_key
 
@@ -104,8 +105,8 @@ class ExtractConfig:
 @dataclass(frozen=True)
 class RunPlan:
     """A prepared run: its id, its shards and those still to do (``pending``); ``damaged``:
-    the faults of the shards marked done whose files are not intact, ``repaired``: those
-    shards, extracted again."""
+    the faults of the shards marked done whose files are not intact (in lines:
+    ``bfd.storage.fault_lines``), ``repaired``: those shards, extracted again."""
 
     run_id: str
     layers: tuple[int, ...]
@@ -310,7 +311,7 @@ def prepare_run(store_root: str, cfg: ExtractConfig,
         run_id=rid, layers=layers, shards=tuple(shards),
         pending=tuple(s.index for s in shards if s.index not in done),
         records=tuple(asdict(r) for r in records), n_images=len(records),
-        damaged=tuple(str(f) for f in damaged), bytes_to_write=to_write,
+        damaged=tuple(fault_lines(damaged)), bytes_to_write=to_write,
         repaired=tuple(sorted({f.shard for f in damaged if f.shard is not None} - done)),
     )
 
