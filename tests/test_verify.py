@@ -582,3 +582,61 @@ def test_many_chunk_files_missing_are_counted_per_array(tmp_path, prefect_harnes
     assert f"damaged, extracted again: {array}: 16 chunk files missing (layers 0-1 of " \
         "shards 0-7)" in err and err.count("damaged, extracted again") == 1, err
     assert verify_run(Store(root), rid) == []
+
+
+def test_drop_activations_keeps_results_and_an_audit_extracts_them_again(pristine, damaged,
+                                                                         capsys):
+    """``bfd drop-activations`` frees the arrays' bytes; the run reads as one without
+    activations (verify intact, decompose refused with what to do), keeps its tables, and
+    an audit of its request extracts them again, bit for bit."""
+    root, rid = damaged
+    before, runs = digest(pristine[0]), read_table(Store(root), "runs").to_pylist()
+    arrays = [root / "bfd.zarr" / rid / site for site in ("attn_in", "resid")]
+    size = sum(p.stat().st_size for a in arrays for p in a.rglob("*") if p.is_file())
+    code, out, err = cli(["drop-activations", rid, "--store", str(root)], capsys)
+    assert code == 0, err
+    assert out == f"run {rid}: activations dropped, {size / 1024:.1f} KiB freed (results, " \
+        "tables and audits kept)\n"
+    assert not any(a.exists() for a in arrays) and not list(root.glob(f"runs/{rid}/shards/*"))
+    assert read_table(Store(root), "runs").to_pylist() == runs
+
+    code, out, err = cli(["verify", rid, "--store", str(root)], capsys)
+    assert code == 0 and not err
+    assert out == f"run {rid}: intact (activations dropped by bfd drop-activations: results, " \
+        f"tables and audits kept; {repair_command(Store(root), rid)} extracts them again)\n"
+    code, _, err = cli(["decompose", rid, "--store", str(root)], capsys)
+    assert code != 0 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"run {rid}'s activations were dropped (bfd drop-activations); " \
+        f"{repair_command(Store(root), rid)} extracts them again" in err
+    code, _, err = cli(["drop-activations", rid, "--store", str(root)], capsys)
+    assert code != 0 and "keeps no activations already" in err
+
+    argv = shlex.split(repair_command(Store(root), rid))[1:]
+    code, out, err = cli(["audit", *argv[1:], "--series", "s", "--no-dashboard"], capsys)
+    assert code == 0, err
+    assert "8 images in 2 shards; 2 shards (8 images) to extract" in err
+    assert f"run {rid} repaired: shards 0, 1 of its activations extracted again, results " \
+        "reused" in out, out
+    assert digest(root) == before and verify_run(Store(root), rid) == []
+    assert cli(["verify", rid, "--store", str(root)], capsys)[1] == f"run {rid}: intact\n"
+
+
+def test_drop_activations_refuses_a_run_not_published_or_being_computed(damaged, tmp_path,
+                                                                        capsys):
+    from locks import held_by_another_thread
+
+    from bfd.storage import run_lock
+    from bfd.tasks.extract import ExtractConfig, prepare_run
+
+    root, rid = damaged
+    with held_by_another_thread(run_lock(Store(root), rid)):
+        code, _, err = cli(["drop-activations", rid, "--store", str(root)], capsys)
+    assert code != 0 and f"run {rid} is busy: another process is computing it" in err, err
+    assert verify_run(Store(root), rid) == []  # nothing removed
+
+    fresh = tmp_path / "fresh"
+    planned = prepare_run(str(fresh), ExtractConfig(model="test_vit", weights="random",
+                                                    n_images=4, img_size=32, layers="0"))
+    code, _, err = cli(["drop-activations", planned.run_id, "--store", str(fresh)], capsys)
+    assert code != 0 and f"run {planned.run_id} is not published: its activations are all " \
+        "it has" in err, err

@@ -163,9 +163,13 @@ def _is_url(path: str) -> bool:
 
 def kept_no_activations(store: Store, run_id: str) -> bool:
     """Whether the run's readable request marks it stats-only (``bfd audit
-    --no-store-activations``): its results and tables are all it has."""
+    --no-store-activations``), or its activations were dropped (``bfd drop-activations``):
+    its results and tables are all it has."""
+    from .drop import dropped
     from .runs import is_stats_only, read_request
 
+    if dropped(store, run_id) is not None:
+        return True
     try:
         return is_stats_only(read_request(store, run_id).extra)
     except (OSError, ValueError, KeyError, TypeError):

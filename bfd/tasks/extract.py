@@ -25,6 +25,7 @@ import bfd
 from bfd import capture, models
 from bfd import images as imgs
 from bfd.files import input_path
+from bfd.output import size_text
 from bfd.requests import check_autocast, check_request
 from bfd.storage import (
     ImageRecord,
@@ -33,6 +34,7 @@ from bfd.storage import (
     Store,
     create_activation_template,
     earlier_spelling,
+    forget_dropped,
     mark_shard_done,
     plan_shards,
     trusted_shards,
@@ -129,29 +131,6 @@ class RunPlan:
 def count(n: int, word: str) -> str:
     """``n`` and ``word``, plural but for one: ``1 shard``, ``2 shards``, ``0 images``."""
     return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def size_text(nbytes: int) -> str:
-    """A number of bytes in the unit that reads best, three figures: ``512 B``, ``4.00 KiB``,
-    ``37.5 MiB``, ``1.25 GiB``, ``312 GiB``, ``2.10 TiB`` (never ``0.00 GiB``)."""
-    value, unit = float(nbytes), "B"
-    for bigger in ("KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(value) < 1024 or unit == "PiB":
-            break
-        value, unit = value / 1024, bigger
-    if unit == "B":
-        return f"{nbytes} B"
-    # rounding may reach 1024 (1023.9 -> "1024 KiB"): said in the next unit
-    if round(value) >= 1024 and unit != "PiB":
-        return _figures(value / 1024, {"KiB": "MiB", "MiB": "GiB", "GiB": "TiB",
-                                       "TiB": "PiB"}[unit])
-    return _figures(value, unit)
-
-
-def _figures(value: float, unit: str) -> str:
-    """``value`` in ``unit`` with three significant figures (``1.00``, ``37.5``, ``312``)."""
-    decimals = 2 if value < 9.995 else 1 if value < 99.95 else 0
-    return f"{value:.{decimals}f} {unit}"
 
 
 def resolve_layers(layers: str | tuple[int, ...] | list[int], depth: int) -> tuple[int, ...]:
@@ -280,6 +259,7 @@ def prepare_run(store_root: str, cfg: ExtractConfig,
         hold(rid)
         done, damaged, to_write = to_do()  # what another process did while this one waited
     write_request(store, request)
+    forget_dropped(store, rid)  # its activations, dropped (bfd drop-activations), come back
     rows, cols = info.token_rows_cols()
     create_activation_template(
         store, rid, sites=list(cfg.sites), layers=list(layers), n_images=len(records),
