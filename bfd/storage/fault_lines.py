@@ -31,10 +31,17 @@ def spans(indices: Iterable[int]) -> str:
     return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in out)
 
 
+def _plural(word: str, items: set) -> str:
+    return word if len(items) == 1 else f"{word}s"
+
+
 def distinct(faults: Sequence[_Fault]) -> list[_Fault]:
     """The faults, each (file, problem) once: an activation array gone is a fault of every
     shard marked done, said once."""
-    return list({(f.path, f.problem): f for f in reversed(faults)}.values())[::-1]
+    first: dict[tuple[str, str], _Fault] = {}
+    for f in faults:
+        first.setdefault((f.path, f.problem), f)
+    return list(first.values())
 
 
 def fault_lines(faults: Sequence[_Fault], limit: int = FAULT_LINES) -> list[str]:
@@ -54,8 +61,9 @@ def fault_lines(faults: Sequence[_Fault], limit: int = FAULT_LINES) -> list[str]
         if len(key) == 1:
             lines.append(str(group[0]))
             continue
-        shards = [f.shard for f in group if f.shard is not None]
-        where = f"layers {spans(f.layer for f in group)}" + (
-            f" of shards {spans(shards)}" if shards else "")
+        layers = {f.layer for f in group}
+        shards = {f.shard for f in group if f.shard is not None}
+        where = f"{_plural('layer', layers)} {spans(layers)}" + (
+            f" of {_plural('shard', shards)} {spans(shards)}" if shards else "")
         lines.append(f"{key[0]}: {len(group)} {key[1]} ({where})")
     return lines

@@ -219,6 +219,10 @@ def check_intact(store: Store, run_id: str) -> None:
         except DamagedStoreError:
             faults.append(Fault(str(path), "damaged: not a JSON file"))
     faults += trusted_shards(store, run_id)[1]
+    group = _open_group(store, run_id, "r")
+    if group is not None and TEMPLATE_ATTR in group.attrs:  # also before any shard is done
+        faults += [Fault(f"{store.zarr_path}/{store.run_group(run_id)}/{site}", ARRAY_MISSING)
+                   for site in missing_arrays(group)]
     if faults:
         from .fault_lines import distinct
         from .repair import repair_command
