@@ -609,7 +609,7 @@ def test_drop_activations_keeps_results_and_an_audit_extracts_them_again(pristin
     assert f"run {rid}'s activations were dropped (bfd drop-activations); " \
         f"{repair_command(Store(root), rid)} extracts them again" in err
     code, _, err = cli(["drop-activations", rid, "--store", str(root)], capsys)
-    assert code != 0 and "keeps no activations already" in err
+    assert code == 2 and "keeps no activations already" in err
 
     argv = shlex.split(repair_command(Store(root), rid))[1:]
     code, out, err = cli(["audit", *argv[1:], "--series", "s", "--no-dashboard"], capsys)
@@ -631,12 +631,12 @@ def test_drop_activations_refuses_a_run_not_published_or_being_computed(damaged,
     root, rid = damaged
     with held_by_another_thread(run_lock(Store(root), rid)):
         code, _, err = cli(["drop-activations", rid, "--store", str(root)], capsys)
-    assert code != 0 and f"run {rid} is busy: another process is computing it" in err, err
+    assert code == 1 and f"run {rid} is busy: another process is computing it" in err, err
     assert verify_run(Store(root), rid) == []  # nothing removed
 
     fresh = tmp_path / "fresh"
     planned = prepare_run(str(fresh), ExtractConfig(model="test_vit", weights="random",
                                                     n_images=4, img_size=32, layers="0"))
     code, _, err = cli(["drop-activations", planned.run_id, "--store", str(fresh)], capsys)
-    assert code != 0 and f"run {planned.run_id} is not published: its activations are all " \
+    assert code == 2 and f"run {planned.run_id} is not published: its activations are all " \
         "it has" in err, err
