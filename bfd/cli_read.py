@@ -395,10 +395,10 @@ def cmd_drop_activations(args: argparse.Namespace) -> int:
     store = Store(_store(args))
     freed = 0
     for run_id in args.run_ids:
-        n = drop_activations(store, run_id)
+        n, before = drop_activations(store, run_id)
         freed += n
-        print(f"run {run_id}: activations dropped, {size_text(n)} freed (results, tables and "
-              "audits kept)")
+        print(f"run {run_id}: activations dropped{' before' if before else ''}, {size_text(n)} "
+              "freed (results, tables and audits kept)")
     if len(args.run_ids) > 1:
         print(f"{size_text(freed)} freed in all")
     return 0

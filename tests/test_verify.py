@@ -429,6 +429,13 @@ def test_a_damaged_table_of_a_stats_only_run_is_repaired_by_its_hint(stats_only,
     assert verify_run(Store(root), rid) == []
 
 
+def test_drop_activations_refuses_a_stats_only_run(stats_only, capsys):
+    root, rid = stats_only
+    code, _, err = cli(["drop-activations", rid, "--store", str(root)], capsys)
+    assert code == 2 and f"run {rid} is stats-only (bfd audit --no-store-activations): it " \
+        "kept no activations, nothing to free" in err, err
+
+
 def test_an_unpublished_stats_only_run_is_a_fault(stats_only, tmp_path, capsys):
     root = tmp_path / "store"
     shutil.copytree(stats_only[0], root)
@@ -608,8 +615,9 @@ def test_drop_activations_keeps_results_and_an_audit_extracts_them_again(pristin
     assert code != 0 and err.count("\n") == 1 and "Traceback" not in err, err
     assert f"run {rid}'s activations were dropped (bfd drop-activations); " \
         f"{repair_command(Store(root), rid)} extracts them again" in err
-    code, _, err = cli(["drop-activations", rid, "--store", str(root)], capsys)
-    assert code == 2 and "keeps no activations already" in err
+    code, out, err = cli(["drop-activations", rid, "--store", str(root)], capsys)
+    assert code == 0 and out == f"run {rid}: activations dropped before, 0 B freed (results, " \
+        "tables and audits kept)\n", err
 
     argv = shlex.split(repair_command(Store(root), rid))[1:]
     code, out, err = cli(["audit", *argv[1:], "--series", "s", "--no-dashboard"], capsys)

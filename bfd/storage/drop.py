@@ -45,28 +45,28 @@ def _bytes(folder: Path) -> int:
     return sum(os.lstat(Path(d) / f).st_size for d, _, files in os.walk(folder) for f in files)
 
 
-def drop_activations(store: Store, run_id: str) -> int:
-    """Remove the activations of a published run (module docstring).
+def drop_activations(store: Store, run_id: str) -> tuple[int, bool]:
+    """Remove the activations of a published run (module docstring). A run dropped before
+    has what a drop cut short left removed (its note is written first).
 
     Returns:
-        The bytes freed.
+        The bytes freed, and whether the run was dropped before.
 
     Raises:
-        ValueError: The run is not published (its activations are all it has), keeps no
-            activations (stats-only, or dropped already), its published table files are
-            damaged (``bfd verify`` names them), or its Zarr part is kept elsewhere
-            (``$BFD_ZARR_URL``).
+        ValueError: The run is not published (its activations are all it has), is stats-only
+            (it kept none), its published table files are damaged (``bfd verify`` names
+            them), or its Zarr part is kept elsewhere (``$BFD_ZARR_URL``).
         RunBusyError: Another process computes the run now.
         FileNotFoundError: No such run.
     """
-    from .integrity import kept_no_activations, table_faults
+    from .integrity import table_faults
     from .published import read_pointer
-    from .runs import read_request
+    from .runs import is_stats_only, read_request
 
-    read_request(store, run_id)  # an unknown run is named with the closest ones
-    if kept_no_activations(store, run_id):
-        raise ValueError(f"run {run_id} keeps no activations already (stats-only, or dropped "
-                         "before): nothing to free")
+    # an unknown run is named with the closest ones
+    if is_stats_only(read_request(store, run_id).extra):
+        raise ValueError(f"run {run_id} is stats-only (bfd audit --no-store-activations): it "
+                         "kept no activations, nothing to free")
     if "://" in store.zarr_path:
         raise ValueError(f"run {run_id}'s activations are kept in {store.zarr_path}, not on "
                          "this disk: remove them there")
@@ -85,11 +85,13 @@ def drop_activations(store: Store, run_id: str) -> int:
             and TEMPLATE_ATTR in group.attrs else []
         arrays = [Path(store.zarr_path) / store.run_group(run_id) / site for site in sites]
         freed = sum(_bytes(a) for a in arrays if a.is_dir())
+        before = dropped(store, run_id) is not None
         # the note first: a drop cut short reads as dropped, not as activations damaged
-        write_json_atomic(store.run_dir(run_id) / DROPPED, {
-            "dropped_at": datetime.now(UTC).isoformat(), "bytes": freed, "sites": sites})
+        if not before:
+            write_json_atomic(store.run_dir(run_id) / DROPPED, {
+                "dropped_at": datetime.now(UTC).isoformat(), "bytes": freed, "sites": sites})
         for marker in marker_files(store, run_id).values():
             marker.unlink(missing_ok=True)
         for array in arrays:
             shutil.rmtree(array, ignore_errors=True)
-    return freed
+    return freed, before
