@@ -13,6 +13,8 @@ from collections.abc import Sequence
 _PIPELINE_COMMANDS = ("extract", "decompose", "audit")
 # Commands that only read a store (no torch, timm or Prefect).
 _READING_COMMANDS = ("verify", "sql", "catalog", "query", "runs", "dashboard", "plot")
+# the commands that run no Prefect flow: the reading ones and bfd drop-activations
+_NO_FLOW_COMMANDS = (*_READING_COMMANDS, "drop-activations")
 # Exit status of a command whose output pipe was closed (128 + SIGPIPE), as a shell reports it.
 _EXIT_BROKEN_PIPE = 141
 # The one option of every command, given before the command or after it.
@@ -430,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
         # given (or not) before the command stands
         sub.choices[action.dest].add_argument(
             "-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-            help=_NO_FLOW_HELP if action.dest in _READING_COMMANDS else _VERBOSE_HELP)
+            help=_NO_FLOW_HELP if action.dest in _NO_FLOW_COMMANDS else _VERBOSE_HELP)
     return p
 
 

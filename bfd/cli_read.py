@@ -343,22 +343,32 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from bfd.storage import (
         Store,
         decompose_command,
+        dropped,
         kept_no_activations,
         repair_command,
         run_busy,
         verify_run,
     )
+    from bfd.storage.fault_lines import distinct, fault_lines
     from bfd.storage.unpublished import busy_said
 
     store = Store(_store(args))
-    faults = verify_run(store, args.run_id)
+    # each damaged file once, and the chunk files' faults counted when there are many
+    faults = distinct(verify_run(store, args.run_id))
     _say_damaged_events(store)
     stats_only = kept_no_activations(store, args.run_id)
-    for fault in faults:
-        print(f"fault: {fault}")
+    for line in fault_lines(faults):
+        print(f"fault: {line}")
     if faults and run_busy(store, args.run_id):  # what it writes now may be among them
         print(f"bfd: run {args.run_id} has {len(faults)} fault(s), but it is "
               f"{busy_said(store, args.run_id)}; then run bfd verify again", file=sys.stderr)
+        return 1
+    gone = dropped(store, args.run_id)
+    if faults and gone is not None:  # its activations are to extract before a decomposition
+        print(f"bfd: run {args.run_id} has {len(faults)} fault(s); its activations were "
+              f"dropped (bfd drop-activations): {repair_command(store, args.run_id)} extracts "
+              f"them again, then {decompose_command(store, args.run_id)} publishes it again",
+              file=sys.stderr)
         return 1
     if faults and stats_only:  # no activations to extract or decompose again
         print(f"bfd: run {args.run_id} has {len(faults)} fault(s); the stats-only run is "
@@ -379,8 +389,29 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if any(not f.published for f in faults):
             _say_weights_gone(store, args.run_id)
         return 1
+    if gone is not None:
+        print(f"run {args.run_id}: intact (activations dropped by bfd drop-activations: "
+              f"results, tables and audits kept; {repair_command(store, args.run_id)} "
+              "extracts them again)")
+        return 0
     print(f"run {args.run_id}: intact" + (" (stats-only: no activations kept)"
                                           if stats_only else ""))
+    return 0
+
+
+def cmd_drop_activations(args: argparse.Namespace) -> int:
+    from bfd.output import size_text
+    from bfd.storage import Store, drop_activations
+
+    store = Store(_store(args))
+    freed = 0
+    for run_id in args.run_ids:
+        n, before = drop_activations(store, run_id)
+        freed += n
+        print(f"run {run_id}: activations dropped{' before' if before else ''}, {size_text(n)} "
+              "freed (results, tables and audits kept)")
+    if len(args.run_ids) > 1:
+        print(f"{size_text(freed)} freed in all")
     return 0
 
 
@@ -390,6 +421,14 @@ def add_reading_parsers(sub) -> None:
     s.add_argument("run_id", help="the run to check (bfd runs lists them)")
     _add_store(s)
     s.set_defaults(fn=cmd_verify)
+
+    s = sub.add_parser("drop-activations", help="free the disk of published runs' "
+                       "activations, keeping their results, tables and audits (an extraction "
+                       "or audit of a run's request stores them again)")
+    s.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="a published run (bfd runs "
+                   "lists them)")
+    _add_store(s)
+    s.set_defaults(fn=cmd_drop_activations)
 
     s = sub.add_parser("sql", help="run read-only SQL over the result tables")
     s.add_argument("sql", help="one read-only SQL statement over the tables")

@@ -64,7 +64,10 @@ def _request_agrees(store, run_id: str, inputs: dict[str, Any]) -> bool:
         request = read_request(store, run_id)
     except (OSError, ValueError):
         return False
-    extra = {"autocast": inputs["autocast"], "seed": inputs["seed"], **inputs["extra"]}
+    # as prepare_run writes it: the model arguments only when given
+    extra = {"autocast": inputs["autocast"], "seed": inputs["seed"],
+             **({"model_args": inputs["model_args"]} if inputs.get("model_args") else {}),
+             **inputs["extra"]}
     # the key of the embedded samples is their versions, not their pixels' hash
     images = inputs["images"] == SAMPLES or request.images_sha256 == inputs["images_sha256"]
     # a run made before paths had one spelling holds them as typed (bfd.files.same_input)

@@ -321,3 +321,26 @@ def stdout_bytes() -> BinaryIO:
     printed comes before the bytes."""
     sys.stdout.flush()
     return getattr(sys.stdout, "buffer", None) or _TextSink(sys.stdout)
+
+
+def size_text(nbytes: int) -> str:
+    """A number of bytes in the unit that reads best, three figures: ``512 B``, ``4.00 KiB``,
+    ``37.5 MiB``, ``1.25 GiB``, ``312 GiB``, ``2.10 TiB`` (never ``0.00 GiB``)."""
+    value, unit = float(nbytes), "B"
+    for bigger in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(value) < 1024 or unit == "PiB":
+            break
+        value, unit = value / 1024, bigger
+    if unit == "B":
+        return f"{nbytes} B"
+    # rounding may reach 1024 (1023.9 -> "1024 KiB"): said in the next unit
+    if round(value) >= 1024 and unit != "PiB":
+        return _figures(value / 1024, {"KiB": "MiB", "MiB": "GiB", "GiB": "TiB",
+                                       "TiB": "PiB"}[unit])
+    return _figures(value, unit)
+
+
+def _figures(value: float, unit: str) -> str:
+    """``value`` in ``unit`` with three significant figures (``1.00``, ``37.5``, ``312``)."""
+    decimals = 2 if value < 9.995 else 1 if value < 99.95 else 0
+    return f"{value:.{decimals}f} {unit}"

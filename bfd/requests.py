@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import shlex
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -141,6 +142,20 @@ def model_args_text(args: Mapping[str, Any]) -> str:
     """``args`` as the command line gives them: ``--model-arg reg_tokens=4 ...`` (sorted)."""
     return " ".join(f"--model-arg {k}={v!r}" if isinstance(v, str) else f"--model-arg {k}={v}"
                     for k, v in sorted(args.items()))
+
+
+def model_arg_words(args: Mapping[str, Any]) -> list[str]:
+    """``args`` as shell words of a command line that ``parse_model_arg`` reads back to the
+    same values and types (sorted): ``--model-arg depth=6``, ``--model-arg global_pool=avg``,
+    a string that would read as a literal kept as one (``--model-arg 'k='"'"'4'"'"''``)."""
+    words = []
+    for key, value in sorted(args.items()):
+        text = f"{key}={value}"
+        back = parse_model_arg(text)[1]
+        if back != value or type(back) is not type(value):
+            text = f"{key}={value!r}"
+        words += ["--model-arg", shlex.quote(text)]
+    return words
 
 
 def check_model_args(value: Any) -> None:

@@ -99,6 +99,9 @@ def test_readme_command(section, command, stores, tmp_path, monkeypatch, capsys)
         pytest.skip("run on a test model's checkpoints by test_audit.py")
     argv = fill(command, staging, run_a, run_b)
     monkeypatch.chdir(tmp_path)
+    if argv[:1] == ["drop-activations"]:  # on a copy: the other commands read the activations
+        shutil.copytree(store, tmp_path / "copy")
+        argv += ["--store", str(tmp_path / "copy")]
     if "--serve" in argv:
         return serve(argv, store)
     capsys.readouterr()
@@ -114,6 +117,8 @@ def test_readme_command(section, command, stores, tmp_path, monkeypatch, capsys)
     assert "Traceback" not in err
     if argv[:1] == ["verify"]:
         assert "intact" in out
+    elif argv[:1] == ["drop-activations"]:
+        assert "activations dropped" in out and "freed" in out
     elif "--attach" in argv:  # staging is a copy: the EXCEPT of equal counts is empty
         assert "(no rows)" in out
     elif argv[:1] in (["sql"], ["runs"]) or argv[:2] == ["query", "model_summary"]:

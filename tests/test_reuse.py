@@ -307,6 +307,26 @@ def test_any_change_of_the_inputs_sends_the_audit_through_the_flow(tmp_path, pre
     assert third not in (first, second) and found() == third
 
 
+def test_a_run_made_with_model_args_is_reused_without_the_flow(tmp_path, prefect_harness,
+                                                                capsys, monkeypatch):
+    """A run made with --model-arg is found from its request key as any other: its stored
+    request's model arguments agree with the key's (they were compared with the key's empty
+    ``extra``, so such a run always went back through the flow)."""
+    from bfd.cli_reuse import computed_run_of, extracted_run_of
+
+    store = tmp_path / "store"
+    argv = [*options("samples", "random", store, 1), "--n-images", "6", "--model-arg",
+            "depth=3", "--no-dashboard"]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0, err
+    (audit,) = read_audits(Store(store), "s")
+    monkeypatch.delenv("PREFECT_API_URL")
+    assert computed_run_of(*audit_request(argv), str(store)) == audit["run_id"]
+    extract = ["extract", *argv[1:argv.index("--series")], "--n-images", "6", "--model-arg",
+               "depth=3", "--store", str(store)]
+    assert extracted_run_of(*audit_request(extract), str(store)) == audit["run_id"]
+
+
 PREFECT_SETUPS = {
     "nothing": ({}, {}),
     "environment": ({"PREFECT_API_URL": "http://127.0.0.1:9/api"}, {}),

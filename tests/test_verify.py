@@ -429,6 +429,13 @@ def test_a_damaged_table_of_a_stats_only_run_is_repaired_by_its_hint(stats_only,
     assert verify_run(Store(root), rid) == []
 
 
+def test_drop_activations_refuses_a_stats_only_run(stats_only, capsys):
+    root, rid = stats_only
+    code, _, err = cli(["drop-activations", rid, "--store", str(root)], capsys)
+    assert code == 2 and f"run {rid} is stats-only (bfd audit --no-store-activations): it " \
+        "kept no activations, nothing to free" in err, err
+
+
 def test_an_unpublished_stats_only_run_is_a_fault(stats_only, tmp_path, capsys):
     root = tmp_path / "store"
     shutil.copytree(stats_only[0], root)
@@ -478,3 +485,166 @@ def test_a_table_file_gone_is_named_missing(damaged, capsys):
     table.unlink()
     code, out, _ = cli(["verify", rid, "--store", str(root)], capsys)
     assert code == 1 and out == f"fault: {table}: missing (the published version's file is gone)\n"
+
+
+def test_model_arg_words_read_back_as_the_same_values():
+    from bfd.requests import model_arg_words, parse_model_arg
+
+    args = {"depth": 6, "class_token": False, "init_values": 1e-5, "fc_norm": None,
+            "global_pool": "avg", "looks_like_int": "4", "spaced": "a b"}
+    words = shlex.split(" ".join(model_arg_words(args)))
+    assert words[::2] == ["--model-arg"] * len(args)
+    back = dict(parse_model_arg(text) for text in words[1::2])
+    assert back == args and all(type(back[k]) is type(v) for k, v in args.items())
+
+
+@pytest.mark.parametrize("stats", [False, True], ids=["stored", "stats-only"])
+def test_the_repair_command_rebuilds_the_runs_exact_request(tmp_path, stats):
+    """A run made with model arguments and no option at its default: the repair command
+    verify, decompose and bfd runs print, parsed as bfd parses it, plans the same run id
+    (it dropped --model-arg: a new run of the model's default depth was started)."""
+    from bfd.cli import _extract_config, build_parser
+    from bfd.storage import NOT_STORED, read_request
+    from bfd.tasks.extract import ExtractConfig, prepare_run
+
+    config = {"model": "test_vit", "weights": "random", "images": "samples", "n_images": 6,
+              "layers": "0,2", "sites": ("resid", "attn_in"), "img_size": 32,
+              "dtype": "float32", "images_per_chunk": 2, "images_per_shard": 4, "seed": 3,
+              "model_args": {"depth": 3, "global_pool": "avg"},
+              "extra": dict(NOT_STORED) if stats else {}}
+    root = tmp_path / "store"
+    rid = prepare_run(str(root), ExtractConfig(**config)).run_id
+    request = read_request(Store(root), rid)
+    assert request.extra["model_args"] == {"depth": 3, "global_pool": "avg"}
+
+    command = repair_command(Store(root), rid)
+    words = shlex.split(command)
+    assert words[:2] == ["bfd", "audit" if stats else "extract"]
+    args = build_parser().parse_args(words[1:])
+    given = _extract_config(args)
+    if not args.__dict__.get("store_activations", True):
+        given["extra"] = dict(NOT_STORED)  # what bfd.flows.stats_only adds
+    assert given["model_args"] == config["model_args"] and given["seed"] == 3
+    again = ExtractConfig(**given)
+    if not stats:  # the chunks of the run's template (no shard marked yet: any shard size)
+        assert again.images_per_chunk == 2
+    assert prepare_run(args.store, again).run_id == rid
+
+
+@pytest.mark.parametrize("repair", ["extract", "audit"])
+def test_activation_arrays_deleted_by_hand_are_one_fault_each_and_repaired(
+        pristine, damaged, capsys, repair):
+    """``rm -rf bfd.zarr/RUN/{attn_in,resid}`` (to free space): verify names each array in
+    one line, decompose refuses in one line, and extraction (or an audit of the request)
+    makes the arrays again and extracts every shard, bit for bit (it was a KeyError
+    traceback of all three, and a failed audit)."""
+    root, rid = damaged
+    before = digest(pristine[0])
+    arrays = [root / "bfd.zarr" / rid / site for site in ("attn_in", "resid")]
+    for array in arrays:
+        shutil.rmtree(array)
+
+    code, out, err = cli(["verify", rid, "--store", str(root)], capsys)
+    assert code == 1 and "Traceback" not in err
+    assert out.splitlines() == [f"fault: {a}: activation array missing (its folder is gone)"
+                                for a in arrays]
+    assert f"bfd: run {rid} has 2 fault(s); damaged shards are extracted again by: " \
+        f"{repair_command(Store(root), rid)}" in err
+    code, _, err = cli(["decompose", rid, "--store", str(root)], capsys)
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"{arrays[0]}: activation array missing" in err and "(and 1 more;" in err
+
+    argv = shlex.split(err.split("repair it with: ")[1])[1:]
+    if repair == "audit":
+        argv = ["audit", *argv[1:], "--series", "s", "--no-dashboard"]
+    code, out, err = cli(argv, capsys)
+    assert code == 0, err
+    assert err.count("damaged, extracted again: ") == 2, err
+    assert "8 images in 2 shards; 2 shards (8 images) to extract" in err
+    if repair == "audit":
+        assert f"run {rid} repaired: damaged shards 0, 1 of its activations extracted again, " \
+            "results reused" in out, out
+        (audit,) = read_audits(Store(root), "s")
+        assert audit["status"] == "complete"
+    assert digest(root) == before
+    assert verify_run(Store(root), rid) == []
+
+
+def test_many_chunk_files_missing_are_counted_per_array(tmp_path, prefect_harness, capsys):
+    """A folder of chunk files gone: verify and the extraction that repairs it say so in a
+    line per array, not a line per chunk file (120 lines in the trial; tens of thousands on
+    a large set)."""
+    root = tmp_path / "store"
+    argv = [*EXTRACT[:-1], "1", "--store", str(root)]  # a chunk per image: 16 per site
+    assert cli(argv, capsys)[0] == 0
+    (rid,) = list_runs(Store(root))
+    array = root / "bfd.zarr" / rid / "attn_in"
+    shutil.rmtree(array / "c")
+    code, out, err = cli(["verify", rid, "--store", str(root)], capsys)
+    assert code == 1
+    assert out == f"fault: {array}: 16 chunk files missing (layers 0-1 of shards 0-7)\n"
+    assert f"bfd: run {rid} has 16 fault(s); " in err
+    code, _, err = cli(argv, capsys)
+    assert code == 0, err
+    assert f"damaged, extracted again: {array}: 16 chunk files missing (layers 0-1 of " \
+        "shards 0-7)" in err and err.count("damaged, extracted again") == 1, err
+    assert verify_run(Store(root), rid) == []
+
+
+def test_drop_activations_keeps_results_and_an_audit_extracts_them_again(pristine, damaged,
+                                                                         capsys):
+    """``bfd drop-activations`` frees the arrays' bytes; the run reads as one without
+    activations (verify intact, decompose refused with what to do), keeps its tables, and
+    an audit of its request extracts them again, bit for bit."""
+    root, rid = damaged
+    before, runs = digest(pristine[0]), read_table(Store(root), "runs").to_pylist()
+    arrays = [root / "bfd.zarr" / rid / site for site in ("attn_in", "resid")]
+    size = sum(p.stat().st_size for a in arrays for p in a.rglob("*") if p.is_file())
+    code, out, err = cli(["drop-activations", rid, "--store", str(root)], capsys)
+    assert code == 0, err
+    assert out == f"run {rid}: activations dropped, {size / 1024:.1f} KiB freed (results, " \
+        "tables and audits kept)\n"
+    assert not any(a.exists() for a in arrays) and not list(root.glob(f"runs/{rid}/shards/*"))
+    assert read_table(Store(root), "runs").to_pylist() == runs
+
+    code, out, err = cli(["verify", rid, "--store", str(root)], capsys)
+    assert code == 0 and not err
+    assert out == f"run {rid}: intact (activations dropped by bfd drop-activations: results, " \
+        f"tables and audits kept; {repair_command(Store(root), rid)} extracts them again)\n"
+    code, _, err = cli(["decompose", rid, "--store", str(root)], capsys)
+    assert code != 0 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"run {rid}'s activations were dropped (bfd drop-activations); " \
+        f"{repair_command(Store(root), rid)} extracts them again" in err
+    code, out, err = cli(["drop-activations", rid, "--store", str(root)], capsys)
+    assert code == 0 and out == f"run {rid}: activations dropped before, 0 B freed (results, " \
+        "tables and audits kept)\n", err
+
+    argv = shlex.split(repair_command(Store(root), rid))[1:]
+    code, out, err = cli(["audit", *argv[1:], "--series", "s", "--no-dashboard"], capsys)
+    assert code == 0, err
+    assert "8 images in 2 shards; 2 shards (8 images) to extract" in err
+    assert f"run {rid} repaired: shards 0, 1 of its activations extracted again, results " \
+        "reused" in out, out
+    assert digest(root) == before and verify_run(Store(root), rid) == []
+    assert cli(["verify", rid, "--store", str(root)], capsys)[1] == f"run {rid}: intact\n"
+
+
+def test_drop_activations_refuses_a_run_not_published_or_being_computed(damaged, tmp_path,
+                                                                        capsys):
+    from locks import held_by_another_thread
+
+    from bfd.storage import run_lock
+    from bfd.tasks.extract import ExtractConfig, prepare_run
+
+    root, rid = damaged
+    with held_by_another_thread(run_lock(Store(root), rid)):
+        code, _, err = cli(["drop-activations", rid, "--store", str(root)], capsys)
+    assert code == 1 and f"run {rid} is busy: another process is computing it" in err, err
+    assert verify_run(Store(root), rid) == []  # nothing removed
+
+    fresh = tmp_path / "fresh"
+    planned = prepare_run(str(fresh), ExtractConfig(model="test_vit", weights="random",
+                                                    n_images=4, img_size=32, layers="0"))
+    code, _, err = cli(["drop-activations", planned.run_id, "--store", str(fresh)], capsys)
+    assert code == 2 and f"run {planned.run_id} is not published: its activations are all " \
+        "it has" in err, err

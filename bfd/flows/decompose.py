@@ -13,9 +13,11 @@ from bfd.flows.runners import one_thread_per_task
 from bfd.storage import (
     Store,
     check_intact,
+    dropped,
     is_stats_only,
     open_activations,
     read_request,
+    repair_command,
     run_lock,
 )
 from bfd.tasks.decompose import DecomposeOptions, assemble_results, require_extracted
@@ -69,6 +71,10 @@ def decompose(
     if is_stats_only(read_request(Store(root), run_id).extra):  # also: a run of the store
         raise ValueError(f"run {run_id} kept no activations (an audit with "
                          "--no-store-activations); audit it again that way to recompute it")
+    if dropped(Store(root), run_id) is not None:
+        raise ValueError(f"run {run_id}'s activations were dropped (bfd drop-activations); "
+                         f"{repair_command(Store(root), run_id)} extracts them again, then "
+                         "decompose it (bfd audit of its request does both)")
     with run_lock(Store(root), run_id, progress.waiting):
         acts = open_activations(Store(root), run_id)
         check_intact(Store(root), run_id)

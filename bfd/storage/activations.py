@@ -148,6 +148,63 @@ def _validate_template_args(
         raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
 
 
+def _template_dataset(sites: Sequence[str], layers: Sequence[int], n_images: int,
+                      image_ids: Sequence[str], token_types: Sequence[str], rows: Sequence[int],
+                      cols: Sequence[int], dim: int, dtype: str, images_per_chunk: int,
+                      compression: str) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
+    """The template's Dataset of ``sites`` (never computed) and its Zarr encoding."""
+    n_tokens = len(token_types)
+    chunks = (1, images_per_chunk, n_tokens, dim)
+    shape = (len(layers), n_images, n_tokens, dim)
+    # The dask arrays are never computed: with compute=False only metadata and the small
+    # numpy coordinates are written; data chunks stay absent and read as the NaN fill.
+    # One dask chunk for the whole array keeps the graph tiny (a chunk per Zarr chunk took
+    # seconds for 50k images); it covers whole Zarr chunks, so xarray accepts it.
+    import dask.array as da  # here: an integrity check of the store need not import dask
+
+    data_vars = {s: (DIMS, da.full(shape, np.nan, dtype=dtype, chunks=shape)) for s in sites}
+    ds = xr.Dataset(
+        data_vars,
+        coords={
+            "layer": ("layer", np.asarray(layers, dtype=np.int32)),
+            "image": ("image", np.asarray(image_ids, dtype=object)),
+            "token": ("token", np.arange(n_tokens, dtype=np.int32)),
+            "token_type": ("token", np.asarray(token_types, dtype=object)),
+            "row": ("token", np.asarray(rows, dtype=np.int32)),
+            "col": ("token", np.asarray(cols, dtype=np.int32)),
+        },
+    )
+    encoding = {
+        s: {"chunks": chunks, "fill_value": np.nan, "compressors": _compressors(compression)}
+        for s in sites
+    }
+    return ds, encoding
+
+
+def _make_arrays_again(store: Store, run_id: str, ds: xr.Dataset,
+                       encoding: dict[str, dict[str, Any]]) -> None:
+    """Writes the metadata of the activation arrays of ``ds`` (those deleted from the run's
+    group) as the template wrote it: the Dataset is written to memory by xarray, and each
+    array made again in the store from what xarray wrote (its fill value, attributes and
+    dimension names; the group's own attributes, the template marker among them, are kept:
+    xarray's write to the group would replace them)."""
+    from zarr.storage import MemoryStore
+
+    memory = MemoryStore()
+    ds.to_zarr(memory, mode="w-", compute=False, encoding=encoding, zarr_format=3,
+               consolidated=False)
+    made = zarr.open_group(memory, mode="r", zarr_format=3)
+    group = zarr.open_group(store.zarr_path, path=store.run_group(run_id), mode="r+",
+                            zarr_format=3)
+    for site in encoding:
+        src = made[site]
+        group.create_array(site, shape=src.shape, dtype=src.dtype, chunks=src.chunks,
+                           fill_value=src.fill_value, compressors=src.compressors,
+                           filters=src.filters, serializer=src.serializer,
+                           attributes=dict(src.attrs),
+                           dimension_names=src.metadata.dimension_names)
+
+
 def create_activation_template(
     store: Store,
     run_id: str,
@@ -169,6 +226,8 @@ def create_activation_template(
 
     Call it once from the orchestrator before any worker writes. If the run's group already
     holds a complete template with the same arguments, nothing happens; written chunks stay.
+    An activation array of it that is gone (its folder deleted by hand) is made again, empty:
+    extraction finds no shard of it intact (``bfd.storage.trusted_shards``) and extracts all.
 
     Args:
         store: The store.
@@ -237,6 +296,12 @@ def create_activation_template(
     if group is not None and TEMPLATE_ATTR in group.attrs:
         stored = dict(group.attrs[TEMPLATE_ATTR])
         if stored == spec:
+            gone = [site for site in sites if site not in group]
+            if gone:  # deleted by hand: made again, empty (every shard is extracted again)
+                ds, encoding = _template_dataset(gone, layers, n_images, image_ids,
+                                                 token_types, rows, cols, dim, dtype,
+                                                 images_per_chunk, compression)
+                _make_arrays_again(store, run_id, ds, encoding)
             return
         diff = {k: (stored.get(k), spec[k]) for k in spec if stored.get(k) != spec[k]}
         raise ValueError(
@@ -244,31 +309,8 @@ def create_activation_template(
             f"{sorted(diff)} (stored, given): {diff}; refusing to overwrite data"
         )
 
-    n_tokens = len(token_types)
-    chunks = (1, images_per_chunk, n_tokens, dim)
-    shape = (len(layers), n_images, n_tokens, dim)
-    # The dask arrays are never computed: with compute=False only metadata and the small
-    # numpy coordinates are written; data chunks stay absent and read as the NaN fill.
-    # One dask chunk for the whole array keeps the graph tiny (a chunk per Zarr chunk took
-    # seconds for 50k images); it covers whole Zarr chunks, so xarray accepts it.
-    import dask.array as da  # here: an integrity check of the store need not import dask
-
-    data_vars = {s: (DIMS, da.full(shape, np.nan, dtype=dtype, chunks=shape)) for s in sites}
-    ds = xr.Dataset(
-        data_vars,
-        coords={
-            "layer": ("layer", np.asarray(layers, dtype=np.int32)),
-            "image": ("image", np.asarray(image_ids, dtype=object)),
-            "token": ("token", np.arange(n_tokens, dtype=np.int32)),
-            "token_type": ("token", np.asarray(token_types, dtype=object)),
-            "row": ("token", np.asarray(rows, dtype=np.int32)),
-            "col": ("token", np.asarray(cols, dtype=np.int32)),
-        },
-    )
-    encoding = {
-        s: {"chunks": chunks, "fill_value": np.nan, "compressors": _compressors(compression)}
-        for s in sites
-    }
+    ds, encoding = _template_dataset(sites, layers, n_images, image_ids, token_types, rows,
+                                     cols, dim, dtype, images_per_chunk, compression)
     # A group without the marker is an interrupted template: no shard can have written
     # into it (write_shard requires the marker), so replacing it loses nothing.
     ds.to_zarr(

@@ -103,22 +103,29 @@ class ChunkVerifier:
             mine[site] = ChunkChecker(self.arrays[site], self.raw[site])
         return mine[site]
 
-    def check(self, job: ChunkJob) -> tuple[str, str, int] | None:
+    def check(self, job: ChunkJob):  # noqa: ANN201 - a Fault (bfd.storage.integrity's)
         """Read one chunk: readable, and finite for the images marked ``ok``.
 
         Returns:
-            None when it is, else the chunk file, what is wrong and the shard (a ``Fault``).
+            None when it is, else its ``Fault``: the chunk file, what is wrong, the shard.
         """
+        from .integrity import Fault
+
         checker = self._checker(job.site)
         array = checker.array
         path = self.zarr_root / array.path / array.metadata.encode_chunk_key(
             (job.layer, job.chunk, 0, 0))
+        at = {"shard": job.shard, "array": str(self.zarr_root / array.path),
+              "layer": self.layer_ids[job.layer]}
         try:
             block = checker.read(path, job.layer, job.lo, job.hi)
         except Exception as e:  # noqa: BLE001 - any decoding failure is the fault
-            return str(path), f"unreadable ({' '.join(str(e).split())})", job.shard
+            return Fault(str(path), f"unreadable ({' '.join(str(e).split())})",
+                         kind="chunk files unreadable", **at)
         bad = np.flatnonzero(job.ok & ~checker.finite_rows(block))
         if not len(bad):
             return None
-        return (str(path), f"non-finite values in images {[int(job.lo + i) for i in bad[:5]]} "
-                f"of layer {self.layer_ids[job.layer]} ({job.site})", job.shard)
+        return Fault(str(path), f"non-finite values in images "
+                     f"{[int(job.lo + i) for i in bad[:5]]} of layer "
+                     f"{self.layer_ids[job.layer]} ({job.site})",
+                     kind="chunk files with non-finite values", **at)

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import math
 import os
-import shlex
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Final
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -40,21 +40,40 @@ class Fault:
             recomputes that shard).
         published: Whether it is a file that publishing writes (a table file, the pointer):
             decomposition, not extraction, writes it again.
+        array: The activation array (folder) of a chunk file at fault.
+        layer: The block of a chunk file at fault.
+        kind: What is wrong with a chunk file, as counted when there are many
+            (``bfd.storage.fault_lines``): ``chunk files missing``, ...
     """
 
     path: str
     problem: str
     shard: int | None = None
     published: bool = False
+    array: str | None = None
+    layer: int | None = None
+    kind: str | None = None
 
     def __str__(self) -> str:
         return f"{self.path}: {self.problem}"
 
 
-def _chunk_files(group: zarr.Group, zarr_root: Path, start: int,
-                 stop: int) -> Iterator[tuple[str, int, Path, int | None]]:
-    """(site, layer position, chunk file, expected bytes or None) of images start:stop."""
-    for site in group.attrs[TEMPLATE_ATTR]["sites"]:
+# An activation array whose folder is gone (``rm -rf bfd.zarr/RUN/attn_in`` to free space):
+# extraction makes it again and extracts every shard into it.
+ARRAY_MISSING: Final[str] = "activation array missing (its folder is gone)"
+
+
+def missing_arrays(group: zarr.Group) -> list[str]:
+    """The sites of the run's template whose activation array is not in its group."""
+    return [site for site in group.attrs[TEMPLATE_ATTR]["sites"] if site not in group]
+
+
+def _chunk_files(group: zarr.Group, zarr_root: Path, start: int, stop: int,
+                 sites: Sequence[str]) -> Iterator[tuple[int, Path, int | None, Fault]]:
+    """(layer position, chunk file, expected bytes or None, its fault's fields) of images
+    start:stop of ``sites``."""
+    layers = group.attrs[TEMPLATE_ATTR]["layers"]
+    for site in sites:
         array = group[site]
         ipc = array.chunks[1]
         size = None
@@ -63,21 +82,27 @@ def _chunk_files(group: zarr.Group, zarr_root: Path, start: int,
         for layer in range(array.shape[0]):
             for c in range(start // ipc, math.ceil(stop / ipc)):
                 key = array.metadata.encode_chunk_key((layer, c, 0, 0))
-                yield site, layer, zarr_root / array.path / key, size
+                path = zarr_root / array.path / key
+                yield layer, path, size, Fault(str(path), "", array=str(zarr_root / array.path),
+                                               layer=layers[layer])
 
 
-def _stat_faults(path: Path, size: int | None, shard: int) -> list[Fault]:
+def _stat_faults(path: Path, size: int | None, shard: int, at: Fault) -> list[Fault]:
+    def fault(problem: str, kind: str) -> list[Fault]:
+        return [replace(at, problem=problem, shard=shard, kind=kind)]
+
     try:
         actual = os.stat(path).st_size
     except FileNotFoundError:
-        return [Fault(str(path), "chunk file missing", shard)]
+        return fault("chunk file missing", "chunk files missing")
     except NotADirectoryError:
-        return [Fault(str(path), "chunk file missing (a file stands where a folder should)",
-                      shard)]
+        return fault("chunk file missing (a file stands where a folder should)",
+                     "chunk files missing")
     if size is not None and actual != size:
-        return [Fault(str(path), f"chunk file has {actual} bytes, expected {size}", shard)]
+        return fault(f"chunk file has {actual} bytes, expected {size}",
+                     f"chunk files of another size than {size} bytes")
     if actual == 0:
-        return [Fault(str(path), "chunk file is empty", shard)]
+        return fault("chunk file is empty", "chunk files empty")
     return []
 
 
@@ -104,6 +129,10 @@ def trusted_shards(store: Store, run_id: str,
     local = not _is_url(store.zarr_path)
     trusted: set[int] = set()
     faults: list[Fault] = []
+    complete = group is not None and TEMPLATE_ATTR in group.attrs
+    gone = missing_arrays(group) if complete else []
+    present = [s for s in group.attrs[TEMPLATE_ATTR]["sites"] if s not in gone] if complete \
+        else []
     for k, path in sorted(marker_files(store, run_id).items()):
         try:
             marker = read_marker(path)
@@ -112,14 +141,15 @@ def trusted_shards(store: Store, run_id: str,
             continue
         if by_index is not None:
             check_marker_in_plan(run_id, k, marker, by_index)
-        if group is None or TEMPLATE_ATTR not in group.attrs:
+        if not complete:
             faults.append(Fault(f"{store.zarr_path}/{run_id}", "activation template missing", k))
             continue
-        shard_faults = []
+        shard_faults = [Fault(f"{store.zarr_path}/{store.run_group(run_id)}/{site}",
+                              ARRAY_MISSING, k) for site in gone]
         if local:
-            for _, _, chunk, size in _chunk_files(group, Path(store.zarr_path), marker["start"],
-                                                  marker["stop"]):
-                shard_faults += _stat_faults(chunk, size, k)
+            for _, chunk, size, at in _chunk_files(group, Path(store.zarr_path),
+                                                   marker["start"], marker["stop"], present):
+                shard_faults += _stat_faults(chunk, size, k, at)
         if shard_faults:
             faults += shard_faults
         else:
@@ -133,61 +163,17 @@ def _is_url(path: str) -> bool:
 
 def kept_no_activations(store: Store, run_id: str) -> bool:
     """Whether the run's readable request marks it stats-only (``bfd audit
-    --no-store-activations``): its results and tables are all it has."""
+    --no-store-activations``), or its activations were dropped (``bfd drop-activations``):
+    its results and tables are all it has."""
+    from .drop import dropped
     from .runs import is_stats_only, read_request
 
+    if dropped(store, run_id) is not None:
+        return True
     try:
         return is_stats_only(read_request(store, run_id).extra)
     except (OSError, ValueError, KeyError, TypeError):
         return False
-
-
-def repair_command(store: Store, run_id: str, shard_size: int | None = None) -> str:
-    """The ``bfd extract`` command line that re-creates the run's request, so that it finds
-    the run's id and computes what is missing or damaged (a finished, intact shard is
-    skipped); falls back to a hint when the request itself cannot be read. For a stats-only
-    run, the ``bfd audit --no-store-activations`` command line that computes it again.
-
-    Args:
-        shard_size: images per shard of the run; read from its first shard marker when None.
-    """
-    from .runs import is_stats_only, read_request
-
-    command = "bfd extract"
-    try:
-        req = read_request(store, run_id)
-        if is_stats_only(req.extra):
-            command, shard_size = "bfd audit --no-store-activations", 0
-        spec = _open_group(store, run_id, "r").attrs[TEMPLATE_ATTR]
-    except (OSError, ValueError, KeyError, AttributeError):
-        return f"{command} with the options that created run {run_id} --store {store.root}"
-    h, w = req.img_size if isinstance(req.img_size, tuple | list) else (req.img_size,) * 2
-    ipc = spec["images_per_chunk"]
-    # the request's paths are absolute (bfd.files.input_path): the command works from any
-    # folder (a run made before may hold them relative to the folder it was made in)
-    parts = [command, f"--model {req.model}", f"--weights {shlex.quote(req.weights)}",
-             f"--images {shlex.quote(req.images)}", f"--n-images {req.n_images}",
-             f"--layers {','.join(map(str, req.layers))}", f"--sites {','.join(req.sites)}"]
-    if h == w:  # the option sets a square size; a non-square one is the model's default
-        parts.append(f"--img-size {h}")
-    parts += [f"--dtype {req.dtype}", f"--images-per-chunk {ipc}"]
-    extra = dict(req.extra)
-    if extra.get("seed", 0):
-        parts.append(f"--seed {extra['seed']}")
-    if extra.get("autocast", "none") != "none":
-        parts.append(f"--autocast {extra['autocast']}")
-    if shard_size is None:
-        markers = marker_files(store, run_id)
-        try:
-            first = read_marker(markers[0]) if 0 in markers else None
-        except DamagedStoreError:
-            first = None
-        if first is not None and first["stop"] < req.n_images:  # a whole shard: its size
-            shard_size = first["stop"] - first["start"]
-    if shard_size and shard_size != ipc:
-        parts.append(f"--images-per-shard {shard_size}")
-    parts.append(f"--store {shlex.quote(str(store.root))}")
-    return " ".join(parts)
 
 
 def weights_gone(store: Store, run_id: str) -> str | None:
@@ -233,7 +219,15 @@ def check_intact(store: Store, run_id: str) -> None:
         except DamagedStoreError:
             faults.append(Fault(str(path), "damaged: not a JSON file"))
     faults += trusted_shards(store, run_id)[1]
+    group = _open_group(store, run_id, "r")
+    if group is not None and TEMPLATE_ATTR in group.attrs:  # also before any shard is done
+        faults += [Fault(f"{store.zarr_path}/{store.run_group(run_id)}/{site}", ARRAY_MISSING)
+                   for site in missing_arrays(group)]
     if faults:
+        from .fault_lines import distinct
+        from .repair import repair_command
+
+        faults = distinct(faults)
         more = f" (and {len(faults) - 1} more; bfd verify {run_id} lists them)" \
             if len(faults) > 1 else ""
         raise DamagedStoreError(
@@ -368,10 +362,15 @@ def verify_run(store: Store, run_id: str) -> list[Fault]:
     faults += cheap
     damaged = {f.shard for f in cheap}
     markers = marker_files(store, run_id)
-    n_images = group[group.attrs[TEMPLATE_ATTR]["sites"][0]].shape[1]
+    n_images = group.attrs[TEMPLATE_ATTR]["n_images"]
+    gone = missing_arrays(group)
+    if not markers:  # else a fault of each shard marked done (trusted_shards)
+        faults += [Fault(f"{store.zarr_path}/{store.run_group(run_id)}/{site}", ARRAY_MISSING)
+                   for site in gone]
     per_shard = None
-    verifier = ChunkVerifier(store, group, group.attrs[TEMPLATE_ATTR]["sites"],
-                              raw=not _is_url(store.zarr_path))
+    verifier = ChunkVerifier(store, group, [s for s in group.attrs[TEMPLATE_ATTR]["sites"]
+                                            if s not in gone],
+                             raw=not _is_url(store.zarr_path))
     jobs: list[ChunkJob] = []
     for k, path in sorted(markers.items()):
         try:
@@ -387,7 +386,7 @@ def verify_run(store: Store, run_id: str) -> list[Fault]:
         # the small files alongside the chunks
         others = [pool.submit(_verify_model_tensors, store, run_id),
                   pool.submit(table_faults, store, run_id)]
-        faults += [Fault(*f) for f in pool.map(verifier.check, jobs) if f is not None]
+        faults += [f for f in pool.map(verifier.check, jobs) if f is not None]
     finally:
         # on Ctrl-C, only the chunks being read are waited for
         pool.shutdown(cancel_futures=True)

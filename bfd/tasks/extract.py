@@ -25,6 +25,7 @@ import bfd
 from bfd import capture, models
 from bfd import images as imgs
 from bfd.files import input_path
+from bfd.output import size_text
 from bfd.requests import check_autocast, check_request
 from bfd.storage import (
     ImageRecord,
@@ -33,6 +34,7 @@ from bfd.storage import (
     Store,
     create_activation_template,
     earlier_spelling,
+    forget_dropped,
     mark_shard_done,
     plan_shards,
     trusted_shards,
@@ -42,6 +44,7 @@ from bfd.storage import (
     write_shard,
 )
 from bfd.storage import run_id as request_run_id
+from bfd.storage.fault_lines import fault_lines
 from bfd.tasks.model_check import capture_logit_check, qkv_biases
 from bfd.tasks.request_key import record_request_key
 
@@ -104,8 +107,8 @@ class ExtractConfig:
 @dataclass(frozen=True)
 class RunPlan:
     """A prepared run: its id, its shards and those still to do (``pending``); ``damaged``:
-    the faults of the shards marked done whose files are not intact, ``repaired``: those
-    shards, extracted again."""
+    the faults of the shards marked done whose files are not intact (in lines:
+    ``bfd.storage.fault_lines``), ``repaired``: those shards, extracted again."""
 
     run_id: str
     layers: tuple[int, ...]
@@ -128,29 +131,6 @@ class RunPlan:
 def count(n: int, word: str) -> str:
     """``n`` and ``word``, plural but for one: ``1 shard``, ``2 shards``, ``0 images``."""
     return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def size_text(nbytes: int) -> str:
-    """A number of bytes in the unit that reads best, three figures: ``512 B``, ``4.00 KiB``,
-    ``37.5 MiB``, ``1.25 GiB``, ``312 GiB``, ``2.10 TiB`` (never ``0.00 GiB``)."""
-    value, unit = float(nbytes), "B"
-    for bigger in ("KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(value) < 1024 or unit == "PiB":
-            break
-        value, unit = value / 1024, bigger
-    if unit == "B":
-        return f"{nbytes} B"
-    # rounding may reach 1024 (1023.9 -> "1024 KiB"): said in the next unit
-    if round(value) >= 1024 and unit != "PiB":
-        return _figures(value / 1024, {"KiB": "MiB", "MiB": "GiB", "GiB": "TiB",
-                                       "TiB": "PiB"}[unit])
-    return _figures(value, unit)
-
-
-def _figures(value: float, unit: str) -> str:
-    """``value`` in ``unit`` with three significant figures (``1.00``, ``37.5``, ``312``)."""
-    decimals = 2 if value < 9.995 else 1 if value < 99.95 else 0
-    return f"{value:.{decimals}f} {unit}"
 
 
 def resolve_layers(layers: str | tuple[int, ...] | list[int], depth: int) -> tuple[int, ...]:
@@ -279,6 +259,7 @@ def prepare_run(store_root: str, cfg: ExtractConfig,
         hold(rid)
         done, damaged, to_write = to_do()  # what another process did while this one waited
     write_request(store, request)
+    forget_dropped(store, rid)  # its activations, dropped (bfd drop-activations), come back
     rows, cols = info.token_rows_cols()
     create_activation_template(
         store, rid, sites=list(cfg.sites), layers=list(layers), n_images=len(records),
@@ -310,7 +291,7 @@ def prepare_run(store_root: str, cfg: ExtractConfig,
         run_id=rid, layers=layers, shards=tuple(shards),
         pending=tuple(s.index for s in shards if s.index not in done),
         records=tuple(asdict(r) for r in records), n_images=len(records),
-        damaged=tuple(str(f) for f in damaged), bytes_to_write=to_write,
+        damaged=tuple(fault_lines(damaged)), bytes_to_write=to_write,
         repaired=tuple(sorted({f.shard for f in damaged if f.shard is not None} - done)),
     )
 

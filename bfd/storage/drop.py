@@ -1,0 +1,97 @@
+"""``bfd drop-activations``: free the disk a published run's activations take, keeping its
+results, tables and audits.
+
+The run's activation arrays (``bfd.zarr/<run>/<site>``: most of a store's bytes) and its
+shard markers are removed; ``runs/<run>/activations_dropped.json`` says so. The run then reads
+as a stats-only one (``kept_no_activations``): ``bfd verify`` checks its published tables and
+model tensors, ``bfd decompose`` is refused with the command that stores the activations again,
+and an extraction (or audit) of its request extracts every shard again, bit for bit, and
+removes the note (``forget_dropped``). Its id is unchanged: the request is not touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from .activations import TEMPLATE_ATTR, _open_group
+from .manifest import marker_files
+from .paths import DamagedStoreError, Store, read_json, run_lock, write_json_atomic
+
+DROPPED: Final[str] = "activations_dropped.json"
+
+
+def dropped(store: Store, run_id: str) -> dict[str, Any] | None:
+    """The note of a run whose activations were dropped (``dropped_at``, ``bytes``,
+    ``sites``), or None: they were not (or were extracted again since)."""
+    try:
+        return read_json(store.run_dir(run_id) / DROPPED)
+    except FileNotFoundError:
+        return None
+    except DamagedStoreError:
+        return {}  # the note is damaged, the drop it records happened
+
+
+def forget_dropped(store: Store, run_id: str) -> None:
+    """Remove the note once the run's activations are extracted again (``prepare_run``,
+    holding the run's lock)."""
+    (store.run_dir(run_id) / DROPPED).unlink(missing_ok=True)
+
+
+def _bytes(folder: Path) -> int:
+    return sum(os.lstat(Path(d) / f).st_size for d, _, files in os.walk(folder) for f in files)
+
+
+def drop_activations(store: Store, run_id: str) -> tuple[int, bool]:
+    """Remove the activations of a published run (module docstring). A run dropped before
+    has what a drop cut short left removed (its note is written first).
+
+    Returns:
+        The bytes freed, and whether the run was dropped before.
+
+    Raises:
+        ValueError: The run is not published (its activations are all it has), is stats-only
+            (it kept none), its published table files are damaged (``bfd verify`` names
+            them), or its Zarr part is kept elsewhere (``$BFD_ZARR_URL``).
+        RunBusyError: Another process computes the run now.
+        FileNotFoundError: No such run.
+    """
+    from .integrity import table_faults
+    from .published import read_pointer
+    from .runs import is_stats_only, read_request
+
+    # an unknown run is named with the closest ones
+    if is_stats_only(read_request(store, run_id).extra):
+        raise ValueError(f"run {run_id} is stats-only (bfd audit --no-store-activations): it "
+                         "kept no activations, nothing to free")
+    if "://" in store.zarr_path:
+        raise ValueError(f"run {run_id}'s activations are kept in {store.zarr_path}, not on "
+                         "this disk: remove them there")
+    with run_lock(store, run_id):
+        if read_pointer(store, run_id) is None:
+            raise ValueError(f"run {run_id} is not published: its activations are all it "
+                             f"has; bfd decompose {run_id} --store {store.root} publishes its "
+                             "results first")
+        faults = table_faults(store, run_id)
+        if faults:
+            raise ValueError(f"run {run_id}'s published table files are damaged ({faults[0]}"
+                             f"; bfd verify {run_id} --store {store.root} lists them): its "
+                             "activations are kept to publish them again")
+        group = _open_group(store, run_id, "r")
+        sites = list(group.attrs[TEMPLATE_ATTR]["sites"]) if group is not None \
+            and TEMPLATE_ATTR in group.attrs else []
+        arrays = [Path(store.zarr_path) / store.run_group(run_id) / site for site in sites]
+        freed = sum(_bytes(a) for a in arrays if a.is_dir())
+        before = dropped(store, run_id) is not None
+        # the note first: a drop cut short reads as dropped, not as activations damaged
+        if not before:
+            write_json_atomic(store.run_dir(run_id) / DROPPED, {
+                "dropped_at": datetime.now(UTC).isoformat(), "bytes": freed, "sites": sites})
+        for marker in marker_files(store, run_id).values():
+            marker.unlink(missing_ok=True)
+        for array in arrays:
+            shutil.rmtree(array, ignore_errors=True)
+    return freed, before
