@@ -250,7 +250,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
         # the server's start-up (the longer) overlaps the import of torch and timm; an
         # unknown model or layers out of range are refused before Prefect is imported
         cli._start_prefect_server()
-        cli._check_model_request(config)
+        info = cli._check_model_request(config)
+        if args.store_activations:  # a stats-only run writes no activations
+            cli._check_space(config, store, info)
         cli._check_placement(args, config)
     require_writable(store)  # an audit always writes its tables
     if args.demo:

@@ -17,7 +17,7 @@ from bfd.flows.decompose import decompose
 from bfd.queries import run_sql
 from bfd.storage import NOT_STORED, Store, open_activations, open_results
 from bfd.tasks.decompose import DecomposeOptions
-from bfd.tasks.extract import ExtractConfig, _model, prepare_run
+from bfd.tasks.extract import ExtractConfig, _model, bytes_to_write, prepare_run
 from bfd.tasks.stats_only import KEEP_IMAGES_BYTES, _Images, decompose_from_forward
 
 CONFIG = {"model": "test_vit", "weights": "random", "images": "samples", "n_images": 12,
@@ -100,3 +100,22 @@ def test_stats_only_results_do_not_depend_on_the_images_kept(tmp_path):
         assert statuses == runs[0][1]
         for a, b in zip(runs[0][0], parts, strict=True):
             xr.testing.assert_identical(a, b)
+
+
+def test_bytes_to_write_are_the_stored_activations_and_none_without_them(tmp_path):
+    """What a run needs on the store's disk (``bytes_to_write``, the planner's figure and its
+    refusal's): a stored run's whole activation arrays, a stats-only run nothing, since it
+    keeps no activations. The stats-only planner asked for the stored run's bytes, and a
+    40 MiB disk refused an audit that writes none of them."""
+    stored_root = str(tmp_path / "stored")
+    cfg = ExtractConfig(**{**CONFIG, "images_per_chunk": 4, "batch_size": 3})
+    plan = prepare_run(stored_root, cfg)
+    acts = open_activations(Store(stored_root), plan.run_id)
+    arrays = sum(acts[site].size * acts[site].dtype.itemsize for site in acts.data_vars)
+    assert plan.bytes_to_write == arrays > 0
+    _, stats = _planned(str(tmp_path / "stats"))
+    assert stats.bytes_to_write == 0
+    model_info = models.describe("test_vit", 32)
+    assert bytes_to_write(cfg, model_info, 2, 12) == arrays
+    assert bytes_to_write(ExtractConfig(**{**CONFIG, "extra": dict(NOT_STORED)}), model_info,
+                          2, 12) == 0
