@@ -213,7 +213,9 @@ def _extract_config(args: argparse.Namespace) -> dict:
 class _Bars:
     """tqdm bars fed by the flows' progress reports (bfd.flows.progress)."""
 
-    UNITS = {"extract": "img", "decompose": "layer"}
+    # the stats-only run's forwards count images too (bfd.tasks.stats_only.FORWARD_STAGES)
+    UNITS = {"extract": "img", "decompose": "layer", "forward 1/2": "img",
+             "forward 2/2": "img"}
     # the bars of this process, for Ctrl-C's line (bfd.cli_interrupt)
     live: list[_Bars] = []
 

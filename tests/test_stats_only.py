@@ -3,19 +3,22 @@ read from a float32 store, and keeps no activations."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import numpy as np
 import pytest
 import torch
 import xarray as xr
+from conftest import env_kept
 
 from bfd import images as imgs
 from bfd import models
 from bfd.flows.audit import audit
 from bfd.flows.decompose import decompose
 from bfd.queries import run_sql
-from bfd.storage import NOT_STORED, Store, open_activations, open_results
+from bfd.storage import NOT_STORED, Store, list_runs, open_activations, open_results
 from bfd.tasks.decompose import DecomposeOptions
 from bfd.tasks.extract import ExtractConfig, _model, bytes_to_write, prepare_run
 from bfd.tasks.stats_only import KEEP_IMAGES_BYTES, _Images, decompose_from_forward
@@ -119,3 +122,57 @@ def test_bytes_to_write_are_the_stored_activations_and_none_without_them(tmp_pat
     assert bytes_to_write(cfg, model_info, 2, 12) == arrays
     assert bytes_to_write(ExtractConfig(**{**CONFIG, "extra": dict(NOT_STORED)}), model_info,
                           2, 12) == 0
+
+
+AUDIT = ["audit", "--model", "test_vit", "--weights", "random", "--n-images", "12",
+         "--img-size", "32", "--layers", "0,2", "--dtype", "float32", "--images-per-chunk", "4",
+         "--batch-size", "4", "--device", "cpu", "--no-dashboard", "--no-store-activations"]
+
+
+@pytest.fixture(scope="module")
+def stats_audit(prefect_harness, tmp_path_factory):
+    """One ``bfd audit --no-store-activations`` in this process: its store, its run, its
+    stderr, and each progress report with the line Ctrl-C would have written then."""
+    from bfd import cli_interrupt
+    from bfd.cli import main
+    from bfd.flows import progress
+
+    root = tmp_path_factory.mktemp("stats-audit") / "store"
+    seen = []
+
+    def listen(stage: str, done: int, total: int, detail: dict) -> None:
+        seen.append((stage, done, total, cli_interrupt.message()))
+
+    err = io.StringIO()
+    with env_kept(), progress.listening(listen), contextlib.redirect_stderr(err), \
+            contextlib.redirect_stdout(io.StringIO()):
+        code = main([*AUDIT, "--store", str(root)])
+    assert code == 0, err.getvalue()
+    (rid,) = list_runs(Store(root))
+    return root, rid, err.getvalue(), seen
+
+
+def test_a_stats_only_audit_says_its_plan_and_reports_each_pass_batch_by_batch(stats_audit):
+    """The plan in one line (images, no activations kept, two forwards), then each forward's
+    images batch by batch and the (site, layer)s summarized, each stage by its own name; and
+    Ctrl-C meanwhile would say that nothing is kept. It showed one bar, ``extract``, at 0
+    until both forwards and the summaries were done, then at 12, and Ctrl-C said that
+    completed shards are kept and a rerun resumes: it keeps none and computes all again."""
+    from bfd.cli_interrupt import NOT_RECORDED_NOTHING_KEPT
+
+    root, rid, err, seen = stats_audit
+    work = [(stage, done, total) for stage, done, total, _ in seen
+            if stage not in ("notice", "audit")]
+    per_batch = [0, 4, 8, 12]  # batches of 4 images
+    assert work == ([("forward 1/2", n, 12) for n in per_batch]
+                    + [("forward 2/2", n, 12) for n in per_batch]
+                    + [("decompose", n, 4) for n in range(1, 5)])  # 2 sites x 2 layers
+    assert {line for stage, *_, line in seen if stage != "audit"} == {NOT_RECORDED_NOTHING_KEPT}
+    plan = (f"bfd: run {rid}: 12 images, no activations kept (--no-store-activations): two "
+            "forward passes over them (forward 1/2: their means, forward 2/2: their "
+            "projections), then the summaries of 4 (site, layer) pairs (decompose); an "
+            "interrupted run keeps nothing and is computed again from the start\n")
+    assert err.startswith(plan), err
+    bars = err.replace("\r", "\n")
+    assert "forward 1/2: 100%" in bars and "forward 2/2: 100%" in bars
+    assert "decompose: 100%" in bars and "extract" not in bars
