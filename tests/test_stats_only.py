@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from conftest import env_kept
+from conftest import env_kept, run_cli
 
 from bfd import images as imgs
 from bfd import models
@@ -176,3 +176,26 @@ def test_a_stats_only_audit_says_its_plan_and_reports_each_pass_batch_by_batch(s
     bars = err.replace("\r", "\n")
     assert "forward 1/2: 100%" in bars and "forward 2/2: 100%" in bars
     assert "decompose: 100%" in bars and "extract" not in bars
+
+
+def test_runs_says_a_stats_only_run_kept_no_activations(stats_audit, capsys):
+    """`bfd runs` tells a published stats-only run from a stored one (its `activations`
+    column, from its config_json), without torch, timm or Prefect; it could not."""
+    root, rid, _, _ = stats_audit
+    code, out, err = run_cli(["runs", "--format", "json", "--store", str(root)], capsys)
+    assert code == 0, err
+    assert [(r["run_id"], r["activations"]) for r in json.loads(out)] == [(rid, "not stored")]
+
+
+def test_the_dashboard_run_page_says_a_stats_only_run_kept_no_activations(stats_audit,
+                                                                         tmp_path):
+    """The run page's data say `activations`: `not stored`, as `bfd runs` does."""
+    import re
+
+    from bfd.report.dashboard import build_dashboard
+
+    root, rid, _, _ = stats_audit
+    build_dashboard(root, tmp_path / "site")
+    text = (tmp_path / "site" / "runs" / f"{rid}.html").read_text(encoding="utf-8")
+    data = re.search(r"<script type='application/json' id='bfd-data'>(.*?)</script>", text, re.S)
+    assert json.loads(data.group(1))["run"]["activations"] == "not stored"
