@@ -307,16 +307,25 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_decompose(args: argparse.Namespace) -> int:
-    from bfd.storage import Store, read_request
+    from bfd.storage import (
+        Store,
+        is_stats_only,
+        read_request,
+        result_flags,
+        stats_only_not_decomposed,
+    )
     from bfd.tasks.options import DecomposeOptions
 
     # the options and the run are checked before the server, torch or Prefect start
-    DecomposeOptions(prefix=args.prefix, seed=args.control_seed,
-                     compute_dtype=args.compute_dtype, images_per_task=args.images_per_task,
-                     device=args.device, jackknife_groups=args.jackknife_groups,
-                     ci_target=args.ci_target)
+    options = DecomposeOptions(prefix=args.prefix, seed=args.control_seed,
+                               compute_dtype=args.compute_dtype,
+                               images_per_task=args.images_per_task, device=args.device,
+                               jackknife_groups=args.jackknife_groups, ci_target=args.ci_target)
     store = _store(args)
-    read_request(Store(store), args.run_id)
+    if is_stats_only(read_request(Store(store), args.run_id).extra):  # nothing to read
+        raise ValueError(stats_only_not_decomposed(
+            Store(store), args.run_id, result_flags(options.to_dict(),
+                                                    DecomposeOptions().to_dict())))
     _start_prefect_server()
     from bfd.flows.runners import check_dask_address, decompose_flow
 

@@ -6,6 +6,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,7 +35,7 @@ CONFIG = {"model": "test_vit", "weights": "random", "images": "samples", "n_imag
 
 
 @pytest.mark.slow
-def test_stats_only_equals_the_stored_path(prefect_harness, tmp_path):
+def test_stats_only_equals_the_stored_path(prefect_harness, tmp_path, capsys):
     stored_root, stats_root = str(tmp_path / "stored"), str(tmp_path / "stats")
     options = {"seed": 3}  # the split-half and shuffle controls must see the same images
     stored = audit(dict(CONFIG), stored_root, decompose_options=options, dashboard=False)
@@ -63,6 +69,21 @@ def test_stats_only_equals_the_stored_path(prefect_harness, tmp_path):
     assert all(np.isnan(acts[site].values).all() for site in acts.data_vars)
     with pytest.raises(ValueError, match="kept no activations"):
         decompose(stats["run_id"], stats_root)
+
+    # published with options bfd audit does not take (--control-seed 3): verify's repair
+    # says so, and where they are given (it said "with the decompose options it was audited
+    # with", which no bfd audit option sets)
+    from bfd.storage import read_pointer
+
+    table = Path(stats_root) / read_pointer(store, stats["run_id"])["tables"]["heads"]
+    table.write_bytes(b"PAR1 not really parquet")
+    code, _, err = run_cli(["verify", stats["run_id"], "--store", stats_root], capsys)
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.endswith(f"--store {stats_root} (but it was published with --control-seed 3, "
+                        "which bfd audit does not take: for the same figures run the flow "
+                        "audit, e.g. a Prefect deployment run's --params, with that request as "
+                        "its config, store_activations false and decompose_options "
+                        '{"seed": 3})\n'), err
 
 
 def _planned(root: str, **over):
@@ -199,3 +220,60 @@ def test_the_dashboard_run_page_says_a_stats_only_run_kept_no_activations(stats_
     text = (tmp_path / "site" / "runs" / f"{rid}.html").read_text(encoding="utf-8")
     data = re.search(r"<script type='application/json' id='bfd-data'>(.*?)</script>", text, re.S)
     assert json.loads(data.group(1))["run"]["activations"] == "not stored"
+
+
+def test_decompose_of_a_stats_only_run_is_refused_before_prefect_with_what_works(
+        stats_audit, tmp_path, capsys):
+    """`bfd decompose` of a stats-only run with other options is refused in one line before
+    Prefect is imported (it was, inside the flow, after its server's start-up), naming what
+    works: the `bfd extract` of its request, then `bfd decompose` of that run with the
+    options given, which do (it said "audit it again that way": bfd audit takes no decompose
+    option). And verify's repair of a damaged stats-only run published with bfd audit's
+    default options is its audit command alone (it added "(with the decompose options it
+    was audited with)")."""
+    from bfd.storage import read_pointer, verify_run
+
+    root = tmp_path / "store"
+    shutil.copytree(stats_audit[0], root)
+    rid = stats_audit[1]
+    flags = ["--control-seed", "3", "--prefix", "include"]
+    code = ("import contextlib, io, sys\n"
+            "from bfd.cli import main\n"
+            "err = io.StringIO()\n"
+            "with contextlib.redirect_stderr(err):\n"
+            f"    code = main(['decompose', {rid!r}, *{flags!r}, '--store', {str(root)!r}])\n"
+            "print(code, sorted(m for m in ('torch', 'timm', 'prefect') if m in sys.modules))\n"
+            "print(err.getvalue(), end='')\n")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1],
+                          capture_output=True, text=True, timeout=120,
+                          env={**env, "PREFECT_HOME": str(tmp_path / "prefect-home")})
+    status, err = proc.stdout.split("\n", 1)
+    assert status == "2 []", proc.stdout + proc.stderr
+    assert err.count("\n") == 1 and "audit it again" not in err, err
+    assert err.startswith(f"bfd: error: run {rid} kept no activations (an audit with "
+                          "--no-store-activations): bfd decompose has nothing of it to read. "
+                          "To decompose its request with other options, store its "
+                          "activations: bfd extract --model test_vit "), err
+    extract, decompose_it = err.split("store its activations: ")[1].split("; then ")
+    assert decompose_it == (f"bfd decompose RUN --prefix include --control-seed 3 --store "
+                            f"{root} with the run id that command prints (bfd audit takes no "
+                            "decompose option)\n")
+    # what it says works: a stored run of the request, decomposed with those options
+    code, out, err = run_cli(shlex.split(extract)[1:], capsys)
+    assert code == 0, err
+    stored = out.split()[1]
+    assert stored != rid and out.startswith(f"run {stored} extracted into {root}")
+    code, out, err = run_cli(["decompose", stored, *flags, "--store", str(root)], capsys)
+    assert code == 0, err
+    results = open_results(Store(root), stored)
+    assert (results.attrs["seed"], results.attrs["prefix"]) == (3, "include")
+
+    table = root / read_pointer(Store(root), rid)["tables"]["heads"]
+    table.write_bytes(b"PAR1 not really parquet")
+    assert verify_run(Store(root), rid)
+    code, _, err = run_cli(["verify", rid, "--store", str(root)], capsys)
+    assert code == 1 and err.count("\n") == 1, err
+    command = err.split("published again by: ")[1].rstrip("\n")
+    assert command.startswith("bfd audit --no-store-activations --model test_vit ")
+    assert command.endswith(f"--store {root}"), command  # nothing after it to do by hand

@@ -67,6 +67,8 @@ _EXPORTS: Final[dict[str, str]] = {
     "decompose_command": "republish",
     "first_published": "republish",
     "published_options": "republish",
+    "result_flags": "republish",
+    "stats_only_not_decomposed": "republish",
     "results_path": "published",
     "write_results": "published",
     "write_table": "published",
