@@ -478,3 +478,17 @@ def test_a_table_file_gone_is_named_missing(damaged, capsys):
     table.unlink()
     code, out, _ = cli(["verify", rid, "--store", str(root)], capsys)
     assert code == 1 and out == f"fault: {table}: missing (the published version's file is gone)\n"
+
+
+@pytest.mark.parametrize(("done", "said"), [
+    (6, "14 shards never completed: 6, 7, 8, 9, 10, 11, 12, 13, 14, 15 and 4 more"),
+    (19, "1 shard never completed: 19")])
+def test_the_shards_never_completed_are_counted_when_the_list_is_cut(tmp_path, done, said):
+    """20 shards, the first ``done`` extracted: verify says how many never completed and
+    that the list is cut; it said `shards [6, 7, ..., 15] never completed` of 14."""
+    from storebuilder import build_run, random_run_arrays
+
+    store = Store(tmp_path / "store")
+    rid = build_run(store, *random_run_arrays(0, L=1, N=80, T=4, d=4, sites=("resid",)),
+                    shards_done=done)
+    assert [str(f) for f in verify_run(store, rid)] == [f"{store.shards_dir(rid)}: {said}"]
