@@ -179,8 +179,6 @@ def test_a_stats_only_audit_says_its_plan_and_reports_each_pass_batch_by_batch(s
     Ctrl-C meanwhile would say that nothing is kept. It showed one bar, ``extract``, at 0
     until both forwards and the summaries were done, then at 12, and Ctrl-C said that
     completed shards are kept and a rerun resumes: it keeps none and computes all again."""
-    from bfd.cli_interrupt import NOT_RECORDED_NOTHING_KEPT
-
     root, rid, err, seen = stats_audit
     work = [(stage, done, total) for stage, done, total, _ in seen
             if stage not in ("notice", "audit")]
@@ -188,7 +186,9 @@ def test_a_stats_only_audit_says_its_plan_and_reports_each_pass_batch_by_batch(s
     assert work == ([("forward 1/2", n, 12) for n in per_batch]
                     + [("forward 2/2", n, 12) for n in per_batch]
                     + [("decompose", n, 4) for n in range(1, 5)])  # 2 sites x 2 layers
-    assert {line for stage, *_, line in seen if stage != "audit"} == {NOT_RECORDED_NOTHING_KEPT}
+    assert {line for stage, *_, line in seen if stage != "audit"} == {
+        "bfd: interrupted; no audit was recorded; a stats-only run keeps nothing of its work: "
+        "a rerun computes it again from the start"}
     plan = (f"bfd: run {rid}: 12 images, no activations kept (--no-store-activations): two "
             "forward passes over them (forward 1/2: their means, forward 2/2: their "
             "projections), then the summaries of 4 (site, layer) pairs (decompose); an "
