@@ -131,20 +131,6 @@ def _is_url(path: str) -> bool:
     return "://" in path
 
 
-# Shards named in verify's line of the shards never completed; the rest are counted.
-SHARDS_NAMED = 10
-
-
-def _never_completed(missing: list[int]) -> str:
-    """``14 shards never completed: 6, 7, ..., 15 and 4 more``: how many, the first
-    ``SHARDS_NAMED``, and how many are not named."""
-    named = ", ".join(map(str, missing[:SHARDS_NAMED]))
-    more = (f" and {len(missing) - SHARDS_NAMED} more" if len(missing) > SHARDS_NAMED
-            else "")
-    return (f"{len(missing)} shard{'' if len(missing) == 1 else 's'} never completed: "
-            f"{named}{more}")
-
-
 def kept_no_activations(store: Store, run_id: str) -> bool:
     """Whether the run's readable request marks it stats-only (``bfd audit
     --no-store-activations``): its results and tables are all it has."""
@@ -410,5 +396,8 @@ def verify_run(store: Store, run_id: str) -> list[Fault]:
     elif per_shard is not None:  # unknown when only the last shard's marker is readable
         missing = sorted(set(range(math.ceil(n_images / per_shard))) - set(markers))
         if missing:
-            faults.append(Fault(str(store.shards_dir(run_id)), _never_completed(missing)))
+            more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+            faults.append(Fault(str(store.shards_dir(run_id)), (
+                f"{len(missing)} shard{'' if len(missing) == 1 else 's'} never completed: "
+                f"{', '.join(map(str, missing[:10]))}{more}")))
     return faults + [f for future in others for f in future.result()]

@@ -136,7 +136,7 @@ def stats_only_not_decomposed(store: Store, run_id: str, flags: str) -> str:
     refused, and what the user can do: store the request's activations (the ``bfd extract``
     command of its request, which makes a stored run of it) and decompose that run with the
     options given (``flags``, ``result_flags``); ``bfd audit`` takes no decompose option."""
-    from .integrity import repair_command
+    from bfd.storage import repair_command
 
     extract = repair_command(store, run_id).replace("bfd audit --no-store-activations",
                                                      "bfd extract", 1)

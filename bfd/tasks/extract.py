@@ -33,12 +33,8 @@ from bfd.storage import (
     Store,
     create_activation_template,
     earlier_spelling,
-    has_request_keys,
-    is_stats_only,
     mark_shard_done,
-    model_slug,
     plan_shards,
-    read_request_key,
     trusted_shards,
     write_image_manifest,
     write_model_tensors,
@@ -47,7 +43,7 @@ from bfd.storage import (
 )
 from bfd.storage import run_id as request_run_id
 from bfd.tasks.model_check import capture_logit_check, qkv_biases
-from bfd.tasks.request_key import key_of_config, record_request_key
+from bfd.tasks.request_key import record_request_key
 
 DEFAULT_IMAGES_PER_CHUNK = 32
 
@@ -325,6 +321,8 @@ def bytes_to_write(cfg: ExtractConfig, info: models.ModelInfo, n_layers: int,
     storage dtype (the bulk of a run: its model tensors, tables and results weigh a few MB);
     none for a stats-only request (``bfd audit --no-store-activations``), which keeps no
     activations."""
+    from bfd.storage import is_stats_only
+
     if is_stats_only(cfg.extra):
         return 0
     return (n_images * n_layers * len(cfg.sites) * info.num_tokens * info.width
@@ -374,6 +372,9 @@ def check_space(store_root: str, cfg: ExtractConfig,
     Raises:
         NotEnoughSpaceError: Naming what the run needs and what the disk has free.
     """
+    from bfd.storage import has_request_keys, is_stats_only, model_slug, read_request_key
+    from bfd.tasks.request_key import key_of_config
+
     if is_stats_only(cfg.extra):
         return
     store = Store(store_root)
