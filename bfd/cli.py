@@ -91,17 +91,27 @@ def _check_request_early(args: argparse.Namespace, config) -> None:
     check_workers(args.workers)
 
 
-def _check_model_request(config) -> None:
+def _check_model_request(config):
     """What of an extraction request (a dict, or an audit's typed config) needs the model
     (its name known to timm and supported, layers in range, the input size against its
     patch) or torch (a CUDA device) but no Prefect: checked after ``_check_request_early``
     and before Prefect is imported (``_check_placement``, the flows), which came first and
     held such a refusal back by seconds. Prefect's temporary server may be starting
     meanwhile (``_start_prefect_server``: its start-up overlaps these imports); it is not
-    waited for at such a refusal (``bfd.flows.server``)."""
+    waited for at such a refusal (``bfd.flows.server``). Returns the model's shapes
+    (``bfd.models.ModelInfo``)."""
     from bfd.tasks.extract import ExtractConfig, validate_config
 
-    validate_config(ExtractConfig(**_extract_dict(config)))
+    return validate_config(ExtractConfig(**_extract_dict(config)))
+
+
+def _check_space(config, store: str, info) -> None:
+    """A run whose activations cannot fit in the free space of the store's disk, refused
+    before Prefect is imported or anything recorded, where it can be known then
+    (``bfd.tasks.extract.check_space``); ``info``: what ``_check_model_request`` returned."""
+    from bfd.tasks.extract import ExtractConfig, check_space
+
+    check_space(store, ExtractConfig(**_extract_dict(config)), info)
 
 
 def _check_placement(args: argparse.Namespace, config) -> None:
@@ -208,7 +218,9 @@ def _extract_config(args: argparse.Namespace) -> dict:
 class _Bars:
     """tqdm bars fed by the flows' progress reports (bfd.flows.progress)."""
 
-    UNITS = {"extract": "img", "decompose": "layer"}
+    # the stats-only run's forwards count images too (bfd.tasks.stats_only.FORWARD_STAGES)
+    UNITS = {"extract": "img", "decompose": "layer", "forward 1/2": "img",
+             "forward 2/2": "img"}
     # the bars of this process, for Ctrl-C's line (bfd.cli_interrupt)
     live: list[_Bars] = []
 
@@ -287,7 +299,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
         print(f"run {done} extracted into {_store(args)}")
         return 0
     _start_prefect_server()
-    _check_model_request(config)  # before Prefect is imported
+    info = _check_model_request(config)  # before Prefect is imported
+    _check_space(config, _store(args), info)
     _check_placement(args, config)
     from bfd.flows.extract import extract
     from bfd.flows.runners import task_runner
@@ -299,16 +312,25 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_decompose(args: argparse.Namespace) -> int:
-    from bfd.storage import Store, read_request
+    from bfd.storage import (
+        Store,
+        is_stats_only,
+        read_request,
+        result_flags,
+        stats_only_not_decomposed,
+    )
     from bfd.tasks.options import DecomposeOptions
 
     # the options and the run are checked before the server, torch or Prefect start
-    DecomposeOptions(prefix=args.prefix, seed=args.control_seed,
-                     compute_dtype=args.compute_dtype, images_per_task=args.images_per_task,
-                     device=args.device, jackknife_groups=args.jackknife_groups,
-                     ci_target=args.ci_target)
+    options = DecomposeOptions(prefix=args.prefix, seed=args.control_seed,
+                               compute_dtype=args.compute_dtype,
+                               images_per_task=args.images_per_task, device=args.device,
+                               jackknife_groups=args.jackknife_groups, ci_target=args.ci_target)
     store = _store(args)
-    read_request(Store(store), args.run_id)
+    if is_stats_only(read_request(Store(store), args.run_id).extra):  # nothing to read
+        raise ValueError(stats_only_not_decomposed(
+            Store(store), args.run_id, result_flags(options.to_dict(),
+                                                    DecomposeOptions().to_dict())))
     _start_prefect_server()
     from bfd.flows.runners import check_dask_address, decompose_flow
 

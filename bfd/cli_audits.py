@@ -219,7 +219,7 @@ def drift_exit(n_flagged: int, fail_on_drift: bool, audits: Sequence[dict] = (),
 def cmd_audit(args: argparse.Namespace) -> int:
     """``bfd audit``: the flow ``audit``, or for a run already computed the audit's record
     alone, without Prefect (``bfd.cli_reuse``)."""
-    from bfd.cli_interrupt import NOT_RECORDED_SHARDS_KEPT, say
+    from bfd.cli_interrupt import NOT_RECORDED_NOTHING_KEPT, NOT_RECORDED_SHARDS_KEPT, say
     from bfd.cli_reuse import computed_run_of, record_reused_audit
     from bfd.flows.params import DEMO_CONFIG, require_model
     from bfd.queries import run_query
@@ -251,7 +251,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
         # the server's start-up (the longer) overlaps the import of torch and timm; an
         # unknown model or layers out of range are refused before Prefect is imported
         cli._start_prefect_server()
-        cli._check_model_request(config)
+        info = cli._check_model_request(config)
+        if args.store_activations:  # a stats-only run writes no activations
+            cli._check_space(config, store, info)
         cli._check_placement(args, config)
     require_writable(store)  # an audit always writes its tables
     if args.demo:
@@ -265,7 +267,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         from bfd.flows.audit import audit
 
         # Ctrl-C's line: bfd.cli.main's NOT_RECORDED until now, as for a run already computed
-        say(NOT_RECORDED_SHARDS_KEPT)  # shards may be extracted from now on
+        # shards may be extracted from now on; a stats-only run keeps none
+        say(NOT_RECORDED_SHARDS_KEPT if args.store_activations else NOT_RECORDED_NOTHING_KEPT)
         with progress.listening(audit_progress):  # Ctrl-C's line names the audit once written
             out = cli._with_bars(audit, config, store, workers=args.workers,
                                  dask_address=args.dask_address,

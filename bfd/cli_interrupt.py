@@ -19,9 +19,10 @@ native call, from a thread woken by the signal's wakeup descriptor.
 The line says what the interrupt left: ``MESSAGE`` while shards may be being extracted; in
 ``bfd audit`` ``NOT_RECORDED`` before its flow starts (its checks) or, for a run already
 computed (``bfd.cli_reuse``), before its audit is recorded, ``NOT_RECORDED_SHARDS_KEPT`` in
-its flow before the audit is recorded; and from the moment an audit's row is written a line
-naming that audit (``recorded``), so that a rerun's second audit of the same request is not
-made unknowingly.
+its flow before the audit is recorded (``NOT_RECORDED_NOTHING_KEPT`` for a stats-only audit,
+``--no-store-activations``, which keeps no shards); and from the moment an audit's row is
+written a line naming that audit (``recorded``), so that a rerun's second audit of the same
+request is not made unknowingly.
 The write itself is held from Ctrl-C (``recording``, the ``writing`` of
 ``bfd.tasks.audits.audit_row``; the flow ``audit`` reaches it through its progress listeners,
 ``audit_progress``): a SIGINT that lands while the row is being written ends the process once
@@ -42,6 +43,9 @@ MESSAGE = "bfd: interrupted; completed shards are kept and a rerun resumes"
 NOT_RECORDED = "bfd: interrupted; no audit was recorded"
 # the flow audit's before its audit is recorded (only then written: bfd.tasks.audits.audit_row)
 NOT_RECORDED_SHARDS_KEPT = f"{NOT_RECORDED}; completed shards are kept and a rerun resumes"
+# the same for a stats-only audit (--no-store-activations): its forwards keep nothing
+NOT_RECORDED_NOTHING_KEPT = (f"{NOT_RECORDED}; a stats-only run keeps nothing of its work: a "
+                             "rerun computes it again from the start")
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process it ended
 

@@ -212,11 +212,17 @@ _RUNS_SHOWN = (
     "run_id, model, weights, CASE WHEN nullif(images_sha256, '') IS NOT NULL THEN concat("
     "coalesce(nullif(regexp_extract(rtrim(images, '/\\'), '[^/\\\\]*$'), ''), '?'), '@', "
     "left(images_sha256, 12)) END AS images, nullif(img_size, 0) AS img_size, prefix, "
-    "n_images, n_skipped, layers, sites, status, created_at")
+    "activations, n_images, n_skipped, layers, sites, status, created_at")
 # A published run's prefix option (run_shapes' rule: json_valid, so that a row of other JSON
 # than bfd's does not fail the listing)
 _RUNS_PREFIX = ("coalesce(CASE WHEN json_valid(config_json) THEN json_extract_string("
                 "config_json, '$.decompose.prefix') END, 'exclude')")
+# A published run's activations: 'not stored' for a stats-only run (bfd audit
+# --no-store-activations: its request's extra says so), else 'stored'; NULL for a config_json
+# that is no JSON (bfd.storage.unpublished.activations_said: the same rule)
+_RUNS_ACTIVATIONS = ("CASE WHEN json_valid(config_json) THEN CASE WHEN json_extract_string("
+                     "config_json, '$.request.extra.activations') = 'not stored' THEN "
+                     "'not stored' ELSE 'stored' END END")
 # A published run's model with its --model-arg options (bfd.storage.model_label; the
 # run_shapes view's model, bfd/queries/_run_shapes.sql)
 _MODEL_LABEL = ("model || coalesce(' ' || CASE WHEN json_valid(config_json) THEN CAST("
@@ -230,7 +236,8 @@ def _runs_sql(pending: list) -> tuple[str, dict]:
     """The statement of ``bfd runs`` over the catalog, with the runs not published bound as
     its parameters (no pyarrow table built from Python values: that would import pandas)."""
     columns = ", ".join(_MODEL_LABEL if c == "model" else c for c in _RUNS_COLUMNS)
-    sql = f"SELECT {columns}, {_RUNS_PREFIX} AS prefix, created_at FROM runs"
+    sql = (f"SELECT {columns}, {_RUNS_PREFIX} AS prefix, {_RUNS_ACTIVATIONS} AS activations, "
+           "created_at FROM runs")
     params: dict = {}
     rows = []
     for i, run in enumerate(pending):
@@ -239,8 +246,10 @@ def _runs_sql(pending: list) -> tuple[str, dict]:
             params[f"{name}_{i}"] = getattr(run, name)
             values.append(f"${name}_{i}::{kind}")
         params[f"created_at_{i}"] = run.created_at  # a damaged published run's, else None
+        params[f"activations_{i}"] = run.activations
         # no prefix: not decomposed, or (damaged) its config unread
-        rows.append(f"({', '.join(values)}, NULL::VARCHAR, $created_at_{i}::TIMESTAMPTZ)")
+        rows.append(f"({', '.join(values)}, NULL::VARCHAR, $activations_{i}::VARCHAR, "
+                    f"$created_at_{i}::TIMESTAMPTZ)")
     if rows:
         sql += f" UNION ALL SELECT * FROM (VALUES {', '.join(rows)})"
     return (f"SELECT {_RUNS_SHOWN} FROM ({sql}) ORDER BY created_at NULLS LAST, run_id",
@@ -339,6 +348,32 @@ def _say_damaged_events(store) -> None:
         print(f"bfd: note (not of this run): {line}", file=sys.stderr)
 
 
+def _audit_options_said(store, run_id: str) -> str:
+    """What the ``bfd audit --no-store-activations`` that repairs a stats-only run leaves out:
+    nothing when the run was published with ``bfd audit``'s decompose options (the defaults);
+    else the options it was published with, which ``bfd audit`` does not take, and where
+    they are given (the flow ``audit``'s ``decompose_options``)."""
+    import json
+
+    from bfd.storage import published_options, result_flags
+    from bfd.storage.republish import RESULT_FLAGS
+    from bfd.tasks.options import DecomposeOptions
+
+    options, _ = published_options(store, run_id)
+    if options is None:
+        return (" (no copy of the decompose options it was published with reads: bfd audit "
+                "decomposes with the default ones)")
+    defaults = DecomposeOptions().to_dict()
+    changed = {key: options[key] for key in RESULT_FLAGS
+               if key in options and options[key] != defaults[key]}
+    if not changed:
+        return ""
+    return (f" (but it was published with {result_flags(options, defaults)}, which bfd audit "
+            "does not take: for the same figures run the flow audit, e.g. a Prefect "
+            "deployment run's --params, with that request as its config, store_activations "
+            f"false and decompose_options {json.dumps(changed, sort_keys=True)})")
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from bfd.storage import (
         Store,
@@ -372,8 +407,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return 1
     if faults and stats_only:  # no activations to extract or decompose again
         print(f"bfd: run {args.run_id} has {len(faults)} fault(s); the stats-only run is "
-              f"computed and published again by: {repair_command(store, args.run_id)} "
-              "(with the decompose options it was audited with)", file=sys.stderr)
+              f"computed and published again by: {repair_command(store, args.run_id)}"
+              f"{_audit_options_said(store, args.run_id)}", file=sys.stderr)
         _say_weights_gone(store, args.run_id)
         return 1
     if faults:

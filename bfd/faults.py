@@ -90,7 +90,7 @@ def describe(err: BaseException) -> tuple[int, str] | None:
     bug, whose traceback should show)."""
     names = _names(err)
     module = type(err).__module__ or ""
-    if {"DamagedStoreError", "RunBusyError"} & names:
+    if {"DamagedStoreError", "RunBusyError", "NotEnoughSpaceError"} & names:
         return ENVIRONMENT_ERROR, _one_line(err)
     if module.startswith(("duckdb", "_duckdb")):
         return _duckdb(err)

@@ -892,17 +892,22 @@ def test_runs_lists_runs_not_published_with_what_to_do(tmp_path):
     *rows, last = proc.stdout.splitlines()
     assert last == "0 []", proc.stderr
     listed = [(r["run_id"], r["model"], r["status"], r["n_images"], r["n_skipped"], r["layers"],
-               r["created_at"] is None, r["images"], r["img_size"], r["prefix"])
+               r["created_at"] is None, r["images"], r["img_size"], r["prefix"],
+               r["activations"])
               for r in json.loads("\n".join(rows))]
     size = read_request(store, extracted).img_size  # an int: the grid's height
     assert listed == [
-        (legacy, "toy_l", "complete", None, None, None, False, None, None, "include"),
+        (legacy, "toy_l", "complete", None, None, None, False, None, None, "include", "stored"),
         ("toy-run", "toy", "complete", 0, 0, "layers-0", False, "images-0@images_sha25", None,
-         "exclude"),
-        ("broken-0", None, "damaged", None, None, None, True, None, None, None),
-        (extracted, "toy_a", "extracted", 10, 2, "0,1,2", True, "planted@planted", size, None),
-        (stopped, "toy_b", "incomplete", 10, None, "0,1,2", True, "planted@planted", size, None),
-        (stats_only, "toy_c", "incomplete", 5, None, "0", True, "noise@999999999999", 32, None),
+         "exclude", "stored"),
+        ("broken-0", None, "damaged", None, None, None, True, None, None, None, None),
+        (extracted, "toy_a", "extracted", 10, 2, "0,1,2", True, "planted@planted", size, None,
+         "stored"),
+        (stopped, "toy_b", "incomplete", 10, None, "0,1,2", True, "planted@planted", size, None,
+         "stored"),
+        # a stats-only run says so: it has no activations to decompose again
+        (stats_only, "toy_c", "incomplete", 5, None, "0", True, "noise@999999999999", 32, None,
+         "not stored"),
     ]
     # a published run's images, img_size and prefix are its run_shapes row's (one rule)
     from bfd.queries import connect, run_sql
@@ -943,11 +948,12 @@ def test_runs_lists_a_published_run_whose_table_file_does_not_read_as_damaged(tm
     code, out, err = run(["runs", "--format", "json", "--store", str(root)], capsys)
     assert code == 1, err
     known = ({"model": "toy", "weights": "weights-0", "images": "images-0@images_sha25",
-              "img_size": None, "prefix": None, "n_images": 0, "n_skipped": 0,
-              "layers": "layers-0", "sites": "sites-0",
+              "img_size": None, "prefix": None, "activations": "stored", "n_images": 0,
+              "n_skipped": 0, "layers": "layers-0", "sites": "sites-0",
               "created_at": "2025-01-02T03:04:05.500000Z"} if damage == "table"
-             else dict.fromkeys(("model", "weights", "images", "img_size", "prefix", "n_images",
-                                 "n_skipped", "layers", "sites", "created_at")))
+             else dict.fromkeys(("model", "weights", "images", "img_size", "prefix",
+                                 "activations", "n_images", "n_skipped", "layers", "sites",
+                                 "created_at")))
     assert json.loads(out) == [{"run_id": "toy-run", **known, "status": "damaged"}]
     assert not [line for line in err.splitlines() if line.startswith("bfd: run toy-run")], err
     assert err.splitlines()[-1] == (

@@ -214,6 +214,7 @@ def test_run_page_views_are_linked(site, browser):
     assert (meta["images requested"], meta["skipped"], meta["images decoded"]) == (
         "18", "2", "16")
     assert meta["prefix option"] == "exclude"  # the positions its shares are over
+    assert meta["activations"] == "stored"  # not a stats-only run (--no-store-activations)
     for plot in ("shares-plot", "headmap-plot", "spectrum-plot", "alphabeta-plot", "pos-plot",
                  "preservation-plot", "residual-plot", "splithalf-plot", "shuffle-plot"):
         assert browser.execute_script(f"return document.getElementById('{plot}').data.length") > 0

@@ -369,3 +369,27 @@ def test_writing_commands_refuse_a_folder_that_is_no_store_before_any_work(tmp_p
                                                       str(empty)]})
     code, err, _ = out["decompose"]
     assert code == 2 and "not a BFD store" not in err and "some-run" in err, err
+
+
+def test_a_run_too_large_for_the_disk_is_refused_before_prefect_in_one_line(tmp_path):
+    """A stored run whose activations cannot fit in the disk's free space (here 100 000
+    images of a ViT-H at 448: about 30.5 TiB) is refused before Prefect is imported, nothing
+    recorded or written, its line saying "free space" once (exit 1: the environment's fault).
+    It was refused inside the flow, after the server's start-up and with a failed audit
+    recorded, as "no space left writing ... (the run needs ...; free space or choose another
+    --store); free space and run the command again"."""
+    manifest = tmp_path / "many.txt"
+    manifest.write_text("".join(f"/nowhere/{i}.png\n" for i in range(100_000)))
+    big = ["--model", "vit_huge_patch14_224", "--weights", "random", "--img-size", "448",
+           "--dtype", "float32", "--images", str(manifest), "--store", str(tmp_path / "store")]
+    for name, argv in {"audit": ["audit", *big, "--no-dashboard"],
+                       "extract": ["extract", *big]}.items():
+        # one process each: a server launched sets PREFECT_API_URL for the next command
+        code, err, imported = _main_in_a_process(tmp_path, {name: argv})[name]
+        assert code == 1 and err.count("\n") == 1, (name, err)
+        assert err.startswith("bfd: error: the run's activations need 30.5 TiB but the disk "
+                              f"of the store ({tmp_path}) has "), (name, err)
+        assert err.endswith(" free; free space or choose another --store (bfd audit "
+                            "--no-store-activations stores none)\n"), (name, err)
+        assert err.count("free space") == 1 and "prefect" not in imported, (name, err)
+    assert not (tmp_path / "store").exists()

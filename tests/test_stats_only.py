@@ -3,21 +3,30 @@ read from a float32 store, and keeps no activations."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import xarray as xr
+from conftest import env_kept, run_cli
 
 from bfd import images as imgs
 from bfd import models
 from bfd.flows.audit import audit
 from bfd.flows.decompose import decompose
 from bfd.queries import run_sql
-from bfd.storage import NOT_STORED, Store, open_activations, open_results
+from bfd.storage import NOT_STORED, Store, list_runs, open_activations, open_results
 from bfd.tasks.decompose import DecomposeOptions
-from bfd.tasks.extract import ExtractConfig, _model, prepare_run
+from bfd.tasks.extract import ExtractConfig, _model, bytes_to_write, prepare_run
 from bfd.tasks.stats_only import KEEP_IMAGES_BYTES, _Images, decompose_from_forward
 
 CONFIG = {"model": "test_vit", "weights": "random", "images": "samples", "n_images": 12,
@@ -26,7 +35,7 @@ CONFIG = {"model": "test_vit", "weights": "random", "images": "samples", "n_imag
 
 
 @pytest.mark.slow
-def test_stats_only_equals_the_stored_path(prefect_harness, tmp_path):
+def test_stats_only_equals_the_stored_path(prefect_harness, tmp_path, capsys):
     stored_root, stats_root = str(tmp_path / "stored"), str(tmp_path / "stats")
     options = {"seed": 3}  # the split-half and shuffle controls must see the same images
     stored = audit(dict(CONFIG), stored_root, decompose_options=options, dashboard=False)
@@ -60,6 +69,21 @@ def test_stats_only_equals_the_stored_path(prefect_harness, tmp_path):
     assert all(np.isnan(acts[site].values).all() for site in acts.data_vars)
     with pytest.raises(ValueError, match="kept no activations"):
         decompose(stats["run_id"], stats_root)
+
+    # published with options bfd audit does not take (--control-seed 3): verify's repair
+    # says so, and where they are given (it said "with the decompose options it was audited
+    # with", which no bfd audit option sets)
+    from bfd.storage import read_pointer
+
+    table = Path(stats_root) / read_pointer(store, stats["run_id"])["tables"]["heads"]
+    table.write_bytes(b"PAR1 not really parquet")
+    code, _, err = run_cli(["verify", stats["run_id"], "--store", stats_root], capsys)
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.endswith(f"--store {stats_root} (but it was published with --control-seed 3, "
+                        "which bfd audit does not take: for the same figures run the flow "
+                        "audit, e.g. a Prefect deployment run's --params, with that request as "
+                        "its config, store_activations false and decompose_options "
+                        '{"seed": 3})\n'), err
 
 
 def _planned(root: str, **over):
@@ -100,3 +124,156 @@ def test_stats_only_results_do_not_depend_on_the_images_kept(tmp_path):
         assert statuses == runs[0][1]
         for a, b in zip(runs[0][0], parts, strict=True):
             xr.testing.assert_identical(a, b)
+
+
+def test_bytes_to_write_are_the_stored_activations_and_none_without_them(tmp_path):
+    """What a run needs on the store's disk (``bytes_to_write``, the planner's figure and its
+    refusal's): a stored run's whole activation arrays, a stats-only run nothing, since it
+    keeps no activations. The stats-only planner asked for the stored run's bytes, and a
+    40 MiB disk refused an audit that writes none of them."""
+    stored_root = str(tmp_path / "stored")
+    cfg = ExtractConfig(**{**CONFIG, "images_per_chunk": 4, "batch_size": 3})
+    plan = prepare_run(stored_root, cfg)
+    acts = open_activations(Store(stored_root), plan.run_id)
+    arrays = sum(acts[site].size * acts[site].dtype.itemsize for site in acts.data_vars)
+    assert plan.bytes_to_write == arrays > 0
+    _, stats = _planned(str(tmp_path / "stats"))
+    assert stats.bytes_to_write == 0
+    model_info = models.describe("test_vit", 32)
+    assert bytes_to_write(cfg, model_info, 2, 12) == arrays
+    assert bytes_to_write(ExtractConfig(**{**CONFIG, "extra": dict(NOT_STORED)}), model_info,
+                          2, 12) == 0
+
+
+AUDIT = ["audit", "--model", "test_vit", "--weights", "random", "--n-images", "12",
+         "--img-size", "32", "--layers", "0,2", "--dtype", "float32", "--images-per-chunk", "4",
+         "--batch-size", "4", "--device", "cpu", "--no-dashboard", "--no-store-activations"]
+
+
+@pytest.fixture(scope="module")
+def stats_audit(prefect_harness, tmp_path_factory):
+    """One ``bfd audit --no-store-activations`` in this process: its store, its run, its
+    stderr, and each progress report with the line Ctrl-C would have written then."""
+    from bfd import cli_interrupt
+    from bfd.cli import main
+    from bfd.flows import progress
+
+    root = tmp_path_factory.mktemp("stats-audit") / "store"
+    seen = []
+
+    def listen(stage: str, done: int, total: int, detail: dict) -> None:
+        seen.append((stage, done, total, cli_interrupt.message()))
+
+    err = io.StringIO()
+    with env_kept(), progress.listening(listen), contextlib.redirect_stderr(err), \
+            contextlib.redirect_stdout(io.StringIO()):
+        code = main([*AUDIT, "--store", str(root)])
+    assert code == 0, err.getvalue()
+    (rid,) = list_runs(Store(root))
+    return root, rid, err.getvalue(), seen
+
+
+def test_a_stats_only_audit_says_its_plan_and_reports_each_pass_batch_by_batch(stats_audit):
+    """The plan in one line (images, no activations kept, two forwards), then each forward's
+    images batch by batch and the (site, layer)s summarized, each stage by its own name; and
+    Ctrl-C meanwhile would say that nothing is kept. It showed one bar, ``extract``, at 0
+    until both forwards and the summaries were done, then at 12, and Ctrl-C said that
+    completed shards are kept and a rerun resumes: it keeps none and computes all again."""
+    root, rid, err, seen = stats_audit
+    work = [(stage, done, total) for stage, done, total, _ in seen
+            if stage not in ("notice", "audit")]
+    per_batch = [0, 4, 8, 12]  # batches of 4 images
+    assert work == ([("forward 1/2", n, 12) for n in per_batch]
+                    + [("forward 2/2", n, 12) for n in per_batch]
+                    + [("decompose", n, 4) for n in range(1, 5)])  # 2 sites x 2 layers
+    assert {line for stage, *_, line in seen if stage != "audit"} == {
+        "bfd: interrupted; no audit was recorded; a stats-only run keeps nothing of its work: "
+        "a rerun computes it again from the start"}
+    plan = (f"bfd: run {rid}: 12 images, no activations kept (--no-store-activations): two "
+            "forward passes over them (forward 1/2: their means, forward 2/2: their "
+            "projections), then the summaries of 4 (site, layer) pairs (decompose); an "
+            "interrupted run keeps nothing and is computed again from the start\n")
+    assert err.startswith(plan), err
+    bars = err.replace("\r", "\n")
+    assert "forward 1/2: 100%" in bars and "forward 2/2: 100%" in bars
+    assert "decompose: 100%" in bars and "extract" not in bars
+
+
+def test_runs_says_a_stats_only_run_kept_no_activations(stats_audit, capsys):
+    """`bfd runs` tells a published stats-only run from a stored one (its `activations`
+    column, from its config_json), without torch, timm or Prefect; it could not."""
+    root, rid, _, _ = stats_audit
+    code, out, err = run_cli(["runs", "--format", "json", "--store", str(root)], capsys)
+    assert code == 0, err
+    assert [(r["run_id"], r["activations"]) for r in json.loads(out)] == [(rid, "not stored")]
+
+
+def test_the_dashboard_run_page_says_a_stats_only_run_kept_no_activations(stats_audit,
+                                                                         tmp_path):
+    """The run page's data say `activations`: `not stored`, as `bfd runs` does."""
+    import re
+
+    from bfd.report.dashboard import build_dashboard
+
+    root, rid, _, _ = stats_audit
+    build_dashboard(root, tmp_path / "site")
+    text = (tmp_path / "site" / "runs" / f"{rid}.html").read_text(encoding="utf-8")
+    data = re.search(r"<script type='application/json' id='bfd-data'>(.*?)</script>", text, re.S)
+    assert json.loads(data.group(1))["run"]["activations"] == "not stored"
+
+
+def test_decompose_of_a_stats_only_run_is_refused_before_prefect_with_what_works(
+        stats_audit, tmp_path, capsys):
+    """`bfd decompose` of a stats-only run with other options is refused in one line before
+    Prefect is imported (it was, inside the flow, after its server's start-up), naming what
+    works: the `bfd extract` of its request, then `bfd decompose` of that run with the
+    options given, which do (it said "audit it again that way": bfd audit takes no decompose
+    option). And verify's repair of a damaged stats-only run published with bfd audit's
+    default options is its audit command alone (it added "(with the decompose options it
+    was audited with)")."""
+    from bfd.storage import read_pointer, verify_run
+
+    root = tmp_path / "store"
+    shutil.copytree(stats_audit[0], root)
+    rid = stats_audit[1]
+    flags = ["--control-seed", "3", "--prefix", "include"]
+    code = ("import contextlib, io, sys\n"
+            "from bfd.cli import main\n"
+            "err = io.StringIO()\n"
+            "with contextlib.redirect_stderr(err):\n"
+            f"    code = main(['decompose', {rid!r}, *{flags!r}, '--store', {str(root)!r}])\n"
+            "print(code, sorted(m for m in ('torch', 'timm', 'prefect') if m in sys.modules))\n"
+            "print(err.getvalue(), end='')\n")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1],
+                          capture_output=True, text=True, timeout=120,
+                          env={**env, "PREFECT_HOME": str(tmp_path / "prefect-home")})
+    status, err = proc.stdout.split("\n", 1)
+    assert status == "2 []", proc.stdout + proc.stderr
+    assert err.count("\n") == 1 and "audit it again" not in err, err
+    assert err.startswith(f"bfd: error: run {rid} kept no activations (an audit with "
+                          "--no-store-activations): bfd decompose has nothing of it to read. "
+                          "To decompose its request with other options, store its "
+                          "activations: bfd extract --model test_vit "), err
+    extract, decompose_it = err.split("store its activations: ")[1].split("; then ")
+    assert decompose_it == (f"bfd decompose RUN --prefix include --control-seed 3 --store "
+                            f"{root} with the run id that command prints (bfd audit takes no "
+                            "decompose option)\n")
+    # what it says works: a stored run of the request, decomposed with those options
+    code, out, err = run_cli(shlex.split(extract)[1:], capsys)
+    assert code == 0, err
+    stored = out.split()[1]
+    assert stored != rid and out.startswith(f"run {stored} extracted into {root}")
+    code, out, err = run_cli(["decompose", stored, *flags, "--store", str(root)], capsys)
+    assert code == 0, err
+    results = open_results(Store(root), stored)
+    assert (results.attrs["seed"], results.attrs["prefix"]) == (3, "include")
+
+    table = root / read_pointer(Store(root), rid)["tables"]["heads"]
+    table.write_bytes(b"PAR1 not really parquet")
+    assert verify_run(Store(root), rid)
+    code, _, err = run_cli(["verify", rid, "--store", str(root)], capsys)
+    assert code == 1 and err.count("\n") == 1, err
+    command = err.split("published again by: ")[1].rstrip("\n")
+    assert command.startswith("bfd audit --no-store-activations --model test_vit ")
+    assert command.endswith(f"--store {root}"), command  # nothing after it to do by hand

@@ -648,3 +648,17 @@ def test_drop_activations_refuses_a_run_not_published_or_being_computed(damaged,
     code, _, err = cli(["drop-activations", planned.run_id, "--store", str(fresh)], capsys)
     assert code == 2 and f"run {planned.run_id} is not published: its activations are all " \
         "it has" in err, err
+
+
+@pytest.mark.parametrize(("done", "said"), [
+    (6, "14 shards never completed: 6, 7, 8, 9, 10, 11, 12, 13, 14, 15 and 4 more"),
+    (19, "1 shard never completed: 19")])
+def test_the_shards_never_completed_are_counted_when_the_list_is_cut(tmp_path, done, said):
+    """20 shards, the first ``done`` extracted: verify says how many never completed and
+    that the list is cut; it said `shards [6, 7, ..., 15] never completed` of 14."""
+    from storebuilder import build_run, random_run_arrays
+
+    store = Store(tmp_path / "store")
+    rid = build_run(store, *random_run_arrays(0, L=1, N=80, T=4, d=4, sites=("resid",)),
+                    shards_done=done)
+    assert [str(f) for f in verify_run(store, rid)] == [f"{store.shards_dir(rid)}: {said}"]

@@ -49,7 +49,7 @@ from bfd.tasks.audits import (
 from bfd.tasks.decompose import DecomposeOptions
 from bfd.tasks.drift import layer_summary
 from bfd.tasks.drift_gate import DriftGateFailed, drift_verdict
-from bfd.tasks.extract import ExtractConfig, refuse_before_work
+from bfd.tasks.extract import ExtractConfig, check_space, refuse_before_work
 
 
 def _run_name() -> str:
@@ -129,6 +129,8 @@ def audit(
         ValueError: A request refused before any work (``refuse_before_work``: a bad option,
             weights that do not fit the model, ...): no audit is recorded. An error of the
             work itself is raised after the audit is recorded as ``failed``.
+        NotEnoughSpaceError: The run's activations cannot fit on the store's disk, where
+            that is known before the audit is recorded (``check_space``): none is recorded.
         DriftGateFailed: The drift gate failed (``fail_on_drift``, ``fail_if_not_compared``:
             ``bfd.tasks.drift_gate``), everything recorded: the run ends ``Failed``, its
             message saying what was flagged or not compared; ``out`` is the return value.
@@ -147,6 +149,8 @@ def audit(
     # before the audit's row is opened: nothing recorded, no series begun; the weights loaded
     # here are those the extraction uses
     refuse_before_work(ExtractConfig(**config.extract_config()))
+    if store_activations:  # activations that cannot fit on the disk: refused here too
+        check_space(root, ExtractConfig(**config.extract_config()))
     started = datetime.now(UTC)
     step = step if step is not None else time_step(started)
     name_and_tag(f"{series} step {step}", [f"model:{model}", f"series:{series}"])

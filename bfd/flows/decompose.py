@@ -18,7 +18,9 @@ from bfd.storage import (
     open_activations,
     read_request,
     repair_command,
+    result_flags,
     run_lock,
+    stats_only_not_decomposed,
 )
 from bfd.tasks.decompose import DecomposeOptions, assemble_results, require_extracted
 from bfd.tasks.prefect_tasks import decompose_site_layer_task, publish_task
@@ -69,8 +71,9 @@ def decompose(
                                images_per_task=images_per_task, device=device,
                                jackknife_groups=jackknife_groups, ci_target=ci_target)
     if is_stats_only(read_request(Store(root), run_id).extra):  # also: a run of the store
-        raise ValueError(f"run {run_id} kept no activations (an audit with "
-                         "--no-store-activations); audit it again that way to recompute it")
+        raise ValueError(stats_only_not_decomposed(
+            Store(root), run_id, result_flags(options.to_dict(),
+                                              DecomposeOptions().to_dict())))
     if dropped(Store(root), run_id) is not None:
         raise ValueError(f"run {run_id}'s activations were dropped (bfd drop-activations); "
                          f"{repair_command(Store(root), run_id)} extracts them again, then "

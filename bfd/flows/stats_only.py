@@ -9,8 +9,19 @@ from bfd.flows import progress
 from bfd.flows.decompose import EXTRACTION_ATTRS, REQUEST_ATTRS
 from bfd.storage import NOT_STORED, Store, open_activations, read_request
 from bfd.tasks.decompose import DecomposeOptions, assemble_results
-from bfd.tasks.extract import ExtractConfig
+from bfd.tasks.extract import ExtractConfig, count
 from bfd.tasks.prefect_tasks import decompose_from_forward_task, prepare_run_task, publish_task
+from bfd.tasks.stats_only import FORWARD_STAGES, SUMMARY_STAGE
+
+
+def plan_line(run_id: str, n_images: int, n_parts: int) -> str:
+    """What a stats-only run will do, in one line (as ``RunPlan.summary`` says a stored
+    run's extraction), naming the stages its progress reports."""
+    return (f"run {run_id}: {count(n_images, 'image')}, no activations kept "
+            f"(--no-store-activations): two forward passes over them ({FORWARD_STAGES[0]}: "
+            f"their means, {FORWARD_STAGES[1]}: their projections), then the summaries of "
+            f"{count(n_parts, '(site, layer) pair')} ({SUMMARY_STAGE}); an interrupted run "
+            "keeps nothing and is computed again from the start")
 
 
 def stats_only_run(config: dict[str, Any], root: str, decompose_kw: dict[str, Any],
@@ -26,11 +37,15 @@ def stats_only_run(config: dict[str, Any], root: str, decompose_kw: dict[str, An
     cfg = ExtractConfig(**config)
     cfg = ExtractConfig(**{**cfg.to_dict(), "extra": {**cfg.extra, **NOT_STORED}})
     plan = prepare_run_task(root, cfg, hold)
-    progress.report("extract", 0, plan.n_images, run_id=plan.run_id)
+    progress.report("notice", 0, 0, text=plan_line(plan.run_id, plan.n_images,
+                                                     len(plan.layers) * len(cfg.sites)))
     options = DecomposeOptions(**decompose_kw)
+
+    def report(stage: str, done: int, total: int) -> None:
+        progress.report(stage, done, total, run_id=plan.run_id)
+
     parts, images = decompose_from_forward_task(root, plan.run_id, cfg, plan.layers,
-                                                list(plan.records), options)
-    progress.report("extract", plan.n_images, plan.n_images, run_id=plan.run_id)
+                                                list(plan.records), options, report=report)
     request = read_request(Store(root), plan.run_id)
     attrs = open_activations(Store(root), plan.run_id).attrs
     run_attrs = {k: getattr(request, k) for k in REQUEST_ATTRS}

@@ -395,6 +395,8 @@ def verify_run(store: Store, run_id: str) -> list[Fault]:
     elif per_shard is not None:  # unknown when only the last shard's marker is readable
         missing = sorted(set(range(math.ceil(n_images / per_shard))) - set(markers))
         if missing:
-            faults.append(Fault(str(store.shards_dir(run_id)),
-                                f"shards {missing[:10]} never completed"))
+            more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+            faults.append(Fault(str(store.shards_dir(run_id)), (
+                f"{len(missing)} shard{'' if len(missing) == 1 else 's'} never completed: "
+                f"{', '.join(map(str, missing[:10]))}{more}")))
     return faults + [f for future in others for f in future.result()]

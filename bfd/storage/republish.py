@@ -122,6 +122,32 @@ def decompose_command(store: Store, run_id: str) -> str:
     return command
 
 
+def result_flags(options: dict[str, Any], defaults: dict[str, Any]) -> str:
+    """The ``bfd decompose`` flags of ``options`` that change results and differ from
+    ``defaults`` (``DecomposeOptions()``'s), as typed: ``--control-seed 3 --prefix include``;
+    "" when none does."""
+    return " ".join(f"{flag} {shlex.quote(str(options[key]))}"
+                    for key, flag in RESULT_FLAGS.items()
+                    if key in options and options[key] != defaults.get(key))
+
+
+def stats_only_not_decomposed(store: Store, run_id: str, flags: str) -> str:
+    """Why ``bfd decompose`` of a stats-only run (``bfd audit --no-store-activations``) is
+    refused, and what the user can do: store the request's activations (the ``bfd extract``
+    command of its request, which makes a stored run of it) and decompose that run with the
+    options given (``flags``, ``result_flags``); ``bfd audit`` takes no decompose option."""
+    from bfd.storage import repair_command
+
+    extract = repair_command(store, run_id).replace("bfd audit --no-store-activations",
+                                                     "bfd extract", 1)
+    where = f" --store {shlex.quote(str(store.root))}"
+    return (f"run {run_id} kept no activations (an audit with --no-store-activations): "
+            "bfd decompose has nothing of it to read. To decompose its request with other "
+            f"options, store its activations: {extract}; then bfd decompose RUN"
+            f"{' ' + flags if flags else ''}{where} with the run id that command prints "
+            "(bfd audit takes no decompose option)")
+
+
 def _version_time(name: str) -> datetime | None:
     match = _VERSION.search(name)
     if match is None:

@@ -5,6 +5,7 @@ with the command that takes each one further. Neither Zarr nor the activations a
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -14,7 +15,14 @@ from typing import Final
 from .manifest import read_markers
 from .paths import COMPUTE_LOCK, Store, read_json, run_busy, validate_run_id
 from .recorded import recorded_sha256, sha256_change
-from .runs import RunRequest, is_stats_only, model_label, read_request, request_columns
+from .runs import (
+    NOT_STORED,
+    RunRequest,
+    is_stats_only,
+    model_label,
+    read_request,
+    request_columns,
+)
 
 # Every shard extracted, nothing published: `bfd decompose` is next (or its decomposition
 # failed or was interrupted).
@@ -44,6 +52,8 @@ class UnpublishedRun:
             (a ``DAMAGED`` run: its ``runs`` row's, when that reads).
         created_at: When it was published: a ``DAMAGED`` run's ``runs`` row's, when that
             reads; else None.
+        activations: ``stored``, or ``not stored`` for a stats-only run (``bfd audit
+            --no-store-activations``): ``activations_said``; None when nothing says.
     """
 
     run_id: str
@@ -59,6 +69,7 @@ class UnpublishedRun:
     layers: str | None = None
     sites: str | None = None
     created_at: datetime | None = None
+    activations: str | None = None
 
 
 def _extracted(store: Store, run_id: str, n_images: int) -> tuple[int, int]:
@@ -81,13 +92,36 @@ _RUN_FIELDS: Final[tuple[str, ...]] = ("model", "weights", "images", "images_sha
                                        "created_at")
 
 
+STORED: Final[str] = "stored"
+
+
+def activations_said(extra: object) -> str:
+    """What ``bfd runs`` says of a run's activations from its request's ``extra``:
+    ``not stored`` for a stats-only run, else ``stored`` (the rule of its SQL for a published
+    run's ``config_json``, ``request.extra.activations``)."""
+    return NOT_STORED["activations"] if isinstance(extra, dict) and is_stats_only(extra) \
+        else STORED
+
+
+def _row_activations(row: dict) -> str | None:
+    """``activations_said`` of a published ``runs`` row's ``config_json`` (None when it is no
+    JSON)."""
+    try:
+        config = json.loads(row.get("config_json") or "")
+    except (TypeError, ValueError):
+        return None
+    request = config.get("request") if isinstance(config, dict) else None
+    return activations_said(request.get("extra") if isinstance(request, dict) else None)
+
+
 def _request_fields(request: RunRequest) -> dict:
     """The ``runs`` columns of an unpublished run, from its request (``request_columns``, as
     a published run's row holds them)."""
     fields = {name: value for name, value in request_columns(request).items()
               if name in _RUN_FIELDS}
     # the model with its --model-arg options, as bfd runs shows a published run's
-    return {**fields, "model": model_label(request.model, request.extra.get("model_args"))}
+    return {**fields, "model": model_label(request.model, request.extra.get("model_args")),
+            "activations": activations_said(dict(request.extra))}
 
 
 def _damaged(store: Store, run_id: str, damage: str, row: dict | None) -> UnpublishedRun:
@@ -96,6 +130,7 @@ def _damaged(store: Store, run_id: str, damage: str, row: dict | None) -> Unpubl
     table), else its request's (no ``n_skipped``)."""
     if row is not None:
         fields = {name: row.get(name) for name in _RUN_FIELDS}
+        fields["activations"] = _row_activations(row)
     else:
         try:
             fields = _request_fields(read_request(store, run_id))

@@ -250,8 +250,7 @@ def prepare_run(store_root: str, cfg: ExtractConfig,
     def to_do() -> tuple[set[int], list, int]:
         done, damaged = trusted_shards(store, rid, shards)
         todo_images = sum(s.size for s in shards if s.index not in done)
-        return done, damaged, (todo_images * len(layers) * len(cfg.sites) * info.num_tokens
-                               * info.width * np.dtype(cfg.dtype).itemsize)
+        return done, damaged, bytes_to_write(cfg, info, len(layers), todo_images)
 
     done, damaged, to_write = to_do()
     _require_space(store, to_write)
@@ -296,19 +295,97 @@ def prepare_run(store_root: str, cfg: ExtractConfig,
     )
 
 
+def bytes_to_write(cfg: ExtractConfig, info: models.ModelInfo, n_layers: int,
+                   n_images: int) -> int:
+    """The bytes a run of ``cfg`` writes on the store's disk for ``n_images`` images still to
+    extract: their activations at every site of ``n_layers`` layers, every token, in the
+    storage dtype (the bulk of a run: its model tensors, tables and results weigh a few MB);
+    none for a stats-only request (``bfd audit --no-store-activations``), which keeps no
+    activations."""
+    from bfd.storage import is_stats_only
+
+    if is_stats_only(cfg.extra):
+        return 0
+    return (n_images * n_layers * len(cfg.sites) * info.num_tokens * info.width
+            * np.dtype(cfg.dtype).itemsize)
+
+
+class NotEnoughSpaceError(OSError):
+    """A run whose activations cannot fit in the free space of the store's disk: refused
+    before anything is written (``bfd.faults``: its one line, exit 1)."""
+
+    def __str__(self) -> str:  # the sentence alone: it names the disk itself
+        return self.strerror or super().__str__()
+
+
 def _require_space(store: Store, nbytes: int) -> None:
     """Refuse, before anything is written, a run whose activations cannot fit on the store's
     disk (a local Zarr part only; a remote one reports its own limits)."""
     if "://" in store.zarr_path:
         return
-    where = Path(store.zarr_path)
-    while not where.exists() and where != where.parent:
-        where = where.parent
+    where = _existing(Path(store.zarr_path))
     free = shutil.disk_usage(where).free
     if nbytes > free:
-        raise OSError(errno.ENOSPC, f"the run needs {size_text(nbytes)} but the disk of "
-                      f"the store has {size_text(free)} free; free space or choose another "
-                      "--store", str(where))
+        raise NotEnoughSpaceError(
+            errno.ENOSPC, f"the run's activations need {size_text(nbytes)} but the disk of the "
+            f"store ({where}) has {size_text(free)} free; free space or choose another --store "
+            "(bfd audit --no-store-activations stores none)", str(where))
+
+
+def _existing(path: Path) -> Path:
+    """``path``, or its nearest parent that exists."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_space(store_root: str, cfg: ExtractConfig,
+                info: models.ModelInfo | None = None) -> None:
+    """``prepare_run``'s refusal of a run that cannot fit on the store's disk, made before any
+    image is hashed or anything recorded (``bfd audit`` and ``bfd extract`` before Prefect
+    starts; the flow ``audit`` before its audit's row) wherever it can be: when the whole run
+    fits, or when nothing of it can be stored yet (no run of this model in the store holds a
+    completed shard), or when the store's request key names the run (the shards it has done
+    are not counted). Otherwise the planner checks it, knowing the run. A stats-only request
+    writes no activations (``bytes_to_write``). ``info``: the model's shapes
+    (``validate_config`` of ``cfg``), when known.
+
+    Raises:
+        NotEnoughSpaceError: Naming what the run needs and what the disk has free.
+    """
+    from bfd.storage import has_request_keys, is_stats_only, model_slug, read_request_key
+    from bfd.tasks.request_key import key_of_config
+
+    if is_stats_only(cfg.extra):
+        return
+    store = Store(store_root)
+    if "://" in store.zarr_path:
+        return
+    info = info if info is not None else validate_config(cfg)
+    n_layers = len(resolve_layers(cfg.layers, info.depth))
+    held = imgs.check_source(cfg.images, cfg.n_images)
+    n_images = held if held is not None else cfg.n_images or imgs.SAMPLES_DEFAULT_N
+    need = bytes_to_write(cfg, info, n_layers, n_images)
+    if need <= shutil.disk_usage(_existing(Path(store.zarr_path))).free:
+        return
+    slug = f"{model_slug(cfg.model)}-"
+    started = [run.name for run in (store.runs_dir.iterdir() if store.runs_dir.is_dir()
+                                    else ()) if run.name.startswith(slug)
+               and any(store.shards_dir(run.name).glob("*.json"))]
+    if started:  # one of them may be this request's run: what is left of it, when known
+        try:
+            found = key_of_config(cfg.to_dict()) if has_request_keys(store) else None
+        except (OSError, ValueError):  # the planner says it in its own words
+            return
+        rid = read_request_key(store, found[0]) if found is not None else None
+        if rid is None:
+            return
+        per_shard = cfg.images_per_shard or cfg.images_per_chunk
+        shards = plan_shards(n_images, cfg.images_per_chunk, per_shard)
+        done, _ = trusted_shards(store, rid, shards)
+        need = bytes_to_write(cfg, info, n_layers,
+                              sum(s.size for s in shards if s.index not in done))
+    _require_space(store, need)
 
 
 def _model(cfg: ExtractConfig, device: str) -> tuple[torch.nn.Module, models.ModelInfo]:

@@ -50,6 +50,12 @@ T = TypeVar("T")
 KEEP_IMAGES_BYTES = 512 << 20
 # Layers summarized at a time once both passes are done.
 SUMMARY_THREADS = 2
+# The stages a stats-only run reports (``report``: done of total): the two forwards, in
+# images, then the summaries of its (site, layer)s, as the stored path's decomposition.
+FORWARD_STAGES = ("forward 1/2", "forward 2/2")
+SUMMARY_STAGE = "decompose"
+
+Report = Callable[[str, int, int], None]
 
 
 class _Images:
@@ -114,6 +120,21 @@ def _forward(cfg: ExtractConfig, model: torch.nn.Module, layers: tuple[int, ...]
             yield np.asarray(batch.indices, dtype=np.int64), acts
 
 
+def _counted(batches: Iterable[imgs.Batch], stage: str, total: int,
+             report: Report | None) -> Iterator[imgs.Batch]:
+    """``batches``, reporting ``stage``'s images done (decoded or not) as each batch is done
+    with: when the next one is asked for, its forward run and its sums handed on."""
+    if report is None:
+        yield from batches
+        return
+    done = 0
+    report(stage, done, total)
+    for batch in batches:
+        yield batch
+        done += len(batch.indices) + len(batch.errors)
+        report(stage, done, total)
+
+
 def _overlapped(worker: ThreadPoolExecutor, items: Iterable[T],
                 fn: Callable[[T], None]) -> None:
     """``fn`` of every item in order, in ``worker``, while the next item is produced (the
@@ -135,6 +156,7 @@ def decompose_from_forward(
     records: list[dict],
     options: DecomposeOptions,
     keep_images_bytes: int = KEEP_IMAGES_BYTES,
+    report: Report | None = None,
 ) -> tuple[list[xr.Dataset], list[ImageRecord]]:
     """Every docs/method.md quantity of every (site, layer) of a run, from two forwards.
 
@@ -150,6 +172,9 @@ def decompose_from_forward(
         options: The decomposition's options.
         keep_images_bytes: Decoded images kept for the second forward, at most; the rest
             is decoded again.
+        report: Called with ``(stage, done, total)`` as the work goes: each forward's images
+            (``FORWARD_STAGES``), batch by batch, then the (site, layer)s summarized
+            (``SUMMARY_STAGE``).
 
     Returns:
         One Dataset per (site, layer), as ``decompose_site_layer`` returns it, and the image
@@ -190,7 +215,8 @@ def decompose_from_forward(
     with ThreadPoolExecutor(1, thread_name_prefix="bfd-stats-only") as worker:
         # what needs no activations (the model tensors, head maps and modes) during pass 1
         layer_maps = worker.submit(_layer_maps, store, run_id, keys)
-        _overlapped(worker, _forward(cfg, model, layers, images.first(), device), pass1)
+        first = _counted(images.first(), FORWARD_STAGES[0], len(recs), report)
+        _overlapped(worker, _forward(cfg, model, layers, first, device), pass1)
         n_ok = len(recs) - len(images.errors)
         if n_ok < 2:
             raise ValueError(f"{n_ok} of {len(recs)} images could be decoded; "
@@ -206,7 +232,8 @@ def decompose_from_forward(
         checks = {key: worker.submit(model_check_vars, store, run_id, key[1], maps[key],
                                      means[key], prefix_tokens, options.prefix)
                   for key in keys}
-        _overlapped(worker, _forward(cfg, model, layers, images.again(), device), pass2)
+        again = _counted(images.again(), FORWARD_STAGES[1], len(recs), report)
+        _overlapped(worker, _forward(cfg, model, layers, again, device), pass2)
 
     def part(key: tuple[str, int]) -> xr.Dataset:
         site, layer = key
@@ -217,7 +244,11 @@ def decompose_from_forward(
 
     # the summaries run on one torch thread each (small matrices): several at a time
     with ThreadPoolExecutor(SUMMARY_THREADS, thread_name_prefix="bfd-summary") as pool:
-        parts = list(pool.map(part, keys))
+        parts = []
+        for ds in pool.map(part, keys):  # in order, reported from this thread
+            parts.append(ds)
+            if report is not None:
+                report(SUMMARY_STAGE, len(parts), len(keys))
     errors = images.errors
     statuses = [ImageRecord(r.index, r.id, r.sha256, "skipped" if r.index in errors else "ok",
                             errors.get(r.index)) for r in recs]

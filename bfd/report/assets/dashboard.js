@@ -442,6 +442,8 @@
       ["images decoded", run.n_decoded],
       // the positions its shares are over: include counts the prefix tokens as positions
       ["prefix option", run.prefix],
+      // a stats-only run (bfd audit --no-store-activations) kept none: "not stored"
+      ["activations", run.activations],
       ["patch grid", run.grid_h === null ? null : `${run.grid_h} × ${run.grid_w}`],
       ["created", run.created_at], ["status", run.status], ["audit", run.audit_id],
       ["audit step", stepText(run)], ["trigger", run.trigger], ["audit status", run.audit_status],
