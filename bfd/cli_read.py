@@ -232,13 +232,15 @@ _MODEL_LABEL = ("model || coalesce(' ' || CASE WHEN json_valid(config_json) THEN
 _RUNS_NOTES = 10
 
 
-def _runs_sql(pending: list) -> tuple[str, dict]:
+def _runs_sql(pending: list, dropped: list[str] = ()) -> tuple[str, dict]:
     """The statement of ``bfd runs`` over the catalog, with the runs not published bound as
-    its parameters (no pyarrow table built from Python values: that would import pandas)."""
+    its parameters (no pyarrow table built from Python values: that would import pandas);
+    ``dropped``: the published runs whose activations ``bfd drop-activations`` removed."""
     columns = ", ".join(_MODEL_LABEL if c == "model" else c for c in _RUNS_COLUMNS)
-    sql = (f"SELECT {columns}, {_RUNS_PREFIX} AS prefix, {_RUNS_ACTIVATIONS} AS activations, "
-           "created_at FROM runs")
-    params: dict = {}
+    sql = (f"SELECT {columns}, {_RUNS_PREFIX} AS prefix, CASE WHEN list_contains("
+           f"$dropped::VARCHAR[], run_id) THEN 'dropped' ELSE {_RUNS_ACTIVATIONS} END AS "
+           "activations, created_at FROM runs")
+    params: dict = {"dropped": sorted(dropped)}
     rows = []
     for i, run in enumerate(pending):
         values = []
@@ -259,7 +261,7 @@ def _runs_sql(pending: list) -> tuple[str, dict]:
 def cmd_runs(args: argparse.Namespace) -> int:
     from bfd.queries import connect
     from bfd.queries.stream import stream_sql
-    from bfd.storage import Store, unpublished_runs
+    from bfd.storage import Store, dropped, unpublished_runs
 
     store = _store(args)
     with _told_damage(args) as damage:
@@ -267,7 +269,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
         try:
             published = {row[0] for row in con.execute("SELECT run_id FROM runs").fetchall()}
             pending = unpublished_runs(Store(store), published)
-            sql, params = _runs_sql(pending)
+            sql, params = _runs_sql(pending, [r for r in published
+                                              if dropped(Store(store), r) is not None])
             with stream_sql(con, sql, params) as reader:
                 cli._print_table(reader, args.format, args.output)
         finally:

@@ -4,8 +4,10 @@ damaged run naming the file and the command that repairs it."""
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import hashlib
+import io
 import json
 import shlex
 import shutil
@@ -607,6 +609,14 @@ def test_drop_activations_keeps_results_and_an_audit_extracts_them_again(pristin
     assert not any(a.exists() for a in arrays) and not list(root.glob(f"runs/{rid}/shards/*"))
     assert read_table(Store(root), "runs").to_pylist() == runs
 
+    code, out, err = cli(["runs", "--store", str(root), "--format", "csv"], capsys)
+    assert code == 0 and [r["activations"] for r in csv.DictReader(io.StringIO(out))
+                          if r["run_id"] == rid] == ["dropped"], out  # it said "stored"
+    from bfd.report.dashboard import build_dashboard
+
+    site = build_dashboard(root, root.parent / "site").index.parent
+    page = (site / "runs" / f"{rid}.html").read_text(encoding="utf-8")
+    assert '"activations": "dropped"' in page or '"activations":"dropped"' in page
     code, out, err = cli(["verify", rid, "--store", str(root)], capsys)
     assert code == 0 and not err
     assert out == f"run {rid}: intact (activations dropped by bfd drop-activations: results, " \
@@ -627,6 +637,9 @@ def test_drop_activations_keeps_results_and_an_audit_extracts_them_again(pristin
         "reused" in out, out
     assert digest(root) == before and verify_run(Store(root), rid) == []
     assert cli(["verify", rid, "--store", str(root)], capsys)[1] == f"run {rid}: intact\n"
+    code, out, _ = cli(["runs", "--store", str(root), "--format", "csv"], capsys)
+    assert [r["activations"] for r in csv.DictReader(io.StringIO(out))
+            if r["run_id"] == rid] == ["stored"], out
 
 
 def test_drop_activations_refuses_a_run_not_published_or_being_computed(damaged, tmp_path,

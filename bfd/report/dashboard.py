@@ -151,6 +151,17 @@ def _page(kind: str, title: str, payload: dict[str, Any], depth: int, store: str
     )
 
 
+def _dropped_activations(store_root: Path, runs: D.Columns) -> None:
+    """A run whose activations ``bfd drop-activations`` removed says so (``bfd runs``'
+    ``activations``: dropped), not that they are stored."""
+    from bfd.storage import Store, dropped
+
+    if "activations" in runs:
+        runs["activations"] = [
+            "dropped" if dropped(Store(store_root), run_id) is not None else said
+            for run_id, said in zip(runs["run_id"], runs["activations"], strict=True)]
+
+
 def _pending_notice(store_root: Path, listed: set[str]) -> str | None:
     """One line on the overview naming the store's runs that are not published (an extraction
     stopped, a run extracted and not decomposed: ``bfd.storage.unpublished_runs``), which no
@@ -357,6 +368,7 @@ def build_dashboard(
         out.mkdir(parents=True, exist_ok=True)
         runs = D.columnar(D.run_list(con))
         _run_links(root, runs)
+        _dropped_activations(root, runs)
         damaged = damaged_runs(root, set(runs["run_id"]))
         notices = tuple(damaged.values())
         layers = D.columnar(D.layer_rows(con))
