@@ -38,7 +38,9 @@ def dropped(store: Store, run_id: str) -> dict[str, Any] | None:
 def forget_dropped(store: Store, run_id: str) -> None:
     """Remove the note once the run's activations are extracted again (``prepare_run``,
     holding the run's lock)."""
-    (store.run_dir(run_id) / DROPPED).unlink(missing_ok=True)
+    note = store.run_dir(run_id) / DROPPED
+    if note.exists():  # unlink of a missing file fails on a read-only store (EROFS)
+        note.unlink(missing_ok=True)
 
 
 def _bytes(folder: Path) -> int:
