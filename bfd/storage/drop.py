@@ -17,8 +17,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from .activations import TEMPLATE_ATTR, _open_group
-from .manifest import marker_files
 from .paths import DamagedStoreError, Store, read_json, run_lock, write_json_atomic
 
 DROPPED: Final[str] = "activations_dropped.json"
@@ -61,7 +59,10 @@ def drop_activations(store: Store, run_id: str) -> tuple[int, bool]:
         RunBusyError: Another process computes the run now.
         FileNotFoundError: No such run.
     """
+    # here, not above: `dropped` is read by commands that import no xarray or Zarr (bfd runs)
+    from .activations import TEMPLATE_ATTR, _open_group
     from .integrity import table_faults
+    from .manifest import marker_files
     from .published import read_pointer
     from .runs import is_stats_only, read_request
 
