@@ -312,14 +312,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_decompose(args: argparse.Namespace) -> int:
-    from bfd.storage import (
-        Store,
-        is_stats_only,
-        read_request,
-        result_flags,
-        stats_only_not_decomposed,
-    )
-    from bfd.tasks.options import DecomposeOptions
+    from bfd.storage import Store
+    from bfd.tasks.options import DecomposeOptions, not_decomposable
 
     # the options and the run are checked before the server, torch or Prefect start
     options = DecomposeOptions(prefix=args.prefix, seed=args.control_seed,
@@ -327,10 +321,9 @@ def cmd_decompose(args: argparse.Namespace) -> int:
                                images_per_task=args.images_per_task, device=args.device,
                                jackknife_groups=args.jackknife_groups, ci_target=args.ci_target)
     store = _store(args)
-    if is_stats_only(read_request(Store(store), args.run_id).extra):  # nothing to read
-        raise ValueError(stats_only_not_decomposed(
-            Store(store), args.run_id, result_flags(options.to_dict(),
-                                                    DecomposeOptions().to_dict())))
+    refused = not_decomposable(Store(store), args.run_id, options)  # nothing to read
+    if refused:
+        raise ValueError(refused)
     _start_prefect_server()
     from bfd.flows.runners import check_dask_address, decompose_flow
 

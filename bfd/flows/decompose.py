@@ -10,19 +10,9 @@ from bfd.core.uncertainty import DEFAULT_CI_TARGET
 from bfd.flows import progress
 from bfd.flows.prefect_io import resolve_store
 from bfd.flows.runners import one_thread_per_task
-from bfd.storage import (
-    Store,
-    check_intact,
-    dropped,
-    is_stats_only,
-    open_activations,
-    read_request,
-    repair_command,
-    result_flags,
-    run_lock,
-    stats_only_not_decomposed,
-)
+from bfd.storage import Store, check_intact, open_activations, read_request, run_lock
 from bfd.tasks.decompose import DecomposeOptions, assemble_results, require_extracted
+from bfd.tasks.options import not_decomposable
 from bfd.tasks.prefect_tasks import decompose_site_layer_task, publish_task
 
 # What the results carry of their run (besides run_id and the options), so that a results
@@ -70,14 +60,9 @@ def decompose(
     options = DecomposeOptions(prefix=prefix, seed=seed, compute_dtype=compute_dtype,
                                images_per_task=images_per_task, device=device,
                                jackknife_groups=jackknife_groups, ci_target=ci_target)
-    if is_stats_only(read_request(Store(root), run_id).extra):  # also: a run of the store
-        raise ValueError(stats_only_not_decomposed(
-            Store(root), run_id, result_flags(options.to_dict(),
-                                              DecomposeOptions().to_dict())))
-    if dropped(Store(root), run_id) is not None:
-        raise ValueError(f"run {run_id}'s activations were dropped (bfd drop-activations); "
-                         f"{repair_command(Store(root), run_id)} extracts them again, then "
-                         "decompose it (bfd audit of its request does both)")
+    refused = not_decomposable(Store(root), run_id, options)  # also: a run of the store
+    if refused:
+        raise ValueError(refused)
     with run_lock(Store(root), run_id, progress.waiting):
         acts = open_activations(Store(root), run_id)
         check_intact(Store(root), run_id)

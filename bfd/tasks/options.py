@@ -60,3 +60,35 @@ class DecomposeOptions:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def not_decomposable(store, run_id: str, options: DecomposeOptions) -> str | None:
+    """Why ``bfd decompose`` of the run with ``options`` has nothing to read, in one line
+    with what the user can do: a stats-only run (``bfd.storage.stats_only_not_decomposed``)
+    or one whose activations ``bfd drop-activations`` removed; None otherwise. Read without
+    torch or Prefect: ``bfd decompose`` refuses before they start, the flow ``decompose``
+    for a run submitted to it.
+
+    Args:
+        store: The store (``bfd.storage.Store``).
+
+    Raises:
+        FileNotFoundError: No such run (named with the closest ones).
+    """
+    from bfd.storage import (
+        dropped,
+        is_stats_only,
+        read_request,
+        repair_command,
+        result_flags,
+        stats_only_not_decomposed,
+    )
+
+    if is_stats_only(read_request(store, run_id).extra):
+        return stats_only_not_decomposed(
+            store, run_id, result_flags(options.to_dict(), DecomposeOptions().to_dict()))
+    if dropped(store, run_id) is not None:
+        return (f"run {run_id}'s activations were dropped (bfd drop-activations); "
+                f"{repair_command(store, run_id)} extracts them again, then decompose it "
+                "(bfd audit of its request does both)")
+    return None
