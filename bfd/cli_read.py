@@ -217,12 +217,6 @@ _RUNS_SHOWN = (
 # than bfd's does not fail the listing)
 _RUNS_PREFIX = ("coalesce(CASE WHEN json_valid(config_json) THEN json_extract_string("
                 "config_json, '$.decompose.prefix') END, 'exclude')")
-# A published run's activations: 'not stored' for a stats-only run (bfd audit
-# --no-store-activations: its request's extra says so), else 'stored'; NULL for a config_json
-# that is no JSON (bfd.storage.unpublished.activations_said: the same rule)
-_RUNS_ACTIVATIONS = ("CASE WHEN json_valid(config_json) THEN CASE WHEN json_extract_string("
-                     "config_json, '$.request.extra.activations') = 'not stored' THEN "
-                     "'not stored' ELSE 'stored' END END")
 # A published run's model with its --model-arg options (bfd.storage.model_label; the
 # run_shapes view's model, bfd/queries/_run_shapes.sql)
 _MODEL_LABEL = ("model || coalesce(' ' || CASE WHEN json_valid(config_json) THEN CAST("
@@ -236,10 +230,13 @@ def _runs_sql(pending: list, dropped: list[str] = ()) -> tuple[str, dict]:
     """The statement of ``bfd runs`` over the catalog, with the runs not published bound as
     its parameters (no pyarrow table built from Python values: that would import pandas);
     ``dropped``: the published runs whose activations ``bfd drop-activations`` removed."""
+    from bfd.storage.unpublished import activations_sql
+
     columns = ", ".join(_MODEL_LABEL if c == "model" else c for c in _RUNS_COLUMNS)
+    # a stats-only run's activations 'not stored', else 'stored' (bfd.storage's rule)
     sql = (f"SELECT {columns}, {_RUNS_PREFIX} AS prefix, CASE WHEN list_contains("
-           f"$dropped::VARCHAR[], run_id) THEN 'dropped' ELSE {_RUNS_ACTIVATIONS} END AS "
-           "activations, created_at FROM runs")
+           f"$dropped::VARCHAR[], run_id) THEN 'dropped' ELSE {activations_sql('config_json')} "
+           "END AS activations, created_at FROM runs")
     params: dict = {"dropped": sorted(dropped)}
     rows = []
     for i, run in enumerate(pending):

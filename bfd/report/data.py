@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from bfd.queries import run_query, run_sql
 from bfd.storage import SEEN_FIGURES
+from bfd.storage.unpublished import activations_sql
 
 __all__ = [
     "DRIFT_OF_PLOT",
@@ -131,13 +132,6 @@ def _audit_column(con: duckdb.DuckDBPyConnection, alias: str, name: str) -> str:
     return f"{alias}.{name}" if has else "NULL::VARCHAR"
 
 
-# A run's activations as bfd runs says them: 'not stored' for a stats-only run (bfd audit
-# --no-store-activations), else 'stored' (NULL for a config_json that is no JSON)
-_ACTIVATIONS = ("CASE WHEN json_valid(r.config_json) THEN CASE WHEN json_extract_string("
-                "r.config_json, '$.request.extra.activations') = 'not stored' THEN "
-                "'not stored' ELSE 'stored' END END")
-
-
 def run_list(con: duckdb.DuckDBPyConnection) -> pa.Table:
     """Every run of the store with its series, identity (its decompose ``prefix`` option:
     ``run_shapes``'; its ``activations``, stored or not, as ``bfd runs`` says them) and latest
@@ -147,7 +141,7 @@ def run_list(con: duckdb.DuckDBPyConnection) -> pa.Table:
         SELECT r.run_id, {_SERIES} AS series, r.model, r.weights, r.weights_sha256, r.images,
             r.images_sha256,
             (SELECT sh.prefix FROM run_shapes AS sh WHERE sh.run_id = r.run_id) AS prefix,
-            {_ACTIVATIONS} AS activations, r.n_images, r.n_skipped,
+            {activations_sql("r.config_json")} AS activations, r.n_images, r.n_skipped,
             r.n_images - coalesce(r.n_skipped, 0) AS n_decoded, r.grid_h, r.grid_w, r.created_at,
             r.status, r.depth, r.num_heads,
             a.audit_id, a.step, a.started_at, a.finished_at, a.trigger, a.flow_run_id,

@@ -103,6 +103,15 @@ def activations_said(extra: object) -> str:
         else STORED
 
 
+def activations_sql(config_json: str) -> str:
+    """``activations_said`` in SQL, of a published ``runs`` row's ``config_json`` column (its
+    ``request.extra.activations``; NULL for a config_json that is no JSON): ``bfd runs`` and
+    the dashboard's run list."""
+    return (f"CASE WHEN json_valid({config_json}) THEN CASE WHEN json_extract_string("
+            f"{config_json}, '$.request.extra.activations') = '{NOT_STORED['activations']}' "
+            f"THEN '{NOT_STORED['activations']}' ELSE '{STORED}' END END")
+
+
 def _row_activations(row: dict) -> str | None:
     """``activations_said`` of a published ``runs`` row's ``config_json`` (None when it is no
     JSON)."""
