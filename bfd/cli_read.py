@@ -356,7 +356,7 @@ def _audit_options_said(store, run_id: str) -> str:
     import json
 
     from bfd.storage import published_options, result_flags
-    from bfd.storage.republish import RESULT_FLAGS
+    from bfd.storage.republish import changed_result_options
     from bfd.tasks.options import DecomposeOptions
 
     options, _ = published_options(store, run_id)
@@ -364,8 +364,7 @@ def _audit_options_said(store, run_id: str) -> str:
         return (" (no copy of the decompose options it was published with reads: bfd audit "
                 "decomposes with the default ones)")
     defaults = DecomposeOptions().to_dict()
-    changed = {key: options[key] for key in RESULT_FLAGS
-               if key in options and options[key] != defaults[key]}
+    changed = changed_result_options(options, defaults)
     if not changed:
         return ""
     return (f" (but it was published with {result_flags(options, defaults)}, which bfd audit "

@@ -122,13 +122,18 @@ def decompose_command(store: Store, run_id: str) -> str:
     return command
 
 
+def changed_result_options(options: dict[str, Any], defaults: dict[str, Any]) -> dict:
+    """The options of ``options`` that change results (``RESULT_FLAGS``) and differ from
+    ``defaults`` (``DecomposeOptions()``'s), by name."""
+    return {key: options[key] for key in RESULT_FLAGS
+            if key in options and options[key] != defaults.get(key)}
+
+
 def result_flags(options: dict[str, Any], defaults: dict[str, Any]) -> str:
-    """The ``bfd decompose`` flags of ``options`` that change results and differ from
-    ``defaults`` (``DecomposeOptions()``'s), as typed: ``--control-seed 3 --prefix include``;
-    "" when none does."""
-    return " ".join(f"{flag} {shlex.quote(str(options[key]))}"
-                    for key, flag in RESULT_FLAGS.items()
-                    if key in options and options[key] != defaults.get(key))
+    """``changed_result_options`` as the ``bfd decompose`` flags that give them, as typed:
+    ``--control-seed 3 --prefix include``; "" when none does."""
+    return " ".join(f"{RESULT_FLAGS[key]} {shlex.quote(str(value))}"
+                    for key, value in changed_result_options(options, defaults).items())
 
 
 def stats_only_not_decomposed(store: Store, run_id: str, flags: str) -> str:
