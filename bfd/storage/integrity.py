@@ -68,6 +68,13 @@ def missing_arrays(group: zarr.Group) -> list[str]:
     return [site for site in group.attrs[TEMPLATE_ATTR]["sites"] if site not in group]
 
 
+def _array_faults(store: Store, run_id: str, sites: Sequence[str],
+                  shard: int | None = None) -> list[Fault]:
+    """An ``ARRAY_MISSING`` fault of each of the run's ``sites`` (``missing_arrays``)."""
+    return [Fault(f"{store.zarr_path}/{store.run_group(run_id)}/{site}", ARRAY_MISSING, shard)
+            for site in sites]
+
+
 def _chunk_files(group: zarr.Group, zarr_root: Path, start: int, stop: int,
                  sites: Sequence[str]) -> Iterator[tuple[int, Path, int | None, Fault]]:
     """(layer position, chunk file, expected bytes or None, its fault's fields) of images
@@ -144,8 +151,7 @@ def trusted_shards(store: Store, run_id: str,
         if not complete:
             faults.append(Fault(f"{store.zarr_path}/{run_id}", "activation template missing", k))
             continue
-        shard_faults = [Fault(f"{store.zarr_path}/{store.run_group(run_id)}/{site}",
-                              ARRAY_MISSING, k) for site in gone]
+        shard_faults = _array_faults(store, run_id, gone, k)
         if local:
             for _, chunk, size, at in _chunk_files(group, Path(store.zarr_path),
                                                    marker["start"], marker["stop"], present):
@@ -221,8 +227,7 @@ def check_intact(store: Store, run_id: str) -> None:
     faults += trusted_shards(store, run_id)[1]
     group = _open_group(store, run_id, "r")
     if group is not None and TEMPLATE_ATTR in group.attrs:  # also before any shard is done
-        faults += [Fault(f"{store.zarr_path}/{store.run_group(run_id)}/{site}", ARRAY_MISSING)
-                   for site in missing_arrays(group)]
+        faults += _array_faults(store, run_id, missing_arrays(group))
     if faults:
         from .fault_lines import distinct
         from .repair import repair_command
@@ -365,8 +370,7 @@ def verify_run(store: Store, run_id: str) -> list[Fault]:
     n_images = group.attrs[TEMPLATE_ATTR]["n_images"]
     gone = missing_arrays(group)
     if not markers:  # else a fault of each shard marked done (trusted_shards)
-        faults += [Fault(f"{store.zarr_path}/{store.run_group(run_id)}/{site}", ARRAY_MISSING)
-                   for site in gone]
+        faults += _array_faults(store, run_id, gone)
     per_shard = None
     verifier = ChunkVerifier(store, group, [s for s in group.attrs[TEMPLATE_ATTR]["sites"]
                                             if s not in gone],
