@@ -170,7 +170,7 @@ def _pending_notice(store_root: Path, listed: set[str]) -> str | None:
 
     from bfd.storage import Store, unpublished_runs
 
-    runs = [r for r in unpublished_runs(Store(store_root), listed) if r.run_id not in listed]
+    runs = unpublished_runs(Store(store_root), listed)
     if not runs:
         return None
     counts = ", ".join(f"{n} {status}" for status, n in sorted(Counter(
