@@ -10,7 +10,8 @@ Here the command finds the run from its request key instead (``bfd.tasks.request
 options as given, the installed bfd, timm and torch, the sha256 of the weights file and of
 every image), checks the run that key names (its stored request agrees with everything the
 key knows, it is published complete with the same decomposition options, every shard of its
-activations is intact), and records the audit through the same functions as the flow
+activations is intact, or for ``--no-store-activations`` the run is a stats-only one: it has
+none), and records the audit through the same functions as the flow
 (``bfd.tasks.audits.audit_row`` and ``drift_since_previous``,
 ``bfd.report.dashboard.refresh_outputs``): the same ``audits`` and ``drift`` rows, but
 ``flow_run_id`` NULL. What is not made is what only Prefect holds: the flow run, its logs,
@@ -31,8 +32,7 @@ store then. What is not made is the flow run ``audit-checkpoints`` and its markd
 The flow runs instead whenever anything is not certain: a Prefect API is configured (its
 runs, artifacts and events are what its user keeps), ``-v`` (Prefect's logs asked for),
 ``--weights pretrained`` (which file timm loads is only known by loading it), a device other
-than auto or cpu, workers, a Dask cluster, ``--no-store-activations``, or any check above
-that fails.
+than auto or cpu, workers, a Dask cluster, or any check above that fails.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def _needs_flow(args: argparse.Namespace, config) -> bool:
     """Whether this request must run the flow whatever the store holds (module docstring)."""
     from bfd.flows.server import prefect_api_configured
 
-    return (args.verbose or not getattr(args, "store_activations", True) or args.workers != 1
+    return (args.verbose or args.workers != 1
             or bool(args.dask_address) or args.gpu_resources
             or config.device not in ("auto", "cpu") or config.weights == "pretrained"
             or prefect_api_configured())
@@ -96,16 +96,22 @@ def _shards_intact(store, run_id: str, n_images: int, config) -> bool:
 
 def _stored_run_of(args: argparse.Namespace, config, store: str) -> tuple[Any, str] | None:
     """The store and the run that this request's key names, when the key is known, the run's
-    stored request agrees with it and all its activations are stored intact."""
-    from bfd.storage import Store, has_request_keys, read_request_key
+    stored request agrees with it and all its activations are stored intact (a stats-only
+    request, ``--no-store-activations``: its run has none)."""
+    from bfd.storage import NOT_STORED, Store, has_request_keys, read_request_key
     from bfd.tasks.request_key import key_of_config
 
     s = Store(store)
     # a new store holds no run: the weights and images are not hashed twice for its audit
     if _needs_flow(args, config) or not has_request_keys(s):
         return None
+    extract = config.extract_config()
+    # a stats-only request is planned with its extra marked (bfd.flows.stats_only): its key
+    stats_only = not getattr(args, "store_activations", True)
+    if stats_only:
+        extract = {**extract, "extra": {**extract.get("extra", {}), **NOT_STORED}}
     try:
-        found = key_of_config(config.extract_config())
+        found = key_of_config(extract)
     except (OSError, ValueError):  # the flow reports it in its own words
         return None
     if found is None:
@@ -114,7 +120,9 @@ def _stored_run_of(args: argparse.Namespace, config, store: str) -> tuple[Any, s
     run_id = read_request_key(s, key)
     if run_id is None or not _request_agrees(s, run_id, inputs):
         return None
-    return (s, run_id) if _shards_intact(s, run_id, inputs["n_listed"], config) else None
+    # a stats-only run has no activations to check: its results are checked by the caller
+    intact = stats_only or _shards_intact(s, run_id, inputs["n_listed"], config)
+    return (s, run_id) if intact else None
 
 
 def extracted_run_of(args: argparse.Namespace, config, store: str) -> str | None:

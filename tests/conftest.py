@@ -2,9 +2,13 @@
 
 import atexit
 import contextlib
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 # Each process that loads this file (pytest, each xdist worker) makes its own Prefect home and
 # removes it when it ends; the processes it starts inherit PREFECT_HOME but never remove it
@@ -28,6 +32,8 @@ os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "60"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -73,6 +79,30 @@ def run_cli(argv, capsys) -> tuple[int, str, str]:
         code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def bfd_without_prefect_api(argv: list[str], tmp_path: Path,
+                            cwd: Path | None = None) -> tuple[dict, str, str]:
+    """``bfd argv`` in a new process that sees no Prefect API (a fresh Prefect home, no
+    PREFECT_API_URL), as a user without a Prefect server runs it, in folder ``cwd``
+    (``tmp_path`` when None); returns its exit code and the pipeline modules it imported, its
+    stdout and its stderr."""
+    code = ("import json, sys, time\nimport bfd.cli_reuse as reuse\nfrom bfd.cli import main\n"
+            # when the reuse check began (an audit recorded without Prefect counts it)
+            "checks, checked = reuse.computed_run_of, []\n"
+            "reuse.computed_run_of = lambda *a: checked.append(time.time()) or checks(*a)\n"
+            f"code = main({argv!r})\n"
+            "print(json.dumps({'code': code, 'loaded': sorted(m for m in ('torch', 'timm', "
+            "'prefect') if m in sys.modules), 'checked': checked}))\n")
+    home = tmp_path / "prefect-home"
+    home.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env |= {"PREFECT_HOME": str(home), "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd or tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    *out, last = proc.stdout.splitlines()
+    return json.loads(last), "\n".join(out), proc.stderr
 
 
 # The test files that take longest (minutes on 2 cores) start first: the two test processes

@@ -5,7 +5,6 @@ audit back through the flow."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from checkpoints import AUDIT, make_checkpoints
-from conftest import run_cli
+from conftest import bfd_without_prefect_api, run_cli
 from PIL import Image
 
 from bfd.images import sample_array
@@ -39,30 +38,6 @@ def options(images: Path, weights: Path, store: Path, step: int) -> list[str]:
             str(images), "--img-size", str(AUDIT["img_size"]), "--layers", "0", "--dtype",
             "float32", "--images-per-chunk", "3", "--series", "s", "--step", str(step),
             "--store", str(store)]
-
-
-def bfd_without_prefect_api(argv: list[str], tmp_path: Path,
-                            cwd: Path | None = None) -> tuple[dict, str, str]:
-    """``bfd argv`` in a new process that sees no Prefect API (a fresh Prefect home, no
-    PREFECT_API_URL), as a user without a Prefect server runs it, in folder ``cwd``
-    (``tmp_path`` when None); returns its exit code and the pipeline modules it imported, its
-    stdout and its stderr."""
-    code = ("import json, sys, time\nimport bfd.cli_reuse as reuse\nfrom bfd.cli import main\n"
-            # when the reuse check began (an audit recorded without Prefect counts it)
-            "checks, checked = reuse.computed_run_of, []\n"
-            "reuse.computed_run_of = lambda *a: checked.append(time.time()) or checks(*a)\n"
-            f"code = main({argv!r})\n"
-            "print(json.dumps({'code': code, 'loaded': sorted(m for m in ('torch', 'timm', "
-            "'prefect') if m in sys.modules), 'checked': checked}))\n")
-    home = tmp_path / "prefect-home"
-    home.mkdir(exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env |= {"PREFECT_HOME": str(home), "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd or tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    *out, last = proc.stdout.splitlines()
-    return json.loads(last), "\n".join(out), proc.stderr
 
 
 def report(text: str, audit: dict, previous: dict) -> str:

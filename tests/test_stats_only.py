@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from conftest import env_kept, run_cli
+from conftest import bfd_without_prefect_api, env_kept, run_cli
 
 from bfd import images as imgs
 from bfd import models
@@ -277,3 +277,40 @@ def test_decompose_of_a_stats_only_run_is_refused_before_prefect_with_what_works
     command = err.split("published again by: ")[1].rstrip("\n")
     assert command.startswith("bfd audit --no-store-activations --model test_vit ")
     assert command.endswith(f"--store {root}"), command  # nothing after it to do by hand
+
+
+def test_an_identical_stats_only_audit_reuses_its_run_with_or_without_the_flow(
+        stats_audit, tmp_path, capsys):
+    """A stats-only audit of a request already published with the same options reuses its
+    results, as an audit of a stored run does: through the flow (a Prefect API configured) it
+    says so and runs neither forward; without a Prefect API it is recorded without Prefect,
+    torch or timm. Both recomputed the whole run: two forwards and the summaries each time."""
+    from bfd.flows import progress
+    from bfd.storage import read_table, results_path
+
+    root = tmp_path / "store"
+    shutil.copytree(stats_audit[0], root)
+    rid = stats_audit[1]
+    runs = read_table(Store(root), "runs").to_pylist()
+    results = Path(results_path(Store(root), rid))
+    written = {p: p.stat().st_mtime_ns for p in results.rglob("*")}
+    argv = [*AUDIT, "--series", "again", "--store", str(root)]
+
+    stages = []
+    with progress.listening(lambda stage, *_: stages.append(stage)):
+        code, _, err = run_cli([*argv, "--step", "1"], capsys)  # the harness's Prefect API
+    assert code == 0, err
+    assert (f"bfd: run {rid} is already computed (no activations kept): its results are "
+            "reused, nothing is recomputed\n") in err
+    assert not {"forward 1/2", "forward 2/2", "decompose"} & set(stages), stages
+
+    ran, _, err = bfd_without_prefect_api([*argv, "--step", "2"], tmp_path)
+    assert {k: ran[k] for k in ("code", "loaded")} == {"code": 0, "loaded": []}, err
+    assert f"bfd: run {rid} is already computed: the audit is recorded without a Prefect" in err
+
+    assert read_table(Store(root), "runs").to_pylist() == runs  # nothing published again
+    assert {p: p.stat().st_mtime_ns for p in results.rglob("*")} == written
+    audits = run_sql(str(root), "SELECT step, run_id, status, flow_run_id IS NULL AS fast "
+                                "FROM audits WHERE series = 'again' ORDER BY step").to_pylist()
+    assert audits == [{"step": 1, "run_id": rid, "status": "complete", "fast": False},
+                      {"step": 2, "run_id": rid, "status": "complete", "fast": True}]

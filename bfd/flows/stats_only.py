@@ -7,7 +7,8 @@ from typing import Any
 
 from bfd.flows import progress
 from bfd.flows.decompose import EXTRACTION_ATTRS, REQUEST_ATTRS
-from bfd.storage import NOT_STORED, Store, open_activations, read_request
+from bfd.storage import NOT_STORED, Store, open_activations, read_request, results_path
+from bfd.tasks.audits import computed_run
 from bfd.tasks.decompose import DecomposeOptions, assemble_results
 from bfd.tasks.extract import ExtractConfig, count
 from bfd.tasks.prefect_tasks import decompose_from_forward_task, prepare_run_task, publish_task
@@ -27,8 +28,9 @@ def plan_line(run_id: str, n_images: int, n_parts: int) -> str:
 def stats_only_run(config: dict[str, Any], root: str, decompose_kw: dict[str, Any],
                    hold: Callable[[str], None] | None = None) -> tuple[str, dict[str, str]]:
     """Plans the run (request, image manifest, model tensors, the store template's metadata),
-    decomposes it from two forwards and publishes it, as the ``decompose`` flow publishes a
-    stored run; ``hold``: called with the run id before anything is written
+    decomposes it from two forwards and publishes it as the ``decompose`` flow publishes a
+    stored run, unless it is published complete with these options already (then only the
+    results' path is returned); ``hold``: called with the run id before anything is written
     (``bfd.tasks.extract.prepare_run``: the caller takes the run's lock there).
 
     Returns:
@@ -37,9 +39,15 @@ def stats_only_run(config: dict[str, Any], root: str, decompose_kw: dict[str, An
     cfg = ExtractConfig(**config)
     cfg = ExtractConfig(**{**cfg.to_dict(), "extra": {**cfg.extra, **NOT_STORED}})
     plan = prepare_run_task(root, cfg, hold)
+    options = DecomposeOptions(**decompose_kw)
+    # the same request published complete with these options (under the run's lock, taken by
+    # ``hold``): its results are those two forwards would give again
+    if computed_run(Store(root), plan.run_id, options.to_dict()) is not None:
+        progress.report("notice", 0, 0, text=f"run {plan.run_id} is already computed (no "
+                        "activations kept): its results are reused, nothing is recomputed")
+        return plan.run_id, {"results": results_path(Store(root), plan.run_id)}
     progress.report("notice", 0, 0, text=plan_line(plan.run_id, plan.n_images,
                                                      len(plan.layers) * len(cfg.sites)))
-    options = DecomposeOptions(**decompose_kw)
 
     def report(stage: str, done: int, total: int) -> None:
         progress.report(stage, done, total, run_id=plan.run_id)
