@@ -221,23 +221,24 @@
   // a series (its row names no audit compared with, prev_audit_id NULL, and flags nothing:
   // nothing to compare with, as bfd audit's "drift: first audit of this series").
   const FIRST_AUDIT = "— (first audit)";
+  // whether the audit's drift check compared nothing (its drift_note says why)
+  const notCompared = (r) => r.drift_note !== null && r.drift_note !== undefined;
   function firstAudit(r) {
     return r.audit_id !== null && r.audit_id !== undefined && "prev_audit_id" in r &&
-      r.prev_audit_id === null && r.n_flagged === 0 && (r.drift_note === null || r.drift_note === undefined);
+      r.prev_audit_id === null && r.n_flagged === 0 && !notCompared(r);
   }
   function flagged(r) {
-    return r.drift_note !== null && r.drift_note !== undefined ? "not compared"
-      : firstAudit(r) ? FIRST_AUDIT : fmt(r.n_flagged);
+    return notCompared(r) ? "not compared" : firstAudit(r) ? FIRST_AUDIT : fmt(r.n_flagged);
   }
   // a flag count's hover: what "not compared" and "first audit" mean
   function flaggedTitle(r) {
-    return r.drift_note !== null && r.drift_note !== undefined ? "drift not compared: " + r.drift_note
+    return notCompared(r) ? "drift not compared: " + r.drift_note
       : firstAudit(r) ? "first audit of this series, nothing to compare with" : fmt(r.n_flagged);
   }
   // a row with flagged drift (a count above 0 of a complete audit that compared): tinted
   function hasFlags(r) {
-    return typeof r.n_flagged === "number" && r.n_flagged > 0 && (r.drift_note === null ||
-      r.drift_note === undefined) && (r.audit_status === undefined || r.audit_status === "complete");
+    return typeof r.n_flagged === "number" && r.n_flagged > 0 && !notCompared(r) &&
+      (r.audit_status === undefined || r.audit_status === "complete");
   }
   // a hash shown short (12 characters), whole on hover and in the CSV
   const HASH = 12;
