@@ -57,3 +57,23 @@ def test_dependencies_are_declared():
     dev = _declared(project["optional-dependencies"]["dev"])
     assert _missing(["bfd"], runtime) == {}
     assert _missing(["tests", "bench"], runtime | dev) == {}
+
+
+def test_python_dash_m_bfd_is_the_bfd_command(tmp_path, capsys):
+    """``python -m bfd`` runs the command (it said "No module named bfd.__main__"), with the
+    same output and exit status as ``bfd``, and a refusal's exit status too."""
+    import os
+    import subprocess
+
+    from conftest import run_cli
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    store = str(tmp_path / "store")
+    listed = subprocess.run([sys.executable, "-m", "bfd", "query", "--list", "--store", store],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout == run_cli(["query", "--list", "--store", store], capsys)[1]
+    assert "model_summary" in listed.stdout
+    refused = subprocess.run([sys.executable, "-m", "bfd", "query", "no_such_query"],
+                             capture_output=True, text=True, env=env, timeout=120)
+    assert refused.returncode == 2 and refused.stderr.startswith("bfd: "), refused.stderr
