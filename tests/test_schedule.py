@@ -181,8 +181,12 @@ def check_prefect(url, store, series, ckpts, env, commands, subs) -> None:
         notes = sorted(client.read_artifacts(artifact_filter=key), key=lambda x: x.created)
         assert notes[-1].data.startswith("Nothing to do: all 3 checkpoint file(s)")
         assert "with the same request (model test_vit, images samples (N 6)" in notes[-1].data
-        # a typo is refused when the run is submitted, naming the field
+        # the shipped schedules are deployed paused: none runs against the example's
+        # /data/checkpoints or downloads its pretrained model before the user points it at theirs
         deployment = client.read_deployment_by_name("audit-checkpoints/audit-checkpoints")
+        nightly = client.read_deployment_by_name("audit/nightly-audit")
+        assert [s.active for s in deployment.schedules + nightly.schedules] == [False, False]
+        # a typo is refused when the run is submitted, naming the field
         with pytest.raises(PrefectHTTPStatusError, match="n_image"):
             client.create_flow_run_from_deployment(
                 deployment.id, parameters={"checkpoints": str(ckpts), "config": {"n_image": 3}})
@@ -310,6 +314,7 @@ def test_serve_builds_the_deployments_of_prefect_yaml():
         assert len(served[d["name"]].schedules or []) == len(d.get("schedules") or [])
     (cron,) = served["nightly-audit"].schedules
     assert cron.schedule.cron == "0 3 * * *"
+    assert cron.active is False  # shipped paused, as prefect deploy registers it
     assert "store" not in json.dumps(spec["deployments"])  # the store is never a working dir
 
 
