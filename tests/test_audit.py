@@ -96,6 +96,17 @@ def test_model_summary_is_energy_weighted(store):
         total = heads[["e_pp", "e_pc", "e_cp", "e_cc"]].to_numpy().sum()
         np.testing.assert_allclose(summary.loc[model, "f_cc"], heads.e_cc.sum() / total,
                                    rtol=1e-9)
+        # the chance-corrected twins, which compare across N (raw shares fall with N), and
+        # the layers the shares are over: one model's run of --layers 0,5,11 is not another's
+        adj = heads[[f"e_{b}_adj" for b in ("pp", "pc", "cp", "cc")]].to_numpy()
+        for i, block in enumerate(("pp", "pc", "cp", "cc")):
+            np.testing.assert_allclose(summary.loc[model, f"f_{block}_adj"],
+                                       adj[:, i].sum() / adj.sum(), rtol=1e-9)
+        layers = run_sql(store, f"SELECT frac_pos_adj FROM layers WHERE model = '{model}' "
+                                "AND site = 'attn_in'").to_pandas()
+        np.testing.assert_allclose(summary.loc[model, "frac_pos_adj_mean"],
+                                   layers.frac_pos_adj.mean(), rtol=1e-9)
+        assert summary.loc[model, "layers"] == ",".join(map(str, range(MODELS[model])))
 
 
 def test_layer_profile_and_head_types_follow_the_model(store):

@@ -14,7 +14,10 @@
 -- content-position, content-content); n_heads_undefined: heads with zero or non-finite
 -- energies (head_type 'undefined'); n_images: the images the run requested; n_decoded: the
 -- images it decoded and decomposed (n_images less those that failed to decode,
--- runs.n_skipped), the N its shares depend on: compare models by n_decoded.
+-- runs.n_skipped), the N its shares depend on: raw shares fall with N, so compare models of
+-- other n_decoded by the chance-corrected columns, frac_pos_adj_mean and f_*_adj (run_summary's,
+-- docs/method.md), whose expectation does not depend on N; layers: the layers its run stored
+-- (runs.layers, e.g. 0,5,11), which every figure here is over.
 -- params: none
 SELECT
     s.model,
@@ -41,7 +44,13 @@ SELECT
     s.n_heads_pp,
     s.n_heads_cp,
     s.n_heads_cc,
-    s.n_heads_undefined
+    s.n_heads_undefined,
+    latest_runs.layers,
+    s.frac_pos_adj_mean,
+    s.f_pp_adj,
+    s.f_pc_adj,
+    s.f_cp_adj,
+    s.f_cc_adj
 FROM run_summary AS s
 JOIN latest_runs USING (run_id)
 LEFT JOIN run_shapes AS sh USING (run_id)
