@@ -17,7 +17,7 @@ from conftest import run_cli
 
 from bfd import models
 from bfd.requests import parse_model_arg
-from bfd.storage import Store, open_activations, read_request
+from bfd.storage import Store, open_activations, open_results, read_request
 from bfd.tasks.drift import same_model
 from bfd.tasks.extract import ExtractConfig, prepare_run
 from bfd.tasks.request_key import key_of_config
@@ -176,6 +176,11 @@ def test_an_audit_of_one_name_with_other_model_args_is_not_compared_as_drift(
     assert code == 0, err
     assert {(r["run_id_a"], r["run_id_b"]) for r in rows} == {
         (runs["test_vit"], runs[registers])}, rows
+    # ... and in xarray: the results say the model as the views do, and its input size
+    for model, run_id in runs.items():
+        attrs = open_results(Store(store), run_id).attrs
+        assert (attrs["model"], attrs["model_label"], attrs["img_size"]) == (
+            "test_vit", model, 32), attrs
     code, rows, err = query("layer_profile", f"run_id={runs[registers]}")  # no model needed
     assert code == 0 and {r["model"] for r in rows} == {registers}, rows
     code, rows, err = query("head_types", f"model={registers}")

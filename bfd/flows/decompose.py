@@ -21,6 +21,19 @@ REQUEST_ATTRS = ("model", "weights", "weights_sha256", "images", "images_sha256"
 EXTRACTION_ATTRS = ("timm_version", "torch_version", "bfd_version")
 
 
+def results_attrs(request, activation_attrs) -> dict:
+    """What a run's results Dataset says of its request: ``REQUEST_ATTRS``, the model as the
+    SQL views spell it (``model_label``: with its ``--model-arg`` options, so that one timm
+    name built two ways reads as two models), its input size (``img_size``, one int as in
+    ``runs``) and the versions of ``EXTRACTION_ATTRS`` found in ``activation_attrs``."""
+    from bfd.storage import model_label, request_columns
+
+    attrs = {k: getattr(request, k) for k in REQUEST_ATTRS}
+    attrs["model_label"] = model_label(request.model, request.extra.get("model_args"))
+    attrs["img_size"] = request_columns(request)["img_size"]
+    return attrs | {k: activation_attrs[k] for k in EXTRACTION_ATTRS if k in activation_attrs}
+
+
 @flow(name="decompose", log_prints=True)
 def decompose(
     run_id: str,
@@ -82,9 +95,8 @@ def decompose(
             parts.append(future.result())
             progress.report("decompose", done, len(futures))
         request = read_request(Store(root), run_id)
-        run_attrs = {k: getattr(request, k) for k in REQUEST_ATTRS}
-        run_attrs |= {k: acts.attrs[k] for k in EXTRACTION_ATTRS if k in acts.attrs}
-        results = assemble_results(parts, {**run_attrs, "run_id": run_id, **options.to_dict(),
+        results = assemble_results(parts, {**results_attrs(request, acts.attrs),
+                                           "run_id": run_id, **options.to_dict(),
                                            "images_per_task": images_per_task or 0})
         written = publish_task(root, run_id, results, {"decompose": options.to_dict()})
         logger.info("published run %s: %s", run_id, ", ".join(sorted(written)))

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bfd.flows import progress
-from bfd.flows.decompose import EXTRACTION_ATTRS, REQUEST_ATTRS
+from bfd.flows.decompose import results_attrs
 from bfd.storage import NOT_STORED, Store, open_activations, read_request, results_path
 from bfd.tasks.audits import computed_run
 from bfd.tasks.decompose import DecomposeOptions, assemble_results
@@ -56,9 +56,8 @@ def stats_only_run(config: dict[str, Any], root: str, decompose_kw: dict[str, An
                                                 list(plan.records), options, report=report)
     request = read_request(Store(root), plan.run_id)
     attrs = open_activations(Store(root), plan.run_id).attrs
-    run_attrs = {k: getattr(request, k) for k in REQUEST_ATTRS}
-    run_attrs |= {k: attrs[k] for k in EXTRACTION_ATTRS if k in attrs}
-    results = assemble_results(parts, {**run_attrs, "run_id": plan.run_id, **options.to_dict(),
+    results = assemble_results(parts, {**results_attrs(request, attrs), "run_id": plan.run_id,
+                                       **options.to_dict(),
                                        "images_per_task": options.images_per_task or 0})
     # the statuses go to the tables only: no shard is marked done, as no chunk was written
     written = publish_task(root, plan.run_id, results, {"decompose": options.to_dict()}, images)
