@@ -69,7 +69,7 @@ def published(tmp_path_factory):
             *((qkv[layer], H) if site == "attn_in" else ()))
         for site in ("attn_in", "resid") for layer in range(L)
     }
-    return dict(rid=rid, acts=acts, qkv=qkv, bias=bias, ok=ok, pos_embed=pos_embed,
+    return dict(rid=rid, store=store, acts=acts, qkv=qkv, bias=bias, ok=ok, pos_embed=pos_embed,
                 check=check, tables=tables, jackknife=jackknife)
 
 
@@ -196,3 +196,18 @@ def test_planted_checks_are_not_trivial(published):
     assert (attn.ci_halfwidth > attn.frac_pos_adj_hi - attn.frac_pos_adj + 1e-3).any()
     resid = layers[layers.site == "resid"]
     np.testing.assert_allclose(resid.ci_halfwidth, resid.frac_pos_adj_hi - resid.frac_pos_adj)
+
+
+def test_pos_embed_cos_with_the_prefix_included_is_over_the_patch_positions(published):
+    """Decomposed with --prefix include, pos_embed_cos is the cosine over the patch positions,
+    as with the prefix excluded (pos's patch rows centred again are the excluded run's pos):
+    it was NULL, and the check the README asks for before reading a positional share lost."""
+    p = published
+    ok = np.array(p["ok"])
+    part = decompose_site_layer(str(p["store"].root), p["rid"], "resid", 0,
+                                DecomposeOptions(prefix="include", seed=SEED,
+                                                 jackknife_groups=GROUPS, ci_target=CI_TARGET))
+    x = p["acts"]["resid"][0][ok][:, PREFIX:].astype(np.float64)
+    np.testing.assert_allclose(float(part["pos_embed_cos"].values.squeeze()),
+                               brute_pos_embed_cos(x, p["pos_embed"]), rtol=RTOL)
+    assert part.sizes["position"] == T  # the prefix token counted as a position

@@ -196,7 +196,7 @@ def _decompose_site_layer(store_root: str, run_id: str, site: str, layer: int,
     if positions < 2:
         raise ValueError(f"run {run_id} has {positions} token position(s) to decompose; BFD "
                          "needs at least 2 (extract at a larger --img-size)")
-    want_cos = site == "resid" and layer == 0 and options.prefix == "exclude"
+    want_cos = site == "resid" and layer == 0
     # the weights are read only where they are used: Stage 2 and the pos_embed cosine
     tensors = (read_model_tensors(store, run_id, layer) if site == "attn_in" or want_cos
                else None)
@@ -246,14 +246,17 @@ def layer_dataset(means: Means, p2: Pass2State, modes: Modes | None,
                   tensors: xr.Dataset | None, extra: dict[str, tuple] | None = None
                   ) -> xr.Dataset:
     """One (site, layer)'s results from its two passes' states: the summary, and the cosine
-    of ``pos`` with the model's ``pos_embed`` (the resid site of block 0, prefix excluded,
-    where ``tensors`` holds it; NaN elsewhere), then the variables of ``extra``
+    of ``pos`` with the model's ``pos_embed`` (the resid site of block 0, over the patch
+    positions whatever the prefix option, where ``tensors`` holds it; NaN elsewhere), then the
+    variables of ``extra``
     (``name: (dims, values)``, e.g. ``model_check_vars``)."""
     result = summarize(means, p2, modes, options.ci_target)
     cos = np.nan
-    if (site == "resid" and layer == 0 and options.prefix == "exclude" and tensors is not None
-            and "pos_embed" in tensors):
-        cos = pos_embed_cosine(result.pos, tensors.pos_embed.values)
+    if site == "resid" and layer == 0 and tensors is not None and "pos_embed" in tensors:
+        # pos of the patch positions, centred over them: with --prefix include, pos's patch
+        # rows centred again are exactly pos of --prefix exclude (both mu_t less a mean)
+        patch = result.pos if options.prefix == "exclude" else result.pos[prefix_tokens:]
+        cos = pos_embed_cosine(patch - patch.mean(axis=0), tensors.pos_embed.values)
     return to_dataset(result, first_token=prefix_tokens if options.prefix == "exclude" else 0,
                       extra={"pos_embed_cos": ((), cos), **(extra or {})})
 
