@@ -158,7 +158,9 @@ def _add_extract_options(p: argparse.ArgumentParser, weights: bool = True) -> No
     p.add_argument("--model", help="timm model name, e.g. vit_small_patch16_224")
     if weights:
         p.add_argument("--weights", default="pretrained",
-                       help="pretrained (timm/HF cache), random, or a .safetensors/.pth file")
+                       help="pretrained (timm/HF cache), random (timm's init seeded by --seed: "
+                       "another --img-size or --model-arg draws other weights), or a "
+                       ".safetensors/.pth file")
     p.add_argument("--images", default="samples",
                    help="image folder, a file listing image paths, or 'samples' (embedded)")
     p.add_argument("--n-images", type=int,

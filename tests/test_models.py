@@ -7,6 +7,7 @@ import json
 import socket
 
 import huggingface_hub
+import numpy as np
 import pytest
 import timm
 import torch
@@ -245,3 +246,20 @@ def test_random_weights_are_seeded_and_leave_global_rng_alone() -> None:
     assert not torch.equal(a.blocks[0].attn.qkv.weight, c.blocks[0].attn.qkv.weight)
     with pytest.raises(ValueError, match="multiple of the patch size 16.*got 40"):
         M.load_model(TINY, "random", img_size=40)
+
+
+def test_random_weights_are_one_network_per_size_and_model_args():
+    """What the README says of --weights random: the same seed gives the same network at one
+    size, and another network (not the same weights resampled) at another --img-size or with
+    another --model-arg, all under the same weights_sha256."""
+    def qkv(**kw):
+        model, info = M.load_model(TINY, "random", seed=0, **kw)
+        return M.qkv_weight(model, 0).numpy(), info.weights_sha256
+
+    (a, sha), (again, _), (smaller, sha_small), (no_bias, _) = (
+        qkv(img_size=64), qkv(img_size=64), qkv(img_size=32),
+        qkv(img_size=64, model_args={"class_token": False, "global_pool": "avg"}))
+    assert sha == sha_small == "random-seed-0"
+    np.testing.assert_array_equal(a, again)
+    assert a.shape == smaller.shape == no_bias.shape
+    assert np.abs(a - smaller).max() > 1e-3 and np.abs(a - no_bias).max() > 1e-3
