@@ -283,6 +283,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
                         "n_heads_pp", "n_heads_cp", "n_heads_cc") if c in profile.column_names]
     print(f"\nBFD audit of {model_label(model, config.model_args)} (weights: "
           f"{config.weights}), run {out['run_id']}")
+    print(positions_line(store, out["run_id"]))
     cli._print_table(profile.select(cols), "table")
     print()
     n_flagged = print_audit(out, store)
@@ -292,6 +293,25 @@ def cmd_audit(args: argparse.Namespace) -> int:
     print_statistics(store, out["run_id"], profile, args.demo)
     print_image_notes(store, out["run_id"], None if args.demo else args.n_images)
     return drift_exit(n_flagged, args.fail_on_drift, [out], args.fail_if_not_compared)
+
+
+def positions_line(store: str, run_id: str) -> str:
+    """Which tokens the run's shares are over, in one line: its patch grid, and its prefix
+    tokens (class, distillation, register) left out or counted (the decompose --prefix
+    option), from its ``runs`` row."""
+    from bfd.cli_read import PREFIX_OPTION_SQL
+    from bfd.queries import run_sql
+
+    (row,) = run_sql(store, f"SELECT grid_h, grid_w, prefix_tokens, {PREFIX_OPTION_SQL} AS "
+                     "prefix FROM runs WHERE run_id = $run_id", {"run_id": run_id}).to_pylist()
+    patches = f"the {row['grid_h']} x {row['grid_w']} = {row['grid_h'] * row['grid_w']} patches"
+    n = row["prefix_tokens"] or 0
+    if not n:
+        return f"positions: {patches} (the model has no prefix token)"
+    tokens = f"{n} prefix token{'s' if n > 1 else ''} (class, distillation or register)"
+    if row["prefix"] == "include":
+        return f"positions: {patches} and its {tokens}, each one more position (--prefix include)"
+    return f"positions: {patches}; its {tokens} left out (--prefix exclude, the default)"
 
 
 def print_dashboard(index: str | None, store: str) -> None:

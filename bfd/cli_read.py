@@ -215,7 +215,7 @@ _RUNS_SHOWN = (
     "activations, n_images, n_skipped, layers, sites, status, created_at")
 # A published run's prefix option (run_shapes' rule: json_valid, so that a row of other JSON
 # than bfd's does not fail the listing)
-_RUNS_PREFIX = ("coalesce(CASE WHEN json_valid(config_json) THEN json_extract_string("
+PREFIX_OPTION_SQL = ("coalesce(CASE WHEN json_valid(config_json) THEN json_extract_string("
                 "config_json, '$.decompose.prefix') END, 'exclude')")
 # A published run's model with its --model-arg options (bfd.storage.model_label; the
 # run_shapes view's model, bfd/queries/_run_shapes.sql)
@@ -234,7 +234,7 @@ def _runs_sql(pending: list, dropped: list[str] = ()) -> tuple[str, dict]:
 
     columns = ", ".join(_MODEL_LABEL if c == "model" else c for c in _RUNS_COLUMNS)
     # a stats-only run's activations 'not stored', else 'stored' (bfd.storage's rule)
-    sql = (f"SELECT {columns}, {_RUNS_PREFIX} AS prefix, CASE WHEN list_contains("
+    sql = (f"SELECT {columns}, {PREFIX_OPTION_SQL} AS prefix, CASE WHEN list_contains("
            f"$dropped::VARCHAR[], run_id) THEN 'dropped' ELSE {activations_sql('config_json')} "
            "END AS activations, created_at FROM runs")
     params: dict = {"dropped": sorted(dropped)}

@@ -152,6 +152,9 @@ def test_an_audit_of_one_name_with_other_model_args_is_not_compared_as_drift(
             "not compared") in out + err, out + err
     # its per-layer and chance-corrected tables (they read "(no rows)": the bare name's query)
     assert 'BFD audit of test_vit {"reg_tokens":4} (weights: random)' in out, out
+    # which tokens its shares are over: the patches, the class token and 4 registers left out
+    assert ("\npositions: the 2 x 2 = 4 patches; its 5 prefix tokens (class, distillation or "
+            "register) left out (--prefix exclude, the default)\n") in out, out
     assert "(no rows)" not in out and len(re.findall(r"(?m)^ +0 ", out)) >= 2, out
 
     # ... and two models in SQL: model_summary had one row, the later run's, under test_vit
