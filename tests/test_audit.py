@@ -238,7 +238,14 @@ def test_drift_compares_only_what_both_audits_saw(tmp_path, prefect_harness, cap
             code = main(["audit", *common, *argv])
         return code, *capsys.readouterr()
 
-    assert bfd("--n-images", "8", "--layers", "0", "--step", "1")[0] == 0
+    # the first audit of a series passes the gate, and says that it checked nothing (a
+    # mistyped --series passed in silence)
+    code, _, err = bfd("--n-images", "8", "--layers", "0", "--step", "1")
+    (first,) = read_audits(Store(store), "s")
+    assert code == 0 and err.splitlines()[-1] == (
+        "bfd: warning: drift not compared (--fail-on-drift passes without a check): audit "
+        f"{first['audit_id']} is the first of series s, with nothing to compare with (it is "
+        "kept: the next audit compares with it)"), err
     code, out, err = bfd("--n-images", "3", "--layers", "0", "--step", "2")
     assert code == 0 and "flagged" not in err, err
     audits = read_audits(Store(store), "s")

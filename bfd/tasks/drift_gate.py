@@ -58,9 +58,9 @@ def drift_verdict(n_flagged: int, fail_on_drift: bool, audits: Sequence[Mapping]
         why = not_compared(audit)
         if why is not None and fail_if_not_compared:
             failures.append(f"drift not compared ({spell('fail_if_not_compared')}): {why}")
-        elif fail_on_drift and audit.get("drift_note"):
+        elif fail_on_drift and why is not None:  # the first of its series too
             warnings.append(f"drift not compared ({spell('fail_on_drift')} passes without a "
-                            f"check): {audit['drift_note']}")
+                            f"check): {why}")
     if n_flagged and fail_on_drift:
         failures.append(f"drift: {n_flagged} value(s) flagged ({spell('fail_on_drift')})")
     return DriftVerdict(failures, warnings)
