@@ -106,6 +106,25 @@ os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
 """
 
 
+# The same for a server started from a thread (Prefect's SubprocessASGIServer, started in
+# the background: PR_SET_PDEATHSIG would fire when that thread ends): a thread of the server
+# process polls its parent pid and SIGKILLs the server once the command is gone; then runs
+# ``python -m <module> ARGS`` as given after the pid.
+_WATCHES_PARENT = """
+import os, runpy, signal, sys, threading, time
+parent = int(sys.argv[1])
+def watch():
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGKILL)
+if os.getppid() != parent:
+    sys.exit(0)
+threading.Thread(target=watch, daemon=True).start()
+sys.argv = [sys.argv[3], *sys.argv[4:]]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
 class _Launched:
     """A temporary server process launched as ``SubprocessASGIServer`` launches it."""
 
@@ -184,6 +203,31 @@ class _Launched:
             self.process.wait()
 
 
+def _dying_server():
+    """Prefect's ``SubprocessASGIServer``, whose uvicorn process is started through
+    ``_WATCHES_PARENT`` (killed with the command, as the server ``_Launched`` starts), its
+    command line and environment otherwise Prefect's own. It is the instance the flows get
+    from ``SubprocessASGIServer()`` (one per port: Prefect's ``_instances``). Where Prefect's
+    settings come from a profile, a command killed with kill -9 left Prefect's own server
+    running for good (the README's ``prefect config set`` writes one)."""
+    import prefect
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import get_current_settings
+
+    class DiesWithCommand(SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> subprocess.Popen:  # Prefect 3's, launched through
+            return subprocess.Popen(  # the launcher
+                [sys.executable, "-c", _WATCHES_PARENT, str(os.getpid()), "-m", "uvicorn",
+                 "--app-dir", str(prefect.__module_path__.parent), "--factory",
+                 "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port",
+                 str(self.port), "--log-level", "error", "--lifespan", "on"],
+                env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+                     "PREFECT__SERVER_FINAL": "1",
+                     **get_current_settings().to_environment_variables(exclude_unset=True)})
+
+    return DiesWithCommand()
+
+
 def start_early() -> None:
     """Starts the temporary server in the background, when the flows will need one."""
     if "prefect" not in sys.modules and settings_from_environment():
@@ -195,10 +239,8 @@ def start_early() -> None:
 
     if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
         return
-    from prefect.server.api.server import SubprocessASGIServer
-
     # A start that fails here is retried, and its error reported, by the flow's own start.
-    thread = threading.Thread(target=SubprocessASGIServer().start, name="bfd-prefect-server",
+    thread = threading.Thread(target=_dying_server().start, name="bfd-prefect-server",
                               daemon=True)
     thread.start()
     _starting.append(thread)

@@ -121,13 +121,28 @@ def _gone(proc: psutil.Process, timeout: float = 30) -> bool:
     return False
 
 
+# Prefect's own profiles file, as `prefect config set`/`unset` leaves it: the temporary
+# server is then Prefect's SubprocessASGIServer (bfd.flows.server.start_early), not bfd's own
+PROFILE = ('active = "ephemeral"\n\n[profiles.ephemeral]\n'
+           'PREFECT_SERVER_ALLOW_EPHEMERAL_MODE = "true"\n')
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["TERM", "KILL"])
-def test_sigterm_or_kill_of_the_command_alone_leaves_no_server(prefect_harness, tmp_path, signum):
+@pytest.mark.parametrize(("signum", "profile"), [(signal.SIGTERM, False), (signal.SIGKILL, False),
+                                                 (signal.SIGKILL, True)],
+                         ids=["TERM", "KILL", "KILL-with-a-profile"])
+def test_sigterm_or_kill_of_the_command_alone_leaves_no_server(prefect_harness, tmp_path, signum,
+                                                               profile):
     """A scheduler's time limit (SIGTERM to the command's pid) ended it with no line and left
-    its temporary server running, as kill -9 did (an OOM kill): ~230 MB each, for good."""
+    its temporary server running, as kill -9 did (an OOM kill): ~230 MB each, for good; with
+    a Prefect profiles file it still did after kill -9 (Prefect's own server)."""
     store = Store(tmp_path / "s")
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    if profile:
+        home = tmp_path / "prefect-home"
+        home.mkdir()
+        (home / "profiles.toml").write_text(PROFILE, encoding="utf-8")
+        env["PREFECT_HOME"] = str(home)
     proc = subprocess.Popen([sys.executable, "-m", "bfd.cli", *EXTRACT, "--store",
                              str(store.root)], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
