@@ -416,3 +416,30 @@ def test_the_plan_line_says_one_shard_and_sizes_in_a_unit_that_reads():
         "run r: 12 images in 3 shards; 2 shards (8 images) to extract, 37.5 GiB to write")
     assert plan([4], (), 0).endswith("0 shards (0 images) to extract, 0 B to write")
     assert plan([4], (0,), 1023 * 2**20 + 2**20 - 1).endswith("1.00 GiB to write")
+
+
+def test_bytes_to_write_count_the_last_chunk_whole_and_what_a_run_writes_besides(
+        prefect_harness, tmp_path):
+    """The planner's bytes to write (its line, and the free-space refusal's figure) are the
+    data a run puts on disk: 6 images in chunks of 4 write two whole chunks (8 images'
+    bytes), and the run writes its model tensors, logit check and results besides. It counted
+    6 images' activations alone: a trial's disk filled mid-run at 2.9x the figure."""
+    from bfd.flows.decompose import decompose
+    from bfd.tasks.extract import bytes_to_write
+
+    cfg = config(n_images=6, layers=(0, 2))
+    plan = prepare_run(str(tmp_path / "planned"), ExtractConfig(**cfg))
+    rid = run_flow(tmp_path / "s", n_images=6, layers=(0, 2))
+    decompose(rid, str(tmp_path / "s"))
+    run = tmp_path / "s" / "bfd.zarr" / rid
+
+    def data_bytes(folder: Path) -> int:  # chunk files, not the metadata (zarr.json)
+        return sum(p.stat().st_size for p in folder.rglob("*")
+                   if p.is_file() and p.name != "zarr.json")
+
+    chunks = sum(data_bytes(run / site) for site in SITES)
+    info = models.describe(TINY, 32)
+    assert chunks == bytes_to_write(ExtractConfig(**cfg), info, 2, 6) == 2 * 2 * 8 * (
+        info.num_tokens * info.width * 4)  # 2 sites x 2 layers x 8 images, float32
+    whole = data_bytes(run)
+    assert plan.bytes_to_write >= whole > 0.75 * plan.bytes_to_write, (whole, plan)

@@ -136,11 +136,12 @@ def test_bytes_to_write_are_the_stored_activations_and_none_without_them(tmp_pat
     plan = prepare_run(stored_root, cfg)
     acts = open_activations(Store(stored_root), plan.run_id)
     arrays = sum(acts[site].size * acts[site].dtype.itemsize for site in acts.data_vars)
-    assert plan.bytes_to_write == arrays > 0
+    model_info = models.describe("test_vit", 32)
+    assert bytes_to_write(cfg, model_info, 2, 12) == arrays > 0
+    # a new run's figure: its activations and what it writes once besides
+    assert plan.bytes_to_write == bytes_to_write(cfg, model_info, 2, 12, whole_run=True) > arrays
     _, stats = _planned(str(tmp_path / "stats"))
     assert stats.bytes_to_write == 0
-    model_info = models.describe("test_vit", 32)
-    assert bytes_to_write(cfg, model_info, 2, 12) == arrays
     assert bytes_to_write(ExtractConfig(**{**CONFIG, "extra": dict(NOT_STORED)}), model_info,
                           2, 12) == 0
 

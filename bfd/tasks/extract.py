@@ -45,7 +45,7 @@ from bfd.storage import (
 )
 from bfd.storage import run_id as request_run_id
 from bfd.storage.fault_lines import fault_lines
-from bfd.tasks.model_check import capture_logit_check, qkv_biases
+from bfd.tasks.model_check import CHECK_IMAGES, capture_logit_check, qkv_biases
 from bfd.tasks.request_key import record_request_key
 
 DEFAULT_IMAGES_PER_CHUNK = 32
@@ -250,7 +250,8 @@ def prepare_run(store_root: str, cfg: ExtractConfig,
     def to_do() -> tuple[set[int], list, int]:
         done, damaged = trusted_shards(store, rid, shards)
         todo_images = sum(s.size for s in shards if s.index not in done)
-        return done, damaged, bytes_to_write(cfg, info, len(layers), todo_images)
+        return done, damaged, bytes_to_write(cfg, info, len(layers), todo_images,
+                                             whole_run=not done)
 
     done, damaged, to_write = to_do()
     _require_space(store, to_write)
@@ -296,18 +297,35 @@ def prepare_run(store_root: str, cfg: ExtractConfig,
 
 
 def bytes_to_write(cfg: ExtractConfig, info: models.ModelInfo, n_layers: int,
-                   n_images: int) -> int:
+                   n_images: int, whole_run: bool = False) -> int:
     """The bytes a run of ``cfg`` writes on the store's disk for ``n_images`` images still to
     extract: their activations at every site of ``n_layers`` layers, every token, in the
-    storage dtype (the bulk of a run: its model tensors, tables and results weigh a few MB);
-    none for a stats-only request (``bfd audit --no-store-activations``), which keeps no
-    activations."""
+    storage dtype, in whole chunks (a run's last chunk is written whole: 16 images in chunks
+    of 32 take 32 images' bytes); with ``whole_run``, also what the run writes once besides
+    (``run_overhead``). None for a stats-only request (``bfd audit
+    --no-store-activations``), which keeps no activations."""
     from bfd.storage import is_stats_only
 
     if is_stats_only(cfg.extra):
         return 0
-    return (n_images * n_layers * len(cfg.sites) * info.num_tokens * info.width
-            * np.dtype(cfg.dtype).itemsize)
+    chunk = cfg.images_per_chunk
+    padded = -(-n_images // chunk) * chunk
+    activations = (padded * n_layers * len(cfg.sites) * info.num_tokens * info.width
+                   * np.dtype(cfg.dtype).itemsize)
+    return activations + (run_overhead(cfg, info, n_layers) if whole_run else 0)
+
+
+def run_overhead(cfg: ExtractConfig, info: models.ModelInfo, n_layers: int) -> int:
+    """What a stored run writes besides its activations, in data bytes: the model tensors
+    (float32 qkv weights and biases of its layers, the pos_embed patch rows), the logit
+    check's x, q and k of ``CHECK_IMAGES`` images per layer (float32) and its results' pos and
+    mu per (site, layer) (float64), the bulk of them; the tables and the rest of the results
+    (per head and mode) are small beside them."""
+    t, d, d_attn = info.num_tokens, info.width, info.d_attn
+    model = 4 * (n_layers * (3 * d_attn * d + 3 * d_attn) + info.grid[0] * info.grid[1] * d)
+    check = 4 * n_layers * CHECK_IMAGES * t * (d + 2 * d_attn)
+    results = 8 * n_layers * len(cfg.sites) * 2 * t * d
+    return model + check + results
 
 
 class NotEnoughSpaceError(OSError):
@@ -365,7 +383,7 @@ def check_space(store_root: str, cfg: ExtractConfig,
     n_layers = len(resolve_layers(cfg.layers, info.depth))
     held = imgs.check_source(cfg.images, cfg.n_images)
     n_images = held if held is not None else cfg.n_images or imgs.SAMPLES_DEFAULT_N
-    need = bytes_to_write(cfg, info, n_layers, n_images)
+    need = bytes_to_write(cfg, info, n_layers, n_images, whole_run=True)
     if need <= shutil.disk_usage(_existing(Path(store.zarr_path))).free:
         return
     slug = f"{model_slug(cfg.model)}-"
@@ -384,7 +402,8 @@ def check_space(store_root: str, cfg: ExtractConfig,
         shards = plan_shards(n_images, cfg.images_per_chunk, per_shard)
         done, _ = trusted_shards(store, rid, shards)
         need = bytes_to_write(cfg, info, n_layers,
-                              sum(s.size for s in shards if s.index not in done))
+                              sum(s.size for s in shards if s.index not in done),
+                              whole_run=not done)
     _require_space(store, need)
 
 
