@@ -574,7 +574,7 @@ def test_checkpoints_count_as_audited_only_with_the_same_request(tmp_path, prefe
     good = (folder / "step_100.safetensors").read_bytes()
     (folder / "step_50.safetensors").write_bytes(good[: len(good) // 2])
     code, out, err = bfd("--model", AUDIT["model"], "--n-images", "4", "--prefix", "include",
-                         "--control-seed", "3")
+                         "--control-seed", "3", "--jackknife-groups", "8")
     assert code == 2 and "1 checkpoint(s) audited" in out, out + err
     errors = [line for line in err.splitlines() if line.startswith("bfd: error:")]
     assert len(errors) == 1 and errors[0].startswith("bfd: error: left out: weights file ")
@@ -588,7 +588,8 @@ def test_checkpoints_count_as_audited_only_with_the_same_request(tmp_path, prefe
     assert [r.n_images for r in runs] == [6, 4]
     done = [a for a in audits if a["run_id"]]
     decomposed = [json.loads(a["decompose_json"]) for a in done]
-    assert [(d["prefix"], d["seed"]) for d in decomposed] == [("exclude", 0), ("include", 3)]
+    assert [(d["prefix"], d["seed"], d["jackknife_groups"]) for d in decomposed] == [
+        ("exclude", 0, 16), ("include", 3, 8)]
     results = open_results(Store(store), done[-1]["run_id"])
     assert (results.attrs["prefix"], results.attrs["seed"]) == ("include", 3)
 

@@ -267,10 +267,10 @@ def test_decompose_of_a_stats_only_run_is_refused_before_prefect_with_what_works
                           "--no-store-activations): bfd decompose has nothing of it to read. "
                           "To decompose it with --prefix include --control-seed 3, audit its "
                           "request again: bfd audit --no-store-activations --model test_vit "), err
-    audit_it, after = err.split("audit its request again: ")[1].split(" (two forward")
+    audit_it, after = err.split("audit its request again: ")[1].split(" (it computes")
     assert audit_it.endswith(f" --prefix include --control-seed 3 --store {root}"), audit_it
-    assert after == (" passes over its images again, a new audit of its series, the run's "
-                     "results published again with those options)\n")
+    assert after == (" the run again from two forward passes over its images, as a new audit, "
+                     "and publishes it with those options)\n")
     # what it says works: the same run, published with those options
     code, out, err = run_cli(shlex.split(audit_it)[1:], capsys)
     assert code == 0, err

@@ -131,7 +131,7 @@ class DecomposeParams(_Params):
     """Options of the decomposition (docs/method.md); ``device`` is the extraction's when empty.
     Those that change results are ``bfd decompose``'s, ``bfd audit``'s and ``bfd
     audit-checkpoints``' ``--prefix``, ``--control-seed``, ``--compute-dtype``,
-    ``--jackknife-groups`` and ``--ci-target`` (``bfd.cli.decompose_params``)."""
+    ``--jackknife-groups`` and ``--ci-target`` (``bfd.cli.decompose_options``)."""
 
     prefix: Literal["exclude", "include"] = "exclude"
     seed: int = Field(0, description="seed of the split-half and shuffle controls")

@@ -147,8 +147,8 @@ def stats_only_not_decomposed(store: Store, run_id: str, flags: str) -> str:
     return (f"run {run_id} kept no activations (an audit with --no-store-activations): "
             f"bfd decompose has nothing of it to read. To decompose it with "
             f"{flags or 'the default options'}, audit its request again: {audit} "
-            "(two forward passes over its images again, a new audit of its series, the run's "
-            "results published again with those options)")
+            "(it computes the run again from two forward passes over its images, as a new "
+            "audit, and publishes it with those options)")
 
 
 def _version_time(name: str) -> datetime | None:
