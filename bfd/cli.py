@@ -195,6 +195,37 @@ def _add_extract_options(p: argparse.ArgumentParser, weights: bool = True) -> No
     _add_store(p)
 
 
+def add_decompose_options(p: argparse.ArgumentParser) -> None:
+    """The decomposition options that change a run's results (``bfd.storage.republish``'s
+    ``RESULT_FLAGS``), of ``bfd decompose``, ``bfd audit`` and ``bfd audit-checkpoints``;
+    ``decompose_options`` reads them back."""
+    g = p.add_argument_group("decomposition (options that change the results)")
+    g.add_argument("--prefix", choices=("exclude", "include"), default="exclude",
+                   help="prefix tokens (CLS, registers): left out of the factors and energies "
+                   "(default) or each counted as one more position")
+    g.add_argument("--control-seed", type=int, default=0,
+                   help="seed of the split-half and shuffle controls")
+    g.add_argument("--compute-dtype", choices=("float32", "float64"), default="float32",
+                   help="dtype of the pass-2 projection")
+    g.add_argument("--jackknife-groups", type=int, default=16,
+                   help="image groups of the 95 %% intervals (a multiple of 4, >= 8; 0: none)")
+    g.add_argument("--ci-target", type=float, default=0.02,
+                   help="interval half-width the main shares should reach (default 0.02)")
+
+
+def decompose_options(args: argparse.Namespace) -> dict:
+    """The options of ``add_decompose_options`` as given, by their names in
+    ``bfd.tasks.options.DecomposeOptions`` (and the flows' ``DecomposeParams``), checked as
+    ``bfd decompose`` checks them (one line, exit 2, before any work)."""
+    from bfd.tasks.options import DecomposeOptions
+
+    given = {"prefix": args.prefix, "seed": args.control_seed,
+             "compute_dtype": args.compute_dtype, "jackknife_groups": args.jackknife_groups,
+             "ci_target": args.ci_target}
+    DecomposeOptions(**given)
+    return given
+
+
 def _extract_config(args: argparse.Namespace) -> dict:
     if not args.model:
         demo = " (or use --demo)" if hasattr(args, "demo") else ""
@@ -318,10 +349,9 @@ def cmd_decompose(args: argparse.Namespace) -> int:
     from bfd.tasks.options import DecomposeOptions, not_decomposable
 
     # the options and the run are checked before the server, torch or Prefect start
-    options = DecomposeOptions(prefix=args.prefix, seed=args.control_seed,
-                               compute_dtype=args.compute_dtype,
-                               images_per_task=args.images_per_task, device=args.device,
-                               jackknife_groups=args.jackknife_groups, ci_target=args.ci_target)
+    given = decompose_options(args)
+    options = DecomposeOptions(**given, images_per_task=args.images_per_task,
+                               device=args.device)
     store = _store(args)
     refused = not_decomposable(Store(store), args.run_id, options)  # nothing to read
     if refused:
@@ -332,12 +362,9 @@ def cmd_decompose(args: argparse.Namespace) -> int:
     if args.dask_address:
         check_dask_address(args.dask_address)
     with _run_lock(store, args.run_id):
-        written = _with_bars(decompose_flow(args.dask_address), args.run_id, store,
-                             prefix=args.prefix, seed=args.control_seed,
-                             compute_dtype=args.compute_dtype,
+        written = _with_bars(decompose_flow(args.dask_address), args.run_id, store, **given,
                              images_per_task=args.images_per_task,
-                             dask_address=args.dask_address, device=args.device,
-                             jackknife_groups=args.jackknife_groups, ci_target=args.ci_target)
+                             dask_address=args.dask_address, device=args.device)
     print(f"run {args.run_id} decomposed; results: {written['results']}")
     _cache_catalog(store)
     return 0
@@ -408,21 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("decompose", help="decompose a stored run and publish its tables")
     s.add_argument("run_id", help="the run to decompose (bfd runs lists them)")
-    s.add_argument("--prefix", choices=("exclude", "include"), default="exclude",
-                   help="prefix tokens (CLS, registers): left out of the factors and energies "
-                   "(default) or each counted as one more position")
-    s.add_argument("--control-seed", type=int, default=0,
-                   help="seed of the split-half and shuffle controls")
-    s.add_argument("--compute-dtype", choices=("float32", "float64"), default="float32",
-                   help="dtype of the pass-2 projection")
+    add_decompose_options(s)
     s.add_argument("--images-per-task", type=int, help="images per dask task")
     s.add_argument("--device", default="auto",
                    help="auto, cpu, cuda or cuda:K (auto: CUDA when seen, the CPU on a cluster)")
     s.add_argument("--dask-address", help="run on an existing Dask cluster")
-    s.add_argument("--jackknife-groups", type=int, default=16,
-                   help="image groups of the 95 %% intervals (a multiple of 4, >= 8; 0: none)")
-    s.add_argument("--ci-target", type=float, default=0.02,
-                   help="interval half-width the main shares should reach (default 0.02)")
     _add_store(s)
     s.set_defaults(fn=cmd_decompose)
 
@@ -435,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep no activations: decompose from two forward passes over the "
                    "images (for image sets too large to store; the run gets an id of its own)")
     _add_extract_options(s)
+    add_decompose_options(s)
     add_audit_options(s)
     s.add_argument("--step", type=int,
                    help="the audit's place in its series, e.g. a training step (default: the "

@@ -235,6 +235,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     else:
         config = audit_config(cli._extract_config(args))
     model = require_model(config, cli=True)
+    decompose = cli.decompose_options(args)
     if not args.store_activations and (args.workers != 1 or args.dask_address):
         raise ValueError("--no-store-activations runs both forwards in this process; it takes "
                          "neither --workers nor --dask-address")
@@ -265,6 +266,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         from bfd.cli_interrupt import audit_progress
         from bfd.flows import progress
         from bfd.flows.audit import audit
+        from bfd.flows.params import DecomposeParams
 
         # Ctrl-C's line: bfd.cli.main's NOT_RECORDED until now, as for a run already computed
         # shards may be extracted from now on; a stats-only run keeps none
@@ -275,7 +277,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
                                  gpu_resources=args.gpu_resources, series=args.series,
                                  step=args.step, drift=thresholds, trigger="cli",
                                  dashboard=not args.no_dashboard,
-                                 store_activations=args.store_activations)
+                                 store_activations=args.store_activations,
+                                 decompose_options=DecomposeParams(**decompose))
     from bfd.storage import model_label
 
     profile = run_query(store, "layer_profile", {"run_id": out["run_id"]})
@@ -324,9 +327,12 @@ def print_dashboard(index: str | None, store: str) -> None:
 
 
 # the options that would change what --demo audits (bfd.flows.params.DEMO_CONFIG, the input
-# size and the seed of its random init); how it runs (--device, --batch-size, ...) may be given
+# size and the seed of its random init) or its figures (the decomposition's options that change
+# results: its series would hold them as the demo's); how it runs (--device, --batch-size, ...)
+# may be given
 DEMO_FIXED = ("model", "weights", "images", "n_images", "layers", "sites", "img_size", "dtype",
-              "seed", "model_arg")
+              "seed", "model_arg", "prefix", "control_seed", "compute_dtype", "jackknife_groups",
+              "ci_target")
 
 
 def refuse_demo_request_options(args: argparse.Namespace) -> None:
@@ -341,7 +347,8 @@ def refuse_demo_request_options(args: argparse.Namespace) -> None:
              if getattr(args, k) != getattr(defaults, k)]
     if given:
         raise ValueError(f"--demo audits a fixed request (random-init vit_tiny_patch16_224 on "
-                         f"the 64 embedded sample images); it takes no {', '.join(given)}: "
+                         "the 64 embedded sample images, decomposed with the default options); "
+                         f"it takes no {', '.join(given)}: "
                          "drop them, or drop --demo and give --model")
 
 
@@ -447,6 +454,7 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
     from bfd.tasks.audits import check_place, checkpoint_files, checkpoints_series
 
     config = audit_config(cli._extract_config(args))
+    decompose = cli.decompose_options(args)
     thresholds = drift_thresholds(args.drift_threshold)
     # the request checked as bfd audit checks it, before any audit of it is recorded: each
     # checkpoint's first bytes (an unreadable one is left out and named before the first
@@ -473,6 +481,7 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
         lines.left_out(bad)  # known now: said before the first audit, not after the last
         from bfd.flows import progress
         from bfd.flows.checkpoints import CheckpointsLeftOut, audit_checkpoints
+        from bfd.flows.params import DecomposeParams
 
         try:
             with progress.listening(lines):  # each checkpoint's lines once its audit is done
@@ -481,7 +490,8 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
                                      series=args.series, drift=thresholds,
                                      workers=args.workers, dask_address=args.dask_address,
                                      gpu_resources=args.gpu_resources,
-                                     dashboard=not args.no_dashboard)
+                                     dashboard=not args.no_dashboard,
+                                     decompose_options=DecomposeParams(**decompose))
         except CheckpointsLeftOut as err:  # the flow run is Failed; its left-out files end here
             out = err.out
     if not out["audits"]:
@@ -608,6 +618,7 @@ def add_audit_parsers(sub) -> None:
                        "against the series' latest comparable audit at or before its step")
     s.add_argument("checkpoints", help="a folder of checkpoint files or a glob")
     cli._add_extract_options(s, weights=False)  # the weights are each checkpoint's
+    cli.add_decompose_options(s)
     add_audit_options(s, CHECKPOINTS_SERIES)
     s.set_defaults(fn=cmd_audit_checkpoints, weights="random", seed=0)
 

@@ -348,29 +348,21 @@ def _say_damaged_events(store) -> None:
         print(f"bfd: note (not of this run): {line}", file=sys.stderr)
 
 
-def _audit_options_said(store, run_id: str) -> str:
-    """What the ``bfd audit --no-store-activations`` that repairs a stats-only run leaves out:
-    nothing when the run was published with ``bfd audit``'s decompose options (the defaults);
-    else the options it was published with, which ``bfd audit`` does not take, and where
-    they are given (the flow ``audit``'s ``decompose_options``)."""
-    import json
-
-    from bfd.storage import published_options, result_flags
-    from bfd.storage.republish import changed_result_options
+def _stats_only_repair(store, run_id: str) -> str:
+    """The ``bfd audit --no-store-activations`` command that computes a stats-only run again
+    (``repair_command``), with the decompose options it was published with that are not the
+    defaults (``result_flags``: the same figures); when no copy of them reads, a note says to
+    give them."""
+    from bfd.storage import published_options, repair_command, result_flags
     from bfd.tasks.options import DecomposeOptions
 
     options, _ = published_options(store, run_id)
     if options is None:
-        return (" (no copy of the decompose options it was published with reads: bfd audit "
-                "decomposes with the default ones)")
-    defaults = DecomposeOptions().to_dict()
-    changed = changed_result_options(options, defaults)
-    if not changed:
-        return ""
-    return (f" (but it was published with {result_flags(options, defaults)}, which bfd audit "
-            "does not take: for the same figures run the flow audit, e.g. a Prefect "
-            "deployment run's --params, with that request as its config, store_activations "
-            f"false and decompose_options {json.dumps(changed, sort_keys=True)})")
+        return (f"{repair_command(store, run_id)} (no copy of the decompose options it was "
+                "published with reads: give those it was published with, else its figures "
+                "change)")
+    flags = result_flags(options, DecomposeOptions().to_dict())
+    return repair_command(store, run_id, decompose_flags=flags)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -406,8 +398,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return 1
     if faults and stats_only:  # no activations to extract or decompose again
         print(f"bfd: run {args.run_id} has {len(faults)} fault(s); the stats-only run is "
-              f"computed and published again by: {repair_command(store, args.run_id)}"
-              f"{_audit_options_said(store, args.run_id)}", file=sys.stderr)
+              f"computed and published again by: {_stats_only_repair(store, args.run_id)}",
+              file=sys.stderr)
         _say_weights_gone(store, args.run_id)
         return 1
     if faults:

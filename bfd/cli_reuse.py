@@ -133,18 +133,21 @@ def extracted_run_of(args: argparse.Namespace, config, store: str) -> str | None
 
 
 def computed_run_of(args: argparse.Namespace, config, store: str) -> str | None:
-    """The run this audit request resolves to when it is already computed and the audit can
-    be recorded without the flow; else None."""
+    """The run this audit request resolves to when it is already computed, published with the
+    decomposition options given (``--prefix``, ``--control-seed``, ...: ``bfd.cli``'s
+    ``decompose_options``), and the audit can be recorded without the flow; else None."""
     found = _stored_run_of(args, config, store)
     if found is None:
         return None
     s, run_id = found
     # only now (xarray, Zarr): a request the flow runs starts its Prefect server sooner
+    from bfd.cli import decompose_options
     from bfd.flows.params import DecomposeParams, decompose_kwargs
     from bfd.tasks.audits import computed_run
     from bfd.tasks.options import DecomposeOptions
 
-    options = DecomposeOptions(**decompose_kwargs(DecomposeParams(), config)).to_dict()
+    given = DecomposeParams(**decompose_options(args))
+    options = DecomposeOptions(**decompose_kwargs(given, config)).to_dict()
     return run_id if computed_run(s, run_id, options) is not None else None
 
 

@@ -4,6 +4,7 @@ named query on them, drift on planted checkpoints through the command line, and
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -15,7 +16,15 @@ from bfd.cli import main
 from bfd.flows.audit import audit
 from bfd.queries import list_queries, run_query, run_sql
 from bfd.queries.seen import run_seen
-from bfd.storage import SEEN_FIGURES, Store, read_audits, read_drift, read_request, read_table
+from bfd.storage import (
+    SEEN_FIGURES,
+    Store,
+    open_results,
+    read_audits,
+    read_drift,
+    read_request,
+    read_table,
+)
 from bfd.tasks.drift_gate import DriftGateFailed
 
 MODELS = {"test_vit": 6, "test_vit2": 8}  # name -> depth
@@ -543,7 +552,8 @@ def test_checkpoints_count_as_audited_only_with_the_same_request(tmp_path, prefe
                                                                   capsys):
     """A checkpoint is audited again with other options (N, here), a model its weights do not
     fit is refused as bfd audit --weights refuses it, and a truncated checkpoint is named and
-    left out while the readable one is audited (exit 2 at the end)."""
+    left out while the readable one is audited (exit 2 at the end), decomposed with the
+    decompose options given (bfd audit-checkpoints took none: the defaults, always)."""
     folder = tmp_path / "ckpts"
     make_checkpoints(tmp_path / "made")
     folder.mkdir()
@@ -581,7 +591,8 @@ def test_checkpoints_count_as_audited_only_with_the_same_request(tmp_path, prefe
     # another N, and a truncated checkpoint before it: the readable one is audited again
     good = (folder / "step_100.safetensors").read_bytes()
     (folder / "step_50.safetensors").write_bytes(good[: len(good) // 2])
-    code, out, err = bfd("--model", AUDIT["model"], "--n-images", "4")
+    code, out, err = bfd("--model", AUDIT["model"], "--n-images", "4", "--prefix", "include",
+                         "--control-seed", "3", "--jackknife-groups", "8")
     assert code == 2 and "1 checkpoint(s) audited" in out, out + err
     errors = [line for line in err.splitlines() if line.startswith("bfd: error:")]
     assert len(errors) == 1 and errors[0].startswith("bfd: error: left out: weights file ")
@@ -593,6 +604,12 @@ def test_checkpoints_count_as_audited_only_with_the_same_request(tmp_path, prefe
         (100, "complete"), (100, "complete")]
     runs = [read_request(Store(store), a["run_id"]) for a in audits if a["run_id"]]
     assert [r.n_images for r in runs] == [6, 4]
+    done = [a for a in audits if a["run_id"]]
+    decomposed = [json.loads(a["decompose_json"]) for a in done]
+    assert [(d["prefix"], d["seed"], d["jackknife_groups"]) for d in decomposed] == [
+        ("exclude", 0, 16), ("include", 3, 8)]
+    results = open_results(Store(store), done[-1]["run_id"])
+    assert (results.attrs["prefix"], results.attrs["seed"]) == ("include", 3)
 
 
 def test_a_checkpoint_that_does_not_load_is_left_out_and_the_others_audited(

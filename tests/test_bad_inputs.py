@@ -213,6 +213,17 @@ REQUEST = {
     "audit-demo-with-a-model": Probe(["audit", "--demo", "--model", "vit_small_patch16_224",
                                       "--n-images", "8", *S],
                                      ("--demo audits a fixed request", "--model, --n-images")),
+    # the demo's figures are fixed too: its series would hold other options' as the demo's
+    "audit-demo-with-decompose-options": Probe(["audit", "--demo", "--prefix", "include",
+                                                "--control-seed", "3", *S],
+                                               ("decomposed with the default options",
+                                                "it takes no --prefix, --control-seed:")),
+    # bfd audit's and audit-checkpoints' decompose options checked as bfd decompose's
+    "audit-jackknife-groups-5": Probe(["audit", *BASE, "--jackknife-groups", "5", *S],
+                                      ("jackknife groups must be", "got 5")),
+    "audit-checkpoints-ci-target-0": Probe(["audit-checkpoints", "{tmp}/good-ckpts",
+                                            *CHECKPOINTS_BASE, "--ci-target", "0", *S],
+                                           ("ci_target must be a number > 0",)),
     "decompose-unknown-run": Probe(["decompose", "toy-0123456789abcdef", *S], ("toy-0123",)),
     "decompose-run-id-escapes": Probe(["decompose", "../x", *S], ("invalid run_id",)),
     "images-per-task-0": Probe(["decompose", "{rid}", "--images-per-task", "0", *S],

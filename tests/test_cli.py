@@ -83,6 +83,43 @@ def test_extract_errors_are_one_line(prefect_harness, tmp_path, capsys, args, ne
     assert out == "" and not store.exists()
 
 
+# a value of each decompose option that changes results, other than its default
+OTHER_RESULT_OPTIONS = {"prefix": "include", "seed": 3, "compute_dtype": "float64",
+                        "jackknife_groups": 8, "ci_target": 0.05}
+
+
+@pytest.mark.parametrize("command", [["audit"], ["audit-checkpoints", "ckpts"]])
+def test_audits_take_the_decompose_options_that_change_results(command, capsys):
+    """bfd audit and bfd audit-checkpoints take bfd decompose's options that change results
+    (``RESULT_FLAGS``), as bfd decompose takes them (the same defaults, choices and help),
+    each read back by its name (they took none: the flows' decompose_options were the
+    defaults, whatever a user wanted)."""
+    import argparse
+
+    from bfd.cli import build_parser, decompose_options
+    from bfd.storage.republish import RESULT_FLAGS
+
+    commands = next(a for a in build_parser()._actions
+                    if isinstance(a, argparse._SubParsersAction)).choices
+
+    def described(name: str) -> dict:
+        return {o: (a.default, a.choices, a.type, a.help)
+                for a in commands[name]._actions for o in a.option_strings
+                if o in RESULT_FLAGS.values()}
+
+    assert set(described("decompose")) == set(RESULT_FLAGS.values())
+    assert described(command[0]) == described("decompose")
+    flags = [w for key, flag in RESULT_FLAGS.items()
+             for w in (flag, str(OTHER_RESULT_OPTIONS[key]))]
+    args = build_parser().parse_args([*command, "--model", "test_vit", *flags])
+    assert decompose_options(args) == OTHER_RESULT_OPTIONS
+    with pytest.raises(SystemExit):
+        run([command[0], "--help"], capsys)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--prefix {exclude,include} prefix tokens (CLS, registers)" in out
+    assert "--jackknife-groups JACKKNIFE_GROUPS image groups of the 95 % intervals" in out
+
+
 def test_audit_checkpoints_offers_only_its_own_options(tmp_path, capsys):
     """Its weights are each checkpoint's: no --weights in its help or argv; no --demo either."""
     with pytest.raises(SystemExit) as exited:

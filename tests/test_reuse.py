@@ -302,6 +302,64 @@ def test_a_run_made_with_model_args_is_reused_without_the_flow(tmp_path, prefect
     assert extracted_run_of(*audit_request(extract), str(store)) == audit["run_id"]
 
 
+@pytest.mark.slow
+def test_an_audit_with_other_decompose_options_is_computed_and_not_compared(
+        tmp_path, prefect_harness, capsys, monkeypatch):
+    """`bfd audit --prefix include` (bfd audit took no decompose option) of a run published
+    with the defaults is not taken as already computed: the flow decomposes it again with
+    them, and its drift says it compared nothing (shares over other positions). Of the run
+    published with --prefix include since, it is recorded without Prefect and compared; an
+    audit with the defaults after them skips both, and says so."""
+    from bfd.cli_reuse import computed_run_of
+
+    store = tmp_path / "store"
+
+    def argv(step: int, *extra: str) -> list[str]:
+        return [*options("samples", "random", store, step), "--n-images", "6", *extra,
+                "--no-dashboard"]
+
+    def computed(step: int, *extra: str) -> str | None:
+        with monkeypatch.context() as m:
+            m.delenv("PREFECT_API_URL")
+            return computed_run_of(*audit_request(argv(step, *extra)), str(store))
+
+    include = ("--prefix", "include")
+    assert run_cli(argv(1), capsys)[0] == 0
+    (first,) = read_audits(Store(store), "s")
+    rid = first["run_id"]
+    assert computed(2) == rid and computed(2, *include) is None
+
+    code, out, err = run_cli(argv(2, *include), capsys)
+    assert code == 0, err
+    assert (f"bfd: run {rid} is published decomposed with --prefix exclude; this audit "
+            "decomposes it again with --prefix include") in err
+    second = read_audits(Store(store), "s")[-1]
+    note = ("previous audit's shares were decomposed with --prefix exclude, this audit's with "
+            "--prefix include; not compared")
+    assert second["run_id"] == rid and second["drift_note"].startswith(note)
+    assert f"\ndrift: {note}" in out
+    assert json.loads(second["decompose_json"])["prefix"] == "include"
+    assert computed(3, *include) == rid and computed(3) is None
+
+    monkeypatch.delenv("PREFECT_API_URL")  # recorded without Prefect (no API configured)
+    code, out, err = run_cli(argv(3, *include), capsys)
+    assert code == 0, err
+    assert "is already computed: the audit is recorded without a Prefect flow run" in err
+    third = read_audits(Store(store), "s")[-1]
+    assert third["flow_run_id"] is None and third["drift_note"] is None
+    assert (third["run_id"], third["prev_audit_id"]) == (rid, second["audit_id"])
+    monkeypatch.undo()
+
+    code, out, err = run_cli(argv(4), capsys)
+    assert code == 0, err
+    fourth = read_audits(Store(store), "s")[-1]
+    assert (fourth["prev_audit_id"], fourth["drift_note"]) == (first["audit_id"], None)
+    why = "shares over other positions (--prefix include, not exclude)"
+    assert (f"\ndrift: 0 value(s) flagged against audit {first['audit_id']} (step 1), the "
+            f"latest comparable; skipped 2 audits not comparable ({second['audit_id']} at "
+            f"step 2: {why}; {third['audit_id']} at step 3: {why})\n") in out, out
+
+
 PREFECT_SETUPS = {
     "nothing": ({}, {}),
     "environment": ({"PREFECT_API_URL": "http://127.0.0.1:9/api"}, {}),

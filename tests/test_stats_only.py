@@ -70,20 +70,15 @@ def test_stats_only_equals_the_stored_path(prefect_harness, tmp_path, capsys):
     with pytest.raises(ValueError, match="kept no activations"):
         decompose(stats["run_id"], stats_root)
 
-    # published with options bfd audit does not take (--control-seed 3): verify's repair
-    # says so, and where they are given (it said "with the decompose options it was audited
-    # with", which no bfd audit option sets)
+    # published with other options than the defaults (--control-seed 3): verify's repair
+    # gives them (it said that bfd audit does not take them, and to run the flow instead)
     from bfd.storage import read_pointer
 
     table = Path(stats_root) / read_pointer(store, stats["run_id"])["tables"]["heads"]
     table.write_bytes(b"PAR1 not really parquet")
     code, _, err = run_cli(["verify", stats["run_id"], "--store", stats_root], capsys)
     assert code == 1 and err.count("\n") == 1, err
-    assert err.endswith(f"--store {stats_root} (but it was published with --control-seed 3, "
-                        "which bfd audit does not take: for the same figures run the flow "
-                        "audit, e.g. a Prefect deployment run's --params, with that request as "
-                        "its config, store_activations false and decompose_options "
-                        '{"seed": 3})\n'), err
+    assert err.endswith(f" --control-seed 3 --store {stats_root}\n"), err
 
 
 def _planned(root: str, **over):
@@ -227,16 +222,33 @@ def test_decompose_of_a_stats_only_run_is_refused_before_prefect_with_what_works
         stats_audit, tmp_path, capsys):
     """`bfd decompose` of a stats-only run with other options is refused in one line before
     Prefect is imported (it was, inside the flow, after its server's start-up), naming what
-    works: the `bfd extract` of its request, then `bfd decompose` of that run with the
-    options given, which do (it said "audit it again that way": bfd audit takes no decompose
-    option). And verify's repair of a damaged stats-only run published with bfd audit's
-    default options is its audit command alone (it added "(with the decompose options it
-    was audited with)")."""
-    from bfd.storage import read_pointer, verify_run
+    works: the `bfd audit --no-store-activations` of its request with the options given
+    (it named `bfd extract` then `bfd decompose` of another run: "bfd audit takes no
+    decompose option"). That audit computes the same run with those options; verify's repair
+    of it, damaged, is that audit command again with the options it was published with (it
+    said that bfd audit does not take them), which bfd's own parser reads back as them and
+    which publishes the same run with the same options. A run published with the default
+    options gets its audit command alone."""
+    from bfd.cli import build_parser
+    from bfd.storage import read_pointer, read_run_table, verify_run
 
     root = tmp_path / "store"
     shutil.copytree(stats_audit[0], root)
     rid = stats_audit[1]
+
+    def damage_and_verify() -> str:
+        table = root / read_pointer(Store(root), rid)["tables"]["heads"]
+        table.write_bytes(b"PAR1 not really parquet")
+        assert verify_run(Store(root), rid)
+        code, _, err = run_cli(["verify", rid, "--store", str(root)], capsys)
+        assert code == 1 and err.count("\n") == 1, err
+        command = err.split("published again by: ")[1].rstrip("\n")
+        assert command.startswith("bfd audit --no-store-activations --model test_vit ")
+        return command
+
+    # published with the defaults: nothing after --store to do by hand
+    assert damage_and_verify().endswith(f"--store {root}")
+
     flags = ["--control-seed", "3", "--prefix", "include"]
     code = ("import contextlib, io, sys\n"
             "from bfd.cli import main\n"
@@ -251,33 +263,35 @@ def test_decompose_of_a_stats_only_run_is_refused_before_prefect_with_what_works
                           env={**env, "PREFECT_HOME": str(tmp_path / "prefect-home")})
     status, err = proc.stdout.split("\n", 1)
     assert status == "2 []", proc.stdout + proc.stderr
-    assert err.count("\n") == 1 and "audit it again" not in err, err
+    assert err.count("\n") == 1 and "takes no decompose option" not in err, err
     assert err.startswith(f"bfd: error: run {rid} kept no activations (an audit with "
                           "--no-store-activations): bfd decompose has nothing of it to read. "
-                          "To decompose its request with other options, store its "
-                          "activations: bfd extract --model test_vit "), err
-    extract, decompose_it = err.split("store its activations: ")[1].split("; then ")
-    assert decompose_it == (f"bfd decompose RUN --prefix include --control-seed 3 --store "
-                            f"{root} with the run id that command prints (bfd audit takes no "
-                            "decompose option)\n")
-    # what it says works: a stored run of the request, decomposed with those options
-    code, out, err = run_cli(shlex.split(extract)[1:], capsys)
+                          "To decompose it with --prefix include --control-seed 3, audit its "
+                          "request again: bfd audit --no-store-activations --model test_vit "), err
+    audit_it, after = err.split("audit its request again: ")[1].split(" (it computes")
+    assert audit_it.endswith(f" --prefix include --control-seed 3 --store {root}"), audit_it
+    assert after == (" the run again from two forward passes over its images, as a new audit, "
+                     "and publishes it with those options)\n")
+    # what it says works: the same run, published with those options
+    code, out, err = run_cli(shlex.split(audit_it)[1:], capsys)
     assert code == 0, err
-    stored = out.split()[1]
-    assert stored != rid and out.startswith(f"run {stored} extracted into {root}")
-    code, out, err = run_cli(["decompose", stored, *flags, "--store", str(root)], capsys)
-    assert code == 0, err
-    results = open_results(Store(root), stored)
+    assert list_runs(Store(root)) == [rid] and f"run {rid}" in out
+    results = open_results(Store(root), rid)
     assert (results.attrs["seed"], results.attrs["prefix"]) == (3, "include")
+    (published,) = read_run_table(Store(root), "runs", rid).to_pylist()
 
-    table = root / read_pointer(Store(root), rid)["tables"]["heads"]
-    table.write_bytes(b"PAR1 not really parquet")
-    assert verify_run(Store(root), rid)
-    code, _, err = run_cli(["verify", rid, "--store", str(root)], capsys)
-    assert code == 1 and err.count("\n") == 1, err
-    command = err.split("published again by: ")[1].rstrip("\n")
-    assert command.startswith("bfd audit --no-store-activations --model test_vit ")
-    assert command.endswith(f"--store {root}"), command  # nothing after it to do by hand
+    # damaged, it is computed again by the audit with the options it was published with
+    command = damage_and_verify()
+    assert command.endswith(f" --prefix include --control-seed 3 --store {root}"), command
+    argv = shlex.split(command)[1:]
+    args = build_parser().parse_args(argv)
+    assert (args.prefix, args.control_seed, args.store_activations) == ("include", 3, False)
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert list_runs(Store(root)) == [rid] and verify_run(Store(root), rid) == []
+    (again,) = read_run_table(Store(root), "runs", rid).to_pylist()
+    assert again["config_json"] == published["config_json"]
+    assert json.loads(again["config_json"])["decompose"]["prefix"] == "include"
 
 
 def test_an_identical_stats_only_audit_reuses_its_run_with_or_without_the_flow(

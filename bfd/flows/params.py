@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from bfd.core.sampling import DEFAULT_CI_TARGET, DEFAULT_GROUPS, stored_groups
 from bfd.files import input_path
 from bfd.requests import (
     AUTOCASTS,
@@ -127,19 +128,32 @@ class AuditConfig(_Params):
 
 
 class DecomposeParams(_Params):
-    """Options of the decomposition (docs/method.md); ``device`` is the extraction's when empty."""
+    """Options of the decomposition (docs/method.md); ``device`` is the extraction's when empty.
+    Those that change results are ``bfd decompose``'s, ``bfd audit``'s and ``bfd
+    audit-checkpoints``' ``--prefix``, ``--control-seed``, ``--compute-dtype``,
+    ``--jackknife-groups`` and ``--ci-target`` (``bfd.cli.decompose_options``)."""
 
     prefix: Literal["exclude", "include"] = "exclude"
     seed: int = Field(0, description="seed of the split-half and shuffle controls")
     compute_dtype: Literal["float32", "float64"] = "float32"
     images_per_task: int | None = Field(None, ge=1)
     device: str | None = Field(None, json_schema_extra=SCHEMA["device"])
+    jackknife_groups: int = Field(DEFAULT_GROUPS, description="image groups of the 95 % "
+                                  "intervals (a multiple of 4, >= 8; 0: none)")
+    ci_target: float = Field(DEFAULT_CI_TARGET, gt=0, description="interval half-width the "
+                             "main shares should reach")
 
     @field_validator("device")
     @classmethod
     def _device(cls, value: str | None) -> str | None:
         if value is not None:
             check_device(value)
+        return value
+
+    @field_validator("jackknife_groups")
+    @classmethod
+    def _groups(cls, value: int) -> int:
+        stored_groups(value)  # the decomposition's own rule, refused before any work
         return value
 
 

@@ -25,12 +25,13 @@ _OPTION_EXTRA: Final[frozenset[str]] = frozenset({"autocast", "seed", "model_arg
                                                   "activations"})
 
 
-def repair_command(store: Store, run_id: str, shard_size: int | None = None) -> str:
+def repair_command(store: Store, run_id: str, shard_size: int | None = None,
+                   decompose_flags: str = "") -> str:
     """The ``bfd extract`` command line that re-creates the run's request, so that it finds
     the run's id and computes what is missing or damaged (a finished, intact shard is
     skipped); falls back to a hint when the request itself cannot be read or holds what no
     option gives. For a stats-only run, the ``bfd audit --no-store-activations`` command line
-    that computes it again.
+    that computes it again, decomposed with ``decompose_flags``.
 
     Every option of the request is written, also those at their default (``--sites``,
     ``--layers``, ``--dtype``), so that the command means the same run whatever the defaults
@@ -38,6 +39,10 @@ def repair_command(store: Store, run_id: str, shard_size: int | None = None) -> 
 
     Args:
         shard_size: images per shard of the run; read from its first shard marker when None.
+        decompose_flags: of a stats-only run, the decompose options its audit is to give
+            (``result_flags``: ``--prefix include --control-seed 3``; "": the defaults), e.g.
+            those it was published with; a stored run's are ``bfd decompose``'s
+            (``decompose_command``), not this command's.
     """
     from bfd.requests import model_arg_words
 
@@ -49,7 +54,8 @@ def repair_command(store: Store, run_id: str, shard_size: int | None = None) -> 
         req = read_request(store, run_id)
     except (OSError, ValueError, KeyError, TypeError):
         return hint
-    if is_stats_only(req.extra):
+    stats_only = is_stats_only(req.extra)
+    if stats_only:
         command, shard_size = "bfd audit --no-store-activations", 0
         hint = f"{command} with the options that created run {run_id} --store {store.root}"
     extra = dict(req.extra)
@@ -87,6 +93,8 @@ def repair_command(store: Store, run_id: str, shard_size: int | None = None) -> 
             shard_size = first["stop"] - first["start"]
     if shard_size and shard_size != ipc:
         parts.append(f"--images-per-shard {shard_size}")
+    if stats_only and decompose_flags:
+        parts.append(decompose_flags)
     parts.append(f"--store {shlex.quote(str(store.root))}")
     if req.code_version != bfd.__version__:  # a part of the run id no option gives
         parts.append(f"(under bfd {req.code_version}, which made the run: bfd "

@@ -138,19 +138,17 @@ def result_flags(options: dict[str, Any], defaults: dict[str, Any]) -> str:
 
 def stats_only_not_decomposed(store: Store, run_id: str, flags: str) -> str:
     """Why ``bfd decompose`` of a stats-only run (``bfd audit --no-store-activations``) is
-    refused, and what the user can do: store the request's activations (the ``bfd extract``
-    command of its request, which makes a stored run of it) and decompose that run with the
-    options given (``flags``, ``result_flags``); ``bfd audit`` takes no decompose option."""
+    refused, and what the user can do: the ``bfd audit --no-store-activations`` command of
+    its request (``repair_command``) with the options given (``flags``, ``result_flags``),
+    which computes the run again from two forwards and publishes it with them."""
     from bfd.storage import repair_command
 
-    extract = repair_command(store, run_id).replace("bfd audit --no-store-activations",
-                                                     "bfd extract", 1)
-    where = f" --store {shlex.quote(str(store.root))}"
+    audit = repair_command(store, run_id, decompose_flags=flags)
     return (f"run {run_id} kept no activations (an audit with --no-store-activations): "
-            "bfd decompose has nothing of it to read. To decompose its request with other "
-            f"options, store its activations: {extract}; then bfd decompose RUN"
-            f"{' ' + flags if flags else ''}{where} with the run id that command prints "
-            "(bfd audit takes no decompose option)")
+            f"bfd decompose has nothing of it to read. To decompose it with "
+            f"{flags or 'the default options'}, audit its request again: {audit} "
+            "(it computes the run again from two forward passes over its images, as a new "
+            "audit, and publishes it with those options)")
 
 
 def _version_time(name: str) -> datetime | None:
