@@ -581,14 +581,19 @@ def test_compare_of_runs_of_other_n_uses_the_adjusted_basis_as_compare_runs(tmp_
     # n8 and n16: one model, 8 and 16 decoded images; vit_b: another model, 16 images. The
     # raw frac_pos of n8 and n16 differ widely (planted by seed) while their chance-corrected
     # frac_pos_adj differ little: the page must agree with `compare_runs` on every figure.
+    # w2: n16's model with other weights, created last: a series of one run (as each model
+    # of a zoo audited once), whose Compare page must still open on two runs
     root = tmp_path / "store"
-    adj = {"n8": [0.10, 0.20, 0.30], "n16": [0.101, 0.195, 0.36], "vit_b": [0.12, 0.18, 0.3]}
+    adj = {"n8": [0.10, 0.20, 0.30], "n16": [0.101, 0.195, 0.36], "vit_b": [0.12, 0.18, 0.3],
+           "w2": [0.1, 0.2, 0.3]}
     raw = {}
     for i, (run_id, model, n) in enumerate((("n8", "toy_vit", 8), ("n16", "toy_vit", 16),
-                                            ("vit_b", "vit_b", 16))):
+                                            ("vit_b", "vit_b", 16), ("w2", "toy_vit", 16))):
         hw = 0.02 if n == 8 else 0.01
         raw[run_id] = write_synthetic_run(
             root, run_id, model=model, seed=i, intervals=True, n_images=n,
+            weights="w2" if run_id == "w2" else "random",
+            created_at=dt.datetime(2025, 1, 1 + i, tzinfo=dt.UTC),
             layer_values={"frac_pos_adj": adj[run_id],
                           "frac_pos_adj_lo": [v - hw for v in adj[run_id]],
                           "frac_pos_adj_hi": [v + hw for v in adj[run_id]]},
@@ -601,7 +606,30 @@ def test_compare_of_runs_of_other_n_uses_the_adjusted_basis_as_compare_runs(tmp_
         rows = run_query(root, "compare_runs", {"run_a": a, "run_b": b}).to_pylist()
         return [r for r in rows if r["site"] == "attn_in" and r["metric"] == metric]
 
-    open_page(browser, (tmp_path / "site" / "compare.html").as_uri())
+    page = (tmp_path / "site" / "compare.html").as_uri()
+    chosen = "return [document.getElementById('run-a').value, document.getElementById('run-b').value]"
+    notes = ("return Array.from(document.querySelectorAll('#app p.note'), p => [p.id, p.textContent])"
+             ".filter(([id]) => id)")
+    # the default: the latest run (w2, alone in its series) as B against the newest run of
+    # its model with no run_pairs note (n16; vit_b is newer but another model), not itself
+    open_page(browser, page)
+    assert_clean(browser, "file://")
+    assert browser.execute_script(chosen) == ["n16", "w2"]
+    assert "compare-same" not in dict(browser.execute_script(notes))
+    assert len(browser.execute_script("return document.getElementById('delta-plot').data")) == 1
+    # runs chosen by the address: both, one (the other side the default pair's other run),
+    # and an unknown id, said above the plots, the page drawn on the default
+    for query, want in (("?a=vit_b&b=n8", ["vit_b", "n8"]), ("?b=n8", ["n16", "n8"]),
+                        ("?a=w2", ["w2", "n16"])):
+        open_page(browser, page + query)
+        assert browser.execute_script(chosen) == want
+        assert "compare-url-note" not in dict(browser.execute_script(notes))
+    open_page(browser, page + "?a=nope&b=n8")
+    assert browser.execute_script(chosen) == ["n16", "n8"]
+    assert dict(browser.execute_script(notes))["compare-url-note"] == (
+        "run A of the address (a=nope) is not a complete run of this store: showing n16 as A "
+        "and n8 as B instead.")
+    assert len(browser.execute_script("return document.getElementById('delta-plot').data")) == 1
     assert_clean(browser, "file://")
     for a, b, basis in (("n8", "n16", "adjusted"), ("n16", "vit_b", "raw"),
                         ("vit_b", "n16", "raw")):

@@ -1085,8 +1085,41 @@
     const mates = runs.filter((r) => r.series === last.series)
       .sort((x, y) => (x.step ?? 0) - (y.step ?? 0) || when(x) - when(y));
     const latest = mates[mates.length - 1];
-    const before = mates[mates.length - 2] || latest;
+    // a series of one run (a zoo of models audited once each): A is the newest other run
+    // (by its latest audit's start, else its creation), first among those run_pairs has no
+    // note for with B (one model, prefix option, images, img_size), then among those of
+    // the same model, then any; one run alone in the store is compared with itself
+    const others = runs.filter((r) => r.run_id !== latest.run_id)
+      .sort((x, y) => when(y) - when(x) || (x.run_id < y.run_id ? 1 : -1));
+    const rank = (r) => {
+      const p = pairOf(r.run_id, latest.run_id);
+      return !p ? 2 : p.same_model === true && p.note === null ? 0 : p.same_model === true ? 1 : 2;
+    };
+    const fallback = others.length ? others.reduce((x, r) => (rank(r) < rank(x) ? r : x), others[0]) : latest;
+    const before = mates[mates.length - 2] || fallback;
     const state = { a: before.run_id, b: latest.run_id, metric: "frac_pos" };
+    // compare.html?a=RUN_ID&b=RUN_ID (either alone) chooses the runs; an id that is not a
+    // complete run of this store is said above the plots, its side left as the default
+    const asked = new URLSearchParams(window.location.search);
+    const unknown = [];
+    const pick = (side) => {
+      const id = asked.get(side);
+      if (id === null || id === "") return null;
+      if (byRun.has(id)) return id;
+      unknown.push([side.toUpperCase(), id]);
+      return null;
+    };
+    const askA = pick("a"), askB = pick("b");
+    if (askA !== null) state.a = askA;
+    if (askB !== null) state.b = askB;
+    // one run named: the other side the default pair's run that is not it
+    if (askA !== null && askB === null && state.b === askA) state.b = before.run_id;
+    if (askB !== null && askA === null && state.a === askB) state.a = latest.run_id;
+    if (unknown.length) {
+      app.append(h("p", { class: "note warn", id: "compare-url-note" }, unknown.map(([side, id]) =>
+        `run ${side} of the address (${side.toLowerCase()}=${id}) is not a complete run of this store`)
+        .join("; ") + `: showing ${state.a} as A and ${state.b} as B instead.`));
+    }
     // a choice: series, step (as the Series page), the weights' file name and the run id
     const opts = runs.map((r) => [r.run_id, [r.series, stepText(r) === null ? null : "step " + stepText(r),
       fileName(r.weights), r.run_id].filter((p) => p !== null).join(" · ")]);
