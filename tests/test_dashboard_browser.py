@@ -323,10 +323,35 @@ def test_log_axes_of_a_zero_or_denormal_value_stop_at_the_floor(tmp_path, browse
     values = {"ss_identity_residual": [0.0, 1e-14, 1e-14],
               "ortho_residual": [1e-15, 1e-314, 1e-15],
               "shuffle_frac_pos": [4e-3, 1e-314, 4e-3]}
-    write_synthetic_run(tmp_path / "store", "z-1", depth=3, layer_values=values)
+    # and the mode spectra's log sigma axis: head 0's sigmas span under a decade (as a
+    # random-init vit_tiny's, 0.0026 to 0.018: plotly labelled every digit, "0.01" over
+    # "2 3 ... 9"), head 1's ten decades, head 2's a few percent
+    sigmas = {0: np.geomspace(0.0179, 0.0026, 12), 1: np.geomspace(10.0, 1e-9, 12),
+              2: np.geomspace(0.33, 0.31, 12)}
+    write_synthetic_run(tmp_path / "store", "z-1", depth=3, layer_values=values, n_heads=3,
+                        n_modes=12, sigmas=sigmas)
     build_dashboard(tmp_path / "store", tmp_path / "site")
     open_page(browser, (tmp_path / "site" / "runs" / "z-1.html").as_uri())
     assert_clean(browser, "file://")
+    for head, sigma in sigmas.items():
+        browser.execute_script(
+            "const s = document.getElementById('head-select'); s.value = arguments[0];"
+            " s.dispatchEvent(new Event('change'));", str(head))
+        labels = browser.execute_script(
+            "return Array.from(document.querySelectorAll('#spectrum-plot .ytick text'), t => {"
+            " const b = t.getBoundingClientRect(); return [t.textContent, b.top, b.bottom]; })"
+            ".filter(([s, top, bottom]) => s && bottom > top)")
+        low, high = browser.execute_script(
+            "return document.getElementById('spectrum-plot')._fullLayout.yaxis.range")
+        # readable: at least two labels, each a number in the axis range, none overlapping
+        # another, and every sigma inside the range
+        assert len(labels) >= 2, (head, labels)
+        values_shown = [float(text) for text, _, _ in labels]
+        assert all(low <= np.log10(v) <= high for v in values_shown), (head, labels)
+        assert low <= np.log10(min(sigma)) and np.log10(max(sigma)) <= high
+        spans = sorted((top, bottom) for _, top, bottom in labels)
+        assert all(b0 <= t1 for (_, b0), (t1, _) in zip(spans, spans[1:], strict=False)), (
+            head, labels)
     for plot, keys in (("residual-plot", ["ss_identity_residual", "ortho_residual"]),
                        ("shuffle-plot", ["shuffle_frac_pos"])):
         low, high = browser.execute_script(

@@ -190,6 +190,47 @@
       line: { color: "#888", dash: "dot", width: 1 }, hoverinfo: "skip" });
     return out;
   }
+  // A log axis of `values` that is `px` pixels long, ticked so that its labels never run
+  // into each other: plotly's own ticks on a range under a decade or two label every digit
+  // (0.01 printed over 2 3 4 ... 9). The densest of: every digit, 1-2-5 or 1-3 a decade, each
+  // decade, every 2nd, 5th, 10th ... decade, whose closest two ticks are MIN_TICK_GAP px
+  // apart; where that leaves fewer than 3 ticks (a range of a decade or less), evenly spaced
+  // round values (0.005, 0.01, 0.015) if they give more. Labels as plain decimals, or 1e-8
+  // beyond 1e-4 .. 1e5; the range is set to the values', padded for the markers.
+  const MIN_TICK_GAP = 20;
+  function logAxis(values, px) {
+    const vs = values.filter((v) => typeof v === "number" && v > 0 && Number.isFinite(v));
+    if (!vs.length) return { type: "log" };
+    const lo = Math.log10(Math.min(...vs)), hi = Math.log10(Math.max(...vs));
+    const pad = Math.max(0.05 * (hi - lo), 0.05), r0 = lo - pad, r1 = hi + pad;
+    const perDecade = px / (r1 - r0);
+    const clean = (v) => Number(v.toPrecision(12));
+    const fits = (ts) => ts.length >= 2 && ts.every((t, i) => !i ||
+      (Math.log10(t) - Math.log10(ts[i - 1])) * perDecade >= MIN_TICK_GAP);
+    const inRange = (t) => Math.log10(t) >= r0 && Math.log10(t) <= r1;
+    const decades = [];
+    for (let k = Math.floor(r0); k <= Math.ceil(r1); k++) decades.push(k);
+    const sets = [[1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 2, 5], [1, 3]].map((ms) =>
+      decades.flatMap((k) => ms.map((m) => clean(m * 10 ** k))).filter(inRange));
+    for (let stride = 1, j = 0; stride <= decades.length; stride = [1, 2, 5][++j % 3] * 10 ** Math.floor(j / 3)) {
+      sets.push(decades.filter((k) => k % stride === 0).map((k) => clean(10 ** k)).filter(inRange));
+    }
+    let best = sets.filter(fits).reduce((x, t) => (t.length > x.length ? t : x), []);
+    if (best.length < 3) {
+      const a = 10 ** r0, b = 10 ** r1;
+      for (let e = Math.floor(Math.log10(b - a)) - 2; e <= Math.ceil(Math.log10(b - a)); e++) {
+        for (const m of [1, 2, 5]) {
+          const step = m * 10 ** e;
+          const ts = [];
+          for (let t = Math.ceil(a / step) * step; t <= b && ts.length < 50; t += step) ts.push(clean(t));
+          if (ts.length > best.length && fits(ts)) best = ts;
+        }
+      }
+    }
+    const label = (v) => (v < 1e-4 || v >= 1e5 ? v.toExponential().replace("e+", "e") : String(v));
+    return best.length ? { type: "log", range: [r0, r1], tickmode: "array", tickvals: best,
+      ticktext: best.map(label) } : { type: "log", range: [r0, r1] };
+  }
   // Layer rows (in layer order) with a gap row between two stored layers that are not next to
   // each other (a run of `--layers 0,5`): a line is not drawn across layers that were not
   // stored. A gap row sits halfway (layer, rel_depth) and reads null for every other column.
@@ -647,7 +688,9 @@
       draw(spectrum, sel.length ? tr : [], { barmode: "stack", height: 420,
         legend: { orientation: "h", y: -0.22, x: 0, traceorder: "normal" },
         title: { text: `layer ${state.layer}, head ${state.head}` + (sel.length ? "" : ": no modes stored") },
-        xaxis: { title: { text: "mode" }, anchor: "y2" }, yaxis: { type: "log", domain: [0.55, 1], title: { text: "sigma" } },
+        // the plot area (height less margins and the legend's rows) times the domain
+        xaxis: { title: { text: "mode" }, anchor: "y2" }, yaxis: Object.assign(logAxis(sel.map((m) => m.sigma),
+          (420 - 90 - 60) * 0.45), { domain: [0.55, 1], title: { text: "sigma" } }),
         yaxis2: { domain: [0, 0.45], title: { text: "mode energy" } } });
       const inLayer = modes.filter((m) => m.layer === state.layer);
       const types = [...new Set(inLayer.map((m) => m.mode_type))];
