@@ -405,18 +405,33 @@
       ], { rowClass: (r) => (r.n_damaged ? "damaged-run" : hasFlags(r) ? "flagged" : null) })));
     const chosen = new Set(series.map((s) => s.latest_run).filter((id) => byRun.has(id)));
     const plot = plotDiv("depth-plot", "Positional share frac_pos and position-position share f_pp " +
-      "against relative depth for the selected runs, a colour a run; thin grey dotted lines: chance " +
-      "level of frac_pos", "tall");
+      "against relative depth for the selected runs, chance-corrected (frac_pos_adj, f_pp_adj) or raw, " +
+      "a colour a run, each named with its N; raw: thin grey dotted lines, chance level of frac_pos", "tall");
+    // the shares drawn: chance-corrected (frac_pos_adj, f_pp_adj: their expectation does not
+    // depend on N, docs/method.md) where any run has them, else raw (frac_pos, f_pp: they fall
+    // with the images decoded N, so runs of other N are not comparable)
+    const BASES = {
+      adj: { pos: "frac_pos_adj", pp: "f_pp_adj", label: "chance-corrected (frac_pos_adj, f_pp_adj)" },
+      raw: { pos: "frac_pos", pp: "f_pp", label: "raw (frac_pos, f_pp)" },
+    };
+    const hasAdj = (id) => (byRun.get(id) || []).some((l) => typeof l.frac_pos_adj === "number");
+    const view = { basis: [...chosen].some(hasAdj) ? "adj" : "raw" };
+    const nOf = (r) => (typeof r.n_decoded === "number" ? r.n_decoded : "?");
+    const basisNote = h("p", { class: "note", id: "depth-basis-note" });
     const runCols = [{ key: "show", label: "show", noCsv: true, render: (r) => h("input", {
       type: "checkbox", class: "run-toggle", "data-run": r.run_id, checked: chosen.has(r.run_id),
       disabled: !byRun.has(r.run_id), "aria-label": "show run " + r.run_id,
       onchange: (e) => { e.target.checked ? chosen.add(r.run_id) : chosen.delete(r.run_id); redraw(); },
     }) }].concat(runColumns());
     app.append(section("Depth profiles", h("p", { class: "note" },
-      "Tick runs in the table below to overlay them, a colour a run (named by series and step). Top: " +
-      "frac_pos at attn_in, its chance level frac_pos_chance (what the noise of pos alone gives) as a " +
-      "thin grey dotted line, one a run. Bottom: energy-weighted f_pp of each layer. " +
-      "Click a point to find its run in the table."), plot));
+      "Tick runs in the table below to overlay them, a colour a run (named by series, step and N, the " +
+      "images it decoded). Top: frac_pos at attn_in; bottom: energy-weighted f_pp of each layer. " +
+      "Chance-corrected shares (frac_pos_adj, f_pp_adj) have an expectation that does not depend on N, " +
+      "so runs of other N compare; raw shares fall with N, and their chance level frac_pos_chance " +
+      "(what the noise of pos alone gives) is drawn as a thin grey dotted line, one a run. " +
+      "Click a point to find its run in the table."),
+    h("div", { class: "controls" }, select("depth-basis", "shares", Object.entries(BASES)
+      .map(([k, b]) => [k, b.label]), view.basis, (v) => { view.basis = v; redraw(); })), basisNote, plot));
     app.append(section("Runs", dataTable("runs-table", "runs", RUNS, runCols,
       { rowKey: (r) => r.run_id, csvKeys: Object.keys(D.runs), rowClass: (r) => (hasFlags(r) ? "flagged" : null) })));
     function redraw() {
@@ -425,23 +440,36 @@
       // a colour a ticked run (in the table's order), solid; past eight runs the colours
       // repeat and the dash tells them apart; the marker tells the series
       const ticked = RUNS.filter((r) => chosen.has(r.run_id));
-      ticked.forEach((r, i) => {
+      const B = BASES[view.basis], adj = view.basis === "adj";
+      // runs without the chance-corrected shares (decomposed before they were stored) are
+      // not drawn on that basis, and said; runs of other N on the raw basis are said too
+      const without = adj ? ticked.filter((r) => byRun.has(r.run_id) && !hasAdj(r.run_id)) : [];
+      const ns = [...new Set(ticked.filter((r) => byRun.has(r.run_id)).map(nOf))];
+      basisNote.className = without.length || (!adj && ns.length > 1) ? "note warn" : "note";
+      basisNote.textContent = without.length
+        ? `Not drawn, no chance-corrected shares (decomposed before they were stored; choose raw to see them): ${
+          without.map((r) => r.run_id).join(", ")}.`
+        : !adj && ns.length > 1 ? `The ticked runs decoded different numbers of images (N = ${ns.join(", ")}): ` +
+          "raw shares fall with N, so their heights do not compare across N; choose chance-corrected."
+          : "";
+      ticked.filter((r) => !without.includes(r)).forEach((r, i) => {
         const rows = withGaps(byRun.get(r.run_id) || []);
         const line = { color: PALETTE[i % PALETTE.length],
           dash: DASHES[Math.floor(i / PALETTE.length) % DASHES.length], width: 2 };
         const marker = { symbol: seriesSymbol(r.series), size: 7 };
-        const name = pt(runName(r));
+        const name = pt(`${runName(r)} · N ${nOf(r)}`);
         const x = rows.map((l) => l.rel_depth);
-        const text = rows.map((l) => pt(`${runName(r)} (${r.run_id}) layer ${l.layer}`));
-        traces.push({ x: x, y: rows.map((l) => l.frac_pos), name: name, legendgroup: r.run_id,
+        const text = rows.map((l) => pt(`${runName(r)} (${r.run_id}) layer ${l.layer}, N ${nOf(r)}`));
+        traces.push({ x: x, y: rows.map((l) => l[B.pos]), name: name, legendgroup: r.run_id,
           mode: "lines+markers", line: line, marker: marker, text: text, customdata: rows.map(() => r.run_id),
-          hovertemplate: "%{text}<br>rel. depth %{x:.2f}<br>frac_pos %{y:.4f}<extra></extra>" });
-        traces.push({ x: x, y: rows.map((l) => l.f_pp), name: name, legendgroup: r.run_id,
+          hovertemplate: `%{text}<br>rel. depth %{x:.2f}<br>${B.pos} %{y:.4f}<extra></extra>` });
+        traces.push({ x: x, y: rows.map((l) => l[B.pp]), name: name, legendgroup: r.run_id,
           showlegend: false, mode: "lines+markers", line: line, marker: marker, yaxis: "y2", text: text,
           customdata: rows.map(() => r.run_id),
-          hovertemplate: "%{text}<br>rel. depth %{x:.2f}<br>f_pp %{y:.4f}<extra></extra>" });
-        // the chance level: thin, grey, dotted (no run's line is), one legend entry for all
-        if (rows.some((l) => l.frac_pos_chance != null)) {
+          hovertemplate: `%{text}<br>rel. depth %{x:.2f}<br>${B.pp} %{y:.4f}<extra></extra>` });
+        // the chance level of the raw share: thin, grey, dotted (no run's line is), one
+        // legend entry for all (the corrected shares' is 0)
+        if (!adj && rows.some((l) => l.frac_pos_chance != null)) {
           chance.push({ x: x, y: rows.map((l) => l.frac_pos_chance), mode: "lines",
             name: "chance level frac_pos_chance", legendgroup: "chance", showlegend: !chance.length,
             text: rows.map((l) => pt(`${runName(r)} layer ${l.layer}`)),
@@ -451,12 +479,14 @@
       });
       traces.push(...chance);
       draw(plot, traces, {
-        annotations: traces.length ? [] : [{ text: "no complete run ticked: tick runs in the table below",
+        annotations: traces.length ? [] : [{ text: without.length
+          ? "no chance-corrected shares in the runs ticked: choose raw shares above"
+          : "no complete run ticked: tick runs in the table below",
           showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5 }],
         xaxis: { title: { text: "relative depth  layer / (depth − 1)" }, range: [-0.02, 1.02], anchor: "y2" },
         // shares as plain decimals (plotly's default writes 0.0006 as "600µ")
-        yaxis: { title: { text: "frac_pos (attn_in)" }, domain: [0.55, 1], rangemode: "tozero", tickformat: "~g" },
-        yaxis2: { title: { text: "f_pp of the layer" }, domain: [0, 0.45], rangemode: "tozero", tickformat: "~g" },
+        yaxis: { title: { text: `${B.pos} (attn_in)` }, domain: [0.55, 1], rangemode: "tozero", tickformat: "~g" },
+        yaxis2: { title: { text: `${B.pp} of the layer` }, domain: [0, 0.45], rangemode: "tozero", tickformat: "~g" },
         height: 560, legend: { orientation: "h", y: -0.15 },
       });
     }
