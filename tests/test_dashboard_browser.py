@@ -619,9 +619,9 @@ def other_n(tmp_path_factory) -> tuple[Path, Path, dict]:
             root, run_id, model=model, seed=i, intervals=True, n_images=n,
             weights="w2" if run_id == "w2" else "random",
             created_at=dt.datetime(2025, 1, 1 + i, tzinfo=dt.UTC), adjusted_heads=run_id in adj,
-            layer_values={"frac_pos_adj": adj[run_id],
-                          "frac_pos_adj_lo": [v - hw for v in adj[run_id]],
-                          "frac_pos_adj_hi": [v + hw for v in adj[run_id]]} if run_id in adj else None,
+            layer_values=None if run_id not in adj else {
+                "frac_pos_adj": adj[run_id], "frac_pos_adj_lo": [v - hw for v in adj[run_id]],
+                "frac_pos_adj_hi": [v + hw for v in adj[run_id]]},
         )["frac_pos"]
     site = root.parent / f"{root.name}-site"
     build_dashboard(root, site)
@@ -640,9 +640,9 @@ def test_compare_of_runs_of_other_n_uses_the_adjusted_basis_as_compare_runs(othe
         return [r for r in rows if r["site"] == "attn_in" and r["metric"] == metric]
 
     page = (site / "compare.html").as_uri()
-    chosen = "return [document.getElementById('run-a').value, document.getElementById('run-b').value]"
-    notes = ("return Array.from(document.querySelectorAll('#app p.note'), p => [p.id, p.textContent])"
-             ".filter(([id]) => id)")
+    chosen = "return ['run-a', 'run-b'].map(id => document.getElementById(id).value)"
+    notes = ("return Array.from(document.querySelectorAll('#app p.note'),"
+             " p => [p.id, p.textContent]).filter(([id]) => id)")
     # the default: the latest run (w2, alone in its series) as B against the newest run of
     # its model with no run_pairs note (n16; vit_b is newer but another model), not itself
     open_page(browser, page)
