@@ -61,6 +61,8 @@ def write_synthetic_run(
     images: str = "planted",
     images_sha256: str | None = "img-sha",
     img_size: int | None = None,
+    sigmas: dict[int, list[float]] | None = None,
+    adjusted_heads: bool = False,
 ) -> dict[str, np.ndarray]:
     """Writes one run's runs, layers, heads and modes tables; returns what was planted
     (``frac_pos`` per layer, ``energy`` per layer, head and block). ``intervals`` fills
@@ -71,7 +73,10 @@ def write_synthetic_run(
     requested that did not decode (runs.n_images = n_images + n_skipped); ``width`` the
     model's (None: not recorded); ``prefix`` the decomposition's prefix option in its config
     (None: not said); ``images``, ``images_sha256`` and ``img_size`` its runs row's (default
-    img_size: 16 per patch row of ``grid``); every column not planted is NULL."""
+    img_size: 16 per patch row of ``grid``); ``sigmas`` the modes' sigma of a head (by head,
+    ``n_modes`` values, in every stored layer); ``adjusted_heads`` gives the heads
+    chance-corrected energies ``e_*_adj`` (``e_pp`` halved, the others as they are), whence
+    ``f_*_adj``; every column not planted is NULL."""
     rng = np.random.default_rng(seed)
     store = Store(root)
     created_at = created_at or dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
@@ -115,10 +120,14 @@ def write_synthetic_run(
                 "layer": layer, "head": head,
                 **{f"e_{b}": energy[layer, head, i] for i, b in enumerate(BLOCKS)},
                 **{f"f_{b}": f[i] for i, b in enumerate(BLOCKS)},
+                **({f"e_{b}_adj": energy[layer, head, i] * (0.5 if b == "pp" else 1.0)
+                    for i, b in enumerate(BLOCKS)} if adjusted_heads else {}),
                 "head_type": TYPE_NAMES[max(scores, key=scores.get)], "eff_rank": 1 + 2 * f[3],
                 "eff_rank_sigma": 2.0, "k90": 2, "mode_coupling": 0.1,
             })
             sigma = np.sort(rng.lognormal(0.0, 1.0, size=n_modes))[::-1]
+            if sigmas and head in sigmas:
+                sigma = np.asarray(sigmas[head], dtype=float)
             for mode in range(n_modes):
                 e = energy[layer, head] * sigma[mode] ** 2 / (sigma**2).sum()
                 mode_rows.append({

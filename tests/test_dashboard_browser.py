@@ -323,10 +323,35 @@ def test_log_axes_of_a_zero_or_denormal_value_stop_at_the_floor(tmp_path, browse
     values = {"ss_identity_residual": [0.0, 1e-14, 1e-14],
               "ortho_residual": [1e-15, 1e-314, 1e-15],
               "shuffle_frac_pos": [4e-3, 1e-314, 4e-3]}
-    write_synthetic_run(tmp_path / "store", "z-1", depth=3, layer_values=values)
+    # and the mode spectra's log sigma axis: head 0's sigmas span under a decade (as a
+    # random-init vit_tiny's, 0.0026 to 0.018: plotly labelled every digit, "0.01" over
+    # "2 3 ... 9"), head 1's ten decades, head 2's a few percent
+    sigmas = {0: np.geomspace(0.0179, 0.0026, 12), 1: np.geomspace(10.0, 1e-9, 12),
+              2: np.geomspace(0.33, 0.31, 12)}
+    write_synthetic_run(tmp_path / "store", "z-1", depth=3, layer_values=values, n_heads=3,
+                        n_modes=12, sigmas=sigmas)
     build_dashboard(tmp_path / "store", tmp_path / "site")
     open_page(browser, (tmp_path / "site" / "runs" / "z-1.html").as_uri())
     assert_clean(browser, "file://")
+    for head, sigma in sigmas.items():
+        browser.execute_script(
+            "const s = document.getElementById('head-select'); s.value = arguments[0];"
+            " s.dispatchEvent(new Event('change'));", str(head))
+        labels = browser.execute_script(
+            "return Array.from(document.querySelectorAll('#spectrum-plot .ytick text'), t => {"
+            " const b = t.getBoundingClientRect(); return [t.textContent, b.top, b.bottom]; })"
+            ".filter(([s, top, bottom]) => s && bottom > top)")
+        low, high = browser.execute_script(
+            "return document.getElementById('spectrum-plot')._fullLayout.yaxis.range")
+        # readable: at least two labels, each a number in the axis range, none overlapping
+        # another, and every sigma inside the range
+        assert len(labels) >= 2, (head, labels)
+        values_shown = [float(text) for text, _, _ in labels]
+        assert all(low <= np.log10(v) <= high for v in values_shown), (head, labels)
+        assert low <= np.log10(min(sigma)) and np.log10(max(sigma)) <= high
+        spans = sorted((top, bottom) for _, top, bottom in labels)
+        assert all(b0 <= t1 for (_, b0), (t1, _) in zip(spans, spans[1:], strict=False)), (
+            head, labels)
     for plot, keys in (("residual-plot", ["ss_identity_residual", "ortho_residual"]),
                        ("shuffle-plot", ["shuffle_frac_pos"])):
         low, high = browser.execute_script(
@@ -577,23 +602,36 @@ def test_compare_matches_layers_by_model_depth_and_never_extrapolates(tmp_path, 
     assert [layer for layer, d in bars if d is not None] == [0, 1]
 
 
-def test_compare_of_runs_of_other_n_uses_the_adjusted_basis_as_compare_runs(tmp_path, browser):
-    # n8 and n16: one model, 8 and 16 decoded images; vit_b: another model, 16 images. The
-    # raw frac_pos of n8 and n16 differ widely (planted by seed) while their chance-corrected
-    # frac_pos_adj differ little: the page must agree with `compare_runs` on every figure.
-    root = tmp_path / "store"
+@pytest.fixture(scope="module")
+def other_n(tmp_path_factory) -> tuple[Path, Path, dict]:
+    """n8 and n16: one model, 8 and 16 decoded images; vit_b: another model, 16 images. The
+    raw frac_pos of n8 and n16 differ widely (planted by seed) while their chance-corrected
+    frac_pos_adj differ little. w2: n16's model with other weights, created last: a series of
+    one run (as each model of a zoo audited once), decomposed before the chance-corrected
+    shares were stored (none). The store, its site and each run's planted raw frac_pos."""
+    root = tmp_path_factory.mktemp("other-n")
     adj = {"n8": [0.10, 0.20, 0.30], "n16": [0.101, 0.195, 0.36], "vit_b": [0.12, 0.18, 0.3]}
     raw = {}
     for i, (run_id, model, n) in enumerate((("n8", "toy_vit", 8), ("n16", "toy_vit", 16),
-                                            ("vit_b", "vit_b", 16))):
+                                            ("vit_b", "vit_b", 16), ("w2", "toy_vit", 16))):
         hw = 0.02 if n == 8 else 0.01
         raw[run_id] = write_synthetic_run(
             root, run_id, model=model, seed=i, intervals=True, n_images=n,
-            layer_values={"frac_pos_adj": adj[run_id],
-                          "frac_pos_adj_lo": [v - hw for v in adj[run_id]],
-                          "frac_pos_adj_hi": [v + hw for v in adj[run_id]]},
+            weights="w2" if run_id == "w2" else "random",
+            created_at=dt.datetime(2025, 1, 1 + i, tzinfo=dt.UTC), adjusted_heads=run_id in adj,
+            layer_values=None if run_id not in adj else {
+                "frac_pos_adj": adj[run_id], "frac_pos_adj_lo": [v - hw for v in adj[run_id]],
+                "frac_pos_adj_hi": [v + hw for v in adj[run_id]]},
         )["frac_pos"]
-    build_dashboard(root, tmp_path / "site")
+    site = root.parent / f"{root.name}-site"
+    build_dashboard(root, site)
+    return root, site, raw
+
+
+def test_compare_of_runs_of_other_n_uses_the_adjusted_basis_as_compare_runs(other_n, browser):
+    # the page must agree with `compare_runs` on every figure; a series of one run (w2) still
+    # opens on two runs
+    root, site, raw = other_n
     from bfd.queries import run_query
 
     def expected(a: str, b: str, metric: str) -> list[dict]:
@@ -601,7 +639,30 @@ def test_compare_of_runs_of_other_n_uses_the_adjusted_basis_as_compare_runs(tmp_
         rows = run_query(root, "compare_runs", {"run_a": a, "run_b": b}).to_pylist()
         return [r for r in rows if r["site"] == "attn_in" and r["metric"] == metric]
 
-    open_page(browser, (tmp_path / "site" / "compare.html").as_uri())
+    page = (site / "compare.html").as_uri()
+    chosen = "return ['run-a', 'run-b'].map(id => document.getElementById(id).value)"
+    notes = ("return Array.from(document.querySelectorAll('#app p.note'),"
+             " p => [p.id, p.textContent]).filter(([id]) => id)")
+    # the default: the latest run (w2, alone in its series) as B against the newest run of
+    # its model with no run_pairs note (n16; vit_b is newer but another model), not itself
+    open_page(browser, page)
+    assert_clean(browser, "file://")
+    assert browser.execute_script(chosen) == ["n16", "w2"]
+    assert "compare-same" not in dict(browser.execute_script(notes))
+    assert len(browser.execute_script("return document.getElementById('delta-plot').data")) == 1
+    # runs chosen by the address: both, one (the other side the default pair's other run),
+    # and an unknown id, said above the plots, the page drawn on the default
+    for query, want in (("?a=vit_b&b=n8", ["vit_b", "n8"]), ("?b=n8", ["n16", "n8"]),
+                        ("?a=w2", ["w2", "n16"])):
+        open_page(browser, page + query)
+        assert browser.execute_script(chosen) == want
+        assert "compare-url-note" not in dict(browser.execute_script(notes))
+    open_page(browser, page + "?a=nope&b=n8")
+    assert browser.execute_script(chosen) == ["n16", "n8"]
+    assert dict(browser.execute_script(notes))["compare-url-note"] == (
+        "run A of the address (a=nope) is not a complete run of this store: showing n16 as A "
+        "and n8 as B instead.")
+    assert len(browser.execute_script("return document.getElementById('delta-plot').data")) == 1
     assert_clean(browser, "file://")
     for a, b, basis in (("n8", "n16", "adjusted"), ("n16", "vit_b", "raw"),
                         ("vit_b", "n16", "raw")):
@@ -647,6 +708,59 @@ def test_compare_of_runs_of_other_n_uses_the_adjusted_basis_as_compare_runs(tmp_
     assert [(row[5], row[6], row[7]) for row in table] == [("–", "–", "–")] * 3
     note = browser.find_element("id", "compare-basis").text
     assert "chance level's change with N" in note and "N = 8 and 16" in note
+
+
+def test_overview_depth_profiles_are_chance_corrected_and_name_each_runs_n(other_n, browser):
+    # raw shares fall with N (a run at N=48 looked the least positional model of a zoo at
+    # N=16): the overview opens on the chance-corrected shares where the runs have them,
+    # names N in the legend and hover, leaves out (and names) a run without them, and
+    # switches to the raw shares, saying when the runs ticked differ in N
+    from bfd.queries import connect, run_sql
+
+    root, site, _ = other_n
+    with connect(root) as con:
+        sql = run_sql(con, "SELECT run_id, layer, frac_pos, f_pp, frac_pos_adj, f_pp_adj"
+                           " FROM layer_summary ORDER BY run_id, layer").to_pylist()
+    want = {(r["run_id"], k): [] for r in sql for k in r}
+    for r in sql:
+        for k, v in r.items():
+            want[(r["run_id"], k)].append(v)
+    assert all(v is not None for r in sql if r["run_id"] != "w2" for v in r.values())
+    open_page(browser, (site / "index.html").as_uri())
+    assert_clean(browser, "file://")
+    traces = ("return document.getElementById('depth-plot').data.filter(t => t.meta !== 'chance')"
+              ".map(t => [t.legendgroup, t.yaxis || 'y', t.name, Array.from(t.y), t.text[0]])")
+    note = "return document.getElementById('depth-basis-note').textContent"
+
+    def drawn() -> dict[tuple[str, str], list]:
+        return {(g, axis): y for g, axis, _, y, _ in browser.execute_script(traces)}
+
+    assert browser.execute_script(
+        "return document.getElementById('depth-basis').value") == "adj"
+    # the latest run of each series ticked: n16, vit_b, w2; w2 has no corrected shares
+    assert drawn() == {(run, axis): want[(run, key)] for run in ("n16", "vit_b")
+                       for axis, key in (("y", "frac_pos_adj"), ("y2", "f_pp_adj"))}
+    assert browser.execute_script(note) == (
+        "Not drawn, no chance-corrected shares (decomposed before they were stored; choose raw "
+        "to see them): w2.")
+    browser.find_element("css selector", "input.run-toggle[data-run='n8']").click()
+    shown = {g: (name, text) for g, axis, name, _, text in browser.execute_script(traces)
+             if axis == "y"}
+    assert {g: name.rsplit(" · ", 1)[1] for g, (name, _) in shown.items()} == {
+        "n8": "N 8", "n16": "N 16", "vit_b": "N 16"}
+    assert shown["n8"][1].endswith("layer 0, N 8")
+    assert drawn()[("n8", "y")] == want[("n8", "frac_pos_adj")]
+    browser.execute_script(
+        "const s = document.getElementById('depth-basis'); s.value = 'raw';"
+        " s.dispatchEvent(new Event('change'));")
+    assert drawn() == {(run, axis): want[(run, key)] for run in ("n8", "n16", "vit_b", "w2")
+                       for axis, key in (("y", "frac_pos"), ("y2", "f_pp"))}
+    assert browser.execute_script(note).startswith(
+        "The ticked runs decoded different numbers of images (N = 8, 16): raw shares fall with N")
+    assert browser.execute_script(
+        "return document.getElementById('depth-plot').layout.yaxis.title.text") == (
+        "frac_pos (attn_in)")
+    assert [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")] == []
 
 
 MIXED_START = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
@@ -1126,7 +1240,8 @@ def test_a_checkpoint_trial_reads_by_step_type_and_colour(tmp_path, browser):
         " t.yaxis || 'y'])")
     lines = [t for t in traces if t[0] is None and t[7] == "y"]
     chance = [t for t in traces if t[0] == "chance"]
-    # a run a colour, every run's line solid, named by series and step
+    # a run a colour, every run's line solid, named by series, step and N
+    named = {run_id: f"{name} · N 16" for run_id, name in named.items()}
     assert {t[1]: t[2] for t in lines} == named
     assert len({t[3] for t in lines}) == 4 and {t[4] for t in lines} == {"solid"}
     # the chance levels: thin grey dots, one legend entry that says what they are

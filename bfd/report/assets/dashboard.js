@@ -190,6 +190,47 @@
       line: { color: "#888", dash: "dot", width: 1 }, hoverinfo: "skip" });
     return out;
   }
+  // A log axis of `values` that is `px` pixels long, ticked so that its labels never run
+  // into each other: plotly's own ticks on a range under a decade or two label every digit
+  // (0.01 printed over 2 3 4 ... 9). The densest of: every digit, 1-2-5 or 1-3 a decade, each
+  // decade, every 2nd, 5th, 10th ... decade, whose closest two ticks are MIN_TICK_GAP px
+  // apart; where that leaves fewer than 3 ticks (a range of a decade or less), evenly spaced
+  // round values (0.005, 0.01, 0.015) if they give more. Labels as plain decimals, or 1e-8
+  // beyond 1e-4 .. 1e5; the range is set to the values', padded for the markers.
+  const MIN_TICK_GAP = 20;
+  function logAxis(values, px) {
+    const vs = values.filter((v) => typeof v === "number" && v > 0 && Number.isFinite(v));
+    if (!vs.length) return { type: "log" };
+    const lo = Math.log10(Math.min(...vs)), hi = Math.log10(Math.max(...vs));
+    const pad = Math.max(0.05 * (hi - lo), 0.05), r0 = lo - pad, r1 = hi + pad;
+    const perDecade = px / (r1 - r0);
+    const clean = (v) => Number(v.toPrecision(12));
+    const fits = (ts) => ts.length >= 2 && ts.every((t, i) => !i ||
+      (Math.log10(t) - Math.log10(ts[i - 1])) * perDecade >= MIN_TICK_GAP);
+    const inRange = (t) => Math.log10(t) >= r0 && Math.log10(t) <= r1;
+    const decades = [];
+    for (let k = Math.floor(r0); k <= Math.ceil(r1); k++) decades.push(k);
+    const sets = [[1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 2, 5], [1, 3]].map((ms) =>
+      decades.flatMap((k) => ms.map((m) => clean(m * 10 ** k))).filter(inRange));
+    for (let stride = 1, j = 0; stride <= decades.length; stride = [1, 2, 5][++j % 3] * 10 ** Math.floor(j / 3)) {
+      sets.push(decades.filter((k) => k % stride === 0).map((k) => clean(10 ** k)).filter(inRange));
+    }
+    let best = sets.filter(fits).reduce((x, t) => (t.length > x.length ? t : x), []);
+    if (best.length < 3) {
+      const a = 10 ** r0, b = 10 ** r1;
+      for (let e = Math.floor(Math.log10(b - a)) - 2; e <= Math.ceil(Math.log10(b - a)); e++) {
+        for (const m of [1, 2, 5]) {
+          const step = m * 10 ** e;
+          const ts = [];
+          for (let t = Math.ceil(a / step) * step; t <= b && ts.length < 50; t += step) ts.push(clean(t));
+          if (ts.length > best.length && fits(ts)) best = ts;
+        }
+      }
+    }
+    const label = (v) => (v < 1e-4 || v >= 1e5 ? v.toExponential().replace("e+", "e") : String(v));
+    return best.length ? { type: "log", range: [r0, r1], tickmode: "array", tickvals: best,
+      ticktext: best.map(label) } : { type: "log", range: [r0, r1] };
+  }
   // Layer rows (in layer order) with a gap row between two stored layers that are not next to
   // each other (a run of `--layers 0,5`): a line is not drawn across layers that were not
   // stored. A gap row sits halfway (layer, rel_depth) and reads null for every other column.
@@ -365,18 +406,33 @@
       ], { rowClass: (r) => (r.n_damaged ? "damaged-run" : hasFlags(r) ? "flagged" : null) })));
     const chosen = new Set(series.map((s) => s.latest_run).filter((id) => byRun.has(id)));
     const plot = plotDiv("depth-plot", "Positional share frac_pos and position-position share f_pp " +
-      "against relative depth for the selected runs, a colour a run; thin grey dotted lines: chance " +
-      "level of frac_pos", "tall");
+      "against relative depth for the selected runs, chance-corrected (frac_pos_adj, f_pp_adj) or raw, " +
+      "a colour a run, each named with its N; raw: thin grey dotted lines, chance level of frac_pos", "tall");
+    // the shares drawn: chance-corrected (frac_pos_adj, f_pp_adj: their expectation does not
+    // depend on N, docs/method.md) where any run has them, else raw (frac_pos, f_pp: they fall
+    // with the images decoded N, so runs of other N are not comparable)
+    const BASES = {
+      adj: { pos: "frac_pos_adj", pp: "f_pp_adj", label: "chance-corrected (frac_pos_adj, f_pp_adj)" },
+      raw: { pos: "frac_pos", pp: "f_pp", label: "raw (frac_pos, f_pp)" },
+    };
+    const hasAdj = (id) => (byRun.get(id) || []).some((l) => typeof l.frac_pos_adj === "number");
+    const view = { basis: [...chosen].some(hasAdj) ? "adj" : "raw" };
+    const nOf = (r) => (typeof r.n_decoded === "number" ? r.n_decoded : "?");
+    const basisNote = h("p", { class: "note", id: "depth-basis-note" });
     const runCols = [{ key: "show", label: "show", noCsv: true, render: (r) => h("input", {
       type: "checkbox", class: "run-toggle", "data-run": r.run_id, checked: chosen.has(r.run_id),
       disabled: !byRun.has(r.run_id), "aria-label": "show run " + r.run_id,
       onchange: (e) => { e.target.checked ? chosen.add(r.run_id) : chosen.delete(r.run_id); redraw(); },
     }) }].concat(runColumns());
     app.append(section("Depth profiles", h("p", { class: "note" },
-      "Tick runs in the table below to overlay them, a colour a run (named by series and step). Top: " +
-      "frac_pos at attn_in, its chance level frac_pos_chance (what the noise of pos alone gives) as a " +
-      "thin grey dotted line, one a run. Bottom: energy-weighted f_pp of each layer. " +
-      "Click a point to find its run in the table."), plot));
+      "Tick runs in the table below to overlay them, a colour a run (named by series, step and N, the " +
+      "images it decoded). Top: frac_pos at attn_in; bottom: energy-weighted f_pp of each layer. " +
+      "Chance-corrected shares (frac_pos_adj, f_pp_adj) have an expectation that does not depend on N, " +
+      "so runs of other N compare; raw shares fall with N, and their chance level frac_pos_chance " +
+      "(what the noise of pos alone gives) is drawn as a thin grey dotted line, one a run. " +
+      "Click a point to find its run in the table."),
+    h("div", { class: "controls" }, select("depth-basis", "shares", Object.entries(BASES)
+      .map(([k, b]) => [k, b.label]), view.basis, (v) => { view.basis = v; redraw(); })), basisNote, plot));
     app.append(section("Runs", dataTable("runs-table", "runs", RUNS, runCols,
       { rowKey: (r) => r.run_id, csvKeys: Object.keys(D.runs), rowClass: (r) => (hasFlags(r) ? "flagged" : null) })));
     function redraw() {
@@ -385,23 +441,36 @@
       // a colour a ticked run (in the table's order), solid; past eight runs the colours
       // repeat and the dash tells them apart; the marker tells the series
       const ticked = RUNS.filter((r) => chosen.has(r.run_id));
-      ticked.forEach((r, i) => {
+      const B = BASES[view.basis], adj = view.basis === "adj";
+      // runs without the chance-corrected shares (decomposed before they were stored) are
+      // not drawn on that basis, and said; runs of other N on the raw basis are said too
+      const without = adj ? ticked.filter((r) => byRun.has(r.run_id) && !hasAdj(r.run_id)) : [];
+      const ns = [...new Set(ticked.filter((r) => byRun.has(r.run_id)).map(nOf))];
+      basisNote.className = without.length || (!adj && ns.length > 1) ? "note warn" : "note";
+      basisNote.textContent = without.length
+        ? `Not drawn, no chance-corrected shares (decomposed before they were stored; choose raw to see them): ${
+          without.map((r) => r.run_id).join(", ")}.`
+        : !adj && ns.length > 1 ? `The ticked runs decoded different numbers of images (N = ${ns.join(", ")}): ` +
+          "raw shares fall with N, so their heights do not compare across N; choose chance-corrected."
+          : "";
+      ticked.filter((r) => !without.includes(r)).forEach((r, i) => {
         const rows = withGaps(byRun.get(r.run_id) || []);
         const line = { color: PALETTE[i % PALETTE.length],
           dash: DASHES[Math.floor(i / PALETTE.length) % DASHES.length], width: 2 };
         const marker = { symbol: seriesSymbol(r.series), size: 7 };
-        const name = pt(runName(r));
+        const name = pt(`${runName(r)} · N ${nOf(r)}`);
         const x = rows.map((l) => l.rel_depth);
-        const text = rows.map((l) => pt(`${runName(r)} (${r.run_id}) layer ${l.layer}`));
-        traces.push({ x: x, y: rows.map((l) => l.frac_pos), name: name, legendgroup: r.run_id,
+        const text = rows.map((l) => pt(`${runName(r)} (${r.run_id}) layer ${l.layer}, N ${nOf(r)}`));
+        traces.push({ x: x, y: rows.map((l) => l[B.pos]), name: name, legendgroup: r.run_id,
           mode: "lines+markers", line: line, marker: marker, text: text, customdata: rows.map(() => r.run_id),
-          hovertemplate: "%{text}<br>rel. depth %{x:.2f}<br>frac_pos %{y:.4f}<extra></extra>" });
-        traces.push({ x: x, y: rows.map((l) => l.f_pp), name: name, legendgroup: r.run_id,
+          hovertemplate: `%{text}<br>rel. depth %{x:.2f}<br>${B.pos} %{y:.4f}<extra></extra>` });
+        traces.push({ x: x, y: rows.map((l) => l[B.pp]), name: name, legendgroup: r.run_id,
           showlegend: false, mode: "lines+markers", line: line, marker: marker, yaxis: "y2", text: text,
           customdata: rows.map(() => r.run_id),
-          hovertemplate: "%{text}<br>rel. depth %{x:.2f}<br>f_pp %{y:.4f}<extra></extra>" });
-        // the chance level: thin, grey, dotted (no run's line is), one legend entry for all
-        if (rows.some((l) => l.frac_pos_chance != null)) {
+          hovertemplate: `%{text}<br>rel. depth %{x:.2f}<br>${B.pp} %{y:.4f}<extra></extra>` });
+        // the chance level of the raw share: thin, grey, dotted (no run's line is), one
+        // legend entry for all (the corrected shares' is 0)
+        if (!adj && rows.some((l) => l.frac_pos_chance != null)) {
           chance.push({ x: x, y: rows.map((l) => l.frac_pos_chance), mode: "lines",
             name: "chance level frac_pos_chance", legendgroup: "chance", showlegend: !chance.length,
             text: rows.map((l) => pt(`${runName(r)} layer ${l.layer}`)),
@@ -411,12 +480,14 @@
       });
       traces.push(...chance);
       draw(plot, traces, {
-        annotations: traces.length ? [] : [{ text: "no complete run ticked: tick runs in the table below",
+        annotations: traces.length ? [] : [{ text: without.length
+          ? "no chance-corrected shares in the runs ticked: choose raw shares above"
+          : "no complete run ticked: tick runs in the table below",
           showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5 }],
         xaxis: { title: { text: "relative depth  layer / (depth − 1)" }, range: [-0.02, 1.02], anchor: "y2" },
         // shares as plain decimals (plotly's default writes 0.0006 as "600µ")
-        yaxis: { title: { text: "frac_pos (attn_in)" }, domain: [0.55, 1], rangemode: "tozero", tickformat: "~g" },
-        yaxis2: { title: { text: "f_pp of the layer" }, domain: [0, 0.45], rangemode: "tozero", tickformat: "~g" },
+        yaxis: { title: { text: `${B.pos} (attn_in)` }, domain: [0.55, 1], rangemode: "tozero", tickformat: "~g" },
+        yaxis2: { title: { text: `${B.pp} of the layer` }, domain: [0, 0.45], rangemode: "tozero", tickformat: "~g" },
         height: 560, legend: { orientation: "h", y: -0.15 },
       });
     }
@@ -648,7 +719,9 @@
       draw(spectrum, sel.length ? tr : [], { barmode: "stack", height: 420,
         legend: { orientation: "h", y: -0.22, x: 0, traceorder: "normal" },
         title: { text: `layer ${state.layer}, head ${state.head}` + (sel.length ? "" : ": no modes stored") },
-        xaxis: { title: { text: "mode" }, anchor: "y2" }, yaxis: { type: "log", domain: [0.55, 1], title: { text: "sigma" } },
+        // the plot area (height less margins and the legend's rows) times the domain
+        xaxis: { title: { text: "mode" }, anchor: "y2" }, yaxis: Object.assign(logAxis(sel.map((m) => m.sigma),
+          (420 - 90 - 60) * 0.45), { domain: [0.55, 1], title: { text: "sigma" } }),
         yaxis2: { domain: [0, 0.45], title: { text: "mode energy" } } });
       const inLayer = modes.filter((m) => m.layer === state.layer);
       const types = [...new Set(inLayer.map((m) => m.mode_type))];
@@ -1086,8 +1159,41 @@
     const mates = runs.filter((r) => r.series === last.series)
       .sort((x, y) => (x.step ?? 0) - (y.step ?? 0) || when(x) - when(y));
     const latest = mates[mates.length - 1];
-    const before = mates[mates.length - 2] || latest;
+    // a series of one run (a zoo of models audited once each): A is the newest other run
+    // (by its latest audit's start, else its creation), first among those run_pairs has no
+    // note for with B (one model, prefix option, images, img_size), then among those of
+    // the same model, then any; one run alone in the store is compared with itself
+    const others = runs.filter((r) => r.run_id !== latest.run_id)
+      .sort((x, y) => when(y) - when(x) || (x.run_id < y.run_id ? 1 : -1));
+    const rank = (r) => {
+      const p = pairOf(r.run_id, latest.run_id);
+      return !p ? 2 : p.same_model === true && p.note === null ? 0 : p.same_model === true ? 1 : 2;
+    };
+    const fallback = others.length ? others.reduce((x, r) => (rank(r) < rank(x) ? r : x), others[0]) : latest;
+    const before = mates[mates.length - 2] || fallback;
     const state = { a: before.run_id, b: latest.run_id, metric: "frac_pos" };
+    // compare.html?a=RUN_ID&b=RUN_ID (either alone) chooses the runs; an id that is not a
+    // complete run of this store is said above the plots, its side left as the default
+    const asked = new URLSearchParams(window.location.search);
+    const unknown = [];
+    const pick = (side) => {
+      const id = asked.get(side);
+      if (id === null || id === "") return null;
+      if (byRun.has(id)) return id;
+      unknown.push([side.toUpperCase(), id]);
+      return null;
+    };
+    const askA = pick("a"), askB = pick("b");
+    if (askA !== null) state.a = askA;
+    if (askB !== null) state.b = askB;
+    // one run named: the other side the default pair's run that is not it
+    if (askA !== null && askB === null && state.b === askA) state.b = before.run_id;
+    if (askB !== null && askA === null && state.a === askB) state.a = latest.run_id;
+    if (unknown.length) {
+      app.append(h("p", { class: "note warn", id: "compare-url-note" }, unknown.map(([side, id]) =>
+        `run ${side} of the address (${side.toLowerCase()}=${id}) is not a complete run of this store`)
+        .join("; ") + `: showing ${state.a} as A and ${state.b} as B instead.`));
+    }
     // a choice: series, step (as the Series page), the weights' file name and the run id
     const opts = runs.map((r) => [r.run_id, [r.series, stepText(r) === null ? null : "step " + stepText(r),
       fileName(r.weights), r.run_id].filter((p) => p !== null).join(" · ")]);
