@@ -5,6 +5,7 @@ audit back through the flow."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
