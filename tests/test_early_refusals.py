@@ -373,7 +373,7 @@ def test_writing_commands_refuse_a_folder_that_is_no_store_before_any_work(tmp_p
 
 def test_a_run_too_large_for_the_disk_is_refused_before_prefect_in_one_line(tmp_path):
     """A stored run whose activations cannot fit in the disk's free space (here 100 000
-    images of a ViT-H at 448: about 30.5 TiB) is refused before Prefect is imported, nothing
+    images of a ViT-H at 448: about 30.6 TiB) is refused before Prefect is imported, nothing
     recorded or written, its line saying "free space" once (exit 1: the environment's fault).
     It was refused inside the flow, after the server's start-up and with a failed audit
     recorded, as "no space left writing ... (the run needs ...; free space or choose another
@@ -387,7 +387,8 @@ def test_a_run_too_large_for_the_disk_is_refused_before_prefect_in_one_line(tmp_
         # one process each: a server launched sets PREFECT_API_URL for the next command
         code, err, imported = _main_in_a_process(tmp_path, {name: argv})[name]
         assert code == 1 and err.count("\n") == 1, (name, err)
-        assert err.startswith("bfd: error: the run's activations need 30.5 TiB but the disk "
+        assert err.startswith("bfd: error: the run needs 30.6 TiB (its activations, and for a "
+                              "new run its model tensors and results) but the disk "
                               f"of the store ({tmp_path}) has "), (name, err)
         assert err.endswith(" free; free space or choose another --store (bfd audit "
                             "--no-store-activations stores none)\n"), (name, err)

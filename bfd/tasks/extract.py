@@ -337,17 +337,18 @@ class NotEnoughSpaceError(OSError):
 
 
 def _require_space(store: Store, nbytes: int) -> None:
-    """Refuse, before anything is written, a run whose activations cannot fit on the store's
-    disk (a local Zarr part only; a remote one reports its own limits)."""
+    """Refuse, before anything is written, a run whose ``nbytes`` (``bytes_to_write``) cannot
+    fit on the store's disk (a local Zarr part only; a remote one reports its own limits)."""
     if "://" in store.zarr_path:
         return
     where = _existing(Path(store.zarr_path))
     free = shutil.disk_usage(where).free
     if nbytes > free:
         raise NotEnoughSpaceError(
-            errno.ENOSPC, f"the run's activations need {size_text(nbytes)} but the disk of the "
-            f"store ({where}) has {size_text(free)} free; free space or choose another --store "
-            "(bfd audit --no-store-activations stores none)", str(where))
+            errno.ENOSPC, f"the run needs {size_text(nbytes)} (its activations, and for a new "
+            f"run its model tensors and results) but the disk of the store ({where}) has "
+            f"{size_text(free)} free; free space or choose another --store (bfd audit "
+            "--no-store-activations stores none)", str(where))
 
 
 def _existing(path: Path) -> Path:
