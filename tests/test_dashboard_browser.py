@@ -214,6 +214,8 @@ def test_run_page_views_are_linked(site, browser):
     assert (meta["images requested"], meta["skipped"], meta["images decoded"]) == (
         "18", "2", "16")
     assert meta["prefix option"] == "exclude"  # the positions its shares are over
+    # which tokens that is about (a zoo trial had to find runs.prefix_tokens)
+    assert meta["prefix tokens"] == "1 (class, distillation or register): left out of the positions"
     assert meta["activations"] == "stored"  # not a stats-only run (--no-store-activations)
     for plot in ("shares-plot", "headmap-plot", "spectrum-plot", "alphabeta-plot", "pos-plot",
                  "preservation-plot", "residual-plot", "splithalf-plot", "shuffle-plot"):

@@ -134,15 +134,16 @@ def _audit_column(con: duckdb.DuckDBPyConnection, alias: str, name: str) -> str:
 
 def run_list(con: duckdb.DuckDBPyConnection) -> pa.Table:
     """Every run of the store with its series, identity (its decompose ``prefix`` option:
-    ``run_shapes``'; its ``activations``, stored or not, as ``bfd runs`` says them) and latest
-    audit (its ``drift_note`` and ``prev_audit_id`` too: an audit naming none, with no
-    drift_note, is the first of its series, nothing compared), oldest first."""
+    ``run_shapes``'; its ``prefix_tokens``; its ``activations``, stored or not, as ``bfd runs``
+    says them) and latest audit (its ``drift_note`` and ``prev_audit_id`` too: an audit naming
+    none, with no drift_note, is the first of its series, nothing compared), oldest first."""
     sql = f"""
         SELECT r.run_id, {_SERIES} AS series, r.model, r.weights, r.weights_sha256, r.images,
             r.images_sha256,
             (SELECT sh.prefix FROM run_shapes AS sh WHERE sh.run_id = r.run_id) AS prefix,
             {activations_sql("r.config_json")} AS activations, r.n_images, r.n_skipped,
-            r.n_images - coalesce(r.n_skipped, 0) AS n_decoded, r.grid_h, r.grid_w, r.created_at,
+            r.n_images - coalesce(r.n_skipped, 0) AS n_decoded, r.grid_h, r.grid_w,
+            r.prefix_tokens, r.created_at,
             r.status, r.depth, r.num_heads,
             a.audit_id, a.step, a.started_at, a.finished_at, a.trigger, a.flow_run_id,
             a.status AS audit_status, a.n_flagged, {_drift_note(con, "a")} AS drift_note,

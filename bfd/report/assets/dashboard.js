@@ -502,6 +502,15 @@
   }
 
   // --- run ----------------------------------------------------------------------------------
+  // a run's prefix tokens (class, distillation, register) and what its --prefix option made
+  // of them: left out of the positions, or each one more position
+  function prefixTokens(run) {
+    const n = run.prefix_tokens;
+    if (typeof n !== "number") return null;
+    if (n === 0) return "0 (the model has none)";
+    return `${n} (class, distillation or register): ` +
+      (run.prefix === "include" ? "each one more position" : "left out of the positions");
+  }
   function runPage() {
     const run = D.run;
     const layers = rowsOf(D.layers);
@@ -514,6 +523,8 @@
       ["images decoded", run.n_decoded],
       // the positions its shares are over: include counts the prefix tokens as positions
       ["prefix option", run.prefix],
+      // how many tokens that option is about, and what it made of them
+      ["prefix tokens", prefixTokens(run)],
       // a stats-only run (bfd audit --no-store-activations) kept none: "not stored"
       ["activations", run.activations],
       ["patch grid", run.grid_h === null ? null : `${run.grid_h} × ${run.grid_w}`],
