@@ -158,21 +158,25 @@ def nothing_to_audit(args: argparse.Namespace, config, store: str,
     when the flow must run (``_needs_flow``) or a checkpoint is to audit."""
     if _needs_flow(args, config):
         return None
-    from bfd.flows.params import AuditConfig
+    from bfd.cli import decompose_options
+    from bfd.flows.params import AuditConfig, DecomposeParams, decompose_kwargs
     from bfd.storage import Store
     from bfd.tasks.audits import describe_request, pending_checkpoints
+    from bfd.tasks.options import DecomposeOptions
 
     # the request as the flow types it from the command's config: the weights are each file
     request = AuditConfig(**config.model_dump(exclude={"weights"})).extract_config()
+    chosen = DecomposeOptions(**decompose_kwargs(DecomposeParams(**decompose_options(args)),
+                                                 config)).to_dict()
     try:
         todo, n_files, bad = pending_checkpoints(Store(store), args.checkpoints, series,
-                                                 request)
+                                                 request, chosen)
     except (OSError, ValueError):  # the flow reports it in its own words
         return None
     if todo:
         return None
     return {"series": series, "n_files": n_files, "store": store,
-            "compared": describe_request(request), "bad": bad, "audits": []}
+            "compared": describe_request(request, chosen), "bad": bad, "audits": []}
 
 
 def record_reused_audit(args: argparse.Namespace, config, store: str, thresholds,

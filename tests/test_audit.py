@@ -22,7 +22,6 @@ from bfd.storage import (
     open_results,
     read_audits,
     read_drift,
-    read_request,
     read_table,
 )
 from bfd.tasks.drift_gate import DriftGateFailed
@@ -563,24 +562,11 @@ def test_checkpoints_count_as_audited_only_with_the_same_request(tmp_path, prefe
               "--images-per-chunk", "6", "--series", "s", "--store", store, "--no-dashboard"]
 
     def bfd(*argv: str) -> tuple[int, str, str]:
-        """Its exit code, stdout and stderr; in ``before``, its stderr when the first
-        extraction began."""
-        from bfd.flows import progress
-
-        parts = []
-
-        def at_first_extraction(stage: str, done: int, total: int, detail: dict) -> None:
-            if stage == "extract" and done == 0 and not parts:
-                parts.append(capsys.readouterr())
-                before.append(parts[0].err)
-
+        """Its exit code, stdout and stderr."""
         capsys.readouterr()
-        with env_kept(), progress.listening(at_first_extraction):
+        with env_kept():
             code = main(["audit-checkpoints", str(folder), *common, *argv])
-        parts.append(capsys.readouterr())
-        return code, "".join(p.out for p in parts), "".join(p.err for p in parts)
-
-    before: list[str] = []
+        return code, *capsys.readouterr()
 
     assert bfd("--model", AUDIT["model"])[0] == 0
     code, out, _ = bfd("--model", AUDIT["model"])
@@ -588,28 +574,36 @@ def test_checkpoints_count_as_audited_only_with_the_same_request(tmp_path, prefe
     assert "same request (model test_vit, images samples (N 6), layers 0" in out, out
     code, out, err = bfd("--model", "test_vit2")  # deeper than the checkpoint's test_vit
     assert code == 2 and err.count("\n") == 1 and "do not fit 'test_vit2'" in err, err
-    # another N, and a truncated checkpoint before it: the readable one is audited again
+    # other decompose options (the same run), and a truncated checkpoint before it: the
+    # readable one is audited again (it said "nothing to do": only the request was compared)
     good = (folder / "step_100.safetensors").read_bytes()
     (folder / "step_50.safetensors").write_bytes(good[: len(good) // 2])
-    code, out, err = bfd("--model", AUDIT["model"], "--n-images", "4", "--prefix", "include",
-                         "--control-seed", "3", "--jackknife-groups", "8")
+    options = ("--prefix", "include", "--control-seed", "3", "--jackknife-groups", "8")
+    code, out, err = bfd("--model", AUDIT["model"], *options)
     assert code == 2 and "1 checkpoint(s) audited" in out, out + err
     errors = [line for line in err.splitlines() if line.startswith("bfd: error:")]
     assert len(errors) == 1 and errors[0].startswith("bfd: error: left out: weights file ")
     assert "step_50.safetensors' is not a readable .safetensors file" in errors[0], err
     # named before the first audit began (it was named at the end)
-    assert errors[0] in before[-1].splitlines(), before
+    lines = err.splitlines()
+    assert lines.index(errors[0]) < min(i for i, line in enumerate(lines)
+                                        if line.startswith("bfd: checkpoint 1 of 1 to audit"))
     audits = read_audits(Store(store), "s")
     assert [(a["step"], a["status"]) for a in audits if a["status"] == "complete"] == [
         (100, "complete"), (100, "complete")]
-    runs = [read_request(Store(store), a["run_id"]) for a in audits if a["run_id"]]
-    assert [r.n_images for r in runs] == [6, 4]
     done = [a for a in audits if a["run_id"]]
+    assert done[0]["run_id"] == done[1]["run_id"]  # one run, decomposed again
     decomposed = [json.loads(a["decompose_json"]) for a in done]
     assert [(d["prefix"], d["seed"], d["jackknife_groups"]) for d in decomposed] == [
         ("exclude", 0, 16), ("include", 3, 8)]
     results = open_results(Store(store), done[-1]["run_id"])
     assert (results.attrs["prefix"], results.attrs["seed"]) == ("include", 3)
+    # ... and then audited with them: nothing to do, saying the options it compared
+    (folder / "step_50.safetensors").unlink()
+    code, out, _ = bfd("--model", AUDIT["model"], *options)
+    assert code == 0 and out.startswith("nothing to do"), out
+    assert ("dtype float32, --prefix include, --control-seed 3, --jackknife-groups 8 and each "
+            "file's sha256") in out, out
 
 
 def test_a_checkpoint_that_does_not_load_is_left_out_and_the_others_audited(

@@ -24,6 +24,7 @@ from bfd.flows.params import (
     DecomposeParams,
     DriftThresholds,
     Workers,
+    decompose_kwargs,
     require_model,
     with_deployment_defaults,
 )
@@ -37,6 +38,7 @@ from bfd.tasks.audits import (
 )
 from bfd.tasks.drift_gate import drift_verdict
 from bfd.tasks.extract import ExtractConfig, check_before_work, load_weights
+from bfd.tasks.options import DecomposeOptions
 
 
 class CheckpointsLeftOut(ValueError):
@@ -119,8 +121,10 @@ def audit_checkpoints(
     # the series' lock, from deciding what is to audit to the last audit's row: a second run
     # over the folder waits for this one, then finds its checkpoints audited and skips them
     with series_lock(Store(root), series, progress.waiting):
-        todo, n_files, bad = pending_checkpoints(Store(root), checkpoints, series, request)
-        compared = describe_request(request)
+        chosen = DecomposeOptions(**decompose_kwargs(options, config)).to_dict()
+        todo, n_files, bad = pending_checkpoints(Store(root), checkpoints, series, request,
+                                                 chosen)
+        compared = describe_request(request, chosen)
         logger.info("series %s: %d checkpoint file(s) in %s, %d to audit (%d already audited "
                     "with the same request); store %s", series, n_files, checkpoints,
                     len(todo), n_files - len(bad) - len(todo), root)

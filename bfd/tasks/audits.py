@@ -253,13 +253,29 @@ def checkpoint_files(pattern: str) -> list[Path]:
                                         p.name))
 
 
-def audited_requests(store: Store, series: str) -> set[str]:
+def _changed_results(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The options of ``options`` that change results and differ from the defaults
+    (``changed_result_options``); an audit that did not keep its options (None) had the
+    defaults."""
+    from bfd.storage.republish import changed_result_options
+    from bfd.tasks.options import DecomposeOptions
+
+    return changed_result_options(dict(options or {}), DecomposeOptions().to_dict())
+
+
+def audited_requests(store: Store, series: str,
+                     decompose_options: Mapping[str, Any] | None = None) -> set[str]:
     """The request identities (``bfd.tasks.request_key.request_identity``) of every complete
-    audit of a series: the recorded request keys that name its runs, each checked against
-    the run's stored request (model and weights). An audit whose run has no recorded key (a
-    store written before request keys, or a read-only key folder) counts as not audited."""
+    audit of a series decomposed with results options as ``decompose_options``'s (the
+    decompose options that change results, ``RESULT_FLAGS``; None: any audit): the recorded
+    request keys that name its runs, each checked against the run's stored request (model and
+    weights). An audit whose run has no recorded key (a store written before request keys, or
+    a read-only key folder) counts as not audited."""
+    wanted = _changed_results(decompose_options)
     runs = {row["run_id"] for row in read_audits(store, series)
-            if row["status"] == "complete" and row["run_id"]}
+            if row["status"] == "complete" and row["run_id"]
+            and (decompose_options is None
+                 or _changed_results(_seen_options(row)) == wanted)}
     out = set()
     for run_id, inputs in recorded_inputs(store, runs):
         try:
@@ -272,8 +288,12 @@ def audited_requests(store: Store, series: str) -> set[str]:
     return out
 
 
-def describe_request(config: Mapping[str, Any]) -> str:
-    """What ``audited_requests`` compares, in words, for a line saying a request was seen."""
+def describe_request(config: Mapping[str, Any],
+                     decompose_options: Mapping[str, Any] | None = None) -> str:
+    """What ``audited_requests`` compares, in words, for a line saying a request was seen;
+    with the decompose options of ``decompose_options`` that change results, where they are
+    not the defaults."""
+    from bfd.storage.republish import RESULT_FLAGS
     def given(name: str, default: str) -> str:
         value = config.get(name)
         if isinstance(value, (list, tuple)):
@@ -285,7 +305,10 @@ def describe_request(config: Mapping[str, Any]) -> str:
     return (f"model {config['model']}{built}, images {config['images']} (N "
             f"{given('n_images', 'all')}), layers {given('layers', 'all')}, sites "
             f"{given('sites', 'default')}, img_size {given('img_size', 'default')}, dtype "
-            f"{config['dtype']} and each file's sha256")
+            f"{config['dtype']}"
+            + "".join(f", {RESULT_FLAGS[k]} {v}"
+                      for k, v in _changed_results(decompose_options).items())
+            + " and each file's sha256")
 
 
 def _result_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -458,19 +481,21 @@ def drift_since_previous(store: Store, row: dict[str, Any], run_id: str,
     return rows
 
 
-def pending_checkpoints(store: Store, pattern: str, series: str,
-                        config: Mapping[str, Any]) -> tuple[list[dict], int, list[str]]:
+def pending_checkpoints(store: Store, pattern: str, series: str, config: Mapping[str, Any],
+                        decompose_options: Mapping[str, Any] | None = None,
+                        ) -> tuple[list[dict], int, list[str]]:
     """The checkpoints still to audit with the request ``config`` (fields of
-    ``ExtractConfig``; its weights are each file), in step order, the number of checkpoint
-    files found, and one line per file that is no readable checkpoint (``check_checkpoint``),
-    left out.
+    ``ExtractConfig``; its weights are each file) decomposed with ``decompose_options``, in
+    step order, the number of checkpoint files found, and one line per file that is no
+    readable checkpoint (``check_checkpoint``), left out.
 
     A file is audited already when a complete audit of the series had the same request
     (``audited_requests``: model, weights bytes, images, N, layers, sites, img_size, dtype,
-    ...); each request is audited once, so a copy of a checkpoint is not audited twice.
+    ...) and the same decompose options that change results (``--prefix``, ...; None: the
+    defaults); each request is audited once, so a copy of a checkpoint is not audited twice.
     """
     files = checkpoint_files(pattern)
-    seen = audited_requests(store, series)
+    seen = audited_requests(store, series, decompose_options or {})
     records = key_listing(config)
     todo, bad = [], []
     for path in files:
