@@ -34,7 +34,7 @@ AUDIT_SERIES = ("the series this audit extends (default: the model and its weigh
 CHECKPOINTS_SERIES = ("the series these audits extend (default: the model and the checkpoints' "
                       "folder or glob, as an absolute path: vit_b@/ckpts)")
 # what --format json writes (audit_record, checkpoints_record)
-AUDIT_RECORD = ("the audit: audit_id, series, run_id, step, prev_audit_id, n_flagged, "
+AUDIT_RECORD = ("the audit's audit_id, series, run_id, step, prev_audit_id, n_flagged, "
                 "drift_note, skipped, reused, how, store, results, dashboard, ...")
 CHECKPOINTS_RECORD = ("the series, n_files, store, its new audits (each as bfd audit's, with "
                       "its checkpoint), the files left out (bad) and the dashboard")
@@ -64,7 +64,7 @@ def add_audit_options(p: argparse.ArgumentParser, series_help: str = AUDIT_SERIE
     p.add_argument("--no-dashboard", action="store_true",
                    help="do not rebuild <store>/dashboard after the audit")
     p.add_argument("--format", choices=AUDIT_FORMATS, default="text",
-                   help="output format (text: the report; json: one object on stdout, "
+                   help="output format (text: the report; json: one object on stdout: "
                    + record_help + "; NaN and infinities as null; timestamps ISO 8601; "
                    "warnings and progress on stderr; the exit status as with text)")
 
