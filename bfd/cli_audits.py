@@ -33,9 +33,15 @@ AUDIT_SERIES = ("the series this audit extends (default: the model and its weigh
                 "in brackets: vit_t[reg_tokens=4]@random-seed-0)")
 CHECKPOINTS_SERIES = ("the series these audits extend (default: the model and the checkpoints' "
                       "folder or glob, as an absolute path: vit_b@/ckpts)")
+# what --format json writes (audit_record, checkpoints_record)
+AUDIT_RECORD = ("the audit's audit_id, series, run_id, step, prev_audit_id, n_flagged, "
+                "drift_note, skipped, reused, how, store, results, dashboard, ...")
+CHECKPOINTS_RECORD = ("the series, n_files, store, its new audits (each as bfd audit's, with "
+                      "its checkpoint), the files left out (bad) and the dashboard")
 
 
-def add_audit_options(p: argparse.ArgumentParser, series_help: str = AUDIT_SERIES) -> None:
+def add_audit_options(p: argparse.ArgumentParser, series_help: str = AUDIT_SERIES,
+                      record_help: str = AUDIT_RECORD) -> None:
     p.add_argument("--series", help=series_help)
     p.add_argument("--drift-threshold", action="append", default=[], metavar="[METRIC=]VALUE",
                    help="flag a change larger than VALUE, 0 to 1 (default 0.05; every metric "
@@ -57,6 +63,43 @@ def add_audit_options(p: argparse.ArgumentParser, series_help: str = AUDIT_SERIE
                    "--fail-on-drift too to fail on flagged drift")
     p.add_argument("--no-dashboard", action="store_true",
                    help="do not rebuild <store>/dashboard after the audit")
+    p.add_argument("--format", choices=AUDIT_FORMATS, default="text",
+                   help="output format (text: the report; json: one object on stdout: "
+                   + record_help + "; NaN and infinities as null; timestamps ISO 8601; "
+                   "warnings and progress on stderr; the exit status as with text)")
+
+
+# bfd audit's and audit-checkpoints' --format (the query commands': bfd.cli_read.FORMATS)
+AUDIT_FORMATS = ("text", "json")
+# what --format json gives of each audit, the same keys on every path (the flow audit, an
+# audit recorded without Prefect: bfd.cli_reuse.record_reused_audit)
+AUDIT_KEYS = ("audit_id", "series", "run_id", "step", "prev_audit_id", "prev_step",
+              "n_flagged", "drift_note", "skipped", "reused", "repaired", "how", "store",
+              "results", "dashboard")
+# and of audit-checkpoints (the flow audit-checkpoints, or bfd.cli_reuse.nothing_to_audit)
+CHECKPOINTS_KEYS = ("series", "n_files", "store", "compared", "audits", "bad", "dashboard")
+
+
+def audit_record(out: dict) -> dict:
+    """What ``--format json`` writes of one audit (``out``: what the flow ``audit`` returns,
+    with ``checkpoint`` for one of audit-checkpoints): the ``AUDIT_KEYS``, None where absent."""
+    record = {k: out.get(k) for k in AUDIT_KEYS}
+    return record | ({"checkpoint": out["checkpoint"]} if "checkpoint" in out else {})
+
+
+def checkpoints_record(out: dict) -> dict:
+    """What ``--format json`` writes of audit-checkpoints (``out``: what its flow returns):
+    the ``CHECKPOINTS_KEYS``, each audit as ``audit_record``."""
+    record = {k: out.get(k) for k in CHECKPOINTS_KEYS}
+    return record | {"audits": [audit_record(one) for one in out["audits"]],
+                     "bad": list(out["bad"])}
+
+
+def print_json(record: dict) -> None:
+    """``record`` as the one JSON object on stdout (``bfd.output.write_json_object``)."""
+    from bfd.output import stdout_bytes, write_json_object
+
+    write_json_object(record, stdout_bytes())
 
 
 def drift_thresholds(items: Sequence[str]):
@@ -105,13 +148,19 @@ def print_audit(out: dict, store: str) -> int:
     say(f"audit {out['audit_id']} of series {out['series']} (step {out['step']}): run "
         f"{out['run_id']} {out['how']}")
     say(f"drift: {drift_said(out)}")
-    if out["prev_audit_id"] is None or out.get("drift_note"):
-        return 0
-    if out["n_flagged"]:
+    if flagged_count(out):
         drift = run_query(store, "drift", {"series": out["series"],
                                            "audit_id": out["audit_id"]})
         print_flagged(drift.filter(drift.column("flagged")), store)
-    return out["n_flagged"]
+    return flagged_count(out)
+
+
+def flagged_count(out: dict) -> int:
+    """The drift values an audit flagged (``out``: what the flow ``audit`` returns): none
+    when it compared nothing."""
+    if out["prev_audit_id"] is None or out.get("drift_note"):
+        return 0
+    return out["n_flagged"] or 0
 
 
 def layer_ranges(layers) -> str:
@@ -279,6 +328,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
                                  dashboard=not args.no_dashboard,
                                  store_activations=args.store_activations,
                                  decompose_options=DecomposeParams(**decompose))
+    if args.format == "json":  # the record alone on stdout; the warnings on stderr
+        print_json(audit_record(out))
+        print_interval_warning(store, out["run_id"])
+        print_image_notes(store, out["run_id"], None if args.demo else args.n_images)
+        return drift_exit(flagged_count(out), args.fail_on_drift, [out],
+                          args.fail_if_not_compared)
     from bfd.storage import model_label
 
     profile = run_query(store, "layer_profile", {"run_id": out["run_id"]})
@@ -355,8 +410,6 @@ def refuse_demo_request_options(args: argparse.Namespace) -> None:
 def print_statistics(store: str, run_id: str, profile, demo: bool) -> None:
     """The chance-corrected shares with their intervals, how to read them after the demo,
     and a warning when N is too small for the target interval width (docs/method.md)."""
-    from bfd.queries import run_sql
-
     cols = [c for c in ("layer", "frac_pos", "frac_pos_chance", "frac_pos_adj",
                         "frac_pos_adj_lo", "frac_pos_adj_hi", "f_pp_adj", "f_pc_adj",
                         "f_cp_adj", "f_cc_adj") if c in profile.column_names]
@@ -364,6 +417,14 @@ def print_statistics(store: str, run_id: str, profile, demo: bool) -> None:
     cli._print_table(profile.select(cols), "table")
     if demo:
         print_demo_reading(store, run_id, profile)
+    print_interval_warning(store, run_id)
+
+
+def print_interval_warning(store: str, run_id: str) -> None:
+    """A warning on stderr when N is too small for the target interval width, or for any
+    interval (docs/method.md)."""
+    from bfd.queries import run_sql
+
     sql = ("SELECT max(ci_halfwidth) AS hw, max(n_images_for_target) AS need, "
            "any_value(ci_target) AS target, any_value(n_images) AS n "
            "FROM layers WHERE run_id = $run_id")
@@ -474,7 +535,8 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
     store = cli._store(args)
     # nothing to audit: said without torch, timm or Prefect, as the flow would say it
     out = nothing_to_audit(args, config, store, series)
-    lines = CheckpointLines(store)
+    as_json = args.format == "json"
+    lines = CheckpointLines(store, quiet=as_json)  # json: the left-out lines alone (stderr)
     if out is None:
         cli._check_model_request(config)
         cli._check_placement(args, config)
@@ -494,15 +556,23 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
                                      decompose_options=DecomposeParams(**decompose))
         except CheckpointsLeftOut as err:  # the flow run is Failed; its left-out files end here
             out = err.out
+    if as_json:  # the record alone on stdout, then the exit status as below
+        print_json(checkpoints_record(out))
     if not out["audits"]:
         n_seen = out["n_files"] - len(out["bad"])
         if n_seen:
             # not "every readable checkpoint": a file left out may read and not fit the model
             left = f"; {len(out['bad'])} left out" if out["bad"] else ""
+            # with --format json on stderr, as a line of progress: stdout holds the record
             print(f"nothing to do: every checkpoint of {args.checkpoints} not left out "
                   f"({n_seen} of {out['n_files']} files{left}) is already audited in series "
-                  f"{out['series']} with the same request ({out['compared']})")
+                  f"{out['series']} with the same request ({out['compared']})",
+                  file=sys.stderr if as_json else sys.stdout)
         return lines.left_out(out["bad"]) if out["bad"] else 0
+    if as_json:
+        code = drift_exit(sum(flagged_count(one) for one in out["audits"]),
+                          args.fail_on_drift, out["audits"], args.fail_if_not_compared)
+        return lines.left_out(out["bad"]) if out["bad"] else code
     for one in out["audits"]:  # any not printed yet (none: each was, once audited)
         lines.print(one)
     n_flagged = lines.n_flagged
@@ -520,16 +590,17 @@ class CheckpointLines:
     audit and flagged drift: ``print_audit``) once the flow ``audit-checkpoints`` reports that
     checkpoint's audit done (stage ``checkpoint``), and the line of a file left out (it does
     not load or fit the model: ``print_left_out``) once the flow reports it, not when every
-    checkpoint is done."""
+    checkpoint is done. ``quiet`` (``--format json``): the left-out lines alone, on stderr."""
 
-    def __init__(self, store: str) -> None:
+    def __init__(self, store: str, quiet: bool = False) -> None:
         self.store = store
+        self.quiet = quiet
         self.printed: set[str] = set()
         self.told: set[str] = set()
         self.n_flagged = 0
 
     def __call__(self, stage: str, done: int, total: int, detail: dict) -> None:
-        if stage != "checkpoint":
+        if stage != "checkpoint" or (self.quiet and "left_out" not in detail):
             return
         if "left_out" in detail:
             try:
@@ -619,7 +690,7 @@ def add_audit_parsers(sub) -> None:
     s.add_argument("checkpoints", help="a folder of checkpoint files or a glob")
     cli._add_extract_options(s, weights=False)  # the weights are each checkpoint's
     cli.add_decompose_options(s)
-    add_audit_options(s, CHECKPOINTS_SERIES)
+    add_audit_options(s, CHECKPOINTS_SERIES, CHECKPOINTS_RECORD)
     s.set_defaults(fn=cmd_audit_checkpoints, weights="random", seed=0)
 
     s = sub.add_parser("serve", help="run the deployments of prefect.yaml on their schedules "

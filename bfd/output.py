@@ -27,7 +27,7 @@ from typing import BinaryIO, Final
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["stdout_bytes", "write_result"]
+__all__ = ["stdout_bytes", "write_json_object", "write_result"]
 
 # Rows that fix the column widths of the table format (later rows keep those widths).
 _TABLE_WIDTH_ROWS: Final[int] = 1000
@@ -299,6 +299,15 @@ def write_result(
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def write_json_object(value: dict, out: BinaryIO) -> None:
+    """One JSON object on one line, its values as a ``json`` result writes them (``_finite``:
+    timestamps ISO 8601, NaN and infinities null); a path or other value JSON has no type for
+    as its text. For the commands whose output is one record (``bfd audit --format json``)."""
+    text = json.dumps(_finite(value), default=str, allow_nan=False, ensure_ascii=False)
+    out.write((text + "\n").encode())
+    out.flush()
 
 
 class _TextSink:

@@ -640,3 +640,95 @@ def test_the_checks_without_prefect_import_no_xarray_or_zarr(tmp_path):
                           text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "[]\n"
+
+
+# the keys of `bfd audit --format json` (README, "Errors and exit codes"): a wrapper reads them
+AUDIT_KEYS = ("audit_id", "series", "run_id", "step", "prev_audit_id", "prev_step", "n_flagged",
+              "drift_note", "skipped", "reused", "repaired", "how", "store", "results",
+              "dashboard")
+CHECKPOINTS_KEYS = ("series", "n_files", "store", "compared", "audits", "bad", "dashboard")
+
+
+@pytest.mark.slow
+def test_audit_format_json_is_the_audit_record_from_the_flow_and_without_prefect(
+        tmp_path, prefect_harness, capsys):
+    """`bfd audit --format json` and `bfd audit-checkpoints --format json`: stdout is one JSON
+    object, the record of what was audited (the stored audit's id, series, run, step, previous
+    audit, flags and note; where its results are), with the same keys from the flow and from
+    an audit recorded without Prefect; the exit status is the text output's (3 on the drift
+    gate, 2 for a checkpoint left out), the JSON printed all the same, and the report's lines
+    stay off stdout (the warnings on stderr)."""
+    paths = make_checkpoints(tmp_path / "made")
+    images, store = image_folder(tmp_path / "images"), tmp_path / "store"
+
+    def record(out: str) -> dict:
+        assert out.count("\n") <= 1, out  # one line: the object alone
+        found = json.loads(out)
+        assert isinstance(found, dict)
+        return found
+
+    def stored(found: dict, series: str = "s") -> dict:
+        (row,) = [a for a in read_audits(Store(store), series)
+                  if a["audit_id"] == found["audit_id"]]
+        for key in ("audit_id", "series", "run_id", "step", "prev_audit_id", "n_flagged",
+                    "drift_note"):
+            assert found[key] == row[key], key
+        return row
+
+    # the flow: the first audit of the series compares nothing, failing the gate (exit 3)
+    code, out, err = run_cli([*options(images, paths[0], store, 100), "--no-dashboard",
+                              "--format", "json", "--fail-if-not-compared"], capsys)
+    assert code == 3 and "drift not compared (--fail-if-not-compared)" in err, err
+    first = record(out)
+    assert list(first) == list(AUDIT_KEYS)
+    row = stored(first)
+    assert row["flow_run_id"] is not None and first["prev_audit_id"] is None
+    assert (first["how"], first["reused"], first["dashboard"]) == ("computed", False, None)
+    assert first["store"] == str(store) and first["results"].startswith(f"{store}/bfd.zarr/")
+    assert "with N=6 images the 95 % intervals" in err  # a warning, kept on stderr
+
+    # the same request without Prefect: the run reused, the same keys, the dashboard named
+    ran, out, err = bfd_without_prefect_api(
+        [*options(images, paths[0], store, 200), "--format", "json", "--fail-on-drift"],
+        tmp_path)
+    assert {k: ran[k] for k in ("code", "loaded")} == {"code": 0, "loaded": []}, err
+    fast = record(out)
+    assert list(fast) == list(AUDIT_KEYS)
+    assert stored(fast)["flow_run_id"] is None
+    assert (fast["run_id"], fast["results"]) == (first["run_id"], first["results"])
+    assert (fast["prev_audit_id"], fast["prev_step"], fast["n_flagged"]) == (
+        first["audit_id"], 100, 0)
+    assert fast["reused"] is True and fast["how"] == "reused, nothing recomputed"
+    assert fast["dashboard"] == str(store / "dashboard" / "index.html")
+
+    # audit-checkpoints: one object, its audits as bfd audit's with their checkpoint (the
+    # file audited above, in a series of its own: its run reused)
+    folder = paths[0].parent
+    argv = ["audit-checkpoints", str(folder / "step_*.safetensors"), "--model",
+            AUDIT["model"], "--images", str(images), "--img-size", str(AUDIT["img_size"]),
+            "--layers", "0", "--dtype", "float32", "--images-per-chunk", "3", "--series", "c",
+            "--store", str(store), "--no-dashboard", "--format", "json"]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    done = record(out)
+    assert list(done) == list(CHECKPOINTS_KEYS)
+    (one,) = done["audits"]
+    assert list(one) == [*AUDIT_KEYS, "checkpoint"]
+    assert stored(one, "c")["trigger"] == "checkpoints"
+    assert (one["run_id"], one["checkpoint"], one["step"], one["reused"]) == (
+        first["run_id"], str(paths[0]), 100, True)
+    assert (done["series"], done["n_files"], done["bad"]) == ("c", 1, [])
+    # nothing to do, beside a truncated file (exit 2): the flow's object and the one said
+    # without Prefect are the same
+    good = paths[0].read_bytes()
+    (folder / "step_50.safetensors").write_bytes(good[: len(good) // 2])
+    code, flow_out, flow_err = run_cli(argv, capsys)
+    assert code == 2 and flow_err.count("bfd: error: left out: weights file ") == 1, flow_err
+    assert "nothing to do: every checkpoint" in flow_err  # stdout holds the object alone
+    nothing = record(flow_out)
+    assert list(nothing) == list(CHECKPOINTS_KEYS)
+    assert (nothing["audits"], nothing["n_files"], len(nothing["bad"])) == ([], 2, 1)
+    ran, out, err = bfd_without_prefect_api(argv, tmp_path)
+    assert ran == {"code": 2, "loaded": [], "checked": []}
+    # the same lines on stderr (the flow names the unreadable file before it starts)
+    assert record(out) == nothing and sorted(err.splitlines()) == sorted(flow_err.splitlines())
