@@ -125,6 +125,21 @@ runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 """
 
 
+# What the temporary server's process is given besides os.environ, as Prefect's
+# SubprocessASGIServer gives it (no UI; the server app's ephemeral mode).
+_SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+               "PREFECT__SERVER_FINAL": "1"}
+
+
+def _server_command(launcher: str, app_dir: Path, port: int) -> list[str]:
+    """The temporary server's command line, SubprocessASGIServer's uvicorn command, run
+    through ``launcher`` (``_DIES_WITH_PARENT`` or ``_WATCHES_PARENT``), which ends it with
+    this process."""
+    return [sys.executable, "-c", launcher, str(os.getpid()), "-m", "uvicorn", "--app-dir",
+            str(app_dir), "--factory", "prefect.server.api.server:create_app", "--host",
+            "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"]
+
+
 class _Launched:
     """A temporary server process launched as ``SubprocessASGIServer`` launches it."""
 
@@ -142,8 +157,6 @@ class _Launched:
             self.port = sock.getsockname()[1]
         spec = importlib.util.find_spec("prefect")
         app_dir = Path(spec.origin).parent.parent if spec and spec.origin else Path()
-        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-               "PREFECT__SERVER_FINAL": "1"}
         # Its output goes to a log file, not the command's terminal: a Ctrl-C reaches the
         # whole process group, and a server still starting then printed click's "Aborted!"
         # after the command's one line.
@@ -152,11 +165,9 @@ class _Launched:
         self.log = home / "bfd-temporary-server.log"
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", _DIES_WITH_PARENT, str(os.getpid()),
-                 "-m", "uvicorn", "--app-dir", str(app_dir), "--factory",
-                 "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port",
-                 str(self.port), "--log-level", "error", "--lifespan", "on"], env=env,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+                _server_command(_DIES_WITH_PARENT, app_dir, self.port),
+                env={**os.environ, **_SERVER_ENV}, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT)
 
     @property
     def api_url(self) -> str:
@@ -217,12 +228,8 @@ def _dying_server():
     class DiesWithCommand(SubprocessASGIServer):
         def _run_uvicorn_command(self) -> subprocess.Popen:  # Prefect 3's, launched through
             return subprocess.Popen(  # the launcher
-                [sys.executable, "-c", _WATCHES_PARENT, str(os.getpid()), "-m", "uvicorn",
-                 "--app-dir", str(prefect.__module_path__.parent), "--factory",
-                 "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port",
-                 str(self.port), "--log-level", "error", "--lifespan", "on"],
-                env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-                     "PREFECT__SERVER_FINAL": "1",
+                _server_command(_WATCHES_PARENT, prefect.__module_path__.parent, self.port),
+                env={**os.environ, **_SERVER_ENV,
                      **get_current_settings().to_environment_variables(exclude_unset=True)})
 
     return DiesWithCommand()
