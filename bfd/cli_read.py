@@ -216,7 +216,7 @@ _RUNS_SHOWN = (
 # A published run's prefix option (run_shapes' rule: json_valid, so that a row of other JSON
 # than bfd's does not fail the listing)
 PREFIX_OPTION_SQL = ("coalesce(CASE WHEN json_valid(config_json) THEN json_extract_string("
-                "config_json, '$.decompose.prefix') END, 'exclude')")
+                     "config_json, '$.decompose.prefix') END, 'exclude')")
 # A published run's model with its --model-arg options (bfd.storage.model_label; the
 # run_shapes view's model, bfd/queries/_run_shapes.sql)
 _MODEL_LABEL = ("model || coalesce(' ' || CASE WHEN json_valid(config_json) THEN CAST("

@@ -132,6 +132,17 @@ def extracted_run_of(args: argparse.Namespace, config, store: str) -> str | None
     return found[1] if found else None
 
 
+def _chosen_options(args: argparse.Namespace, config) -> dict[str, Any]:
+    """The decompose options of this command (``bfd.cli.decompose_options``, the rest as the
+    flows choose them: ``decompose_kwargs``), as ``DecomposeOptions.to_dict`` gives them."""
+    from bfd.cli import decompose_options
+    from bfd.flows.params import DecomposeParams, decompose_kwargs
+    from bfd.tasks.options import DecomposeOptions
+
+    given = DecomposeParams(**decompose_options(args))
+    return DecomposeOptions(**decompose_kwargs(given, config)).to_dict()
+
+
 def computed_run_of(args: argparse.Namespace, config, store: str) -> str | None:
     """The run this audit request resolves to when it is already computed, published with the
     decomposition options given (``--prefix``, ``--control-seed``, ...: ``bfd.cli``'s
@@ -141,13 +152,9 @@ def computed_run_of(args: argparse.Namespace, config, store: str) -> str | None:
         return None
     s, run_id = found
     # only now (xarray, Zarr): a request the flow runs starts its Prefect server sooner
-    from bfd.cli import decompose_options
-    from bfd.flows.params import DecomposeParams, decompose_kwargs
     from bfd.tasks.audits import computed_run
-    from bfd.tasks.options import DecomposeOptions
 
-    given = DecomposeParams(**decompose_options(args))
-    options = DecomposeOptions(**decompose_kwargs(given, config)).to_dict()
+    options = _chosen_options(args, config)
     return run_id if computed_run(s, run_id, options) is not None else None
 
 
@@ -158,16 +165,13 @@ def nothing_to_audit(args: argparse.Namespace, config, store: str,
     when the flow must run (``_needs_flow``) or a checkpoint is to audit."""
     if _needs_flow(args, config):
         return None
-    from bfd.cli import decompose_options
-    from bfd.flows.params import AuditConfig, DecomposeParams, decompose_kwargs
+    from bfd.flows.params import AuditConfig
     from bfd.storage import Store
     from bfd.tasks.audits import describe_request, pending_checkpoints
-    from bfd.tasks.options import DecomposeOptions
 
     # the request as the flow types it from the command's config: the weights are each file
     request = AuditConfig(**config.model_dump(exclude={"weights"})).extract_config()
-    chosen = DecomposeOptions(**decompose_kwargs(DecomposeParams(**decompose_options(args)),
-                                                 config)).to_dict()
+    chosen = _chosen_options(args, config)
     try:
         todo, n_files, bad = pending_checkpoints(Store(store), args.checkpoints, series,
                                                  request, chosen)
