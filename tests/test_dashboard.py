@@ -84,6 +84,9 @@ def test_pages_of_a_store_and_an_incremental_rebuild(tmp_path):
     assert not re.search(r"""(src|href)=["'](https?:|//)""", page)
     assert "plotly.min.js" in page and (out / "assets/plotly.min.js").stat().st_size > 1e6
 
+    # A run without published results has a kept page too: it was built again at every
+    # build (its key None), and counted written when the build's minute had changed.
+    assert all(json.loads((out / MANIFEST).read_text())["pages"][rel] for rel in pages)
     second = build_dashboard(root, out)
     assert second.written == [] and set(second.unchanged) == pages
 

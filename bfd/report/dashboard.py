@@ -233,30 +233,34 @@ POSITIONAL: Final[str] = ".bfd-positional"
 
 
 def _positional(root: Path, out: Path, run_id: str, grid: tuple, key: str, force: bool
-                ) -> dict | None:
-    """``positional_components`` of a run, kept in ``<out>/.bfd-positional/`` under ``key``
-    (the run's published results and the page code): each audit rewrites its run's page (the
-    run's latest audit) but leaves the run's results as they were, which take an open of the
-    results and an SVD per layer to read again."""
+                ) -> tuple[dict | None, bool]:
+    """``positional_components`` of a run, and whether they could be read now; kept in
+    ``<out>/.bfd-positional/`` under ``key`` (the run's published results and the page code):
+    each audit rewrites its run's page (the run's latest audit) but leaves the run's results
+    as they were, which take an open of the results and an SVD per layer to read again."""
     path = out / POSITIONAL / f"{D.safe_file_stem(run_id)}.json"
     if not force:
         try:
             kept = json.loads(path.read_text(encoding="utf-8"))
             if kept.get("key") == key:
-                return kept["pos"]
+                return kept["pos"], True
         except (OSError, ValueError, AttributeError, KeyError):
             pass
-    pos = D.positional_components(root, run_id, grid)
-    if pos is None:
-        # none stored, or the results not readable now (a store being copied): not kept, so
-        # that the next build reads them again
+    try:
+        pos = D.positional_components(root, run_id, grid, strict=True)
+    except (FileNotFoundError, ValueError, KeyError, OSError):
+        # published but not readable now (a store being copied): not kept, so that the
+        # next build reads them again
         path.unlink(missing_ok=True)
-        return None
+        return None, False
+    if pos is None:  # none published or stored: the page says so until the run changes
+        path.unlink(missing_ok=True)
+        return None, True
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps({"key": key, "pos": pos}), encoding="utf-8")
     os.replace(tmp, path)
-    return pos
+    return pos, True
 
 
 def _results_path(store_root: Path, run_id: str) -> str:
@@ -421,9 +425,9 @@ def build_dashboard(
                 continue
             detail = {name: D.columnar(t) for name, t in D.run_detail(con, run_id).items()}
             grid = (run["grid_h"], run["grid_w"])
-            detail["pos"] = _positional(root, out, run_id, grid,
-                                        D.content_hash([run["results_path"], grid], [code]), force)
-            if detail["pos"] is None:  # built again next time, when they may be readable
+            detail["pos"], read = _positional(
+                root, out, run_id, grid, D.content_hash([run["results_path"], grid], [code]), force)
+            if not read:  # built again next time, when they may be readable
                 pages[rel] = None
             payload = {"run": run, **detail, "generated": generated}
             _write_if_changed(out, rel, _page("run", f"Run {run_id}", payload, 1, str(root)), build)

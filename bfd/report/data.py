@@ -544,15 +544,20 @@ def latest_series(con: duckdb.DuckDBPyConnection) -> str | None:
 
 
 def positional_components(
-    store_root: str | os.PathLike[str], run_id: str, grid: tuple[int, int] | None, k: int = 3
+    store_root: str | os.PathLike[str], run_id: str, grid: tuple[int, int] | None, k: int = 3,
+    *, strict: bool = False,
 ) -> dict[str, Any] | None:
     """The first ``k`` principal components of each layer's positional factor, as images.
 
     ``pos`` (docs/method.md Stage 1, dims ``position, dim``) is read from the run's results at the
     attn_in site; its rows over the patch grid are centred and decomposed by SVD, and
     component j is ``U[:, j] * S[j]`` laid out on the grid (sign fixed so that its largest
-    entry is positive). Returns None when the run has no stored ``pos`` or its tokens do not
-    fill the grid.
+    entry is positive). Returns None when the run has no published results or no stored
+    ``pos``, or its tokens do not fill the grid.
+
+    Args:
+        strict: Raise the error of published results that cannot be read now (a store being
+            copied) instead of returning None; None then always means there are none.
 
     Returns:
         ``{"layers": [...], "grid": [h, w], "pcs": [layer][j][row][col], "explained":
@@ -560,11 +565,18 @@ def positional_components(
     """
     if grid is None or None in grid:
         return None
-    from bfd.storage import Store, open_results
+    from bfd.storage import Store, open_results_group, results_group_of
 
+    store = Store(store_root)
     try:
-        ds = open_results(Store(store_root), run_id, dask=False)  # pos is read whole
+        group = results_group_of(store, run_id)
+    except (FileNotFoundError, ValueError):  # none published (or a damaged pointer)
+        return None
+    try:
+        ds = open_results_group(store, group, dask=False)  # pos is read whole
     except (FileNotFoundError, ValueError, KeyError, OSError):
+        if strict:
+            raise
         return None
     if "pos" not in ds or "position" not in ds["pos"].dims:
         return None

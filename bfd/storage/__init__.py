@@ -62,6 +62,8 @@ _EXPORTS: Final[dict[str, str]] = {
     "run_lock": "paths",
     "validate_run_id": "paths",
     "open_results": "published",
+    "open_results_group": "results",
+    "results_group_of": "published",
     "published_files": "published",
     "publishing": "published",
     "read_pointer": "published",
