@@ -291,6 +291,7 @@ def check_serve(tmp_path: Path, url: str, env: dict) -> None:
         assert len(extracted) == 1, extracted  # the Variable's store, extracted, not decomposed
         (audit,) = read_audits(Store(store), "served")
         assert audit["flow_run_id"] == str(run.id) and audit["status"] == "complete"
+        assert audit["trigger"] == "schedule"  # its schedule's run (it was "flow")
         assert said[0].startswith("20") and said[0].endswith(f"({run.id}) started\n"), said
         assert f"  served-audit: flow run 'served step {audit['step']}' ({run.id}) Completed " \
             "after " in said[1], said
@@ -299,6 +300,28 @@ def check_serve(tmp_path: Path, url: str, env: dict) -> None:
             f"{audit['run_id']}; drift: first audit of this series, nothing to compare with\n")
     finally:
         stop(proc)
+
+
+def test_an_audit_s_trigger_tells_a_schedule_from_a_run_by_hand():
+    """A deployment's run says what created it whatever its ``trigger`` parameter: prefect.yaml's
+    nightly audit gives ``schedule``, and a ``prefect deployment run`` of it was recorded as
+    scheduled. The served schedule's run is checked end to end above (``schedule``)."""
+    import yaml
+
+    from bfd.flows.prefect_io import audit_trigger, deployment_trigger
+
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text(encoding="utf-8"))
+    (nightly,) = [d for d in spec["deployments"] if d["name"] == "nightly-audit"]
+    assert nightly["parameters"]["trigger"] == "schedule"
+    deployment = UUID(int=1)
+    assert deployment_trigger(deployment, True, "schedule") == "schedule"
+    assert deployment_trigger(deployment, False, "schedule") == "deployment"
+    assert deployment_trigger(deployment, False, None) == "deployment"
+    assert deployment_trigger(None, False, None) == "flow"
+    assert deployment_trigger(None, False, "schedule") == "schedule"
+    # outside a flow run the parameter stands; a caller's name always does
+    assert [audit_trigger(t) for t in (None, "schedule", "cli", "checkpoints")] == [
+        "flow", "schedule", "cli", "checkpoints"]
 
 
 def test_serve_builds_the_deployments_of_prefect_yaml():

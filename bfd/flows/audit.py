@@ -24,6 +24,7 @@ from bfd.flows.params import (
 )
 from bfd.flows.prefect_io import (
     PrefectProgress,
+    audit_trigger,
     current_flow_run_id,
     emit_audit_events,
     name_and_tag,
@@ -84,7 +85,7 @@ def audit(
     series: str | None = None,
     step: int | None = None,
     drift: DriftThresholds | None = None,
-    trigger: str = "flow",
+    trigger: str | None = None,
     dashboard: bool = True,
     store_activations: bool = True,
     fail_on_drift: bool = False,
@@ -106,7 +107,9 @@ def audit(
         series: the series this audit extends; by default the model and its weights' source.
         step: the audit's place in its series (a training step); its time when empty.
         drift: thresholds of the drift flags.
-        trigger: what asked for the audit (cli, schedule, checkpoints, compare, ...).
+        trigger: what asked for the audit (cli, checkpoints, compare, ...); by default
+            (and for ``schedule``) the flow run's: ``schedule`` or ``deployment`` (a run by
+            hand) for a deployment's run, else ``flow`` (``audit_trigger``).
         dashboard: rebuild ``<store>/dashboard`` at the end.
         store_activations: False: keep no activations; the decomposition's two passes run
             on two forwards over the images (``bfd.flows.stats_only``). The run gets an id of
@@ -163,8 +166,8 @@ def audit(
         def hold(run_id: str) -> None:
             computing.enter_context(run_lock(Store(root), run_id, progress.waiting))
 
-        with audit_row(Store(root), series, step, trigger, current_flow_run_id(), started,
-                       writing=progress.recording, waiting=progress.waiting) as row:
+        with audit_row(Store(root), series, step, audit_trigger(trigger), current_flow_run_id(),
+                       started, writing=progress.recording, waiting=progress.waiting) as row:
             with progress.listening(PrefectProgress()):
                 decompose_kw = decompose_kwargs(options, config)
                 stored = DecomposeOptions(**decompose_kw).to_dict()

@@ -97,6 +97,30 @@ def current_flow_run_id() -> str | None:
     return str(flow_run.id) if flow_run.id else None
 
 
+def audit_trigger(trigger: str | None) -> str:
+    """What asked for an audit (the ``audits`` table's ``trigger``): the ``trigger``
+    parameter where it names a caller (cli, checkpoints, compare); in a run of a deployment,
+    ``schedule`` when one of its schedules created the run and ``deployment`` when a person
+    did (``prefect deployment run``, the UI's Run), whatever ``schedule`` the deployment's
+    parameters say (prefect.yaml's nightly audit gives it; a run by hand was recorded as
+    scheduled); else ``flow``."""
+    from prefect.context import FlowRunContext
+
+    if trigger not in (None, "schedule"):
+        return trigger
+    context = FlowRunContext.get()
+    run = context.flow_run if context is not None else None
+    return deployment_trigger(getattr(run, "deployment_id", None),
+                              getattr(run, "auto_scheduled", False), trigger)
+
+
+def deployment_trigger(deployment_id: Any, auto_scheduled: bool, trigger: str | None) -> str:
+    """``audit_trigger`` of a flow run of ``deployment_id`` (None: not a deployment's run)."""
+    if deployment_id is None:
+        return trigger or "flow"
+    return "schedule" if auto_scheduled else "deployment"
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return ""
