@@ -35,7 +35,8 @@ CHECKPOINTS_SERIES = ("the series these audits extend (default: the model and th
                       "folder or glob, as an absolute path: vit_b@/ckpts)")
 # what --format json writes (audit_record, checkpoints_record)
 AUDIT_RECORD = ("the audit's audit_id, series, run_id, step, prev_audit_id, n_flagged, "
-                "drift_note, skipped, reused, how, store, results, dashboard, ...")
+                "drift_note, skipped, reused, how, store, results, dashboard, ..., and its "
+                "flagged drift values")
 CHECKPOINTS_RECORD = ("the series, n_files, store, its new audits (each as bfd audit's, with "
                       "its checkpoint), the files left out (bad) and the dashboard")
 
@@ -82,9 +83,57 @@ CHECKPOINTS_KEYS = ("series", "n_files", "store", "compared", "audits", "bad", "
 
 def audit_record(out: dict) -> dict:
     """What ``--format json`` writes of one audit (``out``: what the flow ``audit`` returns,
-    with ``checkpoint`` for one of audit-checkpoints): the ``AUDIT_KEYS``, None where absent."""
-    record = {k: out.get(k) for k in AUDIT_KEYS}
+    with ``checkpoint`` for one of audit-checkpoints): the ``AUDIT_KEYS``, None where absent,
+    and its ``flagged`` drift rows (``flagged_rows``)."""
+    record = {k: out.get(k) for k in AUDIT_KEYS} | {"flagged": flagged_rows(out)}
     return record | ({"checkpoint": out["checkpoint"]} if "checkpoint" in out else {})
+
+
+# what --format json gives of each flagged drift value (the text report's table and lines)
+FLAGGED_KEYS = ("layer", "head", "metric", "before", "after", "delta", "threshold",
+                "type_before", "type_after")
+
+
+def flagged_rows(out: dict) -> list[dict]:
+    """The drift values the audit ``out`` flagged, as the ``drift`` query gives them, largest
+    change first: ``FLAGGED_KEYS``, a head_type row with the head's types before and after
+    (``type_before``, ``type_after``; None on the other rows)."""
+    if not flagged_count(out):
+        return []
+    flagged = _flagged_table(out, out["store"])
+    types = _head_types(flagged, out["store"])
+    rows = []
+    for row in flagged.to_pylist():
+        before, after = (types.get((row["layer"], row["head"]), (None, None))
+                         if row["metric"] == "head_type" else (None, None))
+        rows.append({k: row[k] for k in FLAGGED_KEYS[:7]}
+                    | {"type_before": before, "type_after": after})
+    return rows
+
+
+def _flagged_table(out: dict, store: str):
+    """The ``drift`` query's flagged rows of the audit ``out``."""
+    from bfd.queries import run_query
+
+    drift = run_query(store, "drift", {"series": out["series"], "audit_id": out["audit_id"]})
+    return drift.filter(drift.column("flagged"))
+
+
+def _head_types(flagged, store: str) -> dict:
+    """(layer, head) -> (type before, type after) of the heads whose type changed among the
+    ``flagged`` drift rows (``head_type_changes`` of their two runs); {} when none did."""
+    import pyarrow.compute as pc
+
+    from bfd.queries import run_query
+
+    if not flagged.num_rows or not pc.any(pc.equal(flagged.column("metric"),
+                                                   "head_type")).as_py():
+        return {}
+    first = flagged.slice(0, 1).to_pylist()[0]
+    stored = run_query(store, "head_type_changes", {"run_a": first["prev_run_id"],
+                                                    "run_b": first["run_id"]})
+    return {(r["layer"], r["head"]): (r["head_type_a"], r["head_type_b"])
+            for r in stored.to_pylist()}
 
 
 def checkpoints_record(out: dict) -> dict:
@@ -142,16 +191,13 @@ DRIFT_ROWS_SHOWN = 20
 def print_audit(out: dict, store: str) -> int:
     """The audit's line and its flagged drift (``print_flagged``); returns the number of
     flagged values."""
-    from bfd.queries import run_query
     from bfd.tasks.audits import drift_said
 
     say(f"audit {out['audit_id']} of series {out['series']} (step {out['step']}): run "
         f"{out['run_id']} {out['how']}")
     say(f"drift: {drift_said(out)}")
     if flagged_count(out):
-        drift = run_query(store, "drift", {"series": out["series"],
-                                           "audit_id": out["audit_id"]})
-        print_flagged(drift.filter(drift.column("flagged")), store)
+        print_flagged(_flagged_table(out, store), store)
     return flagged_count(out)
 
 
@@ -213,20 +259,13 @@ def print_flagged(flagged, store: str) -> None:
     at ``DRIFT_ROWS_SHOWN`` with the query that lists the rest."""
     import pyarrow.compute as pc
 
-    from bfd.queries import run_query
-
     if not flagged.num_rows:
         return
     first = flagged.slice(0, 1).to_pylist()[0]
     is_type = pc.equal(flagged.column("metric"), "head_type")
     values = flagged.filter(pc.invert(is_type))
     changed = flagged.filter(is_type).to_pylist()
-    types = {}
-    if changed:
-        stored = run_query(store, "head_type_changes", {"run_a": first["prev_run_id"],
-                                                        "run_b": first["run_id"]})
-        types = {(r["layer"], r["head"]): (r["head_type_a"], r["head_type_b"])
-                 for r in stored.to_pylist()}
+    types = _head_types(flagged, store)
     at = f" --store {shlex.quote(store)}"
     if flagged.num_rows > DRIFT_ROWS_SHOWN:
         for line in drift_summary(flagged.to_pylist(), types):

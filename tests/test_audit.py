@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -195,6 +196,17 @@ def test_drift_flags_the_planted_change_and_fails_the_gate(tmp_path, prefect_har
     assert flagged and all(r["layer"] == 0 for r in flagged)
     pos = next(r for r in flagged if r["metric"] == "frac_pos")
     assert pos["after"] > pos["before"] + 0.05 and pos["delta"] == pos["after"] - pos["before"]
+    # --format json lists the flagged values too (a wrapper had n_flagged alone): the planted
+    # checkpoint audited again at step 150 compares the same two runs (step 100's and its own)
+    code, out, err = bfd("audit", *common, "--weights", str(paths[1]), "--step", "150",
+                         "--format", "json")
+    record = json.loads(out)
+    assert code == 0 and record["n_flagged"] == planted["n_flagged"] == len(record["flagged"])
+    keys = ("layer", "head", "metric", "before", "after", "delta", "threshold")
+    assert {tuple(r[k] for k in keys) for r in record["flagged"]} == {
+        tuple(r[k] for k in keys) for r in flagged}
+    assert all((r["type_before"] is None) == (r["metric"] != "head_type")
+               for r in record["flagged"])
     # thresholds from the command line: nothing is large enough to flag
     code, out, err = bfd("audit", *common, "--weights", str(paths[0]), "--step", "250",
                          "--fail-on-drift", "--drift-threshold", "1",
@@ -209,7 +221,8 @@ def test_drift_flags_the_planted_change_and_fails_the_gate(tmp_path, prefect_har
     code, out, _ = bfd("audit-checkpoints", str(tmp_path / "ckpts"), *common)
     assert code == 0 and out.startswith("nothing to do") and "3 files" in out
     steps = [(a["step"], a["trigger"]) for a in read_audits(Store(store), "s")]
-    assert steps == [(100, "cli"), (200, "cli"), (250, "cli"), (300, "checkpoints")]
+    assert steps == [(100, "cli"), (150, "cli"), (200, "cli"), (250, "cli"),
+                     (300, "checkpoints")]
     # a new series under --fail-if-not-compared: its first checkpoint compares with nothing,
     # and fails the gate, in one line, after every checkpoint is audited (the runs reused)
     # (with its dashboard, which it names once rebuilt)

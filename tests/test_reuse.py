@@ -645,7 +645,7 @@ def test_the_checks_without_prefect_import_no_xarray_or_zarr(tmp_path):
 # the keys of `bfd audit --format json` (README, "Errors and exit codes"): a wrapper reads them
 AUDIT_KEYS = ("audit_id", "series", "run_id", "step", "prev_audit_id", "prev_step", "n_flagged",
               "drift_note", "skipped", "reused", "repaired", "how", "store", "results",
-              "dashboard")
+              "dashboard", "flagged")
 CHECKPOINTS_KEYS = ("series", "n_files", "store", "compared", "audits", "bad", "dashboard")
 
 
@@ -684,6 +684,7 @@ def test_audit_format_json_is_the_audit_record_from_the_flow_and_without_prefect
     row = stored(first)
     assert row["flow_run_id"] is not None and first["prev_audit_id"] is None
     assert (first["how"], first["reused"], first["dashboard"]) == ("computed", False, None)
+    assert first["flagged"] == []  # nothing compared
     assert first["store"] == str(store) and first["results"].startswith(f"{store}/bfd.zarr/")
     assert "with N=6 images the 95 % intervals" in err  # a warning, kept on stderr
 
