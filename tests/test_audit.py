@@ -243,6 +243,14 @@ def test_drift_flags_the_planted_change_and_fails_the_gate(tmp_path, prefect_har
         "with it)"]
     assert first["step"] == 100 and [a["prev_audit_id"] for a in rest] == [
         first["audit_id"], rest[0]["audit_id"]]
+    # step 300's file saved again unchanged at step 400 and as last.pt: the model audited
+    # already (README), no audit of its own
+    shutil.copy(paths[2], tmp_path / "ckpts" / "step_400.pt")
+    shutil.copy(paths[2], tmp_path / "ckpts" / "last.pt")
+    code, out, err = bfd("audit-checkpoints", str(tmp_path / "ckpts"), *common[:-1],
+                         "--series", "t")
+    assert code == 0 and out.startswith("nothing to do") and "(5 of 5 files)" in out, out
+    assert [a["step"] for a in read_audits(Store(store), "t")] == [100, 200, 300]
 
 
 def test_drift_compares_only_what_both_audits_saw(tmp_path, prefect_harness, capsys):

@@ -428,6 +428,10 @@ def test_a_damaged_table_of_a_stats_only_run_is_repaired_by_its_hint(stats_only,
     code, _, err = cli(shlex.split(command)[1:], capsys)
     assert code == 0, err
     assert list_runs(Store(root)) == [rid]  # the same run, not a new one
+    # its audit beside the first, in its series and at its step (it was at the time it ran)
+    first, again = read_audits(Store(root))
+    assert (again["series"], again["step"], again["run_id"]) == (
+        first["series"], first["step"], rid)
     assert verify_run(Store(root), rid) == []
 
 

@@ -25,13 +25,31 @@ _OPTION_EXTRA: Final[frozenset[str]] = frozenset({"autocast", "seed", "model_arg
                                                   "activations"})
 
 
+def _audit_place(store: Store, run_id: str) -> list[str]:
+    """``--series`` and ``--step`` of the latest audit of a stats-only run (an audit made
+    it): the command computing it again records its audit beside that one, not at the time
+    it runs in the model's default series (a point after the last checkpoint of a training
+    run's series); none when no audit reads."""
+    from .audits import read_audits
+
+    try:
+        mine = [a for a in read_audits(store) if a["run_id"] == run_id]
+    except (OSError, ValueError):
+        return []
+    if not mine:
+        return []
+    latest = max(mine, key=lambda a: (a["started_at"], a["audit_id"]))
+    return [f"--series {shlex.quote(latest['series'])}", f"--step {latest['step']}"]
+
+
 def repair_command(store: Store, run_id: str, shard_size: int | None = None,
                    decompose_flags: str = "") -> str:
     """The ``bfd extract`` command line that re-creates the run's request, so that it finds
     the run's id and computes what is missing or damaged (a finished, intact shard is
     skipped); falls back to a hint when the request itself cannot be read or holds what no
     option gives. For a stats-only run, the ``bfd audit --no-store-activations`` command line
-    that computes it again, decomposed with ``decompose_flags``.
+    that computes it again, decomposed with ``decompose_flags``, in the series and at the step
+    of its latest audit.
 
     Every option of the request is written, also those at their default (``--sites``,
     ``--layers``, ``--dtype``), so that the command means the same run whatever the defaults
@@ -93,8 +111,8 @@ def repair_command(store: Store, run_id: str, shard_size: int | None = None,
             shard_size = first["stop"] - first["start"]
     if shard_size and shard_size != ipc:
         parts.append(f"--images-per-shard {shard_size}")
-    if stats_only and decompose_flags:
-        parts.append(decompose_flags)
+    if stats_only:
+        parts += _audit_place(store, run_id) + ([decompose_flags] if decompose_flags else [])
     parts.append(f"--store {shlex.quote(str(store.root))}")
     if req.code_version != bfd.__version__:  # a part of the run id no option gives
         parts.append(f"(under bfd {req.code_version}, which made the run: bfd "
