@@ -451,6 +451,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-store-activations", dest="store_activations", action="store_false",
                    help="keep no activations: decompose from two forward passes over the "
                    "images (for image sets too large to store; the run gets an id of its own)")
+    s.add_argument("--dry-run", action="store_true",
+                   help="say what the audit would record, compute and write (the run, its "
+                   "size on disk, the audit its drift compares with), its request checked; "
+                   "nothing is computed or recorded")
     _add_extract_options(s)
     add_decompose_options(s)
     add_audit_options(s)

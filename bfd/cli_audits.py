@@ -335,6 +335,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     check_place(series, args.step)
     check_series(Store(store), series)
     thresholds = drift_thresholds(args.drift_threshold)
+    if args.dry_run:
+        return print_plan(args, config, store, series,
+                          computed_run_of(args, config, store, any_path=True))
     reused = computed_run_of(args, config, store)
     if reused is None:
         # the server's start-up (the longer) overlaps the import of torch and timm; an
@@ -390,6 +393,55 @@ def cmd_audit(args: argparse.Namespace) -> int:
     print_statistics(store, out["run_id"], profile, args.demo)
     print_image_notes(store, out["run_id"], None if args.demo else args.n_images)
     return drift_exit(n_flagged, args.fail_on_drift, [out], args.fail_if_not_compared)
+
+
+def print_plan(args: argparse.Namespace, config, store: str, series: str,
+               reused: str | None) -> int:
+    """``bfd audit --dry-run``: what the audit would record, compute and write, and what its
+    drift would compare with; its request checked first as the audit checks it (an unknown
+    model, layers out of range, weights that do not load or fit, images that do not list:
+    refused the same way). Nothing is computed or recorded, no Prefect started."""
+    from bfd.output import size_text
+    from bfd.storage import NOT_STORED, Store
+    from bfd.storage.audits import earlier_audits
+    from bfd.tasks.audits import compared_audit, time_step
+    from bfd.tasks.extract import ExtractConfig, count, refuse_before_work, run_size
+
+    now = time_step(datetime.now(UTC))
+    step = args.step if args.step is not None else now
+    if reused is not None:
+        run = f"run: {reused}, computed already with these options: reused, nothing computed"
+        before, note, _ = compared_audit(Store(store), series, step, reused)
+        drift = ("first audit of this series, nothing to compare with" if before is None else
+                 f"nothing compared ({note})" if note else
+                 f"compared with audit {before['audit_id']} (step {before['step']})")
+    else:
+        extract = config.extract_config()
+        if not args.store_activations:
+            extract["extra"] = {**extract.get("extra", {}), **NOT_STORED}
+        cfg = ExtractConfig(**extract)
+        info = refuse_before_work(cfg)
+        n_layers, n_images, need, free = run_size(store, cfg, info)
+        shape = (f"{count(n_images, 'image')} x {count(n_layers, 'layer')} x "
+                 f"{count(len(cfg.sites), 'site')}, {info.num_tokens} tokens of width "
+                 f"{info.width}")
+        disk = f"; the store's disk has {size_text(free)} free" if free is not None else ""
+        run = (f"run: to compute ({shape}): at most {size_text(need)} to write (its "
+               "activations, model tensors and results; less where a run of this request is "
+               f"stored in part){disk}" if args.store_activations else
+               f"run: to compute from two forward passes over the images ({shape}); no "
+               "activations kept")
+        done = earlier_audits(Store(store), series, step)
+        drift = ("first audit of this series, nothing to compare with" if not done else
+                 "compared with the series' latest earlier audit comparable with the run "
+                 f"(the latest: {done[-1]['audit_id']}, step {done[-1]['step']})")
+    say("dry run: nothing is computed or recorded")
+    say(f"audit: series {series}, "
+        + (f"step {step}" if args.step is not None else f"step its start time ({now} now)")
+        + f"; store {store}")
+    say(run)
+    say(f"drift: {drift}")
+    return 0
 
 
 def positions_line(store: str, run_id: str) -> str:

@@ -94,16 +94,18 @@ def _shards_intact(store, run_id: str, n_images: int, config) -> bool:
     return not faults and trusted == {s.index for s in plan}
 
 
-def _stored_run_of(args: argparse.Namespace, config, store: str) -> tuple[Any, str] | None:
+def _stored_run_of(args: argparse.Namespace, config, store: str,
+                   any_path: bool = False) -> tuple[Any, str] | None:
     """The store and the run that this request's key names, when the key is known, the run's
     stored request agrees with it and all its activations are stored intact (a stats-only
-    request, ``--no-store-activations``: its run has none)."""
+    request, ``--no-store-activations``: its run has none); with ``any_path``, also for a
+    request that runs the flow (``_needs_flow``): which run it would find."""
     from bfd.storage import NOT_STORED, Store, has_request_keys, read_request_key
     from bfd.tasks.request_key import key_of_config
 
     s = Store(store)
     # a new store holds no run: the weights and images are not hashed twice for its audit
-    if _needs_flow(args, config) or not has_request_keys(s):
+    if (_needs_flow(args, config) and not any_path) or not has_request_keys(s):
         return None
     extract = config.extract_config()
     # a stats-only request is planned with its extra marked (bfd.flows.stats_only): its key
@@ -143,11 +145,13 @@ def _chosen_options(args: argparse.Namespace, config) -> dict[str, Any]:
     return DecomposeOptions(**decompose_kwargs(given, config)).to_dict()
 
 
-def computed_run_of(args: argparse.Namespace, config, store: str) -> str | None:
+def computed_run_of(args: argparse.Namespace, config, store: str,
+                    any_path: bool = False) -> str | None:
     """The run this audit request resolves to when it is already computed, published with the
     decomposition options given (``--prefix``, ``--control-seed``, ...: ``bfd.cli``'s
-    ``decompose_options``), and the audit can be recorded without the flow; else None."""
-    found = _stored_run_of(args, config, store)
+    ``decompose_options``), and the audit can be recorded without the flow (with
+    ``any_path``: by the flow too, ``bfd audit --dry-run``); else None."""
+    found = _stored_run_of(args, config, store, any_path)
     if found is None:
         return None
     s, run_id = found

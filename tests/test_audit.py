@@ -48,6 +48,38 @@ def store(audited):
     return audited[0]
 
 
+def test_a_dry_run_says_what_an_audit_would_do_and_does_nothing(audited, tmp_path, capsys):
+    """``bfd audit --dry-run``: the run reused (and the audit its drift compares with), or
+    the run to compute and its size; a bad request refused as the audit refuses it; nothing
+    recorded or written."""
+    root, _, again, _ = audited
+    argv = ["audit", "--model", "test_vit", "--weights", "random", "--images", "samples",
+            "--n-images", "12", "--img-size", "64", "--dtype", "float32",
+            "--images-per-chunk", "4", "--dry-run", "--step", "7"]
+    before = read_audits(Store(root))
+    capsys.readouterr()
+    assert main([*argv, "--store", root]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "dry run: nothing is computed or recorded",
+        f"audit: series test_vit@random-seed-0, step 7; store {root}",
+        f"run: {again['run_id']}, computed already with these options: reused, nothing "
+        "computed",
+        # the latest audit at or before step 7: none (the fixture's steps are their times)
+        "drift: first audit of this series, nothing to compare with"]
+    assert read_audits(Store(root)) == before
+    # another N on a new store: the run to compute (6 blocks, 64 / 16 = 4 x 4 patches and
+    # the class token, width 64), the store not even created
+    new = tmp_path / "new"
+    assert main([*argv[:-2], "--n-images", "8", "--store", str(new)]) == 0
+    out = capsys.readouterr().out
+    assert "run: to compute (8 images x 6 layers x 2 sites, 17 tokens of width 64): at most " \
+        in out and "audit: series test_vit@random-seed-0, step its start time (" in out, out
+    assert not new.exists()
+    assert main([*argv, "--layers", "99", "--store", root]) == 2
+    out, err = capsys.readouterr()
+    assert "dry run" not in out and "--layers: must be in [0, 6)" in err
+
+
 def test_identical_request_reuses_its_run_and_records_a_new_audit(audited, capsys):
     root, first, again, runs_before = audited
     assert again["run_id"] == first["test_vit"]["run_id"] and again["reused"]

@@ -358,6 +358,22 @@ def _existing(path: Path) -> Path:
     return path
 
 
+def run_size(store_root: str, cfg: ExtractConfig, info: models.ModelInfo
+             ) -> tuple[int, int, int, int | None]:
+    """What a new run of ``cfg`` holds: its layers and images (those the source lists, up
+    to ``n_images``), the bytes it writes on the store's disk (``bytes_to_write`` of the
+    whole run: 0 for a stats-only request) and the bytes free there (None for a remote
+    Zarr store). ``info``: the model's shapes (``validate_config``)."""
+    n_layers = len(resolve_layers(cfg.layers, info.depth))
+    held = imgs.check_source(cfg.images, cfg.n_images)
+    n_images = held if held is not None else cfg.n_images or imgs.SAMPLES_DEFAULT_N
+    need = bytes_to_write(cfg, info, n_layers, n_images, whole_run=True)
+    zarr_path = Store(store_root).zarr_path
+    free = (None if "://" in zarr_path
+            else shutil.disk_usage(_existing(Path(zarr_path))).free)
+    return n_layers, n_images, need, free
+
+
 def check_space(store_root: str, cfg: ExtractConfig,
                 info: models.ModelInfo | None = None) -> None:
     """``prepare_run``'s refusal of a run that cannot fit on the store's disk, made before any
@@ -381,11 +397,8 @@ def check_space(store_root: str, cfg: ExtractConfig,
     if "://" in store.zarr_path:
         return
     info = info if info is not None else validate_config(cfg)
-    n_layers = len(resolve_layers(cfg.layers, info.depth))
-    held = imgs.check_source(cfg.images, cfg.n_images)
-    n_images = held if held is not None else cfg.n_images or imgs.SAMPLES_DEFAULT_N
-    need = bytes_to_write(cfg, info, n_layers, n_images, whole_run=True)
-    if need <= shutil.disk_usage(_existing(Path(store.zarr_path))).free:
+    n_layers, n_images, need, free = run_size(store_root, cfg, info)
+    if need <= free:
         return
     slug = f"{model_slug(cfg.model)}-"
     started = [run.name for run in (store.runs_dir.iterdir() if store.runs_dir.is_dir()
