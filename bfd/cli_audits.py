@@ -400,12 +400,12 @@ def print_plan(args: argparse.Namespace, config, store: str, series: str,
     """``bfd audit --dry-run``: what the audit would record, compute and write, and what its
     drift would compare with; its request checked first as the audit checks it (an unknown
     model, layers out of range, weights that do not load or fit, images that do not list:
-    refused the same way). Nothing is computed or recorded, no Prefect started."""
+    refused the same way). Nothing is computed or recorded, no Prefect started; torch and
+    timm are imported only for a run to compute (its size)."""
     from bfd.output import size_text
     from bfd.storage import NOT_STORED, Store
     from bfd.storage.audits import earlier_audits
     from bfd.tasks.audits import compared_audit, time_step
-    from bfd.tasks.extract import ExtractConfig, count, refuse_before_work, run_size
 
     now = time_step(datetime.now(UTC))
     step = args.step if args.step is not None else now
@@ -415,7 +415,9 @@ def print_plan(args: argparse.Namespace, config, store: str, series: str,
         drift = ("first audit of this series, nothing to compare with" if before is None else
                  f"nothing compared ({note})" if note else
                  f"compared with audit {before['audit_id']} (step {before['step']})")
-    else:
+    else:  # the model's shapes: torch and timm
+        from bfd.tasks.extract import ExtractConfig, count, refuse_before_work, run_size
+
         extract = config.extract_config()
         if not args.store_activations:
             extract["extra"] = {**extract.get("extra", {}), **NOT_STORED}

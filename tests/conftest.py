@@ -90,7 +90,8 @@ def bfd_without_prefect_api(argv: list[str], tmp_path: Path,
     code = ("import json, sys, time\nimport bfd.cli_reuse as reuse\nfrom bfd.cli import main\n"
             # when the reuse check began (an audit recorded without Prefect counts it)
             "checks, checked = reuse.computed_run_of, []\n"
-            "reuse.computed_run_of = lambda *a: checked.append(time.time()) or checks(*a)\n"
+            "reuse.computed_run_of = lambda *a, **k: checked.append(time.time()) or "
+            "checks(*a, **k)\n"
             f"code = main({argv!r})\n"
             "print(json.dumps({'code': code, 'loaded': sorted(m for m in ('torch', 'timm', "
             "'prefect') if m in sys.modules), 'checked': checked}))\n")

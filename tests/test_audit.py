@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 from checkpoints import AUDIT, make_checkpoints
-from conftest import env_kept
+from conftest import bfd_without_prefect_api, env_kept
 
 from bfd.cli import main
 from bfd.flows.audit import audit
@@ -67,6 +67,9 @@ def test_a_dry_run_says_what_an_audit_would_do_and_does_nothing(audited, tmp_pat
         # the latest audit at or before step 7: none (the fixture's steps are their times)
         "drift: first audit of this series, nothing to compare with"]
     assert read_audits(Store(root)) == before
+    # in a process of its own, as a read-only command: neither torch, timm nor Prefect
+    ran, out, _ = bfd_without_prefect_api([*argv, "--store", root], tmp_path)
+    assert (ran["code"], ran["loaded"]) == (0, []) and out.startswith("dry run: "), out
     # another N on a new store: the run to compute (6 blocks, 64 / 16 = 4 x 4 patches and
     # the class token, width 64), the store not even created
     new = tmp_path / "new"
