@@ -446,6 +446,34 @@ def print_plan(args: argparse.Namespace, config, store: str, series: str,
     return 0
 
 
+def print_checkpoints_plan(args: argparse.Namespace, config, store: str, series: str) -> int:
+    """``bfd audit-checkpoints --dry-run``: the checkpoints it would audit, in step order,
+    those already audited and those left out, as the flow would find them; the request
+    checked as the command checks it (torch and timm only when a checkpoint is to audit);
+    nothing is computed or recorded, no Prefect started. Exit 2 when a file is left out, as
+    the audit would."""
+    from pathlib import Path
+
+    from bfd.cli_reuse import checkpoints_plan
+
+    plan = checkpoints_plan(args, config, store, series)
+    if plan is None:
+        raise ValueError(f"the checkpoints of {args.checkpoints!r} cannot be listed")
+    todo, bad = plan["todo"], plan["bad"]
+    if todo:
+        cli._check_model_request(config)
+    n_seen = plan["n_files"] - len(todo) - len(bad)
+    say("dry run: nothing is computed or recorded")
+    say(f"series {series}; store {store}; {plan['n_files']} checkpoint file(s): "
+        f"{len(todo)} to audit, {n_seen} already audited with the same request "
+        f"({plan['compared']}), {len(bad)} left out")
+    for one in todo:
+        say(f"  to audit: step {one['step']}  {Path(one['path']).name}")
+    for line in bad:
+        say(f"  left out: {line}")
+    return 2 if bad else 0
+
+
 def positions_line(store: str, run_id: str) -> str:
     """Which tokens the run's shares are over, in one line: its patch grid, and its prefix
     tokens (class, distillation, register) left out or counted (the decompose --prefix
@@ -626,6 +654,8 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
               else checkpoints_series(config.model, args.checkpoints, config.model_args))
     check_place(series)
     store = cli._store(args)
+    if args.dry_run:
+        return print_checkpoints_plan(args, config, store, series)
     # nothing to audit: said without torch, timm or Prefect, as the flow would say it
     out = nothing_to_audit(args, config, store, series)
     as_json = args.format == "json"
@@ -781,6 +811,9 @@ def add_audit_parsers(sub) -> None:
                        "(1200, 1e4, 10k; none: by modification time, last), each with drift "
                        "against the series' latest comparable audit at or before its step")
     s.add_argument("checkpoints", help="a folder of checkpoint files or a glob")
+    s.add_argument("--dry-run", action="store_true",
+                   help="list the checkpoints it would audit (in step order), how many are "
+                   "audited already and those left out; nothing is computed or recorded")
     cli._add_extract_options(s, weights=False)  # the weights are each checkpoint's
     cli.add_decompose_options(s)
     add_audit_options(s, CHECKPOINTS_SERIES, CHECKPOINTS_RECORD)

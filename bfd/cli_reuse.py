@@ -169,6 +169,18 @@ def nothing_to_audit(args: argparse.Namespace, config, store: str,
     when the flow must run (``_needs_flow``) or a checkpoint is to audit."""
     if _needs_flow(args, config):
         return None
+    plan = checkpoints_plan(args, config, store, series)
+    if plan is None or plan["todo"]:
+        return None
+    return {k: v for k, v in plan.items() if k != "todo"} | {"audits": []}
+
+
+def checkpoints_plan(args: argparse.Namespace, config, store: str, series: str) -> dict | None:
+    """What the flow ``audit-checkpoints`` would find for this command, found without it:
+    ``todo``, the checkpoints to audit in step order (``path``, ``sha256``, ``step``:
+    ``bfd.tasks.audits.pending_checkpoints``), the number of files, the files left out
+    (``bad``) and the request compared (``compared``); None when the files cannot be listed
+    (the flow says why in its own words)."""
     from bfd.flows.params import AuditConfig
     from bfd.storage import Store
     from bfd.tasks.audits import describe_request, pending_checkpoints
@@ -179,12 +191,10 @@ def nothing_to_audit(args: argparse.Namespace, config, store: str,
     try:
         todo, n_files, bad = pending_checkpoints(Store(store), args.checkpoints, series,
                                                  request, chosen)
-    except (OSError, ValueError):  # the flow reports it in its own words
-        return None
-    if todo:
+    except (OSError, ValueError):
         return None
     return {"series": series, "n_files": n_files, "store": store,
-            "compared": describe_request(request, chosen), "bad": bad, "audits": []}
+            "compared": describe_request(request, chosen), "bad": bad, "todo": todo}
 
 
 def record_reused_audit(args: argparse.Namespace, config, store: str, thresholds,

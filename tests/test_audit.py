@@ -247,7 +247,16 @@ def test_drift_flags_the_planted_change_and_fails_the_gate(tmp_path, prefect_har
                          "--fail-on-drift", "--drift-threshold", "1",
                          "--drift-threshold", "head_type=1")
     assert code == 0 and "0 value(s) flagged" in out
-    # the folder: step_100 and step_200 are audited already (same bytes), step_300 is not
+    # the folder: step_100 and step_200 are audited already (same bytes), step_300 is not;
+    # --dry-run says so, and records nothing
+    before = read_audits(Store(store), "s")
+    code, out, err = bfd("audit-checkpoints", str(tmp_path / "ckpts"), *common, "--dry-run")
+    said, step_300 = out.splitlines()[1:]
+    assert code == 0 and step_300 == "  to audit: step 300  step_300.pt", out
+    assert said.startswith(f"series s; store {store}; 3 checkpoint file(s): 1 to audit, 2 "
+                           "already audited with the same request (model test_vit, ") and \
+        said.endswith(" and each file's sha256), 0 left out"), said
+    assert read_audits(Store(store), "s") == before
     code, out, err = bfd("audit-checkpoints", str(tmp_path / "ckpts"), *common)
     assert code == 0 and "1 checkpoint(s) audited" in out and "step_300.pt" in out
     # which checkpoint is audited is said when its audit starts, before its extraction's lines
