@@ -58,6 +58,7 @@ def write_synthetic_run(
     n_skipped: int = 0,
     width: int | None = 8,
     prefix: str | None = None,
+    decompose: dict | None = None,
     images: str = "planted",
     images_sha256: str | None = "img-sha",
     img_size: int | None = None,
@@ -72,11 +73,11 @@ def write_synthetic_run(
     arrays staying indexed by layer; ``n_images`` the images it decoded, ``n_skipped`` more
     requested that did not decode (runs.n_images = n_images + n_skipped); ``width`` the
     model's (None: not recorded); ``prefix`` the decomposition's prefix option in its config
-    (None: not said); ``images``, ``images_sha256`` and ``img_size`` its runs row's (default
-    img_size: 16 per patch row of ``grid``); ``sigmas`` the modes' sigma of a head (by head,
-    ``n_modes`` values, in every stored layer); ``adjusted_heads`` gives the heads
-    chance-corrected energies ``e_*_adj`` (``e_pp`` halved, the others as they are), whence
-    ``f_*_adj``; every column not planted is NULL."""
+    (None: not said), ``decompose`` other options of it; ``images``, ``images_sha256`` and
+    ``img_size`` its runs row's (default img_size: 16 per patch row of ``grid``); ``sigmas``
+    the modes' sigma of a head (by head, ``n_modes`` values, in every stored layer);
+    ``adjusted_heads`` gives the heads chance-corrected energies ``e_*_adj`` (``e_pp``
+    halved, the others as they are), whence ``f_*_adj``; every column not planted is NULL."""
     rng = np.random.default_rng(seed)
     store = Store(root)
     created_at = created_at or dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
@@ -91,7 +92,10 @@ def write_synthetic_run(
         "created_at": created_at, "bfd_version": "test", "timm_version": "test",
         "torch_version": "test", "status": status, "depth": depth, "num_heads": n_heads,
         "width": width,
-        "config_json": json.dumps({} if prefix is None else {"decompose": {"prefix": prefix}}),
+        "config_json": json.dumps(
+            {} if prefix is None and decompose is None
+            else {"decompose": {**({} if prefix is None else {"prefix": prefix}),
+                                **(decompose or {})}}),
     }])
     frac_pos = rng.uniform(0.05, 0.6, size=depth)
     layer_rows = []

@@ -110,6 +110,41 @@ def test_pages_of_a_store_and_an_incremental_rebuild(tmp_path):
     assert fourth.removed == ["runs/c-1.html"] and not (out / "runs/c-1.html").exists()
 
 
+def test_a_run_decomposed_again_with_other_options_shows_no_layers_or_head_changes(tmp_path):
+    """An audit whose run was decomposed since with other options that change figures (a
+    later --prefix include, --control-seed 3): the Series page's heatmap showed the run's
+    current layer rows in its column (a layer-0 frac_pos "change" of 0.2 that was one of the
+    positions counted) and head-type changes from its current heads. Its point is marked
+    ``redecomposed``; no head-type change is listed against it or across it."""
+    from bfd.storage import Store, write_audit
+
+    root, out = tmp_path / "store", tmp_path / "site"
+    saw = {"prefix": "exclude", "seed": 0, "compute_dtype": "float32"}
+    write_synthetic_run(root, "k1", model="vit_b", seed=1, decompose=saw)
+    write_synthetic_run(root, "k2", model="vit_b", seed=2, decompose={**saw, "seed": 3})
+    for k, (audit_id, run_id) in enumerate((("K1", "k1"), ("K2", "k2"), ("K3", "k1"))):
+        at = dt.datetime(2025, 3, 1 + k, tzinfo=dt.UTC)
+        write_audit(Store(root), {
+            "audit_id": audit_id, "series": "s", "run_id": run_id, "step": k + 1,
+            "started_at": at, "finished_at": at, "trigger": "cli", "flow_run_id": None,
+            "status": "complete", "prev_audit_id": f"K{k}" if k else None, "n_flagged": 0,
+            "decompose_json": json.dumps(saw)})
+    build_dashboard(root, out)
+    data = embedded(out / "series.html")
+    points = {a: r for a, r in zip(data["metrics"]["audit_id"], data["metrics"]["redecomposed"],
+                                   strict=True)}
+    assert points == {"K1": False, "K2": True, "K3": False}
+    # the two runs' heads differ in type (the changes the page listed before), one model and
+    # one prefix option (run_pairs has no note for them): none is listed now
+    with connect(root) as con:
+        differ = run_sql(con, "SELECT count(*) AS n FROM heads AS a JOIN heads AS b USING "
+                              "(layer, head) WHERE a.run_id = 'k1' AND b.run_id = 'k2' AND "
+                              "a.head_type IS DISTINCT FROM b.head_type").column("n")[0].as_py()
+        note = run_sql(con, "SELECT note FROM run_pairs WHERE run_a = 'k1' AND run_b = 'k2'")
+    assert differ > 0 and note.column("note").to_pylist() == [None]
+    assert data["head_type_changes"]["audit_id"] == []
+
+
 def test_a_forced_rebuild_counts_every_page_written_or_unchanged(tmp_path, capsys):
     """--force rewrites every page; one rebuilt byte for byte the same is left as it was and
     counted unchanged (it was counted nowhere: "6 files written, 0 pages unchanged" of 13)."""

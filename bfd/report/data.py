@@ -298,19 +298,40 @@ def drift_marks(drift: pa.Table, changes: pa.Table) -> pa.Table:
         ("types", pa.list_(pa.string()))]))
 
 
+# The decompose options that change a run's figures (bfd.storage.republish.RESULT_FLAGS):
+# an audit saw its run's results decomposed with those of its ``decompose_json``.
+_RESULT_OPTIONS: Final[tuple[str, ...]] = ("prefix", "seed", "compute_dtype",
+                                           "jackknife_groups", "ci_target")
+
+
+def _redecomposed_sql() -> str:
+    """SQL, over ``audits AS a`` joined with ``runs AS r``: whether the run's current results
+    were decomposed with other options that change figures than the audit saw (a later
+    ``bfd decompose --prefix include`` of it, or an audit of it with other options): its
+    current layer rows and head types are then not the audit's. False where either side
+    does not say."""
+    differ = " OR ".join(
+        f"json_extract_string(a.decompose_json, '$.{k}') IS DISTINCT FROM "
+        f"json_extract_string(r.config_json, '$.decompose.{k}')" for k in _RESULT_OPTIONS)
+    return (f"coalesce(a.decompose_json IS NOT NULL AND "
+            f"json_extract(r.config_json, '$.decompose') IS NOT NULL AND ({differ}), false)")
+
+
 def _series_points(con: duckdb.DuckDBPyConnection) -> str:
     """SQL of the points of every series: one per complete audit of a complete run (its
     series, step, the audit it was compared with (``prev_audit_id``) and the figures it saw,
     as ``audit_history``), and one per run never audited
     (series ``model · weights``, no step). As ``audit_history``, an audit of a run the catalog
     left out (a damaged table file or pointer: not in ``runs``) is a point too, its
-    ``left_out`` true: the figures it kept, its run's columns unknown."""
+    ``left_out`` true: the figures it kept, its run's columns unknown. ``redecomposed``: the
+    audit's run was decomposed since with other options that change figures
+    (``_redecomposed_sql``)."""
     seen = [name for name, _ in SEEN_FIGURES]
     unaudited = (
         f"SELECT r.run_id, {_RUN_SERIES} AS series, NULL::VARCHAR AS audit_id,"
         " NULL::BIGINT AS step, NULL::TIMESTAMPTZ AS started_at, NULL::TIMESTAMPTZ AS finished_at,"
         " NULL::BIGINT AS n_flagged, NULL::VARCHAR AS prev_audit_id, false AS kept,"
-        " false AS left_out"
+        " false AS left_out, false AS redecomposed"
         + "".join(f", NULL AS seen_{name}" for name in seen)
         + " FROM runs AS r"
     )
@@ -326,7 +347,8 @@ def _series_points(con: duckdb.DuckDBPyConnection) -> str:
         f" a.n_flagged, {'a.prev_audit_id' if 'prev_audit_id' in kept else 'NULL'}"
         " AS prev_audit_id,"
         f" {'a.n_layers IS NOT NULL' if has_kept else 'false'} AS kept,"
-        " r.run_id IS NULL AS left_out"
+        " r.run_id IS NULL AS left_out,"
+        f" {_redecomposed_sql() if 'decompose_json' in kept else 'false'} AS redecomposed"
         + "".join(f", a.{name} AS seen_{name}" if name in kept else f", NULL AS seen_{name}"
                   for name in seen)
         + " FROM audits AS a LEFT JOIN runs AS r ON r.run_id = a.run_id"
@@ -424,7 +446,10 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
     ``run_pairs`` has no note for the two: one model (as drift: the same name less any
     pretrained tag, depth, num_heads and width) over the same images, img_size and prefix
     option (heads of two models given one series, or types over other images or positions,
-    are no head changing).
+    are no head changing). An audit whose run, or whose compared audit's run, was decomposed
+    again since with other options that change figures (``redecomposed``, a column of
+    ``metrics``: a later ``--prefix include``) has none listed: the runs' current head types
+    are not those the audit compared.
     """
     with_audits = audits_present(con)
     order = "coalesce(p.step, 0), p.started_at, s.created_at, p.audit_id, p.run_id"
@@ -440,7 +465,7 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
         SELECT p.series, s.* REPLACE ({replaced}, p.run_id AS run_id), p.audit_id, p.step,
             p.started_at, p.finished_at, p.n_flagged,
             CASE WHEN p.kept THEN 'audit' WHEN NOT p.left_out THEN 'run' END AS figures,
-            p.left_out AS damaged
+            p.redecomposed, p.left_out AS damaged
         FROM p
         LEFT JOIN run_summary AS s ON s.run_id = p.run_id
         WHERE s.run_id IS NOT NULL OR p.left_out
@@ -452,7 +477,8 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
         WITH p AS ({_series_points(con)}),
         points AS (
             SELECT p.series, p.audit_id, p.run_id, p.prev_audit_id AS compared_with,
-                lag(p.audit_id) OVER w AS before_id, lag(p.run_id) OVER w AS before_run
+                p.redecomposed, lag(p.audit_id) OVER w AS before_id,
+                lag(p.run_id) OVER w AS before_run, lag(p.redecomposed) OVER w AS before_redone
             FROM p
             LEFT JOIN runs AS s ON s.run_id = p.run_id
             WHERE s.status = 'complete' OR p.left_out
@@ -463,7 +489,9 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
                 CASE WHEN o.compared_with IS NULL THEN o.before_id ELSE c.audit_id END
                     AS prev_audit_id,
                 CASE WHEN o.compared_with IS NULL THEN o.before_run ELSE c.run_id END
-                    AS prev_run_id
+                    AS prev_run_id,
+                o.redecomposed OR coalesce(CASE WHEN o.compared_with IS NULL THEN o.before_redone
+                                                ELSE c.redecomposed END, false) AS redecomposed
             FROM points AS o
             LEFT JOIN points AS c ON c.series = o.series AND c.audit_id = o.compared_with
         )
@@ -474,6 +502,7 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
         JOIN heads AS p ON p.run_id = o.prev_run_id AND p.layer = h.layer AND p.head = h.head
         JOIN run_pairs AS rp ON rp.run_a = o.prev_run_id AND rp.run_b = o.run_id
         WHERE p.head_type IS DISTINCT FROM h.head_type AND rp.note IS NULL
+            AND NOT o.redecomposed
         ORDER BY o.series, o.run_id, o.audit_id, h.layer, h.head
     """)
     out = {"metrics": _with_drift_check(con, metrics), "head_type_changes": changes}

@@ -829,6 +829,7 @@
       select("layer-mode-select", "show", [["value", "value"], ["delta", "change against the audit compared with"]],
         layerState.mode, (v) => { layerState.mode = v; drawLayers(); }));
     let layerMembers = [];
+    const layersNote = h("p", { class: "note", id: "layers-redone" });
     const controls = h("div", { class: "controls" },
       select("series-select", "series", names.map((s) => [s, s]), state.series, (v) => { state.series = v; redraw(); }),
       select("x-select", "against", (hasStep ? [["step", "audit step"]] : []).concat([["created_at", "run time"]]),
@@ -862,7 +863,8 @@
       "layer), a column per audit of the series, from its run's current layer rows (audits keep no per-layer " +
       "figures). Change: the value less that of the audit it was compared with (the previous comparable " +
       "audit, as its drift), on a scale centred on 0, none where the lines above do not join the two (two " +
-      "models, not comparable, not compared, a damaged run) nor where either run did not store the layer."), layerControls, heat),
+      "models, not comparable, not compared, a damaged run) nor where either run did not store the layer."), layerControls, heat,
+      layersNote),
     tables);
     // Each plot's cell, sized by the grid: a plot drawn while its cell is the grid's only
     // item (auto-fit) would take the whole row; a later change of the cell redraws it.
@@ -900,6 +902,17 @@
     // an audit of a run the catalog left out (damaged: bfd/report/data.py series_data): the
     // figures it kept, its comparisons unknown; no line into it or out of it
     const damaged = (m) => !m.gap && m.damaged === true;
+    // an audit whose run was decomposed again since with other options that change figures
+    // (a later --prefix include: series_data's redecomposed): its run's current layer rows
+    // and head types are not what it saw
+    const redone = (m) => !m.gap && m.redecomposed === true;
+    const redoneNote = (members) => {
+      const steps = members.filter(redone).map((m) => stepText(m) ?? m.audit_id);
+      return steps.length ? " Not shown: the audit" + (steps.length > 1 ? "s at steps " : " at step ") +
+        steps.join(", ") + (steps.length > 1 ? ", whose runs were" : ", whose run was") + " decomposed again " +
+        "since with other options that change figures (--prefix, --control-seed, ...): its current layer rows " +
+        "and head types are not what the audit saw, nor any change against it." : "";
+    };
     // the point the i-th point of a series is compared with: the audit its drift was compared
     // with (prev_audit_id: the latest earlier audit comparable with it, so not the point
     // before it when the audits between were of another model, images, N, ...), else (a run
@@ -949,7 +962,9 @@
     // audit), none where no line joins the two (linkBroken)
     function drawLayers() {
       const members = layerMembers, k = layerState.metric, delta = layerState.mode === "delta";
-      const byLayer = members.map((m) => new Map((layersOf.get(m.run_id) || []).map((l) => [l.layer, l[k]])));
+      layersNote.textContent = redoneNote(members).trim();
+      const byLayer = members.map((m) => new Map(redone(m) ? []
+        : (layersOf.get(m.run_id) || []).map((l) => [l.layer, l[k]])));
       // a row a layer from the first to the last layer any audit's run stored, the layers
       // between that none stored included as empty rows (a run of --layers 0,5,11: three
       // rows of values and empty ones between, never a band stretched over its neighbours)
@@ -968,13 +983,15 @@
       const why = (i) => {
         if (i === 0) return "first audit of the series";
         const j = refOf(members, i);
-        return damaged(members[i]) || damaged(members[j]) ? "an audit of a damaged run"
+        return redone(members[i]) || redone(members[j]) ? "a run decomposed again since with other options"
+          : damaged(members[i]) || damaged(members[j]) ? "an audit of a damaged run"
           : twoModels(members[j].run_id, members[i].run_id) ? "runs of two models"
             : notCompared(members[i]) ? "drift not compared: " + members[i].drift_note
               : otherInputs(members[i]) ? "other inputs than the previous audit's (comparable no)" : "layer not stored in both";
       };
       const text = ids.map((l, r) => members.map((m, i) => pt(m.run_id + (m.audit_id ? " · audit " + m.audit_id : "") +
         (z[r][i] !== null ? (delta ? comparedText(members, i) : "") : damaged(m) ? " · run damaged: no layer rows"
+          : redone(m) ? " · its run was decomposed again since with other options: its current layer rows are not this audit's"
           : !stored.includes(l) ? " · layer not stored by any run of this series"
             : delta ? " · no delta: " + why(i) : " · layer not stored"))));
       const steps = members.map((m) => stepText(m) ?? fmt(m.created_at));
@@ -1141,7 +1158,8 @@
           D.has_audits ? dataTable("drift-table", "flagged drift", flagged,
             driftColumns(flagged, pointOf), { csvKeys: Object.keys(D.drift || {}) })
             : empty("No audits recorded yet.")),
-        section("Head-type changes against the audit compared with", h("p", { class: "note" }, "Newest audit first."),
+        section("Head-type changes against the audit compared with", h("p", { class: "note", id: "changes-note" },
+          "Newest audit first." + redoneNote(members)),
           dataTable("changes-table", "head-type changes", seriesChanges,
             changeColumns(pointOf), { csvKeys: Object.keys(D.head_type_changes || {}).concat(["step"]) })),
         section("Audits of the series", dataTable("series-runs", "audits of the series", members,
