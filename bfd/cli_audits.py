@@ -102,13 +102,20 @@ def flagged_rows(out: dict) -> list[dict]:
         return []
     flagged = _flagged_table(out, out["store"])
     types = _head_types(flagged, out["store"])
-    rows = []
-    for row in flagged.to_pylist():
-        before, after = (types.get((row["layer"], row["head"]), (None, None))
-                         if row["metric"] == "head_type" else (None, None))
-        rows.append({k: row[k] for k in FLAGGED_KEYS[:7]}
-                    | {"type_before": before, "type_after": after})
-    return rows
+    return [{k: row[k] for k in FLAGGED_KEYS[:7]}
+            | dict(zip(FLAGGED_KEYS[7:], _types_of(row, types), strict=True))
+            for row in flagged.to_pylist()]
+
+
+def _types_of(row: dict, types: dict) -> tuple[str | None, str | None]:
+    """A flagged drift row's head types before and after: as the audit kept them, else (drift
+    written before it kept them) from ``types`` (``_head_types``); (None, None) for a row of
+    another metric."""
+    if row["metric"] != "head_type":
+        return None, None
+    if row.get("type_before") is not None:
+        return row["type_before"], row["type_after"]
+    return types.get((row["layer"], row["head"]), (None, None))
 
 
 def _flagged_table(out: dict, store: str):
@@ -121,13 +128,16 @@ def _flagged_table(out: dict, store: str):
 
 def _head_types(flagged, store: str) -> dict:
     """(layer, head) -> (type before, type after) of the heads whose type changed among the
-    ``flagged`` drift rows (``head_type_changes`` of their two runs); {} when none did."""
+    ``flagged`` drift rows, from ``head_type_changes`` of their two runs (their current
+    types), where a row does not name them (drift written before it kept them); {} when
+    every row does."""
     import pyarrow.compute as pc
 
     from bfd.queries import run_query
 
-    if not flagged.num_rows or not pc.any(pc.equal(flagged.column("metric"),
-                                                   "head_type")).as_py():
+    untyped = pc.and_(pc.equal(flagged.column("metric"), "head_type"),
+                      pc.is_null(flagged.column("type_before")))
+    if not flagged.num_rows or not pc.any(untyped).as_py():  # the audit kept every type
         return {}
     first = flagged.slice(0, 1).to_pylist()[0]
     stored = run_query(store, "head_type_changes", {"run_a": first["prev_run_id"],
@@ -280,8 +290,8 @@ def print_flagged(flagged, store: str) -> None:
     if changed:
         say(f"head types changed ({len(changed)}):")
         for r in sorted(changed, key=lambda r: (r["layer"], r["head"]))[:DRIFT_ROWS_SHOWN]:
-            # a type the results no longer hold (decomposed again since): said as unknown
-            before, after = types.get((r["layer"], r["head"]), ("?", "?"))
+            # a type neither kept by the audit nor held by the results now: said as unknown
+            before, after = (t or "?" for t in _types_of(r, types))
             say(f"  layer {r['layer']} head {r['head']}: {before} -> {after}")
         if len(changed) > DRIFT_ROWS_SHOWN:
             say(f"  {len(changed) - DRIFT_ROWS_SHOWN} more: bfd query head_type_changes "

@@ -116,7 +116,7 @@ def test_a_run_decomposed_again_with_other_options_shows_no_layers_or_head_chang
     current layer rows in its column (a layer-0 frac_pos "change" of 0.2 that was one of the
     positions counted) and head-type changes from its current heads. Its point is marked
     ``redecomposed``; no head-type change is listed against it or across it."""
-    from bfd.storage import Store, write_audit
+    from bfd.storage import Store, write_audit, write_drift
 
     root, out = tmp_path / "store", tmp_path / "site"
     saw = {"prefix": "exclude", "seed": 0, "compute_dtype": "float32"}
@@ -143,6 +143,19 @@ def test_a_run_decomposed_again_with_other_options_shows_no_layers_or_head_chang
         note = run_sql(con, "SELECT note FROM run_pairs WHERE run_a = 'k1' AND run_b = 'k2'")
     assert differ > 0 and note.column("note").to_pylist() == [None]
     assert data["head_type_changes"]["audit_id"] == []
+    # the types K2's audit kept in its drift rows are its record: listed whatever its run's
+    # heads hold now
+    kept = ("position-position", "content-content")
+    write_drift(Store(root), "s", "K2", [{
+        "audit_id": "K2", "prev_audit_id": "K1", "layer": 0, "head": 1, "metric": "head_type",
+        "before": None, "after": None, "delta": 1.0, "threshold": 0.5, "flagged": True,
+        "type_before": kept[0], "type_after": kept[1]}])
+    build_dashboard(root, out)
+    changes = embedded(out / "series.html")["head_type_changes"]
+    keys = ("audit_id", "prev_audit_id", "prev_run_id", "run_id", "layer", "head", "before",
+            "after")
+    assert [tuple(changes[k][i] for k in keys) for i in range(len(changes["audit_id"]))] == [
+        ("K2", "K1", "k1", "k2", 0, 1, *kept)]
 
 
 def test_a_forced_rebuild_counts_every_page_written_or_unchanged(tmp_path, capsys):

@@ -128,6 +128,14 @@ def test_queries_and_the_series_page_read_the_audit_compared_with(nightly):
     flagged_types = {(r["layer"], r["head"]) for r in read_drift(Store(root), SERIES, ids["F"])
                      if r["metric"] == "head_type" and r["flagged"]}
     assert flagged_types == {(w[0], w[1]) for w in want}
+    # every head_type row keeps the two types the audit compared (a later decomposition of
+    # its runs leaves the record as it was); the other rows name none
+    rows = read_drift(Store(root), SERIES, ids["F"])
+    assert all((r["type_before"], r["type_after"]) == (
+        heads["r-c"][r["layer"], r["head"]], heads["r-f"][r["layer"], r["head"]])
+        for r in rows if r["metric"] == "head_type")
+    assert all(r["type_before"] is r["type_after"] is None for r in rows
+               if r["metric"] != "head_type")
     marks = [m["plot"] for m in series["drift_marks"].to_pylist()
              if m["audit_id"] == ids["F"] and "head_type" in m["metrics"]]
     assert marks and "n_heads" not in marks

@@ -146,7 +146,7 @@ CONTRACT: Final[Mapping[str, str]] = {
     "drift": (
         "audit_id VARCHAR, series VARCHAR, prev_audit_id VARCHAR, layer INTEGER, head INTEGER,"
         " metric VARCHAR, before DOUBLE, after DOUBLE, delta DOUBLE, threshold DOUBLE,"
-        " flagged BOOLEAN"
+        " flagged BOOLEAN, type_before VARCHAR, type_after VARCHAR"
     ),
 }
 

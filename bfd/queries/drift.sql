@@ -2,7 +2,9 @@
 -- given), flagged rows first, then by size of the change. One row per (layer, metric) and
 -- (layer, head, metric): before, after, delta = after - before, the threshold and whether
 -- |delta| > threshold. head is NULL for layer metrics; head_type rows have no before/after
--- and delta 1 when the type changed (head_type_changes names the types).
+-- and delta 1 when the type changed; type_before and type_after name the types as the audit
+-- compared them (NULL in drift written before drift kept them: head_type_changes of the two
+-- runs names their current types).
 -- params: series (required), audit_id (optional)
 -- (bfd.queries.hints reads the `chosen` CTE below to say why an audit has no drift rows.)
 WITH chosen AS (
@@ -27,7 +29,9 @@ SELECT
     d.after,
     d.delta,
     d.threshold,
-    d.flagged
+    d.flagged,
+    d.type_before,
+    d.type_after
 FROM drift AS d
 JOIN chosen AS c USING (audit_id)
 LEFT JOIN audits AS p ON p.audit_id = d.prev_audit_id

@@ -317,6 +317,34 @@ def _redecomposed_sql() -> str:
             f"json_extract(r.config_json, '$.decompose') IS NOT NULL AND ({differ}), false)")
 
 
+def _kept_changes_sql(con: duckdb.DuckDBPyConnection) -> str:
+    """SQL of two CTEs (``, typed AS (...), kept AS (...)`` after ``points``): ``typed``,
+    the audits whose drift rows name the head types they compared (drift written before it
+    kept them does not); ``kept``, the heads whose type those rows say changed, per complete
+    audit (series, audit ids, run, layer, head, before, after): an audit's own record, which
+    a later decomposition of its runs does not change."""
+    if ("drift" not in catalog_tables(con) or not audits_present(con)
+            or "type_before" not in _column_names(con, "drift")):
+        return (", typed AS (SELECT NULL::VARCHAR AS audit_id WHERE false),"
+                " kept AS (SELECT NULL::VARCHAR AS series, NULL::VARCHAR AS prev_audit_id,"
+                " NULL::VARCHAR AS audit_id, NULL::VARCHAR AS run_id, NULL::INTEGER AS layer,"
+                " NULL::INTEGER AS head, NULL::VARCHAR AS before, NULL::VARCHAR AS after"
+                " WHERE false)")
+    return """,
+        typed AS (
+            SELECT DISTINCT d.audit_id FROM drift AS d
+            WHERE d.metric = 'head_type' AND d.type_before IS NOT NULL
+        ),
+        kept AS (
+            SELECT a.series, d.prev_audit_id, d.audit_id, a.run_id, d.layer, d.head,
+                d.type_before AS before, d.type_after AS after
+            FROM drift AS d
+            JOIN p AS a ON a.audit_id = d.audit_id
+            WHERE d.metric = 'head_type' AND d.type_before IS NOT NULL
+                AND d.type_before IS DISTINCT FROM d.type_after
+        )"""
+
+
 def _series_points(con: duckdb.DuckDBPyConnection) -> str:
     """SQL of the points of every series: one per complete audit of a complete run (its
     series, step, the audit it was compared with (``prev_audit_id``) and the figures it saw,
@@ -472,7 +500,8 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
         ORDER BY p.series, {order}
     """)
     # a point of a run left out is a point of the order too: its run has no heads, so no
-    # change is listed against it (unknown), nor across it
+    # change is listed against it (unknown), nor across it, but those its audit kept
+    kept_sql = _kept_changes_sql(con)
     changes = run_sql(con, f"""
         WITH p AS ({_series_points(con)}),
         points AS (
@@ -495,6 +524,7 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
             FROM points AS o
             LEFT JOIN points AS c ON c.series = o.series AND c.audit_id = o.compared_with
         )
+        {kept_sql}
         SELECT o.series, o.prev_audit_id, o.audit_id, o.prev_run_id, o.run_id, h.layer, h.head,
             p.head_type AS before, h.head_type AS after
         FROM ordered AS o
@@ -502,8 +532,13 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
         JOIN heads AS p ON p.run_id = o.prev_run_id AND p.layer = h.layer AND p.head = h.head
         JOIN run_pairs AS rp ON rp.run_a = o.prev_run_id AND rp.run_b = o.run_id
         WHERE p.head_type IS DISTINCT FROM h.head_type AND rp.note IS NULL
-            AND NOT o.redecomposed
-        ORDER BY o.series, o.run_id, o.audit_id, h.layer, h.head
+            AND NOT o.redecomposed AND o.audit_id NOT IN (SELECT audit_id FROM typed)
+        UNION ALL
+        SELECT k.series, k.prev_audit_id, k.audit_id, q.run_id AS prev_run_id, k.run_id,
+            k.layer, k.head, k.before, k.after
+        FROM kept AS k
+        LEFT JOIN audits AS q ON q.audit_id = k.prev_audit_id
+        ORDER BY series, run_id, audit_id, layer, head
     """)
     out = {"metrics": _with_drift_check(con, metrics), "head_type_changes": changes}
     if with_audits:

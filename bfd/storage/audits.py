@@ -73,6 +73,10 @@ DRIFT_SCHEMA: Final[pa.Schema] = pa.schema([
     ("delta", pa.float64()),
     ("threshold", pa.float64()),
     ("flagged", pa.bool_()),
+    # a head_type row's types, as the audit compared them (NULL on the other rows, and in
+    # drift written before drift kept them)
+    ("type_before", pa.string()),
+    ("type_after", pa.string()),
 ])
 
 EVENT_TABLES: Final[dict[str, pa.Schema]] = {"audits": AUDIT_SCHEMA, "drift": DRIFT_SCHEMA}

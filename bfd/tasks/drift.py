@@ -252,7 +252,8 @@ def drift_rows(store: Store, run_before: str, run_after: str,
     """One row per (layer, metric) and (layer, head, metric) that both runs hold.
 
     ``head_type`` rows have no before/after value (a type is not a number): their delta is 1
-    when the type changed and 0 when not (``head_type_changes`` names the types).
+    when the type changed and 0 when not, and ``type_before``, ``type_after`` name the types
+    (the audit's record of them: the runs may be decomposed again later).
 
     Args:
         store: The store.
@@ -274,7 +275,8 @@ def drift_rows(store: Store, run_before: str, run_after: str,
         out += [_row(layer, head, m, a[m], b[m], thresholds) for m in HEAD_FRACTIONS]
         changed = float(a["head_type"] != b["head_type"])
         row = _row(layer, head, "head_type", 0.0, changed, thresholds)
-        out.append({**row, "before": None, "after": None})
+        out.append({**row, "before": None, "after": None, "type_before": a["head_type"],
+                     "type_after": b["head_type"]})
     return out
 
 
