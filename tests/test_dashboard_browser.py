@@ -47,6 +47,10 @@ def site(tmp_path_factory) -> Path:
             root, run_id, model=model, weights=weights, seed=i, depth=4, n_heads=3,
             created_at=dt.datetime(2025, 1, day, tzinfo=dt.UTC), with_pos=run_id == "a-2",
             intervals=model == "vit_a", n_skipped=SKIPPED.get(run_id, 0),
+            # a-2's intervals wider than their target (interval-note)
+            layer_values={"ci_halfwidth": [0.1, 0.3, 0.2, 0.15], "ci_target": [0.02] * 4,
+                          "n_images_for_target": [400.0, 3600.0, 1600.0, 900.0]}
+            if run_id == "a-2" else None,
         )
     out = tmp_path_factory.mktemp("site")
     build_dashboard(root, out)
@@ -217,6 +221,12 @@ def test_run_page_views_are_linked(site, browser):
     # which tokens that is about (a zoo trial had to find runs.prefix_tokens)
     assert meta["prefix tokens"] == "1 (class, distillation or register): left out of the positions"
     assert meta["activations"] == "stored"  # not a stats-only run (--no-store-activations)
+    # N too small for the intervals' target: said as bfd audit says it (the page said nothing)
+    assert browser.execute_script("return document.getElementById('interval-note')"
+                                  ".textContent") == (
+        "With N=16 images the 95 % intervals of the main shares reach ±0.300, wider than the "
+        "target ±0.02; about 3600 images would reach it: read the shares and head types below "
+        "as estimates within about that.")
     for plot in ("shares-plot", "headmap-plot", "spectrum-plot", "alphabeta-plot", "pos-plot",
                  "preservation-plot", "residual-plot", "splithalf-plot", "shuffle-plot"):
         assert browser.execute_script(f"return document.getElementById('{plot}').data.length") > 0

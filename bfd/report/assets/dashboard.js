@@ -511,6 +511,18 @@
     return `${n} (class, distillation or register): ` +
       (run.prefix === "include" ? "each one more position" : "left out of the positions");
   }
+  // bfd audit's warning of a run whose N is too small for its intervals' target width
+  // (docs/method.md): the widest 95 % interval of its main shares against ci_target
+  function intervalNote(layers) {
+    const finite = (k) => layers.map((l) => l[k]).filter((v) => typeof v === "number" && Number.isFinite(v));
+    const hw = finite("ci_halfwidth"), target = finite("ci_target"), need = finite("n_images_for_target");
+    if (!hw.length || !target.length || Math.max(...hw) <= target[0]) return null;
+    const n = finite("n_images");
+    return "With N=" + (n.length ? n[0] : "?") + " images the 95 % intervals of the main shares reach ±" +
+      Math.max(...hw).toFixed(3) + ", wider than the target ±" + target[0] + (need.length ? "; about " +
+      Math.round(Math.max(...need)) + " images would reach it" : "") + ": read the shares and head " +
+      "types below as estimates within about that.";
+  }
   function runPage() {
     const run = D.run;
     const layers = rowsOf(D.layers);
@@ -550,6 +562,8 @@
         safeHref(run.flow_run_url) ? h("a", { href: run.flow_run_url }, run.flow_run_id)
           : fmt(run.flow_run_id)))));
     app.append(dl);
+    const tooWide = intervalNote(layers);
+    if (tooWide) app.append(h("p", { class: "note", id: "interval-note" }, tooWide));
     if (!layers.length && !heads.length) { app.append(empty("This run stored no layer or head rows.")); return; }
     const layerIds = storedIds;
     const headIds = [...new Set(heads.map((x) => x.head))].sort((a, b) => a - b);
