@@ -285,6 +285,15 @@ def test_series_page_marks_drift_of_audits(tmp_path, browser, monkeypatch):
     from test_dashboard import LONG_AUDIT_ID, audited_store
 
     root, con = audited_store(tmp_path)
+    series = con.execute("SELECT DISTINCT series FROM audits").fetchone()[0]
+    # the third audit's flags besides its f_pp (layer 1 head 0, delta 0.3): a head_type
+    # change (delta 1), frac_img -0.2 and f_pc 0.12, listed in bfd query drift's order, the
+    # largest |delta| first (they were by metric, then layer: f_pc first)
+    more = [(LONG_AUDIT_ID, "audit-1", 0, 1, "head_type", None, None, 1.0, 0.5),
+            (LONG_AUDIT_ID, "audit-1", 3, None, "frac_img", 0.3, 0.1, -0.2, 0.05),
+            (LONG_AUDIT_ID, "audit-1", 2, 0, "f_pc", 0.2, 0.32, 0.12, 0.1)]
+    con.executemany("INSERT INTO drift VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, true)",
+                    [(a, series, *rest) for a, *rest in more])
     monkeypatch.setenv("PREFECT_UI_URL", "http://127.0.0.1:4200")
     with con:
         build_dashboard(root, tmp_path / "site", catalog=con)
@@ -299,7 +308,11 @@ def test_series_page_marks_drift_of_audits(tmp_path, browser, monkeypatch):
     assert browser.execute_script(
         "return document.getElementById('metric-f_cc').data[1].x.length"
     ) == 0
-    (row,) = table_rows(browser, "drift-table")
+    rows = table_rows(browser, "drift-table")
+    assert [(r["metric"], r["layer"], r["delta"], r["audit"]) for r in rows] == [
+        ("head_type", "0", "1", "20250203T…b2c3d"), ("f_pp", "1", "0.3000", "20250203T…b2c3d"),
+        ("frac_img", "3", "-0.2000", "20250203T…b2c3d"), ("f_pc", "2", "0.1200", "20250203T…b2c3d")]
+    row = rows[1]
     # a long audit id is shown short, whole on hover
     assert (row["metric"], row["audit"], row["previous audit"], row["run"]) == (
         "f_pp", "20250203T…b2c3d", "audit-1", "s-2")

@@ -424,7 +424,9 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
     ``run_pairs`` has no note for the two: one model (as drift: the same name less any
     pretrained tag, depth, num_heads and width) over the same images, img_size and prefix
     option (heads of two models given one series, or types over other images or positions,
-    are no head changing).
+    are no head changing). ``drift`` (with audits): the flagged drift rows, an audit's in the
+    order of ``bfd query drift`` (bfd/queries/drift.sql: the largest |delta| first, a
+    head_type row's delta 1 among them).
     """
     with_audits = audits_present(con)
     order = "coalesce(p.step, 0), p.started_at, s.created_at, p.audit_id, p.run_id"
@@ -485,7 +487,8 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
                 FROM drift AS d
                 JOIN audits AS a USING (audit_id)
                 WHERE d.flagged
-                ORDER BY a.series, a.step, d.metric, d.layer, d.head
+                ORDER BY a.series, a.step, a.started_at, d.audit_id,
+                    abs(d.delta) DESC NULLS LAST, d.layer, d.head NULLS FIRST, d.metric
             """)
             out["drift_marks"] = drift_marks(out["drift"], changes)
     return out

@@ -1025,7 +1025,8 @@
       const members = metrics.filter((m) => m.series === state.series);
       // the drift and head-type change tables, newest audit first (the series' order: step,
       // start time, audit id, reversed), so that the rows a long table leaves out (past 500)
-      // are the oldest; within an audit, their stored order
+      // are the oldest; within an audit, their embedded order (drift: as bfd query drift,
+      // the largest |delta| first, bfd/report/data.py series_data)
       const at = new Map(members.map((m, i) => [m.audit_id, i]));
       const pointOf = (id) => (at.has(id) ? members[at.get(id)] : null);
       const newestFirst = (rows) => rows.map((r, i) => [r, i]).sort(([a, i], [b, j]) =>
@@ -1137,7 +1138,8 @@
         sized.observe(div);
       });
       tables.replaceChildren(
-        section("Drift flags", h("p", { class: "note" }, "Newest audit first."),
+        section("Drift flags", h("p", { class: "note" },
+          "Newest audit first; within an audit, the largest |delta| first (as bfd query drift)."),
           D.has_audits ? dataTable("drift-table", "flagged drift", flagged,
             driftColumns(flagged, pointOf), { csvKeys: Object.keys(D.drift || {}) })
             : empty("No audits recorded yet.")),
