@@ -288,12 +288,17 @@ def test_series_page_marks_drift_of_audits(tmp_path, browser, monkeypatch):
     series = con.execute("SELECT DISTINCT series FROM audits").fetchone()[0]
     # the third audit's flags besides its f_pp (layer 1 head 0, delta 0.3): a head_type
     # change (delta 1), frac_img -0.2 and f_pc 0.12, listed in bfd query drift's order, the
-    # largest |delta| first (they were by metric, then layer: f_pc first)
+    # largest |delta| first (they were by metric, then layer: f_pc first); the second audit
+    # flags frac_img and frac_int_resid only, which no plot shows: said under the plots
     more = [(LONG_AUDIT_ID, "audit-1", 0, 1, "head_type", None, None, 1.0, 0.5),
             (LONG_AUDIT_ID, "audit-1", 3, None, "frac_img", 0.3, 0.1, -0.2, 0.05),
-            (LONG_AUDIT_ID, "audit-1", 2, 0, "f_pc", 0.2, 0.32, 0.12, 0.1)]
+            (LONG_AUDIT_ID, "audit-1", 2, 0, "f_pc", 0.2, 0.32, 0.12, 0.1),
+            ("audit-1", "audit-0", 1, None, "frac_img", 0.3, 0.41, 0.11, 0.05),
+            ("audit-1", "audit-0", 2, None, "frac_img", 0.3, 0.45, 0.15, 0.05),
+            ("audit-1", "audit-0", 2, None, "frac_int_resid", 0.3, 0.18, -0.12, 0.05)]
     con.executemany("INSERT INTO drift VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, true)",
                     [(a, series, *rest) for a, *rest in more])
+    con.execute("UPDATE audits SET n_flagged = 3 WHERE audit_id = 'audit-1'")
     monkeypatch.setenv("PREFECT_UI_URL", "http://127.0.0.1:4200")
     with con:
         build_dashboard(root, tmp_path / "site", catalog=con)
@@ -311,11 +316,18 @@ def test_series_page_marks_drift_of_audits(tmp_path, browser, monkeypatch):
     rows = table_rows(browser, "drift-table")
     assert [(r["metric"], r["layer"], r["delta"], r["audit"]) for r in rows] == [
         ("head_type", "0", "1", "20250203T…b2c3d"), ("f_pp", "1", "0.3000", "20250203T…b2c3d"),
-        ("frac_img", "3", "-0.2000", "20250203T…b2c3d"), ("f_pc", "2", "0.1200", "20250203T…b2c3d")]
+        ("frac_img", "3", "-0.2000", "20250203T…b2c3d"), ("f_pc", "2", "0.1200", "20250203T…b2c3d"),
+        ("frac_img", "2", "0.1500", "audit-1"), ("frac_int_resid", "2", "-0.1200", "audit-1"),
+        ("frac_img", "1", "0.1100", "audit-1")]
     row = rows[1]
     # a long audit id is shown short, whole on hover
     assert (row["metric"], row["audit"], row["previous audit"], row["run"]) == (
         "f_pp", "20250203T…b2c3d", "audit-1", "s-2")
+    # audit-1's flags mark no plot: a line under the plots says so (the third audit's are
+    # marked on f_pp and f_pc)
+    assert browser.find_element("id", "unmarked-drift").text == (
+        "audit audit-1 at step 200: 3 flagged values on metrics not plotted here (frac_img, "
+        "frac_int_resid): see the flagged drift table.")
     assert browser.execute_script(
         "return document.querySelector('#drift-table tbody td:nth-child(9)').title") == (
         LONG_AUDIT_ID)

@@ -836,6 +836,9 @@
     const grid = h("div", { class: "grid", id: "metric-grid" });
     // the plots with no value in the series (and no drift flagged on them): one line
     const emptyLine = h("p", { class: "note", id: "empty-plots" });
+    // the audits with flagged drift that no plot drawn marks (all of it on metrics with no
+    // run-level plot: frac_img*, frac_int*): a line each, so that the plots do not read as clean
+    const unmarkedLine = h("div", { id: "unmarked-drift" });
     const tables = h("div", {});
     app.append(controls, section("Every metric", h("p", { class: "note" },
       "One point per complete audit of the series, at its step, with the figures it saw. Red crosses: " +
@@ -856,7 +859,8 @@
       "none of them (its run's current ones may come from a later decomposition; its run page " +
       "shows them). In the table, figures audit: what the audit kept; run: the run's current " +
       "figures (a run never audited). Plots with no value in the series are listed in one line " +
-      "below the grid, unless drift of their figure was flagged."), grid, emptyLine),
+      "below the grid, unless drift of their figure was flagged; so are the audits whose flags no plot " +
+      "marks (flags on frac_img*, frac_int*: no plot of theirs)."), grid, emptyLine, unmarkedLine),
     section("Layers against step", h("p", { class: "note" },
       "A per-layer metric (frac_pos at attn_in, frac_pos_resid, energy-weighted f_pp, f_pc, f_cp, f_cc of the " +
       "layer), a column per audit of the series, from its run's current layer rows (audits keep no per-layer " +
@@ -1079,6 +1083,17 @@
         [unkept.length ? "not kept by the audits (see each run's page): " + unkept.join(", ") : null,
           novalue.length ? "no value: " + novalue.join(", ") : null].filter(Boolean).join("; ") + "."] : []));
       const drawn = keys.filter((k) => !blank.includes(k));
+      const markedAudits = new Set(marks.filter((d) => drawn.includes(d.plot)).map((d) => d.audit_id));
+      const unmarked = [...groupBy(flagged.filter((d) => !markedAudits.has(d.audit_id)), (d) => d.audit_id)];
+      const UNMARKED_SHOWN = 10;
+      unmarkedLine.replaceChildren(...unmarked.slice(0, UNMARKED_SHOWN).map(([id, rows]) => {
+        const m = pointOf(id), step = m ? stepText(m) : rows[0].step;
+        const metricNames = [...new Set(rows.map((d) => d.metric))].sort();
+        return h("p", { class: "note warn" }, `audit ${id}` + (step === null || step === undefined ? ""
+          : ` at step ${step}`) + `: ${rows.length} flagged ${rows.length === 1 ? "value" : "values"} on ` +
+          `metrics not plotted here (${metricNames.join(", ")}): see the flagged drift table.`);
+      }).concat(unmarked.length > UNMARKED_SHOWN ? [h("p", { class: "note warn" },
+        `and ${unmarked.length - UNMARKED_SHOWN} more audits whose flags no plot marks: see the flagged drift table.`)] : []));
       // every cell first, at its height, then the plots: each is drawn at its cell's width
       const divs = drawn.map((k) => {
         const div = plotDiv("metric-" + k, `${k} against ${state.x} for the chosen series`, "small");
