@@ -10,6 +10,7 @@ import re
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 import duckdb
 import numpy as np
@@ -434,6 +435,8 @@ def test_series_page_plots_every_audit_and_crosses_its_flagged_metrics(reused_si
     assert browser.execute_script("return document.getElementById('series-select').value") == (
         "th")
     choose_series(browser, "ck")
+    # the address follows the choice (series.html?series=NAME links to it)
+    assert browser.execute_script("return location.search") == "?series=ck"
     line, crosses = plot_x(browser, "metric-f_pp")
     assert line == [100, 200, 250, 500, 500] and crosses == [250]
     # the cross has a hover saying what was flagged
@@ -512,6 +515,20 @@ def test_series_page_plots_every_audit_and_crosses_its_flagged_metrics(reused_si
                 "const a = document.getElementById('metric-f_pp')._fullLayout.xaxis;"
                 " return [a.range, Array.from(a._vals || [], v => v.text)]") == [
                 [steps[0] - 1, steps[0] + 1], [str(v) for v in range(steps[0] - 1, steps[0] + 2)]]
+    assert browser.execute_script("return new URLSearchParams(location.search).get('series')") == (
+        "toy_vit · plain")
+    # series.html?series=NAME opens on that series, as compare.html?a=&b= on two runs; a name
+    # that is no series of the store is said above the plots, the default shown
+    for asked, shown in (("toy_vit · plain", "toy_vit · plain"), ("ck", "ck"), ("nope", "th")):
+        open_page(browser, (reused_site / "series.html").as_uri() + "?" + urlencode(
+            {"series": asked}))
+        assert browser.execute_script(
+            "return document.getElementById('series-select').value") == shown
+        notes = [e.text for e in browser.find_elements("id", "series-url-note")]
+        assert notes == ([] if asked == shown else [
+            "the series of the address (series=nope) is not a series of this store: showing th "
+            "instead."])
+    assert plot_x(browser, "metric-f_pp") == [[1], []]
 
 
 @pytest.mark.parametrize("width", [1300, 1600])

@@ -808,6 +808,23 @@
     // the series of the latest audit (bfd/report/data.py latest_series), else the first
     const state = { series: names.includes(D.latest_series) ? D.latest_series : names[0],
       x: hasStep ? "step" : "created_at" };
+    // series.html?series=NAME opens on that series (as compare.html?a=&b= on two runs); a
+    // name that is no series of this store is said above the plots, the default shown
+    const askedSeries = new URLSearchParams(window.location.search).get("series");
+    if (askedSeries !== null && askedSeries !== "") {
+      if (names.includes(askedSeries)) state.series = askedSeries;
+      else {
+        app.append(h("p", { class: "note warn", id: "series-url-note" }, `the series of the address ` +
+          `(series=${askedSeries}) is not a series of this store: showing ${state.series} instead.`));
+      }
+    }
+    // choosing a series puts it in the address, so that the address links to what is shown
+    // (a browser that refuses it, as some do for file:// pages, keeps the old address)
+    function remember(name) {
+      const url = new URL(window.location.href);
+      url.searchParams.set("series", name);
+      try { window.history.replaceState(null, "", url.href); } catch (e) { /* address kept */ }
+    }
     const skip = ["step", "n_flagged"];
     // run_summary figures audits do not keep (bfd/report/data.py figures_not_kept): missing
     // for an audit's point, whose run may have been decomposed again since; plotted even
@@ -830,7 +847,8 @@
         layerState.mode, (v) => { layerState.mode = v; drawLayers(); }));
     let layerMembers = [];
     const controls = h("div", { class: "controls" },
-      select("series-select", "series", names.map((s) => [s, s]), state.series, (v) => { state.series = v; redraw(); }),
+      select("series-select", "series", names.map((s) => [s, s]), state.series,
+        (v) => { state.series = v; remember(v); redraw(); }),
       select("x-select", "against", (hasStep ? [["step", "audit step"]] : []).concat([["created_at", "run time"]]),
         state.x, (v) => { state.x = v; redraw(); }));
     const grid = h("div", { class: "grid", id: "metric-grid" });
