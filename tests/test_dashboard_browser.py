@@ -754,6 +754,47 @@ def test_compare_of_runs_of_other_n_uses_the_adjusted_basis_as_compare_runs(othe
     assert "chance level's change with N" in note and "N = 8 and 16" in note
 
 
+def test_overview_legend_of_many_runs_stays_under_the_axis_title(tmp_path, browser):
+    # trial 13 (F10): 20 runs of long names ticked at 1366 x 768: plotly's bottom legend ran
+    # over the x axis title and squeezed the two panels to ~100 px each; the figure now grows
+    # with its legend (which scrolls in its own box past LEGEND_MAX px)
+    for i in range(22):
+        write_synthetic_run(
+            tmp_path / "store", f"r-{i:02d}", seed=i, depth=4,
+            weights=f"team-vision/experiments/2026-q4/ablation-no-dropout-lr3e-4-long-name-{i}",
+            created_at=dt.datetime(2025, 1, 1, i, tzinfo=dt.UTC))
+    build_dashboard(tmp_path / "store", tmp_path / "site")
+    geometry = (
+        "const p = document.getElementById('depth-plot'); const fl = p._fullLayout;"
+        " const box = (e) => { const b = e.getBoundingClientRect(); return [b.top, b.bottom]; };"
+        " return {legend: box(p.querySelector('.legend .bg')),"
+        " title: box(p.querySelector('.xtitle')),"
+        " ticks: Math.max(...Array.from(p.querySelectorAll('.xaxislayer-above .xtick text'),"
+        " t => box(t)[1])), figure: box(p.querySelector('.main-svg')), plot: fl._size.h,"
+        " height: fl.height, entries: p.querySelectorAll('.legend .traces').length}")
+    browser.set_window_size(1366, 768)
+    try:
+        open_page(browser, (tmp_path / "site" / "index.html").as_uri())
+        assert_clean(browser, "file://")
+        browser.execute_script(
+            "for (const b of document.querySelectorAll('input.run-toggle'))"
+            " if (!b.checked) b.click();")
+        many = browser.execute_script(geometry)
+        assert many["entries"] == 22
+        # under the axis title and its tick labels, inside the figure, the panels kept
+        assert many["legend"][0] >= max(many["title"][1], many["ticks"]), many
+        assert many["legend"][1] <= many["figure"][1] + 0.5, many
+        assert many["plot"] >= 460, many
+        for box in browser.find_elements("css selector", "input.run-toggle")[2:]:
+            box.click()
+        few = browser.execute_script(geometry)
+        assert few["entries"] == 2 and few["height"] < many["height"], few
+        assert few["legend"][0] >= max(few["title"][1], few["ticks"]), few
+        assert few["legend"][1] <= few["figure"][1] + 0.5 and few["plot"] >= 460, few
+    finally:
+        browser.set_window_size(1400, 1000)
+
+
 def test_overview_depth_profiles_are_chance_corrected_and_name_each_runs_n(other_n, browser):
     # raw shares fall with N (a run at N=48 looked the least positional model of a zoo at
     # N=16): the overview opens on the chance-corrected shares where the runs have them,

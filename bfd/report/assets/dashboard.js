@@ -488,10 +488,35 @@
         // shares as plain decimals (plotly's default writes 0.0006 as "600µ")
         yaxis: { title: { text: `${B.pos} (attn_in)` }, domain: [0.55, 1], rangemode: "tozero", tickformat: "~g" },
         yaxis2: { title: { text: `${B.pp} of the layer` }, domain: [0, 0.45], rangemode: "tozero", tickformat: "~g" },
-        height: 560, legend: { orientation: "h", y: -0.15 },
+        height: DEPTH_BOX.t + DEPTH_BOX.plot + DEPTH_BOX.below + legendPx,
+        margin: { l: 60, r: 20, t: DEPTH_BOX.t, b: DEPTH_BOX.below + legendPx },
+        legend: { orientation: "h", x: 0, y: -DEPTH_BOX.axis / DEPTH_BOX.plot, yanchor: "top",
+          maxheight: LEGEND_MAX },
       });
     }
+    // The legend under the x axis title, the figure as tall as the panels (a fixed plot area)
+    // plus its legend: plotly's own bottom legend (a share of the plot's height below it)
+    // grows into the axis title and shrinks the panels as runs are ticked (20 long names at
+    // 1366 px: a legend over the title, panels 90 px high). After each drawing (and a resize,
+    // which rewraps the legend) the legend's height is measured and the figure grows or shrinks
+    // to it; past LEGEND_MAX px the legend scrolls in its own box.
+    const DEPTH_BOX = { t: 40, plot: 470, axis: 62, below: 72 };
+    const LEGEND_MAX = 420;
+    let legendPx = 0, fitting = false;
+    function fitLegend() {
+      const fl = plot._fullLayout;
+      const px = fl && fl.showlegend && fl.legend ? Math.ceil(Math.min(fl.legend._height || 0, LEGEND_MAX)) : 0;
+      if (fitting || Math.abs(px - legendPx) <= 1) return;
+      legendPx = px;
+      fitting = true;
+      const height = DEPTH_BOX.t + DEPTH_BOX.plot + DEPTH_BOX.below + legendPx;
+      plot.style.height = height + "px";
+      Plotly.relayout(plot, { height: height, "margin.b": DEPTH_BOX.below + legendPx })
+        .finally(() => { fitting = false; });
+    }
     redraw();
+    fitLegend();
+    plot.on("plotly_afterplot", fitLegend);
     plot.on("plotly_click", (ev) => {
       const id = ev.points[0].customdata;
       for (const tr of document.querySelectorAll("#runs-table tbody tr")) {
