@@ -900,6 +900,19 @@ def series_plot(driver, plot: str) -> list:
         " Array.from(d.data[0].marker.symbol), d._fullLayout.xaxis.range];", plot)
 
 
+def crossed_tick_labels(driver) -> list[str]:
+    """The Series plots where a y tick label and an x tick label overlap (trial 13, F17: the
+    lowest y label on the first date label)."""
+    return driver.execute_script(
+        "const box = (e) => { const b = e.getBoundingClientRect();"
+        " return [b.left, b.top, b.right, b.bottom]; };"
+        " const labels = (d, a) => Array.from(d.querySelectorAll(`.${a}axislayer-above"
+        " .${a}tick text`), box).filter(b => b[3] > b[1]);"
+        " return Array.from(document.querySelectorAll('#metric-grid .plot')).filter(d =>"
+        " labels(d, 'y').some(a => labels(d, 'x').some(b => a[0] < b[2] && b[0] < a[2]"
+        " && a[1] < b[3] && b[1] < a[3]))).map(d => d.id)")
+
+
 def table_rows(driver, table: str) -> list[dict[str, str]]:
     return driver.execute_script(
         "const t = document.getElementById(arguments[0]);"
@@ -921,9 +934,11 @@ def test_series_line_breaks_between_two_models_and_unix_steps_read_as_dates(mixe
     assert browser.execute_script("return document.getElementById('series-select').value") == (
         "trial")
     got = {}
-    for name in ("mix", "ints"):
+    for name in ("mix", "ints", "solo", "trial"):
         choose_series(browser, name)
         got[name] = series_plot(browser, "metric-f_pp")
+        # no tick label on another (dates, whose first label reaches left of the plot)
+        assert crossed_tick_labels(browser) == [], name
     x, y, kind, _, ticks, _, _ = got["mix"]
     # a gap (no figure) between m1 and m2 only: two models; m2 and m3 are one model
     points = [("m1", 0.11), ("m2", 0.22), ("m3", 0.33)]

@@ -1098,7 +1098,10 @@
         const v = m[state.x];
         return unixSteps && typeof v === "number" ? new Date(v * 1000).toISOString() : v;
       };
-      const xaxis = state.x !== "step" ? {} : unixSteps ? { type: "date" } : { tickformat: "d" };
+      // x tick labels 10 px lower than plotly puts them: the first one, centred on a tick at
+      // the plot's left edge (a date reaches 30 px left of it), ran into the lowest y label
+      const xaxis = Object.assign({ ticklabelstandoff: 10 },
+        state.x !== "step" ? {} : unixSteps ? { type: "date" } : { tickformat: "d" });
       // one x value (a single audit): a day either side of a date, a step either side of a
       // step (plotly would span a millisecond, ticks like 07:16:28.999)
       const xs = [...new Set(members.map(xOf).filter((v) => v !== null && v !== undefined))];
