@@ -10,6 +10,7 @@ import re
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 import duckdb
 import numpy as np
@@ -295,6 +296,20 @@ def test_series_page_marks_drift_of_audits(tmp_path, browser, monkeypatch):
     from test_dashboard import LONG_AUDIT_ID, audited_store
 
     root, con = audited_store(tmp_path)
+    series = con.execute("SELECT DISTINCT series FROM audits").fetchone()[0]
+    # the third audit's flags besides its f_pp (layer 1 head 0, delta 0.3): a head_type
+    # change (delta 1), frac_img -0.2 and f_pc 0.12, listed in bfd query drift's order, the
+    # largest |delta| first (they were by metric, then layer: f_pc first); the second audit
+    # flags frac_img and frac_int_resid only, which no plot shows: said under the plots
+    more = [(LONG_AUDIT_ID, "audit-1", 0, 1, "head_type", None, None, 1.0, 0.5),
+            (LONG_AUDIT_ID, "audit-1", 3, None, "frac_img", 0.3, 0.1, -0.2, 0.05),
+            (LONG_AUDIT_ID, "audit-1", 2, 0, "f_pc", 0.2, 0.32, 0.12, 0.1),
+            ("audit-1", "audit-0", 1, None, "frac_img", 0.3, 0.41, 0.11, 0.05),
+            ("audit-1", "audit-0", 2, None, "frac_img", 0.3, 0.45, 0.15, 0.05),
+            ("audit-1", "audit-0", 2, None, "frac_int_resid", 0.3, 0.18, -0.12, 0.05)]
+    con.executemany("INSERT INTO drift VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, true)",
+                    [(a, series, *rest) for a, *rest in more])
+    con.execute("UPDATE audits SET n_flagged = 3 WHERE audit_id = 'audit-1'")
     monkeypatch.setenv("PREFECT_UI_URL", "http://127.0.0.1:4200")
     with con:
         build_dashboard(root, tmp_path / "site", catalog=con)
@@ -309,10 +324,21 @@ def test_series_page_marks_drift_of_audits(tmp_path, browser, monkeypatch):
     assert browser.execute_script(
         "return document.getElementById('metric-f_cc').data[1].x.length"
     ) == 0
-    (row,) = table_rows(browser, "drift-table")
+    rows = table_rows(browser, "drift-table")
+    assert [(r["metric"], r["layer"], r["delta"], r["audit"]) for r in rows] == [
+        ("head_type", "0", "1", "20250203T…b2c3d"), ("f_pp", "1", "0.3000", "20250203T…b2c3d"),
+        ("frac_img", "3", "-0.2000", "20250203T…b2c3d"), ("f_pc", "2", "0.1200", "20250203T…b2c3d"),
+        ("frac_img", "2", "0.1500", "audit-1"), ("frac_int_resid", "2", "-0.1200", "audit-1"),
+        ("frac_img", "1", "0.1100", "audit-1")]
+    row = rows[1]
     # a long audit id is shown short, whole on hover
     assert (row["metric"], row["audit"], row["previous audit"], row["run"]) == (
         "f_pp", "20250203T…b2c3d", "audit-1", "s-2")
+    # audit-1's flags mark no plot: a line under the plots says so (the third audit's are
+    # marked on f_pp and f_pc)
+    assert browser.find_element("id", "unmarked-drift").text == (
+        "audit audit-1 at step 200: 3 flagged values on metrics not plotted here (frac_img, "
+        "frac_int_resid): see the flagged drift table.")
     assert browser.execute_script(
         "return document.querySelector('#drift-table tbody td:nth-child(9)').title") == (
         LONG_AUDIT_ID)
@@ -419,6 +445,8 @@ def test_series_page_plots_every_audit_and_crosses_its_flagged_metrics(reused_si
     assert browser.execute_script("return document.getElementById('series-select').value") == (
         "th")
     choose_series(browser, "ck")
+    # the address follows the choice (series.html?series=NAME links to it)
+    assert browser.execute_script("return location.search") == "?series=ck"
     line, crosses = plot_x(browser, "metric-f_pp")
     assert line == [100, 200, 250, 500, 500] and crosses == [250]
     # the cross has a hover saying what was flagged
@@ -497,6 +525,20 @@ def test_series_page_plots_every_audit_and_crosses_its_flagged_metrics(reused_si
                 "const a = document.getElementById('metric-f_pp')._fullLayout.xaxis;"
                 " return [a.range, Array.from(a._vals || [], v => v.text)]") == [
                 [steps[0] - 1, steps[0] + 1], [str(v) for v in range(steps[0] - 1, steps[0] + 2)]]
+    assert browser.execute_script("return new URLSearchParams(location.search).get('series')") == (
+        "toy_vit · plain")
+    # series.html?series=NAME opens on that series, as compare.html?a=&b= on two runs; a name
+    # that is no series of the store is said above the plots, the default shown
+    for asked, shown in (("toy_vit · plain", "toy_vit · plain"), ("ck", "ck"), ("nope", "th")):
+        open_page(browser, (reused_site / "series.html").as_uri() + "?" + urlencode(
+            {"series": asked}))
+        assert browser.execute_script(
+            "return document.getElementById('series-select').value") == shown
+        notes = [e.text for e in browser.find_elements("id", "series-url-note")]
+        assert notes == ([] if asked == shown else [
+            "the series of the address (series=nope) is not a series of this store: showing th "
+            "instead."])
+    assert plot_x(browser, "metric-f_pp") == [[1], []]
 
 
 @pytest.mark.parametrize("width", [1300, 1600])
@@ -722,6 +764,47 @@ def test_compare_of_runs_of_other_n_uses_the_adjusted_basis_as_compare_runs(othe
     assert "chance level's change with N" in note and "N = 8 and 16" in note
 
 
+def test_overview_legend_of_many_runs_stays_under_the_axis_title(tmp_path, browser):
+    # trial 13 (F10): 20 runs of long names ticked at 1366 x 768: plotly's bottom legend ran
+    # over the x axis title and squeezed the two panels to ~100 px each; the figure now grows
+    # with its legend (which scrolls in its own box past LEGEND_MAX px)
+    for i in range(22):
+        write_synthetic_run(
+            tmp_path / "store", f"r-{i:02d}", seed=i, depth=4,
+            weights=f"team-vision/experiments/2026-q4/ablation-no-dropout-lr3e-4-long-name-{i}",
+            created_at=dt.datetime(2025, 1, 1, i, tzinfo=dt.UTC))
+    build_dashboard(tmp_path / "store", tmp_path / "site")
+    geometry = (
+        "const p = document.getElementById('depth-plot'); const fl = p._fullLayout;"
+        " const box = (e) => { const b = e.getBoundingClientRect(); return [b.top, b.bottom]; };"
+        " return {legend: box(p.querySelector('.legend .bg')),"
+        " title: box(p.querySelector('.xtitle')),"
+        " ticks: Math.max(...Array.from(p.querySelectorAll('.xaxislayer-above .xtick text'),"
+        " t => box(t)[1])), figure: box(p.querySelector('.main-svg')), plot: fl._size.h,"
+        " height: fl.height, entries: p.querySelectorAll('.legend .traces').length}")
+    browser.set_window_size(1366, 768)
+    try:
+        open_page(browser, (tmp_path / "site" / "index.html").as_uri())
+        assert_clean(browser, "file://")
+        browser.execute_script(
+            "for (const b of document.querySelectorAll('input.run-toggle'))"
+            " if (!b.checked) b.click();")
+        many = browser.execute_script(geometry)
+        assert many["entries"] == 22
+        # under the axis title and its tick labels, inside the figure, the panels kept
+        assert many["legend"][0] >= max(many["title"][1], many["ticks"]), many
+        assert many["legend"][1] <= many["figure"][1] + 0.5, many
+        assert many["plot"] >= 460, many
+        for box in browser.find_elements("css selector", "input.run-toggle")[2:]:
+            box.click()
+        few = browser.execute_script(geometry)
+        assert few["entries"] == 2 and few["height"] < many["height"], few
+        assert few["legend"][0] >= max(few["title"][1], few["ticks"]), few
+        assert few["legend"][1] <= few["figure"][1] + 0.5 and few["plot"] >= 460, few
+    finally:
+        browser.set_window_size(1400, 1000)
+
+
 def test_overview_depth_profiles_are_chance_corrected_and_name_each_runs_n(other_n, browser):
     # raw shares fall with N (a run at N=48 looked the least positional model of a zoo at
     # N=16): the overview opens on the chance-corrected shares where the runs have them,
@@ -827,6 +910,19 @@ def series_plot(driver, plot: str) -> list:
         " Array.from(d.data[0].marker.symbol), d._fullLayout.xaxis.range];", plot)
 
 
+def crossed_tick_labels(driver) -> list[str]:
+    """The Series plots where a y tick label and an x tick label overlap (trial 13, F17: the
+    lowest y label on the first date label)."""
+    return driver.execute_script(
+        "const box = (e) => { const b = e.getBoundingClientRect();"
+        " return [b.left, b.top, b.right, b.bottom]; };"
+        " const labels = (d, a) => Array.from(d.querySelectorAll(`.${a}axislayer-above"
+        " .${a}tick text`), box).filter(b => b[3] > b[1]);"
+        " return Array.from(document.querySelectorAll('#metric-grid .plot')).filter(d =>"
+        " labels(d, 'y').some(a => labels(d, 'x').some(b => a[0] < b[2] && b[0] < a[2]"
+        " && a[1] < b[3] && b[1] < a[3]))).map(d => d.id)")
+
+
 def table_rows(driver, table: str) -> list[dict[str, str]]:
     return driver.execute_script(
         "const t = document.getElementById(arguments[0]);"
@@ -848,9 +944,11 @@ def test_series_line_breaks_between_two_models_and_unix_steps_read_as_dates(mixe
     assert browser.execute_script("return document.getElementById('series-select').value") == (
         "trial")
     got = {}
-    for name in ("mix", "ints"):
+    for name in ("mix", "ints", "solo", "trial"):
         choose_series(browser, name)
         got[name] = series_plot(browser, "metric-f_pp")
+        # no tick label on another (dates, whose first label reaches left of the plot)
+        assert crossed_tick_labels(browser) == [], name
     x, y, kind, _, ticks, _, _ = got["mix"]
     # a gap (no figure) between m1 and m2 only: two models; m2 and m3 are one model
     points = [("m1", 0.11), ("m2", 0.22), ("m3", 0.33)]

@@ -477,7 +477,9 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
     are no head changing). An audit whose run, or whose compared audit's run, was decomposed
     again since with other options that change figures (``redecomposed``, a column of
     ``metrics``: a later ``--prefix include``) has none listed: the runs' current head types
-    are not those the audit compared.
+    are not those the audit compared. ``drift`` (with audits): the flagged drift rows, an
+    audit's in the order of ``bfd query drift`` (bfd/queries/drift.sql: the largest |delta|
+    first, a head_type row's delta 1 among them).
     """
     with_audits = audits_present(con)
     order = "coalesce(p.step, 0), p.started_at, s.created_at, p.audit_id, p.run_id"
@@ -549,7 +551,8 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
                 FROM drift AS d
                 JOIN audits AS a USING (audit_id)
                 WHERE d.flagged
-                ORDER BY a.series, a.step, d.metric, d.layer, d.head
+                ORDER BY a.series, a.step, a.started_at, d.audit_id,
+                    abs(d.delta) DESC NULLS LAST, d.layer, d.head NULLS FIRST, d.metric
             """)
             out["drift_marks"] = drift_marks(out["drift"], changes)
     return out

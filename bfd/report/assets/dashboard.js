@@ -488,10 +488,35 @@
         // shares as plain decimals (plotly's default writes 0.0006 as "600µ")
         yaxis: { title: { text: `${B.pos} (attn_in)` }, domain: [0.55, 1], rangemode: "tozero", tickformat: "~g" },
         yaxis2: { title: { text: `${B.pp} of the layer` }, domain: [0, 0.45], rangemode: "tozero", tickformat: "~g" },
-        height: 560, legend: { orientation: "h", y: -0.15 },
+        height: DEPTH_BOX.t + DEPTH_BOX.plot + DEPTH_BOX.below + legendPx,
+        margin: { l: 60, r: 20, t: DEPTH_BOX.t, b: DEPTH_BOX.below + legendPx },
+        legend: { orientation: "h", x: 0, y: -DEPTH_BOX.axis / DEPTH_BOX.plot, yanchor: "top",
+          maxheight: LEGEND_MAX },
       });
     }
+    // The legend under the x axis title, the figure as tall as the panels (a fixed plot area)
+    // plus its legend: plotly's own bottom legend (a share of the plot's height below it)
+    // grows into the axis title and shrinks the panels as runs are ticked (20 long names at
+    // 1366 px: a legend over the title, panels 90 px high). After each drawing (and a resize,
+    // which rewraps the legend) the legend's height is measured and the figure grows or shrinks
+    // to it; past LEGEND_MAX px the legend scrolls in its own box.
+    const DEPTH_BOX = { t: 40, plot: 470, axis: 62, below: 72 };
+    const LEGEND_MAX = 420;
+    let legendPx = 0, fitting = false;
+    function fitLegend() {
+      const fl = plot._fullLayout;
+      const px = fl && fl.showlegend && fl.legend ? Math.ceil(Math.min(fl.legend._height || 0, LEGEND_MAX)) : 0;
+      if (fitting || Math.abs(px - legendPx) <= 1) return;
+      legendPx = px;
+      fitting = true;
+      const height = DEPTH_BOX.t + DEPTH_BOX.plot + DEPTH_BOX.below + legendPx;
+      plot.style.height = height + "px";
+      Plotly.relayout(plot, { height: height, "margin.b": DEPTH_BOX.below + legendPx })
+        .finally(() => { fitting = false; });
+    }
     redraw();
+    fitLegend();
+    plot.on("plotly_afterplot", fitLegend);
     plot.on("plotly_click", (ev) => {
       const id = ev.points[0].customdata;
       for (const tr of document.querySelectorAll("#runs-table tbody tr")) {
@@ -822,6 +847,23 @@
     // the series of the latest audit (bfd/report/data.py latest_series), else the first
     const state = { series: names.includes(D.latest_series) ? D.latest_series : names[0],
       x: hasStep ? "step" : "created_at" };
+    // series.html?series=NAME opens on that series (as compare.html?a=&b= on two runs); a
+    // name that is no series of this store is said above the plots, the default shown
+    const askedSeries = new URLSearchParams(window.location.search).get("series");
+    if (askedSeries !== null && askedSeries !== "") {
+      if (names.includes(askedSeries)) state.series = askedSeries;
+      else {
+        app.append(h("p", { class: "note warn", id: "series-url-note" }, `the series of the address ` +
+          `(series=${askedSeries}) is not a series of this store: showing ${state.series} instead.`));
+      }
+    }
+    // choosing a series puts it in the address, so that the address links to what is shown
+    // (a browser that refuses it, as some do for file:// pages, keeps the old address)
+    function remember(name) {
+      const url = new URL(window.location.href);
+      url.searchParams.set("series", name);
+      try { window.history.replaceState(null, "", url.href); } catch (e) { /* address kept */ }
+    }
     const skip = ["step", "n_flagged"];
     // run_summary figures audits do not keep (bfd/report/data.py figures_not_kept): missing
     // for an audit's point, whose run may have been decomposed again since; plotted even
@@ -845,12 +887,16 @@
     let layerMembers = [];
     const layersNote = h("p", { class: "note", id: "layers-redone" });
     const controls = h("div", { class: "controls" },
-      select("series-select", "series", names.map((s) => [s, s]), state.series, (v) => { state.series = v; redraw(); }),
+      select("series-select", "series", names.map((s) => [s, s]), state.series,
+        (v) => { state.series = v; remember(v); redraw(); }),
       select("x-select", "against", (hasStep ? [["step", "audit step"]] : []).concat([["created_at", "run time"]]),
         state.x, (v) => { state.x = v; redraw(); }));
     const grid = h("div", { class: "grid", id: "metric-grid" });
     // the plots with no value in the series (and no drift flagged on them): one line
     const emptyLine = h("p", { class: "note", id: "empty-plots" });
+    // the audits with flagged drift that no plot drawn marks (all of it on metrics with no
+    // run-level plot: frac_img*, frac_int*): a line each, so that the plots do not read as clean
+    const unmarkedLine = h("div", { id: "unmarked-drift" });
     const tables = h("div", {});
     app.append(controls, section("Every metric", h("p", { class: "note" },
       "One point per complete audit of the series, at its step, with the figures it saw. Red crosses: " +
@@ -871,7 +917,8 @@
       "none of them (its run's current ones may come from a later decomposition; its run page " +
       "shows them). In the table, figures audit: what the audit kept; run: the run's current " +
       "figures (a run never audited). Plots with no value in the series are listed in one line " +
-      "below the grid, unless drift of their figure was flagged."), grid, emptyLine),
+      "below the grid, unless drift of their figure was flagged; so are the audits whose flags no plot " +
+      "marks (flags on frac_img*, frac_int*: no plot of theirs)."), grid, emptyLine, unmarkedLine),
     section("Layers against step", h("p", { class: "note" },
       "A per-layer metric (frac_pos at attn_in, frac_pos_resid, energy-weighted f_pp, f_pc, f_cp, f_cc of the " +
       "layer), a column per audit of the series, from its run's current layer rows (audits keep no per-layer " +
@@ -1056,7 +1103,8 @@
       const members = metrics.filter((m) => m.series === state.series);
       // the drift and head-type change tables, newest audit first (the series' order: step,
       // start time, audit id, reversed), so that the rows a long table leaves out (past 500)
-      // are the oldest; within an audit, their stored order
+      // are the oldest; within an audit, their embedded order (drift: as bfd query drift,
+      // the largest |delta| first, bfd/report/data.py series_data)
       const at = new Map(members.map((m, i) => [m.audit_id, i]));
       const pointOf = (id) => (at.has(id) ? members[at.get(id)] : null);
       const newestFirst = (rows) => rows.map((r, i) => [r, i]).sort(([a, i], [b, j]) =>
@@ -1081,7 +1129,10 @@
         const v = m[state.x];
         return unixSteps && typeof v === "number" ? new Date(v * 1000).toISOString() : v;
       };
-      const xaxis = state.x !== "step" ? {} : unixSteps ? { type: "date" } : { tickformat: "d" };
+      // x tick labels 10 px lower than plotly puts them: the first one, centred on a tick at
+      // the plot's left edge (a date reaches 30 px left of it), ran into the lowest y label
+      const xaxis = Object.assign({ ticklabelstandoff: 10 },
+        state.x !== "step" ? {} : unixSteps ? { type: "date" } : { tickformat: "d" });
       // one x value (a single audit): a day either side of a date, a step either side of a
       // step (plotly would span a millisecond, ticks like 07:16:28.999)
       const xs = [...new Set(members.map(xOf).filter((v) => v !== null && v !== undefined))];
@@ -1109,6 +1160,17 @@
         [unkept.length ? "not kept by the audits (see each run's page): " + unkept.join(", ") : null,
           novalue.length ? "no value: " + novalue.join(", ") : null].filter(Boolean).join("; ") + "."] : []));
       const drawn = keys.filter((k) => !blank.includes(k));
+      const markedAudits = new Set(marks.filter((d) => drawn.includes(d.plot)).map((d) => d.audit_id));
+      const unmarked = [...groupBy(flagged.filter((d) => !markedAudits.has(d.audit_id)), (d) => d.audit_id)];
+      const UNMARKED_SHOWN = 10;
+      unmarkedLine.replaceChildren(...unmarked.slice(0, UNMARKED_SHOWN).map(([id, rows]) => {
+        const m = pointOf(id), step = m ? stepText(m) : rows[0].step;
+        const metricNames = [...new Set(rows.map((d) => d.metric))].sort();
+        return h("p", { class: "note warn" }, `audit ${id}` + (step === null || step === undefined ? ""
+          : ` at step ${step}`) + `: ${rows.length} flagged ${rows.length === 1 ? "value" : "values"} on ` +
+          `metrics not plotted here (${metricNames.join(", ")}): see the flagged drift table.`);
+      }).concat(unmarked.length > UNMARKED_SHOWN ? [h("p", { class: "note warn" },
+        `and ${unmarked.length - UNMARKED_SHOWN} more audits whose flags no plot marks: see the flagged drift table.`)] : []));
       // every cell first, at its height, then the plots: each is drawn at its cell's width
       const divs = drawn.map((k) => {
         const div = plotDiv("metric-" + k, `${k} against ${state.x} for the chosen series`, "small");
@@ -1168,7 +1230,8 @@
         sized.observe(div);
       });
       tables.replaceChildren(
-        section("Drift flags", h("p", { class: "note" }, "Newest audit first."),
+        section("Drift flags", h("p", { class: "note" },
+          "Newest audit first; within an audit, the largest |delta| first (as bfd query drift)."),
           D.has_audits ? dataTable("drift-table", "flagged drift", flagged,
             driftColumns(flagged, pointOf), { csvKeys: Object.keys(D.drift || {}) })
             : empty("No audits recorded yet.")),
