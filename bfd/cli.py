@@ -512,6 +512,28 @@ def _line_buffered_stdout() -> None:
         sys.stdout.reconfigure(line_buffering=True)
 
 
+@contextlib.contextmanager
+def _said_once(logger: str):
+    """Each message of ``logger`` once in the block (a command): the catalog's note on a
+    damaged table file was said at each of its opens, six times by one audit."""
+    import logging
+
+    seen: set[str] = set()
+
+    def once(record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in seen:
+            return False
+        seen.add(message)
+        return True
+
+    logging.getLogger(logger).addFilter(once)
+    try:
+        yield
+    finally:
+        logging.getLogger(logger).removeFilter(once)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:  # a process of its own
         _line_buffered_stdout()
@@ -536,7 +558,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bfd.faults import describe
 
     try:
-        code = args.fn(args)
+        with _said_once("bfd.catalog"):
+            code = args.fn(args)
     except BrokenPipeError:
         # The reader of stdout is gone (`bfd sql ... | head -1`): end quietly. stdout goes to
         # devnull, so that flushing it at exit does not fail a second time.

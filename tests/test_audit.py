@@ -83,6 +83,29 @@ def test_a_dry_run_says_what_an_audit_would_do_and_does_nothing(audited, tmp_pat
     assert "dry run" not in out and "--layers: must be in [0, 6)" in err
 
 
+def test_a_damaged_run_is_said_once_by_an_audit(audited, tmp_path):
+    """Another run's table file changed after it was published: an audit (reused, without
+    Prefect) says so in one line; it said it at each open of the catalog (six times in the
+    trial's audit), burying its other warnings."""
+    import shutil as sh
+
+    import pyarrow.parquet as pq
+
+    from bfd.storage import read_pointer
+
+    root = tmp_path / "store"
+    sh.copytree(audited[0], root)
+    heads = root / read_pointer(Store(root), audited[1]["test_vit2"]["run_id"])["tables"]["heads"]
+    table = pq.read_table(heads)
+    pq.write_table(table.slice(1), heads)  # a row fewer: changed since it was published
+    argv = ["audit", "--model", "test_vit", "--weights", "random", "--images", "samples",
+            "--n-images", "12", "--img-size", "64", "--dtype", "float32",
+            "--images-per-chunk", "4", "--no-dashboard", "--store", str(root)]
+    ran, _, err = bfd_without_prefect_api(argv, tmp_path)
+    said = [line for line in err.splitlines() if f"table file {heads}" in line]
+    assert ran["code"] == 0 and len(said) == 1, err
+
+
 def test_identical_request_reuses_its_run_and_records_a_new_audit(audited, capsys):
     root, first, again, runs_before = audited
     assert again["run_id"] == first["test_vit"]["run_id"] and again["reused"]

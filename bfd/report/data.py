@@ -318,7 +318,8 @@ def _redecomposed_sql() -> str:
 
 
 def _kept_changes_sql(con: duckdb.DuckDBPyConnection) -> str:
-    """SQL of two CTEs (``, typed AS (...), kept AS (...)`` after ``points``): ``typed``,
+    """SQL of two CTEs (``, typed AS (...), kept AS (...)``, after the CTE ``p`` of
+    ``_series_points``): ``typed``,
     the audits whose drift rows name the head types they compared (drift written before it
     kept them does not); ``kept``, the heads whose type those rows say changed, per complete
     audit (series, audit ids, run, layer, head, before, after): an audit's own record, which
@@ -474,12 +475,14 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
     ``run_pairs`` has no note for the two: one model (as drift: the same name less any
     pretrained tag, depth, num_heads and width) over the same images, img_size and prefix
     option (heads of two models given one series, or types over other images or positions,
-    are no head changing). An audit whose run, or whose compared audit's run, was decomposed
-    again since with other options that change figures (``redecomposed``, a column of
-    ``metrics``: a later ``--prefix include``) has none listed: the runs' current head types
-    are not those the audit compared. ``drift`` (with audits): the flagged drift rows, an
-    audit's in the order of ``bfd query drift`` (bfd/queries/drift.sql: the largest |delta|
-    first, a head_type row's delta 1 among them).
+    are no head changing). An audit whose drift rows keep the types it compared has those
+    listed instead, its own record (``_kept_changes_sql``). An audit whose run, or whose
+    compared audit's run, was decomposed again since with other options that change figures
+    (``redecomposed``, a column of ``metrics``: a later ``--prefix include``) has none listed
+    from the runs' current heads: they are not those the audit compared. ``drift`` (with
+    audits): the flagged drift rows, an audit's in the order of ``bfd query drift``
+    (bfd/queries/drift.sql: the largest |delta| first, a head_type row's delta 1 among
+    them).
     """
     with_audits = audits_present(con)
     order = "coalesce(p.step, 0), p.started_at, s.created_at, p.audit_id, p.run_id"
