@@ -53,8 +53,9 @@ os._exit(0)  # stdin closed: no interpreter teardown of torch (seconds)
 
 
 class Forked:
-    """A ``bfd`` process forked by a ``Zygote``: ``pid`` (its process group too), ``poll()``
-    and ``wait()`` as ``subprocess.Popen``'s, ``returncode`` -N when killed by signal N."""
+    """A ``bfd`` process forked by a ``Zygote``: ``pid`` (its process group too), ``poll()``,
+    ``send_signal()`` and ``wait()`` as ``subprocess.Popen``'s, ``returncode`` -N when killed
+    by signal N."""
 
     def __init__(self, zygote: Zygote, pid: int):
         self.zygote, self.pid, self.returncode = zygote, pid, None
@@ -63,6 +64,9 @@ class Forked:
         if self.returncode is None and _ended(self.pid):
             self.returncode = self.zygote.ask(["wait", self.pid])
         return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
 
     def wait(self) -> int:
         if self.returncode is None:
