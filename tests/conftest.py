@@ -110,19 +110,24 @@ def bfd_without_prefect_api(argv: list[str], tmp_path: Path,
 # (pytest-xdist, --dist loadfile) take whole files in collection order (--no-loadscope-reorder
 # in pyproject: xdist otherwise hands out the files with most tests first), so the short ones
 # fill in beside them instead of one long file running alone at the end.
-# Ranked by the seconds each file took in a whole run (pytest --durations=0, summed per file,
-# 2026-12-03, a loaded machine: test_bench 392, test_reuse 382, test_audit 385, test_schedule
-# 338, test_pipeline_kills 269, test_extract 267, test_publish_faults 132, test_verify 127,
-# test_cluster 85, test_bad_inputs 81, test_interrupt 79, test_cli 77 (177 less the 100 s wait
-# that test_ctrl_c_stops_a_running_query no longer makes), test_dashboard_browser 72,
-# test_server 71 (one test), test_early_refusals 51; the other files 40 s or less). The flows
-# in the test process no longer wait for heartbeats (prefect_harness), which shortened
-# test_audit and test_verify most.
-LONGEST_FIRST = ("test_bench.py", "test_reuse.py", "test_audit.py", "test_schedule.py",
-                 "test_pipeline_kills.py", "test_extract.py", "test_publish_faults.py",
-                 "test_verify.py", "test_cluster.py", "test_bad_inputs.py", "test_interrupt.py",
-                 "test_cli.py", "test_dashboard_browser.py", "test_server.py",
-                 "test_early_refusals.py")
+# Ranked by the seconds each file took in a whole run (pytest --durations=80, summed per file,
+# 2026-12-03 23:20, a machine loaded by other work, the suite 2308 s): test_reuse 500,
+# test_schedule 486 (its end-to-end test alone 415: started early, or it ends alone),
+# test_audit 473, test_bench 400, test_pipeline_kills 281 (one test), test_extract 212,
+# test_interrupt 174, test_verify 173, test_overlap 138, test_publish_faults 107,
+# test_cluster 96, test_server 92 (one test), test_early_refusals 150 (about 90 since its
+# commands share a process), test_dashboard 48, test_dashboard_browser 47, test_cli 42,
+# test_model_args 40, test_readme 39, test_bad_inputs 36, test_spellings 35; the other files
+# 30 s or less. A file of one or two tests makes xdist hand that process its next file at
+# once (it refills a process left with 2 tests or fewer), so the one-test files come before
+# the short files that fill in at the end.
+LONGEST_FIRST = ("test_reuse.py", "test_schedule.py", "test_audit.py", "test_bench.py",
+                 "test_pipeline_kills.py", "test_extract.py", "test_interrupt.py",
+                 "test_verify.py", "test_overlap.py", "test_publish_faults.py",
+                 "test_cluster.py", "test_server.py", "test_early_refusals.py",
+                 "test_dashboard.py", "test_dashboard_browser.py", "test_cli.py",
+                 "test_model_args.py", "test_readme.py", "test_bad_inputs.py",
+                 "test_spellings.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -136,9 +136,11 @@ def test_a_request_the_model_refuses_is_refused_before_prefect(tmp_path):
         z.writestr("step_1/data.pkl", b"\x80\x02}q\x00.")
     argvs = {name: [a.replace("{tmp}", str(tmp_path)) for a in argv]
              + ["--store", str(tmp_path / "store")] for name, (argv, _) in NEED_THE_MODEL.items()}
+    # one process, each command as if alone: a server launched sets PREFECT_API_URL for the
+    # next command; in order, the first command to import Prefect fails
+    out = _main_in_a_process(tmp_path, argvs, as_if_alone=True)
     for name, (_, needles) in NEED_THE_MODEL.items():
-        # one process each: a server launched sets PREFECT_API_URL for the next command
-        exit_code, err, imported = _main_in_a_process(tmp_path, {name: argvs[name]})[name]
+        exit_code, err, imported = out[name]
         assert exit_code == 2 and err.startswith("bfd: error: ") and err.count("\n") == 1, (
             name, err)
         assert all(needle in err for needle in needles), (name, err)
@@ -291,19 +293,33 @@ def test_file_stamp_caches_keep_the_most_recently_used_and_headers_need_no_settl
     assert files.bytes_hashed() - hashed == 2 * 11  # changed just now: not remembered
 
 
-def _main_in_a_process(tmp_path: Path, argvs: dict[str, list[str]]) -> dict[str, list]:
+def _main_in_a_process(tmp_path: Path, argvs: dict[str, list[str]],
+                       as_if_alone: bool = False) -> dict[str, list]:
     """Each command line run by ``bfd.cli.main`` in one fresh process: {name: [exit code,
-    stderr, which of torch, timm and Prefect it imported]}."""
+    stderr, which of torch, timm and Prefect the process had imported by its end]}.
+
+    ``as_if_alone``: after each command, what its process's exit would undo is undone before
+    the next one starts, as if each ran in a process of its own: the Prefect temporary server
+    it launched is stopped (``bfd.flows.server``'s exit function), and os.environ is as before
+    it (a launched server sets PREFECT_API_URL, which the next command would take for a
+    user's server). One process instead of one each: torch and timm are imported once."""
     code = (
-        "import contextlib, io, json, sys\n"
+        "import contextlib, io, json, os, sys\n"
         "from bfd.cli import main\n"
         "out = {}\n"
+        "environ = dict(os.environ)\n"
         f"for name, argv in {argvs!r}.items():\n"
         "    err = io.StringIO()\n"
         "    with contextlib.redirect_stderr(err):\n"
         "        code = main(argv)\n"
         "    out[name] = [code, err.getvalue(), sorted(m for m in ('torch', 'timm', 'prefect')\n"
         "                                              if m in sys.modules)]\n"
+        f"    if {as_if_alone!r}:\n"
+        "        server = sys.modules.get('bfd.flows.server')\n"
+        "        while server is not None and server._launched:\n"
+        "            server._launched.pop().stop()\n"
+        "        os.environ.clear()\n"
+        "        os.environ.update(environ)\n"
         "print(json.dumps(out))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
@@ -382,10 +398,11 @@ def test_a_run_too_large_for_the_disk_is_refused_before_prefect_in_one_line(tmp_
     manifest.write_text("".join(f"/nowhere/{i}.png\n" for i in range(100_000)))
     big = ["--model", "vit_huge_patch14_224", "--weights", "random", "--img-size", "448",
            "--dtype", "float32", "--images", str(manifest), "--store", str(tmp_path / "store")]
-    for name, argv in {"audit": ["audit", *big, "--no-dashboard"],
-                       "extract": ["extract", *big]}.items():
-        # one process each: a server launched sets PREFECT_API_URL for the next command
-        code, err, imported = _main_in_a_process(tmp_path, {name: argv})[name]
+    # one process, each command as if alone (a server launched sets PREFECT_API_URL for the
+    # next command); in order, the first command to import Prefect fails
+    out = _main_in_a_process(tmp_path, {"audit": ["audit", *big, "--no-dashboard"],
+                                        "extract": ["extract", *big]}, as_if_alone=True)
+    for name, (code, err, imported) in out.items():
         assert code == 1 and err.count("\n") == 1, (name, err)
         assert err.startswith("bfd: error: the run needs 30.6 TiB (its activations, and for a "
                               "new run its model tensors and results) but the disk "

@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import pytest
 import xarray as xr
 from conftest import env_kept
 from test_publish_faults import state
+from zygote import Zygote, zygote_env
 
 from bfd.cli import main
 from bfd.storage import RUN_TABLES, Store, open_activations, open_results
@@ -29,13 +28,11 @@ EXTRACT = ["extract", "--model", "test_vit", "--weights", "random", "--n-images"
            "--images-per-chunk", "4", "--images-per-shard", "4"]
 
 
-def killed_at(argv: list[str], ready, delay: float) -> int:
-    """Run ``bfd argv`` in its own process group and SIGKILL it ``delay`` s after ``ready()``
-    first holds (or when it ends by itself); returns its exit status."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "bfd.cli", *argv], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+def killed_at(zygote: Zygote, argv: list[str], ready, delay: float) -> int:
+    """Run ``bfd argv`` in a process of its own, its own process group (forked by
+    ``zygote``: tests/zygote.py), and SIGKILL it ``delay`` s after ``ready()`` first holds (or
+    when it ends by itself); returns its exit status."""
+    proc = zygote.start(argv)
     try:
         deadline = time.monotonic() + 240
         while proc.poll() is None and not ready() and time.monotonic() < deadline:
@@ -50,6 +47,11 @@ def killed_at(argv: list[str], ready, delay: float) -> int:
 
 @pytest.mark.slow
 def test_ten_kills_across_extraction_and_decomposition(prefect_harness, tmp_path):
+    with Zygote(zygote_env(), REPO) as zygote:
+        ten_kills(zygote, tmp_path)
+
+
+def ten_kills(zygote: Zygote, tmp_path: Path) -> None:
     rng = random.Random(1129)
     whole, store = Store(tmp_path / "whole"), Store(tmp_path / "killed")
     with env_kept():
@@ -67,7 +69,8 @@ def test_ten_kills_across_extraction_and_decomposition(prefect_harness, tmp_path
                 times[name] = time.monotonic()
         return "pointer" in times
 
-    assert killed_at(["decompose", rid, "--store", str(whole.root)], mark, 0.0) in (0, -9)
+    assert killed_at(zygote, ["decompose", rid, "--store", str(whole.root)], mark,
+                     0.0) in (0, -9)
     with env_kept():
         assert main(["decompose", rid, "--store", str(whole.root)]) == 0
     to_publish = times["pointer"] - times["lock"]
@@ -80,8 +83,8 @@ def test_ten_kills_across_extraction_and_decomposition(prefect_harness, tmp_path
     # 5 kills while extracting: each after one or two further shards, plus jitter
     for _ in range(5):
         target = min(N_SHARDS, shards_done() + rng.randint(1, 2))
-        killed_at([*EXTRACT, "--store", str(store.root)], lambda t=target: shards_done() >= t,
-                  rng.uniform(0.0, 0.05))
+        killed_at(zygote, [*EXTRACT, "--store", str(store.root)],
+                  lambda t=target: shards_done() >= t, rng.uniform(0.0, 0.05))
         assert state(store) == empty
     with env_kept():
         assert main([*EXTRACT, "--store", str(store.root)]) == 0
@@ -92,7 +95,7 @@ def test_ten_kills_across_extraction_and_decomposition(prefect_harness, tmp_path
     started = store.run_dir(rid) / ".compute.lock"
     for _ in range(5):
         started.unlink(missing_ok=True)
-        killed_at(["decompose", rid, "--store", str(store.root)], started.exists,
+        killed_at(zygote, ["decompose", rid, "--store", str(store.root)], started.exists,
                   rng.uniform(0.0, to_publish * 1.1))
         assert state(store) in (empty, reference)
     with env_kept():

@@ -26,6 +26,7 @@ import xarray as xr
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # storebuilder, conftest
 
 from storebuilder import build_run, random_run_arrays  # noqa: E402
+from zygote import Zygote, zygote_env  # noqa: E402
 
 from bfd.queries import refresh_catalog, run_sql  # noqa: E402
 from bfd.storage import (  # noqa: E402
@@ -231,21 +232,23 @@ def test_kill_9_while_publishing_then_rerun_equals_uninterrupted(two_versions, t
     rng = random.Random(20261129)
     # Killed at a random moment shortly after each step of the publish has begun: its
     # results group, then its first, third and last (runs) table file, just before the switch.
-    for step in ("zarr", "layers", "heads", "runs"):
-        before = files_left(store, rid)
-        proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        try:
-            while proc.poll() is None and not (
-                    set(files_left(store, rid).get(step, [])) - set(before.get(step, []))):
-                time.sleep(0.001)
-            time.sleep(rng.uniform(0.0, 0.02))
-            proc.send_signal(signal.SIGKILL)
-        finally:
-            proc.wait()
-        assert state(store) in (old, new), f"killed after the {step} step began"
-        # the published version's files hold the bytes its pointer records the sha256 of
-        assert table_faults(store, rid) == [], step
+    # The killed processes are forked from one that imported the command's modules
+    # (tests/zygote.py: no interpreter start-up and imports each).
+    with Zygote(zygote_env(), REPO) as zygote:
+        for step in ("zarr", "layers", "heads", "runs"):
+            before = files_left(store, rid)
+            proc = zygote.start(argv[3:])  # bfd decompose ...
+            try:
+                while proc.poll() is None and not (
+                        set(files_left(store, rid).get(step, [])) - set(before.get(step, []))):
+                    time.sleep(0.001)
+                time.sleep(rng.uniform(0.0, 0.02))
+                proc.send_signal(signal.SIGKILL)
+            finally:
+                proc.wait()
+            assert state(store) in (old, new), f"killed after the {step} step began"
+            # the published version's files hold the bytes its pointer records the sha256 of
+            assert table_faults(store, rid) == [], step
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert state(store) == new
