@@ -666,13 +666,17 @@ def other_n(tmp_path_factory) -> tuple[Path, Path, dict]:
     root = tmp_path_factory.mktemp("other-n")
     adj = {"n8": [0.10, 0.20, 0.30], "n16": [0.101, 0.195, 0.36], "vit_b": [0.12, 0.18, 0.3]}
     raw = {}
+    adj["inc"] = [0.3, 0.4, 0.5]  # inc: n16's request decomposed with --prefix include, first
     for i, (run_id, model, n) in enumerate((("n8", "toy_vit", 8), ("n16", "toy_vit", 16),
-                                            ("vit_b", "vit_b", 16), ("w2", "toy_vit", 16))):
+                                            ("vit_b", "vit_b", 16), ("w2", "toy_vit", 16),
+                                            ("inc", "toy_vit", 16))):
         hw = 0.02 if n == 8 else 0.01
         raw[run_id] = write_synthetic_run(
             root, run_id, model=model, seed=i, intervals=True, n_images=n,
             weights="w2" if run_id == "w2" else "random",
-            created_at=dt.datetime(2025, 1, 1 + i, tzinfo=dt.UTC), adjusted_heads=run_id in adj,
+            prefix="include" if run_id == "inc" else None,
+            created_at=dt.datetime(2025, 1, 1 + i, tzinfo=dt.UTC) if run_id != "inc" else
+            dt.datetime(2024, 12, 1, tzinfo=dt.UTC), adjusted_heads=run_id in adj,
             layer_values=None if run_id not in adj else {
                 "frac_pos_adj": adj[run_id], "frac_pos_adj_lo": [v - hw for v in adj[run_id]],
                 "frac_pos_adj_hi": [v + hw for v in adj[run_id]]},
@@ -855,6 +859,14 @@ def test_overview_depth_profiles_are_chance_corrected_and_name_each_runs_n(other
     assert browser.execute_script(
         "return document.getElementById('depth-plot').layout.yaxis.title.text") == (
         "frac_pos (attn_in)")
+    # a run decomposed with --prefix include ticked beside them: its shares are over other
+    # positions, named in its legend entry and said (the overview said nothing)
+    browser.find_element("css selector", "input.run-toggle[data-run='inc']").click()
+    names = {g: name for g, axis, name, _, _ in browser.execute_script(traces) if axis == "y"}
+    assert names["inc"].endswith(" · prefix include · N 16") and "prefix" not in names["n16"]
+    assert browser.execute_script(note).endswith(
+        "have shares over other positions, their prefix tokens counted: their heights do not "
+        "compare with the others'.")
     assert [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")] == []
 
 

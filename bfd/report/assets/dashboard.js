@@ -446,19 +446,27 @@
       // not drawn on that basis, and said; runs of other N on the raw basis are said too
       const without = adj ? ticked.filter((r) => byRun.has(r.run_id) && !hasAdj(r.run_id)) : [];
       const ns = [...new Set(ticked.filter((r) => byRun.has(r.run_id)).map(nOf))];
-      basisNote.className = without.length || (!adj && ns.length > 1) ? "note warn" : "note";
-      basisNote.textContent = without.length
+      // runs decomposed with other --prefix options: shares over other positions (the
+      // prefix tokens counted or not), named in the legend and said, as Compare's note
+      const prefixOf = (r) => r.prefix || "exclude";
+      const mixed = new Set(ticked.filter((r) => byRun.has(r.run_id)).map(prefixOf)).size > 1;
+      const included = ticked.filter((r) => byRun.has(r.run_id) && prefixOf(r) === "include");
+      const prefixSaid = mixed ? " Runs decomposed with --prefix include (" +
+        included.map((r) => runName(r)).join(", ") + ") have shares over other positions, their " +
+        "prefix tokens counted: their heights do not compare with the others'." : "";
+      basisNote.className = without.length || (!adj && ns.length > 1) || mixed ? "note warn" : "note";
+      basisNote.textContent = (without.length
         ? `Not drawn, no chance-corrected shares (decomposed before they were stored; choose raw to see them): ${
           without.map((r) => r.run_id).join(", ")}.`
         : !adj && ns.length > 1 ? `The ticked runs decoded different numbers of images (N = ${ns.join(", ")}): ` +
           "raw shares fall with N, so their heights do not compare across N; choose chance-corrected."
-          : "";
+          : "") + prefixSaid;
       ticked.filter((r) => !without.includes(r)).forEach((r, i) => {
         const rows = withGaps(byRun.get(r.run_id) || []);
         const line = { color: PALETTE[i % PALETTE.length],
           dash: DASHES[Math.floor(i / PALETTE.length) % DASHES.length], width: 2 };
         const marker = { symbol: seriesSymbol(r.series), size: 7 };
-        const name = pt(`${runName(r)} · N ${nOf(r)}`);
+        const name = pt(`${runName(r)}${mixed && prefixOf(r) === "include" ? " · prefix include" : ""} · N ${nOf(r)}`);
         const x = rows.map((l) => l.rel_depth);
         const text = rows.map((l) => pt(`${runName(r)} (${r.run_id}) layer ${l.layer}, N ${nOf(r)}`));
         traces.push({ x: x, y: rows.map((l) => l[B.pos]), name: name, legendgroup: r.run_id,
