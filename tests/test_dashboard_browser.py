@@ -1504,8 +1504,18 @@ def test_an_audit_compared_past_an_ad_hoc_one_is_joined_to_the_audit_it_compared
     text = browser.execute_script(
         "return Array.from(document.getElementById('metric-f_pp').data[0].text)")[::2]
     ids = {k: rows[k]["audit_id"] for k in names}
-    assert text[2] == (f"r-c · audit {ids['C']} · compared with audit {ids['A']} (step 1), "
-                       f"skipping 1 audit not comparable: {ids['B']}")
+    place, said = text[2].split("<br>")
+    assert said == (f"r-c · audit {ids['C']} · compared with audit {ids['A']} (step 1), "
+                    f"skipping 1 audit not comparable: {ids['B']}")
+    # each point's hover opens with its step, weights' file, N and flags (it named the run)
+    from bfd.queries import run_sql
+
+    with connect(root) as con:
+        (c,) = run_sql(con, "SELECT a.step, r.weights, r.n_images - coalesce(r.n_skipped, 0)"
+                            " AS n, a.n_flagged FROM audits AS a JOIN runs AS r USING (run_id)"
+                            " WHERE a.audit_id = $id", {"id": ids["C"]}).to_pylist()
+    assert place == (f"step {c['step']} · {c['weights'].split('/')[-1]} · N {c['n']} · "
+                     f"{c['n_flagged']} flagged")
     assert text[5].endswith(f"compared with audit {ids['C']} (step 3), skipping 2 audits not "
                             f"comparable: {ids['D']}, {ids['E']}")
     assert "compared with" not in text[0] + text[1] + text[3]

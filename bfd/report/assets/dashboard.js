@@ -975,6 +975,15 @@
     // (a later --prefix include: series_data's redecomposed): its run's current layer rows
     // and head types are not what it saw
     const redone = (m) => !m.gap && m.redecomposed === true;
+    // a point's place, first in its hover (HTML, escaped): its step, the weights' file (a
+    // checkpoint), the images it decoded and its flags; its run and audit on the next line
+    const placeText = (m) => {
+      const said = [m.step !== null && m.step !== undefined ? "step " + stepText(m) : null,
+        typeof m.weights === "string" && m.weights ? m.weights.split("/").pop() : null,
+        typeof m.n_decoded === "number" ? "N " + m.n_decoded : null,
+        typeof m.n_flagged === "number" ? m.n_flagged + " flagged" : null].filter(Boolean);
+      return said.length ? pt(said.join(" · ")) + "<br>" : "";
+    };
     const redoneNote = (members) => {
       const steps = members.filter(redone).map((m) => stepText(m) ?? m.audit_id);
       return steps.length ? " Not shown: the audit" + (steps.length > 1 ? "s at steps " : " at step ") +
@@ -1214,7 +1223,7 @@
           })).filter(Boolean).join("<br>") || null;
         draw(div, [{ x: x, y: rows.map((m) => (m.gap ? null : m[k])), mode: "lines+markers", name: k, error_y: err,
           customdata: rows.map((m) => m.page || ""),
-          text: rows.map((m) => (m.gap ? "" : pt(m.run_id + (m.audit_id ? " · audit " + m.audit_id : "") +
+          text: rows.map((m) => (m.gap ? "" : placeText(m) + pt(m.run_id + (m.audit_id ? " · audit " + m.audit_id : "") +
             (damaged(m) ? " · run damaged (a table file fails its check; bfd verify " + m.run_id +
               "): left out of SQL, the figures its audit kept, not compared"
               : notCompared(m) ? " · drift not compared: " + m.drift_note
