@@ -287,6 +287,14 @@ def test_served_from_loopback_with_no_outside_request(site, browser):
         assert len(delta) == 4
         assert up == pytest.approx([0.015 * 2**0.5] * 4)
         assert down == pytest.approx([0.015 * 2**0.5] * 4)
+        # served over http, the results folder is its path as text: a file:// link there is
+        # one the browser refuses to open (it was a dead link and a console error on click)
+        open_page(browser, base + "runs/a-2.html")
+        cell = browser.execute_script(
+            "const c = document.getElementById('results-cell');"
+            " return [c.querySelector('a') === null, c.textContent, JSON.parse(document"
+            ".getElementById('bfd-data').textContent).run.results_path]")
+        assert cell[0] and cell[1] == cell[2] and "bfd.zarr" in cell[2], cell
     finally:
         server.shutdown()
         server.server_close()

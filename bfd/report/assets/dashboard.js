@@ -588,8 +588,11 @@
     }
     const dl = h("table", { id: "run-meta" }, h("caption", {}, "run"), h("tbody", {},
       meta.map(([k, v]) => h("tr", {}, h("th", { scope: "row" }, k), h("td", { class: "text" }, fmt(v)))),
-      h("tr", {}, h("th", { scope: "row" }, "results"), h("td", { class: "text" },
-        safeHref(run.results_url) ? h("a", { href: run.results_url, id: "results-link" }, run.results_path)
+      // a file:// link opens from a page read from disk only: served over http (bfd
+      // dashboard --serve) the browser refuses it, so the path is shown as text to copy
+      h("tr", {}, h("th", { scope: "row" }, "results"), h("td", { class: "text", id: "results-cell" },
+        safeHref(run.results_url) && !(/^file:/.test(run.results_url) && /^https?:$/.test(location.protocol))
+          ? h("a", { href: run.results_url, id: "results-link" }, run.results_path)
           : fmt(run.results_path))),
       h("tr", {}, h("th", { scope: "row" }, "Prefect flow run"), h("td", { class: "text" },
         safeHref(run.flow_run_url) ? h("a", { href: run.flow_run_url }, run.flow_run_id)
