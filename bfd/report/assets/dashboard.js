@@ -455,12 +455,12 @@
         included.map((r) => runName(r)).join(", ") + ") have shares over other positions, their " +
         "prefix tokens counted: their heights do not compare with the others'." : "";
       basisNote.className = without.length || (!adj && ns.length > 1) || mixed ? "note warn" : "note";
-      basisNote.textContent = (without.length
+      basisNote.textContent = ((without.length
         ? `Not drawn, no chance-corrected shares (decomposed before they were stored; choose raw to see them): ${
           without.map((r) => r.run_id).join(", ")}.`
         : !adj && ns.length > 1 ? `The ticked runs decoded different numbers of images (N = ${ns.join(", ")}): ` +
           "raw shares fall with N, so their heights do not compare across N; choose chance-corrected."
-          : "") + prefixSaid;
+          : "") + prefixSaid).trim();
       ticked.filter((r) => !without.includes(r)).forEach((r, i) => {
         const rows = withGaps(byRun.get(r.run_id) || []);
         const line = { color: PALETTE[i % PALETTE.length],
@@ -984,7 +984,8 @@
       const said = [m.step !== null && m.step !== undefined ? "step " + stepText(m) : null,
         typeof m.weights === "string" && m.weights ? m.weights.split("/").pop() : null,
         typeof m.n_decoded === "number" ? "N " + m.n_decoded : null,
-        typeof m.n_flagged === "number" ? m.n_flagged + " flagged" : null].filter(Boolean);
+        notCompared(m) ? "drift not compared" : typeof m.n_flagged === "number" ? m.n_flagged + " flagged"
+          : null].filter(Boolean);
       return said.length ? pt(said.join(" · ")) + "<br>" : "";
     };
     const redoneNote = (members) => {
