@@ -135,8 +135,9 @@ def _head_types(flagged, store: str) -> dict:
 
     from bfd.queries import run_query
 
-    untyped = pc.and_(pc.equal(flagged.column("metric"), "head_type"),
-                      pc.is_null(flagged.column("type_before")))
+    untyped = pc.equal(flagged.column("metric"), "head_type")
+    if "type_before" in flagged.column_names:  # drift that keeps them (not before)
+        untyped = pc.and_(untyped, pc.is_null(flagged.column("type_before")))
     if not flagged.num_rows or not pc.any(untyped).as_py():  # the audit kept every type
         return {}
     first = flagged.slice(0, 1).to_pylist()[0]
