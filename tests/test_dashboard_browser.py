@@ -1256,8 +1256,9 @@ def test_damaged_runs_series_are_listed_and_their_points_break_the_line(tmp_path
         " return [Array.from(t.text), Array.from(t.marker.color), Array.from(t.customdata)]")
     for i, audit in ((0, "A4"), (2, "A1"), (4, "A5")):
         run = f"c-{'1' if audit == 'A4' else '2'}00"
-        assert text[i].startswith(f"{run} · audit {audit} · run "
-                                  "damaged (a table file fails its check; bfd verify ")
+        # after its place line (step, weights' file, N, flags)
+        assert text[i].split("<br>")[-1].startswith(
+            f"{run} · audit {audit} · run damaged (a table file fails its check; bfd verify ")
         assert colors[i] == "#b00020"
         # a click opens its run's page, which says it is damaged (it led nowhere)
         assert pages[i] == f"{run}.html" and (out / "runs" / pages[i]).is_file()
@@ -1458,7 +1459,7 @@ def test_a_checkpoint_trial_reads_by_step_type_and_colour(tmp_path, browser):
     text, link = browser.execute_script(
         "const d = document.getElementById('metric-f_pp').data;"
         " return [Array.from(d[0].text), d.length > 2 ? [d[2].name, Array.from(d[2].x)] : null]")
-    assert [t for t in text if t.startswith("c-400")] == [
+    assert [t.split("<br>")[-1] for t in text if "<br>c-400" in t] == [
         "c-400 · audit A2 · compared with audit A1 (step 300); A4 (step 300) was audited after "
         "it (not there to compare with)"]
     assert link == ["compared with", [300, 400, None]]
