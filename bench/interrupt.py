@@ -95,6 +95,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="one process of each, 100 images")
     args = ap.parse_args()
+    # started in the background of a shell without job control, this process has SIGINT
+    # ignored and its children would inherit that (bfd keeps it ignored, as Python does): the
+    # SIGINTs below would never end them. A handler here gives the children the default.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if args.quick:
         args.repeats, args.n_images = 1, 100
     work = Path(tempfile.mkdtemp(prefix="bfd-bench-interrupt-"))

@@ -185,7 +185,12 @@ def end_on_interrupt(line_open: Callable[[], bool] = lambda: False,
                      message: str | None = None) -> None:
     """From now on, SIGINT ends this process at once (``end_now``, with ``message``, when
     given, until ``say`` or an audit's ``recording`` changes it), or after a ``hold``. Call it
-    from the main thread of a process that runs one pipeline command and nothing else."""
+    from the main thread of a process that runs one pipeline command and nothing else.
+
+    A SIGINT ignored when the process started stays ignored, as Python itself leaves it: a
+    shell without job control starts its background commands (``bfd audit ... &`` in a
+    script) so, that a Ctrl-C meant for the script in the foreground spares them. SIGTERM
+    ends the process in any case."""
 
     import psutil  # noqa: F401 - imported now, not while ending
 
@@ -199,7 +204,8 @@ def end_on_interrupt(line_open: Callable[[], bool] = lambda: False,
 
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
-    signal.signal(signal.SIGINT, handler)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, handler)
     # SIGTERM (a batch scheduler's time limit, systemd's stop, kill PID) ended the process
     # with no line and left the temporary server running: the same end as Ctrl-C's, exit 143
     signal.signal(signal.SIGTERM, handler)

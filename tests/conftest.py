@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,13 @@ os.environ["PREFECT_HOME"] = _home
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "60"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+# A suite started in the background of a shell without job control (`bash -c '... &'`, a CI
+# step's `&`) inherits SIGINT ignored, and so would every process it starts: the tests that send
+# a terminal's Ctrl-C to bfd (which keeps an ignored SIGINT ignored, as Python does) or to a bare
+# python would wait for an exit that never comes. The suite's processes get the default handler.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import pytest  # noqa: E402
 

@@ -166,3 +166,29 @@ def test_sigterm_or_kill_of_the_command_alone_leaves_no_server(prefect_harness, 
                                                        "bfd: terminated (SIGTERM)"), err
     else:
         assert proc.returncode == -signal.SIGKILL
+
+
+def test_an_ignored_sigint_stays_ignored_and_sigterm_still_ends():
+    """A process started with SIGINT ignored (a shell script's `bfd audit ... &`, which a
+    Ctrl-C meant for the script must spare) keeps it so, as Python itself does; SIGTERM still
+    ends it with its line. bfd's handler used to take SIGINT back."""
+    code = ("import os, signal, time\n"
+            "from bfd.cli_interrupt import end_on_interrupt\n"
+            "end_on_interrupt()\n"
+            "os.kill(os.getpid(), signal.SIGINT)\n"
+            "time.sleep(0.3)\n"
+            "print('alive', flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\n"
+            "time.sleep(30)\n")
+
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, preexec_fn=ignore_sigint)
+    assert (proc.returncode, proc.stdout) == (143, "alive\n"), proc.stderr
+    assert proc.stderr.startswith("bfd: terminated (SIGTERM)"), proc.stderr
+    # started with the default SIGINT, the same process ends at the first signal
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (130, ""), proc.stderr
