@@ -414,7 +414,7 @@ def print_plan(args: argparse.Namespace, config, store: str, series: str,
     refused the same way). Nothing is computed or recorded, no Prefect started; torch and
     timm are imported only for a run to compute (its size)."""
     from bfd.output import size_text
-    from bfd.storage import NOT_STORED, Store
+    from bfd.storage import Store, with_stats_only
     from bfd.storage.audits import earlier_audits
     from bfd.tasks.audits import compared_audit, time_step
 
@@ -430,9 +430,7 @@ def print_plan(args: argparse.Namespace, config, store: str, series: str,
         from bfd.tasks.extract import ExtractConfig, count, refuse_before_work, run_size
 
         extract = config.extract_config()
-        if not args.store_activations:
-            extract["extra"] = {**extract.get("extra", {}), **NOT_STORED}
-        cfg = ExtractConfig(**extract)
+        cfg = ExtractConfig(**(extract if args.store_activations else with_stats_only(extract)))
         info = refuse_before_work(cfg)
         n_layers, n_images, need, free = run_size(store, cfg, info)
         shape = (f"{count(n_images, 'image')} x {count(n_layers, 'layer')} x "

@@ -353,15 +353,15 @@ def _stats_only_repair(store, run_id: str) -> str:
     (``repair_command``), with the decompose options it was published with that are not the
     defaults (``result_flags``: the same figures); when no copy of them reads, a note says to
     give them."""
-    from bfd.storage import published_options, repair_command, result_flags
-    from bfd.tasks.options import DecomposeOptions
+    from bfd.storage import published_options, repair_command
+    from bfd.tasks.options import flags_of
 
     options, _ = published_options(store, run_id)
     if options is None:
         return (f"{repair_command(store, run_id)} (no copy of the decompose options it was "
                 "published with reads: give those it was published with, else its figures "
                 "change)")
-    flags = result_flags(options, DecomposeOptions().to_dict())
+    flags = flags_of(options)
     return repair_command(store, run_id, decompose_flags=flags)
 
 

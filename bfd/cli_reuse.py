@@ -100,7 +100,7 @@ def _stored_run_of(args: argparse.Namespace, config, store: str,
     stored request agrees with it and all its activations are stored intact (a stats-only
     request, ``--no-store-activations``: its run has none); with ``any_path``, also for a
     request that runs the flow (``_needs_flow``): which run it would find."""
-    from bfd.storage import NOT_STORED, Store, has_request_keys, read_request_key
+    from bfd.storage import Store, has_request_keys, read_request_key, with_stats_only
     from bfd.tasks.request_key import key_of_config
 
     s = Store(store)
@@ -111,7 +111,7 @@ def _stored_run_of(args: argparse.Namespace, config, store: str,
     # a stats-only request is planned with its extra marked (bfd.flows.stats_only): its key
     stats_only = not getattr(args, "store_activations", True)
     if stats_only:
-        extract = {**extract, "extra": {**extract.get("extra", {}), **NOT_STORED}}
+        extract = with_stats_only(extract)
     try:
         found = key_of_config(extract)
     except (OSError, ValueError):  # the flow reports it in its own words

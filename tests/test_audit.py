@@ -87,14 +87,12 @@ def test_a_damaged_run_is_said_once_by_an_audit(audited, tmp_path):
     """Another run's table file changed after it was published: an audit (reused, without
     Prefect) says so in one line; it said it at each open of the catalog (six times in the
     trial's audit), burying its other warnings."""
-    import shutil as sh
-
     import pyarrow.parquet as pq
 
     from bfd.storage import read_pointer
 
     root = tmp_path / "store"
-    sh.copytree(audited[0], root)
+    shutil.copytree(audited[0], root)
     heads = root / read_pointer(Store(root), audited[1]["test_vit2"]["run_id"])["tables"]["heads"]
     table = pq.read_table(heads)
     pq.write_table(table.slice(1), heads)  # a row fewer: changed since it was published
@@ -690,7 +688,7 @@ def test_checkpoints_count_as_audited_only_with_the_same_request(tmp_path, prefe
     (folder / "step_50.safetensors").unlink()
     code, out, _ = bfd("--model", AUDIT["model"], *options)
     assert code == 0 and out.startswith("nothing to do"), out
-    assert ("dtype float32, --prefix include, --control-seed 3, --jackknife-groups 8 and each "
+    assert ("dtype float32, --prefix include --control-seed 3 --jackknife-groups 8 and each "
             "file's sha256") in out, out
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from bfd.flows import progress
 from bfd.flows.decompose import results_attrs
-from bfd.storage import NOT_STORED, Store, open_activations, read_request, results_path
+from bfd.storage import Store, open_activations, read_request, results_path, with_stats_only
 from bfd.tasks.audits import computed_run
 from bfd.tasks.decompose import DecomposeOptions, assemble_results
 from bfd.tasks.extract import ExtractConfig, count
@@ -36,8 +36,7 @@ def stats_only_run(config: dict[str, Any], root: str, decompose_kw: dict[str, An
     Returns:
         The run id and what was written, by name.
     """
-    cfg = ExtractConfig(**config)
-    cfg = ExtractConfig(**{**cfg.to_dict(), "extra": {**cfg.extra, **NOT_STORED}})
+    cfg = ExtractConfig(**with_stats_only(ExtractConfig(**config).to_dict()))
     plan = prepare_run_task(root, cfg, hold)
     options = DecomposeOptions(**decompose_kw)
     # the same request published complete with these options (under the run's lock, taken by

@@ -91,6 +91,7 @@ _EXPORTS: Final[dict[str, str]] = {
     "canonical_json": "runs",
     "closest_known": "runs",
     "is_stats_only": "runs",
+    "with_stats_only": "runs",
     "model_slug": "runs",
     "earlier_spelling": "runs",
     "list_requests": "runs",

@@ -70,7 +70,7 @@ def drop_activations(store: Store, run_id: str) -> tuple[int, bool]:
     if is_stats_only(read_request(store, run_id).extra):
         raise ValueError(f"run {run_id} is stats-only (bfd audit --no-store-activations): it "
                          "kept no activations, nothing to free")
-    if "://" in store.zarr_path:
+    if store.zarr_dir is None:
         raise ValueError(f"run {run_id}'s activations are kept in {store.zarr_path}, not on "
                          "this disk: remove them there")
     with run_lock(store, run_id):

@@ -133,7 +133,7 @@ def trusted_shards(store: Store, run_id: str,
     """
     by_index = {s.index: s for s in plan} if plan is not None else None
     group = _open_group(store, run_id, "r")
-    local = not _is_url(store.zarr_path)
+    zarr_dir = store.zarr_dir
     trusted: set[int] = set()
     faults: list[Fault] = []
     complete = group is not None and TEMPLATE_ATTR in group.attrs
@@ -152,8 +152,8 @@ def trusted_shards(store: Store, run_id: str,
             faults.append(Fault(f"{store.zarr_path}/{run_id}", "activation template missing", k))
             continue
         shard_faults = _array_faults(store, run_id, gone, k)
-        if local:
-            for _, chunk, size, at in _chunk_files(group, Path(store.zarr_path),
+        if zarr_dir is not None:
+            for _, chunk, size, at in _chunk_files(group, zarr_dir,
                                                    marker["start"], marker["stop"], present):
                 shard_faults += _stat_faults(chunk, size, k, at)
         if shard_faults:
@@ -161,10 +161,6 @@ def trusted_shards(store: Store, run_id: str,
         else:
             trusted.add(k)
     return trusted, faults
-
-
-def _is_url(path: str) -> bool:
-    return "://" in path
 
 
 def kept_no_activations(store: Store, run_id: str) -> bool:
@@ -374,7 +370,7 @@ def verify_run(store: Store, run_id: str) -> list[Fault]:
     per_shard = None
     verifier = ChunkVerifier(store, group, [s for s in group.attrs[TEMPLATE_ATTR]["sites"]
                                             if s not in gone],
-                             raw=not _is_url(store.zarr_path))
+                             raw=store.zarr_dir is not None)
     jobs: list[ChunkJob] = []
     for k, path in sorted(markers.items()):
         try:

@@ -121,6 +121,13 @@ class Store:
         return self._zarr_url or str(self.root / ZARR_NAME)
 
     @property
+    def zarr_dir(self) -> Path | None:
+        """The Zarr store's local directory; None when it is kept at a URL (``zarr_url``),
+        whose disk this machine cannot measure, free or check file by file."""
+        path = self.zarr_path
+        return None if "://" in path else Path(path)
+
+    @property
     def runs_dir(self) -> Path:
         """Directory holding one plain-file directory per run."""
         return self.root / "runs"

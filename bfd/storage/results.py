@@ -81,7 +81,7 @@ def open_results_group(store: Store, group: str, dask: bool = True) -> xr.Datase
 
 def _local_dir(store: Store, group: str) -> Path | None:
     """The folder of a group when the Zarr store is a local directory (None for a URL)."""
-    return None if "://" in store.zarr_path else Path(store.zarr_path) / group
+    return None if store.zarr_dir is None else store.zarr_dir / group
 
 
 def results_groups(store: Store, run_id: str) -> list[str]:

@@ -35,6 +35,12 @@ def is_stats_only(extra: Mapping[str, Any]) -> bool:
     return extra.get("activations") == NOT_STORED["activations"]
 
 
+def with_stats_only(request: Mapping[str, Any]) -> dict[str, Any]:
+    """A run request (``ExtractConfig.to_dict()``) with its ``extra`` marked stats-only, as
+    ``bfd audit --no-store-activations`` plans it: its run id and request key are this."""
+    return {**request, "extra": {**request.get("extra", {}), **NOT_STORED}}
+
+
 def canonical_json(obj: Any) -> str:
     """The one JSON text of a value that hashes use: sorted keys, no spaces, no NaN.
 

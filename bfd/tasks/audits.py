@@ -253,16 +253,6 @@ def checkpoint_files(pattern: str) -> list[Path]:
                                         p.name))
 
 
-def _changed_results(options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The options of ``options`` that change results and differ from the defaults
-    (``changed_result_options``); an audit that did not keep its options (None) had the
-    defaults."""
-    from bfd.storage.republish import changed_result_options
-    from bfd.tasks.options import DecomposeOptions
-
-    return changed_result_options(dict(options or {}), DecomposeOptions().to_dict())
-
-
 def audited_requests(store: Store, series: str,
                      decompose_options: Mapping[str, Any] | None = None) -> set[str]:
     """The request identities (``bfd.tasks.request_key.request_identity``) of every complete
@@ -271,11 +261,13 @@ def audited_requests(store: Store, series: str,
     request keys that name its runs, each checked against the run's stored request (model and
     weights). An audit whose run has no recorded key (a store written before request keys, or
     a read-only key folder) counts as not audited."""
-    wanted = _changed_results(decompose_options)
+    from bfd.tasks.options import changed_from_defaults
+
+    wanted = changed_from_defaults(decompose_options)
     runs = {row["run_id"] for row in read_audits(store, series)
             if row["status"] == "complete" and row["run_id"]
             and (decompose_options is None
-                 or _changed_results(_seen_options(row)) == wanted)}
+                 or changed_from_defaults(_seen_options(row)) == wanted)}
     out = set()
     for run_id, inputs in recorded_inputs(store, runs):
         try:
@@ -293,7 +285,8 @@ def describe_request(config: Mapping[str, Any],
     """What ``audited_requests`` compares, in words, for a line saying a request was seen;
     with the decompose options of ``decompose_options`` that change results, where they are
     not the defaults."""
-    from bfd.storage.republish import RESULT_FLAGS
+    from bfd.tasks.options import flags_of
+
     def given(name: str, default: str) -> str:
         value = config.get(name)
         if isinstance(value, (list, tuple)):
@@ -302,13 +295,12 @@ def describe_request(config: Mapping[str, Any],
 
     args = config.get("model_args") or {}
     built = f" ({model_args_text(args)})" if args else ""
+    flags = flags_of(decompose_options)
     return (f"model {config['model']}{built}, images {config['images']} (N "
             f"{given('n_images', 'all')}), layers {given('layers', 'all')}, sites "
             f"{given('sites', 'default')}, img_size {given('img_size', 'default')}, dtype "
             f"{config['dtype']}"
-            + "".join(f", {RESULT_FLAGS[k]} {v}"
-                      for k, v in _changed_results(decompose_options).items())
-            + " and each file's sha256")
+            + (f", {flags}" if flags else "") + " and each file's sha256")
 
 
 def _result_options(options: Mapping[str, Any]) -> dict[str, Any]:

@@ -339,9 +339,9 @@ class NotEnoughSpaceError(OSError):
 def _require_space(store: Store, nbytes: int) -> None:
     """Refuse, before anything is written, a run whose ``nbytes`` (``bytes_to_write``) cannot
     fit on the store's disk (a local Zarr part only; a remote one reports its own limits)."""
-    if "://" in store.zarr_path:
+    if store.zarr_dir is None:
         return
-    where = _existing(Path(store.zarr_path))
+    where = _existing(store.zarr_dir)
     free = shutil.disk_usage(where).free
     if nbytes > free:
         raise NotEnoughSpaceError(
@@ -368,9 +368,8 @@ def run_size(store_root: str, cfg: ExtractConfig, info: models.ModelInfo
     held = imgs.check_source(cfg.images, cfg.n_images)
     n_images = held if held is not None else cfg.n_images or imgs.SAMPLES_DEFAULT_N
     need = bytes_to_write(cfg, info, n_layers, n_images, whole_run=True)
-    zarr_path = Store(store_root).zarr_path
-    free = (None if "://" in zarr_path
-            else shutil.disk_usage(_existing(Path(zarr_path))).free)
+    zarr_dir = Store(store_root).zarr_dir
+    free = None if zarr_dir is None else shutil.disk_usage(_existing(zarr_dir)).free
     return n_layers, n_images, need, free
 
 
@@ -394,7 +393,7 @@ def check_space(store_root: str, cfg: ExtractConfig,
     if is_stats_only(cfg.extra):
         return
     store = Store(store_root)
-    if "://" in store.zarr_path:
+    if store.zarr_dir is None:
         return
     info = info if info is not None else validate_config(cfg)
     n_layers, n_images, need, free = run_size(store_root, cfg, info)

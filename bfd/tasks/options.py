@@ -4,7 +4,9 @@ the pipeline."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from bfd.core.sampling import DEFAULT_CI_TARGET, DEFAULT_GROUPS, stored_groups
 from bfd.requests import check_device
@@ -62,6 +64,23 @@ class DecomposeOptions:
         return asdict(self)
 
 
+def changed_from_defaults(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The options of ``options`` that change results (``RESULT_FLAGS``) and are not the
+    defaults, by name; None (an audit that did not keep its options: it had the defaults)
+    gives none."""
+    from bfd.storage.republish import changed_result_options
+
+    return changed_result_options(dict(options or {}), DecomposeOptions().to_dict())
+
+
+def flags_of(options: Mapping[str, Any] | None) -> str:
+    """``changed_from_defaults`` as the ``bfd decompose`` flags that give them, as typed:
+    ``--control-seed 3 --prefix include``; "" when none does (``result_flags``)."""
+    from bfd.storage.republish import result_flags
+
+    return result_flags(dict(options or {}), DecomposeOptions().to_dict())
+
+
 def not_decomposable(store, run_id: str, options: DecomposeOptions) -> str | None:
     """Why ``bfd decompose`` of the run with ``options`` has nothing to read, in one line
     with what the user can do: a stats-only run (``bfd.storage.stats_only_not_decomposed``)
@@ -80,13 +99,11 @@ def not_decomposable(store, run_id: str, options: DecomposeOptions) -> str | Non
         is_stats_only,
         read_request,
         repair_command,
-        result_flags,
         stats_only_not_decomposed,
     )
 
     if is_stats_only(read_request(store, run_id).extra):
-        return stats_only_not_decomposed(
-            store, run_id, result_flags(options.to_dict(), DecomposeOptions().to_dict()))
+        return stats_only_not_decomposed(store, run_id, flags_of(options.to_dict()))
     if dropped(store, run_id) is not None:
         return (f"run {run_id}'s activations were dropped (bfd drop-activations); "
                 f"{repair_command(store, run_id)} extracts them again, then decompose it "
