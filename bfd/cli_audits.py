@@ -413,39 +413,16 @@ def print_plan(args: argparse.Namespace, config, store: str, series: str,
     model, layers out of range, weights that do not load or fit, images that do not list:
     refused the same way). Nothing is computed or recorded, no Prefect started; torch and
     timm are imported only for a run to compute (its size)."""
-    from bfd.output import size_text
-    from bfd.storage import Store, with_stats_only
-    from bfd.storage.audits import earlier_audits
+    from bfd.storage import Store
     from bfd.tasks.audits import compared_audit, time_step
 
     now = time_step(datetime.now(UTC))
     step = args.step if args.step is not None else now
     if reused is not None:
         run = f"run: {reused}, computed already with these options: reused, nothing computed"
-        before, note, _ = compared_audit(Store(store), series, step, reused)
-        drift = ("first audit of this series, nothing to compare with" if before is None else
-                 f"nothing compared ({note})" if note else
-                 f"compared with audit {before['audit_id']} (step {before['step']})")
-    else:  # the model's shapes: torch and timm
-        from bfd.tasks.extract import ExtractConfig, count, refuse_before_work, run_size
-
-        extract = config.extract_config()
-        cfg = ExtractConfig(**(extract if args.store_activations else with_stats_only(extract)))
-        info = refuse_before_work(cfg)
-        n_layers, n_images, need, free = run_size(store, cfg, info)
-        shape = (f"{count(n_images, 'image')} x {count(n_layers, 'layer')} x "
-                 f"{count(len(cfg.sites), 'site')}, {info.num_tokens} tokens of width "
-                 f"{info.width}")
-        disk = f"; the store's disk has {size_text(free)} free" if free is not None else ""
-        run = (f"run: to compute ({shape}): at most {size_text(need)} to write (its "
-               "activations, model tensors and results; less where a run of this request is "
-               f"stored in part){disk}" if args.store_activations else
-               f"run: to compute from two forward passes over the images ({shape}); no "
-               "activations kept")
-        done = earlier_audits(Store(store), series, step)
-        drift = ("first audit of this series, nothing to compare with" if not done else
-                 "compared with the series' latest earlier audit comparable with the run "
-                 f"(the latest: {done[-1]['audit_id']}, step {done[-1]['step']})")
+        drift = _drift_line(*compared_audit(Store(store), series, step, reused)[:2])
+    else:  # the model, its weights and the images, as the audit would plan them
+        run, drift = _plan_to_compute(args, config, store, series, step)
     say("dry run: nothing is computed or recorded")
     say(f"audit: series {series}, "
         + (f"step {step}" if args.step is not None else f"step its start time ({now} now)")
@@ -453,6 +430,75 @@ def print_plan(args: argparse.Namespace, config, store: str, series: str,
     say(run)
     say(f"drift: {drift}")
     return 0
+
+
+def _plan_to_compute(args: argparse.Namespace, config, store: str, series: str,
+                     step: int) -> tuple[str, str]:
+    """``print_plan``'s run and drift lines for a run to compute: its id, what of it is stored
+    already (an interrupted audit's shards, an extraction not yet decomposed) and what is left
+    to write; the audit its drift would compare with, as the audit chooses it, from the run's
+    request (its images hashed, its N as listed). Imports torch and timm."""
+    import json
+
+    from bfd import cli
+    from bfd.output import size_text
+    from bfd.storage import Store, request_columns, with_stats_only
+    from bfd.tasks.audits import compared_audit
+    from bfd.tasks.extract import (
+        ExtractConfig,
+        count,
+        disk_free,
+        plan_request,
+        refuse_before_work,
+    )
+
+    extract = config.extract_config()
+    cfg = ExtractConfig(**(extract if args.store_activations else with_stats_only(extract)))
+    info = refuse_before_work(cfg)
+    planned = plan_request(store, cfg)
+    n_images = len(planned.records)
+    shape = (f"{count(n_images, 'image')} x {count(len(planned.layers), 'layer')} x "
+             f"{count(len(cfg.sites), 'site')}, {info.num_tokens} tokens of width {info.width}")
+    rid = planned.run_id
+    if not args.store_activations:
+        run = (f"run {rid}: to compute from two forward passes over the images ({shape}); no "
+               "activations kept")
+    else:
+        free = disk_free(store)
+        disk = f"; the store's disk has {size_text(free)} free" if free is not None else ""
+        n, todo = len(planned.shards), [s for s in planned.shards if s.index not in planned.done]
+        damaged = (f"; {count(len(planned.damaged), 'fault')} in shards marked done: those "
+                   "shards are extracted again" if planned.damaged else "")
+        if not todo:
+            run = (f"run {rid}: extracted already ({shape}, all {count(n, 'shard')} stored "
+                   f"intact{damaged}): to decompose and publish, nothing to extract")
+        else:
+            kept = (f"stored in part: {len(planned.done)} of {count(n, 'shard')} kept, "
+                    if planned.done else f"to compute ({shape}): ")
+            run = (f"run {rid}: {kept}{count(len(todo), 'shard')} "
+                   f"({count(sum(s.size for s in todo), 'image')}) to extract, at most "
+                   f"{size_text(planned.to_write)} to write"
+                   + ("" if planned.done else
+                      " (its activations, model tensors and results)") + f"{damaged}{disk}")
+    # the runs row the run would have, its N as listed: an image that does not decode
+    # lowers it, and an earlier audit that decoded all of its images is then of another N
+    row = {**request_columns(planned.request), "n_skipped": 0, "status": "complete",
+           "depth": info.depth, "num_heads": info.num_heads, "width": info.width,
+           "config_json": json.dumps({"request": planned.request.to_json_dict(),
+                                      "decompose": cli.decompose_options(args)})}
+    before, note, _ = compared_audit(Store(store), series, step, rid, after=row)
+    return run, _drift_line(before, note, f", if all {count(n_images, 'listed image')} decode "
+                            "(one that does not lowers N, and the audit then compares with an "
+                            "earlier audit of that N, if any)")
+
+
+def _drift_line(before: dict | None, note: str | None, caveat: str = "") -> str:
+    """The dry run's drift line, from ``compared_audit``'s audit and note."""
+    if before is None:
+        return "first audit of this series, nothing to compare with"
+    if note:
+        return f"nothing compared ({note})"
+    return f"compared with audit {before['audit_id']} (step {before['step']}){caveat}"
 
 
 def print_checkpoints_plan(args: argparse.Namespace, config, store: str, series: str) -> int:

@@ -75,9 +75,37 @@ def test_a_dry_run_says_what_an_audit_would_do_and_does_nothing(audited, tmp_pat
     new = tmp_path / "new"
     assert main([*argv[:-2], "--n-images", "8", "--store", str(new)]) == 0
     out = capsys.readouterr().out
-    assert "run: to compute (8 images x 6 layers x 2 sites, 17 tokens of width 64): at most " \
-        in out and "audit: series test_vit@random-seed-0, step its start time (" in out, out
+    assert ": to compute (8 images x 6 layers x 2 sites, 17 tokens of width 64): 2 shards (8 " \
+        "images) to extract, at most " in out and \
+        "audit: series test_vit@random-seed-0, step its start time (" in out, out
     assert not new.exists()
+    # the same on the audited store: its drift is not compared, as the audit would not compare
+    # it (the dry run said it would compare with the series' latest audit)
+    assert main([*argv[:-2], "--n-images", "8", "--store", root]) == 0
+    out = capsys.readouterr().out
+    assert "drift: nothing compared (previous audit used other images (images " in out \
+        and ", N 12 -> 8); not compared: " in out, out
+    # other weights of the model in its series, as many images: compared with its latest audit
+    assert main([*argv[:-2], "--seed", "1", "--series", "test_vit@random-seed-0",
+                 "--store", root]) == 0
+    latest = read_audits(Store(root), "test_vit@random-seed-0")[-1]
+    assert (f"drift: compared with audit {latest['audit_id']} (step {latest['step']}), if all "
+            "12 listed images decode") in capsys.readouterr().out
+    # the stored run, decomposed with other options: nothing to extract; one shard's marker
+    # gone (an interrupted extraction): that shard alone to extract
+    assert main([*argv[:-2], "--prefix", "include", "--store", root]) == 0
+    out = capsys.readouterr().out
+    assert (f"run {again['run_id']}: extracted already (12 images x 6 layers x 2 sites, 17 "
+            "tokens of width 64, all 3 shards stored intact): to decompose and publish, "
+            "nothing to extract") in out, out
+    assert "nothing compared (previous audit's shares were decomposed with --prefix exclude" \
+        in out, out
+    part = tmp_path / "part"
+    shutil.copytree(root, part)
+    (Store(part).shards_dir(again["run_id"]) / "1.json").unlink()
+    assert main([*argv, "--store", str(part)]) == 0
+    assert (f"run {again['run_id']}: stored in part: 2 of 3 shards kept, 1 shard (4 images) "
+            "to extract, at most ") in capsys.readouterr().out
     assert main([*argv, "--layers", "99", "--store", root]) == 2
     out, err = capsys.readouterr()
     assert "dry run" not in out and "--layers: must be in [0, 6)" in err

@@ -409,13 +409,15 @@ def _seen_options(audit: Mapping[str, Any]) -> dict[str, Any] | None:
 
 def compared_audit(store: Store, series: str, step: int, run_id: str,
                    before: Mapping[str, Any] | None = None,
+                   after: Mapping[str, Any] | None = None,
                    ) -> tuple[dict[str, Any] | None, str | None, list[dict[str, Any]]]:
     """The audit that an audit of ``run_id`` at ``step`` of ``series`` compares with: the
     latest complete audit of the series at or before ``step`` (series order; before the
     audit ``before``, its row, when given: ``earlier_audits``) whose run is
     comparable with ``run_id`` (``bfd.tasks.drift.not_comparable`` None, with that audit's
     own decomposition options), so that an audit of another N, other images or another
-    model in between (an ad-hoc audit) does not leave the next one uncompared.
+    model in between (an ad-hoc audit) does not leave the next one uncompared. ``after``:
+    the ``runs`` row of ``run_id`` when it is not computed yet (``latest_comparable``).
 
     Returns:
         That audit, None (comparable) and the audits after it that were skipped, in series
@@ -426,7 +428,8 @@ def compared_audit(store: Store, series: str, step: int, run_id: str,
     done = earlier_audits(store, series, step, before)
     if not done:
         return None, None, []
-    at, why = latest_comparable(store, run_id, [(r["run_id"], _seen_options(r)) for r in done])
+    at, why = latest_comparable(store, run_id, [(r["run_id"], _seen_options(r)) for r in done],
+                                after)
     if at is None:
         return done[-1], why[0][1], []
     later = done[at + 1:]

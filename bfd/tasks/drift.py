@@ -158,12 +158,17 @@ def _run_inputs(store: Store, run_ids: Sequence[str]) -> dict[str, dict[str, Any
 
     wanted = set(run_ids)
     rows = read_table(store, "runs").to_pylist()
-    return {r["run_id"]: {"model": r["model"], **{k: r.get(k) for k in ARCHITECTURE},
-                          "model_args": model_args_of(r.get("config_json")),
-                          "sha": r["images_sha256"], "img_size": r["img_size"],
-                          "n": (r["n_images"] or 0) - (r["n_skipped"] or 0),
-                          "prefix": _prefix(decompose_options_of(r.get("config_json")))}
+    return {r["run_id"]: _inputs_of(r)
             for r in rows if r["run_id"] in wanted and r["status"] == "complete"}
+
+
+def _inputs_of(r: Mapping[str, Any]) -> dict[str, Any]:
+    """What a ``runs`` row's run saw, as ``not_comparable`` compares it."""
+    return {"model": r["model"], **{k: r.get(k) for k in ARCHITECTURE},
+            "model_args": model_args_of(r.get("config_json")),
+            "sha": r["images_sha256"], "img_size": r["img_size"],
+            "n": (r["n_images"] or 0) - (r["n_skipped"] or 0),
+            "prefix": _prefix(decompose_options_of(r.get("config_json")))}
 
 
 def _why_not(seen: Mapping[str, dict[str, Any]], run_before: str, run_after: str,
@@ -226,14 +231,19 @@ def not_comparable(store: Store, run_before: str, run_after: str,
 
 def latest_comparable(store: Store, run_after: str,
                       earlier: Sequence[tuple[str, Mapping[str, Any] | None]],
+                      after: Mapping[str, Any] | None = None,
                       ) -> tuple[int | None, list[tuple[str, str]]]:
     """The last of ``earlier`` (runs of earlier audits, each with the decomposition options
     its audit saw, oldest first) that ``run_after`` is comparable with (``not_comparable``
     None), by its index, or None when none is; and, latest first, why each one after it (or
     each one, when none is) is not: (short, line). The ``runs`` table is read once. A run
     missing from it is compared as ``not_comparable`` does only as the last of ``earlier``
-    (the previous audit's, as before): past that one, only a run known comparable is."""
+    (the previous audit's, as before): past that one, only a run known comparable is.
+    ``after``: the ``runs`` row ``run_after`` would have, for a run not computed yet (``bfd
+    audit --dry-run``)."""
     seen = _run_inputs(store, (run_after, *(run for run, _ in earlier)))
+    if after is not None:
+        seen[run_after] = _inputs_of(after)
     skipped: list[tuple[str, str]] = []
     for i in range(len(earlier) - 1, -1, -1):
         run_before, seen_before = earlier[i]

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -209,16 +209,47 @@ def check_before_work(cfg: ExtractConfig) -> models.ModelInfo:
     return info
 
 
-def prepare_run(store_root: str, cfg: ExtractConfig,
-                hold: Callable[[str], None] | None = None) -> RunPlan:
-    """Describe the model and images, fix the run id, write the store's template, request,
-    image manifest and model tensors (all idempotent), and list the shards still to do.
+@dataclass(frozen=True)
+class Planned:
+    """What ``plan_request`` finds of a request, nothing written: its model, its request and
+    run id, its images, layers and shards, and of those the shards stored intact (``done``),
+    the faults of marked ones that are not (``damaged``) and the bytes still to write."""
 
-    Args:
-        hold: Called with the run id once it is known, after the checks that refuse a
-            request and before anything is written: the caller takes the run's lock there
-            (``bfd.storage.run_lock``, waiting for another process computing the run), and
-            the shards still to do are listed after it.
+    model: torch.nn.Module
+    info: models.ModelInfo
+    request: RunRequest
+    run_id: str
+    records: list[ImageRecord]
+    layers: tuple[int, ...]
+    shards: list[Shard]
+    done: set[int]
+    damaged: list
+    to_write: int
+    preprocessing: dict
+
+    def again(self, store: Store, cfg: ExtractConfig) -> Planned:
+        """The same plan with the shards stored as they are now (after a wait on the run's
+        lock: what another process did meanwhile)."""
+        done, damaged, to_write = _to_do(store, cfg, self.info, self.run_id, self.shards,
+                                         len(self.layers))
+        return replace(self, done=done, damaged=damaged, to_write=to_write)
+
+
+def _to_do(store: Store, cfg: ExtractConfig, info: models.ModelInfo, rid: str,
+           shards: list[Shard], n_layers: int) -> tuple[set[int], list, int]:
+    done, damaged = trusted_shards(store, rid, shards)
+    todo_images = sum(s.size for s in shards if s.index not in done)
+    return done, damaged, bytes_to_write(cfg, info, n_layers, todo_images, whole_run=not done)
+
+
+def plan_request(store_root: str, cfg: ExtractConfig) -> Planned:
+    """What ``prepare_run`` plans for ``cfg``, writing nothing (``bfd audit --dry-run`` says
+    it): the model loaded with its weights, the images listed and hashed, the run id, and the
+    shards of it already stored intact.
+
+    Raises:
+        ValueError: A request ``prepare_run`` refuses (fewer than 2 images, a shard plan that
+            disagrees with the shards done), before anything is written.
     """
     store = Store(store_root)
     validate_config(cfg)
@@ -247,17 +278,32 @@ def prepare_run(store_root: str, cfg: ExtractConfig,
     per_shard = cfg.images_per_shard or cfg.images_per_chunk
     shards = plan_shards(len(records), cfg.images_per_chunk, per_shard)
     # a marked shard whose chunk files are gone or cut short is done again, bit for bit
-    def to_do() -> tuple[set[int], list, int]:
-        done, damaged = trusted_shards(store, rid, shards)
-        todo_images = sum(s.size for s in shards if s.index not in done)
-        return done, damaged, bytes_to_write(cfg, info, len(layers), todo_images,
-                                             whole_run=not done)
+    done, damaged, to_write = _to_do(store, cfg, info, rid, shards, len(layers))
+    return Planned(model, info, request, rid, records, tuple(layers), shards, done, damaged,
+                   to_write, preprocessing)
 
-    done, damaged, to_write = to_do()
-    _require_space(store, to_write)
+
+def prepare_run(store_root: str, cfg: ExtractConfig,
+                hold: Callable[[str], None] | None = None) -> RunPlan:
+    """Describe the model and images, fix the run id, write the store's template, request,
+    image manifest and model tensors (all idempotent), and list the shards still to do.
+
+    Args:
+        hold: Called with the run id once it is known, after the checks that refuse a
+            request and before anything is written: the caller takes the run's lock there
+            (``bfd.storage.run_lock``, waiting for another process computing the run), and
+            the shards still to do are listed after it.
+    """
+    store = Store(store_root)
+    planned = plan_request(store_root, cfg)
+    _require_space(store, planned.to_write)
     if hold is not None:
-        hold(rid)
-        done, damaged, to_write = to_do()  # what another process did while this one waited
+        hold(planned.run_id)
+        planned = planned.again(store, cfg)  # what another process did while this one waited
+    model, info, request, rid = planned.model, planned.info, planned.request, planned.run_id
+    records, layers, shards = planned.records, planned.layers, planned.shards
+    done, damaged, to_write = planned.done, planned.damaged, planned.to_write
+    preprocessing = planned.preprocessing
     write_request(store, request)
     forget_dropped(store, rid)  # its activations, dropped (bfd drop-activations), come back
     rows, cols = info.token_rows_cols()
@@ -368,9 +414,13 @@ def run_size(store_root: str, cfg: ExtractConfig, info: models.ModelInfo
     held = imgs.check_source(cfg.images, cfg.n_images)
     n_images = held if held is not None else cfg.n_images or imgs.SAMPLES_DEFAULT_N
     need = bytes_to_write(cfg, info, n_layers, n_images, whole_run=True)
+    return n_layers, n_images, need, disk_free(store_root)
+
+
+def disk_free(store_root: str) -> int | None:
+    """The bytes free on the disk of the store's Zarr part (None for a remote Zarr store)."""
     zarr_dir = Store(store_root).zarr_dir
-    free = None if zarr_dir is None else shutil.disk_usage(_existing(zarr_dir)).free
-    return n_layers, n_images, need, free
+    return None if zarr_dir is None else shutil.disk_usage(_existing(zarr_dir)).free
 
 
 def check_space(store_root: str, cfg: ExtractConfig,
