@@ -172,6 +172,7 @@ def audit(
                 decompose_kw = decompose_kwargs(options, config)
                 stored = DecomposeOptions(**decompose_kw).to_dict()
                 extracted: list[int] = []  # the shards of activations extracted here
+                n_shards = None  # the run's shards of activations (none kept: stats-only)
                 repaired: list[int] = []  # those of them found damaged
                 faults: list = []  # the run's damaged table files, published again
                 if not store_activations:  # computed from two forwards, whatever is stored
@@ -182,7 +183,7 @@ def audit(
                     done = extract.with_options(task_runner=task_runner(workers, dask_address))(
                         config.extract_config(), root, gpu_resources)
                     run_id, extracted = done["run_id"], done["extracted"]
-                    repaired = done["repaired"]
+                    repaired, n_shards = done["repaired"], done["n_shards"]
                     hold(run_id)  # then whether it is computed: one process decomposes it
                     faults = table_faults(Store(root), run_id)  # then not computed: republished
                     for fault in faults:
@@ -209,7 +210,7 @@ def audit(
         # again before the results are reused) nor its results
         reused = "runs" not in written and not extracted
         how = run_reuse(extracted, repaired, decomposed="runs" in written,
-                        republished=bool(faults))
+                        republished=bool(faults), n_shards=n_shards)
         logger.info("audit %s: run %s %s, %d drift flag(s); store %s", row["audit_id"], run_id,
                     how, row["n_flagged"], root)
         if row["drift_note"] or row["skipped"]:

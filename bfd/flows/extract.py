@@ -74,4 +74,4 @@ def extract(config: dict, store: str | None = None, gpu_resources: bool = False)
             raise RuntimeError(f"run {plan.run_id}: shards {sorted(missing)} did not complete")
         logger.info("run %s complete (%d images skipped this time)", plan.run_id, skipped)
         return {"run_id": plan.run_id, "extracted": list(plan.pending),
-                "repaired": list(plan.repaired)}
+                "repaired": list(plan.repaired), "n_shards": len(plan.shards)}

@@ -128,7 +128,8 @@ def skipped_audits(audits: Sequence[Mapping[str, Any]],
 
 
 def run_reuse(extracted: Sequence[int] = (), repaired: Sequence[int] = (),
-              decomposed: bool = False, republished: bool = False) -> str:
+              decomposed: bool = False, republished: bool = False,
+              n_shards: int | None = None) -> str:
     """How an audit got its run, in the words of its report and its command's line.
 
     Args:
@@ -137,6 +138,9 @@ def run_reuse(extracted: Sequence[int] = (), repaired: Sequence[int] = (),
         decomposed: The results were computed (else those published were kept).
         republished: They were computed because table files of the run, published with
             these options, were damaged (``table_faults``).
+        n_shards: The run's shards of activations (None: not known, or none stored: a
+            stats-only run), to say those kept from an earlier extraction (an interrupted
+            audit's, resumed).
     """
     if not extracted and not decomposed:
         return "reused, nothing recomputed"
@@ -152,6 +156,11 @@ def run_reuse(extracted: Sequence[int] = (), repaired: Sequence[int] = (),
     if repaired:
         return (f"computed (damaged shard{'s' if len(repaired) > 1 else ''} "
                 f"{', '.join(map(str, repaired))} of its activations extracted again)")
+    if n_shards and len(extracted) < n_shards:
+        kept = n_shards - len(extracted)
+        return ("computed (its activations stored already: none extracted)" if not extracted
+                else f"computed ({kept} of its {n_shards} shards of activations kept from an "
+                f"earlier extraction, {len(extracted)} extracted)")
     return "computed"
 
 
