@@ -207,9 +207,28 @@ def print_audit(out: dict, store: str) -> int:
     say(f"audit {out['audit_id']} of series {out['series']} (step {out['step']}): run "
         f"{out['run_id']} {out['how']}")
     say(f"drift: {drift_said(out)}")
+    close = close_series(out, store)
+    if close:
+        say(f"note: series {out['series']} is new; series of a close name in this store: "
+            f"{', '.join(close)} (a mistyped --series starts a new series; docs/layout.md, "
+            "Audit events, says how to remove an audit)")
     if flagged_count(out):
         print_flagged(_flagged_table(out, store), store)
     return flagged_count(out)
+
+
+def close_series(out: dict, store: str) -> list[str]:
+    """For the first audit of a series, the store's other series of a name close to its
+    (difflib's ratio at least 0.8: ``test_vit@random-seed0`` beside ``test_vit@random-seed-0``),
+    the closest first; [] otherwise."""
+    import difflib
+
+    from bfd.storage import Store, read_audits
+
+    if out.get("prev_audit_id") is not None or out.get("drift_note"):
+        return []
+    known = {r["series"] for r in read_audits(Store(store))} - {out["series"]}
+    return difflib.get_close_matches(out["series"], sorted(known), n=3, cutoff=0.8)
 
 
 def flagged_count(out: dict) -> int:

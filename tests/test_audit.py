@@ -936,3 +936,38 @@ def test_a_damaged_audit_file_refuses_its_series_until_moved_out(tmp_path, prefe
     out = audit({**AUDIT, "weights": "random"}, str(store), series="s", step=3,
                 dashboard=False)
     assert out["prev_audit_id"] == first["audit_id"]
+
+
+def test_how_an_audit_got_its_run_says_the_shards_kept_from_an_interrupted_one():
+    """A resumed audit (an earlier one interrupted after 4 of 12 shards) said plain
+    `computed`: the report now says what was kept, and what a stored run only decomposed."""
+    from bfd.tasks.audits import run_reuse
+
+    assert run_reuse(list(range(4, 12)), decomposed=True, n_shards=12) == (
+        "computed (4 of its 12 shards of activations kept from an earlier extraction, 8 "
+        "extracted)")
+    assert run_reuse([], decomposed=True, n_shards=12) == (
+        "computed (its activations stored already: none extracted)")
+    assert run_reuse(list(range(12)), decomposed=True, n_shards=12) == "computed"
+    assert run_reuse(decomposed=True) == "computed"  # stats-only: no shards
+    assert run_reuse([2], [2], decomposed=True, n_shards=12) == (
+        "computed (damaged shard 2 of its activations extracted again)")
+
+
+def test_a_new_series_of_a_name_close_to_another_is_said(audited, tmp_path, capsys):
+    """A mistyped --series (`test_vit@random-seed0`) started a new series with no word of the
+    store's `test_vit@random-seed-0`: its first audit now names the close series."""
+    root = tmp_path / "store"
+    shutil.copytree(audited[0], root)
+    argv = ["audit", "--model", "test_vit", "--weights", "random", "--images", "samples",
+            "--n-images", "12", "--img-size", "64", "--dtype", "float32",
+            "--images-per-chunk", "4", "--store", str(root)]
+    capsys.readouterr()
+    assert main([*argv, "--series", "test_vit@random-seed0"]) == 0
+    out = capsys.readouterr().out
+    assert ("note: series test_vit@random-seed0 is new; series of a close name in this store: "
+            "test_vit@random-seed-0, test_vit2@random-seed-0 (a mistyped --series") in out, out
+    # its second audit compares with the first: no note; nor has a series of a distant name
+    assert main([*argv, "--series", "test_vit@random-seed0"]) == 0
+    assert main([*argv, "--series", "nightly"]) == 0
+    assert "note: series" not in capsys.readouterr().out
