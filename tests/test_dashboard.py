@@ -602,6 +602,28 @@ def test_series_have_one_point_per_complete_audit_with_what_it_saw(tmp_path):
     assert [(m["plot"], m["types"]) for m in alone] == [("n_heads", [])]
 
 
+def test_compare_offers_every_audit_of_a_run_each_as_its_run(tmp_path):
+    """Trial 13 (F19): Compare offered a run under its latest audit only (c-100 as th · step
+    1), so ck's step 100 (A4), other's step 100 (A6) and ck's step 200 (A1; c-200 was audited
+    again at 250) could not be picked. Its choices are the Series page's points, each with its
+    run; a re-audit of one run at one step of one series (A2, A3 at 500) is one choice, the
+    latest; a failed audit (A8) none; a run never audited (u-1) in its model · weights series."""
+    from dashstore import write_reused_audits
+
+    root, out = tmp_path / "store", tmp_path / "site"
+    write_reused_audits(root)
+    with connect(root) as con:
+        rows = D.compare_choices(con).to_pylist()
+    want = [("ck", 100, "c-100", "A4"), ("ck", 200, "c-200", "A1"), ("ck", 250, "c-200", "A5"),
+            ("ck", 500, "c-500", "A3"), ("other", 100, "c-100", "A6"), ("th", 1, "c-100", "A7"),
+            ("toy_vit · plain", None, "u-1", None)]
+    assert [(r["series"], r["step"], r["run_id"], r["audit_id"]) for r in rows] == want
+    build_dashboard(root, out)
+    page = embedded(out / "compare.html")["choices"]
+    assert list(zip(page["series"], page["step"], page["run_id"], page["audit_id"],
+                    strict=True)) == want
+
+
 def test_series_list_counts_a_run_in_every_series_that_audited_it(tmp_path):
     from dashstore import REUSED_AUDITS, write_reused_audits
 

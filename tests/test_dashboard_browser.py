@@ -429,6 +429,53 @@ def reused_site(tmp_path_factory) -> Path:
     return out
 
 
+def test_compare_offers_each_audit_and_reads_series_and_step_from_the_address(reused_site,
+                                                                              browser):
+    # trial 13 (F19): a run audited several times was offered under its latest audit only:
+    # c-100 as th · step 1, so ck's step 100 could not be picked. Each audit is a choice (a
+    # run's latest one valued by its run id, as compare.html?a=RUN_ID); the address names
+    # audits by series and step (step=S: B, against the point before it of another run),
+    # and choosing writes them there.
+    page = (reused_site / "compare.html").as_uri()
+    chosen = ("return ['run-a', 'run-b'].map(i => document.getElementById(i)"
+              ".selectedOptions[0].textContent)")
+    open_page(browser, page)
+    assert_clean(browser, "file://")
+    options = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#run-a option'),"
+        " o => [o.value, o.textContent])")
+    assert options == [
+        ["audit:A4", "ck · step 100 · c-100 · c-100"],
+        ["audit:A1", "ck · step 200 · c-200 · c-200"],
+        ["c-200", "ck · step 250 · c-200 · c-200"], ["c-500", "ck · step 500 · c-500 · c-500"],
+        ["audit:A6", "other · step 100 · c-100 · c-100"],
+        ["c-100", "th · step 1 · c-100 · c-100"],
+        ["u-1", "toy_vit · plain · plain · u-1"]]
+    for query, want in (
+            ("?series=ck&step=250", ["ck · step 100 · c-100 · c-100",
+                                     "ck · step 250 · c-200 · c-200"]),
+            ("?series=ck&step_a=200&step_b=500", ["ck · step 200 · c-200 · c-200",
+                                                  "ck · step 500 · c-500 · c-500"]),
+            ("?series_a=other&series_b=ck&step_b=200", ["other · step 100 · c-100 · c-100",
+                                                        "ck · step 200 · c-200 · c-200"])):
+        open_page(browser, page + query)
+        assert browser.execute_script(chosen) == want, query
+        assert browser.find_elements("id", "compare-url-note") == []
+    open_page(browser, page + "?series=ck&step=7")
+    assert browser.find_element("id", "compare-url-note").text == (
+        "the step of the address (step=7) is no audit of series ck: showing c-200 as A and "
+        "c-500 as B instead.")
+    # choosing an audit writes it into the address, which opens on it again
+    browser.execute_script(
+        "const s = document.getElementById('run-a'); s.value = 'audit:A4';"
+        " s.dispatchEvent(new Event('change'));")
+    address = browser.execute_script("return location.href")
+    assert address.endswith("compare.html?series=ck&step_a=100&step_b=500")
+    open_page(browser, address)
+    assert browser.execute_script(chosen) == ["ck · step 100 · c-100 · c-100",
+                                              "ck · step 500 · c-500 · c-500"]
+
+
 def choose_series(driver, name: str) -> None:
     driver.execute_script(
         "const s = document.getElementById('series-select'); s.value = arguments[0];"

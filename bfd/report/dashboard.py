@@ -6,8 +6,8 @@ Layout of the output folder::
     index.html           Overview: every series and run, depth profiles of the chosen runs
     series.html          every run-level metric of a series against audit step or time,
                          drift flags, head-type changes
-    compare.html         any two runs, per-layer deltas on compare_runs' basis (intervals
-                         where stored)
+    compare.html         any two runs (each audit of a run a choice), per-layer deltas on
+                         compare_runs' basis (intervals where stored)
     runs/<run>.html      one page per run: the paper's views (of a run with a damaged table
                          file: one line saying so, also on the other pages, until it is repaired)
     assets/              plotly.min.js (from the plotly package), dashboard.js, dashboard.css
@@ -396,7 +396,8 @@ def build_dashboard(
             "index.html": ("overview", {**common, "layers": layers,
                                         "series_list": series_list}),
             "series.html": ("series", {**common, **series, "shapes": shapes}),
-            "compare.html": ("compare", {**common, "layers": layers, "shapes": shapes}),
+            "compare.html": ("compare", {**common, "layers": layers, "shapes": shapes,
+                                         "choices": D.columnar(D.compare_choices(con))}),
         }
         pending = _pending_notice(root, set(runs["run_id"]) | set(damaged))
         for rel, (kind, payload) in site_pages.items():

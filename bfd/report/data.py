@@ -37,6 +37,7 @@ __all__ = [
     "audits_present",
     "catalog_tables",
     "columnar",
+    "compare_choices",
     "drift_marks",
     "figures_not_kept",
     "latest_series",
@@ -385,6 +386,26 @@ def _series_points(con: duckdb.DuckDBPyConnection) -> str:
         " AND (r.run_id IS NULL OR r.status = 'complete')"
     )
     return f"{audited} UNION ALL BY NAME {unaudited}"
+
+
+def compare_choices(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """The choices of the Compare page's run selects: one per point of the Series page
+    (``_series_points``: a complete audit of a complete run, in its series at its step; a run
+    never audited, in its ``model · weights`` series with no step), so a run audited several
+    times, or in several series, is offered under each audit, not under its latest only. An
+    audit of a run the catalog left out (damaged) is none (its run has no figures to
+    compare). Audits of one run at one step of one series (a nightly re-audit of an
+    unchanged checkpoint) are one choice, the latest. Columns ``series``, ``step``,
+    ``started_at``, ``run_id``, ``audit_id``, in series order (step, start, audit id)."""
+    return run_sql(con, f"""
+        WITH p AS ({_series_points(con)})
+        SELECT series, step, started_at, run_id, audit_id
+        FROM p
+        WHERE NOT p.left_out
+        QUALIFY row_number() OVER (PARTITION BY series, step, run_id
+                                   ORDER BY started_at DESC NULLS LAST, audit_id DESC) = 1
+        ORDER BY series, coalesce(step, 0), started_at NULLS FIRST, audit_id, run_id
+    """)
 
 
 def series_list(con: duckdb.DuckDBPyConnection) -> pa.Table:

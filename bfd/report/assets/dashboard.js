@@ -1278,10 +1278,40 @@
     // interval target: NOT_FIGURES)
     const NOT_FIGURES = ["layer", "depth", "rel_depth", "n_images", "n_heads", "ci_target"];
     const keys = numericKeys(all, NOT_FIGURES).filter((k) => !/_(lo|hi)$/.test(k));
+    const when = (r) => Date.parse(r.started_at || r.created_at) || 0;
+    // The choices: one per point of the Series page (bfd/report/data.py compare_choices: each
+    // complete audit of a run, in its series at its step; a run never audited in its
+    // model · weights series), so every audit of a run audited several times is offered.
+    // A run's own choice, whose value is its run id (compare.html?a=RUN_ID), is its latest
+    // audit's (the run's series and step on every other page), else its latest point; its
+    // other audits' values are "audit:" and the audit id. Every choice of a run shows the
+    // run's figures: the audit names where it was audited.
+    const choices = rowsOf(D.choices).filter((c) => byRun.has(c.run_id)).map((c) => Object.assign({}, c));
+    const ofRun = groupBy(choices, (c) => c.run_id);
+    for (const r of runs) {
+      if (!ofRun.has(r.run_id)) {  // no complete audit in any series: the run itself
+        const c = { run_id: r.run_id, series: r.series, step: null, started_at: null, audit_id: null };
+        choices.push(c);
+        ofRun.set(r.run_id, [c]);
+      }
+      const mine = ofRun.get(r.run_id);
+      const own = mine.find((c) => c.audit_id !== null && c.audit_id === r.audit_id) ||
+        mine.reduce((x, c) => ((Date.parse(c.started_at) || 0) >= (Date.parse(x.started_at) || 0) ? c : x), mine[0]);
+      own.key = r.run_id;
+    }
+    for (const c of choices) if (!c.key) c.key = "audit:" + c.audit_id;
+    const bySeries = (x, y) => (x.series < y.series ? -1 : x.series > y.series ? 1 : 0) ||
+      (x.step ?? 0) - (y.step ?? 0) || (Date.parse(x.started_at) || 0) - (Date.parse(y.started_at) || 0);
+    choices.sort(bySeries);
+    const CHOICE = new Map(choices.map((c) => [c.key, c]));
+    // a choice in its select: series, step (as the Series page), the weights' file name and
+    // the run id; in notes and hovers: series · step (run id)
+    const label = (c) => [c.series, stepText(c) === null ? null : "step " + stepText(c),
+      fileName(RUN_BY_ID.get(c.run_id).weights), c.run_id].filter((p) => p !== null).join(" · ");
+    const shortName = (c) => `${c.series} · ${stepText(c) === null ? c.run_id : "step " + stepText(c)} (${c.run_id})`;
     // opens on the series audited last (the run whose latest audit started last, else the
     // run created last), its latest run in series order (step, then start time: the
     // overview's latest member) as B against the run before it in that order as A
-    const when = (r) => Date.parse(r.started_at || r.created_at) || 0;
     const last = runs.reduce((x, r) => (when(r) >= when(x) ? r : x), runs[0]);
     const mates = runs.filter((r) => r.series === last.series)
       .sort((x, y) => (x.step ?? 0) - (y.step ?? 0) || when(x) - when(y));
@@ -1299,34 +1329,94 @@
     const fallback = others.length ? others.reduce((x, r) => (rank(r) < rank(x) ? r : x), others[0]) : latest;
     const before = mates[mates.length - 2] || fallback;
     const state = { a: before.run_id, b: latest.run_id, metric: "frac_pos" };
-    // compare.html?a=RUN_ID&b=RUN_ID (either alone) chooses the runs; an id that is not a
-    // complete run of this store is said above the plots, its side left as the default
+    // The address chooses: compare.html?a=RUN_ID&b=RUN_ID (a run's own choice), or an audit
+    // by its series and step: series_a=NAME&step_a=S (series=NAME for both sides; step=S is
+    // step_b, with A the point before it in its series, of another run, unless A is named;
+    // series=NAME alone: its latest point as B, the one before as A; a side's series without
+    // its step: that series' latest point). A run id wins over a side's series and step.
+    // What is not in the store is said above the plots, that side left as the default.
     const asked = new URLSearchParams(window.location.search);
+    const given = (k) => { const v = asked.get(k); return v === null || v === "" ? null : v; };
     const unknown = [];
+    const inSeries = (name) => choices.filter((c) => c.series === name);
     const pick = (side) => {
-      const id = asked.get(side);
-      if (id === null || id === "") return null;
-      if (byRun.has(id)) return id;
-      unknown.push([side.toUpperCase(), id]);
-      return null;
+      const id = given(side);
+      if (id !== null) {
+        if (byRun.has(id)) return id;
+        unknown.push(`run ${side.toUpperCase()} of the address (${side}=${id}) is not a complete run of this store`);
+        return null;
+      }
+      const seriesKey = given("series_" + side) !== null ? "series_" + side : "series";
+      const name = given(seriesKey);
+      const stepKey = given("step_" + side) !== null || side === "a" ? "step_" + side : "step";
+      const step = given(stepKey);
+      if (name === null) {
+        if (step !== null) unknown.push(`${stepKey}=${step} of the address names no series (series=NAME)`);
+        return null;
+      }
+      const members = inSeries(name);
+      if (!members.length) {
+        unknown.push(`the series of the address (${seriesKey}=${name}) is not a series of this store`);
+        return null;
+      }
+      // no step: B the series' latest point, and A too where the address gives A a series
+      // of its own (series_a, or series while B has series_b); else A is left to B's
+      const own = side === "b" || seriesKey === "series_a" || given("series_b") !== null;
+      if (step === null) return own ? members[members.length - 1].key : null;
+      const at = members.filter((c) => String(c.step) === step);
+      if (!at.length) {
+        unknown.push(`the step of the address (${stepKey}=${step}) is no audit of series ${name}`);
+        return null;
+      }
+      return at[at.length - 1].key;  // the latest audit at that step
     };
     const askA = pick("a"), askB = pick("b");
     if (askA !== null) state.a = askA;
     if (askB !== null) state.b = askB;
-    // one run named: the other side the default pair's run that is not it
-    if (askA !== null && askB === null && state.b === askA) state.b = before.run_id;
-    if (askB !== null && askA === null && state.a === askB) state.a = latest.run_id;
-    if (unknown.length) {
-      app.append(h("p", { class: "note warn", id: "compare-url-note" }, unknown.map(([side, id]) =>
-        `run ${side} of the address (${side.toLowerCase()}=${id}) is not a complete run of this store`)
-        .join("; ") + `: showing ${state.a} as A and ${state.b} as B instead.`));
+    const named = (side) => given(side) !== null || given("step_" + side) !== null || given("series_" + side) !== null;
+    if (askB !== null && askA === null && !named("a") && given("b") === null) {
+      // B named by series and step: A the point before it in its series (a run id: below)
+      const members = inSeries(CHOICE.get(askB).series);
+      const prior = members.slice(0, members.findIndex((c) => c.key === askB))
+        .filter((c) => c.run_id !== CHOICE.get(askB).run_id);
+      if (prior.length) state.a = prior[prior.length - 1].key;
     }
-    // a choice: series, step (as the Series page), the weights' file name and the run id
-    const opts = runs.map((r) => [r.run_id, [r.series, stepText(r) === null ? null : "step " + stepText(r),
-      fileName(r.weights), r.run_id].filter((p) => p !== null).join(" · ")]);
+    const runOf = (key) => CHOICE.get(key).run_id;
+    // one run named: the other side the default pair's run that is not it
+    if (askA !== null && askB === null && runOf(state.b) === runOf(askA)) state.b = before.run_id;
+    if (askB !== null && askA === null && runOf(state.a) === runOf(askB)) state.a = latest.run_id;
+    if (unknown.length) {
+      app.append(h("p", { class: "note warn", id: "compare-url-note" }, [...new Set(unknown)].join("; ") +
+        `: showing ${runOf(state.a)} as A and ${runOf(state.b)} as B instead.`));
+    }
+    // choosing puts the choices in the address (series and step where that names the
+    // choice, else the run id), so that it links to what is shown (a browser that refuses
+    // it, as some do for file:// pages, keeps the old address)
+    function remember() {
+      const url = new URL(window.location.href);
+      for (const k of ["a", "b", "series", "series_a", "series_b", "step", "step_a", "step_b"]) url.searchParams.delete(k);
+      const byStep = (c) => {  // the choice its series and step give back
+        if (c.audit_id === null || c.step === null) return false;
+        const at = inSeries(c.series).filter((x) => x.step === c.step);
+        return at[at.length - 1] === c;
+      };
+      const ca = CHOICE.get(state.a), cb = CHOICE.get(state.b);
+      const both = byStep(ca) && byStep(cb) && ca.series === cb.series;
+      if (both) url.searchParams.set("series", ca.series);
+      for (const [side, c] of [["a", ca], ["b", cb]]) {
+        if (!byStep(c)) url.searchParams.set(side, c.run_id);
+        else {
+          if (!both) url.searchParams.set("series_" + side, c.series);
+          url.searchParams.set("step_" + side, String(c.step));
+        }
+      }
+      try { window.history.replaceState(null, "", url.href); } catch (e) { /* address kept */ }
+    }
+    const opts = choices.map((c) => [c.key, label(c)]);
+    const choose = (side) => (v) => { state[side] = v; remember(); redraw(); };
     app.append(h("div", { class: "controls" },
-      select("run-a", "run A", opts, state.a, (v) => { state.a = v; redraw(); }),
-      select("run-b", "run B", opts, state.b, (v) => { state.b = v; redraw(); }),
+      select("run-a", "run A", opts, state.a, choose("a")),
+      select("run-b", "run B", opts, state.b, choose("b")),
       select("metric-select", "metric", keys.map((k) => [k, k]), state.metric, (v) => { state.metric = v; redraw(); })));
     const prof = plotDiv("compare-plot", "The chosen metric per layer for runs A and B");
     const delta = plotDiv("delta-plot", "Per-layer difference B minus A of the chosen metric, with intervals where stored");
@@ -1340,11 +1430,13 @@
       return typeof r.n_decoded === "number" ? r.n_decoded : null;
     };
     function redraw() {
-      const A = byRun.get(state.a), B = byRun.get(state.b);
+      const ca = CHOICE.get(state.a), cb = CHOICE.get(state.b);
+      const idA = ca.run_id, idB = cb.run_id;
+      const A = byRun.get(idA), B = byRun.get(idB);
       // basis as compare_runs: raw shares when both runs decoded the same N, else the
       // chance-corrected twin (*_adj), whose expectation does not depend on N; a metric
       // without one is shown without intervals, its deltas including the chance level's change
-      const nA = decoded(state.a), nB = decoded(state.b), sameN = nA === nB;
+      const nA = decoded(idA), nB = decoded(idB), sameN = nA === nB;
       const twin = /_adj$/.test(state.metric) ? state.metric : state.metric + "_adj";
       const hasTwin = keys.includes(twin);
       const k = sameN || !hasTwin ? state.metric : twin;
@@ -1362,13 +1454,14 @@
       }
       // the pair's run_pairs note (two models, other prefix options, images or img_size),
       // when it has one
-      const pn = pairOf(state.a, state.b)?.note;
+      const pn = pairOf(idA, idB)?.note;
       if (pn) noteLines.push(h("p", { class: "note warn", id: "compare-pair-note" }, pn));
-      // one run compared with itself: no delta to show (not a delta of 0 ± an interval)
-      const same = state.a === state.b;
+      // one run compared with itself (two of its audits too): no delta to show (not a
+      // delta of 0 ± an interval)
+      const same = idA === idB;
       if (same) {
         noteLines.push(h("p", { class: "note warn", id: "compare-same" }, `Runs A and B are one run, ` +
-          `${runName(RUN_BY_ID.get(state.a))} (${state.a}): nothing to compare; choose another run as A or B.`));
+          `${shortName(ca)}: nothing to compare; choose another run as A or B.`));
       }
       notes.replaceChildren(...noteLines);
       // the models' depth (layer_summary.depth: runs.depth), not the number of layers each
@@ -1379,11 +1472,11 @@
       const band = (rows) => rows.some((l) => typeof l[k + "_lo"] === "number");
       const err = (rows) => band(rows) ? { type: "data", symmetric: false, array: rows.map((l) => l[k + "_hi"] - l[k]),
         arrayminus: rows.map((l) => l[k] - l[k + "_lo"]) } : undefined;
-      const tr = (rows, id, color) => ({ x: rows.map((l) => l[xk]), y: rows.map((l) => l[k]), error_y: err(rows),
-        name: pt(`${runName(RUN_BY_ID.get(id))} (${id})`), mode: "lines+markers", line: { color: color },
+      const tr = (rows, c, color) => ({ x: rows.map((l) => l[xk]), y: rows.map((l) => l[k]), error_y: err(rows),
+        name: pt(shortName(c)), mode: "lines+markers", line: { color: color },
         hovertemplate: `${xk} %{x:.3g}<br>${k} %{y:.4g}<extra></extra>` });
-      draw(prof, same ? [tr(withGaps(A), state.a, "#0072B2")]
-        : [tr(withGaps(A), state.a, "#0072B2"), tr(withGaps(B), state.b, "#D55E00")],
+      draw(prof, same ? [tr(withGaps(A), ca, "#0072B2")]
+        : [tr(withGaps(A), ca, "#0072B2"), tr(withGaps(B), cb, "#D55E00")],
         { xaxis: { title: { text: sameDepth ? "layer" : "relative depth" } }, yaxis: { title: { text: k }, tickformat: "~g" }, height: 400 });
       if (same) {
         draw(delta, [], { height: 400, xaxis: { visible: false }, yaxis: { visible: false },
