@@ -461,6 +461,8 @@ def test_compare_offers_each_audit_and_reads_series_and_step_from_the_address(re
         open_page(browser, page + query)
         assert browser.execute_script(chosen) == want, query
         assert browser.find_elements("id", "compare-url-note") == []
+        assert browser.find_element("id", "compare-names").text.splitlines() == [
+            f"{side} {name} · N 16" for side, name in zip("AB", want, strict=True)]
     open_page(browser, page + "?series=ck&step=7")
     assert browser.find_element("id", "compare-url-note").text == (
         "the step of the address (step=7) is no audit of series ck: showing c-200 as A and "
@@ -821,6 +823,56 @@ def test_compare_of_runs_of_other_n_uses_the_adjusted_basis_as_compare_runs(othe
     assert [(row[5], row[6], row[7]) for row in table] == [("–", "–", "–")] * 3
     note = browser.find_element("id", "compare-basis").text
     assert "chance level's change with N" in note and "N = 8 and 16" in note
+
+
+def test_compare_names_its_runs_in_full_and_every_hover_says_run_n_and_interval(other_n,
+                                                                                browser):
+    # trial 13 (F13): the legend held each run's whole name, cut at the figure's edge with
+    # the run id; (F15) hovers said "layer 3.00" and a value, no run, N or interval. The
+    # legend says A and B, the names above the plots in full (run id and N); a point's hover
+    # its run, N, layer and value [lo, hi]; a bar's the delta [lo, hi], its verdict and both
+    # runs' values and N.
+    root, site, _ = other_n
+    from bfd.queries import run_query
+
+    open_page(browser, (site / "compare.html").as_uri() + "?a=n8&b=n16")
+    assert_clean(browser, "file://")
+    assert browser.execute_script(
+        "return document.getElementById('compare-plot').data.map(t => t.name)") == ["A", "B"]
+    names = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#compare-names p'), p => p.textContent)")
+    assert names == ["A toy_vit · random · random · n8 · N 8",
+                     "B toy_vit · random · random · n16 · N 16"]
+    row = next(r for r in run_query(root, "compare_runs", {"run_a": "n8", "run_b": "n16"})
+               .to_pylist() if r["level"] == "layer" and r["site"] == "attn_in"
+               and r["metric"] == "frac_pos" and r["layer"] == 1)
+    from bfd.queries import connect, run_sql
+
+    with connect(root) as con:
+        lo, v, hi = run_sql(con, "SELECT frac_pos_adj_lo, frac_pos_adj, frac_pos_adj_hi"
+                                 " FROM layer_summary WHERE run_id = 'n16' AND layer = 1"
+                            ).to_pylist()[0].values()
+
+    def num(x: float) -> str:  # the page's four significant digits
+        return repr(float(f"{x:.4g}")).removesuffix(".0")
+
+    def hover(plot: str, curve: int, point: int) -> str:
+        browser.execute_script(
+            f"Plotly.Fx.hover(document.getElementById('{plot}'),"
+            f" [{{curveNumber: {curve}, pointNumber: {point}}}]);")
+        return wait_for(browser, f"const t = document.querySelector('#{plot} .hovertext');"
+                                 " return t && t.textContent;")
+
+    assert hover("compare-plot", 1, 1) == (
+        "B: toy_vit · random · n16 (n16)N 16 · layer 1"
+        f"frac_pos_adj {num(v)} [{num(lo)}, {num(hi)}]")
+    assert hover("delta-plot", 0, 1) == (
+        f"layer 1Δ frac_pos_adj (B − A) {num(row['delta'])} [{num(row['delta_lo'])}, "
+        f"{num(row['delta_hi'])}]significant: {'yes' if row['significant'] else 'no'}"
+        f"A: toy_vit · random · n8 (n8), N 8: {num(row['value_a'])}"
+        f"B: toy_vit · random · n16 (n16), N 16: {num(row['value_b'])}")
+    assert browser.execute_script(
+        "return document.getElementById('compare-plot').layout.xaxis.dtick") == 1
 
 
 def test_overview_legend_of_many_runs_stays_under_the_axis_title(tmp_path, browser):

@@ -1268,6 +1268,15 @@
   }
 
   // --- compare ------------------------------------------------------------------------------
+  // a number in a hover: four significant digits, as a plain decimal where JS writes one
+  function num(v) {
+    return typeof v === "number" && Number.isFinite(v) ? String(Number(v.toPrecision(4))) : "–";
+  }
+  // a value and its 95 % interval where both ends are numbers: "0.4 [0.38, 0.42]"
+  function withInterval(v, lo, hi) {
+    return num(v) + (typeof lo === "number" && typeof hi === "number" ? ` [${num(lo)}, ${num(hi)}]` : "");
+  }
+
   function comparePage() {
     const byRun = layersByRun();
     const runs = RUNS.filter((r) => byRun.has(r.run_id));
@@ -1418,17 +1427,21 @@
       select("run-a", "run A", opts, state.a, choose("a")),
       select("run-b", "run B", opts, state.b, choose("b")),
       select("metric-select", "metric", keys.map((k) => [k, k]), state.metric, (v) => { state.metric = v; redraw(); })));
+    // the runs' names in full above the plots (the legend says A and B only: a long
+    // series name cut at the figure's edge took the run id with it)
+    const names = h("div", { id: "compare-names" });
     const prof = plotDiv("compare-plot", "The chosen metric per layer for runs A and B");
     const delta = plotDiv("delta-plot", "Per-layer difference B minus A of the chosen metric, with intervals where stored");
     const notes = h("div", { id: "compare-notes" });
     const tableBox = h("div", {});
-    app.append(notes, section("Profiles", h("div", { class: "grid" }, prof, delta)), tableBox);
+    app.append(notes, names, section("Profiles", h("div", { class: "grid" }, prof, delta)), tableBox);
     // the images a run decomposed (decoded ones), the N its shares depend on
     // (NULL when the run does not say: two such runs are on one basis, as compare_runs)
     const decoded = (id) => {
       const r = RUN_BY_ID.get(id);
       return typeof r.n_decoded === "number" ? r.n_decoded : null;
     };
+    const COLOUR = { A: "#0072B2", B: "#D55E00" };
     function redraw() {
       const ca = CHOICE.get(state.a), cb = CHOICE.get(state.b);
       const idA = ca.run_id, idB = cb.run_id;
@@ -1464,6 +1477,9 @@
           `${shortName(ca)}: nothing to compare; choose another run as A or B.`));
       }
       notes.replaceChildren(...noteLines);
+      const nameOf = { A: `${label(ca)} · N ${fmt(nA)}`, B: `${label(cb)} · N ${fmt(nB)}` };
+      names.replaceChildren(...["A", "B"].map((side) => h("p", { class: "run-name", "data-side": side },
+        h("b", { style: "color:" + COLOUR[side] }, side), " ", nameOf[side])));
       // the models' depth (layer_summary.depth: runs.depth), not the number of layers each
       // run stored (a run may hold a subset of its model's layers: --layers)
       const depthOf = (rows) => rows.length ? rows[0].depth : null;
@@ -1472,12 +1488,17 @@
       const band = (rows) => rows.some((l) => typeof l[k + "_lo"] === "number");
       const err = (rows) => band(rows) ? { type: "data", symmetric: false, array: rows.map((l) => l[k + "_hi"] - l[k]),
         arrayminus: rows.map((l) => l[k] - l[k + "_lo"]) } : undefined;
-      const tr = (rows, c, color) => ({ x: rows.map((l) => l[xk]), y: rows.map((l) => l[k]), error_y: err(rows),
-        name: pt(shortName(c)), mode: "lines+markers", line: { color: color },
-        hovertemplate: `${xk} %{x:.3g}<br>${k} %{y:.4g}<extra></extra>` });
-      draw(prof, same ? [tr(withGaps(A), ca, "#0072B2")]
-        : [tr(withGaps(A), ca, "#0072B2"), tr(withGaps(B), cb, "#D55E00")],
-        { xaxis: { title: { text: sameDepth ? "layer" : "relative depth" } }, yaxis: { title: { text: k }, tickformat: "~g" }, height: 400 });
+      const where = (l) => `layer ${l.layer}` + (sameDepth ? "" : ` (relative depth ${num(l.rel_depth)})`);
+      // a point's hover: its run (side, series · step, run id), N, layer, value [lo, hi]
+      const tr = (rows, side, c, n) => ({ x: rows.map((l) => l[xk]), y: rows.map((l) => l[k]), error_y: err(rows),
+        name: side, mode: "lines+markers", line: { color: COLOUR[side] },
+        customdata: rows.map((l) => (l.gap ? "" : `${side}: ${pt(shortName(c))}<br>N ${fmt(n)} · ${where(l)}<br>` +
+          `${k} ${withInterval(l[k], l[k + "_lo"], l[k + "_hi"])}`)),
+        hovertemplate: "%{customdata}<extra></extra>" });
+      draw(prof, same ? [tr(withGaps(A), "A", ca, nA)]
+        : [tr(withGaps(A), "A", ca, nA), tr(withGaps(B), "B", cb, nB)],
+        { xaxis: { title: { text: sameDepth ? "layer" : "relative depth" }, dtick: sameDepth ? 1 : undefined },
+          yaxis: { title: { text: k }, tickformat: "~g" }, height: 400 });
       if (same) {
         draw(delta, [], { height: 400, xaxis: { visible: false }, yaxis: { visible: false },
           annotations: [{ text: "A = B: one run compared with itself, no delta", showarrow: false,
@@ -1510,17 +1531,21 @@
           delta_lo: w === null ? null : d - w, delta_hi: w === null ? null : d + w,
           significant: w === null ? null : (d - w > 0 || d + w < 0) };
       });
+      const yesNo = (r) => (r.significant === null ? "–" : r.significant ? "yes" : "no");
       const withBand = rows.some((r) => r.delta_lo !== null);
+      // a bar's hover: the layer, the delta [lo, hi] and its verdict, each run's value and N
+      const barText = (r) => `layer ${r.layer}<br>Δ ${k} (B − A) ${withInterval(r.delta, r.delta_lo, r.delta_hi)}` +
+        (r.significant === null ? "" : `<br>significant: ${yesNo(r)}`) +
+        `<br>A: ${pt(shortName(ca))}, N ${fmt(nA)}: ${num(r.a)}<br>B: ${pt(shortName(cb))}, N ${fmt(nB)}: ${num(r.b)}`;
       draw(delta, [{ type: "bar", x: rows.map((r) => r.layer), y: rows.map((r) => r.delta), name: "B − A", width: 0.8,
-        marker: { color: rows.map((r) => (r.delta >= 0 ? "#D55E00" : "#0072B2")) },
+        marker: { color: rows.map((r) => (r.delta >= 0 ? COLOUR.B : COLOUR.A)) },
         error_y: withBand ? { type: "data", symmetric: false, array: rows.map((r) => r.delta_hi - r.delta),
           arrayminus: rows.map((r) => r.delta - r.delta_lo) } : undefined,
-        hovertemplate: `layer %{x}<br>Δ ${k} %{y:.4g}<extra></extra>` }],
+        customdata: rows.map(barText), hovertemplate: "%{customdata}<extra></extra>" }],
       { xaxis: { title: { text: "layer of A" }, dtick: 1 }, yaxis: { title: { text: `Δ ${k} (B − A)` }, tickformat: "~g" }, height: 400,
         title: { text: basis === "none" ? `N differ (${nA}, ${nB}): no intervals, deltas include the chance level's change`
           : withBand ? "intervals: Δ ± √(hw_A² + hw_B²)" : (sameDepth ? "no intervals stored"
           : "depths differ: B interpolated on relative depth"), font: { size: 12 } } });
-      const yesNo = (r) => (r.significant === null ? "–" : r.significant ? "yes" : "no");
       const cols = ["layer", "rel_depth", "a", "b", "delta", "delta_lo", "delta_hi"].map((c) => ({ key: c }))
         .concat([{ key: "significant", render: yesNo }]);
       tableBox.replaceChildren(section("Per-layer deltas", dataTable("delta-table",
