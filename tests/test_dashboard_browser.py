@@ -192,8 +192,16 @@ def test_hostile_names_render_as_text(site, browser, page):
     open_page(browser, (site / page).as_uri())
     assert no_dialog(browser)
     assert_clean(browser, "file://")
-    # Three script elements of our own (data, plotly.js, dashboard.js); none from the store.
-    assert browser.execute_script("return document.scripts.length") == 3
+    # Three script elements of our own (data, plotly.js, dashboard.js), and on Compare the
+    # head figures the dashboard wrote for the runs chosen; none from the store.
+    srcs = ("return Array.from(document.scripts, s => s.getAttribute('src'))"
+            ".filter(s => s && s.endsWith('.heads.js'))")
+    if page == "compare.html":
+        wait_for(browser, "return document.getElementById('compare-heads').dataset.ready")
+    heads = browser.execute_script(srcs)
+    assert browser.execute_script("return document.scripts.length") == 3 + len(heads)
+    assert len(heads) == (2 if page == "compare.html" else 0)
+    assert all(re.fullmatch(r"runs/[ax]-[12]\.heads\.js", src) for src in heads), heads
     text = browser.execute_script("return document.body.innerText")
     if page != "compare.html":  # compare shows names only inside its <select>s
         assert XSS in text
@@ -207,7 +215,12 @@ def test_hostile_names_render_as_text(site, browser, page):
         assert no_dialog(browser)
         note = browser.find_element("id", "compare-pair-note").text
         assert note.startswith(f"run_a is of vit_a, run_b of {XSS}: two models")
-        assert browser.execute_script("return document.scripts.length") == 3
+        heads_drawn(browser, "a-1", "x-1")
+        assert no_dialog(browser)
+        heads = browser.execute_script(srcs)
+        assert browser.execute_script("return document.scripts.length") == 3 + len(heads)
+        assert {"runs/a-1.heads.js", "runs/x-1.heads.js"} <= set(heads)
+        assert XSS in browser.find_element("id", "compare-names").text
 
 
 def test_run_page_views_are_linked(site, browser):
@@ -719,7 +732,8 @@ def other_n(tmp_path_factory) -> tuple[Path, Path, dict]:
     raw frac_pos of n8 and n16 differ widely (planted by seed) while their chance-corrected
     frac_pos_adj differ little. w2: n16's model with other weights, created last: a series of
     one run (as each model of a zoo audited once), decomposed before the chance-corrected
-    shares were stored (none). The store, its site and each run's planted raw frac_pos."""
+    shares were stored (none). Each head's shares have intervals (w2's raw ones only). The
+    store, its site and each run's planted raw frac_pos."""
     root = tmp_path_factory.mktemp("other-n")
     adj = {"n8": [0.10, 0.20, 0.30], "n16": [0.101, 0.195, 0.36], "vit_b": [0.12, 0.18, 0.3]}
     raw = {}
@@ -734,6 +748,7 @@ def other_n(tmp_path_factory) -> tuple[Path, Path, dict]:
             prefix="include" if run_id == "inc" else None,
             created_at=dt.datetime(2025, 1, 1 + i, tzinfo=dt.UTC) if run_id != "inc" else
             dt.datetime(2024, 12, 1, tzinfo=dt.UTC), adjusted_heads=run_id in adj,
+            head_intervals=True,
             layer_values=None if run_id not in adj else {
                 "frac_pos_adj": adj[run_id], "frac_pos_adj_lo": [v - hw for v in adj[run_id]],
                 "frac_pos_adj_hi": [v + hw for v in adj[run_id]]},
@@ -823,6 +838,66 @@ def test_compare_of_runs_of_other_n_uses_the_adjusted_basis_as_compare_runs(othe
     assert [(row[5], row[6], row[7]) for row in table] == [("–", "–", "–")] * 3
     note = browser.find_element("id", "compare-basis").text
     assert "chance level's change with N" in note and "N = 8 and 16" in note
+
+
+def heads_drawn(driver, a: str, b: str) -> None:
+    """Waits until the Compare page has drawn the Heads section of runs a and b (read from
+    their runs/<run>.heads.js)."""
+    wait_for(driver, "const e = document.getElementById('compare-heads');"
+                     f" return e && e.dataset.ready === {json.dumps(a + ' ' + b)};")
+
+
+def test_compare_heads_agree_with_compare_runs_and_head_type_changes(other_n, browser):
+    # trial 13 (F5): Compare showed per-layer figures only. Its Heads section: per head, B − A
+    # of the chosen share on compare_runs' basis (the chance-corrected twin for n8 against
+    # n16, raw for n16 against vit_b) with its interval and verdict, a layer x head heatmap,
+    # a table largest |delta| first; the heads whose type changed as head_type_changes lists
+    # them, circled on the map. Only the two runs' head files are read.
+    root, site, _ = other_n
+    from bfd.queries import run_query
+
+    for a, b, basis in (("n8", "n16", "adjusted"), ("n16", "vit_b", "raw")):
+        open_page(browser, (site / "compare.html").as_uri() + f"?a={a}&b={b}")
+        heads_drawn(browser, a, b)
+        assert_clean(browser, "file://")
+        assert sorted(browser.execute_script("return Object.keys(window.BFD_HEADS)")) == sorted(
+            [a, b])
+        rows = [r for r in run_query(root, "compare_runs", {"run_a": a, "run_b": b}).to_pylist()
+                if r["level"] == "head"]
+        assert {r["basis"] for r in rows} == {basis} and len(rows) == 4 * 6
+        for share in ("f_pp", "f_cc"):
+            browser.execute_script(
+                "const s = document.getElementById('head-share-select'); s.value = arguments[0];"
+                " s.dispatchEvent(new Event('change'));", share)
+            want = {(r["layer"], r["head"]): r for r in rows if r["metric"] == share}
+            heat = browser.execute_script(
+                "const t = document.getElementById('head-delta-plot').data[0];"
+                " return [Array.from(t.x), Array.from(t.y), t.z.map(r => Array.from(r))];")
+            assert heat[0] == [0, 1] and heat[1] == [0, 1, 2]
+            for layer, zs in zip(heat[1], heat[2], strict=True):
+                for head, z in zip(heat[0], zs, strict=True):
+                    assert z == pytest.approx(want[(layer, head)]["delta"], rel=1e-9, abs=1e-12)
+            table = table_rows(browser, "head-delta-table")
+            assert [abs(float(t["delta"])) for t in table] == sorted(
+                (abs(float(t["delta"])) for t in table), reverse=True)
+            for t in table:
+                r = want[(int(t["layer"]), int(t["head"]))]
+                for col, key in (("A", "value_a"), ("B", "value_b"), ("delta", "delta"),
+                                 ("delta_lo", "delta_lo"), ("delta_hi", "delta_hi")):
+                    assert float(t[col]) == pytest.approx(r[key], abs=1e-4), (a, b, share, col)
+                assert t["significant"] == ("yes" if r["significant"] else "no")
+            caption = browser.find_element("css selector", "#head-delta-table caption").text
+            assert caption.startswith(share + ("_adj" if basis == "adjusted" else "") + ": B − A")
+        changes = run_query(root, "head_type_changes", {"run_a": a, "run_b": b}).to_pylist()
+        assert changes, "the planted runs' heads must differ in type somewhere"
+        shown = table_rows(browser, "head-type-table")
+        assert [(int(t["layer"]), int(t["head"]), t["head_type_a"], t["head_type_b"])
+                for t in shown] == [(c["layer"], c["head"], c["head_type_a"], c["head_type_b"])
+                                    for c in changes]
+        circled = browser.execute_script(
+            "const t = document.getElementById('head-delta-plot').data[1];"
+            " return Array.from(t.x, (x, i) => [t.y[i], x]);")
+        assert circled == [[c["layer"], c["head"]] for c in changes]
 
 
 def test_compare_names_its_runs_in_full_and_every_hover_says_run_n_and_interval(other_n,

@@ -40,6 +40,7 @@ __all__ = [
     "compare_choices",
     "drift_marks",
     "figures_not_kept",
+    "head_figures",
     "latest_series",
     "layer_rows",
     "positional_components",
@@ -406,6 +407,25 @@ def compare_choices(con: duckdb.DuckDBPyConnection) -> pa.Table:
                                    ORDER BY started_at DESC NULLS LAST, audit_id DESC) = 1
         ORDER BY series, coalesce(step, 0), started_at NULLS FIRST, audit_id, run_id
     """)
+
+
+# The head shares the Compare page compares per head, as compare_runs does (its ``level
+# head`` rows: bfd/queries/compare_runs.sql), each raw and chance-corrected (``_adj``) with
+# their intervals' ends; with ``head_type`` for head_type_changes' rule.
+HEAD_SHARES: Final[tuple[str, ...]] = ("f_pp", "f_pc", "f_cp", "f_cc")
+
+
+def head_figures(heads: Columns) -> Columns:
+    """Of a run's ``heads`` rows (``run_detail``), what the Compare page reads of them:
+    ``layer``, ``head``, ``head_type`` and, of each of ``HEAD_SHARES``, the raw and
+    chance-corrected share and their intervals' ends (``f_pp``, ``f_pp_lo``, ``f_pp_hi``,
+    ``f_pp_adj``, ``f_pp_adj_lo``, ``f_pp_adj_hi``; those the table holds), the columns
+    compare_runs and head_type_changes read. The dashboard writes them beside the run's page
+    (``runs/<run>.heads.js``), read by the Compare page for the two runs chosen only."""
+    names = ["layer", "head", "head_type"] + [
+        f"{share}{basis}{end}" for share in HEAD_SHARES for basis in ("", "_adj")
+        for end in ("", "_lo", "_hi")]
+    return {name: heads[name] for name in names if name in heads}
 
 
 def series_list(con: duckdb.DuckDBPyConnection) -> pa.Table:

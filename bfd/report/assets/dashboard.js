@@ -1276,6 +1276,51 @@
   function withInterval(v, lo, hi) {
     return num(v) + (typeof lo === "number" && typeof hi === "number" ? ` [${num(lo)}, ${num(hi)}]` : "");
   }
+  // The head shares the Compare page compares per head (bfd/report/data.py HEAD_SHARES).
+  const HEAD_SHARES = ["f_pp", "f_pc", "f_cp", "f_cc"];
+  // compare_runs' rows of level head for one share (bfd/queries/compare_runs.sql), from the
+  // two runs' head rows (runs/<run>.heads.js): every head of either run (a full outer join
+  // on layer and head), value_a and value_b the raw share when both runs decoded the same N
+  // (`basis` "raw"), else its chance-corrected twin (`_adj`); delta = b - a, its interval
+  // delta ± sqrt(hw_a² + hw_b²) (hw: a run's (hi - lo) / 2; none where either lacks one),
+  // significant when it excludes 0 (null without one). Layer, then head order.
+  function headDeltas(A, B, share, basis) {
+    const m = basis === "raw" ? share : share + "_adj";
+    const key = (r) => r.layer + ":" + r.head;
+    const byA = new Map(A.map((r) => [key(r), r])), byB = new Map(B.map((r) => [key(r), r]));
+    const value = (r) => (r && typeof r[m] === "number" ? r[m] : null);
+    const hw = (r) => (r && typeof r[m + "_lo"] === "number" && typeof r[m + "_hi"] === "number"
+      ? (r[m + "_hi"] - r[m + "_lo"]) / 2 : null);
+    const keys = [...new Map([...A, ...B].map((r) => [key(r), [r.layer, r.head]])).values()]
+      .sort((x, y) => x[0] - y[0] || x[1] - y[1]);
+    return keys.map(([layer, head]) => {
+      const a = byA.get(layer + ":" + head), b = byB.get(layer + ":" + head);
+      const va = value(a), vb = value(b), ha = hw(a), hb = hw(b);
+      const d = va === null || vb === null ? null : vb - va;
+      const w = ha === null || hb === null ? null : Math.sqrt(ha * ha + hb * hb);
+      return { layer: layer, head: head, metric: m, head_type_a: a ? a.head_type : null,
+        head_type_b: b ? b.head_type : null, value_a: va, value_b: vb,
+        value_a_lo: a ? a[m + "_lo"] ?? null : null, value_a_hi: a ? a[m + "_hi"] ?? null : null,
+        value_b_lo: b ? b[m + "_lo"] ?? null : null, value_b_hi: b ? b[m + "_hi"] ?? null : null,
+        delta: d, delta_lo: d === null || w === null ? null : d - w,
+        delta_hi: d === null || w === null ? null : d + w,
+        significant: d === null || w === null || Number.isNaN(w) ? null : (d - w > 0 || d + w < 0) };
+    });
+  }
+  // head_type_changes' rows (bfd/queries/head_type_changes.sql): the heads both runs hold
+  // whose stored head_type differs (IS DISTINCT FROM), with both runs' raw shares.
+  function headTypeChanges(A, B) {
+    const byB = new Map(B.map((r) => [r.layer + ":" + r.head, r]));
+    const out = [];
+    for (const a of A) {
+      const b = byB.get(a.layer + ":" + a.head);
+      if (!b || (a.head_type ?? null) === (b.head_type ?? null)) continue;
+      const row = { layer: a.layer, head: a.head, head_type_a: a.head_type ?? null, head_type_b: b.head_type ?? null };
+      for (const s of HEAD_SHARES) { row[s + "_a"] = a[s] ?? null; row[s + "_b"] = b[s] ?? null; }
+      out.push(row);
+    }
+    return out.sort((x, y) => x.layer - y.layer || x.head - y.head);
+  }
 
   function comparePage() {
     const byRun = layersByRun();
@@ -1337,7 +1382,7 @@
     };
     const fallback = others.length ? others.reduce((x, r) => (rank(r) < rank(x) ? r : x), others[0]) : latest;
     const before = mates[mates.length - 2] || fallback;
-    const state = { a: before.run_id, b: latest.run_id, metric: "frac_pos" };
+    const state = { a: before.run_id, b: latest.run_id, metric: "frac_pos", share: "f_pp" };
     // The address chooses: compare.html?a=RUN_ID&b=RUN_ID (a run's own choice), or an audit
     // by its series and step: series_a=NAME&step_a=S (series=NAME for both sides; step=S is
     // step_b, with A the point before it in its series, of another run, unless A is named;
@@ -1434,7 +1479,8 @@
     const delta = plotDiv("delta-plot", "Per-layer difference B minus A of the chosen metric, with intervals where stored");
     const notes = h("div", { id: "compare-notes" });
     const tableBox = h("div", {});
-    app.append(notes, names, section("Profiles", h("div", { class: "grid" }, prof, delta)), tableBox);
+    const headBox = h("div", { id: "compare-heads" });
+    app.append(notes, names, section("Profiles", h("div", { class: "grid" }, prof, delta)), tableBox, headBox);
     // the images a run decomposed (decoded ones), the N its shares depend on
     // (NULL when the run does not say: two such runs are on one basis, as compare_runs)
     const decoded = (id) => {
@@ -1504,6 +1550,9 @@
           annotations: [{ text: "A = B: one run compared with itself, no delta", showarrow: false,
             xref: "paper", yref: "paper", x: 0.5, y: 0.5 }] });
         tableBox.replaceChildren();
+        headBox.replaceChildren();
+        headPair = null;
+        headTicket++;  // a pair still loading is drawn no more
         return;
       }
       // B at A's layers: the same layer when depths agree (none where B did not store it),
@@ -1551,6 +1600,107 @@
       tableBox.replaceChildren(section("Per-layer deltas", dataTable("delta-table",
         `${k}: B − A per layer (basis ${basis === "none" ? "raw, N differ" : basis})`, rows, cols,
         { filename: `compare-${k}` })));
+      drawHeads({ a: idA, b: idB, ca: ca, cb: cb, nA: nA, nB: nB, basis: sameN ? "raw" : "adjusted" });
+    }
+    // --- heads: each run's head rows from runs/<run>.heads.js (bfd/report/dashboard.py
+    // heads_name), loaded for the runs chosen only: the page embeds no run's heads
+    window.BFD_HEADS = window.BFD_HEADS || {};
+    const loading = new Map();
+    function headsOf(id) {
+      if (!loading.has(id)) {
+        loading.set(id, new Promise((resolve) => {
+          const r = RUN_BY_ID.get(id);
+          const done = () => resolve(window.BFD_HEADS[id] ? rowsOf(window.BFD_HEADS[id]) : null);
+          document.head.append(h("script", { src: UP + "runs/" + encodeURIComponent(r.page.replace(/\.html$/, ".heads.js")),
+            onload: done, onerror: () => resolve(null) }));
+        }));
+      }
+      return loading.get(id);
+    }
+    let headTicket = 0, headPair = null;
+    function drawHeads(ctx) {
+      // the same two runs on the same basis (another layer metric chosen): as drawn
+      const pair = [ctx.a, ctx.b, ctx.basis].join(" ");
+      if (pair === headPair) return;
+      headPair = pair;
+      const ticket = ++headTicket;
+      headBox.removeAttribute("data-ready");
+      headBox.replaceChildren(section("Heads", h("p", { class: "note", id: "heads-status" },
+        "reading the heads of runs A and B …")));
+      Promise.all([headsOf(ctx.a), headsOf(ctx.b)]).then(([HA, HB]) => {
+        if (ticket === headTicket) showHeads(ctx, HA, HB);  // else another pair chosen since
+      });
+    }
+    // the Heads section of the pair, drawn; data-ready (the two run ids) once it is
+    function showHeads(ctx, HA, HB) {
+      const missing = [["A", ctx.a, HA], ["B", ctx.b, HB]].filter(([, , rows]) => rows === null);
+      if (missing.length) {
+        headBox.replaceChildren(section("Heads", h("p", { class: "note warn", id: "heads-status" }, missing.map(([side, id]) =>
+          `the heads of run ${side} (${id}) could not be read (runs/${RUN_BY_ID.get(id).page.replace(/\.html$/, ".heads.js")}); ` +
+          "bfd dashboard writes them again").join("; "))));
+        headBox.setAttribute("data-ready", ctx.a + " " + ctx.b);
+        return;
+      }
+      const m = ctx.basis === "raw" ? state.share : state.share + "_adj";
+      const rows = headDeltas(HA, HB, state.share, ctx.basis);
+      const changes = headTypeChanges(HA, HB);
+      const lines = [h("p", { class: "note", id: "heads-basis" }, ctx.basis === "raw"
+        ? `Per head, the raw share ${m} (both runs decoded N = ${fmt(ctx.nA)}), as compare_runs' head rows.`
+        : `Per head, the chance-corrected share ${m} (N = ${fmt(ctx.nA)} and ${fmt(ctx.nB)} differ), as compare_runs' head rows.`)];
+      const noValue = [["A", ctx.a, HA], ["B", ctx.b, HB]].filter(([, , H]) => H.length && H.every((r) => typeof r[m] !== "number"));
+      if (noValue.length) {
+        lines.push(h("p", { class: "note warn", id: "heads-missing" }, noValue.map(([side, id]) => `run ${side} (${id})`).join(" and ") +
+          ` holds no ${m} (decomposed before it was stored): no per-head deltas on this basis.`));
+      }
+      const nSig = rows.filter((r) => r.significant === true).length;
+      lines.push(h("p", { class: "note", id: "heads-summary" }, `${changes.length} head(s) changed type from A to B; ` +
+        `${rows.filter((r) => r.delta !== null).length} head(s) with a delta of ${m}` +
+        (rows.some((r) => r.significant !== null) ? `, ${nSig} of them with an interval excluding 0.` : " (no intervals stored).")));
+      const layersH = [...new Set(rows.map((r) => r.layer))].sort((x, y) => x - y);
+      const headsH = [...new Set(rows.map((r) => r.head))].sort((x, y) => x - y);
+      const cell = new Map(rows.map((r) => [r.layer + ":" + r.head, r]));
+      const type = (t) => t ?? "–";
+      const cellText = (r) => `layer ${r.layer} head ${r.head}<br>Δ ${m} (B − A) ${withInterval(r.delta, r.delta_lo, r.delta_hi)}` +
+        (r.significant === null ? "" : `<br>significant: ${r.significant ? "yes" : "no"}`) +
+        `<br>A: ${withInterval(r.value_a, r.value_a_lo, r.value_a_hi)} · ${pt(type(r.head_type_a))} (N ${fmt(ctx.nA)})` +
+        `<br>B: ${withInterval(r.value_b, r.value_b_lo, r.value_b_hi)} · ${pt(type(r.head_type_b))} (N ${fmt(ctx.nB)})`;
+      const z = layersH.map((l) => headsH.map((hd) => cell.get(l + ":" + hd)?.delta ?? null));
+      const text = layersH.map((l) => headsH.map((hd) => (cell.has(l + ":" + hd) ? cellText(cell.get(l + ":" + hd)) : "")));
+      const lim = Math.max(1e-12, ...rows.map((r) => Math.abs(r.delta ?? 0)));
+      const traces = [{ type: "heatmap", x: headsH, y: layersH, z: z, customdata: text, zmin: -lim, zmax: lim, zmid: 0,
+        colorscale: "RdBu", colorbar: { title: { text: `Δ ${m}` }, thickness: 12 }, showlegend: false,
+        hovertemplate: "%{customdata}<extra></extra>", name: `Δ ${m}` }];
+      if (changes.length) {
+        traces.push({ type: "scatter", mode: "markers", x: changes.map((c) => c.head), y: changes.map((c) => c.layer),
+          name: "head type changed", marker: { symbol: "circle-open", size: 16, color: "#000", line: { width: 2 } },
+          customdata: changes.map((c) => `layer ${c.layer} head ${c.head}<br>type changed: ${pt(type(c.head_type_a))} → ${pt(type(c.head_type_b))}`),
+          hovertemplate: "%{customdata}<extra></extra>" });
+      }
+      const heat = plotDiv("head-delta-plot", `Per-head difference B minus A of ${m}, layer against head, ` +
+        "heads whose type changed circled");
+      const shareSelect = select("head-share-select", "head share", HEAD_SHARES.map((s) => [s, s]), state.share,
+        (v) => { state.share = v; showHeads(ctx, HA, HB); });
+      const ordered = rows.slice().sort((x, y) => (y.delta === null ? -1 : Math.abs(y.delta)) - (x.delta === null ? -1 : Math.abs(x.delta)) ||
+        x.layer - y.layer || x.head - y.head);
+      const yesNo = (r) => (r.significant === null ? "–" : r.significant ? "yes" : "no");
+      const dCols = ["layer", "head"].map((c) => ({ key: c })).concat([
+        { key: "head_type_a", label: "type A" }, { key: "head_type_b", label: "type B" },
+        { key: "value_a", label: "A" }, { key: "value_b", label: "B" }, { key: "delta" },
+        { key: "delta_lo" }, { key: "delta_hi" }, { key: "significant", render: yesNo }]);
+      const cCols = ["layer", "head", "head_type_a", "head_type_b"].map((c) => ({ key: c }))
+        .concat(HEAD_SHARES.flatMap((s) => [{ key: s + "_a" }, { key: s + "_b" }]));
+      const out = section("Heads", h("div", { class: "controls" }, shareSelect), ...lines, heat,
+        dataTable("head-delta-table", `${m}: B − A per head, largest |Δ| first (basis ${ctx.basis})`, ordered, dCols,
+          { filename: `compare-heads-${m}`, csvKeys: ["layer", "head", "metric", "head_type_a", "head_type_b", "value_a",
+            "value_b", "delta", "delta_lo", "delta_hi", "significant"] }),
+        changes.length ? dataTable("head-type-table", "head-type changes A → B", changes, cCols,
+          { filename: "compare-head-type-changes" })
+          : empty("No head changed type from A to B (of the heads both runs hold).", "no-head-type-changes"));
+      headBox.replaceChildren(out);  // in the document first: plotly measures the plot's box
+      draw(heat, traces, { height: Math.max(300, 34 * layersH.length + 140),
+        xaxis: { title: { text: "head" }, dtick: 1 }, yaxis: { title: { text: "layer" }, dtick: 1, autorange: "reversed" },
+        legend: { orientation: "h", y: -0.25, x: 0 }, showlegend: changes.length > 0 });
+      headBox.setAttribute("data-ready", ctx.a + " " + ctx.b);
     }
     redraw();
   }
