@@ -53,6 +53,7 @@ def queries_alone(root: Path, run_id: str) -> None:
         D.audits_present(con)
         D.series_data(con)
         D.run_shapes(con)
+        D.compare_choices(con)
         D.latest_series(con)
         D.run_keys(con)
         D.run_detail(con, run_id)

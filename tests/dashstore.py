@@ -37,6 +37,19 @@ def planted_pos(grid: tuple[int, int], dim: int, layers: int, prefix: int = 1) -
     return pos
 
 
+def head_shares(f: np.ndarray, energy: np.ndarray, adjusted: bool) -> dict[str, float]:
+    """A head's shares ``f_*`` with intervals ``f - 0.01 .. f + 0.02`` and, ``adjusted``, its
+    chance-corrected ``f_*_adj`` (of the energies ``write_synthetic_run`` plants then: ``e_pp``
+    halved) with theirs."""
+    e = energy * np.array([0.5, 1.0, 1.0, 1.0])
+    out = {}
+    for kind, values in (("", f), ("_adj", e / e.sum()))[:2 if adjusted else 1]:
+        for b, v in zip(BLOCKS, values, strict=True):
+            out |= {f"f_{b}{kind}": float(v), f"f_{b}{kind}_lo": float(v) - 0.01,
+                    f"f_{b}{kind}_hi": float(v) + 0.02}
+    return out
+
+
 def write_synthetic_run(
     root: Path,
     run_id: str,
@@ -64,6 +77,7 @@ def write_synthetic_run(
     img_size: int | None = None,
     sigmas: dict[int, list[float]] | None = None,
     adjusted_heads: bool = False,
+    head_intervals: bool = False,
 ) -> dict[str, np.ndarray]:
     """Writes one run's runs, layers, heads and modes tables; returns what was planted
     (``frac_pos`` per layer, ``energy`` per layer, head and block). ``intervals`` fills
@@ -77,7 +91,9 @@ def write_synthetic_run(
     ``img_size`` its runs row's (default img_size: 16 per patch row of ``grid``); ``sigmas``
     the modes' sigma of a head (by head, ``n_modes`` values, in every stored layer);
     ``adjusted_heads`` gives the heads chance-corrected energies ``e_*_adj`` (``e_pp``
-    halved, the others as they are), whence ``f_*_adj``; every column not planted is NULL."""
+    halved, the others as they are), whence ``f_*_adj``; ``head_intervals`` gives each head's
+    shares ``f_*`` (and, with ``adjusted_heads``, its ``f_*_adj``, stored per head) intervals
+    ``f - 0.01 .. f + 0.02``; every column not planted is NULL."""
     rng = np.random.default_rng(seed)
     store = Store(root)
     created_at = created_at or dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
@@ -126,6 +142,8 @@ def write_synthetic_run(
                 **{f"f_{b}": f[i] for i, b in enumerate(BLOCKS)},
                 **({f"e_{b}_adj": energy[layer, head, i] * (0.5 if b == "pp" else 1.0)
                     for i, b in enumerate(BLOCKS)} if adjusted_heads else {}),
+                **(head_shares(f, energy[layer, head], adjusted_heads)
+                   if head_intervals else {}),
                 "head_type": TYPE_NAMES[max(scores, key=scores.get)], "eff_rank": 1 + 2 * f[3],
                 "eff_rank_sigma": 2.0, "k90": 2, "mode_coupling": 0.1,
             })

@@ -602,6 +602,65 @@ def test_series_have_one_point_per_complete_audit_with_what_it_saw(tmp_path):
     assert [(m["plot"], m["types"]) for m in alone] == [("n_heads", [])]
 
 
+def test_compare_offers_every_audit_of_a_run_each_as_its_run(tmp_path):
+    """Trial 13 (F19): Compare offered a run under its latest audit only (c-100 as th · step
+    1), so ck's step 100 (A4), other's step 100 (A6) and ck's step 200 (A1; c-200 was audited
+    again at 250) could not be picked. Its choices are the Series page's points, each with its
+    run; a re-audit of one run at one step of one series (A2, A3 at 500) is one choice, the
+    latest; a failed audit (A8) none; a run never audited (u-1) in its model · weights series."""
+    from dashstore import write_reused_audits
+
+    root, out = tmp_path / "store", tmp_path / "site"
+    write_reused_audits(root)
+    with connect(root) as con:
+        rows = D.compare_choices(con).to_pylist()
+    want = [("ck", 100, "c-100", "A4"), ("ck", 200, "c-200", "A1"), ("ck", 250, "c-200", "A5"),
+            ("ck", 500, "c-500", "A3"), ("other", 100, "c-100", "A6"), ("th", 1, "c-100", "A7"),
+            ("toy_vit · plain", None, "u-1", None)]
+    assert [(r["series"], r["step"], r["run_id"], r["audit_id"]) for r in rows] == want
+    build_dashboard(root, out)
+    page = embedded(out / "compare.html")["choices"]
+    assert list(zip(page["series"], page["step"], page["run_id"], page["audit_id"],
+                    strict=True)) == want
+
+
+def test_each_run_s_head_figures_are_written_beside_its_page_for_compare(tmp_path):
+    """Trial 13 (F5): Compare had no head level. The page compares two runs' heads as
+    compare_runs and head_type_changes do, from each run's head shares, types and intervals
+    written once beside its page (runs/<run>.heads.js), which it loads for the two runs
+    chosen: compare.html embeds no head rows, so it does not grow with every run's heads. A
+    file gone is written again (with its page); a run unchanged keeps its file as it was."""
+    from bfd.report.dashboard import heads_name
+
+    root, out = tmp_path / "store", tmp_path / "site"
+    for i, n in enumerate((8, 16)):
+        write_synthetic_run(root, f"h{n}", seed=i, n_images=n, intervals=True,
+                            adjusted_heads=True, head_intervals=True)
+    build_dashboard(root, out)
+    shares = [f"{s}{b}{e}" for s in ("f_pp", "f_pc", "f_cp", "f_cc") for b in ("", "_adj")
+              for e in ("", "_lo", "_hi")]
+    with connect(root) as con:
+        sql = {run_id: run_sql(con, f"SELECT layer, head, head_type, {', '.join(shares)} FROM heads"
+                                    " WHERE run_id = $r ORDER BY layer, head",
+                               {"r": run_id}).to_pydict() for run_id in ("h8", "h16")}
+    prefix = "(window.BFD_HEADS = window.BFD_HEADS || {})"
+    for run_id, want in sql.items():
+        path = out / "runs" / heads_name(run_id)
+        text = path.read_text(encoding="utf-8")
+        head = f'{prefix}["{run_id}"] = '
+        assert text.startswith(head) and text.endswith(";\n")
+        got = json.loads(text[len(head):-2])
+        assert got == want and all(v is not None for v in got["f_pp_adj_lo"])
+    # compare.html embeds the runs' per-layer rows, none of their heads
+    assert "head_type" not in json.dumps(embedded(out / "compare.html"))
+    heads_file = out / "runs" / heads_name("h8")
+    heads_file.unlink()
+    stamp = (out / "runs" / heads_name("h16")).stat().st_mtime_ns
+    again = build_dashboard(root, out)
+    assert heads_file.is_file() and "runs/h16.html" in again.unchanged
+    assert (out / "runs" / heads_name("h16")).stat().st_mtime_ns == stamp
+
+
 def test_series_list_counts_a_run_in_every_series_that_audited_it(tmp_path):
     from dashstore import REUSED_AUDITS, write_reused_audits
 

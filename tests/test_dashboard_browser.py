@@ -192,8 +192,16 @@ def test_hostile_names_render_as_text(site, browser, page):
     open_page(browser, (site / page).as_uri())
     assert no_dialog(browser)
     assert_clean(browser, "file://")
-    # Three script elements of our own (data, plotly.js, dashboard.js); none from the store.
-    assert browser.execute_script("return document.scripts.length") == 3
+    # Three script elements of our own (data, plotly.js, dashboard.js), and on Compare the
+    # head figures the dashboard wrote for the runs chosen; none from the store.
+    srcs = ("return Array.from(document.scripts, s => s.getAttribute('src'))"
+            ".filter(s => s && s.endsWith('.heads.js'))")
+    if page == "compare.html":
+        wait_for(browser, "return document.getElementById('compare-heads').dataset.ready")
+    heads = browser.execute_script(srcs)
+    assert browser.execute_script("return document.scripts.length") == 3 + len(heads)
+    assert len(heads) == (2 if page == "compare.html" else 0)
+    assert all(re.fullmatch(r"runs/[ax]-[12]\.heads\.js", src) for src in heads), heads
     text = browser.execute_script("return document.body.innerText")
     if page != "compare.html":  # compare shows names only inside its <select>s
         assert XSS in text
@@ -207,7 +215,12 @@ def test_hostile_names_render_as_text(site, browser, page):
         assert no_dialog(browser)
         note = browser.find_element("id", "compare-pair-note").text
         assert note.startswith(f"run_a is of vit_a, run_b of {XSS}: two models")
-        assert browser.execute_script("return document.scripts.length") == 3
+        heads_drawn(browser, "a-1", "x-1")
+        assert no_dialog(browser)
+        heads = browser.execute_script(srcs)
+        assert browser.execute_script("return document.scripts.length") == 3 + len(heads)
+        assert {"runs/a-1.heads.js", "runs/x-1.heads.js"} <= set(heads)
+        assert XSS in browser.find_element("id", "compare-names").text
 
 
 def test_run_page_views_are_linked(site, browser):
@@ -427,6 +440,55 @@ def reused_site(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reused-site")
     build_dashboard(root, out)
     return out
+
+
+def test_compare_offers_each_audit_and_reads_series_and_step_from_the_address(reused_site,
+                                                                              browser):
+    # trial 13 (F19): a run audited several times was offered under its latest audit only:
+    # c-100 as th · step 1, so ck's step 100 could not be picked. Each audit is a choice (a
+    # run's latest one valued by its run id, as compare.html?a=RUN_ID); the address names
+    # audits by series and step (step=S: B, against the point before it of another run),
+    # and choosing writes them there.
+    page = (reused_site / "compare.html").as_uri()
+    chosen = ("return ['run-a', 'run-b'].map(i => document.getElementById(i)"
+              ".selectedOptions[0].textContent)")
+    open_page(browser, page)
+    assert_clean(browser, "file://")
+    options = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#run-a option'),"
+        " o => [o.value, o.textContent])")
+    assert options == [
+        ["audit:A4", "ck · step 100 · c-100 · c-100"],
+        ["audit:A1", "ck · step 200 · c-200 · c-200"],
+        ["c-200", "ck · step 250 · c-200 · c-200"], ["c-500", "ck · step 500 · c-500 · c-500"],
+        ["audit:A6", "other · step 100 · c-100 · c-100"],
+        ["c-100", "th · step 1 · c-100 · c-100"],
+        ["u-1", "toy_vit · plain · plain · u-1"]]
+    for query, want in (
+            ("?series=ck&step=250", ["ck · step 100 · c-100 · c-100",
+                                     "ck · step 250 · c-200 · c-200"]),
+            ("?series=ck&step_a=200&step_b=500", ["ck · step 200 · c-200 · c-200",
+                                                  "ck · step 500 · c-500 · c-500"]),
+            ("?series_a=other&series_b=ck&step_b=200", ["other · step 100 · c-100 · c-100",
+                                                        "ck · step 200 · c-200 · c-200"])):
+        open_page(browser, page + query)
+        assert browser.execute_script(chosen) == want, query
+        assert browser.find_elements("id", "compare-url-note") == []
+        assert browser.find_element("id", "compare-names").text.splitlines() == [
+            f"{side} {name} · N 16" for side, name in zip("AB", want, strict=True)]
+    open_page(browser, page + "?series=ck&step=7")
+    assert browser.find_element("id", "compare-url-note").text == (
+        "the step of the address (step=7) is no audit of series ck: showing c-200 as A and "
+        "c-500 as B instead.")
+    # choosing an audit writes it into the address, which opens on it again
+    browser.execute_script(
+        "const s = document.getElementById('run-a'); s.value = 'audit:A4';"
+        " s.dispatchEvent(new Event('change'));")
+    address = browser.execute_script("return location.href")
+    assert address.endswith("compare.html?series=ck&step_a=100&step_b=500")
+    open_page(browser, address)
+    assert browser.execute_script(chosen) == ["ck · step 100 · c-100 · c-100",
+                                              "ck · step 500 · c-500 · c-500"]
 
 
 def choose_series(driver, name: str) -> None:
@@ -670,7 +732,8 @@ def other_n(tmp_path_factory) -> tuple[Path, Path, dict]:
     raw frac_pos of n8 and n16 differ widely (planted by seed) while their chance-corrected
     frac_pos_adj differ little. w2: n16's model with other weights, created last: a series of
     one run (as each model of a zoo audited once), decomposed before the chance-corrected
-    shares were stored (none). The store, its site and each run's planted raw frac_pos."""
+    shares were stored (none). Each head's shares have intervals (w2's raw ones only). The
+    store, its site and each run's planted raw frac_pos."""
     root = tmp_path_factory.mktemp("other-n")
     adj = {"n8": [0.10, 0.20, 0.30], "n16": [0.101, 0.195, 0.36], "vit_b": [0.12, 0.18, 0.3]}
     raw = {}
@@ -685,6 +748,7 @@ def other_n(tmp_path_factory) -> tuple[Path, Path, dict]:
             prefix="include" if run_id == "inc" else None,
             created_at=dt.datetime(2025, 1, 1 + i, tzinfo=dt.UTC) if run_id != "inc" else
             dt.datetime(2024, 12, 1, tzinfo=dt.UTC), adjusted_heads=run_id in adj,
+            head_intervals=True,
             layer_values=None if run_id not in adj else {
                 "frac_pos_adj": adj[run_id], "frac_pos_adj_lo": [v - hw for v in adj[run_id]],
                 "frac_pos_adj_hi": [v + hw for v in adj[run_id]]},
@@ -774,6 +838,116 @@ def test_compare_of_runs_of_other_n_uses_the_adjusted_basis_as_compare_runs(othe
     assert [(row[5], row[6], row[7]) for row in table] == [("–", "–", "–")] * 3
     note = browser.find_element("id", "compare-basis").text
     assert "chance level's change with N" in note and "N = 8 and 16" in note
+
+
+def heads_drawn(driver, a: str, b: str) -> None:
+    """Waits until the Compare page has drawn the Heads section of runs a and b (read from
+    their runs/<run>.heads.js)."""
+    wait_for(driver, "const e = document.getElementById('compare-heads');"
+                     f" return e && e.dataset.ready === {json.dumps(a + ' ' + b)};")
+
+
+def test_compare_heads_agree_with_compare_runs_and_head_type_changes(other_n, browser):
+    # trial 13 (F5): Compare showed per-layer figures only. Its Heads section: per head, B − A
+    # of the chosen share on compare_runs' basis (the chance-corrected twin for n8 against
+    # n16, raw for n16 against vit_b) with its interval and verdict, a layer x head heatmap,
+    # a table largest |delta| first; the heads whose type changed as head_type_changes lists
+    # them, circled on the map. Only the two runs' head files are read.
+    root, site, _ = other_n
+    from bfd.queries import run_query
+
+    for a, b, basis in (("n8", "n16", "adjusted"), ("n16", "vit_b", "raw")):
+        open_page(browser, (site / "compare.html").as_uri() + f"?a={a}&b={b}")
+        heads_drawn(browser, a, b)
+        assert_clean(browser, "file://")
+        assert sorted(browser.execute_script("return Object.keys(window.BFD_HEADS)")) == sorted(
+            [a, b])
+        rows = [r for r in run_query(root, "compare_runs", {"run_a": a, "run_b": b}).to_pylist()
+                if r["level"] == "head"]
+        assert {r["basis"] for r in rows} == {basis} and len(rows) == 4 * 6
+        for share in ("f_pp", "f_cc"):
+            browser.execute_script(
+                "const s = document.getElementById('head-share-select'); s.value = arguments[0];"
+                " s.dispatchEvent(new Event('change'));", share)
+            want = {(r["layer"], r["head"]): r for r in rows if r["metric"] == share}
+            heat = browser.execute_script(
+                "const t = document.getElementById('head-delta-plot').data[0];"
+                " return [Array.from(t.x), Array.from(t.y), t.z.map(r => Array.from(r))];")
+            assert heat[0] == [0, 1] and heat[1] == [0, 1, 2]
+            for layer, zs in zip(heat[1], heat[2], strict=True):
+                for head, z in zip(heat[0], zs, strict=True):
+                    assert z == pytest.approx(want[(layer, head)]["delta"], rel=1e-9, abs=1e-12)
+            table = table_rows(browser, "head-delta-table")
+            assert [abs(float(t["delta"])) for t in table] == sorted(
+                (abs(float(t["delta"])) for t in table), reverse=True)
+            for t in table:
+                r = want[(int(t["layer"]), int(t["head"]))]
+                for col, key in (("A", "value_a"), ("B", "value_b"), ("delta", "delta"),
+                                 ("delta_lo", "delta_lo"), ("delta_hi", "delta_hi")):
+                    assert float(t[col]) == pytest.approx(r[key], abs=1e-4), (a, b, share, col)
+                assert t["significant"] == ("yes" if r["significant"] else "no")
+            caption = browser.find_element("css selector", "#head-delta-table caption").text
+            assert caption.startswith(share + ("_adj" if basis == "adjusted" else "") + ": B − A")
+        changes = run_query(root, "head_type_changes", {"run_a": a, "run_b": b}).to_pylist()
+        assert changes, "the planted runs' heads must differ in type somewhere"
+        shown = table_rows(browser, "head-type-table")
+        assert [(int(t["layer"]), int(t["head"]), t["head_type_a"], t["head_type_b"])
+                for t in shown] == [(c["layer"], c["head"], c["head_type_a"], c["head_type_b"])
+                                    for c in changes]
+        circled = browser.execute_script(
+            "const t = document.getElementById('head-delta-plot').data[1];"
+            " return Array.from(t.x, (x, i) => [t.y[i], x]);")
+        assert circled == [[c["layer"], c["head"]] for c in changes]
+
+
+def test_compare_names_its_runs_in_full_and_every_hover_says_run_n_and_interval(other_n,
+                                                                                browser):
+    # trial 13 (F13): the legend held each run's whole name, cut at the figure's edge with
+    # the run id; (F15) hovers said "layer 3.00" and a value, no run, N or interval. The
+    # legend says A and B, the names above the plots in full (run id and N); a point's hover
+    # its run, N, layer and value [lo, hi]; a bar's the delta [lo, hi], its verdict and both
+    # runs' values and N.
+    root, site, _ = other_n
+    from bfd.queries import run_query
+
+    open_page(browser, (site / "compare.html").as_uri() + "?a=n8&b=n16")
+    assert_clean(browser, "file://")
+    assert browser.execute_script(
+        "return document.getElementById('compare-plot').data.map(t => t.name)") == ["A", "B"]
+    names = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#compare-names p'), p => p.textContent)")
+    assert names == ["A toy_vit · random · random · n8 · N 8",
+                     "B toy_vit · random · random · n16 · N 16"]
+    row = next(r for r in run_query(root, "compare_runs", {"run_a": "n8", "run_b": "n16"})
+               .to_pylist() if r["level"] == "layer" and r["site"] == "attn_in"
+               and r["metric"] == "frac_pos" and r["layer"] == 1)
+    from bfd.queries import connect, run_sql
+
+    with connect(root) as con:
+        lo, v, hi = run_sql(con, "SELECT frac_pos_adj_lo, frac_pos_adj, frac_pos_adj_hi"
+                                 " FROM layer_summary WHERE run_id = 'n16' AND layer = 1"
+                            ).to_pylist()[0].values()
+
+    def num(x: float) -> str:  # the page's four significant digits
+        return repr(float(f"{x:.4g}")).removesuffix(".0")
+
+    def hover(plot: str, curve: int, point: int) -> str:
+        browser.execute_script(
+            f"Plotly.Fx.hover(document.getElementById('{plot}'),"
+            f" [{{curveNumber: {curve}, pointNumber: {point}}}]);")
+        return wait_for(browser, f"const t = document.querySelector('#{plot} .hovertext');"
+                                 " return t && t.textContent;")
+
+    assert hover("compare-plot", 1, 1) == (
+        "B: toy_vit · random · n16 (n16)N 16 · layer 1"
+        f"frac_pos_adj {num(v)} [{num(lo)}, {num(hi)}]")
+    assert hover("delta-plot", 0, 1) == (
+        f"layer 1Δ frac_pos_adj (B − A) {num(row['delta'])} [{num(row['delta_lo'])}, "
+        f"{num(row['delta_hi'])}]significant: {'yes' if row['significant'] else 'no'}"
+        f"A: toy_vit · random · n8 (n8), N 8: {num(row['value_a'])}"
+        f"B: toy_vit · random · n16 (n16), N 16: {num(row['value_b'])}")
+    assert browser.execute_script(
+        "return document.getElementById('compare-plot').layout.xaxis.dtick") == 1
 
 
 def test_overview_legend_of_many_runs_stays_under_the_axis_title(tmp_path, browser):

@@ -6,10 +6,14 @@ Layout of the output folder::
     index.html           Overview: every series and run, depth profiles of the chosen runs
     series.html          every run-level metric of a series against audit step or time,
                          drift flags, head-type changes
-    compare.html         any two runs, per-layer deltas on compare_runs' basis (intervals
+    compare.html         any two runs (each audit of a run a choice), per-layer and per-head
+                         deltas and head-type changes on compare_runs' basis (intervals
                          where stored)
     runs/<run>.html      one page per run: the paper's views (of a run with a damaged table
                          file: one line saying so, also on the other pages, until it is repaired)
+    runs/<run>.heads.js  the run's head shares and types (``data.head_figures``), which the
+                         Compare page loads for the two runs chosen (a script: file:// pages
+                         cannot read another file's data)
     assets/              plotly.min.js (from the plotly package), dashboard.js, dashboard.css
     .bfd-dashboard.json  what each page was built from, so a rebuild writes only what changed
     .bfd-positional/     each run's positional components, kept while its results are the same
@@ -46,6 +50,7 @@ __all__ = [
     "build_dashboard",
     "damaged_runs",
     "embed_json",
+    "heads_name",
     "make_server",
     "page_name",
     "serve_dashboard",
@@ -87,6 +92,18 @@ class DashboardBuild:
 def page_name(run_id: str) -> str:
     """The file of a run's page inside ``runs/``: the run id where it is a safe file name."""
     return f"{D.safe_file_stem(run_id)}.html"
+
+
+def heads_name(run_id: str) -> str:
+    """The file of a run's head figures inside ``runs/``, beside its page."""
+    return f"{D.safe_file_stem(run_id)}.heads.js"
+
+
+def heads_script(run_id: str, heads: D.Columns) -> str:
+    """A run's head figures as a script that puts them into ``window.BFD_HEADS[run_id]``
+    (JSON as ``embed_json`` writes it: no string can end the script)."""
+    return (f"(window.BFD_HEADS = window.BFD_HEADS || {{}})[{embed_json(run_id)}] = "
+            f"{embed_json(heads)};\n")
 
 
 def _asset_text(name: str) -> str:
@@ -214,19 +231,21 @@ def damaged_runs(store_root: Path, listed: set[str]) -> dict[str, str]:
     return found
 
 
-def _write_if_changed(out: Path, rel: str, text: str, build: DashboardBuild) -> None:
+def _write_if_changed(out: Path, rel: str, text: str, build: DashboardBuild | None) -> None:
     """Writes ``text`` to ``out/rel`` (``build.written``) unless the file holds it already: a
-    page then counts as unchanged, an asset as neither."""
+    page then counts as unchanged, an asset as neither; ``build`` None: a page's data file
+    (``heads_name``), counted as neither."""
     path = out / rel
     if path.is_file() and path.read_text(encoding="utf-8") == text:
-        if not rel.startswith("assets/"):
+        if build is not None and not rel.startswith("assets/"):
             build.unchanged.append(rel)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
-    build.written.append(rel)
+    if build is not None:
+        build.written.append(rel)
 
 
 POSITIONAL: Final[str] = ".bfd-positional"
@@ -396,7 +415,8 @@ def build_dashboard(
             "index.html": ("overview", {**common, "layers": layers,
                                         "series_list": series_list}),
             "series.html": ("series", {**common, **series, "shapes": shapes}),
-            "compare.html": ("compare", {**common, "layers": layers, "shapes": shapes}),
+            "compare.html": ("compare", {**common, "layers": layers, "shapes": shapes,
+                                         "choices": D.columnar(D.compare_choices(con))}),
         }
         pending = _pending_notice(root, set(runs["run_id"]) | set(damaged))
         for rel, (kind, payload) in site_pages.items():
@@ -420,10 +440,15 @@ def build_dashboard(
             run = {name: values[i] for name, values in runs.items()}
             key = D.content_hash([keys.get(run_id), run], [code])
             pages[rel] = key
-            if old_pages.get(rel) == key and (out / rel).is_file():
+            heads_rel = f"runs/{heads_name(run_id)}"
+            if (old_pages.get(rel) == key and (out / rel).is_file()
+                    and (out / heads_rel).is_file()):
                 build.unchanged.append(rel)
                 continue
             detail = {name: D.columnar(t) for name, t in D.run_detail(con, run_id).items()}
+            # written with its page (not counted as one): what Compare reads of its heads
+            _write_if_changed(out, heads_rel, heads_script(run_id, D.head_figures(
+                detail["heads"])), None)
             grid = (run["grid_h"], run["grid_w"])
             detail["pos"], read = _positional(
                 root, out, run_id, grid, D.content_hash([run["results_path"], grid], [code]), force)
@@ -438,6 +463,12 @@ def build_dashboard(
         if rel not in pages and rel.startswith("runs/"):
             (out / rel).unlink(missing_ok=True)
             build.removed.append(rel)
+    # the head figures of runs no longer in the store (or damaged: Compare offers them not)
+    kept_heads = {heads_name(run_id) for run_id in runs["run_id"]}
+    if (out / "runs").is_dir():
+        for stale in (out / "runs").glob("*.heads.js"):
+            if stale.name not in kept_heads:
+                stale.unlink(missing_ok=True)
     listed = {f"{D.safe_file_stem(run_id)}.json" for run_id in runs["run_id"]}
     if (out / POSITIONAL).is_dir():
         for kept in (out / POSITIONAL).iterdir():

@@ -37,8 +37,10 @@ __all__ = [
     "audits_present",
     "catalog_tables",
     "columnar",
+    "compare_choices",
     "drift_marks",
     "figures_not_kept",
+    "head_figures",
     "latest_series",
     "layer_rows",
     "positional_components",
@@ -385,6 +387,45 @@ def _series_points(con: duckdb.DuckDBPyConnection) -> str:
         " AND (r.run_id IS NULL OR r.status = 'complete')"
     )
     return f"{audited} UNION ALL BY NAME {unaudited}"
+
+
+def compare_choices(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """The choices of the Compare page's run selects: one per point of the Series page
+    (``_series_points``: a complete audit of a complete run, in its series at its step; a run
+    never audited, in its ``model · weights`` series with no step), so a run audited several
+    times, or in several series, is offered under each audit, not under its latest only. An
+    audit of a run the catalog left out (damaged) is none (its run has no figures to
+    compare). Audits of one run at one step of one series (a nightly re-audit of an
+    unchanged checkpoint) are one choice, the latest. Columns ``series``, ``step``,
+    ``started_at``, ``run_id``, ``audit_id``, in series order (step, start, audit id)."""
+    return run_sql(con, f"""
+        WITH p AS ({_series_points(con)})
+        SELECT series, step, started_at, run_id, audit_id
+        FROM p
+        WHERE NOT p.left_out
+        QUALIFY row_number() OVER (PARTITION BY series, step, run_id
+                                   ORDER BY started_at DESC NULLS LAST, audit_id DESC) = 1
+        ORDER BY series, coalesce(step, 0), started_at NULLS FIRST, audit_id, run_id
+    """)
+
+
+# The head shares the Compare page compares per head, as compare_runs does (its ``level
+# head`` rows: bfd/queries/compare_runs.sql), each raw and chance-corrected (``_adj``) with
+# their intervals' ends; with ``head_type`` for head_type_changes' rule.
+HEAD_SHARES: Final[tuple[str, ...]] = ("f_pp", "f_pc", "f_cp", "f_cc")
+
+
+def head_figures(heads: Columns) -> Columns:
+    """Of a run's ``heads`` rows (``run_detail``), what the Compare page reads of them:
+    ``layer``, ``head``, ``head_type`` and, of each of ``HEAD_SHARES``, the raw and
+    chance-corrected share and their intervals' ends (``f_pp``, ``f_pp_lo``, ``f_pp_hi``,
+    ``f_pp_adj``, ``f_pp_adj_lo``, ``f_pp_adj_hi``; those the table holds), the columns
+    compare_runs and head_type_changes read. The dashboard writes them beside the run's page
+    (``runs/<run>.heads.js``), read by the Compare page for the two runs chosen only."""
+    names = ["layer", "head", "head_type"] + [
+        f"{share}{basis}{end}" for share in HEAD_SHARES for basis in ("", "_adj")
+        for end in ("", "_lo", "_hi")]
+    return {name: heads[name] for name in names if name in heads}
 
 
 def series_list(con: duckdb.DuckDBPyConnection) -> pa.Table:

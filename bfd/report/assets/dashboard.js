@@ -1268,6 +1268,60 @@
   }
 
   // --- compare ------------------------------------------------------------------------------
+  // a number in a hover: four significant digits, as a plain decimal where JS writes one
+  function num(v) {
+    return typeof v === "number" && Number.isFinite(v) ? String(Number(v.toPrecision(4))) : "–";
+  }
+  // a value and its 95 % interval where both ends are numbers: "0.4 [0.38, 0.42]"
+  function withInterval(v, lo, hi) {
+    return num(v) + (typeof lo === "number" && typeof hi === "number" ? ` [${num(lo)}, ${num(hi)}]` : "");
+  }
+  // The head shares the Compare page compares per head (bfd/report/data.py HEAD_SHARES).
+  const HEAD_SHARES = ["f_pp", "f_pc", "f_cp", "f_cc"];
+  // compare_runs' rows of level head for one share (bfd/queries/compare_runs.sql), from the
+  // two runs' head rows (runs/<run>.heads.js): every head of either run (a full outer join
+  // on layer and head), value_a and value_b the raw share when both runs decoded the same N
+  // (`basis` "raw"), else its chance-corrected twin (`_adj`); delta = b - a, its interval
+  // delta ± sqrt(hw_a² + hw_b²) (hw: a run's (hi - lo) / 2; none where either lacks one),
+  // significant when it excludes 0 (null without one). Layer, then head order.
+  function headDeltas(A, B, share, basis) {
+    const m = basis === "raw" ? share : share + "_adj";
+    const key = (r) => r.layer + ":" + r.head;
+    const byA = new Map(A.map((r) => [key(r), r])), byB = new Map(B.map((r) => [key(r), r]));
+    const value = (r) => (r && typeof r[m] === "number" ? r[m] : null);
+    const hw = (r) => (r && typeof r[m + "_lo"] === "number" && typeof r[m + "_hi"] === "number"
+      ? (r[m + "_hi"] - r[m + "_lo"]) / 2 : null);
+    const keys = [...new Map([...A, ...B].map((r) => [key(r), [r.layer, r.head]])).values()]
+      .sort((x, y) => x[0] - y[0] || x[1] - y[1]);
+    return keys.map(([layer, head]) => {
+      const a = byA.get(layer + ":" + head), b = byB.get(layer + ":" + head);
+      const va = value(a), vb = value(b), ha = hw(a), hb = hw(b);
+      const d = va === null || vb === null ? null : vb - va;
+      const w = ha === null || hb === null ? null : Math.sqrt(ha * ha + hb * hb);
+      return { layer: layer, head: head, metric: m, head_type_a: a ? a.head_type : null,
+        head_type_b: b ? b.head_type : null, value_a: va, value_b: vb,
+        value_a_lo: a ? a[m + "_lo"] ?? null : null, value_a_hi: a ? a[m + "_hi"] ?? null : null,
+        value_b_lo: b ? b[m + "_lo"] ?? null : null, value_b_hi: b ? b[m + "_hi"] ?? null : null,
+        delta: d, delta_lo: d === null || w === null ? null : d - w,
+        delta_hi: d === null || w === null ? null : d + w,
+        significant: d === null || w === null || Number.isNaN(w) ? null : (d - w > 0 || d + w < 0) };
+    });
+  }
+  // head_type_changes' rows (bfd/queries/head_type_changes.sql): the heads both runs hold
+  // whose stored head_type differs (IS DISTINCT FROM), with both runs' raw shares.
+  function headTypeChanges(A, B) {
+    const byB = new Map(B.map((r) => [r.layer + ":" + r.head, r]));
+    const out = [];
+    for (const a of A) {
+      const b = byB.get(a.layer + ":" + a.head);
+      if (!b || (a.head_type ?? null) === (b.head_type ?? null)) continue;
+      const row = { layer: a.layer, head: a.head, head_type_a: a.head_type ?? null, head_type_b: b.head_type ?? null };
+      for (const s of HEAD_SHARES) { row[s + "_a"] = a[s] ?? null; row[s + "_b"] = b[s] ?? null; }
+      out.push(row);
+    }
+    return out.sort((x, y) => x.layer - y.layer || x.head - y.head);
+  }
+
   function comparePage() {
     const byRun = layersByRun();
     const runs = RUNS.filter((r) => byRun.has(r.run_id));
@@ -1278,10 +1332,40 @@
     // interval target: NOT_FIGURES)
     const NOT_FIGURES = ["layer", "depth", "rel_depth", "n_images", "n_heads", "ci_target"];
     const keys = numericKeys(all, NOT_FIGURES).filter((k) => !/_(lo|hi)$/.test(k));
+    const when = (r) => Date.parse(r.started_at || r.created_at) || 0;
+    // The choices: one per point of the Series page (bfd/report/data.py compare_choices: each
+    // complete audit of a run, in its series at its step; a run never audited in its
+    // model · weights series), so every audit of a run audited several times is offered.
+    // A run's own choice, whose value is its run id (compare.html?a=RUN_ID), is its latest
+    // audit's (the run's series and step on every other page), else its latest point; its
+    // other audits' values are "audit:" and the audit id. Every choice of a run shows the
+    // run's figures: the audit names where it was audited.
+    const choices = rowsOf(D.choices).filter((c) => byRun.has(c.run_id)).map((c) => Object.assign({}, c));
+    const ofRun = groupBy(choices, (c) => c.run_id);
+    for (const r of runs) {
+      if (!ofRun.has(r.run_id)) {  // no complete audit in any series: the run itself
+        const c = { run_id: r.run_id, series: r.series, step: null, started_at: null, audit_id: null };
+        choices.push(c);
+        ofRun.set(r.run_id, [c]);
+      }
+      const mine = ofRun.get(r.run_id);
+      const own = mine.find((c) => c.audit_id !== null && c.audit_id === r.audit_id) ||
+        mine.reduce((x, c) => ((Date.parse(c.started_at) || 0) >= (Date.parse(x.started_at) || 0) ? c : x), mine[0]);
+      own.key = r.run_id;
+    }
+    for (const c of choices) if (!c.key) c.key = "audit:" + c.audit_id;
+    const bySeries = (x, y) => (x.series < y.series ? -1 : x.series > y.series ? 1 : 0) ||
+      (x.step ?? 0) - (y.step ?? 0) || (Date.parse(x.started_at) || 0) - (Date.parse(y.started_at) || 0);
+    choices.sort(bySeries);
+    const CHOICE = new Map(choices.map((c) => [c.key, c]));
+    // a choice in its select: series, step (as the Series page), the weights' file name and
+    // the run id; in notes and hovers: series · step (run id)
+    const label = (c) => [c.series, stepText(c) === null ? null : "step " + stepText(c),
+      fileName(RUN_BY_ID.get(c.run_id).weights), c.run_id].filter((p) => p !== null).join(" · ");
+    const shortName = (c) => `${c.series} · ${stepText(c) === null ? c.run_id : "step " + stepText(c)} (${c.run_id})`;
     // opens on the series audited last (the run whose latest audit started last, else the
     // run created last), its latest run in series order (step, then start time: the
     // overview's latest member) as B against the run before it in that order as A
-    const when = (r) => Date.parse(r.started_at || r.created_at) || 0;
     const last = runs.reduce((x, r) => (when(r) >= when(x) ? r : x), runs[0]);
     const mates = runs.filter((r) => r.series === last.series)
       .sort((x, y) => (x.step ?? 0) - (y.step ?? 0) || when(x) - when(y));
@@ -1298,53 +1382,120 @@
     };
     const fallback = others.length ? others.reduce((x, r) => (rank(r) < rank(x) ? r : x), others[0]) : latest;
     const before = mates[mates.length - 2] || fallback;
-    const state = { a: before.run_id, b: latest.run_id, metric: "frac_pos" };
-    // compare.html?a=RUN_ID&b=RUN_ID (either alone) chooses the runs; an id that is not a
-    // complete run of this store is said above the plots, its side left as the default
+    const state = { a: before.run_id, b: latest.run_id, metric: "frac_pos", share: "f_pp" };
+    // The address chooses: compare.html?a=RUN_ID&b=RUN_ID (a run's own choice), or an audit
+    // by its series and step: series_a=NAME&step_a=S (series=NAME for both sides; step=S is
+    // step_b, with A the point before it in its series, of another run, unless A is named;
+    // series=NAME alone: its latest point as B, the one before as A; a side's series without
+    // its step: that series' latest point). A run id wins over a side's series and step.
+    // What is not in the store is said above the plots, that side left as the default.
     const asked = new URLSearchParams(window.location.search);
+    const given = (k) => { const v = asked.get(k); return v === null || v === "" ? null : v; };
     const unknown = [];
+    const inSeries = (name) => choices.filter((c) => c.series === name);
     const pick = (side) => {
-      const id = asked.get(side);
-      if (id === null || id === "") return null;
-      if (byRun.has(id)) return id;
-      unknown.push([side.toUpperCase(), id]);
-      return null;
+      const id = given(side);
+      if (id !== null) {
+        if (byRun.has(id)) return id;
+        unknown.push(`run ${side.toUpperCase()} of the address (${side}=${id}) is not a complete run of this store`);
+        return null;
+      }
+      const seriesKey = given("series_" + side) !== null ? "series_" + side : "series";
+      const name = given(seriesKey);
+      const stepKey = given("step_" + side) !== null || side === "a" ? "step_" + side : "step";
+      const step = given(stepKey);
+      if (name === null) {
+        if (step !== null) unknown.push(`${stepKey}=${step} of the address names no series (series=NAME)`);
+        return null;
+      }
+      const members = inSeries(name);
+      if (!members.length) {
+        unknown.push(`the series of the address (${seriesKey}=${name}) is not a series of this store`);
+        return null;
+      }
+      // no step: B the series' latest point, and A too where the address gives A a series
+      // of its own (series_a, or series while B has series_b); else A is left to B's
+      const own = side === "b" || seriesKey === "series_a" || given("series_b") !== null;
+      if (step === null) return own ? members[members.length - 1].key : null;
+      const at = members.filter((c) => String(c.step) === step);
+      if (!at.length) {
+        unknown.push(`the step of the address (${stepKey}=${step}) is no audit of series ${name}`);
+        return null;
+      }
+      return at[at.length - 1].key;  // the latest audit at that step
     };
     const askA = pick("a"), askB = pick("b");
     if (askA !== null) state.a = askA;
     if (askB !== null) state.b = askB;
-    // one run named: the other side the default pair's run that is not it
-    if (askA !== null && askB === null && state.b === askA) state.b = before.run_id;
-    if (askB !== null && askA === null && state.a === askB) state.a = latest.run_id;
-    if (unknown.length) {
-      app.append(h("p", { class: "note warn", id: "compare-url-note" }, unknown.map(([side, id]) =>
-        `run ${side} of the address (${side.toLowerCase()}=${id}) is not a complete run of this store`)
-        .join("; ") + `: showing ${state.a} as A and ${state.b} as B instead.`));
+    const named = (side) => given(side) !== null || given("step_" + side) !== null || given("series_" + side) !== null;
+    if (askB !== null && askA === null && !named("a") && given("b") === null) {
+      // B named by series and step: A the point before it in its series (a run id: below)
+      const members = inSeries(CHOICE.get(askB).series);
+      const prior = members.slice(0, members.findIndex((c) => c.key === askB))
+        .filter((c) => c.run_id !== CHOICE.get(askB).run_id);
+      if (prior.length) state.a = prior[prior.length - 1].key;
     }
-    // a choice: series, step (as the Series page), the weights' file name and the run id
-    const opts = runs.map((r) => [r.run_id, [r.series, stepText(r) === null ? null : "step " + stepText(r),
-      fileName(r.weights), r.run_id].filter((p) => p !== null).join(" · ")]);
+    const runOf = (key) => CHOICE.get(key).run_id;
+    // one run named: the other side the default pair's run that is not it
+    if (askA !== null && askB === null && runOf(state.b) === runOf(askA)) state.b = before.run_id;
+    if (askB !== null && askA === null && runOf(state.a) === runOf(askB)) state.a = latest.run_id;
+    if (unknown.length) {
+      app.append(h("p", { class: "note warn", id: "compare-url-note" }, [...new Set(unknown)].join("; ") +
+        `: showing ${runOf(state.a)} as A and ${runOf(state.b)} as B instead.`));
+    }
+    // choosing puts the choices in the address (series and step where that names the
+    // choice, else the run id), so that it links to what is shown (a browser that refuses
+    // it, as some do for file:// pages, keeps the old address)
+    function remember() {
+      const url = new URL(window.location.href);
+      for (const k of ["a", "b", "series", "series_a", "series_b", "step", "step_a", "step_b"]) url.searchParams.delete(k);
+      const byStep = (c) => {  // the choice its series and step give back
+        if (c.audit_id === null || c.step === null) return false;
+        const at = inSeries(c.series).filter((x) => x.step === c.step);
+        return at[at.length - 1] === c;
+      };
+      const ca = CHOICE.get(state.a), cb = CHOICE.get(state.b);
+      const both = byStep(ca) && byStep(cb) && ca.series === cb.series;
+      if (both) url.searchParams.set("series", ca.series);
+      for (const [side, c] of [["a", ca], ["b", cb]]) {
+        if (!byStep(c)) url.searchParams.set(side, c.run_id);
+        else {
+          if (!both) url.searchParams.set("series_" + side, c.series);
+          url.searchParams.set("step_" + side, String(c.step));
+        }
+      }
+      try { window.history.replaceState(null, "", url.href); } catch (e) { /* address kept */ }
+    }
+    const opts = choices.map((c) => [c.key, label(c)]);
+    const choose = (side) => (v) => { state[side] = v; remember(); redraw(); };
     app.append(h("div", { class: "controls" },
-      select("run-a", "run A", opts, state.a, (v) => { state.a = v; redraw(); }),
-      select("run-b", "run B", opts, state.b, (v) => { state.b = v; redraw(); }),
+      select("run-a", "run A", opts, state.a, choose("a")),
+      select("run-b", "run B", opts, state.b, choose("b")),
       select("metric-select", "metric", keys.map((k) => [k, k]), state.metric, (v) => { state.metric = v; redraw(); })));
+    // the runs' names in full above the plots (the legend says A and B only: a long
+    // series name cut at the figure's edge took the run id with it)
+    const names = h("div", { id: "compare-names" });
     const prof = plotDiv("compare-plot", "The chosen metric per layer for runs A and B");
     const delta = plotDiv("delta-plot", "Per-layer difference B minus A of the chosen metric, with intervals where stored");
     const notes = h("div", { id: "compare-notes" });
     const tableBox = h("div", {});
-    app.append(notes, section("Profiles", h("div", { class: "grid" }, prof, delta)), tableBox);
+    const headBox = h("div", { id: "compare-heads" });
+    app.append(notes, names, section("Profiles", h("div", { class: "grid" }, prof, delta)), tableBox, headBox);
     // the images a run decomposed (decoded ones), the N its shares depend on
     // (NULL when the run does not say: two such runs are on one basis, as compare_runs)
     const decoded = (id) => {
       const r = RUN_BY_ID.get(id);
       return typeof r.n_decoded === "number" ? r.n_decoded : null;
     };
+    const COLOUR = { A: "#0072B2", B: "#D55E00" };
     function redraw() {
-      const A = byRun.get(state.a), B = byRun.get(state.b);
+      const ca = CHOICE.get(state.a), cb = CHOICE.get(state.b);
+      const idA = ca.run_id, idB = cb.run_id;
+      const A = byRun.get(idA), B = byRun.get(idB);
       // basis as compare_runs: raw shares when both runs decoded the same N, else the
       // chance-corrected twin (*_adj), whose expectation does not depend on N; a metric
       // without one is shown without intervals, its deltas including the chance level's change
-      const nA = decoded(state.a), nB = decoded(state.b), sameN = nA === nB;
+      const nA = decoded(idA), nB = decoded(idB), sameN = nA === nB;
       const twin = /_adj$/.test(state.metric) ? state.metric : state.metric + "_adj";
       const hasTwin = keys.includes(twin);
       const k = sameN || !hasTwin ? state.metric : twin;
@@ -1362,15 +1513,19 @@
       }
       // the pair's run_pairs note (two models, other prefix options, images or img_size),
       // when it has one
-      const pn = pairOf(state.a, state.b)?.note;
+      const pn = pairOf(idA, idB)?.note;
       if (pn) noteLines.push(h("p", { class: "note warn", id: "compare-pair-note" }, pn));
-      // one run compared with itself: no delta to show (not a delta of 0 ± an interval)
-      const same = state.a === state.b;
+      // one run compared with itself (two of its audits too): no delta to show (not a
+      // delta of 0 ± an interval)
+      const same = idA === idB;
       if (same) {
         noteLines.push(h("p", { class: "note warn", id: "compare-same" }, `Runs A and B are one run, ` +
-          `${runName(RUN_BY_ID.get(state.a))} (${state.a}): nothing to compare; choose another run as A or B.`));
+          `${shortName(ca)}: nothing to compare; choose another run as A or B.`));
       }
       notes.replaceChildren(...noteLines);
+      const nameOf = { A: `${label(ca)} · N ${fmt(nA)}`, B: `${label(cb)} · N ${fmt(nB)}` };
+      names.replaceChildren(...["A", "B"].map((side) => h("p", { class: "run-name", "data-side": side },
+        h("b", { style: "color:" + COLOUR[side] }, side), " ", nameOf[side])));
       // the models' depth (layer_summary.depth: runs.depth), not the number of layers each
       // run stored (a run may hold a subset of its model's layers: --layers)
       const depthOf = (rows) => rows.length ? rows[0].depth : null;
@@ -1379,17 +1534,25 @@
       const band = (rows) => rows.some((l) => typeof l[k + "_lo"] === "number");
       const err = (rows) => band(rows) ? { type: "data", symmetric: false, array: rows.map((l) => l[k + "_hi"] - l[k]),
         arrayminus: rows.map((l) => l[k] - l[k + "_lo"]) } : undefined;
-      const tr = (rows, id, color) => ({ x: rows.map((l) => l[xk]), y: rows.map((l) => l[k]), error_y: err(rows),
-        name: pt(`${runName(RUN_BY_ID.get(id))} (${id})`), mode: "lines+markers", line: { color: color },
-        hovertemplate: `${xk} %{x:.3g}<br>${k} %{y:.4g}<extra></extra>` });
-      draw(prof, same ? [tr(withGaps(A), state.a, "#0072B2")]
-        : [tr(withGaps(A), state.a, "#0072B2"), tr(withGaps(B), state.b, "#D55E00")],
-        { xaxis: { title: { text: sameDepth ? "layer" : "relative depth" } }, yaxis: { title: { text: k }, tickformat: "~g" }, height: 400 });
+      const where = (l) => `layer ${l.layer}` + (sameDepth ? "" : ` (relative depth ${num(l.rel_depth)})`);
+      // a point's hover: its run (side, series · step, run id), N, layer, value [lo, hi]
+      const tr = (rows, side, c, n) => ({ x: rows.map((l) => l[xk]), y: rows.map((l) => l[k]), error_y: err(rows),
+        name: side, mode: "lines+markers", line: { color: COLOUR[side] },
+        customdata: rows.map((l) => (l.gap ? "" : `${side}: ${pt(shortName(c))}<br>N ${fmt(n)} · ${where(l)}<br>` +
+          `${k} ${withInterval(l[k], l[k + "_lo"], l[k + "_hi"])}`)),
+        hovertemplate: "%{customdata}<extra></extra>" });
+      draw(prof, same ? [tr(withGaps(A), "A", ca, nA)]
+        : [tr(withGaps(A), "A", ca, nA), tr(withGaps(B), "B", cb, nB)],
+        { xaxis: { title: { text: sameDepth ? "layer" : "relative depth" }, dtick: sameDepth ? 1 : undefined },
+          yaxis: { title: { text: k }, tickformat: "~g" }, height: 400 });
       if (same) {
         draw(delta, [], { height: 400, xaxis: { visible: false }, yaxis: { visible: false },
           annotations: [{ text: "A = B: one run compared with itself, no delta", showarrow: false,
             xref: "paper", yref: "paper", x: 0.5, y: 0.5 }] });
         tableBox.replaceChildren();
+        headBox.replaceChildren();
+        headPair = null;
+        headTicket++;  // a pair still loading is drawn no more
         return;
       }
       // B at A's layers: the same layer when depths agree (none where B did not store it),
@@ -1417,22 +1580,127 @@
           delta_lo: w === null ? null : d - w, delta_hi: w === null ? null : d + w,
           significant: w === null ? null : (d - w > 0 || d + w < 0) };
       });
+      const yesNo = (r) => (r.significant === null ? "–" : r.significant ? "yes" : "no");
       const withBand = rows.some((r) => r.delta_lo !== null);
+      // a bar's hover: the layer, the delta [lo, hi] and its verdict, each run's value and N
+      const barText = (r) => `layer ${r.layer}<br>Δ ${k} (B − A) ${withInterval(r.delta, r.delta_lo, r.delta_hi)}` +
+        (r.significant === null ? "" : `<br>significant: ${yesNo(r)}`) +
+        `<br>A: ${pt(shortName(ca))}, N ${fmt(nA)}: ${num(r.a)}<br>B: ${pt(shortName(cb))}, N ${fmt(nB)}: ${num(r.b)}`;
       draw(delta, [{ type: "bar", x: rows.map((r) => r.layer), y: rows.map((r) => r.delta), name: "B − A", width: 0.8,
-        marker: { color: rows.map((r) => (r.delta >= 0 ? "#D55E00" : "#0072B2")) },
+        marker: { color: rows.map((r) => (r.delta >= 0 ? COLOUR.B : COLOUR.A)) },
         error_y: withBand ? { type: "data", symmetric: false, array: rows.map((r) => r.delta_hi - r.delta),
           arrayminus: rows.map((r) => r.delta - r.delta_lo) } : undefined,
-        hovertemplate: `layer %{x}<br>Δ ${k} %{y:.4g}<extra></extra>` }],
+        customdata: rows.map(barText), hovertemplate: "%{customdata}<extra></extra>" }],
       { xaxis: { title: { text: "layer of A" }, dtick: 1 }, yaxis: { title: { text: `Δ ${k} (B − A)` }, tickformat: "~g" }, height: 400,
         title: { text: basis === "none" ? `N differ (${nA}, ${nB}): no intervals, deltas include the chance level's change`
           : withBand ? "intervals: Δ ± √(hw_A² + hw_B²)" : (sameDepth ? "no intervals stored"
           : "depths differ: B interpolated on relative depth"), font: { size: 12 } } });
-      const yesNo = (r) => (r.significant === null ? "–" : r.significant ? "yes" : "no");
       const cols = ["layer", "rel_depth", "a", "b", "delta", "delta_lo", "delta_hi"].map((c) => ({ key: c }))
         .concat([{ key: "significant", render: yesNo }]);
       tableBox.replaceChildren(section("Per-layer deltas", dataTable("delta-table",
         `${k}: B − A per layer (basis ${basis === "none" ? "raw, N differ" : basis})`, rows, cols,
         { filename: `compare-${k}` })));
+      drawHeads({ a: idA, b: idB, ca: ca, cb: cb, nA: nA, nB: nB, basis: sameN ? "raw" : "adjusted" });
+    }
+    // --- heads: each run's head rows from runs/<run>.heads.js (bfd/report/dashboard.py
+    // heads_name), loaded for the runs chosen only: the page embeds no run's heads
+    window.BFD_HEADS = window.BFD_HEADS || {};
+    const loading = new Map();
+    function headsOf(id) {
+      if (!loading.has(id)) {
+        loading.set(id, new Promise((resolve) => {
+          const r = RUN_BY_ID.get(id);
+          const done = () => resolve(window.BFD_HEADS[id] ? rowsOf(window.BFD_HEADS[id]) : null);
+          document.head.append(h("script", { src: UP + "runs/" + encodeURIComponent(r.page.replace(/\.html$/, ".heads.js")),
+            onload: done, onerror: () => resolve(null) }));
+        }));
+      }
+      return loading.get(id);
+    }
+    let headTicket = 0, headPair = null;
+    function drawHeads(ctx) {
+      // the same two runs on the same basis (another layer metric chosen): as drawn
+      const pair = [ctx.a, ctx.b, ctx.basis].join(" ");
+      if (pair === headPair) return;
+      headPair = pair;
+      const ticket = ++headTicket;
+      headBox.removeAttribute("data-ready");
+      headBox.replaceChildren(section("Heads", h("p", { class: "note", id: "heads-status" },
+        "reading the heads of runs A and B …")));
+      Promise.all([headsOf(ctx.a), headsOf(ctx.b)]).then(([HA, HB]) => {
+        if (ticket === headTicket) showHeads(ctx, HA, HB);  // else another pair chosen since
+      });
+    }
+    // the Heads section of the pair, drawn; data-ready (the two run ids) once it is
+    function showHeads(ctx, HA, HB) {
+      const missing = [["A", ctx.a, HA], ["B", ctx.b, HB]].filter(([, , rows]) => rows === null);
+      if (missing.length) {
+        headBox.replaceChildren(section("Heads", h("p", { class: "note warn", id: "heads-status" }, missing.map(([side, id]) =>
+          `the heads of run ${side} (${id}) could not be read (runs/${RUN_BY_ID.get(id).page.replace(/\.html$/, ".heads.js")}); ` +
+          "bfd dashboard writes them again").join("; "))));
+        headBox.setAttribute("data-ready", ctx.a + " " + ctx.b);
+        return;
+      }
+      const m = ctx.basis === "raw" ? state.share : state.share + "_adj";
+      const rows = headDeltas(HA, HB, state.share, ctx.basis);
+      const changes = headTypeChanges(HA, HB);
+      const lines = [h("p", { class: "note", id: "heads-basis" }, ctx.basis === "raw"
+        ? `Per head, the raw share ${m} (both runs decoded N = ${fmt(ctx.nA)}), as compare_runs' head rows.`
+        : `Per head, the chance-corrected share ${m} (N = ${fmt(ctx.nA)} and ${fmt(ctx.nB)} differ), as compare_runs' head rows.`)];
+      const noValue = [["A", ctx.a, HA], ["B", ctx.b, HB]].filter(([, , H]) => H.length && H.every((r) => typeof r[m] !== "number"));
+      if (noValue.length) {
+        lines.push(h("p", { class: "note warn", id: "heads-missing" }, noValue.map(([side, id]) => `run ${side} (${id})`).join(" and ") +
+          ` holds no ${m} (decomposed before it was stored): no per-head deltas on this basis.`));
+      }
+      const nSig = rows.filter((r) => r.significant === true).length;
+      lines.push(h("p", { class: "note", id: "heads-summary" }, `${changes.length} head(s) changed type from A to B; ` +
+        `${rows.filter((r) => r.delta !== null).length} head(s) with a delta of ${m}` +
+        (rows.some((r) => r.significant !== null) ? `, ${nSig} of them with an interval excluding 0.` : " (no intervals stored).")));
+      const layersH = [...new Set(rows.map((r) => r.layer))].sort((x, y) => x - y);
+      const headsH = [...new Set(rows.map((r) => r.head))].sort((x, y) => x - y);
+      const cell = new Map(rows.map((r) => [r.layer + ":" + r.head, r]));
+      const type = (t) => t ?? "–";
+      const cellText = (r) => `layer ${r.layer} head ${r.head}<br>Δ ${m} (B − A) ${withInterval(r.delta, r.delta_lo, r.delta_hi)}` +
+        (r.significant === null ? "" : `<br>significant: ${r.significant ? "yes" : "no"}`) +
+        `<br>A: ${withInterval(r.value_a, r.value_a_lo, r.value_a_hi)} · ${pt(type(r.head_type_a))} (N ${fmt(ctx.nA)})` +
+        `<br>B: ${withInterval(r.value_b, r.value_b_lo, r.value_b_hi)} · ${pt(type(r.head_type_b))} (N ${fmt(ctx.nB)})`;
+      const z = layersH.map((l) => headsH.map((hd) => cell.get(l + ":" + hd)?.delta ?? null));
+      const text = layersH.map((l) => headsH.map((hd) => (cell.has(l + ":" + hd) ? cellText(cell.get(l + ":" + hd)) : "")));
+      const lim = Math.max(1e-12, ...rows.map((r) => Math.abs(r.delta ?? 0)));
+      const traces = [{ type: "heatmap", x: headsH, y: layersH, z: z, customdata: text, zmin: -lim, zmax: lim, zmid: 0,
+        colorscale: "RdBu", colorbar: { title: { text: `Δ ${m}` }, thickness: 12 }, showlegend: false,
+        hovertemplate: "%{customdata}<extra></extra>", name: `Δ ${m}` }];
+      if (changes.length) {
+        traces.push({ type: "scatter", mode: "markers", x: changes.map((c) => c.head), y: changes.map((c) => c.layer),
+          name: "head type changed", marker: { symbol: "circle-open", size: 16, color: "#000", line: { width: 2 } },
+          customdata: changes.map((c) => `layer ${c.layer} head ${c.head}<br>type changed: ${pt(type(c.head_type_a))} → ${pt(type(c.head_type_b))}`),
+          hovertemplate: "%{customdata}<extra></extra>" });
+      }
+      const heat = plotDiv("head-delta-plot", `Per-head difference B minus A of ${m}, layer against head, ` +
+        "heads whose type changed circled");
+      const shareSelect = select("head-share-select", "head share", HEAD_SHARES.map((s) => [s, s]), state.share,
+        (v) => { state.share = v; showHeads(ctx, HA, HB); });
+      const ordered = rows.slice().sort((x, y) => (y.delta === null ? -1 : Math.abs(y.delta)) - (x.delta === null ? -1 : Math.abs(x.delta)) ||
+        x.layer - y.layer || x.head - y.head);
+      const yesNo = (r) => (r.significant === null ? "–" : r.significant ? "yes" : "no");
+      const dCols = ["layer", "head"].map((c) => ({ key: c })).concat([
+        { key: "head_type_a", label: "type A" }, { key: "head_type_b", label: "type B" },
+        { key: "value_a", label: "A" }, { key: "value_b", label: "B" }, { key: "delta" },
+        { key: "delta_lo" }, { key: "delta_hi" }, { key: "significant", render: yesNo }]);
+      const cCols = ["layer", "head", "head_type_a", "head_type_b"].map((c) => ({ key: c }))
+        .concat(HEAD_SHARES.flatMap((s) => [{ key: s + "_a" }, { key: s + "_b" }]));
+      const out = section("Heads", h("div", { class: "controls" }, shareSelect), ...lines, heat,
+        dataTable("head-delta-table", `${m}: B − A per head, largest |Δ| first (basis ${ctx.basis})`, ordered, dCols,
+          { filename: `compare-heads-${m}`, csvKeys: ["layer", "head", "metric", "head_type_a", "head_type_b", "value_a",
+            "value_b", "delta", "delta_lo", "delta_hi", "significant"] }),
+        changes.length ? dataTable("head-type-table", "head-type changes A → B", changes, cCols,
+          { filename: "compare-head-type-changes" })
+          : empty("No head changed type from A to B (of the heads both runs hold).", "no-head-type-changes"));
+      headBox.replaceChildren(out);  // in the document first: plotly measures the plot's box
+      draw(heat, traces, { height: Math.max(300, 34 * layersH.length + 140),
+        xaxis: { title: { text: "head" }, dtick: 1 }, yaxis: { title: { text: "layer" }, dtick: 1, autorange: "reversed" },
+        legend: { orientation: "h", y: -0.25, x: 0 }, showlegend: changes.length > 0 });
+      headBox.setAttribute("data-ready", ctx.a + " " + ctx.b);
     }
     redraw();
   }
