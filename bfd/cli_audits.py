@@ -438,7 +438,7 @@ def print_plan(args: argparse.Namespace, config, store: str, series: str,
     now = time_step(datetime.now(UTC))
     step = args.step if args.step is not None else now
     if reused is not None:
-        run = f"run: {reused}, computed already with these options: reused, nothing computed"
+        run = f"run {reused}: computed already with these options: reused, nothing computed"
         drift = _drift_line(*compared_audit(Store(store), series, step, reused)[:2])
     else:  # the model, its weights and the images, as the audit would plan them
         run, drift = _plan_to_compute(args, config, store, series, step)

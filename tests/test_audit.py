@@ -62,7 +62,7 @@ def test_a_dry_run_says_what_an_audit_would_do_and_does_nothing(audited, tmp_pat
     assert capsys.readouterr().out.splitlines() == [
         "dry run: nothing is computed or recorded",
         f"audit: series test_vit@random-seed-0, step 7; store {root}",
-        f"run: {again['run_id']}, computed already with these options: reused, nothing "
+        f"run {again['run_id']}: computed already with these options: reused, nothing "
         "computed",
         # the latest audit at or before step 7: none (the fixture's steps are their times)
         "drift: first audit of this series, nothing to compare with"]
