@@ -187,6 +187,31 @@ def test_overview_offline_every_run_and_selection(site, browser, tmp_path):
     assert plot.get_attribute("role") == "img" and "frac_pos" in plot.get_attribute("aria-label")
 
 
+def downloaded_names(driver) -> list[str]:
+    """The file name of each "Download ... as CSV" button of the page, clicked in turn (the
+    anchor's click caught: nothing is saved)."""
+    return driver.execute_script(
+        "const names = []; const click = HTMLAnchorElement.prototype.click;"
+        " HTMLAnchorElement.prototype.click = function () { names.push(this.download); };"
+        " try { for (const b of document.querySelectorAll('button.download')) b.click(); }"
+        " finally { HTMLAnchorElement.prototype.click = click; }"
+        " return names;")
+
+
+def test_csv_downloads_are_named_by_series_and_run(site, browser):
+    """The Series page's CSV files carry the series' name, made safe for a file name (they
+    were drift-table.csv, changes-table.csv, series-runs.csv whatever the series); a run
+    page's keep the run id."""
+    series = f"{XSS} · {XSS}"
+    open_page(browser, (site / "series.html").as_uri() + "?" + urlencode({"series": series}))
+    stem = "script_alert_1_script_script_alert_1_script"
+    assert downloaded_names(browser) == [f"{stem}-head-type-changes.csv", f"{stem}-audits.csv"]
+    choose_series(browser, "vit_a · w1")
+    assert downloaded_names(browser) == ["vit_a_w1-head-type-changes.csv", "vit_a_w1-audits.csv"]
+    open_page(browser, (site / "runs" / "a-1.html").as_uri())
+    assert downloaded_names(browser) == ["a-1-layers.csv", "a-1-heads.csv", "a-1-modes.csv"]
+
+
 @pytest.mark.parametrize("page", ["index.html", "runs/x-1.html", "series.html", "compare.html"])
 def test_hostile_names_render_as_text(site, browser, page):
     open_page(browser, (site / page).as_uri())

@@ -102,6 +102,12 @@
     return [keys.map(cell).join(",")].concat(rows.map((r) => keys.map((k) => cell(r[k])).join(",")))
       .join("\n") + "\n";
   }
+  // a name as part of a downloaded file's name: letters, digits, _ . - kept, every other run
+  // of characters one _ (a series is model@path), at most 100 characters
+  function fileStem(name) {
+    const stem = String(name).replace(/[^A-Za-z0-9_.-]+/g, "_").replace(/^[_.]+|_+$/g, "").slice(0, 100);
+    return stem || "series";
+  }
   function download(name, text) {
     const url = URL.createObjectURL(new Blob([text], { type: "text/csv" }));
     const a = h("a", { href: url, download: name });
@@ -1254,14 +1260,16 @@
         section("Drift flags", h("p", { class: "note" },
           "Newest audit first; within an audit, the largest |delta| first (as bfd query drift)."),
           D.has_audits ? dataTable("drift-table", "flagged drift", flagged,
-            driftColumns(flagged, pointOf), { csvKeys: Object.keys(D.drift || {}) })
+            driftColumns(flagged, pointOf), { csvKeys: Object.keys(D.drift || {}),
+              filename: fileStem(state.series) + "-drift" })
             : empty("No audits recorded yet.")),
         section("Head-type changes against the audit compared with", h("p", { class: "note", id: "changes-note" },
           "Newest audit first." + redoneNote(members)),
           dataTable("changes-table", "head-type changes", seriesChanges,
-            changeColumns(pointOf), { csvKeys: Object.keys(D.head_type_changes || {}).concat(["step"]) })),
+            changeColumns(pointOf), { csvKeys: Object.keys(D.head_type_changes || {}).concat(["step"]),
+              filename: fileStem(state.series) + "-head-type-changes" })),
         section("Audits of the series", dataTable("series-runs", "audits of the series", members,
-          auditColumns(members), { csvKeys: Object.keys(D.metrics),
+          auditColumns(members), { csvKeys: Object.keys(D.metrics), filename: fileStem(state.series) + "-audits",
             rowClass: (m) => (damaged(m) ? "damaged-run" : notCompared(m) ? "not-compared" : null) })));
     }
     redraw();
