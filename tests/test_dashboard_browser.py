@@ -1374,6 +1374,18 @@ def test_a_checkpoint_trial_reads_by_step_type_and_colour(tmp_path, browser):
     assert browser.execute_script(
         "return Array.from(document.querySelectorAll('#series-table tbody tr'),"
         " tr => tr.className)") == ["flagged", ""]
+    # the head counts by type of each run, and of each series' latest run, without a click
+    # (F1: the overview had none)
+    counts = duckdb.connect().execute(
+        f"SELECT run_id, head_type, count(*) FROM read_parquet('{root}/tables/heads/**/*.parquet',"
+        " union_by_name = true) GROUP BY ALL").fetchall()
+    for short, kind in (("pp", "position-position"), ("cp", "content-position"),
+                        ("cc", "content-content")):
+        want = {r: str(sum(n for run, k, n in counts if run == r and k == kind)) for r in named}
+        assert column(browser, "runs-table", f"{short} heads") == want, (short, counts)
+        assert column(browser, "series-table", f"{short} heads", "series") == {
+            "daily": want["d-1"], "ck": want["c-500"]}, short
+    assert column(browser, "runs-table", "undefined heads") == dict.fromkeys(named, "0")
     # a hash shown short, whole on hover
     sha = browser.execute_script(
         "const t = document.getElementById('runs-table');"

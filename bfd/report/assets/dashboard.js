@@ -337,14 +337,24 @@
   // the overview's marker of a series (its lines take a colour a run)
   const SYMBOLS = ["circle", "square", "diamond", "triangle-up", "x", "star"];
   const seriesSymbol = (s) => SYMBOLS[SERIES.indexOf(s) % SYMBOLS.length];
-  // the runs table: what a person scans first (run, series, step, flagged or not compared)
-  // on the left, identities and paths after
+  // the head counts by type (bfd/report/data.py HEAD_COUNTS: run_summary's, or those the
+  // series' latest audit kept): which heads exchange position, which content, at a glance
+  const HEAD_TYPES = [["pp", "position-position"], ["cp", "content-position"],
+    ["cc", "content-content"], ["undefined", "undefined (zero or non-finite energies)"]];
+  function headColumns() {
+    return HEAD_TYPES.map(([t, name]) => ({ key: "n_heads_" + t, label: t + " heads",
+      title: (r) => (typeof r["n_heads_" + t] === "number" ? `${r["n_heads_" + t]} ${name} heads of ${fmt(r.n_heads)}`
+        : "no head counts (no complete run)") }));
+  }
+  // the runs table: what a person scans first (run, series, step, flagged or not compared,
+  // heads by type) on the left, identities and paths after
   function runColumns() {
     return [
       { key: "run_id", label: "run", render: (r) => runLink(r) },
       { key: "series", label: "series" },
       { key: "step", render: (r) => fmt(stepText(r)) },
       { key: "n_flagged", label: "flagged", render: flagged, title: flaggedTitle },
+      ...headColumns(),
       { key: "audit_status", label: "audit" }, { key: "model" },
       { key: "n_decoded", label: "images decoded" }, { key: "n_skipped", label: "skipped" },
       { key: "weights" }, hashCol("weights_sha256", "weights sha256"),
@@ -380,7 +390,9 @@
         latest_run: latest.run_id, page: latest.page,
         created_at: latest.created_at, audit_id: s.audit_id, audit_status: s.audit_status,
         finished_at: s.finished_at, n_flagged: s.n_flagged, drift_note: s.drift_note,
-        step: s.step, started_at: s.started_at, prev_audit_id: s.prev_audit_id };
+        step: s.step, started_at: s.started_at, prev_audit_id: s.prev_audit_id,
+        n_heads: s.n_heads, n_heads_pp: s.n_heads_pp, n_heads_cp: s.n_heads_cp,
+        n_heads_cc: s.n_heads_cc, n_heads_undefined: s.n_heads_undefined };
     });
     // "2 of 6 audits: runs c-100, c-200 damaged ...", or "–" for a series with none
     const damagedNote = (r) => {
@@ -400,6 +412,7 @@
       dataTable("series-table", "series", series, [
         { key: "series" }, { key: "step", label: "latest step", render: (r) => fmt(stepText(r)) },
         { key: "n_flagged", label: "flagged", render: flagged, title: flaggedTitle },
+        ...headColumns(),
         { key: "drift_note", label: "drift note" },
         { key: "latest_run", label: "latest run", render: (r) => runLink({ page: r.page, run_id: r.latest_run }) },
         { key: "n_runs", label: "runs" }, { key: "n_audits", label: "audits" },
