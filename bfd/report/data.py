@@ -412,7 +412,11 @@ def series_list(con: duckdb.DuckDBPyConnection) -> pa.Table:
     ``prev_audit_id`` (NULL: the first audit of its series) are the latest audit's; so are
     the head counts by type (``HEAD_COUNTS``, last): those the audit kept, else (a run never
     audited, an audit that kept none) its run's ``run_summary``."""
-    heads = ", ".join(f"coalesce(ka.{name}, rs.{name}) AS {name}" for name in HEAD_COUNTS)
+    # (a catalog given by a caller may hold an audits table without them, or none)
+    kept = (set(_column_names(con, "audits")) if "audits" in catalog_tables(con) else set())
+    heads = ", ".join(f"coalesce(ka.{name}, rs.{name}) AS {name}" if name in kept
+                      else f"rs.{name}" for name in HEAD_COUNTS)
+    kept_join = "LEFT JOIN audits AS ka ON ka.audit_id = m.audit_id" if kept else ""
     members = (
         f"SELECT {_RUN_SERIES} AS series, r.run_id, NULL::VARCHAR AS audit_id,"
         " NULL::BIGINT AS step, NULL::TIMESTAMPTZ AS started_at,"
@@ -447,7 +451,7 @@ def series_list(con: duckdb.DuckDBPyConnection) -> pa.Table:
             {heads}
         FROM m
         LEFT JOIN d USING (series)
-        LEFT JOIN audits AS ka ON ka.audit_id = m.audit_id
+        {kept_join}
         LEFT JOIN run_summary AS rs ON rs.run_id = m.run_id
         WINDOW w AS (PARTITION BY m.series)
         QUALIFY row_number() OVER (PARTITION BY m.series ORDER BY
