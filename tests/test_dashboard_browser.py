@@ -1315,7 +1315,7 @@ def test_a_checkpoint_trial_reads_by_step_type_and_colour(tmp_path, browser):
     # 3 values) and a daily audit at its default step (its start in Unix seconds,
     # bfd.tasks.audits.time_step: read as its date), whose frac_pos is tiny; then the step-300
     # checkpoint audited again (A4, compared with A1), after every other audit.
-    from bfd.storage import Store, write_audit
+    from bfd.storage import Store, write_audit, write_left_out
 
     root = tmp_path / "store"
     day = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.UTC)
@@ -1339,6 +1339,13 @@ def test_a_checkpoint_trial_reads_by_step_type_and_colour(tmp_path, browser):
         "audit_id": "A4", "series": "ck", "run_id": "c-300", "step": 300, "started_at": again,
         "finished_at": again + dt.timedelta(minutes=5), "trigger": "checkpoints",
         "flow_run_id": None, "status": "complete", "prev_audit_id": "A1", "n_flagged": 0})
+    # a checkpoint between steps 300 and 400 that audit-checkpoints left out (no run, no
+    # audit): recorded in the store (bfd.storage.left_out), said on the Series page
+    reason = ("weights file '/ckpts/step_350.pth' is not a readable torch checkpoint: a "
+              "damaged or truncated zip file (File is not a zip file)")
+    write_left_out(Store(root), "ck", [{
+        "checkpoint": "/ckpts/step_350.pth", "weights": "/ckpts/step_350.pth",
+        "file": "step_350.pth", "step": 350, "status": "left out", "reason": reason}])
     site = tmp_path / "site"
     build_dashboard(root, site)
     date = "2025-03-01 12:00"
@@ -1501,6 +1508,18 @@ def test_a_checkpoint_trial_reads_by_step_type_and_colour(tmp_path, browser):
         "it (not there to compare with)"]
     assert link == ["compared with", [300, 400, None]]
     assert "audited after it" in browser.find_element("id", "app").text
+    # the checkpoint left out: named with its step and why, and a dotted line at its step
+    assert browser.find_element("id", "left-out").text.startswith(
+        "1 checkpoint left out: step_350.pth (step 350): not a readable torch checkpoint: a "
+        "damaged or truncated zip file (File is not a zip file). Not audited (no run, no "
+        "point): the line joins the audits either side; a dotted red line marks its step")
+    assert browser.execute_script(
+        "return (document.getElementById('metric-f_pp').layout.shapes || [])"
+        ".map(s => [s.x0, s.x1, s.line.dash])") == [[350, 350, "dot"]]
+    choose_series(browser, "daily")
+    assert not browser.find_element("id", "left-out").is_displayed()
+    assert browser.execute_script(
+        "return document.getElementById('metric-f_pp').layout.shapes || []") == []
     # counts on whole-number ticks, an all-zero count from 0 (not -1..1)
     for plot in ("metric-n_layers", "metric-n_heads_undefined"):
         ticks, low = browser.execute_script(

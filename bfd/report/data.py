@@ -41,6 +41,7 @@ __all__ = [
     "figures_not_kept",
     "latest_series",
     "layer_rows",
+    "left_out_rows",
     "positional_components",
     "run_detail",
     "run_keys",
@@ -565,7 +566,8 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
         LEFT JOIN audits AS q ON q.audit_id = k.prev_audit_id
         ORDER BY series, run_id, audit_id, layer, head
     """)
-    out = {"metrics": _with_drift_check(con, metrics), "head_type_changes": changes}
+    out = {"metrics": _with_drift_check(con, metrics), "head_type_changes": changes,
+           "left_out": left_out_rows(con)}
     if with_audits:
         out["audits"] = run_sql(con, "SELECT * FROM audits ORDER BY series, step, started_at")
         if "drift" in catalog_tables(con):
@@ -579,6 +581,29 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
             """)
             out["drift_marks"] = drift_marks(out["drift"], changes)
     return out
+
+
+# The start of a left-out line that names the file (``weights file '...' is``, ``weights '...'``):
+# the Series page names the file by its name and step, then says the rest.
+_NAMED_FILE: Final[re.Pattern[str]] = re.compile(
+    r"""^weights (?:file )?(?:'[^']*'|"[^"]*") (?:is )?""")
+
+
+def left_out_rows(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """The checkpoint files each series' ``audit-checkpoints`` left out and no later one
+    cleared (the ``checkpoints_left_out`` view: no run, no audit, so no point of the series),
+    by series and step: ``why`` is the reason less the words naming the file (``not a
+    readable torch checkpoint: ...``, ``do not fit 'test_vit': ...``)."""
+    if "checkpoints_left_out" not in catalog_tables(con):
+        return pa.table({name: pa.array([], pa.string()) for name in (
+            "series", "file", "checkpoint", "reason", "why")})
+    rows = run_sql(con, """
+        SELECT series, file, checkpoint, step, reason, recorded_at, checkpoints, flow_run_id
+        FROM checkpoints_left_out
+        ORDER BY series, step NULLS LAST, file
+    """)
+    why = [_NAMED_FILE.sub("", r) if r else r for r in rows.column("reason").to_pylist()]
+    return rows.append_column("why", pa.array(why, pa.string()))
 
 
 # The audits columns the audit_history query reads beyond the first flows' (a catalog of such

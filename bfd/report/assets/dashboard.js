@@ -922,13 +922,18 @@
       select("x-select", "against", (hasStep ? [["step", "audit step"]] : []).concat([["created_at", "run time"]]),
         state.x, (v) => { state.x = v; redraw(); }));
     const grid = h("div", { class: "grid", id: "metric-grid" });
+    // the checkpoint files of the series that audit-checkpoints left out (no run, no audit,
+    // no point: bfd/report/data.py left_out_rows): a line naming each, and a dotted line at
+    // its step on every plot
+    const leftOut = rowsOf(D.left_out);
+    const leftOutLine = h("p", { class: "note warn", id: "left-out", hidden: true });
     // the plots with no value in the series (and no drift flagged on them): one line
     const emptyLine = h("p", { class: "note", id: "empty-plots" });
     // the audits with flagged drift that no plot drawn marks (all of it on metrics with no
     // run-level plot: frac_img*, frac_int*): a line each, so that the plots do not read as clean
     const unmarkedLine = h("div", { id: "unmarked-drift" });
     const tables = h("div", {});
-    app.append(controls, section("Every metric", h("p", { class: "note" },
+    app.append(controls, leftOutLine, section("Every metric", h("p", { class: "note" },
       "One point per complete audit of the series, at its step, with the figures it saw. Red crosses: " +
       "audits whose drift check flagged what this plot shows (a head_type change: the counts of the " +
       "types the heads changed from and to); hover one for the metric, rows, layers and largest |delta|. " +
@@ -1185,6 +1190,20 @@
           Object.assign(xaxis, { type: "date", range: [new Date(t - day).toISOString(), new Date(t + day).toISOString()] });
         }
       }
+      const gone = leftOut.filter((r) => r.series === state.series);
+      leftOutLine.hidden = !gone.length;
+      leftOutLine.replaceChildren(...(gone.length ? [`${gone.length} checkpoint${gone.length === 1 ? "" : "s"} ` +
+        "left out: " + gone.map((r) => `${r.file} (${r.step === null || r.step === undefined ? "no step in its name"
+          : "step " + r.step}): ${r.why || r.reason}`).join("; ") + ". Not audited (no run, no point): the line " +
+        "joins the audits either side" + (state.x === "step" ? "; a dotted red line marks " +
+          (gone.length === 1 ? "its step" : "their steps") + " on each plot" : "") +
+        " (bfd sql \"SELECT * FROM checkpoints_left_out\")."] : []));
+      // a dotted red line at each left-out checkpoint's step (against step only)
+      const goneShapes = state.x !== "step" ? [] : gone.filter((r) => typeof r.step === "number").map((r) => {
+        const v = unixSteps ? new Date(r.step * 1000).toISOString() : r.step;
+        return { type: "line", xref: "x", yref: "paper", x0: v, x1: v, y0: 0, y1: 1,
+          line: { color: "#b00020", dash: "dot", width: 1.5 } };
+      });
       layerMembers = members;
       drawLayers();
       const rows = lines.map((m) => (m.gap ? { gap: true, [state.x]: m.x[state.x] } : m));
@@ -1264,6 +1283,7 @@
           y: links.flatMap(([a, b]) => [a[k], b[k], null]), mode: "lines", name: "compared with",
           line: { color: "#0072B2", dash: "dash", width: 1.5 }, hoverinfo: "skip" }] : []),
         { title: { text: k, font: { size: 13 }, x: 0.02, xanchor: "left" }, showlegend: false, height: 260, xaxis: xaxis,
+          shapes: goneShapes,
           margin: { l: 55, r: 10, t: 35, b: 55 }, annotations: missing ? [{ text: missing, showarrow: false,
             xref: "paper", yref: "paper", x: 0.5, y: 0.5 }] : [] });
         div.on("plotly_click", (ev) => { const page = ev.points[0].customdata; if (page) window.location.href = "runs/" + encodeURIComponent(page); });
