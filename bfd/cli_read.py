@@ -101,11 +101,15 @@ class _Damage:
 
 
 @contextlib.contextmanager
-def _told_damage(args: argparse.Namespace) -> Iterator[_Damage]:
+def _told_damage(args: argparse.Namespace, built: str | None = None) -> Iterator[_Damage]:
     """A reading command's block: when a catalog it opened left out a damaged or missing store
     file (each named on stderr as it was found, ``bfd.queries.snapshot``), its output is still
     written, and one more line says so and how to repair it; the command exits 1 (a damaged
-    store file, README "Errors and exit codes"): its answers lack what those files held."""
+    store file, README "Errors and exit codes"): its answers lack what those files held.
+    ``built``: what a command that built something whole from what reads calls it (``the
+    dashboard``): its line is a warning (``bfd: warning: the dashboard leaves out ...``), not
+    an error, since what it made is there and usable (``bfd dashboard --serve`` serves it),
+    with the same exit 1."""
     from bfd.queries.snapshot import left_out
 
     with left_out() as notes:
@@ -121,7 +125,8 @@ def _told_damage(args: argparse.Namespace) -> Iterator[_Damage]:
         todo.append(f"likewise runs {', '.join(runs[3:])}")
     if events:
         todo.append("move the damaged audit files out of the store")
-    print(f"bfd: error: the output leaves out what {len(notes)} damaged or missing store "
+    level, what = ("error", "the output") if built is None else ("warning", built)
+    print(f"bfd: {level}: {what} leaves out what {len(notes)} damaged or missing store "
           f"file(s) held (named above): {'; '.join(todo)}", file=sys.stderr)
     found.code = 1
 
@@ -304,7 +309,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
             require_writable(out)
         except OSError as err:
             raise OSError(err.errno, err.strerror, out) from None
-    with _told_damage(args) as damage:
+    with _told_damage(args, "the dashboard") as damage:
         build = build_dashboard(store, out, force=args.force)
         pages = len(build.pages_written)
         print(f"dashboard: {build.index} ({pages + len(build.unchanged)} pages: {pages} "

@@ -26,8 +26,10 @@ with the same request has nothing to do either: the command lists the files, has
 compares their request identities with the series' audits by the flow's own function
 (``bfd.tasks.audits.pending_checkpoints``), and says so at once, with the flow's line and exit
 status (2 when files were left out), recording nothing, as the flow records nothing in the
-store then. What is not made is the flow run ``audit-checkpoints`` and its markdown artifact
-("Nothing to do: ..."). When anything is to audit, the flow runs as before.
+store then (it runs when the files left out differ from those the store holds left out: it
+records them, ``bfd.storage.left_out``). What is not made is the flow run
+``audit-checkpoints`` and its markdown artifact ("Nothing to do: ..."). When anything is to
+audit, the flow runs as before.
 
 The flow runs instead whenever anything is not certain: a Prefect API is configured (its
 runs, artifacts and events are what its user keeps), ``-v`` (Prefect's logs asked for),
@@ -166,21 +168,29 @@ def nothing_to_audit(args: argparse.Namespace, config, store: str,
                      series: str) -> dict | None:
     """What the flow ``audit-checkpoints`` returns for this command when it would find
     nothing to audit (``audits`` empty, ``bad``: the files left out), found without it; None
-    when the flow must run (``_needs_flow``) or a checkpoint is to audit."""
+    when the flow must run (``_needs_flow``), a checkpoint is to audit, or the files left out
+    are not those the store holds left out (a file newly left out, or one left out before
+    that reads now or is gone: the flow records it, ``left_out_changes``, and rebuilds the
+    dashboard)."""
     if _needs_flow(args, config):
         return None
     plan = checkpoints_plan(args, config, store, series)
     if plan is None or plan["todo"]:
         return None
-    return {k: v for k, v in plan.items() if k != "todo"} | {"audits": []}
+    from bfd.storage import Store
+    from bfd.tasks.audits import left_out_changes
+
+    if left_out_changes(Store(store), series, args.checkpoints, plan["bad"], plan["left"]):
+        return None
+    return {k: v for k, v in plan.items() if k not in ("todo", "left")} | {"audits": []}
 
 
 def checkpoints_plan(args: argparse.Namespace, config, store: str, series: str) -> dict | None:
     """What the flow ``audit-checkpoints`` would find for this command, found without it:
     ``todo``, the checkpoints to audit in step order (``path``, ``sha256``, ``step``:
     ``bfd.tasks.audits.pending_checkpoints``), the number of files, the files left out
-    (``bad``) and the request compared (``compared``); None when the files cannot be listed
-    (the flow says why in its own words)."""
+    (``bad``, their paths as listed in ``left``) and the request compared (``compared``); None
+    when the files cannot be listed (the flow says why in its own words)."""
     from bfd.flows.params import AuditConfig
     from bfd.storage import Store
     from bfd.tasks.audits import describe_request, pending_checkpoints
@@ -188,13 +198,15 @@ def checkpoints_plan(args: argparse.Namespace, config, store: str, series: str) 
     # the request as the flow types it from the command's config: the weights are each file
     request = AuditConfig(**config.model_dump(exclude={"weights"})).extract_config()
     chosen = _chosen_options(args, config)
+    left: list[str] = []
     try:
         todo, n_files, bad = pending_checkpoints(Store(store), args.checkpoints, series,
-                                                 request, chosen)
+                                                 request, chosen, left)
     except (OSError, ValueError):
         return None
     return {"series": series, "n_files": n_files, "store": store,
-            "compared": describe_request(request, chosen), "bad": bad, "todo": todo}
+            "compared": describe_request(request, chosen), "bad": bad, "todo": todo,
+            "left": left}
 
 
 def record_reused_audit(args: argparse.Namespace, config, store: str, thresholds,

@@ -5,8 +5,10 @@ named query on them, drift on planted checkpoints through the command line, and
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +25,7 @@ from bfd.storage import (
     open_results,
     read_audits,
     read_drift,
+    read_left_out,
     read_table,
 )
 from bfd.tasks.drift_gate import DriftGateFailed
@@ -712,12 +715,40 @@ def test_checkpoints_count_as_audited_only_with_the_same_request(tmp_path, prefe
         ("exclude", 0, 16), ("include", 3, 8)]
     results = open_results(Store(store), done[-1]["run_id"])
     assert (results.attrs["prefix"], results.attrs["seed"]) == ("include", 3)
+    # the truncated file is kept as left out; without a Prefect API the command answers
+    # "nothing to do" without the flow while the files left out are those the store holds,
+    # but beside a file newly left out it runs the flow, which records it (a cron job's
+    # truncated checkpoint was lost: the answer without the flow recorded nothing)
+    # (step_100, left out by the audit of test_vit2 given this series, cleared once audited)
+    records = read_left_out(Store(store), "s")
+    assert [(r["file"], r["step"], r["status"], r["reason"][:30]) for r in records] == [
+        ("step_100.safetensors", 100, "left out", "weights '" + str(folder)[:21]),
+        ("step_50.safetensors", 50, "left out", "weights file '" + str(folder)[:16]),
+        ("step_100.safetensors", 100, "cleared", "audited")], records
+    kept = records[1]
+    from bfd import cli
+    from bfd.cli_audits import audit_config
+    from bfd.cli_reuse import nothing_to_audit
+
+    with env_kept():
+        os.environ.pop("PREFECT_API_URL", None)
+        os.environ["PREFECT_HOME"] = str(tmp_path / "no-prefect")
+        args = cli.build_parser().parse_args(["audit-checkpoints", str(folder), *common,
+                                              "--model", AUDIT["model"], *options])
+        config = audit_config(cli._extract_config(args))
+        assert nothing_to_audit(args, config, store, "s")["bad"] == [kept["reason"]]
+        (folder / "step_60.safetensors").write_bytes(b"junk")
+        assert nothing_to_audit(args, config, store, "s") is None
+        (folder / "step_60.safetensors").unlink()
     # ... and then audited with them: nothing to do, saying the options it compared
     (folder / "step_50.safetensors").unlink()
     code, out, _ = bfd("--model", AUDIT["model"], *options)
     assert code == 0 and out.startswith("nothing to do"), out
     assert ("dtype float32, --prefix include --control-seed 3 --jackknife-groups 8 and each "
             "file's sha256") in out, out
+    # the file gone: cleared by that run of the flow
+    assert [(r["file"], r["status"], r["reason"]) for r in read_left_out(Store(store), "s")
+            ][3:] == [("step_50.safetensors", "cleared", "the file is gone")]
 
 
 def test_a_checkpoint_that_does_not_load_is_left_out_and_the_others_audited(
@@ -812,10 +843,51 @@ def test_a_checkpoint_that_does_not_load_is_left_out_and_the_others_audited(
     assert "(and 1 more)" in run.state.message
     # again: nothing to audit, and the line does not call the files left out unreadable (the
     # one of another model reads; it said "every readable checkpoint ... (2 of 4 files)")
+    # each file left out is kept in the store (the dashboard and SQL read it): its name,
+    # step, reason, when and by which run (F14: nothing said it once the command was done)
+    kept = read_left_out(Store(store), "s")
+    assert [(r["file"], r["step"], r["status"], r["checkpoints"], r["flow_run_id"])
+            for r in kept] == [("step_200.pth", 200, "left out", "ckpts", str(run.id)),
+                               ("step_300.pt", 300, "left out", "ckpts", str(run.id))], kept
+    assert [r["reason"] for r in kept] == [e.removeprefix("bfd: error: left out: ")
+                                           for e in errors]
+    assert kept[0]["weights"] == str(tmp_path / "ckpts" / "step_200.pth")
+    sql = run_sql(store, "SELECT series, file, step, reason FROM checkpoints_left_out")
+    assert [(r["series"], r["file"], r["step"]) for r in sql.to_pylist()] == [
+        ("s", "step_200.pth", 200), ("s", "step_300.pt", 300)]
+    from bfd.queries import connect
+    from bfd.report.data import series_data
+
+    with connect(store) as con:
+        page = series_data(con)["left_out"].to_pylist()
+    assert [(r["series"], r["file"], r["step"]) for r in page] == [
+        ("s", "step_200.pth", 200), ("s", "step_300.pt", 300)]
+    assert page[0]["why"].startswith("do not fit 'test_vit': "), page
+    assert page[1]["why"].startswith("not a readable checkpoint"), page
+    records = sorted((Path(store) / "tables" / "left_out").rglob("*.parquet"))
+    assert len(records) == 1, records
+    # again: nothing to audit, and the line does not call the files left out unreadable (the
+    # one of another model reads; it said "every readable checkpoint ... (2 of 4 files)")
     code, out, err = audit_folder()
     assert code == 2 and out.startswith("nothing to do: every checkpoint of ckpts not left "
                                         "out (2 of 4 files; 2 left out) is already audited"), out
     assert err.count("bfd: error: left out: ") == 2, err
+    # the same files left out for the same reasons: nothing more recorded
+    assert sorted((Path(store) / "tables" / "left_out").rglob("*.parquet")) == records
+    # step_200 removed: nothing to audit, but the flow runs (not the answer without it) and
+    # clears it; then step_300 fixed: audited, cleared; none left out
+    (folder / "step_200.pth").unlink()
+    code, out, err = audit_folder()
+    assert code == 2 and out.startswith("nothing to do"), out + err
+    assert [r["file"] for r in run_sql(store, "SELECT file FROM checkpoints_left_out")
+            .to_pylist()] == ["step_300.pt"]
+    made[2].rename(folder / "step_300.pt")
+    code, out, err = audit_folder()
+    assert code == 0 and "1 checkpoint(s) audited in series s" in out, out + err
+    assert run_sql(store, "SELECT * FROM checkpoints_left_out").num_rows == 0
+    cleared = [(r["file"], r["status"], r["reason"]) for r in read_left_out(Store(store), "s")]
+    assert cleared[2:] == [("step_200.pth", "cleared", "the file is gone"),
+                           ("step_300.pt", "cleared", "audited")], cleared
 
 
 def test_checkpoint_steps_and_order(tmp_path):

@@ -1031,8 +1031,45 @@ def test_a_reading_command_that_left_out_a_damaged_file_writes_its_output_and_ex
     assert code == 1 and "new-1" in out and err.splitlines()[-1] == _told_new_1(root), err
 
 
-def _told_new_1(root: Path) -> str:
-    return (f"bfd: error: the output leaves out what 1 damaged or missing store file(s) held "
+def test_dashboard_serve_of_a_damaged_store_warns_and_exits_as_the_build(tmp_path, capsys):
+    """`bfd dashboard --serve` on a store whose run is damaged: the pages are built (the run
+    said damaged), so the line after the catalog's warning is a warning too, not `bfd:
+    error:` (it said error, then served anyway), and once stopped it exits 1 as `bfd
+    dashboard` of the store does."""
+    import datetime as dt
+
+    from dashstore import write_synthetic_run
+
+    from bfd.storage import read_pointer
+
+    root = tmp_path / "store"
+    write_synthetic_run(root, "new-1", created_at=dt.datetime(2026, 2, 1, tzinfo=dt.UTC))
+    layers = root / read_pointer(Store(root), "new-1")["tables"]["layers"]
+    layers.write_bytes(layers.read_bytes()[:300])
+    code, _, err = run(["dashboard", "--store", str(root)], capsys)
+    assert code == 1 and err.splitlines()[-1] == _told_new_1(root, "dashboard"), err
+    proc = subprocess.Popen([sys.executable, "-m", "bfd.cli", "dashboard", "--serve", "--port",
+                             "0", "--store", str(root)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        while not (lines and lines[-1].startswith("dashboard: serving ")):
+            line = proc.stdout.readline()
+            assert line, (lines, proc.poll())
+            lines.append(line)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err
+    assert "bfd: error:" not in err and _told_new_1(root, "dashboard") in err.splitlines(), err
+
+
+def _told_new_1(root: Path, command: str = "runs") -> str:
+    """The last line of a reading command whose catalog left out run new-1: an error, but of
+    ``bfd dashboard``, whose pages are built from what reads: a warning (exit 1 all the same)."""
+    said = ("warning: the dashboard" if command == "dashboard" else "error: the output")
+    return (f"bfd: {said} leaves out what 1 damaged or missing store file(s) held "
             f"(named above): bfd verify new-1 --store {root} says how to repair run new-1")
 
 
@@ -1045,7 +1082,7 @@ def _readers_leave_out_new_1(root: Path, capsys, caplog, commands) -> list[str]:
         caplog.clear()
         code, out, err = run(argv, capsys)
         assert code == 1 and wanted in out and "new-1" not in out, (argv, out, err)
-        assert err.splitlines()[-1] == _told_new_1(root), err
+        assert err.splitlines()[-1] == _told_new_1(root, argv[0]), err
         (warning,) = [r.getMessage() for r in caplog.records if r.name == "bfd.catalog"]
         warnings.append(warning)
     return warnings

@@ -187,6 +187,31 @@ def test_overview_offline_every_run_and_selection(site, browser, tmp_path):
     assert plot.get_attribute("role") == "img" and "frac_pos" in plot.get_attribute("aria-label")
 
 
+def downloaded_names(driver) -> list[str]:
+    """The file name of each "Download ... as CSV" button of the page, clicked in turn (the
+    anchor's click caught: nothing is saved)."""
+    return driver.execute_script(
+        "const names = []; const click = HTMLAnchorElement.prototype.click;"
+        " HTMLAnchorElement.prototype.click = function () { names.push(this.download); };"
+        " try { for (const b of document.querySelectorAll('button.download')) b.click(); }"
+        " finally { HTMLAnchorElement.prototype.click = click; }"
+        " return names;")
+
+
+def test_csv_downloads_are_named_by_series_and_run(site, browser):
+    """The Series page's CSV files carry the series' name, made safe for a file name (they
+    were drift-table.csv, changes-table.csv, series-runs.csv whatever the series); a run
+    page's keep the run id."""
+    series = f"{XSS} · {XSS}"
+    open_page(browser, (site / "series.html").as_uri() + "?" + urlencode({"series": series}))
+    stem = "script_alert_1_script_script_alert_1_script"
+    assert downloaded_names(browser) == [f"{stem}-head-type-changes.csv", f"{stem}-audits.csv"]
+    choose_series(browser, "vit_a · w1")
+    assert downloaded_names(browser) == ["vit_a_w1-head-type-changes.csv", "vit_a_w1-audits.csv"]
+    open_page(browser, (site / "runs" / "a-1.html").as_uri())
+    assert downloaded_names(browser) == ["a-1-layers.csv", "a-1-heads.csv", "a-1-modes.csv"]
+
+
 @pytest.mark.parametrize("page", ["index.html", "runs/x-1.html", "series.html", "compare.html"])
 def test_hostile_names_render_as_text(site, browser, page):
     open_page(browser, (site / page).as_uri())
@@ -1464,7 +1489,7 @@ def test_a_checkpoint_trial_reads_by_step_type_and_colour(tmp_path, browser):
     # 3 values) and a daily audit at its default step (its start in Unix seconds,
     # bfd.tasks.audits.time_step: read as its date), whose frac_pos is tiny; then the step-300
     # checkpoint audited again (A4, compared with A1), after every other audit.
-    from bfd.storage import Store, write_audit
+    from bfd.storage import Store, write_audit, write_left_out
 
     root = tmp_path / "store"
     day = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.UTC)
@@ -1488,6 +1513,13 @@ def test_a_checkpoint_trial_reads_by_step_type_and_colour(tmp_path, browser):
         "audit_id": "A4", "series": "ck", "run_id": "c-300", "step": 300, "started_at": again,
         "finished_at": again + dt.timedelta(minutes=5), "trigger": "checkpoints",
         "flow_run_id": None, "status": "complete", "prev_audit_id": "A1", "n_flagged": 0})
+    # a checkpoint between steps 300 and 400 that audit-checkpoints left out (no run, no
+    # audit): recorded in the store (bfd.storage.left_out), said on the Series page
+    reason = ("weights file '/ckpts/step_350.pth' is not a readable torch checkpoint: a "
+              "damaged or truncated zip file (File is not a zip file)")
+    write_left_out(Store(root), "ck", [{
+        "checkpoint": "/ckpts/step_350.pth", "weights": "/ckpts/step_350.pth",
+        "file": "step_350.pth", "step": 350, "status": "left out", "reason": reason}])
     site = tmp_path / "site"
     build_dashboard(root, site)
     date = "2025-03-01 12:00"
@@ -1523,6 +1555,18 @@ def test_a_checkpoint_trial_reads_by_step_type_and_colour(tmp_path, browser):
     assert browser.execute_script(
         "return Array.from(document.querySelectorAll('#series-table tbody tr'),"
         " tr => tr.className)") == ["flagged", ""]
+    # the head counts by type of each run, and of each series' latest run, without a click
+    # (F1: the overview had none)
+    counts = duckdb.connect().execute(
+        f"SELECT run_id, head_type, count(*) FROM read_parquet('{root}/tables/heads/**/*.parquet',"
+        " union_by_name = true) GROUP BY ALL").fetchall()
+    for short, kind in (("pp", "position-position"), ("cp", "content-position"),
+                        ("cc", "content-content")):
+        want = {r: str(sum(n for run, k, n in counts if run == r and k == kind)) for r in named}
+        assert column(browser, "runs-table", f"{short} heads") == want, (short, counts)
+        assert column(browser, "series-table", f"{short} heads", "series") == {
+            "daily": want["d-1"], "ck": want["c-500"]}, short
+    assert column(browser, "runs-table", "undefined heads") == dict.fromkeys(named, "0")
     # a hash shown short, whole on hover
     sha = browser.execute_script(
         "const t = document.getElementById('runs-table');"
@@ -1638,6 +1682,18 @@ def test_a_checkpoint_trial_reads_by_step_type_and_colour(tmp_path, browser):
         "it (not there to compare with)"]
     assert link == ["compared with", [300, 400, None]]
     assert "audited after it" in browser.find_element("id", "app").text
+    # the checkpoint left out: named with its step and why, and a dotted line at its step
+    assert browser.find_element("id", "left-out").text.startswith(
+        "1 checkpoint left out: step_350.pth (step 350): not a readable torch checkpoint: a "
+        "damaged or truncated zip file (File is not a zip file). Not audited (no run, no "
+        "point): the line joins the audits either side; a dotted red line marks its step")
+    assert browser.execute_script(
+        "return (document.getElementById('metric-f_pp').layout.shapes || [])"
+        ".map(s => [s.x0, s.x1, s.line.dash])") == [[350, 350, "dot"]]
+    choose_series(browser, "daily")
+    assert not browser.find_element("id", "left-out").is_displayed()
+    assert browser.execute_script(
+        "return document.getElementById('metric-f_pp').layout.shapes || []") == []
     # counts on whole-number ticks, an all-zero count from 0 (not -1..1)
     for plot in ("metric-n_layers", "metric-n_heads_undefined"):
         ticks, low = browser.execute_script(

@@ -14,6 +14,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, tags
 from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
 from bfd.files import input_path
@@ -29,11 +30,12 @@ from bfd.flows.params import (
     with_deployment_defaults,
 )
 from bfd.flows.prefect_io import artifact_key, resolve_store
-from bfd.storage import Store, series_lock
+from bfd.storage import Store, series_lock, write_left_out
 from bfd.tasks.audits import (
     check_place,
     checkpoints_series,
     describe_request,
+    left_out_changes,
     pending_checkpoints,
 )
 from bfd.tasks.drift_gate import drift_verdict
@@ -122,8 +124,9 @@ def audit_checkpoints(
     # over the folder waits for this one, then finds its checkpoints audited and skips them
     with series_lock(Store(root), series, progress.waiting):
         chosen = DecomposeOptions(**decompose_kwargs(options, config)).to_dict()
+        left: list[str] = []  # the path of each line of bad
         todo, n_files, bad = pending_checkpoints(Store(root), checkpoints, series, request,
-                                                 chosen)
+                                                 chosen, left)
         compared = describe_request(request, chosen)
         logger.info("series %s: %d checkpoint file(s) in %s, %d to audit (%d already audited "
                     "with the same request); store %s", series, n_files, checkpoints,
@@ -141,34 +144,21 @@ def audit_checkpoints(
                        f"Nothing to do: no checkpoint file in `{checkpoints}` yet (store "
                        f"`{root}`).")
             logger.info(message.replace("`", ""))
+            wrote = record_left_out(Store(root), series, checkpoints, bad, left, [])
             create_markdown_artifact(message, key=artifact_key("checkpoints", series),
                                      description="audit-checkpoints: nothing to do")
-            return _ended({**summary, "audits": []})
-        done = []
-        for k, ckpt in enumerate(todo, 1):
-            try:  # a file that passed its first-bytes check may still not load, or not fit
-                load_weights(ExtractConfig(**{**request, "weights": ckpt["path"]}))
-            except (OSError, ValueError) as err:
-                bad.append(" ".join(as_listed(str(err), ckpt["path"]).split()))
-                logger.error("left out: %s", bad[-1])
-                # said now, in step order among the audits' lines, not after every checkpoint
-                progress.report("checkpoint", k, len(todo), left_out=bad[-1])
-                continue
-            # said as its audit starts: the extraction's lines that follow are this file's (a
-            # file left out above is named by its own line)
-            start = (f"checkpoint {k} of {len(todo)} to audit: {os.path.basename(ckpt['path'])} "
-                     f"(step {ckpt['step']})")
-            logger.info(start)
-            progress.report("notice", 0, 0, text=start)
-            with tags(f"model:{model}", f"series:{series}"):
-                one = audit(config.model_copy(update={"weights": ckpt["path"]}), root,
-                            workers=workers, dask_address=dask_address,
-                            gpu_resources=gpu_resources, decompose_options=options,
-                            series=series, step=ckpt["step"], drift=thresholds,
-                            trigger="checkpoints", dashboard=False)
-            done.append({**one, "checkpoint": ckpt["path"]})
-            # said now, not when every checkpoint is done: the command prints its lines
-            progress.report("checkpoint", k, len(todo), audit=done[-1])
+        done: list[dict[str, Any]] = []
+        if todo:
+            try:
+                _audit_each(todo, done, bad, left, request, config, root, series, model,
+                            options, thresholds, workers, dask_address, gpu_resources)
+            finally:  # kept before the dashboard is built, also when an audit failed
+                record_left_out(Store(root), series, checkpoints, bad, left, done,
+                                [c["path"] for c in todo])
+    if not todo:
+        if wrote:  # a file left out or cleared: the dashboard says it (after the lock)
+            refresh_outputs(root, dashboard)
+        return _ended({**summary, "audits": []})
     index = refresh_outputs(root, dashboard) if done else None
     lines = [f"# Checkpoints of series `{series}`", "",
              f"{len(done)} new audit(s) of {n_files} file(s) in `{checkpoints}`; store `{root}`.",
@@ -184,6 +174,62 @@ def audit_checkpoints(
         gate = drift_verdict(n_flagged, fail_on_drift, done, fail_if_not_compared).message()
         return _ended(out, gate)
     return gate_end(out, n_flagged, done, fail_on_drift, fail_if_not_compared)
+
+
+def _audit_each(todo, done, bad, left, request, config, root, series, model, options,
+                thresholds, workers, dask_address, gpu_resources) -> None:
+    """Loads and audits each checkpoint of ``todo`` in step order, appending each audit to
+    ``done``; a file that does not load or fit the model is left out (its line appended to
+    ``bad``, its path to ``left``)."""
+    logger = get_run_logger()
+    for k, ckpt in enumerate(todo, 1):
+        try:  # a file that passed its first-bytes check may still not load, or not fit
+            load_weights(ExtractConfig(**{**request, "weights": ckpt["path"]}))
+        except (OSError, ValueError) as err:
+            bad.append(" ".join(as_listed(str(err), ckpt["path"]).split()))
+            left.append(ckpt["path"])
+            logger.error("left out: %s", bad[-1])
+            # said now, in step order among the audits' lines, not after every checkpoint
+            progress.report("checkpoint", k, len(todo), left_out=bad[-1])
+            continue
+        # said as its audit starts: the extraction's lines that follow are this file's (a
+        # file left out above is named by its own line)
+        start = (f"checkpoint {k} of {len(todo)} to audit: {os.path.basename(ckpt['path'])} "
+                 f"(step {ckpt['step']})")
+        logger.info(start)
+        progress.report("notice", 0, 0, text=start)
+        with tags(f"model:{model}", f"series:{series}"):
+            one = audit(config.model_copy(update={"weights": ckpt["path"]}), root,
+                        workers=workers, dask_address=dask_address,
+                        gpu_resources=gpu_resources, decompose_options=options,
+                        series=series, step=ckpt["step"], drift=thresholds,
+                        trigger="checkpoints", dashboard=False)
+        done.append({**one, "checkpoint": ckpt["path"]})
+        # said now, not when every checkpoint is done: the command prints its lines
+        progress.report("checkpoint", k, len(todo), audit=done[-1])
+
+
+def record_left_out(store: Store, series: str, checkpoints: str, bad: list[str],
+                    left: list[str], done: list[dict[str, Any]],
+                    pending: list[str] | None = None) -> bool:
+    """Keeps in the store, under the series' lock, what this invocation changed of the
+    series' checkpoints left out (``bfd.tasks.audits.left_out_changes``: each file left out
+    now, ``bad`` with its path in ``left``, not left out so already; each file left out before
+    that was audited now, ``done``, reads now or is gone: cleared; ``pending``: the
+    checkpoints it was to audit), one file
+    (``bfd.storage.write_left_out``) naming the folder or glob and the flow run. Returns
+    whether it wrote. A failure to write is said in the log, never a failed run: the audits
+    are recorded."""
+    try:
+        rows = left_out_changes(store, series, checkpoints, bad, left,
+                                [d["checkpoint"] for d in done], pending or [])
+        for row in rows:
+            row.update(checkpoints=checkpoints, flow_run_id=flow_run.id)
+        return write_left_out(store, series, rows) is not None
+    except (OSError, ValueError) as err:
+        get_run_logger().warning("the checkpoints left out could not be recorded in the "
+                                 "store: %s", err)
+        return False
 
 
 def as_listed(message: str, path: str) -> str:

@@ -21,7 +21,9 @@ read-only statements only (see ``check_read_only``).
 Besides the raw tables the catalog holds derived views, one per ``_<view>.sql`` file beside this
 module: ``run_shapes`` (what ``run_pairs`` compares of each complete run), ``latest_runs`` (newest
 complete run per model), ``layer_summary`` (per layer of every complete run), ``run_summary``
-(per complete run) and ``run_pairs`` (per ordered pair of complete runs). Raw tables stay raw:
+(per complete run), ``run_pairs`` (per ordered pair of complete runs) and
+``checkpoints_left_out`` (the checkpoint files of each series left out now: the latest
+``left_out`` row of each file, where it is ``left out``). Raw tables stay raw:
 only the derived views filter on ``runs.status = 'complete'``. The derived views name a model
 as ``bfd runs`` does (``run_shapes.model``: the timm name, then the run's ``--model-arg``
 options where it has any), so that two models of one timm name are two models; the raw
@@ -148,6 +150,12 @@ CONTRACT: Final[Mapping[str, str]] = {
         " metric VARCHAR, before DOUBLE, after DOUBLE, delta DOUBLE, threshold DOUBLE,"
         " flagged BOOLEAN, type_before VARCHAR, type_after VARCHAR"
     ),
+    # What audit-checkpoints left out, and cleared (bfd.storage.left_out): appended.
+    "left_out": (
+        "record_id VARCHAR, series VARCHAR, checkpoint VARCHAR, weights VARCHAR, file VARCHAR,"
+        " step BIGINT, status VARCHAR, reason VARCHAR, recorded_at TIMESTAMPTZ,"
+        " checkpoints VARCHAR, flow_run_id VARCHAR"
+    ),
 }
 
 # Run on each snapshot after its tables and views are made: drift files written before drift
@@ -164,7 +172,7 @@ _FILLS: Final[tuple[str, ...]] = (
 
 # Created in this order: each view reads only tables and the views before it.
 DERIVED_VIEWS: Final[tuple[str, ...]] = ("run_shapes", "latest_runs", "layer_summary",
-                                          "run_summary", "run_pairs")
+                                          "run_summary", "run_pairs", "checkpoints_left_out")
 
 
 # Statement kinds that only read. DESCRIBE, SHOW, SUMMARIZE, FROM-first and WITH parse as SELECT.
@@ -309,7 +317,7 @@ def connect(store_root: str | os.PathLike[str],
 
     Returns:
         A DuckDB connection whose default database holds the tables ``runs, layers, heads,
-        modes, images, audits, drift`` and the views of ``DERIVED_VIEWS``. Statements that
+        modes, images, audits, drift, left_out`` and the views of ``DERIVED_VIEWS``. Statements that
         would change them fail inside DuckDB ("attached in read-only mode"), and file access
         from SQL is off ("file system operations are disabled by configuration").
 

@@ -22,7 +22,8 @@ from bfd.storage.recorded import recorded_sha256, sha256_change
 RUN_TABLES: Final[tuple[str, ...]] = ("runs", "layers", "heads", "modes", "images")
 POINTER_NAME: Final[str] = "published.json"
 # The tables of audit events (bfd.storage.audits), one file per audit: what a file held.
-EVENT_TABLES: Final[dict[str, str]] = {"audits": "audit event", "drift": "drift rows"}
+EVENT_TABLES: Final[dict[str, str]] = {"audits": "audit event", "drift": "drift rows",
+                                        "left_out": "left-out checkpoints record"}
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ __all__ = [
     "head_figures",
     "latest_series",
     "layer_rows",
+    "left_out_rows",
     "positional_components",
     "run_detail",
     "run_keys",
@@ -134,11 +135,19 @@ def _audit_column(con: duckdb.DuckDBPyConnection, alias: str, name: str) -> str:
     return f"{alias}.{name}" if has else "NULL::VARCHAR"
 
 
+# The head counts of the overview's tables (run_summary's n_heads, n_heads_pp, ...: heads by
+# head_type; no head is pc, a type the counts do not have).
+HEAD_COUNTS: Final[tuple[str, ...]] = ("n_heads", "n_heads_pp", "n_heads_cp", "n_heads_cc",
+                                       "n_heads_undefined")
+_HEAD_COUNTS_OF_RUN: Final[str] = ", ".join(f"rs.{name}" for name in HEAD_COUNTS)
+
+
 def run_list(con: duckdb.DuckDBPyConnection) -> pa.Table:
     """Every run of the store with its series, identity (its decompose ``prefix`` option:
     ``run_shapes``'; its ``prefix_tokens``; its ``activations``, stored or not, as ``bfd runs``
     says them) and latest audit (its ``drift_note`` and ``prev_audit_id`` too: an audit naming
-    none, with no drift_note, is the first of its series, nothing compared), oldest first."""
+    none, with no drift_note, is the first of its series, nothing compared), oldest first;
+    last, its head counts by type (``HEAD_COUNTS``: ``run_summary``'s, its current results)."""
     sql = f"""
         SELECT r.run_id, {_SERIES} AS series, r.model, r.weights, r.weights_sha256, r.images,
             r.images_sha256,
@@ -149,9 +158,11 @@ def run_list(con: duckdb.DuckDBPyConnection) -> pa.Table:
             r.status, r.depth, r.num_heads,
             a.audit_id, a.step, a.started_at, a.finished_at, a.trigger, a.flow_run_id,
             a.status AS audit_status, a.n_flagged, {_drift_note(con, "a")} AS drift_note,
-            {_audit_column(con, "a", "prev_audit_id")} AS prev_audit_id
+            {_audit_column(con, "a", "prev_audit_id")} AS prev_audit_id,
+            {_HEAD_COUNTS_OF_RUN}
         FROM runs AS r
         LEFT JOIN {_audit_source(con)} AS a USING (run_id)
+        LEFT JOIN run_summary AS rs ON rs.run_id = r.run_id
         ORDER BY series, coalesce(a.step, 0), r.created_at, r.run_id
     """
     return run_sql(con, sql)
@@ -440,7 +451,14 @@ def series_list(con: duckdb.DuckDBPyConnection) -> pa.Table:
     audits of the series, ``damaged_runs`` names their runs (sorted; NULL when none); its
     runs' columns are unknown. An audit that is not complete, of a run not in the catalog,
     is no member (its run may never have been published). ``step``, ``started_at`` and
-    ``prev_audit_id`` (NULL: the first audit of its series) are the latest audit's."""
+    ``prev_audit_id`` (NULL: the first audit of its series) are the latest audit's; so are
+    the head counts by type (``HEAD_COUNTS``, last): those the audit kept, else (a run never
+    audited, an audit that kept none) its run's ``run_summary``."""
+    # (a catalog given by a caller may hold an audits table without them, or none)
+    kept = (set(_column_names(con, "audits")) if "audits" in catalog_tables(con) else set())
+    heads = ", ".join(f"coalesce(ka.{name}, rs.{name}) AS {name}" if name in kept
+                      else f"rs.{name}" for name in HEAD_COUNTS)
+    kept_join = "LEFT JOIN audits AS ka ON ka.audit_id = m.audit_id" if kept else ""
     members = (
         f"SELECT {_RUN_SERIES} AS series, r.run_id, NULL::VARCHAR AS audit_id,"
         " NULL::BIGINT AS step, NULL::TIMESTAMPTZ AS started_at,"
@@ -471,9 +489,12 @@ def series_list(con: duckdb.DuckDBPyConnection) -> pa.Table:
         SELECT m.series, count(DISTINCT m.run_id) OVER w AS n_runs,
             count(m.audit_id) OVER w AS n_audits, coalesce(d.n_damaged, 0) AS n_damaged,
             d.damaged_runs, m.run_id AS latest_run, m.audit_id, m.audit_status,
-            m.finished_at, m.n_flagged, m.drift_note, m.step, m.started_at, m.prev_audit_id
+            m.finished_at, m.n_flagged, m.drift_note, m.step, m.started_at, m.prev_audit_id,
+            {heads}
         FROM m
         LEFT JOIN d USING (series)
+        {kept_join}
+        LEFT JOIN run_summary AS rs ON rs.run_id = m.run_id
         WINDOW w AS (PARTITION BY m.series)
         QUALIFY row_number() OVER (PARTITION BY m.series ORDER BY
             coalesce(m.run_status = 'complete', false) DESC, coalesce(m.step, 0) DESC,
@@ -586,7 +607,8 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
         LEFT JOIN audits AS q ON q.audit_id = k.prev_audit_id
         ORDER BY series, run_id, audit_id, layer, head
     """)
-    out = {"metrics": _with_drift_check(con, metrics), "head_type_changes": changes}
+    out = {"metrics": _with_drift_check(con, metrics), "head_type_changes": changes,
+           "left_out": left_out_rows(con)}
     if with_audits:
         out["audits"] = run_sql(con, "SELECT * FROM audits ORDER BY series, step, started_at")
         if "drift" in catalog_tables(con):
@@ -600,6 +622,29 @@ def series_data(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
             """)
             out["drift_marks"] = drift_marks(out["drift"], changes)
     return out
+
+
+# The start of a left-out line that names the file (``weights file '...' is``, ``weights '...'``):
+# the Series page names the file by its name and step, then says the rest.
+_NAMED_FILE: Final[re.Pattern[str]] = re.compile(
+    r"""^weights (?:file )?(?:'[^']*'|"[^"]*") (?:is )?""")
+
+
+def left_out_rows(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """The checkpoint files each series' ``audit-checkpoints`` left out and no later one
+    cleared (the ``checkpoints_left_out`` view: no run, no audit, so no point of the series),
+    by series and step: ``why`` is the reason less the words naming the file (``not a
+    readable torch checkpoint: ...``, ``do not fit 'test_vit': ...``)."""
+    if "checkpoints_left_out" not in catalog_tables(con):
+        return pa.table({name: pa.array([], pa.string()) for name in (
+            "series", "file", "checkpoint", "reason", "why")})
+    rows = run_sql(con, """
+        SELECT series, file, checkpoint, step, reason, recorded_at, checkpoints, flow_run_id
+        FROM checkpoints_left_out
+        ORDER BY series, step NULLS LAST, file
+    """)
+    why = [_NAMED_FILE.sub("", r) if r else r for r in rows.column("reason").to_pylist()]
+    return rows.append_column("why", pa.array(why, pa.string()))
 
 
 # The audits columns the audit_history query reads beyond the first flows' (a catalog of such

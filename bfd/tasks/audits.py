@@ -14,11 +14,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from bfd.files import WEIGHT_SUFFIXES, check_checkpoint, sha256_file
+from bfd.files import WEIGHT_SUFFIXES, check_checkpoint, input_path, sha256_file
 from bfd.requests import model_args_text
 from bfd.storage import (
     SEEN_FIGURES,
     Store,
+    current_left_out,
     earlier_audits,
     new_audit_id,
     read_audits,
@@ -487,6 +488,7 @@ def drift_since_previous(store: Store, row: dict[str, Any], run_id: str,
 
 def pending_checkpoints(store: Store, pattern: str, series: str, config: Mapping[str, Any],
                         decompose_options: Mapping[str, Any] | None = None,
+                        left: list[str] | None = None,
                         ) -> tuple[list[dict], int, list[str]]:
     """The checkpoints still to audit with the request ``config`` (fields of
     ``ExtractConfig``; its weights are each file) decomposed with ``decompose_options``, in
@@ -497,6 +499,8 @@ def pending_checkpoints(store: Store, pattern: str, series: str, config: Mapping
     (``audited_requests``: model, weights bytes, images, N, layers, sites, img_size, dtype,
     ...) and the same decompose options that change results (``--prefix``, ...; None: the
     defaults); each request is audited once, so a copy of a checkpoint is not audited twice.
+    ``left``, when given, gets the path of each file left out (as listed), in the order of
+    the lines.
     """
     files = checkpoint_files(pattern)
     seen = audited_requests(store, series, decompose_options or {})
@@ -507,6 +511,8 @@ def pending_checkpoints(store: Store, pattern: str, series: str, config: Mapping
             check_checkpoint(path)
         except (OSError, ValueError) as err:
             bad.append(" ".join(str(err).split()))
+            if left is not None:
+                left.append(str(path))
             continue
         sha = sha256_file(path)  # the checkpoint's audit reuses this digest
         inputs = (key_inputs({**config, "weights": str(path)}, sha, records)
@@ -520,3 +526,42 @@ def pending_checkpoints(store: Store, pattern: str, series: str, config: Mapping
         todo.append({"path": str(path), "sha256": sha,
                      "step": step if step is not None else int(os.stat(path).st_mtime)})
     return sorted(todo, key=lambda c: c["step"]), len(files), bad
+
+
+def left_out_changes(store: Store, series: str, checkpoints: str, bad: Sequence[str],
+                     left: Sequence[str], audited: Sequence[str] = (),
+                     pending: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The ``left_out`` rows (``bfd.storage.left_out``; but ``checkpoints`` and
+    ``flow_run_id``) that an ``audit-checkpoints`` of ``checkpoints`` records: each file left
+    out now (its line in ``bad``, its path as listed in ``left``) that the series does not
+    hold left out for that reason already, and each file the series holds left out that was
+    audited now (``audited``: their paths), is listed now and was neither left out nor to
+    audit (``pending``: the checkpoints to audit; one of them neither audited nor left out
+    was not tried, an audit before it failed) (readable, audited already with the same
+    request), or is gone: cleared. [] when nothing changed."""
+    before = current_left_out(store, series)
+    now = {input_path(path): (path, line) for path, line in zip(left, bad, strict=True)}
+    rows: list[dict[str, Any]] = []
+    for weights, (path, line) in now.items():
+        if before.get(weights, {}).get("reason") != line:
+            rows.append({"checkpoint": path, "weights": weights,
+                         "file": os.path.basename(path), "step": step_from_name(path),
+                         "status": "left out", "reason": line})
+    if not before:
+        return rows
+    done = {input_path(path) for path in audited}
+    untried = {input_path(path) for path in pending} - done
+    try:
+        listed = {input_path(str(p)) for p in checkpoint_files(checkpoints)}
+    except (OSError, ValueError):
+        listed = set()
+    for weights, row in before.items():
+        why = ("audited" if weights in done
+               else "readable now, audited already with the same request"
+               if weights in listed and weights not in now and weights not in untried
+               else "the file is gone" if not os.path.exists(weights) else None)
+        if why is not None:
+            rows.append({**{k: row[k] for k in ("checkpoint", "weights", "file", "step")},
+                         "status": "cleared", "reason": why})
+    return rows
+

@@ -102,6 +102,12 @@
     return [keys.map(cell).join(",")].concat(rows.map((r) => keys.map((k) => cell(r[k])).join(",")))
       .join("\n") + "\n";
   }
+  // a name as part of a downloaded file's name: letters, digits, _ . - kept, every other run
+  // of characters one _ (a series is model@path), at most 100 characters
+  function fileStem(name) {
+    const stem = String(name).replace(/[^A-Za-z0-9_.-]+/g, "_").replace(/^[_.]+|_+$/g, "").slice(0, 100);
+    return stem || "series";
+  }
   function download(name, text) {
     const url = URL.createObjectURL(new Blob([text], { type: "text/csv" }));
     const a = h("a", { href: url, download: name });
@@ -331,14 +337,24 @@
   // the overview's marker of a series (its lines take a colour a run)
   const SYMBOLS = ["circle", "square", "diamond", "triangle-up", "x", "star"];
   const seriesSymbol = (s) => SYMBOLS[SERIES.indexOf(s) % SYMBOLS.length];
-  // the runs table: what a person scans first (run, series, step, flagged or not compared)
-  // on the left, identities and paths after
+  // the head counts by type (bfd/report/data.py HEAD_COUNTS: run_summary's, or those the
+  // series' latest audit kept): which heads exchange position, which content, at a glance
+  const HEAD_TYPES = [["pp", "position-position"], ["cp", "content-position"],
+    ["cc", "content-content"], ["undefined", "undefined (zero or non-finite energies)"]];
+  function headColumns() {
+    return HEAD_TYPES.map(([t, name]) => ({ key: "n_heads_" + t, label: t + " heads",
+      title: (r) => (typeof r["n_heads_" + t] === "number" ? `${r["n_heads_" + t]} ${name} heads of ${fmt(r.n_heads)}`
+        : "no head counts (no complete run)") }));
+  }
+  // the runs table: what a person scans first (run, series, step, flagged or not compared,
+  // heads by type) on the left, identities and paths after
   function runColumns() {
     return [
       { key: "run_id", label: "run", render: (r) => runLink(r) },
       { key: "series", label: "series" },
       { key: "step", render: (r) => fmt(stepText(r)) },
       { key: "n_flagged", label: "flagged", render: flagged, title: flaggedTitle },
+      ...headColumns(),
       { key: "audit_status", label: "audit" }, { key: "model" },
       { key: "n_decoded", label: "images decoded" }, { key: "n_skipped", label: "skipped" },
       { key: "weights" }, hashCol("weights_sha256", "weights sha256"),
@@ -374,7 +390,9 @@
         latest_run: latest.run_id, page: latest.page,
         created_at: latest.created_at, audit_id: s.audit_id, audit_status: s.audit_status,
         finished_at: s.finished_at, n_flagged: s.n_flagged, drift_note: s.drift_note,
-        step: s.step, started_at: s.started_at, prev_audit_id: s.prev_audit_id };
+        step: s.step, started_at: s.started_at, prev_audit_id: s.prev_audit_id,
+        n_heads: s.n_heads, n_heads_pp: s.n_heads_pp, n_heads_cp: s.n_heads_cp,
+        n_heads_cc: s.n_heads_cc, n_heads_undefined: s.n_heads_undefined };
     });
     // "2 of 6 audits: runs c-100, c-200 damaged ...", or "–" for a series with none
     const damagedNote = (r) => {
@@ -394,6 +412,7 @@
       dataTable("series-table", "series", series, [
         { key: "series" }, { key: "step", label: "latest step", render: (r) => fmt(stepText(r)) },
         { key: "n_flagged", label: "flagged", render: flagged, title: flaggedTitle },
+        ...headColumns(),
         { key: "drift_note", label: "drift note" },
         { key: "latest_run", label: "latest run", render: (r) => runLink({ page: r.page, run_id: r.latest_run }) },
         { key: "n_runs", label: "runs" }, { key: "n_audits", label: "audits" },
@@ -903,13 +922,18 @@
       select("x-select", "against", (hasStep ? [["step", "audit step"]] : []).concat([["created_at", "run time"]]),
         state.x, (v) => { state.x = v; redraw(); }));
     const grid = h("div", { class: "grid", id: "metric-grid" });
+    // the checkpoint files of the series that audit-checkpoints left out (no run, no audit,
+    // no point: bfd/report/data.py left_out_rows): a line naming each, and a dotted line at
+    // its step on every plot
+    const leftOut = rowsOf(D.left_out);
+    const leftOutLine = h("p", { class: "note warn", id: "left-out", hidden: true });
     // the plots with no value in the series (and no drift flagged on them): one line
     const emptyLine = h("p", { class: "note", id: "empty-plots" });
     // the audits with flagged drift that no plot drawn marks (all of it on metrics with no
     // run-level plot: frac_img*, frac_int*): a line each, so that the plots do not read as clean
     const unmarkedLine = h("div", { id: "unmarked-drift" });
     const tables = h("div", {});
-    app.append(controls, section("Every metric", h("p", { class: "note" },
+    app.append(controls, leftOutLine, section("Every metric", h("p", { class: "note" },
       "One point per complete audit of the series, at its step, with the figures it saw. Red crosses: " +
       "audits whose drift check flagged what this plot shows (a head_type change: the counts of the " +
       "types the heads changed from and to); hover one for the metric, rows, layers and largest |delta|. " +
@@ -1166,6 +1190,20 @@
           Object.assign(xaxis, { type: "date", range: [new Date(t - day).toISOString(), new Date(t + day).toISOString()] });
         }
       }
+      const gone = leftOut.filter((r) => r.series === state.series);
+      leftOutLine.hidden = !gone.length;
+      leftOutLine.replaceChildren(...(gone.length ? [`${gone.length} checkpoint${gone.length === 1 ? "" : "s"} ` +
+        "left out: " + gone.map((r) => `${r.file} (${r.step === null || r.step === undefined ? "no step in its name"
+          : "step " + r.step}): ${r.why || r.reason}`).join("; ") + ". Not audited (no run, no point): the line " +
+        "joins the audits either side" + (state.x === "step" ? "; a dotted red line marks " +
+          (gone.length === 1 ? "its step" : "their steps") + " on each plot" : "") +
+        " (bfd sql \"SELECT * FROM checkpoints_left_out\")."] : []));
+      // a dotted red line at each left-out checkpoint's step (against step only)
+      const goneShapes = state.x !== "step" ? [] : gone.filter((r) => typeof r.step === "number").map((r) => {
+        const v = unixSteps ? new Date(r.step * 1000).toISOString() : r.step;
+        return { type: "line", xref: "x", yref: "paper", x0: v, x1: v, y0: 0, y1: 1,
+          line: { color: "#b00020", dash: "dot", width: 1.5 } };
+      });
       layerMembers = members;
       drawLayers();
       const rows = lines.map((m) => (m.gap ? { gap: true, [state.x]: m.x[state.x] } : m));
@@ -1245,6 +1283,7 @@
           y: links.flatMap(([a, b]) => [a[k], b[k], null]), mode: "lines", name: "compared with",
           line: { color: "#0072B2", dash: "dash", width: 1.5 }, hoverinfo: "skip" }] : []),
         { title: { text: k, font: { size: 13 }, x: 0.02, xanchor: "left" }, showlegend: false, height: 260, xaxis: xaxis,
+          shapes: goneShapes,
           margin: { l: 55, r: 10, t: 35, b: 55 }, annotations: missing ? [{ text: missing, showarrow: false,
             xref: "paper", yref: "paper", x: 0.5, y: 0.5 }] : [] });
         div.on("plotly_click", (ev) => { const page = ev.points[0].customdata; if (page) window.location.href = "runs/" + encodeURIComponent(page); });
@@ -1254,14 +1293,16 @@
         section("Drift flags", h("p", { class: "note" },
           "Newest audit first; within an audit, the largest |delta| first (as bfd query drift)."),
           D.has_audits ? dataTable("drift-table", "flagged drift", flagged,
-            driftColumns(flagged, pointOf), { csvKeys: Object.keys(D.drift || {}) })
+            driftColumns(flagged, pointOf), { csvKeys: Object.keys(D.drift || {}),
+              filename: fileStem(state.series) + "-drift" })
             : empty("No audits recorded yet.")),
         section("Head-type changes against the audit compared with", h("p", { class: "note", id: "changes-note" },
           "Newest audit first." + redoneNote(members)),
           dataTable("changes-table", "head-type changes", seriesChanges,
-            changeColumns(pointOf), { csvKeys: Object.keys(D.head_type_changes || {}).concat(["step"]) })),
+            changeColumns(pointOf), { csvKeys: Object.keys(D.head_type_changes || {}).concat(["step"]),
+              filename: fileStem(state.series) + "-head-type-changes" })),
         section("Audits of the series", dataTable("series-runs", "audits of the series", members,
-          auditColumns(members), { csvKeys: Object.keys(D.metrics),
+          auditColumns(members), { csvKeys: Object.keys(D.metrics), filename: fileStem(state.series) + "-audits",
             rowClass: (m) => (damaged(m) ? "damaged-run" : notCompared(m) ? "not-compared" : null) })));
     }
     redraw();
