@@ -524,8 +524,9 @@ def print_checkpoints_plan(args: argparse.Namespace, config, store: str, series:
     """``bfd audit-checkpoints --dry-run``: the checkpoints it would audit, in step order,
     those already audited and those left out, as the flow would find them; the request
     checked as the command checks it (torch and timm only when a checkpoint is to audit);
-    nothing is computed or recorded, no Prefect started. Exit 2 when a file is left out, as
-    the audit would."""
+    each checkpoint to audit loaded as its audit would load it (one that does not load or
+    fit the model is left out); nothing is computed or recorded, no Prefect started. Exit 2
+    when a file is left out, as the audit would."""
     from pathlib import Path
 
     from bfd.cli_reuse import checkpoints_plan
@@ -535,7 +536,18 @@ def print_checkpoints_plan(args: argparse.Namespace, config, store: str, series:
         raise ValueError(f"the checkpoints of {args.checkpoints!r} cannot be listed")
     todo, bad = plan["todo"], plan["bad"]
     if todo:
+        from bfd.tasks.audits import checkpoint_misfit
+
         cli._check_model_request(config)
+        # each loaded as the audit loads it: one that does not load or fit is left out
+        fits = []
+        for one in todo:
+            misfit = checkpoint_misfit(plan["request"], one["path"])
+            if misfit is None:
+                fits.append(one)
+            else:
+                bad.append(misfit)
+        todo = fits
     n_seen = plan["n_files"] - len(todo) - len(bad)
     say("dry run: nothing is computed or recorded")
     say(f"series {series}; store {store}; {plan['n_files']} checkpoint file(s): "

@@ -206,7 +206,7 @@ def checkpoints_plan(args: argparse.Namespace, config, store: str, series: str) 
         return None
     return {"series": series, "n_files": n_files, "store": store,
             "compared": describe_request(request, chosen), "bad": bad, "todo": todo,
-            "left": left}
+            "left": left, "request": request}
 
 
 def record_reused_audit(args: argparse.Namespace, config, store: str, thresholds,

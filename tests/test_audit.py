@@ -800,13 +800,13 @@ def test_a_checkpoint_that_does_not_load_is_left_out_and_the_others_audited(
         printed.clear()
         told.clear()
         with env_kept(), progress.listening(at_each_extraction):
-            code = main(["audit-checkpoints", "ckpts", "--model", AUDIT["model"],
-                         "--n-images", "6", "--img-size", "64", "--layers", "0", "--dtype",
-                         "float32", "--images-per-chunk", "6", "--series", "s", "--store",
-                         store, "--no-dashboard"])
+            code = main(argv)
         parts.append(capsys.readouterr())
         return code, "".join(p.out for p in parts), "".join(p.err for p in parts)
 
+    argv = ["audit-checkpoints", "ckpts", "--model", AUDIT["model"], "--n-images", "6",
+            "--img-size", "64", "--layers", "0", "--dtype", "float32", "--images-per-chunk", "6",
+            "--series", "s", "--store", store, "--no-dashboard"]
     printed: list[str] = []
     told: list[list[str]] = []
     code, out, err = audit_folder()
@@ -837,9 +837,10 @@ def test_a_checkpoint_that_does_not_load_is_left_out_and_the_others_audited(
     (run,) = [r for r in runs if r.parameters["checkpoints"] == "ckpts"
               and r.parameters["store"] == store]
     assert run.state.type.value == "FAILED", run.state
-    assert run.state.message.startswith("2 of 4 checkpoint file(s) left out, 2 audited: "
-                                        "weights 'ckpts/step_200.pth' do not fit"), (
-        run.state.message)
+    # every file named (a schedule's line named the first alone, "and 1 more")
+    assert run.state.message.startswith(
+        "2 of 4 checkpoint file(s) left out (step_200.pth, step_300.pt), 2 audited: weights "
+        "'ckpts/step_200.pth' do not fit"), run.state.message
     assert "(and 1 more)" in run.state.message
     # again: nothing to audit, and the line does not call the files left out unreadable (the
     # one of another model reads; it said "every readable checkpoint ... (2 of 4 files)")
@@ -874,6 +875,12 @@ def test_a_checkpoint_that_does_not_load_is_left_out_and_the_others_audited(
     assert err.count("bfd: error: left out: ") == 2, err
     # the same files left out for the same reasons: nothing more recorded
     assert sorted((Path(store) / "tables" / "left_out").rglob("*.parquet")) == records
+    # the dry run loads the file of another model as its audit would: left out, with its
+    # line (it listed it as to audit)
+    assert main([*argv, "--dry-run"]) == 2
+    out = capsys.readouterr().out
+    assert "4 checkpoint file(s): 0 to audit, 2 already audited with the same request" in out
+    assert "\n  left out: weights 'ckpts/step_200.pth' do not fit 'test_vit': " in out, out
     # step_200 removed: nothing to audit, but the flow runs (not the answer without it) and
     # clears it; then step_300 fixed: audited, cleared; none left out
     (folder / "step_200.pth").unlink()

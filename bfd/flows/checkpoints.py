@@ -17,7 +17,6 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
-from bfd.files import input_path
 from bfd.flows import progress
 from bfd.flows.audit import audit, gate_end, refresh_outputs
 from bfd.flows.params import (
@@ -33,13 +32,14 @@ from bfd.flows.prefect_io import artifact_key, resolve_store
 from bfd.storage import Store, series_lock, write_left_out
 from bfd.tasks.audits import (
     check_place,
+    checkpoint_misfit,
     checkpoints_series,
     describe_request,
     left_out_changes,
     pending_checkpoints,
 )
 from bfd.tasks.drift_gate import drift_verdict
-from bfd.tasks.extract import ExtractConfig, check_before_work, load_weights
+from bfd.tasks.extract import ExtractConfig, check_before_work
 from bfd.tasks.options import DecomposeOptions
 
 
@@ -134,7 +134,7 @@ def audit_checkpoints(
         for line in bad:
             logger.error("left out: %s", line)
         summary = {"series": series, "n_files": n_files, "store": root, "compared": compared,
-                   "bad": bad}
+                   "bad": bad, "left": left}
         if not todo:
             readable = " (the readable ones)" if bad else ""
             message = (f"Nothing to do: all {n_files - len(bad)} checkpoint file(s) of "
@@ -183,10 +183,10 @@ def _audit_each(todo, done, bad, left, request, config, root, series, model, opt
     ``bad``, its path to ``left``)."""
     logger = get_run_logger()
     for k, ckpt in enumerate(todo, 1):
-        try:  # a file that passed its first-bytes check may still not load, or not fit
-            load_weights(ExtractConfig(**{**request, "weights": ckpt["path"]}))
-        except (OSError, ValueError) as err:
-            bad.append(" ".join(as_listed(str(err), ckpt["path"]).split()))
+        # a file that passed its first-bytes check may still not load, or not fit
+        misfit = checkpoint_misfit(request, ckpt["path"])
+        if misfit is not None:
+            bad.append(misfit)
             left.append(ckpt["path"])
             logger.error("left out: %s", bad[-1])
             # said now, in step order among the audits' lines, not after every checkpoint
@@ -232,14 +232,6 @@ def record_left_out(store: Store, series: str, checkpoints: str, bad: list[str],
         return False
 
 
-def as_listed(message: str, path: str) -> str:
-    """``message`` naming the checkpoint ``path`` as it was listed (from the folder or glob as
-    the user gave it), where it names the file by its one spelling (``bfd.files.input_path``,
-    absolute: the load's errors): the left-out lines name each file one way."""
-    spelled = input_path(path)
-    return message.replace(repr(spelled), repr(path)) if spelled != path else message
-
-
 def _flags(audit: dict) -> str:
     """An audit's drift flags in the checkpoints' table: the count, against the audit it was
     compared with where that is not the one before it (``skipped``); ``first`` or ``not
@@ -264,8 +256,11 @@ def _ended(out: dict[str, Any], gate: str = "") -> dict[str, Any] | State:
     ``gate``: the drift gate's failure (``DriftVerdict.message``), said too; "" if none."""
     if not out["bad"]:
         return out
+    # every file named, the first one's reason in full (each one's: the run's log, its
+    # artifact, bfd audit-checkpoints --dry-run)
+    names = ", ".join(os.path.basename(path) for path in out["left"])
     more = f" (and {len(out['bad']) - 1} more)" if len(out["bad"]) > 1 else ""
-    message = (f"{len(out['bad'])} of {out['n_files']} checkpoint file(s) left out, "
-               f"{len(out['audits'])} audited: {out['bad'][0]}{more}"
+    message = (f"{len(out['bad'])} of {out['n_files']} checkpoint file(s) left out "
+               f"({names}), {len(out['audits'])} audited: {out['bad'][0]}{more}"
                + (f"; {gate}" if gate else ""))
     return Failed(message=message, data=CheckpointsLeftOut(message, out))

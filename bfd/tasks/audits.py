@@ -528,6 +528,24 @@ def pending_checkpoints(store: Store, pattern: str, series: str, config: Mapping
     return sorted(todo, key=lambda c: c["step"]), len(files), bad
 
 
+def checkpoint_misfit(request: Mapping[str, Any], path: str) -> str | None:
+    """Why the checkpoint ``path`` (listed so, from the folder or glob given), which passed
+    its first-bytes check (``check_checkpoint``), cannot be audited with ``request`` (fields
+    of ``ExtractConfig``): it does not load or does not fit the model (``load_weights``), in
+    one line naming the file as listed; None when it loads and fits. Loads it with torch."""
+    from bfd.tasks.extract import ExtractConfig, load_weights
+
+    try:
+        load_weights(ExtractConfig(**{**request, "weights": path}))
+    except (OSError, ValueError) as err:
+        message, spelled = str(err), input_path(path)
+        # the load's errors name the file by its one spelling (absolute): named as listed
+        if spelled != path:
+            message = message.replace(repr(spelled), repr(path))
+        return " ".join(message.split())
+    return None
+
+
 def left_out_changes(store: Store, series: str, checkpoints: str, bad: Sequence[str],
                      left: Sequence[str], audited: Sequence[str] = (),
                      pending: Sequence[str] = ()) -> list[dict[str, Any]]:
