@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 # The commands of one run's pipeline (torch, Prefect): Ctrl-C keeps their shards.
-_PIPELINE_COMMANDS = ("extract", "decompose", "audit")
+_PIPELINE_COMMANDS = ("extract", "decompose", "audit", "audit-checkpoints")
 # Commands that only read a store (no torch, timm or Prefect).
 _READING_COMMANDS = ("verify", "sql", "catalog", "query", "runs", "dashboard", "plot")
 # the commands that run no Prefect flow: the reading ones and bfd drop-activations
@@ -544,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in _PIPELINE_COMMANDS:  # Ctrl-C's line, also of a command run in-process
         from bfd.cli_interrupt import MESSAGE, NOT_RECORDED, say
 
-        say(NOT_RECORDED if args.command == "audit" else MESSAGE)
+        say(NOT_RECORDED if args.command in ("audit", "audit-checkpoints") else MESSAGE)
     if argv is None and args.command in _PIPELINE_COMMANDS:
         # a process of its own: Ctrl-C ends it at once, without Prefect's and the
         # interpreter's teardown

@@ -750,12 +750,16 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
         cli._check_model_request(config)
         cli._check_placement(args, config)
         lines.left_out(bad)  # known now: said before the first audit, not after the last
+        from bfd.cli_interrupt import CheckpointsInterrupt, say
         from bfd.flows import progress
         from bfd.flows.checkpoints import CheckpointsLeftOut, audit_checkpoints
         from bfd.flows.params import DecomposeParams
 
+        interrupt = CheckpointsInterrupt()  # Ctrl-C's line names the audits recorded
+        say(interrupt.line)
         try:
-            with progress.listening(lines):  # each checkpoint's lines once its audit is done
+            # each checkpoint's lines once its audit is done
+            with progress.listening(lines), progress.listening(interrupt):
                 out = cli._with_bars(audit_checkpoints, args.checkpoints,
                                      config.model_dump(exclude={"weights"}), store,
                                      series=args.series, drift=thresholds,

@@ -118,6 +118,37 @@ def recording(row: dict[str, Any]) -> Iterator[None]:
         release(recorded(row) if written else None)
 
 
+class CheckpointsInterrupt:
+    """A ``bfd.flows.progress`` listener of ``bfd audit-checkpoints`` and its Ctrl-C line
+    (``line``): each audit's row write held from Ctrl-C, as ``audit_progress`` holds it, and
+    the audits this command recorded named, so that the user knows what a rerun skips."""
+
+    def __init__(self) -> None:
+        self.recorded: list[Mapping[str, Any]] = []
+
+    def __call__(self, stage: str, done: int, total: int, detail: dict) -> None:  # noqa: ARG002
+        if stage != "audit":
+            return
+        if not done:
+            hold()
+            return
+        if detail["written"]:
+            self.recorded.append(detail["audit"])
+        release()
+
+    def line(self) -> str:
+        rows = self.recorded
+        if not rows:
+            return NOT_RECORDED_SHARDS_KEPT
+        steps = ", ".join(str(r["step"]) for r in rows)
+        failed = [str(r["step"]) for r in rows if r["status"] != "complete"]
+        not_complete = f", step(s) {', '.join(failed)} as failed" if failed else ""
+        return (f"bfd: interrupted after {len(rows)} audit(s) of series {rows[0]['series']} "
+                f"were recorded (step(s) {steps}{not_complete}); the checkpoint in progress "
+                "was not audited: a rerun audits it and the others not yet audited (its "
+                "completed shards are kept)")
+
+
 def audit_progress(stage: str, done: int, total: int, detail: dict) -> None:  # noqa: ARG001
     """A ``bfd.flows.progress`` listener: the flow's stage ``audit`` (``progress.recording``,
     its audit's row being written) as ``recording``."""

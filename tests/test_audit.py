@@ -1050,3 +1050,45 @@ def test_a_new_series_of_a_name_close_to_another_is_said(audited, tmp_path, caps
     assert main([*argv, "--series", "test_vit@random-seed0"]) == 0
     assert main([*argv, "--series", "nightly"]) == 0
     assert "note: series" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_audit_checkpoints_ends_at_once_naming_the_audits_recorded(tmp_path):
+    """Ctrl-C of `bfd audit-checkpoints` while its second checkpoint is being audited: exit
+    130, one line naming the audit recorded, and a rerun audits the rest. It had no Ctrl-C
+    of its own (not one of the pipeline commands): the temporary server died with the
+    signal, and the command retried it for minutes, then ended in a traceback, exit 1."""
+    import subprocess
+    import sys
+
+    make_checkpoints(tmp_path / "ckpts")
+    store = tmp_path / "store"
+    argv = ["audit-checkpoints", "ckpts", "--model", AUDIT["model"], "--n-images", "6",
+            "--img-size", str(AUDIT["img_size"]), "--layers", "0", "--dtype", "float32",
+            "--images-per-chunk", "6", "--series", "s", "--store", str(store),
+            "--no-dashboard"]
+    # SIGINT as the second checkpoint is tried (after the first's audit is recorded)
+    code = ("import os, signal, sys, time\n"
+            "import bfd.tasks.audits as mod\nreal = mod.checkpoint_misfit\ncalls = []\n"
+            "def at(*a, **k):\n"
+            "    calls.append(1)\n"
+            "    if len(calls) == 2:\n"
+            "        os.kill(os.getpid(), signal.SIGINT)\n"
+            "        time.sleep(0.5)\n"
+            "    return real(*a, **k)\n"
+            "mod.checkpoint_misfit = at\n"
+            f"sys.argv = ['bfd', *{argv!r}]\n"
+            "from bfd.cli import main\nsys.exit(main())\n")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env |= {"PREFECT_HOME": str(tmp_path / "prefect-home"),
+            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    (first,) = read_audits(Store(store), "s")
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.splitlines()[-1] == (
+        "bfd: interrupted after 1 audit(s) of series s were recorded (step(s) 100); the "
+        "checkpoint in progress was not audited: a rerun audits it and the others not yet "
+        "audited (its completed shards are kept)"), proc.stderr
+    assert "Traceback" not in proc.stderr and (first["step"], first["status"]) == (
+        100, "complete")
