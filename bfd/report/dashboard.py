@@ -504,9 +504,9 @@ def serve_dashboard(out_dir: str | os.PathLike[str], port: int = 8000) -> None:
     """Serves the built dashboard on 127.0.0.1 until interrupted (see ``make_server``)."""
     with make_server(out_dir, port) as server:
         host, bound = server.server_address[:2]
-        print(f"dashboard: serving {out_dir} at http://{host}:{bound}/ (Ctrl-C stops)",
-              flush=True)
-        try:
+        try:  # a Ctrl-C as soon as the line is read lands in the print: stopped the same way
+            print(f"dashboard: serving {out_dir} at http://{host}:{bound}/ (Ctrl-C stops)",
+                  flush=True)
             server.serve_forever()
         except KeyboardInterrupt:
             pass
