@@ -253,7 +253,8 @@ def layer_ranges(layers) -> str:
 def drift_summary(rows: Sequence[dict], types: dict) -> list[str]:
     """One line per metric of the flagged ``rows`` (drift rows): how many rows or heads, in
     which layers, the largest |delta|; for head_type, how many heads changed from which type
-    to which (``types``: (layer, head) -> (before, after))."""
+    to which (``_types_of``: as the audit kept them, else ``types``, (layer, head) ->
+    (before, after); ``?`` for a type known to neither)."""
     from bfd.tasks.drift import drift_metrics
 
     order = {m: k for k, m in enumerate(drift_metrics())}
@@ -267,7 +268,7 @@ def drift_summary(rows: Sequence[dict], types: dict) -> list[str]:
         if metric == "head_type":
             changes: dict[str, int] = {}
             for r in mine:
-                change = " -> ".join(types.get((r["layer"], r["head"]), ("?", "?")))
+                change = " -> ".join(t or "?" for t in _types_of(r, types))
                 changes[change] = changes.get(change, 0) + 1
             said = ", ".join(f"{n} {change}" for change, n in
                              sorted(changes.items(), key=lambda kv: -kv[1]))

@@ -1092,3 +1092,21 @@ def test_ctrl_c_of_audit_checkpoints_ends_at_once_naming_the_audits_recorded(tmp
         "audited (its completed shards are kept)"), proc.stderr
     assert "Traceback" not in proc.stderr and (first["step"], first["status"]) == (
         100, "complete")
+
+
+def test_the_drift_summary_names_the_head_types_the_audit_kept():
+    """The summary above a long flagged list said `36 ? -> ?` for head-type changes: it read
+    the types from the runs' current heads only, which an audit that keeps them never asks."""
+    from bfd.cli_audits import drift_summary
+
+    rows = [{"metric": "head_type", "layer": layer, "head": head, "delta": 1.0,
+             "type_before": "position-position", "type_after": after}
+            for layer, head, after in [(0, 0, "content-content"), (0, 1, "content-content"),
+                                       (3, 2, "content-position")]]
+    rows.append({"metric": "head_type", "layer": 5, "head": 0, "delta": 1.0,
+                 "type_before": None, "type_after": None})  # drift written before types
+    assert drift_summary(rows, {(5, 0): ("content-content", "position-position")}) == [
+        "  head_type: 4 heads changed in layers 0, 3, 5 (2 position-position -> "
+        "content-content, 1 position-position -> content-position, 1 content-content -> "
+        "position-position)"]
+    assert drift_summary(rows[3:], {}) == ["  head_type: 1 heads changed in layers 5 (1 ? -> ?)"]
