@@ -442,28 +442,32 @@ def print_plan(args: argparse.Namespace, config, store: str, series: str,
         run = f"run {reused}: computed already with these options: reused, nothing computed"
         drift = _drift_line(*compared_audit(Store(store), series, step, reused)[:2])
     else:  # the model, its weights and the images, as the audit would plan them
-        run, drift = _plan_to_compute(args, config, store, series, step)
+        run, drift, replaced = _plan_to_compute(args, config, store, series, step)
     say("dry run: nothing is computed or recorded")
     say(f"audit: series {series}, "
         + (f"step {step}" if args.step is not None else f"step its start time ({now} now)")
         + f"; store {store}")
     say(run)
+    if reused is None and replaced:
+        say(f"note: {replaced}")
     say(f"drift: {drift}")
     return 0
 
 
 def _plan_to_compute(args: argparse.Namespace, config, store: str, series: str,
-                     step: int) -> tuple[str, str]:
+                     step: int) -> tuple[str, str, str | None]:
     """``print_plan``'s run and drift lines for a run to compute: its id, what of it is stored
     already (an interrupted audit's shards, an extraction not yet decomposed) and what is left
     to write; the audit its drift would compare with, as the audit chooses it, from the run's
-    request (its images hashed, its N as listed). Imports torch and timm."""
+    request (its images hashed, its N as listed); and, for a run published with other
+    decompose options, the line saying the audit replaces its results (``options_replaced``).
+    Imports torch and timm."""
     import json
 
     from bfd import cli
     from bfd.output import size_text
     from bfd.storage import Store, request_columns, with_stats_only
-    from bfd.tasks.audits import compared_audit
+    from bfd.tasks.audits import compared_audit, options_replaced
     from bfd.tasks.extract import (
         ExtractConfig,
         count,
@@ -471,6 +475,7 @@ def _plan_to_compute(args: argparse.Namespace, config, store: str, series: str,
         plan_request,
         refuse_before_work,
     )
+    from bfd.tasks.options import DecomposeOptions
 
     extract = config.extract_config()
     cfg = ExtractConfig(**(extract if args.store_activations else with_stats_only(extract)))
@@ -507,9 +512,12 @@ def _plan_to_compute(args: argparse.Namespace, config, store: str, series: str,
            "config_json": json.dumps({"request": planned.request.to_json_dict(),
                                       "decompose": cli.decompose_options(args)})}
     before, note, _ = compared_audit(Store(store), series, step, rid, after=row)
-    return run, _drift_line(before, note, f", if all {count(n_images, 'listed image')} decode "
-                            "(one that does not lowers N, and the audit then compares with an "
-                            "earlier audit of that N, if any)")
+    drift = _drift_line(before, note, f", if all {count(n_images, 'listed image')} decode (one "
+                        "that does not lowers N, and the audit then compares with an earlier "
+                        "audit of that N, if any)")
+    replaced = options_replaced(Store(store), rid,
+                                DecomposeOptions(**cli.decompose_options(args)).to_dict())
+    return run, drift, replaced
 
 
 def _drift_line(before: dict | None, note: str | None, caveat: str = "") -> str:

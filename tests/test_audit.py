@@ -103,6 +103,9 @@ def test_a_dry_run_says_what_an_audit_would_do_and_does_nothing(audited, tmp_pat
             "nothing to extract") in out, out
     assert "nothing compared (previous audit's shares were decomposed with --prefix exclude" \
         in out, out
+    # ... and says its published results are replaced, as the audit would
+    assert f"\nnote: run {again['run_id']} is published decomposed with --prefix exclude; " \
+        "this audit decomposes it again with --prefix include, replacing those results" in out
     part = tmp_path / "part"
     shutil.copytree(root, part)
     (Store(part).shards_dir(again["run_id"]) / "1.json").unlink()
