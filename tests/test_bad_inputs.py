@@ -411,6 +411,18 @@ def test_read_only_store(world, tmp_path, capsys, argv, code, needles):
     assert state(store) == before
 
 
+def test_the_catalog_path_of_a_read_only_store_is_a_fault_of_the_environment(world, tmp_path,
+                                                                             capsys):
+    """`bfd catalog --path` of a read-only store whose catalog is not up to date: exit 1, as
+    every read-only store (it was exit 2, a mistake in the request)."""
+    store = str(tmp_path / "store")
+    shutil.copytree(world["store"], store)
+    shutil.rmtree(Path(store) / "catalog", ignore_errors=True)
+    with read_only(store):
+        got, _, err = cli(["catalog", "--path", "--store", store], capsys)
+    assert_one_line(got, err, 1, ("cannot be written", "query it with bfd sql"))
+
+
 def test_a_model_name_with_dollars_and_an_undefined_head_draw(prefect_harness, tmp_path,
                                                               capsys):
     """A ``$`` in a model name is text, not a mathtext formula; a pruned (undefined) head

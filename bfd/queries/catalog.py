@@ -354,13 +354,17 @@ def current_catalog(store_root: str | os.PathLike[str]) -> Path:
 
     Raises:
         FileNotFoundError: ``store_root`` is not a directory.
-        RuntimeError: The store cannot be written, so there is no stable catalog.
+        PermissionError: The store cannot be written, so its stable catalog cannot be brought
+            up to date (a fault of the environment, exit 1, as any read-only store).
     """
     root = Path(store_root)
     path = refresh_catalog(root)
     if path is None:
-        raise RuntimeError(f"store {str(root)!r} cannot be written, so it has no stable "
-                              "catalog file; query it with bfd sql")
+        current = root / CATALOG_DIR / CURRENT_NAME
+        old = (f" ({current} is left from its last write: it may lack newer runs)"
+               if current.is_file() else "")
+        raise PermissionError(f"store {str(root)!r} cannot be written, so its stable catalog "
+                              f"file cannot be brought up to date{old}; query it with bfd sql")
     current = root / CATALOG_DIR / CURRENT_NAME
     if not current.is_file() or not filecmp.cmp(current, path, shallow=False):
         publish_current(root / CATALOG_DIR, path)
