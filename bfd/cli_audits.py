@@ -149,10 +149,11 @@ def _head_types(flagged, store: str) -> dict:
 
 def checkpoints_record(out: dict) -> dict:
     """What ``--format json`` writes of audit-checkpoints (``out``: what its flow returns):
-    the ``CHECKPOINTS_KEYS``, each audit as ``audit_record``."""
+    the ``CHECKPOINTS_KEYS``, each audit as ``audit_record`` with the dashboard built once
+    after them all (each audit's own ``dashboard`` is null: none is built per checkpoint)."""
     record = {k: out.get(k) for k in CHECKPOINTS_KEYS}
-    return record | {"audits": [audit_record(one) for one in out["audits"]],
-                     "bad": list(out["bad"])}
+    audits = [audit_record(one) | {"dashboard": out.get("dashboard")} for one in out["audits"]]
+    return record | {"audits": audits, "bad": list(out["bad"])}
 
 
 def print_json(record: dict) -> None:

@@ -1113,3 +1113,18 @@ def test_the_drift_summary_names_the_head_types_the_audit_kept():
         "content-content, 1 position-position -> content-position, 1 content-content -> "
         "position-position)"]
     assert drift_summary(rows[3:], {}) == ["  head_type: 1 heads changed in layers 5 (1 ? -> ?)"]
+
+
+def test_each_checkpoint_audit_of_the_json_record_names_the_dashboard_built():
+    """`audit-checkpoints --format json` gave each audit `"dashboard": null` beside the
+    top level's index.html: the dashboard is built once, after the audits, and is theirs."""
+    from bfd.cli_audits import checkpoints_record
+
+    one = {"audit_id": "a1", "series": "s", "run_id": "r1", "step": 100, "prev_audit_id": None,
+           "n_flagged": 0, "drift_note": None, "dashboard": None, "checkpoint": "c/step_100.pt"}
+    out = {"series": "s", "n_files": 1, "store": "/st", "compared": "...", "bad": [],
+           "audits": [one], "dashboard": "/st/dashboard/index.html"}
+    (audit,) = checkpoints_record(out)["audits"]
+    assert audit["dashboard"] == "/st/dashboard/index.html"
+    assert audit["checkpoint"] == "c/step_100.pt" and audit["flagged"] == []
+    assert checkpoints_record({**out, "dashboard": None})["audits"][0]["dashboard"] is None
