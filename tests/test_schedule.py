@@ -563,3 +563,23 @@ def test_serve_refuses_bad_deployment_parameters_in_one_line(tmp_path, capsys, p
     assert code == 2 and out == "" and err.count("\n") == 1, err
     assert err.startswith(f"bfd: error: {path}: nightly: invalid parameters: ") and needle in err
     assert len(err) < 300, err
+
+
+def test_a_paused_deployment_is_said_paused_with_no_next_run():
+    """The shipped deployments are paused: `bfd serve` said a stale "next run" in the past
+    for them (runs left scheduled by an earlier serve of the same names), which never ran."""
+    from datetime import UTC, datetime
+
+    from bfd.flows.serve import schedule_line
+
+    served = {d.name: d for d in runner_deployments(REPO / "prefect.yaml")}
+    stale = datetime(2026, 12, 4, 2, 14, tzinfo=UTC)
+    assert schedule_line(served["nightly-audit"].schedules, lambda: stale) == (
+        "cron '0 3 * * *' (UTC) (inactive); paused: no run until a schedule is active "
+        "(active: true in the file)")
+    (item,) = served["nightly-audit"].schedules
+    active = item.model_copy(update={"active": True})
+    assert schedule_line([active], lambda: stale) == (
+        "cron '0 3 * * *' (UTC); next run 2026-12-04 02:14:00 UTC")
+    assert schedule_line([active], lambda: None).endswith("; next run none scheduled")
+    assert schedule_line([], lambda: stale) == "no schedule"

@@ -210,6 +210,20 @@ def _describe_schedule(item) -> str:
     return text if getattr(item, "active", True) is not False else f"{text} (inactive)"
 
 
+def schedule_line(items, next_run) -> str:
+    """A deployment's schedules in words and its next run (``next_run()``: its earliest
+    scheduled run's start, or None); a deployment whose schedules are all inactive is said
+    paused, with no next run (a run left scheduled by an earlier serve of the same name
+    does not start while its schedules are paused: its time was said as the next run)."""
+    if not items:
+        return "no schedule"
+    said = ", ".join(_describe_schedule(s) for s in items)
+    if all(getattr(s, "active", True) is False for s in items):
+        return f"{said}; paused: no run until a schedule is active (active: true in the file)"
+    nxt = next_run()
+    return f"{said}; next run {_when(nxt) if nxt else 'none scheduled'}"
+
+
 class RunLines:
     """The terminal's view of ``bfd serve`` (module docstring): a thread that reads the runs
     of the served deployments (``served``: id -> deployment) from the API and says one line
@@ -278,12 +292,8 @@ class RunLines:
                  "stops serving")
         with get_client(sync_client=True) as client:
             for dep_id, dep in self.served.items():
-                schedules = [_describe_schedule(s) for s in dep.schedules or []]
-                when = "no schedule"
-                if schedules:
-                    nxt = self._next_run(client, dep_id)
-                    when = (f"{', '.join(schedules)}; next run "
-                            f"{_when(nxt) if nxt else 'none scheduled'}")
+                when = schedule_line(dep.schedules or [],
+                                     lambda dep_id=dep_id: self._next_run(client, dep_id))
                 own = (dep.parameters or {}).get("store")
                 own = f"; store {deployment_store(own)[0]}" if own else ""
                 self.say(f"  {dep.name} (flow {dep.flow_name}): {when}{own}")
