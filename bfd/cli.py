@@ -534,6 +534,24 @@ def _said_once(logger: str):
         logging.getLogger(logger).removeFilter(once)
 
 
+@contextlib.contextmanager
+def _flow_runs_noted(noted: bool):
+    """A pipeline command's own process that sends its flow runs to a Prefect API server: the
+    flow runs it runs are noted, so that Ctrl-C ends them ``Crashed`` there
+    (``bfd.cli_interrupt.note_flow_run``). Not on the temporary server the command starts
+    itself, which the same Ctrl-C stops: Ctrl-C's end would wait for it."""
+    from bfd.flows.server import prefect_api_configured
+
+    if not (noted and prefect_api_configured()):
+        yield
+        return
+    from bfd.cli_interrupt import note_flow_run
+    from bfd.flows import progress
+
+    with progress.listening(note_flow_run):
+        yield
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:  # a process of its own
         _line_buffered_stdout()
@@ -558,7 +576,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bfd.faults import describe
 
     try:
-        with _said_once("bfd.catalog"):
+        with _said_once("bfd.catalog"), _flow_runs_noted(argv is None and
+                                                         args.command in _PIPELINE_COMMANDS):
             code = args.fn(args)
     except BrokenPipeError:
         # The reader of stdout is gone (`bfd sql ... | head -1`): end quietly. stdout goes to

@@ -171,6 +171,57 @@ def _interrupted(signum: int = signal.SIGINT) -> None:
         end_now(_state["line_open"], _state["message"])
 
 
+# The Prefect flow runs this process ran (``note_flow_run``), innermost last: ending the
+# process with ``os._exit`` skips Prefect's own end of them, which left them Running for good.
+_flow_runs: list[str] = []
+# How long the end waits for the API to take their Crashed states; it never waits for more.
+CRASH_TIMEOUT_S = 2.0
+
+
+def note_flow_run(stage: str, done: int, total: int, detail: dict) -> None:  # noqa: ARG001
+    """A ``bfd.flows.progress`` listener: keeps the id of the flow run that reports (its flows
+    report from its thread or its tasks'), for ``_crash_flow_runs``. Without Prefect
+    imported there is no flow run (an audit recorded without Prefect): none imported here."""
+    if "prefect" not in sys.modules:
+        return
+    from prefect.runtime import flow_run
+
+    with contextlib.suppress(Exception):
+        found = flow_run.id
+        if found and str(found) not in _flow_runs:
+            _flow_runs.append(str(found))
+
+
+def _crash_flow_runs(line: str) -> None:
+    """Sets each flow run this process ran (``note_flow_run``) that its API still has
+    running (or pending) to ``Crashed``, its message ``line``: what Prefect's engine does
+    when a run ends by Ctrl-C, skipped by ``os._exit``. A thread of its own, waited for at
+    most ``CRASH_TIMEOUT_S``: a temporary server the same Ctrl-C stopped is not retried."""
+    if not _flow_runs:
+        return
+
+    def crash() -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.states import Crashed
+
+        with get_client(sync_client=True) as client:
+            for run_id in reversed(_flow_runs):  # the innermost (a subflow) first
+                with contextlib.suppress(Exception):
+                    state = client.read_flow_run(run_id).state
+                    if state is not None and state.type.value in ("RUNNING", "PENDING"):
+                        client.set_flow_run_state(run_id, Crashed(message=line), force=True)
+
+    thread = threading.Thread(target=_quietly, args=(crash,), name="bfd-crash-runs",
+                              daemon=True)
+    thread.start()
+    thread.join(CRASH_TIMEOUT_S)
+
+
+def _quietly(fn: Callable[[], None]) -> None:
+    with contextlib.suppress(Exception):
+        fn()
+
+
 def _kill_children() -> None:
     """SIGKILL to every process this one started, and theirs (psutil comes with Dask; imported
     by ``end_on_interrupt``, not in a signal handler)."""
@@ -199,6 +250,7 @@ def end_now(line_open: Callable[[], bool] = lambda: False,
         threading.Event().wait()
     _ender.append(threading.get_ident())
     terminated = _state.get("signum") == signal.SIGTERM
+    line = "bfd: terminated (SIGTERM)" if terminated else "bfd: interrupted"
     with contextlib.suppress(Exception):
         sys.stderr.flush()
     with contextlib.suppress(Exception):
@@ -207,6 +259,8 @@ def end_now(line_open: Callable[[], bool] = lambda: False,
         if terminated:  # a batch scheduler's time limit, a service stopped: said as such
             line = line.replace("bfd: interrupted", "bfd: terminated (SIGTERM)", 1)
         os.write(sys.stderr.fileno(), f"{newline}{line}\n".encode())
+    with contextlib.suppress(Exception):
+        _crash_flow_runs(line.removeprefix("bfd: "))
     with contextlib.suppress(Exception):
         _kill_children()
     os._exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)

@@ -192,3 +192,35 @@ def test_an_ignored_sigint_stays_ignored_and_sigterm_still_ends():
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                           text=True, timeout=60)
     assert (proc.returncode, proc.stdout) == (130, ""), proc.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_the_flow_run_crashed_in_the_prefect_api(prefect_harness, tmp_path):
+    """Ctrl-C of `bfd extract` against a Prefect server (PREFECT_API_URL: a scheduled team's
+    setup): its flow run is `Crashed` there, with the command's line, as Prefect's engine
+    leaves a run a Ctrl-C ends. The command ends by os._exit, past that engine: its run
+    stayed `Running` in the UI for good."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    store = tmp_path / "store"
+    # SIGINT as the second shard is marked done (the flow run well under way)
+    code = ("import os, signal, sys, time\n"
+            "import bfd.tasks.extract as mod\nreal = mod.mark_shard_done\ncalls = []\n"
+            "def at(*a, **k):\n"
+            "    calls.append(1)\n"
+            "    if len(calls) == 2:\n"
+            "        os.kill(os.getpid(), signal.SIGINT)\n"
+            "        time.sleep(0.5)\n"
+            "    return real(*a, **k)\n"
+            "mod.mark_shard_done = at\n"
+            f"sys.argv = ['bfd', *{[*EXTRACT, '--store', str(store)]!r}]\n"
+            "from bfd.cli import main\nsys.exit(main())\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 130 and proc.stderr.splitlines()[-1] == MESSAGE, proc.stderr
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["extract"])))
+    (run,) = [r for r in runs if r.parameters.get("store") == str(store)]
+    assert run.state.type.value == "CRASHED", run.state
+    assert run.state.message == MESSAGE.removeprefix("bfd: ")
