@@ -44,6 +44,12 @@ def test_a_pruned_head_is_undefined_and_the_others_keep_their_labels():
     assert np.isnan(ds.frac.values[1]).all() and np.isnan(ds.eff_rank.values[1])
     assert ds.k90.values[1] == 0  # no count of modes; NULL in the heads table
     assert (ds.mode_type.values[1] == "undefined").all()
+    # its modes (sigma 0) have no alpha or beta: their singular vectors are arbitrary (they
+    # had loadings of 0.45-0.90 in a trial, drawn in the alpha-beta figures as real modes)
+    assert (ds.sigma.values[1] == 0).all()
+    assert np.isnan(ds.alpha.values[1]).all() and np.isnan(ds.beta.values[1]).all()
+    assert np.isfinite(ds.alpha.values[0]).all() and np.isfinite(ds.beta.values[0]).all()
+    np.testing.assert_allclose(ds.alpha.values[0], full.alpha.values[0], rtol=1e-6)
     # head 0 is untouched by pruning head 1: same label and fractions as before
     assert ds.head_type.values[0] == full.head_type.values[0] != "undefined"
     np.testing.assert_allclose(ds.frac.values[0], full.frac.values[0], rtol=1e-6)

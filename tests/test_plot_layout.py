@@ -142,3 +142,30 @@ def test_fit_titles_wraps_a_title_wider_than_its_figure():
     assert text.count("\n") >= 2 and text.split() != [MODEL, "·", long_id]
     assert "".join(text.split()) == "".join(f"{MODEL} · {long_id}".split())
 
+
+
+def test_the_alpha_beta_figure_draws_real_modes_on_their_energy_scale_each_type_its_marker():
+    """A pruned head's modes (sigma 0: no alpha, beta, energy) were drawn at meaningless
+    places and stretched the colour scale to log10 energy -300..0, every real mode one
+    colour; and a type's marker went by the types present, so one figure's pp was another's
+    cc. Now they are not drawn, the scale spans the real modes, and each type has one marker
+    (the dashboard's too)."""
+    from bfd.report.plots import MODE_MARKERS, _alpha_beta
+
+    real = [{"mode_type": kind, "alpha": a, "beta": b, "e_pp": e, "e_pc": 0.0, "e_cp": 0.0,
+             "e_cc": 0.0} for kind, a, b, e in [("cc", 0.1, 0.2, 0.01), ("pp", 0.8, 0.9, 3.0),
+                                                 ("cp", 0.7, 0.2, 0.5)]]
+    pruned = [{"mode_type": "undefined", "alpha": float("nan"), "beta": float("nan"),
+               "e_pp": 0.0, "e_pc": 0.0, "e_cp": 0.0, "e_cc": 0.0}] * 4
+    fig = _alpha_beta({}, [], [], real + pruned, None)
+    ax = fig.axes[0]
+    drawn = {c.get_label(): c for c in ax.collections}
+    assert sorted(drawn) == ["mode type cc", "mode type cp", "mode type pp"]
+    assert sum(len(c.get_offsets()) for c in drawn.values()) == 3
+    norm = drawn["mode type pp"].norm
+    assert (norm.vmin, norm.vmax) == pytest.approx((np.log10(0.01), np.log10(3.0)))
+    for kind in ("cc", "cp", "pp"):  # the marker of the type, whatever else is drawn
+        alone = _alpha_beta({}, [], [], [r for r in real if r["mode_type"] == kind], None)
+        path = alone.axes[0].collections[0].get_paths()[0]
+        ref = Figure().add_subplot().scatter([0], [0], marker=MODE_MARKERS[kind])
+        np.testing.assert_allclose(path.vertices, ref.get_paths()[0].vertices)

@@ -175,14 +175,21 @@ def summarize(
     eff_rank_sigma[np.isnan(p_sigma).any(-1)] = np.nan
     # 0 is no count of modes: it marks an undefined head (NULL in the heads table)
     k90 = np.where(undefined, 0, _k90(np.nan_to_num(p)))
+    # a mode of sigma 0 (a pruned head's, or past W_QK's numerical rank: numpy's matrix_rank
+    # tolerance) carries no logit; its singular vectors are any basis of a null space, so it
+    # has no alpha or beta (NaN, NULL in the modes table), as its type is undefined
+    null = modes.sigma <= (modes.sigma.max(-1, keepdims=True) * modes.U.shape[1]
+                           * np.finfo(np.float64).eps)
+    alpha = np.where(null, np.nan, _ratio(N * upos, N * upos + qcon))
+    beta = np.where(null, np.nan, _ratio(N * vpos, N * vpos + kcon))
     return replace(
         stage1,
         energy=energy,
         frac=frac,
         head_type=head_type,
         sigma=modes.sigma,
-        alpha=_ratio(N * upos, N * upos + qcon),
-        beta=_ratio(N * vpos, N * vpos + kcon),
+        alpha=alpha,
+        beta=beta,
         mode_energy=mode_energy,
         mode_type=mode_type,
         mode_coupling=1.0 - _ratio(per_mode.sum(-1), energy.sum(-1)),

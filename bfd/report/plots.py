@@ -33,7 +33,10 @@ BLOCK_COLORS: Final[dict[str, str]] = {
     "f_pp": "#D55E00", "f_pc": "#E69F00", "f_cp": "#009E73", "f_cc": "#0072B2",
 }
 PALETTE: Final[tuple[str, ...]] = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#000000")
-_MARKERS: Final[tuple[str, ...]] = ("o", "s", "D", "^", "v", "P")
+# One marker per mode type, the same in every figure and on the dashboard's run page
+# (dashboard.js MODE_SYMBOLS); a type of another name (none today) takes the last.
+MODE_MARKERS: Final[dict[str, str]] = {"pp": "o", "pc": "D", "cp": "^", "cc": "s",
+                                        "undefined": "X"}
 _SINGLE, _DOUBLE = 3.5, 7.0
 _RC: Final[dict[str, Any]] = {
     "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 7,
@@ -131,14 +134,21 @@ def _alpha_beta(run: dict, layers: list[dict], heads: list[dict], modes: list[di
     fig, axes = _figure(_SINGLE, 3.2)
     ax = axes[0, 0]
     energy = sum(np.nan_to_num(_col(modes, f"e_{b[2:]}")) for b in BLOCKS)
-    log_e = np.log10(np.maximum(energy, 1e-300))
-    norm = mpl.colors.Normalize(np.min(log_e), np.max(log_e)) if len(log_e) else None
-    types = sorted({str(r["mode_type"]) for r in modes})
-    for i, kind in enumerate(types):
-        mask = np.array([str(r["mode_type"]) == kind for r in modes])
-        ax.scatter(_col(modes, "alpha")[mask], _col(modes, "beta")[mask], c=log_e[mask],
-                   cmap="viridis", norm=norm, marker=_MARKERS[i % len(_MARKERS)], s=10,
-                   edgecolors="none", label=f"mode type {kind}")
+    alpha, beta = _col(modes, "alpha"), _col(modes, "beta")
+    # a mode without alpha and beta (sigma 0: a pruned head's) or without energy is not
+    # drawn: its position would mean nothing, and log10 of 0 squashed the colour scale
+    # to -300..0, every real mode the same colour
+    drawn = np.isfinite(alpha) & np.isfinite(beta) & (energy > 0)
+    log_e = np.log10(np.where(drawn, energy, 1.0))
+    norm = (mpl.colors.Normalize(np.min(log_e[drawn]), np.max(log_e[drawn])) if drawn.any()
+            else None)
+    types = sorted({str(r["mode_type"]) for r, d in zip(modes, drawn, strict=True) if d},
+                   key=lambda t: (list(MODE_MARKERS).index(t) if t in MODE_MARKERS else 9, t))
+    for kind in types:
+        mask = drawn & np.array([str(r["mode_type"]) == kind for r in modes])
+        ax.scatter(alpha[mask], beta[mask], c=log_e[mask], cmap="viridis", norm=norm,
+                   marker=MODE_MARKERS.get(kind, "X"), s=10, edgecolors="none",
+                   label=f"mode type {kind}")
     ax.axvline(0.5, color="grey", ls=":", lw=0.8)
     ax.axhline(0.5, color="grey", ls=":", lw=0.8)
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="alpha (query side positional)",
