@@ -643,11 +643,16 @@ def print_interval_warning(store: str, run_id: str) -> None:
     from bfd.queries import run_sql
 
     sql = ("SELECT max(ci_halfwidth) AS hw, max(n_images_for_target) AS need, "
-           "any_value(ci_target) AS target, any_value(n_images) AS n "
+           "any_value(ci_target) AS target, any_value(n_images) AS n, (SELECT any_value(CASE "
+           "WHEN json_valid(config_json) THEN json_extract(config_json, "
+           "'$.decompose.jackknife_groups') END) FROM runs WHERE run_id = $run_id) AS groups "
            "FROM layers WHERE run_id = $run_id")
     row = run_sql(store, sql, {"run_id": run_id}).to_pylist()[0]
     hw, target = row["hw"], row["target"]
-    if hw is not None and target is not None and hw == hw and hw > target:
+    if str(row["groups"]) == "0":  # asked for: --jackknife-groups 0
+        print("bfd: note: intervals are off (--jackknife-groups 0): the shares are point "
+              "estimates", file=sys.stderr)
+    elif hw is not None and target is not None and hw == hw and hw > target:
         print(f"bfd: warning: with N={row['n']} images the 95 % intervals of the main shares "
               f"reach ±{hw:.3f}, wider than the target ±{target:g}; about "
               f"{int(row['need'])} images would reach it", file=sys.stderr)

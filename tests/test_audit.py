@@ -1128,3 +1128,23 @@ def test_each_checkpoint_audit_of_the_json_record_names_the_dashboard_built():
     assert audit["dashboard"] == "/st/dashboard/index.html"
     assert audit["checkpoint"] == "c/step_100.pt" and audit["flagged"] == []
     assert checkpoints_record({**out, "dashboard": None})["audits"][0]["dashboard"] is None
+
+
+def test_intervals_turned_off_are_said_so_not_as_too_few_images(tmp_path, capsys):
+    """An audit with --jackknife-groups 0 was told "with N=16 images no interval could be
+    computed (... needs N >= 3)": its intervals are off because the user turned them off."""
+    from dashstore import write_synthetic_run
+
+    from bfd.cli_audits import print_interval_warning
+
+    root = tmp_path / "store"
+    nan = [float("nan")] * 2
+    write_synthetic_run(root, "off", depth=2, layer_values={"ci_halfwidth": nan},
+                        decompose={"jackknife_groups": 0})
+    write_synthetic_run(root, "few", depth=2, layer_values={"ci_halfwidth": nan})
+    capsys.readouterr()
+    print_interval_warning(str(root), "off")
+    assert capsys.readouterr().err == ("bfd: note: intervals are off (--jackknife-groups 0): "
+                                       "the shares are point estimates\n")
+    print_interval_warning(str(root), "few")
+    assert "images no interval could be computed" in capsys.readouterr().err
