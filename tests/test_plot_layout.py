@@ -169,3 +169,21 @@ def test_the_alpha_beta_figure_draws_real_modes_on_their_energy_scale_each_type_
         path = alone.axes[0].collections[0].get_paths()[0]
         ref = Figure().add_subplot().scatter([0], [0], marker=MODE_MARKERS[kind])
         np.testing.assert_allclose(path.vertices, ref.get_paths()[0].vertices)
+
+
+def test_figures_say_n_and_raw_and_keep_a_negative_cosine_on_the_axis(tmp_path):
+    """`bfd plot` titles named the series and run only, though raw shares move with N; the
+    shares figure did not say raw; the preservation axis stopped at 0 below a cosine."""
+    root = tmp_path / "store"
+    write_synthetic_run(root, run_id(2), model=MODEL, depth=2, n_heads=2, with_pos=True,
+                        layer_values={"pos_embed_cos": [-0.4, 0.3]})
+    figures, _ = run_figures(root, run_id(2))
+    from bfd.queries import connect
+    from bfd.report.data import run_list
+
+    with connect(root) as con:
+        (run,) = run_list(con).to_pylist()
+    for fig in figures.values():
+        assert fig._suptitle.get_text().replace("\n", " ").endswith(f" · N {run['n_decoded']}")
+    assert figures["shares"].axes[0].get_ylabel() == "share of logit energy (raw)"
+    assert figures["preservation"].axes[0].get_ylim()[0] <= -0.4

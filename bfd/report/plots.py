@@ -75,7 +75,9 @@ def _shares(run: dict, layers: list[dict], heads: list[dict], modes: list[dict],
         ax.bar(x, values, bottom=bottom, color=BLOCK_COLORS[block], label=block, width=0.8)
         bottom += values
     ax.set_ylim(0, 1)
-    ax.set_ylabel("share of logit energy")
+    # the stored shares as they are: raw (chance level not removed), each layer's heads
+    # weighted by their energy, at the attention input
+    ax.set_ylabel("share of logit energy (raw)")
     _layer_axis(ax)
     ax.legend(ncols=4, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     return fig
@@ -195,8 +197,11 @@ def _preservation(run: dict, layers: list[dict], heads: list[dict], modes: list[
         y = _col(layers, key)
         if np.isfinite(y).any():
             ax.plot(x, y, style, marker="o", ms=3, color=color, label=label)
-    ax.set_ylim(0, 1.02)
-    ax.set_ylabel("share")
+    # a cosine may be negative: the axis reaches down to it (it was cut at 0)
+    cosine = _col(layers, "pos_embed_cos_resid")
+    low = float(np.nanmin(cosine)) if np.isfinite(cosine).any() else 0.0
+    ax.set_ylim(min(0.0, low - 0.02), 1.02)
+    ax.set_ylabel("share, or cosine")
     _layer_axis(ax)
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     return fig
@@ -304,7 +309,10 @@ def run_figures(
                 skipped.append(name)
                 continue
             fig = view(run, detail["layers"], detail["heads"], detail["modes"], detail["pos"])
-            fig.suptitle(f"{run['series']} · {run_id}", fontsize=8, parse_math=False)
+            # N: raw shares and their chance level move with it (docs/method.md)
+            n = run.get("n_decoded")
+            fig.suptitle(f"{run['series']} · {run_id}" + (f" · N {n}" if n is not None else ""),
+                         fontsize=8, parse_math=False)
             # legend labels may hold names from the store (mode types)
             for legend in fig.findobj(Legend):
                 for text in legend.get_texts():
