@@ -277,6 +277,27 @@ def test_run_page_views_are_linked(site, browser):
         "s.dispatchEvent(new Event('change'));"
     )
     assert browser.execute_script(title).startswith("layer 2:")
+    # One marker symbol a mode type on every layer (as bfd plot), not one by the order of the
+    # types a layer holds: a circle is pp on each layer.
+    symbols = {"pp": "circle", "pc": "diamond", "cp": "triangle-up", "cc": "square"}
+    seen = set()
+    for layer in range(4):
+        browser.execute_script(
+            f"const s = document.getElementById('layer-select'); s.value = '{layer}';"
+            "s.dispatchEvent(new Event('change'));"
+        )
+        drawn = browser.execute_script(
+            "return document.getElementById('alphabeta-plot').data"
+            ".filter(t => t.name.startsWith('mode type ')).map(t => [t.name, t.marker.symbol])")
+        assert {name.removeprefix("mode type "): s for name, s in drawn} == {
+            name.removeprefix("mode type "): symbols[name.removeprefix("mode type ")]
+            for name, _ in drawn}
+        seen |= {name for name, _ in drawn}
+    assert len(seen) > 1  # the planted modes hold several types
+    browser.execute_script(
+        "const s = document.getElementById('layer-select'); s.value = '2';"
+        "s.dispatchEvent(new Event('change'));"
+    )
     assert browser.execute_script(
         "return document.getElementById('spectrum-plot').layout.title.text"
     ).startswith("layer 2, head 0")

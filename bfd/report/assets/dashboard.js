@@ -334,6 +334,11 @@
     ].filter((p) => !isNull(p));
     return { same_model: sameModel, note: parts.join("; ") || null };
   }
+  // the alpha-beta plot's marker of a mode type: fixed, so that a symbol means one type on
+  // every layer and run (bfd plot draws the same); another type (none stored today) a star
+  const MODE_SYMBOLS = { pp: "circle", pc: "diamond", cp: "triangle-up", cc: "square", undefined: "x" };
+  const MODE_ORDER = ["pp", "pc", "cp", "cc", "undefined"];
+  const modeSymbol = (t) => (Object.prototype.hasOwnProperty.call(MODE_SYMBOLS, t) ? MODE_SYMBOLS[t] : "star");
   // the overview's marker of a series (its lines take a colour a run)
   const SYMBOLS = ["circle", "square", "diamond", "triangle-up", "x", "star"];
   const seriesSymbol = (s) => SYMBOLS[SERIES.indexOf(s) % SYMBOLS.length];
@@ -804,12 +809,13 @@
           (420 - 90 - 60) * 0.45), { domain: [0.55, 1], title: { text: "sigma" } }),
         yaxis2: { domain: [0, 0.45], title: { text: "mode energy" } } });
       const inLayer = modes.filter((m) => m.layer === state.layer);
-      const types = [...new Set(inLayer.map((m) => m.mode_type))];
-      const symbols = ["circle", "square", "diamond", "triangle-up", "x", "star"];
-      const abTraces = types.map((t, i) => {
+      // one symbol a mode type, the same on every layer (as bfd plot: bfd/report/plots.py)
+      const types = [...new Set(inLayer.map((m) => m.mode_type))]
+        .sort((x, y) => MODE_ORDER.indexOf(x) - MODE_ORDER.indexOf(y));
+      const abTraces = types.map((t) => {
         const ms = inLayer.filter((m) => m.mode_type === t);
         return { x: ms.map((m) => m.alpha), y: ms.map((m) => m.beta), mode: "markers", name: pt(`mode type ${fmt(t)}`),
-          marker: { symbol: symbols[i % symbols.length], size: ms.map((m) => (m.head === state.head ? 10 : 7)),
+          marker: { symbol: modeSymbol(t), size: ms.map((m) => (m.head === state.head ? 10 : 7)),
             color: ms.map((m) => Math.log10(Math.max(energy(m), 1e-300))), coloraxis: "coloraxis",
             line: { width: ms.map((m) => (m.head === state.head ? 1.5 : 0)), color: "#000" } },
           text: ms.map((m) => `head ${m.head} mode ${m.mode}<br>type ${pt(fmt(m.mode_type))}<br>sigma ${fmt(m.sigma)}` +
