@@ -893,6 +893,44 @@ def heads_drawn(driver, a: str, b: str) -> None:
                      f" return e && e.dataset.ready === {json.dumps(a + ' ' + b)};")
 
 
+def downloaded_csvs(driver) -> dict[str, str]:
+    """Each "Download ... as CSV" button of the page clicked in turn: its file's name and
+    text (the anchor's click caught: nothing is saved)."""
+    return dict(driver.execute_async_script(
+        "const done = arguments[0]; const got = [];"
+        " const click = HTMLAnchorElement.prototype.click, make = URL.createObjectURL;"
+        " let blob = null; URL.createObjectURL = (b) => { blob = b; return make(b); };"
+        " HTMLAnchorElement.prototype.click = function () { got.push([this.download, blob]); };"
+        " try { for (const b of document.querySelectorAll('button.download')) b.click(); }"
+        " finally { HTMLAnchorElement.prototype.click = click; URL.createObjectURL = make; }"
+        " Promise.all(got.map(([n, b]) => b.text().then(t => [n, t]))).then(done);"))
+
+
+def test_compare_csvs_are_named_by_the_pair_and_carry_compare_runs_identity(other_n, browser):
+    # trial 15 (F1): the Compare CSVs were compare-frac_pos_adj.csv, compare-heads-f_pp_adj.csv,
+    # compare-head-type-changes.csv whichever runs, with no run, N or basis inside.
+    root, site, _ = other_n
+    from bfd.queries import run_query
+
+    open_page(browser, (site / "compare.html").as_uri() + "?a=n8&b=n16")
+    heads_drawn(browser, "n8", "n16")
+    csvs = downloaded_csvs(browser)
+    assert {"n8-vs-n16-frac_pos_adj.csv", "n8-vs-n16-heads-f_pp_adj.csv"} <= set(csvs)
+    assert set(csvs) <= {"n8-vs-n16-frac_pos_adj.csv", "n8-vs-n16-heads-f_pp_adj.csv",
+                         "n8-vs-n16-head-type-changes.csv"}
+    want = run_query(root, "compare_runs", {"run_a": "n8", "run_b": "n16"}).to_pylist()[0]
+    ident = [want[k] for k in ("run_a", "run_b", "basis", "n_images_a", "n_images_b")]
+    assert ident == ["n8", "n16", "adjusted", 8, 16]
+    for name, text in csvs.items():
+        lines = text.strip().split("\n")
+        assert lines[0].startswith("run_a,run_b,basis,n_images_a,n_images_b,"), name
+        assert len(lines) > 1, name
+        for line in lines[1:]:
+            basis = "raw" if name.endswith("head-type-changes.csv") else "adjusted"
+            assert line.split(",")[:5] == ["n8", "n16", basis, "8", "16"], name
+    assert csvs["n8-vs-n16-frac_pos_adj.csv"].split("\n")[0].split(",")[5] == "metric"
+
+
 def test_compare_heads_agree_with_compare_runs_and_head_type_changes(other_n, browser):
     # trial 13 (F5): Compare showed per-layer figures only. Its Heads section: per head, B − A
     # of the chosen share on compare_runs' basis (the chance-corrected twin for n8 against

@@ -1535,6 +1535,10 @@
       return typeof r.n_decoded === "number" ? r.n_decoded : null;
     };
     const COLOUR = { A: "#0072B2", B: "#D55E00" };
+    // a Compare CSV's name (<run A>-vs-<run B>-<what>.csv, safe for a file) and the columns
+    // that identify its pair, as compare_runs' (run_a, run_b, basis, n_images_a, n_images_b)
+    const pairStem = (a, b) => fileStem(a) + "-vs-" + fileStem(b);
+    const pairColumns = (a, b, basis, nA, nB) => ({ run_a: a, run_b: b, basis: basis, n_images_a: nA, n_images_b: nB });
     function redraw() {
       const ca = CHOICE.get(state.a), cb = CHOICE.get(state.b);
       const idA = ca.run_id, idB = cb.run_id;
@@ -1644,9 +1648,13 @@
           : "depths differ: B interpolated on relative depth"), font: { size: 12 } } });
       const cols = ["layer", "rel_depth", "a", "b", "delta", "delta_lo", "delta_hi"].map((c) => ({ key: c }))
         .concat([{ key: "significant", render: yesNo }]);
+      // the CSV says which pair it is of (compare_runs' identifying columns): a file that
+      // leaves the browser keeps its runs, basis and N
+      const ident = pairColumns(idA, idB, basis === "none" ? "raw" : basis, nA, nB);
       tableBox.replaceChildren(section("Per-layer deltas", dataTable("delta-table",
-        `${k}: B − A per layer (basis ${basis === "none" ? "raw, N differ" : basis})`, rows, cols,
-        { filename: `compare-${k}` })));
+        `${k}: B − A per layer (basis ${basis === "none" ? "raw, N differ" : basis})`,
+        rows.map((r) => Object.assign({}, ident, { metric: k }, r)), cols,
+        { filename: pairStem(idA, idB) + "-" + k, csvKeys: Object.keys(ident).concat(["metric"], cols.map((c) => c.key)) })));
       drawHeads({ a: idA, b: idB, ca: ca, cb: cb, nA: nA, nB: nB, basis: sameN ? "raw" : "adjusted" });
     }
     // --- heads: each run's head rows from runs/<run>.heads.js (bfd/report/dashboard.py
@@ -1689,8 +1697,10 @@
         return;
       }
       const m = ctx.basis === "raw" ? state.share : state.share + "_adj";
-      const rows = headDeltas(HA, HB, state.share, ctx.basis);
-      const changes = headTypeChanges(HA, HB);
+      const ident = pairColumns(ctx.a, ctx.b, ctx.basis, ctx.nA, ctx.nB);
+      const rows = headDeltas(HA, HB, state.share, ctx.basis).map((r) => Object.assign({}, ident, r));
+      // head_type_changes' shares are the raw ones, whatever the N
+      const changes = headTypeChanges(HA, HB).map((r) => Object.assign({}, ident, { basis: "raw" }, r));
       const lines = [h("p", { class: "note", id: "heads-basis" }, ctx.basis === "raw"
         ? `Per head, the raw share ${m} (both runs decoded N = ${fmt(ctx.nA)}), as compare_runs' head rows.`
         : `Per head, the chance-corrected share ${m} (N = ${fmt(ctx.nA)} and ${fmt(ctx.nB)} differ), as compare_runs' head rows.`)];
@@ -1738,10 +1748,10 @@
         .concat(HEAD_SHARES.flatMap((s) => [{ key: s + "_a" }, { key: s + "_b" }]));
       const out = section("Heads", h("div", { class: "controls" }, shareSelect), ...lines, heat,
         dataTable("head-delta-table", `${m}: B − A per head, largest |Δ| first (basis ${ctx.basis})`, ordered, dCols,
-          { filename: `compare-heads-${m}`, csvKeys: ["layer", "head", "metric", "head_type_a", "head_type_b", "value_a",
-            "value_b", "delta", "delta_lo", "delta_hi", "significant"] }),
+          { filename: pairStem(ctx.a, ctx.b) + "-heads-" + m, csvKeys: Object.keys(ident).concat(["layer", "head", "metric",
+            "head_type_a", "head_type_b", "value_a", "value_b", "delta", "delta_lo", "delta_hi", "significant"]) }),
         changes.length ? dataTable("head-type-table", "head-type changes A → B", changes, cCols,
-          { filename: "compare-head-type-changes" })
+          { filename: pairStem(ctx.a, ctx.b) + "-head-type-changes", csvKeys: Object.keys(ident).concat(cCols.map((c) => c.key)) })
           : empty("No head changed type from A to B (of the heads both runs hold).", "no-head-type-changes"));
       headBox.replaceChildren(out);  // in the document first: plotly measures the plot's box
       draw(heat, traces, { height: Math.max(300, 34 * layersH.length + 140),
