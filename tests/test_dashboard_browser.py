@@ -931,6 +931,20 @@ def test_compare_csvs_are_named_by_the_pair_and_carry_compare_runs_identity(othe
     assert csvs["n8-vs-n16-frac_pos_adj.csv"].split("\n")[0].split(",")[5] == "metric"
 
 
+def test_compare_heads_of_two_models_say_layers_are_paired_by_index(other_n, browser):
+    # trial 15 (F7): for two models the per-layer plot aligns relative depth while the Heads
+    # section pairs layer indices (as compare_runs); the Heads text did not say so.
+    _, site, _ = other_n
+    text = "layer l of A against layer l of B, not aligned by depth, as compare_runs"
+    for a, b, two_models in (("n16", "vit_b", True), ("n8", "n16", False)):
+        open_page(browser, (site / "compare.html").as_uri() + f"?a={a}&b={b}")
+        heads_drawn(browser, a, b)
+        notes = browser.execute_script(
+            "return Array.from(document.querySelectorAll('#compare-heads p.note'),"
+            " p => p.textContent).join(' ')")
+        assert (text in notes) == two_models, (a, b, notes)
+
+
 def test_compare_heads_agree_with_compare_runs_and_head_type_changes(other_n, browser):
     # trial 13 (F5): Compare showed per-layer figures only. Its Heads section: per head, B − A
     # of the chosen share on compare_runs' basis (the chance-corrected twin for n8 against

@@ -1704,6 +1704,13 @@
       const lines = [h("p", { class: "note", id: "heads-basis" }, ctx.basis === "raw"
         ? `Per head, the raw share ${m} (both runs decoded N = ${fmt(ctx.nA)}), as compare_runs' head rows.`
         : `Per head, the chance-corrected share ${m} (N = ${fmt(ctx.nA)} and ${fmt(ctx.nB)} differ), as compare_runs' head rows.`)];
+      // two models (run_pairs' same_model false): compare_runs pairs heads by their layer
+      // index, while the per-layer plot above aligns relative depth when depths differ
+      if (pairOf(ctx.a, ctx.b)?.same_model === false) {
+        lines.push(h("p", { class: "note warn", id: "heads-layers" }, "Runs A and B are of two models: each head " +
+          "is compared by its layer index, layer l of A against layer l of B, not aligned by depth, as compare_runs " +
+          "(the per-layer plot above aligns relative depth when the depths differ)."));
+      }
       const noValue = [["A", ctx.a, HA], ["B", ctx.b, HB]].filter(([, , H]) => H.length && H.every((r) => typeof r[m] !== "number"));
       if (noValue.length) {
         lines.push(h("p", { class: "note warn", id: "heads-missing" }, noValue.map(([side, id]) => `run ${side} (${id})`).join(" and ") +
