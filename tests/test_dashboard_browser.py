@@ -376,6 +376,12 @@ def test_series_page_marks_drift_of_audits(tmp_path, browser, monkeypatch):
             ("audit-1", "audit-0", 2, None, "frac_int_resid", 0.3, 0.18, -0.12, 0.05)]
     con.executemany("INSERT INTO drift VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, true)",
                     [(a, series, *rest) for a, *rest in more])
+    # the head types a head_type row compared (bfd.storage.audits keeps them): shown as its
+    # before and after (trial 15, F9: they read "–")
+    con.execute("ALTER TABLE drift ADD COLUMN type_before VARCHAR")
+    con.execute("ALTER TABLE drift ADD COLUMN type_after VARCHAR")
+    con.execute("UPDATE drift SET type_before = 'position-position', type_after = 'content-content'"
+                " WHERE metric = 'head_type'")
     con.execute("UPDATE audits SET n_flagged = 3 WHERE audit_id = 'audit-1'")
     monkeypatch.setenv("PREFECT_UI_URL", "http://127.0.0.1:4200")
     with con:
@@ -397,6 +403,8 @@ def test_series_page_marks_drift_of_audits(tmp_path, browser, monkeypatch):
         ("frac_img", "3", "-0.2000", "20250203T…b2c3d"), ("f_pc", "2", "0.1200", "20250203T…b2c3d"),
         ("frac_img", "2", "0.1500", "audit-1"), ("frac_int_resid", "2", "-0.1200", "audit-1"),
         ("frac_img", "1", "0.1100", "audit-1")]
+    assert (rows[0]["before"], rows[0]["after"]) == ("position-position", "content-content")
+    assert (rows[1]["before"], rows[1]["after"]) == ("0.2000", "0.5000")
     row = rows[1]
     # a long audit id is shown short, whole on hover
     assert (row["metric"], row["audit"], row["previous audit"], row["run"]) == (

@@ -1139,8 +1139,12 @@
     }
     function driftColumns(rows, pointOf) {
       const all = Object.keys(rows[0] || D.drift || {});
+      // a head_type row's before and after are the types its audit compared (type_before,
+      // type_after; the stored before and after are NULL), where it kept them
+      const typed = (c) => (r) => (r.metric === "head_type" && !isNull(r["type_" + c]) ? r["type_" + c] : fmt(r[c]));
       const lead = ["metric", "layer", "head", "before", "after", "delta", "threshold", "step"]
-        .filter((c) => all.includes(c)).map((c) => (c === "step" ? stepCol(pointOf) : { key: c }));
+        .filter((c) => all.includes(c)).map((c) => (c === "step" ? stepCol(pointOf)
+          : c === "before" || c === "after" ? { key: c, render: typed(c), title: typed(c) } : { key: c }));
       return lead.concat([idCol("audit_id", "audit"), idCol("prev_audit_id", "previous audit"),
         runCol("run_id", "run")].filter((c) => all.includes(c.key)));
     }
