@@ -1708,6 +1708,25 @@ def test_a_checkpoint_trial_reads_by_step_type_and_colour(tmp_path, browser):
         "Runs A and B are one run, ck · step 300 (c-300): nothing to compare")
     assert browser.execute_script("return document.getElementById('delta-plot').data.length") == 0
     assert browser.find_elements("id", "delta-table") == []
+    # trial 15 (F2): a step that is no audit of the series named falls back inside that
+    # series (B its latest point, A the point before B), not to the runs of another series;
+    # a step whose checkpoint audit-checkpoints left out is said to be that file
+    chosen = "return ['run-a', 'run-b'].map(i => document.getElementById(i).value)"
+    for query, want, note in (
+            ("?series=ck&step=350", ["c-400", "c-500"],
+             "step 350 of the address (step=350) is step_350.pth, left out by audit-checkpoints: "
+             "not a readable torch checkpoint: a damaged or truncated zip file (File is not a "
+             "zip file); no audit of series ck there: showing c-400 as A and c-500 as B instead."),
+            # daily has one run: A the default pair's A, B daily's point (it was ck's c-500)
+            ("?series=daily&step=7", ["c-400", "d-1"],
+             "the step of the address (step=7) is no audit of series daily: showing c-400 as A "
+             "and d-1 as B instead."),
+            ("?series=ck&step=300", ["c-400", "c-300"],
+             "series ck has no audit of another run before step 300: showing c-400 as A and "
+             "c-300 as B instead.")):
+        open_page(browser, (site / "compare.html").as_uri() + query)
+        assert browser.execute_script(chosen) == want, query
+        assert browser.find_element("id", "compare-url-note").text == note, query
 
     # Run page: the step as the Series page reads it; a head-type panel, then the blocks in
     # the tables' order, and the stacked shares' legend in that order too

@@ -1439,11 +1439,16 @@
     // step_b, with A the point before it in its series, of another run, unless A is named;
     // series=NAME alone: its latest point as B, the one before as A; a side's series without
     // its step: that series' latest point). A run id wins over a side's series and step.
-    // What is not in the store is said above the plots, that side left as the default.
+    // What is not in the store is said above the plots, that side left as the default; a
+    // step that is no audit of a series of the store falls back inside that series (B its
+    // latest point, A the point before B), and a step whose checkpoint audit-checkpoints left
+    // out (bfd/report/data.py left_out_rows) is said to be that file.
     const asked = new URLSearchParams(window.location.search);
     const given = (k) => { const v = asked.get(k); return v === null || v === "" ? null : v; };
     const unknown = [];
     const inSeries = (name) => choices.filter((c) => c.series === name);
+    const leftOut = rowsOf(D.left_out || {});
+    const fellBack = {};  // side -> the series whose step was no audit
     const pick = (side) => {
       const id = given(side);
       if (id !== null) {
@@ -1470,7 +1475,11 @@
       if (step === null) return own ? members[members.length - 1].key : null;
       const at = members.filter((c) => String(c.step) === step);
       if (!at.length) {
-        unknown.push(`the step of the address (${stepKey}=${step}) is no audit of series ${name}`);
+        const lo = leftOut.find((r) => r.series === name && r.step !== null && String(r.step) === step);
+        unknown.push(lo ? `step ${step} of the address (${stepKey}=${step}) is ${lo.file}, left out by audit-checkpoints: ` +
+          `${lo.why}; no audit of series ${name} there`
+          : `the step of the address (${stepKey}=${step}) is no audit of series ${name}`);
+        fellBack[side] = name;
         return null;
       }
       return at[at.length - 1].key;  // the latest audit at that step
@@ -1478,18 +1487,33 @@
     const askA = pick("a"), askB = pick("b");
     if (askA !== null) state.a = askA;
     if (askB !== null) state.b = askB;
+    // B's step no audit of its series: B that series' latest point (not another series')
+    if (askB === null && fellBack.b) state.b = inSeries(fellBack.b).at(-1).key;
+    const keyB = askB !== null ? askB : fellBack.b ? state.b : null;
     const named = (side) => given(side) !== null || given("step_" + side) !== null || given("series_" + side) !== null;
-    if (askB !== null && askA === null && !named("a") && given("b") === null) {
-      // B named by series and step: A the point before it in its series (a run id: below)
-      const members = inSeries(CHOICE.get(askB).series);
-      const prior = members.slice(0, members.findIndex((c) => c.key === askB))
-        .filter((c) => c.run_id !== CHOICE.get(askB).run_id);
+    if (keyB !== null && askA === null && (!named("a") || fellBack.a === CHOICE.get(keyB).series) && given("b") === null) {
+      // B named by series and step: A the point before it in its series (a run id: below),
+      // else, B its first point of a run, the point after it (said so)
+      const cb = CHOICE.get(keyB), members = inSeries(cb.series);
+      const i = members.findIndex((c) => c.key === keyB);
+      const prior = members.slice(0, i).filter((c) => c.run_id !== cb.run_id);
+      const after = members.slice(i + 1).filter((c) => c.run_id !== cb.run_id);
       if (prior.length) state.a = prior[prior.length - 1].key;
+      else if (after.length) {
+        state.a = after[0].key;
+        unknown.push(`series ${cb.series} has no audit of another run before step ${stepText(cb)}`);
+      }
+    } else if (askA === null && fellBack.a) {
+      // A's step no audit of its series: that series' latest point of another run than B's
+      const members = inSeries(fellBack.a).filter((c) => c.run_id !== CHOICE.get(state.b).run_id);
+      if (members.length) state.a = members[members.length - 1].key;
     }
     const runOf = (key) => CHOICE.get(key).run_id;
     // one run named: the other side the default pair's run that is not it
     if (askA !== null && askB === null && runOf(state.b) === runOf(askA)) state.b = before.run_id;
-    if (askB !== null && askA === null && runOf(state.a) === runOf(askB)) state.a = latest.run_id;
+    if (keyB !== null && askA === null && runOf(state.a) === runOf(keyB)) {
+      state.a = latest.run_id !== runOf(keyB) ? latest.run_id : before.run_id;
+    }
     if (unknown.length) {
       app.append(h("p", { class: "note warn", id: "compare-url-note" }, [...new Set(unknown)].join("; ") +
         `: showing ${runOf(state.a)} as A and ${runOf(state.b)} as B instead.`));
