@@ -277,6 +277,27 @@ def test_run_page_views_are_linked(site, browser):
         "s.dispatchEvent(new Event('change'));"
     )
     assert browser.execute_script(title).startswith("layer 2:")
+    # One marker symbol a mode type on every layer (as bfd plot), not one by the order of the
+    # types a layer holds: a circle is pp on each layer.
+    symbols = {"pp": "circle", "pc": "diamond", "cp": "triangle-up", "cc": "square"}
+    seen = set()
+    for layer in range(4):
+        browser.execute_script(
+            f"const s = document.getElementById('layer-select'); s.value = '{layer}';"
+            "s.dispatchEvent(new Event('change'));"
+        )
+        drawn = browser.execute_script(
+            "return document.getElementById('alphabeta-plot').data"
+            ".filter(t => t.name.startsWith('mode type ')).map(t => [t.name, t.marker.symbol])")
+        assert {name.removeprefix("mode type "): s for name, s in drawn} == {
+            name.removeprefix("mode type "): symbols[name.removeprefix("mode type ")]
+            for name, _ in drawn}
+        seen |= {name for name, _ in drawn}
+    assert len(seen) > 1  # the planted modes hold several types
+    browser.execute_script(
+        "const s = document.getElementById('layer-select'); s.value = '2';"
+        "s.dispatchEvent(new Event('change'));"
+    )
     assert browser.execute_script(
         "return document.getElementById('spectrum-plot').layout.title.text"
     ).startswith("layer 2, head 0")
@@ -355,6 +376,12 @@ def test_series_page_marks_drift_of_audits(tmp_path, browser, monkeypatch):
             ("audit-1", "audit-0", 2, None, "frac_int_resid", 0.3, 0.18, -0.12, 0.05)]
     con.executemany("INSERT INTO drift VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, true)",
                     [(a, series, *rest) for a, *rest in more])
+    # the head types a head_type row compared (bfd.storage.audits keeps them): shown as its
+    # before and after (trial 15, F9: they read "–")
+    con.execute("ALTER TABLE drift ADD COLUMN type_before VARCHAR")
+    con.execute("ALTER TABLE drift ADD COLUMN type_after VARCHAR")
+    con.execute("UPDATE drift SET type_before = 'position-position', type_after = 'content-content'"
+                " WHERE metric = 'head_type'")
     con.execute("UPDATE audits SET n_flagged = 3 WHERE audit_id = 'audit-1'")
     monkeypatch.setenv("PREFECT_UI_URL", "http://127.0.0.1:4200")
     with con:
@@ -376,6 +403,8 @@ def test_series_page_marks_drift_of_audits(tmp_path, browser, monkeypatch):
         ("frac_img", "3", "-0.2000", "20250203T…b2c3d"), ("f_pc", "2", "0.1200", "20250203T…b2c3d"),
         ("frac_img", "2", "0.1500", "audit-1"), ("frac_int_resid", "2", "-0.1200", "audit-1"),
         ("frac_img", "1", "0.1100", "audit-1")]
+    assert (rows[0]["before"], rows[0]["after"]) == ("position-position", "content-content")
+    assert (rows[1]["before"], rows[1]["after"]) == ("0.2000", "0.5000")
     row = rows[1]
     # a long audit id is shown short, whole on hover
     assert (row["metric"], row["audit"], row["previous audit"], row["run"]) == (
@@ -870,6 +899,58 @@ def heads_drawn(driver, a: str, b: str) -> None:
     their runs/<run>.heads.js)."""
     wait_for(driver, "const e = document.getElementById('compare-heads');"
                      f" return e && e.dataset.ready === {json.dumps(a + ' ' + b)};")
+
+
+def downloaded_csvs(driver) -> dict[str, str]:
+    """Each "Download ... as CSV" button of the page clicked in turn: its file's name and
+    text (the anchor's click caught: nothing is saved)."""
+    return dict(driver.execute_async_script(
+        "const done = arguments[0]; const got = [];"
+        " const click = HTMLAnchorElement.prototype.click, make = URL.createObjectURL;"
+        " let blob = null; URL.createObjectURL = (b) => { blob = b; return make(b); };"
+        " HTMLAnchorElement.prototype.click = function () { got.push([this.download, blob]); };"
+        " try { for (const b of document.querySelectorAll('button.download')) b.click(); }"
+        " finally { HTMLAnchorElement.prototype.click = click; URL.createObjectURL = make; }"
+        " Promise.all(got.map(([n, b]) => b.text().then(t => [n, t]))).then(done);"))
+
+
+def test_compare_csvs_are_named_by_the_pair_and_carry_compare_runs_identity(other_n, browser):
+    # trial 15 (F1): the Compare CSVs were compare-frac_pos_adj.csv, compare-heads-f_pp_adj.csv,
+    # compare-head-type-changes.csv whichever runs, with no run, N or basis inside.
+    root, site, _ = other_n
+    from bfd.queries import run_query
+
+    open_page(browser, (site / "compare.html").as_uri() + "?a=n8&b=n16")
+    heads_drawn(browser, "n8", "n16")
+    csvs = downloaded_csvs(browser)
+    assert {"n8-vs-n16-frac_pos_adj.csv", "n8-vs-n16-heads-f_pp_adj.csv"} <= set(csvs)
+    assert set(csvs) <= {"n8-vs-n16-frac_pos_adj.csv", "n8-vs-n16-heads-f_pp_adj.csv",
+                         "n8-vs-n16-head-type-changes.csv"}
+    want = run_query(root, "compare_runs", {"run_a": "n8", "run_b": "n16"}).to_pylist()[0]
+    ident = [want[k] for k in ("run_a", "run_b", "basis", "n_images_a", "n_images_b")]
+    assert ident == ["n8", "n16", "adjusted", 8, 16]
+    for name, text in csvs.items():
+        lines = text.strip().split("\n")
+        assert lines[0].startswith("run_a,run_b,basis,n_images_a,n_images_b,"), name
+        assert len(lines) > 1, name
+        for line in lines[1:]:
+            basis = "raw" if name.endswith("head-type-changes.csv") else "adjusted"
+            assert line.split(",")[:5] == ["n8", "n16", basis, "8", "16"], name
+    assert csvs["n8-vs-n16-frac_pos_adj.csv"].split("\n")[0].split(",")[5] == "metric"
+
+
+def test_compare_heads_of_two_models_say_layers_are_paired_by_index(other_n, browser):
+    # trial 15 (F7): for two models the per-layer plot aligns relative depth while the Heads
+    # section pairs layer indices (as compare_runs); the Heads text did not say so.
+    _, site, _ = other_n
+    text = "layer l of A against layer l of B, not aligned by depth, as compare_runs"
+    for a, b, two_models in (("n16", "vit_b", True), ("n8", "n16", False)):
+        open_page(browser, (site / "compare.html").as_uri() + f"?a={a}&b={b}")
+        heads_drawn(browser, a, b)
+        notes = browser.execute_script(
+            "return Array.from(document.querySelectorAll('#compare-heads p.note'),"
+            " p => p.textContent).join(' ')")
+        assert (text in notes) == two_models, (a, b, notes)
 
 
 def test_compare_heads_agree_with_compare_runs_and_head_type_changes(other_n, browser):
@@ -1627,6 +1708,25 @@ def test_a_checkpoint_trial_reads_by_step_type_and_colour(tmp_path, browser):
         "Runs A and B are one run, ck · step 300 (c-300): nothing to compare")
     assert browser.execute_script("return document.getElementById('delta-plot').data.length") == 0
     assert browser.find_elements("id", "delta-table") == []
+    # trial 15 (F2): a step that is no audit of the series named falls back inside that
+    # series (B its latest point, A the point before B), not to the runs of another series;
+    # a step whose checkpoint audit-checkpoints left out is said to be that file
+    chosen = "return ['run-a', 'run-b'].map(i => document.getElementById(i).value)"
+    for query, want, note in (
+            ("?series=ck&step=350", ["c-400", "c-500"],
+             "step 350 of the address (step=350) is step_350.pth, left out by audit-checkpoints: "
+             "not a readable torch checkpoint: a damaged or truncated zip file (File is not a "
+             "zip file); no audit of series ck there: showing c-400 as A and c-500 as B instead."),
+            # daily has one run: A the default pair's A, B daily's point (it was ck's c-500)
+            ("?series=daily&step=7", ["c-400", "d-1"],
+             "the step of the address (step=7) is no audit of series daily: showing c-400 as A "
+             "and d-1 as B instead."),
+            ("?series=ck&step=300", ["c-400", "c-300"],
+             "series ck has no audit of another run before step 300: showing c-400 as A and "
+             "c-300 as B instead.")):
+        open_page(browser, (site / "compare.html").as_uri() + query)
+        assert browser.execute_script(chosen) == want, query
+        assert browser.find_element("id", "compare-url-note").text == note, query
 
     # Run page: the step as the Series page reads it; a head-type panel, then the blocks in
     # the tables' order, and the stacked shares' legend in that order too

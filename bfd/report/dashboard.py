@@ -416,7 +416,10 @@ def build_dashboard(
                                         "series_list": series_list}),
             "series.html": ("series", {**common, **series, "shapes": shapes}),
             "compare.html": ("compare", {**common, "layers": layers, "shapes": shapes,
-                                         "choices": D.columnar(D.compare_choices(con))}),
+                                         "choices": D.columnar(D.compare_choices(con)),
+                                         # the steps audit-checkpoints left out, named
+                                         # when the address asks for one
+                                         "left_out": series["left_out"]}),
         }
         pending = _pending_notice(root, set(runs["run_id"]) | set(damaged))
         for rel, (kind, payload) in site_pages.items():

@@ -334,6 +334,11 @@
     ].filter((p) => !isNull(p));
     return { same_model: sameModel, note: parts.join("; ") || null };
   }
+  // the alpha-beta plot's marker of a mode type: fixed, so that a symbol means one type on
+  // every layer and run (bfd plot draws the same); another type (none stored today) a star
+  const MODE_SYMBOLS = { pp: "circle", pc: "diamond", cp: "triangle-up", cc: "square", undefined: "x" };
+  const MODE_ORDER = ["pp", "pc", "cp", "cc", "undefined"];
+  const modeSymbol = (t) => (Object.prototype.hasOwnProperty.call(MODE_SYMBOLS, t) ? MODE_SYMBOLS[t] : "star");
   // the overview's marker of a series (its lines take a colour a run)
   const SYMBOLS = ["circle", "square", "diamond", "triangle-up", "x", "star"];
   const seriesSymbol = (s) => SYMBOLS[SERIES.indexOf(s) % SYMBOLS.length];
@@ -804,12 +809,13 @@
           (420 - 90 - 60) * 0.45), { domain: [0.55, 1], title: { text: "sigma" } }),
         yaxis2: { domain: [0, 0.45], title: { text: "mode energy" } } });
       const inLayer = modes.filter((m) => m.layer === state.layer);
-      const types = [...new Set(inLayer.map((m) => m.mode_type))];
-      const symbols = ["circle", "square", "diamond", "triangle-up", "x", "star"];
-      const abTraces = types.map((t, i) => {
+      // one symbol a mode type, the same on every layer (as bfd plot: bfd/report/plots.py)
+      const types = [...new Set(inLayer.map((m) => m.mode_type))]
+        .sort((x, y) => MODE_ORDER.indexOf(x) - MODE_ORDER.indexOf(y));
+      const abTraces = types.map((t) => {
         const ms = inLayer.filter((m) => m.mode_type === t);
         return { x: ms.map((m) => m.alpha), y: ms.map((m) => m.beta), mode: "markers", name: pt(`mode type ${fmt(t)}`),
-          marker: { symbol: symbols[i % symbols.length], size: ms.map((m) => (m.head === state.head ? 10 : 7)),
+          marker: { symbol: modeSymbol(t), size: ms.map((m) => (m.head === state.head ? 10 : 7)),
             color: ms.map((m) => Math.log10(Math.max(energy(m), 1e-300))), coloraxis: "coloraxis",
             line: { width: ms.map((m) => (m.head === state.head ? 1.5 : 0)), color: "#000" } },
           text: ms.map((m) => `head ${m.head} mode ${m.mode}<br>type ${pt(fmt(m.mode_type))}<br>sigma ${fmt(m.sigma)}` +
@@ -1133,8 +1139,12 @@
     }
     function driftColumns(rows, pointOf) {
       const all = Object.keys(rows[0] || D.drift || {});
+      // a head_type row's before and after are the types its audit compared (type_before,
+      // type_after; the stored before and after are NULL), where it kept them
+      const typed = (c) => (r) => (r.metric === "head_type" && !isNull(r["type_" + c]) ? r["type_" + c] : fmt(r[c]));
       const lead = ["metric", "layer", "head", "before", "after", "delta", "threshold", "step"]
-        .filter((c) => all.includes(c)).map((c) => (c === "step" ? stepCol(pointOf) : { key: c }));
+        .filter((c) => all.includes(c)).map((c) => (c === "step" ? stepCol(pointOf)
+          : c === "before" || c === "after" ? { key: c, render: typed(c), title: typed(c) } : { key: c }));
       return lead.concat([idCol("audit_id", "audit"), idCol("prev_audit_id", "previous audit"),
         runCol("run_id", "run")].filter((c) => all.includes(c.key)));
     }
@@ -1429,11 +1439,16 @@
     // step_b, with A the point before it in its series, of another run, unless A is named;
     // series=NAME alone: its latest point as B, the one before as A; a side's series without
     // its step: that series' latest point). A run id wins over a side's series and step.
-    // What is not in the store is said above the plots, that side left as the default.
+    // What is not in the store is said above the plots, that side left as the default; a
+    // step that is no audit of a series of the store falls back inside that series (B its
+    // latest point, A the point before B), and a step whose checkpoint audit-checkpoints left
+    // out (bfd/report/data.py left_out_rows) is said to be that file.
     const asked = new URLSearchParams(window.location.search);
     const given = (k) => { const v = asked.get(k); return v === null || v === "" ? null : v; };
     const unknown = [];
     const inSeries = (name) => choices.filter((c) => c.series === name);
+    const leftOut = rowsOf(D.left_out || {});
+    const fellBack = {};  // side -> the series whose step was no audit
     const pick = (side) => {
       const id = given(side);
       if (id !== null) {
@@ -1460,7 +1475,11 @@
       if (step === null) return own ? members[members.length - 1].key : null;
       const at = members.filter((c) => String(c.step) === step);
       if (!at.length) {
-        unknown.push(`the step of the address (${stepKey}=${step}) is no audit of series ${name}`);
+        const lo = leftOut.find((r) => r.series === name && r.step !== null && String(r.step) === step);
+        unknown.push(lo ? `step ${step} of the address (${stepKey}=${step}) is ${lo.file}, left out by audit-checkpoints: ` +
+          `${lo.why}; no audit of series ${name} there`
+          : `the step of the address (${stepKey}=${step}) is no audit of series ${name}`);
+        fellBack[side] = name;
         return null;
       }
       return at[at.length - 1].key;  // the latest audit at that step
@@ -1468,18 +1487,33 @@
     const askA = pick("a"), askB = pick("b");
     if (askA !== null) state.a = askA;
     if (askB !== null) state.b = askB;
+    // B's step no audit of its series: B that series' latest point (not another series')
+    if (askB === null && fellBack.b) state.b = inSeries(fellBack.b).at(-1).key;
+    const keyB = askB !== null ? askB : fellBack.b ? state.b : null;
     const named = (side) => given(side) !== null || given("step_" + side) !== null || given("series_" + side) !== null;
-    if (askB !== null && askA === null && !named("a") && given("b") === null) {
-      // B named by series and step: A the point before it in its series (a run id: below)
-      const members = inSeries(CHOICE.get(askB).series);
-      const prior = members.slice(0, members.findIndex((c) => c.key === askB))
-        .filter((c) => c.run_id !== CHOICE.get(askB).run_id);
+    if (keyB !== null && askA === null && (!named("a") || fellBack.a === CHOICE.get(keyB).series) && given("b") === null) {
+      // B named by series and step: A the point before it in its series (a run id: below),
+      // else, B its first point of a run, the point after it (said so)
+      const cb = CHOICE.get(keyB), members = inSeries(cb.series);
+      const i = members.findIndex((c) => c.key === keyB);
+      const prior = members.slice(0, i).filter((c) => c.run_id !== cb.run_id);
+      const after = members.slice(i + 1).filter((c) => c.run_id !== cb.run_id);
       if (prior.length) state.a = prior[prior.length - 1].key;
+      else if (after.length) {
+        state.a = after[0].key;
+        unknown.push(`series ${cb.series} has no audit of another run before step ${stepText(cb)}`);
+      }
+    } else if (askA === null && fellBack.a) {
+      // A's step no audit of its series: that series' latest point of another run than B's
+      const members = inSeries(fellBack.a).filter((c) => c.run_id !== CHOICE.get(state.b).run_id);
+      if (members.length) state.a = members[members.length - 1].key;
     }
     const runOf = (key) => CHOICE.get(key).run_id;
     // one run named: the other side the default pair's run that is not it
     if (askA !== null && askB === null && runOf(state.b) === runOf(askA)) state.b = before.run_id;
-    if (askB !== null && askA === null && runOf(state.a) === runOf(askB)) state.a = latest.run_id;
+    if (keyB !== null && askA === null && runOf(state.a) === runOf(keyB)) {
+      state.a = latest.run_id !== runOf(keyB) ? latest.run_id : before.run_id;
+    }
     if (unknown.length) {
       app.append(h("p", { class: "note warn", id: "compare-url-note" }, [...new Set(unknown)].join("; ") +
         `: showing ${runOf(state.a)} as A and ${runOf(state.b)} as B instead.`));
@@ -1529,6 +1563,10 @@
       return typeof r.n_decoded === "number" ? r.n_decoded : null;
     };
     const COLOUR = { A: "#0072B2", B: "#D55E00" };
+    // a Compare CSV's name (<run A>-vs-<run B>-<what>.csv, safe for a file) and the columns
+    // that identify its pair, as compare_runs' (run_a, run_b, basis, n_images_a, n_images_b)
+    const pairStem = (a, b) => fileStem(a) + "-vs-" + fileStem(b);
+    const pairColumns = (a, b, basis, nA, nB) => ({ run_a: a, run_b: b, basis: basis, n_images_a: nA, n_images_b: nB });
     function redraw() {
       const ca = CHOICE.get(state.a), cb = CHOICE.get(state.b);
       const idA = ca.run_id, idB = cb.run_id;
@@ -1638,9 +1676,13 @@
           : "depths differ: B interpolated on relative depth"), font: { size: 12 } } });
       const cols = ["layer", "rel_depth", "a", "b", "delta", "delta_lo", "delta_hi"].map((c) => ({ key: c }))
         .concat([{ key: "significant", render: yesNo }]);
+      // the CSV says which pair it is of (compare_runs' identifying columns): a file that
+      // leaves the browser keeps its runs, basis and N
+      const ident = pairColumns(idA, idB, basis === "none" ? "raw" : basis, nA, nB);
       tableBox.replaceChildren(section("Per-layer deltas", dataTable("delta-table",
-        `${k}: B − A per layer (basis ${basis === "none" ? "raw, N differ" : basis})`, rows, cols,
-        { filename: `compare-${k}` })));
+        `${k}: B − A per layer (basis ${basis === "none" ? "raw, N differ" : basis})`,
+        rows.map((r) => Object.assign({}, ident, { metric: k }, r)), cols,
+        { filename: pairStem(idA, idB) + "-" + k, csvKeys: Object.keys(ident).concat(["metric"], cols.map((c) => c.key)) })));
       drawHeads({ a: idA, b: idB, ca: ca, cb: cb, nA: nA, nB: nB, basis: sameN ? "raw" : "adjusted" });
     }
     // --- heads: each run's head rows from runs/<run>.heads.js (bfd/report/dashboard.py
@@ -1683,11 +1725,20 @@
         return;
       }
       const m = ctx.basis === "raw" ? state.share : state.share + "_adj";
-      const rows = headDeltas(HA, HB, state.share, ctx.basis);
-      const changes = headTypeChanges(HA, HB);
+      const ident = pairColumns(ctx.a, ctx.b, ctx.basis, ctx.nA, ctx.nB);
+      const rows = headDeltas(HA, HB, state.share, ctx.basis).map((r) => Object.assign({}, ident, r));
+      // head_type_changes' shares are the raw ones, whatever the N
+      const changes = headTypeChanges(HA, HB).map((r) => Object.assign({}, ident, { basis: "raw" }, r));
       const lines = [h("p", { class: "note", id: "heads-basis" }, ctx.basis === "raw"
         ? `Per head, the raw share ${m} (both runs decoded N = ${fmt(ctx.nA)}), as compare_runs' head rows.`
         : `Per head, the chance-corrected share ${m} (N = ${fmt(ctx.nA)} and ${fmt(ctx.nB)} differ), as compare_runs' head rows.`)];
+      // two models (run_pairs' same_model false): compare_runs pairs heads by their layer
+      // index, while the per-layer plot above aligns relative depth when depths differ
+      if (pairOf(ctx.a, ctx.b)?.same_model === false) {
+        lines.push(h("p", { class: "note warn", id: "heads-layers" }, "Runs A and B are of two models: each head " +
+          "is compared by its layer index, layer l of A against layer l of B, not aligned by depth, as compare_runs " +
+          "(the per-layer plot above aligns relative depth when the depths differ)."));
+      }
       const noValue = [["A", ctx.a, HA], ["B", ctx.b, HB]].filter(([, , H]) => H.length && H.every((r) => typeof r[m] !== "number"));
       if (noValue.length) {
         lines.push(h("p", { class: "note warn", id: "heads-missing" }, noValue.map(([side, id]) => `run ${side} (${id})`).join(" and ") +
@@ -1732,10 +1783,10 @@
         .concat(HEAD_SHARES.flatMap((s) => [{ key: s + "_a" }, { key: s + "_b" }]));
       const out = section("Heads", h("div", { class: "controls" }, shareSelect), ...lines, heat,
         dataTable("head-delta-table", `${m}: B − A per head, largest |Δ| first (basis ${ctx.basis})`, ordered, dCols,
-          { filename: `compare-heads-${m}`, csvKeys: ["layer", "head", "metric", "head_type_a", "head_type_b", "value_a",
-            "value_b", "delta", "delta_lo", "delta_hi", "significant"] }),
+          { filename: pairStem(ctx.a, ctx.b) + "-heads-" + m, csvKeys: Object.keys(ident).concat(["layer", "head", "metric",
+            "head_type_a", "head_type_b", "value_a", "value_b", "delta", "delta_lo", "delta_hi", "significant"]) }),
         changes.length ? dataTable("head-type-table", "head-type changes A → B", changes, cCols,
-          { filename: "compare-head-type-changes" })
+          { filename: pairStem(ctx.a, ctx.b) + "-head-type-changes", csvKeys: Object.keys(ident).concat(cCols.map((c) => c.key)) })
           : empty("No head changed type from A to B (of the heads both runs hold).", "no-head-type-changes"));
       headBox.replaceChildren(out);  // in the document first: plotly measures the plot's box
       draw(heat, traces, { height: Math.max(300, 34 * layersH.length + 140),
