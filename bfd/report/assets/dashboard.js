@@ -808,7 +808,10 @@
         xaxis: { title: { text: "mode" }, anchor: "y2" }, yaxis: Object.assign(logAxis(sel.map((m) => m.sigma),
           (420 - 90 - 60) * 0.45), { domain: [0.55, 1], title: { text: "sigma" } }),
         yaxis2: { domain: [0, 0.45], title: { text: "mode energy" } } });
-      const inLayer = modes.filter((m) => m.layer === state.layer);
+      // a mode without alpha and beta (sigma 0: a pruned head's) or energy is not drawn: its
+      // place would mean nothing, and log10 of 0 stretched the colour scale to -300
+      const inLayer = modes.filter((m) => m.layer === state.layer && typeof m.alpha === "number" &&
+        typeof m.beta === "number" && energy(m) > 0);
       // one symbol a mode type, the same on every layer (as bfd plot: bfd/report/plots.py)
       const types = [...new Set(inLayer.map((m) => m.mode_type))]
         .sort((x, y) => MODE_ORDER.indexOf(x) - MODE_ORDER.indexOf(y));
