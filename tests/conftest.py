@@ -65,6 +65,24 @@ def prefect_harness():
         os.environ.pop("PREFECT_API_URL", None)
 
 
+def interrupted_at(at: str, argv: list[str], call: int = 1) -> str:
+    """The code of a ``python -c`` process that runs ``bfd argv`` (its own Ctrl-C:
+    ``bfd.cli_interrupt``) and sends itself SIGINT at the ``call``-th call of the function
+    ``at`` (``module:name``, wrapped before the command starts), a moment before running it."""
+    module, name = at.split(":")
+    return ("import importlib, os, signal, sys, time\n"
+            f"mod = importlib.import_module({module!r})\nreal = mod.{name}\ncalls = []\n"
+            "def at(*a, **k):\n"
+            "    calls.append(1)\n"
+            f"    if len(calls) == {call}:\n"
+            "        os.kill(os.getpid(), signal.SIGINT)\n"
+            "        time.sleep(0.5)  # the handler runs meanwhile\n"
+            "    return real(*a, **k)\n"
+            f"mod.{name} = at\n"
+            f"sys.argv = ['bfd', *{argv!r}]\n"
+            "from bfd.cli import main\nsys.exit(main())\n")
+
+
 @contextlib.contextmanager
 def env_kept():
     """``bfd.cli.main`` sets Prefect defaults in os.environ; keep them out of other tests."""

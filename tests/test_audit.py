@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from checkpoints import AUDIT, make_checkpoints
-from conftest import bfd_without_prefect_api, env_kept
+from conftest import bfd_without_prefect_api, env_kept, interrupted_at
 
 from bfd.cli import main
 from bfd.flows.audit import audit
@@ -1071,17 +1071,7 @@ def test_ctrl_c_of_audit_checkpoints_ends_at_once_naming_the_audits_recorded(tmp
             "--images-per-chunk", "6", "--series", "s", "--store", str(store),
             "--no-dashboard"]
     # SIGINT as the second checkpoint is tried (after the first's audit is recorded)
-    code = ("import os, signal, sys, time\n"
-            "import bfd.tasks.audits as mod\nreal = mod.checkpoint_misfit\ncalls = []\n"
-            "def at(*a, **k):\n"
-            "    calls.append(1)\n"
-            "    if len(calls) == 2:\n"
-            "        os.kill(os.getpid(), signal.SIGINT)\n"
-            "        time.sleep(0.5)\n"
-            "    return real(*a, **k)\n"
-            "mod.checkpoint_misfit = at\n"
-            f"sys.argv = ['bfd', *{argv!r}]\n"
-            "from bfd.cli import main\nsys.exit(main())\n")
+    code = interrupted_at("bfd.tasks.audits:checkpoint_misfit", argv, call=2)
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env |= {"PREFECT_HOME": str(tmp_path / "prefect-home"),
             "PYTHONPATH": str(Path(__file__).resolve().parents[1])}

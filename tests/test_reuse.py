@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from checkpoints import AUDIT, make_checkpoints
-from conftest import bfd_without_prefect_api, run_cli
+from conftest import bfd_without_prefect_api, interrupted_at, run_cli
 from PIL import Image
 
 from bfd.images import sample_array
@@ -109,16 +109,7 @@ def ctrl_c(argv: list[str], at: str, tmp_path: Path) -> subprocess.CompletedProc
     """``bfd argv`` as a process of its own (its Ctrl-C: ``bfd.cli_interrupt``), without a
     Prefect API, that sends itself SIGINT when it calls the function ``at`` (``module:name``,
     wrapped before the command starts), a moment before calling it."""
-    module, name = at.split(":")
-    code = ("import importlib, os, signal, sys, time\n"
-            f"mod = importlib.import_module({module!r})\nreal = mod.{name}\n"
-            "def at(*a, **k):\n"
-            "    os.kill(os.getpid(), signal.SIGINT)\n"
-            "    time.sleep(0.5)  # the handler runs meanwhile\n"
-            "    return real(*a, **k)\n"
-            f"mod.{name} = at\n"
-            f"sys.argv = ['bfd', *{argv!r}]\n"
-            "from bfd.cli import main\nsys.exit(main())\n")
+    code = interrupted_at(at, argv)
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env |= {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from conftest import env_kept
+from conftest import env_kept, interrupted_at
 
 from bfd.cli import main
 from bfd.cli_interrupt import MESSAGE
@@ -205,17 +205,8 @@ def test_ctrl_c_leaves_the_flow_run_crashed_in_the_prefect_api(prefect_harness, 
 
     store = tmp_path / "store"
     # SIGINT as the second shard is marked done (the flow run well under way)
-    code = ("import os, signal, sys, time\n"
-            "import bfd.tasks.extract as mod\nreal = mod.mark_shard_done\ncalls = []\n"
-            "def at(*a, **k):\n"
-            "    calls.append(1)\n"
-            "    if len(calls) == 2:\n"
-            "        os.kill(os.getpid(), signal.SIGINT)\n"
-            "        time.sleep(0.5)\n"
-            "    return real(*a, **k)\n"
-            "mod.mark_shard_done = at\n"
-            f"sys.argv = ['bfd', *{[*EXTRACT, '--store', str(store)]!r}]\n"
-            "from bfd.cli import main\nsys.exit(main())\n")
+    code = interrupted_at("bfd.tasks.extract:mark_shard_done", [*EXTRACT, "--store", str(store)],
+                          call=2)
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                           text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 130 and proc.stderr.splitlines()[-1] == MESSAGE, proc.stderr
