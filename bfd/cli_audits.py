@@ -442,6 +442,7 @@ def print_plan(args: argparse.Namespace, config, store: str, series: str,
     if reused is not None:
         run = f"run {reused}: computed already with these options: reused, nothing computed"
         drift = _drift_line(*compared_audit(Store(store), series, step, reused)[:2])
+        replaced = None  # computed with these options: nothing replaced
     else:  # the model, its weights and the images, as the audit would plan them
         run, drift, replaced = _plan_to_compute(args, config, store, series, step)
     say("dry run: nothing is computed or recorded")
@@ -449,7 +450,7 @@ def print_plan(args: argparse.Namespace, config, store: str, series: str,
         + (f"step {step}" if args.step is not None else f"step its start time ({now} now)")
         + f"; store {store}")
     say(run)
-    if reused is None and replaced:
+    if replaced:
         say(f"note: {replaced}")
     say(f"drift: {drift}")
     return 0

@@ -359,13 +359,12 @@ def current_catalog(store_root: str | os.PathLike[str]) -> Path:
     """
     root = Path(store_root)
     path = refresh_catalog(root)
+    current = root / CATALOG_DIR / CURRENT_NAME
     if path is None:
-        current = root / CATALOG_DIR / CURRENT_NAME
         old = (f" ({current} is left from its last write: it may lack newer runs)"
                if current.is_file() else "")
         raise PermissionError(f"store {str(root)!r} cannot be written, so its stable catalog "
                               f"file cannot be brought up to date{old}; query it with bfd sql")
-    current = root / CATALOG_DIR / CURRENT_NAME
     if not current.is_file() or not filecmp.cmp(current, path, shallow=False):
         publish_current(root / CATALOG_DIR, path)
     return current

@@ -27,7 +27,7 @@ from typing import Any, Final
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .audits import new_audit_id, series_folder
+from .audits import _event_files, new_audit_id, series_folder
 from .paths import Store, atomic_write
 
 TABLE: Final[str] = "left_out"
@@ -69,12 +69,8 @@ def write_left_out(store: Store, series: str, rows: Sequence[Mapping[str, Any]],
 def read_left_out(store: Store, series: str | None = None) -> list[dict[str, Any]]:
     """Every ``left_out`` row of one series (all when None), oldest first. A file that does
     not read is skipped (the SQL catalog names it; a record is no audit: the series goes on)."""
-    folder = store.table_dir(TABLE)
-    name = series_folder(series) if series else "*"
     rows: list[dict[str, Any]] = []
-    for p in sorted(folder.glob(f"{name}/*.parquet")):
-        if p.name.startswith((".", "_")) or p.parent.name.startswith((".", "_")):
-            continue
+    for p in _event_files(store, TABLE, series):  # the audit events' files, of this table
         try:
             rows += pq.read_table(p, schema=LEFT_OUT_SCHEMA, partitioning=None).to_pylist()
         except (pa.ArrowException, OSError):
