@@ -9,6 +9,7 @@ sites). timm is never patched.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import fnmatch
 import os
 import re
@@ -172,8 +173,20 @@ def _build(name: str, meta: bool, **kwargs: Any) -> nn.Module:
         if "Unknown model" in str(e) or "Invalid pretrained tag" in str(e):
             raise UnsupportedModelError(
                 f"model {name!r} is unknown to timm {timm.__version__}: {e}; "
-                "see timm.list_models('vit_*')") from None
+                f"{_close_names(name)}see timm.list_models('vit_*')") from None
         raise
+
+
+def _close_names(name: str) -> str:
+    """``did you mean ...; `` with up to 3 timm names (or pretrained tags of the same
+    architecture) close to a mistyped ``name``; empty when none is close."""
+    arch, dot, _ = name.partition(".")
+    candidates = (
+        [p for p in timm.list_pretrained(f"{arch}.*")]
+        if dot and timm.is_model(arch) else timm.list_models()
+    )
+    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.75)
+    return f"did you mean {', '.join(close)}? " if close else ""
 
 
 def _info(model: VisionTransformer, name: str, weights: str, sha: str) -> ModelInfo:

@@ -121,8 +121,15 @@ def test_separate_qkv_refused_and_load_refuses_before_reading_weights(tmp_path) 
         M.check_supported(model)
     with pytest.raises(M.UnsupportedModelError, match="resnet18"):
         M.load_model("resnet18", str(tmp_path / "missing.safetensors"))
-    with pytest.raises(M.UnsupportedModelError, match="unknown to timm"):
+    with pytest.raises(M.UnsupportedModelError, match="unknown to timm") as err:
         M.describe("no_such_model_xyz")
+    assert "did you mean" not in str(err.value)
+    # a typo and a mistyped pretrained tag: the close names of timm's own lists
+    with pytest.raises(M.UnsupportedModelError, match="did you mean vit_small_patch16_224, "):
+        M.describe("vit_smal_patch16_224")
+    with pytest.raises(M.UnsupportedModelError,
+                       match=r"did you mean vit_small_patch16_224\.augreg_in21k, "):
+        M.describe("vit_small_patch16_224.augreg_in21")
     assert "vit_small_patch16_224" in M.supported_model_names("vit_small_patch16_2*")
     assert M.supported_model_names("vit_small_patch16_18x2*") == []
 
