@@ -1790,6 +1790,15 @@ def test_a_checkpoint_trial_reads_by_step_type_and_colour(tmp_path, browser):
     assert browser.execute_script(
         "return (document.getElementById('metric-f_pp').layout.shapes || [])"
         ".map(s => [s.x0, s.x1, s.line.dash])") == [[350, 350, "dot"]]
+    # and on the layers heatmap (a column per audit, in step order: 300, 300 again, 400,
+    # 500), between the columns of steps 300 and 400, named on hover of its label
+    assert browser.execute_script(
+        "const l = document.getElementById('layer-heatmap').layout;"
+        " return [(l.shapes || []).map(s => [s.x0, s.x1, s.line.dash]),"
+        " (l.annotations || []).map(a => [a.x, a.text, a.hovertext])]") == [
+        [[1.5, 1.5, "dot"]],
+        [[1.5, "left out", "step_350.pth (step 350) left out by audit-checkpoints: not a "
+          "readable torch checkpoint: a damaged or truncated zip file (File is not a zip file)"]]]
     choose_series(browser, "daily")
     assert not browser.find_element("id", "left-out").is_displayed()
     assert browser.execute_script(

@@ -923,7 +923,7 @@
         layerState.metric, (v) => { layerState.metric = v; drawLayers(); }),
       select("layer-mode-select", "show", [["value", "value"], ["delta", "change against the audit compared with"]],
         layerState.mode, (v) => { layerState.mode = v; drawLayers(); }));
-    let layerMembers = [];
+    let layerMembers = [], layerGone = [];
     const layersNote = h("p", { class: "note", id: "layers-redone" });
     const controls = h("div", { class: "controls" },
       select("series-select", "series", names.map((s) => [s, s]), state.series,
@@ -1110,6 +1110,18 @@
           : !stored.includes(l) ? " · layer not stored by any run of this series"
             : delta ? " · no delta: " + why(i) : " · layer not stored"))));
       const steps = members.map((m) => stepText(m) ?? fmt(m.created_at));
+      // a left-out checkpoint (no audit, no column) between the columns of the audits either
+      // side of its step (the columns are in step order), named on hover of its label
+      const goneAt = layerGone.filter((r) => typeof r.step === "number" &&
+        !members.some((m) => m.step === r.step)).map((r) => {
+        const next = members.findIndex((m) => typeof m.step === "number" && m.step > r.step);
+        return [r, (next === -1 ? members.length : next) - 0.5];
+      });
+      const goneShapes = goneAt.map(([, x]) => ({ type: "line", xref: "x", yref: "paper", x0: x, x1: x,
+        y0: 0, y1: 1, line: { color: "#b00020", dash: "dot", width: 2 } }));
+      const goneLabels = goneAt.map(([r, x]) => ({ x: x, y: 1, xref: "x", yref: "paper", yanchor: "bottom",
+        showarrow: false, text: "left out", font: { size: 10, color: "#b00020" },
+        hovertext: pt(`${r.file} (step ${r.step}) left out by audit-checkpoints: ${r.why || r.reason}`) }));
       draw(heat, ids.length ? [{ type: "heatmap", x: members.map((_, i) => i), y: ids, z: z, text: text,
         customdata: ids.map(() => steps), colorscale: delta ? "RdBu" : "Viridis", zmid: delta ? 0 : undefined,
         reversescale: delta, hoverongaps: true, colorbar: { title: { text: delta ? "Δ " + k : k }, thickness: 12 },
@@ -1119,7 +1131,8 @@
         yaxis: { title: { text: subset ? "layer (stored: " + stored.join(", ") + ")" : "layer" }, dtick: 1,
           autorange: "reversed", zeroline: false },
         height: Math.min(700, 180 + 22 * Math.max(ids.length, 1)),
-        annotations: ids.length ? [] : [{ text: "no layer rows of this series' runs", showarrow: false,
+        shapes: ids.length ? goneShapes : [],
+        annotations: ids.length ? goneLabels : [{ text: "no layer rows of this series' runs", showarrow: false,
           xref: "paper", yref: "paper", x: 0.5, y: 0.5 }] });
     }
     // the audits table: what identifies an audit and its drift check first, then the figures
@@ -1210,6 +1223,7 @@
           : "step " + r.step}): ${r.why || r.reason}`).join("; ") + ". Not audited (no run, no point): the line " +
         "joins the audits either side" + (state.x === "step" ? "; a dotted red line marks " +
           (gone.length === 1 ? "its step" : "their steps") + " on each plot" : "") +
+        "; on the layers heatmap, a dotted red line between the audits either side" +
         " (bfd sql \"SELECT * FROM checkpoints_left_out\")."] : []));
       // a dotted red line at each left-out checkpoint's step (against step only)
       const goneShapes = state.x !== "step" ? [] : gone.filter((r) => typeof r.step === "number").map((r) => {
@@ -1218,6 +1232,7 @@
           line: { color: "#b00020", dash: "dot", width: 1.5 } };
       });
       layerMembers = members;
+      layerGone = gone;
       drawLayers();
       const rows = lines.map((m) => (m.gap ? { gap: true, [state.x]: m.x[state.x] } : m));
       for (const old of grid.children) sized.unobserve(old);
