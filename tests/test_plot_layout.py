@@ -64,7 +64,7 @@ def misfits(fig: Figure, what: str) -> list[str]:
 def runs(tmp_path_factory) -> dict[int, object]:
     """One store per shape; layer 0's SS identity residual is 0 and layer 1's orthogonality
     residual and shuffled share are denormal (1e-314), as a user's run had them."""
-    out = {}
+    out = {"root": {}}
     for depth, n_heads in ((2, 2), (12, 12), (24, 16)):
         root = tmp_path_factory.mktemp(f"store{depth}")
         values = {
@@ -75,7 +75,14 @@ def runs(tmp_path_factory) -> dict[int, object]:
         write_synthetic_run(root, run_id(depth), model=MODEL, depth=depth, n_heads=n_heads,
                             with_pos=True, layer_values=values)
         out[depth] = run_figures(root, run_id(depth))[0], values
+        out["root"][depth] = root
     return out
+
+
+def mpl_rgb(colour: str) -> tuple[float, float, float]:
+    from matplotlib.colors import to_rgb
+
+    return to_rgb(colour)
 
 
 def titled(fig: Figure, title: str):
@@ -187,3 +194,29 @@ def test_figures_say_n_and_raw_and_keep_a_negative_cosine_on_the_axis(tmp_path):
         assert fig._suptitle.get_text().replace("\n", " ").endswith(f" · N {run['n_decoded']}")
     assert figures["shares"].axes[0].get_ylabel() == "share of logit energy (raw)"
     assert figures["preservation"].axes[0].get_ylim()[0] <= -0.4
+
+
+def test_the_head_map_shows_each_heads_stored_type_in_its_colour(runs):
+    """`bfd plot`'s head map had the four shares only, where the dashboard's opens with the
+    head type (the figure a reader looks for first)."""
+    from bfd.report.plots import HEAD_TYPE_STYLE, OTHER_TYPE_STYLE
+
+    fig = runs[12][0]["head_map"]
+    ax = titled(fig, "head type")
+    grid = ax.get_images()[0].get_array()
+    rgb = ax.get_images()[0].to_rgba(grid)[..., :3]
+    styles = {t: mpl_rgb(c) for t, _, c in HEAD_TYPE_STYLE + (OTHER_TYPE_STYLE,)}
+    from bfd.queries import connect
+    from bfd.report.data import run_detail
+
+    with connect(runs["root"][12]) as con:
+        heads = run_detail(con, run_id(12))["heads"].to_pylist()
+    assert len(heads) == 12 * 12
+    for r in heads:
+        np.testing.assert_allclose(rgb[r["layer"], r["head"]], styles[r["head_type"]])
+    # every type present named in the legend below, with its short name
+    (legend,) = fig.legends
+    names = {t.get_text() for t in legend.get_texts()}
+    assert names == {"pp: position-position", "pc: content-position (f_pc + f_cp)",
+                     "cc: content-content"} | (
+        {"–: undefined"} if any(r["head_type"] == "undefined" for r in heads) else set())

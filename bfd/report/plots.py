@@ -16,8 +16,10 @@ from typing import Any, Final
 import matplotlib as mpl
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.legend import Legend
+from matplotlib.patches import Patch
 
 from bfd.queries import connect
 from bfd.report import data as D
@@ -32,6 +34,13 @@ BLOCKS: Final[tuple[str, ...]] = ("f_pp", "f_pc", "f_cp", "f_cc")
 BLOCK_COLORS: Final[dict[str, str]] = {
     "f_pp": "#D55E00", "f_pc": "#E69F00", "f_cp": "#009E73", "f_cc": "#0072B2",
 }
+# A colour a head type (docs/method.md), as on the dashboard's head map (dashboard.js TYPES):
+# (type, short name in a cell, colour); a type of another name (a head without energy) the
+# last. "pc", not the dashboard's "pc+cp": a cell of 8 heads is narrower than "pc+cp".
+HEAD_TYPE_STYLE: Final[tuple[tuple[str, str, str], ...]] = (
+    ("position-position", "pp", BLOCK_COLORS["f_pp"]), ("content-position", "pc", "#CC79A7"),
+    ("content-content", "cc", BLOCK_COLORS["f_cc"]))
+OTHER_TYPE_STYLE: Final[tuple[str, str, str]] = ("undefined", "–", "#BBBBBB")
 PALETTE: Final[tuple[str, ...]] = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#000000")
 # One marker per mode type, the same in every figure and on the dashboard's run page
 # (dashboard.js MODE_SYMBOLS); a type of another name (none today) takes the last.
@@ -83,12 +92,40 @@ def _shares(run: dict, layers: list[dict], heads: list[dict], modes: list[dict],
     return fig
 
 
+def _head_types(ax, lay: np.ndarray, hd: np.ndarray, heads: list[dict], shape) -> None:
+    """The head type of each head (docs/method.md: the argmax of f_pp, f_pc + f_cp, f_cc), a
+    colour a type as on the dashboard's head map, the type's short name in each cell while
+    they fit; a legend of the types below."""
+    known = [t for t, _, _ in HEAD_TYPE_STYLE]
+    index = [known.index(r["head_type"]) if r.get("head_type") in known else len(known)
+             for r in heads]
+    styles = HEAD_TYPE_STYLE + ((OTHER_TYPE_STYLE,) if len(known) in index else ())
+    grid = np.full(shape, np.nan)
+    grid[lay, hd] = index
+    colours = [c for _, _, c in HEAD_TYPE_STYLE + (OTHER_TYPE_STYLE,)]
+    ax.imshow(grid, cmap=ListedColormap(colours), vmin=-0.5,
+              vmax=len(colours) - 0.5, aspect="auto", interpolation="nearest")
+    if shape[1] <= _ANNOTATED_HEADS and grid.size <= 200:
+        for (i, j), value in np.ndenumerate(grid):
+            if np.isfinite(value):
+                ax.text(j, i, styles[int(value)][1] if value < len(styles) else "–",
+                        ha="center", va="center", fontsize=5, color="white")
+    ax.set_title("head type")
+    ax.set_xlabel("head")
+    integer_ticks(ax.xaxis)
+    handles = [Patch(color=c, label=f"{short}: {name}"
+                     + (" (f_pc + f_cp)" if short == "pc" else "")) for name, short, c in styles]
+    ax.figure.legend(handles=handles, loc="outside lower left", ncols=len(handles),
+                     frameon=False, title="head type:", alignment="left")
+
+
 def _head_map(run: dict, layers: list[dict], heads: list[dict], modes: list[dict], pos) -> Figure:
     lay, hd = _col(heads, "layer").astype(int), _col(heads, "head").astype(int)
     n_l, n_h = lay.max() + 1, hd.max() + 1
-    fig, axes = _figure(_DOUBLE, min(1.2 + 0.22 * n_l, 8.0), 1, 4, sharey=True)
+    fig, axes = _figure(_DOUBLE, min(1.6 + 0.22 * n_l, 8.4), 1, 5, sharey=True)
+    _head_types(axes[0, 0], lay, hd, heads, (n_l, n_h))
     image = None
-    for ax, block in zip(axes[0], BLOCKS, strict=True):
+    for ax, block in zip(axes[0, 1:], BLOCKS, strict=True):
         grid = np.full((n_l, n_h), np.nan)
         grid[lay, hd] = _col(heads, block)
         image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, aspect="auto",
