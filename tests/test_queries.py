@@ -1059,3 +1059,37 @@ def test_run_sql_reads(store):
         run_sql(con, "SELECT 1; SELECT 2")
     with pytest.raises(ReadOnlyError, match="file access from SQL is off"):
         run_sql(con, f"SELECT * FROM read_csv('{root / 'x.csv'}')")
+
+
+def test_a_tables_columns_come_in_one_order_whatever_the_files_order(tmp_path):
+    """union_by_name orders a table's columns by the first file it reads, and table files
+    have random names: two builds of one store could order `runs`' columns differently, so
+    `SELECT *` changed and every row's hash with it (the dashboard's run-page keys: a build
+    rewrote every run page, 1 build in ~40). Columns now come in the contract's order, then
+    any other column by name, the contract columns no file holds as NULLs."""
+    from types import SimpleNamespace
+
+    from bfd.queries.snapshot import Schema, load
+
+    a = pa.table({"run_id": ["r1"], "model": ["m"], "layers": ["0,1"], "dtype": ["float16"],
+                  "zeta": [1]})
+    b = pa.table({"run_id": ["r2"], "model": ["m"], "dtype": ["float32"], "layers": ["2"],
+                  "alpha": [2.0]})
+    pq.write_table(a, tmp_path / "a.parquet")
+    pq.write_table(b, tmp_path / "b.parquet")
+    contract = {"runs": "run_id VARCHAR, model VARCHAR, layers VARCHAR, width INTEGER, "
+                        "dtype VARCHAR"}
+    seen = []
+    for order in (("a", "b"), ("b", "a")):
+        con = duckdb.connect()
+        files = [SimpleNamespace(path=str(tmp_path / f"{name}.parquet")) for name in order]
+        load(con, Schema(contract, []), {"runs": files})
+        columns = [row[0] for row in con.execute("DESCRIBE runs").fetchall()]
+        rows = con.execute("SELECT * FROM runs ORDER BY run_id").fetchall()
+        hashed = con.execute("SELECT sum(hash(t)) FROM runs AS t").fetchone()[0]
+        con.close()
+        seen.append((columns, rows, hashed))
+    assert seen[0] == seen[1]
+    assert seen[0][0] == ["run_id", "model", "layers", "width", "dtype", "alpha", "zeta"]
+    assert seen[0][1] == [("r1", "m", "0,1", None, "float16", None, 1),
+                          ("r2", "m", "2", None, "float32", 2.0, None)]

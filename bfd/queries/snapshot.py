@@ -41,7 +41,9 @@ CATALOG_DIR: Final[str] = "catalog"
 CURRENT_NAME: Final[str] = "current.duckdb"
 # Part of every fingerprint: bump it when the way a snapshot is built changes in a way that
 # the contract, the view SQL and the DuckDB version do not show.
-_CATALOG_FORMAT: Final[int] = 3  # 3: warnings kept as [run_id, note] lines; pointers' size, mtime
+# 4: columns in the contract's order; 3: warnings kept as [run_id, note] lines; pointers' size,
+# mtime
+_CATALOG_FORMAT: Final[int] = 4
 _SNAPSHOT_SUFFIX: Final[str] = ".duckdb"
 _WARNINGS_SUFFIX: Final[str] = ".warnings"
 _BUILD_PREFIX: Final[str] = ".build-"
@@ -77,22 +79,32 @@ def _fingerprint(schema: Schema, listing: Listing) -> str:
 
 def _load_table(build: duckdb.DuckDBPyConnection, table: str, columns: str,
                 files: list[str]) -> None:
-    """Creates ``table`` from ``files`` and adds the contract columns that no file holds."""
+    """Creates ``table`` from ``files``, the contract columns that no file holds as NULLs.
+
+    Its columns come in one order whatever the files' order and schemas: the contract's, then
+    any other column by name. ``union_by_name`` orders them by the files it meets first (their
+    names are random), so ``SELECT *`` and a row's hash (the dashboard's page keys,
+    ``bfd.report.data.run_keys``) changed with the files listed.
+    """
     if not files:
         build.execute(f"CREATE TABLE {table} ({columns})")
         return
     # Files hold their own columns (hive partitioning off, so the path cannot shadow them);
     # union_by_name lets files written before a column was added sit beside newer ones.
-    build.execute(
-        f"CREATE TABLE {table} AS SELECT * FROM "
-        "read_parquet($files, union_by_name = true, hive_partitioning = false)",
-        {"files": files},
-    )
-    present = {row[0] for row in build.execute(f"DESCRIBE {table}").fetchall()}
-    for column in columns.split(","):
-        name, sql_type = column.split()
-        if name not in present:
-            build.execute(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
+    source = "read_parquet($files, union_by_name = true, hive_partitioning = false)"
+    present = [row[0] for row in build.execute(f"DESCRIBE SELECT * FROM {source}",
+                                               {"files": files}).fetchall()]
+    contract = [column.split() for column in columns.split(",")]
+    names = {name for name, _ in contract}
+    picked = [_quoted(name) if name in present else f"CAST(NULL AS {sql_type}) AS {name}"
+              for name, sql_type in contract]
+    picked += [_quoted(name) for name in sorted(n for n in present if n not in names)]
+    build.execute(f"CREATE TABLE {table} AS SELECT {', '.join(picked)} FROM {source}",
+                  {"files": files})
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def load(build: duckdb.DuckDBPyConnection, schema: Schema, listing: Listing) -> None:
