@@ -88,7 +88,7 @@ def _pair(so: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (so * a * b).sum((1, 2))
 
 
-def energies(n: float, so, Pq, Pk, K_q, K_k, KK) -> np.ndarray:
+def energies(n: float, so, Pq, Pk, K_q, K_k, KK, cc_extra=0.0) -> np.ndarray:
     """Raw block energies ``(H, 4)`` over (pp, pc, cp, cc) of one (sub)sample.
 
     Args:
@@ -97,12 +97,15 @@ def energies(n: float, so, Pq, Pk, K_q, K_k, KK) -> np.ndarray:
         Pq, Pk: the Grams of ``pos`` projected on the query and key modes, ``_gram(Y)``
             and ``_gram(X)`` of ``Y, X (H, T, dh)``.
         K_q, K_k, KK: the content Grams of pass 2, ``(H, dh, dh)``.
+        cc_extra: added to ``E_cc`` of each head, ``(H,)``: a jackknife replicate's
+            re-centring of its content (``bfd.core.uncertainty``).
     """
     return np.stack([n * _pair(so, Pq, Pk), _pair(so, Pq, K_k), _pair(so, K_q, Pk),
-                     (so * KK).sum((1, 2))], axis=-1)
+                     (so * KK).sum((1, 2)) + cc_extra], axis=-1)
 
 
-def energies_adj(n: float, so, G_q: dict, G_k: dict, K_q, K_k, KK) -> np.ndarray:
+def energies_adj(n: float, so, G_q: dict, G_k: dict, K_q, K_k, KK,
+                 cc_extra=0.0) -> np.ndarray:
     """Corrected block energies ``(H, 4)`` on the scale of the raw ones (n images).
 
     Args:
@@ -113,6 +116,7 @@ def energies_adj(n: float, so, G_q: dict, G_k: dict, K_q, K_k, KK) -> np.ndarray
             and key side: unbiased for ``(pos U)ᵀ(pos U)``, since distinct quarters hold
             independent images. ``E_pp_adj`` needs all 4 quarters (NaN otherwise).
         K_q, K_k, KK: the content Grams of pass 2.
+        cc_extra: as ``energies``.
     """
     nan = np.full(so.shape, np.nan)
     pair_q = sum(G_q.values()) / len(G_q) if G_q else nan
@@ -126,4 +130,4 @@ def energies_adj(n: float, so, G_q: dict, G_k: dict, K_q, K_k, KK) -> np.ndarray
     return np.stack([n * e_pp,
                      n * _pair(so, pair_q, K_k) / (n - 1),
                      n * _pair(so, K_q, pair_k) / (n - 1),
-                     (so * KK).sum((1, 2)) / shrink**2], axis=-1)
+                     ((so * KK).sum((1, 2)) + cc_extra) / shrink**2], axis=-1)

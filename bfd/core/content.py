@@ -51,6 +51,11 @@ class Pass2State:
             ``(G,)`` (``(0,)`` without a jackknife).
         group_K_q, group_K_k, group_KK: ``K_q``, ``K_k`` and ``KK`` of each group,
             ``(G, H, dh, dh)``: the per-group second moments the jackknife deletes.
+        cc_recentre: per jackknife group g and head, ``(G, H)``: the terms of ``E_cc`` of
+            the images outside g that are linear in the shift of their content when g is
+            deleted (``c' = c + D_g / N'``): ``Σ_{n∉g} 2 Σ_ij σ_i σ_j (K_q,n[i, j] (Z_nᵀ
+            G_g)[i, j] + (Y_nᵀ F_g)[i, j] K_k,n[i, j])`` with ``Y_n = C_n U``, ``Z_n = C_n V``,
+            ``F_g = D_g U / N'``, ``G_g = D_g V / N'`` (``bfd.core.uncertainty``).
     """
 
     n: int
@@ -68,13 +73,15 @@ class Pass2State:
     group_K_q: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0, 0)))
     group_K_k: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0, 0)))
     group_KK: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0, 0)))
+    cc_recentre: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
     @classmethod
     def empty(cls, num_heads: int, head_dim: int, groups: int = 0) -> Pass2State:
         z = np.zeros((num_heads, head_dim, head_dim))
         zg = np.zeros((groups, num_heads, head_dim, head_dim))
         return cls(0, 0.0, 0.0, 0.0, 0.0, 0.0, z, z.copy(), z.copy(), float("nan"),
-                   np.zeros(groups), np.zeros(groups), zg, zg.copy(), zg.copy())
+                   np.zeros(groups), np.zeros(groups), zg, zg.copy(), zg.copy(),
+                   np.zeros((groups, num_heads)))
 
     def _check_merge(self, other: Pass2State) -> None:
         require(
@@ -139,6 +146,7 @@ class Pass2Plan:
         )
         # without the per-group sums: the plan travels to every pass-2 task, and they do not
         # need them
+        # (their projection on the modes is kept in ``shift``)
         self.means = replace(means, group_n=None, group_content=None)
         self.maps = maps
         self.check_images = check_images
@@ -156,6 +164,27 @@ class Pass2Plan:
             else np.zeros((0, d))
         )
         self.W_t = torch.from_numpy(np.ascontiguousarray(W_t)).to(self.device, self.dtype)
+        self.shift = self.sigma2 = None
+        if modes is not None and means.groups and means.group_content is not None:
+            self.shift, self.sigma2 = self._shifts(means, modes)
+
+    def _shifts(self, means: Means, modes: Modes) -> tuple[torch.Tensor, torch.Tensor]:
+        """What ``cc_recentre`` contracts each image with: every group's shift of the content
+        projected on every head's query then key modes, ``F_g`` and ``G_g`` (zero for a group
+        whose deletion leaves no image), laid out ``(2H, dh·T, G)`` like the images'
+        projections; and ``σ_i σ_j`` of each head, for both sides, ``(2H, dh, dh)``."""
+        H, d, dh = modes.U.shape
+        G, T = means.group_n.shape[0], means.pos.shape[0]
+        left = means.n - means.group_n
+        scale = np.divide(1.0, left, out=np.zeros(G), where=left > 0)
+        W = np.concatenate([modes.U, modes.V], axis=0).transpose(0, 2, 1).reshape(2 * H * dh, d)
+        # (G, T, d) x (d, 2H dh) -> (G, 2H, dh, T), then (2H, dh T, G)
+        D = torch.from_numpy(means.group_content * scale[:, None, None]) @ torch.from_numpy(W.T)
+        shift = D.view(G, T, 2 * H, dh).permute(2, 3, 1, 0).reshape(2 * H, dh * T, G)
+        so = modes.sigma[:, :, None] * modes.sigma[:, None, :]
+        sigma2 = torch.from_numpy(np.concatenate([so, so], axis=0))
+        return (shift.contiguous().to(self.device, self.dtype),
+                sigma2.to(self.device, self.dtype))
 
     def chunk(self, x: torch.Tensor, index: int | np.ndarray = 0) -> Pass2State:
         """Pass-2 sums of one chunk ``x (n, T, d)``; ``index`` is its first image's global
@@ -175,6 +204,9 @@ class Pass2Plan:
         per_image_content, per_image_img = torch.empty(n, **f64), torch.empty(n, **f64)
         col_sum = torch.zeros((T, d), **f64)
         K = torch.empty((n, 2 * H, dh, dh), dtype=self.dtype, device=self.device)
+        # each image's cc_recentre terms for every group, (n, H, G)
+        recentre = (torch.empty((n, H, self.shift.shape[-1]), dtype=self.dtype,
+                                device=self.device) if self.shift is not None else None)
         ss_total = ss_int = 0.0
         # A few images at a time, so that their float64 content stays in the cache through
         # its passes (a 32-image chunk of ViT-S/16: 5-7 ms of CPU instead of 10-14 ms per
@@ -197,6 +229,14 @@ class Pass2Plan:
                 Z = torch.matmul(self.W_t, c.to(self.dtype).transpose(1, 2))
                 Z = Z.view(hi - lo, 2 * H, dh, T)
                 torch.matmul(Z, Z.transpose(-1, -2), out=K[lo:hi])
+                if recentre is not None:
+                    # 2 <(σσ ∘ K_k,n) Y_nᵀ, F_g> + 2 <(σσ ∘ K_q,n) Z_nᵀ, G_g>: each side's
+                    # projection weighted by the other side's Gram, then every group's shift
+                    # (a sum by group first, then one contraction, took twice as long)
+                    other = torch.cat([K[lo:hi, H:], K[lo:hi, :H]], dim=1) * self.sigma2
+                    weighted = torch.matmul(other, Z).view(hi - lo, 2 * H, dh * T)
+                    both = torch.matmul(weighted.transpose(0, 1), self.shift)  # (2H, b, G)
+                    recentre[lo:hi] = 2 * (both[:H] + both[H:]).transpose(0, 1)
             c -= img
             ss_int += _dot(c)
         ss_content = float(per_image_content.sum())
@@ -217,7 +257,16 @@ class Pass2Plan:
         groups = {}
         if G:
             zg = np.zeros((G, H, dh, dh))
-            groups = dict(
+            if recentre is not None:
+                # summed over the images outside each group (an image's own group is the
+                # replicate that leaves it out)
+                outside = (group[:, None] != torch.arange(G, device=self.device)).to(
+                    torch.float64)
+                groups["cc_recentre"] = torch.einsum(
+                    "ng,nhg->gh", outside, recentre.to(torch.float64)).cpu().numpy()
+            else:
+                groups["cc_recentre"] = np.zeros((G, H))
+            groups.update(
                 group_ss_content=_by_group(per_image_content, group, G),
                 group_ss_img=_by_group(per_image_img, group, G),
                 group_K_q=K_g[:, :H] if K_g is not None else zg,

@@ -9,10 +9,10 @@ group g then needs no second pass over the images: with ``N' = N − n_g`` and
     SS_c' = SS_c − SS_c,g − ||D_g||² / N'          (content around its own pos')
     SS_img' = SS_img − SS_img,g − T N' ||mean_t δ||²
     K'    = K − K_g − N' Σ_t (δ_t U)ᵀ(δ_t U)        (K_q; K_k with V)
-    KK'   = KK − KK_g
 
-are exact except ``KK'``, which keeps the full-sample centring (the omitted terms are linear in
-``δ`` with a third-moment weight, zero for symmetric content, and O(n_g / N²)).
+are exact. ``E_cc`` of the replicate, from each image's Grams re-centred on the replicate's
+means (``K_n + YᵀF + FᵀY + FᵀF``, ``F = −δ U``), is exact but for the terms in
+``(Y_nᵀF_q) ∘ (Z_nᵀF_k)``, second order in ``δ`` (``Replicates._recentred_cc``; docs/method.md).
 
 The interval of an estimate θ with replicates θ_(g) over the m non-empty groups is
 ``θ ± t_{m−1} · se``, ``se² = (m − 1)/m · Σ_g (θ_(g) − mean θ_(·))²``. It covers the variation
@@ -26,7 +26,7 @@ import math
 import numpy as np
 import torch
 
-from bfd.core.adjusted import _gram, _sym, energies, energies_adj, stage1_shares
+from bfd.core.adjusted import _gram, _pair, _sym, energies, energies_adj, stage1_shares
 from bfd.core.anova import Means
 from bfd.core.content import Pass2State
 from bfd.core.heads import Modes, one_thread
@@ -150,6 +150,7 @@ class Replicates:
             return out
         H = self.H
         keep = [g for g in self.present if g != drop]
+        cc = 0.0
         if drop is None:
             P, K_q, K_k, KK = self.P, p2.K_q, p2.K_k, p2.KK
         else:
@@ -159,19 +160,40 @@ class Replicates:
             K_q = p2.K_q - p2.group_K_q[drop] - moved[:H]
             K_k = p2.K_k - p2.group_K_k[drop] - moved[H:]
             KK = p2.KK - p2.group_KK[drop]
+            cc = self._recentred_cc(drop, n, moved / n)
         grams = _gram(P)
-        energy = energies(n, self.so, grams[:H], grams[H:], K_q, K_k, KK)
+        energy = energies(n, self.so, grams[:H], grams[H:], K_q, K_k, KK, cc)
         quarters = [tuple(g for g in keep if g % 4 == q) for q in range(4)]
         pairs = [(a, b) for a in range(4) for b in range(a + 1, 4)
                  if quarters[a] and quarters[b]]
         G = {(a, b): self._quarter_gram(quarters[a], quarters[b]) for a, b in pairs}
         energy_adj = energies_adj(n, self.so, {k: g[:H] for k, g in G.items()},
-                                  {k: g[H:] for k, g in G.items()}, K_q, K_k, KK)
+                                  {k: g[H:] for k, g in G.items()}, K_q, K_k, KK, cc)
         frac, frac_adj = _fractions(energy), _fractions(energy_adj)
         for i, b in enumerate(BLOCK_NAMES):
             out[f"f_{b}"], out[f"f_{b}_adj"] = frac[:, i], frac_adj[:, i]
         out["energy"], out["energy_adj"] = energy, energy_adj
         return out
+
+    def _recentred_cc(self, drop: int, n: int, shifted: np.ndarray) -> np.ndarray:
+        """What ``E_cc`` of the images outside group ``drop`` gains when their content is
+        centred on their own means, ``(H,)``: with ``F = D_g U / N'`` (``G`` with V) the
+        images' Grams become ``K + YᵀF + FᵀY + FᵀF``; the terms linear in ``Y`` or ``Z`` and
+        the Grams are pass 2's ``cc_recentre``, ``Σ_{n∉g} Y_n = −D_g U`` gives those linear
+        in ``Y`` alone, and the terms in ``(YᵀF) ∘ (ZᵀG)`` are left out (docs/method.md,
+        "Uncertainty").
+
+        Args:
+            shifted: ``FᵀF`` and ``GᵀG`` stacked, ``(2H, dh, dh)``.
+        """
+        p2, H, so = self.p2, self.H, self.so
+        if p2.cc_recentre.shape[0] <= drop:  # a state made without the groups' shifts
+            return np.zeros(H)
+        Pq, Pk = shifted[:H], shifted[H:]
+        K_q = p2.K_q - p2.group_K_q[drop]  # the images outside, centred on all images
+        K_k = p2.K_k - p2.group_K_k[drop]
+        return (p2.cc_recentre[drop] + _pair(so, K_q, Pk) + _pair(so, Pq, K_k)
+                - 3 * n * _pair(so, Pq, Pk))
 
     def _quarter_gram(self, a: tuple[int, ...], b: tuple[int, ...]) -> np.ndarray:
         """``sym(Y_aᵀ Y_b)`` of the quarters made of groups ``a`` and ``b``, both sides
