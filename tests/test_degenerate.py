@@ -56,6 +56,28 @@ def test_a_pruned_head_is_undefined_and_the_others_keep_their_labels():
     assert np.nansum(ds.frac.values[0]) == pytest.approx(1.0)
 
 
+def test_modes_past_a_heads_rank_have_no_type():
+    """A head of rank 1 (one query and one key row; trial 16 planted them in a checkpoint):
+    its other modes have sigma at rounding level, no alpha or beta, and were typed by the
+    argmax of their rounding-noise energies (cc in the trial); they are undefined now, the
+    real mode keeps its type."""
+    x, w = _inputs()
+    dh = D // H
+    low = w.copy()
+    rng = np.random.default_rng(1)
+    for part in range(2):  # query and key rows of head 0 but its first at rounding level
+        low[part * D + 1:part * D + dh] = 1e-16 * rng.normal(size=(dh - 1, D))
+    ds = bfd.analyze(x, low, H, prefix_tokens=1, compute_dtype="float64")
+    sigma = ds.sigma.values[0]
+    assert sigma[0] > 0 and (sigma[1:] > 0).all() and (sigma[1:] <= sigma[0] * 1e-15).all()
+    assert ds.mode_type.values[0, 0] in ("pp", "pc", "cp", "cc")
+    assert (ds.mode_type.values[0, 1:] == "undefined").all()
+    assert np.isnan(ds.alpha.values[0, 1:]).all()
+    # the head itself and the other head keep their types
+    assert "undefined" not in ds.head_type.values
+    assert "undefined" not in ds.mode_type.values[1]
+
+
 def test_constant_activations_leave_every_fraction_and_label_undefined():
     _, w = _inputs()
     ds = bfd.analyze(np.full((N, T, D), 0.5, np.float32), w, H, prefix_tokens=1)

@@ -177,9 +177,11 @@ def summarize(
     k90 = np.where(undefined, 0, _k90(np.nan_to_num(p)))
     # a mode of sigma 0 (a pruned head's, or past W_QK's numerical rank: numpy's matrix_rank
     # tolerance) carries no logit; its singular vectors are any basis of a null space, so it
-    # has no alpha or beta (NaN, NULL in the modes table), as its type is undefined
+    # has no alpha or beta (NaN, NULL in the modes table) and no type (its energies are
+    # rounding noise: their argmax labelled a rank-1 head's 63 other modes cc, trial 16)
     null = modes.sigma <= (modes.sigma.max(-1, keepdims=True) * modes.U.shape[1]
                            * np.finfo(np.float64).eps)
+    mode_type[null] = UNDEFINED
     alpha = np.where(null, np.nan, _ratio(N * upos, N * upos + qcon))
     beta = np.where(null, np.nan, _ratio(N * vpos, N * vpos + kcon))
     return replace(
