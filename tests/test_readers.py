@@ -81,7 +81,9 @@ def run_snippet(store: Store, run_id: str, table: str) -> dict:
     code = docs_snippet()
     code = re.sub(r'^store = .*$', f"store = {str(store.root)!r}", code, count=1, flags=re.M)
     code = re.sub(r'^run_id = .*$', f"run_id = {run_id!r}", code, count=1, flags=re.M)
-    code = code.replace("tables/heads", f"tables/{table}").replace("['heads']", f"['{table}']")
+    code = code.replace("tables/heads", f"tables/{table}").replace('.get("heads")',
+                                                                   f'.get("{table}")')
+    assert f'.get("{table}")' in code
     scope: dict = {}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # opening a run as documented warns about nothing
