@@ -205,11 +205,21 @@ def _crash_flow_runs(line: str) -> None:
         from prefect.states import Crashed
 
         with get_client(sync_client=True) as client:
-            for run_id in reversed(_flow_runs):  # the innermost (a subflow) first
+            # the innermost (a subflow) first, then the flow runs it ran in: a flow that
+            # reports no progress itself (the audit around its extract and decompose) was
+            # left Running (trial 17)
+            todo, seen = list(reversed(_flow_runs)), set()
+            while todo:
+                run_id = todo.pop(0)
+                if run_id in seen:
+                    continue
+                seen.add(run_id)
                 with contextlib.suppress(Exception):
-                    state = client.read_flow_run(run_id).state
-                    if state is not None and state.type.value in ("RUNNING", "PENDING"):
+                    run = client.read_flow_run(run_id)
+                    if run.state is not None and run.state.type.value in ("RUNNING", "PENDING"):
                         client.set_flow_run_state(run_id, Crashed(message=line), force=True)
+                    if run.parent_task_run_id is not None:
+                        todo.append(str(client.read_task_run(run.parent_task_run_id).flow_run_id))
 
     thread = threading.Thread(target=_quietly, args=(crash,), name="bfd-crash-runs",
                               daemon=True)
