@@ -54,8 +54,8 @@ class Pass2State:
         cc_recentre: per jackknife group g and head, ``(G, H)``: the terms of ``E_cc`` of
             the images outside g that are linear in the shift of their content when g is
             deleted (``c' = c + D_g / N'``): ``Σ_{n∉g} 2 Σ_ij σ_i σ_j (K_q,n[i, j] (Z_nᵀ
-            G_g)[i, j] + (Y_nᵀ F_g)[i, j] K_k,n[i, j])`` with ``Y_n = C_n U``, ``Z_n = C_n V``,
-            ``F_g = D_g U / N'``, ``G_g = D_g V / N'`` (``bfd.core.uncertainty``).
+            F_k)[i, j] + (Y_nᵀ F_q)[i, j] K_k,n[i, j])`` with ``Y_n = C_n U``, ``Z_n = C_n V``,
+            ``F_q = D_g U / N'``, ``F_k = D_g V / N'`` (docs/method.md, "Uncertainty").
     """
 
     n: int
@@ -144,9 +144,8 @@ class Pass2Plan:
             f"activations have width {means.pos.shape[1]} but qkv expects "
             f"d={maps.dim if maps else None}",
         )
-        # without the per-group sums: the plan travels to every pass-2 task, and they do not
-        # need them
-        # (their projection on the modes is kept in ``shift``)
+        # without the per-group sums: the plan travels to every pass-2 task, which needs only
+        # their projection on the modes (``shift``)
         self.means = replace(means, group_n=None, group_content=None)
         self.maps = maps
         self.check_images = check_images
@@ -170,7 +169,7 @@ class Pass2Plan:
 
     def _shifts(self, means: Means, modes: Modes) -> tuple[torch.Tensor, torch.Tensor]:
         """What ``cc_recentre`` contracts each image with: every group's shift of the content
-        projected on every head's query then key modes, ``F_g`` and ``G_g`` (zero for a group
+        projected on every head's query then key modes, ``F_q`` and ``F_k`` (zero for a group
         whose deletion leaves no image), laid out ``(2H, dh·T, G)`` like the images'
         projections; and ``σ_i σ_j`` of each head, for both sides, ``(2H, dh, dh)``."""
         H, d, dh = modes.U.shape
@@ -230,7 +229,7 @@ class Pass2Plan:
                 Z = Z.view(hi - lo, 2 * H, dh, T)
                 torch.matmul(Z, Z.transpose(-1, -2), out=K[lo:hi])
                 if recentre is not None:
-                    # 2 <(σσ ∘ K_k,n) Y_nᵀ, F_g> + 2 <(σσ ∘ K_q,n) Z_nᵀ, G_g>: each side's
+                    # 2 <(σσ ∘ K_k,n) Y_nᵀ, F_qᵀ> + 2 <(σσ ∘ K_q,n) Z_nᵀ, F_kᵀ>: each side's
                     # projection weighted by the other side's Gram, then every group's shift
                     # (a sum by group first, then one contraction, took twice as long)
                     other = torch.cat([K[lo:hi, H:], K[lo:hi, :H]], dim=1) * self.sigma2
