@@ -69,7 +69,18 @@ def _store(args: argparse.Namespace) -> str:
                          "path) for --store")
     if root.is_dir():
         check_store(root)
+    elif getattr(args, "command", None) in _CREATING and str(root) not in _said_new:
+        # a typo'd --store of a scheduled job would start a new history there, silently
+        # (its first audit passing --fail-on-drift as a first audit; trial 17)
+        _said_new.add(str(root))
+        would = "would be made" if getattr(args, "dry_run", False) else "is made"
+        sys.stderr.write(f"bfd: no store at {str(root)!r}: a new one {would} there\n")
     return str(root)
+
+
+# The commands that make their store where none is, and the new stores said so once.
+_CREATING = frozenset({"extract", "audit", "audit-checkpoints"})
+_said_new: set[str] = set()
 
 
 def _check_request_early(args: argparse.Namespace, config) -> None:

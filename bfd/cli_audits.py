@@ -35,7 +35,8 @@ CHECKPOINTS_SERIES = ("the series these audits extend (default: the model and th
                       "folder or glob, as an absolute path: vit_b@/ckpts)")
 # what --format json writes (audit_record, checkpoints_record)
 AUDIT_RECORD = ("the audit's audit_id, series, run_id, step, prev_audit_id, n_flagged, "
-                "drift_note, skipped, reused, how, store, results, dashboard, ..., and its "
+                "drift_note, drift_compared, skipped, reused, how, store, results, dashboard, "
+                "..., and its "
                 "flagged drift values")
 CHECKPOINTS_RECORD = ("the series, n_files, store, its new audits (each as bfd audit's, with "
                       "its checkpoint), the files left out (bad) and the dashboard")
@@ -75,8 +76,8 @@ AUDIT_FORMATS = ("text", "json")
 # what --format json gives of each audit, the same keys on every path (the flow audit, an
 # audit recorded without Prefect: bfd.cli_reuse.record_reused_audit)
 AUDIT_KEYS = ("audit_id", "series", "run_id", "step", "prev_audit_id", "prev_step",
-              "n_flagged", "drift_note", "skipped", "reused", "repaired", "how", "store",
-              "results", "dashboard")
+              "n_flagged", "drift_note", "drift_compared", "skipped", "reused", "repaired",
+              "how", "store", "results", "dashboard")
 # and of audit-checkpoints (the flow audit-checkpoints, or bfd.cli_reuse.nothing_to_audit)
 CHECKPOINTS_KEYS = ("series", "n_files", "store", "compared", "audits", "bad", "dashboard")
 
@@ -85,7 +86,11 @@ def audit_record(out: dict) -> dict:
     """What ``--format json`` writes of one audit (``out``: what the flow ``audit`` returns,
     with ``checkpoint`` for one of audit-checkpoints): the ``AUDIT_KEYS``, None where absent,
     and its ``flagged`` drift rows (``flagged_rows``)."""
-    record = {k: out.get(k) for k in AUDIT_KEYS} | {"flagged": flagged_rows(out)}
+    # drift_compared: whether drift was checked at all (a first audit of its series has no
+    # drift_note either: a wrapper that read a null note as "compared" took it for a pass)
+    record = {k: out.get(k) for k in AUDIT_KEYS} | {
+        "drift_compared": out.get("prev_audit_id") is not None and not out.get("drift_note"),
+        "flagged": flagged_rows(out)}
     return record | ({"checkpoint": out["checkpoint"]} if "checkpoint" in out else {})
 
 

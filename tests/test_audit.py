@@ -77,11 +77,14 @@ def test_a_dry_run_says_what_an_audit_would_do_and_does_nothing(audited, tmp_pat
     # the class token, width 64), the store not even created
     new = tmp_path / "new"
     assert main([*argv[:-2], "--n-images", "8", "--store", str(new)]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert ": to compute (8 images x 6 layers x 2 sites, 17 tokens of width 64): 2 shards (8 " \
         "images) to extract, at most " in out and \
         "audit: series test_vit@random-seed-0, step its start time (" in out, out
     assert not new.exists()
+    # said once, first: a mistyped --store of a scheduled job started a new history unseen
+    assert err.splitlines()[0] == f"bfd: no store at {str(new)!r}: a new one would be made there"
+    assert err.count("no store at") == 1
     # the same on the audited store: its drift is not compared, as the audit would not compare
     # it (the dry run said it would compare with the series' latest audit)
     assert main([*argv[:-2], "--n-images", "8", "--store", root]) == 0

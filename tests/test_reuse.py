@@ -635,8 +635,8 @@ def test_the_checks_without_prefect_import_no_xarray_or_zarr(tmp_path):
 
 # the keys of `bfd audit --format json` (README, "Errors and exit codes"): a wrapper reads them
 AUDIT_KEYS = ("audit_id", "series", "run_id", "step", "prev_audit_id", "prev_step", "n_flagged",
-              "drift_note", "skipped", "reused", "repaired", "how", "store", "results",
-              "dashboard", "flagged")
+              "drift_note", "drift_compared", "skipped", "reused", "repaired", "how", "store",
+              "results", "dashboard", "flagged")
 CHECKPOINTS_KEYS = ("series", "n_files", "store", "compared", "audits", "bad", "dashboard")
 
 
@@ -676,6 +676,8 @@ def test_audit_format_json_is_the_audit_record_from_the_flow_and_without_prefect
     assert row["flow_run_id"] is not None and first["prev_audit_id"] is None
     assert (first["how"], first["reused"], first["dashboard"]) == ("computed", False, None)
     assert first["flagged"] == []  # nothing compared
+    # a first audit has no drift_note either: drift_compared says nothing was checked
+    assert (first["drift_note"], first["drift_compared"]) == (None, False)
     assert first["store"] == str(store) and first["results"].startswith(f"{store}/bfd.zarr/")
     assert "with N=6 images the 95 % intervals" in err  # a warning, kept on stderr
 
@@ -691,6 +693,7 @@ def test_audit_format_json_is_the_audit_record_from_the_flow_and_without_prefect
     assert (fast["prev_audit_id"], fast["prev_step"], fast["n_flagged"]) == (
         first["audit_id"], 100, 0)
     assert fast["reused"] is True and fast["how"] == "reused, nothing recomputed"
+    assert fast["drift_compared"] is True
     assert fast["dashboard"] == str(store / "dashboard" / "index.html")
 
     # audit-checkpoints: one object, its audits as bfd audit's with their checkpoint (the

@@ -171,7 +171,7 @@ def test_a_replicates_e_cc_is_recentred_but_for_the_terms_in_both_shifts():
     ``K' = K + YᵀF + FᵀY + FᵀF``, exactly but for the terms in ``(YᵀF) ∘ (ZᵀG)``: equal to
     that brute force, and much closer to the exact replicate than before."""
     rng = np.random.default_rng(7)
-    N, G, dh = 16, 8, DH
+    N, G = 16, 8
     # a strong image main effect: content correlated across positions, as in real images
     x = (rng.normal(size=(N, T, D)) + 2.0 * rng.normal(size=(N, 1, D))
          + 1.5 * rng.normal(size=(T, D)))
