@@ -583,3 +583,53 @@ def test_a_paused_deployment_is_said_paused_with_no_next_run():
         "cron '0 3 * * *' (UTC); next run 2026-12-04 02:14:00 UTC")
     assert schedule_line([active], lambda: None).endswith("; next run none scheduled")
     assert schedule_line([], lambda: stale) == "no schedule"
+
+
+@pytest.mark.slow
+def test_serve_deletes_the_late_runs_an_earlier_schedule_made(prefect_harness, tmp_path):
+    """Runs an earlier server's (or serve's) schedule made and nobody ran, late now: `bfd
+    serve` started them all at once with the deployment's parameters of then (trial 17: 4 at
+    once, with a dtype no file held any more). It deletes them and says so on the
+    deployment's line; a late run made by hand is kept."""
+    from datetime import UTC, datetime, timedelta
+
+    from prefect.client.orchestration import get_client
+    from prefect.runner import Runner
+    from prefect.states import Scheduled
+
+    from bfd.flows.serve import RunLines
+
+    (tmp_path / "prefect.yaml").write_text(
+        "deployments:\n  - name: ckpts\n    entrypoint: bfd/flows/checkpoints.py:"
+        "audit_checkpoints\n    schedules:\n      - interval: 60\n    parameters:\n"
+        "      checkpoints: /data/ckpts\n      config:\n        model: test_vit\n",
+        encoding="utf-8")
+    (dep,) = runner_deployments(tmp_path / "prefect.yaml")
+    dep_id = Runner().add_deployment(dep)
+    now = datetime.now(UTC)
+    with get_client(sync_client=True) as client:
+        # the schedule's runs of the last 10 minutes, as a stopped server's scheduler left them
+        client.request("POST", "/deployments/{id}/schedule", path_params={"id": dep_id},
+                       json={"start_time": (now - timedelta(minutes=10)).isoformat(),
+                             "end_time": (now - timedelta(minutes=1)).isoformat(),
+                             "max_runs": 3})
+        by_hand = client.create_flow_run_from_deployment(
+            dep_id, state=Scheduled(scheduled_time=now - timedelta(minutes=5)))
+
+        def waiting() -> list:
+            runs = client.read_flow_runs()
+            return [r for r in runs if r.deployment_id == dep_id
+                    and r.state.type.value == "SCHEDULED"
+                    and r.expected_start_time < now]
+
+        late = [r for r in waiting() if r.auto_scheduled]
+        assert len(late) == 3
+        said: list[str] = []
+        lines = RunLines({dep_id: dep}, said.append)
+        lines.drop_late_runs()
+        assert [r.id for r in waiting()] == [by_hand.id]
+        lines.say_serving(tmp_path / "prefect.yaml")
+    first = min(r.expected_start_time for r in late).astimezone().strftime(
+        "%Y-%m-%d %H:%M:%S %Z")
+    assert said[1].endswith(f"; 3 late run(s) its schedule made before this serve (from "
+                            f"{first} on, with the parameters of then) deleted"), said

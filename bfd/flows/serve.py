@@ -157,6 +157,7 @@ def serve(prefect_file: str | Path = "prefect.yaml",
     if watch is not None:
         watch(lines)
     try:
+        lines.drop_late_runs()
         lines.schedule_runs()
     except Exception as err:  # noqa: BLE001 - a server's own scheduler may still create them
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
@@ -240,6 +241,41 @@ class RunLines:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failed = 0  # polls failed in a row
+        # each served deployment's late runs that drop_late_runs deleted
+        self.dropped: dict[UUID, list] = {}
+
+    def drop_late_runs(self) -> None:
+        """Deletes the runs that a served deployment's schedule created before this serve
+        and that still wait, late (an earlier server's or serve's, stopped since): each holds
+        the deployment's parameters of then, not the file's now (Prefect's update of a
+        deployment deletes only the scheduled runs of future times), and a backlog of them
+        started all at once when serving began (trial 17). Runs made by hand (``prefect
+        deployment run``) are kept: someone asked for them."""
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import (
+            DeploymentFilter,
+            DeploymentFilterId,
+            FlowRunFilter,
+            FlowRunFilterExpectedStartTime,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
+
+        with get_client(sync_client=True) as client:
+            for dep_id in self.served:
+                late = client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(
+                        state=FlowRunFilterState(type=FlowRunFilterStateType(
+                            any_=[StateType.SCHEDULED])),
+                        expected_start_time=FlowRunFilterExpectedStartTime(
+                            before_=self.since)),
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep_id])))
+                late = [r for r in late if r.auto_scheduled and not r.run_count]
+                for run in late:
+                    client.delete_flow_run(run.id)
+                if late:
+                    self.dropped[dep_id] = late
 
     def schedule_runs(self) -> None:
         """Creates the next runs of the active schedules of each served deployment that is
@@ -296,6 +332,11 @@ class RunLines:
                                      lambda dep_id=dep_id: self._next_run(client, dep_id))
                 own = (dep.parameters or {}).get("store")
                 own = f"; store {deployment_store(own)[0]}" if own else ""
+                late = self.dropped.get(dep_id, [])
+                if late:
+                    first = min(r.expected_start_time for r in late)
+                    own += (f"; {len(late)} late run(s) its schedule made before this serve "
+                            f"(from {_when(first)} on, with the parameters of then) deleted")
                 self.say(f"  {dep.name} (flow {dep.flow_name}): {when}{own}")
 
     def start(self) -> None:
