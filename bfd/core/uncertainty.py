@@ -177,14 +177,14 @@ class Replicates:
 
     def _recentred_cc(self, drop: int, n: int, shifted: np.ndarray) -> np.ndarray:
         """What ``E_cc`` of the images outside group ``drop`` gains when their content is
-        centred on their own means, ``(H,)``: with ``F = D_g U / N'`` (``G`` with V) the
-        images' Grams become ``K + YᵀF + FᵀY + FᵀF``; the terms linear in ``Y`` or ``Z`` and
-        the Grams are pass 2's ``cc_recentre``, ``Σ_{n∉g} Y_n = −D_g U`` gives those linear
-        in ``Y`` alone, and the terms in ``(YᵀF) ∘ (ZᵀG)`` are left out (docs/method.md,
-        "Uncertainty").
+        centred on their own means, ``(H,)``: with ``F_q = D_g U / N'`` (``F_k`` with V) the
+        images' query Grams become ``K + YᵀF_q + F_qᵀY + F_qᵀF_q`` (the key ones likewise);
+        the terms linear in ``Y`` or ``Z`` and the Grams are pass 2's ``cc_recentre``,
+        ``Σ_{n∉g} Y_n = −D_g U`` gives those linear in ``Y`` alone, and the terms in
+        ``(YᵀF_q) ∘ (ZᵀF_k)`` are left out (docs/method.md, "Uncertainty").
 
         Args:
-            shifted: ``FᵀF`` and ``GᵀG`` stacked, ``(2H, dh, dh)``.
+            shifted: ``F_qᵀF_q`` and ``F_kᵀF_k`` stacked, ``(2H, dh, dh)``.
         """
         p2, H, so = self.p2, self.H, self.so
         if p2.cc_recentre.shape[0] <= drop:  # a state made without the groups' shifts
