@@ -69,18 +69,17 @@ def _store(args: argparse.Namespace) -> str:
                          "path) for --store")
     if root.is_dir():
         check_store(root)
-    elif getattr(args, "command", None) in _CREATING and str(root) not in _said_new:
-        # a typo'd --store of a scheduled job would start a new history there, silently
-        # (its first audit passing --fail-on-drift as a first audit; trial 17)
-        _said_new.add(str(root))
-        would = "would be made" if getattr(args, "dry_run", False) else "is made"
-        sys.stderr.write(f"bfd: no store at {str(root)!r}: a new one {would} there\n")
     return str(root)
 
 
-# The commands that make their store where none is, and the new stores said so once.
-_CREATING = frozenset({"extract", "audit", "audit-checkpoints"})
-_said_new: set[str] = set()
+def say_new_store(store: str, dry_run: bool = False) -> None:
+    """A writing command's first line where its store is not there yet, said once every
+    refusal has passed (a request refused makes nothing): a typo'd --store of a scheduled job
+    started a new history there unseen, its first audit passing --fail-on-drift as the first
+    of its series (trial 17)."""
+    if not os.path.exists(store):
+        would = "would be made" if dry_run else "is made"
+        sys.stderr.write(f"bfd: no store at {store!r}: a new one {would} there\n")
 
 
 def _check_request_early(args: argparse.Namespace, config) -> None:
@@ -346,6 +345,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     info = _check_model_request(config)  # before Prefect is imported
     _check_space(config, _store(args), info)
     _check_placement(args, config)
+    say_new_store(_store(args))
     from bfd.flows.extract import extract
     from bfd.flows.runners import task_runner
 

@@ -373,8 +373,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     check_series(Store(store), series)
     thresholds = drift_thresholds(args.drift_threshold)
     if args.dry_run:
-        return print_plan(args, config, store, series,
-                          computed_run_of(args, config, store, any_path=True))
+        plan = computed_run_of(args, config, store, any_path=True)
+        cli.say_new_store(store, dry_run=True)
+        return print_plan(args, config, store, series, plan)
     reused = computed_run_of(args, config, store)
     if reused is None:
         # the server's start-up (the longer) overlaps the import of torch and timm; an
@@ -385,6 +386,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             cli._check_space(config, store, info)
         cli._check_placement(args, config)
     require_writable(store)  # an audit always writes its tables
+    cli.say_new_store(store)
     if args.demo:
         print("demo: random-init (untrained) vit_tiny_patch16_224 on 64 embedded sample images;"
               " weights are labelled 'random' everywhere", file=sys.stderr)
@@ -762,6 +764,7 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
     check_place(series)
     store = cli._store(args)
     if args.dry_run:
+        cli.say_new_store(store, dry_run=True)
         return print_checkpoints_plan(args, config, store, series)
     # nothing to audit: said without torch, timm or Prefect, as the flow would say it
     out = nothing_to_audit(args, config, store, series)
@@ -770,6 +773,7 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
     if out is None:
         cli._check_model_request(config)
         cli._check_placement(args, config)
+        cli.say_new_store(store)
         lines.left_out(bad)  # known now: said before the first audit, not after the last
         from bfd.cli_interrupt import CheckpointsInterrupt, say
         from bfd.flows import progress
