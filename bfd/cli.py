@@ -72,14 +72,14 @@ def _store(args: argparse.Namespace) -> str:
     return str(root)
 
 
-def say_new_store(store: str, dry_run: bool = False) -> None:
-    """A writing command's first line where its store is not there yet, said once every
-    refusal has passed (a request refused makes nothing): a typo'd --store of a scheduled job
-    started a new history there unseen, its first audit passing --fail-on-drift as the first
-    of its series (trial 17)."""
-    if not os.path.exists(store):
-        would = "would be made" if dry_run else "is made"
-        sys.stderr.write(f"bfd: no store at {store!r}: a new one {would} there\n")
+def say_new_store(store: str, missing: bool, dry_run: bool = False) -> None:
+    """A writing command's line when its work made its store (``missing``: none was there when
+    it began; a dry run: would make it): a typo'd --store of a scheduled job started a new
+    history there unseen, its first audit passing --fail-on-drift as the first of its series
+    (trial 17). Said once the work is done, so that a request refused stays one line."""
+    if missing and (dry_run or os.path.exists(store)):
+        made = "would be made" if dry_run else "was made"
+        sys.stderr.write(f"bfd: no store was at {store!r}: a new one {made} there\n")
 
 
 def _check_request_early(args: argparse.Namespace, config) -> None:
@@ -345,12 +345,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
     info = _check_model_request(config)  # before Prefect is imported
     _check_space(config, _store(args), info)
     _check_placement(args, config)
-    say_new_store(_store(args))
     from bfd.flows.extract import extract
     from bfd.flows.runners import task_runner
 
     flow = extract.with_options(task_runner=task_runner(args.workers, args.dask_address))
+    missing = not os.path.exists(_store(args))
     rid = _with_bars(flow, config, _store(args), args.gpu_resources)["run_id"]
+    say_new_store(_store(args), missing)
     print(f"run {rid} extracted into {_store(args)}")
     return 0
 

@@ -4,6 +4,7 @@ its report), ``bfd audit-checkpoints`` and ``bfd serve``."""
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import textwrap
@@ -372,10 +373,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
     check_place(series, args.step)
     check_series(Store(store), series)
     thresholds = drift_thresholds(args.drift_threshold)
+    missing = not os.path.exists(store)
     if args.dry_run:
-        plan = computed_run_of(args, config, store, any_path=True)
-        cli.say_new_store(store, dry_run=True)
-        return print_plan(args, config, store, series, plan)
+        code = print_plan(args, config, store, series,
+                          computed_run_of(args, config, store, any_path=True))
+        cli.say_new_store(store, missing, dry_run=True)
+        return code
     reused = computed_run_of(args, config, store)
     if reused is None:
         # the server's start-up (the longer) overlaps the import of torch and timm; an
@@ -386,7 +389,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
             cli._check_space(config, store, info)
         cli._check_placement(args, config)
     require_writable(store)  # an audit always writes its tables
-    cli.say_new_store(store)
     if args.demo:
         print("demo: random-init (untrained) vit_tiny_patch16_224 on 64 embedded sample images;"
               " weights are labelled 'random' everywhere", file=sys.stderr)
@@ -409,6 +411,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
                                  dashboard=not args.no_dashboard,
                                  store_activations=args.store_activations,
                                  decompose_options=DecomposeParams(**decompose))
+    cli.say_new_store(store, missing)
     if args.format == "json":  # the record alone on stdout; the warnings on stderr
         print_json(audit_record(out))
         print_interval_warning(store, out["run_id"])
@@ -763,9 +766,11 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
               else checkpoints_series(config.model, args.checkpoints, config.model_args))
     check_place(series)
     store = cli._store(args)
+    missing = not os.path.exists(store)
     if args.dry_run:
-        cli.say_new_store(store, dry_run=True)
-        return print_checkpoints_plan(args, config, store, series)
+        code = print_checkpoints_plan(args, config, store, series)
+        cli.say_new_store(store, missing, dry_run=True)
+        return code
     # nothing to audit: said without torch, timm or Prefect, as the flow would say it
     out = nothing_to_audit(args, config, store, series)
     as_json = args.format == "json"
@@ -773,7 +778,6 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
     if out is None:
         cli._check_model_request(config)
         cli._check_placement(args, config)
-        cli.say_new_store(store)
         lines.left_out(bad)  # known now: said before the first audit, not after the last
         from bfd.cli_interrupt import CheckpointsInterrupt, say
         from bfd.flows import progress
@@ -794,6 +798,7 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
                                      decompose_options=DecomposeParams(**decompose))
         except CheckpointsLeftOut as err:  # the flow run is Failed; its left-out files end here
             out = err.out
+        cli.say_new_store(store, missing)
     if as_json:  # the record alone on stdout, then the exit status as below
         print_json(checkpoints_record(out))
     if not out["audits"]:

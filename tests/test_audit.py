@@ -82,9 +82,10 @@ def test_a_dry_run_says_what_an_audit_would_do_and_does_nothing(audited, tmp_pat
         "images) to extract, at most " in out and \
         "audit: series test_vit@random-seed-0, step its start time (" in out, out
     assert not new.exists()
-    # said once, first: a mistyped --store of a scheduled job started a new history unseen
-    assert err.splitlines()[0] == f"bfd: no store at {str(new)!r}: a new one would be made there"
-    assert err.count("no store at") == 1
+    # said once: a mistyped --store of a scheduled job started a new history unseen
+    assert err.splitlines()[-1] == (f"bfd: no store was at {str(new)!r}: a new one would be "
+                                    "made there")
+    assert err.count("no store was at") == 1
     # the same on the audited store: its drift is not compared, as the audit would not compare
     # it (the dry run said it would compare with the series' latest audit)
     assert main([*argv[:-2], "--n-images", "8", "--store", root]) == 0

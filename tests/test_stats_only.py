@@ -193,6 +193,8 @@ def test_a_stats_only_audit_says_its_plan_and_reports_each_pass_batch_by_batch(s
     bars = err.replace("\r", "\n")
     assert "forward 1/2: 100%" in bars and "forward 2/2: 100%" in bars
     assert "decompose: 100%" in bars and "extract" not in bars
+    # the audit made its store (none was there): said once, after its work
+    assert err.count(f"bfd: no store was at {str(root)!r}: a new one was made there\n") == 1
 
 
 def test_runs_says_a_stats_only_run_kept_no_activations(stats_audit, capsys):
