@@ -204,14 +204,18 @@ def _inner(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def brute_energies(x: np.ndarray, index: np.ndarray, W: np.ndarray, H: int,
-                   content_cc: np.ndarray | None = None) -> dict:
+                   content_cc: np.ndarray | None = None,
+                   cc_shift: np.ndarray | None = None) -> dict:
     """Raw and corrected block energies ``(H, 4)`` of the images ``x`` (global indices
     ``index``) from explicit T x T logit blocks and each quarter's own position means.
 
     With ``Y_a = P_a U``, ``Σ_ij σ_i σ_j (Y_aᵀY_b)[i, j] (Z_cᵀZ_d)[i, j]`` (``Z = P V``) is the
     block product ``<P_a M P_cᵀ, P_b M P_dᵀ>``, so the docs' Gram formulas read here as products
     of logit blocks; symmetrising both Grams averages the two ways of pairing the key quarters.
-    ``content_cc``: the content whose ``E_cc`` is taken (default: this sample's own).
+    ``content_cc``: the content whose ``E_cc`` is taken (default: this sample's own);
+    ``cc_shift``: with it, ``E_cc`` of ``content_cc + cc_shift`` (a jackknife replicate's
+    content re-centred), less the terms docs/method.md ("Uncertainty") leaves out, in logit
+    form ``2 <C M Cᵀ, S M Sᵀ> + 2 <C M Sᵀ, S M Cᵀ>`` (S the shift).
     """
     s1 = brute_stage1(x)
     pos, c = s1["pos"], s1["c"]
@@ -228,10 +232,16 @@ def brute_energies(x: np.ndarray, index: np.ndarray, W: np.ndarray, H: int,
     raw, adj = [], []
     for h in range(H):
         M = dh**-0.5 * W[h * dh:(h + 1) * dh].T @ W[d_attn + h * dh:d_attn + (h + 1) * dh]
+        if cc_shift is None:
+            e_cc = sum(np.sum((cc[n] @ M @ cc[n].T) ** 2) for n in range(N))
+        else:
+            S = cc_shift
+            e_cc = sum(np.sum(((cc[n] + S) @ M @ (cc[n] + S).T) ** 2)
+                       - 2 * _inner(cc[n] @ M @ cc[n].T, S @ M @ S.T)
+                       - 2 * _inner(cc[n] @ M @ S.T, S @ M @ cc[n].T) for n in range(N))
         raw.append([N * np.sum((pos @ M @ pos.T) ** 2),
                     sum(np.sum((pos @ M @ c[n].T) ** 2) for n in range(N)),
-                    sum(np.sum((c[n] @ M @ pos.T) ** 2) for n in range(N)),
-                    sum(np.sum((cc[n] @ M @ cc[n].T) ** 2) for n in range(N))])
+                    sum(np.sum((c[n] @ M @ pos.T) ** 2) for n in range(N)), e_cc])
         pc = np.mean([sum(_inner(P[a] @ M @ c[n].T, P[b] @ M @ c[n].T) for n in range(N))
                       for a, b in pairs])
         cp = np.mean([sum(_inner(c[n] @ M @ P[a].T, c[n] @ M @ P[b].T) for n in range(N))
@@ -249,9 +259,9 @@ def brute_energies(x: np.ndarray, index: np.ndarray, W: np.ndarray, H: int,
 def brute_jackknife(x: np.ndarray, index: np.ndarray, groups: int, ci_target: float,
                     W: np.ndarray | None = None, H: int = 0) -> dict:
     """The delete-a-group jackknife of docs/method.md ("Uncertainty") by re-running the brute
-    force without each group's images, with ``E_cc`` of a replicate on the whole sample's
-    centring as documented. Layer figures as floats; with ``W`` (attn_in) head figures as
-    ``(H,)`` arrays, ``head_type_stability`` among them."""
+    force without each group's images, with ``E_cc`` of a replicate re-centred but for the
+    terms second order in the shift, as documented. Layer figures as floats; with ``W``
+    (attn_in) head figures as ``(H,)`` arrays, ``head_type_stability`` among them."""
     x = np.asarray(x, dtype=np.float64)
     index = np.asarray(index)
     c_full = brute_stage1(x)["c"]
@@ -259,7 +269,10 @@ def brute_jackknife(x: np.ndarray, index: np.ndarray, groups: int, ci_target: fl
     def estimate(keep: np.ndarray) -> dict:
         est = brute_shares(x[keep])
         if W is not None:
-            e = brute_energies(x[keep], index[keep], W, H, content_cc=c_full[keep])
+            # the content of the images outside the group moves by D_g / N' (its own means)
+            shift = None if keep.all() else c_full[~keep].sum(axis=0) / keep.sum()
+            e = brute_energies(x[keep], index[keep], W, H, content_cc=c_full[keep],
+                               cc_shift=shift)
             frac = e["energy"] / e["energy"].sum(1, keepdims=True)
             frac_adj = e["energy_adj"] / e["energy_adj"].sum(1, keepdims=True)
             for i, b in enumerate(BLOCKS):
