@@ -3,7 +3,7 @@
 --   frac_pos_resid: Stage 1 at the resid site, NULL where the run did not record it;
 --   e_*: head energies summed over the layer's heads; f_*: those sums divided by their total
 --   (energy-weighted); mean_f_*: plain mean of the heads' own fractions;
---   n_heads_pp / _cp / _cc: heads whose stored head_type (docs/method.md "Head type") is
+--   n_heads_pp / _cp / _cc: heads whose stored head_type (docs/method.md "Stage 2") is
 --   position-position, content-position or content-content; n_heads_undefined: heads whose
 --   energies were zero or not finite (head_type 'undefined', counted in none of the three);
 --   frac_pos_adj (and its 95 % interval _lo/_hi), frac_pos_chance: the chance-corrected
