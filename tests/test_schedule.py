@@ -140,9 +140,11 @@ def check_audits(store: Path, series: str) -> None:
         (audits[1]["audit_id"], 0, None, "frac_pos")]
     assert [a["n_flagged"] for a in audits] == [0, 1, 0]
     runs = {r["run_id"]: r for r in read_table(Store(store), "runs").to_pylist()}
-    # the run gave some fields of config; the others are the deployment's (dtype float32)
+    # the run gave some fields of config; the others are the deployment's, and what neither
+    # gives the command's default (dtype float16, as `bfd audit-checkpoints`: its audits are
+    # not audited again by the deployment)
     assert [(runs[a["run_id"]]["dtype"], runs[a["run_id"]]["n_images"],
-             runs[a["run_id"]]["layers"]) for a in audits] == [("float32", 6, "0")] * 3
+             runs[a["run_id"]]["layers"]) for a in audits] == [("float16", 6, "0")] * 3
 
 
 def check_prefect(url, store, series, ckpts, env, commands, subs) -> None:
