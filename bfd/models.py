@@ -181,10 +181,8 @@ def _close_names(name: str) -> str:
     """``did you mean ...; `` with up to 3 timm names (or pretrained tags of the same
     architecture) close to a mistyped ``name``; empty when none is close."""
     arch, dot, _ = name.partition(".")
-    candidates = (
-        [p for p in timm.list_pretrained(f"{arch}.*")]
-        if dot and timm.is_model(arch) else timm.list_models()
-    )
+    candidates = (timm.list_pretrained(f"{arch}.*") if dot and timm.is_model(arch)
+                  else timm.list_models())
     close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.75)
     return f"did you mean {', '.join(close)}? " if close else ""
 
