@@ -152,11 +152,13 @@ def write_synthetic_run(
                 sigma = np.asarray(sigmas[head], dtype=float)
             for mode in range(n_modes):
                 e = energy[layer, head] * sigma[mode] ** 2 / (sigma**2).sum()
+                alpha, beta = rng.uniform(), rng.uniform()
+                real = sigma[mode] > 0  # a mode of sigma 0: no alpha, beta or type, as published
                 mode_rows.append({
                     "layer": layer, "head": head, "mode": mode, "sigma": sigma[mode],
-                    "alpha": rng.uniform(), "beta": rng.uniform(),
+                    "alpha": alpha if real else None, "beta": beta if real else None,
                     **{f"e_{b}": e[i] for i, b in enumerate(BLOCKS)},
-                    "mode_type": BLOCKS[int(np.argmax(e))],
+                    "mode_type": BLOCKS[int(np.argmax(e))] if real else "undefined",
                 })
     write_rows(store, "heads", model, run_id, head_rows)
     write_rows(store, "modes", model, run_id, mode_rows)

@@ -427,6 +427,27 @@ def test_series_page_marks_drift_of_audits(tmp_path, browser, monkeypatch):
     assert browser.find_element("id", "results-link").get_attribute("href").startswith("file://")
 
 
+def test_the_alpha_beta_plot_draws_only_modes_with_alpha_beta_and_energy(tmp_path, browser):
+    """Modes of sigma 0 (a pruned head's, or past a head's rank: no alpha, beta or energy)
+    were drawn at meaningless places and stretched the colour scale to log10 energy -300
+    (bfd plot has its own test: test_plot_layout.py). Head 1 here has two such modes."""
+    write_synthetic_run(tmp_path / "store", "p-1", depth=2, n_heads=2, n_modes=4,
+                        sigmas={1: [2.0, 1.0, 0.0, 0.0]})
+    build_dashboard(tmp_path / "store", tmp_path / "site")
+    open_page(browser, (tmp_path / "site" / "runs" / "p-1.html").as_uri())
+    assert_clean(browser, "file://")
+    drawn = browser.execute_script(
+        "return document.getElementById('alphabeta-plot').data"
+        ".filter(t => t.name.startsWith('mode type '))"
+        ".map(t => [t.name, Array.from(t.x), Array.from(t.marker.color)])")
+    alphas = [a for _, xs, _ in drawn for a in xs]
+    colours = [c for *_, cs in drawn for c in cs]
+    # layer 0: head 0's 4 modes and head 1's 2 real ones, none undefined
+    assert len(alphas) == 6 and all(0 <= a <= 1 for a in alphas), drawn
+    assert "mode type undefined" not in [name for name, *_ in drawn]
+    assert min(colours) > -50, colours  # log10 of real energies, not of 0
+
+
 def test_log_axes_of_a_zero_or_denormal_value_stop_at_the_floor(tmp_path, browser):
     # as in bfd plot (test_plot_layout.py): a residual of 0 and denormal ones (1e-314) are
     # drawn at LOG_FLOOR, the axis stops there instead of at 1e-314, the hover keeps the
