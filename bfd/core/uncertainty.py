@@ -157,10 +157,11 @@ class Replicates:
             dP = -self.D[drop] / n
             P = self.P + dP - dP.mean(1, keepdims=True)
             moved = n * _gram(dP)
-            K_q = p2.K_q - p2.group_K_q[drop] - moved[:H]
-            K_k = p2.K_k - p2.group_K_k[drop] - moved[H:]
+            # the Grams of the images outside, centred on all images, then on their own
+            out_q, out_k = p2.K_q - p2.group_K_q[drop], p2.K_k - p2.group_K_k[drop]
+            K_q, K_k = out_q - moved[:H], out_k - moved[H:]
             KK = p2.KK - p2.group_KK[drop]
-            cc = self._recentred_cc(drop, n, moved / n)
+            cc = self._recentred_cc(drop, n, out_q, out_k, moved / n)
         grams = _gram(P)
         energy = energies(n, self.so, grams[:H], grams[H:], K_q, K_k, KK, cc)
         quarters = [tuple(g for g in keep if g % 4 == q) for q in range(4)]
@@ -175,7 +176,8 @@ class Replicates:
         out["energy"], out["energy_adj"] = energy, energy_adj
         return out
 
-    def _recentred_cc(self, drop: int, n: int, shifted: np.ndarray) -> np.ndarray:
+    def _recentred_cc(self, drop: int, n: int, out_q: np.ndarray, out_k: np.ndarray,
+                      shifted: np.ndarray) -> np.ndarray:
         """What ``E_cc`` of the images outside group ``drop`` gains when their content is
         centred on their own means, ``(H,)``: with ``F_q = D_g U / N'`` (``F_k`` with V) the
         images' query Grams become ``K + YᵀF_q + F_qᵀY + F_qᵀF_q`` (the key ones likewise);
@@ -184,15 +186,15 @@ class Replicates:
         ``(YᵀF_q) ∘ (ZᵀF_k)`` are left out (docs/method.md, "Uncertainty").
 
         Args:
+            out_q, out_k: the query and key Grams of the images outside, centred on all
+                images, ``(H, dh, dh)``.
             shifted: ``F_qᵀF_q`` and ``F_kᵀF_k`` stacked, ``(2H, dh, dh)``.
         """
         p2, H, so = self.p2, self.H, self.so
         if p2.cc_recentre.shape[0] <= drop:  # a state made without the groups' shifts
             return np.zeros(H)
         Pq, Pk = shifted[:H], shifted[H:]
-        K_q = p2.K_q - p2.group_K_q[drop]  # the images outside, centred on all images
-        K_k = p2.K_k - p2.group_K_k[drop]
-        return (p2.cc_recentre[drop] + _pair(so, K_q, Pk) + _pair(so, Pq, K_k)
+        return (p2.cc_recentre[drop] + _pair(so, out_q, Pk) + _pair(so, Pq, out_k)
                 - 3 * n * _pair(so, Pq, Pk))
 
     def _quarter_gram(self, a: tuple[int, ...], b: tuple[int, ...]) -> np.ndarray:
