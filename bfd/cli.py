@@ -337,22 +337,23 @@ def cmd_extract(args: argparse.Namespace) -> int:
     _check_request_early(args, typed)
     # a request whose run is stored intact has nothing to do: said without Prefect or torch
     # (bfd.cli_reuse), as the flow would say it
-    done = extracted_run_of(args, typed, _store(args))
+    store = _store(args)  # checked (and a folder of other files refused) above
+    done = extracted_run_of(args, typed, store)
     if done is not None:
-        print(f"run {done} extracted into {_store(args)}")
+        print(f"run {done} extracted into {store}")
         return 0
     _start_prefect_server()
     info = _check_model_request(config)  # before Prefect is imported
-    _check_space(config, _store(args), info)
+    _check_space(config, store, info)
     _check_placement(args, config)
     from bfd.flows.extract import extract
     from bfd.flows.runners import task_runner
 
     flow = extract.with_options(task_runner=task_runner(args.workers, args.dask_address))
-    missing = not os.path.exists(_store(args))
-    rid = _with_bars(flow, config, _store(args), args.gpu_resources)["run_id"]
-    say_new_store(_store(args), missing)
-    print(f"run {rid} extracted into {_store(args)}")
+    missing = not os.path.exists(store)
+    rid = _with_bars(flow, config, store, args.gpu_resources)["run_id"]
+    say_new_store(store, missing)
+    print(f"run {rid} extracted into {store}")
     return 0
 
 
