@@ -176,6 +176,27 @@ def serve(prefect_file: str | Path = "prefect.yaml",
         lines.stop()
 
 
+def _scheduled_runs(client, dep_id: UUID, before: datetime | None = None, **read) -> list:
+    """The flow runs of deployment ``dep_id`` still waiting in state Scheduled (expected to
+    start before ``before``, where given); ``read``: more arguments of ``read_flow_runs``."""
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterExpectedStartTime,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    when = ({} if before is None else
+            {"expected_start_time": FlowRunFilterExpectedStartTime(before_=before)})
+    return client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+            type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])), **when),
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep_id])), **read)
+
+
 def _when(moment: datetime | None) -> str:
     """A time of the API in the terminal's time zone, to the second."""
     moment = moment or datetime.now(UTC)
@@ -252,26 +273,11 @@ class RunLines:
         started all at once when serving began (trial 17). Runs made by hand (``prefect
         deployment run``) are kept: someone asked for them."""
         from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import (
-            DeploymentFilter,
-            DeploymentFilterId,
-            FlowRunFilter,
-            FlowRunFilterExpectedStartTime,
-            FlowRunFilterState,
-            FlowRunFilterStateType,
-        )
-        from prefect.client.schemas.objects import StateType
 
         with get_client(sync_client=True) as client:
             for dep_id in self.served:
-                late = client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(
-                        state=FlowRunFilterState(type=FlowRunFilterStateType(
-                            any_=[StateType.SCHEDULED])),
-                        expected_start_time=FlowRunFilterExpectedStartTime(
-                            before_=self.since)),
-                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep_id])))
-                late = [r for r in late if r.auto_scheduled and not r.run_count]
+                late = [r for r in _scheduled_runs(client, dep_id, before=self.since)
+                        if r.auto_scheduled and not r.run_count]
                 for run in late:
                     client.delete_flow_run(run.id)
                 if late:
@@ -294,21 +300,9 @@ class RunLines:
                                json={"min_runs": 1, "min_time": 2 * SCHEDULE_SECONDS})
 
     def _next_run(self, client, dep_id: UUID):
-        from prefect.client.schemas.filters import (
-            DeploymentFilter,
-            DeploymentFilterId,
-            FlowRunFilter,
-            FlowRunFilterState,
-            FlowRunFilterStateType,
-        )
-        from prefect.client.schemas.objects import StateType
         from prefect.client.schemas.sorting import FlowRunSort
 
-        runs = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
-                type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))),
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep_id])),
-            sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=1)
+        runs = _scheduled_runs(client, dep_id, sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=1)
         return runs[0].expected_start_time if runs else None
 
     def say_serving(self, prefect_file: str | Path) -> None:
