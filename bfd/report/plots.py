@@ -92,6 +92,12 @@ def _shares(run: dict, layers: list[dict], heads: list[dict], modes: list[dict],
     return fig
 
 
+def _annotated(shape: tuple[int, int]) -> bool:
+    """Whether the cells of a (layers, heads) map carry their text: while a cell of the maps
+    side by side on a 7 in figure is wide enough for it."""
+    return shape[1] <= _ANNOTATED_HEADS and shape[0] * shape[1] <= 200
+
+
 def _head_types(ax, lay: np.ndarray, hd: np.ndarray, heads: list[dict], shape) -> None:
     """The head type of each head (docs/method.md: the argmax of f_pp, f_pc + f_cp, f_cc), a
     colour a type as on the dashboard's head map, the type's short name in each cell while
@@ -99,20 +105,21 @@ def _head_types(ax, lay: np.ndarray, hd: np.ndarray, heads: list[dict], shape) -
     known = [t for t, _, _ in HEAD_TYPE_STYLE]
     index = [known.index(r["head_type"]) if r.get("head_type") in known else len(known)
              for r in heads]
-    styles = HEAD_TYPE_STYLE + ((OTHER_TYPE_STYLE,) if len(known) in index else ())
+    every = HEAD_TYPE_STYLE + (OTHER_TYPE_STYLE,)
     grid = np.full(shape, np.nan)
     grid[lay, hd] = index
-    colours = [c for _, _, c in HEAD_TYPE_STYLE + (OTHER_TYPE_STYLE,)]
-    ax.imshow(grid, cmap=ListedColormap(colours), vmin=-0.5,
-              vmax=len(colours) - 0.5, aspect="auto", interpolation="nearest")
-    if shape[1] <= _ANNOTATED_HEADS and grid.size <= 200:
+    ax.imshow(grid, cmap=ListedColormap([c for _, _, c in every]), vmin=-0.5,
+              vmax=len(every) - 0.5, aspect="auto", interpolation="nearest")
+    if _annotated(shape):
         for (i, j), value in np.ndenumerate(grid):
             if np.isfinite(value):
-                ax.text(j, i, styles[int(value)][1] if value < len(styles) else "–",
-                        ha="center", va="center", fontsize=5, color="white")
+                ax.text(j, i, every[int(value)][1], ha="center", va="center", fontsize=5,
+                        color="white")
     ax.set_title("head type")
     ax.set_xlabel("head")
     integer_ticks(ax.xaxis)
+    # the legend: the three types, and undefined where a head is
+    styles = every if len(known) in index else HEAD_TYPE_STYLE
     handles = [Patch(color=c, label=f"{short}: {name}"
                      + (" (f_pc + f_cp)" if short == "pc" else "")) for name, short, c in styles]
     ax.figure.legend(handles=handles, loc="outside lower left", ncols=len(handles),
@@ -130,7 +137,7 @@ def _head_map(run: dict, layers: list[dict], heads: list[dict], modes: list[dict
         grid[lay, hd] = _col(heads, block)
         image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, aspect="auto",
                           interpolation="nearest")
-        if n_h <= _ANNOTATED_HEADS and n_l * n_h <= 200:
+        if _annotated(grid.shape):
             for (i, j), value in np.ndenumerate(grid):
                 if np.isfinite(value):
                     ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=5,
