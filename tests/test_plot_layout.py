@@ -10,6 +10,7 @@ import pytest
 from dashstore import write_synthetic_run
 from matplotlib.axis import Axis
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 
@@ -77,12 +78,6 @@ def runs(tmp_path_factory) -> dict[int, object]:
         out[depth] = run_figures(root, run_id(depth))[0], values
         out["root"][depth] = root
     return out
-
-
-def mpl_rgb(colour: str) -> tuple[float, float, float]:
-    from matplotlib.colors import to_rgb
-
-    return to_rgb(colour)
 
 
 def titled(fig: Figure, title: str):
@@ -205,7 +200,7 @@ def test_the_head_map_shows_each_heads_stored_type_in_its_colour(runs):
     ax = titled(fig, "head type")
     grid = ax.get_images()[0].get_array()
     rgb = ax.get_images()[0].to_rgba(grid)[..., :3]
-    styles = {t: mpl_rgb(c) for t, _, c in HEAD_TYPE_STYLE + (OTHER_TYPE_STYLE,)}
+    styles = {t: to_rgb(c) for t, _, c in HEAD_TYPE_STYLE + (OTHER_TYPE_STYLE,)}
     from bfd.queries import connect
     from bfd.report.data import run_detail
 
