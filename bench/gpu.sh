@@ -26,9 +26,11 @@ timeout 180 python3 bench/gpu_check.py 2>&1 | tee "$out/gpu_check.txt"
 failed=0
 bench() {  # name, command...: a failed benchmark is reported, the next one still runs
   local name=$1; shift
+  local t0=$SECONDS
   "$@" 2>&1 | tee "$out/$name.txt" || { echo "bench $name failed (exit $?)"; failed=1; }
+  echo "bench $name took $((SECONDS - t0)) s"
 }
-bench core_cuda timeout 120 python3 bench/core.py --device cuda --n 1024 --brute-n 4
+bench core_cuda timeout 120 python3 bench/core.py --device cuda --n 1024 --compare-n 4
 bench extract_cuda timeout 200 python3 bench/extract.py --device cuda --no-flow --n-images 512 \
   --batch-size 64 --decode-workers 8 --reps 2 --stages
 # the same with shards of 8 chunks: a shard's writes then overlap its next forwards

@@ -7,9 +7,6 @@ import os
 import socket
 from urllib.parse import urlsplit
 
-from prefect.settings import get_current_settings
-from prefect.task_runners import ThreadPoolTaskRunner
-
 CONNECT_TIMEOUT_S = 3.0
 
 
@@ -84,6 +81,8 @@ def task_runner(workers: int = 1, dask_address: str | None = None):
 
         return DaskTaskRunner(address=dask_address)
     if workers == 1:
+        from prefect.task_runners import ThreadPoolTaskRunner
+
         return ThreadPoolTaskRunner(max_workers=1)
     from prefect_dask import DaskTaskRunner
 
@@ -97,7 +96,12 @@ def task_runner(workers: int = 1, dask_address: str | None = None):
 def user_thread_pool() -> int | None:
     """The thread pool size a user set for every flow (Prefect's setting
     ``PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS``: the environment or a profile); None
-    when unset."""
+    when unset, or where Prefect is not installed (bench/gpu.sh's device machine, whose benches
+    call ``one_thread_per_task`` without it)."""
+    try:
+        from prefect.settings import get_current_settings
+    except ImportError:
+        return None
     return get_current_settings().tasks.runner.thread_pool_max_workers
 
 
@@ -131,4 +135,6 @@ def decompose_flow(dask_address: str | None = None):
 
     if dask_address or user_thread_pool():
         return decompose
+    from prefect.task_runners import ThreadPoolTaskRunner
+
     return decompose.with_options(task_runner=ThreadPoolTaskRunner(max_workers=local_cores()))
