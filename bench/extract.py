@@ -235,6 +235,12 @@ def time_stages(cfg: ExtractConfig, workdir: Path) -> dict[str, float]:
         (tasks, "mark_shard_done", timer.timed("markers", tasks.mark_shard_done, cfg.device)),
         (tasks, "prepare_run", timer.timed("prepare_run", tasks.prepare_run, cfg.device)),
     ]
+    # the parts of prepare_run, each also inside its total
+    parts = {"list_images": imgs, "create_activation_template": tasks,
+             "write_model_tensors": tasks, "capture_logit_check": tasks}
+    patches += [(mod, name, timer.timed(f"prepare_run.{name}", getattr(mod, name),
+                                        "cpu"))
+                for name, mod in parts.items()]
     saved = [(mod, name, getattr(mod, name)) for mod, name, _ in patches]
     try:
         for mod, name, fn in patches:
@@ -252,7 +258,8 @@ def time_stages(cfg: ExtractConfig, workdir: Path) -> dict[str, float]:
     # stages take turns. The rest: the NaN shard buffer, float32 -> storage dtype copies into
     # it, the wait for the last writes and Python overhead.
     overlapped = {"zarr_write"} if tasks._overlaps(models.resolve_device(cfg.device)) else set()
-    known = sum(v for k, v in timer.seconds.items() if k not in overlapped)
+    known = sum(v for k, v in timer.seconds.items()
+                if k not in overlapped and not k.startswith("prepare_run."))
     timer.seconds["cast_copy_other"] = max(0.0, total - known)
     timer.seconds["total"] = total
     return {k: round(v, 3) for k, v in timer.seconds.items()}

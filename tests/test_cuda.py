@@ -80,3 +80,26 @@ def test_cuda_extraction_stores_the_cpu_forward(tmp_path):
         assert np.isnan(want).all(axis=(0, 2, 3)).sum() == 1  # the bad image's rows
         scale = np.nanmax(np.abs(want))
         assert np.nanmax(np.abs(got - want)) <= 1e-4 * scale, site
+
+
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_activations_that_overflow_float16_are_refused_on_either_device(tmp_path, device):
+    """The finiteness test of what is stored runs on the GPU's float16 activations there and
+    on the shard buffer's bits on the CPU: both refuse a layer that overflows float16 (the
+    CPU's twin, in tests/test_degenerate.py, runs through the CLI)."""
+    import safetensors.torch
+    import timm
+
+    state = timm.create_model("test_vit", pretrained=False, img_size=32).state_dict()
+    state["blocks.1.norm1.weight"] = state["blocks.1.norm1.weight"] * 0 + 1e6
+    path = tmp_path / "weights.safetensors"
+    safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    cfg = ExtractConfig(model="test_vit", weights=str(path), images="samples", n_images=4,
+                        layers="0,1", img_size=32, dtype="float16", batch_size=3,
+                        images_per_chunk=4, device=device)
+    plan = prepare_run(str(tmp_path), cfg)
+    (shard,) = plan.shards
+    with pytest.raises(ValueError, match="non-finite activations .* at site attn_in of layer 1"):
+        extract_shard(str(tmp_path), plan.run_id, cfg, shard, plan.layers,
+                      list(plan.records[shard.start:shard.stop]))
+    assert not list(Store(tmp_path).shards_dir(plan.run_id).glob("*.json"))

@@ -15,6 +15,24 @@ import zarr
 from .paths import Store
 
 
+def finite_rows(block: np.ndarray) -> np.ndarray:
+    """Whether each row of ``block`` (its first axis) is finite, tested on the bits in two
+    read-only passes: a float is +inf or NaN exactly when its bits, read as a signed integer,
+    are at least those of +inf, and -inf or NaN when, read as unsigned, they are at least those
+    of -inf (several times faster than ``np.isfinite``, on float16 most of all). Shared by
+    ``bfd verify`` and the extraction's check of what it stores."""
+    rows = block.reshape(len(block), -1)
+    itemsize = rows.dtype.itemsize
+    if rows.dtype.kind != "f" or itemsize not in (2, 4, 8):
+        return np.isfinite(rows).all(-1)
+    order = rows.dtype.str[0]  # the integers read the bits in the floats' byte order
+    signed, unsigned = f"{order}i{itemsize}", f"{order}u{itemsize}"
+    native = rows.dtype.newbyteorder("=")  # the bits' value as integers, whatever the order
+    inf = int(np.array(np.inf, native).view(f"i{itemsize}"))
+    minus_inf = int(np.array(-np.inf, native).view(f"u{itemsize}"))
+    return ((rows.view(signed).max(-1) < inf) & (rows.view(unsigned).max(-1) < minus_inf))
+
+
 class ChunkChecker:
     """Reads chunks of one array and tells which images hold a non-finite value, reusing its
     buffer: fresh arrays per chunk cost more in page faults than the read itself. One per
@@ -26,12 +44,6 @@ class ChunkChecker:
         if raw:
             self.buffer = np.empty(array.chunks, dtype=self.dtype)
             self.bytes = memoryview(self.buffer.view(np.uint8).reshape(-1))
-        itemsize = self.dtype.itemsize
-        self.bits = self.dtype.kind == "f" and itemsize in (2, 4, 8)
-        if self.bits:
-            self.signed, self.unsigned = f"<i{itemsize}", f"<u{itemsize}"
-            self.inf = int(np.array(np.inf, "<" + self.dtype.str[1:]).view(self.signed))
-            self.minus_inf = int(np.array(-np.inf, "<" + self.dtype.str[1:]).view(self.unsigned))
 
     def read(self, path: Path, layer: int, lo: int, hi: int) -> np.ndarray:
         """Images lo:hi of one layer's chunk: straight from the file when stored uncompressed
@@ -44,17 +56,6 @@ class ChunkChecker:
                 raise ValueError(f"chunk file has another size than {len(self.bytes)} bytes")
         start = (lo // self.array.chunks[1]) * self.array.chunks[1]
         return self.buffer[0, lo - start:hi - start]
-
-    def finite_rows(self, block: np.ndarray) -> np.ndarray:
-        """Whether each image is finite, tested on the bits in two read-only passes: a float
-        is +inf or NaN exactly when its bits, read as a signed integer, are at least those of
-        +inf, and -inf or NaN when, read as unsigned, they are at least those of -inf (several
-        times faster than ``np.isfinite``, on float16 most of all)."""
-        rows = block.reshape(len(block), -1)
-        if not self.bits or rows.dtype.byteorder == ">":
-            return np.isfinite(rows).all(-1)
-        return ((rows.view(self.signed).max(-1) < self.inf)
-                & (rows.view(self.unsigned).max(-1) < self.minus_inf))
 
 
 # Chunks read and checked at once: the reads of some overlap the finiteness test of others
@@ -122,7 +123,7 @@ class ChunkVerifier:
         except Exception as e:  # noqa: BLE001 - any decoding failure is the fault
             return Fault(str(path), f"unreadable ({' '.join(str(e).split())})",
                          kind="chunk files unreadable", **at)
-        bad = np.flatnonzero(job.ok & ~checker.finite_rows(block))
+        bad = np.flatnonzero(job.ok & ~finite_rows(block))
         if not len(bad):
             return None
         return Fault(str(path), f"non-finite values in images "

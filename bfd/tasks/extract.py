@@ -44,6 +44,7 @@ from bfd.storage import (
     write_shard,
 )
 from bfd.storage import run_id as request_run_id
+from bfd.storage.chunk_check import finite_rows
 from bfd.storage.fault_lines import fault_lines
 from bfd.tasks.model_check import CHECK_IMAGES, capture_logit_check, qkv_biases
 from bfd.tasks.request_key import record_request_key
@@ -530,12 +531,31 @@ def _overlaps(device: str) -> bool:
     return device != "cpu"
 
 
-def _require_finite(chunk: torch.Tensor, decoded: list[int], offset: int, site: str,
+def _nonfinite_rows(a: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
+    """``(layer, image)`` flags of the images of a forward's activations ``a`` (layer, image,
+    token, dim) that hold a NaN or inf as stored in ``stored``, their rows of the shard buffer,
+    just copied.
+
+    On a GPU, ``a`` is already in the storage dtype: tested there, a few microseconds, rather
+    than on the host buffer after the copy (``torch.isfinite`` on the host read float16 at about
+    1 GB/s, in the forward loop's thread). On the CPU, ``a`` is float32 and the copy casts it:
+    the stored bits are tested (``finite_rows``, four times faster than ``isfinite``), while
+    they are still in cache."""
+    if a.device.type != "cpu":
+        return (~torch.isfinite(a)).flatten(2).any(2)
+    rows = stored.numpy()
+    return torch.from_numpy(np.stack([~finite_rows(layer) for layer in rows]))
+
+
+def _require_finite(bad: torch.Tensor, decoded: list[int], offset: int, site: str,
                     layers: tuple[int, ...], dtype: str) -> None:
     """Refuse activations that are NaN or infinite as stored (undecodable images are NaN by
     design and left out): their BFD is undefined, and a shard must not be marked done with
-    them, or decomposition fails far from the cause."""
-    bad = (~torch.isfinite(chunk)).flatten(2).any(2)  # (layer, image)
+    them, or decomposition fails far from the cause.
+
+    Args:
+        bad: ``(layer, image)`` flags of the chunk's images (``_nonfinite_rows``), on the host.
+    """
     bad = bad[:, [i - offset for i in decoded]].any(1)
     if bad.any():
         layer = layers[int(bad.nonzero()[0, 0])]
@@ -573,10 +593,14 @@ def extract_shard(
     # the device straight into them (one asynchronous copy at full bus speed) instead of
     # through a pageable host tensor and a second host copy.
     pinned = device.startswith("cuda")
-    bufs = {site: torch.full((len(layers), n, T, d), float("nan"), dtype=getattr(torch, cfg.dtype),
-                             pin_memory=pinned)
+    # Every row is written: by its image's forward, or NaN where the image did not decode.
+    bufs = {site: torch.empty((len(layers), n, T, d), dtype=getattr(torch, cfg.dtype),
+                              pin_memory=pinned)
             for site in cfg.sites}
     out = {site: b.numpy() for site, b in bufs.items()}
+    # (layer, image) flags of the images holding a non-finite value, where the forward ran
+    bad = {site: torch.zeros((len(layers), n), dtype=torch.bool, device=device)
+           for site in cfg.sites}
     # On a GPU, cast to the storage dtype there: half the bytes to the host for float16. On
     # the CPU, copy_ below casts while it copies into the shard buffer, one pass fewer
     # (bench/extract.py). torch rounds to nearest even either way, as a host cast would.
@@ -601,26 +625,33 @@ def extract_shard(
         for batch in batches:
             errors.update(batch.errors)
             seen += len(batch.indices) + len(batch.errors)
+            if batch.errors:
+                failed = [i - shard.start for i, _ in batch.errors]
+                for buf in bufs.values():
+                    buf[:, failed] = float("nan")
             if batch.indices:
                 with _autocast(device, cfg.autocast):
                     acts = capture.forward_capture(model, batch.images, layers, cfg.sites,
                                                    dtype=capture_dtype, to_host=not pinned)
                 first, k = batch.indices[0] - shard.start, len(batch.indices)
                 contiguous = batch.indices[-1] - batch.indices[0] + 1 == k
+                rows = slice(first, first + k) if contiguous else [
+                    i - shard.start for i in batch.indices]
                 for site, a in acts.items():
                     dst = bufs[site]
                     if contiguous:  # per layer: a contiguous destination, so copy_ is async
                         for i in range(len(layers)):
-                            dst[i, first:first + k].copy_(a[i], non_blocking=pinned)
+                            dst[i, rows].copy_(a[i], non_blocking=pinned)
                     else:
-                        dst[:, torch.as_tensor(batch.indices) - shard.start] = a.cpu().to(dst.dtype)
+                        dst[:, rows] = a.cpu().to(dst.dtype)
+                    bad[site][:, rows] = _nonfinite_rows(a, dst[:, rows])
             if seen == n or seen % ipc == 0:  # the batch closed a chunk: write it
                 if pinned:  # the chunk's device-to-host copies have landed
                     torch.cuda.current_stream(device).synchronize()
                 decoded = [i for i in range(written, seen) if shard.start + i not in errors]
-                for site, buf in bufs.items():
-                    _require_finite(buf[:, written:seen], decoded, written, site, layers,
-                                    cfg.dtype)
+                for site, flags in bad.items():
+                    _require_finite(flags[:, written:seen].cpu(), decoded, written, site,
+                                    layers, cfg.dtype)
                 for site, a in out.items():
                     args = (store, run_id, site, shard.start + written, shard.start + seen,
                             a[:, written:seen])
