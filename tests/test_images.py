@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -81,6 +82,9 @@ def test_folder_listing_is_sorted_recursive_and_hashed(odd_folder) -> None:
     assert [r.index for r in records] == list(range(len(records)))
     zero = next(r for r in records if r.id == "zero.png")
     assert zero.sha256 == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    # hashed on threads (images.HASH_THREADS), each record still its own file's hash
+    assert [r.sha256 for r in records] == [
+        hashlib.sha256(Path(r.path).read_bytes()).hexdigest() for r in records]
     assert I.list_images(str(odd_folder), n_images=3) == records[:3]
 
 
