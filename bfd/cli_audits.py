@@ -557,18 +557,12 @@ def print_checkpoints_plan(args: argparse.Namespace, config, store: str, series:
         raise ValueError(f"the checkpoints of {args.checkpoints!r} cannot be listed")
     todo, bad = plan["todo"], plan["bad"]
     if todo:
-        from bfd.tasks.audits import checkpoint_misfit
+        from bfd.tasks.audits import fitting_checkpoints
 
         cli._check_model_request(config)
-        # each loaded as the audit loads it: one that does not load or fit is left out
-        fits = []
-        for one in todo:
-            misfit = checkpoint_misfit(plan["request"], one["path"])
-            if misfit is None:
-                fits.append(one)
-            else:
-                bad.append(misfit)
-        todo = fits
+        # each loaded as the audit loads it: one that does not load or fit is left out (the
+        # flow's own count to audit, the same)
+        todo = fitting_checkpoints(plan["request"], todo, bad)
     n_seen = plan["n_files"] - len(todo) - len(bad)
     say("dry run: nothing is computed or recorded")
     say(f"series {series}; store {store}; {plan['n_files']} checkpoint file(s): "
