@@ -382,9 +382,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     reused = computed_run_of(args, config, store)
     if reused is None:
         # the server's start-up (the longer) overlaps the import of torch and timm; an
-        # unknown model or layers out of range are refused before Prefect is imported
-        cli._start_prefect_server()
-        info = cli._check_model_request(config)
+        # unknown model or layers out of range are refused before Prefect is imported, a
+        # model timm does not know before the server starts
+        info = cli._check_model_first(config)
         if args.store_activations:  # a stats-only run writes no activations
             cli._check_space(config, store, info)
         cli._check_placement(args, config)
