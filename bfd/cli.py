@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 # The commands of one run's pipeline (torch, Prefect): Ctrl-C keeps their shards.
 _PIPELINE_COMMANDS = ("extract", "decompose", "audit", "audit-checkpoints")
@@ -328,6 +330,47 @@ def _start_prefect_server() -> None:
     start_early()
 
 
+# how timm registers each architecture in its source: the decorator over the function
+_REGISTERED = re.compile(rb"@register_model\s*\ndef\s+(\w+)\s*\(")
+
+
+@functools.cache
+def _timm_architectures() -> frozenset[str]:
+    """The architectures timm registers (``timm.list_models()``), read from its source files
+    without importing it (torch and timm: seconds), in milliseconds: each ``@register_model``
+    function of ``timm/models``. Empty where its source cannot be read so (no timm, a zipped
+    or compiled install); a name missing here is only checked sooner (``_check_model_first``)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("timm")  # finds the package; imports nothing
+    if spec is None or not spec.origin:
+        return frozenset()
+    names: set[str] = set()
+    try:
+        for path in (Path(spec.origin).parent / "models").glob("*.py"):
+            names.update(name.decode() for name in _REGISTERED.findall(path.read_bytes()))
+    except OSError:
+        return frozenset()
+    return frozenset(names)
+
+
+def _check_model_first(config):
+    """``_check_model_request`` and ``_start_prefect_server``, in the order that wastes least:
+    for a model whose architecture timm registers (``_timm_architectures``; a pretrained tag
+    after it is timm's to check, later) the server first, its start-up overlapping the import
+    of torch and timm; any other name (mistyped, ``hf-hub:...``, a model another package
+    registers) is checked first, so that one timm does not know is refused, in the same line
+    with its close names, before any server starts (it started one, seconds of CPU, first).
+    Returns the model's shapes (``bfd.models.ModelInfo``)."""
+    name = str(_extract_dict(config).get("model") or "")
+    if name.partition(".")[0] in _timm_architectures():
+        _start_prefect_server()
+        return _check_model_request(config)
+    info = _check_model_request(config)
+    _start_prefect_server()
+    return info
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
     from bfd.cli_audits import audit_config
     from bfd.cli_reuse import extracted_run_of
@@ -342,8 +385,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     if done is not None:
         print(f"run {done} extracted into {store}")
         return 0
-    _start_prefect_server()
-    info = _check_model_request(config)  # before Prefect is imported
+    info = _check_model_first(config)  # before Prefect is imported
     _check_space(config, store, info)
     _check_placement(args, config)
     from bfd.flows.extract import extract

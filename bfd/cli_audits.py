@@ -382,9 +382,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     reused = computed_run_of(args, config, store)
     if reused is None:
         # the server's start-up (the longer) overlaps the import of torch and timm; an
-        # unknown model or layers out of range are refused before Prefect is imported
-        cli._start_prefect_server()
-        info = cli._check_model_request(config)
+        # unknown model or layers out of range are refused before Prefect is imported, a
+        # model timm does not know before the server starts
+        info = cli._check_model_first(config)
         if args.store_activations:  # a stats-only run writes no activations
             cli._check_space(config, store, info)
         cli._check_placement(args, config)
@@ -557,18 +557,12 @@ def print_checkpoints_plan(args: argparse.Namespace, config, store: str, series:
         raise ValueError(f"the checkpoints of {args.checkpoints!r} cannot be listed")
     todo, bad = plan["todo"], plan["bad"]
     if todo:
-        from bfd.tasks.audits import checkpoint_misfit
+        from bfd.tasks.audits import fitting_checkpoints
 
         cli._check_model_request(config)
-        # each loaded as the audit loads it: one that does not load or fit is left out
-        fits = []
-        for one in todo:
-            misfit = checkpoint_misfit(plan["request"], one["path"])
-            if misfit is None:
-                fits.append(one)
-            else:
-                bad.append(misfit)
-        todo = fits
+        # each loaded as the audit loads it: one that does not load or fit is left out (the
+        # flow's own count to audit, the same)
+        todo = fitting_checkpoints(plan["request"], todo, bad)
     n_seen = plan["n_files"] - len(todo) - len(bad)
     say("dry run: nothing is computed or recorded")
     say(f"series {series}; store {store}; {plan['n_files']} checkpoint file(s): "

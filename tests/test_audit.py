@@ -765,9 +765,11 @@ def test_a_checkpoint_that_does_not_load_is_left_out_and_the_others_audited(
     out, with no audit recorded, while the checkpoints before and after them are audited
     (exit 2 at the end); the flow run ends Failed, naming them. The first such file stopped
     the series. Each checkpoint's lines are printed once its audit is done (they came all
-    at the end), each left-out line once its file is tried, in step order, before the next
+    at the end), each left-out line once its file is tried, in step order, before the first
     audit (they came after the summary), and every line names a file as the folder was
-    given, relative here (a file that did not load was named by its absolute path)."""
+    given, relative here (a file that did not load was named by its absolute path). The run
+    counts the checkpoints to audit as its --dry-run does, without the files left out (its
+    "checkpoint k of N to audit" lines counted them: 1 of 4, 4 of 4)."""
     import timm
     import torch
     from prefect.client.orchestration import get_client
@@ -816,8 +818,15 @@ def test_a_checkpoint_that_does_not_load_is_left_out_and_the_others_audited(
             "--series", "s", "--store", store, "--no-dashboard"]
     printed: list[str] = []
     told: list[list[str]] = []
+    # the dry run first: 2 to audit of the 4 files, 2 left out; the run says the same
+    assert main([*argv, "--dry-run"]) == 2
+    assert "4 checkpoint file(s): 2 to audit, 0 already audited with the same request" in (
+        capsys.readouterr().out)
     code, out, err = audit_folder()
     assert code == 2 and "2 checkpoint(s) audited in series s" in out, out + err
+    assert [line for line in err.splitlines() if " to audit: " in line] == [
+        "bfd: checkpoint 1 of 2 to audit: step_100.safetensors (step 100)",
+        "bfd: checkpoint 2 of 2 to audit: step_400.pth (step 400)"], err
     # step_100's lines were out when step_400's extraction began
     assert len(printed) == 2 and printed[0] == "", printed
     assert printed[1].startswith("ckpts/step_100.safetensors:\naudit ") and (
@@ -830,8 +839,8 @@ def test_a_checkpoint_that_does_not_load_is_left_out_and_the_others_audited(
                                 "'test_vit': "), errors
     assert errors[1].startswith("bfd: error: left out: weights file 'ckpts/step_300.pt' is not "
                                 "a readable checkpoint"), errors
-    # steps 200 and 300 were named once tried: before step_400's extraction, not at the end
-    assert told == [[], errors], (told, err)
+    # steps 200 and 300 were named once tried: before the first extraction, not at the end
+    assert told == [errors, errors], (told, err)
     # a bar for each audited checkpoint's extraction (the first bar's, closed, drew no other)
     bars = [line.rsplit("\r", 1)[-1] for line in err.split("\n")]
     assert sum(bar.startswith("extract: 100%") for bar in bars) == 2, err
@@ -1074,8 +1083,9 @@ def test_ctrl_c_of_audit_checkpoints_ends_at_once_naming_the_audits_recorded(tmp
             "--img-size", str(AUDIT["img_size"]), "--layers", "0", "--dtype", "float32",
             "--images-per-chunk", "6", "--series", "s", "--store", str(store),
             "--no-dashboard"]
-    # SIGINT as the second checkpoint is tried (after the first's audit is recorded)
-    code = interrupted_at("bfd.tasks.audits:checkpoint_misfit", argv, call=2)
+    # SIGINT as the second checkpoint's audit starts (after the first's audit is recorded;
+    # check_series is the flow audit's first step)
+    code = interrupted_at("bfd.tasks.audits:check_series", argv, call=2)
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env |= {"PREFECT_HOME": str(tmp_path / "prefect-home"),
             "PYTHONPATH": str(Path(__file__).resolve().parents[1])}

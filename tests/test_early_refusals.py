@@ -115,6 +115,10 @@ def test_pipeline_commands_refuse_what_needs_no_model_before_torch_timm_prefect(
 NEED_THE_MODEL = {
     "audit-model-unknown": (["audit", *BASE, "--model", "no_such_model"],
                             ["model 'no_such_model' is unknown to timm"]),
+    # a typo: the same line, with timm's close names
+    "audit-model-mistyped": (["audit", *BASE, "--model", "vit_tiny_patch16_22"],
+                             ["model 'vit_tiny_patch16_22' is unknown to timm",
+                              "did you mean vit_tiny_patch16_224, "]),
     "extract-model-unknown": (["extract", *BASE, "--model", "no_such_model"],
                               ["model 'no_such_model' is unknown to timm"]),
     # the same check as bfd audit's layers (cli._check_model_request)
@@ -129,8 +133,10 @@ def test_a_request_the_model_refuses_is_refused_before_prefect(tmp_path):
     """A model timm does not know, or layers out of range, need timm to be told: refused in
     one line (exit 2) before Prefect is imported (the command imported it, and the flows'
     runners, before this check: seconds more before the line), and before any store is
-    made. (bfd audit and extract start Prefect's temporary server before, its start-up
-    overlapping these imports; it is not waited for at the refusal: bfd.flows.server.)"""
+    made. A model timm does not know is refused before Prefect's temporary server starts
+    (no Prefect home made): bfd audit and extract started it first, its start-up (seconds of
+    CPU) overlapping the import of torch and timm, and a typo was refused after it. (For a
+    name timm registers they still do: bfd.cli._check_model_first.)"""
     (tmp_path / "ckpts").mkdir()
     with zipfile.ZipFile(tmp_path / "ckpts" / "step_1.pth", "w") as z:
         z.writestr("step_1/data.pkl", b"\x80\x02}q\x00.")
@@ -146,6 +152,19 @@ def test_a_request_the_model_refuses_is_refused_before_prefect(tmp_path):
         assert all(needle in err for needle in needles), (name, err)
         assert "prefect" not in imported, name
     assert not (tmp_path / "store").exists()
+    # no server started (audit-checkpoints starts none before its flow)
+    assert not (tmp_path / "prefect-home").exists()
+
+
+def test_the_timm_architectures_read_from_its_files_are_its_list_models():
+    """The names that let bfd audit and extract start Prefect's server before the model is
+    checked (bfd.cli._check_model_first) are timm's own, read without importing it: all of
+    them, so that a known name keeps the server's start-up overlapping the imports."""
+    import timm
+
+    from bfd.cli import _timm_architectures
+
+    assert _timm_architectures() == set(timm.list_models())
 
 
 def test_autocast_where_auto_finds_no_cuda_is_refused_before_work():

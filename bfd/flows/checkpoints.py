@@ -1,9 +1,10 @@
 """Flow ``audit-checkpoints``: follow a model through training. Every checkpoint file of a
 folder or glob that its series has not audited yet with the same request (the weights' bytes
 and every option that shapes the run) is audited, in step order, each as one audit of the
-series. A file that is no readable checkpoint, or does not load or fit the model, is left out
-and named while the others are audited; the run then ends ``Failed``, naming it. Each
-audit, once done, and each file that does not load, once tried, is reported to the progress
+series. A file that is no readable checkpoint, or does not load or fit the model (each is
+loaded before the first audit, as ``bfd audit-checkpoints --dry-run`` loads it), is left out
+and named, and the others are audited; the run then ends ``Failed``, naming it. Each audit,
+once done, and each file that does not load, once tried, is reported to the progress
 listeners (``bfd.flows.progress``, stage ``checkpoint``, detail ``audit`` or ``left_out``):
 the command prints its lines then, not when every checkpoint is done."""
 
@@ -32,9 +33,9 @@ from bfd.flows.prefect_io import artifact_key, resolve_store
 from bfd.storage import Store, series_lock, write_left_out
 from bfd.tasks.audits import (
     check_place,
-    checkpoint_misfit,
     checkpoints_series,
     describe_request,
+    fitting_checkpoints,
     left_out_changes,
     pending_checkpoints,
 )
@@ -127,6 +128,11 @@ def audit_checkpoints(
         left: list[str] = []  # the path of each line of bad
         todo, n_files, bad = pending_checkpoints(Store(root), checkpoints, series, request,
                                                  chosen, left)
+        # each loaded as its audit loads it, before any is audited, as the dry run does: a
+        # file that does not load or fit the model is left out of the count to audit (it was
+        # counted in "checkpoint k of N to audit", where --dry-run left it out), and named
+        # now, before the first audit's lines
+        todo = fitting_checkpoints(request, todo, bad, left, _told_left_out)
         compared = describe_request(request, chosen)
         logger.info("series %s: %d checkpoint file(s) in %s, %d to audit (%d already audited "
                     "with the same request); store %s", series, n_files, checkpoints,
@@ -136,13 +142,15 @@ def audit_checkpoints(
         summary = {"series": series, "n_files": n_files, "store": root, "compared": compared,
                    "bad": bad, "left": left}
         if not todo:
-            readable = " (the readable ones)" if bad else ""
-            message = (f"Nothing to do: all {n_files - len(bad)} checkpoint file(s) of "
-                       f"`{checkpoints}`{readable} are already audited in series `{series}` with "
-                       f"the same request ({compared}; store `{root}`).{_left_out(bad)}"
-                       if n_files else
-                       f"Nothing to do: no checkpoint file in `{checkpoints}` yet (store "
-                       f"`{root}`).")
+            # "not left out": a file left out may read and not fit the model
+            others = " (those not left out)" if bad else ""
+            message = (f"Nothing to do: no checkpoint file in `{checkpoints}` yet (store "
+                       f"`{root}`)." if not n_files else
+                       f"Nothing to do: all {n_files} checkpoint file(s) of `{checkpoints}` are "
+                       f"left out (store `{root}`).{_left_out(bad)}" if len(bad) == n_files else
+                       f"Nothing to do: all {n_files - len(bad)} checkpoint file(s) of "
+                       f"`{checkpoints}`{others} are already audited in series `{series}` with "
+                       f"the same request ({compared}; store `{root}`).{_left_out(bad)}")
             logger.info(message.replace("`", ""))
             wrote = record_left_out(Store(root), series, checkpoints, bad, left, [])
             create_markdown_artifact(message, key=artifact_key("checkpoints", series),
@@ -150,8 +158,8 @@ def audit_checkpoints(
         done: list[dict[str, Any]] = []
         if todo:
             try:
-                _audit_each(todo, done, bad, left, request, config, root, series, model,
-                            options, thresholds, workers, dask_address, gpu_resources)
+                _audit_each(todo, done, config, root, series, model, options, thresholds,
+                            workers, dask_address, gpu_resources)
             finally:  # kept before the dashboard is built, also when an audit failed
                 record_left_out(Store(root), series, checkpoints, bad, left, done,
                                 [c["path"] for c in todo])
@@ -176,24 +184,13 @@ def audit_checkpoints(
     return gate_end(out, n_flagged, done, fail_on_drift, fail_if_not_compared)
 
 
-def _audit_each(todo, done, bad, left, request, config, root, series, model, options,
-                thresholds, workers, dask_address, gpu_resources) -> None:
-    """Loads and audits each checkpoint of ``todo`` in step order, appending each audit to
-    ``done``; a file that does not load or fit the model is left out (its line appended to
-    ``bad``, its path to ``left``)."""
+def _audit_each(todo, done, config, root, series, model, options, thresholds, workers,
+                dask_address, gpu_resources) -> None:
+    """Audits each checkpoint of ``todo`` (each loads and fits the model:
+    ``fitting_checkpoints``) in step order, appending each audit to ``done``."""
     logger = get_run_logger()
     for k, ckpt in enumerate(todo, 1):
-        # a file that passed its first-bytes check may still not load, or not fit
-        misfit = checkpoint_misfit(request, ckpt["path"])
-        if misfit is not None:
-            bad.append(misfit)
-            left.append(ckpt["path"])
-            logger.error("left out: %s", bad[-1])
-            # said now, in step order among the audits' lines, not after every checkpoint
-            progress.report("checkpoint", k, len(todo), left_out=bad[-1])
-            continue
-        # said as its audit starts: the extraction's lines that follow are this file's (a
-        # file left out above is named by its own line)
+        # said as its audit starts: the extraction's lines that follow are this file's
         start = (f"checkpoint {k} of {len(todo)} to audit: {os.path.basename(ckpt['path'])} "
                  f"(step {ckpt['step']})")
         logger.info(start)
@@ -207,6 +204,13 @@ def _audit_each(todo, done, bad, left, request, config, root, series, model, opt
         done.append({**one, "checkpoint": ckpt["path"]})
         # said now, not when every checkpoint is done: the command prints its lines
         progress.report("checkpoint", k, len(todo), audit=done[-1])
+
+
+def _told_left_out(k: int, n: int, line: str) -> None:
+    """A checkpoint left out (it does not load or fit the model: ``fitting_checkpoints``)
+    told to the progress listeners as found (the command prints it; the run's log names it
+    with the others left out)."""
+    progress.report("checkpoint", k, n, left_out=line)
 
 
 def record_left_out(store: Store, series: str, checkpoints: str, bad: list[str],

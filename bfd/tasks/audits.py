@@ -546,6 +546,29 @@ def checkpoint_misfit(request: Mapping[str, Any], path: str) -> str | None:
     return None
 
 
+def fitting_checkpoints(request: Mapping[str, Any], todo: Sequence[dict], bad: list[str],
+                        left: list[str] | None = None,
+                        told: Callable[[int, int, str], None] | None = None) -> list[dict]:
+    """The checkpoints of ``todo`` (``pending_checkpoints``' list) that load and fit the
+    model of ``request``, each loaded as its audit loads it (``checkpoint_misfit``), in the
+    same order: what ``bfd audit-checkpoints`` audits, and what its ``--dry-run`` and its run
+    count as to audit, so that both give the same numbers. Each other file's line is appended
+    to ``bad`` (its path to ``left``, when given) and, as found, passed to ``told`` with its
+    position in ``todo`` (from 1) and their number."""
+    fits = []
+    for k, one in enumerate(todo, 1):
+        misfit = checkpoint_misfit(request, one["path"])
+        if misfit is None:
+            fits.append(one)
+            continue
+        bad.append(misfit)
+        if left is not None:
+            left.append(one["path"])
+        if told is not None:
+            told(k, len(todo), misfit)
+    return fits
+
+
 def left_out_changes(store: Store, series: str, checkpoints: str, bad: Sequence[str],
                      left: Sequence[str], audited: Sequence[str] = (),
                      pending: Sequence[str] = ()) -> list[dict[str, Any]]:
