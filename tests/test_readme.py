@@ -154,3 +154,35 @@ def serve(argv: list[str], store: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_the_notebook_snippet_runs_as_written(tmp_path, monkeypatch):
+    """"Use it in a notebook", executed with its names given (a timm test model's layer, real
+    activations of it) in a folder with a store, `bfd-store`: its head count is the model's,
+    its `f_pp` is the heads table's definition, and the named query returns the store's rows."""
+    import numpy as np
+    import timm
+    import torch
+    from dashstore import write_synthetic_run
+
+    text = (REPO / "README.md").read_text(encoding="utf-8").split("## Use it in a notebook\n")[1]
+    (code,) = re.findall(r"```python\n(.*?)```", text.split("\n## ", 1)[0], re.S)
+    monkeypatch.chdir(tmp_path)
+    write_synthetic_run(tmp_path / "bfd-store", "run-1")
+    model = timm.create_model("test_vit", pretrained=False, img_size=32).eval()
+    taken = {}
+
+    def keep_input(module, inputs, output) -> None:
+        taken["x"] = inputs[0].detach().numpy()
+
+    model.blocks[1].attn.qkv.register_forward_hook(keep_input)
+    with torch.no_grad():
+        model(torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    names = {"model": model, "l": 1, "x": taken["x"]}
+    exec(compile(code, "README.md", "exec"), names)  # noqa: S102 - the README's own code
+    ds = names["ds"]
+    assert ds.sizes["head"] == model.blocks[1].attn.num_heads
+    f_pp = ds.energy.sel(block="pp") / ds.energy.sum("block")
+    np.testing.assert_allclose(ds.frac.sel(block="pp"), f_pp, rtol=1e-12)
+    (row,) = names["run_query"]("bfd-store", "model_summary").to_pylist()
+    assert row["run_id"] == "run-1"

@@ -77,6 +77,8 @@ __all__ = [
     "table_files",
 ]
 
+# What a query runs on: a store's path (a ``bfd.storage.Store`` is one: os.PathLike), or a
+# connection from ``connect``.
 Store: TypeAlias = str | os.PathLike[str] | duckdb.DuckDBPyConnection
 ParamValue: TypeAlias = str | int | float | None
 

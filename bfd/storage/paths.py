@@ -101,6 +101,11 @@ class Store:
         self.root: Final[Path] = Path(text).expanduser().absolute()
         self._zarr_url: Final[str | None] = zarr_url.rstrip("/") if zarr_url else None
 
+    def __fspath__(self) -> str:
+        """The root's path: a ``Store`` goes wherever a store's path does (``os.PathLike``),
+        e.g. ``bfd.queries.run_query(Store(root), ...)``."""
+        return str(self.root)
+
     def __repr__(self) -> str:
         extra = f", zarr_url={self._zarr_url!r}" if self._zarr_url else ""
         return f"Store({str(self.root)!r}{extra})"
