@@ -392,9 +392,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.demo:
         print("demo: random-init (untrained) vit_tiny_patch16_224 on 64 embedded sample images;"
               " weights are labelled 'random' everywhere", file=sys.stderr)
+    out = None
     if reused is not None:
-        out = record_reused_audit(args, config, store, thresholds, reused, started)
-    else:
+        from bfd.tasks.audits import RunChanged
+
+        try:
+            out = record_reused_audit(args, config, store, thresholds, reused, started)
+        except RunChanged as e:  # nothing recorded: audited as a run to compute
+            print(f"bfd: {e}", file=sys.stderr)
+            info = cli._check_model_first(config)
+            if args.store_activations:
+                cli._check_space(config, store, info)
+            cli._check_placement(args, config)
+    if out is None:
         from bfd.cli_interrupt import audit_progress
         from bfd.flows import progress
         from bfd.flows.audit import audit

@@ -213,13 +213,20 @@ def record_reused_audit(args: argparse.Namespace, config, store: str, thresholds
                         run_id: str, started: datetime) -> dict:
     """The audit of ``run_id``, already computed (``computed_run_of``), recorded without
     Prefect; ``started``: when the command began (its checks are part of the audit). Returns
-    what the flow ``audit`` returns."""
+    what the flow ``audit`` returns.
+
+    Raises:
+        RunChanged: The run is no longer computed with the audit's options once the audit
+            holds its lock (``bfd.tasks.audits``): nothing was recorded.
+    """
     from bfd.cli_interrupt import recording
     from bfd.queries.seen import run_seen
     from bfd.report.dashboard import refresh_outputs
     from bfd.storage import Store, results_path, run_lock
     from bfd.tasks.audits import (
+        RunChanged,
         audit_row,
+        computed_run,
         default_series,
         drift_since_previous,
         run_reuse,
@@ -238,6 +245,11 @@ def record_reused_audit(args: argparse.Namespace, config, store: str, thresholds
     # (audit_row), then the run's, as the flow takes them: its results are read whole
     with audit_row(s, series, step, "cli", None, started, writing=recording) as row, \
             run_lock(s, run_id, say_waiting):
+        # again, holding the run's lock: a process that held it (waited for above) may have
+        # decomposed the run again with other options (bfd decompose RUN --prefix include)
+        if computed_run(s, run_id, _chosen_options(args, config)) is None:
+            raise RunChanged(f"run {run_id} was decomposed again, with other options or "
+                             "damaged, while this audit waited for it: the audit computes it")
         drift_since_previous(s, row, run_id, thresholds.model_dump(), run_seen(store, run_id))
     index = None if args.no_dashboard else refresh_outputs(store, logging.getLogger("bfd.audit"))
     return {**{k: row[k] for k in ("audit_id", "series", "run_id", "step", "prev_audit_id",

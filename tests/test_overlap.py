@@ -199,3 +199,46 @@ def test_an_audit_compares_only_with_audits_before_it_in_series_order(tmp_path):
     last = {"audit_id": "C300", "step": 300, "started_at": t0 + timedelta(seconds=3)}
     assert [r["audit_id"] for r in earlier_audits(store, "s", 300, last)] == [
         at_200["audit_id"], later["audit_id"]]
+
+
+def test_an_audit_of_a_run_decomposed_again_while_it_waited_computes_it(extracted, tmp_path,
+                                                                        monkeypatch, capsys):
+    """``bfd audit`` finds its run computed with its options, then waits for the run's lock
+    while another process decomposes it again with ``--prefix include`` (played here at the
+    lock's door): holding the lock, the audit sees that and computes the run with its own
+    options, instead of recording the include figures as its audit (trial 19)."""
+    import json
+
+    import bfd.storage
+
+    store = str(tmp_path / "store")
+    shutil.copytree(extracted[0], store)
+    rid = extracted[1]
+    with env_kept():
+        assert main(["decompose", rid, "--store", store]) == 0  # published: --prefix exclude
+    api = os.environ["PREFECT_API_URL"]
+    monkeypatch.delenv("PREFECT_API_URL")  # no API: the audit is recorded without the flow
+    real, raced = bfd.storage.run_lock, []
+
+    def racing(store_, run_id, *args, **kwargs):
+        if not raced:  # the other process, done as the audit takes the lock
+            raced.append(run_id)
+            os.environ["PREFECT_API_URL"] = api
+            with env_kept():
+                assert main(["decompose", rid, "--prefix", "include", "--store", store]) == 0
+        return real(store_, run_id, *args, **kwargs)
+
+    monkeypatch.setattr(bfd.storage, "run_lock", racing)
+    capsys.readouterr()
+    with env_kept():
+        code = main(["audit", *REQUEST, "--series", "t", "--step", "1", "--store", store,
+                     "--no-dashboard"])
+    err = capsys.readouterr().err
+    assert code == 0 and raced == [rid], err
+    assert "is already computed" in err and "was decomposed again" in err, err
+    (row,) = read_audits(Store(store), "t")
+    assert (row["run_id"], row["status"]) == (rid, "complete")
+    assert json.loads(row["decompose_json"])["prefix"] == "exclude", row["decompose_json"]
+    from bfd.tasks.audits import computed_run
+
+    assert computed_run(Store(store), rid, json.loads(row["decompose_json"])) is not None

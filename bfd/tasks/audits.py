@@ -376,13 +376,20 @@ def say_waiting(line: str) -> None:
     print(f"bfd: {line}", file=sys.stderr, flush=True)
 
 
+class RunChanged(Exception):
+    """The run an audit was to record as already computed is no longer so once the audit holds
+    its lock (another process decomposed it again, with other options, while the audit
+    waited): nothing is recorded, and the audit computes it (``audit_row`` writes no row)."""
+
+
 @contextlib.contextmanager
 def audit_row(store: Store, series: str, step: int, trigger: str,
               flow_run_id: str | None, started: datetime | None = None,
               writing: Callable[[dict], contextlib.AbstractContextManager] | None = None,
               waiting: Callable[[str], None] = say_waiting) -> Iterator[dict]:
-    """The ``audits`` row of one audit, written when the block ends however it ends: as
-    ``failed`` unless ``drift_since_previous`` completed it. Every audit writes its row
+    """The ``audits`` row of one audit, written when the block ends however it ends (but by
+    ``RunChanged``: no audit took place): as ``failed`` unless ``drift_since_previous``
+    completed it. Every audit writes its row
     through here (the flow ``audit``, and ``bfd audit`` of an already computed run).
 
     The block holds the series' lock (``series_lock``, waiting for another process's audit
@@ -406,10 +413,19 @@ def audit_row(store: Store, series: str, step: int, trigger: str,
     with series_lock(store, series, waiting):
         try:
             yield row
-        finally:
-            row["finished_at"] = datetime.now(UTC)
-            with writing(row) if writing is not None else contextlib.nullcontext():
-                write_audit(store, row)
+        except RunChanged:
+            raise  # no audit took place: the caller audits the run another way
+        except BaseException:
+            _write_row(store, row, writing)
+            raise
+        _write_row(store, row, writing)
+
+
+def _write_row(store: Store, row: dict[str, Any],
+               writing: Callable[[dict], contextlib.AbstractContextManager] | None) -> None:
+    row["finished_at"] = datetime.now(UTC)
+    with writing(row) if writing is not None else contextlib.nullcontext():
+        write_audit(store, row)
 
 
 def _seen_options(audit: Mapping[str, Any]) -> dict[str, Any] | None:
