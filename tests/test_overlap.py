@@ -242,3 +242,47 @@ def test_an_audit_of_a_run_decomposed_again_while_it_waited_computes_it(extracte
     from bfd.tasks.audits import computed_run
 
     assert computed_run(Store(store), rid, json.loads(row["decompose_json"])) is not None
+
+
+def test_drift_is_not_read_from_a_previous_run_decomposed_again_while_compared(
+        extracted, tmp_path, monkeypatch, capsys):
+    """An audit compares with the previous audit of its series while another process
+    decomposes that audit's run again (``--prefix include``, played at the moment drift reads
+    it): the audit does not take the new figures for those the previous audit saw; it finds
+    the run decomposed again since and compares nothing, saying why (trial 19: 16 values were
+    flagged against the include figures)."""
+    import bfd.tasks.drift
+
+    store = str(tmp_path / "store")
+    shutil.copytree(extracted[0], store)
+    rid_a = extracted[1]
+    other = [*REQUEST, "--seed", "5"]
+    with env_kept():
+        assert main(["audit", *REQUEST, "--series", "d", "--step", "1", "--store", store,
+                     "--no-dashboard"]) == 0
+        assert main(["audit", *other, "--series", "b", "--store", store,
+                     "--no-dashboard"]) == 0  # computed: the audit below reuses it
+    api = os.environ["PREFECT_API_URL"]
+    monkeypatch.delenv("PREFECT_API_URL")
+    real, raced = bfd.tasks.drift.run_metrics, []
+
+    def racing(store_, run_id, *args, **kwargs):
+        if run_id == rid_a and not raced:  # the other process, as drift reads run A
+            raced.append(run_id)
+            os.environ["PREFECT_API_URL"] = api
+            with env_kept():
+                assert main(["decompose", rid_a, "--prefix", "include", "--store", store]) == 0
+            del os.environ["PREFECT_API_URL"]
+        return real(store_, run_id, *args, **kwargs)
+
+    monkeypatch.setattr(bfd.tasks.drift, "run_metrics", racing)
+    capsys.readouterr()
+    with env_kept():
+        code = main(["audit", *other, "--series", "d", "--step", "2", "--store", store,
+                     "--no-dashboard"])
+    err = capsys.readouterr().err
+    assert code == 0 and raced == [rid_a], err
+    first, second = sorted(read_audits(Store(store), "d"), key=lambda a: a["step"])
+    assert second["status"] == "complete" and second["prev_audit_id"] == first["audit_id"]
+    assert second["n_flagged"] == 0, second
+    assert "decomposed again" in (second["drift_note"] or ""), second["drift_note"]

@@ -464,6 +464,11 @@ def compared_audit(store: Store, series: str, step: int, run_id: str,
     return done[at], None, skipped
 
 
+# how often an audit reads the previous audit's run again when it was decomposed again while
+# read (drift_since_previous), before it says so and compares nothing
+_COMPARE_TRIES = 3
+
+
 def drift_since_previous(store: Store, row: dict[str, Any], run_id: str,
                          thresholds: Mapping[str, Any],
                          seen: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -490,13 +495,40 @@ def drift_since_previous(store: Store, row: dict[str, Any], run_id: str,
                decompose_json=json.dumps(options, sort_keys=True),
                **{name: seen[name] for name, _ in SEEN_FIGURES})
     prev, note, skipped = compared_audit(store, row["series"], row["step"], run_id, row)
+    found: list[dict[str, Any]] = []
+    for _ in range(_COMPARE_TRIES):
+        if prev is None or note is not None:
+            break
+        # The previous audit's run is not locked here (its lock, taken inside this run's,
+        # could deadlock with an audit of it): another process may decompose it again at any
+        # time (trial 19). So its version is read before the check that it is comparable, the
+        # check made again, its figures read from that version, and all of it kept only if it
+        # was still the published one after the read: the check and the figures are of one
+        # version, the one the previous audit saw.
+        from bfd.storage import results_group_of
+
+        group = results_group_of(store, prev["run_id"])
+        prev, note, skipped = compared_audit(store, row["series"], row["step"], run_id, row)
+        if prev is None or note is not None:
+            break
+        try:
+            found = drift_rows(store, prev["run_id"], run_id, thresholds, before_group=group)
+        except FileNotFoundError:  # the version, removed once another was published
+            if results_group_of(store, prev["run_id"]) == group:
+                raise
+        if results_group_of(store, prev["run_id"]) == group:
+            break
+        found = []  # decomposed again meanwhile: checked again
+    else:
+        note = (f"previous audit's run {prev['run_id']} was decomposed again "
+                f"{_COMPARE_TRIES} times while this audit read it; not compared")
     row.update(prev_audit_id=None if prev is None else prev["audit_id"],
                prev_step=None if prev is None else prev["step"], drift_note=note,
                skipped=skipped)
     rows: list[dict[str, Any]] = []
     if prev is not None and note is None:
         rows = [{"audit_id": row["audit_id"], "prev_audit_id": prev["audit_id"], **r}
-                for r in drift_rows(store, prev["run_id"], run_id, thresholds)]
+                for r in found]
         write_drift(store, row["series"], row["audit_id"], rows)
     row.update(status="complete", n_flagged=sum(r["flagged"] for r in rows))
     return rows

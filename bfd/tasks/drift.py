@@ -78,13 +78,17 @@ def _row(layer: int, head: int | None, metric: str, before: Any, after: Any,
             "flagged": delta is not None and abs(delta) > threshold}
 
 
-def run_metrics(store: Store, run_id: str) -> tuple[dict, dict]:
-    """``{(layer, metric): value}`` and ``{(layer, head): row}`` of a run's results."""
+def run_metrics(store: Store, run_id: str, group: str | None = None) -> tuple[dict, dict]:
+    """``{(layer, metric): value}`` and ``{(layer, head): row}`` of a run's results: those
+    published now, or those of its results ``group`` (one version, ``results_group_of``)."""
     # here, not above: what imports this module to compare requests, not results
     # (audit-checkpoints with nothing to do) needs neither xarray nor Zarr (2 s)
     from bfd.storage import heads_rows, layers_rows, open_results
+    from bfd.storage.results import open_results_group
 
-    ds = open_results(store, run_id, dask=False)  # many small variables, each read once
+    # many small variables, each read once
+    ds = (open_results(store, run_id, dask=False) if group is None
+          else open_results_group(store, group, dask=False))
     layers = {}
     for r in layers_rows(ds).to_pylist():
         suffix = SITE_SUFFIX.get(r["site"], f"_{r['site']}")
@@ -258,7 +262,8 @@ def latest_comparable(store: Store, run_after: str,
 
 
 def drift_rows(store: Store, run_before: str, run_after: str,
-               thresholds: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+               thresholds: Mapping[str, Any] | None = None,
+               before_group: str | None = None) -> list[dict[str, Any]]:
     """One row per (layer, metric) and (layer, head, metric) that both runs hold.
 
     ``head_type`` rows have no before/after value (a type is not a number): their delta is 1
@@ -270,12 +275,14 @@ def drift_rows(store: Store, run_before: str, run_after: str,
         run_before: The previous audit's run.
         run_after: This audit's run.
         thresholds: See ``DEFAULT_THRESHOLDS``; missing keys take the defaults.
+        before_group: The results version of ``run_before`` to read (default: its published
+            one).
 
     Returns:
         Rows with the drift table's columns but the audit ids, layer metrics first.
     """
     thresholds = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
-    layers_a, heads_a = run_metrics(store, run_before)
+    layers_a, heads_a = run_metrics(store, run_before, before_group)
     layers_b, heads_b = (layers_a, heads_a) if run_after == run_before else run_metrics(
         store, run_after)
     out = [_row(layer, None, metric, layers_a[key], layers_b[key], thresholds)
