@@ -47,6 +47,37 @@ def results(seed: int, n_images: int, pos_scale: float):
     return assemble_results(parts, {"run_id": f"r{seed}", "ci_target": 0.02})
 
 
+def split_run(seed: int, n_images: int, frac_int: float, frac_pos: float = 0.05):
+    """A two-layer run's results from planted activations x = P + I + Z whose population
+    positional share is ``frac_pos`` (one P for every seed), interaction share ``frac_int``
+    (Z: per-position noise, centred over each image's positions) and image share the rest
+    (I: one offset per image): the trial's two checkpoints of equal positional share."""
+    P = np.random.default_rng(98).normal(size=(T2, D2))
+    P -= P.mean(0)
+    P *= np.sqrt(frac_pos * T2 / (P ** 2).sum())
+    rng = np.random.default_rng(seed)
+    parts = []
+    for layer in range(L):
+        maps = head_maps(np.random.default_rng(100 + layer).normal(size=(3 * D2, D2)), H)
+        img = rng.normal(size=(n_images, 1, D2)) * np.sqrt((1 - frac_pos - frac_int) / D2)
+        z = rng.normal(size=(n_images, T2, D2)) * np.sqrt(frac_int * T2 / ((T2 - 1) * D2))
+        x = P + img + (z - z.mean(1, keepdims=True))
+        for site in ("attn_in", "resid"):
+            res = decompose_layer(lambda x=x: [(0, x)], maps if site == "attn_in" else None)
+            part = to_dataset(res, {"site": site, "layer": layer, "n_images": n_images})
+            parts.append(part.assign(pos_embed_cos=np.nan, model_logit_residual=np.nan,
+                                     model_attn_residual=np.nan))
+    return assemble_results(parts, {"run_id": f"s{seed}", "ci_target": 0.02})
+
+
+T2, D2 = 16, 32
+
+
+def without_corrected(ds):
+    """``ds`` as a run decomposed before the corrected shares were stored (NULL ``_adj``)."""
+    return ds.assign({k: ds[k] * np.nan for k in ds.data_vars if "_adj" in k})
+
+
 def publish(root, run_id: str, ds, model: str = "toy", skipped: int = 0, **run) -> None:
     """Publish ``ds`` as a complete run that requested ``skipped`` more images than it decoded
     (as bfd/tasks/publish.py writes runs.n_images and runs.n_skipped); ``run``: other columns
@@ -93,7 +124,7 @@ def test_compare_runs_flags_a_real_difference_and_says_which_shares(tmp_path):
         assert r["delta_lo"] > 0 and r["significant"] is True
 
     same = run_query(tmp_path, "compare_runs", {"run_a": "strong", "run_b": "twin"}).to_pylist()
-    assert {r["basis"] for r in same} == {"raw"}  # equal N: the raw shares are comparable
+    assert {r["basis"] for r in same} == {"adjusted"}  # equal N too: the chance level moves
     flagged = [r["significant"] for r in same]
     assert None not in flagged
     # two samples of one population: a flag is a false alarm (5 % each, correlated figures)
@@ -115,10 +146,68 @@ def test_compare_runs_counts_decoded_images_not_requested_ones(tmp_path):
     at = dict(site="attn_in", layer=0)
     assert r["value_a"] == pytest.approx(float(short.frac_pos_adj.sel(**at)), rel=1e-12)
     rows = run_query(tmp_path, "compare_runs", {"run_a": "even", "run_b": "full"}).to_pylist()
-    assert {(r["basis"], r["n_images_a"], r["n_images_b"]) for r in rows} == {("raw", 22, 22)}
+    assert {(r["basis"], r["n_images_a"], r["n_images_b"]) for r in rows} == {("adjusted", 22, 22)}
     r = next(r for r in rows if (r["level"], r["site"], r["layer"], r["metric"])
              == ("layer", "attn_in", 0, "frac_pos"))
-    assert r["value_a"] == pytest.approx(float(even.frac_pos.sel(**at)), rel=1e-12)
+    assert r["value_a"] == pytest.approx(float(even.frac_pos_adj.sel(**at)), rel=1e-12)
+
+
+def test_compare_runs_of_a_run_without_corrected_shares_is_on_the_raw_basis(tmp_path):
+    """A run decomposed before the corrected shares were stored (NULL _adj) is compared on
+    the raw shares, with intervals at equal N; at another N its raw deltas hold the chance
+    level's change with N, so they come without interval or significance."""
+    old, new, other = results(11, 22, 1.0), results(12, 22, 1.0), results(13, 30, 1.0)
+    publish(tmp_path, "old", without_corrected(old))
+    publish(tmp_path, "new", new)
+    publish(tmp_path, "other", other)
+    at = dict(site="attn_in", layer=0)
+    for run_b, n_b, intervals in (("new", 22, True), ("other", 30, False)):
+        rows = run_query(tmp_path, "compare_runs", {"run_a": "old", "run_b": run_b}).to_pylist()
+        assert {(r["basis"], r["n_images_a"], r["n_images_b"]) for r in rows} == {
+            ("raw", 22, n_b)}
+        r = next(r for r in rows if (r["level"], r["site"], r["layer"], r["metric"])
+                 == ("layer", "attn_in", 0, "frac_pos"))
+        assert r["value_a"] == pytest.approx(float(old.frac_pos.sel(**at)), rel=1e-12)
+        assert all(r["delta"] is not None for r in rows)
+        for c in ("delta_se", "delta_lo", "delta_hi", "significant"):
+            assert all((r[c] is not None) == intervals for r in rows), (run_b, c)
+
+
+def test_compare_runs_at_equal_n_does_not_flag_a_change_of_the_chance_level(tmp_path):
+    """The trial (F0): two runs of equal N and equal population positional share whose
+    interaction shares differ (0.90 against 0.05) differ in raw frac_pos by about
+    Δfrac_int/(N-1), the chance level's change, which the raw basis (compare_runs' old rule at
+    equal N) flagged significant; the corrected shares' expectation holds no chance level."""
+    n = 16
+    mixed, plain = split_run(21, n, frac_int=0.90), split_run(22, n, frac_int=0.05)
+    publish(tmp_path, "mixed", mixed)
+    publish(tmp_path, "plain", plain)
+    # the same runs as if decomposed before the corrected shares were stored: compared on the
+    # raw shares, as the old rule compared every pair of equal N
+    publish(tmp_path, "mixed-raw", without_corrected(mixed))
+    publish(tmp_path, "plain-raw", without_corrected(plain))
+    rows = run_query(tmp_path, "compare_runs", {"run_a": "mixed", "run_b": "plain"}).to_pylist()
+    raw = run_query(tmp_path, "compare_runs",
+                    {"run_a": "mixed-raw", "run_b": "plain-raw"}).to_pylist()
+    assert {(r["basis"], r["n_images_a"], r["n_images_b"]) for r in rows} == {
+        ("adjusted", n, n)}
+    assert {r["basis"] for r in raw} == {"raw"}
+    key = lambda r: (r["level"], r["site"], r["layer"], r["head"], r["metric"])  # noqa: E731
+    by, by_raw = {key(r): r for r in rows}, {key(r): r for r in raw}
+    for layer in range(L):
+        at = dict(site="attn_in", layer=layer)
+        assert float(mixed.frac_int.sel(**at)) > 0.8 and float(plain.frac_int.sel(**at)) < 0.1
+        r = by["layer", "attn_in", layer, None, "frac_pos"]
+        assert r["value_a"] == pytest.approx(float(mixed.frac_pos_adj.sel(**at)), rel=1e-12)
+        assert r["significant"] is False
+        # raw: the chance level's change, about -Δfrac_int/(N-1) = -0.057, flagged
+        r = by_raw["layer", "attn_in", layer, None, "frac_pos"]
+        assert r["value_a"] == pytest.approx(float(mixed.frac_pos.sel(**at)), rel=1e-12)
+        assert r["delta_hi"] < 0 and r["significant"] is True
+    heads = [k for k in by if k[0] == "head"]
+    assert len(heads) == L * H * 4
+    assert not any(by[k]["significant"] for k in heads)
+    assert sum(by_raw[k]["significant"] for k in heads) >= L * H
 
 
 def test_compare_runs_says_when_the_runs_are_not_of_one_model(tmp_path):
@@ -182,7 +271,7 @@ def test_compare_runs_says_when_the_runs_saw_other_images_or_another_img_size(tm
         rows = run_query(tmp_path, "compare_runs", {"run_a": run_a, "run_b": run_b}).to_pylist()
         assert len(rows) == 2 * L * 4 + L * H * 4
         ((same, basis, note),) = {(r["same_model"], r["basis"], r["note"]) for r in rows}
-        assert (same, basis) == (True, "raw")
+        assert (same, basis) == (True, "adjusted")
         return note
 
     other_images = ("run_a saw images samples@ab12cd34ef56, run_b noise_pngs@cd34ab12ef56: "

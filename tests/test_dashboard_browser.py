@@ -869,8 +869,11 @@ def test_compare_of_runs_of_other_n_uses_the_adjusted_basis_as_compare_runs(othe
         "and n8 as B instead.")
     assert len(browser.execute_script("return document.getElementById('delta-plot').data")) == 1
     assert_clean(browser, "file://")
-    for a, b, basis in (("n8", "n16", "adjusted"), ("n16", "vit_b", "raw"),
-                        ("vit_b", "n16", "raw")):
+    # compare_runs' basis: the chance-corrected shares whenever both runs hold them, at equal
+    # N too (the chance level moves with the image/interaction split, trial 20 F0: n16 and
+    # vit_b were compared raw); raw when one run holds none (w2)
+    for a, b, basis in (("n8", "n16", "adjusted"), ("n16", "vit_b", "adjusted"),
+                        ("vit_b", "n16", "adjusted"), ("n16", "w2", "raw")):
         bars, table = compare(browser, a, b)
         want = expected(a, b, "frac_pos")
         assert {r["basis"] for r in want} == {basis}
@@ -887,10 +890,15 @@ def test_compare_of_runs_of_other_n_uses_the_adjusted_basis_as_compare_runs(othe
             "return Array.from(document.querySelectorAll('#compare-notes p'),"
             " p => [p.id, p.textContent])")
         notes = dict(shown)
-        assert ("compare-basis" in notes) == (basis == "adjusted")
         if basis == "adjusted":
-            assert "N = 8 and 16" in notes["compare-basis"]
             assert "frac_pos_adj" in notes["compare-basis"]
+            assert "frac_int/(N − 1)" in notes["compare-basis"]
+            assert ("N = 8 and 16" if "n8" in (a, b) else "N = 16 images each"
+                    ) in notes["compare-basis"]
+        else:
+            assert notes["compare-basis"].startswith(
+                "Run B holds no chance-corrected shares (decomposed before they were stored): "
+                "compared on the raw frac_pos, as compare_runs does")
         assert notes.get("compare-pair-note") == want[0]["note"]
         assert (want[0]["note"] is None) == (want[0]["same_model"] is True)
     # the planted case: at layer 0 raw frac_pos of n16 less n8's is beyond its intervals
@@ -913,6 +921,23 @@ def test_compare_of_runs_of_other_n_uses_the_adjusted_basis_as_compare_runs(othe
     assert [(row[5], row[6], row[7]) for row in table] == [("–", "–", "–")] * 3
     note = browser.find_element("id", "compare-basis").text
     assert "chance level's change with N" in note and "N = 8 and 16" in note
+    # raw shares of other N (w2 holds no corrected ones): deltas without intervals or
+    # verdict, as compare_runs' rows (NULL intervals), and a note
+    want = expected("n8", "w2", "frac_pos")
+    assert {r["basis"] for r in want} == {"raw"}
+    assert {(r["delta_lo"], r["delta_hi"], r["significant"]) for r in want} == {
+        (None, None, None)}
+    compare(browser, "n8", "w2")
+    browser.execute_script(
+        "const s = document.getElementById('metric-select'); s.value = 'frac_pos';"
+        " s.dispatchEvent(new Event('change'));")
+    bars, table = compare(browser, "n8", "w2")
+    assert [d for _, d in bars] == pytest.approx([r["delta"] for r in want], rel=1e-9)
+    assert browser.execute_script(
+        "return document.getElementById('delta-plot').data[0].error_y === undefined")
+    assert [(row[5], row[6], row[7]) for row in table] == [("–", "–", "–")] * 3
+    note = browser.find_element("id", "compare-basis").text
+    assert "run B holds no chance-corrected shares" in note and "N = 8 and 16" in note
 
 
 def heads_drawn(driver, a: str, b: str) -> None:
@@ -976,14 +1001,16 @@ def test_compare_heads_of_two_models_say_layers_are_paired_by_index(other_n, bro
 
 def test_compare_heads_agree_with_compare_runs_and_head_type_changes(other_n, browser):
     # trial 13 (F5): Compare showed per-layer figures only. Its Heads section: per head, B − A
-    # of the chosen share on compare_runs' basis (the chance-corrected twin for n8 against
-    # n16, raw for n16 against vit_b) with its interval and verdict, a layer x head heatmap,
-    # a table largest |delta| first; the heads whose type changed as head_type_changes lists
-    # them, circled on the map. Only the two runs' head files are read.
+    # of the chosen share on compare_runs' basis (the chance-corrected twin where both runs
+    # hold it, whatever N; raw for n16 against w2, which holds none) with its interval and
+    # verdict, a layer x head heatmap, a table largest |delta| first; the heads whose type
+    # changed as head_type_changes lists them, circled on the map. Only the two runs' head
+    # files are read.
     root, site, _ = other_n
     from bfd.queries import run_query
 
-    for a, b, basis in (("n8", "n16", "adjusted"), ("n16", "vit_b", "raw")):
+    for a, b, basis in (("n8", "n16", "adjusted"), ("n16", "vit_b", "adjusted"),
+                        ("n16", "w2", "raw")):
         open_page(browser, (site / "compare.html").as_uri() + f"?a={a}&b={b}")
         heads_drawn(browser, a, b)
         assert_clean(browser, "file://")

@@ -583,6 +583,36 @@ def test_head_type_changes_lists_exactly_the_changed_heads(store):
     assert {(r["same_model"], r["note"]) for r in result} == {(True, None)}
 
 
+def test_head_energy_changes_compare_each_heads_energy_per_image_and_its_largest_sigma(store):
+    """Trial 20 (F1): shares are blind to scale, so a head whose logit energy grew 88-fold
+    showed no change anywhere. head_energy_changes gives, per head, each run's total energy,
+    per image (a-old decomposed 100 images, a-new 200, one skipped: the stored energies are
+    sums over images), their ratio and log ratio, largest |log ratio| first, and each run's
+    largest sigma of the head's modes."""
+    root, runs = store
+    _set_run(root, "a-new", n_skipped=1)
+    write_part(root, "modes", "vit_a", "a-new", 3, layer=[0, 0, 1], head=[0, 0, 2],
+               mode=[0, 1, 0], sigma=[2.5, 0.5, 4.0], alpha=0.5, beta=0.5, e_pp=1.0,
+               e_pc=1.0, e_cp=1.0, e_cc=1.0, mode_type="pp")
+    result = rows(run_query(root, "head_energy_changes", {"run_a": "a-old", "run_b": "a-new"}))
+    old, new = runs["a-old"].energy.sum(-1), runs["a-new"].energy.sum(-1)
+    assert len(result) == 12 * 6
+    assert {(r["n_images_a"], r["n_images_b"], r["same_model"], r["note"]) for r in result} == {
+        (100, 199, True, None)}
+    for r in result:
+        at = (r["layer"], r["head"])
+        assert_close(r["e_total_a"], old[at])
+        assert_close(r["e_total_b"], new[at])
+        assert_close(r["e_per_image_a"], old[at] / 100)
+        assert_close(r["ratio"], (new[at] / 199) / (old[at] / 100))
+        assert_close(r["log_ratio"], math.log((new[at] / 199) / (old[at] / 100)))
+        assert r["sigma_max_a"] == (1.0 if at == (0, 0) else None)
+        assert r["sigma_max_b"] == {(0, 0): 2.5, (1, 2): 4.0}.get(at)
+    logs = [abs(r["log_ratio"]) for r in result]
+    assert logs == sorted(logs, reverse=True)
+    assert run_query(root, "head_energy_changes", {"run_a": "a-old", "run_b": "x"}).num_rows == 0
+
+
 def test_head_type_changes_over_other_images_or_img_size_say_so(store):
     """One model's heads on other images (images_sha256) or at another img_size (another
     patch grid) differ with no head changing: every row says why, as compare_runs does."""

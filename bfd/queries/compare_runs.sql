@@ -3,8 +3,14 @@
 -- run_b against run_a, one row per figure: value_a, value_b, delta = b - a, its standard error
 -- sqrt(se_a² + se_b²) and 95 % interval delta ± sqrt(hw_a² + hw_b²) (hw: each run's own
 -- interval half-width), and significant = the interval excludes 0 (NULL without intervals).
--- basis: 'raw' when both runs decomposed the same number of images, else 'adjusted' (the
--- chance-corrected shares, whose expectation does not depend on N; docs/method.md).
+-- basis: 'adjusted' when both runs hold chance-corrected shares (the _adj columns, whose
+-- expectation does not depend on N nor on the split into image and interaction energy;
+-- docs/method.md): a raw share's expectation holds a chance level, frac_pos_chance ≈
+-- frac_int/(N-1), which moves with N and with frac_int, so raw deltas flag chance-level
+-- changes even at equal N. 'raw' when either run holds none (decomposed before they were
+-- stored); then, when the runs decomposed other numbers of images, the deltas hold the
+-- chance level's change with N and have no interval (delta_se, delta_lo, delta_hi and
+-- significant NULL).
 -- n_images_a, n_images_b: the images each run decomposed (decoded ones: runs.n_images
 -- requested less runs.n_skipped that failed to decode), the N its shares depend on. The
 -- intervals cover image sampling only, and treat the two runs' images as independent samples
@@ -12,7 +18,12 @@
 -- same_model, note: the pair's in run_pairs (one model whatever its weights; else, or when
 -- decomposed with other prefix options, over other images or at another img_size, note says
 -- why the deltas are no change of one model over the same images and positions). The figures
--- are given all the same.
+-- are given all the same. Heads are paired by index (layer, head): right for checkpoints of one
+-- training run, fine-tunes of one model, or one model over other images; across independent
+-- inits or trainings of one architecture (two seeds) head k of one is unrelated to head k of
+-- the other (heads are exchangeable), so only the layer rows compare there.
+-- Shares only: a head whose logit energy grew or shrank by any factor while keeping its mix
+-- shows no delta (head_energy_changes compares the energies themselves).
 -- A run id that no run has gives no rows.
 -- params: run_a (required), run_b (required)
 WITH pair AS (
@@ -29,14 +40,22 @@ checked AS (
             AS n_images_b
     FROM runs
 ),
+corrected AS (
+    -- a run decomposed before the corrected shares were stored holds none
+    SELECT
+        count(frac_pos_adj) FILTER (WHERE run_id = $run_a) > 0
+        AND count(frac_pos_adj) FILTER (WHERE run_id = $run_b) > 0 AS both_corrected
+    FROM layers WHERE run_id IN ($run_a, $run_b)
+),
 basis AS (
     SELECT
         both_known,
         n_images_a,
         n_images_b,
-        CASE WHEN n_images_a IS NOT DISTINCT FROM n_images_b THEN 'raw' ELSE 'adjusted' END
-            AS basis
-    FROM checked
+        CASE WHEN both_corrected THEN 'adjusted' ELSE 'raw' END AS basis,
+        -- raw shares of other N: their deltas hold the chance level's change with N
+        NOT both_corrected AND n_images_a IS DISTINCT FROM n_images_b AS raw_other_n
+    FROM checked CROSS JOIN corrected
 ),
 figures AS (
     SELECT run_id, 'layer' AS level, site, layer, CAST(NULL AS INTEGER) AS head,
@@ -99,8 +118,10 @@ chosen AS (
     SELECT
         f.*,
         CASE WHEN basis.basis = 'raw' THEN f.raw ELSE f.adj END AS value,
-        CASE WHEN basis.basis = 'raw' THEN f.raw_se ELSE f.adj_se END AS se,
-        CASE WHEN basis.basis = 'raw' THEN f.raw_hw ELSE f.adj_hw END AS hw
+        CASE WHEN basis.raw_other_n THEN NULL WHEN basis.basis = 'raw' THEN f.raw_se
+            ELSE f.adj_se END AS se,
+        CASE WHEN basis.raw_other_n THEN NULL WHEN basis.basis = 'raw' THEN f.raw_hw
+            ELSE f.adj_hw END AS hw
     FROM figures AS f
     CROSS JOIN basis
 ),

@@ -1349,11 +1349,12 @@
   const HEAD_SHARES = ["f_pp", "f_pc", "f_cp", "f_cc"];
   // compare_runs' rows of level head for one share (bfd/queries/compare_runs.sql), from the
   // two runs' head rows (runs/<run>.heads.js): every head of either run (a full outer join
-  // on layer and head), value_a and value_b the raw share when both runs decoded the same N
-  // (`basis` "raw"), else its chance-corrected twin (`_adj`); delta = b - a, its interval
-  // delta ± sqrt(hw_a² + hw_b²) (hw: a run's (hi - lo) / 2; none where either lacks one),
-  // significant when it excludes 0 (null without one). Layer, then head order.
-  function headDeltas(A, B, share, basis) {
+  // on layer and head), value_a and value_b the chance-corrected twin (`_adj`) when both
+  // runs hold corrected shares (`basis` "adjusted"), else the raw share (`basis` "raw");
+  // delta = b - a, its interval delta ± sqrt(hw_a² + hw_b²) (hw: a run's (hi - lo) / 2; none
+  // where either lacks one, nor for raw shares of other N: `intervals` false), significant
+  // when it excludes 0 (null without one). Layer, then head order.
+  function headDeltas(A, B, share, basis, intervals = true) {
     const m = basis === "raw" ? share : share + "_adj";
     const key = (r) => r.layer + ":" + r.head;
     const byA = new Map(A.map((r) => [key(r), r])), byB = new Map(B.map((r) => [key(r), r]));
@@ -1366,7 +1367,7 @@
       const a = byA.get(layer + ":" + head), b = byB.get(layer + ":" + head);
       const va = value(a), vb = value(b), ha = hw(a), hb = hw(b);
       const d = va === null || vb === null ? null : vb - va;
-      const w = ha === null || hb === null ? null : Math.sqrt(ha * ha + hb * hb);
+      const w = !intervals || ha === null || hb === null ? null : Math.sqrt(ha * ha + hb * hb);
       return { layer: layer, head: head, metric: m, head_type_a: a ? a.head_type : null,
         head_type_b: b ? b.head_type : null, value_a: va, value_b: vb,
         value_a_lo: a ? a[m + "_lo"] ?? null : null, value_a_hi: a ? a[m + "_hi"] ?? null : null,
@@ -1589,24 +1590,38 @@
       const ca = CHOICE.get(state.a), cb = CHOICE.get(state.b);
       const idA = ca.run_id, idB = cb.run_id;
       const A = byRun.get(idA), B = byRun.get(idB);
-      // basis as compare_runs: raw shares when both runs decoded the same N, else the
-      // chance-corrected twin (*_adj), whose expectation does not depend on N; a metric
-      // without one is shown without intervals, its deltas including the chance level's change
+      // basis as compare_runs: the chance-corrected twin (*_adj) whenever both runs hold
+      // corrected shares, whatever their N: a raw share's expectation holds a chance level
+      // (frac_pos_chance ≈ frac_int/(N − 1)) that moves with N and with the image/interaction
+      // split, so raw deltas count its change as a change of the model. Raw when a run holds
+      // none (decomposed before they were stored) or the metric has no twin; then, when the
+      // runs' N differ, without intervals, its deltas including the chance level's change
       const nA = decoded(idA), nB = decoded(idB), sameN = nA === nB;
+      const corrected = [A, B].every((rows) => rows.some((l) => typeof l.frac_pos_adj === "number"));
       const twin = /_adj$/.test(state.metric) ? state.metric : state.metric + "_adj";
       const hasTwin = keys.includes(twin);
-      const k = sameN || !hasTwin ? state.metric : twin;
-      const basis = sameN ? "raw" : (hasTwin ? "adjusted" : "none");
+      const basis = corrected && hasTwin ? "adjusted" : (sameN ? "raw" : "none");
+      const k = basis === "adjusted" ? twin : state.metric;
       const noteLines = [];
+      const withoutAdj = [["A", A], ["B", B]].filter(([, rows]) => !rows.some((l) => typeof l.frac_pos_adj === "number"))
+        .map(([side]) => `run ${side}`).join(" and ");
       if (basis === "adjusted") {
         noteLines.push(h("p", { class: "note", id: "compare-basis" },
-          `Runs A and B decoded different numbers of images (N = ${nA} and ${nB}): raw shares' expectation `
-          + `depends on N, so they are compared on the adjusted basis, ${k} (chance-corrected), as compare_runs does.`));
+          (sameN ? `Runs A and B decoded N = ${nA} images each, yet a raw share's expectation `
+            : `Runs A and B decoded different numbers of images (N = ${nA} and ${nB}): a raw share's expectation `)
+          + "holds a chance level (frac_pos_chance ≈ frac_int/(N − 1)) that moves with N and with the model's "
+          + `image/interaction split, so they are compared on the adjusted basis, ${k} (chance-corrected), as compare_runs does.`));
       } else if (basis === "none") {
         noteLines.push(h("p", { class: "note warn", id: "compare-basis" },
-          `Runs A and B decoded different numbers of images (N = ${nA} and ${nB}) and ${k} has no `
-          + "chance-corrected twin: its deltas include the chance level's change with N, and are shown "
-          + "without intervals or significance."));
+          `Runs A and B decoded different numbers of images (N = ${nA} and ${nB}) and `
+          + (hasTwin && withoutAdj ? `${withoutAdj} holds no chance-corrected shares (decomposed before they were stored)`
+            : `${k} has no chance-corrected twin`)
+          + ": its deltas include the chance level's change with N, and are shown without intervals or significance."));
+      } else if (hasTwin && withoutAdj) {
+        noteLines.push(h("p", { class: "note warn", id: "compare-basis" },
+          `${withoutAdj[0].toUpperCase() + withoutAdj.slice(1)} holds no chance-corrected shares (decomposed before they were stored): `
+          + `compared on the raw ${k}, as compare_runs does; its deltas include any change of the chance level `
+          + "(frac_pos_chance ≈ frac_int/(N − 1)) with the model's image/interaction split."));
       }
       // the pair's run_pairs note (two models, other prefix options, images or img_size),
       // when it has one
@@ -1701,7 +1716,7 @@
         `${k}: B − A per layer (basis ${basis === "none" ? "raw, N differ" : basis})`,
         rows.map((r) => Object.assign({}, ident, { metric: k }, r)), cols,
         { filename: pairStem(idA, idB) + "-" + k, csvKeys: Object.keys(ident).concat(["metric"], cols.map((c) => c.key)) })));
-      drawHeads({ a: idA, b: idB, ca: ca, cb: cb, nA: nA, nB: nB, basis: sameN ? "raw" : "adjusted" });
+      drawHeads({ a: idA, b: idB, ca: ca, cb: cb, nA: nA, nB: nB, basis: corrected ? "adjusted" : "raw" });
     }
     // --- heads: each run's head rows from runs/<run>.heads.js (bfd/report/dashboard.py
     // heads_name), loaded for the runs chosen only: the page embeds no run's heads
@@ -1744,12 +1759,21 @@
       }
       const m = ctx.basis === "raw" ? state.share : state.share + "_adj";
       const ident = pairColumns(ctx.a, ctx.b, ctx.basis, ctx.nA, ctx.nB);
-      const rows = headDeltas(HA, HB, state.share, ctx.basis).map((r) => Object.assign({}, ident, r));
+      const rows = headDeltas(HA, HB, state.share, ctx.basis, ctx.basis === "adjusted" || ctx.nA === ctx.nB).map((r) => Object.assign({}, ident, r));
       // head_type_changes' shares are the raw ones, whatever the N
       const changes = headTypeChanges(HA, HB).map((r) => Object.assign({}, ident, { basis: "raw" }, r));
-      const lines = [h("p", { class: "note", id: "heads-basis" }, ctx.basis === "raw"
-        ? `Per head, the raw share ${m} (both runs decoded N = ${fmt(ctx.nA)}), as compare_runs' head rows.`
-        : `Per head, the chance-corrected share ${m} (N = ${fmt(ctx.nA)} and ${fmt(ctx.nB)} differ), as compare_runs' head rows.`)];
+      const nText = ctx.nA === ctx.nB ? `both runs decoded N = ${fmt(ctx.nA)}` : `N = ${fmt(ctx.nA)} and ${fmt(ctx.nB)}`;
+      const lines = [h("p", { class: "note" + (ctx.basis === "raw" ? " warn" : ""), id: "heads-basis" }, ctx.basis === "raw"
+        ? `Per head, the raw share ${m} (${nText}; a run holds no chance-corrected shares), as compare_runs' head rows: ` +
+          "its deltas include any change of the chance level with N and the image/interaction split" +
+          (ctx.nA === ctx.nB ? "." : ", so no intervals.")
+        : `Per head, the chance-corrected share ${m} (${nText}), as compare_runs' head rows.`)];
+      // heads are paired by index: head k of two independent inits or trainings of one
+      // architecture are unrelated (heads are exchangeable)
+      lines.push(h("p", { class: "note", id: "heads-index" }, "Heads are paired by index (layer, head): right for " +
+        "checkpoints of one training run or fine-tunes of one model; across two seeds or independent trainings " +
+        "head k of one is unrelated to head k of the other. Shares only: a head whose logit energy grew or shrank " +
+        "while keeping its mix shows no delta (bfd query head_energy_changes)."));
       // two models (run_pairs' same_model false): compare_runs pairs heads by their layer
       // index, while the per-layer plot above aligns relative depth when depths differ
       if (pairOf(ctx.a, ctx.b)?.same_model === false) {
