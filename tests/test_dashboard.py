@@ -843,3 +843,23 @@ def test_the_overview_names_runs_not_published(tmp_path):
     build_dashboard(root, out)
     assert "1 run(s) of this store are not published and on no page (1 extracted)" in (
         out / "index.html").read_text()
+
+
+def test_two_builds_writing_one_file_at_once_each_rename_their_own(tmp_path, monkeypatch):
+    """Another build's write of the same file, finished between this build's write and its
+    rename (two `bfd dashboard` at once: trial 19), leaves this build's rename intact: each
+    writes a temporary file of its own (a shared `.<name>.tmp` was renamed away under it)."""
+    from bfd.report import dashboard
+
+    real, others = dashboard.os.replace, []
+
+    def replace_after_another_build(src, dst):
+        if not others:
+            others.append(dst)
+            dashboard._write_if_changed(tmp_path, "assets/x.js", "other build", None)
+        real(src, dst)
+
+    monkeypatch.setattr(dashboard.os, "replace", replace_after_another_build)
+    dashboard._write_if_changed(tmp_path, "assets/x.js", "this build", None)
+    assert (tmp_path / "assets" / "x.js").read_text() == "this build"
+    assert [p.name for p in (tmp_path / "assets").iterdir()] == ["x.js"]  # no temporary left

@@ -44,6 +44,7 @@ import duckdb
 
 from bfd.queries import connect
 from bfd.report import data as D
+from bfd.storage.paths import temp_name
 
 __all__ = [
     "DashboardBuild",
@@ -240,12 +241,22 @@ def _write_if_changed(out: Path, rel: str, text: str, build: DashboardBuild | No
         if build is not None and not rel.startswith("assets/"):
             build.unchanged.append(rel)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    _replace_with(path, text)
     if build is not None:
         build.written.append(rel)
+
+
+def _replace_with(path: Path, text: str) -> None:
+    """``path`` holds ``text``, written to a hidden sibling of its own and renamed over it: two
+    builds of one dashboard at once each rename their own file (a shared ``.<name>.tmp`` was
+    renamed away by one while the other wrote it: trial 19, exit 2 in 3 of 8 pairs)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 POSITIONAL: Final[str] = ".bfd-positional"
@@ -275,10 +286,7 @@ def _positional(root: Path, out: Path, run_id: str, grid: tuple, key: str, force
     if pos is None:  # none published or stored: the page says so until the run changes
         path.unlink(missing_ok=True)
         return None, True
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"key": key, "pos": pos}), encoding="utf-8")
-    os.replace(tmp, path)
+    _replace_with(path, json.dumps({"key": key, "pos": pos}))
     return pos, True
 
 
