@@ -284,8 +284,9 @@ def end_on_interrupt(line_open: Callable[[], bool] = lambda: False,
 
     A SIGINT ignored when the process started stays ignored, as Python itself leaves it: a
     shell without job control starts its background commands (``bfd audit ... &`` in a
-    script) so, that a Ctrl-C meant for the script in the foreground spares them. SIGTERM
-    ends the process in any case."""
+    script) so, that a Ctrl-C meant for the script in the foreground spares them (their
+    temporary server too: ``bfd.flows.server`` starts it in a session of its own then).
+    SIGTERM ends the process in any case."""
 
     import psutil  # noqa: F401 - imported now, not while ending
 

@@ -47,8 +47,8 @@ from bfd.tasks.publish import publish
 REPO = Path(__file__).resolve().parents[1]
 
 
-def publish_run(store: Store, rid: str, layers: int) -> None:
-    options = DecomposeOptions()
+def publish_run(store: Store, rid: str, layers: int, prefix: str = "exclude") -> None:
+    options = DecomposeOptions(prefix=prefix)
     parts = [decompose_site_layer(str(store.root), rid, site, layer, options)
              for site in ("attn_in", "resid") for layer in range(layers)]
     results = assemble_results(parts, {"run_id": rid, **options.to_dict(),
@@ -153,6 +153,73 @@ def test_xarray_opens_activations_and_results_without_warnings(two_models):
     heads = run_sql(str(store.root), "SELECT count(*) AS n FROM heads WHERE run_id = $r",
                     {"r": rids[1]}).column("n")[0].as_py()
     assert scope["results"].energy.sizes["layer"] * scope["results"].energy.sizes["head"] == heads
+
+
+def test_a_lazily_opened_version_removed_by_another_process_raises_not_nan(tmp_path):
+    """A notebook's lazily opened results read all-NaN, silently, once another process
+    published the run again (its version's group removed; Zarr's fill value is NaN), and
+    its activations once they were dropped (trial 19). Now reading a value not read yet
+    raises; what was loaded before stays; the run opened again reads the new version; and
+    chunks merely not written (images not extracted yet) still read as NaN."""
+    from bfd.storage import VersionRemovedError
+    from bfd.storage.drop import drop_activations
+
+    store = Store(tmp_path / "s")
+    acts, qkv, heads = random_run_arrays(0, L=2, N=8, T=10, d=12)
+    rid = build_run(store, acts, qkv, heads)
+    publish_run(store, rid, 2)
+    lazy, whole = open_results(store, rid), open_results(store, rid, dask=False)
+    loaded = open_results(store, rid).load()
+    activations = open_activations(store, rid)
+    assert not np.isnan(activations.resid.isel(layer=0).values).any()
+    before = loaded.frac_pos.values.copy()
+    assert not np.isnan(before).all()
+
+    publish_run(store, rid, 2, prefix="include")  # another process's `bfd decompose --prefix`
+    for opened in (lazy, whole):
+        with pytest.raises(VersionRemovedError, match="open it again"):
+            opened.frac_pos.values  # noqa: B018 - the read is the test
+    assert np.array_equal(loaded.frac_pos.values, before)
+    again = open_results(store, rid)
+    assert again.attrs["prefix"] == "include"
+    assert not np.isnan(again.frac_pos.values).all()
+
+    drop_activations(store, rid)  # another process's `bfd drop-activations`
+    with pytest.raises(VersionRemovedError):
+        activations.resid.isel(layer=1).values  # noqa: B018
+    with pytest.raises(FileNotFoundError):  # the class a caller may catch already
+        activations.attn_in.values  # noqa: B018
+
+    # a run whose images are not all extracted: its missing chunks are NaN, as documented
+    partial = build_run(Store(tmp_path / "p"), acts, qkv, heads, shards_done=1)
+    got = open_activations(Store(tmp_path / "p"), partial).resid.values
+    assert np.isnan(got).any() and not np.isnan(got).all()
+
+
+def test_the_dashboard_reads_no_nan_of_a_version_removed_while_it_reads(tmp_path, monkeypatch):
+    """The dashboard's positional components of a run published again by another process
+    between opening its results and reading them: none (as when published again before),
+    not components of NaN read as zeros; its strict read raises."""
+    import bfd.storage
+    from bfd.report.data import positional_components
+    from bfd.storage import VersionRemovedError
+
+    store = Store(tmp_path / "s")
+    acts, qkv, heads = random_run_arrays(0, L=2, N=8, T=10, d=12)
+    rid = build_run(store, acts, qkv, heads, grid=(3, 3))
+    publish_run(store, rid, 2)
+    assert positional_components(store.root, rid, (3, 3)) is not None
+    real = bfd.storage.open_results_group
+
+    def then_published_again(*args, **kwargs):
+        opened = real(*args, **kwargs)
+        publish_run(store, rid, 2, prefix="include")
+        return opened
+
+    monkeypatch.setattr(bfd.storage, "open_results_group", then_published_again)
+    assert positional_components(store.root, rid, (3, 3)) is None
+    with pytest.raises(VersionRemovedError):
+        positional_components(store.root, rid, (3, 3), strict=True)
 
 
 def test_strings_of_the_zarr_groups_read_as_the_docs_say(two_models):

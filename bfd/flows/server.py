@@ -26,6 +26,7 @@ import atexit
 import contextlib
 import importlib.util
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -140,6 +141,19 @@ def _server_command(launcher: str, app_dir: Path, port: int) -> list[str]:
             "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"]
 
 
+def _spared_by_ctrl_c() -> dict[str, bool]:
+    """``subprocess.Popen`` options of the temporary server: its own session where this
+    command was started with SIGINT ignored (a shell script's ``bfd audit ... &``), so that
+    the Ctrl-C that the command ignores, sent to its whole process group, spares the server
+    too. uvicorn takes SIGINT back whatever it inherits: the server stopped while the command
+    ran on, its Prefect clients retrying it for ~5 min, then exit 1 with an
+    ``httpx.ConnectError`` traceback, the run's lock held all along (trial 19). It still ends
+    with the command (its launcher, the exit handler, ``bfd.cli_interrupt``'s end), which
+    find it by parent, not by group. Otherwise (SIGINT at its default or handled) the server
+    stays in the command's group, as before."""
+    return {"start_new_session": True} if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else {}
+
+
 class _Launched:
     """A temporary server process launched as ``SubprocessASGIServer`` launches it."""
 
@@ -167,7 +181,7 @@ class _Launched:
             self.process = subprocess.Popen(
                 _server_command(_DIES_WITH_PARENT, app_dir, self.port),
                 env={**os.environ, **_SERVER_ENV}, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT)
+                stderr=subprocess.STDOUT, **_spared_by_ctrl_c())
 
     @property
     def api_url(self) -> str:
@@ -230,7 +244,8 @@ def _dying_server():
             return subprocess.Popen(  # the launcher
                 _server_command(_WATCHES_PARENT, prefect.__module_path__.parent, self.port),
                 env={**os.environ, **_SERVER_ENV,
-                     **get_current_settings().to_environment_variables(exclude_unset=True)})
+                     **get_current_settings().to_environment_variables(exclude_unset=True)},
+                **_spared_by_ctrl_c())
 
     return DiesWithCommand()
 

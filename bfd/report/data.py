@@ -729,14 +729,16 @@ def positional_components(
     except (FileNotFoundError, ValueError):  # none published (or a damaged pointer)
         return None
     try:
-        ds = open_results_group(store, group, dask=False)  # pos is read whole
+        ds = open_results_group(store, group, dask=False)
+        if "pos" not in ds or "position" not in ds["pos"].dims:
+            return None
+        # read whole here: a version removed meanwhile (the run published again by another
+        # process) raises, as one removed before it was opened (it read as NaN)
+        pos = ds["pos"].load()
     except (FileNotFoundError, ValueError, KeyError, OSError):
         if strict:
             raise
         return None
-    if "pos" not in ds or "position" not in ds["pos"].dims:
-        return None
-    pos = ds["pos"]
     if "site" in pos.dims:
         pos = pos.sel(site="attn_in") if "attn_in" in pos["site"].values else pos.isel(site=0)
     h, w = grid

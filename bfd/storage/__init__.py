@@ -57,6 +57,7 @@ _EXPORTS: Final[dict[str, str]] = {
     "write_image_manifest": "manifest",
     "DamagedStoreError": "paths",
     "NotAStoreError": "paths",
+    "VersionRemovedError": "guarded",
     "RunBusyError": "paths",
     "Store": "paths",
     "check_store": "paths",

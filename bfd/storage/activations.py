@@ -26,6 +26,7 @@ import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
+from .guarded import reading
 from .paths import Store, validate_run_id
 from .results import fixed_width_strings
 from .runs import DTYPES, sha256_hex
@@ -387,7 +388,9 @@ def open_activations(store: Store, run_id: str) -> xr.Dataset:
     Returns:
         Dataset with one variable per site, dims ``(layer, image, token, dim)``, coords
         ``layer, image, token, token_type, row, col`` and the run's attrs. Unwritten
-        images read as NaN.
+        images read as NaN. Once another process drops the activations (``bfd
+        drop-activations``), reading a value not read yet raises ``VersionRemovedError``
+        (a ``FileNotFoundError``; on a local store: ``bfd.storage.guarded``), not NaN.
 
     Raises:
         FileNotFoundError: If the run has no complete template.
@@ -398,7 +401,8 @@ def open_activations(store: Store, run_id: str) -> xr.Dataset:
             f"run {run_id} has no activations in {store.zarr_path}; runs there: {list_runs(store)}"
         )
     return fixed_width_strings(xr.open_zarr(
-        store.zarr_path, group=store.run_group(run_id), chunks={}, consolidated=False, zarr_format=3
+        reading(store.zarr_dir, store.zarr_path), group=store.run_group(run_id), chunks={},
+        consolidated=False, zarr_format=3
     ))
 
 

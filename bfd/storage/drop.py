@@ -12,7 +12,6 @@ removes the note (``forget_dropped``). Its id is unchanged: the request is not t
 from __future__ import annotations
 
 import os
-import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -61,6 +60,7 @@ def drop_activations(store: Store, run_id: str) -> tuple[int, bool]:
     """
     # here, not above: `dropped` is read by commands that import no xarray or Zarr (bfd runs)
     from .activations import TEMPLATE_ATTR, _open_group
+    from .guarded import remove_node
     from .integrity import table_faults
     from .manifest import marker_files
     from .published import read_pointer
@@ -95,6 +95,6 @@ def drop_activations(store: Store, run_id: str) -> tuple[int, bool]:
                 "dropped_at": datetime.now(UTC).isoformat(), "bytes": freed, "sites": sites})
         for marker in marker_files(store, run_id).values():
             marker.unlink(missing_ok=True)
-        for array in arrays:
-            shutil.rmtree(array, ignore_errors=True)
+        for array in arrays:  # its metadata first: a Dataset reading it raises from then on
+            remove_node(array)
     return freed, before

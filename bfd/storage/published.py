@@ -282,7 +282,12 @@ def results_path(store: Store, run_id: str) -> str:
 
 def open_results(store: Store, run_id: str, dask: bool = True) -> xr.Dataset:
     """Open a run's published results lazily (dask-backed, stored chunks; see
-    ``open_results_group`` for ``dask=False``).
+    ``open_results_group`` for ``dask=False``): the version published now, read while it
+    exists. Once another process publishes the run again (``bfd decompose RUN`` with other
+    options, an audit with other decompose options), that version is removed, and reading a
+    value not read yet raises ``VersionRemovedError`` (a ``FileNotFoundError``), not NaN:
+    ``.load()`` the Dataset (results are small) to keep what it opened, or open it again
+    for the version published then.
 
     Raises:
         FileNotFoundError: If the run has no published results.

@@ -6,13 +6,13 @@ before versioned publishing). Which version is the run's is said by its pointer
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 import zarr
 
+from .guarded import reading, remove_node
 from .paths import Store
 
 
@@ -68,13 +68,18 @@ def open_results_group(store: Store, group: str, dask: bool = True) -> xr.Datase
     each variable read whole when its values are first asked for, which is several times
     faster for a reader of many small variables.
 
+    The Dataset reads the group while it exists: once another process removes it (the run
+    published again), reading a value not read yet raises ``VersionRemovedError`` (a
+    ``FileNotFoundError``; on a local store: ``bfd.storage.guarded``); ``.load()`` it first
+    to keep it.
+
     Raises:
         FileNotFoundError: If the group does not exist.
     """
     try:
         return fixed_width_strings(xr.open_zarr(
-            store.zarr_path, group=group, chunks={} if dask else None, consolidated=False,
-            zarr_format=3))
+            reading(store.zarr_dir, store.zarr_path), group=group, chunks={} if dask else None,
+            consolidated=False, zarr_format=3))
     except FileNotFoundError as e:
         raise FileNotFoundError(f"no results group {group} in {store.zarr_path}") from e
 
@@ -104,10 +109,10 @@ def results_groups(store: Store, run_id: str) -> list[str]:
 
 def remove_group(store: Store, group: str) -> None:
     """Remove one group of the Zarr store, if it exists (a local folder whole, metadata or
-    not)."""
+    not; its metadata first)."""
     folder = _local_dir(store, group)
     if folder is not None:
-        shutil.rmtree(folder, ignore_errors=True)
+        remove_node(folder)  # its metadata first: a Dataset reading it raises from then on
         return
     parent, _, name = group.rpartition("/")
     try:

@@ -6,6 +6,7 @@ and ends bit for bit equal to an uninterrupted run. (How fast it ends: bench/int
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -192,6 +193,50 @@ def test_an_ignored_sigint_stays_ignored_and_sigterm_still_ends():
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                           text=True, timeout=60)
     assert (proc.returncode, proc.stdout) == (130, ""), proc.stderr
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.slow
+def test_a_ctrl_c_that_the_audit_ignores_spares_its_temporary_server(tmp_path):
+    """`bfd audit ... &` in a shell script (started with SIGINT ignored), and a Ctrl-C for the
+    script (SIGINT to its whole process group): the audit ran on, but its temporary server,
+    in the same group, stopped (uvicorn takes SIGINT back); the audit then hung ~5 min on its
+    Prefect clients, holding the run's lock, and died with a traceback, exit 1 (trial 19).
+    Now it completes and records its audit, and its server still ends with it."""
+    from bfd.storage.audits import read_audits
+
+    store = Store(tmp_path / "s")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    n_shards = 12  # still running when the first is done
+    audit = ["audit", *EXTRACT[1:], "--n-images", str(4 * n_shards), "--store", str(store.root),
+             "--no-dashboard", "--format", "json"]
+    proc = subprocess.Popen([sys.executable, "-m", "bfd.cli", *audit], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, preexec_fn=_ignore_sigint)
+    try:
+        server = _server_of(proc.pid)
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and len(markers(store)) < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, "the audit ended before the Ctrl-C"
+        os.killpg(proc.pid, signal.SIGINT)  # the script's Ctrl-C, to the command's group
+        out, err = proc.communicate(timeout=400)
+        assert _gone(server), server.cmdline()  # no server left behind once it ended
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for left in live_members(proc.pid):
+            left.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "interrupted" not in err, err
+    assert len(markers(store)) == n_shards
+    (row,) = read_audits(store)
+    assert row["status"] == "complete"
+    assert json.loads(out)["audit_id"] == row["audit_id"]
 
 
 @pytest.mark.slow
