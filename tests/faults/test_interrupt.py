@@ -35,6 +35,14 @@ def markers(store: Store) -> set[str]:
     return {p.name for p in store.runs_dir.glob("*/shards/*.json")}
 
 
+def wait_for_shards(proc: subprocess.Popen, store: Store, n: int, poll: float = 0.01) -> None:
+    """Until ``n`` shards of the store are marked done, or the process ends (at most 300 s:
+    a guard against a hang, no timing of anything)."""
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and len(markers(store)) < n and time.monotonic() < deadline:
+        time.sleep(poll)
+
+
 def live_members(pgid: int) -> list[psutil.Process]:
     """The processes of group ``pgid`` that still run (zombies waiting for a reaper aside)."""
     out = []
@@ -60,9 +68,7 @@ def test_ctrl_c_ends_extract_in_one_line_and_a_rerun_resumes(prefect_harness, tm
                              str(store.root)], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + 300
-        while proc.poll() is None and len(markers(store)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.002)
+        wait_for_shards(proc, store, 2, poll=0.002)
         os.killpg(proc.pid, signal.SIGINT)
         kept = markers(store)
         out, err = proc.communicate(timeout=120)
@@ -149,9 +155,7 @@ def test_sigterm_or_kill_of_the_command_alone_leaves_no_server(prefect_harness, 
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         server = _server_of(proc.pid)
-        deadline = time.monotonic() + 300
-        while proc.poll() is None and len(markers(store)) < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for_shards(proc, store, 1)
         proc.send_signal(signum)  # the command alone, not its process group
         _, err = proc.communicate(timeout=120)
         assert _gone(server), server.cmdline()
@@ -218,9 +222,7 @@ def test_a_ctrl_c_that_the_audit_ignores_spares_its_temporary_server(tmp_path):
                             start_new_session=True, preexec_fn=_ignore_sigint)
     try:
         server = _server_of(proc.pid)
-        deadline = time.monotonic() + 300
-        while proc.poll() is None and len(markers(store)) < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for_shards(proc, store, 1)
         assert proc.poll() is None, "the audit ended before the Ctrl-C"
         os.killpg(proc.pid, signal.SIGINT)  # the script's Ctrl-C, to the command's group
         out, err = proc.communicate(timeout=400)
