@@ -370,6 +370,10 @@ def _stats_only_repair(store, run_id: str) -> str:
     return repair_command(store, run_id, decompose_flags=flags)
 
 
+# sysexits.h's EX_TEMPFAIL: the faults seen may be another process's work in progress
+EXIT_BUSY = 75
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from bfd.storage import (
         Store,
@@ -393,7 +397,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if faults and run_busy(store, args.run_id):  # what it writes now may be among them
         print(f"bfd: run {args.run_id} has {len(faults)} fault(s), but it is "
               f"{busy_said(store, args.run_id)}; then run bfd verify again", file=sys.stderr)
-        return 1
+        # not 1 (damaged): a monitor tells a run at work from a damaged one (trial 19)
+        return EXIT_BUSY
     gone = dropped(store, args.run_id)
     if faults and gone is not None:  # its activations are to extract before a decomposition
         print(f"bfd: run {args.run_id} has {len(faults)} fault(s); its activations were "

@@ -678,3 +678,24 @@ def test_the_shards_never_completed_are_counted_when_the_list_is_cut(tmp_path, d
     rid = build_run(store, *random_run_arrays(0, L=1, N=80, T=4, d=4, sites=("resid",)),
                     shards_done=done)
     assert [str(f) for f in verify_run(store, rid)] == [f"{store.shards_dir(rid)}: {said}"]
+
+
+def test_verify_of_a_run_being_computed_exits_75_not_1(tmp_path, capsys):
+    """A run another process is extracting: its shards not completed yet are faults to
+    verify, but no damage; it exits 75 (try again later), not 1 (damaged), so that a
+    monitor tells them apart (trial 19)."""
+    from locks import held_by_another_thread
+
+    from bfd.storage import run_lock
+    from bfd.tasks.extract import ExtractConfig, prepare_run
+
+    root = tmp_path / "store"
+    planned = prepare_run(str(root), ExtractConfig(model="test_vit", weights="random",
+                                                   n_images=4, img_size=32, layers="0"))
+    rid = planned.run_id
+    with held_by_another_thread(run_lock(Store(root), rid)):
+        code, out, err = cli(["verify", rid, "--store", str(root)], capsys)
+    assert code == 75 and "no shard completed" in out, out + err
+    assert "being computed by another process now" in err, err
+    code, _, _ = cli(["verify", rid, "--store", str(root)], capsys)
+    assert code == 1  # no process at work: the shards never completed are faults
