@@ -286,3 +286,34 @@ def test_drift_is_not_read_from_a_previous_run_decomposed_again_while_compared(
     assert second["status"] == "complete" and second["prev_audit_id"] == first["audit_id"]
     assert second["n_flagged"] == 0, second
     assert "decomposed again" in (second["drift_note"] or ""), second["drift_note"]
+
+
+def test_an_audit_that_waited_for_its_series_starts_when_it_takes_the_lock(tmp_path):
+    """Series order is (step, start): an audit that waited for another audit of its series
+    starts when it takes the lock, after the one it waited for, not when its command began
+    (trial 19: a hand audit that waited was listed before the checkpoint audit of its step it
+    waited for, and compared with neither); one that did not wait keeps its command's start."""
+    import threading
+
+    from bfd.tasks.audits import audit_row
+
+    store = Store(tmp_path / "store")
+    began = datetime.now(UTC) - timedelta(minutes=5)  # when each command began
+    asked, rows = threading.Event(), []
+
+    def audit(step: int) -> None:
+        with audit_row(store, "s", step, "cli", None, started=began,
+                       waiting=lambda line: asked.set()) as row:
+            rows.append(row)
+
+    with held_by_another_thread(series_lock(store, "s")):
+        waiting = threading.Thread(target=audit, args=(1,))
+        waiting.start()
+        asked.wait(timeout=HANG)
+        released = datetime.now(UTC)
+    waiting.join(timeout=HANG)
+    audit(2)  # no other audit at work: no wait
+    assert [r["step"] for r in rows] == [1, 2]
+    assert rows[0]["started_at"] >= released and rows[1]["started_at"] == began
+    stored = {a["step"]: a for a in read_audits(store, "s")}
+    assert stored[1]["audit_id"] == rows[0]["audit_id"] and stored[1]["started_at"] >= released

@@ -404,13 +404,25 @@ def audit_row(store: Store, series: str, step: int, trigger: str,
             waiting for it.
     """
     started = started or datetime.now(UTC)
-    row: dict[str, Any] = {
-        "audit_id": new_audit_id(started), "series": series, "run_id": None, "step": step,
-        "started_at": started, "trigger": trigger, "flow_run_id": flow_run_id,
-        "status": "failed", "prev_audit_id": None, "n_flagged": None, "drift_note": None,
-        "prev_step": None, "skipped": [],  # said, not stored (drift_since_previous)
-    }
-    with series_lock(store, series, waiting):
+    waited: list[str] = []
+
+    def wait(line: str) -> None:
+        waited.append(line)
+        waiting(line)
+
+    with series_lock(store, series, wait):
+        # An audit that waited for another's starts when it takes the lock: series order
+        # (step, start) then lists it after the audit it waited for, which it may compare
+        # with (stamped before the wait, it came first in the order and compared with neither:
+        # trial 19).
+        if waited:
+            started = datetime.now(UTC)
+        row: dict[str, Any] = {
+            "audit_id": new_audit_id(started), "series": series, "run_id": None, "step": step,
+            "started_at": started, "trigger": trigger, "flow_run_id": flow_run_id,
+            "status": "failed", "prev_audit_id": None, "n_flagged": None, "drift_note": None,
+            "prev_step": None, "skipped": [],  # said, not stored (drift_since_previous)
+        }
         try:
             yield row
         except RunChanged:
