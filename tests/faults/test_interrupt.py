@@ -55,6 +55,16 @@ def live_members(pgid: int) -> list[psutil.Process]:
     return out
 
 
+def end_group(proc: subprocess.Popen) -> None:
+    """The command, if still running, and every process left in its group, killed: a failed
+    test leaves nothing behind."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    for left in live_members(proc.pid):
+        left.kill()
+
+
 @pytest.mark.slow
 def test_ctrl_c_ends_extract_in_one_line_and_a_rerun_resumes(prefect_harness, tmp_path, capsys):
     whole, store = Store(tmp_path / "whole"), Store(tmp_path / "interrupted")
@@ -160,11 +170,7 @@ def test_sigterm_or_kill_of_the_command_alone_leaves_no_server(prefect_harness, 
         _, err = proc.communicate(timeout=120)
         assert _gone(server), server.cmdline()
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        for left in live_members(proc.pid):
-            left.kill()
+        end_group(proc)
     if signum == signal.SIGTERM:
         assert proc.returncode == 143, err
         assert err.splitlines()[-1] == MESSAGE.replace("bfd: interrupted",
@@ -228,11 +234,7 @@ def test_a_ctrl_c_that_the_audit_ignores_spares_its_temporary_server(tmp_path):
         out, err = proc.communicate(timeout=400)
         assert _gone(server), server.cmdline()  # no server left behind once it ended
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        for left in live_members(proc.pid):
-            left.kill()
+        end_group(proc)
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "interrupted" not in err, err
     assert len(markers(store)) == n_shards
