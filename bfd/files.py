@@ -38,6 +38,15 @@ _V = TypeVar("_V")
 
 WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".pth", ".pt", ".bin")
 
+
+def local_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the system says it): the
+    threads that hash a source's images (``bfd.images``) and the flows' task threads."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no sched_getaffinity (macOS, Windows)
+        return os.cpu_count() or 1
+
 # Digests kept, the least recently used dropped first: about 0.2 KB each, so a listing of
 # this many images costs some 25 MB; a longer one is hashed again as before.
 CACHE_SIZE: Final[int] = 1 << 17

@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import re
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -28,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageOps
 
-from bfd.files import sha256_file
+from bfd.files import local_cores, sha256_file
 from bfd.image_folders import list_folder
 
 if TYPE_CHECKING:  # listing images needs no torch (a request is keyed without it)
@@ -146,17 +145,14 @@ def _sample_record(k: int) -> ImageRecord:
 
 
 # Threads that hash a source's images: the copies and sha256 release the GIL (512 samples took
-# 0.66-0.76 s on one thread of the device machine's 16 cores, bench/README.md).
+# 0.49-0.61 s on one thread of the device machine's 16 cores, 0.10-0.12 s on 8:
+# bench/README.md).
 HASH_THREADS = 8
 
 
 def _hashed(fn: Callable[[int], ImageRecord], n: int) -> list[ImageRecord]:
     """``fn(0..n-1)`` in order, on up to ``HASH_THREADS`` threads where cores allow."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # no sched_getaffinity (macOS, Windows)
-        cores = os.cpu_count() or 1
-    threads = min(HASH_THREADS, cores, n)
+    threads = min(HASH_THREADS, local_cores(), n)
     if threads <= 1:
         return [fn(k) for k in range(n)]
     with ThreadPoolExecutor(threads, thread_name_prefix="bfd-hash") as pool:

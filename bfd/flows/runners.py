@@ -7,15 +7,9 @@ import os
 import socket
 from urllib.parse import urlsplit
 
+from bfd.files import local_cores
+
 CONNECT_TIMEOUT_S = 3.0
-
-
-def local_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the system says it)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # no sched_getaffinity (macOS, Windows)
-        return os.cpu_count() or 1
 
 
 def capped_workers(workers: int, device: str = "cpu") -> tuple[int, str | None]:
