@@ -342,6 +342,17 @@ def drift_exit(n_flagged: int, fail_on_drift: bool, audits: Sequence[dict] = (),
     return 3 if verdict.failures else 0
 
 
+def _check_to_compute(args: argparse.Namespace, config, store: str) -> None:
+    """The checks of an audit whose run is to compute, before any of it: the server's start-up
+    (the longer) overlaps the import of torch and timm; an unknown model or layers out of
+    range are refused before Prefect is imported, a model timm does not know before the
+    server starts; then the disk space and the placement."""
+    info = cli._check_model_first(config)
+    if args.store_activations:  # a stats-only run writes no activations
+        cli._check_space(config, store, info)
+    cli._check_placement(args, config)
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     """``bfd audit``: the flow ``audit``, or for a run already computed the audit's record
     alone, without Prefect (``bfd.cli_reuse``)."""
@@ -381,13 +392,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         return code
     reused = computed_run_of(args, config, store)
     if reused is None:
-        # the server's start-up (the longer) overlaps the import of torch and timm; an
-        # unknown model or layers out of range are refused before Prefect is imported, a
-        # model timm does not know before the server starts
-        info = cli._check_model_first(config)
-        if args.store_activations:  # a stats-only run writes no activations
-            cli._check_space(config, store, info)
-        cli._check_placement(args, config)
+        _check_to_compute(args, config, store)
     require_writable(store)  # an audit always writes its tables
     if args.demo:
         print("demo: random-init (untrained) vit_tiny_patch16_224 on 64 embedded sample images;"
@@ -400,10 +405,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             out = record_reused_audit(args, config, store, thresholds, reused, started)
         except RunChanged as e:  # nothing recorded: audited as a run to compute
             print(f"bfd: {e}", file=sys.stderr)
-            info = cli._check_model_first(config)
-            if args.store_activations:
-                cli._check_space(config, store, info)
-            cli._check_placement(args, config)
+            _check_to_compute(args, config, store)
     if out is None:
         from bfd.cli_interrupt import audit_progress
         from bfd.flows import progress
