@@ -44,7 +44,7 @@ import duckdb
 
 from bfd.queries import connect
 from bfd.report import data as D
-from bfd.storage.paths import temp_name
+from bfd.storage.paths import atomic_write
 
 __all__ = [
     "DashboardBuild",
@@ -247,16 +247,12 @@ def _write_if_changed(out: Path, rel: str, text: str, build: DashboardBuild | No
 
 
 def _replace_with(path: Path, text: str) -> None:
-    """``path`` holds ``text``, written to a hidden sibling of its own and renamed over it: two
-    builds of one dashboard at once each rename their own file (a shared ``.<name>.tmp`` was
-    renamed away by one while the other wrote it: trial 19, exit 2 in 3 of 8 pairs)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """``path`` holds ``text`` (``atomic_write``, not flushed to disk: the dashboard is made
+    again from the store): two builds of one dashboard at once each rename their own
+    temporary file (a shared ``.<name>.tmp`` was renamed away by one while the other wrote
+    it: trial 19, exit 2 in 3 of 8 pairs)."""
+    data = text.encode("utf-8")
+    atomic_write(path, lambda f: f.write(data), durable=False)
 
 
 POSITIONAL: Final[str] = ".bfd-positional"

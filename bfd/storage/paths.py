@@ -226,27 +226,32 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+def atomic_write(path: Path, write: Callable[[BinaryIO], None], durable: bool = True) -> None:
     """Write a file so that readers see either the old file, the new one, or none.
 
-    ``write`` fills a hidden temporary sibling, which is flushed to disk and renamed over
-    ``path``; the directory entry is flushed too, so the rename survives a crash.
+    ``write`` fills a hidden temporary sibling of its own (two writers of one file at once
+    each rename theirs), which is flushed to disk and renamed over ``path``; the directory
+    entry is flushed too, so the rename survives a crash.
 
     Args:
         path: Destination file; its directory is created if missing.
         write: Writes the whole content to the binary file it is given.
+        durable: False: no flush to disk (a file made again from the store when lost, as
+            the dashboard's).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path)
     try:
         with open(tmp, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
