@@ -201,6 +201,14 @@ def test_an_audit_compares_only_with_audits_before_it_in_series_order(tmp_path):
         at_200["audit_id"], later["audit_id"]]
 
 
+def decomposed_with_prefix_include(rid: str, store: str, api: str) -> None:
+    """``bfd decompose RID --prefix include``, as another process runs it during an audit
+    recorded without Prefect: the test's Prefect API set again for it (and left set)."""
+    os.environ["PREFECT_API_URL"] = api
+    with env_kept():
+        assert main(["decompose", rid, "--prefix", "include", "--store", store]) == 0
+
+
 def test_an_audit_of_a_run_decomposed_again_while_it_waited_computes_it(extracted, tmp_path,
                                                                         monkeypatch, capsys):
     """``bfd audit`` finds its run computed with its options, then waits for the run's lock
@@ -223,9 +231,7 @@ def test_an_audit_of_a_run_decomposed_again_while_it_waited_computes_it(extracte
     def racing(store_, run_id, *args, **kwargs):
         if not raced:  # the other process, done as the audit takes the lock
             raced.append(run_id)
-            os.environ["PREFECT_API_URL"] = api
-            with env_kept():
-                assert main(["decompose", rid, "--prefix", "include", "--store", store]) == 0
+            decomposed_with_prefix_include(rid, store, api)  # the API kept: the audit's flow
         return real(store_, run_id, *args, **kwargs)
 
     monkeypatch.setattr(bfd.storage, "run_lock", racing)
@@ -269,9 +275,7 @@ def test_drift_is_not_read_from_a_previous_run_decomposed_again_while_compared(
     def racing(store_, run_id, *args, **kwargs):
         if run_id == rid_a and not raced:  # the other process, as drift reads run A
             raced.append(run_id)
-            os.environ["PREFECT_API_URL"] = api
-            with env_kept():
-                assert main(["decompose", rid_a, "--prefix", "include", "--store", store]) == 0
+            decomposed_with_prefix_include(rid_a, store, api)
             del os.environ["PREFECT_API_URL"]
         return real(store_, run_id, *args, **kwargs)
 
