@@ -9,16 +9,19 @@ Measured in the same run, on the same model, images, batch size and device:
             shard by shard with ``write_shard``;
   pipeline  the real extract path: ``prepare_run`` then ``extract_shard`` for every shard
             (decode, forward with hooks, float32 -> storage dtype, Zarr write, shard markers),
-            called directly without Prefect, in a process whose model cache is warm (as for
-            every run after a process's first: the planner and the shard tasks share it);
-            ``model_load_seconds`` is the cold cost that a process's first run pays on top;
+            called directly without Prefect, as many shards at once as the flow's one worker
+            runs (``shard_slots``: 2 on a GPU, 1 on the CPU), in a process whose model cache is
+            warm (as for every run after a process's first: the planner and the shard tasks
+            share it); ``model_load_seconds`` is the cold cost that a process's first run pays
+            on top; ``--one-shard-at-a-time`` times it with one shard at a time too;
   flow      the same through the Prefect flow ``bfd.flows.extract.extract`` (one in-process
             worker, as ``bfd extract``), on a temporary Prefect server, for the record.
 
 Prints the figures as JSON, then the ratio pipeline images/s / min(forward, write) images/s
 with its goal (>= 0.90 on a GPU, >= 0.85 on a CPU). ``--stages`` adds one more pipeline pass
 with its stages timed (decoding, forward with hooks, cast/copy into the shard buffer, Zarr
-write, markers, planning; on a GPU, decoding and writes overlap the forwards).
+write, markers, planning; on a GPU, decoding and writes overlap the forwards, and the stages
+of shards side by side are summed over them).
 
 Absolute figures leave out: ``forward`` the decoding (images decoded once beforehand), the
 hooks, host copies and storage; ``write`` the forward and decoding; ``pipeline`` the model load
@@ -44,6 +47,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -162,26 +166,41 @@ class BareWrite:
             return time.perf_counter() - t0
 
 
+# Shard tasks run side by side in the process (None: as the flow runs them, tasks.shard_slots)
+SHARD_SLOTS: int | None = None
+
+
 def run_pipeline(root: str, cfg: ExtractConfig) -> str:
-    """What the extract flow does, without Prefect: plan, then every pending shard in order.
-    Calls go through the module, so that ``time_stages`` sees its timed wrappers."""
+    """What the extract flow does with one worker, without Prefect: plan, then the pending
+    shards, as many at once as the flow's thread pool runs (``tasks.shard_slots``). Calls go
+    through the module, so that ``time_stages`` sees its timed wrappers."""
     plan = tasks.prepare_run(root, cfg)
     worker_cfg = replace(cfg, device=models.resolve_device(cfg.device))
     by_index = {s.index: s for s in plan.shards}
-    for k in plan.pending:
-        s = by_index[k]
-        extract_shard(root, plan.run_id, worker_cfg, s, plan.layers,
-                      list(plan.records[s.start:s.stop]))
+    slots = SHARD_SLOTS or tasks.shard_slots(worker_cfg.device)
+    with ThreadPoolExecutor(slots) as pool:
+        for done in [pool.submit(extract_shard, root, plan.run_id, worker_cfg, by_index[k],
+                                 plan.layers, list(plan.records[by_index[k].start:
+                                                                by_index[k].stop]))
+                     for k in plan.pending]:
+            done.result()
     return plan.run_id
 
 
-def time_pipeline(cfg: ExtractConfig, workdir: Path) -> float:
-    with fresh_store(workdir, "pipeline") as root:
-        _sync(cfg.device)
-        t0 = time.perf_counter()
-        run_pipeline(root, cfg)
-        _sync(cfg.device)
-        return time.perf_counter() - t0
+def time_pipeline(cfg: ExtractConfig, workdir: Path, slots: int | None = None) -> float:
+    """Seconds of ``run_pipeline`` on a fresh store, with ``slots`` shard tasks side by side
+    (None: as the flow runs them)."""
+    global SHARD_SLOTS
+    saved, SHARD_SLOTS = SHARD_SLOTS, slots
+    try:
+        with fresh_store(workdir, "pipeline") as root:
+            _sync(cfg.device)
+            t0 = time.perf_counter()
+            run_pipeline(root, cfg)
+            _sync(cfg.device)
+            return time.perf_counter() - t0
+    finally:
+        SHARD_SLOTS = saved
 
 
 class StageTimer:
@@ -274,7 +293,8 @@ def prefect_flow(cfg: ExtractConfig, workdir: Path) -> Iterator[Callable[[], flo
     from bfd.flows.extract import extract
     from bfd.flows.runners import task_runner
 
-    flow = extract.with_options(task_runner=task_runner(1))
+    flow = extract.with_options(task_runner=task_runner(1, None,
+                                                        models.resolve_device(cfg.device)))
     config = {**cfg.to_dict(), "sites": list(cfg.sites)}
 
     def run() -> float:
@@ -309,6 +329,9 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3, help="best of this many of each timing")
     p.add_argument("--stages", action="store_true", help="time the pipeline's stages too")
     p.add_argument("--no-flow", action="store_true", help="skip the Prefect flow figure")
+    p.add_argument("--one-shard-at-a-time", action="store_true",
+                   help="also time the pipeline with its shards one at a time (on a GPU the "
+                   "flow runs tasks.shard_slots of them side by side)")
     p.add_argument("--workdir", default=None, help="where the temporary stores go")
     p.add_argument("--quick", action="store_true",
                    help="a tiny model and run, one rep: the bench runs, the figures mean nothing")
@@ -332,6 +355,8 @@ def main() -> None:
             run_pipeline(root, warm)
         timers = {"forward": fwd.run, "write": write.run,
                   "pipeline": lambda: time_pipeline(cfg, workdir)}
+        if args.one_shard_at_a_time:  # the baseline of shard_slots, in the same run
+            timers["pipeline_one_shard_at_a_time"] = lambda: time_pipeline(cfg, workdir, 1)
         with contextlib.ExitStack() as stack:
             if not args.no_flow:
                 try:
@@ -363,6 +388,7 @@ def main() -> None:
         "batch_size": cfg.batch_size,
         "images_per_chunk": cfg.images_per_chunk,
         "images_per_shard": cfg.images_per_shard or cfg.images_per_chunk,
+        "shard_slots": tasks.shard_slots(device),
         "decode_workers": cfg.decode_workers,
         "stored_mib_per_run": round(bytes_per_image * n / 2**20, 1),
         "model_load_seconds": round(fwd.load_seconds, 3),
@@ -385,6 +411,9 @@ def main() -> None:
         figures["stages_seconds"] = stages
     if "flow" in rate:
         figures["ratio_flow_vs_baseline"] = round(rate["flow"] / rate[limit], 3)
+    if "pipeline_one_shard_at_a_time" in rate:
+        figures["ratio_one_shard_at_a_time_vs_baseline"] = round(
+            rate["pipeline_one_shard_at_a_time"] / rate[limit], 3)
     if flow_error:
         figures["flow_error"] = flow_error
     print(json.dumps(figures, indent=2))

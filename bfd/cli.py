@@ -390,8 +390,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
     _check_placement(args, config)
     from bfd.flows.extract import extract
     from bfd.flows.runners import task_runner
+    from bfd.models import resolve_device
 
-    flow = extract.with_options(task_runner=task_runner(args.workers, args.dask_address))
+    flow = extract.with_options(task_runner=task_runner(
+        args.workers, args.dask_address, resolve_device(config.get("device", "auto"))))
     missing = not os.path.exists(store)
     rid = _with_bars(flow, config, store, args.gpu_resources)["run_id"]
     say_new_store(store, missing)

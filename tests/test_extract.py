@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -283,6 +284,14 @@ def test_local_workers_take_one_gpu_each(device, name, gpus, expected):
     assert extract_tasks.worker_device(device, name, gpus) == expected
 
 
+@pytest.mark.parametrize(("device", "threads"), [("cpu", 1), ("cuda", 2), ("cuda:1", 2)])
+def test_one_local_worker_runs_two_shards_at_once_on_a_gpu(device, threads):
+    """``bfd extract``/``audit`` with one worker: the flow's thread pool runs
+    ``shard_slots`` shard tasks side by side, two on a GPU, one on the CPU."""
+    assert task_runner(1, None, device)._max_workers == threads
+    assert task_runner(1)._max_workers == 1
+
+
 def test_weights_file_changed_in_place_makes_a_new_run(tmp_path):
     """The planner and the shard tasks share one loaded model per process; a weights file
     rewritten in place must be loaded and hashed again, never served from that cache."""
@@ -305,17 +314,25 @@ def test_weights_file_changed_in_place_makes_a_new_run(tmp_path):
 
 def test_overlapped_stages_store_the_same_bits(tmp_path, mixed_folder, monkeypatch):
     """The GPU path (decoding ahead, chunks written by a writer thread during the next
-    forward), run on the CPU, stores what the CPU's stage-by-stage path stores."""
+    forward, two shards side by side in one process as the flow's worker runs them there:
+    ``shard_slots``), run on the CPU, stores what the CPU's stage-by-stage path stores."""
     cfg = ExtractConfig(**config(images=str(mixed_folder), n_images=None, layers=(0, 5),
                                  images_per_shard=8))
     got = {}
     for overlap in (False, True):
         monkeypatch.setattr(extract_tasks, "_overlaps", lambda device, o=overlap: o)
+        slots = extract_tasks.shard_slots("cpu")
+        assert slots == (extract_tasks.GPU_SHARD_SLOTS if overlap else 1) == 1 + overlap
         store = Store(tmp_path / f"overlap-{overlap}")
         plan = prepare_run(str(store.root), cfg)
-        for shard in plan.shards:  # 2 shards of 2 chunks, with bad images in both
-            extract_tasks.extract_shard(str(store.root), plan.run_id, cfg, shard, plan.layers,
-                                        list(plan.records[shard.start:shard.stop]))
+        extract_tasks._cached_model.cache_clear()  # the shards' first load, side by side
+        with ThreadPoolExecutor(slots) as pool:  # 2 shards of 2 chunks, bad images in both
+            for done in [pool.submit(extract_tasks.extract_shard, str(store.root), plan.run_id,
+                                     cfg, shard, plan.layers,
+                                     list(plan.records[shard.start:shard.stop]))
+                         for shard in plan.shards]:
+                done.result()
+        assert extract_tasks._cached_model.cache_info().misses == 1  # one load, shared
         got[overlap] = (arrays(store, plan.run_id), read_image_manifest(store, plan.run_id))
     (plain, plain_manifest), (overlapped, overlapped_manifest) = got[False], got[True]
     assert overlapped_manifest == plain_manifest

@@ -33,6 +33,7 @@ from bfd.flows.prefect_io import (
 )
 from bfd.flows.runners import decompose_flow, task_runner
 from bfd.flows.stats_only import stats_only_run
+from bfd.models import resolve_device
 from bfd.queries.seen import run_seen
 from bfd.storage import Store, results_path, run_lock, table_faults
 from bfd.tasks.audits import (
@@ -180,7 +181,9 @@ def audit(
                                                      decompose_kw, hold)
                     run = computed_run(Store(root), run_id, stored) or {}
                 else:
-                    done = extract.with_options(task_runner=task_runner(workers, dask_address))(
+                    runner = task_runner(workers, dask_address,
+                                         resolve_device(config.extract_config()["device"]))
+                    done = extract.with_options(task_runner=runner)(
                         config.extract_config(), root, gpu_resources)
                     run_id, extracted = done["run_id"], done["extracted"]
                     repaired, n_shards = done["repaired"], done["n_shards"]

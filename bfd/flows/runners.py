@@ -61,12 +61,15 @@ def check_dask_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None
             f"({e.strerror or e}); start it, or drop --dask-address to run locally") from None
 
 
-def task_runner(workers: int = 1, dask_address: str | None = None):
-    """The task runner for ``workers`` local workers or the cluster at ``dask_address``.
+def task_runner(workers: int = 1, dask_address: str | None = None, device: str = "cpu"):
+    """The extraction's task runner for ``workers`` local workers or the cluster at
+    ``dask_address``.
 
     Local workers above one are separate processes (a forward holds the GIL-free cores of
     one process; K processes give K independent model copies, one per GPU where there are
-    GPUs). Each worker runs one task at a time.
+    GPUs). Each worker runs one task at a time. One worker is this process: one shard at a
+    time on the CPU, two side by side on a GPU (``bfd.tasks.extract.shard_slots`` of
+    ``device``, the run's device resolved).
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1; got {workers}")
@@ -77,7 +80,9 @@ def task_runner(workers: int = 1, dask_address: str | None = None):
     if workers == 1:
         from prefect.task_runners import ThreadPoolTaskRunner
 
-        return ThreadPoolTaskRunner(max_workers=1)
+        from bfd.tasks.extract import shard_slots
+
+        return ThreadPoolTaskRunner(max_workers=shard_slots(device))
     from prefect_dask import DaskTaskRunner
 
     return DaskTaskRunner(

@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -471,6 +472,11 @@ def check_space(store_root: str, cfg: ExtractConfig,
     _require_space(store, need)
 
 
+# One model load at a time in a process: shard tasks that start side by side (``shard_slots``)
+# wait for the first one's load and share its model instead of each loading a copy.
+_MODEL_LOCK = threading.Lock()
+
+
 def _model(cfg: ExtractConfig, device: str) -> tuple[torch.nn.Module, models.ModelInfo]:
     """The run's model on ``device``, loaded once per process: the planner and the shard tasks
     of a run reuse it (read-only: eval mode, and ``forward_capture`` lets one forward at a
@@ -481,7 +487,9 @@ def _model(cfg: ExtractConfig, device: str) -> tuple[torch.nn.Module, models.Mod
         st = os.stat(cfg.weights)
         stamp = (st.st_size, st.st_mtime_ns)
     args = json.dumps(cfg.model_args, sort_keys=True)  # hashable, for the cache
-    return _cached_model(cfg.model, cfg.weights, cfg.img_size, cfg.seed, device, stamp, args)
+    with _MODEL_LOCK:
+        return _cached_model(cfg.model, cfg.weights, cfg.img_size, cfg.seed, device, stamp,
+                             args)
 
 
 @functools.lru_cache(maxsize=2)
@@ -529,6 +537,21 @@ def _autocast(device: str, mode: str):
 def _overlaps(device: str) -> bool:
     """Whether a shard's decoding, forwards and writes run side by side (see extract_shard)."""
     return device != "cpu"
+
+
+# Shard tasks one worker process runs side by side on a GPU (``shard_slots``).
+GPU_SHARD_SLOTS = 2
+
+
+def shard_slots(device: str) -> int:
+    """How many shard tasks one worker process runs at once on ``device`` (resolved).
+
+    On a GPU two: a shard decodes its first batch before its first forward and waits for its
+    last chunk's writes before it is marked done, and the other shard's forwards fill those
+    waits (the forwards themselves still take turns: ``forward_capture`` holds the model).
+    On the CPU one: the forward keeps every core busy, and work beside it only slows it down.
+    """
+    return GPU_SHARD_SLOTS if _overlaps(device) else 1
 
 
 def _nonfinite_rows(a: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
