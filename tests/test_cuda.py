@@ -6,6 +6,7 @@ Imports no Prefect, so it runs where only torch, timm, zarr, dask and xarray are
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from storebuilder import build_run, random_run_arrays
 import bfd
 from bfd.storage import Store, open_activations
 from bfd.tasks.decompose import DecomposeOptions, decompose_site_layer
-from bfd.tasks.extract import ExtractConfig, extract_shard, prepare_run
+from bfd.tasks.extract import ExtractConfig, extract_shard, prepare_run, shard_slots
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -55,15 +56,18 @@ def _extract(root, images, device):
                         layers="0,2", img_size=64, dtype="float32", batch_size=3,
                         images_per_chunk=4, device=device)
     plan = prepare_run(str(root), cfg)
-    for shard in plan.shards:
-        extract_shard(str(root), plan.run_id, cfg, shard, plan.layers,
-                      list(plan.records[shard.start:shard.stop]))
+    # as the flow's one worker runs them: two shards side by side on the GPU (shard_slots)
+    with ThreadPoolExecutor(shard_slots(device)) as pool:
+        for done in [pool.submit(extract_shard, str(root), plan.run_id, cfg, shard, plan.layers,
+                                 list(plan.records[shard.start:shard.stop]))
+                     for shard in plan.shards]:
+            done.result()
     return open_activations(Store(root), plan.run_id).load()
 
 
 def test_cuda_extraction_stores_the_cpu_forward(tmp_path):
-    """The pinned-buffer copies of a CUDA shard, with an undecodable image in a batch (the
-    non-contiguous path), store what a CPU forward stores."""
+    """The pinned-buffer copies of CUDA shards run two at a time, with an undecodable image in
+    a batch (the non-contiguous path), store what a CPU forward stores."""
     rng = np.random.default_rng(0)
     folder = tmp_path / "images"
     folder.mkdir()
