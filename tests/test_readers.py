@@ -445,3 +445,36 @@ def test_a_store_of_the_old_hive_layout_still_reads(tmp_path):
     stored = pa.Table.from_pylist([r for s in SERIES for r in read_drift(store, s)])
     assert keys(stored, key) == expected
     assert ([r["series"] for r in read_audits(store, SERIES[0])] == [SERIES[0]] * 2)
+
+
+def test_duckdb_reads_runs_of_the_old_layout_beside_new_ones(two_models, tmp_path):
+    """A store upgraded from a bfd before versioned publishing holds table files of both
+    layouts (``model=<m>/run_id=<r>/part-0.parquet`` and ``<run_id>/part-<version>.parquet``),
+    the old ones without the columns added since: the documented DuckDB call reads every run's
+    rows, as ``bfd sql`` does (a glob one folder deep missed the old runs without a word)."""
+    src, rids = two_models
+    store = Store(tmp_path / "store")
+    shutil.copytree(src.root, store.root)
+    old = rids[1]
+    pointer_path = store.root / "runs" / old / "published.json"
+    pointer = json.loads(pointer_path.read_text())
+    for table, name in pointer["tables"].items():
+        rows = pq.read_table(store.root / name)
+        rows = rows.drop_columns([c for c in rows.column_names if c.endswith("_adj")])
+        folder = store.table_dir(table) / "model=toy_b" / f"run_id={old}"
+        folder.mkdir(parents=True)
+        pq.write_table(rows, folder / "part-0.parquet")
+        (store.root / name).unlink()
+    pointer_path.unlink()  # published as the old bfd did: no pointer
+    for table in ("heads", "layers"):
+        expected = run_sql(str(store.root), f"SELECT run_id, count(*) AS n FROM {table} "
+                           "GROUP BY run_id ORDER BY run_id").to_pylist()
+        assert {r["run_id"] for r in expected} == set(rids), table
+        # the DuckDB call alone (pandas, pyarrow and polars refuse such a folder: the docs
+        # say so)
+        call = re.search(r"^heads_duckdb = duckdb\.sql\(\n.*?\n\)\.df\(\)$", docs_snippet(),
+                         re.S | re.M).group(0).replace("tables/heads", f"tables/{table}")
+        scope = {"duckdb": duckdb, "store": str(store.root)}
+        exec(compile(call, "docs/layout.md", "exec"), scope)
+        got = scope["heads_duckdb"].groupby("run_id").size().sort_index()
+        assert [{"run_id": k, "n": int(v)} for k, v in got.items()] == expected, table
