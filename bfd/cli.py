@@ -332,38 +332,57 @@ def _start_prefect_server() -> None:
 
 # how timm registers each architecture in its source: the decorator over the function
 _REGISTERED = re.compile(rb"@register_model\s*\ndef\s+(\w+)\s*\(")
+# a pretrained config's key in a timm model file: 'vit_small_patch16_224.augreg_in21k': _cfg(
+_TAGGED = re.compile(rb"""^\s*['"](\w+\.\w+)['"]\s*:""", re.M)
 
 
 @functools.cache
-def _timm_architectures() -> frozenset[str]:
-    """The architectures timm registers (``timm.list_models()``), read from its source files
-    without importing it (torch and timm: seconds), in milliseconds: each ``@register_model``
-    function of ``timm/models``. Empty where its source cannot be read so (no timm, a zipped
-    or compiled install); a name missing here is only checked sooner (``_check_model_first``)."""
+def _timm_names() -> tuple[frozenset[str], frozenset[str]]:
+    """The architectures timm registers (``timm.list_models()``) and the ``arch.tag`` names of
+    its pretrained configs, read from its source files without importing it (torch and timm:
+    seconds), in milliseconds: each ``@register_model`` function of ``timm/models`` and each
+    ``'arch.tag':`` key there. Empty where its source cannot be read so (no timm, a zipped or
+    compiled install); a name missing here is only checked sooner (``_check_model_first``)."""
     import importlib.util
 
     spec = importlib.util.find_spec("timm")  # finds the package; imports nothing
     if spec is None or not spec.origin:
-        return frozenset()
+        return frozenset(), frozenset()
     names: set[str] = set()
+    tagged: set[str] = set()
     try:
         for path in (Path(spec.origin).parent / "models").glob("*.py"):
-            names.update(name.decode() for name in _REGISTERED.findall(path.read_bytes()))
+            source = path.read_bytes()
+            names.update(name.decode() for name in _REGISTERED.findall(source))
+            tagged.update(name.decode() for name in _TAGGED.findall(source))
     except OSError:
-        return frozenset()
-    return frozenset(names)
+        return frozenset(), frozenset()
+    return frozenset(names), frozenset(tagged)
+
+
+def _timm_architectures() -> frozenset[str]:
+    """The architectures timm registers, read from its files (``_timm_names``)."""
+    return _timm_names()[0]
+
+
+def _known_to_timm(name: str) -> bool:
+    """Whether timm registers ``name``'s architecture and, given one, its pretrained tag
+    (``vit_small_patch16_224.augreg_in21k``), as read from its files (``_timm_names``)."""
+    architectures, tagged = _timm_names()
+    arch, dot, _ = name.partition(".")
+    return arch in architectures and (not dot or name in tagged)
 
 
 def _check_model_first(config):
     """``_check_model_request`` and ``_start_prefect_server``, in the order that wastes least:
-    for a model whose architecture timm registers (``_timm_architectures``; a pretrained tag
-    after it is timm's to check, later) the server first, its start-up overlapping the import
-    of torch and timm; any other name (mistyped, ``hf-hub:...``, a model another package
+    for a model whose architecture (and pretrained tag, when given) timm registers
+    (``_known_to_timm``) the server first, its start-up overlapping the import of torch and
+    timm; any other name (mistyped, a mistyped tag, ``hf-hub:...``, a model another package
     registers) is checked first, so that one timm does not know is refused, in the same line
     with its close names, before any server starts (it started one, seconds of CPU, first).
     Returns the model's shapes (``bfd.models.ModelInfo``)."""
     name = str(_extract_dict(config).get("model") or "")
-    if name.partition(".")[0] in _timm_architectures():
+    if _known_to_timm(name):
         _start_prefect_server()
         return _check_model_request(config)
     info = _check_model_request(config)

@@ -121,6 +121,10 @@ NEED_THE_MODEL = {
                               "did you mean vit_tiny_patch16_224, "]),
     "extract-model-unknown": (["extract", *BASE, "--model", "no_such_model"],
                               ["model 'no_such_model' is unknown to timm"]),
+    # a known architecture with a mistyped pretrained tag: timm's line with the close tags
+    "audit-tag-mistyped": (["audit", *BASE, "--model", "vit_tiny_patch16_224.augreg_in21kk"],
+                           ["Invalid pretrained tag (augreg_in21kk)",
+                            "did you mean vit_tiny_patch16_224.augreg_in21k, "]),
     # the same check as bfd audit's layers (cli._check_model_request)
     # (named as the option it is, as other options' errors are: bfd.flows.params)
     "checkpoints-layers-out-of-range": (
@@ -165,6 +169,27 @@ def test_the_timm_architectures_read_from_its_files_are_its_list_models():
     from bfd.cli import _timm_architectures
 
     assert _timm_architectures() == set(timm.list_models())
+
+
+def test_the_pretrained_tags_read_from_its_files_are_timms():
+    """The ``arch.tag`` names that let a tagged model's check wait for the server's start-up
+    are pretrained configs timm has (each resolves, but for a rare key of its files that it
+    does not register: such a name is checked after the server, as every tag was before),
+    and nearly all of them: a tag missing there is only checked sooner."""
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    from bfd.cli import _known_to_timm, _timm_names
+
+    tagged = _timm_names()[1]
+    unresolved = [name for name in tagged if get_pretrained_cfg(name) is None]
+    assert len(unresolved) < 0.01 * len(tagged), unresolved
+    listed = set(timm.list_pretrained())
+    assert len(listed - tagged) < 0.05 * len(listed)
+    assert _known_to_timm("vit_tiny_patch16_224.augreg_in21k")
+    assert _known_to_timm("vit_tiny_patch16_224")
+    assert not _known_to_timm("vit_tiny_patch16_224.augreg_in21kk")
+    assert not _known_to_timm("vit_tiny_patch16_22")
 
 
 def test_autocast_where_auto_finds_no_cuda_is_refused_before_work():
