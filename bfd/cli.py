@@ -281,12 +281,14 @@ class _Bars:
     def __call__(self, stage: str, done: int, total: int, detail: dict) -> None:
         from tqdm import tqdm
 
+        from bfd.flows.progress import EVENTS
+
         if stage == "notice":
             # not print: inside a flow with log_prints, print goes to Prefect's logger
             sys.stderr.write(f"bfd: {detail['text']}\n")
             return
-        if stage in ("checkpoint", "audit"):  # no bar: a checkpoint audited (bfd.cli_audits
-            # prints it), an audit's row written (bfd.cli_interrupt.audit_progress)
+        if stage in EVENTS:  # no bar: a checkpoint audited (bfd.cli_audits prints it), an
+            # audit's row written, a wait for another process (bfd.cli_interrupt.audit_progress)
             return
         bar = self.bars.get(stage)
         if bar is None or (bar.disable and done < total):  # a stage begun again: a new bar

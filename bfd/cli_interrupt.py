@@ -20,7 +20,8 @@ The line says what the interrupt left: ``MESSAGE`` while shards may be being ext
 ``bfd audit`` ``NOT_RECORDED`` before its flow starts (its checks) or, for a run already
 computed (``bfd.cli_reuse``), before its audit is recorded, ``NOT_RECORDED_SHARDS_KEPT`` in
 its flow before the audit is recorded (``NOT_RECORDED_NOTHING_KEPT`` for a stats-only audit,
-``--no-store-activations``, which keeps no shards); and from the moment an audit's row is
+``--no-store-activations``, which keeps no shards; ``waiting_for`` while it waits for another
+process computing its run, which goes on); and from the moment an audit's row is
 written a line naming that audit (``recorded``), so that a rerun's second audit of the same
 request is not made unknowingly.
 The write itself is held from Ctrl-C (``recording``, the ``writing`` of
@@ -149,9 +150,25 @@ class CheckpointsInterrupt:
                 "completed shards are kept)")
 
 
+def waiting_for(run_id: str) -> str:
+    """Ctrl-C's line while an audit waits for another process computing its run."""
+    return (f"{NOT_RECORDED} while it waited for another process computing run {run_id}; "
+            "that process goes on, and a rerun reuses the run once it is published")
+
+
 def audit_progress(stage: str, done: int, total: int, detail: dict) -> None:  # noqa: ARG001
     """A ``bfd.flows.progress`` listener: the flow's stage ``audit`` (``progress.recording``,
-    its audit's row being written) as ``recording``."""
+    its audit's row being written) as ``recording``; its stage ``waiting`` (a wait for
+    another process computing its run: ``progress.waiting``, ``waited``) as ``waiting_for``
+    until the wait ends, then the line before it again."""
+    if stage == "waiting":
+        with _lock:
+            if not done:
+                _state["before_wait"] = _state["message"]
+                _state["message"] = waiting_for(detail["run_id"])
+            elif "before_wait" in _state:
+                _state["message"] = _state.pop("before_wait")
+        return
     if stage != "audit":
         return
     if not done:

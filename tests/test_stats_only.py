@@ -197,6 +197,61 @@ def test_a_stats_only_audit_says_its_plan_and_reports_each_pass_batch_by_batch(s
     assert err.count(f"bfd: no store was at {str(root)!r}: a new one was made there\n") == 1
 
 
+def test_ctrl_c_of_an_audit_waiting_for_another_process_says_that_one_goes_on(
+        stats_audit, tmp_path):
+    """While a stats-only audit waits for another process computing its run, Ctrl-C's line
+    says so: that process goes on and a rerun reuses the run, where it said that the run
+    keeps nothing and a rerun computes it from the start. Once the wait ends, the audit
+    computes the run itself and the line is the stats-only one again."""
+    import threading
+
+    from bfd import cli_interrupt
+    from bfd.cli import main
+    from bfd.flows import progress
+    from bfd.storage import run_lock
+
+    _, rid, _, _ = stats_audit  # the same request in another store: the same run id
+    root = tmp_path / "store"
+    held, release = threading.Event(), threading.Event()
+
+    def other_process() -> None:  # a thread: the lock is the same for a thread of this one
+        with run_lock(Store(root), rid):
+            held.set()
+            release.wait(120)
+
+    seen = []
+
+    def listen(stage: str, done: int, total: int, detail: dict) -> None:
+        seen.append((stage, done, cli_interrupt.message()))
+        if stage == "waiting" and not done:
+            release.set()
+
+    holder = threading.Thread(target=other_process)
+    holder.start()
+    assert held.wait(60)
+    err = io.StringIO()
+    try:
+        with env_kept(), progress.listening(listen), contextlib.redirect_stderr(err), \
+                contextlib.redirect_stdout(io.StringIO()):
+            code = main([*AUDIT, "--store", str(root)])
+    finally:
+        release.set()
+        holder.join()
+    assert code == 0, err.getvalue()
+    assert f"bfd: waiting for another process computing run {rid}" in err.getvalue()
+    # this listener is called before the command's own (registered first): each report
+    # shows the line in force until it, so the wait's end shows the line during the wait
+    waits = [(done, line) for stage, done, line in seen if stage == "waiting"]
+    assert waits == [(0, cli_interrupt.NOT_RECORDED_NOTHING_KEPT),
+                     (1, cli_interrupt.waiting_for(rid))]
+    assert cli_interrupt.waiting_for(rid) == (
+        f"bfd: interrupted; no audit was recorded while it waited for another process computing "
+        f"run {rid}; that process goes on, and a rerun reuses the run once it is published")
+    after = [line for stage, _, line in seen[seen.index(("waiting", 1, waits[1][1])) + 1:]
+             if stage != "audit"]
+    assert after and set(after) == {cli_interrupt.NOT_RECORDED_NOTHING_KEPT}
+
+
 def test_runs_says_a_stats_only_run_kept_no_activations(stats_audit, capsys):
     """`bfd runs` tells a published stats-only run from a stored one (its `activations`
     column, from its config_json), without torch, timm or Prefect; it could not."""

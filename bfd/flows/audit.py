@@ -165,7 +165,15 @@ def audit(
     # other way round (audit-checkpoints holds the series' lock around its audits).
     with contextlib.ExitStack() as computing:
         def hold(run_id: str) -> None:
-            computing.enter_context(run_lock(Store(root), run_id, progress.waiting))
+            waited: list[str] = []
+
+            def wait(line: str) -> None:
+                waited.append(line)
+                progress.waiting(line, run_id)
+
+            computing.enter_context(run_lock(Store(root), run_id, wait))
+            if waited:
+                progress.waited(run_id)
 
         with audit_row(Store(root), series, step, audit_trigger(trigger), current_flow_run_id(),
                        started, writing=progress.recording, waiting=progress.waiting) as row:

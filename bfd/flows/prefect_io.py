@@ -19,6 +19,7 @@ from prefect.artifacts import (
 )
 from prefect.events import emit_event
 
+from bfd.flows import progress
 from bfd.storage import Store
 from bfd.storage.paths import DEFAULT_ROOT, STORE_ENV
 from bfd.tasks.audits import skipped_said
@@ -228,6 +229,8 @@ class PrefectProgress:
         self.updated: dict[str, float] = {}
 
     def __call__(self, stage: str, done: int, total: int, detail: dict) -> None:
+        if stage in progress.EVENTS:  # not work: no progress to show
+            return
         pct = 100.0 * done / total if total else 100.0
         now = time.monotonic()
         if (stage in self.ids and pct < 100.0

@@ -11,6 +11,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 Listener = Callable[[str, int, int, dict], None]
+# Stages that are events rather than work: no progress bar, no progress artifact. ``notice``:
+# a line for the user; ``audit``: an audit's row being written (``recording``);
+# ``checkpoint``: a checkpoint audited; ``waiting``: a wait for another process computing a
+# run (``waiting`` with its run id, then ``waited``).
+EVENTS = frozenset({"notice", "audit", "checkpoint", "waiting"})
 _listeners: list[Listener] = []
 _lock = threading.Lock()
 
@@ -50,11 +55,20 @@ def listening(listener: Listener) -> Iterator[None]:
             _listeners.remove(listener)
 
 
-def waiting(line: str) -> None:
+def waiting(line: str, run_id: str | None = None) -> None:
     """A flow waiting for another process's lock (``bfd.storage.run_lock``,
     ``series_lock``): ``line`` goes to the flow run's log and, as a ``notice``, to the
-    listeners (the command's stderr), once, when the wait starts."""
+    listeners (the command's stderr), once, when the wait starts. With ``run_id`` (the wait
+    is for that run's lock) the listeners also get stage ``waiting`` with 0 of 1 done, and
+    ``waited`` reports its end (Ctrl-C's line meanwhile: ``bfd.cli_interrupt``)."""
     from prefect import get_run_logger
 
     get_run_logger().info(line)
     report("notice", 0, 0, text=line)
+    if run_id is not None:
+        report("waiting", 0, 1, run_id=run_id)
+
+
+def waited(run_id: str) -> None:
+    """The end of a wait that ``waiting`` reported with ``run_id``: the lock is taken."""
+    report("waiting", 1, 1, run_id=run_id)
