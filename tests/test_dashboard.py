@@ -863,3 +863,72 @@ def test_two_builds_writing_one_file_at_once_each_rename_their_own(tmp_path, mon
     dashboard._write_if_changed(tmp_path, "assets/x.js", "this build", None)
     assert (tmp_path / "assets" / "x.js").read_text() == "this build"
     assert [p.name for p in (tmp_path / "assets").iterdir()] == ["x.js"]  # no temporary left
+
+
+def test_drift_an_earlier_bfd_compared_across_n_is_no_flag_anywhere(tmp_path):
+    """trial 22: an earlier bfd compared an audit of N 8 with one of N 32 (other images: the
+    raw shares' chance level moves with N, flags on an unchanged model) and recorded its
+    flags. The drift check refuses that pair today (bfd.tasks.drift.not_comparable), so the
+    catalog shows it as not compared: its drift rows say comparable false and flag nothing,
+    audit_history counts 0 and says why in drift_note, and the dashboard's flagged counts and
+    tables follow. Drift of a comparable pair (O3 against O2: the same 8 images) stays
+    flagged."""
+    from bfd.storage import write_audit, write_drift
+
+    root, series = tmp_path / "store", "old"
+    for i, (run_id, n, sha) in enumerate((("o-32", 32, "sha-thirty2"), ("o-8", 8, "sha-eight"),
+                                          ("o-8b", 8, "sha-eight"))):
+        write_synthetic_run(root, run_id, weights="same", seed=30 + i, n_images=n,
+                            images_sha256=sha,
+                            created_at=dt.datetime(2025, 3, 1 + i, tzinfo=dt.UTC))
+    store = Store(root)
+    for i, (audit_id, run_id, prev, deltas) in enumerate((
+            ("O1", "o-32", None, []), ("O2", "o-8", "O1", [0.15, 0.12, 0.01]),
+            ("O3", "o-8b", "O2", [0.15, 0.01]))):
+        flags = sum(d > 0.05 for d in deltas)
+        began = dt.datetime(2025, 3, 1 + i, 1, tzinfo=dt.UTC)
+        # as the earlier bfd wrote them: no drift_note, no figures kept, its flag count
+        write_audit(store, {"audit_id": audit_id, "series": series, "run_id": run_id,
+                            "step": i + 1, "started_at": began,
+                            "finished_at": began + dt.timedelta(minutes=1), "trigger": "cli",
+                            "flow_run_id": None, "status": "complete", "prev_audit_id": prev,
+                            "n_flagged": flags})
+        if prev is not None:
+            write_drift(store, series, audit_id, [
+                {"audit_id": audit_id, "prev_audit_id": prev, "layer": layer, "head": 0,
+                 "metric": "f_cc", "before": 0.93, "after": 0.93 - delta, "delta": -delta,
+                 "threshold": 0.05, "flagged": delta > 0.05}
+                for layer, delta in enumerate(deltas)])
+    with connect(root) as con:
+        o2 = run_query(con, "drift", {"series": series, "audit_id": "O2"}).to_pylist()
+        o3 = run_query(con, "drift", {"series": series, "audit_id": "O3"}).to_pylist()
+        history = {h["audit_id"]: h for h in
+                   run_query(con, "audit_history", {"series": series}).to_pylist()}
+        listed = {r["series"]: r for r in D.series_list(con).to_pylist()}
+    assert [(r["flagged"], r["comparable"]) for r in o2] == [(False, False)] * 3
+    assert [r["delta"] for r in o2] == pytest.approx([-0.15, -0.12, -0.01])  # kept
+    assert [(r["flagged"], r["comparable"]) for r in o3] == [(True, True), (False, True)]
+    assert history["O2"]["n_flagged"] == 0 and history["O2"]["comparable"] is False
+    assert history["O2"]["drift_note"] == (
+        "compared by an earlier bfd across other images (images sha-thirty2 -> sha-eight, N 32 "
+        "-> 8): not comparable (raw shares change with the images and N, not only with the "
+        "model); its 2 flagged value(s) are no drift, its drift rows say comparable false")
+    assert (history["O3"]["n_flagged"], history["O3"]["drift_note"],
+            history["O3"]["comparable"]) == (1, None, True)
+    assert listed[series]["audit_id"] == "O3" and listed[series]["n_flagged"] == 1
+    out = tmp_path / "site"
+    build_dashboard(root, out)
+    page = embedded(out / "series.html")
+    assert page["drift"]["audit_id"] == ["O3"]  # the "Drift flags" table and its CSV
+    assert page["drift"]["comparable"] == [True]
+    points = {a: (n, note) for a, n, note in zip(
+        page["metrics"]["audit_id"], page["metrics"]["n_flagged"], page["metrics"]["drift_note"],
+        strict=True)}
+    assert points["O2"] == (0, history["O2"]["drift_note"]) and points["O3"] == (1, None)
+    assert set(page["drift_marks"]["audit_id"]) == {"O3"}  # the plots' drift crosses
+    audits = dict(zip(page["audits"]["audit_id"], page["audits"]["n_flagged"], strict=True))
+    assert audits == {"O1": 0, "O2": 0, "O3": 1}
+    overview = embedded(out / "index.html")
+    runs = dict(zip(overview["runs"]["run_id"], overview["runs"]["n_flagged"], strict=True))
+    assert runs == {"o-32": 0, "o-8": 0, "o-8b": 1}
+    assert overview["series_list"]["n_flagged"] == [1]

@@ -17,7 +17,10 @@
 -- delta_* is NULL (not a change of the model); NULL for the first audit of a series.
 -- results_version: the published results the audit saw; drift_note: why the audit's drift was
 -- not compared (no earlier audit was comparable; said of the previous audit; NULL when it was
--- compared). An audit whose run the catalog left out (a damaged table file or pointer, named on
+-- compared), or, of an audit whose drift an earlier bfd compared across runs the drift check
+-- refuses today (another N, other images, img_size, model or prefix option), that it is not
+-- comparable ('compared by an earlier bfd across other images (...): not comparable ...'),
+-- its n_flagged then 0 (its drift rows say comparable false: the drift query). An audit whose run the catalog left out (a damaged table file or pointer, named on
 -- stderr: bfd verify RUN) is still listed, with its run's columns (model, created_at, n_images,
 -- n_decoded) NULL and the figures it kept (NULL if it kept none); comparable and every delta_*
 -- of it, and of an audit compared with it, are NULL (their inputs are unknown). With model,

@@ -150,7 +150,7 @@ CONTRACT: Final[Mapping[str, str]] = {
     "drift": (
         "audit_id VARCHAR, series VARCHAR, prev_audit_id VARCHAR, layer INTEGER, head INTEGER,"
         " metric VARCHAR, before DOUBLE, after DOUBLE, delta DOUBLE, threshold DOUBLE,"
-        " flagged BOOLEAN, type_before VARCHAR, type_after VARCHAR"
+        " flagged BOOLEAN, type_before VARCHAR, type_after VARCHAR, comparable BOOLEAN"
     ),
     # What audit-checkpoints left out, and cleared (bfd.storage.left_out): appended.
     "left_out": (
@@ -162,7 +162,8 @@ CONTRACT: Final[Mapping[str, str]] = {
 
 # Run on each snapshot after its tables and views are made: drift files written before drift
 # held its series (they had Hive folders series=<series>/) take it from their audit; complete
-# audits written before audits kept the figures they saw show their run's current ones.
+# audits written before audits kept the figures they saw show their run's current ones; and
+# drift rows say whether their two runs are comparable (``_COMPARED_FILLS``).
 _FILLS: Final[tuple[str, ...]] = (
     "UPDATE drift SET series = a.series FROM audits AS a"
     " WHERE drift.series IS NULL AND drift.audit_id = a.audit_id",
@@ -170,6 +171,20 @@ _FILLS: Final[tuple[str, ...]] = (
     + ", ".join(f"{name} = s.{name}" for name, _ in SEEN_FIGURES)
     + " FROM run_summary AS s WHERE audits.run_id = s.run_id AND audits.status = 'complete'"
     " AND audits.n_layers IS NULL",
+)
+# Drift an earlier bfd compared across runs the drift check refuses today (another N, other
+# images, img_size, model or prefix option: bfd.tasks.drift.not_comparable; the verdict is
+# ``_drift_compared.sql``'s): its rows say comparable false and flag nothing, and its audit
+# counts no flag and says why in its drift_note, as an audit that compared nothing does. The
+# rows keep before, after, delta and threshold. Every other drift row says comparable true
+# (NULL where a run of the pair is left out of the catalog: unknown, its flags kept).
+_COMPARED_FILLS: Final[tuple[str, ...]] = (
+    "CREATE TEMP TABLE drift_compared AS {drift_compared}",
+    "UPDATE audits SET n_flagged = 0, drift_note = c.note FROM drift_compared AS c"
+    " WHERE audits.audit_id = c.audit_id AND NOT c.comparable AND audits.drift_note IS NULL",
+    "UPDATE drift SET comparable = c.comparable, flagged = drift.flagged AND c.comparable"
+    " IS NOT false FROM drift_compared AS c WHERE drift.audit_id = c.audit_id",
+    "DROP TABLE drift_compared",
 )
 
 # Created in this order: each view reads only tables and the views before it.
@@ -247,7 +262,9 @@ def _view_sql(view: str) -> str:
 
 @functools.cache
 def _schema() -> Schema:
-    return Schema(CONTRACT, [(view, _view_sql(view)) for view in DERIVED_VIEWS], _FILLS)
+    compared = _view_sql("drift_compared")
+    fills = _FILLS + tuple(sql.format(drift_compared=compared) for sql in _COMPARED_FILLS)
+    return Schema(CONTRACT, [(view, _view_sql(view)) for view in DERIVED_VIEWS], fills)
 
 
 def _open(stores: Mapping[str, Path]) -> tuple[duckdb.DuckDBPyConnection, Path | None]:

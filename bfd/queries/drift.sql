@@ -4,7 +4,13 @@
 -- |delta| > threshold. head is NULL for layer metrics; head_type rows have no before/after
 -- and delta 1 when the type changed; type_before and type_after name the types as the audit
 -- compared them (NULL in drift written before drift kept them: head_type_changes of the two
--- runs names their current types).
+-- runs names their current types). comparable: whether the two audits' runs are comparable
+-- by the drift check's rule (one model, the same images, decoded N and img_size, and prefix
+-- option: bfd.tasks.drift.not_comparable); false only in drift an earlier bfd compared across
+-- runs that the current one refuses to compare (e.g. N 32 -> 8: raw shares move with N on an
+-- unchanged model), whose rows are no drift: flagged false (before, after, delta and
+-- threshold kept), its audit's n_flagged 0 and drift_note saying so (audit_history); NULL
+-- where a run of the two is left out of the catalog (damaged: unknown).
 -- params: series (required), audit_id (optional)
 -- (bfd.queries.hints reads the `chosen` CTE below to say why an audit has no drift rows.)
 WITH chosen AS (
@@ -31,7 +37,8 @@ SELECT
     d.threshold,
     d.flagged,
     d.type_before,
-    d.type_after
+    d.type_after,
+    d.comparable
 FROM drift AS d
 JOIN chosen AS c USING (audit_id)
 LEFT JOIN audits AS p ON p.audit_id = d.prev_audit_id
