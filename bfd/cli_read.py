@@ -9,6 +9,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 from bfd import cli
 
@@ -374,6 +375,50 @@ def _stats_only_repair(store, run_id: str) -> str:
 EXIT_BUSY = 75
 
 
+def _older_said(store, run_id: str, older: list, unchecked: list[str], remedy: str
+                ) -> str | None:
+    """What ``verify`` says of a run published by an older bfd, in a few words: its table
+    files' bytes not checked (``unchecked``: the tables whose sha256 its pointer does not
+    record, or every one in the older layout) and the columns added since that its files
+    lack (``older``: those faults, ``Fault.older``), with the command that publishes it
+    again with both (``remedy``); None when neither."""
+    if not older and not unchecked:
+        return None
+    published = "published by an older bfd without checksums" if unchecked else \
+        "published by an older bfd"
+    said = ""
+    if unchecked:
+        every = set(unchecked) >= set(_run_tables(store, run_id))
+        said = ("table bytes not checked: " if every else
+                f"bytes of its {', '.join(unchecked)} table file{'s' if len(unchecked) > 1 else ''}"
+                " not checked: ")
+    said += published
+    if older:
+        tables = sorted({_table_of(f.path) for f in older})
+        said += (f"{' and' if unchecked else ''} without the columns added since in its "
+                 f"{' and '.join(tables)} table file{'s' if len(tables) > 1 else ''}")
+    does = " and ".join(w for w, on in (("adds the columns", older),
+                                        ("records checksums", unchecked)) if on)
+    return f"{said}; {remedy} {does}"
+
+
+def _run_tables(store, run_id: str) -> list[str]:
+    """The tables the run has a published file of."""
+    from bfd.storage.integrity import _table_files
+    from bfd.storage.published import read_pointer
+
+    try:
+        return list(_table_files(store, run_id, read_pointer(store, run_id)))
+    except ValueError:
+        return []
+
+
+def _table_of(path: str) -> str:
+    """The table a published table file is of: the folder under ``tables/``."""
+    parts = Path(path).parts
+    return parts[parts.index("tables") + 1] if "tables" in parts else Path(path).name
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from bfd.storage import (
         Store,
@@ -382,6 +427,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         kept_no_activations,
         repair_command,
         run_busy,
+        unchecked_tables,
         verify_run,
     )
     from bfd.storage.fault_lines import distinct, fault_lines
@@ -389,7 +435,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     store = Store(_store(args))
     # each damaged file once, and the chunk files' faults counted when there are many
-    faults = distinct(verify_run(store, args.run_id))
+    found = distinct(verify_run(store, args.run_id))
+    # a table file of an older bfd, lacking only columns added since, is no damage: said in
+    # the run's line, as the table files whose bytes its pointer gives nothing to check by
+    older = [f for f in found if f.older]
+    faults = [f for f in found if not f.older]
     _say_damaged_events(store)
     stats_only = kept_no_activations(store, args.run_id)
     for line in fault_lines(faults):
@@ -400,6 +450,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
         # not 1 (damaged): a monitor tells a run at work from a damaged one (trial 19)
         return EXIT_BUSY
     gone = dropped(store, args.run_id)
+    remedy = (f"{repair_command(store, args.run_id)} then {decompose_command(store, args.run_id)}"
+              if gone is not None else _stats_only_repair(store, args.run_id) if stats_only
+              else decompose_command(store, args.run_id))
+    older_note = _older_said(store, args.run_id, older, unchecked_tables(store, args.run_id),
+                             remedy)
+    if faults and older_note:
+        print(f"bfd: note: run {args.run_id}: {older_note}", file=sys.stderr)
     if faults and gone is not None:  # its activations are to extract before a decomposition
         print(f"bfd: run {args.run_id} has {len(faults)} fault(s); its activations were "
               f"dropped (bfd drop-activations): {repair_command(store, args.run_id)} extracts "
@@ -425,13 +482,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if any(not f.published for f in faults):
             _say_weights_gone(store, args.run_id)
         return 1
+    # intact: what was not checked, or is of an older bfd, is said in the one line (exit 0:
+    # no damage, which a cron'd verify alarms on; the line names what makes it checkable)
+    said = []
     if gone is not None:
-        print(f"run {args.run_id}: intact (activations dropped by bfd drop-activations: "
-              f"results, tables and audits kept; {repair_command(store, args.run_id)} "
-              "extracts them again)")
-        return 0
-    print(f"run {args.run_id}: intact" + (" (stats-only: no activations kept)"
-                                          if stats_only else ""))
+        said.append(f"activations dropped by bfd drop-activations: results, tables and audits "
+                    f"kept; {repair_command(store, args.run_id)} extracts them again")
+    elif stats_only:
+        said.append("stats-only: no activations kept")
+    if older_note:
+        said.append(older_note)
+    print(f"run {args.run_id}: intact" + (f" ({'; '.join(said)})" if said else ""))
     return 0
 
 

@@ -199,12 +199,19 @@ def test_a_pointer_without_checksums_verifies_by_reading_and_a_table_replaced_re
     path.write_text(json.dumps(old))
     rewrite_with(root / old["tables"]["heads"], "e_pp", 12345.0)
     code, out, err = cli(["verify", rid, "--store", str(root)], capsys)
-    assert (code, out.strip(), err) == (0, f"run {rid}: intact", "")
+    # not "intact" alone: what was not checked is said (trial 22), no fault (exit 0)
+    assert (code, out.strip(), err) == (0, (
+        f"run {rid}: intact (table bytes not checked: published by an older bfd without "
+        f"checksums; {decompose_command(store, rid)} records checksums)"), "")
 
     write_table(store, "layers", "test_vit", rid, read_run_table(store, "layers", rid))
     pointer = read_pointer(store, rid)
     assert set(pointer["sha256"]) == {"layers"}
     assert verify_run(store, rid) == []
+    code, out, err = cli(["verify", rid, "--store", str(root)], capsys)
+    assert (code, err) == (0, "") and out.startswith(
+        f"run {rid}: intact (bytes of its heads, images, modes, runs table files not checked: "
+        "published by an older bfd without checksums; bfd decompose "), out
     layers = root / pointer["tables"]["layers"]
     rewrite_with(layers, "ss_total", -1.0)
     assert [str(f) for f in verify_run(store, rid)] == [
@@ -214,6 +221,77 @@ def test_a_pointer_without_checksums_verifies_by_reading_and_a_table_replaced_re
     write_table(store, "heads", "test_vit", rid, read_run_table(store, "heads", rid))
     assert set(read_pointer(store, rid)["sha256"]) == {"layers", "heads"}
     assert [f.path for f in verify_run(store, rid)] == [str(layers)]  # kept, still changed
+
+
+def as_an_older_bfd_published(root: Path, rid: str) -> dict[str, Path]:
+    """The run's pointer and layers and heads files as an older bfd wrote them (trial 22:
+    2026-11-29's published.json records no sha256, size, mtime_ns or created_at; its files
+    lack every column added since bfd's first release); returns the table files."""
+    from bfd.storage.tables import FIRST_COLUMNS
+
+    path = Store(root).published_pointer(rid)
+    pointer = json.loads(path.read_text())
+    for key in ("sha256", "size", "mtime_ns", "created_at"):
+        pointer.pop(key, None)
+    path.write_text(json.dumps(pointer))
+    files = {name: root / rel for name, rel in pointer["tables"].items()}
+    for name in ("layers", "heads"):
+        table = pq.read_table(files[name])
+        pq.write_table(table.select([c for c in table.column_names
+                                     if c in FIRST_COLUMNS[name]]), files[name])
+    return files
+
+
+def test_a_run_of_an_older_bfd_is_intact_saying_what_was_not_checked(damaged, capsys):
+    """trial 22 (F5, F8): a run published by an older bfd, its table files lacking the columns
+    added since and its pointer no sha256, is not damaged: one line, exit 0, saying that its
+    table bytes were not checked and that the decompose command it names adds the columns
+    and records checksums; after it, plain intact. A file that lacks a column every bfd wrote
+    is damaged still (exit 1)."""
+    root, rid = damaged
+    store = Store(root)
+    files = as_an_older_bfd_published(root, rid)
+    command = decompose_command(store, rid)
+    code, out, err = cli(["verify", rid, "--store", str(root)], capsys)
+    assert (code, err) == (0, ""), err
+    assert out == (f"run {rid}: intact (table bytes not checked: published by an older bfd "
+                   "without checksums and without the columns added since in its heads and "
+                   f"layers table files; {command} adds the columns and records checksums)\n")
+    older = [f for f in verify_run(store, rid) if f.older]
+    assert [(f.path, f.published) for f in older] == [
+        (str(files["heads"]), True), (str(files["layers"]), True)]
+    assert older[0].problem.startswith("published by an older bfd: lacks the 36 columns added "
+                                       "since (bias_key_share, bias_key_pos_share, ")
+    code, _, err = cli(shlex.split(command)[1:], capsys)
+    assert code == 0, err
+    code, out, err = cli(["verify", rid, "--store", str(root)], capsys)
+    assert (code, out, err) == (0, f"run {rid}: intact\n", "")
+    heads = root / read_pointer(store, rid)["tables"]["heads"]
+    table = pq.read_table(heads)
+    pq.write_table(table.drop_columns(["f_cc"]), heads)
+    code, out, err = cli(["verify", rid, "--store", str(root)], capsys)
+    assert code == 1 and out == f"fault: {heads}: missing contract columns ['f_cc']\n", out
+    assert "damaged table files are published again by" in err
+
+
+def test_an_audit_of_a_run_of_an_older_bfd_publishes_it_again_not_as_damaged(damaged,
+                                                                             capsys):
+    """trial 22 (F5): an audit of a run whose table files an older bfd wrote (without the
+    columns added since) publishes it again from its activations, saying so in one line per
+    file: not "damaged", no dump of the column names."""
+    root, rid = damaged
+    files = as_an_older_bfd_published(root, rid)
+    code, out, err = cli(["audit", *EXTRACT[1:], "--store", str(root), "--no-dashboard"], capsys)
+    assert code == 0, err
+    assert "damaged" not in err and "contract columns" not in err, err
+    for name in ("heads", "layers"):
+        (line,) = [x for x in err.splitlines() if str(files[name]) in x]
+        assert line.startswith(f"bfd: published again: {files[name]}: published by an older "
+                               "bfd: lacks the "), line
+        assert len(line) < len(str(files[name])) + 200, line
+    assert (f"run {rid} published again (table files of an older bfd, without the columns "
+            "added since), activations reused") in out, out
+    assert verify_run(Store(root), rid) == []
 
 
 @pytest.mark.parametrize(("name", "damage"), [("heads", "unreadable"), ("runs", "unreadable"),

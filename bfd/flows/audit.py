@@ -198,8 +198,12 @@ def audit(
                     hold(run_id)  # then whether it is computed: one process decomposes it
                     faults = table_faults(Store(root), run_id)  # then not computed: republished
                     for fault in faults:
-                        logger.warning("damaged, published again: %s", fault)
-                        progress.report("notice", 0, 0, text=f"damaged, published again: {fault}")
+                        # a table file of an older bfd (lacking columns added since) is no
+                        # damage: said as what it is, in one line
+                        said = (f"published again: {fault}" if fault.older
+                                else f"damaged, published again: {fault}")
+                        logger.warning("%s", said)
+                        progress.report("notice", 0, 0, text=said)
                     # each table file is read once here: the faults just found are passed on
                     run = computed_run(Store(root), run_id, stored, faults=faults)
                     if run is None:
@@ -221,7 +225,8 @@ def audit(
         # again before the results are reused) nor its results
         reused = "runs" not in written and not extracted
         how = run_reuse(extracted, repaired, decomposed="runs" in written,
-                        republished=bool(faults), n_shards=n_shards)
+                        republished=bool(faults), n_shards=n_shards,
+                        older=bool(faults) and all(f.older for f in faults))
         logger.info("audit %s: run %s %s, %d drift flag(s); store %s", row["audit_id"], run_id,
                     how, row["n_flagged"], root)
         if row["drift_note"] or row["skipped"]:

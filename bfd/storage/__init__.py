@@ -42,6 +42,7 @@ _EXPORTS: Final[dict[str, str]] = {
     "kept_no_activations": "integrity",
     "repair_command": "repair",
     "table_faults": "integrity",
+    "unchecked_tables": "integrity",
     "weights_gone": "integrity",
     "trusted_shards": "integrity",
     "verify_run": "integrity",

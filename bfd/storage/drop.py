@@ -53,7 +53,8 @@ def drop_activations(store: Store, run_id: str) -> tuple[int, bool]:
 
     Raises:
         ValueError: The run is not published (its activations are all it has), is stats-only
-            (it kept none), its published table files are damaged (``bfd verify`` names
+            (it kept none), its published table files are damaged or were published by an
+            older bfd (lacking columns added since: kept to add them) (``bfd verify`` names
             them), or its Zarr part is kept elsewhere (``$BFD_ZARR_URL``).
         RunBusyError: Another process computes the run now.
         FileNotFoundError: No such run.
@@ -79,6 +80,13 @@ def drop_activations(store: Store, run_id: str) -> tuple[int, bool]:
                              f"has; bfd decompose {run_id} --store {store.root} publishes its "
                              "results first")
         faults = table_faults(store, run_id)
+        if faults and all(f.older for f in faults):
+            from .republish import decompose_command
+
+            raise ValueError(f"run {run_id}'s table files were published by an older bfd "
+                             f"({faults[0]}): {decompose_command(store, run_id)} adds the "
+                             "columns added since from its activations, which are kept until "
+                             "then")
         if faults:
             raise ValueError(f"run {run_id}'s published table files are damaged ({faults[0]}"
                              f"; bfd verify {run_id} --store {store.root} lists them): its "

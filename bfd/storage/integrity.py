@@ -26,7 +26,7 @@ from .activations import TEMPLATE_ATTR, _open_group
 from .chunk_check import READ_THREADS, ChunkJob, ChunkVerifier
 from .manifest import Shard, check_marker_in_plan, marker_files, read_marker
 from .paths import DamagedStoreError, Store, check_store, read_json
-from .tables import TABLE_SCHEMAS
+from .tables import TABLE_SCHEMAS, added_later
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,10 @@ class Fault:
         layer: The block of a chunk file at fault.
         kind: What is wrong with a chunk file, as counted when there are many
             (``bfd.storage.fault_lines``): ``chunk files missing``, ...
+        older: A table file published by an older bfd, lacking only columns added since
+            (``bfd.storage.tables.added_later``): no damage (``bfd verify`` says so in its
+            run's line, not as a fault), but not what this version publishes, so an audit
+            publishes it again, as a damaged one.
     """
 
     path: str
@@ -53,6 +57,7 @@ class Fault:
     array: str | None = None
     layer: int | None = None
     kind: str | None = None
+    older: bool = False
 
     def __str__(self) -> str:
         return f"{self.path}: {self.problem}"
@@ -237,11 +242,45 @@ def check_intact(store: Store, run_id: str) -> None:
         )
 
 
+def _table_files(store: Store, run_id: str, pointer: dict | None) -> dict[str, Path]:
+    """The run's published table files by table: those its pointer lists, or the older
+    layout's (no pointer)."""
+    if pointer is not None:
+        return {t: store.root / rel for t, rel in pointer["tables"].items()}
+    return {t: p for t in TABLE_SCHEMAS
+            for p in store.table_dir(t).glob(f"model=*/run_id={run_id}/part-*.parquet")}
+
+
+def unchecked_tables(store: Store, run_id: str) -> list[str]:
+    """The tables of the run whose file's bytes ``table_faults`` cannot check, sorted: its
+    pointer records no sha256 of them (a pointer written by an older bfd, before they were
+    kept), or it has none (the older layout: every table file). [] when every one is
+    checked, the run has no table files, or its pointer does not read (a fault)."""
+    from .published import read_pointer
+    from .recorded import recorded_sha256
+
+    try:
+        pointer = read_pointer(store, run_id)
+    except ValueError:
+        return []
+    return sorted(t for t in _table_files(store, run_id, pointer)
+                  if pointer is None or recorded_sha256(pointer, t) is None)
+
+
+def _few(names: Sequence[str], shown: int = 3) -> str:
+    """``a, b, c, ... (36 in all)``: a long list of column names in short."""
+    if len(names) <= shown:
+        return ", ".join(names)
+    return f"{', '.join(names[:shown])}, ... ({len(names)} in all)"
+
+
 def table_faults(store: Store, run_id: str) -> list[Fault]:
     """The faults of the run's published table files (those its pointer lists, or the older
     layout's): each file is read whole, and its bytes are compared with the sha256 its
     pointer records (none in pointers written before they were kept, nor in the older layout:
-    such a file is only read); empty when all are intact or the run has none."""
+    such a file is only read: ``unchecked_tables``); empty when all are intact or the run
+    has none. A file lacking only columns added since bfd's first release (published by an
+    older bfd) is a fault with ``older`` true, its bytes still checked where recorded."""
     from .published import read_pointer
     from .recorded import changed_since_published
 
@@ -250,11 +289,7 @@ def table_faults(store: Store, run_id: str) -> list[Fault]:
     except ValueError as e:
         return [Fault(str(store.published_pointer(run_id)), " ".join(str(e).split()),
                       published=True)]
-    if pointer is not None:
-        files = {t: store.root / rel for t, rel in pointer["tables"].items()}
-    else:
-        files = {t: p for t in TABLE_SCHEMAS
-                 for p in store.table_dir(t).glob(f"model=*/run_id={run_id}/part-*.parquet")}
+    files = _table_files(store, run_id, pointer)
     faults = []
     for table, path in sorted(files.items()):
         if not os.path.lexists(path):  # pyarrow's error for a file gone names only the path
@@ -269,7 +304,12 @@ def table_faults(store: Store, run_id: str) -> list[Fault]:
             continue
         missing = [n for n in TABLE_SCHEMAS[table].names if n not in names] \
             if table in TABLE_SCHEMAS else []
-        if missing:
+        if missing and added_later(table, missing):
+            faults.append(Fault(str(path), (
+                f"published by an older bfd: lacks the {len(missing)} column"
+                f"{'s' if len(missing) > 1 else ''} added since ({_few(missing)})"),
+                published=True, older=True))
+        elif missing:
             faults.append(Fault(str(path), f"missing contract columns {missing}",
                                 published=True))
             continue

@@ -143,6 +143,31 @@ TABLE_SCHEMAS: Final[dict[str, pa.Schema]] = {
     ),
 }
 
+# The columns of each run table that bfd has written from its first release on (2026-11-26);
+# every other contract column was added later ("add columns, never rename"). A table file
+# that holds all of these and lacks only some later ones was published by an older bfd: it
+# is read as it is (the catalog gives the columns it lacks as NULL), and ``bfd decompose
+# RUN`` publishes the run again with them; one that lacks any of these is damaged
+# (``bfd.storage.integrity.table_faults``). A table not listed has had all its columns since.
+FIRST_COLUMNS: Final[dict[str, frozenset[str]]] = {
+    "runs": frozenset(TABLE_SCHEMAS["runs"].names) - {"depth", "num_heads", "width"},
+    "layers": frozenset({
+        "run_id", "model", "layer", "site", "ss_total", "frac_pos", "frac_img", "frac_int",
+        "pos_split_half_r", "pos_embed_cos", "shuffle_frac_pos", "ss_identity_residual",
+        "ortho_residual"}),
+    "heads": frozenset({
+        "run_id", "model", "layer", "head", *(name for name, _ in _ENERGIES), "f_pp", "f_pc",
+        "f_cp", "f_cc", "head_type", "eff_rank", "eff_rank_sigma", "k90", "mode_coupling"}),
+}
+
+
+def added_later(table: str, missing: Sequence[str]) -> bool:
+    """Whether the contract columns ``missing`` of a file of ``table`` (none of them of
+    ``FIRST_COLUMNS``) are all columns added since bfd's first release: the file was
+    published by an older bfd, not damaged."""
+    first = FIRST_COLUMNS.get(table, frozenset(TABLE_SCHEMAS[table].names))
+    return bool(missing) and not first.intersection(missing)
+
 
 def partition_value(value: str) -> str:
     """Escape a partition value for a directory name, reversibly (``unquote`` undoes it).

@@ -130,7 +130,7 @@ def skipped_audits(audits: Sequence[Mapping[str, Any]],
 
 def run_reuse(extracted: Sequence[int] = (), repaired: Sequence[int] = (),
               decomposed: bool = False, republished: bool = False,
-              n_shards: int | None = None) -> str:
+              n_shards: int | None = None, older: bool = False) -> str:
     """How an audit got its run, in the words of its report and its command's line.
 
     Args:
@@ -142,6 +142,8 @@ def run_reuse(extracted: Sequence[int] = (), repaired: Sequence[int] = (),
         n_shards: The run's shards of activations (None: not known, or none stored: a
             stats-only run), to say those kept from an earlier extraction (an interrupted
             audit's, resumed).
+        older: Those table files were none damaged, all published by an older bfd (lacking
+            columns added since: ``Fault.older``).
     """
     if not extracted and not decomposed:
         return "reused, nothing recomputed"
@@ -151,7 +153,9 @@ def run_reuse(extracted: Sequence[int] = (), repaired: Sequence[int] = (),
     if not decomposed:
         return f"repaired: {shards} of its activations extracted again, results reused"
     if republished:
-        return "published again (damaged table files), " + (
+        why = ("table files of an older bfd, without the columns added since" if older
+               else "damaged table files")
+        return f"published again ({why}), " + (
             f"{shards} of its activations extracted again" if extracted
             else "activations reused")
     if repaired:
