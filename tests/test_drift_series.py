@@ -42,6 +42,7 @@ def test_an_audit_compares_with_the_latest_comparable_one_skipping_an_ad_hoc_aud
                              "why": "another decoded N (N 8 -> 16)"}]
     drift = read_drift(Store(root), SERIES, c["audit_id"])
     assert drift and {r["prev_audit_id"] for r in drift} == {a["audit_id"]}
+    assert {r["comparable"] for r in drift} == {True}  # kept (an earlier bfd's: filled)
     flagged = [(r["layer"], r["head"], r["metric"]) for r in drift if r["flagged"]]
     assert flagged == [(0, None, "frac_pos")] and c["n_flagged"] == 1
     (pos,) = [r for r in drift if r["flagged"]]

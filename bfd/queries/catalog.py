@@ -177,13 +177,15 @@ _FILLS: Final[tuple[str, ...]] = (
 # ``_drift_compared.sql``'s): its rows say comparable false and flag nothing, and its audit
 # counts no flag and says why in its drift_note, as an audit that compared nothing does. The
 # rows keep before, after, delta and threshold. Every other drift row says comparable true
-# (NULL where a run of the pair is left out of the catalog: unknown, its flags kept).
+# (where a run of the pair is left out of the catalog, unknown: what its file says, true in
+# drift the current check wrote, NULL in older drift; its flags kept).
 _COMPARED_FILLS: Final[tuple[str, ...]] = (
     "CREATE TEMP TABLE drift_compared AS {drift_compared}",
     "UPDATE audits SET n_flagged = 0, drift_note = c.note FROM drift_compared AS c"
     " WHERE audits.audit_id = c.audit_id AND NOT c.comparable AND audits.drift_note IS NULL",
-    "UPDATE drift SET comparable = c.comparable, flagged = drift.flagged AND c.comparable"
-    " IS NOT false FROM drift_compared AS c WHERE drift.audit_id = c.audit_id",
+    "UPDATE drift SET comparable = coalesce(c.comparable, drift.comparable),"
+    " flagged = drift.flagged AND c.comparable IS NOT false"
+    " FROM drift_compared AS c WHERE drift.audit_id = c.audit_id",
     "DROP TABLE drift_compared",
 )
 

@@ -9,8 +9,9 @@
 -- option: bfd.tasks.drift.not_comparable); false only in drift an earlier bfd compared across
 -- runs that the current one refuses to compare (e.g. N 32 -> 8: raw shares move with N on an
 -- unchanged model), whose rows are no drift: flagged false (before, after, delta and
--- threshold kept), its audit's n_flagged 0 and drift_note saying so (audit_history); NULL
--- where a run of the two is left out of the catalog (damaged: unknown).
+-- threshold kept), its audit's n_flagged 0 and drift_note saying so (audit_history); as its
+-- file says where a run of the two is left out of the catalog (damaged: unknown; true in drift
+-- the current check wrote, NULL in older drift).
 -- params: series (required), audit_id (optional)
 -- (bfd.queries.hints reads the `chosen` CTE below to say why an audit has no drift rows.)
 WITH chosen AS (

@@ -77,6 +77,11 @@ DRIFT_SCHEMA: Final[pa.Schema] = pa.schema([
     # drift written before drift kept them)
     ("type_before", pa.string()),
     ("type_after", pa.string()),
+    # whether the two audits' runs are comparable (bfd.tasks.drift.not_comparable): true in
+    # every row the drift check writes (it compares nothing else); NULL in drift written
+    # before drift kept it, which the SQL catalog fills (an earlier bfd compared runs of
+    # another N: false there, docs/layout.md)
+    ("comparable", pa.bool_()),
 ])
 
 EVENT_TABLES: Final[dict[str, pa.Schema]] = {"audits": AUDIT_SCHEMA, "drift": DRIFT_SCHEMA}

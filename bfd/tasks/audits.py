@@ -543,8 +543,9 @@ def drift_since_previous(store: Store, row: dict[str, Any], run_id: str,
                skipped=skipped)
     rows: list[dict[str, Any]] = []
     if prev is not None and note is None:
-        rows = [{"audit_id": row["audit_id"], "prev_audit_id": prev["audit_id"], **r}
-                for r in found]
+        # comparable: compared only so (``compared_audit``); drift of an earlier bfd lacks it
+        rows = [{"audit_id": row["audit_id"], "prev_audit_id": prev["audit_id"], **r,
+                 "comparable": True} for r in found]
         write_drift(store, row["series"], row["audit_id"], rows)
     row.update(status="complete", n_flagged=sum(r["flagged"] for r in rows))
     return rows
