@@ -905,6 +905,7 @@ def test_drift_an_earlier_bfd_compared_across_n_is_no_flag_anywhere(tmp_path):
         history = {h["audit_id"]: h for h in
                    run_query(con, "audit_history", {"series": series}).to_pylist()}
         listed = {r["series"]: r for r in D.series_list(con).to_pylist()}
+    assert [r["flagged"] for r in o2] == [False] * 3  # the earlier bfd flagged 2 of them
     assert [(r["flagged"], r["comparable"]) for r in o2] == [(False, False)] * 3
     assert [r["delta"] for r in o2] == pytest.approx([-0.15, -0.12, -0.01])  # kept
     assert [(r["flagged"], r["comparable"]) for r in o3] == [(True, True), (False, True)]
