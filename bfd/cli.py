@@ -445,6 +445,9 @@ def cmd_decompose(args: argparse.Namespace) -> int:
                              dask_address=args.dask_address, device=args.device)
     print(f"run {args.run_id} decomposed; results: {written['results']}")
     _cache_catalog(store)
+    from bfd.cli_audits import print_model_check_warning
+
+    print_model_check_warning(store, args.run_id)
     return 0
 
 

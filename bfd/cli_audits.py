@@ -426,6 +426,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     cli.say_new_store(store, missing)
     if args.format == "json":  # the record alone on stdout; the warnings on stderr
         print_json(audit_record(out))
+        print_model_check_warning(store, out["run_id"])
         print_interval_warning(store, out["run_id"])
         print_image_notes(store, out["run_id"], None if args.demo else args.n_images)
         return drift_exit(flagged_count(out), args.fail_on_drift, [out],
@@ -445,6 +446,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
           f"(try: bfd query model_summary --store {store})")
     print_dashboard(out.get("dashboard"), store)
     print_statistics(store, out["run_id"], profile, args.demo)
+    print_model_check_warning(store, out["run_id"])
     print_image_notes(store, out["run_id"], None if args.demo else args.n_images)
     return drift_exit(n_flagged, args.fail_on_drift, [out], args.fail_if_not_compared)
 
@@ -680,6 +682,22 @@ def print_interval_warning(store: str, run_id: str) -> None:
               file=sys.stderr)
 
 
+def print_model_check_warning(store: str, run_id: str) -> str | None:
+    """``bfd.core.model_check_limit``'s warning on stderr when the run's check against the
+    model failed (above ``MODEL_CHECK_LIMIT``: docs/checks.md); returns it (None when it
+    passed)."""
+    from bfd.core.model_check_limit import model_check_warning
+    from bfd.queries import run_sql
+
+    rows = run_sql(store, "SELECT site, layer, model_logit_residual, model_attn_residual "
+                   "FROM layers WHERE run_id = $run_id ORDER BY site, layer",
+                   {"run_id": run_id}).to_pylist()
+    line = model_check_warning(run_id, rows)
+    if line:
+        print(f"bfd: {line}", file=sys.stderr)
+    return line
+
+
 def print_demo_reading(store: str, run_id: str, profile) -> None:
     """After ``--demo``: how to read its shares, with this run's own figures (a random-init
     ViT's random pos_embed is real, if small, position: its heads' corrected shares lie above
@@ -877,6 +895,8 @@ class CheckpointLines:
         self.printed.add(one["audit_id"])
         say(f"{one['checkpoint']}:")
         self.n_flagged += print_audit(one, self.store)
+        if one.get("run_id"):
+            print_model_check_warning(self.store, one["run_id"])
 
 
 def unreadable_checkpoints(files) -> list[str]:

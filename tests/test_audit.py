@@ -1153,3 +1153,47 @@ def test_intervals_turned_off_are_said_so_not_as_too_few_images(tmp_path, capsys
                                        "the shares are point estimates\n")
     print_interval_warning(str(root), "few")
     assert "images no interval could be computed" in capsys.readouterr().err
+
+
+def test_a_failed_check_against_the_model_is_in_the_audit_report(tmp_path, prefect_harness,
+                                                                  capsys, monkeypatch):
+    """A decomposition whose head maps double the model's logit scale (a wrong M: its check
+    against the model is order 1, docs/checks.md): `bfd audit` says so in one warning line
+    naming the run, layer and value, the audit's report (its Prefect artifact) says it above
+    its per-layer table, which carries the check; the audit that reuses the run says it
+    again."""
+    from conftest import run_cli
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from bfd.core import head_maps
+    from bfd.flows.prefect_io import artifact_key
+    from bfd.tasks import decompose as decompose_tasks
+
+    def wrong_scale(W, H, s, b=None):
+        return head_maps(W, H, 2 * s, b)
+
+    monkeypatch.setattr(decompose_tasks, "head_maps", wrong_scale)
+    argv = ["audit", "--model", "test_vit", "--weights", "random", "--images", "samples",
+            "--n-images", "4", "--img-size", "32", "--layers", "0", "--dtype", "float32",
+            "--images-per-chunk", "4", "--store", str(tmp_path / "store"), "--no-dashboard",
+            "--series", "s", "--jackknife-groups", "0"]
+    lines = []
+    for _ in range(2):  # computed, then reused
+        code, out, err = run_cli(argv, capsys)
+        assert code == 0, err
+        lines.append([x for x in err.splitlines() if "check against the model" in x])
+    rid = read_audits(Store(tmp_path / "store"), "s")[0]["run_id"]
+    (line,), again = lines
+    assert again == [line]
+    assert line.startswith(f"bfd: warning: run {rid} fails the check against the model: "
+                           "model_logit_residual "), line
+    assert "at attn_in layer 0 (1 of 1 layer(s) above 0.001)" in line, line
+    with get_client(sync_client=True) as client:
+        key = ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key("audit", "s")]))
+        reports = [x.data for x in client.read_artifacts(artifact_filter=key)
+                   if x.type == "markdown"]
+    assert len(reports) == 2  # each audit's report, the reused one's too
+    for report in reports:
+        assert f"- **{line.removeprefix('bfd: ')}**" in report
+        assert "| model_logit_residual |" in report

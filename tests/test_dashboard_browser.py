@@ -49,8 +49,11 @@ def site(tmp_path_factory) -> Path:
             created_at=dt.datetime(2025, 1, day, tzinfo=dt.UTC), with_pos=run_id == "a-2",
             intervals=model == "vit_a", n_skipped=SKIPPED.get(run_id, 0),
             # a-2's intervals wider than their target (interval-note)
+            # and its check against the model failed at layer 1 (model-check-note)
             layer_values={"ci_halfwidth": [0.1, 0.3, 0.2, 0.15], "ci_target": [0.02] * 4,
-                          "n_images_for_target": [400.0, 3600.0, 1600.0, 900.0]}
+                          "n_images_for_target": [400.0, 3600.0, 1600.0, 900.0],
+                          "model_logit_residual": [1e-6, 0.4, 2e-6, 1e-6],
+                          "model_attn_residual": [1e-7] * 4}
             if run_id == "a-2" else None,
         )
     out = tmp_path_factory.mktemp("site")
@@ -266,6 +269,15 @@ def test_run_page_views_are_linked(site, browser):
         "With N=16 images the 95 % intervals of the main shares reach ±0.300, wider than the "
         "target ±0.02; about 3600 images would reach it: read the shares and head types below "
         "as estimates within about that.")
+    # its failed check against the model: said as bfd audit says it, and drawn with its limit
+    assert browser.execute_script("return document.getElementById('model-check-note')"
+                                  ".textContent") == (
+        "This run fails the check against the model: model_logit_residual 0.400 at attn_in "
+        "layer 1 (1 layer(s) above 0.001). A correct decomposition gives about 1e-6, so its "
+        "logits are not the model's x M xᵀ and its shares may be wrong (docs/checks.md).")
+    names = browser.execute_script(
+        "return document.getElementById('residual-plot').data.map(t => t.name)")
+    assert {"model_logit_residual", "model_attn_residual", "check limit 0.001"} <= set(names)
     for plot in ("shares-plot", "headmap-plot", "spectrum-plot", "alphabeta-plot", "pos-plot",
                  "preservation-plot", "residual-plot", "splithalf-plot", "shuffle-plot"):
         assert browser.execute_script(f"return document.getElementById('{plot}').data.length") > 0

@@ -209,3 +209,51 @@ def test_partial_extraction_is_refused_and_nothing_is_published(tmp_path, prefec
         open_results(store, partial)
     with pytest.raises(ValueError, match="not completely extracted"):
         decompose_site_layer(str(store.root), partial, "resid", 0, DecomposeOptions())
+
+
+def test_a_failed_check_against_the_model_is_said_and_summarised(tmp_path, prefect_harness,
+                                                                 capsys, caplog):
+    """A run whose stored logit-check capture is not its model's (the queries of layer 1
+    perturbed by half their size: a wrong M gives order 1, docs/checks.md): `bfd decompose`
+    says so in one warning line naming the run, layer and value, the decompose flow's log
+    says it, and model_summary carries the largest check; a run whose capture is its model's
+    gets no warning and a check at rounding level."""
+    from conftest import run_cli
+    from storebuilder import planted_logit_check
+
+    from bfd.core.model_check_limit import MODEL_CHECK_LIMIT
+    from bfd.queries import run_query
+
+    store = Store(tmp_path / "store")
+    acts, qkv, H = random_run_arrays(2, L=2, N=6, T=5, d=8)
+    bias = np.random.default_rng(3).normal(size=(2, 3 * 8)).astype(np.float32)
+    runs = {}
+    for model, noise in (("toy_good", 0.0), ("toy_bad", 0.5)):
+        check = planted_logit_check(acts["attn_in"], qkv, bias, H, [0, 1])
+        rng = np.random.default_rng(4)
+        check["q"][1] *= 1 + noise * rng.standard_normal(check["q"][1].shape)
+        runs[model] = build_run(store, acts, qkv, H, model=model, qkv_bias=bias,
+                                logit_check=check)
+    said = {}
+    for model, rid in runs.items():
+        caplog.clear()
+        code, out, err = run_cli(["decompose", rid, "--store", str(store.root),
+                                  "--jackknife-groups", "0"], capsys)
+        assert code == 0, err
+        said[model] = ([x for x in err.splitlines() if "check against the model" in x],
+                       [r.getMessage() for r in caplog.records
+                        if "check against the model" in r.getMessage()])
+    assert said["toy_good"] == ([], [])
+    (line,), logged = said["toy_bad"]
+    assert line.startswith(f"bfd: warning: run {runs['toy_bad']} fails the check against the "
+                           "model: model_logit_residual "), line
+    assert "at attn_in layer 1 (1 of 2 layer(s) above 0.001)" in line, line
+    assert logged == [line.removeprefix("bfd: ")]
+    layers = read_table(store, "layers").to_pandas().set_index(["run_id", "site", "layer"])
+    bad = layers.loc[(runs["toy_bad"], "attn_in"), "model_logit_residual"]
+    assert bad[1] > 100 * MODEL_CHECK_LIMIT and bad[0] < 1e-5
+    assert f"model_logit_residual {bad[1]:.3g} at" in line
+    summary = run_query(str(store.root), "model_summary").to_pandas().set_index("model")
+    assert summary.loc["toy_bad", "model_logit_residual_max"] == pytest.approx(bad.max())
+    assert summary.loc["toy_good", "model_logit_residual_max"] < 1e-5
+    assert summary.loc["toy_bad", "model_attn_residual_max"] == pytest.approx(2e-7)

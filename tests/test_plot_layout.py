@@ -94,7 +94,7 @@ def test_log_axes_of_a_zero_or_denormal_value_stop_at_the_floor(runs, depth):
     figures, planted = runs[depth]
     fig = figures["validation"]
     fig.canvas.draw()
-    res = titled(fig, "identity residuals")
+    res = titled(fig, "residual checks")
     bottom, top = res.get_ylim()
     # the axis spans the values' meaningful range: down to the floor, not to 1e-314
     assert LOG_FLOOR / 10 <= bottom <= LOG_FLOOR and top < 1

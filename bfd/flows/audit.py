@@ -11,6 +11,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.states import Failed, State
 
+from bfd.core.model_check_limit import model_check_warning
 from bfd.flows import progress
 from bfd.flows.extract import extract
 from bfd.flows.params import (
@@ -231,8 +232,15 @@ def audit(
                     how, row["n_flagged"], root)
         if row["drift_note"] or row["skipped"]:
             logger.info("drift: %s", drift_said(row))
-        report = {**row, "reused": reused, "repaired": repaired, "how": how}
-        publish_artifacts(report, run, layer_summary(Store(root), run_id), rows, root)
+        profile = layer_summary(Store(root), run_id)
+        # the check against the model (docs/checks.md), reused run or not: in the flow run's
+        # log and at the top of the audit's report
+        check = model_check_warning(run_id, [{"site": "attn_in", **r} for r in profile])
+        if check:
+            logger.warning("%s", check)
+        report = {**row, "reused": reused, "repaired": repaired, "how": how,
+                  "model_check": check}
+        publish_artifacts(report, run, profile, rows, root)
     emit_audit_events(row, rows, root)
     index = refresh_outputs(root, dashboard)
     out = {**{k: row[k] for k in ("audit_id", "series", "run_id", "step", "prev_audit_id",

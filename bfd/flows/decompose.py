@@ -6,11 +6,19 @@ from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 
 from bfd.core.anova import DEFAULT_GROUPS
+from bfd.core.model_check_limit import model_check_warning
 from bfd.core.uncertainty import DEFAULT_CI_TARGET
 from bfd.flows import progress
 from bfd.flows.prefect_io import resolve_store
 from bfd.flows.runners import one_thread_per_task
-from bfd.storage import Store, check_intact, open_activations, read_request, run_lock
+from bfd.storage import (
+    Store,
+    check_intact,
+    layers_rows,
+    open_activations,
+    read_request,
+    run_lock,
+)
 from bfd.tasks.decompose import DecomposeOptions, assemble_results, require_extracted
 from bfd.tasks.options import not_decomposable
 from bfd.tasks.prefect_tasks import decompose_site_layer_task, publish_task
@@ -100,4 +108,7 @@ def decompose(
                                            "images_per_task": images_per_task or 0})
         written = publish_task(root, run_id, results, {"decompose": options.to_dict()})
         logger.info("published run %s: %s", run_id, ", ".join(sorted(written)))
+        check = model_check_warning(run_id, layers_rows(results).to_pylist())
+        if check:  # the check against the model failed (docs/checks.md)
+            logger.warning("%s", check)
         return written

@@ -151,12 +151,14 @@ def audit_markdown(audit: dict, run: dict, profile: list[dict], drift: list[dict
         f"- images: `{run.get('images')}`, {run.get('n_images')} images",
         f"- run: `{audit['run_id']}` ({how})",
         f"- audit: `{audit['audit_id']}`, compared with: `{audit['prev_audit_id'] or 'none'}`",
+        *([f"- **{audit['model_check']}**"] if audit.get("model_check") else []),
         "",
         "## Per-layer summary",
         "",
         _md_table(profile, [c for c in ("layer", "frac_pos", "frac_pos_resid", "f_pp", "f_pc",
                                         "f_cp", "f_cc", "n_heads_pp", "n_heads_cp",
-                                        "n_heads_cc") if profile and c in profile[0]]),
+                                        "n_heads_cc", "model_logit_residual")
+                            if profile and c in profile[0]]),
         "## Drift since the previous comparable audit",
         "",
     ]

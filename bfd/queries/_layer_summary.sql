@@ -12,6 +12,9 @@
 --   depth: the model's number of blocks (runs.depth; for runs that did not record it,
 --   1 + the largest layer index stored); rel_depth = layer / (depth - 1).
 --   model: as run_shapes spells it (with the run's --model-arg options, where it has any).
+--   model_logit_residual, model_attn_residual: the check against the model at attn_in
+--   (layers' columns, docs/checks.md): about 1e-6 and 1e-7, above 1e-3 a failure; NULL at a
+--   layer whose run stored no check (extracted before it).
 WITH complete AS (
     SELECT r.run_id, sh.model, nullif(r.depth, 0) AS model_depth
     FROM runs AS r
@@ -51,7 +54,9 @@ site_layers AS (
         any_value(frac_pos_adj) FILTER (WHERE site = 'attn_in') AS frac_pos_adj,
         any_value(frac_pos_adj_lo) FILTER (WHERE site = 'attn_in') AS frac_pos_adj_lo,
         any_value(frac_pos_adj_hi) FILTER (WHERE site = 'attn_in') AS frac_pos_adj_hi,
-        any_value(frac_pos_chance) FILTER (WHERE site = 'attn_in') AS frac_pos_chance
+        any_value(frac_pos_chance) FILTER (WHERE site = 'attn_in') AS frac_pos_chance,
+        any_value(model_logit_residual) FILTER (WHERE site = 'attn_in') AS model_logit_residual,
+        any_value(model_attn_residual) FILTER (WHERE site = 'attn_in') AS model_attn_residual
     FROM layers
     GROUP BY run_id, layer
 ),
@@ -104,6 +109,8 @@ SELECT
     d.e_pp_adj / nullif(d.e_pp_adj + d.e_pc_adj + d.e_cp_adj + d.e_cc_adj, 0) AS f_pp_adj,
     d.e_pc_adj / nullif(d.e_pp_adj + d.e_pc_adj + d.e_cp_adj + d.e_cc_adj, 0) AS f_pc_adj,
     d.e_cp_adj / nullif(d.e_pp_adj + d.e_pc_adj + d.e_cp_adj + d.e_cc_adj, 0) AS f_cp_adj,
-    d.e_cc_adj / nullif(d.e_pp_adj + d.e_pc_adj + d.e_cp_adj + d.e_cc_adj, 0) AS f_cc_adj
+    d.e_cc_adj / nullif(d.e_pp_adj + d.e_pc_adj + d.e_cp_adj + d.e_cc_adj, 0) AS f_cc_adj,
+    d.model_logit_residual,
+    d.model_attn_residual
 FROM with_depth AS d
 JOIN complete AS c USING (run_id)

@@ -5,7 +5,10 @@
 -- frac_pos_adj_mean, f_*_adj: the same from the chance-corrected shares (docs/method.md);
 -- n_images: the images requested (runs.n_images); n_decoded: the images decoded and
 -- decomposed (n_images less runs.n_skipped, which failed to decode), the N of the shares;
--- model: as run_shapes spells it (with the run's --model-arg options, where it has any).
+-- model: as run_shapes spells it (with the run's --model-arg options, where it has any);
+-- model_logit_residual_max, model_attn_residual_max: the largest check against the model over
+-- the run's layers (docs/checks.md: about 1e-6 and 1e-7; above 1e-3 the check failed and the
+-- shares may be wrong), NULL for a run extracted before the check.
 WITH per_run AS (
     SELECT
         run_id,
@@ -35,7 +38,9 @@ WITH per_run AS (
         sum(e_pp_adj) AS e_pp_adj,
         sum(e_pc_adj) AS e_pc_adj,
         sum(e_cp_adj) AS e_cp_adj,
-        sum(e_cc_adj) AS e_cc_adj
+        sum(e_cc_adj) AS e_cc_adj,
+        max(model_logit_residual) AS model_logit_residual_max,
+        max(model_attn_residual) AS model_attn_residual_max
     FROM layer_summary
     GROUP BY run_id
 )
@@ -66,7 +71,9 @@ SELECT
     p.e_pp_adj / nullif(p.e_pp_adj + p.e_pc_adj + p.e_cp_adj + p.e_cc_adj, 0) AS f_pp_adj,
     p.e_pc_adj / nullif(p.e_pp_adj + p.e_pc_adj + p.e_cp_adj + p.e_cc_adj, 0) AS f_pc_adj,
     p.e_cp_adj / nullif(p.e_pp_adj + p.e_pc_adj + p.e_cp_adj + p.e_cc_adj, 0) AS f_cp_adj,
-    p.e_cc_adj / nullif(p.e_pp_adj + p.e_pc_adj + p.e_cp_adj + p.e_cc_adj, 0) AS f_cc_adj
+    p.e_cc_adj / nullif(p.e_pp_adj + p.e_pc_adj + p.e_cp_adj + p.e_cc_adj, 0) AS f_cc_adj,
+    p.model_logit_residual_max,
+    p.model_attn_residual_max
 FROM runs AS r
 JOIN run_shapes AS sh USING (run_id)
 LEFT JOIN per_run AS p USING (run_id)

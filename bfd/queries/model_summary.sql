@@ -17,7 +17,11 @@
 -- runs.n_skipped), the N its shares depend on: raw shares fall with N, so compare models of
 -- other n_decoded by the chance-corrected columns, frac_pos_adj_mean and f_*_adj (run_summary's,
 -- docs/method.md), whose expectation does not depend on N; layers: the layers its run stored
--- (runs.layers, e.g. 0,5,11), which every figure here is over.
+-- (runs.layers, e.g. 0,5,11), which every figure here is over; model_logit_residual_max,
+-- model_attn_residual_max: the largest check against the model over those layers
+-- (docs/checks.md): about 1e-6 and 1e-7 for a correct decomposition; above 1e-3 the check
+-- failed (bfd audit and bfd decompose warn) and the run's shares may be wrong; NULL for a run
+-- extracted before the check.
 -- params: none
 SELECT
     s.model,
@@ -50,7 +54,9 @@ SELECT
     s.f_pp_adj,
     s.f_pc_adj,
     s.f_cp_adj,
-    s.f_cc_adj
+    s.f_cc_adj,
+    s.model_logit_residual_max,
+    s.model_attn_residual_max
 FROM run_summary AS s
 JOIN latest_runs USING (run_id)
 LEFT JOIN run_shapes AS sh USING (run_id)

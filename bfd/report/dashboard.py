@@ -42,6 +42,7 @@ from typing import Any, Final
 
 import duckdb
 
+from bfd.core.model_check_limit import MODEL_CHECK_LIMIT
 from bfd.queries import connect
 from bfd.report import data as D
 from bfd.storage.paths import atomic_write
@@ -462,7 +463,10 @@ def build_dashboard(
                 root, out, run_id, grid, D.content_hash([run["results_path"], grid], [code]), force)
             if not read:  # built again next time, when they may be readable
                 pages[rel] = None
-            payload = {"run": run, **detail, "generated": generated}
+            # the limit of the check against the model (docs/checks.md): the residual
+            # figure draws it, and a run above it is said above the figures
+            payload = {"run": run, **detail, "generated": generated,
+                       "model_check_limit": MODEL_CHECK_LIMIT}
             _write_if_changed(out, rel, _page("run", f"Run {run_id}", payload, 1, str(root)), build)
     finally:
         if catalog is None:

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.legend import Legend
 from matplotlib.patches import Patch
 
+from bfd.core.model_check_limit import MODEL_CHECK_LIMIT
 from bfd.queries import connect
 from bfd.report import data as D
 from bfd.report.layout import fit_titles, floored, integer_ticks, mark_floor
@@ -259,15 +260,20 @@ def _validation(run: dict, layers: list[dict], heads: list[dict], modes: list[di
     # relative residuals: a 0 or a denormal is drawn at the floor (layout.LOG_FLOOR), not
     # at 1e-300 where it would stretch the axis over 300 empty decades
     low = False
-    for i, key in enumerate(("ss_identity_residual", "ortho_residual", "logit_residual")):
+    for i, key in enumerate(("ss_identity_residual", "ortho_residual", "logit_residual",
+                             "model_logit_residual", "model_attn_residual")):
         y, raised = floored(np.abs(_col(layers, key)))
         low |= raised.any()
         if np.isfinite(y).any():
             res.semilogy(x, y, marker="o", ms=3, color=PALETTE[i], label=key)
+    # the check against the model fails above its limit (docs/checks.md)
+    if np.isfinite(_col(layers, "model_logit_residual")).any():
+        res.axhline(MODEL_CHECK_LIMIT, color="black", ls="--", lw=0.8,
+                    label=f"check limit {MODEL_CHECK_LIMIT:g}")
     if low:
         mark_floor(res)
     res.set_ylabel("|relative residual|")
-    res.set_title("identity residuals")
+    res.set_title("residual checks")
     res.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     split.plot(x, _col(layers, "pos_split_half_r"), marker="o", ms=3, color=PALETTE[2])
     split.set_ylim(0, 1.02)

@@ -297,10 +297,29 @@ def drift_rows(store: Store, run_before: str, run_after: str,
     return out
 
 
+def model_checks(store: Store, run_id: str) -> dict[int, dict[str, Any]]:
+    """Per layer of a run's published results, the check against the model at attn_in
+    (``MODEL_CHECKS``: docs/checks.md), with its site and layer as ``layers`` rows hold them
+    (``bfd.core.model_check_limit.model_check_warning`` takes them); {} where the run has no
+    attn_in site."""
+    from bfd.core.model_check_limit import MODEL_CHECKS
+    from bfd.storage import layers_rows, open_results
+
+    def value(v: Any) -> float | None:  # NaN: not computed; inf is kept (a failure)
+        return None if v is None or v != v else float(v)
+
+    rows = layers_rows(open_results(store, run_id, dask=False)).to_pylist()
+    return {int(r["layer"]): {"site": r["site"], "layer": int(r["layer"]),
+                              **{name: value(r.get(name)) for name in MODEL_CHECKS}}
+            for r in rows if r["site"] == "attn_in"}
+
+
 def layer_summary(store: Store, run_id: str) -> list[dict[str, Any]]:
-    """Per layer of a run: frac_pos at attn_in and resid, the energy-weighted head fractions
-    and the head counts per type (the figures of the ``layer_summary`` view)."""
+    """Per layer of a run: frac_pos at attn_in and resid, the energy-weighted head fractions,
+    the head counts per type (the figures of the ``layer_summary`` view) and the check against
+    the model (``model_checks``)."""
     layers, heads = run_metrics(store, run_id)
+    checks = model_checks(store, run_id)
     out = []
     for layer in sorted({key[0] for key in layers} | {key[0] for key in heads}):
         row: dict[str, Any] = {"layer": layer, "frac_pos": _finite(layers.get((layer, "frac_pos"))),
@@ -313,5 +332,8 @@ def layer_summary(store: Store, run_id: str) -> list[dict[str, Any]]:
         for short, name in (("pp", "position-position"), ("cp", "content-position"),
                             ("cc", "content-content")):
             row[f"n_heads_{short}"] = sum(r["head_type"] == name for r in mine)
+        check = checks.get(layer, {})
+        row |= {name: check.get(name) for name in ("model_logit_residual",
+                                                   "model_attn_residual")}
         out.append(row)
     return out

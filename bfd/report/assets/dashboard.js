@@ -580,6 +580,23 @@
       Math.round(Math.max(...need)) + " images would reach it" : "") + ": read the shares and head " +
       "types below as estimates within about that.";
   }
+  // bfd audit's warning of a run whose check against the model failed (docs/checks.md): its
+  // largest model_logit_residual / model_attn_residual above the limit, with its layer
+  function modelCheckNote(layers, limit) {
+    if (typeof limit !== "number") return null;
+    const said = [];
+    for (const k of ["model_logit_residual", "model_attn_residual"]) {
+      const failed = layers.filter((l) => typeof l[k] === "number" && !(l[k] <= limit));
+      if (!failed.length) continue;
+      const worst = failed.reduce((a, b) => (b[k] > a[k] ? b : a));
+      said.push(`${k} ${Number(worst[k]).toPrecision(3)} at attn_in layer ${worst.layer} ` +
+        `(${failed.length} layer(s) above ${limit})`);
+    }
+    if (!said.length) return null;
+    return "This run fails the check against the model: " + said.join("; ") + ". A correct " +
+      "decomposition gives about 1e-6, so its logits are not the model's x M xᵀ and its shares " +
+      "may be wrong (docs/checks.md).";
+  }
   function runPage() {
     const run = D.run;
     const layers = rowsOf(D.layers);
@@ -622,6 +639,8 @@
         safeHref(run.flow_run_url) ? h("a", { href: run.flow_run_url }, run.flow_run_id)
           : fmt(run.flow_run_id)))));
     app.append(dl);
+    const failedCheck = modelCheckNote(layers, D.model_check_limit);
+    if (failedCheck) app.append(h("p", { class: "damaged", role: "alert", id: "model-check-note" }, failedCheck));
     const tooWide = intervalNote(layers);
     if (tooWide) app.append(h("p", { class: "note", id: "interval-note" }, tooWide));
     if (!layers.length && !heads.length) { app.append(empty("This run stored no layer or head rows.")); return; }
@@ -754,7 +773,8 @@
     // Preservation vs enrichment, validation.
     const pres = plotDiv("preservation-plot", "Positional preservation (frac_pos at resid, pos_embed cosine) " +
       "against content enrichment (frac_content at attn_in) by layer");
-    const resid = plotDiv("residual-plot", "Identity residuals per layer, log scale");
+    const resid = plotDiv("residual-plot", "Identity residuals and the check against the model " +
+      "per layer, log scale, with the check's limit");
     const split = plotDiv("splithalf-plot", "Split-half correlation of the positional factor per layer");
     const shuffle = plotDiv("shuffle-plot", "Shuffle control: frac_pos after shuffling tokens against its chance level");
     app.append(section("Positional preservation vs content enrichment", pres),
@@ -770,10 +790,22 @@
       line("frac_content", "content enrichment: frac_content at attn_in", "#0072B2")],
     { xaxis: { title: { text: "layer" }, dtick: 1 }, yaxis: { title: { text: "share" }, range: [0, 1.02] }, height: 380 });
     const abs = (key) => LG.map((l) => (l[key] === null ? null : Math.abs(l[key])));
-    draw(resid, logTraces(["ss_identity_residual", "ortho_residual", "logit_residual"].map((k, i) => ({
-      x: L, y: abs(k), name: k, mode: "lines+markers", line: { color: PALETTE[i] },
-      hovertemplate: `layer %{x}<br>|${k}| %{customdata:.3g}<extra></extra>` }))),
-    { title: { text: "identity residuals", font: { size: 13 } },
+    // the check against the model (docs/checks.md) beside the identities, with its limit: a
+    // point above the dashed line is a failed check
+    const residKeys = ["ss_identity_residual", "ortho_residual", "logit_residual",
+      "model_logit_residual", "model_attn_residual"];
+    const limit = D.model_check_limit;
+    const checked = residKeys.slice(3).some((k) => abs(k).some((v) => v !== null));
+    const residTraces = logTraces(residKeys.filter((k, i) => i < 3 || abs(k).some((v) => v !== null))
+      .map((k) => ({ x: L, y: abs(k), name: k, mode: "lines+markers",
+        line: { color: PALETTE[residKeys.indexOf(k)] },
+        hovertemplate: `layer %{x}<br>|${k}| %{customdata:.3g}<extra></extra>` })));
+    const shown = L.filter((v) => v !== null);
+    if (checked && typeof limit === "number") residTraces.push({ x: [Math.min(...shown),
+      Math.max(...shown)], y: [limit, limit], mode: "lines", name: `check limit ${limit}`,
+      line: { color: "#000", dash: "dash", width: 1 }, hoverinfo: "skip" });
+    draw(resid, residTraces,
+    { title: { text: "residual checks", font: { size: 13 } },
       yaxis: { type: "log", title: { text: "|relative residual|" }, exponentformat: "e" },
       xaxis: { title: { text: "layer" }, dtick: 1 } });
     draw(split, [line("pos_split_half_r", "split-half r of pos", "#009E73")],
