@@ -13,8 +13,10 @@ import difflib
 import fnmatch
 import os
 import re
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -226,16 +228,68 @@ def describe(name: str, img_size: int | None = None,
     except UnsupportedModelError:
         raise
     except (TypeError, AssertionError, ValueError) as err:
+        if not args and img_size is None:
+            raise
         # non-ViT constructors (ResNet, ...) reject img_size (and a ViT's arguments): build
         # without them so that check_supported can refuse the model with its reason
-        if not args and not isinstance(err, TypeError):
-            raise
-        model = _build(name, meta=True, pretrained=False)
-        check_supported(model, name)
+        base = _build(name, meta=True, pretrained=False)
+        check_supported(base, name)
         if args:
-            raise _refused_args(name, args, err) from None
+            try:  # the arguments alone: are they what timm refuses, or the size?
+                _build(name, meta=True, pretrained=False, **args)
+            except (TypeError, AssertionError, ValueError):
+                raise _refused_args(name, args, err) from None
+        if img_size is None:
+            raise
+        raise _refused_size(name, img_size, args, err, base) from None
     check_supported(model, name, model_args_text(args))
     return _info(model, name, weights="none", sha="")
+
+
+def _said(err: BaseException) -> str:
+    """timm's words for ``err``; for a bare ``assert`` (no message), the line that failed and
+    where."""
+    said = " ".join(str(err).split())[:300]
+    if said:
+        return said
+    frames = traceback.extract_tb(err.__traceback__)
+    if not frames:
+        return type(err).__name__
+    last = frames[-1]
+    where = "/".join(Path(last.filename).parts[-3:])
+    line = " ".join((last.line or "").split())[:200]
+    return f"{type(err).__name__}: {line} ({where}:{last.lineno})"
+
+
+def _refused_size(name: str, img_size: int, args: dict[str, Any], err: BaseException,
+                  base: nn.Module, tries: int = 3) -> UnsupportedModelError:
+    """One line: timm's constructor of ``name`` (with ``args``) refuses ``--img-size
+    img_size``, in its words, with the sizes nearest to it that it builds with (up to
+    ``tries`` multiples of the patch size either side: a hybrid's CNN stem needs a larger
+    multiple than its patch size)."""
+    pe = getattr(base, "patch_embed", None)
+    step = int(getattr(pe, "patch_size", (16,))[0] or 16) if pe is not None else 16
+    near = []
+    for direction in (-1, 1):
+        size = (img_size // step) * step if direction < 0 else -(-img_size // step) * step
+        for _ in range(tries):
+            if size == img_size:
+                size += direction * step
+            if size < step:
+                break
+            try:
+                _build(name, meta=True, pretrained=False, img_size=size, **args)
+            except (TypeError, AssertionError, ValueError):
+                size += direction * step
+                continue
+            near.append(size)
+            break
+    given = f" with {model_args_text(args)}" if args else ""
+    hint = (f"; sizes near it that it builds with: {', '.join(map(str, sorted(near)))}" if near
+            else "")
+    return UnsupportedModelError(
+        f"--img-size {img_size} does not fit model {name!r}{given}: timm's constructor refuses "
+        f"it ({_said(err)}){hint}")
 
 
 def _refused_args(name: str, args: dict[str, Any], err: Exception) -> UnsupportedModelError:

@@ -160,6 +160,31 @@ def test_a_request_the_model_refuses_is_refused_before_prefect(tmp_path):
     assert not (tmp_path / "prefect-home").exists()
 
 
+def test_an_img_size_timms_constructor_refuses_is_one_line_naming_the_option(tmp_path):
+    """An --img-size that passes bfd's own check (a multiple of the patch size) but that
+    timm's constructor asserts against: a hybrid whose CNN stem needs a multiple of 32 at
+    patch size 8, and XCiT, whose class is refused at any size. Each is one line, exit 2 (a
+    mistake in the request), before any store or Prefect server; it was a traceback, exit 1
+    (trial 21, F6). The hybrid's line names the option, timm's failed assertion and the
+    sizes near it that the model builds with."""
+    dry = ["--weights", "random", "--images", "samples", "--n-images", "8", "--layers", "0",
+           "--dry-run", "--store", str(tmp_path / "store")]
+    argvs = {"hybrid": ["audit", "--model", "vit_tiny_r_s16_p8_224", "--img-size", "80", *dry],
+             "xcit": ["audit", "--model", "xcit_nano_12_p16_224", "--img-size", "70", *dry]}
+    out = _main_in_a_process(tmp_path, argvs, as_if_alone=True)
+    for name, needles in (
+            ("hybrid", ["bfd: error: --img-size 80 does not fit model 'vit_tiny_r_s16_p8_224': "
+                        "timm's constructor refuses it (AssertionError: assert "
+                        "self.feature_size[0] % self.patch_size[0] == 0",
+                        "hybrid_embed.py", "sizes near it that it builds with: 64, 96"]),
+            ("xcit", ["bfd: error: model 'xcit_nano_12_p16_224' is not supported: its class "
+                      "is Xcit, not timm's VisionTransformer"])):
+        exit_code, err, _ = out[name]
+        assert exit_code == 2 and err.count("\n") == 1, (name, err)
+        assert all(needle in err for needle in needles), (name, err)
+    assert not (tmp_path / "store").exists() and not (tmp_path / "prefect-home").exists()
+
+
 def test_the_timm_architectures_read_from_its_files_are_its_list_models():
     """The names that let bfd audit and extract start Prefect's server before the model is
     checked (bfd.cli._check_model_first) are timm's own, read without importing it: all of
