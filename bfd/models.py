@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import timm
@@ -104,8 +104,8 @@ def _class_reason(model: nn.Module) -> str:
     names = [k for k, _ in (*model.named_parameters(), *model.named_buffers())]
     relative = [m.group(1) for k in names
                 if (m := re.search(r"(?:^|\.)(\w*rel_pos\w*|relative_position\w*)(?:\.|$)", k))]
-    attention = any("attention" in type(m).__name__.lower() or type(m).__name__.endswith("Attn")
-                    for m in model.modules())
+    attention = list(dict.fromkeys(type(m).__name__ for m in model.modules()
+                                   if _is_attention(m)))
     if relative:
         table = relative[0]
         return (f"its class is {cls}, whose attention adds a relative position bias to the "
@@ -115,9 +115,33 @@ def _class_reason(model: nn.Module) -> str:
     if not attention:
         return (f"its class is {cls}, with no attention heads to decompose (BFD splits "
                 "the query-key logits of a Vision Transformer's heads); " + _WORKS)
-    return (f"its class is {cls}, not timm's VisionTransformer, whose token layout "
-            "(patch_embed, pos_embed, prefix tokens, blocks[l].attn) the capture reads and "
+    said = [f"{name}: {_ATTENTION_NOTES[name]}" if name in _ATTENTION_NOTES else name
+            for name in attention[:4]]
+    return (f"its class is {cls}, not timm's VisionTransformer: its attention "
+            f"({'; '.join(said)}) is not timm's Attention in the token layout "
+            "(patch_embed, pos_embed, prefix tokens, blocks[l].attn) that the capture reads and "
             "whose logits are checked to be x_i M x_j; " + _WORKS)
+
+
+# What sets some attention classes of timm's other families apart from softmax(x_i M x_j).
+_ATTENTION_NOTES: Final[dict[str, str]] = {
+    "GPSA": "gated positional self-attention, each head's softmax mixed with a learned "
+            "positional attention, a term outside x_i M x_j",
+    "FactorAttnConvRelPosEnc": "factorised attention q (softmax(k)ᵀ v), no query-key logits, "
+                               "with a convolutional relative position encoding",
+    "LiteMLA": "ReLU linear attention, no softmax of query-key logits",
+}
+
+
+def _is_attention(module: nn.Module) -> bool:
+    """An attention module of any family: its class is named so (``*Attention*``, ``*Attn*``,
+    ConViT's ``MHSA``/``GPSA``, SHViT's ``SHSA``, EfficientViT's ``LiteMLA``), or it holds
+    query-key projections (a child ``qkv`` or ``qk``, or both ``q`` and ``k``)."""
+    name = type(module).__name__
+    if re.search(r"attention|attn", name, re.IGNORECASE) or re.search(r"SA$|MLA$", name):
+        return True
+    children = dict(module.named_children())
+    return "qkv" in children or "qk" in children or ("q" in children and "k" in children)
 
 
 def check_supported(model: nn.Module, name: str | None = None, model_args: str = "") -> None:
@@ -135,7 +159,8 @@ def check_supported(model: nn.Module, name: str | None = None, model_args: str =
 
     def refuse(reason: str) -> UnsupportedModelError:
         given = f" with {model_args}" if model_args else ""
-        return UnsupportedModelError(f"model {name!r}{given} is not supported: {reason}")
+        works = "" if _WORKS in reason else f"; {_WORKS}"  # every refusal names what works
+        return UnsupportedModelError(f"model {name!r}{given} is not supported: {reason}{works}")
 
     rotary = [type(m).__name__ for m in model.modules()
               if any(k in type(m).__name__.lower() for k in ("rotary", "rope"))]
