@@ -1197,3 +1197,27 @@ def test_a_failed_check_against_the_model_is_in_the_audit_report(tmp_path, prefe
     for report in reports:
         assert f"- **{line.removeprefix('bfd: ')}**" in report
         assert "| model_logit_residual |" in report
+
+
+def test_prefix_include_on_a_model_without_prefix_tokens_reuses_its_run_and_compares(
+        tmp_path, prefect_harness, capsys):
+    """A model without prefix tokens (class_token=False: SigLIP-like): --prefix include and
+    exclude are the same positions and the same figures. An audit with --prefix include after
+    one with exclude reuses the run, and its drift compares with it; it decomposed the run
+    again and said 'not compared: they are shares over other positions' (trial 21, F7)."""
+    from conftest import run_cli
+
+    argv = ["audit", "--model", "test_vit", "--model-arg", "class_token=False",
+            "--model-arg", "global_pool=avg", "--weights", "random", "--images", "samples",
+            "--n-images", "4", "--img-size", "32", "--layers", "0", "--dtype", "float32",
+            "--images-per-chunk", "4", "--store", str(tmp_path / "store"), "--no-dashboard",
+            "--series", "s", "--jackknife-groups", "0"]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0 and "(the model has no prefix token)" in out, err
+    code, out, err = run_cli([*argv, "--prefix", "include"], capsys)
+    assert code == 0, err
+    first, second = read_audits(Store(tmp_path / "store"), "s")
+    assert second["run_id"] == first["run_id"]
+    assert f"run {first['run_id']} reused, nothing recomputed" in out, out
+    assert "decomposes it again" not in err and "other positions" not in out + err, (out, err)
+    assert f"drift: 0 value(s) flagged against audit {first['audit_id']}" in out, out

@@ -317,8 +317,13 @@ def describe_request(config: Mapping[str, Any],
             + (f", {flags}" if flags else "") + " and each file's sha256")
 
 
-def _result_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in options.items() if k not in _PLACEMENT_OPTIONS}
+def _result_options(options: Mapping[str, Any], prefix_tokens: int | None = None
+                    ) -> dict[str, Any]:
+    """The options that shape a decomposition's results (placement aside); for a run with no
+    prefix token (``prefix_tokens`` 0: SigLIP, ``class_token=False``), ``--prefix`` aside too:
+    include and exclude are then the same positions and the same figures."""
+    return {k: v for k, v in options.items()
+            if k not in _PLACEMENT_OPTIONS and not (k == "prefix" and prefix_tokens == 0)}
 
 
 def computed_run(store: Store, run_id: str, decompose_options: Mapping[str, Any],
@@ -338,7 +343,9 @@ def computed_run(store: Store, run_id: str, decompose_options: Mapping[str, Any]
     rows = [r for r in runs.to_pylist() if r["run_id"] == run_id and r["status"] == "complete"]
     for row in rows:
         stored = decompose_options_of(row.get("config_json"))
-        if stored and _result_options(stored) == _result_options(decompose_options):
+        tokens = row.get("prefix_tokens")
+        if stored and _result_options(stored, tokens) == _result_options(decompose_options,
+                                                                          tokens):
             return row
     return None
 
@@ -361,7 +368,7 @@ def options_replaced(store: Store, run_id: str,
     stored = decompose_options_of(rows[-1].get("config_json")) if rows else {}
     if not stored:
         return None
-    wanted = _result_options(decompose_options)
+    wanted = _result_options(decompose_options, rows[-1].get("prefix_tokens"))
     changed = [k for k in RESULT_FLAGS if k in wanted and stored.get(k, wanted[k]) != wanted[k]]
     if not changed:
         return None

@@ -172,7 +172,8 @@ def _inputs_of(r: Mapping[str, Any]) -> dict[str, Any]:
             "model_args": model_args_of(r.get("config_json")),
             "sha": r["images_sha256"], "img_size": r["img_size"],
             "n": (r["n_images"] or 0) - (r["n_skipped"] or 0),
-            "prefix": _prefix(decompose_options_of(r.get("config_json")))}
+            "prefix": _prefix(decompose_options_of(r.get("config_json"))),
+            "prefix_tokens": r.get("prefix_tokens")}
 
 
 def _why_not(seen: Mapping[str, dict[str, Any]], run_before: str, run_after: str,
@@ -188,15 +189,19 @@ def _why_not(seen: Mapping[str, dict[str, Any]], run_before: str, run_after: str
                 "layers and heads of two models are no change of one (`bfd query "
                 "compare_models` compares models)")
     saw = _prefix(seen_before) if seen_before is not None else a["prefix"]
-    if saw != b["prefix"]:
-        return (f"shares over other positions (--prefix {saw}, not {b['prefix']})",
+    prefix_a, prefix_b = a["prefix"], b["prefix"]
+    if a.get("prefix_tokens") == 0 and b.get("prefix_tokens") == 0:
+        # no prefix token in either run: --prefix include and exclude are the same positions
+        saw = prefix_a = prefix_b
+    if saw != prefix_b:
+        return (f"shares over other positions (--prefix {saw}, not {prefix_b})",
                 f"previous audit's shares were decomposed with --prefix {saw}, this audit's "
-                f"with --prefix {b['prefix']}; not compared: they are shares over other "
+                f"with --prefix {prefix_b}; not compared: they are shares over other "
                 "positions")
-    if a["prefix"] != saw:
-        return (f"its run {run_before} decomposed again with --prefix {a['prefix']} since",
+    if prefix_a != saw:
+        return (f"its run {run_before} decomposed again with --prefix {prefix_a} since",
                 f"previous audit's run {run_before} has been decomposed again with --prefix "
-                f"{a['prefix']} since that audit (it saw --prefix {saw}); not compared: "
+                f"{prefix_a} since that audit (it saw --prefix {saw}); not compared: "
                 f"`bfd decompose {run_before} --prefix {saw}` restores what it saw")
     if run_before == run_after:
         return None
