@@ -221,7 +221,10 @@ def test_compare_runs_says_when_the_runs_are_not_of_one_model(tmp_path):
                                ("tagged", "vit_a.augreg_in21k", shape), ("old", "vit_a", {}),
                                ("other", "vit_b", shape), ("deeper", "vit_a", {**shape,
                                                                               "depth": L + 1}),
-                               ("include", "vit_a", {**shape, "config_json": include})):
+                               ("include", "vit_a", {**shape, "config_json": include}),
+                               # no prefix token: include is exclude's positions (trial 21)
+                               ("include0", "vit_a", {**shape, "config_json": include,
+                                                      "prefix_tokens": 0})):
         publish(tmp_path, run_id, ds, model=model, **run)
 
     def pair(run_b: str) -> tuple[bool, str | None]:
@@ -241,8 +244,13 @@ def test_compare_runs_says_when_the_runs_are_not_of_one_model(tmp_path):
                               "(compare_models aligns relative depth)")
     assert pair("include") == (True, "run_a was decomposed with prefix exclude, run_b with "
                                "prefix include: shares over other positions")
+    assert pair("include0") == (True, None)
     # drift of a series refuses the same pairs of models, in the same words
     store = Store(tmp_path)
+    assert not_comparable(store, "a", "include").startswith(
+        "previous audit's shares were decomposed with --prefix exclude, this audit's with "
+        "--prefix include")
+    assert not_comparable(store, "a", "include0") is None
     for one_model in ("a2", "tagged", "old"):
         assert not_comparable(store, "a", one_model) is None, one_model
     refused = "; not compared: layers and heads of two models are no change of one"

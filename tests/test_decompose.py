@@ -221,7 +221,6 @@ def test_a_failed_check_against_the_model_is_said_and_summarised(tmp_path, prefe
     from conftest import run_cli
     from storebuilder import planted_logit_check
 
-    from bfd.core.model_check_limit import MODEL_CHECK_LIMIT
     from bfd.queries import run_query
 
     store = Store(tmp_path / "store")
@@ -251,7 +250,7 @@ def test_a_failed_check_against_the_model_is_said_and_summarised(tmp_path, prefe
     assert logged == [line.removeprefix("bfd: ")]
     layers = read_table(store, "layers").to_pandas().set_index(["run_id", "site", "layer"])
     bad = layers.loc[(runs["toy_bad"], "attn_in"), "model_logit_residual"]
-    assert bad[1] > 100 * MODEL_CHECK_LIMIT and bad[0] < 1e-5
+    assert bad[1] > 0.1 and bad[0] < 1e-5  # the limit is 1e-3
     assert f"model_logit_residual {bad[1]:.3g} at" in line
     summary = run_query(str(store.root), "model_summary").to_pandas().set_index("model")
     assert summary.loc["toy_bad", "model_logit_residual_max"] == pytest.approx(bad.max())

@@ -3,7 +3,8 @@
 -- less any pretrained tag, which chooses weights as a checkpoint does, with those options); depth,
 -- num_heads and width (NULL where the run does not hold them: 0 or NULL in a run published
 -- before these columns); prefix (the decomposition's prefix option, 'exclude' when the run's
--- config does not say); shape (depth, heads and width in words, '?' for one not held);
+-- config does not say or the run has no prefix token (SigLIP, class_token=False: include is
+-- then the same positions, so its shares compare with exclude's)); shape (depth, heads and width in words, '?' for one not held);
 -- images_sha256 (the hash of the run's image list: its order, ids and file bytes) and images,
 -- the image set in short: its source's name (the folder's or manifest file's, or samples),
 -- '@' and the first 12 hex digits of images_sha256 (NULL when the run holds no hash);
@@ -19,9 +20,11 @@ SELECT
     nullif(depth, 0) AS depth,
     nullif(num_heads, 0) AS num_heads,
     nullif(width, 0) AS width,
-    -- json_valid: a runs row of other JSON than bfd's must not fail every pair's query
-    coalesce(CASE WHEN json_valid(config_json)
-        THEN json_extract_string(config_json, '$.decompose.prefix') END, 'exclude') AS prefix,
+    -- json_valid: a runs row of other JSON than bfd's must not fail every pair's query; a run
+    -- with no prefix token: exclude, whatever its option (include is the same positions)
+    CASE WHEN prefix_tokens = 0 THEN 'exclude' ELSE coalesce(CASE WHEN json_valid(config_json)
+        THEN json_extract_string(config_json, '$.decompose.prefix') END, 'exclude') END
+        AS prefix,
     concat('depth ', coalesce(CAST(nullif(depth, 0) AS VARCHAR), '?'), ', ',
         coalesce(CAST(nullif(num_heads, 0) AS VARCHAR), '?'), ' heads and width ',
         coalesce(CAST(nullif(width, 0) AS VARCHAR), '?')) AS shape,

@@ -172,7 +172,10 @@ def _inputs_of(r: Mapping[str, Any]) -> dict[str, Any]:
             "model_args": model_args_of(r.get("config_json")),
             "sha": r["images_sha256"], "img_size": r["img_size"],
             "n": (r["n_images"] or 0) - (r["n_skipped"] or 0),
-            "prefix": _prefix(decompose_options_of(r.get("config_json"))),
+            # a run with no prefix token: include is the same positions as exclude (as
+            # run_shapes spells it)
+            "prefix": ("exclude" if r.get("prefix_tokens") == 0
+                       else _prefix(decompose_options_of(r.get("config_json")))),
             "prefix_tokens": r.get("prefix_tokens")}
 
 
@@ -189,10 +192,9 @@ def _why_not(seen: Mapping[str, dict[str, Any]], run_before: str, run_after: str
                 "layers and heads of two models are no change of one (`bfd query "
                 "compare_models` compares models)")
     saw = _prefix(seen_before) if seen_before is not None else a["prefix"]
+    if a.get("prefix_tokens") == 0:  # what it saw: the same positions either way
+        saw = "exclude"
     prefix_a, prefix_b = a["prefix"], b["prefix"]
-    if a.get("prefix_tokens") == 0 and b.get("prefix_tokens") == 0:
-        # no prefix token in either run: --prefix include and exclude are the same positions
-        saw = prefix_a = prefix_b
     if saw != prefix_b:
         return (f"shares over other positions (--prefix {saw}, not {prefix_b})",
                 f"previous audit's shares were decomposed with --prefix {saw}, this audit's "
