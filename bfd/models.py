@@ -292,8 +292,8 @@ def _refused_size(name: str, img_size: int, args: dict[str, Any], err: BaseExcep
     img_size``, in its words, with the sizes nearest to it that it builds with (up to
     ``tries`` multiples of the patch size either side: a hybrid's CNN stem needs a larger
     multiple than its patch size)."""
-    pe = getattr(base, "patch_embed", None)
-    step = int(getattr(pe, "patch_size", (16,))[0] or 16) if pe is not None else 16
+    patch = getattr(getattr(base, "patch_embed", None), "patch_size", 16)
+    step = int((patch[0] if isinstance(patch, tuple | list) else patch) or 16)
     near = []
     for direction in (-1, 1):
         size = (img_size // step) * step if direction < 0 else -(-img_size // step) * step
