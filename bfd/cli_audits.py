@@ -466,34 +466,40 @@ def print_plan(args: argparse.Namespace, config, store: str, series: str,
     if reused is not None:
         run = f"run {reused}: computed already with these options: reused, nothing computed"
         drift = _drift_line(*compared_audit(Store(store), series, step, reused)[:2])
-        replaced = None  # computed with these options: nothing replaced
+        notes = []  # computed with these options: nothing replaced
     else:  # the model, its weights and the images, as the audit would plan them
-        run, drift, replaced = _plan_to_compute(args, config, store, series, step)
+        run, drift, notes = _plan_to_compute(args, config, store, series, step)
     say("dry run: nothing is computed or recorded")
     say(f"audit: series {series}, "
         + (f"step {step}" if args.step is not None else f"step its start time ({now} now)")
         + f"; store {store}")
     say(run)
-    if replaced:
-        say(f"note: {replaced}")
+    for note in notes:
+        say(f"note: {note}")
     say(f"drift: {drift}")
     return 0
 
 
 def _plan_to_compute(args: argparse.Namespace, config, store: str, series: str,
-                     step: int) -> tuple[str, str, str | None]:
+                     step: int) -> tuple[str, str, list[str]]:
     """``print_plan``'s run and drift lines for a run to compute: its id, what of it is stored
     already (an interrupted audit's shards, an extraction not yet decomposed) and what is left
     to write; the audit its drift would compare with, as the audit chooses it, from the run's
-    request (its images hashed, its N as listed); and, for a run published with other
-    decompose options, the line saying the audit replaces its results (``options_replaced``).
-    Imports torch and timm."""
+    request (its images hashed, its N as listed); and notes: for a run published with other
+    decompose options, the line saying the audit replaces its results (``options_replaced``),
+    for one published by another bfd's method, the line saying it is computed again
+    (``other_method_said``). Imports torch and timm."""
     import json
 
     from bfd import cli
     from bfd.output import size_text
     from bfd.storage import Store, request_columns, with_stats_only
-    from bfd.tasks.audits import compared_audit, options_replaced
+    from bfd.tasks.audits import (
+        compared_audit,
+        options_replaced,
+        other_method,
+        other_method_said,
+    )
     from bfd.tasks.extract import (
         ExtractConfig,
         count,
@@ -543,7 +549,14 @@ def _plan_to_compute(args: argparse.Namespace, config, store: str, series: str,
                         "audit of that N, if any)")
     replaced = options_replaced(Store(store), rid,
                                 DecomposeOptions(**cli.decompose_options(args)).to_dict())
-    return run, drift, replaced
+    notes = [replaced] if replaced else []
+    method = other_method(Store(store), rid)
+    if method is not None:
+        todo = [] if not args.store_activations else [
+            s.index for s in planned.shards if s.index not in planned.done]
+        notes.append(other_method_said(rid, method, todo, stats_only=not args.store_activations,
+                                       planned=True))
+    return run, drift, notes
 
 
 def _drift_line(before: dict | None, note: str | None, caveat: str = "") -> str:
@@ -565,6 +578,7 @@ def print_checkpoints_plan(args: argparse.Namespace, config, store: str, series:
     from pathlib import Path
 
     from bfd.cli_reuse import checkpoints_plan
+    from bfd.tasks.audits import published_by
 
     plan = checkpoints_plan(args, config, store, series)
     if plan is None:
@@ -583,7 +597,12 @@ def print_checkpoints_plan(args: argparse.Namespace, config, store: str, series:
         f"{len(todo)} to audit, {n_seen} already audited with the same request "
         f"({plan['compared']}), {len(bad)} left out")
     for one in todo:
-        say(f"  to audit: step {one['step']}  {Path(one['path']).name}")
+        # one audited before whose run an older bfd published: audited again, its run
+        # decomposed again (bfd.core.method)
+        again = (f"  (audited before, but its run was published by "
+                 f"{published_by(one['method'])}: its results are computed again)"
+                 if "method" in one else "")
+        say(f"  to audit: step {one['step']}  {Path(one['path']).name}{again}")
     for line in bad:
         say(f"  left out: {line}")
     return 2 if bad else 0

@@ -218,7 +218,7 @@ _RUNS_SHOWN = (
     "run_id, model, weights, CASE WHEN nullif(images_sha256, '') IS NOT NULL THEN concat("
     "coalesce(nullif(regexp_extract(rtrim(images, '/\\'), '[^/\\\\]*$'), ''), '?'), '@', "
     "left(images_sha256, 12)) END AS images, nullif(img_size, 0) AS img_size, prefix, "
-    "activations, n_images, n_skipped, layers, sites, status, created_at")
+    "activations, n_images, n_skipped, layers, sites, status, method, created_at")
 # A published run's prefix option (run_shapes' rule: json_valid, so that a row of other JSON
 # than bfd's does not fail the listing)
 PREFIX_OPTION_SQL = ("coalesce(CASE WHEN json_valid(config_json) THEN json_extract_string("
@@ -242,7 +242,7 @@ def _runs_sql(pending: list, dropped: list[str] = ()) -> tuple[str, dict]:
     # a stats-only run's activations 'not stored', else 'stored' (bfd.storage's rule)
     sql = (f"SELECT {columns}, {PREFIX_OPTION_SQL} AS prefix, CASE WHEN list_contains("
            f"$dropped::VARCHAR[], run_id) THEN 'dropped' ELSE {activations_sql('config_json')} "
-           "END AS activations, created_at FROM runs")
+           "END AS activations, method, created_at FROM runs")
     params: dict = {"dropped": sorted(dropped)}
     rows = []
     for i, run in enumerate(pending):
@@ -252,9 +252,9 @@ def _runs_sql(pending: list, dropped: list[str] = ()) -> tuple[str, dict]:
             values.append(f"${name}_{i}::{kind}")
         params[f"created_at_{i}"] = run.created_at  # a damaged published run's, else None
         params[f"activations_{i}"] = run.activations
-        # no prefix: not decomposed, or (damaged) its config unread
+        # no prefix nor method: not decomposed, or (damaged) its config unread
         rows.append(f"({', '.join(values)}, NULL::VARCHAR, $activations_{i}::VARCHAR, "
-                    f"$created_at_{i}::TIMESTAMPTZ)")
+                    f"NULL::BIGINT, $created_at_{i}::TIMESTAMPTZ)")
     if rows:
         sql += f" UNION ALL SELECT * FROM (VALUES {', '.join(rows)})"
     return (f"SELECT {_RUNS_SHOWN} FROM ({sql}) ORDER BY created_at NULLS LAST, run_id",

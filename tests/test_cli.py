@@ -986,11 +986,11 @@ def test_runs_lists_a_published_run_whose_table_file_does_not_read_as_damaged(tm
     assert code == 1, err
     known = ({"model": "toy", "weights": "weights-0", "images": "images-0@images_sha25",
               "img_size": None, "prefix": None, "activations": "stored", "n_images": 0,
-              "n_skipped": 0, "layers": "layers-0", "sites": "sites-0",
+              "n_skipped": 0, "layers": "layers-0", "sites": "sites-0", "method": None,
               "created_at": "2025-01-02T03:04:05.500000Z"} if damage == "table"
              else dict.fromkeys(("model", "weights", "images", "img_size", "prefix",
                                  "activations", "n_images", "n_skipped", "layers", "sites",
-                                 "created_at")))
+                                 "method", "created_at")))
     assert json.loads(out) == [{"run_id": "toy-run", **known, "status": "damaged"}]
     assert not [line for line in err.splitlines() if line.startswith("bfd: run toy-run")], err
     assert err.splitlines()[-1] == (

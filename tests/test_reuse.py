@@ -727,3 +727,148 @@ def test_audit_format_json_is_the_audit_record_from_the_flow_and_without_prefect
     assert ran == {"code": 2, "loaded": [], "checked": []}
     # the same lines on stderr (the flow names the unreadable file before it starts)
     assert record(out) == nothing and sorted(err.splitlines()) == sorted(flow_err.splitlines())
+
+
+def published_by_an_older_bfd(store: Path, run_id: str) -> None:
+    """Makes ``run_id`` read as a bfd that recorded no method published it
+    (bfd.core.method): its pointer without ``method`` and its ``runs`` table file without
+    the column, as those versions wrote them (the file published again alone, so that the
+    pointer records its bytes' sha256 as any publish does)."""
+    from bfd.core.method import RESULTS_METHOD
+    from bfd.storage import read_run_table, write_table
+
+    pointer = store / "runs" / run_id / "published.json"
+    record = json.loads(pointer.read_text())
+    assert record.pop("method") == RESULTS_METHOD
+    pointer.write_text(json.dumps(record))
+    rows = read_run_table(Store(store), "runs", run_id)
+    assert rows.column("method").to_pylist() == [RESULTS_METHOD]
+    write_table(Store(store), "runs", rows.column("model")[0].as_py(), run_id,
+                rows.drop_columns(["method"]))
+    assert "method" not in json.loads(pointer.read_text())
+
+
+def method_of(store: Path, run_id: str) -> tuple[int | None, int]:
+    """The method a run's pointer records, and its ``runs`` row's in the SQL catalog."""
+    pointer = json.loads((store / "runs" / run_id / "published.json").read_text())
+    (row,) = run_sql(store, "SELECT method FROM runs WHERE run_id = $r", {"r": run_id}
+                     ).to_pylist()
+    return pointer.get("method"), row["method"]
+
+
+@pytest.mark.slow
+def test_a_run_an_older_bfd_published_is_computed_again_not_reused(tmp_path, prefect_harness,
+                                                                    capsys, monkeypatch):
+    """A run whose results an older bfd published (no method recorded: method 1) is not
+    reused as computed by `bfd audit` (nor by its dry run, nor found without the flow): the
+    audit decomposes it again from its stored activations, says so in one line, and its
+    results then carry the current method; the next audit reuses it. A stats-only run is
+    computed again from two forwards. Drift compares point shares, which the method did not
+    change: the audit after is compared, not blocked."""
+    from bfd.cli_reuse import computed_run_of
+    from bfd.core.method import RESULTS_METHOD, UNRECORDED_METHOD
+
+    store = tmp_path / "store"
+    older = f"an older bfd (method {UNRECORDED_METHOD}; now {RESULTS_METHOD})"
+
+    def argv(step: int, *extra: str) -> list[str]:
+        return [*options("samples", "random", store, step), "--n-images", "6", *extra,
+                "--no-dashboard"]
+
+    def computed(step: int) -> str | None:
+        with monkeypatch.context() as m:
+            m.delenv("PREFECT_API_URL")
+            return computed_run_of(*audit_request(argv(step)), str(store))
+
+    assert run_cli(argv(1), capsys)[0] == 0
+    (first,) = read_audits(Store(store), "s")
+    rid = first["run_id"]
+    assert method_of(store, rid) == (RESULTS_METHOD, RESULTS_METHOD)
+    assert computed(2) == rid
+
+    published_by_an_older_bfd(store, rid)
+    assert method_of(store, rid) == (None, UNRECORDED_METHOD)  # read as the older method
+    assert computed(2) is None  # not found as computed without the flow
+    code, out, _ = run_cli([*argv(2), "--dry-run"], capsys)
+    assert code == 0
+    assert (f"\nnote: run {rid} was published by {older}: to decompose again, activations "
+            "reused\n") in out, out
+    activations = store_files(store / "bfd.zarr" / rid / "attn_in")
+
+    code, out, err = run_cli(argv(2), capsys)
+    assert code == 0, err
+    assert (f"bfd: run {rid} was published by {older}: decomposed again, activations "
+            "reused") in err.splitlines(), err
+    second = read_audits(Store(store), "s")[-1]
+    assert (f"run {rid} decomposed again (published by an older bfd, method "
+            f"{UNRECORDED_METHOD}; now {RESULTS_METHOD}), activations reused\n") in out, out
+    assert second["run_id"] == rid and second["results_version"] != first["results_version"]
+    assert method_of(store, rid) == (RESULTS_METHOD, RESULTS_METHOD)
+    assert store_files(store / "bfd.zarr" / rid / "attn_in") == activations  # not extracted
+    # compared with the audit of the older method: its point shares are the method's too
+    assert (second["prev_audit_id"], second["drift_note"], second["n_flagged"]) == (
+        first["audit_id"], None, 0)
+
+    assert computed(3) == rid
+    code, out, _ = run_cli(argv(3), capsys)
+    assert code == 0 and f"run {rid} reused, nothing recomputed" in out, out
+
+    # a stats-only run (no activations kept): computed again from two forwards
+    stats_only = ("--no-store-activations",)
+    assert run_cli(argv(4, *stats_only), capsys)[0] == 0
+    sid = read_audits(Store(store), "s")[-1]["run_id"]
+    assert sid != rid
+    published_by_an_older_bfd(store, sid)
+    code, out, _ = run_cli([*argv(5, *stats_only), "--dry-run"], capsys)
+    assert code == 0
+    assert (f"\nnote: run {sid} was published by {older}: to compute again from two forward "
+            "passes over its images (no activations kept)\n") in out, out
+    code, out, err = run_cli(argv(5, *stats_only), capsys)
+    assert code == 0, err
+    assert (f"bfd: run {sid} was published by {older}: computed again from two forward "
+            "passes over its images (no activations kept)") in err.splitlines(), err
+    assert read_audits(Store(store), "s")[-1]["run_id"] == sid
+    assert method_of(store, sid) == (RESULTS_METHOD, RESULTS_METHOD)
+    code, out, _ = run_cli(argv(6, *stats_only), capsys)
+    assert code == 0 and f"run {sid} reused, nothing recomputed" in out, out
+
+
+@pytest.mark.slow
+def test_audit_checkpoints_audits_again_a_checkpoint_an_older_bfd_computed(
+        tmp_path, prefect_harness, capsys):
+    """`bfd audit-checkpoints` counts a checkpoint audited with the same request as audited
+    only when its run's results are of this bfd's method: one whose run an older bfd
+    published is to audit again, in its dry run and in its run alike, and its audit
+    decomposes the run again, activations reused; once that is done, nothing is to do."""
+    from bfd.core.method import RESULTS_METHOD, UNRECORDED_METHOD
+
+    folder, store = tmp_path / "ckpts", tmp_path / "store"
+    make_checkpoints(tmp_path / "made")
+    folder.mkdir()
+    (tmp_path / "made" / "step_100.safetensors").rename(folder / "step_100.safetensors")
+    argv = ["audit-checkpoints", str(folder), "--model", AUDIT["model"], "--n-images", "6",
+            "--img-size", "64", "--layers", "0", "--dtype", "float32", "--images-per-chunk",
+            "6", "--series", "c", "--store", str(store), "--no-dashboard"]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0 and "1 checkpoint(s) audited" in out, out + err
+    (first,) = read_audits(Store(store), "c")
+    rid = first["run_id"]
+    published_by_an_older_bfd(store, rid)
+
+    older = f"an older bfd (method {UNRECORDED_METHOD}; now {RESULTS_METHOD})"
+    code, out, _ = run_cli([*argv, "--dry-run"], capsys)
+    assert code == 0
+    assert "1 checkpoint file(s): 1 to audit, 0 already audited with the same request" in out
+    assert (f"  to audit: step 100  step_100.safetensors  (audited before, but its run was "
+            f"published by {older}: its results are computed again)\n") in out, out
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert (f"bfd: run {rid} was published by {older}: decomposed again, activations "
+            "reused") in err.splitlines(), err
+    assert "1 checkpoint(s) audited" in out, out
+    again = read_audits(Store(store), "c")[-1]
+    assert (again["run_id"], again["step"], again["prev_audit_id"], again["n_flagged"]) == (
+        rid, 100, first["audit_id"], 0)
+    assert method_of(store, rid) == (RESULTS_METHOD, RESULTS_METHOD)
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0 and "nothing to do" in out + err, out + err

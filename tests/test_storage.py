@@ -594,6 +594,29 @@ def test_failed_publish_keeps_the_previous_version(store: st.Store) -> None:
         assert os.listdir(store.tables_dir / table / RUN) == [f"part-{pointer['version']}.parquet"]
 
 
+def test_the_method_of_a_publish_is_recorded_and_kept(store: st.Store) -> None:
+    """A publish records the method it is given (bfd.tasks.publish gives RESULTS_METHOD); a
+    table published again alone keeps it; a pointer without one (written before methods were
+    recorded) and the layout before versioned publishing read as method 1; a run not
+    published has none."""
+    from bfd.core.method import UNRECORDED_METHOD
+
+    assert st.published_method(store, RUN) is None
+    st.write_table(store, "heads", "m", RUN, _head_rows(1))  # no method given: none recorded
+    assert "method" not in st.read_pointer(store, RUN)
+    assert st.published_method(store, RUN) == UNRECORDED_METHOD
+    with st.publishing(store, RUN) as pub:
+        pub.method = 7
+        pub.write_table("heads", "m", _head_rows(1))
+    assert st.read_pointer(store, RUN)["method"] == 7
+    st.write_table(store, "layers", "m", RUN, [])
+    assert st.published_method(store, RUN) == 7
+    legacy = store.table_dir("heads") / "model=m" / "run_id=old-run" / "part-0.parquet"
+    legacy.parent.mkdir(parents=True)
+    pq.write_table(st.conform("heads", "m", "old-run", _head_rows(1)), legacy)
+    assert st.published_method(store, "old-run") == UNRECORDED_METHOD
+
+
 def test_parquet_errors_and_inputs(store: st.Store) -> None:
     rows = _head_rows(1)
     del rows[0]["k90"]

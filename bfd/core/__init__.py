@@ -30,6 +30,8 @@ _EXPORTS: Final[dict[str, str]] = {
     "HEAD_TYPES": "summary",
     "UNDEFINED": "summary",
     "LayerResult": "summary",
+    "RESULTS_METHOD": "method",
+    "method_of": "method",
     "pos_embed_cosine": "summary",
     "summarize": "summary",
 }

@@ -46,6 +46,8 @@ from bfd.tasks.audits import (
     drift_said,
     drift_since_previous,
     options_replaced,
+    other_method,
+    other_method_said,
     run_reuse,
     time_step,
 )
@@ -185,9 +187,10 @@ def audit(
                 n_shards = None  # the run's shards of activations (none kept: stats-only)
                 repaired: list[int] = []  # those of them found damaged
                 faults: list = []  # the run's damaged table files, published again
+                method = None  # the other method its published results were of, if any
                 if not store_activations:  # computed from two forwards, whatever is stored
-                    run_id, written = stats_only_run(config.extract_config(), root,
-                                                     decompose_kw, hold)
+                    run_id, written, method = stats_only_run(config.extract_config(), root,
+                                                             decompose_kw, hold)
                     run = computed_run(Store(root), run_id, stored) or {}
                 else:
                     runner = task_runner(workers, dask_address,
@@ -215,6 +218,13 @@ def audit(
                         if replaced:
                             logger.warning("%s", replaced)
                             progress.report("notice", 0, 0, text=replaced)
+                        # so is one whose results an older bfd published (bfd.core.method):
+                        # not reused as this bfd's
+                        method = other_method(Store(root), run_id)
+                        if method is not None:
+                            line = other_method_said(run_id, method, extracted)
+                            logger.warning("%s", line)
+                            progress.report("notice", 0, 0, text=line)
                         written = decompose_flow(dask_address)(
                             run_id, root, dask_address=dask_address, **decompose_kw)
                         run = computed_run(Store(root), run_id, stored) or {}
@@ -227,7 +237,8 @@ def audit(
         reused = "runs" not in written and not extracted
         how = run_reuse(extracted, repaired, decomposed="runs" in written,
                         republished=bool(faults), n_shards=n_shards,
-                        older=bool(faults) and all(f.older for f in faults))
+                        older=bool(faults) and all(f.older for f in faults),
+                        method=method)
         logger.info("audit %s: run %s %s, %d drift flag(s); store %s", row["audit_id"], run_id,
                     how, row["n_flagged"], root)
         if row["drift_note"] or row["skipped"]:

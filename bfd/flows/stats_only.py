@@ -8,7 +8,7 @@ from typing import Any
 from bfd.flows import progress
 from bfd.flows.decompose import results_attrs
 from bfd.storage import Store, open_activations, read_request, results_path, with_stats_only
-from bfd.tasks.audits import computed_run
+from bfd.tasks.audits import computed_run, other_method, other_method_said
 from bfd.tasks.decompose import DecomposeOptions, assemble_results
 from bfd.tasks.extract import ExtractConfig, count
 from bfd.tasks.prefect_tasks import decompose_from_forward_task, prepare_run_task, publish_task
@@ -26,15 +26,18 @@ def plan_line(run_id: str, n_images: int, n_parts: int) -> str:
 
 
 def stats_only_run(config: dict[str, Any], root: str, decompose_kw: dict[str, Any],
-                   hold: Callable[[str], None] | None = None) -> tuple[str, dict[str, str]]:
+                   hold: Callable[[str], None] | None = None
+                   ) -> tuple[str, dict[str, str], int | None]:
     """Plans the run (request, image manifest, model tensors, the store template's metadata),
     decomposes it from two forwards and publishes it as the ``decompose`` flow publishes a
-    stored run, unless it is published complete with these options already (then only the
-    results' path is returned); ``hold``: called with the run id before anything is written
-    (``bfd.tasks.extract.prepare_run``: the caller takes the run's lock there).
+    stored run, unless it is published complete with these options already, by this bfd's
+    method (then only the results' path is returned); ``hold``: called with the run id before
+    anything is written (``bfd.tasks.extract.prepare_run``: the caller takes the run's lock
+    there).
 
     Returns:
-        The run id and what was written, by name.
+        The run id, what was written, by name, and the other method its published results
+        were of when they were computed again for that (``bfd.core.method``; else None).
     """
     cfg = ExtractConfig(**with_stats_only(ExtractConfig(**config).to_dict()))
     plan = prepare_run_task(root, cfg, hold)
@@ -44,7 +47,11 @@ def stats_only_run(config: dict[str, Any], root: str, decompose_kw: dict[str, An
     if computed_run(Store(root), plan.run_id, options.to_dict()) is not None:
         progress.report("notice", 0, 0, text=f"run {plan.run_id} is already computed (no "
                         "activations kept): its results are reused, nothing is recomputed")
-        return plan.run_id, {"results": results_path(Store(root), plan.run_id)}
+        return plan.run_id, {"results": results_path(Store(root), plan.run_id)}, None
+    method = other_method(Store(root), plan.run_id)
+    if method is not None:  # an older bfd's results: not reused as this one's, said so
+        progress.report("notice", 0, 0, text=other_method_said(plan.run_id, method,
+                                                               stats_only=True))
     progress.report("notice", 0, 0, text=plan_line(plan.run_id, plan.n_images,
                                                      len(plan.layers) * len(cfg.sites)))
 
@@ -60,4 +67,4 @@ def stats_only_run(config: dict[str, Any], root: str, decompose_kw: dict[str, An
                                        "images_per_task": options.images_per_task or 0})
     # the statuses go to the tables only: no shard is marked done, as no chunk was written
     written = publish_task(root, plan.run_id, results, {"decompose": options.to_dict()}, images)
-    return plan.run_id, written
+    return plan.run_id, written, method

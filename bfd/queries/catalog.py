@@ -56,6 +56,7 @@ from typing import Final, TypeAlias
 import duckdb
 import pyarrow as pa
 
+from bfd.core.method import UNRECORDED_METHOD
 from bfd.faults import duckdb_line
 from bfd.storage import SEEN_FIGURES
 from bfd.storage.paths import check_store
@@ -98,6 +99,9 @@ CONTRACT: Final[Mapping[str, str]] = {
         " dtype VARCHAR, created_at TIMESTAMPTZ, bfd_version VARCHAR, timm_version VARCHAR,"
         " torch_version VARCHAR, config_json VARCHAR, status VARCHAR, depth INTEGER,"
         " num_heads INTEGER, width INTEGER"
+        # the method version of the results (bfd.core.method), written by publishes since
+        # it was kept, after the contract's columns (_FILLS: 1 for the files before)
+        ", method BIGINT"
     ),
     "layers": (
         "run_id VARCHAR, model VARCHAR, layer INTEGER, site VARCHAR, ss_total DOUBLE,"
@@ -162,9 +166,11 @@ CONTRACT: Final[Mapping[str, str]] = {
 
 # Run on each snapshot after its tables and views are made: drift files written before drift
 # held its series (they had Hive folders series=<series>/) take it from their audit; complete
-# audits written before audits kept the figures they saw show their run's current ones; and
-# drift rows say whether their two runs are comparable (``_COMPARED_FILLS``).
+# audits written before audits kept the figures they saw show their run's current ones; runs
+# published before the method was recorded read as method 1 (bfd.core.method); and drift rows
+# say whether their two runs are comparable (``_COMPARED_FILLS``).
 _FILLS: Final[tuple[str, ...]] = (
+    f"UPDATE runs SET method = {UNRECORDED_METHOD} WHERE method IS NULL",
     "UPDATE drift SET series = a.series FROM audits AS a"
     " WHERE drift.series IS NULL AND drift.audit_id = a.audit_id",
     "UPDATE audits SET "

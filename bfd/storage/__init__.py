@@ -71,6 +71,7 @@ _EXPORTS: Final[dict[str, str]] = {
     "open_results_group": "results",
     "results_group_of": "published",
     "published_files": "published",
+    "published_method": "methods",
     "publishing": "published",
     "read_pointer": "published",
     "read_run_table": "published",

@@ -8,7 +8,10 @@ version beside the published one, then ONE pointer file is switched (docs/layout
   (``bfd verify``, ``bfd runs`` and the SQL catalog find a file changed since, by one rule:
   ``bfd.storage.recorded``; pointers written before have none) with its
   size and mtime_ns as written (the SQL catalog compares a stat: ``bfd.queries.listing``;
-  pointers written before have none). It is replaced atomically (``atomic_write``),
+  pointers written before have none), and ``method``: the version of the method that
+  computed its results (``bfd.core.method.RESULTS_METHOD``; pointers written before have
+  none: ``bfd.storage.methods.published_method`` reads them as method 1). It is replaced
+  atomically (``atomic_write``),
   so every reader that follows it (the SQL catalog, ``read_table``, ``open_results``, the
   dashboard) sees the previous version or the new one, never a mix. A run without a pointer
   is not published.
@@ -54,8 +57,8 @@ def new_version() -> str:
 def read_pointer(store: Store, run_id: str) -> dict[str, Any] | None:
     """The run's pointer (``{run_id, version, published_at, tables, results}``, and
     ``created_at``, ``sha256`` (by table, of its file's bytes), ``size`` and ``mtime_ns`` (by
-    table, its file's stat when written) when the publish kept them), or None when the run is
-    not published in the current layout.
+    table, its file's stat when written) and ``method`` when the publish kept them), or None
+    when the run is not published in the current layout.
 
     Raises:
         ValueError: If the pointer is not readable JSON of that form (it names the file).
@@ -105,6 +108,9 @@ class Publication:
         # when the run was first published (its runs.created_at), kept in the pointer too so
         # that a damaged runs table file does not lose it (bfd.storage.republish)
         self.created_at: str | None = (previous or {}).get("created_at")
+        # the method that computed the results (bfd.core.method): set by the publish of a
+        # decomposition (bfd.tasks.publish); a table replaced alone keeps the previous one's
+        self.method: int | None = (previous or {}).get("method")
 
     def write_table(self, table: str, model: str, rows: Any) -> Path:
         """Write the run's rows of ``table`` (see ``conform``) into this version."""
@@ -138,7 +144,8 @@ class Publication:
                 "sha256": {t: h for t, h in self.sha256.items() if t in self.tables},
                 "size": {t: n for t, n in self.size.items() if t in self.tables},
                 "mtime_ns": {t: n for t, n in self.mtime_ns.items() if t in self.tables},
-                **({"created_at": self.created_at} if self.created_at else {})}
+                **({"created_at": self.created_at} if self.created_at else {}),
+                **({"method": self.method} if self.method is not None else {})}
 
     def discard(self) -> None:
         for path in self.written:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+from bfd.core.method import RESULTS_METHOD
 from bfd.files import WEIGHT_SUFFIXES, check_checkpoint, input_path, sha256_file
 from bfd.requests import model_args_text
 from bfd.storage import (
@@ -128,9 +129,56 @@ def skipped_audits(audits: Sequence[Mapping[str, Any]],
             and (end is None or a["finished_at"] is None or a["finished_at"] <= end)]
 
 
+def other_method(store: Store, run_id: str) -> int | None:
+    """The method version of ``run_id``'s published results (``bfd.core.method``; 1 for a
+    run published before it was recorded) when it is not the installed bfd's
+    (``RESULTS_METHOD``): an audit does not reuse them, it computes the run again. None when
+    they are of this method or the run is not published."""
+    from bfd.storage.methods import published_method
+
+    method = published_method(store, run_id)
+    return method if method is not None and method != RESULTS_METHOD else None
+
+
+def published_by(method: int, brackets: bool = True) -> str:
+    """Which bfd published results of ``method``, in words: ``an older bfd (method 1; now
+    2)``, without brackets ``an older bfd, method 1; now 2``."""
+    which, now = (("an older", "now") if method < RESULTS_METHOD
+                  else ("a newer", "this bfd's is"))
+    methods = f"method {method}; {now} {RESULTS_METHOD}"
+    return f"{which} bfd ({methods})" if brackets else f"{which} bfd, {methods}"
+
+
+def other_method_said(run_id: str, method: int, extracted: Sequence[int] = (),
+                      stats_only: bool = False, planned: bool = False) -> str:
+    """The line an audit says of a run whose published results are of another method
+    (``other_method``): ``run R was published by an older bfd (method 1; now 2): decomposed
+    again, activations reused``; for a stats-only run, computed again from two forward
+    passes; ``extracted``: the shards of its activations extracted again (dropped or
+    damaged); ``planned``: said before the audit (``bfd audit --dry-run``: "to decompose
+    again")."""
+    if stats_only:
+        what = ("to compute again" if planned else "computed again") + (
+            " from two forward passes over its images (no activations kept)")
+    elif planned:
+        what = "to decompose again" + (
+            f", {_count_of(extracted, 'shard')} of its activations to extract again"
+            if extracted else ", activations reused")
+    else:
+        what = "decomposed again" + (
+            f", {_count_of(extracted, 'shard')} of its activations extracted again"
+            if extracted else ", activations reused")
+    return f"run {run_id} was published by {published_by(method)}: {what}"
+
+
+def _count_of(items: Sequence[Any], what: str) -> str:
+    return f"{len(items)} {what}{'s' if len(items) != 1 else ''}"
+
+
 def run_reuse(extracted: Sequence[int] = (), repaired: Sequence[int] = (),
               decomposed: bool = False, republished: bool = False,
-              n_shards: int | None = None, older: bool = False) -> str:
+              n_shards: int | None = None, older: bool = False,
+              method: int | None = None) -> str:
     """How an audit got its run, in the words of its report and its command's line.
 
     Args:
@@ -144,6 +192,8 @@ def run_reuse(extracted: Sequence[int] = (), repaired: Sequence[int] = (),
             audit's, resumed).
         older: Those table files were none damaged, all published by an older bfd (lacking
             columns added since: ``Fault.older``).
+        method: They were computed because the run's published results were of this other
+            method (``other_method``).
     """
     if not extracted and not decomposed:
         return "reused, nothing recomputed"
@@ -158,6 +208,11 @@ def run_reuse(extracted: Sequence[int] = (), repaired: Sequence[int] = (),
         return f"published again ({why}), " + (
             f"{shards} of its activations extracted again" if extracted
             else "activations reused")
+    if method is not None:
+        return (f"{'decomposed' if n_shards else 'computed'} again (published by "
+                f"{published_by(method, brackets=False)}), " + (
+                    f"{shards} of its activations extracted again" if extracted
+                    else "activations reused" if n_shards else "no activations kept"))
     if repaired:
         return (f"computed (damaged shard{'s' if len(repaired) > 1 else ''} "
                 f"{', '.join(map(str, repaired))} of its activations extracted again)")
@@ -268,13 +323,16 @@ def checkpoint_files(pattern: str) -> list[Path]:
 
 
 def audited_requests(store: Store, series: str,
-                     decompose_options: Mapping[str, Any] | None = None) -> set[str]:
+                     decompose_options: Mapping[str, Any] | None = None,
+                     other: dict[str, int] | None = None) -> set[str]:
     """The request identities (``bfd.tasks.request_key.request_identity``) of every complete
     audit of a series decomposed with results options as ``decompose_options``'s (the
     decompose options that change results, ``RESULT_FLAGS``; None: any audit): the recorded
     request keys that name its runs, each checked against the run's stored request (model and
     weights). An audit whose run has no recorded key (a store written before request keys, or
-    a read-only key folder) counts as not audited."""
+    a read-only key folder) counts as not audited; so does one whose run's published results
+    are of another method than this bfd's (``other_method``: an older bfd's), whose identity
+    goes to ``other``, when given, with that method."""
     from bfd.tasks.options import changed_from_defaults
 
     wanted = changed_from_defaults(decompose_options)
@@ -290,7 +348,14 @@ def audited_requests(store: Store, series: str,
             continue
         if (request.model, request.weights_sha256) == (inputs.get("model"),
                                                         inputs.get("weights_sha256")):
-            out.add(request_identity(inputs))
+            method = other_method(store, run_id)
+            if method is None:
+                out.add(request_identity(inputs))
+            elif other is not None:
+                other[request_identity(inputs)] = method
+    if other is not None:
+        for identity in out & set(other):
+            del other[identity]
     return out
 
 
@@ -329,14 +394,18 @@ def _result_options(options: Mapping[str, Any], prefix_tokens: int | None = None
 def computed_run(store: Store, run_id: str, decompose_options: Mapping[str, Any],
                  faults: Sequence[Any] | None = None) -> dict | None:
     """The ``runs`` row of ``run_id`` when it is complete, was decomposed with these options
-    (placement aside) and every table file of it reads (``table_faults``, or ``faults`` when
-    the caller has just read them: each file is read whole), else None: an audit of it need
-    not compute anything. A damaged table file of the run makes it not computed: the audit
-    publishes it again (another run's damaged file is no concern of this one)."""
+    (placement aside) by this bfd's method (``other_method`` None) and every table file of it
+    reads (``table_faults``, or ``faults`` when the caller has just read them: each file is
+    read whole), else None: an audit of it need not compute anything. A damaged table file of
+    the run makes it not computed: the audit publishes it again (another run's damaged file is
+    no concern of this one); so do results of another method (an older bfd's): the audit
+    computes them again, its activations reused."""
     # here, not above: the rest of this module (audit-checkpoints with nothing to do,
     # bfd.cli_reuse) needs neither xarray nor Zarr, which these import (2 s)
     from bfd.storage import read_run_table, table_faults
 
+    if other_method(store, run_id) is not None:
+        return None
     if table_faults(store, run_id) if faults is None else faults:
         return None
     runs = read_run_table(store, "runs", run_id)
@@ -570,12 +639,16 @@ def pending_checkpoints(store: Store, pattern: str, series: str, config: Mapping
     A file is audited already when a complete audit of the series had the same request
     (``audited_requests``: model, weights bytes, images, N, layers, sites, img_size, dtype,
     ...) and the same decompose options that change results (``--prefix``, ...; None: the
-    defaults); each request is audited once, so a copy of a checkpoint is not audited twice.
+    defaults), and its run's results are of this bfd's method; each request is audited once,
+    so a copy of a checkpoint is not audited twice. One audited before whose run's results
+    are of another method (an older bfd's: ``other_method``) is to audit again, its entry's
+    ``method`` naming that method: its audit computes the run again, activations reused.
     ``left``, when given, gets the path of each file left out (as listed), in the order of
     the lines.
     """
     files = checkpoint_files(pattern)
-    seen = audited_requests(store, series, decompose_options or {})
+    other: dict[str, int] = {}
+    seen = audited_requests(store, series, decompose_options or {}, other)
     records = key_listing(config)
     todo, bad = [], []
     for path in files:
@@ -596,7 +669,8 @@ def pending_checkpoints(store: Store, pattern: str, series: str, config: Mapping
             seen.add(identity)
         step = step_from_name(path)
         todo.append({"path": str(path), "sha256": sha,
-                     "step": step if step is not None else int(os.stat(path).st_mtime)})
+                     "step": step if step is not None else int(os.stat(path).st_mtime),
+                     **({"method": other[identity]} if identity in other else {})})
     return sorted(todo, key=lambda c: c["step"]), len(files), bad
 
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 
 import bfd
+from bfd.core.method import RESULTS_METHOD
 from bfd.storage import (
     ImageRecord,
     Store,
@@ -50,6 +51,8 @@ def runs_row(store: Store, run_id: str, status: str, config: dict,
         "depth": info.get("depth", 0),
         "num_heads": info.get("num_heads", 0),
         "width": info.get("width", 0),
+        # the method that computed the results (bfd.core.method), as the pointer records it
+        "method": RESULTS_METHOD,
     }
 
 
@@ -57,7 +60,9 @@ def publish(store_root: str, run_id: str, results, config: dict,
             images: list[ImageRecord] | None = None) -> dict[str, str]:
     """Publish a run: its results Dataset and every table, written as a new version and
     switched at once (``bfd.storage.publishing``), so a reader sees the previous version or
-    this one, never a mix, and a failed publish leaves the previous version published.
+    this one, never a mix, and a failed publish leaves the previous version published. The
+    publish records the method that computed ``results`` (``RESULTS_METHOD``: its pointer's
+    ``method`` and the ``runs`` row's).
     ``images``: the image statuses when not the manifest's (see ``runs_row``).
 
     Returns:
@@ -78,6 +83,7 @@ def publish(store_root: str, run_id: str, results, config: dict,
     tables["runs"] = [runs_row(store, run_id, "complete", config, records)]
     with publishing(store, run_id) as pub:
         pub.created_at = tables["runs"][0]["created_at"].isoformat()
+        pub.method = RESULTS_METHOD
         written = {"results": f"{store.zarr_path}/{pub.write_results(results)}"}
         for name, rows in tables.items():
             written[name] = str(pub.write_table(name, model, rows))
