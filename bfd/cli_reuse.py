@@ -9,9 +9,10 @@ planning the run again (loading the model to hash its weights), about 10 s befor
 Here the command finds the run from its request key instead (``bfd.tasks.request_key``: the
 options as given, the installed bfd, timm and torch, the sha256 of the weights file and of
 every image), checks the run that key names (its stored request agrees with everything the
-key knows, it is published complete with the same decomposition options, every shard of its
-activations is intact, or for ``--no-store-activations`` the run is a stats-only one: it has
-none), and records the audit through the same functions as the flow
+key knows, it is published complete with the same decomposition options, by the installed
+bfd's method (``bfd.core.method``: an older bfd's results are computed again, by the flow),
+every shard of its activations is intact, or for ``--no-store-activations`` the run is a
+stats-only one: it has none), and records the audit through the same functions as the flow
 (``bfd.tasks.audits.audit_row`` and ``drift_since_previous``,
 ``bfd.report.dashboard.refresh_outputs``): the same ``audits`` and ``drift`` rows, but
 ``flow_run_id`` NULL. What is not made is what only Prefect holds: the flow run, its logs,
