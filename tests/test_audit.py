@@ -1177,20 +1177,22 @@ def test_a_failed_check_against_the_model_is_in_the_audit_report(tmp_path, prefe
     argv = ["audit", "--model", "test_vit", "--weights", "random", "--images", "samples",
             "--n-images", "4", "--img-size", "32", "--layers", "0", "--dtype", "float32",
             "--images-per-chunk", "4", "--store", str(tmp_path / "store"), "--no-dashboard",
-            "--series", "s", "--jackknife-groups", "0"]
+            "--series", "failed-check", "--jackknife-groups", "0"]
     lines = []
     for _ in range(2):  # computed, then reused
         code, out, err = run_cli(argv, capsys)
         assert code == 0, err
         lines.append([x for x in err.splitlines() if "check against the model" in x])
-    rid = read_audits(Store(tmp_path / "store"), "s")[0]["run_id"]
+    rid = read_audits(Store(tmp_path / "store"), "failed-check")[0]["run_id"]
     (line,), again = lines
     assert again == [line]
     assert line.startswith(f"bfd: warning: run {rid} fails the check against the model: "
                            "model_logit_residual "), line
     assert "at attn_in layer 0 (1 of 1 layer(s) above 0.001)" in line, line
+    # the session's Prefect server holds other tests' audit reports: a series of its own
     with get_client(sync_client=True) as client:
-        key = ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key("audit", "s")]))
+        key = ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key("audit",
+                                                                       "failed-check")]))
         reports = [x.data for x in client.read_artifacts(artifact_filter=key)
                    if x.type == "markdown"]
     assert len(reports) == 2  # each audit's report, the reused one's too
