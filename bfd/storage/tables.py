@@ -150,7 +150,11 @@ TABLE_SCHEMAS: Final[dict[str, pa.Schema]] = {
 # RUN`` publishes the run again with them; one that lacks any of these is damaged
 # (``bfd.storage.integrity.table_faults``). A table not listed has had all its columns since.
 FIRST_COLUMNS: Final[dict[str, frozenset[str]]] = {
-    "runs": frozenset(TABLE_SCHEMAS["runs"].names) - {"depth", "num_heads", "width"},
+    "runs": frozenset({
+        "run_id", "model", "weights", "weights_sha256", "images", "images_sha256", "n_images",
+        "n_skipped", "img_size", "grid_h", "grid_w", "prefix_tokens", "sites", "layers",
+        "dtype", "created_at", "bfd_version", "timm_version", "torch_version", "config_json",
+        "status"}),
     "layers": frozenset({
         "run_id", "model", "layer", "site", "ss_total", "frac_pos", "frac_img", "frac_int",
         "pos_split_half_r", "pos_embed_cos", "shuffle_frac_pos", "ss_identity_residual",
