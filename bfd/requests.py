@@ -273,3 +273,15 @@ def check_request(config: Mapping[str, Any]) -> None:
             raise ValueError(f"{option}: {err}{given}") from None
     check_shards(config.get("images_per_chunk") or 1, config.get("images_per_shard"))
     check_autocast(config.get("autocast"), config.get("device"))
+    check_init(config.get("weights"), config.get("model_args"))
+
+
+def check_init(weights: str | None, model_args: Mapping[str, Any] | None) -> None:
+    """Refuse a random init that timm leaves uninitialised (``--model-arg weight_init=skip``:
+    its parameters stay ``torch.empty``, whatever memory held: not one network per seed, and
+    at times not finite)."""
+    if weights == "random" and (model_args or {}).get("weight_init") == "skip":
+        raise ValueError("--model-arg weight_init=skip leaves the model's parameters "
+                         "uninitialised under --weights random (timm's torch.empty: whatever "
+                         "memory held, not seeded, not finite at times); drop it: the default "
+                         "init is seeded by --seed")

@@ -57,6 +57,11 @@ REFUSED = {
                            "(given 'resid,atn_in')"]),
     "checkpoints-sites-unknown": (["audit-checkpoints", "{tmp}/ckpts", "--model", "test_vit",
                                    "--sites", "atn_in"], ["--sites: unknown site 'atn_in'"]),
+    # parameters left uninitialised (torch.empty) under a random init: not one network per
+    # seed, NaN at times, where it was refused as non-finite activations, "try --dtype float32"
+    "audit-weight-init-skip": (["audit", *BASE, "--model-arg", "weight_init=skip"],
+                               ["--model-arg weight_init=skip leaves the model's parameters "
+                                "uninitialised under --weights random"]),
     "batch-size-0": (["extract", *BASE, "--batch-size", "0"],
                      ["--batch-size: must be a positive integer (given 0)"]),
     "shard-splits-chunks": (["extract", *BASE, "--images-per-shard", "6"],

@@ -36,6 +36,7 @@ from bfd.requests import (
     as_typed,
     check_autocast,
     check_device,
+    check_init,
     check_option,
     check_shards,
 )
@@ -118,6 +119,7 @@ class AuditConfig(_Params):
     def _whole_chunks(self) -> AuditConfig:
         check_shards(self.images_per_chunk, self.images_per_shard)
         check_autocast(self.autocast, self.device)
+        check_init(self.weights, self.model_args)
         return self
 
     def extract_config(self) -> dict[str, Any]:
