@@ -492,7 +492,7 @@ def _plan_to_compute(args: argparse.Namespace, config, store: str, series: str,
     import json
 
     from bfd import cli
-    from bfd.output import size_text
+    from bfd.output import count, size_text
     from bfd.storage import Store, request_columns, with_stats_only
     from bfd.tasks.audits import (
         compared_audit,
@@ -502,7 +502,6 @@ def _plan_to_compute(args: argparse.Namespace, config, store: str, series: str,
     )
     from bfd.tasks.extract import (
         ExtractConfig,
-        count,
         disk_free,
         plan_request,
         refuse_before_work,

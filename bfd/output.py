@@ -332,6 +332,11 @@ def stdout_bytes() -> BinaryIO:
     return getattr(sys.stdout, "buffer", None) or _TextSink(sys.stdout)
 
 
+def count(n: int, word: str) -> str:
+    """``n`` and ``word``, plural but for one: ``1 shard``, ``2 shards``, ``0 images``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def size_text(nbytes: int) -> str:
     """A number of bytes in the unit that reads best, three figures: ``512 B``, ``4.00 KiB``,
     ``37.5 MiB``, ``1.25 GiB``, ``312 GiB``, ``2.10 TiB`` (never ``0.00 GiB``)."""

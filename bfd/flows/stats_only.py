@@ -7,10 +7,11 @@ from typing import Any
 
 from bfd.flows import progress
 from bfd.flows.decompose import results_attrs
+from bfd.output import count
 from bfd.storage import Store, open_activations, read_request, results_path, with_stats_only
 from bfd.tasks.audits import computed_run, other_method, other_method_said
 from bfd.tasks.decompose import DecomposeOptions, assemble_results
-from bfd.tasks.extract import ExtractConfig, count
+from bfd.tasks.extract import ExtractConfig
 from bfd.tasks.prefect_tasks import decompose_from_forward_task, prepare_run_task, publish_task
 from bfd.tasks.stats_only import FORWARD_STAGES, SUMMARY_STAGE
 

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from bfd.core.method import RESULTS_METHOD
 from bfd.files import WEIGHT_SUFFIXES, check_checkpoint, input_path, sha256_file
+from bfd.output import count
 from bfd.requests import model_args_text
 from bfd.storage import (
     SEEN_FIGURES,
@@ -162,17 +163,13 @@ def other_method_said(run_id: str, method: int, extracted: Sequence[int] = (),
             " from two forward passes over its images (no activations kept)")
     elif planned:
         what = "to decompose again" + (
-            f", {_count_of(extracted, 'shard')} of its activations to extract again"
+            f", {count(len(extracted), 'shard')} of its activations to extract again"
             if extracted else ", activations reused")
     else:
         what = "decomposed again" + (
-            f", {_count_of(extracted, 'shard')} of its activations extracted again"
+            f", {count(len(extracted), 'shard')} of its activations extracted again"
             if extracted else ", activations reused")
     return f"run {run_id} was published by {published_by(method)}: {what}"
-
-
-def _count_of(items: Sequence[Any], what: str) -> str:
-    return f"{len(items)} {what}{'s' if len(items) != 1 else ''}"
 
 
 def run_reuse(extracted: Sequence[int] = (), repaired: Sequence[int] = (),

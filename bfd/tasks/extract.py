@@ -26,7 +26,7 @@ import bfd
 from bfd import capture, models
 from bfd import images as imgs
 from bfd.files import input_path
-from bfd.output import size_text
+from bfd.output import count, size_text
 from bfd.requests import check_autocast, check_request
 from bfd.storage import (
     ImageRecord,
@@ -128,11 +128,6 @@ class RunPlan:
         return (f"run {self.run_id}: {count(self.n_images, 'image')} in "
                 f"{count(len(self.shards), 'shard')}; {count(len(self.pending), 'shard')} "
                 f"({count(todo, 'image')}) to extract, {size_text(self.bytes_to_write)} to write")
-
-
-def count(n: int, word: str) -> str:
-    """``n`` and ``word``, plural but for one: ``1 shard``, ``2 shards``, ``0 images``."""
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def resolve_layers(layers: str | tuple[int, ...] | list[int], depth: int) -> tuple[int, ...]:
