@@ -81,6 +81,12 @@ def _row(layer: int, head: int | None, metric: str, before: Any, after: Any,
 def run_metrics(store: Store, run_id: str, group: str | None = None) -> tuple[dict, dict]:
     """``{(layer, metric): value}`` and ``{(layer, head): row}`` of a run's results: those
     published now, or those of its results ``group`` (one version, ``results_group_of``)."""
+    return _metrics(*_result_rows(store, run_id, group))
+
+
+def _result_rows(store: Store, run_id: str, group: str | None = None
+                 ) -> tuple[list[dict], list[dict]]:
+    """The ``layers`` and ``heads`` rows of a run's results (``run_metrics``'s ``group``)."""
     # here, not above: what imports this module to compare requests, not results
     # (audit-checkpoints with nothing to do) needs neither xarray nor Zarr (2 s)
     from bfd.storage import heads_rows, layers_rows, open_results
@@ -89,14 +95,18 @@ def run_metrics(store: Store, run_id: str, group: str | None = None) -> tuple[di
     # many small variables, each read once
     ds = (open_results(store, run_id, dask=False) if group is None
           else open_results_group(store, group, dask=False))
+    return (layers_rows(ds).to_pylist(),
+            heads_rows(ds).to_pylist() if "head" in ds.dims else [])
+
+
+def _metrics(layer_rows: list[dict], head_rows: list[dict]) -> tuple[dict, dict]:
+    """``run_metrics`` of a run's ``layers`` and ``heads`` rows."""
     layers = {}
-    for r in layers_rows(ds).to_pylist():
+    for r in layer_rows:
         suffix = SITE_SUFFIX.get(r["site"], f"_{r['site']}")
         for name in LAYER_FRACTIONS:
             layers[(int(r["layer"]), name + suffix)] = r[name]
-    heads = {}
-    if "head" in ds.dims:
-        heads = {(int(r["layer"]), int(r["head"])): r for r in heads_rows(ds).to_pylist()}
+    heads = {(int(r["layer"]), int(r["head"])): r for r in head_rows}
     return layers, heads
 
 
@@ -304,29 +314,28 @@ def drift_rows(store: Store, run_before: str, run_after: str,
     return out
 
 
-def model_checks(store: Store, run_id: str) -> dict[int, dict[str, Any]]:
-    """Per layer of a run's published results, the check against the model at attn_in
-    (``MODEL_CHECKS``: docs/checks.md), with its site and layer as ``layers`` rows hold them
+def model_checks(layer_rows: list[dict]) -> dict[int, dict[str, Any]]:
+    """Per layer of a run's ``layers`` rows, the check against the model at attn_in
+    (``MODEL_CHECKS``: docs/checks.md), with its site and layer as those rows hold them
     (``bfd.core.model_check_limit.model_check_warning`` takes them); {} where the run has no
     attn_in site."""
     from bfd.core.model_check_limit import MODEL_CHECKS
-    from bfd.storage import layers_rows, open_results
 
     def value(v: Any) -> float | None:  # NaN: not computed; inf is kept (a failure)
         return None if v is None or v != v else float(v)
 
-    rows = layers_rows(open_results(store, run_id, dask=False)).to_pylist()
     return {int(r["layer"]): {"site": r["site"], "layer": int(r["layer"]),
                               **{name: value(r.get(name)) for name in MODEL_CHECKS}}
-            for r in rows if r["site"] == "attn_in"}
+            for r in layer_rows if r["site"] == "attn_in"}
 
 
 def layer_summary(store: Store, run_id: str) -> list[dict[str, Any]]:
     """Per layer of a run: frac_pos at attn_in and resid, the energy-weighted head fractions,
     the head counts per type (the figures of the ``layer_summary`` view) and the check against
     the model (``model_checks``)."""
-    layers, heads = run_metrics(store, run_id)
-    checks = model_checks(store, run_id)
+    layer_rows, head_rows = _result_rows(store, run_id)  # the results, read once
+    layers, heads = _metrics(layer_rows, head_rows)
+    checks = model_checks(layer_rows)
     out = []
     for layer in sorted({key[0] for key in layers} | {key[0] for key in heads}):
         row: dict[str, Any] = {"layer": layer, "frac_pos": _finite(layers.get((layer, "frac_pos"))),
