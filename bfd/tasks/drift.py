@@ -119,8 +119,11 @@ def decompose_options_of(config_json: str | None) -> dict[str, Any]:
     return options if isinstance(options, dict) else {}
 
 
-def _prefix(options: Mapping[str, Any]) -> str:
-    return str(options.get("prefix") or "exclude")
+def _prefix(options: Mapping[str, Any], prefix_tokens: int | None = None) -> str:
+    """The positions of shares decomposed with ``options``: their ``--prefix``; for a run
+    with no prefix token (SigLIP, ``class_token=False``) exclude, whatever the option (include
+    is the same positions: as run_shapes spells it)."""
+    return "exclude" if prefix_tokens == 0 else str(options.get("prefix") or "exclude")
 
 
 def architecture_name(model: str | None) -> str:
@@ -182,10 +185,8 @@ def _inputs_of(r: Mapping[str, Any]) -> dict[str, Any]:
             "model_args": model_args_of(r.get("config_json")),
             "sha": r["images_sha256"], "img_size": r["img_size"],
             "n": (r["n_images"] or 0) - (r["n_skipped"] or 0),
-            # a run with no prefix token: include is the same positions as exclude (as
-            # run_shapes spells it)
-            "prefix": ("exclude" if r.get("prefix_tokens") == 0
-                       else _prefix(decompose_options_of(r.get("config_json")))),
+            "prefix": _prefix(decompose_options_of(r.get("config_json")),
+                              r.get("prefix_tokens")),
             "prefix_tokens": r.get("prefix_tokens")}
 
 
@@ -201,9 +202,8 @@ def _why_not(seen: Mapping[str, dict[str, Any]], run_before: str, run_after: str
                 f"previous audit was of another model ({_other_model(a, b)}); not compared: "
                 "layers and heads of two models are no change of one (`bfd query "
                 "compare_models` compares models)")
-    saw = _prefix(seen_before) if seen_before is not None else a["prefix"]
-    if a.get("prefix_tokens") == 0:  # what it saw: the same positions either way
-        saw = "exclude"
+    saw = (_prefix(seen_before, a.get("prefix_tokens")) if seen_before is not None
+           else a["prefix"])
     prefix_a, prefix_b = a["prefix"], b["prefix"]
     if saw != prefix_b:
         return (f"shares over other positions (--prefix {saw}, not {prefix_b})",
