@@ -26,6 +26,7 @@ import xarray as xr
 import zarr
 
 from bfd import storage as st
+from bfd.storage import activations
 from bfd.storage.activations import TEMPLATE_ATTR
 from bfd.storage.paths import temp_name
 from bfd.storage.runs import model_slug
@@ -340,6 +341,41 @@ def test_last_shard_may_end_inside_a_chunk(store: st.Store) -> None:
     got = st.open_activations(store, RUN).resid
     assert got.data.chunks[1] == (3, 3, 3, 1)
     np.testing.assert_array_equal(got.values, _expected(source, todo)["resid"])
+
+
+def _chunk_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize(("stored", "given", "compression"), [
+    ("float16", "float32", "none"), ("float32", "float32", "none"), ("float16", "float16", "lz4")])
+def test_write_shard_writes_the_files_zarr_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stored: str, given: str, compression: str
+) -> None:
+    """write_shard writes a local uncompressed array's chunk files itself (the GIL is held
+    far less than through Zarr's event loop): the files are those Zarr writes, byte for byte,
+    the last chunk's images past the run's last included (NaN); a compressed array goes
+    through Zarr."""
+    source = _source(given)
+    trees = {}
+    for direct in (False, True):
+        monkeypatch.setattr(activations, "DIRECT_WRITES", direct)
+        store = st.Store(tmp_path / str(direct))
+        _create(store, dtype=stored, images_per_chunk=3, compression=compression)
+        array = zarr.open_group(store.zarr_path, mode="r")[f"{RUN}/resid"]
+        assert (activations._chunk_folder(array) is None) == (compression != "none")
+        for shard in st.plan_shards(N_IMAGES, 3, 6):  # 0:6 and 6:10, its last chunk 9:12
+            for site in SITES:
+                st.write_shard(store, RUN, site, shard.start, shard.stop,
+                               source[site][:, shard.start:shard.stop])
+        trees[direct] = _chunk_files(Path(store.zarr_path))
+        got = st.open_activations(store, RUN)
+        for site in SITES:
+            np.testing.assert_array_equal(got[site].values, source[site].astype(stored))
+    assert not [name for name in trees[True] if name.endswith(".partial")]
+    assert f"{RUN}/resid/c/2/3/0/0" in trees[True]  # the last chunk of the last layer
+    assert trees[True] == trees[False]
 
 
 def test_open_activations_is_lazy_with_stored_chunks(store: st.Store) -> None:
