@@ -31,9 +31,10 @@ start-up and one warm-up flow run; every figure the Python, torch and timm impor
 
 Usage: python bench/extract.py [--model vit_small_patch16_224] [--n-images 128]
        [--batch-size 32] [--device auto|cpu|cuda] [--stages] [--no-flow]
+       [--one-shard-at-a-time] [--zarr-writes-too] [--torch-threads-too K]
        [--quick]   (timm's test_vit at 32 px, 8 images, one rep, stages timed, no flow (the
-                    flow is tests/test_extract.py's): checks that the bench runs, its figures
-                    mean nothing)
+                    flow is tests/test_extract.py's), the last two timers too: checks that the
+                    bench runs, its figures mean nothing)
 """
 
 from __future__ import annotations
@@ -65,7 +66,13 @@ import torch  # noqa: E402
 
 from bfd import capture, models  # noqa: E402
 from bfd import images as imgs  # noqa: E402
-from bfd.storage import Store, create_activation_template, plan_shards, write_shard  # noqa: E402
+from bfd.storage import (  # noqa: E402
+    Store,
+    activations,
+    create_activation_template,
+    plan_shards,
+    write_shard,
+)
 from bfd.tasks import extract as tasks  # noqa: E402
 from bfd.tasks.extract import (  # noqa: E402
     ExtractConfig,
@@ -185,6 +192,36 @@ def run_pipeline(root: str, cfg: ExtractConfig) -> str:
                      for k in plan.pending]:
             done.result()
     return plan.run_id
+
+
+@contextlib.contextmanager
+def zarr_writes() -> Iterator[None]:
+    """``write_shard`` through Zarr's own array writes, as before it wrote the chunk files of a
+    local uncompressed store itself (``activations.DIRECT_WRITES``)."""
+    saved, activations.DIRECT_WRITES = activations.DIRECT_WRITES, False
+    try:
+        yield
+    finally:
+        activations.DIRECT_WRITES = saved
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` (the decoding threads' transforms use them)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def under(context: Callable[[], contextlib.AbstractContextManager],
+          timer: Callable[[], float]) -> Callable[[], float]:
+    def run() -> float:
+        with context():
+            return timer()
+    return run
 
 
 def time_pipeline(cfg: ExtractConfig, workdir: Path, slots: int | None = None) -> float:
@@ -332,6 +369,11 @@ def main() -> None:
     p.add_argument("--one-shard-at-a-time", action="store_true",
                    help="also time the pipeline with its shards one at a time (on a GPU the "
                    "flow runs tasks.shard_slots of them side by side)")
+    p.add_argument("--zarr-writes-too", action="store_true",
+                   help="also time the bare write and the pipeline with Zarr's own chunk "
+                   "writes (write_shard writes a local uncompressed store's files itself)")
+    p.add_argument("--torch-threads-too", type=int, default=None, metavar="K",
+                   help="also time the pipeline with torch's intra-op threads set to K")
     p.add_argument("--workdir", default=None, help="where the temporary stores go")
     p.add_argument("--quick", action="store_true",
                    help="a tiny model and run, one rep: the bench runs, the figures mean nothing")
@@ -339,6 +381,7 @@ def main() -> None:
     if args.quick:
         args.model, args.img_size, args.n_images, args.batch_size = "test_vit", 32, 8, 4
         args.images_per_chunk, args.reps, args.stages, args.no_flow = 4, 1, True, True
+        args.zarr_writes_too, args.torch_threads_too = True, 1  # every timer runs once
 
     device = models.resolve_device(args.device)
     if args.n_images is None:
@@ -357,6 +400,13 @@ def main() -> None:
                   "pipeline": lambda: time_pipeline(cfg, workdir)}
         if args.one_shard_at_a_time:  # the baseline of shard_slots, in the same run
             timers["pipeline_one_shard_at_a_time"] = lambda: time_pipeline(cfg, workdir, 1)
+        if args.zarr_writes_too:  # the baseline of the direct chunk writes, in the same run
+            timers["write_zarr"] = under(zarr_writes, write.run)
+            timers["pipeline_zarr_writes"] = under(zarr_writes,
+                                                   lambda: time_pipeline(cfg, workdir))
+        if args.torch_threads_too:
+            timers[f"pipeline_torch_threads_{args.torch_threads_too}"] = under(
+                lambda: torch_threads(args.torch_threads_too), lambda: time_pipeline(cfg, workdir))
         with contextlib.ExitStack() as stack:
             if not args.no_flow:
                 try:
@@ -414,6 +464,11 @@ def main() -> None:
     if "pipeline_one_shard_at_a_time" in rate:
         figures["ratio_one_shard_at_a_time_vs_baseline"] = round(
             rate["pipeline_one_shard_at_a_time"] / rate[limit], 3)
+    for name in rate:
+        if name.startswith("pipeline_") and name != "pipeline_one_shard_at_a_time":
+            figures[f"ratio_{name}_vs_baseline"] = round(rate[name] / rate[limit], 3)
+    if "write_zarr" in rate:
+        figures["ratio_write_zarr_vs_write"] = round(rate["write_zarr"] / rate["write"], 3)
     if flow_error:
         figures["flow_error"] = flow_error
     print(json.dumps(figures, indent=2))

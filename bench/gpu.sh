@@ -32,9 +32,10 @@ bench() {  # name, command...: a failed benchmark is reported, the next one stil
 }
 bench core_cuda timeout 120 python3 bench/core.py --device cuda --n 1024 --compare-n 4
 # the pipeline as the flow's one worker runs it (two shards side by side), and one shard at a
-# time, in the same run
+# time, with Zarr's own chunk writes, and with torch's intra-op threads at 1, all in the same run
 bench extract_cuda timeout 200 python3 bench/extract.py --device cuda --no-flow --n-images 512 \
-  --batch-size 64 --decode-workers 8 --reps 2 --stages --one-shard-at-a-time
+  --batch-size 64 --decode-workers 8 --reps 2 --stages --one-shard-at-a-time --zarr-writes-too \
+  --torch-threads-too 1
 # the same with shards of 8 chunks: a shard's writes then overlap its next forwards
 bench extract_cuda_shard256 timeout 150 python3 bench/extract.py --device cuda --no-flow \
   --n-images 512 --batch-size 64 --decode-workers 8 --reps 2 --images-per-shard 256 --stages \
