@@ -32,8 +32,9 @@ start-up and one warm-up flow run; every figure the Python, torch and timm impor
 Usage: python bench/extract.py [--model vit_small_patch16_224] [--n-images 128]
        [--batch-size 32] [--device auto|cpu|cuda] [--stages] [--no-flow]
        [--one-shard-at-a-time] [--zarr-writes-too] [--torch-threads-too K]
+       [--switch-interval-too S]
        [--quick]   (timm's test_vit at 32 px, 8 images, one rep, stages timed, no flow (the
-                    flow is tests/test_extract.py's), the last two timers too: checks that the
+                    flow is tests/test_extract.py's), the last three timers too: checks that the
                     bench runs, its figures mean nothing)
 """
 
@@ -45,6 +46,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -216,6 +218,18 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(saved)
 
 
+@contextlib.contextmanager
+def switch_interval(seconds: float) -> Iterator[None]:
+    """Python's thread switch interval (``sys.setswitchinterval``; 0.005 s by default): how
+    long a thread holds the GIL before another that waits for it gets it."""
+    saved = sys.getswitchinterval()
+    sys.setswitchinterval(seconds)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(saved)
+
+
 def under(context: Callable[[], contextlib.AbstractContextManager],
           timer: Callable[[], float]) -> Callable[[], float]:
     def run() -> float:
@@ -374,6 +388,8 @@ def main() -> None:
                    "writes (write_shard writes a local uncompressed store's files itself)")
     p.add_argument("--torch-threads-too", type=int, default=None, metavar="K",
                    help="also time the pipeline with torch's intra-op threads set to K")
+    p.add_argument("--switch-interval-too", type=float, default=None, metavar="S",
+                   help="also time the pipeline with Python's thread switch interval S seconds")
     p.add_argument("--workdir", default=None, help="where the temporary stores go")
     p.add_argument("--quick", action="store_true",
                    help="a tiny model and run, one rep: the bench runs, the figures mean nothing")
@@ -382,6 +398,7 @@ def main() -> None:
         args.model, args.img_size, args.n_images, args.batch_size = "test_vit", 32, 8, 4
         args.images_per_chunk, args.reps, args.stages, args.no_flow = 4, 1, True, True
         args.zarr_writes_too, args.torch_threads_too = True, 1  # every timer runs once
+        args.switch_interval_too = 0.05
 
     device = models.resolve_device(args.device)
     if args.n_images is None:
@@ -404,6 +421,10 @@ def main() -> None:
             timers["write_zarr"] = under(zarr_writes, write.run)
             timers["pipeline_zarr_writes"] = under(zarr_writes,
                                                    lambda: time_pipeline(cfg, workdir))
+        if args.switch_interval_too:
+            timers[f"pipeline_switch_interval_{args.switch_interval_too}"] = under(
+                lambda: switch_interval(args.switch_interval_too),
+                lambda: time_pipeline(cfg, workdir))
         if args.torch_threads_too:
             timers[f"pipeline_torch_threads_{args.torch_threads_too}"] = under(
                 lambda: torch_threads(args.torch_threads_too), lambda: time_pipeline(cfg, workdir))
