@@ -409,6 +409,17 @@ def test_series_page_marks_drift_of_audits(tmp_path, browser, monkeypatch):
     assert browser.execute_script(
         "return document.getElementById('metric-f_cc').data[1].x.length"
     ) == 0
+    # against audit time: each audit at its start, not at its run's creation (Jan 3, 2, 1
+    # here): a flag is marked at the audit that flagged it (trial 23: a rollback's audit,
+    # whose run an earlier week had computed, was drawn and flagged on that week's point)
+    browser.execute_script("const s = document.getElementById('x-select'); s.value = 'time';"
+                           " s.dispatchEvent(new Event('change'));")
+    line, flags = browser.execute_script(
+        "return document.getElementById('metric-f_pp').data.map(t => Array.from(t.x))")
+    assert [x[:10] for x in line] == ["2025-02-01", "2025-02-02", "2025-02-03"], line
+    assert [x[:10] for x in flags] == ["2025-02-03"], flags
+    browser.execute_script("const s = document.getElementById('x-select'); s.value = 'step';"
+                           " s.dispatchEvent(new Event('change'));")
     rows = table_rows(browser, "drift-table")
     assert [(r["metric"], r["layer"], r["delta"], r["audit"]) for r in rows] == [
         ("head_type", "0", "1", "20250203T…b2c3d"), ("f_pp", "1", "0.3000", "20250203T…b2c3d"),
@@ -1359,6 +1370,11 @@ def test_series_line_breaks_between_two_models_and_unix_steps_read_as_dates(mixe
             else:
                 assert got[1] == [[None, None, r[2] - r[1]] for r in want]
                 assert got[2] == 0 and any(r[2] != r[1] for r in want)
+                # an increase red, a decrease blue, as Compare's heatmap (trial 23: blue here)
+                scale = browser.execute_script(
+                    "const d = document.getElementById('layer-heatmap')._fullData[0];"
+                    " return [d.colorscale[0][1], d.colorscale.at(-1)[1], d.reversescale];")
+                assert scale == ["rgb(5,10,172)", "rgb(178,10,28)", False], scale
     hover = browser.execute_script(
         "return document.getElementById('layer-heatmap').data[0].hovertemplate")
     assert "layer %{y}" in hover and "step %{customdata}" in hover and "Δ f_pp %{z" in hover

@@ -917,7 +917,7 @@
     const hasStep = metrics.some((m) => m.step !== null && m.step !== undefined);
     // the series of the latest audit (bfd/report/data.py latest_series), else the first
     const state = { series: names.includes(D.latest_series) ? D.latest_series : names[0],
-      x: hasStep ? "step" : "created_at" };
+      x: hasStep ? "step" : "time" };
     // series.html?series=NAME opens on that series (as compare.html?a=&b= on two runs); a
     // name that is no series of this store is said above the plots, the default shown
     const askedSeries = new URLSearchParams(window.location.search).get("series");
@@ -960,7 +960,7 @@
     const controls = h("div", { class: "controls" },
       select("series-select", "series", names.map((s) => [s, s]), state.series,
         (v) => { state.series = v; remember(v); redraw(); }),
-      select("x-select", "against", (hasStep ? [["step", "audit step"]] : []).concat([["created_at", "run time"]]),
+      select("x-select", "against", (hasStep ? [["step", "audit step"]] : []).concat([["time", "audit time"]]),
         state.x, (v) => { state.x = v; redraw(); }));
     const grid = h("div", { class: "grid", id: "metric-grid" });
     // the checkpoint files of the series that audit-checkpoints left out (no run, no audit,
@@ -1156,7 +1156,7 @@
         hovertext: pt(`${r.file} (step ${r.step}) left out by audit-checkpoints: ${r.why || r.reason}`) }));
       draw(heat, ids.length ? [{ type: "heatmap", x: members.map((_, i) => i), y: ids, z: z, text: text,
         customdata: ids.map(() => steps), colorscale: delta ? "RdBu" : "Viridis", zmid: delta ? 0 : undefined,
-        reversescale: delta, hoverongaps: true, colorbar: { title: { text: delta ? "Δ " + k : k }, thickness: 12 },
+        hoverongaps: true, colorbar: { title: { text: delta ? "Δ " + k : k }, thickness: 12 },
         hovertemplate: `layer %{y}<br>step %{customdata}<br>${delta ? "Δ " : ""}${k} %{z:.4g}<br>%{text}<extra></extra>` }] : [],
       { xaxis: { title: { text: "audit (step)" }, tickvals: members.map((_, i) => i), ticktext: steps.map(pt),
         zeroline: false },
@@ -1228,8 +1228,11 @@
       // are drawn as dates, as every page shows them; other steps as plain integers
       const stepped = members.filter((m) => typeof m.step === "number");
       const unixSteps = state.x === "step" && stepped.length > 0 && stepped.every(isTimeStep);
+      // against audit time: when the audit started (a run never audited: its creation), not
+      // when its run was computed: an audit that reused an earlier week's run (a rollback)
+      // is drawn, and its flags marked, at its own time, not on that week's point
       const xOf = (m) => {
-        const v = m[state.x];
+        const v = state.x === "time" ? (m.started_at || m.created_at) : m[state.x];
         return unixSteps && typeof v === "number" ? new Date(v * 1000).toISOString() : v;
       };
       // x tick labels 10 px lower than plotly puts them: the first one, centred on a tick at
@@ -1266,7 +1269,8 @@
       layerMembers = members;
       layerGone = gone;
       drawLayers();
-      const rows = lines.map((m) => (m.gap ? { gap: true, [state.x]: m.x[state.x] } : m));
+      const rows = lines.map((m) => (m.gap ? { gap: true, step: m.x.step, started_at: m.x.started_at,
+        created_at: m.x.created_at } : m));
       for (const old of grid.children) sized.unobserve(old);
       // a plot with no value in the series and no drift flagged on it: listed in one line
       const hasValue = (k) => rows.some((m) => typeof m[k] === "number");
@@ -1292,7 +1296,7 @@
         `and ${unmarked.length - UNMARKED_SHOWN} more audits whose flags no plot marks: see the flagged drift table.`)] : []));
       // every cell first, at its height, then the plots: each is drawn at its cell's width
       const divs = drawn.map((k) => {
-        const div = plotDiv("metric-" + k, `${k} against ${state.x} for the chosen series`, "small");
+        const div = plotDiv("metric-" + k, `${k} against audit ${state.x} for the chosen series`, "small");
         div.style.height = "260px";
         return div;
       });
