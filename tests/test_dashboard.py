@@ -681,6 +681,27 @@ def test_series_list_counts_a_run_in_every_series_that_audited_it(tmp_path):
         e[0] for e in expected]
 
 
+def test_series_list_keeps_a_flag_in_sight_after_the_next_audit_passes(tmp_path):
+    """A rollback that flagged drift, then a week that passed: the Overview's flag count is
+    the latest audit's, 0, so it also counts the audits that flagged and names the last one
+    (trial 23: a missed alert left the Overview after one more audit)."""
+    root, con = audited_store(tmp_path)
+    with con:
+        con.execute("UPDATE audits SET n_flagged = CASE audit_id WHEN 'audit-1' THEN 2"
+                    " ELSE 0 END")
+        (row,) = D.series_list(con).to_pylist()
+        assert (row["audit_id"], row["n_flagged"]) == (LONG_AUDIT_ID, 0)
+        assert (row["n_audits_flagged"], row["last_flagged_audit"], row["last_flagged_step"],
+                row["last_flagged_at"]) == (1, "audit-1", 200,
+                                            dt.datetime(2025, 2, 2, tzinfo=dt.UTC))
+        # a failed audit's count is no flag of the series; two flagged: the one started last
+        con.execute("UPDATE audits SET n_flagged = 5 WHERE audit_id = 'audit-0'")
+        con.execute(f"UPDATE audits SET n_flagged = 4, status = 'failed'"
+                    f" WHERE audit_id = '{LONG_AUDIT_ID}'")
+        (row,) = D.series_list(con).to_pylist()
+        assert (row["n_audits_flagged"], row["last_flagged_audit"]) == (2, "audit-1")
+
+
 def test_series_list_the_audits_of_a_damaged_run_as_audit_history_does(tmp_path):
     """c-200's heads file truncated: the catalog leaves the run out, but its audits (A1, A5)
     are still points of their series, as audit_history lists them: the figures each kept, its

@@ -444,6 +444,10 @@ def test_series_page_marks_drift_of_audits(tmp_path, browser, monkeypatch):
     assert browser.execute_script(
         "const t = document.getElementById('drift-table');"
         " return t.scrollWidth <= t.closest('.table-wrap').clientWidth")
+    # the Overview counts the audits that flagged and names the last, beside the latest's count
+    open_page(browser, (tmp_path / "site" / "index.html").as_uri())
+    (row,) = table_rows(browser, "series-table")
+    assert (row["flagged"], row["audits flagged"]) == ("1", "2 of 3 · last step 300"), row
     open_page(browser, (tmp_path / "site" / "runs" / "s-0.html").as_uri())
     link = browser.find_element("link text", "flow-0")
     assert link.get_attribute("href") == "http://127.0.0.1:4200/runs/flow-run/flow-0"

@@ -453,12 +453,16 @@ def series_list(con: duckdb.DuckDBPyConnection) -> pa.Table:
     is no member (its run may never have been published). ``step``, ``started_at`` and
     ``prev_audit_id`` (NULL: the first audit of its series) are the latest audit's; so are
     the head counts by type (``HEAD_COUNTS``, last): those the audit kept, else (a run never
-    audited, an audit that kept none) its run's ``run_summary``."""
+    audited, an audit that kept none) its run's ``run_summary``. ``n_audits_flagged`` counts
+    the series' complete audits that flagged drift, whichever is latest, and
+    ``last_flagged_audit``, ``last_flagged_step`` and ``last_flagged_at`` (its start) name the
+    one of them started last: a flag stays in sight after the next audit passes."""
     # (a catalog given by a caller may hold an audits table without them, or none)
     kept = (set(_column_names(con, "audits")) if "audits" in catalog_tables(con) else set())
     heads = ", ".join(f"coalesce(ka.{name}, rs.{name}) AS {name}" if name in kept
                       else f"rs.{name}" for name in HEAD_COUNTS)
     kept_join = "LEFT JOIN audits AS ka ON ka.audit_id = m.audit_id" if kept else ""
+    flagging = "m.audit_status = 'complete' AND m.n_flagged > 0"
     members = (
         f"SELECT {_RUN_SERIES} AS series, r.run_id, NULL::VARCHAR AS audit_id,"
         " NULL::BIGINT AS step, NULL::TIMESTAMPTZ AS started_at,"
@@ -488,7 +492,13 @@ def series_list(con: duckdb.DuckDBPyConnection) -> pa.Table:
         )
         SELECT m.series, count(DISTINCT m.run_id) OVER w AS n_runs,
             count(m.audit_id) OVER w AS n_audits, coalesce(d.n_damaged, 0) AS n_damaged,
-            d.damaged_runs, m.run_id AS latest_run, m.audit_id, m.audit_status,
+            d.damaged_runs,
+            count(m.audit_id) FILTER (WHERE {flagging}) OVER w AS n_audits_flagged,
+            arg_max(m.audit_id, m.started_at) FILTER (WHERE {flagging}) OVER w
+                AS last_flagged_audit,
+            arg_max(m.step, m.started_at) FILTER (WHERE {flagging}) OVER w AS last_flagged_step,
+            max(m.started_at) FILTER (WHERE {flagging}) OVER w AS last_flagged_at,
+            m.run_id AS latest_run, m.audit_id, m.audit_status,
             m.finished_at, m.n_flagged, m.drift_note, m.step, m.started_at, m.prev_audit_id,
             {heads}
         FROM m

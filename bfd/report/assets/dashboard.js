@@ -392,6 +392,8 @@
         weights_sha256: latest.weights_sha256, images: latest.images,
         images_sha256: latest.images_sha256, n_decoded: latest.n_decoded, n_runs: s.n_runs,
         n_audits: s.n_audits, n_damaged: s.n_damaged, damaged_runs: s.damaged_runs,
+        n_audits_flagged: s.n_audits_flagged, last_flagged_audit: s.last_flagged_audit,
+        last_flagged_step: s.last_flagged_step, last_flagged_at: s.last_flagged_at,
         latest_run: latest.run_id, page: latest.page,
         created_at: latest.created_at, audit_id: s.audit_id, audit_status: s.audit_status,
         finished_at: s.finished_at, n_flagged: s.n_flagged, drift_note: s.drift_note,
@@ -409,6 +411,12 @@
         ": left out of SQL; the Series page shows the figures each audit kept; " +
         `bfd verify ${one ? runs[0] : "RUN"} names the repair`;
     };
+    // the audits of a series that flagged drift, whichever is latest, and the last of them:
+    // a flag stays in sight after the next audit passes ("2 of 15 · last step 15")
+    const everFlagged = (r) => (!r.n_audits_flagged ? (r.n_audits ? "0 of " + r.n_audits : "–")
+      : `${r.n_audits_flagged} of ${r.n_audits} · last ` + (r.last_flagged_step === null ||
+        r.last_flagged_step === undefined ? "audit " + r.last_flagged_audit
+        : "step " + stepText({ step: r.last_flagged_step, started_at: r.last_flagged_at })));
     app.append(section("Series",
       h("p", { class: "note" }, D.has_audits ? "A series is the `series` of the audits table."
         : "No audits recorded yet: a series is a model with its weights."),
@@ -417,6 +425,8 @@
       dataTable("series-table", "series", series, [
         { key: "series" }, { key: "step", label: "latest step", render: (r) => fmt(stepText(r)) },
         { key: "n_flagged", label: "flagged", render: flagged, title: flaggedTitle },
+        { key: "n_audits_flagged", label: "audits flagged", render: everFlagged,
+          title: (r) => (r.n_audits_flagged ? everFlagged(r) + " (audit " + r.last_flagged_audit + ")" : everFlagged(r)) },
         ...headColumns(),
         { key: "drift_note", label: "drift note" },
         { key: "latest_run", label: "latest run", render: (r) => runLink({ page: r.page, run_id: r.latest_run }) },
