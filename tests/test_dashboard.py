@@ -591,7 +591,8 @@ def test_series_have_one_point_per_complete_audit_with_what_it_saw(tmp_path):
                              ("A2", "frac_pos_resid_mean"), ("A5", "f_pp"), ("A5", "mean_f_pp")]
     assert marks["A1", "n_heads_pp"] | {"plot": None} == {
         "series": "ck", "audit_id": "A1", "plot": None, "metrics": ["head_type"], "n_rows": 1,
-        "layers": [0], "max_abs_delta": 1.0,
+        "layers": [0], "max_abs_delta": 1.0, "heads": ["0.1"],
+        "largest": "head_type of layer 0 head 1",
         "types": ["position-position -> content-content: 1"]}
     assert (marks["A5", "f_pp"]["metrics"], marks["A5", "f_pp"]["max_abs_delta"]) == (
         ["f_pp"], pytest.approx(0.2))

@@ -621,10 +621,12 @@ def test_series_page_plots_every_audit_and_crosses_its_flagged_metrics(reused_si
     assert browser.execute_script("return location.search") == "?series=ck"
     line, crosses = plot_x(browser, "metric-f_pp")
     assert line == [100, 200, 250, 500, 500] and crosses == [250]
-    # the cross has a hover saying what was flagged
+    # the cross has a hover saying what was flagged, which head, and where the largest
+    # change is (trial 23: it named layers only; the heads were in a table far below)
     assert browser.execute_script(
         "return Array.from(document.getElementById('metric-f_pp').data[1].text)") == [
-        "drift flagged at audit A5 (step 250): f_pp in 1 row, layer 0, largest |delta| 0.2000"]
+        "drift flagged at audit A5 (step 250): f_pp in 1 row, layer 0; head 0.0 (layer.head)"
+        "<br>largest |delta| 0.2000: f_pp of layer 0 head 0"]
     # A1's head_type drift (layer 0 head 1, position-position -> content-content) crosses
     # the pp and cc counts only: the cp and undefined counts did not change
     for plot, crosses in (("n_heads_pp", [200]), ("n_heads_cc", [200]), ("n_heads_cp", []),
@@ -632,7 +634,8 @@ def test_series_page_plots_every_audit_and_crosses_its_flagged_metrics(reused_si
         assert plot_x(browser, f"metric-{plot}")[1] == crosses, plot
     assert browser.execute_script(
         "return Array.from(document.getElementById('metric-n_heads_cc').data[1].text)") == [
-        "drift flagged at audit A1 (step 200): head_type in 1 row, layer 0, largest |delta| 1"
+        "drift flagged at audit A1 (step 200): head_type in 1 row, layer 0; head 0.1 "
+        "(layer.head)<br>largest |delta| 1: head_type of layer 0 head 1"
         "<br>position-position -&gt; content-content: 1"]
     # frac_pos_resid_mean is kept by A3 only (A4 kept no figure: its run's; A1, A2, A5 are
     # older rows): A2's flagged frac_pos_resid drift has no point, so the plot says it
@@ -1952,8 +1955,8 @@ def test_an_audit_compared_past_an_ad_hoc_one_is_joined_to_the_audit_it_compared
     cross = browser.execute_script(
         "return Array.from(document.getElementById('metric-frac_pos_mean').data[1].text)")
     assert len(cross) == 2 and cross[0].startswith(
-        f"drift flagged at audit {ids['C']} (step 3): frac_pos in 1 row, layer 0, largest "
-        "|delta| 0.2000")
+        f"drift flagged at audit {ids['C']} (step 3): frac_pos in 1 row, layer 0<br>largest "
+        "|delta| 0.2000: frac_pos of layer 0")
     assert cross[0].endswith(f"compared with audit {ids['A']} (step 1), skipping 1 audit not "
                              f"comparable: {ids['B']}")
     assert cross[1].startswith(f"drift flagged at audit {ids['F']} (step 6)")

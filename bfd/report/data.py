@@ -268,8 +268,11 @@ def drift_marks(drift: pa.Table, changes: pa.Table) -> pa.Table:
     plots of ``DRIFT_OF_PLOT`` showing the metric, a ``head_type`` row only the count plots of
     the types its head changed from and to (``_TYPE_PLOT``; ``n_heads`` where the change is
     not in ``changes``). ``metrics`` (sorted), ``n_rows``, ``layers`` (sorted) and
-    ``max_abs_delta`` (NULL where no row has a delta) say what was flagged; ``types`` the
-    head-type changes (``before -> after: count``, sorted) of a head-count plot's mark."""
+    ``max_abs_delta`` (NULL where no row has a delta) say what was flagged; ``heads`` the
+    heads of its rows of one head (``layer.head``, by layer then head) and ``largest`` the row
+    of the largest |delta| (``f_cc of layer 4 head 1``), so that a flag's hover says which
+    head changed; ``types`` the head-type changes (``before -> after: count``, sorted) of a
+    head-count plot's mark."""
     plots: dict[str, list[str]] = {}
     for plot, metrics in DRIFT_OF_PLOT.items():
         for metric in metrics:
@@ -291,23 +294,34 @@ def drift_marks(drift: pa.Table, changes: pa.Table) -> pa.Table:
             m = marks.setdefault((row["series"], row["audit_id"], plot), {
                 "series": row["series"], "audit_id": row["audit_id"], "plot": plot,
                 "metrics": set(), "n_rows": 0, "layers": set(), "max_abs_delta": None,
-                "types": {}})
+                "heads": set(), "largest": None, "types": {}})
             m["metrics"].add(row["metric"])
             m["n_rows"] += 1
             if row["layer"] is not None:
                 m["layers"].add(row["layer"])
+                if row["head"] is not None:
+                    m["heads"].add((row["layer"], row["head"]))
+            where = (f"{row['metric']}" + ("" if row["layer"] is None else
+                                          f" of layer {row['layer']}") +
+                     ("" if row["head"] is None else f" head {row['head']}"))
             if row["delta"] is not None and math.isfinite(row["delta"]):
+                if m["max_abs_delta"] is None or abs(row["delta"]) > m["max_abs_delta"]:
+                    m["largest"] = where
                 m["max_abs_delta"] = max(abs(row["delta"]), m["max_abs_delta"] or 0.0)
+            elif m["largest"] is None and m["max_abs_delta"] is None:
+                m["largest"] = where  # no row with a delta yet: the first one
             if change is not None:
                 arrow = f"{change[0]} -> {change[1]}"
                 m["types"][arrow] = m["types"].get(arrow, 0) + 1
     rows = [{**m, "metrics": sorted(m["metrics"]), "layers": sorted(m["layers"]),
+             "heads": [f"{layer}.{head}" for layer, head in sorted(m["heads"])],
              "types": [f"{t}: {n}" for t, n in sorted(m["types"].items())]}
             for m in marks.values()]
     return pa.Table.from_pylist(rows, pa.schema([
         ("series", pa.string()), ("audit_id", pa.string()), ("plot", pa.string()),
         ("metrics", pa.list_(pa.string())), ("n_rows", pa.int64()),
         ("layers", pa.list_(pa.int64())), ("max_abs_delta", pa.float64()),
+        ("heads", pa.list_(pa.string())), ("largest", pa.string()),
         ("types", pa.list_(pa.string()))]))
 
 

@@ -1018,15 +1018,17 @@
     const sized = new ResizeObserver((entries) => {
       for (const e of entries) if (e.target._fullLayout) Plotly.Plots.resize(e.target);
     });
-    // what a drift mark says: the metrics flagged, how many rows, which layers, the largest
-    // |delta| (and a head-count plot's type changes)
+    // what a drift mark says: the metrics flagged, how many rows, which layers and heads, the
+    // largest |delta| and where (and a head-count plot's type changes)
     function markText(mark, m) {
-      const layers = mark.layers || [];
+      const layers = mark.layers || [], heads = mark.heads || [];
+      const few = (xs) => (xs.length > 12 ? xs.slice(0, 12).join(", ") + ", …" : xs.join(", "));
       return pt("drift flagged at audit " + mark.audit_id + (m && m.step !== null && m.step !== undefined
         ? " (step " + stepText(m) + ")" : "") + ": " + mark.metrics.join(", ") + " in " + mark.n_rows +
         (mark.n_rows === 1 ? " row" : " rows") + (layers.length ? ", " + (layers.length === 1 ? "layer " : "layers ") +
-        (layers.length > 12 ? layers.slice(0, 12).join(", ") + ", …" : layers.join(", ")) : "") +
-        ", largest |delta| " + fmt(mark.max_abs_delta)) +
+        few(layers) : "") + (heads.length ? "; " + (heads.length === 1 ? "head " : "heads ") + few(heads) +
+        " (layer.head)" : "")) + "<br>" + pt("largest |delta| " + fmt(mark.max_abs_delta) +
+        (mark.largest ? ": " + mark.largest : "")) +
         ((mark.types || []).length ? "<br>" + pt(mark.types.join("; ")) : "");
     }
     // an id shown short in a table cell (the whole id on hover)
