@@ -47,8 +47,9 @@ def add_audit_options(p: argparse.ArgumentParser, series_help: str = AUDIT_SERIE
                       record_help: str = AUDIT_RECORD) -> None:
     p.add_argument("--series", help=series_help)
     p.add_argument("--drift-threshold", action="append", default=[], metavar="[METRIC=]VALUE",
-                   help="flag a change larger than VALUE, 0 to 1 (default 0.05; every metric "
-                   "is a fraction, head_type 1 when a type changed: 1 flags nothing), since "
+                   help="flag a change larger than VALUE, 0 to 1 (default 0.05 for every "
+                   "metric, each a fraction; head_type's 0.5: its delta is 1 when a head's type "
+                   "changed, so any VALUE below 1 flags that and 1 flags nothing), since "
                    "the series' latest earlier audit comparable with this one (audits of "
                    "another model, other images, N, img_size or --prefix between are skipped, "
                    "and said); METRIC=VALUE sets one metric's (frac_pos, frac_int_resid, f_cc, "

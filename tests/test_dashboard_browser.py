@@ -627,6 +627,10 @@ def test_series_page_plots_every_audit_and_crosses_its_flagged_metrics(reused_si
         "return Array.from(document.getElementById('metric-f_pp').data[1].text)") == [
         "drift flagged at audit A5 (step 250): f_pp in 1 row, layer 0; head 0.0 (layer.head)"
         "<br>largest |delta| 0.2000: f_pp of layer 0 head 0"]
+    # a click on it opens Compare on the audit and the one it was compared with (A1 at 200)
+    assert browser.execute_script(
+        "return Array.from(document.getElementById('metric-f_pp').data[1].customdata)") == [
+        "compare.html?series=ck&step_a=200&step_b=250"]
     # A1's head_type drift (layer 0 head 1, position-position -> content-content) crosses
     # the pp and cc counts only: the cp and undefined counts did not change
     for plot, crosses in (("n_heads_pp", [200]), ("n_heads_cc", [200]), ("n_heads_cp", []),

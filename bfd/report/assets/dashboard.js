@@ -985,9 +985,10 @@
     const unmarkedLine = h("div", { id: "unmarked-drift" });
     const tables = h("div", {});
     app.append(controls, leftOutLine, section("Every metric", h("p", { class: "note" },
-      "One point per complete audit of the series, at its step, with the figures it saw. Red crosses: " +
+      "One point per complete audit of the series, at its step, with the figures it saw. Orange crosses: " +
       "audits whose drift check flagged what this plot shows (a head_type change: the counts of the " +
-      "types the heads changed from and to); hover one for the metric, rows, layers and largest |delta|. " +
+      "types the heads changed from and to); hover one for the metric, rows, layers, heads and largest " +
+      "|delta|, click it to compare the audit with the one it was compared with. " +
       "The line breaks between consecutive " +
       "points whose runs are of two models (run_pairs.same_model false), and before an audit whose figures " +
       "are of other inputs than its previous audit's (other images, decoded N, layers or positions: " +
@@ -1281,6 +1282,16 @@
       layerMembers = members;
       layerGone = gone;
       drawLayers();
+      // the Compare page of a flagged audit (B) and the audit it was compared with (A): by
+      // series and steps where both have one of their own, else by run
+      const compareOf = (m) => {
+        const ref = members[refOf(members, members.indexOf(m))];
+        if (!ref) return "";
+        const q = typeof ref.step === "number" && typeof m.step === "number" && ref.step !== m.step
+          ? `series=${encodeURIComponent(state.series)}&step_a=${ref.step}&step_b=${m.step}`
+          : `a=${encodeURIComponent(ref.run_id)}&b=${encodeURIComponent(m.run_id)}`;
+        return "compare.html?" + q;
+      };
       const rows = lines.map((m) => (m.gap ? { gap: true, step: m.x.step, started_at: m.x.started_at,
         created_at: m.x.created_at } : m));
       for (const old of grid.children) sized.unobserve(old);
@@ -1352,7 +1363,7 @@
             size: rows.map((m) => (damaged(m) || notCompared(m) ? 10 : 6)) },
           line: { color: "#0072B2" }, hovertemplate: `%{text}<br>${k} %{y:.4g}<extra></extra>` },
         { x: hit.map(xOf), y: hit.map((m) => m[k]), mode: "markers", name: "drift flagged",
-          marker: { symbol: "x", size: 12, color: "#D55E00" },
+          marker: { symbol: "x", size: 12, color: "#D55E00" }, customdata: hit.map(compareOf),
           text: hit.map((m) => markText(markOf(m), m) + pt(comparedText(members, members.indexOf(m)))),
           hovertemplate: "%{text}<extra></extra>" }].concat(links.length ? [
         { x: links.flatMap(([a, b]) => [xOf(a), xOf(b), null]),
@@ -1362,7 +1373,12 @@
           shapes: goneShapes,
           margin: { l: 55, r: 10, t: 35, b: 55 }, annotations: missing ? [{ text: missing, showarrow: false,
             xref: "paper", yref: "paper", x: 0.5, y: 0.5 }] : [] });
-        div.on("plotly_click", (ev) => { const page = ev.points[0].customdata; if (page) window.location.href = "runs/" + encodeURIComponent(page); });
+        // a point opens its run's page; a drift cross the Compare page of the audit and the
+        // audit it was compared with
+        div.on("plotly_click", (ev) => {
+          const to = ev.points[0].customdata;
+          if (to) window.location.href = to.startsWith("compare.html?") ? to : "runs/" + encodeURIComponent(to);
+        });
         sized.observe(div);
       });
       tables.replaceChildren(
