@@ -169,7 +169,9 @@
   function draw(div, traces, layout) {
     // a y axis left to plotly: counts as above, other values as plain decimals (plotly's
     // default writes a share of 0.0006 as "600µ")
-    if (!layout.yaxis) layout = Object.assign({}, layout, { yaxis: countAxis(traces) || { tickformat: "~g" } });
+    // (automargin: a long tick label, 0.0008905, widens the margin instead of losing its
+    // first digit past the plot's edge)
+    if (!layout.yaxis) layout = Object.assign({}, layout, { yaxis: countAxis(traces) || { tickformat: "~g", automargin: true } });
     const base = {
       margin: { l: 60, r: 20, t: 40, b: 50 }, font: { size: 12 }, hovermode: "closest",
       legend: { orientation: "h", y: -0.22, x: 0 }, paper_bgcolor: "#fff",
