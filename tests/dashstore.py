@@ -78,6 +78,7 @@ def write_synthetic_run(
     sigmas: dict[int, list[float]] | None = None,
     adjusted_heads: bool = False,
     head_intervals: bool = False,
+    method: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Writes one run's runs, layers, heads and modes tables; returns what was planted
     (``frac_pos`` per layer, ``energy`` per layer, head and block). ``intervals`` fills
@@ -93,7 +94,9 @@ def write_synthetic_run(
     ``adjusted_heads`` gives the heads chance-corrected energies ``e_*_adj`` (``e_pp``
     halved, the others as they are), whence ``f_*_adj``; ``head_intervals`` gives each head's
     shares ``f_*`` (and, with ``adjusted_heads``, its ``f_*_adj``, stored per head) intervals
-    ``f - 0.01 .. f + 0.02``; every column not planted is NULL."""
+    ``f - 0.01 .. f + 0.02``; ``method`` its runs row's method version (None: no ``method``
+    column, as a bfd before methods were recorded wrote: read as method 1,
+    bfd.core.method); every column not planted is NULL."""
     rng = np.random.default_rng(seed)
     store = Store(root)
     created_at = created_at or dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
@@ -107,7 +110,7 @@ def write_synthetic_run(
         "sites": "attn_in,resid", "layers": ",".join(map(str, stored)), "dtype": "float32",
         "created_at": created_at, "bfd_version": "test", "timm_version": "test",
         "torch_version": "test", "status": status, "depth": depth, "num_heads": n_heads,
-        "width": width,
+        "width": width, **({} if method is None else {"method": method}),
         "config_json": json.dumps(
             {} if prefix is None and decompose is None
             else {"decompose": {**({} if prefix is None else {"prefix": prefix}),

@@ -4,6 +4,7 @@ the real core written by the real table writer (no model, no Prefect)."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shlex
 
 import numpy as np
@@ -299,6 +300,88 @@ def test_compare_runs_says_when_the_runs_saw_other_images_or_another_img_size(tm
     for a in ids:
         for b in ids:
             assert (not_comparable(store, a, b) is None) == (pair(a, b) is None), (a, b)
+
+
+def test_compare_runs_says_when_the_runs_were_decomposed_by_other_methods(tmp_path, capsys):
+    """A run published before methods were recorded (method 1: its head shares' jackknife
+    standard errors off by up to 28 %) compared with one of method 2 gave deltas, intervals
+    and significant without a word. The pair's note now says so and names the command that
+    decomposes the older run again, and its head rows have no interval (the estimators
+    differ); the layer rows, whose replicates are exact under both methods, and the deltas
+    are those of the same pair by one method. A pair of one method is unchanged."""
+    from bfd.core.method import RESULTS_METHOD, UNRECORDED_METHOD
+
+    assert (UNRECORDED_METHOD, RESULTS_METHOD) == (1, 2)
+    weak, strong = results(2, 64, 0.0), results(1, 32, 1.5)
+    publish(tmp_path, "weak1", weak)  # no method recorded: read as method 1
+    publish(tmp_path, "weak2", weak, method=2)
+    publish(tmp_path, "strong2", strong, method=2)
+    publish(tmp_path, "strong1", strong, method=1)
+    assert {r["run_id"]: r["method"] for r in run_sql(
+        tmp_path, "SELECT run_id, method FROM runs").to_pylist()} == {
+        "weak1": 1, "weak2": 2, "strong2": 2, "strong1": 1}
+
+    def compare(run_a: str, run_b: str) -> dict:
+        rows = run_query(tmp_path, "compare_runs", {"run_a": run_a, "run_b": run_b}).to_pylist()
+        assert len(rows) == 2 * L * 4 + L * H * 4
+        return {(r["level"], r["site"], r["layer"], r["head"], r["metric"]): r for r in rows}
+
+    def note(rows: dict) -> str | None:
+        (value,) = {r["note"] for r in rows.values()}
+        return value
+
+    same = compare("weak2", "strong2")  # one method: as before
+    assert note(same) is None
+    assert all(r["significant"] is not None and r["delta_se"] is not None
+               for r in same.values())
+    assert any(r["significant"] for k, r in same.items() if k[0] == "head")
+    assert note(compare("weak1", "strong1")) is None  # both of method 1: no other methods
+
+    cross = compare("weak1", "strong2")
+    assert note(cross) == (
+        "run_a was decomposed by method 1, run_b by method 2: head shares' intervals of two "
+        "estimators (method 1's standard errors off by up to 28 %), not compared; "
+        "bfd decompose weak1 decomposes run_a again by the installed method")
+    assert cross.keys() == same.keys()
+    for key, r in cross.items():
+        s = same[key]
+        assert (r["basis"], r["value_a"], r["value_b"], r["delta"]) == (
+            s["basis"], s["value_a"], s["value_b"], s["delta"]), key
+        if key[0] == "head":  # no interval across two estimators, as raw shares of other N
+            assert (r["delta_se"], r["delta_lo"], r["delta_hi"], r["significant"]) == (
+                None, None, None, None), key
+        else:  # the layer rows' replicates are exact in both methods: their interval kept
+            assert (r["delta_se"], r["delta_lo"], r["delta_hi"], r["significant"]) == (
+                s["delta_se"], s["delta_lo"], s["delta_hi"], s["significant"]), key
+    assert note(compare("strong2", "weak1")) == (
+        "run_a was decomposed by method 2, run_b by method 1: head shares' intervals of two "
+        "estimators (method 1's standard errors off by up to 28 %), not compared; "
+        "bfd decompose weak1 decomposes run_b again by the installed method")
+
+    # run_pairs: the method is no reason in note (point shares, energies and head types are
+    # the same under both methods: drift, head_type_changes and compare_models unchanged)
+    pairs = {(r["run_a"], r["run_b"]): r for r in run_sql(
+        tmp_path, "SELECT run_a, run_b, note, inputs_note, same_method, method_note "
+        "FROM run_pairs").to_pylist()}
+    assert pairs["weak1", "strong2"]["same_method"] is False
+    assert pairs["weak1", "strong2"]["method_note"] == note(cross)
+    assert pairs["weak2", "strong2"]["same_method"] is True
+    assert pairs["weak2", "strong2"]["method_note"] is None
+    assert all(r["note"] is None and r["inputs_note"] is None for r in pairs.values())
+    for query in ("head_type_changes", "head_energy_changes"):
+        rows = run_query(tmp_path, query, {"run_a": "weak1", "run_b": "strong2"}).to_pylist()
+        assert {r["note"] for r in rows} <= {None}, query
+    store = Store(tmp_path)
+    assert not_comparable(store, "weak1", "weak2") is None  # drift compares them
+
+    # bfd query prints the note and the NULL intervals
+    assert main(["query", "compare_runs", "--store", str(tmp_path), "--param", "run_a=weak1",
+                 "--param", "run_b=strong2", "--format", "jsonl"]) == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(printed) == len(cross)
+    assert {r["note"] for r in printed} == {note(cross)}
+    assert {r["significant"] for r in printed if r["level"] == "head"} == {None}
+    assert None not in {r["significant"] for r in printed if r["level"] == "layer"}
 
 
 def test_compare_runs_of_an_unknown_run_has_no_rows(tmp_path):

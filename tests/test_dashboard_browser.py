@@ -1033,6 +1033,56 @@ def test_compare_heads_of_two_models_say_layers_are_paired_by_index(other_n, bro
         assert (text in notes) == two_models, (a, b, notes)
 
 
+def test_compare_heads_of_runs_of_other_methods_have_no_intervals(tmp_path, browser):
+    # a run published before methods were recorded (method 1: its head shares' standard
+    # errors off by up to 28 %) against one of method 2: as compare_runs, the Heads section
+    # gives the per-head deltas no interval nor significance and says why, the pair's
+    # method_note is shown above the plots, and the per-layer deltas keep their intervals
+    from bfd.queries import run_query
+
+    root = tmp_path / "store"
+    for i, (run_id, method) in enumerate((("old", None), ("new", 2))):
+        write_synthetic_run(root, run_id, seed=i, intervals=True, adjusted_heads=True,
+                            head_intervals=True, method=method,
+                            created_at=dt.datetime(2025, 1, 1 + i, tzinfo=dt.UTC))
+    build_dashboard(root, tmp_path / "site")
+    rows = run_query(root, "compare_runs", {"run_a": "old", "run_b": "new"}).to_pylist()
+    heads = [r for r in rows if r["level"] == "head"]
+    assert heads and {(r["delta_lo"], r["delta_hi"], r["significant"]) for r in heads} == {
+        (None, None, None)}
+    (note,) = {r["note"] for r in rows}
+    assert note.startswith("run_a was decomposed by method 1, run_b by method 2: ")
+    open_page(browser, (tmp_path / "site" / "compare.html").as_uri() + "?a=old&b=new")
+    heads_drawn(browser, "old", "new")
+    assert_clean(browser, "file://")
+    assert browser.find_element("id", "compare-method-note").text == note
+    assert browser.find_elements("id", "compare-pair-note") == []  # one model, same inputs
+    assert "decomposed by other methods" in browser.find_element("id", "heads-methods").text
+    table = table_rows(browser, "head-delta-table")
+    assert table and {(t["delta_lo"], t["delta_hi"], t["significant"]) for t in table} == {
+        ("–", "–", "–")}
+    want = {(r["layer"], r["head"]): r["delta"] for r in heads if r["metric"] == "f_pp"}
+    for t in table:
+        assert float(t["delta"]) == pytest.approx(want[(int(t["layer"]), int(t["head"]))],
+                                                  abs=1e-4)
+    # the layer rows keep their intervals (exact replicates under both methods)
+    layer = [r for r in rows if r["level"] == "layer" and r["site"] == "attn_in"
+             and r["metric"] == "frac_pos"]
+    assert all(r["significant"] is not None for r in layer)
+    assert [row["significant"] for row in table_rows(browser, "delta-table")] == [
+        "yes" if r["significant"] else "no" for r in layer]
+    # one method: the heads keep their intervals, no method note
+    write_synthetic_run(root, "old", seed=0, intervals=True, adjusted_heads=True,
+                        head_intervals=True, method=2,
+                        created_at=dt.datetime(2025, 1, 1, tzinfo=dt.UTC))
+    build_dashboard(root, tmp_path / "site")
+    open_page(browser, (tmp_path / "site" / "compare.html").as_uri() + "?a=old&b=new")
+    heads_drawn(browser, "old", "new")
+    assert browser.find_elements("id", "compare-method-note") == []
+    assert browser.find_elements("id", "heads-methods") == []
+    assert "–" not in {t["significant"] for t in table_rows(browser, "head-delta-table")}
+
+
 def test_compare_heads_agree_with_compare_runs_and_head_type_changes(other_n, browser):
     # trial 13 (F5): Compare showed per-layer figures only. Its Heads section: per head, B − A
     # of the chosen share on compare_runs' basis (the chance-corrected twin where both runs
@@ -1409,7 +1459,9 @@ def test_compare_shows_every_pairs_run_pairs_note(tmp_path, browser):
     # one model twice (its prefix option said or not: a pair with no note), the same
     # architecture at another depth, with a pretrained tag, no width recorded and another
     # prefix option, and another architecture; t-1's model on other images (a folder of
-    # noise), and at another img_size with no images hash recorded
+    # noise), and at another img_size with no images hash recorded; and t-1 published before
+    # methods were recorded (method 1; the others of method 2), whose pairs' method_note is
+    # shown beside the note
     from bfd.queries import connect, run_sql
 
     root = tmp_path / "store"
@@ -1422,16 +1474,25 @@ def test_compare_shows_every_pairs_run_pairs_note(tmp_path, browser):
             ("t-noise", "toy_vit", 2, 8, None, {**planted, "images": "/data/noise/",
                                                 "images_sha256": "f00d" * 16}),
             ("t-160", "toy_vit", 2, 8, None, {**planted, "images_sha256": None,
-                                              "img_size": 160}))):
+                                              "img_size": 160}),
+            ("t-old", "toy_vit", 2, 8, None, planted))):
         write_synthetic_run(root, run_id, model=model, depth=depth, width=width, prefix=prefix,
                             seed=i, created_at=dt.datetime(2025, 1, 1 + i, tzinfo=dt.UTC),
-                            **images)
+                            method=None if run_id == "t-old" else 2, **images)
     build_dashboard(root, tmp_path / "site")
     with connect(root) as con:
-        want = {(r["run_a"], r["run_b"]): r["note"] for r in run_sql(
-            con, "SELECT run_a, run_b, note FROM run_pairs").to_pylist()}
-    # no note: each run with itself, and t-1 with t-2 (one model, the same prefix option)
-    assert len(want) == 49 and sum(note is None for note in want.values()) == 7 + 2
+        pairs = run_sql(con, "SELECT run_a, run_b, note, method_note FROM run_pairs").to_pylist()
+    want = {(r["run_a"], r["run_b"]): r["note"] for r in pairs}
+    want_method = {(r["run_a"], r["run_b"]): r["method_note"] for r in pairs}
+    # no note: each run with itself, and t-1, t-2 and t-old (one model, the same prefix
+    # option) with each other
+    assert len(want) == 64 and sum(note is None for note in want.values()) == 8 + 6
+    # a method note: t-old with every other run, both ways
+    assert sum(note is not None for note in want_method.values()) == 2 * 7
+    assert want_method[("t-1", "t-old")] == (
+        "run_a was decomposed by method 2, run_b by method 1: head shares' intervals of two "
+        "estimators (method 1's standard errors off by up to 28 %), not compared; "
+        "bfd decompose t-old decomposes run_b again by the installed method")
     # other images; another img_size (t-160 holds no images hash: no images reason with it)
     assert want[("t-1", "t-noise")] == (
         "run_a saw images planted@img-sha, run_b noise@f00df00df00d: other images, whose "
@@ -1457,9 +1518,11 @@ def test_compare_shows_every_pairs_run_pairs_note(tmp_path, browser):
         " s.dispatchEvent(new Event('change')); };"
         " for (const a of ids) { choose('run-a', a); for (const b of ids) { choose('run-b', b);"
         " const p = document.getElementById('compare-pair-note');"
-        " shown.push([a, b, p ? p.textContent : null]); } }"
+        " const m = document.getElementById('compare-method-note');"
+        " shown.push([a, b, p ? p.textContent : null, m ? m.textContent : null]); } }"
         " return shown;", sorted({a for a, _ in want}))
-    assert {(a, b): note for a, b, note in shown} == want
+    assert {(a, b): note for a, b, note, _ in shown} == want
+    assert {(a, b): note for a, b, _, note in shown} == want_method
     assert [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")] == []
 
 

@@ -653,6 +653,34 @@ def test_the_method_of_a_publish_is_recorded_and_kept(store: st.Store) -> None:
     assert st.published_method(store, "old-run") == UNRECORDED_METHOD
 
 
+def test_the_older_layouts_files_are_found_by_one_rule(store: st.Store) -> None:
+    """The layout before versioned publishing (tables/<t>/model=<m>/run_id=<run>/part-*):
+    one function finds a run's files (the last part by name where a table holds several)
+    for published_method, verify's table checks and publishing."""
+    from bfd.storage.integrity import _table_files, unchecked_tables
+    from bfd.storage.paths import legacy_table_files
+    from bfd.storage.published import _legacy_files
+
+    assert legacy_table_files(store, "old-run") == {}
+    assert st.published_method(store, "old-run") is None
+    found = {}
+    for table, part in (("heads", "part-0"), ("heads", "part-1"), ("runs", "part-0")):
+        path = store.table_dir(table) / "model=m" / "run_id=old-run" / f"{part}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+        found[table] = path
+    other = store.table_dir("heads") / "model=m" / "run_id=old-run-2" / "part-0.parquet"
+    other.parent.mkdir(parents=True)
+    other.write_bytes(b"")
+    assert legacy_table_files(store, "old-run") == found
+    assert legacy_table_files(store, "old-run", ["heads"]) == {"heads": found["heads"]}
+    assert _legacy_files(store, "old-run") == _table_files(store, "old-run", None) == found
+    assert unchecked_tables(store, "old-run") == ["heads", "runs"]
+    assert st.published_method(store, "old-run") == 1
+    with pytest.raises(ValueError):
+        legacy_table_files(store, "../old-run")
+
+
 def test_parquet_errors_and_inputs(store: st.Store) -> None:
     rows = _head_rows(1)
     del rows[0]["k90"]

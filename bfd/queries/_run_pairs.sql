@@ -11,7 +11,14 @@
 -- (images_sha256 differs: shares change with the images, not only with the model), another
 -- img_size (another patch grid: other positions); inputs_note: those reasons less the first
 -- (the runs' inputs: prefix option, images, img_size; NULL when the same or not held), what
--- compare_models says of its two runs. These are the inputs whose change the
+-- compare_models says of its two runs; same_method: both runs' results are of one method
+-- version (runs.method, bfd.core.method; NULL where either is not held) and method_note: NULL
+-- when so, else that the runs were decomposed by other methods, whose head shares' intervals
+-- are of two estimators (method 1's jackknife gave standard errors off by up to 28 %:
+-- docs/layout.md, "Method versions"), and the command that decomposes the older run again.
+-- It is no reason in note: point shares, energies and head types are the same under methods
+-- 1 and 2, so the deltas are changes of one model all the same; compare_runs adds it to its
+-- note and gives its head rows no interval. These are the inputs whose change the
 -- drift check (bfd.tasks.drift.not_comparable) and audit_history's comparable refuse too;
 -- another decoded N comes with another image list (images_sha256 hashes it), and
 -- compare_runs then compares the chance-corrected shares. A reason is left out where either
@@ -38,7 +45,9 @@ WITH pairs AS (
         a.images AS images_a,
         b.images AS images_b,
         a.img_size AS img_size_a,
-        b.img_size AS img_size_b
+        b.img_size AS img_size_b,
+        a.method AS method_a,
+        b.method AS method_b
     FROM run_shapes AS a, run_shapes AS b
 ),
 reasons AS (
@@ -67,7 +76,19 @@ reasons AS (
             CASE WHEN img_size_a <> img_size_b
                 THEN 'run_a was at img_size ' || img_size_a || ', run_b at ' || img_size_b
                     || ': another patch grid, shares over other positions'
-            END), '') AS inputs_note
+            END), '') AS inputs_note,
+        method_a = method_b AS same_method,
+        CASE WHEN method_a <> method_b
+            THEN 'run_a was decomposed by method ' || method_a || ', run_b by method '
+                || method_b || ': head shares'' intervals of two estimators'
+                || CASE WHEN least(method_a, method_b) = 1
+                    THEN ' (method 1''s standard errors off by up to 28 %)' ELSE '' END
+                || ', not compared; bfd decompose '
+                || CASE WHEN method_a < method_b THEN run_a ELSE run_b END
+                || ' decomposes '
+                || CASE WHEN method_a < method_b THEN 'run_a' ELSE 'run_b' END
+                || ' again by the installed method'
+        END AS method_note
     FROM pairs
 )
 SELECT
@@ -77,5 +98,7 @@ SELECT
     model_b,
     same_model,
     nullif(concat_ws('; ', models_note, inputs_note), '') AS note,
-    inputs_note
+    inputs_note,
+    same_method,
+    method_note
 FROM reasons

@@ -8,7 +8,8 @@
 -- images_sha256 (the hash of the run's image list: its order, ids and file bytes) and images,
 -- the image set in short: its source's name (the folder's or manifest file's, or samples),
 -- '@' and the first 12 hex digits of images_sha256 (NULL when the run holds no hash);
--- img_size (the model's input size, NULL where not held). The
+-- img_size (the model's input size, NULL where not held); method (runs.method: the method
+-- version of the run's results, bfd.core.method; 1 for a run published before it was kept). The
 -- dashboard embeds these rows and derives each pair's same_model and note from them as
 -- run_pairs does (bfd/report/assets/dashboard.js pairOf), one row a run instead of one a pair.
 SELECT
@@ -32,7 +33,8 @@ SELECT
     CASE WHEN nullif(images_sha256, '') IS NOT NULL
         THEN concat(coalesce(nullif(regexp_extract(rtrim(images, '/\'), '[^/\\]*$'), ''), '?'),
             '@', left(images_sha256, 12)) END AS images,
-    nullif(img_size, 0) AS img_size
+    nullif(img_size, 0) AS img_size,
+    method
 FROM (
     SELECT *, CASE WHEN json_valid(config_json) THEN CAST(json_extract(config_json,
         '$.request.extra.model_args') AS VARCHAR) END AS model_args

@@ -17,7 +17,12 @@
 -- (runs on the same images are positively correlated, so their intervals are conservative).
 -- same_model, note: the pair's in run_pairs (one model whatever its weights; else, or when
 -- decomposed with other prefix options, over other images or at another img_size, note says
--- why the deltas are no change of one model over the same images and positions). The figures
+-- why the deltas are no change of one model over the same images and positions), and, when
+-- the two runs were decomposed by other methods (run_pairs' method_note, runs.method), that
+-- too: a head share's interval is of another estimator in each (method 1's jackknife gave
+-- head shares' standard errors off by up to 28 %), so the head rows of such a pair have no
+-- interval (delta_se, delta_lo, delta_hi and significant NULL), as raw shares of other N; the
+-- layer rows keep theirs (their replicates are exact under both methods). The figures
 -- are given all the same. Heads are paired by index (layer, head): right for checkpoints of one
 -- training run, fine-tunes of one model, or one model over other images; across independent
 -- inits or trainings of one architecture (two seeds) head k of one is unrelated to head k of
@@ -27,7 +32,8 @@
 -- A run id that no run has gives no rows.
 -- params: run_a (required), run_b (required)
 WITH pair AS (
-    SELECT same_model, note FROM run_pairs WHERE run_a = $run_a AND run_b = $run_b
+    SELECT same_model, note, same_method, method_note
+    FROM run_pairs WHERE run_a = $run_a AND run_b = $run_b
 ),
 checked AS (
     SELECT
@@ -54,7 +60,10 @@ basis AS (
         n_images_b,
         CASE WHEN both_corrected THEN 'adjusted' ELSE 'raw' END AS basis,
         -- raw shares of other N: their deltas hold the chance level's change with N
-        NOT both_corrected AND n_images_a IS DISTINCT FROM n_images_b AS raw_other_n
+        NOT both_corrected AND n_images_a IS DISTINCT FROM n_images_b AS raw_other_n,
+        -- decomposed by other methods: a head share's interval is of another estimator in
+        -- each (bfd.core.method)
+        coalesce((SELECT NOT same_method FROM pair), false) AS other_methods
     FROM checked CROSS JOIN corrected
 ),
 figures AS (
@@ -118,10 +127,10 @@ chosen AS (
     SELECT
         f.*,
         CASE WHEN basis.basis = 'raw' THEN f.raw ELSE f.adj END AS value,
-        CASE WHEN basis.raw_other_n THEN NULL WHEN basis.basis = 'raw' THEN f.raw_se
-            ELSE f.adj_se END AS se,
-        CASE WHEN basis.raw_other_n THEN NULL WHEN basis.basis = 'raw' THEN f.raw_hw
-            ELSE f.adj_hw END AS hw
+        CASE WHEN basis.raw_other_n OR (basis.other_methods AND f.level = 'head') THEN NULL
+            WHEN basis.basis = 'raw' THEN f.raw_se ELSE f.adj_se END AS se,
+        CASE WHEN basis.raw_other_n OR (basis.other_methods AND f.level = 'head') THEN NULL
+            WHEN basis.basis = 'raw' THEN f.raw_hw ELSE f.adj_hw END AS hw
     FROM figures AS f
     CROSS JOIN basis
 ),
@@ -157,7 +166,7 @@ SELECT
     basis.n_images_a,
     basis.n_images_b,
     pair.same_model,
-    pair.note,
+    nullif(concat_ws('; ', pair.note, pair.method_note), '') AS note,
     p.value_a,
     p.value_b,
     p.delta,

@@ -201,7 +201,7 @@ def run_shapes(con: duckdb.DuckDBPyConnection) -> pa.Table:
     rows (dashboard.js ``pairOf``), so they embed one row a run, not one a pair of runs."""
     return run_sql(con, """
         SELECT run_id, model, architecture, depth, num_heads, width, prefix, shape,
-            images_sha256, images, img_size
+            images_sha256, images, img_size, method
         FROM run_shapes
         ORDER BY run_id
     """)

@@ -25,7 +25,7 @@ import zarr
 from .activations import TEMPLATE_ATTR, _open_group
 from .chunk_check import READ_THREADS, ChunkJob, ChunkVerifier
 from .manifest import Shard, check_marker_in_plan, marker_files, read_marker
-from .paths import DamagedStoreError, Store, check_store, read_json
+from .paths import DamagedStoreError, Store, check_store, legacy_table_files, read_json
 from .tables import TABLE_SCHEMAS, added_later
 
 
@@ -247,8 +247,7 @@ def _table_files(store: Store, run_id: str, pointer: dict | None) -> dict[str, P
     layout's (no pointer)."""
     if pointer is not None:
         return {t: store.root / rel for t, rel in pointer["tables"].items()}
-    return {t: p for t in TABLE_SCHEMAS
-            for p in store.table_dir(t).glob(f"model=*/run_id={run_id}/part-*.parquet")}
+    return legacy_table_files(store, run_id, TABLE_SCHEMAS)
 
 
 def unchecked_tables(store: Store, run_id: str) -> list[str]:
@@ -338,9 +337,8 @@ def _verify_published(store: Store, run_id: str) -> list[Fault]:
     from .published import read_pointer
 
     try:
-        unpublished = read_pointer(store, run_id) is None and all(
-            next(store.table_dir(t).glob(f"model=*/run_id={run_id}/part-*.parquet"), None)
-            is None for t in TABLE_SCHEMAS)
+        unpublished = read_pointer(store, run_id) is None and not legacy_table_files(
+            store, run_id, TABLE_SCHEMAS)
     except ValueError:
         unpublished = False  # table_faults names the pointer
     if unpublished:

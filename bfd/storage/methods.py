@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from bfd.core.method import UNRECORDED_METHOD, method_of
 
-from .paths import DamagedStoreError, Store, read_json, validate_run_id
+from .paths import DamagedStoreError, Store, legacy_table_files, read_json, validate_run_id
 
 
 def published_method(store: Store, run_id: str) -> int | None:
@@ -22,9 +22,7 @@ def published_method(store: Store, run_id: str) -> int | None:
     try:
         pointer = read_json(path)
     except FileNotFoundError:
-        legacy = any(next(folder.glob(f"model=*/run_id={run_id}/part-*.parquet"), None)
-                     for folder in store.tables_dir.glob("*") if folder.is_dir())
-        return UNRECORDED_METHOD if legacy else None
+        return UNRECORDED_METHOD if legacy_table_files(store, run_id) else None
     except (OSError, DamagedStoreError):
         return None
     if not isinstance(pointer, dict) or not isinstance(pointer.get("tables"), dict):

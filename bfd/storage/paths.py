@@ -15,7 +15,7 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
@@ -167,6 +167,24 @@ class Store:
     def table_dir(self, table: str) -> Path:
         """Directory of one Parquet table (its partitions lie below it)."""
         return self.tables_dir / table
+
+
+def legacy_table_files(store: Store, run_id: str,
+                       tables: Iterable[str] | None = None) -> dict[str, Path]:
+    """The run's table files in the layout before versioned publishing, by table:
+    ``tables/<table>/model=<m>/run_id=<run_id>/part-*.parquet``, the last by name where a
+    table holds several; ``tables``: those tables' folders only (default: every folder under
+    ``tables/``). What a run published without a pointer holds; ``bfd.storage.published``,
+    ``integrity`` and ``methods`` read them by this one rule. Standard library only."""
+    validate_run_id(run_id)
+    names = ([p.name for p in store.tables_dir.glob("*") if p.is_dir()] if tables is None
+             else tables)
+    found = {}
+    for table in names:
+        files = sorted(store.table_dir(table).glob(f"model=*/run_id={run_id}/part-*.parquet"))
+        if files:
+            found[table] = files[-1]
+    return found
 
 
 def default_store() -> Store:

@@ -41,7 +41,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xarray as xr
 
-from .paths import Store, atomic_write, read_json, validate_run_id, write_json_atomic
+from .paths import (
+    Store,
+    atomic_write,
+    legacy_table_files,
+    read_json,
+    validate_run_id,
+    write_json_atomic,
+)
 from .results import open_results_group, remove_group, results_groups, write_results_group
 from .tables import RUN_TABLES, TABLE_SCHEMAS, conform, table_path
 
@@ -78,11 +85,7 @@ def read_pointer(store: Store, run_id: str) -> dict[str, Any] | None:
 
 def _legacy_files(store: Store, run_id: str) -> dict[str, Path]:
     """The run's table files in the layout before versioned publishing, by table."""
-    found = {}
-    for table in RUN_TABLES:
-        for path in sorted(store.table_dir(table).glob(f"model=*/run_id={run_id}/part-*.parquet")):
-            found[table] = path
-    return found
+    return legacy_table_files(store, run_id, RUN_TABLES)
 
 
 def _rel(store: Store, path: Path) -> str:

@@ -299,9 +299,10 @@
   const RUN_BY_ID = new Map(RUNS.map((r) => [r.run_id, r]));
   const SERIES = [...new Set(RUNS.map((r) => r.series))];
   // The run_shapes row of each complete run (series and compare pages): what run_pairs
-  // compares of a run (model, shape, prefix option, images and img_size). pairOf(a, b) is
-  // run_pairs' row of the ordered pair (run_a = a, run_b = b), its same_model and note
-  // (two models, other prefix options, other images, another img_size), derived from the
+  // compares of a run (model, shape, prefix option, images, img_size and method). pairOf(a, b)
+  // is run_pairs' row of the ordered pair (run_a = a, run_b = b), its same_model and note
+  // (two models, other prefix options, other images, another img_size), same_method and
+  // method_note (other method versions), derived from the
   // two rows as bfd/queries/_run_pairs.sql does (SQL's NULLs kept: a comparison with NULL is
   // NULL, a string joined with NULL is NULL); null when either run is not complete
   // (run_pairs has no such pair).
@@ -334,7 +335,17 @@
       eq(x.img_size, y.img_size) === false ? cat("run_a was at img_size ", x.img_size,
         ", run_b at ", y.img_size, ": another patch grid, shares over other positions") : null,
     ].filter((p) => !isNull(p));
-    return { same_model: sameModel, note: parts.join("; ") || null };
+    // run_pairs' same_method and method_note: the runs' results of other method versions
+    // (runs.method), whose head shares' intervals are of two estimators
+    const sameMethod = eq(x.method, y.method);
+    const older = x.method < y.method ? ["run_a", a] : ["run_b", b];
+    const methodNote = sameMethod === false ? cat("run_a was decomposed by method ", x.method,
+      ", run_b by method ", y.method, ": head shares' intervals of two estimators",
+      Math.min(x.method, y.method) === 1 ? " (method 1's standard errors off by up to 28 %)" : "",
+      ", not compared; bfd decompose ", older[1], " decomposes ", older[0],
+      " again by the installed method") : null;
+    return { same_model: sameModel, note: parts.join("; ") || null, same_method: sameMethod,
+      method_note: methodNote };
   }
   // the alpha-beta plot's marker of a mode type: fixed, so that a symbol means one type on
   // every layer and run (bfd plot draws the same); another type (none stored today) a star
@@ -1693,6 +1704,10 @@
       // when it has one
       const pn = pairOf(idA, idB)?.note;
       if (pn) noteLines.push(h("p", { class: "note warn", id: "compare-pair-note" }, pn));
+      // and its method_note: the runs were decomposed by other methods (the heads below
+      // then have no intervals, as compare_runs' head rows)
+      const mn = pairOf(idA, idB)?.method_note;
+      if (mn) noteLines.push(h("p", { class: "note warn", id: "compare-method-note" }, mn));
       // one run compared with itself (two of its audits too): no delta to show (not a
       // delta of 0 ± an interval)
       const same = idA === idB;
@@ -1825,7 +1840,11 @@
       }
       const m = ctx.basis === "raw" ? state.share : state.share + "_adj";
       const ident = pairColumns(ctx.a, ctx.b, ctx.basis, ctx.nA, ctx.nB);
-      const rows = headDeltas(HA, HB, state.share, ctx.basis, ctx.basis === "adjusted" || ctx.nA === ctx.nB).map((r) => Object.assign({}, ident, r));
+      // runs of other methods: a head share's interval is of another estimator in each, so
+      // no interval of the deltas (compare_runs' head rows)
+      const otherMethods = pairOf(ctx.a, ctx.b)?.same_method === false;
+      const rows = headDeltas(HA, HB, state.share, ctx.basis,
+        (ctx.basis === "adjusted" || ctx.nA === ctx.nB) && !otherMethods).map((r) => Object.assign({}, ident, r));
       // head_type_changes' shares are the raw ones, whatever the N
       const changes = headTypeChanges(HA, HB).map((r) => Object.assign({}, ident, { basis: "raw" }, r));
       const nText = ctx.nA === ctx.nB ? `both runs decoded N = ${fmt(ctx.nA)}` : `N = ${fmt(ctx.nA)} and ${fmt(ctx.nB)}`;
@@ -1847,6 +1866,11 @@
           "is compared by its layer index, layer l of A against layer l of B, not aligned by depth, as compare_runs " +
           "(the per-layer plot above aligns relative depth when the depths differ)."));
       }
+      if (otherMethods) {
+        lines.push(h("p", { class: "note warn", id: "heads-methods" }, "Runs A and B were decomposed by other " +
+          "methods (run_pairs' method_note above): their head shares' intervals are of two estimators, so the " +
+          "per-head deltas have no interval nor significance, as compare_runs' head rows."));
+      }
       const noValue = [["A", ctx.a, HA], ["B", ctx.b, HB]].filter(([, , H]) => H.length && H.every((r) => typeof r[m] !== "number"));
       if (noValue.length) {
         lines.push(h("p", { class: "note warn", id: "heads-missing" }, noValue.map(([side, id]) => `run ${side} (${id})`).join(" and ") +
@@ -1855,7 +1879,8 @@
       const nSig = rows.filter((r) => r.significant === true).length;
       lines.push(h("p", { class: "note", id: "heads-summary" }, `${changes.length} head(s) changed type from A to B; ` +
         `${rows.filter((r) => r.delta !== null).length} head(s) with a delta of ${m}` +
-        (rows.some((r) => r.significant !== null) ? `, ${nSig} of them with an interval excluding 0.` : " (no intervals stored).")));
+        (rows.some((r) => r.significant !== null) ? `, ${nSig} of them with an interval excluding 0.`
+          : otherMethods ? " (no intervals: other methods)." : " (no intervals stored).")));
       const layersH = [...new Set(rows.map((r) => r.layer))].sort((x, y) => x - y);
       const headsH = [...new Set(rows.map((r) => r.head))].sort((x, y) => x - y);
       const cell = new Map(rows.map((r) => [r.layer + ":" + r.head, r]));
