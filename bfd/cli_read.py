@@ -205,17 +205,20 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 # `bfd runs`: the published runs' columns, then the runs not published (bfd.storage.unpublished)
-_RUNS_COLUMNS = ("run_id", "model", "weights", "images", "images_sha256", "img_size",
-                 "n_images", "n_skipped", "layers", "sites", "status")
-_RUNS_TYPES = ("VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "INTEGER", "BIGINT",
-               "BIGINT", "VARCHAR", "VARCHAR", "VARCHAR")
+_RUNS_COLUMNS = ("run_id", "model", "weights", "weights_sha256", "images", "images_sha256",
+                 "img_size", "n_images", "n_skipped", "layers", "sites", "status")
+_RUNS_TYPES = ("VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "INTEGER",
+               "BIGINT", "BIGINT", "VARCHAR", "VARCHAR", "VARCHAR")
 # What `bfd runs` shows of a run's images, img_size and prefix option: the run_shapes view's
 # images (the source's name, '@' and 12 hex digits of images_sha256; NULL without a hash),
 # img_size (NULL for 0) and prefix (the decompose --prefix option of a published run, 'exclude'
 # where its config does not say; NULL for a run not published: not decomposed, or damaged),
-# the same rule (bfd/queries/_run_shapes.sql; tests/test_cli.py checks they agree)
+# the same rule (bfd/queries/_run_shapes.sql; tests/test_cli.py checks they agree); the
+# weights' sha256 as its first 12 hex digits, so that weights rewritten at one path (a weekly
+# checkpoint) are told apart
 _RUNS_SHOWN = (
-    "run_id, model, weights, CASE WHEN nullif(images_sha256, '') IS NOT NULL THEN concat("
+    "run_id, model, weights, left(nullif(weights_sha256, ''), 12) AS weights_sha256, "
+    "CASE WHEN nullif(images_sha256, '') IS NOT NULL THEN concat("
     "coalesce(nullif(regexp_extract(rtrim(images, '/\\'), '[^/\\\\]*$'), ''), '?'), '@', "
     "left(images_sha256, 12)) END AS images, nullif(img_size, 0) AS img_size, prefix, "
     "activations, n_images, n_skipped, layers, sites, status, method, created_at")

@@ -965,6 +965,12 @@ def test_runs_lists_runs_not_published_with_what_to_do(tmp_path):
                              f"--store {root}")
     assert "(4 of 10 images;" in notes[2] and f"bfd verify {stopped}" in notes[2]
     assert "bfd audit --no-store-activations" in notes[3]
+    # the weights' sha256, 12 hex digits, so that weights rewritten at one path (a weekly
+    # checkpoint) are told apart (trial 23): a published run's (its runs row), a pending
+    # run's (its request)
+    sha = {r["run_id"]: r["weights_sha256"] for r in json.loads("\n".join(rows))}
+    assert (sha["toy-run"], sha[stats_only], sha["broken-0"]) == ("weights_sha2", "x", None)
+    assert sha[extracted] == read_request(store, extracted).weights_sha256[:12]
     assert _tree(root / "runs") == before
 
 
@@ -984,11 +990,13 @@ def test_runs_lists_a_published_run_whose_table_file_does_not_read_as_damaged(tm
     target.write_bytes(target.read_bytes()[:40])
     code, out, err = run(["runs", "--format", "json", "--store", str(root)], capsys)
     assert code == 1, err
-    known = ({"model": "toy", "weights": "weights-0", "images": "images-0@images_sha25",
+    known = ({"model": "toy", "weights": "weights-0", "weights_sha256": "weights_sha2",
+              "images": "images-0@images_sha25",
               "img_size": None, "prefix": None, "activations": "stored", "n_images": 0,
               "n_skipped": 0, "layers": "layers-0", "sites": "sites-0", "method": None,
               "created_at": "2025-01-02T03:04:05.500000Z"} if damage == "table"
-             else dict.fromkeys(("model", "weights", "images", "img_size", "prefix",
+             else dict.fromkeys(("model", "weights", "weights_sha256", "images", "img_size",
+                                 "prefix",
                                  "activations", "n_images", "n_skipped", "layers", "sites",
                                  "method", "created_at")))
     assert json.loads(out) == [{"run_id": "toy-run", **known, "status": "damaged"}]

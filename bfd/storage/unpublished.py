@@ -43,7 +43,8 @@ class UnpublishedRun:
         run_id: The run.
         status: ``EXTRACTED``, ``INCOMPLETE`` or ``DAMAGED``.
         next: What to do with it: one line, the command included.
-        model, weights, images, images_sha256, img_size, n_images, layers, sites: Of its
+        model, weights, weights_sha256, images, images_sha256, img_size, n_images, layers,
+            sites: Of its
             request (a ``DAMAGED`` published run: of its published ``runs`` row when that
             file reads; None when neither reads); ``layers`` and ``sites`` comma-joined and
             ``img_size`` one int (the height of an ``(h, w)`` request) as in the ``runs``
@@ -61,6 +62,7 @@ class UnpublishedRun:
     next: str
     model: str | None = None
     weights: str | None = None
+    weights_sha256: str | None = None
     images: str | None = None
     images_sha256: str | None = None
     img_size: int | None = None
@@ -87,9 +89,9 @@ def _extracted(store: Store, run_id: str, n_images: int) -> tuple[int, int]:
 
 
 # The columns of a damaged run taken from its published ``runs`` row when that file reads.
-_RUN_FIELDS: Final[tuple[str, ...]] = ("model", "weights", "images", "images_sha256",
-                                       "img_size", "n_images", "n_skipped", "layers", "sites",
-                                       "created_at")
+_RUN_FIELDS: Final[tuple[str, ...]] = ("model", "weights", "weights_sha256", "images",
+                                       "images_sha256", "img_size", "n_images", "n_skipped",
+                                       "layers", "sites", "created_at")
 
 
 STORED: Final[str] = "stored"
