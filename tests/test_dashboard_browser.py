@@ -544,6 +544,24 @@ def reused_site(tmp_path_factory) -> Path:
     return out
 
 
+def test_a_run_page_lists_every_audit_of_its_run(reused_site, browser):
+    """c-200 was audited at step 200 and reused at 250 (an unchanged model, or a rollback),
+    c-100 in three series: each page lists all of them, the first started first, where its
+    table names the latest only (trial 23); a failed audit (c-500's A8) too."""
+    from dashstore import REUSED_AUDITS
+
+    for run_id in ("c-200", "c-100", "c-500"):
+        open_page(browser, (reused_site / "runs" / f"{run_id}.html").as_uri())
+        assert_clean(browser, "file://")
+        rows = table_rows(browser, "run-audits")
+        mine = sorted((a for a in REUSED_AUDITS if a[2] == run_id), key=lambda a: a[4])
+        assert [(r["audit"], r["series"], r["step"], r["status"]) for r in rows] == [
+            (a[0], a[1], str(a[3]), a[5]) for a in mine], rows
+    link = browser.execute_script(
+        "return document.querySelector('#run-audits tbody a').getAttribute('href')")
+    assert link == "../series.html?series=ck"
+
+
 def test_compare_offers_each_audit_and_reads_series_and_step_from_the_address(reused_site,
                                                                               browser):
     # trial 13 (F19): a run audited several times was offered under its latest audit only:

@@ -444,10 +444,13 @@ def build_dashboard(
             _write_if_changed(out, rel, _page("run", f"Run {run_id}", {}, 1, str(root),
                                               (notice,), drawn=False), build)
         keys = D.run_keys(con)
+        audits_of = D.run_audits(con)
         for i, run_id in enumerate(runs["run_id"]):
             rel = f"runs/{runs['page'][i]}"
             run = {name: values[i] for name, values in runs.items()}
-            key = D.content_hash([keys.get(run_id), run], [code])
+            # every audit of the run (a rollback's too), listed on its page
+            audits = audits_of.get(run_id, {})
+            key = D.content_hash([keys.get(run_id), run, audits], [code])
             pages[rel] = key
             heads_rel = f"runs/{heads_name(run_id)}"
             if (old_pages.get(rel) == key and (out / rel).is_file()
@@ -465,7 +468,7 @@ def build_dashboard(
                 pages[rel] = None
             # the limit of the check against the model (docs/checks.md): the residual
             # figure draws it, and a run above it is said above the figures
-            payload = {"run": run, **detail, "generated": generated,
+            payload = {"run": run, **detail, "audits": audits, "generated": generated,
                        "model_check_limit": MODEL_CHECK_LIMIT}
             _write_if_changed(out, rel, _page("run", f"Run {run_id}", payload, 1, str(root)), build)
     finally:

@@ -227,6 +227,26 @@ def run_keys(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
     return {run_id: digest.hexdigest()[:24] for run_id, digest in keys.items()}
 
 
+def run_audits(con: duckdb.DuckDBPyConnection) -> dict[str, Columns]:
+    """Every audit of each run, by run (``columnar``), the first started first, in whatever
+    series: its id, series, step, start, status, flags and drift note, and the audit it was
+    compared with. A run that a rollback or an unchanged checkpoint reused is audited at
+    several steps; its page lists them all (its ``runs`` row names its latest only)."""
+    if not audits_present(con):
+        return {}
+    rows = run_sql(con, "SELECT run_id, audit_id, series, step, started_at, status, n_flagged,"
+                   f" {_drift_note(con, 'audits')} AS drift_note,"
+                   f" {_audit_column(con, 'audits', 'prev_audit_id')} AS prev_audit_id"
+                   " FROM audits WHERE run_id IS NOT NULL ORDER BY run_id, started_at, audit_id")
+    by_run: dict[str, Columns] = {}
+    names = [n for n in rows.column_names if n != "run_id"]
+    for row in rows.to_pylist():
+        mine = by_run.setdefault(row["run_id"], {n: [] for n in names})
+        for n in names:
+            mine[n].append(_json_value(row[n]))
+    return by_run
+
+
 def run_detail(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, pa.Table]:
     """The heads and modes of one run, and its layers (as ``layer_rows``)."""
     params = {"run_id": run_id}

@@ -662,6 +662,22 @@
         safeHref(run.flow_run_url) ? h("a", { href: run.flow_run_url }, run.flow_run_id)
           : fmt(run.flow_run_id)))));
     app.append(dl);
+    // every audit of the run, in whatever series: a rollback or an unchanged checkpoint is
+    // audited at several steps of one run, which the table above names the latest of
+    const audits = rowsOf(D.audits || {});
+    if (audits.length) {
+      app.append(section("Audits of this run", h("p", { class: "note" }, audits.length === 1
+        ? "Audited once." : `Audited ${audits.length} times, the first started first: the same results ` +
+          "at each step (a run is computed once and reused by every audit of the same request)."),
+      dataTable("run-audits", "audits of this run", audits, [
+        { key: "series", render: (r) => h("a", { href: "../series.html?series=" + encodeURIComponent(r.series) }, r.series) },
+        { key: "step", render: (r) => fmt(stepText(r)) },
+        { key: "n_flagged", label: "flagged", render: flagged, title: flaggedTitle },
+        { key: "started_at", label: "started" }, { key: "status" },
+        { key: "drift_note", label: "drift note" }, { key: "audit_id", label: "audit" },
+        { key: "prev_audit_id", label: "compared with" }],
+      { filename: fileStem(run.run_id) + "-audits" })));
+    }
     const failedCheck = modelCheckNote(layers, D.model_check_limit);
     if (failedCheck) app.append(h("p", { class: "damaged", role: "alert", id: "model-check-note" }, failedCheck));
     const tooWide = intervalNote(layers);
