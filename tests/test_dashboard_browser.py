@@ -2061,3 +2061,17 @@ def test_an_audit_compared_past_an_ad_hoc_one_is_joined_to_the_audit_it_compared
     assert z == [[of[runs[i], layer] - of[runs[against[i]], layer] if i in against else None
                   for i in range(6)] for layer in range(3)]
     assert any(z[layer][5] != of[runs[5], layer] - of[runs[4], layer] for layer in range(3))
+    # since the first audit of the same model and inputs (trial 23: a slow drift, each week
+    # below the threshold, shows summed): C and F since A, E since B (its own run: 0); A, B
+    # and D are the first of their N (C's layer rows are A's here: F's hover names A)
+    browser.execute_script(
+        "const s = document.getElementById('layer-mode-select'); s.value = 'since';"
+        " s.dispatchEvent(new Event('change'));")
+    z = browser.execute_script(
+        "return document.getElementById('layer-heatmap').data[0].z.map(r => Array.from(r))")
+    since = {2: 0, 4: 1, 5: 0}
+    assert z == [[of[runs[i], layer] - of[runs[since[i]], layer] if i in since else None
+                  for i in range(6)] for layer in range(3)]
+    hover = browser.execute_script(
+        "return document.getElementById('layer-heatmap').data[0].text[0][5]")
+    assert f"since audit {ids['A']} (step 1)" in hover, hover

@@ -992,7 +992,8 @@
     const layerControls = h("div", { class: "controls" },
       select("layer-metric-select", "metric", LAYER_METRICS.map((k) => [k, k + (k === "frac_pos" ? " (attn_in)" : "")]),
         layerState.metric, (v) => { layerState.metric = v; drawLayers(); }),
-      select("layer-mode-select", "show", [["value", "value"], ["delta", "change against the audit compared with"]],
+      select("layer-mode-select", "show", [["value", "value"], ["delta", "change against the audit compared with"],
+        ["since", "change since the first audit of the same model and inputs"]],
         layerState.mode, (v) => { layerState.mode = v; drawLayers(); }));
     let layerMembers = [], layerGone = [];
     const layersNote = h("p", { class: "note", id: "layers-redone" });
@@ -1039,7 +1040,7 @@
       "A per-layer metric (frac_pos at attn_in, frac_pos_resid, energy-weighted f_pp, f_pc, f_cp, f_cc of the " +
       "layer), a column per audit of the series, from its run's current layer rows (audits keep no per-layer " +
       "figures). Change: the value less that of the audit it was compared with (the previous comparable " +
-      "audit, as its drift), on a scale centred on 0, none where the lines above do not join the two (two " +
+      "audit, as its drift), or since the first audit of the same model and inputs (a slow drift, summed), on a scale centred on 0, none where the lines above do not join the two (two " +
       "models, not comparable, not compared, a damaged run) nor where either run did not store the layer."), layerControls, heat,
       layersNote),
     tables);
@@ -1117,6 +1118,15 @@
     const linkBroken = (members, j, i) => twoModels(members[j].run_id, members[i].run_id) ||
       otherInputs(members[i]) || damaged(members[i]) || damaged(members[j]);
     // the points between the i-th point and the one it was compared with (its refOf)
+    // the first point before the i-th of the same model over the same inputs (run_pairs: one
+    // model, no note: images, img_size and prefix option; the same decoded N), neither damaged nor decomposed
+    // again since: what a change "since the first audit" is against; -1 when none
+    const baseOf = (members, i) => members.findIndex((b, j) => {
+      if (j >= i || damaged(b) || damaged(members[i]) || redone(b) || redone(members[i])) return false;
+      const pair = pairOf(b.run_id, members[i].run_id);
+      return pair !== null && pair.same_model === true && isNull(pair.note) &&
+        b.n_decoded === members[i].n_decoded;
+    });
     const betweenOf = (members, i) => (i > 0 ? members.slice(refOf(members, i) + 1, i) : []);
     // of those, the audits made after the i-th point's had finished (a re-audit of an earlier
     // step): not there to compare with, so not skipped (bfd.tasks.audits.skipped_audits)
@@ -1150,7 +1160,10 @@
     // the change against the audit it was compared with (refOf: the previous comparable
     // audit), none where no line joins the two (linkBroken)
     function drawLayers() {
-      const members = layerMembers, k = layerState.metric, delta = layerState.mode === "delta";
+      const members = layerMembers, k = layerState.metric, mode = layerState.mode;
+      // a change: against the audit compared with (delta), or against the series' first
+      // audit comparable with it (since), the change summed over every audit between
+      const delta = mode !== "value", since = mode === "since";
       layersNote.textContent = redoneNote(members).trim();
       const byLayer = members.map((m) => new Map(redone(m) ? []
         : (layersOf.get(m.run_id) || []).map((l) => [l.layer, l[k]])));
@@ -1163,14 +1176,21 @@
       const subset = stored.length < ids.length;
       const num = (v) => (typeof v === "number" ? v : null);
       const value = (i, l) => num(byLayer[i].get(l));
+      const bases = members.map((_, i) => (since ? baseOf(members, i) : -1));
       const z = ids.map((l) => members.map((m, i) => {
         if (!delta) return value(i, l);
+        if (since) {
+          const a = bases[i] >= 0 ? value(bases[i], l) : null, b = value(i, l);
+          return a === null || b === null ? null : b - a;
+        }
         const j = refOf(members, i);
         const a = i > 0 ? value(j, l) : null, b = value(i, l);
         return i === 0 || linkBroken(members, j, i) || a === null || b === null ? null : b - a;
       }));
       const why = (i) => {
         if (i === 0) return "first audit of the series";
+        if (since) return bases[i] < 0 ? "no earlier audit of the same model and inputs (it is the first)"
+          : "layer not stored in both";
         const j = refOf(members, i);
         return redone(members[i]) || redone(members[j]) ? "a run decomposed again since with other options"
           : damaged(members[i]) || damaged(members[j]) ? "an audit of a damaged run"
@@ -1179,7 +1199,9 @@
               : otherInputs(members[i]) ? "other inputs than the previous audit's (comparable no)" : "layer not stored in both";
       };
       const text = ids.map((l, r) => members.map((m, i) => pt(m.run_id + (m.audit_id ? " · audit " + m.audit_id : "") +
-        (z[r][i] !== null ? (delta ? comparedText(members, i) : "") : damaged(m) ? " · run damaged: no layer rows"
+        (z[r][i] !== null ? (since ? " · since audit " + members[bases[i]].audit_id + (members[bases[i]].step !== null &&
+          members[bases[i]].step !== undefined ? " (step " + stepText(members[bases[i]]) + ")" : "")
+          : delta ? comparedText(members, i) : "") : damaged(m) ? " · run damaged: no layer rows"
           : redone(m) ? " · its run was decomposed again since with other options: its current layer rows are not this audit's"
           : !stored.includes(l) ? " · layer not stored by any run of this series"
             : delta ? " · no delta: " + why(i) : " · layer not stored"))));
@@ -1198,7 +1220,7 @@
         hovertext: pt(`${r.file} (step ${r.step}) left out by audit-checkpoints: ${r.why || r.reason}`) }));
       draw(heat, ids.length ? [{ type: "heatmap", x: members.map((_, i) => i), y: ids, z: z, text: text,
         customdata: ids.map(() => steps), colorscale: delta ? "RdBu" : "Viridis", zmid: delta ? 0 : undefined,
-        hoverongaps: true, colorbar: { title: { text: delta ? "Δ " + k : k }, thickness: 12 },
+        hoverongaps: true, colorbar: { title: { text: since ? "Δ " + k + " since first" : delta ? "Δ " + k : k }, thickness: 12 },
         hovertemplate: `layer %{y}<br>step %{customdata}<br>${delta ? "Δ " : ""}${k} %{z:.4g}<br>%{text}<extra></extra>` }] : [],
       { xaxis: { title: { text: "audit (step)" }, tickvals: members.map((_, i) => i), ticktext: steps.map(pt),
         zeroline: false },
