@@ -162,7 +162,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         width = max(map(len, names)) + 2
         for name in names:
             spec = read_spec(name)
-            params = ", ".join(str(p) for p in spec.params) or "no parameters"
+            params = (", ".join(str(p) for p in spec.params) or "no parameters") + spec.steps_line
             # the header comment may start with the query's name: not repeated beside it
             description = spec.description.removeprefix(f"{name}: ")
             # continuation lines indented, so that only a query's own line starts with a name
@@ -180,7 +180,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         params[key] = value
     from bfd.queries import connect
     from bfd.queries.hints import CountedRows, no_rows, refusal
-    from bfd.queries.named import check_params
+    from bfd.queries.named import check_params, runs_at_steps
     from bfd.queries.stream import stream_query
 
     store, timeout = _store(args), _check_timeout(args)
@@ -188,6 +188,8 @@ def cmd_query(args: argparse.Namespace) -> int:
     with _told_damage(args) as damage:
         con = connect(store)  # one snapshot for the checks and the query
         try:
+            # runs named as audits of a series (series, step_a, step_b): their run ids
+            params = runs_at_steps(con, args.name, params)
             # a parameter naming no model, run or series (a typo), or two that contradict
             # each other: a mistake in the request (exit 2), whatever the query would answer
             refused = refusal(con, args.name, params, root=store)

@@ -384,6 +384,44 @@ def test_compare_runs_says_when_the_runs_were_decomposed_by_other_methods(tmp_pa
     assert None not in {r["significant"] for r in printed if r["level"] == "layer"}
 
 
+def test_a_pair_of_runs_is_named_by_its_audits_steps_too(tmp_path, capsys):
+    """compare_runs, head_type_changes and head_energy_changes take a run as an audit of a
+    series (series, step_a, step_b), as the Compare page's address does: the run of the
+    latest complete audit at that step (trial 23: the command line took run ids only, so
+    week 1 against week 12 meant looking the ids up first)."""
+    from dashstore import write_reused_audits
+
+    root = tmp_path / "store"
+    write_reused_audits(root)  # ck: c-100 at 100, c-200 at 200 and 250, c-500 twice at 500
+    for name in ("compare_runs", "head_type_changes", "head_energy_changes"):
+        by_ids = run_query(root, name, {"run_a": "c-200", "run_b": "c-500"})
+        assert by_ids.num_rows > 0 or name == "head_type_changes"
+        assert run_query(root, name, {"series": "ck", "step_a": "250", "step_b": "500"}) == by_ids
+        assert run_query(root, name, {"series": "ck", "step_a": 200, "run_b": "c-500"}) == by_ids
+    argv = ["query", "compare_runs", "--store", str(root), "--format", "jsonl"]
+    assert main([*argv, "--param", "series=ck", "--param", "step_a=100", "--param",
+                 "step_b=500"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rows and {(r["run_a"], r["run_b"]) for r in rows} == {("c-100", "c-500")}
+    # one line, exit 2, nothing read: a step with no audit (its steps named), a step without
+    # its series, a run named twice, a step that is no integer
+    for params, said in (
+            (["series=ck", "step_a=300", "step_b=500"],
+             "series 'ck' has no complete audit at step 300; its steps: 100, 200, 250, 500"),
+            (["step_a=100", "run_b=c-500"], "step_a name(s) an audit step of a series: give "
+                                            "series too"),
+            (["series=ck", "step_a=100", "run_a=c-100", "run_b=c-500"],
+             "run_a and step_a both name run A; give one of them"),
+            (["series=ck", "step_a=ten", "run_b=c-500"], "step_a must be an integer step")):
+        assert main([*argv, *[x for p in params for x in ("--param", p)]]) == 2, params
+        assert said in capsys.readouterr().err, params
+    assert main(["query", "--list"]) == 0
+    listed = capsys.readouterr().out
+    assert listed.count("[run_a (required), run_b (required); or series with step_a and/or "
+                        "step_b]") == 3
+    assert "[series (required), audit_id (optional)]" in listed  # drift: a series of its own
+
+
 def test_compare_runs_of_an_unknown_run_has_no_rows(tmp_path):
     publish(tmp_path, "strong", results(1, 16, 1.0))
     assert run_query(tmp_path, "compare_runs", {"run_a": "strong", "run_b": "nope"}).num_rows == 0

@@ -21,10 +21,10 @@ import duckdb
 import pyarrow as pa
 
 from bfd.queries.catalog import ParamValue, Store, run_sql
-from bfd.queries.specs import Param, QuerySpec, list_queries, read_spec
+from bfd.queries.specs import STEP_PARAMS, Param, QuerySpec, list_queries, read_spec, takes_steps
 
 __all__ = ["Param", "QuerySpec", "check_params", "list_queries", "own_errors", "query_spec",
-           "query_sql", "run_query"]
+           "query_sql", "run_query", "runs_at_steps"]
 
 
 @cache
@@ -89,14 +89,79 @@ def _bind_params(spec: QuerySpec, params: Mapping[str, ParamValue] | None) -> di
     }
 
 
+def _split_steps(spec: QuerySpec, params: Mapping[str, ParamValue] | None
+                 ) -> tuple[dict[str, ParamValue], str | None, dict[str, int]]:
+    """The parameters given less ``STEP_PARAMS`` (of a query that ``takes_steps``), the
+    series and the step of each run given by one (``{"a": 12}``), checked: a step is an
+    integer, needs a series and is not given beside its run's id; a series needs a step."""
+    given = dict(params or {})
+    if not takes_steps(spec):
+        return given, None, {}
+    steps = {k: given.pop(k) for k in STEP_PARAMS if k in given}
+    steps = {k: v for k, v in steps.items() if v is not None}
+    series = steps.pop("series", None)
+    if series is None and not steps:
+        return given, None, {}
+    if not steps:
+        raise ValueError(f"query {spec.name!r}: series names runs by their audits' steps: give "
+                         "step_a and/or step_b with it (or run_a and run_b)")
+    if series is None:
+        raise ValueError(f"query {spec.name!r}: {' and '.join(sorted(steps))} name(s) an audit "
+                         "step of a series: give series too")
+    sides = {}
+    for key, value in sorted(steps.items()):
+        side = key.removeprefix("step_")
+        if given.get(f"run_{side}") is not None:
+            raise ValueError(f"query {spec.name!r}: run_{side} and {key} both name run "
+                             f"{side.upper()}; give one of them")
+        try:
+            sides[side] = int(str(value))
+        except ValueError:
+            raise ValueError(f"query {spec.name!r}: {key} must be an integer step; got "
+                             f"{value!r}") from None
+    return given, str(series), sides
+
+
+def runs_at_steps(store: Store, name: str, params: Mapping[str, ParamValue] | None
+                  ) -> dict[str, ParamValue]:
+    """``params`` with a run given as an audit of a series (``STEP_PARAMS``: ``series`` and
+    ``step_a`` / ``step_b``) given by its run id: the run of the latest complete audit of
+    the series at that step (as the Compare page reads ``compare.html?series=S&step_a=..``).
+
+    Raises:
+        ValueError: As ``check_params``, or the series has no complete audit at a step given
+            (the message names its steps).
+    """
+    given, series, sides = _split_steps(query_spec(name), params)
+    for side, step in sides.items():
+        found = run_sql(store, "SELECT run_id FROM audits WHERE series = $series AND step = $step"
+                        " AND status = 'complete' AND run_id IS NOT NULL"
+                        " ORDER BY started_at DESC, audit_id DESC LIMIT 1",
+                        {"series": series, "step": step}).column("run_id").to_pylist()
+        if not found:
+            steps = run_sql(store, "SELECT DISTINCT step FROM audits WHERE series = $series"
+                            " AND status = 'complete' AND step IS NOT NULL ORDER BY step",
+                            {"series": series}).column("step").to_pylist()
+            said = (f"its steps: {', '.join(map(str, steps[:20]))}"
+                    + (f", ... ({len(steps)} in all)" if len(steps) > 20 else "") if steps
+                    else "no complete audit at all (bfd query audit_history lists the series)")
+            raise ValueError(f"query {name!r}: series {series!r} has no complete audit at "
+                             f"step {step}; {said}")
+        given[f"run_{side}"] = found[0]
+    return given
+
+
 def check_params(name: str, params: Mapping[str, ParamValue] | None) -> None:
     """Refuses an unknown query, a parameter it does not declare and a missing required one,
-    before anything reads the store (``run_query``'s checks).
+    before anything reads the store (``run_query``'s checks; a run given as an audit step,
+    ``STEP_PARAMS``, counts as given).
 
     Raises:
         ValueError: As ``run_query``.
     """
-    _bind_params(query_spec(name), params)
+    spec = query_spec(name)
+    given, _, sides = _split_steps(spec, params)
+    _bind_params(spec, {**given, **{f"run_{side}": "" for side in sides}})
 
 
 @contextlib.contextmanager
@@ -119,7 +184,9 @@ def run_query(store: Store, name: str, params: Mapping[str, ParamValue] | None =
     Args:
         store: A store directory, or a connection from ``bfd.queries.connect``.
         name: A name from ``list_queries()``.
-        params: Values of the query's declared parameters (see its ``-- params:`` line).
+        params: Values of the query's declared parameters (see its ``-- params:`` line); a
+            query of two runs takes either as an audit step of a series too (``series``,
+            ``step_a``, ``step_b``: ``runs_at_steps``).
 
     Returns:
         The query's rows; none on an empty store.
@@ -129,6 +196,6 @@ def run_query(store: Store, name: str, params: Mapping[str, ParamValue] | None =
             query refuses (``own_errors``).
     """
     spec = query_spec(name)
-    params = _bind_params(spec, params)
+    params = _bind_params(spec, runs_at_steps(store, name, params))
     with own_errors(name):
         return run_sql(store, spec.sql, params)

@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Final
 
-__all__ = ["Param", "QuerySpec", "list_queries", "read_spec"]
+__all__ = ["STEP_PARAMS", "Param", "QuerySpec", "list_queries", "read_spec", "takes_steps"]
+
+# Every query of a pair of runs (``run_a`` and ``run_b``, and no ``series`` of its own) also
+# takes either run as an audit of a series, as the Compare page's address does: ``series``
+# with ``step_a`` and/or ``step_b``, each the run of the latest complete audit of the series
+# at that step (``bfd.queries.named.runs_at_steps``).
+STEP_PARAMS: Final[tuple[str, ...]] = ("series", "step_a", "step_b")
 
 _PARAMS_LINE: Final[re.Pattern[str]] = re.compile(r"^--\s*params:\s*(.*)$", re.M)
 _PARAM_ITEM: Final[re.Pattern[str]] = re.compile(
@@ -62,6 +68,17 @@ class QuerySpec:
     description: str
     params: tuple[Param, ...]
     sql: str
+
+    @property
+    def steps_line(self) -> str:
+        """What ``bfd query --list`` says of ``STEP_PARAMS`` for a query that takes them."""
+        return "; or series with step_a and/or step_b" if takes_steps(self) else ""
+
+
+def takes_steps(spec: QuerySpec) -> bool:
+    """Whether ``spec`` takes its two runs as audits of a series too (``STEP_PARAMS``)."""
+    names = {param.name for param in spec.params}
+    return {"run_a", "run_b"} <= names and not names & set(STEP_PARAMS)
 
 
 def _parse_params(name: str, sql: str) -> tuple[Param, ...]:

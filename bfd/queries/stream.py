@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from bfd.faults import duckdb_line
 from bfd.queries.catalog import ParamValue, ReadOnlyError, Store, check_read_only, connect
-from bfd.queries.named import _bind_params, own_errors, query_spec
+from bfd.queries.named import _bind_params, own_errors, query_spec, runs_at_steps
 
 __all__ = ["BATCH_ROWS", "QueryTimeoutError", "interruptible", "stream_query", "stream_sql"]
 
@@ -180,7 +180,7 @@ def stream_query(
 ) -> Iterator[pa.RecordBatchReader]:
     """``stream_sql`` of a named query (``run_query``'s parameter rules)."""
     spec = query_spec(name)
-    params = _bind_params(spec, params)
+    params = _bind_params(spec, runs_at_steps(store, name, params))
     with own_errors(name), stream_sql(store, spec.sql, params, timeout=timeout,
                                       batch_rows=batch_rows) as reader:
         yield reader
