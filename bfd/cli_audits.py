@@ -856,6 +856,11 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
                   file=sys.stderr if as_json else sys.stdout)
         return lines.left_out(out["bad"]) if out["bad"] else 0
     if as_json:
+        # the record alone on stdout; a run's failed check against the model on stderr, as
+        # bfd audit --format json says it (its lines were quiet)
+        for one in out["audits"]:
+            if one.get("run_id"):
+                print_model_check_warning(store, one["run_id"])
         code = drift_exit(sum(flagged_count(one) for one in out["audits"]),
                           args.fail_on_drift, out["audits"], args.fail_if_not_compared)
         return lines.left_out(out["bad"]) if out["bad"] else code

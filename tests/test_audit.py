@@ -1199,6 +1199,24 @@ def test_a_failed_check_against_the_model_is_in_the_audit_report(tmp_path, prefe
     for report in reports:
         assert f"- **{line.removeprefix('bfd: ')}**" in report
         assert "| model_logit_residual |" in report
+    # audit-checkpoints --format json says it on stderr too (its lines are quiet: it said
+    # nothing), the record alone on stdout
+    import timm
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    model = timm.create_model("test_vit", pretrained=False, img_size=32)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              folder / "step_5.safetensors")
+    at = argv.index("--weights")
+    code, out, err = run_cli(["audit-checkpoints", str(folder), *argv[1:at], *argv[at + 2:],
+                              "--format", "json"], capsys)
+    assert code == 0, err
+    (one,) = json.loads(out)["audits"]
+    said = [x for x in err.splitlines() if "check against the model" in x]
+    assert len(said) == 1 and said[0].startswith(
+        f"bfd: warning: run {one['run_id']} fails the check against the model: "), err
 
 
 def test_prefix_include_on_a_model_without_prefix_tokens_reuses_its_run_and_compares(
