@@ -1156,6 +1156,30 @@ def test_compare_heads_agree_with_compare_runs_and_head_type_changes(other_n, br
         assert circled == [[c["layer"], c["head"]] for c in changes]
 
 
+def test_compare_marks_the_heads_one_run_has_and_the_other_not(tmp_path, browser):
+    """Two models of 2 and 3 heads a layer: compare_runs has a row for each head of either,
+    the third head's with no delta. The page counted '4 head(s) with a delta' beside 6 rows
+    and left the third column blank, unmarked (trial 23)."""
+    root = tmp_path / "store"
+    write_synthetic_run(root, "h2", depth=2, n_heads=2, seed=0,
+                        created_at=dt.datetime(2025, 1, 1, tzinfo=dt.UTC))
+    write_synthetic_run(root, "h3", depth=2, n_heads=3, seed=1,
+                        created_at=dt.datetime(2025, 1, 2, tzinfo=dt.UTC))
+    build_dashboard(root, tmp_path / "site")
+    open_page(browser, (tmp_path / "site" / "compare.html").as_uri() + "?a=h2&b=h3")
+    heads_drawn(browser, "h2", "h3")
+    assert_clean(browser, "file://")
+    summary = browser.find_element("id", "heads-summary").text
+    assert "4 of 6 head(s) with a delta of" in summary, summary
+    assert "(0 head(s) of run A only, 2 of run B only: no delta, marked ×)" in summary, summary
+    marked = browser.execute_script(
+        "const t = document.getElementById('head-delta-plot').data"
+        ".find(t => t.name === 'head of one run only');"
+        " return [Array.from(t.y, (y, i) => [y, t.x[i]]), t.customdata[0]];")
+    assert marked[0] == [[0, 2], [1, 2]]
+    assert marked[1].endswith("a head of run B only: run A has no head 2 in layer 0, so no delta")
+
+
 def test_compare_names_its_runs_in_full_and_every_hover_says_run_n_and_interval(other_n,
                                                                                 browser):
     # trial 13 (F13): the legend held each run's whole name, cut at the figure's edge with

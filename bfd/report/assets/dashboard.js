@@ -1915,8 +1915,16 @@
           ` holds no ${m} (decomposed before it was stored): no per-head deltas on this basis.`));
       }
       const nSig = rows.filter((r) => r.significant === true).length;
+      // heads that one run holds and the other not (two models of other head counts): no
+      // delta, said and marked on the heatmap
+      const keyOf = (r) => r.layer + ":" + r.head;
+      const inA = new Set(HA.map(keyOf)), inB = new Set(HB.map(keyOf));
+      const oneSide = rows.filter((r) => inA.has(keyOf(r)) !== inB.has(keyOf(r)));
+      const onlyIn = (r) => (inA.has(keyOf(r)) ? "A" : "B");
+      const nOnly = (side) => oneSide.filter((r) => onlyIn(r) === side).length;
       lines.push(h("p", { class: "note", id: "heads-summary" }, `${changes.length} head(s) changed type from A to B; ` +
-        `${rows.filter((r) => r.delta !== null).length} head(s) with a delta of ${m}` +
+        `${rows.filter((r) => r.delta !== null).length} of ${rows.length} head(s) with a delta of ${m}` +
+        (oneSide.length ? ` (${nOnly("A")} head(s) of run A only, ${nOnly("B")} of run B only: no delta, marked ×)` : "") +
         (rows.some((r) => r.significant !== null) ? `, ${nSig} of them with an interval excluding 0.`
           : otherMethods ? " (no intervals: other methods)." : " (no intervals stored).")));
       const layersH = [...new Set(rows.map((r) => r.layer))].sort((x, y) => x - y);
@@ -1929,10 +1937,17 @@
         `<br>B: ${withInterval(r.value_b, r.value_b_lo, r.value_b_hi)} · ${pt(type(r.head_type_b))} (N ${fmt(ctx.nB)})`;
       const z = layersH.map((l) => headsH.map((hd) => cell.get(l + ":" + hd)?.delta ?? null));
       const text = layersH.map((l) => headsH.map((hd) => (cell.has(l + ":" + hd) ? cellText(cell.get(l + ":" + hd)) : "")));
+      const onlyText = (r) => `layer ${r.layer} head ${r.head}<br>a head of run ${onlyIn(r)} only: run ` +
+        `${onlyIn(r) === "A" ? "B" : "A"} has no head ${r.head} in layer ${r.layer}, so no delta`;
       const lim = Math.max(1e-12, ...rows.map((r) => Math.abs(r.delta ?? 0)));
       const traces = [{ type: "heatmap", x: headsH, y: layersH, z: z, customdata: text, zmin: -lim, zmax: lim, zmid: 0,
         colorscale: "RdBu", colorbar: { title: { text: `Δ ${m}` }, thickness: 12 }, showlegend: false,
         hovertemplate: "%{customdata}<extra></extra>", name: `Δ ${m}` }];
+      if (oneSide.length) {
+        traces.push({ type: "scatter", mode: "markers", x: oneSide.map((r) => r.head), y: oneSide.map((r) => r.layer),
+          name: "head of one run only", marker: { symbol: "x-thin-open", size: 10, color: "#777", line: { width: 1.5 } },
+          customdata: oneSide.map(onlyText), hovertemplate: "%{customdata}<extra></extra>" });
+      }
       if (changes.length) {
         traces.push({ type: "scatter", mode: "markers", x: changes.map((c) => c.head), y: changes.map((c) => c.layer),
           name: "head type changed", marker: { symbol: "circle-open", size: 16, color: "#000", line: { width: 2 } },
