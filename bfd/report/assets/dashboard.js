@@ -1117,16 +1117,17 @@
     // of a damaged run on either side
     const linkBroken = (members, j, i) => twoModels(members[j].run_id, members[i].run_id) ||
       otherInputs(members[i]) || damaged(members[i]) || damaged(members[j]);
-    // the points between the i-th point and the one it was compared with (its refOf)
     // the first point before the i-th of the same model over the same inputs (run_pairs: one
-    // model, no note: images, img_size and prefix option; the same decoded N), neither damaged nor decomposed
-    // again since: what a change "since the first audit" is against; -1 when none
+    // model, no note: images, img_size and prefix option; the same decoded N), neither
+    // damaged nor decomposed again since: what a change "since the first audit" is against;
+    // -1 when none
     const baseOf = (members, i) => members.findIndex((b, j) => {
       if (j >= i || damaged(b) || damaged(members[i]) || redone(b) || redone(members[i])) return false;
       const pair = pairOf(b.run_id, members[i].run_id);
       return pair !== null && pair.same_model === true && isNull(pair.note) &&
         b.n_decoded === members[i].n_decoded;
     });
+    // the points between the i-th point and the one it was compared with (its refOf)
     const betweenOf = (members, i) => (i > 0 ? members.slice(refOf(members, i) + 1, i) : []);
     // of those, the audits made after the i-th point's had finished (a re-audit of an earlier
     // step): not there to compare with, so not skipped (bfd.tasks.audits.skipped_audits)
