@@ -395,6 +395,9 @@ def test_series_page_marks_drift_of_audits(tmp_path, browser, monkeypatch):
     con.execute("UPDATE drift SET type_before = 'position-position', type_after = 'content-content'"
                 " WHERE metric = 'head_type'")
     con.execute("UPDATE audits SET n_flagged = 3 WHERE audit_id = 'audit-1'")
+    # a share that moves by 2e-6 over the series (trial 23: drawn across the plot's height
+    # as a large swing): on an axis 0.01 wide around its middle; one that moves more, plotly's
+    con.execute("UPDATE layers SET frac_pos = 0.3 + 1e-6 * CAST(right(run_id, 1) AS INTEGER)")
     monkeypatch.setenv("PREFECT_UI_URL", "http://127.0.0.1:4200")
     with con:
         build_dashboard(root, tmp_path / "site", catalog=con)
@@ -409,6 +412,12 @@ def test_series_page_marks_drift_of_audits(tmp_path, browser, monkeypatch):
     assert browser.execute_script(
         "return document.getElementById('metric-f_cc').data[1].x.length"
     ) == 0
+    ys, narrow, wide = browser.execute_script(
+        "const d = (k) => document.getElementById('metric-' + k);"
+        " return [Array.from(d('frac_pos_mean').data[0].y), d('frac_pos_mean').layout.yaxis.range,"
+        " d('f_pp').layout.yaxis.autorange];")
+    assert ys == pytest.approx([0.3, 0.300001, 0.300002], abs=1e-12) and wide is True
+    assert narrow == pytest.approx([0.300001 - 0.005, 0.300001 + 0.005])
     # against audit time: each audit at its start, not at its run's creation (Jan 3, 2, 1
     # here): a flag is marked at the audit that flagged it (trial 23: a rollback's audit,
     # whose run an earlier week had computed, was drawn and flagged on that week's point)

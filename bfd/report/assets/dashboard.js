@@ -1334,6 +1334,20 @@
       layerMembers = members;
       layerGone = gone;
       drawLayers();
+      // a share (0 to 1: f_*, frac_*) that moves by less than MIN_SHARE_SPAN over the series is
+      // drawn on an axis that wide around its middle: a change of 2e-6 filled the plot's height
+      // as a large swing would, 25 000 times below the drift threshold
+      const MIN_SHARE_SPAN = 0.01;
+      const shareAxis = (k, rows) => {
+        if (!/^(mean_)?f_|^frac_/.test(k)) return {};
+        const ys = rows.flatMap((m) => [m[k], m[k + "_lo"], m[k + "_hi"]]).filter((v) => typeof v === "number");
+        if (!ys.length) return {};
+        const lo = Math.min(...ys), hi = Math.max(...ys);
+        if (hi - lo >= MIN_SHARE_SPAN) return {};
+        const mid = (lo + hi) / 2;
+        return { yaxis: { tickformat: "~g", automargin: true,
+          range: [mid - MIN_SHARE_SPAN / 2, mid + MIN_SHARE_SPAN / 2] } };
+      };
       // the Compare page of a flagged audit (B) and the audit it was compared with (A): by
       // series and steps where both have one of their own, else by run
       const compareOf = (m) => {
@@ -1421,10 +1435,10 @@
         { x: links.flatMap(([a, b]) => [xOf(a), xOf(b), null]),
           y: links.flatMap(([a, b]) => [a[k], b[k], null]), mode: "lines", name: "compared with",
           line: { color: "#0072B2", dash: "dash", width: 1.5 }, hoverinfo: "skip" }] : []),
-        { title: { text: k, font: { size: 13 }, x: 0.02, xanchor: "left" }, showlegend: false, height: 260, xaxis: xaxis,
+        Object.assign({ title: { text: k, font: { size: 13 }, x: 0.02, xanchor: "left" }, showlegend: false, height: 260, xaxis: xaxis,
           shapes: goneShapes,
           margin: { l: 55, r: 10, t: 35, b: 55 }, annotations: missing ? [{ text: missing, showarrow: false,
-            xref: "paper", yref: "paper", x: 0.5, y: 0.5 }] : [] });
+            xref: "paper", yref: "paper", x: 0.5, y: 0.5 }] : [] }, shareAxis(k, rows)));
         // a point opens its run's page; a drift cross the Compare page of the audit and the
         // audit it was compared with
         div.on("plotly_click", (ev) => {
