@@ -463,6 +463,35 @@ def test_series_page_marks_drift_of_audits(tmp_path, browser, monkeypatch):
     assert browser.find_element("id", "results-link").get_attribute("href").startswith("file://")
 
 
+def test_a_week_audited_again_later_keeps_the_line_to_the_next_week(tmp_path, browser):
+    """Week 1 (run w-1), week 2 compared with it, then week 1 audited again (its run reused):
+    in series order week 1, its re-audit, week 2. Week 2 was compared with the first audit of
+    week 1, not the re-audit, which holds the same run's figures: the line runs on from the
+    re-audit to week 2, solid, where it broke there and drew a dashed 'compared with' line
+    as though an audit had been skipped (trial 23 F9). An audit skipped between them as not
+    comparable still breaks it (tests above)."""
+    from dashstore import catalog_with_audits
+
+    root = tmp_path / "store"
+    for i in (1, 2):
+        write_synthetic_run(root, f"w-{i}", weights="w", seed=i,
+                            created_at=dt.datetime(2025, 1, i, tzinfo=dt.UTC))
+    day = lambda d, h=0: dt.datetime(2025, 2, d, h, tzinfo=dt.UTC)  # noqa: E731
+    audits = [("a1", "weekly", "w-1", 1, day(1), day(1, 1), "schedule", None, "complete", None, 0),
+              ("a2", "weekly", "w-2", 2, day(8), day(8, 1), "schedule", None, "complete", "a1", 0),
+              ("a1b", "weekly", "w-1", 1, day(9), day(9, 1), "cli", None, "complete", "a1", 0)]
+    con = catalog_with_audits(root, tmp_path / "catalog.duckdb", audits, [])
+    with con:
+        build_dashboard(root, tmp_path / "site", catalog=con)
+    open_page(browser, (tmp_path / "site" / "series.html").as_uri())
+    assert_clean(browser, "file://")
+    x, y, *_ = series_plot(browser, "metric-f_pp")
+    assert x == [1, 1, 2] and None not in y, (x, y)
+    names = browser.execute_script(
+        "return document.getElementById('metric-f_pp').data.map(t => t.name)")
+    assert "compared with" not in names, names
+
+
 def test_the_alpha_beta_plot_draws_only_modes_with_alpha_beta_and_energy(tmp_path, browser):
     """Modes of sigma 0 (a pruned head's, or past a head's rank: no alpha, beta or energy)
     were drawn at meaningless places and stretched the colour scale to log10 energy -300

@@ -1139,8 +1139,16 @@
       !(finished(m) > finished(members[i])));
     // a break before the i-th point of the line: no link from the point before it, or the
     // point is compared with an earlier one (joined to it by a dashed line instead)
-    const breaksBefore = (members, i) => i > 0 && (betweenOf(members, i).length > 0 ||
-      linkBroken(members, i - 1, i));
+    // the audits between the i-th point and the one it was compared with are all re-audits of
+    // that one's run made after the i-th (a week audited again later: one run, its figures):
+    // the point before it holds the very figures it was compared with, so the line joins them
+    const reauditsOnly = (members, i) => {
+      const between = betweenOf(members, i), ref = members[refOf(members, i)];
+      return between.length > 0 && between.every((m) => m.run_id === ref.run_id &&
+        finished(m) > finished(members[i]) && !redone(m) && !damaged(m));
+    };
+    const breaksBefore = (members, i) => i > 0 && ((betweenOf(members, i).length > 0 &&
+      !reauditsOnly(members, i)) || linkBroken(members, i - 1, i));
     // what a point compared with an earlier point than the one before it says: which audit,
     // the audits skipped as not comparable with it, and those audited after it ("" for any
     // other point)
@@ -1404,7 +1412,7 @@
         // a dashed line from the audit a point was compared with to the point, where that is
         // an earlier point than the one before it (the audits between not comparable with it)
         const links = members.map((m, i) => [members[refOf(members, i)], m, i])
-          .filter(([, m, i]) => comparedText(members, i) && typeof m[k] === "number" &&
+          .filter(([, m, i]) => comparedText(members, i) && !reauditsOnly(members, i) && typeof m[k] === "number" &&
             typeof members[refOf(members, i)][k] === "number").map(([a, b]) => [a, b]);
         const unplaced = mine.filter((d) => !rows.some((m) => m.audit_id === d.audit_id && typeof m[k] === "number"));
         const none = !hasValue(k);
