@@ -568,6 +568,19 @@ def _drift_line(before: dict | None, note: str | None, caveat: str = "") -> str:
     return f"compared with audit {before['audit_id']} (step {before['step']}){caveat}"
 
 
+def copies_said(out: dict) -> str:
+    """Of the files counted as audited already, those that hold another file's weights (a
+    byte copy of a checkpoint: one request, so one audit, at the other file's step, and no
+    point at their own): ``; 1 of them holds another's weights: step_4000.pth (the weights
+    of step_3000.pth)``, or "" (``bfd.tasks.audits.pending_checkpoints``' ``copies``)."""
+    copies = out.get("copies") or []
+    if not copies:
+        return ""
+    shown = "; ".join(copies[:5]) + (f"; ... ({len(copies)} in all)" if len(copies) > 5 else "")
+    return (f"; {len(copies)} of them {'holds' if len(copies) == 1 else 'hold'} another "
+            f"file's weights, audited at that file's step, none at its own: {shown}")
+
+
 def print_checkpoints_plan(args: argparse.Namespace, config, store: str, series: str) -> int:
     """``bfd audit-checkpoints --dry-run``: the checkpoints it would audit, in step order,
     those already audited and those left out, as the flow would find them; the request
@@ -595,7 +608,7 @@ def print_checkpoints_plan(args: argparse.Namespace, config, store: str, series:
     say("dry run: nothing is computed or recorded")
     say(f"series {series}; store {store}; {plan['n_files']} checkpoint file(s): "
         f"{len(todo)} to audit, {n_seen} already audited with the same request "
-        f"({plan['compared']}), {len(bad)} left out")
+        f"({plan['compared']}){copies_said(plan)}, {len(bad)} left out")
     for one in todo:
         # one audited before whose run an older bfd published: audited again, its run
         # decomposed again (bfd.core.method)
@@ -852,7 +865,8 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
             # with --format json on stderr, as a line of progress: stdout holds the record
             print(f"nothing to do: every checkpoint of {args.checkpoints} not left out "
                   f"({n_seen} of {out['n_files']} files{left}) is already audited in series "
-                  f"{out['series']} with the same request ({out['compared']})",
+                  f"{out['series']} with the same request ({out['compared']})"
+                  f"{copies_said(out)}",
                   file=sys.stderr if as_json else sys.stdout)
         return lines.left_out(out["bad"]) if out["bad"] else 0
     if as_json:
@@ -869,7 +883,7 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
     n_flagged = lines.n_flagged
     n_seen = out["n_files"] - len(out["audits"]) - len(out["bad"])
     print(f"\n{len(out['audits'])} checkpoint(s) audited in series {out['series']}; "
-          f"{n_seen} already audited with the same request; store {store}")
+          f"{n_seen} already audited with the same request{copies_said(out)}; store {store}")
     print_dashboard(out.get("dashboard"), store)
     code = drift_exit(n_flagged, args.fail_on_drift, out["audits"], args.fail_if_not_compared)
     # exit 2 for the files left out, each named once: when known (any not yet: here)

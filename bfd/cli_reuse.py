@@ -190,7 +190,8 @@ def checkpoints_plan(args: argparse.Namespace, config, store: str, series: str) 
     """What the flow ``audit-checkpoints`` would find for this command, found without it:
     ``todo``, the checkpoints to audit in step order (``path``, ``sha256``, ``step``:
     ``bfd.tasks.audits.pending_checkpoints``), the number of files, the files left out
-    (``bad``, their paths as listed in ``left``) and the request compared (``compared``); None
+    (``bad``, their paths as listed in ``left``), those of another file's weights
+    (``copies``) and the request compared (``compared``); None
     when the files cannot be listed (the flow says why in its own words)."""
     from bfd.flows.params import AuditConfig
     from bfd.storage import Store
@@ -200,14 +201,15 @@ def checkpoints_plan(args: argparse.Namespace, config, store: str, series: str) 
     request = AuditConfig(**config.model_dump(exclude={"weights"})).extract_config()
     chosen = _chosen_options(args, config)
     left: list[str] = []
+    copies: list[str] = []
     try:
         todo, n_files, bad = pending_checkpoints(Store(store), args.checkpoints, series,
-                                                 request, chosen, left)
+                                                 request, chosen, left, copies)
     except (OSError, ValueError):
         return None
     return {"series": series, "n_files": n_files, "store": store,
             "compared": describe_request(request, chosen), "bad": bad, "todo": todo,
-            "left": left, "request": request}
+            "left": left, "request": request, "copies": copies}
 
 
 def record_reused_audit(args: argparse.Namespace, config, store: str, thresholds,

@@ -126,8 +126,9 @@ def audit_checkpoints(
     with series_lock(Store(root), series, progress.waiting):
         chosen = DecomposeOptions(**decompose_kwargs(options, config)).to_dict()
         left: list[str] = []  # the path of each line of bad
+        copies: list[str] = []  # files of another file's weights: no audit of their own
         todo, n_files, bad = pending_checkpoints(Store(root), checkpoints, series, request,
-                                                 chosen, left)
+                                                 chosen, left, copies)
         # each loaded as its audit loads it, before any is audited, as the dry run does: a
         # file that does not load or fit the model is left out of the count to audit (it was
         # counted in "checkpoint k of N to audit", where --dry-run left it out), and named
@@ -140,7 +141,7 @@ def audit_checkpoints(
         for line in bad:
             logger.error("left out: %s", line)
         summary = {"series": series, "n_files": n_files, "store": root, "compared": compared,
-                   "bad": bad, "left": left}
+                   "bad": bad, "left": left, "copies": copies}
         if not todo:
             # "not left out": a file left out may read and not fit the model
             others = " (those not left out)" if bad else ""

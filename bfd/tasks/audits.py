@@ -321,8 +321,9 @@ def checkpoint_files(pattern: str) -> list[Path]:
 
 def audited_requests(store: Store, series: str,
                      decompose_options: Mapping[str, Any] | None = None,
-                     other: dict[str, int] | None = None) -> set[str]:
-    """The request identities (``bfd.tasks.request_key.request_identity``) of every complete
+                     other: dict[str, int] | None = None) -> dict[str, str]:
+    """The request identities (``bfd.tasks.request_key.request_identity``), each with the
+    weights file its run's request names, of every complete
     audit of a series decomposed with results options as ``decompose_options``'s (the
     decompose options that change results, ``RESULT_FLAGS``; None: any audit): the recorded
     request keys that name its runs, each checked against the run's stored request (model and
@@ -337,7 +338,7 @@ def audited_requests(store: Store, series: str,
             if row["status"] == "complete" and row["run_id"]
             and (decompose_options is None
                  or changed_from_defaults(_seen_options(row)) == wanted)}
-    out = set()
+    out: dict[str, str] = {}
     for run_id, inputs in recorded_inputs(store, runs):
         try:
             request = read_request(store, run_id)
@@ -347,11 +348,11 @@ def audited_requests(store: Store, series: str,
                                                         inputs.get("weights_sha256")):
             method = other_method(store, run_id)
             if method is None:
-                out.add(request_identity(inputs))
+                out[request_identity(inputs)] = request.weights
             elif other is not None:
                 other[request_identity(inputs)] = method
     if other is not None:
-        for identity in out & set(other):
+        for identity in out.keys() & set(other):
             del other[identity]
     return out
 
@@ -627,6 +628,7 @@ def drift_since_previous(store: Store, row: dict[str, Any], run_id: str,
 def pending_checkpoints(store: Store, pattern: str, series: str, config: Mapping[str, Any],
                         decompose_options: Mapping[str, Any] | None = None,
                         left: list[str] | None = None,
+                        copies: list[str] | None = None,
                         ) -> tuple[list[dict], int, list[str]]:
     """The checkpoints still to audit with the request ``config`` (fields of
     ``ExtractConfig``; its weights are each file) decomposed with ``decompose_options``, in
@@ -641,7 +643,9 @@ def pending_checkpoints(store: Store, pattern: str, series: str, config: Mapping
     are of another method (an older bfd's: ``other_method``) is to audit again, its entry's
     ``method`` naming that method: its audit computes the run again, activations reused.
     ``left``, when given, gets the path of each file left out (as listed), in the order of
-    the lines.
+    the lines; ``copies`` one line per file not to audit because it holds the weights of
+    another file (audited, or to audit: ``step_4000.pth (the weights of step_3000.pth)``),
+    whose step then gets no audit and no point.
     """
     files = checkpoint_files(pattern)
     other: dict[str, int] = {}
@@ -661,9 +665,12 @@ def pending_checkpoints(store: Store, pattern: str, series: str, config: Mapping
                   if records is not None else None)
         identity = request_identity(inputs) if inputs else None
         if identity is not None and identity in seen:
+            same = seen[identity]
+            if copies is not None and same and Path(same) != Path(input_path(str(path))):
+                copies.append(f"{Path(path).name} (the weights of {Path(same).name})")
             continue
         if identity is not None:
-            seen.add(identity)
+            seen[identity] = input_path(str(path))
         step = step_from_name(path)
         todo.append({"path": str(path), "sha256": sha,
                      "step": step if step is not None else int(os.stat(path).st_mtime),
