@@ -197,37 +197,25 @@ def run_pipeline(root: str, cfg: ExtractConfig) -> str:
 
 
 @contextlib.contextmanager
-def zarr_writes() -> Iterator[None]:
-    """``write_shard`` through Zarr's own array writes, as before it wrote the chunk files of a
-    local uncompressed store itself (``activations.DIRECT_WRITES``)."""
-    saved, activations.DIRECT_WRITES = activations.DIRECT_WRITES, False
+def setting(get: Callable[[], object], put: Callable[[object], None],
+            value: object) -> Iterator[None]:
+    """A process-wide setting at ``value`` for the block, then back to what it was: for the
+    timers beside the pipeline as it runs (``--zarr-writes-too``: ``write_shard`` through
+    Zarr's own array writes, ``activations.DIRECT_WRITES`` off; ``--torch-threads-too``:
+    torch's intra-op threads, which the decoding threads' transforms use;
+    ``--switch-interval-too``: how long a thread holds the GIL before another that waits for
+    it gets it, ``sys.setswitchinterval``, 0.005 s by default)."""
+    saved = get()
+    put(value)
     try:
         yield
     finally:
-        activations.DIRECT_WRITES = saved
+        put(saved)
 
 
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """torch's intra-op threads set to ``n`` (the decoding threads' transforms use them)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
-
-
-@contextlib.contextmanager
-def switch_interval(seconds: float) -> Iterator[None]:
-    """Python's thread switch interval (``sys.setswitchinterval``; 0.005 s by default): how
-    long a thread holds the GIL before another that waits for it gets it."""
-    saved = sys.getswitchinterval()
-    sys.setswitchinterval(seconds)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(saved)
+def zarr_writes() -> contextlib.AbstractContextManager:
+    return setting(lambda: activations.DIRECT_WRITES,
+                   lambda v: setattr(activations, "DIRECT_WRITES", v), False)
 
 
 def under(context: Callable[[], contextlib.AbstractContextManager],
@@ -423,11 +411,13 @@ def main() -> None:
                                                    lambda: time_pipeline(cfg, workdir))
         if args.switch_interval_too:
             timers[f"pipeline_switch_interval_{args.switch_interval_too}"] = under(
-                lambda: switch_interval(args.switch_interval_too),
+                lambda: setting(sys.getswitchinterval, sys.setswitchinterval,
+                                args.switch_interval_too),
                 lambda: time_pipeline(cfg, workdir))
         if args.torch_threads_too:
             timers[f"pipeline_torch_threads_{args.torch_threads_too}"] = under(
-                lambda: torch_threads(args.torch_threads_too), lambda: time_pipeline(cfg, workdir))
+                lambda: setting(torch.get_num_threads, torch.set_num_threads,
+                                args.torch_threads_too), lambda: time_pipeline(cfg, workdir))
         with contextlib.ExitStack() as stack:
             if not args.no_flow:
                 try:
