@@ -350,7 +350,7 @@ def test_query_list_imports_neither_duckdb_nor_pyarrow():
     assert list(entries) == list_queries()
     for name, lines in entries.items():
         spec = query_spec(name)
-        params = ", ".join(str(p) for p in spec.params) or "no parameters"
+        params = (", ".join(str(p) for p in spec.params) or "no parameters") + spec.steps_line
         description = [line.strip() for line in
                        spec.description.removeprefix(f"{name}: ").splitlines()]
         assert lines[:-1] == description[:-1], name
