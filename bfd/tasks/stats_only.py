@@ -100,10 +100,33 @@ class _Images:
             yield batch
 
     def again(self) -> Iterator[imgs.Batch]:
-        """The same batches once more: the kept ones, then the rest decoded again."""
+        """The same batches once more: the kept ones, then the rest decoded again.
+
+        Raises:
+            ValueError: An image decoded again did not decode where the first forward's did
+                (changed or unreadable since), or the other way round: the second pass would
+                sum other images than the first one's means (found in trial 24: shares moved,
+                the image still counted ``ok``). Nothing is published; a new run lists the
+                folder again.
+        """
         yield from self.kept
         if self.cut < len(self.records):
-            yield from self._decode(self.records[self.cut:])
+            by_index = {r.index: r for r in self.records}
+            for batch in self._decode(self.records[self.cut:]):
+                now = dict(batch.errors)
+                lost = [i for i in now if i not in self.errors]
+                back = [i for i in batch.indices if i in self.errors]
+                if lost or back:
+                    i = (lost or back)[0]
+                    why = (f"did not decode the second time ({now[i]})" if lost else
+                           f"decoded the second time, not the first ({self.errors[i]})")
+                    more = len(lost) + len(back) - 1
+                    raise ValueError(
+                        f"image {by_index[i].id} {why}, between the two forward passes of "
+                        f"--no-store-activations" + (f" (and {more} more)" if more else "")
+                        + ": the passes would sum other images; nothing is published. Leave "
+                        "the images unchanged while the audit runs, and run it again")
+                yield batch
 
 
 def _forward(cfg: ExtractConfig, model: torch.nn.Module, layers: tuple[int, ...],
