@@ -217,9 +217,12 @@ _RUNS_TYPES = ("VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR",
 # where its config does not say; NULL for a run not published: not decomposed, or damaged),
 # the same rule (bfd/queries/_run_shapes.sql; tests/test_cli.py checks they agree); the
 # weights' sha256 as its first 12 hex digits, so that weights rewritten at one path (a weekly
-# checkpoint) are told apart
+# checkpoint) are told apart, and whole where it is no digest (random weights:
+# random-seed-12, whose first 12 characters every seed shares)
+SHORT_WEIGHTS_SHA = ("CASE WHEN regexp_full_match(weights_sha256, '[0-9a-f]{64}') THEN "
+                     "left(weights_sha256, 12) ELSE nullif(weights_sha256, '') END")
 _RUNS_SHOWN = (
-    "run_id, model, weights, left(nullif(weights_sha256, ''), 12) AS weights_sha256, "
+    f"run_id, model, weights, {SHORT_WEIGHTS_SHA} AS weights_sha256, "
     "CASE WHEN nullif(images_sha256, '') IS NOT NULL THEN concat("
     "coalesce(nullif(regexp_extract(rtrim(images, '/\\'), '[^/\\\\]*$'), ''), '?'), '@', "
     "left(images_sha256, 12)) END AS images, nullif(img_size, 0) AS img_size, prefix, "

@@ -968,9 +968,19 @@ def test_runs_lists_runs_not_published_with_what_to_do(tmp_path):
     # the weights' sha256, 12 hex digits, so that weights rewritten at one path (a weekly
     # checkpoint) are told apart (trial 23): a published run's (its runs row), a pending
     # run's (its request)
+    # (whole where it is no digest: random weights' random-seed-0, whose first 12
+    # characters every seed shares; trial 24)
     sha = {r["run_id"]: r["weights_sha256"] for r in json.loads("\n".join(rows))}
-    assert (sha["toy-run"], sha[stats_only], sha["broken-0"]) == ("weights_sha2", "x", None)
-    assert sha[extracted] == read_request(store, extracted).weights_sha256[:12]
+    assert (sha["toy-run"], sha[stats_only], sha["broken-0"]) == ("weights_sha256-0", "x", None)
+    assert sha[extracted] == read_request(store, extracted).weights_sha256 == "random-seed-0"
+    import duckdb
+
+    from bfd.cli_read import SHORT_WEIGHTS_SHA
+
+    digest = "0123456789abcdef" * 4
+    assert duckdb.sql(f"SELECT {SHORT_WEIGHTS_SHA} FROM (VALUES ('{digest}'), "
+                      "('random-seed-12'), (''), (NULL)) AS t(weights_sha256)").fetchall() == [
+        ("0123456789ab",), ("random-seed-12",), (None,), (None,)]
     assert _tree(root / "runs") == before
 
 
@@ -990,7 +1000,7 @@ def test_runs_lists_a_published_run_whose_table_file_does_not_read_as_damaged(tm
     target.write_bytes(target.read_bytes()[:40])
     code, out, err = run(["runs", "--format", "json", "--store", str(root)], capsys)
     assert code == 1, err
-    known = ({"model": "toy", "weights": "weights-0", "weights_sha256": "weights_sha2",
+    known = ({"model": "toy", "weights": "weights-0", "weights_sha256": "weights_sha256-0",
               "images": "images-0@images_sha25",
               "img_size": None, "prefix": None, "activations": "stored", "n_images": 0,
               "n_skipped": 0, "layers": "layers-0", "sites": "sites-0", "method": None,
