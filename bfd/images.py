@@ -234,6 +234,9 @@ def _source_entries(source: str, n_images: int | None) -> list[tuple[str, str]] 
             raise ValueError(f"--images samples makes at most {SAMPLES_MAX} images; got "
                              f"--n-images {n_images} (use a folder or manifest of images)")
         return None
+    if not source.strip():  # Path("") is the current folder: a shell variable left unset
+        raise ValueError(f"image source {source!r} is empty (an unset shell variable?); "
+                         f"expected {_ACCEPTED}")
     # Absolute paths, so records stay valid in workers that run from another directory.
     path = Path(source).expanduser().absolute()
     if path.is_dir():
@@ -247,7 +250,35 @@ def _source_entries(source: str, n_images: int | None) -> list[tuple[str, str]] 
     if not entries:
         raise ValueError(f"image source {source!r} lists no images "
                          f"(suffixes {sorted(IMAGE_SUFFIXES)}); expected {_ACCEPTED}")
-    return entries[:n_images]
+    entries = entries[:n_images]
+    if not path.is_dir():
+        _require_two_files(source, path, entries)
+    for entry, _ in entries:  # ids are kept as UTF-8 text (the run's JSON files, the tables)
+        try:
+            entry.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"image {entry!r} of {source!r} has a name that is not UTF-8 "
+                             "text; rename it (or list the images in a manifest)") from None
+    return entries
+
+
+def _require_two_files(source: str, manifest: Path, entries: list[tuple[str, str]]) -> None:
+    """Refuses a manifest of which fewer than 2 entries name a file (a CSV with a header and
+    a label column, paths relative to another folder than the manifest's): BFD needs 2
+    images, and extraction would find none after loading the model (trial 24). Stops at
+    the second file found."""
+    found, first_missing = 0, None
+    for entry, p in entries:
+        if Path(p).is_file():
+            found += 1
+            if found == 2:
+                return
+        elif first_missing is None:
+            first_missing = (entry, p)
+    said = f"; the first, {first_missing[0]!r}, is {first_missing[1]}" if first_missing else ""
+    raise ValueError(f"image manifest {source!r}: {found} of its {len(entries)} entries "
+                     f"name a file{said}. Each line is one path, relative to the manifest's "
+                     f"folder {str(manifest.parent)!r}; BFD needs at least 2 images")
 
 
 def manifest_sha256(records: Sequence[ImageRecord]) -> str:

@@ -469,7 +469,10 @@ def test_a_run_too_large_for_the_disk_is_refused_before_prefect_in_one_line(tmp_
     recorded, as "no space left writing ... (the run needs ...; free space or choose another
     --store); free space and run the command again"."""
     manifest = tmp_path / "many.txt"
-    manifest.write_text("".join(f"/nowhere/{i}.png\n" for i in range(100_000)))
+    for i in range(2):  # a manifest of which fewer than 2 entries exist is refused first
+        (tmp_path / f"{i}.png").write_bytes(b"an image")
+    manifest.write_text("0.png\n1.png\n" + "".join(f"/nowhere/{i}.png\n"
+                                                   for i in range(2, 100_000)))
     big = ["--model", "vit_huge_patch14_224", "--weights", "random", "--img-size", "448",
            "--dtype", "float32", "--images", str(manifest), "--store", str(tmp_path / "store")]
     # one process, each command as if alone (a server launched sets PREFECT_API_URL for the

@@ -224,6 +224,21 @@ def test_manifest_source(odd_folder, tmp_path) -> None:
     manifest.write_text("cmyk.jpg\ncmyk.jpg\n")
     with pytest.raises(ValueError, match="lists 'cmyk.jpg' twice"):
         I.list_images(str(manifest))
+    # a manifest of which fewer than 2 entries name a file (a CSV with a header and a label
+    # column): refused before any work, saying how its lines are read (trial 24: the audit
+    # loaded the model, extracted, then said "0 decoded images" with no reason)
+    manifest.write_text("path,label\ncmyk.jpg,1\ngray.png,2\n")
+    for check in (I.list_images, I.check_source):
+        with pytest.raises(ValueError, match=(
+                r"list.txt': 0 of its 3 entries name a file; the first, 'path,label', is "
+                rf"{odd_folder}/path,label. Each line is one path, relative to the manifest's "
+                r"folder .*; BFD needs at least 2 images")):
+            check(str(manifest))
+    manifest.write_text("cmyk.jpg\ngone.png\n")  # one file: refused too
+    with pytest.raises(ValueError, match="1 of its 2 entries name a file; the first, 'gone.png'"):
+        I.check_source(str(manifest))
+    manifest.write_text("gone.png\ncmyk.jpg\ngray.png\n")  # two: listed, the missing skipped
+    assert I.check_source(str(manifest)) == 3
 
 
 def test_bad_sources_say_what_is_accepted(tmp_path, odd_folder) -> None:
@@ -236,6 +251,18 @@ def test_bad_sources_say_what_is_accepted(tmp_path, odd_folder) -> None:
         I.list_images(str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="n_images must be a positive integer"):
         I.list_images("samples", 0)
+    # an empty source (an unset shell variable) was the current folder, listed recursively;
+    # a file name that is not UTF-8 failed the run's first JSON write, naming neither (trial
+    # 24): each is refused in one line before any work
+    for empty in ("", "  "):
+        with pytest.raises(ValueError, match="is empty \\(an unset shell variable\\?\\)"):
+            I.check_source(empty)
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    Image.new("L", (4, 4)).save(odd / "good.png")
+    (odd / os.fsdecode(b"bad\xff.png")).write_bytes((odd / "good.png").read_bytes())
+    with pytest.raises(ValueError, match=r"image 'bad\\udcff.png' of .* not UTF-8 text; rename"):
+        I.check_source(str(odd))
 
 
 def test_manifest_sha256_tracks_ids_hashes_and_order() -> None:
