@@ -513,10 +513,19 @@ def _plan_to_compute(args: argparse.Namespace, config, store: str, series: str,
     cfg = ExtractConfig(**(extract if args.store_activations else with_stats_only(extract)))
     info = refuse_before_work(cfg)
     planned = plan_request(store, cfg)
+    rid = planned.run_id
+    # a run computed already that the request keys did not find (its request spelled
+    # otherwise: --n-images 20 on a folder of 20 beside one audited without it): the audit's
+    # flow reuses it, and so says the dry run (trial 24: "to decompose and publish")
+    from bfd.cli_reuse import _chosen_options
+    from bfd.tasks.audits import computed_run
+
+    if computed_run(Store(store), rid, _chosen_options(args, config)) is not None:
+        return (f"run {rid}: computed already with these options: reused, nothing computed",
+                _drift_line(*compared_audit(Store(store), series, step, rid)[:2]), [])
     n_images = len(planned.records)
     shape = (f"{count(n_images, 'image')} x {count(len(planned.layers), 'layer')} x "
              f"{count(len(cfg.sites), 'site')}, {info.num_tokens} tokens of width {info.width}")
-    rid = planned.run_id
     if not args.store_activations:
         run = (f"run {rid}: to compute from two forward passes over the images ({shape}); no "
                "activations kept")

@@ -51,6 +51,33 @@ def store(audited):
     return audited[0]
 
 
+def test_a_dry_run_finds_a_computed_run_whose_request_was_spelled_otherwise(
+        tmp_path, prefect_harness, capsys):
+    """A folder of 4 images audited without --n-images, then the dry run of --n-images 4: the
+    same run, which the request keys (another spelling) do not find. The audit's flow reuses
+    it; the dry run said "to decompose and publish" (trial 24 F10); now it says reused."""
+    from PIL import Image
+
+    from bfd.images import sample_array
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(sample_array("coffee", i + 1)).save(folder / f"{i}.png")
+    argv = ["audit", "--model", "test_vit", "--weights", "random", "--images", str(folder),
+            "--img-size", "32", "--layers", "0", "--dtype", "float32", "--images-per-chunk",
+            "4", "--store", str(tmp_path / "store"), "--no-dashboard", "--series", "s"]
+    assert main(argv) == 0
+    (first,) = read_audits(Store(tmp_path / "store"), "s")
+    capsys.readouterr()
+    assert main([*argv, "--n-images", "4", "--dry-run"]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert said[2] == (f"run {first['run_id']}: computed already with these options: reused, "
+                       "nothing computed"), said
+    assert main([*argv, "--n-images", "4", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["run_id"] == first["run_id"]
+
+
 def test_a_dry_run_says_what_an_audit_would_do_and_does_nothing(audited, tmp_path, capsys):
     """``bfd audit --dry-run``: the run reused (and the audit its drift compares with), or
     the run to compute and its size; a bad request refused as the audit refuses it; nothing
