@@ -514,13 +514,16 @@ def _plan_to_compute(args: argparse.Namespace, config, store: str, series: str,
     info = refuse_before_work(cfg)
     planned = plan_request(store, cfg)
     rid = planned.run_id
-    # a run computed already that the request keys did not find (its request spelled
-    # otherwise: --n-images 20 on a folder of 20 beside one audited without it): the audit's
-    # flow reuses it, and so says the dry run (trial 24: "to decompose and publish")
+    # a run computed already, its activations (if it keeps any) all stored intact, that the
+    # request keys did not find (its request spelled otherwise: --n-images 20 on a folder of
+    # 20 beside one audited without it): the audit's flow reuses it, and so says the dry run
+    # (trial 24: "to decompose and publish")
     from bfd.cli_reuse import _chosen_options
     from bfd.tasks.audits import computed_run
 
-    if computed_run(Store(store), rid, _chosen_options(args, config)) is not None:
+    intact = not args.store_activations or (
+        not planned.damaged and all(s.index in planned.done for s in planned.shards))
+    if intact and computed_run(Store(store), rid, _chosen_options(args, config)) is not None:
         return (f"run {rid}: computed already with these options: reused, nothing computed",
                 _drift_line(*compared_audit(Store(store), series, step, rid)[:2]), [])
     n_images = len(planned.records)
