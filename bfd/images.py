@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import re
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -164,9 +165,10 @@ def _list_samples(n: int) -> list[ImageRecord]:
 
 
 def _list_manifest(manifest: Path) -> list[tuple[str, str]]:
-    entries, seen = [], set()
+    entries: list[tuple[str, str]] = []
+    seen: dict[str, str] = {}  # each entry's normalised path: the entry as written
     try:
-        text = manifest.read_text(encoding="utf-8")
+        text = manifest.read_text(encoding="utf-8-sig")  # a BOM (Notepad's) is no path
     except UnicodeDecodeError as e:
         raise ValueError(f"image manifest {str(manifest)!r} is not a text file ({e.reason} at "
                          f"byte {e.start}); expected one image path per line") from e
@@ -177,11 +179,12 @@ def _list_manifest(manifest: Path) -> list[tuple[str, str]]:
         entry = line.strip()
         if not entry or entry.startswith("#"):
             continue
-        if entry in seen:
-            raise ValueError(f"manifest {str(manifest)!r} lists {entry!r} twice; "
-                             "expected each image once")
-        seen.add(entry)
         p = Path(entry).expanduser()
+        full = os.path.normpath(p if p.is_absolute() else manifest.parent / p)
+        if full in seen:  # one file, however spelled (good0.png, ./good0.png)
+            raise ValueError(f"manifest {str(manifest)!r} lists {entry!r} twice (as "
+                             f"{seen[full]!r} too); expected each image once")
+        seen[full] = entry
         entries.append((entry, str(p if p.is_absolute() else manifest.parent / p)))
     return entries
 

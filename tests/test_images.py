@@ -224,6 +224,14 @@ def test_manifest_source(odd_folder, tmp_path) -> None:
     manifest.write_text("cmyk.jpg\ncmyk.jpg\n")
     with pytest.raises(ValueError, match="lists 'cmyk.jpg' twice"):
         I.list_images(str(manifest))
+    # one file however spelled; a byte-order mark (Notepad's) is no part of the first path
+    # (trial 24: '\ufeffcmyk.jpg' was a missing file, ./cmyk.jpg a second image)
+    manifest.write_text("cmyk.jpg\n./cmyk.jpg\n")
+    with pytest.raises(ValueError, match=r"lists './cmyk.jpg' twice \(as 'cmyk.jpg' too\)"):
+        I.list_images(str(manifest))
+    manifest.write_bytes("\ufeffcmyk.jpg\r\ngray.png\r\n".encode())
+    assert [(r.id, bool(r.sha256)) for r in I.list_images(str(manifest))] == [
+        ("cmyk.jpg", True), ("gray.png", True)]
     # a manifest of which fewer than 2 entries name a file (a CSV with a header and a label
     # column): refused before any work, saying how its lines are read (trial 24: the audit
     # loaded the model, extracted, then said "0 decoded images" with no reason)
