@@ -583,8 +583,9 @@ def _drift_line(before: dict | None, note: str | None, caveat: str = "") -> str:
 def copies_said(out: dict) -> str:
     """Of the files counted as audited already, those that hold another file's weights (a
     byte copy of a checkpoint: one request, so one audit, at the other file's step, and no
-    point at their own): ``; 1 of them holds another's weights: step_4000.pth (the weights
-    of step_3000.pth)``, or "" (``bfd.tasks.audits.pending_checkpoints``' ``copies``)."""
+    point at their own): ``; 1 of them holds another file's weights, audited at that file's
+    step, none at its own: step_4000.pth (the weights of step_3000.pth)``, or ""
+    (``bfd.tasks.audits.pending_checkpoints``' ``copies``)."""
     copies = out.get("copies") or []
     if not copies:
         return ""
