@@ -90,11 +90,14 @@ def _check_request_early(args: argparse.Namespace, config) -> None:
     images than ``--n-images``), the store's path and the workers.
     Its options, a weights file's first bytes among them, were checked when ``config`` was
     typed (``bfd.cli_audits.audit_config``, by the rules of ``bfd.requests``)."""
-    from bfd.images import check_source
+    from bfd.images import check_source, folder_note
     from bfd.requests import check_workers
 
     # a missing or empty image source is the user's mistake: refused before an audit records it
     held = check_source(config.images, config.n_images)
+    note = folder_note(config.images)  # links to folders, other formats: not images to bfd
+    if note:
+        print(f"bfd: note: {note}", file=sys.stderr)
     if config.n_images is not None and held is not None and held < config.n_images:
         # said before the work, not only after the results (bfd.cli_audits.print_image_notes)
         print(f"bfd: warning: --n-images {config.n_images}, but {config.images} holds {held} "

@@ -215,6 +215,30 @@ def list_images(source: str, n_images: int | None = None) -> list[ImageRecord]:
     return _hashed(record, len(entries))
 
 
+def folder_note(source: str) -> str | None:
+    """What a folder source's listing leaves out that may have been meant as images: links to
+    folders (not followed) and files of image formats whose suffixes bfd does not list
+    (``.avif``, ``.jfif``, ...), in one line; None for another source or a folder with none
+    (trial 24: such images were left out without a word)."""
+    from bfd.image_folders import left_out
+
+    path = Path(source).expanduser().absolute()
+    if source == SAMPLES or not path.is_dir():
+        return None
+    links, others = left_out(path, IMAGE_SUFFIXES)
+    if not links and not others:
+        return None
+
+    def few(names: tuple[str, ...]) -> str:
+        return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+    said = ([f"{len(links)} link(s) to folders, not followed ({few(links)})"] if links else []) \
+        + ([f"{len(others)} file(s) of image formats it does not list ({few(others)}; it lists "
+            f"{', '.join(sorted(IMAGE_SUFFIXES))})"] if others else [])
+    return (f"{source} holds {' and '.join(said)}: left out; a manifest of their paths lists "
+            "them")
+
+
 def check_source(source: str, n_images: int | None = None) -> int | None:
     """Raises what ``list_images`` raises for a bad ``source``, without hashing any image: a
     command checks its request before it records or computes anything.

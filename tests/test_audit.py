@@ -64,6 +64,7 @@ def test_a_dry_run_finds_a_computed_run_whose_request_was_spelled_otherwise(
     folder.mkdir()
     for i in range(4):
         Image.fromarray(sample_array("coffee", i + 1)).save(folder / f"{i}.png")
+    (folder / "5.avif").write_bytes(b"not listed")  # said before any work, not listed
     argv = ["audit", "--model", "test_vit", "--weights", "random", "--images", str(folder),
             "--img-size", "32", "--layers", "0", "--dtype", "float32", "--images-per-chunk",
             "4", "--store", str(tmp_path / "store"), "--no-dashboard", "--series", "s"]
@@ -71,7 +72,10 @@ def test_a_dry_run_finds_a_computed_run_whose_request_was_spelled_otherwise(
     (first,) = read_audits(Store(tmp_path / "store"), "s")
     capsys.readouterr()
     assert main([*argv, "--n-images", "4", "--dry-run"]) == 0
-    said = capsys.readouterr().out.splitlines()
+    out, err = capsys.readouterr()
+    assert f"bfd: note: {folder} holds 1 file(s) of image formats it does not list (5.avif;" \
+        in err, err
+    said = out.splitlines()
     assert said[2] == (f"run {first['run_id']}: computed already with these options: reused, "
                        "nothing computed"), said
     assert main([*argv, "--n-images", "4", "--format", "json"]) == 0

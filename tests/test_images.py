@@ -249,6 +249,27 @@ def test_manifest_source(odd_folder, tmp_path) -> None:
     assert I.check_source(str(manifest)) == 3
 
 
+def test_a_folder_says_what_its_listing_leaves_out(tmp_path) -> None:
+    """Links to folders (not followed) and files of image formats bfd does not list are left
+    out of a folder's images; said in one note (trial 24: without a word)."""
+    folder, elsewhere = tmp_path / "mine", tmp_path / "elsewhere"
+    for f in (folder, elsewhere):
+        f.mkdir()
+        for i in range(2):
+            Image.new("L", (4, 4), i).save(f / f"{i}.png")
+    assert I.folder_note(str(folder)) is None and I.folder_note("samples") is None
+    (folder / "more").symlink_to(elsewhere, target_is_directory=True)
+    (folder / "photo.avif").write_bytes(b"x")
+    (folder / "scan.JFIF").write_bytes(b"x")
+    (folder / ".hidden.avif").write_bytes(b"x")
+    assert [r.id for r in I.list_images(str(folder))] == ["0.png", "1.png"]
+    note = I.folder_note(str(folder))
+    assert note.startswith(f"{folder} holds 1 link(s) to folders, not followed (more) and 2 "
+                           "file(s) of image formats it does not list (photo.avif, scan.JFIF; "
+                           "it lists .bmp, "), note
+    assert note.endswith(": left out; a manifest of their paths lists them")
+
+
 def test_bad_sources_say_what_is_accepted(tmp_path, odd_folder) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist; expected a folder.*'samples'"):
         I.list_images(str(tmp_path / "nowhere"))
