@@ -158,6 +158,27 @@ def test_a_run_decomposed_again_with_other_options_shows_no_layers_or_head_chang
         ("K2", "K1", "k1", "k2", 0, 1, *kept)]
 
 
+def test_a_rebuild_removes_only_run_pages_whatever_its_manifest_lists(tmp_path):
+    """A page of the old manifest that is no page now is removed: a run page it names, never
+    another path (trial 25, F1: a crafted runs/../../precious.txt in the store's manifest,
+    which anyone who writes to the store can edit, deleted any file the rebuilder could)."""
+    from dashstore import write_synthetic_run
+
+    root, out = tmp_path / "store", tmp_path / "site"
+    write_synthetic_run(root, "r-1", depth=2)
+    build_dashboard(root, out)
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    (out / "runs" / "gone.html").write_text("a run no longer in the store")
+    manifest = json.loads((out / MANIFEST).read_text())
+    for rel in ("runs/../../precious.txt", f"runs/{precious}", "runs/gone.html", "index2.html"):
+        manifest["pages"][rel] = "x"
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    build = build_dashboard(root, out)
+    assert precious.read_text() == "keep me"
+    assert build.removed == ["runs/gone.html"] and not (out / "runs" / "gone.html").exists()
+
+
 def test_a_forced_rebuild_counts_every_page_written_or_unchanged(tmp_path, capsys):
     """--force rewrites every page; one rebuilt byte for byte the same is left as it was and
     counted unchanged (it was counted nowhere: "6 files written, 0 pages unchanged" of 13)."""

@@ -91,6 +91,10 @@ class DashboardBuild:
         return [rel for rel in self.written if not rel.startswith("assets/")]
 
 
+# A run's page as the manifest names it: runs/<a safe_file_stem>.html, one folder down
+_OLD_PAGE = re.compile(r"runs/[A-Za-z0-9][A-Za-z0-9_.-]{0,150}\.html")
+
+
 def page_name(run_id: str) -> str:
     """The file of a run's page inside ``runs/``: the run id where it is a safe file name."""
     return f"{D.safe_file_stem(run_id)}.html"
@@ -474,8 +478,11 @@ def build_dashboard(
     finally:
         if catalog is None:
             con.close()
+    # only a page this code names (runs/<safe stem>.html): the old manifest is a file in the
+    # store that anyone who writes there can edit, and runs/../../x removed any file
+    # (trial 25, F1)
     for rel in old.get("pages", {}):
-        if rel not in pages and rel.startswith("runs/"):
+        if rel not in pages and _OLD_PAGE.fullmatch(rel):
             (out / rel).unlink(missing_ok=True)
             build.removed.append(rel)
     # the head figures of runs no longer in the store (or damaged: Compare offers them not)
