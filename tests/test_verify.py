@@ -723,6 +723,26 @@ def test_drop_activations_keeps_results_and_an_audit_extracts_them_again(pristin
             if r["run_id"] == rid] == ["stored"], out
 
 
+def test_drop_activations_removes_a_link_not_what_it_points_to(damaged, tmp_path, capsys):
+    """An array of the run that is a link to a folder elsewhere (activations moved to another
+    disk, or shared): the drop removes the link and counts no bytes for it; the folder it
+    pointed to is untouched (trial 25, F2: its zarr.json was deleted through the link, and
+    its bytes reported freed)."""
+    root, rid = damaged
+    elsewhere = tmp_path / "elsewhere"
+    site = root / "bfd.zarr" / rid / "attn_in"
+    shutil.move(site, elsewhere)
+    site.symlink_to(elsewhere, target_is_directory=True)
+    kept = {p: p.read_bytes() for p in elsewhere.rglob("*") if p.is_file()}
+    resid = root / "bfd.zarr" / rid / "resid"
+    size = sum(p.stat().st_size for p in resid.rglob("*") if p.is_file())
+    code, out, err = cli(["drop-activations", rid, "--store", str(root)], capsys)
+    assert code == 0, err
+    assert out.startswith(f"run {rid}: activations dropped, {size / 1024:.1f} KiB freed"), out
+    assert not site.is_symlink() and not site.exists() and not resid.exists()
+    assert {p: p.read_bytes() for p in elsewhere.rglob("*") if p.is_file()} == kept
+
+
 def test_drop_activations_refuses_a_run_not_published_or_being_computed(damaged, tmp_path,
                                                                         capsys):
     from locks import held_by_another_thread

@@ -95,7 +95,8 @@ def drop_activations(store: Store, run_id: str) -> tuple[int, bool]:
         sites = list(group.attrs[TEMPLATE_ATTR]["sites"]) if group is not None \
             and TEMPLATE_ATTR in group.attrs else []
         arrays = [Path(store.zarr_path) / store.run_group(run_id) / site for site in sites]
-        freed = sum(_bytes(a) for a in arrays if a.is_dir())
+        # a link to an array elsewhere frees nothing here (remove_node removes the link)
+        freed = sum(_bytes(a) for a in arrays if a.is_dir() and not a.is_symlink())
         before = dropped(store, run_id) is not None
         # the note first: a drop cut short reads as dropped, not as activations damaged
         if not before:

@@ -77,8 +77,14 @@ def reading(zarr_dir: Path | None, zarr_path: str) -> GuardedStore | str:
 def remove_node(folder: Path) -> None:
     """Remove a local array or group folder whole, if it exists: first its metadata and its
     members' (so that a lazily opened Dataset reading it raises from then on, not once the
-    removal reaches it), then the rest."""
-    for meta in (folder / METADATA, *folder.glob(f"*/{METADATA}")):
+    removal reaches it), then the rest. A link (the folder, or a member) is removed as a link:
+    what it points to is outside the store and never touched (trial 25: the metadata of an
+    array a link pointed to, in another store, was deleted)."""
+    if folder.is_symlink():
+        folder.unlink(missing_ok=True)
+        return
+    members = [m for m in folder.glob(f"*/{METADATA}") if not m.parent.is_symlink()]
+    for meta in (folder / METADATA, *members):
         try:
             os.unlink(meta)
         except (FileNotFoundError, NotADirectoryError):
