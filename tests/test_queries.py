@@ -5,6 +5,7 @@ Every expected figure is computed here in numpy from the planted numbers, not by
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import math
@@ -1061,6 +1062,22 @@ def test_raw_connection_cannot_change_results_or_write_files(store, tmp_path, ca
             con.execute(sql)
     with pytest.raises(duckdb.Error, match="configuration has been locked"):
         con.execute("SET enable_external_access = true")
+    # nor read: DuckDB's temporary folder, ./.tmp of the working directory by default, stayed
+    # readable once file access was off (trial 25, F3)
+    secret = Path(".tmp").absolute() / f"bfd-test-{os.getpid()}.txt"
+    made = not secret.parent.exists()
+    secret.parent.mkdir(exist_ok=True)
+    secret.write_text("outside the store")
+    try:
+        for sql in (f"SELECT content FROM read_text('{secret}')",
+                    f"SELECT * FROM glob('{secret.parent}/*')"):
+            with pytest.raises(duckdb.Error, match="file system operations are disabled"):
+                con.execute(sql)
+    finally:
+        secret.unlink()
+        if made:
+            with contextlib.suppress(OSError):
+                secret.parent.rmdir()
     assert con.execute("SELECT count(*) FROM heads WHERE f_pp = 0").fetchall() == [(0,)]
     assert snapshot(root) == before
     assert not (tmp_path / "out.csv").exists() and not (tmp_path / "other.duckdb").exists()

@@ -285,7 +285,10 @@ def _open(stores: Mapping[str, Path]) -> tuple[duckdb.DuckDBPyConnection, Path |
             check_store(root)  # before a snapshot writes catalog/ into a folder of other files
             path, cached = stack.enter_context(snapshot(root, _schema()))
             paths[alias] = (path, cached)
-        con = duckdb.connect()
+        # no temporary folder: DuckDB's default, ./.tmp of the working directory, stays
+        # readable by SQL once file access is off (read_text('.tmp/...'): trial 25, F3); a
+        # query larger than memory then fails rather than spilling there
+        con = duckdb.connect(config={"temp_directory": ""})
         try:
             for alias, (path, cached) in paths.items():
                 try:
