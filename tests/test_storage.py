@@ -11,6 +11,7 @@ import fnmatch
 import json
 import multiprocessing
 import os
+import shutil
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -651,6 +652,28 @@ def test_the_method_of_a_publish_is_recorded_and_kept(store: st.Store) -> None:
     legacy.parent.mkdir(parents=True)
     pq.write_table(st.conform("heads", "m", "old-run", _head_rows(1)), legacy)
     assert st.published_method(store, "old-run") == UNRECORDED_METHOD
+
+
+def test_a_pointer_naming_a_file_outside_the_stores_tables_is_read_by_no_one(
+        store: st.Store, tmp_path: Path) -> None:
+    """A pointer edited to name a Parquet file outside the store's tables/ (../elsewhere, an
+    absolute path): the SQL catalog leaves the run out instead of reading that file, and the
+    pointer is refused as none bfd wrote (trial 25: the catalog read the other file's rows,
+    and verify called the run intact)."""
+    from bfd.queries import run_sql
+
+    st.write_table(store, "heads", "m", RUN, _head_rows(1))
+    pointer = st.read_pointer(store, RUN)
+    secret = tmp_path / "elsewhere" / "secret.parquet"
+    secret.parent.mkdir()
+    shutil.copyfile(store.root / pointer["tables"]["heads"], secret)
+    for rel in (os.path.relpath(secret, store.root), str(secret)):
+        edited = {**pointer, "tables": {**pointer["tables"], "heads": rel}}
+        edited.pop("sha256", None)
+        store.published_pointer(RUN).write_text(json.dumps(edited))
+        with pytest.raises(ValueError, match="outside the store's tables/heads/"):
+            st.read_pointer(store, RUN)
+        assert run_sql(store.root, "SELECT count(*) AS n FROM heads").column("n")[0].as_py() == 0
 
 
 def test_the_older_layouts_files_are_found_by_one_rule(store: st.Store) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, TypeAlias
 
-from bfd.storage.recorded import recorded_sha256, sha256_change
+from bfd.storage.recorded import in_tables, recorded_sha256, sha256_change
 
 # The tables published per run as one version (bfd.storage.RUN_TABLES). Any other table of
 # the catalog is read as every Parquet file below tables/<table>/.
@@ -158,7 +158,10 @@ def list_files(root: str, tables: tuple[str, ...], run_ids: Collection[str] | No
         if table in RUN_TABLES:
             for run_id, pointer in pointers.items():
                 rel = pointer["tables"].get(table)
-                if not isinstance(rel, str):
+                if rel is None:
+                    continue
+                if not in_tables(rel, table):  # outside the store's tables/: not read
+                    missing[run_id] = os.path.join(root, str(rel))
                     continue
                 path = os.path.join(root, rel)
                 try:

@@ -49,6 +49,7 @@ from .paths import (
     validate_run_id,
     write_json_atomic,
 )
+from .recorded import in_tables
 from .results import open_results_group, remove_group, results_groups, write_results_group
 from .tables import RUN_TABLES, TABLE_SCHEMAS, conform, table_path
 
@@ -80,6 +81,11 @@ def read_pointer(store: Store, run_id: str) -> dict[str, Any] | None:
     if not isinstance(pointer, dict) or not isinstance(pointer.get("tables"), dict) \
             or not isinstance(pointer.get("sha256", {}), dict):
         raise ValueError(f"run {run_id}: {path} is not a publication pointer")
+    outside = [t for t, rel in pointer["tables"].items() if not in_tables(rel, t)]
+    if outside:
+        raise ValueError(f"run {run_id}: {path} names a file of {outside[0]} outside the "
+                         f"store's tables/{outside[0]}/ ({pointer['tables'][outside[0]]!r}): "
+                         "not a publication pointer bfd wrote")
     return pointer
 
 

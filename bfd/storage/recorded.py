@@ -17,6 +17,18 @@ from typing import Any
 from bfd.files import sha256_file
 
 
+def in_tables(rel: object, table: str) -> bool:
+    """Whether a pointer's path of ``table``'s file (relative to the store) lies in the
+    store's ``tables/<table>/``, as every publish writes it: not absolute, no ``..``. Every
+    reader of a pointer follows it, so that an edited pointer reads no file outside the store
+    (trial 25: the catalog read a Parquet file named by ``../elsewhere``)."""
+    if not isinstance(rel, str) or "\\" in rel or "\x00" in rel:
+        return False
+    parts = rel.split("/")
+    return len(parts) > 2 and parts[:2] == ["tables", table] and not {"", ".", ".."} & set(
+        parts)
+
+
 def recorded_sha256(pointer: dict[str, Any], table: str) -> Any:
     """What ``pointer`` recorded as the sha256 of its file of ``table``; None when it recorded
     none (a pointer written before they were kept, or a table not in its record). Any other
