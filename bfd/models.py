@@ -252,7 +252,7 @@ def describe(name: str, img_size: int | None = None,
         model = _build(name, meta=True, pretrained=False, **_size_kwargs(img_size), **args)
     except UnsupportedModelError:
         raise
-    except (TypeError, AssertionError, ValueError) as err:
+    except (TypeError, AssertionError, ValueError, KeyError) as err:
         if not args and img_size is None:
             raise
         # non-ViT constructors (ResNet, ...) reject img_size (and a ViT's arguments): build
@@ -262,7 +262,7 @@ def describe(name: str, img_size: int | None = None,
         if args:
             try:  # the arguments alone: are they what timm refuses, or the size?
                 _build(name, meta=True, pretrained=False, **args)
-            except (TypeError, AssertionError, ValueError):
+            except (TypeError, AssertionError, ValueError, KeyError):
                 raise _refused_args(name, args, err) from None
         if img_size is None:
             raise
@@ -304,7 +304,7 @@ def _refused_size(name: str, img_size: int, args: dict[str, Any], err: BaseExcep
                 break
             try:
                 _build(name, meta=True, pretrained=False, img_size=size, **args)
-            except (TypeError, AssertionError, ValueError):
+            except (TypeError, AssertionError, ValueError, KeyError):
                 size += direction * step
                 continue
             near.append(size)

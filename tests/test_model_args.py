@@ -212,6 +212,9 @@ def test_two_runs_of_one_name_with_other_model_args_are_two_models():
     (["--model-arg", "img_size=64"],
      ["--model-arg: img_size is not passed as a model argument: give --img-size"]),
     (["--model-arg", "reg_tokens"], ["--model-arg must be KEY=VALUE"]),
+    # an unknown activation is a KeyError in timm: it was a traceback (trial 25, F9)
+    (["--model-arg", "act_layer=no_such_act"],
+     ["timm refuses --model-arg act_layer='no_such_act' for 'test_vit'"]),
 ])
 def test_model_args_timm_or_bfd_refuse_are_refused_in_one_line(tmp_path, capsys, args,
                                                                  needles):
