@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -351,6 +352,42 @@ def test_server_binds_loopback_only(tmp_path):
     try:
         assert server.server_address[0] == "127.0.0.1"
     finally:
+        server.server_close()
+
+
+def test_server_serves_the_dashboards_files_only(tmp_path):
+    """Its files, on the loopback names; no folder listing, no file a link inside reaches,
+    no page to a request naming another host (a web page rebinding its own name to
+    127.0.0.1), a NUL in the path not found rather than a traceback (trial 25, F8)."""
+    import http.client
+
+    site = tmp_path / "site"
+    (site / "runs").mkdir(parents=True)
+    (site / "index.html").write_text("the overview")
+    (tmp_path / "outside.txt").write_text("not the dashboard's")
+    (site / "runs" / "out").symlink_to(tmp_path, target_is_directory=True)
+    server = make_server(site, 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+
+    def get(path: str, host: str = "127.0.0.1") -> tuple[int, bytes]:
+        con = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        con.putrequest("GET", path, skip_host=True)
+        con.putheader("Host", f"{host}:{port}")
+        con.endheaders()
+        reply = con.getresponse()
+        body = reply.read()
+        con.close()
+        return reply.status, body
+
+    try:
+        assert get("/index.html") == (200, b"the overview")
+        assert get("/index.html", "localhost")[0] == 200
+        assert get("/index.html", "evil.example")[0] == 403
+        for path in ("/runs/", "/runs/out/outside.txt", "/runs/%00", "/../outside.txt"):
+            assert get(path)[0] == 404, path
+    finally:
+        server.shutdown()
         server.server_close()
 
 

@@ -518,8 +518,33 @@ def make_server(out_dir: str | os.PathLike[str], port: int = 8000) -> ThreadingH
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
+    """The built dashboard's files, and nothing else (trial 25, F8): no folder listing; a
+    request whose Host is not this machine's loopback name refused (a web page that rebinds
+    its own name to 127.0.0.1 cannot read the dashboard's paths); a path that resolves
+    outside the folder (a link) or does not read (a NUL) is not found."""
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
         pass
+
+    def list_directory(self, path: str | os.PathLike[str]) -> None:
+        self.send_error(404, "No folder listing")
+        return None
+
+    def send_head(self):  # noqa: ANN201 - the base's signature
+        host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]").lower()
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            self.send_error(403, "Served to this machine's loopback address only")
+            return None
+        try:
+            path = os.path.realpath(self.translate_path(self.path))
+        except ValueError:  # an embedded NUL
+            self.send_error(404, "File not found")
+            return None
+        root = os.path.realpath(self.directory)
+        if path != root and not path.startswith(root + os.sep):
+            self.send_error(404, "File not found")
+            return None
+        return super().send_head()
 
 
 def serve_dashboard(out_dir: str | os.PathLike[str], port: int = 8000) -> None:
