@@ -459,15 +459,12 @@ def print_plan(args: argparse.Namespace, config, store: str, series: str,
     model, layers out of range, weights that do not load or fit, images that do not list:
     refused the same way). Nothing is computed or recorded, no Prefect started; torch and
     timm are imported only for a run to compute (its size)."""
-    from bfd.storage import Store
-    from bfd.tasks.audits import compared_audit, time_step
+    from bfd.tasks.audits import time_step
 
     now = time_step(datetime.now(UTC))
     step = args.step if args.step is not None else now
     if reused is not None:
-        run = f"run {reused}: computed already with these options: reused, nothing computed"
-        drift = _drift_line(*compared_audit(Store(store), series, step, reused)[:2])
-        notes = []  # computed with these options: nothing replaced
+        run, drift, notes = _plan_to_reuse(store, series, step, reused)
     else:  # the model, its weights and the images, as the audit would plan them
         run, drift, notes = _plan_to_compute(args, config, store, series, step)
     say("dry run: nothing is computed or recorded")
@@ -479,6 +476,17 @@ def print_plan(args: argparse.Namespace, config, store: str, series: str,
         say(f"note: {note}")
     say(f"drift: {drift}")
     return 0
+
+
+def _plan_to_reuse(store: str, series: str, step: int, run_id: str
+                   ) -> tuple[str, str, list[str]]:
+    """``print_plan``'s run and drift lines for a run computed already with these options,
+    and its notes (none: nothing is replaced)."""
+    from bfd.storage import Store
+    from bfd.tasks.audits import compared_audit
+
+    return (f"run {run_id}: computed already with these options: reused, nothing computed",
+            _drift_line(*compared_audit(Store(store), series, step, run_id)[:2]), [])
 
 
 def _plan_to_compute(args: argparse.Namespace, config, store: str, series: str,
@@ -493,10 +501,12 @@ def _plan_to_compute(args: argparse.Namespace, config, store: str, series: str,
     import json
 
     from bfd import cli
+    from bfd.cli_reuse import _chosen_options
     from bfd.output import count, size_text
     from bfd.storage import Store, request_columns, with_stats_only
     from bfd.tasks.audits import (
         compared_audit,
+        computed_run,
         options_replaced,
         other_method,
         other_method_said,
@@ -518,14 +528,10 @@ def _plan_to_compute(args: argparse.Namespace, config, store: str, series: str,
     # request keys did not find (its request spelled otherwise: --n-images 20 on a folder of
     # 20 beside one audited without it): the audit's flow reuses it, and so says the dry run
     # (trial 24: "to decompose and publish")
-    from bfd.cli_reuse import _chosen_options
-    from bfd.tasks.audits import computed_run
-
     intact = not args.store_activations or (
         not planned.damaged and all(s.index in planned.done for s in planned.shards))
     if intact and computed_run(Store(store), rid, _chosen_options(args, config)) is not None:
-        return (f"run {rid}: computed already with these options: reused, nothing computed",
-                _drift_line(*compared_audit(Store(store), series, step, rid)[:2]), [])
+        return _plan_to_reuse(store, series, step, rid)
     n_images = len(planned.records)
     shape = (f"{count(n_images, 'image')} x {count(len(planned.layers), 'layer')} x "
              f"{count(len(cfg.sites), 'site')}, {info.num_tokens} tokens of width {info.width}")

@@ -664,13 +664,14 @@ def pending_checkpoints(store: Store, pattern: str, series: str, config: Mapping
         inputs = (key_inputs({**config, "weights": str(path)}, sha, records)
                   if records is not None else None)
         identity = request_identity(inputs) if inputs else None
+        spelled = input_path(str(path))  # as a run's request names its weights
         if identity is not None and identity in seen:
             same = seen[identity]
-            if copies is not None and same and Path(same) != Path(input_path(str(path))):
+            if copies is not None and same and Path(same) != Path(spelled):
                 copies.append(f"{Path(path).name} (the weights of {Path(same).name})")
             continue
         if identity is not None:
-            seen[identity] = input_path(str(path))
+            seen[identity] = spelled
         step = step_from_name(path)
         todo.append({"path": str(path), "sha256": sha,
                      "step": step if step is not None else int(os.stat(path).st_mtime),
