@@ -432,13 +432,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print_image_notes(store, out["run_id"], None if args.demo else args.n_images)
         return drift_exit(flagged_count(out), args.fail_on_drift, [out],
                           args.fail_if_not_compared)
+    from bfd.output import shown
     from bfd.storage import model_label
 
     profile = run_query(store, "layer_profile", {"run_id": out["run_id"]})
     cols = [c for c in ("layer", "frac_pos", "frac_pos_resid", "f_pp", "f_pc", "f_cp", "f_cc",
                         "n_heads_pp", "n_heads_cp", "n_heads_cc") if c in profile.column_names]
     print(f"\nBFD audit of {model_label(model, config.model_args)} (weights: "
-          f"{config.weights}), run {out['run_id']}")
+          f"{shown(config.weights)}), run {out['run_id']}")
     print(positions_line(store, out["run_id"]))
     cli._print_table(profile.select(cols), "table")
     print()

@@ -410,6 +410,19 @@ def test_json_and_csv_fit_pipes(table_store, tmp_path):
     assert not list(folder.iterdir()) and not list(tmp_path.glob(".results*"))
 
 
+def test_the_table_format_shows_control_characters_as_escapes(table_store):
+    """A name holding a terminal's escapes (a weights file's name, an image's) is printed as
+    text: the terminal acted on them (trial 25, F6: cleared the screen, retitled the window)."""
+    sql = ("SELECT 'w' || chr(27) || ']0;T' || chr(7) || chr(27) || '[2J' || chr(8238) || 'x'"
+           " || chr(10) || 'é' AS weights, 1.5 AS v")
+    proc = _bfd("sql", sql, "--store", str(table_store))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[1] == "w\\x1b]0;T\\x07\\x1b[2J\\u202ex\\né  1.5"
+    # the data formats keep the values themselves
+    proc = _bfd("sql", sql, "--format", "json", "--store", str(table_store))
+    assert json.loads(proc.stdout)[0]["weights"] == "w\x1b]0;T\x07\x1b[2J\u202ex\né"
+
+
 @pytest.mark.parametrize("fmt", ["table", "json"])
 def test_a_closed_pipe_ends_quietly(table_store, fmt):
     proc = subprocess.Popen(

@@ -74,6 +74,11 @@ REFUSED = {
     "series-empty": (["audit", *BASE, "--series", ""], ["--series must not be empty"]),
     "checkpoints-series-empty": (["audit-checkpoints", "{tmp}/ckpts", "--model", "test_vit",
                                   "--series", ""], ["--series must not be empty"]),
+    # trial 25 (F6): a terminal acted on the escapes wherever the series was printed
+    "series-escape": (["audit", *BASE, "--series", "a\x1b]0;T\x07\x1b[2Jb"],
+                      ["a series must not hold control characters", "'a\\x1b]0;T\\x07\\x1b[2Jb'"]),
+    "series-newline": (["audit", *BASE, "--series", "two\nlines"],
+                       ["a series must not hold control characters"]),
     "series-too-long": (["audit", *BASE, "--series", "s" * 300],
                         ["is too long: its folder name would be 300 bytes"]),
     "step-past-int64": (["audit", *BASE, "--step", str(2**63)],

@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from bfd.core.method import RESULTS_METHOD
 from bfd.files import WEIGHT_SUFFIXES, check_checkpoint, input_path, sha256_file
-from bfd.output import count
+from bfd.output import count, shown
 from bfd.requests import model_args_text
 from bfd.storage import (
     SEEN_FIGURES,
@@ -233,13 +233,19 @@ def check_place(series: str, step: int | None = None) -> None:
     said so only when the audit's row was written, after the run was computed).
 
     Raises:
-        ValueError: The series is empty, ``.`` or ``..``, or its folder name (``series_folder``)
-            is longer than a file name may be; the step does not fit the table's int64.
+        ValueError: The series is empty, ``.`` or ``..``, holds a control character (a
+            terminal would act on it wherever the series is printed), or its folder name
+            (``series_folder``) is longer than a file name may be; the step does not fit the
+            table's int64.
     """
     try:
         folder = series_folder(series)
     except ValueError:
         raise ValueError(f"--series must not be empty, '.' or '..'; got {series!r}") from None
+    if shown(series) != series:
+        raise ValueError(f"a series must not hold control characters (a newline, a tab, a "
+                         f"terminal's escape); got '{shown(series)}': give --series another "
+                         "name")
     if len(folder.encode()) > _NAME_MAX:
         raise ValueError(f"--series {series[:60]!r}... is too long: its folder name would be "
                          f"{len(folder.encode())} bytes, over the {_NAME_MAX} a file name may "
