@@ -190,6 +190,31 @@ def test_overview_offline_every_run_and_selection(site, browser, tmp_path):
     assert plot.get_attribute("role") == "img" and "frac_pos" in plot.get_attribute("aria-label")
 
 
+def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_quoted(tmp_path, browser):
+    """A name beginning with = + - @ is a formula to a spreadsheet that opens the CSV
+    (trial 25, F5): such a text cell gets a leading ', a negative number stays a number."""
+    formula = '=HYPERLINK("http://evil.example","x")'
+    root = tmp_path / "store"
+    write_synthetic_run(root, "f-1", model=formula, weights="@SUM(1+1)", seed=0, depth=2,
+                        n_heads=2, created_at=dt.datetime(2025, 1, 1, tzinfo=dt.UTC))
+    site = tmp_path / "site"
+    build_dashboard(root, site)
+    open_page(browser, (site / "index.html").as_uri())
+    browser.execute_script(
+        "const make = URL.createObjectURL; window.__blobs = [];"
+        "URL.createObjectURL = (b) => { window.__blobs.push(b); return make(b); };")
+    browser.find_element("xpath", "//button[starts-with(., 'Download runs as CSV')]").click()
+    text = browser.execute_async_script(
+        "const done = arguments[0]; window.__blobs[0].text().then(done);")
+    import csv
+
+    header, row = list(csv.reader(io.StringIO(text)))
+    cells = dict(zip(header, row, strict=True))
+    assert cells["model"] == "'" + formula and cells["weights"] == "'@SUM(1+1)"
+    assert cells["run_id"] == "f-1"
+    assert not any(c.startswith(("=", "+", "@")) for c in row)
+
+
 def downloaded_names(driver) -> list[str]:
     """The file name of each "Download ... as CSV" button of the page, clicked in turn (the
     anchor's click caught: nothing is saved)."""

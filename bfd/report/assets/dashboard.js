@@ -94,9 +94,13 @@
     const s = stepText(r);
     return r.series + " · " + (s === null ? r.run_id : "step " + s);
   }
+  // A download is opened in a spreadsheet: a text cell beginning with = + - @ (or a tab or
+  // carriage return) would be read as a formula there, so it gets a leading ' (OWASP's
+  // advice); numbers are written as they are.
   function csvText(rows, keys) {
     const cell = (v) => {
-      const s = v === null || v === undefined ? "" : String(v);
+      let s = v === null || v === undefined ? "" : String(v);
+      if (typeof v === "string" && /^[=+\-@\t\r]/.test(s)) s = "'" + s;
       return /[",\n\r]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s;
     };
     return [keys.map(cell).join(",")].concat(rows.map((r) => keys.map((k) => cell(r[k])).join(",")))
