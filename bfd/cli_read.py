@@ -306,9 +306,11 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be 0-65535; got {args.port}")
     store = _store(args)
-    out = args.out or os.path.join(store, "dashboard")
+    own = os.path.join(store, "dashboard")
+    out = args.out or own
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"--out {out!r} is a file; expected a folder for the dashboard")
+    _check_dashboard_folder(out, store, own)
     if not os.path.exists(out):
         # the folder it is made in must take it, said naming --out (/proc answers "No such
         # file or directory" to a new folder, which read as a typo, exit 2)
@@ -330,6 +332,28 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         except OSError as err:
             raise RuntimeError(f"cannot serve on 127.0.0.1:{args.port}: {err.strerror}") from err
     return damage.code
+
+
+def _check_dashboard_folder(out: str, store: str, own: str) -> None:
+    """Refuses an ``--out`` whose files a build would overwrite or remove though they are not
+    a dashboard's (trial 25, F7): a folder of the store's other than its own ``dashboard``
+    (the pages went among the run folders), and a folder holding files that no ``bfd
+    dashboard`` made (no ``.bfd-dashboard.json``: its ``index.html`` was overwritten)."""
+    from bfd.report.dashboard import MANIFEST
+
+    real, root = os.path.realpath(out), os.path.realpath(store)
+    if real == os.path.realpath(own):
+        return
+    if os.path.commonpath([real, root]) == root:
+        raise ValueError(f"--out {out!r} is inside the store; a store's dashboard goes in "
+                         f"{own} (leave out --out) or in a folder outside the store")
+    if not os.path.isdir(out) or os.path.exists(os.path.join(out, MANIFEST)):
+        return
+    with os.scandir(out) as entries:
+        foreign = any(entries)
+    if foreign:
+        raise ValueError(f"--out {out!r} holds files that bfd dashboard did not write (it has "
+                         f"no {MANIFEST}); give a new or empty folder")
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

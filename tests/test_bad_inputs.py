@@ -251,6 +251,13 @@ REQUEST = {
                                        ("key=value",)),
     "dashboard-out-is-a-file": Probe(["dashboard", "--out", "{file}", *S], ("a-file",
                                                                           "is a file")),
+    # trial 25 (F7): the pages went among the run folders; a folder's own index.html and
+    # assets were overwritten and its runs/*.heads.js removed
+    "dashboard-out-inside-store": Probe(["dashboard", "--out", "{store}/runs", *S],
+                                        ("is inside the store", "leave out --out")),
+    "dashboard-out-foreign-folder": Probe(["dashboard", "--out", "{tmp}", *S],
+                                          ("holds files that bfd dashboard did not write",
+                                           ".bfd-dashboard.json")),
     "verify-unknown-run": Probe(["verify", "toy-0123456789abcdef", *S], ("not in store",)),
     "runs-store-is-a-file": Probe(["runs", "--store", "{file}"], ("is a file",)),
 }
