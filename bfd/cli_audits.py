@@ -65,6 +65,11 @@ def add_audit_options(p: argparse.ArgumentParser, series_help: str = AUDIT_SERIE
                    "the previous one), the first audit of a series included (it is kept: later "
                    "audits compare with it), with one line on stderr saying why; give "
                    "--fail-on-drift too to fail on flagged drift")
+    p.add_argument("--keep-activations", type=int, metavar="K",
+                   help="after the audit, keep the activations of the series' K latest runs "
+                   "(in series order, and the run just audited) and drop the older runs' "
+                   "(their results, tables and audits are kept; an audit of an older run's "
+                   "request extracts them again): a recurring audit's disk stays bounded")
     p.add_argument("--no-dashboard", action="store_true",
                    help="do not rebuild <store>/dashboard after the audit")
     p.add_argument("--format", choices=AUDIT_FORMATS, default="text",
@@ -79,9 +84,10 @@ AUDIT_FORMATS = ("text", "json")
 # audit recorded without Prefect: bfd.cli_reuse.record_reused_audit)
 AUDIT_KEYS = ("audit_id", "series", "run_id", "step", "prev_audit_id", "prev_step",
               "n_flagged", "drift_note", "drift_compared", "skipped", "reused", "repaired",
-              "how", "store", "results", "dashboard")
+              "how", "store", "results", "dashboard", "retention")
 # and of audit-checkpoints (the flow audit-checkpoints, or bfd.cli_reuse.nothing_to_audit)
-CHECKPOINTS_KEYS = ("series", "n_files", "store", "compared", "audits", "bad", "dashboard")
+CHECKPOINTS_KEYS = ("series", "n_files", "store", "compared", "audits", "bad", "dashboard",
+                    "retention")
 
 
 def audit_record(out: dict) -> dict:
@@ -385,6 +391,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     check_place(series, args.step)
     check_series(Store(store), series)
     thresholds = drift_thresholds(args.drift_threshold)
+    if args.keep_activations is not None and args.keep_activations < 1:
+        raise ValueError(f"--keep-activations must be at least 1 (the latest run's "
+                         f"activations are kept); got {args.keep_activations}")
     missing = not os.path.exists(store)
     if args.dry_run:
         code = print_plan(args, config, store, series,
@@ -423,6 +432,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
                                  step=args.step, drift=thresholds, trigger="cli",
                                  dashboard=not args.no_dashboard,
                                  store_activations=args.store_activations,
+                                 keep_activations=args.keep_activations,
                                  decompose_options=DecomposeParams(**decompose))
     cli.say_new_store(store, missing)
     if args.format == "json":  # the record alone on stdout; the warnings on stderr
@@ -447,6 +457,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     print(f"\nresults: {out['results']}\ntables:  {store}/tables  "
           f"(try: bfd query model_summary --store {store})")
     print_dashboard(out.get("dashboard"), store)
+    for line in out.get("retention") or []:
+        print(line)
     print_statistics(store, out["run_id"], profile, args.demo)
     print_model_check_warning(store, out["run_id"])
     print_image_notes(store, out["run_id"], None if args.demo else args.n_images)
@@ -826,6 +838,9 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
     config = audit_config(cli._extract_config(args))
     decompose = cli.decompose_options(args)
     thresholds = drift_thresholds(args.drift_threshold)
+    if args.keep_activations is not None and args.keep_activations < 1:
+        raise ValueError(f"--keep-activations must be at least 1 (the latest run's "
+                         f"activations are kept); got {args.keep_activations}")
     # the request checked as bfd audit checks it, before any audit of it is recorded: each
     # checkpoint's first bytes (an unreadable one is left out and named before the first
     # audit; all of them unreadable is refused), then the other options ('random' stands for
@@ -871,6 +886,7 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
                                      workers=args.workers, dask_address=args.dask_address,
                                      gpu_resources=args.gpu_resources,
                                      dashboard=not args.no_dashboard,
+                                     keep_activations=args.keep_activations,
                                      decompose_options=DecomposeParams(**decompose))
         except CheckpointsLeftOut as err:  # the flow run is Failed; its left-out files end here
             out = err.out
@@ -905,6 +921,8 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
     print(f"\n{len(out['audits'])} checkpoint(s) audited in series {out['series']}; "
           f"{n_seen} already audited with the same request{copies_said(out)}; store {store}")
     print_dashboard(out.get("dashboard"), store)
+    for line in out.get("retention") or []:
+        print(line)
     code = drift_exit(n_flagged, args.fail_on_drift, out["audits"], args.fail_if_not_compared)
     # exit 2 for the files left out, each named once: when known (any not yet: here)
     return lines.left_out(out["bad"]) if out["bad"] else code

@@ -532,7 +532,18 @@ def cmd_drop_activations(args: argparse.Namespace) -> int:
     from bfd.output import size_text
     from bfd.storage import Store, drop_activations
 
+    if args.keep is None:
+        if not args.run_ids:
+            raise ValueError("name the runs (RUN_ID ...) or give --keep K (keep each series' "
+                             "K latest runs' activations)")
+        if args.series is not None or args.dry_run:
+            raise ValueError(f"{'--series' if args.series is not None else '--dry-run'} goes "
+                             "with --keep K, not with RUN_IDs")
+    elif args.run_ids:
+        raise ValueError("give RUN_IDs or --keep K, not both")
     store = Store(_store(args))
+    if args.keep is not None:
+        return _drop_past_keep(store, args.series, args.keep, args.dry_run)
     freed = 0
     for run_id in args.run_ids:
         n, before = drop_activations(store, run_id)
@@ -542,6 +553,28 @@ def cmd_drop_activations(args: argparse.Namespace) -> int:
     if len(args.run_ids) > 1:
         print(f"{size_text(freed)} freed in all")
     return 0
+
+
+def _drop_past_keep(store, series: str | None, keep: int, dry_run: bool) -> int:
+    """``bfd drop-activations --keep K``: each series' runs past its K latest (or ``series``'s),
+    a line each, then a line per series; exit 1 when a run could not be dropped now."""
+    from bfd.storage import read_audits
+    from bfd.tasks.retention import drop_past_keep, retention_said
+
+    every = sorted({row["series"] for row in read_audits(store)})
+    if series is not None and series not in every:
+        raise ValueError(f"the store has no audits of series {series!r}"
+                         + (f"; its series: {', '.join(every[:5])}" if every else ""))
+    code = 0
+    for name in [series] if series is not None else every:
+        dropped = drop_past_keep(store, name, keep, dry_run)
+        for d in dropped:
+            print(f"run {d.run_id}: activations would be dropped" if dry_run else d.line())
+        print(retention_said(name, keep, dropped, dry_run))
+        code = max(code, int(any(d.kept is not None for d in dropped)))
+    if not every:
+        print("the store holds no audits: nothing to keep or drop")
+    return code
 
 
 def add_reading_parsers(sub) -> None:
@@ -554,8 +587,14 @@ def add_reading_parsers(sub) -> None:
     s = sub.add_parser("drop-activations", help="free the disk of published runs' "
                        "activations, keeping their results, tables and audits (an extraction "
                        "or audit of a run's request stores them again)")
-    s.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="a published run (bfd runs "
+    s.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="a published run (bfd runs "
                    "lists them)")
+    s.add_argument("--keep", type=int, metavar="K", help="instead of RUN_IDs: in each series "
+                   "(or --series), keep the activations of the runs of its K latest audits "
+                   "and drop the others' (a run another series keeps is kept)")
+    s.add_argument("--series", help="with --keep: this series only")
+    s.add_argument("--dry-run", action="store_true", help="with --keep: name the runs whose "
+                   "activations would be dropped, dropping nothing")
     _add_store(s)
     s.set_defaults(fn=cmd_drop_activations)
 

@@ -236,6 +236,7 @@ def record_reused_audit(args: argparse.Namespace, config, store: str, thresholds
         say_waiting,
         time_step,
     )
+    from bfd.tasks.retention import keep_latest
 
     print(f"bfd: run {run_id} is already computed: the audit is recorded without a Prefect "
           "flow run (no Prefect API configured; -v runs the flow)", file=sys.stderr)
@@ -254,8 +255,9 @@ def record_reused_audit(args: argparse.Namespace, config, store: str, thresholds
             raise RunChanged(f"run {run_id} was decomposed again, with other options or "
                              "damaged, while this audit waited for it: the audit computes it")
         drift_since_previous(s, row, run_id, thresholds.model_dump(), run_seen(store, run_id))
+    retention = keep_latest(s, series, args.keep_activations, run_id, lambda line: None)
     index = None if args.no_dashboard else refresh_outputs(store, logging.getLogger("bfd.audit"))
     return {**{k: row[k] for k in ("audit_id", "series", "run_id", "step", "prev_audit_id",
                                    "n_flagged", "drift_note", "prev_step", "skipped")},
             "reused": True, "repaired": [], "how": run_reuse(), "store": store,
-            "results": results_path(s, run_id), "dashboard": index}
+            "results": results_path(s, run_id), "dashboard": index, "retention": retention}

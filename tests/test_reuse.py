@@ -647,8 +647,9 @@ def test_the_checks_without_prefect_import_no_xarray_or_zarr(tmp_path):
 # the keys of `bfd audit --format json` (README, "Errors and exit codes"): a wrapper reads them
 AUDIT_KEYS = ("audit_id", "series", "run_id", "step", "prev_audit_id", "prev_step", "n_flagged",
               "drift_note", "drift_compared", "skipped", "reused", "repaired", "how", "store",
-              "results", "dashboard", "flagged")
-CHECKPOINTS_KEYS = ("series", "n_files", "store", "compared", "audits", "bad", "dashboard")
+              "results", "dashboard", "retention", "flagged")
+CHECKPOINTS_KEYS = ("series", "n_files", "store", "compared", "audits", "bad", "dashboard",
+                    "retention")
 
 
 @pytest.mark.slow
@@ -883,3 +884,74 @@ def test_audit_checkpoints_audits_again_a_checkpoint_an_older_bfd_computed(
     assert method_of(store, rid) == (RESULTS_METHOD, RESULTS_METHOD)
     code, out, err = run_cli(argv, capsys)
     assert code == 0 and "nothing to do" in out + err, out + err
+
+
+@pytest.mark.slow
+def test_keep_activations_bounds_a_series_disk_and_keeps_every_result(
+        tmp_path, prefect_harness, capsys):
+    """`bfd audit --keep-activations K` (and `bfd drop-activations --keep K`): after each audit
+    only the runs of the series' K latest audits (step order) and the run just audited keep
+    their activations; the older runs keep their results, tables, audits and drift, and an
+    audit of an older run's request extracts its activations again, bit for bit."""
+    from bfd.storage import dropped
+
+    paths = make_checkpoints(tmp_path / "made")
+    images, store = image_folder(tmp_path / "images"), tmp_path / "store"
+    zarr = store / "bfd.zarr"
+
+    def activations(run_id: str) -> dict[str, bytes]:
+        folder = zarr / run_id / "attn_in"
+        return {str(f.relative_to(folder)): f.read_bytes() for f in folder.rglob("*")
+                if f.is_file()}
+
+    runs, first = [], None
+    for path, step in zip(paths, (100, 200, 300), strict=True):
+        code, out, err = run_cli([*options(images, path, store, step), "--no-dashboard",
+                                  "--keep-activations", "2"], capsys)
+        assert code == 0, err
+        runs.append(read_audits(Store(store), "s")[-1]["run_id"])
+        first = first or activations(runs[0])
+    assert len(set(runs)) == 3 and first
+    # the third audit dropped the first run's activations, and said so
+    assert f"run {runs[0]}: activations dropped, " in out
+    assert "series s keeps the activations of its 2 latest runs; 1 run dropped, " in out
+    assert [dropped(Store(store), r) is not None for r in runs] == [True, False, False]
+    assert not (zarr / runs[0] / "attn_in").exists() and (zarr / runs[1] / "attn_in").exists()
+    # its results, tables and audits are all there: the query of its layers answers
+    assert run_query(str(store), "layer_profile", {"run_id": runs[0]}).num_rows == 1
+    assert [a["run_id"] for a in read_audits(Store(store), "s")] == runs
+    code, out, err = run_cli(["verify", runs[0], "--store", str(store)], capsys)
+    assert code == 0 and "intact (activations dropped by bfd drop-activations" in out, out
+
+    # by hand: the dry run names the run past the latest one and drops nothing
+    code, out, err = run_cli(["drop-activations", "--keep", "1", "--series", "s", "--dry-run",
+                              "--store", str(store)], capsys)
+    assert (code, out) == (0, f"run {runs[1]}: activations would be dropped\nseries s keeps "
+                           "the activations of its 1 latest run; would drop those of 1 run\n")
+    assert dropped(Store(store), runs[1]) is None
+    code, out, err = run_cli(["drop-activations", "--keep", "1", "--store", str(store)], capsys)
+    assert code == 0 and out.startswith(f"run {runs[1]}: activations dropped, "), out
+    assert [dropped(Store(store), r) is not None for r in runs] == [True, True, False]
+
+    # an audit at step 50 of the first checkpoint again: its run, just audited, keeps its
+    # activations, extracted again bit for bit, though step 300's run is the latest in step
+    # order (kept too: K = 1)
+    code, out, err = run_cli([*options(images, paths[0], store, 50), "--no-dashboard",
+                              "--keep-activations", "1"], capsys)
+    assert code == 0, err
+    assert read_audits(Store(store), "s")[0]["run_id"] == runs[0]  # step 50: first in order
+    assert [dropped(Store(store), r) is not None for r in runs] == [False, True, False]
+    assert activations(runs[0]) == first
+
+    # refused in one line before any work
+    for argv, said in (([*options(images, paths[0], store, 60), "--keep-activations", "0"],
+                        "--keep-activations must be at least 1"),
+                       (["drop-activations", runs[2], "--keep", "1", "--store", str(store)],
+                        "give RUN_IDs or --keep K, not both"),
+                       (["drop-activations", "--store", str(store)],
+                        "name the runs (RUN_ID ...) or give --keep K"),
+                       (["drop-activations", "--keep", "1", "--series", "nope", "--store",
+                         str(store)], "the store has no audits of series 'nope'")):
+        code, out, err = run_cli(argv, capsys)
+        assert code == 2 and err.count("\n") == 1 and said in err, (argv, err)
+    assert len(read_audits(Store(store), "s")) == 4

@@ -18,6 +18,7 @@ from bfd.flows.params import (
     AuditConfig,
     DecomposeParams,
     DriftThresholds,
+    KeepActivations,
     Workers,
     decompose_kwargs,
     require_model,
@@ -55,6 +56,7 @@ from bfd.tasks.decompose import DecomposeOptions
 from bfd.tasks.drift import layer_summary
 from bfd.tasks.drift_gate import DriftGateFailed, drift_verdict
 from bfd.tasks.extract import ExtractConfig, check_space, refuse_before_work
+from bfd.tasks.retention import keep_latest
 
 
 def _run_name() -> str:
@@ -94,6 +96,7 @@ def audit(
     store_activations: bool = True,
     fail_on_drift: bool = False,
     fail_if_not_compared: bool = False,
+    keep_activations: KeepActivations = None,
 ) -> dict[str, Any] | State:
     """One audit of one model: its activations (reused where already stored), its BFD (reused
     when the run is already computed), drift against the previous audit of its series, and
@@ -124,13 +127,17 @@ def audit(
         fail_if_not_compared: the run ends ``Failed`` when the audit compared nothing with an
             earlier audit of its series (the first of it, or none comparable), as
             ``--fail-if-not-compared``.
+        keep_activations: after the audit, drop the activations of the series' runs other
+            than its K latest (``bfd audit --keep-activations``, ``bfd.tasks.retention``);
+            their results, tables and audits are kept.
 
     Returns:
         The audit id, run id, series, step, drift flag count and the paths written;
         ``reused``: nothing was computed (neither activations nor results), ``repaired``:
         the shards of the run's activations found damaged and extracted again, ``how``: what
         was computed, in words (``bfd.tasks.audits.run_reuse``), ``dashboard``: the
-        dashboard's ``index.html`` when rebuilt (else None).
+        dashboard's ``index.html`` when rebuilt (else None), ``retention``: the lines of
+        ``keep_activations``'s drops (None without it).
 
     Raises:
         ValueError: A request refused before any work (``refuse_before_work``: a bad option,
@@ -253,11 +260,12 @@ def audit(
                   "model_check": check}
         publish_artifacts(report, run, profile, rows, root)
     emit_audit_events(row, rows, root)
+    retention = keep_latest(Store(root), series, keep_activations, run_id, logger.info)
     index = refresh_outputs(root, dashboard)
     out = {**{k: row[k] for k in ("audit_id", "series", "run_id", "step", "prev_audit_id",
                                   "n_flagged", "drift_note", "prev_step", "skipped")},
            "reused": reused, "repaired": repaired, "how": how, "store": root,
-           "dashboard": index, **written}
+           "dashboard": index, "retention": retention, **written}
     return gate_end(out, row["n_flagged"], [out], fail_on_drift, fail_if_not_compared)
 
 

@@ -24,6 +24,7 @@ from bfd.flows.params import (
     AuditConfig,
     DecomposeParams,
     DriftThresholds,
+    KeepActivations,
     Workers,
     decompose_kwargs,
     require_model,
@@ -42,6 +43,7 @@ from bfd.tasks.audits import (
 from bfd.tasks.drift_gate import drift_verdict
 from bfd.tasks.extract import ExtractConfig, check_before_work
 from bfd.tasks.options import DecomposeOptions
+from bfd.tasks.retention import keep_latest
 
 
 class CheckpointsLeftOut(ValueError):
@@ -77,6 +79,7 @@ def audit_checkpoints(
     dashboard: bool = True,
     fail_on_drift: bool = False,
     fail_if_not_compared: bool = False,
+    keep_activations: KeepActivations = None,
 ) -> dict[str, Any] | State:
     """Audit the checkpoints of a folder or glob that the series has not audited yet.
 
@@ -96,6 +99,9 @@ def audit_checkpoints(
             (``bfd audit-checkpoints --fail-on-drift``), after every audit is recorded.
         fail_if_not_compared: the run ends ``Failed`` when a new audit compared nothing with
             an earlier audit of the series, as ``--fail-if-not-compared``.
+        keep_activations: once new audits are recorded, drop the activations of the series'
+            runs other than its K latest (in step order) and the last audited
+            (``bfd.tasks.retention``); results, tables and audits are kept.
 
     Returns:
         The series, the number of checkpoint files found, one summary per new audit
@@ -168,6 +174,9 @@ def audit_checkpoints(
         if wrote:  # a file left out or cleared: the dashboard says it (after the lock)
             refresh_outputs(root, dashboard)
         return _ended({**summary, "audits": []})
+    last = next((d["run_id"] for d in reversed(done) if d.get("run_id")), None)
+    retention = (keep_latest(Store(root), series, keep_activations, last, logger.info)
+                 if done else None)
     index = refresh_outputs(root, dashboard) if done else None
     lines = [f"# Checkpoints of series `{series}`", "",
              f"{len(done)} new audit(s) of {n_files} file(s) in `{checkpoints}`; store `{root}`.",
@@ -177,7 +186,7 @@ def audit_checkpoints(
     create_markdown_artifact("\n".join(lines) + "\n" + _left_out(bad),
                              key=artifact_key("checkpoints", series),
                              description=f"audit-checkpoints of series {series}")
-    out = {**summary, "audits": done, "dashboard": index}
+    out = {**summary, "audits": done, "dashboard": index, "retention": retention}
     n_flagged = sum(d["n_flagged"] or 0 for d in done)
     if out["bad"]:  # Failed, naming the files left out, and the drift gate's failure if any
         gate = drift_verdict(n_flagged, fail_on_drift, done, fail_if_not_compared).message()

@@ -170,6 +170,11 @@ _AT_MOST_ONE = {"maximum": MAX_THRESHOLD}
 # submission); the run's own check (``bfd.flows.runners``) says it in the command's words.
 Workers = Annotated[int, Field(description="local extraction workers (1 at least)",
                                json_schema_extra={"minimum": 1})]
+# How many of a series' latest runs keep their activations after an audit (None: all):
+# one at least, its next audit may reuse them (``bfd.tasks.retention``).
+KeepActivations = Annotated[int | None, Field(
+    description="after the audit, keep the activations of the series' K latest runs only "
+    "(their results, tables and audits are all kept); none: keep every run's", ge=1)]
 
 
 def _never_flags(values: dict[str, float]) -> str | None:

@@ -107,3 +107,43 @@ def drop_activations(store: Store, run_id: str) -> tuple[int, bool]:
         for array in arrays:  # its metadata first: a Dataset reading it raises from then on
             remove_node(array)
     return freed, before
+
+
+def runs_past_keep(store: Store, series: str, keep: int,
+                   also_keep: str | None = None) -> list[str]:
+    """The runs of ``series`` whose activations a retention of ``keep`` drops, oldest first:
+    those its complete audits name, less the ``keep`` latest of them (the runs of its latest
+    audits in series order, each run counted once: a rollback's audit of an earlier run keeps
+    that run), less any run that another series' ``keep`` latest hold, and less
+    ``also_keep`` (the run just audited, which an audit of an earlier step puts before the
+    latest). Runs whose activations are gone already, or were never kept (stats-only), are
+    left out.
+
+    Raises:
+        ValueError: ``keep`` is below 1 (the latest run's activations are always kept: its
+            next audit may reuse them).
+    """
+    from .audits import read_audits
+    from .runs import is_stats_only, read_request
+
+    if keep < 1:
+        raise ValueError(f"the latest run's activations are always kept: keep at least 1 "
+                         f"run's; got {keep}")
+    latest: dict[str, list[str]] = {}  # per series, its runs by their latest audit, newest first
+    for row in reversed(read_audits(store)):
+        runs = latest.setdefault(row["series"], [])
+        if row["status"] == "complete" and row["run_id"] and row["run_id"] not in runs:
+            runs.append(row["run_id"])
+    kept = {run for runs in latest.values() for run in runs[:keep]} | {also_keep}
+    past = [run for run in reversed(latest.get(series, [])) if run not in kept]
+
+    def holds_activations(run_id: str) -> bool:
+        try:
+            return (dropped(store, run_id) is None
+                    and not is_stats_only(read_request(store, run_id).extra))
+        except FileNotFoundError:  # the run is gone from the store
+            return False
+        except (ValueError, DamagedStoreError):  # its request is damaged: the drop says so
+            return True
+
+    return [run for run in past if holds_activations(run)]
