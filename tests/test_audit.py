@@ -198,6 +198,14 @@ def test_identical_request_reuses_its_run_and_records_a_new_audit(audited, capsy
     seen = {tuple(run_seen(root, again["run_id"])[name] for name, _ in SEEN_FIGURES)
             for _ in range(10)}
     assert seen == {tuple(kept[0].values())}
+    # the chance-corrected shares and the model check among them (trial 23: the Series page
+    # could plot only the raw shares, which move with N), the run's run_summary figures
+    (summary,) = run_sql(root, "SELECT * FROM run_summary WHERE run_id = "
+                         f"'{again['run_id']}'").to_pylist()
+    for name in ("frac_pos_adj_mean", "f_pp_adj", "f_pc_adj", "f_cp_adj", "f_cc_adj",
+                 "model_logit_residual_max", "model_attn_residual_max"):
+        assert kept[0][name] is not None and kept[0][name] == pytest.approx(
+            summary[name], rel=1e-12, abs=1e-15), name
     _, history = run_query(root, "audit_history", {"series": series}).to_pylist()
     assert all(history[k] == 0 for k in history if k.startswith("delta_")), history
     # a new decomposition of the run keeps the time it was first computed

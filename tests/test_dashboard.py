@@ -615,15 +615,17 @@ def test_series_have_one_point_per_complete_audit_with_what_it_saw(tmp_path):
             assert p["f_cc"] is None and p["frac_pos_mean"] is None
             assert [p[f"n_heads_{t}"] for t in ("pp", "cp", "cc", "undefined")] == [
                 run[f"n_heads_{t}"] for t in ("pp", "cp", "cc", "undefined")]
-        # figures audits do not keep: missing for an audit (its run's current ones may come
-        # from a later decomposition than the figures it kept); a run never audited: its
-        # own, from its layers (resid = 0.8 x)
+        # audits keep every run_summary figure now; those an older audit did not keep
+        # (frac_pos_resid_mean, the chance-corrected shares, the model check) are missing for
+        # it (its run's current ones may come from a later decomposition than the figures it
+        # kept), but for an audit that kept none (its run's, filled); a run never audited:
+        # its own, from its layers (resid = 0.8 x)
         assert p["figures"] == ("audit" if p["audit_id"] else "run")
-        unkept = {k: p[k] for k in not_kept}
-        assert {"frac_pos_adj_mean", "f_pp_adj"} <= set(unkept)
-        assert "frac_pos_resid_mean" not in unkept  # kept by audits (NULL in older rows)
+        assert not_kept == []
+        later = ("frac_pos_adj_mean", "f_pp_adj", "f_cc_adj", "model_logit_residual_max")
         if p["audit_id"]:
-            assert set(unkept.values()) == {None}
+            assert [p[k] for k in later] == ([None] * 4 if kept is not None
+                                             else [run[k] for k in later])
             assert p["frac_pos_resid_mean"] == (  # A4 kept none: its run's, filled
                 REUSED_RESID.get(p["audit_id"]) if kept is not None
                 else summary[p["run_id"]]["frac_pos_resid_mean"])

@@ -27,6 +27,9 @@
 -- such an audit is listed in the series that hold an audit of that model's runs. n_images,
 -- n_decoded: the images its run requested and decoded (as model_summary); model as
 -- model_summary spells it (with the run's --model-arg options, where it has any).
+-- frac_pos_adj_mean, f_*_adj (chance-corrected: their expectation does not move with N) and
+-- model_*_residual_max (the check against the model) as the audit saw them: NULL for an audit
+-- written before audits kept them (2026-12-04), but one that kept no figures at all.
 -- params: series (optional), model (optional)
 WITH seen AS (
     SELECT
@@ -122,6 +125,13 @@ SELECT
     CASE WHEN same_inputs THEN n_heads_pp - prev_n_heads_pp END AS delta_n_heads_pp,
     CASE WHEN same_inputs THEN n_heads_cp - prev_n_heads_cp END AS delta_n_heads_cp,
     CASE WHEN same_inputs THEN n_heads_cc - prev_n_heads_cc END AS delta_n_heads_cc,
-    n_heads_undefined
+    n_heads_undefined,
+    frac_pos_adj_mean,
+    f_pp_adj,
+    f_pc_adj,
+    f_cp_adj,
+    f_cc_adj,
+    model_logit_residual_max,
+    model_attn_residual_max
 FROM history
 ORDER BY series, step, started_at, audit_id

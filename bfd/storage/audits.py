@@ -41,6 +41,13 @@ SEEN_FIGURES: Final[tuple[tuple[str, pa.DataType], ...]] = (
     ("frac_pos_mean", pa.float64()),
     ("frac_pos_resid_mean", pa.float64()),
     *((f"n_heads_{b}", pa.int64()) for b in ("pp", "cp", "cc", "undefined")),
+    # since 2026-12-04: the chance-corrected shares, whose expectation does not move with N
+    # (an audit of other N drew the raw ones off the series' level), and the check against
+    # the model; NULL in an audit written before
+    ("frac_pos_adj_mean", pa.float64()),
+    *((f"f_{b}_adj", pa.float64()) for b in ("pp", "pc", "cp", "cc")),
+    ("model_logit_residual_max", pa.float64()),
+    ("model_attn_residual_max", pa.float64()),
 )
 
 AUDIT_SCHEMA: Final[pa.Schema] = pa.schema([
