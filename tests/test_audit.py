@@ -223,7 +223,8 @@ def test_every_named_query_runs_on_real_audits(audited):
               "head_map": {"model": "test_vit2"}, "drift": {"series": again["series"]},
               "head_type_changes": {"run_a": again["run_id"], "run_b": again["run_id"]},
               "compare_runs": {"run_a": again["run_id"], "run_b": again["run_id"]},
-              "head_energy_changes": {"run_a": again["run_id"], "run_b": again["run_id"]}}
+              "head_energy_changes": {"run_a": again["run_id"], "run_b": again["run_id"]},
+              "drift_since": {"series": again["series"]}}
     for name in set(list_queries()) - {"head_type_changes"}:
         table = run_query(root, name, params.get(name, {}))
         assert table.num_rows > 0, name

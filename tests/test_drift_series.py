@@ -223,3 +223,56 @@ def test_drift_does_not_flag_frac_content_the_exact_complement_of_frac_pos(tmp_p
     assert {r["metric"] for r in rows if r["head"] is None} == {
         "frac_pos", "frac_img", "frac_int", "frac_pos_resid", "frac_img_resid",
         "frac_int_resid"} == set(drift_metrics()) - {"f_pp", "f_pc", "f_cp", "f_cc", "head_type"}
+
+
+def test_drift_since_compares_every_later_audit_with_one_baseline(nightly):
+    """``bfd query drift_since``: the slow drift an audit's own drift misses, every later
+    audit of the series against one fixed audit, row for row the drift check's values
+    (``bfd.tasks.drift.drift_rows``, the Python that writes an audit's drift), only for audits
+    comparable with the baseline."""
+    from bfd.tasks.drift import drift_rows
+
+    root, rows = nightly
+    audits = {k: rows[k] for k in "ABCDEF"}
+    cols = ("layer", "head", "metric", "before", "after", "delta", "threshold", "flagged",
+            "type_before", "type_after")
+
+    def ordered(found) -> list[tuple]:
+        rows = sorted(found, key=lambda r: (r["layer"], -1 if r["head"] is None else r["head"],
+                                            r["metric"]))
+        return [tuple(r.get(c) for c in cols) for r in rows]
+
+    def reference(before: str, after: str) -> list[tuple]:
+        return ordered(drift_rows(Store(root), audits[before]["run_id"],
+                                  audits[after]["run_id"]))
+
+    with connect(root) as con:
+        first = run_query(con, "drift_since", {"series": SERIES}).to_pylist()
+        # the baseline is the first audit, A (N 16): C and F are of its N, B, D, E are not
+        assert {r["since_audit_id"] for r in first} == {audits["A"]["audit_id"]}
+        by_audit = {}
+        for r in first:
+            by_audit.setdefault(r["audit_id"], []).append(r)
+        assert list(by_audit) == [audits["F"]["audit_id"], audits["C"]["audit_id"]]  # newest first
+        got, want = ordered(by_audit[audits["F"]["audit_id"]]), reference("A", "F")
+        assert len(got) == len(want) > 0 and any(w[7] for w in want)
+        for g, w in zip(got, want, strict=True):
+            assert g[:3] == w[:3] and g[6:] == w[6:], (g, w)
+            for a, b in zip(g[3:6], w[3:6], strict=True):  # before, after, delta
+                assert (a is None and b is None) or a == pytest.approx(b, abs=1e-15), (g, w)
+        # C's tables are A's (this store plants its change in C's results alone): no change
+        assert {r["delta"] for r in by_audit[audits["C"]["audit_id"]]} == {0.0}
+        # in an audit, flagged rows first
+        flags = [r["flagged"] for r in by_audit[audits["F"]["audit_id"]]]
+        assert flags == sorted(flags, reverse=True)
+        # a higher threshold flags less; the baseline chosen by its step (B, N 8: E is B's run)
+        high = run_query(con, "drift_since", {"series": SERIES, "threshold": "0.3"}).to_pylist()
+        assert sum(r["flagged"] for r in high) < sum(flags)
+        assert all(abs(r["delta"]) > 0.3 for r in high if r["flagged"])
+        since_b = run_query(con, "drift_since", {"series": SERIES, "since": "2"}).to_pylist()
+        assert {r["audit_id"] for r in since_b} == {audits["E"]["audit_id"]}
+        assert all(r["delta"] == 0 and not r["flagged"] for r in since_b)
+        for params, said in (({"threshold": "2"}, "threshold must be a number from 0 to 1"),
+                             ({"since": "x"}, r"since must be a step \(an integer\)")):
+            with pytest.raises(Exception, match=said):
+                run_query(con, "drift_since", {"series": SERIES, **params})

@@ -46,7 +46,7 @@ IDENTIFIERS: Final[dict[str, tuple[str, str, str]]] = {
 
 # The parameters of the named queries that name nothing in the store (every declared one is in
 # IDENTIFIERS or here: tests/test_queries_hints.py).
-NOT_IDENTIFIERS: Final[frozenset[str]] = frozenset({"bins"})
+NOT_IDENTIFIERS: Final[frozenset[str]] = frozenset({"bins", "since", "threshold"})
 
 
 
