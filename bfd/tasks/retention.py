@@ -40,7 +40,7 @@ def drop_past_keep(store: Store, series: str, keep: int, dry_run: bool = False,
             continue
         try:
             freed, _ = drop_activations(store, run_id)
-        except (ValueError, RunBusyError) as err:
+        except (ValueError, RunBusyError, OSError) as err:  # said; the audit stays recorded
             out.append(Dropped(run_id, kept=str(err)))
         else:
             out.append(Dropped(run_id, freed))
