@@ -813,8 +813,9 @@ def print_image_notes(store: str, run_id: str, requested: int | None) -> None:
     images that could not be read (left out of every figure)."""
     from bfd.queries import run_sql
 
-    sql = ("SELECT images, n_images, coalesce(n_skipped, 0) AS skipped FROM runs "
-           "WHERE run_id = $run_id")
+    sql = ("SELECT images, n_images, coalesce(n_skipped, 0) AS skipped, (SELECT count(*) FROM "
+           "images AS i WHERE i.run_id = $run_id AND i.status = 'skipped' AND i.error LIKE "
+           "'duplicate of %') AS copies FROM runs WHERE run_id = $run_id")
     rows = run_sql(store, sql, {"run_id": run_id}).to_pylist()
     if not rows:
         return
@@ -822,10 +823,15 @@ def print_image_notes(store: str, run_id: str, requested: int | None) -> None:
     if requested is not None and row["n_images"] < requested:
         print(f"bfd: warning: --n-images {requested}, but {row['images']} holds "
               f"{row['n_images']} images; all {row['n_images']} were audited", file=sys.stderr)
-    if row["skipped"]:
-        print(f"bfd: warning: {row['skipped']} of {row['n_images']} images could not be read "
-              "and were left out (bfd sql \"SELECT * FROM images WHERE run_id = "
-              f"'{run_id}' AND status <> 'ok'\" lists them)", file=sys.stderr)
+    listed = (f"(bfd sql \"SELECT * FROM images WHERE run_id = '{run_id}' AND status <> "
+              "'ok'\" lists them)")
+    if row["copies"]:  # each image once: a copy counted twice narrows every interval
+        print(f"bfd: warning: {row['copies']} of {row['n_images']} images are copies (the same "
+              "bytes) of another listed image and were counted once " + listed,
+              file=sys.stderr)
+    if row["skipped"] - row["copies"]:
+        print(f"bfd: warning: {row['skipped'] - row['copies']} of {row['n_images']} images could "
+              f"not be read and were left out {listed}", file=sys.stderr)
 
 
 def cmd_audit_checkpoints(args: argparse.Namespace) -> int:

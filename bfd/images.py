@@ -11,6 +11,8 @@ the natural images bundled inside scikit-image (no network needed).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -23,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -68,12 +70,15 @@ class ImageRecord:
         sha256: Of the file bytes; for samples, of ``"<h>x<w>x3:"`` plus the uint8 pixels;
             ``""`` for a manifest entry whose file is missing.
         path: The file as an absolute path, or None for samples.
+        duplicate_of: The id of an earlier record of the same content (sha256), or None:
+            such a record is skipped, never decoded (``DUPLICATE``).
     """
 
     index: int
     id: str
     sha256: str
     path: str | None
+    duplicate_of: str | None = None
 
 
 @dataclass(frozen=True)
@@ -212,7 +217,28 @@ def list_images(source: str, n_images: int | None = None) -> list[ImageRecord]:
         rid, p = entries[i]
         return ImageRecord(i, rid, sha256_file(p) if Path(p).is_file() else "", p)
 
-    return _hashed(record, len(entries))
+    return _marked_duplicates(_hashed(record, len(entries)))
+
+
+# The reason a record of the same content as an earlier one is skipped (trial 27): the
+# intervals take the images as independent draws, and a copy counted twice narrowed every
+# interval as if it were a second image (16 copies of one image: every share 1 or 0, its
+# interval [1, 1], every head position-position).
+DUPLICATE: Final[str] = "duplicate of {first} (the same bytes, sha256 {sha}): counted once"
+
+
+def _marked_duplicates(records: list[ImageRecord]) -> list[ImageRecord]:
+    """``records`` with each one whose content an earlier one has marked ``duplicate_of``
+    that one (a missing file, sha256 ``""``, is no one's duplicate)."""
+    first: dict[str, str] = {}
+    out = []
+    for r in records:
+        if r.sha256 and r.sha256 in first:
+            r = dataclasses.replace(r, duplicate_of=first[r.sha256])
+        elif r.sha256:
+            first[r.sha256] = r.id
+        out.append(r)
+    return out
 
 
 def folder_note(source: str) -> str | None:
@@ -240,15 +266,35 @@ def folder_note(source: str) -> str | None:
 
 
 def check_source(source: str, n_images: int | None = None) -> int | None:
-    """Raises what ``list_images`` raises for a bad ``source``, without hashing any image: a
-    command checks its request before it records or computes anything.
+    """Raises what ``list_images`` raises for a bad ``source``, and refuses a source of copies
+    of one file, hashing no image unless all its files are of one size: a command checks its
+    request before it records or computes anything.
 
     Returns:
         The number of images ``list_images`` will list (at most ``n_images``), or None for
         the samples (made in any number asked for).
     """
     entries = _source_entries(source, n_images)
-    return None if entries is None else len(entries)
+    if entries is None:
+        return None
+    _require_two_different(source, entries)
+    return len(entries)
+
+
+def _require_two_different(source: str, entries: list[tuple[str, str]]) -> None:
+    """Refuses a source whose files are all copies of one (trial 27: every share 1 with the
+    interval [1, 1]). Files of two sizes differ: only files all of one size are hashed."""
+    sizes = set()
+    for _, p in entries:
+        with contextlib.suppress(OSError):  # a missing file: skipped at decode time
+            sizes.add(os.stat(p).st_size)
+        if len(sizes) > 1:
+            return
+    files = [p for _, p in entries if Path(p).is_file()]
+    if len(files) >= 2 and len({sha256_file(p) for p in files}) == 1:
+        raise ValueError(f"the {len(files)} images of {source!r} are copies of one file "
+                         f"({os.path.basename(files[0])}: the same bytes); BFD needs at least 2 "
+                         "different images")
 
 
 def _source_entries(source: str, n_images: int | None) -> list[tuple[str, str]] | None:
@@ -373,6 +419,8 @@ def load_image(record: ImageRecord) -> Image.Image:
     Raises:
         ImageDecodeError: Missing, changed since listing, empty, truncated or not an image.
     """
+    if record.duplicate_of is not None:
+        raise ImageDecodeError(DUPLICATE.format(first=record.duplicate_of, sha=record.sha256[:12]))
     if record.path is None:
         m = _SAMPLE_ID.match(record.id)
         if m is None:

@@ -671,7 +671,7 @@ def test_a_failed_audit_is_recorded_and_never_a_previous_audit(tmp_path, prefect
     junk = tmp_path / "junk"
     junk.mkdir()
     for i in range(3):
-        (junk / f"{i}.jpg").write_bytes(b"not a jpeg")
+        (junk / f"{i}.jpg").write_bytes(f"not a jpeg {i}".encode())
     with pytest.raises(ValueError, match=r"has 0 decoded images; BFD needs at least 2"):
         audit({**config, "images": str(junk)}, str(tmp_path), series="s", step=1,
               dashboard=False)

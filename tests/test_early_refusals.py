@@ -417,7 +417,7 @@ def test_fewer_images_than_n_images_is_said_before_the_work(tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
     for i in range(3):
-        (folder / f"{i}.png").write_bytes(b"listed, not read")
+        (folder / f"{i}.png").write_bytes(f"listed, not read {i}".encode())
     base = [*BASE[:4], "--images", str(folder), "--n-images", "10", "--store",
             str(tmp_path / "store")]
     out = _main_in_a_process(tmp_path, {
@@ -475,7 +475,7 @@ def test_a_run_too_large_for_the_disk_is_refused_before_prefect_in_one_line(tmp_
     --store); free space and run the command again"."""
     manifest = tmp_path / "many.txt"
     for i in range(2):  # a manifest of which fewer than 2 entries exist is refused first
-        (tmp_path / f"{i}.png").write_bytes(b"an image")
+        (tmp_path / f"{i}.png").write_bytes(f"an image {i}".encode())
     manifest.write_text("0.png\n1.png\n" + "".join(f"/nowhere/{i}.png\n"
                                                    for i in range(2, 100_000)))
     big = ["--model", "vit_huge_patch14_224", "--weights", "random", "--img-size", "448",

@@ -324,3 +324,29 @@ def test_samples_are_distinct_deterministic_and_offline(monkeypatch) -> None:
     assert batch.indices == [0, 1, 2, 3, 4] and batch.images.shape == (5, 3, 16, 16)
     with pytest.raises(I.ImageDecodeError, match="not a sample id"):
         I.load_image(I.ImageRecord(0, "samples/astronaut", "", None))
+
+
+def test_a_copy_of_a_listed_image_is_marked_and_skipped(tmp_path) -> None:
+    """Each content is decoded once: a later file of the same bytes is marked a duplicate of
+    the first and skipped with that reason (trial 27: copies narrowed every interval); a
+    source of copies of one file is refused before anything is hashed but its files."""
+    import shutil
+
+    from bfd.images import ImageDecodeError, check_source, list_images, load_image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for k in range(2):
+        Image.fromarray(np.full((8, 8, 3), 40 * k, np.uint8)).save(folder / f"a{k}.png")
+    shutil.copyfile(folder / "a0.png", folder / "b.png")
+    records = list_images(str(folder))
+    assert [(r.id, r.duplicate_of) for r in records] == [
+        ("a0.png", None), ("a1.png", None), ("b.png", "a0.png")]
+    assert records[2].sha256 == records[0].sha256
+    load_image(records[0])
+    with pytest.raises(ImageDecodeError, match=r"^duplicate of a0.png \(the same bytes, sha256 "):
+        load_image(records[2])
+    assert check_source(str(folder)) == 3
+    (folder / "a1.png").unlink()
+    with pytest.raises(ValueError, match="are copies of one file"):
+        check_source(str(folder))

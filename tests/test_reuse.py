@@ -955,3 +955,56 @@ def test_keep_activations_bounds_a_series_disk_and_keeps_every_result(
         code, out, err = run_cli(argv, capsys)
         assert code == 2 and err.count("\n") == 1 and said in err, (argv, err)
     assert len(read_audits(Store(store), "s")) == 4
+
+
+@pytest.mark.slow
+def test_a_copied_image_is_counted_once(tmp_path, prefect_harness, capsys):
+    """A folder holding copies of its images (the same bytes under other names): each copy is
+    skipped as a duplicate, said, and the figures and intervals are those of the images
+    counted once; a folder of copies of one image is refused before any work (trial 27 F1:
+    16 copies of one image gave every share 1 with the interval [1, 1])."""
+    paths = make_checkpoints(tmp_path / "made")
+    once = image_folder(tmp_path / "once")
+    twice = tmp_path / "twice"
+    shutil.copytree(once, twice)
+    for k in (0, 3):  # after the originals in the listing's order
+        shutil.copyfile(once / f"img{k}.png", twice / f"z-copy{k}.png")
+    store = tmp_path / "store"
+    runs = {}
+    for name, folder in (("once", once), ("twice", twice)):
+        argv = options(folder, paths[0], store, 1)
+        argv[argv.index("--series") + 1] = name
+        code, out, err = run_cli([*argv, "--no-dashboard"], capsys)
+        assert code == 0, err
+        runs[name] = read_audits(Store(store), name)[-1]["run_id"]
+        if name == "twice":
+            assert ("bfd: warning: 2 of 8 images are copies (the same bytes) of another listed "
+                    "image and were counted once") in err, err
+            assert "could not be read" not in err
+    images = run_sql(str(store), "SELECT image_id, status, error FROM images WHERE run_id = "
+                     f"'{runs['twice']}' AND status <> 'ok' ORDER BY image_id").to_pylist()
+    assert [(r["image_id"], r["status"]) for r in images] == [
+        ("z-copy0.png", "skipped"), ("z-copy3.png", "skipped")]
+    assert images[0]["error"].startswith("duplicate of img0.png (the same bytes, sha256 ")
+    # the same figures, intervals included, as the images counted once
+    sql = ("SELECT layer, site, frac_pos, frac_pos_adj, frac_pos_lo, frac_pos_hi, "
+           "frac_int_adj_se FROM layers WHERE run_id = $run ORDER BY layer, site")
+    heads = "SELECT layer, head, f_pp, f_cc, f_cc_se FROM heads WHERE run_id = $run ORDER BY 1, 2"
+    for query in (sql, heads):
+        a, b = (run_sql(str(store), query, {"run": runs[k]}).to_pylist() for k in runs)
+        assert len(a) == len(b) > 0
+        for ra, rb in zip(a, b, strict=True):
+            assert ra.keys() == rb.keys()
+            for k in ra:  # the site's name, and each figure to rounding
+                assert ra[k] == rb[k] or ra[k] == pytest.approx(rb[k], rel=1e-12), (k, ra, rb)
+    # copies of one image only: refused in one line, nothing recorded
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    for k in range(3):
+        shutil.copyfile(once / "img0.png", copies / f"c{k}.png")
+    argv = options(copies, paths[0], store, 2)
+    argv[argv.index("--series") + 1] = "copies"
+    code, out, err = run_cli([*argv, "--no-dashboard"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "the 3 images of" in err and "are copies of one file" in err, err
+    assert read_audits(Store(store), "copies") == []
