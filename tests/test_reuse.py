@@ -943,6 +943,19 @@ def test_keep_activations_bounds_a_series_disk_and_keeps_every_result(
     assert [dropped(Store(store), r) is not None for r in runs] == [False, True, False]
     assert activations(runs[0]) == first
 
+    # audit-checkpoints drops as each audit ends: steps 100 and 200 in series c, K = 1: the
+    # second audit (its run's activations extracted again) drops the first's run, which no
+    # series keeps (step 300's run is s's latest)
+    code, out, err = run_cli(["audit-checkpoints", str(paths[0].parent / "step_[12]00.*"),
+                              "--model", AUDIT["model"], "--images", str(images), "--img-size",
+                              str(AUDIT["img_size"]), "--layers", "0", "--dtype", "float32",
+                              "--images-per-chunk", "3", "--series", "c", "--store", str(store),
+                              "--no-dashboard", "--keep-activations", "1"], capsys)
+    assert code == 0, err
+    assert [a["run_id"] for a in read_audits(Store(store), "c")] == runs[:2]
+    assert [dropped(Store(store), r) is not None for r in runs] == [True, False, False]
+    assert f"run {runs[0]}: activations dropped, " in out, out
+
     # refused in one line before any work
     for argv, said in (([*options(images, paths[0], store, 60), "--keep-activations", "0"],
                         "--keep-activations must be at least 1"),

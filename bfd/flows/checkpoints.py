@@ -43,7 +43,6 @@ from bfd.tasks.audits import (
 from bfd.tasks.drift_gate import drift_verdict
 from bfd.tasks.extract import ExtractConfig, check_before_work
 from bfd.tasks.options import DecomposeOptions
-from bfd.tasks.retention import keep_latest
 
 
 class CheckpointsLeftOut(ValueError):
@@ -99,8 +98,8 @@ def audit_checkpoints(
             (``bfd audit-checkpoints --fail-on-drift``), after every audit is recorded.
         fail_if_not_compared: the run ends ``Failed`` when a new audit compared nothing with
             an earlier audit of the series, as ``--fail-if-not-compared``.
-        keep_activations: once new audits are recorded, drop the activations of the series'
-            runs other than its K latest (in step order) and the last audited
+        keep_activations: as each new audit is recorded, drop the activations of the series'
+            runs other than its K latest (in step order) and the one just audited
             (``bfd.tasks.retention``); results, tables and audits are kept.
 
     Returns:
@@ -166,7 +165,7 @@ def audit_checkpoints(
         if todo:
             try:
                 _audit_each(todo, done, config, root, series, model, options, thresholds,
-                            workers, dask_address, gpu_resources)
+                            workers, dask_address, gpu_resources, keep_activations)
             finally:  # kept before the dashboard is built, also when an audit failed
                 record_left_out(Store(root), series, checkpoints, bad, left, done,
                                 [c["path"] for c in todo])
@@ -174,9 +173,9 @@ def audit_checkpoints(
         if wrote:  # a file left out or cleared: the dashboard says it (after the lock)
             refresh_outputs(root, dashboard)
         return _ended({**summary, "audits": []})
-    last = next((d["run_id"] for d in reversed(done) if d.get("run_id")), None)
-    retention = (keep_latest(Store(root), series, keep_activations, last, logger.info)
-                 if done else None)
+    # each audit's drops, as it ended (_audit_each)
+    retention = (None if keep_activations is None
+                 else [line for d in done for line in d.get("retention") or []])
     index = refresh_outputs(root, dashboard) if done else None
     lines = [f"# Checkpoints of series `{series}`", "",
              f"{len(done)} new audit(s) of {n_files} file(s) in `{checkpoints}`; store `{root}`.",
@@ -195,9 +194,11 @@ def audit_checkpoints(
 
 
 def _audit_each(todo, done, config, root, series, model, options, thresholds, workers,
-                dask_address, gpu_resources) -> None:
+                dask_address, gpu_resources, keep_activations) -> None:
     """Audits each checkpoint of ``todo`` (each loads and fits the model:
-    ``fitting_checkpoints``) in step order, appending each audit to ``done``."""
+    ``fitting_checkpoints``) in step order, appending each audit to ``done``; with
+    ``keep_activations``, each audit drops the older runs' activations as it ends, so that a
+    backfill of many checkpoints never holds more than K + 1 runs' activations."""
     logger = get_run_logger()
     for k, ckpt in enumerate(todo, 1):
         # said as its audit starts: the extraction's lines that follow are this file's
@@ -210,7 +211,8 @@ def _audit_each(todo, done, config, root, series, model, options, thresholds, wo
                         workers=workers, dask_address=dask_address,
                         gpu_resources=gpu_resources, decompose_options=options,
                         series=series, step=ckpt["step"], drift=thresholds,
-                        trigger="checkpoints", dashboard=False)
+                        trigger="checkpoints", dashboard=False,
+                        keep_activations=keep_activations)
         done.append({**one, "checkpoint": ckpt["path"]})
         # said now, not when every checkpoint is done: the command prints its lines
         progress.report("checkpoint", k, len(todo), audit=done[-1])
