@@ -10,7 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bfd.output import count, size_text
-from bfd.storage import RunBusyError, Store, drop_activations, runs_past_keep
+from bfd.storage import (
+    DamagedStoreError,
+    RunBusyError,
+    Store,
+    drop_activations,
+    runs_past_keep,
+)
 
 
 @dataclass(frozen=True)
@@ -68,8 +74,13 @@ def keep_latest(store: Store, series: str, keep: int | None, run_id: str,
     last said; None without ``keep``."""
     if keep is None:
         return None
-    dropped = drop_past_keep(store, series, keep, also_keep=run_id)
-    lines = [d.line() for d in dropped] + [retention_said(series, keep, dropped)]
+    try:
+        dropped = drop_past_keep(store, series, keep, also_keep=run_id)
+    except DamagedStoreError as err:  # an audit file of the store does not read: said, the
+        # audit before it stays recorded and no activations are dropped
+        lines = [f"no activations dropped: {err}"]
+    else:
+        lines = [d.line() for d in dropped] + [retention_said(series, keep, dropped)]
     for line in lines:
         say(line)
     return lines
