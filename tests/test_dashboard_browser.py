@@ -748,7 +748,8 @@ def test_series_page_plots_every_audit_and_crosses_its_flagged_metrics(reused_si
         ("frac_pos_resid", "A2", "c-500", "500"), ("f_pp", "A5", "c-200", "250"),
         ("head_type", "A1", "c-200", "200")]
     assert browser.execute_script(
-        "return Array.from(document.querySelectorAll('#drift-table tbody a'), a => a.href)") == [
+        "return Array.from(document.querySelectorAll('#drift-table tbody a[href*=\"runs/\"]'),"
+        " a => a.href)") == [
         (reused_site / "runs" / f"{run}.html").as_uri() for run in ("c-500", "c-200", "c-200")]
     changes = table_rows(browser, "changes-table")
     head = browser.execute_script(
@@ -1774,7 +1775,7 @@ def test_damaged_runs_series_are_listed_and_their_points_break_the_line(tmp_path
     # the latest run's link of a series of damaged runs opens that run's page, which says so
     link = browser.execute_script(
         "return document.querySelectorAll('#series-table tbody tr')[1]"
-        ".querySelector('a').getAttribute('href')")
+        ".querySelector('a[href^=\"runs/\"]').getAttribute('href')")
     assert link == "runs/c-100.html"
     open_page(browser, (out / "series.html").as_uri())
     assert_clean(browser, "file://")
@@ -2162,3 +2163,50 @@ def test_an_audit_compared_past_an_ad_hoc_one_is_joined_to_the_audit_it_compared
     hover = browser.execute_script(
         "return document.getElementById('layer-heatmap').data[0].text[0][5]")
     assert f"since audit {ids['A']} (step 1)" in hover, hover
+
+
+def test_pages_print_whole_and_read_out_once(reused_site, browser):
+    """Trial 28: printing cut every figure at the window's width and every table at its
+    scroll box; a "Share chart..." button offered to upload a figure to Plotly Cloud; the
+    whole page was an aria-live region (a choice re-read it); the Series page's drift flags
+    opened Compare by mouse only; the Overview did not link a series to its page."""
+    open_page(browser, (reused_site / "series.html").as_uri() + "?series=ck")
+    assert browser.execute_script("return document.querySelector('[aria-live]')") is None
+    assert browser.execute_script("return document.title") == "ck · Series · BFD dashboard"
+    assert browser.execute_script(
+        "return document.querySelectorAll('[data-title^=\"Share\"], "
+        "[data-val=\"sendChartToCloud\"]').length") == 0
+    assert browser.execute_script("return document.querySelectorAll('.modebar-btn').length") > 0
+    # every flagged drift row links to Compare on its audit and the one it was compared with
+    links = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#drift-table tbody tr'), r => {"
+        " const a = Array.from(r.querySelectorAll('a')).find(x => x.textContent === 'compare');"
+        " return a ? a.getAttribute('href') : null; })")
+    assert links and all(link and link.startswith("compare.html?") for link in links), links
+    assert "compare.html?series=ck&step_a=200&step_b=250" in links
+    # printed: the figures at the paper's width, one under another, the tables whole
+    browser.set_window_size(1400, 900)
+    wide = browser.execute_script(
+        "return Math.max(...Array.from(document.querySelectorAll('.js-plotly-plot .main-svg'),"
+        " s => s.getBoundingClientRect().width))")
+    assert wide > 700
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print"})
+    try:
+        widths = wait_for(browser, "const w = Array.from(document.querySelectorAll("
+                          "'.js-plotly-plot'), d => d._fullLayout.width);"
+                          " return w.every(x => x <= 680) && w")
+        assert len(widths) > 3
+        wrap = browser.execute_script(
+            "const s = getComputedStyle(document.querySelector('.table-wrap'));"
+            " return [s.overflowY, s.maxHeight]")
+        assert wrap == ["visible", "none"]
+    finally:
+        browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": ""})
+    wait_for(browser, "return Array.from(document.querySelectorAll('.js-plotly-plot'),"
+                      " d => d._fullLayout.width).some(x => x > 700)")
+    # the Overview names each series with a link to its page
+    open_page(browser, (reused_site / "index.html").as_uri())
+    hrefs = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#series-table tbody a'),"
+        " a => a.getAttribute('href'))")
+    assert "series.html?series=ck" in hrefs

@@ -160,12 +160,15 @@ def _page(kind: str, title: str, payload: dict[str, Any], depth: int, store: str
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
         f"<title>{html.escape(title)} · BFD dashboard</title><link rel='icon' href='data:,'>"
         f"<link rel='stylesheet' href='{up}assets/dashboard.css'></head>"
-        f"<body data-page='{kind}'><header><nav aria-label='pages'>"
+        f"<body data-page='{kind}'><header><a class='skip' href='#app'>Skip to the page</a>"
+        "<nav aria-label='pages'>"
         f"<span class='brand'>BFD dashboard</span>{nav}</nav>"
         f"<p class='note'>store <code>{html.escape(store)}</code></p>"
         + "".join(f"<p class='damaged' role='alert'>{html.escape(n)}</p>" for n in notices)
         + "</header>"
-        f"<main id='app' aria-live='polite'><h1>{html.escape(title)}</h1>"
+        # not a live region: a choice redraws most of the page, which a screen reader then
+        # read out whole (trial 28)
+        f"<main id='app' tabindex='-1'><h1>{html.escape(title)}</h1>"
         + ("<noscript>This dashboard draws its figures with JavaScript.</noscript></main>"
            f"<script type='application/json' id='bfd-data'>{embed_json(payload)}</script>"
            f"<script src='{up}assets/plotly.min.js'></script>"

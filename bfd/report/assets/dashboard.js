@@ -17,7 +17,13 @@
     "#000000", "#F0E442"];
   // no "dot": a dotted line is a reference (a chance level), never a run
   const DASHES = ["solid", "dash", "dashdot", "longdash"];
-  const CONFIG = { displaylogo: false, responsive: true, toImageButtonOptions: { format: "svg" } };
+  // No "Share chart..." button: plotly.js offers by default to upload a figure to Plotly
+  // Cloud, and no page sends anything off this machine (trial 28). The mode bar keeps the
+  // buttons a reader uses (download, zoom, pan, reset): each is a tab stop.
+  const CONFIG = { displaylogo: false, responsive: true, toImageButtonOptions: { format: "svg" },
+    showSendToCloud: false,
+    modeBarButtonsToRemove: ["select2d", "lasso2d", "autoScale2d", "toggleSpikelines",
+      "hoverClosestCartesian", "hoverCompareCartesian"] };
   // Relative quantities (residuals, shares) below float64 resolution (eps 2.2e-16) are drawn
   // at this floor on a log axis: a 0 or a denormal would stretch the axis to 1e-300 (as in
   // bfd plot, bfd/report/layout.py).
@@ -185,8 +191,26 @@
     if (full.title) full.title = Object.assign({ x: 0.01, xanchor: "left" }, full.title);
     // responsive plots fill their box, so the box takes the figure's height
     div.style.height = (full.height || 400) + "px";
-    return Plotly.react(div, traces, full, CONFIG);
+    return Plotly.react(div, traces, full, CONFIG).then((gd) => {
+      // the drawing's tick numbers and shapes are no text to read out: the container is an
+      // image with a label (plotDiv); its mode bar stays reachable
+      for (const svg of div.querySelectorAll(".main-svg")) svg.setAttribute("aria-hidden", "true");
+      return gd;
+    });
   }
+  // Printing: every figure at the paper's width (they were cut at the window's), relaid
+  // out when the page is printed and back after; the tables print whole (dashboard.css).
+  const PRINT_WIDTH = 680;
+  function fitPlots(width) {
+    for (const d of document.querySelectorAll(".js-plotly-plot")) {
+      Plotly.relayout(d, width ? { width: Math.min(width, d.getBoundingClientRect().width || width) }
+        : { width: null, autosize: true });
+    }
+  }
+  const printing = window.matchMedia("print");
+  printing.addEventListener("change", (e) => fitPlots(e.matches ? PRINT_WIDTH : null));
+  window.addEventListener("beforeprint", () => fitPlots(PRINT_WIDTH));
+  window.addEventListener("afterprint", () => fitPlots(null));
   // Traces for a log axis: y below LOG_FLOOR drawn at it, the stored value in the hover
   // (customdata); with a dotted line at the floor, named, when a value was raised to it.
   function logTraces(traces) {
@@ -440,7 +464,9 @@
       // what a person scans first on the left: the series, its latest audit's step and flags
       // (or not compared, first audit); hashes short (whole on hover and in the CSV)
       dataTable("series-table", "series", series, [
-        { key: "series" }, { key: "step", label: "latest step", render: (r) => fmt(stepText(r)) },
+        // its name opens its Series page (trial 28: the Overview had no link to it)
+        { key: "series", render: (r) => h("a", { href: "series.html?series=" + encodeURIComponent(r.series) }, r.series) },
+        { key: "step", label: "latest step", render: (r) => fmt(stepText(r)) },
         { key: "n_flagged", label: "flagged", render: flagged, title: flaggedTitle },
         { key: "n_audits_flagged", label: "audits flagged", render: everFlagged,
           title: (r) => (r.n_audits_flagged ? everFlagged(r) + " (audit " + r.last_flagged_audit + ")" : everFlagged(r)) },
@@ -857,12 +883,14 @@
     // the shuffle control's expectation per layer: (1 − frac_img) / N, N the images kept
     const kept = run.n_decoded;
     const stored = (t) => Object.assign(t, { hovertemplate: t.hovertemplate.replace("%{y:", "%{customdata:") });
-    draw(shuffle, logTraces([stored(line("shuffle_frac_pos", "frac_pos after shuffling", "#0072B2")),
+    const shuffled = logTraces([stored(line("shuffle_frac_pos", "frac_pos after shuffling", "#0072B2")),
       stored(line("frac_pos", "frac_pos", "#E69F00", "dash")),
       { x: L, y: LG.map((l) => (l.frac_img === null ? null : (1 - l.frac_img) / kept)), mode: "lines",
-        name: "chance (1 − frac_img)/N", line: { color: "#000", dash: "dot" } }]),
-    { title: { text: "shuffle control", font: { size: 13 } },
-      yaxis: { type: "log", title: { text: "frac_pos" }, exponentformat: "e" }, xaxis: { title: { text: "layer" }, dtick: 1 } });
+        name: "chance (1 − frac_img)/N", line: { color: "#000", dash: "dot" } }]);
+    // every tick labelled whole (plotly's own wrote 2 3 4 ... 0.1 2 3 4, the last 4 being 0.4)
+    draw(shuffle, shuffled, { title: { text: "shuffle control", font: { size: 13 } },
+      yaxis: Object.assign(logAxis(shuffled.flatMap((t) => t.y), 300), { title: { text: "frac_pos" } }),
+      xaxis: { title: { text: "layer" }, dtick: 1 } });
     app.append(section("Tables",
       dataTable("layers-table", "layers", layers, null, { filename: run.run_id + "-layers" }),
       dataTable("heads-table", "heads", heads, null, { filename: run.run_id + "-heads",
@@ -1262,7 +1290,7 @@
     function stepCol(pointOf) {
       return { key: "step", render: (r) => { const m = pointOf(r.audit_id); return fmt(m ? stepText(m) : r.step); } };
     }
-    function driftColumns(rows, pointOf) {
+    function driftColumns(rows, pointOf, compareOf) {
       const all = Object.keys(rows[0] || D.drift || {});
       // a head_type row's before and after are the types its audit compared (type_before,
       // type_after; the stored before and after are NULL), where it kept them
@@ -1270,8 +1298,14 @@
       const lead = ["metric", "layer", "head", "before", "after", "delta", "threshold", "step"]
         .filter((c) => all.includes(c)).map((c) => (c === "step" ? stepCol(pointOf)
           : c === "before" || c === "after" ? { key: c, render: typed(c), title: typed(c) } : { key: c }));
+      // the drift cross's click as a link a keyboard reaches (trial 28): Compare on the audit
+      // and the one it was compared with
+      const compare = { key: "compare", noCsv: true, render: (r) => {
+        const m = pointOf(r.audit_id), href = m && compareOf ? compareOf(m) : "";
+        return href ? h("a", { href: href }, "compare") : "";
+      } };
       return lead.concat([idCol("audit_id", "audit"), idCol("prev_audit_id", "previous audit"),
-        runCol("run_id", "run")].filter((c) => all.includes(c.key)));
+        runCol("run_id", "run")].filter((c) => all.includes(c.key)), compareOf ? [compare] : []);
     }
     function changeColumns(pointOf) {
       return [{ key: "layer" }, { key: "head" }, { key: "before", label: "type before" },
@@ -1280,6 +1314,8 @@
         runCol("prev_run_id", "previous run")];
     }
     function redraw() {
+      // the window's title names the series shown (a tab, a bookmark, a screen reader)
+      document.title = `${state.series} · Series · BFD dashboard`;
       const members = metrics.filter((m) => m.series === state.series);
       // the drift and head-type change tables, newest audit first (the series' order: step,
       // start time, audit id, reversed), so that the rows a long table leaves out (past 500)
@@ -1463,7 +1499,7 @@
         section("Drift flags", h("p", { class: "note" },
           "Newest audit first; within an audit, the largest |delta| first (as bfd query drift)."),
           D.has_audits ? dataTable("drift-table", "flagged drift", flagged,
-            driftColumns(flagged, pointOf), { csvKeys: Object.keys(D.drift || {}),
+            driftColumns(flagged, pointOf, compareOf), { csvKeys: Object.keys(D.drift || {}),
               filename: fileStem(state.series) + "-drift" })
             : empty("No audits recorded yet.")),
         section("Head-type changes against the audit compared with", h("p", { class: "note", id: "changes-note" },
