@@ -579,6 +579,9 @@ def load_model(
         else:
             path = weights
             check_weights(weights)
+        # its size and time before it is read and after it is hashed: the hash is of the
+        # bytes loaded only if the file did not change in between (trial 26)
+        before = _stamp(path)
         # A local file through timm's own pretrained path keeps each model's checkpoint filter
         # (format conversion, pos_embed resampling) without any hub access.
         overlay = {"file": str(path), "source": "", "custom_load": False}
@@ -601,9 +604,19 @@ def load_model(
                                                        else "") + "; BFD of such a model is "
                              "undefined")
         sha = sha256_file(path)
+        if _stamp(path) != before:
+            raise ValueError(f"weights file {str(path)!r} changed while it was loaded (a "
+                             "training job saving it again?); audit it once it no longer "
+                             "changes")
     model.eval().requires_grad_(False)
     model.to(device)
     return model, _info(model, name, weights, sha)
+
+
+def _stamp(path: str | os.PathLike[str]) -> tuple[int, int, int]:
+    """A file's size, modification time and inode: any write or replacement changes one."""
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns, st.st_ino
 
 
 def block(model: nn.Module, layer: int) -> nn.Module:

@@ -460,3 +460,44 @@ def test_bytes_to_write_count_the_last_chunk_whole_and_what_a_run_writes_besides
         info.num_tokens * info.width * 4)  # 2 sites x 2 layers x 8 images, float32
     whole = data_bytes(run)
     assert plan.bytes_to_write >= whole > 0.75 * plan.bytes_to_write, (whole, plan)
+
+
+def test_weights_overwritten_during_extraction_stop_it_before_a_second_model(tmp_path):
+    """A weights file saved again while its run is extracted (a training job's last.pth):
+    the shards after it would be another model's, published as one run with the first
+    file's hash (trial 26). Its next shard refuses, naming both hashes; the shards done stay,
+    and the file restored, the run finishes as one model's."""
+    import shutil
+
+    import timm
+    from safetensors.torch import save_file
+
+    weights = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        state = timm.create_model(TINY, pretrained=False, img_size=32).state_dict()
+        weights.append(tmp_path / f"seed{seed}.safetensors")
+        save_file({k: v.contiguous() for k, v in state.items()}, str(weights[-1]))
+    live = tmp_path / "last.safetensors"
+    shutil.copyfile(weights[0], live)
+    cfg = ExtractConfig(**config(weights=str(live), images_per_shard=4))
+    plan = prepare_run(str(tmp_path / "store"), cfg)
+    first, second, *_ = plan.shards
+
+    def run(shard):
+        return extract_tasks.extract_shard(str(tmp_path / "store"), plan.run_id, cfg, shard,
+                                           plan.layers, list(plan.records[shard.start:shard.stop]))
+
+    run(first)
+    shutil.copyfile(weights[1], live)  # saved again by the training job
+    os.utime(live, ns=(time.time_ns(), time.time_ns() + 10**9))
+    with pytest.raises(ValueError, match=rf"weights file '{live}' changed while run "
+                                         rf"{plan.run_id} was extracted \(sha256 "):
+        run(second)
+    store = Store(tmp_path / "store")
+    assert [p.name for p in store.shards_dir(plan.run_id).glob("*.json")] == ["0.json"]
+    shutil.copyfile(weights[0], live)
+    os.utime(live, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+    run(second)
+    assert sorted(p.name for p in store.shards_dir(plan.run_id).glob("*.json")) == [
+        "0.json", "1.json"]

@@ -38,6 +38,7 @@ from bfd.storage import (
     forget_dropped,
     mark_shard_done,
     plan_shards,
+    read_request,
     trusted_shards,
     write_image_manifest,
     write_model_tensors,
@@ -487,6 +488,25 @@ def _model(cfg: ExtractConfig, device: str) -> tuple[torch.nn.Module, models.Mod
                              args)
 
 
+def _run_model(cfg: ExtractConfig, device: str, store: Store,
+               run_id: str) -> tuple[torch.nn.Module, models.ModelInfo]:
+    """``_model``, refused when its weights are not those the run was planned with (its
+    request's ``weights_sha256``): a weights file overwritten while the run was extracted
+    (a training job saving ``last.pth`` again) would make its later shards another model's,
+    published as one run with the first file's hash (trial 26: shards 0-4 of one seed, 5-15
+    of another, ``verify`` intact)."""
+    model, info = _model(cfg, device)
+    planned = read_request(store, run_id).weights_sha256
+    if info.weights_sha256 != planned:
+        raise ValueError(
+            f"weights file {cfg.weights!r} changed while run {run_id} was extracted (sha256 "
+            f"{info.weights_sha256[:12]} now, {planned[:12]} when the run was planned): its "
+            "activations would mix two models, so nothing more is extracted; the shards done "
+            "are kept. Audit the file again once it no longer changes (a new run, of its new "
+            "bytes), or restore the file to finish this one")
+    return model, info
+
+
 @functools.lru_cache(maxsize=2)
 def _cached_model(name: str, weights: str, img_size: int | None, seed: int, device: str,
                   stamp: tuple[int, int] | None, model_args: str = "{}"):
@@ -603,7 +623,7 @@ def extract_shard(
     t0 = time.perf_counter()
     store = Store(store_root)
     device = worker_device(models.resolve_device(cfg.device))
-    model, info = _model(cfg, device)
+    model, info = _run_model(cfg, device, store, run_id)
     transform = models.transform(model)
     recs = [imgs.ImageRecord(**r) for r in records]
     n, T, d = shard.size, info.num_tokens, info.width

@@ -40,7 +40,7 @@ from bfd.tasks.decompose import (
     layer_head_maps,
     model_check_vars,
 )
-from bfd.tasks.extract import ExtractConfig, _autocast, _model
+from bfd.tasks.extract import ExtractConfig, _autocast, _run_model
 
 T = TypeVar("T")
 
@@ -209,7 +209,7 @@ def decompose_from_forward(
     store = Store(store_root)
     device = models.resolve_device(cfg.device)
     pass_device = models.resolve_device(options.device)
-    model, info = _model(cfg, device)
+    model, info = _run_model(cfg, device, store, run_id)
     recs = [imgs.ImageRecord(**r) for r in records]
     images = _Images(cfg, recs, models.transform(model), 0 if device == "cpu" else 2,
                      keep_images_bytes)
