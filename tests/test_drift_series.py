@@ -276,3 +276,32 @@ def test_drift_since_compares_every_later_audit_with_one_baseline(nightly):
                              ({"since": "x"}, r"since must be a step \(an integer\)")):
             with pytest.raises(Exception, match=said):
                 run_query(con, "drift_since", {"series": SERIES, **params})
+
+
+def test_serve_says_when_an_audit_is_the_first_of_its_store(tmp_path):
+    """A deployment whose store moved, or whose path is mistyped, audits into a new store: its
+    first audit compares nothing and passes --fail-on-drift; serve's end line says that the
+    store holds no other audit (trial 26 F3: nothing said)."""
+    import datetime as dt
+    import types
+
+    from dashstore import write_results_of_tables, write_synthetic_run
+
+    from bfd.flows.serve import RunLines
+    from bfd.queries.seen import run_seen
+    from bfd.tasks.audits import audit_row, drift_since_previous
+    from bfd.tasks.drift import DEFAULT_THRESHOLDS
+
+    root = tmp_path / "moved"
+    write_synthetic_run(root, "r-1", weights="w", seed=1, n_images=8)
+    write_results_of_tables(root, "r-1", None)
+    dep = types.SimpleNamespace(flow_name="audit")
+    for step, flow_run in ((1, "fr-1"), (2, "fr-2")):
+        began = dt.datetime(2026, 12, step, tzinfo=dt.UTC)
+        with audit_row(Store(root), "s", step, "schedule", flow_run, began) as row:
+            drift_since_previous(Store(root), row, "r-1", DEFAULT_THRESHOLDS,
+                                 run_seen(root, "r-1"))
+        run = types.SimpleNamespace(parameters={"store": str(root)}, id=flow_run)
+        said = RunLines({}, print)._what_it_did(None, run, dep)
+        first = f"; the first audit of store {root} (was it moved, or its path mistyped?)"
+        assert said.endswith(first) == (step == 1), said

@@ -5,6 +5,7 @@ audit's row, artifacts and events."""
 from __future__ import annotations
 
 import contextlib
+import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -155,6 +156,7 @@ def audit(
     thresholds = with_deployment_defaults("drift", drift, DriftThresholds)
     model = require_model(config)
     root = resolve_store(store)
+    missing = not os.path.exists(root)  # said at the end when the audit made the store
     series = series if series is not None else default_series(model, config.weights,
                                                                 config.seed, config.model_args)
     check_place(series, step)
@@ -260,6 +262,10 @@ def audit(
                   "model_check": check}
         publish_artifacts(report, run, profile, rows, root)
     emit_audit_events(row, rows, root)
+    if missing:  # a moved store or a mistyped path of a deployment: a new history begins
+        # there, its first audit comparing nothing (trial 26; the CLI says it too)
+        logger.warning("no store was at %r: a new one was made there; this audit is the "
+                       "first of its series there and compares nothing", root)
     retention = keep_latest(Store(root), series, keep_activations, run_id, logger.info)
     index = refresh_outputs(root, dashboard)
     out = {**{k: row[k] for k in ("audit_id", "series", "run_id", "step", "prev_audit_id",

@@ -505,8 +505,11 @@ class RunLines:
             skipped = skipped_audits(stored, a)
             prev = next((p for p in stored if p["audit_id"] == a["prev_audit_id"]), None)
             said = drift_said({**a, "skipped": skipped, "prev_step": prev and prev["step"]})
+            # the store's first audit: a moved store or a mistyped path began a new history
+            new = ("; the first audit of store " + root + " (was it moved, or its path "
+                   "mistyped?)" if len(stored) == 1 else "")
             return (f"audit {a['audit_id']} of series {a['series']} (step {a['step']}): run "
-                    f"{a['run_id']}; drift: {said}")
+                    f"{a['run_id']}; drift: {said}{new}")
         if dep.flow_name == "audit-checkpoints" or done:
             series = sorted({a["series"] for a in done})
             flagged = sum(a["n_flagged"] or 0 for a in done)
