@@ -507,7 +507,8 @@ class RunLines:
             said = drift_said({**a, "skipped": skipped, "prev_step": prev and prev["step"]})
             # the store's first audit: a moved store or a mistyped path began a new history
             new = ("; the first audit of store " + root + " (was it moved, or its path "
-                   "mistyped?)" if len(stored) == 1 else "")
+                   "mistyped?)" if all(x["started_at"] >= a["started_at"] for x in stored)
+                   else "")
             return (f"audit {a['audit_id']} of series {a['series']} (step {a['step']}): run "
                     f"{a['run_id']}; drift: {said}{new}")
         if dep.flow_name == "audit-checkpoints" or done:
