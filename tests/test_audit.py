@@ -677,6 +677,9 @@ def test_a_failed_audit_is_recorded_and_never_a_previous_audit(tmp_path, prefect
               dashboard=False)
     (failed,) = read_audits(Store(str(tmp_path)), "s")
     assert (failed["status"], failed["run_id"], failed["n_flagged"]) == ("failed", None, None)
+    # and why, in the store's history (trial 26 F4: only Prefect's log said it)
+    assert re.fullmatch(r"ValueError: run \S+ has 0 decoded images; BFD needs at least 2",
+                        failed["error"]), failed["error"]
     out = audit(config, str(tmp_path), series="s", step=2, dashboard=False)
     assert out["prev_audit_id"] is None and out["n_flagged"] == 0
 

@@ -149,7 +149,7 @@ CONTRACT: Final[Mapping[str, str]] = {
         "audit_id VARCHAR, series VARCHAR, run_id VARCHAR, step BIGINT, started_at TIMESTAMPTZ,"
         " finished_at TIMESTAMPTZ, trigger VARCHAR, flow_run_id VARCHAR, status VARCHAR,"
         " prev_audit_id VARCHAR, n_flagged INTEGER, drift_note VARCHAR, results_version VARCHAR,"
-        " decompose_json VARCHAR, " + _SEEN_COLUMNS
+        " decompose_json VARCHAR, " + _SEEN_COLUMNS + ", error VARCHAR"
     ),
     "drift": (
         "audit_id VARCHAR, series VARCHAR, prev_audit_id VARCHAR, layer INTEGER, head INTEGER,"

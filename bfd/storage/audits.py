@@ -66,6 +66,9 @@ AUDIT_SCHEMA: Final[pa.Schema] = pa.schema([
     ("results_version", pa.string()),
     ("decompose_json", pa.string()),
     *SEEN_FIGURES,
+    # a failed audit's reason, its error's first line (NULL when complete, and in an audit
+    # written before 2026-12-04): the store's history says why, not only Prefect's log
+    ("error", pa.string()),
 ])
 
 DRIFT_SCHEMA: Final[pa.Schema] = pa.schema([

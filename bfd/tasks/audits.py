@@ -511,10 +511,25 @@ def audit_row(store: Store, series: str, step: int, trigger: str,
             yield row
         except RunChanged:
             raise  # no audit took place: the caller audits the run another way
-        except BaseException:
+        except BaseException as err:
+            row["error"] = failure_said(err)
             _write_row(store, row, writing)
             raise
         _write_row(store, row, writing)
+
+
+# How much of a failed audit's error its row keeps
+_ERROR_CHARS: Final[int] = 500
+
+
+def failure_said(err: BaseException) -> str:
+    """A failed audit's reason as its row keeps it: its error's first line (``interrupted``
+    for Ctrl-C or a stop), at most ``_ERROR_CHARS`` characters."""
+    if isinstance(err, KeyboardInterrupt | SystemExit):
+        return "interrupted"
+    text = str(err).strip().splitlines()
+    line = f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+    return line[:_ERROR_CHARS]
 
 
 def _write_row(store: Store, row: dict[str, Any],
