@@ -283,7 +283,8 @@ def check_source(source: str, n_images: int | None = None) -> int | None:
 
 def _require_two_different(source: str, entries: list[tuple[str, str]]) -> None:
     """Refuses a source whose files are all copies of one (trial 27: every share 1 with the
-    interval [1, 1]). Files of two sizes differ: only files all of one size are hashed."""
+    interval [1, 1]). Files of two sizes differ: only files all of one size are hashed, and
+    only until one differs from the first."""
     sizes = set()
     for _, p in entries:
         with contextlib.suppress(OSError):  # a missing file: skipped at decode time
@@ -291,7 +292,9 @@ def _require_two_different(source: str, entries: list[tuple[str, str]]) -> None:
         if len(sizes) > 1:
             return
     files = [p for _, p in entries if Path(p).is_file()]
-    if len(files) >= 2 and len({sha256_file(p) for p in files}) == 1:
+    first = sha256_file(files[0]) if files else None
+    # hashed until one differs: the second file, unless it is a copy of the first
+    if len(files) >= 2 and all(sha256_file(p) == first for p in files[1:]):
         raise ValueError(f"the {len(files)} images of {source!r} are copies of one file "
                          f"({os.path.basename(files[0])}: the same bytes); BFD needs at least 2 "
                          "different images")
