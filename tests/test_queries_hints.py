@@ -184,3 +184,22 @@ def test_a_named_query_says_its_own_error_without_duckdb_s_prefix(store, capsys)
     code, out, err = cli(["sql", "SELECT error('compare_models: mine')", "--store",
                           str(store)], capsys)
     assert (code, err) == (2, "bfd: error: SQL: Invalid Input Error: compare_models: mine\n")
+
+
+def test_drift_rows_of_an_audit_never_recorded_are_in_no_query(tmp_path, capsys):
+    """An audit writes its drift rows, then its own row: a process killed between the two
+    left drift rows that `bfd sql` listed, of an audit no table holds (trial 26 F8)."""
+    from bfd.queries import run_sql
+    from bfd.storage import Store, write_drift
+
+    root = tmp_path / "store"
+    build_store(root)
+    first = _plant_audit(root, "s", "a-old", 1, None)
+    row = {"prev_audit_id": first, "layer": 0, "head": None, "metric": "frac_pos",
+           "before": 0.5, "after": 0.25, "delta": -0.25, "threshold": 0.05, "flagged": True}
+    second = _plant_audit(root, "s", "a-new", 2, first)
+    write_drift(Store(root), "s", second, [{"audit_id": second, **row}])
+    write_drift(Store(root), "s", "20261204T000000000000Z-deadbeef",
+                [{"audit_id": "20261204T000000000000Z-deadbeef", **row}])
+    found = run_sql(str(root), "SELECT audit_id FROM drift ORDER BY audit_id").to_pylist()
+    assert found == [{"audit_id": second}]
