@@ -570,17 +570,24 @@ def _plan_to_compute(args: argparse.Namespace, config, store: str, series: str,
                       " (its activations, model tensors and results)") + f"{damaged}{disk}")
     # the runs row the run would have, its N as listed: an image that does not decode
     # lowers it, and an earlier audit that decoded all of its images is then of another N
-    row = {**request_columns(planned.request), "n_skipped": 0, "status": "complete",
+    copies = [r for r in planned.records if r.duplicate_of is not None]  # skipped for sure
+    row = {**request_columns(planned.request), "n_skipped": len(copies), "status": "complete",
            "depth": info.depth, "num_heads": info.num_heads, "width": info.width,
            "config_json": json.dumps({"request": planned.request.to_json_dict(),
                                       "decompose": cli.decompose_options(args)})}
     before, note, _ = compared_audit(Store(store), series, step, rid, after=row)
-    drift = _drift_line(before, note, f", if all {count(n_images, 'listed image')} decode (one "
-                        "that does not lowers N, and the audit then compares with an earlier "
-                        "audit of that N, if any)")
+    listed = count(n_images - len(copies), "listed image") + (" (copies left out)" if copies
+                                                             else "")
+    drift = _drift_line(before, note, f", if all {listed} decode (one that does not lowers N, "
+                        "and the audit then compares with an earlier audit of that N, if any)")
     replaced = options_replaced(Store(store), rid,
                                 DecomposeOptions(**cli.decompose_options(args)).to_dict())
     notes = [replaced] if replaced else []
+    if copies:  # each content counted once (bfd.images.DUPLICATE)
+        notes.append(f"{len(copies)} of the {count(n_images, 'listed image')} are copies (the "
+                     f"same bytes) of another listed image and would be counted once: "
+                     f"{copies[0].id} (of {copies[0].duplicate_of})"
+                     + (", ..." if len(copies) > 1 else ""))
     method = other_method(Store(store), rid)
     if method is not None:
         todo = [] if not args.store_activations else [

@@ -987,6 +987,12 @@ def test_a_copied_image_is_counted_once(tmp_path, prefect_harness, capsys):
     for name, folder in (("once", once), ("twice", twice)):
         argv = options(folder, paths[0], store, 1)
         argv[argv.index("--series") + 1] = name
+        if name == "twice":  # the dry run says it beforehand
+            code, out, err = run_cli([*argv, "--dry-run"], capsys)
+            said = out + err
+            assert code == 0 and ("note: 2 of the 8 listed images are copies (the same bytes) "
+                                  "of another listed image and would be counted once: "
+                                  "z-copy0.png (of img0.png), ...") in said, said
         code, out, err = run_cli([*argv, "--no-dashboard"], capsys)
         assert code == 0, err
         runs[name] = read_audits(Store(store), name)[-1]["run_id"]
