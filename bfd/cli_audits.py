@@ -90,6 +90,14 @@ CHECKPOINTS_KEYS = ("series", "n_files", "store", "compared", "audits", "bad", "
                     "retention")
 
 
+def _check_keep_activations(args: argparse.Namespace) -> None:
+    """``--keep-activations`` refused before any work, by retention's own rule."""
+    if args.keep_activations is not None:
+        from bfd.storage import check_keep
+
+        check_keep(args.keep_activations, "--keep-activations")
+
+
 def audit_record(out: dict) -> dict:
     """What ``--format json`` writes of one audit (``out``: what the flow ``audit`` returns,
     with ``checkpoint`` for one of audit-checkpoints): the ``AUDIT_KEYS``, None where absent,
@@ -391,9 +399,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     check_place(series, args.step)
     check_series(Store(store), series)
     thresholds = drift_thresholds(args.drift_threshold)
-    if args.keep_activations is not None and args.keep_activations < 1:
-        raise ValueError(f"--keep-activations must be at least 1 (the latest run's "
-                         f"activations are kept); got {args.keep_activations}")
+    _check_keep_activations(args)
     missing = not os.path.exists(store)
     if args.dry_run:
         code = print_plan(args, config, store, series,
@@ -818,12 +824,15 @@ def print_demo_reading(store: str, run_id: str, profile) -> None:
 def print_image_notes(store: str, run_id: str, requested: int | None) -> None:
     """Warnings about the images an audit saw: fewer than ``--n-images`` asked for, and
     images that could not be read (left out of every figure)."""
+    from bfd.images import DUPLICATE
     from bfd.queries import run_sql
 
     sql = ("SELECT images, n_images, coalesce(n_skipped, 0) AS skipped, (SELECT count(*) FROM "
-           "images AS i WHERE i.run_id = $run_id AND i.status = 'skipped' AND i.error LIKE "
-           "'duplicate of %') AS copies FROM runs WHERE run_id = $run_id")
-    rows = run_sql(store, sql, {"run_id": run_id}).to_pylist()
+           "images AS i WHERE i.run_id = $run_id AND i.status = 'skipped' AND starts_with("
+           "i.error, $copy)) AS copies FROM runs WHERE run_id = $run_id")
+    # a copy's reason as bfd.images writes it, to its first placeholder
+    copy = DUPLICATE.partition("{")[0]
+    rows = run_sql(store, sql, {"run_id": run_id, "copy": copy}).to_pylist()
     if not rows:
         return
     row = rows[0]
@@ -851,9 +860,7 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
     config = audit_config(cli._extract_config(args))
     decompose = cli.decompose_options(args)
     thresholds = drift_thresholds(args.drift_threshold)
-    if args.keep_activations is not None and args.keep_activations < 1:
-        raise ValueError(f"--keep-activations must be at least 1 (the latest run's "
-                         f"activations are kept); got {args.keep_activations}")
+    _check_keep_activations(args)
     # the request checked as bfd audit checks it, before any audit of it is recorded: each
     # checkpoint's first bytes (an unreadable one is left out and named before the first
     # audit; all of them unreadable is refused), then the other options ('random' stands for

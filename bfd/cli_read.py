@@ -558,16 +558,18 @@ def cmd_drop_activations(args: argparse.Namespace) -> int:
 def _drop_past_keep(store, series: str | None, keep: int, dry_run: bool) -> int:
     """``bfd drop-activations --keep K``: each series' runs past its K latest (or ``series``'s),
     a line each, then a line per series; exit 1 when a run could not be dropped now."""
-    from bfd.storage import read_audits
+    from bfd.storage import check_keep, read_audits
     from bfd.tasks.retention import drop_past_keep, retention_said
 
-    every = sorted({row["series"] for row in read_audits(store)})
+    check_keep(keep, "--keep")
+    audits = read_audits(store)  # once: dropping runs changes no audit
+    every = sorted({row["series"] for row in audits})
     if series is not None and series not in every:
         raise ValueError(f"the store has no audits of series {series!r}"
                          + (f"; its series: {', '.join(every[:5])}" if every else ""))
     code = 0
     for name in [series] if series is not None else every:
-        dropped = drop_past_keep(store, name, keep, dry_run)
+        dropped = drop_past_keep(store, name, keep, dry_run, audits=audits)
         for d in dropped:
             print(f"run {d.run_id}: activations would be dropped" if dry_run else d.line())
         print(retention_said(name, keep, dropped, dry_run))

@@ -54,19 +54,26 @@ pairs AS (
         AND p.same_model AND p.note IS NULL
         AND ra.n_images - coalesce(ra.n_skipped, 0) = rb.n_images - coalesce(rb.n_skipped, 0)
 ),
+-- the runs compared, their rows alone unpivoted (a store holds hundreds of runs)
+compared_runs AS (
+    SELECT run_id FROM pairs UNION SELECT since_run_id FROM pairs
+),
 layer_values AS (
     SELECT run_id, layer, NULL::INTEGER AS head,
         metric || CASE WHEN site = 'attn_in' THEN '' ELSE '_' || site END AS metric,
         value, NULL::VARCHAR AS head_type
-    FROM (UNPIVOT (SELECT run_id, layer, site, frac_pos, frac_img, frac_int FROM layers)
+    FROM (UNPIVOT (SELECT run_id, layer, site, frac_pos, frac_img, frac_int FROM layers
+                   WHERE run_id IN (SELECT run_id FROM compared_runs))
           ON frac_pos, frac_img, frac_int INTO NAME metric VALUE value)
 ),
 head_values AS (
     SELECT run_id, layer, head, metric, value, NULL::VARCHAR AS head_type
-    FROM (UNPIVOT (SELECT run_id, layer, head, f_pp, f_pc, f_cp, f_cc FROM heads)
+    FROM (UNPIVOT (SELECT run_id, layer, head, f_pp, f_pc, f_cp, f_cc FROM heads
+                   WHERE run_id IN (SELECT run_id FROM compared_runs))
           ON f_pp, f_pc, f_cp, f_cc INTO NAME metric VALUE value)
     UNION ALL
     SELECT run_id, layer, head, 'head_type', NULL, head_type FROM heads
+    WHERE run_id IN (SELECT run_id FROM compared_runs)
 ),
 value_rows AS (
     SELECT * FROM layer_values UNION ALL SELECT * FROM head_values

@@ -37,6 +37,7 @@ _EXPORTS: Final[dict[str, str]] = {
     "drop_activations": "drop",
     "dropped": "drop",
     "forget_dropped": "drop",
+    "check_keep": "drop",
     "runs_past_keep": "drop",
     "Fault": "integrity",
     "check_intact": "integrity",

@@ -12,6 +12,7 @@ removes the note (``forget_dropped``). Its id is unchanged: the request is not t
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -109,28 +110,34 @@ def drop_activations(store: Store, run_id: str) -> tuple[int, bool]:
     return freed, before
 
 
-def runs_past_keep(store: Store, series: str, keep: int,
-                   also_keep: str | None = None) -> list[str]:
+def check_keep(keep: int, option: str = "keep") -> None:
+    """Refuses a retention that would keep no run's activations: the latest run's are always
+    kept (its next audit may reuse them); ``option`` names it as the user gave it."""
+    if keep < 1:
+        raise ValueError(f"{option} must be at least 1 (the latest run's activations are "
+                         f"kept); got {keep}")
+
+
+def runs_past_keep(store: Store, series: str, keep: int, also_keep: str | None = None,
+                   audits: Sequence[Mapping[str, Any]] | None = None) -> list[str]:
     """The runs of ``series`` whose activations a retention of ``keep`` drops, oldest first:
     those its complete audits name, less the ``keep`` latest of them (the runs of its latest
     audits in series order, each run counted once: a rollback's audit of an earlier run keeps
     that run), less any run that another series' ``keep`` latest hold, and less
     ``also_keep`` (the run just audited, which an audit of an earlier step puts before the
     latest). Runs whose activations are gone already, or were never kept (stats-only), are
-    left out.
+    left out. ``audits``: the store's audits in series order (``read_audits``), when the
+    caller read them already (one read for every series it retains).
 
     Raises:
-        ValueError: ``keep`` is below 1 (the latest run's activations are always kept: its
-            next audit may reuse them).
+        ValueError: ``keep`` is below 1 (``check_keep``).
     """
     from .audits import read_audits
     from .runs import is_stats_only, read_request
 
-    if keep < 1:
-        raise ValueError(f"the latest run's activations are always kept: keep at least 1 "
-                         f"run's; got {keep}")
+    check_keep(keep)
     latest: dict[str, list[str]] = {}  # per series, its runs by their latest audit, newest first
-    for row in reversed(read_audits(store)):
+    for row in reversed(read_audits(store) if audits is None else audits):
         runs = latest.setdefault(row["series"], [])
         if row["status"] == "complete" and row["run_id"] and row["run_id"] not in runs:
             runs.append(row["run_id"])

@@ -6,8 +6,9 @@ their weights and images."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from bfd.output import count, size_text
 from bfd.storage import (
@@ -35,12 +36,14 @@ class Dropped:
 
 
 def drop_past_keep(store: Store, series: str, keep: int, dry_run: bool = False,
-                   also_keep: str | None = None) -> list[Dropped]:
+                   also_keep: str | None = None,
+                   audits: Sequence[Mapping[str, Any]] | None = None) -> list[Dropped]:
     """Drops the activations of the runs of ``series`` past its ``keep`` latest and other
-    than ``also_keep`` (``runs_past_keep``), oldest first; a run that cannot be dropped now
-    is said and left. ``dry_run``: drops nothing; each run's ``freed`` is 0."""
+    than ``also_keep`` (``runs_past_keep``, with its ``audits``), oldest first; a run that
+    cannot be dropped now is said and left. ``dry_run``: drops nothing; each run's ``freed``
+    is 0."""
     out = []
-    for run_id in runs_past_keep(store, series, keep, also_keep):
+    for run_id in runs_past_keep(store, series, keep, also_keep, audits):
         if dry_run:
             out.append(Dropped(run_id))
             continue
