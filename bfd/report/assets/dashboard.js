@@ -200,8 +200,12 @@
   }
   // Printing: every figure at the paper's width (they were cut at the window's), relaid
   // out when the page is printed and back after; the tables print whole (dashboard.css).
+  // (print media's change and beforeprint both announce one printing: laid out once)
   const PRINT_WIDTH = 680;
+  let fitted = null;
   function fitPlots(width) {
+    if (width === fitted) return;
+    fitted = width;
     for (const d of document.querySelectorAll(".js-plotly-plot")) {
       Plotly.relayout(d, width ? { width: Math.min(width, d.getBoundingClientRect().width || width) }
         : { width: null, autosize: true });
@@ -1301,11 +1305,11 @@
       // the drift cross's click as a link a keyboard reaches (trial 28): Compare on the audit
       // and the one it was compared with
       const compare = { key: "compare", noCsv: true, render: (r) => {
-        const m = pointOf(r.audit_id), href = m && compareOf ? compareOf(m) : "";
+        const m = pointOf(r.audit_id), href = m ? compareOf(m) : "";
         return href ? h("a", { href: href }, "compare") : "";
       } };
       return lead.concat([idCol("audit_id", "audit"), idCol("prev_audit_id", "previous audit"),
-        runCol("run_id", "run")].filter((c) => all.includes(c.key)), compareOf ? [compare] : []);
+        runCol("run_id", "run")].filter((c) => all.includes(c.key)), [compare]);
     }
     function changeColumns(pointOf) {
       return [{ key: "layer" }, { key: "head" }, { key: "before", label: "type before" },
