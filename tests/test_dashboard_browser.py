@@ -2210,3 +2210,122 @@ def test_pages_print_whole_and_read_out_once(reused_site, browser):
         "return Array.from(document.querySelectorAll('#series-table tbody a'),"
         " a => a.getAttribute('href'))")
     assert "series.html?series=ck" in hrefs
+
+
+def _luminance(rgb) -> float:
+    lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+           for c in (u / 255 for u in rgb)]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def _contrast(a, b) -> float:
+    hi, lo = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def _rgb(colour: str) -> tuple[float, ...]:
+    from plotly.colors import hex_to_rgb, unlabel_rgb
+
+    return tuple(hex_to_rgb(colour) if colour.startswith("#") else unlabel_rgb(colour))
+
+
+def _viridis(v: float) -> tuple[float, ...]:
+    """plotly's Viridis at v, from the plotly package (not the page's copy of the scale)."""
+    from plotly.colors import PLOTLY_SCALES, find_intermediate_color
+
+    scale = PLOTLY_SCALES["Viridis"]
+    for (s0, c0), (s1, c1) in zip(scale, scale[1:], strict=False):
+        if s0 <= v <= s1:
+            return find_intermediate_color(_rgb(c0), _rgb(c1), (v - s0) / (s1 - s0))
+    raise AssertionError(v)
+
+
+MAP_LABELS = (
+    "const d = document.getElementById('headmap-plot');"
+    " const maps = d.data.filter(t => t.type === 'heatmap');"
+    " const labels = d.data.filter(t => t.mode === 'text');"
+    " const box = (e) => { const b = e.getBoundingClientRect();"
+    "  return [b.left, b.top, b.right, b.bottom]; };"
+    " return [maps.map(t => [t.name, t.z.map(r => Array.from(r)), t.colorscale || null]),"
+    " labels.map(t => [t.name, Array.from(t.x), Array.from(t.y), Array.from(t.text),"
+    "  Array.from(t.textfont.color)]),"
+    " Array.from(d.querySelectorAll('.textpoint text')).map(box),"
+    " Array.from(d.querySelectorAll('.annotation-text')).map(box),"
+    " Array.from(d.querySelectorAll('.legendtext'), t => t.textContent)]")
+
+
+def _disjoint(boxes: list) -> bool:
+    return all(a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+               for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def test_head_map_labels_contrast_with_their_cells_and_fit_at_every_width(tmp_path, browser):
+    """Trial 28: the head map's cell labels were white or grey on any fill (3.2:1 on the pp
+    colour, 3.7:1 on viridis' teal), its panel titles text in the block colours (2.3:1),
+    head types colour alone beyond 8 heads, and at phone width titles and labels overlapped."""
+    root = tmp_path / "store"
+    write_synthetic_run(root, "h-6", n_heads=6, depth=4, seed=3)
+    write_synthetic_run(root, "h-12", n_heads=12, depth=4, seed=4,
+                        created_at=dt.datetime(2025, 2, 1, tzinfo=dt.UTC))
+    out = tmp_path / "site"
+    build_dashboard(root, out)
+    kinds = ["position-position", "content-position", "content-content"]
+
+    def check(page: str) -> tuple:
+        open_page(browser, (out / "runs" / page).as_uri())
+        maps, labels, texts, titles, legend = browser.execute_script(MAP_LABELS)
+        by_name = {name: (z, scale) for name, z, scale in maps}
+        for name, xs, ys, text, ink in labels:
+            panel = name.removeprefix("labels ")
+            z, scale = by_name[panel]
+            for x, y, word, colour in zip(xs, ys, text, ink, strict=True):
+                v = z[y][x]
+                if panel == "head_type":
+                    fill = _rgb(scale[2 * v][1])  # the stepped scale: two stops a type
+                    assert word in ({"p", "x", "c"} | {"pp", "pc+cp", "cc"}), word
+                    assert word[0] == "pxc"[v] or word == ["pp", "pc+cp", "cc"][v]
+                else:
+                    fill = _viridis(v)
+                    assert word == f"{v:.2f}"
+                assert _contrast(_rgb(colour), fill) >= 4.5, (panel, word, colour, fill)
+        # titles in black (a block's colour only in the square before its name)
+        assert browser.execute_script(
+            "return Array.from(document.querySelectorAll('#headmap-plot .annotation-text'),"
+            " t => getComputedStyle(t).fill)").count("rgb(0, 0, 0)") == 5
+        return by_name, {name: len(text) for name, *_, text, _ink in labels}, texts, titles, legend
+
+    try:
+        browser.set_window_size(1400, 1000)
+        by_name, counts, texts, titles, legend = check("h-6.html")
+        cells = sum(v is not None for row in by_name["head_type"][0] for v in row)
+        assert cells == 24
+        # every cell named at this width, its type and its four shares
+        assert counts == {f"labels {b}": 24 for b in by_name}
+        assert _disjoint(texts) and _disjoint(titles)
+        assert legend == [f"{s}: {k}" for s, k in zip(["pp", "pc+cp", "cc"], kinds, strict=True)]
+        # 12 heads: the type panel still says each type (its letter), the legend the letters
+        by_name, counts, texts, titles, legend = check("h-12.html")
+        assert counts.get("labels head_type") == 48
+        assert _disjoint(texts) and _disjoint(titles)
+        assert legend == ["pp (p): position-position", "pc+cp (x): content-position",
+                          "cc (c): content-content"]
+        # a phone: no title or label on another
+        browser.set_window_size(400, 900)
+        for page in ("h-6.html", "h-12.html"):
+            _, counts, texts, titles, _ = check(page)
+            assert _disjoint(texts) and _disjoint(titles), page
+        assert counts == {}  # 12 heads in 400 px: cells of 5 px hold no text (hover does)
+        # printed from a wide window: drawn again at the paper's width, nothing on another
+        browser.set_window_size(1400, 1000)
+        open_page(browser, (out / "runs" / "h-6.html").as_uri())
+        browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print"})
+        try:
+            wait_for(browser,
+                     "return document.getElementById('headmap-plot')._fullLayout.width <= 680")
+            _, _, texts, titles, _ = browser.execute_script(MAP_LABELS)
+            assert texts and _disjoint(texts) and _disjoint(titles)
+        finally:
+            browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": ""})
+        wait_for(browser, "return document.getElementById('headmap-plot')._fullLayout.width > 900")
+    finally:
+        browser.set_window_size(1400, 1000)

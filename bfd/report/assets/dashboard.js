@@ -29,6 +29,12 @@
   // bfd plot, bfd/report/layout.py).
   const LOG_FLOOR = 1e-17;
 
+  // plotly.js's Viridis, the share scale of the head maps, here to know each cell's colour
+  const VIRIDIS = [[0, "#440154"], [0.0627, "#48186a"], [0.1255, "#472d7b"], [0.1882, "#424086"],
+    [0.251, "#3b528b"], [0.3137, "#33638d"], [0.3765, "#2c728e"], [0.4392, "#26828e"], [0.502, "#21918c"],
+    [0.5647, "#1fa088"], [0.6275, "#28ae80"], [0.6902, "#3fbc73"], [0.7529, "#5ec962"], [0.8157, "#84d44b"],
+    [0.8784, "#addc30"], [0.9412, "#d8e219"], [1, "#fde725"]];
+
   // --- helpers ------------------------------------------------------------------------------
   function pt(s) {
     return String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
@@ -47,6 +53,25 @@
   }
   function safeHref(url) {
     return typeof url === "string" && /^(https?:|file:)/i.test(url) ? url : null;
+  }
+  function hexRgb(c) {
+    return [1, 3, 5].map((i) => parseInt(c.slice(i, i + 2), 16));
+  }
+  // the colour of v on a colour scale [[stop, "#rrggbb"], ...], as plotly interpolates (in RGB)
+  function scaleRgb(scale, v) {
+    const x = Math.min(1, Math.max(0, v));
+    const j = Math.max(1, scale.findIndex(([s]) => s >= x));
+    const [s0, c0] = scale[j - 1], [s1, c1] = scale[j];
+    const f = s1 > s0 ? (x - s0) / (s1 - s0) : 0;
+    const a = hexRgb(c0), b = hexRgb(c1);
+    return a.map((u, i) => u + f * (b[i] - u));
+  }
+  // black or white text, whichever contrasts more with a fill (WCAG relative luminance: at
+  // least 4.58:1 either way)
+  function inkOn(rgb) {
+    const lin = rgb.map((u) => { const c = u / 255; return c <= 0.04045 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; });
+    const lum = 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2];
+    return (lum + 0.05) / 0.05 >= 1.05 / (lum + 0.05) ? "#000" : "#fff";
   }
   function rowsOf(cols) {
     const names = Object.keys(cols || {});
@@ -207,10 +232,23 @@
     if (width === fitted) return;
     fitted = width;
     for (const d of document.querySelectorAll(".js-plotly-plot")) {
-      Plotly.relayout(d, width ? { width: Math.min(width, d.getBoundingClientRect().width || width) }
-        : { width: null, autosize: true });
+      const to = width ? Math.min(width, d.getBoundingClientRect().width || width) : null;
+      // a figure whose drawing depends on its width (the head map's labels) is drawn again
+      if (d.bfdFit && to) d.bfdFit(to);
+      else if (d.bfdFit) Plotly.relayout(d, { width: null, autosize: true }).then(() => d.bfdFit(null));
+      else Plotly.relayout(d, to ? { width: to } : { width: null, autosize: true });
     }
   }
+  // the same when the window's width changes (a phone turned): plotly resizes a figure, its
+  // width-dependent drawing is redone once the resizing stops
+  let resizing = null;
+  window.addEventListener("resize", () => {
+    clearTimeout(resizing);
+    resizing = setTimeout(() => {
+      if (fitted) return;
+      for (const d of document.querySelectorAll(".js-plotly-plot")) if (d.bfdFit) d.bfdFit(null);
+    }, 250);
+  });
   const printing = window.matchMedia("print");
   printing.addEventListener("change", (e) => fitPlots(e.matches ? PRINT_WIDTH : null));
   window.addEventListener("beforeprint", () => fitPlots(PRINT_WIDTH));
@@ -295,7 +333,11 @@
     return h("label", {}, label + " ", s);
   }
   function runLink(r, text) {
-    return h("a", { href: UP + "runs/" + encodeURIComponent(r.page) }, text || r.run_id);
+    // a shortened id is read out, and shown on hover, whole (links of one series' runs
+    // would all read "test_vit-…" otherwise)
+    const short = text && text !== r.run_id;
+    return h("a", { href: UP + "runs/" + encodeURIComponent(r.page), "aria-label": short ? "run " + r.run_id : null,
+      title: short ? r.run_id : null }, text || r.run_id);
   }
   // An audit's flag count, or "not compared" where its drift check compared nothing (its
   // drift_note says why): a 0 there is no pass; or "— (first audit)" for the first audit of
@@ -754,9 +796,9 @@
     const cell = new Map(heads.map((x) => [x.layer + ":" + x.head, x]));
     // Panels: the head type (docs/method.md: the argmax of f_pp, f_pc + f_cp and f_cc), then
     // the four blocks in the tables' order pp, pc, cp, cc.
-    const TYPES = [["position-position", "pp", BLOCK.f_pp], ["content-position", "pc+cp", "#CC79A7"],
-      ["content-content", "cc", BLOCK.f_cc]];
-    const OTHER_TYPE = ["undefined", "–", "#BBBBBB"];
+    const TYPES = [["position-position", "pp", BLOCK.f_pp, "p"], ["content-position", "pc+cp", "#CC79A7", "x"],
+      ["content-content", "cc", BLOCK.f_cc, "c"]];
+    const OTHER_TYPE = ["undefined", "–", "#BBBBBB", "–"];
     const typeOf = (x) => TYPES.findIndex(([t]) => t === x.head_type);
     const panels = ["head_type"].concat(blocks);
     const n = panels.length, wide = 1 / n;
@@ -764,65 +806,95 @@
       (b === "head_type" ? "" : `<br>${b} ${fmt(x[b])}`) + `<br>pp ${fmt(x.f_pp)} · pc ${fmt(x.f_pc)}` +
       ` · cp ${fmt(x.f_cp)} · cc ${fmt(x.f_cc)}<br>eff_rank ${fmt(x.eff_rank)}`
       : layerIds.includes(l) ? `layer ${l} head ${k}: no row` : `layer ${l}: not stored by this run`);
-    // Values in the cells while they fit (two close shares differ in print, not only in hue):
-    // beyond 8 heads a cell is too narrow for "0.27" (as bfd plot's head map)
-    const small = maxHead + 1 <= 8 && (maxLayer + 1) * (maxHead + 1) <= 200;
-    const mapTraces = [];
-    panels.forEach((b, i) => {
-      const z = [], text = [], label = [];
-      for (let l = 0; l <= maxLayer; l++) {
-        z.push([]); text.push([]); label.push([]);
-        for (let k = 0; k <= maxHead; k++) {
-          const x = cell.get(l + ":" + k);
-          const t = x ? typeOf(x) : -1;
-          z[l].push(!x ? null : b !== "head_type" ? x[b] : t < 0 ? TYPES.length : t);
-          text[l].push(hoverOf(x, l, k, b));
-          label[l].push(!x ? "" : b !== "head_type" ? (typeof x[b] === "number" ? x[b].toFixed(2) : "–")
-            : (TYPES[t] || OTHER_TYPE)[1]);
-        }
-      }
-      const ax = i ? String(i + 1) : "";
-      const common = { type: "heatmap", z: z, text: label, customdata: text,
-        hovertemplate: "%{customdata}<extra></extra>",
-        xaxis: "x" + ax, yaxis: "y" + ax, name: b, xgap: 1, ygap: 1, showlegend: false,
-        texttemplate: small ? "%{text}" : undefined, textfont: { size: 11 } };
-      if (b === "head_type") {
-        // a colour a type: value j in [j - 0.5, j + 0.5] of a stepped scale
-        const colours = TYPES.map((t) => t[2]).concat([OTHER_TYPE[2]]), m = colours.length;
-        mapTraces.push(Object.assign(common, { showscale: false, zmin: -0.5, zmax: m - 0.5,
-          colorscale: colours.flatMap((c, j) => [[j / m, c], [(j + 1) / m, c]]) }));
-      } else {
-        mapTraces.push(Object.assign(common, { coloraxis: "coloraxis" }));
-      }
-    });
-    // the head types' legend: a square of each type's colour (types no head has too)
-    const present = heads.some((x) => typeOf(x) < 0) ? TYPES.concat([OTHER_TYPE]) : TYPES;
-    for (const [t, short, colour] of present) {
-      mapTraces.push({ type: "scatter", mode: "markers", x: [null], y: [null], name: pt(`${short}: ${t}`),
-        marker: { symbol: "square", size: 12, color: colour }, hoverinfo: "skip", showlegend: true,
-        legendgroup: "types" });
-    }
-    // the head types' legend below the panels' "head" axis titles, clear of them: the plot
-    // area is the height less the margins; the legend starts 64 px under it
     const mapHeight = Math.min(990, 250 + 26 * (maxLayer + 1)), mapMargin = { l: 50, r: 20, t: 60, b: 120 };
-    const mapLayout = { coloraxis: { colorscale: "Viridis", cmin: 0, cmax: 1,
-      colorbar: { title: { text: "share" }, thickness: 12 } }, height: mapHeight,
-    annotations: [], margin: mapMargin,
-    legend: { orientation: "h", x: 0, y: -64 / (mapHeight - mapMargin.t - mapMargin.b), yanchor: "top",
-      title: { text: "head type:", side: "left" } } };
-    panels.forEach((b, i) => {
-      const ax = i ? String(i + 1) : "";
-      // no zero lines: through the empty rows of layers not stored they would read as data
-      mapLayout["xaxis" + ax] = { domain: [i * wide + 0.01, (i + 1) * wide - 0.02], title: { text: "head" },
-        dtick: 1, anchor: "y" + ax, zeroline: false };
-      mapLayout["yaxis" + ax] = { autorange: "reversed", dtick: 1, anchor: "x" + ax, zeroline: false,
-        title: i ? undefined : { text: "layer" }, showticklabels: i === 0 };
-      const title = b === "head_type" ? "head type" : pt(BLOCK_LABEL[b]);
-      mapLayout.annotations.push({ text: title, x: (i + 0.5) * wide - 0.005, y: 1.01, xref: "paper",
-        yref: "paper", xanchor: "center", yanchor: "bottom", showarrow: false,
-        font: { size: 11, color: b === "head_type" ? "#000" : BLOCK[b] } });
-    });
-    draw(headmap, mapTraces, mapLayout);
+    const rowPx = (mapHeight - mapMargin.t - mapMargin.b) / (maxLayer + 1);
+    // Drawn for a width (the page's, or the paper's when printed: fitPlots), since what fits
+    // in a cell depends on it: a type's name in the type panel, its letter where the name
+    // does not fit (a type is never colour alone: trial 28), nothing under 8 px; a share's
+    // value while "0.27" fits (two close shares differ in print, not only in hue); each
+    // label black or white, whichever contrasts more with its cell (at least 4.6:1, WCAG AA)
+    function drawHeadMap(width, fixed) {
+      const panelPx = (width - mapMargin.l - mapMargin.r) * (wide - 0.03);
+      const cellPx = panelPx / (maxHead + 1);
+      // (at 11 px: "pc+cp" about 30 px wide, "0.27" 22, a letter 6)
+      const typeText = rowPx < 11 || cellPx < 8 ? null : cellPx >= 32 ? 1 : 3;
+      const numbers = cellPx >= 24 && rowPx >= 13;
+      const mapTraces = [], labelTraces = [];
+      panels.forEach((b, i) => {
+        const z = [], text = [], lx = [], ly = [], label = [], ink = [];
+        for (let l = 0; l <= maxLayer; l++) {
+          z.push([]); text.push([]);
+          for (let k = 0; k <= maxHead; k++) {
+            const x = cell.get(l + ":" + k);
+            const t = x ? typeOf(x) : -1;
+            z[l].push(!x ? null : b !== "head_type" ? x[b] : t < 0 ? TYPES.length : t);
+            text[l].push(hoverOf(x, l, k, b));
+            if (!x) continue;
+            const fill = b === "head_type" ? hexRgb((TYPES[t] || OTHER_TYPE)[2])
+              : typeof x[b] === "number" ? scaleRgb(VIRIDIS, x[b]) : null;
+            const word = b === "head_type" ? (typeText ? (TYPES[t] || OTHER_TYPE)[typeText] : null)
+              : numbers ? (typeof x[b] === "number" ? x[b].toFixed(2) : "–") : null;
+            if (word === null || !fill) continue;
+            lx.push(k); ly.push(l); label.push(word); ink.push(inkOn(fill));
+          }
+        }
+        const ax = i ? String(i + 1) : "";
+        const common = { type: "heatmap", z: z, customdata: text,
+          hovertemplate: "%{customdata}<extra></extra>",
+          xaxis: "x" + ax, yaxis: "y" + ax, name: b, xgap: 1, ygap: 1, showlegend: false };
+        if (b === "head_type") {
+          // a colour a type: value j in [j - 0.5, j + 0.5] of a stepped scale
+          const colours = TYPES.map((t) => t[2]).concat([OTHER_TYPE[2]]), m = colours.length;
+          mapTraces.push(Object.assign(common, { showscale: false, zmin: -0.5, zmax: m - 0.5,
+            colorscale: colours.flatMap((c, j) => [[j / m, c], [(j + 1) / m, c]]) }));
+        } else {
+          mapTraces.push(Object.assign(common, { coloraxis: "coloraxis" }));
+        }
+        // the labels over the cells (a heatmap's own text takes one colour for all)
+        if (label.length) {
+          labelTraces.push({ type: "scatter", mode: "text", x: lx, y: ly, text: label, name: "labels " + b,
+            textfont: { size: 11, color: ink }, xaxis: "x" + ax, yaxis: "y" + ax, hoverinfo: "skip",
+            showlegend: false });
+        }
+      });
+      // the head types' legend: a square of each type's colour (types no head has too), and
+      // the letter that stands for it in cells too narrow for its name
+      const present = heads.some((x) => typeOf(x) < 0) ? TYPES.concat([OTHER_TYPE]) : TYPES;
+      for (const type of present) {
+        const [t, short, colour] = type;
+        const letter = typeText === 3 && type[3] !== short ? ` (${type[3]})` : "";
+        mapTraces.push({ type: "scatter", mode: "markers", x: [null], y: [null], name: pt(`${short}${letter}: ${t}`),
+          marker: { symbol: "square", size: 12, color: colour }, hoverinfo: "skip", showlegend: true,
+          legendgroup: "types" });
+      }
+      // the head types' legend below the panels' "head" axis titles, clear of them: the plot
+      // area is the height less the margins; the legend starts 64 px under it
+      const mapLayout = { coloraxis: { colorscale: VIRIDIS, cmin: 0, cmax: 1,
+        colorbar: { title: { text: "share" }, thickness: 12 } }, height: mapHeight,
+      annotations: [], margin: mapMargin,
+      legend: { orientation: "h", x: 0, y: -64 / (mapHeight - mapMargin.t - mapMargin.b), yanchor: "top",
+        title: { text: "head type:", side: "left" } } };
+      panels.forEach((b, i) => {
+        const ax = i ? String(i + 1) : "";
+        // no zero lines: through the empty rows of layers not stored they would read as data;
+        // the ranges the cells' (the labels' text would pad them)
+        mapLayout["xaxis" + ax] = { domain: [i * wide + 0.01, (i + 1) * wide - 0.02], title: { text: "head" },
+          dtick: 1, anchor: "y" + ax, zeroline: false, range: [-0.5, maxHead + 0.5] };
+        mapLayout["yaxis" + ax] = { range: [maxLayer + 0.5, -0.5], dtick: 1, anchor: "x" + ax, zeroline: false,
+          title: i ? undefined : { text: "layer" }, showticklabels: i === 0 };
+        // black text, the block's colour in a square before it (the colours on white are
+        // 2.3-3.9:1); the block's short name where the long one would meet its neighbour's
+        const name = b === "head_type" ? "head type" : panelPx >= 150 ? pt(BLOCK_LABEL[b]) : b.slice(2);
+        const title = b === "head_type" ? name : `<span style="color:${BLOCK[b]}">■</span> ${name}`;
+        mapLayout.annotations.push({ text: title, x: (i + 0.5) * wide - 0.005, y: 1.01, xref: "paper",
+          yref: "paper", xanchor: "center", yanchor: "bottom", showarrow: false,
+          font: { size: 11, color: "#000" } });
+      });
+      // a width given (printing) is the figure's; else it fills its box (responsive)
+      return draw(headmap, mapTraces.concat(labelTraces), Object.assign(mapLayout, fixed ? { width: width } : { autosize: true }));
+    }
+    headmap.bfdFit = (width) => drawHeadMap(width || headmap.getBoundingClientRect().width || 1000, !!width);
+    headmap.bfdFit(null);
     headmap.on("plotly_click", (ev) => choose(ev.points[0].y, ev.points[0].x));
     // Mode spectra.
     const spectrum = plotDiv("spectrum-plot", "Singular values sigma and per-mode energies of the selected head");
@@ -1764,6 +1836,8 @@
       return typeof r.n_decoded === "number" ? r.n_decoded : null;
     };
     const COLOUR = { A: "#0072B2", B: "#D55E00" };
+    // the same as text on white, at least 4.5:1 (#D55E00 is 3.9:1: trial 28)
+    const INK = { A: "#0072B2", B: "#B54F00" };
     // a Compare CSV's name (<run A>-vs-<run B>-<what>.csv, safe for a file) and the columns
     // that identify its pair, as compare_runs' (run_a, run_b, basis, n_images_a, n_images_b)
     const pairStem = (a, b) => fileStem(a) + "-vs-" + fileStem(b);
@@ -1823,7 +1897,7 @@
       notes.replaceChildren(...noteLines);
       const nameOf = { A: `${label(ca)} · N ${fmt(nA)}`, B: `${label(cb)} · N ${fmt(nB)}` };
       names.replaceChildren(...["A", "B"].map((side) => h("p", { class: "run-name", "data-side": side },
-        h("b", { style: "color:" + COLOUR[side] }, side), " ", nameOf[side])));
+        h("b", { style: "color:" + INK[side] }, side), " ", nameOf[side])));
       // the models' depth (layer_summary.depth: runs.depth), not the number of layers each
       // run stored (a run may hold a subset of its model's layers: --layers)
       const depthOf = (rows) => rows.length ? rows[0].depth : null;
