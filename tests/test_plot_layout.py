@@ -215,3 +215,32 @@ def test_the_head_map_shows_each_heads_stored_type_in_its_colour(runs):
     assert names == {"pp: position-position", "pc: content-position (f_pc + f_cp)",
                      "cc: content-content"} | (
         {"–: undefined"} if any(r["head_type"] == "undefined" for r in heads) else set())
+
+
+def test_head_map_cell_labels_contrast_with_their_cells(runs):
+    """Trial 28 (as on the dashboard): white type names on the pp colour (3.9:1), white
+    shares on viridis' teal (3.7:1) and block titles in the block colours (2.3:1)."""
+    def luminance(rgb) -> float:
+        c = np.asarray(rgb, float)[:3]
+        lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+        return float(lin @ [0.2126, 0.7152, 0.0722])
+
+    def contrast(a, b) -> float:
+        hi, lo = sorted((luminance(a), luminance(b)), reverse=True)
+        return (hi + 0.05) / (lo + 0.05)
+
+    checked = 0
+    for depth in (2, 12):  # (2 heads carry their values; beyond 8 heads none)
+        fig = runs[depth][0]["head_map"]
+        fig.canvas.draw()
+        for ax in fig.axes:
+            images = ax.get_images()
+            if not images or not ax.texts:
+                continue
+            rgba = images[0].to_rgba(images[0].get_array())
+            for t in ax.texts:
+                j, i = (round(v) for v in t.get_position())
+                assert contrast(to_rgb(t.get_color()), rgba[i, j]) >= 4.5, (ax.get_title(), t)
+                checked += 1
+            assert to_rgb(ax.title.get_color()) == (0.0, 0.0, 0.0)
+    assert checked > 0

@@ -93,6 +93,15 @@ def _shares(run: dict, layers: list[dict], heads: list[dict], modes: list[dict],
     return fig
 
 
+def ink_on(rgb) -> str:
+    """Black or white text, whichever contrasts more with a fill of ``rgb`` (0-1): at least
+    4.58:1 by WCAG's relative luminance either way (as the dashboard's ``inkOn``)."""
+    c = np.asarray(rgb, float)[:3]
+    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    lum = float(lin @ [0.2126, 0.7152, 0.0722])
+    return "black" if (lum + 0.05) / 0.05 >= 1.05 / (lum + 0.05) else "white"
+
+
 def _annotated(shape: tuple[int, int]) -> bool:
     """Whether the cells of a (layers, heads) map carry their text: while a cell of the maps
     side by side on a 7 in figure is wide enough for it."""
@@ -115,7 +124,7 @@ def _head_types(ax, lay: np.ndarray, hd: np.ndarray, heads: list[dict], shape) -
         for (i, j), value in np.ndenumerate(grid):
             if np.isfinite(value):
                 ax.text(j, i, every[int(value)][1], ha="center", va="center", fontsize=5,
-                        color="white")
+                        color=ink_on(mpl.colors.to_rgb(every[int(value)][2])))
     ax.set_title("head type")
     ax.set_xlabel("head")
     integer_ticks(ax.xaxis)
@@ -142,8 +151,9 @@ def _head_map(run: dict, layers: list[dict], heads: list[dict], modes: list[dict
             for (i, j), value in np.ndenumerate(grid):
                 if np.isfinite(value):
                     ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=5,
-                            color="white" if value < 0.6 else "black")
-        ax.set_title(block, color=BLOCK_COLORS[block])
+                            color=ink_on(image.cmap(image.norm(value))))
+        # in black: the block colours as text on white are 2.3-3.9:1 (the bars' legend has them)
+        ax.set_title(block)
         ax.set_xlabel("head")
         integer_ticks(ax.xaxis)
     axes[0, 0].set_ylabel("layer")
