@@ -8,6 +8,7 @@ import functools
 import os
 import re
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -263,8 +264,41 @@ def _extract_config(args: argparse.Namespace) -> dict:
     return cfg
 
 
+class _LineBar:
+    """A bar for a stderr that is no terminal (a log file, a scheduler's or a notebook's
+    captured output): whole lines, the stage's start, its end and at most one every
+    ``EVERY`` seconds between, where tqdm's carriage-return redraws would fill a log with
+    ``\r`` (trial 29). The part of tqdm's interface that ``_Bars`` uses."""
+
+    EVERY = 30.0
+    mid_line = False  # every line it writes is finished
+
+    def __init__(self, total: int, desc: str, unit: str) -> None:
+        self.total, self.desc, self.unit, self.n, self.disable = total, desc, unit, 0, False
+        self.start = self.said = time.monotonic()
+        self._say()
+
+    def _say(self) -> None:
+        pct = 100 * self.n / self.total if self.total else 100.0
+        sys.stderr.write(f"{self.desc}: {pct:3.0f}% {self.n}/{self.total} {self.unit} "
+                         f"({time.monotonic() - self.start:.0f} s)\n")
+        sys.stderr.flush()
+        self.said = time.monotonic()
+
+    def update(self, k: int) -> None:
+        self.n += k
+        if self.n < self.total and time.monotonic() - self.said >= self.EVERY:
+            self._say()
+
+    def close(self) -> None:
+        if not self.disable and self.n >= self.total:
+            self._say()
+        self.disable = True
+
+
 class _Bars:
-    """tqdm bars fed by the flows' progress reports (bfd.flows.progress)."""
+    """tqdm bars fed by the flows' progress reports (bfd.flows.progress); lines
+    (``_LineBar``) where stderr is no terminal."""
 
     # the stats-only run's forwards count images too (bfd.tasks.stats_only.FORWARD_STAGES)
     UNITS = {"extract": "img", "decompose": "layer", "forward 1/2": "img",
@@ -279,7 +313,8 @@ class _Bars:
     @staticmethod
     def line_open() -> bool:
         """True while a bar is drawn and not closed: stderr's last line is unfinished."""
-        return any(not bar.disable for bars in _Bars.live for bar in bars.bars.values())
+        return any(getattr(bar, "mid_line", True) and not bar.disable
+                   for bars in _Bars.live for bar in bars.bars.values())
 
     def __call__(self, stage: str, done: int, total: int, detail: dict) -> None:
         from tqdm import tqdm
@@ -296,8 +331,10 @@ class _Bars:
         bar = self.bars.get(stage)
         if bar is None or (bar.disable and done < total):  # a stage begun again: a new bar
             # (audit-checkpoints: each checkpoint's audit extracts; a closed bar drew nothing)
-            bar = self.bars[stage] = tqdm(total=total, desc=stage, unit=self.UNITS.get(stage, "it"),
-                                          dynamic_ncols=True, file=sys.stderr)
+            unit = self.UNITS.get(stage, "it")
+            bar = self.bars[stage] = (
+                tqdm(total=total, desc=stage, unit=unit, dynamic_ncols=True, file=sys.stderr)
+                if sys.stderr.isatty() else _LineBar(total, stage, unit))
         bar.total = total
         bar.update(done - bar.n)
         if done >= total:
