@@ -25,3 +25,8 @@ def __getattr__(name: str):
 
 
 __all__ = ["analyze", "__version__"]
+
+
+def __dir__() -> list[str]:
+    # the names served on first use above, for dir() and a notebook's completion (trial 29)
+    return sorted({*globals(), *__all__})

@@ -1191,3 +1191,13 @@ def test_prefects_usage_telemetry_is_off_unless_the_user_turns_it_on(tmp_path):
                               text=True, timeout=120)
         told[given] = proc.stdout.strip()
     assert told == {None: "False", "0": "True"}, told
+
+
+def test_dir_of_bfd_offers_analyze_without_importing_torch():
+    """Trial 29: a notebook's ``bfd.<TAB>`` offered nothing (``dir(bfd)`` was empty of the
+    names served on first use)."""
+    code = ("import sys, bfd\n"
+            "print('analyze' in dir(bfd), '__version__' in dir(bfd), 'torch' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stdout.split() == ["True", "True", "False"], proc.stderr
