@@ -478,3 +478,62 @@ def test_duckdb_reads_runs_of_the_old_layout_beside_new_ones(two_models, tmp_pat
         exec(compile(call, "docs/layout.md", "exec"), scope)
         got = scope["heads_duckdb"].groupby("run_id").size().sort_index()
         assert [{"run_id": k, "n": int(v)} for k, v in got.items()] == expected, table
+
+
+def test_every_reader_reads_the_columns_added_since_older_files_were_written(two_models,
+                                                                             tmp_path):
+    """Trial 29: on a store upgraded in place, the files written before a column was added
+    lack it and are the first of their folder (audit files are named by time): polars' documented
+    call refused the folder ("extra column in file outside of expected schema"), pandas and
+    pyarrow read without the new columns. Each table folder's columns file, first of the
+    folder, gives them every column; the older rows read NULL there."""
+    store = Store(tmp_path / "store")
+    shutil.copytree(two_models[0].root, store.root)
+    new = ["frac_pos_adj_mean", "error"]  # two of the columns audits gained on 2026-12-04
+    old = pa.schema([f for f in AUDIT_SCHEMA if f.name not in new])
+    audit, _ = event_rows(0, "s")
+    first = store.table_dir("audits") / "s" / f"{audit['audit_id']}.parquet"
+    first.parent.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([{f.name: audit.get(f.name) for f in old}], old), first)
+    # the runs table: one run's file as written before its last column was added
+    runs_folder = store.table_dir("runs")
+    for path in list(runs_folder.glob("*/*.parquet")) + list(runs_folder.glob("!*")):
+        path.unlink()
+    rid = two_models[1][0]
+    publish_run(store, rid, 2)  # publishes the first run again: its runs file and the columns file
+    narrow = runs_folder / "old-run" / "part-0.parquet"
+    narrow.parent.mkdir(parents=True)
+    full = pq.read_table(next(runs_folder.glob(f"{rid}/*.parquet")))
+    last = full.column_names[-1]
+    pq.write_table(full.drop_columns([last]).set_column(0, "run_id", pa.array(["old-run"])),
+                   narrow)
+    later, _ = event_rows(1, "s")
+    write_audit(store, later | {"frac_pos_adj_mean": 0.25, "error": None})
+
+    for table, want, column in (("audits", {audit["audit_id"]: None, later["audit_id"]: 0.25},
+                                 "frac_pos_adj_mean"),
+                                ("runs", {"old-run": None, rid: full.column(last)[0].as_py()},
+                                 last)):
+        folder = store.table_dir(table)
+        key = "audit_id" if table == "audits" else "run_id"
+        got = {
+            "pandas": pa.Table.from_pandas(pd.read_parquet(folder), preserve_index=False),
+            "pyarrow.parquet": pq.read_table(folder),
+            "pyarrow.dataset": ds.dataset(folder, format="parquet").to_table(),
+            "polars": pl.scan_parquet(folder, missing_columns="insert").collect().to_arrow(),
+        }
+        for reader, data in got.items():
+            rows = {r[key]: r[column] for r in data.select([key, column]).to_pylist()}
+            if reader == "pandas":  # numpy-backed: NULL reads NaN
+                rows = {k: None if isinstance(v, float) and np.isnan(v) else v
+                        for k, v in rows.items()}
+            assert rows == want, (table, reader)
+    # the drift table of audits none of which compared: its columns, no rows
+    drift = store.table_dir("drift")
+    assert pd.read_parquet(drift).columns.tolist() == DRIFT_SCHEMA.names
+    assert pl.scan_parquet(drift, missing_columns="insert").collect().shape == (
+        0, len(DRIFT_SCHEMA))
+    # bfd's own readers: the columns file is no audit, no run and no row
+    assert [a["audit_id"] for a in read_audits(store, "s")] == [audit["audit_id"],
+                                                              later["audit_id"]]
+    assert run_sql(str(store.root), "SELECT count(*) AS n FROM audits").column("n")[0].as_py() == 2

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .paths import DamagedStoreError, Store, atomic_write, held_lock
-from .tables import partition_value, unescape_partition_value
+from .tables import keep_columns_file, partition_value, unescape_partition_value
 
 _TS: Final = pa.timestamp("us", tz="UTC")
 
@@ -154,6 +154,7 @@ def _write(path: Path, rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> 
     if path.exists():
         raise FileExistsError(f"{path} exists; audits are appended, never rewritten")
     atomic_write(path, lambda f: pq.write_table(data, f, compression="zstd"))
+    keep_columns_file(path.parent.parent, schema)
     return path
 
 
@@ -163,8 +164,12 @@ def write_audit(store: Store, row: Mapping[str, Any]) -> Path:
     Raises:
         FileExistsError: An audit with this id is already stored.
     """
-    return _write(_event_path(store, "audits", row["series"], row["audit_id"]), [row],
+    path = _write(_event_path(store, "audits", row["series"], row["audit_id"]), [row],
                   AUDIT_SCHEMA)
+    # the drift table's columns too, from the first audit on: a reader of tables/drift gets
+    # its columns, no rows, before any audit compared (trial 29: no folder, FileNotFoundError)
+    keep_columns_file(store.table_dir("drift"), DRIFT_SCHEMA)
+    return path
 
 
 def write_drift(store: Store, series: str, audit_id: str,

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from .audits import _event_files, new_audit_id, series_folder
 from .paths import Store, atomic_write
+from .tables import keep_columns_file
 
 TABLE: Final[str] = "left_out"
 LEFT_OUT: Final[str] = "left out"
@@ -63,6 +64,7 @@ def write_left_out(store: Store, series: str, rows: Sequence[Mapping[str, Any]],
           "series": series, "recorded_at": now} for r in rows], schema=LEFT_OUT_SCHEMA)
     path = store.table_dir(TABLE) / series_folder(series) / f"{record_id}.parquet"
     atomic_write(path, lambda f: pq.write_table(data, f, compression="zstd"))
+    keep_columns_file(store.table_dir(TABLE), LEFT_OUT_SCHEMA)
     return path
 
 

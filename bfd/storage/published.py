@@ -51,7 +51,7 @@ from .paths import (
 )
 from .recorded import in_tables
 from .results import open_results_group, remove_group, results_groups, write_results_group
-from .tables import RUN_TABLES, TABLE_SCHEMAS, conform, table_path
+from .tables import RUN_TABLES, TABLE_SCHEMAS, conform, keep_columns_file, table_path
 
 _LOCK_NAME: Final[str] = ".publish.lock"
 
@@ -133,6 +133,7 @@ class Publication:
         pq.write_table(data, sink, compression="zstd")
         content = sink.getvalue()
         atomic_write(path, lambda f: f.write(content))
+        keep_columns_file(self.store.table_dir(table), data.schema)
         self.tables[table] = _rel(self.store, path)
         self.sha256[table] = hashlib.sha256(content).hexdigest()
         st = path.stat()  # a version's files are never written again: this stat stays

@@ -192,6 +192,38 @@ def unescape_partition_value(text: str) -> str:
     return unquote(text)
 
 
+# A zero-row Parquet file of a table's columns, the first of its folder ("!" sorts before
+# every run id, model=, series and audit file name, which never hold one): pandas, pyarrow
+# and polars take the columns of the first file they read, so they read every column of the
+# table also where files written before a column was added lack it (trial 29: polars
+# refused an upgraded store's audits, pandas dropped their new columns). No rows: what every
+# reader reads stays the data files' rows. bfd's own readers skip it (they read run folders
+# and series folders only; the SQL catalog reads its zero rows).
+COLUMNS_FILE: Final[str] = "!schema.parquet"
+
+
+def keep_columns_file(folder: Path, schema: pa.Schema) -> None:
+    """Gives ``folder``'s columns file (``COLUMNS_FILE``) the fields of ``schema`` it lacks,
+    after its own (written when missing or unreadable; nothing when it has them all)."""
+    import pyarrow.parquet as pq
+
+    from .paths import atomic_write
+
+    path = folder / COLUMNS_FILE
+    try:
+        known = list(pq.read_schema(path))
+    except FileNotFoundError:
+        known = None
+    except (pa.ArrowException, OSError):  # damaged: written again
+        known = None
+    names = {f.name for f in known or []}
+    new = [f for f in schema if f.name not in names]
+    if known is not None and not new:
+        return
+    merged = pa.schema((known or []) + new)
+    atomic_write(path, lambda f: pq.write_table(merged.empty_table(), f, compression="zstd"))
+
+
 def table_path(store: Store, table: str, run_id: str, version: str) -> Path:
     """The Parquet file of one run's table in one published version (docs/layout.md)."""
     _check_table(table)
