@@ -143,7 +143,8 @@ def _flagged_table(out: dict, store: str):
     """The ``drift`` query's flagged rows of the audit ``out``."""
     from bfd.queries import run_query
 
-    drift = run_query(store, "drift", {"series": out["series"], "audit_id": out["audit_id"]})
+    drift = run_query(store, "drift", {"series": out["series"], "audit_id": out["audit_id"]},
+                      check=False)
     return drift.filter(drift.column("flagged"))
 
 
@@ -163,7 +164,7 @@ def _head_types(flagged, store: str) -> dict:
         return {}
     first = flagged.slice(0, 1).to_pylist()[0]
     stored = run_query(store, "head_type_changes", {"run_a": first["prev_run_id"],
-                                                    "run_b": first["run_id"]})
+                                                    "run_b": first["run_id"]}, check=False)
     return {(r["layer"], r["head"]): (r["head_type_a"], r["head_type_b"])
             for r in stored.to_pylist()}
 
@@ -451,9 +452,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from bfd.output import shown
     from bfd.storage import model_label
 
-    profile = run_query(store, "layer_profile", {"run_id": out["run_id"]})
+    profile = run_query(store, "layer_profile", {"run_id": out["run_id"]}, check=False)
+    # heads of no type (no energy: a pruned head) counted where the run has any (trial 29: a
+    # layer of 2 heads read "1 0 0", the undefined one said nowhere)
+    undefined = ("n_heads_undefined" in profile.column_names
+                 and any(profile.column("n_heads_undefined").to_pylist()))
     cols = [c for c in ("layer", "frac_pos", "frac_pos_resid", "f_pp", "f_pc", "f_cp", "f_cc",
-                        "n_heads_pp", "n_heads_cp", "n_heads_cc") if c in profile.column_names]
+                        "n_heads_pp", "n_heads_cp", "n_heads_cc",
+                        *(("n_heads_undefined",) if undefined else ()))
+            if c in profile.column_names]
     print(f"\nBFD audit of {model_label(model, config.model_args)} (weights: "
           f"{shown(config.weights)}), run {out['run_id']}")
     print(positions_line(store, out["run_id"]))

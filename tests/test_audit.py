@@ -1287,3 +1287,32 @@ def test_prefix_include_on_a_model_without_prefix_tokens_reuses_its_run_and_comp
     assert f"run {first['run_id']} reused, nothing recomputed" in out, out
     assert "decomposes it again" not in err and "other positions" not in out + err, (out, err)
     assert f"drift: 0 value(s) flagged against audit {first['audit_id']}" in out, out
+
+
+def test_the_audit_table_counts_a_pruned_head_of_no_type(tmp_path, capsys, prefect_harness):
+    """Trial 29: a layer of 2 heads, one pruned (its q and k zero: no energy, type
+    undefined), read ``1 0 0`` in the audit's table and nothing said it had a second head."""
+    import timm
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = timm.create_model("test_vit", pretrained=False, img_size=32)
+    state = model.state_dict()
+    qkv, dh = state["blocks.0.attn.qkv.weight"], model.blocks[0].attn.head_dim
+    d = qkv.shape[1]
+    for part in range(2):  # head 0's query and key rows
+        qkv[part * d:part * d + dh] = 0
+        state["blocks.0.attn.qkv.bias"][part * d:part * d + dh] = 0
+    torch.save(state, tmp_path / "pruned.pth")
+    argv = ["audit", "--model", "test_vit", "--weights", str(tmp_path / "pruned.pth"),
+            "--images", "samples", "--n-images", "4", "--img-size", "32", "--layers", "0",
+            "--dtype", "float32", "--store", str(tmp_path / "store"), "--no-dashboard"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.split()[:1] == ["layer"])
+    row = lines[lines.index(header) + 1].split()
+    counts = dict(zip(header.split(), row, strict=True))
+    assert counts["n_heads_undefined"] == "1", lines
+    assert sum(int(counts[f"n_heads_{t}"]) for t in ("pp", "cp", "cc", "undefined")) == (
+        model.blocks[0].attn.num_heads)

@@ -424,7 +424,10 @@ def test_a_pair_of_runs_is_named_by_its_audits_steps_too(tmp_path, capsys):
 
 def test_compare_runs_of_an_unknown_run_has_no_rows(tmp_path):
     publish(tmp_path, "strong", results(1, 16, 1.0))
-    assert run_query(tmp_path, "compare_runs", {"run_a": "strong", "run_b": "nope"}).num_rows == 0
+    assert run_query(tmp_path, "compare_runs", {"run_a": "strong", "run_b": "nope"},
+                     check=False).num_rows == 0
+    with pytest.raises(ValueError, match="run_b 'nope' names no run of the store"):
+        run_query(tmp_path, "compare_runs", {"run_a": "strong", "run_b": "nope"})
 
 
 def test_layer_profile_shows_the_corrected_shares(tmp_path):

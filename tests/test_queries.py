@@ -263,7 +263,8 @@ def test_layer_profile_gives_no_rows_for_unfinished_or_foreign_run(store):
         {"model": "vit_b", "run_id": "a-new"},
         {"model": "no_such_model"},
     ]:
-        assert run_query(root, "layer_profile", params).num_rows == 0, params
+        # the SQL's own answer (run_query refuses all three but the unfinished run: hints)
+        assert run_query(root, "layer_profile", params, check=False).num_rows == 0, params
 
 
 def test_head_map_lists_every_head_of_the_latest_run(store):
@@ -611,7 +612,8 @@ def test_head_energy_changes_compare_each_heads_energy_per_image_and_its_largest
         assert r["sigma_max_b"] == {(0, 0): 2.5, (1, 2): 4.0}.get(at)
     logs = [abs(r["log_ratio"]) for r in result]
     assert logs == sorted(logs, reverse=True)
-    assert run_query(root, "head_energy_changes", {"run_a": "a-old", "run_b": "x"}).num_rows == 0
+    assert run_query(root, "head_energy_changes", {"run_a": "a-old", "run_b": "x"},
+                     check=False).num_rows == 0
 
 
 def test_head_type_changes_over_other_images_or_img_size_say_so(store):
@@ -711,7 +713,7 @@ def test_every_query_runs_on_an_empty_store(tmp_path):
     (tmp_path / "store").mkdir()
     for name in list_queries():
         params = {p.name: "vit_a" for p in query_spec(name).params if p.required}
-        assert run_query(tmp_path / "store", name, params).num_rows == 0, name
+        assert run_query(tmp_path / "store", name, params, check=False).num_rows == 0, name
 
 
 def test_partial_store_keeps_contract_columns(tmp_path):
@@ -943,7 +945,7 @@ def test_missing_required_parameter_is_a_clear_error(store):
     with pytest.raises(ValueError, match=needs_model):
         run_query(root, "layer_profile")
     # model (required unless run_id): a run id alone names the run
-    assert run_query(root, "layer_profile", {"run_id": "no-such-run"}).num_rows == 0
+    assert run_query(root, "layer_profile", {"run_id": "no-such-run"}, check=False).num_rows == 0
     with pytest.raises(ValueError, match=r"needs parameter\(s\) model_b; given: model_a"):
         run_query(root, "compare_models", {"model_a": "vit_a"})
 

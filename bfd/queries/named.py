@@ -20,7 +20,7 @@ from functools import cache
 import duckdb
 import pyarrow as pa
 
-from bfd.queries.catalog import ParamValue, Store, run_sql
+from bfd.queries.catalog import ParamValue, Store, connect, run_sql
 from bfd.queries.specs import STEP_PARAMS, Param, QuerySpec, list_queries, read_spec, takes_steps
 
 __all__ = ["Param", "QuerySpec", "check_params", "list_queries", "own_errors", "query_spec",
@@ -178,7 +178,8 @@ def own_errors(name: str) -> Iterator[None]:
         raise ValueError(" ".join(said.split())) from err
 
 
-def run_query(store: Store, name: str, params: Mapping[str, ParamValue] | None = None) -> pa.Table:
+def run_query(store: Store, name: str, params: Mapping[str, ParamValue] | None = None, *,
+              check: bool = True) -> pa.Table:
     """Runs a named query on a store's read-only catalog.
 
     Args:
@@ -187,15 +188,32 @@ def run_query(store: Store, name: str, params: Mapping[str, ParamValue] | None =
         params: Values of the query's declared parameters (see its ``-- params:`` line); a
             query of two runs takes either as an audit step of a series too (``series``,
             ``step_a``, ``step_b``: ``runs_at_steps``).
+        check: Refuse, as ``bfd query`` does, a parameter that names no model, run, series
+            or audit of the store, or parameters that contradict each other
+            (``bfd.queries.hints.refusal``): a typo would give rows of NULL or none (trial
+            29). False for a caller that names what it has just read from the store.
 
     Returns:
         The query's rows; none on an empty store.
 
     Raises:
-        ValueError: Unknown query, missing required or unknown parameter, or a value the
-            query refuses (``own_errors``).
+        ValueError: Unknown query, missing required or unknown parameter, a value the query
+            refuses (``own_errors``), or, with ``check``, a parameter naming nothing of the
+            store (its line as ``bfd query`` says it).
     """
     spec = query_spec(name)
-    params = _bind_params(spec, runs_at_steps(store, name, params))
-    with own_errors(name):
-        return run_sql(store, spec.sql, params)
+    con = store if isinstance(store, duckdb.DuckDBPyConnection) or not check else connect(store)
+    try:
+        given = runs_at_steps(con, name, params)
+        if check and given:
+            from bfd.queries.hints import refusal
+
+            refused = refusal(con, name, given,
+                              root=None if con is store else store)
+            if refused is not None:
+                raise ValueError(refused)
+        with own_errors(name):
+            return run_sql(con, spec.sql, _bind_params(spec, given))
+    finally:
+        if con is not store:
+            con.close()

@@ -458,6 +458,8 @@ def open_activations(store: Store, run_id: str) -> xr.Dataset:
         images read as NaN. Once another process drops the activations (``bfd
         drop-activations``), reading a value not read yet raises ``VersionRemovedError``
         (a ``FileNotFoundError``; on a local store: ``bfd.storage.guarded``), not NaN.
+        In the stored dtype: of a float16 run, dask reduces in float16, so a mean or sum
+        over more than 65,504 values reads 0, inf or NaN; ``.astype("float32")`` first.
 
     Raises:
         FileNotFoundError: If the run has no complete template.
