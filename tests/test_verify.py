@@ -762,6 +762,15 @@ def test_drop_activations_refuses_a_run_not_published_or_being_computed(damaged,
     code, _, err = cli(["drop-activations", planned.run_id, "--store", str(fresh)], capsys)
     assert code == 2 and f"run {planned.run_id} is not published: its activations are all " \
         "it has" in err, err
+    # published before versioned publishing: no pointer, its files in model=/run_id= folders
+    # (trial 29: said not published)
+    old = Store(fresh).table_dir("layers") / "model=test_vit" / f"run_id={planned.run_id}"
+    old.mkdir(parents=True)
+    (old / "part-0.parquet").write_bytes(b"")
+    code, _, err = cli(["drop-activations", planned.run_id, "--store", str(fresh)], capsys)
+    assert code == 2 and f"run {planned.run_id}'s table files were published by an older bfd " \
+        "(the layout before versioned publishing" in err and "not published" not in err, err
+    assert (Path(fresh) / "bfd.zarr" / planned.run_id).is_dir()
 
 
 @pytest.mark.parametrize(("done", "said"), [

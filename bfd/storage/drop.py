@@ -17,7 +17,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from .paths import DamagedStoreError, Store, read_json, run_lock, write_json_atomic
+from .paths import (
+    DamagedStoreError,
+    Store,
+    legacy_table_files,
+    read_json,
+    run_lock,
+    write_json_atomic,
+)
 
 DROPPED: Final[str] = "activations_dropped.json"
 
@@ -76,6 +83,16 @@ def drop_activations(store: Store, run_id: str) -> tuple[int, bool]:
         raise ValueError(f"run {run_id}'s activations are kept in {store.zarr_path}, not on "
                          "this disk: remove them there")
     with run_lock(store, run_id):
+        if read_pointer(store, run_id) is None and legacy_table_files(store, run_id):
+            # published before versioned publishing (no pointer; tables/<t>/model=<m>/
+            # run_id=<run>/): its files lack the columns added since (trial 29: it was said
+            # not published)
+            from .republish import decompose_command
+
+            raise ValueError(f"run {run_id}'s table files were published by an older bfd (the "
+                             "layout before versioned publishing, without the columns added "
+                             f"since): {decompose_command(store, run_id)} publishes it again "
+                             "from its activations, which are kept until then")
         if read_pointer(store, run_id) is None:
             raise ValueError(f"run {run_id} is not published: its activations are all it "
                              f"has; bfd decompose {run_id} --store {store.root} publishes its "
