@@ -1201,3 +1201,20 @@ def test_dir_of_bfd_offers_analyze_without_importing_torch():
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
     assert proc.stdout.split() == ["True", "True", "False"], proc.stderr
+
+
+def test_flows_imported_from_python_set_the_offline_defaults_the_command_sets():
+    """Trial 29: ``bfd.flows.audit.audit(...)`` from a notebook ran its temporary Prefect
+    server with usage telemetry on, which logged an error offline; the bfd command sets it
+    off before Prefect loads, and so does importing the flows now, unless the user set it."""
+    code = ("import os\n"
+            "os.environ['DO_NOT_TRACK'] = '0'\n"
+            "import bfd.flows\n"
+            "print(os.environ['PREFECT_SERVER_ANALYTICS_ENABLED'], os.environ['DO_NOT_TRACK'],"
+            " os.environ['HF_HUB_DISABLE_TELEMETRY'])\n")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PREFECT_SERVER_ANALYTICS_ENABLED", "DO_NOT_TRACK",
+                        "HF_HUB_DISABLE_TELEMETRY")}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert proc.stdout.split() == ["false", "0", "1"], proc.stderr
