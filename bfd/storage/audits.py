@@ -246,7 +246,9 @@ def read_audits(store: Store, series: str | None = None) -> list[dict[str, Any]]
 
 
 def read_drift(store: Store, series: str, audit_id: str | None = None) -> list[dict[str, Any]]:
-    """The drift rows of a series, or of one of its audits."""
+    """The drift rows of a series, or of one of its audits, as the files hold them (an audit
+    an earlier bfd compared across other images keeps its flags here; the catalog reads it
+    as not comparable: docs/layout.md)."""
     rows = _read(store, "drift", series).to_pylist()
     return [r for r in rows if audit_id is None or r["audit_id"] == audit_id]
 
