@@ -891,6 +891,8 @@ def test_a_checkpoint_that_does_not_load_is_left_out_and_the_others_audited(
     bars = err.split("\n")
     assert sum(bar.startswith("extract: 100%") for bar in bars) == 2, err
     assert sum(bar.startswith("extract:   0% 0/") for bar in bars) == 2, err
+    # the decomposition's line from its start (it came with its first (site, layer) done)
+    assert sum(bar.startswith("decompose:   0% 0/2 layer") for bar in bars) == 2, err
     audits = read_audits(Store(store), "s")
     assert [(a["step"], a["status"]) for a in audits] == [(100, "complete"), (400, "complete")]
     assert audits[1]["prev_audit_id"] == audits[0]["audit_id"]
@@ -928,7 +930,7 @@ def test_a_checkpoint_that_does_not_load_is_left_out_and_the_others_audited(
         ("s", "step_200.pth", 200), ("s", "step_300.pt", 300)]
     assert page[0]["why"].startswith("do not fit 'test_vit': "), page
     assert page[1]["why"].startswith("not a readable checkpoint"), page
-    records = sorted((Path(store) / "tables" / "left_out").rglob("*.parquet"))
+    records = sorted((Path(store) / "tables" / "left_out").glob("*/*.parquet"))
     assert len(records) == 1, records
     # again: nothing to audit, and the line does not call the files left out unreadable (the
     # one of another model reads; it said "every readable checkpoint ... (2 of 4 files)")
@@ -937,7 +939,7 @@ def test_a_checkpoint_that_does_not_load_is_left_out_and_the_others_audited(
                                         "out (2 of 4 files; 2 left out) is already audited"), out
     assert err.count("bfd: error: left out: ") == 2, err
     # the same files left out for the same reasons: nothing more recorded
-    assert sorted((Path(store) / "tables" / "left_out").rglob("*.parquet")) == records
+    assert sorted((Path(store) / "tables" / "left_out").glob("*/*.parquet")) == records
     # the dry run loads the file of another model as its audit would: left out, with its
     # line (it listed it as to audit)
     assert main([*argv, "--dry-run"]) == 2

@@ -216,7 +216,7 @@ def test_a_stats_only_audit_says_its_plan_and_reports_each_pass_batch_by_batch(s
     per_batch = [0, 4, 8, 12]  # batches of 4 images
     assert work == ([("forward 1/2", n, 12) for n in per_batch]
                     + [("forward 2/2", n, 12) for n in per_batch]
-                    + [("decompose", n, 4) for n in range(1, 5)])  # 2 sites x 2 layers
+                    + [("decompose", n, 4) for n in range(0, 5)])  # 2 sites x 2 layers
     assert {line for stage, *_, line in seen if stage != "audit"} == {
         "bfd: interrupted; no audit was recorded; a stats-only run keeps nothing of its work: "
         "a rerun computes it again from the start"}

@@ -268,6 +268,8 @@ def decompose_from_forward(
     # the summaries run on one torch thread each (small matrices): several at a time
     with ThreadPoolExecutor(SUMMARY_THREADS, thread_name_prefix="bfd-summary") as pool:
         parts = []
+        if report is not None:  # the stage begins: its bar (and its clock) from now
+            report(SUMMARY_STAGE, 0, len(keys))
         for ds in pool.map(part, keys):  # in order, reported from this thread
             parts.append(ds)
             if report is not None:
