@@ -215,7 +215,7 @@ def list_images(source: str, n_images: int | None = None) -> list[ImageRecord]:
     # A missing manifest entry keeps its slot and is skipped at decode time, like any bad file.
     def record(i: int) -> ImageRecord:
         rid, p = entries[i]
-        return ImageRecord(i, rid, sha256_file(p) if Path(p).is_file() else "", p)
+        return ImageRecord(i, rid, _content_sha256(p), p)
 
     return _marked_duplicates(_hashed(record, len(entries)))
 
@@ -281,6 +281,16 @@ def check_source(source: str, n_images: int | None = None) -> int | None:
     return len(entries)
 
 
+def _content_sha256(path: str) -> str:
+    """sha256 of a listed file's bytes; ``""`` where it cannot be read (missing, a folder, no
+    permission: skipped at decode time with its reason, as an undecodable file is; trial 30:
+    one unreadable file refused the whole audit)."""
+    try:
+        return sha256_file(path)
+    except OSError:
+        return ""
+
+
 def _require_two_different(source: str, entries: list[tuple[str, str]]) -> None:
     """Refuses a source whose files are all copies of one (trial 27: every share 1 with the
     interval [1, 1]). Files of two sizes differ: only files all of one size are hashed, and
@@ -291,13 +301,21 @@ def _require_two_different(source: str, entries: list[tuple[str, str]]) -> None:
             sizes.add(os.stat(p).st_size)
         if len(sizes) > 1:
             return
-    files = [p for _, p in entries if Path(p).is_file()]
-    first = sha256_file(files[0]) if files else None
-    # hashed until one differs: the second file, unless it is a copy of the first
-    if len(files) >= 2 and all(sha256_file(p) == first for p in files[1:]):
-        raise ValueError(f"the {len(files)} images of {source!r} are copies of one file "
-                         f"({os.path.basename(files[0])}: the same bytes); BFD needs at least 2 "
-                         "different images")
+    # hashed until one differs: the second file, unless it is a copy of the first (files
+    # that cannot be read are skipped at decode time: none is a copy)
+    first, copies = None, []
+    for p in (p for _, p in entries if Path(p).is_file()):
+        digest = _content_sha256(p)
+        if not digest:
+            continue
+        if first is not None and digest != first:
+            return
+        first = digest
+        copies.append(p)
+    if len(copies) >= 2:
+        raise ValueError(f"the {len(copies)} images of {source!r} are copies of one file "
+                         f"({os.path.basename(copies[0])}: the same bytes); BFD needs at least "
+                         "2 different images")
 
 
 def _source_entries(source: str, n_images: int | None) -> list[tuple[str, str]] | None:
