@@ -124,13 +124,14 @@ def store_fault(err: BaseException, root: str) -> StoreWriteError | None:
     """``err`` (or an error it was raised from) as a ``StoreWriteError`` of the store at
     ``root``, when it is a full or read-only disk there: no space left anywhere (the file
     named, where not in the store), or a read-only or unwritable file in the store; else None
-    (also for one already a ``StoreWriteError``). Trial 26, F7: a flow's failure was the bare
+    (also for bfd's own errors, which say it already: ``NotEnoughSpaceError``, a
+    ``StoreWriteError``). Trial 26, F7: a flow's failure was the bare
     ``OSError: [Errno 28] No space left on device`` in Prefect and ``bfd serve``'s line."""
     found: BaseException | None = err
     while found is not None and _disk_errno(found) is None:
         found = found.__cause__
-    if found is None or isinstance(err, StoreWriteError):
-        return None
+    if found is None or (type(found).__module__ or "").startswith("bfd"):
+        return None  # bfd's own (NotEnoughSpaceError, StoreWriteError) say it already
     assert isinstance(found, OSError)
     code = _disk_errno(found)
     assert code is not None
@@ -139,7 +140,8 @@ def store_fault(err: BaseException, root: str) -> StoreWriteError | None:
     inside = file is not None and _inside(file, root)
     if code in _READ_ONLY and file is not None and not inside:
         return None  # a file elsewhere (an image, a checkpoint) that cannot be written
-    at = f", writing {os.path.relpath(file, root)}" if inside else ""
+    rel = os.path.relpath(file, root) if file is not None and inside else "."
+    at = f", writing {rel}" if rel != "." else ""
     if code in _FULL:
         where = f"the disk of {file}" if file is not None and not inside else f"store {root}"
         line = (f"no space left on {where} ({reason}{at}); free space there and run it again: "

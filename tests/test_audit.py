@@ -1333,9 +1333,12 @@ def test_a_full_disk_during_a_flow_is_one_line_naming_the_store(tmp_path, prefec
      "completed work is kept"),
     (errno.ENOSPC, "/tmp/x", "no space left on the disk of /tmp/x (No space left on device); "
      "free space there and run it again: completed work is kept and a rerun resumes from it"),
+    (errno.EROFS, "", "cannot write store {root} (Read-only file system); make it writable "
+     "or give the run another store: completed work is kept"),  # the store's own folder
     (errno.EACCES, "/data/images/a.png", None),  # a file outside the store: not its disk
     (errno.ENOENT, "runs/r", None),
-], ids=["read-only", "not-writable", "full-elsewhere", "elsewhere", "not-a-disk-fault"])
+], ids=["read-only", "not-writable", "full-elsewhere", "its-root", "elsewhere",
+        "not-a-disk-fault"])
 def test_store_faults_say_the_store_and_what_to_do(tmp_path, code, file, said):
     """The line of each disk fault a flow meets (``bfd.faults.store_fault``), and the CLI's
     line of the same error, which names the store (it said `writing the store`)."""
@@ -1351,3 +1354,15 @@ def test_store_faults_say_the_store_and_what_to_do(tmp_path, code, file, said):
     assert str(err.value) == said.format(root=root)
     assert err.value.filename == root
     assert describe(err.value)[0] == 1 and root in describe(err.value)[1]
+
+
+def test_store_faults_keep_bfd_s_own_disk_errors(tmp_path):
+    """A refusal that says the disk's fault itself (a run that cannot fit: ENOSPC, raised
+    before anything is written) is kept as it is: wrapped, its line was said twice over."""
+    from bfd.faults import store_faults
+    from bfd.tasks.extract import NotEnoughSpaceError
+
+    refusal = NotEnoughSpaceError(errno.ENOSPC, "the run needs 78.2 MiB ...", str(tmp_path))
+    with pytest.raises(NotEnoughSpaceError) as err, store_faults(str(tmp_path)):
+        raise refusal
+    assert err.value is refusal
