@@ -454,6 +454,29 @@ def test_serve_ctrl_c_line_says_what_became_of_the_runs_in_progress(tmp_path):
         "recorded since it started, the one in progress not (a rerun audits the rest)")
 
 
+def test_serve_hands_a_cancelling_run_to_the_runner_once(tmp_path):
+    """A run found `Cancelling` by serve's own poll is handed to the runner's cancellation,
+    once: Prefect's runner watches for cancellations itself, but that watch ends for good
+    after an API outage of a minute, and a cancel was then never acted on (trial 26, F2: the
+    run went on, published and recorded its audit; measured by hand with a server restart:
+    now `Cancelled` within seconds, nothing published)."""
+    from prefect.states import Cancelling, Completed, Running
+
+    lines, said, run = served_lines(tmp_path)
+    handed: list = []
+    lines.on_cancelling = handed.append
+    running = run("nightly", "a audit", 0, state=Running())
+    lines.say_runs([running], None)
+    assert handed == []
+    cancelling = running.model_copy(update={"state": Cancelling()})
+    lines.say_runs([cancelling], None)
+    lines.say_runs([cancelling], None)  # the next poll: not again
+    assert [r.id for r in handed] == [running.id]
+    other = run("ckpts", "checkpoints x", 1, 2, state=Completed())
+    lines.say_runs([other], None)
+    assert len(handed) == 1
+
+
 @pytest.mark.parametrize(("flow_name", "bad", "needle"), [
     ("audit", {"drift": {"fraction": 2}}, "2 is greater than the maximum of 1"),
     ("audit", {"drift": {"head_type": 1.5}}, "1.5 is greater than the maximum of 1"),

@@ -163,6 +163,8 @@ def serve(prefect_file: str | Path = "prefect.yaml",
     runner = _runner_class(Runner)(pause_on_shutdown=True)  # as prefect.serve builds it
     served = {runner.add_deployment(d): d for d in deployments}
     lines = RunLines(served, say)
+    if hasattr(runner, "_cancel_run"):  # the runner's own cancellation of a run it runs
+        lines.on_cancelling = lambda run: runner.execute_in_background(runner._cancel_run, run)
     if watch is not None:
         watch(lines)
     try:
@@ -288,6 +290,10 @@ class RunLines:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failed = 0  # polls failed in a row
+        # called with each run of a served deployment found Cancelling (``say_runs``): the
+        # runner's own cancellation (``serve``); None: nothing done
+        self.on_cancelling: Callable[[Any], Any] | None = None
+        self._cancels: set[UUID] = set()  # the runs handed to it
         # each served deployment's late runs that drop_late_runs deleted
         self.dropped: dict[UUID, list] = {}
 
@@ -434,6 +440,16 @@ class RunLines:
                 self.started[run.id] = (run, root)
                 said.append((run.start_time, f"{_when(run.start_time)}  {dep.name}: flow run "
                              f"'{run.name}' ({run.id}) started"))
+            if (run.state is not None and run.state.is_cancelling()
+                    and self.on_cancelling is not None and run.id not in self._cancels):
+                # the runner's watch for cancellations (Prefect's websocket and its poll)
+                # ends for good when the API is away a while: a cancel after a server's
+                # restart was never acted on; the run went on, published and recorded its
+                # audit, then timed out Cancelled (trial 26, F2). This poll survives an
+                # outage: it hands the run to the runner, which kills a run it runs, once
+                self._cancels.add(run.id)
+                with contextlib.suppress(Exception):
+                    self.on_cancelling(run)
             if run.state is not None and run.state.is_final():
                 self.ended.add(run.id)
                 said.append((run.end_time or datetime.now(UTC),
@@ -480,6 +496,7 @@ class RunLines:
         import psutil
 
         self.stop()
+        self.on_cancelling = None  # the runner is not run any more
         with contextlib.suppress(psutil.Error):
             children = psutil.Process().children(recursive=True)
             for child in children:
