@@ -1026,28 +1026,44 @@ def print_left_out(bad: Sequence[str], what: str = "left out: ") -> int:
 
 
 SERVE_INTERRUPTED = "bfd: interrupted; serving stopped, with its temporary Prefect server"
+SERVE_STOPPED = "bfd: interrupted; serving stopped"  # with a Prefect API of its own
 
 
 def end_serve_on_interrupt() -> None:
-    """``bfd serve`` as a process of its own, on Prefect's temporary server (no
-    ``PREFECT_API_URL``): Ctrl-C ends it at once, its runs and server with it, in one line.
+    """``bfd serve`` as a process of its own: Ctrl-C or SIGTERM ends it at once, in one line
+    (``cmd_serve``), exit 130 or 143, as the pipeline commands end (``bfd.cli_interrupt``).
+    On Prefect's temporary server (no ``PREFECT_API_URL``) its runs and server end with it.
     Left to Prefect, the runner paused its schedules on shutdown through a server that the
     same Ctrl-C had already stopped: a page of ``httpx.ConnectError`` traceback, exit 1.
-    With a configured API, Prefect's own shutdown (pausing the schedules there) runs."""
+    With a configured API, Prefect's own shutdown left a run in progress ``Running`` there
+    (Ctrl-C: the runner waited for it, or it ended unrecorded) or ``Cancelled`` as if a
+    person had cancelled it (SIGTERM), with no line and exit 0 (trial 26, F5 and F6); now
+    its runs are stopped and set ``Crashed`` there with the line, and the schedules paused,
+    as Prefect's shutdown pauses them (``bfd.flows.serve.RunLines.end_runs``)."""
+    from bfd.cli_interrupt import end_on_interrupt
     from bfd.flows.server import prefect_api_configured
 
-    if not prefect_api_configured():
-        from bfd.cli_interrupt import end_on_interrupt
-
-        end_on_interrupt(message=SERVE_INTERRUPTED)
+    end_on_interrupt(message=SERVE_STOPPED if prefect_api_configured() else SERVE_INTERRUPTED)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from bfd.cli_interrupt import say as on_interrupt
+    from bfd.cli_interrupt import terminated
     from bfd.flows.serve import serve
+    from bfd.flows.server import prefect_api_configured
 
     def watch(lines) -> None:  # Ctrl-C's line (end_serve_on_interrupt) names the runs stopped
-        on_interrupt(lambda: lines.interrupted_line(SERVE_INTERRUPTED))
+        if not prefect_api_configured():
+            on_interrupt(lambda: lines.interrupted_line(SERVE_INTERRUPTED))
+            return
+
+        def stopped() -> str:  # the runs stopped and Crashed in Prefect, with this line
+            head = SERVE_STOPPED
+            if terminated():
+                head = head.replace("bfd: interrupted", "bfd: terminated (SIGTERM)", 1)
+            return lines.end_runs(head)
+
+        on_interrupt(stopped)
 
     serve(args.file, say, watch)  # its lines on stdout: serving, then each run's start and end
     return 0

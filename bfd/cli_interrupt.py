@@ -177,6 +177,12 @@ def audit_progress(stage: str, done: int, total: int, detail: dict) -> None:  # 
         release(recorded(detail["audit"]) if detail["written"] else None)
 
 
+def terminated() -> bool:
+    """Whether the end under way is SIGTERM's (its line ``bfd: terminated (SIGTERM)``), not
+    Ctrl-C's: for a line that says it elsewhere too (``bfd serve``'s, in Prefect)."""
+    return _state.get("signum") == signal.SIGTERM
+
+
 def _interrupted(signum: int = signal.SIGINT) -> None:
     """SIGINT or SIGTERM: ends the process now, or once the ``hold`` is released."""
     with _lock:

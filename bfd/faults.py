@@ -10,8 +10,11 @@ Exceptions are told apart by class name, so that the command's error path import
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 REQUEST_ERROR = 2
@@ -83,6 +86,92 @@ def _os_error(err: OSError) -> tuple[int, str]:
     if err.errno is None and not err.filename:
         return ENVIRONMENT_ERROR, _one_line(err)
     return ENVIRONMENT_ERROR, f"{where}: {reason}"
+
+
+class StoreWriteError(OSError):
+    """A full or read-only disk met while a flow wrote its store (``store_faults``): its text
+    is one line naming the store (and the file, where known) and what to do; its errno and
+    strerror are those of the error it replaces, its filename the store's root (``describe``
+    says it as the CLI says a disk's fault, naming that store)."""
+
+    def __init__(self, code: int, strerror: str, filename: str, line: str) -> None:
+        super().__init__(code, strerror, filename)
+        self.line = line
+
+    def __str__(self) -> str:
+        return self.line
+
+    def __reduce__(self):  # pickled (a Dask worker's, Prefect's result): the same error
+        return type(self), (self.errno, self.strerror, self.filename, self.line)
+
+
+_ERRNO_TEXT = re.compile(r"\[errno (\d+)\]", re.IGNORECASE)
+
+
+def _disk_errno(err: BaseException) -> int | None:
+    """The errno of a full or read-only disk that ``err`` is (an ``OSError``; pyarrow's keep
+    it in their text only), else None."""
+    if not isinstance(err, OSError):
+        return None
+    code = err.errno
+    if code is None:
+        found = _ERRNO_TEXT.search(str(err))
+        code = int(found.group(1)) if found else None
+    return code if code in _FULL + _READ_ONLY else None
+
+
+def store_fault(err: BaseException, root: str) -> StoreWriteError | None:
+    """``err`` (or an error it was raised from) as a ``StoreWriteError`` of the store at
+    ``root``, when it is a full or read-only disk there: no space left anywhere (the file
+    named, where not in the store), or a read-only or unwritable file in the store; else None
+    (also for bfd's own errors, which say it already: ``NotEnoughSpaceError``, a
+    ``StoreWriteError``). Trial 26, F7: a flow's failure was the bare
+    ``OSError: [Errno 28] No space left on device`` in Prefect and ``bfd serve``'s line."""
+    found: BaseException | None = err
+    while found is not None and _disk_errno(found) is None:
+        found = found.__cause__
+    if found is None or (type(found).__module__ or "").startswith("bfd"):
+        return None  # bfd's own (NotEnoughSpaceError, StoreWriteError) say it already
+    assert isinstance(found, OSError)
+    code = _disk_errno(found)
+    assert code is not None
+    reason = found.strerror or os.strerror(code)
+    file = found.filename if isinstance(found.filename, str) else None
+    inside = file is not None and _inside(file, root)
+    if code in _READ_ONLY and file is not None and not inside:
+        return None  # a file elsewhere (an image, a checkpoint) that cannot be written
+    rel = os.path.relpath(file, root) if file is not None and inside else "."
+    at = f", writing {rel}" if rel != "." else ""
+    if code in _FULL:
+        where = f"the disk of {file}" if file is not None and not inside else f"store {root}"
+        line = (f"no space left on {where} ({reason}{at}); free space there and run it again: "
+                "completed work is kept and a rerun resumes from it")
+    else:
+        line = (f"cannot write store {root} ({reason}{at}); make it writable or give the run "
+                "another store: completed work is kept")
+    return StoreWriteError(code, reason, root, line)
+
+
+def _inside(path: str, root: str) -> bool:
+    try:
+        return os.path.commonpath([os.path.abspath(path), os.path.abspath(root)]) == \
+            os.path.abspath(root)
+    except ValueError:
+        return False
+
+
+@contextlib.contextmanager
+def store_faults(root: str) -> Iterator[None]:
+    """A flow's work on the store at ``root``: a full or read-only disk met there is raised as
+    a ``StoreWriteError`` (``store_fault``), from the error it replaces; anything else as it
+    was. Nothing is undone: what was completed stays, as before."""
+    try:
+        yield
+    except Exception as err:
+        fault = store_fault(err, root)
+        if fault is None:
+            raise
+        raise fault from err
 
 
 def describe(err: BaseException) -> tuple[int, str] | None:

@@ -4,6 +4,7 @@ named query on them, drift on planted checkpoints through the command line, and
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -1318,3 +1319,84 @@ def test_the_audit_table_counts_a_pruned_head_of_no_type(tmp_path, capsys, prefe
     assert counts["n_heads_undefined"] == "1", lines
     assert sum(int(counts[f"n_heads_{t}"]) for t in ("pp", "cp", "cc", "undefined")) == (
         model.blocks[0].attn.num_heads)
+
+
+def test_a_full_disk_during_a_flow_is_one_line_naming_the_store(tmp_path, prefect_harness):
+    """The disk filling up while a flow extracts (its third shard's write: ENOSPC): the run
+    ends Failed in Prefect with one line naming the store and what to do, what `bfd serve`
+    and the Prefect UI show (trial 26 F7: `OSError: [Errno 28] No space left on device`, no
+    path, no advice); the shards written before are kept: the rerun extracts only the rest
+    (each shard writes two sites: the first shard's are written)."""
+    import bfd.tasks.extract as extract_tasks
+    from bfd.faults import StoreWriteError
+
+    store = str(tmp_path / "store")
+    config = {"model": "test_vit", "weights": "random", "images": "samples", "n_images": 12,
+              "img_size": 32, "dtype": "float32", "images_per_chunk": 4, "layers": "0"}
+    real, calls = extract_tasks.write_shard, []
+
+    def disk_fills(*args, **kwargs):
+        calls.append(1)
+        if len(calls) >= 3:  # the disk is full from the third shard's write on
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(extract_tasks, "write_shard", disk_fills)
+        state = audit(config, store, series="s", step=1, dashboard=False, return_state=True)
+    line = (f"no space left on store {store} (No space left on device); free space there and "
+            "run it again: completed work is kept and a rerun resumes from it")
+    assert state.is_failed()
+    assert state.message == f"Flow run encountered an exception: StoreWriteError: {line}"
+    with pytest.raises(StoreWriteError) as err:
+        state.result()
+    assert str(err.value) == line and isinstance(err.value.__cause__, OSError)
+    assert read_table(Store(store), "runs").num_rows == 0  # nothing published
+    out = audit(config, store, series="s", step=2, dashboard=False)
+    kept = re.fullmatch(r"computed \(([12]) of its 3 shards of activations kept from an "
+                        r"earlier extraction, ([12]) extracted\)", out["how"])
+    assert kept and int(kept[1]) + int(kept[2]) == 3, out["how"]
+
+
+@pytest.mark.parametrize(("code", "file", "said"), [
+    (errno.EROFS, "tables/audits/s/.a.parquet.tmp", "cannot write store {root} (Read-only file "
+     "system, writing tables/audits/s/.a.parquet.tmp); make it writable or give the run "
+     "another store: completed work is kept"),
+    (errno.EACCES, "runs/r/shards/0.json", "cannot write store {root} (Permission denied, "
+     "writing runs/r/shards/0.json); make it writable or give the run another store: "
+     "completed work is kept"),
+    (errno.ENOSPC, "/tmp/x", "no space left on the disk of /tmp/x (No space left on device); "
+     "free space there and run it again: completed work is kept and a rerun resumes from it"),
+    (errno.EROFS, "", "cannot write store {root} (Read-only file system); make it writable "
+     "or give the run another store: completed work is kept"),  # the store's own folder
+    (errno.EACCES, "/data/images/a.png", None),  # a file outside the store: not its disk
+    (errno.ENOENT, "runs/r", None),
+], ids=["read-only", "not-writable", "full-elsewhere", "its-root", "elsewhere",
+        "not-a-disk-fault"])
+def test_store_faults_say_the_store_and_what_to_do(tmp_path, code, file, said):
+    """The line of each disk fault a flow meets (``bfd.faults.store_fault``), and the CLI's
+    line of the same error, which names the store (it said `writing the store`)."""
+    from bfd.faults import StoreWriteError, describe, store_faults
+
+    root = str(tmp_path / "store")
+    path = os.path.join(root, file)
+    with pytest.raises(OSError) as err, store_faults(root):
+        raise OSError(code, os.strerror(code), path)
+    if said is None:
+        assert not isinstance(err.value, StoreWriteError) and err.value.filename == path
+        return
+    assert str(err.value) == said.format(root=root)
+    assert err.value.filename == root
+    assert describe(err.value)[0] == 1 and root in describe(err.value)[1]
+
+
+def test_store_faults_keep_bfd_s_own_disk_errors(tmp_path):
+    """A refusal that says the disk's fault itself (a run that cannot fit: ENOSPC, raised
+    before anything is written) is kept as it is: wrapped, its line was said twice over."""
+    from bfd.faults import store_faults
+    from bfd.tasks.extract import NotEnoughSpaceError
+
+    refusal = NotEnoughSpaceError(errno.ENOSPC, "the run needs 78.2 MiB ...", str(tmp_path))
+    with pytest.raises(NotEnoughSpaceError) as err, store_faults(str(tmp_path)):
+        raise refusal
+    assert err.value is refusal

@@ -454,6 +454,29 @@ def test_serve_ctrl_c_line_says_what_became_of_the_runs_in_progress(tmp_path):
         "recorded since it started, the one in progress not (a rerun audits the rest)")
 
 
+def test_serve_hands_a_cancelling_run_to_the_runner_once(tmp_path):
+    """A run found `Cancelling` by serve's own poll is handed to the runner's cancellation,
+    once: Prefect's runner watches for cancellations itself, but that watch ends for good
+    after an API outage of a minute, and a cancel was then never acted on (trial 26, F2: the
+    run went on, published and recorded its audit; measured by hand with a server restart:
+    now `Cancelled` within seconds, nothing published)."""
+    from prefect.states import Cancelling, Completed, Running
+
+    lines, said, run = served_lines(tmp_path)
+    handed: list = []
+    lines.on_cancelling = handed.append
+    running = run("nightly", "a audit", 0, state=Running())
+    lines.say_runs([running], None)
+    assert handed == []
+    cancelling = running.model_copy(update={"state": Cancelling()})
+    lines.say_runs([cancelling], None)
+    lines.say_runs([cancelling], None)  # the next poll: not again
+    assert [r.id for r in handed] == [running.id]
+    other = run("ckpts", "checkpoints x", 1, 2, state=Completed())
+    lines.say_runs([other], None)
+    assert len(handed) == 1
+
+
 @pytest.mark.parametrize(("flow_name", "bad", "needle"), [
     ("audit", {"drift": {"fraction": 2}}, "2 is greater than the maximum of 1"),
     ("audit", {"drift": {"head_type": 1.5}}, "1.5 is greater than the maximum of 1"),
@@ -638,3 +661,77 @@ def test_serve_deletes_the_late_runs_an_earlier_schedule_made(prefect_harness, t
         "%Y-%m-%d %H:%M:%S %Z")
     assert said[1].endswith(f"; 3 late run(s) its schedule made before this serve (from "
                             f"{first} on, with the parameters of then) deleted"), said
+
+
+# An audit served for the signal tests: 16 shards of 4 images at 224 px, several seconds of
+# extraction on 2 cores, so that a signal at its first shard finds it in progress.
+SLOW_AUDIT = {"model": "test_vit", "weights": "random", "images": "samples", "n_images": 64,
+              "img_size": 224, "images_per_chunk": 4, "layers": "0,1"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("signum", "code", "head"), [
+    (signal.SIGINT, 130, "bfd: interrupted; serving stopped"),
+    (signal.SIGTERM, 143, "bfd: terminated (SIGTERM); serving stopped"),
+], ids=["ctrl-c", "sigterm"])
+def test_serve_stopped_mid_run_crashes_the_run_in_prefect_and_exits_non_zero(
+        prefect_harness, tmp_path, signum, code, head):
+    """Ctrl-C or SIGTERM of `bfd serve` on a Prefect server of its own (PREFECT_API_URL) while
+    a served audit extracts: one line naming the run and that its audit was not recorded, exit
+    130 or 143, the run and its subflow runs `Crashed` in Prefect with that line, its process
+    gone (no more shards), no audit and no run published. Before (trial 26, F5, F6): Ctrl-C
+    let the run go on and publish, or left it `Running` for good; SIGTERM set it `Cancelled`
+    as if a person had cancelled it; no line, exit 0 both."""
+    import psutil
+    import yaml
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    import bfd
+
+    store = tmp_path / "store"
+    (tmp_path / "bfd").symlink_to(Path(bfd.__file__).parent)
+    (tmp_path / "prefect.yaml").write_text(yaml.safe_dump({"deployments": [{
+        "name": f"stopped-{signum}", "entrypoint": "bfd/flows/audit.py:audit",
+        "parameters": {"config": SLOW_AUDIT, "store": str(store), "dashboard": False}}]}))
+    proc = subprocess.Popen(
+        [str(BIN / "bfd"), "serve", "--file", str(tmp_path / "prefect.yaml")], cwd=tmp_path,
+        env={**os.environ, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    children: list = []
+    try:
+        assert "being served" in proc.stdout.readline()
+        with get_client(sync_client=True) as client:
+            dep = client.read_deployment_by_name(f"audit/stopped-{signum}")
+            run = client.create_flow_run_from_deployment(dep.id)
+            shards = store / "runs"
+            deadline = time.monotonic() + 120
+            while not list(shards.glob("*/shards/*.json")):
+                assert time.monotonic() < deadline and proc.poll() is None, "no shard in 120 s"
+                time.sleep(0.1)
+            children = psutil.Process(proc.pid).children(recursive=True)
+            os.kill(proc.pid, signum)  # the service's stop (systemd, kill PID), or Ctrl-C
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == code, err
+            assert err.count("\n") == 1 and err.startswith(f"{head}; 1 run(s) in progress "
+                                                           f"stopped: "), err
+            assert f"({run.id}): no audit was recorded (a rerun audits it)" in err, err
+            assert err.endswith("flow run(s) marked Crashed in Prefect, with this line\n"), err
+            assert psutil.wait_procs(children, timeout=10)[1] == []  # the run's process too
+            kept = sorted(shards.glob("*/shards/*.json"))
+            time.sleep(2)
+            assert sorted(shards.glob("*/shards/*.json")) == kept  # nothing goes on
+            ended = client.read_flow_run(run.id)
+            assert ended.state.type.value == "CRASHED", ended.state
+            assert err.startswith(f"bfd: {ended.state.message}; 2 flow run(s) marked "), err
+            subflows = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])))
+            assert subflows and {r.state.type.value for r in subflows} == {"CRASHED"}
+            assert client.read_deployment(dep.id).paused  # as Prefect's shutdown leaves it
+        assert read_audits(Store(store)) == []
+        assert read_table(Store(store), "runs").num_rows == 0  # nothing published
+    finally:
+        for pid in [proc.pid, *(c.pid for c in children)]:
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).kill()
+        proc.communicate()

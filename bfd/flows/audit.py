@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger
 from prefect.states import Failed, State
 
 from bfd.core.model_check_limit import model_check_warning
+from bfd.faults import store_faults
 from bfd.flows import progress
 from bfd.flows.extract import extract
 from bfd.flows.params import (
@@ -146,6 +147,9 @@ def audit(
             work itself is raised after the audit is recorded as ``failed``.
         NotEnoughSpaceError: The run's activations cannot fit on the store's disk, where
             that is known before the audit is recorded (``check_space``): none is recorded.
+        StoreWriteError: A full or read-only disk met writing the store: one line naming
+            the store and what to do (``bfd.faults.store_faults``, as the other flows), what
+            Prefect and ``bfd serve`` show; the work completed before it is kept.
         DriftGateFailed: The drift gate failed (``fail_on_drift``, ``fail_if_not_compared``:
             ``bfd.tasks.drift_gate``), everything recorded: the run ends ``Failed``, its
             message saying what was flagged or not compared; ``out`` is the return value.
@@ -156,123 +160,124 @@ def audit(
     thresholds = with_deployment_defaults("drift", drift, DriftThresholds)
     model = require_model(config)
     root = resolve_store(store)
-    missing = not os.path.exists(root)  # said at the end when the audit made the store
-    series = series if series is not None else default_series(model, config.weights,
-                                                                config.seed, config.model_args)
-    check_place(series, step)
-    check_series(Store(root), series)  # a damaged audit file: refused, no failed audit added
-    # a bad request (layers out of range, weights that do not fit the model, ...) is refused
-    # before the audit's row is opened: nothing recorded, no series begun; the weights loaded
-    # here are those the extraction uses
-    refuse_before_work(ExtractConfig(**config.extract_config()))
-    if store_activations:  # activations that cannot fit on the disk: refused here too
-        check_space(root, ExtractConfig(**config.extract_config()))
-    started = datetime.now(UTC)
-    step = step if step is not None else time_step(started)
-    name_and_tag(f"{series} step {step}", [f"model:{model}", f"series:{series}"])
-    logger.info("audit of series %s, step %d, into store %s", series, step, root)
-    # the run's lock (bfd.storage.run_lock), once its id is known, to the end of the report:
-    # a run another process computes is waited for, then reused; its results are not
-    # republished while read here. Taken inside the series' lock (audit_row), never the
-    # other way round (audit-checkpoints holds the series' lock around its audits).
-    with contextlib.ExitStack() as computing:
-        def hold(run_id: str) -> None:
-            waited: list[str] = []
+    with store_faults(root):  # a full or read-only disk: one line (trial 26 F7)
+        missing = not os.path.exists(root)  # said at the end when the audit made the store
+        series = series if series is not None else default_series(model, config.weights,
+                                                                    config.seed, config.model_args)
+        check_place(series, step)
+        check_series(Store(root), series)  # a damaged audit file: refused, no failed audit added
+        # a bad request (layers out of range, weights that do not fit the model, ...) is refused
+        # before the audit's row is opened: nothing recorded, no series begun; the weights loaded
+        # here are those the extraction uses
+        refuse_before_work(ExtractConfig(**config.extract_config()))
+        if store_activations:  # activations that cannot fit on the disk: refused here too
+            check_space(root, ExtractConfig(**config.extract_config()))
+        started = datetime.now(UTC)
+        step = step if step is not None else time_step(started)
+        name_and_tag(f"{series} step {step}", [f"model:{model}", f"series:{series}"])
+        logger.info("audit of series %s, step %d, into store %s", series, step, root)
+        # the run's lock (bfd.storage.run_lock), once its id is known, to the end of the report:
+        # a run another process computes is waited for, then reused; its results are not
+        # republished while read here. Taken inside the series' lock (audit_row), never the
+        # other way round (audit-checkpoints holds the series' lock around its audits).
+        with contextlib.ExitStack() as computing:
+            def hold(run_id: str) -> None:
+                waited: list[str] = []
 
-            def wait(line: str) -> None:
-                waited.append(line)
-                progress.waiting(line, run_id)
+                def wait(line: str) -> None:
+                    waited.append(line)
+                    progress.waiting(line, run_id)
 
-            computing.enter_context(run_lock(Store(root), run_id, wait))
-            if waited:
-                progress.waited(run_id)
+                computing.enter_context(run_lock(Store(root), run_id, wait))
+                if waited:
+                    progress.waited(run_id)
 
-        with audit_row(Store(root), series, step, audit_trigger(trigger), current_flow_run_id(),
-                       started, writing=progress.recording, waiting=progress.waiting) as row:
-            with progress.listening(PrefectProgress()):
-                decompose_kw = decompose_kwargs(options, config)
-                stored = DecomposeOptions(**decompose_kw).to_dict()
-                extracted: list[int] = []  # the shards of activations extracted here
-                n_shards = None  # the run's shards of activations (none kept: stats-only)
-                repaired: list[int] = []  # those of them found damaged
-                faults: list = []  # the run's damaged table files, published again
-                method = None  # the other method its published results were of, if any
-                if not store_activations:  # computed from two forwards, whatever is stored
-                    run_id, written, method = stats_only_run(config.extract_config(), root,
-                                                             decompose_kw, hold)
-                    run = computed_run(Store(root), run_id, stored) or {}
-                else:
-                    runner = task_runner(workers, dask_address,
-                                         resolve_device(config.extract_config()["device"]))
-                    done = extract.with_options(task_runner=runner)(
-                        config.extract_config(), root, gpu_resources)
-                    run_id, extracted = done["run_id"], done["extracted"]
-                    repaired, n_shards = done["repaired"], done["n_shards"]
-                    hold(run_id)  # then whether it is computed: one process decomposes it
-                    faults = table_faults(Store(root), run_id)  # then not computed: republished
-                    for fault in faults:
-                        # a table file of an older bfd (lacking columns added since) is no
-                        # damage: said as what it is, in one line
-                        said = (f"published again: {fault}" if fault.older
-                                else f"damaged, published again: {fault}")
-                        logger.warning("%s", said)
-                        progress.report("notice", 0, 0, text=said)
-                    # each table file is read once here: the faults just found are passed on
-                    run = computed_run(Store(root), run_id, stored, faults=faults)
-                    if run is None:
-                        # a run published with other options (decompose --prefix include since
-                        # its audit) is decomposed again with the audit's: said, not done
-                        # quietly
-                        replaced = options_replaced(Store(root), run_id, stored)
-                        if replaced:
-                            logger.warning("%s", replaced)
-                            progress.report("notice", 0, 0, text=replaced)
-                        # so is one whose results an older bfd published (bfd.core.method):
-                        # not reused as this bfd's
-                        method = other_method(Store(root), run_id)
-                        if method is not None:
-                            line = other_method_said(run_id, method, extracted)
-                            logger.warning("%s", line)
-                            progress.report("notice", 0, 0, text=line)
-                        written = decompose_flow(dask_address)(
-                            run_id, root, dask_address=dask_address, **decompose_kw)
+            with audit_row(Store(root), series, step, audit_trigger(trigger), current_flow_run_id(),
+                           started, writing=progress.recording, waiting=progress.waiting) as row:
+                with progress.listening(PrefectProgress()):
+                    decompose_kw = decompose_kwargs(options, config)
+                    stored = DecomposeOptions(**decompose_kw).to_dict()
+                    extracted: list[int] = []  # the shards of activations extracted here
+                    n_shards = None  # the run's shards of activations (none kept: stats-only)
+                    repaired: list[int] = []  # those of them found damaged
+                    faults: list = []  # the run's damaged table files, published again
+                    method = None  # the other method its published results were of, if any
+                    if not store_activations:  # computed from two forwards, whatever is stored
+                        run_id, written, method = stats_only_run(config.extract_config(), root,
+                                                                 decompose_kw, hold)
                         run = computed_run(Store(root), run_id, stored) or {}
                     else:
-                        written = {"results": results_path(Store(root), run_id)}
-            rows = drift_since_previous(Store(root), row, run_id, thresholds.model_dump(),
-                                        run_seen(root, run_id))
-        # reused: nothing recomputed, neither its activations (a damaged shard is extracted
-        # again before the results are reused) nor its results
-        reused = "runs" not in written and not extracted
-        how = run_reuse(extracted, repaired, decomposed="runs" in written,
-                        republished=bool(faults), n_shards=n_shards,
-                        older=bool(faults) and all(f.older for f in faults),
-                        method=method)
-        logger.info("audit %s: run %s %s, %d drift flag(s); store %s", row["audit_id"], run_id,
-                    how, row["n_flagged"], root)
-        if row["drift_note"] or row["skipped"]:
-            logger.info("drift: %s", drift_said(row))
-        profile = layer_summary(Store(root), run_id)
-        # the check against the model (docs/checks.md), reused run or not: in the flow run's
-        # log and at the top of the audit's report
-        check = model_check_warning(run_id, [{"site": "attn_in", **r} for r in profile])
-        if check:
-            logger.warning("%s", check)
-        report = {**row, "reused": reused, "repaired": repaired, "how": how,
-                  "model_check": check}
-        publish_artifacts(report, run, profile, rows, root)
-    emit_audit_events(row, rows, root)
-    if missing:  # a moved store or a mistyped path of a deployment: a new history begins
-        # there, its first audit comparing nothing (trial 26; the CLI says it too)
-        logger.warning("no store was at %r: a new one was made there; this audit is the "
-                       "first of its series there and compares nothing", root)
-    retention = keep_latest(Store(root), series, keep_activations, run_id, logger.info)
-    index = refresh_outputs(root, dashboard)
-    out = {**{k: row[k] for k in ("audit_id", "series", "run_id", "step", "prev_audit_id",
-                                  "n_flagged", "drift_note", "prev_step", "skipped")},
-           "reused": reused, "repaired": repaired, "how": how, "store": root,
-           "dashboard": index, "retention": retention, **written}
-    return gate_end(out, row["n_flagged"], [out], fail_on_drift, fail_if_not_compared)
+                        runner = task_runner(workers, dask_address,
+                                             resolve_device(config.extract_config()["device"]))
+                        done = extract.with_options(task_runner=runner)(
+                            config.extract_config(), root, gpu_resources)
+                        run_id, extracted = done["run_id"], done["extracted"]
+                        repaired, n_shards = done["repaired"], done["n_shards"]
+                        hold(run_id)  # then whether it is computed: one process decomposes it
+                        faults = table_faults(Store(root), run_id)  # then not computed: republished
+                        for fault in faults:
+                            # a table file of an older bfd (lacking columns added since) is no
+                            # damage: said as what it is, in one line
+                            said = (f"published again: {fault}" if fault.older
+                                    else f"damaged, published again: {fault}")
+                            logger.warning("%s", said)
+                            progress.report("notice", 0, 0, text=said)
+                        # each table file is read once here: the faults just found are passed on
+                        run = computed_run(Store(root), run_id, stored, faults=faults)
+                        if run is None:
+                            # a run published with other options (decompose --prefix include since
+                            # its audit) is decomposed again with the audit's: said, not done
+                            # quietly
+                            replaced = options_replaced(Store(root), run_id, stored)
+                            if replaced:
+                                logger.warning("%s", replaced)
+                                progress.report("notice", 0, 0, text=replaced)
+                            # so is one whose results an older bfd published (bfd.core.method):
+                            # not reused as this bfd's
+                            method = other_method(Store(root), run_id)
+                            if method is not None:
+                                line = other_method_said(run_id, method, extracted)
+                                logger.warning("%s", line)
+                                progress.report("notice", 0, 0, text=line)
+                            written = decompose_flow(dask_address)(
+                                run_id, root, dask_address=dask_address, **decompose_kw)
+                            run = computed_run(Store(root), run_id, stored) or {}
+                        else:
+                            written = {"results": results_path(Store(root), run_id)}
+                rows = drift_since_previous(Store(root), row, run_id, thresholds.model_dump(),
+                                            run_seen(root, run_id))
+            # reused: nothing recomputed, neither its activations (a damaged shard is extracted
+            # again before the results are reused) nor its results
+            reused = "runs" not in written and not extracted
+            how = run_reuse(extracted, repaired, decomposed="runs" in written,
+                            republished=bool(faults), n_shards=n_shards,
+                            older=bool(faults) and all(f.older for f in faults),
+                            method=method)
+            logger.info("audit %s: run %s %s, %d drift flag(s); store %s", row["audit_id"], run_id,
+                        how, row["n_flagged"], root)
+            if row["drift_note"] or row["skipped"]:
+                logger.info("drift: %s", drift_said(row))
+            profile = layer_summary(Store(root), run_id)
+            # the check against the model (docs/checks.md), reused run or not: in the flow run's
+            # log and at the top of the audit's report
+            check = model_check_warning(run_id, [{"site": "attn_in", **r} for r in profile])
+            if check:
+                logger.warning("%s", check)
+            report = {**row, "reused": reused, "repaired": repaired, "how": how,
+                      "model_check": check}
+            publish_artifacts(report, run, profile, rows, root)
+        emit_audit_events(row, rows, root)
+        if missing:  # a moved store or a mistyped path of a deployment: a new history begins
+            # there, its first audit comparing nothing (trial 26; the CLI says it too)
+            logger.warning("no store was at %r: a new one was made there; this audit is the "
+                           "first of its series there and compares nothing", root)
+        retention = keep_latest(Store(root), series, keep_activations, run_id, logger.info)
+        index = refresh_outputs(root, dashboard)
+        out = {**{k: row[k] for k in ("audit_id", "series", "run_id", "step", "prev_audit_id",
+                                      "n_flagged", "drift_note", "prev_step", "skipped")},
+               "reused": reused, "repaired": repaired, "how": how, "store": root,
+               "dashboard": index, "retention": retention, **written}
+        return gate_end(out, row["n_flagged"], [out], fail_on_drift, fail_if_not_compared)
 
 
 def gate_end(out: dict[str, Any], n_flagged: int, audits: list[dict[str, Any]],

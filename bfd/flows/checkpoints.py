@@ -18,6 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
+from bfd.faults import store_faults
 from bfd.flows import progress
 from bfd.flows.audit import audit, gate_end, refresh_outputs
 from bfd.flows.params import (
@@ -120,77 +121,80 @@ def audit_checkpoints(
     options = with_deployment_defaults("decompose_options", decompose_options, DecomposeParams)
     model = require_model(config)
     root = resolve_store(store)
-    series = series if series is not None else checkpoints_series(model, checkpoints,
-                                                                        config.model_args)
-    check_place(series)
-    request = config.extract_config()
-    # a bad request (layers out of range, no images, ...) is refused before anything is read
-    check_before_work(ExtractConfig(**{**request, "weights": "random"}))
-    # the series' lock, from deciding what is to audit to the last audit's row: a second run
-    # over the folder waits for this one, then finds its checkpoints audited and skips them
-    with series_lock(Store(root), series, progress.waiting):
-        chosen = DecomposeOptions(**decompose_kwargs(options, config)).to_dict()
-        left: list[str] = []  # the path of each line of bad
-        copies: list[str] = []  # files of another file's weights: no audit of their own
-        todo, n_files, bad = pending_checkpoints(Store(root), checkpoints, series, request,
-                                                 chosen, left, copies)
-        # each loaded as its audit loads it, before any is audited, as the dry run does: a
-        # file that does not load or fit the model is left out of the count to audit (it was
-        # counted in "checkpoint k of N to audit", where --dry-run left it out), and named
-        # now, before the first audit's lines
-        todo = fitting_checkpoints(request, todo, bad, left, _told_left_out)
-        compared = describe_request(request, chosen)
-        logger.info("series %s: %d checkpoint file(s) in %s, %d to audit (%d already audited "
-                    "with the same request); store %s", series, n_files, checkpoints,
-                    len(todo), n_files - len(bad) - len(todo), root)
-        for line in bad:
-            logger.error("left out: %s", line)
-        summary = {"series": series, "n_files": n_files, "store": root, "compared": compared,
-                   "bad": bad, "left": left, "copies": copies}
+    with store_faults(root):  # a full or read-only disk: one line (trial 26 F7)
+        series = series if series is not None else checkpoints_series(model, checkpoints,
+                                                                            config.model_args)
+        check_place(series)
+        request = config.extract_config()
+        # a bad request (layers out of range, no images, ...) is refused before anything is read
+        check_before_work(ExtractConfig(**{**request, "weights": "random"}))
+        # the series' lock, from deciding what is to audit to the last audit's row: a second run
+        # over the folder waits for this one, then finds its checkpoints audited and skips them
+        with series_lock(Store(root), series, progress.waiting):
+            chosen = DecomposeOptions(**decompose_kwargs(options, config)).to_dict()
+            left: list[str] = []  # the path of each line of bad
+            copies: list[str] = []  # files of another file's weights: no audit of their own
+            todo, n_files, bad = pending_checkpoints(Store(root), checkpoints, series, request,
+                                                     chosen, left, copies)
+            # each loaded as its audit loads it, before any is audited, as the dry run does: a
+            # file that does not load or fit the model is left out of the count to audit (it was
+            # counted in "checkpoint k of N to audit", where --dry-run left it out), and named
+            # now, before the first audit's lines
+            todo = fitting_checkpoints(request, todo, bad, left, _told_left_out)
+            compared = describe_request(request, chosen)
+            logger.info("series %s: %d checkpoint file(s) in %s, %d to audit (%d already audited "
+                        "with the same request); store %s", series, n_files, checkpoints,
+                        len(todo), n_files - len(bad) - len(todo), root)
+            for line in bad:
+                logger.error("left out: %s", line)
+            summary = {"series": series, "n_files": n_files, "store": root, "compared": compared,
+                       "bad": bad, "left": left, "copies": copies}
+            if not todo:
+                # "not left out": a file left out may read and not fit the model
+                others = " (those not left out)" if bad else ""
+                message = (f"Nothing to do: no checkpoint file in `{checkpoints}` yet (store "
+                           f"`{root}`)." if not n_files else
+                           f"Nothing to do: all {n_files} checkpoint file(s) of `{checkpoints}` "
+                           f"are left out (store `{root}`).{_left_out(bad)}"
+                           if len(bad) == n_files else
+                           f"Nothing to do: all {n_files - len(bad)} checkpoint file(s) of "
+                           f"`{checkpoints}`{others} are already audited in series `{series}` with "
+                           f"the same request ({compared}; store `{root}`).{_left_out(bad)}")
+                logger.info(message.replace("`", ""))
+                wrote = record_left_out(Store(root), series, checkpoints, bad, left, [])
+                create_markdown_artifact(message, key=artifact_key("checkpoints", series),
+                                         description="audit-checkpoints: nothing to do")
+            done: list[dict[str, Any]] = []
+            if todo:
+                try:
+                    _audit_each(todo, done, config, root, series, model, options, thresholds,
+                                workers, dask_address, gpu_resources, keep_activations)
+                finally:  # kept before the dashboard is built, also when an audit failed
+                    record_left_out(Store(root), series, checkpoints, bad, left, done,
+                                    [c["path"] for c in todo])
         if not todo:
-            # "not left out": a file left out may read and not fit the model
-            others = " (those not left out)" if bad else ""
-            message = (f"Nothing to do: no checkpoint file in `{checkpoints}` yet (store "
-                       f"`{root}`)." if not n_files else
-                       f"Nothing to do: all {n_files} checkpoint file(s) of `{checkpoints}` are "
-                       f"left out (store `{root}`).{_left_out(bad)}" if len(bad) == n_files else
-                       f"Nothing to do: all {n_files - len(bad)} checkpoint file(s) of "
-                       f"`{checkpoints}`{others} are already audited in series `{series}` with "
-                       f"the same request ({compared}; store `{root}`).{_left_out(bad)}")
-            logger.info(message.replace("`", ""))
-            wrote = record_left_out(Store(root), series, checkpoints, bad, left, [])
-            create_markdown_artifact(message, key=artifact_key("checkpoints", series),
-                                     description="audit-checkpoints: nothing to do")
-        done: list[dict[str, Any]] = []
-        if todo:
-            try:
-                _audit_each(todo, done, config, root, series, model, options, thresholds,
-                            workers, dask_address, gpu_resources, keep_activations)
-            finally:  # kept before the dashboard is built, also when an audit failed
-                record_left_out(Store(root), series, checkpoints, bad, left, done,
-                                [c["path"] for c in todo])
-    if not todo:
-        if wrote:  # a file left out or cleared: the dashboard says it (after the lock)
-            refresh_outputs(root, dashboard)
-        return _ended({**summary, "audits": []})
-    # each audit's drops, as it ended (_audit_each)
-    retention = (None if keep_activations is None
-                 else [line for d in done for line in d.get("retention") or []])
-    index = refresh_outputs(root, dashboard) if done else None
-    lines = [f"# Checkpoints of series `{series}`", "",
-             f"{len(done)} new audit(s) of {n_files} file(s) in `{checkpoints}`; store `{root}`.",
-             "", "| step | checkpoint | run | drift flags |", "|---|---|---|---|"]
-    lines += [f"| {d['step']} | `{os.path.basename(d['checkpoint'])}` | `{d['run_id']}` | "
-              f"{_flags(d)} |" for d in done]
-    create_markdown_artifact("\n".join(lines) + "\n" + _left_out(bad),
-                             key=artifact_key("checkpoints", series),
-                             description=f"audit-checkpoints of series {series}")
-    out = {**summary, "audits": done, "dashboard": index, "retention": retention}
-    n_flagged = sum(d["n_flagged"] or 0 for d in done)
-    if out["bad"]:  # Failed, naming the files left out, and the drift gate's failure if any
-        gate = drift_verdict(n_flagged, fail_on_drift, done, fail_if_not_compared).message()
-        return _ended(out, gate)
-    return gate_end(out, n_flagged, done, fail_on_drift, fail_if_not_compared)
+            if wrote:  # a file left out or cleared: the dashboard says it (after the lock)
+                refresh_outputs(root, dashboard)
+            return _ended({**summary, "audits": []})
+        # each audit's drops, as it ended (_audit_each)
+        retention = (None if keep_activations is None
+                     else [line for d in done for line in d.get("retention") or []])
+        index = refresh_outputs(root, dashboard) if done else None
+        lines = [f"# Checkpoints of series `{series}`", "",
+                 f"{len(done)} new audit(s) of {n_files} file(s) in `{checkpoints}`; "
+                 f"store `{root}`.",
+                 "", "| step | checkpoint | run | drift flags |", "|---|---|---|---|"]
+        lines += [f"| {d['step']} | `{os.path.basename(d['checkpoint'])}` | `{d['run_id']}` | "
+                  f"{_flags(d)} |" for d in done]
+        create_markdown_artifact("\n".join(lines) + "\n" + _left_out(bad),
+                                 key=artifact_key("checkpoints", series),
+                                 description=f"audit-checkpoints of series {series}")
+        out = {**summary, "audits": done, "dashboard": index, "retention": retention}
+        n_flagged = sum(d["n_flagged"] or 0 for d in done)
+        if out["bad"]:  # Failed, naming the files left out, and the drift gate's failure if any
+            gate = drift_verdict(n_flagged, fail_on_drift, done, fail_if_not_compared).message()
+            return _ended(out, gate)
+        return gate_end(out, n_flagged, done, fail_on_drift, fail_if_not_compared)
 
 
 def _audit_each(todo, done, config, root, series, model, options, thresholds, workers,

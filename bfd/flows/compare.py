@@ -10,6 +10,7 @@ from prefect import flow, get_run_logger, tags
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import Field, ValidationError
 
+from bfd.faults import store_faults
 from bfd.flows.audit import audit, refresh_outputs
 from bfd.flows.params import (
     AuditConfig,
@@ -86,45 +87,46 @@ def compare(
     thresholds = with_deployment_defaults("drift", drift, DriftThresholds)
     options = with_deployment_defaults("decompose_options", decompose_options, DecomposeParams)
     root = resolve_store(store)
-    audits = []
-    for i, item in enumerate(models):
-        try:
-            one_config = AuditConfig.model_validate(
-                {**config.model_dump(), "model": item.model, "weights": item.weights,
-                 "seed": item.seed, "model_args": (item.model_args if item.model_args
-                                                   is not None else config.model_args)})
-        except ValidationError as err:
-            raise ValueError(describe_errors(err, prefix=f"models[{i}].")) from None
-        series = (item.series if item.series is not None
-                  else default_series(item.model, item.weights, item.seed,
-                                      one_config.model_args))
-        with tags(f"model:{item.model}", f"series:{series}"):
-            audits.append(audit(one_config, root, workers=workers, dask_address=dask_address,
-                                decompose_options=options, series=series, drift=thresholds,
-                                trigger="compare", dashboard=False))
-    images = {read_request(Store(root), a["run_id"]).images_sha256 for a in audits}
-    if len(images) != 1:
-        raise RuntimeError(f"the compared runs saw different image sets ({len(images)}); "
-                           "compare runs on one image list")
-    pairs = [{"series_a": a["series"], "series_b": b["series"], "run_a": a["run_id"],
-              "run_b": b["run_id"],
-              "n_head_type_changes": head_type_change_count(Store(root), a["run_id"],
-                                                            b["run_id"])}
-             for a, b in itertools.combinations(audits, 2)]
-    refresh_outputs(root, dashboard)
-    key = artifact_key("compare", ",".join(a["series"] for a in audits))
-    lines = [f"# Comparison of {len(audits)} models on one image set", "",
-             f"store `{root}`; per pair: `bfd query compare_runs --param run_a=RUN_A --param "
-             f"run_b=RUN_B --store {root}` (per-layer and per-head deltas) and "
-             "`bfd query head_type_changes ...` (the heads whose type differs).", "",
-             "| series a | series b | run a | run b | head types changed |",
-             "|---|---|---|---|---|"]
-    lines += [f"| `{p['series_a']}` | `{p['series_b']}` | `{p['run_a']}` | `{p['run_b']}` | "
-              f"{p['n_head_type_changes']} |" for p in pairs]
-    create_markdown_artifact("\n".join(lines) + "\n", key=key,
-                             description="BFD comparison: the run ids of every pair")
-    create_table_artifact(pairs, key=key + "-pairs", description="pairs of compared runs")
-    for p in pairs:
-        logger.info("pair %s / %s: runs %s %s, %d head type(s) changed", p["series_a"],
-                    p["series_b"], p["run_a"], p["run_b"], p["n_head_type_changes"])
-    return {"audits": audits, "pairs": pairs, "store": root}
+    with store_faults(root):  # a full or read-only disk: one line (trial 26 F7)
+        audits = []
+        for i, item in enumerate(models):
+            try:
+                one_config = AuditConfig.model_validate(
+                    {**config.model_dump(), "model": item.model, "weights": item.weights,
+                     "seed": item.seed, "model_args": (item.model_args if item.model_args
+                                                       is not None else config.model_args)})
+            except ValidationError as err:
+                raise ValueError(describe_errors(err, prefix=f"models[{i}].")) from None
+            series = (item.series if item.series is not None
+                      else default_series(item.model, item.weights, item.seed,
+                                          one_config.model_args))
+            with tags(f"model:{item.model}", f"series:{series}"):
+                audits.append(audit(one_config, root, workers=workers, dask_address=dask_address,
+                                    decompose_options=options, series=series, drift=thresholds,
+                                    trigger="compare", dashboard=False))
+        images = {read_request(Store(root), a["run_id"]).images_sha256 for a in audits}
+        if len(images) != 1:
+            raise RuntimeError(f"the compared runs saw different image sets ({len(images)}); "
+                               "compare runs on one image list")
+        pairs = [{"series_a": a["series"], "series_b": b["series"], "run_a": a["run_id"],
+                  "run_b": b["run_id"],
+                  "n_head_type_changes": head_type_change_count(Store(root), a["run_id"],
+                                                                b["run_id"])}
+                 for a, b in itertools.combinations(audits, 2)]
+        refresh_outputs(root, dashboard)
+        key = artifact_key("compare", ",".join(a["series"] for a in audits))
+        lines = [f"# Comparison of {len(audits)} models on one image set", "",
+                 f"store `{root}`; per pair: `bfd query compare_runs --param run_a=RUN_A --param "
+                 f"run_b=RUN_B --store {root}` (per-layer and per-head deltas) and "
+                 "`bfd query head_type_changes ...` (the heads whose type differs).", "",
+                 "| series a | series b | run a | run b | head types changed |",
+                 "|---|---|---|---|---|"]
+        lines += [f"| `{p['series_a']}` | `{p['series_b']}` | `{p['run_a']}` | `{p['run_b']}` | "
+                  f"{p['n_head_type_changes']} |" for p in pairs]
+        create_markdown_artifact("\n".join(lines) + "\n", key=key,
+                                 description="BFD comparison: the run ids of every pair")
+        create_table_artifact(pairs, key=key + "-pairs", description="pairs of compared runs")
+        for p in pairs:
+            logger.info("pair %s / %s: runs %s %s, %d head type(s) changed", p["series_a"],
+                        p["series_b"], p["run_a"], p["run_b"], p["n_head_type_changes"])
+        return {"audits": audits, "pairs": pairs, "store": root}

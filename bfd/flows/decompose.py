@@ -8,6 +8,7 @@ from prefect.futures import as_completed
 from bfd.core.anova import DEFAULT_GROUPS
 from bfd.core.model_check_limit import model_check_warning
 from bfd.core.uncertainty import DEFAULT_CI_TARGET
+from bfd.faults import store_faults
 from bfd.flows import progress
 from bfd.flows.prefect_io import resolve_store
 from bfd.flows.runners import one_thread_per_task
@@ -78,40 +79,42 @@ def decompose(
     """
     logger = get_run_logger()
     root = resolve_store(store)
-    options = DecomposeOptions(prefix=prefix, seed=seed, compute_dtype=compute_dtype,
-                               images_per_task=images_per_task, device=device,
-                               jackknife_groups=jackknife_groups, ci_target=ci_target)
-    refused = not_decomposable(Store(root), run_id, options)  # also: a run of the store
-    if refused:
-        raise ValueError(refused)
-    with run_lock(Store(root), run_id, progress.waiting):
-        acts = open_activations(Store(root), run_id)
-        check_intact(Store(root), run_id)
-        require_extracted(Store(root), run_id)
-        sites = [s for s in ("attn_in", "resid") if s in acts.data_vars]
-        layers = [int(v) for v in acts.layer.values]
-        threads = one_thread_per_task(len(sites) * len(layers), dask_address)
-        futures = [
-            decompose_site_layer_task.submit(root, run_id, site, layer, options, dask_address,
-                                             threads)
-            for site in sites
-            for layer in layers
-        ]
-        logger.info("decomposing run %s: %d sites x %d layers", run_id, len(sites), len(layers))
-        # the stage begins: its bar (and its clock) from now, not from its first pair done
-        # (trial 30: on a Dask cluster the bar appeared minutes into the decomposition)
-        progress.report("decompose", 0, len(futures))
-        parts = []
-        for done, future in enumerate(as_completed(futures), start=1):
-            parts.append(future.result())
-            progress.report("decompose", done, len(futures))
-        request = read_request(Store(root), run_id)
-        results = assemble_results(parts, {**results_attrs(request, acts.attrs),
-                                           "run_id": run_id, **options.to_dict(),
-                                           "images_per_task": images_per_task or 0})
-        written = publish_task(root, run_id, results, {"decompose": options.to_dict()})
-        logger.info("published run %s: %s", run_id, ", ".join(sorted(written)))
-        check = model_check_warning(run_id, layers_rows(results).to_pylist())
-        if check:  # the check against the model failed (docs/checks.md)
-            logger.warning("%s", check)
-        return written
+    with store_faults(root):  # a full or read-only disk: one line (trial 26 F7)
+        options = DecomposeOptions(prefix=prefix, seed=seed, compute_dtype=compute_dtype,
+                                   images_per_task=images_per_task, device=device,
+                                   jackknife_groups=jackknife_groups, ci_target=ci_target)
+        refused = not_decomposable(Store(root), run_id, options)  # also: a run of the store
+        if refused:
+            raise ValueError(refused)
+        with run_lock(Store(root), run_id, progress.waiting):
+            acts = open_activations(Store(root), run_id)
+            check_intact(Store(root), run_id)
+            require_extracted(Store(root), run_id)
+            sites = [s for s in ("attn_in", "resid") if s in acts.data_vars]
+            layers = [int(v) for v in acts.layer.values]
+            threads = one_thread_per_task(len(sites) * len(layers), dask_address)
+            futures = [
+                decompose_site_layer_task.submit(root, run_id, site, layer, options, dask_address,
+                                                 threads)
+                for site in sites
+                for layer in layers
+            ]
+            logger.info("decomposing run %s: %d sites x %d layers", run_id, len(sites),
+                        len(layers))
+            # the stage begins: its bar (and its clock) from now, not from its first pair
+            # done (trial 30: on a Dask cluster the bar appeared minutes into the decomposition)
+            progress.report("decompose", 0, len(futures))
+            parts = []
+            for done, future in enumerate(as_completed(futures), start=1):
+                parts.append(future.result())
+                progress.report("decompose", done, len(futures))
+            request = read_request(Store(root), run_id)
+            results = assemble_results(parts, {**results_attrs(request, acts.attrs),
+                                               "run_id": run_id, **options.to_dict(),
+                                               "images_per_task": images_per_task or 0})
+            written = publish_task(root, run_id, results, {"decompose": options.to_dict()})
+            logger.info("published run %s: %s", run_id, ", ".join(sorted(written)))
+            check = model_check_warning(run_id, layers_rows(results).to_pylist())
+            if check:  # the check against the model failed (docs/checks.md)
+                logger.warning("%s", check)
+            return written

@@ -9,6 +9,7 @@ import dask
 from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 
+from bfd.faults import store_faults
 from bfd.flows import progress
 from bfd.flows.prefect_io import resolve_store
 from bfd.models import resolve_device
@@ -35,43 +36,44 @@ def extract(config: dict, store: str | None = None, gpu_resources: bool = False)
     logger = get_run_logger()
     cfg = ExtractConfig(**config)
     root = resolve_store(store)
-    # the run's lock, from its planning to its end (taken once its id is known): a second
-    # extraction of the run waits for this one, then finds its shards done
-    with contextlib.ExitStack() as held:
-        plan = prepare_run_task(root, cfg, lambda rid: held.enter_context(
-            run_lock(Store(root), rid, progress.waiting)))
-        per_shard = {s.index: s for s in plan.shards}
-        todo = [per_shard[k] for k in plan.pending]
-        logger.info("run %s: %d images, %d shards, %d to do", plan.run_id, plan.n_images,
-                    len(plan.shards), len(todo))
-        for fault in plan.damaged:
-            logger.warning("damaged, extracted again: %s", fault)
-            progress.report("notice", 0, 0, text=f"damaged, extracted again: {fault}")
-        if todo:
-            progress.report("notice", 0, 0, text=plan.summary())
-        done_images = plan.n_images - sum(s.size for s in todo)
-        progress.report("extract", done_images, plan.n_images, run_id=plan.run_id)
-        cfg_worker = cfg
-        if len(todo) and cfg.device == "auto":
-            # resolve here, so every worker gets the same answer as the planner
-            cfg_worker = ExtractConfig(**{**cfg.to_dict(), "device": resolve_device("auto")})
-        annotate = (dask.annotate(resources={"GPU": 1}) if gpu_resources
-                    else contextlib.nullcontext())
-        with annotate:
-            futures = [
-                extract_shard_task.submit(root, plan.run_id, cfg_worker, s, plan.layers,
-                                          list(plan.records[s.start:s.stop]))
-                for s in todo
-            ]
-        skipped = 0
-        for future in as_completed(futures):
-            result = future.result()
-            skipped += result["skipped"]
-            done_images += result["images"]
+    with store_faults(root):  # a full or read-only disk: one line (trial 26 F7)
+        # the run's lock, from its planning to its end (taken once its id is known): a second
+        # extraction of the run waits for this one, then finds its shards done
+        with contextlib.ExitStack() as held:
+            plan = prepare_run_task(root, cfg, lambda rid: held.enter_context(
+                run_lock(Store(root), rid, progress.waiting)))
+            per_shard = {s.index: s for s in plan.shards}
+            todo = [per_shard[k] for k in plan.pending]
+            logger.info("run %s: %d images, %d shards, %d to do", plan.run_id, plan.n_images,
+                        len(plan.shards), len(todo))
+            for fault in plan.damaged:
+                logger.warning("damaged, extracted again: %s", fault)
+                progress.report("notice", 0, 0, text=f"damaged, extracted again: {fault}")
+            if todo:
+                progress.report("notice", 0, 0, text=plan.summary())
+            done_images = plan.n_images - sum(s.size for s in todo)
             progress.report("extract", done_images, plan.n_images, run_id=plan.run_id)
-        missing = set(per_shard) - completed_shards(Store(root), plan.run_id, plan.shards)
-        if missing:
-            raise RuntimeError(f"run {plan.run_id}: shards {sorted(missing)} did not complete")
-        logger.info("run %s complete (%d images skipped this time)", plan.run_id, skipped)
-        return {"run_id": plan.run_id, "extracted": list(plan.pending),
-                "repaired": list(plan.repaired), "n_shards": len(plan.shards)}
+            cfg_worker = cfg
+            if len(todo) and cfg.device == "auto":
+                # resolve here, so every worker gets the same answer as the planner
+                cfg_worker = ExtractConfig(**{**cfg.to_dict(), "device": resolve_device("auto")})
+            annotate = (dask.annotate(resources={"GPU": 1}) if gpu_resources
+                        else contextlib.nullcontext())
+            with annotate:
+                futures = [
+                    extract_shard_task.submit(root, plan.run_id, cfg_worker, s, plan.layers,
+                                              list(plan.records[s.start:s.stop]))
+                    for s in todo
+                ]
+            skipped = 0
+            for future in as_completed(futures):
+                result = future.result()
+                skipped += result["skipped"]
+                done_images += result["images"]
+                progress.report("extract", done_images, plan.n_images, run_id=plan.run_id)
+            missing = set(per_shard) - completed_shards(Store(root), plan.run_id, plan.shards)
+            if missing:
+                raise RuntimeError(f"run {plan.run_id}: shards {sorted(missing)} did not complete")
+            logger.info("run %s complete (%d images skipped this time)", plan.run_id, skipped)
+            return {"run_id": plan.run_id, "extracted": list(plan.pending),
+                    "repaired": list(plan.repaired), "n_shards": len(plan.shards)}

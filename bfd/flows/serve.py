@@ -6,11 +6,12 @@ What a user sees in the terminal (stdout): one line when serving starts, one per
 (its schedules, its next run), then one line when each run of a served deployment starts and
 one when it ends (its state; the run's name at its start when the flow renamed it since; an
 audit's run id, series and drift; the checkpoints audited; a failure's error), each poll's
-lines in the order of their times. Ctrl-C's line names the runs in progress and whether their
-audits were recorded (``RunLines.interrupted_line``). Prefect logs at WARNING in the CLI, so
-these lines are ``RunLines``' own: it reads the served deployments' flow runs from the API
-every ``POLL_SECONDS``, and the audits of a run from the store it wrote to (the ``audits``
-table, by flow run id).
+lines in the order of their times. Ctrl-C's (or SIGTERM's) line names the runs in progress and
+whether their audits were recorded (``RunLines.interrupted_line``); with a Prefect API of its
+own, those runs are stopped and set ``Crashed`` there first (``RunLines.end_runs``). Prefect
+logs at WARNING in the CLI, so these lines are ``RunLines``' own: it reads the served
+deployments' flow runs from the API every ``POLL_SECONDS``, and the audits of a run from the
+store it wrote to (the ``audits`` table, by flow run id).
 
 ``RunLines`` also creates the served schedules' runs through the API (``POST
 /deployments/{id}/schedule``, what the server's scheduler service does): Prefect's temporary
@@ -22,7 +23,9 @@ schedule and time).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -35,6 +38,9 @@ import yaml
 
 POLL_SECONDS = 2.0  # how often the served deployments' runs are read (their lines' delay)
 SCHEDULE_SECONDS = 60.0  # how often their schedules' runs are created ahead
+# how long the end of serving (Ctrl-C, SIGTERM) waits for the API to take the Crashed states of
+# the runs it stopped, and for their processes to die; it never waits for more
+END_TIMEOUT_S = 5.0
 
 _SCHEDULE_KEYS = ("cron", "interval", "rrule", "timezone", "anchor_date", "active", "parameters")
 
@@ -142,18 +148,23 @@ def serve(prefect_file: str | Path = "prefect.yaml",
           watch: Callable[[RunLines], None] | None = None) -> None:
     """Serve every deployment of the file until interrupted, saying what it serves and each
     run's start and end (``RunLines``) through ``say``; ``watch`` is given the ``RunLines``
-    before serving starts (``bfd serve``: Ctrl-C's line names the runs in progress). Ended
-    by Ctrl-C (Prefect's own shutdown: a configured API), it says on stderr what became of
-    the runs in progress, if any (``RunLines.interrupted_line``)."""
+    before serving starts (``bfd serve``: Ctrl-C's line names the runs in progress, and
+    ``RunLines.end_runs`` ends them). Where this process has a SIGTERM handler of its own
+    (``bfd serve``'s), SIGTERM is left to it, not to Prefect's runner (``_runner_class``).
+    Ended by a ``KeyboardInterrupt`` (Prefect's own shutdown: serving called in-process), it
+    says on stderr what became of the runs in progress, if any
+    (``RunLines.interrupted_line``)."""
     import asyncio
 
     from prefect.exceptions import TerminationSignal
     from prefect.runner import Runner
 
     deployments = runner_deployments(prefect_file)
-    runner = Runner(pause_on_shutdown=True)  # as prefect.serve builds it
+    runner = _runner_class(Runner)(pause_on_shutdown=True)  # as prefect.serve builds it
     served = {runner.add_deployment(d): d for d in deployments}
     lines = RunLines(served, say)
+    if hasattr(runner, "_cancel_run"):  # the runner's own cancellation of a run it runs
+        lines.on_cancelling = lambda run: runner.execute_in_background(runner._cancel_run, run)
     if watch is not None:
         watch(lines)
     try:
@@ -174,6 +185,22 @@ def serve(prefect_file: str | Path = "prefect.yaml",
                              + "\n")
     finally:
         lines.stop()
+
+
+def _runner_class(runner):
+    """Prefect's ``Runner`` class, or, where this process installed a SIGTERM handler of its
+    own (``bfd serve``: ``bfd.cli_interrupt``, its line and exit 143), a subclass that leaves
+    SIGTERM to that handler: the Runner's (installed as it starts) cancelled the runs in
+    progress as if a person had, and ended serving with no line and exit 0 (trial 26, F6)."""
+    own = signal.getsignal(signal.SIGTERM)
+    if not callable(own):
+        return runner
+
+    class Served(runner):
+        def handle_sigterm(self, *args: Any, **kwargs: Any) -> None:  # noqa: ARG002
+            own(signal.SIGTERM, None)
+
+    return Served
 
 
 def _scheduled_runs(client, dep_id: UUID, before: datetime | None = None, **read) -> list:
@@ -255,6 +282,7 @@ class RunLines:
         self.served = served
         self.say = say
         self.since = datetime.now(UTC)  # runs that start or end from now on
+        self.began = self.since  # serving's start: the runs it may have started came after
         # each run said started: as it was then (its first name; the flow renames it once its
         # series and step are known), and its store's root (None: unknown)
         self.started: dict[UUID, tuple[Any, str | None]] = {}
@@ -262,6 +290,10 @@ class RunLines:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failed = 0  # polls failed in a row
+        # called with each run of a served deployment found Cancelling (``say_runs``): the
+        # runner's own cancellation (``serve``); None: nothing done
+        self.on_cancelling: Callable[[Any], Any] | None = None
+        self._cancels: set[UUID] = set()  # the runs handed to it
         # each served deployment's late runs that drop_late_runs deleted
         self.dropped: dict[UUID, list] = {}
 
@@ -361,9 +393,10 @@ class RunLines:
                     sys.stderr.write(f"bfd: warning: serve: the Prefect API did not answer "
                                      f"({first}); retrying\n")
 
-    def poll(self, client) -> None:
+    def poll(self, client, say: bool = True) -> None:
         """Says the lines of the runs of the served deployments that started or ended since
-        the last poll, and of those still running."""
+        the last poll, and of those still running (``say`` False: notes them only, the end
+        of serving: ``end_runs``)."""
         from prefect.client.schemas.filters import (
             DeploymentFilter,
             DeploymentFilterId,
@@ -383,14 +416,15 @@ class RunLines:
                 **({"id": FlowRunFilterId(any_=running)} if running else {})),
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=list(self.served))),
             limit=200)
-        self.say_runs(runs, client)
+        self.say_runs(runs, client, say)
         # the next poll looks back a minute: a run whose times the API wrote late is not missed
         self.since = max(self.since, polled - timedelta(seconds=60))
 
-    def say_runs(self, runs, client) -> None:
+    def say_runs(self, runs, client, say: bool = True) -> None:
         """The lines of ``runs`` (flow runs of the served deployments, as the API read them)
         not said yet: a start line for each run started, an end line for each run ended, in
-        the order of their times (a run's end may come after another's start)."""
+        the order of their times (a run's end may come after another's start); ``say``
+        False: noted as started or ended, not said."""
         from bfd.flows.prefect_io import deployment_store
 
         said = []  # (time, line)
@@ -406,11 +440,21 @@ class RunLines:
                 self.started[run.id] = (run, root)
                 said.append((run.start_time, f"{_when(run.start_time)}  {dep.name}: flow run "
                              f"'{run.name}' ({run.id}) started"))
+            if (run.state is not None and run.state.is_cancelling()
+                    and self.on_cancelling is not None and run.id not in self._cancels):
+                # the runner's watch for cancellations (Prefect's websocket and its poll)
+                # ends for good when the API is away a while: a cancel after a server's
+                # restart was never acted on; the run went on, published and recorded its
+                # audit, then timed out Cancelled (trial 26, F2). This poll survives an
+                # outage: it hands the run to the runner, which kills a run it runs, once
+                self._cancels.add(run.id)
+                with contextlib.suppress(Exception):
+                    self.on_cancelling(run)
             if run.state is not None and run.state.is_final():
                 self.ended.add(run.id)
                 said.append((run.end_time or datetime.now(UTC),
                              self.end_line(client, run, dep)))
-        for _, line in sorted(said, key=lambda x: x[0]):
+        for _, line in sorted(said, key=lambda x: x[0]) if say else ():
             self.say(line)
 
     def in_progress(self) -> list:
@@ -433,6 +477,97 @@ class RunLines:
         if not parts:
             return head
         return f"{head}; {len(parts)} run(s) in progress stopped: {'; '.join(parts)}"
+
+    def end_runs(self, head: str, timeout: float = END_TIMEOUT_S) -> str:
+        """The end of serving by Ctrl-C or SIGTERM with a Prefect API of its own (not the
+        temporary server, which ends with this process): the line to say, ``head`` then what
+        became of each run in progress (``interrupted_line``) and what Prefect was told.
+
+        Before the line: the runs' processes (this process's children, and theirs) are killed,
+        so that none goes on to publish or record an audit the line says was not (a partial
+        run is never published: everything they write survives a kill at any moment); the runs
+        are read once more (one started since the last poll is named too). After it, each run
+        of a served deployment still ``Running``, ``Pending`` or ``Cancelling`` in the API
+        since serving began, and the subflow runs under it, are set ``Crashed`` with the line
+        as message (before: left ``Running`` by Ctrl-C, set ``Cancelled`` by SIGTERM as if a
+        person had cancelled them; trial 26, F5 and F6), and the served deployments' schedules
+        are paused, as Prefect's own shutdown of a served runner does. The API is given
+        ``timeout`` seconds in all: an API that does not answer is said on the line."""
+        import psutil
+
+        self.stop()
+        self.on_cancelling = None  # the runner is not run any more
+        with contextlib.suppress(psutil.Error):
+            children = psutil.Process().children(recursive=True)
+            for child in children:
+                with contextlib.suppress(psutil.Error):
+                    child.kill()
+            psutil.wait_procs(children, timeout=timeout)
+        told: dict[str, Any] = {}
+
+        def tell() -> None:
+            from prefect.client.orchestration import get_client
+
+            with get_client(sync_client=True) as client:
+                self.poll(client, say=False)
+                told["line"] = line = self.interrupted_line(head)
+                told["crashed"] = self._crash(client, line.removeprefix("bfd: "))
+                for dep_id in self.served:
+                    with contextlib.suppress(Exception):
+                        client.pause_deployment(dep_id)
+
+        def quietly() -> None:
+            try:
+                tell()
+            except Exception as err:  # noqa: BLE001 - said on the line
+                told["error"] = (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+        thread = threading.Thread(target=quietly, name="bfd-serve-end", daemon=True)
+        thread.start()
+        thread.join(timeout)
+        line = told.get("line") or self.interrupted_line(head)
+        if "crashed" in told:
+            n = told["crashed"]
+            return (f"{line}; {n} flow run(s) marked Crashed in Prefect, with this line" if n
+                    else line)
+        if not self.in_progress():
+            return line
+        why = told.get("error") or f"no answer in {timeout:g} s"
+        return (f"{line}; the Prefect API was not told ({why}): their flow runs may stay "
+                "Running there")
+
+    def _crash(self, client, message: str) -> int:
+        """Sets ``Crashed`` (``message``) each flow run of the served deployments that the API
+        still has running, pending or cancelling since serving began, and the subflow runs
+        under them, innermost first; returns how many."""
+        from prefect.client.schemas.filters import (
+            DeploymentFilter,
+            DeploymentFilterId,
+            FlowRunFilter,
+            FlowRunFilterParentFlowRunId,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
+        from prefect.states import Crashed
+
+        alive = FlowRunFilterState(type=FlowRunFilterStateType(
+            any_=[StateType.RUNNING, StateType.PENDING, StateType.CANCELLING]))
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(state=alive),
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=list(self.served))))
+        ids = {r.id for r in runs if r.id in self.started or r.start_time is None
+               or _stamp(r.start_time) >= self.began.timestamp() - 1}
+        todo, order = list(ids), list(ids)
+        while todo:  # the subflow runs (an audit's extract and decompose), level by level
+            under = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=todo), state=alive))
+            todo = [r.id for r in under if r.id not in ids]
+            ids |= set(todo)
+            order += todo
+        for run_id in reversed(order):
+            client.set_flow_run_state(run_id, Crashed(message=message), force=True)
+        return len(order)
 
     def _stopped(self, run) -> str:
         from bfd.storage import Store, read_audits
