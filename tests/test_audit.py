@@ -1400,3 +1400,22 @@ def test_store_faults_keep_bfd_s_own_disk_errors(tmp_path):
     with pytest.raises(NotEnoughSpaceError) as err, store_faults(str(tmp_path)):
         raise refusal
     assert err.value is refusal
+
+
+def test_a_dashboard_not_rebuilt_by_the_flow_is_said_on_stderr(tmp_path, capsys,
+                                                                prefect_harness):
+    """Trial 30: the disk filled while the audit's flow rebuilt the dashboard; the audit
+    exited 0 with the dashboard broken and no word (the warning went to the flow run's log,
+    shown with -v only). A file where the dashboard's folder goes fails the rebuild alike."""
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "dashboard").write_text("not a folder")
+    argv = ["audit", "--model", "test_vit", "--weights", "random", "--images", "samples",
+            "--n-images", "4", "--img-size", "32", "--layers", "0", "--dtype", "float32",
+            "--store", str(store)]
+    capsys.readouterr()
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if "not refreshed" in x]
+    assert line.startswith("bfd: warning: catalog or dashboard not refreshed ("), err
+    assert (store / "dashboard").read_text() == "not a folder"

@@ -5,6 +5,7 @@ audit's row, artifacts and events."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from datetime import UTC, datetime
 from typing import Any
@@ -73,13 +74,26 @@ def _run_name() -> str:
     return f"{series} step {step}" if step is not None else f"{series} audit"
 
 
+class _SaidToo(logging.LoggerAdapter):
+    """The flow run's logger, whose warnings are also a ``notice`` to the command that runs
+    the flow (its stderr: ``bfd.cli``'s bars), where the run's log shows only with -v."""
+
+    def warning(self, msg, *args, **kwargs) -> None:
+        super().warning(msg, *args, **kwargs)
+        progress.report("notice", 0, 0, text="warning: " + (msg % args if args else msg))
+
+    def process(self, msg, kwargs):
+        return msg, kwargs
+
+
 def refresh_outputs(store: str, dashboard: bool) -> str | None:
     """The SQL catalog's snapshot, then the dashboard, when ``dashboard``
-    (``bfd.report.dashboard.refresh_outputs``), logged to the flow run; returns the
-    dashboard's ``index.html`` when rebuilt, else None."""
+    (``bfd.report.dashboard.refresh_outputs``), logged to the flow run and a failure said to
+    the command too (trial 30: a dashboard left broken by a full disk, without a word);
+    returns the dashboard's ``index.html`` when rebuilt, else None."""
     from bfd.report.dashboard import refresh_outputs as refresh
 
-    return refresh(store, get_run_logger()) if dashboard else None
+    return refresh(store, _SaidToo(get_run_logger(), {})) if dashboard else None
 
 
 @flow(name="audit", log_prints=True, flow_run_name=_run_name)
