@@ -221,7 +221,16 @@ def damaged_runs(store_root: Path, listed: set[str]) -> dict[str, str]:
             validate_run_id(entry.name)
         except ValueError:
             continue
-        if entry.name in listed or not store.published_pointer(entry.name).exists():
+        if entry.name in listed:
+            continue
+        try:
+            if not store.published_pointer(entry.name).exists():
+                continue
+        except PermissionError as err:  # another user's private run (their umask)
+            found[entry.name] = (
+                f"run {entry.name} cannot be read by this user ({err.strerror}: "
+                f"{store.run_dir(entry.name)}), left out of this dashboard and of SQL; its "
+                "owner can make it readable (chmod -R g+rX, or o+rX, on the run's folders)")
             continue
         try:
             pointer = read_pointer(store, entry.name)
