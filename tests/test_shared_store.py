@@ -26,7 +26,9 @@ from test_readers import publish_run
 from bfd.faults import describe
 from bfd.queries import run_sql
 from bfd.queries.listing import list_files
+from bfd.queries.snapshot import publish_current
 from bfd.storage import Store
+from bfd.storage.paths import atomic_write, run_lock
 
 
 @contextlib.contextmanager
@@ -153,3 +155,44 @@ def test_a_denied_read_says_cannot_read_and_a_denied_write_cannot_write(two_runs
             f"cannot write {store.run_dir(mine)}/new.json: Permission denied")
     rofs = OSError(errno.EROFS, "Read-only file system", str(folder))
     assert describe(rofs)[1].startswith(f"cannot write {folder}")
+
+
+def test_lock_files_honour_the_umask(tmp_path):
+    """Trial 30 (1d): .compute.lock was made 0644 whatever the umask, so that a teammate of a
+    group-writable store (umask 002) could not decompose or drop a run another one made."""
+    store = Store(tmp_path / "store")
+    before = os.umask(0o002)
+    try:
+        with run_lock(store, "r-1"):
+            pass
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE((store.run_dir("r-1") / ".compute.lock").stat().st_mode) == 0o664
+
+
+@pytest.mark.parametrize("how", ["atomic_write", "current.duckdb"])
+def test_a_replaced_shared_file_keeps_the_mode_of_the_file_it_replaces(tmp_path, how):
+    """Trial 30 (1b): a user whose umask is 077 replaced the team's catalog/current.duckdb and
+    dashboard pages by files of mode 0600. A new file keeps every permission bit of the one it
+    replaces, and its own: 0664 replaced under umask 077 stays 0664; 0600 replaced under umask
+    002 becomes 0664."""
+    path = tmp_path / ("current.duckdb" if how == "current.duckdb" else "index.html")
+    source = tmp_path / "snapshot"
+    source.write_bytes(b"new")
+
+    def replace() -> None:
+        if how == "atomic_write":
+            atomic_write(path, lambda f: f.write(b"new"), durable=False)
+        else:
+            publish_current(tmp_path, source)
+
+    for old_mode, umask in ((0o664, 0o077), (0o600, 0o002)):
+        path.write_bytes(b"old")
+        path.chmod(old_mode)
+        before = os.umask(umask)
+        try:
+            replace()
+        finally:
+            os.umask(before)
+        assert (path.read_bytes(), stat.S_IMODE(path.stat().st_mode)) == (b"new", 0o664)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, "snapshot"])
