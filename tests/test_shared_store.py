@@ -196,3 +196,17 @@ def test_a_replaced_shared_file_keeps_the_mode_of_the_file_it_replaces(tmp_path,
             os.umask(before)
         assert (path.read_bytes(), stat.S_IMODE(path.stat().st_mode)) == (b"new", 0o664)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, "snapshot"])
+
+
+def test_a_cached_snapshot_another_user_left_unreadable_is_not_used(two_runs, capsys):
+    """A snapshot built by a user whose umask is 077 (mode 0600) failed every query of the
+    others with the same listing: they build one of their own."""
+    store, (mine, theirs) = two_runs
+    (cached,) = [p for p in (store.root / "catalog").glob("*.duckdb")
+                 if p.name != "current.duckdb"]
+    where = ["--store", str(store.root)]
+    run_cli(["sql", "SELECT 1", *where], capsys)
+    with private(cached), other_user():
+        code, out, err = run_cli(["sql", "SELECT count(DISTINCT run_id) FROM heads", "--format",
+                                  "csv", *where], capsys)
+    assert (code, out.split()[-1]) == (0, "2"), err

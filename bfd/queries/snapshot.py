@@ -245,13 +245,19 @@ def _build_in_store(folder: Path, name: str, schema: Schema, listing: Listing
             os.replace(db_path, final)
         except OSError:
             # a concurrent builder's identical file is as good, when this user may read it
-            if not final.is_file() or not os.access(final, os.R_OK):
+            if not final.is_file() or not _readable(final):
                 raise
     finally:
         shutil.rmtree(build_dir, ignore_errors=True)
     publish_current(folder, final)
     _remove_other_snapshots(folder, keep=name)
     return final, notes
+
+
+def _readable(path: Path) -> bool:
+    """Whether this process may read ``path``: a snapshot built by another user whose umask
+    made it private (0600) is not used, but built again."""
+    return os.access(path, os.R_OK, effective_ids=os.access in os.supports_effective_ids)
 
 
 def _cached_warnings(snapshot: Path) -> list[Note]:
@@ -287,7 +293,7 @@ def snapshot(root: Path, schema: Schema) -> Iterator[tuple[Path, bool]]:
                 # nothing published: no catalog folder is written into a folder for it (an
                 # empty one named by mistake stays empty); a private snapshot answers
                 cached = None
-            elif cached.is_file() and os.access(cached, os.R_OK):
+            elif cached.is_file() and _readable(cached):
                 notes += _cached_warnings(cached)
             else:
                 try:
