@@ -93,8 +93,7 @@ def _os_error(err: OSError) -> tuple[int, str]:
                                    "run the command again: completed work is kept")
     if err.errno in _DENIED and err.filename and _cannot_read(str(err.filename)):
         return ENVIRONMENT_ERROR, (f"cannot read {where}: {reason}; this user may not read it: "
-                                   "ask its owner to make it readable (chmod -R g+rX, or o+rX) "
-                                   "or choose another --store")
+                                   "its owner can make it readable (chmod -R g+rX, or o+rX)")
     if err.errno in _READ_ONLY:
         return ENVIRONMENT_ERROR, (f"cannot write {where}: {reason}; make it writable or "
                                    "choose another --store (or --out)")

@@ -210,3 +210,26 @@ def test_a_cached_snapshot_another_user_left_unreadable_is_not_used(two_runs, ca
         code, out, err = run_cli(["sql", "SELECT count(DISTINCT run_id) FROM heads", "--format",
                                   "csv", *where], capsys)
     assert (code, out.split()[-1]) == (0, "2"), err
+
+
+def test_an_image_this_user_may_not_read_is_skipped_not_refusing_the_run():
+    """Trial 30 (4a): one image of mode 000 refused the whole audit ("cannot write" the image,
+    a failed audit recorded): it is skipped at decode time with its reason, as a missing one."""
+    from PIL import Image
+
+    from bfd.images import ImageDecodeError, list_images, load_image
+
+    top = Path(tempfile.mkdtemp(prefix="bfd-shared-"))
+    try:
+        top.chmod(0o755)
+        for k in range(3):
+            Image.new("RGB", (8, 8), (k * 80, 0, 0)).save(top / f"{k}.png")
+        with private(top / "1.png"), other_user():
+            records = list_images(str(top))
+            assert [(r.id, bool(r.sha256)) for r in records] == [
+                ("0.png", True), ("1.png", False), ("2.png", True)]
+            with pytest.raises(ImageDecodeError, match=r"cannot read .*1.png'?: Permission"):
+                load_image(records[1])
+            assert load_image(records[2]).size == (8, 8)
+    finally:
+        shutil.rmtree(top)
