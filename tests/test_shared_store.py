@@ -233,3 +233,21 @@ def test_an_image_this_user_may_not_read_is_skipped_not_refusing_the_run():
             assert load_image(records[2]).size == (8, 8)
     finally:
         shutil.rmtree(top)
+
+
+def test_a_dashboard_page_another_user_made_private_is_replaced(tmp_path):
+    """A run page written by a user whose umask is 077 (0600) failed the others' `bfd
+    dashboard` ("cannot read" the page it compared with): it is written again."""
+    from bfd.report.dashboard import DashboardBuild, _write_if_changed
+
+    top = Path(tempfile.mkdtemp(prefix="bfd-shared-"))
+    try:
+        top.chmod(0o777)  # a store's dashboard folder that the team may write
+        page = top / "run.html"
+        page.write_text("theirs")
+        build = DashboardBuild(index=top / "index.html")
+        with private(page), other_user():
+            _write_if_changed(top, "run.html", "mine", build)
+        assert (page.read_text(), build.written) == ("mine", ["run.html"])
+    finally:
+        shutil.rmtree(top)

@@ -255,7 +255,11 @@ def _write_if_changed(out: Path, rel: str, text: str, build: DashboardBuild | No
     page then counts as unchanged, an asset as neither; ``build`` None: a page's data file
     (``heads_name``), counted as neither."""
     path = out / rel
-    if path.is_file() and path.read_text(encoding="utf-8") == text:
+    try:
+        same = path.is_file() and path.read_text(encoding="utf-8") == text
+    except PermissionError:  # another user's page, private by their umask: replaced
+        same = False
+    if same:
         if build is not None and not rel.startswith("assets/"):
             build.unchanged.append(rel)
         return
