@@ -161,6 +161,8 @@ def store_fault(err: BaseException, root: str) -> StoreWriteError | None:
     inside = file is not None and _inside(file, root)
     if code in _READ_ONLY and file is not None and not inside:
         return None  # a file elsewhere (an image, a checkpoint) that cannot be written
+    if code in _DENIED and file is not None and _cannot_read(file):
+        return None  # a read refused (another user's private file): not the disk's fault
     rel = os.path.relpath(file, root) if file is not None and inside else "."
     at = f", writing {rel}" if rel != "." else ""
     if code in _FULL:

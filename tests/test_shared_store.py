@@ -23,7 +23,7 @@ from conftest import run_cli
 from storebuilder import build_run, random_run_arrays
 from test_readers import publish_run
 
-from bfd.faults import describe
+from bfd.faults import StoreWriteError, describe, store_fault
 from bfd.queries import run_sql
 from bfd.queries.listing import list_files
 from bfd.queries.snapshot import publish_current
@@ -153,6 +153,9 @@ def test_a_denied_read_says_cannot_read_and_a_denied_write_cannot_write(two_runs
         assert describe(read.value)[1].startswith(f"cannot read {folder}: Permission denied")
         assert describe(write.value)[1].startswith(
             f"cannot write {store.run_dir(mine)}/new.json: Permission denied")
+        # a flow's error (bfd.faults.store_fault): a denied read is no unwritable store
+        assert store_fault(read.value, str(store.root)) is None
+        assert isinstance(store_fault(write.value, str(store.root)), StoreWriteError)
     rofs = OSError(errno.EROFS, "Read-only file system", str(folder))
     assert describe(rofs)[1].startswith(f"cannot write {folder}")
 
