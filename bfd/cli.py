@@ -681,9 +681,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command not in _READING_COMMANDS:
         limit_malloc_arenas()  # before the flows start their threads
     if args.command in _PIPELINE_COMMANDS:  # Ctrl-C's line, also of a command run in-process
-        from bfd.cli_interrupt import MESSAGE, NOT_RECORDED, say
+        from bfd.cli_interrupt import MESSAGE, NOT_RECORDED, forget_recorded, say
 
         say(NOT_RECORDED if args.command in ("audit", "audit-checkpoints") else MESSAGE)
+        forget_recorded()
     if argv is None and args.command in _PIPELINE_COMMANDS:
         # a process of its own: Ctrl-C ends it at once, without Prefect's and the
         # interpreter's teardown
@@ -723,6 +724,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             os._exit(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
     except Exception as e:
+        if args.command == "audit":  # its audit recorded already: said before the error
+            from bfd.cli_interrupt import failed_after_recording
+
+            if (line := failed_after_recording()) is not None:
+                print(line, file=sys.stderr)
         known = describe(e)
         if known is None:
             raise

@@ -115,8 +115,32 @@ def recording(row: dict[str, Any]) -> Iterator[None]:
     try:
         yield
         written = True
+        with _lock:
+            _state["recorded"] = dict(row)
     finally:
         release(recorded(row) if written else None)
+
+
+def forget_recorded() -> None:
+    """A new command starts: no audit of it is recorded yet (``failed_after_recording``)."""
+    with _lock:
+        _state.pop("recorded", None)
+
+
+def failed_after_recording() -> str | None:
+    """The line of ``bfd audit`` when it fails (an error, not Ctrl-C) after its audit's row
+    was written complete (``recording``), naming that audit: the error's own line follows it
+    (the report, the catalog read after the audit), and a rerun would record a second audit;
+    None when no row was written, or a row of a failed audit (the error is the audit's)."""
+    row = _state.get("recorded")
+    if row is None:
+        return None
+    run = f" (run {row['run_id']})" if row.get("run_id") else ""
+    said = f"bfd: audit {row['audit_id']} of series {row['series']} (step {row['step']})"
+    if row.get("status") != "complete":  # the error is the audit's own, its row says so
+        return None
+    return (f"{said} was recorded{run}, but the command failed after it (below): the audit is "
+            "kept, and a rerun records another audit")
 
 
 class CheckpointsInterrupt:
@@ -174,6 +198,9 @@ def audit_progress(stage: str, done: int, total: int, detail: dict) -> None:  # 
     if not done:
         hold()
     else:
+        if detail["written"]:
+            with _lock:
+                _state["recorded"] = dict(detail["audit"])
         release(recorded(detail["audit"]) if detail["written"] else None)
 
 

@@ -119,15 +119,22 @@ def _told_damage(args: argparse.Namespace, built: str | None = None) -> Iterator
     if not notes:
         return
     runs = found.runs
-    events = len([n for n in notes if n.run_id is None])
-    todo = [f"bfd verify {r} --store {cli._store(args)} says how to repair run {r}"
+    # another user's files this user may not read (their umask): no damage, nothing to repair
+    denied = {n.run_id for n in notes if "Permission denied" in n.text}
+    events = len([n for n in notes if n.run_id is None and "Permission denied" not in n.text])
+    todo = [f"run {r} cannot be read by this user: its owner can make it readable (chmod -R "
+            "g+rX)" if r in denied else
+            f"bfd verify {r} --store {cli._store(args)} says how to repair run {r}"
             for r in runs[:3]]
     if len(runs) > 3:
         todo.append(f"likewise runs {', '.join(runs[3:])}")
     if events:
         todo.append("move the damaged audit files out of the store")
+    if None in denied:
+        todo.append("the owner of the unreadable folders can make them readable (chmod -R g+rX)")
     level, what = ("error", "the output") if built is None else ("warning", built)
-    print(f"bfd: {level}: {what} leaves out what {len(notes)} damaged or missing store "
+    kinds = "damaged, missing or unreadable" if denied else "damaged or missing"
+    print(f"bfd: {level}: {what} leaves out what {len(notes)} {kinds} store "
           f"file(s) held (named above): {'; '.join(todo)}", file=sys.stderr)
     found.code = 1
 

@@ -14,6 +14,7 @@ import contextlib
 import errno
 import os
 import re
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ ENVIRONMENT_ERROR = 1
 
 _REQUEST_TYPES = ("ValueError", "RuntimeError")
 _READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+_DENIED = (errno.EACCES, errno.EPERM)
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -67,12 +69,31 @@ def _file_in_the_way(path: str) -> str | None:
     return None
 
 
+def _cannot_read(path: str) -> bool:
+    """Whether this user may not read ``path`` (a folder: list and enter it), or reach it (a
+    folder above it that it may not enter): a permission error on it was of a read, or of a
+    listing. A path it may read, or one that is not there (a file being made), is not: the
+    error was of a write."""
+    try:
+        st = os.stat(path)
+    except PermissionError:
+        return True  # a folder above it cannot be entered
+    except OSError:
+        return False
+    mode = os.R_OK | (os.X_OK if stat.S_ISDIR(st.st_mode) else 0)
+    effective = os.access in os.supports_effective_ids
+    return not os.access(path, mode, effective_ids=effective)
+
+
 def _os_error(err: OSError) -> tuple[int, str]:
     where = err.filename or "the store"
     reason = err.strerror or _one_line(err)
     if err.errno in _FULL:
         return ENVIRONMENT_ERROR, (f"no space left writing {where} ({reason}); free space and "
                                    "run the command again: completed work is kept")
+    if err.errno in _DENIED and err.filename and _cannot_read(str(err.filename)):
+        return ENVIRONMENT_ERROR, (f"cannot read {where}: {reason}; this user may not read it: "
+                                   "its owner can make it readable (chmod -R g+rX, or o+rX)")
     if err.errno in _READ_ONLY:
         return ENVIRONMENT_ERROR, (f"cannot write {where}: {reason}; make it writable or "
                                    "choose another --store (or --out)")
@@ -140,6 +161,8 @@ def store_fault(err: BaseException, root: str) -> StoreWriteError | None:
     inside = file is not None and _inside(file, root)
     if code in _READ_ONLY and file is not None and not inside:
         return None  # a file elsewhere (an image, a checkpoint) that cannot be written
+    if code in _DENIED and file is not None and _cannot_read(file):
+        return None  # a read refused (another user's private file): not the disk's fault
     rel = os.path.relpath(file, root) if file is not None and inside else "."
     at = f", writing {rel}" if rel != "." else ""
     if code in _FULL:

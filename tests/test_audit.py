@@ -1118,6 +1118,36 @@ def test_a_new_series_of_a_name_close_to_another_is_said(audited, tmp_path, caps
     assert "note: series" not in capsys.readouterr().out
 
 
+def test_an_audit_recorded_before_its_report_failed_is_named(audited, tmp_path, capsys,
+                                                              monkeypatch):
+    """Trial 30 (1c): an audit whose report then failed (a store file it could not read)
+    ended with the error alone, exit 1, naming no audit: a retry recorded a second one. The
+    line before the error names the audit recorded."""
+    import bfd.cli_audits as cli_audits
+
+    root = tmp_path / "store"
+    shutil.copytree(audited[0], root)
+    series = "test_vit@random-seed-0"
+    before = {a["audit_id"] for a in read_audits(Store(root), series)}
+
+    def unreadable(store, run_id):
+        raise PermissionError(errno.EACCES, "Permission denied", f"{store}/tables/runs")
+
+    monkeypatch.setattr(cli_audits, "positions_line", unreadable)
+    capsys.readouterr()
+    code = main(["audit", "--model", "test_vit", "--weights", "random", "--images", "samples",
+                 "--n-images", "12", "--img-size", "64", "--dtype", "float32",
+                 "--images-per-chunk", "4", "--step", "7", "--store", str(root)])
+    err = capsys.readouterr().err
+    (new,) = [a for a in read_audits(Store(root), series) if a["audit_id"] not in before]
+    assert code == 1 and new["status"] == "complete" and new["step"] == 7
+    *_, recorded, error = err.splitlines()
+    assert recorded == (f"bfd: audit {new['audit_id']} of series {series} (step 7) was recorded "
+                        f"(run {new['run_id']}), but the command failed after it (below): the "
+                        "audit is kept, and a rerun records another audit")
+    assert error.startswith(f"bfd: error: cannot write {root}/tables/runs: Permission denied")
+
+
 @pytest.mark.slow
 def test_ctrl_c_of_audit_checkpoints_ends_at_once_naming_the_audits_recorded(tmp_path):
     """Ctrl-C of `bfd audit-checkpoints` while its second checkpoint is being audited: exit

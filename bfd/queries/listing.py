@@ -55,25 +55,34 @@ class ListingChanged(Exception):
     """A file vanished while it was listed or read: a publish switched a pointer meanwhile."""
 
 
-def _scan(folder: str, rel: str, out: list[tuple[str, str, os.stat_result]]) -> None:
+def _scan(folder: str, rel: str, out: list[tuple[str, str, os.stat_result]],
+          unreadable: list[tuple[str, str, OSError]]) -> None:
     """Appends ``(path, path relative to the store, stat)`` of the Parquet files below
     ``folder``, skipping names that start with ``.`` or ``_``. Like ``Path.rglob`` it does not
-    descend into symbolic links to folders; a file that goes while it is listed is left out."""
+    descend into symbolic links to folders; a file that goes while it is listed is left out.
+    A folder or file this user may not read (another user's, made private by their umask) is
+    appended to ``unreadable`` as ``(path, path relative to the store, error)``, and the
+    listing goes on."""
     try:
         with os.scandir(folder) as it:
             entries = list(it)
     except (FileNotFoundError, NotADirectoryError):
+        return
+    except PermissionError as err:
+        unreadable.append((folder, rel, err))
         return
     for entry in entries:
         if entry.name.startswith((".", "_")):
             continue
         try:
             if entry.is_dir(follow_symlinks=False):
-                _scan(entry.path, f"{rel}{entry.name}/", out)
+                _scan(entry.path, f"{rel}{entry.name}/", out, unreadable)
             elif entry.name.endswith(".parquet") and entry.is_file():
                 out.append((entry.path, rel + entry.name, entry.stat()))
         except FileNotFoundError:
             continue
+        except PermissionError as err:
+            unreadable.append((entry.path, rel + entry.name, err))
 
 
 def _pointers(root: str, notes: list[Note]) -> dict[str, dict]:
@@ -112,25 +121,46 @@ def _pointers_of(root: str, names: list[str], notes: list[Note] | None = None
 
 
 def _legacy_scan(root: str, table: str, run_ids: Collection[str] | None,
-                 out: list[tuple[str, str, os.stat_result]]) -> None:
-    """``_scan`` of ``tables/<table>/``; with ``run_ids``, of only those runs' folders
-    ``model=*/run_id=<r>/`` of the layout before versioned publishing (files elsewhere are
-    no run's and ``list_files`` leaves them out)."""
+                 out: list[tuple[str, str, os.stat_result]],
+                 unreadable: list[tuple[str, str, OSError]]) -> None:
+    """``_scan`` of the folders ``model=*/`` of ``tables/<table>/`` (the layout before
+    versioned publishing; the run folders of the current layout are read through their
+    pointers); with ``run_ids``, of only those runs' folders ``model=*/run_id=<r>/`` (files
+    elsewhere are no run's and ``list_files`` leaves them out). Unreadable folders and files
+    are appended to ``unreadable`` as by ``_scan``."""
     folder, rel = os.path.join(root, "tables", table), f"tables/{table}/"
-    if run_ids is None:
-        _scan(folder, rel, out)
-        return
     try:
         with os.scandir(folder) as it:
             models = sorted(e.name for e in it if e.name.startswith("model="))
     except (FileNotFoundError, NotADirectoryError):
         return
+    except PermissionError as err:
+        unreadable.append((folder, rel, err))
+        return
     for model in models:
+        # as _scan, which does not descend into symbolic links to folders
+        if os.path.islink(os.path.join(folder, model)):
+            continue
+        if run_ids is None:
+            _scan(os.path.join(folder, model), f"{rel}{model}/", out, unreadable)
+            continue
         for run_id in sorted(run_ids):
             path = os.path.join(folder, model, f"run_id={run_id}")
-            # as _scan, which does not descend into symbolic links to folders
-            if not os.path.islink(os.path.join(folder, model)) and not os.path.islink(path):
-                _scan(path, f"{rel}{model}/run_id={run_id}/", out)
+            if not os.path.islink(path):
+                _scan(path, f"{rel}{model}/run_id={run_id}/", out, unreadable)
+
+
+def _legacy_run(rel: str) -> str | None:
+    """The run of a path of the layout before versioned publishing,
+    ``tables/<table>/model=<m>/run_id=<r>[/...]``; None for any other."""
+    parts = rel.rstrip("/").split("/")
+    if len(parts) >= 4 and parts[2].startswith("model=") and parts[3].startswith("run_id="):
+        return parts[3].split("=", 1)[1]
+    return None
+
+
+def _reason(err: OSError) -> str:
+    return err.strerror or " ".join(str(err).split())
 
 
 def list_files(root: str, tables: tuple[str, ...], run_ids: Collection[str] | None = None,
@@ -153,6 +183,9 @@ def list_files(root: str, tables: tuple[str, ...], run_ids: Collection[str] | No
                 else _pointers_of(root, sorted(run_ids), notes))
     listing: Listing = {}
     missing: dict[str, str] = {}
+    # run -> (what, its path, why): a table file or folder this user may not read (another
+    # user's, made private by their umask)
+    denied: dict[str, tuple[str, str, str]] = {}
     for table in tables:
         files: list[TableFile] = []
         if table in RUN_TABLES:
@@ -173,9 +206,20 @@ def list_files(root: str, tables: tuple[str, ...], run_ids: Collection[str] | No
                     if _pointers_of(root, [run_id]).get(run_id) != pointer:
                         raise ListingChanged(path) from err
                     missing[run_id] = path
+                except PermissionError as err:
+                    denied.setdefault(run_id, ("table file", path, _reason(err)))
             # The layout before versioned publishing: folders model=<m>/run_id=<r>/.
             legacy: list[tuple[str, str, os.stat_result]] = []
-            _legacy_scan(root, table, run_ids, legacy)
+            unreadable: list[tuple[str, str, OSError]] = []
+            _legacy_scan(root, table, run_ids, legacy, unreadable)
+            for path, rel, err in unreadable:
+                run_id = _legacy_run(rel)
+                if run_id is None:  # a whole model= folder: its runs are unknown
+                    notes.append(Note(None, f"folder {path} cannot be read ({_reason(err)}); "
+                                      "the runs in it are left out of the SQL catalog"))
+                elif run_id not in pointers:
+                    what = "table file" if path.endswith(".parquet") else "table folder"
+                    denied.setdefault(run_id, (what, path, _reason(err)))
             for path, rel, st in legacy:
                 parts = rel.split("/")
                 if len(parts) == 5 and parts[2].startswith("model=") and parts[3].startswith(
@@ -185,8 +229,13 @@ def list_files(root: str, tables: tuple[str, ...], run_ids: Collection[str] | No
                         files.append(TableFile(path, rel, st, run_id))
         else:
             found: list[tuple[str, str, os.stat_result]] = []
-            _scan(os.path.join(root, "tables", table), f"tables/{table}/", found)
+            unreadable = []
+            _scan(os.path.join(root, "tables", table), f"tables/{table}/", found, unreadable)
             files = [TableFile(path, rel, st, None) for path, rel, st in found]
+            what = EVENT_TABLES.get(table, f"{table} table")
+            for path, _, err in unreadable:
+                notes.append(Note(None, f"{what} files in {path} cannot be read "
+                                  f"({_reason(err)}); they are left out of the SQL catalog"))
         # The order of sorted Paths: by path components.
         files.sort(key=lambda f: f.rel.split("/"))
         listing[table] = files
@@ -200,7 +249,11 @@ def list_files(root: str, tables: tuple[str, ...], run_ids: Collection[str] | No
     for run_id, path in missing.items():
         notes.append(Note(run_id, f"table file {path} (run {run_id}) is missing; run {run_id} "
                           "is left out of the SQL catalog"))
-    listing = {table: [f for f in files if f.run_id not in missing]
+    for run_id, (what, path, reason) in denied.items():
+        if run_id not in missing:
+            notes.append(Note(run_id, f"{what} {path} (run {run_id}) cannot be read "
+                              f"({reason}); run {run_id} is left out of the SQL catalog"))
+    listing = {table: [f for f in files if f.run_id not in missing and f.run_id not in denied]
                for table, files in listing.items()}
     return listing, notes
 

@@ -35,6 +35,8 @@ from typing import Final
 
 import duckdb
 
+from bfd.storage.paths import keep_mode
+
 from .listing import Listing, ListingChanged, Note, changed_files, leave_out, list_files
 
 CATALOG_DIR: Final[str] = "catalog"
@@ -211,6 +213,7 @@ def publish_current(folder: Path, snapshot: Path) -> None:
     tmp = folder / f"{_BUILD_PREFIX}current-{os.getpid()}-{time.monotonic_ns()}{_SNAPSHOT_SUFFIX}"
     try:
         shutil.copyfile(snapshot, tmp)
+        keep_mode(tmp, folder / CURRENT_NAME)
         os.replace(tmp, folder / CURRENT_NAME)
     except OSError as err:
         log.warning("bfd: warning: %s was not updated (%s)", folder / CURRENT_NAME, err)
@@ -235,17 +238,26 @@ def _build_in_store(folder: Path, name: str, schema: Schema, listing: Listing
         if notes:
             (build_dir / "w").write_text("".join(json.dumps(list(n)) + "\n" for n in notes),
                                          encoding="utf-8")
+            keep_mode(build_dir / "w", warnings_path)
             os.replace(build_dir / "w", warnings_path)
         try:
+            keep_mode(db_path, final)
             os.replace(db_path, final)
         except OSError:
-            if not final.is_file():  # a concurrent builder's identical file is as good
+            # a concurrent builder's identical file is as good, when this user may read it
+            if not final.is_file() or not _readable(final):
                 raise
     finally:
         shutil.rmtree(build_dir, ignore_errors=True)
     publish_current(folder, final)
     _remove_other_snapshots(folder, keep=name)
     return final, notes
+
+
+def _readable(path: Path) -> bool:
+    """Whether this process may read ``path``: a snapshot built by another user whose umask
+    made it private (0600) is not used, but built again."""
+    return os.access(path, os.R_OK, effective_ids=os.access in os.supports_effective_ids)
 
 
 def _cached_warnings(snapshot: Path) -> list[Note]:
@@ -281,7 +293,7 @@ def snapshot(root: Path, schema: Schema) -> Iterator[tuple[Path, bool]]:
                 # nothing published: no catalog folder is written into a folder for it (an
                 # empty one named by mistake stays empty); a private snapshot answers
                 cached = None
-            elif cached.is_file():
+            elif cached.is_file() and _readable(cached):
                 notes += _cached_warnings(cached)
             else:
                 try:

@@ -221,7 +221,16 @@ def damaged_runs(store_root: Path, listed: set[str]) -> dict[str, str]:
             validate_run_id(entry.name)
         except ValueError:
             continue
-        if entry.name in listed or not store.published_pointer(entry.name).exists():
+        if entry.name in listed:
+            continue
+        try:
+            if not store.published_pointer(entry.name).exists():
+                continue
+        except PermissionError as err:  # another user's private run (their umask)
+            found[entry.name] = (
+                f"run {entry.name} cannot be read by this user ({err.strerror}: "
+                f"{store.run_dir(entry.name)}), left out of this dashboard and of SQL; its "
+                "owner can make it readable (chmod -R g+rX, or o+rX, on the run's folders)")
             continue
         try:
             pointer = read_pointer(store, entry.name)
@@ -246,7 +255,11 @@ def _write_if_changed(out: Path, rel: str, text: str, build: DashboardBuild | No
     page then counts as unchanged, an asset as neither; ``build`` None: a page's data file
     (``heads_name``), counted as neither."""
     path = out / rel
-    if path.is_file() and path.read_text(encoding="utf-8") == text:
+    try:
+        same = path.is_file() and path.read_text(encoding="utf-8") == text
+    except PermissionError:  # another user's page, private by their umask: replaced
+        same = False
+    if same:
         if build is not None and not rel.startswith("assets/"):
             build.unchanged.append(rel)
         return

@@ -244,12 +244,29 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def keep_mode(new: str | os.PathLike, old: str | os.PathLike) -> None:
+    """Gives ``new``, a file about to replace ``old``, every permission bit ``old`` has (its
+    own, from the umask, stay): a store's shared file (a pointer, ``catalog/current.duckdb``,
+    a dashboard page) replaced by a user whose umask is 077 stays as readable to the rest of
+    the team as it was, and one a private umask made ``0600`` becomes readable again when a
+    teammate replaces it. Nothing happens when ``old`` is not there or a mode cannot be set
+    (the replace itself says what is wrong)."""
+    try:
+        old_mode = os.stat(old).st_mode & 0o777
+        new_mode = os.stat(new).st_mode & 0o777
+        if old_mode & ~new_mode:
+            os.chmod(new, new_mode | old_mode)
+    except OSError:
+        pass
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], None], durable: bool = True) -> None:
     """Write a file so that readers see either the old file, the new one, or none.
 
     ``write`` fills a hidden temporary sibling of its own (two writers of one file at once
     each rename theirs), which is flushed to disk and renamed over ``path``; the directory
-    entry is flushed too, so the rename survives a crash.
+    entry is flushed too, so the rename survives a crash. The new file is created under the
+    umask and keeps every permission bit of the file it replaces (``keep_mode``).
 
     Args:
         path: Destination file; its directory is created if missing.
@@ -265,6 +282,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None], durable: bool = 
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
+        keep_mode(tmp, path)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -377,7 +395,9 @@ def _lock_file(path: Path, must: bool) -> int | None:
     as this process can change nothing there (its first write fails as before)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        # 0o666 less the umask, as every other file of the store: a store shared by a group
+        # (umask 002) lets each member take the locks of the runs another member made
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as err:
         if must or err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
             raise

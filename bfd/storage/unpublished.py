@@ -33,6 +33,9 @@ INCOMPLETE: Final[str] = "incomplete"
 # The request cannot be read, or a published table file (or the pointer): `bfd verify` says
 # what is wrong and what repairs it.
 DAMAGED: Final[str] = "damaged"
+# Its run folder cannot be read by this user (another user's, made private by their umask):
+# neither damaged nor known to be published; its owner can make it readable.
+UNREADABLE: Final[str] = "unreadable"
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,7 @@ class UnpublishedRun:
 
     Attributes:
         run_id: The run.
-        status: ``EXTRACTED``, ``INCOMPLETE`` or ``DAMAGED``.
+        status: ``EXTRACTED``, ``INCOMPLETE``, ``DAMAGED`` or ``UNREADABLE``.
         next: What to do with it: one line, the command included.
         model, weights, weights_sha256, images, images_sha256, img_size, n_images, layers,
             sites: Of its
@@ -250,7 +253,15 @@ def unpublished_runs(store: Store, published: Collection[str]) -> list[Unpublish
             continue
         if name in published:
             continue
-        if store.published_pointer(name).exists():
+        try:
+            has_pointer = store.published_pointer(name).exists()
+        except PermissionError as err:
+            out.append(UnpublishedRun(
+                name, UNREADABLE, f"its folder {store.run_dir(name)} cannot be read by this "
+                f"user ({err.strerror}): left out of SQL queries; its owner can make it "
+                "readable (chmod -R g+rX, or o+rX, on the run's folders)"))
+            continue
+        if has_pointer:
             damage, row = _damaged_publication(store, name)
             if damage is not None:
                 out.append(_damaged(store, name, damage, row))
