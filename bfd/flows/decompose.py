@@ -20,7 +20,12 @@ from bfd.storage import (
     read_request,
     run_lock,
 )
-from bfd.tasks.decompose import DecomposeOptions, assemble_results, require_extracted
+from bfd.tasks.decompose import (
+    DecomposeOptions,
+    assemble_results,
+    require_extracted,
+    require_positions,
+)
 from bfd.tasks.options import not_decomposable
 from bfd.tasks.prefect_tasks import decompose_site_layer_task, publish_task
 
@@ -88,6 +93,7 @@ def decompose(
             raise ValueError(refused)
         with run_lock(Store(root), run_id, progress.waiting):
             acts = open_activations(Store(root), run_id)
+            require_positions(acts, run_id, options.prefix)  # before the stage begins
             check_intact(Store(root), run_id)
             require_extracted(Store(root), run_id)
             sites = [s for s in ("attn_in", "resid") if s in acts.data_vars]

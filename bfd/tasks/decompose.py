@@ -192,10 +192,7 @@ def _decompose_site_layer(store_root: str, run_id: str, site: str, layer: int,
         raise ValueError(f"site {site!r} was not extracted in run {run_id}; it has "
                          f"{[v for v in acts.data_vars]}")
     prefix_tokens = int((acts.token_type.values != "patch").sum())
-    positions = acts.sizes["token"] - (prefix_tokens if options.prefix == "exclude" else 0)
-    if positions < 2:
-        raise ValueError(f"run {run_id} has {positions} token position(s) to decompose; BFD "
-                         "needs at least 2 (extract at a larger --img-size)")
+    require_positions(acts, run_id, options.prefix)
     want_cos = site == "resid" and layer == 0
     # the weights are read only where they are used: Stage 2 and the pos_embed cosine
     tensors = (read_model_tensors(store, run_id, layer) if site == "attn_in" or want_cos
@@ -230,6 +227,20 @@ def _decompose_site_layer(store_root: str, run_id: str, site: str, layer: int,
                                               options.prefix))
     ds.attrs = {"site": site, "layer": int(layer), "n_images": int(len(indices))}
     return ds
+
+
+def require_positions(acts: xr.Dataset, run_id: str, prefix: str) -> None:
+    """Refuse a run of fewer than 2 token positions to decompose (``prefix``: whether its
+    prefix tokens count as positions): nothing to split into position and content.
+
+    Raises:
+        ValueError: One line, with what to do.
+    """
+    prefix_tokens = int((acts.token_type.values != "patch").sum())
+    positions = acts.sizes["token"] - (prefix_tokens if prefix == "exclude" else 0)
+    if positions < 2:
+        raise ValueError(f"run {run_id} has {positions} token position(s) to decompose; BFD "
+                         "needs at least 2 (extract at a larger --img-size)")
 
 
 def layer_head_maps(tensors: xr.Dataset, layer: int) -> HeadMaps:
