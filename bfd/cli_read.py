@@ -120,8 +120,9 @@ def _told_damage(args: argparse.Namespace, built: str | None = None) -> Iterator
         return
     runs = found.runs
     # another user's files this user may not read (their umask): no damage, nothing to repair
-    denied = {n.run_id for n in notes if "Permission denied" in n.text}
-    events = len([n for n in notes if n.run_id is None and "Permission denied" not in n.text])
+    refused = [n for n in notes if "Permission denied" in n.text]
+    denied = {n.run_id for n in refused}
+    events = len([n for n in notes if n.run_id is None and n not in refused])
     todo = [f"run {r} cannot be read by this user: its owner can make it readable (chmod -R "
             "g+rX)" if r in denied else
             f"bfd verify {r} --store {cli._store(args)} says how to repair run {r}"

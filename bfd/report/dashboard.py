@@ -211,6 +211,7 @@ def damaged_runs(store_root: Path, listed: set[str]) -> dict[str, str]:
     first fault (``bfd.storage.table_faults``) and the command that names the repair. A run
     whose table files are all gone has left the store's tables: not listed."""
     from bfd.storage import Store, read_pointer, table_faults, validate_run_id
+    from bfd.storage.unpublished import OWNER_CAN_READ
 
     store = Store(store_root)
     found: dict[str, str] = {}
@@ -229,8 +230,8 @@ def damaged_runs(store_root: Path, listed: set[str]) -> dict[str, str]:
         except PermissionError as err:  # another user's private run (their umask)
             found[entry.name] = (
                 f"run {entry.name} cannot be read by this user ({err.strerror}: "
-                f"{store.run_dir(entry.name)}), left out of this dashboard and of SQL; its "
-                "owner can make it readable (chmod -R g+rX, or o+rX, on the run's folders)")
+                f"{store.run_dir(entry.name)}), left out of this dashboard and of SQL; "
+                f"{OWNER_CAN_READ}")
             continue
         try:
             pointer = read_pointer(store, entry.name)

@@ -83,7 +83,8 @@ def drop_activations(store: Store, run_id: str) -> tuple[int, bool]:
         raise ValueError(f"run {run_id}'s activations are kept in {store.zarr_path}, not on "
                          "this disk: remove them there")
     with run_lock(store, run_id):
-        if read_pointer(store, run_id) is None and legacy_table_files(store, run_id):
+        pointer = read_pointer(store, run_id)
+        if pointer is None and legacy_table_files(store, run_id):
             # published before versioned publishing (no pointer; tables/<t>/model=<m>/
             # run_id=<run>/): its files lack the columns added since (trial 29: it was said
             # not published)
@@ -93,7 +94,7 @@ def drop_activations(store: Store, run_id: str) -> tuple[int, bool]:
                              "layout before versioned publishing, without the columns added "
                              f"since): {decompose_command(store, run_id)} publishes it again "
                              "from its activations, which are kept until then")
-        if read_pointer(store, run_id) is None:
+        if pointer is None:
             raise ValueError(f"run {run_id} is not published: its activations are all it "
                              f"has; bfd decompose {run_id} --store {store.root} publishes its "
                              "results first")

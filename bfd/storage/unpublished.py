@@ -36,6 +36,9 @@ DAMAGED: Final[str] = "damaged"
 # Its run folder cannot be read by this user (another user's, made private by their umask):
 # neither damaged nor known to be published; its owner can make it readable.
 UNREADABLE: Final[str] = "unreadable"
+# what makes such a run readable to the others, as every line about one says it
+OWNER_CAN_READ: Final[str] = ("its owner can make it readable (chmod -R g+rX, or o+rX, on the "
+                              "run's folders)")
 
 
 @dataclass(frozen=True)
@@ -258,8 +261,7 @@ def unpublished_runs(store: Store, published: Collection[str]) -> list[Unpublish
         except PermissionError as err:
             out.append(UnpublishedRun(
                 name, UNREADABLE, f"its folder {store.run_dir(name)} cannot be read by this "
-                f"user ({err.strerror}): left out of SQL queries; its owner can make it "
-                "readable (chmod -R g+rX, or o+rX, on the run's folders)"))
+                f"user ({err.strerror}): left out of SQL queries; {OWNER_CAN_READ}"))
             continue
         if has_pointer:
             damage, row = _damaged_publication(store, name)
