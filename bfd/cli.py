@@ -345,14 +345,23 @@ class _Bars:
             bar.close()
 
 
-def _with_bars(fn, *args, **kwargs):
+def _with_bars(fn, *args, cluster: str | None = None, **kwargs):
+    """``fn(*args, **kwargs)`` (a flow) drawing its progress; ``cluster`` (or its
+    ``dask_address``): the Dask cluster it runs on, whose workers are watched
+    (``bfd.flows.runners.workers_watched``)."""
     from bfd.flows import progress
+    from bfd.flows.runners import workers_watched
     from bfd.flows.server import temporary_server_settings, wait_started
 
     wait_started()
     bars = _Bars()
+
+    def say(line: str) -> None:
+        progress.report("notice", 0, 0, text=line)
+
     try:
-        with progress.listening(bars), temporary_server_settings():
+        with progress.listening(bars), temporary_server_settings(), workers_watched(
+                cluster or kwargs.get("dask_address"), say):
             return fn(*args, **kwargs)
     finally:
         bars.close()
@@ -456,7 +465,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
     flow = extract.with_options(task_runner=task_runner(
         args.workers, args.dask_address, resolve_device(config.get("device", "auto"))))
     missing = not os.path.exists(store)
-    rid = _with_bars(flow, config, store, args.gpu_resources)["run_id"]
+    rid = _with_bars(flow, config, store, args.gpu_resources,
+                     cluster=args.dask_address)["run_id"]
     say_new_store(store, missing)
     print(f"run {rid} extracted into {store}")
     return 0

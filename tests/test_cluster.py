@@ -3,14 +3,18 @@ activations and results as the local run."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from checkpoints import AUDIT, make_checkpoints
-from conftest import env_kept
+from conftest import env_kept, run_cli
 from distributed import LocalCluster
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from bfd.cli import main
+from bfd.flows import progress, runners
 from bfd.flows.audit import audit
 from bfd.storage import Store, open_activations, read_table
 
@@ -74,3 +78,39 @@ def test_audit_checkpoints_runs_on_the_cluster_it_is_given(tmp_path, prefect_har
                      "--dask-address", cluster.scheduler_address])
     assert code == 0 and "3 checkpoint(s) audited" in capsys.readouterr().out
     assert computed.keys, "no task ran on the cluster"
+
+
+@pytest.mark.slow
+def test_a_cluster_without_workers_is_said_and_the_run_goes_on_when_one_joins(
+        tmp_path, prefect_harness, capsys, monkeypatch):
+    """A cluster that has no worker leaves the command's tasks waiting: a line says so (trial
+    30: an audit hung without one), and another when a worker joins; the run then completes."""
+    monkeypatch.setattr(runners, "WATCH_EVERY_S", 0.2)
+    monkeypatch.setattr(runners, "WORKERLESS_S", 1.0)
+    started: list[subprocess.Popen] = []
+
+    def listener(stage: str, done: int, total: int, detail: dict) -> None:
+        if stage == "notice" and "has had no worker" in detail["text"] and not started:
+            started.append(subprocess.Popen(
+                [sys.executable, "-m", "dask", "worker", address, "--nthreads", "1",
+                 "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    with LocalCluster(n_workers=0, processes=True, dashboard_address=None) as cluster:
+        address = cluster.scheduler_address
+        try:
+            with progress.listening(listener):
+                code, out, err = run_cli(
+                    ["extract", "--model", "test_vit", "--weights", "random", "--n-images", "4",
+                     "--img-size", "32", "--layers", "0", "--dtype", "float32",
+                     "--images-per-chunk", "4", "--store", str(tmp_path / "store"),
+                     "--dask-address", address], capsys)
+        finally:
+            for worker in started:
+                worker.terminate()
+                worker.wait(30)
+    assert code == 0, err
+    assert started, "no line said that the cluster had no worker"
+    assert (f"bfd: waiting: the Dask cluster at {address} has had no worker for 1 s, so "
+            f"nothing runs; start one (dask worker {address}) or stop with Ctrl-C") in err
+    assert f"bfd: the Dask cluster at {address} has 1 worker(s) again; going on" in err
+    assert "extracted into" in out

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 from bfd.files import local_cores
@@ -59,6 +63,62 @@ def check_dask_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None
         raise ConnectionError(
             f"cannot reach the Dask scheduler at {address} within {timeout:g} s "
             f"({e.strerror or e}); start it, or drop --dask-address to run locally") from None
+
+
+# the cluster's workers are counted every WATCH_EVERY_S seconds; a cluster without one for
+# WORKERLESS_S seconds is said (trial 30: an audit hung without a line while it had none)
+WATCH_EVERY_S = 5.0
+WORKERLESS_S = 20.0
+
+
+@contextmanager
+def workers_watched(address: str | None, say: Callable[[str], None]) -> Iterator[None]:
+    """While the block runs on the Dask cluster at ``address`` (None: nothing to watch), a
+    line to ``say`` when the cluster has had no worker for ``WORKERLESS_S`` seconds (its
+    tasks wait, and the command with them, until a worker joins), and one when workers
+    return. Its own client of the cluster, on a daemon thread; a scheduler it cannot reach
+    is left to the flow's client, which says it."""
+    if not address:
+        yield
+        return
+    stop = threading.Event()
+
+    def watch() -> None:
+        from distributed import Client
+
+        try:
+            client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+        except Exception:  # noqa: BLE001 - the flow's own client reports it
+            return
+        since, said = None, False
+        try:
+            while not stop.wait(WATCH_EVERY_S):
+                try:
+                    workers = len(client.scheduler_info()["workers"])
+                except Exception:  # noqa: BLE001 - a scheduler lost: the flow says it
+                    continue
+                if workers:
+                    if said:
+                        say(f"the Dask cluster at {address} has {workers} worker(s) again; "
+                            "going on")
+                    since, said = None, False
+                    continue
+                since = since or time.monotonic()
+                if not said and time.monotonic() - since >= WORKERLESS_S:
+                    said = True
+                    say(f"waiting: the Dask cluster at {address} has had no worker for "
+                        f"{WORKERLESS_S:.0f} s, so nothing runs; start one (dask worker "
+                        f"{address}) or stop with Ctrl-C")
+        finally:
+            client.close()
+
+    thread = threading.Thread(target=watch, name="bfd-dask-workers", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=2 * CONNECT_TIMEOUT_S)
 
 
 def task_runner(workers: int = 1, dask_address: str | None = None, device: str = "cpu"):
