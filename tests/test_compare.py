@@ -488,6 +488,10 @@ def test_compare_models_carries_the_corrected_shares(tmp_path):
         assert r["delta_frac_pos_adj"] == pytest.approx(delta, rel=1e-12)
         ea, eb = (ds.energy_adj.sel(layer=layer).sum("head").values for ds in (a, b))
         assert r["delta_f_cc_adj"] == pytest.approx(eb[3] / eb.sum() - ea[3] / ea.sum())
+        # each model's corrected shares too, not only their difference (trial 29)
+        for k, block in enumerate(("pp", "pc", "cp", "cc")):
+            assert r[f"f_{block}_adj_a"] == pytest.approx(ea[k] / ea.sum(), rel=1e-12)
+            assert r[f"f_{block}_adj_b"] == pytest.approx(eb[k] / eb.sum(), rel=1e-12)
 
 
 def test_flagged_drift_names_head_types_and_summarises_many_rows(tmp_path, capsys):

@@ -10,8 +10,8 @@
 -- (depth - 1)), the last layer joining the last bin).
 -- Per bin and model: n_layers, frac_pos (plain mean over the bin's layers, attn_in) and
 -- f_* (energies summed over the bin's heads, then divided). delta_* = b - a.
--- Bins where neither model has a layer are left out. The *_adj columns are the same figures
--- from the chance-corrected shares (docs/method.md): compare those when n_images_a and
+-- Bins where neither model has a layer are left out. The *_adj columns (each model's,
+-- *_adj_a/_b, and delta_*_adj) are the same figures from the chance-corrected shares (docs/method.md): compare those when n_images_a and
 -- n_images_b differ, since the raw shares move with the number of images. n_images_a/_b:
 -- the images each run decomposed (decoded ones: requested less skipped).
 -- params: model_a (required), model_b (required), bins (default 10)
@@ -107,9 +107,17 @@ SELECT
     a.frac_pos_adj AS frac_pos_adj_a,
     b.frac_pos_adj AS frac_pos_adj_b,
     b.frac_pos_adj - a.frac_pos_adj AS delta_frac_pos_adj,
+    a.f_pp_adj AS f_pp_adj_a,
+    b.f_pp_adj AS f_pp_adj_b,
     b.f_pp_adj - a.f_pp_adj AS delta_f_pp_adj,
+    a.f_pc_adj AS f_pc_adj_a,
+    b.f_pc_adj AS f_pc_adj_b,
     b.f_pc_adj - a.f_pc_adj AS delta_f_pc_adj,
+    a.f_cp_adj AS f_cp_adj_a,
+    b.f_cp_adj AS f_cp_adj_b,
     b.f_cp_adj - a.f_cp_adj AS delta_f_cp_adj,
+    a.f_cc_adj AS f_cc_adj_a,
+    b.f_cc_adj AS f_cc_adj_b,
     b.f_cc_adj - a.f_cc_adj AS delta_f_cc_adj
 FROM a
 FULL OUTER JOIN b USING (bin)
