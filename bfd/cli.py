@@ -9,6 +9,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -683,6 +684,10 @@ def _flow_runs_noted(noted: bool):
         yield
 
 
+# Pillow's DecompressionBombWarning's text
+_BIG_IMAGE = r"Image size \(\d+ pixels\) exceeds limit of \d+ pixels, could be decompression bomb"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:  # a process of its own
         _line_buffered_stdout()
@@ -690,6 +695,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _prefect_defaults(args.verbose)
     if args.command not in _READING_COMMANDS:
         limit_malloc_arenas()  # before the flows start their threads
+        # Pillow's warning for an image above MAX_IMAGE_PIXELS (89.5 Mpx), printed raw amid the
+        # bars (trial 30): the image is decoded and used; above twice that it is skipped with
+        # its reason (bfd.images)
+        warnings.filterwarnings("ignore", message=_BIG_IMAGE)
     if args.command in _PIPELINE_COMMANDS:  # Ctrl-C's line, also of a command run in-process
         from bfd.cli_interrupt import MESSAGE, NOT_RECORDED, forget_recorded, say
 

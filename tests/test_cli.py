@@ -1218,3 +1218,26 @@ def test_flows_imported_from_python_set_the_offline_defaults_the_command_sets():
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                           text=True, timeout=120, env=env)
     assert proc.stdout.split() == ["false", "0", "1"], proc.stderr
+
+
+def test_an_image_above_pillows_warning_size_is_used_without_its_raw_warning(
+        prefect_harness, tmp_path, capsys, monkeypatch, recwarn):
+    """Pillow warns (DecompressionBombWarning) of an image above MAX_IMAGE_PIXELS and refuses
+    one above twice that: the first is decoded and used without the raw warning amid the bars
+    (trial 30), the second skipped with its reason."""
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, side in (("a.png", 20), ("b.png", 30), ("big.png", 50), ("bomb.png", 70)):
+        Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(folder / name)
+    code, _, err = run([*EXTRACT[:5], "--n-images", "4", "--images", str(folder), *EXTRACT[7:],
+                        "--store", str(tmp_path / "store")], capsys)
+    assert code == 0, err
+    assert "decompression bomb" not in err
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+    rows = read_image_manifest(Store(tmp_path / "store"), list_runs(Store(tmp_path / "store"))[0])
+    status = {r.id: r.status for r in rows}
+    assert status == {"a.png": "ok", "b.png": "ok", "big.png": "ok", "bomb.png": "skipped"}
