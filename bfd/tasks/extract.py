@@ -345,7 +345,7 @@ def bytes_to_write(cfg: ExtractConfig, info: models.ModelInfo, n_layers: int,
     """The bytes a run of ``cfg`` takes on the store's disk for ``n_images`` images still to
     extract: their activations at every site of ``n_layers`` layers, every token, in the
     storage dtype, in whole chunks (a run's last chunk is written whole: 16 images in chunks
-    of 32 take 32 images' bytes), each chunk file with its folders in whole ``DISK_BLOCK``\ s;
+    of 32 take 32 images' bytes), each chunk file with its folders in whole blocks (``DISK_BLOCK``);
     with ``whole_run``, also what the run writes once besides
     (``run_overhead``). None for a stats-only request (``bfd audit
     --no-store-activations``), which keeps no activations."""
