@@ -549,7 +549,7 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 
     def send_head(self):  # noqa: ANN201 - the base's signature
         host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]").lower()
-        if host not in ("127.0.0.1", "localhost", "::1"):
+        if host not in ("127.0.0.1", "localhost"):  # the names of the address it listens on
             self.send_error(403, "Served to this machine's loopback address only")
             return None
         try:
