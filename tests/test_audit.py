@@ -1382,6 +1382,9 @@ def test_a_full_disk_during_a_flow_is_one_line_naming_the_store(tmp_path, prefec
         state.result()
     assert str(err.value) == line and isinstance(err.value.__cause__, OSError)
     assert read_table(Store(store), "runs").num_rows == 0  # nothing published
+    # the failed audit's row keeps the same line (it kept `OSError: [Errno 28] ...`)
+    (failed,) = read_audits(Store(store), "s")
+    assert (failed["status"], failed["error"]) == ("failed", f"StoreWriteError: {line}")
     out = audit(config, store, series="s", step=2, dashboard=False)
     kept = re.fullmatch(r"computed \(([12]) of its 3 shards of activations kept from an "
                         r"earlier extraction, ([12]) extracted\)", out["how"])
@@ -1430,6 +1433,23 @@ def test_store_faults_keep_bfd_s_own_disk_errors(tmp_path):
     with pytest.raises(NotEnoughSpaceError) as err, store_faults(str(tmp_path)):
         raise refusal
     assert err.value is refusal
+
+
+def test_a_failed_audit_s_row_says_a_disk_fault_as_the_flow_does(tmp_path):
+    """A full disk met in the audit's own steps (not a subflow's, whose error is already
+    said so) is kept in the failed audit's row as the flow's line says it: it kept
+    `OSError: [Errno 28] No space left on device` (trial 30)."""
+    from bfd.faults import store_fault
+    from bfd.tasks.audits import failure_said
+
+    root = str(tmp_path / "store")
+    full = OSError(errno.ENOSPC, "No space left on device", f"{root}/tables/audits/s/a.parquet")
+    said = failure_said(full, root)
+    assert said == f"StoreWriteError: {store_fault(full, root)}"
+    assert said.startswith(f"StoreWriteError: no space left on store {root} (No space left "
+                           "on device, writing tables/audits/s/a.parquet); free space there")
+    assert failure_said(ValueError("bad\nsecond line"), root) == "ValueError: bad"
+    assert failure_said(KeyboardInterrupt(), root) == "interrupted"
 
 
 def test_a_dashboard_not_rebuilt_by_the_flow_is_said_on_stderr(tmp_path, capsys,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from bfd.core.method import RESULTS_METHOD
+from bfd.faults import store_fault
 from bfd.files import WEIGHT_SUFFIXES, check_checkpoint, input_path, sha256_file
 from bfd.output import count, shown
 from bfd.requests import model_args_text
@@ -512,7 +513,7 @@ def audit_row(store: Store, series: str, step: int, trigger: str,
         except RunChanged:
             raise  # no audit took place: the caller audits the run another way
         except BaseException as err:
-            row["error"] = failure_said(err)
+            row["error"] = failure_said(err, str(store.root))
             _write_row(store, row, writing)
             raise
         _write_row(store, row, writing)
@@ -522,11 +523,16 @@ def audit_row(store: Store, series: str, step: int, trigger: str,
 _ERROR_CHARS: Final[int] = 500
 
 
-def failure_said(err: BaseException) -> str:
+def failure_said(err: BaseException, root: str) -> str:
     """A failed audit's reason as its row keeps it: its error's first line (``interrupted``
-    for Ctrl-C or a stop), at most ``_ERROR_CHARS`` characters."""
+    for Ctrl-C or a stop; a full or read-only disk as the flow's line says it, naming the
+    store at ``root`` and what to do: ``bfd.faults.store_fault``), at most ``_ERROR_CHARS``
+    characters."""
     if isinstance(err, KeyboardInterrupt | SystemExit):
         return "interrupted"
+    fault = store_fault(err, root)
+    if fault is not None:
+        err = fault
     text = str(err).strip().splitlines()
     line = f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
     return line[:_ERROR_CHARS]
