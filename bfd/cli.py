@@ -13,6 +13,8 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from bfd.text import shown
+
 # The commands of one run's pipeline (torch, Prefect): Ctrl-C keeps their shards.
 _PIPELINE_COMMANDS = ("extract", "decompose", "audit", "audit-checkpoints")
 # Commands that only read a store (no torch, timm or Prefect).
@@ -102,8 +104,8 @@ def _check_request_early(args: argparse.Namespace, config) -> None:
         print(f"bfd: note: {note}", file=sys.stderr)
     if config.n_images is not None and held is not None and held < config.n_images:
         # said before the work, not only after the results (bfd.cli_audits.print_image_notes)
-        print(f"bfd: warning: --n-images {config.n_images}, but {config.images} holds {held} "
-              f"images; all {held} are used", file=sys.stderr)
+        print(f"bfd: warning: --n-images {config.n_images}, but {shown(config.images)} holds "
+              f"{held} images; all {held} are used", file=sys.stderr)
     _store(args)
     check_workers(args.workers)
 
@@ -752,7 +754,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if known is None:
             raise
         code, message = known
-        print(f"bfd: error: {message}", file=sys.stderr)
+        # a path or name in it (a --store typed with an escape) printed, not acted on
+        print(f"bfd: error: {shown(message)}", file=sys.stderr)
     if argv is None and args.command in _PIPELINE_COMMANDS:
         _exit_now(code)  # a refusal too: the teardown of torch and timm took 1-2 s after it
     return code

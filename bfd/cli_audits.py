@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from bfd import cli
 from bfd.tasks.drift_gate import drift_verdict
+from bfd.text import shown
 
 
 def audit_config(config: dict):
@@ -449,7 +450,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print_image_notes(store, out["run_id"], None if args.demo else args.n_images)
         return drift_exit(flagged_count(out), args.fail_on_drift, [out],
                           args.fail_if_not_compared)
-    from bfd.output import shown
     from bfd.storage import model_label
 
     profile = run_query(store, "layer_profile", {"run_id": out["run_id"]}, check=False)
@@ -496,7 +496,7 @@ def print_plan(args: argparse.Namespace, config, store: str, series: str,
     say("dry run: nothing is computed or recorded")
     say(f"audit: series {series}, "
         + (f"step {step}" if args.step is not None else f"step its start time ({now} now)")
-        + f"; store {store}")
+        + f"; store {shown(store)}")
     say(run)
     for note in notes:
         say(f"note: {note}")
@@ -628,9 +628,9 @@ def copies_said(out: dict) -> str:
     copies = out.get("copies") or []
     if not copies:
         return ""
-    shown = "; ".join(copies[:5]) + (f"; ... ({len(copies)} in all)" if len(copies) > 5 else "")
+    listed = "; ".join(copies[:5]) + (f"; ... ({len(copies)} in all)" if len(copies) > 5 else "")
     return (f"; {len(copies)} of them {'holds' if len(copies) == 1 else 'hold'} another "
-            f"file's weights, audited at that file's step, none at its own: {shown}")
+            f"file's weights, audited at that file's step, none at its own: {listed}")
 
 
 def print_checkpoints_plan(args: argparse.Namespace, config, store: str, series: str) -> int:

@@ -32,6 +32,7 @@ from PIL import Image, ImageOps
 
 from bfd.files import local_cores, sha256_file
 from bfd.image_folders import list_folder
+from bfd.text import shown
 
 if TYPE_CHECKING:  # listing images needs no torch (a request is keyed without it)
     import torch
@@ -255,14 +256,14 @@ def folder_note(source: str) -> str | None:
     if not links and not others:
         return None
 
-    def few(names: tuple[str, ...]) -> str:
-        return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    def few(names: tuple[str, ...]) -> str:  # names found in the folder: printed, not acted on
+        return ", ".join(map(shown, names[:3])) + (", ..." if len(names) > 3 else "")
 
     said = ([f"{len(links)} link(s) to folders, not followed ({few(links)})"] if links else []) \
         + ([f"{len(others)} file(s) of image formats it does not list ({few(others)}; it lists "
             f"{', '.join(sorted(IMAGE_SUFFIXES))})"] if others else [])
-    return (f"{source} holds {' and '.join(said)}: left out; a manifest of their paths lists "
-            "them")
+    return (f"{shown(source)} holds {' and '.join(said)}: left out; a manifest of their paths "
+            "lists them")
 
 
 def check_source(source: str, n_images: int | None = None) -> int | None:

@@ -17,7 +17,6 @@ import itertools
 import json
 import math
 import os
-import re
 import struct
 import sys
 import tempfile
@@ -28,16 +27,13 @@ from typing import BinaryIO, Final
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bfd.text import shown
+
 __all__ = ["shown", "stdout_bytes", "write_json_object", "write_result"]
 
 # Rows that fix the column widths of the table format (later rows keep those widths).
 _TABLE_WIDTH_ROWS: Final[int] = 1000
 _ISO: Final[str] = "%Y-%m-%dT%H:%M:%S"
-# What a terminal acts on instead of showing: the C0 and C1 controls and DEL (an escape
-# sequence can clear the screen or retitle the window), and the bidirectional overrides and
-# isolates (they reorder what is shown after them).
-_CONTROLS: Final = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-_NAMED: Final[dict[str, str]] = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def _iso(column: pa.Array) -> pa.Array:
@@ -198,17 +194,6 @@ def _write_csv(reader: pa.RecordBatchReader, out: BinaryIO) -> None:
         pacsv.write_csv(schema.empty_table(), out)
     else:
         writer.close()
-
-
-def _escape(control: re.Match) -> str:
-    c = control[0]
-    return _NAMED.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
-
-
-def shown(text: str) -> str:
-    """A name (a series, a file) as a terminal should print it: each control character
-    written as its escape (``\\n``, ``\\x1b``, ``\\u202e``) instead of acted on."""
-    return _CONTROLS.sub(_escape, text)
 
 
 def _cell(value: object) -> str:

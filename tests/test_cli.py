@@ -423,6 +423,16 @@ def test_the_table_format_shows_control_characters_as_escapes(table_store):
     assert json.loads(proc.stdout)[0]["weights"] == "w\x1b]0;T\x07\x1b[2J\u202ex\né"
 
 
+def test_an_error_line_shows_control_characters_as_escapes(tmp_path, capsys):
+    """A path typed with a terminal's escape (a --store pasted from a log) is printed in the
+    error line as text, not acted on (trial 31: it cleared the screen)."""
+    store = str(tmp_path / "st\x1b[2J\u202eore")
+    code, out, err = run(["runs", "--store", store], capsys)
+    assert code == 2 and out == "", err
+    assert err.startswith(f"bfd: error: no store at {tmp_path}/st\\x1b[2J\\u202eore (--store)")
+    assert "\x1b" not in err and "\u202e" not in err and err.count("\n") == 1
+
+
 @pytest.mark.parametrize("fmt", ["table", "json"])
 def test_a_closed_pipe_ends_quietly(table_store, fmt):
     proc = subprocess.Popen(

@@ -268,6 +268,10 @@ def test_a_folder_says_what_its_listing_leaves_out(tmp_path) -> None:
                            "file(s) of image formats it does not list (photo.avif, scan.JFIF; "
                            "it lists .bmp, "), note
     assert note.endswith(": left out; a manifest of their paths lists them")
+    # names found in the folder are printed, not acted on by the terminal (trial 31)
+    (folder / "photo.avif").rename(folder / "clear\x1b[2J\u202e.avif")
+    note = I.folder_note(str(folder))
+    assert "clear\\x1b[2J\\u202e.avif" in note and "\x1b" not in note
 
 
 def test_bad_sources_say_what_is_accepted(tmp_path, odd_folder) -> None:
