@@ -6,6 +6,9 @@ results Datasets written from those tables: no model, no extraction, no Prefect.
 
 from __future__ import annotations
 
+import re
+from html import unescape as html_unescape
+
 import numpy as np
 import pytest
 from dashstore import write_nightly_series
@@ -305,3 +308,34 @@ def test_serve_says_when_an_audit_is_the_first_of_its_store(tmp_path):
         said = RunLines({}, print)._what_it_did(None, run, dep)
         first = f"; the first audit of store {root} (was it moved, or its path mistyped?)"
         assert said.endswith(first) == (step == 1), said
+
+
+@pytest.mark.parametrize("series", [
+    "x` <img src=x onerror=alert(1)> **b** [l](javascript:alert(1)) <script>s</script> `y",
+    "``two`` and | a pipe", "`", "it's a \"quoted\" name"])
+def test_the_audit_report_shows_names_as_typed_whatever_they_hold(series):
+    """A series (or path) holding backticks ended its code span in the audit's Markdown
+    report, and the rest was read as Markdown: a link to javascript: in the Prefect UI (trial
+    31). Each name is one code span showing it as typed, and each command line runs in a shell
+    as shown."""
+    import shlex
+
+    from markdown_it import MarkdownIt
+
+    from bfd.flows.prefect_io import audit_markdown, md_code
+
+    audit = {"series": series, "step": 3, "run_id": "r-1", "audit_id": "a-1",
+             "prev_audit_id": None, "how": "computed"}
+    run = {"model": "m", "weights": f"/w/{series}.pth", "images": "samples", "n_images": 8}
+    text = audit_markdown(audit, run, [], [], f"/st/{series}")
+    html = MarkdownIt("commonmark").enable("table").render(text)
+    codes = [html_unescape(c) for c in re.findall(r"<code>(.*?)</code>", html, re.S)]
+    assert series in codes and f"/w/{series}.pth" in codes and f"/st/{series}" in codes
+    assert "<a " not in html and "<strong>" not in html and "<img" not in html
+    (history,) = [c for c in codes if c.startswith("bfd query audit_history")]
+    assert shlex.split(history)[4:] == [f"series={series}", "--store", f"/st/{series}"]
+    # in a table's cell, a pipe does not split the cell
+    table = MarkdownIt("commonmark").enable("table").render(
+        f"| a | b |\n|---|---|\n| {md_code(series, cell=True)} | 2 |\n")
+    assert table.count("<td>") == 2 and html_unescape(
+        re.search(r"<code>(.*?)</code>", table, re.S)[1]) == series

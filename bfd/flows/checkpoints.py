@@ -31,7 +31,7 @@ from bfd.flows.params import (
     require_model,
     with_deployment_defaults,
 )
-from bfd.flows.prefect_io import artifact_key, resolve_store
+from bfd.flows.prefect_io import artifact_key, md_code, resolve_store
 from bfd.storage import Store, series_lock, write_left_out
 from bfd.tasks.audits import (
     check_place,
@@ -152,14 +152,15 @@ def audit_checkpoints(
             if not todo:
                 # "not left out": a file left out may read and not fit the model
                 others = " (those not left out)" if bad else ""
-                message = (f"Nothing to do: no checkpoint file in `{checkpoints}` yet (store "
-                           f"`{root}`)." if not n_files else
-                           f"Nothing to do: all {n_files} checkpoint file(s) of `{checkpoints}` "
-                           f"are left out (store `{root}`).{_left_out(bad)}"
+                folder, at = md_code(checkpoints), md_code(root)
+                message = (f"Nothing to do: no checkpoint file in {folder} yet (store "
+                           f"{at})." if not n_files else
+                           f"Nothing to do: all {n_files} checkpoint file(s) of {folder} "
+                           f"are left out (store {at}).{_left_out(bad)}"
                            if len(bad) == n_files else
                            f"Nothing to do: all {n_files - len(bad)} checkpoint file(s) of "
-                           f"`{checkpoints}`{others} are already audited in series `{series}` with "
-                           f"the same request ({compared}; store `{root}`).{_left_out(bad)}")
+                           f"{folder}{others} are already audited in series {md_code(series)} "
+                           f"with the same request ({compared}; store {at}).{_left_out(bad)}")
                 logger.info(message.replace("`", ""))
                 wrote = record_left_out(Store(root), series, checkpoints, bad, left, [])
                 create_markdown_artifact(message, key=artifact_key("checkpoints", series),
@@ -180,12 +181,12 @@ def audit_checkpoints(
         retention = (None if keep_activations is None
                      else [line for d in done for line in d.get("retention") or []])
         index = refresh_outputs(root, dashboard) if done else None
-        lines = [f"# Checkpoints of series `{series}`", "",
-                 f"{len(done)} new audit(s) of {n_files} file(s) in `{checkpoints}`; "
-                 f"store `{root}`.",
+        lines = [f"# Checkpoints of series {md_code(series)}", "",
+                 f"{len(done)} new audit(s) of {n_files} file(s) in {md_code(checkpoints)}; "
+                 f"store {md_code(root)}.",
                  "", "| step | checkpoint | run | drift flags |", "|---|---|---|---|"]
-        lines += [f"| {d['step']} | `{os.path.basename(d['checkpoint'])}` | `{d['run_id']}` | "
-                  f"{_flags(d)} |" for d in done]
+        lines += [f"| {d['step']} | {md_code(os.path.basename(d['checkpoint']), cell=True)} | "
+                  f"`{d['run_id']}` | {_flags(d)} |" for d in done]
         create_markdown_artifact("\n".join(lines) + "\n" + _left_out(bad),
                                  key=artifact_key("checkpoints", series),
                                  description=f"audit-checkpoints of series {series}")

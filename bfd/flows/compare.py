@@ -21,7 +21,7 @@ from bfd.flows.params import (
     describe_errors,
     with_deployment_defaults,
 )
-from bfd.flows.prefect_io import artifact_key, resolve_store
+from bfd.flows.prefect_io import artifact_key, bfd_command, md_code, resolve_store
 from bfd.storage import Store, read_request
 from bfd.tasks.audits import default_series
 from bfd.tasks.drift import run_metrics
@@ -116,13 +116,15 @@ def compare(
         refresh_outputs(root, dashboard)
         key = artifact_key("compare", ",".join(a["series"] for a in audits))
         lines = [f"# Comparison of {len(audits)} models on one image set", "",
-                 f"store `{root}`; per pair: `bfd query compare_runs --param run_a=RUN_A --param "
-                 f"run_b=RUN_B --store {root}` (per-layer and per-head deltas) and "
+                 f"store {md_code(root)}; per pair: " + bfd_command(
+                     "query", "compare_runs", "--param", "run_a=RUN_A", "--param", "run_b=RUN_B",
+                     "--store", root) + " (per-layer and per-head deltas) and "
                  "`bfd query head_type_changes ...` (the heads whose type differs).", "",
                  "| series a | series b | run a | run b | head types changed |",
                  "|---|---|---|---|---|"]
-        lines += [f"| `{p['series_a']}` | `{p['series_b']}` | `{p['run_a']}` | `{p['run_b']}` | "
-                  f"{p['n_head_type_changes']} |" for p in pairs]
+        lines += [f"| {md_code(p['series_a'], cell=True)} | {md_code(p['series_b'], cell=True)} "
+                  f"| `{p['run_a']}` | `{p['run_b']}` | {p['n_head_type_changes']} |"
+                  for p in pairs]
         create_markdown_artifact("\n".join(lines) + "\n", key=key,
                                  description="BFD comparison: the run ids of every pair")
         create_table_artifact(pairs, key=key + "-pairs", description="pairs of compared runs")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shlex
 import time
 from collections.abc import Sequence
 from typing import Any, Final
@@ -130,6 +131,25 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def md_code(value: object, cell: bool = False) -> str:
+    """``value`` as a Markdown code span that shows it as typed, whatever it holds: fenced by
+    one more backtick than its longest run of them (a single backtick in a series ended the
+    span, and the rest of the name was read as Markdown, links included: trial 31), a space
+    inside the fence where it starts or ends with one; in a table's ``cell``, its pipes
+    escaped (GitHub's tables split on them even inside a span)."""
+    text = str(value)
+    fence = "`" * (1 + max((len(run) for run in re.findall("`+", text)), default=0))
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    span = f"{fence}{pad}{text}{pad}{fence}"
+    return span.replace("|", "\\|") if cell else span
+
+
+def bfd_command(*argv: object) -> str:
+    """A ``bfd`` command line as a code span a shell runs as shown: each argument quoted
+    where it needs it (a series with a space or a quote)."""
+    return md_code(shlex.join(["bfd", *map(str, argv)]))
+
+
 def _md_table(rows: list[dict], columns: Sequence[str]) -> str:
     head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
     return head + "".join("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |\n"
@@ -144,11 +164,12 @@ def audit_markdown(audit: dict, run: dict, profile: list[dict], drift: list[dict
     flagged = [r for r in drift if r["flagged"]]
     how = audit["how"]  # what was computed, in words (bfd.tasks.audits.run_reuse)
     lines = [
-        f"# BFD audit of `{run.get('model')}`",
+        f"# BFD audit of {md_code(run.get('model'))}",
         "",
-        f"- series: `{audit['series']}`, step {audit['step']}",
-        f"- weights: `{run.get('weights')}` (sha256 `{str(run.get('weights_sha256'))[:16]}`)",
-        f"- images: `{run.get('images')}`, {run.get('n_images')} images",
+        f"- series: {md_code(audit['series'])}, step {audit['step']}",
+        f"- weights: {md_code(run.get('weights'))} (sha256 "
+        f"`{str(run.get('weights_sha256'))[:16]}`)",
+        f"- images: {md_code(run.get('images'))}, {run.get('n_images')} images",
         f"- run: `{audit['run_id']}` ({how})",
         f"- audit: `{audit['audit_id']}`, compared with: `{audit['prev_audit_id'] or 'none'}`",
         *([f"- **{audit['model_check']}**"] if audit.get("model_check") else []),
@@ -176,13 +197,16 @@ def audit_markdown(audit: dict, run: dict, profile: list[dict], drift: list[dict
                                                       "before", "after", "delta",
                                                       "threshold"])]
         if len(ordered) > _MAX_ROWS:
-            lines.append(f"... {len(ordered) - _MAX_ROWS} more: `bfd query drift --param "
-                         f"series='{audit['series']}' --store {store}`")
+            lines.append(f"... {len(ordered) - _MAX_ROWS} more: " + bfd_command(
+                "query", "drift", "--param", f"series={audit['series']}", "--store", store))
     lines += [
         "", "## Where the results are", "",
-        f"- store: `{store}` (tables: `{store}/tables`, dashboard: `{store}/dashboard`)",
-        f"- `bfd query layer_profile --param run_id={audit['run_id']} --store {store}`",
-        f"- `bfd query audit_history --param series='{audit['series']}' --store {store}`",
+        f"- store: {md_code(store)} (tables: {md_code(f'{store}/tables')}, dashboard: "
+        f"{md_code(f'{store}/dashboard')})",
+        "- " + bfd_command("query", "layer_profile", "--param", f"run_id={audit['run_id']}",
+                           "--store", store),
+        "- " + bfd_command("query", "audit_history", "--param", f"series={audit['series']}",
+                           "--store", store),
     ]
     return "\n".join(lines) + "\n"
 
