@@ -44,7 +44,9 @@ def _prefect_defaults(verbose: bool) -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     # torch is not imported yet: idle OpenMP workers then sleep instead of spinning, which
     # otherwise starves the small LAPACK and elementwise calls between GEMMs on few cores
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # lower case: libgomp compares it case-blind by the locale, and in a Turkish one "PASSIVE"
+    # lowers to "passıve" (refused with a line on stderr, trial 31)
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
@@ -690,8 +692,31 @@ def _flow_runs_noted(noted: bool):
 _BIG_IMAGE = r"Image size \(\d+ pixels\) exceeds limit of \d+ pixels, could be decompression bomb"
 
 
+def _utf8_mode() -> None:
+    """Run as a process of its own in Python's UTF-8 mode, where the locale's encoding is
+    another (``LC_ALL=tr_TR.ISO-8859-9``): file names are then read as the UTF-8 they are,
+    as in any UTF-8 locale. In the locale's encoding an image named ``é.png`` was another
+    image id (``Ã©.png``), so the same files and model made another run and its drift was not
+    compared, and a store at a non-ASCII path read as damaged (DuckDB takes paths as UTF-8):
+    trial 31. The command starts again in UTF-8 mode (and so do the processes it starts:
+    ``PYTHONUTF8``), printing text in the locale's encoding as before. A file name that is no
+    UTF-8 is refused, as in a UTF-8 locale."""
+    encoding = sys.getfilesystemencoding().lower().replace("-", "").replace("_", "")
+    if sys.flags.utf8_mode or encoding == "utf8" or os.environ.get("PYTHONUTF8") == "0":
+        return
+    import locale
+
+    os.environ["PYTHONUTF8"] = "1"
+    os.environ.setdefault("PYTHONIOENCODING", f"{locale.getpreferredencoding(False)}:"
+                          "backslashreplace")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "bfd", *sys.argv[1:]])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:  # a process of its own
+        _utf8_mode()
         _line_buffered_stdout()
     args = build_parser().parse_args(argv)
     _prefect_defaults(args.verbose)

@@ -433,6 +433,50 @@ def test_an_error_line_shows_control_characters_as_escapes(tmp_path, capsys):
     assert "\x1b" not in err and "\u202e" not in err and err.count("\n") == 1
 
 
+def _latin5_locale(tmp_path: Path) -> dict[str, str]:
+    """The environment of a Turkish ISO-8859-9 locale (a locale whose encoding is not UTF-8),
+    compiled into ``tmp_path`` (skipped where the system's locale sources are missing)."""
+    folder = tmp_path / "locales"
+    folder.mkdir()
+    subprocess.run(["localedef", "-i", "tr_TR", "-f", "ISO-8859-9",
+                    str(folder / "tr_TR.ISO-8859-9")], capture_output=True, check=False)
+    if not (folder / "tr_TR.ISO-8859-9").is_dir():
+        pytest.skip("localedef cannot compile tr_TR.ISO-8859-9 here (no locale sources)")
+    return {**os.environ, "LOCPATH": str(folder), "LC_ALL": "tr_TR.ISO-8859-9"}
+
+
+def test_a_locale_of_another_encoding_reads_names_as_utf8(tmp_path):
+    """Under a locale whose encoding is not UTF-8, file names were read in that encoding: an
+    image é.png was the id Ã©.png, so the same files and model made another run (and drift
+    was not compared), and a store at a non-ASCII path read as damaged (trial 31). The command
+    runs in Python's UTF-8 mode there: the same run id as in a UTF-8 locale, the store read,
+    and no libgomp line about OMP_WAIT_POLICY (Turkish case folding)."""
+    from PIL import Image
+
+    latin5 = _latin5_locale(tmp_path)
+    utf8 = {**os.environ, "LC_ALL": "C.UTF-8"}
+    images = tmp_path / "imgs é"
+    images.mkdir()
+    for i, name in enumerate(("a.png", "é.png", "中文.png")):
+        Image.new("RGB", (8, 8), (i, 2 * i, 3 * i)).save(images / name)
+    argv = ["audit", "--model", TINY, "--weights", "random", "--images", str(images),
+            "--img-size", "32", "--layers", "0", "--store", str(tmp_path / "new ü"), "--dry-run"]
+    planned = {}
+    for name, env in (("utf8", utf8), ("latin5", latin5)):
+        proc = subprocess.run([sys.executable, "-m", "bfd", *argv], cwd=REPO, env=env,
+                              capture_output=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert b"libgomp" not in proc.stderr, proc.stderr
+        (planned[name],) = [line.split(b":")[0] for line in proc.stdout.splitlines()
+                            if line.startswith(b"run ")]
+    assert planned["utf8"] == planned["latin5"], planned
+    root = _table_store(tmp_path / "störe é")
+    proc = subprocess.run([sys.executable, "-m", "bfd", "runs", "--store", str(root)], cwd=REPO,
+                          env=latin5, capture_output=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
+    assert len(proc.stdout.splitlines()) == 2  # its header and its one run
+
+
 @pytest.mark.parametrize("fmt", ["table", "json"])
 def test_a_closed_pipe_ends_quietly(table_store, fmt):
     proc = subprocess.Popen(
