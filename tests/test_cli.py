@@ -433,6 +433,25 @@ def test_an_error_line_shows_control_characters_as_escapes(tmp_path, capsys):
     assert "\x1b" not in err and "\u202e" not in err and err.count("\n") == 1
 
 
+def test_sql_dates_and_the_dashboard_s_times_are_utc_whatever_tz_says(tmp_path):
+    """An instant's date and hour in SQL, and its time on the dashboard, are UTC's, as the
+    instants print, under any TZ: under TZ=America/Adak, created_at::DATE was the day before
+    the printed one (and SET TimeZone refused), and the dashboard showed the builder's wall
+    time beside the steps' UTC times (trial 31). created_at: 2025-01-02 03:04:05.5 UTC."""
+    root = _table_store(tmp_path / "store")
+    adak = {**os.environ, "TZ": "America/Adak"}  # UTC-10 in January
+    proc = _bfd("sql", "SELECT created_at, created_at::DATE::VARCHAR AS d, hour(created_at) AS h"
+                " FROM runs", "--format", "json", "--store", str(root), env=adak)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [{"created_at": "2025-01-02T03:04:05.500000Z",
+                                        "d": "2025-01-02", "h": 3}]
+    proc = _bfd("dashboard", "--store", str(root), "--out", str(tmp_path / "dash"), env=adak)
+    assert proc.returncode == 0, proc.stderr
+    pages = "".join(p.read_text(encoding="utf-8") for p in (tmp_path / "dash").rglob("*.html"))
+    assert "2025-01-02T03:04:05.500000+00:00" in pages
+    assert "2025-01-01T17:04" not in pages
+
+
 def _latin5_locale(tmp_path: Path) -> dict[str, str]:
     """The environment of a Turkish ISO-8859-9 locale (a locale whose encoding is not UTF-8),
     compiled into ``tmp_path`` (skipped where the system's locale sources are missing)."""

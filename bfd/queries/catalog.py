@@ -309,6 +309,10 @@ def _open(stores: Mapping[str, Path]) -> tuple[duckdb.DuckDBPyConnection, Path |
             # Every file the catalog needs is open now (the open handle keeps the data
             # readable when the file is renamed or removed) and SQL may not reach any other.
             con.execute("SET enable_external_access = false")
+            # dates, hours and day boundaries of the stored instants in UTC, as they print,
+            # whatever TZ says (under TZ=America/Adak, started_at::DATE was the day before
+            # the printed one, and SET TimeZone is refused once locked: trial 31)
+            con.execute("SET TimeZone = 'UTC'")
             con.execute("SET lock_configuration = true")
         except BaseException:
             con.close()

@@ -83,6 +83,10 @@ _NO_AUDIT: Final[str] = (
 def _json_value(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        # an instant in UTC: the pages show its first 16 characters as UTC wall time (in
+        # the builder's zone it read hours off the steps' times beside it: trial 31)
+        return value.astimezone(dt.UTC).isoformat()
     if isinstance(value, dt.datetime | dt.date):
         return value.isoformat()
     if isinstance(value, decimal.Decimal):
