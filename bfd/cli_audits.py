@@ -468,7 +468,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     print()
     n_flagged = print_audit(out, store)
     print(f"\nresults: {out['results']}\ntables:  {store}/tables  "
-          f"(try: bfd query model_summary --store {store})")
+          f"(try: bfd query model_summary --store {shlex.quote(store)})")
     print_dashboard(out.get("dashboard"), store)
     for line in out.get("retention") or []:
         print(line)

@@ -335,11 +335,43 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
               f"written, {len(build.unchanged)} unchanged; {len(build.removed)} removed; "
               f"{len(build.written) - pages} asset files written)")
     if args.serve:
-        try:
-            serve_dashboard(out, args.port)
-        except OSError as err:
-            raise RuntimeError(f"cannot serve on 127.0.0.1:{args.port}: {err.strerror}") from err
+        with _sigterm_as_interrupt() as ended:
+            try:
+                serve_dashboard(out, args.port)  # until Ctrl-C (or SIGTERM)
+            except OSError as err:
+                raise RuntimeError(f"cannot serve on 127.0.0.1:{args.port}: "
+                                   f"{err.strerror}") from err
+        if ended:  # a service stopped, a scheduler's time limit: said, as the other commands
+            # say it (README, exit status 143; it ended without a line: trial 31)
+            from bfd.cli_interrupt import EXIT_TERMINATED
+
+            print("bfd: terminated (SIGTERM); the dashboard is no longer served",
+                  file=sys.stderr)
+            return EXIT_TERMINATED
     return damage.code
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[list[bool]]:
+    """SIGTERM in the block raises KeyboardInterrupt, as Ctrl-C does (where this is the main
+    thread); the list yielded holds True once it came."""
+    import signal
+    import threading
+
+    came: list[bool] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield came
+        return
+
+    def interrupt(signum, frame) -> None:  # noqa: ARG001 - a signal handler's signature
+        came.append(True)
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield came
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _check_dashboard_folder(out: str, store: str, own: str) -> None:

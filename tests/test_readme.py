@@ -146,14 +146,17 @@ def serve(argv: list[str], store: Path) -> None:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html",
                                             timeout=5) as page:
                     assert page.status == 200 and b"<html" in page.read().lower()
-                    return
+                    break
             except OSError:
                 assert proc.poll() is None, proc.communicate()[1]
                 assert time.monotonic() < deadline, "the dashboard was not served"
                 time.sleep(0.2)
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        _, err = proc.communicate(timeout=30)
+    # stopped as a service is, it says so as the other commands do (it ended without a line)
+    assert proc.returncode == 143, err
+    assert err.endswith("bfd: terminated (SIGTERM); the dashboard is no longer served\n"), err
 
 
 def test_the_notebook_snippet_runs_as_written(tmp_path, monkeypatch):

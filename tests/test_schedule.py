@@ -658,7 +658,7 @@ def test_serve_deletes_the_late_runs_an_earlier_schedule_made(prefect_harness, t
         assert [r.id for r in waiting()] == [by_hand.id]
         lines.say_serving(tmp_path / "prefect.yaml")
     first = min(r.expected_start_time for r in late).astimezone().strftime(
-        "%Y-%m-%d %H:%M:%S %Z")
+        "%Y-%m-%d %H:%M:%S %z")
     assert said[1].endswith(f"; 3 late run(s) its schedule made before this serve (from "
                             f"{first} on, with the parameters of then) deleted"), said
 
@@ -735,3 +735,24 @@ def test_serve_stopped_mid_run_crashes_the_run_in_prefect_and_exits_non_zero(
             with contextlib.suppress(psutil.Error):
                 psutil.Process(pid).kill()
         proc.communicate()
+
+
+def test_serve_times_carry_their_offset_from_utc(monkeypatch):
+    """bfd serve's times say their offset from UTC: a zone's name may not (under the POSIX
+    TZ=UTC-14 it was "UTC" 14 h ahead, trial 31)."""
+    import time
+    from datetime import UTC, datetime
+
+    from bfd.flows.serve import _when
+
+    moment = datetime(2026, 12, 5, 1, 4, 7, tzinfo=UTC)
+    try:
+        for tz, said in (("UTC-14", "2026-12-05 15:04:07 +1400"),
+                         ("America/Adak", "2026-12-04 15:04:07 -1000"),
+                         ("UTC", "2026-12-05 01:04:07 +0000")):
+            monkeypatch.setenv("TZ", tz)
+            time.tzset()
+            assert _when(moment) == said
+    finally:
+        monkeypatch.undo()
+        time.tzset()

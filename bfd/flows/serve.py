@@ -225,9 +225,10 @@ def _scheduled_runs(client, dep_id: UUID, before: datetime | None = None, **read
 
 
 def _when(moment: datetime | None) -> str:
-    """A time of the API in the terminal's time zone, to the second."""
+    """A time of the API in the terminal's time zone, to the second, with its offset from
+    UTC (a zone's name may not say it: under TZ=UTC-14 it is "UTC" at +14 h, trial 31)."""
     moment = moment or datetime.now(UTC)
-    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
 
 
 def _duration(seconds: float) -> str:

@@ -928,7 +928,7 @@
     const L = LG.map((l) => l.layer);
     const line = (key, name, color, dash, extra) => Object.assign({ x: L, y: LG.map((l) => l[key]),
       name: pt(name), mode: "lines+markers", line: { color: color, dash: dash || "solid" },
-      hovertemplate: `layer %{x}<br>${key} %{y:.4g}<extra></extra>` }, extra || {});
+      hovertemplate: `layer %{x}<br>${key} %{y:.4~g}<extra></extra>` }, extra || {});
     draw(pres, [line("frac_pos_resid", "positional preservation: frac_pos at resid", "#D55E00"),
       line("pos_embed_cos_resid", "pos_embed cosine at resid", "#CC79A7", "dot"),
       line("frac_pos", "frac_pos at attn_in", "#E69F00", "dash"),
@@ -944,7 +944,7 @@
     const residTraces = logTraces(residKeys.filter((k, i) => i < 3 || abs(k).some((v) => v !== null))
       .map((k) => ({ x: L, y: abs(k), name: k, mode: "lines+markers",
         line: { color: PALETTE[residKeys.indexOf(k)] },
-        hovertemplate: `layer %{x}<br>|${k}| %{customdata:.3g}<extra></extra>` })));
+        hovertemplate: `layer %{x}<br>|${k}| %{customdata:.3~g}<extra></extra>` })));
     const shown = L.filter((v) => v !== null);
     if (checked && typeof limit === "number") residTraces.push({ x: [Math.min(...shown),
       Math.max(...shown)], y: [limit, limit], mode: "lines", name: `check limit ${limit}`,
@@ -977,9 +977,9 @@
       const energy = (m) => [m.e_pp, m.e_pc, m.e_cp, m.e_cc].reduce((s, v) => s + (v || 0), 0);
       const tr = blocks.map((b) => ({ type: "bar", x: sel.map((m) => m.mode), y: sel.map((m) => m["e" + b.slice(1)]),
         name: pt(BLOCK_LABEL[b]), marker: { color: BLOCK[b] }, yaxis: "y2",
-        hovertemplate: `mode %{x}<br>e${b.slice(1)} %{y:.4g}<extra></extra>` }));
+        hovertemplate: `mode %{x}<br>e${b.slice(1)} %{y:.4~g}<extra></extra>` }));
       tr.unshift({ x: sel.map((m) => m.mode), y: sel.map((m) => m.sigma), mode: "lines+markers", name: "sigma",
-        line: { color: "#000" }, hovertemplate: "mode %{x}<br>sigma %{y:.4g}<extra></extra>" });
+        line: { color: "#000" }, hovertemplate: "mode %{x}<br>sigma %{y:.4~g}<extra></extra>" });
       draw(spectrum, sel.length ? tr : [], { barmode: "stack", height: 420,
         legend: { orientation: "h", y: -0.22, x: 0, traceorder: "normal" },
         title: { text: `layer ${state.layer}, head ${state.head}` + (sel.length ? "" : ": no modes stored") },
@@ -1034,7 +1034,7 @@
         const ax = j ? String(j + 1) : "";
         const lim = Math.max(...z.flat().map(Math.abs)) || 1;
         traces.push({ type: "heatmap", z: z, zmin: -lim, zmax: lim, colorscale: "RdBu", showscale: false,
-          xaxis: "x" + ax, yaxis: "y" + ax, hovertemplate: `PC${j + 1}<br>row %{y} col %{x}<br>%{z:.4g}<extra></extra>` });
+          xaxis: "x" + ax, yaxis: "y" + ax, hovertemplate: `PC${j + 1}<br>row %{y} col %{x}<br>%{z:.4~g}<extra></extra>` });
         layout["xaxis" + ax] = { domain: [j / n + 0.02, (j + 1) / n - 0.02], anchor: "y" + ax, title: { text: "col" },
           constrain: "domain", dtick: 1 };
         layout["yaxis" + ax] = { autorange: "reversed", anchor: "x" + ax, scaleanchor: "x" + ax, constrain: "domain",
@@ -1338,7 +1338,7 @@
       draw(heat, ids.length ? [{ type: "heatmap", x: members.map((_, i) => i), y: ids, z: z, text: text,
         customdata: ids.map(() => steps), colorscale: delta ? "RdBu" : "Viridis", zmid: delta ? 0 : undefined,
         hoverongaps: true, colorbar: { title: { text: since ? "Δ " + k + " since first" : delta ? "Δ " + k : k }, thickness: 12 },
-        hovertemplate: `layer %{y}<br>step %{customdata}<br>${delta ? "Δ " : ""}${k} %{z:.4g}<br>%{text}<extra></extra>` }] : [],
+        hovertemplate: `layer %{y}<br>step %{customdata}<br>${delta ? "Δ " : ""}${k} %{z:.4~g}<br>%{text}<extra></extra>` }] : [],
       { xaxis: { title: { text: "audit (step)" }, tickvals: members.map((_, i) => i), ticktext: steps.map(pt),
         zeroline: false },
         yaxis: { title: { text: subset ? "layer (stored: " + stored.join(", ") + ")" : "layer" }, dtick: 1,
@@ -1551,7 +1551,7 @@
           marker: { symbol: rows.map((m) => (damaged(m) || notCompared(m) ? "circle-open" : "circle")),
             color: rows.map((m) => (damaged(m) ? "#b00020" : notCompared(m) ? "#777" : "#0072B2")),
             size: rows.map((m) => (damaged(m) || notCompared(m) ? 10 : 6)) },
-          line: { color: "#0072B2" }, hovertemplate: `%{text}<br>${k} %{y:.4g}<extra></extra>` },
+          line: { color: "#0072B2" }, hovertemplate: `%{text}<br>${k} %{y:.4~g}<extra></extra>` },
         { x: hit.map(xOf), y: hit.map((m) => m[k]), mode: "markers", name: "drift flagged",
           marker: { symbol: "x", size: 12, color: "#D55E00" }, customdata: hit.map(compareOf),
           text: hit.map((m) => markText(markOf(m), m) + pt(comparedText(members, members.indexOf(m)))),
