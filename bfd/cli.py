@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from bfd.text import shown
+from bfd.text import names_read_as_utf8, shown
 
 # The commands of one run's pipeline (torch, Prefect): Ctrl-C keeps their shards.
 _PIPELINE_COMMANDS = ("extract", "decompose", "audit", "audit-checkpoints")
@@ -701,8 +701,7 @@ def _utf8_mode() -> None:
     trial 31. The command starts again in UTF-8 mode (and so do the processes it starts:
     ``PYTHONUTF8``), printing text in the locale's encoding as before. A file name that is no
     UTF-8 is refused, as in a UTF-8 locale."""
-    encoding = sys.getfilesystemencoding().lower().replace("-", "").replace("_", "")
-    if sys.flags.utf8_mode or encoding == "utf8" or os.environ.get("PYTHONUTF8") == "0":
+    if names_read_as_utf8() or os.environ.get("PYTHONUTF8") == "0":
         return
     import locale
 

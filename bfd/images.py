@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import sys
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +33,7 @@ from PIL import Image, ImageOps
 
 from bfd.files import local_cores, sha256_file
 from bfd.image_folders import list_folder
-from bfd.text import shown
+from bfd.text import names_read_as_utf8, shown
 
 if TYPE_CHECKING:  # listing images needs no torch (a request is keyed without it)
     import torch
@@ -354,6 +355,12 @@ def _source_entries(source: str, n_images: int | None) -> list[tuple[str, str]] 
         except UnicodeEncodeError:
             raise ValueError(f"image {entry!r} of {source!r} has a name that is not UTF-8 "
                              "text; rename it (or list the images in a manifest)") from None
+        if not entry.isascii() and not names_read_as_utf8():
+            raise ValueError(
+                f"image {entry!r} of {source!r} has a name this process reads in "
+                f"{sys.getfilesystemencoding()}, not UTF-8, so its id (and the run's) would "
+                "differ from a UTF-8 locale's: start Python with PYTHONUTF8=1 (or -X utf8; "
+                "the bfd command does it itself)")
     return entries
 
 

@@ -489,6 +489,15 @@ def test_a_locale_of_another_encoding_reads_names_as_utf8(tmp_path):
         (planned[name],) = [line.split(b":")[0] for line in proc.stdout.splitlines()
                             if line.startswith(b"run ")]
     assert planned["utf8"] == planned["latin5"], planned
+    # a notebook or a Prefect worker under that locale: refused, with the remedy, not another id
+    code = f"from bfd.images import list_images; list_images({str(images)!r})"
+    proc = subprocess.run([sys.executable, "-c", code], env=latin5, capture_output=True,
+                          timeout=120)
+    assert b"not UTF-8, so its id (and the run's) would differ" in proc.stderr, proc.stderr
+    assert b"PYTHONUTF8=1" in proc.stderr
+    proc = subprocess.run([sys.executable, "-X", "utf8", "-c", code], env=latin5,
+                          capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
     root = _table_store(tmp_path / "störe é")
     proc = subprocess.run([sys.executable, "-m", "bfd", "runs", "--store", str(root)], cwd=REPO,
                           env=latin5, capture_output=True, timeout=120)
