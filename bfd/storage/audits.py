@@ -196,18 +196,40 @@ def _read(store: Store, table: str, series: str | None) -> pa.Table:
     files = _event_files(store, table, series)
     if not files:
         return EVENT_TABLES[table].empty_table()
-    parts = []
-    for p in files:
-        try:
-            part = pq.read_table(p, schema=EVENT_TABLES[table], partitioning=None)
-        except (pa.ArrowException, OSError) as err:
-            raise DamagedStoreError(damaged_event_message(table, p, err)) from err
-        if part.column("series").null_count:  # an old drift file: its series is its folder's
-            value = unescape_partition_value(p.parent.name.removeprefix("series="))
-            part = part.set_column(part.schema.get_field_index("series"), "series",
-                                   pa.array([value] * part.num_rows, pa.string()))
-        parts.append(part)
-    return pa.concat_tables(parts)
+    return pa.concat_tables([_read_event(table, p) for p in files])
+
+
+# The event files this process has read, by path, with the identity and stamps they had then:
+# a file is written once and never rewritten, so a series' next read (an audit reads its
+# series three times) reads only its new files (trial 32: at 360 audits, 3.1 of a reused
+# audit's 6.8 s went to reading the same files again).
+_EVENTS_READ: dict[Path, tuple[tuple[str, int, int, int], pa.Table]] = {}
+
+
+def _read_event(table: str, path: Path) -> pa.Table:
+    """One event file of ``table`` with the table's columns (NULL where an earlier bfd wrote
+    none; an old drift file's series from its folder's name)."""
+    schema = EVENT_TABLES[table]
+    try:
+        st = path.stat()
+        key = (table, st.st_ino, st.st_size, st.st_mtime_ns)
+        kept = _EVENTS_READ.get(path)
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        with pq.ParquetFile(path) as f:  # 4x faster than pq.read_table's dataset for one file
+            part = f.read()
+        part = pa.table([part.column(field.name).cast(field.type)
+                         if field.name in part.column_names
+                         else pa.nulls(part.num_rows, field.type) for field in schema],
+                        schema=schema)
+    except (pa.ArrowException, OSError) as err:
+        raise DamagedStoreError(damaged_event_message(table, path, err)) from err
+    if part.column("series").null_count:  # an old drift file: its series is its folder's
+        value = unescape_partition_value(path.parent.name.removeprefix("series="))
+        part = part.set_column(part.schema.get_field_index("series"), "series",
+                               pa.array([value] * part.num_rows, pa.string()))
+    _EVENTS_READ[path] = (key, part)
+    return part
 
 
 def damaged_event_message(table: str, path: Path, err: BaseException) -> str:
