@@ -218,10 +218,11 @@ def _read_event(table: str, path: Path) -> pa.Table:
             return kept[1]
         with pq.ParquetFile(path) as f:  # 4x faster than pq.read_table's dataset for one file
             part = f.read()
-        part = pa.table([part.column(field.name).cast(field.type)
-                         if field.name in part.column_names
-                         else pa.nulls(part.num_rows, field.type) for field in schema],
-                        schema=schema)
+        if not part.schema.equals(schema):  # an earlier bfd's: its columns conformed
+            part = pa.table([part.column(field.name).cast(field.type)
+                             if field.name in part.column_names
+                             else pa.nulls(part.num_rows, field.type) for field in schema],
+                            schema=schema)
     except (pa.ArrowException, OSError) as err:
         raise DamagedStoreError(damaged_event_message(table, path, err)) from err
     if part.column("series").null_count:  # an old drift file: its series is its folder's
