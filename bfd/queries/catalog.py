@@ -400,6 +400,11 @@ def current_catalog(store_root: str | os.PathLike[str]) -> Path:
     if path is None:
         old = (f" ({current} is left from its last write: it may lack newer runs)"
                if current.is_file() else "")
+        if "\\" in str(root.absolute()):  # trial 31: said as a store that cannot be written
+            raise PermissionError(
+                f"store {str(root)!r} has a backslash in its path, which DuckDB reads as '/', "
+                f"so its stable catalog file cannot be made there{old}; query it with bfd sql "
+                "(a private catalog each time, slower), or move the store to a path without one")
         raise PermissionError(f"store {str(root)!r} cannot be written, so its stable catalog "
                               f"file cannot be brought up to date{old}; query it with bfd sql")
     if not current.is_file() or not filecmp.cmp(current, path, shallow=False):
