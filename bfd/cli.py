@@ -251,6 +251,9 @@ def _extract_config(args: argparse.Namespace) -> dict:
     if not args.model:
         demo = " (or use --demo)" if hasattr(args, "demo") else ""
         raise ValueError(f"--model is required{demo}; e.g. --model vit_small_patch16_224")
+    if shown(args.model) != args.model:  # before the series named after it (trial 31)
+        raise ValueError(f"--model must not hold control characters (a newline, a tab, a "
+                         f"terminal's escape); got '{shown(args.model)}'")
     cfg = {
         "model": args.model, "weights": args.weights, "images": args.images,
         "n_images": args.n_images, "layers": args.layers,

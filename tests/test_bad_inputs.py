@@ -154,6 +154,8 @@ REQUEST = {
     "model-resnet": Probe(["extract", "--model", "resnet18", "--weights", "random", *S],
                           ("not supported",)),
     "model-missing": Probe(["extract", "--weights", "random", *S], ("--model is required",)),
+    "model-escape": Probe(["audit", "--model", "vit\x1b[2Jtiny", "--weights", "random", *S],
+                          ("--model must not hold control characters", "'vit\\x1b[2Jtiny'")),
     "weights-missing": Probe([*EXTRACT, "--weights", "{tmp}/none.pth", *S], ("does not exist",)),
     "weights-not-a-checkpoint": Probe([*EXTRACT, "--weights", "{tmp}/weights.txt", *S],
                                       ("weights.txt",)),
