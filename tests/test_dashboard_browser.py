@@ -466,9 +466,12 @@ def test_series_page_marks_drift_of_audits(tmp_path, browser, monkeypatch):
     # a long audit id is shown short, whole on hover
     assert (row["metric"], row["audit"], row["previous audit"], row["run"]) == (
         "f_pp", "20250203T…b2c3d", "audit-1", "s-2")
-    # audit-1's flags mark no plot: a line under the plots says so (the third audit's are
-    # marked on f_pp and f_pc)
+    # audit-1's flags mark no plot: a line under the plots says so; so does the third
+    # audit's frac_img flag, beside its f_pp and f_pc marks (trial 32: a mark on one plot
+    # stood for every flag of its audit)
     assert browser.find_element("id", "unmarked-drift").text == (
+        f"audit {LONG_AUDIT_ID} at step 300: 1 flagged value on metrics not plotted here "
+        "(frac_img): see the flagged drift table.\n"
         "audit audit-1 at step 200: 3 flagged values on metrics not plotted here (frac_img, "
         "frac_int_resid): see the flagged drift table.")
     assert browser.execute_script(
@@ -819,6 +822,40 @@ def test_series_plots_fit_their_grid_cells(reused_site, browser, width):
             assert len({round(c[2]) for c in cells}) == 1 and cells[0][2] < width / 1.5
     finally:
         browser.set_window_size(1400, 1000)
+
+
+@pytest.mark.parametrize("page", ["index.html", "series.html", "compare.html"])
+def test_pages_reflow_at_a_phone_s_width(reused_site, browser, page):
+    """At 360 CSS px nothing makes the page scroll sideways (trial 32: Compare's run selects
+    made it 508 px wide, the Series heatmap's 385 px: a select's max-width of 40em)."""
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": 360, "height": 800, "deviceScaleFactor": 1, "mobile": True})
+    try:
+        open_page(browser, (reused_site / page).as_uri())
+        wide = browser.execute_script(
+            "return [document.documentElement.scrollWidth, document.documentElement.clientWidth,"
+            " Array.from(document.querySelectorAll('select'), s => s.getBoundingClientRect().right)"
+            ".filter(r => r > document.documentElement.clientWidth).length]")
+        assert wide[0] <= wide[1] and wide[2] == 0, wide
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_the_series_page_leads_a_keyboard_to_its_drift_flags(reused_site, browser):
+    """The stop after the Series page's selects leads past the plots' mode bars to the
+    drift flags (trial 32: about 165 Tabs to the first flag)."""
+    from selenium.webdriver.common.keys import Keys
+
+    open_page(browser, (reused_site / "series.html").as_uri())
+    link = browser.find_element("id", "to-drift-flags")
+    order = browser.execute_script(
+        "return Array.from(document.querySelectorAll('a[href], select, button, input'))"
+        ".filter(e => e.offsetParent !== null).slice(0, 8).map(e => e.id || e.className)")
+    assert order.index("to-drift-flags") == order.index("x-select") + 1, order
+    link.send_keys(Keys.ENTER)
+    reached = wait_for(browser, "const a = document.activeElement; return a"
+                                " && a.id === 'drift-flags' && a.querySelector('h2').textContent")
+    assert reached == "Drift flags"
 
 
 def test_overview_lists_every_series_of_a_reused_run(reused_site, browser):

@@ -276,6 +276,19 @@
   // round values (0.005, 0.01, 0.015) if they give more. Labels as plain decimals, or 1e-8
   // beyond 1e-4 .. 1e5; the range is set to the values', padded for the markers.
   const MIN_TICK_GAP = 20;
+  // The indices of n columns to label, at most about most of them: every k-th from the first
+  // (k the smallest stride that fits), and the last.
+  const HEAT_TICKS = 24;
+  function tickEvery(n, most) {
+    const k = Math.max(1, Math.ceil(n / most));
+    const out = [];
+    for (let i = 0; i < n; i += k) out.push(i);
+    if (n && out[out.length - 1] !== n - 1) {
+      if (n - 1 - out[out.length - 1] < k / 2) out.pop();  // no two labels side by side
+      out.push(n - 1);
+    }
+    return out;
+  }
   function logAxis(values, px) {
     const vs = values.filter((v) => typeof v === "number" && v > 0 && Number.isFinite(v));
     if (!vs.length) return { type: "log" };
@@ -1109,7 +1122,9 @@
       select("series-select", "series", names.map((s) => [s, s]), state.series,
         (v) => { state.series = v; remember(v); redraw(); }),
       select("x-select", "against", (hasStep ? [["step", "audit step"]] : []).concat([["time", "audit time"]]),
-        state.x, (v) => { state.x = v; redraw(); }));
+        state.x, (v) => { state.x = v; redraw(); }),
+      // past the plots' mode bars to the flags, for a keyboard (trial 32: about 165 Tabs)
+      h("a", { href: "#drift-flags", id: "to-drift-flags" }, "Go to the drift flags"));
     const grid = h("div", { class: "grid", id: "metric-grid" });
     // the checkpoint files of the series that audit-checkpoints left out (no run, no audit,
     // no point: bfd/report/data.py left_out_rows): a line naming each, and a dotted line at
@@ -1339,8 +1354,10 @@
         customdata: ids.map(() => steps), colorscale: delta ? "RdBu" : "Viridis", zmid: delta ? 0 : undefined,
         hoverongaps: true, colorbar: { title: { text: since ? "Δ " + k + " since first" : delta ? "Δ " + k : k }, thickness: 12 },
         hovertemplate: `layer %{y}<br>step %{customdata}<br>${delta ? "Δ " : ""}${k} %{z:.4~g}<br>%{text}<extra></extra>` }] : [],
-      { xaxis: { title: { text: "audit (step)" }, tickvals: members.map((_, i) => i), ticktext: steps.map(pt),
-        zeroline: false },
+      // at most about HEAT_TICKS step labels: one per column printed 374 labels over each
+      // other (trial 32); the hover names each column's step
+      { xaxis: { title: { text: "audit (step)" }, tickvals: tickEvery(members.length, HEAT_TICKS),
+        ticktext: tickEvery(members.length, HEAT_TICKS).map((i) => pt(steps[i])), zeroline: false },
         yaxis: { title: { text: subset ? "layer (stored: " + stored.join(", ") + ")" : "layer" }, dtick: 1,
           autorange: "reversed", zeroline: false },
         height: Math.min(700, 180 + 22 * Math.max(ids.length, 1)),
@@ -1426,7 +1443,9 @@
       };
       // x tick labels 10 px lower than plotly puts them: the first one, centred on a tick at
       // the plot's left edge (a date reaches 30 px left of it), ran into the lowest y label
-      const xaxis = Object.assign({ ticklabelstandoff: 10 },
+      // titled as the "against" select says (trial 32: the plots' axes had no title)
+      const xaxis = Object.assign({ ticklabelstandoff: 10, title: { text: state.x === "step"
+        ? (unixSteps ? "audit step (its time)" : "audit step") : "audit time", font: { size: 11 } } },
         state.x !== "step" ? {} : unixSteps ? { type: "date" } : { tickformat: "d" });
       // one x value (a single audit): a day either side of a date, a step either side of a
       // step (plotly would span a millisecond, ticks like 07:16:28.999)
@@ -1496,8 +1515,15 @@
         [unkept.length ? "not kept by the audits (see each run's page): " + unkept.join(", ") : null,
           novalue.length ? "no value: " + novalue.join(", ") : null].filter(Boolean).join("; ") + "."] : []));
       const drawn = keys.filter((k) => !blank.includes(k));
-      const markedAudits = new Set(marks.filter((d) => drawn.includes(d.plot)).map((d) => d.audit_id));
-      const unmarked = [...groupBy(flagged.filter((d) => !markedAudits.has(d.audit_id)), (d) => d.audit_id)];
+      // the flagged rows no drawn plot marks, per audit: of an audit with a mark, too (trial
+      // 32: one f_cc cross stood for 32 flags, the 31 of per-layer metrics said nowhere)
+      const covered = new Map();
+      for (const d of marks.filter((d) => drawn.includes(d.plot))) {
+        if (!covered.has(d.audit_id)) covered.set(d.audit_id, new Set());
+        for (const metric of d.metrics) covered.get(d.audit_id).add(metric);
+      }
+      const unmarked = [...groupBy(flagged.filter((d) => !(covered.get(d.audit_id) || new Set()).has(d.metric)),
+        (d) => d.audit_id)];
       const UNMARKED_SHOWN = 10;
       unmarkedLine.replaceChildren(...unmarked.slice(0, UNMARKED_SHOWN).map(([id, rows]) => {
         const m = pointOf(id), step = m ? stepText(m) : rows[0].step;
@@ -1506,7 +1532,7 @@
           : ` at step ${step}`) + `: ${rows.length} flagged ${rows.length === 1 ? "value" : "values"} on ` +
           `metrics not plotted here (${metricNames.join(", ")}): see the flagged drift table.`);
       }).concat(unmarked.length > UNMARKED_SHOWN ? [h("p", { class: "note warn" },
-        `and ${unmarked.length - UNMARKED_SHOWN} more audits whose flags no plot marks: see the flagged drift table.`)] : []));
+        `and ${unmarked.length - UNMARKED_SHOWN} more audits with flags no plot marks: see the flagged drift table.`)] : []));
       // every cell first, at its height, then the plots: each is drawn at its cell's width
       const divs = drawn.map((k) => {
         const div = plotDiv("metric-" + k, `${k} against audit ${state.x} for the chosen series`, "small");
@@ -1572,12 +1598,12 @@
         sized.observe(div);
       });
       tables.replaceChildren(
-        section("Drift flags", h("p", { class: "note" },
+        Object.assign(section("Drift flags", h("p", { class: "note" },
           "Newest audit first; within an audit, the largest |delta| first (as bfd query drift)."),
           D.has_audits ? dataTable("drift-table", "flagged drift", flagged,
             driftColumns(flagged, pointOf, compareOf), { csvKeys: Object.keys(D.drift || {}),
               filename: fileStem(state.series) + "-drift" })
-            : empty("No audits recorded yet.")),
+            : empty("No audits recorded yet.")), { id: "drift-flags", tabIndex: -1 }),
         section("Head-type changes against the audit compared with", h("p", { class: "note", id: "changes-note" },
           "Newest audit first." + redoneNote(members)),
           dataTable("changes-table", "head-type changes", seriesChanges,
