@@ -238,7 +238,51 @@ def print_audit(out: dict, store: str) -> int:
             "Audit events, says how to remove an audit)")
     if flagged_count(out):
         print_flagged(_flagged_table(out, store), store)
+    note = energy_note(out, store)
+    if note:
+        say(f"note: {note}")
     return flagged_count(out)
+
+
+# a head whose logit energy per image changed by more than this factor (either way) against
+# the audit compared with is said after the drift (bfd.cli_audits.energy_note)
+ENERGY_FACTOR = 10.0
+
+
+def energy_note(out: dict, store: str) -> str | None:
+    """The heads whose logit energy changed more than ``ENERGY_FACTOR``-fold against the audit
+    compared with (``head_energy_changes`` of the two runs), which neither the shares nor
+    drift see (trial 32: layer 3's qkv replaced, its heads' energy 5e5-fold, flagged 32 values
+    in layers 4-11 and none in layer 3); None when it compared nothing, its run is the one
+    compared with, or no head changed so."""
+    import math
+
+    from bfd.queries import run_query
+    from bfd.storage import Store, read_audits
+
+    if out["prev_audit_id"] is None or out.get("drift_note"):
+        return None
+    before = next((r["run_id"] for r in read_audits(Store(store), out["series"])
+                   if r["audit_id"] == out["prev_audit_id"]), None)
+    if before is None or before == out["run_id"]:
+        return None
+    params = {"run_a": before, "run_b": out["run_id"]}
+    rows = [r for r in run_query(store, "head_energy_changes", params, check=False).to_pylist()
+            if r["log_ratio"] is not None and abs(r["log_ratio"]) > math.log(ENERGY_FACTOR)]
+    if not rows:
+        return None
+    by_layer: dict[int, list[int]] = {}
+    for r in rows:
+        by_layer.setdefault(r["layer"], []).append(r["head"])
+    where = "; ".join(f"layer {layer}: heads {layer_ranges(heads)}"
+                      for layer, heads in sorted(by_layer.items()))
+    largest = max(rows, key=lambda r: abs(r["log_ratio"]))
+    return (f"the logit energy of {len(rows)} head(s) changed more than "
+            f"{ENERGY_FACTOR:g}-fold against the audit compared with ({where}; largest "
+            f"x{largest['ratio']:.3g} at layer {largest['layer']} head {largest['head']}), which "
+            "no share and so no drift metric sees (a head's scale): bfd query "
+            f"head_energy_changes --param run_a={before} --param run_b={out['run_id']} "
+            f"--store {shlex.quote(store)}")
 
 
 def close_series(out: dict, store: str) -> list[str]:

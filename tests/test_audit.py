@@ -1469,3 +1469,58 @@ def test_a_dashboard_not_rebuilt_by_the_flow_is_said_on_stderr(tmp_path, capsys,
     (line,) = [x for x in err.splitlines() if "not refreshed" in x]
     assert line.startswith("bfd: warning: catalog or dashboard not refreshed ("), err
     assert (store / "dashboard").read_text() == "not a folder"
+
+
+def test_a_head_scaled_past_what_shares_see_is_said_after_the_drift(tmp_path, capsys,
+                                                                     prefect_harness):
+    """Layer 0's query and key weights scaled 4-fold: every head's map M_h 16-fold, its logit
+    energy 256-fold, its shares and so drift unchanged (trial 32: a qkv replaced flagged the
+    layers after it, none in its own). The audit says which heads' energy changed past 10-fold
+    and the query that lists them, from the query's own figures."""
+    import math
+
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from bfd.cli_audits import ENERGY_FACTOR
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_vit", pretrained=False, img_size=32)
+    heads = model.blocks[0].attn.num_heads
+    state = model.state_dict()
+    base = {k: v.contiguous() for k, v in state.items()}
+    qkv = base["blocks.0.attn.qkv.weight"].clone()
+    width = qkv.shape[0] // 3
+    qkv[: 2 * width] *= 4.0  # the query and key rows
+    scaled = {**base, "blocks.0.attn.qkv.weight": qkv,
+              "blocks.0.attn.qkv.bias": base["blocks.0.attn.qkv.bias"] * torch.tensor(
+                  [4.0] * (2 * width) + [1.0] * width)}
+    paths = [tmp_path / "a.safetensors", tmp_path / "b.safetensors"]
+    save_file(base, str(paths[0]))
+    save_file(scaled, str(paths[1]))
+    store = str(tmp_path / "store")
+    outs = []
+    for step, path in enumerate(paths, start=1):
+        capsys.readouterr()
+        with env_kept():
+            assert main(["audit", "--model", "test_vit", "--weights", str(path), "--images",
+                         "samples", "--n-images", "8", "--img-size", "32", "--layers", "0,1",
+                         "--dtype", "float32", "--series", "s", "--step", str(step),
+                         "--no-dashboard", "--store", store]) in (0, 3)
+        outs.append(capsys.readouterr().out)
+    assert "note: the logit energy" not in outs[0]
+    runs = run_sql(store, "SELECT run_id FROM runs ORDER BY created_at").column(0).to_pylist()
+    rows = run_query(store, "head_energy_changes", {"run_a": runs[0], "run_b": runs[1]},
+                     check=False).to_pylist()
+    past = [r for r in rows if abs(r["log_ratio"]) > math.log(ENERGY_FACTOR)]
+    assert {r["layer"] for r in past} == {0} and len(past) == heads
+    (line,) = [x for x in outs[1].splitlines() if x.startswith("note: the logit energy")]
+    largest = max(past, key=lambda r: abs(r["log_ratio"]))
+    assert line.startswith(
+        f"note: the logit energy of {heads} head(s) changed more than 10-fold against the "
+        f"audit compared with (layer 0: heads 0-{heads - 1}; largest x{largest['ratio']:.3g} "
+        f"at layer 0 head {largest['head']}), which no share and so no drift metric sees"), line
+    assert line.endswith(f"bfd query head_energy_changes --param run_a={runs[0]} --param "
+                         f"run_b={runs[1]} --store {store}")
+    assert 100 < largest["ratio"] < 1000  # 256 on these images, within the bias's say
