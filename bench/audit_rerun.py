@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the bfd command runs (bfd/cli.py)
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # as the bfd command runs (bfd/cli.py)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if "PREFECT_HOME" not in os.environ:
     # a private Prefect home, removed at exit: registered before Prefect is imported, so that

@@ -49,7 +49,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the bfd command runs (bfd/cli.py)
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # as the bfd command runs (bfd/cli.py)
 from bfd.cli import limit_malloc_arenas  # noqa: E402
 
 limit_malloc_arenas()  # as the bfd command runs, before any thread
