@@ -373,17 +373,27 @@ def _in_blocks(nbytes: int) -> int:
     return -(-nbytes // DISK_BLOCK) * DISK_BLOCK
 
 
+# What a run's groups besides its activations take on the disk whatever their data: the
+# metadata (zarr.json) and small chunk files of its results' ~180 arrays and of its model,
+# logit-check and coordinate arrays, each in whole blocks with their folders: at most this
+# per run and RUN_FILES_PER_LAYER per layer (2.4 MB measured for a test_vit run of one
+# layer, 2.6 MB of two; trial 33: a small run took 2.6 times the "at most" said before)
+RUN_FILES_OVERHEAD = 2 * 2**20
+RUN_FILES_PER_LAYER = 2**19
+
+
 def run_overhead(cfg: ExtractConfig, info: models.ModelInfo, n_layers: int) -> int:
-    """What a stored run writes besides its activations, in data bytes: the model tensors
+    """What a stored run writes besides its activations: in data bytes, the model tensors
     (float32 qkv weights and biases of its layers, the pos_embed patch rows), the logit
     check's x, q and k of ``CHECK_IMAGES`` images per layer (float32) and its results' pos and
-    mu per (site, layer) (float64), the bulk of them; the tables and the rest of the results
-    (per head and mode) are small beside them."""
+    mu per (site, layer) (float64), the bulk of them (the tables and the rest of the results,
+    per head and mode, are small beside them); and the files' overhead
+    (``RUN_FILES_OVERHEAD``, ``RUN_FILES_PER_LAYER``)."""
     t, d, d_attn = info.num_tokens, info.width, info.d_attn
     model = 4 * (n_layers * (3 * d_attn * d + 3 * d_attn) + info.grid[0] * info.grid[1] * d)
     check = 4 * n_layers * CHECK_IMAGES * t * (d + 2 * d_attn)
     results = 8 * n_layers * len(cfg.sites) * 2 * t * d
-    return model + check + results
+    return model + check + results + RUN_FILES_OVERHEAD + n_layers * RUN_FILES_PER_LAYER
 
 
 class NotEnoughSpaceError(OSError):
