@@ -651,6 +651,13 @@ def _plan_to_compute(args: argparse.Namespace, config, store: str, series: str,
             s.index for s in planned.shards if s.index not in planned.done]
         notes.append(other_method_said(rid, method, todo, stats_only=not args.store_activations,
                                        planned=True))
+    from bfd.flows.runners import capped_workers
+    from bfd.models import resolve_device
+
+    # as the audit would warn (trial 33: the dry run said nothing of it)
+    _, capped = capped_workers(args.workers, resolve_device(extract.get("device", "auto")))
+    if capped:
+        notes.append(capped)
     return run, drift, notes
 
 

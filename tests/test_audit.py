@@ -114,6 +114,12 @@ def test_a_dry_run_says_what_an_audit_would_do_and_does_nothing(audited, tmp_pat
         "images) to extract, at most " in out and \
         "audit: series test_vit@random-seed-0, step its start time (" in out, out
     assert not new.exists()
+    # more workers than cores: said as the audit says it (trial 33: the dry run did not)
+    cores = os.cpu_count() or 1
+    assert main([*argv[:-2], "--n-images", "8", "--workers", str(cores + 1), "--store",
+                 str(new)]) == 0
+    assert (f"note: --workers {cores + 1} is more than the {cores} cores here; using "
+            f"{cores}") in capsys.readouterr().out
     # said once: a mistyped --store of a scheduled job started a new history unseen
     assert err.splitlines()[-1] == (f"bfd: no store was at {str(new)!r}: a new one would be "
                                     "made there")
