@@ -671,17 +671,25 @@ def _drift_line(before: dict | None, note: str | None, caveat: str = "") -> str:
 
 
 def copies_said(out: dict) -> str:
-    """Of the files counted as audited already, those that hold another file's weights (a
-    byte copy of a checkpoint: one request, so one audit, at the other file's step, and no
-    point at their own): ``; 1 of them holds another file's weights, audited at that file's
-    step, none at its own: step_4000.pth (the weights of step_3000.pth)``, or ""
-    (``bfd.tasks.audits.pending_checkpoints``' ``copies``)."""
+    """The files that hold another file's weights (a byte copy of a checkpoint: one request,
+    so one audit, at the other file's step, and no point at their own), counted apart from
+    those audited before (trial 33: in a new series a copy was "already audited"): ``, 1
+    holds another file's weights, audited at that file's step, none at its own:
+    step_4000.pth (the weights of step_3000.pth)``, or "" (``bfd.tasks.audits.
+    pending_checkpoints``' ``copies``)."""
     copies = out.get("copies") or []
     if not copies:
         return ""
     listed = "; ".join(copies[:5]) + (f"; ... ({len(copies)} in all)" if len(copies) > 5 else "")
-    return (f"; {len(copies)} of them {'holds' if len(copies) == 1 else 'hold'} another "
-            f"file's weights, audited at that file's step, none at its own: {listed}")
+    return (f", {len(copies)} {'holds' if len(copies) == 1 else 'hold'} another file's "
+            f"weights, audited at that file's step, none at its own: {listed}")
+
+
+def audited_before(out: dict, n_new: int) -> int:
+    """The checkpoint files of ``out`` (a plan, or audit-checkpoints' record) audited before
+    with the same request: neither new (``n_new``), left out nor a copy of another's
+    weights (``copies_said``)."""
+    return out["n_files"] - n_new - len(out["bad"]) - len(out.get("copies") or [])
 
 
 def print_checkpoints_plan(args: argparse.Namespace, config, store: str, series: str) -> int:
@@ -707,7 +715,7 @@ def print_checkpoints_plan(args: argparse.Namespace, config, store: str, series:
         # each loaded as the audit loads it: one that does not load or fit is left out (the
         # flow's own count to audit, the same)
         todo = fitting_checkpoints(plan["request"], todo, bad)
-    n_seen = plan["n_files"] - len(todo) - len(bad)
+    n_seen = audited_before(plan, len(todo))
     say("dry run: nothing is computed or recorded")
     say(f"series {series}; store {store}; {plan['n_files']} checkpoint file(s): "
         f"{len(todo)} to audit, {n_seen} already audited with the same request "
@@ -995,7 +1003,7 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
     for one in out["audits"]:  # any not printed yet (none: each was, once audited)
         lines.print(one)
     n_flagged = lines.n_flagged
-    n_seen = out["n_files"] - len(out["audits"]) - len(out["bad"])
+    n_seen = audited_before(out, len(out["audits"]))
     print(f"\n{len(out['audits'])} checkpoint(s) audited in series {out['series']}; "
           f"{n_seen} already audited with the same request{copies_said(out)}; store {store}")
     print_dashboard(out.get("dashboard"), store)
