@@ -167,7 +167,8 @@ def test_bytes_to_write_are_the_stored_activations_and_none_without_them(tmp_pat
     acts = open_activations(Store(stored_root), plan.run_id)
     arrays = sum(acts[site].size * acts[site].dtype.itemsize for site in acts.data_vars)
     model_info = models.describe("test_vit", 32)
-    assert bytes_to_write(cfg, model_info, 2, 12) == arrays > 0
+    # the arrays' bytes, in whole blocks with their chunks' folders (bfd.tasks.extract)
+    assert bytes_to_write(cfg, model_info, 2, 12) >= arrays > 0
     # a new run's figure: its activations and what it writes once besides
     assert plan.bytes_to_write == bytes_to_write(cfg, model_info, 2, 12, whole_run=True) > arrays
     _, stats = _planned(str(tmp_path / "stats"))
