@@ -220,6 +220,11 @@
       // the drawing's tick numbers and shapes are no text to read out: the container is an
       // image with a label (plotDiv); its mode bar stays reachable
       for (const svg of div.querySelectorAll(".main-svg")) svg.setAttribute("aria-hidden", "true");
+      // a mode bar button's icon is no image of its own: the button says what it does (trial
+      // 32: 54 unnamed images on the Series page); plotly's text-measuring svg neither
+      for (const svg of div.querySelectorAll(".modebar-btn svg")) svg.setAttribute("aria-hidden", "true");
+      const tester = document.getElementById("js-plotly-tester");
+      if (tester) tester.setAttribute("aria-hidden", "true");
       return gd;
     });
   }
