@@ -11,8 +11,9 @@
 -- Per bin and model: n_layers, frac_pos (plain mean over the bin's layers, attn_in) and
 -- f_* (energies summed over the bin's heads, then divided). delta_* = b - a.
 -- Bins where neither model has a layer are left out. The *_adj columns (each model's,
--- *_adj_a/_b, and delta_*_adj) are the same figures from the chance-corrected shares (docs/method.md): compare those when n_images_a and
--- n_images_b differ, since the raw shares move with the number of images. n_images_a/_b:
+-- *_adj_a/_b, and delta_*_adj) are the same figures from the chance-corrected shares
+-- (docs/method.md): compare those when n_images_a and n_images_b differ, since the raw
+-- shares move with the number of images. n_images_a/_b:
 -- the images each run decomposed (decoded ones: requested less skipped).
 -- params: model_a (required), model_b (required), bins (default 10)
 WITH settings AS (

@@ -281,8 +281,8 @@
   // round values (0.005, 0.01, 0.015) if they give more. Labels as plain decimals, or 1e-8
   // beyond 1e-4 .. 1e5; the range is set to the values', padded for the markers.
   const MIN_TICK_GAP = 20;
-  // The indices of n columns to label, at most about most of them: every k-th from the first
-  // (k the smallest stride that fits), and the last.
+  // The indices of n columns to label, about `most` of them at most: every k-th from the
+  // first (k the smallest stride that fits), and the last.
   const HEAT_TICKS = 24;
   function tickEvery(n, most) {
     const k = Math.max(1, Math.ceil(n / most));
