@@ -35,9 +35,19 @@ from typing import Final
 
 import duckdb
 
-from bfd.storage.paths import keep_mode
+from bfd.storage.audits import EVENT_TABLES as EVENT_SCHEMAS
+from bfd.storage.audits import rows_of_files
+from bfd.storage.paths import DamagedStoreError, keep_mode
 
-from .listing import Listing, ListingChanged, Note, changed_files, leave_out, list_files
+from .listing import (
+    Listing,
+    ListingChanged,
+    Note,
+    TableFile,
+    changed_files,
+    leave_out,
+    list_files,
+)
 
 CATALOG_DIR: Final[str] = "catalog"
 CURRENT_NAME: Final[str] = "current.duckdb"
@@ -80,29 +90,49 @@ def _fingerprint(schema: Schema, listing: Listing) -> str:
 
 
 def _load_table(build: duckdb.DuckDBPyConnection, table: str, columns: str,
-                files: list[str]) -> None:
+                files: list[TableFile]) -> None:
     """Creates ``table`` from ``files``, the contract columns that no file holds as NULLs.
 
     Its columns come in one order whatever the files' order and schemas: the contract's, then
     any other column by name. ``union_by_name`` orders them by the files it meets first (their
     names are random), so ``SELECT *`` and a row's hash (the dashboard's page keys,
     ``bfd.report.data.run_keys``) changed with the files listed.
+
+    The audit events (``audits``, ``drift``) are read by ``bfd.storage.audits``' reader, which
+    takes a series' files from its events' cache while they are as the cache holds them (a
+    file an audit: hundreds in a year's series), in the table's columns.
+
+    Raises:
+        duckdb.Error, DamagedStoreError: A file cannot be read.
     """
     if not files:
         build.execute(f"CREATE TABLE {table} ({columns})")
         return
+    params: dict = {"files": [f.path for f in files]}
     # Files hold their own columns (hive partitioning off, so the path cannot shadow them);
     # union_by_name lets files written before a column was added sit beside newer ones.
     source = "read_parquet($files, union_by_name = true, hive_partitioning = false)"
+    if table in EVENT_SCHEMAS:
+        params, source = {}, "events"
+        build.register(source, rows_of_files(
+            table, [(Path(f.path), f.stat.st_size, f.stat.st_mtime_ns) for f in files]))
+    try:
+        _create(build, table, columns, source, params)
+    finally:
+        if not params:
+            build.unregister(source)
+
+
+def _create(build: duckdb.DuckDBPyConnection, table: str, columns: str, source: str,
+            params: dict) -> None:
     present = [row[0] for row in build.execute(f"DESCRIBE SELECT * FROM {source}",
-                                               {"files": files}).fetchall()]
+                                               params).fetchall()]
     contract = [column.split() for column in columns.split(",")]
     names = {name for name, _ in contract}
     picked = [_quoted(name) if name in present else f"CAST(NULL AS {sql_type}) AS {name}"
               for name, sql_type in contract]
     picked += [_quoted(name) for name in sorted(n for n in present if n not in names)]
-    build.execute(f"CREATE TABLE {table} AS SELECT {', '.join(picked)} FROM {source}",
-                  {"files": files})
+    build.execute(f"CREATE TABLE {table} AS SELECT {', '.join(picked)} FROM {source}", params)
 
 
 def _quoted(name: str) -> str:
@@ -113,7 +143,7 @@ def load(build: duckdb.DuckDBPyConnection, schema: Schema, listing: Listing) -> 
     """Creates the listed files' tables (every table of the contract, empty where nothing is
     listed), the derived views, then runs the fills (which may read the views)."""
     for table, columns in schema.contract.items():
-        _load_table(build, table, columns, [f.path for f in listing.get(table, [])])
+        _load_table(build, table, columns, listing.get(table, []))
     for view, sql in schema.views:
         build.execute(f"CREATE VIEW {view} AS {sql}")
     for sql in schema.fills:
@@ -168,7 +198,7 @@ def _build_degraded(db_path: Path, schema: Schema, listing: Listing) -> list[Not
     try:
         _build(db_path, schema, listing)
         return notes
-    except duckdb.Error:
+    except (duckdb.Error, DamagedStoreError):
         bad = _unreadable(listing)
         if not bad:
             raise

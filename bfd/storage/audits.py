@@ -12,11 +12,26 @@ no Hive ``key=value``) only groups a series' files, so no reader derives a colum
 could clash with the file's own. Stores written before kept ``series=<series>`` folders (and
 drift files without ``series``); they are read as they are. Each file is written with
 ``atomic_write``, so a reader sees an audit whole or not at all.
+
+A series read whole by ``read_audits``/``read_drift`` (and the SQL catalog) would open every
+file of its history, one per audit: the events' cache holds the rows of a series folder's files
+in one file of its own, beside the tables::
+
+    cache/events/<table>/<series folder>.parquet   the rows of the files it names
+
+naming each file it holds with its size and mtime. A file is read from the cache only while it
+is listed in its folder with the size and mtime the cache names; any other is read itself, so a
+file removed (an audit deleted by hand) is not read from the cache, and one added since is. An
+audit rewrites the cache once ``CACHE_REFRESH_AT`` files of its series are not in it
+(``refresh_event_cache``, under the series' lock). The cache is derived: deleting it loses
+nothing, and a reader that cannot read it reads the files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -24,12 +39,15 @@ from pathlib import Path
 from typing import Any, Final
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .paths import DamagedStoreError, Store, atomic_write, held_lock
 from .tables import keep_columns_file, partition_value, unescape_partition_value
 
 _TS: Final = pa.timestamp("us", tz="UTC")
+
+log = logging.getLogger("bfd.storage")
 
 # The model-level figures of an audit's run as the audit saw them (the ``run_summary`` view's
 # columns of the same names), kept in its row so that a later re-decomposition of the run
@@ -169,6 +187,7 @@ def write_audit(store: Store, row: Mapping[str, Any]) -> Path:
     # the drift table's columns too, from the first audit on: a reader of tables/drift gets
     # its columns, no rows, before any audit compared (trial 29: no folder, FileNotFoundError)
     keep_columns_file(store.table_dir("drift"), DRIFT_SCHEMA)
+    refresh_event_cache(store, row["series"])
     return path
 
 
@@ -193,10 +212,138 @@ def _event_files(store: Store, table: str, series: str | None = None) -> list[Pa
 
 
 def _read(store: Store, table: str, series: str | None) -> pa.Table:
-    files = _event_files(store, table, series)
-    if not files:
+    files = []
+    for p in _event_files(store, table, series):
+        try:
+            st = p.stat()
+        except OSError as err:
+            raise DamagedStoreError(damaged_event_message(table, p, err)) from err
+        files.append((p, st.st_size, st.st_mtime_ns))
+    return rows_of_files(table, files)
+
+
+def rows_of_files(table: str, files: Sequence[tuple[Path, int, int]]) -> pa.Table:
+    """The rows of the event files ``files`` of ``table`` (each ``(path, size, mtime_ns)`` as
+    listed), with the table's columns: those the events' cache of their folder holds with that
+    size and mtime from the cache, every other one read itself (``_read_event``).
+
+    Raises:
+        DamagedStoreError: A file read itself cannot be read (``damaged_event_message``).
+    """
+    by_folder: dict[Path, list[tuple[Path, int, int]]] = {}
+    for f in files:
+        by_folder.setdefault(f[0].parent, []).append(f)
+    parts = []
+    for folder, listed in by_folder.items():
+        covered, rows, _ = _held(table, folder,
+                                 {p.name: (size, mtime) for p, size, mtime in listed})
+        if covered:
+            parts.append(rows.drop_columns([_FILE]))
+        parts += [_read_event(table, p) for p, _, _ in listed if p.name not in covered]
+    if not parts:
         return EVENT_TABLES[table].empty_table()
-    return pa.concat_tables([_read_event(table, p) for p in files])
+    return pa.concat_tables(parts)
+
+
+# The events' cache (module docstring): below the store, one file per table and series folder.
+CACHE_DIR: Final[str] = "cache/events"
+# Files of a series folder not in its cache before an audit rewrites the cache: a reader opens
+# at most about this many files beside it.
+CACHE_REFRESH_AT: Final[int] = 32
+# the column naming each row's file (in the cache only), and the key of what the cache holds
+_FILE: Final[str] = "event_file"
+_COVERS: Final[bytes] = b"bfd.event_files"
+_CACHE_FORMAT: Final[int] = 1
+# The caches this process has read, by path: (identity and stamps, files held, rows).
+_CACHES_READ: dict[Path, tuple[tuple[int, int, int], dict[str, tuple[int, int]], pa.Table]] = {}
+
+
+def cache_path(folder: Path) -> Path:
+    """The events' cache of ``folder``, a series folder ``<store>/tables/<table>/<name>``:
+    ``<store>/cache/events/<table>/<name>.parquet``."""
+    return folder.parents[2] / CACHE_DIR / folder.parent.name / f"{folder.name}.parquet"
+
+
+def _cache_schema(table: str) -> pa.Schema:
+    return EVENT_TABLES[table].append(pa.field(_FILE, pa.string()))
+
+
+def _cached(table: str, folder: Path) -> tuple[dict[str, tuple[int, int]], pa.Table] | None:
+    """What the events' cache of ``folder`` holds: ``{file name: (size, mtime_ns)}`` and its
+    rows (with the column ``event_file``); None when there is none or it cannot be read, or
+    holds other columns than this bfd's (an earlier bfd's cache: its files are read)."""
+    path = cache_path(folder)
+    try:
+        st = path.stat()
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        kept = _CACHES_READ.get(path)
+        if kept is not None and kept[0] == key:
+            return kept[1], kept[2]
+        with pq.ParquetFile(path) as f:
+            said = json.loads((f.schema_arrow.metadata or {})[_COVERS])
+            rows = f.read()
+        if said["format"] != _CACHE_FORMAT or not rows.schema.equals(_cache_schema(table)):
+            return None
+        covers = {str(name): (int(size), int(mtime)) for name, (size, mtime)
+                  in said["files"].items()}
+    except (OSError, pa.ArrowException, KeyError, TypeError, ValueError) as err:
+        if not isinstance(err, FileNotFoundError):
+            log.debug("bfd: the events' cache %s is not read (%s)", path, err)
+        return None
+    _CACHES_READ[path] = (key, covers, rows)
+    return covers, rows
+
+
+def _held(table: str, folder: Path, listed: Mapping[str, tuple[int, int]]
+          ) -> tuple[set[str], pa.Table, bool]:
+    """The files of ``listed`` (name -> size, mtime_ns) that the events' cache of ``folder``
+    holds with that size and mtime, their rows in it (with ``event_file``), and whether it
+    names any other (a file gone or changed since); (set(), no rows, False) without a cache."""
+    covers, rows = _cached(table, folder) or ({}, _cache_schema(table).empty_table())
+    held = {name for name, stamp in listed.items() if covers.get(name) == stamp}
+    stale = len(held) < len(covers)
+    if stale:  # their rows are not read
+        rows = rows.filter(pc.is_in(rows.column(_FILE),
+                                    value_set=pa.array(sorted(held), pa.string())))
+    return held, rows, stale
+
+
+def refresh_event_cache(store: Store, series: str) -> None:
+    """Rewrites the events' cache of each folder of ``series`` (both tables) that has
+    ``CACHE_REFRESH_AT`` or more files not in it, or names a file no longer there; a file
+    that cannot be read is left out of it (a reader reads it itself, and says so). Called by
+    the audit that wrote the series' newest files, under the series' lock. A cache that
+    cannot be written is left as it is (it is only ever a shortcut)."""
+    for table in EVENT_TABLES:
+        for folder in sorted({p.parent for p in _event_files(store, table, series)}):
+            try:
+                _refresh(table, folder)
+            except (OSError, pa.ArrowException) as err:
+                log.debug("bfd: the events' cache of %s was not written (%s)", folder, err)
+
+
+def _refresh(table: str, folder: Path) -> None:
+    listed = {}
+    for p in folder.glob("*.parquet"):
+        if not p.name.startswith((".", "_")):
+            with contextlib.suppress(FileNotFoundError):
+                st = p.stat()
+                listed[p.name] = (st.st_size, st.st_mtime_ns)
+    held, rows, stale = _held(table, folder, listed)
+    if len(listed) - len(held) < CACHE_REFRESH_AT and not stale:
+        return
+    parts = [rows]
+    for name in sorted(set(listed) - held):
+        try:
+            part = _read_event(table, folder / name)
+        except DamagedStoreError:
+            continue
+        held.add(name)
+        parts.append(part.append_column(_FILE, pa.array([name] * part.num_rows, pa.string())))
+    said = {"format": _CACHE_FORMAT, "files": {name: list(listed[name]) for name in sorted(held)}}
+    data = pa.concat_tables(parts).replace_schema_metadata({_COVERS: json.dumps(said)})
+    atomic_write(cache_path(folder),
+                 lambda f: pq.write_table(data, f, compression="zstd"), durable=False)
 
 
 # The event files this process has read, by path, with the identity and stamps they had then:
