@@ -115,12 +115,17 @@ def _class_reason(model: nn.Module) -> str:
     if not attention:
         return (f"its class is {cls}, with no attention heads to decompose (BFD splits "
                 "the query-key logits of a Vision Transformer's heads); " + _WORKS)
+    layout = ("the token layout (patch_embed, pos_embed, prefix tokens, blocks[l].attn) that "
+              "the capture reads and whose logits are checked to be x_i M x_j; " + _WORKS)
+    if all(isinstance(m, Attention) for m in model.modules() if _is_attention(m)):
+        # timm's own Attention in another model class (NaFlexViT: trial 34 read "its attention
+        # (Attention) is not timm's Attention")
+        return (f"its class is {cls}, not timm's VisionTransformer: its attention is timm's "
+                f"Attention, but its tokens are not in " + layout)
     said = [f"{name}: {_ATTENTION_NOTES[name]}" if name in _ATTENTION_NOTES else name
             for name in attention[:4]]
     return (f"its class is {cls}, not timm's VisionTransformer: its attention "
-            f"({'; '.join(said)}) is not timm's Attention in the token layout "
-            "(patch_embed, pos_embed, prefix tokens, blocks[l].attn) that the capture reads and "
-            "whose logits are checked to be x_i M x_j; " + _WORKS)
+            f"({'; '.join(said)}) is not timm's Attention in " + layout)
 
 
 # What sets some attention classes of timm's other families apart from softmax(x_i M x_j).

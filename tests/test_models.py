@@ -112,6 +112,10 @@ class _SeparateQKV(nn.Module):
          "its attention (LiteMLA: ReLU linear attention"),
         (lambda: timm.create_model("shvit_s1"), "class is SHViT, not timm's VisionTransformer: "
          "its attention (SHSA)"),
+        # its attention is timm's own (trial 34 F2: it read "(Attention) is not timm's Attention")
+        (lambda: timm.create_model("naflexvit_base_patch16_gap"),
+         "class is NaFlexVit, not timm's VisionTransformer: its attention is timm's Attention, "
+         "but its tokens are not in the token layout (patch_embed"),
     ],
 )
 def test_unsupported_models_are_refused(build, reason) -> None:
