@@ -271,7 +271,11 @@ def _cache_schema(table: str) -> pa.Schema:
 def _cached(table: str, folder: Path) -> tuple[dict[str, tuple[int, int]], pa.Table] | None:
     """What the events' cache of ``folder`` holds: ``{file name: (size, mtime_ns)}`` and its
     rows (with the column ``event_file``); None when there is none or it cannot be read, or
-    holds other columns than this bfd's (an earlier bfd's cache: its files are read)."""
+    holds other columns than this bfd's (an earlier bfd's cache: its files are read), and for
+    a folder that is no series folder (the table's own ``!schema.parquet``, which the catalog
+    lists too)."""
+    if folder.parent.name != table or folder.parents[1].name != "tables":
+        return None
     path = cache_path(folder)
     try:
         st = path.stat()
