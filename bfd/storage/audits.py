@@ -319,20 +319,19 @@ def refresh_event_cache(store: Store, series: str) -> None:
     the audit that wrote the series' newest files, under the series' lock. A cache that
     cannot be written is left as it is (it is only ever a shortcut)."""
     for table in EVENT_TABLES:
-        for folder in sorted({p.parent for p in _event_files(store, table, series)}):
+        by_folder: dict[Path, dict[str, tuple[int, int]]] = {}
+        for p in _event_files(store, table, series):
+            with contextlib.suppress(FileNotFoundError):
+                st = p.stat()
+                by_folder.setdefault(p.parent, {})[p.name] = (st.st_size, st.st_mtime_ns)
+        for folder, listed in sorted(by_folder.items()):
             try:
-                _refresh(table, folder)
+                _refresh(table, folder, listed)
             except (OSError, pa.ArrowException) as err:
                 log.debug("bfd: the events' cache of %s was not written (%s)", folder, err)
 
 
-def _refresh(table: str, folder: Path) -> None:
-    listed = {}
-    for p in folder.glob("*.parquet"):
-        if not p.name.startswith((".", "_")):
-            with contextlib.suppress(FileNotFoundError):
-                st = p.stat()
-                listed[p.name] = (st.st_size, st.st_mtime_ns)
+def _refresh(table: str, folder: Path, listed: dict[str, tuple[int, int]]) -> None:
     held, rows, stale = _held(table, folder, listed)
     if len(listed) - len(held) < CACHE_REFRESH_AT and not stale:
         return
